@@ -1,0 +1,114 @@
+//! Dense matrix product, backed by the `gemm` crate (AVX-512 kernels chosen at run time).
+
+/// Dimensions and operand layouts of `C (m×n) [+]= op(A) (m×k) · op(B) (k×n)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatMul {
+    /// Rows of C and of op(A).
+    pub m: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Columns of C and of op(B).
+    pub n: usize,
+    /// A is stored transposed, as a row-major k×m matrix.
+    pub a_t: bool,
+    /// B is stored transposed, as a row-major n×k matrix.
+    pub b_t: bool,
+    /// Add the product to C instead of overwriting it.
+    pub accumulate: bool,
+    /// Let the product use every thread of the current rayon pool (for products
+    /// large enough to be worth splitting and not already inside a parallel loop).
+    pub parallel: bool,
+}
+
+impl MatMul {
+    /// `C = A · B` with A m×k and B k×n, both stored as is.
+    pub fn new(m: usize, k: usize, n: usize) -> Self {
+        MatMul { m, k, n, a_t: false, b_t: false, accumulate: false, parallel: false }
+    }
+    /// A is stored transposed (k×m).
+    pub fn a_t(self) -> Self {
+        MatMul { a_t: true, ..self }
+    }
+    /// B is stored transposed (n×k).
+    pub fn b_t(self) -> Self {
+        MatMul { b_t: true, ..self }
+    }
+    /// Accumulate into C.
+    pub fn acc(self) -> Self {
+        MatMul { accumulate: true, ..self }
+    }
+    /// Split the product over the rayon pool.
+    pub fn par(self) -> Self {
+        MatMul { parallel: true, ..self }
+    }
+    fn check(&self, c: &[f32], a: &[f32], b: &[f32]) {
+        assert!(c.len() >= self.m * self.n, "matmul: C has {} < {}·{}", c.len(), self.m, self.n);
+        assert!(a.len() >= self.m * self.k, "matmul: A has {} < {}·{}", a.len(), self.m, self.k);
+        assert!(b.len() >= self.k * self.n, "matmul: B has {} < {}·{}", b.len(), self.k, self.n);
+    }
+}
+
+/// `C [+]= op(A) · op(B)`, see [`MatMul`].
+pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
+    p.check(c, a, b);
+    let MatMul { m, k, n, .. } = p;
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !p.accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let (a_rs, a_cs) = if p.a_t { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if p.b_t { (1, k as isize) } else { (n as isize, 1) };
+    let parallelism = if p.parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `check` proved every index the strides above can form lies inside its
+    // slice; C is borrowed mutably, so it aliases neither A nor B.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            p.accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Scalar twin of [`matmul`]: the triple loop, accumulated in f64.
+pub fn matmul_scalar(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
+    p.check(c, a, b);
+    let MatMul { m, k, n, .. } = p;
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for q in 0..k {
+                let av = if p.a_t { a[q * m + i] } else { a[i * k + q] };
+                let bv = if p.b_t { b[j * k + q] } else { b[q * n + j] };
+                s += av as f64 * bv as f64;
+            }
+            let dst = &mut c[i * n + j];
+            *dst = if p.accumulate { *dst + s as f32 } else { s as f32 };
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Rotary position encoding on neuron pairs (2j, 2j+1), as bdh.py's `Attention.rope`.
+
+/// Which way to rotate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeDirection {
+    /// `R_t`: the forward rotation of bdh.py.
+    Forward,
+    /// `R_tᵀ = R_t⁻¹`: used to carry a gradient back through the rotation.
+    Inverse,
+}
+
+/// Rotates each row t of `x` (t × n) into `out`: pair j of row t turns by the angle
+/// whose cosine and sine are `cos[t·n/2 + j]`, `sin[t·n/2 + j]`:
+/// `out[2j] = x[2j]·c − x[2j+1]·s`, `out[2j+1] = x[2j+1]·c + x[2j]·s`.
+pub fn rope(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
+    debug_assert!(n % 2 == 0 && out.len() == x.len() && cos.len() * 2 >= x.len());
+    let sign = match dir {
+        RopeDirection::Forward => 1.0,
+        RopeDirection::Inverse => -1.0,
+    };
+    let half = n / 2;
+    for (row, (orow, xrow)) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
+        let c = &cos[row * half..(row + 1) * half];
+        let s = &sin[row * half..(row + 1) * half];
+        for (j, (o, xv)) in orow.chunks_exact_mut(2).zip(xrow.chunks_exact(2)).enumerate() {
+            let (cj, sj) = (c[j], sign * s[j]);
+            o[0] = xv[0] * cj - xv[1] * sj;
+            o[1] = xv[1] * cj + xv[0] * sj;
+        }
+    }
+}
+
+/// Scalar twin of [`rope`], written as bdh.py writes it:
+/// `v_rot = stack(−v[1::2], v[::2])`, `out = v·cos + v_rot·sin`, cos/sin per element.
+pub fn rope_scalar(
+    out: &mut [f32],
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    n: usize,
+    dir: RopeDirection,
+) {
+    let rows = x.len() / n;
+    for t in 0..rows {
+        for i in 0..n {
+            let v = x[t * n + i];
+            let v_rot = if i % 2 == 0 { -x[t * n + i + 1] } else { x[t * n + i - 1] };
+            let c = cos[t * n / 2 + i / 2];
+            let s = sin[t * n / 2 + i / 2];
+            let s = if dir == RopeDirection::Inverse { -s } else { s };
+            out[t * n + i] = v * c + v_rot * s;
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The explicit backward of [`crate::forward`]: d loss / d every parameter.
+//!
+//! Each block undoes one line of the forward, in reverse; the comments give the
+//! forward line and the gradient it produces.
+
+use bdh_kernels::{
+    causal_linear_attention_backward, layer_norm_backward, matmul, rope, MatMul, RopeDirection,
+};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::forward::{check_tokens, Activations, Dims};
+use crate::loss::{cross_entropy, cross_entropy_backward};
+use crate::params::{Model, Params};
+
+/// Scratch buffers of the backward, sized once per (B, T).
+#[derive(Debug)]
+pub struct Gradients {
+    /// d loss / d each parameter, accumulated by [`backward`] (zero it between steps).
+    pub params: Params,
+    dims: Dims,
+    dlogits: Vec<f32>, // (B, T, V)
+    dv: Vec<f32>,      // (B, T, D) d loss / d residual stream at the current depth
+    du: Vec<f32>,      // (B, T, D) d loss / d decoder output
+    z: Vec<f32>,       // (B, H, T, N) recomputed dropout(x ⊙ y), then scratch for Rᵀ dq
+    dx: Vec<f32>,      // (B, H, T, N) d loss / d x, then through the ReLU
+    dy: Vec<f32>,      // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
+    dq: Vec<f32>,      // (B, H, T, N) d loss / d R(x)
+    da: Vec<f32>,      // (B, H, T, D) d loss / d attention output
+    dvh: Vec<f32>,     // (B, H, T, D) d loss / d v through each head's attention values
+    dscores: Vec<f32>, // (B, H, T, T)
+}
+
+impl Gradients {
+    /// Zeroed gradients and scratch for a (B, T) backward of `model`.
+    pub fn new(model: &Model, b: usize, t: usize) -> Self {
+        let dims = Dims::new(&model.config, b, t);
+        let Dims { d, h, n, v, .. } = dims;
+        let (bt, bht) = (b * t, b * h * t);
+        Gradients {
+            params: Params::zeros(&model.config),
+            dims,
+            dlogits: vec![0.0; bt * v],
+            dv: vec![0.0; bt * d],
+            du: vec![0.0; bt * d],
+            z: vec![0.0; bht * n],
+            dx: vec![0.0; bht * n],
+            dy: vec![0.0; bht * n],
+            dq: vec![0.0; bht * n],
+            da: vec![0.0; bht * d],
+            dvh: vec![0.0; bht * d],
+            dscores: vec![0.0; bht * t],
+        }
+    }
+
+    /// Sets every parameter gradient to zero.
+    pub fn zero(&mut self) {
+        for (_, g) in self.params.tensors_mut() {
+            g.fill(0.0);
+        }
+    }
+}
+
+/// Mean cross-entropy of the last forward's logits against `targets` (B, T).
+pub fn loss(acts: &Activations, targets: &[u32]) -> Result<f32> {
+    check_tokens(targets, &acts.dims, "targets")?;
+    Ok(cross_entropy(&acts.logits, targets, acts.dims.v))
+}
+
+/// Adds d loss / d parameters of the last forward (in `acts`) to `grads.params`,
+/// for the mean cross-entropy against `targets` (B, T). Returns the loss.
+pub fn backward(
+    model: &Model,
+    acts: &Activations,
+    targets: &[u32],
+    grads: &mut Gradients,
+) -> Result<f32> {
+    if grads.dims != acts.dims {
+        return Err(Error::Input(format!(
+            "backward: gradients sized for {:?}, activations for {:?}",
+            grads.dims, acts.dims
+        )));
+    }
+    let loss = loss(acts, targets)?;
+    let Dims { b, t, d, h, n, v: vocab, l: layers } = acts.dims;
+    let (bt, bhtn) = (b * t, b * h * t * n);
+    let p = &model.params;
+    let g = &mut grads.params;
+
+    // logits = v · lm_head  ⇒  d lm_head += vᵀ · dlogits,  dv = dlogits · lm_headᵀ
+    cross_entropy_backward(&mut grads.dlogits, &acts.logits, targets, vocab);
+    let v_last = acts.residual(layers);
+    matmul(&mut g.lm_head, v_last, &grads.dlogits, MatMul::new(d, bt, vocab).a_t().acc().par());
+    matmul(&mut grads.dv, &grads.dlogits, &p.lm_head, MatMul::new(bt, vocab, d).b_t().par());
+
+    for l in (0..layers).rev() {
+        let v_in = acts.residual(l);
+        let v_out = acts.residual(l + 1);
+        let rstd_out = &acts.rstd_v[(l + 1) * bt..(l + 2) * bt];
+        let w = &acts.w[l * bt * d..(l + 1) * bt * d];
+        let rstd_w = &acts.rstd_w[l * bt..(l + 1) * bt];
+        let x = &acts.x[l * bhtn..(l + 1) * bhtn];
+        let xr = &acts.xr[l * bhtn..(l + 1) * bhtn];
+        let y = &acts.y[l * bhtn..(l + 1) * bhtn];
+        let keep = if acts.keep.is_empty() { &[][..] } else { &acts.keep[l * bhtn..(l + 1) * bhtn] };
+        let scores = &acts.scores[l * b * h * t * t..(l + 1) * b * h * t * t];
+        let a = &acts.a[l * b * h * t * d..(l + 1) * b * h * t * d];
+        let rstd_a = &acts.rstd_a[l * b * h * t..(l + 1) * b * h * t];
+
+        // v_out = LN(v_in + w)  ⇒  dv (residual path) = dw = LN'(dv_out)
+        layer_norm_backward(&mut grads.dv, v_out, rstd_out, d);
+        // w = LN(u)  ⇒  du = LN'(dw)
+        grads.du.copy_from_slice(&grads.dv);
+        layer_norm_backward(&mut grads.du, w, rstd_w, d);
+
+        // u = concat_h(z) · decoder  ⇒  d decoder_h += Σ_b z_bhᵀ · du_b
+        grads.z.par_chunks_mut(t * n).enumerate().for_each(|(bh, z)| {
+            let s = bh * t * n..(bh + 1) * t * n;
+            for (i, zi) in z.iter_mut().enumerate() {
+                let k = if keep.is_empty() { 1.0 } else { keep[s.start + i] };
+                *zi = x[s.start + i] * y[s.start + i] * k;
+            }
+        });
+        let (z, du) = (&grads.z, &grads.du);
+        g.decoder.par_chunks_mut(n * d).enumerate().for_each(|(hi, g_dec)| {
+            for bi in 0..b {
+                let z_bh = &z[(bi * h + hi) * t * n..(bi * h + hi + 1) * t * n];
+                matmul(g_dec, z_bh, &du[bi * t * d..(bi + 1) * t * d], MatMul::new(n, t, d).a_t().acc());
+            }
+        });
+
+        let rope_table = &acts.rope;
+        (
+            grads.dx.par_chunks_mut(t * n),
+            grads.dy.par_chunks_mut(t * n),
+            grads.dq.par_chunks_mut(t * n),
+            grads.z.par_chunks_mut(t * n),
+            grads.da.par_chunks_mut(t * d),
+            grads.dvh.par_chunks_mut(t * d),
+            grads.dscores.par_chunks_mut(t * t),
+        )
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(bh, (dx, dy, dq, scratch, da, dvh, dscores))| {
+                let (bi, hi) = (bh / h, bh % h);
+                let nb = bh * t * n..(bh + 1) * t * n;
+                let db = bh * t * d..(bh + 1) * t * d;
+                let (x, xr, y) = (&x[nb.clone()], &xr[nb.clone()], &y[nb.clone()]);
+                let v_b = &v_in[bi * t * d..(bi + 1) * t * d];
+                let du_b = &du[bi * t * d..(bi + 1) * t * d];
+                let decoder_h = &p.decoder[hi * n * d..(hi + 1) * n * d];
+                let encoder_v = &p.encoder_v[hi * d * n..(hi + 1) * d * n];
+
+                // dz = du · decoder_hᵀ, through the dropout scale            (T, N)
+                matmul(dx, du_b, decoder_h, MatMul::new(t, d, n).b_t());
+                if !keep.is_empty() {
+                    dx.iter_mut().zip(&keep[nb.clone()]).for_each(|(g, &k)| *g *= k);
+                }
+                // z = x ⊙ relu(y_latent)  ⇒  dy = dz ⊙ x ⊙ [y > 0],  dx = dz ⊙ y
+                for (((gx, gy), &xi), &yi) in dx.iter_mut().zip(dy.iter_mut()).zip(x).zip(y) {
+                    *gy = if yi > 0.0 { *gx * xi } else { 0.0 };
+                    *gx *= yi;
+                }
+                // y_latent = a · encoder_v_h  ⇒  da = dy · encoder_v_hᵀ      (T, D)
+                matmul(da, dy, encoder_v, MatMul::new(t, n, d).b_t());
+                // a = LN(attention)  ⇒  d attention = LN'(da)
+                layer_norm_backward(da, &a[db.clone()], &rstd_a[bh * t..(bh + 1) * t], d);
+                // attention = tril₋₁(xr xrᵀ) · v  ⇒  d xr, and dv through the values
+                let s = &scores[bh * t * t..(bh + 1) * t * t];
+                causal_linear_attention_backward(dq, dvh, dscores, da, xr, v_b, s, (t, n, d));
+                // xr = R(x)  ⇒  dx += Rᵀ d xr;  x = relu(x_latent)  ⇒  through [x > 0]
+                rope(scratch, dq, &rope_table.cos, &rope_table.sin, n, RopeDirection::Inverse);
+                for ((gx, &gr), &xi) in dx.iter_mut().zip(scratch.iter()).zip(x) {
+                    *gx = if xi > 0.0 { *gx + gr } else { 0.0 };
+                }
+            });
+
+        // x_latent = v · encoder_h, y_latent = a · encoder_v_h  ⇒  weight gradients
+        let (dx, dy) = (&grads.dx, &grads.dy);
+        (g.encoder.par_chunks_mut(d * n), g.encoder_v.par_chunks_mut(d * n))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(hi, (g_enc, g_enc_v))| {
+                for bi in 0..b {
+                    let bh = bi * h + hi;
+                    let (nb, db) = (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d);
+                    let v_b = &v_in[bi * t * d..(bi + 1) * t * d];
+                    matmul(g_enc, v_b, &dx[nb.clone()], MatMul::new(d, t, n).a_t().acc());
+                    matmul(g_enc_v, &a[db], &dy[nb], MatMul::new(d, t, n).a_t().acc());
+                }
+            });
+
+        // dv_in = dv (residual) + Σ_h dv through attention values + Σ_h dx_h · encoder_hᵀ
+        let dvh = &grads.dvh;
+        grads.dv.par_chunks_mut(t * d).enumerate().for_each(|(bi, dv)| {
+            for hi in 0..h {
+                let bh = bi * h + hi;
+                let encoder = &p.encoder[hi * d * n..(hi + 1) * d * n];
+                dv.iter_mut().zip(&dvh[bh * t * d..(bh + 1) * t * d]).for_each(|(o, &g)| *o += g);
+                matmul(dv, &dx[bh * t * n..(bh + 1) * t * n], encoder, MatMul::new(t, n, d).b_t().acc());
+            }
+        });
+    }
+
+    // v = LN(embed[idx])  ⇒  d embed[idx] += LN'(dv)
+    layer_norm_backward(&mut grads.dv, acts.residual(0), &acts.rstd_v[..bt], d);
+    for (row, &tok) in grads.dv.chunks_exact(d).zip(&acts.tokens) {
+        let e = &mut g.embed[tok as usize * d..(tok as usize + 1) * d];
+        e.iter_mut().zip(row).for_each(|(o, &gv)| *o += gv);
+    }
+    Ok(loss)
+}

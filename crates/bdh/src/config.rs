@@ -1,0 +1,108 @@
+//! Model configuration with bdh.py's field names, derived sizes and validation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The hyper-parameters of a BDH model, named as bdh.py's `BDHConfig`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BdhConfig {
+    /// L: number of layers (all share one set of weights).
+    pub n_layer: usize,
+    /// D: embedding (residual stream) width.
+    pub n_embd: usize,
+    /// H: number of heads.
+    pub n_head: usize,
+    /// N·H / D: neurons per head are `mlp_internal_dim_multiplier · D / H`.
+    pub mlp_internal_dim_multiplier: usize,
+    /// V: vocabulary size (256 for bytes).
+    pub vocab_size: usize,
+    /// Dropout probability on x⊙y during training.
+    pub dropout: f32,
+}
+
+impl Default for BdhConfig {
+    /// bdh.py's defaults: L6 D256 H4 mult 128, V256, dropout 0.1.
+    fn default() -> Self {
+        BdhConfig {
+            n_layer: 6,
+            n_embd: 256,
+            n_head: 4,
+            mlp_internal_dim_multiplier: 128,
+            vocab_size: 256,
+            dropout: 0.1,
+        }
+    }
+}
+
+impl BdhConfig {
+    /// N: neurons per head, `mlp_internal_dim_multiplier · D / H` (integer division, as bdh.py).
+    pub fn n_neurons(&self) -> usize {
+        self.mlp_internal_dim_multiplier * self.n_embd / self.n_head
+    }
+
+    /// H·N: neurons in all heads.
+    pub fn total_neurons(&self) -> usize {
+        self.n_head * self.n_neurons()
+    }
+
+    /// Number of trained parameters: embed, encoder, encoder_v, decoder, lm_head.
+    pub fn param_count(&self) -> usize {
+        let (d, v, hn) = (self.n_embd, self.vocab_size, self.total_neurons());
+        v * d + 3 * hn * d + d * v
+    }
+
+    /// Model FLOPs of one forward pass, per token, averaged over a window of `t` tokens:
+    /// per layer the three projections (`encoder`, `encoder_v`, `decoder`: 6·D·H·N)
+    /// plus causal attention (scores and values over on average t/2 past tokens:
+    /// H·t·(N + D)), then `lm_head` (2·D·V). A training step costs three times this.
+    pub fn forward_flops_per_token(&self, t: usize) -> f64 {
+        let (d, h, n) = (self.n_embd as f64, self.n_head as f64, self.n_neurons() as f64);
+        let layer = 6.0 * d * h * n + h * t as f64 * (n + d);
+        self.n_layer as f64 * layer + 2.0 * d * self.vocab_size as f64
+    }
+
+    /// Checks that the sizes describe a model bdh.py could build and we can run.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        for (name, v) in [
+            ("n_layer", self.n_layer),
+            ("n_embd", self.n_embd),
+            ("n_head", self.n_head),
+            ("mlp_internal_dim_multiplier", self.mlp_internal_dim_multiplier),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be > 0"));
+            }
+        }
+        if (self.mlp_internal_dim_multiplier * self.n_embd) % self.n_head != 0 {
+            return bad(format!(
+                "mlp_internal_dim_multiplier·n_embd = {} must be divisible by n_head = {}",
+                self.mlp_internal_dim_multiplier * self.n_embd,
+                self.n_head
+            ));
+        }
+        let n = self.n_neurons();
+        if n % 2 != 0 {
+            return bad(format!("neurons per head N = {n} must be even (RoPE rotates pairs)"));
+        }
+        if self.vocab_size > u32::MAX as usize {
+            return bad(format!("vocab_size {} does not fit token ids", self.vocab_size));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a bdh.py-style `config.json`.
+    pub fn from_json_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let cfg: BdhConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("not a BDH config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,62 @@
+//! The library's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong at an edge a user can reach.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is not a valid BDH model.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A file could not be read or written.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("reading", "writing", …).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file exists but is not in the expected format.
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A tensor is missing from a checkpoint or golden file.
+    #[error("{path}: no tensor named `{name}`")]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
+    /// A tensor has the wrong shape or type for the config.
+    #[error("tensor `{name}`: expected {expected}, found {found}")]
+    Shape {
+        /// The tensor's name.
+        name: String,
+        /// What the config requires.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// An input the model cannot take (token out of range, empty sequence, …).
+    #[error("bad input: {0}")]
+    Input(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { op, path: path.into(), source }
+    }
+    pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Format { path: path.into(), msg: msg.into() }
+    }
+}

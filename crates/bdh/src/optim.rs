@@ -1,0 +1,74 @@
+//! AdamW, step for step as `torch.optim.AdamW` (decoupled weight decay on every
+//! parameter, bias correction, ε added to the corrected √v).
+
+use crate::config::BdhConfig;
+use crate::params::Params;
+
+/// AdamW hyper-parameters; the defaults are those the reference trains with.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// β₁, β₂.
+    pub betas: (f32, f32),
+    /// ε.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWConfig {
+    /// The reference recipe: lr 1e-3, weight decay 0.1, torch's β (0.9, 0.999), ε 1e-8.
+    fn default() -> Self {
+        AdamWConfig { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+/// The optimizer's state: first and second moments per parameter, and the step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    /// Hyper-parameters (`lr` may be changed between steps by a schedule).
+    pub config: AdamWConfig,
+    /// Steps taken.
+    pub step: u64,
+    /// First moments, laid out as the parameters.
+    pub m: Params,
+    /// Second moments, laid out as the parameters.
+    pub v: Params,
+}
+
+impl AdamW {
+    /// Zero moments for a model of config `model`.
+    pub fn new(config: AdamWConfig, model: &BdhConfig) -> Self {
+        AdamW { config, step: 0, m: Params::zeros(model), v: Params::zeros(model) }
+    }
+
+    /// One update of `params` from `grads`, in torch's order of operations:
+    /// `p ← p(1 − lr·wd)`, `m ← m + (1−β₁)(g − m)`, `v ← β₂v + (1−β₂)g²`,
+    /// `p ← p − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε)`.
+    pub fn update(&mut self, params: &mut Params, grads: &Params) {
+        self.step += 1;
+        let AdamWConfig { lr, betas: (b1, b2), eps, weight_decay } = self.config;
+        // torch computes the bias corrections in Python floats (f64).
+        let t = self.step as i32;
+        let bc1 = 1.0 - (b1 as f64).powi(t);
+        let bc2_sqrt = ((1.0 - (b2 as f64).powi(t)).sqrt()) as f32;
+        let step_size = (lr as f64 / bc1) as f32;
+        let decay = 1.0 - lr * weight_decay;
+        let tensors = params
+            .tensors_mut()
+            .into_iter()
+            .zip(grads.tensors())
+            .zip(self.m.tensors_mut())
+            .zip(self.v.tensors_mut());
+        for ((((_, p), (_, g)), (_, m)), (_, v)) in tensors {
+            for (((pi, &gi), mi), vi) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *pi *= decay;
+                *mi += (1.0 - b1) * (gi - *mi); // torch: exp_avg.lerp_(grad, 1 − β₁)
+                *vi = b2 * *vi + (1.0 - b2) * gi * gi;
+                let denom = vi.sqrt() / bc2_sqrt + eps;
+                *pi -= step_size * *mi / denom;
+            }
+        }
+    }
+}

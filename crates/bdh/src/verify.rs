@@ -1,0 +1,204 @@
+//! Compares a model against golden tensors produced by the reference `bdh.py`.
+//!
+//! The golden file is a safetensors file with `input_ids` (B, T) and any of:
+//! `logits` (B, T, V), `targets` (B, T) with `loss` (1) and `grad.<param>`, and
+//! `greedy_ids` (B, T+K): the prompt followed by K argmax tokens.
+
+use std::path::Path;
+
+use crate::backward::{backward, loss, Gradients};
+use crate::checkpoint::{Tensor, TensorData, TensorMap};
+use crate::error::{Error, Result};
+use crate::forward::{forward, Activations, Mode};
+use crate::params::{Model, PARAM_NAMES};
+use crate::recurrent::Recurrent;
+
+/// Tolerance for logits and loss: max abs diff relative to the tensor's max-abs.
+pub const OUTPUT_TOLERANCE: f32 = 1e-4;
+/// Tolerance for gradients, relative to the tensor's max-abs (float32 gradients of
+/// any correct implementation sit ~2e-3 from float64 ones: the model is
+/// ill-conditioned at t = 0, where attention is exactly zero before its LayerNorm).
+pub const GRADIENT_TOLERANCE: f32 = 5e-3;
+
+/// The comparison of one tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorCheck {
+    /// Name in the golden file.
+    pub name: String,
+    /// Largest absolute difference.
+    pub max_abs: f32,
+    /// `max_abs` divided by the golden tensor's largest absolute value.
+    pub max_rel: f32,
+    /// Allowed `max_rel`.
+    pub tolerance: f32,
+}
+
+impl TensorCheck {
+    /// Whether the difference is within tolerance.
+    pub fn passed(&self) -> bool {
+        self.max_rel <= self.tolerance
+    }
+}
+
+/// The comparison of a greedy continuation, token for token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GreedyCheck {
+    /// Tokens generated per row (K).
+    pub generated: usize,
+    /// Generated tokens equal to the golden ones, over all rows.
+    pub matching: usize,
+    /// Total generated tokens, over all rows.
+    pub total: usize,
+    /// (row, index into the continuation) of the first difference.
+    pub first_mismatch: Option<(usize, usize)>,
+}
+
+/// Everything a verification compared.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    /// Per-tensor comparisons, in the order performed.
+    pub tensors: Vec<TensorCheck>,
+    /// The greedy continuation, if the golden file has one.
+    pub greedy: Option<GreedyCheck>,
+}
+
+impl Report {
+    /// Whether every comparison is within its tolerance.
+    pub fn passed(&self) -> bool {
+        self.tensors.iter().all(TensorCheck::passed)
+            && self.greedy.as_ref().is_none_or(|g| g.first_mismatch.is_none())
+    }
+}
+
+/// Max abs and max rel (to the golden max-abs) difference of `ours` from `golden`.
+pub fn compare(name: &str, ours: &[f32], golden: &[f32], tolerance: f32) -> TensorCheck {
+    let max_abs = ours.iter().zip(golden).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let scale = golden.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    let max_rel = if scale > 0.0 { max_abs / scale } else { max_abs };
+    TensorCheck { name: name.into(), max_abs, max_rel, tolerance }
+}
+
+fn token_ids(t: &Tensor, name: &str, vocab: usize) -> Result<(usize, usize, Vec<u32>)> {
+    let TensorData::I64(ids) = &t.data else {
+        return Err(Error::Shape { name: name.into(), expected: "integer token ids".into(), found: "floats".into() });
+    };
+    let [b, len] = t.shape[..] else {
+        return Err(Error::Shape { name: name.into(), expected: "(B, T)".into(), found: format!("{:?}", t.shape) });
+    };
+    if b == 0 || len == 0 {
+        return Err(Error::Input(format!("`{name}` is empty: {:?}", t.shape)));
+    }
+    let ids = ids
+        .iter()
+        .map(|&i| u32::try_from(i).ok().filter(|&u| (u as usize) < vocab))
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(|| Error::Input(format!("`{name}` holds ids outside 0..{vocab}")))?;
+    Ok((b, len, ids))
+}
+
+fn golden_f32<'a>(golden: &'a TensorMap, name: &str, shape: &[usize]) -> Result<Option<&'a [f32]>> {
+    let Some(t) = golden.get(name) else { return Ok(None) };
+    if t.shape.iter().product::<usize>() != shape.iter().product::<usize>() {
+        return Err(Error::Shape { name: name.into(), expected: format!("{shape:?}"), found: format!("{:?}", t.shape) });
+    }
+    t.f32s(name).map(Some)
+}
+
+/// Runs `model` on the golden inputs (eval mode, no dropout) and compares.
+pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> {
+    let vocab = model.config.vocab_size;
+    let ids = golden
+        .get("input_ids")
+        .ok_or_else(|| Error::MissingTensor { path: path.into(), name: "input_ids".into() })?;
+    let (b, t, tokens) = token_ids(ids, "input_ids", vocab)?;
+    if let Some(unknown) = golden.keys().find(|k| {
+        !["input_ids", "targets", "logits", "loss", "greedy_ids"].contains(&k.as_str())
+            && !k.strip_prefix("grad.").is_some_and(|p| PARAM_NAMES.contains(&p))
+    }) {
+        return Err(Error::format(path, format!("unknown golden tensor `{unknown}`")));
+    }
+
+    let mut report = Report::default();
+    let mut acts = Activations::new(model, b, t);
+    forward(model, &tokens, &mut acts, Mode::Eval)?;
+    if let Some(g) = golden_f32(golden, "logits", &[b, t, vocab])? {
+        report.tensors.push(compare("logits", &acts.logits, g, OUTPUT_TOLERANCE));
+    }
+
+    let wants_grads = golden.keys().any(|k| k.starts_with("grad."));
+    if let Some(targets) = golden.get("targets") {
+        let (tb, tt, targets) = token_ids(targets, "targets", vocab)?;
+        if (tb, tt) != (b, t) {
+            return Err(Error::Shape { name: "targets".into(), expected: format!("[{b}, {t}]"), found: format!("[{tb}, {tt}]") });
+        }
+        let ours = if wants_grads {
+            let mut grads = Gradients::new(model, b, t);
+            let l = backward(model, &acts, &targets, &mut grads)?;
+            for (name, ours) in grads.params.tensors() {
+                let key = format!("grad.{name}");
+                if let Some(g) = golden_f32(golden, &key, &[ours.len()])? {
+                    report.tensors.push(compare(&key, ours, g, GRADIENT_TOLERANCE));
+                }
+            }
+            l
+        } else {
+            loss(&acts, &targets)?
+        };
+        if let Some(g) = golden_f32(golden, "loss", &[1])? {
+            report.tensors.insert(usize::from(golden.contains_key("logits")), compare("loss", &[ours], g, OUTPUT_TOLERANCE));
+        }
+    } else if wants_grads || golden.contains_key("loss") {
+        return Err(Error::MissingTensor { path: path.into(), name: "targets".into() });
+    }
+
+    if let Some(g) = golden.get("greedy_ids") {
+        let (gb, total_len, want) = token_ids(g, "greedy_ids", vocab)?;
+        if gb != b || total_len < t {
+            return Err(Error::Shape { name: "greedy_ids".into(), expected: format!("[{b}, ≥{t}]"), found: format!("{:?}", g.shape) });
+        }
+        let k = total_len - t;
+        let mut check = GreedyCheck { generated: k, matching: 0, total: b * k, first_mismatch: None };
+        for row in 0..b {
+            let want = &want[row * total_len..(row + 1) * total_len];
+            let got = greedy(model, &tokens[row * t..(row + 1) * t], k)?;
+            for (i, (&w, &o)) in want[t..].iter().zip(&got).enumerate() {
+                if w == o {
+                    check.matching += 1;
+                } else if check.first_mismatch.is_none() {
+                    check.first_mismatch = Some((row, i));
+                }
+            }
+        }
+        report.greedy = Some(check);
+    }
+    if report.tensors.is_empty() && report.greedy.is_none() {
+        return Err(Error::format(path, "holds nothing to compare (no logits, loss, grad.* or greedy_ids)"));
+    }
+    Ok(report)
+}
+
+/// `k` tokens after `prompt`, each the argmax (first on ties, as `torch.argmax`).
+pub fn greedy(model: &Model, prompt: &[u32], k: usize) -> Result<Vec<u32>> {
+    let mut rec = Recurrent::new(model);
+    let mut logits = rec.prefill(prompt)?.to_vec();
+    let mut out = Vec::with_capacity(k);
+    for i in 0..k {
+        let next = argmax(&logits);
+        out.push(next);
+        if i + 1 < k {
+            logits.copy_from_slice(rec.step(next)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Index of the largest value, the first one on ties.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

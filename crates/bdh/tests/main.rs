@@ -1,0 +1,5 @@
+//! Integration tests of the bdh library; one file per concern.
+
+mod common;
+
+mod golden;
