@@ -8,13 +8,13 @@ use crate::params::Params;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
     /// Learning rate.
-    pub lr: f32,
+    pub lr: f64,
     /// β₁, β₂.
-    pub betas: (f32, f32),
+    pub betas: (f64, f64),
     /// ε.
-    pub eps: f32,
+    pub eps: f64,
     /// Decoupled weight decay.
-    pub weight_decay: f32,
+    pub weight_decay: f64,
 }
 
 impl Default for AdamWConfig {
@@ -49,12 +49,12 @@ impl AdamW {
     pub fn update(&mut self, params: &mut Params, grads: &Params) {
         self.step += 1;
         let AdamWConfig { lr, betas: (b1, b2), eps, weight_decay } = self.config;
-        // torch computes the bias corrections in Python floats (f64).
+        // torch forms every scalar in Python floats (f64), then applies it in f32.
         let t = self.step as i32;
-        let bc1 = 1.0 - (b1 as f64).powi(t);
-        let bc2_sqrt = ((1.0 - (b2 as f64).powi(t)).sqrt()) as f32;
-        let step_size = (lr as f64 / bc1) as f32;
-        let decay = 1.0 - lr * weight_decay;
+        let step_size = (lr / (1.0 - b1.powi(t))) as f32;
+        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt() as f32;
+        let decay = (1.0 - lr * weight_decay) as f32;
+        let (w1, beta2, w2, eps) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32, eps as f32);
         let tensors = params
             .tensors_mut()
             .into_iter()
@@ -64,8 +64,8 @@ impl AdamW {
         for ((((_, p), (_, g)), (_, m)), (_, v)) in tensors {
             for (((pi, &gi), mi), vi) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 *pi *= decay;
-                *mi += (1.0 - b1) * (gi - *mi); // torch: exp_avg.lerp_(grad, 1 − β₁)
-                *vi = b2 * *vi + (1.0 - b2) * gi * gi;
+                *mi += w1 * (gi - *mi); // torch: exp_avg.lerp_(grad, 1 − β₁)
+                *vi = beta2 * *vi + w2 * gi * gi;
                 let denom = vi.sqrt() / bc2_sqrt + eps;
                 *pi -= step_size * *mi / denom;
             }

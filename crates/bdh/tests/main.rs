@@ -3,3 +3,8 @@
 mod common;
 
 mod golden;
+mod recurrent;
+mod backward;
+mod adamw;
+mod checkpoint;
+mod errors;

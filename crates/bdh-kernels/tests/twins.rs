@@ -1,0 +1,174 @@
+//! Every fast kernel equals its scalar twin, on random shapes including odd T,
+//! T = 1 and N = 2. Each prints its max abs / rel difference.
+
+use bdh_kernels::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random(r: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| r.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Sparse like ReLU output: about `density` of the entries positive, the rest zero.
+fn sparse(r: &mut ChaCha8Rng, len: usize, density: f64) -> Vec<f32> {
+    (0..len).map(|_| if r.random_bool(density) { r.random_range(0.0f32..1.0) } else { 0.0 }).collect()
+}
+
+/// Asserts max |a − b| ≤ tol · max(1, max |b|) and prints both diffs.
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let max_abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max).max(1.0);
+    println!("{what}: max abs {max_abs:.2e}, max rel {:.2e}", max_abs / scale);
+    assert!(max_abs <= tol * scale, "{what}: max abs diff {max_abs} > {tol}·{scale}");
+}
+
+/// (T, N, D) shapes: odd T, T = 1, N = 2, and sizes around SIMD and block widths.
+const SHAPES: [(usize, usize, usize); 7] =
+    [(1, 2, 1), (1, 8, 4), (3, 2, 5), (7, 6, 3), (17, 34, 9), (64, 32, 16), (129, 66, 33)];
+
+#[test]
+fn matmul_equals_twin_for_every_layout() {
+    let mut r = rng(1);
+    for &(m, k, n) in &[(1, 1, 1), (1, 7, 3), (5, 1, 9), (17, 33, 65), (64, 128, 96), (3, 200, 2)] {
+        for a_t in [false, true] {
+            for b_t in [false, true] {
+                for acc in [false, true] {
+                    for par in [false, true] {
+                        let a = random(&mut r, m * k);
+                        let b = random(&mut r, k * n);
+                        let init = random(&mut r, m * n);
+                        let p = MatMul { m, k, n, a_t, b_t, accumulate: acc, parallel: par };
+                        let (mut fast, mut slow) = (init.clone(), init);
+                        matmul(&mut fast, &a, &b, p);
+                        matmul_scalar(&mut slow, &a, &b, p);
+                        assert_close(&format!("matmul {p:?}"), &fast, &slow, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_with_empty_inner_dimension_zeroes_or_keeps() {
+    let mut c = vec![3.0f32; 6];
+    matmul(&mut c, &[], &[], MatMul::new(2, 0, 3).acc());
+    assert_eq!(c, vec![3.0; 6]);
+    matmul(&mut c, &[], &[], MatMul::new(2, 0, 3));
+    assert_eq!(c, vec![0.0; 6]);
+}
+
+#[test]
+fn layer_norm_and_backward_equal_twins() {
+    let mut r = rng(2);
+    for &(rows, d) in &[(1, 1), (1, 2), (3, 7), (16, 32), (5, 129)] {
+        let x = random(&mut r, rows * d);
+        let (mut fast, mut slow) = (x.clone(), x);
+        let (mut rs_fast, mut rs_slow) = (vec![0.0; rows], vec![0.0; rows]);
+        layer_norm(&mut fast, &mut rs_fast, d);
+        layer_norm_scalar(&mut slow, &mut rs_slow, d);
+        assert_close(&format!("layer_norm {rows}×{d}"), &fast, &slow, 1e-5);
+        assert_close(&format!("layer_norm rstd {rows}×{d}"), &rs_fast, &rs_slow, 1e-5);
+
+        let g = random(&mut r, rows * d);
+        let (mut gf, mut gs) = (g.clone(), g);
+        layer_norm_backward(&mut gf, &slow, &rs_slow, d);
+        layer_norm_backward_scalar(&mut gs, &slow, &rs_slow, d);
+        assert_close(&format!("layer_norm_backward {rows}×{d}"), &gf, &gs, 1e-4);
+    }
+}
+
+#[test]
+fn rope_equals_twin_and_inverse_undoes_it() {
+    let mut r = rng(3);
+    for &(t, n, _) in &SHAPES {
+        let x = random(&mut r, t * n);
+        let angles = random(&mut r, t * n / 2);
+        let cos: Vec<f32> = angles.iter().map(|a| (a * 3.0).cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| (a * 3.0).sin()).collect();
+        for dir in [RopeDirection::Forward, RopeDirection::Inverse] {
+            let (mut fast, mut slow) = (vec![0.0; t * n], vec![0.0; t * n]);
+            rope(&mut fast, &x, &cos, &sin, n, dir);
+            rope_scalar(&mut slow, &x, &cos, &sin, n, dir);
+            assert_close(&format!("rope {dir:?} T{t} N{n}"), &fast, &slow, 1e-6);
+        }
+        let (mut rot, mut back) = (vec![0.0; t * n], vec![0.0; t * n]);
+        rope(&mut rot, &x, &cos, &sin, n, RopeDirection::Forward);
+        rope(&mut back, &rot, &cos, &sin, n, RopeDirection::Inverse);
+        assert_close(&format!("rope round trip T{t} N{n}"), &back, &x, 1e-5);
+    }
+}
+
+#[test]
+fn causal_linear_attention_and_backward_equal_twins() {
+    let mut r = rng(4);
+    for &(t, n, d) in &SHAPES {
+        let q = sparse(&mut r, t * n, 0.3);
+        let v = random(&mut r, t * d);
+        let (mut out_f, mut out_s) = (vec![0.0; t * d], vec![0.0; t * d]);
+        let (mut s_f, mut s_s) = (vec![7.0; t * t], vec![7.0; t * t]);
+        causal_linear_attention(&mut out_f, &mut s_f, &q, &v, t, n, d);
+        causal_linear_attention_scalar(&mut out_s, &mut s_s, &q, &v, t, n, d);
+        assert_close(&format!("attention T{t} N{n} D{d}"), &out_f, &out_s, 1e-5);
+        assert_close(&format!("attention scores T{t} N{n}"), &s_f, &s_s, 1e-5);
+
+        let da = random(&mut r, t * d);
+        let (mut dq_f, mut dq_s) = (vec![0.0; t * n], vec![0.0; t * n]);
+        let (mut dv_f, mut dv_s) = (vec![0.0; t * d], vec![0.0; t * d]);
+        let (mut ds_f, mut ds_s) = (vec![0.0; t * t], vec![0.0; t * t]);
+        causal_linear_attention_backward(&mut dq_f, &mut dv_f, &mut ds_f, &da, &q, &v, &s_f, (t, n, d));
+        causal_linear_attention_backward_scalar(&mut dq_s, &mut dv_s, &mut ds_s, &da, &q, &v, &s_s, (t, n, d));
+        assert_close(&format!("attention backward dq T{t} N{n} D{d}"), &dq_f, &dq_s, 1e-5);
+        assert_close(&format!("attention backward dv T{t} N{n} D{d}"), &dv_f, &dv_s, 1e-5);
+    }
+}
+
+#[test]
+fn attention_never_looks_at_the_present_or_future() {
+    let mut r = rng(5);
+    let (t, n, d) = (9, 4, 3);
+    let q = sparse(&mut r, t * n, 0.8);
+    let v = random(&mut r, t * d);
+    let mut out = vec![0.0; t * d];
+    let mut s = vec![0.0; t * t];
+    causal_linear_attention(&mut out, &mut s, &q, &v, t, n, d);
+    // Changing the last token's values must not change any output.
+    let mut v2 = v.clone();
+    v2[(t - 1) * d..].iter_mut().for_each(|x| *x += 5.0);
+    let mut out2 = vec![0.0; t * d];
+    causal_linear_attention(&mut out2, &mut s, &q, &v2, t, n, d);
+    assert_eq!(out, out2);
+    assert!(out[..d].iter().all(|&x| x == 0.0), "t = 0 attends to nothing");
+}
+
+#[test]
+fn sparse_recurrent_kernels_equal_dense_twins() {
+    let mut r = rng(6);
+    for &(m, d) in &[(2, 1), (2, 5), (34, 9), (256, 64)] {
+        let coef = sparse(&mut r, m, 0.25);
+        let rows: Vec<u32> = (0..m as u32).filter(|&i| coef[i as usize] != 0.0).collect();
+        let mat = random(&mut r, m * d);
+        let (mut f, mut s) = (vec![9.0; d], vec![9.0; d]);
+        sparse_row_sum(&mut f, &coef, &mat, &rows);
+        sparse_row_sum_scalar(&mut s, &coef, &mat, &rows);
+        assert_close(&format!("sparse_row_sum {m}×{d}"), &f, &s, 1e-5);
+
+        let v = random(&mut r, d);
+        let (mut rf, mut rs) = (mat.clone(), mat.clone());
+        rho_update(&mut rf, &coef, &v, &rows);
+        rho_update_scalar(&mut rs, &coef, &v, &rows);
+        assert_close(&format!("rho_update {m}×{d}"), &rf, &rs, 1e-6);
+
+        let a = random(&mut r, d);
+        let w = random(&mut r, d * m);
+        let (mut gf, mut gs) = (vec![0.0; rows.len()], vec![0.0; rows.len()]);
+        gather_matvec(&mut gf, &a, &w, m, &rows);
+        gather_matvec_scalar(&mut gs, &a, &w, m, &rows);
+        assert_close(&format!("gather_matvec {d}×{m}"), &gf, &gs, 1e-5);
+    }
+}

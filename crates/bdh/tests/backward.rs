@@ -1,0 +1,83 @@
+//! The explicit backward against finite differences of the loss, on a tiny config,
+//! in eval mode and in training mode with dropout.
+
+use bdh::{backward, forward, loss, Activations, BdhConfig, Gradients, Mode, Model, Params};
+
+use crate::common::{tiny_config, tokens};
+
+fn loss_at(model: &Model, toks: &[u32], targets: &[u32], b: usize, mode: Mode) -> f64 {
+    let mut acts = Activations::new(model, b, toks.len() / b);
+    forward(model, toks, &mut acts, mode).unwrap();
+    loss(&acts, targets).unwrap() as f64
+}
+
+/// Unit vector, half along `g` and half random, so the directional derivative is
+/// large enough to measure in f32 while still probing every direction.
+fn direction(g: &[f32], seed: u64) -> Vec<f32> {
+    let gn = g.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    let r: Vec<f32> = tokens(g.len(), seed).iter().map(|&t| t as f32 / 128.0 - 1.0).collect();
+    let rn = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let d: Vec<f32> = g.iter().zip(&r).map(|(a, b)| a / gn + b / rn).collect();
+    let dn = d.iter().map(|x| x * x).sum::<f32>().sqrt();
+    d.iter().map(|x| x / dn).collect()
+}
+
+fn check_gradients(cfg: BdhConfig, mode: Mode) {
+    let (b, t) = (2, 9);
+    let mut model = Model::new(cfg, 11).unwrap();
+    // Weights of std 0.2 instead of 0.02 put the loss in a regime with real curvature.
+    for (_, p) in model.params.tensors_mut() {
+        p.iter_mut().for_each(|x| *x *= 10.0);
+    }
+    let toks = tokens(b * t, 1);
+    let targets = tokens(b * t, 2);
+    let mut acts = Activations::new(&model, b, t);
+    forward(&model, &toks, &mut acts, mode).unwrap();
+    let mut grads = Gradients::new(&model, b, t);
+    backward(&model, &acts, &targets, &mut grads).unwrap();
+
+    // Small enough to stay clear of ReLU kinks, large enough for f32 loss noise (~3e-3 here).
+    let eps = 1e-4f32;
+    for (k, (name, g)) in grads.params.tensors().into_iter().enumerate() {
+        let d = direction(g, 100 + k as u64);
+        let analytic: f64 = g.iter().zip(&d).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let shifted = |sign: f32| {
+            let mut m = model.clone();
+            let p: &mut Vec<f32> = m.params.tensors_mut().into_iter().nth(k).unwrap().1;
+            p.iter_mut().zip(&d).for_each(|(x, dx)| *x += sign * eps * dx);
+            loss_at(&m, &toks, &targets, b, mode)
+        };
+        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+        let rel = (numeric - analytic).abs() / analytic.abs();
+        println!("{mode:?} {name:<13} analytic {analytic:+.6e} numeric {numeric:+.6e} rel {rel:.1e}");
+        assert!(rel < 1e-2, "{name}: analytic {analytic} vs numeric {numeric}");
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    check_gradients(tiny_config(2, 16, 2, 4), Mode::Eval);
+}
+
+#[test]
+fn backward_matches_finite_differences_with_dropout() {
+    let cfg = BdhConfig { dropout: 0.25, ..tiny_config(2, 16, 2, 4) };
+    check_gradients(cfg, Mode::Train { seed: 5 });
+}
+
+#[test]
+fn gradients_accumulate_until_zeroed() {
+    let model = Model::new(tiny_config(1, 16, 2, 4), 3).unwrap();
+    let (toks, targets) = (tokens(8, 1), tokens(8, 2));
+    let mut acts = Activations::new(&model, 1, 8);
+    forward(&model, &toks, &mut acts, Mode::Eval).unwrap();
+    let mut grads = Gradients::new(&model, 1, 8);
+    backward(&model, &acts, &targets, &mut grads).unwrap();
+    let once: Params = grads.params.clone();
+    backward(&model, &acts, &targets, &mut grads).unwrap();
+    for ((_, a), (_, b)) in once.tensors().into_iter().zip(grads.params.tensors()) {
+        assert!(a.iter().zip(b).all(|(x, y)| (2.0 * x - y).abs() <= 1e-6 * x.abs().max(1e-3)));
+    }
+    grads.zero();
+    assert!(grads.params.tensors().iter().all(|(_, g)| g.iter().all(|&x| x == 0.0)));
+}

@@ -1,0 +1,167 @@
+//! Bad inputs give errors that name the problem; none panics.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use bdh::checkpoint::{load, read_safetensors, save};
+use bdh::{forward, Activations, BdhConfig, Error, Mode, Model};
+
+use crate::common::{golden_dir, temp_dir, tiny_config};
+
+fn message(e: Error) -> String {
+    let m = e.to_string();
+    println!("{m}");
+    m
+}
+
+fn write_config(dir: &Path, cfg: &BdhConfig) {
+    std::fs::write(dir.join("config.json"), serde_json::to_string(cfg).unwrap()).unwrap();
+}
+
+#[test]
+fn missing_file_is_named() {
+    let m = message(load(Path::new("/no/such/model.safetensors"), None).unwrap_err());
+    assert!(m.contains("/no/such/model.safetensors"), "{m}");
+}
+
+#[test]
+fn directory_without_weights_is_named() {
+    let dir = temp_dir("empty-dir");
+    let m = message(load(&dir, None).unwrap_err());
+    assert!(m.contains("neither model.safetensors nor model.pt"), "{m}");
+}
+
+#[test]
+fn missing_config_is_named() {
+    let dir = temp_dir("no-config");
+    std::fs::copy(golden_dir("ref-tiny").join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let m = message(load(&dir, None).unwrap_err());
+    assert!(m.contains("config.json"), "{m}");
+}
+
+#[test]
+fn truncated_and_corrupt_safetensors_are_rejected() {
+    let dir = temp_dir("corrupt");
+    write_config(&dir, &tiny_config(2, 32, 2, 8));
+    let good = std::fs::read(golden_dir("ref-tiny").join("model.safetensors")).unwrap();
+    for (what, bytes) in [
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("header only", good[..8].to_vec()),
+        ("garbage", b"this is not a tensor file at all".to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
+        let m = message(load(&dir, None).unwrap_err());
+        assert!(m.contains("safetensors"), "{what}: {m}");
+    }
+}
+
+#[test]
+fn config_that_does_not_match_the_weights_names_the_tensor() {
+    let dir = temp_dir("mismatch");
+    std::fs::copy(golden_dir("ref-tiny").join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    write_config(&dir, &tiny_config(2, 64, 2, 8));
+    let m = message(load(&dir, None).unwrap_err());
+    assert!(m.contains("embed.weight") && m.contains("[256, 64]") && m.contains("[256, 32]"), "{m}");
+    write_config(&dir, &tiny_config(2, 32, 4, 8));
+    let m = message(load(&dir, None).unwrap_err());
+    assert!(m.contains("encoder"), "{m}");
+}
+
+#[test]
+fn invalid_configs_are_rejected_with_the_reason() {
+    for (cfg, want) in [
+        (tiny_config(0, 32, 2, 8), "n_layer"),
+        (tiny_config(2, 3, 1, 1), "even"),
+        (tiny_config(2, 32, 3, 1), "divisible"),
+        (BdhConfig { dropout: 1.0, ..tiny_config(1, 8, 1, 1) }, "dropout"),
+    ] {
+        let m = message(Model::new(cfg, 0).unwrap_err());
+        assert!(m.contains(want), "{m}");
+    }
+    let dir = temp_dir("bad-json");
+    std::fs::write(dir.join("config.json"), r#"{"n_layer": 2, "n_embed": 32}"#).unwrap();
+    let m = message(BdhConfig::from_json_file(&dir.join("config.json")).unwrap_err());
+    assert!(m.contains("n_embed"), "{m}");
+}
+
+#[test]
+fn missing_and_unexpected_tensors_are_named() {
+    let dir = temp_dir("missing-tensor");
+    let model = Model::new(tiny_config(1, 8, 1, 2), 0).unwrap();
+    save(&model, &dir).unwrap();
+    let mut tensors = read_safetensors(&dir.join("model.safetensors")).unwrap();
+    tensors.remove("lm_head");
+    let m = message(bdh::checkpoint::model_from_tensors(model.config.clone(), tensors.clone(), &dir).unwrap_err());
+    assert!(m.contains("lm_head"), "{m}");
+    let mut extra = read_safetensors(&dir.join("model.safetensors")).unwrap();
+    extra.insert("head.bias".into(), extra["lm_head"].clone());
+    let m = message(bdh::checkpoint::model_from_tensors(model.config, extra, &dir).unwrap_err());
+    assert!(m.contains("head.bias"), "{m}");
+}
+
+/// The reference's `.pt` with its pickle replaced by `pickle`.
+fn pt_with_pickle(name: &str, pickle: &[u8]) -> std::path::PathBuf {
+    let dir = temp_dir(name);
+    write_config(&dir, &tiny_config(2, 32, 2, 8));
+    let mut src = zip::ZipArchive::new(std::fs::File::open(golden_dir("ref-tiny").join("model.pt")).unwrap()).unwrap();
+    let path = dir.join("model.pt");
+    let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..src.len() {
+        let mut entry = src.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        out.start_file(&name, opts).unwrap();
+        out.write_all(if name.ends_with("data.pkl") { pickle } else { &bytes }).unwrap();
+    }
+    out.finish().unwrap();
+    path
+}
+
+#[test]
+fn pt_that_would_run_code_is_refused() {
+    // pickle of `os.system("echo")`
+    let path = pt_with_pickle("pt-evil", b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00echoq\x01\x85q\x02Rq\x03.");
+    let m = message(load(&path, None).unwrap_err());
+    assert!(m.contains("os.system") && m.contains("refusing"), "{m}");
+}
+
+#[test]
+fn pt_holding_something_other_than_tensors_is_refused() {
+    // pickle of `{"decoder": "abc"}`
+    let path = pt_with_pickle("pt-str", b"\x80\x02}q\x00X\x07\x00\x00\x00decoderq\x01X\x03\x00\x00\x00abcq\x02s.");
+    let m = message(load(&path, None).unwrap_err());
+    assert!(m.contains("decoder") && m.contains("not a plain tensor"), "{m}");
+    // pickle of the list `[]`
+    let path = pt_with_pickle("pt-list", b"\x80\x02]q\x00.");
+    let m = message(load(&path, None).unwrap_err());
+    assert!(m.contains("state_dict"), "{m}");
+    // a pickle cut short
+    let path = pt_with_pickle("pt-short", b"\x80\x02}q\x00X\x07\x00\x00");
+    let m = message(load(&path, None).unwrap_err());
+    assert!(m.contains("ends early"), "{m}");
+}
+
+#[test]
+fn pt_that_is_not_a_zip_is_refused() {
+    let dir = temp_dir("pt-notzip");
+    write_config(&dir, &tiny_config(2, 32, 2, 8));
+    std::fs::write(dir.join("model.pt"), b"PK but not really").unwrap();
+    let m = message(load(&dir.join("model.pt"), None).unwrap_err());
+    assert!(m.contains("not a PyTorch zip checkpoint"), "{m}");
+}
+
+#[test]
+fn out_of_range_tokens_and_wrong_lengths_are_errors() {
+    let model = Model::new(tiny_config(1, 8, 1, 2), 0).unwrap();
+    let mut acts = Activations::new(&model, 1, 3);
+    let m = message(forward(&model, &[1, 256, 3], &mut acts, Mode::Eval).unwrap_err());
+    assert!(m.contains("256"), "{m}");
+    let m = message(forward(&model, &[1, 2], &mut acts, Mode::Eval).unwrap_err());
+    assert!(m.contains("B=1 × T=3"), "{m}");
+    let mut rec = bdh::Recurrent::new(&model);
+    assert!(rec.step(300).is_err());
+    assert!(rec.prefill(&[]).is_err());
+}
