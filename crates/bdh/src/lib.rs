@@ -27,6 +27,7 @@
 //! ```
 
 pub mod backward;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -34,9 +35,11 @@ pub mod forward;
 mod loss;
 pub mod optim;
 pub mod params;
+pub mod preset;
 mod pt;
 pub mod recurrent;
 pub mod rope;
+pub mod train;
 pub mod verify;
 
 pub use backward::{backward, loss, Gradients};
@@ -45,4 +48,6 @@ pub use error::{Error, Result};
 pub use forward::{forward, Activations, Dims, Mode};
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{Model, Params};
+pub use preset::{RunConfig, TrainingConfig};
 pub use recurrent::{Recurrent, State};
+pub use train::Trainer;

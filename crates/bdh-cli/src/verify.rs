@@ -1,0 +1,46 @@
+//! `bdh verify`: the model on golden inputs, max diffs per tensor, pass or fail.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bdh::checkpoint::{load, read_safetensors};
+use bdh::verify::verify;
+
+/// Runs a model on a golden file's inputs and compares every tensor it holds.
+///
+/// Exit status: 0 when all are within tolerance, 1 when one is not, 2 on bad input.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A checkpoint directory, a model.safetensors, or a PyTorch .pt state_dict.
+    #[arg(long)]
+    model: PathBuf,
+    /// The bdh.py config (JSON); defaults to config.json beside the weights.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Golden tensors (safetensors): input_ids and any of logits, targets+loss, grad.*, greedy_ids.
+    #[arg(long)]
+    golden: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let model = load(&args.model, args.config.as_deref())
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let golden = read_safetensors(&args.golden).context("reading golden tensors")?;
+    let report = verify(&model, &golden, &args.golden).context("verifying")?;
+    println!("{:<22} {:>12} {:>12} {:>10}  result", "tensor", "max abs", "max rel", "tolerance");
+    for t in &report.tensors {
+        let verdict = if t.passed() { "ok" } else { "FAIL" };
+        println!("{:<22} {:>12.3e} {:>12.3e} {:>10.0e}  {verdict}", t.name, t.max_abs, t.max_rel, t.tolerance);
+    }
+    if let Some(g) = &report.greedy {
+        let verdict = match g.first_mismatch {
+            None => "ok".to_string(),
+            Some((row, i)) => format!("FAIL (first difference: row {row}, generated token {i})"),
+        };
+        println!("{:<22} {:>12} tokens equal  {verdict}", "greedy_ids", format!("{}/{}", g.matching, g.total));
+    }
+    let passed = report.passed();
+    println!("{}", if passed { "PASS: matches the reference" } else { "FAIL: differs from the reference" });
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
