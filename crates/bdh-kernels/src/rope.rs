@@ -13,7 +13,7 @@ pub enum RopeDirection {
 /// whose cosine and sine are `cos[t·n/2 + j]`, `sin[t·n/2 + j]`:
 /// `out[2j] = x[2j]·c − x[2j+1]·s`, `out[2j+1] = x[2j+1]·c + x[2j]·s`.
 pub fn rope(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
-    debug_assert!(n % 2 == 0 && out.len() == x.len() && cos.len() * 2 >= x.len());
+    debug_assert!(n.is_multiple_of(2) && out.len() == x.len() && cos.len() * 2 >= x.len());
     let sign = match dir {
         RopeDirection::Forward => 1.0,
         RopeDirection::Inverse => -1.0,

@@ -57,7 +57,7 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     for (name, view) in st.tensors() {
         let raw = view.data();
         let data = match view.dtype() {
-            Dtype::F32 => TensorData::F32(le_values(raw, |b| f32::from_le_bytes(b))),
+            Dtype::F32 => TensorData::F32(le_values(raw, f32::from_le_bytes)),
             Dtype::F64 => TensorData::F32(le_values(raw, |b| f64::from_le_bytes(b) as f32)),
             Dtype::I64 => TensorData::I64(le_values(raw, i64::from_le_bytes)),
             Dtype::I32 => TensorData::I64(le_values(raw, |b| i32::from_le_bytes(b) as i64)),

@@ -77,7 +77,7 @@ impl BdhConfig {
                 return bad(format!("{name} must be > 0"));
             }
         }
-        if (self.mlp_internal_dim_multiplier * self.n_embd) % self.n_head != 0 {
+        if !(self.mlp_internal_dim_multiplier * self.n_embd).is_multiple_of(self.n_head) {
             return bad(format!(
                 "mlp_internal_dim_multiplier·n_embd = {} must be divisible by n_head = {}",
                 self.mlp_internal_dim_multiplier * self.n_embd,
@@ -85,7 +85,7 @@ impl BdhConfig {
             ));
         }
         let n = self.n_neurons();
-        if n % 2 != 0 {
+        if !n.is_multiple_of(2) {
             return bad(format!("neurons per head N = {n} must be even (RoPE rotates pairs)"));
         }
         if self.vocab_size > u32::MAX as usize {
