@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use bdh::bench::{forward_pass, train_step, BenchResult, BenchSpec};
 use bdh::RunConfig;
 
@@ -26,6 +25,9 @@ pub struct Args {
     /// Timed iterations.
     #[arg(long, global = true, default_value_t = 10)]
     iters: usize,
+    /// Override a config key, e.g. `--set model.n_layer=6` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -40,10 +42,8 @@ enum Mode {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting threads")?;
-    }
-    let run = RunConfig::resolve(&args.preset)?;
+    crate::set_threads(args.threads)?;
+    let run = RunConfig::resolve(&args.preset, &args.set)?;
     let spec = BenchSpec {
         config: run.model.clone(),
         batch: args.batch.unwrap_or(run.training.batch_size),

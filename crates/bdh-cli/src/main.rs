@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod eval;
+mod generate;
+mod train;
 mod verify;
 
 /// BDH ("The Dragon Hatchling") language models: verify against the reference,
@@ -18,6 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model (default: the small preset on the built-in corpus).
+    Train(train::Args),
+    /// Generate text from a prompt.
+    Generate(generate::Args),
+    /// Loss, perplexity and bits per byte of a model on a file or the built-in corpus.
+    Eval(eval::Args),
     /// Compare a model against golden tensors of the reference bdh.py.
     Verify(verify::Args),
     /// Measure training and inference speed.
@@ -30,6 +39,9 @@ const BAD_INPUT: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
     };
@@ -40,4 +52,13 @@ fn main() -> ExitCode {
             ExitCode::from(BAD_INPUT)
         }
     }
+}
+
+/// Sizes the global thread pool (default: one thread per core).
+fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be > 0");
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    Ok(())
 }

@@ -95,3 +95,73 @@ fn bench_train_reports_throughput() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("tokens/s") && out.contains("GFLOP/s"), "{out}");
 }
+
+#[test]
+fn train_resume_generate_eval_end_to_end() {
+    let dir = temp("e2e");
+    let run_dir = dir.join("run").display().to_string();
+    let small = ["--set", "training.batch_size=2", "--set", "training.eval_batches=1", "--set", "training.eval_interval=2"];
+    let mut args = vec!["train", "--preset", "tiny", "--out", &run_dir, "--quiet", "--set", "training.max_steps=2"];
+    args.extend_from_slice(&small);
+    let o = bdh(&args);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("val loss") && out.contains("answer accuracy") && out.contains("sample at step 2"), "{out}");
+
+    let mut args = vec!["train", "--resume", &run_dir, "--quiet", "--set", "training.max_steps=4"];
+    args.extend_from_slice(&small);
+    let o = bdh(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"step\":4"), "{metrics}");
+
+    let gen = |extra: &[&str]| {
+        let mut a = vec!["generate", "--model", &run_dir, "--prompt", "ada lives in ", "--max-tokens", "60", "--seed", "3"];
+        a.extend_from_slice(extra);
+        bdh(&a)
+    };
+    let (a, b) = (gen(&[]), gen(&[]));
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    assert_eq!(a.stdout, b.stdout, "same seed, same text");
+    assert!(String::from_utf8_lossy(&a.stderr).contains("tokens/s"));
+    let full = String::from_utf8_lossy(&a.stdout).to_string();
+    let stop = full.chars().skip(1).find(|c| c.is_ascii_alphanumeric()).expect("an ASCII letter in 60 bytes").to_string();
+    let c = gen(&["--stop", &stop]);
+    let cut = String::from_utf8_lossy(&c.stdout).trim_end_matches('\n').to_string();
+    assert!(!cut.contains(&stop) && full.starts_with(&cut), "{cut:?} vs {full:?}");
+    assert!(String::from_utf8_lossy(&c.stderr).contains("stopped at"), "{}", text(&c));
+
+    let data = dir.join("data.txt");
+    std::fs::write(&data, "the quick brown fox jumps over the lazy dog. ".repeat(20)).unwrap();
+    let o = bdh(&["eval", "--model", &run_dir, "--data", &data.display().to_string(), "--block", "64"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("bits/byte") && out.contains("independent windows"), "{out}");
+    let o = bdh(&["eval", "--model", &run_dir, "--batches", "1", "--batch", "2", "--block", "160"]);
+    assert!(text(&o).contains("answer accuracy"), "{}", text(&o));
+}
+
+#[test]
+fn train_rejects_bad_input_without_panicking() {
+    let dir = temp("train-bad");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    let out_dir = dir.join("out").display().to_string();
+    for (args, want) in [
+        (vec!["--preset", "tiny", "--data", empty.to_str().unwrap()], "empty"),
+        (vec!["--preset", "tiny", "--data", short.to_str().unwrap()], "fewer than one block"),
+        (vec!["--preset", "tiny", "--data", "/no/such/file.txt"], "/no/such/file.txt"),
+        (vec!["--preset", "tiny", "--set", "training.nope=1"], "unknown key"),
+        (vec!["--preset", "tiny", "--set", "training.lr=fast"], "float"),
+        (vec!["--preset", "nope"], "no preset"),
+    ] {
+        let mut a = vec!["train", "--out", &out_dir, "--quiet"];
+        a.extend(args);
+        let o = bdh(&a);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {out}");
+        assert!(out.contains(want) && !out.contains("panicked"), "{a:?}: {out}");
+    }
+}

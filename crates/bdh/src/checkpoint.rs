@@ -163,19 +163,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
 }
 
+/// Named f32 tensors `(name, shape, values)` as safetensors bytes.
+pub fn encode_safetensors(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
+    let encoded: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let mut views = Vec::with_capacity(tensors.len());
+    for ((name, shape, _), bytes) in tensors.iter().zip(&encoded) {
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| Error::Input(format!("tensor `{name}`: {e}")))?;
+        views.push((name.clone(), view));
+    }
+    safetensors::serialize(views, None).map_err(|e| Error::Input(format!("serialising: {e}")))
+}
+
 /// The model's tensors as safetensors bytes, in bdh.py's names and layout.
 pub fn to_safetensors(model: &Model) -> Result<Vec<u8>> {
     let cfg = &model.config;
     let named = model.params.tensors().into_iter().chain([(FREQS_NAME, model.freqs.as_slice())]);
-    let encoded: Vec<(&str, Vec<u8>)> =
-        named.map(|(name, data)| (name, data.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
-    let mut views = Vec::with_capacity(encoded.len());
-    for (name, bytes) in &encoded {
-        let view = TensorView::new(Dtype::F32, Params::shape(cfg, name), bytes)
-            .map_err(|e| Error::Input(format!("tensor `{name}`: {e}")))?;
-        views.push((name.to_string(), view));
-    }
-    safetensors::serialize(views, None).map_err(|e| Error::Input(format!("serialising: {e}")))
+    let tensors: Vec<_> = named.map(|(name, data)| (name.to_string(), Params::shape(cfg, name), data)).collect();
+    encode_safetensors(&tensors)
 }
 
 /// Saves `model` into directory `dir` as `model.safetensors` + `config.json`,

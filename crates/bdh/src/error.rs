@@ -44,6 +44,16 @@ pub enum Error {
         /// What was found.
         found: String,
     },
+    /// Training produced a loss that is not a finite number.
+    #[error("the loss became {loss} at step {step}; {kept}")]
+    Diverged {
+        /// The step whose loss was not finite.
+        step: usize,
+        /// The loss.
+        loss: f32,
+        /// Which checkpoint is kept.
+        kept: String,
+    },
     /// An input the model cannot take (token out of range, empty sequence, …).
     #[error("bad input: {0}")]
     Input(String),

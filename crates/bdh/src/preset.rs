@@ -1,11 +1,13 @@
-//! Run configurations: a model config plus training settings, read from TOML.
-//! The presets in `configs/` are compiled in, so `--preset small` works anywhere.
+//! Run configurations: a model, how to train it and on what, read from TOML.
+//! The presets in `configs/` are compiled in, so `--preset small` works anywhere,
+//! and any key can be overridden (`training.lr=3e-4`).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::BdhConfig;
+use crate::data::DataConfig;
 use crate::error::{Error, Result};
 
 /// The built-in presets, by name, as the TOML text of `configs/<name>.toml`.
@@ -15,23 +17,55 @@ pub const PRESETS: [(&str, &str); 3] = [
     ("paper", include_str!("../../../configs/paper.toml")),
 ];
 
+/// How the learning rate moves after warmup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Half a cosine from `lr` down to `min_lr` at `max_steps`.
+    Cosine,
+    /// A straight line from `lr` down to `min_lr` at `max_steps`.
+    Linear,
+    /// `lr` throughout.
+    Constant,
+}
+
 /// Settings of a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingConfig {
-    /// B: sequences per optimizer micro-batch.
+    /// B: sequences per micro-batch.
     pub batch_size: usize,
     /// T: tokens per sequence.
     pub block_size: usize,
-    /// Seed of initialisation, batches and dropout.
-    pub seed: u64,
+    /// Optimizer steps of the whole run.
+    pub max_steps: usize,
+    /// Micro-batches whose gradients are averaged into one step.
+    pub grad_accum: usize,
     /// Peak learning rate.
     pub lr: f64,
+    /// Learning rate at the end of the decay.
+    pub min_lr: f64,
+    /// Steps of linear warmup from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Decay after warmup.
+    pub schedule: Schedule,
     /// AdamW decoupled weight decay.
     pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub grad_clip: f64,
+    /// Evaluate (and checkpoint) every this many steps.
+    pub eval_interval: usize,
+    /// Validation batches per evaluation.
+    pub eval_batches: usize,
+    /// Print a sample every this many steps (0: only at the end).
+    pub sample_interval: usize,
+    /// Bytes per sample.
+    pub sample_tokens: usize,
+    /// Seed of initialisation, batches and dropout.
+    pub seed: u64,
 }
 
-/// A model and how to train it.
+/// A model, how to train it, and on what.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -39,47 +73,100 @@ pub struct RunConfig {
     pub model: BdhConfig,
     /// The training settings.
     pub training: TrainingConfig,
+    /// What to train on: a file, or the built-in synthetic language.
+    #[serde(default)]
+    pub data: DataConfig,
 }
 
 impl RunConfig {
-    /// Parses and validates TOML text; `origin` names it in errors.
-    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
-        let cfg: RunConfig =
-            toml::from_str(text).map_err(|e| Error::format(origin, format!("not a run config: {e}")))?;
+    /// Parses TOML text, applies `overrides` (`section.key=value`, the value in
+    /// TOML syntax or a bare string) and validates; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path, overrides: &[String]) -> Result<Self> {
+        let bad = |m: String| Error::format(origin, m);
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(format!("not a run config: {e}")))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: RunConfig = table.try_into().map_err(|e| bad(format!("not a run config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// A built-in preset by name (`tiny`, `small`, `paper`).
-    pub fn preset(name: &str) -> Result<Self> {
-        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-            Error::Config(format!("no preset `{name}` (have: {})", names.join(", ")))
-        })?;
-        RunConfig::from_toml(text, Path::new(&format!("configs/{name}.toml")))
-    }
-
-    /// A preset name, or the path of a TOML file.
-    pub fn resolve(name_or_path: &str) -> Result<Self> {
+    /// A preset name (`tiny`, `small`, `paper`) or the path of a TOML file, with overrides.
+    pub fn resolve(name_or_path: &str, overrides: &[String]) -> Result<Self> {
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-            RunConfig::from_toml(&text, path)
-        } else {
-            RunConfig::preset(name_or_path)
+            return RunConfig::from_toml(&text, path, overrides);
         }
+        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name_or_path).ok_or_else(|| {
+            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            Error::Config(format!("no preset `{name_or_path}` (have: {}, or a .toml file)", names.join(", ")))
+        })?;
+        RunConfig::from_toml(text, Path::new(&format!("configs/{name_or_path}.toml")), overrides)
+    }
+
+    /// The config as TOML, as saved in a run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a run config always serialises")
     }
 
     /// Checks the model and the training settings.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let t = &self.training;
-        if t.batch_size == 0 || t.block_size == 0 {
-            return Err(Error::Config("training.batch_size and training.block_size must be > 0".into()));
+        let positive = [
+            ("batch_size", t.batch_size),
+            ("block_size", t.block_size),
+            ("max_steps", t.max_steps),
+            ("grad_accum", t.grad_accum),
+            ("eval_interval", t.eval_interval),
+            ("eval_batches", t.eval_batches),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config(format!("training.{name} must be > 0")));
         }
-        if !(t.lr.is_finite() && t.lr > 0.0) || !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-            return Err(Error::Config("training.lr must be > 0 and training.weight_decay ≥ 0".into()));
+        let finite = [("lr", t.lr), ("min_lr", t.min_lr), ("weight_decay", t.weight_decay), ("grad_clip", t.grad_clip)];
+        if let Some((name, v)) = finite.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
+            return Err(Error::Config(format!("training.{name} = {v} must be finite and ≥ 0")));
+        }
+        if t.lr == 0.0 || t.min_lr > t.lr {
+            return Err(Error::Config(format!("need 0 < training.min_lr ≤ training.lr, have {} and {}", t.min_lr, t.lr)));
+        }
+        if self.data.facts == 0 {
+            return Err(Error::Config("data.facts must be > 0".into()));
         }
         Ok(())
     }
+}
+
+/// Sets `section.key` of `table` to `value`; the key must already exist.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let bad = |m: String| Error::Config(format!("override `{assignment}`: {m}"));
+    let (path, raw) = assignment.split_once('=').ok_or_else(|| bad("expected section.key=value".into()))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    let (last, parents) = keys.split_last().expect("split gives at least one part");
+    let mut node = table;
+    for k in parents {
+        node = node
+            .get_mut(*k)
+            .and_then(|v| v.as_table_mut())
+            .ok_or_else(|| bad(format!("no section `{k}`")))?;
+    }
+    let old = node.get(*last).ok_or_else(|| bad(format!("unknown key `{path}`")))?;
+    let raw = raw.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    // An integer where a float is expected (lr=1) is still a number.
+    let value = match (old, parsed) {
+        (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+        (old, new) if std::mem::discriminant(old) != std::mem::discriminant(&new) => {
+            return Err(bad(format!("`{path}` takes a {}, not {new}", old.type_str())));
+        }
+        (_, new) => new,
+    };
+    node.insert(last.to_string(), value);
+    Ok(())
 }

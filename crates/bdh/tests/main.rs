@@ -8,3 +8,6 @@ mod backward;
 mod adamw;
 mod checkpoint;
 mod errors;
+mod data;
+mod generate;
+mod run;

@@ -1,0 +1,251 @@
+//! Training and evaluation data: bytes of any file, or the built-in synthetic
+//! language. Every batch is a pure function of (seed, index), so a resumed run
+//! sees exactly the batches an uninterrupted one would.
+
+mod synthetic;
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+pub use synthetic::{Document, SyntheticConfig, SyntheticLanguage};
+
+use crate::error::{Error, Result};
+
+/// Seed offset of the synthetic validation documents, apart from any training seed.
+const VAL_STREAM: u64 = 0x5eed_0f_7a11d;
+
+/// What to train on, as a run config's `[data]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Train on this file's bytes instead of the built-in language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Validate on this file (default: the last 10% of `path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_path: Option<PathBuf>,
+    /// Built-in language: facts stated, and asked about, per document.
+    pub facts: usize,
+    /// Built-in language: filler sentences between the facts and the questions.
+    pub distance: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        let s = SyntheticConfig::default();
+        DataConfig { path: None, val_path: None, facts: s.facts, distance: s.distance }
+    }
+}
+
+impl DataConfig {
+    /// The corpus this describes, for blocks of `block` tokens.
+    pub fn corpus(&self, block: usize) -> Result<Corpus> {
+        match &self.path {
+            Some(p) => Corpus::from_files(p, self.val_path.as_deref(), block),
+            None => Ok(Corpus::Synthetic(SyntheticLanguage::new(SyntheticConfig {
+                facts: self.facts,
+                distance: self.distance,
+            }))),
+        }
+    }
+}
+
+/// B sequences of T input tokens, their next-token targets, and where answers are.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// Input ids, (B, T).
+    pub tokens: Vec<u32>,
+    /// Target ids, (B, T): the next byte after each input.
+    pub targets: Vec<u32>,
+    /// (row, target positions) of each answer of the synthetic language.
+    pub answers: Vec<(usize, Range<usize>)>,
+}
+
+/// Bytes of a file, memory-mapped.
+#[derive(Clone, Debug)]
+struct Bytes {
+    map: Arc<memmap2::Mmap>,
+    range: Range<usize>,
+}
+
+impl Bytes {
+    fn slice(&self) -> &[u8] {
+        &self.map[self.range.clone()]
+    }
+}
+
+#[allow(unsafe_code)]
+fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
+    let file = File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let len = file.metadata().map_err(|e| Error::io("reading", path, e))?.len();
+    if len == 0 {
+        return Err(Error::Input(format!("{} is empty", path.display())));
+    }
+    // SAFETY: the map is only read. The one hazard of mapping is another process
+    // truncating the file while we read it, which the data files of a run do not see.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io("mapping", path, e))?;
+    Ok(Arc::new(map))
+}
+
+/// Where batches come from.
+#[derive(Clone, Debug)]
+pub enum Corpus {
+    /// The built-in synthetic language (endless; validation from a separate stream).
+    Synthetic(SyntheticLanguage),
+    /// Bytes of files: training and validation parts.
+    Files {
+        /// Training bytes.
+        train: BytesView,
+        /// Validation bytes.
+        val: BytesView,
+    },
+}
+
+/// A read-only view of (part of) a mapped file.
+#[derive(Clone, Debug)]
+pub struct BytesView(Bytes);
+
+impl BytesView {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.slice()
+    }
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    // splitmix64 of a combination: independent streams for (seed, index) pairs.
+    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Corpus {
+    /// A file as bytes: the first 90% to train on and the last 10% to validate, as
+    /// the reference does, or all of it to train on and `val` to validate.
+    pub fn from_files(train: &Path, val: Option<&Path>, block: usize) -> Result<Self> {
+        let map = map_file(train)?;
+        let corpus = match val {
+            Some(v) => {
+                let vmap = map_file(v)?;
+                let (tl, vl) = (map.len(), vmap.len());
+                Corpus::Files {
+                    train: BytesView(Bytes { map, range: 0..tl }),
+                    val: BytesView(Bytes { map: vmap, range: 0..vl }),
+                }
+            }
+            None => {
+                let split = map.len() * 9 / 10;
+                let len = map.len();
+                Corpus::Files {
+                    train: BytesView(Bytes { map: map.clone(), range: 0..split }),
+                    val: BytesView(Bytes { map, range: split..len }),
+                }
+            }
+        };
+        if let Corpus::Files { train: t, val: v } = &corpus {
+            for (what, part) in [("training", t), ("validation", v)] {
+                if part.bytes().len() < block + 1 {
+                    return Err(Error::Input(format!(
+                        "the {what} part of the data has {} bytes, fewer than one block of {} + 1",
+                        part.bytes().len(),
+                        block
+                    )));
+                }
+            }
+        }
+        Ok(corpus)
+    }
+
+    /// Training batch number `index` of a run seeded `seed`.
+    pub fn train_batch(&self, seed: u64, index: u64, b: usize, t: usize) -> Batch {
+        match self {
+            Corpus::Synthetic(lang) => {
+                synthetic_batch(lang, (0..b).map(|row| mix(mix(seed, index), row as u64)), t)
+            }
+            Corpus::Files { train, .. } => {
+                let data = train.bytes();
+                let span = (data.len() - t) as u64;
+                let starts = (0..b).map(|row| (mix(mix(seed, index), row as u64) % span) as usize);
+                bytes_batch(data, starts, t)
+            }
+        }
+    }
+
+    /// Validation batch number `index`: the same for every run of this corpus. For
+    /// files, `of` batches are spread evenly over the validation bytes.
+    pub fn val_batch(&self, index: usize, of: usize, b: usize, t: usize) -> Batch {
+        match self {
+            Corpus::Synthetic(lang) => {
+                synthetic_batch(lang, (0..b).map(|row| VAL_STREAM + (index * b + row) as u64), t)
+            }
+            Corpus::Files { val, .. } => {
+                let data = val.bytes();
+                let last = (of * b).saturating_sub(1).max(1);
+                let span = data.len() - t - 1;
+                let starts = (0..b).map(|row| (span * (index * b + row) / last).min(span));
+                bytes_batch(data, starts, t)
+            }
+        }
+    }
+
+    /// A prompt for samples during training: the start of a validation document up
+    /// to its first question (built-in corpus), or a line of the validation bytes.
+    pub fn sample_prompt(&self) -> String {
+        match self {
+            Corpus::Synthetic(lang) => {
+                let doc = lang.document(&mut rand_chacha::ChaCha8Rng::seed_from_u64(VAL_STREAM - 1));
+                let end = doc.answers.first().map_or(doc.text.len(), |r| r.start);
+                doc.text[..end].to_string()
+            }
+            Corpus::Files { val, .. } => {
+                let data = val.bytes();
+                let start = data.iter().position(|&c| c == b'\n').map_or(0, |p| p + 1).min(data.len() - 1);
+                let rest = &data[start..(start + 64).min(data.len())];
+                let end = rest.iter().position(|&c| c == b'\n').map_or(rest.len(), |p| p + 1);
+                String::from_utf8_lossy(&rest[..end]).into_owned()
+            }
+        }
+    }
+
+    /// Whether answers are marked (the synthetic language).
+    pub fn has_answers(&self) -> bool {
+        matches!(self, Corpus::Synthetic(_))
+    }
+}
+
+fn synthetic_batch(lang: &SyntheticLanguage, seeds: impl Iterator<Item = u64>, t: usize) -> Batch {
+    let mut batch = Batch::default();
+    for (row, seed) in seeds.enumerate() {
+        let w = lang.window(seed, t + 1);
+        let bytes = w.text.as_bytes();
+        batch.tokens.extend(bytes[..t].iter().map(|&x| x as u32));
+        batch.targets.extend(bytes[1..].iter().map(|&x| x as u32));
+        batch.answers.extend(w.answers.into_iter().map(|r| (row, r.start - 1..r.end - 1)));
+    }
+    batch
+}
+
+fn bytes_batch(data: &[u8], starts: impl Iterator<Item = usize>, t: usize) -> Batch {
+    let mut batch = Batch::default();
+    for s in starts {
+        batch.tokens.extend(data[s..s + t].iter().map(|&x| x as u32));
+        batch.targets.extend(data[s + 1..s + t + 1].iter().map(|&x| x as u32));
+    }
+    batch
+}
+
+/// Consecutive, non-overlapping windows of `t` + 1 bytes covering `data`
+/// (the last shorter one dropped if under 2 bytes): the inputs and targets of an
+/// evaluation over a whole file.
+pub fn windows(data: &[u8], t: usize) -> impl Iterator<Item = (&[u8], &[u8])> {
+    (0..data.len().saturating_sub(1)).step_by(t).map(move |s| {
+        let end = (s + t).min(data.len() - 1);
+        (&data[s..end], &data[s + 1..end + 1])
+    })
+}

@@ -1,0 +1,106 @@
+//! Evaluation: validation batches during training, and a whole file afterwards.
+
+use crate::data::{windows, Corpus};
+use crate::error::{Error, Result};
+use crate::forward::{forward, Activations, Mode};
+use crate::loss::cross_entropy;
+use crate::params::Model;
+use crate::verify::argmax;
+
+/// Validation numbers at one step.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalMetrics {
+    /// Steps completed.
+    pub step: usize,
+    /// Mean cross-entropy on the validation batches (nats per byte).
+    pub val_loss: f64,
+    /// `val_loss / ln 2`.
+    pub bits_per_byte: f64,
+    /// Fraction of answers predicted exactly, every byte (built-in corpus only).
+    pub answer_accuracy: Option<f64>,
+    /// Answers scored.
+    pub answers: usize,
+}
+
+/// Validation loss, bits per byte and answer accuracy over `batches` fixed batches
+/// of the size `acts` holds. An answer counts when every byte of it is the argmax
+/// prediction given the text before it.
+pub fn evaluate(model: &Model, corpus: &Corpus, acts: &mut Activations, batches: usize, step: usize) -> Result<EvalMetrics> {
+    let (b, t, v) = (acts.dims.b, acts.dims.t, acts.dims.v);
+    let (mut loss, mut correct, mut answers) = (0.0f64, 0usize, 0usize);
+    for i in 0..batches {
+        let batch = corpus.val_batch(i, batches, b, t);
+        forward(model, &batch.tokens, acts, Mode::Eval)?;
+        loss += cross_entropy(&acts.logits, &batch.targets, v) as f64;
+        for (row, range) in &batch.answers {
+            answers += 1;
+            let hit = range.clone().all(|pos| {
+                let at = row * t + pos;
+                argmax(&acts.logits[at * v..(at + 1) * v]) == batch.targets[at]
+            });
+            correct += usize::from(hit);
+        }
+    }
+    let val_loss = loss / batches as f64;
+    Ok(EvalMetrics {
+        step,
+        val_loss,
+        bits_per_byte: val_loss / std::f64::consts::LN_2,
+        answer_accuracy: corpus.has_answers().then(|| correct as f64 / answers.max(1) as f64),
+        answers,
+    })
+}
+
+/// Loss over every byte of a file.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileEval {
+    /// Bytes predicted (all but the first).
+    pub tokens: usize,
+    /// Windows the file was cut into.
+    pub windows: usize,
+    /// Tokens per window (the model's context is reset at each window).
+    pub window: usize,
+    /// Mean cross-entropy, nats per byte.
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// `loss / ln 2`.
+    pub bits_per_byte: f64,
+}
+
+/// Mean loss over every byte of `data`, cut into independent windows of `t`
+/// tokens (each starts with an empty state), `b` windows per forward pass.
+pub fn evaluate_bytes(model: &Model, data: &[u8], t: usize, b: usize) -> Result<FileEval> {
+    if data.len() < 2 {
+        return Err(Error::Input(format!("{} bytes is too little to evaluate: need 2", data.len())));
+    }
+    let v = model.config.vocab_size;
+    let all: Vec<(&[u8], &[u8])> = windows(data, t).collect();
+    let (mut total, mut tokens) = (0.0f64, 0usize);
+    let mut acts: Option<Activations> = None;
+    for group in all.chunks(b) {
+        // Windows of one pass share a length: the full ones, then the short tail alone.
+        for same in group.chunk_by(|a, b| a.0.len() == b.0.len()) {
+            let len = same[0].0.len();
+            let fits = acts.as_ref().is_some_and(|a| a.dims.b == same.len() && a.dims.t == len);
+            if !fits {
+                acts = Some(Activations::new(model, same.len(), len));
+            }
+            let acts = acts.as_mut().expect("just set");
+            let ids: Vec<u32> = same.iter().flat_map(|w| w.0.iter().map(|&x| x as u32)).collect();
+            let targets: Vec<u32> = same.iter().flat_map(|w| w.1.iter().map(|&x| x as u32)).collect();
+            forward(model, &ids, acts, Mode::Eval)?;
+            total += cross_entropy(&acts.logits, &targets, v) as f64 * targets.len() as f64;
+            tokens += targets.len();
+        }
+    }
+    let loss = total / tokens as f64;
+    Ok(FileEval {
+        tokens,
+        windows: all.len(),
+        window: t,
+        loss,
+        perplexity: loss.exp(),
+        bits_per_byte: loss / std::f64::consts::LN_2,
+    })
+}

@@ -1,0 +1,294 @@
+//! A training run: batches, schedule, evaluation, samples, metrics and checkpoints
+//! in a run directory, resumable exactly.
+//!
+//! ```text
+//! run/config.toml          the resolved run config
+//! run/metrics.jsonl        one JSON object per logged step, evaluation and sample
+//! run/last/                model.safetensors, config.json, optimizer.safetensors, trainer.json
+//! run/best/                model.safetensors, config.json of the best validation loss
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, encode_safetensors, read_safetensors, write_atomic};
+use crate::data::Corpus;
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalMetrics};
+use crate::generate::{generate, Sampler, SamplingConfig};
+use crate::optim::AdamWConfig;
+use crate::params::{Model, Params};
+use crate::preset::RunConfig;
+use crate::train::{learning_rate, Trainer};
+
+/// What `trainer.json` records: enough to continue exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed (the next batch index).
+    pub step: usize,
+    /// Best validation loss so far.
+    pub best_val_loss: Option<f64>,
+    /// Tokens trained on so far.
+    pub tokens_seen: u64,
+}
+
+/// Something a run reports as it goes.
+#[derive(Clone, Debug)]
+pub enum Event<'a> {
+    /// The run starts at `step` of `max_steps`.
+    Start {
+        /// First step to run.
+        step: usize,
+        /// Last step.
+        max_steps: usize,
+    },
+    /// An optimizer step finished.
+    Step {
+        /// Steps completed.
+        step: usize,
+        /// Mean training loss of the step.
+        loss: f32,
+        /// Learning rate used.
+        lr: f64,
+        /// Gradient norm before clipping.
+        grad_norm: f64,
+        /// Training throughput of the step.
+        tokens_per_second: f64,
+    },
+    /// An evaluation finished.
+    Eval(&'a EvalMetrics),
+    /// A sample was generated.
+    Sample {
+        /// Steps completed.
+        step: usize,
+        /// The prompt.
+        prompt: &'a str,
+        /// What the model wrote after it.
+        text: &'a str,
+    },
+    /// A checkpoint was written.
+    Saved(&'a Path),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// Steps completed.
+    pub step: usize,
+    /// Whether a stop request ended it early.
+    pub interrupted: bool,
+    /// The last evaluation.
+    pub last_eval: Option<EvalMetrics>,
+    /// Every step's training loss, in order, from the first step this call ran.
+    pub losses: Vec<f32>,
+    /// Wall time of this call.
+    pub seconds: f64,
+}
+
+/// Trains per `run` on `corpus` in directory `dir`, continuing from `dir/last` if
+/// `resume`. Checks `stop` before each step and saves before returning early.
+pub fn train(
+    run: &RunConfig,
+    corpus: &Corpus,
+    dir: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    mut on: impl FnMut(Event),
+) -> Result<RunOutcome> {
+    let started = Instant::now();
+    let tc = &run.training;
+    let (b, t) = (tc.batch_size, tc.block_size);
+    let opt = AdamWConfig { lr: tc.lr, weight_decay: tc.weight_decay, ..AdamWConfig::default() };
+    let last_dir = dir.join("last");
+    let (mut trainer, mut state) = if resume {
+        load_state(run, &last_dir, opt, b, t)?
+    } else {
+        if last_dir.exists() {
+            return Err(Error::Input(format!(
+                "{} already holds a run; resume it or choose another directory",
+                dir.display()
+            )));
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+        let model = Model::new(run.model.clone(), tc.seed)?;
+        (Trainer::new(model, opt, b, t), TrainerState { step: 0, best_val_loss: None, tokens_seen: 0 })
+    };
+    write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;
+    let mut metrics = Metrics::open(&dir.join("metrics.jsonl"), state.step)?;
+
+    on(Event::Start { step: state.step, max_steps: tc.max_steps });
+    let mut losses = Vec::new();
+    let mut last_eval = None;
+    let mut interrupted = false;
+    while state.step < tc.max_steps {
+        if stop.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
+        let t0 = Instant::now();
+        let lr = learning_rate(tc, state.step);
+        let mut loss = 0.0f32;
+        for micro in 0..tc.grad_accum {
+            let index = (state.step * tc.grad_accum + micro) as u64;
+            let batch = corpus.train_batch(tc.seed, index, b, t);
+            loss += trainer.accumulate(&batch.tokens, &batch.targets, tc.seed ^ index.wrapping_mul(0x9e37_79b9))?;
+        }
+        loss /= tc.grad_accum as f32;
+        if !loss.is_finite() {
+            let kept = if state.step == 0 {
+                "no checkpoint had been written yet".to_string()
+            } else {
+                format!("the last good checkpoint is kept in {}", last_dir.display())
+            };
+            return Err(Error::Diverged { step: state.step + 1, loss, kept });
+        }
+        let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr);
+        state.step += 1;
+        state.tokens_seen += (b * t * tc.grad_accum) as u64;
+        losses.push(loss);
+        let tokens_per_second = (b * t * tc.grad_accum) as f64 / t0.elapsed().as_secs_f64();
+        metrics.write(&serde_json::json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tokens_per_second}))?;
+        on(Event::Step { step: state.step, loss, lr, grad_norm, tokens_per_second });
+
+        let last_step = state.step == tc.max_steps;
+        if state.step % tc.eval_interval == 0 || last_step {
+            let m = evaluate(&trainer.model, corpus, &mut trainer.acts, tc.eval_batches, state.step)?;
+            metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
+            on(Event::Eval(&m));
+            if state.best_val_loss.is_none_or(|best| m.val_loss < best) {
+                state.best_val_loss = Some(m.val_loss);
+                save_model_dir(&trainer.model, &dir.join("best"))?;
+            }
+            save_state(&trainer, &state, &last_dir)?;
+            on(Event::Saved(&last_dir));
+            last_eval = Some(m);
+        }
+        if (tc.sample_interval > 0 && state.step % tc.sample_interval == 0) || last_step {
+            let (prompt, text) = sample(&trainer.model, corpus, tc.sample_tokens, tc.seed)?;
+            metrics.write(&serde_json::json!({"step": state.step, "sample_prompt": prompt, "sample": text}))?;
+            on(Event::Sample { step: state.step, prompt: &prompt, text: &text });
+        }
+    }
+    if interrupted {
+        save_state(&trainer, &state, &last_dir)?;
+        on(Event::Saved(&last_dir));
+    }
+    Ok(RunOutcome { step: state.step, interrupted, last_eval, losses, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// A sample from the corpus's sample prompt: (prompt, continuation).
+pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Result<(String, String)> {
+    let prompt = corpus.sample_prompt();
+    let mut sampler = Sampler::new(SamplingConfig { temperature: 0.8, top_k: 40, seed, ..SamplingConfig::default() })?;
+    let (out, _) = generate(model, prompt.as_bytes(), tokens, &mut sampler, &[], |_| {})?;
+    Ok((prompt, String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Appends JSON lines to `metrics.jsonl`, dropping records past `keep_until` on resume.
+struct Metrics(fs::File);
+
+impl Metrics {
+    fn open(path: &Path, keep_until: usize) -> Result<Self> {
+        let kept: Vec<String> = match fs::read_to_string(path) {
+            Ok(text) if keep_until > 0 => text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= keep_until)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => Vec::new(),
+        };
+        write_atomic(path, kept.concat().as_bytes())?;
+        let file = fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io("opening", path, e))?;
+        Ok(Metrics(file))
+    }
+
+    fn write(&mut self, record: &serde_json::Value) -> Result<()> {
+        writeln!(self.0, "{record}").map_err(|e| Error::io("writing", "metrics.jsonl", e))
+    }
+}
+
+/// Writes a directory's files into `<dir>.tmp`, then swaps it into place, so a
+/// crash leaves either the old checkpoint or the new one, never half of one.
+fn replace_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    let old = dir.with_extension("old");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(|e| Error::io("creating directory", &tmp, e))?;
+    write(&tmp)?;
+    if dir.exists() {
+        let _ = fs::remove_dir_all(&old);
+        fs::rename(dir, &old).map_err(|e| Error::io("moving aside", dir, e))?;
+    }
+    fs::rename(&tmp, dir).map_err(|e| Error::io("renaming into place", dir, e))?;
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn save_model_dir(model: &Model, dir: &Path) -> Result<()> {
+    replace_dir(dir, |tmp| checkpoint::save(model, tmp))
+}
+
+fn save_state(trainer: &Trainer, state: &TrainerState, dir: &Path) -> Result<()> {
+    replace_dir(dir, |tmp| {
+        checkpoint::save(&trainer.model, tmp)?;
+        let cfg = &trainer.model.config;
+        let mut tensors = Vec::new();
+        for (prefix, moments) in [("m", &trainer.opt.m), ("v", &trainer.opt.v)] {
+            for (name, data) in moments.tensors() {
+                tensors.push((format!("{prefix}.{name}"), Params::shape(cfg, name), data));
+            }
+        }
+        write_atomic(&tmp.join("optimizer.safetensors"), &encode_safetensors(&tensors)?)?;
+        let json = serde_json::json!({"state": state, "optimizer_step": trainer.opt.step});
+        write_atomic(&tmp.join("trainer.json"), serde_json::to_string_pretty(&json).expect("serialises").as_bytes())
+    })
+}
+
+fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize) -> Result<(Trainer, TrainerState)> {
+    let model = checkpoint::load(dir, None)?;
+    if model.config != run.model {
+        return Err(Error::Config(format!("{}: the checkpoint's model config differs from the run's", dir.display())));
+    }
+    let mut trainer = Trainer::new(model, opt, b, t);
+    let path = dir.join("trainer.json");
+    let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
+    let state: TrainerState =
+        serde_json::from_value(json["state"].clone()).map_err(|e| Error::format(&path, e.to_string()))?;
+    trainer.opt.step = json["optimizer_step"].as_u64().ok_or_else(|| Error::format(&path, "no optimizer_step"))?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let mut moments = read_safetensors(&opt_path)?;
+    let cfg = trainer.model.config.clone();
+    for (prefix, params) in [("m", &mut trainer.opt.m), ("v", &mut trainer.opt.v)] {
+        for (name, dst) in params.tensors_mut() {
+            let key = format!("{prefix}.{name}");
+            let src = moments.remove(&key).ok_or_else(|| Error::MissingTensor { path: opt_path.clone(), name: key.clone() })?;
+            if src.shape != Params::shape(&cfg, name) {
+                return Err(Error::Shape { name: key, expected: format!("{:?}", Params::shape(&cfg, name)), found: format!("{:?}", src.shape) });
+            }
+            *dst = src.f32s(&key)?.to_vec();
+        }
+    }
+    Ok((trainer, state))
+}
+
+/// The checkpoint to run from a path a user gave: a run directory (its `best`,
+/// else its `last`), a checkpoint directory, or a weights file.
+pub fn model_path(path: &Path) -> PathBuf {
+    for sub in ["best", "last"] {
+        if path.join(sub).join("model.safetensors").exists() {
+            return path.join(sub);
+        }
+    }
+    path.to_path_buf()
+}

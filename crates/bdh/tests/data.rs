@@ -1,0 +1,97 @@
+//! The built-in synthetic language and the file corpus.
+
+use std::collections::{HashMap, HashSet};
+
+use bdh::data::{Corpus, DataConfig, SyntheticConfig, SyntheticLanguage};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::common::temp_dir;
+
+fn lang() -> SyntheticLanguage {
+    SyntheticLanguage::new(SyntheticConfig { facts: 3, distance: 2 })
+}
+
+#[test]
+fn synthetic_windows_are_deterministic_per_seed() {
+    let l = lang();
+    assert_eq!(l.window(7, 300), l.window(7, 300));
+    assert_ne!(l.window(7, 300).text, l.window(8, 300).text);
+    let c = Corpus::Synthetic(l);
+    assert_eq!(c.train_batch(1, 5, 4, 64), c.train_batch(1, 5, 4, 64));
+    assert_ne!(c.train_batch(1, 5, 4, 64), c.train_batch(1, 6, 4, 64));
+    assert_eq!(c.val_batch(2, 4, 4, 64), c.val_batch(2, 4, 4, 64));
+}
+
+#[test]
+fn every_answer_is_stated_earlier_in_its_document() {
+    let l = lang();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..300 {
+        let doc = l.document(&mut rng);
+        assert_eq!(doc.answers.len(), 3);
+        for r in &doc.answers {
+            let answer = &doc.text[r.clone()];
+            // The question right before the answer names a person; their fact holds the answer.
+            let question = &doc.text[..r.start];
+            let q = question.rsplit(". ").next().unwrap();
+            let who = q.split_whitespace().find(|w| !["where", "does", "what", "color", "live?", "like?"].contains(w)).unwrap();
+            let stated = [format!("{who} lives in {answer}."), format!("{who} likes {answer}.")];
+            assert!(stated.iter().any(|s| question.contains(s.as_str())), "{answer} for {who} not stated before: {}", doc.text);
+        }
+    }
+}
+
+#[test]
+fn answers_are_not_in_the_weights() {
+    // The same question gets many different answers across documents, so nothing
+    // but the context can tell which one is right.
+    let l = lang();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let mut answers: HashMap<String, HashSet<String>> = HashMap::new();
+    for _ in 0..2000 {
+        let doc = l.document(&mut rng);
+        for r in &doc.answers {
+            let q = doc.text[..r.start].rsplit(". ").next().unwrap().to_string();
+            answers.entry(q).or_default().insert(doc.text[r.clone()].to_string());
+        }
+    }
+    let min = answers.values().map(HashSet::len).min().unwrap();
+    println!("{} questions, each with ≥ {min} different answers", answers.len());
+    assert!(answers.len() > 30 && min >= 5);
+}
+
+#[test]
+fn answer_positions_point_at_answer_targets() {
+    let c = Corpus::Synthetic(lang());
+    let (b, t) = (3, 300);
+    let batch = c.val_batch(0, 1, b, t);
+    assert!(!batch.answers.is_empty());
+    for (row, range) in &batch.answers {
+        let answer: String = range.clone().map(|p| batch.targets[row * t + p] as u8 as char).collect();
+        let before: String = (0..=range.start).map(|p| batch.tokens[row * t + p] as u8 as char).collect();
+        assert!(before.ends_with("? ") && before.contains(&answer), "{answer}");
+    }
+}
+
+#[test]
+fn file_corpus_splits_ninety_ten_and_checks_its_size() {
+    let dir = temp_dir("corpus");
+    let path = dir.join("data.txt");
+    std::fs::write(&path, (0..1000).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()).unwrap();
+    let c = DataConfig { path: Some(path.clone()), ..DataConfig::default() }.corpus(32).unwrap();
+    let Corpus::Files { train, val } = &c else { panic!("a file corpus") };
+    assert_eq!((train.bytes().len(), val.bytes().len()), (900, 100));
+    let batch = c.train_batch(0, 0, 2, 32);
+    assert_eq!(batch.tokens.len(), 64);
+    assert_eq!(batch.tokens[1], batch.targets[0]);
+
+    let err = DataConfig { path: Some(path), ..DataConfig::default() }.corpus(200).unwrap_err().to_string();
+    assert!(err.contains("fewer than one block"), "{err}");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    let err = DataConfig { path: Some(empty), ..DataConfig::default() }.corpus(8).unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
+    let err = DataConfig { path: Some(dir.join("missing.txt")), ..DataConfig::default() }.corpus(8).unwrap_err().to_string();
+    assert!(err.contains("missing.txt"), "{err}");
+}

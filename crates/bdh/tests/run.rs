@@ -1,0 +1,129 @@
+//! Training runs: determinism, exact resume, interruption, divergence, bad configs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bdh::run::{train, Event, RunOutcome};
+use bdh::train::learning_rate;
+use bdh::RunConfig;
+
+use crate::common::temp_dir;
+
+fn tiny(overrides: &[&str]) -> RunConfig {
+    let mut all = vec!["model.n_embd=32", "training.block_size=48", "training.batch_size=2", "training.eval_batches=1", "model.dropout=0.1"];
+    all.extend_from_slice(overrides);
+    RunConfig::resolve("tiny", &all.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+}
+
+fn run(cfg: &RunConfig, dir: &std::path::Path, resume: bool) -> RunOutcome {
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    train(cfg, &corpus, dir, resume, &AtomicBool::new(false), |_| {}).unwrap()
+}
+
+#[test]
+fn same_seed_gives_the_same_losses() {
+    let cfg = tiny(&["training.max_steps=4", "training.eval_interval=2"]);
+    let a = run(&cfg, &temp_dir("det-a"), false);
+    let b = run(&cfg, &temp_dir("det-b"), false);
+    assert_eq!(a.losses, b.losses);
+    assert_eq!(a.losses.len(), 4);
+    let other = run(&tiny(&["training.max_steps=4", "training.eval_interval=2", "training.seed=2"]), &temp_dir("det-c"), false);
+    assert_ne!(a.losses, other.losses);
+}
+
+#[test]
+fn resumed_run_continues_exactly() {
+    let straight = run(&tiny(&["training.max_steps=6", "training.eval_interval=3"]), &temp_dir("straight"), false);
+    let dir = temp_dir("resumed");
+    // Same schedule (max_steps 6), stopped after step 3 by the stop flag.
+    let cfg = tiny(&["training.max_steps=6", "training.eval_interval=3"]);
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    let stop = AtomicBool::new(false);
+    let first = train(&cfg, &corpus, &dir, false, &stop, |e| {
+        if let Event::Step { step: 3, .. } = e {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.step, 3);
+    let second = run(&cfg, &dir, true);
+    let resumed: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
+    println!("straight {:?}\nresumed  {resumed:?}", straight.losses);
+    assert_eq!(resumed, straight.losses, "a resumed run must equal an uninterrupted one");
+    // metrics.jsonl holds each step once.
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    assert!(dir.join("best/model.safetensors").exists() && dir.join("last/optimizer.safetensors").exists());
+}
+
+#[test]
+fn a_fresh_run_refuses_a_directory_that_holds_one() {
+    let dir = temp_dir("occupied");
+    let cfg = tiny(&["training.max_steps=1"]);
+    run(&cfg, &dir, false);
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    let err = train(&cfg, &corpus, &dir, false, &AtomicBool::new(false), |_| {}).unwrap_err().to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+}
+
+#[test]
+fn divergence_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = temp_dir("diverge");
+    let cfg = tiny(&["training.lr=1e30", "training.min_lr=1e30", "training.warmup_steps=0", "training.grad_clip=0.0", "training.eval_interval=1", "training.max_steps=50"]);
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    let err = train(&cfg, &corpus, &dir, false, &AtomicBool::new(false), |_| {}).unwrap_err();
+    let msg = err.to_string();
+    println!("{msg}");
+    let bdh::Error::Diverged { step, .. } = err else { panic!("{msg}") };
+    assert!(msg.contains("last good checkpoint"), "{msg}");
+    let state = std::fs::read_to_string(dir.join("last/trainer.json")).unwrap();
+    assert!(state.contains(&format!("\"step\": {}", step - 1)), "{state}");
+}
+
+#[test]
+fn overrides_are_checked() {
+    let bad = |o: &str| RunConfig::resolve("tiny", &[o.to_string()]).unwrap_err().to_string();
+    let m = bad("training.learning_rate=1");
+    assert!(m.contains("unknown key"), "{m}");
+    let m = bad("training.batch_size=big");
+    assert!(m.contains("integer"), "{m}");
+    let m = bad("nosuch.key=1");
+    assert!(m.contains("no section"), "{m}");
+    let m = bad("training.lr");
+    assert!(m.contains("section.key=value"), "{m}");
+    let m = bad("model.n_head=3");
+    assert!(m.contains("divisible"), "{m}");
+    assert!(RunConfig::resolve("huge", &[]).unwrap_err().to_string().contains("no preset"));
+    let ok = RunConfig::resolve("small", &["training.lr=1".into(), "training.schedule=linear".into()]).unwrap();
+    assert_eq!(ok.training.lr, 1.0);
+}
+
+#[test]
+fn presets_parse_and_round_trip() {
+    for (name, _) in bdh::preset::PRESETS {
+        let cfg = RunConfig::resolve(name, &[]).unwrap();
+        let again = RunConfig::from_toml(&cfg.to_toml(), std::path::Path::new(name), &[]).unwrap();
+        assert_eq!(cfg, again);
+    }
+    let s = RunConfig::resolve("small", &[]).unwrap();
+    assert_eq!((s.model.n_layer, s.model.n_embd, s.model.n_head, s.model.mlp_internal_dim_multiplier), (4, 128, 4, 32));
+    let p = RunConfig::resolve("paper", &[]).unwrap();
+    assert_eq!((p.model.n_layer, p.model.n_embd, p.model.mlp_internal_dim_multiplier, p.training.block_size), (6, 256, 128, 512));
+}
+
+#[test]
+fn schedule_warms_up_then_decays_to_min_lr() {
+    let cfg = tiny(&["training.max_steps=100", "training.warmup_steps=10", "training.lr=1.0", "training.min_lr=0.1"]).training;
+    assert!((learning_rate(&cfg, 0) - 0.1).abs() < 1e-12);
+    assert!((learning_rate(&cfg, 9) - 1.0).abs() < 1e-12);
+    assert!((learning_rate(&cfg, 55) - 0.55).abs() < 1e-9, "cosine midpoint");
+    assert!((learning_rate(&cfg, 100) - 0.1).abs() < 1e-12);
+    let lin = tiny(&["training.max_steps=100", "training.warmup_steps=0", "training.lr=1.0", "training.min_lr=0.0", "training.schedule=linear"]).training;
+    assert!((learning_rate(&lin, 25) - 0.75).abs() < 1e-12);
+}
