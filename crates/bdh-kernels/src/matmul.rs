@@ -18,12 +18,27 @@ pub struct MatMul {
     /// Let the product use every thread of the current rayon pool (for products
     /// large enough to be worth splitting and not already inside a parallel loop).
     pub parallel: bool,
+    /// Row strides of A, B and C as stored (0: packed, the stored row length), to
+    /// work on a block of a larger matrix.
+    pub ld: [usize; 3],
 }
 
 impl MatMul {
     /// `C = A · B` with A m×k and B k×n, both stored as is.
     pub fn new(m: usize, k: usize, n: usize) -> Self {
-        MatMul { m, k, n, a_t: false, b_t: false, accumulate: false, parallel: false }
+        MatMul { m, k, n, a_t: false, b_t: false, accumulate: false, parallel: false, ld: [0; 3] }
+    }
+    /// Row strides of the stored A, B and C (see [`MatMul::ld`]).
+    pub fn ld(self, a: usize, b: usize, c: usize) -> Self {
+        MatMul { ld: [a, b, c], ..self }
+    }
+    /// Stored shapes (rows, cols) and row strides of A, B and C.
+    fn layout(&self) -> [(usize, usize, usize); 3] {
+        let a = if self.a_t { (self.k, self.m) } else { (self.m, self.k) };
+        let b = if self.b_t { (self.n, self.k) } else { (self.k, self.n) };
+        let c = (self.m, self.n);
+        let with = |(r, c): (usize, usize), ld: usize| (r, c, if ld == 0 { c } else { ld });
+        [with(a, self.ld[0]), with(b, self.ld[1]), with(c, self.ld[2])]
     }
     /// A is stored transposed (k×m).
     pub fn a_t(self) -> Self {
@@ -41,10 +56,13 @@ impl MatMul {
     pub fn par(self) -> Self {
         MatMul { parallel: true, ..self }
     }
+    /// Panics unless every element the product touches lies inside its slice.
     fn check(&self, c: &[f32], a: &[f32], b: &[f32]) {
-        assert!(c.len() >= self.m * self.n, "matmul: C has {} < {}·{}", c.len(), self.m, self.n);
-        assert!(a.len() >= self.m * self.k, "matmul: A has {} < {}·{}", a.len(), self.m, self.k);
-        assert!(b.len() >= self.k * self.n, "matmul: B has {} < {}·{}", b.len(), self.k, self.n);
+        for ((name, len), (rows, cols, ld)) in [("A", a.len()), ("B", b.len()), ("C", c.len())].into_iter().zip(self.layout()) {
+            assert!(ld >= cols, "matmul: {name} row stride {ld} < {cols} columns");
+            let need = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
+            assert!(len >= need, "matmul: {name} ({rows}×{cols}, stride {ld}) needs {need} elements, has {len}");
+        }
     }
 }
 
@@ -52,17 +70,18 @@ impl MatMul {
 pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
     p.check(c, a, b);
     let MatMul { m, k, n, .. } = p;
+    let [(_, _, lda), (_, _, ldb), (_, _, ldc)] = p.layout();
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !p.accumulate {
-            c[..m * n].fill(0.0);
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
-    let (a_rs, a_cs) = if p.a_t { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if p.b_t { (1, k as isize) } else { (n as isize, 1) };
+    let (a_rs, a_cs) = if p.a_t { (1, lda as isize) } else { (lda as isize, 1) };
+    let (b_rs, b_cs) = if p.b_t { (1, ldb as isize) } else { (ldb as isize, 1) };
     let parallelism = if p.parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
@@ -77,7 +96,7 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             p.accumulate,
             a.as_ptr(),
             a_cs,
@@ -99,15 +118,16 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
 pub fn matmul_scalar(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
     p.check(c, a, b);
     let MatMul { m, k, n, .. } = p;
+    let [(_, _, lda), (_, _, ldb), (_, _, ldc)] = p.layout();
     for i in 0..m {
         for j in 0..n {
             let mut s = 0.0f64;
             for q in 0..k {
-                let av = if p.a_t { a[q * m + i] } else { a[i * k + q] };
-                let bv = if p.b_t { b[j * k + q] } else { b[q * n + j] };
+                let av = if p.a_t { a[q * lda + i] } else { a[i * lda + q] };
+                let bv = if p.b_t { b[j * ldb + q] } else { b[q * ldb + j] };
                 s += av as f64 * bv as f64;
             }
-            let dst = &mut c[i * n + j];
+            let dst = &mut c[i * ldc + j];
             *dst = if p.accumulate { *dst + s as f32 } else { s as f32 };
         }
     }

@@ -28,8 +28,8 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
 }
 
 /// (T, N, D) shapes: odd T, T = 1, N = 2, and sizes around SIMD and block widths.
-const SHAPES: [(usize, usize, usize); 7] =
-    [(1, 2, 1), (1, 8, 4), (3, 2, 5), (7, 6, 3), (17, 34, 9), (64, 32, 16), (129, 66, 33)];
+const SHAPES: [(usize, usize, usize); 8] =
+    [(1, 2, 1), (1, 8, 4), (3, 2, 5), (7, 6, 3), (17, 34, 9), (64, 32, 16), (129, 66, 33), (200, 16, 8)];
 
 #[test]
 fn matmul_equals_twin_for_every_layout() {
@@ -42,7 +42,7 @@ fn matmul_equals_twin_for_every_layout() {
                         let a = random(&mut r, m * k);
                         let b = random(&mut r, k * n);
                         let init = random(&mut r, m * n);
-                        let p = MatMul { m, k, n, a_t, b_t, accumulate: acc, parallel: par };
+                        let p = MatMul { m, k, n, a_t, b_t, accumulate: acc, parallel: par, ld: [0; 3] };
                         let (mut fast, mut slow) = (init.clone(), init);
                         matmul(&mut fast, &a, &b, p);
                         matmul_scalar(&mut slow, &a, &b, p);
@@ -170,5 +170,32 @@ fn sparse_recurrent_kernels_equal_dense_twins() {
         gather_matvec(&mut gf, &a, &w, m, &rows);
         gather_matvec_scalar(&mut gs, &a, &w, m, &rows);
         assert_close(&format!("gather_matvec {d}×{m}"), &gf, &gs, 1e-5);
+    }
+}
+
+#[test]
+fn matmul_on_blocks_of_larger_matrices_equals_twin() {
+    let mut r = rng(7);
+    // A 5×4 block of a 9-wide A, a transposed B inside a 7-wide buffer, into a
+    // 3-column window of an 8-wide C.
+    for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (m, k, n) = (5, 4, 3);
+        let a = random(&mut r, 9 * 9);
+        let b = random(&mut r, 7 * 7);
+        let init = random(&mut r, 8 * 8);
+        let p = MatMul::new(m, k, n).ld(9, 7, 8);
+        let p = MatMul { a_t, b_t, ..p };
+        let (mut fast, mut slow) = (init.clone(), init.clone());
+        matmul(&mut fast, &a, &b, p);
+        matmul_scalar(&mut slow, &a, &b, p);
+        assert_close(&format!("strided matmul a_t={a_t} b_t={b_t}"), &fast, &slow, 1e-5);
+        // Outside the 5×3 window, C is untouched.
+        for i in 0..8 {
+            for j in 0..8 {
+                if i >= m || j >= n {
+                    assert_eq!(fast[i * 8 + j], init[i * 8 + j]);
+                }
+            }
+        }
     }
 }

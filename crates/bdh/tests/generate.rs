@@ -115,7 +115,7 @@ fn generation_streams_whole_utf8_and_honours_stop_strings() {
     let first = out.windows(2).position(|w| w == stop.as_bytes()).unwrap();
     let mut streamed = String::new();
     let (cut, stats) =
-        generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg), &[stop.clone()], |s| streamed.push_str(s)).unwrap();
+        generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg), std::slice::from_ref(&stop), |s| streamed.push_str(s)).unwrap();
     assert_eq!(cut, out[..first].to_vec());
     assert_eq!(stats.stopped_by, Some(stop));
     assert_eq!(streamed, String::from_utf8_lossy(&out[..first]));
