@@ -1,11 +1,16 @@
-//! `bdh bench`: tokens/s and model GFLOP/s of training steps and forward passes.
+//! `bdh bench`: tokens/s, model GFLOP/s and % of the measured peak of training
+//! steps, forward passes and generation.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bdh::bench::{forward_pass, train_step, BenchResult, BenchSpec};
-use bdh::RunConfig;
+use anyhow::Context;
+use bdh::bench::{forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec};
+use bdh::checkpoint::load;
+use bdh::run::model_path;
+use bdh::{Model, RunConfig};
 
-/// Measures speed on random tokens for a preset or config file.
+/// Measures speed for a preset or config file (random weights) or a trained model.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -13,6 +18,9 @@ pub struct Args {
     /// Preset name (tiny, small, paper) or a run-config TOML file.
     #[arg(long, global = true, default_value = "small")]
     preset: String,
+    /// Override a config key, e.g. `--set model.n_layer=6` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// B: sequences per batch (default: the preset's).
     #[arg(long, global = true)]
     batch: Option<usize>,
@@ -25,9 +33,6 @@ pub struct Args {
     /// Timed iterations.
     #[arg(long, global = true, default_value_t = 10)]
     iters: usize,
-    /// Override a config key, e.g. `--set model.n_layer=6` (repeatable).
-    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
-    set: Vec<String>,
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -39,11 +44,33 @@ enum Mode {
     Train,
     /// Eval-mode forward passes.
     Forward,
+    /// Streaming generation, sparse against dense recurrent steps, and step
+    /// latency at short and long context.
+    Generate {
+        /// A trained model (run dir, checkpoint dir, .safetensors or .pt); default:
+        /// random weights of the preset.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Prompt bytes (prefilled in parallel).
+        #[arg(long, default_value_t = 16)]
+        prompt_len: usize,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        /// Also time steps after this many tokens of context (0: skip).
+        #[arg(long, default_value_t = 8192)]
+        long_context: usize,
+    },
+    /// The fp32 multiply-add peak of the threads, measured.
+    Peak,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
     let run = RunConfig::resolve(&args.preset, &args.set)?;
+    let threads = rayon::current_num_threads();
+    let peak = peak_gflops(0.3);
+    println!("measured fp32 FMA peak: {peak:.1} GFLOP/s on {threads} threads");
     let spec = BenchSpec {
         config: run.model.clone(),
         batch: args.batch.unwrap_or(run.training.batch_size),
@@ -51,35 +78,74 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         iters: args.iters.max(1),
     };
-    let m = &spec.config;
+    match args.mode {
+        Mode::Peak => {}
+        Mode::Train => {
+            describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
+            print_result("train step", &train_step(&spec)?, peak);
+        }
+        Mode::Forward => {
+            describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
+            print_result("forward", &forward_pass(&spec)?, peak);
+        }
+        Mode::Generate { model, prompt_len, tokens, long_context } => {
+            let model = match model {
+                Some(p) => {
+                    let p = model_path(&p);
+                    load(&p, None).with_context(|| format!("loading model {}", p.display()))?
+                }
+                None => Model::new(run.model.clone(), 0)?,
+            };
+            describe(&model.config, "B1");
+            let prompt: Vec<u8> = b"The hatchling reads, and what it reads it keeps. ".iter().cycle().take(prompt_len.max(1)).copied().collect();
+            let g = generate_speed(&model, &prompt, tokens)?;
+            println!(
+                "generate {} tokens after {}: {:.1} tokens/s (prefill {:.1} ms, decode {:.1} ms), state {:.2} MiB",
+                g.tokens,
+                g.prompt_tokens,
+                g.tokens_per_second(),
+                g.prefill_seconds * 1e3,
+                g.decode_seconds * 1e3,
+                g.state_bytes as f64 / (1 << 20) as f64
+            );
+            let contexts: Vec<usize> = [256, long_context].into_iter().filter(|&c| c > 0).collect();
+            let sparse = step_latency(&model, &contexts, 64, false)?;
+            let dense = step_latency(&model, &contexts[..1], 64, true)?;
+            for (ctx, s) in &sparse {
+                println!("sparse step at context {ctx}: {:.3} ms ({:.0} tokens/s)", s * 1e3, 1.0 / s);
+            }
+            let (ctx, d) = dense[0];
+            println!("dense step at context {ctx}: {:.3} ms; sparse is {:.2}× faster", d * 1e3, d / sparse[0].1);
+            if let [(_, short), (long_ctx, long)] = sparse[..] {
+                println!("latency at {long_ctx} / at 256: {:.3}× (state size is fixed)", long / short);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(m: &bdh::BdhConfig, shape: &str) {
     println!(
-        "model L{} D{} H{} N{} ({:.2} M params), B{} T{}, {} threads",
+        "model L{} D{} H{} N{} ({:.2} M params), {shape}, {} threads",
         m.n_layer,
         m.n_embd,
         m.n_head,
         m.n_neurons(),
         m.param_count() as f64 / 1e6,
-        spec.batch,
-        spec.block,
         rayon::current_num_threads()
     );
-    let (what, result) = match args.mode {
-        Mode::Train => ("train step", train_step(&spec)?),
-        Mode::Forward => ("forward", forward_pass(&spec)?),
-    };
-    print_result(what, &result);
-    Ok(ExitCode::SUCCESS)
 }
 
-fn print_result(what: &str, r: &BenchResult) {
+fn print_result(what: &str, r: &BenchResult, peak: f64) {
     let min = r.seconds.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "{what}: median {:.1} ms (min {:.1} ms over {}), {:.0} tokens/s, {:.1} model GFLOP/s",
+        "{what}: median {:.1} ms (min {:.1} ms over {}), {:.0} tokens/s, {:.1} model GFLOP/s = {:.0}% of peak",
         r.median() * 1e3,
         min * 1e3,
         r.seconds.len(),
         r.tokens_per_second(),
-        r.gflops()
+        r.gflops(),
+        100.0 * r.gflops() / peak
     );
     for (name, s) in &r.phases {
         println!("  {name:<9} {:.1} ms", s * 1e3);

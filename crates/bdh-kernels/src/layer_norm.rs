@@ -1,8 +1,11 @@
 //! LayerNorm without weight or bias (as `nn.LayerNorm(D, elementwise_affine=False)`).
 
+use crate::simd::multiversion;
+
 /// The epsilon of PyTorch's LayerNorm, used by the reference.
 pub const LN_EPS: f32 = 1e-5;
 
+multiversion! {
 /// Normalises each row of `x` (rows × d) in place to zero mean and unit variance
 /// (biased variance, [`LN_EPS`] added) and writes each row's `1/σ` to `rstd`.
 pub fn layer_norm(x: &mut [f32], rstd: &mut [f32], d: usize) {
@@ -16,6 +19,7 @@ pub fn layer_norm(x: &mut [f32], rstd: &mut [f32], d: usize) {
         }
         *r = s;
     }
+}
 }
 
 /// Scalar twin of [`layer_norm`], accumulating in f64.
@@ -31,6 +35,7 @@ pub fn layer_norm_scalar(x: &mut [f32], rstd: &mut [f32], d: usize) {
     }
 }
 
+multiversion! {
 /// Backward of [`layer_norm`] in place: `g` holds dL/d(output) on entry and
 /// dL/d(input) on return, from the saved output `xhat` and `rstd`:
 /// `dx = rstd · (dy − mean(dy) − x̂ · mean(dy ⊙ x̂))`.
@@ -49,6 +54,7 @@ pub fn layer_norm_backward(g: &mut [f32], xhat: &[f32], rstd: &[f32], d: usize) 
             *gv = s * (*gv - mg - xv * mgx);
         }
     }
+}
 }
 
 /// Scalar twin of [`layer_norm_backward`], accumulating in f64.

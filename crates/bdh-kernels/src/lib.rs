@@ -20,8 +20,10 @@
 mod attention;
 mod layer_norm;
 mod matmul;
+mod peak;
 mod recurrent;
 mod rope;
+mod simd;
 
 pub use attention::{
     causal_linear_attention, causal_linear_attention_backward,
@@ -31,8 +33,9 @@ pub use layer_norm::{
     layer_norm, layer_norm_backward, layer_norm_backward_scalar, layer_norm_scalar, LN_EPS,
 };
 pub use matmul::{matmul, matmul_scalar, MatMul};
+pub use peak::fma_loop;
 pub use recurrent::{
-    gather_matvec, gather_matvec_scalar, rho_update, rho_update_scalar, sparse_row_sum,
-    sparse_row_sum_scalar,
+    gather_dot, gather_dot_scalar, rho_read_write, rho_read_write_scalar, sparse_row_sum,
+    sparse_row_sum_scalar, vec_mat, vec_mat_scalar,
 };
 pub use rope::{rope, rope_scalar, RopeDirection};

@@ -5,6 +5,9 @@
 //! neuron selects. The twins do the dense computation, which equals the sparse one
 //! whenever the skipped coefficients are zero.
 
+use crate::simd::multiversion;
+
+multiversion! {
 /// `out = Σ_{i ∈ rows} coef[i] · mat[i, :]` over the listed rows of `mat` (m×d).
 ///
 /// This is both the synapse readout `a = ρᵀ q` (ρ N×D, q the rotated neurons) and
@@ -20,6 +23,7 @@ pub fn sparse_row_sum(out: &mut [f32], coef: &[f32], mat: &[f32], rows: &[u32]) 
         }
     }
 }
+}
 
 /// Scalar twin of [`sparse_row_sum`]: the dense sum over every row, in f64.
 pub fn sparse_row_sum_scalar(out: &mut [f32], coef: &[f32], mat: &[f32], _rows: &[u32]) {
@@ -30,20 +34,30 @@ pub fn sparse_row_sum_scalar(out: &mut [f32], coef: &[f32], mat: &[f32], _rows: 
     }
 }
 
-/// Hebbian write `ρ[i, :] += q[i] · v` for the listed rows of ρ (m×d).
-pub fn rho_update(rho: &mut [f32], q: &[f32], v: &[f32], rows: &[u32]) {
+multiversion! {
+/// The synapse state's read and Hebbian write in one pass over the listed rows of
+/// ρ (m×d): `a = Σ_{i ∈ rows} q[i] · ρ[i, :]` with ρ as it was, then
+/// `ρ[i, :] += q[i] · v`. Each row is read once, which halves the memory traffic
+/// of reading and writing ρ in two passes.
+pub fn rho_read_write(a: &mut [f32], rho: &mut [f32], q: &[f32], v: &[f32], rows: &[u32]) {
     let d = v.len();
+    debug_assert_eq!(a.len(), d);
+    a.fill(0.0);
     for &i in rows {
         let i = i as usize;
         let c = q[i];
-        for (r, &vv) in rho[i * d..(i + 1) * d].iter_mut().zip(v) {
-            *r += c * vv;
+        for ((ak, r), &vk) in a.iter_mut().zip(&mut rho[i * d..(i + 1) * d]).zip(v) {
+            *ak += c * *r;
+            *r += c * vk;
         }
     }
 }
+}
 
-/// Scalar twin of [`rho_update`]: the dense outer-product update of every row.
-pub fn rho_update_scalar(rho: &mut [f32], q: &[f32], v: &[f32], _rows: &[u32]) {
+/// Scalar twin of [`rho_read_write`]: the dense read of every row in f64, then
+/// the dense outer-product write.
+pub fn rho_read_write_scalar(a: &mut [f32], rho: &mut [f32], q: &[f32], v: &[f32], rows: &[u32]) {
+    sparse_row_sum_scalar(a, q, rho, rows);
     let d = v.len();
     for (i, &c) in q.iter().enumerate() {
         for k in 0..d {
@@ -52,23 +66,55 @@ pub fn rho_update_scalar(rho: &mut [f32], q: &[f32], v: &[f32], _rows: &[u32]) {
     }
 }
 
-/// `out[c] = Σ_k a[k] · w[k, cols[c]]`: the listed columns of `a · w`, w (d×n) row-major.
-pub fn gather_matvec(out: &mut [f32], a: &[f32], w: &[f32], n: usize, cols: &[u32]) {
+multiversion! {
+/// `out[c] = a · w_t[cols[c], :]`: the listed rows of `w_t` (n×d, the transpose of
+/// a d×n weight, so each neuron's weights are contiguous) dotted with `a` (d).
+pub fn gather_dot(out: &mut [f32], a: &[f32], w_t: &[f32], cols: &[u32]) {
     debug_assert_eq!(out.len(), cols.len());
-    out.fill(0.0);
-    for (k, &ak) in a.iter().enumerate() {
-        let row = &w[k * n..(k + 1) * n];
-        for (o, &c) in out.iter_mut().zip(cols) {
-            *o += ak * row[c as usize];
+    let d = a.len();
+    let split = d - d % 16;
+    for (o, &c) in out.iter_mut().zip(cols) {
+        let row = &w_t[c as usize * d..(c as usize + 1) * d];
+        // Sixteen partial sums: one vector register of AVX-512 lanes.
+        let mut acc = [0.0f32; 16];
+        for (rc, ac) in row[..split].chunks_exact(16).zip(a[..split].chunks_exact(16)) {
+            for k in 0..16 {
+                acc[k] += rc[k] * ac[k];
+            }
         }
+        let tail: f32 = row[split..].iter().zip(&a[split..]).map(|(x, y)| x * y).sum();
+        *o = acc.iter().sum::<f32>() + tail;
+    }
+}
+}
+
+/// Scalar twin of [`gather_dot`]: each dot product in f64.
+pub fn gather_dot_scalar(out: &mut [f32], a: &[f32], w_t: &[f32], cols: &[u32]) {
+    let d = a.len();
+    for (o, &c) in out.iter_mut().zip(cols) {
+        *o = (0..d).map(|k| w_t[c as usize * d + k] as f64 * a[k] as f64).sum::<f64>() as f32;
     }
 }
 
-/// Scalar twin of [`gather_matvec`]: the dense product in f64, then the gather.
-pub fn gather_matvec_scalar(out: &mut [f32], a: &[f32], w: &[f32], n: usize, cols: &[u32]) {
-    let dense: Vec<f64> =
-        (0..n).map(|j| a.iter().enumerate().map(|(k, &ak)| ak as f64 * w[k * n + j] as f64).sum()).collect();
-    for (o, &c) in out.iter_mut().zip(cols) {
-        *o = dense[c as usize] as f32;
+multiversion! {
+/// `out = v · w` for one vector v (d) and a row-major w (d×n): rows of w scaled
+/// and summed, so every access is contiguous.
+pub fn vec_mat(out: &mut [f32], v: &[f32], w: &[f32]) {
+    let n = out.len();
+    debug_assert_eq!(w.len(), v.len() * n);
+    out.fill(0.0);
+    for (&vk, row) in v.iter().zip(w.chunks_exact(n)) {
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o += vk * x;
+        }
+    }
+}
+}
+
+/// Scalar twin of [`vec_mat`]: each output a dot product in f64.
+pub fn vec_mat_scalar(out: &mut [f32], v: &[f32], w: &[f32]) {
+    let n = out.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = v.iter().enumerate().map(|(k, &vk)| vk as f64 * w[k * n + j] as f64).sum::<f64>() as f32;
     }
 }

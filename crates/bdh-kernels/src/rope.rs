@@ -1,5 +1,7 @@
 //! Rotary position encoding on neuron pairs (2j, 2j+1), as bdh.py's `Attention.rope`.
 
+use crate::simd::multiversion;
+
 /// Which way to rotate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeDirection {
@@ -9,6 +11,7 @@ pub enum RopeDirection {
     Inverse,
 }
 
+multiversion! {
 /// Rotates each row t of `x` (t × n) into `out`: pair j of row t turns by the angle
 /// whose cosine and sine are `cos[t·n/2 + j]`, `sin[t·n/2 + j]`:
 /// `out[2j] = x[2j]·c − x[2j+1]·s`, `out[2j+1] = x[2j+1]·c + x[2j]·s`.
@@ -28,6 +31,7 @@ pub fn rope(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir:
             o[1] = xv[1] * cj + xv[0] * sj;
         }
     }
+}
 }
 
 /// Scalar twin of [`rope`], written as bdh.py writes it:

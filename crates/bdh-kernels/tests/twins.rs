@@ -160,16 +160,24 @@ fn sparse_recurrent_kernels_equal_dense_twins() {
 
         let v = random(&mut r, d);
         let (mut rf, mut rs) = (mat.clone(), mat.clone());
-        rho_update(&mut rf, &coef, &v, &rows);
-        rho_update_scalar(&mut rs, &coef, &v, &rows);
-        assert_close(&format!("rho_update {m}×{d}"), &rf, &rs, 1e-6);
+        let (mut af, mut as_) = (vec![3.0; d], vec![3.0; d]);
+        rho_read_write(&mut af, &mut rf, &coef, &v, &rows);
+        rho_read_write_scalar(&mut as_, &mut rs, &coef, &v, &rows);
+        assert_close(&format!("rho_read_write read {m}×{d}"), &af, &as_, 1e-5);
+        assert_close(&format!("rho_read_write write {m}×{d}"), &rf, &rs, 1e-6);
 
         let a = random(&mut r, d);
-        let w = random(&mut r, d * m);
+        let w_t = random(&mut r, m * d);
         let (mut gf, mut gs) = (vec![0.0; rows.len()], vec![0.0; rows.len()]);
-        gather_matvec(&mut gf, &a, &w, m, &rows);
-        gather_matvec_scalar(&mut gs, &a, &w, m, &rows);
-        assert_close(&format!("gather_matvec {d}×{m}"), &gf, &gs, 1e-5);
+        gather_dot(&mut gf, &a, &w_t, &rows);
+        gather_dot_scalar(&mut gs, &a, &w_t, &rows);
+        assert_close(&format!("gather_dot {m}×{d}"), &gf, &gs, 1e-5);
+
+        let w = random(&mut r, d * m);
+        let (mut vf, mut vs) = (vec![1.0; m], vec![1.0; m]);
+        vec_mat(&mut vf, &a, &w);
+        vec_mat_scalar(&mut vs, &a, &w);
+        assert_close(&format!("vec_mat {d}×{m}"), &vf, &vs, 1e-5);
     }
 }
 

@@ -2,7 +2,11 @@
 
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::config::BdhConfig;
+use crate::generate::{generate, Sampler, SamplingConfig};
+use crate::recurrent::Recurrent;
 use crate::error::Result;
 use crate::forward::{forward, Activations, Mode};
 use crate::optim::AdamWConfig;
@@ -119,4 +123,75 @@ pub fn forward_pass(spec: &BenchSpec) -> Result<BenchResult> {
         tokens,
         flops: spec.config.forward_flops_per_token(spec.block) * tokens as f64,
     })
+}
+
+/// Measured fp32 FMA peak of all threads of the current pool, in GFLOP/s: every
+/// thread runs a multiply-add loop at once for about `seconds`.
+pub fn peak_gflops(seconds: f64) -> f64 {
+    let threads = rayon::current_num_threads();
+    // Calibrate on one thread, then run all of them together.
+    let t0 = Instant::now();
+    let probe = 2_000_000;
+    bdh_kernels::fma_loop(probe);
+    let iters = ((probe as f64) * seconds / t0.elapsed().as_secs_f64()).max(1.0) as u64;
+    let t1 = Instant::now();
+    let flops: f64 = (0..threads).into_par_iter().map(|_| bdh_kernels::fma_loop(iters)).sum();
+    flops / t1.elapsed().as_secs_f64() / 1e9
+}
+
+/// Speed of streaming generation.
+#[derive(Clone, Debug)]
+pub struct GenerateResult {
+    /// Prompt tokens (prefilled in parallel).
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub tokens: usize,
+    /// Seconds of the prefill.
+    pub prefill_seconds: f64,
+    /// Seconds of the recurrent steps.
+    pub decode_seconds: f64,
+    /// Bytes of the recurrent state.
+    pub state_bytes: usize,
+}
+
+impl GenerateResult {
+    /// Generated tokens per second, prefill included.
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / (self.prefill_seconds + self.decode_seconds)
+    }
+}
+
+/// Greedy generation of `tokens` after a `prompt` (sparse recurrent steps).
+pub fn generate_speed(model: &Model, prompt: &[u8], tokens: usize) -> Result<GenerateResult> {
+    let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() })?;
+    let (_, s) = generate(model, prompt, tokens, &mut sampler, &[], |_| {})?;
+    Ok(GenerateResult {
+        prompt_tokens: s.prompt_tokens,
+        tokens: s.generated,
+        prefill_seconds: s.prefill_seconds,
+        decode_seconds: s.decode_seconds,
+        state_bytes: s.state_bytes,
+    })
+}
+
+/// Seconds per recurrent step, median over `window` steps after each context
+/// length in `contexts` (ascending), feeding the model its own greedy output.
+/// With `dense`, every row is touched as if every neuron had fired.
+pub fn step_latency(model: &Model, contexts: &[usize], window: usize, dense: bool) -> Result<Vec<(usize, f64)>> {
+    let mut rec = if dense { Recurrent::dense(model) } else { Recurrent::new(model) };
+    let mut tok = b'\n' as u32;
+    let mut out = Vec::new();
+    for &ctx in contexts {
+        while rec.state.pos < ctx {
+            tok = crate::verify::argmax(rec.step(tok)?);
+        }
+        let mut times = Vec::with_capacity(window);
+        for _ in 0..window {
+            let t0 = Instant::now();
+            tok = crate::verify::argmax(rec.step(tok)?);
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        out.push((ctx, median(&times)));
+    }
+    Ok(out)
 }

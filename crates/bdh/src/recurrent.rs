@@ -5,9 +5,9 @@
 //! read `a_t` from ρ, then write `ρ += R_t x_t ⊗ v_t`. This equals the parallel
 //! forward at every position, in memory that does not grow with the context.
 
-use bdh_kernels::{
-    gather_matvec, layer_norm, matmul, rho_update, sparse_row_sum, MatMul,
-};
+use bdh_kernels::{gather_dot, layer_norm, matmul, rho_read_write, sparse_row_sum, vec_mat, MatMul};
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::forward::{forward, Activations, Mode};
@@ -36,23 +36,34 @@ impl State {
     }
 }
 
+/// Per-head scratch of one step.
+#[derive(Clone, Debug)]
+struct Head {
+    x: Vec<f32>,      // (N) neurons
+    xr: Vec<f32>,     // (N) rotated neurons, valid on `rows`
+    a: Vec<f32>,      // (D) attention readout
+    y: Vec<f32>,      // (|cols|) y on the active neurons
+    z: Vec<f32>,      // (N) x ⊙ y, valid on `z_rows`
+    u: Vec<f32>,      // (D) this head's share of the decoder output
+    rows: Vec<u32>,   // rows of the active RoPE pairs
+    cols: Vec<u32>,   // active neurons
+    z_rows: Vec<u32>, // non-zero entries of z
+}
+
 /// Runs a model one token at a time; holds the state and per-step scratch.
 #[derive(Debug)]
 pub struct Recurrent<'m> {
     model: &'m Model,
+    encoder_v_t: Vec<f32>, // (H, N, D) encoder_v with each neuron's weights contiguous
     /// The sequence's state.
     pub state: State,
     v: Vec<f32>,       // (D) residual stream
-    x: Vec<f32>,       // (N) neurons of one head
-    xr: Vec<f32>,      // (N) rotated neurons, zero outside active pairs
-    a: Vec<f32>,       // (D) attention readout of one head
-    y: Vec<f32>,       // (active) y on the active neurons of one head
-    z: Vec<f32>,       // (H·N) x ⊙ y of all heads
     u: Vec<f32>,       // (D) decoder output
-    rows: Vec<u32>,    // rotated-neuron rows of active RoPE pairs of one head
-    cols: Vec<u32>,    // active neurons of one head
-    z_rows: Vec<u32>,  // non-zero entries of z
+    heads: Vec<Head>,  // (H)
     logits: Vec<f32>,  // (V)
+    cos: Vec<f32>,     // (N/2) RoPE rotation of the current position, per pair
+    sin: Vec<f32>,     // (N/2)
+    skip_silent: bool, // touch only rows of active neurons (false: every row, for comparison)
 }
 
 impl<'m> Recurrent<'m> {
@@ -60,21 +71,45 @@ impl<'m> Recurrent<'m> {
     pub fn new(model: &'m Model) -> Self {
         let c = &model.config;
         let (d, n, hn) = (c.n_embd, c.n_neurons(), c.total_neurons());
-        Recurrent {
-            model,
-            state: State::new(model),
-            v: vec![0.0; d],
+        // encoder_v transposed per head, (H, D, N) → (H, N, D), for the gathered products.
+        let mut encoder_v_t = vec![0.0; hn * d];
+        for (src, dst) in model.params.encoder_v.chunks_exact(d * n).zip(encoder_v_t.chunks_exact_mut(n * d)) {
+            for k in 0..d {
+                for j in 0..n {
+                    dst[j * d + k] = src[k * n + j];
+                }
+            }
+        }
+        let head = Head {
             x: vec![0.0; n],
             xr: vec![0.0; n],
             a: vec![0.0; d],
             y: Vec::with_capacity(n),
-            z: vec![0.0; hn],
+            z: vec![0.0; n],
             u: vec![0.0; d],
             rows: Vec::with_capacity(n),
             cols: Vec::with_capacity(n),
-            z_rows: Vec::with_capacity(hn),
+            z_rows: Vec::with_capacity(n),
+        };
+        Recurrent {
+            model,
+            encoder_v_t,
+            state: State::new(model),
+            v: vec![0.0; d],
+            u: vec![0.0; d],
+            heads: vec![head; c.n_head],
             logits: vec![0.0; c.vocab_size],
+            cos: vec![0.0; n / 2],
+            sin: vec![0.0; n / 2],
+            skip_silent: true,
         }
+    }
+
+    /// A runner that reads and writes every row of ρ, `encoder_v` and `decoder`
+    /// whether its neuron fired or not: the same numbers, without the sparse
+    /// savings, as a baseline for them.
+    pub fn dense(model: &'m Model) -> Self {
+        Recurrent { skip_silent: false, ..Recurrent::new(model) }
     }
 
     /// Consumes `tokens` with the parallel forward, sets ρ to what the recurrent
@@ -119,59 +154,83 @@ impl<'m> Recurrent<'m> {
         }
         let t = self.state.pos;
         let mut rstd = [0.0f32];
+        // The rotation of position t, shared by every layer and head.
+        for (j, (c, s)) in self.cos.iter_mut().zip(self.sin.iter_mut()).enumerate() {
+            (*c, *s) = cos_sin(t, m.freqs[2 * j]);
+        }
 
         // v = LN(embed[token])                                              (D)
         self.v.copy_from_slice(&p.embed[token as usize * d..(token as usize + 1) * d]);
         layer_norm(&mut self.v, &mut rstd, d);
         for l in 0..c.n_layer {
-            self.z_rows.clear();
-            for hi in 0..h {
+            // Heads are independent until the decoder sums them: one task each.
+            let rho_l = &mut self.state.rho[l * h * n * d..(l + 1) * h * n * d];
+            let (v, cos, sin, dense) = (&self.v, &self.cos, &self.sin, !self.skip_silent);
+            let enc_v_t = &self.encoder_v_t;
+            self.heads.par_iter_mut().zip(rho_l.par_chunks_mut(n * d)).enumerate().for_each(|(hi, (hd, rho))| {
                 let encoder = &p.encoder[hi * d * n..(hi + 1) * d * n];
-                let encoder_v = &p.encoder_v[hi * d * n..(hi + 1) * d * n];
-                let rho = &mut self.state.rho[(l * h + hi) * n * d..(l * h + hi + 1) * n * d];
-
-                // x = relu(v · encoder_h)                                   (N)
-                matmul(&mut self.x, &self.v, encoder, MatMul::new(1, d, n));
-                self.x.iter_mut().for_each(|xi| *xi = xi.max(0.0));
-                // R_t x on the RoPE pairs with an active neuron                (N)
-                self.rows.clear();
-                self.cols.clear();
-                for j in 0..n / 2 {
-                    let (x0, x1) = (self.x[2 * j], self.x[2 * j + 1]);
-                    if x0 > 0.0 || x1 > 0.0 {
-                        let (cs, sn) = cos_sin(t, m.freqs[2 * j]);
-                        self.xr[2 * j] = x0 * cs - x1 * sn;
-                        self.xr[2 * j + 1] = x1 * cs + x0 * sn;
-                        self.rows.extend([2 * j as u32, 2 * j as u32 + 1]);
-                        self.cols.extend((x0 > 0.0).then_some(2 * j as u32));
-                        self.cols.extend((x1 > 0.0).then_some(2 * j as u32 + 1));
-                    }
-                }
-                // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v      (D)
-                sparse_row_sum(&mut self.a, &self.xr, rho, &self.rows);
-                rho_update(rho, &self.xr, &self.v, &self.rows);
-                layer_norm(&mut self.a, &mut rstd, d);
-                // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
-                self.y.resize(self.cols.len(), 0.0);
-                gather_matvec(&mut self.y, &self.a, encoder_v, n, &self.cols);
-                for (&col, &yi) in self.cols.iter().zip(&self.y) {
-                    let zi = self.x[col as usize] * yi.max(0.0);
-                    if zi != 0.0 {
-                        let row = hi * n + col as usize;
-                        self.z[row] = zi;
-                        self.z_rows.push(row as u32);
-                    }
-                }
+                let encoder_v_t = &enc_v_t[hi * n * d..(hi + 1) * n * d];
+                let decoder = &p.decoder[hi * n * d..(hi + 1) * n * d];
+                head_step(hd, rho, v, (encoder, encoder_v_t, decoder), (cos, sin), dense);
+            });
+            // u = Σ_h z_h · decoder_h;  v = LN(v + LN(u))                   (D)
+            self.u.fill(0.0);
+            for hd in &self.heads {
+                self.u.iter_mut().zip(&hd.u).for_each(|(o, &x)| *o += x);
             }
-            // u = z · decoder over the non-zero z;  v = LN(v + LN(u))       (D)
-            sparse_row_sum(&mut self.u, &self.z, &p.decoder, &self.z_rows);
             layer_norm(&mut self.u, &mut rstd, d);
             self.v.iter_mut().zip(&self.u).for_each(|(vi, &ui)| *vi += ui);
             layer_norm(&mut self.v, &mut rstd, d);
         }
         // logits = v · lm_head                                              (V)
-        matmul(&mut self.logits, &self.v, &p.lm_head, MatMul::new(1, d, vocab));
+        vec_mat(&mut self.logits, &self.v, &p.lm_head);
         self.state.pos += 1;
         Ok(&self.logits)
     }
+}
+
+/// One head of one layer at the current position: x, the synapse read and write,
+/// y on the active neurons, and this head's decoder output `hd.u`.
+fn head_step(
+    hd: &mut Head,
+    rho: &mut [f32],
+    v: &[f32],
+    (encoder, encoder_v_t, decoder): (&[f32], &[f32], &[f32]),
+    (cos, sin): (&[f32], &[f32]),
+    dense: bool,
+) {
+    let mut rstd = [0.0f32];
+    // x = relu(v · encoder_h)                                               (N)
+    vec_mat(&mut hd.x, v, encoder);
+    hd.x.iter_mut().for_each(|xi| *xi = xi.max(0.0));
+    // R_t x on the RoPE pairs with an active neuron                            (N)
+    hd.rows.clear();
+    hd.cols.clear();
+    for (j, (&cs, &sn)) in cos.iter().zip(sin).enumerate() {
+        let (x0, x1) = (hd.x[2 * j], hd.x[2 * j + 1]);
+        if x0 > 0.0 || x1 > 0.0 || dense {
+            hd.xr[2 * j] = x0 * cs - x1 * sn;
+            hd.xr[2 * j + 1] = x1 * cs + x0 * sn;
+            let pair = 2 * j as u32;
+            hd.rows.extend([pair, pair + 1]);
+            hd.cols.extend((x0 > 0.0 || dense).then_some(pair));
+            hd.cols.extend((x1 > 0.0 || dense).then_some(pair + 1));
+        }
+    }
+    // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                  (D)
+    rho_read_write(&mut hd.a, rho, &hd.xr, v, &hd.rows);
+    layer_norm(&mut hd.a, &mut rstd, v.len());
+    // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
+    hd.y.resize(hd.cols.len(), 0.0);
+    gather_dot(&mut hd.y, &hd.a, encoder_v_t, &hd.cols);
+    hd.z_rows.clear();
+    for (&col, &yi) in hd.cols.iter().zip(&hd.y) {
+        let zi = hd.x[col as usize] * yi.max(0.0);
+        if zi != 0.0 || dense {
+            hd.z[col as usize] = zi;
+            hd.z_rows.push(col);
+        }
+    }
+    // u_h = z_h · decoder_h over the non-zero z                              (D)
+    sparse_row_sum(&mut hd.u, &hd.z, decoder, &hd.z_rows);
 }

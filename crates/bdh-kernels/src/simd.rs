@@ -1,0 +1,45 @@
+//! Run-time choice of instruction set for the plain-loop kernels.
+//!
+//! The crate is compiled for the baseline x86-64 (SSE2), so a binary runs on any
+//! x86-64 CPU. [`multiversion!`] compiles a kernel's body a second time with
+//! AVX-512 (and AVX2, FMA) enabled, so the compiler vectorises its loops 16 lanes
+//! wide, and picks that copy at run time where the CPU has the instructions.
+
+/// Whether this CPU runs the AVX-512 copies.
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `pub fn name(args)` whose body runs as an AVX-512 build where the CPU
+/// has it and as the baseline build otherwise. Same source, same results up to
+/// floating-point contraction of the vectorised loops.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn wide($($arg: $ty),*) $body
+                if $crate::simd::has_avx512() {
+                    // SAFETY: the CPU has every feature `wide` was compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+pub(crate) use multiversion;
