@@ -36,6 +36,7 @@ pub mod eval;
 pub mod forward;
 pub mod generate;
 mod loss;
+pub mod microscope;
 pub mod optim;
 pub mod params;
 pub mod preset;

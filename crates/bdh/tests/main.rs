@@ -11,3 +11,4 @@ mod errors;
 mod data;
 mod generate;
 mod run;
+mod microscope;

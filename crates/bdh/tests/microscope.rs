@@ -1,0 +1,151 @@
+//! The microscope's statistics on inputs with known answers.
+
+use bdh::microscope::graph::stats;
+use bdh::microscope::louvain::{louvain, modularity};
+use bdh::microscope::sparsity::sparsity;
+use bdh::microscope::stats::{fit_power_law, mann_whitney};
+use bdh::microscope::synapses::{concept_search, sigma, synapses};
+use bdh::{forward, Activations, Mode, Model};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::common::{tiny_config, tokens};
+
+#[test]
+fn modularity_of_two_triangles_is_five_fourteenths() {
+    let edges = [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (3, 5), (2, 3)];
+    let q = modularity(6, &edges, &[0, 0, 0, 1, 1, 1]);
+    assert!((q - 5.0 / 14.0).abs() < 1e-12, "{q}");
+    assert!(modularity(6, &edges, &[0; 6]).abs() < 1e-12, "one community has Q = 0");
+    let (parts, best) = louvain(6, &edges, 3);
+    assert!((best - 5.0 / 14.0).abs() < 1e-12, "{best}");
+    assert_eq!(parts[0], parts[2]);
+    assert_ne!(parts[0], parts[3]);
+}
+
+#[test]
+fn louvain_recovers_a_planted_partition() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (groups, size) = (4usize, 40usize);
+    let n = groups * size;
+    let mut edges = Vec::new();
+    for a in 0..n {
+        for b in a + 1..n {
+            let p = if a / size == b / size { 0.4 } else { 0.01 };
+            if rng.random_bool(p) {
+                edges.push((a as u32, b as u32));
+            }
+        }
+    }
+    let planted: Vec<u32> = (0..n).map(|i| (i / size) as u32).collect();
+    let q_planted = modularity(n, &edges, &planted);
+    let (found, q) = louvain(n, &edges, 4);
+    println!("planted Q {q_planted:.4}, Louvain Q {q:.4}");
+    assert!(q_planted > 0.6);
+    assert!(q >= q_planted - 1e-9, "Louvain {q} below the planted partition's {q_planted}");
+    // Every planted group lands in one community.
+    for g in 0..groups {
+        assert!(found[g * size..(g + 1) * size].iter().all(|&c| c == found[g * size]));
+    }
+}
+
+#[test]
+fn power_law_fit_recovers_a_known_exponent() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (alpha, x_min) = (2.5f64, 3u64);
+    let xs: Vec<u64> = (0..20_000)
+        .map(|_| {
+            let u: f64 = rng.random();
+            ((x_min as f64 - 0.5) * (1.0 - u).powf(-1.0 / (alpha - 1.0)) + 0.5).floor() as u64
+        })
+        .collect();
+    let fit = fit_power_law(&xs, 50).unwrap();
+    println!("{fit:?}");
+    assert!((fit.alpha - alpha).abs() < 0.1, "{fit:?}");
+    assert!(fit.x_min <= 6 && fit.ks < 0.03, "{fit:?}");
+    assert!(fit_power_law(&[1, 2, 3], 50).is_none());
+}
+
+#[test]
+fn graph_stats_count_degrees_and_edges() {
+    // A star: node 0 drives nodes 1..=9.
+    let edges: Vec<(u32, u32)> = (1..10).map(|i| (0, i)).collect();
+    let s = stats(10, &edges, 1);
+    assert_eq!((s.edges, s.max_out_degree, s.max_in_degree), (9, 9, 1));
+    assert_eq!(s.out_degrees, vec![(0, 9), (9, 1)]);
+    assert_eq!(s.in_degrees, vec![(0, 1), (1, 9)]);
+}
+
+#[test]
+fn mann_whitney_matches_worked_examples() {
+    // A = [1, 3, 5], B = [2, 4, 6, 8]: ranks of A are 1, 3, 5, so U = 9 − 6 = 3;
+    // mean 6, σ = √(3·4·8/12) = √8; z = (3 − 0.5)/√8; p = erfc(z/√2).
+    let t = mann_whitney(&[1.0, 3.0, 5.0], &[2.0, 4.0, 6.0, 8.0]);
+    assert_eq!(t.u, 3.0);
+    assert!((t.r - -0.5).abs() < 1e-12);
+    assert!((t.p - 0.376_759_117_811_582_1).abs() < 1e-12, "{t:?}");
+    // Ties: A = [1, 2, 2], B = [2, 3]: the three 2s share rank 3, U = 7 − 6 = 1;
+    // σ² = 6/12 · (6 − (3³ − 3)/(5·4)) = 2.4; z = (2 − 0.5)/√2.4.
+    let t = mann_whitney(&[1.0, 2.0, 2.0], &[2.0, 3.0]);
+    assert_eq!(t.u, 1.0);
+    assert!((t.p - 0.332_921_608_065_566).abs() < 1e-12, "{t:?}");
+    // Complete separation gives r = ±1.
+    assert_eq!(mann_whitney(&[5.0, 6.0], &[1.0, 2.0]).r, 1.0);
+}
+
+#[test]
+fn sigma_is_the_sum_of_presynaptic_z_times_postsynaptic_x() {
+    let model = Model::new(tiny_config(2, 16, 2, 4), 3).unwrap();
+    let (n, toks) = (model.config.n_neurons(), [72u32, 105]);
+    let mut acts = Activations::new(&model, 1, 2);
+    forward(&model, &toks, &mut acts, Mode::Eval).unwrap();
+    let head = 1;
+    let block = head * 2 * n..(head + 1) * 2 * n;
+    let (x0, y0, x1) = (&acts.x(0)[block.clone()], &acts.y(0)[block.clone()], &acts.x(1)[block]);
+    let s = sigma(&model, &toks, 1, head).unwrap();
+    for i in 0..n {
+        for j in 0..n {
+            // Two tokens, written out: σ(i, j) = z₀(i)x₀(j) + z₁(i)x₁(j), z = x ⊙ y of layer 0.
+            let want = x0[i] * y0[i] * x1[j] + x0[n + i] * y0[n + i] * x1[n + j];
+            assert!((s[i * n + j] - want).abs() <= 1e-6 * want.abs().max(1e-3), "σ({i},{j})");
+            assert!(s[i * n + j] >= 0.0);
+        }
+    }
+    let r = synapses(&model, &toks, 1, head, 5, &[]).unwrap();
+    assert_eq!(r.traces.len(), r.strongest.len().min(5));
+    for (syn, series) in &r.traces {
+        assert_eq!(series.len(), 2);
+        assert!((series[1] - s[syn.from * n + syn.to]).abs() < 1e-6);
+    }
+    assert!(sigma(&model, &toks, 0, 0).is_err(), "layer 0 has no presynaptic layer");
+}
+
+#[test]
+fn concept_search_finds_a_planted_difference() {
+    let model = Model::new(tiny_config(2, 16, 2, 4), 4).unwrap();
+    // Concept sentences all contain byte 200 many times; contrast sentences never do.
+    let concept: Vec<Vec<u32>> = (0..8).map(|s| tokens(12, s).into_iter().map(|t| if t % 2 == 0 { 200 } else { t % 100 }).collect()).collect();
+    let contrast: Vec<Vec<u32>> = (0..8).map(|s| tokens(12, 100 + s).into_iter().map(|t| t % 100).collect()).collect();
+    let r = concept_search(&model, &concept, &contrast, 1, 0, 5).unwrap();
+    assert!(!r.synapses.is_empty() && !r.neurons.is_empty());
+    let best = &r.synapses[0];
+    println!("{best:?}");
+    assert!(best.test.r > 0.5 && best.test.p < 0.01 && best.concept_mean > best.contrast_mean);
+}
+
+#[test]
+fn sparsity_fractions_are_consistent() {
+    let model = Model::new(tiny_config(2, 16, 2, 4), 5).unwrap();
+    let r = sparsity(&model, &tokens(50, 1), 16).unwrap();
+    assert_eq!(r.tokens, 50);
+    for l in &r.layers {
+        let a = &l.all;
+        assert!(a.xy <= a.x.min(a.y) && a.x <= a.pairs && a.pairs <= 1.0 && a.x > 0.0, "{a:?}");
+        assert_eq!(l.per_token_x.len(), 50);
+        let mean = l.per_token_x.iter().sum::<f64>() / 50.0;
+        assert!((mean - a.x).abs() < 1e-9);
+        let head_mean = l.heads.iter().map(|h| h.x).sum::<f64>() / l.heads.len() as f64;
+        assert!((head_mean - a.x).abs() < 1e-9);
+    }
+    assert!(r.most_active[0].rate >= r.least_active[0].rate);
+}
