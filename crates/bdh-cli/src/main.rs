@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod eval;
 mod generate;
+mod inspect;
 mod train;
 mod verify;
 
@@ -27,6 +28,8 @@ enum Command {
     Generate(generate::Args),
     /// Loss, perplexity and bits per byte of a model on a file or the built-in corpus.
     Eval(eval::Args),
+    /// Look inside a model: sparsity, the neuron graph, the synapse state.
+    Inspect(inspect::Args),
     /// Compare a model against golden tensors of the reference bdh.py.
     Verify(verify::Args),
     /// Measure training and inference speed.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
     };

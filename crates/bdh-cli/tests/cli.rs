@@ -165,3 +165,76 @@ fn train_rejects_bad_input_without_panicking() {
         assert!(out.contains(want) && !out.contains("panicked"), "{a:?}: {out}");
     }
 }
+
+/// Headless Chromium (Debian's `chromium`; `.ci/run` installs it).
+fn chromium() -> String {
+    let candidates = [std::env::var("BDH_CHROMIUM").unwrap_or_default(), "chromium".into(), "chromium-browser".into()];
+    candidates
+        .into_iter()
+        .filter(|c| !c.is_empty())
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("headless Chromium is needed for the report test: apt-get install chromium (or set BDH_CHROMIUM)")
+}
+
+/// Renders `page` in headless Chromium: (the DOM after load, screenshot bytes).
+fn render(page: &std::path::Path, dir: &std::path::Path) -> (String, usize) {
+    let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+    let profile = format!("--user-data-dir={}", dir.join("profile").display());
+    let url = format!("file://{}", page.display());
+    let dom = Command::new(chromium()).args(flags).arg(&profile).args(["--dump-dom", &url]).output().unwrap();
+    let shot = dir.join(format!("{}.png", page.file_stem().unwrap().to_string_lossy()));
+    let o = Command::new(chromium()).args(flags).arg(&profile).arg("--window-size=1000,1400").arg(format!("--screenshot={}", shot.display())).arg(&url).output().unwrap();
+    assert!(o.status.success(), "chromium: {}", text(&o));
+    (String::from_utf8_lossy(&dom.stdout).into_owned(), std::fs::metadata(&shot).unwrap().len() as usize)
+}
+
+#[test]
+fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
+    let dir = temp("inspect");
+    let model = golden("ref-small-trained");
+    let p = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(dir.join("concept.txt"), "she paid ten dollars.\nthe coin is worth a pound.\nhe owes five euros.\nmoney buys bread.\n").unwrap();
+    std::fs::write(dir.join("contrast.txt"), "the cat sat down.\nthe river is cold.\nbirds sing at dawn.\nthe door is open.\n").unwrap();
+    let runs: [(&str, Vec<String>, &str); 3] = [
+        ("sparsity", vec!["--prompt".into(), "The hatchling keeps what it reads. Ask it later and it recalls.".into()], "x⊙y"),
+        ("graph", vec!["--head".into(), "0".into(), "--quantiles".into(), "0.99,0.999".into(), "--seeds".into(), "2".into()], "Q model"),
+        ("synapses", vec!["--layer".into(), "2".into(), "--head".into(), "1".into(), "--prompt".into(), "She paid ten dollars for bread.".into(), "--concept".into(), p("concept.txt"), "--contrast".into(), p("contrast.txt")], "concept search"),
+    ];
+    // An empty page, rendered the same way, is the floor a report's screenshot must clear.
+    std::fs::write(dir.join("blank.html"), "<!DOCTYPE html><html><body></body></html>").unwrap();
+    let (_, blank) = render(&dir.join("blank.html"), &dir);
+    for (what, extra, marker) in runs {
+        let (html, json) = (p(&format!("{what}.html")), p(&format!("{what}.json")));
+        let mut args: Vec<String> = ["inspect", what, "--model", &model, "--html", &html, "--json", &json].map(String::from).to_vec();
+        args.extend(extra);
+        let o = bdh(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = text(&o);
+        println!("{out}");
+        assert_eq!(o.status.code(), Some(0), "{what}: {out}");
+        assert!(out.contains(marker), "{what}: {out}");
+        let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert!(!parsed.is_null());
+        let (dom, shot) = render(std::path::Path::new(&html), &dir);
+        let figures = dom.matches("<svg").count();
+        let marks = dom.matches("<polyline").count() + dom.matches("<circle").count();
+        println!("{what}: {figures} figures, {marks} marks, screenshot {shot} bytes (blank page {blank})");
+        assert!(figures >= 1 && marks >= 1, "{what}: no figures in the rendered page");
+        assert!(shot > 4 * blank, "{what}: the screenshot looks blank ({shot} vs {blank} bytes)");
+    }
+}
+
+#[test]
+fn inspect_rejects_bad_arguments() {
+    let model = golden("ref-small-trained");
+    for (args, want) in [
+        (vec!["inspect", "synapses", "--model", &model, "--layer", "0", "--head", "0", "--prompt", "hi"], "layer"),
+        (vec!["inspect", "synapses", "--model", &model, "--layer", "1", "--head", "9", "--prompt", "hi"], "head 9"),
+        (vec!["inspect", "graph", "--model", &model, "--head", "7"], "head 7"),
+        (vec!["inspect", "sparsity", "--model", &model], "--text"),
+        (vec!["inspect", "sparsity", "--model", "/no/such/model", "--prompt", "x"], "/no/such/model"),
+    ] {
+        let o = bdh(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+}

@@ -109,7 +109,7 @@ pub fn analyse(model: &Model, opts: &GraphOptions) -> Vec<HeadGraph> {
             let (fa, fb) = (gauss(n * d, &mut rng), gauss(d * n, &mut rng));
             let model_block = Product { left: decoder, right: encoder, n, d };
             let random_block = Product { left: &fa, right: &fb, n, d };
-            let (thresholds, histogram, tail) = model_block.thresholds(&opts.quantiles);
+            let Values { thresholds, histogram, tail } = model_block.thresholds(&opts.quantiles);
             let model_edges = model_block.edges(&thresholds);
             let sweep = opts
                 .quantiles
@@ -119,7 +119,7 @@ pub fn analyse(model: &Model, opts: &GraphOptions) -> Vec<HeadGraph> {
                 .map(|((&q, &value), edges)| {
                     // The low-rank baseline is thresholded at its own quantile for the same edge count.
                     let share = 1.0 - edges.len() as f64 / (n * n) as f64;
-                    let (lr_t, _, _) = random_block.thresholds(&[share]);
+                    let lr_t = random_block.thresholds(&[share]).thresholds;
                     let lr_edges = random_block.edges(&lr_t).pop().unwrap_or_default();
                     let random_edges = gnm(n, edges.len(), &mut rng);
                     Threshold {
@@ -134,6 +134,13 @@ pub fn analyse(model: &Model, opts: &GraphOptions) -> Vec<HeadGraph> {
             HeadGraph { head: h, n, histogram, tail, sweep }
         })
         .collect()
+}
+
+/// What the sample of a block's values gives.
+struct Values {
+    thresholds: Vec<f32>,
+    histogram: (Vec<f32>, Vec<u64>),
+    tail: Vec<(f64, f32)>,
 }
 
 /// An N×N block `left (N×D) · right (D×N)`, computed in stripes on demand.
@@ -157,7 +164,7 @@ impl Product<'_> {
 
     /// Thresholds at `quantiles` (from an evenly strided sample of the values),
     /// the value histogram, and the right tail's quantiles.
-    fn thresholds(&self, quantiles: &[f64]) -> (Vec<f32>, (Vec<f32>, Vec<u64>), Vec<(f64, f32)>) {
+    fn thresholds(&self, quantiles: &[f64]) -> Values {
         let total = self.n * self.n;
         let stride = (total / SAMPLE).max(1);
         let mut sample = Vec::with_capacity(total / stride + 1);
@@ -175,7 +182,7 @@ impl Product<'_> {
             counts[b.min(BINS - 1)] += stride as u64;
         }
         let tail = [0.9, 0.99, 0.999, 0.9999, 1.0].iter().map(|&q| (q, quantile(&sample, q))).collect();
-        (thresholds, (edges, counts), tail)
+        Values { thresholds, histogram: (edges, counts), tail }
     }
 
     /// Directed edges j → i (self-loops excluded) with G[j, i] ≥ each threshold.

@@ -1,0 +1,117 @@
+//! `bdh inspect synapses`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bdh::microscope::synapses::{concept_search, synapses, Separation};
+use bdh::Model;
+
+use super::report::{token_labels, Chart, Page, Series};
+use super::{model_line, read_text, tokens, Output};
+
+/// The synapse state σ of one layer and head over a text, and a concept search.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Layer l ≥ 1 (σ pairs layer l−1's x⊙y with layer l's x).
+    #[arg(long)]
+    layer: usize,
+    /// Head.
+    #[arg(long)]
+    head: usize,
+    /// The text (a file).
+    #[arg(long, conflicts_with = "prompt")]
+    text: Option<PathBuf>,
+    /// The text (inline).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Strongest synapses to list.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Trace this synapse over the text, as FROM:TO (repeatable; default the five strongest).
+    #[arg(long, value_parser = parse_pair)]
+    trace: Vec<(usize, usize)>,
+    /// Concept sentences, one per line.
+    #[arg(long, requires = "contrast")]
+    concept: Option<PathBuf>,
+    /// Contrast sentences, one per line.
+    #[arg(long, requires = "concept")]
+    contrast: Option<PathBuf>,
+}
+
+fn parse_pair(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s.split_once(':').ok_or("expected FROM:TO")?;
+    Ok((a.trim().parse().map_err(|e| format!("{e}"))?, b.trim().parse().map_err(|e| format!("{e}"))?))
+}
+
+fn sentences(path: &PathBuf) -> anyhow::Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(|l| tokens(l.as_bytes())).collect())
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    synapses: Option<bdh::microscope::synapses::SynapseReport>,
+    concept: Option<bdh::microscope::synapses::ConceptReport>,
+}
+
+pub fn run(args: Args, model: &Model, out: &Output) -> anyhow::Result<()> {
+    println!("{}; σ(i, j) = Σ_τ (x⊙y)_{}(τ, i) · x_{}(τ, j), head {}", model_line(model), args.layer.saturating_sub(1), args.layer, args.head);
+    let mut report = Report { synapses: None, concept: None };
+    let mut text = Vec::new();
+    if args.text.is_some() || args.prompt.is_some() {
+        text = read_text(&args.prompt, &args.text)?;
+        let r = synapses(model, &tokens(&text), args.layer, args.head, args.top, &args.trace)?;
+        println!("{} tokens; {} of {} synapses non-zero; strongest:", r.tokens, r.nonzero, model.config.n_neurons().pow(2));
+        for s in r.strongest.iter().take(10) {
+            println!("  {:>5} → {:<5} σ = {:.4}", s.from, s.to, s.value);
+        }
+        report.synapses = Some(r);
+    }
+    if let (Some(c), Some(k)) = (&args.concept, &args.contrast) {
+        let (concept, contrast) = (sentences(c)?, sentences(k)?);
+        let r = concept_search(model, &concept, &contrast, args.layer, args.head, args.top)?;
+        println!("concept search: {} concept vs {} contrast sentences, {} candidate synapses", r.concept, r.contrast, r.candidates);
+        let show = |s: &Separation| {
+            let name = s.to.map_or(format!("neuron {}", s.from), |to| format!("synapse {} → {}", s.from, to));
+            println!("  {name:<22} U = {:>6.1}  p = {:.2e}  r = {:+.2}  mean {:.4} vs {:.4}", s.test.u, s.test.p, s.test.r, s.concept_mean, s.contrast_mean);
+        };
+        r.synapses.iter().take(5).for_each(show);
+        r.neurons.iter().take(5).for_each(show);
+        report.concept = Some(r);
+    }
+    anyhow::ensure!(report.synapses.is_some() || report.concept.is_some(), "give --text/--prompt, or --concept and --contrast");
+    out.write(&report, || page(&report, &text), "bdh inspect synapses")
+}
+
+fn page(r: &Report, text: &[u8]) -> Page {
+    let mut p = Page::default();
+    if let Some(s) = &r.synapses {
+        p.heading(&format!("Synapse state of layer {}, head {}", s.layer, s.head));
+        p.text("σ(i, j) sums, over the tokens so far, the product of presynaptic neuron i's x⊙y in the layer below and postsynaptic neuron j's x in this layer; RoPE's rotation is left out, so σ ≥ 0.");
+        let shown = s.tokens.min(400);
+        p.chart(&Chart {
+            title: "Synapse traces over the text".into(),
+            x_label: "token".into(),
+            y_label: "σ_t(i, j)".into(),
+            log_x: false,
+            log_y: false,
+            series: s.traces.iter().map(|(syn, series)| Series { name: format!("{} → {}", syn.from, syn.to), points: series[..shown].iter().enumerate().map(|(i, &v)| (i as f64, v as f64)).collect(), dots: false }).collect(),
+            x_labels: token_labels(&text[..shown.min(text.len())], 60),
+        });
+        let rows: Vec<Vec<String>> = s.strongest.iter().map(|x| vec![x.from.to_string(), x.to.to_string(), format!("{:.4}", x.value)]).collect();
+        p.table(&["from", "to", "σ"], &rows);
+    }
+    if let Some(c) = &r.concept {
+        p.heading("Concept search");
+        p.text(&format!("{} concept against {} contrast sentences; Mann–Whitney U, two-sided p (normal approximation), rank-biserial r.", c.concept, c.contrast));
+        let rows = |v: &[Separation]| -> Vec<Vec<String>> {
+            v.iter()
+                .map(|s| vec![s.from.to_string(), s.to.map_or("-".into(), |t| t.to_string()), format!("{:.1}", s.test.u), format!("{:.2e}", s.test.p), format!("{:+.2}", s.test.r), format!("{:.4}", s.concept_mean), format!("{:.4}", s.contrast_mean)])
+                .collect()
+        };
+        let header = ["from", "to", "U", "p", "r", "concept mean", "contrast mean"];
+        p.table(&header, &rows(&c.synapses));
+        p.table(&header, &rows(&c.neurons));
+    }
+    p
+}
