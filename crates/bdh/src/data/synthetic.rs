@@ -2,8 +2,8 @@
 //!
 //! Each document states a few facts about people ("ada lives in oslo."), talks
 //! about other things for a while (a little grammar with number agreement, so the
-//! weights have something to learn), then asks about the facts
-//! ("where does ada live? oslo."). Who lives where is drawn afresh for every
+//! weights have something to learn), then asks about the facts and answers them
+//! ("where does ada live? ada lives in oslo."). Who lives where is drawn afresh for every
 //! document, so the answer is nowhere in the weights: a model must hold the fact in
 //! its in-context memory, the synapse state ρ, from statement to question.
 
@@ -77,11 +77,13 @@ impl Fact {
             Fact::Likes(n, c) => format!("{n} likes {c}."),
         }
     }
-    /// The question and its answer.
+    /// The question, the start of its answer sentence, and the answer word: the
+    /// answer restates the fact ("where does ada live? ada lives in oslo."), so the
+    /// word to recall follows the same words as where it was stated.
     fn question(self) -> (String, &'static str) {
         match self {
-            Fact::LivesIn(n, p) => (format!("where does {n} live?"), p),
-            Fact::Likes(n, c) => (format!("what color does {n} like?"), c),
+            Fact::LivesIn(n, p) => (format!("where does {n} live? {n} lives in"), p),
+            Fact::Likes(n, c) => (format!("what color does {n} like? {n} likes"), c),
         }
     }
 }
