@@ -232,9 +232,18 @@ fn inspect_rejects_bad_arguments() {
         (vec!["inspect", "graph", "--model", &model, "--head", "7"], "head 7"),
         (vec!["inspect", "sparsity", "--model", &model], "--text"),
         (vec!["inspect", "sparsity", "--model", "/no/such/model", "--prompt", "x"], "/no/such/model"),
+        (vec!["inspect", "graph"], "--init"),
     ] {
         let o = bdh(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
     }
+}
+
+#[test]
+fn inspect_graph_of_a_freshly_initialised_preset() {
+    let o = bdh(&["inspect", "graph", "--init", "tiny", "--head", "1", "--quantiles", "0.99"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("N256") && out.contains("0.99"), "{out}");
 }

@@ -27,6 +27,13 @@ pub struct Args {
     /// The bdh.py config (JSON), if not beside the weights.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Instead of --model: freshly initialised weights of this preset (or run-config
+    /// TOML), seeded by --seed-init, e.g. to see the graph of an untrained model.
+    #[arg(long, global = true, conflicts_with = "model")]
+    init: Option<String>,
+    /// Seed of --init.
+    #[arg(long, global = true, default_value_t = 0)]
+    seed_init: u64,
     /// Write every number as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -52,8 +59,14 @@ enum What {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
-    let path = model_path(args.model.as_deref().context("--model is required")?);
-    let model = load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?;
+    let model = match (&args.model, &args.init) {
+        (Some(m), _) => {
+            let path = model_path(m);
+            load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?
+        }
+        (None, Some(preset)) => Model::new(bdh::RunConfig::resolve(preset, &[])?.model, args.seed_init)?,
+        (None, None) => anyhow::bail!("give --model (a trained model) or --init PRESET (random weights)"),
+    };
     let out = Output { json: args.json, html: args.html };
     match args.what {
         What::Sparsity(a) => sparsity::run(a, &model, &out)?,
