@@ -5,22 +5,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::checkpoint::load;
 use bdh::data::DataConfig;
 use bdh::eval::{evaluate, evaluate_bytes};
-use bdh::run::model_path;
 use bdh::{Activations, RunConfig};
+
+use crate::model_args::ModelArgs;
 
 /// Evaluates a model on a file, or on the built-in corpus's validation documents.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run directory (uses its best checkpoint), a checkpoint directory, a
-    /// model.safetensors or a PyTorch .pt file.
-    #[arg(long)]
-    model: PathBuf,
-    /// The bdh.py config (JSON), if not beside the weights.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Evaluate on every byte of this file (default: the built-in corpus).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -44,8 +39,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
     anyhow::ensure!(args.block > 0 && args.batch > 0 && args.batches > 0, "--block, --batch and --batches must be > 0");
-    let path = model_path(&args.model);
-    let model = load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?;
+    let model = args.model.load()?;
     if let Some(file) = &args.data {
         let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let r = evaluate_bytes(&model, &data, args.block, args.batch)?;
@@ -58,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // The built-in corpus with the knobs the model was trained with, if known.
-    let run_config = args.model.join("config.toml");
+    let run_config = args.model.model.join("config.toml");
     let data = match std::fs::read_to_string(&run_config) {
         Ok(text) => RunConfig::from_toml(&text, &run_config, &[])?.data,
         Err(_) => DataConfig::default(),

@@ -5,20 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::checkpoint::load;
 use bdh::generate::{generate, Sampler, SamplingConfig};
-use bdh::run::model_path;
+
+use crate::model_args::ModelArgs;
 
 /// Generates text after a prompt, streamed to stdout; speed and state size on stderr.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run directory (uses its best checkpoint), a checkpoint directory, a
-    /// model.safetensors or a PyTorch .pt file.
-    #[arg(long)]
-    model: PathBuf,
-    /// The bdh.py config (JSON), if not beside the weights.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
     prompt: Option<String>,
@@ -52,8 +47,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let path = model_path(&args.model);
-    let model = load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?;
+    let model = args.model.load()?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone().into_bytes(),
         (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,

@@ -8,6 +8,7 @@ mod bench;
 mod eval;
 mod generate;
 mod inspect;
+mod model_args;
 mod train;
 mod verify;
 

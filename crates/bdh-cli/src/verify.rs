@@ -4,28 +4,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::checkpoint::{load, read_safetensors};
+use bdh::checkpoint::read_safetensors;
 use bdh::verify::verify;
+
+use crate::model_args::ModelArgs;
 
 /// Runs a model on a golden file's inputs and compares every tensor it holds.
 ///
 /// Exit status: 0 when all are within tolerance, 1 when one is not, 2 on bad input.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A checkpoint directory, a model.safetensors, or a PyTorch .pt state_dict.
-    #[arg(long)]
-    model: PathBuf,
-    /// The bdh.py config (JSON); defaults to config.json beside the weights.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Golden tensors (safetensors): input_ids and any of logits, targets+loss, grad.*, greedy_ids.
     #[arg(long)]
     golden: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let model = load(&args.model, args.config.as_deref())
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let model = args.model.load()?;
     let golden = read_safetensors(&args.golden).context("reading golden tensors")?;
     let report = verify(&model, &golden, &args.golden).context("verifying")?;
     println!("{:<22} {:>12} {:>12} {:>10}  result", "tensor", "max abs", "max rel", "tolerance");
