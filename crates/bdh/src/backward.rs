@@ -1,4 +1,4 @@
-//! The explicit backward of [`crate::forward`]: d loss / d every parameter.
+//! The explicit backward of [`crate::forward()`]: d loss / d every parameter.
 //!
 //! Each block undoes one line of the forward, in reverse; the comments give the
 //! forward line and the gradient it produces.

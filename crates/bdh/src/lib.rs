@@ -9,9 +9,15 @@
 //! - [`params`]: the weights, named and shaped as bdh.py.
 //! - [`forward()`] / [`backward()`]: the parallel pass over (B, T) and its explicit gradient.
 //! - [`Recurrent`]: the same model one token at a time with a state ρ per layer.
-//! - [`AdamW`]: the reference's optimizer.
+//! - [`AdamW`]: the reference's optimizer; [`Trainer`] one step; [`run`] a whole
+//!   resumable training run in a run directory, on a [`data`] corpus, configured by
+//!   a [`RunConfig`] ([`preset`]s in `configs/`).
+//! - [`generate`]: sampling and streaming generation; [`eval`]: loss, bits per byte
+//!   and answer accuracy.
 //! - [`checkpoint`]: safetensors and PyTorch `.pt` input, safetensors output.
 //! - [`verify`]: compare a model against golden tensors of the reference.
+//! - [`microscope`]: sparsity, the neuron graph and the synapse state.
+//! - [`bench`](mod@bench): throughput of training steps, forward passes and generation.
 //!
 //! ```
 //! use bdh::{forward, Activations, BdhConfig, Mode, Model, Recurrent};
