@@ -66,11 +66,34 @@ impl MatMul {
     }
 }
 
+thread_local! {
+    /// Per-thread scratch for a transposed B, grown to the largest seen.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `dst` (packed `cols × rows`) = the transpose of `src` (`rows × cols`, row stride `ld`).
+fn transpose_strided(dst: &mut [f32], src: &[f32], rows: usize, cols: usize, ld: usize) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = src[r * ld + c];
+                }
+            }
+        }
+    }
+}
+
 /// `C [+]= op(A) · op(B)`, see [`MatMul`].
+///
+/// gemm packs a transposed B several times slower than a row-major one (a
+/// transposed A costs nothing extra), so a transposed B is first copied into a
+/// per-thread row-major buffer: k·n moves against the product's m·n·k.
 pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
     p.check(c, a, b);
     let MatMul { m, k, n, .. } = p;
-    let [(_, _, lda), (_, _, ldb), (_, _, ldc)] = p.layout();
+    let [(_, _, lda), (br, bc, ldb), (_, _, ldc)] = p.layout();
     if m == 0 || n == 0 {
         return;
     }
@@ -80,15 +103,39 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
         }
         return;
     }
-    let (a_rs, a_cs) = if p.a_t { (1, lda as isize) } else { (lda as isize, 1) };
-    let (b_rs, b_cs) = if p.b_t { (1, ldb as isize) } else { (ldb as isize, 1) };
+    let a_strides = if p.a_t { (1, lda) } else { (lda, 1) };
+    if !p.b_t {
+        return gemm_strided(c, a, b, (m, k, n), a_strides, (ldb, 1), ldc, p);
+    }
+    SCRATCH.with_borrow_mut(|tb| {
+        tb.resize(br * bc, 0.0);
+        transpose_strided(tb, b, br, bc, ldb);
+        gemm_strided(c, a, tb, (m, k, n), a_strides, (n, 1), ldc, p);
+    });
+}
+
+/// The gemm call: A (m×k) and B (k×n) with (row, column) strides, C (m×n) row-major
+/// with row stride `ldc`; `matmul`'s `check` has bounded every index they form.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    (a_rs, a_cs): (usize, usize),
+    (b_rs, b_cs): (usize, usize),
+    ldc: usize,
+    p: MatMul,
+) {
     let parallelism = if p.parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `check` proved every index the strides above can form lies inside its
-    // slice; C is borrowed mutably, so it aliases neither A nor B.
+    debug_assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    // SAFETY: `check` proved every index the strides can form lies inside its
+    // slice (a transposed copy of B is packed, so it fits by construction); C is
+    // borrowed mutably, so it aliases neither A nor B.
     unsafe {
         gemm::gemm(
             m,
@@ -99,11 +146,11 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
             ldc as isize,
             p.accumulate,
             a.as_ptr(),
-            a_cs,
-            a_rs,
+            a_cs as isize,
+            a_rs as isize,
             b.as_ptr(),
-            b_cs,
-            b_rs,
+            b_cs as isize,
+            b_rs as isize,
             1.0,
             1.0,
             false,
@@ -131,4 +178,11 @@ pub fn matmul_scalar(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
             *dst = if p.accumulate { *dst + s as f32 } else { s as f32 };
         }
     }
+}
+
+/// `dst (cols×rows) = srcᵀ` for a row-major `src` (rows×cols), for weights whose
+/// transposed copy is reused across many products.
+pub fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transpose: {rows}×{cols} does not fit");
+    transpose_strided(dst, src, rows, cols, cols);
 }

@@ -207,3 +207,47 @@ fn matmul_on_blocks_of_larger_matrices_equals_twin() {
         }
     }
 }
+
+#[test]
+fn elementwise_kernels_equal_twins() {
+    let mut r = rng(8);
+    for len in [1, 7, 16, 33, 1000] {
+        let (x, y) = (random(&mut r, len), sparse(&mut r, len, 0.4));
+        let keep: Vec<f32> = random(&mut r, len).iter().map(|&u| if u > 0.0 { 1.25 } else { 0.0 }).collect();
+        for keep in [&keep[..], &[]] {
+            let (mut a, mut b) = (x.clone(), x.clone());
+            relu(&mut a);
+            elementwise_scalar::relu(&mut b);
+            assert_eq!(a, b, "relu {len}");
+            let (mut za, mut zb) = (vec![0.0; len], vec![0.0; len]);
+            gated_product(&mut za, &x, &y, keep);
+            elementwise_scalar::gated_product(&mut zb, &x, &y, keep);
+            assert_close(&format!("gated_product {len}"), &za, &zb, 1e-6);
+            let g = random(&mut r, len);
+            let (mut dxa, mut dya, mut dxb, mut dyb) = (g.clone(), vec![9.0; len], g.clone(), vec![9.0; len]);
+            gated_product_backward(&mut dxa, &mut dya, &x, &y, keep);
+            elementwise_scalar::gated_product_backward(&mut dxb, &mut dyb, &x, &y, keep);
+            assert_close(&format!("gated_product_backward dx {len}"), &dxa, &dxb, 1e-6);
+            assert_close(&format!("gated_product_backward dy {len}"), &dya, &dyb, 1e-6);
+            let (mut ga, mut gb) = (g.clone(), g.clone());
+            relu_backward_add(&mut ga, &y, &x);
+            elementwise_scalar::relu_backward_add(&mut gb, &y, &x);
+            assert_close(&format!("relu_backward_add {len}"), &ga, &gb, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn transpose_equals_index_swap() {
+    let mut r = rng(9);
+    for (rows, cols) in [(1, 1), (3, 70), (65, 33)] {
+        let src = random(&mut r, rows * cols);
+        let mut dst = vec![0.0; rows * cols];
+        transpose(&mut dst, &src, rows, cols);
+        for i in 0..rows {
+            for j in 0..cols {
+                assert_eq!(dst[j * rows + i], src[i * cols + j]);
+            }
+        }
+    }
+}

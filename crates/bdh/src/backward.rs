@@ -4,7 +4,8 @@
 //! forward line and the gradient it produces.
 
 use bdh_kernels::{
-    causal_linear_attention_backward, layer_norm_backward, matmul, rope, MatMul, RopeDirection,
+    causal_linear_attention_backward, gated_product, gated_product_backward, layer_norm_backward, matmul,
+    relu_backward_add, rope, transpose, MatMul, RopeDirection,
 };
 use rayon::prelude::*;
 
@@ -29,6 +30,11 @@ pub struct Gradients {
     da: Vec<f32>,      // (B, H, T, D) d loss / d attention output
     dvh: Vec<f32>,     // (B, H, T, D) d loss / d v through each head's attention values
     dscores: Vec<f32>, // (B, H, T, T)
+    // Transposed weights, so every product reads a row-major B (see `transpose`).
+    lm_head_t: Vec<f32>,   // (V, D)
+    decoder_t: Vec<f32>,   // (H, D, N)
+    encoder_t: Vec<f32>,   // (H, N, D)
+    encoder_v_t: Vec<f32>, // (H, N, D)
 }
 
 impl Gradients {
@@ -50,6 +56,10 @@ impl Gradients {
             da: vec![0.0; bht * d],
             dvh: vec![0.0; bht * d],
             dscores: vec![0.0; bht * t],
+            lm_head_t: vec![0.0; v * d],
+            decoder_t: vec![0.0; h * d * n],
+            encoder_t: vec![0.0; h * n * d],
+            encoder_v_t: vec![0.0; h * n * d],
         }
     }
 
@@ -86,12 +96,20 @@ pub fn backward(
     let (bt, bhtn) = (b * t, b * h * t * n);
     let p = &model.params;
     let g = &mut grads.params;
+    transpose(&mut grads.lm_head_t, &p.lm_head, d, vocab);
+    for hi in 0..h {
+        let (dn, nd) = (hi * d * n..(hi + 1) * d * n, hi * n * d..(hi + 1) * n * d);
+        transpose(&mut grads.decoder_t[dn.clone()], &p.decoder[nd.clone()], n, d);
+        transpose(&mut grads.encoder_t[nd.clone()], &p.encoder[dn.clone()], d, n);
+        transpose(&mut grads.encoder_v_t[nd], &p.encoder_v[dn], d, n);
+    }
+    let (decoder_t, encoder_t, encoder_v_t) = (&grads.decoder_t, &grads.encoder_t, &grads.encoder_v_t);
 
     // logits = v · lm_head  ⇒  d lm_head += vᵀ · dlogits,  dv = dlogits · lm_headᵀ
     cross_entropy_backward(&mut grads.dlogits, &acts.logits, targets, vocab);
     let v_last = acts.residual(layers);
     matmul(&mut g.lm_head, v_last, &grads.dlogits, MatMul::new(d, bt, vocab).a_t().acc().par());
-    matmul(&mut grads.dv, &grads.dlogits, &p.lm_head, MatMul::new(bt, vocab, d).b_t().par());
+    matmul(&mut grads.dv, &grads.dlogits, &grads.lm_head_t, MatMul::new(bt, vocab, d).par());
 
     for l in (0..layers).rev() {
         let v_in = acts.residual(l);
@@ -116,10 +134,8 @@ pub fn backward(
         // u = concat_h(z) · decoder  ⇒  d decoder_h += Σ_b z_bhᵀ · du_b
         grads.z.par_chunks_mut(t * n).enumerate().for_each(|(bh, z)| {
             let s = bh * t * n..(bh + 1) * t * n;
-            for (i, zi) in z.iter_mut().enumerate() {
-                let k = if keep.is_empty() { 1.0 } else { keep[s.start + i] };
-                *zi = x[s.start + i] * y[s.start + i] * k;
-            }
+            let k = if keep.is_empty() { keep } else { &keep[s.clone()] };
+            gated_product(z, &x[s.clone()], &y[s], k);
         });
         let (z, du) = (&grads.z, &grads.du);
         g.decoder.par_chunks_mut(n * d).enumerate().for_each(|(hi, g_dec)| {
@@ -148,21 +164,16 @@ pub fn backward(
                 let (x, xr, y) = (&x[nb.clone()], &xr[nb.clone()], &y[nb.clone()]);
                 let v_b = &v_in[bi * t * d..(bi + 1) * t * d];
                 let du_b = &du[bi * t * d..(bi + 1) * t * d];
-                let decoder_h = &p.decoder[hi * n * d..(hi + 1) * n * d];
-                let encoder_v = &p.encoder_v[hi * d * n..(hi + 1) * d * n];
+                let decoder_t = &decoder_t[hi * d * n..(hi + 1) * d * n]; //  (D, N)
+                let encoder_v_t = &encoder_v_t[hi * n * d..(hi + 1) * n * d]; // (N, D)
 
-                // dz = du · decoder_hᵀ, through the dropout scale            (T, N)
-                matmul(dx, du_b, decoder_h, MatMul::new(t, d, n).b_t());
-                if !keep.is_empty() {
-                    dx.iter_mut().zip(&keep[nb.clone()]).for_each(|(g, &k)| *g *= k);
-                }
-                // z = x ⊙ relu(y_latent)  ⇒  dy = dz ⊙ x ⊙ [y > 0],  dx = dz ⊙ y
-                for (((gx, gy), &xi), &yi) in dx.iter_mut().zip(dy.iter_mut()).zip(x).zip(y) {
-                    *gy = if yi > 0.0 { *gx * xi } else { 0.0 };
-                    *gx *= yi;
-                }
+                // dz = du · decoder_hᵀ                                        (T, N)
+                matmul(dx, du_b, decoder_t, MatMul::new(t, d, n));
+                // z = dropout(x ⊙ relu(y_latent))  ⇒  dy = dz ⊙ x ⊙ [y > 0],  dx = dz ⊙ y
+                let k = if keep.is_empty() { keep } else { &keep[nb.clone()] };
+                gated_product_backward(dx, dy, x, y, k);
                 // y_latent = a · encoder_v_h  ⇒  da = dy · encoder_v_hᵀ      (T, D)
-                matmul(da, dy, encoder_v, MatMul::new(t, n, d).b_t());
+                matmul(da, dy, encoder_v_t, MatMul::new(t, n, d));
                 // a = LN(attention)  ⇒  d attention = LN'(da)
                 layer_norm_backward(da, &a[db.clone()], &rstd_a[bh * t..(bh + 1) * t], d);
                 // attention = tril₋₁(xr xrᵀ) · v  ⇒  d xr, and dv through the values
@@ -170,9 +181,7 @@ pub fn backward(
                 causal_linear_attention_backward(dq, dvh, dscores, da, xr, v_b, s, (t, n, d));
                 // xr = R(x)  ⇒  dx += Rᵀ d xr;  x = relu(x_latent)  ⇒  through [x > 0]
                 rope(scratch, dq, &rope_table.cos, &rope_table.sin, n, RopeDirection::Inverse);
-                for ((gx, &gr), &xi) in dx.iter_mut().zip(scratch.iter()).zip(x) {
-                    *gx = if xi > 0.0 { *gx + gr } else { 0.0 };
-                }
+                relu_backward_add(dx, scratch, x);
             });
 
         // x_latent = v · encoder_h, y_latent = a · encoder_v_h  ⇒  weight gradients
@@ -195,9 +204,9 @@ pub fn backward(
         grads.dv.par_chunks_mut(t * d).enumerate().for_each(|(bi, dv)| {
             for hi in 0..h {
                 let bh = bi * h + hi;
-                let encoder = &p.encoder[hi * d * n..(hi + 1) * d * n];
+                let encoder_t = &encoder_t[hi * n * d..(hi + 1) * n * d]; // (N, D)
                 dv.iter_mut().zip(&dvh[bh * t * d..(bh + 1) * t * d]).for_each(|(o, &g)| *o += g);
-                matmul(dv, &dx[bh * t * n..(bh + 1) * t * n], encoder, MatMul::new(t, n, d).b_t().acc());
+                matmul(dv, &dx[bh * t * n..(bh + 1) * t * n], encoder_t, MatMul::new(t, n, d).acc());
             }
         });
     }

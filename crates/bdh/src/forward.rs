@@ -3,7 +3,7 @@
 //! Every activation the backward needs lives in an [`Activations`] sized once per
 //! (B, T); a step allocates nothing.
 
-use bdh_kernels::{causal_linear_attention, layer_norm, matmul, rope, MatMul, RopeDirection};
+use bdh_kernels::{causal_linear_attention, gated_product, layer_norm, matmul, relu, rope, MatMul, RopeDirection};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -223,13 +223,8 @@ pub fn forward(model: &Model, tokens: &[u32], acts: &mut Activations, mode: Mode
                 matmul(y, a, encoder_v, MatMul::new(t, d, n));
                 relu(y);
                 // z = dropout(x ⊙ y)                                        (T, N)
-                for ((zi, &xi), &yi) in z.iter_mut().zip(x.iter()).zip(y.iter()) {
-                    *zi = xi * yi;
-                }
-                if !keep.is_empty() {
-                    let keep = &keep[bh * t * n..(bh + 1) * t * n];
-                    z.iter_mut().zip(keep).for_each(|(zi, &k)| *zi *= k);
-                }
+                let keep = if keep.is_empty() { keep } else { &keep[bh * t * n..(bh + 1) * t * n] };
+                gated_product(z, x, y, keep);
             });
 
         // u = concat_h(z) · decoder;  w = LN(u);  v = LN(v + w)             (B, T, D)
@@ -264,10 +259,6 @@ pub fn forward(model: &Model, tokens: &[u32], acts: &mut Activations, mode: Mode
     let v_last = &acts.v[layers * bt * d..];
     matmul(&mut acts.logits, v_last, &p.lm_head, MatMul::new(bt, d, vocab).par());
     Ok(())
-}
-
-fn relu(x: &mut [f32]) {
-    x.iter_mut().for_each(|v| *v = v.max(0.0));
 }
 
 /// Fills `keep` with 0 (dropped, probability `prob`) or `1/(1−prob)` (kept), as
