@@ -55,9 +55,9 @@ pub fn relu_backward_add(dx: &mut [f32], extra: &[f32], x: &[f32]) {
 pub mod scalar {
     /// Twin of [`super::relu`].
     pub fn relu(x: &mut [f32]) {
-        for i in 0..x.len() {
-            if x[i] < 0.0 {
-                x[i] = 0.0;
+        for v in x.iter_mut() {
+            if *v < 0.0 {
+                *v = 0.0;
             }
         }
     }
