@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::bench::{forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec};
+use bdh::bench::{forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec, StepSide};
 use bdh::checkpoint::load;
 use bdh::run::model_path;
 use bdh::{Model, RunConfig};
@@ -57,7 +57,7 @@ enum Mode {
         /// Tokens to generate.
         #[arg(long, default_value_t = 256)]
         tokens: usize,
-        /// Also time steps after this many tokens of context (0: skip).
+        /// Compare step latency at this context with that at 256.
         #[arg(long, default_value_t = 8192)]
         long_context: usize,
     },
@@ -108,28 +108,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 g.decode_seconds * 1e3,
                 g.state_bytes as f64 / (1 << 20) as f64
             );
+            // Each pair is measured in alternation, the same tokens to both runners.
+            let side = |context, dense| StepSide { context, dense };
+            let long = long_context.max(256);
+            let (sparse, dense) = step_latency(&model, [side(256, false), side(256, true)], 256)?;
+            println!(
+                "step at context 256: sparse {:.3} ms ({:.0} tokens/s), dense {:.3} ms; sparse is {:.2}× faster",
+                sparse * 1e3,
+                1.0 / sparse,
+                dense * 1e3,
+                dense / sparse
+            );
             // The sparse step's work follows the text (how many neurons fire); the
             // dense step's does not, so it shows what context length alone costs.
-            let contexts: Vec<usize> = [256, long_context].into_iter().filter(|&c| c > 0).collect();
-            let sparse = step_latency(&model, &contexts, 64, false)?;
-            let dense = step_latency(&model, &contexts, 64, true)?;
-            for ((ctx, s), (_, d)) in sparse.iter().zip(&dense) {
-                println!(
-                    "context {ctx}: sparse step {:.3} ms ({:.0} tokens/s), dense step {:.3} ms; sparse is {:.2}× faster",
-                    s * 1e3,
-                    1.0 / s,
-                    d * 1e3,
-                    d / s
-                );
-            }
-            if let ([(_, s0), (long_ctx, s1)], [(_, d0), (_, d1)]) = (&sparse[..], &dense[..]) {
-                println!(
-                    "latency at {long_ctx} / at 256: dense {:.3}×, sparse {:.3}×; state {:.2} MiB at both",
-                    d1 / d0,
-                    s1 / s0,
-                    g.state_bytes as f64 / (1 << 20) as f64
-                );
-            }
+            let (d0, d1) = step_latency(&model, [side(256, true), side(long, true)], 256)?;
+            let (s0, s1) = step_latency(&model, [side(256, false), side(long, false)], 256)?;
+            println!(
+                "latency at {long} / at 256: dense {:.3}× ({:.3} / {:.3} ms), sparse {:.3}×; state {:.2} MiB at both",
+                d1 / d0,
+                d1 * 1e3,
+                d0 * 1e3,
+                s1 / s0,
+                g.state_bytes as f64 / (1 << 20) as f64
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

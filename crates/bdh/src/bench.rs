@@ -174,24 +174,46 @@ pub fn generate_speed(model: &Model, prompt: &[u8], tokens: usize) -> Result<Gen
     })
 }
 
-/// Seconds per recurrent step, median over `window` steps after each context
-/// length in `contexts` (ascending), feeding the model its own greedy output.
-/// With `dense`, every row is touched as if every neuron had fired.
-pub fn step_latency(model: &Model, contexts: &[usize], window: usize, dense: bool) -> Result<Vec<(usize, f64)>> {
-    let mut rec = if dense { Recurrent::dense(model) } else { Recurrent::new(model) };
+/// One side of a paired latency measurement: how much context the runner has
+/// seen, and whether it touches every row (`dense`) or only active ones.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSide {
+    /// Tokens consumed before timing starts.
+    pub context: usize,
+    /// Touch every row as if every neuron had fired (the work then does not depend
+    /// on the text).
+    pub dense: bool,
+}
+
+/// Median seconds per recurrent step of two runners, measured in alternation
+/// (16 steps of one, then the same 16 tokens to the other, and again) so that a
+/// busy machine slows both alike, while each keeps its state warm in cache.
+pub fn step_latency(model: &Model, sides: [StepSide; 2], window: usize) -> Result<(f64, f64)> {
+    let mut runners = sides.map(|s| if s.dense { Recurrent::dense(model) } else { Recurrent::new(model) });
     let mut tok = b'\n' as u32;
-    let mut out = Vec::new();
-    for &ctx in contexts {
-        while rec.state.pos < ctx {
+    for (rec, side) in runners.iter_mut().zip(sides) {
+        tok = b'\n' as u32;
+        while rec.state.pos < side.context {
             tok = crate::verify::argmax(rec.step(tok)?);
         }
-        let mut times = Vec::with_capacity(window);
-        for _ in 0..window {
-            let t0 = Instant::now();
-            tok = crate::verify::argmax(rec.step(tok)?);
-            times.push(t0.elapsed().as_secs_f64());
-        }
-        out.push((ctx, median(&times)));
     }
-    Ok(out)
+    const ROUND: usize = 16;
+    let [a, b] = &mut runners;
+    let (mut ta, mut tb) = (Vec::with_capacity(window), Vec::with_capacity(window));
+    let mut fed = Vec::with_capacity(ROUND);
+    while ta.len() < window {
+        fed.clear();
+        for _ in 0..ROUND {
+            fed.push(tok);
+            let t0 = Instant::now();
+            tok = crate::verify::argmax(a.step(tok)?);
+            ta.push(t0.elapsed().as_secs_f64());
+        }
+        for &t in &fed {
+            let t0 = Instant::now();
+            b.step(t)?;
+            tb.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok((median(&ta), median(&tb)))
 }
