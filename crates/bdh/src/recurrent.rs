@@ -5,7 +5,7 @@
 //! read `a_t` from ρ, then write `ρ += R_t x_t ⊗ v_t`. This equals the parallel
 //! forward at every position, in memory that does not grow with the context.
 
-use bdh_kernels::{gather_dot, layer_norm, matmul, rho_read_write, sparse_row_sum, vec_mat, MatMul};
+use bdh_kernels::{gather_dot, layer_norm, matmul, rho_read_write, sparse_row_sum, transpose, vec_mat, MatMul};
 
 use rayon::prelude::*;
 
@@ -74,11 +74,7 @@ impl<'m> Recurrent<'m> {
         // encoder_v transposed per head, (H, D, N) → (H, N, D), for the gathered products.
         let mut encoder_v_t = vec![0.0; hn * d];
         for (src, dst) in model.params.encoder_v.chunks_exact(d * n).zip(encoder_v_t.chunks_exact_mut(n * d)) {
-            for k in 0..d {
-                for j in 0..n {
-                    dst[j * d + k] = src[k * n + j];
-                }
-            }
+            transpose(dst, src, d, n);
         }
         let head = Head {
             x: vec![0.0; n],
