@@ -137,6 +137,9 @@ impl Activations {
 
 /// Checks a (B, T) batch of token ids against the vocabulary and the buffers.
 pub(crate) fn check_tokens(tokens: &[u32], dims: &Dims, what: &str) -> Result<()> {
+    if dims.b == 0 || dims.t == 0 {
+        return Err(Error::Input(format!("{what}: empty batch (B={}, T={})", dims.b, dims.t)));
+    }
     if tokens.len() != dims.b * dims.t {
         return Err(Error::Input(format!(
             "{what}: {} ids for a batch of B={} × T={}",

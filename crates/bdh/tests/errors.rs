@@ -161,6 +161,9 @@ fn out_of_range_tokens_and_wrong_lengths_are_errors() {
     assert!(m.contains("256"), "{m}");
     let m = message(forward(&model, &[1, 2], &mut acts, Mode::Eval).unwrap_err());
     assert!(m.contains("B=1 × T=3"), "{m}");
+    let mut empty = Activations::new(&model, 0, 4);
+    let m = message(forward(&model, &[], &mut empty, Mode::Eval).unwrap_err());
+    assert!(m.contains("empty batch"), "{m}");
     let mut rec = bdh::Recurrent::new(&model);
     assert!(rec.step(300).is_err());
     assert!(rec.prefill(&[]).is_err());
