@@ -66,19 +66,6 @@ pub struct Batch {
     pub answers: Vec<(usize, Range<usize>)>,
 }
 
-/// Bytes of a file, memory-mapped.
-#[derive(Clone, Debug)]
-struct Bytes {
-    map: Arc<memmap2::Mmap>,
-    range: Range<usize>,
-}
-
-impl Bytes {
-    fn slice(&self) -> &[u8] {
-        &self.map[self.range.clone()]
-    }
-}
-
 #[allow(unsafe_code)]
 fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
     let file = File::open(path).map_err(|e| Error::io("reading", path, e))?;
@@ -106,14 +93,23 @@ pub enum Corpus {
     },
 }
 
-/// A read-only view of (part of) a mapped file.
+/// A read-only view of (part of) a memory-mapped file.
 #[derive(Clone, Debug)]
-pub struct BytesView(Bytes);
+pub struct BytesView {
+    map: Arc<memmap2::Mmap>,
+    range: Range<usize>,
+}
 
 impl BytesView {
+    /// The whole of `map`, or the part `range` of it.
+    fn new(map: Arc<memmap2::Mmap>, range: Option<Range<usize>>) -> Self {
+        let range = range.unwrap_or(0..map.len());
+        BytesView { map, range }
+    }
+
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
-        self.0.slice()
+        &self.map[self.range.clone()]
     }
 }
 
@@ -131,21 +127,10 @@ impl Corpus {
     pub fn from_files(train: &Path, val: Option<&Path>, block: usize) -> Result<Self> {
         let map = map_file(train)?;
         let corpus = match val {
-            Some(v) => {
-                let vmap = map_file(v)?;
-                let (tl, vl) = (map.len(), vmap.len());
-                Corpus::Files {
-                    train: BytesView(Bytes { map, range: 0..tl }),
-                    val: BytesView(Bytes { map: vmap, range: 0..vl }),
-                }
-            }
+            Some(v) => Corpus::Files { train: BytesView::new(map, None), val: BytesView::new(map_file(v)?, None) },
             None => {
-                let split = map.len() * 9 / 10;
-                let len = map.len();
-                Corpus::Files {
-                    train: BytesView(Bytes { map: map.clone(), range: 0..split }),
-                    val: BytesView(Bytes { map, range: split..len }),
-                }
+                let (split, len) = (map.len() * 9 / 10, map.len());
+                Corpus::Files { train: BytesView::new(map.clone(), Some(0..split)), val: BytesView::new(map, Some(split..len)) }
             }
         };
         if let Corpus::Files { train: t, val: v } = &corpus {
