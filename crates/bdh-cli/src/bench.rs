@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::bench::{forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec, StepSide};
+use bdh::bench::{
+    forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec, StepSide,
+};
 use bdh::checkpoint::load;
 use bdh::run::model_path;
 use bdh::{Model, RunConfig};
@@ -97,7 +99,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => Model::new(run.model.clone(), 0)?,
             };
             describe(&model.config, "B1");
-            let prompt: Vec<u8> = b"The hatchling reads, and what it reads it keeps. ".iter().cycle().take(prompt_len.max(1)).copied().collect();
+            let prompt: Vec<u8> = b"The hatchling reads, and what it reads it keeps. "
+                .iter()
+                .cycle()
+                .take(prompt_len.max(1))
+                .copied()
+                .collect();
             let g = generate_speed(&model, &prompt, tokens)?;
             println!(
                 "generate {} tokens after {}: {:.1} tokens/s (prefill {:.1} ms, decode {:.1} ms), state {:.2} MiB",

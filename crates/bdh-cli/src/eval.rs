@@ -46,7 +46,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
-            println!("{}: {} bytes predicted in {} independent windows of {} tokens (state reset per window)", file.display(), r.tokens, r.windows, r.window);
+            println!(
+                "{}: {} bytes predicted in {} independent windows of {} tokens (state reset per window)",
+                file.display(),
+                r.tokens,
+                r.windows,
+                r.window
+            );
             println!("loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte", r.loss, r.perplexity, r.bits_per_byte);
         }
         return Ok(ExitCode::SUCCESS);

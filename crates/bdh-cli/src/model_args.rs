@@ -21,6 +21,7 @@ impl ModelArgs {
     /// Loads the model, with the path in the error if it fails.
     pub fn load(&self) -> anyhow::Result<Model> {
         let path = bdh::run::model_path(&self.model);
-        bdh::checkpoint::load(&path, self.config.as_deref()).with_context(|| format!("loading model {}", path.display()))
+        bdh::checkpoint::load(&path, self.config.as_deref())
+            .with_context(|| format!("loading model {}", path.display()))
     }
 }

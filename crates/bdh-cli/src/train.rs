@@ -56,7 +56,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 run.data.val_path = args.val_data.clone();
             }
             let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let name = PathBuf::from(&args.preset).file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned());
+            let name =
+                PathBuf::from(&args.preset).file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned());
             (run, args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{name}-{stamp}"))))
         }
     };
@@ -88,7 +89,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_second:.0} tok/s"));
         }
         Event::Eval(m) => {
-            let acc = m.answer_accuracy.map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}", a * 100.0, m.answers));
+            let acc = m
+                .answer_accuracy
+                .map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}", a * 100.0, m.answers));
             say(format!("step {}: val loss {:.4}, {:.3} bits/byte{acc}", m.step, m.val_loss, m.bits_per_byte));
         }
         Event::Sample { step, prompt, text } => say(format!("sample at step {step}:\n{prompt}\u{2502}{text}\n")),
@@ -97,9 +100,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let outcome = outcome?;
     if outcome.interrupted {
-        println!("interrupted at step {}; saved to {}/last (continue with --resume {})", outcome.step, dir.display(), dir.display());
+        println!(
+            "interrupted at step {}; saved to {}/last (continue with --resume {})",
+            outcome.step,
+            dir.display(),
+            dir.display()
+        );
     } else {
-        println!("done: {} steps in {:.1} s; checkpoints in {}/last and {}/best", outcome.step, outcome.seconds, dir.display(), dir.display());
+        println!(
+            "done: {} steps in {:.1} s; checkpoints in {}/last and {}/best",
+            outcome.step,
+            outcome.seconds,
+            dir.display(),
+            dir.display()
+        );
     }
     if let Some(m) = &outcome.last_eval {
         let acc = m.answer_accuracy.map_or(String::new(), |a| format!(", answer accuracy {:.1}%", a * 100.0));

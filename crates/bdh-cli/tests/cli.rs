@@ -44,11 +44,8 @@ fn verify_fails_with_status_1_when_a_tensor_differs() {
     let dir = temp("tampered");
     let src = std::fs::read(golden("ref-tiny/expected.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&src).unwrap();
-    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     let grad = owned.iter_mut().find(|t| t.0 == "grad.encoder").unwrap();
     let x = f32::from_le_bytes(grad.3[..4].try_into().unwrap());
     grad.3[..4].copy_from_slice(&(x + 1.0).to_le_bytes());
@@ -100,7 +97,8 @@ fn bench_train_reports_throughput() {
 fn train_resume_generate_eval_end_to_end() {
     let dir = temp("e2e");
     let run_dir = dir.join("run").display().to_string();
-    let small = ["--set", "training.batch_size=2", "--set", "training.eval_batches=1", "--set", "training.eval_interval=2"];
+    let small =
+        ["--set", "training.batch_size=2", "--set", "training.eval_batches=1", "--set", "training.eval_interval=2"];
     let mut args = vec!["train", "--preset", "tiny", "--out", &run_dir, "--quiet", "--set", "training.max_steps=2"];
     args.extend_from_slice(&small);
     let o = bdh(&args);
@@ -116,7 +114,8 @@ fn train_resume_generate_eval_end_to_end() {
     assert!(metrics.contains("\"step\":4"), "{metrics}");
 
     let gen = |extra: &[&str]| {
-        let mut a = vec!["generate", "--model", &run_dir, "--prompt", "ada lives in ", "--max-tokens", "60", "--seed", "3"];
+        let mut a =
+            vec!["generate", "--model", &run_dir, "--prompt", "ada lives in ", "--max-tokens", "60", "--seed", "3"];
         a.extend_from_slice(extra);
         bdh(&a)
     };
@@ -125,7 +124,8 @@ fn train_resume_generate_eval_end_to_end() {
     assert_eq!(a.stdout, b.stdout, "same seed, same text");
     assert!(String::from_utf8_lossy(&a.stderr).contains("tokens/s"));
     let full = String::from_utf8_lossy(&a.stdout).to_string();
-    let stop = full.chars().skip(1).find(|c| c.is_ascii_alphanumeric()).expect("an ASCII letter in 60 bytes").to_string();
+    let stop =
+        full.chars().skip(1).find(|c| c.is_ascii_alphanumeric()).expect("an ASCII letter in 60 bytes").to_string();
     let c = gen(&["--stop", &stop]);
     let cut = String::from_utf8_lossy(&c.stdout).trim_end_matches('\n').to_string();
     assert!(!cut.contains(&stop) && full.starts_with(&cut), "{cut:?} vs {full:?}");
@@ -178,12 +178,28 @@ fn chromium() -> String {
 
 /// Renders `page` in headless Chromium: (the DOM after load, screenshot bytes).
 fn render(page: &std::path::Path, dir: &std::path::Path) -> (String, usize) {
-    let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ];
     let profile = format!("--user-data-dir={}", dir.join("profile").display());
     let url = format!("file://{}", page.display());
     let dom = Command::new(chromium()).args(flags).arg(&profile).args(["--dump-dom", &url]).output().unwrap();
     let shot = dir.join(format!("{}.png", page.file_stem().unwrap().to_string_lossy()));
-    let o = Command::new(chromium()).args(flags).arg(&profile).arg("--window-size=1000,1400").arg(format!("--screenshot={}", shot.display())).arg(&url).output().unwrap();
+    let o = Command::new(chromium())
+        .args(flags)
+        .arg(&profile)
+        .arg("--window-size=1000,1400")
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "chromium: {}", text(&o));
     (String::from_utf8_lossy(&dom.stdout).into_owned(), std::fs::metadata(&shot).unwrap().len() as usize)
 }
@@ -193,19 +209,51 @@ fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
     let dir = temp("inspect");
     let model = golden("ref-small-trained");
     let p = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(dir.join("concept.txt"), "she paid ten dollars.\nthe coin is worth a pound.\nhe owes five euros.\nmoney buys bread.\n").unwrap();
-    std::fs::write(dir.join("contrast.txt"), "the cat sat down.\nthe river is cold.\nbirds sing at dawn.\nthe door is open.\n").unwrap();
+    std::fs::write(
+        dir.join("concept.txt"),
+        "she paid ten dollars.\nthe coin is worth a pound.\nhe owes five euros.\nmoney buys bread.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("contrast.txt"),
+        "the cat sat down.\nthe river is cold.\nbirds sing at dawn.\nthe door is open.\n",
+    )
+    .unwrap();
     let runs: [(&str, Vec<String>, &str); 3] = [
-        ("sparsity", vec!["--prompt".into(), "The hatchling keeps what it reads. Ask it later and it recalls.".into()], "x⊙y"),
-        ("graph", vec!["--head".into(), "0".into(), "--quantiles".into(), "0.99,0.999".into(), "--seeds".into(), "2".into()], "Q model"),
-        ("synapses", vec!["--layer".into(), "2".into(), "--head".into(), "1".into(), "--prompt".into(), "She paid ten dollars for bread.".into(), "--concept".into(), p("concept.txt"), "--contrast".into(), p("contrast.txt")], "concept search"),
+        (
+            "sparsity",
+            vec!["--prompt".into(), "The hatchling keeps what it reads. Ask it later and it recalls.".into()],
+            "x⊙y",
+        ),
+        (
+            "graph",
+            vec!["--head".into(), "0".into(), "--quantiles".into(), "0.99,0.999".into(), "--seeds".into(), "2".into()],
+            "Q model",
+        ),
+        (
+            "synapses",
+            vec![
+                "--layer".into(),
+                "2".into(),
+                "--head".into(),
+                "1".into(),
+                "--prompt".into(),
+                "She paid ten dollars for bread.".into(),
+                "--concept".into(),
+                p("concept.txt"),
+                "--contrast".into(),
+                p("contrast.txt"),
+            ],
+            "concept search",
+        ),
     ];
     // An empty page, rendered the same way, is the floor a report's screenshot must clear.
     std::fs::write(dir.join("blank.html"), "<!DOCTYPE html><html><body></body></html>").unwrap();
     let (_, blank) = render(&dir.join("blank.html"), &dir);
     for (what, extra, marker) in runs {
         let (html, json) = (p(&format!("{what}.html")), p(&format!("{what}.json")));
-        let mut args: Vec<String> = ["inspect", what, "--model", &model, "--html", &html, "--json", &json].map(String::from).to_vec();
+        let mut args: Vec<String> =
+            ["inspect", what, "--model", &model, "--html", &html, "--json", &json].map(String::from).to_vec();
         args.extend(extra);
         let o = bdh(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let out = text(&o);

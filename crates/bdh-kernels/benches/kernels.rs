@@ -28,12 +28,16 @@ fn dense_kernels(c: &mut Criterion) {
     let (a, b) = (data(t * d, 1), data(d * n, 2));
     let mut out = vec![0.0; t * n];
     g.throughput(Throughput::Elements((2 * t * d * n) as u64));
-    g.bench_function("matmul T256xD128 . D128xN1024", |bch| bch.iter(|| matmul(&mut out, black_box(&a), black_box(&b), MatMul::new(t, d, n))));
+    g.bench_function("matmul T256xD128 . D128xN1024", |bch| {
+        bch.iter(|| matmul(&mut out, black_box(&a), black_box(&b), MatMul::new(t, d, n)))
+    });
     let q = sparse(t * n, 3);
     let v = data(t * d, 4);
     let (mut o, mut s) = (vec![0.0; t * d], vec![0.0; t * t]);
     g.throughput(Throughput::Elements((t * t * (n + d)) as u64));
-    g.bench_function("causal_linear_attention T256 N1024 D128", |bch| bch.iter(|| causal_linear_attention(&mut o, &mut s, black_box(&q), black_box(&v), t, n, d)));
+    g.bench_function("causal_linear_attention T256 N1024 D128", |bch| {
+        bch.iter(|| causal_linear_attention(&mut o, &mut s, black_box(&q), black_box(&v), t, n, d))
+    });
     causal_linear_attention(&mut o, &mut s, &q, &v, t, n, d);
     let da = data(t * d, 5);
     let (mut dq, mut dv, mut ds) = (vec![0.0; t * n], vec![0.0; t * d], vec![0.0; t * t]);
@@ -48,7 +52,9 @@ fn dense_kernels(c: &mut Criterion) {
     let (cos, sin) = (data(t * n / 2, 7), data(t * n / 2, 8));
     let mut r = vec![0.0; t * n];
     g.throughput(Throughput::Elements((t * n) as u64));
-    g.bench_function("rope T256 N1024", |bch| bch.iter(|| rope(&mut r, black_box(&q), &cos, &sin, n, RopeDirection::Forward)));
+    g.bench_function("rope T256 N1024", |bch| {
+        bch.iter(|| rope(&mut r, black_box(&q), &cos, &sin, n, RopeDirection::Forward))
+    });
     g.finish();
 }
 
@@ -57,21 +63,32 @@ fn recurrent_kernels(c: &mut Criterion) {
     let mut g = c.benchmark_group("recurrent");
     let x = sparse(n, 9);
     // Rows of the RoPE pairs with an active neuron, as a recurrent step uses them.
-    let rows: Vec<u32> = (0..n as u32 / 2).filter(|&j| x[2 * j as usize] > 0.0 || x[2 * j as usize + 1] > 0.0).flat_map(|j| [2 * j, 2 * j + 1]).collect();
+    let rows: Vec<u32> = (0..n as u32 / 2)
+        .filter(|&j| x[2 * j as usize] > 0.0 || x[2 * j as usize + 1] > 0.0)
+        .flat_map(|j| [2 * j, 2 * j + 1])
+        .collect();
     let cols: Vec<u32> = (0..n as u32).filter(|&i| x[i as usize] > 0.0).collect();
     let (mut rho, v) = (data(n * d, 10), data(d, 11));
     let mut a = vec![0.0; d];
-    g.bench_function(format!("rho_read_write N1024 D128 rows{}", rows.len()), |bch| bch.iter(|| rho_read_write(&mut a, &mut rho, black_box(&x), &v, &rows)));
+    g.bench_function(format!("rho_read_write N1024 D128 rows{}", rows.len()), |bch| {
+        bch.iter(|| rho_read_write(&mut a, &mut rho, black_box(&x), &v, &rows))
+    });
     let all: Vec<u32> = (0..n as u32).collect();
-    g.bench_function("rho_read_write N1024 D128 dense", |bch| bch.iter(|| rho_read_write(&mut a, &mut rho, black_box(&x), &v, &all)));
+    g.bench_function("rho_read_write N1024 D128 dense", |bch| {
+        bch.iter(|| rho_read_write(&mut a, &mut rho, black_box(&x), &v, &all))
+    });
     let w_t = data(n * d, 12);
     let mut y = vec![0.0; cols.len()];
-    g.bench_function(format!("gather_dot N1024 D128 cols{}", cols.len()), |bch| bch.iter(|| gather_dot(&mut y, black_box(&v), &w_t, &cols)));
+    g.bench_function(format!("gather_dot N1024 D128 cols{}", cols.len()), |bch| {
+        bch.iter(|| gather_dot(&mut y, black_box(&v), &w_t, &cols))
+    });
     let w = data(d * n, 13);
     let mut out = vec![0.0; n];
     g.bench_function("vec_mat D128xN1024", |bch| bch.iter(|| vec_mat(&mut out, black_box(&v), &w)));
     let mut u = vec![0.0; d];
-    g.bench_function(format!("sparse_row_sum N1024 D128 rows{}", cols.len()), |bch| bch.iter(|| sparse_row_sum(&mut u, black_box(&x), &w_t, &cols)));
+    g.bench_function(format!("sparse_row_sum N1024 D128 rows{}", cols.len()), |bch| {
+        bch.iter(|| sparse_row_sum(&mut u, black_box(&x), &w_t, &cols))
+    });
     g.finish();
 }
 

@@ -94,7 +94,12 @@ pub fn causal_linear_attention_backward(
         matmul(&mut dv[r0 * d..], &scores[sub..], &da[r0 * d..], MatMul::new(r1 - r0, t - r0, d).a_t().ld(t, 0, 0));
         // dq[r0..r1] = dS[r0..r1, ..r1] · q[..r1] + dS[r0.., r0..r1]ᵀ · q[r0..]
         matmul(&mut dq[r0 * n..], &dscores[r0 * t..], q, MatMul::new(r1 - r0, r1, n).ld(t, 0, 0));
-        matmul(&mut dq[r0 * n..], &dscores[sub..], &q[r0 * n..], MatMul::new(r1 - r0, t - r0, n).a_t().acc().ld(t, 0, 0));
+        matmul(
+            &mut dq[r0 * n..],
+            &dscores[sub..],
+            &q[r0 * n..],
+            MatMul::new(r1 - r0, t - r0, n).a_t().acc().ld(t, 0, 0),
+        );
     }
 }
 

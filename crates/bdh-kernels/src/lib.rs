@@ -27,17 +27,15 @@ mod rope;
 mod simd;
 
 pub use attention::{
-    causal_linear_attention, causal_linear_attention_backward,
-    causal_linear_attention_backward_scalar, causal_linear_attention_scalar,
+    causal_linear_attention, causal_linear_attention_backward, causal_linear_attention_backward_scalar,
+    causal_linear_attention_scalar,
 };
 pub use elementwise::{gated_product, gated_product_backward, relu, relu_backward_add, scalar as elementwise_scalar};
-pub use layer_norm::{
-    layer_norm, layer_norm_backward, layer_norm_backward_scalar, layer_norm_scalar, LN_EPS,
-};
+pub use layer_norm::{layer_norm, layer_norm_backward, layer_norm_backward_scalar, layer_norm_scalar, LN_EPS};
 pub use matmul::{matmul, matmul_scalar, transpose, MatMul};
 pub use peak::fma_loop;
 pub use recurrent::{
-    gather_dot, gather_dot_scalar, rho_read_write, rho_read_write_scalar, sparse_row_sum,
-    sparse_row_sum_scalar, vec_mat, vec_mat_scalar,
+    gather_dot, gather_dot_scalar, rho_read_write, rho_read_write_scalar, sparse_row_sum, sparse_row_sum_scalar,
+    vec_mat, vec_mat_scalar,
 };
 pub use rope::{rope, rope_scalar, RopeDirection};

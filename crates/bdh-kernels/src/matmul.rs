@@ -58,7 +58,9 @@ impl MatMul {
     }
     /// Panics unless every element the product touches lies inside its slice.
     fn check(&self, c: &[f32], a: &[f32], b: &[f32]) {
-        for ((name, len), (rows, cols, ld)) in [("A", a.len()), ("B", b.len()), ("C", c.len())].into_iter().zip(self.layout()) {
+        for ((name, len), (rows, cols, ld)) in
+            [("A", a.len()), ("B", b.len()), ("C", c.len())].into_iter().zip(self.layout())
+        {
             assert!(ld >= cols, "matmul: {name} row stride {ld} < {cols} columns");
             let need = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
             assert!(len >= need, "matmul: {name} ({rows}×{cols}, stride {ld}) needs {need} elements, has {len}");
@@ -127,11 +129,8 @@ fn gemm_strided(
     ldc: usize,
     p: MatMul,
 ) {
-    let parallelism = if p.parallel {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism =
+        if p.parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
     debug_assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     // SAFETY: `check` proved every index the strides can form lies inside its
     // slice (a transposed copy of B is packed, so it fits by construction); C is

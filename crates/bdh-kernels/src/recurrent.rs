@@ -29,8 +29,7 @@ pub fn sparse_row_sum(out: &mut [f32], coef: &[f32], mat: &[f32], rows: &[u32]) 
 pub fn sparse_row_sum_scalar(out: &mut [f32], coef: &[f32], mat: &[f32], _rows: &[u32]) {
     let d = out.len();
     for (k, o) in out.iter_mut().enumerate() {
-        *o = coef.iter().enumerate().map(|(i, &c)| c as f64 * mat[i * d + k] as f64).sum::<f64>()
-            as f32;
+        *o = coef.iter().enumerate().map(|(i, &c)| c as f64 * mat[i * d + k] as f64).sum::<f64>() as f32;
     }
 }
 

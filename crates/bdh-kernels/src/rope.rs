@@ -36,14 +36,7 @@ pub fn rope(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir:
 
 /// Scalar twin of [`rope`], written as bdh.py writes it:
 /// `v_rot = stack(−v[1::2], v[::2])`, `out = v·cos + v_rot·sin`, cos/sin per element.
-pub fn rope_scalar(
-    out: &mut [f32],
-    x: &[f32],
-    cos: &[f32],
-    sin: &[f32],
-    n: usize,
-    dir: RopeDirection,
-) {
+pub fn rope_scalar(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
     let rows = x.len() / n;
     for t in 0..rows {
         for i in 0..n {

@@ -79,12 +79,7 @@ pub fn loss(acts: &Activations, targets: &[u32]) -> Result<f32> {
 
 /// Adds d loss / d parameters of the last forward (in `acts`) to `grads.params`,
 /// for the mean cross-entropy against `targets` (B, T). Returns the loss.
-pub fn backward(
-    model: &Model,
-    acts: &Activations,
-    targets: &[u32],
-    grads: &mut Gradients,
-) -> Result<f32> {
+pub fn backward(model: &Model, acts: &Activations, targets: &[u32], grads: &mut Gradients) -> Result<f32> {
     if grads.dims != acts.dims {
         return Err(Error::Input(format!(
             "backward: gradients sized for {:?}, activations for {:?}",
@@ -186,10 +181,8 @@ pub fn backward(
 
         // x_latent = v · encoder_h, y_latent = a · encoder_v_h  ⇒  weight gradients
         let (dx, dy) = (&grads.dx, &grads.dy);
-        (g.encoder.par_chunks_mut(d * n), g.encoder_v.par_chunks_mut(d * n))
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(hi, (g_enc, g_enc_v))| {
+        (g.encoder.par_chunks_mut(d * n), g.encoder_v.par_chunks_mut(d * n)).into_par_iter().enumerate().for_each(
+            |(hi, (g_enc, g_enc_v))| {
                 for bi in 0..b {
                     let bh = bi * h + hi;
                     let (nb, db) = (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d);
@@ -197,7 +190,8 @@ pub fn backward(
                     matmul(g_enc, v_b, &dx[nb.clone()], MatMul::new(d, t, n).a_t().acc());
                     matmul(g_enc_v, &a[db], &dy[nb], MatMul::new(d, t, n).a_t().acc());
                 }
-            });
+            },
+        );
 
         // dv_in = dv (residual) + Σ_h dv through attention values + Σ_h dx_h · encoder_hᵀ
         let dvh = &grads.dvh;

@@ -5,12 +5,12 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::config::BdhConfig;
-use crate::generate::{generate, Sampler, SamplingConfig};
-use crate::recurrent::Recurrent;
 use crate::error::Result;
 use crate::forward::{forward, Activations, Mode};
+use crate::generate::{generate, Sampler, SamplingConfig};
 use crate::optim::AdamWConfig;
 use crate::params::Model;
+use crate::recurrent::Recurrent;
 use crate::train::Trainer;
 
 /// What to run and how often.

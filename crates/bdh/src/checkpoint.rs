@@ -61,9 +61,7 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
             Dtype::F64 => TensorData::F32(le_values(raw, |b| f64::from_le_bytes(b) as f32)),
             Dtype::I64 => TensorData::I64(le_values(raw, i64::from_le_bytes)),
             Dtype::I32 => TensorData::I64(le_values(raw, |b| i32::from_le_bytes(b) as i64)),
-            other => {
-                return Err(Error::format(path, format!("tensor `{name}` has unsupported dtype {other:?}")))
-            }
+            other => return Err(Error::format(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
         };
         out.insert(name, Tensor { shape: view.shape().to_vec(), data });
     }
@@ -154,10 +152,7 @@ pub fn load(model: &Path, config: Option<&Path>) -> Result<Model> {
 /// Writes `bytes` to `path` through a temporary file in the same directory and a
 /// rename, so a crash never leaves a half-written file in place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io("writing", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))

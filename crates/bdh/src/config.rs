@@ -100,8 +100,8 @@ impl BdhConfig {
     /// Reads and validates a bdh.py-style `config.json`.
     pub fn from_json_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-        let cfg: BdhConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, format!("not a BDH config: {e}")))?;
+        let cfg: BdhConfig =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not a BDH config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }

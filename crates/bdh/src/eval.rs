@@ -25,7 +25,13 @@ pub struct EvalMetrics {
 /// Validation loss, bits per byte and answer accuracy over `batches` fixed batches
 /// of the size `acts` holds. An answer counts when every byte of it is the argmax
 /// prediction given the text before it.
-pub fn evaluate(model: &Model, corpus: &Corpus, acts: &mut Activations, batches: usize, step: usize) -> Result<EvalMetrics> {
+pub fn evaluate(
+    model: &Model,
+    corpus: &Corpus,
+    acts: &mut Activations,
+    batches: usize,
+    step: usize,
+) -> Result<EvalMetrics> {
     let (b, t, v) = (acts.dims.b, acts.dims.t, acts.dims.v);
     let (mut loss, mut correct, mut answers) = (0.0f64, 0usize, 0usize);
     for i in 0..batches {

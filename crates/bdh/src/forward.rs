@@ -35,15 +35,7 @@ pub struct Dims {
 impl Dims {
     /// The sizes of a (B, T) pass of a model with config `cfg`.
     pub fn new(cfg: &BdhConfig, b: usize, t: usize) -> Self {
-        Dims {
-            b,
-            t,
-            d: cfg.n_embd,
-            h: cfg.n_head,
-            n: cfg.n_neurons(),
-            v: cfg.vocab_size,
-            l: cfg.n_layer,
-        }
+        Dims { b, t, d: cfg.n_embd, h: cfg.n_head, n: cfg.n_neurons(), v: cfg.vocab_size, l: cfg.n_layer }
     }
 }
 
@@ -141,12 +133,7 @@ pub(crate) fn check_tokens(tokens: &[u32], dims: &Dims, what: &str) -> Result<()
         return Err(Error::Input(format!("{what}: empty batch (B={}, T={})", dims.b, dims.t)));
     }
     if tokens.len() != dims.b * dims.t {
-        return Err(Error::Input(format!(
-            "{what}: {} ids for a batch of B={} × T={}",
-            tokens.len(),
-            dims.b,
-            dims.t
-        )));
+        return Err(Error::Input(format!("{what}: {} ids for a batch of B={} × T={}", tokens.len(), dims.b, dims.t)));
     }
     if let Some(&bad) = tokens.iter().find(|&&tok| tok as usize >= dims.v) {
         return Err(Error::Input(format!("{what}: token id {bad} ≥ vocab_size {}", dims.v)));
@@ -234,12 +221,7 @@ pub fn forward(model: &Model, tokens: &[u32], acts: &mut Activations, mode: Mode
         let w = &mut acts.w[l * bt * d..(l + 1) * bt * d];
         let rstd_w = &mut acts.rstd_w[l * bt..(l + 1) * bt];
         let z: &[f32] = &acts.z;
-        (
-            w.par_chunks_mut(t * d),
-            rstd_w.par_chunks_mut(t),
-            v_next.par_chunks_mut(t * d),
-            rstd_next.par_chunks_mut(t),
-        )
+        (w.par_chunks_mut(t * d), rstd_w.par_chunks_mut(t), v_next.par_chunks_mut(t * d), rstd_next.par_chunks_mut(t))
             .into_par_iter()
             .enumerate()
             .for_each(|(bi, (w, rstd_w, v_out, rstd_out))| {

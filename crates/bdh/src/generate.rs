@@ -93,7 +93,8 @@ impl Sampler {
         // Softmax at temperature, most likely first.
         let max = self.logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         self.candidates.clear();
-        self.candidates.extend(self.logits.iter().enumerate().map(|(i, &l)| (((l - max) / c.temperature).exp(), i as u32)));
+        self.candidates
+            .extend(self.logits.iter().enumerate().map(|(i, &l)| (((l - max) / c.temperature).exp(), i as u32)));
         self.candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let total: f32 = self.candidates.iter().map(|p| p.0).sum();
         self.candidates.iter_mut().for_each(|p| p.0 /= total);

@@ -2,11 +2,8 @@
 
 /// Mean of `logsumexp(logits_r) − logits_r[target_r]` over the rows (B·T, V).
 pub fn cross_entropy(logits: &[f32], targets: &[u32], v: usize) -> f32 {
-    let total: f64 = logits
-        .chunks_exact(v)
-        .zip(targets)
-        .map(|(row, &t)| (log_sum_exp(row) - row[t as usize]) as f64)
-        .sum();
+    let total: f64 =
+        logits.chunks_exact(v).zip(targets).map(|(row, &t)| (log_sum_exp(row) - row[t as usize]) as f64).sum();
     (total / targets.len() as f64) as f32
 }
 

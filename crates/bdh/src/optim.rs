@@ -55,12 +55,8 @@ impl AdamW {
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt() as f32;
         let decay = (1.0 - lr * weight_decay) as f32;
         let (w1, beta2, w2, eps) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32, eps as f32);
-        let tensors = params
-            .tensors_mut()
-            .into_iter()
-            .zip(grads.tensors())
-            .zip(self.m.tensors_mut())
-            .zip(self.v.tensors_mut());
+        let tensors =
+            params.tensors_mut().into_iter().zip(grads.tensors()).zip(self.m.tensors_mut()).zip(self.v.tensors_mut());
         for ((((_, p), (_, g)), (_, m)), (_, v)) in tensors {
             for (((pi, &gi), mi), vi) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 *pi *= decay;

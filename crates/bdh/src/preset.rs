@@ -131,7 +131,10 @@ impl RunConfig {
             return Err(Error::Config(format!("training.{name} = {v} must be finite and ≥ 0")));
         }
         if t.lr == 0.0 || t.min_lr > t.lr {
-            return Err(Error::Config(format!("need 0 < training.min_lr ≤ training.lr, have {} and {}", t.min_lr, t.lr)));
+            return Err(Error::Config(format!(
+                "need 0 < training.min_lr ≤ training.lr, have {} and {}",
+                t.min_lr, t.lr
+            )));
         }
         if self.data.facts == 0 {
             return Err(Error::Config("data.facts must be > 0".into()));
@@ -148,10 +151,7 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let (last, parents) = keys.split_last().expect("split gives at least one part");
     let mut node = table;
     for k in parents {
-        node = node
-            .get_mut(*k)
-            .and_then(|v| v.as_table_mut())
-            .ok_or_else(|| bad(format!("no section `{k}`")))?;
+        node = node.get_mut(*k).and_then(|v| v.as_table_mut()).ok_or_else(|| bad(format!("no section `{k}`")))?;
     }
     let old = node.get(*last).ok_or_else(|| bad(format!("unknown key `{path}`")))?;
     let raw = raw.trim();

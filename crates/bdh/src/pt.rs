@@ -61,8 +61,7 @@ enum Value {
 pub fn read_state_dict(path: &Path) -> Result<TensorMap> {
     let bad = |msg: String| Error::format(path, msg);
     let file = File::open(path).map_err(|e| Error::io("reading", path, e))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| bad(format!("not a PyTorch zip checkpoint: {e}")))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a PyTorch zip checkpoint: {e}")))?;
     let pkl_name = zip
         .file_names()
         .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
@@ -94,8 +93,11 @@ pub fn read_state_dict(path: &Path) -> Result<TensorMap> {
             return Err(bad(format!("state_dict entry `{name}` is not a plain tensor")));
         };
         let raw = read_entry(&mut zip, &format!("{prefix}data/{key}"))?;
-        let data = gather(&raw, ty, offset, &shape, &stride)
-            .ok_or_else(|| bad(format!("tensor `{name}`: shape {shape:?} / stride {stride:?} at offset {offset} runs past its storage")))?;
+        let data = gather(&raw, ty, offset, &shape, &stride).ok_or_else(|| {
+            bad(format!(
+                "tensor `{name}`: shape {shape:?} / stride {stride:?} at offset {offset} runs past its storage"
+            ))
+        })?;
         out.insert(name, Tensor { shape, data });
     }
     Ok(out)

@@ -272,9 +272,15 @@ fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize)
     for (prefix, params) in [("m", &mut trainer.opt.m), ("v", &mut trainer.opt.v)] {
         for (name, dst) in params.tensors_mut() {
             let key = format!("{prefix}.{name}");
-            let src = moments.remove(&key).ok_or_else(|| Error::MissingTensor { path: opt_path.clone(), name: key.clone() })?;
+            let src = moments
+                .remove(&key)
+                .ok_or_else(|| Error::MissingTensor { path: opt_path.clone(), name: key.clone() })?;
             if src.shape != Params::shape(&cfg, name) {
-                return Err(Error::Shape { name: key, expected: format!("{:?}", Params::shape(&cfg, name)), found: format!("{:?}", src.shape) });
+                return Err(Error::Shape {
+                    name: key,
+                    expected: format!("{:?}", Params::shape(&cfg, name)),
+                    found: format!("{:?}", src.shape),
+                });
             }
             *dst = src.f32s(&key)?.to_vec();
         }

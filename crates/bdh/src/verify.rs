@@ -65,8 +65,7 @@ pub struct Report {
 impl Report {
     /// Whether every comparison is within its tolerance.
     pub fn passed(&self) -> bool {
-        self.tensors.iter().all(TensorCheck::passed)
-            && self.greedy.as_ref().is_none_or(|g| g.first_mismatch.is_none())
+        self.tensors.iter().all(TensorCheck::passed) && self.greedy.as_ref().is_none_or(|g| g.first_mismatch.is_none())
     }
 }
 
@@ -99,7 +98,11 @@ fn token_ids(t: &Tensor, name: &str, vocab: usize) -> Result<(usize, usize, Vec<
 fn golden_f32<'a>(golden: &'a TensorMap, name: &str, shape: &[usize]) -> Result<Option<&'a [f32]>> {
     let Some(t) = golden.get(name) else { return Ok(None) };
     if t.shape.iter().product::<usize>() != shape.iter().product::<usize>() {
-        return Err(Error::Shape { name: name.into(), expected: format!("{shape:?}"), found: format!("{:?}", t.shape) });
+        return Err(Error::Shape {
+            name: name.into(),
+            expected: format!("{shape:?}"),
+            found: format!("{:?}", t.shape),
+        });
     }
     t.f32s(name).map(Some)
 }
@@ -107,9 +110,8 @@ fn golden_f32<'a>(golden: &'a TensorMap, name: &str, shape: &[usize]) -> Result<
 /// Runs `model` on the golden inputs (eval mode, no dropout) and compares.
 pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> {
     let vocab = model.config.vocab_size;
-    let ids = golden
-        .get("input_ids")
-        .ok_or_else(|| Error::MissingTensor { path: path.into(), name: "input_ids".into() })?;
+    let ids =
+        golden.get("input_ids").ok_or_else(|| Error::MissingTensor { path: path.into(), name: "input_ids".into() })?;
     let (b, t, tokens) = token_ids(ids, "input_ids", vocab)?;
     if let Some(unknown) = golden.keys().find(|k| {
         !["input_ids", "targets", "logits", "loss", "greedy_ids"].contains(&k.as_str())
@@ -129,7 +131,11 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
     if let Some(targets) = golden.get("targets") {
         let (tb, tt, targets) = token_ids(targets, "targets", vocab)?;
         if (tb, tt) != (b, t) {
-            return Err(Error::Shape { name: "targets".into(), expected: format!("[{b}, {t}]"), found: format!("[{tb}, {tt}]") });
+            return Err(Error::Shape {
+                name: "targets".into(),
+                expected: format!("[{b}, {t}]"),
+                found: format!("[{tb}, {tt}]"),
+            });
         }
         let ours = if wants_grads {
             let mut grads = Gradients::new(model, b, t);
@@ -145,7 +151,9 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
             loss(&acts, &targets)?
         };
         if let Some(g) = golden_f32(golden, "loss", &[1])? {
-            report.tensors.insert(usize::from(golden.contains_key("logits")), compare("loss", &[ours], g, OUTPUT_TOLERANCE));
+            report
+                .tensors
+                .insert(usize::from(golden.contains_key("logits")), compare("loss", &[ours], g, OUTPUT_TOLERANCE));
         }
     } else if wants_grads || golden.contains_key("loss") {
         return Err(Error::MissingTensor { path: path.into(), name: "targets".into() });
@@ -154,7 +162,11 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
     if let Some(g) = golden.get("greedy_ids") {
         let (gb, total_len, want) = token_ids(g, "greedy_ids", vocab)?;
         if gb != b || total_len < t {
-            return Err(Error::Shape { name: "greedy_ids".into(), expected: format!("[{b}, ≥{t}]"), found: format!("{:?}", g.shape) });
+            return Err(Error::Shape {
+                name: "greedy_ids".into(),
+                expected: format!("[{b}, ≥{t}]"),
+                found: format!("{:?}", g.shape),
+            });
         }
         let k = total_len - t;
         let mut check = GreedyCheck { generated: k, matching: 0, total: b * k, first_mismatch: None };

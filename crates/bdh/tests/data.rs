@@ -35,9 +35,16 @@ fn every_answer_is_stated_earlier_in_its_document() {
             // The question right before the answer names a person; their fact holds the answer.
             let question = &doc.text[..r.start];
             let q = question.rsplit(". ").next().unwrap();
-            let who = q.split_whitespace().find(|w| !["where", "does", "what", "color", "live?", "like?"].contains(w)).unwrap();
+            let who = q
+                .split_whitespace()
+                .find(|w| !["where", "does", "what", "color", "live?", "like?"].contains(w))
+                .unwrap();
             let stated = [format!("{who} lives in {answer}."), format!("{who} likes {answer}.")];
-            assert!(stated.iter().any(|s| question.contains(s.as_str())), "{answer} for {who} not stated before: {}", doc.text);
+            assert!(
+                stated.iter().any(|s| question.contains(s.as_str())),
+                "{answer} for {who} not stated before: {}",
+                doc.text
+            );
         }
     }
 }
@@ -94,6 +101,7 @@ fn file_corpus_splits_ninety_ten_and_checks_its_size() {
     std::fs::write(&empty, b"").unwrap();
     let err = DataConfig { path: Some(empty), ..DataConfig::default() }.corpus(8).unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");
-    let err = DataConfig { path: Some(dir.join("missing.txt")), ..DataConfig::default() }.corpus(8).unwrap_err().to_string();
+    let err =
+        DataConfig { path: Some(dir.join("missing.txt")), ..DataConfig::default() }.corpus(8).unwrap_err().to_string();
     assert!(err.contains("missing.txt"), "{err}");
 }

@@ -102,7 +102,9 @@ fn generation_streams_whole_utf8_and_honours_stop_strings() {
     let cfg = SamplingConfig { temperature: 1.5, seed: 11, ..Default::default() };
     // Random weights emit arbitrary bytes: the stream must still be valid text.
     let mut chunks = Vec::new();
-    let (out, stats) = generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg.clone()), &[], |s| chunks.push(s.to_string())).unwrap();
+    let (out, stats) =
+        generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg.clone()), &[], |s| chunks.push(s.to_string()))
+            .unwrap();
     assert_eq!(stats.generated, 200);
     assert_eq!(chunks.concat(), String::from_utf8_lossy(&out));
     // Same seed, same bytes.
@@ -110,12 +112,17 @@ fn generation_streams_whole_utf8_and_honours_stop_strings() {
     assert_eq!(out, again);
     // Stop at a two-byte ASCII string that occurs in that output: generation ends
     // at its first occurrence and omits it.
-    let at = (10..out.len() - 1).find(|&i| out[i].is_ascii() && out[i + 1].is_ascii()).expect("random bytes hold an ASCII pair");
+    let at = (10..out.len() - 1)
+        .find(|&i| out[i].is_ascii() && out[i + 1].is_ascii())
+        .expect("random bytes hold an ASCII pair");
     let stop = String::from_utf8(out[at..at + 2].to_vec()).unwrap();
     let first = out.windows(2).position(|w| w == stop.as_bytes()).unwrap();
     let mut streamed = String::new();
     let (cut, stats) =
-        generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg), std::slice::from_ref(&stop), |s| streamed.push_str(s)).unwrap();
+        generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg), std::slice::from_ref(&stop), |s| {
+            streamed.push_str(s)
+        })
+        .unwrap();
     assert_eq!(cut, out[..first].to_vec());
     assert_eq!(stats.stopped_by, Some(stop));
     assert_eq!(streamed, String::from_utf8_lossy(&out[..first]));

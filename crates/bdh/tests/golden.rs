@@ -13,7 +13,10 @@ fn check(fixture: &str, weights: &str) -> Report {
     let golden = read_safetensors(&golden_path).unwrap();
     let report = verify(&model, &golden, &golden_path).unwrap();
     for t in &report.tensors {
-        println!("{fixture}/{weights} {:<22} max abs {:.3e}  max rel {:.3e}  (tol {:.0e})", t.name, t.max_abs, t.max_rel, t.tolerance);
+        println!(
+            "{fixture}/{weights} {:<22} max abs {:.3e}  max rel {:.3e}  (tol {:.0e})",
+            t.name, t.max_abs, t.max_rel, t.tolerance
+        );
     }
     if let Some(g) = &report.greedy {
         println!("{fixture}/{weights} greedy_ids {}/{} tokens equal", g.matching, g.total);
@@ -26,7 +29,9 @@ fn ref_tiny_logits_loss_and_gradients_match_reference() {
     for weights in ["model.safetensors", "model.pt"] {
         let r = check("ref-tiny", weights);
         let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();
-        for want in ["logits", "loss", "grad.embed.weight", "grad.encoder", "grad.encoder_v", "grad.decoder", "grad.lm_head"] {
+        for want in
+            ["logits", "loss", "grad.embed.weight", "grad.encoder", "grad.encoder_v", "grad.decoder", "grad.lm_head"]
+        {
             assert!(names.contains(&want), "{want} was not compared");
         }
         assert!(r.passed(), "{weights}: {r:?}");
@@ -58,7 +63,8 @@ fn rope_frequencies_equal_the_reference_buffer() {
     for fixture in ["ref-tiny", "ref-small-trained"] {
         let model = load(&golden_dir(fixture), None).unwrap();
         let ours = bdh::rope::freqs(model.config.n_neurons());
-        let max_ulps = ours.iter().zip(&model.freqs).map(|(a, b)| (a.to_bits() as i64 - b.to_bits() as i64).abs()).max().unwrap();
+        let max_ulps =
+            ours.iter().zip(&model.freqs).map(|(a, b)| (a.to_bits() as i64 - b.to_bits() as i64).abs()).max().unwrap();
         println!("{fixture}: attn.freqs within {max_ulps} ulp");
         assert!(max_ulps <= 1, "{fixture}: freqs differ by {max_ulps} ulp");
     }

@@ -2,13 +2,13 @@
 
 mod common;
 
-mod golden;
-mod recurrent;
-mod backward;
 mod adamw;
+mod backward;
 mod checkpoint;
-mod errors;
 mod data;
+mod errors;
 mod generate;
-mod run;
+mod golden;
 mod microscope;
+mod recurrent;
+mod run;

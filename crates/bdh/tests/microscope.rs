@@ -124,7 +124,8 @@ fn sigma_is_the_sum_of_presynaptic_z_times_postsynaptic_x() {
 fn concept_search_finds_a_planted_difference() {
     let model = Model::new(tiny_config(2, 16, 2, 4), 4).unwrap();
     // Concept sentences all contain byte 200 many times; contrast sentences never do.
-    let concept: Vec<Vec<u32>> = (0..8).map(|s| tokens(12, s).into_iter().map(|t| if t % 2 == 0 { 200 } else { t % 100 }).collect()).collect();
+    let concept: Vec<Vec<u32>> =
+        (0..8).map(|s| tokens(12, s).into_iter().map(|t| if t % 2 == 0 { 200 } else { t % 100 }).collect()).collect();
     let contrast: Vec<Vec<u32>> = (0..8).map(|s| tokens(12, 100 + s).into_iter().map(|t| t % 100).collect()).collect();
     let r = concept_search(&model, &concept, &contrast, 1, 0, 5).unwrap();
     assert!(!r.synapses.is_empty() && !r.neurons.is_empty());

@@ -9,7 +9,13 @@ use bdh::RunConfig;
 use crate::common::temp_dir;
 
 fn tiny(overrides: &[&str]) -> RunConfig {
-    let mut all = vec!["model.n_embd=32", "training.block_size=48", "training.batch_size=2", "training.eval_batches=1", "model.dropout=0.1"];
+    let mut all = vec![
+        "model.n_embd=32",
+        "training.block_size=48",
+        "training.batch_size=2",
+        "training.eval_batches=1",
+        "model.dropout=0.1",
+    ];
     all.extend_from_slice(overrides);
     RunConfig::resolve("tiny", &all.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
 }
@@ -26,7 +32,8 @@ fn same_seed_gives_the_same_losses() {
     let b = run(&cfg, &temp_dir("det-b"), false);
     assert_eq!(a.losses, b.losses);
     assert_eq!(a.losses.len(), 4);
-    let other = run(&tiny(&["training.max_steps=4", "training.eval_interval=2", "training.seed=2"]), &temp_dir("det-c"), false);
+    let other =
+        run(&tiny(&["training.max_steps=4", "training.eval_interval=2", "training.seed=2"]), &temp_dir("det-c"), false);
     assert_ne!(a.losses, other.losses);
 }
 
@@ -75,7 +82,14 @@ fn a_fresh_run_refuses_a_directory_that_holds_one() {
 #[test]
 fn divergence_stops_and_keeps_the_last_good_checkpoint() {
     let dir = temp_dir("diverge");
-    let cfg = tiny(&["training.lr=1e30", "training.min_lr=1e30", "training.warmup_steps=0", "training.grad_clip=0.0", "training.eval_interval=1", "training.max_steps=50"]);
+    let cfg = tiny(&[
+        "training.lr=1e30",
+        "training.min_lr=1e30",
+        "training.warmup_steps=0",
+        "training.grad_clip=0.0",
+        "training.eval_interval=1",
+        "training.max_steps=50",
+    ]);
     let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
     let err = train(&cfg, &corpus, &dir, false, &AtomicBool::new(false), |_| {}).unwrap_err();
     let msg = err.to_string();
@@ -114,16 +128,27 @@ fn presets_parse_and_round_trip() {
     let s = RunConfig::resolve("small", &[]).unwrap();
     assert_eq!((s.model.n_layer, s.model.n_embd, s.model.n_head, s.model.mlp_internal_dim_multiplier), (4, 128, 4, 32));
     let p = RunConfig::resolve("paper", &[]).unwrap();
-    assert_eq!((p.model.n_layer, p.model.n_embd, p.model.mlp_internal_dim_multiplier, p.training.block_size), (6, 256, 128, 512));
+    assert_eq!(
+        (p.model.n_layer, p.model.n_embd, p.model.mlp_internal_dim_multiplier, p.training.block_size),
+        (6, 256, 128, 512)
+    );
 }
 
 #[test]
 fn schedule_warms_up_then_decays_to_min_lr() {
-    let cfg = tiny(&["training.max_steps=100", "training.warmup_steps=10", "training.lr=1.0", "training.min_lr=0.1"]).training;
+    let cfg = tiny(&["training.max_steps=100", "training.warmup_steps=10", "training.lr=1.0", "training.min_lr=0.1"])
+        .training;
     assert!((learning_rate(&cfg, 0) - 0.1).abs() < 1e-12);
     assert!((learning_rate(&cfg, 9) - 1.0).abs() < 1e-12);
     assert!((learning_rate(&cfg, 55) - 0.55).abs() < 1e-9, "cosine midpoint");
     assert!((learning_rate(&cfg, 100) - 0.1).abs() < 1e-12);
-    let lin = tiny(&["training.max_steps=100", "training.warmup_steps=0", "training.lr=1.0", "training.min_lr=0.0", "training.schedule=linear"]).training;
+    let lin = tiny(&[
+        "training.max_steps=100",
+        "training.warmup_steps=0",
+        "training.lr=1.0",
+        "training.min_lr=0.0",
+        "training.schedule=linear",
+    ])
+    .training;
     assert!((learning_rate(&lin, 25) - 0.75).abs() < 1e-12);
 }

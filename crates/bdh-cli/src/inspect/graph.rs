@@ -34,10 +34,18 @@ pub fn run(args: Args, model: &Model, out: &Output) -> anyhow::Result<()> {
         anyhow::bail!("quantile {q} is not in [0, 1)");
     }
     let t0 = Instant::now();
-    let opts = GraphOptions { heads: args.heads, quantiles: args.quantiles, louvain_seeds: args.seeds, seed: args.seed };
+    let opts =
+        GraphOptions { heads: args.heads, quantiles: args.quantiles, louvain_seeds: args.seeds, seed: args.seed };
     let heads = analyse(model, &opts);
-    println!("{}; G_h[j, i] = decoder_h[j]·encoder_h[:, i] (edge j → i), {:.1} s", model_line(model), t0.elapsed().as_secs_f64());
-    println!("{:<5} {:>9} {:>9} {:>9}  {:>10} {:>10} {:>10}  {:>12} {:>12}", "head", "quantile", "edges", "⟨k⟩", "Q model", "Q G(n,m)", "Q low-rank", "α out (xmin)", "α in (xmin)");
+    println!(
+        "{}; G_h[j, i] = decoder_h[j]·encoder_h[:, i] (edge j → i), {:.1} s",
+        model_line(model),
+        t0.elapsed().as_secs_f64()
+    );
+    println!(
+        "{:<5} {:>9} {:>9} {:>9}  {:>10} {:>10} {:>10}  {:>12} {:>12}",
+        "head", "quantile", "edges", "⟨k⟩", "Q model", "Q G(n,m)", "Q low-rank", "α out (xmin)", "α in (xmin)"
+    );
     let fit = |s: &GraphStats, out: bool| {
         let f = if out { &s.out_fit } else { &s.in_fit };
         f.as_ref().map_or("-".into(), |f| format!("{:.2} ({})", f.alpha, f.x_min))
@@ -85,12 +93,21 @@ fn page(heads: &[HeadGraph]) -> Page {
             y_label: "entries".into(),
             log_x: false,
             log_y: true,
-            series: vec![Series { name: "G".into(), points: edges.iter().zip(counts).map(|(&e, &c)| (e as f64, c as f64)).collect(), dots: false }],
+            series: vec![Series {
+                name: "G".into(),
+                points: edges.iter().zip(counts).map(|(&e, &c)| (e as f64, c as f64)).collect(),
+                dots: false,
+            }],
             x_labels: Vec::new(),
         });
         if let Some(t) = hg.sweep.last() {
             let mut series = Vec::new();
-            for (name, s) in [("model out", &t.model.out_degrees), ("model in", &t.model.in_degrees), ("G(n,m) out", &t.random.out_degrees), ("low-rank out", &t.low_rank.out_degrees)] {
+            for (name, s) in [
+                ("model out", &t.model.out_degrees),
+                ("model in", &t.model.in_degrees),
+                ("G(n,m) out", &t.random.out_degrees),
+                ("low-rank out", &t.low_rank.out_degrees),
+            ] {
                 series.push(Series { name: name.into(), points: ccdf(s), dots: true });
             }
             if let Some(f) = &t.model.out_fit {
@@ -123,18 +140,38 @@ fn page(heads: &[HeadGraph]) -> Page {
             y_label: "Newman modularity (Louvain)".into(),
             log_x: true,
             log_y: false,
-            series: vec![by("model", &|t| t.model.modularity), by("G(n,m)", &|t| t.random.modularity), by("low-rank", &|t| t.low_rank.modularity)],
+            series: vec![
+                by("model", &|t| t.model.modularity),
+                by("G(n,m)", &|t| t.random.modularity),
+                by("low-rank", &|t| t.low_rank.modularity),
+            ],
             x_labels: Vec::new(),
         });
         let rows: Vec<Vec<String>> = hg
             .sweep
             .iter()
             .map(|t| {
-                let f = |s: &GraphStats| s.out_fit.as_ref().map_or("-".into(), |f| format!("{:.2} (x_min {}, KS {:.3})", f.alpha, f.x_min, f.ks));
-                vec![t.quantile.to_string(), format!("{:.4}", t.value), t.model.edges.to_string(), format!("{:.3}", t.model.modularity), format!("{:.3}", t.random.modularity), format!("{:.3}", t.low_rank.modularity), f(&t.model), f(&t.low_rank)]
+                let f = |s: &GraphStats| {
+                    s.out_fit
+                        .as_ref()
+                        .map_or("-".into(), |f| format!("{:.2} (x_min {}, KS {:.3})", f.alpha, f.x_min, f.ks))
+                };
+                vec![
+                    t.quantile.to_string(),
+                    format!("{:.4}", t.value),
+                    t.model.edges.to_string(),
+                    format!("{:.3}", t.model.modularity),
+                    format!("{:.3}", t.random.modularity),
+                    format!("{:.3}", t.low_rank.modularity),
+                    f(&t.model),
+                    f(&t.low_rank),
+                ]
             })
             .collect();
-        p.table(&["quantile", "threshold", "edges", "Q model", "Q G(n,m)", "Q low-rank", "α out model", "α out low-rank"], &rows);
+        p.table(
+            &["quantile", "threshold", "edges", "Q model", "Q G(n,m)", "Q low-rank", "α out model", "α out low-rank"],
+            &rows,
+        );
     }
     p
 }

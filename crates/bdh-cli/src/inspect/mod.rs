@@ -84,7 +84,12 @@ pub struct Output {
 
 impl Output {
     /// Writes the JSON and HTML that were asked for.
-    fn write(&self, data: &impl serde::Serialize, page: impl FnOnce() -> report::Page, title: &str) -> anyhow::Result<()> {
+    fn write(
+        &self,
+        data: &impl serde::Serialize,
+        page: impl FnOnce() -> report::Page,
+        title: &str,
+    ) -> anyhow::Result<()> {
         if let Some(p) = &self.json {
             write_file(p, serde_json::to_string_pretty(data)?.as_bytes())?;
             println!("wrote {}", p.display());

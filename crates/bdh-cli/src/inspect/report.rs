@@ -53,7 +53,11 @@ fn fmt(v: f64) -> String {
     } else {
         let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
         let s = format!("{v:.decimals$}");
-        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
     }
 }
 
@@ -68,7 +72,8 @@ struct Axis {
 
 impl Axis {
     fn new(values: impl Iterator<Item = f64>, log: bool, from: f64, to: f64) -> Self {
-        let vals: Vec<f64> = values.filter(|v| v.is_finite() && (!log || *v > 0.0)).map(|v| if log { v.log10() } else { v }).collect();
+        let vals: Vec<f64> =
+            values.filter(|v| v.is_finite() && (!log || *v > 0.0)).map(|v| if log { v.log10() } else { v }).collect();
         let (mut lo, mut hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
         if !lo.is_finite() {
             (lo, hi) = (0.0, 1.0);
@@ -91,7 +96,10 @@ impl Axis {
         if self.log && last - first >= 1 {
             return (first..=last).map(|k| 10f64.powi(k)).collect();
         }
-        (0..=4).map(|i| self.lo + (self.hi - self.lo) * i as f64 / 4.0).map(|v| if self.log { 10f64.powf(v) } else { v }).collect()
+        (0..=4)
+            .map(|i| self.lo + (self.hi - self.lo) * i as f64 / 4.0)
+            .map(|v| if self.log { 10f64.powf(v) } else { v })
+            .collect()
     }
 }
 
@@ -101,39 +109,90 @@ impl Chart {
         let xs = Axis::new(self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), self.log_x, L, W - R);
         let ys = Axis::new(self.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), self.log_y, H - B, T);
         let mut s = String::new();
-        let _ = write!(s, r#"<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">"#);
+        let _ = write!(
+            s,
+            r#"<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">"#
+        );
         let _ = write!(s, r#"<text x="{}" y="18" font-size="14" font-weight="bold">{}</text>"#, L, esc(&self.title));
-        let _ = write!(s, r##"<rect x="{L}" y="{T}" width="{}" height="{}" fill="none" stroke="#999"/>"##, W - R - L, H - B - T);
+        let _ = write!(
+            s,
+            r##"<rect x="{L}" y="{T}" width="{}" height="{}" fill="none" stroke="#999"/>"##,
+            W - R - L,
+            H - B - T
+        );
         for v in xs.ticks() {
             if let Some(x) = xs.px(v) {
-                let _ = write!(s, r##"<line x1="{x}" x2="{x}" y1="{}" y2="{}" stroke="#999"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##, H - B, H - B + 4.0, H - B + 16.0, fmt(v));
+                let _ = write!(
+                    s,
+                    r##"<line x1="{x}" x2="{x}" y1="{}" y2="{}" stroke="#999"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
+                    H - B,
+                    H - B + 4.0,
+                    H - B + 16.0,
+                    fmt(v)
+                );
             }
         }
         for v in ys.ticks() {
             if let Some(y) = ys.px(v) {
-                let _ = write!(s, r##"<line x1="{}" x2="{L}" y1="{y}" y2="{y}" stroke="#999"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, L - 4.0, L - 6.0, y + 4.0, fmt(v));
+                let _ = write!(
+                    s,
+                    r##"<line x1="{}" x2="{L}" y1="{y}" y2="{y}" stroke="#999"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+                    L - 4.0,
+                    L - 6.0,
+                    y + 4.0,
+                    fmt(v)
+                );
             }
         }
         for (x, label) in &self.x_labels {
             if let Some(px) = xs.px(*x) {
-                let _ = write!(s, r#"<text x="{px}" y="{}" text-anchor="middle" font-family="monospace" font-size="9">{}</text>"#, H - B + 28.0, esc(label));
+                let _ = write!(
+                    s,
+                    r#"<text x="{px}" y="{}" text-anchor="middle" font-family="monospace" font-size="9">{}</text>"#,
+                    H - B + 28.0,
+                    esc(label)
+                );
             }
         }
-        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, (L + W - R) / 2.0, H - 8.0, esc(&self.x_label));
-        let _ = write!(s, r#"<text transform="translate(14,{}) rotate(-90)" text-anchor="middle">{}</text>"#, (T + H - B) / 2.0, esc(&self.y_label));
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            (L + W - R) / 2.0,
+            H - 8.0,
+            esc(&self.x_label)
+        );
+        let _ = write!(
+            s,
+            r#"<text transform="translate(14,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            (T + H - B) / 2.0,
+            esc(&self.y_label)
+        );
         for (k, series) in self.series.iter().enumerate() {
             let color = COLORS[k % COLORS.len()];
-            let pts: Vec<(f64, f64)> = series.points.iter().filter_map(|&(x, y)| Some((xs.px(x)?, ys.px(y)?))).collect();
+            let pts: Vec<(f64, f64)> =
+                series.points.iter().filter_map(|&(x, y)| Some((xs.px(x)?, ys.px(y)?))).collect();
             if series.dots {
                 for (x, y) in &pts {
                     let _ = write!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="2.5" fill="{color}"/>"#);
                 }
             } else if !pts.is_empty() {
                 let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-                let _ = write!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{}"/>"#, path.join(" "));
+                let _ = write!(
+                    s,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{}"/>"#,
+                    path.join(" ")
+                );
             }
             let ly = T + 14.0 + 16.0 * k as f64;
-            let _ = write!(s, r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{}</text>"#, W - R + 10.0, ly - 9.0, W - R + 24.0, ly, esc(&series.name));
+            let _ = write!(
+                s,
+                r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+                W - R + 10.0,
+                ly - 9.0,
+                W - R + 24.0,
+                ly,
+                esc(&series.name)
+            );
         }
         s.push_str("</svg>");
         s

@@ -56,7 +56,10 @@ pub fn run(args: Args, model: &Model, out: &Output) -> anyhow::Result<()> {
 fn page(r: &bdh::microscope::sparsity::SparsityReport, text: &[u8]) -> Page {
     let mut p = Page::default();
     p.heading("Sparsity per layer");
-    p.text(&format!("{} tokens, windows of {}. Fractions of non-zero activations over all heads and tokens.", r.tokens, r.window));
+    p.text(&format!(
+        "{} tokens, windows of {}. Fractions of non-zero activations over all heads and tokens.",
+        r.tokens, r.window
+    ));
     let per_layer = |name: &str, f: &dyn Fn(&bdh::microscope::sparsity::Fractions) -> f64| Series {
         name: name.into(),
         points: r.layers.iter().map(|l| (l.layer as f64, f(&l.all))).collect(),
@@ -68,7 +71,12 @@ fn page(r: &bdh::microscope::sparsity::SparsityReport, text: &[u8]) -> Page {
         y_label: "fraction non-zero".into(),
         log_x: false,
         log_y: false,
-        series: vec![per_layer("x", &|f| f.x), per_layer("y", &|f| f.y), per_layer("x⊙y", &|f| f.xy), per_layer("RoPE pairs", &|f| f.pairs)],
+        series: vec![
+            per_layer("x", &|f| f.x),
+            per_layer("y", &|f| f.y),
+            per_layer("x⊙y", &|f| f.xy),
+            per_layer("RoPE pairs", &|f| f.pairs),
+        ],
         x_labels: Vec::new(),
     });
     let shown = text.len().min(r.tokens).min(400);
@@ -81,7 +89,11 @@ fn page(r: &bdh::microscope::sparsity::SparsityReport, text: &[u8]) -> Page {
         series: r
             .layers
             .iter()
-            .map(|l| Series { name: format!("layer {}", l.layer), points: l.per_token_x[..shown].iter().enumerate().map(|(i, &v)| (i as f64, v)).collect(), dots: false })
+            .map(|l| Series {
+                name: format!("layer {}", l.layer),
+                points: l.per_token_x[..shown].iter().enumerate().map(|(i, &v)| (i as f64, v)).collect(),
+                dots: false,
+            })
             .collect(),
         x_labels: token_labels(&text[..shown], 60),
     });

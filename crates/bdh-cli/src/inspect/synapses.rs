@@ -55,13 +55,24 @@ struct Report {
 }
 
 pub fn run(args: Args, model: &Model, out: &Output) -> anyhow::Result<()> {
-    println!("{}; σ(i, j) = Σ_τ (x⊙y)_{}(τ, i) · x_{}(τ, j), head {}", model_line(model), args.layer.saturating_sub(1), args.layer, args.head);
+    println!(
+        "{}; σ(i, j) = Σ_τ (x⊙y)_{}(τ, i) · x_{}(τ, j), head {}",
+        model_line(model),
+        args.layer.saturating_sub(1),
+        args.layer,
+        args.head
+    );
     let mut report = Report { synapses: None, concept: None };
     let mut text = Vec::new();
     if args.text.is_some() || args.prompt.is_some() {
         text = read_text(&args.prompt, &args.text)?;
         let r = synapses(model, &tokens(&text), args.layer, args.head, args.top, &args.trace)?;
-        println!("{} tokens; {} of {} synapses non-zero; strongest:", r.tokens, r.nonzero, model.config.n_neurons().pow(2));
+        println!(
+            "{} tokens; {} of {} synapses non-zero; strongest:",
+            r.tokens,
+            r.nonzero,
+            model.config.n_neurons().pow(2)
+        );
         for s in r.strongest.iter().take(10) {
             println!("  {:>5} → {:<5} σ = {:.4}", s.from, s.to, s.value);
         }
@@ -70,16 +81,25 @@ pub fn run(args: Args, model: &Model, out: &Output) -> anyhow::Result<()> {
     if let (Some(c), Some(k)) = (&args.concept, &args.contrast) {
         let (concept, contrast) = (sentences(c)?, sentences(k)?);
         let r = concept_search(model, &concept, &contrast, args.layer, args.head, args.top)?;
-        println!("concept search: {} concept vs {} contrast sentences, {} candidate synapses", r.concept, r.contrast, r.candidates);
+        println!(
+            "concept search: {} concept vs {} contrast sentences, {} candidate synapses",
+            r.concept, r.contrast, r.candidates
+        );
         let show = |s: &Separation| {
             let name = s.to.map_or(format!("neuron {}", s.from), |to| format!("synapse {} → {}", s.from, to));
-            println!("  {name:<22} U = {:>6.1}  p = {:.2e}  r = {:+.2}  mean {:.4} vs {:.4}", s.test.u, s.test.p, s.test.r, s.concept_mean, s.contrast_mean);
+            println!(
+                "  {name:<22} U = {:>6.1}  p = {:.2e}  r = {:+.2}  mean {:.4} vs {:.4}",
+                s.test.u, s.test.p, s.test.r, s.concept_mean, s.contrast_mean
+            );
         };
         r.synapses.iter().take(5).for_each(show);
         r.neurons.iter().take(5).for_each(show);
         report.concept = Some(r);
     }
-    anyhow::ensure!(report.synapses.is_some() || report.concept.is_some(), "give --text/--prompt, or --concept and --contrast");
+    anyhow::ensure!(
+        report.synapses.is_some() || report.concept.is_some(),
+        "give --text/--prompt, or --concept and --contrast"
+    );
     out.write(&report, || page(&report, &text), "bdh inspect synapses")
 }
 
@@ -95,10 +115,19 @@ fn page(r: &Report, text: &[u8]) -> Page {
             y_label: "σ_t(i, j)".into(),
             log_x: false,
             log_y: false,
-            series: s.traces.iter().map(|(syn, series)| Series { name: format!("{} → {}", syn.from, syn.to), points: series[..shown].iter().enumerate().map(|(i, &v)| (i as f64, v as f64)).collect(), dots: false }).collect(),
+            series: s
+                .traces
+                .iter()
+                .map(|(syn, series)| Series {
+                    name: format!("{} → {}", syn.from, syn.to),
+                    points: series[..shown].iter().enumerate().map(|(i, &v)| (i as f64, v as f64)).collect(),
+                    dots: false,
+                })
+                .collect(),
             x_labels: token_labels(&text[..shown.min(text.len())], 60),
         });
-        let rows: Vec<Vec<String>> = s.strongest.iter().map(|x| vec![x.from.to_string(), x.to.to_string(), format!("{:.4}", x.value)]).collect();
+        let rows: Vec<Vec<String>> =
+            s.strongest.iter().map(|x| vec![x.from.to_string(), x.to.to_string(), format!("{:.4}", x.value)]).collect();
         p.table(&["from", "to", "σ"], &rows);
     }
     if let Some(c) = &r.concept {
@@ -106,7 +135,17 @@ fn page(r: &Report, text: &[u8]) -> Page {
         p.text(&format!("{} concept against {} contrast sentences; Mann–Whitney U, two-sided p (normal approximation), rank-biserial r.", c.concept, c.contrast));
         let rows = |v: &[Separation]| -> Vec<Vec<String>> {
             v.iter()
-                .map(|s| vec![s.from.to_string(), s.to.map_or("-".into(), |t| t.to_string()), format!("{:.1}", s.test.u), format!("{:.2e}", s.test.p), format!("{:+.2}", s.test.r), format!("{:.4}", s.concept_mean), format!("{:.4}", s.contrast_mean)])
+                .map(|s| {
+                    vec![
+                        s.from.to_string(),
+                        s.to.map_or("-".into(), |t| t.to_string()),
+                        format!("{:.1}", s.test.u),
+                        format!("{:.2e}", s.test.p),
+                        format!("{:+.2}", s.test.r),
+                        format!("{:.4}", s.concept_mean),
+                        format!("{:.4}", s.contrast_mean),
+                    ]
+                })
                 .collect()
         };
         let header = ["from", "to", "U", "p", "r", "concept mean", "contrast mean"];

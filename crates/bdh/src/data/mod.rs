@@ -130,7 +130,10 @@ impl Corpus {
             Some(v) => Corpus::Files { train: BytesView::new(map, None), val: BytesView::new(map_file(v)?, None) },
             None => {
                 let (split, len) = (map.len() * 9 / 10, map.len());
-                Corpus::Files { train: BytesView::new(map.clone(), Some(0..split)), val: BytesView::new(map, Some(split..len)) }
+                Corpus::Files {
+                    train: BytesView::new(map.clone(), Some(0..split)),
+                    val: BytesView::new(map, Some(split..len)),
+                }
             }
         };
         if let Corpus::Files { train: t, val: v } = &corpus {
@@ -150,9 +153,7 @@ impl Corpus {
     /// Training batch number `index` of a run seeded `seed`.
     pub fn train_batch(&self, seed: u64, index: u64, b: usize, t: usize) -> Batch {
         match self {
-            Corpus::Synthetic(lang) => {
-                synthetic_batch(lang, (0..b).map(|row| mix(mix(seed, index), row as u64)), t)
-            }
+            Corpus::Synthetic(lang) => synthetic_batch(lang, (0..b).map(|row| mix(mix(seed, index), row as u64)), t),
             Corpus::Files { train, .. } => {
                 let data = train.bytes();
                 let span = (data.len() - t) as u64;

@@ -15,12 +15,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 const NAMES: [&str; 24] = [
-    "ada", "bo", "cy", "dee", "eli", "fay", "gus", "hal", "ivy", "jo", "kit", "lu", "max", "ned",
-    "oz", "pia", "quin", "ray", "sol", "tam", "uma", "vic", "wes", "zed",
+    "ada", "bo", "cy", "dee", "eli", "fay", "gus", "hal", "ivy", "jo", "kit", "lu", "max", "ned", "oz", "pia", "quin",
+    "ray", "sol", "tam", "uma", "vic", "wes", "zed",
 ];
 const PLACES: [&str; 16] = [
-    "paris", "lima", "oslo", "cairo", "delhi", "tokyo", "rome", "quito", "kyiv", "seoul", "hanoi",
-    "bern", "doha", "riga", "accra", "sofia",
+    "paris", "lima", "oslo", "cairo", "delhi", "tokyo", "rome", "quito", "kyiv", "seoul", "hanoi", "bern", "doha",
+    "riga", "accra", "sofia",
 ];
 const COLORS: [&str; 10] = ["red", "blue", "green", "gold", "grey", "pink", "black", "white", "teal", "brown"];
 const NOUNS: [(&str, &str); 8] = [
@@ -33,8 +33,14 @@ const NOUNS: [(&str, &str); 8] = [
     ("horse", "horses"),
     ("sailor", "sailors"),
 ];
-const VERBS: [(&str, &str); 6] =
-    [("sees", "see"), ("follows", "follow"), ("likes", "like"), ("finds", "find"), ("helps", "help"), ("watches", "watch")];
+const VERBS: [(&str, &str); 6] = [
+    ("sees", "see"),
+    ("follows", "follow"),
+    ("likes", "like"),
+    ("finds", "find"),
+    ("helps", "help"),
+    ("watches", "watch"),
+];
 const ADJECTIVES: [&str; 8] = ["small", "old", "quick", "quiet", "happy", "tired", "brave", "lazy"];
 const THINGS: [&str; 6] = ["river", "hill", "market", "forest", "bridge", "harbor"];
 

@@ -125,7 +125,12 @@ pub fn sparsity(model: &Model, tokens: &[u32], window: usize) -> Result<Sparsity
     let total = tokens.len() as f64;
     let frac = |c: &[u64; 4], heads: f64| {
         let cells = total * heads * n as f64;
-        Fractions { x: c[0] as f64 / cells, y: c[1] as f64 / cells, xy: c[2] as f64 / cells, pairs: 2.0 * c[3] as f64 / cells }
+        Fractions {
+            x: c[0] as f64 / cells,
+            y: c[1] as f64 / cells,
+            xy: c[2] as f64 / cells,
+            pairs: 2.0 * c[3] as f64 / cells,
+        }
     };
     let layer_reports = (0..layers)
         .map(|l| {

@@ -15,10 +15,10 @@
 
 use serde::Serialize;
 
+use super::stats::{mann_whitney, MannWhitney};
 use crate::error::{Error, Result};
 use crate::forward::{forward, Activations, Mode};
 use crate::params::Model;
-use super::stats::{mann_whitney, MannWhitney};
 use bdh_kernels::{matmul, MatMul};
 
 /// Synapses kept as candidates in a concept search (largest mean over the concept).
@@ -28,7 +28,10 @@ const CANDIDATES: usize = 20_000;
 fn activations(model: &Model, tokens: &[u32], layer: usize, head: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = &model.config;
     if layer == 0 || layer >= c.n_layer {
-        return Err(Error::Input(format!("synapses need a layer in 1..{} (σ pairs layer l−1 with layer l)", c.n_layer)));
+        return Err(Error::Input(format!(
+            "synapses need a layer in 1..{} (σ pairs layer l−1 with layer l)",
+            c.n_layer
+        )));
     }
     if head >= c.n_head {
         return Err(Error::Input(format!("head {head} ≥ n_head {}", c.n_head)));
@@ -84,7 +87,14 @@ pub struct SynapseReport {
 
 /// σ over `tokens`: its `top` strongest synapses, and per-token traces of those
 /// in `trace` (plus the five strongest if `trace` is empty).
-pub fn synapses(model: &Model, tokens: &[u32], layer: usize, head: usize, top: usize, trace: &[(usize, usize)]) -> Result<SynapseReport> {
+pub fn synapses(
+    model: &Model,
+    tokens: &[u32],
+    layer: usize,
+    head: usize,
+    top: usize,
+    trace: &[(usize, usize)],
+) -> Result<SynapseReport> {
     let n = model.config.n_neurons();
     if let Some(&(i, j)) = trace.iter().find(|&&(i, j)| i >= n || j >= n) {
         return Err(Error::Input(format!("synapse {i}:{j} is outside 0..{n}")));
@@ -156,7 +166,14 @@ pub struct ConceptReport {
 
 /// Ranks synapses (σ at the end of each sentence) and neurons (x summed over each
 /// sentence) by the Mann–Whitney U test of concept against contrast sentences.
-pub fn concept_search(model: &Model, concept: &[Vec<u32>], contrast: &[Vec<u32>], layer: usize, head: usize, top: usize) -> Result<ConceptReport> {
+pub fn concept_search(
+    model: &Model,
+    concept: &[Vec<u32>],
+    contrast: &[Vec<u32>],
+    layer: usize,
+    head: usize,
+    top: usize,
+) -> Result<ConceptReport> {
     if concept.len() < 2 || contrast.len() < 2 {
         return Err(Error::Input("a concept search needs at least two concept and two contrast sentences".into()));
     }
