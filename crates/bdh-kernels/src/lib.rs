@@ -36,6 +36,5 @@ pub use matmul::{matmul, matmul_scalar, transpose, MatMul};
 pub use peak::fma_loop;
 pub use recurrent::{
     gather_dot, gather_dot_scalar, rho_read_write, rho_read_write_scalar, sparse_row_sum, sparse_row_sum_scalar,
-    vec_mat, vec_mat_scalar,
 };
 pub use rope::{rope, rope_scalar, RopeDirection};

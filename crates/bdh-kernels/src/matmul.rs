@@ -1,5 +1,7 @@
 //! Dense matrix product, backed by the `gemm` crate (AVX-512 kernels chosen at run time).
 
+use crate::simd::multiversion;
+
 /// Dimensions and operand layouts of `C (m×n) [+]= op(A) (m×k) · op(B) (k×n)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatMul {
@@ -73,6 +75,45 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Up to this many rows of A, the product skips gemm's packing of B.
+const FEW_ROWS: usize = 16;
+
+multiversion! {
+/// `C [+]= A · B` for a few rows of A (m ≤ [`FEW_ROWS`]): each row of B is read once
+/// and scaled into every row of C, so B (a whole weight, for a short prompt or one
+/// decoding step) is streamed once instead of packed.
+#[allow(clippy::too_many_arguments)]
+fn few_rows(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    accumulate: bool,
+) {
+    if !accumulate {
+        for i in 0..m {
+            c[i * ldc..i * ldc + n].fill(0.0);
+        }
+    }
+    for p in 0..k {
+        let row = &b[p * ldb..p * ldb + n];
+        for i in 0..m {
+            let s = a[i * lda + p];
+            if s != 0.0 {
+                for (o, &x) in c[i * ldc..i * ldc + n].iter_mut().zip(row) {
+                    *o += s * x;
+                }
+            }
+        }
+    }
+}
+}
+
 /// `dst` (packed `cols × rows`) = the transpose of `src` (`rows × cols`, row stride `ld`).
 fn transpose_strided(dst: &mut [f32], src: &[f32], rows: usize, cols: usize, ld: usize) {
     const TILE: usize = 32;
@@ -104,6 +145,9 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
             c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
+    }
+    if m <= FEW_ROWS && !p.a_t && !p.b_t {
+        return few_rows(c, a, b, m, k, n, lda, ldb, ldc, p.accumulate);
     }
     let a_strides = if p.a_t { (1, lda) } else { (lda, 1) };
     if !p.b_t {

@@ -94,26 +94,3 @@ pub fn gather_dot_scalar(out: &mut [f32], a: &[f32], w_t: &[f32], cols: &[u32]) 
         *o = (0..d).map(|k| w_t[c as usize * d + k] as f64 * a[k] as f64).sum::<f64>() as f32;
     }
 }
-
-multiversion! {
-/// `out = v · w` for one vector v (d) and a row-major w (d×n): rows of w scaled
-/// and summed, so every access is contiguous.
-pub fn vec_mat(out: &mut [f32], v: &[f32], w: &[f32]) {
-    let n = out.len();
-    debug_assert_eq!(w.len(), v.len() * n);
-    out.fill(0.0);
-    for (&vk, row) in v.iter().zip(w.chunks_exact(n)) {
-        for (o, &x) in out.iter_mut().zip(row) {
-            *o += vk * x;
-        }
-    }
-}
-}
-
-/// Scalar twin of [`vec_mat`]: each output a dot product in f64.
-pub fn vec_mat_scalar(out: &mut [f32], v: &[f32], w: &[f32]) {
-    let n = out.len();
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = v.iter().enumerate().map(|(k, &vk)| vk as f64 * w[k * n + j] as f64).sum::<f64>() as f32;
-    }
-}

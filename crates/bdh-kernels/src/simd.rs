@@ -21,13 +21,13 @@ pub(crate) fn has_avx512() -> bool {
     }
 }
 
-/// Defines `pub fn name(args)` whose body runs as an AVX-512 build where the CPU
+/// Defines `fn name(args)` (with its visibility) whose body runs as an AVX-512 build where the CPU
 /// has it and as the baseline build otherwise. Same source, same results up to
 /// floating-point contraction of the vectorised loops.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
-        pub fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]

@@ -172,12 +172,6 @@ fn sparse_recurrent_kernels_equal_dense_twins() {
         gather_dot(&mut gf, &a, &w_t, &rows);
         gather_dot_scalar(&mut gs, &a, &w_t, &rows);
         assert_close(&format!("gather_dot {m}×{d}"), &gf, &gs, 1e-5);
-
-        let w = random(&mut r, d * m);
-        let (mut vf, mut vs) = (vec![1.0; m], vec![1.0; m]);
-        vec_mat(&mut vf, &a, &w);
-        vec_mat_scalar(&mut vs, &a, &w);
-        assert_close(&format!("vec_mat {d}×{m}"), &vf, &vs, 1e-5);
     }
 }
 

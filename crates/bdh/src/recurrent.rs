@@ -5,7 +5,7 @@
 //! read `a_t` from ρ, then write `ρ += R_t x_t ⊗ v_t`. This equals the parallel
 //! forward at every position, in memory that does not grow with the context.
 
-use bdh_kernels::{gather_dot, layer_norm, matmul, rho_read_write, sparse_row_sum, transpose, vec_mat, MatMul};
+use bdh_kernels::{gather_dot, layer_norm, matmul, rho_read_write, sparse_row_sum, transpose, MatMul};
 
 use rayon::prelude::*;
 
@@ -179,7 +179,7 @@ impl<'m> Recurrent<'m> {
             layer_norm(&mut self.v, &mut rstd, d);
         }
         // logits = v · lm_head                                              (V)
-        vec_mat(&mut self.logits, &self.v, &p.lm_head);
+        matmul(&mut self.logits, &self.v, &p.lm_head, MatMul::new(1, d, vocab));
         self.state.pos += 1;
         Ok(&self.logits)
     }
@@ -197,7 +197,8 @@ fn head_step(
 ) {
     let mut rstd = [0.0f32];
     // x = relu(v · encoder_h)                                               (N)
-    vec_mat(&mut hd.x, v, encoder);
+    let (d, n) = (v.len(), hd.x.len());
+    matmul(&mut hd.x, v, encoder, MatMul::new(1, d, n));
     hd.x.iter_mut().for_each(|xi| *xi = xi.max(0.0));
     // R_t x on the RoPE pairs with an active neuron                            (N)
     hd.rows.clear();
