@@ -84,7 +84,9 @@ fn recurrent_kernels(c: &mut Criterion) {
     });
     let w = data(d * n, 13);
     let mut out = vec![0.0; n];
-    g.bench_function("matmul 1xD128 . D128xN1024", |bch| bch.iter(|| matmul(&mut out, black_box(&v), &w, MatMul::new(1, d, n))));
+    g.bench_function("matmul 1xD128 . D128xN1024", |bch| {
+        bch.iter(|| matmul(&mut out, black_box(&v), &w, MatMul::new(1, d, n)))
+    });
     let mut u = vec![0.0; d];
     g.bench_function(format!("sparse_row_sum N1024 D128 rows{}", cols.len()), |bch| {
         bch.iter(|| sparse_row_sum(&mut u, black_box(&x), &w_t, &cols))
