@@ -140,10 +140,10 @@ pub fn train(
         }
         loss /= tc.grad_accum as f32;
         if !loss.is_finite() {
-            let kept = if state.step == 0 {
-                "no checkpoint had been written yet".to_string()
+            let kept = if last_dir.exists() {
+                format!("the last good checkpoint (from the last evaluation) is kept in {}", last_dir.display())
             } else {
-                format!("the last good checkpoint is kept in {}", last_dir.display())
+                "no checkpoint had been written yet".to_string()
             };
             return Err(Error::Diverged { step: state.step + 1, loss, kept });
         }
