@@ -152,3 +152,20 @@ fn schedule_warms_up_then_decays_to_min_lr() {
     .training;
     assert!((learning_rate(&lin, 25) - 0.75).abs() < 1e-12);
 }
+
+#[test]
+fn divergence_before_any_checkpoint_says_so() {
+    let dir = temp_dir("diverge-early");
+    let cfg = tiny(&[
+        "training.lr=1e30",
+        "training.min_lr=1e30",
+        "training.warmup_steps=0",
+        "training.grad_clip=0.0",
+        "training.eval_interval=1000",
+        "training.max_steps=50",
+    ]);
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    let msg = train(&cfg, &corpus, &dir, false, &AtomicBool::new(false), |_| {}).unwrap_err().to_string();
+    assert!(msg.contains("no checkpoint had been written yet"), "{msg}");
+    assert!(!dir.join("last").exists());
+}
