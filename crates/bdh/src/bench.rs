@@ -194,7 +194,7 @@ pub fn step_latency(model: &Model, sides: [StepSide; 2], window: usize) -> Resul
     for (rec, side) in runners.iter_mut().zip(sides) {
         tok = b'\n' as u32;
         while rec.state.pos < side.context {
-            tok = crate::verify::argmax(rec.step(tok)?);
+            tok = crate::generate::argmax(rec.step(tok)?);
         }
     }
     const ROUND: usize = 16;
@@ -206,7 +206,7 @@ pub fn step_latency(model: &Model, sides: [StepSide; 2], window: usize) -> Resul
         for _ in 0..ROUND {
             fed.push(tok);
             let t0 = Instant::now();
-            tok = crate::verify::argmax(a.step(tok)?);
+            tok = crate::generate::argmax(a.step(tok)?);
             ta.push(t0.elapsed().as_secs_f64());
         }
         for &t in &fed {

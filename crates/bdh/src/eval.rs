@@ -3,9 +3,9 @@
 use crate::data::{windows, Corpus};
 use crate::error::{Error, Result};
 use crate::forward::{forward, Activations, Mode};
+use crate::generate::argmax;
 use crate::loss::cross_entropy;
 use crate::params::Model;
-use crate::verify::argmax;
 
 /// Validation numbers at one step.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

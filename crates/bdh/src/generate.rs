@@ -9,7 +9,18 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::{Error, Result};
 use crate::params::Model;
 use crate::recurrent::Recurrent;
-use crate::verify::argmax;
+
+/// Index of the largest value, the first one on ties (as `torch.argmax`): the
+/// greedy choice.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
 
 /// How the next token is chosen from the logits.
 #[derive(Clone, Debug, PartialEq)]

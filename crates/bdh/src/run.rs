@@ -33,8 +33,6 @@ pub struct TrainerState {
     pub step: usize,
     /// Best validation loss so far.
     pub best_val_loss: Option<f64>,
-    /// Tokens trained on so far.
-    pub tokens_seen: u64,
 }
 
 /// Something a run reports as it goes.
@@ -116,7 +114,7 @@ pub fn train(
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
         let model = Model::new(run.model.clone(), tc.seed)?;
-        (Trainer::new(model, opt, b, t), TrainerState { step: 0, best_val_loss: None, tokens_seen: 0 })
+        (Trainer::new(model, opt, b, t), TrainerState { step: 0, best_val_loss: None })
     };
     write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;
     let mut metrics = Metrics::open(&dir.join("metrics.jsonl"), state.step)?;
@@ -149,7 +147,6 @@ pub fn train(
         }
         let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr);
         state.step += 1;
-        state.tokens_seen += (b * t * tc.grad_accum) as u64;
         losses.push(loss);
         let tokens_per_second = (b * t * tc.grad_accum) as f64 / t0.elapsed().as_secs_f64();
         metrics.write(&serde_json::json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tokens_per_second}))?;

@@ -10,6 +10,7 @@ use crate::backward::{backward, loss, Gradients};
 use crate::checkpoint::{Tensor, TensorData, TensorMap};
 use crate::error::{Error, Result};
 use crate::forward::{forward, Activations, Mode};
+use crate::generate::argmax;
 use crate::params::{Model, PARAM_NAMES};
 use crate::recurrent::Recurrent;
 
@@ -202,15 +203,4 @@ pub fn greedy(model: &Model, prompt: &[u32], k: usize) -> Result<Vec<u32>> {
         }
     }
     Ok(out)
-}
-
-/// Index of the largest value, the first one on ties.
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

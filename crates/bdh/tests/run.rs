@@ -79,19 +79,26 @@ fn a_fresh_run_refuses_a_directory_that_holds_one() {
     assert!(err.contains("already holds a run"), "{err}");
 }
 
-#[test]
-fn divergence_stops_and_keeps_the_last_good_checkpoint() {
-    let dir = temp_dir("diverge");
+/// A run whose learning rate makes the loss blow up within a few steps, checkpointing
+/// every `eval_interval` steps: the error it ends with.
+fn diverge(dir: &std::path::Path, eval_interval: usize) -> bdh::Error {
+    let interval = format!("training.eval_interval={eval_interval}");
     let cfg = tiny(&[
         "training.lr=1e30",
         "training.min_lr=1e30",
         "training.warmup_steps=0",
         "training.grad_clip=0.0",
-        "training.eval_interval=1",
+        &interval,
         "training.max_steps=50",
     ]);
     let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
-    let err = train(&cfg, &corpus, &dir, false, &AtomicBool::new(false), |_| {}).unwrap_err();
+    train(&cfg, &corpus, dir, false, &AtomicBool::new(false), |_| {}).unwrap_err()
+}
+
+#[test]
+fn divergence_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = temp_dir("diverge");
+    let err = diverge(&dir, 1);
     let msg = err.to_string();
     println!("{msg}");
     let bdh::Error::Diverged { step, .. } = err else { panic!("{msg}") };
@@ -156,16 +163,7 @@ fn schedule_warms_up_then_decays_to_min_lr() {
 #[test]
 fn divergence_before_any_checkpoint_says_so() {
     let dir = temp_dir("diverge-early");
-    let cfg = tiny(&[
-        "training.lr=1e30",
-        "training.min_lr=1e30",
-        "training.warmup_steps=0",
-        "training.grad_clip=0.0",
-        "training.eval_interval=1000",
-        "training.max_steps=50",
-    ]);
-    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
-    let msg = train(&cfg, &corpus, &dir, false, &AtomicBool::new(false), |_| {}).unwrap_err().to_string();
+    let msg = diverge(&dir, 1000).to_string();
     assert!(msg.contains("no checkpoint had been written yet"), "{msg}");
     assert!(!dir.join("last").exists());
 }
