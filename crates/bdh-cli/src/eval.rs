@@ -65,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let data = DataConfig { path: None, val_path: None, ..data };
     let corpus = data.corpus(args.block)?;
-    let mut acts = Activations::new(&model, args.batch, args.block);
+    let mut acts = Activations::new(&model, args.batch, args.block)?;
     let m = evaluate(&model, &corpus, &mut acts, args.batches, 0)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&m)?);

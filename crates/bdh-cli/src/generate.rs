@@ -1,11 +1,14 @@
 //! `bdh generate`: stream text from a prompt, one recurrent step per token.
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::generate::{generate, Sampler, SamplingConfig};
+use bdh::data::Tokenizer;
+use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
+use bdh::io::state;
 
 use crate::model_args::ModelArgs;
 
@@ -44,10 +47,17 @@ pub struct Args {
     /// Stop when this string is generated (repeatable); it is not printed.
     #[arg(long)]
     stop: Vec<String>,
+    /// Continue from a state saved by `--save-state` instead of an empty one: the
+    /// prompt follows the text that state has read.
+    #[arg(long, value_name = "FILE")]
+    load_state: Option<PathBuf>,
+    /// Save the state after the generation (prompt and output read) to this file.
+    #[arg(long, value_name = "FILE")]
+    save_state: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let model = args.model.load()?;
+    let prepared = Prepared::new(args.model.load()?)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone().into_bytes(),
         (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
@@ -61,20 +71,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
     })?;
+    let mut session = match &args.load_state {
+        Some(p) => state::load(&prepared, p).with_context(|| format!("loading state {}", p.display()))?,
+        None => prepared.state()?,
+    };
+    let mut scratch = prepared.scratch(false);
+    let tokenizer = Tokenizer::Bytes;
+    let g = Generation { max_tokens: args.max_tokens, stops: args.stop.clone(), ..Generation::default() };
     let mut stdout = std::io::stdout().lock();
-    let (_, stats) = generate(&model, &prompt, args.max_tokens, &mut sampler, &args.stop, |text| {
-        let _ = stdout.write_all(text.as_bytes());
-        let _ = stdout.flush();
+    let mut failed = None;
+    let out = generate(&prepared, &mut session, &mut scratch, &tokenizer.encode(&prompt), &g, &mut sampler, |text| {
+        match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            // The reader went away (`| head`): stop at once; that is not an error.
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => ControlFlow::Break(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
     })?;
+    if let Some(e) = failed {
+        return Err(e).context("writing the output");
+    }
+    if let Some(p) = &args.save_state {
+        state::save(&session, p).with_context(|| format!("saving state {}", p.display()))?;
+    }
+    let stats = out.stats;
+    if stats.cancelled {
+        return Ok(ExitCode::SUCCESS);
+    }
     let _ = writeln!(stdout);
     let decode_rate = stats.generated as f64 / stats.decode_seconds.max(1e-9);
-    eprintln!(
-        "{} prompt tokens in {:.1} ms, {} generated at {:.1} tokens/s; state {:.2} MiB{}",
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} prompt tokens in {:.1} ms, {} generated at {:.1} tokens/s; state {:.2} MiB at position {}{}",
         stats.prompt_tokens,
         stats.prefill_seconds * 1e3,
         stats.generated,
         decode_rate,
         stats.state_bytes as f64 / (1 << 20) as f64,
+        session.pos(),
         stats.stopped_by.map_or(String::new(), |s| format!("; stopped at {s:?}"))
     );
     Ok(ExitCode::SUCCESS)

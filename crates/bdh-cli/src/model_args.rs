@@ -20,8 +20,8 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model, with the path in the error if it fails.
     pub fn load(&self) -> anyhow::Result<Model> {
-        let path = bdh::run::model_path(&self.model);
-        bdh::checkpoint::load(&path, self.config.as_deref())
+        let path = bdh::io::checkpoint::model_path(&self.model);
+        bdh::io::checkpoint::load(&path, self.config.as_deref())
             .with_context(|| format!("loading model {}", path.display()))
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use bdh::run::{train, Event};
+use bdh::train::run::{train, Event};
 use bdh::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -66,9 +66,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("run directory: {}", dir.display());
     let m = &run.model;
     println!(
-        "model: {:.2} M parameters, {} neurons; {} threads",
+        "model: {}, {:.2} M parameters; {} threads",
+        m.describe(),
         m.param_count() as f64 / 1e6,
-        m.total_neurons(),
         rayon::current_num_threads()
     );
 

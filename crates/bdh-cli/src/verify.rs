@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::checkpoint::read_safetensors;
+use bdh::io::read_safetensors;
 use bdh::verify::verify;
 
 use crate::model_args::ModelArgs;

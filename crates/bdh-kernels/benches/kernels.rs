@@ -34,16 +34,17 @@ fn dense_kernels(c: &mut Criterion) {
     let q = sparse(t * n, 3);
     let v = data(t * d, 4);
     let (mut o, mut s) = (vec![0.0; t * d], vec![0.0; t * t]);
+    let one = Attention { b: 1, h: 1, t, n, d };
     g.throughput(Throughput::Elements((t * t * (n + d)) as u64));
     g.bench_function("causal_linear_attention T256 N1024 D128", |bch| {
-        bch.iter(|| causal_linear_attention(&mut o, &mut s, black_box(&q), black_box(&v), t, n, d))
+        bch.iter(|| causal_linear_attention(&mut o, &mut s, black_box(&q), black_box(&v), one))
     });
-    causal_linear_attention(&mut o, &mut s, &q, &v, t, n, d);
+    causal_linear_attention(&mut o, &mut s, &q, &v, one);
     let da = data(t * d, 5);
     let (mut dq, mut dv, mut ds) = (vec![0.0; t * n], vec![0.0; t * d], vec![0.0; t * t]);
     g.throughput(Throughput::Elements((2 * t * t * (n + d)) as u64));
     g.bench_function("causal_linear_attention_backward T256 N1024 D128", |bch| {
-        bch.iter(|| causal_linear_attention_backward(&mut dq, &mut dv, &mut ds, black_box(&da), &q, &v, &s, (t, n, d)))
+        bch.iter(|| causal_linear_attention_backward(&mut dq, &mut dv, &mut ds, black_box(&da), &q, &v, &s, one))
     });
     let mut x = data(t * d * 8, 6);
     let mut rstd = vec![0.0; t * 8];

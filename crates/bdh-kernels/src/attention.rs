@@ -1,9 +1,71 @@
-//! Strictly causal linear attention of one (batch, head): no softmax, keys = queries.
+//! Strictly causal linear attention: no softmax, keys = queries.
 //!
-//! `out[t] = Σ_{τ<t} (q_t · q_τ) v_τ`, i.e. `out = tril₋₁(q qᵀ) v`, with q (T×N) the
-//! rotated neurons and v (T×D) the values.
+//! `out[t] = Σ_{τ<t} (q_t · q_τ) v_τ`, i.e. `out = tril₋₁(q qᵀ) v`, per batch row and
+//! head, with q (B, H, T, N) the rotated neurons and v (B, T, D) the values, which
+//! every head of a row shares.
+
+use rayon::prelude::*;
 
 use crate::matmul::{matmul, MatMul};
+
+/// Sizes of a batched attention: B rows, H heads, T positions, N query width, D value width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attention {
+    /// B: batch rows.
+    pub b: usize,
+    /// H: heads per row.
+    pub h: usize,
+    /// T: positions.
+    pub t: usize,
+    /// N: width of q.
+    pub n: usize,
+    /// D: width of v.
+    pub d: usize,
+}
+
+/// Forward over every (row, head), in parallel: writes `scores = tril₋₁(q qᵀ)`
+/// (B, H, T, T), kept for the backward, and `out = scores · v` (B, H, T, D).
+pub fn causal_linear_attention(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], s: Attention) {
+    let Attention { b, h, t, n, d } = s;
+    assert!(
+        out.len() == b * h * t * d && scores.len() == b * h * t * t && q.len() == b * h * t * n && v.len() == b * t * d,
+        "causal_linear_attention: sizes for {s:?}"
+    );
+    (out.par_chunks_mut(t * d), scores.par_chunks_mut(t * t), q.par_chunks(t * n))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(bh, (out, scores, q))| {
+            let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
+            attention_one(out, scores, q, v, t, n, d);
+        });
+}
+
+/// Backward of [`causal_linear_attention`] over every (row, head), in parallel, from
+/// dL/d(out) `da` (B, H, T, D): `dS = tril₋₁(da vᵀ)` (written to the scratch
+/// `dscores`, (B, H, T, T)), `dv = Sᵀ da` per head (B, H, T, D; the caller sums the
+/// heads), `dq = (dS + dSᵀ) q` (B, H, T, N). `dq` and `dv` are overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_linear_attention_backward(
+    dq: &mut [f32],
+    dv: &mut [f32],
+    dscores: &mut [f32],
+    da: &[f32],
+    q: &[f32],
+    v: &[f32],
+    scores: &[f32],
+    s: Attention,
+) {
+    let Attention { h, t, n, d, .. } = s;
+    (dq.par_chunks_mut(t * n), dv.par_chunks_mut(t * d), dscores.par_chunks_mut(t * t))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(bh, (dq, dv, dscores))| {
+            let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
+            let (nb, db, tb) =
+                (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d, bh * t * t..(bh + 1) * t * t);
+            attention_backward_one(dq, dv, dscores, &da[db], &q[nb], v, &scores[tb], (t, n, d));
+        });
+}
 
 /// Zeroes the diagonal and everything above it of a t×t matrix.
 fn keep_strictly_lower(s: &mut [f32], t: usize) {
@@ -21,17 +83,8 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t).step_by(BLOCK).map(move |r0| (r0, (r0 + BLOCK).min(t)))
 }
 
-/// Forward: writes `scores = tril₋₁(q qᵀ)` (t×t, kept for the backward) and
-/// `out = scores · v` (t×d).
-pub fn causal_linear_attention(
-    out: &mut [f32],
-    scores: &mut [f32],
-    q: &[f32],
-    v: &[f32],
-    t: usize,
-    n: usize,
-    d: usize,
-) {
+/// Forward of one (row, head): q (t×n), v (t×d), scores (t×t), out (t×d).
+fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], t: usize, n: usize, d: usize) {
     for (r0, r1) in blocks(t) {
         // scores[r0..r1, ..r1] = q[r0..r1] · q[..r1]ᵀ
         matmul(&mut scores[r0 * t..], &q[r0 * n..], q, MatMul::new(r1 - r0, n, r1).b_t().ld(0, 0, t));
@@ -44,15 +97,18 @@ pub fn causal_linear_attention(
 }
 
 /// Scalar twin of [`causal_linear_attention`]: loops over τ < t only, f64 sums.
-pub fn causal_linear_attention_scalar(
-    out: &mut [f32],
-    scores: &mut [f32],
-    q: &[f32],
-    v: &[f32],
-    t: usize,
-    n: usize,
-    d: usize,
-) {
+#[cfg(test)]
+pub(crate) fn causal_linear_attention_scalar(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], s: Attention) {
+    let Attention { b, h, t, n, d } = s;
+    for bh in 0..b * h {
+        let vb = &v[bh / h * t * d..(bh / h + 1) * t * d];
+        let (out, scores, q) = (&mut out[bh * t * d..], &mut scores[bh * t * t..], &q[bh * t * n..]);
+        attention_one_scalar(out, scores, q, vb, t, n, d);
+    }
+}
+
+#[cfg(test)]
+fn attention_one_scalar(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], t: usize, n: usize, d: usize) {
     scores[..t * t].fill(0.0);
     for i in 0..t {
         let mut acc = vec![0.0f64; d];
@@ -69,11 +125,9 @@ pub fn causal_linear_attention_scalar(
     }
 }
 
-/// Backward of [`causal_linear_attention`] from dL/d(out) `da` (t×d):
-/// `dS = tril₋₁(da vᵀ)` (written to the t×t scratch `dscores`), `dv = Sᵀ da`,
-/// `dq = (dS + dSᵀ) q`. `dq` and `dv` are overwritten.
+/// Backward of one (row, head).
 #[allow(clippy::too_many_arguments)]
-pub fn causal_linear_attention_backward(
+fn attention_backward_one(
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
@@ -105,15 +159,33 @@ pub fn causal_linear_attention_backward(
 
 /// Scalar twin of [`causal_linear_attention_backward`], from the definition with
 /// f64 sums; recomputes the scores from q instead of reading them.
-#[allow(clippy::too_many_arguments)]
-pub fn causal_linear_attention_backward_scalar(
+#[cfg(test)]
+pub(crate) fn causal_linear_attention_backward_scalar(
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
     da: &[f32],
     q: &[f32],
     v: &[f32],
-    _scores: &[f32],
+    s: Attention,
+) {
+    let Attention { b, h, t, n, d } = s;
+    for bh in 0..b * h {
+        let vb = &v[bh / h * t * d..(bh / h + 1) * t * d];
+        let (nb, db) = (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d);
+        let ds = &mut dscores[bh * t * t..(bh + 1) * t * t];
+        attention_backward_one_scalar(&mut dq[nb.clone()], &mut dv[db.clone()], ds, &da[db], &q[nb], vb, (t, n, d));
+    }
+}
+
+#[cfg(test)]
+fn attention_backward_one_scalar(
+    dq: &mut [f32],
+    dv: &mut [f32],
+    dscores: &mut [f32],
+    da: &[f32],
+    q: &[f32],
+    v: &[f32],
     (t, n, d): (usize, usize, usize),
 ) {
     let dot = |x: &[f32], i: usize, y: &[f32], j: usize, w: usize| -> f64 {

@@ -1,20 +1,36 @@
-//! Element-wise steps of the BDH layer and their gradients.
+//! Element-wise steps of the BDH layer and their gradients, split into blocks over
+//! the rayon pool when the tensors are large.
+
+use rayon::prelude::*;
 
 use crate::simd::multiversion;
 
+/// Elements below which an element-wise kernel runs on the calling thread: a
+/// fork–join costs more than the work (a recurrent step's vectors are this small).
+pub(crate) const PAR_MIN: usize = 1 << 15;
+
+/// Elements per parallel block.
+const BLOCK: usize = 1 << 14;
+
 multiversion! {
-/// `x = max(x, 0)` in place.
-pub fn relu(x: &mut [f32]) {
+/// `x = max(x, 0)` in place, on the calling thread.
+pub(crate) fn relu_block(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = v.max(0.0);
     }
 }
 }
 
+/// `x = max(x, 0)` in place.
+pub fn relu(x: &mut [f32]) {
+    if x.len() < PAR_MIN {
+        return relu_block(x);
+    }
+    x.par_chunks_mut(BLOCK).for_each(relu_block);
+}
+
 multiversion! {
-/// `z = x ⊙ y ⊙ keep`: the sparse product the decoder reads, through the dropout
-/// scale `keep` (empty: no dropout).
-pub fn gated_product(z: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
+fn gated_product_block(z: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
     for ((zi, &xi), &yi) in z.iter_mut().zip(x).zip(y) {
         *zi = xi * yi;
     }
@@ -24,11 +40,26 @@ pub fn gated_product(z: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
 }
 }
 
+/// `z = x ⊙ y ⊙ keep`: the sparse product the decoder reads, through the dropout
+/// scale `keep` (empty: no dropout).
+pub fn gated_product(z: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
+    debug_assert!(x.len() == z.len() && y.len() == z.len() && (keep.is_empty() || keep.len() == z.len()));
+    if z.len() < PAR_MIN {
+        return gated_product_block(z, x, y, keep);
+    }
+    let keep_blocks = keep.par_chunks(BLOCK.min(keep.len().max(1)));
+    let blocks = (z.par_chunks_mut(BLOCK), x.par_chunks(BLOCK), y.par_chunks(BLOCK));
+    if keep.is_empty() {
+        blocks.into_par_iter().for_each(|(z, x, y)| gated_product_block(z, x, y, &[]));
+    } else {
+        (blocks.0, blocks.1, blocks.2, keep_blocks)
+            .into_par_iter()
+            .for_each(|(z, x, y, k)| gated_product_block(z, x, y, k));
+    }
+}
+
 multiversion! {
-/// Backward of [`gated_product`] with `y = relu(y_latent)`: `dx` holds dL/dz on
-/// entry; on return `dy = dz ⊙ keep ⊙ x ⊙ [y > 0]` (dL/dy_latent) and
-/// `dx = dz ⊙ keep ⊙ y` (dL/dx through this path).
-pub fn gated_product_backward(dx: &mut [f32], dy: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
+fn gated_product_backward_block(dx: &mut [f32], dy: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
     if !keep.is_empty() {
         dx.iter_mut().zip(keep).for_each(|(g, &k)| *g *= k);
     }
@@ -40,9 +71,27 @@ pub fn gated_product_backward(dx: &mut [f32], dy: &mut [f32], x: &[f32], y: &[f3
 }
 }
 
+/// Backward of [`gated_product`] with `y = relu(y_latent)`: `dx` holds dL/dz on
+/// entry; on return `dy = dz ⊙ keep ⊙ x ⊙ [y > 0]` (dL/dy_latent) and
+/// `dx = dz ⊙ keep ⊙ y` (dL/dx through this path).
+pub fn gated_product_backward(dx: &mut [f32], dy: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
+    if dx.len() < PAR_MIN {
+        return gated_product_backward_block(dx, dy, x, y, keep);
+    }
+    let (dxb, dyb) = (dx.par_chunks_mut(BLOCK), dy.par_chunks_mut(BLOCK));
+    let (xb, yb) = (x.par_chunks(BLOCK), y.par_chunks(BLOCK));
+    if keep.is_empty() {
+        (dxb, dyb, xb, yb).into_par_iter().for_each(|(gx, gy, x, y)| gated_product_backward_block(gx, gy, x, y, &[]));
+    } else {
+        let kb = keep.par_chunks(BLOCK);
+        (dxb, dyb, xb, yb, kb)
+            .into_par_iter()
+            .for_each(|(gx, gy, x, y, k)| gated_product_backward_block(gx, gy, x, y, k));
+    }
+}
+
 multiversion! {
-/// `dx = [x > 0] ⊙ (dx + extra)`: the ReLU's backward of a gradient arriving by two paths.
-pub fn relu_backward_add(dx: &mut [f32], extra: &[f32], x: &[f32]) {
+fn relu_backward_add_block(dx: &mut [f32], extra: &[f32], x: &[f32]) {
     for ((g, &e), &xi) in dx.iter_mut().zip(extra).zip(x) {
         let on = if xi > 0.0 { 1.0 } else { 0.0 };
         *g = (*g + e) * on;
@@ -50,9 +99,50 @@ pub fn relu_backward_add(dx: &mut [f32], extra: &[f32], x: &[f32]) {
 }
 }
 
-/// Scalar twin of [`relu`], of [`gated_product`], of [`gated_product_backward`] and
-/// of [`relu_backward_add`]: the four definitions index by index, in one place.
-pub mod scalar {
+/// `dx = [x > 0] ⊙ (dx + extra)`: the ReLU's backward of a gradient arriving by two paths.
+pub fn relu_backward_add(dx: &mut [f32], extra: &[f32], x: &[f32]) {
+    if dx.len() < PAR_MIN {
+        return relu_backward_add_block(dx, extra, x);
+    }
+    (dx.par_chunks_mut(BLOCK), extra.par_chunks(BLOCK), x.par_chunks(BLOCK))
+        .into_par_iter()
+        .for_each(|(g, e, x)| relu_backward_add_block(g, e, x));
+}
+
+/// `out[g] += Σ_{j<k} src[g·k + j]` over blocks of `len` elements: `dv (B, T, D) +=
+/// Σ_h dv_h (B, H, T, D)` with `len = T·D`, `k = H`: gradients summed over heads.
+pub fn add_groups(out: &mut [f32], src: &[f32], len: usize, k: usize) {
+    assert!(len > 0 && out.len().is_multiple_of(len) && out.len() * k == src.len(), "add_groups: sizes");
+    let work = |(o, s): (&mut [f32], &[f32])| {
+        for part in s.chunks_exact(len) {
+            o.iter_mut().zip(part).for_each(|(o, &v)| *o += v);
+        }
+    };
+    if src.len() < PAR_MIN {
+        out.chunks_mut(len).zip(src.chunks(len * k)).for_each(work);
+    } else {
+        out.par_chunks_mut(len).zip(src.par_chunks(len * k)).for_each(work);
+    }
+}
+
+/// `out = a + b`, element by element (the residual connection).
+pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(a.len() == out.len() && b.len() == out.len(), "add: sizes");
+    let work = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = x + y);
+    };
+    if out.len() < PAR_MIN {
+        work((out, (a, b)));
+    } else {
+        out.par_chunks_mut(BLOCK).zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK))).for_each(work);
+    }
+}
+
+/// Scalar twins of [`relu`], of [`gated_product`], of [`gated_product_backward`], of
+/// [`relu_backward_add`] and of [`add_groups`]: the definitions index by index
+/// ([`add`] is its own twin).
+#[cfg(test)]
+pub(crate) mod scalar {
     /// Twin of [`super::relu`].
     pub fn relu(x: &mut [f32]) {
         for v in x.iter_mut() {
@@ -79,6 +169,16 @@ pub mod scalar {
     pub fn relu_backward_add(dx: &mut [f32], extra: &[f32], x: &[f32]) {
         for i in 0..dx.len() {
             dx[i] = if x[i] > 0.0 { dx[i] + extra[i] } else { 0.0 };
+        }
+    }
+    /// Twin of [`super::add_groups`].
+    pub fn add_groups(out: &mut [f32], src: &[f32], len: usize, k: usize) {
+        for g in 0..out.len() / len {
+            for j in 0..k {
+                for e in 0..len {
+                    out[g * len + e] += src[(g * k + j) * len + e];
+                }
+            }
         }
     }
 }

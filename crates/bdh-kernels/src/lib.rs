@@ -1,12 +1,17 @@
 //! Hot loops of the BDH engine, as free functions on slices plus dimensions.
 //!
 //! Shape legend (as everywhere in bdh): B batch, T time, D `n_embd`, H `n_head`,
-//! N neurons per head, V vocabulary. Every matrix is row-major and contiguous.
+//! N neurons per head, V vocabulary. Every matrix is row-major.
 //!
-//! Every fast kernel here has a scalar twin (`*_scalar`) in the same module that
-//! spells out the definition with plain loops; the tests in `tests/twins.rs`
-//! compare the two on random shapes. The twins are slow on purpose and are not
-//! used by the model.
+//! The kernels own the schedule: they take whole batched tensors — (B, H, T, N)
+//! activations, products batched over (row, head) with [`Batch`] strides — and
+//! split the work over the rayon pool themselves, so the model code names no
+//! thread, block or SIMD width. Every fast kernel has a scalar twin that spells out
+//! the definition with plain loops; the twins are compiled for the tests only,
+//! which compare the two on random shapes.
+//!
+//! This is the only crate of bdh with `unsafe`: the AVX-512 dispatch, the gemm
+//! call and the read-only memory map of data files.
 //!
 //! ```
 //! use bdh_kernels::{matmul, MatMul};
@@ -21,20 +26,21 @@ mod attention;
 mod elementwise;
 mod layer_norm;
 mod matmul;
+mod mmap;
 mod peak;
 mod recurrent;
 mod rope;
 mod simd;
+#[cfg(test)]
+mod twins;
 
-pub use attention::{
-    causal_linear_attention, causal_linear_attention_backward, causal_linear_attention_backward_scalar,
-    causal_linear_attention_scalar,
-};
-pub use elementwise::{gated_product, gated_product_backward, relu, relu_backward_add, scalar as elementwise_scalar};
-pub use layer_norm::{layer_norm, layer_norm_backward, layer_norm_backward_scalar, layer_norm_scalar, LN_EPS};
-pub use matmul::{matmul, matmul_scalar, transpose, MatMul};
+pub use attention::{causal_linear_attention, causal_linear_attention_backward, Attention};
+pub use elementwise::{add, add_groups, gated_product, gated_product_backward, relu, relu_backward_add};
+pub use layer_norm::{layer_norm, layer_norm_backward, LN_EPS};
+pub use matmul::{matmul, matmul_batched, transpose, Batch, MatMul};
+pub use mmap::Mapped;
 pub use peak::fma_loop;
 pub use recurrent::{
-    gather_dot, gather_dot_scalar, rho_read_write, rho_read_write_scalar, sparse_row_sum, sparse_row_sum_scalar,
+    active_pairs, gate_listed, gather_dot, parallel_chunks, parallel_heads, rho_read_write, sparse_row_sum,
 };
-pub use rope::{rope, rope_scalar, RopeDirection};
+pub use rope::{rope, RopeDirection};

@@ -1,5 +1,8 @@
 //! Dense matrix product, backed by the `gemm` crate (AVX-512 kernels chosen at run time).
 
+use rayon::prelude::*;
+
+use crate::elementwise::relu_block as relu;
 use crate::simd::multiversion;
 
 /// Dimensions and operand layouts of `C (m×n) [+]= op(A) (m×k) · op(B) (k×n)`.
@@ -23,12 +26,14 @@ pub struct MatMul {
     /// Row strides of A, B and C as stored (0: packed, the stored row length), to
     /// work on a block of a larger matrix.
     pub ld: [usize; 3],
+    /// Apply `max(·, 0)` to C after the product (a ReLU epilogue, while C is in cache).
+    pub relu: bool,
 }
 
 impl MatMul {
     /// `C = A · B` with A m×k and B k×n, both stored as is.
     pub fn new(m: usize, k: usize, n: usize) -> Self {
-        MatMul { m, k, n, a_t: false, b_t: false, accumulate: false, parallel: false, ld: [0; 3] }
+        MatMul { m, k, n, a_t: false, b_t: false, accumulate: false, parallel: false, ld: [0; 3], relu: false }
     }
     /// Row strides of the stored A, B and C (see [`MatMul::ld`]).
     pub fn ld(self, a: usize, b: usize, c: usize) -> Self {
@@ -57,6 +62,10 @@ impl MatMul {
     /// Split the product over the rayon pool.
     pub fn par(self) -> Self {
         MatMul { parallel: true, ..self }
+    }
+    /// Follow the product with a ReLU on C.
+    pub fn relu(self) -> Self {
+        MatMul { relu: true, ..self }
     }
     /// Panics unless every element the product touches lies inside its slice.
     fn check(&self, c: &[f32], a: &[f32], b: &[f32]) {
@@ -134,6 +143,15 @@ fn transpose_strided(dst: &mut [f32], src: &[f32], rows: usize, cols: usize, ld:
 /// transposed A costs nothing extra), so a transposed B is first copied into a
 /// per-thread row-major buffer: k·n moves against the product's m·n·k.
 pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
+    product(c, a, b, p);
+    if p.relu {
+        let ldc = p.layout()[2].2;
+        c.chunks_mut(ldc).take(p.m).for_each(|row| relu(&mut row[..p.n]));
+    }
+}
+
+/// The product of [`matmul`], without its epilogue.
+fn product(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
     p.check(c, a, b);
     let MatMul { m, k, n, .. } = p;
     let [(_, _, lda), (br, bc, ldb), (_, _, ldc)] = p.layout();
@@ -205,7 +223,8 @@ fn gemm_strided(
 }
 
 /// Scalar twin of [`matmul`]: the triple loop, accumulated in f64.
-pub fn matmul_scalar(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
+#[cfg(test)]
+pub(crate) fn matmul_scalar(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
     p.check(c, a, b);
     let MatMul { m, k, n, .. } = p;
     let [(_, _, lda), (_, _, ldb), (_, _, ldc)] = p.layout();
@@ -219,6 +238,9 @@ pub fn matmul_scalar(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
             }
             let dst = &mut c[i * ldc + j];
             *dst = if p.accumulate { *dst + s as f32 } else { s as f32 };
+            if p.relu {
+                *dst = dst.max(0.0);
+            }
         }
     }
 }
@@ -228,4 +250,71 @@ pub fn matmul_scalar(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
 pub fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transpose: {rows}×{cols} does not fit");
     transpose_strided(dst, src, rows, cols, cols);
+}
+
+/// A two-level batch of equally shaped products, item (i, j) for `i < count[0]`,
+/// `j < count[1]`: each operand of item (i, j) starts `i·stride[0] + j·stride[1]`
+/// elements into its slice. A zero stride of C sums the products along that level
+/// into one C (in order of the index, the first one as [`MatMul::accumulate`] says).
+///
+/// For BDH the levels are (batch row, head): `x = v · encoder_h` reads the same v for
+/// every head (A strides `[T·D, 0]`) and the same weight for every row (B strides
+/// `[0, D·N]`); the decoder sums over heads (C strides `[T·D, 0]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Items per level: (outer, inner).
+    pub count: [usize; 2],
+    /// Offsets of A between items, per level.
+    pub a: [usize; 2],
+    /// Offsets of B between items, per level.
+    pub b: [usize; 2],
+    /// Offsets of C between items, per level (0: summed along that level).
+    pub c: [usize; 2],
+}
+
+/// `C [+]= op(A) · op(B)` for every item of `batch`, items spread over the rayon pool
+/// (each product is split over it too when there are fewer items than threads).
+/// A ReLU epilogue applies to each C once its sum is complete.
+pub fn matmul_batched(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul, batch: Batch) {
+    let Batch { count: [outer, inner], a: [a0, a1], b: [b0, b1], c: [c0, c1] } = batch;
+    if outer == 0 || inner == 0 {
+        return;
+    }
+    // Items summed into one C run in sequence; distinct Cs run in parallel.
+    let (tasks, c_step, summed) = match (c0, c1) {
+        (0, 0) => (1, c.len(), outer * inner),
+        (_, 0) => (outer, c0, inner),
+        (0, _) => (inner, c1, outer),
+        _ => {
+            assert_eq!(
+                c0,
+                inner * c1,
+                "matmul_batched: C items must be packed (outer stride = inner count × inner stride)"
+            );
+            (outer * inner, c1, 1)
+        }
+    };
+    let threads = rayon::current_num_threads();
+    let inner_p = MatMul { relu: false, parallel: p.parallel || tasks < threads, ..p };
+    let item = |task: usize, s: usize| match (c0, c1) {
+        (0, 0) => (s / inner, s % inner),
+        (_, 0) => (task, s),
+        (0, _) => (s, task),
+        _ => (task / inner, task % inner),
+    };
+    let run = |task: usize, c: &mut [f32]| {
+        for s in 0..summed {
+            let (i, j) = item(task, s);
+            let q = if s == 0 { inner_p } else { inner_p.acc() };
+            product(c, &a[i * a0 + j * a1..], &b[i * b0 + j * b1..], q);
+        }
+        if p.relu {
+            let ldc = p.layout()[2].2;
+            c.chunks_mut(ldc).take(p.m).for_each(|row| relu(&mut row[..p.n]));
+        }
+    };
+    if tasks == 1 {
+        return run(0, c);
+    }
+    c.par_chunks_mut(c_step).take(tasks).enumerate().for_each(|(task, c)| run(task, c));
 }

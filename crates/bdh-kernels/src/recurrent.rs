@@ -5,7 +5,55 @@
 //! neuron selects. The twins do the dense computation, which equals the sparse one
 //! whenever the skipped coefficients are zero.
 
+use rayon::prelude::*;
+
 use crate::simd::multiversion;
+
+/// Lists what a recurrent step touches, given x (N) of one head: in `rows` both
+/// neurons of every RoPE pair (2j, 2j+1) with an active neuron (the rows of ρ the
+/// step reads and writes), and in `cols` the active neurons themselves (the columns
+/// of `encoder_v` that y needs). `dense` lists everything, as if every neuron fired.
+pub fn active_pairs(x: &[f32], rows: &mut Vec<u32>, cols: &mut Vec<u32>, dense: bool) {
+    rows.clear();
+    cols.clear();
+    for (j, p) in x.chunks_exact(2).enumerate() {
+        let (on0, on1) = (p[0] > 0.0 || dense, p[1] > 0.0 || dense);
+        if on0 || on1 {
+            let pair = 2 * j as u32;
+            rows.extend([pair, pair + 1]);
+            cols.extend(on0.then_some(pair));
+            cols.extend(on1.then_some(pair + 1));
+        }
+    }
+}
+
+/// `z[c] = x[c] · max(y_c, 0)` for the listed neurons `cols` (y given per listed
+/// neuron), and the neurons where z ≠ 0 into `z_rows` (every listed one if `dense`):
+/// the sparse `x ⊙ relu(a · encoder_v)` of a recurrent step.
+pub fn gate_listed(z: &mut [f32], x: &[f32], y: &[f32], cols: &[u32], z_rows: &mut Vec<u32>, dense: bool) {
+    z_rows.clear();
+    for (&col, &yi) in cols.iter().zip(y) {
+        let zi = x[col as usize] * yi.max(0.0);
+        if zi != 0.0 || dense {
+            z[col as usize] = zi;
+            z_rows.push(col);
+        }
+    }
+}
+
+/// Runs `step(i, item_i, data_i)` for every item at once, spread over the rayon
+/// pool, with `data` cut into one equal chunk per item: the heads of a recurrent
+/// step (each with its scratch and its ρ), independent until the decoder sums them.
+pub fn parallel_heads<T: Send>(items: &mut [T], data: &mut [f32], step: impl Fn(usize, &mut T, &mut [f32]) + Sync) {
+    let chunk = data.len() / items.len().max(1);
+    items.par_iter_mut().zip(data.par_chunks_mut(chunk.max(1))).enumerate().for_each(|(i, (item, d))| step(i, item, d));
+}
+
+/// Runs `fill(i, chunk_i)` on every `chunk`-long piece of `data` at once, spread over
+/// the rayon pool (per-(row, head) dropout masks, each from its own random stream).
+pub fn parallel_chunks(data: &mut [f32], chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) {
+    data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+}
 
 multiversion! {
 /// `out = Σ_{i ∈ rows} coef[i] · mat[i, :]` over the listed rows of `mat` (m×d).
@@ -26,7 +74,8 @@ pub fn sparse_row_sum(out: &mut [f32], coef: &[f32], mat: &[f32], rows: &[u32]) 
 }
 
 /// Scalar twin of [`sparse_row_sum`]: the dense sum over every row, in f64.
-pub fn sparse_row_sum_scalar(out: &mut [f32], coef: &[f32], mat: &[f32], _rows: &[u32]) {
+#[cfg(test)]
+pub(crate) fn sparse_row_sum_scalar(out: &mut [f32], coef: &[f32], mat: &[f32], _rows: &[u32]) {
     let d = out.len();
     for (k, o) in out.iter_mut().enumerate() {
         *o = coef.iter().enumerate().map(|(i, &c)| c as f64 * mat[i * d + k] as f64).sum::<f64>() as f32;
@@ -55,7 +104,8 @@ pub fn rho_read_write(a: &mut [f32], rho: &mut [f32], q: &[f32], v: &[f32], rows
 
 /// Scalar twin of [`rho_read_write`]: the dense read of every row in f64, then
 /// the dense outer-product write.
-pub fn rho_read_write_scalar(a: &mut [f32], rho: &mut [f32], q: &[f32], v: &[f32], rows: &[u32]) {
+#[cfg(test)]
+pub(crate) fn rho_read_write_scalar(a: &mut [f32], rho: &mut [f32], q: &[f32], v: &[f32], rows: &[u32]) {
     sparse_row_sum_scalar(a, q, rho, rows);
     let d = v.len();
     for (i, &c) in q.iter().enumerate() {
@@ -88,7 +138,8 @@ pub fn gather_dot(out: &mut [f32], a: &[f32], w_t: &[f32], cols: &[u32]) {
 }
 
 /// Scalar twin of [`gather_dot`]: each dot product in f64.
-pub fn gather_dot_scalar(out: &mut [f32], a: &[f32], w_t: &[f32], cols: &[u32]) {
+#[cfg(test)]
+pub(crate) fn gather_dot_scalar(out: &mut [f32], a: &[f32], w_t: &[f32], cols: &[u32]) {
     let d = a.len();
     for (o, &c) in out.iter_mut().zip(cols) {
         *o = (0..d).map(|k| w_t[c as usize * d + k] as f64 * a[k] as f64).sum::<f64>() as f32;

@@ -1,5 +1,8 @@
 //! Rotary position encoding on neuron pairs (2j, 2j+1), as bdh.py's `Attention.rope`.
 
+use rayon::prelude::*;
+
+use crate::elementwise::PAR_MIN;
 use crate::simd::multiversion;
 
 /// Which way to rotate.
@@ -11,12 +14,24 @@ pub enum RopeDirection {
     Inverse,
 }
 
-multiversion! {
-/// Rotates each row t of `x` (t × n) into `out`: pair j of row t turns by the angle
-/// whose cosine and sine are `cos[t·n/2 + j]`, `sin[t·n/2 + j]`:
+/// Rotates each row of `x` (rows × n) into `out`. The tables hold T positions,
+/// (T, n/2), and row r sits at position `r mod T`, so a (B, H, T, N) tensor takes
+/// (T, N/2) tables: pair j of row r turns by the angle whose cosine and sine are
+/// `cos[(r mod T)·n/2 + j]`, `sin[…]`:
 /// `out[2j] = x[2j]·c − x[2j+1]·s`, `out[2j+1] = x[2j+1]·c + x[2j]·s`.
 pub fn rope(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
-    debug_assert!(n.is_multiple_of(2) && out.len() == x.len() && cos.len() * 2 >= x.len());
+    assert!(n >= 2 && n.is_multiple_of(2) && out.len() == x.len() && cos.len() == sin.len(), "rope: sizes");
+    let period = cos.len() * 2;
+    assert!(period > 0 && x.len().is_multiple_of(period), "rope: {} values are not whole (T, N) blocks", x.len());
+    if x.len() < PAR_MIN {
+        return out.chunks_mut(period).zip(x.chunks(period)).for_each(|(o, x)| rope_block(o, x, cos, sin, n, dir));
+    }
+    out.par_chunks_mut(period).zip(x.par_chunks(period)).for_each(|(o, x)| rope_block(o, x, cos, sin, n, dir));
+}
+
+multiversion! {
+/// [`rope`] of one (T, n) block with (T, n/2) tables.
+fn rope_block(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
     let sign = match dir {
         RopeDirection::Forward => 1.0,
         RopeDirection::Inverse => -1.0,
@@ -36,16 +51,19 @@ pub fn rope(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir:
 
 /// Scalar twin of [`rope`], written as bdh.py writes it:
 /// `v_rot = stack(−v[1::2], v[::2])`, `out = v·cos + v_rot·sin`, cos/sin per element.
-pub fn rope_scalar(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
+#[cfg(test)]
+pub(crate) fn rope_scalar(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
     let rows = x.len() / n;
-    for t in 0..rows {
+    let positions = cos.len() * 2 / n;
+    for r in 0..rows {
+        let t = r % positions;
         for i in 0..n {
-            let v = x[t * n + i];
-            let v_rot = if i % 2 == 0 { -x[t * n + i + 1] } else { x[t * n + i - 1] };
+            let v = x[r * n + i];
+            let v_rot = if i % 2 == 0 { -x[r * n + i + 1] } else { x[r * n + i - 1] };
             let c = cos[t * n / 2 + i / 2];
             let s = sin[t * n / 2 + i / 2];
             let s = if dir == RopeDirection::Inverse { -s } else { s };
-            out[t * n + i] = v * c + v_rot * s;
+            out[r * n + i] = v * c + v_rot * s;
         }
     }
 }

@@ -1,7 +1,14 @@
 //! Every fast kernel equals its scalar twin, on random shapes including odd T,
-//! T = 1 and N = 2. Each prints its max abs / rel difference.
+//! T = 1 and N = 2, and sizes large enough to be split over threads. Each prints its
+//! max abs / rel difference.
 
-use bdh_kernels::*;
+use crate::attention::{causal_linear_attention_backward_scalar, causal_linear_attention_scalar};
+use crate::elementwise::scalar as elementwise_scalar;
+use crate::layer_norm::{layer_norm_backward_scalar, layer_norm_scalar};
+use crate::matmul::matmul_scalar;
+use crate::recurrent::{gather_dot_scalar, rho_read_write_scalar, sparse_row_sum_scalar};
+use crate::rope::rope_scalar;
+use crate::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -42,7 +49,7 @@ fn matmul_equals_twin_for_every_layout() {
                         let a = random(&mut r, m * k);
                         let b = random(&mut r, k * n);
                         let init = random(&mut r, m * n);
-                        let p = MatMul { m, k, n, a_t, b_t, accumulate: acc, parallel: par, ld: [0; 3] };
+                        let p = MatMul { m, k, n, a_t, b_t, accumulate: acc, parallel: par, ld: [0; 3], relu: acc };
                         let (mut fast, mut slow) = (init.clone(), init);
                         matmul(&mut fast, &a, &b, p);
                         matmul_scalar(&mut slow, &a, &b, p);
@@ -66,7 +73,7 @@ fn matmul_with_empty_inner_dimension_zeroes_or_keeps() {
 #[test]
 fn layer_norm_and_backward_equal_twins() {
     let mut r = rng(2);
-    for &(rows, d) in &[(1, 1), (1, 2), (3, 7), (16, 32), (5, 129)] {
+    for &(rows, d) in &[(1, 1), (1, 2), (3, 7), (16, 32), (5, 129), (700, 128)] {
         let x = random(&mut r, rows * d);
         let (mut fast, mut slow) = (x.clone(), x);
         let (mut rs_fast, mut rs_slow) = (vec![0.0; rows], vec![0.0; rows]);
@@ -86,18 +93,19 @@ fn layer_norm_and_backward_equal_twins() {
 #[test]
 fn rope_equals_twin_and_inverse_undoes_it() {
     let mut r = rng(3);
-    for &(t, n, _) in &SHAPES {
-        let x = random(&mut r, t * n);
+    for &(t, n, bh) in &SHAPES {
+        // bh (row, head) blocks of (T, N), all read against one (T, N/2) table.
+        let x = random(&mut r, bh * t * n);
         let angles = random(&mut r, t * n / 2);
         let cos: Vec<f32> = angles.iter().map(|a| (a * 3.0).cos()).collect();
         let sin: Vec<f32> = angles.iter().map(|a| (a * 3.0).sin()).collect();
         for dir in [RopeDirection::Forward, RopeDirection::Inverse] {
-            let (mut fast, mut slow) = (vec![0.0; t * n], vec![0.0; t * n]);
+            let (mut fast, mut slow) = (vec![0.0; bh * t * n], vec![0.0; bh * t * n]);
             rope(&mut fast, &x, &cos, &sin, n, dir);
             rope_scalar(&mut slow, &x, &cos, &sin, n, dir);
             assert_close(&format!("rope {dir:?} T{t} N{n}"), &fast, &slow, 1e-6);
         }
-        let (mut rot, mut back) = (vec![0.0; t * n], vec![0.0; t * n]);
+        let (mut rot, mut back) = (vec![0.0; bh * t * n], vec![0.0; bh * t * n]);
         rope(&mut rot, &x, &cos, &sin, n, RopeDirection::Forward);
         rope(&mut back, &rot, &cos, &sin, n, RopeDirection::Inverse);
         assert_close(&format!("rope round trip T{t} N{n}"), &back, &x, 1e-5);
@@ -107,41 +115,44 @@ fn rope_equals_twin_and_inverse_undoes_it() {
 #[test]
 fn causal_linear_attention_and_backward_equal_twins() {
     let mut r = rng(4);
-    for &(t, n, d) in &SHAPES {
-        let q = sparse(&mut r, t * n, 0.3);
-        let v = random(&mut r, t * d);
-        let (mut out_f, mut out_s) = (vec![0.0; t * d], vec![0.0; t * d]);
-        let (mut s_f, mut s_s) = (vec![7.0; t * t], vec![7.0; t * t]);
-        causal_linear_attention(&mut out_f, &mut s_f, &q, &v, t, n, d);
-        causal_linear_attention_scalar(&mut out_s, &mut s_s, &q, &v, t, n, d);
-        assert_close(&format!("attention T{t} N{n} D{d}"), &out_f, &out_s, 1e-5);
-        assert_close(&format!("attention scores T{t} N{n}"), &s_f, &s_s, 1e-5);
+    for (i, &(t, n, d)) in SHAPES.iter().enumerate() {
+        let (b, h) = (1 + i % 2, 1 + i % 3);
+        let shape = Attention { b, h, t, n, d };
+        let q = sparse(&mut r, b * h * t * n, 0.3);
+        let v = random(&mut r, b * t * d);
+        let (mut out_f, mut out_s) = (vec![0.0; b * h * t * d], vec![0.0; b * h * t * d]);
+        let (mut s_f, mut s_s) = (vec![7.0; b * h * t * t], vec![7.0; b * h * t * t]);
+        causal_linear_attention(&mut out_f, &mut s_f, &q, &v, shape);
+        causal_linear_attention_scalar(&mut out_s, &mut s_s, &q, &v, shape);
+        assert_close(&format!("attention {shape:?}"), &out_f, &out_s, 1e-5);
+        assert_close(&format!("attention scores {shape:?}"), &s_f, &s_s, 1e-5);
 
-        let da = random(&mut r, t * d);
-        let (mut dq_f, mut dq_s) = (vec![0.0; t * n], vec![0.0; t * n]);
-        let (mut dv_f, mut dv_s) = (vec![0.0; t * d], vec![0.0; t * d]);
-        let (mut ds_f, mut ds_s) = (vec![0.0; t * t], vec![0.0; t * t]);
-        causal_linear_attention_backward(&mut dq_f, &mut dv_f, &mut ds_f, &da, &q, &v, &s_f, (t, n, d));
-        causal_linear_attention_backward_scalar(&mut dq_s, &mut dv_s, &mut ds_s, &da, &q, &v, &s_s, (t, n, d));
-        assert_close(&format!("attention backward dq T{t} N{n} D{d}"), &dq_f, &dq_s, 1e-5);
-        assert_close(&format!("attention backward dv T{t} N{n} D{d}"), &dv_f, &dv_s, 1e-5);
+        let da = random(&mut r, b * h * t * d);
+        let (mut dq_f, mut dq_s) = (vec![0.0; b * h * t * n], vec![0.0; b * h * t * n]);
+        let (mut dv_f, mut dv_s) = (vec![0.0; b * h * t * d], vec![0.0; b * h * t * d]);
+        let (mut ds_f, mut ds_s) = (vec![0.0; b * h * t * t], vec![0.0; b * h * t * t]);
+        causal_linear_attention_backward(&mut dq_f, &mut dv_f, &mut ds_f, &da, &q, &v, &s_f, shape);
+        causal_linear_attention_backward_scalar(&mut dq_s, &mut dv_s, &mut ds_s, &da, &q, &v, shape);
+        assert_close(&format!("attention backward dq {shape:?}"), &dq_f, &dq_s, 1e-5);
+        assert_close(&format!("attention backward dv {shape:?}"), &dv_f, &dv_s, 1e-5);
     }
 }
 
 #[test]
 fn attention_never_looks_at_the_present_or_future() {
     let mut r = rng(5);
+    let shape = Attention { b: 1, h: 1, t: 9, n: 4, d: 3 };
     let (t, n, d) = (9, 4, 3);
     let q = sparse(&mut r, t * n, 0.8);
     let v = random(&mut r, t * d);
     let mut out = vec![0.0; t * d];
     let mut s = vec![0.0; t * t];
-    causal_linear_attention(&mut out, &mut s, &q, &v, t, n, d);
+    causal_linear_attention(&mut out, &mut s, &q, &v, shape);
     // Changing the last token's values must not change any output.
     let mut v2 = v.clone();
     v2[(t - 1) * d..].iter_mut().for_each(|x| *x += 5.0);
     let mut out2 = vec![0.0; t * d];
-    causal_linear_attention(&mut out2, &mut s, &q, &v2, t, n, d);
+    causal_linear_attention(&mut out2, &mut s, &q, &v2, shape);
     assert_eq!(out, out2);
     assert!(out[..d].iter().all(|&x| x == 0.0), "t = 0 attends to nothing");
 }
@@ -205,7 +216,7 @@ fn matmul_on_blocks_of_larger_matrices_equals_twin() {
 #[test]
 fn elementwise_kernels_equal_twins() {
     let mut r = rng(8);
-    for len in [1, 7, 16, 33, 1000] {
+    for len in [1, 7, 16, 33, 1000, 70_001] {
         let (x, y) = (random(&mut r, len), sparse(&mut r, len, 0.4));
         let keep: Vec<f32> = random(&mut r, len).iter().map(|&u| if u > 0.0 { 1.25 } else { 0.0 }).collect();
         for keep in [&keep[..], &[]] {
@@ -244,4 +255,84 @@ fn transpose_equals_index_swap() {
             }
         }
     }
+}
+
+#[test]
+fn batched_matmul_equals_a_loop_of_twins() {
+    let mut r = rng(10);
+    let (b, h, t, d, n) = (3, 4, 5, 6, 8);
+    let v = random(&mut r, b * t * d); //         (B, T, D), shared by the heads
+    let w = random(&mut r, h * d * n); //         (H, D, N), shared by the rows
+    let z = random(&mut r, b * h * t * n); //     (B, H, T, N)
+    let dec = random(&mut r, h * n * d); //       (H, N, D)
+                                         // Distinct outputs: x = relu(v · w_h)                            (B, H, T, N)
+    let mut fast = vec![0.0; b * h * t * n];
+    let batch = Batch { count: [b, h], a: [t * d, 0], b: [0, d * n], c: [h * t * n, t * n] };
+    matmul_batched(&mut fast, &v, &w, MatMul::new(t, d, n).relu(), batch);
+    let mut slow = vec![0.0; b * h * t * n];
+    for bi in 0..b {
+        for hi in 0..h {
+            let c = &mut slow[(bi * h + hi) * t * n..];
+            matmul_scalar(c, &v[bi * t * d..], &w[hi * d * n..], MatMul::new(t, d, n).relu());
+        }
+    }
+    assert_close("batched, distinct outputs, relu", &fast, &slow, 1e-5);
+    // Summed over the inner level: u_b = Σ_h z_bh · dec_h             (B, T, D)
+    let init = random(&mut r, b * t * d);
+    for acc in [false, true] {
+        let p = if acc { MatMul::new(t, n, d).acc() } else { MatMul::new(t, n, d) };
+        let (mut fast, mut slow) = (init.clone(), init.clone());
+        let batch = Batch { count: [b, h], a: [h * t * n, t * n], b: [0, n * d], c: [t * d, 0] };
+        matmul_batched(&mut fast, &z, &dec, p, batch);
+        for bi in 0..b {
+            for hi in 0..h {
+                let q = if hi == 0 { p } else { p.acc() };
+                matmul_scalar(&mut slow[bi * t * d..], &z[(bi * h + hi) * t * n..], &dec[hi * n * d..], q);
+            }
+        }
+        assert_close(&format!("batched, summed over heads, acc={acc}"), &fast, &slow, 1e-5);
+    }
+    // Summed over the outer level: g_h += Σ_b v_bᵀ · z_bh              (H, D, N)
+    let init = random(&mut r, h * d * n);
+    let (mut fast, mut slow) = (init.clone(), init);
+    let p = MatMul::new(d, t, n).a_t().acc();
+    let batch = Batch { count: [b, h], a: [t * d, 0], b: [h * t * n, t * n], c: [0, d * n] };
+    matmul_batched(&mut fast, &v, &z, p, batch);
+    for hi in 0..h {
+        for bi in 0..b {
+            matmul_scalar(&mut slow[hi * d * n..], &v[bi * t * d..], &z[(bi * h + hi) * t * n..], p);
+        }
+    }
+    assert_close("batched, summed over rows", &fast, &slow, 1e-5);
+}
+
+#[test]
+fn add_groups_and_add_equal_twins() {
+    let mut r = rng(11);
+    for (groups, k, len) in [(1, 1, 1), (3, 4, 5), (8, 4, 4096)] {
+        let src = random(&mut r, groups * k * len);
+        let init = random(&mut r, groups * len);
+        let (mut fast, mut slow) = (init.clone(), init.clone());
+        add_groups(&mut fast, &src, len, k);
+        elementwise_scalar::add_groups(&mut slow, &src, len, k);
+        assert_close(&format!("add_groups {groups}×{k}×{len}"), &fast, &slow, 1e-6);
+        let mut sum = vec![0.0; init.len()];
+        add(&mut sum, &init, &src[..init.len()]);
+        assert!(sum.iter().zip(&init).zip(&src).all(|((s, a), b)| *s == a + b));
+    }
+}
+
+#[test]
+fn active_pairs_and_gate_listed_select_what_fires() {
+    let x = [0.0, 0.5, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0];
+    let (mut rows, mut cols) = (Vec::new(), Vec::new());
+    active_pairs(&x, &mut rows, &mut cols, false);
+    assert_eq!(rows, [0, 1, 4, 5]);
+    assert_eq!(cols, [1, 4, 5]);
+    let (mut z, mut z_rows) = (vec![9.0; 8], Vec::new());
+    gate_listed(&mut z, &x, &[3.0, -1.0, 2.0], &cols, &mut z_rows, false);
+    assert_eq!(z_rows, [1, 5]);
+    assert_eq!((z[1], z[5]), (1.5, 2.0));
+    active_pairs(&x, &mut rows, &mut cols, true);
+    assert_eq!((rows.len(), cols.len()), (8, 8));
 }

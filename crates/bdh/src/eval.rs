@@ -2,10 +2,9 @@
 
 use crate::data::{windows, Corpus};
 use crate::error::{Error, Result};
-use crate::forward::{forward, Activations, Mode};
-use crate::generate::argmax;
-use crate::loss::cross_entropy;
-use crate::params::Model;
+use crate::infer::argmax;
+use crate::model::loss::cross_entropy;
+use crate::model::{forward, Activations, Mode, Model};
 
 /// Validation numbers at one step.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -32,17 +31,18 @@ pub fn evaluate(
     batches: usize,
     step: usize,
 ) -> Result<EvalMetrics> {
-    let (b, t, v) = (acts.dims.b, acts.dims.t, acts.dims.v);
+    let (b, t, v) = acts.shape();
     let (mut loss, mut correct, mut answers) = (0.0f64, 0usize, 0usize);
     for i in 0..batches {
         let batch = corpus.val_batch(i, batches, b, t);
         forward(model, &batch.tokens, acts, Mode::Eval)?;
-        loss += cross_entropy(&acts.logits, &batch.targets, v) as f64;
+        let logits = acts.logits();
+        loss += cross_entropy(logits, &batch.targets, v) as f64;
         for (row, range) in &batch.answers {
             answers += 1;
             let hit = range.clone().all(|pos| {
                 let at = row * t + pos;
-                argmax(&acts.logits[at * v..(at + 1) * v]) == batch.targets[at]
+                argmax(&logits[at * v..(at + 1) * v]) == batch.targets[at]
             });
             correct += usize::from(hit);
         }
@@ -80,7 +80,7 @@ pub fn evaluate_bytes(model: &Model, data: &[u8], t: usize, b: usize) -> Result<
     if data.len() < 2 {
         return Err(Error::Input(format!("{} bytes is too little to evaluate: need 2", data.len())));
     }
-    let v = model.config.vocab_size;
+    let v = model.config().vocab_size();
     let all: Vec<(&[u8], &[u8])> = windows(data, t).collect();
     let (mut total, mut tokens) = (0.0f64, 0usize);
     let mut acts: Option<Activations> = None;
@@ -88,15 +88,16 @@ pub fn evaluate_bytes(model: &Model, data: &[u8], t: usize, b: usize) -> Result<
         // Windows of one pass share a length: the full ones, then the short tail alone.
         for same in group.chunk_by(|a, b| a.0.len() == b.0.len()) {
             let len = same[0].0.len();
-            let fits = acts.as_ref().is_some_and(|a| a.dims.b == same.len() && a.dims.t == len);
+            let fits = acts.as_ref().is_some_and(|a| a.shape().0 == same.len() && a.shape().1 == len);
             if !fits {
-                acts = Some(Activations::new(model, same.len(), len));
+                drop(acts.take()); // free the old buffers before the new ones
+                acts = Some(Activations::new(model, same.len(), len)?);
             }
             let acts = acts.as_mut().expect("just set");
             let ids: Vec<u32> = same.iter().flat_map(|w| w.0.iter().map(|&x| x as u32)).collect();
             let targets: Vec<u32> = same.iter().flat_map(|w| w.1.iter().map(|&x| x as u32)).collect();
             forward(model, &ids, acts, Mode::Eval)?;
-            total += cross_entropy(&acts.logits, &targets, v) as f64 * targets.len() as f64;
+            total += cross_entropy(acts.logits(), &targets, v) as f64 * targets.len() as f64;
             tokens += targets.len();
         }
     }

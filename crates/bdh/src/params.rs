@@ -1,111 +1,122 @@
-//! The trained parameters, with bdh.py's names, shapes and initialisation.
+//! Parameters as one flat buffer with named slots.
+//!
+//! Every model family lays its trained tensors out in one `Vec<f32>`; a [`Slot`]
+//! names each tensor and gives its shape and range. The optimizer, gradient
+//! clipping, checkpoints and gradient averaging see only the buffer and the slots,
+//! never a family's fields. Gradients and optimizer moments are buffers of the same
+//! layout ([`Params::zeros_like`]).
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+use std::ops::Range;
+use std::sync::Arc;
 
-use crate::config::BdhConfig;
-use crate::rope;
+use crate::error::{Error, Result};
 
-/// Parameters shared by all layers, each a row-major f32 buffer.
+/// One named tensor of a [`Params`] buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// The tensor's name, as in the reference's `state_dict`.
+    pub name: String,
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Where its values lie in the flat buffer.
+    pub range: Range<usize>,
+}
+
+/// Trained tensors (or gradients, or optimizer moments) in one flat buffer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params {
-    /// Token embedding, (V, D). bdh.py: `embed.weight`.
-    pub embed: Vec<f32>,
-    /// Neuron encoder per head, (H, D, N).
-    pub encoder: Vec<f32>,
-    /// Encoder of the attention output per head, (H, D, N).
-    pub encoder_v: Vec<f32>,
-    /// Decoder from all neurons back to the residual stream, (H·N, D).
-    pub decoder: Vec<f32>,
-    /// Output head, (D, V).
-    pub lm_head: Vec<f32>,
+    slots: Arc<[Slot]>,
+    data: Vec<f32>,
 }
-
-/// Names and shapes of the trained tensors, in bdh.py's `state_dict` names.
-pub const PARAM_NAMES: [&str; 5] = ["embed.weight", "encoder", "encoder_v", "decoder", "lm_head"];
-
-/// Name of the RoPE frequency buffer in bdh.py's `state_dict`, shape (1, 1, 1, N).
-pub const FREQS_NAME: &str = "attn.freqs";
 
 impl Params {
-    /// All zeros, sized for `cfg` (the layout of gradients and optimizer moments).
-    pub fn zeros(cfg: &BdhConfig) -> Self {
-        let (v, d, hn) = (cfg.vocab_size, cfg.n_embd, cfg.total_neurons());
-        Params {
-            embed: vec![0.0; v * d],
-            encoder: vec![0.0; hn * d],
-            encoder_v: vec![0.0; hn * d],
-            decoder: vec![0.0; hn * d],
-            lm_head: vec![0.0; d * v],
+    /// A zeroed buffer holding `tensors` (name, shape) one after the other, in order.
+    /// Sizes are checked, so an absurd config is an error, not an overflow.
+    pub fn zeros(tensors: &[(&str, Vec<usize>)]) -> Result<Self> {
+        let mut slots = Vec::with_capacity(tensors.len());
+        let mut end = 0usize;
+        for (name, shape) in tensors {
+            let len = shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| Error::Config(format!("tensor `{name}` {shape:?} has too many elements")))?;
+            let start = end;
+            end = end.checked_add(len).ok_or_else(|| Error::Config("parameters overflow the address space".into()))?;
+            slots.push(Slot { name: name.to_string(), shape: shape.clone(), range: start..end });
         }
+        let mut data = Vec::new();
+        data.try_reserve_exact(end).map_err(|_| {
+            Error::Config(format!("{end} parameters ({} MiB) cannot be allocated", end.saturating_mul(4) >> 20))
+        })?;
+        data.resize(end, 0.0);
+        Ok(Params { slots: slots.into(), data })
     }
 
-    /// bdh.py's initialisation: every tensor drawn from N(0, 0.02²), from `seed`.
-    pub fn init(cfg: &BdhConfig, seed: u64) -> Self {
-        let mut p = Params::zeros(cfg);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let normal = Normal::new(0.0f32, 0.02).expect("0.02 is a valid std");
-        for (_, t) in p.tensors_mut() {
-            t.iter_mut().for_each(|x| *x = normal.sample(&mut rng));
+    /// A zeroed buffer of the same layout (for gradients and optimizer moments).
+    pub fn zeros_like(&self) -> Self {
+        Params { slots: self.slots.clone(), data: vec![0.0; self.data.len()] }
+    }
+
+    /// The slots, in buffer order.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// The whole buffer.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// The whole buffer, mutably.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the buffer holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The slot named `name`.
+    pub fn slot(&self, name: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.name == name)
+    }
+
+    /// The values of the tensor named `name`.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.slot(name).map(|s| &self.data[s.range.clone()])
+    }
+
+    /// The values of the tensor named `name`, mutably.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let range = self.slot(name)?.range.clone();
+        Some(&mut self.data[range])
+    }
+
+    /// Each slot with its values, in buffer order.
+    pub fn tensors(&self) -> impl Iterator<Item = (&Slot, &[f32])> {
+        self.slots.iter().map(|s| (s, &self.data[s.range.clone()]))
+    }
+
+    /// The values of every slot, in buffer order, as disjoint mutable slices.
+    pub fn split_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut rest: &mut [f32] = &mut self.data;
+        let mut parts = Vec::with_capacity(self.slots.len());
+        for s in self.slots.iter() {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(s.range.len());
+            parts.push(head);
+            rest = tail;
         }
-        p
+        parts
     }
 
-    /// The shape of each tensor in bdh.py's layout, by name.
-    pub fn shape(cfg: &BdhConfig, name: &str) -> Vec<usize> {
-        let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
-        match name {
-            "embed.weight" => vec![v, d],
-            "encoder" | "encoder_v" => vec![h, d, n],
-            "decoder" => vec![h * n, d],
-            "lm_head" => vec![d, v],
-            FREQS_NAME => vec![1, 1, 1, n],
-            _ => unreachable!("no parameter named {name}"),
-        }
-    }
-
-    /// The tensors in [`PARAM_NAMES`] order.
-    pub fn tensors(&self) -> [(&'static str, &[f32]); 5] {
-        [
-            (PARAM_NAMES[0], &self.embed),
-            (PARAM_NAMES[1], &self.encoder),
-            (PARAM_NAMES[2], &self.encoder_v),
-            (PARAM_NAMES[3], &self.decoder),
-            (PARAM_NAMES[4], &self.lm_head),
-        ]
-    }
-
-    /// The tensors in [`PARAM_NAMES`] order, mutably.
-    pub fn tensors_mut(&mut self) -> [(&'static str, &mut Vec<f32>); 5] {
-        [
-            (PARAM_NAMES[0], &mut self.embed),
-            (PARAM_NAMES[1], &mut self.encoder),
-            (PARAM_NAMES[2], &mut self.encoder_v),
-            (PARAM_NAMES[3], &mut self.decoder),
-            (PARAM_NAMES[4], &mut self.lm_head),
-        ]
-    }
-}
-
-/// A model: its config, parameters and RoPE frequencies (a buffer, not trained).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Model {
-    /// The hyper-parameters.
-    pub config: BdhConfig,
-    /// The trained weights.
-    pub params: Params,
-    /// `attn.freqs`, (N): RoPE frequency of each neuron (pairs share one).
-    pub freqs: Vec<f32>,
-}
-
-impl Model {
-    /// A freshly initialised model, as `BDH(config)` with `torch.manual_seed(seed)`
-    /// would build one (same distribution, not the same numbers).
-    pub fn new(config: BdhConfig, seed: u64) -> crate::Result<Self> {
-        config.validate()?;
-        let params = Params::init(&config, seed);
-        let freqs = rope::freqs(config.n_neurons());
-        Ok(Model { config, params, freqs })
+    /// Whether `other` has the same slots (names, shapes, ranges).
+    pub fn same_layout(&self, other: &Params) -> bool {
+        self.slots == other.slots
     }
 }

@@ -6,13 +6,11 @@
 
 use std::path::Path;
 
-use crate::backward::{backward, loss, Gradients};
-use crate::checkpoint::{Tensor, TensorData, TensorMap};
 use crate::error::{Error, Result};
-use crate::forward::{forward, Activations, Mode};
-use crate::generate::argmax;
-use crate::params::{Model, PARAM_NAMES};
-use crate::recurrent::Recurrent;
+use crate::infer::{argmax, Prepared};
+use crate::io::{Tensor, TensorData, TensorMap};
+use crate::model::bdh::NO_EDITS;
+use crate::model::{backward, forward, loss, Activations, Gradients, Mode, Model};
 
 /// Tolerance for logits and loss: max abs diff relative to the tensor's max-abs.
 pub const OUTPUT_TOLERANCE: f32 = 1e-4;
@@ -110,22 +108,22 @@ fn golden_f32<'a>(golden: &'a TensorMap, name: &str, shape: &[usize]) -> Result<
 
 /// Runs `model` on the golden inputs (eval mode, no dropout) and compares.
 pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> {
-    let vocab = model.config.vocab_size;
+    let vocab = model.config().vocab_size();
     let ids =
         golden.get("input_ids").ok_or_else(|| Error::MissingTensor { path: path.into(), name: "input_ids".into() })?;
     let (b, t, tokens) = token_ids(ids, "input_ids", vocab)?;
     if let Some(unknown) = golden.keys().find(|k| {
         !["input_ids", "targets", "logits", "loss", "greedy_ids"].contains(&k.as_str())
-            && !k.strip_prefix("grad.").is_some_and(|p| PARAM_NAMES.contains(&p))
+            && k.strip_prefix("grad.").is_none_or(|p| model.params().slot(p).is_none())
     }) {
         return Err(Error::format(path, format!("unknown golden tensor `{unknown}`")));
     }
 
     let mut report = Report::default();
-    let mut acts = Activations::new(model, b, t);
+    let mut acts = Activations::new(model, b, t)?;
     forward(model, &tokens, &mut acts, Mode::Eval)?;
     if let Some(g) = golden_f32(golden, "logits", &[b, t, vocab])? {
-        report.tensors.push(compare("logits", &acts.logits, g, OUTPUT_TOLERANCE));
+        report.tensors.push(compare("logits", acts.logits(), g, OUTPUT_TOLERANCE));
     }
 
     let wants_grads = golden.keys().any(|k| k.starts_with("grad."));
@@ -139,10 +137,10 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
             });
         }
         let ours = if wants_grads {
-            let mut grads = Gradients::new(model, b, t);
+            let mut grads = Gradients::new(model, b, t)?;
             let l = backward(model, &acts, &targets, &mut grads)?;
-            for (name, ours) in grads.params.tensors() {
-                let key = format!("grad.{name}");
+            for (slot, ours) in grads.params.tensors() {
+                let key = format!("grad.{}", slot.name);
                 if let Some(g) = golden_f32(golden, &key, &[ours.len()])? {
                     report.tensors.push(compare(&key, ours, g, GRADIENT_TOLERANCE));
                 }
@@ -171,9 +169,10 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
         }
         let k = total_len - t;
         let mut check = GreedyCheck { generated: k, matching: 0, total: b * k, first_mismatch: None };
+        let prepared = Prepared::new(model.clone())?;
         for row in 0..b {
             let want = &want[row * total_len..(row + 1) * total_len];
-            let got = greedy(model, &tokens[row * t..(row + 1) * t], k)?;
+            let got = greedy(&prepared, &tokens[row * t..(row + 1) * t], k)?;
             for (i, (&w, &o)) in want[t..].iter().zip(&got).enumerate() {
                 if w == o {
                     check.matching += 1;
@@ -190,16 +189,16 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
     Ok(report)
 }
 
-/// `k` tokens after `prompt`, each the argmax (first on ties, as `torch.argmax`).
-pub fn greedy(model: &Model, prompt: &[u32], k: usize) -> Result<Vec<u32>> {
-    let mut rec = Recurrent::new(model);
-    let mut logits = rec.prefill(prompt)?.to_vec();
+/// `k` tokens after `prompt`, each the argmax (first on ties, as `torch.argmax`):
+/// the prompt prefilled, then one recurrent step per token.
+pub fn greedy(prepared: &Prepared, prompt: &[u32], k: usize) -> Result<Vec<u32>> {
+    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
+    let mut next = argmax(prepared.prefill(&mut state, &mut scratch, prompt, &NO_EDITS)?);
     let mut out = Vec::with_capacity(k);
     for i in 0..k {
-        let next = argmax(&logits);
         out.push(next);
         if i + 1 < k {
-            logits.copy_from_slice(rec.step(next)?);
+            next = argmax(prepared.step(&mut state, &mut scratch, next, &NO_EDITS)?);
         }
     }
     Ok(out)

@@ -1,19 +1,18 @@
 //! AdamW against hand-computed expectations of `torch.optim.AdamW`'s update.
 
-use bdh::{AdamW, AdamWConfig, Params};
+use bdh::model::bdh::params::zeros;
+use bdh::{AdamW, AdamWConfig};
 
 use crate::common::tiny_config;
 
 #[test]
 fn two_adamw_steps_equal_hand_computed_values() {
     let cfg = tiny_config(1, 4, 1, 1);
-    let mut params = Params::zeros(&cfg);
-    let mut grads = Params::zeros(&cfg);
-    for ((_, p), (_, g)) in params.tensors_mut().into_iter().zip(grads.tensors_mut()) {
-        p.fill(1.0);
-        g.fill(0.5);
-    }
-    let mut opt = AdamW::new(AdamWConfig { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 }, &cfg);
+    let mut params = zeros(&cfg).unwrap();
+    let mut grads = params.zeros_like();
+    params.data_mut().fill(1.0);
+    grads.data_mut().fill(0.5);
+    let mut opt = AdamW::new(AdamWConfig { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 }, &params);
 
     // Step 1: p = 1·(1 − 0.1·0.1) = 0.99; m = 0.05, v = 0.00025;
     // m̂ = 0.05/0.1 = 0.5, √v̂ = √(0.00025/0.001) = 0.5  ⇒  p = 0.99 − 0.1·0.5/(0.5 + 1e-8).
@@ -22,21 +21,19 @@ fn two_adamw_steps_equal_hand_computed_values() {
     // Step 2 with g = −0.25: p = p₁·0.99; m = 0.9·0.05 + 0.1·(−0.25) = 0.02;
     // v = 0.999·0.00025 + 0.001·0.0625 = 0.00031225;
     // p = p − (0.1/(1 − 0.9²))·0.02 / (√(0.00031225/(1 − 0.999²)) + 1e-8).
-    for (_, g) in grads.tensors_mut() {
-        g.fill(-0.25);
-    }
-    let after1 = params.embed[0] as f64;
+    grads.data_mut().fill(-0.25);
+    let after1 = params.get("embed.weight").unwrap()[0] as f64;
     assert!((after1 - step1).abs() < 1e-6, "step 1: {after1} vs {step1}");
     opt.update(&mut params, &grads);
     let step2 = step1 * 0.99 - (0.1 / 0.19) * 0.02 / ((0.00031225f64 / 0.001999).sqrt() + 1e-8);
-    for (name, p) in params.tensors() {
+    for (slot, p) in params.tensors() {
         for &x in p {
-            assert!((x as f64 - step2).abs() < 1e-6, "{name}: step 2 gave {x}, expected {step2}");
+            assert!((x as f64 - step2).abs() < 1e-6, "{}: step 2 gave {x}, expected {step2}", slot.name);
         }
     }
     assert_eq!(opt.step, 2);
-    assert!((opt.m.lm_head[0] - 0.02).abs() < 1e-7);
-    assert!((opt.v.lm_head[0] - 0.00031225).abs() < 1e-9);
+    assert!((opt.m.get("lm_head").unwrap()[0] - 0.02).abs() < 1e-7);
+    assert!((opt.v.get("lm_head").unwrap()[0] - 0.00031225).abs() < 1e-9);
 }
 
 #[test]

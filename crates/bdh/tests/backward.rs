@@ -1,12 +1,13 @@
 //! The explicit backward against finite differences of the loss, on a tiny config,
 //! in eval mode and in training mode with dropout.
 
-use bdh::{backward, forward, loss, Activations, BdhConfig, Gradients, Mode, Model, Params};
+use bdh::model::bdh::BdhConfig;
+use bdh::{backward, forward, loss, Activations, Gradients, Mode, Model, Params};
 
-use crate::common::{tiny_config, tokens};
+use crate::common::{bdh_model, tiny_config, tokens};
 
 fn loss_at(model: &Model, toks: &[u32], targets: &[u32], b: usize, mode: Mode) -> f64 {
-    let mut acts = Activations::new(model, b, toks.len() / b);
+    let mut acts = Activations::new(model, b, toks.len() / b).unwrap();
     forward(model, toks, &mut acts, mode).unwrap();
     loss(&acts, targets).unwrap() as f64
 }
@@ -24,26 +25,25 @@ fn direction(g: &[f32], seed: u64) -> Vec<f32> {
 
 fn check_gradients(cfg: BdhConfig, mode: Mode) {
     let (b, t) = (2, 9);
-    let mut model = Model::new(cfg, 11).unwrap();
+    let mut model = bdh_model(cfg, 11);
     // Weights of std 0.2 instead of 0.02 put the loss in a regime with real curvature.
-    for (_, p) in model.params.tensors_mut() {
-        p.iter_mut().for_each(|x| *x *= 10.0);
-    }
+    model.params_mut().data_mut().iter_mut().for_each(|x| *x *= 10.0);
     let toks = tokens(b * t, 1);
     let targets = tokens(b * t, 2);
-    let mut acts = Activations::new(&model, b, t);
+    let mut acts = Activations::new(&model, b, t).unwrap();
     forward(&model, &toks, &mut acts, mode).unwrap();
-    let mut grads = Gradients::new(&model, b, t);
+    let mut grads = Gradients::new(&model, b, t).unwrap();
     backward(&model, &acts, &targets, &mut grads).unwrap();
 
     // Small enough to stay clear of ReLU kinks, large enough for f32 loss noise (~3e-3 here).
     let eps = 1e-4f32;
-    for (k, (name, g)) in grads.params.tensors().into_iter().enumerate() {
+    for (k, (slot, g)) in grads.params.tensors().enumerate() {
+        let name = &slot.name;
         let d = direction(g, 100 + k as u64);
         let analytic: f64 = g.iter().zip(&d).map(|(a, b)| *a as f64 * *b as f64).sum();
         let shifted = |sign: f32| {
             let mut m = model.clone();
-            let p: &mut Vec<f32> = m.params.tensors_mut().into_iter().nth(k).unwrap().1;
+            let p = m.params_mut().get_mut(name).unwrap();
             p.iter_mut().zip(&d).for_each(|(x, dx)| *x += sign * eps * dx);
             loss_at(&m, &toks, &targets, b, mode)
         };
@@ -67,17 +67,16 @@ fn backward_matches_finite_differences_with_dropout() {
 
 #[test]
 fn gradients_accumulate_until_zeroed() {
-    let model = Model::new(tiny_config(1, 16, 2, 4), 3).unwrap();
+    let model = bdh_model(tiny_config(1, 16, 2, 4), 3);
     let (toks, targets) = (tokens(8, 1), tokens(8, 2));
-    let mut acts = Activations::new(&model, 1, 8);
+    let mut acts = Activations::new(&model, 1, 8).unwrap();
     forward(&model, &toks, &mut acts, Mode::Eval).unwrap();
-    let mut grads = Gradients::new(&model, 1, 8);
+    let mut grads = Gradients::new(&model, 1, 8).unwrap();
     backward(&model, &acts, &targets, &mut grads).unwrap();
     let once: Params = grads.params.clone();
     backward(&model, &acts, &targets, &mut grads).unwrap();
-    for ((_, a), (_, b)) in once.tensors().into_iter().zip(grads.params.tensors()) {
-        assert!(a.iter().zip(b).all(|(x, y)| (2.0 * x - y).abs() <= 1e-6 * x.abs().max(1e-3)));
-    }
+    let (a, b) = (once.data(), grads.params.data());
+    assert!(a.iter().zip(b).all(|(x, y)| (2.0 * x - y).abs() <= 1e-6 * x.abs().max(1e-3)));
     grads.zero();
-    assert!(grads.params.tensors().iter().all(|(_, g)| g.iter().all(|&x| x == 0.0)));
+    assert!(grads.params.data().iter().all(|&x| x == 0.0));
 }

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use bdh::BdhConfig;
+use bdh::model::bdh::BdhConfig;
+use bdh::{Model, ModelConfig};
+use tempfile::TempDir;
 
 /// The golden fixtures of the reference, copied into the repository.
 pub fn golden_dir(name: &str) -> PathBuf {
@@ -12,6 +14,18 @@ pub fn golden_dir(name: &str) -> PathBuf {
 /// A small config for fast tests.
 pub fn tiny_config(n_layer: usize, n_embd: usize, n_head: usize, mult: usize) -> BdhConfig {
     BdhConfig { n_layer, n_embd, n_head, mlp_internal_dim_multiplier: mult, vocab_size: 256, dropout: 0.0 }
+}
+
+/// A freshly initialised BDH model of `cfg`.
+pub fn bdh_model(cfg: BdhConfig, seed: u64) -> Model {
+    Model::new(&ModelConfig::Bdh(cfg), seed).unwrap()
+}
+
+/// Max |a − b| relative to max |b|.
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    let scale = b.iter().map(|x| x.abs()).fold(0.0f32, f32::max).max(f32::MIN_POSITIVE);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale
 }
 
 /// Deterministic pseudo-random tokens in 0..256.
@@ -25,10 +39,11 @@ pub fn tokens(len: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// A fresh temporary directory under the target dir.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bdh-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh temporary directory in the system temp dir, named `bdh-test-{name}-XXXXXX`.
+/// It and everything in it are deleted when the returned guard drops, even when
+/// the test fails: keep the guard alive as long as the directory is used
+/// (`let tmp = temp_dir(..); let dir = tmp.path();`; a helper that makes files
+/// in it returns the guard with them, and `let _ = temp_dir(..)` deletes at once).
+pub fn temp_dir(name: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("bdh-test-{name}-")).tempdir().expect("creating a temporary directory")
 }

@@ -85,7 +85,8 @@ fn answer_positions_point_at_answer_targets() {
 
 #[test]
 fn file_corpus_splits_ninety_ten_and_checks_its_size() {
-    let dir = temp_dir("corpus");
+    let tmp = temp_dir("corpus");
+    let dir = tmp.path();
     let path = dir.join("data.txt");
     std::fs::write(&path, (0..1000).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()).unwrap();
     let c = DataConfig { path: Some(path.clone()), ..DataConfig::default() }.corpus(32).unwrap();

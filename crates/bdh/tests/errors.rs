@@ -3,10 +3,14 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use bdh::checkpoint::{load, read_safetensors, save};
-use bdh::{forward, Activations, BdhConfig, Error, Mode, Model};
+use bdh::infer::Prepared;
+use bdh::io::checkpoint::{load, model_from_tensors, save};
+use bdh::io::read_safetensors;
+use bdh::model::bdh::{BdhConfig, NO_EDITS};
+use bdh::{forward, Activations, Error, Mode, Model, ModelConfig};
+use tempfile::TempDir;
 
-use crate::common::{golden_dir, temp_dir, tiny_config};
+use crate::common::{bdh_model, golden_dir, temp_dir, tiny_config};
 
 fn message(e: Error) -> String {
     let m = e.to_string();
@@ -26,23 +30,26 @@ fn missing_file_is_named() {
 
 #[test]
 fn directory_without_weights_is_named() {
-    let dir = temp_dir("empty-dir");
-    let m = message(load(&dir, None).unwrap_err());
+    let tmp = temp_dir("empty-dir");
+    let dir = tmp.path();
+    let m = message(load(dir, None).unwrap_err());
     assert!(m.contains("neither model.safetensors nor model.pt"), "{m}");
 }
 
 #[test]
 fn missing_config_is_named() {
-    let dir = temp_dir("no-config");
+    let tmp = temp_dir("no-config");
+    let dir = tmp.path();
     std::fs::copy(golden_dir("ref-tiny").join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-    let m = message(load(&dir, None).unwrap_err());
+    let m = message(load(dir, None).unwrap_err());
     assert!(m.contains("config.json"), "{m}");
 }
 
 #[test]
 fn truncated_and_corrupt_safetensors_are_rejected() {
-    let dir = temp_dir("corrupt");
-    write_config(&dir, &tiny_config(2, 32, 2, 8));
+    let tmp = temp_dir("corrupt");
+    let dir = tmp.path();
+    write_config(dir, &tiny_config(2, 32, 2, 8));
     let good = std::fs::read(golden_dir("ref-tiny").join("model.safetensors")).unwrap();
     for (what, bytes) in [
         ("truncated", good[..good.len() / 2].to_vec()),
@@ -51,20 +58,21 @@ fn truncated_and_corrupt_safetensors_are_rejected() {
         ("empty", Vec::new()),
     ] {
         std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
-        let m = message(load(&dir, None).unwrap_err());
+        let m = message(load(dir, None).unwrap_err());
         assert!(m.contains("safetensors"), "{what}: {m}");
     }
 }
 
 #[test]
 fn config_that_does_not_match_the_weights_names_the_tensor() {
-    let dir = temp_dir("mismatch");
+    let tmp = temp_dir("mismatch");
+    let dir = tmp.path();
     std::fs::copy(golden_dir("ref-tiny").join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-    write_config(&dir, &tiny_config(2, 64, 2, 8));
-    let m = message(load(&dir, None).unwrap_err());
+    write_config(dir, &tiny_config(2, 64, 2, 8));
+    let m = message(load(dir, None).unwrap_err());
     assert!(m.contains("embed.weight") && m.contains("[256, 64]") && m.contains("[256, 32]"), "{m}");
-    write_config(&dir, &tiny_config(2, 32, 4, 8));
-    let m = message(load(&dir, None).unwrap_err());
+    write_config(dir, &tiny_config(2, 32, 4, 8));
+    let m = message(load(dir, None).unwrap_err());
     assert!(m.contains("encoder"), "{m}");
 }
 
@@ -76,34 +84,38 @@ fn invalid_configs_are_rejected_with_the_reason() {
         (tiny_config(2, 32, 3, 1), "divisible"),
         (BdhConfig { dropout: 1.0, ..tiny_config(1, 8, 1, 1) }, "dropout"),
     ] {
-        let m = message(Model::new(cfg, 0).unwrap_err());
+        let m = message(Model::new(&ModelConfig::Bdh(cfg), 0).unwrap_err());
         assert!(m.contains(want), "{m}");
     }
-    let dir = temp_dir("bad-json");
+    let tmp = temp_dir("bad-json");
+    let dir = tmp.path();
     std::fs::write(dir.join("config.json"), r#"{"n_layer": 2, "n_embed": 32}"#).unwrap();
-    let m = message(BdhConfig::from_json_file(&dir.join("config.json")).unwrap_err());
+    let m = message(ModelConfig::from_json_file(&dir.join("config.json")).unwrap_err());
     assert!(m.contains("n_embed"), "{m}");
 }
 
 #[test]
 fn missing_and_unexpected_tensors_are_named() {
-    let dir = temp_dir("missing-tensor");
-    let model = Model::new(tiny_config(1, 8, 1, 2), 0).unwrap();
-    save(&model, &dir).unwrap();
+    let tmp = temp_dir("missing-tensor");
+    let dir = tmp.path();
+    let model = bdh_model(tiny_config(1, 8, 1, 2), 0);
+    save(&model, dir).unwrap();
     let mut tensors = read_safetensors(&dir.join("model.safetensors")).unwrap();
     tensors.remove("lm_head");
-    let m = message(bdh::checkpoint::model_from_tensors(model.config.clone(), tensors.clone(), &dir).unwrap_err());
+    let m = message(model_from_tensors(model.config(), tensors.clone(), dir).unwrap_err());
     assert!(m.contains("lm_head"), "{m}");
     let mut extra = read_safetensors(&dir.join("model.safetensors")).unwrap();
     extra.insert("head.bias".into(), extra["lm_head"].clone());
-    let m = message(bdh::checkpoint::model_from_tensors(model.config, extra, &dir).unwrap_err());
+    let m = message(model_from_tensors(model.config(), extra, dir).unwrap_err());
     assert!(m.contains("head.bias"), "{m}");
 }
 
-/// The reference's `.pt` with its pickle replaced by `pickle`.
-fn pt_with_pickle(name: &str, pickle: &[u8]) -> std::path::PathBuf {
-    let dir = temp_dir(name);
-    write_config(&dir, &tiny_config(2, 32, 2, 8));
+/// The reference's `.pt` with its pickle replaced by `pickle`, in a temporary
+/// directory that lives as long as the returned guard.
+fn pt_with_pickle(name: &str, pickle: &[u8]) -> (TempDir, std::path::PathBuf) {
+    let tmp = temp_dir(name);
+    let dir = tmp.path();
+    write_config(dir, &tiny_config(2, 32, 2, 8));
     let mut src = zip::ZipArchive::new(std::fs::File::open(golden_dir("ref-tiny").join("model.pt")).unwrap()).unwrap();
     let path = dir.join("model.pt");
     let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
@@ -117,13 +129,14 @@ fn pt_with_pickle(name: &str, pickle: &[u8]) -> std::path::PathBuf {
         out.write_all(if name.ends_with("data.pkl") { pickle } else { &bytes }).unwrap();
     }
     out.finish().unwrap();
-    path
+    (tmp, path)
 }
 
 #[test]
 fn pt_that_would_run_code_is_refused() {
     // pickle of `os.system("echo")`
-    let path = pt_with_pickle("pt-evil", b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00echoq\x01\x85q\x02Rq\x03.");
+    let (_tmp, path) =
+        pt_with_pickle("pt-evil", b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00echoq\x01\x85q\x02Rq\x03.");
     let m = message(load(&path, None).unwrap_err());
     assert!(m.contains("os.system") && m.contains("refusing"), "{m}");
 }
@@ -131,23 +144,25 @@ fn pt_that_would_run_code_is_refused() {
 #[test]
 fn pt_holding_something_other_than_tensors_is_refused() {
     // pickle of `{"decoder": "abc"}`
-    let path = pt_with_pickle("pt-str", b"\x80\x02}q\x00X\x07\x00\x00\x00decoderq\x01X\x03\x00\x00\x00abcq\x02s.");
+    let (_tmp, path) =
+        pt_with_pickle("pt-str", b"\x80\x02}q\x00X\x07\x00\x00\x00decoderq\x01X\x03\x00\x00\x00abcq\x02s.");
     let m = message(load(&path, None).unwrap_err());
     assert!(m.contains("decoder") && m.contains("not a plain tensor"), "{m}");
     // pickle of the list `[]`
-    let path = pt_with_pickle("pt-list", b"\x80\x02]q\x00.");
+    let (_tmp, path) = pt_with_pickle("pt-list", b"\x80\x02]q\x00.");
     let m = message(load(&path, None).unwrap_err());
     assert!(m.contains("state_dict"), "{m}");
     // a pickle cut short
-    let path = pt_with_pickle("pt-short", b"\x80\x02}q\x00X\x07\x00\x00");
+    let (_tmp, path) = pt_with_pickle("pt-short", b"\x80\x02}q\x00X\x07\x00\x00");
     let m = message(load(&path, None).unwrap_err());
     assert!(m.contains("ends early"), "{m}");
 }
 
 #[test]
 fn pt_that_is_not_a_zip_is_refused() {
-    let dir = temp_dir("pt-notzip");
-    write_config(&dir, &tiny_config(2, 32, 2, 8));
+    let tmp = temp_dir("pt-notzip");
+    let dir = tmp.path();
+    write_config(dir, &tiny_config(2, 32, 2, 8));
     std::fs::write(dir.join("model.pt"), b"PK but not really").unwrap();
     let m = message(load(&dir.join("model.pt"), None).unwrap_err());
     assert!(m.contains("not a PyTorch zip checkpoint"), "{m}");
@@ -155,16 +170,17 @@ fn pt_that_is_not_a_zip_is_refused() {
 
 #[test]
 fn out_of_range_tokens_and_wrong_lengths_are_errors() {
-    let model = Model::new(tiny_config(1, 8, 1, 2), 0).unwrap();
-    let mut acts = Activations::new(&model, 1, 3);
+    let model = bdh_model(tiny_config(1, 8, 1, 2), 0);
+    let mut acts = Activations::new(&model, 1, 3).unwrap();
     let m = message(forward(&model, &[1, 256, 3], &mut acts, Mode::Eval).unwrap_err());
     assert!(m.contains("256"), "{m}");
     let m = message(forward(&model, &[1, 2], &mut acts, Mode::Eval).unwrap_err());
     assert!(m.contains("B=1 × T=3"), "{m}");
-    let mut empty = Activations::new(&model, 0, 4);
-    let m = message(forward(&model, &[], &mut empty, Mode::Eval).unwrap_err());
+    let m = message(Activations::new(&model, 0, 4).unwrap_err());
     assert!(m.contains("empty batch"), "{m}");
-    let mut rec = bdh::Recurrent::new(&model);
-    assert!(rec.step(300).is_err());
-    assert!(rec.prefill(&[]).is_err());
+    let prepared = Prepared::new(model).unwrap();
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    assert!(message(prepared.step(&mut state, &mut scratch, 300, &NO_EDITS).unwrap_err()).contains("300"));
+    assert!(prepared.prefill(&mut state, &mut scratch, &[], &NO_EDITS).is_err());
+    assert_eq!(state.pos(), 0, "a refused token is not read");
 }

@@ -1,9 +1,11 @@
 //! Sampling options on constructed logits, and streaming generation.
 
-use bdh::generate::{generate, Sampler, SamplingConfig};
-use bdh::Model;
+use std::ops::ControlFlow;
 
-use crate::common::tiny_config;
+use bdh::data::Tokenizer;
+use bdh::infer::{generate, Generation, Output, Prepared, Sampler, SamplingConfig};
+
+use crate::common::{bdh_model, tiny_config};
 
 fn sampler(c: SamplingConfig) -> Sampler {
     Sampler::new(c).unwrap()
@@ -96,20 +98,32 @@ fn bad_sampling_options_are_rejected() {
     }
 }
 
+/// Generates from an empty state with `stops`, collecting what is emitted.
+fn run(prepared: &Prepared, cfg: &SamplingConfig, stops: &[String], emitted: &mut String) -> Output {
+    let tok = Tokenizer::Bytes;
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let g = Generation { max_tokens: 200, stops: stops.to_vec(), ..Generation::default() };
+    let prompt = tok.encode("héllo".as_bytes());
+    generate(prepared, &mut state, &mut scratch, &prompt, &g, &mut sampler(cfg.clone()), |s| {
+        emitted.push_str(s);
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+}
+
 #[test]
 fn generation_streams_whole_utf8_and_honours_stop_strings() {
-    let model = Model::new(tiny_config(2, 32, 2, 8), 5).unwrap();
+    let prepared = Prepared::new(bdh_model(tiny_config(2, 32, 2, 8), 5)).unwrap();
     let cfg = SamplingConfig { temperature: 1.5, seed: 11, ..Default::default() };
     // Random weights emit arbitrary bytes: the stream must still be valid text.
-    let mut chunks = Vec::new();
-    let (out, stats) =
-        generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg.clone()), &[], |s| chunks.push(s.to_string()))
-            .unwrap();
-    assert_eq!(stats.generated, 200);
-    assert_eq!(chunks.concat(), String::from_utf8_lossy(&out));
+    let mut streamed = String::new();
+    let first_run = run(&prepared, &cfg, &[], &mut streamed);
+    let out = first_run.text;
+    assert_eq!(first_run.stats.generated, 200);
+    assert_eq!(Tokenizer::Bytes.decode(&first_run.tokens), out);
+    assert_eq!(streamed, String::from_utf8_lossy(&out));
     // Same seed, same bytes.
-    let (again, _) = generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg.clone()), &[], |_| {}).unwrap();
-    assert_eq!(out, again);
+    assert_eq!(run(&prepared, &cfg, &[], &mut String::new()).text, out);
     // Stop at a two-byte ASCII string that occurs in that output: generation ends
     // at its first occurrence and omits it.
     let at = (10..out.len() - 1)
@@ -118,12 +132,8 @@ fn generation_streams_whole_utf8_and_honours_stop_strings() {
     let stop = String::from_utf8(out[at..at + 2].to_vec()).unwrap();
     let first = out.windows(2).position(|w| w == stop.as_bytes()).unwrap();
     let mut streamed = String::new();
-    let (cut, stats) =
-        generate(&model, "héllo".as_bytes(), 200, &mut sampler(cfg), std::slice::from_ref(&stop), |s| {
-            streamed.push_str(s)
-        })
-        .unwrap();
-    assert_eq!(cut, out[..first].to_vec());
-    assert_eq!(stats.stopped_by, Some(stop));
+    let cut = run(&prepared, &cfg, std::slice::from_ref(&stop), &mut streamed);
+    assert_eq!(cut.text, out[..first].to_vec());
+    assert_eq!(cut.stats.stopped_by, Some(stop));
     assert_eq!(streamed, String::from_utf8_lossy(&out[..first]));
 }

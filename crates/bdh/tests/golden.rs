@@ -1,8 +1,11 @@
 //! Ours == bdh.py: logits, loss, every gradient and the greedy continuation of the
 //! reference fixtures, from both the safetensors and the `.pt` weights.
 
-use bdh::checkpoint::{load, read_safetensors};
+use bdh::io::checkpoint::load;
+use bdh::io::read_safetensors;
+use bdh::model::bdh::rope;
 use bdh::verify::{verify, Report};
+use bdh::Model;
 
 use crate::common::golden_dir;
 
@@ -61,8 +64,8 @@ fn pt_and_safetensors_imports_are_identical() {
 #[test]
 fn rope_frequencies_equal_the_reference_buffer() {
     for fixture in ["ref-tiny", "ref-small-trained"] {
-        let model = load(&golden_dir(fixture), None).unwrap();
-        let ours = bdh::rope::freqs(model.config.n_neurons());
+        let Model::Bdh(model) = load(&golden_dir(fixture), None).unwrap();
+        let ours = rope::freqs(model.config.n_neurons());
         let max_ulps =
             ours.iter().zip(&model.freqs).map(|(a, b)| (a.to_bits() as i64 - b.to_bits() as i64).abs()).max().unwrap();
         println!("{fixture}: attn.freqs within {max_ulps} ulp");

@@ -5,7 +5,7 @@ use bdh::microscope::louvain::{louvain, modularity};
 use bdh::microscope::sparsity::sparsity;
 use bdh::microscope::stats::{fit_power_law, mann_whitney};
 use bdh::microscope::synapses::{concept_search, sigma, synapses};
-use bdh::{forward, Activations, Mode, Model};
+use bdh::model::bdh::{forward, Activations, Bdh, Pass};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -95,10 +95,10 @@ fn mann_whitney_matches_worked_examples() {
 
 #[test]
 fn sigma_is_the_sum_of_presynaptic_z_times_postsynaptic_x() {
-    let model = Model::new(tiny_config(2, 16, 2, 4), 3).unwrap();
+    let model = Bdh::new(tiny_config(2, 16, 2, 4), 3).unwrap();
     let (n, toks) = (model.config.n_neurons(), [72u32, 105]);
-    let mut acts = Activations::new(&model, 1, 2);
-    forward(&model, &toks, &mut acts, Mode::Eval).unwrap();
+    let mut acts = Activations::new(&model, 1, 2).unwrap();
+    forward(&model, &toks, &mut acts, Pass::default()).unwrap();
     let head = 1;
     let block = head * 2 * n..(head + 1) * 2 * n;
     let (x0, y0, x1) = (&acts.x(0)[block.clone()], &acts.y(0)[block.clone()], &acts.x(1)[block]);
@@ -122,7 +122,7 @@ fn sigma_is_the_sum_of_presynaptic_z_times_postsynaptic_x() {
 
 #[test]
 fn concept_search_finds_a_planted_difference() {
-    let model = Model::new(tiny_config(2, 16, 2, 4), 4).unwrap();
+    let model = Bdh::new(tiny_config(2, 16, 2, 4), 4).unwrap();
     // Concept sentences all contain byte 200 many times; contrast sentences never do.
     let concept: Vec<Vec<u32>> =
         (0..8).map(|s| tokens(12, s).into_iter().map(|t| if t % 2 == 0 { 200 } else { t % 100 }).collect()).collect();
@@ -136,7 +136,7 @@ fn concept_search_finds_a_planted_difference() {
 
 #[test]
 fn sparsity_fractions_are_consistent() {
-    let model = Model::new(tiny_config(2, 16, 2, 4), 5).unwrap();
+    let model = Bdh::new(tiny_config(2, 16, 2, 4), 5).unwrap();
     let r = sparsity(&model, &tokens(50, 1), 16).unwrap();
     assert_eq!(r.tokens, 50);
     for l in &r.layers {

@@ -2,9 +2,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bdh::run::{train, Event, RunOutcome};
+use bdh::train::config::PRESETS;
 use bdh::train::learning_rate;
-use bdh::RunConfig;
+use bdh::train::run::{train, Event, RunOutcome};
+use bdh::{ModelConfig, RunConfig};
 
 use crate::common::temp_dir;
 
@@ -28,24 +29,29 @@ fn run(cfg: &RunConfig, dir: &std::path::Path, resume: bool) -> RunOutcome {
 #[test]
 fn same_seed_gives_the_same_losses() {
     let cfg = tiny(&["training.max_steps=4", "training.eval_interval=2"]);
-    let a = run(&cfg, &temp_dir("det-a"), false);
-    let b = run(&cfg, &temp_dir("det-b"), false);
+    let a = run(&cfg, temp_dir("det-a").path(), false);
+    let b = run(&cfg, temp_dir("det-b").path(), false);
     assert_eq!(a.losses, b.losses);
     assert_eq!(a.losses.len(), 4);
-    let other =
-        run(&tiny(&["training.max_steps=4", "training.eval_interval=2", "training.seed=2"]), &temp_dir("det-c"), false);
+    let other = run(
+        &tiny(&["training.max_steps=4", "training.eval_interval=2", "training.seed=2"]),
+        temp_dir("det-c").path(),
+        false,
+    );
     assert_ne!(a.losses, other.losses);
 }
 
 #[test]
 fn resumed_run_continues_exactly() {
-    let straight = run(&tiny(&["training.max_steps=6", "training.eval_interval=3"]), &temp_dir("straight"), false);
-    let dir = temp_dir("resumed");
+    let straight =
+        run(&tiny(&["training.max_steps=6", "training.eval_interval=3"]), temp_dir("straight").path(), false);
+    let tmp = temp_dir("resumed");
+    let dir = tmp.path();
     // Same schedule (max_steps 6), stopped after step 3 by the stop flag.
     let cfg = tiny(&["training.max_steps=6", "training.eval_interval=3"]);
     let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
     let stop = AtomicBool::new(false);
-    let first = train(&cfg, &corpus, &dir, false, &stop, |e| {
+    let first = train(&cfg, &corpus, dir, false, &stop, |e| {
         if let Event::Step { step: 3, .. } = e {
             stop.store(true, Ordering::SeqCst);
         }
@@ -53,7 +59,7 @@ fn resumed_run_continues_exactly() {
     .unwrap();
     assert!(first.interrupted);
     assert_eq!(first.step, 3);
-    let second = run(&cfg, &dir, true);
+    let second = run(&cfg, dir, true);
     let resumed: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
     println!("straight {:?}\nresumed  {resumed:?}", straight.losses);
     assert_eq!(resumed, straight.losses, "a resumed run must equal an uninterrupted one");
@@ -71,11 +77,12 @@ fn resumed_run_continues_exactly() {
 
 #[test]
 fn a_fresh_run_refuses_a_directory_that_holds_one() {
-    let dir = temp_dir("occupied");
+    let tmp = temp_dir("occupied");
+    let dir = tmp.path();
     let cfg = tiny(&["training.max_steps=1"]);
-    run(&cfg, &dir, false);
+    run(&cfg, dir, false);
     let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
-    let err = train(&cfg, &corpus, &dir, false, &AtomicBool::new(false), |_| {}).unwrap_err().to_string();
+    let err = train(&cfg, &corpus, dir, false, &AtomicBool::new(false), |_| {}).unwrap_err().to_string();
     assert!(err.contains("already holds a run"), "{err}");
 }
 
@@ -97,8 +104,9 @@ fn diverge(dir: &std::path::Path, eval_interval: usize) -> bdh::Error {
 
 #[test]
 fn divergence_stops_and_keeps_the_last_good_checkpoint() {
-    let dir = temp_dir("diverge");
-    let err = diverge(&dir, 1);
+    let tmp = temp_dir("diverge");
+    let dir = tmp.path();
+    let err = diverge(dir, 1);
     let msg = err.to_string();
     println!("{msg}");
     let bdh::Error::Diverged { step, .. } = err else { panic!("{msg}") };
@@ -127,18 +135,16 @@ fn overrides_are_checked() {
 
 #[test]
 fn presets_parse_and_round_trip() {
-    for (name, _) in bdh::preset::PRESETS {
+    for (name, _) in PRESETS {
         let cfg = RunConfig::resolve(name, &[]).unwrap();
         let again = RunConfig::from_toml(&cfg.to_toml(), std::path::Path::new(name), &[]).unwrap();
         assert_eq!(cfg, again);
     }
-    let s = RunConfig::resolve("small", &[]).unwrap();
-    assert_eq!((s.model.n_layer, s.model.n_embd, s.model.n_head, s.model.mlp_internal_dim_multiplier), (4, 128, 4, 32));
+    let ModelConfig::Bdh(s) = RunConfig::resolve("small", &[]).unwrap().model;
+    assert_eq!((s.n_layer, s.n_embd, s.n_head, s.mlp_internal_dim_multiplier), (4, 128, 4, 32));
     let p = RunConfig::resolve("paper", &[]).unwrap();
-    assert_eq!(
-        (p.model.n_layer, p.model.n_embd, p.model.mlp_internal_dim_multiplier, p.training.block_size),
-        (6, 256, 128, 512)
-    );
+    let ModelConfig::Bdh(m) = &p.model;
+    assert_eq!((m.n_layer, m.n_embd, m.mlp_internal_dim_multiplier, p.training.block_size), (6, 256, 128, 512));
 }
 
 #[test]
@@ -162,8 +168,9 @@ fn schedule_warms_up_then_decays_to_min_lr() {
 
 #[test]
 fn divergence_before_any_checkpoint_says_so() {
-    let dir = temp_dir("diverge-early");
-    let msg = diverge(&dir, 1000).to_string();
+    let tmp = temp_dir("diverge-early");
+    let dir = tmp.path();
+    let msg = diverge(dir, 1000).to_string();
     assert!(msg.contains("no checkpoint had been written yet"), "{msg}");
     assert!(!dir.join("last").exists());
 }

@@ -1,23 +1,20 @@
-//! Throughput measurements of whole training steps and forward passes.
+//! Throughput measurements of whole training steps, forward passes and generation.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
+use bdh::data::Tokenizer;
+use bdh::infer::{argmax, generate, Generation, Prepared, Sampler, SamplingConfig, Scratch, State};
+use bdh::model::bdh::NO_EDITS;
+use bdh::train::Single;
+use bdh::{backward, forward, Activations, AdamWConfig, Mode, Model, ModelConfig, Result, Trainer};
 use rayon::prelude::*;
-
-use crate::config::BdhConfig;
-use crate::error::Result;
-use crate::forward::{forward, Activations, Mode};
-use crate::generate::{generate, Sampler, SamplingConfig};
-use crate::optim::AdamWConfig;
-use crate::params::Model;
-use crate::recurrent::Recurrent;
-use crate::train::Trainer;
 
 /// What to run and how often.
 #[derive(Clone, Debug)]
 pub struct BenchSpec {
     /// The model.
-    pub config: BdhConfig,
+    pub config: ModelConfig,
     /// B.
     pub batch: usize,
     /// T.
@@ -67,15 +64,15 @@ fn batch(spec: &BenchSpec, seed: u64) -> Vec<u32> {
     (0..spec.batch * spec.block)
         .map(|_| {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 33) % spec.config.vocab_size as u64) as u32
+            ((s >> 33) % spec.config.vocab_size() as u64) as u32
         })
         .collect()
 }
 
 /// Times full training steps (forward with dropout, backward, AdamW) on random tokens.
 pub fn train_step(spec: &BenchSpec) -> Result<BenchResult> {
-    let model = Model::new(spec.config.clone(), 0)?;
-    let mut trainer = Trainer::new(model, AdamWConfig::default(), spec.batch, spec.block);
+    let model = Model::new(&spec.config, 0)?;
+    let mut trainer = Trainer::new(model, AdamWConfig::default(), spec.batch, spec.block)?;
     let (tokens, targets) = (batch(spec, 1), batch(spec, 2));
     let mut seconds = Vec::new();
     let mut phase = [Vec::new(), Vec::new(), Vec::new()];
@@ -83,9 +80,9 @@ pub fn train_step(spec: &BenchSpec) -> Result<BenchResult> {
         let t0 = Instant::now();
         forward(&trainer.model, &tokens, &mut trainer.acts, Mode::Train { seed: i as u64 })?;
         let t1 = Instant::now();
-        crate::backward(&trainer.model, &trainer.acts, &targets, &mut trainer.grads)?;
+        backward(&trainer.model, &trainer.acts, &targets, &mut trainer.grads)?;
         let t2 = Instant::now();
-        trainer.apply(1, 0.0, 1e-3);
+        trainer.apply(1, 0.0, 1e-3, &Single)?;
         let t3 = Instant::now();
         if i >= spec.warmup {
             seconds.push((t3 - t0).as_secs_f64());
@@ -105,8 +102,8 @@ pub fn train_step(spec: &BenchSpec) -> Result<BenchResult> {
 
 /// Times eval-mode forward passes on random tokens.
 pub fn forward_pass(spec: &BenchSpec) -> Result<BenchResult> {
-    let model = Model::new(spec.config.clone(), 0)?;
-    let mut acts = Activations::new(&model, spec.batch, spec.block);
+    let model = Model::new(&spec.config, 0)?;
+    let mut acts = Activations::new(&model, spec.batch, spec.block)?;
     let tokens = batch(spec, 1);
     let mut seconds = Vec::new();
     for i in 0..spec.warmup + spec.iters {
@@ -162,9 +159,13 @@ impl GenerateResult {
 }
 
 /// Greedy generation of `tokens` after a `prompt` (sparse recurrent steps).
-pub fn generate_speed(model: &Model, prompt: &[u8], tokens: usize) -> Result<GenerateResult> {
+pub fn generate_speed(prepared: &Prepared, prompt: &[u8], tokens: usize) -> Result<GenerateResult> {
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() })?;
-    let (_, s) = generate(model, prompt, tokens, &mut sampler, &[], |_| {})?;
+    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
+    let (tok, g) = (Tokenizer::Bytes, Generation { max_tokens: tokens, ..Generation::default() });
+    let ids = tok.encode(prompt);
+    let out = generate(prepared, &mut state, &mut scratch, &ids, &g, &mut sampler, |_| ControlFlow::Continue(()))?;
+    let s = out.stats;
     Ok(GenerateResult {
         prompt_tokens: s.prompt_tokens,
         tokens: s.generated,
@@ -174,8 +175,8 @@ pub fn generate_speed(model: &Model, prompt: &[u8], tokens: usize) -> Result<Gen
     })
 }
 
-/// One side of a paired latency measurement: how much context the runner has
-/// seen, and whether it touches every row (`dense`) or only active ones.
+/// One side of a paired latency measurement: how much context the sequence has
+/// seen, and whether its steps touch every row (`dense`) or only active ones.
 #[derive(Clone, Copy, Debug)]
 pub struct StepSide {
     /// Tokens consumed before timing starts.
@@ -188,17 +189,20 @@ pub struct StepSide {
 /// Median seconds per recurrent step of two runners, measured in alternation
 /// (16 steps of one, then the same 16 tokens to the other, and again) so that a
 /// busy machine slows both alike, while each keeps its state warm in cache.
-pub fn step_latency(model: &Model, sides: [StepSide; 2], window: usize) -> Result<(f64, f64)> {
-    let mut runners = sides.map(|s| if s.dense { Recurrent::dense(model) } else { Recurrent::new(model) });
-    let mut tok = b'\n' as u32;
-    for (rec, side) in runners.iter_mut().zip(sides) {
-        tok = b'\n' as u32;
-        while rec.state.pos < side.context {
-            tok = crate::generate::argmax(rec.step(tok)?);
+pub fn step_latency(prepared: &Prepared, sides: [StepSide; 2], window: usize) -> Result<(f64, f64)> {
+    // Each side reads `context` greedy tokens first; the timed steps then feed both the
+    // tokens side a chooses.
+    let prime = |side: StepSide| -> Result<(State, Scratch, u32)> {
+        let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(side.dense));
+        let mut tok = b'\n' as u32;
+        while state.pos() < side.context {
+            tok = argmax(prepared.step(&mut state, &mut scratch, tok, &NO_EDITS)?);
         }
-    }
+        Ok((state, scratch, tok))
+    };
+    let (mut sa, mut ca, mut tok) = prime(sides[0])?;
+    let (mut sb, mut cb, _) = prime(sides[1])?;
     const ROUND: usize = 16;
-    let [a, b] = &mut runners;
     let (mut ta, mut tb) = (Vec::with_capacity(window), Vec::with_capacity(window));
     let mut fed = Vec::with_capacity(ROUND);
     while ta.len() < window {
@@ -206,12 +210,12 @@ pub fn step_latency(model: &Model, sides: [StepSide; 2], window: usize) -> Resul
         for _ in 0..ROUND {
             fed.push(tok);
             let t0 = Instant::now();
-            tok = crate::generate::argmax(a.step(tok)?);
+            tok = argmax(prepared.step(&mut sa, &mut ca, tok, &NO_EDITS)?);
             ta.push(t0.elapsed().as_secs_f64());
         }
         for &t in &fed {
             let t0 = Instant::now();
-            b.step(t)?;
+            prepared.step(&mut sb, &mut cb, t, &NO_EDITS)?;
             tb.push(t0.elapsed().as_secs_f64());
         }
     }

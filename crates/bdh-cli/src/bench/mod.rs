@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::bench::{
-    forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec, StepSide,
-};
-use bdh::checkpoint::load;
-use bdh::run::model_path;
-use bdh::{Model, RunConfig};
+use bdh::infer::Prepared;
+use bdh::io::checkpoint::{load, model_path};
+use bdh::{Model, ModelConfig, RunConfig};
+use measure::{forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec, StepSide};
+
+mod measure;
 
 /// Measures speed for a preset or config file (random weights) or a trained model.
 #[derive(clap::Args)]
@@ -96,9 +96,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     let p = model_path(&p);
                     load(&p, None).with_context(|| format!("loading model {}", p.display()))?
                 }
-                None => Model::new(run.model.clone(), 0)?,
+                None => Model::new(&run.model, 0)?,
             };
-            describe(&model.config, "B1");
+            describe(&model.config(), "B1");
+            let model = Prepared::new(model)?;
             let prompt: Vec<u8> = b"The hatchling reads, and what it reads it keeps. "
                 .iter()
                 .cycle()
@@ -143,13 +144,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn describe(m: &bdh::BdhConfig, shape: &str) {
+fn describe(m: &ModelConfig, shape: &str) {
     println!(
-        "model L{} D{} H{} N{} ({:.2} M params), {shape}, {} threads",
-        m.n_layer,
-        m.n_embd,
-        m.n_head,
-        m.n_neurons(),
+        "model {} ({:.2} M params), {shape}, {} threads",
+        m.describe(),
         m.param_count() as f64 / 1e6,
         rayon::current_num_threads()
     );

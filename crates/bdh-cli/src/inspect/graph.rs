@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use bdh::microscope::graph::{analyse, GraphOptions, GraphStats, HeadGraph};
-use bdh::Model;
+use bdh::model::bdh::Bdh;
 
 use super::report::{Chart, Page, Series};
 use super::{model_line, Output};
@@ -25,7 +25,7 @@ pub struct Args {
     seed: u64,
 }
 
-pub fn run(args: Args, model: &Model, out: &Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Bdh, out: &Output) -> anyhow::Result<()> {
     let h = model.config.n_head;
     if let Some(bad) = args.heads.iter().find(|&&x| x >= h) {
         anyhow::bail!("head {bad} ≥ n_head {h}");

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::checkpoint::load;
-use bdh::run::model_path;
+use bdh::io::checkpoint::{load, model_path};
+use bdh::model::bdh::Bdh;
 use bdh::Model;
 
 mod graph;
@@ -64,14 +64,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let path = model_path(m);
             load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?
         }
-        (None, Some(preset)) => Model::new(bdh::RunConfig::resolve(preset, &[])?.model, args.seed_init)?,
+        (None, Some(preset)) => Model::new(&bdh::RunConfig::resolve(preset, &[])?.model, args.seed_init)?,
         (None, None) => anyhow::bail!("give --model (a trained model) or --init PRESET (random weights)"),
     };
     let out = Output { json: args.json, html: args.html };
+    // The microscope reads BDH's neurons and synapses.
+    let Model::Bdh(model) = &model;
     match args.what {
-        What::Sparsity(a) => sparsity::run(a, &model, &out)?,
-        What::Graph(a) => graph::run(a, &model, &out)?,
-        What::Synapses(a) => synapses::run(a, &model, &out)?,
+        What::Sparsity(a) => sparsity::run(a, model, &out)?,
+        What::Graph(a) => graph::run(a, model, &out)?,
+        What::Synapses(a) => synapses::run(a, model, &out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -103,7 +105,7 @@ impl Output {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    bdh::checkpoint::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
+    bdh::io::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Text from `--prompt` or `--text FILE`, as tokens and bytes.
@@ -121,7 +123,7 @@ fn tokens(bytes: &[u8]) -> Vec<u32> {
     bytes.iter().map(|&b| b as u32).collect()
 }
 
-fn model_line(model: &Model) -> String {
+fn model_line(model: &Bdh) -> String {
     let c = &model.config;
     format!("model L{} D{} H{} N{}", c.n_layer, c.n_embd, c.n_head, c.n_neurons())
 }

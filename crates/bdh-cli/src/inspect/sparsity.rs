@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use bdh::microscope::sparsity::sparsity;
-use bdh::Model;
+use bdh::model::bdh::Bdh;
 
 use super::report::{token_labels, Chart, Page, Series};
 use super::{model_line, read_text, tokens, Output};
@@ -22,7 +22,7 @@ pub struct Args {
     window: usize,
 }
 
-pub fn run(args: Args, model: &Model, out: &Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Bdh, out: &Output) -> anyhow::Result<()> {
     let bytes = read_text(&args.prompt, &args.text)?;
     let r = sparsity(model, &tokens(&bytes), args.window)?;
     println!("{}, {} tokens in windows of {}", model_line(model), r.tokens, r.window);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use bdh::microscope::synapses::{concept_search, synapses, Separation};
-use bdh::Model;
+use bdh::model::bdh::Bdh;
 
 use super::report::{token_labels, Chart, Page, Series};
 use super::{model_line, read_text, tokens, Output};
@@ -54,7 +54,7 @@ struct Report {
     concept: Option<bdh::microscope::synapses::ConceptReport>,
 }
 
-pub fn run(args: Args, model: &Model, out: &Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Bdh, out: &Output) -> anyhow::Result<()> {
     println!(
         "{}; σ(i, j) = Σ_τ (x⊙y)_{}(τ, i) · x_{}(τ, j), head {}",
         model_line(model),

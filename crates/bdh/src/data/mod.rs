@@ -3,16 +3,19 @@
 //! sees exactly the batches an uninterrupted one would.
 
 mod synthetic;
+mod tokenizer;
 
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bdh_kernels::Mapped;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 pub use synthetic::{Document, SyntheticConfig, SyntheticLanguage};
+pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};
 
@@ -66,16 +69,13 @@ pub struct Batch {
     pub answers: Vec<(usize, Range<usize>)>,
 }
 
-#[allow(unsafe_code)]
-fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
+fn map_file(path: &Path) -> Result<Arc<Mapped>> {
     let file = File::open(path).map_err(|e| Error::io("reading", path, e))?;
     let len = file.metadata().map_err(|e| Error::io("reading", path, e))?.len();
     if len == 0 {
         return Err(Error::Input(format!("{} is empty", path.display())));
     }
-    // SAFETY: the map is only read. The one hazard of mapping is another process
-    // truncating the file while we read it, which the data files of a run do not see.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io("mapping", path, e))?;
+    let map = Mapped::new(&file).map_err(|e| Error::io("mapping", path, e))?;
     Ok(Arc::new(map))
 }
 
@@ -96,13 +96,13 @@ pub enum Corpus {
 /// A read-only view of (part of) a memory-mapped file.
 #[derive(Clone, Debug)]
 pub struct BytesView {
-    map: Arc<memmap2::Mmap>,
+    map: Arc<Mapped>,
     range: Range<usize>,
 }
 
 impl BytesView {
     /// The whole of `map`, or the part `range` of it.
-    fn new(map: Arc<memmap2::Mmap>, range: Option<Range<usize>>) -> Self {
+    fn new(map: Arc<Mapped>, range: Option<Range<usize>>) -> Self {
         let range = range.unwrap_or(0..map.len());
         BytesView { map, range }
     }

@@ -1,143 +1,13 @@
-//! Sampling and streaming generation: prefill with the parallel forward, then one
-//! recurrent step per token in constant memory.
+//! Streaming generation: prefill the prompt in chunks, then one recurrent step per
+//! token in constant memory, continuing whatever the state has already read.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
+use super::{Prepared, Sampler, Scratch, State};
+use crate::data::Tokenizer;
 use crate::error::{Error, Result};
-use crate::params::Model;
-use crate::recurrent::Recurrent;
-
-/// Index of the largest value, the first one on ties (as `torch.argmax`): the
-/// greedy choice.
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// How the next token is chosen from the logits.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SamplingConfig {
-    /// Softmax temperature; 0 is greedy (argmax).
-    pub temperature: f32,
-    /// Keep only the k most likely tokens (0: all).
-    pub top_k: usize,
-    /// Keep the smallest set of most likely tokens whose probability reaches p (1: all).
-    pub top_p: f32,
-    /// Drop tokens less likely than `min_p` times the most likely one (0: none).
-    pub min_p: f32,
-    /// Divide positive (multiply negative) logits of tokens already seen by this (1: off).
-    pub repetition_penalty: f32,
-    /// Seed of the sampler's random numbers.
-    pub seed: u64,
-}
-
-impl Default for SamplingConfig {
-    fn default() -> Self {
-        SamplingConfig { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: 0 }
-    }
-}
-
-impl SamplingConfig {
-    /// Checks that every knob is in range.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Input(m.into()));
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature must be ≥ 0");
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top-p must be in (0, 1]");
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("min-p must be in [0, 1]");
-        }
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad("repetition penalty must be > 0");
-        }
-        Ok(())
-    }
-}
-
-/// Chooses tokens from logits.
-#[derive(Clone, Debug)]
-pub struct Sampler {
-    config: SamplingConfig,
-    rng: ChaCha8Rng,
-    logits: Vec<f32>,
-    candidates: Vec<(f32, u32)>,
-}
-
-impl Sampler {
-    /// A sampler; the same config and seed give the same choices.
-    pub fn new(config: SamplingConfig) -> Result<Self> {
-        config.validate()?;
-        let rng = ChaCha8Rng::seed_from_u64(config.seed);
-        Ok(Sampler { config, rng, logits: Vec::new(), candidates: Vec::new() })
-    }
-
-    /// The next token after `history`, given its `logits`.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let c = &self.config;
-        self.logits.clear();
-        self.logits.extend_from_slice(logits);
-        if c.repetition_penalty != 1.0 {
-            let mut seen = vec![false; logits.len()];
-            for &t in history {
-                if let Some(s) = seen.get_mut(t as usize) {
-                    *s = true;
-                }
-            }
-            for (l, _) in self.logits.iter_mut().zip(&seen).filter(|(_, &s)| s) {
-                *l = if *l > 0.0 { *l / c.repetition_penalty } else { *l * c.repetition_penalty };
-            }
-        }
-        if c.temperature == 0.0 {
-            return argmax(&self.logits);
-        }
-        // Softmax at temperature, most likely first.
-        let max = self.logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        self.candidates.clear();
-        self.candidates
-            .extend(self.logits.iter().enumerate().map(|(i, &l)| (((l - max) / c.temperature).exp(), i as u32)));
-        self.candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let total: f32 = self.candidates.iter().map(|p| p.0).sum();
-        self.candidates.iter_mut().for_each(|p| p.0 /= total);
-        let mut keep = self.candidates.len();
-        if c.top_k > 0 {
-            keep = keep.min(c.top_k);
-        }
-        if c.top_p < 1.0 {
-            let mut cum = 0.0;
-            let nucleus = self.candidates.iter().take_while(|p| {
-                let inside = cum < c.top_p;
-                cum += p.0;
-                inside
-            });
-            keep = keep.min(nucleus.count().max(1));
-        }
-        if c.min_p > 0.0 {
-            let floor = c.min_p * self.candidates[0].0;
-            keep = keep.min(self.candidates.iter().take_while(|p| p.0 >= floor).count().max(1));
-        }
-        let kept = &self.candidates[..keep];
-        let mass: f32 = kept.iter().map(|p| p.0).sum();
-        let mut u = self.rng.random::<f32>() * mass;
-        for &(p, tok) in kept {
-            if u < p {
-                return tok;
-            }
-            u -= p;
-        }
-        kept[keep - 1].1
-    }
-}
+use crate::model::bdh::Edits;
 
 /// What a generation did.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,58 +24,92 @@ pub struct GenerationStats {
     pub state_bytes: usize,
     /// The stop string that ended it, if one did.
     pub stopped_by: Option<String>,
+    /// Whether the output callback ended it.
+    pub cancelled: bool,
 }
 
-/// Generates up to `max_tokens` bytes after `prompt`, calling `emit` with text as
-/// soon as it is whole UTF-8 and cannot be the start of a stop string. Generation
-/// ends early at a stop string, which is not emitted.
+/// What to generate after a prompt.
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    /// Tokens to generate at most.
+    pub max_tokens: usize,
+    /// End at the first of these strings (it is not emitted).
+    pub stops: Vec<String>,
+    /// Interventions during the prompt and the generation.
+    pub edits: Edits,
+    /// How tokens become text.
+    pub tokenizer: Tokenizer,
+}
+
+/// Reads `prompt` into `state` (after whatever it holds), then generates up to
+/// `g.max_tokens` tokens, calling `emit` with text as soon as it is whole UTF-8 and
+/// cannot be the start of a stop string. Generation ends early at a stop string
+/// (not emitted) or when `emit` returns [`ControlFlow::Break`] (a reader that went
+/// away). On return `state` has read the prompt and every generated token, so a
+/// later call continues the text.
 pub fn generate(
-    model: &Model,
-    prompt: &[u8],
-    max_tokens: usize,
+    prepared: &Prepared,
+    state: &mut State,
+    scratch: &mut Scratch,
+    prompt: &[u32],
+    g: &Generation,
     sampler: &mut Sampler,
-    stops: &[String],
-    mut emit: impl FnMut(&str),
-) -> Result<(Vec<u8>, GenerationStats)> {
+    mut emit: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Output> {
     if prompt.is_empty() {
         return Err(Error::Input("the prompt is empty".into()));
     }
-    let mut history: Vec<u32> = prompt.iter().map(|&b| b as u32).collect();
-    let mut rec = Recurrent::new(model);
     let t0 = Instant::now();
-    let mut logits = rec.prefill(&history)?.to_vec();
+    let mut logits = prepared.prefill(state, scratch, prompt, &g.edits)?.to_vec();
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut out: Vec<u8> = Vec::with_capacity(max_tokens);
-    let mut emitted = 0;
-    let mut stopped_by = None;
-    for i in 0..max_tokens {
+    let mut history = prompt.to_vec();
+    let (mut tokens, mut text): (Vec<u32>, Vec<u8>) = (Vec::new(), Vec::new());
+    let (mut emitted, mut stopped_by, mut cancelled) = (0, None, false);
+    while tokens.len() < g.max_tokens {
         let tok = sampler.sample(&logits, &history);
         history.push(tok);
-        out.push(tok as u8);
-        if let Some(s) = stops.iter().find(|s| !s.is_empty() && out.ends_with(s.as_bytes())) {
-            out.truncate(out.len() - s.len());
+        tokens.push(tok);
+        g.tokenizer.decode_into(tok, &mut text);
+        logits.copy_from_slice(prepared.step(state, scratch, tok, &g.edits)?);
+        if let Some(s) = g.stops.iter().find(|s| !s.is_empty() && text.ends_with(s.as_bytes())) {
+            text.truncate(text.len() - s.len());
             stopped_by = Some(s.clone());
             break;
         }
-        let held = stops.iter().map(|s| held_back(&out, s.as_bytes())).max().unwrap_or(0);
-        emitted += emit_utf8(&out[emitted..out.len() - held.min(out.len() - emitted)], &mut emit);
-        if i + 1 < max_tokens {
-            logits.copy_from_slice(rec.step(tok)?);
+        let held = g.stops.iter().map(|s| held_back(&text, s.as_bytes())).max().unwrap_or(0);
+        let ready = &text[emitted..text.len() - held.min(text.len() - emitted)];
+        let (used, flow) = emit_utf8(ready, &mut emit);
+        emitted += used;
+        if flow.is_break() {
+            cancelled = true;
+            break;
         }
     }
-    if emitted < out.len() {
-        emit(&String::from_utf8_lossy(&out[emitted..]));
+    if emitted < text.len() && !cancelled {
+        let _ = emit(&String::from_utf8_lossy(&text[emitted..]));
     }
     let stats = GenerationStats {
         prompt_tokens: prompt.len(),
-        generated: history.len() - prompt.len(),
+        generated: tokens.len(),
         prefill_seconds,
         decode_seconds: t1.elapsed().as_secs_f64(),
-        state_bytes: rec.state.bytes(),
+        state_bytes: state.bytes(),
         stopped_by,
+        cancelled,
     };
-    Ok((out, stats))
+    Ok(Output { tokens, text, stats })
+}
+
+/// What a generation produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// Every generated token (a stop string's included).
+    pub tokens: Vec<u32>,
+    /// Their text, without the stop string.
+    pub text: Vec<u8>,
+    /// Counts and timings.
+    pub stats: GenerationStats,
 }
 
 /// Length of the longest suffix of `out` that is a proper prefix of `stop`.
@@ -214,26 +118,16 @@ fn held_back(out: &[u8], stop: &[u8]) -> usize {
 }
 
 /// Emits the longest prefix of `bytes` that is whole UTF-8 (replacing invalid
-/// sequences, keeping an incomplete one at the end for later); returns bytes used.
-fn emit_utf8(bytes: &[u8], emit: &mut impl FnMut(&str)) -> usize {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => {
-            if !s.is_empty() {
-                emit(s);
-            }
-            bytes.len()
-        }
-        Err(e) if e.error_len().is_none() => {
-            let n = e.valid_up_to();
-            if n > 0 {
-                emit(std::str::from_utf8(&bytes[..n]).expect("valid up to n"));
-            }
-            n
-        }
-        Err(e) => {
-            let n = e.valid_up_to() + e.error_len().unwrap_or(1);
-            emit(&String::from_utf8_lossy(&bytes[..n]));
-            n
-        }
+/// sequences, keeping an incomplete one at the end for later); returns the bytes
+/// used and what `emit` said.
+fn emit_utf8(bytes: &[u8], emit: &mut impl FnMut(&str) -> ControlFlow<()>) -> (usize, ControlFlow<()>) {
+    let n = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(e) => e.valid_up_to() + e.error_len().unwrap_or(1),
+    };
+    if n == 0 {
+        return (0, ControlFlow::Continue(()));
     }
+    (n, emit(&String::from_utf8_lossy(&bytes[..n])))
 }

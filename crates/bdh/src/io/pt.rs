@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::checkpoint::{le_values, Tensor, TensorData, TensorMap};
+use super::{le_values, Tensor, TensorData, TensorMap};
 use crate::error::{Error, Result};
 
 /// The callables a plain tensor state_dict may name; anything else is refused.

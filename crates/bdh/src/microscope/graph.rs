@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::louvain::louvain;
 use super::stats::{fit_power_law, quantile, PowerLawFit};
-use crate::params::Model;
+use crate::model::bdh::Bdh;
 
 /// Rows of G computed at once.
 const STRIPE: usize = 256;
@@ -93,15 +93,15 @@ pub struct HeadGraph {
 }
 
 /// The per-head blocks of G, analysed.
-pub fn analyse(model: &Model, opts: &GraphOptions) -> Vec<HeadGraph> {
+pub fn analyse(model: &Bdh, opts: &GraphOptions) -> Vec<HeadGraph> {
     let c = &model.config;
     let (d, n) = (c.n_embd, c.n_neurons());
     let heads: Vec<usize> = if opts.heads.is_empty() { (0..c.n_head).collect() } else { opts.heads.clone() };
     heads
         .into_iter()
         .map(|h| {
-            let decoder = &model.params.decoder[h * n * d..(h + 1) * n * d];
-            let encoder = &model.params.encoder[h * d * n..(h + 1) * d * n];
+            let decoder = &model.weights().decoder[h * n * d..(h + 1) * n * d];
+            let encoder = &model.weights().encoder[h * d * n..(h + 1) * d * n];
             let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ h as u64);
             let gauss = |len: usize, rng: &mut ChaCha8Rng| -> Vec<f32> {
                 (0..len).map(|_| StandardNormal.sample(rng)).collect()

@@ -5,8 +5,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::forward::{forward, Activations, Mode};
-use crate::params::Model;
+use crate::model::bdh::{forward, Activations, Bdh, Pass};
 
 /// Buckets of RoPE frequency (pairs in order of decreasing frequency).
 const FREQ_BUCKETS: usize = 16;
@@ -77,7 +76,7 @@ pub struct SparsityReport {
 }
 
 /// Runs the model over `tokens` in windows of `window` and measures sparsity.
-pub fn sparsity(model: &Model, tokens: &[u32], window: usize) -> Result<SparsityReport> {
+pub fn sparsity(model: &Bdh, tokens: &[u32], window: usize) -> Result<SparsityReport> {
     if tokens.is_empty() || window == 0 {
         return Err(Error::Input("sparsity needs at least one token and a window > 0".into()));
     }
@@ -90,8 +89,8 @@ pub fn sparsity(model: &Model, tokens: &[u32], window: usize) -> Result<Sparsity
     let mut pair_fires = vec![0u64; layers * n / 2];
     for chunk in tokens.chunks(window) {
         let t = chunk.len();
-        let mut acts = Activations::new(model, 1, t);
-        forward(model, chunk, &mut acts, Mode::Eval)?;
+        let mut acts = Activations::new(model, 1, t)?;
+        forward(model, chunk, &mut acts, Pass::default())?;
         for l in 0..layers {
             let (x, y) = (acts.x(l), acts.y(l));
             let mut tok_x = vec![0u64; t];

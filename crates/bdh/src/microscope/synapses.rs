@@ -17,15 +17,14 @@ use serde::Serialize;
 
 use super::stats::{mann_whitney, MannWhitney};
 use crate::error::{Error, Result};
-use crate::forward::{forward, Activations, Mode};
-use crate::params::Model;
+use crate::model::bdh::{forward, Activations, Bdh, Pass};
 use bdh_kernels::{matmul, MatMul};
 
 /// Synapses kept as candidates in a concept search (largest mean over the concept).
 const CANDIDATES: usize = 20_000;
 
 /// z of layer l−1 and x of layer l for head h over `tokens`: ((T, N), (T, N)).
-fn activations(model: &Model, tokens: &[u32], layer: usize, head: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+fn activations(model: &Bdh, tokens: &[u32], layer: usize, head: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = &model.config;
     if layer == 0 || layer >= c.n_layer {
         return Err(Error::Input(format!(
@@ -40,8 +39,8 @@ fn activations(model: &Model, tokens: &[u32], layer: usize, head: usize) -> Resu
         return Err(Error::Input("the text is empty".into()));
     }
     let (t, n) = (tokens.len(), c.n_neurons());
-    let mut acts = Activations::new(model, 1, t);
-    forward(model, tokens, &mut acts, Mode::Eval)?;
+    let mut acts = Activations::new(model, 1, t)?;
+    forward(model, tokens, &mut acts, Pass::default())?;
     let block = head * t * n..(head + 1) * t * n;
     let (xp, yp) = (&acts.x(layer - 1)[block.clone()], &acts.y(layer - 1)[block.clone()]);
     let z: Vec<f32> = xp.iter().zip(yp).map(|(a, b)| a * b).collect();
@@ -49,7 +48,7 @@ fn activations(model: &Model, tokens: &[u32], layer: usize, head: usize) -> Resu
 }
 
 /// σ at the end of `tokens`: `zᵀ x`, (N, N), row i presynaptic, column j postsynaptic.
-pub fn sigma(model: &Model, tokens: &[u32], layer: usize, head: usize) -> Result<Vec<f32>> {
+pub fn sigma(model: &Bdh, tokens: &[u32], layer: usize, head: usize) -> Result<Vec<f32>> {
     let (z, x) = activations(model, tokens, layer, head)?;
     let (t, n) = (tokens.len(), model.config.n_neurons());
     let mut s = vec![0.0f32; n * n];
@@ -88,7 +87,7 @@ pub struct SynapseReport {
 /// σ over `tokens`: its `top` strongest synapses, and per-token traces of those
 /// in `trace` (plus the five strongest if `trace` is empty).
 pub fn synapses(
-    model: &Model,
+    model: &Bdh,
     tokens: &[u32],
     layer: usize,
     head: usize,
@@ -167,7 +166,7 @@ pub struct ConceptReport {
 /// Ranks synapses (σ at the end of each sentence) and neurons (x summed over each
 /// sentence) by the Mann–Whitney U test of concept against contrast sentences.
 pub fn concept_search(
-    model: &Model,
+    model: &Bdh,
     concept: &[Vec<u32>],
     contrast: &[Vec<u32>],
     layer: usize,

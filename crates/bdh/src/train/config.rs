@@ -6,28 +6,17 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::BdhConfig;
+use super::schedule::Schedule;
 use crate::data::DataConfig;
 use crate::error::{Error, Result};
+use crate::model::ModelConfig;
 
 /// The built-in presets, by name, as the TOML text of `configs/<name>.toml`.
 pub const PRESETS: [(&str, &str); 3] = [
-    ("tiny", include_str!("../../../configs/tiny.toml")),
-    ("small", include_str!("../../../configs/small.toml")),
-    ("paper", include_str!("../../../configs/paper.toml")),
+    ("tiny", include_str!("../../../../configs/tiny.toml")),
+    ("small", include_str!("../../../../configs/small.toml")),
+    ("paper", include_str!("../../../../configs/paper.toml")),
 ];
-
-/// How the learning rate moves after warmup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Half a cosine from `lr` down to `min_lr` at `max_steps`.
-    Cosine,
-    /// A straight line from `lr` down to `min_lr` at `max_steps`.
-    Linear,
-    /// `lr` throughout.
-    Constant,
-}
 
 /// Settings of a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,8 +58,8 @@ pub struct TrainingConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    /// The model's hyper-parameters.
-    pub model: BdhConfig,
+    /// The model's family and hyper-parameters.
+    pub model: ModelConfig,
     /// The training settings.
     pub training: TrainingConfig,
     /// What to train on: a file, or the built-in synthetic language.

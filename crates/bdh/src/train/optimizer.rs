@@ -1,7 +1,6 @@
 //! AdamW, step for step as `torch.optim.AdamW` (decoupled weight decay on every
-//! parameter, bias correction, ε added to the corrected √v).
+//! parameter, bias correction, ε added to the corrected √v), on flat buffers.
 
-use crate::config::BdhConfig;
 use crate::params::Params;
 
 /// AdamW hyper-parameters; the defaults are those the reference trains with.
@@ -38,15 +37,16 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Zero moments for a model of config `model`.
-    pub fn new(config: AdamWConfig, model: &BdhConfig) -> Self {
-        AdamW { config, step: 0, m: Params::zeros(model), v: Params::zeros(model) }
+    /// Zero moments for parameters laid out as `params`.
+    pub fn new(config: AdamWConfig, params: &Params) -> Self {
+        AdamW { config, step: 0, m: params.zeros_like(), v: params.zeros_like() }
     }
 
     /// One update of `params` from `grads`, in torch's order of operations:
     /// `p ← p(1 − lr·wd)`, `m ← m + (1−β₁)(g − m)`, `v ← β₂v + (1−β₂)g²`,
     /// `p ← p − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε)`.
     pub fn update(&mut self, params: &mut Params, grads: &Params) {
+        assert!(params.same_layout(grads) && params.same_layout(&self.m), "AdamW: buffers of different layouts");
         self.step += 1;
         let AdamWConfig { lr, betas: (b1, b2), eps, weight_decay } = self.config;
         // torch forms every scalar in Python floats (f64), then applies it in f32.
@@ -55,16 +55,14 @@ impl AdamW {
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt() as f32;
         let decay = (1.0 - lr * weight_decay) as f32;
         let (w1, beta2, w2, eps) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32, eps as f32);
-        let tensors =
-            params.tensors_mut().into_iter().zip(grads.tensors()).zip(self.m.tensors_mut()).zip(self.v.tensors_mut());
-        for ((((_, p), (_, g)), (_, m)), (_, v)) in tensors {
-            for (((pi, &gi), mi), vi) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *pi *= decay;
-                *mi += w1 * (gi - *mi); // torch: exp_avg.lerp_(grad, 1 − β₁)
-                *vi = beta2 * *vi + w2 * gi * gi;
-                let denom = vi.sqrt() / bc2_sqrt + eps;
-                *pi -= step_size * *mi / denom;
-            }
+        let (m, v) = (self.m.data_mut(), self.v.data_mut());
+        for (((pi, &gi), mi), vi) in params.data_mut().iter_mut().zip(grads.data()).zip(m.iter_mut()).zip(v.iter_mut())
+        {
+            *pi *= decay;
+            *mi += w1 * (gi - *mi); // torch: exp_avg.lerp_(grad, 1 − β₁)
+            *vi = beta2 * *vi + w2 * gi * gi;
+            let denom = vi.sqrt() / bc2_sqrt + eps;
+            *pi -= step_size * *mi / denom;
         }
     }
 }

@@ -10,21 +10,20 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, encode_safetensors, read_safetensors, write_atomic};
-use crate::data::Corpus;
+use super::{learning_rate, AdamWConfig, RunConfig, Single, Trainer};
+use crate::data::{Corpus, Tokenizer};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalMetrics};
-use crate::generate::{generate, Sampler, SamplingConfig};
-use crate::optim::AdamWConfig;
-use crate::params::{Model, Params};
-use crate::preset::RunConfig;
-use crate::train::{learning_rate, Trainer};
+use crate::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
+use crate::io::checkpoint::{self, replace_dir};
+use crate::io::{encode_safetensors, read_safetensors, write_atomic};
+use crate::model::Model;
 
 /// What `trainer.json` records: enough to continue exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,8 +112,8 @@ pub fn train(
             )));
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
-        let model = Model::new(run.model.clone(), tc.seed)?;
-        (Trainer::new(model, opt, b, t), TrainerState { step: 0, best_val_loss: None })
+        let model = Model::new(&run.model, tc.seed)?;
+        (Trainer::new(model, opt, b, t)?, TrainerState { step: 0, best_val_loss: None })
     };
     write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;
     let mut metrics = Metrics::open(&dir.join("metrics.jsonl"), state.step)?;
@@ -145,7 +144,7 @@ pub fn train(
             };
             return Err(Error::Diverged { step: state.step + 1, loss, kept });
         }
-        let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr);
+        let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr, &Single)?;
         state.step += 1;
         losses.push(loss);
         let tokens_per_second = (b * t * tc.grad_accum) as f64 / t0.elapsed().as_secs_f64();
@@ -182,8 +181,14 @@ pub fn train(
 pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Result<(String, String)> {
     let prompt = corpus.sample_prompt();
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.8, top_k: 40, seed, ..SamplingConfig::default() })?;
-    let (out, _) = generate(model, prompt.as_bytes(), tokens, &mut sampler, &[], |_| {})?;
-    Ok((prompt, String::from_utf8_lossy(&out).into_owned()))
+    let prepared = Prepared::new(model.clone())?;
+    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
+    let tok = Tokenizer::Bytes;
+    let g = Generation { max_tokens: tokens, ..Generation::default() };
+    let out = generate(&prepared, &mut state, &mut scratch, &tok.encode(prompt.as_bytes()), &g, &mut sampler, |_| {
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok((prompt, String::from_utf8_lossy(&out.text).into_owned()))
 }
 
 /// Appends JSON lines to `metrics.jsonl`, dropping records past `keep_until` on resume.
@@ -214,23 +219,6 @@ impl Metrics {
     }
 }
 
-/// Writes a directory's files into `<dir>.tmp`, then swaps it into place, so a
-/// crash leaves either the old checkpoint or the new one, never half of one.
-fn replace_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    let old = dir.with_extension("old");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| Error::io("creating directory", &tmp, e))?;
-    write(&tmp)?;
-    if dir.exists() {
-        let _ = fs::remove_dir_all(&old);
-        fs::rename(dir, &old).map_err(|e| Error::io("moving aside", dir, e))?;
-    }
-    fs::rename(&tmp, dir).map_err(|e| Error::io("renaming into place", dir, e))?;
-    let _ = fs::remove_dir_all(&old);
-    Ok(())
-}
-
 fn save_model_dir(model: &Model, dir: &Path) -> Result<()> {
     replace_dir(dir, |tmp| checkpoint::save(model, tmp))
 }
@@ -238,11 +226,10 @@ fn save_model_dir(model: &Model, dir: &Path) -> Result<()> {
 fn save_state(trainer: &Trainer, state: &TrainerState, dir: &Path) -> Result<()> {
     replace_dir(dir, |tmp| {
         checkpoint::save(&trainer.model, tmp)?;
-        let cfg = &trainer.model.config;
         let mut tensors = Vec::new();
         for (prefix, moments) in [("m", &trainer.opt.m), ("v", &trainer.opt.v)] {
-            for (name, data) in moments.tensors() {
-                tensors.push((format!("{prefix}.{name}"), Params::shape(cfg, name), data));
+            for (slot, data) in moments.tensors() {
+                tensors.push((format!("{prefix}.{}", slot.name), slot.shape.clone(), data));
             }
         }
         write_atomic(&tmp.join("optimizer.safetensors"), &encode_safetensors(&tensors)?)?;
@@ -253,10 +240,10 @@ fn save_state(trainer: &Trainer, state: &TrainerState, dir: &Path) -> Result<()>
 
 fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize) -> Result<(Trainer, TrainerState)> {
     let model = checkpoint::load(dir, None)?;
-    if model.config != run.model {
+    if model.config() != run.model {
         return Err(Error::Config(format!("{}: the checkpoint's model config differs from the run's", dir.display())));
     }
-    let mut trainer = Trainer::new(model, opt, b, t);
+    let mut trainer = Trainer::new(model, opt, b, t)?;
     let path = dir.join("trainer.json");
     let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
@@ -265,33 +252,21 @@ fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize)
     trainer.opt.step = json["optimizer_step"].as_u64().ok_or_else(|| Error::format(&path, "no optimizer_step"))?;
     let opt_path = dir.join("optimizer.safetensors");
     let mut moments = read_safetensors(&opt_path)?;
-    let cfg = trainer.model.config.clone();
     for (prefix, params) in [("m", &mut trainer.opt.m), ("v", &mut trainer.opt.v)] {
-        for (name, dst) in params.tensors_mut() {
-            let key = format!("{prefix}.{name}");
+        for slot in params.slots().to_vec() {
+            let key = format!("{prefix}.{}", slot.name);
             let src = moments
                 .remove(&key)
                 .ok_or_else(|| Error::MissingTensor { path: opt_path.clone(), name: key.clone() })?;
-            if src.shape != Params::shape(&cfg, name) {
+            if src.shape != slot.shape {
                 return Err(Error::Shape {
                     name: key,
-                    expected: format!("{:?}", Params::shape(&cfg, name)),
+                    expected: format!("{:?}", slot.shape),
                     found: format!("{:?}", src.shape),
                 });
             }
-            *dst = src.f32s(&key)?.to_vec();
+            params.data_mut()[slot.range].copy_from_slice(src.f32s(&key)?);
         }
     }
     Ok((trainer, state))
-}
-
-/// The checkpoint to run from a path a user gave: a run directory (its `best`,
-/// else its `last`), a checkpoint directory, or a weights file.
-pub fn model_path(path: &Path) -> PathBuf {
-    for sub in ["best", "last"] {
-        if path.join(sub).join("model.safetensors").exists() {
-            return path.join(sub);
-        }
-    }
-    path.to_path_buf()
 }

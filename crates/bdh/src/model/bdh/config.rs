@@ -77,6 +77,14 @@ impl BdhConfig {
                 return bad(format!("{name} must be > 0"));
             }
         }
+        let total = self
+            .mlp_internal_dim_multiplier
+            .checked_mul(self.n_embd)
+            .and_then(|hn| hn.checked_mul(self.n_embd.checked_mul(3)?.checked_add(self.n_layer)?))
+            .and_then(|x| x.checked_mul(4));
+        if total.is_none_or(|bytes| bytes > isize::MAX as usize) {
+            return bad("sizes so large that the parameters cannot be counted in memory".into());
+        }
         if !(self.mlp_internal_dim_multiplier * self.n_embd).is_multiple_of(self.n_head) {
             return bad(format!(
                 "mlp_internal_dim_multiplier·n_embd = {} must be divisible by n_head = {}",
@@ -95,14 +103,5 @@ impl BdhConfig {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
         Ok(())
-    }
-
-    /// Reads and validates a bdh.py-style `config.json`.
-    pub fn from_json_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-        let cfg: BdhConfig =
-            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not a BDH config: {e}")))?;
-        cfg.validate()?;
-        Ok(cfg)
     }
 }

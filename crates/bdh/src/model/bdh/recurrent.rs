@@ -4,15 +4,23 @@
 //! `a_t = Σ_{τ<t} (R_t x_t · R_τ x_τ) v_τ = ρ_tᵀ R_t x_t` with `ρ_t = Σ_{τ<t} R_τ x_τ ⊗ v_τ`:
 //! read `a_t` from ρ, then write `ρ += R_t x_t ⊗ v_t`. This equals the parallel
 //! forward at every position, in memory that does not grow with the context.
+//!
+//! Three pieces, so that many sequences can share one model: a [`Prepared`] model
+//! (immutable, with derived layouts made once), a per-sequence [`State`] (plain
+//! data: clone it to fork a sequence, save and restore it), and per-worker
+//! [`Scratch`].
 
-use bdh_kernels::{gather_dot, layer_norm, matmul, rho_read_write, sparse_row_sum, transpose, MatMul};
+use bdh_kernels::{
+    active_pairs, gate_listed, gather_dot, layer_norm, matmul, parallel_heads, rho_read_write, rope, sparse_row_sum,
+    transpose, MatMul, RopeDirection,
+};
 
-use rayon::prelude::*;
-
+use super::edit::{Edits, Region, Site};
+use super::forward::{forward, Activations, Pass};
+use super::rope::cos_sin;
+use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
-use crate::forward::{forward, Activations, Mode};
-use crate::params::Model;
-use crate::rope::cos_sin;
+use crate::model::{zeroed, Mode};
 
 /// Everything a running sequence remembers: its position and ρ of each layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,22 +33,46 @@ pub struct State {
 
 impl State {
     /// The empty state of a sequence that has seen nothing.
-    pub fn new(model: &Model) -> Self {
-        let c = &model.config;
-        State { pos: 0, rho: vec![0.0; c.n_layer * c.n_head * c.n_neurons() * c.n_embd] }
+    pub fn new(cfg: &BdhConfig) -> Result<Self> {
+        Ok(State { pos: 0, rho: zeroed(&Self::shape(cfg))? })
+    }
+
+    /// The shape of ρ for `cfg`: (L, H, N, D).
+    pub fn shape(cfg: &BdhConfig) -> [usize; 4] {
+        [cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd]
     }
 
     /// Bytes the state occupies.
     pub fn bytes(&self) -> usize {
         self.rho.len() * std::mem::size_of::<f32>()
     }
+
+    /// Checks that this state belongs to a model of config `cfg`.
+    pub fn check(&self, cfg: &BdhConfig) -> Result<()> {
+        let want: usize = Self::shape(cfg).iter().product();
+        if self.rho.len() != want {
+            return Err(Error::Input(format!(
+                "a state of {} values does not fit this model's ρ {:?}",
+                self.rho.len(),
+                Self::shape(cfg)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A model ready for inference, shared by every sequence that runs on it.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    model: Bdh,
+    encoder_v_t: Vec<f32>, // (H, N, D) encoder_v with each neuron's weights contiguous
 }
 
 /// Per-head scratch of one step.
 #[derive(Clone, Debug)]
 struct Head {
     x: Vec<f32>,      // (N) neurons
-    xr: Vec<f32>,     // (N) rotated neurons, valid on `rows`
+    xr: Vec<f32>,     // (N) rotated neurons
     a: Vec<f32>,      // (D) attention readout
     y: Vec<f32>,      // (|cols|) y on the active neurons
     z: Vec<f32>,      // (N) x ⊙ y, valid on `z_rows`
@@ -50,32 +82,58 @@ struct Head {
     z_rows: Vec<u32>, // non-zero entries of z
 }
 
-/// Runs a model one token at a time; holds the state and per-step scratch.
+/// What one worker needs to run steps: buffers reused from token to token, and the
+/// activations of a prefill chunk.
 #[derive(Debug)]
-pub struct Recurrent<'m> {
-    model: &'m Model,
-    encoder_v_t: Vec<f32>, // (H, N, D) encoder_v with each neuron's weights contiguous
-    /// The sequence's state.
-    pub state: State,
-    v: Vec<f32>,       // (D) residual stream
-    u: Vec<f32>,       // (D) decoder output
-    heads: Vec<Head>,  // (H)
-    logits: Vec<f32>,  // (V)
-    cos: Vec<f32>,     // (N/2) RoPE rotation of the current position, per pair
-    sin: Vec<f32>,     // (N/2)
-    skip_silent: bool, // touch only rows of active neurons (false: every row, for comparison)
+pub struct Scratch {
+    v: Vec<f32>,      // (D) residual stream
+    u: Vec<f32>,      // (D) decoder output
+    heads: Vec<Head>, // (H)
+    logits: Vec<f32>, // (V)
+    cos: Vec<f32>,    // (N/2) RoPE rotation of the current position, per pair
+    sin: Vec<f32>,    // (N/2)
+    dense: bool,      // touch every row, not only those of active neurons
+    chunk: Option<Activations>,
 }
 
-impl<'m> Recurrent<'m> {
-    /// A runner over `model` starting from the empty state.
-    pub fn new(model: &'m Model) -> Self {
+impl Scratch {
+    /// Scratch that reads and writes every row of ρ, `encoder_v` and `decoder`
+    /// whether its neuron fired or not: the same numbers, without the sparse
+    /// savings, as a baseline for them.
+    pub fn dense(self) -> Self {
+        Scratch { dense: true, ..self }
+    }
+}
+
+/// Bytes of activations a prefill chunk may take; longer prompts run in several chunks.
+const PREFILL_BYTES: usize = 256 << 20;
+
+impl Prepared {
+    /// Prepares `model`: the transposed `encoder_v` the sparse step reads.
+    pub fn new(model: Bdh) -> Result<Self> {
         let c = &model.config;
-        let (d, n, hn) = (c.n_embd, c.n_neurons(), c.total_neurons());
-        // encoder_v transposed per head, (H, D, N) → (H, N, D), for the gathered products.
-        let mut encoder_v_t = vec![0.0; hn * d];
-        for (src, dst) in model.params.encoder_v.chunks_exact(d * n).zip(encoder_v_t.chunks_exact_mut(n * d)) {
+        let (d, n) = (c.n_embd, c.n_neurons());
+        let mut encoder_v_t = zeroed(&[c.n_head, n, d])?;
+        for (src, dst) in model.weights().encoder_v.chunks_exact(d * n).zip(encoder_v_t.chunks_exact_mut(n * d)) {
             transpose(dst, src, d, n);
         }
+        Ok(Prepared { model, encoder_v_t })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Bdh {
+        &self.model
+    }
+
+    /// The empty state of a new sequence.
+    pub fn state(&self) -> Result<State> {
+        State::new(&self.model.config)
+    }
+
+    /// Scratch for one worker.
+    pub fn scratch(&self) -> Scratch {
+        let c = &self.model.config;
+        let (d, n) = (c.n_embd, c.n_neurons());
         let head = Head {
             x: vec![0.0; n],
             xr: vec![0.0; n],
@@ -87,102 +145,132 @@ impl<'m> Recurrent<'m> {
             cols: Vec::with_capacity(n),
             z_rows: Vec::with_capacity(n),
         };
-        Recurrent {
-            model,
-            encoder_v_t,
-            state: State::new(model),
+        Scratch {
             v: vec![0.0; d],
             u: vec![0.0; d],
             heads: vec![head; c.n_head],
             logits: vec![0.0; c.vocab_size],
             cos: vec![0.0; n / 2],
             sin: vec![0.0; n / 2],
-            skip_silent: true,
+            dense: false,
+            chunk: None,
         }
     }
 
-    /// A runner that reads and writes every row of ρ, `encoder_v` and `decoder`
-    /// whether its neuron fired or not: the same numbers, without the sparse
-    /// savings, as a baseline for them.
-    pub fn dense(model: &'m Model) -> Self {
-        Recurrent { skip_silent: false, ..Recurrent::new(model) }
-    }
-
-    /// Consumes `tokens` with the parallel forward, sets ρ to what the recurrent
-    /// steps would have built, and returns the logits after the last token.
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        if tokens.is_empty() {
-            return Err(Error::Input("prefill: empty prompt".into()));
-        }
-        if self.state.pos != 0 {
-            // A parallel pass starts at position 0; continue a sequence step by step.
-            for &tok in tokens {
-                self.step(tok)?;
-            }
-            return Ok(&self.logits);
-        }
+    /// Tokens per prefill chunk: as many as fit [`PREFILL_BYTES`] of activations
+    /// (16 to 512).
+    pub fn prefill_chunk(&self) -> usize {
         let c = &self.model.config;
-        let (t, d, h, n, v) = (tokens.len(), c.n_embd, c.n_head, c.n_neurons(), c.vocab_size);
-        let mut acts = Activations::new(self.model, 1, t);
-        forward(self.model, tokens, &mut acts, Mode::Eval)?;
-        for l in 0..c.n_layer {
-            let v_in = acts.residual(l); //                                   (T, D)
-            for hi in 0..h {
-                // ρ = Σ_τ R_τ x_τ ⊗ v_τ = R(x)ᵀ · v                           (N, D)
-                let xr = &acts.x_rotated(l)[hi * t * n..(hi + 1) * t * n];
-                let rho = &mut self.state.rho[(l * h + hi) * n * d..(l * h + hi + 1) * n * d];
-                matmul(rho, xr, v_in, MatMul::new(n, t, d).a_t());
-            }
+        let per_token = 4 * c.n_layer * c.n_head * (3 * c.n_neurons() + 2 * c.n_embd + 512);
+        (PREFILL_BYTES / per_token.max(1)).clamp(16, 512)
+    }
+
+    /// Consumes `tokens` after what `state` has seen and returns the logits after the
+    /// last one. The parallel forward runs over chunks of [`Prepared::prefill_chunk`]
+    /// tokens, reading and extending ρ, so memory stays bounded whatever the length.
+    /// With ρ edits it steps token by token (they act between tokens).
+    pub fn prefill<'s>(
+        &self,
+        state: &mut State,
+        scratch: &'s mut Scratch,
+        tokens: &[u32],
+        edits: &Edits,
+    ) -> Result<&'s [f32]> {
+        if tokens.is_empty() {
+            return Err(Error::Input("prefill: no tokens".into()));
         }
-        self.state.pos = t;
-        self.logits.copy_from_slice(&acts.logits[(t - 1) * v..t * v]);
-        Ok(&self.logits)
+        state.check(&self.model.config)?;
+        if edits.touches(Site::Rho) {
+            for &tok in tokens {
+                self.step(state, scratch, tok, edits)?;
+            }
+            return Ok(&scratch.logits);
+        }
+        let v = self.model.config.vocab_size;
+        for part in tokens.chunks(self.prefill_chunk()) {
+            let t = part.len();
+            if scratch.chunk.as_ref().is_none_or(|a| a.dims.t != t) {
+                scratch.chunk = None; // free the old chunk's buffers before the new ones
+                scratch.chunk = Some(Activations::new(&self.model, 1, t)?);
+            }
+            let acts = scratch.chunk.as_mut().expect("just made");
+            forward(&self.model, part, acts, Pass { mode: Mode::Eval, edits, state: Some(state) })?;
+            scratch.logits.copy_from_slice(&acts.logits[(t - 1) * v..t * v]);
+        }
+        Ok(&scratch.logits)
     }
 
     /// Consumes one token and returns the logits for the next.
-    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
-        let m = self.model;
+    pub fn step<'s>(
+        &self,
+        state: &mut State,
+        scratch: &'s mut Scratch,
+        token: u32,
+        edits: &Edits,
+    ) -> Result<&'s [f32]> {
+        let m = &self.model;
         let c = &m.config;
-        let p = &m.params;
+        let p = m.weights();
         let (d, h, n, vocab) = (c.n_embd, c.n_head, c.n_neurons(), c.vocab_size);
         if token as usize >= vocab {
             return Err(Error::Input(format!("token id {token} ≥ vocab_size {vocab}")));
         }
-        let t = self.state.pos;
+        state.check(c)?;
+        if !edits.is_empty() {
+            edits.validate(c)?;
+        }
+        let s = scratch;
+        let pos = state.pos;
         let mut rstd = [0.0f32];
-        // The rotation of position t, shared by every layer and head.
-        for (j, (c, s)) in self.cos.iter_mut().zip(self.sin.iter_mut()).enumerate() {
-            (*c, *s) = cos_sin(t, m.freqs[2 * j]);
+        // The rotation of position `pos`, shared by every layer and head.
+        for (j, (c, s)) in s.cos.iter_mut().zip(s.sin.iter_mut()).enumerate() {
+            (*c, *s) = cos_sin(pos, m.freqs[2 * j]);
         }
 
         // v = LN(embed[token])                                              (D)
-        self.v.copy_from_slice(&p.embed[token as usize * d..(token as usize + 1) * d]);
-        layer_norm(&mut self.v, &mut rstd, d);
+        s.v.copy_from_slice(&p.embed[token as usize * d..(token as usize + 1) * d]);
+        layer_norm(&mut s.v, &mut rstd, d);
         for l in 0..c.n_layer {
-            // Heads are independent until the decoder sums them: one task each.
-            let rho_l = &mut self.state.rho[l * h * n * d..(l + 1) * h * n * d];
-            let (v, cos, sin, dense) = (&self.v, &self.cos, &self.sin, !self.skip_silent);
-            let enc_v_t = &self.encoder_v_t;
-            self.heads.par_iter_mut().zip(rho_l.par_chunks_mut(n * d)).enumerate().for_each(|(hi, (hd, rho))| {
-                let encoder = &p.encoder[hi * d * n..(hi + 1) * d * n];
-                let encoder_v_t = &enc_v_t[hi * n * d..(hi + 1) * n * d];
-                let decoder = &p.decoder[hi * n * d..(hi + 1) * n * d];
-                head_step(hd, rho, v, (encoder, encoder_v_t, decoder), (cos, sin), dense);
+            let rho_l = &mut state.rho[l * h * n * d..(l + 1) * h * n * d];
+            let (v, cos, sin, dense) = (&s.v, &s.cos[..], &s.sin[..], s.dense);
+            parallel_heads(&mut s.heads, rho_l, |hi, hd, rho| {
+                let w = HeadWeights {
+                    encoder: &p.encoder[hi * d * n..(hi + 1) * d * n],
+                    encoder_v_t: &self.encoder_v_t[hi * n * d..(hi + 1) * n * d],
+                    decoder: &p.decoder[hi * n * d..(hi + 1) * n * d],
+                };
+                let at = At { layer: l, head: hi, pos, edits };
+                head_step(hd, rho, v, w, (cos, sin), dense, at);
             });
             // u = Σ_h z_h · decoder_h;  v = LN(v + LN(u))                   (D)
-            self.u.fill(0.0);
-            for hd in &self.heads {
-                self.u.iter_mut().zip(&hd.u).for_each(|(o, &x)| *o += x);
+            s.u.fill(0.0);
+            for hd in &s.heads {
+                s.u.iter_mut().zip(&hd.u).for_each(|(o, &x)| *o += x);
             }
-            layer_norm(&mut self.u, &mut rstd, d);
-            self.v.iter_mut().zip(&self.u).for_each(|(vi, &ui)| *vi += ui);
-            layer_norm(&mut self.v, &mut rstd, d);
+            layer_norm(&mut s.u, &mut rstd, d);
+            s.v.iter_mut().zip(&s.u).for_each(|(vi, &ui)| *vi += ui);
+            layer_norm(&mut s.v, &mut rstd, d);
         }
         // logits = v · lm_head                                              (V)
-        matmul(&mut self.logits, &self.v, &p.lm_head, MatMul::new(1, d, vocab));
-        self.state.pos += 1;
-        Ok(&self.logits)
+        matmul(&mut s.logits, &s.v, p.lm_head, MatMul::new(1, d, vocab));
+        state.pos += 1;
+        Ok(&s.logits)
     }
+}
+
+/// One head's weights.
+struct HeadWeights<'a> {
+    encoder: &'a [f32],     // (D, N)
+    encoder_v_t: &'a [f32], // (N, D)
+    decoder: &'a [f32],     // (N, D)
+}
+
+/// Where a head step is, for the edits.
+struct At<'a> {
+    layer: usize,
+    head: usize,
+    pos: usize,
+    edits: &'a Edits,
 }
 
 /// One head of one layer at the current position: x, the synapse read and write,
@@ -191,43 +279,38 @@ fn head_step(
     hd: &mut Head,
     rho: &mut [f32],
     v: &[f32],
-    (encoder, encoder_v_t, decoder): (&[f32], &[f32], &[f32]),
+    w: HeadWeights,
     (cos, sin): (&[f32], &[f32]),
     dense: bool,
+    at: At,
 ) {
+    let (d, n) = (v.len(), hd.x.len());
+    let one = |width| Region { head0: at.head, heads: 1, pos0: at.pos, t: 1, n, width };
     let mut rstd = [0.0f32];
     // x = relu(v · encoder_h)                                               (N)
-    let (d, n) = (v.len(), hd.x.len());
-    matmul(&mut hd.x, v, encoder, MatMul::new(1, d, n));
-    hd.x.iter_mut().for_each(|xi| *xi = xi.max(0.0));
-    // R_t x on the RoPE pairs with an active neuron                            (N)
-    hd.rows.clear();
-    hd.cols.clear();
-    for (j, (&cs, &sn)) in cos.iter().zip(sin).enumerate() {
-        let (x0, x1) = (hd.x[2 * j], hd.x[2 * j + 1]);
-        if x0 > 0.0 || x1 > 0.0 || dense {
-            hd.xr[2 * j] = x0 * cs - x1 * sn;
-            hd.xr[2 * j + 1] = x1 * cs + x0 * sn;
-            let pair = 2 * j as u32;
-            hd.rows.extend([pair, pair + 1]);
-            hd.cols.extend((x0 > 0.0 || dense).then_some(pair));
-            hd.cols.extend((x1 > 0.0 || dense).then_some(pair + 1));
-        }
-    }
+    matmul(&mut hd.x, v, w.encoder, MatMul::new(1, d, n).relu());
+    at.edits.apply(Site::X, at.layer, &mut hd.x, one(1));
+    // R_t x, and the RoPE pairs with an active neuron
+    rope(&mut hd.xr, &hd.x, cos, sin, n, RopeDirection::Forward);
+    active_pairs(&hd.x, &mut hd.rows, &mut hd.cols, dense);
     // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                  (D)
+    at.edits.apply(Site::Rho, at.layer, rho, one(d));
     rho_read_write(&mut hd.a, rho, &hd.xr, v, &hd.rows);
-    layer_norm(&mut hd.a, &mut rstd, v.len());
+    layer_norm(&mut hd.a, &mut rstd, d);
     // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
     hd.y.resize(hd.cols.len(), 0.0);
-    gather_dot(&mut hd.y, &hd.a, encoder_v_t, &hd.cols);
-    hd.z_rows.clear();
-    for (&col, &yi) in hd.cols.iter().zip(&hd.y) {
-        let zi = hd.x[col as usize] * yi.max(0.0);
-        if zi != 0.0 || dense {
-            hd.z[col as usize] = zi;
-            hd.z_rows.push(col);
-        }
+    gather_dot(&mut hd.y, &hd.a, w.encoder_v_t, &hd.cols);
+    at.edits.apply_listed(Site::Y, at.layer, at.head, at.pos, &hd.cols, &mut hd.y);
+    if at.edits.any(Site::Xy, at.layer) {
+        // Edited x ⊙ y may be non-zero anywhere: gate into a whole vector, then list.
+        hd.z.fill(0.0);
+        gate_listed(&mut hd.z, &hd.x, &hd.y, &hd.cols, &mut hd.z_rows, dense);
+        at.edits.apply(Site::Xy, at.layer, &mut hd.z, one(1));
+        hd.z_rows.clear();
+        hd.z_rows.extend((0..n as u32).filter(|&i| dense || hd.z[i as usize] != 0.0));
+    } else {
+        gate_listed(&mut hd.z, &hd.x, &hd.y, &hd.cols, &mut hd.z_rows, dense);
     }
     // u_h = z_h · decoder_h over the non-zero z                              (D)
-    sparse_row_sum(&mut hd.u, &hd.z, decoder, &hd.z_rows);
+    sparse_row_sum(&mut hd.u, &hd.z, w.decoder, &hd.z_rows);
 }

@@ -23,10 +23,12 @@ pub fn cos_sin(t: usize, freq: f32) -> (f32, f32) {
     (phase.cos(), phase.sin())
 }
 
-/// cos/sin tables for positions `0..t` and the n/2 pairs, laid out (t, n/2),
-/// as the `rope` kernel reads them.
+/// cos/sin tables for positions `start..start + t` and the n/2 pairs, laid out
+/// (t, n/2), as the `rope` kernel reads them.
 #[derive(Clone, Debug, Default)]
 pub struct RopeTable {
+    /// The first position.
+    pub start: usize,
     /// cos, (T, N/2).
     pub cos: Vec<f32>,
     /// sin, (T, N/2).
@@ -35,10 +37,10 @@ pub struct RopeTable {
 
 impl RopeTable {
     /// Builds the table from the model's `freqs` (length N, pairs share a value).
-    pub fn new(freqs: &[f32], t: usize) -> Self {
+    pub fn new(freqs: &[f32], start: usize, t: usize) -> Self {
         let half = freqs.len() / 2;
-        let mut table = RopeTable { cos: Vec::with_capacity(t * half), sin: Vec::with_capacity(t * half) };
-        for pos in 0..t {
+        let mut table = RopeTable { start, cos: Vec::with_capacity(t * half), sin: Vec::with_capacity(t * half) };
+        for pos in start..start + t {
             for j in 0..half {
                 let (c, s) = cos_sin(pos, freqs[2 * j]);
                 table.cos.push(c);

@@ -1,0 +1,25 @@
+//! Read-only memory maps of data files: the one place outside the kernels that
+//! needs `unsafe`, kept here so the other crates forbid it.
+
+use std::fs::File;
+
+/// A file mapped read-only into memory.
+#[derive(Debug)]
+pub struct Mapped(memmap2::Mmap);
+
+impl Mapped {
+    /// Maps `file` read-only.
+    pub fn new(file: &File) -> std::io::Result<Self> {
+        // SAFETY: the map is only read. The one hazard of mapping is another process
+        // truncating the file while it is read, which the data files of a run do not see.
+        let map = unsafe { memmap2::Mmap::map(file) }?;
+        Ok(Mapped(map))
+    }
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}

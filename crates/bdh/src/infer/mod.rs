@@ -1,0 +1,116 @@
+//! Inference: a prepared model shared by every sequence, a per-sequence [`State`],
+//! per-worker [`Scratch`], sampling and streaming generation.
+//!
+//! ```text
+//! let prepared = Prepared::new(model)?;          // once, shared (derived layouts made here)
+//! let mut state = prepared.state()?;             // per sequence: save, restore, clone to fork
+//! let mut scratch = prepared.scratch();          // per worker
+//! prepared.prefill(&mut state, &mut scratch, &prompt, &NO_EDITS)?;
+//! prepared.step(&mut state, &mut scratch, token, &NO_EDITS)?;
+//! ```
+
+pub mod generate;
+pub mod sampler;
+
+pub use generate::{generate, Generation, GenerationStats, Output};
+pub use sampler::{argmax, Sampler, SamplingConfig};
+
+use crate::error::Result;
+use crate::model::bdh::{self, Edits};
+use crate::model::{Model, ModelConfig};
+
+/// A model ready for inference, immutable, shared by all its sequences.
+#[derive(Clone, Debug)]
+pub enum Prepared {
+    /// BDH.
+    Bdh(bdh::Prepared),
+}
+
+/// Everything one sequence remembers; plain data of a size fixed by the model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    /// BDH's: the position and ρ of every layer.
+    Bdh(bdh::State),
+}
+
+/// One worker's buffers.
+#[derive(Debug)]
+pub enum Scratch {
+    /// BDH's.
+    Bdh(bdh::Scratch),
+}
+
+impl Prepared {
+    /// Prepares `model` for inference.
+    pub fn new(model: Model) -> Result<Self> {
+        match model {
+            Model::Bdh(m) => bdh::Prepared::new(m).map(Prepared::Bdh),
+        }
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Prepared::Bdh(p) => ModelConfig::Bdh(p.model().config.clone()),
+        }
+    }
+
+    /// The empty state of a new sequence.
+    pub fn state(&self) -> Result<State> {
+        match self {
+            Prepared::Bdh(p) => p.state().map(State::Bdh),
+        }
+    }
+
+    /// Scratch for one worker; `dense` touches every row of the state and weights
+    /// instead of only those of active neurons (a baseline for the sparse step).
+    pub fn scratch(&self, dense: bool) -> Scratch {
+        match self {
+            Prepared::Bdh(p) if dense => Scratch::Bdh(p.scratch().dense()),
+            Prepared::Bdh(p) => Scratch::Bdh(p.scratch()),
+        }
+    }
+
+    /// Consumes `tokens` after what `state` has seen (in chunks of bounded memory)
+    /// and returns the logits after the last one.
+    pub fn prefill<'s>(
+        &self,
+        state: &mut State,
+        scratch: &'s mut Scratch,
+        tokens: &[u32],
+        edits: &Edits,
+    ) -> Result<&'s [f32]> {
+        match (self, state, scratch) {
+            (Prepared::Bdh(p), State::Bdh(st), Scratch::Bdh(sc)) => p.prefill(st, sc, tokens, edits),
+        }
+    }
+
+    /// Consumes one token and returns the logits for the next.
+    pub fn step<'s>(
+        &self,
+        state: &mut State,
+        scratch: &'s mut Scratch,
+        token: u32,
+        edits: &Edits,
+    ) -> Result<&'s [f32]> {
+        match (self, state, scratch) {
+            (Prepared::Bdh(p), State::Bdh(st), Scratch::Bdh(sc)) => p.step(st, sc, token, edits),
+        }
+    }
+}
+
+impl State {
+    /// Tokens consumed so far.
+    pub fn pos(&self) -> usize {
+        match self {
+            State::Bdh(s) => s.pos,
+        }
+    }
+
+    /// Bytes the state occupies (constant for a model).
+    pub fn bytes(&self) -> usize {
+        match self {
+            State::Bdh(s) => s.bytes(),
+        }
+    }
+}

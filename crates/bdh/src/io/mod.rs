@@ -1,0 +1,100 @@
+//! Files: tensors in safetensors and PyTorch `.pt` files, checkpoints of models,
+//! and saved inference states. Every write goes to a temporary file and is renamed
+//! into place.
+
+pub mod checkpoint;
+mod pt;
+pub mod state;
+
+pub use pt::read_state_dict;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+
+/// Element values of a tensor read from a file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// Floating point, widened or kept as f32.
+    F32(Vec<f32>),
+    /// Integers (token ids), widened to i64.
+    I64(Vec<i64>),
+}
+
+/// A named tensor read from a safetensors or `.pt` file: shape and row-major values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Values in row-major order.
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// The values as f32, or a [`Error::Shape`] naming `name` if they are integers.
+    pub fn f32s(&self, name: &str) -> Result<&[f32]> {
+        match &self.data {
+            TensorData::F32(v) => Ok(v),
+            TensorData::I64(_) => Err(shape_err(name, "floating point values", "integers")),
+        }
+    }
+}
+
+/// Tensors of one file, by name.
+pub type TensorMap = BTreeMap<String, Tensor>;
+
+pub(crate) fn shape_err(name: &str, expected: impl ToString, found: impl ToString) -> Error {
+    Error::Shape { name: name.into(), expected: expected.to_string(), found: found.to_string() }
+}
+
+/// Reads every tensor of a safetensors file (f32, f64, f16, bf16 as f32; i64, i32 as i64).
+pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
+    let bytes = fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = TensorMap::new();
+    for (name, view) in st.tensors() {
+        let raw = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => TensorData::F32(le_values(raw, f32::from_le_bytes)),
+            Dtype::F64 => TensorData::F32(le_values(raw, |b| f64::from_le_bytes(b) as f32)),
+            Dtype::I64 => TensorData::I64(le_values(raw, i64::from_le_bytes)),
+            Dtype::I32 => TensorData::I64(le_values(raw, |b| i32::from_le_bytes(b) as i64)),
+            other => return Err(Error::format(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
+        };
+        out.insert(name, Tensor { shape: view.shape().to_vec(), data });
+    }
+    Ok(out)
+}
+
+/// Decodes little-endian values of `W` bytes each.
+pub(crate) fn le_values<T, const W: usize>(raw: &[u8], f: impl Fn([u8; W]) -> T) -> Vec<T> {
+    raw.chunks_exact(W).map(|c| f(c.try_into().expect("chunks_exact gives W bytes"))).collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a
+/// rename, so a crash never leaves a half-written file in place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io("writing", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
+}
+
+/// Named f32 tensors `(name, shape, values)` as safetensors bytes.
+pub fn encode_safetensors(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
+    let encoded: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let mut views = Vec::with_capacity(tensors.len());
+    for ((name, shape, _), bytes) in tensors.iter().zip(&encoded) {
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| Error::Input(format!("tensor `{name}`: {e}")))?;
+        views.push((name.clone(), view));
+    }
+    safetensors::serialize(views, None).map_err(|e| Error::Input(format!("serialising: {e}")))
+}

@@ -1,0 +1,60 @@
+//! BDH, "The Dragon Hatchling": the family's config, parameters, parallel forward and
+//! backward, recurrent step and interventions.
+
+pub mod backward;
+pub mod config;
+pub mod edit;
+pub mod forward;
+pub mod params;
+pub mod recurrent;
+pub mod rope;
+
+pub use backward::{backward, Backward};
+pub use config::BdhConfig;
+pub use edit::{Action, Edit, Edits, Site, NO_EDITS};
+pub use forward::{forward, Activations, Dims, Pass};
+pub use params::{Weights, WeightsMut, FREQS_NAME, PARAM_NAMES};
+pub use recurrent::{Prepared, Scratch, State};
+
+use crate::error::{Error, Result};
+use crate::params::Params;
+
+/// A BDH model: its config, its parameters (flat, in bdh.py's names and layout) and
+/// its RoPE frequencies (a buffer, not trained).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bdh {
+    /// The hyper-parameters.
+    pub config: BdhConfig,
+    /// The trained weights, laid out by [`params::layout`].
+    pub params: Params,
+    /// `attn.freqs`, (N): RoPE frequency of each neuron (pairs share one).
+    pub freqs: Vec<f32>,
+}
+
+impl Bdh {
+    /// A freshly initialised model, as `BDH(config)` with `torch.manual_seed(seed)`
+    /// would build one (same distribution, not the same numbers).
+    pub fn new(config: BdhConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let params = params::init(&config, seed)?;
+        let freqs = rope::freqs(config.n_neurons());
+        Ok(Bdh { config, params, freqs })
+    }
+
+    /// A model from its parts, checking that they fit the config.
+    pub fn from_parts(config: BdhConfig, params: Params, freqs: Vec<f32>) -> Result<Self> {
+        config.validate()?;
+        if !params.same_layout(&params::zeros(&config)?) {
+            return Err(Error::Config("the parameters are not laid out for this BDH config".into()));
+        }
+        if freqs.len() != config.n_neurons() {
+            return Err(Error::Config(format!("{} RoPE frequencies for N = {}", freqs.len(), config.n_neurons())));
+        }
+        Ok(Bdh { config, params, freqs })
+    }
+
+    /// The weights by name.
+    pub fn weights(&self) -> Weights<'_> {
+        Weights::of(&self.params)
+    }
+}

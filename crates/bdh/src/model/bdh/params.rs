@@ -1,0 +1,93 @@
+//! BDH's trained tensors in the flat parameter buffer, with bdh.py's names, shapes,
+//! order and initialisation.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use super::config::BdhConfig;
+use crate::error::Result;
+use crate::params::Params;
+
+/// Names of the trained tensors in bdh.py's `state_dict`, in buffer order.
+pub const PARAM_NAMES: [&str; 5] = ["embed.weight", "encoder", "encoder_v", "decoder", "lm_head"];
+
+/// Name of the RoPE frequency buffer in bdh.py's `state_dict`, shape (1, 1, 1, N).
+pub const FREQS_NAME: &str = "attn.freqs";
+
+/// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V).
+pub fn layout(cfg: &BdhConfig) -> [(&'static str, Vec<usize>); 5] {
+    let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
+    [
+        (PARAM_NAMES[0], vec![v, d]),
+        (PARAM_NAMES[1], vec![h, d, n]),
+        (PARAM_NAMES[2], vec![h, d, n]),
+        (PARAM_NAMES[3], vec![h * n, d]),
+        (PARAM_NAMES[4], vec![d, v]),
+    ]
+}
+
+/// A zeroed buffer laid out for `cfg`.
+pub fn zeros(cfg: &BdhConfig) -> Result<Params> {
+    Params::zeros(&layout(cfg))
+}
+
+/// bdh.py's initialisation: every tensor drawn from N(0, 0.02²), from `seed`, in
+/// buffer order.
+pub fn init(cfg: &BdhConfig, seed: u64) -> Result<Params> {
+    let mut p = zeros(cfg)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 0.02).expect("0.02 is a valid std");
+    p.data_mut().iter_mut().for_each(|x| *x = normal.sample(&mut rng));
+    Ok(p)
+}
+
+/// The five tensors of a BDH buffer by name, to read.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights<'a> {
+    /// Token embedding, (V, D).
+    pub embed: &'a [f32],
+    /// Neuron encoder per head, (H, D, N).
+    pub encoder: &'a [f32],
+    /// Encoder of the attention output per head, (H, D, N).
+    pub encoder_v: &'a [f32],
+    /// Decoder from all neurons back to the residual stream, (H·N, D).
+    pub decoder: &'a [f32],
+    /// Output head, (D, V).
+    pub lm_head: &'a [f32],
+}
+
+impl<'a> Weights<'a> {
+    /// Views a buffer laid out by [`layout`].
+    pub fn of(p: &'a Params) -> Self {
+        debug_assert!(p.slots().iter().map(|s| s.name.as_str()).eq(PARAM_NAMES));
+        let (s, d) = (p.slots(), p.data());
+        let t = |i: usize| &d[s[i].range.clone()];
+        Weights { embed: t(0), encoder: t(1), encoder_v: t(2), decoder: t(3), lm_head: t(4) }
+    }
+}
+
+/// The five tensors of a BDH buffer by name, to write (gradients).
+#[derive(Debug)]
+pub struct WeightsMut<'a> {
+    /// (V, D).
+    pub embed: &'a mut [f32],
+    /// (H, D, N).
+    pub encoder: &'a mut [f32],
+    /// (H, D, N).
+    pub encoder_v: &'a mut [f32],
+    /// (H·N, D).
+    pub decoder: &'a mut [f32],
+    /// (D, V).
+    pub lm_head: &'a mut [f32],
+}
+
+impl<'a> WeightsMut<'a> {
+    /// Views a buffer laid out by [`layout`].
+    pub fn of(p: &'a mut Params) -> Self {
+        debug_assert!(p.slots().iter().map(|s| s.name.as_str()).eq(PARAM_NAMES));
+        let mut t = p.split_mut().into_iter();
+        let mut next = || t.next().expect("five BDH tensors");
+        WeightsMut { embed: next(), encoder: next(), encoder_v: next(), decoder: next(), lm_head: next() }
+    }
+}
