@@ -35,22 +35,25 @@ fn dense_kernels(c: &mut Criterion) {
     let v = data(t * d, 4);
     let (mut o, mut s) = (vec![0.0; t * d], vec![0.0; t * t]);
     let one = Attention { b: 1, h: 1, t, n, d };
+    let (cos, sin) = (data(t * n / 2, 7), data(t * n / 2, 8));
+    let mut qr = vec![0.0; t * n];
     g.throughput(Throughput::Elements((t * t * (n + d)) as u64));
-    g.bench_function("causal_linear_attention T256 N1024 D128", |bch| {
-        bch.iter(|| causal_linear_attention(&mut o, &mut s, black_box(&q), black_box(&v), one))
+    g.bench_function("rope + causal_linear_attention T256 N1024 D128", |bch| {
+        bch.iter(|| causal_linear_attention(&mut o, &mut s, &mut qr, black_box(&q), black_box(&v), (&cos, &sin), one))
     });
-    causal_linear_attention(&mut o, &mut s, &q, &v, one);
+    causal_linear_attention(&mut o, &mut s, &mut qr, &q, &v, (&cos, &sin), one);
     let da = data(t * d, 5);
     let (mut dq, mut dv, mut ds) = (vec![0.0; t * n], vec![0.0; t * d], vec![0.0; t * t]);
+    let mut dx = data(t * n, 9);
+    let saved = AttentionSaved { x: &q, q: &qr, v: &v, scores: &s, cos: &cos, sin: &sin };
     g.throughput(Throughput::Elements((2 * t * t * (n + d)) as u64));
     g.bench_function("causal_linear_attention_backward T256 N1024 D128", |bch| {
-        bch.iter(|| causal_linear_attention_backward(&mut dq, &mut dv, &mut ds, black_box(&da), &q, &v, &s, one))
+        bch.iter(|| causal_linear_attention_backward(&mut dx, &mut dq, &mut dv, &mut ds, black_box(&da), saved, one))
     });
     let mut x = data(t * d * 8, 6);
     let mut rstd = vec![0.0; t * 8];
     g.throughput(Throughput::Elements((t * d * 8) as u64));
     g.bench_function("layer_norm 2048xD128", |bch| bch.iter(|| layer_norm(black_box(&mut x), &mut rstd, d)));
-    let (cos, sin) = (data(t * n / 2, 7), data(t * n / 2, 8));
     let mut r = vec![0.0; t * n];
     g.throughput(Throughput::Elements((t * n) as u64));
     g.bench_function("rope T256 N1024", |bch| {

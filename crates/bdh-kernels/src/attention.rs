@@ -6,7 +6,15 @@
 
 use rayon::prelude::*;
 
-use crate::matmul::{matmul, MatMul};
+use crate::elementwise::relu_backward_add_block;
+use crate::matmul::{matmul, transpose, MatMul};
+use crate::rope::{rope_block, RopeDirection};
+
+thread_local! {
+    /// Per-thread scratch of one (row, head): qᵀ in the forward, Rᵀ dq in the
+    /// backward; grown to the largest seen.
+    static QT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Sizes of a batched attention: B rows, H heads, T positions, N query width, D value width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,47 +31,101 @@ pub struct Attention {
     pub d: usize,
 }
 
-/// Forward over every (row, head), in parallel: writes `scores = tril₋₁(q qᵀ)`
-/// (B, H, T, T), kept for the backward, and `out = scores · v` (B, H, T, D).
-pub fn causal_linear_attention(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], s: Attention) {
+/// Forward over every (row, head), in parallel: rotates x (B, H, T, N) by RoPE into
+/// `q` (kept for the backward; tables (T, N/2) as [`crate::rope()`] reads them), then
+/// writes `scores = tril₋₁(q qᵀ)` (B, H, T, T), also kept, and `out = scores · v`
+/// (B, H, T, D). Each (row, head) is rotated and attended in one task, while its q
+/// is in cache.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_linear_attention(
+    out: &mut [f32],
+    scores: &mut [f32],
+    q: &mut [f32],
+    x: &[f32],
+    v: &[f32],
+    (cos, sin): (&[f32], &[f32]),
+    s: Attention,
+) {
     let Attention { b, h, t, n, d } = s;
     assert!(
-        out.len() == b * h * t * d && scores.len() == b * h * t * t && q.len() == b * h * t * n && v.len() == b * t * d,
+        out.len() == b * h * t * d
+            && scores.len() == b * h * t * t
+            && q.len() == b * h * t * n
+            && x.len() == q.len()
+            && v.len() == b * t * d
+            && cos.len() * 2 == t * n,
         "causal_linear_attention: sizes for {s:?}"
     );
-    (out.par_chunks_mut(t * d), scores.par_chunks_mut(t * t), q.par_chunks(t * n))
+    (out.par_chunks_mut(t * d), scores.par_chunks_mut(t * t), q.par_chunks_mut(t * n), x.par_chunks(t * n))
         .into_par_iter()
         .enumerate()
-        .for_each(|(bh, (out, scores, q))| {
+        .for_each(|(bh, (out, scores, q, x))| {
+            rope_block(q, x, cos, sin, n, RopeDirection::Forward);
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
             attention_one(out, scores, q, v, t, n, d);
         });
 }
 
+/// What the forward of [`causal_linear_attention`] read and kept, for its backward.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionSaved<'a> {
+    /// The neurons before RoPE, (B, H, T, N): a ReLU's output.
+    pub x: &'a [f32],
+    /// The rotated neurons, (B, H, T, N).
+    pub q: &'a [f32],
+    /// The values, (B, T, D).
+    pub v: &'a [f32],
+    /// `tril₋₁(q qᵀ)`, (B, H, T, T).
+    pub scores: &'a [f32],
+    /// RoPE's cosines, (T, N/2).
+    pub cos: &'a [f32],
+    /// RoPE's sines, (T, N/2).
+    pub sin: &'a [f32],
+}
+
 /// Backward of [`causal_linear_attention`] over every (row, head), in parallel, from
 /// dL/d(out) `da` (B, H, T, D): `dS = tril₋₁(da vᵀ)` (written to the scratch
 /// `dscores`, (B, H, T, T)), `dv = Sᵀ da` per head (B, H, T, D; the caller sums the
-/// heads), `dq = (dS + dSᵀ) q` (B, H, T, N). `dq` and `dv` are overwritten.
-#[allow(clippy::too_many_arguments)]
+/// heads), `dq = (dS + dSᵀ) q` (B, H, T, N), and through RoPE and the ReLU that made
+/// x: `dx = [x > 0] ⊙ (dx + Rᵀ dq)` (`dx` holds the gradient of x by other paths on
+/// entry). `dq` and `dv` are overwritten.
 pub fn causal_linear_attention_backward(
+    dx: &mut [f32],
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
     da: &[f32],
-    q: &[f32],
-    v: &[f32],
-    scores: &[f32],
+    saved: AttentionSaved,
     s: Attention,
 ) {
-    let Attention { h, t, n, d, .. } = s;
-    (dq.par_chunks_mut(t * n), dv.par_chunks_mut(t * d), dscores.par_chunks_mut(t * t))
+    let Attention { b, h, t, n, d } = s;
+    let AttentionSaved { x, q, v, scores, cos, sin } = saved;
+    assert!(
+        dx.len() == b * h * t * n
+            && dq.len() == dx.len()
+            && x.len() == dx.len()
+            && q.len() == dx.len()
+            && dv.len() == b * h * t * d
+            && da.len() == dv.len()
+            && v.len() == b * t * d
+            && dscores.len() == b * h * t * t
+            && scores.len() == dscores.len()
+            && cos.len() * 2 == t * n,
+        "causal_linear_attention_backward: sizes for {s:?}"
+    );
+    (dx.par_chunks_mut(t * n), dq.par_chunks_mut(t * n), dv.par_chunks_mut(t * d), dscores.par_chunks_mut(t * t))
         .into_par_iter()
         .enumerate()
-        .for_each(|(bh, (dq, dv, dscores))| {
+        .for_each(|(bh, (dx, dq, dv, dscores))| {
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
             let (nb, db, tb) =
                 (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d, bh * t * t..(bh + 1) * t * t);
-            attention_backward_one(dq, dv, dscores, &da[db], &q[nb], v, &scores[tb], (t, n, d));
+            attention_backward_one(dq, dv, dscores, &da[db], &q[nb.clone()], v, &scores[tb], (t, n, d));
+            QT.with_borrow_mut(|rotated| {
+                rotated.resize(t * n, 0.0);
+                rope_block(rotated, dq, cos, sin, n, RopeDirection::Inverse);
+                relu_backward_add_block(dx, rotated, &x[nb]);
+            });
         });
 }
 
@@ -85,10 +147,15 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// Forward of one (row, head): q (t×n), v (t×d), scores (t×t), out (t×d).
 fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], t: usize, n: usize, d: usize) {
-    for (r0, r1) in blocks(t) {
-        // scores[r0..r1, ..r1] = q[r0..r1] · q[..r1]ᵀ
-        matmul(&mut scores[r0 * t..], &q[r0 * n..], q, MatMul::new(r1 - r0, n, r1).b_t().ld(0, 0, t));
-    }
+    // qᵀ (n×t), made once: every block of rows reads a row-major B from it.
+    QT.with_borrow_mut(|qt| {
+        qt.resize(n * t, 0.0);
+        transpose(qt, q, t, n);
+        for (r0, r1) in blocks(t) {
+            // scores[r0..r1, ..r1] = q[r0..r1] · qᵀ[:, ..r1]
+            matmul(&mut scores[r0 * t..], &q[r0 * n..], qt, MatMul::new(r1 - r0, n, r1).ld(0, t, t));
+        }
+    });
     keep_strictly_lower(scores, t);
     for (r0, r1) in blocks(t) {
         // out[r0..r1] = scores[r0..r1, ..r1] · v[..r1]
@@ -96,10 +163,21 @@ fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], t: u
     }
 }
 
-/// Scalar twin of [`causal_linear_attention`]: loops over τ < t only, f64 sums.
+/// Scalar twin of [`causal_linear_attention`]: RoPE's twin, then loops over τ < t
+/// only, f64 sums.
 #[cfg(test)]
-pub(crate) fn causal_linear_attention_scalar(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], s: Attention) {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn causal_linear_attention_scalar(
+    out: &mut [f32],
+    scores: &mut [f32],
+    q: &mut [f32],
+    x: &[f32],
+    v: &[f32],
+    (cos, sin): (&[f32], &[f32]),
+    s: Attention,
+) {
     let Attention { b, h, t, n, d } = s;
+    crate::rope::rope_scalar(q, x, cos, sin, n, RopeDirection::Forward);
     for bh in 0..b * h {
         let vb = &v[bh / h * t * d..(bh / h + 1) * t * d];
         let (out, scores, q) = (&mut out[bh * t * d..], &mut scores[bh * t * t..], &q[bh * t * n..]);
@@ -161,21 +239,25 @@ fn attention_backward_one(
 /// f64 sums; recomputes the scores from q instead of reading them.
 #[cfg(test)]
 pub(crate) fn causal_linear_attention_backward_scalar(
+    dx: &mut [f32],
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
     da: &[f32],
-    q: &[f32],
-    v: &[f32],
+    saved: AttentionSaved,
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
+    let AttentionSaved { x, q, v, cos, sin, .. } = saved;
     for bh in 0..b * h {
         let vb = &v[bh / h * t * d..(bh / h + 1) * t * d];
         let (nb, db) = (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d);
         let ds = &mut dscores[bh * t * t..(bh + 1) * t * t];
         attention_backward_one_scalar(&mut dq[nb.clone()], &mut dv[db.clone()], ds, &da[db], &q[nb], vb, (t, n, d));
     }
+    let mut rotated = vec![0.0; dq.len()];
+    crate::rope::rope_scalar(&mut rotated, dq, cos, sin, n, RopeDirection::Inverse);
+    crate::elementwise::scalar::relu_backward_add(dx, &rotated, x);
 }
 
 #[cfg(test)]

@@ -13,20 +13,12 @@ pub(crate) const PAR_MIN: usize = 1 << 15;
 const BLOCK: usize = 1 << 14;
 
 multiversion! {
-/// `x = max(x, 0)` in place, on the calling thread.
+/// `x = max(x, 0)` in place, on the calling thread (the ReLU epilogue of products).
 pub(crate) fn relu_block(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = v.max(0.0);
     }
 }
-}
-
-/// `x = max(x, 0)` in place.
-pub fn relu(x: &mut [f32]) {
-    if x.len() < PAR_MIN {
-        return relu_block(x);
-    }
-    x.par_chunks_mut(BLOCK).for_each(relu_block);
 }
 
 multiversion! {
@@ -91,22 +83,14 @@ pub fn gated_product_backward(dx: &mut [f32], dy: &mut [f32], x: &[f32], y: &[f3
 }
 
 multiversion! {
-fn relu_backward_add_block(dx: &mut [f32], extra: &[f32], x: &[f32]) {
+/// `dx = [x > 0] ⊙ (dx + extra)`: the ReLU's backward of a gradient arriving by two
+/// paths, on the calling thread (the end of the attention's backward).
+pub(crate) fn relu_backward_add_block(dx: &mut [f32], extra: &[f32], x: &[f32]) {
     for ((g, &e), &xi) in dx.iter_mut().zip(extra).zip(x) {
         let on = if xi > 0.0 { 1.0 } else { 0.0 };
         *g = (*g + e) * on;
     }
 }
-}
-
-/// `dx = [x > 0] ⊙ (dx + extra)`: the ReLU's backward of a gradient arriving by two paths.
-pub fn relu_backward_add(dx: &mut [f32], extra: &[f32], x: &[f32]) {
-    if dx.len() < PAR_MIN {
-        return relu_backward_add_block(dx, extra, x);
-    }
-    (dx.par_chunks_mut(BLOCK), extra.par_chunks(BLOCK), x.par_chunks(BLOCK))
-        .into_par_iter()
-        .for_each(|(g, e, x)| relu_backward_add_block(g, e, x));
 }
 
 /// `out[g] += Σ_{j<k} src[g·k + j]` over blocks of `len` elements: `dv (B, T, D) +=
@@ -138,12 +122,12 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
-/// Scalar twins of [`relu`], of [`gated_product`], of [`gated_product_backward`], of
-/// [`relu_backward_add`] and of [`add_groups`]: the definitions index by index
+/// Scalar twins of [`relu_block`], of [`gated_product`], of [`gated_product_backward`],
+/// of [`relu_backward_add_block`] and of [`add_groups`]: the definitions index by index
 /// ([`add`] is its own twin).
 #[cfg(test)]
 pub(crate) mod scalar {
-    /// Twin of [`super::relu`].
+    /// Twin of [`super::relu_block`].
     pub fn relu(x: &mut [f32]) {
         for v in x.iter_mut() {
             if *v < 0.0 {
@@ -165,7 +149,7 @@ pub(crate) mod scalar {
             dx[i] = dz * y[i];
         }
     }
-    /// Twin of [`super::relu_backward_add`].
+    /// Twin of [`super::relu_backward_add_block`].
     pub fn relu_backward_add(dx: &mut [f32], extra: &[f32], x: &[f32]) {
         for i in 0..dx.len() {
             dx[i] = if x[i] > 0.0 { dx[i] + extra[i] } else { 0.0 };

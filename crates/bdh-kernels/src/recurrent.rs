@@ -5,8 +5,6 @@
 //! neuron selects. The twins do the dense computation, which equals the sparse one
 //! whenever the skipped coefficients are zero.
 
-use rayon::prelude::*;
-
 use crate::simd::multiversion;
 
 /// Lists what a recurrent step touches, given x (N) of one head: in `rows` both
@@ -39,20 +37,6 @@ pub fn gate_listed(z: &mut [f32], x: &[f32], y: &[f32], cols: &[u32], z_rows: &m
             z_rows.push(col);
         }
     }
-}
-
-/// Runs `step(i, item_i, data_i)` for every item at once, spread over the rayon
-/// pool, with `data` cut into one equal chunk per item: the heads of a recurrent
-/// step (each with its scratch and its ρ), independent until the decoder sums them.
-pub fn parallel_heads<T: Send>(items: &mut [T], data: &mut [f32], step: impl Fn(usize, &mut T, &mut [f32]) + Sync) {
-    let chunk = data.len() / items.len().max(1);
-    items.par_iter_mut().zip(data.par_chunks_mut(chunk.max(1))).enumerate().for_each(|(i, (item, d))| step(i, item, d));
-}
-
-/// Runs `fill(i, chunk_i)` on every `chunk`-long piece of `data` at once, spread over
-/// the rayon pool (per-(row, head) dropout masks, each from its own random stream).
-pub fn parallel_chunks(data: &mut [f32], chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) {
-    data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
 }
 
 multiversion! {

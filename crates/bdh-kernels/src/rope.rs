@@ -30,8 +30,8 @@ pub fn rope(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir:
 }
 
 multiversion! {
-/// [`rope`] of one (T, n) block with (T, n/2) tables.
-fn rope_block(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
+/// [`rope`] of one (T, n) block with (T, n/2) tables, on the calling thread.
+pub(crate) fn rope_block(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
     let sign = match dir {
         RopeDirection::Forward => 1.0,
         RopeDirection::Inverse => -1.0,

@@ -118,23 +118,33 @@ fn causal_linear_attention_and_backward_equal_twins() {
     for (i, &(t, n, d)) in SHAPES.iter().enumerate() {
         let (b, h) = (1 + i % 2, 1 + i % 3);
         let shape = Attention { b, h, t, n, d };
-        let q = sparse(&mut r, b * h * t * n, 0.3);
+        let x = sparse(&mut r, b * h * t * n, 0.3);
         let v = random(&mut r, b * t * d);
+        let angles = random(&mut r, t * n / 2);
+        let cos: Vec<f32> = angles.iter().map(|a| (a * 3.0).cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| (a * 3.0).sin()).collect();
         let (mut out_f, mut out_s) = (vec![0.0; b * h * t * d], vec![0.0; b * h * t * d]);
         let (mut s_f, mut s_s) = (vec![7.0; b * h * t * t], vec![7.0; b * h * t * t]);
-        causal_linear_attention(&mut out_f, &mut s_f, &q, &v, shape);
-        causal_linear_attention_scalar(&mut out_s, &mut s_s, &q, &v, shape);
+        let (mut q_f, mut q_s) = (vec![0.0; b * h * t * n], vec![0.0; b * h * t * n]);
+        causal_linear_attention(&mut out_f, &mut s_f, &mut q_f, &x, &v, (&cos, &sin), shape);
+        causal_linear_attention_scalar(&mut out_s, &mut s_s, &mut q_s, &x, &v, (&cos, &sin), shape);
         assert_close(&format!("attention {shape:?}"), &out_f, &out_s, 1e-5);
+        assert_close(&format!("attention rotated q {shape:?}"), &q_f, &q_s, 1e-6);
         assert_close(&format!("attention scores {shape:?}"), &s_f, &s_s, 1e-5);
 
         let da = random(&mut r, b * h * t * d);
         let (mut dq_f, mut dq_s) = (vec![0.0; b * h * t * n], vec![0.0; b * h * t * n]);
         let (mut dv_f, mut dv_s) = (vec![0.0; b * h * t * d], vec![0.0; b * h * t * d]);
         let (mut ds_f, mut ds_s) = (vec![0.0; b * h * t * t], vec![0.0; b * h * t * t]);
-        causal_linear_attention_backward(&mut dq_f, &mut dv_f, &mut ds_f, &da, &q, &v, &s_f, shape);
-        causal_linear_attention_backward_scalar(&mut dq_s, &mut dv_s, &mut ds_s, &da, &q, &v, shape);
+        let dx = random(&mut r, b * h * t * n);
+        let (mut dx_f, mut dx_s) = (dx.clone(), dx);
+        let saved = |q, scores| AttentionSaved { x: &x, q, v: &v, scores, cos: &cos, sin: &sin };
+        let (fast, slow) = (saved(&q_f, &s_f), saved(&q_s, &s_s));
+        causal_linear_attention_backward(&mut dx_f, &mut dq_f, &mut dv_f, &mut ds_f, &da, fast, shape);
+        causal_linear_attention_backward_scalar(&mut dx_s, &mut dq_s, &mut dv_s, &mut ds_s, &da, slow, shape);
         assert_close(&format!("attention backward dq {shape:?}"), &dq_f, &dq_s, 1e-5);
         assert_close(&format!("attention backward dv {shape:?}"), &dv_f, &dv_s, 1e-5);
+        assert_close(&format!("attention backward dx {shape:?}"), &dx_f, &dx_s, 1e-5);
     }
 }
 
@@ -143,16 +153,16 @@ fn attention_never_looks_at_the_present_or_future() {
     let mut r = rng(5);
     let shape = Attention { b: 1, h: 1, t: 9, n: 4, d: 3 };
     let (t, n, d) = (9, 4, 3);
-    let q = sparse(&mut r, t * n, 0.8);
+    let x = sparse(&mut r, t * n, 0.8);
     let v = random(&mut r, t * d);
-    let mut out = vec![0.0; t * d];
-    let mut s = vec![0.0; t * t];
-    causal_linear_attention(&mut out, &mut s, &q, &v, shape);
+    let (cos, sin) = (vec![1.0; t * n / 2], vec![0.0; t * n / 2]);
+    let (mut out, mut s, mut q) = (vec![0.0; t * d], vec![0.0; t * t], vec![0.0; t * n]);
+    causal_linear_attention(&mut out, &mut s, &mut q, &x, &v, (&cos, &sin), shape);
     // Changing the last token's values must not change any output.
     let mut v2 = v.clone();
     v2[(t - 1) * d..].iter_mut().for_each(|x| *x += 5.0);
     let mut out2 = vec![0.0; t * d];
-    causal_linear_attention(&mut out2, &mut s, &q, &v2, shape);
+    causal_linear_attention(&mut out2, &mut s, &mut q, &x, &v2, (&cos, &sin), shape);
     assert_eq!(out, out2);
     assert!(out[..d].iter().all(|&x| x == 0.0), "t = 0 attends to nothing");
 }
@@ -221,7 +231,7 @@ fn elementwise_kernels_equal_twins() {
         let keep: Vec<f32> = random(&mut r, len).iter().map(|&u| if u > 0.0 { 1.25 } else { 0.0 }).collect();
         for keep in [&keep[..], &[]] {
             let (mut a, mut b) = (x.clone(), x.clone());
-            relu(&mut a);
+            crate::elementwise::relu_block(&mut a);
             elementwise_scalar::relu(&mut b);
             assert_eq!(a, b, "relu {len}");
             let (mut za, mut zb) = (vec![0.0; len], vec![0.0; len]);
@@ -235,7 +245,7 @@ fn elementwise_kernels_equal_twins() {
             assert_close(&format!("gated_product_backward dx {len}"), &dxa, &dxb, 1e-6);
             assert_close(&format!("gated_product_backward dy {len}"), &dya, &dyb, 1e-6);
             let (mut ga, mut gb) = (g.clone(), g.clone());
-            relu_backward_add(&mut ga, &y, &x);
+            crate::elementwise::relu_backward_add_block(&mut ga, &y, &x);
             elementwise_scalar::relu_backward_add(&mut gb, &y, &x);
             assert_close(&format!("relu_backward_add {len}"), &ga, &gb, 1e-6);
         }

@@ -5,7 +5,7 @@
 
 use bdh_kernels::{
     add_groups, causal_linear_attention_backward, gated_product, gated_product_backward, layer_norm_backward, matmul,
-    matmul_batched, relu_backward_add, rope, transpose, Attention, Batch, MatMul, RopeDirection,
+    matmul_batched, transpose, Attention, AttentionSaved, Batch, MatMul,
 };
 
 use super::forward::{check_tokens, Activations, Dims};
@@ -20,18 +20,23 @@ use crate::params::Params;
 #[derive(Debug)]
 pub struct Backward {
     dims: Dims,
-    dlogits: Vec<f32>, // (B, T, V)
-    dv: Vec<f32>,      // (B, T, D) d loss / d residual stream at the current depth
-    du: Vec<f32>,      // (B, T, D) d loss / d decoder output
-    z: Vec<f32>,       // (B, H, T, N) recomputed dropout(x ⊙ y), then scratch for Rᵀ dq
-    dx: Vec<f32>,      // (B, H, T, N) d loss / d x, then through the ReLU
-    dy: Vec<f32>,      // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
-    dq: Vec<f32>,      // (B, H, T, N) d loss / d R(x)
-    da: Vec<f32>,      // (B, H, T, D) d loss / d attention output
-    dvh: Vec<f32>,     // (B, H, T, D) d loss / d v through each head's attention values
-    dscores: Vec<f32>, // (B, H, T, T)
-    // Transposed weights, so every product reads a row-major B (see `transpose`).
-    lm_head_t: Vec<f32>,   // (V, D)
+    dlogits: Vec<f32>,   // (B, T, V)
+    dv: Vec<f32>,        // (B, T, D) d loss / d residual stream at the current depth
+    du: Vec<f32>,        // (B, T, D) d loss / d decoder output
+    z: Vec<f32>,         // (B, H, T, N) recomputed dropout(x ⊙ y)
+    dx: Vec<f32>,        // (B, H, T, N) d loss / d x, then through the ReLU
+    dy: Vec<f32>,        // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
+    dq: Vec<f32>,        // (B, H, T, N) d loss / d R(x)
+    da: Vec<f32>,        // (B, H, T, D) d loss / d attention output
+    dvh: Vec<f32>,       // (B, H, T, D) d loss / d v through each head's attention values
+    dscores: Vec<f32>,   // (B, H, T, T)
+    lm_head_t: Vec<f32>, // (V, D)
+    weights_t: Transposed,
+}
+
+/// Transposed weights, so every product reads a row-major B (see `transpose`).
+#[derive(Debug, Default)]
+struct Transposed {
     decoder_t: Vec<f32>,   // (H, D, N)
     encoder_t: Vec<f32>,   // (H, N, D)
     encoder_v_t: Vec<f32>, // (H, N, D)
@@ -55,9 +60,11 @@ impl Backward {
             dvh: zeroed(&[b, h, t, d])?,
             dscores: zeroed(&[b, h, t, t])?,
             lm_head_t: zeroed(&[v, d])?,
-            decoder_t: zeroed(&[h, d, n])?,
-            encoder_t: zeroed(&[h, n, d])?,
-            encoder_v_t: zeroed(&[h, n, d])?,
+            weights_t: Transposed {
+                decoder_t: zeroed(&[h, d, n])?,
+                encoder_t: zeroed(&[h, n, d])?,
+                encoder_v_t: zeroed(&[h, n, d])?,
+            },
         })
     }
 }
@@ -89,14 +96,13 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     transpose(&mut s.lm_head_t, p.lm_head, d, vocab);
     for hi in 0..h {
         let (dn, nd) = (hi * d * n..(hi + 1) * d * n, hi * n * d..(hi + 1) * n * d);
-        transpose(&mut s.decoder_t[dn.clone()], &p.decoder[nd.clone()], n, d);
-        transpose(&mut s.encoder_t[nd.clone()], &p.encoder[dn.clone()], d, n);
-        transpose(&mut s.encoder_v_t[nd], &p.encoder_v[dn], d, n);
+        let wt = &mut s.weights_t;
+        transpose(&mut wt.decoder_t[dn.clone()], &p.decoder[nd.clone()], n, d);
+        transpose(&mut wt.encoder_t[nd.clone()], &p.encoder[dn.clone()], d, n);
+        transpose(&mut wt.encoder_v_t[nd], &p.encoder_v[dn], d, n);
     }
     let (cos, sin) = (&acts.rope.cos[..], &acts.rope.sin[..]);
-    // Products per (row, head) and their sums over rows (weight gradients) or heads.
-    let per_head = |a: [usize; 2], w: [usize; 2], c: [usize; 2]| Batch { count: [b, h], a, b: w, c };
-    let (row_nt, row_dt) = ([h * t * n, t * n], [h * t * d, t * d]); // (B, H, T, ·) per item
+    let dm = acts.dims;
 
     // logits = v · lm_head  ⇒  d lm_head += vᵀ · dlogits,  dv = dlogits · lm_headᵀ
     cross_entropy_backward(&mut s.dlogits, &acts.logits, targets, vocab);
@@ -116,8 +122,21 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         // w = LN(u)  ⇒  du = LN'(dw)
         s.du.copy_from_slice(&s.dv);
         layer_norm_backward(&mut s.du, &acts.w[l * bt * d..(l + 1) * bt * d], &acts.rstd_w[l * bt..(l + 1) * bt], d);
+
+        // Batch rows are independent until the weight gradients sum them: each row's
+        // chain is one task, its gradients in cache from one kernel to the next.
+        let saved = Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin };
+        let weights_t = std::mem::take(&mut s.weights_t); // read by every row while they write the rest of `s`
+        let mut rows = RowGrads::split(s, saved, dm);
+        bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm));
+        drop(rows);
+        s.weights_t = weights_t;
+
+        // Weight gradients, summed over rows:
+        let per_head = |a, w, c| Batch { count: [b, h], a, b: w, c };
+        let (row_nt, row_dt) = ([h * t * n, t * n], [h * t * d, t * d]); // (B, H, T, ·) per item
+        let sum_rows = MatMul::new(d, t, n).a_t().acc();
         // u = concat_h(z) · decoder  ⇒  d decoder_h += Σ_b z_bhᵀ · du_b
-        gated_product(&mut s.z, x, y, keep);
         matmul_batched(
             g.decoder,
             &s.z,
@@ -125,28 +144,9 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
             MatMul::new(n, t, d).a_t().acc(),
             per_head(row_nt, [t * d, 0], [0, n * d]),
         );
-        // dz = du · decoder_hᵀ                                           (B, H, T, N)
-        matmul_batched(&mut s.dx, &s.du, &s.decoder_t, MatMul::new(t, d, n), per_head([t * d, 0], [0, d * n], row_nt));
-        // z = dropout(x ⊙ relu(y_latent))  ⇒  dy = dz ⊙ x ⊙ [y > 0],  dx = dz ⊙ y
-        gated_product_backward(&mut s.dx, &mut s.dy, x, y, keep);
-        // y_latent = a · encoder_v_h  ⇒  da = dy · encoder_v_hᵀ          (B, H, T, D)
-        matmul_batched(&mut s.da, &s.dy, &s.encoder_v_t, MatMul::new(t, n, d), per_head(row_nt, [0, n * d], row_dt));
-        // a = LN(attention)  ⇒  d attention = LN'(da)
-        layer_norm_backward(&mut s.da, a, rstd_a, d);
-        // attention = tril₋₁(xr xrᵀ) · v  ⇒  d xr, and dv through the values of each head
-        let shape = Attention { b, h, t, n, d };
-        causal_linear_attention_backward(&mut s.dq, &mut s.dvh, &mut s.dscores, &s.da, xr, v_in, scores, shape);
-        // xr = R(x)  ⇒  dx += Rᵀ d xr;  x = relu(x_latent)  ⇒  through [x > 0]
-        rope(&mut s.z, &s.dq, cos, sin, n, RopeDirection::Inverse);
-        relu_backward_add(&mut s.dx, &s.z, x);
-        // x_latent = v · encoder_h, y_latent = a · encoder_v_h  ⇒  weight gradients, summed over rows
-        let sum_rows = MatMul::new(d, t, n).a_t().acc();
+        // x_latent = v · encoder_h, y_latent = a · encoder_v_h
         matmul_batched(g.encoder, v_in, &s.dx, sum_rows, per_head([t * d, 0], row_nt, [0, d * n]));
         matmul_batched(g.encoder_v, a, &s.dy, sum_rows, per_head(row_dt, row_nt, [0, d * n]));
-        // dv_in = dv (residual) + Σ_h dv through attention values + Σ_h dx_h · encoder_hᵀ
-        add_groups(&mut s.dv, &s.dvh, t * d, h);
-        let sum_heads = MatMul::new(t, n, d).acc();
-        matmul_batched(&mut s.dv, &s.dx, &s.encoder_t, sum_heads, per_head(row_nt, [0, n * d], [t * d, 0]));
     }
 
     // v = LN(embed[idx])  ⇒  d embed[idx] += LN'(dv)
@@ -156,4 +156,103 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         e.iter_mut().zip(row).for_each(|(o, &gv)| *o += gv);
     }
     Ok(loss)
+}
+
+/// What one layer's forward kept, for all batch rows.
+#[derive(Clone, Copy)]
+struct Saved<'a> {
+    x: &'a [f32],      // (B, H, T, N)
+    y: &'a [f32],      // (B, H, T, N)
+    xr: &'a [f32],     // (B, H, T, N)
+    a: &'a [f32],      // (B, H, T, D)
+    rstd_a: &'a [f32], // (B, H, T)
+    scores: &'a [f32], // (B, H, T, T)
+    keep: &'a [f32],   // (B, H, T, N) or empty
+    v_in: &'a [f32],   // (B, T, D)
+    cos: &'a [f32],    // (T, N/2)
+    sin: &'a [f32],    // (T, N/2)
+}
+
+/// One batch row's part of a layer's backward: what the forward kept and the
+/// gradients it writes.
+struct RowGrads<'a> {
+    saved: Saved<'a>,
+    du: &'a [f32],          // (T, D)
+    dv: &'a mut [f32],      // (T, D)
+    z: &'a mut [f32],       // (H, T, N)
+    dx: &'a mut [f32],      // (H, T, N)
+    dy: &'a mut [f32],      // (H, T, N)
+    dq: &'a mut [f32],      // (H, T, N)
+    da: &'a mut [f32],      // (H, T, D)
+    dvh: &'a mut [f32],     // (H, T, D)
+    dscores: &'a mut [f32], // (H, T, T)
+}
+
+impl<'a> RowGrads<'a> {
+    /// The rows of `saved` and of the scratch, one view each.
+    fn split(s: &'a mut Backward, saved: Saved<'a>, dm: Dims) -> Vec<Self> {
+        let Dims { b, t, d, h, n, .. } = dm;
+        let (htn, htd, htt) = (h * t * n, h * t * d, h * t * t);
+        let row =
+            |buf: &'a [f32], per: usize, r: usize| if buf.is_empty() { buf } else { &buf[r * per..(r + 1) * per] };
+        let mut dv = s.dv.chunks_mut(t * d);
+        let (mut z, mut dx, mut dy, mut dq) =
+            (s.z.chunks_mut(htn), s.dx.chunks_mut(htn), s.dy.chunks_mut(htn), s.dq.chunks_mut(htn));
+        let (mut da, mut dvh, mut dscores) = (s.da.chunks_mut(htd), s.dvh.chunks_mut(htd), s.dscores.chunks_mut(htt));
+        let du: &'a [f32] = &s.du;
+        (0..b)
+            .map(|r| {
+                let saved = Saved {
+                    x: row(saved.x, htn, r),
+                    y: row(saved.y, htn, r),
+                    xr: row(saved.xr, htn, r),
+                    a: row(saved.a, htd, r),
+                    rstd_a: row(saved.rstd_a, h * t, r),
+                    scores: row(saved.scores, htt, r),
+                    keep: row(saved.keep, htn, r),
+                    v_in: row(saved.v_in, t * d, r),
+                    ..saved
+                };
+                let next = |it: &mut std::slice::ChunksMut<'a, f32>| it.next().expect("one chunk per row");
+                RowGrads {
+                    saved,
+                    du: row(du, t * d, r),
+                    dv: next(&mut dv),
+                    z: next(&mut z),
+                    dx: next(&mut dx),
+                    dy: next(&mut dy),
+                    dq: next(&mut dq),
+                    da: next(&mut da),
+                    dvh: next(&mut dvh),
+                    dscores: next(&mut dscores),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One row's backward through a layer, from du (and dv of the residual path) to dv
+/// of the layer's input, leaving z, dx and dy for the weight gradients.
+fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
+    let Dims { t, d, h, n, .. } = dm;
+    let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin } = r.saved;
+    let heads = |a, w, c| Batch { count: [1, h], a, b: w, c };
+    let (nt, dt) = ([0, t * n], [0, t * d]); //                      per head
+                                             // u = concat_h(z) · decoder: recompute z = dropout(x ⊙ y) for the decoder's gradient
+    gated_product(r.z, x, y, keep);
+    // dz = du · decoder_hᵀ                                              (H, T, N)
+    matmul_batched(r.dx, r.du, &w.decoder_t, MatMul::new(t, d, n), heads([0, 0], [0, d * n], nt));
+    // z = dropout(x ⊙ relu(y_latent))  ⇒  dy = dz ⊙ x ⊙ [y > 0],  dx = dz ⊙ y
+    gated_product_backward(r.dx, r.dy, x, y, keep);
+    // y_latent = a · encoder_v_h  ⇒  da = dy · encoder_v_hᵀ             (H, T, D)
+    matmul_batched(r.da, r.dy, &w.encoder_v_t, MatMul::new(t, n, d), heads(nt, [0, n * d], dt));
+    // a = LN(attention)  ⇒  d attention = LN'(da)
+    layer_norm_backward(r.da, a, rstd_a, d);
+    // attention = tril₋₁(xr xrᵀ) · v, xr = R(x), x = relu(x_latent)
+    //   ⇒  dv through the values of each head;  dx = [x > 0] ⊙ (dx + Rᵀ d xr)
+    let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin };
+    causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.da, saved, Attention { b: 1, h, t, n, d });
+    // dv_in = dv (residual) + Σ_h dv through attention values + Σ_h dx_h · encoder_hᵀ
+    add_groups(r.dv, r.dvh, t * d, h);
+    matmul_batched(r.dv, r.dx, &w.encoder_t, MatMul::new(t, n, d).acc(), heads(nt, [0, n * d], [0, 0]));
 }

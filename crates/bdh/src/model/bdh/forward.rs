@@ -5,13 +5,13 @@
 //! blocks themselves.
 
 use bdh_kernels::{
-    add, causal_linear_attention, gated_product, layer_norm, matmul, matmul_batched, rope, Attention, Batch, MatMul,
-    RopeDirection,
+    add, causal_linear_attention, gated_product, layer_norm, matmul, matmul_batched, Attention, Batch, MatMul,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::edit::{Edits, Region, Site, NO_EDITS};
+use super::params::Weights;
 use super::recurrent::State;
 use super::rope::RopeTable;
 use super::{Bdh, BdhConfig};
@@ -164,6 +164,33 @@ impl Activations {
         &self.y[self.neurons(l)]
     }
 
+    /// Layer `l`'s buffers for batch rows `rows`, and the RoPE table.
+    fn layer_rows(&mut self, l: usize, rows: std::ops::Range<usize>) -> (LayerRows<'_>, &RopeTable) {
+        let Dims { b, t, d, h, n, .. } = self.dims;
+        let g = rows.len();
+        let at = |per_row: usize, layer_stride_rows: usize| l * layer_stride_rows * per_row + rows.start * per_row;
+        let (htn, htd, htt) = (h * t * n, h * t * d, h * t * t);
+        let (v_in, v_out) = self.v[at(t * d, b)..].split_at_mut(b * t * d);
+        let keep = if self.keep.is_empty() { &mut [][..] } else { &mut self.keep[at(htn, b)..][..g * htn] };
+        let view = LayerRows {
+            dims: Dims { b: g, ..self.dims },
+            v_in: &v_in[..g * t * d],
+            v_out: &mut v_out[..g * t * d],
+            rstd_out: &mut self.rstd_v[at(t, b) + b * t..][..g * t],
+            x: &mut self.x[at(htn, b)..][..g * htn],
+            xr: &mut self.xr[at(htn, b)..][..g * htn],
+            scores: &mut self.scores[at(htt, b)..][..g * htt],
+            a: &mut self.a[at(htd, b)..][..g * htd],
+            rstd_a: &mut self.rstd_a[at(h * t, b)..][..g * h * t],
+            y: &mut self.y[at(htn, b)..][..g * htn],
+            keep,
+            z: &mut self.z[rows.start * htn..][..g * htn],
+            w: &mut self.w[at(t * d, b)..][..g * t * d],
+            rstd_w: &mut self.rstd_w[at(t, b)..][..g * t],
+        };
+        (view, &self.rope)
+    }
+
     fn neurons(&self, l: usize) -> std::ops::Range<usize> {
         let Dims { b, h, t, n, .. } = self.dims;
         l * b * h * t * n..(l + 1) * b * h * t * n
@@ -197,7 +224,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
         None => 0,
     };
     let p = model.weights();
-    let (bt, bhtn, bhtd) = (b * t, b * h * t * n, b * h * t * d);
+    let bt = b * t;
     let dropout = match mode {
         Mode::Train { seed } if model.config.dropout > 0.0 => Some((seed, model.config.dropout)),
         _ => None,
@@ -214,8 +241,6 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
         (None, false) => Some("the forward applied edits"),
         (None, true) => None,
     };
-    let (cos, sin) = (&acts.rope.cos[..], &acts.rope.sin[..]);
-    let attention = Attention { b, h, t, n, d };
 
     // v = LN(embed[idx])                                                 (B, T, D)
     let v0 = &mut acts.v[..bt * d];
@@ -224,55 +249,20 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     }
     layer_norm(v0, &mut acts.rstd_v[..bt], d);
 
+    // The heads of a batch row are independent until the decoder sums them: a few
+    // rows at a time keeps a group's activations in cache from one kernel to the next.
+    let group = bdh_kernels::rows_per_group(h);
     for l in 0..layers {
-        let (v_in, v_out) = acts.v[l * bt * d..(l + 2) * bt * d].split_at_mut(bt * d);
-        let (x, xr, y) =
-            (&mut acts.x[l * bhtn..][..bhtn], &mut acts.xr[l * bhtn..][..bhtn], &mut acts.y[l * bhtn..][..bhtn]);
-        let (a, rstd_a) = (&mut acts.a[l * bhtd..][..bhtd], &mut acts.rstd_a[l * b * h * t..][..b * h * t]);
-        let scores = &mut acts.scores[l * b * h * t * t..][..b * h * t * t];
-
-        // x = relu(v · encoder_h)                                        (B, H, T, N)
-        matmul_batched(x, v_in, p.encoder, MatMul::new(t, d, n).relu(), dm.per_head(t * d, d * n, t * n));
-        edits.apply(Site::X, l, x, dm.region(pos0));
-        // a = LN(tril₋₁(R(x) R(x)ᵀ) · v)                                  (B, H, T, D)
-        rope(xr, x, cos, sin, n, RopeDirection::Forward);
-        causal_linear_attention(a, scores, xr, v_in, attention);
-        if let Some(state) = state.as_deref_mut() {
-            // With a carried state: a += R(x) · ρ (the past), then ρ += R(x)ᵀ · v.
-            let rho = &mut state.rho[l * h * n * d..(l + 1) * h * n * d]; //  (H, N, D)
-            let heads = |a, b, c| Batch { count: [1, h], a: [0, a], b: [0, b], c: [0, c] };
-            matmul_batched(a, xr, rho, MatMul::new(t, n, d).acc(), heads(t * n, n * d, t * d));
-            matmul_batched(rho, xr, v_in, MatMul::new(n, t, d).a_t().acc(), heads(t * n, 0, n * d));
+        for r0 in (0..b).step_by(group) {
+            let rows = r0..(r0 + group).min(b);
+            let stream = ((l * b + r0) * h) as u64;
+            let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
+            let rho = state.as_deref_mut().map(|s| &mut s.rho[l * h * n * d..(l + 1) * h * n * d]);
+            let (at, rope) = acts.layer_rows(l, rows);
+            heads(&p, at, l, Extras { rope, edits, pos0, dropout, rho });
         }
-        layer_norm(a, rstd_a, d);
-        // y = relu(a · encoder_v_h)                                      (B, H, T, N)
-        matmul_batched(
-            y,
-            a,
-            p.encoder_v,
-            MatMul::new(t, d, n).relu(),
-            Batch { a: [h * t * d, t * d], ..dm.per_head(0, d * n, t * n) },
-        );
-        edits.apply(Site::Y, l, y, dm.region(pos0));
-        // z = dropout(x ⊙ y)                                             (B, H, T, N)
-        let keep: &[f32] = match dropout {
-            Some((seed, prob)) => {
-                let keep = &mut acts.keep[l * bhtn..(l + 1) * bhtn];
-                draw_dropout_masks(keep, t * n, seed, (l * b * h) as u64, prob);
-                keep
-            }
-            None => &[],
-        };
-        gated_product(&mut acts.z, x, y, keep);
-        edits.apply(Site::Xy, l, &mut acts.z, dm.region(pos0));
-        // w = LN(concat_h(z) · decoder)                                  (B, T, D)
-        let w = &mut acts.w[l * bt * d..(l + 1) * bt * d];
-        let per_row = Batch { count: [b, h], a: [h * t * n, t * n], b: [0, n * d], c: [t * d, 0] };
-        matmul_batched(w, &acts.z, p.decoder, MatMul::new(t, n, d), per_row);
-        layer_norm(w, &mut acts.rstd_w[l * bt..(l + 1) * bt], d);
-        // v = LN(v + w)                                                  (B, T, D)
-        add(v_out, v_in, w);
-        layer_norm(v_out, &mut acts.rstd_v[(l + 1) * bt..(l + 2) * bt], d);
+        let (at, _) = acts.layer_rows(l, 0..b);
+        mix(&p, at);
     }
     if let Some(state) = state {
         state.pos += t;
@@ -282,6 +272,77 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     let v_last = &acts.v[layers * bt * d..];
     matmul(&mut acts.logits, v_last, p.lm_head, MatMul::new(bt, d, vocab).par());
     Ok(())
+}
+
+/// One layer's buffers for some batch rows.
+struct LayerRows<'a> {
+    dims: Dims,           // B: the rows here
+    v_in: &'a [f32],      // (B, T, D)
+    v_out: &'a mut [f32], // (B, T, D)
+    rstd_out: &'a mut [f32],
+    x: &'a mut [f32],      // (B, H, T, N)
+    xr: &'a mut [f32],     // (B, H, T, N)
+    scores: &'a mut [f32], // (B, H, T, T)
+    a: &'a mut [f32],      // (B, H, T, D)
+    rstd_a: &'a mut [f32], // (B, H, T)
+    y: &'a mut [f32],      // (B, H, T, N)
+    keep: &'a mut [f32],   // (B, H, T, N), empty without dropout
+    z: &'a mut [f32],      // (B, H, T, N)
+    w: &'a mut [f32],      // (B, T, D)
+    rstd_w: &'a mut [f32], // (B, T)
+}
+
+/// What a layer needs besides its buffers and the weights.
+struct Extras<'a> {
+    rope: &'a RopeTable,
+    edits: &'a Edits,
+    pos0: usize,
+    /// (seed, first stream, probability) of the dropout masks.
+    dropout: Option<(u64, u64, f32)>,
+    /// ρ of this layer, (H, N, D), when a state is carried.
+    rho: Option<&'a mut [f32]>,
+}
+
+/// The first half of a BDH layer (bdh.py's loop body up to the decoder), per head,
+/// on the rows of `s`.
+fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
+    let dm = s.dims;
+    let Dims { b, t, d, h, n, .. } = dm;
+    // x = relu(v · encoder_h)                                            (B, H, T, N)
+    matmul_batched(s.x, s.v_in, p.encoder, MatMul::new(t, d, n).relu(), dm.per_head(t * d, d * n, t * n));
+    e.edits.apply(Site::X, l, s.x, dm.region(e.pos0));
+    // a = LN(tril₋₁(R(x) R(x)ᵀ) · v)                                      (B, H, T, D)
+    let rope = (&e.rope.cos[..], &e.rope.sin[..]);
+    causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, Attention { b, h, t, n, d });
+    if let Some(rho) = e.rho {
+        // With a carried state (B = 1): a += R(x) · ρ (the past), then ρ += R(x)ᵀ · v.
+        let heads = |a, b, c| Batch { count: [1, h], a: [0, a], b: [0, b], c: [0, c] };
+        matmul_batched(s.a, s.xr, rho, MatMul::new(t, n, d).acc(), heads(t * n, n * d, t * d));
+        matmul_batched(rho, s.xr, s.v_in, MatMul::new(n, t, d).a_t().acc(), heads(t * n, 0, n * d));
+    }
+    layer_norm(s.a, s.rstd_a, d);
+    // y = relu(a · encoder_v_h)                                          (B, H, T, N)
+    let per_item = Batch { a: [h * t * d, t * d], ..dm.per_head(0, d * n, t * n) };
+    matmul_batched(s.y, s.a, p.encoder_v, MatMul::new(t, d, n).relu(), per_item);
+    e.edits.apply(Site::Y, l, s.y, dm.region(e.pos0));
+    // z = dropout(x ⊙ y)                                                 (B, H, T, N)
+    if let Some((seed, stream, prob)) = e.dropout {
+        draw_dropout_masks(s.keep, t * n, seed, stream, prob);
+    }
+    gated_product(s.z, s.x, s.y, s.keep);
+    e.edits.apply(Site::Xy, l, s.z, dm.region(e.pos0));
+}
+
+/// The second half of a BDH layer: the decoder sums the heads into the residual stream.
+fn mix(p: &Weights, s: LayerRows) {
+    let Dims { b, t, d, h, n, .. } = s.dims;
+    // w = LN(concat_h(z) · decoder)                                      (B, T, D)
+    let per_row = Batch { count: [b, h], a: [h * t * n, t * n], b: [0, n * d], c: [t * d, 0] };
+    matmul_batched(s.w, s.z, p.decoder, MatMul::new(t, n, d), per_row);
+    layer_norm(s.w, s.rstd_w, d);
+    // v = LN(v + w)                                                      (B, T, D)
+    add(s.v_out, s.v_in, s.w);
+    layer_norm(s.v_out, s.rstd_out, d);
 }
 
 /// Fills each block of `block` values of `keep` (one (row, head) of a layer) with 0
