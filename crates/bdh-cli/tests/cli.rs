@@ -335,3 +335,44 @@ fn inspect_graph_of_a_freshly_initialised_preset() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("N256") && out.contains("0.99"), "{out}");
 }
+
+#[test]
+fn generate_ends_at_once_when_its_reader_goes_away() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let model = golden("ref-small-trained");
+    let args = ["generate", "--model", &model, "--prompt", "ROMEO:", "--max-tokens", "1000000", "--temperature", "0"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bdh")).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let mut first = [0u8; 20];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take()); // as `| head -c 20` does
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    // A million tokens take minutes; a closed pipe ends the run within a step or two.
+    assert!(started.elapsed().as_secs() < 20, "still generating after the reader left");
+    assert!(status.success(), "a closed pipe is not an error: {status:?}");
+}
+
+#[test]
+fn generate_saves_and_continues_a_state() {
+    let tmp = temp("state");
+    let state = tmp.path().join("session.safetensors").display().to_string();
+    let model = golden("ref-small-trained");
+    let gen = |prompt: &str, extra: &[&str]| {
+        let mut a = vec!["generate", "--model", &model, "--prompt", prompt, "--max-tokens", "30", "--temperature", "0"];
+        a.extend_from_slice(extra);
+        let o = bdh(&a);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim_end_matches('\n').to_string()
+    };
+    // In two runs, the second continuing the first's state...
+    let first = gen("ROMEO:", &["--save-state", &state]);
+    let second = gen("\n", &["--load-state", &state]);
+    // ...equals one run over the whole text.
+    let whole = gen(&format!("ROMEO:{first}\n"), &[]);
+    assert_eq!(second, whole);
+    // A state of another model, or no state at all, is bad input.
+    let o = bdh(&["generate", "--model", &golden("ref-tiny"), "--prompt", "x", "--load-state", &state]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("session.safetensors"), "{}", text(&o));
+}

@@ -59,7 +59,7 @@ fn edits_agree_between_forward_step_and_prefill() {
         let (d_rec, d_pre) = (max_rel_diff(&rec, &par), max_rel_diff(&pre, &par[par.len() - v..]));
         let moved = max_rel_diff(&par, &plain);
         println!("{e:?}: recurrent rel {d_rec:.2e}, prefill rel {d_pre:.2e}; moved the logits by {moved:.2e}");
-        assert!(d_rec < 1e-5 && d_pre < 1e-5, "{e:?}: {d_rec} {d_pre}");
+        assert!(d_rec < 5e-6 && d_pre < 5e-6, "{e:?}: {d_rec} {d_pre}");
         assert!(moved > 1e-3, "{e:?} changed nothing");
     }
 }
@@ -75,10 +75,10 @@ fn zeroing_rho_before_every_read_silences_the_layer_like_zeroing_y() {
     let (a, b) = (stepped(&m, &toks, &rho), parallel(&m, &toks, &y));
     let d = max_rel_diff(&a, &b);
     println!("ρ zeroed at layer 2 vs y zeroed at layer 2: rel {d:.2e}");
-    assert!(d < 1e-5, "{d}");
+    assert!(d < 5e-6, "{d}");
     // The prefill steps token by token under ρ edits, with the same result.
     let last = prefilled(&m, &toks, &rho);
-    assert!(max_rel_diff(&last, &a[a.len() - last.len()..]) < 1e-5);
+    assert!(max_rel_diff(&last, &a[a.len() - last.len()..]) < 5e-6);
 }
 
 #[test]

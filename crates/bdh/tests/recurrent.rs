@@ -38,7 +38,7 @@ fn recurrent_equals_parallel_at_every_position() {
         let toks = tokens(t, i as u64);
         let (sparse, dense) = (recurrent_vs_parallel(&model, &toks, false), recurrent_vs_parallel(&model, &toks, true));
         println!("{cfg:?} T{t}: max rel diff sparse {sparse:.2e}, dense {dense:.2e}");
-        assert!(sparse < 2e-5 && dense < 2e-5, "{cfg:?}: {sparse} {dense}");
+        assert!(sparse < 5e-6 && dense < 5e-6, "{cfg:?}: {sparse} {dense}");
     }
 }
 
@@ -49,7 +49,7 @@ fn recurrent_equals_parallel_on_the_trained_model() {
     let toks: Vec<u32> = text.iter().take(300).map(|&b| b as u32).collect();
     let worst = recurrent_vs_parallel(&model, &toks, false);
     println!("ref-small-trained T{}: max rel diff {worst:.2e}", toks.len());
-    assert!(worst < 2e-5, "{worst}");
+    assert!(worst < 5e-6, "{worst}");
 }
 
 #[test]
@@ -65,13 +65,13 @@ fn prefill_then_steps_equals_steps_alone() {
     let (State::Bdh(ra), State::Bdh(rb)) = (&a, &b);
     let rho_diff = max_rel_diff(&ra.rho, &rb.rho);
     println!("ρ after prefill vs steps: max rel diff {rho_diff:.2e}");
-    assert!(rho_diff < 1e-5, "ρ after prefill differs by {rho_diff}");
+    assert!(rho_diff < 5e-6, "ρ after prefill differs by {rho_diff}");
     assert_eq!(a.pos(), 25);
     for &t in &toks[25..] {
         let la = prepared.step(&mut a, &mut sa, t, &NO_EDITS).unwrap().to_vec();
         let lb = prepared.step(&mut b, &mut sb, t, &NO_EDITS).unwrap();
         let d = max_rel_diff(&la, lb);
-        assert!(d < 1e-5, "logits differ by {d}");
+        assert!(d < 5e-6, "logits differ by {d}");
     }
 }
 

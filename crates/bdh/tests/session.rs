@@ -38,7 +38,7 @@ fn chunked_prefill_equals_one_pass_and_steps() {
     }
     let (dl, dr) = (max_rel_diff(&chunked, &stepped), max_rel_diff(rho(&a), rho(&b)));
     println!("{} tokens in chunks of {chunk}: logits rel {dl:.2e}, ρ rel {dr:.2e}", toks.len());
-    assert!(dl < 1e-5 && dr < 1e-5, "logits {dl}, ρ {dr}");
+    assert!(dl < 5e-6 && dr < 1e-5, "logits {dl}, ρ {dr}");
     assert_eq!((a.pos(), b.pos()), (toks.len(), toks.len()));
     // A second prefill continues from the position reached.
     let more = tokens(20, 6);
@@ -46,7 +46,7 @@ fn chunked_prefill_equals_one_pass_and_steps() {
     for &t in &more {
         stepped = prepared.step(&mut b, &mut sb, t, &NO_EDITS).unwrap().to_vec();
     }
-    assert!(max_rel_diff(&cont, &stepped) < 1e-5);
+    assert!(max_rel_diff(&cont, &stepped) < 5e-6);
 }
 
 #[test]
