@@ -389,6 +389,20 @@ def compare(name, got, want, tol=None):
     return f"    {name:42s} max abs {abs_diff:.3e}  max rel {rel:.3e}  (tol {tol:g}){'' if ok else '  FAIL'}", ok
 
 
+
+def same_weights(label, saved, want, lines):
+    """Whether the file's tensors `saved` are exactly `want`; differences go to `lines`."""
+    ok = True
+    for k in sorted(set(saved) | set(want)):
+        if k not in saved or k not in want:
+            lines.append(f"    {label}: {k} {'missing' if k not in saved else 'unexpected'}")
+            ok = False
+        elif not torch.equal(saved[k], want[k]):
+            line, _ = compare(f"{label} {k}", want[k], saved[k], tol=0.0)
+            lines.append(line)
+            ok = False
+    return ok
+
 def check_fixture(model, out, committed, fixture_dir):
     ok = True
     lines = []
@@ -409,27 +423,12 @@ def check_fixture(model, out, committed, fixture_dir):
     aliases = tied_aliases(model)
     st = fixture_dir / "model.safetensors"
     if st.is_file():
-        saved = load_file(str(st))
         want = {k: v for k, v in state.items() if k not in aliases}
-        for k in sorted(set(saved) | set(want)):
-            if k not in saved or k not in want:
-                lines.append(f"    model.safetensors: {k} {'missing' if k not in saved else 'unexpected'}")
-                weights_ok = False
-            elif not torch.equal(saved[k], want[k]):
-                line, _ = compare(f"model.safetensors {k}", want[k], saved[k], tol=0.0)
-                lines.append(line)
-                weights_ok = False
+        weights_ok &= same_weights("model.safetensors", load_file(str(st)), want, lines)
     pt = fixture_dir / "model.pt"
     if pt.is_file():
         saved = torch.load(str(pt), map_location="cpu", weights_only=True)
-        for k in sorted(set(saved) | set(state)):
-            if k not in saved or k not in state:
-                lines.append(f"    model.pt: {k} {'missing' if k not in saved else 'unexpected'}")
-                weights_ok = False
-            elif not torch.equal(saved[k], state[k]):
-                line, _ = compare(f"model.pt {k}", state[k], saved[k], tol=0.0)
-                lines.append(line)
-                weights_ok = False
+        weights_ok &= same_weights("model.pt", saved, state, lines)
         for alias, first in aliases.items():
             if alias in saved and first in saved and saved[alias].data_ptr() != saved[first].data_ptr():
                 lines.append(f"    model.pt: {alias} is not tied to {first}")
