@@ -74,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C and SIGTERM handler")?;
 
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(run.training.max_steps as u64) };
     bar.set_style(

@@ -376,3 +376,76 @@ fn generate_saves_and_continues_a_state() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("session.safetensors"), "{}", text(&o));
 }
+
+#[test]
+fn absurd_sizes_and_wrong_paths_are_clear_errors() {
+    let tmp = temp("sizes");
+    let out_dir = tmp.path().join("out").display().to_string();
+    let data_dir = tmp.path().display().to_string();
+    for (args, want) in [
+        (vec!["train", "--preset", "tiny", "--set", "model.n_embd=1000000"], "would need"),
+        (vec!["train", "--preset", "tiny", "--set", "training.block_size=1000000"], "would need"),
+        (vec!["train", "--preset", "tiny", "--data", &data_dir], "is a directory"),
+        (vec!["bench", "forward", "--preset", "tiny", "--batch", "100000000"], "would need"),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--out", &out_dir, "--quiet"].iter().filter(|_| args[0] == "train"));
+        let o = bdh(&a);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {out}");
+        assert!(out.contains(want) && !out.contains("panicked"), "{a:?}: {out}");
+    }
+}
+
+/// Metrics lines of a run directory: (step, loss) of every training step.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect()
+}
+
+#[test]
+fn a_kill_at_any_write_or_rename_of_a_checkpoint_loses_nothing() {
+    // Debug builds abort at the k-th write/rename point when BDH_FAULT_AT=k.
+    let tmp = temp("faults");
+    let run = |dir: &Path, resume: bool, fault: Option<usize>| {
+        let d = dir.display().to_string();
+        let mut a = if resume { vec!["train", "--resume", &d] } else { vec!["train", "--preset", "tiny", "--out", &d] };
+        a.push("--quiet");
+        a.extend_from_slice(&["--set", "training.batch_size=2", "--set", "training.block_size=32"]);
+        a.extend_from_slice(&["--set", "training.max_steps=4", "--set", "training.eval_interval=2"]);
+        a.extend_from_slice(&["--set", "training.eval_batches=1", "--set", "training.sample_tokens=8"]);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bdh"));
+        c.args(&a);
+        if let Some(k) = fault {
+            c.env("BDH_FAULT_AT", k.to_string());
+        }
+        c.output().unwrap()
+    };
+    let straight = tmp.path().join("straight");
+    assert!(run(&straight, false, None).status.success());
+    let want = losses(&straight);
+    assert_eq!(want.len(), 4);
+    let mut points = 0;
+    for k in 1.. {
+        let dir = tmp.path().join(format!("k{k}"));
+        let killed = run(&dir, false, Some(k));
+        if killed.status.success() {
+            break; // fewer than k points: every one has been tried
+        }
+        assert!(killed.status.code().is_none(), "k = {k}: not a kill: {}", text(&killed));
+        points = k;
+        // Whatever instant it died at, the run directory resumes (or, before the
+        // first checkpoint, starts again) and ends exactly as the uninterrupted run.
+        let resume = dir.join("last").exists();
+        let again = run(&dir, resume, None);
+        assert!(again.status.success(), "k = {k}, resume = {resume}: {}", text(&again));
+        assert_eq!(losses(&dir), want, "k = {k}");
+        let last = bdh::io::checkpoint::load(&dir.join("last"), None);
+        assert!(last.is_ok(), "k = {k}: {last:?}");
+    }
+    println!("killed at each of {points} write/rename points; every run resumed exactly");
+    assert!(points >= 20, "only {points} fault points");
+}

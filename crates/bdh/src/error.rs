@@ -54,6 +54,14 @@ pub enum Error {
         /// Which checkpoint is kept.
         kept: String,
     },
+    /// Training made a parameter or an optimizer moment NaN or infinite.
+    #[error("the parameters became NaN or infinite by step {step}; {kept}")]
+    NonFinite {
+        /// The last step taken.
+        step: usize,
+        /// Which checkpoint is kept.
+        kept: String,
+    },
     /// An input the model cannot take (token out of range, empty sequence, …).
     #[error("bad input: {0}")]
     Input(String),

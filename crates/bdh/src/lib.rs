@@ -46,6 +46,7 @@ pub mod error;
 pub mod eval;
 pub mod infer;
 pub mod io;
+pub mod memory;
 pub mod microscope;
 pub mod model;
 pub mod params;

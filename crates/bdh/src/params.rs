@@ -44,6 +44,7 @@ impl Params {
             end = end.checked_add(len).ok_or_else(|| Error::Config("parameters overflow the address space".into()))?;
             slots.push(Slot { name: name.to_string(), shape: shape.clone(), range: start..end });
         }
+        crate::memory::ensure_fits(crate::memory::f32_bytes(Some(end)), &format!("{end} parameters"))?;
         let mut data = Vec::new();
         data.try_reserve_exact(end).map_err(|_| {
             Error::Config(format!("{end} parameters ({} MiB) cannot be allocated", end.saturating_mul(4) >> 20))

@@ -83,6 +83,12 @@ fn invalid_configs_are_rejected_with_the_reason() {
         (tiny_config(2, 3, 1, 1), "even"),
         (tiny_config(2, 32, 3, 1), "divisible"),
         (BdhConfig { dropout: 1.0, ..tiny_config(1, 8, 1, 1) }, "dropout"),
+        // Sizes from a file are bounded before anything is allocated.
+        (tiny_config(2, 1_000_000, 2, 8), "would need"),
+        (tiny_config(1 << 40, 32, 2, 8), "largest size"),
+        (BdhConfig { vocab_size: usize::MAX, ..tiny_config(1, 8, 1, 2) }, "largest size"),
+        (tiny_config(1, 1 << 24, 1, 1 << 24), "would need"),
+        (tiny_config(1, 2, 4, 1), "N ≥ 2"),
     ] {
         let m = message(Model::new(&ModelConfig::Bdh(cfg), 0).unwrap_err());
         assert!(m.contains(want), "{m}");
@@ -183,4 +189,15 @@ fn out_of_range_tokens_and_wrong_lengths_are_errors() {
     assert!(message(prepared.step(&mut state, &mut scratch, 300, &NO_EDITS).unwrap_err()).contains("300"));
     assert!(prepared.prefill(&mut state, &mut scratch, &[], &NO_EDITS).is_err());
     assert_eq!(state.pos(), 0, "a refused token is not read");
+}
+
+#[test]
+fn weights_that_are_not_finite_are_refused() {
+    let tmp = temp_dir("nan-weights");
+    let dir = tmp.path();
+    let mut model = bdh_model(tiny_config(1, 8, 1, 2), 0);
+    model.params_mut().get_mut("encoder").unwrap()[3] = f32::NAN;
+    save(&model, dir).unwrap();
+    let m = message(load(dir, None).unwrap_err());
+    assert!(m.contains("encoder") && m.contains("NaN"), "{m}");
 }

@@ -70,6 +70,9 @@ pub struct Batch {
 }
 
 fn map_file(path: &Path) -> Result<Arc<Mapped>> {
+    if path.is_dir() {
+        return Err(Error::Input(format!("{} is a directory, not a data file", path.display())));
+    }
     let file = File::open(path).map_err(|e| Error::io("reading", path, e))?;
     let len = file.metadata().map_err(|e| Error::io("reading", path, e))?.len();
     if len == 0 {

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{encode_safetensors, read_safetensors, shape_err, write_atomic, TensorMap};
+use super::{encode_safetensors, fault_point, read_safetensors, shape_err, write_atomic, TensorMap};
 use crate::error::{Error, Result};
 use crate::model::bdh::{rope, Bdh, BdhConfig, FREQS_NAME};
 use crate::model::{Model, ModelConfig};
@@ -37,7 +37,11 @@ fn fill(mut params: Params, tensors: &mut TensorMap, path: &Path) -> Result<Para
         if t.shape != slot.shape {
             return Err(shape_err(name, format!("{:?} for this config", slot.shape), format!("{:?}", t.shape)));
         }
-        params.data_mut()[slot.range].copy_from_slice(t.f32s(name)?);
+        let values = t.f32s(name)?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::format(path, format!("tensor `{name}` holds NaN or infinite values (a diverged run?)")));
+        }
+        params.data_mut()[slot.range].copy_from_slice(values);
     }
     Ok(params)
 }
@@ -118,21 +122,68 @@ pub fn save(model: &Model, dir: &Path) -> Result<()> {
     write_atomic(&dir.join("config.json"), model.config().to_json().as_bytes())
 }
 
-/// Writes a directory's files into `<dir>.tmp`, then swaps it into place, so a
-/// crash leaves either the old checkpoint or the new one, never half of one.
+/// Replaces the checkpoint directory `dir` so that at every instant `dir` is a whole
+/// checkpoint, the old or the new: the files are written into a fresh versioned
+/// directory beside it (`<dir>.<n>`), then `dir` — a symbolic link to the current
+/// version — is switched to it by renaming a new link over it (one atomic rename),
+/// and older versions are removed. A crash at any point leaves `dir` pointing at a
+/// complete checkpoint (or, for a first checkpoint, no `dir` at all).
 pub fn replace_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    let old = dir.with_extension("old");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| Error::io("creating directory", &tmp, e))?;
-    write(&tmp)?;
-    if dir.exists() {
-        let _ = fs::remove_dir_all(&old);
-        fs::rename(dir, &old).map_err(|e| Error::io("moving aside", dir, e))?;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::format(dir, "not a directory name"))?;
+    let next = versions(parent, name)?.iter().map(|(n, _)| n + 1).max().unwrap_or(1);
+    let version = format!("{name}.{next}");
+    let target = parent.join(&version);
+    fs::create_dir_all(&target).map_err(|e| Error::io("creating directory", &target, e))?;
+    write(&target)?;
+    fault_point("checkpoint written");
+    let current = fs::read_link(dir).ok();
+    if current.is_none() && dir.exists() {
+        // A plain directory (an older layout): keep it as a version, then link.
+        let kept = parent.join(format!("{name}.0"));
+        fs::rename(dir, &kept).map_err(|e| Error::io("moving aside", dir, e))?;
+        fault_point("old checkpoint moved aside");
     }
-    fs::rename(&tmp, dir).map_err(|e| Error::io("renaming into place", dir, e))?;
-    let _ = fs::remove_dir_all(&old);
+    let link = parent.join(format!("{name}.link"));
+    let _ = fs::remove_file(&link);
+    symlink(Path::new(&version), &link).map_err(|e| Error::io("linking", &link, e))?;
+    fault_point("link made");
+    fs::rename(&link, dir).map_err(|e| Error::io("switching to the new checkpoint", dir, e))?;
+    fault_point("link switched");
+    for (_, old) in versions(parent, name)? {
+        if old != target {
+            let _ = fs::remove_dir_all(&old);
+        }
+    }
     Ok(())
+}
+
+/// The versioned directories `<name>.<n>` beside `name` in `parent`, as (n, path).
+fn versions(parent: &Path, name: &str) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match fs::read_dir(parent) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("listing", parent, e)),
+    };
+    let prefix = format!("{name}.");
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            let n = file.strip_prefix(&prefix)?.parse::<u64>().ok()?;
+            e.file_type().ok()?.is_dir().then(|| (n, e.path()))
+        })
+        .collect())
+}
+
+#[cfg(unix)]
+fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+#[cfg(windows)]
+fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    std::os::windows::fs::symlink_dir(target, link)
 }
 
 /// The checkpoint to run from a path a user gave: a run directory (its `best`,

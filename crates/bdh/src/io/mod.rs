@@ -83,7 +83,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io("writing", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
+    fault_point("file written");
+    fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))?;
+    fault_point("file renamed");
+    Ok(())
 }
 
 /// Named f32 tensors `(name, shape, values)` as safetensors bytes.
@@ -97,4 +100,18 @@ pub fn encode_safetensors(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Ve
         views.push((name.clone(), view));
     }
     safetensors::serialize(views, None).map_err(|e| Error::Input(format!("serialising: {e}")))
+}
+
+/// Where a test of crash safety may stop the process: with `BDH_FAULT_AT=k` in a
+/// debug build, the k-th such point of the process (counted from 1) aborts it, as a
+/// kill at that instant would.
+pub(crate) fn fault_point(_what: &str) {
+    if cfg!(debug_assertions) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static PASSED: AtomicUsize = AtomicUsize::new(0);
+        let k = PASSED.fetch_add(1, Ordering::SeqCst) + 1;
+        if std::env::var("BDH_FAULT_AT").ok().and_then(|v| v.parse::<usize>().ok()) == Some(k) {
+            std::process::abort();
+        }
+    }
 }

@@ -228,6 +228,7 @@ pub fn backward(model: &Model, acts: &Activations, targets: &[u32], grads: &mut 
 pub(crate) fn zeroed(dims: &[usize]) -> Result<Vec<f32>> {
     let too_big = || Error::Input(format!("a buffer of shape {dims:?} does not fit in memory"));
     let len = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(too_big)?;
+    crate::memory::ensure_fits(crate::memory::f32_bytes(Some(len)), &format!("a buffer of shape {dims:?}"))?;
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| too_big())?;
     v.resize(len, 0.0);

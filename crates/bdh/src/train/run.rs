@@ -137,12 +137,7 @@ pub fn train(
         }
         loss /= tc.grad_accum as f32;
         if !loss.is_finite() {
-            let kept = if last_dir.exists() {
-                format!("the last good checkpoint (from the last evaluation) is kept in {}", last_dir.display())
-            } else {
-                "no checkpoint had been written yet".to_string()
-            };
-            return Err(Error::Diverged { step: state.step + 1, loss, kept });
+            return Err(Error::Diverged { step: state.step + 1, loss, kept: kept_checkpoint(&last_dir) });
         }
         let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr, &Single)?;
         state.step += 1;
@@ -156,7 +151,8 @@ pub fn train(
             let m = evaluate(&trainer.model, corpus, &mut trainer.acts, tc.eval_batches, state.step)?;
             metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
             on(Event::Eval(&m));
-            if state.best_val_loss.is_none_or(|best| m.val_loss < best) {
+            ensure_finite(&trainer, state.step, &last_dir)?; // before `best` or `last` could get them
+            if m.val_loss.is_finite() && state.best_val_loss.is_none_or(|best| m.val_loss < best) {
                 state.best_val_loss = Some(m.val_loss);
                 save_model_dir(&trainer.model, &dir.join("best"))?;
             }
@@ -223,7 +219,27 @@ fn save_model_dir(model: &Model, dir: &Path) -> Result<()> {
     replace_dir(dir, |tmp| checkpoint::save(model, tmp))
 }
 
+/// An error unless every parameter and optimizer moment is a finite number: a
+/// checkpoint never holds anything else.
+fn ensure_finite(trainer: &Trainer, step: usize, last_dir: &Path) -> Result<()> {
+    let buffers = [trainer.model.params(), &trainer.opt.m, &trainer.opt.v];
+    if buffers.iter().all(|p| p.data().iter().all(|v| v.is_finite())) {
+        return Ok(());
+    }
+    Err(Error::NonFinite { step, kept: kept_checkpoint(last_dir) })
+}
+
+/// What a run that stops on bad numbers keeps, in words.
+fn kept_checkpoint(last_dir: &Path) -> String {
+    if last_dir.exists() {
+        format!("the last good checkpoint (from the last evaluation) is kept in {}", last_dir.display())
+    } else {
+        "no checkpoint had been written yet".to_string()
+    }
+}
+
 fn save_state(trainer: &Trainer, state: &TrainerState, dir: &Path) -> Result<()> {
+    ensure_finite(trainer, state.step, dir)?;
     replace_dir(dir, |tmp| {
         checkpoint::save(&trainer.model, tmp)?;
         let mut tensors = Vec::new();
@@ -265,7 +281,11 @@ fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize)
                     found: format!("{:?}", src.shape),
                 });
             }
-            params.data_mut()[slot.range].copy_from_slice(src.f32s(&key)?);
+            let values = src.f32s(&key)?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(Error::format(&opt_path, format!("`{key}` holds NaN or infinite values")));
+            }
+            params.data_mut()[slot.range].copy_from_slice(values);
         }
     }
     Ok((trainer, state))

@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The largest value of any size in a config: far past any model that fits a machine,
+/// small enough that products of two sizes cannot overflow.
+pub const MAX_SIZE: usize = 1 << 24;
+
 /// The hyper-parameters of a BDH model, named as bdh.py's `BDHConfig`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +57,23 @@ impl BdhConfig {
         v * d + 3 * hn * d + d * v
     }
 
+    /// [`BdhConfig::param_count`], or `None` if it overflows.
+    fn checked_param_count(&self) -> Option<usize> {
+        let (d, v, hn) = (self.n_embd, self.vocab_size, self.mlp_internal_dim_multiplier.checked_mul(self.n_embd)?);
+        v.checked_mul(d)?.checked_mul(2)?.checked_add(hn.checked_mul(d)?.checked_mul(3)?)
+    }
+
+    /// The sizes a user sets, by name.
+    fn sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            ("n_layer", self.n_layer),
+            ("n_embd", self.n_embd),
+            ("n_head", self.n_head),
+            ("mlp_internal_dim_multiplier", self.mlp_internal_dim_multiplier),
+            ("vocab_size", self.vocab_size),
+        ]
+    }
+
     /// Model FLOPs of one forward pass, per token, averaged over a window of `t` tokens:
     /// per layer the three projections (`encoder`, `encoder_v`, `decoder`: 6·D·H·N)
     /// plus causal attention (scores and values over on average t/2 past tokens:
@@ -66,38 +87,24 @@ impl BdhConfig {
     /// Checks that the sizes describe a model bdh.py could build and we can run.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        for (name, v) in [
-            ("n_layer", self.n_layer),
-            ("n_embd", self.n_embd),
-            ("n_head", self.n_head),
-            ("mlp_internal_dim_multiplier", self.mlp_internal_dim_multiplier),
-            ("vocab_size", self.vocab_size),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} must be > 0"));
-            }
+        if let Some((name, _)) = self.sizes().into_iter().find(|&(_, v)| v == 0) {
+            return bad(format!("{name} must be > 0"));
         }
-        let total = self
-            .mlp_internal_dim_multiplier
-            .checked_mul(self.n_embd)
-            .and_then(|hn| hn.checked_mul(self.n_embd.checked_mul(3)?.checked_add(self.n_layer)?))
-            .and_then(|x| x.checked_mul(4));
-        if total.is_none_or(|bytes| bytes > isize::MAX as usize) {
-            return bad("sizes so large that the parameters cannot be counted in memory".into());
+        if let Some((name, v)) = self.sizes().into_iter().find(|&(_, v)| v > MAX_SIZE) {
+            return bad(format!("{name} = {v} is past the largest size this engine takes ({MAX_SIZE})"));
         }
-        if !(self.mlp_internal_dim_multiplier * self.n_embd).is_multiple_of(self.n_head) {
+        let hn = self.mlp_internal_dim_multiplier * self.n_embd; // < 2⁴⁸: both ≤ 2²⁴
+        if !hn.is_multiple_of(self.n_head) || hn < 2 * self.n_head {
             return bad(format!(
-                "mlp_internal_dim_multiplier·n_embd = {} must be divisible by n_head = {}",
-                self.mlp_internal_dim_multiplier * self.n_embd,
+                "mlp_internal_dim_multiplier·n_embd = {hn} must be divisible by n_head = {}, giving N ≥ 2 neurons per head",
                 self.n_head
             ));
         }
+        let params = self.checked_param_count();
+        crate::memory::ensure_fits(crate::memory::f32_bytes(params), &format!("the parameters of {self:?}"))?;
         let n = self.n_neurons();
         if !n.is_multiple_of(2) {
             return bad(format!("neurons per head N = {n} must be even (RoPE rotates pairs)"));
-        }
-        if self.vocab_size > u32::MAX as usize {
-            return bad(format!("vocab_size {} does not fit token ids", self.vocab_size));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));

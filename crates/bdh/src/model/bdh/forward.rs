@@ -118,9 +118,10 @@ impl Activations {
         let total = [[l, b, h, t, n * 4], [l, b, h, t, t + 2 * d], [l + 1, b, t, 1, 2 * d + v]]
             .iter()
             .try_fold(0usize, |acc, dims| dims.iter().try_fold(1usize, |p, &x| p.checked_mul(x))?.checked_add(acc));
-        total.and_then(|e| e.checked_mul(4)).filter(|&bytes| bytes <= isize::MAX as usize).ok_or_else(|| {
-            Error::Input(format!("activations of a B={b} T={t} pass of this model do not fit in memory"))
-        })?;
+        crate::memory::ensure_fits(
+            crate::memory::f32_bytes(total),
+            &format!("the activations of a B={b} T={t} pass of this model"),
+        )?;
         Ok(Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
