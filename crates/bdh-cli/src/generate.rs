@@ -71,6 +71,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
     })?;
+    if let Some(p) = &args.save_state {
+        // Found out before generating, not after.
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        anyhow::ensure!(!p.is_dir(), "--save-state {}: is a directory", p.display());
+        anyhow::ensure!(parent.is_dir(), "--save-state {}: no directory {}", p.display(), parent.display());
+    }
     let mut session = match &args.load_state {
         Some(p) => state::load(&prepared, p).with_context(|| format!("loading state {}", p.display()))?,
         None => prepared.state()?,
@@ -95,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Err(e).context("writing the output");
     }
     if let Some(p) = &args.save_state {
-        state::save(&session, p).with_context(|| format!("saving state {}", p.display()))?;
+        state::save(&prepared, &session, p).with_context(|| format!("saving state {}", p.display()))?;
     }
     let stats = out.stats;
     if stats.cancelled {

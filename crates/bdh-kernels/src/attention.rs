@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use crate::elementwise::relu_backward_add_block;
-use crate::matmul::{matmul, transpose, MatMul};
+use crate::matmul::{matmul, transpose, with_scratch, MatMul};
 use crate::rope::{rope_block, RopeDirection};
 
 thread_local! {
@@ -121,7 +121,7 @@ pub fn causal_linear_attention_backward(
             let (nb, db, tb) =
                 (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d, bh * t * t..(bh + 1) * t * t);
             attention_backward_one(dq, dv, dscores, &da[db], &q[nb.clone()], v, &scores[tb], (t, n, d));
-            QT.with_borrow_mut(|rotated| {
+            with_scratch(&QT, |rotated| {
                 rotated.resize(t * n, 0.0);
                 rope_block(rotated, dq, cos, sin, n, RopeDirection::Inverse);
                 relu_backward_add_block(dx, rotated, &x[nb]);
@@ -148,7 +148,7 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 /// Forward of one (row, head): q (t×n), v (t×d), scores (t×t), out (t×d).
 fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], t: usize, n: usize, d: usize) {
     // qᵀ (n×t), made once: every block of rows reads a row-major B from it.
-    QT.with_borrow_mut(|qt| {
+    with_scratch(&QT, |qt| {
         qt.resize(n * t, 0.0);
         transpose(qt, q, t, n);
         for (r0, r1) in blocks(t) {

@@ -25,7 +25,7 @@ pub fn layer_norm(x: &mut [f32], rstd: &mut [f32], d: usize) {
 
 multiversion! {
 fn layer_norm_block(x: &mut [f32], rstd: &mut [f32], d: usize) {
-    debug_assert_eq!(x.len(), rstd.len() * d);
+    assert_eq!(x.len(), rstd.len() * d, "layer_norm: {} values for {} rows of {d}", x.len(), rstd.len());
     for (row, r) in x.chunks_exact_mut(d).zip(rstd.iter_mut()) {
         let mean = row.iter().sum::<f32>() / d as f32;
         let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;

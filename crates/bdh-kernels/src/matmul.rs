@@ -84,6 +84,19 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` on a thread's scratch buffer, taken out of its cell for the call, so a
+/// task that rayon runs on this thread meanwhile (work stealing inside a parallel
+/// product) finds the cell free instead of borrowed.
+pub(crate) fn with_scratch<R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    f: impl FnOnce(&mut Vec<f32>) -> R,
+) -> R {
+    let mut buf = cell.take();
+    let out = f(&mut buf);
+    cell.set(buf);
+    out
+}
+
 /// Up to this many rows of A, the product skips gemm's packing of B.
 const FEW_ROWS: usize = 16;
 
@@ -171,7 +184,7 @@ fn product(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
     if !p.b_t {
         return gemm_strided(c, a, b, (m, k, n), a_strides, (ldb, 1), ldc, p);
     }
-    SCRATCH.with_borrow_mut(|tb| {
+    with_scratch(&SCRATCH, |tb| {
         tb.resize(br * bc, 0.0);
         transpose_strided(tb, b, br, bc, ldb);
         gemm_strided(c, a, tb, (m, k, n), a_strides, (n, 1), ldc, p);
@@ -316,5 +329,6 @@ pub fn matmul_batched(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul, batch: Bat
     if tasks == 1 {
         return run(0, c);
     }
+    assert!(c.len() >= (tasks - 1) * c_step, "matmul_batched: C holds fewer than {tasks} items");
     c.par_chunks_mut(c_step).take(tasks).enumerate().for_each(|(task, c)| run(task, c));
 }

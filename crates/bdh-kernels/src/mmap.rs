@@ -1,5 +1,5 @@
-//! Read-only memory maps of data files: the one place outside the kernels that
-//! needs `unsafe`, kept here so the other crates forbid it.
+//! Read-only memory maps of data files: the one use of `unsafe` that is not a
+//! kernel, kept in this crate so that every other crate forbids `unsafe`.
 
 use std::fs::File;
 

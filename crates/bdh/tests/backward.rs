@@ -80,3 +80,23 @@ fn gradients_accumulate_until_zeroed() {
     grads.zero();
     assert!(grads.params.data().iter().all(|&x| x == 0.0));
 }
+
+#[test]
+fn an_eval_forward_after_a_training_one_uses_no_dropout() {
+    // Regression: an eval pass on buffers that a training pass filled kept its masks.
+    let cfg = BdhConfig { dropout: 0.5, ..tiny_config(2, 16, 2, 4) };
+    let model = bdh_model(cfg, 2);
+    let (toks, targets) = (tokens(16, 1), tokens(16, 2));
+    let mut fresh = Activations::new(&model, 2, 8).unwrap();
+    forward(&model, &toks, &mut fresh, Mode::Eval).unwrap();
+    let mut reused = Activations::new(&model, 2, 8).unwrap();
+    forward(&model, &toks, &mut reused, Mode::Train { seed: 3 }).unwrap();
+    forward(&model, &toks, &mut reused, Mode::Eval).unwrap();
+    assert_eq!(fresh.logits(), reused.logits());
+    // And its backward is the eval backward.
+    let mut a = Gradients::new(&model, 2, 8).unwrap();
+    let mut b = Gradients::new(&model, 2, 8).unwrap();
+    backward(&model, &fresh, &targets, &mut a).unwrap();
+    backward(&model, &reused, &targets, &mut b).unwrap();
+    assert_eq!(a.params.data(), b.params.data());
+}

@@ -10,6 +10,7 @@ mod edits;
 mod errors;
 mod generate;
 mod golden;
+mod hostile;
 mod microscope;
 mod recurrent;
 mod run;

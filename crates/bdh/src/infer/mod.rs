@@ -4,7 +4,7 @@
 //! ```text
 //! let prepared = Prepared::new(model)?;          // once, shared (derived layouts made here)
 //! let mut state = prepared.state()?;             // per sequence: save, restore, clone to fork
-//! let mut scratch = prepared.scratch();          // per worker
+//! let mut scratch = prepared.scratch(false);     // per worker
 //! prepared.prefill(&mut state, &mut scratch, &prompt, &NO_EDITS)?;
 //! prepared.step(&mut state, &mut scratch, token, &NO_EDITS)?;
 //! ```

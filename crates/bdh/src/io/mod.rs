@@ -82,11 +82,14 @@ pub(crate) fn le_values<T, const W: usize>(raw: &[u8], f: impl Fn([u8; W]) -> T)
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io("writing", &tmp, e))?;
+    let written = f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io("writing", &tmp, e));
     fault_point("file written");
-    fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))?;
+    let renamed = written.and_then(|_| fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e)));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&tmp); // a failed write leaves nothing behind
+    }
     fault_point("file renamed");
-    Ok(())
+    renamed
 }
 
 /// Named f32 tensors `(name, shape, values)` as safetensors bytes.

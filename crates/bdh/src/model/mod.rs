@@ -40,14 +40,16 @@ pub enum ModelConfig {
 impl<'de> Deserialize<'de> for ModelConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
-        let mut fields = toml::Table::deserialize(d)?;
+        let mut fields = serde_json::Map::deserialize(d)?;
         let family = match fields.remove("family") {
             None => "bdh".to_string(),
-            Some(toml::Value::String(s)) => s,
+            Some(serde_json::Value::String(s)) => s,
             Some(other) => return Err(D::Error::custom(format!("family must be a string, not {other}"))),
         };
         match family.as_str() {
-            "bdh" => BdhConfig::deserialize(toml::Value::Table(fields)).map(ModelConfig::Bdh).map_err(D::Error::custom),
+            "bdh" => serde_json::from_value(serde_json::Value::Object(fields))
+                .map(ModelConfig::Bdh)
+                .map_err(D::Error::custom),
             other => Err(D::Error::custom(format!("unknown model family `{other}` (have: bdh)"))),
         }
     }

@@ -113,7 +113,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     for l in (0..layers).rev() {
         let v_in = acts.residual(l);
         let (x, xr, y) = (&acts.x[l * bhtn..][..bhtn], &acts.xr[l * bhtn..][..bhtn], &acts.y[l * bhtn..][..bhtn]);
-        let keep = if acts.keep.is_empty() { &[][..] } else { &acts.keep[l * bhtn..][..bhtn] };
+        let keep = if acts.dropout { &acts.keep[l * bhtn..][..bhtn] } else { &[][..] };
         let (a, rstd_a) = (&acts.a[l * bhtd..][..bhtd], &acts.rstd_a[l * b * h * t..][..b * h * t]);
         let scores = &acts.scores[l * b * h * t * t..][..b * h * t * t];
 

@@ -97,7 +97,8 @@ pub struct Activations {
     pub(crate) a: Vec<f32>,                  // (L, B, H, T, D) attention output after LN
     pub(crate) rstd_a: Vec<f32>,             // (L, B, H, T)
     pub(crate) y: Vec<f32>,                  // (L, B, H, T, N)
-    pub(crate) keep: Vec<f32>,               // (L, B, H, T, N) dropout scale 0 or 1/(1−p); empty in eval
+    pub(crate) keep: Vec<f32>,               // (L, B, H, T, N) dropout scale 0 or 1/(1−p); empty until used
+    pub(crate) dropout: bool,                // the last forward drew `keep` (an eval pass leaves it stale)
     pub(crate) z: Vec<f32>,                  // (B, H, T, N) scratch: dropout(x ⊙ y) of the current layer
     pub(crate) w: Vec<f32>,                  // (L, B, T, D) LN(decoder output)
     pub(crate) rstd_w: Vec<f32>,             // (L, B, T)
@@ -136,6 +137,7 @@ impl Activations {
             rstd_a: zeroed(&[l, b, h, t])?,
             y: zeroed(&[l, b, h, t, n])?,
             keep: Vec::new(),
+            dropout: false,
             z: zeroed(&[b, h, t, n])?,
             w: zeroed(&[l, b, t, d])?,
             rstd_w: zeroed(&[l, b, t])?,
@@ -172,7 +174,7 @@ impl Activations {
         let at = |per_row: usize, layer_stride_rows: usize| l * layer_stride_rows * per_row + rows.start * per_row;
         let (htn, htd, htt) = (h * t * n, h * t * d, h * t * t);
         let (v_in, v_out) = self.v[at(t * d, b)..].split_at_mut(b * t * d);
-        let keep = if self.keep.is_empty() { &mut [][..] } else { &mut self.keep[at(htn, b)..][..g * htn] };
+        let keep = if !self.dropout { &mut [][..] } else { &mut self.keep[at(htn, b)..][..g * htn] };
         let view = LayerRows {
             dims: Dims { b: g, ..self.dims },
             v_in: &v_in[..g * t * d],
@@ -220,7 +222,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     }
     edits.validate(&model.config)?;
     let pos0 = match &state {
-        Some(s) if b != 1 => return Err(Error::Input(format!("a carried state needs B = 1, have B = {b} ({s:?})"))),
+        Some(_) if b != 1 => return Err(Error::Input(format!("a carried state needs B = 1, have B = {b}"))),
         Some(s) => s.check(&model.config).map(|_| s.pos)?,
         None => 0,
     };
@@ -233,6 +235,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     if dropout.is_some() && acts.keep.is_empty() {
         acts.keep = zeroed(&[layers, b, h, t, n])?;
     }
+    acts.dropout = dropout.is_some();
     if acts.rope.start != pos0 {
         acts.rope = RopeTable::new(&model.freqs, pos0, t);
     }

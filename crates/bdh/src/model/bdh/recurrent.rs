@@ -180,6 +180,12 @@ impl Prepared {
             return Err(Error::Input("prefill: no tokens".into()));
         }
         state.check(&self.model.config)?;
+        self.check(scratch)?;
+        let vocab = self.model.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            // Refused before any chunk is read, so the state is left as it was.
+            return Err(Error::Input(format!("prefill: token id {bad} ≥ vocab_size {vocab}")));
+        }
         if edits.touches(Site::Rho) {
             for &tok in tokens {
                 self.step(state, scratch, tok, edits)?;
@@ -200,6 +206,19 @@ impl Prepared {
         Ok(&scratch.logits)
     }
 
+    /// Checks that `scratch` was made for a model of this one's sizes.
+    fn check(&self, scratch: &Scratch) -> Result<()> {
+        let c = &self.model.config;
+        let fits = scratch.v.len() == c.n_embd
+            && scratch.logits.len() == c.vocab_size
+            && scratch.heads.len() == c.n_head
+            && scratch.heads.iter().all(|h| h.x.len() == c.n_neurons());
+        if !fits {
+            return Err(Error::Input("scratch made for a model of other sizes".into()));
+        }
+        Ok(())
+    }
+
     /// Consumes one token and returns the logits for the next.
     pub fn step<'s>(
         &self,
@@ -216,6 +235,7 @@ impl Prepared {
             return Err(Error::Input(format!("token id {token} ≥ vocab_size {vocab}")));
         }
         state.check(c)?;
+        self.check(scratch)?;
         if !edits.is_empty() {
             edits.validate(c)?;
         }
