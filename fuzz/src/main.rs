@@ -45,6 +45,9 @@ const MAX_INPUT: usize = 1 << 20;
 const MAX_CORPUS: usize = 2000;
 /// An input that runs this long is a hang.
 const HANG: Duration = Duration::from_secs(10);
+/// Characters of an error message kept.
+const MAX_MESSAGE: usize = 240;
+
 /// Distinct errors listed in the report.
 const LISTED: usize = 40;
 
@@ -128,8 +131,10 @@ fn run() -> Result<bool, String> {
         match result {
             Ok(Ok(())) => accepted += 1,
             Ok(Err(e)) => {
-                let message = e.to_string();
-                let key = normalise(&message, &current);
+                // Errors echo the input: keep a bounded prefix, so the table of distinct
+                // errors stays small over a long run (else it grows past any memory limit).
+                let message: String = e.to_string().chars().take(MAX_MESSAGE).collect();
+                let key: String = normalise(&message, &current);
                 let entry = errors.entry(key).or_insert((0, message));
                 entry.0 += 1;
                 if entry.0 == 1 {
