@@ -60,7 +60,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let prepared = Prepared::new(args.model.load()?)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone().into_bytes(),
-        (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            // The prompt is held as bytes and as token ids: 5 bytes a byte.
+            let len = std::fs::metadata(f).with_context(|| format!("reading {}", f.display()))?.len();
+            let what = format!("the prompt file {}", f.display());
+            bdh::memory::ensure_fits(usize::try_from(len).unwrap_or(usize::MAX).saturating_mul(5), &what)?;
+            std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => unreachable!("clap requires one of them"),
     };
     let mut sampler = Sampler::new(SamplingConfig {

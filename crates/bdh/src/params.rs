@@ -45,12 +45,7 @@ impl Params {
             slots.push(Slot { name: name.to_string(), shape: shape.clone(), range: start..end });
         }
         crate::memory::ensure_fits(crate::memory::f32_bytes(Some(end)), &format!("{end} parameters"))?;
-        let mut data = Vec::new();
-        data.try_reserve_exact(end).map_err(|_| {
-            Error::Config(format!("{end} parameters ({} MiB) cannot be allocated", end.saturating_mul(4) >> 20))
-        })?;
-        data.resize(end, 0.0);
-        Ok(Params { slots: slots.into(), data })
+        Ok(Params { slots: slots.into(), data: crate::model::zeroed(&[end])? })
     }
 
     /// A zeroed buffer of the same layout (for gradients and optimizer moments).

@@ -91,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             print_result("forward", &forward_pass(&spec)?, peak);
         }
         Mode::Generate { model, prompt_len, tokens, long_context } => {
+            bdh::memory::ensure_fits(prompt_len.saturating_mul(5), &format!("a prompt of {prompt_len} tokens"))?;
             let model = match model {
                 Some(p) => {
                     let p = model_path(&p);

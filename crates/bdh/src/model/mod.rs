@@ -226,11 +226,11 @@ pub fn backward(model: &Model, acts: &Activations, targets: &[u32], grads: &mut 
 }
 
 /// A zeroed buffer of `dims` values, or an error (not an abort) if its size
-/// overflows or cannot be allocated.
+/// overflows or cannot be allocated. Callers check the memory a whole set of
+/// buffers needs against the machine first ([`crate::memory::ensure_fits`]).
 pub(crate) fn zeroed(dims: &[usize]) -> Result<Vec<f32>> {
     let too_big = || Error::Input(format!("a buffer of shape {dims:?} does not fit in memory"));
     let len = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(too_big)?;
-    crate::memory::ensure_fits(crate::memory::f32_bytes(Some(len)), &format!("a buffer of shape {dims:?}"))?;
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| too_big())?;
     v.resize(len, 0.0);

@@ -95,11 +95,6 @@ impl Edits {
         self.0.is_empty()
     }
 
-    /// The edits.
-    pub fn iter(&self) -> impl Iterator<Item = &Edit> {
-        self.0.iter()
-    }
-
     /// Whether any edit is of `site`.
     pub fn touches(&self, site: Site) -> bool {
         self.0.iter().any(|e| e.site == site)

@@ -34,6 +34,8 @@ pub struct State {
 impl State {
     /// The empty state of a sequence that has seen nothing.
     pub fn new(cfg: &BdhConfig) -> Result<Self> {
+        let count = Self::shape(cfg).iter().try_fold(1usize, |p, &x| p.checked_mul(x));
+        crate::memory::ensure_fits(crate::memory::f32_bytes(count), "the state ρ of a sequence")?;
         Ok(State { pos: 0, rho: zeroed(&Self::shape(cfg))? })
     }
 
