@@ -9,6 +9,8 @@ mod eval;
 mod generate;
 mod inspect;
 mod model_args;
+mod page;
+mod provenance;
 mod train;
 mod verify;
 
@@ -65,5 +67,18 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
         anyhow::ensure!(n > 0, "--threads must be > 0");
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
+    Ok(())
+}
+
+/// Writes `text` to `path` atomically, or to standard output if `path` is `-`,
+/// and says where it went.
+fn write_output(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+        return Ok(());
+    }
+    bdh::io::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -248,22 +248,11 @@ fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
     let dir = tmp.path();
     let model = golden("ref-small-trained");
     let p = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(
-        dir.join("concept.txt"),
-        "she paid ten dollars.\nthe coin is worth a pound.\nhe owes five euros.\nmoney buys bread.\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("contrast.txt"),
-        "the cat sat down.\nthe river is cold.\nbirds sing at dawn.\nthe door is open.\n",
-    )
-    .unwrap();
+    let example = |name: &str| format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let fingerprint =
+        bdh::io::checkpoint::load(&Path::new(&model).join("model.safetensors"), None).unwrap().params().fingerprint();
     let runs: [(&str, Vec<String>, &str); 3] = [
-        (
-            "sparsity",
-            vec!["--prompt".into(), "The hatchling keeps what it reads. Ask it later and it recalls.".into()],
-            "x⊙y",
-        ),
+        ("sparsity", vec!["--text".into(), example("text.txt")], "x⊙y"),
         (
             "graph",
             vec!["--head".into(), "0".into(), "--quantiles".into(), "0.99,0.999".into(), "--seeds".into(), "2".into()],
@@ -276,12 +265,12 @@ fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
                 "2".into(),
                 "--head".into(),
                 "1".into(),
-                "--prompt".into(),
-                "She paid ten dollars for bread.".into(),
+                "--text".into(),
+                example("text.txt"),
                 "--concept".into(),
-                p("concept.txt"),
+                example("money.txt"),
                 "--contrast".into(),
-                p("contrast.txt"),
+                example("nature.txt"),
             ],
             "concept search",
         ),
@@ -300,7 +289,7 @@ fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
         assert_eq!(o.status.code(), Some(0), "{what}: {out}");
         assert!(out.contains(marker), "{what}: {out}");
         let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        assert!(!parsed.is_null());
+        assert_eq!(parsed["provenance"]["weights (FNV-1a)"], fingerprint.as_str(), "{what}: JSON provenance");
         let (Some(chromium), Some(blank)) = (chromium.as_deref(), blank) else { continue };
         let (dom, shot) = render(chromium, Path::new(&html), dir);
         let figures = dom.matches("<svg").count();
@@ -308,7 +297,38 @@ fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
         println!("{what}: {figures} figures, {marks} marks, screenshot {shot} bytes (blank page {blank})");
         assert!(figures >= 1 && marks >= 1, "{what}: no figures in the rendered page");
         assert!(shot > 4 * blank, "{what}: the screenshot looks blank ({shot} vs {blank} bytes)");
+        // Provenance: the command, the model and its weights, and the texts read.
+        for fact in [format!("inspect {what}"), fingerprint.clone(), "version".into(), "\"n_layer\": 4".into()] {
+            assert!(dom.contains(&fact), "{what}: the rendered page does not state {fact:?}");
+        }
+        if what != "graph" {
+            assert!(dom.contains("examples/text.txt (1170 bytes"), "{what}: the text read is not named");
+        }
+        // Charts over layers and token positions have whole-number ticks only.
+        if what == "sparsity" {
+            for (k, svg) in dom.split("<svg").skip(1).take(2).enumerate() {
+                let ticks = x_ticks(svg);
+                println!("sparsity chart {k}: x ticks {ticks:?}");
+                assert!(ticks.len() >= 2 && ticks.iter().all(|t| t.parse::<u64>().is_ok()), "{ticks:?}");
+            }
+        }
     }
+}
+
+/// The x axis's tick labels of an SVG chart: the numeric `<text>` elements of the
+/// lowest row that holds two or more of them.
+fn x_ticks(svg: &str) -> Vec<String> {
+    let svg = svg.split("</svg>").next().unwrap_or_default();
+    let mut rows: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+    for t in svg.split("<text").skip(1) {
+        let (attrs, rest) = t.split_once('>').unwrap_or_default();
+        let label = rest.split_once('<').map_or("", |r| r.0).trim().to_string();
+        let y = attrs.split(" y=\"").nth(1).and_then(|r| r.split('"').next()).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(y), true) = (y, label.parse::<f64>().is_ok()) {
+            rows.entry(y.round() as i64).or_default().push(label);
+        }
+    }
+    rows.into_values().rev().find(|r| r.len() >= 2).unwrap_or_default()
 }
 
 #[test]

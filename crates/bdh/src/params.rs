@@ -73,6 +73,16 @@ impl Params {
         self.data.len()
     }
 
+    /// A fingerprint (FNV-1a, 64 bits, as 16 hex digits) of the values' bits: equal
+    /// buffers give equal fingerprints; any changed bit almost surely changes it.
+    pub fn fingerprint(&self) -> String {
+        let hash = self
+            .data
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3));
+        format!("{hash:016x}")
+    }
+
     /// Whether the buffer holds nothing.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()

@@ -3,7 +3,7 @@
 use bdh::microscope::graph::stats;
 use bdh::microscope::louvain::{louvain, modularity};
 use bdh::microscope::sparsity::sparsity;
-use bdh::microscope::stats::{fit_power_law, mann_whitney};
+use bdh::microscope::stats::{benjamini_hochberg, fit_power_law, mann_whitney};
 use bdh::microscope::synapses::{concept_search, sigma, synapses};
 use bdh::model::bdh::{forward, Activations, Bdh, Pass};
 use rand::{Rng, SeedableRng};
@@ -111,13 +111,71 @@ fn sigma_is_the_sum_of_presynaptic_z_times_postsynaptic_x() {
             assert!(s[i * n + j] >= 0.0);
         }
     }
-    let r = synapses(&model, &toks, 1, head, 5, &[]).unwrap();
+    let r = synapses(&model, &toks, 1, head, 5, &[], None).unwrap();
     assert_eq!(r.traces.len(), r.strongest.len().min(5));
     for (syn, series) in &r.traces {
         assert_eq!(series.len(), 2);
         assert!((series[1] - s[syn.from * n + syn.to]).abs() < 1e-6);
     }
     assert!(sigma(&model, &toks, 0, 0).is_err(), "layer 0 has no presynaptic layer");
+}
+
+#[test]
+fn sigma_streams_in_chunks_and_sums_over_a_window() {
+    // 600 tokens: three chunks with ρ carried between them, against one forward.
+    let model = Bdh::new(tiny_config(2, 16, 2, 4), 6).unwrap();
+    let (n, toks) = (model.config.n_neurons(), tokens(600, 7));
+    let mut acts = Activations::new(&model, 1, 600).unwrap();
+    forward(&model, &toks, &mut acts, Pass::default()).unwrap();
+    let head = 0;
+    let block = head * 600 * n..(head + 1) * 600 * n;
+    let (x0, y0, x1) = (&acts.x(0)[block.clone()], &acts.y(0)[block.clone()], &acts.x(1)[block]);
+    let direct = |from: usize, to: usize| {
+        let mut s = vec![0.0f64; n * n];
+        for t in from..to {
+            for i in 0..n {
+                let z = (x0[t * n + i] * y0[t * n + i]) as f64;
+                for j in 0..n {
+                    s[i * n + j] += z * x1[t * n + j] as f64;
+                }
+            }
+        }
+        s
+    };
+    let worst = |got: &[f32], want: &[f64]| {
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max) / scale
+    };
+    let whole = sigma(&model, &toks, 1, head).unwrap();
+    let rel = worst(&whole, &direct(0, 600));
+    println!("σ streamed in chunks vs one forward: max rel diff {rel:.2e}");
+    assert!(rel < 1e-5);
+    let r = synapses(&model, &toks, 1, head, 3, &[(1, 2)], Some(300..550)).unwrap();
+    assert_eq!((r.tokens, r.window.clone()), (600, 300..550));
+    let want = direct(300, 550);
+    let (syn, series) = &r.traces[0];
+    assert_eq!(series.len(), 250);
+    let w = want[n + 2];
+    println!("σ(1, 2) over 300..550: {} (trace end {}) vs {w}", syn.value, series[249]);
+    assert!((syn.value as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3));
+    assert!((series[249] as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3));
+    assert!(r.strongest[0].value as f64 >= want.iter().fold(0.0f64, |m, v| m.max(*v)) * (1.0 - 1e-5));
+    assert!(synapses(&model, &toks, 1, head, 3, &[], Some(500..700)).is_err(), "window past the text");
+    assert!(synapses(&model, &toks, 1, head, 3, &[], Some(5..5)).is_err(), "empty window");
+}
+
+#[test]
+fn benjamini_hochberg_matches_hand_computed_q_values() {
+    // Sorted p: 0.005, 0.01, 0.03, 0.04 (m = 4) → p·m/rank: 0.02, 0.02, 0.04, 0.04.
+    let q = benjamini_hochberg(&[0.01, 0.04, 0.03, 0.005]);
+    let want = [0.02, 0.04, 0.04, 0.02];
+    for (a, b) in q.iter().zip(want) {
+        assert!((a - b).abs() < 1e-12, "{q:?}");
+    }
+    // Monotone in p and capped at 1.
+    assert_eq!(benjamini_hochberg(&[0.9, 0.8]), vec![0.9, 0.9]);
+    assert_eq!(benjamini_hochberg(&[1.0]), vec![1.0]);
+    assert!(benjamini_hochberg(&[]).is_empty());
 }
 
 #[test]
@@ -132,6 +190,7 @@ fn concept_search_finds_a_planted_difference() {
     let best = &r.synapses[0];
     println!("{best:?}");
     assert!(best.test.r > 0.5 && best.test.p < 0.01 && best.concept_mean > best.contrast_mean);
+    assert!(best.q >= best.test.p && best.q <= 1.0, "q adjusts p upwards");
 }
 
 #[test]

@@ -2,11 +2,11 @@
 
 use std::time::Instant;
 
-use bdh::microscope::graph::{analyse, GraphOptions, GraphStats, HeadGraph};
+use bdh::microscope::graph::{analyse, GraphOptions, GraphStats, HeadGraph, Sketch};
 use bdh::model::bdh::Bdh;
 
-use super::report::{Chart, Page, Series};
 use super::{model_line, Output};
+use crate::page::{Chart, Network, Page, Series};
 
 /// The neuron interaction graph of the weights, per head.
 #[derive(clap::Args)]
@@ -25,7 +25,7 @@ pub struct Args {
     seed: u64,
 }
 
-pub fn run(args: Args, model: &Bdh, out: &Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     let h = model.config.n_head;
     if let Some(bad) = args.heads.iter().find(|&&x| x >= h) {
         anyhow::bail!("head {bad} ≥ n_head {h}");
@@ -66,7 +66,7 @@ pub fn run(args: Args, model: &Bdh, out: &Output) -> anyhow::Result<()> {
             );
         }
     }
-    out.write(&heads, || page(&heads), "bdh inspect graph")
+    out.write(&serde_json::json!({ "heads": heads }), || page(out.page(), &heads), "bdh inspect graph")
 }
 
 fn ccdf(hist: &[(u64, usize)]) -> Vec<(f64, f64)> {
@@ -81,8 +81,7 @@ fn ccdf(hist: &[(u64, usize)]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn page(heads: &[HeadGraph]) -> Page {
-    let mut p = Page::default();
+fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
     p.text("G_h[j, i] = decoder_h[j, :] · encoder_h[:, i]: how strongly neuron j's output drives neuron i's input. An edge j → i where G exceeds the threshold. Baselines: G(n, m) random graphs with the same edge count, and the same threshold rule on a product of random Gaussian factors of the same rank.");
     for hg in heads {
         p.heading(&format!("Head {} ({} neurons)", hg.head, hg.n));
@@ -98,7 +97,6 @@ fn page(heads: &[HeadGraph]) -> Page {
                 points: edges.iter().zip(counts).map(|(&e, &c)| (e as f64, c as f64)).collect(),
                 dots: false,
             }],
-            x_labels: Vec::new(),
         });
         if let Some(t) = hg.sweep.last() {
             let mut series = Vec::new();
@@ -126,8 +124,20 @@ fn page(heads: &[HeadGraph]) -> Page {
                 log_x: true,
                 log_y: true,
                 series,
-                x_labels: Vec::new(),
             });
+        }
+        if let Some(sk) = &hg.sketch {
+            p.network(&network(sk, hg.head));
+            let rows: Vec<Vec<String>> = sk
+                .communities
+                .iter()
+                .enumerate()
+                .map(|(k, c)| {
+                    let names: Vec<String> = c.iter().map(|i| i.to_string()).collect();
+                    vec![k.to_string(), c.len().to_string(), names.join(" ")]
+                })
+                .collect();
+            p.table(&["community", "neurons drawn", "neurons (best-connected first)"], &rows);
         }
         let by = |name: &str, f: &dyn Fn(&bdh::microscope::graph::Threshold) -> f64| Series {
             name: name.into(),
@@ -145,7 +155,6 @@ fn page(heads: &[HeadGraph]) -> Page {
                 by("G(n,m)", &|t| t.random.modularity),
                 by("low-rank", &|t| t.low_rank.modularity),
             ],
-            x_labels: Vec::new(),
         });
         let rows: Vec<Vec<String>> = hg
             .sweep
@@ -174,4 +183,31 @@ fn page(heads: &[HeadGraph]) -> Page {
         );
     }
     p
+}
+
+/// The sketch laid out: each community on a small circle, the communities around
+/// a large one; node colour is the community.
+fn network(sk: &Sketch, head: usize) -> Network {
+    let groups = sk.communities.len();
+    let mut nodes = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (g, members) in sk.communities.iter().enumerate() {
+        let turn = std::f64::consts::TAU * g as f64 / groups.max(1) as f64;
+        let (cx, cy) = if groups > 1 { (0.78 * turn.cos(), 0.78 * turn.sin()) } else { (0.0, 0.0) };
+        let r = if groups > 1 { 0.26 * (std::f64::consts::PI / groups as f64).sin().min(0.75) / 0.38 } else { 0.8 };
+        for (k, &i) in members.iter().enumerate() {
+            let a = std::f64::consts::TAU * k as f64 / members.len() as f64;
+            index.insert(i, nodes.len());
+            nodes.push((cx + r * a.cos(), cy + r * a.sin(), g, i.to_string()));
+        }
+    }
+    let edges = sk.edges.iter().filter_map(|(a, b)| Some((*index.get(a)?, *index.get(b)?))).collect();
+    Network {
+        title: format!(
+            "Head {head}: the {groups} strongest communities at quantile {} (best-connected neurons)",
+            sk.quantile
+        ),
+        nodes,
+        edges,
+    }
 }

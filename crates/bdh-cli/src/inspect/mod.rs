@@ -10,8 +10,10 @@ use bdh::io::checkpoint::{load, model_path};
 use bdh::model::bdh::Bdh;
 use bdh::Model;
 
+use crate::page::Page;
+use crate::provenance::Provenance;
+
 mod graph;
-mod report;
 mod sparsity;
 mod synapses;
 
@@ -34,8 +36,8 @@ pub struct Args {
     /// Seed of --init.
     #[arg(long, global = true, default_value_t = 0)]
     seed_init: u64,
-    /// Write every number as JSON to this file.
-    #[arg(long, global = true)]
+    /// Write every number as JSON to this file (`-`: standard output).
+    #[arg(long, global = true, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Write a self-contained HTML report with plots to this file.
     #[arg(long, global = true)]
@@ -59,64 +61,85 @@ enum What {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
-    let model = match (&args.model, &args.init) {
+    let (model, source) = match (&args.model, &args.init) {
         (Some(m), _) => {
             let path = model_path(m);
-            load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?
+            let model =
+                load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?;
+            (model, path.display().to_string())
         }
-        (None, Some(preset)) => Model::new(&bdh::RunConfig::resolve(preset, &[])?.model, args.seed_init)?,
+        (None, Some(preset)) => {
+            let model = Model::new(&bdh::RunConfig::resolve(preset, &[])?.model, args.seed_init)?;
+            (model, format!("freshly initialised preset {preset}, seed {}", args.seed_init))
+        }
         (None, None) => anyhow::bail!("give --model (a trained model) or --init PRESET (random weights)"),
     };
-    let out = Output { json: args.json, html: args.html };
+    let mut provenance = Provenance::of_this_run();
+    provenance.model(&source, &model);
+    let mut out = Output { json: args.json, html: args.html, provenance };
     // The microscope reads BDH's neurons and synapses.
     let Model::Bdh(model) = &model;
     match args.what {
-        What::Sparsity(a) => sparsity::run(a, model, &out)?,
-        What::Graph(a) => graph::run(a, model, &out)?,
-        What::Synapses(a) => synapses::run(a, model, &out)?,
+        What::Sparsity(a) => sparsity::run(a, model, &mut out)?,
+        What::Graph(a) => graph::run(a, model, &mut out)?,
+        What::Synapses(a) => synapses::run(a, model, &mut out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where the JSON and HTML go.
+/// Where the JSON and HTML go, and what to record of how they were made.
 pub struct Output {
     json: Option<PathBuf>,
     html: Option<PathBuf>,
+    provenance: Provenance,
 }
 
 impl Output {
-    /// Writes the JSON and HTML that were asked for.
-    fn write(
-        &self,
-        data: &impl serde::Serialize,
-        page: impl FnOnce() -> report::Page,
-        title: &str,
-    ) -> anyhow::Result<()> {
+    /// A page headed by this run's provenance.
+    fn page(&self) -> Page {
+        Page::new(self.provenance.rows())
+    }
+
+    /// Writes the JSON (with a `provenance` entry) and the HTML that were asked for.
+    fn write(&self, data: &impl serde::Serialize, page: impl FnOnce() -> Page, title: &str) -> anyhow::Result<()> {
         if let Some(p) = &self.json {
-            write_file(p, serde_json::to_string_pretty(data)?.as_bytes())?;
-            println!("wrote {}", p.display());
+            let mut value = serde_json::to_value(data)?;
+            if let Some(map) = value.as_object_mut() {
+                let facts = self.provenance.rows().into_iter().map(|(k, v)| (k, serde_json::Value::String(v)));
+                map.insert("provenance".into(), facts.collect::<serde_json::Map<_, _>>().into());
+            }
+            crate::write_output(p, &serde_json::to_string_pretty(&value)?)?;
         }
         if let Some(p) = &self.html {
-            write_file(p, page().html(title).as_bytes())?;
-            println!("wrote {}", p.display());
+            crate::write_output(p, &page().html(title))?;
         }
         Ok(())
     }
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    bdh::io::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Text from `--prompt` or `--text FILE`, as tokens and bytes.
-fn read_text(prompt: &Option<String>, file: &Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
+/// Text from `--prompt` or `--text FILE`, recorded in the provenance as `key`.
+fn read_text(prompt: &Option<String>, file: &Option<PathBuf>, out: &mut Output, key: &str) -> anyhow::Result<Vec<u8>> {
     let bytes = match (prompt, file) {
-        (Some(p), _) => p.clone().into_bytes(),
-        (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        (Some(p), _) => {
+            out.provenance.text(key, "--prompt", p.as_bytes());
+            p.clone().into_bytes()
+        }
+        (None, Some(f)) => {
+            let bytes = read_file(f)?;
+            out.provenance.file(key, f, &bytes);
+            bytes
+        }
         (None, None) => anyhow::bail!("give --text FILE or --prompt TEXT"),
     };
     anyhow::ensure!(!bytes.is_empty(), "the text is empty");
     Ok(bytes)
+}
+
+/// A whole file, checked against the memory available first.
+fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    bdh::memory::ensure_fits(usize::try_from(len).unwrap_or(usize::MAX), &format!("the text {}", path.display()))?;
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn tokens(bytes: &[u8]) -> Vec<u32> {

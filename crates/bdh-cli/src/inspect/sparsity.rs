@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use bdh::microscope::sparsity::sparsity;
 use bdh::model::bdh::Bdh;
 
-use super::report::{token_labels, Chart, Page, Series};
 use super::{model_line, read_text, tokens, Output};
+use crate::page::{mean, thin, Chart, Page, Series, Thinned};
 
 /// Fractions of non-zero x, y and x⊙y over a text.
 #[derive(clap::Args)]
@@ -22,8 +22,8 @@ pub struct Args {
     window: usize,
 }
 
-pub fn run(args: Args, model: &Bdh, out: &Output) -> anyhow::Result<()> {
-    let bytes = read_text(&args.prompt, &args.text)?;
+pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+    let bytes = read_text(&args.prompt, &args.text, out, "text")?;
     let r = sparsity(model, &tokens(&bytes), args.window)?;
     println!("{}, {} tokens in windows of {}", model_line(model), r.tokens, r.window);
     println!("{:<6} {:>8} {:>8} {:>8} {:>8}   per-token x: min / median / max", "layer", "x", "y", "x⊙y", "pairs");
@@ -50,11 +50,10 @@ pub fn run(args: Args, model: &Bdh, out: &Output) -> anyhow::Result<()> {
         100.0 * top.rate,
         r.silent
     );
-    out.write(&r, || page(&r, &bytes), "bdh inspect sparsity")
+    out.write(&r, || page(out.page(), &r, &bytes), "bdh inspect sparsity")
 }
 
-fn page(r: &bdh::microscope::sparsity::SparsityReport, text: &[u8]) -> Page {
-    let mut p = Page::default();
+fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8]) -> Page {
     p.heading("Sparsity per layer");
     p.text(&format!(
         "{} tokens, windows of {}. Fractions of non-zero activations over all heads and tokens.",
@@ -77,26 +76,23 @@ fn page(r: &bdh::microscope::sparsity::SparsityReport, text: &[u8]) -> Page {
             per_layer("x⊙y", &|f| f.xy),
             per_layer("RoPE pairs", &|f| f.pairs),
         ],
-        x_labels: Vec::new(),
     });
-    let shown = text.len().min(r.tokens).min(400);
+    let per_token: Vec<(String, Thinned)> =
+        r.layers.iter().map(|l| (format!("layer {}", l.layer), thin(&l.per_token_x, 1500, mean))).collect();
+    let width = per_token.first().map_or(1, |(_, t)| t.width);
     p.chart(&Chart {
-        title: format!("Fraction of x > 0 at each token (first {shown})"),
-        x_label: "token".into(),
+        title: if width == 1 {
+            format!("Fraction of x > 0 at each of the {} tokens", r.tokens)
+        } else {
+            format!("Fraction of x > 0 over the {} tokens (means over {width} tokens)", r.tokens)
+        },
+        x_label: "token position".into(),
         y_label: "fraction of neurons firing".into(),
         log_x: false,
         log_y: false,
-        series: r
-            .layers
-            .iter()
-            .map(|l| Series {
-                name: format!("layer {}", l.layer),
-                points: l.per_token_x[..shown].iter().enumerate().map(|(i, &v)| (i as f64, v)).collect(),
-                dots: false,
-            })
-            .collect(),
-        x_labels: token_labels(&text[..shown], 60),
+        series: per_token.into_iter().map(|(name, t)| Series { name, points: t.points, dots: false }).collect(),
     });
+    p.positions(text, 64, 8192);
     p.chart(&Chart {
         title: "x firing rate by RoPE frequency".into(),
         x_label: "frequency (cycles per token)".into(),
@@ -108,7 +104,6 @@ fn page(r: &bdh::microscope::sparsity::SparsityReport, text: &[u8]) -> Page {
             .iter()
             .map(|l| Series { name: format!("layer {}", l.layer), points: l.by_frequency.clone(), dots: false })
             .collect(),
-        x_labels: Vec::new(),
     });
     p.heading("Most and least active neurons");
     let rows: Vec<Vec<String>> = r

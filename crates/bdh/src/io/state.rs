@@ -79,14 +79,8 @@ pub fn load(prepared: &Prepared, path: &Path) -> Result<State> {
 /// (FNV-1a) of the weights' bits.
 fn identity(prepared: &Prepared) -> HashMap<String, String> {
     let Prepared::Bdh(p) = prepared;
-    let hash = p
-        .model()
-        .params
-        .data()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3));
     HashMap::from([
         ("config".to_string(), prepared.config().to_json()),
-        ("weights".to_string(), format!("{hash:016x}")),
+        ("weights".to_string(), p.model().params.fingerprint()),
     ])
 }

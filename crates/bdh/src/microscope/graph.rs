@@ -90,6 +90,55 @@ pub struct HeadGraph {
     pub tail: Vec<(f64, f32)>,
     /// The threshold sweep.
     pub sweep: Vec<Threshold>,
+    /// The strongest communities of the sweep's sparsest graph, for a picture.
+    pub sketch: Option<Sketch>,
+}
+
+/// The strongest communities (most edges inside) of one thresholded graph, each
+/// cut to its best-connected neurons, and the edges among the neurons kept.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sketch {
+    /// The graph's quantile.
+    pub quantile: f64,
+    /// Neurons of each community kept, best-connected first; strongest community first.
+    pub communities: Vec<Vec<u32>>,
+    /// Directed edges among the neurons kept.
+    pub edges: Vec<(u32, u32)>,
+}
+
+/// Communities drawn in a sketch, and neurons per community.
+const SKETCH_COMMUNITIES: usize = 8;
+const SKETCH_NEURONS: usize = 24;
+
+/// The sketch of graph `edges` on `n` nodes (communities by Louvain).
+pub fn sketch(n: usize, edges: &[(u32, u32)], quantile: f64, seeds: u64) -> Sketch {
+    let (community, _) = louvain(n, edges, seeds);
+    let groups = community.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
+    let (mut inside, mut degree) = (vec![0usize; groups], vec![0usize; n]);
+    for &(a, b) in edges {
+        degree[a as usize] += 1;
+        degree[b as usize] += 1;
+        if community[a as usize] == community[b as usize] {
+            inside[community[a as usize] as usize] += 1;
+        }
+    }
+    let mut size = vec![0usize; groups];
+    community.iter().for_each(|&c| size[c as usize] += 1);
+    let mut order: Vec<usize> = (0..groups).filter(|&g| inside[g] > 0 && size[g] >= 3).collect();
+    order.sort_by_key(|&g| (std::cmp::Reverse(inside[g]), g));
+    order.truncate(SKETCH_COMMUNITIES);
+    let communities: Vec<Vec<u32>> = order
+        .iter()
+        .map(|&g| {
+            let mut members: Vec<u32> = (0..n as u32).filter(|&i| community[i as usize] as usize == g).collect();
+            members.sort_by_key(|&i| (std::cmp::Reverse(degree[i as usize]), i));
+            members.truncate(SKETCH_NEURONS);
+            members
+        })
+        .collect();
+    let kept: std::collections::HashSet<u32> = communities.iter().flatten().copied().collect();
+    let edges = edges.iter().filter(|(a, b)| kept.contains(a) && kept.contains(b)).copied().collect();
+    Sketch { quantile, communities, edges }
 }
 
 /// The per-head blocks of G, analysed.
@@ -111,12 +160,18 @@ pub fn analyse(model: &Bdh, opts: &GraphOptions) -> Vec<HeadGraph> {
             let random_block = Product { left: &fa, right: &fb, n, d };
             let Values { thresholds, histogram, tail } = model_block.thresholds(&opts.quantiles);
             let model_edges = model_block.edges(&thresholds);
+            let top = opts.quantiles.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, _)| k);
+            let mut picture = None;
             let sweep = opts
                 .quantiles
                 .iter()
                 .zip(&thresholds)
                 .zip(model_edges)
-                .map(|((&q, &value), edges)| {
+                .enumerate()
+                .map(|(k, ((&q, &value), edges))| {
+                    if Some(k) == top {
+                        picture = Some(sketch(n, &edges, q, opts.louvain_seeds));
+                    }
                     // The low-rank baseline is thresholded at its own quantile for the same edge count.
                     let share = 1.0 - edges.len() as f64 / (n * n) as f64;
                     let lr_t = random_block.thresholds(&[share]).thresholds;
@@ -131,7 +186,7 @@ pub fn analyse(model: &Bdh, opts: &GraphOptions) -> Vec<HeadGraph> {
                     }
                 })
                 .collect();
-            HeadGraph { head: h, n, histogram, tail, sweep }
+            HeadGraph { head: h, n, histogram, tail, sweep, sketch: picture }
         })
         .collect()
 }

@@ -111,6 +111,22 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
     MannWhitney { u, p, r: if na * nb > 0.0 { 2.0 * u / (na * nb) - 1.0 } else { 0.0 } }
 }
 
+/// Benjamini–Hochberg q-values of `p` (in the same order): the smallest false
+/// discovery rate at which each test would be called significant,
+/// `q_(k) = min_{j ≥ k} p_(j) · m / j` over the p-values sorted ascending, at most 1.
+pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut q = vec![1.0; m];
+    let mut running = 1.0f64;
+    for (rank, &i) in order.iter().enumerate().rev() {
+        running = running.min(p[i] * m as f64 / (rank + 1) as f64);
+        q[i] = running.min(1.0);
+    }
+    q
+}
+
 /// The `q`-quantile (0..=1) of sorted values, by linear interpolation.
 pub fn quantile(sorted: &[f32], q: f64) -> f32 {
     if sorted.is_empty() {

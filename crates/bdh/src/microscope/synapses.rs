@@ -13,47 +13,157 @@
 //! leaves the rotation out, so every entry is a sum of products of non-negative
 //! activations and never negative.
 
+use std::ops::Range;
+
 use serde::Serialize;
 
-use super::stats::{mann_whitney, MannWhitney};
+use super::stats::{benjamini_hochberg, mann_whitney, MannWhitney};
 use crate::error::{Error, Result};
-use crate::model::bdh::{forward, Activations, Bdh, Pass};
+use crate::model::bdh::{forward, Activations, Bdh, Pass, State, NO_EDITS};
+use crate::model::Mode;
 use bdh_kernels::{matmul, MatMul};
 
 /// Synapses kept as candidates in a concept search (largest mean over the concept).
 const CANDIDATES: usize = 20_000;
+/// Tokens run through the parallel forward at once; the synapse state ρ carries
+/// the text between chunks, so memory does not grow with the text.
+const CHUNK: usize = 256;
 
-/// z of layer l−1 and x of layer l for head h over `tokens`: ((T, N), (T, N)).
-fn activations(model: &Bdh, tokens: &[u32], layer: usize, head: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+/// Checks that (layer, head) has a synapse state σ in `model`.
+fn check_site(model: &Bdh, layer: usize, head: usize) -> Result<()> {
     let c = &model.config;
+    if c.n_layer < 2 {
+        return Err(Error::Input(format!("synapses need two layers; this model has {}", c.n_layer)));
+    }
     if layer == 0 || layer >= c.n_layer {
         return Err(Error::Input(format!(
-            "synapses need a layer in 1..{} (σ pairs layer l−1 with layer l)",
-            c.n_layer
+            "synapses need a layer in 1..={} (σ pairs layer l−1 with layer l); got {layer}",
+            c.n_layer - 1
         )));
     }
     if head >= c.n_head {
-        return Err(Error::Input(format!("head {head} ≥ n_head {}", c.n_head)));
+        return Err(Error::Input(format!("synapses need a head in 0..={}; got {head}", c.n_head - 1)));
     }
+    Ok(())
+}
+
+/// Runs `tokens` in chunks with the state carried between them and calls
+/// `f(first position, z, x)` for each chunk, with z of layer l−1 and x of layer l
+/// for head h, each (t, N) for the chunk's t tokens.
+fn for_each_chunk(
+    model: &Bdh,
+    tokens: &[u32],
+    layer: usize,
+    head: usize,
+    mut f: impl FnMut(usize, &[f32], &[f32]),
+) -> Result<()> {
+    check_site(model, layer, head)?;
     if tokens.is_empty() {
         return Err(Error::Input("the text is empty".into()));
     }
-    let (t, n) = (tokens.len(), c.n_neurons());
-    let mut acts = Activations::new(model, 1, t)?;
-    forward(model, tokens, &mut acts, Pass::default())?;
-    let block = head * t * n..(head + 1) * t * n;
-    let (xp, yp) = (&acts.x(layer - 1)[block.clone()], &acts.y(layer - 1)[block.clone()]);
-    let z: Vec<f32> = xp.iter().zip(yp).map(|(a, b)| a * b).collect();
-    Ok((z, acts.x(layer)[block].to_vec()))
+    let n = model.config.n_neurons();
+    let mut state = State::new(&model.config)?;
+    let mut acts: Option<Activations> = None;
+    let mut z = Vec::new();
+    for (k, part) in tokens.chunks(CHUNK).enumerate() {
+        let t = part.len();
+        if acts.as_ref().is_none_or(|a| a.dims.t != t) {
+            drop(acts.take()); // free the old chunk's buffers first
+            acts = Some(Activations::new(model, 1, t)?);
+        }
+        let a = acts.as_mut().expect("just made");
+        forward(model, part, a, Pass { mode: Mode::Eval, edits: &NO_EDITS, state: Some(&mut state) })?;
+        let block = head * t * n..(head + 1) * t * n;
+        let (xp, yp) = (&a.x(layer - 1)[block.clone()], &a.y(layer - 1)[block.clone()]);
+        z.clear();
+        z.extend(xp.iter().zip(yp).map(|(a, b)| a * b));
+        f(k * CHUNK, &z, &a.x(layer)[block]);
+    }
+    Ok(())
 }
 
-/// σ at the end of `tokens`: `zᵀ x`, (N, N), row i presynaptic, column j postsynaptic.
+/// σ at the end of `tokens`: `Σ_τ z_τᵀ x_τ`, (N, N), row i presynaptic, column j
+/// postsynaptic.
 pub fn sigma(model: &Bdh, tokens: &[u32], layer: usize, head: usize) -> Result<Vec<f32>> {
-    let (z, x) = activations(model, tokens, layer, head)?;
-    let (t, n) = (tokens.len(), model.config.n_neurons());
-    let mut s = vec![0.0f32; n * n];
-    matmul(&mut s, &z, &x, MatMul::new(n, t, n).a_t());
+    sigma_over(model, tokens, layer, head, 0..tokens.len(), &mut |_, _| {})
+}
+
+/// Calls `each(z, x)` for the positions in `window`, a chunk at a time (rows of
+/// N values, one per position); the model reads every token before `window.end`.
+fn stream_window(
+    model: &Bdh,
+    tokens: &[u32],
+    layer: usize,
+    head: usize,
+    window: Range<usize>,
+    each: &mut dyn FnMut(&[f32], &[f32]),
+) -> Result<()> {
+    let n = model.config.n_neurons();
+    if window.start >= window.end || window.end > tokens.len() {
+        return Err(Error::Input(format!(
+            "window {}..{} is not a non-empty span of the text's {} tokens",
+            window.start,
+            window.end,
+            tokens.len()
+        )));
+    }
+    for_each_chunk(model, &tokens[..window.end], layer, head, |first, z, x| {
+        let t = z.len() / n;
+        let (lo, hi) = (window.start.max(first), (first + t).min(window.end));
+        if lo < hi {
+            let rows = (lo - first) * n..(hi - first) * n;
+            each(&z[rows.clone()], &x[rows]);
+        }
+    })
+}
+
+/// σ summed over the positions in `window`, calling `each(z, x)` on the way.
+fn sigma_over(
+    model: &Bdh,
+    tokens: &[u32],
+    layer: usize,
+    head: usize,
+    window: Range<usize>,
+    each: &mut dyn FnMut(&[f32], &[f32]),
+) -> Result<Vec<f32>> {
+    check_site(model, layer, head)?;
+    let n = model.config.n_neurons();
+    let cells = n.checked_mul(n).ok_or_else(|| Error::Config("N² overflows".into()))?;
+    crate::memory::ensure_fits(crate::memory::f32_bytes(Some(cells)), "σ (N × N)")?;
+    let mut s = crate::model::zeroed(&[cells])?;
+    stream_window(model, tokens, layer, head, window, &mut |z, x| {
+        matmul(&mut s, z, x, MatMul::new(n, z.len() / n, n).a_t().acc());
+        each(z, x);
+    })?;
     Ok(s)
+}
+
+/// Running totals of σ(i, j) for chosen synapses, one value per position.
+struct Traces {
+    pairs: Vec<(usize, usize)>,
+    acc: Vec<f32>,
+    series: Vec<Vec<f32>>,
+    n: usize,
+}
+
+impl Traces {
+    fn new(pairs: Vec<(usize, usize)>, n: usize, span: usize) -> Self {
+        let series = pairs.iter().map(|_| Vec::with_capacity(span)).collect();
+        Traces { acc: vec![0.0; pairs.len()], pairs, series, n }
+    }
+    fn read(&mut self, z: &[f32], x: &[f32]) {
+        for (zr, xr) in z.chunks_exact(self.n).zip(x.chunks_exact(self.n)) {
+            for (k, &(i, j)) in self.pairs.iter().enumerate() {
+                self.acc[k] += zr[i] * xr[j];
+                self.series[k].push(self.acc[k]);
+            }
+        }
+    }
+    fn finish(self, sigma: &[f32]) -> Vec<(Synapse, Vec<f32>)> {
+        let n = self.n;
+        let syn = |(i, j): (usize, usize)| Synapse { from: i, to: j, value: sigma[i * n + j] };
+        self.pairs.into_iter().map(syn).zip(self.series).collect()
+    }
 }
 
 /// A synapse and its strength.
@@ -76,16 +186,37 @@ pub struct SynapseReport {
     pub head: usize,
     /// Tokens of the text.
     pub tokens: usize,
+    /// The positions σ sums over (the model reads every token before its end).
+    pub window: Range<usize>,
     /// Non-zero entries of σ.
     pub nonzero: usize,
     /// The strongest synapses, strongest first.
     pub strongest: Vec<Synapse>,
-    /// σ_t of each traced synapse at every token t.
+    /// σ_t of each traced synapse at every position t of the window.
     pub traces: Vec<(Synapse, Vec<f32>)>,
 }
 
-/// σ over `tokens`: its `top` strongest synapses, and per-token traces of those
-/// in `trace` (plus the five strongest if `trace` is empty).
+/// Bytes `synapses` needs beyond the model for `tokens` positions and `traces`
+/// traced synapses: σ, the traces, and one chunk of activations (an estimate).
+pub fn synapses_bytes(model: &Bdh, tokens: usize, traces: usize) -> Option<usize> {
+    let c = &model.config;
+    let n = c.n_neurons();
+    let chunk = CHUNK.min(tokens.max(1));
+    let per_token = 4 * c.n_layer * c.n_head * (3 * n + 2 * c.n_embd) + 4 * (c.n_embd + c.vocab_size) * 4;
+    let sigma = n.checked_mul(n)?.checked_mul(4)?;
+    let traced = tokens.checked_mul(traces)?.checked_mul(4)?;
+    let state = c.n_layer.checked_mul(c.n_head)?.checked_mul(n)?.checked_mul(c.n_embd)?.checked_mul(4)?;
+    sigma
+        .checked_add(traced)?
+        .checked_add(state)?
+        .checked_add(chunk.checked_mul(per_token)?)?
+        .checked_add(chunk * chunk * 4 * c.n_head)
+}
+
+/// σ over `tokens` in `window` (default: all of them): its `top` strongest
+/// synapses, and per-position traces of those in `trace` (plus the five strongest
+/// if `trace` is empty). Memory is bounded by σ (N²), one chunk of activations and
+/// the traces, whatever the text's length.
 pub fn synapses(
     model: &Bdh,
     tokens: &[u32],
@@ -93,32 +224,32 @@ pub fn synapses(
     head: usize,
     top: usize,
     trace: &[(usize, usize)],
+    window: Option<Range<usize>>,
 ) -> Result<SynapseReport> {
+    check_site(model, layer, head)?;
     let n = model.config.n_neurons();
     if let Some(&(i, j)) = trace.iter().find(|&&(i, j)| i >= n || j >= n) {
         return Err(Error::Input(format!("synapse {i}:{j} is outside 0..{n}")));
     }
-    let (z, x) = activations(model, tokens, layer, head)?;
-    let t = tokens.len();
-    let mut s = vec![0.0f32; n * n];
-    matmul(&mut s, &z, &x, MatMul::new(n, t, n).a_t());
+    let window = window.unwrap_or(0..tokens.len());
+    let span = window.end.saturating_sub(window.start);
+    let need = synapses_bytes(model, span, trace.len().max(5))
+        .ok_or_else(|| Error::Config("the synapse analysis's size overflows".into()))?;
+    crate::memory::ensure_fits(need, &format!("σ with traces over {span} tokens"))?;
+    // Named traces are recorded as the text streams past; the strongest are only
+    // known at the end, so they take a second pass over the text.
+    let mut named = Traces::new(trace.to_vec(), n, span);
+    let s = sigma_over(model, tokens, layer, head, window.clone(), &mut |z, x| named.read(z, x))?;
     let nonzero = s.iter().filter(|&&v| v != 0.0).count();
     let strongest = top_entries(&s, n, top);
-    let traced: Vec<(usize, usize)> =
-        if trace.is_empty() { strongest.iter().take(5).map(|s| (s.from, s.to)).collect() } else { trace.to_vec() };
-    let traces = traced
-        .into_iter()
-        .map(|(i, j)| {
-            let mut acc = 0.0f32;
-            let series = (0..t).map(|ti| {
-                acc += z[ti * n + i] * x[ti * n + j];
-                acc
-            });
-            let series: Vec<f32> = series.collect();
-            (Synapse { from: i, to: j, value: *series.last().unwrap_or(&0.0) }, series)
-        })
-        .collect();
-    Ok(SynapseReport { layer, head, tokens: t, nonzero, strongest, traces })
+    let traces = if trace.is_empty() {
+        let mut best = Traces::new(strongest.iter().take(5).map(|s| (s.from, s.to)).collect(), n, span);
+        stream_window(model, tokens, layer, head, window.clone(), &mut |z, x| best.read(z, x))?;
+        best.finish(&s)
+    } else {
+        named.finish(&s)
+    };
+    Ok(SynapseReport { layer, head, tokens: tokens.len(), window, nonzero, strongest, traces })
 }
 
 fn top_entries(s: &[f32], n: usize, k: usize) -> Vec<Synapse> {
@@ -146,6 +277,9 @@ pub struct Separation {
     pub contrast_mean: f64,
     /// The test, concept against contrast.
     pub test: MannWhitney,
+    /// Benjamini–Hochberg q-value: the test's p adjusted for every synapse (or
+    /// neuron) tested in the search, controlling the false discovery rate.
+    pub q: f64,
 }
 
 /// The result of a concept search.
@@ -155,8 +289,11 @@ pub struct ConceptReport {
     pub concept: usize,
     /// Contrast sentences.
     pub contrast: usize,
-    /// Synapses scored (the largest concept means).
+    /// Synapses tested (the largest concept means); the synapses' q-values adjust
+    /// for this many tests.
     pub candidates: usize,
+    /// Neurons tested; the neurons' q-values adjust for this many tests.
+    pub neurons_tested: usize,
     /// Best-separating synapses, most significant first.
     pub synapses: Vec<Separation>,
     /// Best-separating neurons of layer l (summed x over each sentence).
@@ -188,22 +325,34 @@ pub fn concept_search(
     let mut syn_values = vec![vec![0.0f64; all.len()]; cands.len()];
     let mut neuron_values = vec![vec![0.0f64; all.len()]; n];
     for (k, s) in all.iter().enumerate() {
-        let (z, x) = activations(model, s, layer, head)?;
-        let t = s.len();
-        for (ci, &c) in cands.iter().enumerate() {
-            let (i, j) = (c / n, c % n);
-            syn_values[ci][k] = (0..t).map(|ti| z[ti * n + i] as f64 * x[ti * n + j] as f64).sum();
-        }
-        for (j, nv) in neuron_values.iter_mut().enumerate() {
-            nv[k] = (0..t).map(|ti| x[ti * n + j] as f64).sum();
-        }
+        stream_window(model, s, layer, head, 0..s.len(), &mut |z, x| {
+            for (zr, xr) in z.chunks_exact(n).zip(x.chunks_exact(n)) {
+                for (ci, &c) in cands.iter().enumerate() {
+                    syn_values[ci][k] += zr[c / n] as f64 * xr[c % n] as f64;
+                }
+                for (nv, &v) in neuron_values.iter_mut().zip(xr) {
+                    nv[k] += v as f64;
+                }
+            }
+        })?;
     }
     let nc = concept.len();
     let rank = |values: &[Vec<f64>], name: &dyn Fn(usize) -> (usize, Option<usize>)| {
+        let tests: Vec<MannWhitney> = values
+            .iter()
+            .map(|v| {
+                let (a, b) = v.split_at(nc);
+                mann_whitney(a, b)
+            })
+            .collect();
+        let q = benjamini_hochberg(&tests.iter().map(|t| t.p).collect::<Vec<_>>());
         let mut out: Vec<Separation> = values
             .iter()
+            .zip(tests)
+            .zip(q)
             .enumerate()
-            .map(|(k, v)| {
+            .filter(|(_, ((_, test), _))| test.r > 0.0)
+            .map(|(k, ((v, test), q))| {
                 let (from, to) = name(k);
                 let (a, b) = v.split_at(nc);
                 Separation {
@@ -211,10 +360,10 @@ pub fn concept_search(
                     to,
                     concept_mean: a.iter().sum::<f64>() / a.len() as f64,
                     contrast_mean: b.iter().sum::<f64>() / b.len() as f64,
-                    test: mann_whitney(a, b),
+                    test,
+                    q,
                 }
             })
-            .filter(|s| s.test.r > 0.0)
             .collect();
         out.sort_by(|a, b| a.test.p.total_cmp(&b.test.p).then(b.test.r.total_cmp(&a.test.r)));
         out.truncate(top);
@@ -222,5 +371,12 @@ pub fn concept_search(
     };
     let synapses = rank(&syn_values, &|k| (cands[k] / n, Some(cands[k] % n)));
     let neurons = rank(&neuron_values, &|k| (k, None));
-    Ok(ConceptReport { concept: concept.len(), contrast: contrast.len(), candidates: cands.len(), synapses, neurons })
+    Ok(ConceptReport {
+        concept: concept.len(),
+        contrast: contrast.len(),
+        candidates: cands.len(),
+        neurons_tested: n,
+        synapses,
+        neurons,
+    })
 }
