@@ -11,6 +11,7 @@ mod inspect;
 mod model_args;
 mod page;
 mod provenance;
+mod report;
 mod train;
 mod verify;
 
@@ -33,6 +34,8 @@ enum Command {
     Eval(eval::Args),
     /// Look inside a model: sparsity, the neuron graph, the synapse state.
     Inspect(inspect::Args),
+    /// A training run's loss curves, accuracy, learning rate, speed and samples.
+    Report(report::Args),
     /// Compare a model against golden tensors of the reference bdh.py.
     Verify(verify::Args),
     /// Measure training and inference speed.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Report(args) => report::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
     };

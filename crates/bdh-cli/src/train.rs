@@ -1,13 +1,15 @@
 //! `bdh train`: train a preset on the built-in corpus or a file, with progress,
 //! evaluation, samples and checkpoints; resumable.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use bdh::eval::EvalMetrics;
+use bdh::train::learning_rate;
 use bdh::train::run::{train, Event};
 use bdh::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,18 +18,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(clap::Args)]
 pub struct Args {
     /// Preset name (tiny, small, paper) or a run-config TOML file.
-    #[arg(long, default_value = "small")]
+    #[arg(long, default_value = "small", conflicts_with = "resume")]
     preset: String,
-    /// Override a config key, e.g. `--set training.lr=3e-4` (repeatable).
+    /// Override a config key, e.g. `--set training.lr=3e-4` (repeatable). With
+    /// --resume it changes the resumed run's config, and each change is printed.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Train on this file's bytes (90% train / 10% validation) instead of the built-in corpus.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     data: Option<PathBuf>,
     /// Validate on this file instead of the last 10% of --data.
     #[arg(long, requires = "data")]
     val_data: Option<PathBuf>,
-    /// Run directory (default: runs/<preset>-<unix time>).
+    /// Run directory (default: runs/<preset>-<date>-<time>, and runs/latest links to it).
     #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
     /// Continue the run in this directory exactly where its last checkpoint left off.
@@ -36,18 +39,22 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// No progress bar (one line per evaluation instead).
+    /// No progress bar: one line per evaluation (also the default when stderr is
+    /// not a terminal, e.g. `bdh train > log 2>&1`).
     #[arg(long)]
     quiet: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
-    let (run, dir) = match &args.resume {
+    let (run, dir, before) = match &args.resume {
         Some(dir) => {
             let path = dir.join("config.toml");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            (RunConfig::from_toml(&text, &path, &args.set)?, dir.clone())
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("{} is not a run directory to resume (no readable config.toml)", dir.display())
+            })?;
+            let before = RunConfig::from_toml(&text, &path, &[])?;
+            (RunConfig::from_toml(&text, &path, &args.set)?, dir.clone(), Some(before))
         }
         None => {
             let mut run = RunConfig::resolve(&args.preset, &args.set)?;
@@ -55,10 +62,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 run.data.path = Some(d.clone());
                 run.data.val_path = args.val_data.clone();
             }
-            let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let name =
-                PathBuf::from(&args.preset).file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned());
-            (run, args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{name}-{stamp}"))))
+            let dir = match &args.out {
+                Some(d) => d.clone(),
+                None => fresh_run_dir(&args.preset)?,
+            };
+            (run, dir, None)
         }
     };
     let corpus = run.data.corpus(run.training.block_size).context("preparing the data")?;
@@ -71,35 +79,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         m.param_count() as f64 / 1e6,
         rayon::current_num_threads()
     );
+    if let Some(before) = &before {
+        for change in run.changes(before) {
+            println!("changed on resume: {change}");
+        }
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C and SIGTERM handler")?;
 
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(run.training.max_steps as u64) };
+    // A bar only on a terminal; a file or a pipe gets whole lines.
+    let lines = args.quiet || !std::io::stderr().is_terminal();
+    let max = run.training.max_steps;
+    let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(max as u64) };
+    // Everything but the bar fits in about 60 columns; the bar takes what is left.
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-            .expect("valid template"),
+        ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid template"),
     );
-    let say = |line: String| if args.quiet { println!("{line}") } else { bar.println(line) };
+    let say = |line: String| if lines { println!("{line}") } else { bar.println(line) };
+    let mut first = None;
     let outcome = train(&run, &corpus, &dir, args.resume.is_some(), &stop, |e| match e {
-        Event::Start { step, .. } => bar.set_position(step as u64),
+        Event::Start { step, .. } => {
+            first = Some(step);
+            bar.set_position(step as u64);
+            if let (Some(before), true) = (&before, step < max) {
+                let (was, now) = (learning_rate(&before.training, step), learning_rate(&run.training, step));
+                if was != now {
+                    say(format!(
+                        "the learning-rate schedule is recomputed for the new settings: at step {step} the \
+                         learning rate is {now:.3e} (it was {was:.3e} under the old schedule)"
+                    ));
+                }
+            }
+            if lines {
+                say(format!("training from step {step} to {max}"));
+            }
+        }
         Event::Step { step, loss, lr, tokens_per_second, .. } => {
             bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_second:.0} tok/s"));
+            bar.set_message(format!("loss {loss:.3} lr {lr:.1e} {tokens_per_second:.0} tok/s"));
         }
-        Event::Eval(m) => {
-            let acc = m
-                .answer_accuracy
-                .map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}", a * 100.0, m.answers));
-            say(format!("step {}: val loss {:.4}, {:.3} bits/byte{acc}", m.step, m.val_loss, m.bits_per_byte));
-        }
+        Event::Eval(m) => say(eval_line(m, max)),
         Event::Sample { step, prompt, text } => say(format!("sample at step {step}:\n{prompt}\u{2502}{text}\n")),
         Event::Saved(_) => {}
     });
     bar.finish_and_clear();
     let outcome = outcome?;
+    let ran = outcome.step - first.unwrap_or(outcome.step);
     if outcome.interrupted {
         println!(
             "interrupted at step {}; saved to {}/last (continue with --resume {})",
@@ -107,18 +135,58 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             dir.display(),
             dir.display()
         );
+    } else if ran == 0 {
+        println!(
+            "{} is already finished: {} of {max} steps. To train longer, raise the step count: \
+             --resume {} --set training.max_steps=N (the learning-rate schedule is then recomputed for N steps)",
+            dir.display(),
+            outcome.step,
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     } else {
         println!(
-            "done: {} steps in {:.1} s; checkpoints in {}/last and {}/best",
-            outcome.step,
+            "done: {ran} steps in {:.1} s; checkpoints in {}/last and {}/best",
             outcome.seconds,
             dir.display(),
             dir.display()
         );
     }
     if let Some(m) = &outcome.last_eval {
-        let acc = m.answer_accuracy.map_or(String::new(), |a| format!(", answer accuracy {:.1}%", a * 100.0));
-        println!("final: val loss {:.4}, {:.3} bits/byte{acc}", m.val_loss, m.bits_per_byte);
+        let label = if m.step == outcome.step { "final" } else { "last evaluation" };
+        println!("{label}: {}", eval_line(m, max));
+    }
+    match crate::report::write(&dir, None, false) {
+        Ok(page) => println!("report: {} (curves and samples; `bdh report {}` redraws it)", page.display(), dir.display()),
+        Err(e) => eprintln!("warning: no report page: {e:#}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An evaluation as one line: step, train and validation loss, bits per byte, accuracy.
+fn eval_line(m: &EvalMetrics, max: usize) -> String {
+    let train = m.train_loss.map_or(String::new(), |l| format!("train loss {l:.4}, "));
+    let acc = m.answer_accuracy.map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}", a * 100.0, m.answers));
+    format!("step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}", m.step, m.val_loss, m.bits_per_byte)
+}
+
+/// `runs/<preset>-<local date>-<time>` (with `-2`, `-3`, … if taken), and
+/// `runs/latest` switched to it.
+fn fresh_run_dir(preset: &str) -> anyhow::Result<PathBuf> {
+    let name = Path::new(preset).file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned());
+    let stamp = jiff::ZonedDateTime::now().strftime("%Y%m%d-%H%M%S").to_string();
+    let runs = Path::new("runs");
+    std::fs::create_dir_all(runs).context("creating runs/")?;
+    let base = format!("{name}-{stamp}");
+    let mut dir_name = base.clone();
+    for k in 2.. {
+        match std::fs::create_dir(runs.join(&dir_name)) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => dir_name = format!("{base}-{k}"),
+            Err(e) => return Err(e).with_context(|| format!("creating runs/{dir_name}")),
+        }
+    }
+    bdh::io::checkpoint::relink(&runs.join("latest"), Path::new(&dir_name))
+        .context("pointing runs/latest at the new run")?;
+    Ok(runs.join(dir_name))
 }

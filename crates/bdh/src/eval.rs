@@ -19,6 +19,10 @@ pub struct EvalMetrics {
     pub answer_accuracy: Option<f64>,
     /// Answers scored.
     pub answers: usize,
+    /// During training: the mean training loss of the steps since the previous
+    /// evaluation (nats per byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
 }
 
 /// Validation loss, bits per byte and answer accuracy over `batches` fixed batches
@@ -54,6 +58,7 @@ pub fn evaluate(
         bits_per_byte: val_loss / std::f64::consts::LN_2,
         answer_accuracy: corpus.has_answers().then(|| correct as f64 / answers.max(1) as f64),
         answers,
+        train_loss: None,
     })
 }
 

@@ -144,11 +144,7 @@ pub fn replace_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
         fs::rename(dir, &kept).map_err(|e| Error::io("moving aside", dir, e))?;
         fault_point("old checkpoint moved aside");
     }
-    let link = parent.join(format!("{name}.link"));
-    let _ = fs::remove_file(&link);
-    symlink(Path::new(&version), &link).map_err(|e| Error::io("linking", &link, e))?;
-    fault_point("link made");
-    fs::rename(&link, dir).map_err(|e| Error::io("switching to the new checkpoint", dir, e))?;
+    relink(dir, Path::new(&version))?;
     fault_point("link switched");
     for (_, old) in versions(parent, name)? {
         if old != target {
@@ -156,6 +152,17 @@ pub fn replace_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
         }
     }
     Ok(())
+}
+
+/// Points the symbolic link `link` at `target` (relative to the link's directory)
+/// in one atomic step: a new link is made beside it and renamed over it.
+pub fn relink(link: &Path, target: &Path) -> Result<()> {
+    let name = link.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::format(link, "not a link name"))?;
+    let tmp = link.with_file_name(format!("{name}.link"));
+    let _ = fs::remove_file(&tmp);
+    symlink(target, &tmp).map_err(|e| Error::io("linking", &tmp, e))?;
+    fault_point("link made");
+    fs::rename(&tmp, link).map_err(|e| Error::io("switching the link", link, e))
 }
 
 /// The versioned directories `<name>.<n>` beside `name` in `parent`, as (n, path).

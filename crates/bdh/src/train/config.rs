@@ -100,6 +100,27 @@ impl RunConfig {
         toml::to_string(self).expect("a run config always serialises")
     }
 
+    /// The settings that differ from `before`'s, as `section.key: old → new`.
+    pub fn changes(&self, before: &RunConfig) -> Vec<String> {
+        fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+            match v.as_object() {
+                Some(map) => map.iter().for_each(|(k, v)| flatten(&format!("{prefix}{k}."), v, out)),
+                None => out.push((prefix.trim_end_matches('.').to_string(), v.to_string())),
+            }
+        }
+        let mut old = Vec::new();
+        let mut new = Vec::new();
+        flatten("", &serde_json::to_value(before).expect("serialises"), &mut old);
+        flatten("", &serde_json::to_value(self).expect("serialises"), &mut new);
+        let old: std::collections::BTreeMap<_, _> = old.into_iter().collect();
+        new.into_iter()
+            .filter_map(|(k, v)| {
+                let was = old.get(&k).map_or("(unset)", String::as_str);
+                (was != v).then(|| format!("{k}: {was} → {v}"))
+            })
+            .collect()
+    }
+
     /// Checks the model and the training settings.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;

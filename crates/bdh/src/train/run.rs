@@ -122,6 +122,7 @@ pub fn train(
     let mut losses = Vec::new();
     let mut last_eval = None;
     let mut interrupted = false;
+    let mut since_eval = (0.0f64, 0usize);
     while state.step < tc.max_steps {
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -142,13 +143,16 @@ pub fn train(
         let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr, &Single)?;
         state.step += 1;
         losses.push(loss);
+        since_eval = (since_eval.0 + loss as f64, since_eval.1 + 1);
         let tokens_per_second = (b * t * tc.grad_accum) as f64 / t0.elapsed().as_secs_f64();
         metrics.write(&serde_json::json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tokens_per_second}))?;
         on(Event::Step { step: state.step, loss, lr, grad_norm, tokens_per_second });
 
         let last_step = state.step == tc.max_steps;
         if state.step % tc.eval_interval == 0 || last_step {
-            let m = evaluate(&trainer.model, corpus, &mut trainer.acts, tc.eval_batches, state.step)?;
+            let mut m = evaluate(&trainer.model, corpus, &mut trainer.acts, tc.eval_batches, state.step)?;
+            m.train_loss = Some(since_eval.0 / since_eval.1.max(1) as f64);
+            since_eval = (0.0, 0);
             metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
             on(Event::Eval(&m));
             ensure_finite(&trainer, state.step, &last_dir)?; // before `best` or `last` could get them
