@@ -1,22 +1,26 @@
 //! `bdh eval`: loss, perplexity and bits per byte over a whole file, or answer
-//! accuracy on the built-in corpus.
+//! accuracy on the built-in corpus. A run is scored on what it was trained on.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::data::DataConfig;
+use bdh::data::{BytesView, Corpus, DataConfig};
 use bdh::eval::{evaluate, evaluate_bytes};
 use bdh::{Activations, RunConfig};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::model_args::ModelArgs;
 
-/// Evaluates a model on a file, or on the built-in corpus's validation documents.
+/// Evaluates a model: by default on what its run trained on (the validation part
+/// of its --data file, or the built-in corpus); `--data FILE` scores every byte of
+/// FILE instead.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Evaluate on every byte of this file (default: the built-in corpus).
+    /// Score every byte of this file instead of the run's own validation data.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Tokens per window.
@@ -28,9 +32,9 @@ pub struct Args {
     /// Built-in corpus: validation batches to score.
     #[arg(long, default_value_t = 16)]
     batches: usize,
-    /// Print the numbers as JSON.
-    #[arg(long)]
-    json: bool,
+    /// Write the numbers as JSON to this file (`-`: standard output).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -40,51 +44,85 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
     anyhow::ensure!(args.block > 0 && args.batch > 0 && args.batches > 0, "--block, --batch and --batches must be > 0");
     let model = args.model.load()?;
-    if let Some(file) = &args.data {
-        let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let r = evaluate_bytes(&model, &data, args.block, args.batch)?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
-        } else {
-            println!(
-                "{}: {} bytes predicted in {} independent windows of {} tokens (state reset per window)",
-                file.display(),
-                r.tokens,
-                r.windows,
-                r.window
-            );
-            println!("loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte", r.loss, r.perplexity, r.bits_per_byte);
+    // JSON on standard output is all that goes there.
+    let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    // What the run trained on, if `--model` is a run directory.
+    let run_config = args.model.model.join("config.toml");
+    let trained_on = match std::fs::read_to_string(&run_config) {
+        Ok(text) => Some(RunConfig::from_toml(&text, &run_config, &[])?.data),
+        Err(_) => None,
+    };
+    let file = match (&args.data, &trained_on) {
+        (Some(f), _) => Some((BytesView::open(f)?, format!("{}: every byte", f.display()))),
+        (None, Some(d)) if d.path.is_some() => {
+            let corpus = d.corpus(args.block).context("opening the run's data")?;
+            let Corpus::Files { val, .. } = corpus else { unreachable!("a data path gives files") };
+            let name = match &d.val_path {
+                Some(v) => format!("{}: the run's validation file, every byte", v.display()),
+                None => format!(
+                    "{}: the run's validation split, bytes {}..{}",
+                    d.path.as_ref().expect("checked").display(),
+                    val.range().start,
+                    val.range().end
+                ),
+            };
+            Some((val, name))
         }
+        _ => None,
+    };
+    if let Some((bytes, name)) = file {
+        let data = bytes.bytes();
+        let windows = data.len().saturating_sub(1).div_ceil(args.block);
+        let bar = if std::io::stderr().is_terminal() && windows > args.batch {
+            ProgressBar::new(windows as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} windows {elapsed}<{eta}").expect("valid"));
+        let r = evaluate_bytes(&model, data, args.block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
+        bar.finish_and_clear();
+        if let Some(p) = &args.json {
+            crate::write_output(p, &serde_json::to_string_pretty(&r)?)?;
+        }
+        if to_stdout {
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("{name}: {} bytes predicted in {} independent windows of {} tokens", r.tokens, r.windows, r.window);
+        println!("loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte", r.loss, r.perplexity, r.bits_per_byte);
         return Ok(ExitCode::SUCCESS);
     }
-    // The built-in corpus with the knobs the model was trained with, if known.
-    let run_config = args.model.model.join("config.toml");
-    let data = match std::fs::read_to_string(&run_config) {
-        Ok(text) => RunConfig::from_toml(&text, &run_config, &[])?.data,
-        Err(_) => DataConfig::default(),
-    };
-    let data = DataConfig { path: None, val_path: None, ..data };
+    // The built-in corpus, with the knobs the model was trained with if known.
+    if trained_on.is_none() {
+        eprintln!(
+            "note: {} is not a run directory, so what it was trained on is unknown: scoring the built-in \
+             corpus (give --data FILE to score a text)",
+            args.model.model.display()
+        );
+    }
+    let data = DataConfig { path: None, val_path: None, ..trained_on.unwrap_or_default() };
     let corpus = data.corpus(args.block)?;
     let mut acts = Activations::new(&model, args.batch, args.block)?;
     let m = evaluate(&model, &corpus, &mut acts, args.batches, 0)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
-    } else {
-        println!(
-            "built-in corpus (facts {}, distance {}): {} windows of {} tokens, independent",
-            data.facts,
-            data.distance,
-            args.batches * args.batch,
-            args.block
-        );
-        println!(
-            "loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte, answer accuracy {:.1}% of {} answers",
-            m.val_loss,
-            m.val_loss.exp(),
-            m.bits_per_byte,
-            m.answer_accuracy.unwrap_or(0.0) * 100.0,
-            m.answers
-        );
+    if let Some(p) = &args.json {
+        crate::write_output(p, &serde_json::to_string_pretty(&m)?)?;
     }
+    if to_stdout {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "built-in corpus (facts {}, distance {}): {} windows of {} tokens, independent",
+        data.facts,
+        data.distance,
+        args.batches * args.batch,
+        args.block
+    );
+    println!(
+        "loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte, answer accuracy {:.1}% of {} answers",
+        m.val_loss,
+        m.val_loss.exp(),
+        m.bits_per_byte,
+        m.answer_accuracy.unwrap_or(0.0) * 100.0,
+        m.answers
+    );
     Ok(ExitCode::SUCCESS)
 }

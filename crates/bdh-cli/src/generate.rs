@@ -13,6 +13,8 @@ use bdh::io::state;
 use crate::model_args::ModelArgs;
 
 /// Generates text after a prompt, streamed to stdout; speed and state size on stderr.
+/// For a model from a run directory, a note on stderr says when the text passes
+/// the context length the run trained on (training.block_size).
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -52,8 +54,23 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     load_state: Option<PathBuf>,
     /// Save the state after the generation (prompt and output read) to this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "num_samples")]
     save_state: Option<PathBuf>,
+    /// Write this many samples, each continuing the prompt afresh (one sampler
+    /// stream: the same seed gives the same samples), headed `--- sample k of K`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    num_samples: u64,
+}
+
+/// The context length a model's run trained on (`training.block_size`), if the
+/// model comes from a run directory: the model path or its parent holds the
+/// run's config.toml.
+fn trained_context(model: &std::path::Path) -> Option<usize> {
+    let dir = bdh::io::checkpoint::model_path(model);
+    let candidates = [model.join("config.toml"), dir.join("config.toml"), dir.parent()?.join("config.toml")];
+    let path = candidates.into_iter().find(|p| p.is_file())?;
+    let text = std::fs::read_to_string(&path).ok()?;
+    Some(bdh::RunConfig::from_toml(&text, &path, &[]).ok()?.training.block_size)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -83,48 +100,74 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(!p.is_dir(), "--save-state {}: is a directory", p.display());
         anyhow::ensure!(parent.is_dir(), "--save-state {}: no directory {}", p.display(), parent.display());
     }
-    let mut session = match &args.load_state {
+    let start = match &args.load_state {
         Some(p) => state::load(&prepared, p).with_context(|| format!("loading state {}", p.display()))?,
         None => prepared.state()?,
     };
     let mut scratch = prepared.scratch(false);
     let tokenizer = Tokenizer::Bytes;
+    let tokens = tokenizer.encode(&prompt);
     let g = Generation { max_tokens: args.max_tokens, stops: args.stop.clone(), ..Generation::default() };
-    let mut stdout = std::io::stdout().lock();
-    let mut failed = None;
-    let out = generate(&prepared, &mut session, &mut scratch, &tokenizer.encode(&prompt), &g, &mut sampler, |text| {
-        match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
-            Ok(()) => ControlFlow::Continue(()),
-            // The reader went away (`| head`): stop at once; that is not an error.
-            Err(e) if e.kind() == ErrorKind::BrokenPipe => ControlFlow::Break(()),
-            Err(e) => {
-                failed = Some(e);
-                ControlFlow::Break(())
+    let context = trained_context(&args.model.model);
+    let mut warned = false;
+    let mut warn_past = |pos: usize| {
+        if let (Some(c), false) = (context, warned) {
+            if pos > c {
+                warned = true;
+                eprintln!(
+                    "\nnote: the text is now past {c} tokens, the context length this model was trained on \
+                     (training.block_size); what follows may lose coherence"
+                );
             }
         }
-    })?;
-    if let Some(e) = failed {
-        return Err(e).context("writing the output");
+    };
+    let mut stdout = std::io::stdout().lock();
+    for k in 1..=args.num_samples {
+        if args.num_samples > 1 {
+            if writeln!(stdout, "--- sample {k} of {}", args.num_samples).is_err() {
+                return Ok(ExitCode::SUCCESS); // the reader went away
+            }
+        }
+        let mut session = start.clone();
+        let mut pos = session.pos() + tokens.len();
+        warn_past(pos);
+        let mut failed = None;
+        let out = generate(&prepared, &mut session, &mut scratch, &tokens, &g, &mut sampler, |text| {
+            pos += text.len();
+            warn_past(pos);
+            match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+                Ok(()) => ControlFlow::Continue(()),
+                // The reader went away (`| head`): stop at once; that is not an error.
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => ControlFlow::Break(()),
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e).context("writing the output");
+        }
+        if let Some(p) = &args.save_state {
+            state::save(&prepared, &session, p).with_context(|| format!("saving state {}", p.display()))?;
+        }
+        let stats = out.stats;
+        if stats.cancelled {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let _ = writeln!(stdout);
+        let decode_rate = stats.generated as f64 / stats.decode_seconds.max(1e-9);
+        let _ = writeln!(
+            std::io::stderr(),
+            "{} prompt tokens in {:.1} ms, {} generated at {:.1} tokens/s; state {:.2} MiB at position {}{}",
+            stats.prompt_tokens,
+            stats.prefill_seconds * 1e3,
+            stats.generated,
+            decode_rate,
+            stats.state_bytes as f64 / (1 << 20) as f64,
+            session.pos(),
+            stats.stopped_by.map_or(String::new(), |s| format!("; stopped at {s:?}"))
+        );
     }
-    if let Some(p) = &args.save_state {
-        state::save(&prepared, &session, p).with_context(|| format!("saving state {}", p.display()))?;
-    }
-    let stats = out.stats;
-    if stats.cancelled {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let _ = writeln!(stdout);
-    let decode_rate = stats.generated as f64 / stats.decode_seconds.max(1e-9);
-    let _ = writeln!(
-        std::io::stderr(),
-        "{} prompt tokens in {:.1} ms, {} generated at {:.1} tokens/s; state {:.2} MiB at position {}{}",
-        stats.prompt_tokens,
-        stats.prefill_seconds * 1e3,
-        stats.generated,
-        decode_rate,
-        stats.state_bytes as f64 / (1 << 20) as f64,
-        session.pos(),
-        stats.stopped_by.map_or(String::new(), |s| format!("; stopped at {s:?}"))
-    );
     Ok(ExitCode::SUCCESS)
 }

@@ -157,9 +157,15 @@ fn summary(r: &Record) -> Vec<(&'static str, String)> {
     let mut s = vec![("steps", format!("{}", last.step))];
     let first_losses: Vec<f64> = r.steps.iter().take(10).map(|x| x.loss).collect();
     let last_losses: Vec<f64> = r.steps.iter().rev().take(10).map(|x| x.loss).collect();
-    s.push(("train loss", format!("{:.4} (first 10 steps) → {:.4} (last 10)", mean(&first_losses), mean(&last_losses))));
+    s.push((
+        "train loss",
+        format!("{:.4} (first 10 steps) → {:.4} (last 10)", mean(&first_losses), mean(&last_losses)),
+    ));
     if let Some(e) = r.evals.last() {
-        s.push(("val loss", format!("{:.4} nats/byte at step {}, {:.3} bits/byte", e.val_loss, e.step, e.bits_per_byte)));
+        s.push((
+            "val loss",
+            format!("{:.4} nats/byte at step {}, {:.3} bits/byte", e.val_loss, e.step, e.bits_per_byte),
+        ));
     }
     if let Some(best) = r.evals.iter().min_by(|a, b| a.val_loss.total_cmp(&b.val_loss)) {
         s.push(("best val loss", format!("{:.4} at step {}", best.val_loss, best.step)));
@@ -207,7 +213,12 @@ fn charts(p: &mut Page, r: &Record) {
             dots("validation", evals(|e| Some(e.val_loss))),
         ],
     ));
-    p.chart(&chart("Validation bits per byte", "bits/byte", false, vec![dots("validation", evals(|e| Some(e.bits_per_byte)))]));
+    p.chart(&chart(
+        "Validation bits per byte",
+        "bits/byte",
+        false,
+        vec![dots("validation", evals(|e| Some(e.bits_per_byte)))],
+    ));
     let acc = evals(|e| e.answer_accuracy.map(|a| a * 100.0));
     if !acc.is_empty() {
         p.chart(&chart("Answer accuracy", "% of answers exact", false, vec![dots("validation", acc)]));

@@ -157,7 +157,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{label}: {}", eval_line(m, max));
     }
     match crate::report::write(&dir, None, false) {
-        Ok(page) => println!("report: {} (curves and samples; `bdh report {}` redraws it)", page.display(), dir.display()),
+        Ok(page) => {
+            println!("report: {} (curves and samples; `bdh report {}` redraws it)", page.display(), dir.display())
+        }
         Err(e) => eprintln!("warning: no report page: {e:#}"),
     }
     Ok(ExitCode::SUCCESS)
@@ -166,7 +168,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// An evaluation as one line: step, train and validation loss, bits per byte, accuracy.
 fn eval_line(m: &EvalMetrics, max: usize) -> String {
     let train = m.train_loss.map_or(String::new(), |l| format!("train loss {l:.4}, "));
-    let acc = m.answer_accuracy.map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}", a * 100.0, m.answers));
+    let acc =
+        m.answer_accuracy.map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}", a * 100.0, m.answers));
     format!("step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}", m.step, m.val_loss, m.bits_per_byte)
 }
 

@@ -1,28 +1,10 @@
 //! The `bdh` binary end to end: exit codes and what it prints.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-use tempfile::TempDir;
-
-fn bdh(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bdh")).args(args).output().expect("bdh runs")
-}
-
-fn golden(path: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden").join(path).display().to_string()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// A fresh directory `bdh-cli-test-{name}-XXXXXX` in the system temp dir, deleted
-/// with everything in it when the guard drops (also when the test fails): keep
-/// it alive for the whole test and use `.path()`.
-fn temp(name: &str) -> TempDir {
-    tempfile::Builder::new().prefix(&format!("bdh-cli-test-{name}-")).tempdir().expect("creating a temporary directory")
-}
+mod common;
+use common::{bdh, example, golden, temp, text};
 
 #[test]
 fn verify_passes_on_both_fixtures_and_both_formats() {
@@ -248,7 +230,6 @@ fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
     let dir = tmp.path();
     let model = golden("ref-small-trained");
     let p = |name: &str| dir.join(name).display().to_string();
-    let example = |name: &str| format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
     let fingerprint =
         bdh::io::checkpoint::load(&Path::new(&model).join("model.safetensors"), None).unwrap().params().fingerprint();
     let runs: [(&str, Vec<String>, &str); 3] = [

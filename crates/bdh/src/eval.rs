@@ -80,16 +80,24 @@ pub struct FileEval {
 }
 
 /// Mean loss over every byte of `data`, cut into independent windows of `t`
-/// tokens (each starts with an empty state), `b` windows per forward pass.
-pub fn evaluate_bytes(model: &Model, data: &[u8], t: usize, b: usize) -> Result<FileEval> {
+/// tokens (each starts with an empty state), `b` windows per forward pass;
+/// `progress(done, total)` is called after each pass, in windows.
+pub fn evaluate_bytes(
+    model: &Model,
+    data: &[u8],
+    t: usize,
+    b: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<FileEval> {
     if data.len() < 2 {
         return Err(Error::Input(format!("{} bytes is too little to evaluate: need 2", data.len())));
     }
     let v = model.config().vocab_size();
     let all: Vec<(&[u8], &[u8])> = windows(data, t).collect();
-    let (mut total, mut tokens) = (0.0f64, 0usize);
+    let (mut total, mut tokens, mut done) = (0.0f64, 0usize, 0usize);
     let mut acts: Option<Activations> = None;
     for group in all.chunks(b) {
+        done += group.len();
         // Windows of one pass share a length: the full ones, then the short tail alone.
         for same in group.chunk_by(|a, b| a.0.len() == b.0.len()) {
             let len = same[0].0.len();
@@ -105,6 +113,7 @@ pub fn evaluate_bytes(model: &Model, data: &[u8], t: usize, b: usize) -> Result<
             total += cross_entropy(acts.logits(), &targets, v) as f64 * targets.len() as f64;
             tokens += targets.len();
         }
+        progress(done, all.len());
     }
     let loss = total / tokens as f64;
     Ok(FileEval {

@@ -110,9 +110,19 @@ impl BytesView {
         BytesView { map, range }
     }
 
+    /// The whole file at `path`, memory-mapped.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(BytesView::new(map_file(path)?, None))
+    }
+
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.range.clone()]
+    }
+
+    /// Where the bytes lie in their file.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
     }
 }
 

@@ -76,7 +76,14 @@ fn resolve(model: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
         model.to_path_buf()
     };
     if !weights.exists() {
-        return Err(Error::io("reading", &weights, std::io::ErrorKind::NotFound.into()));
+        return Err(Error::format(&weights, "no such file or directory"));
+    }
+    let named = weights.extension().and_then(|e| e.to_str()).is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e));
+    if !named && !looks_like_weights(&weights) {
+        return Err(Error::format(
+            &weights,
+            "not a model: expected a run directory, a checkpoint directory, a .safetensors file or a PyTorch .pt file",
+        ));
     }
     let config = match config {
         Some(c) => c.to_path_buf(),
@@ -91,16 +98,29 @@ fn resolve(model: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
     Ok((weights, config))
 }
 
+/// Extensions of weight files; their parsers say precisely what is wrong with one.
+const WEIGHT_EXTENSIONS: [&str; 4] = ["safetensors", "pt", "pth", "bin"];
+
+/// Whether `path` starts as a safetensors file (an 8-byte header length, then
+/// `{`), a zip archive (`torch.save`) or a pickle (protocol 2 or later) does.
+fn looks_like_weights(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    let n = fs::File::open(path).and_then(|f| f.take(9).read(&mut head)).unwrap_or(0);
+    (n == 9 && head[8] == b'{') || head.starts_with(b"PK\x03\x04") || (n >= 2 && head[0] == 0x80)
+}
+
 /// Loads a model from a checkpoint directory, a `model.safetensors` or a PyTorch
 /// `.pt` state_dict; the config is `config` or the `config.json` beside the weights.
 pub fn load(model: &Path, config: Option<&Path>) -> Result<Model> {
     let (weights, config_path) = resolve(model, config)?;
     let cfg = ModelConfig::from_json_file(&config_path)?;
-    let tensors = if weights.extension().is_some_and(|e| e == "pt" || e == "pth" || e == "bin") {
-        super::read_state_dict(&weights)?
-    } else {
-        read_safetensors(&weights)?
-    };
+    let tensors =
+        if weights.extension().is_some_and(|e| e != "safetensors" && WEIGHT_EXTENSIONS.iter().any(|w| e == *w)) {
+            super::read_state_dict(&weights)?
+        } else {
+            read_safetensors(&weights)?
+        };
     model_from_tensors(cfg, tensors, &weights)
 }
 

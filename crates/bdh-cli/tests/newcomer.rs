@@ -1,0 +1,183 @@
+//! What a new user meets first: run directories, output to a file, reports,
+//! resuming, evaluation defaults, messages and generation options.
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+use common::{bdh, example, golden, temp, text};
+
+/// `bdh` run in directory `dir`, its output captured (so not a terminal).
+fn bdh_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bdh")).current_dir(dir).args(args).output().expect("bdh runs")
+}
+
+const SHORT: [&str; 8] = [
+    "--set",
+    "training.max_steps=4",
+    "--set",
+    "training.eval_interval=2",
+    "--set",
+    "training.eval_batches=1",
+    "--set",
+    "training.sample_tokens=20",
+];
+
+#[test]
+fn a_run_in_a_pipe_prints_lines_names_its_directory_by_date_and_writes_a_report() {
+    let tmp = temp("pipe");
+    let mut args = vec!["train", "--preset", "tiny"];
+    args.extend(SHORT);
+    let o = bdh_in(tmp.path(), &args);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    // No --quiet: stdout is a pipe, so evaluations and samples come as lines.
+    for want in ["step 2/4: train loss", "val loss", "sample at step 4", "final: step 4/4", "report: "] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let latest = std::fs::read_link(tmp.path().join("runs/latest")).expect("runs/latest is a link");
+    let name = latest.display().to_string();
+    // tiny-YYYYMMDD-HHMMSS
+    let stamp = name.strip_prefix("tiny-").unwrap_or_else(|| panic!("{name}"));
+    assert!(stamp.len() == 15 && stamp.as_bytes()[8] == b'-', "{name}");
+    assert!(stamp.chars().filter(|c| c.is_ascii_digit()).count() == 14, "{name}");
+    let report = std::fs::read_to_string(tmp.path().join("runs/latest/report.html")).unwrap();
+    for want in ["Loss (nats per byte)", "Learning rate", "Throughput", "Samples", "<svg", "[training]"] {
+        assert!(report.contains(want), "report lacks {want:?}");
+    }
+    // A second run gets its own directory, and runs/latest follows it.
+    let o = bdh_in(tmp.path(), &args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let second = std::fs::read_link(tmp.path().join("runs/latest")).unwrap();
+    assert_ne!(second, latest);
+    assert!(tmp.path().join("runs").join(&latest).join("last/model.safetensors").exists());
+
+    // `bdh report` redraws the page; records it cannot read are counted, not fatal.
+    let run = tmp.path().join("runs/latest");
+    let mut metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    metrics.push_str("{not json\n");
+    std::fs::write(run.join("metrics.jsonl"), metrics).unwrap();
+    let page = tmp.path().join("r.html");
+    let o = bdh(&["report", run.to_str().unwrap(), "--html", page.to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("best val loss") && out.contains("1 lines of metrics.jsonl skipped"), "{out}");
+    assert!(std::fs::read_to_string(&page).unwrap().contains("bdh report"));
+    let o = bdh(&["report", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("is not a run directory"), "{}", text(&o));
+}
+
+#[test]
+fn resuming_says_what_it_does() {
+    let tmp = temp("resume");
+    let run = tmp.path().join("run").display().to_string();
+    let mut args = vec!["train", "--preset", "tiny", "--out", &run];
+    args.extend(SHORT);
+    assert_eq!(bdh(&args).status.code(), Some(0));
+
+    let o = bdh(&["train", "--resume", &run, "--preset", "small"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("cannot be used with"), "{}", text(&o));
+
+    let o = bdh(&["train", "--resume", &run]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("already finished: 4 of 4 steps") && !out.contains("done:"), "{out}");
+
+    // The tiny preset warms up over 10 steps: a shorter warmup moves the schedule.
+    let o = bdh(&["train", "--resume", &run, "--set", "training.max_steps=6", "--set", "training.warmup_steps=2"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("changed on resume: training.max_steps: 4 → 6"), "{out}");
+    assert!(out.contains("learning-rate schedule is recomputed") && out.contains("at step 4"), "{out}");
+    assert!(out.contains("done: 2 steps"), "{out}");
+
+    let o = bdh(&["train", "--resume", tmp.path().join("nope").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("is not a run directory to resume"), "{}", text(&o));
+}
+
+#[test]
+fn eval_scores_a_run_on_its_own_data_by_default() {
+    let tmp = temp("eval-data");
+    let data = tmp.path().join("data.txt");
+    let sentence = "the ferryman rowed the woman over the river before the bells rang. ";
+    std::fs::write(&data, sentence.repeat(100)).unwrap();
+    let run = tmp.path().join("run").display().to_string();
+    let mut args = vec!["train", "--preset", "tiny", "--out", &run, "--data", data.to_str().unwrap()];
+    args.extend(SHORT);
+    assert_eq!(bdh(&args).status.code(), Some(0));
+    let len = sentence.len() * 100;
+    let split = len - len / 10;
+    let o = bdh(&["eval", "--model", &run]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains(&format!("the run's validation split, bytes {split}..{len}")), "{out}");
+    assert!(out.contains("bits/byte") && !out.contains("built-in corpus"), "{out}");
+    // --json - writes the numbers, and only them, to stdout.
+    let o = bdh(&["eval", "--model", &run, "--json", "-"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+    assert_eq!(v["tokens"], (len - split - 1) as u64);
+    // A model that is not a run: the built-in corpus, and a note saying why.
+    let o = bdh(&["eval", "--model", &golden("ref-tiny"), "--batches", "1", "--batch", "1", "--block", "64"]);
+    let out = text(&o);
+    assert!(out.contains("not a run directory") && out.contains("built-in corpus"), "{out}");
+}
+
+#[test]
+fn messages_name_the_problem_once() {
+    let tmp = temp("messages");
+    let missing = tmp.path().join("missing");
+    let o = bdh(&["generate", "--model", missing.to_str().unwrap(), "--prompt", "a"]);
+    let out = text(&o);
+    assert!(out.contains("no such file or directory") && !out.contains("entity not found"), "{out}");
+    let o = bdh(&["eval", "--model", &example("text.txt")]);
+    assert!(text(&o).contains("not a model"), "{}", text(&o));
+    let model = golden("ref-small-trained");
+    let o = bdh(&["inspect", "synapses", "--model", &model, "--layer", "4", "--head", "0", "--prompt", "hi"]);
+    assert!(text(&o).contains("layer in 1..=3"), "{}", text(&o));
+    let o = bdh(&["inspect", "synapses", "--model", &model, "--layer", "1", "--head", "4", "--prompt", "hi"]);
+    assert!(text(&o).contains("head in 0..=3"), "{}", text(&o));
+}
+
+#[test]
+fn generate_writes_several_samples_and_warns_past_the_trained_context() {
+    let tmp = temp("generate");
+    let run = tmp.path().join("run").display().to_string();
+    // The tiny preset trains on 160-token windows.
+    let mut args = vec!["train", "--preset", "tiny", "--out", &run];
+    args.extend(SHORT);
+    assert_eq!(bdh(&args).status.code(), Some(0));
+    let prompt = "ada lives in oslo. ".repeat(7); // 133 bytes
+    let o = bdh(&["generate", "--model", &run, "--prompt", &prompt, "--max-tokens", "40", "--num-samples", "3"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    for k in 1..=3 {
+        assert!(stdout.contains(&format!("--- sample {k} of 3")), "{stdout}");
+    }
+    assert_eq!(stderr.matches("past 160 tokens").count(), 1, "one note for the whole call: {stderr}");
+    let o = bdh(&["generate", "--model", &run, "--prompt", "ada", "--max-tokens", "20"]);
+    assert!(!text(&o).contains("past 160 tokens"), "{}", text(&o));
+    let o = bdh(&["generate", "--model", &run, "--prompt", "a", "--num-samples", "2", "--save-state", "s"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn inspect_synapses_reads_a_long_text_in_bounded_memory() {
+    // 24 KB: the whole-text forward this replaced needed 36 GB here.
+    let tmp = temp("long");
+    let text_file = tmp.path().join("long.txt");
+    let chapter = std::fs::read_to_string(example("text.txt")).unwrap();
+    std::fs::write(&text_file, chapter.repeat(21)).unwrap();
+    let json = tmp.path().join("s.json");
+    let model = golden("ref-small-trained");
+    let args = ["inspect", "synapses", "--model", &model, "--layer", "1", "--head", "0", "--trace", "3:5"];
+    let mut args = args.to_vec();
+    args.extend(["--text", text_file.to_str().unwrap(), "--json", json.to_str().unwrap(), "--window", "1000:24000"]);
+    let o = bdh(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["synapses"]["window"]["start"], 1000);
+    assert_eq!(v["synapses"]["traces"][0][1].as_array().unwrap().len(), 23_000);
+}
