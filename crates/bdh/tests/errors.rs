@@ -201,3 +201,22 @@ fn weights_that_are_not_finite_are_refused() {
     let m = message(load(dir, None).unwrap_err());
     assert!(m.contains("encoder") && m.contains("NaN"), "{m}");
 }
+
+#[test]
+fn weights_are_told_apart_by_their_bytes_and_a_text_is_not_a_model() {
+    let tmp = temp_dir("sniff");
+    let dir = tmp.path();
+    let src = golden_dir("ref-tiny");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    // Unknown extensions: the first bytes decide the reader.
+    std::fs::copy(src.join("model.pt"), dir.join("weights.ckpt")).unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("weights.bin2")).unwrap();
+    let a = load(&dir.join("weights.ckpt"), None).unwrap();
+    let b = load(&dir.join("weights.bin2"), None).unwrap();
+    assert_eq!(a.params(), b.params());
+    std::fs::write(dir.join("notes.txt"), "not weights at all").unwrap();
+    let m = message(load(&dir.join("notes.txt"), None).unwrap_err());
+    assert!(m.contains("not a model"), "{m}");
+    let m = message(load(&dir.join("absent.safetensors"), None).unwrap_err());
+    assert!(m.contains("no such file or directory") && !m.contains("entity"), "{m}");
+}

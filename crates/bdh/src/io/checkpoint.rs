@@ -79,7 +79,7 @@ fn resolve(model: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
         return Err(Error::format(&weights, "no such file or directory"));
     }
     let named = weights.extension().and_then(|e| e.to_str()).is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e));
-    if !named && !looks_like_weights(&weights) {
+    if !named && sniff(&weights).is_none() {
         return Err(Error::format(
             &weights,
             "not a model: expected a run directory, a checkpoint directory, a .safetensors file or a PyTorch .pt file",
@@ -101,13 +101,27 @@ fn resolve(model: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
 /// Extensions of weight files; their parsers say precisely what is wrong with one.
 const WEIGHT_EXTENSIONS: [&str; 4] = ["safetensors", "pt", "pth", "bin"];
 
-/// Whether `path` starts as a safetensors file (an 8-byte header length, then
-/// `{`), a zip archive (`torch.save`) or a pickle (protocol 2 or later) does.
-fn looks_like_weights(path: &Path) -> bool {
+/// A weights file's format, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// An 8-byte header length, then `{`.
+    Safetensors,
+    /// A zip archive (`torch.save`) or a bare pickle (protocol 2 or later).
+    PyTorch,
+}
+
+/// The format `path`'s first bytes announce, if any.
+fn sniff(path: &Path) -> Option<Format> {
     use std::io::Read;
     let mut head = [0u8; 9];
     let n = fs::File::open(path).and_then(|f| f.take(9).read(&mut head)).unwrap_or(0);
-    (n == 9 && head[8] == b'{') || head.starts_with(b"PK\x03\x04") || (n >= 2 && head[0] == 0x80)
+    if n == 9 && head[8] == b'{' {
+        Some(Format::Safetensors)
+    } else if head.starts_with(b"PK\x03\x04") || (n >= 2 && head[0] == 0x80) {
+        Some(Format::PyTorch)
+    } else {
+        None
+    }
 }
 
 /// Loads a model from a checkpoint directory, a `model.safetensors` or a PyTorch
@@ -115,12 +129,11 @@ fn looks_like_weights(path: &Path) -> bool {
 pub fn load(model: &Path, config: Option<&Path>) -> Result<Model> {
     let (weights, config_path) = resolve(model, config)?;
     let cfg = ModelConfig::from_json_file(&config_path)?;
-    let tensors =
-        if weights.extension().is_some_and(|e| e != "safetensors" && WEIGHT_EXTENSIONS.iter().any(|w| e == *w)) {
-            super::read_state_dict(&weights)?
-        } else {
-            read_safetensors(&weights)?
-        };
+    let pytorch = match weights.extension().and_then(|e| e.to_str()) {
+        Some(e) if WEIGHT_EXTENSIONS.contains(&e) => e != "safetensors",
+        _ => sniff(&weights) != Some(Format::Safetensors),
+    };
+    let tensors = if pytorch { super::read_state_dict(&weights)? } else { read_safetensors(&weights)? };
     model_from_tensors(cfg, tensors, &weights)
 }
 
