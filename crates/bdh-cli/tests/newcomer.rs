@@ -181,3 +181,44 @@ fn inspect_synapses_reads_a_long_text_in_bounded_memory() {
     assert_eq!(v["synapses"]["window"]["start"], 1000);
     assert_eq!(v["synapses"]["traces"][0][1].as_array().unwrap().len(), 23_000);
 }
+
+#[test]
+fn an_interrupted_run_labels_its_last_evaluation_with_its_step() {
+    use std::io::{BufRead, BufReader};
+    let tmp = temp("sigterm");
+    let run = tmp.path().join("run").display().to_string();
+    let args = ["train", "--preset", "tiny", "--out", &run, "--set", "training.max_steps=100000"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bdh"))
+        .args(args)
+        .args(["--set", "training.eval_interval=3", "--set", "training.eval_batches=1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait for the first evaluation, then ask the run to stop.
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let first_eval = line.starts_with("step 3/");
+        seen.push(line);
+        if first_eval {
+            break;
+        }
+    }
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -TERM");
+    seen.extend(lines.map(|l| l.unwrap()));
+    assert!(child.wait().unwrap().success());
+    let out = seen.join("\n");
+    let stopped: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("interrupted at step ")?.split(';').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let evaluated = stopped / 3 * 3;
+    let line = out.lines().skip_while(|l| !l.starts_with("interrupted")).nth(1).unwrap_or_default();
+    if evaluated == stopped {
+        assert!(line.starts_with(&format!("final: step {stopped}/")), "{out}");
+    } else {
+        assert!(line.starts_with(&format!("last evaluation: step {evaluated}/")), "{out}");
+    }
+}
