@@ -123,10 +123,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut stdout = std::io::stdout().lock();
     for k in 1..=args.num_samples {
-        if args.num_samples > 1 {
-            if writeln!(stdout, "--- sample {k} of {}", args.num_samples).is_err() {
-                return Ok(ExitCode::SUCCESS); // the reader went away
-            }
+        if args.num_samples > 1 && writeln!(stdout, "--- sample {k} of {}", args.num_samples).is_err() {
+            return Ok(ExitCode::SUCCESS); // the reader went away
         }
         let mut session = start.clone();
         let mut pos = session.pos() + tokens.len();
