@@ -209,7 +209,7 @@ fn charts(p: &mut Page, r: &Record) {
         false,
         vec![
             line("train (each step)", per_step(|s| s.loss)),
-            dots("train (mean since last eval)", evals(|e| e.train_loss)),
+            dots("train (mean of the last 20 steps)", evals(|e| e.train_loss)),
             dots("validation", evals(|e| Some(e.val_loss))),
         ],
     ));

@@ -19,8 +19,8 @@ pub struct EvalMetrics {
     pub answer_accuracy: Option<f64>,
     /// Answers scored.
     pub answers: usize,
-    /// During training: the mean training loss of the steps since the previous
-    /// evaluation (nats per byte).
+    /// During training: the mean training loss of the last (up to) 20 steps
+    /// before the evaluation (nats per byte).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
 }

@@ -25,6 +25,9 @@ use crate::io::checkpoint::{self, replace_dir};
 use crate::io::{encode_safetensors, read_safetensors, write_atomic};
 use crate::model::Model;
 
+/// Steps the training loss reported beside an evaluation is averaged over.
+pub const TRAIN_LOSS_STEPS: usize = 20;
+
 /// What `trainer.json` records: enough to continue exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -122,7 +125,7 @@ pub fn train(
     let mut losses = Vec::new();
     let mut last_eval = None;
     let mut interrupted = false;
-    let mut since_eval = (0.0f64, 0usize);
+    let mut recent = std::collections::VecDeque::with_capacity(TRAIN_LOSS_STEPS);
     while state.step < tc.max_steps {
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -143,7 +146,10 @@ pub fn train(
         let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr, &Single)?;
         state.step += 1;
         losses.push(loss);
-        since_eval = (since_eval.0 + loss as f64, since_eval.1 + 1);
+        if recent.len() == TRAIN_LOSS_STEPS {
+            recent.pop_front();
+        }
+        recent.push_back(loss as f64);
         let tokens_per_second = (b * t * tc.grad_accum) as f64 / t0.elapsed().as_secs_f64();
         metrics.write(&serde_json::json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tokens_per_second}))?;
         on(Event::Step { step: state.step, loss, lr, grad_norm, tokens_per_second });
@@ -151,8 +157,7 @@ pub fn train(
         let last_step = state.step == tc.max_steps;
         if state.step % tc.eval_interval == 0 || last_step {
             let mut m = evaluate(&trainer.model, corpus, &mut trainer.acts, tc.eval_batches, state.step)?;
-            m.train_loss = Some(since_eval.0 / since_eval.1.max(1) as f64);
-            since_eval = (0.0, 0);
+            m.train_loss = Some(recent.iter().sum::<f64>() / recent.len().max(1) as f64);
             metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
             on(Event::Eval(&m));
             ensure_finite(&trainer, state.step, &last_dir)?; // before `best` or `last` could get them
