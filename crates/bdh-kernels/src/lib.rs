@@ -1,4 +1,4 @@
-//! Hot loops of the BDH engine, as free functions on slices plus dimensions.
+//! Hot loops of the BDH engine (and of its GPT baseline), as free functions on slices plus dimensions.
 //!
 //! Shape legend (as everywhere in bdh): B batch, T time, D `n_embd`, H `n_head`,
 //! N neurons per head, V vocabulary. Every matrix is row-major.
@@ -30,8 +30,10 @@ mod mmap;
 mod peak;
 mod recurrent;
 mod rope;
+mod rows;
 mod schedule;
 mod simd;
+mod softmax_attention;
 #[cfg(test)]
 mod twins;
 
@@ -43,4 +45,8 @@ pub use mmap::Mapped;
 pub use peak::fma_loop;
 pub use recurrent::{active_pairs, gate_listed, gather_dot, rho_read_write, sparse_row_sum};
 pub use rope::{rope, RopeDirection};
+pub use rows::{add_bias, affine, affine_backward, bias_grad, gelu, gelu_backward};
 pub use schedule::{parallel_chunks, parallel_each, parallel_heads, rows_per_group};
+pub use softmax_attention::{
+    causal_softmax_attention, causal_softmax_attention_backward, softmax_attention_step, SoftmaxAttention,
+};

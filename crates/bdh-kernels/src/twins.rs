@@ -8,6 +8,8 @@ use crate::layer_norm::{layer_norm_backward_scalar, layer_norm_scalar};
 use crate::matmul::matmul_scalar;
 use crate::recurrent::{gather_dot_scalar, rho_read_write_scalar, sparse_row_sum_scalar};
 use crate::rope::rope_scalar;
+use crate::rows::scalar as rows_scalar;
+use crate::softmax_attention::scalar as softmax_scalar;
 use crate::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -345,4 +347,77 @@ fn active_pairs_and_gate_listed_select_what_fires() {
     assert_eq!((z[1], z[5]), (1.5, 2.0));
     active_pairs(&x, &mut rows, &mut cols, true);
     assert_eq!((rows.len(), cols.len()), (8, 8));
+}
+
+#[test]
+fn causal_softmax_attention_matches_its_twin_forward_and_backward() {
+    let mut r = rng(40);
+    // (B, T, H, S): T = 1, odd T, T past one block of keys, S = 1, odd S.
+    for (b, t, h, s) in [(1, 1, 1, 1), (2, 7, 3, 5), (1, 130, 2, 8), (3, 33, 1, 30), (2, 200, 4, 16)] {
+        for dropout in [0.0, 0.3] {
+            let a = SoftmaxAttention { b, t, h, s, dropout, seed: 7 };
+            let d = h * s;
+            let qkv: Vec<f32> = random(&mut r, b * t * 3 * d).iter().map(|v| v * 2.0).collect();
+            let (mut y, mut lse) = (vec![0.0; b * t * d], vec![0.0; b * h * t]);
+            causal_softmax_attention(&mut y, &mut lse, &qkv, a);
+            let (want_y, want_lse) = softmax_scalar::forward(&qkv, &a);
+            let what = format!("softmax attention B{b} T{t} H{h} S{s} dropout {dropout}");
+            assert_close(&format!("{what}: y"), &y, &want_y, 1e-5);
+            assert_close(&format!("{what}: lse"), &lse, &want_lse, 1e-5);
+            let dy = random(&mut r, y.len());
+            let mut dqkv = vec![1.0; qkv.len()]; // overwritten
+            causal_softmax_attention_backward(&mut dqkv, &dy, &qkv, &y, &lse, a);
+            assert_close(&format!("{what}: dqkv"), &dqkv, &softmax_scalar::backward(&dy, &qkv, &a), 1e-4);
+        }
+    }
+}
+
+#[test]
+fn softmax_attention_step_equals_the_last_row_of_the_parallel_form() {
+    let mut r = rng(41);
+    for (t, h, s) in [(1, 1, 4), (9, 3, 5), (140, 2, 16)] {
+        let a = SoftmaxAttention { b: 1, t, h, s, dropout: 0.0, seed: 0 };
+        let d = h * s;
+        let qkv = random(&mut r, t * 3 * d);
+        let (want, _) = softmax_scalar::forward(&qkv, &a);
+        let mut y = vec![0.0; d];
+        let last = &qkv[(t - 1) * 3 * d..];
+        softmax_attention_step(&mut y, &last[..d], &qkv[d..], &qkv[2 * d..], t, 3 * d, h, s);
+        assert_close(&format!("softmax attention step T{t} H{h} S{s}"), &y, &want[(t - 1) * d..], 1e-5);
+    }
+}
+
+#[test]
+fn gelu_affine_and_bias_match_their_twins() {
+    let mut r = rng(42);
+    for len in [1usize, 7, 1000, 70_000] {
+        let x: Vec<f32> = random(&mut r, len).iter().map(|v| v * 6.0).collect();
+        let mut y = vec![0.0; len];
+        gelu(&mut y, &x);
+        assert_close(&format!("gelu ({len})"), &y, &rows_scalar::gelu(&x), 1e-6);
+        let mut g = vec![1.0; len];
+        gelu_backward(&mut g, &x);
+        assert_close(&format!("gelu slope ({len})"), &g, &rows_scalar::gelu_slope(&x), 1e-4);
+    }
+    for (rows, d) in [(1, 1), (3, 5), (300, 128)] {
+        let (x, w, b) = (random(&mut r, rows * d), random(&mut r, d), random(&mut r, d));
+        let mut y = x.clone();
+        affine(&mut y, &w, &b);
+        assert_close(&format!("affine {rows}×{d}"), &y, &rows_scalar::affine(&x, &w, &b), 1e-6);
+        let mut y = x.clone();
+        add_bias(&mut y, &b);
+        assert_close(&format!("bias {rows}×{d}"), &y, &rows_scalar::affine(&x, &vec![1.0; d], &b), 1e-6);
+        // affine_backward: dw = Σ dy ⊙ x̂, db = Σ dy, dx̂ = dy ⊙ w.
+        let dy = random(&mut r, rows * d);
+        let (mut g, mut dw, mut db) = (dy.clone(), vec![0.0; d], vec![0.0; d]);
+        affine_backward(&mut g, &mut dw, &mut db, &x, &w);
+        let want_dw: Vec<f32> = (0..d).map(|i| (0..rows).map(|k| dy[k * d + i] * x[k * d + i]).sum()).collect();
+        let want_db: Vec<f32> = (0..d).map(|i| (0..rows).map(|k| dy[k * d + i]).sum()).collect();
+        assert_close("affine backward dw", &dw, &want_dw, 1e-5);
+        assert_close("affine backward db", &db, &want_db, 1e-5);
+        assert_close("affine backward dx̂", &g, &rows_scalar::affine(&dy, &w, &[]), 1e-6);
+        let mut db2 = vec![0.0; d];
+        bias_grad(&mut db2, &dy);
+        assert_close("bias grad", &db2, &want_db, 1e-5);
+    }
 }

@@ -1,0 +1,308 @@
+//! Causal softmax attention (the GPT baseline's), fused: scores are formed a block
+//! of keys at a time with an online softmax, never as a whole T×T matrix; the
+//! backward recomputes them from the saved log-sum-exp of each row.
+//!
+//! Layout: `qkv` (B, T, 3·H·S) rows as nanoGPT's `c_attn` makes them (q of every
+//! head, then k, then v; head h at columns h·S..(h+1)·S of each), the output `y`
+//! (B, T, H·S) with the heads side by side, `lse` (B, H, T).
+
+use rayon::prelude::*;
+
+use crate::simd::multiversion;
+
+/// Keys scored at once.
+const KEYS: usize = 128;
+
+/// Sizes and dropout of one attention.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SoftmaxAttention {
+    /// Batch rows.
+    pub b: usize,
+    /// Positions per row.
+    pub t: usize,
+    /// Heads.
+    pub h: usize,
+    /// Width S of one head.
+    pub s: usize,
+    /// Probability of dropping an attention probability (0: none).
+    pub dropout: f32,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+}
+
+impl SoftmaxAttention {
+    fn d(&self) -> usize {
+        self.h * self.s
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.s as f32).sqrt()
+    }
+
+    /// The dropout factor of probability (row, head, i, j): 0 if dropped, else
+    /// `1/(1−p)`. A hash of the indices, so the backward redraws the same mask.
+    fn keep(&self, row: usize, head: usize, i: usize, j: usize) -> f32 {
+        let mut z = self.seed
+            ^ (row as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (head as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(17)
+            ^ ((i * self.t + j) as u64).wrapping_mul(0x1656_67b1_9e37_79f9).rotate_left(31);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+        if u < self.dropout {
+            0.0
+        } else {
+            1.0 / (1.0 - self.dropout)
+        }
+    }
+
+    fn check(&self, qkv: &[f32], y: &[f32], lse: &[f32]) {
+        let (b, t, d) = (self.b, self.t, self.d());
+        assert_eq!(qkv.len(), b * t * 3 * d, "softmax attention: qkv is not (B, T, 3D)");
+        assert_eq!(y.len(), b * t * d, "softmax attention: y is not (B, T, D)");
+        assert_eq!(lse.len(), b * self.h * t, "softmax attention: lse is not (B, H, T)");
+    }
+}
+
+multiversion! {
+fn dot(a: &[f32], b: &[f32], out: &mut f32) {
+    *out = a.iter().zip(b).map(|(x, y)| x * y).sum();
+}
+}
+
+multiversion! {
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+}
+
+fn dot_of(a: &[f32], b: &[f32]) -> f32 {
+    let mut out = 0.0;
+    dot(a, b, &mut out);
+    out
+}
+
+/// `y = softmax(q kᵀ/√S + causal mask) v` per row and head (with dropout on the
+/// probabilities if set), and each query's log-sum-exp of its scaled scores.
+pub fn causal_softmax_attention(y: &mut [f32], lse: &mut [f32], qkv: &[f32], a: SoftmaxAttention) {
+    a.check(qkv, y, lse);
+    let (t, d, s) = (a.t, a.d(), a.s);
+    (y.par_chunks_mut(t * d), lse.par_chunks_mut(a.h * t), qkv.par_chunks(t * 3 * d))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(row, (y, lse, qkv))| {
+            let mut scores = [0.0f32; KEYS];
+            let mut acc = vec![0.0f32; s];
+            for h in 0..a.h {
+                for i in 0..t {
+                    let q = &qkv[i * 3 * d + h * s..][..s];
+                    let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
+                    acc.fill(0.0);
+                    for j0 in (0..=i).step_by(KEYS) {
+                        let j1 = (i + 1).min(j0 + KEYS);
+                        let block = &mut scores[..j1 - j0];
+                        for (sc, j) in block.iter_mut().zip(j0..j1) {
+                            *sc = dot_of(q, &qkv[j * 3 * d + d + h * s..][..s]) * a.scale();
+                        }
+                        let top = block.iter().copied().fold(m, f32::max);
+                        let correction = (m - top).exp();
+                        l *= correction;
+                        acc.iter_mut().for_each(|v| *v *= correction);
+                        for (&sc, j) in block.iter().zip(j0..j1) {
+                            let p = (sc - top).exp();
+                            l += p;
+                            let w = if a.dropout > 0.0 { p * a.keep(row, h, i, j) } else { p };
+                            if w != 0.0 {
+                                axpy(&mut acc, w, &qkv[j * 3 * d + 2 * d + h * s..][..s]);
+                            }
+                        }
+                        m = top;
+                    }
+                    let out = &mut y[i * d + h * s..][..s];
+                    out.iter_mut().zip(&acc).for_each(|(o, &v)| *o = v / l);
+                    lse[h * t + i] = m + l.ln();
+                }
+            }
+        });
+}
+
+/// Backward of [`causal_softmax_attention`]: `dqkv` (overwritten) from `dy`, the
+/// inputs `qkv`, the output `y` and the saved `lse`. With `δ_i = dy_i · y_i` and
+/// `p_ij = exp(q_i·k_j/√S − lse_i)`: `dv_j += p̃_ij dy_i`, `ds_ij = p_ij (m_ij dy_i·v_j − δ_i)`,
+/// `dq_i += ds_ij k_j/√S`, `dk_j += ds_ij q_i/√S` (p̃ and m the dropout-scaled ones).
+pub fn causal_softmax_attention_backward(
+    dqkv: &mut [f32],
+    dy: &[f32],
+    qkv: &[f32],
+    y: &[f32],
+    lse: &[f32],
+    a: SoftmaxAttention,
+) {
+    a.check(qkv, y, lse);
+    assert_eq!(dqkv.len(), qkv.len(), "softmax attention backward: dqkv is not (B, T, 3D)");
+    assert_eq!(dy.len(), y.len(), "softmax attention backward: dy is not (B, T, D)");
+    let (t, d, s, scale) = (a.t, a.d(), a.s, a.scale());
+    (
+        dqkv.par_chunks_mut(t * 3 * d),
+        dy.par_chunks(t * d),
+        y.par_chunks(t * d),
+        lse.par_chunks(a.h * t),
+        qkv.par_chunks(t * 3 * d),
+    )
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(row, (dqkv, dy, y, lse, qkv))| {
+            dqkv.fill(0.0);
+            let mut dq = vec![0.0f32; s];
+            for h in 0..a.h {
+                for i in 0..t {
+                    let (q, g) = (&qkv[i * 3 * d + h * s..][..s], &dy[i * d + h * s..][..s]);
+                    let delta = dot_of(g, &y[i * d + h * s..][..s]);
+                    dq.fill(0.0);
+                    for j in 0..=i {
+                        let (k, v) = (&qkv[j * 3 * d + d + h * s..][..s], &qkv[j * 3 * d + 2 * d + h * s..][..s]);
+                        let p = (dot_of(q, k) * scale - lse[h * t + i]).exp();
+                        let keep = if a.dropout > 0.0 { a.keep(row, h, i, j) } else { 1.0 };
+                        if keep != 0.0 {
+                            axpy(&mut dqkv[j * 3 * d + 2 * d + h * s..][..s], p * keep, g);
+                        }
+                        let ds = p * (keep * dot_of(g, v) - delta) * scale;
+                        axpy(&mut dq, ds, k);
+                        axpy(&mut dqkv[j * 3 * d + d + h * s..][..s], ds, q);
+                    }
+                    dqkv[i * 3 * d + h * s..][..s].iter_mut().zip(&dq).for_each(|(o, &v)| *o += v);
+                }
+            }
+        });
+}
+
+/// One query per head against `len` cached keys and values (generation with a
+/// KV cache): `q` (H·S), `k`, `v` rows of `ld` values with head h at h·S, `y` (H·S).
+pub fn softmax_attention_step(
+    y: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    len: usize,
+    ld: usize,
+    h: usize,
+    s: usize,
+) {
+    assert!(q.len() == h * s && y.len() == h * s && len > 0, "softmax attention step: sizes");
+    assert!(k.len() >= (len - 1) * ld + h * s && v.len() >= (len - 1) * ld + h * s, "softmax attention step: cache");
+    let scale = 1.0 / (s as f32).sqrt();
+    let mut scores = vec![0.0f32; len];
+    for head in 0..h {
+        let qh = &q[head * s..][..s];
+        for (j, sc) in scores.iter_mut().enumerate() {
+            *sc = dot_of(qh, &k[j * ld + head * s..][..s]) * scale;
+        }
+        let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut l = 0.0f32;
+        let out = &mut y[head * s..][..s];
+        out.fill(0.0);
+        for (j, &sc) in scores.iter().enumerate() {
+            let p = (sc - top).exp();
+            l += p;
+            axpy(out, p, &v[j * ld + head * s..][..s]);
+        }
+        out.iter_mut().for_each(|o| *o /= l);
+    }
+}
+
+/// Scalar twins: the whole score matrix, softmax and products in f64.
+#[cfg(test)]
+pub(crate) mod scalar {
+    use super::SoftmaxAttention;
+
+    fn probs(qkv: &[f32], a: &SoftmaxAttention, row: usize, h: usize) -> Vec<Vec<f64>> {
+        let (t, d, s) = (a.t, a.h * a.s, a.s);
+        let at = |i: usize, part: usize, c: usize| qkv[row * t * 3 * d + i * 3 * d + part * d + h * s + c] as f64;
+        (0..t)
+            .map(|i| {
+                let sc: Vec<f64> = (0..=i)
+                    .map(|j| (0..s).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() / (s as f64).sqrt())
+                    .collect();
+                let top = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|v| (v - top).exp()).sum();
+                sc.iter().map(|v| (v - top).exp() / z).collect()
+            })
+            .collect()
+    }
+
+    /// Forward: y and lse.
+    pub fn forward(qkv: &[f32], a: &SoftmaxAttention) -> (Vec<f32>, Vec<f32>) {
+        let (t, d, s) = (a.t, a.h * a.s, a.s);
+        let mut y = vec![0.0f32; a.b * t * d];
+        let mut lse = vec![0.0f32; a.b * a.h * t];
+        for row in 0..a.b {
+            for h in 0..a.h {
+                let p = probs(qkv, a, row, h);
+                for i in 0..t {
+                    let sc: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            (0..s)
+                                .map(|c| {
+                                    qkv[row * t * 3 * d + i * 3 * d + h * s + c] as f64
+                                        * qkv[row * t * 3 * d + j * 3 * d + d + h * s + c] as f64
+                                })
+                                .sum::<f64>()
+                                / (s as f64).sqrt()
+                        })
+                        .collect();
+                    let top = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    lse[row * a.h * t + h * t + i] =
+                        (top + sc.iter().map(|v| (v - top).exp()).sum::<f64>().ln()) as f32;
+                    for c in 0..s {
+                        let v: f64 = (0..=i)
+                            .map(|j| {
+                                p[i][j]
+                                    * a.keep(row, h, i, j) as f64
+                                    * qkv[row * t * 3 * d + j * 3 * d + 2 * d + h * s + c] as f64
+                            })
+                            .sum();
+                        y[row * t * d + i * d + h * s + c] = v as f32;
+                    }
+                }
+            }
+        }
+        (y, lse)
+    }
+
+    /// Backward by the chain rule through the materialised probabilities.
+    pub fn backward(dy: &[f32], qkv: &[f32], a: &SoftmaxAttention) -> Vec<f32> {
+        let (t, d, s) = (a.t, a.h * a.s, a.s);
+        let mut dqkv = vec![0.0f64; qkv.len()];
+        let x = |i: usize| qkv[i] as f64;
+        for row in 0..a.b {
+            let base = row * t * 3 * d;
+            for h in 0..a.h {
+                let p = probs(qkv, a, row, h);
+                for i in 0..t {
+                    let g = |c: usize| dy[row * t * d + i * d + h * s + c] as f64;
+                    // dP_ij = keep · dy_i · v_j; dS_ij = P_ij (dP_ij − Σ_k P_ik dP_ik).
+                    let dp: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            a.keep(row, h, i, j) as f64
+                                * (0..s).map(|c| g(c) * x(base + j * 3 * d + 2 * d + h * s + c)).sum::<f64>()
+                        })
+                        .collect();
+                    let dot: f64 = (0..=i).map(|j| p[i][j] * dp[j]).sum();
+                    for j in 0..=i {
+                        let ds = p[i][j] * (dp[j] - dot) / (s as f64).sqrt();
+                        let w = p[i][j] * a.keep(row, h, i, j) as f64;
+                        for c in 0..s {
+                            dqkv[base + j * 3 * d + 2 * d + h * s + c] += w * g(c);
+                            dqkv[base + i * 3 * d + h * s + c] += ds * x(base + j * 3 * d + d + h * s + c);
+                            dqkv[base + j * 3 * d + d + h * s + c] += ds * x(base + i * 3 * d + h * s + c);
+                        }
+                    }
+                }
+            }
+        }
+        dqkv.into_iter().map(|v| v as f32).collect()
+    }
+}
