@@ -48,5 +48,5 @@ pub use rope::{rope, RopeDirection};
 pub use rows::{add_bias, affine, affine_backward, bias_grad, gelu, gelu_backward};
 pub use schedule::{parallel_chunks, parallel_each, parallel_heads, rows_per_group};
 pub use softmax_attention::{
-    causal_softmax_attention, causal_softmax_attention_backward, softmax_attention_step, SoftmaxAttention,
+    causal_softmax_attention, causal_softmax_attention_backward, softmax_attention_step, KvCache, SoftmaxAttention,
 };

@@ -179,18 +179,24 @@ pub fn causal_softmax_attention_backward(
         });
 }
 
-/// One query per head against `len` cached keys and values (generation with a
-/// KV cache): `q` (H·S), `k`, `v` rows of `ld` values with head h at h·S, `y` (H·S).
-pub fn softmax_attention_step(
-    y: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    len: usize,
-    ld: usize,
-    h: usize,
-    s: usize,
-) {
+/// Cached keys and values of one sequence: `len` rows of `ld` values each, head h
+/// at columns h·S..(h+1)·S.
+#[derive(Clone, Copy, Debug)]
+pub struct KvCache<'a> {
+    /// Keys.
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+    /// Positions cached.
+    pub len: usize,
+    /// Row stride.
+    pub ld: usize,
+}
+
+/// One query per head against every cached key and value (generation): `q` and
+/// `y` (H·S) for `h` heads of width `s`.
+pub fn softmax_attention_step(y: &mut [f32], q: &[f32], cache: KvCache, h: usize, s: usize) {
+    let KvCache { k, v, len, ld } = cache;
     assert!(q.len() == h * s && y.len() == h * s && len > 0, "softmax attention step: sizes");
     assert!(k.len() >= (len - 1) * ld + h * s && v.len() >= (len - 1) * ld + h * s, "softmax attention step: cache");
     let scale = 1.0 / (s as f32).sqrt();

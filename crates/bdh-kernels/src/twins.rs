@@ -382,7 +382,8 @@ fn softmax_attention_step_equals_the_last_row_of_the_parallel_form() {
         let (want, _) = softmax_scalar::forward(&qkv, &a);
         let mut y = vec![0.0; d];
         let last = &qkv[(t - 1) * 3 * d..];
-        softmax_attention_step(&mut y, &last[..d], &qkv[d..], &qkv[2 * d..], t, 3 * d, h, s);
+        let cache = KvCache { k: &qkv[d..], v: &qkv[2 * d..], len: t, ld: 3 * d };
+        softmax_attention_step(&mut y, &last[..d], cache, h, s);
         assert_close(&format!("softmax attention step T{t} H{h} S{s}"), &y, &want[(t - 1) * d..], 1e-5);
     }
 }
