@@ -78,7 +78,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     provenance.model(&source, &model);
     let mut out = Output { json: args.json, html: args.html, provenance };
     // The microscope reads BDH's neurons and synapses.
-    let Model::Bdh(model) = &model;
+    let Model::Bdh(model) = &model else {
+        anyhow::bail!(
+            "`bdh inspect` looks at BDH's neurons and synapses; {source} is a {} — there is nothing of the kind to inspect",
+            model.config().describe()
+        )
+    };
     match args.what {
         What::Sparsity(a) => sparsity::run(a, model, &mut out)?,
         What::Graph(a) => graph::run(a, model, &mut out)?,

@@ -15,8 +15,10 @@ pub mod sampler;
 pub use generate::{generate, Generation, GenerationStats, Output};
 pub use sampler::{argmax, Sampler, SamplingConfig};
 
+use crate::error::Error;
 use crate::error::Result;
 use crate::model::bdh::{self, Edits};
+use crate::model::gpt;
 use crate::model::{Model, ModelConfig};
 
 /// A model ready for inference, immutable, shared by all its sequences.
@@ -24,6 +26,8 @@ use crate::model::{Model, ModelConfig};
 pub enum Prepared {
     /// BDH.
     Bdh(bdh::Prepared),
+    /// GPT.
+    Gpt(gpt::Prepared),
 }
 
 /// Everything one sequence remembers; plain data of a size fixed by the model.
@@ -31,6 +35,8 @@ pub enum Prepared {
 pub enum State {
     /// BDH's: the position and ρ of every layer.
     Bdh(bdh::State),
+    /// GPT's: the window of tokens and its KV cache.
+    Gpt(gpt::State),
 }
 
 /// One worker's buffers.
@@ -38,6 +44,8 @@ pub enum State {
 pub enum Scratch {
     /// BDH's.
     Bdh(bdh::Scratch),
+    /// GPT's.
+    Gpt(gpt::Scratch),
 }
 
 impl Prepared {
@@ -45,6 +53,7 @@ impl Prepared {
     pub fn new(model: Model) -> Result<Self> {
         match model {
             Model::Bdh(m) => bdh::Prepared::new(m).map(Prepared::Bdh),
+            Model::Gpt(m) => gpt::Prepared::new(m).map(Prepared::Gpt),
         }
     }
 
@@ -52,6 +61,7 @@ impl Prepared {
     pub fn config(&self) -> ModelConfig {
         match self {
             Prepared::Bdh(p) => ModelConfig::Bdh(p.model().config.clone()),
+            Prepared::Gpt(p) => ModelConfig::Gpt(p.model().config.clone()),
         }
     }
 
@@ -59,6 +69,7 @@ impl Prepared {
     pub fn state(&self) -> Result<State> {
         match self {
             Prepared::Bdh(p) => p.state().map(State::Bdh),
+            Prepared::Gpt(p) => p.state().map(State::Gpt),
         }
     }
 
@@ -68,6 +79,7 @@ impl Prepared {
         match self {
             Prepared::Bdh(p) if dense => Scratch::Bdh(p.scratch().dense()),
             Prepared::Bdh(p) => Scratch::Bdh(p.scratch()),
+            Prepared::Gpt(p) => Scratch::Gpt(p.scratch()),
         }
     }
 
@@ -82,6 +94,11 @@ impl Prepared {
     ) -> Result<&'s [f32]> {
         match (self, state, scratch) {
             (Prepared::Bdh(p), State::Bdh(st), Scratch::Bdh(sc)) => p.prefill(st, sc, tokens, edits),
+            (Prepared::Gpt(p), State::Gpt(st), Scratch::Gpt(sc)) => {
+                no_edits(edits)?;
+                p.prefill(st, sc, tokens)
+            }
+            _ => Err(other_family()),
         }
     }
 
@@ -95,6 +112,11 @@ impl Prepared {
     ) -> Result<&'s [f32]> {
         match (self, state, scratch) {
             (Prepared::Bdh(p), State::Bdh(st), Scratch::Bdh(sc)) => p.step(st, sc, token, edits),
+            (Prepared::Gpt(p), State::Gpt(st), Scratch::Gpt(sc)) => {
+                no_edits(edits)?;
+                p.step(st, sc, token)
+            }
+            _ => Err(other_family()),
         }
     }
 }
@@ -104,6 +126,7 @@ impl State {
     pub fn pos(&self) -> usize {
         match self {
             State::Bdh(s) => s.pos,
+            State::Gpt(s) => s.pos,
         }
     }
 
@@ -111,6 +134,20 @@ impl State {
     pub fn bytes(&self) -> usize {
         match self {
             State::Bdh(s) => s.bytes(),
+            State::Gpt(s) => s.bytes(),
         }
     }
+}
+
+/// Interventions act on BDH's neurons and synapses.
+fn no_edits(edits: &Edits) -> Result<()> {
+    if edits.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Input("interventions (edits) are for BDH models; this is a GPT".into()))
+    }
+}
+
+fn other_family() -> Error {
+    Error::Input("the state or scratch belongs to a model of another family".into())
 }

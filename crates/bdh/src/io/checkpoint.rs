@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use super::{encode_safetensors, fault_point, read_safetensors, shape_err, write_atomic, TensorMap};
 use crate::error::{Error, Result};
 use crate::model::bdh::{rope, Bdh, BdhConfig, FREQS_NAME};
+use crate::model::gpt::params::{LM_HEAD, WTE};
+use crate::model::gpt::{Gpt, GptConfig};
 use crate::model::{Model, ModelConfig};
 use crate::params::Params;
 
@@ -21,11 +23,40 @@ pub fn model_from_tensors(config: ModelConfig, mut tensors: TensorMap, path: &Pa
             let freqs = bdh_freqs(&c, &mut tensors)?;
             Model::Bdh(Bdh::from_parts(c, params, freqs)?)
         }
+        ModelConfig::Gpt(c) => {
+            gpt_extras(&c, &mut tensors, path)?;
+            let params = fill(crate::model::gpt::params::zeros(&c)?, &mut tensors, path)?;
+            Model::Gpt(Gpt::from_parts(c, params)?)
+        }
     };
     if let Some(extra) = tensors.keys().next() {
         return Err(Error::format(path, format!("unexpected tensor `{extra}`: not a parameter of this model")));
     }
     Ok(model)
+}
+
+/// Removes what a nanoGPT `state_dict` holds besides the trained tensors: the
+/// output head, tied to the token embedding (it must equal it), and the causal
+/// masks (`attn.bias` buffers) that older PyTorch versions keep.
+fn gpt_extras(c: &GptConfig, tensors: &mut TensorMap, path: &Path) -> Result<()> {
+    for i in 0..c.n_layer {
+        let mask = format!("transformer.h.{i}.attn.bias");
+        if let Some(t) = tensors.get(&mask) {
+            if t.shape.len() == 4 && t.shape[..2] == [1, 1] {
+                tensors.remove(&mask);
+            }
+        }
+    }
+    if let Some(head) = tensors.remove(LM_HEAD) {
+        let wte = tensors.get(WTE).ok_or_else(|| Error::MissingTensor { path: path.into(), name: WTE.into() })?;
+        if head.shape != wte.shape || head.f32s(LM_HEAD)? != wte.f32s(WTE)? {
+            return Err(Error::format(
+                path,
+                format!("`{LM_HEAD}` differs from `{WTE}`: this engine's GPT ties the output head to the embedding"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fills every slot of `params` from the tensor of its name and shape.
@@ -143,6 +174,7 @@ pub fn to_safetensors(model: &Model) -> Result<Vec<u8>> {
         model.params().tensors().map(|(s, data)| (s.name.clone(), s.shape.clone(), data)).collect();
     match model {
         Model::Bdh(m) => tensors.push((FREQS_NAME.into(), vec![1, 1, 1, m.freqs.len()], &m.freqs)),
+        Model::Gpt(_) => {} // the tied head is `transformer.wte.weight`, held once
     }
     encode_safetensors(&tensors)
 }

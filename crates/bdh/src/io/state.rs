@@ -21,7 +21,7 @@ const HEADER_LIMIT: u64 = 1 << 16;
 
 /// Writes `state`, read by the model of `prepared`, to `path` (atomically).
 pub fn save(prepared: &Prepared, state: &State, path: &Path) -> Result<()> {
-    let State::Bdh(s) = state;
+    let State::Bdh(s) = state else { return Err(not_bdh()) };
     let rho: Vec<u8> = s.rho.iter().flat_map(|v| v.to_le_bytes()).collect();
     let pos = (s.pos as i64).to_le_bytes();
     let bad = |e: safetensors::SafeTensorError| Error::Input(format!("state: {e}"));
@@ -37,7 +37,7 @@ pub fn save(prepared: &Prepared, state: &State, path: &Path) -> Result<()> {
 /// against the file's length before it is read, the config and weights against the
 /// metadata, every value for being finite.
 pub fn load(prepared: &Prepared, path: &Path) -> Result<State> {
-    let ModelConfig::Bdh(cfg) = prepared.config();
+    let ModelConfig::Bdh(cfg) = prepared.config() else { return Err(not_bdh()) };
     let want: usize = bdh::State::shape(&cfg).iter().product();
     let bad = |m: String| Error::format(path, m);
     let len = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?.len();
@@ -78,9 +78,18 @@ pub fn load(prepared: &Prepared, path: &Path) -> Result<State> {
 /// The metadata that ties a state to its model: the config and a fingerprint
 /// (FNV-1a) of the weights' bits.
 fn identity(prepared: &Prepared) -> HashMap<String, String> {
-    let Prepared::Bdh(p) = prepared;
-    HashMap::from([
-        ("config".to_string(), prepared.config().to_json()),
-        ("weights".to_string(), p.model().params.fingerprint()),
-    ])
+    let hash = match prepared {
+        Prepared::Bdh(p) => p.model().params.fingerprint(),
+        Prepared::Gpt(p) => p.model().params.fingerprint(),
+    };
+    HashMap::from([("config".to_string(), prepared.config().to_json()), ("weights".to_string(), hash)])
+}
+
+/// Saved states are BDH's: a GPT's memory is its KV cache, which grows with the text.
+fn not_bdh() -> Error {
+    Error::Input(
+        "saved states are for BDH models, whose state has a fixed size; a GPT's memory is its KV cache, \
+         which grows with the text (keep the text and give it as the prompt instead)"
+            .into(),
+    )
 }

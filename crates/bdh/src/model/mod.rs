@@ -7,11 +7,13 @@
 //! and the parameters are one flat [`Params`] buffer whatever the family.
 
 pub mod bdh;
+pub mod gpt;
 pub(crate) mod loss;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
 use self::bdh::{Bdh, BdhConfig};
+use self::gpt::{Gpt, GptConfig};
 use crate::error::{Error, Result};
 use crate::params::Params;
 
@@ -29,12 +31,16 @@ pub enum Mode {
 }
 
 /// The hyper-parameters of a model of some family. In TOML and JSON, the family is
-/// the `family` field (`"bdh"`, also when absent, so bdh.py's `config.json` reads as is).
+/// the `family` field (`"bdh"` or `"gpt"`). When it is absent, a config with
+/// nanoGPT's `GPTConfig` fields (`block_size`, `bias`) is a GPT and any other is
+/// BDH, so bdh.py's and nanoGPT's `config.json` read as they are.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "family", rename_all = "lowercase")]
 pub enum ModelConfig {
     /// BDH, with bdh.py's `BDHConfig` fields.
     Bdh(BdhConfig),
+    /// The GPT-2-architecture baseline, with nanoGPT's `GPTConfig` fields.
+    Gpt(GptConfig),
 }
 
 impl<'de> Deserialize<'de> for ModelConfig {
@@ -42,6 +48,7 @@ impl<'de> Deserialize<'de> for ModelConfig {
         use serde::de::Error as _;
         let mut fields = serde_json::Map::deserialize(d)?;
         let family = match fields.remove("family") {
+            None if fields.contains_key("block_size") && fields.contains_key("bias") => "gpt".to_string(),
             None => "bdh".to_string(),
             Some(serde_json::Value::String(s)) => s,
             Some(other) => return Err(D::Error::custom(format!("family must be a string, not {other}"))),
@@ -49,8 +56,11 @@ impl<'de> Deserialize<'de> for ModelConfig {
         match family.as_str() {
             "bdh" => serde_json::from_value(serde_json::Value::Object(fields))
                 .map(ModelConfig::Bdh)
-                .map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!("unknown model family `{other}` (have: bdh)"))),
+                .map_err(|e| D::Error::custom(format!("BDH config: {e}"))),
+            "gpt" => serde_json::from_value(serde_json::Value::Object(fields))
+                .map(ModelConfig::Gpt)
+                .map_err(|e| D::Error::custom(format!("GPT config: {e}"))),
+            other => Err(D::Error::custom(format!("unknown model family `{other}` (have: bdh, gpt)"))),
         }
     }
 }
@@ -60,6 +70,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             ModelConfig::Bdh(c) => c.validate(),
+            ModelConfig::Gpt(c) => c.validate(),
         }
     }
 
@@ -67,6 +78,7 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             ModelConfig::Bdh(c) => c.vocab_size,
+            ModelConfig::Gpt(c) => c.vocab_size,
         }
     }
 
@@ -74,6 +86,7 @@ impl ModelConfig {
     pub fn param_count(&self) -> usize {
         match self {
             ModelConfig::Bdh(c) => c.param_count(),
+            ModelConfig::Gpt(c) => c.param_count(),
         }
     }
 
@@ -81,6 +94,7 @@ impl ModelConfig {
     pub fn forward_flops_per_token(&self, t: usize) -> f64 {
         match self {
             ModelConfig::Bdh(c) => c.forward_flops_per_token(t),
+            ModelConfig::Gpt(c) => c.forward_flops_per_token(t),
         }
     }
 
@@ -88,6 +102,15 @@ impl ModelConfig {
     pub fn describe(&self) -> String {
         match self {
             ModelConfig::Bdh(c) => format!("BDH L{} D{} H{} N{}", c.n_layer, c.n_embd, c.n_head, c.n_neurons()),
+            ModelConfig::Gpt(c) => format!("GPT L{} D{} H{} context {}", c.n_layer, c.n_embd, c.n_head, c.block_size),
+        }
+    }
+
+    /// The longest input a forward takes, if the family has one (GPT: `block_size`).
+    pub fn max_context(&self) -> Option<usize> {
+        match self {
+            ModelConfig::Bdh(_) => None,
+            ModelConfig::Gpt(c) => Some(c.block_size),
         }
     }
 
@@ -111,6 +134,8 @@ impl ModelConfig {
 pub enum Model {
     /// BDH.
     Bdh(Bdh),
+    /// The GPT baseline.
+    Gpt(Gpt),
 }
 
 impl Model {
@@ -118,6 +143,7 @@ impl Model {
     pub fn new(config: &ModelConfig, seed: u64) -> Result<Self> {
         match config {
             ModelConfig::Bdh(c) => Bdh::new(c.clone(), seed).map(Model::Bdh),
+            ModelConfig::Gpt(c) => Gpt::new(c.clone(), seed).map(Model::Gpt),
         }
     }
 
@@ -125,6 +151,7 @@ impl Model {
     pub fn config(&self) -> ModelConfig {
         match self {
             Model::Bdh(m) => ModelConfig::Bdh(m.config.clone()),
+            Model::Gpt(m) => ModelConfig::Gpt(m.config.clone()),
         }
     }
 
@@ -132,6 +159,7 @@ impl Model {
     pub fn params(&self) -> &Params {
         match self {
             Model::Bdh(m) => &m.params,
+            Model::Gpt(m) => &m.params,
         }
     }
 
@@ -139,6 +167,17 @@ impl Model {
     pub fn params_mut(&mut self) -> &mut Params {
         match self {
             Model::Bdh(m) => &mut m.params,
+            Model::Gpt(m) => &mut m.params,
+        }
+    }
+
+    /// Per parameter slot, whether AdamW's weight decay applies: every tensor for
+    /// BDH (as the reference trains), tensors of two or more dimensions for GPT (as
+    /// nanoGPT configures its optimizer).
+    pub fn weight_decay_mask(&self) -> Vec<bool> {
+        match self {
+            Model::Bdh(m) => vec![true; m.params.slots().len()],
+            Model::Gpt(m) => m.params.slots().iter().map(|s| gpt::params::decays(&s.shape)).collect(),
         }
     }
 }
@@ -148,6 +187,8 @@ impl Model {
 pub enum Activations {
     /// BDH's.
     Bdh(bdh::Activations),
+    /// GPT's.
+    Gpt(gpt::Activations),
 }
 
 impl Activations {
@@ -155,6 +196,7 @@ impl Activations {
     pub fn new(model: &Model, b: usize, t: usize) -> Result<Self> {
         match model {
             Model::Bdh(m) => bdh::Activations::new(m, b, t).map(Activations::Bdh),
+            Model::Gpt(m) => gpt::Activations::new(m, b, t).map(Activations::Gpt),
         }
     }
 
@@ -162,6 +204,7 @@ impl Activations {
     pub fn logits(&self) -> &[f32] {
         match self {
             Activations::Bdh(a) => &a.logits,
+            Activations::Gpt(a) => &a.logits,
         }
     }
 
@@ -169,6 +212,7 @@ impl Activations {
     pub fn shape(&self) -> (usize, usize, usize) {
         match self {
             Activations::Bdh(a) => (a.dims.b, a.dims.t, a.dims.v),
+            Activations::Gpt(a) => (a.dims.b, a.dims.t, a.dims.v),
         }
     }
 }
@@ -177,6 +221,8 @@ impl Activations {
 pub fn forward(model: &Model, tokens: &[u32], acts: &mut Activations, mode: Mode) -> Result<()> {
     match (model, acts) {
         (Model::Bdh(m), Activations::Bdh(a)) => bdh::forward(m, tokens, a, bdh::Pass::mode(mode)),
+        (Model::Gpt(m), Activations::Gpt(a)) => gpt::forward(m, tokens, a, mode),
+        _ => Err(Error::Input("forward: activations of another model family".into())),
     }
 }
 
@@ -184,6 +230,7 @@ pub fn forward(model: &Model, tokens: &[u32], acts: &mut Activations, mode: Mode
 pub fn loss(acts: &Activations, targets: &[u32]) -> Result<f32> {
     match acts {
         Activations::Bdh(a) => bdh::backward::loss(a, targets),
+        Activations::Gpt(a) => gpt::backward::loss(a, targets),
     }
 }
 
@@ -198,6 +245,7 @@ pub struct Gradients {
 #[derive(Debug)]
 enum BackwardScratch {
     Bdh(bdh::Backward),
+    Gpt(gpt::Backward),
 }
 
 impl Gradients {
@@ -205,6 +253,7 @@ impl Gradients {
     pub fn new(model: &Model, b: usize, t: usize) -> Result<Self> {
         let scratch = match model {
             Model::Bdh(m) => BackwardScratch::Bdh(bdh::Backward::new(m, b, t)?),
+            Model::Gpt(m) => BackwardScratch::Gpt(gpt::Backward::new(m, b, t)?),
         };
         Ok(Gradients { params: model.params().zeros_like(), scratch })
     }
@@ -222,6 +271,10 @@ pub fn backward(model: &Model, acts: &Activations, targets: &[u32], grads: &mut 
         (Model::Bdh(m), Activations::Bdh(a), BackwardScratch::Bdh(s)) => {
             bdh::backward(m, a, targets, &mut grads.params, s)
         }
+        (Model::Gpt(m), Activations::Gpt(a), BackwardScratch::Gpt(s)) => {
+            gpt::backward(m, a, targets, &mut grads.params, s)
+        }
+        _ => Err(Error::Input("backward: buffers of another model family".into())),
     }
 }
 

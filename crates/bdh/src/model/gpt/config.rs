@@ -39,7 +39,11 @@ impl GptConfig {
     fn checked_param_count(&self) -> Option<usize> {
         let (d, b) = (self.n_embd, usize::from(self.bias));
         // ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj.
-        let block = (d + b * d) + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d + b * d) + (4 * d * d + b * 4 * d)
+        let block = (d + b * d)
+            + (3 * d * d + b * 3 * d)
+            + (d * d + b * d)
+            + (d + b * d)
+            + (4 * d * d + b * 4 * d)
             + (4 * d * d + b * d);
         let embeddings = self.vocab_size.checked_mul(d)?.checked_add(self.block_size.checked_mul(d)?)?;
         embeddings.checked_add(block.checked_mul(self.n_layer)?)?.checked_add(d + b * d)
