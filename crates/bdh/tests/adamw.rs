@@ -41,3 +41,25 @@ fn adamw_defaults_are_the_reference_recipe() {
     let c = AdamWConfig::default();
     assert_eq!((c.lr, c.betas, c.eps, c.weight_decay), (1e-3, (0.9, 0.999), 1e-8, 0.1));
 }
+
+#[test]
+fn a_gpt_decays_matrices_only_as_nanogpt_groups_them() {
+    use bdh::model::gpt::GptConfig;
+    let cfg = GptConfig { block_size: 8, vocab_size: 256, n_layer: 1, n_head: 2, n_embd: 8, dropout: 0.0, bias: true };
+    let mut model = bdh::Model::new(&bdh::ModelConfig::Gpt(cfg), 0).unwrap();
+    model.params_mut().data_mut().fill(1.0);
+    let mask = model.weight_decay_mask();
+    let grads = model.params().zeros_like();
+    let config = AdamWConfig { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 };
+    let mut opt = AdamW::with_decay(config, model.params(), mask);
+    let before = model.params().clone();
+    opt.update(model.params_mut(), &grads);
+    // Zero gradients: only the decay moves a parameter, by the factor 1 − lr·wd.
+    for ((slot, after), (_, was)) in model.params().tensors().zip(before.tensors()) {
+        let want = if slot.shape.len() >= 2 { 0.99 } else { 1.0 };
+        assert!(after.iter().zip(was).all(|(a, b)| (a / b - want).abs() < 1e-6), "{}: {:?}", slot.name, &after[..2]);
+    }
+    // BDH decays every tensor, as the reference does.
+    let bdh = bdh::Model::new(&bdh::ModelConfig::Bdh(tiny_config(1, 4, 1, 1)), 0).unwrap();
+    assert!(bdh.weight_decay_mask().iter().all(|&d| d));
+}

@@ -23,11 +23,11 @@ fn direction(g: &[f32], seed: u64) -> Vec<f32> {
     d.iter().map(|x| x / dn).collect()
 }
 
-fn check_gradients(cfg: BdhConfig, mode: Mode) {
+/// Checks every tensor's gradient of `model` (any family) along one direction,
+/// after scaling its weights by `scale`, by central differences of step `eps`.
+pub fn check_gradients(mut model: Model, mode: Mode, scale: f32, eps: f32) {
     let (b, t) = (2, 9);
-    let mut model = bdh_model(cfg, 11);
-    // Weights of std 0.2 instead of 0.02 put the loss in a regime with real curvature.
-    model.params_mut().data_mut().iter_mut().for_each(|x| *x *= 10.0);
+    model.params_mut().data_mut().iter_mut().for_each(|x| *x *= scale);
     let toks = tokens(b * t, 1);
     let targets = tokens(b * t, 2);
     let mut acts = Activations::new(&model, b, t).unwrap();
@@ -35,8 +35,6 @@ fn check_gradients(cfg: BdhConfig, mode: Mode) {
     let mut grads = Gradients::new(&model, b, t).unwrap();
     backward(&model, &acts, &targets, &mut grads).unwrap();
 
-    // Small enough to stay clear of ReLU kinks, large enough for f32 loss noise (~3e-3 here).
-    let eps = 1e-4f32;
     for (k, (slot, g)) in grads.params.tensors().enumerate() {
         let name = &slot.name;
         let d = direction(g, 100 + k as u64);
@@ -49,20 +47,24 @@ fn check_gradients(cfg: BdhConfig, mode: Mode) {
         };
         let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
         let rel = (numeric - analytic).abs() / analytic.abs();
-        println!("{mode:?} {name:<13} analytic {analytic:+.6e} numeric {numeric:+.6e} rel {rel:.1e}");
+        println!("{mode:?} {name:<36} analytic {analytic:+.6e} numeric {numeric:+.6e} rel {rel:.1e}");
         assert!(rel < 1e-2, "{name}: analytic {analytic} vs numeric {numeric}");
     }
 }
 
+/// Small enough to stay clear of ReLU kinks, large enough for f32 loss noise (~3e-3 here).
+const EPS: f32 = 1e-4;
+
 #[test]
 fn backward_matches_finite_differences() {
-    check_gradients(tiny_config(2, 16, 2, 4), Mode::Eval);
+    // Weights of std 0.2 instead of 0.02 put the loss in a regime with real curvature.
+    check_gradients(bdh_model(tiny_config(2, 16, 2, 4), 11), Mode::Eval, 10.0, EPS);
 }
 
 #[test]
 fn backward_matches_finite_differences_with_dropout() {
     let cfg = BdhConfig { dropout: 0.25, ..tiny_config(2, 16, 2, 4) };
-    check_gradients(cfg, Mode::Train { seed: 5 });
+    check_gradients(bdh_model(cfg, 11), Mode::Train { seed: 5 }, 10.0, EPS);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use bdh::{Gradients, Mode, Model};
 use crate::common::{golden_dir, max_rel_diff, tokens};
 
 fn trained() -> Bdh {
-    let Model::Bdh(m) = load(&golden_dir("ref-small-trained"), None).unwrap();
+    let Model::Bdh(m) = load(&golden_dir("ref-small-trained"), None).unwrap() else { unreachable!("a BDH") };
     m
 }
 
@@ -27,14 +27,14 @@ fn parallel(m: &Bdh, toks: &[u32], edits: &Edits) -> Vec<f32> {
 
 /// Logits of the recurrent steps with `edits`, (T, V).
 fn stepped(m: &Bdh, toks: &[u32], edits: &Edits) -> Vec<f32> {
-    let Prepared::Bdh(p) = Prepared::new(Model::Bdh(m.clone())).unwrap();
+    let Prepared::Bdh(p) = Prepared::new(Model::Bdh(m.clone())).unwrap() else { unreachable!("a BDH") };
     let (mut s, mut scratch) = (p.state().unwrap(), p.scratch());
     toks.iter().flat_map(|&t| p.step(&mut s, &mut scratch, t, edits).unwrap().to_vec()).collect()
 }
 
 /// Logits after the last token of a prefill with `edits`, (V).
 fn prefilled(m: &Bdh, toks: &[u32], edits: &Edits) -> Vec<f32> {
-    let Prepared::Bdh(p) = Prepared::new(Model::Bdh(m.clone())).unwrap();
+    let Prepared::Bdh(p) = Prepared::new(Model::Bdh(m.clone())).unwrap() else { unreachable!("a BDH") };
     let (mut s, mut scratch) = (p.state().unwrap(), p.scratch());
     p.prefill(&mut s, &mut scratch, toks, edits).unwrap().to_vec()
 }
@@ -112,7 +112,9 @@ fn bad_edits_are_refused() {
 
 #[test]
 fn no_backward_through_an_edited_forward() {
-    let Model::Bdh(m) = Model::new(&bdh::ModelConfig::Bdh(crate::common::tiny_config(1, 16, 2, 4)), 1).unwrap();
+    let Model::Bdh(m) = Model::new(&bdh::ModelConfig::Bdh(crate::common::tiny_config(1, 16, 2, 4)), 1).unwrap() else {
+        unreachable!("a BDH")
+    };
     let model = Model::Bdh(m.clone());
     let toks = tokens(8, 1);
     let mut edits = Edits::new();

@@ -1,5 +1,6 @@
-//! Ours == bdh.py: logits, loss, every gradient and the greedy continuation of the
-//! reference fixtures, from both the safetensors and the `.pt` weights.
+//! Ours == bdh.py (and, for the GPT baseline, nanoGPT's model.py): logits, loss,
+//! every gradient and the greedy continuation of the reference fixtures, from both
+//! the safetensors and the `.pt` weights.
 
 use bdh::io::checkpoint::load;
 use bdh::io::read_safetensors;
@@ -63,8 +64,30 @@ fn ref_small_trained_logits_and_greedy_continuation_match_reference() {
 }
 
 #[test]
+fn gpt_tiny_logits_loss_and_gradients_match_nanogpt() {
+    for weights in ["model.safetensors", "model.pt"] {
+        let r = check("gpt-tiny", weights);
+        let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();
+        for want in ["logits", "loss", "grad.transformer.wte.weight", "grad.transformer.h.1.attn.c_attn.bias"] {
+            assert!(names.contains(&want), "{want} was not compared");
+        }
+        assert_eq!(r.tensors.len(), 2 + 2 + 2 * 12 + 2, "logits, loss, wte, wpe, 12 tensors per block, ln_f");
+        assert!(r.passed(), "{weights}: {r:?}");
+    }
+}
+
+#[test]
+fn gpt_small_trained_logits_and_greedy_continuation_match_nanogpt() {
+    for weights in ["model.safetensors", "model.pt"] {
+        let r = check("gpt-small-trained", weights);
+        assert_eq!(r.greedy.as_ref().expect("greedy_ids compared").generated, 120);
+        assert!(r.passed(), "{weights}: {r:?}");
+    }
+}
+
+#[test]
 fn pt_and_safetensors_imports_are_identical() {
-    for fixture in ["ref-tiny", "ref-small-trained"] {
+    for fixture in ["ref-tiny", "ref-small-trained", "gpt-tiny", "gpt-small-trained"] {
         let dir = golden_dir(fixture);
         let a = load(&dir.join("model.safetensors"), None).unwrap();
         let b = load(&dir.join("model.pt"), None).unwrap();
@@ -75,7 +98,7 @@ fn pt_and_safetensors_imports_are_identical() {
 #[test]
 fn rope_frequencies_equal_the_reference_buffer() {
     for fixture in ["ref-tiny", "ref-small-trained"] {
-        let Model::Bdh(model) = load(&golden_dir(fixture), None).unwrap();
+        let Model::Bdh(model) = load(&golden_dir(fixture), None).unwrap() else { panic!("{fixture} is a BDH") };
         let ours = rope::freqs(model.config.n_neurons());
         let max_ulps =
             ours.iter().zip(&model.freqs).map(|(a, b)| (a.to_bits() as i64 - b.to_bits() as i64).abs()).max().unwrap();

@@ -10,6 +10,7 @@ mod edits;
 mod errors;
 mod generate;
 mod golden;
+mod gpt;
 mod hostile;
 mod microscope;
 mod recurrent;

@@ -62,7 +62,7 @@ fn prefill_then_steps_equals_steps_alone() {
     for &t in &toks[..25] {
         prepared.step(&mut b, &mut sb, t, &NO_EDITS).unwrap();
     }
-    let (State::Bdh(ra), State::Bdh(rb)) = (&a, &b);
+    let (State::Bdh(ra), State::Bdh(rb)) = (&a, &b) else { unreachable!("a BDH") };
     let rho_diff = max_rel_diff(&ra.rho, &rb.rho);
     println!("ρ after prefill vs steps: max rel diff {rho_diff:.2e}");
     assert!(rho_diff < 5e-6, "ρ after prefill differs by {rho_diff}");

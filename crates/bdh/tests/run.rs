@@ -153,10 +153,10 @@ fn presets_parse_and_round_trip() {
         let again = RunConfig::from_toml(&cfg.to_toml(), std::path::Path::new(name), &[]).unwrap();
         assert_eq!(cfg, again);
     }
-    let ModelConfig::Bdh(s) = RunConfig::resolve("small", &[]).unwrap().model;
+    let ModelConfig::Bdh(s) = RunConfig::resolve("small", &[]).unwrap().model else { unreachable!("a BDH") };
     assert_eq!((s.n_layer, s.n_embd, s.n_head, s.mlp_internal_dim_multiplier), (4, 128, 4, 32));
     let p = RunConfig::resolve("paper", &[]).unwrap();
-    let ModelConfig::Bdh(m) = &p.model;
+    let ModelConfig::Bdh(m) = &p.model else { unreachable!("a BDH") };
     assert_eq!((m.n_layer, m.n_embd, m.mlp_internal_dim_multiplier, p.training.block_size), (6, 256, 128, 512));
 }
 

@@ -17,7 +17,7 @@ fn tiny_prepared(seed: u64) -> Prepared {
 }
 
 fn rho(state: &State) -> &[f32] {
-    let State::Bdh(s) = state;
+    let State::Bdh(s) = state else { unreachable!("a BDH") };
     &s.rho
 }
 
@@ -25,7 +25,7 @@ fn rho(state: &State) -> &[f32] {
 fn chunked_prefill_equals_one_pass_and_steps() {
     let model = load(&golden_dir("ref-small-trained"), None).unwrap();
     let prepared = Prepared::new(model).unwrap();
-    let Prepared::Bdh(p) = &prepared;
+    let Prepared::Bdh(p) = &prepared else { unreachable!("a BDH") };
     // A prompt several chunks long, and the same read token by token.
     let chunk = p.prefill_chunk();
     let toks = tokens(2 * chunk + 37, 5);
@@ -53,7 +53,7 @@ fn chunked_prefill_equals_one_pass_and_steps() {
 fn long_prompt_runs_in_bounded_memory() {
     // 20 kB of prompt: the chunk activations stay those of one chunk.
     let prepared = tiny_prepared(2);
-    let Prepared::Bdh(p) = &prepared;
+    let Prepared::Bdh(p) = &prepared else { unreachable!("a BDH") };
     let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
     let before = s.bytes();
     prepared.prefill(&mut s, &mut scratch, &tokens(20_000, 1), &NO_EDITS).unwrap();

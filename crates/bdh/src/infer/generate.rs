@@ -59,6 +59,15 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::Input("the prompt is empty".into()));
     }
+    if let Some(context) = prepared.config().max_context() {
+        if prompt.len() > context {
+            return Err(Error::Input(format!(
+                "the prompt's {} tokens do not fit this model's context of {context} (its block_size): \
+                 give at most {context} (generation past it slides the window)",
+                prompt.len()
+            )));
+        }
+    }
     let t0 = Instant::now();
     let mut logits = prepared.prefill(state, scratch, prompt, &g.edits)?.to_vec();
     let prefill_seconds = t0.elapsed().as_secs_f64();

@@ -17,6 +17,19 @@ use crate::params::Params;
 /// name and shape against `config`.
 pub fn model_from_tensors(config: ModelConfig, mut tensors: TensorMap, path: &Path) -> Result<Model> {
     config.validate()?;
+    // Weights of one family with the config of the other: say so, not "missing tensor".
+    let (bdh_weights, gpt_weights) = (tensors.contains_key("encoder"), tensors.contains_key(WTE));
+    let mismatch = match &config {
+        ModelConfig::Bdh(_) if gpt_weights && !bdh_weights => Some(("a GPT", "BDH")),
+        ModelConfig::Gpt(_) if bdh_weights && !gpt_weights => Some(("a BDH model", "GPT")),
+        _ => None,
+    };
+    if let Some((weights, config)) = mismatch {
+        return Err(Error::format(
+            path,
+            format!("these are the weights of {weights}, but the config describes a {config}"),
+        ));
+    }
     let model = match config {
         ModelConfig::Bdh(c) => {
             let params = fill(crate::model::bdh::params::zeros(&c)?, &mut tensors, path)?;

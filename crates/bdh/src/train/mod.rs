@@ -38,7 +38,7 @@ impl Trainer {
     pub fn new(model: Model, opt: AdamWConfig, b: usize, t: usize) -> Result<Self> {
         let acts = Activations::new(&model, b, t)?;
         let grads = Gradients::new(&model, b, t)?;
-        let opt = AdamW::new(opt, model.params());
+        let opt = AdamW::with_decay(opt, model.params(), model.weight_decay_mask());
         Ok(Trainer { model, opt, acts, grads })
     }
 

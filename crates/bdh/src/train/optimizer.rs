@@ -1,5 +1,7 @@
-//! AdamW, step for step as `torch.optim.AdamW` (decoupled weight decay on every
-//! parameter, bias correction, ε added to the corrected √v), on flat buffers.
+//! AdamW, step for step as `torch.optim.AdamW` (decoupled weight decay, bias
+//! correction, ε added to the corrected √v), on flat buffers. Weight decay applies
+//! to the slots its mask names: every tensor for BDH (as the reference), tensors of
+//! two or more dimensions for GPT (as nanoGPT groups its parameters).
 
 use crate::params::Params;
 
@@ -34,12 +36,20 @@ pub struct AdamW {
     pub m: Params,
     /// Second moments, laid out as the parameters.
     pub v: Params,
+    /// Per slot: whether weight decay applies.
+    pub decay: Vec<bool>,
 }
 
 impl AdamW {
-    /// Zero moments for parameters laid out as `params`.
+    /// Zero moments for parameters laid out as `params`, weight decay on every slot.
     pub fn new(config: AdamWConfig, params: &Params) -> Self {
-        AdamW { config, step: 0, m: params.zeros_like(), v: params.zeros_like() }
+        Self::with_decay(config, params, vec![true; params.slots().len()])
+    }
+
+    /// Zero moments for `params`, weight decay on the slots where `decay` is true.
+    pub fn with_decay(config: AdamWConfig, params: &Params, decay: Vec<bool>) -> Self {
+        assert_eq!(decay.len(), params.slots().len(), "AdamW: a decay flag per slot");
+        AdamW { config, step: 0, m: params.zeros_like(), v: params.zeros_like(), decay }
     }
 
     /// One update of `params` from `grads`, in torch's order of operations:
@@ -55,14 +65,19 @@ impl AdamW {
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt() as f32;
         let decay = (1.0 - lr * weight_decay) as f32;
         let (w1, beta2, w2, eps) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32, eps as f32);
-        let (m, v) = (self.m.data_mut(), self.v.data_mut());
-        for (((pi, &gi), mi), vi) in params.data_mut().iter_mut().zip(grads.data()).zip(m.iter_mut()).zip(v.iter_mut())
-        {
-            *pi *= decay;
-            *mi += w1 * (gi - *mi); // torch: exp_avg.lerp_(grad, 1 − β₁)
-            *vi = beta2 * *vi + w2 * gi * gi;
-            let denom = vi.sqrt() / bc2_sqrt + eps;
-            *pi -= step_size * *mi / denom;
+        let slots = params.slots().to_vec();
+        let (m, v, p) = (self.m.data_mut(), self.v.data_mut(), params.data_mut());
+        for (slot, &decays) in slots.iter().zip(&self.decay) {
+            let r = slot.range.clone();
+            let decay = if decays { decay } else { 1.0 };
+            let parts = p[r.clone()].iter_mut().zip(&grads.data()[r.clone()]).zip(&mut m[r.clone()]).zip(&mut v[r]);
+            for (((pi, &gi), mi), vi) in parts {
+                *pi *= decay;
+                *mi += w1 * (gi - *mi); // torch: exp_avg.lerp_(grad, 1 − β₁)
+                *vi = beta2 * *vi + w2 * gi * gi;
+                let denom = vi.sqrt() / bc2_sqrt + eps;
+                *pi -= step_size * *mi / denom;
+            }
         }
     }
 }
