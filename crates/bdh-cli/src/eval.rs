@@ -23,9 +23,9 @@ pub struct Args {
     /// Score every byte of this file instead of the run's own validation data.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Tokens per window.
-    #[arg(long, default_value_t = 256)]
-    block: usize,
+    /// Tokens per window (default 256, or the model's context if shorter).
+    #[arg(long)]
+    block: Option<usize>,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -42,8 +42,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
-    anyhow::ensure!(args.block > 0 && args.batch > 0 && args.batches > 0, "--block, --batch and --batches must be > 0");
     let model = args.model.load()?;
+    let context = model.config().max_context();
+    let block = args.block.unwrap_or(256.min(context.unwrap_or(256)));
+    anyhow::ensure!(block > 0 && args.batch > 0 && args.batches > 0, "--block, --batch and --batches must be > 0");
     // JSON on standard output is all that goes there.
     let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     // What the run trained on, if `--model` is a run directory.
@@ -55,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = match (&args.data, &trained_on) {
         (Some(f), _) => Some((BytesView::open(f)?, format!("{}: every byte", f.display()))),
         (None, Some(d)) if d.path.is_some() => {
-            let corpus = d.corpus(args.block).context("opening the run's data")?;
+            let corpus = d.corpus(block).context("opening the run's data")?;
             let Corpus::Files { val, .. } = corpus else { unreachable!("a data path gives files") };
             let name = match &d.val_path {
                 Some(v) => format!("{}: the run's validation file, every byte", v.display()),
@@ -72,14 +74,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some((bytes, name)) = file {
         let data = bytes.bytes();
-        let windows = data.len().saturating_sub(1).div_ceil(args.block);
+        let windows = data.len().saturating_sub(1).div_ceil(block);
         let bar = if std::io::stderr().is_terminal() && windows > args.batch {
             ProgressBar::new(windows as u64)
         } else {
             ProgressBar::hidden()
         };
         bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} windows {elapsed}<{eta}").expect("valid"));
-        let r = evaluate_bytes(&model, data, args.block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
+        let r = evaluate_bytes(&model, data, block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         if let Some(p) = &args.json {
             crate::write_output(p, &serde_json::to_string_pretty(&r)?)?;
@@ -100,8 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let data = DataConfig { path: None, val_path: None, ..trained_on.unwrap_or_default() };
-    let corpus = data.corpus(args.block)?;
-    let mut acts = Activations::new(&model, args.batch, args.block)?;
+    let corpus = data.corpus(block)?;
+    let mut acts = Activations::new(&model, args.batch, block)?;
     let m = evaluate(&model, &corpus, &mut acts, args.batches, 0)?;
     if let Some(p) = &args.json {
         crate::write_output(p, &serde_json::to_string_pretty(&m)?)?;
@@ -114,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         data.facts,
         data.distance,
         args.batches * args.batch,
-        args.block
+        block
     );
     println!(
         "loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte, answer accuracy {:.1}% of {} answers",

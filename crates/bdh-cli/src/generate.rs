@@ -14,7 +14,9 @@ use crate::model_args::ModelArgs;
 
 /// Generates text after a prompt, streamed to stdout; speed and state size on stderr.
 /// For a model from a run directory, a note on stderr says when the text passes
-/// the context length the run trained on (training.block_size).
+/// the context length the run trained on (training.block_size). A GPT's prompt
+/// must fit its block_size; past it, generation slides the window as nanoGPT's
+/// generate does (each token then re-reads the last block_size tokens).
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -94,6 +96,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
     })?;
+    if args.save_state.is_some() || args.load_state.is_some() {
+        state::supported(&prepared)?;
+    }
     if let Some(p) = &args.save_state {
         // Found out before generating, not after.
         let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));

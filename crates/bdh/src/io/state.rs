@@ -85,6 +85,14 @@ fn identity(prepared: &Prepared) -> HashMap<String, String> {
     HashMap::from([("config".to_string(), prepared.config().to_json()), ("weights".to_string(), hash)])
 }
 
+/// An error unless states of `prepared`'s family can be saved (BDH's can; a GPT's not).
+pub fn supported(prepared: &Prepared) -> Result<()> {
+    match prepared {
+        Prepared::Bdh(_) => Ok(()),
+        Prepared::Gpt(_) => Err(not_bdh()),
+    }
+}
+
 /// Saved states are BDH's: a GPT's memory is its KV cache, which grows with the text.
 fn not_bdh() -> Error {
     Error::Input(

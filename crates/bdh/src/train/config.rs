@@ -12,10 +12,12 @@ use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
 /// The built-in presets, by name, as the TOML text of `configs/<name>.toml`.
-pub const PRESETS: [(&str, &str); 3] = [
+pub const PRESETS: [(&str, &str); 5] = [
     ("tiny", include_str!("../../../../configs/tiny.toml")),
     ("small", include_str!("../../../../configs/small.toml")),
     ("paper", include_str!("../../../../configs/paper.toml")),
+    ("gpt-tiny", include_str!("../../../../configs/gpt-tiny.toml")),
+    ("gpt-small", include_str!("../../../../configs/gpt-small.toml")),
 ];
 
 /// Settings of a training run.
@@ -145,6 +147,14 @@ impl RunConfig {
                 "need 0 < training.min_lr ≤ training.lr, have {} and {}",
                 t.min_lr, t.lr
             )));
+        }
+        if let Some(context) = self.model.max_context() {
+            if t.block_size > context {
+                return Err(Error::Config(format!(
+                    "training.block_size = {} is longer than the model's context (block_size = {context})",
+                    t.block_size
+                )));
+            }
         }
         if self.data.facts == 0 {
             return Err(Error::Config("data.facts must be > 0".into()));

@@ -184,7 +184,15 @@ pub fn train(
 
 /// A sample from the corpus's sample prompt: (prompt, continuation).
 pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Result<(String, String)> {
-    let prompt = corpus.sample_prompt();
+    let mut prompt = corpus.sample_prompt();
+    if let Some(context) = model.config().max_context() {
+        // A GPT's prompt must fit its context, with room to write: keep the end.
+        let keep = context / 2;
+        if prompt.len() > keep {
+            let cut = (prompt.len() - keep..prompt.len()).find(|&i| prompt.is_char_boundary(i)).unwrap_or(0);
+            prompt = prompt[cut..].to_string();
+        }
+    }
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.8, top_k: 40, seed, ..SamplingConfig::default() })?;
     let prepared = Prepared::new(model.clone())?;
     let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
