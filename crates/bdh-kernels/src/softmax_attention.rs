@@ -8,10 +8,8 @@
 
 use rayon::prelude::*;
 
+use crate::matmul::{matmul, MatMul};
 use crate::simd::multiversion;
-
-/// Keys scored at once.
-const KEYS: usize = 128;
 
 /// Sizes and dropout of one attention.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -87,52 +85,79 @@ fn dot_of(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y = softmax(q kᵀ/√S + causal mask) v` per row and head (with dropout on the
 /// probabilities if set), and each query's log-sum-exp of its scaled scores.
+/// Tiles of [`TILE`] queries × [`TILE`] keys: scores and values are products on the
+/// tiles, the softmax is kept online across a query tile's key tiles.
 pub fn causal_softmax_attention(y: &mut [f32], lse: &mut [f32], qkv: &[f32], a: SoftmaxAttention) {
     a.check(qkv, y, lse);
     let (t, d, s) = (a.t, a.d(), a.s);
-    (y.par_chunks_mut(t * d), lse.par_chunks_mut(a.h * t), qkv.par_chunks(t * 3 * d))
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(row, (y, lse, qkv))| {
-            let mut scores = [0.0f32; KEYS];
-            let mut acc = vec![0.0f32; s];
-            for h in 0..a.h {
-                for i in 0..t {
-                    let q = &qkv[i * 3 * d + h * s..][..s];
-                    let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
-                    acc.fill(0.0);
-                    for j0 in (0..=i).step_by(KEYS) {
-                        let j1 = (i + 1).min(j0 + KEYS);
-                        let block = &mut scores[..j1 - j0];
-                        for (sc, j) in block.iter_mut().zip(j0..j1) {
-                            *sc = dot_of(q, &qkv[j * 3 * d + d + h * s..][..s]) * a.scale();
-                        }
-                        let top = block.iter().copied().fold(m, f32::max);
-                        let correction = (m - top).exp();
-                        l *= correction;
-                        acc.iter_mut().for_each(|v| *v *= correction);
-                        for (&sc, j) in block.iter().zip(j0..j1) {
-                            let p = (sc - top).exp();
-                            l += p;
-                            let w = if a.dropout > 0.0 { p * a.keep(row, h, i, j) } else { p };
-                            if w != 0.0 {
-                                axpy(&mut acc, w, &qkv[j * 3 * d + 2 * d + h * s..][..s]);
+    let rows = (y.par_chunks_mut(t * d), lse.par_chunks_mut(a.h * t), qkv.par_chunks(t * 3 * d));
+    rows.into_par_iter().enumerate().for_each(|(row, (y, lse, qkv))| {
+        let mut p = vec![0.0f32; TILE * TILE];
+        let (mut m, mut l) = ([0.0f32; TILE], [0.0f32; TILE]);
+        for h in 0..a.h {
+            for i0 in (0..t).step_by(TILE) {
+                let qn = TILE.min(t - i0);
+                let out = &mut y[i0 * d + h * s..];
+                for r in 0..qn {
+                    out[r * d..r * d + s].fill(0.0);
+                }
+                m[..qn].fill(f32::NEG_INFINITY);
+                l[..qn].fill(0.0);
+                for j0 in (0..=i0).step_by(TILE) {
+                    let kn = TILE.min(t - j0);
+                    let p = &mut p[..qn * kn];
+                    scores(p, qkv, a, (i0, qn), (j0, kn), h);
+                    for r in 0..qn {
+                        let pr = &mut p[r * kn..(r + 1) * kn];
+                        let top = pr.iter().copied().fold(m[r], f32::max);
+                        let correction = (m[r] - top).exp();
+                        let mut sum = 0.0f32;
+                        for (c, v) in pr.iter_mut().enumerate() {
+                            // Keys after the query (the diagonal tile's upper part) are masked.
+                            *v = if j0 + c > i0 + r { 0.0 } else { (*v - top).exp() };
+                            sum += *v;
+                            if a.dropout > 0.0 && *v != 0.0 {
+                                *v *= a.keep(row, h, i0 + r, j0 + c);
                             }
                         }
-                        m = top;
+                        l[r] = l[r] * correction + sum;
+                        m[r] = top;
+                        out[r * d..r * d + s].iter_mut().for_each(|o| *o *= correction);
                     }
-                    let out = &mut y[i * d + h * s..][..s];
-                    out.iter_mut().zip(&acc).for_each(|(o, &v)| *o = v / l);
-                    lse[h * t + i] = m + l.ln();
+                    let v = &qkv[j0 * 3 * d + 2 * d + h * s..];
+                    matmul(out, p, v, MatMul::new(qn, kn, s).ld(0, 3 * d, d).acc());
+                }
+                for r in 0..qn {
+                    out[r * d..r * d + s].iter_mut().for_each(|o| *o /= l[r]);
+                    lse[h * t + i0 + r] = m[r] + l[r].ln();
                 }
             }
-        });
+        }
+    });
+}
+
+/// Queries and keys per tile.
+const TILE: usize = 64;
+
+/// `p = q kᵀ/√S` (and −∞ where a key follows its query) for queries `i0..i0+qn`
+/// and keys `j0..j0+kn` of head `h`, as a (qn × kn) tile.
+fn scores(p: &mut [f32], qkv: &[f32], a: SoftmaxAttention, (i0, qn): (usize, usize), (j0, kn): (usize, usize), h: usize) {
+    let (d, s) = (a.d(), a.s);
+    let (q, k) = (&qkv[i0 * 3 * d + h * s..], &qkv[j0 * 3 * d + d + h * s..]);
+    matmul(p, q, k, MatMul::new(qn, s, kn).b_t().ld(3 * d, 3 * d, 0));
+    let scale = a.scale();
+    for (r, row) in p.chunks_exact_mut(kn).enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = if j0 + c > i0 + r { f32::NEG_INFINITY } else { *v * scale };
+        }
+    }
 }
 
 /// Backward of [`causal_softmax_attention`]: `dqkv` (overwritten) from `dy`, the
 /// inputs `qkv`, the output `y` and the saved `lse`. With `δ_i = dy_i · y_i` and
 /// `p_ij = exp(q_i·k_j/√S − lse_i)`: `dv_j += p̃_ij dy_i`, `ds_ij = p_ij (m_ij dy_i·v_j − δ_i)`,
-/// `dq_i += ds_ij k_j/√S`, `dk_j += ds_ij q_i/√S` (p̃ and m the dropout-scaled ones).
+/// `dq_i += ds_ij k_j/√S`, `dk_j += ds_ij q_i/√S` (p̃ and m the dropout-scaled ones),
+/// on the same tiles as the forward, each a few products.
 pub fn causal_softmax_attention_backward(
     dqkv: &mut [f32],
     dy: &[f32],
@@ -145,38 +170,56 @@ pub fn causal_softmax_attention_backward(
     assert_eq!(dqkv.len(), qkv.len(), "softmax attention backward: dqkv is not (B, T, 3D)");
     assert_eq!(dy.len(), y.len(), "softmax attention backward: dy is not (B, T, D)");
     let (t, d, s, scale) = (a.t, a.d(), a.s, a.scale());
-    (
-        dqkv.par_chunks_mut(t * 3 * d),
-        dy.par_chunks(t * d),
-        y.par_chunks(t * d),
-        lse.par_chunks(a.h * t),
-        qkv.par_chunks(t * 3 * d),
-    )
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(row, (dqkv, dy, y, lse, qkv))| {
-            dqkv.fill(0.0);
-            let mut dq = vec![0.0f32; s];
-            for h in 0..a.h {
-                for i in 0..t {
-                    let (q, g) = (&qkv[i * 3 * d + h * s..][..s], &dy[i * d + h * s..][..s]);
-                    let delta = dot_of(g, &y[i * d + h * s..][..s]);
-                    dq.fill(0.0);
-                    for j in 0..=i {
-                        let (k, v) = (&qkv[j * 3 * d + d + h * s..][..s], &qkv[j * 3 * d + 2 * d + h * s..][..s]);
-                        let p = (dot_of(q, k) * scale - lse[h * t + i]).exp();
-                        let keep = if a.dropout > 0.0 { a.keep(row, h, i, j) } else { 1.0 };
-                        if keep != 0.0 {
-                            axpy(&mut dqkv[j * 3 * d + 2 * d + h * s..][..s], p * keep, g);
-                        }
-                        let ds = p * (keep * dot_of(g, v) - delta) * scale;
-                        axpy(&mut dq, ds, k);
-                        axpy(&mut dqkv[j * 3 * d + d + h * s..][..s], ds, q);
+    let rows =
+        (dqkv.par_chunks_mut(t * 3 * d), dy.par_chunks(t * d), y.par_chunks(t * d), lse.par_chunks(a.h * t), qkv.par_chunks(t * 3 * d));
+    rows.into_par_iter().enumerate().for_each(|(row, (dqkv, dy, y, lse, qkv))| {
+        dqkv.fill(0.0);
+        let (mut p, mut dp) = (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * TILE]);
+        let mut dq = vec![0.0f32; TILE * s];
+        let mut delta = [0.0f32; TILE];
+        for h in 0..a.h {
+            for i0 in (0..t).step_by(TILE) {
+                let qn = TILE.min(t - i0);
+                for (r, dl) in delta[..qn].iter_mut().enumerate() {
+                    let at = (i0 + r) * d + h * s;
+                    *dl = dot_of(&dy[at..at + s], &y[at..at + s]);
+                }
+                let dq = &mut dq[..qn * s];
+                dq.fill(0.0);
+                let g = &dy[i0 * d + h * s..];
+                for j0 in (0..=i0).step_by(TILE) {
+                    let kn = TILE.min(t - j0);
+                    let (p, dp) = (&mut p[..qn * kn], &mut dp[..qn * kn]);
+                    scores(p, qkv, a, (i0, qn), (j0, kn), h);
+                    for (r, pr) in p.chunks_exact_mut(kn).enumerate() {
+                        pr.iter_mut().for_each(|v| *v = (*v - lse[h * t + i0 + r]).exp());
                     }
-                    dqkv[i * 3 * d + h * s..][..s].iter_mut().zip(&dq).for_each(|(o, &v)| *o += v);
+                    let (k, v) = (&qkv[j0 * 3 * d + d + h * s..], &qkv[j0 * 3 * d + 2 * d + h * s..]);
+                    // dp = dy_i · v_jᵀ
+                    matmul(dp, g, v, MatMul::new(qn, s, kn).b_t().ld(d, 3 * d, 0));
+                    for r in 0..qn {
+                        for c in 0..kn {
+                            let keep = if a.dropout > 0.0 { a.keep(row, h, i0 + r, j0 + c) } else { 1.0 };
+                            let (pv, gv) = (p[r * kn + c], dp[r * kn + c]);
+                            dp[r * kn + c] = pv * (keep * gv - delta[r]) * scale; // ds
+                            p[r * kn + c] = pv * keep; // p̃
+                        }
+                    }
+                    // dv_j += p̃ᵀ dy_i; dq_i += ds k_j; dk_j += dsᵀ q_i
+                    let dv = &mut dqkv[j0 * 3 * d + 2 * d + h * s..];
+                    matmul(dv, p, g, MatMul::new(kn, qn, s).a_t().ld(kn, d, 3 * d).acc());
+                    matmul(dq, dp, k, MatMul::new(qn, kn, s).ld(kn, 3 * d, s).acc());
+                    let q = &qkv[i0 * 3 * d + h * s..];
+                    let dk = &mut dqkv[j0 * 3 * d + d + h * s..];
+                    matmul(dk, dp, q, MatMul::new(kn, qn, s).a_t().ld(kn, 3 * d, 3 * d).acc());
+                }
+                for r in 0..qn {
+                    let at = (i0 + r) * 3 * d + h * s;
+                    dqkv[at..at + s].iter_mut().zip(&dq[r * s..(r + 1) * s]).for_each(|(o, &v)| *o += v);
                 }
             }
-        });
+        }
+    });
 }
 
 /// Cached keys and values of one sequence: `len` rows of `ld` values each, head h
