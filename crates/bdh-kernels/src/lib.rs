@@ -34,6 +34,7 @@ mod rows;
 mod schedule;
 mod simd;
 mod softmax_attention;
+mod special;
 #[cfg(test)]
 mod twins;
 

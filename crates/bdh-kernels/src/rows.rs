@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::elementwise::PAR_MIN;
 use crate::simd::multiversion;
+use crate::special::{erf, exp};
 
 /// Rows per parallel block of `d` values.
 fn rows_per_block(d: usize) -> usize {
@@ -69,35 +70,47 @@ pub fn affine_backward(dy: &mut [f32], dw: &mut [f32], db: &mut [f32], xhat: &[f
     }
 }
 
+#[inline(always)]
 fn gelu_one(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// d gelu / dx = Φ(x) + x φ(x).
+#[inline(always)]
 fn gelu_slope(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = (-0.5 * x * x).exp() * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = exp(-0.5 * x * x) * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
     cdf + x * pdf
+}
+
+multiversion! {
+fn gelu_block(out: &mut [f32], x: &[f32]) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu_one(v));
+}
+}
+
+multiversion! {
+fn gelu_backward_block(g: &mut [f32], x: &[f32]) {
+    g.iter_mut().zip(x).for_each(|(g, &v)| *g *= gelu_slope(v));
+}
 }
 
 /// `out = gelu(x)`, the exact form `x · Φ(x)` (`nn.GELU()` default).
 pub fn gelu(out: &mut [f32], x: &[f32]) {
     assert_eq!(out.len(), x.len(), "gelu: sizes");
-    let f = |(o, x): (&mut [f32], &[f32])| o.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu_one(v));
     if x.len() < PAR_MIN {
-        return f((out, x));
+        return gelu_block(out, x);
     }
-    out.par_chunks_mut(PAR_MIN / 2).zip(x.par_chunks(PAR_MIN / 2)).for_each(f);
+    out.par_chunks_mut(PAR_MIN / 2).zip(x.par_chunks(PAR_MIN / 2)).for_each(|(o, x)| gelu_block(o, x));
 }
 
 /// `g ← g ⊙ gelu'(x)` in place: the gradient of GELU's input from its output's.
 pub fn gelu_backward(g: &mut [f32], x: &[f32]) {
     assert_eq!(g.len(), x.len(), "gelu_backward: sizes");
-    let f = |(g, x): (&mut [f32], &[f32])| g.iter_mut().zip(x).for_each(|(g, &v)| *g *= gelu_slope(v));
     if x.len() < PAR_MIN {
-        return f((g, x));
+        return gelu_backward_block(g, x);
     }
-    g.par_chunks_mut(PAR_MIN / 2).zip(x.par_chunks(PAR_MIN / 2)).for_each(f);
+    g.par_chunks_mut(PAR_MIN / 2).zip(x.par_chunks(PAR_MIN / 2)).for_each(|(g, x)| gelu_backward_block(g, x));
 }
 
 /// Scalar twins in f64.

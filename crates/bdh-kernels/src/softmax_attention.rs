@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::matmul::{matmul, MatMul};
 use crate::simd::multiversion;
+use crate::special::exp;
 
 /// Sizes and dropout of one attention.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,22 +108,15 @@ pub fn causal_softmax_attention(y: &mut [f32], lse: &mut [f32], qkv: &[f32], a: 
                     let kn = TILE.min(t - j0);
                     let p = &mut p[..qn * kn];
                     scores(p, qkv, a, (i0, qn), (j0, kn), h);
-                    for r in 0..qn {
-                        let pr = &mut p[r * kn..(r + 1) * kn];
-                        let top = pr.iter().copied().fold(m[r], f32::max);
-                        let correction = (m[r] - top).exp();
-                        let mut sum = 0.0f32;
-                        for (c, v) in pr.iter_mut().enumerate() {
-                            // Keys after the query (the diagonal tile's upper part) are masked.
-                            *v = if j0 + c > i0 + r { 0.0 } else { (*v - top).exp() };
-                            sum += *v;
-                            if a.dropout > 0.0 && *v != 0.0 {
-                                *v *= a.keep(row, h, i0 + r, j0 + c);
+                    let mut correction = [0.0f32; TILE];
+                    online_softmax(p, kn, &mut m[..qn], &mut l[..qn], &mut correction[..qn]);
+                    for (r, &c) in correction[..qn].iter().enumerate() {
+                        out[r * d..r * d + s].iter_mut().for_each(|o| *o *= c);
+                        if a.dropout > 0.0 {
+                            for (col, v) in p[r * kn..(r + 1) * kn].iter_mut().enumerate() {
+                                *v *= a.keep(row, h, i0 + r, j0 + col);
                             }
                         }
-                        l[r] = l[r] * correction + sum;
-                        m[r] = top;
-                        out[r * d..r * d + s].iter_mut().for_each(|o| *o *= correction);
                     }
                     let v = &qkv[j0 * 3 * d + 2 * d + h * s..];
                     matmul(out, p, v, MatMul::new(qn, kn, s).ld(0, 3 * d, d).acc());
@@ -139,9 +133,65 @@ pub fn causal_softmax_attention(y: &mut [f32], lse: &mut [f32], qkv: &[f32], a: 
 /// Queries and keys per tile.
 const TILE: usize = 64;
 
+multiversion! {
+/// One tile of scores (rows of `kn`, −∞ where masked) becomes unnormalised
+/// probabilities `exp(s − m_new)` against each row's running max `m` (updated),
+/// its running sum `l` (updated) and the factor `correction` = exp(m_old − m_new)
+/// that rescales what the row accumulated before.
+fn online_softmax(p: &mut [f32], kn: usize, m: &mut [f32], l: &mut [f32], correction: &mut [f32]) {
+    for (r, pr) in p.chunks_exact_mut(kn).enumerate() {
+        let top = lanes(pr, m[r], f32::max);
+        correction[r] = exp(m[r] - top);
+        pr.iter_mut().for_each(|v| *v = exp(*v - top));
+        l[r] = l[r] * correction[r] + lanes(pr, 0.0, |a, b| a + b);
+        m[r] = top;
+    }
+}
+}
+
+/// `f` folded over `x` from `init` in 16 lanes, then across them: a reduction the
+/// compiler can keep in vector registers (a single running value cannot, as f32
+/// operations are not reassociated).
+#[inline(always)]
+fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
+    let mut acc = [init; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    chunks.remainder().iter().fold(acc.iter().copied().fold(init, f), |a, &v| f(a, v))
+}
+
+multiversion! {
+/// Scores become probabilities `exp(s − lse)` of each row's log-sum-exp.
+fn probabilities(p: &mut [f32], kn: usize, lse: &[f32]) {
+    for (pr, &m) in p.chunks_exact_mut(kn).zip(lse) {
+        pr.iter_mut().for_each(|v| *v = exp(*v - m));
+    }
+}
+}
+
+multiversion! {
+/// Without dropout: `dp` (dy·vᵀ) becomes `ds = p (dp − δ) · scale`, row by row.
+fn score_grads(dp: &mut [f32], p: &[f32], kn: usize, delta: &[f32], scale: f32) {
+    for ((g, pr), &dl) in dp.chunks_exact_mut(kn).zip(p.chunks_exact(kn)).zip(delta) {
+        g.iter_mut().zip(pr).for_each(|(g, &pv)| *g = pv * (*g - dl) * scale);
+    }
+}
+}
+
 /// `p = q kᵀ/√S` (and −∞ where a key follows its query) for queries `i0..i0+qn`
 /// and keys `j0..j0+kn` of head `h`, as a (qn × kn) tile.
-fn scores(p: &mut [f32], qkv: &[f32], a: SoftmaxAttention, (i0, qn): (usize, usize), (j0, kn): (usize, usize), h: usize) {
+fn scores(
+    p: &mut [f32],
+    qkv: &[f32],
+    a: SoftmaxAttention,
+    (i0, qn): (usize, usize),
+    (j0, kn): (usize, usize),
+    h: usize,
+) {
     let (d, s) = (a.d(), a.s);
     let (q, k) = (&qkv[i0 * 3 * d + h * s..], &qkv[j0 * 3 * d + d + h * s..]);
     matmul(p, q, k, MatMul::new(qn, s, kn).b_t().ld(3 * d, 3 * d, 0));
@@ -170,8 +220,13 @@ pub fn causal_softmax_attention_backward(
     assert_eq!(dqkv.len(), qkv.len(), "softmax attention backward: dqkv is not (B, T, 3D)");
     assert_eq!(dy.len(), y.len(), "softmax attention backward: dy is not (B, T, D)");
     let (t, d, s, scale) = (a.t, a.d(), a.s, a.scale());
-    let rows =
-        (dqkv.par_chunks_mut(t * 3 * d), dy.par_chunks(t * d), y.par_chunks(t * d), lse.par_chunks(a.h * t), qkv.par_chunks(t * 3 * d));
+    let rows = (
+        dqkv.par_chunks_mut(t * 3 * d),
+        dy.par_chunks(t * d),
+        y.par_chunks(t * d),
+        lse.par_chunks(a.h * t),
+        qkv.par_chunks(t * 3 * d),
+    );
     rows.into_par_iter().enumerate().for_each(|(row, (dqkv, dy, y, lse, qkv))| {
         dqkv.fill(0.0);
         let (mut p, mut dp) = (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * TILE]);
@@ -191,19 +246,21 @@ pub fn causal_softmax_attention_backward(
                     let kn = TILE.min(t - j0);
                     let (p, dp) = (&mut p[..qn * kn], &mut dp[..qn * kn]);
                     scores(p, qkv, a, (i0, qn), (j0, kn), h);
-                    for (r, pr) in p.chunks_exact_mut(kn).enumerate() {
-                        pr.iter_mut().for_each(|v| *v = (*v - lse[h * t + i0 + r]).exp());
-                    }
+                    probabilities(p, kn, &lse[h * t + i0..h * t + i0 + qn]);
                     let (k, v) = (&qkv[j0 * 3 * d + d + h * s..], &qkv[j0 * 3 * d + 2 * d + h * s..]);
                     // dp = dy_i · v_jᵀ
                     matmul(dp, g, v, MatMul::new(qn, s, kn).b_t().ld(d, 3 * d, 0));
-                    for r in 0..qn {
-                        for c in 0..kn {
-                            let keep = if a.dropout > 0.0 { a.keep(row, h, i0 + r, j0 + c) } else { 1.0 };
-                            let (pv, gv) = (p[r * kn + c], dp[r * kn + c]);
-                            dp[r * kn + c] = pv * (keep * gv - delta[r]) * scale; // ds
-                            p[r * kn + c] = pv * keep; // p̃
+                    if a.dropout > 0.0 {
+                        for r in 0..qn {
+                            for c in 0..kn {
+                                let keep = a.keep(row, h, i0 + r, j0 + c);
+                                let (pv, gv) = (p[r * kn + c], dp[r * kn + c]);
+                                dp[r * kn + c] = pv * (keep * gv - delta[r]) * scale; // ds
+                                p[r * kn + c] = pv * keep; // p̃
+                            }
                         }
+                    } else {
+                        score_grads(dp, p, kn, &delta[..qn], scale);
                     }
                     // dv_j += p̃ᵀ dy_i; dq_i += ds k_j; dk_j += dsᵀ q_i
                     let dv = &mut dqkv[j0 * 3 * d + 2 * d + h * s..];
