@@ -244,7 +244,7 @@ pub struct Gradients {
 
 #[derive(Debug)]
 enum BackwardScratch {
-    Bdh(bdh::Backward),
+    Bdh(Box<bdh::Backward>),
     Gpt(gpt::Backward),
 }
 
@@ -252,7 +252,7 @@ impl Gradients {
     /// Zeroed gradients and scratch for a (B, T) backward of `model`.
     pub fn new(model: &Model, b: usize, t: usize) -> Result<Self> {
         let scratch = match model {
-            Model::Bdh(m) => BackwardScratch::Bdh(bdh::Backward::new(m, b, t)?),
+            Model::Bdh(m) => BackwardScratch::Bdh(Box::new(bdh::Backward::new(m, b, t)?)),
             Model::Gpt(m) => BackwardScratch::Gpt(gpt::Backward::new(m, b, t)?),
         };
         Ok(Gradients { params: model.params().zeros_like(), scratch })

@@ -69,7 +69,7 @@ impl GptConfig {
         if let Some((name, v)) = sizes.iter().find(|(_, v)| *v == 0 || *v > MAX_SIZE) {
             return Err(Error::Config(format!("GPT {name} = {v} must be in 1..={MAX_SIZE}")));
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::Config(format!(
                 "GPT n_embd = {} is not divisible by n_head = {}",
                 self.n_embd, self.n_head
