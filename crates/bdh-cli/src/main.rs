@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod compare;
 mod eval;
 mod generate;
 mod inspect;
@@ -36,10 +37,12 @@ enum Command {
     Inspect(inspect::Args),
     /// A training run's loss curves, accuracy, learning rate, speed and samples.
     Report(report::Args),
-    /// Compare a model against golden tensors of the reference bdh.py.
+    /// Compare a model against golden tensors of its reference (bdh.py, or nanoGPT's model.py).
     Verify(verify::Args),
     /// Measure training and inference speed.
     Bench(bench::Args),
+    /// Train BDH and the GPT baseline at matched sizes on the same batches and compare them.
+    Compare(compare::Args),
 }
 
 /// Exit status of a run that went wrong before it could give an answer.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Report(args) => report::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(code) => code,

@@ -25,6 +25,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Draw dots instead of a line.
     pub dots: bool,
+    /// Palette index of its colour (default: its place in the chart).
+    pub color: Option<usize>,
 }
 
 /// An x–y chart. An axis whose values are all whole numbers (layers, tokens,
@@ -166,7 +168,7 @@ impl Chart {
                 .draw()
                 .map_err(|e| e.to_string())?;
             for (k, s) in self.series.iter().enumerate() {
-                let color = PALETTE[k % PALETTE.len()];
+                let color = PALETTE[s.color.unwrap_or(k) % PALETTE.len()];
                 let pts: Vec<(f64, f64)> =
                     s.points.iter().filter_map(|&(x, y)| Some((xs.map(x)?, ys.map(y)?))).collect();
                 let drawn = if s.dots {
@@ -355,7 +357,7 @@ mod tests {
     use super::*;
 
     fn chart(points: Vec<(f64, f64)>, log_x: bool) -> Chart {
-        let series = vec![Series { name: "s".into(), points, dots: false }];
+        let series = vec![Series { name: "s".into(), points, dots: false, color: None }];
         Chart { title: "t".into(), x_label: "x".into(), y_label: "y".into(), log_x, log_y: false, series }
     }
 

@@ -192,8 +192,8 @@ fn charts(p: &mut Page, r: &Record) {
         t.points.into_iter().map(|(i, v)| (r.steps[i as usize].step, v)).collect::<Vec<_>>()
     };
     let evals = |f: fn(&Eval) -> Option<f64>| r.evals.iter().filter_map(|e| Some((e.step, f(e)?))).collect::<Vec<_>>();
-    let line = |name: &str, points| Series { name: name.into(), points, dots: false };
-    let dots = |name: &str, points| Series { name: name.into(), points, dots: true };
+    let line = |name: &str, points| Series { name: name.into(), points, dots: false, color: None };
+    let dots = |name: &str, points| Series { name: name.into(), points, dots: true, color: None };
     let chart = |title: &str, y: &str, log_y, series| Chart {
         title: title.into(),
         x_label: "step".into(),

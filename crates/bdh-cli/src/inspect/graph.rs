@@ -96,6 +96,7 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
                 name: "G".into(),
                 points: edges.iter().zip(counts).map(|(&e, &c)| (e as f64, c as f64)).collect(),
                 dots: false,
+                color: None,
             }],
         });
         if let Some(t) = hg.sweep.last() {
@@ -106,7 +107,7 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
                 ("G(n,m) out", &t.random.out_degrees),
                 ("low-rank out", &t.low_rank.out_degrees),
             ] {
-                series.push(Series { name: name.into(), points: ccdf(s), dots: true });
+                series.push(Series { name: name.into(), points: ccdf(s), dots: true, color: None });
             }
             if let Some(f) = &t.model.out_fit {
                 let kmax = t.model.max_out_degree.max(f.x_min + 1) as f64;
@@ -115,7 +116,7 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
                     .map(|i| f.x_min as f64 * (kmax / f.x_min as f64).powf(i as f64 / 39.0))
                     .map(|k| (k, share * ((k - 0.5) / (f.x_min as f64 - 0.5)).powf(1.0 - f.alpha)))
                     .collect();
-                series.push(Series { name: format!("fit α={:.2}", f.alpha), points: line, dots: false });
+                series.push(Series { name: format!("fit α={:.2}", f.alpha), points: line, dots: false, color: None });
             }
             p.chart(&Chart {
                 title: format!("Degree distributions at quantile {} ({} edges)", t.quantile, t.model.edges),
@@ -143,6 +144,7 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
             name: name.into(),
             points: hg.sweep.iter().map(|t| (t.model.edges as f64, f(t))).collect(),
             dots: false,
+            color: None,
         };
         p.chart(&Chart {
             title: "Modularity against edge count (threshold sweep)".into(),

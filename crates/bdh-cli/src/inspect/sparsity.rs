@@ -63,6 +63,7 @@ fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8])
         name: name.into(),
         points: r.layers.iter().map(|l| (l.layer as f64, f(&l.all))).collect(),
         dots: false,
+        color: None,
     };
     p.chart(&Chart {
         title: "Fraction of non-zero activations by layer".into(),
@@ -90,7 +91,7 @@ fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8])
         y_label: "fraction of neurons firing".into(),
         log_x: false,
         log_y: false,
-        series: per_token.into_iter().map(|(name, t)| Series { name, points: t.points, dots: false }).collect(),
+        series: per_token.into_iter().map(|(name, t)| Series { name, points: t.points, dots: false, color: None }).collect(),
     });
     p.positions(text, 64, 8192);
     p.chart(&Chart {
@@ -102,7 +103,7 @@ fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8])
         series: r
             .layers
             .iter()
-            .map(|l| Series { name: format!("layer {}", l.layer), points: l.by_frequency.clone(), dots: false })
+            .map(|l| Series { name: format!("layer {}", l.layer), points: l.by_frequency.clone(), dots: false, color: None })
             .collect(),
     });
     p.heading("Most and least active neurons");

@@ -7,6 +7,7 @@
 //! parameter buffer.
 
 pub mod collective;
+pub mod compare;
 pub mod config;
 pub mod optimizer;
 pub mod run;

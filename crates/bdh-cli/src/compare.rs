@@ -1,0 +1,241 @@
+//! `bdh compare`: BDH against the GPT baseline at matched parameter counts, on the
+//! same batches, with a table and a page of curves.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bdh::train::compare::{pick, run_config};
+use bdh::train::run::{train, Event};
+use bdh::{ModelConfig, RunConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::page::{Chart, Page, Series};
+use crate::provenance::Provenance;
+
+/// Trains BDH and GPT at each size on the same batches and compares them.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Train on this file (90% train / 10% validation) instead of the built-in corpus.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Sizes to run, comma-separated: xs (0.13 M parameters), s (0.49 M), m (1.6 M).
+    #[arg(long, value_delimiter = ',', default_value = "xs,s,m")]
+    sizes: Vec<String>,
+    /// Training tokens per run (each step reads 8 × 256).
+    #[arg(long, default_value_t = 700_000)]
+    tokens: usize,
+    /// Directory of the runs, the table and the report (default: runs/compare-<date>-<time>).
+    /// Runs already there are continued (finished ones are kept as they are).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// One finished run, as the table shows it.
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    size: String,
+    family: String,
+    model: String,
+    parameters: usize,
+    tokens: usize,
+    train_seconds: f64,
+    tokens_per_second: f64,
+    val_loss: f64,
+    bits_per_byte: f64,
+    answer_accuracy: Option<f64>,
+    /// (tokens, validation loss) at each evaluation.
+    curve: Vec<(f64, f64)>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    crate::set_threads(args.threads)?;
+    let sizes = pick(&args.sizes)?;
+    let mut data = RunConfig::resolve("small", &[])?.data;
+    data.path = args.data.clone();
+    let out = match &args.out {
+        Some(d) => d.clone(),
+        None => PathBuf::from(format!("runs/compare-{}", jiff::ZonedDateTime::now().strftime("%Y%m%d-%H%M%S"))),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut runs = Vec::new();
+    for size in &sizes {
+        for model in [ModelConfig::Bdh(size.bdh.clone()), ModelConfig::Gpt(size.gpt.clone())] {
+            runs.push((size.name, run_config(model, args.tokens, &data)?));
+        }
+    }
+    let corpus = data.corpus(runs[0].1.training.block_size).context("preparing the data")?;
+    let total: usize = runs.iter().map(|(_, r)| r.training.max_steps).sum();
+    println!(
+        "{} runs of {} tokens ({} steps of 8 × 256) on {}; into {}",
+        runs.len(),
+        args.tokens,
+        runs[0].1.training.max_steps,
+        args.data.as_ref().map_or("the built-in corpus".into(), |p| p.display().to_string()),
+        out.display()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let lines = !std::io::stderr().is_terminal();
+    let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
+    bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid"));
+    let mut rows = Vec::new();
+    let mut done = 0u64;
+    for (size, run) in &runs {
+        let family = family(&run.model);
+        let dir = out.join(format!("{size}-{}", family.to_lowercase()));
+        let resume = dir.join("last").exists();
+        let what = format!("{size} {family} ({:.2} M)", run.model.param_count() as f64 / 1e6);
+        let outcome = train(run, &corpus, &dir, resume, &stop, |e| match e {
+            Event::Start { step, .. } => bar.set_position(done + step as u64),
+            Event::Step { step, loss, .. } => {
+                bar.set_position(done + step as u64);
+                bar.set_message(format!("{what} loss {loss:.3}"));
+            }
+            Event::Eval(m) if lines => println!("{what} step {}: val loss {:.4}", m.step, m.val_loss),
+            _ => {}
+        })
+        .with_context(|| format!("training {what}"))?;
+        done += run.training.max_steps as u64;
+        if outcome.interrupted {
+            bar.finish_and_clear();
+            println!("interrupted; run the same command again to continue");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let row = read_row(size, run, &dir)?;
+        bar.println(format!(
+            "{what}: val loss {:.4} ({:.3} bits/byte) after {} tokens, {:.0} tokens/s",
+            row.val_loss, row.bits_per_byte, row.tokens, row.tokens_per_second
+        ));
+        rows.push(row);
+    }
+    bar.finish_and_clear();
+    let table = markdown(&rows);
+    println!("\n{table}");
+    crate::write_output(&out.join("table.md"), &table)?;
+    crate::write_output(&out.join("table.json"), &serde_json::to_string_pretty(&rows)?)?;
+    let mut provenance = Provenance::of_this_run();
+    provenance.add("runs", out.display().to_string());
+    crate::write_output(&out.join("report.html"), &page(Page::new(provenance.rows()), &rows, &table).html("bdh compare"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn family(m: &ModelConfig) -> &'static str {
+    match m {
+        ModelConfig::Bdh(_) => "BDH",
+        ModelConfig::Gpt(_) => "GPT",
+    }
+}
+
+/// A finished run's row, from its `metrics.jsonl` (so a continued run counts all of it).
+fn read_row(size: &str, run: &RunConfig, dir: &Path) -> anyhow::Result<Row> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let per_step = (run.training.batch_size * run.training.block_size * run.training.grad_accum) as f64;
+    let (mut seconds, mut curve, mut last) = (0.0, Vec::new(), None);
+    for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        if let Some(rate) = v["tokens_per_second"].as_f64() {
+            seconds += per_step / rate;
+        }
+        if let Some(loss) = v["val_loss"].as_f64() {
+            curve.push((step * per_step, loss));
+            last = Some(v);
+        }
+    }
+    let last = last.with_context(|| format!("{}: no evaluation recorded", path.display()))?;
+    let tokens = run.training.max_steps * per_step as usize;
+    Ok(Row {
+        size: size.to_string(),
+        family: family(&run.model).to_string(),
+        model: run.model.describe(),
+        parameters: run.model.param_count(),
+        tokens,
+        train_seconds: seconds,
+        tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        val_loss: last["val_loss"].as_f64().unwrap_or(f64::NAN),
+        bits_per_byte: last["bits_per_byte"].as_f64().unwrap_or(f64::NAN),
+        answer_accuracy: last["answer_accuracy"].as_f64(),
+        curve,
+    })
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| size | family | model | parameters | tokens | train time | tokens/s | val loss | bits/byte | answer accuracy |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let acc = r.answer_accuracy.map_or("-".into(), |a| format!("{:.1}%", a * 100.0));
+        t.push_str(&format!(
+            "| {} | {} | {} | {:.3} M | {} | {:.0} s | {:.0} | {:.4} | {:.3} | {acc} |\n",
+            r.size,
+            r.family,
+            r.model,
+            r.parameters as f64 / 1e6,
+            r.tokens,
+            r.train_seconds,
+            r.tokens_per_second,
+            r.val_loss,
+            r.bits_per_byte
+        ));
+    }
+    t
+}
+
+fn page(mut p: Page, rows: &[Row], table: &str) -> Page {
+    let color = |f: &str| Some(usize::from(f == "GPT"));
+    p.heading("Validation loss during training");
+    p.text("Each pair of a size trained on the same batches in the same order; blue BDH, red GPT.");
+    p.chart(&Chart {
+        title: "Validation loss against training tokens".into(),
+        x_label: "tokens".into(),
+        y_label: "val loss (nats/byte)".into(),
+        log_x: false,
+        log_y: false,
+        series: rows
+            .iter()
+            .map(|r| Series {
+                name: format!("{} {}", r.family, r.size),
+                points: r.curve.clone(),
+                dots: false,
+                color: color(&r.family),
+            })
+            .collect(),
+    });
+    p.heading("Final validation loss against size");
+    p.chart(&Chart {
+        title: "Final validation loss against trained parameters".into(),
+        x_label: "parameters".into(),
+        y_label: "val loss (nats/byte)".into(),
+        log_x: true,
+        log_y: false,
+        series: ["BDH", "GPT"]
+            .iter()
+            .map(|f| Series {
+                name: f.to_string(),
+                points: rows.iter().filter(|r| r.family == *f).map(|r| (r.parameters as f64, r.val_loss)).collect(),
+                dots: false,
+                color: color(f),
+            })
+            .collect(),
+    });
+    p.heading("Table");
+    let cells: Vec<Vec<String>> = table
+        .lines()
+        .skip(2)
+        .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    let header: Vec<String> =
+        table.lines().next().unwrap_or_default().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect();
+    p.table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &cells);
+    p
+}
