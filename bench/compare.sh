@@ -20,3 +20,11 @@ $py bench/torch_baseline.py train --layers 6 --embd 256 --heads 4 --mult 128 --b
 echo "== generate 256 tokens after 16, trained small model"
 $bdh bench generate --model "$model" --threads "$threads" --prompt-len 16 --tokens 256 --long-context 8192
 $py bench/torch_baseline.py generate --model "$model" --prompt-len 16 --tokens 256 --threads "$threads"
+if [ -n "${NANOGPT_MODEL_PY:-}" ]; then
+  echo "== GPT baseline training step, gpt-small (L4 D180 H6, B8 T256) against nanoGPT's model.py"
+  for i in 1 2 3; do
+    $bdh bench train --preset gpt-small --threads "$threads" --iters 5 | grep "train step"
+    $py bench/torch_gpt.py --model-py "$NANOGPT_MODEL_PY" --threads "$threads" --iters 5 | grep "train step"
+  done
+  $py bench/torch_gpt.py --model-py "$NANOGPT_MODEL_PY" --threads "$threads" --iters 5 --compile | grep compile
+fi

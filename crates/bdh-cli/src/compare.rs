@@ -111,10 +111,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let row = read_row(size, run, &dir)?;
-        bar.println(format!(
+        let line = format!(
             "{what}: val loss {:.4} ({:.3} bits/byte) after {} tokens, {:.0} tokens/s",
             row.val_loss, row.bits_per_byte, row.tokens, row.tokens_per_second
-        ));
+        );
+        if lines {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
         rows.push(row);
     }
     bar.finish_and_clear();

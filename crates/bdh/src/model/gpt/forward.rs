@@ -140,7 +140,8 @@ impl Activations {
     /// Bytes these buffers take (without dropout masks), or `None` on overflow.
     fn bytes(d: &Dims) -> Option<usize> {
         let bt = d.b.checked_mul(d.t)?;
-        let per_block = bt.checked_mul(d.d)?.checked_mul(3 * 2 + 3 + 1 + 3 + 8)?.checked_add(d.b * d.h * d.t)?;
+        // ln_1 (x̂, out), qkv, att, ln_2 (x̂, out), fc, gelu, two dropout masks; lse.
+        let per_block = bt.checked_mul(d.d)?.checked_mul(2 + 3 + 1 + 2 + 4 + 4 + 2)?.checked_add(d.b * d.h * d.t)?;
         let total = per_block.checked_mul(d.l)?.checked_add(bt.checked_mul(d.d * 5 + d.v)?)?;
         total.checked_mul(4)
     }
