@@ -129,7 +129,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::write_output(&out.join("table.json"), &serde_json::to_string_pretty(&rows)?)?;
     let mut provenance = Provenance::of_this_run();
     provenance.add("runs", out.display().to_string());
-    crate::write_output(&out.join("report.html"), &page(Page::new(provenance.rows()), &rows, &table).html("bdh compare"))?;
+    crate::write_output(
+        &out.join("report.html"),
+        &page(Page::new(provenance.rows()), &rows, &table).html("bdh compare"),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -234,11 +237,8 @@ fn page(mut p: Page, rows: &[Row], table: &str) -> Page {
             .collect(),
     });
     p.heading("Table");
-    let cells: Vec<Vec<String>> = table
-        .lines()
-        .skip(2)
-        .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
-        .collect();
+    let cells: Vec<Vec<String>> =
+        table.lines().skip(2).map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect()).collect();
     let header: Vec<String> =
         table.lines().next().unwrap_or_default().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect();
     p.table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &cells);

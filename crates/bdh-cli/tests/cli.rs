@@ -461,7 +461,8 @@ fn compare_trains_both_families_on_the_same_batches_and_draws_the_report() {
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     println!("{table}");
     assert!(table.contains("| xs | BDH |") && table.contains("| xs | GPT |"), "{table}");
-    let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("table.json")).unwrap()).unwrap();
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table.json")).unwrap()).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2);
     // Matched sizes and one token budget: 4 steps of 8 × 256.

@@ -91,7 +91,10 @@ fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8])
         y_label: "fraction of neurons firing".into(),
         log_x: false,
         log_y: false,
-        series: per_token.into_iter().map(|(name, t)| Series { name, points: t.points, dots: false, color: None }).collect(),
+        series: per_token
+            .into_iter()
+            .map(|(name, t)| Series { name, points: t.points, dots: false, color: None })
+            .collect(),
     });
     p.positions(text, 64, 8192);
     p.chart(&Chart {
@@ -103,7 +106,12 @@ fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8])
         series: r
             .layers
             .iter()
-            .map(|l| Series { name: format!("layer {}", l.layer), points: l.by_frequency.clone(), dots: false, color: None })
+            .map(|l| Series {
+                name: format!("layer {}", l.layer),
+                points: l.by_frequency.clone(),
+                dots: false,
+                color: None,
+            })
             .collect(),
     });
     p.heading("Most and least active neurons");

@@ -135,7 +135,10 @@ fn page(mut p: Page, r: &Report, text: &[u8]) -> Page {
             y_label: "σ_t(i, j)".into(),
             log_x: false,
             log_y: false,
-            series: series.into_iter().map(|(name, t)| Series { name, points: t.points, dots: false, color: None }).collect(),
+            series: series
+                .into_iter()
+                .map(|(name, t)| Series { name, points: t.points, dots: false, color: None })
+                .collect(),
         });
         p.positions(text, 64, 8192);
         let rows: Vec<Vec<String>> =
