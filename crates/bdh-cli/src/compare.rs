@@ -30,7 +30,8 @@ pub struct Args {
     #[arg(long, default_value_t = 700_000)]
     tokens: usize,
     /// Directory of the runs, the table and the report (default: runs/compare-<date>-<time>).
-    /// Runs already there are continued (finished ones are kept as they are).
+    /// Runs already there are continued if they were started with the same settings
+    /// (finished ones are kept as they are); other settings are refused.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Worker threads (default: all cores).
@@ -93,6 +94,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let family = family(&run.model);
         let dir = out.join(format!("{size}-{}", family.to_lowercase()));
         let resume = dir.join("last").exists();
+        if resume {
+            // A run is continued only under the settings it was started with.
+            let path = dir.join("config.toml");
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let before = RunConfig::from_toml(&text, &path, &[])?;
+            let changes = run.changes(&before);
+            anyhow::ensure!(
+                changes.is_empty(),
+                "{} holds a run made with other settings ({}); give another --out, or the same flags as before",
+                dir.display(),
+                changes.join("; ")
+            );
+        }
         let what = format!("{size} {family} ({:.2} M)", run.model.param_count() as f64 / 1e6);
         let outcome = train(run, &corpus, &dir, resume, &stop, |e| match e {
             Event::Start { step, .. } => bar.set_position(done + step as u64),

@@ -12,7 +12,7 @@ pub struct Provenance(Vec<(String, String)>);
 impl Provenance {
     /// The command line as typed (shell-quoted), the version and the local time.
     pub fn of_this_run() -> Self {
-        let command: Vec<String> = std::env::args().map(|a| quote(&a)).collect();
+        let command: Vec<String> = std::env::args_os().map(|a| quote(&a.to_string_lossy())).collect();
         let mut p = Provenance::default();
         p.add("command", command.join(" "));
         p.add("version", format!("bdh {}", env!("CARGO_PKG_VERSION")));

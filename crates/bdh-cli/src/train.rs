@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Trains a model. With no arguments: the `small` preset on the built-in corpus.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Preset name (tiny, small, paper) or a run-config TOML file.
+    /// Preset name (tiny, small, paper, gpt-tiny, gpt-small) or a run-config TOML file.
     #[arg(long, default_value = "small", conflicts_with = "resume")]
     preset: String,
     /// Override a config key, e.g. `--set training.lr=3e-4` (repeatable). With
@@ -62,14 +62,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 run.data.path = Some(d.clone());
                 run.data.val_path = args.val_data.clone();
             }
-            let dir = match &args.out {
-                Some(d) => d.clone(),
-                None => fresh_run_dir(&args.preset)?,
-            };
-            (run, dir, None)
+            (run, PathBuf::new(), None)
         }
     };
     let corpus = run.data.corpus(run.training.block_size).context("preparing the data")?;
+    // A new run's directory is made (and runs/latest moved) once its data has opened.
+    let dir = match (&args.resume, &args.out) {
+        (Some(_), _) => dir,
+        (None, Some(d)) => d.clone(),
+        (None, None) => fresh_run_dir(&args.preset)?,
+    };
     println!("{}", run.to_toml());
     println!("run directory: {}", dir.display());
     let m = &run.model;

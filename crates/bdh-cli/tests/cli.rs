@@ -475,6 +475,10 @@ fn compare_trains_both_families_on_the_same_batches_and_draws_the_report() {
     // A second call continues: the runs are finished, so it only redraws.
     let o = bdh(&["compare", "--sizes", "xs", "--tokens", "8192", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Other settings in the same directory are refused, not mixed in.
+    let o = bdh(&["compare", "--sizes", "xs", "--tokens", "16384", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("made with other settings (training.max_steps: 4 → 8"), "{}", text(&o));
     let Some(chromium) = chromium() else {
         eprintln!("SKIPPED render check of the compare report: no Chromium found");
         return;

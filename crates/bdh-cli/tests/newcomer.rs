@@ -128,6 +128,10 @@ fn eval_scores_a_run_on_its_own_data_by_default() {
 #[test]
 fn messages_name_the_problem_once() {
     let tmp = temp("messages");
+    // A run whose data cannot be opened makes no directory and leaves runs/latest alone.
+    let o = bdh_in(tmp.path(), &["train", "--preset", "tiny", "--data", "no-such-file.txt"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("no-such-file.txt") && !tmp.path().join("runs").exists(), "{}", text(&o));
     let missing = tmp.path().join("missing");
     let o = bdh(&["generate", "--model", missing.to_str().unwrap(), "--prompt", "a"]);
     let out = text(&o);

@@ -93,6 +93,9 @@ pub fn evaluate_bytes(
         return Err(Error::Input(format!("{} bytes is too little to evaluate: need 2", data.len())));
     }
     let v = model.config().vocab_size();
+    if let Some(&bad) = data.iter().find(|&&byte| byte as usize >= v) {
+        return Err(Error::Input(format!("byte {bad} of the text is past this model's vocabulary of {v}")));
+    }
     let all: Vec<(&[u8], &[u8])> = windows(data, t).collect();
     let (mut total, mut tokens, mut done) = (0.0f64, 0usize, 0usize);
     let mut acts: Option<Activations> = None;

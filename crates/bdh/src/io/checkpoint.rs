@@ -62,7 +62,8 @@ fn gpt_extras(c: &GptConfig, tensors: &mut TensorMap, path: &Path) -> Result<()>
     }
     if let Some(head) = tensors.remove(LM_HEAD) {
         let wte = tensors.get(WTE).ok_or_else(|| Error::MissingTensor { path: path.into(), name: WTE.into() })?;
-        if head.shape != wte.shape || head.f32s(LM_HEAD)? != wte.f32s(WTE)? {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        if head.shape != wte.shape || bits(head.f32s(LM_HEAD)?) != bits(wte.f32s(WTE)?) {
             return Err(Error::format(
                 path,
                 format!("`{LM_HEAD}` differs from `{WTE}`: this engine's GPT ties the output head to the embedding"),
@@ -148,9 +149,9 @@ const WEIGHT_EXTENSIONS: [&str; 4] = ["safetensors", "pt", "pth", "bin"];
 /// A weights file's format, from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
-    /// An 8-byte header length, then `{`.
+    /// An 8-byte little-endian header length that fits the file, then `{`.
     Safetensors,
-    /// A zip archive (`torch.save`) or a bare pickle (protocol 2 or later).
+    /// A zip archive, as `torch.save` writes.
     PyTorch,
 }
 
@@ -158,10 +159,13 @@ enum Format {
 fn sniff(path: &Path) -> Option<Format> {
     use std::io::Read;
     let mut head = [0u8; 9];
-    let n = fs::File::open(path).and_then(|f| f.take(9).read(&mut head)).unwrap_or(0);
-    if n == 9 && head[8] == b'{' {
+    let mut file = fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.read_exact(&mut head).ok()?;
+    let header = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+    if head[8] == b'{' && header <= len.saturating_sub(8) {
         Some(Format::Safetensors)
-    } else if head.starts_with(b"PK\x03\x04") || (n >= 2 && head[0] == 0x80) {
+    } else if head.starts_with(b"PK\x03\x04") {
         Some(Format::PyTorch)
     } else {
         None

@@ -316,7 +316,19 @@ pub fn concept_search(
     let n = model.config.n_neurons();
     let all: Vec<&Vec<u32>> = concept.iter().chain(contrast).collect();
     // Candidates: the synapses with the largest mean σ over the concept sentences.
-    let mut mean = vec![0.0f32; n * n];
+    // σ's concept mean (N², f32) and the tested values ((candidates + N) × sentences, f64).
+    let cells = n.checked_mul(n).ok_or_else(|| Error::Config("N² overflows".into()))?;
+    let values = CANDIDATES
+        .min(cells)
+        .checked_add(n)
+        .and_then(|rows| rows.checked_mul(all.len()))
+        .and_then(|v| v.checked_mul(8))
+        .and_then(|v| v.checked_add(cells.checked_mul(4)?));
+    crate::memory::ensure_fits(
+        values.unwrap_or(usize::MAX),
+        &format!("a concept search over {} sentences", all.len()),
+    )?;
+    let mut mean = crate::model::zeroed(&[cells])?;
     for s in concept {
         let sig = sigma(model, s, layer, head)?;
         mean.iter_mut().zip(&sig).for_each(|(m, &v)| *m += v);

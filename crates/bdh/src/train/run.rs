@@ -187,10 +187,15 @@ pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Resul
     let mut prompt = corpus.sample_prompt();
     if let Some(context) = model.config().max_context() {
         // A GPT's prompt must fit its context, with room to write: keep the end.
-        let keep = context / 2;
+        let keep = (context / 2).max(1);
         if prompt.len() > keep {
-            let cut = (prompt.len() - keep..prompt.len()).find(|&i| prompt.is_char_boundary(i)).unwrap_or(0);
+            // The first character boundary at or after len − keep (the end is one).
+            let cut =
+                (prompt.len() - keep..=prompt.len()).find(|&i| prompt.is_char_boundary(i)).unwrap_or(prompt.len());
             prompt = prompt[cut..].to_string();
+            if prompt.is_empty() {
+                prompt = " ".into();
+            }
         }
     }
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.8, top_k: 40, seed, ..SamplingConfig::default() })?;

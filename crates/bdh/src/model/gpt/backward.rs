@@ -30,7 +30,9 @@ impl Backward {
         let c = &model.config;
         let dims = Dims { b, t, d: c.n_embd, h: c.n_head, v: c.vocab_size, l: c.n_layer };
         let bt = b.checked_mul(t).ok_or_else(|| Error::Input("B·T overflows".into()))?;
-        let floats = bt.checked_mul(c.vocab_size + 9 * c.n_embd).ok_or_else(|| Error::Input("overflow".into()))?;
+        let floats = bt
+            .checked_mul(c.vocab_size + 9 * c.n_embd)
+            .ok_or_else(|| Error::Input(format!("the GPT backward's scratch for B={b}, T={t} overflows")))?;
         crate::memory::ensure_fits(crate::memory::f32_bytes(Some(floats)), "the GPT backward's scratch")?;
         let d = c.n_embd;
         Ok(Backward {

@@ -137,7 +137,7 @@ impl Activations {
         })
     }
 
-    /// Bytes these buffers take (without dropout masks), or `None` on overflow.
+    /// Bytes these buffers take, dropout masks included, or `None` on overflow.
     fn bytes(d: &Dims) -> Option<usize> {
         let bt = d.b.checked_mul(d.t)?;
         // ln_1 (x̂, out), qkv, att, ln_2 (x̂, out), fc, gelu, two dropout masks; lse.

@@ -120,16 +120,15 @@ impl Prepared {
         if token as usize >= c.vocab_size {
             return Err(Error::Input(format!("step: token id {token} ≥ vocab_size {}", c.vocab_size)));
         }
-        state.pos += 1;
         if state.len == c.block_size {
-            // The window is full: slide it and re-read it from position 0.
-            let mut window = std::mem::take(&mut state.window);
-            window.remove(0);
-            window.push(token);
+            // The window is full: slide it and re-read it from position 0. The state
+            // changes only once the re-read has succeeded.
+            let window: Vec<u32> = state.window[1..].iter().copied().chain([token]).collect();
             self.reread(state, scratch, &window)?;
-            return Ok(&scratch.logits);
+        } else {
+            self.cached_step(state, scratch, token);
         }
-        self.cached_step(state, scratch, token);
+        state.pos += 1;
         Ok(&scratch.logits)
     }
 
