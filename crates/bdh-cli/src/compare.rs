@@ -74,11 +74,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let corpus = data.corpus(runs[0].1.training.block_size).context("preparing the data")?;
     let total: usize = runs.iter().map(|(_, r)| r.training.max_steps).sum();
+    let steps = runs[0].1.training.max_steps;
     println!(
-        "{} runs of {} tokens ({} steps of 8 × 256) on {}; into {}",
+        "{} runs of {} tokens ({steps} steps of 8 × 256) on {}; into {}",
         runs.len(),
-        args.tokens,
-        runs[0].1.training.max_steps,
+        steps * 8 * 256,
         args.data.as_ref().map_or("the built-in corpus".into(), |p| p.display().to_string()),
         out.display()
     );

@@ -106,7 +106,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut acts = Activations::new(&model, args.batch, block)?;
     let m = evaluate(&model, &corpus, &mut acts, args.batches, 0)?;
     if let Some(p) = &args.json {
-        crate::write_output(p, &serde_json::to_string_pretty(&m)?)?;
+        // `step` counts training steps during a run; here there is none.
+        let mut v = serde_json::to_value(&m)?;
+        v.as_object_mut().map(|o| o.remove("step"));
+        crate::write_output(p, &serde_json::to_string_pretty(&v)?)?;
     }
     if to_stdout {
         return Ok(ExitCode::SUCCESS);

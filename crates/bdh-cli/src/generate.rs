@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Sample from the k most likely bytes only (0: all).
     #[arg(long, default_value_t = 0)]
@@ -113,6 +113,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tokenizer = Tokenizer::Bytes;
     let tokens = tokenizer.encode(&prompt);
     let g = Generation { max_tokens: args.max_tokens, stops: args.stop.clone(), ..Generation::default() };
+    if let Some(c) = prepared.config().max_context().filter(|&c| tokens.len() > c) {
+        anyhow::bail!(
+            "the prompt's {} tokens do not fit this GPT's context of {c} (its block_size): give at most {c}",
+            tokens.len()
+        );
+    }
     let context = trained_context(&args.model.model);
     let mut warned = false;
     let mut warn_past = |pos: usize| {

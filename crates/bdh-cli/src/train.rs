@@ -66,31 +66,46 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let corpus = run.data.corpus(run.training.block_size).context("preparing the data")?;
+    if let (None, Some(d)) = (&args.resume, &args.out) {
+        // Said before anything else is printed.
+        anyhow::ensure!(
+            !d.join("last").exists(),
+            "{} already holds a run; resume it or choose another directory",
+            d.display()
+        );
+    }
     // A new run's directory is made (and runs/latest moved) once its data has opened.
     let dir = match (&args.resume, &args.out) {
         (Some(_), _) => dir,
         (None, Some(d)) => d.clone(),
         (None, None) => fresh_run_dir(&args.preset)?,
     };
-    println!("{}", run.to_toml());
-    println!("run directory: {}", dir.display());
-    let m = &run.model;
-    println!(
-        "model: {}, {:.2} M parameters; {} threads",
-        m.describe(),
-        m.param_count() as f64 / 1e6,
-        rayon::current_num_threads()
-    );
-    if let Some(before) = &before {
-        for change in run.changes(before) {
-            println!("changed on resume: {change}");
-        }
-    }
-
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C and SIGTERM handler")?;
+    // Lines to stdout; if its reader goes away (`bdh train | head`), the run stops
+    // and saves as after Ctrl-C instead of failing.
+    let print = |line: &str| {
+        use std::io::Write;
+        if writeln!(std::io::stdout(), "{line}").is_err() {
+            stop.store(true, Ordering::SeqCst);
+        }
+    };
+    print(&run.to_toml());
+    print(&format!("run directory: {}", dir.display()));
+    let m = &run.model;
+    print(&format!(
+        "model: {}, {:.2} M parameters; {} threads",
+        m.describe(),
+        m.param_count() as f64 / 1e6,
+        rayon::current_num_threads()
+    ));
+    if let Some(before) = &before {
+        for change in run.changes(before) {
+            print(&format!("changed on resume: {change}"));
+        }
+    }
 
     // A bar only on a terminal; a file or a pipe gets whole lines.
     let lines = args.quiet || !std::io::stderr().is_terminal();
@@ -100,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.set_style(
         ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid template"),
     );
-    let say = |line: String| if lines { println!("{line}") } else { bar.println(line) };
+    let say = |line: String| if lines { print(&line) } else { bar.println(line) };
     let mut first = None;
     let outcome = train(&run, &corpus, &dir, args.resume.is_some(), &stop, |e| match e {
         Event::Start { step, .. } => {
@@ -131,37 +146,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = outcome?;
     let ran = outcome.step - first.unwrap_or(outcome.step);
     if outcome.interrupted {
-        println!(
+        print(&format!(
             "interrupted at step {}; saved to {}/last (continue with --resume {})",
             outcome.step,
             dir.display(),
             dir.display()
-        );
+        ));
     } else if ran == 0 {
-        println!(
+        print(&format!(
             "{} is already finished: {} of {max} steps. To train longer, raise the step count: \
              --resume {} --set training.max_steps=N (the learning-rate schedule is then recomputed for N steps)",
             dir.display(),
             outcome.step,
             dir.display()
-        );
+        ));
         return Ok(ExitCode::SUCCESS);
     } else {
-        println!(
-            "done: {ran} steps in {:.1} s; checkpoints in {}/last and {}/best",
+        let steps = if ran == 1 { "step" } else { "steps" };
+        print(&format!(
+            "done: {ran} {steps} in {:.1} s; checkpoints in {}/last and {}/best",
             outcome.seconds,
             dir.display(),
             dir.display()
-        );
+        ));
     }
     if let Some(m) = &outcome.last_eval {
         let label = if m.step == outcome.step { "final" } else { "last evaluation" };
-        println!("{label}: {}", eval_line(m, max));
+        print(&format!("{label}: {}", eval_line(m, max)));
     }
     match crate::report::write(&dir, None, false) {
-        Ok(page) => {
-            println!("report: {} (curves and samples; `bdh report {}` redraws it)", page.display(), dir.display())
-        }
+        Ok(page) => print(&format!(
+            "report: {} (curves and samples; `bdh report {}` redraws it)",
+            page.display(),
+            dir.display()
+        )),
         Err(e) => eprintln!("warning: no report page: {e:#}"),
     }
     Ok(ExitCode::SUCCESS)

@@ -226,3 +226,23 @@ fn an_interrupted_run_labels_its_last_evaluation_with_its_step() {
         assert!(line.starts_with(&format!("last evaluation: step {evaluated}/")), "{out}");
     }
 }
+
+#[test]
+fn a_run_whose_reader_goes_away_saves_and_ends_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let tmp = temp("train-pipe");
+    let run = tmp.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bdh"))
+        .args(["train", "--preset", "tiny", "--out", run.to_str().unwrap(), "--set", "training.max_steps=100000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "[model]");
+    drop(lines); // as `| head -1` does
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+    assert!(run.join("last/model.safetensors").exists(), "the run saved before ending");
+}

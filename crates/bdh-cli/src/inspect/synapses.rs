@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bdh::microscope::synapses::{concept_search, synapses, Separation};
+use bdh::microscope::synapses::{check_site, concept_search, synapses, Separation};
 use bdh::model::bdh::Bdh;
 
 use super::{model_line, read_file, read_text, tokens, Output};
@@ -61,6 +61,7 @@ struct Report {
 }
 
 pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+    check_site(model, args.layer, args.head)?;
     println!(
         "{}; σ(i, j) = Σ_τ (x⊙y)_{}(τ, i) · x_{}(τ, j), head {}",
         model_line(model),

@@ -30,7 +30,7 @@ const CANDIDATES: usize = 20_000;
 const CHUNK: usize = 256;
 
 /// Checks that (layer, head) has a synapse state σ in `model`.
-fn check_site(model: &Bdh, layer: usize, head: usize) -> Result<()> {
+pub fn check_site(model: &Bdh, layer: usize, head: usize) -> Result<()> {
     let c = &model.config;
     if c.n_layer < 2 {
         return Err(Error::Input(format!("synapses need two layers; this model has {}", c.n_layer)));

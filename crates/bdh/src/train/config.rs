@@ -183,7 +183,9 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let value = match (old, parsed) {
         (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
         (old, new) if std::mem::discriminant(old) != std::mem::discriminant(&new) => {
-            return Err(bad(format!("`{path}` takes a {}, not {new}", old.type_str())));
+            let kind = old.type_str();
+            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+            return Err(bad(format!("`{path}` takes {article} {kind}, not {new}")));
         }
         (_, new) => new,
     };
