@@ -24,8 +24,8 @@ pub struct Args {
 /// Longest line of `metrics.jsonl` read (a sample of a few hundred bytes is the longest
 /// record a run writes); longer lines are skipped, not held.
 const MAX_LINE: u64 = 1 << 20;
-/// Records read at most.
-const MAX_RECORDS: usize = 50_000_000;
+/// Records read at most (a step record is held in 32 bytes: 5 M take 160 MB).
+const MAX_RECORDS: usize = 5_000_000;
 
 /// One optimizer step.
 struct Step {

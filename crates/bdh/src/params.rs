@@ -73,8 +73,9 @@ impl Params {
         self.data.len()
     }
 
-    /// A fingerprint (FNV-1a, 64 bits, as 16 hex digits) of the values' bits: equal
-    /// buffers give equal fingerprints; any changed bit almost surely changes it.
+    /// A fingerprint (FNV-1a's steps over each value's 32 bits as one word, 64 bits,
+    /// as 16 hex digits): equal buffers give equal fingerprints; any changed bit
+    /// almost surely changes it.
     pub fn fingerprint(&self) -> String {
         let hash = self
             .data
