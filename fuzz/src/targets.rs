@@ -49,13 +49,15 @@ impl Target {
     /// The repository's files this parser reads (for `state`, a state saved here).
     pub fn seeds(&self, root: &Path, scratch: &Path) -> Fallible<Vec<Vec<u8>>> {
         let golden = root.join("tests/golden/ref-tiny");
+        let gpt = root.join("tests/golden/gpt-tiny");
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("reading seed {}: {e}", p.display()));
         match self {
-            Target::Pt => Ok(vec![read(&golden.join("model.pt"))?]),
+            // BDH's and the GPT's (whose head and embedding share one storage).
+            Target::Pt => Ok(vec![read(&golden.join("model.pt"))?, read(&gpt.join("model.pt"))?]),
             Target::Safetensors => {
                 Ok(vec![read(&golden.join("model.safetensors"))?, read(&golden.join("expected.safetensors"))?])
             }
-            Target::ConfigJson => Ok(vec![read(&golden.join("config.json"))?]),
+            Target::ConfigJson => Ok(vec![read(&golden.join("config.json"))?, read(&gpt.join("config.json"))?]),
             Target::RunToml => {
                 let dir = root.join("configs");
                 let mut paths: Vec<_> = std::fs::read_dir(&dir)

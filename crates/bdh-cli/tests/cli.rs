@@ -317,7 +317,10 @@ fn inspect_rejects_bad_arguments() {
     let model = golden("ref-small-trained");
     for (args, want) in [
         (vec!["inspect", "synapses", "--model", &model, "--layer", "0", "--head", "0", "--prompt", "hi"], "layer"),
-        (vec!["inspect", "synapses", "--model", &model, "--layer", "1", "--head", "9", "--prompt", "hi"], "head in 0..=3; got 9"),
+        (
+            vec!["inspect", "synapses", "--model", &model, "--layer", "1", "--head", "9", "--prompt", "hi"],
+            "head in 0..=3; got 9",
+        ),
         (vec!["inspect", "graph", "--model", &model, "--head", "7"], "head 7"),
         (vec!["inspect", "sparsity", "--model", &model], "--text"),
         (vec!["inspect", "sparsity", "--model", "/no/such/model", "--prompt", "x"], "/no/such/model"),
