@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::page::{Chart, Page, Series};
 use crate::provenance::Provenance;
+use crate::report::Record;
 
 /// Trains BDH and GPT at each size on the same batches and compares them.
 #[derive(clap::Args)]
@@ -143,10 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::write_output(&out.join("table.json"), &serde_json::to_string_pretty(&rows)?)?;
     let mut provenance = Provenance::of_this_run();
     provenance.add("runs", out.display().to_string());
-    crate::write_output(
-        &out.join("report.html"),
-        &page(Page::new(provenance.rows()), &rows, &table).html("bdh compare"),
-    )?;
+    crate::write_output(&out.join("report.html"), &page(Page::new(provenance.rows()), &rows).html("bdh compare"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -160,20 +158,10 @@ fn family(m: &ModelConfig) -> &'static str {
 /// A finished run's row, from its `metrics.jsonl` (so a continued run counts all of it).
 fn read_row(size: &str, run: &RunConfig, dir: &Path) -> anyhow::Result<Row> {
     let path = dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let r = Record::read(&path)?;
     let per_step = (run.training.batch_size * run.training.block_size * run.training.grad_accum) as f64;
-    let (mut seconds, mut curve, mut last) = (0.0, Vec::new(), None);
-    for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
-        let step = v["step"].as_f64().unwrap_or(0.0);
-        if let Some(rate) = v["tokens_per_second"].as_f64() {
-            seconds += per_step / rate;
-        }
-        if let Some(loss) = v["val_loss"].as_f64() {
-            curve.push((step * per_step, loss));
-            last = Some(v);
-        }
-    }
-    let last = last.with_context(|| format!("{}: no evaluation recorded", path.display()))?;
+    let seconds: f64 = r.steps.iter().map(|s| per_step / s.tokens_per_second).filter(|t| t.is_finite()).sum();
+    let last = r.evals.last().with_context(|| format!("{}: no evaluation recorded", path.display()))?;
     let tokens = run.training.max_steps * per_step as usize;
     Ok(Row {
         size: size.to_string(),
@@ -183,37 +171,51 @@ fn read_row(size: &str, run: &RunConfig, dir: &Path) -> anyhow::Result<Row> {
         tokens,
         train_seconds: seconds,
         tokens_per_second: tokens as f64 / seconds.max(1e-9),
-        val_loss: last["val_loss"].as_f64().unwrap_or(f64::NAN),
-        bits_per_byte: last["bits_per_byte"].as_f64().unwrap_or(f64::NAN),
-        answer_accuracy: last["answer_accuracy"].as_f64(),
-        curve,
+        val_loss: last.val_loss,
+        bits_per_byte: last.bits_per_byte,
+        answer_accuracy: last.answer_accuracy,
+        curve: r.evals.iter().map(|e| (e.step * per_step, e.val_loss)).collect(),
     })
 }
 
+const HEADER: [&str; 10] = [
+    "size",
+    "family",
+    "model",
+    "parameters",
+    "tokens",
+    "train time",
+    "tokens/s",
+    "val loss",
+    "bits/byte",
+    "answer accuracy",
+];
+
+/// A row's cells, as both the Markdown table and the page show them.
+fn cells(r: &Row) -> Vec<String> {
+    vec![
+        r.size.clone(),
+        r.family.clone(),
+        r.model.clone(),
+        format!("{:.3} M", r.parameters as f64 / 1e6),
+        r.tokens.to_string(),
+        format!("{:.0} s", r.train_seconds),
+        format!("{:.0}", r.tokens_per_second),
+        format!("{:.4}", r.val_loss),
+        format!("{:.3}", r.bits_per_byte),
+        r.answer_accuracy.map_or("-".into(), |a| format!("{:.1}%", a * 100.0)),
+    ]
+}
+
 fn markdown(rows: &[Row]) -> String {
-    let mut t = String::from(
-        "| size | family | model | parameters | tokens | train time | tokens/s | val loss | bits/byte | answer accuracy |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
+    let mut t = format!("| {} |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n", HEADER.join(" | "));
     for r in rows {
-        let acc = r.answer_accuracy.map_or("-".into(), |a| format!("{:.1}%", a * 100.0));
-        t.push_str(&format!(
-            "| {} | {} | {} | {:.3} M | {} | {:.0} s | {:.0} | {:.4} | {:.3} | {acc} |\n",
-            r.size,
-            r.family,
-            r.model,
-            r.parameters as f64 / 1e6,
-            r.tokens,
-            r.train_seconds,
-            r.tokens_per_second,
-            r.val_loss,
-            r.bits_per_byte
-        ));
+        t.push_str(&format!("| {} |\n", cells(r).join(" | ")));
     }
     t
 }
 
-fn page(mut p: Page, rows: &[Row], table: &str) -> Page {
+fn page(mut p: Page, rows: &[Row]) -> Page {
     let color = |f: &str| Some(usize::from(f == "GPT"));
     p.heading("Validation loss during training");
     p.text("Each pair of a size trained on the same batches in the same order; blue BDH, red GPT.");
@@ -251,10 +253,6 @@ fn page(mut p: Page, rows: &[Row], table: &str) -> Page {
             .collect(),
     });
     p.heading("Table");
-    let cells: Vec<Vec<String>> =
-        table.lines().skip(2).map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect()).collect();
-    let header: Vec<String> =
-        table.lines().next().unwrap_or_default().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect();
-    p.table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &cells);
+    p.table(&HEADER, &rows.iter().map(cells).collect::<Vec<_>>());
     p
 }

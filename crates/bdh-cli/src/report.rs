@@ -28,33 +28,34 @@ const MAX_LINE: u64 = 1 << 20;
 const MAX_RECORDS: usize = 5_000_000;
 
 /// One optimizer step.
-struct Step {
-    step: f64,
-    loss: f64,
-    lr: f64,
-    tokens_per_second: f64,
+pub struct Step {
+    pub step: f64,
+    pub loss: f64,
+    pub lr: f64,
+    pub tokens_per_second: f64,
 }
 
 /// One evaluation.
-struct Eval {
-    step: f64,
-    val_loss: f64,
-    bits_per_byte: f64,
-    answer_accuracy: Option<f64>,
-    train_loss: Option<f64>,
+pub struct Eval {
+    pub step: f64,
+    pub val_loss: f64,
+    pub bits_per_byte: f64,
+    pub answer_accuracy: Option<f64>,
+    pub train_loss: Option<f64>,
 }
 
 /// What a run's `metrics.jsonl` holds.
 #[derive(Default)]
-struct Record {
-    steps: Vec<Step>,
-    evals: Vec<Eval>,
-    samples: Vec<(u64, String, String)>,
-    skipped: usize,
+pub struct Record {
+    pub steps: Vec<Step>,
+    pub evals: Vec<Eval>,
+    pub samples: Vec<(u64, String, String)>,
+    pub skipped: usize,
 }
 
 impl Record {
-    fn read(path: &Path) -> anyhow::Result<Self> {
+    /// Reads `metrics.jsonl` line by line (bounded lines and records).
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
         let mut reader = BufReader::new(file);
         let mut r = Record::default();

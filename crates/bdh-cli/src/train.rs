@@ -66,14 +66,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let corpus = run.data.corpus(run.training.block_size).context("preparing the data")?;
-    if let (None, Some(d)) = (&args.resume, &args.out) {
-        // Said before anything else is printed.
-        anyhow::ensure!(
-            !d.join("last").exists(),
-            "{} already holds a run; resume it or choose another directory",
-            d.display()
-        );
-    }
     // A new run's directory is made (and runs/latest moved) once its data has opened.
     let dir = match (&args.resume, &args.out) {
         (Some(_), _) => dir,
@@ -92,21 +84,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             stop.store(true, Ordering::SeqCst);
         }
     };
-    print(&run.to_toml());
-    print(&format!("run directory: {}", dir.display()));
-    let m = &run.model;
-    print(&format!(
-        "model: {}, {:.2} M parameters; {} threads",
-        m.describe(),
-        m.param_count() as f64 / 1e6,
-        rayon::current_num_threads()
-    ));
-    if let Some(before) = &before {
-        for change in run.changes(before) {
-            print(&format!("changed on resume: {change}"));
-        }
-    }
-
     // A bar only on a terminal; a file or a pipe gets whole lines.
     let lines = args.quiet || !std::io::stderr().is_terminal();
     let max = run.training.max_steps;
@@ -119,6 +96,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut first = None;
     let outcome = train(&run, &corpus, &dir, args.resume.is_some(), &stop, |e| match e {
         Event::Start { step, .. } => {
+            // Printed once the run has started: a refused one prints only its error.
+            print(&run.to_toml());
+            print(&format!("run directory: {}", dir.display()));
+            let m = &run.model;
+            print(&format!(
+                "model: {}, {:.2} M parameters; {} threads",
+                m.describe(),
+                m.param_count() as f64 / 1e6,
+                rayon::current_num_threads()
+            ));
+            if let Some(before) = &before {
+                for change in run.changes(before) {
+                    print(&format!("changed on resume: {change}"));
+                }
+            }
             first = Some(step);
             bar.set_position(step as u64);
             if let (Some(before), true) = (&before, step < max) {

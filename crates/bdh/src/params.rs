@@ -73,15 +73,11 @@ impl Params {
         self.data.len()
     }
 
-    /// A fingerprint (FNV-1a's steps over each value's 32 bits as one word, 64 bits,
-    /// as 16 hex digits): equal buffers give equal fingerprints; any changed bit
-    /// almost surely changes it.
+    /// A fingerprint of the values' bits ([`fnv1a`] over each value's 32 bits as
+    /// one word): equal buffers give equal fingerprints; any changed bit almost
+    /// surely changes it.
     pub fn fingerprint(&self) -> String {
-        let hash = self
-            .data
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3));
-        format!("{hash:016x}")
+        fnv1a(self.data.iter().map(|v| u64::from(v.to_bits())))
     }
 
     /// Whether the buffer holds nothing.
@@ -126,4 +122,27 @@ impl Params {
     pub fn same_layout(&self, other: &Params) -> bool {
         self.slots == other.slots
     }
+
+    /// Whether the buffer holds exactly `tensors` (name, shape), in order, packed —
+    /// what [`Params::zeros`] of them would make, checked without allocating one.
+    pub fn has_layout(&self, tensors: &[(&str, Vec<usize>)]) -> bool {
+        let mut end = 0usize;
+        self.slots.len() == tensors.len()
+            && self.slots.iter().zip(tensors).all(|(slot, (name, shape))| {
+                let start = end;
+                let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                match len.and_then(|len| start.checked_add(len)) {
+                    Some(e) => end = e,
+                    None => return false,
+                }
+                slot.name == *name && slot.shape == *shape && slot.range == (start..end)
+            })
+            && end == self.data.len()
+    }
+}
+
+/// FNV-1a (64 bits, as 16 hex digits) over a stream of words, each xor-ed in whole.
+pub fn fnv1a(words: impl IntoIterator<Item = u64>) -> String {
+    let hash = words.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, w| (h ^ w).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("{hash:016x}")
 }

@@ -44,7 +44,7 @@ impl Bdh {
     /// A model from its parts, checking that they fit the config.
     pub fn from_parts(config: BdhConfig, params: Params, freqs: Vec<f32>) -> Result<Self> {
         config.validate()?;
-        if !params.same_layout(&params::zeros(&config)?) {
+        if !params.has_layout(&params::layout(&config)) {
             return Err(Error::Config("the parameters are not laid out for this BDH config".into()));
         }
         if freqs.len() != config.n_neurons() {

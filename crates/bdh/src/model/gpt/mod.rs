@@ -37,7 +37,7 @@ impl Gpt {
     /// A model from its parts, checking that they fit the config.
     pub fn from_parts(config: GptConfig, params: Params) -> Result<Self> {
         config.validate()?;
-        if !params.same_layout(&params::zeros(&config)?) {
+        if !params.has_layout(&params::named(&params::layout(&config))) {
             return Err(Error::Config("the parameters are not laid out for this GPT config".into()));
         }
         Ok(Gpt { config, params })

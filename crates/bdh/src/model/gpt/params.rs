@@ -43,8 +43,12 @@ pub fn layout(c: &GptConfig) -> Vec<(String, Vec<usize>)> {
 /// A zeroed buffer laid out for `c`.
 pub fn zeros(c: &GptConfig) -> Result<Params> {
     let l = layout(c);
-    let named: Vec<(&str, Vec<usize>)> = l.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
-    Params::zeros(&named)
+    Params::zeros(&named(&l))
+}
+
+/// `layout` with borrowed names, as [`Params`] takes them.
+pub fn named(layout: &[(String, Vec<usize>)]) -> Vec<(&str, Vec<usize>)> {
+    layout.iter().map(|(n, s)| (n.as_str(), s.clone())).collect()
 }
 
 /// nanoGPT's initialisation: Linear and Embedding weights N(0, 0.02²), every
