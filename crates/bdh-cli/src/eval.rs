@@ -115,19 +115,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "built-in corpus (facts {}, distance {}): {} windows of {} tokens, independent",
+        "built-in corpus ({}..={} facts, distance {}, {:.0}% lists): {} windows of {} tokens, independent",
+        data.min_facts,
         data.facts,
         data.distance,
+        data.lists * 100.0,
         args.batches * args.batch,
         block
     );
     println!(
-        "loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte, answer accuracy {:.1}% of {} answers",
+        "loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte, answer accuracy {:.1}% of {} answers \
+         (copying a stated value of the right kind at random: {:.1}%)",
         m.val_loss,
         m.val_loss.exp(),
         m.bits_per_byte,
         m.answer_accuracy.unwrap_or(0.0) * 100.0,
-        m.answers
+        m.answers,
+        m.copy_baseline().unwrap_or(0.0) * 100.0
     );
+    for g in &m.answer_groups {
+        println!(
+            "  {:<7} with {} fact{}: {:5.1}% of {:4} (copying {:.1}%)",
+            if g.list { "lists" } else { "stories" },
+            g.facts,
+            if g.facts == 1 { " " } else { "s" },
+            100.0 * g.correct as f64 / g.answers.max(1) as f64,
+            g.answers,
+            g.copy_baseline * 100.0
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -180,8 +180,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// An evaluation as one line: step, train and validation loss, bits per byte, accuracy.
 fn eval_line(m: &EvalMetrics, max: usize) -> String {
     let train = m.train_loss.map_or(String::new(), |l| format!("train loss {l:.4}, "));
-    let acc =
-        m.answer_accuracy.map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}", a * 100.0, m.answers));
+    let copy = m.copy_baseline().map_or(String::new(), |c| format!(" (copying {:.0}%)", c * 100.0));
+    let acc = m
+        .answer_accuracy
+        .map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}{copy}", a * 100.0, m.answers));
     format!("step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}", m.step, m.val_loss, m.bits_per_byte)
 }
 

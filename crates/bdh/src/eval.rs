@@ -19,10 +19,40 @@ pub struct EvalMetrics {
     pub answer_accuracy: Option<f64>,
     /// Answers scored.
     pub answers: usize,
+    /// Answer accuracy by kind of document and number of facts, with what copying
+    /// a stated value of the right kind at random would score (built-in corpus only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answer_groups: Vec<AnswerGroup>,
     /// During training: the mean training loss of the last (up to) 20 steps
     /// before the evaluation (nats per byte).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
+}
+
+/// The answers of one kind of document with one number of facts.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AnswerGroup {
+    /// Lists (else stories).
+    pub list: bool,
+    /// Facts per document.
+    pub facts: usize,
+    /// Answers scored.
+    pub answers: usize,
+    /// Answers predicted exactly.
+    pub correct: usize,
+    /// Expected accuracy of copying, at random, one of the values of the answer's
+    /// kind stated in its document: the bar a model must clear to show it binds
+    /// each value to its key.
+    pub copy_baseline: f64,
+}
+
+impl EvalMetrics {
+    /// The expected accuracy of copying a stated value of the right kind at random,
+    /// over all answers.
+    pub fn copy_baseline(&self) -> Option<f64> {
+        let n: usize = self.answer_groups.iter().map(|g| g.answers).sum();
+        (n > 0).then(|| self.answer_groups.iter().map(|g| g.copy_baseline * g.answers as f64).sum::<f64>() / n as f64)
+    }
 }
 
 /// Validation loss, bits per byte and answer accuracy over `batches` fixed batches
@@ -37,18 +67,35 @@ pub fn evaluate(
 ) -> Result<EvalMetrics> {
     let (b, t, v) = acts.shape();
     let (mut loss, mut correct, mut answers) = (0.0f64, 0usize, 0usize);
+    let mut groups: Vec<AnswerGroup> = Vec::new();
     for i in 0..batches {
         let batch = corpus.val_batch(i, batches, b, t);
         forward(model, &batch.tokens, acts, Mode::Eval)?;
         let logits = acts.logits();
         loss += cross_entropy(logits, &batch.targets, v) as f64;
-        for (row, range) in &batch.answers {
+        for (row, a) in &batch.answers {
             answers += 1;
-            let hit = range.clone().all(|pos| {
+            let hit = a.range.clone().all(|pos| {
                 let at = row * t + pos;
                 argmax(&logits[at * v..(at + 1) * v]) == batch.targets[at]
             });
             correct += usize::from(hit);
+            let g = match groups.iter().position(|g| g.list == a.list && g.facts == a.facts) {
+                Some(i) => &mut groups[i],
+                None => {
+                    groups.push(AnswerGroup {
+                        list: a.list,
+                        facts: a.facts,
+                        answers: 0,
+                        correct: 0,
+                        copy_baseline: 0.0,
+                    });
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            g.answers += 1;
+            g.correct += usize::from(hit);
+            g.copy_baseline += 1.0 / a.choices.max(1) as f64;
         }
     }
     let val_loss = loss / batches as f64;
@@ -58,6 +105,11 @@ pub fn evaluate(
         bits_per_byte: val_loss / std::f64::consts::LN_2,
         answer_accuracy: corpus.has_answers().then(|| correct as f64 / answers.max(1) as f64),
         answers,
+        answer_groups: {
+            groups.iter_mut().for_each(|g| g.copy_baseline /= g.answers as f64);
+            groups.sort_by_key(|g| (g.list, g.facts));
+            groups
+        },
         train_loss: None,
     })
 }

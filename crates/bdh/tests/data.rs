@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::common::temp_dir;
 
 fn lang() -> SyntheticLanguage {
-    SyntheticLanguage::new(SyntheticConfig { facts: 3, distance: 2 })
+    SyntheticLanguage::new(SyntheticConfig { facts: 3, min_facts: 3, distance: 2, lists: 0.0 })
 }
 
 #[test]
@@ -30,10 +30,10 @@ fn every_answer_is_stated_earlier_in_its_document() {
     for _ in 0..300 {
         let doc = l.document(&mut rng);
         assert_eq!(doc.answers.len(), 3);
-        for r in &doc.answers {
-            let answer = &doc.text[r.clone()];
+        for a in &doc.answers {
+            let answer = &doc.text[a.range.clone()];
             // The question right before the answer names a person; their fact holds the answer.
-            let question = &doc.text[..r.start];
+            let question = &doc.text[..a.range.start];
             let q = question.rsplit(". ").next().unwrap();
             let who = q
                 .split_whitespace()
@@ -58,9 +58,9 @@ fn answers_are_not_in_the_weights() {
     let mut answers: HashMap<String, HashSet<String>> = HashMap::new();
     for _ in 0..2000 {
         let doc = l.document(&mut rng);
-        for r in &doc.answers {
-            let q = doc.text[..r.start].rsplit(". ").next().unwrap().to_string();
-            answers.entry(q).or_default().insert(doc.text[r.clone()].to_string());
+        for a in &doc.answers {
+            let q = doc.text[..a.range.start].rsplit(". ").next().unwrap().to_string();
+            answers.entry(q).or_default().insert(doc.text[a.range.clone()].to_string());
         }
     }
     let min = answers.values().map(HashSet::len).min().unwrap();
@@ -74,13 +74,52 @@ fn answer_positions_point_at_answer_targets() {
     let (b, t) = (3, 300);
     let batch = c.val_batch(0, 1, b, t);
     assert!(!batch.answers.is_empty());
-    for (row, range) in &batch.answers {
+    for (row, a) in &batch.answers {
+        let range = &a.range;
         let answer: String = range.clone().map(|p| batch.targets[row * t + p] as u8 as char).collect();
         let before: String = (0..=range.start).map(|p| batch.tokens[row * t + p] as u8 as char).collect();
         let asked = before.rsplit(". ").next().unwrap();
         assert!(asked.contains("? ") && (asked.ends_with(" lives in ") || asked.ends_with(" likes ")), "{asked:?}");
         assert!(before[..before.len() - asked.len()].contains(&answer), "{answer} not stated before {asked:?}");
     }
+}
+
+#[test]
+fn lists_recall_every_key_with_its_value_and_answers_know_their_chance() {
+    let l = SyntheticLanguage::new(SyntheticConfig { facts: 5, min_facts: 2, distance: 0, lists: 1.0 });
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for _ in 0..300 {
+        let doc = l.document(&mut rng);
+        let (stated, asked) = doc.text.trim_end().trim_end_matches('.').split_once("; ").unwrap();
+        let pairs: Vec<(&str, &str)> = stated.split(", ").map(|p| p.split_once(' ').unwrap()).collect();
+        assert!((2..=5).contains(&pairs.len()), "{}", doc.text);
+        assert_eq!(doc.answers.len(), pairs.len());
+        for (a, q) in doc.answers.iter().zip(asked.split(", ")) {
+            let (key, value) = q.split_once(' ').unwrap();
+            assert_eq!(&doc.text[a.range.clone()], value);
+            assert!(pairs.contains(&(key, value)), "{key} {value} not stated in {}", doc.text);
+            assert!(a.list && a.facts == pairs.len());
+            let same_kind: HashSet<&str> = pairs.iter().map(|p| p.1).filter(|v| a.kind.values().contains(v)).collect();
+            assert_eq!(a.choices, same_kind.len());
+        }
+    }
+}
+
+#[test]
+fn documents_draw_their_number_of_facts_from_the_range() {
+    let l = SyntheticLanguage::new(SyntheticConfig { facts: 4, min_facts: 2, distance: 1, lists: 0.5 });
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut seen = HashSet::new();
+    let mut kinds = HashSet::new();
+    for _ in 0..400 {
+        let doc = l.document(&mut rng);
+        seen.insert(doc.answers.len());
+        doc.answers.iter().for_each(|a| {
+            kinds.insert(a.list);
+        });
+    }
+    assert_eq!(seen, HashSet::from([2, 3, 4]));
+    assert_eq!(kinds.len(), 2, "both lists and stories");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod generate;
 mod golden;
 mod gpt;
 mod hostile;
+mod interventions;
 mod microscope;
 mod recurrent;
 mod run;

@@ -13,7 +13,10 @@ use bdh::Model;
 use crate::page::Page;
 use crate::provenance::Provenance;
 
+mod ablate;
 mod graph;
+mod induction;
+mod patch;
 mod sparsity;
 mod synapses;
 
@@ -57,10 +60,36 @@ enum What {
     /// The synapse state σ of one layer and head over a text, its strongest
     /// synapses, and a concept search.
     Synapses(synapses::Args),
+    /// Remove neurons, heads or synapse rows and score the model's answers; rank
+    /// neurons by selectivity for a concept and remove them cumulatively against a
+    /// random control.
+    Ablate(ablate::Args),
+    /// How many of two concepts' most selective neurons are shared, against random sets.
+    Overlap(ablate::OverlapArgs),
+    /// Patch activations and synapses from clean texts into texts that differ in
+    /// one stated fact: which layers, heads, neurons and synapses restore the answer.
+    Patch(patch::Args),
+    /// Induction and previous-token heads on repeated random text, for one model or
+    /// over the models a run kept.
+    Induction(induction::Args),
+    /// The top-activating contexts of one neuron over a text, clustered into facets.
+    Top(induction::TopArgs),
+    /// The greedy layer-by-layer path of neurons whose removal lowers a target logit most.
+    Path(patch::PathArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
+    if let What::Induction(a) = &args.what {
+        if let Some(run) = &a.run {
+            let mut provenance = Provenance::of_this_run();
+            provenance.text("run", &run.display().to_string(), &[]);
+            let mut out = Output { json: args.json, html: args.html, provenance };
+            let What::Induction(a) = args.what else { unreachable!("matched above") };
+            induction::run(a, None, &mut out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let (model, source) = match (&args.model, &args.init) {
         (Some(m), _) => {
             let path = model_path(m);
@@ -88,6 +117,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Sparsity(a) => sparsity::run(a, model, &mut out)?,
         What::Graph(a) => graph::run(a, model, &mut out)?,
         What::Synapses(a) => synapses::run(a, model, &mut out)?,
+        What::Ablate(a) => ablate::run(a, model, &mut out)?,
+        What::Overlap(a) => ablate::run_overlap(a, model, &mut out)?,
+        What::Patch(a) => patch::run(a, model, &mut out)?,
+        What::Induction(a) => induction::run(a, Some(model), &mut out)?,
+        What::Top(a) => induction::run_top(a, model, &mut out)?,
+        What::Path(a) => patch::run_path(a, model, &mut out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,7 @@ use bdh_kernels::Mapped;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-pub use synthetic::{Document, SyntheticConfig, SyntheticLanguage};
+pub use synthetic::{Answer, Document, Kind, Pair, SyntheticConfig, SyntheticLanguage};
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -32,16 +32,34 @@ pub struct DataConfig {
     /// Validate on this file (default: the last 10% of `path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_path: Option<PathBuf>,
-    /// Built-in language: facts stated, and asked about, per document.
+    /// Built-in language: most facts stated, and asked about, per document.
     pub facts: usize,
-    /// Built-in language: filler sentences between the facts and the questions.
+    /// Built-in language: fewest facts per document (each draws from
+    /// `min_facts..=facts`).
+    #[serde(default = "one")]
+    pub min_facts: usize,
+    /// Built-in language: filler sentences between a story's facts and its questions.
     pub distance: usize,
+    /// Built-in language: fraction of documents that are lists (associative recall).
+    #[serde(default)]
+    pub lists: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         let s = SyntheticConfig::default();
-        DataConfig { path: None, val_path: None, facts: s.facts, distance: s.distance }
+        DataConfig {
+            path: None,
+            val_path: None,
+            facts: s.facts,
+            min_facts: s.min_facts,
+            distance: s.distance,
+            lists: s.lists,
+        }
     }
 }
 
@@ -50,11 +68,15 @@ impl DataConfig {
     pub fn corpus(&self, block: usize) -> Result<Corpus> {
         match &self.path {
             Some(p) => Corpus::from_files(p, self.val_path.as_deref(), block),
-            None => Ok(Corpus::Synthetic(SyntheticLanguage::new(SyntheticConfig {
-                facts: self.facts,
-                distance: self.distance,
-            }))),
+            None => Ok(Corpus::Synthetic(SyntheticLanguage::new(self.synthetic()))),
         }
+    }
+}
+
+impl DataConfig {
+    /// The built-in language's knobs.
+    pub fn synthetic(&self) -> SyntheticConfig {
+        SyntheticConfig { facts: self.facts, min_facts: self.min_facts, distance: self.distance, lists: self.lists }
     }
 }
 
@@ -65,8 +87,9 @@ pub struct Batch {
     pub tokens: Vec<u32>,
     /// Target ids, (B, T): the next byte after each input.
     pub targets: Vec<u32>,
-    /// (row, target positions) of each answer of the synthetic language.
-    pub answers: Vec<(usize, Range<usize>)>,
+    /// (row, answer) of each answer of the synthetic language; the answer's range
+    /// is of target positions in its row.
+    pub answers: Vec<(usize, Answer)>,
 }
 
 fn map_file(path: &Path) -> Result<Arc<Mapped>> {
@@ -199,7 +222,7 @@ impl Corpus {
         match self {
             Corpus::Synthetic(lang) => {
                 let doc = lang.document(&mut rand_chacha::ChaCha8Rng::seed_from_u64(VAL_STREAM - 1));
-                let end = doc.answers.first().map_or(doc.text.len(), |r| r.start);
+                let end = doc.answers.first().map_or(doc.text.len(), |a| a.range.start);
                 doc.text[..end].to_string()
             }
             Corpus::Files { val, .. } => {
@@ -225,7 +248,10 @@ fn synthetic_batch(lang: &SyntheticLanguage, seeds: impl Iterator<Item = u64>, t
         let bytes = w.text.as_bytes();
         batch.tokens.extend(bytes[..t].iter().map(|&x| x as u32));
         batch.targets.extend(bytes[1..].iter().map(|&x| x as u32));
-        batch.answers.extend(w.answers.into_iter().map(|r| (row, r.start - 1..r.end - 1)));
+        batch.answers.extend(w.answers.into_iter().map(|mut a| {
+            a.range = a.range.start - 1..a.range.end - 1;
+            (row, a)
+        }));
     }
     batch
 }

@@ -1,11 +1,14 @@
 //! A small synthetic language whose questions can only be answered from context.
 //!
-//! Each document states a few facts about people ("ada lives in oslo."), talks
-//! about other things for a while (a little grammar with number agreement, so the
-//! weights have something to learn), then asks about the facts and answers them
-//! ("where does ada live? ada lives in oslo."). Who lives where is drawn afresh for every
-//! document, so the answer is nowhere in the weights: a model must hold the fact in
-//! its in-context memory, the synapse state ρ, from statement to question.
+//! Two kinds of documents. A *story* states a few facts about people ("ada lives in
+//! oslo."), talks about other things for a while (a little grammar with number
+//! agreement, so the weights have something to learn), then asks about the facts and
+//! answers them ("where does ada live? ada lives in oslo."). A *list* is associative
+//! recall in the style of the multi-query associative recall benchmark: pairs, then
+//! the same keys again in another order, each followed by its value ("ada oslo, bo red;
+//! bo red, ada oslo."). Who lives where is drawn afresh for every document, so the
+//! answer is nowhere in the weights: a model must hold the fact in its in-context
+//! memory, the synapse state ρ, from statement to question.
 
 use std::ops::Range;
 
@@ -22,7 +25,7 @@ const PLACES: [&str; 16] = [
     "paris", "lima", "oslo", "cairo", "delhi", "tokyo", "rome", "quito", "kyiv", "seoul", "hanoi", "bern", "doha",
     "riga", "accra", "sofia",
 ];
-const COLORS: [&str; 10] = ["red", "blue", "green", "gold", "grey", "pink", "black", "white", "teal", "brown"];
+const COLORS: [&str; 11] = ["red", "tan", "blue", "green", "gold", "grey", "pink", "black", "white", "teal", "brown"];
 const NOUNS: [(&str, &str); 8] = [
     ("dog", "dogs"),
     ("cat", "cats"),
@@ -48,15 +51,26 @@ const THINGS: [&str; 6] = ["river", "hill", "market", "forest", "bridge", "harbo
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticConfig {
-    /// Facts stated (and later asked about) per document.
+    /// Most facts stated (and later asked about) per document.
     pub facts: usize,
-    /// Filler sentences between the last fact and the first question.
+    /// Fewest facts per document: each document draws its number uniformly from
+    /// `min_facts..=facts`.
+    #[serde(default = "one")]
+    pub min_facts: usize,
+    /// Filler sentences between a story's last fact and its first question.
     pub distance: usize,
+    /// Fraction of documents that are lists rather than stories, in [0, 1].
+    #[serde(default)]
+    pub lists: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        SyntheticConfig { facts: 3, distance: 2 }
+        SyntheticConfig { facts: 3, min_facts: 1, distance: 2, lists: 0.0 }
     }
 }
 
@@ -65,12 +79,72 @@ impl Default for SyntheticConfig {
 pub struct Document {
     /// The text, ending with a newline.
     pub text: String,
-    /// Byte ranges of the answer words.
-    pub answers: Vec<Range<usize>>,
+    /// The answers, in the order they appear.
+    pub answers: Vec<Answer>,
+}
+
+/// Where an answer is and how hard it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Byte range of the answer word.
+    pub range: Range<usize>,
+    /// Facts stated in its document.
+    pub facts: usize,
+    /// Distinct values of the answer's kind (places or colors) stated in its
+    /// document: copying one of them at random is right 1 time in `choices`.
+    pub choices: usize,
+    /// Whether the document is a list (else a story).
+    pub list: bool,
+    /// What the answer is.
+    pub kind: Kind,
+}
+
+/// The kinds of facts, by their values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Where someone lives ("ada lives in oslo.").
+    Place,
+    /// Which color someone likes ("ada likes red.").
+    Color,
+}
+
+impl Kind {
+    /// Every value of this kind.
+    pub fn values(self) -> &'static [&'static str] {
+        match self {
+            Kind::Place => &PLACES,
+            Kind::Color => &COLORS,
+        }
+    }
+
+    /// The other kind.
+    pub fn other(self) -> Kind {
+        match self {
+            Kind::Place => Kind::Color,
+            Kind::Color => Kind::Place,
+        }
+    }
+}
+
+/// Two texts that differ in one stated value: the model should answer
+/// `clean_value` after `clean` and `corrupt_value` after `corrupted`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pair {
+    /// The clean text, up to the answer.
+    pub clean: String,
+    /// The same text with the one value changed.
+    pub corrupted: String,
+    /// The clean answer.
+    pub clean_value: &'static str,
+    /// The corrupted answer (same length, another first byte).
+    pub corrupt_value: &'static str,
+    /// Their kind.
+    pub kind: Kind,
 }
 
 /// A fact: who, which relation, and the value.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Fact {
     LivesIn(&'static str, &'static str),
     Likes(&'static str, &'static str),
@@ -83,14 +157,43 @@ impl Fact {
             Fact::Likes(n, c) => format!("{n} likes {c}."),
         }
     }
-    /// The question, the start of its answer sentence, and the answer word: the
-    /// answer restates the fact ("where does ada live? ada lives in oslo."), so the
-    /// word to recall follows the same words as where it was stated.
-    fn question(self) -> (String, &'static str) {
+    /// The question and the start of its answer sentence: the answer restates the
+    /// fact ("where does ada live? ada lives in oslo."), so the word to recall
+    /// follows the same words as where it was stated.
+    fn question(self) -> String {
         match self {
-            Fact::LivesIn(n, p) => (format!("where does {n} live? {n} lives in"), p),
-            Fact::Likes(n, c) => (format!("what color does {n} like? {n} likes"), c),
+            Fact::LivesIn(n, _) => format!("where does {n} live? {n} lives in"),
+            Fact::Likes(n, _) => format!("what color does {n} like? {n} likes"),
         }
+    }
+    fn new(kind: Kind, name: &'static str, value: &'static str) -> Fact {
+        match kind {
+            Kind::Place => Fact::LivesIn(name, value),
+            Kind::Color => Fact::Likes(name, value),
+        }
+    }
+    fn kind(self) -> Kind {
+        match self {
+            Fact::LivesIn(..) => Kind::Place,
+            Fact::Likes(..) => Kind::Color,
+        }
+    }
+    fn with_value(self, value: &'static str) -> Fact {
+        Fact::new(self.kind(), self.pair().0, value)
+    }
+    /// The key and value of the fact in a list.
+    fn pair(self) -> (&'static str, &'static str) {
+        match self {
+            Fact::LivesIn(n, v) | Fact::Likes(n, v) => (n, v),
+        }
+    }
+    /// Distinct values of this fact's kind among `facts`.
+    fn choices(self, facts: &[Fact]) -> usize {
+        let same = |f: &&Fact| f.kind() == self.kind();
+        let mut values: Vec<&str> = facts.iter().filter(same).map(|f| f.pair().1).collect();
+        values.sort_unstable();
+        values.dedup();
+        values.len()
     }
 }
 
@@ -109,43 +212,121 @@ impl SyntheticLanguage {
 
     /// The document drawn from `rng`.
     pub fn document(&self, rng: &mut impl Rng) -> Document {
-        let facts_n = self.config.facts.min(NAMES.len());
+        let facts = self.facts(rng);
+        let list = rng.random_bool(self.config.lists.clamp(0.0, 1.0));
+        self.render(&facts, list, rng).0
+    }
+
+    /// A clean and a corrupted story that differ in the value of one stated fact
+    /// only, both cut right before the answer to the question about it, and the two
+    /// values. The values have the same length and different first bytes, so the
+    /// texts have the same length and the first byte of the answer tells them apart.
+    pub fn pair(&self, rng: &mut impl Rng) -> Pair {
+        let facts = self.facts(rng);
+        let which = rng.random_range(0..facts.len());
+        let (clean_value, kind) = (facts[which].pair().1, facts[which].kind());
+        let others: Vec<&str> = kind
+            .values()
+            .iter()
+            .copied()
+            .filter(|v| v.len() == clean_value.len() && v.as_bytes()[0] != clean_value.as_bytes()[0])
+            .collect();
+        let corrupt_value = *others.choose(rng).expect("every value has a same-length partner");
+        let mut corrupted = facts.clone();
+        corrupted[which] = facts[which].with_value(corrupt_value);
+        let layout = rng.random::<u64>();
+        let cut = |facts: &[Fact]| {
+            let (doc, order) = self.render(facts, false, &mut ChaCha8Rng::seed_from_u64(layout));
+            let asked = order.iter().position(|&i| i == which).expect("every fact is asked about");
+            doc.text[..doc.answers[asked].range.start].to_string()
+        };
+        Pair { clean: cut(&facts), corrupted: cut(&corrupted), clean_value, corrupt_value, kind }
+    }
+
+    /// `count` pairs drawn from `seed`.
+    pub fn pairs(&self, count: usize, seed: u64) -> Vec<Pair> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..count).map(|_| self.pair(&mut rng)).collect()
+    }
+
+    /// `count` sentences stating facts of `kind` ("ada lives in oslo."), drawn from
+    /// `seed`: texts for finding the neurons of a concept.
+    pub fn statements(kind: Kind, count: usize, seed: u64) -> Vec<String> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..count)
+            .map(|_| {
+                let name = NAMES.choose(&mut rng).expect("non-empty");
+                let value = kind.values().choose(&mut rng).expect("non-empty");
+                Fact::new(kind, name, value).statement()
+            })
+            .collect()
+    }
+
+    /// The facts of a document: how many, about whom, and their values.
+    fn facts(&self, rng: &mut impl Rng) -> Vec<Fact> {
+        let c = &self.config;
+        let most = c.facts.clamp(1, NAMES.len());
+        let facts_n = rng.random_range(c.min_facts.clamp(1, most)..=most);
         let names: Vec<&str> = NAMES.choose_multiple(rng, facts_n).copied().collect();
-        let facts: Vec<Fact> = names
+        names
             .iter()
             .map(|&n| {
-                if rng.random_bool(0.5) {
-                    Fact::LivesIn(n, PLACES.choose(rng).expect("non-empty"))
-                } else {
-                    Fact::Likes(n, COLORS.choose(rng).expect("non-empty"))
-                }
+                let kind = if rng.random_bool(0.5) { Kind::Place } else { Kind::Color };
+                Fact::new(kind, n, kind.values().choose(rng).expect("non-empty"))
             })
-            .collect();
-        let mut sentences: Vec<String> = Vec::new();
-        for f in &facts {
-            sentences.push(f.statement());
-            if rng.random_bool(0.5) {
-                sentences.push(filler(rng));
-            }
-        }
-        for _ in 0..self.config.distance {
-            sentences.push(filler(rng));
-        }
-        let mut text = sentences.join(" ");
+            .collect()
+    }
+
+    /// The text of a document stating `facts`, as a list or a story, and the order
+    /// in which the facts are asked about.
+    fn render(&self, facts: &[Fact], list: bool, rng: &mut impl Rng) -> (Document, Vec<usize>) {
         let mut order: Vec<usize> = (0..facts.len()).collect();
         order.shuffle(rng);
+        let mut text = String::new();
         let mut answers = Vec::new();
-        for i in order {
-            let (q, a) = facts[i].question();
-            text.push(' ');
-            text.push_str(&q);
-            text.push(' ');
-            answers.push(text.len()..text.len() + a.len());
-            text.push_str(a);
+        let mut answer = |text: &mut String, f: Fact| {
+            let value = f.pair().1;
+            answers.push(Answer {
+                range: text.len()..text.len() + value.len(),
+                facts: facts.len(),
+                choices: f.choices(facts),
+                list,
+                kind: f.kind(),
+            });
+            text.push_str(value);
+        };
+        if list {
+            let pairs: Vec<String> = facts.iter().map(|f| format!("{} {}", f.pair().0, f.pair().1)).collect();
+            text.push_str(&pairs.join(", "));
+            for (k, &i) in order.iter().enumerate() {
+                text.push_str(if k == 0 { "; " } else { ", " });
+                text.push_str(facts[i].pair().0);
+                text.push(' ');
+                answer(&mut text, facts[i]);
+            }
             text.push('.');
+        } else {
+            let mut sentences: Vec<String> = Vec::new();
+            for f in facts {
+                sentences.push(f.statement());
+                if rng.random_bool(0.5) {
+                    sentences.push(filler(rng));
+                }
+            }
+            for _ in 0..self.config.distance {
+                sentences.push(filler(rng));
+            }
+            text = sentences.join(" ");
+            for &i in &order {
+                text.push(' ');
+                text.push_str(&facts[i].question());
+                text.push(' ');
+                answer(&mut text, facts[i]);
+                text.push('.');
+            }
         }
         text.push('\n');
-        Document { text, answers }
+        (Document { text, answers }, order)
     }
 
     /// `len` bytes of consecutive documents from `seed`, starting at a document
@@ -156,7 +337,10 @@ impl SyntheticLanguage {
         while out.text.len() < len {
             let doc = self.document(&mut rng);
             let base = out.text.len();
-            out.answers.extend(doc.answers.iter().map(|r| r.start + base..r.end + base).filter(|r| r.end <= len));
+            out.answers.extend(doc.answers.into_iter().filter(|a| a.range.end + base <= len).map(|mut a| {
+                a.range = a.range.start + base..a.range.end + base;
+                a
+            }));
             out.text.push_str(&doc.text);
         }
         out.text.truncate(len);

@@ -6,11 +6,22 @@
 //! - [`synapses`]: the Hebbian synapse state σ over a text, and which synapses
 //!   and neurons carry a concept.
 //!
+//! - [`ablate`]: neurons ranked by selectivity for a concept and removed, with
+//!   random controls; the influence path of a logit; the overlap of two concepts.
+//! - [`patch`]: activation and synapse patching between texts that differ in one
+//!   fact: which layers, heads, neurons and synapses hold it.
+//! - [`induction`]: induction and previous-token heads on repeated random text.
+//! - [`top`]: a neuron's strongest contexts over a text, clustered into facets.
+//!
 //! Every analysis returns plain data (serialisable to JSON); rendering is left to
 //! the caller.
 
+pub mod ablate;
 pub mod graph;
+pub mod induction;
 pub mod louvain;
+pub mod patch;
 pub mod sparsity;
 pub mod stats;
 pub mod synapses;
+pub mod top;

@@ -47,6 +47,32 @@ pub fn check_site(model: &Bdh, layer: usize, head: usize) -> Result<()> {
     Ok(())
 }
 
+/// Runs `tokens` through the parallel forward in chunks of [`CHUNK`] with the
+/// synapse state carried between them (the same numbers as one pass over the whole
+/// text, in bounded memory) and calls `f(first position, activations)` per chunk.
+pub(crate) fn stream_chunks(
+    model: &Bdh,
+    tokens: &[u32],
+    mut f: impl FnMut(usize, &Activations) -> Result<()>,
+) -> Result<()> {
+    if tokens.is_empty() {
+        return Err(Error::Input("the text is empty".into()));
+    }
+    let mut state = State::new(&model.config)?;
+    let mut acts: Option<Activations> = None;
+    for (k, part) in tokens.chunks(CHUNK).enumerate() {
+        let t = part.len();
+        if acts.as_ref().is_none_or(|a| a.dims.t != t) {
+            drop(acts.take()); // free the old chunk's buffers first
+            acts = Some(Activations::new(model, 1, t)?);
+        }
+        let a = acts.as_mut().expect("just made");
+        forward(model, part, a, Pass { mode: Mode::Eval, edits: &NO_EDITS, state: Some(&mut state) })?;
+        f(k * CHUNK, a)?;
+    }
+    Ok(())
+}
+
 /// Runs `tokens` in chunks with the state carried between them and calls
 /// `f(first position, z, x)` for each chunk, with z of layer l−1 and x of layer l
 /// for head h, each (t, N) for the chunk's t tokens.
@@ -58,28 +84,17 @@ fn for_each_chunk(
     mut f: impl FnMut(usize, &[f32], &[f32]),
 ) -> Result<()> {
     check_site(model, layer, head)?;
-    if tokens.is_empty() {
-        return Err(Error::Input("the text is empty".into()));
-    }
     let n = model.config.n_neurons();
-    let mut state = State::new(&model.config)?;
-    let mut acts: Option<Activations> = None;
     let mut z = Vec::new();
-    for (k, part) in tokens.chunks(CHUNK).enumerate() {
-        let t = part.len();
-        if acts.as_ref().is_none_or(|a| a.dims.t != t) {
-            drop(acts.take()); // free the old chunk's buffers first
-            acts = Some(Activations::new(model, 1, t)?);
-        }
-        let a = acts.as_mut().expect("just made");
-        forward(model, part, a, Pass { mode: Mode::Eval, edits: &NO_EDITS, state: Some(&mut state) })?;
+    stream_chunks(model, tokens, |first, a| {
+        let t = a.dims.t;
         let block = head * t * n..(head + 1) * t * n;
         let (xp, yp) = (&a.x(layer - 1)[block.clone()], &a.y(layer - 1)[block.clone()]);
         z.clear();
         z.extend(xp.iter().zip(yp).map(|(a, b)| a * b));
-        f(k * CHUNK, &z, &a.x(layer)[block]);
-    }
-    Ok(())
+        f(first, &z, &a.x(layer)[block]);
+        Ok(())
+    })
 }
 
 /// σ at the end of `tokens`: `Σ_τ z_τᵀ x_τ`, (N, N), row i presynaptic, column j

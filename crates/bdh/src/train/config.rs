@@ -54,6 +54,11 @@ pub struct TrainingConfig {
     pub sample_tokens: usize,
     /// Seed of initialisation, batches and dropout.
     pub seed: u64,
+    /// Keep the model of every evaluation at a multiple of this many steps in
+    /// `steps/step-NNNNNN/` of the run (0: keep none), e.g. to follow how induction
+    /// heads form with `bdh inspect induction --run`.
+    #[serde(default)]
+    pub keep_every: usize,
 }
 
 /// A model, how to train it, and on what.
@@ -156,8 +161,15 @@ impl RunConfig {
                 )));
             }
         }
-        if self.data.facts == 0 {
-            return Err(Error::Config("data.facts must be > 0".into()));
+        let d = &self.data;
+        if d.facts == 0 || d.min_facts == 0 || d.min_facts > d.facts {
+            return Err(Error::Config(format!(
+                "need 1 ≤ data.min_facts ≤ data.facts, have {} and {}",
+                d.min_facts, d.facts
+            )));
+        }
+        if !(0.0..=1.0).contains(&d.lists) {
+            return Err(Error::Config(format!("data.lists = {} must be in [0, 1]", d.lists)));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! run/metrics.jsonl        one JSON object per logged step, evaluation and sample
 //! run/last/                model.safetensors, config.json, optimizer.safetensors, trainer.json
 //! run/best/                model.safetensors, config.json of the best validation loss
+//! run/steps/step-NNNNNN/    the model at step N, with `training.keep_every`
 //! ```
 
 use std::fs;
@@ -165,6 +166,9 @@ pub fn train(
                 state.best_val_loss = Some(m.val_loss);
                 save_model_dir(&trainer.model, &dir.join("best"))?;
             }
+            if tc.keep_every > 0 && state.step % tc.keep_every == 0 {
+                save_model_dir(&trainer.model, &kept_step_dir(dir, state.step))?;
+            }
             save_state(&trainer, &state, &last_dir)?;
             on(Event::Saved(&last_dir));
             last_eval = Some(m);
@@ -180,6 +184,27 @@ pub fn train(
         on(Event::Saved(&last_dir));
     }
     Ok(RunOutcome { step: state.step, interrupted, last_eval, losses, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Where a run keeps the model of step `step` (`training.keep_every`).
+pub fn kept_step_dir(run: &Path, step: usize) -> std::path::PathBuf {
+    run.join("steps").join(format!("step-{step:06}"))
+}
+
+/// The models a run kept (`training.keep_every`), by step.
+pub fn kept_steps(run: &Path) -> Result<Vec<(usize, std::path::PathBuf)>> {
+    let dir = run.join("steps");
+    let entries = fs::read_dir(&dir).map_err(|e| Error::io("reading", &dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io("reading", &dir, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+            out.push((step, path));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A sample from the corpus's sample prompt: (prompt, continuation).

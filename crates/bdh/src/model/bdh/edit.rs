@@ -1,6 +1,9 @@
 //! Interventions as data: edits of BDH's activations or synapse state, applied right
 //! after the kernel that produces the edited site. An empty list costs nothing.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::config::BdhConfig;
@@ -19,6 +22,9 @@ pub enum Site {
     /// The synapse state ρ: row `neuron` of ρ (its D values), before the step at
     /// `position` reads it. Only the recurrent form holds ρ.
     Rho,
+    /// The layer's output, the residual stream `v` after it: `neuron` is one of its
+    /// D dimensions and `head` is ignored. Parallel forward only.
+    Out,
 }
 
 /// What an edit does to the values it selects.
@@ -59,9 +65,34 @@ pub struct Edit {
     pub action: Action,
 }
 
-/// A list of edits; applied in order, so a later one wins where two overlap.
+/// Values of one site of one layer taken from another run of the same length
+/// (activation patching): written over the edited run's values at `positions`,
+/// for the chosen head and neurons. Parallel forward only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Patch {
+    /// X, Y, Xy or Out.
+    pub site: Site,
+    /// The layer.
+    pub layer: usize,
+    /// One head, or every head (ignored for `Out`).
+    pub head: Option<usize>,
+    /// Which neurons (for `Out`: dimensions of D), or every one.
+    pub neurons: Option<Vec<u32>>,
+    /// Positions patched (counted from the first token).
+    pub positions: Range<usize>,
+    /// The source run's values of the site at this layer, from position 0: (H, T, N)
+    /// for x, y and x⊙y, (T, D) for `Out`.
+    pub values: Arc<Vec<f32>>,
+}
+
+/// A list of edits, applied in order, so a later one wins where two overlap; then
+/// the patches.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Edits(Vec<Edit>);
+pub struct Edits {
+    list: Vec<Edit>,
+    #[serde(skip)]
+    patches: Vec<Patch>,
+}
 
 /// No edits: what every pass without interventions uses.
 pub static NO_EDITS: Edits = Edits::new();
@@ -82,31 +113,57 @@ pub(crate) struct Region {
 impl Edits {
     /// An empty list.
     pub const fn new() -> Self {
-        Edits(Vec::new())
+        Edits { list: Vec::new(), patches: Vec::new() }
     }
 
     /// Adds an edit.
     pub fn push(&mut self, edit: Edit) {
-        self.0.push(edit);
+        self.list.push(edit);
+    }
+
+    /// Adds a patch.
+    pub fn patch(&mut self, patch: Patch) {
+        self.patches.push(patch);
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.list.is_empty() && self.patches.is_empty()
     }
 
     /// Whether any edit is of `site`.
     pub fn touches(&self, site: Site) -> bool {
-        self.0.iter().any(|e| e.site == site)
+        self.list.iter().any(|e| e.site == site) || self.patches.iter().any(|p| p.site == site)
     }
 
     /// Checks every index against the model and every value: activations stay
     /// finite and non-negative (they are ReLU outputs), ρ values finite.
     pub fn validate(&self, cfg: &BdhConfig) -> Result<()> {
-        for (i, e) in self.0.iter().enumerate() {
+        let width = |site| if site == Site::Out { cfg.n_embd } else { cfg.n_neurons() };
+        for (i, p) in self.patches.iter().enumerate() {
+            let bad = |m: String| Err(Error::Input(format!("patch {i} ({:?}): {m}", p.site)));
+            let per_position = if p.site == Site::Out { cfg.n_embd } else { cfg.n_head * cfg.n_neurons() };
+            if p.site == Site::Rho {
+                return bad("ρ is patched by copying states, not by a forward patch".into());
+            }
+            if p.layer >= cfg.n_layer || p.head.is_some_and(|h| h >= cfg.n_head) {
+                return bad(format!("layer {} or head {:?} out of range", p.layer, p.head));
+            }
+            if p.neurons.iter().flatten().any(|&n| n as usize >= width(p.site)) {
+                return bad(format!("a neuron ≥ {}", width(p.site)));
+            }
+            if p.values.len() < p.positions.end.saturating_mul(per_position) {
+                return bad(format!(
+                    "values for {} positions, fewer than {}",
+                    p.values.len() / per_position,
+                    p.positions.end
+                ));
+            }
+        }
+        for (i, e) in self.list.iter().enumerate() {
             let bad = |m: String| Err(Error::Input(format!("edit {i} ({:?}): {m}", e.site)));
             let limits =
-                [("layer", e.layer, cfg.n_layer), ("head", e.head, cfg.n_head), ("neuron", e.neuron, cfg.n_neurons())];
+                [("layer", e.layer, cfg.n_layer), ("head", e.head, cfg.n_head), ("neuron", e.neuron, width(e.site))];
             for (what, value, limit) in limits {
                 if let Some(v) = value.filter(|&v| v >= limit) {
                     return bad(format!("{what} {v} ≥ {limit}"));
@@ -126,12 +183,17 @@ impl Edits {
 
     /// The edits of `site` at `layer`.
     fn at(&self, site: Site, layer: usize) -> impl Iterator<Item = &Edit> {
-        self.0.iter().filter(move |e| e.site == site && e.layer.is_none_or(|l| l == layer))
+        self.list.iter().filter(move |e| e.site == site && e.layer.is_none_or(|l| l == layer))
     }
 
     /// Whether any edit of `site` applies at `layer`.
     pub(crate) fn any(&self, site: Site, layer: usize) -> bool {
-        self.at(site, layer).next().is_some()
+        self.at(site, layer).next().is_some() || self.patches.iter().any(|p| p.site == site && p.layer == layer)
+    }
+
+    /// Whether there are patches (which only the parallel forward applies).
+    pub(crate) fn has_patches(&self) -> bool {
+        !self.patches.is_empty()
     }
 
     /// Applies the edits of `site` at `layer` to `buf`, the (B, heads, t, n) part of
@@ -148,6 +210,27 @@ impl Edits {
                     for t in positions.clone() {
                         let at = (h * r.t + t) * r.n * w;
                         row[at + neurons.start * w..at + neurons.end * w].fill(value);
+                    }
+                }
+            }
+        }
+        for p in self.patches.iter().filter(|p| p.site == site && p.layer == layer) {
+            // Source layout: (H, T_source, N) or (T_source, D) — one "head" for Out.
+            let src_heads = if site == Site::Out { 1 } else { r.heads + r.head0 };
+            let src_t = p.values.len() / (src_heads * r.n);
+            let heads = if site == Site::Out { 0..1 } else { span(p.head, r.head0, r.heads) };
+            for row in buf.chunks_exact_mut(block) {
+                for h in heads.clone() {
+                    for t in 0..r.t {
+                        let pos = r.pos0 + t;
+                        if !p.positions.contains(&pos) || pos >= src_t {
+                            continue;
+                        }
+                        let (dst, src) = ((h * r.t + t) * r.n, ((h + r.head0) * src_t + pos) * r.n);
+                        match &p.neurons {
+                            None => row[dst..dst + r.n].copy_from_slice(&p.values[src..src + r.n]),
+                            Some(list) => list.iter().for_each(|&i| row[dst + i as usize] = p.values[src + i as usize]),
+                        }
                     }
                 }
             }

@@ -267,6 +267,8 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
         }
         let (at, _) = acts.layer_rows(l, 0..b);
         mix(&p, at);
+        let out = Region { head0: 0, heads: 1, pos0, t, n: d, width: 1 };
+        edits.apply(Site::Out, l, &mut acts.v[(l + 1) * bt * d..(l + 2) * bt * d], out);
     }
     if let Some(state) = state {
         state.pos += t;

@@ -11,7 +11,7 @@ pub mod rope;
 
 pub use backward::{backward, Backward};
 pub use config::BdhConfig;
-pub use edit::{Action, Edit, Edits, Site, NO_EDITS};
+pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Pass};
 pub use params::{Weights, WeightsMut, FREQS_NAME, PARAM_NAMES};
 pub use recurrent::{Prepared, Scratch, State};

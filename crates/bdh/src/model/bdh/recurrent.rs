@@ -240,6 +240,9 @@ impl Prepared {
         self.check(scratch)?;
         if !edits.is_empty() {
             edits.validate(c)?;
+            if edits.has_patches() || edits.touches(Site::Out) {
+                return Err(Error::Input("patches and layer-output edits apply to the parallel forward".into()));
+            }
         }
         let s = scratch;
         let pos = state.pos;

@@ -1,0 +1,243 @@
+//! `bdh inspect induction` and `bdh inspect top`: which heads copy from the
+//! previous occurrence of a token (on one model, or over the kept models of a run),
+//! and what a single neuron fires for.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bdh::microscope::induction::{induction, InductionReport};
+use bdh::microscope::top::{top, TopReport};
+use bdh::model::bdh::{Bdh, Site};
+use bdh::Model;
+
+use super::{model_line, read_text, Output};
+use crate::page::{Chart, Page, Series};
+
+/// Induction and previous-token scores per head on repeated random text.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Tokens per copy of the random sequence.
+    #[arg(long, default_value_t = 64)]
+    length: usize,
+    /// Random sequences.
+    #[arg(long, default_value_t = 16)]
+    sequences: usize,
+    /// Seed of the sequences.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Instead of --model: every model a run kept (`training.keep_every`), in step order.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct Over {
+    step: Option<usize>,
+    report: InductionReport,
+}
+
+fn print(r: &InductionReport) {
+    println!(
+        "loss on the first copy {:.3}, on the second {:.3} nats/token (an even spread gives a share of {:.3} per position)",
+        r.first_loss, r.second_loss, r.uniform_share
+    );
+    println!(
+        "{:<6} {:<5} {:>10} {:>15} {:>22}",
+        "layer", "head", "induction", "previous token", "loss rise if removed"
+    );
+    for h in &r.heads {
+        println!("{:<6} {:<5} {:>10.3} {:>15.3} {:>22.3}", h.layer, h.head, h.induction, h.previous, h.ablation);
+    }
+}
+
+pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    match (&args.run, model) {
+        (Some(run), _) => {
+            let kept = bdh::train::run::kept_steps(run)
+                .with_context(|| format!("{} kept no models; train with --set training.keep_every=N", run.display()))?;
+            anyhow::ensure!(
+                !kept.is_empty(),
+                "{} kept no models; train with --set training.keep_every=N",
+                run.display()
+            );
+            for (step, dir) in kept {
+                let m = bdh::io::checkpoint::load(&dir, None).with_context(|| format!("loading {}", dir.display()))?;
+                let Model::Bdh(m) = m else { anyhow::bail!("{} is not a BDH model", dir.display()) };
+                let r = induction(&m, args.length, args.sequences, args.seed)?;
+                let best = r.heads.iter().max_by(|a, b| a.induction.total_cmp(&b.induction)).expect("a head");
+                println!(
+                    "step {step:>6}: second-copy loss {:.3} (first {:.3}); strongest induction: layer {} head {} ({:.3})",
+                    r.second_loss, r.first_loss, best.layer, best.head, best.induction
+                );
+                all.push(Over { step: Some(step), report: r });
+            }
+        }
+        (None, Some(m)) => {
+            let r = induction(m, args.length, args.sequences, args.seed)?;
+            println!("{}; {} random sequences of {} tokens, each repeated once", model_line(m), r.sequences, r.length);
+            print(&r);
+            all.push(Over { step: None, report: r });
+        }
+        (None, None) => anyhow::bail!("give --model or --run"),
+    }
+    out.write(&all, || page(out.page(), &all), "bdh inspect induction")
+}
+
+fn page(mut p: Page, all: &[Over]) -> Page {
+    p.heading("Induction heads");
+    p.text("Random printable sequences, each repeated once. A head's share at an offset is the magnitude of its attention score R(x_t)·R(x_s) there over the sum over every earlier position, averaged over the second copy. Induction: the position after the previous occurrence of the current token; previous token: the position before. Loss rise: second-copy loss with the head's neurons zeroed, minus without.");
+    if let [only] = all {
+        let r = &only.report;
+        let rows: Vec<Vec<String>> = r
+            .heads
+            .iter()
+            .map(|h| {
+                vec![
+                    h.layer.to_string(),
+                    h.head.to_string(),
+                    format!("{:.3}", h.induction),
+                    format!("{:.3}", h.previous),
+                    format!("{:.3}", h.ablation),
+                ]
+            })
+            .collect();
+        p.table(&["layer", "head", "induction", "previous token", "loss rise if removed"], &rows);
+        return p;
+    }
+    let heads = all.first().map_or(0, |o| o.report.heads.len());
+    let series = (0..heads)
+        .map(|i| {
+            let h = &all[0].report.heads[i];
+            Series {
+                name: format!("layer {} head {}", h.layer, h.head),
+                points: all.iter().map(|o| (o.step.unwrap_or(0) as f64, o.report.heads[i].induction)).collect(),
+                dots: true,
+                color: None,
+            }
+        })
+        .collect();
+    p.chart(&Chart {
+        title: "Induction share per head over training".into(),
+        x_label: "step".into(),
+        y_label: "induction share".into(),
+        log_x: false,
+        log_y: false,
+        series,
+    });
+    p.chart(&Chart {
+        title: "Loss on the second copy over training".into(),
+        x_label: "step".into(),
+        y_label: "nats per token".into(),
+        log_x: false,
+        log_y: false,
+        series: vec![
+            Series {
+                name: "first copy".into(),
+                points: all.iter().map(|o| (o.step.unwrap_or(0) as f64, o.report.first_loss)).collect(),
+                dots: true,
+                color: Some(7),
+            },
+            Series {
+                name: "second copy".into(),
+                points: all.iter().map(|o| (o.step.unwrap_or(0) as f64, o.report.second_loss)).collect(),
+                dots: true,
+                color: Some(0),
+            },
+        ],
+    });
+    p
+}
+
+/// The top-activating contexts of one neuron over a text, clustered into facets.
+#[derive(clap::Args)]
+pub struct TopArgs {
+    /// Layer.
+    #[arg(long)]
+    layer: usize,
+    /// Head.
+    #[arg(long)]
+    head: usize,
+    /// Neuron within the head.
+    #[arg(long)]
+    neuron: usize,
+    /// x, y or xy.
+    #[arg(long, default_value = "x", value_parser = super::ablate::parse_site)]
+    site: Site,
+    /// The text (a file).
+    #[arg(long, conflicts_with = "prompt")]
+    text: Option<PathBuf>,
+    /// The text (inline).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Contexts kept.
+    #[arg(long, default_value_t = 40)]
+    k: usize,
+    /// Facets (clusters) at most.
+    #[arg(long, default_value_t = 3)]
+    facets: usize,
+    /// Bytes shown each side.
+    #[arg(long, default_value_t = 24)]
+    radius: usize,
+}
+
+pub fn run_top(args: TopArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+    let bytes = read_text(&args.prompt, &args.text, out, "text")?;
+    anyhow::ensure!(args.radius <= 4096, "--radius must be at most 4096");
+    let r = top(model, &bytes, args.layer, args.head, args.neuron, args.site, args.k, args.facets, args.radius)?;
+    println!(
+        "{}; neuron {}:{}:{} ({:?}) fired at {} of {} tokens",
+        model_line(model),
+        r.layer,
+        r.head,
+        r.neuron,
+        r.site,
+        r.fired,
+        r.tokens
+    );
+    for (i, f) in r.facets.iter().enumerate() {
+        let toks: Vec<String> = f.tokens.iter().map(|(t, c)| format!("{t:?}×{c}")).collect();
+        println!("facet {i}: {} contexts, mean {:.4}; tokens {}", f.size, f.mean_activation, toks.join(" "));
+        for c in r.contexts.iter().filter(|c| c.facet == i).take(4) {
+            println!("  {:>8.4}  {}[{}]{}", c.activation, one_line(&c.before), one_line(&c.token), one_line(&c.after));
+        }
+    }
+    out.write(&r, || top_page(out.page(), &r), "bdh inspect top")
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', "⏎")
+}
+
+fn top_page(mut p: Page, r: &TopReport) -> Page {
+    p.heading(&format!("Neuron {}:{}:{} ({:?})", r.layer, r.head, r.neuron, r.site));
+    p.text(&format!(
+        "It fired at {} of {} tokens. Its {} strongest contexts, clustered into facets by k-means (cosine) on the whole head's activation there.",
+        r.fired,
+        r.tokens,
+        r.contexts.len()
+    ));
+    for (i, f) in r.facets.iter().enumerate() {
+        let toks: Vec<String> = f.tokens.iter().map(|(t, c)| format!("{t:?}×{c}")).collect();
+        p.heading(&format!(
+            "Facet {i}: {} contexts, mean activation {:.4}, tokens {}",
+            f.size,
+            f.mean_activation,
+            toks.join(" ")
+        ));
+        let rows: Vec<Vec<String>> = r
+            .contexts
+            .iter()
+            .filter(|c| c.facet == i)
+            .map(|c| {
+                vec![
+                    c.position.to_string(),
+                    format!("{:.4}", c.activation),
+                    format!("{}[{}]{}", one_line(&c.before), one_line(&c.token), one_line(&c.after)),
+                ]
+            })
+            .collect();
+        p.table(&["position", "activation", "context"], &rows);
+    }
+    p
+}

@@ -1,0 +1,324 @@
+//! Activation patching: where a recalled fact lives. A clean and a corrupted text
+//! differ in one stated value; the model should answer each with its own value.
+//! Activations of the clean run (x, y, x⊙y, a layer's output, or the synapse state
+//! ρ) are written into the corrupted run one layer, head or neuron group at a time,
+//! and the fraction of the answer's logit difference they restore is measured:
+//! `(LD_patched − LD_corrupted) / (LD_clean − LD_corrupted)`, summed over pairs,
+//! where LD is the logit of the clean answer's first byte minus the corrupted one's.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::data::Pair;
+use crate::error::{Error, Result};
+use crate::model::bdh::{forward, Activations, Bdh, Edits, Pass, Patch, Prepared, Site, State, NO_EDITS};
+
+/// Most clean/corrupted pairs a patching run takes.
+pub const MAX_PAIRS: usize = 10_000;
+
+/// A clean and a corrupted text of the same length, and the first bytes of the two
+/// answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairTokens {
+    /// The clean text.
+    pub clean: Vec<u32>,
+    /// The corrupted text.
+    pub corrupted: Vec<u32>,
+    /// First byte of the clean answer.
+    pub clean_answer: u32,
+    /// First byte of the corrupted answer.
+    pub corrupt_answer: u32,
+}
+
+impl PairTokens {
+    /// Checks that the texts are non-empty and of equal length and the answers differ.
+    pub fn new(clean: &[u8], corrupted: &[u8], clean_answer: &[u8], corrupt_answer: &[u8]) -> Result<Self> {
+        if clean.is_empty() || clean.len() != corrupted.len() {
+            return Err(Error::Input(format!(
+                "patching needs a clean and a corrupted text of the same, non-zero length (positions must line \
+                 up); got {} and {} bytes",
+                clean.len(),
+                corrupted.len()
+            )));
+        }
+        match (clean_answer.first(), corrupt_answer.first()) {
+            (Some(a), Some(b)) if a != b => Ok(PairTokens {
+                clean: clean.iter().map(|&c| c as u32).collect(),
+                corrupted: corrupted.iter().map(|&c| c as u32).collect(),
+                clean_answer: *a as u32,
+                corrupt_answer: *b as u32,
+            }),
+            _ => Err(Error::Input(format!(
+                "the two answers ({:?} and {:?}) must be non-empty and start with different bytes",
+                String::from_utf8_lossy(clean_answer),
+                String::from_utf8_lossy(corrupt_answer)
+            ))),
+        }
+    }
+
+    /// A pair of the built-in language.
+    pub fn from_pair(p: &Pair) -> Result<Self> {
+        Self::new(p.clean.as_bytes(), p.corrupted.as_bytes(), p.clean_value.as_bytes(), p.corrupt_value.as_bytes())
+    }
+
+    /// The logit difference clean − corrupted answer in the last row of `logits`.
+    fn diff(&self, logits: &[f32], v: usize) -> f64 {
+        let last = &logits[logits.len() - v..];
+        (last[self.clean_answer as usize] - last[self.corrupt_answer as usize]) as f64
+    }
+}
+
+/// What one patch restored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Restored {
+    /// x, y, xy, out (the layer's output) or rho.
+    pub site: Site,
+    /// The layer.
+    pub layer: usize,
+    /// The head, or `None` for every head (always `None` for out).
+    pub head: Option<usize>,
+    /// Fraction of the logit difference restored.
+    pub restored: f64,
+}
+
+/// The k first neurons (or rows of ρ) of a ranking patched together.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupPoint {
+    /// How many.
+    pub k: usize,
+    /// Fraction restored.
+    pub restored: f64,
+}
+
+/// Everything a patching run measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PatchReport {
+    /// Pairs.
+    pub pairs: usize,
+    /// Mean logit difference of the clean runs.
+    pub clean_diff: f64,
+    /// Mean logit difference of the corrupted runs.
+    pub corrupt_diff: f64,
+    /// Every layer, head and site patched whole.
+    pub sites: Vec<Restored>,
+    /// The single head and activation site (x, y or xy) that restores most.
+    pub best: Restored,
+    /// Its neurons, ranked by how much the clean and corrupted runs differ there,
+    /// patched k at a time.
+    pub neurons: Vec<GroupPoint>,
+    /// The single head whose ρ restores most.
+    pub best_rho: Restored,
+    /// Its rows of ρ, ranked by how much they differ, patched k at a time.
+    pub rho_rows: Vec<GroupPoint>,
+}
+
+/// One pair's clean activations, per layer: (site, layer) → values.
+struct Clean {
+    x: Vec<Arc<Vec<f32>>>,
+    y: Vec<Arc<Vec<f32>>>,
+    xy: Vec<Arc<Vec<f32>>>,
+    out: Vec<Arc<Vec<f32>>>,
+}
+
+impl Clean {
+    fn of(&self, site: Site, layer: usize) -> Arc<Vec<f32>> {
+        match site {
+            Site::X => self.x[layer].clone(),
+            Site::Y => self.y[layer].clone(),
+            Site::Xy => self.xy[layer].clone(),
+            _ => self.out[layer].clone(),
+        }
+    }
+}
+
+/// A pair run once clean and once corrupted, with what patching needs of it.
+struct Run<'a> {
+    pair: &'a PairTokens,
+    clean: Clean,
+    corrupted: Clean,
+    clean_diff: f64,
+    corrupt_diff: f64,
+    /// ρ after all but the last token, clean and corrupted.
+    rho: (State, State),
+}
+
+/// Powers of two up to `n`, and `n`.
+fn doubling(n: usize) -> Vec<usize> {
+    let mut ks: Vec<usize> = std::iter::successors(Some(1usize), |k| k.checked_mul(2)).take_while(|&k| k < n).collect();
+    ks.push(n);
+    ks
+}
+
+/// Patches clean activations into corrupted runs of `pairs` and reports what each
+/// layer, head, site, neuron group and synapse group restores.
+pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
+    let c = &model.config;
+    if pairs.is_empty() || pairs.len() > MAX_PAIRS {
+        return Err(Error::Input(format!("patching takes 1 to {MAX_PAIRS} pairs; got {}", pairs.len())));
+    }
+    if let Some(p) = pairs.iter().find(|p| p.clean.len() != p.corrupted.len() || p.clean.is_empty()) {
+        return Err(Error::Input(format!(
+            "a pair of {} and {} tokens; they must be equal",
+            p.clean.len(),
+            p.corrupted.len()
+        )));
+    }
+    let (l_n, h_n, n, d, v) = (c.n_layer, c.n_head, c.n_neurons(), c.n_embd, c.vocab_size);
+    let prepared = Prepared::new(model.clone())?;
+    let mut scratch = prepared.scratch();
+    let mut runs = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let t = pair.clean.len();
+        let mut acts = Activations::new(model, 1, t)?;
+        let mut record = |tokens: &[u32]| -> Result<(Clean, f64)> {
+            forward(model, tokens, &mut acts, Pass::default())?;
+            let keep = |f: &dyn Fn(usize) -> Vec<f32>| (0..l_n).map(|l| Arc::new(f(l))).collect();
+            let a = &acts;
+            let clean = Clean {
+                x: keep(&|l| a.x(l).to_vec()),
+                y: keep(&|l| a.y(l).to_vec()),
+                xy: keep(&|l| a.x(l).iter().zip(a.y(l)).map(|(x, y)| x * y).collect()),
+                out: keep(&|l| a.residual(l + 1).to_vec()),
+            };
+            Ok((clean, pair.diff(&a.logits, v)))
+        };
+        let (clean, clean_diff) = record(&pair.clean)?;
+        let (corrupted, corrupt_diff) = record(&pair.corrupted)?;
+        let mut prefix = |tokens: &[u32]| -> Result<State> {
+            let mut s = prepared.state()?;
+            if t > 1 {
+                prepared.prefill(&mut s, &mut scratch, &tokens[..t - 1], &NO_EDITS)?;
+            }
+            Ok(s)
+        };
+        let rho = (prefix(&pair.clean)?, prefix(&pair.corrupted)?);
+        runs.push(Run { pair, clean, corrupted, clean_diff, corrupt_diff, rho });
+    }
+    let clean_sum: f64 = runs.iter().map(|r| r.clean_diff).sum();
+    let corrupt_sum: f64 = runs.iter().map(|r| r.corrupt_diff).sum();
+    let gap = clean_sum - corrupt_sum;
+    if gap.is_nan() || gap <= 1e-6 * runs.len() as f64 {
+        return Err(Error::Input(format!(
+            "the model does not tell the clean answer from the corrupted one (mean logit difference {:.4} clean, \
+             {:.4} corrupted): patching has nothing to restore",
+            clean_sum / runs.len() as f64,
+            corrupt_sum / runs.len() as f64
+        )));
+    }
+
+    // Patched corrupted runs: the sum of LD_patched − LD_corrupted over pairs / gap.
+    let activation = |site: Site, layer: usize, head: Option<usize>, neurons: Option<Vec<u32>>| -> Result<f64> {
+        let mut sum = 0.0;
+        for r in &runs {
+            let t = r.pair.clean.len();
+            let mut edits = Edits::new();
+            let values = r.clean.of(site, layer);
+            edits.patch(Patch { site, layer, head, neurons: neurons.clone(), positions: 0..t, values });
+            let mut acts = Activations::new(model, 1, t)?;
+            forward(model, &r.pair.corrupted, &mut acts, Pass { edits: &edits, ..Pass::default() })?;
+            sum += r.pair.diff(&acts.logits, v) - r.corrupt_diff;
+        }
+        Ok(sum / gap)
+    };
+    let mut scratch = prepared.scratch();
+    let mut synapses = |layer: usize, head: Option<usize>, rows: Option<&[usize]>| -> Result<f64> {
+        let mut sum = 0.0;
+        for r in &runs {
+            let mut s = r.rho.1.clone();
+            for h in head.map_or(0..h_n, |h| h..h + 1) {
+                let block = (layer * h_n + h) * n * d;
+                match rows {
+                    None => s.rho[block..block + n * d].copy_from_slice(&r.rho.0.rho[block..block + n * d]),
+                    Some(rows) => rows.iter().for_each(|&i| {
+                        let at = block + i * d;
+                        s.rho[at..at + d].copy_from_slice(&r.rho.0.rho[at..at + d]);
+                    }),
+                }
+            }
+            let last = *r.pair.corrupted.last().expect("non-empty");
+            let logits = prepared.step(&mut s, &mut scratch, last, &NO_EDITS)?;
+            sum += r.pair.diff(logits, v) - r.corrupt_diff;
+        }
+        Ok(sum / gap)
+    };
+
+    let mut sites = Vec::new();
+    for layer in 0..l_n {
+        for site in [Site::X, Site::Y, Site::Xy] {
+            for head in (0..h_n).map(Some).chain([None]) {
+                sites.push(Restored { site, layer, head, restored: activation(site, layer, head, None)? });
+            }
+        }
+        sites.push(Restored {
+            site: Site::Out,
+            layer,
+            head: None,
+            restored: activation(Site::Out, layer, None, None)?,
+        });
+        for head in (0..h_n).map(Some).chain([None]) {
+            sites.push(Restored { site: Site::Rho, layer, head, restored: synapses(layer, head, None)? });
+        }
+    }
+    let best_of = |rho: bool| {
+        sites
+            .iter()
+            .filter(|s| s.head.is_some() && (s.site == Site::Rho) == rho && s.site != Site::Out)
+            .max_by(|a, b| a.restored.total_cmp(&b.restored))
+            .cloned()
+            .expect("every model has a head")
+    };
+    let (best, best_rho) = (best_of(false), best_of(true));
+
+    // Neurons of the best head ranked by |clean − corrupted| at the last position
+    // (where the answer is read), summed over pairs.
+    let head = best.head.expect("a single head");
+    let mut gaps = vec![0.0f64; n];
+    for r in &runs {
+        let (a, b) = (r.clean.of(best.site, best.layer), r.corrupted.of(best.site, best.layer));
+        let t = r.pair.clean.len();
+        let at = (head * t + t - 1) * n;
+        gaps.iter_mut().enumerate().for_each(|(j, g)| *g += (a[at + j] - b[at + j]).abs() as f64);
+    }
+    let order = ranking(&gaps);
+    let mut neurons = Vec::new();
+    for k in doubling(n) {
+        let chosen: Vec<u32> = order[..k].iter().map(|&j| j as u32).collect();
+        neurons.push(GroupPoint { k, restored: activation(best.site, best.layer, best.head, Some(chosen))? });
+    }
+
+    // Rows of ρ of the best head ranked by how far apart clean and corrupted are.
+    let rh = best_rho.head.expect("a single head");
+    let block = (best_rho.layer * h_n + rh) * n * d;
+    let mut row_gaps = vec![0.0f64; n];
+    for r in &runs {
+        for (i, g) in row_gaps.iter_mut().enumerate() {
+            let at = block + i * d;
+            let (a, b) = (&r.rho.0.rho[at..at + d], &r.rho.1.rho[at..at + d]);
+            *g += a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt();
+        }
+    }
+    let row_order = ranking(&row_gaps);
+    let mut rho_rows = Vec::new();
+    for k in doubling(n) {
+        rho_rows.push(GroupPoint { k, restored: synapses(best_rho.layer, best_rho.head, Some(&row_order[..k]))? });
+    }
+    let count = runs.len() as f64;
+    Ok(PatchReport {
+        pairs: runs.len(),
+        clean_diff: clean_sum / count,
+        corrupt_diff: corrupt_sum / count,
+        sites,
+        best,
+        neurons,
+        best_rho,
+        rho_rows,
+    })
+}
+
+/// Indices of `values`, largest first (ties by index).
+fn ranking(values: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order
+}
