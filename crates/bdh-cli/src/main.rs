@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model (default: the small preset on the built-in corpus).
+    /// Train a model (default: the recall preset on the built-in corpus).
     Train(train::Args),
     /// Generate text from a prompt.
     Generate(generate::Args),

@@ -14,11 +14,11 @@ use bdh::train::run::{train, Event};
 use bdh::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Trains a model. With no arguments: the `small` preset on the built-in corpus.
+/// Trains a model. With no arguments: the `recall` preset on the built-in corpus.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Preset name (tiny, small, paper, gpt-tiny, gpt-small) or a run-config TOML file.
-    #[arg(long, default_value = "small", conflicts_with = "resume")]
+    /// Preset name (recall, tiny, small, paper, gpt-tiny, gpt-small) or a run-config TOML file.
+    #[arg(long, default_value = "recall", conflicts_with = "resume")]
     preset: String,
     /// Override a config key, e.g. `--set training.lr=3e-4` (repeatable). With
     /// --resume it changes the resumed run's config, and each change is printed.

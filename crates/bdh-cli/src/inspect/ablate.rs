@@ -206,9 +206,9 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     let mut acts = None;
     let stepped = !args.synapses.is_empty();
     let baseline = score(model, &probe, &Edits::new(), &mut acts)?;
-    println!("{}; {} built-in windows of {} tokens", model_line(model), args.rows.max(1), args.window);
+    say!("{}; {} built-in windows of {} tokens", model_line(model), args.rows.max(1), args.window);
     let show = |name: &str, s: &Score| {
-        println!("  {name:<24} loss {:.4}   answers right: {}", s.loss, answers(s));
+        say!("  {name:<24} loss {:.4}   answers right: {}", s.loss, answers(s));
     };
     show("unablated", &baseline);
     let mut report = Report {
@@ -239,7 +239,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
                     score(model, &text_probe, &edits, &mut None)?.loss
                 },
             );
-            println!("  loss on {}: {a:.4} → {b:.4}", path.display());
+            say!("  loss on {}: {a:.4} → {b:.4}", path.display());
             report.text_loss = Some((a, b));
         }
         if let Some(prompt) = &args.prompt {
@@ -249,15 +249,15 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
             let p = tokens(prompt.as_bytes());
             let (a, b) =
                 (text(greedy(model, &p, args.tokens, &Edits::new())?), text(greedy(model, &p, args.tokens, &edits)?));
-            println!("  {prompt}│{a}\n  without: {prompt}│{b}");
+            say!("  {prompt}│{a}\n  without: {prompt}│{b}");
             report.generation = Some((a, b));
         }
     }
     if let Some((kind, ranked)) = args.concept.rank(model, out)? {
         report.concept_kind = kind;
-        println!("most selective neurons ({:?}):", site);
+        say!("most selective neurons ({:?}):", site);
         for s in ranked.iter().take(8) {
-            println!(
+            say!(
                 "  {}:{}:{:<5} d = {:+.2}  mean {:.4} vs {:.4}",
                 s.id.layer, s.id.head, s.id.neuron, s.selectivity, s.concept, s.background
             );
@@ -269,10 +269,10 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         report.curve = ablation_curve(model, &probe, &ids, &ks, site, args.seed)?;
         let (mine, other) = kind.map_or((Kind::Place, Kind::Color), |k| (k, k.other()));
         let header = |k: Kind| format!("{} answers", kind_name(k));
-        println!("{:>5}  {:>16} {:>16} {:>15}", "k", header(mine), header(other), "loss");
-        println!("{:>5}  {:>16} {:>16} {:>15}", "", "top / random", "top / random", "top / random");
+        say!("{:>5}  {:>16} {:>16} {:>15}", "k", header(mine), header(other), "loss");
+        say!("{:>5}  {:>16} {:>16} {:>15}", "", "top / random", "top / random", "top / random");
         for p in &report.curve {
-            println!(
+            say!(
                 "{:>5}  {:>7.1}% /{:>5.1}% {:>7.1}% /{:>5.1}% {:>7.4} /{:.4}",
                 p.k,
                 100.0 * p.selected.accuracy(mine),
@@ -390,8 +390,8 @@ pub fn run_overlap(args: OverlapArgs, model: &Bdh, out: &mut Output) -> anyhow::
     let (_, b) = second.rank(model, out)?.expect("a concept");
     let (ia, ib): (Vec<NeuronId>, Vec<NeuronId>) = (a.iter().map(|s| s.id).collect(), b.iter().map(|s| s.id).collect());
     let r: Overlap = overlap(&ia, &ib, args.top, ia.len(), args.draws, 0)?;
-    println!("{}", model_line(model));
-    println!(
+    say!("{}", model_line(model));
+    say!(
         "top {} of {} neurons: {} shared, Jaccard {:.3}; random sets: mean {:.3}, 95th percentile {:.3}; p = {:.4}",
         r.k, r.total, r.shared, r.jaccard, r.random_mean, r.random_p95, r.p_value
     );

@@ -37,12 +37,12 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     let opts =
         GraphOptions { heads: args.heads, quantiles: args.quantiles, louvain_seeds: args.seeds, seed: args.seed };
     let heads = analyse(model, &opts);
-    println!(
+    say!(
         "{}; G_h[j, i] = decoder_h[j]·encoder_h[:, i] (edge j → i), {:.1} s",
         model_line(model),
         t0.elapsed().as_secs_f64()
     );
-    println!(
+    say!(
         "{:<5} {:>9} {:>9} {:>9}  {:>10} {:>10} {:>10}  {:>12} {:>12}",
         "head", "quantile", "edges", "⟨k⟩", "Q model", "Q G(n,m)", "Q low-rank", "α out (xmin)", "α in (xmin)"
     );
@@ -52,7 +52,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     };
     for hg in &heads {
         for t in &hg.sweep {
-            println!(
+            say!(
                 "{:<5} {:>9} {:>9} {:>9.2}  {:>10.3} {:>10.3} {:>10.3}  {:>12} {:>12}",
                 hg.head,
                 t.quantile,

@@ -37,16 +37,16 @@ struct Over {
 }
 
 fn print(r: &InductionReport) {
-    println!(
+    say!(
         "loss on the first copy {:.3}, on the second {:.3} nats/token (an even spread gives a share of {:.3} per position)",
         r.first_loss, r.second_loss, r.uniform_share
     );
-    println!(
+    say!(
         "{:<6} {:<5} {:>10} {:>15} {:>22}",
         "layer", "head", "induction", "previous token", "loss rise if removed"
     );
     for h in &r.heads {
-        println!("{:<6} {:<5} {:>10.3} {:>15.3} {:>22.3}", h.layer, h.head, h.induction, h.previous, h.ablation);
+        say!("{:<6} {:<5} {:>10.3} {:>15.3} {:>22.3}", h.layer, h.head, h.induction, h.previous, h.ablation);
     }
 }
 
@@ -66,7 +66,7 @@ pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<
                 let Model::Bdh(m) = m else { anyhow::bail!("{} is not a BDH model", dir.display()) };
                 let r = induction(&m, args.length, args.sequences, args.seed)?;
                 let best = r.heads.iter().max_by(|a, b| a.induction.total_cmp(&b.induction)).expect("a head");
-                println!(
+                say!(
                     "step {step:>6}: second-copy loss {:.3} (first {:.3}); strongest induction: layer {} head {} ({:.3})",
                     r.second_loss, r.first_loss, best.layer, best.head, best.induction
                 );
@@ -75,13 +75,17 @@ pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<
         }
         (None, Some(m)) => {
             let r = induction(m, args.length, args.sequences, args.seed)?;
-            println!("{}; {} random sequences of {} tokens, each repeated once", model_line(m), r.sequences, r.length);
+            say!("{}; {} random sequences of {} tokens, each repeated once", model_line(m), r.sequences, r.length);
             print(&r);
             all.push(Over { step: None, report: r });
         }
         (None, None) => anyhow::bail!("give --model or --run"),
     }
-    out.write(&all, || page(out.page(), &all), "bdh inspect induction")
+    #[derive(serde::Serialize)]
+    struct Models<'a> {
+        models: &'a [Over],
+    }
+    out.write(&Models { models: &all }, || page(out.page(), &all), "bdh inspect induction")
 }
 
 fn page(mut p: Page, all: &[Over]) -> Page {
@@ -185,7 +189,7 @@ pub fn run_top(args: TopArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<(
     let bytes = read_text(&args.prompt, &args.text, out, "text")?;
     anyhow::ensure!(args.radius <= 4096, "--radius must be at most 4096");
     let r = top(model, &bytes, args.layer, args.head, args.neuron, args.site, args.k, args.facets, args.radius)?;
-    println!(
+    say!(
         "{}; neuron {}:{}:{} ({:?}) fired at {} of {} tokens",
         model_line(model),
         r.layer,
@@ -197,9 +201,9 @@ pub fn run_top(args: TopArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<(
     );
     for (i, f) in r.facets.iter().enumerate() {
         let toks: Vec<String> = f.tokens.iter().map(|(t, c)| format!("{t:?}×{c}")).collect();
-        println!("facet {i}: {} contexts, mean {:.4}; tokens {}", f.size, f.mean_activation, toks.join(" "));
+        say!("facet {i}: {} contexts, mean {:.4}; tokens {}", f.size, f.mean_activation, toks.join(" "));
         for c in r.contexts.iter().filter(|c| c.facet == i).take(4) {
-            println!("  {:>8.4}  {}[{}]{}", c.activation, one_line(&c.before), one_line(&c.token), one_line(&c.after));
+            say!("  {:>8.4}  {}[{}]{}", c.activation, one_line(&c.before), one_line(&c.token), one_line(&c.after));
         }
     }
     out.write(&r, || top_page(out.page(), &r), "bdh inspect top")

@@ -13,6 +13,22 @@ use bdh::Model;
 use crate::page::Page;
 use crate::provenance::Provenance;
 
+/// Whether the summary goes to standard error, because `--json -` gives standard
+/// output to the JSON alone.
+static SUMMARY_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints a line of a command's summary: to standard output, or to standard error
+/// when the JSON goes to standard output.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if $crate::inspect::SUMMARY_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
 mod ablate;
 mod graph;
 mod induction;
@@ -80,6 +96,8 @@ enum What {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
+    let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
+    SUMMARY_TO_STDERR.store(json_to_stdout, std::sync::atomic::Ordering::Relaxed);
     if let What::Induction(a) = &args.what {
         if let Some(run) = &a.run {
             let mut provenance = Provenance::of_this_run();

@@ -15,7 +15,8 @@ use crate::page::{Chart, Page, Series};
 /// Patch activations from clean texts into texts that differ in one stated fact.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pairs drawn from the built-in language (stories that differ in one value).
+    /// Pairs drawn from the built-in language (lists and stories of the default
+    /// corpus that differ in one stated value).
     #[arg(long, default_value_t = 16)]
     pairs: usize,
     /// Instead: a JSON-lines file of pairs, each
@@ -64,25 +65,25 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         Some(path) => read_pairs(path, out)?,
         None => {
             anyhow::ensure!((1..=MAX_PAIRS).contains(&args.pairs), "--pairs must be in 1..={MAX_PAIRS}");
-            let lang = SyntheticLanguage::new(SyntheticConfig { facts: 3, distance: 1, ..SyntheticConfig::default() });
+            let lang = SyntheticLanguage::new(SyntheticConfig::default());
             let drawn = lang.pairs(args.pairs, args.seed);
             if let Some(p) = drawn.first() {
-                println!("e.g. clean …{:?} → {:?}; corrupted → {:?}", tail(&p.clean), p.clean_value, p.corrupt_value);
+                say!("e.g. clean …{:?} → {:?}; corrupted → {:?}", tail(&p.clean), p.clean_value, p.corrupt_value);
             }
             drawn.iter().map(PairTokens::from_pair).collect::<Result<_, _>>()?
         }
     };
     let r = patch(model, &pairs)?;
-    println!("{}; {} pairs", model_line(model), r.pairs);
-    println!(
+    say!("{}; {} pairs", model_line(model), r.pairs);
+    say!(
         "logit difference clean − corrupted answer: {:.3} on clean texts, {:.3} on corrupted; restored by patching:",
         r.clean_diff, r.corrupt_diff
     );
     let heads = model.config.n_head;
     let head_names: Vec<String> = (0..heads).map(|h| format!("head {h}")).chain(["all".into()]).collect();
-    println!("{:<6} {:<5} {}", "layer", "site", head_names.iter().map(|h| format!("{h:>8}")).collect::<String>());
+    say!("{:<6} {:<5} {}", "layer", "site", head_names.iter().map(|h| format!("{h:>8}")).collect::<String>());
     for row in site_rows(&r) {
-        println!(
+        say!(
             "{:<6} {:<5} {}",
             row.0,
             row.1,
@@ -90,16 +91,14 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         );
     }
     let best = |b: &Restored| format!("{} of layer {} head {}", name(b.site), b.layer, b.head.unwrap_or(0));
-    println!("neurons of the best site ({}), patched k at a time:", best(&r.best));
-    println!(
-        "  {}",
-        r.neurons.iter().map(|g| format!("{}: {:.0}%", g.k, 100.0 * g.restored)).collect::<Vec<_>>().join("  ")
-    );
-    println!("rows of ρ of the best synapse head ({}), patched k at a time:", best(&r.best_rho));
-    println!(
-        "  {}",
-        r.rho_rows.iter().map(|g| format!("{}: {:.0}%", g.k, 100.0 * g.restored)).collect::<Vec<_>>().join("  ")
-    );
+    let curve = |g: &[bdh::microscope::patch::GroupPoint]| {
+        g.iter().map(|g| format!("{}: {:.0}%", g.k, 100.0 * g.restored)).collect::<Vec<_>>().join("  ")
+    };
+    let first = |ids: &[usize]| ids.iter().take(8).map(usize::to_string).collect::<Vec<_>>().join(",");
+    say!("neurons of the best site ({}), patched k at a time:", best(&r.best));
+    say!("  {}\n  first: {}", curve(&r.neurons), first(&r.top_neurons));
+    say!("rows of ρ of the best synapse head ({}), patched k at a time:", best(&r.best_rho));
+    say!("  {}\n  first: {}", curve(&r.rho_rows), first(&r.top_rho_rows));
     out.write(&r, || page(out.page(), &r, &head_names), "bdh inspect patch")
 }
 
@@ -201,9 +200,9 @@ pub fn run_path(args: PathArgs, model: &Bdh, out: &mut Output) -> anyhow::Result
     anyhow::ensure!((1..=4096).contains(&args.candidates), "--candidates must be in 1..=4096");
     out.provenance.text("prompt", "--prompt", args.prompt.as_bytes());
     let r = influence_path(model, &tokens(args.prompt.as_bytes()), target as u32, args.candidates)?;
-    println!("{}; logit of {:?} after the prompt: {:.3}", model_line(model), target as char, r.logit);
+    say!("{}; logit of {:?} after the prompt: {:.3}", model_line(model), target as char, r.logit);
     for s in &r.steps {
-        println!(
+        say!(
             "  layer {} head {} neuron {:<5} → logit {:.3} ({:+.3})",
             s.id.layer, s.id.head, s.id.neuron, s.logit, s.shift
         );

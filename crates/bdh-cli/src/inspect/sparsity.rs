@@ -25,11 +25,11 @@ pub struct Args {
 pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     let bytes = read_text(&args.prompt, &args.text, out, "text")?;
     let r = sparsity(model, &tokens(&bytes), args.window)?;
-    println!("{}, {} tokens in windows of {}", model_line(model), r.tokens, r.window);
-    println!("{:<6} {:>8} {:>8} {:>8} {:>8}   per-token x: min / median / max", "layer", "x", "y", "x⊙y", "pairs");
+    say!("{}, {} tokens in windows of {}", model_line(model), r.tokens, r.window);
+    say!("{:<6} {:>8} {:>8} {:>8} {:>8}   per-token x: min / median / max", "layer", "x", "y", "x⊙y", "pairs");
     for l in &r.layers {
         let q = l.per_token_x_quartiles;
-        println!(
+        say!(
             "{:<6} {:>7.2}% {:>7.2}% {:>7.2}% {:>7.2}%   {:.1}% / {:.1}% / {:.1}%",
             l.layer,
             100.0 * l.all.x,
@@ -42,7 +42,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         );
     }
     let top = &r.most_active[0];
-    println!(
+    say!(
         "most active: layer {} head {} neuron {} fires on {:.1}% of tokens; {} neurons never fired",
         top.layer,
         top.head,

@@ -62,7 +62,7 @@ struct Report {
 
 pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     check_site(model, args.layer, args.head)?;
-    println!(
+    say!(
         "{}; σ(i, j) = Σ_τ (x⊙y)_{}(τ, i) · x_{}(τ, j), head {}",
         model_line(model),
         args.layer.saturating_sub(1),
@@ -75,7 +75,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         text = read_text(&args.prompt, &args.text, out, "text")?;
         let window = args.window.map(|(a, b)| a..b);
         let r = synapses(model, &tokens(&text), args.layer, args.head, args.top, &args.trace, window)?;
-        println!(
+        say!(
             "{} tokens, σ over positions {}..{}; {} of {} synapses non-zero; strongest:",
             r.tokens,
             r.window.start,
@@ -84,21 +84,21 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
             model.config.n_neurons().pow(2)
         );
         for s in r.strongest.iter().take(10) {
-            println!("  {:>5} → {:<5} σ = {:.4}", s.from, s.to, s.value);
+            say!("  {:>5} → {:<5} σ = {:.4}", s.from, s.to, s.value);
         }
         report.synapses = Some(r);
     }
     if let (Some(c), Some(k)) = (&args.concept, &args.contrast) {
         let (concept, contrast) = (sentences(c, out, "concept")?, sentences(k, out, "contrast")?);
         let r = concept_search(model, &concept, &contrast, args.layer, args.head, args.top)?;
-        println!(
+        say!(
             "concept search: {} concept vs {} contrast sentences; {} synapses and {} neurons tested \
              (q: Benjamini–Hochberg over each set)",
             r.concept, r.contrast, r.candidates, r.neurons_tested
         );
         let show = |s: &Separation| {
             let name = s.to.map_or(format!("neuron {}", s.from), |to| format!("synapse {} → {}", s.from, to));
-            println!(
+            say!(
                 "  {name:<22} U = {:>6.1}  p = {:.2e}  q = {:.2e}  r = {:+.2}  mean {:.4} vs {:.4}",
                 s.test.u, s.test.p, s.q, s.test.r, s.concept_mean, s.contrast_mean
             );

@@ -69,8 +69,9 @@ fn one() -> usize {
 }
 
 impl Default for SyntheticConfig {
+    /// The corpus of the default run (`configs/recall.toml`).
     fn default() -> Self {
-        SyntheticConfig { facts: 3, min_facts: 1, distance: 2, lists: 0.0 }
+        SyntheticConfig { facts: 4, min_facts: 1, distance: 1, lists: 0.75 }
     }
 }
 
@@ -217,9 +218,9 @@ impl SyntheticLanguage {
         self.render(&facts, list, rng).0
     }
 
-    /// A clean and a corrupted story that differ in the value of one stated fact
-    /// only, both cut right before the answer to the question about it, and the two
-    /// values. The values have the same length and different first bytes, so the
+    /// A clean and a corrupted document (a list or a story, as the knobs draw) that
+    /// differ in the value of one stated fact only, both cut right before the
+    /// answer to the question about it, and the two values. The values have the same length and different first bytes, so the
     /// texts have the same length and the first byte of the answer tells them apart.
     pub fn pair(&self, rng: &mut impl Rng) -> Pair {
         let facts = self.facts(rng);
@@ -235,8 +236,9 @@ impl SyntheticLanguage {
         let mut corrupted = facts.clone();
         corrupted[which] = facts[which].with_value(corrupt_value);
         let layout = rng.random::<u64>();
+        let list = rng.random_bool(self.config.lists.clamp(0.0, 1.0));
         let cut = |facts: &[Fact]| {
-            let (doc, order) = self.render(facts, false, &mut ChaCha8Rng::seed_from_u64(layout));
+            let (doc, order) = self.render(facts, list, &mut ChaCha8Rng::seed_from_u64(layout));
             let asked = order.iter().position(|&i| i == which).expect("every fact is asked about");
             doc.text[..doc.answers[asked].range.start].to_string()
         };

@@ -107,10 +107,14 @@ pub struct PatchReport {
     /// Its neurons, ranked by how much the clean and corrupted runs differ there,
     /// patched k at a time.
     pub neurons: Vec<GroupPoint>,
+    /// The first 64 of that ranking.
+    pub top_neurons: Vec<usize>,
     /// The single head whose ρ restores most.
     pub best_rho: Restored,
     /// Its rows of ρ, ranked by how much they differ, patched k at a time.
     pub rho_rows: Vec<GroupPoint>,
+    /// The first 64 of that ranking.
+    pub top_rho_rows: Vec<usize>,
 }
 
 /// One pair's clean activations, per layer: (site, layer) → values.
@@ -311,8 +315,10 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
         sites,
         best,
         neurons,
+        top_neurons: order.iter().take(64).copied().collect(),
         best_rho,
         rho_rows,
+        top_rho_rows: row_order.iter().take(64).copied().collect(),
     })
 }
 

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
 /// The built-in presets, by name, as the TOML text of `configs/<name>.toml`.
-pub const PRESETS: [(&str, &str); 5] = [
+pub const PRESETS: [(&str, &str); 6] = [
+    ("recall", include_str!("../../../../configs/recall.toml")),
     ("tiny", include_str!("../../../../configs/tiny.toml")),
     ("small", include_str!("../../../../configs/small.toml")),
     ("paper", include_str!("../../../../configs/paper.toml")),
