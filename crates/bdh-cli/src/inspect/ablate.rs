@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bdh::data::{Kind, SyntheticConfig, SyntheticLanguage};
 use bdh::microscope::ablate::{
-    ablation_curve, greedy, overlap, score, score_stepped, selectivity, CurvePoint, NeuronId, Overlap, Probe, Score,
-    Selective,
+    ablation_curve, greedy, overlap, random_control, score, score_stepped, selectivity, CurvePoint, NeuronId, Overlap,
+    Probe, Score, Selective,
 };
-use bdh::model::bdh::{Action, Bdh, Edit, Edits, Site};
+use bdh::model::bdh::{Bdh, Edit, Edits, Site};
 
 use super::{model_line, read_file, tokens, Output};
 use crate::page::{Chart, Page, Series};
@@ -177,6 +177,9 @@ struct Report {
     removed: Vec<String>,
     baseline: Score,
     ablated: Option<Score>,
+    /// The same count of random neurons (and rows of ρ) of the same heads removed
+    /// instead (whole heads are kept as they are).
+    control: Option<Score>,
     text_loss: Option<(f64, f64)>,
     generation: Option<(String, String)>,
     concept_kind: Option<Kind>,
@@ -199,7 +202,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         edits.push(Edit { neuron: None, ..NeuronId { layer: l, head: h, neuron: 0 }.zero(Site::X) });
     }
     for id in &args.synapses {
-        edits.push(Edit { site: Site::Rho, action: Action::Zero, ..id.zero(Site::Rho) });
+        edits.push(id.zero(Site::Rho));
     }
     let synthetic = SyntheticConfig { facts: args.facts.max(1), ..SyntheticConfig::default() };
     let probe = Probe::built_in(&synthetic, args.rows.max(1), args.window.max(8));
@@ -215,6 +218,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         removed: Vec::new(),
         baseline: baseline.clone(),
         ablated: None,
+        control: None,
         text_loss: None,
         generation: None,
         concept_kind: None,
@@ -225,8 +229,21 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         report.removed = describe(&args);
         let ablated =
             if stepped { score_stepped(model, &probe, &edits)? } else { score(model, &probe, &edits, &mut acts)? };
-        show(&format!("without {}", report.removed.join(" ")), &ablated);
+        show(&format!("without {}", report.removed.join(", ")), &ablated);
         report.ablated = Some(ablated);
+        if !args.neurons.is_empty() || !args.synapses.is_empty() {
+            let n = model.config.n_neurons();
+            let mut control = Edits::new();
+            random_control(&args.neurons, n, args.seed).iter().for_each(|id| control.push(id.zero(site)));
+            random_control(&args.synapses, n, args.seed + 1).iter().for_each(|id| control.push(id.zero(Site::Rho)));
+            let c = if stepped {
+                score_stepped(model, &probe, &control)?
+            } else {
+                score(model, &probe, &control, &mut acts)?
+            };
+            show("random control", &c);
+            report.control = Some(c);
+        }
         if let Some(path) = &args.text {
             let bytes = read_file(path)?;
             out.provenance.file("text", path, &bytes);
@@ -259,7 +276,12 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         for s in ranked.iter().take(8) {
             say!(
                 "  {}:{}:{:<5} d = {:+.2}  mean {:.4} vs {:.4}",
-                s.id.layer, s.id.head, s.id.neuron, s.selectivity, s.concept, s.background
+                s.id.layer,
+                s.id.head,
+                s.id.neuron,
+                s.selectivity,
+                s.concept,
+                s.background
             );
         }
         let ids: Vec<NeuronId> = ranked.iter().map(|s| s.id).collect();
@@ -293,15 +315,32 @@ fn answers(s: &Score) -> String {
     s.kinds.iter().map(|k| format!("{} {}/{}", kind_name(k.kind), k.correct, k.answers)).collect::<Vec<_>>().join(", ")
 }
 
+/// What is removed, one entry per kind and head: "x of neurons 1:0:{4,17}",
+/// "head 0:1", "ρ rows 1:0:{…}" (more than 6 ids are counted, not listed).
 fn describe(args: &Args) -> Vec<String> {
-    let id = |k: &str, i: &NeuronId| format!("{k} {}:{}:{}", i.layer, i.head, i.neuron);
     let site = format!("{:?}", args.concept.site).to_lowercase();
-    args.neurons
-        .iter()
-        .map(|i| id(&format!("{site} of neuron"), i))
-        .chain(args.heads.iter().map(|(l, h)| format!("head {l}:{h}")))
-        .chain(args.synapses.iter().map(|i| id("ρ row", i)))
-        .collect()
+    let group = |what: &str, ids: &[NeuronId]| -> Vec<String> {
+        let mut heads: Vec<(usize, usize)> = ids.iter().map(|i| (i.layer, i.head)).collect();
+        heads.dedup();
+        heads.sort_unstable();
+        heads.dedup();
+        heads
+            .into_iter()
+            .map(|(l, h)| {
+                let mine: Vec<String> =
+                    ids.iter().filter(|i| (i.layer, i.head) == (l, h)).map(|i| i.neuron.to_string()).collect();
+                if mine.len() > 6 {
+                    format!("{} {what} of head {l}:{h}", mine.len())
+                } else {
+                    format!("{what} {l}:{h}:{{{}}}", mine.join(","))
+                }
+            })
+            .collect()
+    };
+    let mut out = group(&format!("{site} of neurons"), &args.neurons);
+    out.extend(args.heads.iter().map(|(l, h)| format!("head {l}:{h}")));
+    out.extend(group("ρ rows", &args.synapses));
+    out
 }
 
 fn page(mut p: Page, r: &Report) -> Page {
@@ -309,6 +348,9 @@ fn page(mut p: Page, r: &Report) -> Page {
     let mut rows = vec![vec!["unablated".to_string(), format!("{:.4}", r.baseline.loss), answers(&r.baseline)]];
     if let Some(a) = &r.ablated {
         rows.push(vec![format!("without {}", r.removed.join(", ")), format!("{:.4}", a.loss), answers(a)]);
+    }
+    if let Some(c) = &r.control {
+        rows.push(vec!["without as many random ones of the same heads".into(), format!("{:.4}", c.loss), answers(c)]);
     }
     p.table(&["model", "loss (built-in)", "answers right"], &rows);
     if let Some((a, b)) = &r.generation {
@@ -393,7 +435,13 @@ pub fn run_overlap(args: OverlapArgs, model: &Bdh, out: &mut Output) -> anyhow::
     say!("{}", model_line(model));
     say!(
         "top {} of {} neurons: {} shared, Jaccard {:.3}; random sets: mean {:.3}, 95th percentile {:.3}; p = {:.4}",
-        r.k, r.total, r.shared, r.jaccard, r.random_mean, r.random_p95, r.p_value
+        r.k,
+        r.total,
+        r.shared,
+        r.jaccard,
+        r.random_mean,
+        r.random_p95,
+        r.p_value
     );
     #[derive(serde::Serialize)]
     struct Both<'a> {

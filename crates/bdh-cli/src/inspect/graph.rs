@@ -44,7 +44,15 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     );
     say!(
         "{:<5} {:>9} {:>9} {:>9}  {:>10} {:>10} {:>10}  {:>12} {:>12}",
-        "head", "quantile", "edges", "⟨k⟩", "Q model", "Q G(n,m)", "Q low-rank", "α out (xmin)", "α in (xmin)"
+        "head",
+        "quantile",
+        "edges",
+        "⟨k⟩",
+        "Q model",
+        "Q G(n,m)",
+        "Q low-rank",
+        "α out (xmin)",
+        "α in (xmin)"
     );
     let fit = |s: &GraphStats, out: bool| {
         let f = if out { &s.out_fit } else { &s.in_fit };

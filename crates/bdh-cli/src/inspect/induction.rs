@@ -41,10 +41,7 @@ fn print(r: &InductionReport) {
         "loss on the first copy {:.3}, on the second {:.3} nats/token (an even spread gives a share of {:.3} per position)",
         r.first_loss, r.second_loss, r.uniform_share
     );
-    say!(
-        "{:<6} {:<5} {:>10} {:>15} {:>22}",
-        "layer", "head", "induction", "previous token", "loss rise if removed"
-    );
+    say!("{:<6} {:<5} {:>10} {:>15} {:>22}", "layer", "head", "induction", "previous token", "loss rise if removed");
     for h in &r.heads {
         say!("{:<6} {:<5} {:>10.3} {:>15.3} {:>22.3}", h.layer, h.head, h.induction, h.previous, h.ablation);
     }

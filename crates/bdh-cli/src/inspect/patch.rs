@@ -77,7 +77,8 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     say!("{}; {} pairs", model_line(model), r.pairs);
     say!(
         "logit difference clean − corrupted answer: {:.3} on clean texts, {:.3} on corrupted; restored by patching:",
-        r.clean_diff, r.corrupt_diff
+        r.clean_diff,
+        r.corrupt_diff
     );
     let heads = model.config.n_head;
     let head_names: Vec<String> = (0..heads).map(|h| format!("head {h}")).chain(["all".into()]).collect();
@@ -92,12 +93,15 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     }
     let best = |b: &Restored| format!("{} of layer {} head {}", name(b.site), b.layer, b.head.unwrap_or(0));
     let curve = |g: &[bdh::microscope::patch::GroupPoint]| {
-        g.iter().map(|g| format!("{}: {:.0}%", g.k, 100.0 * g.restored)).collect::<Vec<_>>().join("  ")
+        g.iter()
+            .map(|g| format!("{}: {:.0}% ({:.0}%)", g.k, 100.0 * g.restored, 100.0 * g.random))
+            .collect::<Vec<_>>()
+            .join("  ")
     };
     let first = |ids: &[usize]| ids.iter().take(8).map(usize::to_string).collect::<Vec<_>>().join(",");
-    say!("neurons of the best site ({}), patched k at a time:", best(&r.best));
+    say!("neurons of the best site ({}), patched k at a time (k random ones):", best(&r.best));
     say!("  {}\n  first: {}", curve(&r.neurons), first(&r.top_neurons));
-    say!("rows of ρ of the best synapse head ({}), patched k at a time:", best(&r.best_rho));
+    say!("rows of ρ of the best synapse head ({}), patched k at a time (k random ones):", best(&r.best_rho));
     say!("  {}\n  first: {}", curve(&r.rho_rows), first(&r.top_rho_rows));
     out.write(&r, || page(out.page(), &r, &head_names), "bdh inspect patch")
 }
@@ -155,9 +159,9 @@ fn page(mut p: Page, r: &PatchReport, head_names: &[String]) -> Page {
         })
         .collect();
     p.table(&header, &rows);
-    let curve = |name: String, g: &[bdh::microscope::patch::GroupPoint], color| Series {
+    let curve = |name: String, g: &[bdh::microscope::patch::GroupPoint], random: bool, color| Series {
         name,
-        points: g.iter().map(|g| (g.k as f64, g.restored)).collect(),
+        points: g.iter().map(|g| (g.k as f64, if random { g.random } else { g.restored })).collect(),
         dots: true,
         color: Some(color),
     };
@@ -167,14 +171,16 @@ fn page(mut p: Page, r: &PatchReport, head_names: &[String]) -> Page {
         y_label: "fraction of logit difference restored".into(),
         log_x: true,
         log_y: false,
-        series: vec![
-            curve(
-                format!("{} neurons, layer {} head {}", name(r.best.site), r.best.layer, r.best.head.unwrap_or(0)),
-                &r.neurons,
-                0,
-            ),
-            curve(format!("ρ rows, layer {} head {}", r.best_rho.layer, r.best_rho.head.unwrap_or(0)), &r.rho_rows, 1),
-        ],
+        series: {
+            let n = format!("{} neurons, layer {} head {}", name(r.best.site), r.best.layer, r.best.head.unwrap_or(0));
+            let rho = format!("ρ rows, layer {} head {}", r.best_rho.layer, r.best_rho.head.unwrap_or(0));
+            vec![
+                curve(n.clone(), &r.neurons, false, 0),
+                curve(format!("{n}: random ones"), &r.neurons, true, 7),
+                curve(rho.clone(), &r.rho_rows, false, 1),
+                curve(format!("{rho}: random ones"), &r.rho_rows, true, 5),
+            ]
+        },
     });
     p
 }
@@ -204,7 +210,11 @@ pub fn run_path(args: PathArgs, model: &Bdh, out: &mut Output) -> anyhow::Result
     for s in &r.steps {
         say!(
             "  layer {} head {} neuron {:<5} → logit {:.3} ({:+.3})",
-            s.id.layer, s.id.head, s.id.neuron, s.logit, s.shift
+            s.id.layer,
+            s.id.head,
+            s.id.neuron,
+            s.logit,
+            s.shift
         );
     }
     out.write(&r, || path_page(out.page(), &r), "bdh inspect path")

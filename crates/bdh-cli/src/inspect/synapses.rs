@@ -94,13 +94,21 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         say!(
             "concept search: {} concept vs {} contrast sentences; {} synapses and {} neurons tested \
              (q: Benjamini–Hochberg over each set)",
-            r.concept, r.contrast, r.candidates, r.neurons_tested
+            r.concept,
+            r.contrast,
+            r.candidates,
+            r.neurons_tested
         );
         let show = |s: &Separation| {
             let name = s.to.map_or(format!("neuron {}", s.from), |to| format!("synapse {} → {}", s.from, to));
             say!(
                 "  {name:<22} U = {:>6.1}  p = {:.2e}  q = {:.2e}  r = {:+.2}  mean {:.4} vs {:.4}",
-                s.test.u, s.test.p, s.q, s.test.r, s.concept_mean, s.contrast_mean
+                s.test.u,
+                s.test.p,
+                s.q,
+                s.test.r,
+                s.concept_mean,
+                s.contrast_mean
             );
         };
         r.synapses.iter().take(5).for_each(show);

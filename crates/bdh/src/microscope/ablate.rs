@@ -293,14 +293,7 @@ pub fn ablation_curve(
     let mut out = Vec::with_capacity(ks.len());
     for &k in ks {
         let chosen = &ranked[..k.min(ranked.len())];
-        let taken: BTreeSet<NeuronId> = chosen.iter().copied().collect();
-        let random: Vec<NeuronId> = chosen
-            .iter()
-            .map(|id| {
-                let free: Vec<usize> = (0..n).filter(|&j| !taken.contains(&NeuronId { neuron: j, ..*id })).collect();
-                NeuronId { neuron: *free.choose(&mut rng).unwrap_or(&id.neuron), ..*id }
-            })
-            .collect();
+        let random = matched_random(chosen, n, &mut rng);
         out.push(CurvePoint {
             k: chosen.len(),
             selected: score(model, probe, &zeroing(chosen, site), &mut acts)?,
@@ -308,6 +301,32 @@ pub fn ablation_curve(
         });
     }
     Ok(out)
+}
+
+/// As many random neurons as `ids`, each from the same layer and head as its
+/// counterpart and none of them in `ids` (when the head has others): the control
+/// for removing `ids`.
+fn matched_random(ids: &[NeuronId], n: usize, rng: &mut impl rand::Rng) -> Vec<NeuronId> {
+    let taken: BTreeSet<NeuronId> = ids.iter().copied().collect();
+    let mut drawn: BTreeSet<NeuronId> = BTreeSet::new();
+    ids.iter()
+        .map(|id| {
+            let free: Vec<usize> = (0..n)
+                .filter(|&j| {
+                    let c = NeuronId { neuron: j, ..*id };
+                    !taken.contains(&c) && !drawn.contains(&c)
+                })
+                .collect();
+            let pick = NeuronId { neuron: *free.choose(rng).unwrap_or(&id.neuron), ..*id };
+            drawn.insert(pick);
+            pick
+        })
+        .collect()
+}
+
+/// [`matched_random`] drawn from `seed`.
+pub fn random_control(ids: &[NeuronId], n: usize, seed: u64) -> Vec<NeuronId> {
+    matched_random(ids, n, &mut ChaCha8Rng::seed_from_u64(seed))
 }
 
 /// One neuron of an influence path and the target logit once it (and every

@@ -8,6 +8,9 @@
 
 use std::sync::Arc;
 
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::data::Pair;
@@ -82,13 +85,16 @@ pub struct Restored {
     pub restored: f64,
 }
 
-/// The k first neurons (or rows of ρ) of a ranking patched together.
+/// The k first neurons (or rows of ρ) of a ranking patched together, and k
+/// random ones of the same head (the control).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GroupPoint {
     /// How many.
     pub k: usize,
-    /// Fraction restored.
+    /// Fraction restored by the first k.
     pub restored: f64,
+    /// Fraction restored by k random ones (the first k of a fixed random order).
+    pub random: f64,
 }
 
 /// Everything a patching run measured.
@@ -285,10 +291,16 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
         gaps.iter_mut().enumerate().for_each(|(j, g)| *g += (a[at + j] - b[at + j]).abs() as f64);
     }
     let order = ranking(&gaps);
+    let mut shuffled: Vec<usize> = (0..n).collect();
+    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(0));
+    let ids = |o: &[usize], k: usize| -> Vec<u32> { o[..k].iter().map(|&j| j as u32).collect() };
     let mut neurons = Vec::new();
     for k in doubling(n) {
-        let chosen: Vec<u32> = order[..k].iter().map(|&j| j as u32).collect();
-        neurons.push(GroupPoint { k, restored: activation(best.site, best.layer, best.head, Some(chosen))? });
+        neurons.push(GroupPoint {
+            k,
+            restored: activation(best.site, best.layer, best.head, Some(ids(&order, k)))?,
+            random: activation(best.site, best.layer, best.head, Some(ids(&shuffled, k)))?,
+        });
     }
 
     // Rows of ρ of the best head ranked by how far apart clean and corrupted are.
@@ -305,7 +317,11 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
     let row_order = ranking(&row_gaps);
     let mut rho_rows = Vec::new();
     for k in doubling(n) {
-        rho_rows.push(GroupPoint { k, restored: synapses(best_rho.layer, best_rho.head, Some(&row_order[..k]))? });
+        rho_rows.push(GroupPoint {
+            k,
+            restored: synapses(best_rho.layer, best_rho.head, Some(&row_order[..k]))?,
+            random: synapses(best_rho.layer, best_rho.head, Some(&shuffled[..k]))?,
+        });
     }
     let count = runs.len() as f64;
     Ok(PatchReport {
