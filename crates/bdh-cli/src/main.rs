@@ -9,6 +9,7 @@ mod compare;
 mod eval;
 mod generate;
 mod inspect;
+mod merge;
 mod model_args;
 mod page;
 mod provenance;
@@ -43,6 +44,8 @@ enum Command {
     Bench(bench::Args),
     /// Train BDH and the GPT baseline at matched sizes on the same batches and compare them.
     Compare(compare::Args),
+    /// Merge two BDH models into one by concatenating their neurons.
+    Merge(merge::Args),
 }
 
 /// Exit status of a run that went wrong before it could give an answer.
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Merge(args) => merge::run(args),
     };
     match result {
         Ok(code) => code,

@@ -33,6 +33,11 @@ pub struct Args {
     /// Run directory (default: runs/<preset>-<date>-<time>, and runs/latest links to it).
     #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
+    /// Start from this model's weights (a run directory, checkpoint, safetensors or
+    /// .pt) instead of fresh ones; the run takes the model's config (the preset's
+    /// [training] and [data] stay), e.g. to train a copy further on other data.
+    #[arg(long, value_name = "MODEL", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     /// Continue the run in this directory exactly where its last checkpoint left off.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
@@ -61,6 +66,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let Some(d) = &args.data {
                 run.data.path = Some(d.clone());
                 run.data.val_path = args.val_data.clone();
+            }
+            if let Some(m) = &args.init_from {
+                let path = bdh::io::checkpoint::model_path(m);
+                let model = bdh::io::checkpoint::load(&path, None)
+                    .with_context(|| format!("loading the model to start from, {}", path.display()))?;
+                run.model = model.config();
+                run.training.init_from = Some(m.clone());
+                run.validate()?;
             }
             (run, PathBuf::new(), None)
         }

@@ -156,3 +156,23 @@ fn interventions_reject_bad_input_clearly() {
         assert!(out.contains(expected), "{all:?}: expected {expected:?} in {out}");
     }
 }
+
+#[test]
+fn merge_writes_a_model_that_runs_and_says_where_its_neurons_came_from() {
+    let tmp = temp("merge");
+    let out = tmp.path().join("merged");
+    let o = out.display().to_string();
+    let model = golden("recall-trained");
+    let said = run_ok(&["merge", &model, &model, "--out", &o]);
+    assert!(said.contains("N2048 (1024 + 1024 neurons per head)"), "{said}");
+    let heritage = json(&out.join("heritage.json"));
+    assert_eq!((heritage["a"]["neurons per head"].as_u64(), heritage["heads"].as_u64()), (Some(1024), Some(2)));
+    let eval = run_ok(&["eval", "--model", &o, "--batches", "1"]);
+    assert!(eval.contains("answer accuracy"), "{eval}");
+    // Another shape, or another family, is refused with the reason.
+    for (other, expected) in [(golden("ref-tiny"), "different"), (golden("gpt-tiny"), "only BDH models merge")] {
+        let o2 = bdh(&["merge", &model, &other, "--out", &o]);
+        assert!(!o2.status.success() && text(&o2).contains(expected), "{}", text(&o2));
+    }
+    assert!(out.join("model.safetensors").exists(), "a refused merge leaves the earlier one");
+}

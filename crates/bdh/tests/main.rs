@@ -13,6 +13,7 @@ mod golden;
 mod gpt;
 mod hostile;
 mod interventions;
+mod merge;
 mod microscope;
 mod recurrent;
 mod run;

@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::schedule::Schedule;
+use std::path::PathBuf;
+
 use crate::data::DataConfig;
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
@@ -60,6 +62,10 @@ pub struct TrainingConfig {
     /// heads form with `bdh inspect induction --run`.
     #[serde(default)]
     pub keep_every: usize,
+    /// Start from this model's weights (a run, checkpoint directory, safetensors or
+    /// `.pt`) instead of a fresh initialisation; its config must be the run's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// A model, how to train it, and on what.

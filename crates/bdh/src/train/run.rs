@@ -116,7 +116,21 @@ pub fn train(
             )));
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
-        let model = Model::new(&run.model, tc.seed)?;
+        let model = match &tc.init_from {
+            None => Model::new(&run.model, tc.seed)?,
+            Some(path) => {
+                let model = checkpoint::load(&checkpoint::model_path(path), None)?;
+                if model.config() != run.model {
+                    return Err(Error::Config(format!(
+                        "{}: the model to start from is a {}, the run's model a {}",
+                        path.display(),
+                        model.config().describe(),
+                        run.model.describe()
+                    )));
+                }
+                model
+            }
+        };
         (Trainer::new(model, opt, b, t)?, TrainerState { step: 0, best_val_loss: None })
     };
     write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;

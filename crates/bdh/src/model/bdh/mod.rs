@@ -5,6 +5,7 @@ pub mod backward;
 pub mod config;
 pub mod edit;
 pub mod forward;
+pub mod merge;
 pub mod params;
 pub mod recurrent;
 pub mod rope;
@@ -13,6 +14,7 @@ pub use backward::{backward, Backward};
 pub use config::BdhConfig;
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Pass};
+pub use merge::{merge, Heritage};
 pub use params::{Weights, WeightsMut, FREQS_NAME, PARAM_NAMES};
 pub use recurrent::{Prepared, Scratch, State};
 

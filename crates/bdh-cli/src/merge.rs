@@ -1,0 +1,74 @@
+//! `bdh merge`: one model from two, by concatenating their neurons.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bdh::io::checkpoint::{load, model_path, replace_dir, save};
+use bdh::model::bdh::merge;
+use bdh::Model;
+
+/// Merge two BDH models of the same L, D, H and vocabulary by concatenating their
+/// neurons head by head (each keeping its RoPE frequency) and averaging the
+/// embedding and the output head.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The first model (a run directory, checkpoint directory, safetensors or .pt).
+    a: PathBuf,
+    /// The second model.
+    b: PathBuf,
+    /// Directory for the merged model (`model.safetensors`, `config.json`,
+    /// `heritage.json`); replaced atomically if it exists.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let open = |p: &PathBuf| -> anyhow::Result<(bdh::model::bdh::Bdh, String)> {
+        let path = model_path(p);
+        let m = load(&path, None).with_context(|| format!("loading model {}", path.display()))?;
+        let fingerprint = m.params().fingerprint();
+        match m {
+            Model::Bdh(m) => Ok((m, fingerprint)),
+            other => {
+                anyhow::bail!("{} is a {}: only BDH models merge by neurons", path.display(), other.config().describe())
+            }
+        }
+    };
+    let ((a, fa), (b, fb)) = (open(&args.a)?, open(&args.b)?);
+    let (merged, heritage) = merge(&a, &b)?;
+    let c = &merged.config;
+    let heritage_json = serde_json::json!({
+        "a": {"model": args.a.display().to_string(), "weights (FNV-1a)": fa, "neurons per head": heritage.from_a},
+        "b": {"model": args.b.display().to_string(), "weights (FNV-1a)": fb, "neurons per head": heritage.from_b},
+        "heads": heritage.heads,
+        "neurons": format!(
+            "in each head, neurons 0..{} come from a and {}..{} from b, with their RoPE frequencies",
+            heritage.from_a,
+            heritage.from_a,
+            heritage.from_a + heritage.from_b
+        ),
+        "averaged": heritage.averaged,
+    });
+    let model = Model::Bdh(merged.clone());
+    replace_dir(&args.out, |dir| {
+        save(&model, dir)?;
+        bdh::io::write_atomic(
+            &dir.join("heritage.json"),
+            serde_json::to_string_pretty(&heritage_json).expect("JSON").as_bytes(),
+        )
+    })
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "merged: BDH L{} D{} H{} N{} ({} + {} neurons per head), {:.2} M parameters, into {}",
+        c.n_layer,
+        c.n_embd,
+        c.n_head,
+        c.n_neurons(),
+        heritage.from_a,
+        heritage.from_b,
+        model.config().param_count() as f64 / 1e6,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
