@@ -116,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!(
         "built-in corpus ({}..={} facts, distance {}, {:.0}% lists): {} windows of {} tokens, independent",
-        data.min_facts,
+        data.synthetic().min_facts,
         data.facts,
         data.distance,
         data.lists * 100.0,

@@ -133,7 +133,15 @@ fn interventions_reject_bad_input_clearly() {
     let same_start =
         write("same.jsonl", r#"{"clean": "ab", "corrupted": "ac", "clean_answer": "x1", "corrupt_answer": "x2"}"#);
     let broken = write("broken.jsonl", "{\"clean\": [[[[\n");
-    let cases: [(Vec<&str>, &str); 9] = [
+    let huge = "18446744073709551615";
+    let cases: [(Vec<&str>, &str); 13] = [
+        (vec!["ablate", "--neurons", "0:0:1", "--prompt", "ab", "--tokens", huge], "--tokens must be"),
+        (vec!["ablate", "--neurons", "0:0:1", "--window", huge], "--window must be"),
+        (
+            vec!["top", "--layer", "0", "--head", "0", "--neuron", "0", "--prompt", "abc", "--facets", "10000000000"],
+            "facets",
+        ),
+        (vec!["overlap", "--concept", "place", "--other", "color"], "give --background"),
         (vec!["ablate", "--neurons", "9:0:0"], "no neuron 9:0:0"),
         (vec!["ablate", "--heads", "0:7"], "no head 0:7"),
         (vec!["ablate"], "say what to remove"),

@@ -145,3 +145,13 @@ fn file_corpus_splits_ninety_ten_and_checks_its_size() {
         DataConfig { path: Some(dir.join("missing.txt")), ..DataConfig::default() }.corpus(8).unwrap_err().to_string();
     assert!(err.contains("missing.txt"), "{err}");
 }
+
+#[test]
+fn a_data_section_written_before_lists_keeps_its_corpus() {
+    // `facts = 3` used to mean exactly three facts per document, all stories.
+    let old: DataConfig = toml::from_str("facts = 3\ndistance = 2\n").unwrap();
+    let s = old.synthetic();
+    assert_eq!((s.facts, s.min_facts, s.distance, s.lists), (3, 3, 2, 0.0));
+    let new: DataConfig = toml::from_str("facts = 4\nmin_facts = 1\ndistance = 1\nlists = 0.75\n").unwrap();
+    assert_eq!(new.synthetic(), SyntheticConfig::default());
+}

@@ -4,7 +4,8 @@
 
 use bdh::data::{Kind, SyntheticConfig, SyntheticLanguage};
 use bdh::microscope::ablate::{
-    ablation_curve, greedy, influence_path, overlap, score, score_stepped, selectivity, zeroing, NeuronId, Probe,
+    ablation_curve, greedy, influence_path, overlap, random_control, score, score_stepped, selectivity, zeroing,
+    NeuronId, Probe,
 };
 use bdh::microscope::induction::{induction, shares};
 use bdh::microscope::patch::{patch, PairTokens};
@@ -73,7 +74,7 @@ fn patching_a_layer_output_everywhere_restores_the_clean_run_exactly() {
 }
 
 #[test]
-fn patch_report_restores_all_at_every_layer_output_and_its_groups_add_up() {
+fn patch_report_restores_all_at_every_layer_output_and_all_neurons_equal_the_head() {
     let m = model();
     let pairs: Vec<PairTokens> = [
         (
@@ -136,16 +137,18 @@ fn selectivity_is_cohens_d_of_per_text_means() {
         let x = a.x(top.id.layer);
         (0..t.len()).map(|ti| x[(top.id.head * t.len() + ti) * n + top.id.neuron] as f64).sum::<f64>() / t.len() as f64
     };
+    // Sample means and squared deviations of the per-text means.
     let stats = |set: &[Vec<u32>]| {
         let v: Vec<f64> = set.iter().map(|t| mean_of(t)).collect();
         let mu = v.iter().sum::<f64>() / v.len() as f64;
-        (mu, v.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / v.len() as f64)
+        (mu, v.iter().map(|x| (x - mu).powi(2)).sum::<f64>())
     };
-    let ((mc, vc), (mb, vb)) = (stats(&concept), stats(&background));
+    let ((mc, sc), (mb, sb)) = (stats(&concept), stats(&background));
     assert!((top.concept - mc).abs() < 1e-9 && (top.background - mb).abs() < 1e-9);
-    // The pooled deviation is floored at 1e-6 of the largest mean of any neuron.
+    // Cohen's pooled variance over n₁ + n₂ − 2 = 4; the deviation floored at 1e-6 of
+    // the largest mean of any neuron.
     let largest = ranked.iter().map(|s| s.concept.max(s.background)).fold(0.0, f64::max);
-    let d = (mc - mb) / ((vc + vb) / 2.0).sqrt().max(1e-6 * largest);
+    let d = (mc - mb) / ((sc + sb) / 4.0).sqrt().max(1e-6 * largest);
     assert!((top.selectivity - d).abs() < 1e-6 * d.abs().max(1.0), "{} vs {d}", top.selectivity);
     assert!(top.selectivity > 0.0);
     // A concept against itself selects nothing.
@@ -172,6 +175,20 @@ fn ablation_curve_removes_the_top_k_and_parallel_and_recurrent_scores_agree() {
     assert!((par.loss - rec.loss).abs() < 1e-4, "{} vs {}", par.loss, rec.loss);
     assert_eq!(par.kinds.iter().map(|k| k.answers).sum::<usize>(), rec.kinds.iter().map(|k| k.answers).sum::<usize>());
     assert!(par.kinds.iter().all(|k| matches!(k.kind, Kind::Place | Kind::Color)));
+}
+
+#[test]
+fn the_random_control_draws_other_neurons_of_the_same_heads() {
+    let chosen: Vec<NeuronId> = (0..6).map(|j| NeuronId { layer: j % 2, head: 1, neuron: 10 + j }).collect();
+    let control = random_control(&chosen, 16, 4);
+    assert_eq!(control.len(), chosen.len());
+    for (c, r) in chosen.iter().zip(&control) {
+        assert_eq!((c.layer, c.head), (r.layer, r.head));
+        assert!(!chosen.contains(r) && r.neuron < 16, "{r:?}");
+    }
+    let distinct: std::collections::BTreeSet<_> = control.iter().collect();
+    assert_eq!(distinct.len(), control.len());
+    assert_eq!(control, random_control(&chosen, 16, 4), "seeded");
 }
 
 #[test]

@@ -204,12 +204,16 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     for id in &args.synapses {
         edits.push(id.zero(Site::Rho));
     }
-    let synthetic = SyntheticConfig { facts: args.facts.max(1), ..SyntheticConfig::default() };
-    let probe = Probe::built_in(&synthetic, args.rows.max(1), args.window.max(8));
+    anyhow::ensure!((1..=24).contains(&args.facts), "--facts must be in 1..=24 (the built-in language has 24 names)");
+    anyhow::ensure!((1..=1024).contains(&args.rows), "--rows must be in 1..=1024");
+    anyhow::ensure!((8..=4096).contains(&args.window), "--window must be in 8..=4096");
+    anyhow::ensure!(args.tokens <= 65_536, "--tokens must be at most 65536");
+    let synthetic = SyntheticConfig { facts: args.facts, ..SyntheticConfig::default() };
+    let probe = Probe::built_in(&synthetic, args.rows, args.window);
     let mut acts = None;
     let stepped = !args.synapses.is_empty();
     let baseline = score(model, &probe, &Edits::new(), &mut acts)?;
-    say!("{}; {} built-in windows of {} tokens", model_line(model), args.rows.max(1), args.window);
+    say!("{}; {} built-in windows of {} tokens", model_line(model), args.rows, args.window);
     let show = |name: &str, s: &Score| {
         say!("  {name:<24} loss {:.4}   answers right: {}", s.loss, answers(s));
     };
@@ -235,7 +239,9 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
             let n = model.config.n_neurons();
             let mut control = Edits::new();
             random_control(&args.neurons, n, args.seed).iter().for_each(|id| control.push(id.zero(site)));
-            random_control(&args.synapses, n, args.seed + 1).iter().for_each(|id| control.push(id.zero(Site::Rho)));
+            random_control(&args.synapses, n, args.seed.wrapping_add(1))
+                .iter()
+                .for_each(|id| control.push(id.zero(Site::Rho)));
             let c = if stepped {
                 score_stepped(model, &probe, &control)?
             } else {
@@ -247,7 +253,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         if let Some(path) = &args.text {
             let bytes = read_file(path)?;
             out.provenance.file("text", path, &bytes);
-            let text_probe = Probe::text(&bytes, 64, args.window.max(8))?;
+            let text_probe = Probe::text(&bytes, 64, args.window)?;
             let (a, b) = (
                 score(model, &text_probe, &Edits::new(), &mut None)?.loss,
                 if stepped {
@@ -321,7 +327,6 @@ fn describe(args: &Args) -> Vec<String> {
     let site = format!("{:?}", args.concept.site).to_lowercase();
     let group = |what: &str, ids: &[NeuronId]| -> Vec<String> {
         let mut heads: Vec<(usize, usize)> = ids.iter().map(|i| (i.layer, i.head)).collect();
-        heads.dedup();
         heads.sort_unstable();
         heads.dedup();
         heads
@@ -427,8 +432,19 @@ pub struct OverlapArgs {
 pub fn run_overlap(args: OverlapArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     anyhow::ensure!(args.concept.concept.is_some(), "overlap needs --concept and --other");
     anyhow::ensure!((1..=100_000).contains(&args.draws), "--draws must be in 1..=100000");
-    let (_, a) = args.concept.rank(model, out)?.expect("checked above");
-    let second = ConceptArgs { concept: Some(args.other.clone()), ..args.concept };
+    // Both concepts are ranked against the same background. A built-in concept's
+    // default background is the other kind, which would differ between the two, so
+    // then one must be given; two file concepts default to `color`.
+    let background = match (&args.concept.background, args.concept.concept.as_deref(), args.other.as_str()) {
+        (Some(b), _, _) => b.clone(),
+        (None, Some("place" | "color"), _) | (None, _, "place" | "color") => anyhow::bail!(
+            "overlap compares both concepts against one background: give --background (a file with one text per line)"
+        ),
+        (None, _, _) => "color".into(),
+    };
+    let first = ConceptArgs { background: Some(background.clone()), ..args.concept };
+    let (_, a) = first.rank(model, out)?.expect("checked above");
+    let second = ConceptArgs { concept: Some(args.other.clone()), ..first };
     let (_, b) = second.rank(model, out)?.expect("a concept");
     let (ia, ib): (Vec<NeuronId>, Vec<NeuronId>) = (a.iter().map(|s| s.id).collect(), b.iter().map(|s| s.id).collect());
     let r: Overlap = overlap(&ia, &ib, args.top, ia.len(), args.draws, 0)?;

@@ -16,8 +16,8 @@ use crate::page::{Chart, Page, Series};
 /// Induction and previous-token scores per head on repeated random text.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Tokens per copy of the random sequence.
-    #[arg(long, default_value_t = 64)]
+    /// Tokens per copy of the random sequence (distinct letters up to 26).
+    #[arg(long, default_value_t = 24)]
     length: usize,
     /// Random sequences.
     #[arg(long, default_value_t = 16)]
@@ -87,7 +87,7 @@ pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<
 
 fn page(mut p: Page, all: &[Over]) -> Page {
     p.heading("Induction heads");
-    p.text("Random printable sequences, each repeated once. A head's share at an offset is the magnitude of its attention score R(x_t)·R(x_s) there over the sum over every earlier position, averaged over the second copy. Induction: the position after the previous occurrence of the current token; previous token: the position before. Loss rise: second-copy loss with the head's neurons zeroed, minus without.");
+    p.text("Random lowercase sequences (distinct letters within a copy of up to 26), each repeated once. A head's share at an offset is the magnitude of its attention score R(x_t)·R(x_s) there over the sum over every earlier position, averaged over the second copy. Induction: the position after the previous occurrence of the current token; previous token: the position before. Loss rise: second-copy loss with the head's neurons zeroed, minus without.");
     if let [only] = all {
         let r = &only.report;
         let rows: Vec<Vec<String>> = r

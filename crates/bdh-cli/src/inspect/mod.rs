@@ -100,6 +100,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     SUMMARY_TO_STDERR.store(json_to_stdout, std::sync::atomic::Ordering::Relaxed);
     if let What::Induction(a) = &args.what {
         if let Some(run) = &a.run {
+            anyhow::ensure!(
+                args.model.is_none() && args.init.is_none(),
+                "give --run (every model a run kept) or --model, not both"
+            );
             let mut provenance = Provenance::of_this_run();
             provenance.text("run", &run.display().to_string(), &[]);
             let mut out = Output { json: args.json, html: args.html, provenance };

@@ -35,18 +35,16 @@ pub struct DataConfig {
     /// Built-in language: most facts stated, and asked about, per document.
     pub facts: usize,
     /// Built-in language: fewest facts per document (each draws from
-    /// `min_facts..=facts`).
-    #[serde(default = "one")]
-    pub min_facts: usize,
+    /// `min_facts..=facts`); absent, as in configs written before it existed, it
+    /// is `facts`, so such a run keeps the corpus it trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_facts: Option<usize>,
     /// Built-in language: filler sentences between a story's facts and its questions.
     pub distance: usize,
-    /// Built-in language: fraction of documents that are lists (associative recall).
+    /// Built-in language: fraction of documents that are lists (associative recall);
+    /// absent, as in configs written before lists existed, 0.
     #[serde(default)]
     pub lists: f64,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl Default for DataConfig {
@@ -56,7 +54,7 @@ impl Default for DataConfig {
             path: None,
             val_path: None,
             facts: s.facts,
-            min_facts: s.min_facts,
+            min_facts: Some(s.min_facts),
             distance: s.distance,
             lists: s.lists,
         }
@@ -76,7 +74,12 @@ impl DataConfig {
 impl DataConfig {
     /// The built-in language's knobs.
     pub fn synthetic(&self) -> SyntheticConfig {
-        SyntheticConfig { facts: self.facts, min_facts: self.min_facts, distance: self.distance, lists: self.lists }
+        SyntheticConfig {
+            facts: self.facts,
+            min_facts: self.min_facts.unwrap_or(self.facts),
+            distance: self.distance,
+            lists: self.lists,
+        }
     }
 }
 

@@ -55,17 +55,12 @@ pub struct SyntheticConfig {
     pub facts: usize,
     /// Fewest facts per document: each document draws its number uniformly from
     /// `min_facts..=facts`.
-    #[serde(default = "one")]
     pub min_facts: usize,
     /// Filler sentences between a story's last fact and its first question.
     pub distance: usize,
     /// Fraction of documents that are lists rather than stories, in [0, 1].
     #[serde(default)]
     pub lists: f64,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl Default for SyntheticConfig {

@@ -183,18 +183,23 @@ pub struct Selective {
     pub concept: f64,
     /// The same over the background texts.
     pub background: f64,
-    /// `(concept − background) / pooled standard deviation` (Cohen's d; the
-    /// deviation floored at 1e-6 of the largest mean).
+    /// `(concept − background) / pooled standard deviation` (Cohen's d, the pooled
+    /// variance being both sets' squared deviations over n₁ + n₂ − 2; the deviation
+    /// floored at 1e-6 of the largest mean).
     pub selectivity: f64,
 }
 
-/// Every neuron's mean `site` activation over each text: (texts, L·H·N).
-fn text_means(model: &Bdh, texts: &[Vec<u32>], site: Site) -> Result<Vec<Vec<f64>>> {
+/// Every neuron's mean `site` activation over each text (its mean over the text's
+/// tokens), summarised over the texts: (count, mean, sum of squared deviations) per
+/// neuron, L·H·N of them, by Welford's update, so memory does not grow with the texts.
+fn text_moments(model: &Bdh, texts: &[Vec<u32>], site: Site) -> Result<(usize, Vec<f64>, Vec<f64>)> {
     let c = &model.config;
     let (h, n) = (c.n_head, c.n_neurons());
-    let mut out = Vec::with_capacity(texts.len());
+    let all = c.n_layer * h * n;
+    let (mut mean, mut m2) = (vec![0.0f64; all], vec![0.0f64; all]);
+    let mut means = vec![0.0f64; all];
     let mut acts: Option<Activations> = None;
-    for text in texts {
+    for (k, text) in texts.iter().enumerate() {
         let t = text.len();
         if t == 0 {
             return Err(Error::Input("an empty text in a concept or background set".into()));
@@ -205,7 +210,7 @@ fn text_means(model: &Bdh, texts: &[Vec<u32>], site: Site) -> Result<Vec<Vec<f64
         }
         let a = acts.as_mut().expect("just made");
         forward(model, text, a, Pass::default())?;
-        let mut means = vec![0.0f64; c.n_layer * h * n];
+        means.fill(0.0);
         for l in 0..c.n_layer {
             let (x, y) = (a.x(l), a.y(l));
             for hi in 0..h {
@@ -222,9 +227,13 @@ fn text_means(model: &Bdh, texts: &[Vec<u32>], site: Site) -> Result<Vec<Vec<f64
                 }
             }
         }
-        out.push(means);
+        for ((m, s), &x) in mean.iter_mut().zip(m2.iter_mut()).zip(&means) {
+            let delta = x - *m;
+            *m += delta / (k + 1) as f64;
+            *s += delta * (x - *m);
+        }
     }
-    Ok(out)
+    Ok((texts.len(), mean, m2))
 }
 
 /// Neurons ranked by selectivity for `concept` texts against `background` texts,
@@ -240,25 +249,18 @@ pub fn selectivity(model: &Bdh, concept: &[Vec<u32>], background: &[Vec<u32>], s
     if !matches!(site, Site::X | Site::Y | Site::Xy) {
         return Err(Error::Input(format!("selectivity is measured on x, y or xy, not {site:?}")));
     }
-    let (c, b) = (text_means(model, concept, site)?, text_means(model, background, site)?);
-    let stats = |set: &[Vec<f64>], i: usize| {
-        let m = set.iter().map(|v| v[i]).sum::<f64>() / set.len() as f64;
-        let var = set.iter().map(|v| (v[i] - m).powi(2)).sum::<f64>() / set.len() as f64;
-        (m, var)
-    };
+    let ((nc, mc, sc), (nb, mb, sb)) = (text_moments(model, concept, site)?, text_moments(model, background, site)?);
     let (h, n) = (model.config.n_head, model.config.n_neurons());
-    let all = c[0].len();
-    let moments: Vec<((f64, f64), (f64, f64))> = (0..all).map(|i| (stats(&c, i), stats(&b, i))).collect();
-    let largest = moments.iter().map(|((mc, _), (mb, _))| mc.max(*mb)).fold(0.0f64, f64::max);
+    let largest = mc.iter().chain(&mb).fold(0.0f64, |a, &b| a.max(b));
     let floor = (1e-6 * largest).max(f64::MIN_POSITIVE);
-    let mut ranked: Vec<Selective> = moments
-        .iter()
-        .enumerate()
-        .map(|(i, &((mc, vc), (mb, vb)))| Selective {
+    // Cohen's pooled variance: both sets' squared deviations over n₁ + n₂ − 2 (at least 1).
+    let dof = (nc + nb).saturating_sub(2).max(1) as f64;
+    let mut ranked: Vec<Selective> = (0..mc.len())
+        .map(|i| Selective {
             id: NeuronId { layer: i / (h * n), head: i / n % h, neuron: i % n },
-            concept: mc,
-            background: mb,
-            selectivity: (mc - mb) / ((vc + vb) / 2.0).sqrt().max(floor),
+            concept: mc[i],
+            background: mb[i],
+            selectivity: (mc[i] - mb[i]) / ((sc[i] + sb[i]) / dof).sqrt().max(floor),
         })
         .collect();
     ranked.sort_by(|a, b| b.selectivity.total_cmp(&a.selectivity).then(a.id.cmp(&b.id)));
@@ -350,7 +352,8 @@ pub struct InfluencePath {
     pub logit: f64,
     /// Candidates tried per layer (the most active x at the last position).
     pub candidates: usize,
-    /// One neuron per layer, in order.
+    /// One neuron per layer, in order (a layer with no active neuron at the last
+    /// position has none).
     pub steps: Vec<PathStep>,
 }
 
@@ -432,7 +435,7 @@ pub fn overlap(a: &[NeuronId], b: &[NeuronId], k: usize, total: usize, draws: us
     }
     let jaccard = |x: &BTreeSet<usize>, y: &BTreeSet<usize>| {
         let shared = x.intersection(y).count();
-        (shared, shared as f64 / (2 * k - shared) as f64)
+        shared as f64 / (2 * k - shared) as f64
     };
     let (sa, sb): (BTreeSet<NeuronId>, BTreeSet<NeuronId>) =
         (a[..k].iter().copied().collect(), b[..k].iter().copied().collect());
@@ -444,7 +447,7 @@ pub fn overlap(a: &[NeuronId], b: &[NeuronId], k: usize, total: usize, draws: us
         .map(|_| {
             let x: BTreeSet<usize> = all.choose_multiple(&mut rng, k).copied().collect();
             let y: BTreeSet<usize> = all.choose_multiple(&mut rng, k).copied().collect();
-            jaccard(&x, &y).1
+            jaccard(&x, &y)
         })
         .collect();
     random.sort_by(f64::total_cmp);

@@ -1,12 +1,14 @@
 //! Induction: does a head look back to the token after the previous occurrence of
-//! the current one, and copy it? Measured on random token sequences repeated once
-//! (`r r`), where the second copy can only be predicted from the first.
+//! the current one, and copy it? Measured on random letter sequences repeated once
+//! (`r r`, letters distinct within a copy of up to 26), where the second copy can
+//! only be predicted from the first.
 //!
 //! BDH's attention has no softmax, so a head's "attention" to an earlier position s
 //! from t is the score `R(x_t)·R(x_s)`; a head's share at an offset is the magnitude
 //! of that score over the sum of magnitudes over every earlier position.
 
-use rand::{Rng, SeedableRng};
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
@@ -54,12 +56,19 @@ pub struct InductionReport {
 }
 
 /// Random lowercase-letter sequences of `length` repeated once, seeded by `seed`:
-/// (B, 2·length − 1) inputs and the next-token targets.
+/// (B, 2·length − 1) inputs and the next-token targets. Up to 26 tokens the letters
+/// of a copy are distinct, so each token's previous occurrence is exactly one
+/// copy back; longer copies repeat letters.
 fn repeated(length: usize, sequences: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut tokens, mut targets) = (Vec::new(), Vec::new());
+    let letters: Vec<u32> = (u32::from(b'a')..=u32::from(b'z')).collect();
     for _ in 0..sequences {
-        let r: Vec<u32> = (0..length).map(|_| rng.random_range(u32::from(b'a')..=u32::from(b'z'))).collect();
+        let r: Vec<u32> = if length <= letters.len() {
+            letters.choose_multiple(&mut rng, length).copied().collect()
+        } else {
+            (0..length).map(|_| *letters.choose(&mut rng).expect("26 letters")).collect()
+        };
         let full: Vec<u32> = r.iter().chain(&r).copied().collect();
         tokens.extend_from_slice(&full[..2 * length - 1]);
         targets.extend_from_slice(&full[1..]);
@@ -84,6 +93,9 @@ fn loss_over(logits: &[f32], targets: &[u32], t: usize, v: usize, range: std::op
 /// magnitude at s = t − length + 1 (and at s = t − 1) over the row's total (a row
 /// of zeros counts as 0).
 pub fn shares(scores: &[f32], t: usize, length: usize) -> (f64, f64) {
+    if length < 2 || scores.len() < t.saturating_mul(t) {
+        return (0.0, 0.0);
+    }
     let (mut ind, mut prev) = (0.0, 0.0);
     for ti in length..t {
         let row = &scores[ti * t..ti * t + ti];

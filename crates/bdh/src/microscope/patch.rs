@@ -5,6 +5,9 @@
 //! and the fraction of the answer's logit difference they restore is measured:
 //! `(LD_patched − LD_corrupted) / (LD_clean − LD_corrupted)`, summed over pairs,
 //! where LD is the logit of the clean answer's first byte minus the corrupted one's.
+//! ρ patches are scored by the recurrent step (ρ after all but the last token is
+//! copied, then the last token is stepped), against the same step's clean and
+//! corrupted LDs.
 
 use std::sync::Arc;
 
@@ -151,6 +154,11 @@ struct Run<'a> {
     corrupt_diff: f64,
     /// ρ after all but the last token, clean and corrupted.
     rho: (State, State),
+    /// The corrupted logit difference of the recurrent step from `rho.1`: the
+    /// baseline of ρ patches, which are scored by that step.
+    corrupt_step_diff: f64,
+    /// The same from `rho.0`.
+    clean_step_diff: f64,
 }
 
 /// Powers of two up to `n`, and `n`.
@@ -175,6 +183,23 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
         )));
     }
     let (l_n, h_n, n, d, v) = (c.n_layer, c.n_head, c.n_neurons(), c.n_embd, c.vocab_size);
+    if let Some(p) = pairs.iter().find(|p| p.clean_answer.max(p.corrupt_answer) as usize >= v) {
+        return Err(Error::Input(format!(
+            "an answer byte ({} or {}) is not in the model's vocabulary of {v}",
+            p.clean_answer, p.corrupt_answer
+        )));
+    }
+    if let Some(p) = pairs.iter().flat_map(|p| p.clean.iter().chain(&p.corrupted)).find(|&&t| t as usize >= v) {
+        return Err(Error::Input(format!("token {p} is not in the model's vocabulary of {v}")));
+    }
+    // What every pair keeps: x, y, x⊙y of each layer and the layer outputs, clean and
+    // corrupted, and two synapse states.
+    let per_pair = |t: usize| {
+        let acts = l_n.checked_mul(h_n * t)?.checked_mul(3 * n)?.checked_add(l_n.checked_mul(t * d)?)?;
+        acts.checked_mul(2)?.checked_add(2 * l_n * h_n * n * d)
+    };
+    let total = pairs.iter().try_fold(0usize, |sum, p| sum.checked_add(per_pair(p.clean.len())?));
+    crate::memory::ensure_fits(crate::memory::f32_bytes(total), "the activations patching keeps")?;
     let prepared = Prepared::new(model.clone())?;
     let mut scratch = prepared.scratch();
     let mut runs = Vec::with_capacity(pairs.len());
@@ -203,7 +228,12 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
             Ok(s)
         };
         let rho = (prefix(&pair.clean)?, prefix(&pair.corrupted)?);
-        runs.push(Run { pair, clean, corrupted, clean_diff, corrupt_diff, rho });
+        let last = *pair.corrupted.last().expect("non-empty");
+        let mut step_diff = |state: &State| -> Result<f64> {
+            Ok(pair.diff(prepared.step(&mut state.clone(), &mut scratch, last, &NO_EDITS)?, v))
+        };
+        let (clean_step_diff, corrupt_step_diff) = (step_diff(&rho.0)?, step_diff(&rho.1)?);
+        runs.push(Run { pair, clean, corrupted, clean_diff, corrupt_diff, rho, corrupt_step_diff, clean_step_diff });
     }
     let clean_sum: f64 = runs.iter().map(|r| r.clean_diff).sum();
     let corrupt_sum: f64 = runs.iter().map(|r| r.corrupt_diff).sum();
@@ -218,20 +248,26 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
     }
 
     // Patched corrupted runs: the sum of LD_patched − LD_corrupted over pairs / gap.
-    let activation = |site: Site, layer: usize, head: Option<usize>, neurons: Option<Vec<u32>>| -> Result<f64> {
+    let mut acts: Option<Activations> = None;
+    let mut activation = |site: Site, layer: usize, head: Option<usize>, neurons: Option<Vec<u32>>| -> Result<f64> {
         let mut sum = 0.0;
         for r in &runs {
             let t = r.pair.clean.len();
             let mut edits = Edits::new();
             let values = r.clean.of(site, layer);
             edits.patch(Patch { site, layer, head, neurons: neurons.clone(), positions: 0..t, values });
-            let mut acts = Activations::new(model, 1, t)?;
-            forward(model, &r.pair.corrupted, &mut acts, Pass { edits: &edits, ..Pass::default() })?;
+            if acts.as_ref().is_none_or(|a| a.dims.t != t) {
+                drop(acts.take());
+                acts = Some(Activations::new(model, 1, t)?);
+            }
+            let acts = acts.as_mut().expect("just made");
+            forward(model, &r.pair.corrupted, acts, Pass { edits: &edits, ..Pass::default() })?;
             sum += r.pair.diff(&acts.logits, v) - r.corrupt_diff;
         }
         Ok(sum / gap)
     };
     let mut scratch = prepared.scratch();
+    let step_gap: f64 = runs.iter().map(|r| r.clean_step_diff - r.corrupt_step_diff).sum();
     let mut synapses = |layer: usize, head: Option<usize>, rows: Option<&[usize]>| -> Result<f64> {
         let mut sum = 0.0;
         for r in &runs {
@@ -248,9 +284,9 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
             }
             let last = *r.pair.corrupted.last().expect("non-empty");
             let logits = prepared.step(&mut s, &mut scratch, last, &NO_EDITS)?;
-            sum += r.pair.diff(logits, v) - r.corrupt_diff;
+            sum += r.pair.diff(logits, v) - r.corrupt_step_diff;
         }
-        Ok(sum / gap)
+        Ok(sum / step_gap)
     };
 
     let mut sites = Vec::new();

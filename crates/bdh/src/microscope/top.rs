@@ -16,6 +16,8 @@ use crate::model::bdh::{Bdh, Site};
 
 /// Most contexts kept.
 pub const MAX_CONTEXTS: usize = 2000;
+/// Most facets.
+pub const MAX_FACETS: usize = 64;
 
 /// One context where the neuron fired.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -109,9 +111,14 @@ pub fn top(
             n - 1
         )));
     }
-    if !matches!(site, Site::X | Site::Y | Site::Xy) || k == 0 || k > MAX_CONTEXTS || facets == 0 {
+    if !matches!(site, Site::X | Site::Y | Site::Xy)
+        || k == 0
+        || k > MAX_CONTEXTS
+        || !(1..=MAX_FACETS).contains(&facets)
+    {
         return Err(Error::Input(format!(
-            "top needs a site of x, y or xy, 1..={MAX_CONTEXTS} contexts and ≥ 1 facet; got {site:?}, {k}, {facets}"
+            "top needs a site of x, y or xy, 1..={MAX_CONTEXTS} contexts and 1..={MAX_FACETS} facets; got {site:?}, \
+             {k}, {facets}"
         )));
     }
     let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
@@ -145,6 +152,7 @@ pub fn top(
     let mut kept: Vec<Kept> = heap.into_iter().map(|r| r.0).collect();
     kept.sort_by(|a, b| b.cmp(a));
     let vectors: Vec<Vec<f32>> = kept.iter().map(|k| k.vector.clone()).collect();
+    let facets = facets.min(kept.len().max(1));
     let assignment = kmeans_cosine(&vectors, facets, 0);
     let lossy = |r: std::ops::Range<usize>| String::from_utf8_lossy(&bytes[r]).into_owned();
     let contexts: Vec<Context> = kept

@@ -168,7 +168,7 @@ impl RunConfig {
                 )));
             }
         }
-        let d = &self.data;
+        let d = self.data.synthetic();
         if d.facts == 0 || d.min_facts == 0 || d.min_facts > d.facts {
             return Err(Error::Config(format!(
                 "need 1 ≤ data.min_facts ≤ data.facts, have {} and {}",

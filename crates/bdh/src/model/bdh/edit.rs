@@ -136,8 +136,9 @@ impl Edits {
         self.list.iter().any(|e| e.site == site) || self.patches.iter().any(|p| p.site == site)
     }
 
-    /// Checks every index against the model and every value: activations stay
-    /// finite and non-negative (they are ReLU outputs), ρ values finite.
+    /// Checks every index against the model and every value: x, y and x⊙y stay
+    /// finite and non-negative (they are ReLU outputs), ρ and layer outputs finite.
+    /// A patch's values must cover its positions whole.
     pub fn validate(&self, cfg: &BdhConfig) -> Result<()> {
         let width = |site| if site == Site::Out { cfg.n_embd } else { cfg.n_neurons() };
         for (i, p) in self.patches.iter().enumerate() {
@@ -152,7 +153,7 @@ impl Edits {
             if p.neurons.iter().flatten().any(|&n| n as usize >= width(p.site)) {
                 return bad(format!("a neuron ≥ {}", width(p.site)));
             }
-            if p.values.len() < p.positions.end.saturating_mul(per_position) {
+            if p.values.len() % per_position != 0 || p.values.len() < p.positions.end.saturating_mul(per_position) {
                 return bad(format!(
                     "values for {} positions, fewer than {}",
                     p.values.len() / per_position,
@@ -169,12 +170,13 @@ impl Edits {
                     return bad(format!("{what} {v} ≥ {limit}"));
                 }
             }
+            if e.site == Site::Out && e.head.is_some() {
+                return bad("a layer's output has no heads: leave the head unset".into());
+            }
+            let signed = matches!(e.site, Site::Rho | Site::Out);
             if let Action::Set(v) = e.action {
-                if !v.is_finite() || (e.site != Site::Rho && v < 0.0) {
-                    return bad(format!(
-                        "value {v} must be finite{}",
-                        if e.site == Site::Rho { "" } else { " and ≥ 0" }
-                    ));
+                if !v.is_finite() || (!signed && v < 0.0) {
+                    return bad(format!("value {v} must be finite{}", if signed { "" } else { " and ≥ 0" }));
                 }
             }
         }
