@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bdh::data::{BytesView, Corpus, DataConfig};
-use bdh::eval::{evaluate, evaluate_bytes};
+use bdh::eval::{evaluate, evaluate_bytes, evaluate_stream};
 use bdh::{Activations, RunConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -32,6 +32,11 @@ pub struct Args {
     /// Built-in corpus: validation batches to score.
     #[arg(long, default_value_t = 16)]
     batches: usize,
+    /// Read the file as one stream (BDH only): the synapse state carries it from chunk
+    /// to chunk, in constant memory, and the loss is reported by position bucket
+    /// (0–256, 256–1k, 1k–4k, …) beside the loss of independent windows.
+    #[arg(long)]
+    carry: bool,
     /// Write the numbers as JSON to this file (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -72,6 +77,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    if args.carry {
+        let Some((bytes, name)) = file else {
+            anyhow::bail!("--carry reads a file as one stream: give --data FILE (or a run trained on a file)")
+        };
+        let bdh::Model::Bdh(bdh_model) = &model else {
+            anyhow::bail!(
+                "--carry needs a BDH model, whose synapse state carries a stream; a GPT's context is its block_size"
+            )
+        };
+        return carry(bdh_model, &model, bytes.bytes(), &name, block, &args, to_stdout);
+    }
     if let Some((bytes, name)) = file {
         let data = bytes.bytes();
         let windows = data.len().saturating_sub(1).div_ceil(block);
@@ -143,6 +159,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             g.answers,
             g.copy_baseline * 100.0
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--carry`: the file as one stream, beside the same file in independent windows.
+fn carry(
+    bdh_model: &bdh::model::bdh::Bdh,
+    model: &bdh::Model,
+    data: &[u8],
+    name: &str,
+    block: usize,
+    args: &Args,
+    to_stdout: bool,
+) -> anyhow::Result<ExitCode> {
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(data.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} tokens {elapsed}<{eta}").expect("valid"));
+    let stream = evaluate_stream(bdh_model, data, 256, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let windows = evaluate_bytes(model, data, block, args.batch, &mut |_, _| {})?;
+    if let Some(p) = &args.json {
+        let both = serde_json::json!({"stream": stream, "windows": windows});
+        crate::write_output(p, &serde_json::to_string_pretty(&both)?)?;
+    }
+    if to_stdout {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{name}: {} bytes predicted", stream.tokens);
+    println!(
+        "as one stream (state carried): loss {:.4} nats/byte, {:.4} bits/byte; in independent windows of {}: {:.4}, {:.4}",
+        stream.loss, stream.bits_per_byte, windows.window, windows.loss, windows.bits_per_byte
+    );
+    println!("{:>16} {:>9} {:>10}", "positions", "tokens", "loss");
+    for b in &stream.buckets {
+        println!("{:>16} {:>9} {:>10.4}", format!("{}–{}", b.from, b.to), b.tokens, b.loss);
     }
     Ok(ExitCode::SUCCESS)
 }

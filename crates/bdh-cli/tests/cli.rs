@@ -428,3 +428,23 @@ fn compare_trains_both_families_on_the_same_batches_and_draws_the_report() {
     assert!(dom.matches("<svg").count() >= 2 && dom.contains("bdh compare"), "no charts in the compare report");
     assert!(dom.contains("Validation loss against training tokens") && dom.contains("<td>xs</td>"), "{dom}");
 }
+
+#[test]
+fn eval_carry_reads_a_file_as_one_stream_by_position() {
+    let model = golden("ref-small-trained");
+    let o = bdh(&["eval", "--model", &model, "--data", &example("text.txt"), "--carry", "--json", "-"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let buckets = v["stream"]["buckets"].as_array().unwrap();
+    let tokens: u64 = buckets.iter().map(|b| b["tokens"].as_u64().unwrap()).sum();
+    assert_eq!(tokens, v["stream"]["tokens"].as_u64().unwrap());
+    assert_eq!(tokens, 1169, "every byte of the 1170-byte text but the first");
+    assert!(v["windows"]["loss"].as_f64().is_some());
+    for (args, expected) in [
+        (vec!["eval", "--model", &model, "--carry"], "give --data FILE"),
+        (vec!["eval", "--model", &golden("gpt-tiny"), "--data", &example("text.txt"), "--carry"], "needs a BDH model"),
+    ] {
+        let o = bdh(&args);
+        assert!(!o.status.success() && text(&o).contains(expected), "{}", text(&o));
+    }
+}

@@ -180,3 +180,90 @@ pub fn evaluate_bytes(
         bits_per_byte: loss / std::f64::consts::LN_2,
     })
 }
+
+/// Longest text scored as one stream: positions stay exact in f32 up to 2²⁴.
+pub const MAX_STREAM: usize = 1 << 24;
+
+/// The loss of the positions in one bucket of a stream.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Bucket {
+    /// First position (the position of the token predicted from).
+    pub from: usize,
+    /// One past the last.
+    pub to: usize,
+    /// Tokens predicted there.
+    pub tokens: usize,
+    /// Their mean cross-entropy, nats per byte.
+    pub loss: f64,
+}
+
+/// Loss over a whole text read as one stream.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StreamEval {
+    /// Bytes predicted (all but the first).
+    pub tokens: usize,
+    /// Tokens per parallel chunk (the synapse state carries the text between them).
+    pub chunk: usize,
+    /// Mean cross-entropy, nats per byte.
+    pub loss: f64,
+    /// `loss / ln 2`.
+    pub bits_per_byte: f64,
+    /// Loss by position: 0–256, 256–1k, 1k–4k, … (×4 each).
+    pub buckets: Vec<Bucket>,
+}
+
+/// Mean loss over every byte of `data` read by a BDH model as one stream: chunks of
+/// `chunk` tokens through the parallel forward with the synapse state carried
+/// between them, so memory stays constant whatever the length and every position
+/// sees everything before it; RoPE phases count from the text's first byte.
+pub fn evaluate_stream(
+    model: &crate::model::bdh::Bdh,
+    data: &[u8],
+    chunk: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<StreamEval> {
+    use crate::model::bdh::{forward as bdh_forward, Activations as BdhActivations, Pass, State};
+    if data.len() < 2 || data.len() > MAX_STREAM || chunk == 0 {
+        return Err(Error::Input(format!(
+            "a stream of {} bytes: need 2 to {MAX_STREAM} (positions past 2^24 are not exact in f32) and a chunk > 0",
+            data.len()
+        )));
+    }
+    let v = model.config.vocab_size;
+    if let Some(&bad) = data.iter().find(|&&byte| byte as usize >= v) {
+        return Err(Error::Input(format!("byte {bad} of the text is past this model's vocabulary of {v}")));
+    }
+    let tokens: Vec<u32> = data[..data.len() - 1].iter().map(|&b| b as u32).collect();
+    let targets: Vec<u32> = data[1..].iter().map(|&b| b as u32).collect();
+    let mut state = State::new(&model.config)?;
+    let mut acts: Option<BdhActivations> = None;
+    let mut bounds = vec![0usize, 256];
+    while *bounds.last().expect("non-empty") < tokens.len() {
+        let next = bounds.last().expect("non-empty") * 4;
+        bounds.push(next);
+    }
+    let mut buckets: Vec<Bucket> =
+        bounds.windows(2).map(|w| Bucket { from: w[0], to: w[1].min(tokens.len()), tokens: 0, loss: 0.0 }).collect();
+    let mut total = 0.0f64;
+    for (k, (part, want)) in tokens.chunks(chunk).zip(targets.chunks(chunk)).enumerate() {
+        let t = part.len();
+        if acts.as_ref().is_none_or(|a| a.dims.t != t) {
+            drop(acts.take());
+            acts = Some(BdhActivations::new(model, 1, t)?);
+        }
+        let a = acts.as_mut().expect("just made");
+        bdh_forward(model, part, a, Pass { mode: Mode::Eval, state: Some(&mut state), ..Pass::default() })?;
+        for (i, (row, &target)) in a.logits.chunks_exact(v).zip(want).enumerate() {
+            let loss = cross_entropy(row, &[target], v) as f64;
+            total += loss;
+            let pos = k * chunk + i;
+            let b = buckets.iter_mut().find(|b| pos < b.to).expect("the buckets cover every position");
+            b.tokens += 1;
+            b.loss += loss;
+        }
+        progress((k * chunk + t).min(tokens.len()), tokens.len());
+    }
+    buckets.iter_mut().for_each(|b| b.loss /= b.tokens.max(1) as f64);
+    let loss = total / tokens.len() as f64;
+    Ok(StreamEval { tokens: tokens.len(), chunk, loss, bits_per_byte: loss / std::f64::consts::LN_2, buckets })
+}

@@ -86,3 +86,20 @@ fn state_memory_does_not_grow_with_context() {
     assert_eq!(state.bytes(), before);
     assert_eq!(before, 2 * 2 * 128 * 32 * 4);
 }
+
+#[test]
+fn a_stream_scored_in_chunks_with_the_state_carried_equals_one_pass() {
+    use bdh::eval::{evaluate_bytes, evaluate_stream};
+    let Model::Bdh(m) = load(&golden_dir("ref-small-trained"), None).unwrap() else { unreachable!("a BDH") };
+    let text: Vec<u8> = b"First Citizen: we are accounted poor citizens, the patricians good. ".repeat(5);
+    let one = evaluate_stream(&m, &text, 1024, &mut |_, _| {}).unwrap();
+    let chunked = evaluate_stream(&m, &text, 37, &mut |_, _| {}).unwrap();
+    let window = evaluate_bytes(&Model::Bdh(m.clone()), &text, text.len(), 1, &mut |_, _| {}).unwrap();
+    println!("stream: one pass {:.6}, chunks of 37 {:.6}, one window {:.6}", one.loss, chunked.loss, window.loss);
+    assert!((one.loss - chunked.loss).abs() < 1e-4 * one.loss, "{} vs {}", one.loss, chunked.loss);
+    assert!((one.loss - window.loss).abs() < 1e-5 * one.loss);
+    assert_eq!(one.buckets.iter().map(|b| b.tokens).sum::<usize>(), text.len() - 1);
+    assert_eq!((one.buckets[0].from, one.buckets[0].to, one.buckets[1].to), (0, 256, text.len() - 1));
+    let err = evaluate_stream(&m, b"a", 16, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("need 2"), "{err}");
+}
