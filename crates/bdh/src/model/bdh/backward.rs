@@ -5,7 +5,7 @@
 
 use bdh_kernels::{
     add_groups, causal_linear_attention_backward, gated_product, gated_product_backward, layer_norm_backward, matmul,
-    matmul_batched, transpose, Attention, AttentionSaved, Batch, MatMul,
+    matmul_batched, rope, transpose, Attention, AttentionSaved, Batch, MatMul, RopeDirection,
 };
 
 use super::forward::{check_tokens, Activations, Dims};
@@ -27,6 +27,7 @@ pub struct Backward {
     dx: Vec<f32>,        // (B, H, T, N) d loss / d x, then through the ReLU
     dy: Vec<f32>,        // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
     dq: Vec<f32>,        // (B, H, T, N) d loss / d R(x)
+    dq0: Vec<f32>,       // (B, H, T, N) d loss / d x through the read of a carried ρ₀
     da: Vec<f32>,        // (B, H, T, D) d loss / d attention output
     dvh: Vec<f32>,       // (B, H, T, D) d loss / d v through each head's attention values
     dscores: Vec<f32>,   // (B, H, T, T)
@@ -48,7 +49,7 @@ impl Backward {
         let dims = Dims::new(&model.config, b, t);
         let Dims { d, h, n, v, .. } = dims;
         // Every buffer below is a product of these, so bounding their sum bounds each.
-        let total = [[b, h, t, n * 4], [b, h, t, t + 2 * d], [1, b, t, v + 2 * d], [1, h, n, 3 * d]]
+        let total = [[b, h, t, n * 5], [b, h, t, t + 2 * d], [1, b, t, v + 2 * d], [1, h, n, 3 * d]]
             .iter()
             .try_fold(0usize, |acc, dims| dims.iter().try_fold(1usize, |p, &x| p.checked_mul(x))?.checked_add(acc));
         let what = format!("the backward of a B={b} T={t} pass of this model");
@@ -62,6 +63,7 @@ impl Backward {
             dx: zeroed(&[b, h, t, n])?,
             dy: zeroed(&[b, h, t, n])?,
             dq: zeroed(&[b, h, t, n])?,
+            dq0: zeroed(&[b, h, t, n])?,
             da: zeroed(&[b, h, t, d])?,
             dvh: zeroed(&[b, h, t, d])?,
             dscores: zeroed(&[b, h, t, t])?,
@@ -131,7 +133,9 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
 
         // Batch rows are independent until the weight gradients sum them: each row's
         // chain is one task, its gradients in cache from one kernel to the next.
-        let saved = Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin };
+        let hnd = h * n * d;
+        let rho0 = if acts.rho0.is_empty() { &[][..] } else { &acts.rho0[l * b * hnd..(l + 1) * b * hnd] };
+        let saved = Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0 };
         let weights_t = std::mem::take(&mut s.weights_t); // read by every row while they write the rest of `s`
         let mut rows = RowGrads::split(s, saved, dm);
         bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm));
@@ -177,6 +181,7 @@ struct Saved<'a> {
     v_in: &'a [f32],   // (B, T, D)
     cos: &'a [f32],    // (T, N/2)
     sin: &'a [f32],    // (T, N/2)
+    rho0: &'a [f32],   // (B, H, N, D) ρ the forward started from, or empty
 }
 
 /// One batch row's part of a layer's backward: what the forward kept and the
@@ -189,6 +194,7 @@ struct RowGrads<'a> {
     dx: &'a mut [f32],      // (H, T, N)
     dy: &'a mut [f32],      // (H, T, N)
     dq: &'a mut [f32],      // (H, T, N)
+    dq0: &'a mut [f32],     // (H, T, N)
     da: &'a mut [f32],      // (H, T, D)
     dvh: &'a mut [f32],     // (H, T, D)
     dscores: &'a mut [f32], // (H, T, T)
@@ -204,6 +210,7 @@ impl<'a> RowGrads<'a> {
         let mut dv = s.dv.chunks_mut(t * d);
         let (mut z, mut dx, mut dy, mut dq) =
             (s.z.chunks_mut(htn), s.dx.chunks_mut(htn), s.dy.chunks_mut(htn), s.dq.chunks_mut(htn));
+        let mut dq0 = s.dq0.chunks_mut(htn);
         let (mut da, mut dvh, mut dscores) = (s.da.chunks_mut(htd), s.dvh.chunks_mut(htd), s.dscores.chunks_mut(htt));
         let du: &'a [f32] = &s.du;
         (0..b)
@@ -217,6 +224,7 @@ impl<'a> RowGrads<'a> {
                     scores: row(saved.scores, htt, r),
                     keep: row(saved.keep, htn, r),
                     v_in: row(saved.v_in, t * d, r),
+                    rho0: row(saved.rho0, h * n * d, r),
                     ..saved
                 };
                 let next = |it: &mut std::slice::ChunksMut<'a, f32>| it.next().expect("one chunk per row");
@@ -228,6 +236,7 @@ impl<'a> RowGrads<'a> {
                     dx: next(&mut dx),
                     dy: next(&mut dy),
                     dq: next(&mut dq),
+                    dq0: next(&mut dq0),
                     da: next(&mut da),
                     dvh: next(&mut dvh),
                     dscores: next(&mut dscores),
@@ -241,7 +250,7 @@ impl<'a> RowGrads<'a> {
 /// of the layer's input, leaving z, dx and dy for the weight gradients.
 fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     let Dims { t, d, h, n, .. } = dm;
-    let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin } = r.saved;
+    let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0 } = r.saved;
     let heads = |a, w, c| Batch { count: [1, h], a, b: w, c };
     let (nt, dt) = ([0, t * n], [0, t * d]); //                      per head
                                              // u = concat_h(z) · decoder: recompute z = dropout(x ⊙ y) for the decoder's gradient
@@ -258,6 +267,17 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     //   ⇒  dv through the values of each head;  dx = [x > 0] ⊙ (dx + Rᵀ d xr)
     let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin };
     causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.da, saved, Attention { b: 1, h, t, n, d });
+    if !rho0.is_empty() {
+        // attention += R(x) · ρ₀ (a carried state, held constant)  ⇒  d R(x) = d attention · ρ₀ᵀ,
+        // dx += [x > 0] ⊙ Rᵀ (d attention · ρ₀ᵀ)
+        matmul_batched(r.dq, r.da, rho0, MatMul::new(t, d, n).b_t(), heads(dt, [0, n * d], nt));
+        rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
+        for ((g, &back), &xv) in r.dx.iter_mut().zip(r.dq0.iter()).zip(x) {
+            if xv > 0.0 {
+                *g += back;
+            }
+        }
+    }
     // dv_in = dv (residual) + Σ_h dv through attention values + Σ_h dx_h · encoder_hᵀ
     add_groups(r.dv, r.dvh, t * d, h);
     matmul_batched(r.dv, r.dx, &w.encoder_t, MatMul::new(t, n, d).acc(), heads(nt, [0, n * d], [0, 0]));

@@ -63,8 +63,10 @@ pub struct Pass<'a> {
     pub mode: Mode,
     /// Edits of x, y and x⊙y (ρ edits need the recurrent step).
     pub edits: &'a Edits,
-    /// Start from this state and leave it holding the tokens read (B = 1): attention
-    /// also reads ρ, RoPE counts from `state.pos`. `None`: an empty state, position 0.
+    /// Start from this state (B rows, one per batch row) and leave it holding the
+    /// tokens read: attention also reads ρ, RoPE counts from `state.pos`. The
+    /// backward then takes the gradient through that read and stops there (ρ at
+    /// the start is a constant). `None`: an empty state, position 0.
     pub state: Option<&'a mut State>,
 }
 
@@ -88,6 +90,7 @@ pub struct Activations {
     pub dims: Dims,
     pub(crate) rope: RopeTable,              // positions pos0..pos0 + T
     pub(crate) frozen: Option<&'static str>, // why the last forward has no backward
+    pub(crate) rho0: Vec<f32>,               // (L, B, H, N, D) ρ the last forward started from; empty without
     pub(crate) tokens: Vec<u32>,             // (B, T)
     pub(crate) v: Vec<f32>,                  // (L+1, B, T, D) residual stream into each layer, then the output
     pub(crate) rstd_v: Vec<f32>,             // (L+1, B, T)
@@ -126,6 +129,7 @@ impl Activations {
         Ok(Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
+            rho0: Vec::new(),
             frozen: None,
             tokens: vec![0; b * t],
             v: zeroed(&[l + 1, b, t, d])?,
@@ -222,8 +226,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     }
     edits.validate(&model.config)?;
     let pos0 = match &state {
-        Some(_) if b != 1 => return Err(Error::Input(format!("a carried state needs B = 1, have B = {b}"))),
-        Some(s) => s.check(&model.config).map(|_| s.pos)?,
+        Some(s) => s.check_rows(&model.config, b).map(|_| s.pos)?,
         None => 0,
     };
     let p = model.weights();
@@ -240,11 +243,17 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
         acts.rope = RopeTable::new(&model.freqs, pos0, t);
     }
     acts.tokens.copy_from_slice(tokens);
-    acts.frozen = match (&state, edits.is_empty()) {
-        (Some(_), _) => Some("the forward read a carried state"),
-        (None, false) => Some("the forward applied edits"),
-        (None, true) => None,
-    };
+    acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");
+    match &state {
+        // ρ at the start, for the gradient through its read (the state itself moves on).
+        Some(s) => {
+            if acts.rho0.len() != s.rho.len() {
+                acts.rho0 = zeroed(&[s.rho.len()])?;
+            }
+            acts.rho0.copy_from_slice(&s.rho);
+        }
+        None => acts.rho0.clear(),
+    }
 
     // v = LN(embed[idx])                                                 (B, T, D)
     let v0 = &mut acts.v[..bt * d];
@@ -261,7 +270,8 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
             let rows = r0..(r0 + group).min(b);
             let stream = ((l * b + r0) * h) as u64;
             let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
-            let rho = state.as_deref_mut().map(|s| &mut s.rho[l * h * n * d..(l + 1) * h * n * d]);
+            let hnd = h * n * d;
+            let rho = state.as_deref_mut().map(|s| &mut s.rho[(l * b + rows.start) * hnd..(l * b + rows.end) * hnd]);
             let (at, rope) = acts.layer_rows(l, rows);
             heads(&p, at, l, Extras { rope, edits, pos0, dropout, rho });
         }
@@ -305,7 +315,7 @@ struct Extras<'a> {
     pos0: usize,
     /// (seed, first stream, probability) of the dropout masks.
     dropout: Option<(u64, u64, f32)>,
-    /// ρ of this layer, (H, N, D), when a state is carried.
+    /// ρ of this layer for these rows, (B, H, N, D), when a state is carried.
     rho: Option<&'a mut [f32]>,
 }
 
@@ -321,10 +331,12 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
     let rope = (&e.rope.cos[..], &e.rope.sin[..]);
     causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, Attention { b, h, t, n, d });
     if let Some(rho) = e.rho {
-        // With a carried state (B = 1): a += R(x) · ρ (the past), then ρ += R(x)ᵀ · v.
-        let heads = |a, b, c| Batch { count: [1, h], a: [0, a], b: [0, b], c: [0, c] };
-        matmul_batched(s.a, s.xr, rho, MatMul::new(t, n, d).acc(), heads(t * n, n * d, t * d));
-        matmul_batched(rho, s.xr, s.v_in, MatMul::new(n, t, d).a_t().acc(), heads(t * n, 0, n * d));
+        // With a carried state: a += R(x) · ρ (the past), then ρ += R(x)ᵀ · v.
+        let (tn, nd, td) = (t * n, n * d, t * d);
+        let read = Batch { count: [b, h], a: [h * tn, tn], b: [h * nd, nd], c: [h * td, td] };
+        matmul_batched(s.a, s.xr, rho, MatMul::new(t, n, d).acc(), read);
+        let write = Batch { count: [b, h], a: [h * tn, tn], b: [td, 0], c: [h * nd, nd] };
+        matmul_batched(rho, s.xr, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
     }
     layer_norm(s.a, s.rstd_a, d);
     // y = relu(a · encoder_v_h)                                          (B, H, T, N)

@@ -22,12 +22,14 @@ use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
 use crate::model::{zeroed, Mode};
 
-/// Everything a running sequence remembers: its position and ρ of each layer.
+/// Everything a running sequence remembers: its position and ρ of each layer. A
+/// state of B rows (for a batch of streams that advance together, as training with a
+/// carried state reads them) holds (L, B, H, N, D); one sequence is B = 1.
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     /// Tokens consumed so far (the position of the next one).
     pub pos: usize,
-    /// ρ per layer and head, (L, H, N, D): `Σ_τ R_τ x_τ ⊗ v_τ`.
+    /// ρ per layer, row and head, (L, B, H, N, D): `Σ_τ R_τ x_τ ⊗ v_τ`.
     pub rho: Vec<f32>,
 }
 
@@ -39,9 +41,29 @@ impl State {
         Ok(State { pos: 0, rho: zeroed(&Self::shape(cfg))? })
     }
 
-    /// The shape of ρ for `cfg`: (L, H, N, D).
+    /// The empty state of `rows` streams read side by side.
+    pub fn rows(cfg: &BdhConfig, rows: usize) -> Result<Self> {
+        let count = Self::shape(cfg).iter().try_fold(rows, |p, &x| p.checked_mul(x));
+        crate::memory::ensure_fits(crate::memory::f32_bytes(count), "the state ρ of a batch of streams")?;
+        Ok(State { pos: 0, rho: zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])? })
+    }
+
+    /// The shape of one sequence's ρ for `cfg`: (L, H, N, D).
     pub fn shape(cfg: &BdhConfig) -> [usize; 4] {
         [cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd]
+    }
+
+    /// Checks that this state holds `rows` streams of a model of config `cfg`.
+    pub fn check_rows(&self, cfg: &BdhConfig, rows: usize) -> Result<()> {
+        let one: usize = Self::shape(cfg).iter().product();
+        if self.rho.len() != one.saturating_mul(rows) {
+            return Err(Error::Input(format!(
+                "a state of {} values is not ρ {:?} for {rows} stream(s)",
+                self.rho.len(),
+                Self::shape(cfg)
+            )));
+        }
+        Ok(())
     }
 
     /// Bytes the state occupies.

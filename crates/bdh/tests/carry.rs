@@ -1,0 +1,98 @@
+//! A synapse state carried from one chunk to the next (truncated backpropagation
+//! through time, as the paper trains): the chunks together compute what one pass
+//! over the whole text computes, and the backward through the read of the carried
+//! state ρ₀ (held constant) matches finite differences.
+
+use bdh::model::bdh::backward::loss;
+use bdh::model::bdh::{backward, forward, Activations, Backward, Bdh, Pass, State};
+use bdh::Model;
+
+use crate::common::{bdh_model, max_rel_diff, tiny_config, tokens};
+
+fn model(scale: f32) -> Bdh {
+    let Model::Bdh(mut m) = bdh_model(tiny_config(2, 16, 2, 4), 11) else { unreachable!("a BDH") };
+    m.params.data_mut().iter_mut().for_each(|x| *x *= scale);
+    m
+}
+
+/// Rows `r` of (B, T) tokens, positions `range`.
+fn part<X: Copy>(toks: &[X], b: usize, t: usize, range: std::ops::Range<usize>) -> Vec<X> {
+    (0..b).flat_map(|r| toks[r * t + range.start..r * t + range.end].to_vec()).collect()
+}
+
+#[test]
+fn chunks_with_a_carried_state_equal_one_forward_at_every_position() {
+    let m = model(1.0);
+    let (b, t, v) = (2, 40, m.config.vocab_size);
+    let toks = tokens(b * 2 * t, 3);
+    let mut whole = Activations::new(&m, b, 2 * t).unwrap();
+    forward(&m, &toks, &mut whole, Pass::default()).unwrap();
+    let mut state = State::rows(&m.config, b).unwrap();
+    let mut acts = Activations::new(&m, b, t).unwrap();
+    let mut worst = 0.0f32;
+    for (k, range) in [0..t, t..2 * t].into_iter().enumerate() {
+        forward(
+            &m,
+            &part(&toks, b, 2 * t, range.clone()),
+            &mut acts,
+            Pass { state: Some(&mut state), ..Pass::default() },
+        )
+        .unwrap();
+        let expected = part(&whole.logits, b, 2 * t * v, range.start * v..range.end * v);
+        let d = max_rel_diff(&acts.logits, &expected);
+        println!("chunk {k}: max rel diff {d:.2e} against one pass");
+        worst = worst.max(d);
+    }
+    assert!(worst < 1e-4, "{worst}");
+    assert_eq!(state.pos, 2 * t);
+    // A state for another number of rows is refused.
+    let mut one = State::rows(&m.config, 1).unwrap();
+    let err = forward(&m, &part(&toks, b, 2 * t, 0..t), &mut acts, Pass { state: Some(&mut one), ..Pass::default() });
+    assert!(err.unwrap_err().to_string().contains("stream"));
+}
+
+#[test]
+fn backward_through_a_carried_state_matches_finite_differences() {
+    // Weights of std 0.2 give the loss real curvature, as in the backward's own test.
+    let m = model(10.0);
+    let (b, t) = (2, 9);
+    let (first, second, targets) = (tokens(b * t, 1), tokens(b * t, 2), tokens(b * t, 4));
+    let mut acts = Activations::new(&m, b, t).unwrap();
+    let mut carried = State::rows(&m.config, b).unwrap();
+    forward(&m, &first, &mut acts, Pass { state: Some(&mut carried), ..Pass::default() }).unwrap();
+    // The loss of the second chunk from ρ₀ = `carried`, which stays fixed (the gradient
+    // stops at the chunk boundary).
+    let loss_from = |m: &Bdh, acts: &mut Activations| {
+        let mut s = carried.clone();
+        forward(m, &second, acts, Pass { state: Some(&mut s), ..Pass::default() }).unwrap();
+        loss(acts, &targets).unwrap() as f64
+    };
+    loss_from(&m, &mut acts);
+    let mut grads = m.params.zeros_like();
+    backward(&m, &acts, &targets, &mut grads, &mut Backward::new(&m, b, t).unwrap()).unwrap();
+    // Without the carried state the gradient differs: the read of ρ₀ matters.
+    let mut fresh = Activations::new(&m, b, t).unwrap();
+    forward(&m, &second, &mut fresh, Pass::default()).unwrap();
+    let mut without = m.params.zeros_like();
+    backward(&m, &fresh, &targets, &mut without, &mut Backward::new(&m, b, t).unwrap()).unwrap();
+    assert!(max_rel_diff(grads.data(), without.data()) > 1e-2);
+
+    let eps = 1e-4f32;
+    for (k, (slot, g)) in grads.tensors().enumerate() {
+        // Half along the gradient, half pseudo-random: large enough to measure in f32.
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        let r: Vec<f32> = tokens(g.len(), 50 + k as u64).iter().map(|&x| x as f32 / 128.0 - 1.0).collect();
+        let dir: Vec<f32> = g.iter().zip(&r).map(|(a, b)| a / norm(g) + b / norm(&r)).collect();
+        let dir: Vec<f32> = dir.iter().map(|x| x / norm(&dir)).collect();
+        let analytic: f64 = g.iter().zip(&dir).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let shifted = |sign: f32| {
+            let mut p = m.clone();
+            p.params.get_mut(&slot.name).unwrap().iter_mut().zip(&dir).for_each(|(x, d)| *x += sign * eps * d);
+            loss_from(&p, &mut Activations::new(&p, b, t).unwrap())
+        };
+        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+        let rel = (numeric - analytic).abs() / analytic.abs();
+        println!("{:<14} analytic {analytic:+.6e} numeric {numeric:+.6e} rel {rel:.1e}", slot.name);
+        assert!(rel < 1e-2, "{}: analytic {analytic} vs numeric {numeric}", slot.name);
+    }
+}
