@@ -155,3 +155,39 @@ fn a_data_section_written_before_lists_keeps_its_corpus() {
     let new: DataConfig = toml::from_str("facts = 4\nmin_facts = 1\ndistance = 1\nlists = 0.75\n").unwrap();
     assert_eq!(new.synthetic(), SyntheticConfig::default());
 }
+
+#[test]
+fn carried_streams_continue_from_batch_to_batch() {
+    let (b, t) = (3, 50);
+    let synthetic = Corpus::Synthetic(SyntheticLanguage::new(SyntheticConfig::default()));
+    let tmp = temp_dir("streams");
+    let path = tmp.path().join("data.txt");
+    std::fs::write(&path, (0..4000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect::<Vec<u8>>()).unwrap();
+    let file = DataConfig { path: Some(path), ..DataConfig::default() }.corpus(t).unwrap();
+    for corpus in [&synthetic, &file] {
+        let (first, restart0) = corpus.stream_batch(9, 0, b, t).unwrap();
+        assert!(restart0);
+        // The next batch continues each row where this one stopped.
+        let (next, restart1) = corpus.stream_batch(9, 1, b, t).unwrap();
+        assert!(!restart1);
+        for row in 0..b {
+            let r = row * t..(row + 1) * t;
+            assert_eq!(next.tokens[r.start], first.targets[r.end - 1], "row {row} continues");
+            assert_eq!(next.tokens[r.start + 1..r.end], next.targets[r.start..r.end - 1], "targets are the next bytes");
+        }
+        assert_ne!(first.tokens[..t], first.tokens[t..2 * t], "rows read different streams");
+    }
+    // A file's 3600 training bytes give each row 1200: 23 batches of 50, then it starts over.
+    let (_, restart) = file.stream_batch(9, 23, b, t).unwrap();
+    assert!(restart);
+    let err = file.stream_batch(9, 0, 100, t).unwrap_err().to_string();
+    assert!(err.contains("its own part"), "{err}");
+    // The built-in streams cross their 16 KiB blocks without a gap in the bytes read.
+    let at = (bdh::data::STREAM_BLOCK / t) as u64;
+    let (a, _) = synthetic.stream_batch(9, at - 1, 1, t).unwrap();
+    let (c, _) = synthetic.stream_batch(9, at, 1, t).unwrap();
+    assert_eq!(c.tokens[0], a.targets[t - 1]);
+    for (row, ans) in &a.answers {
+        assert!(ans.range.end <= t && *row == 0);
+    }
+}

@@ -187,3 +187,42 @@ fn divergence_before_any_checkpoint_says_so() {
     assert!(msg.contains("no checkpoint had been written yet"), "{msg}");
     assert!(!dir.join("last").exists());
 }
+
+#[test]
+fn a_run_carrying_its_state_resumes_exactly_and_detaching_changes_the_gradient() {
+    let carry = ["training.max_steps=6", "training.eval_interval=3", "training.carry_state=true"];
+    let straight = run(&tiny(&carry), temp_dir("carry-straight").path(), false);
+    let plain = run(&tiny(&carry[..2]), temp_dir("carry-plain").path(), false);
+    assert_ne!(straight.losses, plain.losses, "carrying the state changes what is trained");
+    let tmp = temp_dir("carry-resumed");
+    let dir = tmp.path();
+    let cfg = tiny(&carry);
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    let stop = AtomicBool::new(false);
+    let first = train(&cfg, &corpus, dir, false, &stop, |e| {
+        if let Event::Step { step: 3, .. } = e {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert!(dir.join("last/carry.safetensors").exists());
+    let second = run(&cfg, dir, true);
+    let resumed: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
+    println!("carrying: straight {:?}\n          resumed  {resumed:?}", straight.losses);
+    assert_eq!(resumed, straight.losses, "a resumed carrying run must equal an uninterrupted one");
+    let mut detach = carry.to_vec();
+    detach.push("training.detach_state=true");
+    let detached = run(&tiny(&detach), temp_dir("carry-detached").path(), false);
+    assert_eq!(detached.losses[..1], straight.losses[..1], "the same first forward");
+    assert_ne!(detached.losses, straight.losses, "another gradient from the second step on");
+    for (bad, why) in [
+        (&["training.detach_state=true"][..], "needs training.carry_state"),
+        (&["training.carry_state=true", "training.grad_accum=2"][..], "grad_accum must be 1"),
+    ] {
+        let all: Vec<String> = ["model.n_embd=32"].iter().chain(bad).map(|s| s.to_string()).collect();
+        let err = RunConfig::resolve("tiny", &all).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    let err = RunConfig::resolve("gpt-tiny", &["training.carry_state=true".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("has none"), "{err}");
+}

@@ -202,6 +202,46 @@ impl Corpus {
         }
     }
 
+    /// Training batch number `index` of a run that carries its synapse state from
+    /// batch to batch: row r reads its own contiguous stream and batch `index`
+    /// continues where batch `index − 1` stopped. The second value says the streams
+    /// start over here (so the state must be emptied): a file is cut into B equal
+    /// parts, one per row, read again from their starts once a part is used up; the
+    /// built-in language is endless, its streams start over every 2²⁴ tokens (where
+    /// positions stop being exact in f32). A stream of the built-in language is its
+    /// row's documents in blocks of [`STREAM_BLOCK`] bytes, each block cut at its end.
+    pub fn stream_batch(&self, seed: u64, index: u64, b: usize, t: usize) -> Result<(Batch, bool)> {
+        match self {
+            Corpus::Synthetic(lang) => {
+                let per_pass = (crate::eval::MAX_STREAM / t).max(1) as u64;
+                let k = (index % per_pass) as usize;
+                let mut batch = Batch::default();
+                for row in 0..b {
+                    let (text, answers) = stream_bytes(lang, mix(seed, row as u64), k * t, t + 1);
+                    batch.tokens.extend(text[..t].iter().map(|&x| x as u32));
+                    batch.targets.extend(text[1..].iter().map(|&x| x as u32));
+                    batch.answers.extend(answers.into_iter().map(|a| (row, a)));
+                }
+                Ok((batch, k == 0))
+            }
+            Corpus::Files { train, .. } => {
+                let data = train.bytes();
+                let part = data.len() / b;
+                if part < t + 1 {
+                    return Err(Error::Input(format!(
+                        "carrying the state, each of the {b} rows reads its own part of the training bytes: {} bytes \
+                         give parts of {part}, fewer than one block of {t} + 1",
+                        data.len()
+                    )));
+                }
+                let per_pass = ((part - 1) / t) as u64;
+                let k = (index % per_pass) as usize;
+                let starts = (0..b).map(|row| row * part + k * t);
+                Ok((bytes_batch(data, starts, t), k == 0))
+            }
+        }
+    }
+
     /// Validation batch number `index`: the same for every run of this corpus. For
     /// files, `of` batches are spread evenly over the validation bytes.
     pub fn val_batch(&self, index: usize, of: usize, b: usize, t: usize) -> Batch {
@@ -242,6 +282,30 @@ impl Corpus {
     pub fn has_answers(&self) -> bool {
         matches!(self, Corpus::Synthetic(_))
     }
+}
+
+/// Bytes of one built-in stream's blocks (see [`Corpus::stream_batch`]).
+pub const STREAM_BLOCK: usize = 16 * 1024;
+
+/// `len` bytes of the built-in stream seeded `seed` from byte `at`, and the answers
+/// that lie wholly inside (ranges of target positions, as in a batch).
+fn stream_bytes(lang: &SyntheticLanguage, seed: u64, at: usize, len: usize) -> (Vec<u8>, Vec<Answer>) {
+    let (mut text, mut answers) = (Vec::with_capacity(len), Vec::new());
+    let mut pos = at;
+    while text.len() < len {
+        let (block, offset) = (pos / STREAM_BLOCK, pos % STREAM_BLOCK);
+        let w = lang.window(mix(seed, block as u64), STREAM_BLOCK);
+        let take = (STREAM_BLOCK - offset).min(len - text.len());
+        let base = text.len();
+        text.extend_from_slice(&w.text.as_bytes()[offset..offset + take]);
+        for mut a in w.answers.into_iter().filter(|a| a.range.start >= offset.max(1) && a.range.end <= offset + take) {
+            // A target position is the byte's position in this piece minus one.
+            a.range = a.range.start - offset + base - 1..a.range.end - offset + base - 1;
+            answers.push(a);
+        }
+        pos += take;
+    }
+    (text, answers)
 }
 
 fn synthetic_batch(lang: &SyntheticLanguage, seeds: impl Iterator<Item = u64>, t: usize) -> Batch {

@@ -66,6 +66,14 @@ pub struct TrainingConfig {
     /// `.pt`) instead of a fresh initialisation; its config must be the run's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// Carry BDH's synapse state from batch to batch, as the paper trains: each batch
+    /// row reads its own contiguous stream, the state at the end of a batch starts
+    /// the next, positions keep counting, the gradient stops at the boundary.
+    #[serde(default)]
+    pub carry_state: bool,
+    /// With `carry_state`: no gradient through the read of the carried state either.
+    #[serde(default)]
+    pub detach_state: bool,
 }
 
 /// A model, how to train it, and on what.
@@ -167,6 +175,20 @@ impl RunConfig {
                     t.block_size
                 )));
             }
+        }
+        if t.carry_state && !matches!(self.model, ModelConfig::Bdh(_)) {
+            return Err(Error::Config(format!(
+                "training.carry_state carries BDH's synapse state; a {} has none",
+                self.model.describe()
+            )));
+        }
+        if t.carry_state && t.grad_accum != 1 {
+            return Err(Error::Config(
+                "training.carry_state reads one batch of streams per step: grad_accum must be 1".into(),
+            ));
+        }
+        if t.detach_state && !t.carry_state {
+            return Err(Error::Config("training.detach_state needs training.carry_state".into()));
         }
         let d = self.data.synthetic();
         if d.facts == 0 || d.min_facts == 0 || d.min_facts > d.facts {

@@ -6,6 +6,7 @@
 //! and [`crate::model::backward`], and clips, averages and updates the flat
 //! parameter buffer.
 
+pub mod carry;
 pub mod collective;
 pub mod compare;
 pub mod config;
@@ -32,6 +33,8 @@ pub struct Trainer {
     pub acts: Activations,
     /// Gradients of the last step.
     pub grads: Gradients,
+    /// The synapse state carried from batch to batch, if the run carries one.
+    pub carry: Option<carry::Carry>,
 }
 
 impl Trainer {
@@ -40,13 +43,25 @@ impl Trainer {
         let acts = Activations::new(&model, b, t)?;
         let grads = Gradients::new(&model, b, t)?;
         let opt = AdamW::with_decay(opt, model.params(), model.weight_decay_mask());
-        Ok(Trainer { model, opt, acts, grads })
+        Ok(Trainer { model, opt, acts, grads, carry: None })
     }
 
     /// Forward and backward of one micro-batch (B, T); adds to the gradients and
     /// returns the loss. `dropout_seed` draws this micro-batch's dropout masks.
+    /// With a carried state, the batch continues it (and the state moves on).
     pub fn accumulate(&mut self, tokens: &[u32], targets: &[u32], dropout_seed: u64) -> Result<f32> {
-        forward(&self.model, tokens, &mut self.acts, Mode::Train { seed: dropout_seed })?;
+        let mode = Mode::Train { seed: dropout_seed };
+        match (&mut self.carry, &self.model, &mut self.acts) {
+            (None, ..) => forward(&self.model, tokens, &mut self.acts, mode)?,
+            (Some(c), Model::Bdh(m), Activations::Bdh(a)) => {
+                let pass = crate::model::bdh::Pass { mode, state: Some(&mut c.state), ..Default::default() };
+                crate::model::bdh::forward(m, tokens, a, pass)?;
+                if c.detach {
+                    a.rho0.clear(); // no gradient through the read of the carried state
+                }
+            }
+            (Some(_), ..) => return Err(crate::Error::Config("a carried state needs a BDH model".into())),
+        }
         backward(&self.model, &self.acts, targets, &mut self.grads)
     }
 

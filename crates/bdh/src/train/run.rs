@@ -7,6 +7,7 @@
 //! run/last/                model.safetensors, config.json, optimizer.safetensors, trainer.json
 //! run/best/                model.safetensors, config.json of the best validation loss
 //! run/steps/step-NNNNNN/    the model at step N, with `training.keep_every`
+//! run/last/carry.safetensors the carried synapse state, with `training.carry_state`
 //! ```
 
 use std::fs;
@@ -17,6 +18,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::carry::Carry;
 use super::{learning_rate, AdamWConfig, RunConfig, Single, Trainer};
 use crate::data::{Corpus, Tokenizer};
 use crate::error::{Error, Result};
@@ -131,7 +133,11 @@ pub fn train(
                 model
             }
         };
-        (Trainer::new(model, opt, b, t)?, TrainerState { step: 0, best_val_loss: None })
+        let mut trainer = Trainer::new(model, opt, b, t)?;
+        if tc.carry_state {
+            trainer.carry = Some(Carry::new(&run.model, b, tc.detach_state)?);
+        }
+        (trainer, TrainerState { step: 0, best_val_loss: None })
     };
     write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;
     let mut metrics = Metrics::open(&dir.join("metrics.jsonl"), state.step)?;
@@ -151,7 +157,16 @@ pub fn train(
         let mut loss = 0.0f32;
         for micro in 0..tc.grad_accum {
             let index = (state.step * tc.grad_accum + micro) as u64;
-            let batch = corpus.train_batch(tc.seed, index, b, t);
+            let batch = match &mut trainer.carry {
+                None => corpus.train_batch(tc.seed, index, b, t),
+                Some(carry) => {
+                    let (batch, restart) = corpus.stream_batch(tc.seed, index, b, t)?;
+                    if restart {
+                        carry.restart();
+                    }
+                    batch
+                }
+            };
             loss += trainer.accumulate(&batch.tokens, &batch.targets, tc.seed ^ index.wrapping_mul(0x9e37_79b9))?;
         }
         loss /= tc.grad_accum as f32;
@@ -310,6 +325,9 @@ fn save_state(trainer: &Trainer, state: &TrainerState, dir: &Path) -> Result<()>
             }
         }
         write_atomic(&tmp.join("optimizer.safetensors"), &encode_safetensors(&tensors)?)?;
+        if let Some(carry) = &trainer.carry {
+            carry.save(tmp)?;
+        }
         let json = serde_json::json!({"state": state, "optimizer_step": trainer.opt.step});
         write_atomic(&tmp.join("trainer.json"), serde_json::to_string_pretty(&json).expect("serialises").as_bytes())
     })
@@ -348,6 +366,9 @@ fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize)
             }
             params.data_mut()[slot.range].copy_from_slice(values);
         }
+    }
+    if run.training.carry_state {
+        trainer.carry = Some(Carry::load(dir, &trainer.model, b, run.training.detach_state)?);
     }
     Ok((trainer, state))
 }
