@@ -26,6 +26,18 @@ fn run(cfg: &RunConfig, dir: &std::path::Path, resume: bool) -> RunOutcome {
     train(cfg, &corpus, dir, resume, &AtomicBool::new(false), |_| {}).unwrap()
 }
 
+/// A fresh run stopped by the stop flag after step `step`.
+fn run_until(cfg: &RunConfig, dir: &std::path::Path, step: usize) -> RunOutcome {
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    let stop = AtomicBool::new(false);
+    train(cfg, &corpus, dir, false, &stop, |e| {
+        if matches!(e, Event::Step { step: s, .. } if s == step) {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap()
+}
+
 #[test]
 fn same_seed_gives_the_same_losses() {
     let cfg = tiny(&["training.max_steps=4", "training.eval_interval=2"]);
@@ -49,14 +61,7 @@ fn resumed_run_continues_exactly() {
     let dir = tmp.path();
     // Same schedule (max_steps 6), stopped after step 3 by the stop flag.
     let cfg = tiny(&["training.max_steps=6", "training.eval_interval=3"]);
-    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
-    let stop = AtomicBool::new(false);
-    let first = train(&cfg, &corpus, dir, false, &stop, |e| {
-        if let Event::Step { step: 3, .. } = e {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
+    let first = run_until(&cfg, dir, 3);
     assert!(first.interrupted);
     assert_eq!(first.step, 3);
     let second = run(&cfg, dir, true);
@@ -197,14 +202,7 @@ fn a_run_carrying_its_state_resumes_exactly_and_detaching_changes_the_gradient()
     let tmp = temp_dir("carry-resumed");
     let dir = tmp.path();
     let cfg = tiny(&carry);
-    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
-    let stop = AtomicBool::new(false);
-    let first = train(&cfg, &corpus, dir, false, &stop, |e| {
-        if let Event::Step { step: 3, .. } = e {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
+    let first = run_until(&cfg, dir, 3);
     assert!(dir.join("last/carry.safetensors").exists());
     let second = run(&cfg, dir, true);
     let resumed: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
