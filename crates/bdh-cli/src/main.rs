@@ -34,7 +34,7 @@ enum Command {
     Generate(generate::Args),
     /// Loss, perplexity and bits per byte of a model on a file or the built-in corpus.
     Eval(eval::Args),
-    /// Look inside a model: sparsity, the neuron graph, the synapse state.
+    /// Look inside a model: sparsity, the neuron graph, the synapse state, interventions.
     Inspect(inspect::Args),
     /// A training run's loss curves, accuracy, learning rate, speed and samples.
     Report(report::Args),

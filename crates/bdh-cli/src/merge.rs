@@ -18,7 +18,8 @@ pub struct Args {
     /// The second model.
     b: PathBuf,
     /// Directory for the merged model (`model.safetensors`, `config.json`,
-    /// `heritage.json`); replaced atomically if it exists.
+    /// `heritage.json`). It must not exist, or be an earlier merge's output, which is
+    /// then replaced atomically.
     #[arg(long)]
     out: PathBuf,
 }
@@ -35,6 +36,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    // Never replace anything but an earlier merge: not a run, not an input model.
+    if args.out.exists() {
+        let same = |p: &PathBuf| std::fs::canonicalize(p).ok() == std::fs::canonicalize(&args.out).ok();
+        anyhow::ensure!(
+            !same(&args.a) && !same(&args.b) && args.out.join("heritage.json").is_file(),
+            "refusing to write into {}: it exists and is not an earlier merge's output (no heritage.json) — choose \
+             another --out",
+            args.out.display()
+        );
+    }
     let ((a, fa), (b, fb)) = (open(&args.a)?, open(&args.b)?);
     let (merged, heritage) = merge(&a, &b)?;
     let c = &merged.config;

@@ -68,6 +68,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 run.data.val_path = args.val_data.clone();
             }
             if let Some(m) = &args.init_from {
+                if let Some(s) = args.set.iter().find(|s| s.trim_start().starts_with("model.")) {
+                    anyhow::bail!("--init-from takes the model's config from the model; `--set {s}` cannot change it");
+                }
                 let path = bdh::io::checkpoint::model_path(m);
                 let model = bdh::io::checkpoint::load(&path, None)
                     .with_context(|| format!("loading the model to start from, {}", path.display()))?;
@@ -119,6 +122,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 m.param_count() as f64 / 1e6,
                 rayon::current_num_threads()
             ));
+            if run.training.carry_state {
+                let how = if run.training.detach_state { ", no gradient through its read" } else { "" };
+                print(&format!(
+                    "carrying the synapse state from batch to batch: {} streams, one per batch row{how}",
+                    run.training.batch_size
+                ));
+            }
             if let Some(before) = &before {
                 for change in run.changes(before) {
                     print(&format!("changed on resume: {change}"));

@@ -183,4 +183,25 @@ fn merge_writes_a_model_that_runs_and_says_where_its_neurons_came_from() {
         assert!(!o2.status.success() && text(&o2).contains(expected), "{}", text(&o2));
     }
     assert!(out.join("model.safetensors").exists(), "a refused merge leaves the earlier one");
+    // Nothing but an earlier merge is replaced: not a directory of other files, not an input.
+    let other = tmp.path().join("notes");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.md"), "keep me").unwrap();
+    for target in [other.display().to_string(), o.clone()] {
+        let input = if target == o { o.clone() } else { model.clone() };
+        let refused = bdh(&["merge", &input, &model, "--out", &target]);
+        assert!(!refused.status.success() && text(&refused).contains("refusing to write into"), "{}", text(&refused));
+    }
+    assert_eq!(std::fs::read_to_string(other.join("notes.md")).unwrap(), "keep me");
+    // Starting from a model takes its config: a model override is refused.
+    let o3 = bdh(&[
+        "train",
+        "--init-from",
+        &model,
+        "--set",
+        "model.n_layer=4",
+        "--out",
+        &tmp.path().join("r").display().to_string(),
+    ]);
+    assert!(!o3.status.success() && text(&o3).contains("cannot change it"), "{}", text(&o3));
 }

@@ -29,10 +29,11 @@ pub struct ConceptArgs {
     #[arg(long)]
     concept: Option<String>,
     /// Background texts to contrast the concept with: `place`, `color` or a file
-    /// (default: the other built-in kind, or `color` for a file concept).
+    /// (ablate's default: the other built-in kind, or `color` for a file concept;
+    /// overlap needs one given when a concept is built in).
     #[arg(long)]
     background: Option<String>,
-    /// The site whose activity is ranked and removed: x, y or xy.
+    /// The site whose activity is ranked (and, for ablate, removed): x, y or xy.
     #[arg(long, default_value = "x", value_parser = parse_site)]
     site: Site,
 }
@@ -59,7 +60,8 @@ fn concept_set(spec: &str, seed: u64, out: &mut Output, key: &str) -> anyhow::Re
         return Ok((texts.iter().map(|t| tokens(t.as_bytes())).collect(), Some(kind)));
     }
     let path = std::path::Path::new(spec);
-    let bytes = read_file(path)?;
+    let bytes =
+        read_file(path).with_context(|| format!("a concept set is `place`, `color` or a file; {spec} is neither"))?;
     out.provenance.file(key, path, &bytes);
     let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     let texts: Vec<Vec<u32>> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| tokens(l.as_bytes())).collect();
@@ -212,6 +214,16 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     let probe = Probe::built_in(&synthetic, args.rows, args.window);
     let mut acts = None;
     let stepped = !args.synapses.is_empty();
+    // The concept sets are read (and checked) before anything is scored.
+    let ranking = args.concept.rank(model, out)?;
+    if let Some((_, ranked)) = &ranking {
+        anyhow::ensure!(
+            (1..=ranked.len()).contains(&args.top),
+            "--top must be in 1..={} (the model's neurons); got {}",
+            ranked.len(),
+            args.top
+        );
+    }
     let baseline = score(model, &probe, &Edits::new(), &mut acts)?;
     say!("{}; {} built-in windows of {} tokens", model_line(model), args.rows, args.window);
     let show = |name: &str, s: &Score| {
@@ -276,7 +288,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
             report.generation = Some((a, b));
         }
     }
-    if let Some((kind, ranked)) = args.concept.rank(model, out)? {
+    if let Some((kind, ranked)) = ranking {
         report.concept_kind = kind;
         say!("most selective neurons ({:?}):", site);
         for s in ranked.iter().take(8) {
@@ -291,7 +303,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
             );
         }
         let ids: Vec<NeuronId> = ranked.iter().map(|s| s.id).collect();
-        let top = args.top.clamp(1, ids.len());
+        let top = args.top;
         let ks: Vec<usize> =
             std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < top).chain([top]).collect();
         report.curve = ablation_curve(model, &probe, &ids, &ks, site, args.seed)?;
@@ -301,7 +313,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         say!("{:>5}  {:>16} {:>16} {:>15}", "", "top / random", "top / random", "top / random");
         for p in &report.curve {
             say!(
-                "{:>5}  {:>7.1}% /{:>5.1}% {:>7.1}% /{:>5.1}% {:>7.4} /{:.4}",
+                "{:>5}  {:>7.1}% / {:>5.1}% {:>7.1}% / {:>5.1}% {:>7.4} / {:.4}",
                 p.k,
                 100.0 * p.selected.accuracy(mine),
                 100.0 * p.random.accuracy(mine),

@@ -187,12 +187,12 @@ pub fn run_top(args: TopArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<(
     anyhow::ensure!(args.radius <= 4096, "--radius must be at most 4096");
     let r = top(model, &bytes, args.layer, args.head, args.neuron, args.site, args.k, args.facets, args.radius)?;
     say!(
-        "{}; neuron {}:{}:{} ({:?}) fired at {} of {} tokens",
+        "{}; neuron {}:{}:{} ({}) fired at {} of {} tokens",
         model_line(model),
         r.layer,
         r.head,
         r.neuron,
-        r.site,
+        format!("{:?}", r.site).to_lowercase(),
         r.fired,
         r.tokens
     );
@@ -211,7 +211,7 @@ fn one_line(s: &str) -> String {
 }
 
 fn top_page(mut p: Page, r: &TopReport) -> Page {
-    p.heading(&format!("Neuron {}:{}:{} ({:?})", r.layer, r.head, r.neuron, r.site));
+    p.heading(&format!("Neuron {}:{}:{} ({})", r.layer, r.head, r.neuron, format!("{:?}", r.site).to_lowercase()));
     p.text(&format!(
         "It fired at {} of {} tokens. Its {} strongest contexts, clustered into facets by k-means (cosine) on the whole head's activation there.",
         r.fired,

@@ -36,7 +36,8 @@ mod patch;
 mod sparsity;
 mod synapses;
 
-/// Looks inside a model: sparsity, the neuron graph, the synapse state.
+/// Looks inside a model: sparsity, the neuron graph, the synapse state, and
+/// interventions (ablate, patch, induction, top, path, overlap).
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]

@@ -74,7 +74,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         }
     };
     let r = patch(model, &pairs)?;
-    say!("{}; {} pairs", model_line(model), r.pairs);
+    say!("{}; {} pair{}", model_line(model), r.pairs, if r.pairs == 1 { "" } else { "s" });
     say!(
         "logit difference clean − corrupted answer: {:.3} on clean texts, {:.3} on corrupted; restored by patching:",
         r.clean_diff,

@@ -111,14 +111,25 @@ impl Score {
     }
 }
 
-/// Scores `model` with `edits` (x, y or x⊙y) on `probe`, by the parallel forward.
+/// Rows scored per forward pass (the pass keeps every activation of its rows).
+const ROWS_PER_PASS: usize = 8;
+
+/// Scores `model` with `edits` (x, y or x⊙y) on `probe`, by the parallel forward, a
+/// few rows at a time.
 pub fn score(model: &Bdh, probe: &Probe, edits: &Edits, acts: &mut Option<Activations>) -> Result<Score> {
-    if acts.as_ref().is_none_or(|a| (a.dims.b, a.dims.t) != (probe.b, probe.t)) {
-        *acts = Some(Activations::new(model, probe.b, probe.t)?);
+    let (t, v) = (probe.t, model.config.vocab_size);
+    let mut logits = crate::model::zeroed(&[probe.b, t, v])?;
+    for (rows, out) in probe.tokens.chunks(ROWS_PER_PASS * t).zip(logits.chunks_mut(ROWS_PER_PASS * t * v)) {
+        let b = rows.len() / t;
+        if acts.as_ref().is_none_or(|a| (a.dims.b, a.dims.t) != (b, t)) {
+            drop(acts.take());
+            *acts = Some(Activations::new(model, b, t)?);
+        }
+        let a = acts.as_mut().expect("just made");
+        forward(model, rows, a, Pass { mode: Mode::Eval, edits, state: None })?;
+        out.copy_from_slice(&a.logits);
     }
-    let a = acts.as_mut().expect("just made");
-    forward(model, &probe.tokens, a, Pass { mode: Mode::Eval, edits, state: None })?;
-    Ok(score_logits(probe, &a.logits, model.config.vocab_size))
+    Ok(score_logits(probe, &logits, v))
 }
 
 /// Scores `model` with `edits` on `probe` by the recurrent step, token by token, so
