@@ -121,6 +121,30 @@ fn patch_report_restores_all_at_every_layer_output_and_all_neurons_equal_the_hea
 }
 
 #[test]
+fn in_one_layer_the_synapse_state_is_all_the_answer_knows_of_the_past() {
+    // With one layer, the answering token's own x and v are the same in both texts
+    // (the same last byte), so copying ρ of every head restores the clean answer
+    // exactly, and nothing before it can.
+    let Model::Bdh(m) = bdh_model(tiny_config(1, 32, 2, 8), 5) else { unreachable!("a BDH") };
+    let make = |a: &str, b: &str| PairTokens::new(a.as_bytes(), b.as_bytes(), b"xq", b"yq").unwrap();
+    let mut pairs =
+        vec![make("ada x. bo z. ada ", "ada y. bo z. ada "), make("cy xx, dee w; cy ", "cy yy, dee w; cy ")];
+    for p in &mut pairs {
+        let diff = |t: &[u32]| {
+            let l = logits(&m, t, &Edits::new());
+            l[l.len() - 256 + p.clean_answer as usize] - l[l.len() - 256 + p.corrupt_answer as usize]
+        };
+        if diff(&p.clean) < diff(&p.corrupted) {
+            std::mem::swap(&mut p.clean, &mut p.corrupted);
+        }
+    }
+    let r = patch(&m, &pairs).unwrap();
+    let rho_all = r.sites.iter().find(|s| s.site == Site::Rho && s.head.is_none()).unwrap();
+    println!("one layer: ρ of every head restores {:.6}", rho_all.restored);
+    assert!((rho_all.restored - 1.0).abs() < 1e-4, "{rho_all:?}");
+}
+
+#[test]
 fn selectivity_is_cohens_d_of_per_text_means() {
     let m = model();
     let concept = vec![toks("aaaa"), toks("aaab"), toks("abaa")];
