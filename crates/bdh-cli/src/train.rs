@@ -72,9 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("--init-from takes the model's config from the model; `--set {s}` cannot change it");
                 }
                 let path = bdh::io::checkpoint::model_path(m);
-                let model = bdh::io::checkpoint::load(&path, None)
-                    .with_context(|| format!("loading the model to start from, {}", path.display()))?;
-                run.model = model.config();
+                run.model = bdh::io::checkpoint::load_config(&path, None)
+                    .with_context(|| format!("reading the config of the model to start from, {}", path.display()))?;
                 run.training.init_from = Some(m.clone());
                 run.validate()?;
             }

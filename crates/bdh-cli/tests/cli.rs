@@ -157,13 +157,7 @@ fn train_rejects_bad_input_without_panicking() {
 fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
     // Without Chromium the inspect commands and their JSON are still checked;
     // only rendering the HTML reports is skipped, and says so.
-    let chromium = chromium();
-    if chromium.is_none() {
-        eprintln!(
-            "SKIPPED render check of the inspect reports: no Chromium found \
-             (apt-get install chromium, or set BDH_CHROMIUM; BDH_REQUIRE_CHROMIUM=1 makes this a failure)"
-        );
-    }
+    let chromium = chromium("the inspect reports");
     let tmp = temp("inspect");
     let dir = tmp.path();
     let model = golden("ref-small-trained");
@@ -420,10 +414,7 @@ fn compare_trains_both_families_on_the_same_batches_and_draws_the_report() {
     let o = bdh(&["compare", "--sizes", "xs", "--tokens", "16384", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("made with other settings (training.max_steps: 4 → 8"), "{}", text(&o));
-    let Some(chromium) = chromium() else {
-        eprintln!("SKIPPED render check of the compare report: no Chromium found");
-        return;
-    };
+    let Some(chromium) = chromium("the compare report") else { return };
     let (dom, _) = render(&chromium, &out.join("report.html"), tmp.path());
     assert!(dom.matches("<svg").count() >= 2 && dom.contains("bdh compare"), "no charts in the compare report");
     assert!(dom.contains("Validation loss against training tokens") && dom.contains("<td>xs</td>"), "{dom}");

@@ -21,13 +21,7 @@ fn json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn interventions_run_on_a_recalling_model_write_json_and_render() {
-    let chromium = chromium();
-    if chromium.is_none() {
-        eprintln!(
-            "SKIPPED render check of the intervention reports: no Chromium found \
-             (apt-get install chromium, or set BDH_CHROMIUM; BDH_REQUIRE_CHROMIUM=1 makes this a failure)"
-        );
-    }
+    let chromium = chromium("the intervention reports");
     let tmp = temp("interventions");
     let dir = tmp.path();
     let model = golden("recall-trained");

@@ -55,6 +55,16 @@ impl EvalMetrics {
     }
 }
 
+/// Whether the answer at target positions `range` of the row starting at `row0`
+/// is predicted exactly: every byte the argmax of the logits, (·, V), given the
+/// text before it.
+pub(crate) fn answered(logits: &[f32], targets: &[u32], row0: usize, range: &std::ops::Range<usize>, v: usize) -> bool {
+    range.clone().all(|pos| {
+        let at = row0 + pos;
+        argmax(&logits[at * v..(at + 1) * v]) == targets[at]
+    })
+}
+
 /// Validation loss, bits per byte and answer accuracy over `batches` fixed batches
 /// of the size `acts` holds. An answer counts when every byte of it is the argmax
 /// prediction given the text before it.
@@ -75,10 +85,7 @@ pub fn evaluate(
         loss += cross_entropy(logits, &batch.targets, v) as f64;
         for (row, a) in &batch.answers {
             answers += 1;
-            let hit = a.range.clone().all(|pos| {
-                let at = row * t + pos;
-                argmax(&logits[at * v..(at + 1) * v]) == batch.targets[at]
-            });
+            let hit = answered(logits, &batch.targets, row * t, &a.range, v);
             correct += usize::from(hit);
             let g = match groups.iter().position(|g| g.list == a.list && g.facts == a.facts) {
                 Some(i) => &mut groups[i],
@@ -247,11 +254,7 @@ pub fn evaluate_stream(
     let mut total = 0.0f64;
     for (k, (part, want)) in tokens.chunks(chunk).zip(targets.chunks(chunk)).enumerate() {
         let t = part.len();
-        if acts.as_ref().is_none_or(|a| a.dims.t != t) {
-            drop(acts.take());
-            acts = Some(BdhActivations::new(model, 1, t)?);
-        }
-        let a = acts.as_mut().expect("just made");
+        let a = BdhActivations::reuse(&mut acts, model, 1, t)?;
         bdh_forward(model, part, a, Pass { mode: Mode::Eval, state: Some(&mut state), ..Pass::default() })?;
         for (i, (row, &target)) in a.logits.chunks_exact(v).zip(want).enumerate() {
             let loss = cross_entropy(row, &[target], v) as f64;

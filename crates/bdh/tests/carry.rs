@@ -5,7 +5,7 @@
 
 use bdh::model::bdh::backward::loss;
 use bdh::model::bdh::{backward, forward, Activations, Backward, Bdh, Pass, State};
-use bdh::Model;
+use bdh::{Mode, Model};
 
 use crate::common::{bdh_model, max_rel_diff, tiny_config, tokens};
 
@@ -59,12 +59,13 @@ fn backward_through_a_carried_state_matches_finite_differences() {
     let (first, second, targets) = (tokens(b * t, 1), tokens(b * t, 2), tokens(b * t, 4));
     let mut acts = Activations::new(&m, b, t).unwrap();
     let mut carried = State::rows(&m.config, b).unwrap();
-    forward(&m, &first, &mut acts, Pass { state: Some(&mut carried), ..Pass::default() }).unwrap();
+    let train = Mode::Train { seed: 0 }; // dropout 0: the pass is deterministic
+    forward(&m, &first, &mut acts, Pass { mode: train, state: Some(&mut carried), ..Pass::default() }).unwrap();
     // The loss of the second chunk from ρ₀ = `carried`, which stays fixed (the gradient
     // stops at the chunk boundary).
     let loss_from = |m: &Bdh, acts: &mut Activations| {
         let mut s = carried.clone();
-        forward(m, &second, acts, Pass { state: Some(&mut s), ..Pass::default() }).unwrap();
+        forward(m, &second, acts, Pass { mode: train, state: Some(&mut s), ..Pass::default() }).unwrap();
         loss(acts, &targets).unwrap() as f64
     };
     loss_from(&m, &mut acts);
@@ -72,7 +73,7 @@ fn backward_through_a_carried_state_matches_finite_differences() {
     backward(&m, &acts, &targets, &mut grads, &mut Backward::new(&m, b, t).unwrap()).unwrap();
     // Without the carried state the gradient differs: the read of ρ₀ matters.
     let mut fresh = Activations::new(&m, b, t).unwrap();
-    forward(&m, &second, &mut fresh, Pass::default()).unwrap();
+    forward(&m, &second, &mut fresh, Pass::mode(train)).unwrap();
     let mut without = m.params.zeros_like();
     backward(&m, &fresh, &targets, &mut without, &mut Backward::new(&m, b, t).unwrap()).unwrap();
     assert!(max_rel_diff(grads.data(), without.data()) > 1e-2);

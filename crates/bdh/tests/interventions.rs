@@ -4,8 +4,8 @@
 
 use bdh::data::{Kind, SyntheticConfig, SyntheticLanguage};
 use bdh::microscope::ablate::{
-    ablation_curve, greedy, influence_path, overlap, random_control, score, score_stepped, selectivity, zeroing,
-    NeuronId, Probe,
+    ablation_curve, influence_path, overlap, random_control, score, score_stepped, selectivity, zeroing, NeuronId,
+    Probe,
 };
 use bdh::microscope::induction::{induction, shares};
 use bdh::microscope::patch::{patch, PairTokens};
@@ -230,7 +230,16 @@ fn influence_path_logits_are_those_of_the_path_removed() {
         assert!((s.shift - (s.logit - path.logit)).abs() < 1e-9);
     }
     // With no edits, greedy decoding continues as the logits say.
-    let g = greedy(&m, &prompt, 3, &Edits::new()).unwrap();
+    let prepared = bdh::infer::Prepared::new(Model::Bdh(m.clone())).unwrap();
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let greedy = bdh::infer::SamplingConfig { temperature: 0.0, ..Default::default() };
+    let mut sampler = bdh::infer::Sampler::new(greedy).unwrap();
+    let gen = bdh::infer::Generation { max_tokens: 3, ..Default::default() };
+    let g = bdh::infer::generate(&prepared, &mut state, &mut scratch, &prompt, &gen, &mut sampler, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap()
+    .tokens;
     let l = logits(&m, &prompt, &Edits::new());
     assert_eq!(g[0], bdh::infer::argmax(&l[l.len() - 256..]));
 }

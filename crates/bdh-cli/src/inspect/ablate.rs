@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bdh::data::{Kind, SyntheticConfig, SyntheticLanguage};
 use bdh::microscope::ablate::{
-    ablation_curve, greedy, overlap, random_control, score, score_stepped, selectivity, CurvePoint, NeuronId, Overlap,
-    Probe, Score, Selective,
+    ablation_curve, overlap, random_control, score, score_stepped, selectivity, CurvePoint, NeuronId, Overlap, Probe,
+    Score, Selective,
 };
 use bdh::model::bdh::{Bdh, Edit, Edits, Site};
 
@@ -279,11 +279,9 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         }
         if let Some(prompt) = &args.prompt {
             out.provenance.text("prompt", "--prompt", prompt.as_bytes());
-            let text =
-                |t: Vec<u32>| String::from_utf8_lossy(&t.iter().map(|&b| b as u8).collect::<Vec<_>>()).into_owned();
             let p = tokens(prompt.as_bytes());
             let (a, b) =
-                (text(greedy(model, &p, args.tokens, &Edits::new())?), text(greedy(model, &p, args.tokens, &edits)?));
+                (greedy(model, &p, args.tokens, Edits::new())?, greedy(model, &p, args.tokens, edits.clone())?);
             say!("  {prompt}│{a}\n  without: {prompt}│{b}");
             report.generation = Some((a, b));
         }
@@ -326,6 +324,20 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         report.most_selective = ranked.into_iter().take(top.max(20)).collect();
     }
     out.write(&report, || page(out.page(), &report), "bdh inspect ablate")
+}
+
+/// The greedy continuation of `prompt` (`tokens` bytes) with `edits` applied to
+/// the prompt and every generated token.
+fn greedy(model: &Bdh, prompt: &[u32], tokens: usize, edits: Edits) -> anyhow::Result<String> {
+    use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
+    let prepared = Prepared::new(bdh::Model::Bdh(model.clone()))?;
+    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
+    let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() })?;
+    let g = Generation { max_tokens: tokens, edits, ..Generation::default() };
+    let out = generate(&prepared, &mut state, &mut scratch, prompt, &g, &mut sampler, |_| {
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(String::from_utf8_lossy(&out.text).into_owned())
 }
 
 /// "place 12/40, color 9/38".

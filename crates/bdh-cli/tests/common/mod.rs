@@ -35,9 +35,10 @@ pub fn temp(name: &str) -> TempDir {
 
 /// Headless Chromium (Debian's `chromium`; `.ci/run` installs it): `$BDH_CHROMIUM`
 /// if set (it must then run), else `chromium` or `chromium-browser` on the PATH.
-/// None when there is none, unless `BDH_REQUIRE_CHROMIUM` is set (to anything
-/// but `0`), as CI does: then a missing browser fails the test.
-pub fn chromium() -> Option<String> {
+/// None when there is none — saying that rendering `what` is skipped — unless
+/// `BDH_REQUIRE_CHROMIUM` is set (to anything but `0`), as CI does: then a missing
+/// browser fails the test.
+pub fn chromium(what: &str) -> Option<String> {
     let runs = |c: &str| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success());
     if let Some(c) = std::env::var("BDH_CHROMIUM").ok().filter(|c| !c.is_empty()) {
         assert!(runs(&c), "BDH_CHROMIUM={c} does not run (`{c} --version` failed)");
@@ -49,8 +50,12 @@ pub fn chromium() -> Option<String> {
     let required = std::env::var("BDH_REQUIRE_CHROMIUM").is_ok_and(|v| !v.is_empty() && v != "0");
     assert!(
         !required,
-        "BDH_REQUIRE_CHROMIUM is set but no Chromium was found to render the inspect reports: \
+        "BDH_REQUIRE_CHROMIUM is set but no Chromium was found to render {what}: \
          apt-get install chromium, or set BDH_CHROMIUM to a Chromium binary"
+    );
+    eprintln!(
+        "SKIPPED render check of {what}: no Chromium found \
+         (apt-get install chromium, or set BDH_CHROMIUM; BDH_REQUIRE_CHROMIUM=1 makes this a failure)"
     );
     None
 }

@@ -177,6 +177,17 @@ fn sniff(path: &Path) -> Option<Format> {
 pub fn load(model: &Path, config: Option<&Path>) -> Result<Model> {
     let (weights, config_path) = resolve(model, config)?;
     let cfg = ModelConfig::from_json_file(&config_path)?;
+    load_weights(cfg, &weights)
+}
+
+/// The config of the model [`load`] would load, without reading its weights.
+pub fn load_config(model: &Path, config: Option<&Path>) -> Result<ModelConfig> {
+    ModelConfig::from_json_file(&resolve(model, config)?.1)
+}
+
+/// The weights file `weights` read as a model of config `cfg`.
+fn load_weights(cfg: ModelConfig, weights: &Path) -> Result<Model> {
+    let weights = weights.to_path_buf();
     let pytorch = match weights.extension().and_then(|e| e.to_str()) {
         Some(e) if WEIGHT_EXTENSIONS.contains(&e) => e != "safetensors",
         _ => sniff(&weights) != Some(Format::Safetensors),

@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::data::{Answer, Corpus, Kind, SyntheticConfig, SyntheticLanguage};
 use crate::error::{Error, Result};
-use crate::infer::argmax;
 use crate::model::bdh::{forward, Action, Activations, Bdh, Edit, Edits, Pass, Prepared, Site};
 use crate::model::loss::cross_entropy;
 use crate::model::Mode;
@@ -121,11 +120,7 @@ pub fn score(model: &Bdh, probe: &Probe, edits: &Edits, acts: &mut Option<Activa
     let mut logits = crate::model::zeroed(&[probe.b, t, v])?;
     for (rows, out) in probe.tokens.chunks(ROWS_PER_PASS * t).zip(logits.chunks_mut(ROWS_PER_PASS * t * v)) {
         let b = rows.len() / t;
-        if acts.as_ref().is_none_or(|a| (a.dims.b, a.dims.t) != (b, t)) {
-            drop(acts.take());
-            *acts = Some(Activations::new(model, b, t)?);
-        }
-        let a = acts.as_mut().expect("just made");
+        let a = Activations::reuse(acts, model, b, t)?;
         forward(model, rows, a, Pass { mode: Mode::Eval, edits, state: None })?;
         out.copy_from_slice(&a.logits);
     }
@@ -153,10 +148,7 @@ fn score_logits(probe: &Probe, logits: &[f32], v: usize) -> Score {
     let loss = cross_entropy(logits, &probe.targets, v) as f64;
     let mut kinds: Vec<KindScore> = Vec::new();
     for (row, ans) in &probe.answers {
-        let hit = ans.range.clone().all(|pos| {
-            let at = row * probe.t + pos;
-            argmax(&logits[at * v..(at + 1) * v]) == probe.targets[at]
-        });
+        let hit = crate::eval::answered(logits, &probe.targets, row * probe.t, &ans.range, v);
         let k = match kinds.iter().position(|k| k.kind == ans.kind) {
             Some(i) => &mut kinds[i],
             None => {
@@ -169,20 +161,6 @@ fn score_logits(probe: &Probe, logits: &[f32], v: usize) -> Score {
     }
     kinds.sort_by_key(|k| k.kind as u8);
     Score { loss, kinds }
-}
-
-/// The greedy continuation of `prompt` (`tokens` bytes) with `edits` applied to
-/// the prompt and every generated token.
-pub fn greedy(model: &Bdh, prompt: &[u32], tokens: usize, edits: &Edits) -> Result<Vec<u32>> {
-    let prepared = Prepared::new(model.clone())?;
-    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
-    let mut next = argmax(prepared.prefill(&mut state, &mut scratch, prompt, edits)?);
-    let mut out = Vec::with_capacity(tokens);
-    for _ in 0..tokens {
-        out.push(next);
-        next = argmax(prepared.step(&mut state, &mut scratch, next, edits)?);
-    }
-    Ok(out)
 }
 
 /// How selectively a neuron fires for a concept.
@@ -215,11 +193,7 @@ fn text_moments(model: &Bdh, texts: &[Vec<u32>], site: Site) -> Result<(usize, V
         if t == 0 {
             return Err(Error::Input("an empty text in a concept or background set".into()));
         }
-        if acts.as_ref().is_none_or(|a| a.dims.t != t) {
-            drop(acts.take());
-            acts = Some(Activations::new(model, 1, t)?);
-        }
-        let a = acts.as_mut().expect("just made");
+        let a = Activations::reuse(&mut acts, model, 1, t)?;
         forward(model, text, a, Pass::default())?;
         means.fill(0.0);
         for l in 0..c.n_layer {

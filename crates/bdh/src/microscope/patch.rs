@@ -126,15 +126,15 @@ pub struct PatchReport {
     pub top_rho_rows: Vec<usize>,
 }
 
-/// One pair's clean activations, per layer: (site, layer) → values.
-struct Clean {
+/// One run's activations of each site, per layer.
+struct Recorded {
     x: Vec<Arc<Vec<f32>>>,
     y: Vec<Arc<Vec<f32>>>,
     xy: Vec<Arc<Vec<f32>>>,
     out: Vec<Arc<Vec<f32>>>,
 }
 
-impl Clean {
+impl Recorded {
     fn of(&self, site: Site, layer: usize) -> Arc<Vec<f32>> {
         match site {
             Site::X => self.x[layer].clone(),
@@ -148,8 +148,8 @@ impl Clean {
 /// A pair run once clean and once corrupted, with what patching needs of it.
 struct Run<'a> {
     pair: &'a PairTokens,
-    clean: Clean,
-    corrupted: Clean,
+    clean: Recorded,
+    corrupted: Recorded,
     clean_diff: f64,
     corrupt_diff: f64,
     /// ρ after all but the last token, clean and corrupted.
@@ -203,20 +203,21 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
     let prepared = Prepared::new(model.clone())?;
     let mut scratch = prepared.scratch();
     let mut runs = Vec::with_capacity(pairs.len());
+    let mut acts: Option<Activations> = None;
     for pair in pairs {
         let t = pair.clean.len();
-        let mut acts = Activations::new(model, 1, t)?;
-        let mut record = |tokens: &[u32]| -> Result<(Clean, f64)> {
-            forward(model, tokens, &mut acts, Pass::default())?;
+        let acts = Activations::reuse(&mut acts, model, 1, t)?;
+        let mut record = |tokens: &[u32]| -> Result<(Recorded, f64)> {
+            forward(model, tokens, acts, Pass::default())?;
             let keep = |f: &dyn Fn(usize) -> Vec<f32>| (0..l_n).map(|l| Arc::new(f(l))).collect();
-            let a = &acts;
-            let clean = Clean {
+            let a = &*acts;
+            let recorded = Recorded {
                 x: keep(&|l| a.x(l).to_vec()),
                 y: keep(&|l| a.y(l).to_vec()),
                 xy: keep(&|l| a.x(l).iter().zip(a.y(l)).map(|(x, y)| x * y).collect()),
                 out: keep(&|l| a.residual(l + 1).to_vec()),
             };
-            Ok((clean, pair.diff(&a.logits, v)))
+            Ok((recorded, pair.diff(&a.logits, v)))
         };
         let (clean, clean_diff) = record(&pair.clean)?;
         let (corrupted, corrupt_diff) = record(&pair.corrupted)?;
@@ -256,11 +257,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
             let mut edits = Edits::new();
             let values = r.clean.of(site, layer);
             edits.patch(Patch { site, layer, head, neurons: neurons.clone(), positions: 0..t, values });
-            if acts.as_ref().is_none_or(|a| a.dims.t != t) {
-                drop(acts.take());
-                acts = Some(Activations::new(model, 1, t)?);
-            }
-            let acts = acts.as_mut().expect("just made");
+            let acts = Activations::reuse(&mut acts, model, 1, t)?;
             forward(model, &r.pair.corrupted, acts, Pass { edits: &edits, ..Pass::default() })?;
             sum += r.pair.diff(&acts.logits, v) - r.corrupt_diff;
         }

@@ -62,11 +62,7 @@ pub(crate) fn stream_chunks(
     let mut acts: Option<Activations> = None;
     for (k, part) in tokens.chunks(CHUNK).enumerate() {
         let t = part.len();
-        if acts.as_ref().is_none_or(|a| a.dims.t != t) {
-            drop(acts.take()); // free the old chunk's buffers first
-            acts = Some(Activations::new(model, 1, t)?);
-        }
-        let a = acts.as_mut().expect("just made");
+        let a = Activations::reuse(&mut acts, model, 1, t)?;
         forward(model, part, a, Pass { mode: Mode::Eval, edits: &NO_EDITS, state: Some(&mut state) })?;
         f(k * CHUNK, a)?;
     }

@@ -154,20 +154,24 @@ pub fn top(
     let vectors: Vec<Vec<f32>> = kept.iter().map(|k| k.vector.clone()).collect();
     let facets = facets.min(kept.len().max(1));
     let assignment = kmeans_cosine(&vectors, facets, 0);
+    // Facets numbered by size, largest first; empty clusters dropped.
+    let size = |f: usize| assignment.iter().filter(|&&a| a == f).count();
+    let mut order: Vec<usize> = (0..facets).filter(|&f| size(f) > 0).collect();
+    order.sort_by(|&a, &b| size(b).cmp(&size(a)).then(a.cmp(&b)));
     let lossy = |r: std::ops::Range<usize>| String::from_utf8_lossy(&bytes[r]).into_owned();
     let contexts: Vec<Context> = kept
         .iter()
         .zip(&assignment)
-        .map(|(k, &facet)| Context {
+        .map(|(k, &cluster)| Context {
             position: k.position,
             activation: k.activation,
             before: lossy(k.position.saturating_sub(radius)..k.position),
             token: lossy(k.position..k.position + 1),
             after: lossy(k.position + 1..(k.position + 1 + radius).min(bytes.len())),
-            facet,
+            facet: order.iter().position(|&o| o == cluster).expect("every cluster with a member is kept"),
         })
         .collect();
-    let mut groups: Vec<Facet> = (0..facets)
+    let facets = (0..order.len())
         .map(|f| {
             let members: Vec<&Context> = contexts.iter().filter(|c| c.facet == f).collect();
             let mut counts: Vec<(String, usize)> = Vec::new();
@@ -179,23 +183,11 @@ pub fn top(
             }
             counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             counts.truncate(5);
-            let mean = members.iter().map(|m| m.activation as f64).sum::<f64>() / members.len().max(1) as f64;
+            let mean = members.iter().map(|m| m.activation as f64).sum::<f64>() / members.len() as f64;
             Facet { size: members.len(), mean_activation: mean, tokens: counts }
         })
         .collect();
-    // Number facets by size, largest first, and drop empty ones.
-    let mut order: Vec<usize> = (0..facets).filter(|&f| groups[f].size > 0).collect();
-    order.sort_by(|&a, &b| groups[b].size.cmp(&groups[a].size).then(a.cmp(&b)));
-    let renumber: Vec<usize> = (0..facets).map(|f| order.iter().position(|&o| o == f).unwrap_or(0)).collect();
-    let contexts = contexts.into_iter().map(|c| Context { facet: renumber[c.facet], ..c }).collect();
-    let facets_out = order.iter().map(|&f| std::mem::replace(&mut groups[f], Facet::empty())).collect();
-    Ok(TopReport { layer, head, neuron, site, tokens: tokens.len(), fired, contexts, facets: facets_out })
-}
-
-impl Facet {
-    fn empty() -> Self {
-        Facet { size: 0, mean_activation: 0.0, tokens: Vec::new() }
-    }
+    Ok(TopReport { layer, head, neuron, site, tokens: tokens.len(), fired, contexts, facets })
 }
 
 /// k-means on the unit-normalised `vectors` (cosine similarity), k-means++ seeded

@@ -90,7 +90,7 @@ pub struct Activations {
     pub dims: Dims,
     pub(crate) rope: RopeTable,              // positions pos0..pos0 + T
     pub(crate) frozen: Option<&'static str>, // why the last forward has no backward
-    pub(crate) rho0: Vec<f32>,               // (L, B, H, N, D) ρ the last forward started from; empty without
+    pub(crate) rho0: Vec<f32>,               // (L, B, H, N, D) ρ a train-mode pass started from; else empty
     pub(crate) tokens: Vec<u32>,             // (B, T)
     pub(crate) v: Vec<f32>,                  // (L+1, B, T, D) residual stream into each layer, then the output
     pub(crate) rstd_v: Vec<f32>,             // (L+1, B, T)
@@ -147,6 +147,17 @@ impl Activations {
             rstd_w: zeroed(&[l, b, t])?,
             logits: zeroed(&[b, t, v])?,
         })
+    }
+
+    /// The buffers in `slot` if they are for a (B, T) pass of `model`'s sizes, else
+    /// new ones (the old freed first): for passes over texts of varying lengths.
+    pub fn reuse<'s>(slot: &'s mut Option<Activations>, model: &Bdh, b: usize, t: usize) -> Result<&'s mut Self> {
+        let fits = slot.as_ref().is_some_and(|a| a.dims == Dims::new(&model.config, b, t));
+        if !fits {
+            drop(slot.take());
+            *slot = Some(Activations::new(model, b, t)?);
+        }
+        Ok(slot.as_mut().expect("just made"))
     }
 
     /// The residual stream leaving layer `l − 1` (entering layer `l`), (B, T, D);
@@ -244,15 +255,19 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");
-    match &state {
-        // ρ at the start, for the gradient through its read (the state itself moves on).
-        Some(s) => {
-            if acts.rho0.len() != s.rho.len() {
-                acts.rho0 = zeroed(&[s.rho.len()])?;
-            }
-            acts.rho0.copy_from_slice(&s.rho);
+    acts.rho0.clear();
+    match (&state, mode) {
+        // ρ at the start, for the gradient through its read (the state itself moves
+        // on); only a training pass keeps it, so inference never copies ρ.
+        (Some(s), Mode::Train { .. }) => {
+            acts.rho0.try_reserve_exact(s.rho.len()).map_err(|_| Error::Input("no memory to keep ρ₀".into()))?;
+            acts.rho0.extend_from_slice(&s.rho);
         }
-        None => acts.rho0.clear(),
+        (Some(_), Mode::Eval) => {
+            acts.frozen =
+                Some("the forward read a carried state in eval mode (a train-mode pass keeps what its backward needs)")
+        }
+        (None, _) => {}
     }
 
     // v = LN(embed[idx])                                                 (B, T, D)

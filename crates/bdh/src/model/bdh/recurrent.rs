@@ -219,11 +219,7 @@ impl Prepared {
         let v = self.model.config.vocab_size;
         for part in tokens.chunks(self.prefill_chunk()) {
             let t = part.len();
-            if scratch.chunk.as_ref().is_none_or(|a| a.dims.t != t) {
-                scratch.chunk = None; // free the old chunk's buffers before the new ones
-                scratch.chunk = Some(Activations::new(&self.model, 1, t)?);
-            }
-            let acts = scratch.chunk.as_mut().expect("just made");
+            let acts = Activations::reuse(&mut scratch.chunk, &self.model, 1, t)?;
             forward(&self.model, part, acts, Pass { mode: Mode::Eval, edits, state: Some(state) })?;
             scratch.logits.copy_from_slice(&acts.logits[(t - 1) * v..t * v]);
         }
