@@ -14,6 +14,7 @@ mod model_args;
 mod page;
 mod provenance;
 mod report;
+mod serve;
 mod train;
 mod verify;
 
@@ -32,6 +33,8 @@ enum Command {
     Train(train::Args),
     /// Generate text from a prompt.
     Generate(generate::Args),
+    /// Serve a model over HTTP (OpenAI API) with sessions that keep their state.
+    Serve(serve::Args),
     /// Loss, perplexity and bits per byte of a model on a file or the built-in corpus.
     Eval(eval::Args),
     /// Look inside a model: sparsity, the neuron graph, the synapse state, interventions.
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Report(args) => report::run(args),

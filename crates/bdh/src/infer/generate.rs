@@ -69,45 +69,113 @@ pub fn generate(
         }
     }
     let t0 = Instant::now();
-    let mut logits = prepared.prefill(state, scratch, prompt, &g.edits)?.to_vec();
+    let mut d = Decoding::new(prompt, g, prepared.prefill(state, scratch, prompt, &g.edits)?);
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut history = prompt.to_vec();
-    let (mut tokens, mut text): (Vec<u32>, Vec<u8>) = (Vec::new(), Vec::new());
-    let (mut emitted, mut stopped_by, mut cancelled) = (0, None, false);
-    while tokens.len() < g.max_tokens {
-        let tok = sampler.sample(&logits, &history);
-        history.push(tok);
-        tokens.push(tok);
-        g.tokenizer.decode_into(tok, &mut text);
-        logits.copy_from_slice(prepared.step(state, scratch, tok, &g.edits)?);
-        if let Some(s) = g.stops.iter().find(|s| !s.is_empty() && text.ends_with(s.as_bytes())) {
-            text.truncate(text.len() - s.len());
-            stopped_by = Some(s.clone());
-            break;
-        }
-        let held = g.stops.iter().map(|s| held_back(&text, s.as_bytes())).max().unwrap_or(0);
-        let ready = &text[emitted..text.len() - held.min(text.len() - emitted)];
-        let (used, flow) = emit_utf8(ready, &mut emit);
-        emitted += used;
-        if flow.is_break() {
+    let mut cancelled = false;
+    while let Some(tok) = d.next_token(sampler) {
+        let Some(text) = d.read(prepared.step(state, scratch, tok, &g.edits)?) else { break };
+        if !text.is_empty() && emit(&text).is_break() {
             cancelled = true;
             break;
         }
     }
-    if emitted < text.len() && !cancelled {
-        let _ = emit(&String::from_utf8_lossy(&text[emitted..]));
+    if let (Some(rest), false) = (d.rest(), cancelled) {
+        let _ = emit(&rest);
     }
     let stats = GenerationStats {
         prompt_tokens: prompt.len(),
-        generated: tokens.len(),
+        generated: d.tokens.len(),
         prefill_seconds,
         decode_seconds: t1.elapsed().as_secs_f64(),
         state_bytes: state.bytes(),
-        stopped_by,
+        stopped_by: d.stopped_by,
         cancelled,
     };
-    Ok(Output { tokens, text, stats })
+    Ok(Output { tokens: d.tokens, text: d.text, stats })
+}
+
+/// One sequence's decoding after its prompt, a token at a time, for a caller that
+/// runs the model itself (a server stepping many sequences together): choose a
+/// token, have the model read it, hand its logits back, emit the text that is
+/// ready. [`generate`] is this loop around [`Prepared::step`].
+#[derive(Clone, Debug)]
+pub struct Decoding {
+    history: Vec<u32>, // the prompt and every generated token: the sampler's view
+    tokens: Vec<u32>,  // generated tokens
+    text: Vec<u8>,     // their text (without a stop string, once one ended it)
+    emitted: usize,    // bytes of `text` handed out
+    logits: Vec<f32>,  // (V) for the next token
+    max_tokens: usize,
+    stops: Vec<String>,
+    tokenizer: Tokenizer,
+    stopped_by: Option<String>,
+}
+
+impl Decoding {
+    /// Decoding after `prompt`, whose last token's logits are `logits`.
+    pub fn new(prompt: &[u32], g: &Generation, logits: &[f32]) -> Self {
+        Decoding {
+            history: prompt.to_vec(),
+            tokens: Vec::new(),
+            text: Vec::new(),
+            emitted: 0,
+            logits: logits.to_vec(),
+            max_tokens: g.max_tokens,
+            stops: g.stops.clone(),
+            tokenizer: g.tokenizer,
+            stopped_by: None,
+        }
+    }
+
+    /// The next token, for the model to read; `None` once `max_tokens` are generated
+    /// or a stop string has ended the text.
+    pub fn next_token(&mut self, sampler: &mut Sampler) -> Option<u32> {
+        if self.tokens.len() >= self.max_tokens || self.stopped_by.is_some() {
+            return None;
+        }
+        let tok = sampler.sample(&self.logits, &self.history);
+        self.history.push(tok);
+        self.tokens.push(tok);
+        self.tokenizer.decode_into(tok, &mut self.text);
+        Some(tok)
+    }
+
+    /// Takes the logits after the model read the last token, and returns the text
+    /// that became ready: whole UTF-8 that cannot be the start of a stop string
+    /// (possibly empty). `None` when a stop string ended the text (it is dropped).
+    pub fn read(&mut self, logits: &[f32]) -> Option<String> {
+        self.logits.copy_from_slice(logits);
+        let text = &mut self.text;
+        if let Some(s) = self.stops.iter().find(|s| !s.is_empty() && text.ends_with(s.as_bytes())) {
+            text.truncate(text.len() - s.len());
+            self.stopped_by = Some(s.clone());
+            return None;
+        }
+        let held = self.stops.iter().map(|s| held_back(text, s.as_bytes())).max().unwrap_or(0);
+        let ready = &text[self.emitted..text.len() - held.min(text.len() - self.emitted)];
+        let n = whole_utf8(ready);
+        self.emitted += n;
+        Some(String::from_utf8_lossy(&ready[..n]).into_owned())
+    }
+
+    /// The text not yet handed out (held back for a stop string that did not come,
+    /// or an incomplete UTF-8 sequence), once decoding is over.
+    pub fn rest(&mut self) -> Option<String> {
+        let rest = &self.text[self.emitted..];
+        self.emitted = self.text.len();
+        (!rest.is_empty()).then(|| String::from_utf8_lossy(rest).into_owned())
+    }
+
+    /// The tokens generated so far (a stop string's included).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The stop string that ended the text, if one did.
+    pub fn stopped_by(&self) -> Option<&str> {
+        self.stopped_by.as_deref()
+    }
 }
 
 /// What a generation produced.
@@ -126,17 +194,13 @@ fn held_back(out: &[u8], stop: &[u8]) -> usize {
     (1..stop.len().min(out.len() + 1)).rev().find(|&k| out.ends_with(&stop[..k])).unwrap_or(0)
 }
 
-/// Emits the longest prefix of `bytes` that is whole UTF-8 (replacing invalid
-/// sequences, keeping an incomplete one at the end for later); returns the bytes
-/// used and what `emit` said.
-fn emit_utf8(bytes: &[u8], emit: &mut impl FnMut(&str) -> ControlFlow<()>) -> (usize, ControlFlow<()>) {
-    let n = match std::str::from_utf8(bytes) {
+/// Length of the longest prefix of `bytes` that is whole UTF-8, an invalid
+/// sequence counting as whole (it is replaced) and an incomplete one at the end not
+/// (it is kept for later).
+fn whole_utf8(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
         Ok(_) => bytes.len(),
         Err(e) if e.error_len().is_none() => e.valid_up_to(),
         Err(e) => e.valid_up_to() + e.error_len().unwrap_or(1),
-    };
-    if n == 0 {
-        return (0, ControlFlow::Continue(()));
     }
-    (n, emit(&String::from_utf8_lossy(&bytes[..n])))
 }

@@ -7,16 +7,18 @@
 //! let mut scratch = prepared.scratch(false);     // per worker
 //! prepared.prefill(&mut state, &mut scratch, &prompt, &NO_EDITS)?;
 //! prepared.step(&mut state, &mut scratch, token, &NO_EDITS)?;
+//! prepared.step_batch(&mut [&mut a, &mut b], &mut batch_scratch, &[ta, tb])?; // BDH: B streams at once
 //! ```
 
 pub mod generate;
 pub mod sampler;
 
-pub use generate::{generate, Generation, GenerationStats, Output};
+pub use generate::{generate, Decoding, Generation, GenerationStats, Output};
 pub use sampler::{argmax, Sampler, SamplingConfig};
 
 use crate::error::Error;
 use crate::error::Result;
+pub use crate::model::bdh::BatchScratch;
 use crate::model::bdh::{self, Edits};
 use crate::model::gpt;
 use crate::model::{Model, ModelConfig};
@@ -118,6 +120,31 @@ impl Prepared {
             }
             _ => Err(other_family()),
         }
+    }
+}
+
+impl Prepared {
+    /// Consumes one token per state (`tokens[b]` after what `states[b]` has read)
+    /// and returns the logits of every stream, (B, V): the weight products of all B
+    /// streams done as B-row matrix products (see [`bdh::batch`]). BDH only: a GPT is
+    /// refused (its KV caches differ in length from stream to stream).
+    pub fn step_batch<'s>(
+        &self,
+        states: &mut [&mut State],
+        scratch: &'s mut BatchScratch,
+        tokens: &[u32],
+    ) -> Result<&'s [f32]> {
+        let Prepared::Bdh(p) = self else {
+            return Err(Error::Input("batched steps are for BDH models; a GPT's streams step one at a time".into()));
+        };
+        let mut rows = Vec::with_capacity(states.len());
+        for st in states.iter_mut() {
+            match st {
+                State::Bdh(s) => rows.push(s),
+                State::Gpt(_) => return Err(other_family()),
+            }
+        }
+        p.step_batch(&mut rows, scratch, tokens)
     }
 }
 

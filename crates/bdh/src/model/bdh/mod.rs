@@ -2,6 +2,7 @@
 //! backward, recurrent step and interventions.
 
 pub mod backward;
+pub mod batch;
 pub mod config;
 pub mod edit;
 pub mod forward;
@@ -11,6 +12,7 @@ pub mod recurrent;
 pub mod rope;
 
 pub use backward::{backward, Backward};
+pub use batch::BatchScratch;
 pub use config::BdhConfig;
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Pass};

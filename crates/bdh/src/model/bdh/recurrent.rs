@@ -94,7 +94,7 @@ pub struct Prepared {
 
 /// Per-head scratch of one step.
 #[derive(Clone, Debug)]
-struct Head {
+pub(super) struct Head {
     x: Vec<f32>,      // (N) neurons
     xr: Vec<f32>,     // (N) rotated neurons
     a: Vec<f32>,      // (D) attention readout
@@ -104,6 +104,33 @@ struct Head {
     rows: Vec<u32>,   // rows of the active RoPE pairs
     cols: Vec<u32>,   // active neurons
     z_rows: Vec<u32>, // non-zero entries of z
+}
+
+impl Head {
+    /// Scratch of one head of a model with `d` embedding dimensions and `n` neurons.
+    pub(super) fn new(d: usize, n: usize) -> Self {
+        Head {
+            x: vec![0.0; n],
+            xr: vec![0.0; n],
+            a: vec![0.0; d],
+            y: Vec::with_capacity(n),
+            z: vec![0.0; n],
+            u: vec![0.0; d],
+            rows: Vec::with_capacity(n),
+            cols: Vec::with_capacity(n),
+            z_rows: Vec::with_capacity(n),
+        }
+    }
+
+    /// The neurons x (N) of the step, for a caller that computes them itself.
+    pub(super) fn x_mut(&mut self) -> &mut [f32] {
+        &mut self.x
+    }
+
+    /// This head's share of the decoder output (D).
+    pub(super) fn u(&self) -> &[f32] {
+        &self.u
+    }
 }
 
 /// What one worker needs to run steps: buffers reused from token to token, and the
@@ -154,25 +181,19 @@ impl Prepared {
         State::new(&self.model.config)
     }
 
+    /// The transposed `encoder_v`, (H, N, D).
+    pub(super) fn encoder_v_t(&self) -> &[f32] {
+        &self.encoder_v_t
+    }
+
     /// Scratch for one worker.
     pub fn scratch(&self) -> Scratch {
         let c = &self.model.config;
         let (d, n) = (c.n_embd, c.n_neurons());
-        let head = Head {
-            x: vec![0.0; n],
-            xr: vec![0.0; n],
-            a: vec![0.0; d],
-            y: Vec::with_capacity(n),
-            z: vec![0.0; n],
-            u: vec![0.0; d],
-            rows: Vec::with_capacity(n),
-            cols: Vec::with_capacity(n),
-            z_rows: Vec::with_capacity(n),
-        };
         Scratch {
             v: vec![0.0; d],
             u: vec![0.0; d],
-            heads: vec![head; c.n_head],
+            heads: vec![Head::new(d, n); c.n_head],
             logits: vec![0.0; c.vocab_size],
             cos: vec![0.0; n / 2],
             sin: vec![0.0; n / 2],
@@ -302,18 +323,18 @@ impl Prepared {
 }
 
 /// One head's weights.
-struct HeadWeights<'a> {
-    encoder: &'a [f32],     // (D, N)
-    encoder_v_t: &'a [f32], // (N, D)
-    decoder: &'a [f32],     // (N, D)
+pub(super) struct HeadWeights<'a> {
+    pub(super) encoder: &'a [f32],     // (D, N)
+    pub(super) encoder_v_t: &'a [f32], // (N, D)
+    pub(super) decoder: &'a [f32],     // (N, D)
 }
 
 /// Where a head step is, for the edits.
-struct At<'a> {
-    layer: usize,
-    head: usize,
-    pos: usize,
-    edits: &'a Edits,
+pub(super) struct At<'a> {
+    pub(super) layer: usize,
+    pub(super) head: usize,
+    pub(super) pos: usize,
+    pub(super) edits: &'a Edits,
 }
 
 /// One head of one layer at the current position: x, the synapse read and write,
@@ -328,10 +349,25 @@ fn head_step(
     at: At,
 ) {
     let (d, n) = (v.len(), hd.x.len());
-    let one = |width| Region { head0: at.head, heads: 1, pos0: at.pos, t: 1, n, width };
-    let mut rstd = [0.0f32];
     // x = relu(v · encoder_h)                                               (N)
     matmul(&mut hd.x, v, w.encoder, MatMul::new(1, d, n).relu());
+    head_step_from_x(hd, rho, v, w, (cos, sin), dense, at);
+}
+
+/// [`head_step`] after its first product: `hd.x` holds `relu(v · encoder_h)`
+/// (the batched step computes it for many sequences at once).
+pub(super) fn head_step_from_x(
+    hd: &mut Head,
+    rho: &mut [f32],
+    v: &[f32],
+    w: HeadWeights,
+    (cos, sin): (&[f32], &[f32]),
+    dense: bool,
+    at: At,
+) {
+    let (d, n) = (v.len(), hd.x.len());
+    let one = |width| Region { head0: at.head, heads: 1, pos0: at.pos, t: 1, n, width };
+    let mut rstd = [0.0f32];
     at.edits.apply(Site::X, at.layer, &mut hd.x, one(1));
     // R_t x, and the RoPE pairs with an active neuron
     rope(&mut hd.xr, &hd.x, cos, sin, n, RopeDirection::Forward);

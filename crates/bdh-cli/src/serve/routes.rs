@@ -1,0 +1,223 @@
+//! The HTTP endpoints: completions and chat completions (whole or as server-sent
+//! events), models, health, and sessions.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bdh::infer::{Prepared, Sampler};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::api::{Kind, Limits, Meta, Request};
+use super::engine::{Event, Job, Slot};
+use super::error::ApiError;
+use super::sessions::{lock, Sessions};
+
+/// What every handler shares.
+pub struct App {
+    /// Requests for the decoding loop.
+    pub jobs: Mutex<Sender<Job>>,
+    /// The sessions.
+    pub sessions: Arc<Mutex<Sessions>>,
+    /// The model, for fresh states.
+    pub prepared: Arc<Prepared>,
+    /// Limits on requests.
+    pub limits: Limits,
+    /// Streams at most at once.
+    pub max_streams: usize,
+    /// Streams in flight.
+    pub streams: Arc<AtomicUsize>,
+    /// The model's name in answers.
+    pub model_name: String,
+    /// Set at shutdown: new requests are refused.
+    pub draining: AtomicBool,
+    /// Numbers the answers' ids.
+    pub ids: AtomicU64,
+}
+
+/// The router of every endpoint.
+pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/restore", post(restore_session))
+        .route("/v1/sessions/{id}", get(session_info).delete(delete_session))
+        .route("/v1/sessions/{id}/fork", post(fork_session))
+        .route("/v1/sessions/{id}/save", post(save_session))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message: "method not allowed here".into() }
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(app)
+}
+
+/// A body as the handlers take it: its bytes, or why they could not be read.
+type Raw = Result<Bytes, BytesRejection>;
+
+/// The body's bytes, or the error a body too large or unreadable deserves.
+fn bytes(body: Raw) -> Result<Bytes, ApiError> {
+    body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large("the request body is larger than this server accepts (--max-body-bytes)")
+        }
+        _ => ApiError::bad(r.body_text()),
+    })
+}
+
+async fn completions(State(app): State<Arc<App>>, body: Raw) -> Response {
+    complete(app, body, Kind::Text).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn chat_completions(State(app): State<Arc<App>>, body: Raw) -> Response {
+    complete(app, body, Kind::Chat).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Checks a request, hands it to the decoding loop and answers, whole or streamed.
+async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiError> {
+    let spec = Request::parse(&bytes(body)?)?.spec(kind, &app.limits)?;
+    if app.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let slot = Slot::take(&app.streams, app.max_streams)
+        .ok_or_else(|| ApiError::busy(format!("all {} streams are busy; try again later", app.max_streams)))?;
+    let sampler = Sampler::new(spec.sampling).map_err(|e| ApiError::bad(e.to_string()))?;
+    let state = match &spec.session {
+        Some(id) => lock(&app.sessions).check_out(id)?,
+        None => app.prepared.state().map_err(|e| ApiError::internal(e.to_string()))?,
+    };
+    let (events, rx) = unbounded_channel();
+    let session = spec.session.clone();
+    let job = Job { prompt: spec.prompt, generation: spec.generation, sampler, state, session, events, _slot: slot };
+    let sent = app.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+    if let Err(std::sync::mpsc::SendError(job)) = sent {
+        if let Some(id) = &job.session {
+            lock(&app.sessions).check_in(id, job.state);
+        }
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    let meta = Meta {
+        id: format!("{prefix}-{}", app.ids.fetch_add(1, Ordering::SeqCst)),
+        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        model: app.model_name.clone(),
+        kind,
+        session: spec.session,
+    };
+    let state_bytes = app.prepared.state().map_or(0, |s| s.bytes());
+    if spec.stream {
+        return Ok(stream(meta, rx, state_bytes));
+    }
+    let mut rx = rx;
+    let mut text = String::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(f) => return Ok(Json(meta.answer(&text, &f, state_bytes)).into_response()),
+            Event::Failed(m) => return Err(ApiError::internal(m)),
+        }
+    }
+    Err(ApiError::internal("the decoding loop ended before the answer"))
+}
+
+/// The answer as server-sent events: a chunk per piece of text, a last chunk with
+/// the finish reason and the counts, then `data: [DONE]`.
+fn stream(meta: Meta, rx: UnboundedReceiver<Event>, state_bytes: usize) -> Response {
+    let events = futures_util::stream::unfold(Some(rx), move |rx| {
+        let meta = meta.clone();
+        async move {
+            let mut rx = rx?;
+            let data = |v: Value| format!("data: {v}\n\n");
+            let (out, more) = match rx.recv().await {
+                Some(Event::Text(t)) => (data(meta.chunk(&t)), true),
+                Some(Event::Done(f)) => (data(meta.last_chunk(&f, state_bytes)) + "data: [DONE]\n\n", false),
+                Some(Event::Failed(m)) => {
+                    (data(json!({ "error": { "message": m, "type": "server_error" } })) + "data: [DONE]\n\n", false)
+                }
+                None => return None,
+            };
+            Some((Ok::<_, Infallible>(out), more.then_some(rx)))
+        }
+    });
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(events))
+        .into_response()
+}
+
+async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{ "id": app.model_name, "object": "model", "created": 0, "owned_by": "bdh" }],
+    }))
+}
+
+async fn health(State(app): State<Arc<App>>) -> Json<Value> {
+    let (live, on_disk) = lock(&app.sessions).counts();
+    Json(json!({
+        "status": if app.draining.load(Ordering::SeqCst) { "shutting down" } else { "ok" },
+        "model": app.model_name,
+        "streams": app.streams.load(Ordering::SeqCst),
+        "max_streams": app.max_streams,
+        "sessions_in_memory": live,
+        "sessions_on_disk": on_disk,
+        "state_bytes": app.prepared.state().map_or(0, |s| s.bytes()),
+    }))
+}
+
+async fn create_session(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(lock(&app.sessions).create(None)?)))
+}
+
+async fn list_sessions(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(json!({ "object": "list", "data": lock(&app.sessions).list() }))
+}
+
+async fn session_info(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(lock(&app.sessions).info(&id)?)))
+}
+
+async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    lock(&app.sessions).delete(&id)?;
+    Ok(Json(json!({ "id": id, "object": "session", "deleted": true })))
+}
+
+async fn fork_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let mut sessions = lock(&app.sessions);
+    let copy = sessions.copy(&id)?;
+    Ok(Json(json!(sessions.create(Some(copy))?)))
+}
+
+/// The body of save and restore: the name of the file in the sessions directory.
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+fn named(body: Raw) -> Result<String, ApiError> {
+    let body = bytes(body)?;
+    let n: Named = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("give {{\"name\": ...}}: {e}")))?;
+    Ok(n.name)
+}
+
+async fn save_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
+    let name = named(body)?;
+    let file = lock(&app.sessions).save(&id, &name)?;
+    Ok(Json(json!({ "id": id, "object": "session.saved", "name": name, "file": file })))
+}
+
+async fn restore_session(State(app): State<Arc<App>>, body: Raw) -> Result<Json<Value>, ApiError> {
+    let name = named(body)?;
+    Ok(Json(json!(lock(&app.sessions).restore(&name)?)))
+}
