@@ -10,6 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -62,7 +63,22 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
             ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message: "method not allowed here".into() }
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(max_body_bytes, refuse_long_bodies))
         .with_state(app)
+}
+
+/// Refuses a body whose Content-Length is over the limit before reading any of it
+/// (the body limit alone would wait for bytes a lying client never sends).
+async fn refuse_long_bodies(State(limit): State<usize>, req: axum::extract::Request, next: Next) -> Response {
+    let claimed = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if claimed.is_some_and(|n| n > limit as u64) {
+        return too_large().into_response();
+    }
+    next.run(req).await
+}
+
+fn too_large() -> ApiError {
+    ApiError::too_large("the request body is larger than this server accepts (--max-body-bytes)")
 }
 
 /// A body as the handlers take it: its bytes, or why they could not be read.
@@ -71,9 +87,7 @@ type Raw = Result<Bytes, BytesRejection>;
 /// The body's bytes, or the error a body too large or unreadable deserves.
 fn bytes(body: Raw) -> Result<Bytes, ApiError> {
     body.map_err(|r| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::too_large("the request body is larger than this server accepts (--max-body-bytes)")
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
         _ => ApiError::bad(r.body_text()),
     })
 }
@@ -176,7 +190,10 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
     }))
 }
 
-async fn create_session(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+/// The body of a request that needs none is read all the same (bounded), so the
+/// connection stays usable for the next request.
+async fn create_session(State(app): State<Arc<App>>, body: Raw) -> Result<Json<Value>, ApiError> {
+    bytes(body)?;
     Ok(Json(json!(lock(&app.sessions).create(None)?)))
 }
 
@@ -193,7 +210,8 @@ async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
     Ok(Json(json!({ "id": id, "object": "session", "deleted": true })))
 }
 
-async fn fork_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn fork_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
+    bytes(body)?;
     let mut sessions = lock(&app.sessions);
     let copy = sessions.copy(&id)?;
     Ok(Json(json!(sessions.create(Some(copy))?)))

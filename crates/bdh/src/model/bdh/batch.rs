@@ -15,7 +15,7 @@
 use bdh_kernels::{layer_norm, matmul, parallel_each, MatMul};
 
 use super::edit::NO_EDITS;
-use super::recurrent::{head_step_from_x, At, Head, HeadWeights};
+use super::recurrent::{head_step, At, Head, HeadWeights};
 use super::rope::cos_sin;
 use super::{Prepared, State};
 use crate::error::{Error, Result};
@@ -76,6 +76,9 @@ impl Prepared {
         }
         let s = scratch;
         s.resize(b, d, n, h, vocab);
+        if b == 0 {
+            return Ok(&s.logits);
+        }
         // The rotation of each stream's position.
         for (row, st) in s.rows.iter_mut().zip(states.iter()) {
             for (j, (cj, sj)) in row.cos.iter_mut().zip(row.sin.iter_mut()).enumerate() {
@@ -88,13 +91,10 @@ impl Prepared {
         }
         layer_norm(&mut s.v, &mut s.rstd, d);
         for l in 0..c.n_layer {
-            // x_h = relu(v · encoder_h), one (B, D)·(D, N) product per head   (B, N)
-            for hi in 0..h {
+            // x_h = relu(v · encoder_h), one (B, D)·(D, N) product per head (H, B, N)
+            for (hi, x) in s.x.chunks_exact_mut(b * n).enumerate() {
                 let encoder = &p.encoder[hi * d * n..(hi + 1) * d * n];
-                matmul(&mut s.x, &s.v, encoder, MatMul::new(b, d, n).relu().par());
-                for (row, x) in s.rows.iter_mut().zip(s.x.chunks_exact(n)) {
-                    row.heads[hi].x_mut().copy_from_slice(x);
-                }
+                matmul(x, &s.v, encoder, MatMul::new(b, d, n).relu().par());
             }
             // Per stream and head: ρ read and write, y, x ⊙ y, the decoder share.
             let mut work = Vec::with_capacity(b * h);
@@ -105,7 +105,7 @@ impl Prepared {
                     work.push(Work { row: ri, head: hi, pos: st.pos, hd, rho, cos, sin });
                 }
             }
-            let v = &s.v;
+            let (v, x) = (&s.v, &s.x);
             parallel_each(&mut work, |w| {
                 let weights = HeadWeights {
                     encoder: &p.encoder[w.head * d * n..(w.head + 1) * d * n],
@@ -114,7 +114,8 @@ impl Prepared {
                 };
                 let at = At { layer: l, head: w.head, pos: w.pos, edits: &NO_EDITS };
                 let vb = &v[w.row * d..(w.row + 1) * d];
-                head_step_from_x(w.hd, w.rho, vb, weights, (w.cos, w.sin), false, at);
+                let xb = &x[(w.head * b + w.row) * n..(w.head * b + w.row + 1) * n];
+                head_step(w.hd, w.rho, vb, Some(xb), weights, (w.cos, w.sin), false, at);
             });
             drop(work);
             // u = Σ_h z_h · decoder_h;  v = LN(v + LN(u))                  (B, D)
@@ -146,7 +147,7 @@ impl BatchScratch {
         }
         self.v.resize(b * d, 0.0);
         self.u.resize(b * d, 0.0);
-        self.x.resize(b * n, 0.0);
+        self.x.resize(h * b * n, 0.0);
         self.rstd.resize(b, 0.0);
         self.logits.resize(b * vocab, 0.0);
         // Rows are only ever added, so a batch that shrinks and grows again reuses them.

@@ -122,11 +122,6 @@ impl Head {
         }
     }
 
-    /// The neurons x (N) of the step, for a caller that computes them itself.
-    pub(super) fn x_mut(&mut self) -> &mut [f32] {
-        &mut self.x
-    }
-
     /// This head's share of the decoder output (D).
     pub(super) fn u(&self) -> &[f32] {
         &self.u
@@ -304,7 +299,7 @@ impl Prepared {
                     decoder: &p.decoder[hi * n * d..(hi + 1) * n * d],
                 };
                 let at = At { layer: l, head: hi, pos, edits };
-                head_step(hd, rho, v, w, (cos, sin), dense, at);
+                head_step(hd, rho, v, None, w, (cos, sin), dense, at);
             });
             // u = Σ_h z_h · decoder_h;  v = LN(v + LN(u))                   (D)
             s.u.fill(0.0);
@@ -338,11 +333,15 @@ pub(super) struct At<'a> {
 }
 
 /// One head of one layer at the current position: x, the synapse read and write,
-/// y on the active neurons, and this head's decoder output `hd.u`.
-fn head_step(
+/// y on the active neurons, and this head's decoder output `hd.u`. `x_given` is x
+/// when already computed (a batched step makes it for many sequences in one
+/// product), else it is computed here.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn head_step(
     hd: &mut Head,
     rho: &mut [f32],
     v: &[f32],
+    x_given: Option<&[f32]>,
     w: HeadWeights,
     (cos, sin): (&[f32], &[f32]),
     dense: bool,
@@ -350,22 +349,10 @@ fn head_step(
 ) {
     let (d, n) = (v.len(), hd.x.len());
     // x = relu(v · encoder_h)                                               (N)
-    matmul(&mut hd.x, v, w.encoder, MatMul::new(1, d, n).relu());
-    head_step_from_x(hd, rho, v, w, (cos, sin), dense, at);
-}
-
-/// [`head_step`] after its first product: `hd.x` holds `relu(v · encoder_h)`
-/// (the batched step computes it for many sequences at once).
-pub(super) fn head_step_from_x(
-    hd: &mut Head,
-    rho: &mut [f32],
-    v: &[f32],
-    w: HeadWeights,
-    (cos, sin): (&[f32], &[f32]),
-    dense: bool,
-    at: At,
-) {
-    let (d, n) = (v.len(), hd.x.len());
+    match x_given {
+        Some(x) => hd.x.copy_from_slice(x),
+        None => matmul(&mut hd.x, v, w.encoder, MatMul::new(1, d, n).relu()),
+    }
     let one = |width| Region { head0: at.head, heads: 1, pos0: at.pos, t: 1, n, width };
     let mut rstd = [0.0f32];
     at.edits.apply(Site::X, at.layer, &mut hd.x, one(1));
