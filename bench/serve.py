@@ -3,8 +3,9 @@
 
 Starts `bdh serve --port 0` on the model, then over real HTTP (streamed completions,
 Python's standard library only):
-  1. one stream of T tokens alone, R times (the best run counts);
-  2. S streams of T tokens each, started together;
+  1. S sessions, each reading a short prompt: the memory a session costs;
+  2. one stream of T tokens alone, R times (the best run counts);
+  3. S streams of T tokens each, started together;
 and prints aggregate tokens/s of each and their ratio, p50/p99 time to first token and
 per-token latency (the gaps between streamed chunks, a chunk per token), and the
 memory a session costs (its state's bytes, and the server's resident memory grown by
@@ -91,6 +92,16 @@ def main():
                              "stream": True}
         stream(host, port, {**body(0), "max_tokens": 8})  # warm-up
 
+        # Memory of a session: its state, and what the server's memory grows by (first,
+        # before freed streams leave memory for the allocator to reuse).
+        before = rss_bytes(server.pid)
+        state_bytes = 0
+        for k in range(args.streams):
+            sid = post(host, port, "/v1/sessions", {})["id"]
+            state_bytes = post(host, port, "/v1/completions",
+                               {"prompt": "ROMEO:", "max_tokens": 1, "session": sid})["session"]["state_bytes"]
+        grown = (rss_bytes(server.pid) - before) / args.streams
+
         singles = []
         for r in range(args.repeats):
             t0, first, times, tokens = stream(host, port, body(r))
@@ -115,15 +126,6 @@ def main():
         rate = total / (end - start)
         ttft = [r[1] - r[0] for r in results]
         gaps = [b - a for r in results for a, b in zip(r[2], r[2][1:])]
-
-        # Memory of a session: its state, and what the server's memory grows by.
-        before = rss_bytes(server.pid)
-        state_bytes = 0
-        for k in range(args.streams):
-            sid = post(host, port, "/v1/sessions", {})["id"]
-            state_bytes = post(host, port, "/v1/completions",
-                               {"prompt": "ROMEO:", "max_tokens": 1, "session": sid})["session"]["state_bytes"]
-        grown = (rss_bytes(server.pid) - before) / args.streams
 
         ms = lambda s: f"{s * 1e3:.1f} ms"
         print(f"model {args.model}, {args.tokens} tokens a stream, {os.cpu_count()} cores")

@@ -28,9 +28,9 @@ fn batched_vs_single(b: usize, steps: usize) -> ((f32, f32), (f32, f32)) {
     let (mut logits, mut rho) = ((0.0f32, 0.0f32), (0.0f32, 0.0f32));
     let worst = |w: &mut (f32, f32), d: (f32, f32)| *w = (w.0.max(d.0), w.1.max(d.1));
     for step in 0..steps {
-        if step < b {
+        if let Some(prompt) = prompts.get(step) {
             let mut s = prepared.state().unwrap();
-            prepared.prefill(&mut s, &mut single, &prompts[step], &NO_EDITS).unwrap();
+            prepared.prefill(&mut s, &mut single, prompt, &NO_EDITS).unwrap();
             solo.push(s.clone());
             together.push(s);
         }
