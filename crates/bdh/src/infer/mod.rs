@@ -121,13 +121,10 @@ impl Prepared {
             _ => Err(other_family()),
         }
     }
-}
 
-impl Prepared {
-    /// Consumes one token per state (`tokens[b]` after what `states[b]` has read)
-    /// and returns the logits of every stream, (B, V): the weight products of all B
-    /// streams done as B-row matrix products (see [`bdh::batch`]). BDH only: a GPT is
-    /// refused (its KV caches differ in length from stream to stream).
+    /// [`Prepared::step`] of many streams at once, logits (B, V): see
+    /// [`bdh::Prepared::step_batch`]. A GPT is refused (its KV caches differ in length
+    /// from stream to stream).
     pub fn step_batch<'s>(
         &self,
         states: &mut [&mut State],
