@@ -7,6 +7,7 @@ mod backward;
 mod carry;
 mod checkpoint;
 mod data;
+mod decay;
 mod edits;
 mod errors;
 mod generate;

@@ -3,6 +3,7 @@
 
 pub mod backward;
 pub mod config;
+pub mod decay;
 pub mod edit;
 pub mod forward;
 pub mod merge;
@@ -11,7 +12,7 @@ pub mod recurrent;
 pub mod rope;
 
 pub use backward::{backward, Backward};
-pub use config::BdhConfig;
+pub use config::{BdhConfig, Decay};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Pass};
 pub use merge::{merge, Heritage};
