@@ -439,3 +439,36 @@ fn eval_carry_reads_a_file_as_one_stream_by_position() {
         assert!(!o.status.success() && text(&o).contains(expected), "{}", text(&o));
     }
 }
+
+#[test]
+fn a_decaying_model_trains_generates_and_reads_a_stream() {
+    let tmp = temp("decay");
+    let run = tmp.path().join("run").display().to_string();
+    let mut args = vec!["train", "--preset", "tiny", "--out", &run, "--quiet", "--set", "model.decay=[0.9, 0.99]"];
+    args.extend([
+        "--set",
+        "training.max_steps=2",
+        "--set",
+        "training.batch_size=2",
+        "--set",
+        "training.eval_batches=1",
+    ]);
+    let o = bdh(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let config = std::fs::read_to_string(Path::new(&run).join("last/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["decay"], serde_json::json!([0.9, 0.99]), "{config}");
+    let o = bdh(&["generate", "--model", &run, "--prompt", "ada ", "--max-tokens", "5", "--seed", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bdh(&["eval", "--model", &run, "--data", &example("text.txt"), "--carry", "--json", "-"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (decay, expected) in [("fast", "alibi"), ("[0.9]", "n_head = 2"), ("[0.9, 2.0]", "(0, 1]"), ("0.9", "a string")]
+    {
+        let set = format!("model.decay={decay}");
+        let out = tmp.path().join("bad").display().to_string();
+        let o = bdh(&["train", "--preset", "tiny", "--out", &out, "--quiet", "--set", &set]);
+        let msg = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{decay}: {msg}");
+        assert!(msg.contains(expected) && !msg.contains("panicked"), "{decay}: {msg}");
+    }
+}

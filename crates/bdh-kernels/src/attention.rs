@@ -3,6 +3,9 @@
 //! `out[t] = Σ_{τ<t} (q_t · q_τ) v_τ`, i.e. `out = tril₋₁(q qᵀ) v`, per batch row and
 //! head, with q (B, H, T, N) the rotated neurons and v (B, T, D) the values, which
 //! every head of a row shares.
+//!
+//! With a decay, head h's scores are multiplied by `γ_h^(t−τ)`: `decay` holds γ_h per
+//! head, or is empty for none (the reference model).
 
 use rayon::prelude::*;
 
@@ -35,7 +38,7 @@ pub struct Attention {
 /// `q` (kept for the backward; tables (T, N/2) as [`crate::rope()`] reads them), then
 /// writes `scores = tril₋₁(q qᵀ)` (B, H, T, T), also kept, and `out = scores · v`
 /// (B, H, T, D). Each (row, head) is rotated and attended in one task, while its q
-/// is in cache.
+/// is in cache. `decay`: γ_h per head (scores × γ_h^(t−τ)), or empty.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_linear_attention(
     out: &mut [f32],
@@ -44,6 +47,7 @@ pub fn causal_linear_attention(
     x: &[f32],
     v: &[f32],
     (cos, sin): (&[f32], &[f32]),
+    decay: &[f32],
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
@@ -53,7 +57,8 @@ pub fn causal_linear_attention(
             && q.len() == b * h * t * n
             && x.len() == q.len()
             && v.len() == b * t * d
-            && cos.len() * 2 == t * n,
+            && cos.len() * 2 == t * n
+            && (decay.is_empty() || decay.len() == h),
         "causal_linear_attention: sizes for {s:?}"
     );
     (out.par_chunks_mut(t * d), scores.par_chunks_mut(t * t), q.par_chunks_mut(t * n), x.par_chunks(t * n))
@@ -62,7 +67,7 @@ pub fn causal_linear_attention(
         .for_each(|(bh, (out, scores, q, x))| {
             rope_block(q, x, cos, sin, n, RopeDirection::Forward);
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
-            attention_one(out, scores, q, v, t, n, d);
+            attention_one(out, scores, q, v, decay.get(bh % h).copied(), (t, n, d));
         });
 }
 
@@ -75,8 +80,10 @@ pub struct AttentionSaved<'a> {
     pub q: &'a [f32],
     /// The values, (B, T, D).
     pub v: &'a [f32],
-    /// `tril₋₁(q qᵀ)`, (B, H, T, T).
+    /// `tril₋₁(q qᵀ)`, decayed, (B, H, T, T).
     pub scores: &'a [f32],
+    /// γ_h per head, or empty: as the forward was given.
+    pub decay: &'a [f32],
     /// RoPE's cosines, (T, N/2).
     pub cos: &'a [f32],
     /// RoPE's sines, (T, N/2).
@@ -84,9 +91,10 @@ pub struct AttentionSaved<'a> {
 }
 
 /// Backward of [`causal_linear_attention`] over every (row, head), in parallel, from
-/// dL/d(out) `da` (B, H, T, D): `dS = tril₋₁(da vᵀ)` (written to the scratch
-/// `dscores`, (B, H, T, T)), `dv = Sᵀ da` per head (B, H, T, D; the caller sums the
-/// heads), `dq = (dS + dSᵀ) q` (B, H, T, N), and through RoPE and the ReLU that made
+/// dL/d(out) `da` (B, H, T, D): `dS = tril₋₁(da vᵀ) ⊙ Γ` (Γ the decay's γ^(t−τ), or
+/// 1; written to the scratch `dscores`, (B, H, T, T)), `dv = Sᵀ da` per head
+/// (B, H, T, D; the caller sums the heads), `dq = (dS + dSᵀ) q` (B, H, T, N), and
+/// through RoPE and the ReLU that made
 /// x: `dx = [x > 0] ⊙ (dx + Rᵀ dq)` (`dx` holds the gradient of x by other paths on
 /// entry). `dq` and `dv` are overwritten.
 pub fn causal_linear_attention_backward(
@@ -99,7 +107,7 @@ pub fn causal_linear_attention_backward(
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
-    let AttentionSaved { x, q, v, scores, cos, sin } = saved;
+    let AttentionSaved { x, q, v, scores, cos, sin, decay } = saved;
     assert!(
         dx.len() == b * h * t * n
             && dq.len() == dx.len()
@@ -110,7 +118,8 @@ pub fn causal_linear_attention_backward(
             && v.len() == b * t * d
             && dscores.len() == b * h * t * t
             && scores.len() == dscores.len()
-            && cos.len() * 2 == t * n,
+            && cos.len() * 2 == t * n
+            && (decay.is_empty() || decay.len() == h),
         "causal_linear_attention_backward: sizes for {s:?}"
     );
     (dx.par_chunks_mut(t * n), dq.par_chunks_mut(t * n), dv.par_chunks_mut(t * d), dscores.par_chunks_mut(t * t))
@@ -120,7 +129,8 @@ pub fn causal_linear_attention_backward(
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
             let (nb, db, tb) =
                 (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d, bh * t * t..(bh + 1) * t * t);
-            attention_backward_one(dq, dv, dscores, &da[db], &q[nb.clone()], v, &scores[tb], (t, n, d));
+            let gamma = decay.get(bh % h).copied();
+            attention_backward_one(dq, dv, dscores, &da[db], &q[nb.clone()], v, &scores[tb], gamma, (t, n, d));
             with_scratch(&QT, |rotated| {
                 rotated.resize(t * n, 0.0);
                 rope_block(rotated, dq, cos, sin, n, RopeDirection::Inverse);
@@ -129,10 +139,18 @@ pub fn causal_linear_attention_backward(
         });
 }
 
-/// Zeroes the diagonal and everything above it of a t×t matrix.
-fn keep_strictly_lower(s: &mut [f32], t: usize) {
+/// Zeroes the diagonal and everything above it of a t×t matrix and, with a
+/// retention γ, multiplies entry (i, j) by γ^(i−j) (powers in f64, then rounded).
+fn keep_strictly_lower(s: &mut [f32], t: usize, gamma: Option<f32>) {
     for (i, row) in s.chunks_exact_mut(t).enumerate() {
         row[i..].fill(0.0);
+        if let Some(g) = gamma {
+            let mut f = 1.0f64;
+            for x in row[..i].iter_mut().rev() {
+                f *= g as f64;
+                *x = (*x as f64 * f) as f32;
+            }
+        }
     }
 }
 
@@ -145,8 +163,9 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t).step_by(BLOCK).map(move |r0| (r0, (r0 + BLOCK).min(t)))
 }
 
-/// Forward of one (row, head): q (t×n), v (t×d), scores (t×t), out (t×d).
-fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], t: usize, n: usize, d: usize) {
+/// Forward of one (row, head): q (t×n), v (t×d), scores (t×t), out (t×d), with
+/// the head's retention γ if it has one.
+fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], gamma: Option<f32>, (t, n, d): Dims3) {
     // qᵀ (n×t), made once: every block of rows reads a row-major B from it.
     with_scratch(&QT, |qt| {
         qt.resize(n * t, 0.0);
@@ -156,15 +175,18 @@ fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], t: u
             matmul(&mut scores[r0 * t..], &q[r0 * n..], qt, MatMul::new(r1 - r0, n, r1).ld(0, t, t));
         }
     });
-    keep_strictly_lower(scores, t);
+    keep_strictly_lower(scores, t, gamma);
     for (r0, r1) in blocks(t) {
         // out[r0..r1] = scores[r0..r1, ..r1] · v[..r1]
         matmul(&mut out[r0 * d..], &scores[r0 * t..], v, MatMul::new(r1 - r0, r1, d).ld(t, 0, 0));
     }
 }
 
+/// (t, n, d) of one (row, head).
+type Dims3 = (usize, usize, usize);
+
 /// Scalar twin of [`causal_linear_attention`]: RoPE's twin, then loops over τ < t
-/// only, f64 sums.
+/// only, f64 sums, the decay as `γ^(t−τ)` by `powi`.
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn causal_linear_attention_scalar(
@@ -174,6 +196,7 @@ pub(crate) fn causal_linear_attention_scalar(
     x: &[f32],
     v: &[f32],
     (cos, sin): (&[f32], &[f32]),
+    decay: &[f32],
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
@@ -181,17 +204,25 @@ pub(crate) fn causal_linear_attention_scalar(
     for bh in 0..b * h {
         let vb = &v[bh / h * t * d..(bh / h + 1) * t * d];
         let (out, scores, q) = (&mut out[bh * t * d..], &mut scores[bh * t * t..], &q[bh * t * n..]);
-        attention_one_scalar(out, scores, q, vb, t, n, d);
+        attention_one_scalar(out, scores, q, vb, decay.get(bh % h).copied(), (t, n, d));
     }
 }
 
+/// γ^(i−j) in f64, 1 without a decay.
 #[cfg(test)]
-fn attention_one_scalar(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], t: usize, n: usize, d: usize) {
+fn decay_factor(gamma: Option<f32>, i: usize, j: usize) -> f64 {
+    gamma.map_or(1.0, |g| (g as f64).powi((i - j) as i32))
+}
+
+#[cfg(test)]
+fn attention_one_scalar(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], gamma: Option<f32>, dims: Dims3) {
+    let (t, n, d) = dims;
     scores[..t * t].fill(0.0);
     for i in 0..t {
         let mut acc = vec![0.0f64; d];
         for j in 0..i {
-            let s: f64 = (0..n).map(|k| q[i * n + k] as f64 * q[j * n + k] as f64).sum();
+            let s: f64 =
+                (0..n).map(|k| q[i * n + k] as f64 * q[j * n + k] as f64).sum::<f64>() * decay_factor(gamma, i, j);
             scores[i * t + j] = s as f32;
             for (a, &vv) in acc.iter_mut().zip(&v[j * d..(j + 1) * d]) {
                 *a += s * vv as f64;
@@ -213,13 +244,15 @@ fn attention_backward_one(
     q: &[f32],
     v: &[f32],
     scores: &[f32],
-    (t, n, d): (usize, usize, usize),
+    gamma: Option<f32>,
+    (t, n, d): Dims3,
 ) {
     for (r0, r1) in blocks(t) {
         // dS[r0..r1, ..r1] = da[r0..r1] · v[..r1]ᵀ
         matmul(&mut dscores[r0 * t..], &da[r0 * d..], v, MatMul::new(r1 - r0, d, r1).b_t().ld(0, 0, t));
     }
-    keep_strictly_lower(dscores, t);
+    // the scores were q qᵀ ⊙ Γ: the gradient of q qᵀ is dS ⊙ Γ
+    keep_strictly_lower(dscores, t, gamma);
     for (r0, r1) in blocks(t) {
         // dv[r0..r1] = S[r0.., r0..r1]ᵀ · da[r0..]
         let sub = r0 * t + r0;
@@ -236,7 +269,7 @@ fn attention_backward_one(
 }
 
 /// Scalar twin of [`causal_linear_attention_backward`], from the definition with
-/// f64 sums; recomputes the scores from q instead of reading them.
+/// f64 sums; recomputes the (decayed) scores from q instead of reading them.
 #[cfg(test)]
 pub(crate) fn causal_linear_attention_backward_scalar(
     dx: &mut [f32],
@@ -248,12 +281,22 @@ pub(crate) fn causal_linear_attention_backward_scalar(
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
-    let AttentionSaved { x, q, v, cos, sin, .. } = saved;
+    let AttentionSaved { x, q, v, cos, sin, decay, .. } = saved;
     for bh in 0..b * h {
         let vb = &v[bh / h * t * d..(bh / h + 1) * t * d];
         let (nb, db) = (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d);
         let ds = &mut dscores[bh * t * t..(bh + 1) * t * t];
-        attention_backward_one_scalar(&mut dq[nb.clone()], &mut dv[db.clone()], ds, &da[db], &q[nb], vb, (t, n, d));
+        let gamma = decay.get(bh % h).copied();
+        attention_backward_one_scalar(
+            &mut dq[nb.clone()],
+            &mut dv[db.clone()],
+            ds,
+            &da[db],
+            &q[nb],
+            vb,
+            gamma,
+            (t, n, d),
+        );
     }
     let mut rotated = vec![0.0; dq.len()];
     crate::rope::rope_scalar(&mut rotated, dq, cos, sin, n, RopeDirection::Inverse);
@@ -261,6 +304,7 @@ pub(crate) fn causal_linear_attention_backward_scalar(
 }
 
 #[cfg(test)]
+#[allow(clippy::too_many_arguments)]
 fn attention_backward_one_scalar(
     dq: &mut [f32],
     dv: &mut [f32],
@@ -268,7 +312,8 @@ fn attention_backward_one_scalar(
     da: &[f32],
     q: &[f32],
     v: &[f32],
-    (t, n, d): (usize, usize, usize),
+    gamma: Option<f32>,
+    (t, n, d): Dims3,
 ) {
     let dot = |x: &[f32], i: usize, y: &[f32], j: usize, w: usize| -> f64 {
         (0..w).map(|k| x[i * w + k] as f64 * y[j * w + k] as f64).sum()
@@ -278,8 +323,9 @@ fn attention_backward_one_scalar(
     dscores[..t * t].fill(0.0);
     for i in 0..t {
         for j in 0..i {
-            let s = dot(q, i, q, j, n);
-            let ds = dot(da, i, v, j, d);
+            let f = decay_factor(gamma, i, j);
+            let s = dot(q, i, q, j, n) * f;
+            let ds = dot(da, i, v, j, d) * f;
             dscores[i * t + j] = ds as f32;
             for k in 0..d {
                 gv[j * d + k] += s * da[i * d + k] as f64;

@@ -122,6 +122,18 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
+/// `buf[b, h, i, :] *= factors[h, i]` for `buf` (B, H, T, W) and `factors` (H, T):
+/// a per-head, per-position scale, as a decay's powers γ_h^k weigh the rows of a
+/// head (its own twin: one product per element).
+pub fn scale_rows(buf: &mut [f32], factors: &[f32], h: usize, t: usize, w: usize) {
+    assert!(factors.len() == h * t && w > 0 && buf.len().is_multiple_of(h * t * w), "scale_rows: sizes");
+    buf.par_chunks_mut(t * w).enumerate().for_each(|(bh, item)| {
+        for (row, &f) in item.chunks_exact_mut(w).zip(&factors[bh % h * t..(bh % h + 1) * t]) {
+            row.iter_mut().for_each(|x| *x *= f);
+        }
+    });
+}
+
 /// Scalar twins of [`relu_block`], of [`gated_product`], of [`gated_product_backward`],
 /// of [`relu_backward_add_block`] and of [`add_groups`]: the definitions index by index
 /// ([`add`] is its own twin).

@@ -39,12 +39,12 @@ mod special;
 mod twins;
 
 pub use attention::{causal_linear_attention, causal_linear_attention_backward, Attention, AttentionSaved};
-pub use elementwise::{add, add_groups, gated_product, gated_product_backward};
+pub use elementwise::{add, add_groups, gated_product, gated_product_backward, scale_rows};
 pub use layer_norm::{layer_norm, layer_norm_backward, LN_EPS};
 pub use matmul::{matmul, matmul_batched, transpose, Batch, MatMul};
 pub use mmap::Mapped;
 pub use peak::fma_loop;
-pub use recurrent::{active_pairs, gate_listed, gather_dot, rho_read_write, sparse_row_sum};
+pub use recurrent::{active_pairs, decay_state, gate_listed, gather_dot, rho_read_write, sparse_row_sum};
 pub use rope::{rope, RopeDirection};
 pub use rows::{add_bias, affine, affine_backward, bias_grad, gelu, gelu_backward};
 pub use schedule::{parallel_chunks, parallel_each, parallel_heads, rows_per_group};

@@ -100,6 +100,28 @@ pub(crate) fn rho_read_write_scalar(a: &mut [f32], rho: &mut [f32], q: &[f32], v
 }
 
 multiversion! {
+/// `ρ ← γ ρ` over a head's whole state: the decay before a step's read. A value
+/// that falls below f32's smallest normal becomes 0, so the rows of long-silent
+/// neurons do not linger in slow subnormal arithmetic (the difference is under
+/// 1.2e-38 per value).
+pub fn decay_state(rho: &mut [f32], gamma: f32) {
+    for r in rho {
+        let x = *r * gamma;
+        *r = if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x };
+    }
+}
+}
+
+/// Scalar twin of [`decay_state`].
+#[cfg(test)]
+pub(crate) fn decay_state_scalar(rho: &mut [f32], gamma: f32) {
+    for r in rho {
+        let x = (*r as f64 * gamma as f64) as f32;
+        *r = if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x };
+    }
+}
+
+multiversion! {
 /// `out[c] = a · w_t[cols[c], :]`: the listed rows of `w_t` (n×d, the transpose of
 /// a d×n weight, so each neuron's weights are contiguous) dotted with `a` (d).
 pub fn gather_dot(out: &mut [f32], a: &[f32], w_t: &[f32], cols: &[u32]) {

@@ -6,7 +6,7 @@ use crate::attention::{causal_linear_attention_backward_scalar, causal_linear_at
 use crate::elementwise::scalar as elementwise_scalar;
 use crate::layer_norm::{layer_norm_backward_scalar, layer_norm_scalar};
 use crate::matmul::matmul_scalar;
-use crate::recurrent::{gather_dot_scalar, rho_read_write_scalar, sparse_row_sum_scalar};
+use crate::recurrent::{decay_state_scalar, gather_dot_scalar, rho_read_write_scalar, sparse_row_sum_scalar};
 use crate::rope::rope_scalar;
 use crate::rows::scalar as rows_scalar;
 use crate::softmax_attention::scalar as softmax_scalar;
@@ -119,6 +119,9 @@ fn causal_linear_attention_and_backward_equal_twins() {
     let mut r = rng(4);
     for (i, &(t, n, d)) in SHAPES.iter().enumerate() {
         let (b, h) = (1 + i % 2, 1 + i % 3);
+        // every other shape with a decay: a retention per head, one of them 1
+        let decay: Vec<f32> =
+            if i % 2 == 1 { (0..h).map(|k| 1.0 - 0.3 * k as f32 / h as f32).collect() } else { vec![] };
         let shape = Attention { b, h, t, n, d };
         let x = sparse(&mut r, b * h * t * n, 0.3);
         let v = random(&mut r, b * t * d);
@@ -128,9 +131,9 @@ fn causal_linear_attention_and_backward_equal_twins() {
         let (mut out_f, mut out_s) = (vec![0.0; b * h * t * d], vec![0.0; b * h * t * d]);
         let (mut s_f, mut s_s) = (vec![7.0; b * h * t * t], vec![7.0; b * h * t * t]);
         let (mut q_f, mut q_s) = (vec![0.0; b * h * t * n], vec![0.0; b * h * t * n]);
-        causal_linear_attention(&mut out_f, &mut s_f, &mut q_f, &x, &v, (&cos, &sin), shape);
-        causal_linear_attention_scalar(&mut out_s, &mut s_s, &mut q_s, &x, &v, (&cos, &sin), shape);
-        assert_close(&format!("attention {shape:?}"), &out_f, &out_s, 1e-5);
+        causal_linear_attention(&mut out_f, &mut s_f, &mut q_f, &x, &v, (&cos, &sin), &decay, shape);
+        causal_linear_attention_scalar(&mut out_s, &mut s_s, &mut q_s, &x, &v, (&cos, &sin), &decay, shape);
+        assert_close(&format!("attention {shape:?} decay {decay:?}"), &out_f, &out_s, 1e-5);
         assert_close(&format!("attention rotated q {shape:?}"), &q_f, &q_s, 1e-6);
         assert_close(&format!("attention scores {shape:?}"), &s_f, &s_s, 1e-5);
 
@@ -140,13 +143,14 @@ fn causal_linear_attention_and_backward_equal_twins() {
         let (mut ds_f, mut ds_s) = (vec![0.0; b * h * t * t], vec![0.0; b * h * t * t]);
         let dx = random(&mut r, b * h * t * n);
         let (mut dx_f, mut dx_s) = (dx.clone(), dx);
-        let saved = |q, scores| AttentionSaved { x: &x, q, v: &v, scores, cos: &cos, sin: &sin };
+        let saved = |q, scores| AttentionSaved { x: &x, q, v: &v, scores, cos: &cos, sin: &sin, decay: &decay };
         let (fast, slow) = (saved(&q_f, &s_f), saved(&q_s, &s_s));
         causal_linear_attention_backward(&mut dx_f, &mut dq_f, &mut dv_f, &mut ds_f, &da, fast, shape);
         causal_linear_attention_backward_scalar(&mut dx_s, &mut dq_s, &mut dv_s, &mut ds_s, &da, slow, shape);
         assert_close(&format!("attention backward dq {shape:?}"), &dq_f, &dq_s, 1e-5);
         assert_close(&format!("attention backward dv {shape:?}"), &dv_f, &dv_s, 1e-5);
         assert_close(&format!("attention backward dx {shape:?}"), &dx_f, &dx_s, 1e-5);
+        assert_close(&format!("attention backward dscores {shape:?}"), &ds_f, &ds_s, 1e-5);
     }
 }
 
@@ -159,12 +163,12 @@ fn attention_never_looks_at_the_present_or_future() {
     let v = random(&mut r, t * d);
     let (cos, sin) = (vec![1.0; t * n / 2], vec![0.0; t * n / 2]);
     let (mut out, mut s, mut q) = (vec![0.0; t * d], vec![0.0; t * t], vec![0.0; t * n]);
-    causal_linear_attention(&mut out, &mut s, &mut q, &x, &v, (&cos, &sin), shape);
+    causal_linear_attention(&mut out, &mut s, &mut q, &x, &v, (&cos, &sin), &[], shape);
     // Changing the last token's values must not change any output.
     let mut v2 = v.clone();
     v2[(t - 1) * d..].iter_mut().for_each(|x| *x += 5.0);
     let mut out2 = vec![0.0; t * d];
-    causal_linear_attention(&mut out2, &mut s, &mut q, &x, &v2, (&cos, &sin), shape);
+    causal_linear_attention(&mut out2, &mut s, &mut q, &x, &v2, (&cos, &sin), &[], shape);
     assert_eq!(out, out2);
     assert!(out[..d].iter().all(|&x| x == 0.0), "t = 0 attends to nothing");
 }
@@ -195,6 +199,27 @@ fn sparse_recurrent_kernels_equal_dense_twins() {
         gather_dot(&mut gf, &a, &w_t, &rows);
         gather_dot_scalar(&mut gs, &a, &w_t, &rows);
         assert_close(&format!("gather_dot {m}×{d}"), &gf, &gs, 1e-5);
+
+        let (mut df, mut ds) = (mat.clone(), mat.clone());
+        df[0] = 1.5e-38; // normal, but γ·it falls under the smallest normal: flushed to 0
+        ds[0] = 1.5e-38;
+        decay_state(&mut df, 0.75);
+        decay_state_scalar(&mut ds, 0.75);
+        assert_close(&format!("decay_state {m}×{d}"), &df, &ds, 0.0);
+        assert_eq!(df[0], 0.0);
+    }
+}
+
+#[test]
+fn scale_rows_multiplies_each_row_of_each_head() {
+    let (b, h, t, w) = (2, 3, 4, 5);
+    let src: Vec<f32> = (0..b * h * t * w).map(|i| i as f32).collect();
+    let factors: Vec<f32> = (0..h * t).map(|i| 0.5 + i as f32).collect();
+    let mut buf = src.clone();
+    scale_rows(&mut buf, &factors, h, t, w);
+    for (i, (&o, &x)) in buf.iter().zip(&src).enumerate() {
+        let (hi, ti) = (i / (t * w) % h, i / w % t);
+        assert_eq!(o, x * factors[hi * t + ti], "element {i}");
     }
 }
 

@@ -29,7 +29,7 @@
 //! use bdh::model::bdh::{BdhConfig, NO_EDITS};
 //! use bdh::{forward, Activations, Mode, Model, ModelConfig};
 //! let cfg = ModelConfig::Bdh(BdhConfig { n_layer: 2, n_embd: 16, n_head: 2, mlp_internal_dim_multiplier: 4,
-//!                                        vocab_size: 256, dropout: 0.0 });
+//!                                        vocab_size: 256, dropout: 0.0, ..BdhConfig::default() });
 //! let model = Model::new(&cfg, 0).unwrap();
 //! let tokens: Vec<u32> = b"hello".iter().map(|&b| b as u32).collect();
 //! let mut acts = Activations::new(&model, 1, tokens.len()).unwrap();

@@ -3,7 +3,7 @@
 
 use bdh::infer::{BatchScratch, Prepared, State};
 use bdh::io::checkpoint::load;
-use bdh::model::bdh::NO_EDITS;
+use bdh::model::bdh::{Decay, NO_EDITS};
 use bdh::model::gpt::GptConfig;
 use bdh::{Model, ModelConfig};
 
@@ -18,8 +18,10 @@ fn diffs(a: &[f32], b: &[f32]) -> (f32, f32) {
 /// Runs `b` streams of the trained small model with prompts of different lengths
 /// for `steps` positions, stream k joining at step k and the first leaving halfway,
 /// batched and one by one; returns the worst logits and ρ differences.
-fn batched_vs_single(b: usize, steps: usize) -> ((f32, f32), (f32, f32)) {
-    let prepared = Prepared::new(load(&golden_dir("ref-small-trained"), None).unwrap()).unwrap();
+fn batched_vs_single(b: usize, steps: usize, decay: Decay) -> ((f32, f32), (f32, f32)) {
+    let Model::Bdh(mut model) = load(&golden_dir("ref-small-trained"), None).unwrap() else { unreachable!("BDH") };
+    model.config.decay = decay;
+    let prepared = Prepared::new(Model::Bdh(model)).unwrap();
     let mut single = prepared.scratch(false);
     let mut batch = BatchScratch::default();
     let prompts: Vec<Vec<u32>> = (0..b).map(|k| tokens(3 + 7 * k, k as u64)).collect();
@@ -53,14 +55,19 @@ fn batched_vs_single(b: usize, steps: usize) -> ((f32, f32), (f32, f32)) {
 
 #[test]
 fn batched_step_equals_single_steps_bit_for_bit_up_to_16_rows() {
-    let (logits, rho) = batched_vs_single(16, 40);
-    println!("B ≤ 16: logits max abs {:.2e} rel {:.2e}; ρ max abs {:.2e} rel {:.2e}", logits.0, logits.1, rho.0, rho.1);
-    assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));
+    for decay in [Decay::None, Decay::Alibi] {
+        let (logits, rho) = batched_vs_single(16, 40, decay.clone());
+        println!(
+            "B ≤ 16, decay {decay:?}: logits max abs {:.2e} rel {:.2e}; ρ max abs {:.2e} rel {:.2e}",
+            logits.0, logits.1, rho.0, rho.1
+        );
+        assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)), "{decay:?}");
+    }
 }
 
 #[test]
 fn batched_step_of_many_rows_equals_single_steps() {
-    let (logits, rho) = batched_vs_single(24, 40);
+    let (logits, rho) = batched_vs_single(24, 40, Decay::None);
     println!("B ≤ 24: logits max abs {:.2e} rel {:.2e}; ρ max abs {:.2e} rel {:.2e}", logits.0, logits.1, rho.0, rho.1);
     assert!(logits.1 < 1e-5 && rho.1 < 1e-5, "logits {logits:?}, ρ {rho:?}");
 }

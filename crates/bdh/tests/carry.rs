@@ -4,13 +4,16 @@
 //! state ρ₀ (held constant) matches finite differences.
 
 use bdh::model::bdh::backward::loss;
-use bdh::model::bdh::{backward, forward, Activations, Backward, Bdh, Pass, State};
+use bdh::model::bdh::{backward, forward, Activations, Backward, Bdh, BdhConfig, Decay, Pass, State};
 use bdh::{Mode, Model};
 
 use crate::common::{bdh_model, max_rel_diff, tiny_config, tokens};
 
-fn model(scale: f32) -> Bdh {
-    let Model::Bdh(mut m) = bdh_model(tiny_config(2, 16, 2, 4), 11) else { unreachable!("a BDH") };
+/// The test model, weights scaled by `scale`, its state decaying as `decay` says.
+pub fn model(scale: f32, decay: Decay) -> Bdh {
+    let Model::Bdh(mut m) = bdh_model(BdhConfig { decay, ..tiny_config(2, 16, 2, 4) }, 11) else {
+        unreachable!("a BDH")
+    };
     m.params.data_mut().iter_mut().for_each(|x| *x *= scale);
     m
 }
@@ -22,17 +25,21 @@ fn part<X: Copy>(toks: &[X], b: usize, t: usize, range: std::ops::Range<usize>) 
 
 #[test]
 fn chunks_with_a_carried_state_equal_one_forward_at_every_position() {
-    let m = model(1.0);
+    chunks_equal_one_forward(&model(1.0, Decay::None));
+}
+
+/// Two chunks of 40 tokens with the state carried give one 80-token pass's logits.
+pub fn chunks_equal_one_forward(m: &Bdh) {
     let (b, t, v) = (2, 40, m.config.vocab_size);
     let toks = tokens(b * 2 * t, 3);
-    let mut whole = Activations::new(&m, b, 2 * t).unwrap();
-    forward(&m, &toks, &mut whole, Pass::default()).unwrap();
+    let mut whole = Activations::new(m, b, 2 * t).unwrap();
+    forward(m, &toks, &mut whole, Pass::default()).unwrap();
     let mut state = State::rows(&m.config, b).unwrap();
-    let mut acts = Activations::new(&m, b, t).unwrap();
+    let mut acts = Activations::new(m, b, t).unwrap();
     let mut worst = 0.0f32;
     for (k, range) in [0..t, t..2 * t].into_iter().enumerate() {
         forward(
-            &m,
+            m,
             &part(&toks, b, 2 * t, range.clone()),
             &mut acts,
             Pass { state: Some(&mut state), ..Pass::default() },
@@ -47,20 +54,25 @@ fn chunks_with_a_carried_state_equal_one_forward_at_every_position() {
     assert_eq!(state.pos, 2 * t);
     // A state for another number of rows is refused.
     let mut one = State::rows(&m.config, 1).unwrap();
-    let err = forward(&m, &part(&toks, b, 2 * t, 0..t), &mut acts, Pass { state: Some(&mut one), ..Pass::default() });
+    let err = forward(m, &part(&toks, b, 2 * t, 0..t), &mut acts, Pass { state: Some(&mut one), ..Pass::default() });
     assert!(err.unwrap_err().to_string().contains("stream"));
 }
 
 #[test]
 fn backward_through_a_carried_state_matches_finite_differences() {
     // Weights of std 0.2 give the loss real curvature, as in the backward's own test.
-    let m = model(10.0);
+    backward_matches_finite_differences(&model(10.0, Decay::None));
+}
+
+/// The gradient of the second chunk's loss, from a state carried from the first,
+/// against central differences along a direction per parameter.
+pub fn backward_matches_finite_differences(m: &Bdh) {
     let (b, t) = (2, 9);
     let (first, second, targets) = (tokens(b * t, 1), tokens(b * t, 2), tokens(b * t, 4));
-    let mut acts = Activations::new(&m, b, t).unwrap();
+    let mut acts = Activations::new(m, b, t).unwrap();
     let mut carried = State::rows(&m.config, b).unwrap();
     let train = Mode::Train { seed: 0 }; // dropout 0: the pass is deterministic
-    forward(&m, &first, &mut acts, Pass { mode: train, state: Some(&mut carried), ..Pass::default() }).unwrap();
+    forward(m, &first, &mut acts, Pass { mode: train, state: Some(&mut carried), ..Pass::default() }).unwrap();
     // The loss of the second chunk from ρ₀ = `carried`, which stays fixed (the gradient
     // stops at the chunk boundary).
     let loss_from = |m: &Bdh, acts: &mut Activations| {
@@ -68,14 +80,14 @@ fn backward_through_a_carried_state_matches_finite_differences() {
         forward(m, &second, acts, Pass { mode: train, state: Some(&mut s), ..Pass::default() }).unwrap();
         loss(acts, &targets).unwrap() as f64
     };
-    loss_from(&m, &mut acts);
+    loss_from(m, &mut acts);
     let mut grads = m.params.zeros_like();
-    backward(&m, &acts, &targets, &mut grads, &mut Backward::new(&m, b, t).unwrap()).unwrap();
+    backward(m, &acts, &targets, &mut grads, &mut Backward::new(m, b, t).unwrap()).unwrap();
     // Without the carried state the gradient differs: the read of ρ₀ matters.
-    let mut fresh = Activations::new(&m, b, t).unwrap();
-    forward(&m, &second, &mut fresh, Pass::mode(train)).unwrap();
+    let mut fresh = Activations::new(m, b, t).unwrap();
+    forward(m, &second, &mut fresh, Pass::mode(train)).unwrap();
     let mut without = m.params.zeros_like();
-    backward(&m, &fresh, &targets, &mut without, &mut Backward::new(&m, b, t).unwrap()).unwrap();
+    backward(m, &fresh, &targets, &mut without, &mut Backward::new(m, b, t).unwrap()).unwrap();
     assert!(max_rel_diff(grads.data(), without.data()) > 1e-2);
 
     let eps = 1e-4f32;

@@ -13,7 +13,15 @@ pub fn golden_dir(name: &str) -> PathBuf {
 
 /// A small config for fast tests.
 pub fn tiny_config(n_layer: usize, n_embd: usize, n_head: usize, mult: usize) -> BdhConfig {
-    BdhConfig { n_layer, n_embd, n_head, mlp_internal_dim_multiplier: mult, vocab_size: 256, dropout: 0.0 }
+    BdhConfig {
+        n_layer,
+        n_embd,
+        n_head,
+        mlp_internal_dim_multiplier: mult,
+        vocab_size: 256,
+        dropout: 0.0,
+        ..BdhConfig::default()
+    }
 }
 
 /// A freshly initialised BDH model of `cfg`.

@@ -8,6 +8,7 @@ mod batch;
 mod carry;
 mod checkpoint;
 mod data;
+mod decay;
 mod edits;
 mod errors;
 mod generate;

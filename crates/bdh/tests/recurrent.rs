@@ -11,7 +11,7 @@ use crate::common::{bdh_model, golden_dir, max_rel_diff, tiny_config, tokens};
 
 /// Max diff between step-by-step and parallel logits over all positions, relative to
 /// each position's max |logit|.
-fn recurrent_vs_parallel(model: &Model, toks: &[u32], dense: bool) -> f32 {
+pub fn recurrent_vs_parallel(model: &Model, toks: &[u32], dense: bool) -> f32 {
     let v = model.config().vocab_size();
     let mut acts = Activations::new(model, 1, toks.len()).unwrap();
     forward(model, toks, &mut acts, Mode::Eval).unwrap();

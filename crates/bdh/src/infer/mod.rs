@@ -44,10 +44,10 @@ pub enum State {
 /// One worker's buffers.
 #[derive(Debug)]
 pub enum Scratch {
-    /// BDH's.
-    Bdh(bdh::Scratch),
+    /// BDH's (each family's boxed: they hold a prefill chunk's activations).
+    Bdh(Box<bdh::Scratch>),
     /// GPT's.
-    Gpt(gpt::Scratch),
+    Gpt(Box<gpt::Scratch>),
 }
 
 impl Prepared {
@@ -79,9 +79,9 @@ impl Prepared {
     /// instead of only those of active neurons (a baseline for the sparse step).
     pub fn scratch(&self, dense: bool) -> Scratch {
         match self {
-            Prepared::Bdh(p) if dense => Scratch::Bdh(p.scratch().dense()),
-            Prepared::Bdh(p) => Scratch::Bdh(p.scratch()),
-            Prepared::Gpt(p) => Scratch::Gpt(p.scratch()),
+            Prepared::Bdh(p) if dense => Scratch::Bdh(Box::new(p.scratch().dense())),
+            Prepared::Bdh(p) => Scratch::Bdh(Box::new(p.scratch())),
+            Prepared::Gpt(p) => Scratch::Gpt(Box::new(p.scratch())),
         }
     }
 

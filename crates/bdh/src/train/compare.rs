@@ -36,6 +36,7 @@ pub fn sizes() -> Vec<Size> {
         mlp_internal_dim_multiplier: mult,
         vocab_size: 256,
         dropout: 0.1,
+        ..BdhConfig::default()
     };
     let gpt = |n_layer, n_embd, n_head| GptConfig {
         block_size: BLOCK,

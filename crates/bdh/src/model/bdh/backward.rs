@@ -5,9 +5,10 @@
 
 use bdh_kernels::{
     add_groups, causal_linear_attention_backward, gated_product, gated_product_backward, layer_norm_backward, matmul,
-    matmul_batched, rope, transpose, Attention, AttentionSaved, Batch, MatMul, RopeDirection,
+    matmul_batched, rope, scale_rows, transpose, Attention, AttentionSaved, Batch, MatMul, RopeDirection,
 };
 
+use super::decay::DecayTable;
 use super::forward::{check_tokens, Activations, Dims};
 use super::params::WeightsMut;
 use super::Bdh;
@@ -135,7 +136,8 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         // chain is one task, its gradients in cache from one kernel to the next.
         let hnd = h * n * d;
         let rho0 = if acts.rho0.is_empty() { &[][..] } else { &acts.rho0[l * b * hnd..(l + 1) * b * hnd] };
-        let saved = Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0 };
+        let decay = &acts.decay;
+        let saved = Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay };
         let weights_t = std::mem::take(&mut s.weights_t); // read by every row while they write the rest of `s`
         let mut rows = RowGrads::split(s, saved, dm);
         bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm));
@@ -182,6 +184,7 @@ struct Saved<'a> {
     cos: &'a [f32],    // (T, N/2)
     sin: &'a [f32],    // (T, N/2)
     rho0: &'a [f32],   // (B, H, N, D) ρ the forward started from, or empty
+    decay: &'a DecayTable,
 }
 
 /// One batch row's part of a layer's backward: what the forward kept and the
@@ -250,7 +253,7 @@ impl<'a> RowGrads<'a> {
 /// of the layer's input, leaving z, dx and dy for the weight gradients.
 fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     let Dims { t, d, h, n, .. } = dm;
-    let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0 } = r.saved;
+    let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay } = r.saved;
     let heads = |a, w, c| Batch { count: [1, h], a, b: w, c };
     let (nt, dt) = ([0, t * n], [0, t * d]); //                      per head
                                              // u = concat_h(z) · decoder: recompute z = dropout(x ⊙ y) for the decoder's gradient
@@ -265,12 +268,16 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     layer_norm_backward(r.da, a, rstd_a, d);
     // attention = tril₋₁(xr xrᵀ) · v, xr = R(x), x = relu(x_latent)
     //   ⇒  dv through the values of each head;  dx = [x > 0] ⊙ (dx + Rᵀ d xr)
-    let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin };
+    let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, decay: &decay.gamma };
     causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.da, saved, Attention { b: 1, h, t, n, d });
     if !rho0.is_empty() {
         // attention += R(x) · ρ₀ (a carried state, held constant)  ⇒  d R(x) = d attention · ρ₀ᵀ,
         // dx += [x > 0] ⊙ Rᵀ (d attention · ρ₀ᵀ)
         matmul_batched(r.dq, r.da, rho0, MatMul::new(t, d, n).b_t(), heads(dt, [0, n * d], nt));
+        if decay.is_some() {
+            // the read at i was γ^(i+1) R(x_i) · ρ₀
+            scale_rows(r.dq, &decay.read, h, t, n);
+        }
         rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
         for ((g, &back), &xv) in r.dx.iter_mut().zip(r.dq0.iter()).zip(x) {
             if xv > 0.0 {

@@ -115,6 +115,7 @@ impl Prepared {
                 let at = At { layer: l, head: w.head, pos: w.pos, edits: &NO_EDITS };
                 let vb = &v[w.row * d..(w.row + 1) * d];
                 let xb = &x[(w.head * b + w.row) * n..(w.head * b + w.row + 1) * n];
+                self.decay(w.head, w.rho);
                 head_step(w.hd, w.rho, vb, Some(xb), weights, (w.cos, w.sin), false, at);
             });
             drop(work);

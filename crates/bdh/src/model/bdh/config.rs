@@ -24,6 +24,89 @@ pub struct BdhConfig {
     pub vocab_size: usize,
     /// Dropout probability on x⊙y during training.
     pub dropout: f32,
+    /// How the synapse state forgets: not at all (bdh.py), or by a retention γ_h per
+    /// head (the paper's damping).
+    #[serde(default, skip_serializing_if = "Decay::is_none")]
+    pub decay: Decay,
+}
+
+/// The synapse state's decay. With a retention γ_h the attention scores become
+/// `(q_t · q_τ) γ_h^(t−τ)` for τ < t, and the recurrent state `ρ ← γ_h ρ` before
+/// each read: old tokens fade geometrically, as ALiBi's linear bias on softmax
+/// logits, `−m_h (t−τ)`, is the multiplicative decay `e^(−m_h)` here.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "DecayRepr", into = "DecayRepr")]
+pub enum Decay {
+    /// No decay: bdh.py's model.
+    #[default]
+    None,
+    /// γ_h = e^(−m_h), with m_h ALiBi's geometric slopes for H heads.
+    Alibi,
+    /// γ_h given per head, each in (0, 1].
+    Retention(Vec<f32>),
+}
+
+/// How [`Decay`] is written in configs: `"none"`, `"alibi"` or a list of γ_h.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum DecayRepr {
+    Name(String),
+    List(Vec<f32>),
+}
+
+impl TryFrom<DecayRepr> for Decay {
+    type Error = String;
+    fn try_from(r: DecayRepr) -> std::result::Result<Self, String> {
+        match r {
+            DecayRepr::Name(n) if n == "none" => Ok(Decay::None),
+            DecayRepr::Name(n) if n == "alibi" => Ok(Decay::Alibi),
+            DecayRepr::Name(n) => Err(format!("decay `{n}`: expected \"none\", \"alibi\" or a list of γ per head")),
+            DecayRepr::List(g) => Ok(Decay::Retention(g)),
+        }
+    }
+}
+
+impl From<Decay> for DecayRepr {
+    fn from(d: Decay) -> Self {
+        match d {
+            Decay::None => DecayRepr::Name("none".into()),
+            Decay::Alibi => DecayRepr::Name("alibi".into()),
+            Decay::Retention(g) => DecayRepr::List(g),
+        }
+    }
+}
+
+impl Decay {
+    /// Whether this is no decay (the reference model).
+    pub fn is_none(&self) -> bool {
+        *self == Decay::None
+    }
+
+    /// γ_h for `heads` heads; empty for no decay.
+    pub fn retention(&self, heads: usize) -> Vec<f32> {
+        match self {
+            Decay::None => Vec::new(),
+            Decay::Alibi => alibi_slopes(heads).into_iter().map(|m| (-m).exp() as f32).collect(),
+            Decay::Retention(g) => g.clone(),
+        }
+    }
+}
+
+/// ALiBi's head slopes (Press et al., 2022, as its reference code computes them): for
+/// H a power of two, `m_h = 2^(−8h/H)`, h = 1..H; otherwise those of the power of two
+/// below H, then every other slope of the one above.
+pub fn alibi_slopes(heads: usize) -> Vec<f64> {
+    let pow2 = |k: usize| -> Vec<f64> {
+        let start = 2f64.powf(-8.0 / k as f64);
+        (1..=k).map(|i| start.powi(i as i32)).collect()
+    };
+    if heads == 0 || heads.is_power_of_two() {
+        return pow2(heads);
+    }
+    let below = 1usize << heads.ilog2();
+    let mut slopes = pow2(below);
+    slopes.extend(pow2(2 * below).into_iter().step_by(2).take(heads - below));
+    slopes
 }
 
 impl Default for BdhConfig {
@@ -36,6 +119,7 @@ impl Default for BdhConfig {
             mlp_internal_dim_multiplier: 128,
             vocab_size: 256,
             dropout: 0.1,
+            decay: Decay::None,
         }
     }
 }
@@ -108,6 +192,14 @@ impl BdhConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        if let Decay::Retention(g) = &self.decay {
+            if g.len() != self.n_head {
+                return bad(format!("decay lists {} retentions γ for n_head = {} heads", g.len(), self.n_head));
+            }
+            if let Some(bad_g) = g.iter().find(|&&g| !(g > 0.0 && g <= 1.0)) {
+                return bad(format!("decay γ = {bad_g} must be in (0, 1]"));
+            }
         }
         Ok(())
     }

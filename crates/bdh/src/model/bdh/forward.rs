@@ -5,11 +5,13 @@
 //! blocks themselves.
 
 use bdh_kernels::{
-    add, causal_linear_attention, gated_product, layer_norm, matmul, matmul_batched, Attention, Batch, MatMul,
+    add, causal_linear_attention, gated_product, layer_norm, matmul, matmul_batched, scale_rows, Attention, Batch,
+    MatMul,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::decay::DecayTable;
 use super::edit::{Edits, Region, Site, NO_EDITS};
 use super::params::Weights;
 use super::recurrent::State;
@@ -89,6 +91,7 @@ pub struct Activations {
     /// The sizes these buffers hold.
     pub dims: Dims,
     pub(crate) rope: RopeTable,              // positions pos0..pos0 + T
+    pub(crate) decay: DecayTable,            // the retention's powers over T (empty without decay)
     pub(crate) frozen: Option<&'static str>, // why the last forward has no backward
     pub(crate) rho0: Vec<f32>,               // (L, B, H, N, D) ρ a train-mode pass started from; else empty
     pub(crate) tokens: Vec<u32>,             // (B, T)
@@ -129,6 +132,7 @@ impl Activations {
         Ok(Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
+            decay: DecayTable::new(&model.config.decay, h, t),
             rho0: Vec::new(),
             frozen: None,
             tokens: vec![0; b * t],
@@ -177,13 +181,20 @@ impl Activations {
         &self.xr[self.neurons(l)]
     }
 
+    /// The attention scores of layer `l`, `tril₋₁(R(x) R(x)ᵀ)` (times γ^(t−τ) with a
+    /// decay), (B, H, T, T).
+    pub fn scores(&self, l: usize) -> &[f32] {
+        let Dims { b, h, t, .. } = self.dims;
+        &self.scores[l * b * h * t * t..(l + 1) * b * h * t * t]
+    }
+
     /// y of layer `l`, (B, H, T, N).
     pub fn y(&self, l: usize) -> &[f32] {
         &self.y[self.neurons(l)]
     }
 
-    /// Layer `l`'s buffers for batch rows `rows`, and the RoPE table.
-    fn layer_rows(&mut self, l: usize, rows: std::ops::Range<usize>) -> (LayerRows<'_>, &RopeTable) {
+    /// Layer `l`'s buffers for batch rows `rows`, and the RoPE and decay tables.
+    fn layer_rows(&mut self, l: usize, rows: std::ops::Range<usize>) -> (LayerRows<'_>, (&RopeTable, &DecayTable)) {
         let Dims { b, t, d, h, n, .. } = self.dims;
         let g = rows.len();
         let at = |per_row: usize, layer_stride_rows: usize| l * layer_stride_rows * per_row + rows.start * per_row;
@@ -206,7 +217,7 @@ impl Activations {
             w: &mut self.w[at(t * d, b)..][..g * t * d],
             rstd_w: &mut self.rstd_w[at(t, b)..][..g * t],
         };
-        (view, &self.rope)
+        (view, (&self.rope, &self.decay))
     }
 
     fn neurons(&self, l: usize) -> std::ops::Range<usize> {
@@ -253,6 +264,9 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     if acts.rope.start != pos0 {
         acts.rope = RopeTable::new(&model.freqs, pos0, t);
     }
+    if acts.decay.gamma != model.config.decay.retention(h) {
+        acts.decay = DecayTable::new(&model.config.decay, h, t);
+    }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");
     acts.rho0.clear();
@@ -287,8 +301,8 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
             let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
             let hnd = h * n * d;
             let rho = state.as_deref_mut().map(|s| &mut s.rho[(l * b + rows.start) * hnd..(l * b + rows.end) * hnd]);
-            let (at, rope) = acts.layer_rows(l, rows);
-            heads(&p, at, l, Extras { rope, edits, pos0, dropout, rho });
+            let (at, (rope, decay)) = acts.layer_rows(l, rows);
+            heads(&p, at, l, Extras { rope, decay, edits, pos0, dropout, rho });
         }
         let (at, _) = acts.layer_rows(l, 0..b);
         mix(&p, at);
@@ -326,6 +340,7 @@ struct LayerRows<'a> {
 /// What a layer needs besides its buffers and the weights.
 struct Extras<'a> {
     rope: &'a RopeTable,
+    decay: &'a DecayTable,
     edits: &'a Edits,
     pos0: usize,
     /// (seed, first stream, probability) of the dropout masks.
@@ -344,14 +359,28 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
     e.edits.apply(Site::X, l, s.x, dm.region(e.pos0));
     // a = LN(tril₋₁(R(x) R(x)ᵀ) · v)                                      (B, H, T, D)
     let rope = (&e.rope.cos[..], &e.rope.sin[..]);
-    causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, Attention { b, h, t, n, d });
+    //   (with a decay: scores ⊙ γ_h^(t−τ))
+    causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, &e.decay.gamma, Attention { b, h, t, n, d });
     if let Some(rho) = e.rho {
-        // With a carried state: a += R(x) · ρ (the past), then ρ += R(x)ᵀ · v.
+        // With a carried state: a += R(x) · ρ (the past), then ρ += R(x)ᵀ · v;
+        // with a decay, a_i += γ^(i+1) R(x_i) · ρ, then ρ = γ^T ρ + Σ_i γ^(T−1−i) R(x_i) ⊗ v_i,
+        // the powers carried by a copy of R(x) in z (free until x ⊙ y).
         let (tn, nd, td) = (t * n, n * d, t * d);
         let read = Batch { count: [b, h], a: [h * tn, tn], b: [h * nd, nd], c: [h * td, td] };
-        matmul_batched(s.a, s.xr, rho, MatMul::new(t, n, d).acc(), read);
         let write = Batch { count: [b, h], a: [h * tn, tn], b: [td, 0], c: [h * nd, nd] };
-        matmul_batched(rho, s.xr, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
+        let dc = e.decay;
+        if dc.is_some() {
+            s.z.copy_from_slice(s.xr);
+            scale_rows(s.z, &dc.read, h, t, n);
+            matmul_batched(s.a, s.z, rho, MatMul::new(t, n, d).acc(), read);
+            scale_rows(rho, &dc.whole, h, 1, nd);
+            s.z.copy_from_slice(s.xr);
+            scale_rows(s.z, &dc.write, h, t, n);
+            matmul_batched(rho, s.z, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
+        } else {
+            matmul_batched(s.a, s.xr, rho, MatMul::new(t, n, d).acc(), read);
+            matmul_batched(rho, s.xr, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
+        }
     }
     layer_norm(s.a, s.rstd_a, d);
     // y = relu(a · encoder_v_h)                                          (B, H, T, N)

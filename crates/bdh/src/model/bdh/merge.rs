@@ -35,6 +35,12 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
             return Err(Error::Config(format!("cannot merge models with different {what}: {x} and {y}")));
         }
     }
+    if ca.decay.retention(ca.n_head) != cb.decay.retention(cb.n_head) {
+        return Err(Error::Config(format!(
+            "cannot merge models whose heads decay differently: {:?} and {:?}",
+            ca.decay, cb.decay
+        )));
+    }
     let config = BdhConfig {
         mlp_internal_dim_multiplier: ca
             .mlp_internal_dim_multiplier

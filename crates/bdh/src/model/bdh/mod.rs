@@ -4,6 +4,7 @@
 pub mod backward;
 pub mod batch;
 pub mod config;
+pub mod decay;
 pub mod edit;
 pub mod forward;
 pub mod merge;
@@ -13,7 +14,7 @@ pub mod rope;
 
 pub use backward::{backward, Backward};
 pub use batch::BatchScratch;
-pub use config::BdhConfig;
+pub use config::{BdhConfig, Decay};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Pass};
 pub use merge::{merge, Heritage};

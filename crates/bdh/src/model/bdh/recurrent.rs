@@ -3,7 +3,8 @@
 //! Attention is strictly causal and has no softmax, so
 //! `a_t = Σ_{τ<t} (R_t x_t · R_τ x_τ) v_τ = ρ_tᵀ R_t x_t` with `ρ_t = Σ_{τ<t} R_τ x_τ ⊗ v_τ`:
 //! read `a_t` from ρ, then write `ρ += R_t x_t ⊗ v_t`. This equals the parallel
-//! forward at every position, in memory that does not grow with the context.
+//! forward at every position, in memory that does not grow with the context. With a
+//! decay, `ρ ← γ_h ρ` before each read gives the parallel form's `γ_h^(t−τ)`.
 //!
 //! Three pieces, so that many sequences can share one model: a [`Prepared`] model
 //! (immutable, with derived layouts made once), a per-sequence [`State`] (plain
@@ -11,8 +12,8 @@
 //! [`Scratch`].
 
 use bdh_kernels::{
-    active_pairs, gate_listed, gather_dot, layer_norm, matmul, parallel_heads, rho_read_write, rope, sparse_row_sum,
-    transpose, MatMul, RopeDirection,
+    active_pairs, decay_state, gate_listed, gather_dot, layer_norm, matmul, parallel_heads, rho_read_write, rope,
+    sparse_row_sum, transpose, MatMul, RopeDirection,
 };
 
 use super::edit::{Edits, Region, Site};
@@ -90,6 +91,7 @@ impl State {
 pub struct Prepared {
     model: Bdh,
     encoder_v_t: Vec<f32>, // (H, N, D) encoder_v with each neuron's weights contiguous
+    retention: Vec<f32>,   // (H) γ_h, or empty without decay
 }
 
 /// Per-head scratch of one step.
@@ -163,7 +165,8 @@ impl Prepared {
         for (src, dst) in model.weights().encoder_v.chunks_exact(d * n).zip(encoder_v_t.chunks_exact_mut(n * d)) {
             transpose(dst, src, d, n);
         }
-        Ok(Prepared { model, encoder_v_t })
+        let retention = c.decay.retention(c.n_head);
+        Ok(Prepared { model, encoder_v_t, retention })
     }
 
     /// The model.
@@ -174,6 +177,14 @@ impl Prepared {
     /// The empty state of a new sequence.
     pub fn state(&self) -> Result<State> {
         State::new(&self.model.config)
+    }
+
+    /// ρ ← γ_h ρ of head `hi` before its read (nothing without decay): every row
+    /// fades, so this touches the whole state.
+    pub(super) fn decay(&self, hi: usize, rho: &mut [f32]) {
+        if let Some(&gamma) = self.retention.get(hi) {
+            decay_state(rho, gamma);
+        }
     }
 
     /// The transposed `encoder_v`, (H, N, D).
@@ -293,6 +304,7 @@ impl Prepared {
             let rho_l = &mut state.rho[l * h * n * d..(l + 1) * h * n * d];
             let (v, cos, sin, dense) = (&s.v, &s.cos[..], &s.sin[..], s.dense);
             parallel_heads(&mut s.heads, rho_l, |hi, hd, rho| {
+                self.decay(hi, rho);
                 let w = HeadWeights {
                     encoder: &p.encoder[hi * d * n..(hi + 1) * d * n],
                     encoder_v_t: &self.encoder_v_t[hi * n * d..(hi + 1) * n * d],
