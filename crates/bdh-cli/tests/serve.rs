@@ -415,6 +415,22 @@ fn busy_streams_get_429_and_a_client_that_leaves_frees_its_slot() {
     // The session got its state back, having read what was generated before the client left.
     let pos = s.get(&format!("/v1/sessions/{id}")).1["position"].as_u64().unwrap();
     assert!(pos > 6 && pos < 4006, "position {pos}");
+    // A client waiting for a whole answer that leaves frees its slot as well.
+    let host = s.base.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(host).unwrap();
+    let body = json!({"prompt": "ROMEO:", "max_tokens": 4000}).to_string();
+    let req = format!("POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    conn.write_all(req.as_bytes()).unwrap();
+    let t = Instant::now();
+    while s.get("/health").1["streams"] != 1 {
+        assert!(t.elapsed() < Duration::from_secs(5), "the request started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(conn);
+    while s.get("/health").1["streams"] != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the slot is freed when a waiting client goes away");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn sigterm(child: &Child) {
