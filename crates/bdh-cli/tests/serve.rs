@@ -262,6 +262,16 @@ fn sessions_continue_as_one_long_text_and_save_restore_fork() {
     // The saved file is a state `bdh generate --load-state` continues the same way.
     let file = s.sessions_dir().join("romeo-1.state.safetensors").display().to_string();
     assert_eq!(a, generate("\nROMEO:", &["--max-tokens", "30", "--temperature", "0", "--load-state", &file]));
+    // A session near 2^24 tokens (its saved file's position moved there) takes
+    // requests that end before it and refuses one that could pass it.
+    set_position(&s.sessions_dir().join("romeo-1.state.safetensors"), (1 << 24) - 10);
+    let late = s.ok("/v1/sessions/restore", &json!({"name": "romeo-1"}))["id"].as_str().unwrap().to_string();
+    let ask = |max: usize| s.post("/v1/completions", &json!({"prompt": "a", "max_tokens": max, "session": late}));
+    let (status, v) = ask(20);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("2^24"), "{v}");
+    assert_eq!(ask(9).1["session"]["position"], 1 << 24);
+    s.agent.delete(format!("{}/v1/sessions/{late}", s.base)).call().unwrap();
     let (status, list) = s.get("/v1/sessions");
     assert_eq!((status, list["data"].as_array().unwrap().len()), (200, 3));
     let (status, gone) = answer(s.agent.delete(format!("{}/v1/sessions/{fork}", s.base)).call().unwrap());
@@ -291,6 +301,20 @@ fn least_recently_used_sessions_go_to_disk_and_come_back() {
     assert_eq!(s.get(&format!("/v1/sessions/{a}")).1["in_memory"], true);
     // c, still empty wherever it went, reads its first prompt.
     assert_eq!(next(&c).1, 1 + 25);
+}
+
+/// Rewrites the position of a saved state, keeping its ρ and metadata.
+fn set_position(path: &std::path::Path, pos: i64) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rho = st.tensor("rho").unwrap();
+    let pos = pos.to_le_bytes();
+    let views = [
+        ("rho".to_string(), rho),
+        ("position".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1], &pos).unwrap()),
+    ];
+    std::fs::write(path, safetensors::serialize(views, meta.metadata().clone()).unwrap()).unwrap();
 }
 
 /// Sends `raw` bytes as an HTTP request and returns the status of the answer.

@@ -24,6 +24,10 @@ use super::engine::{Event, Job, Slot};
 use super::error::ApiError;
 use super::sessions::{lock, Sessions};
 
+/// Positions a session may reach: past 2²⁴ a position is no longer exact in f32,
+/// and with it the RoPE phases.
+const MAX_POSITION: usize = 1 << 24;
+
 /// What every handler shares.
 pub struct App {
     /// Requests for the decoding loop.
@@ -113,6 +117,17 @@ async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiE
         Some(id) => lock(&app.sessions).check_out(id)?,
         None => app.prepared.state().map_err(|e| ApiError::internal(e.to_string()))?,
     };
+    let end = state.pos().saturating_add(spec.prompt.len()).saturating_add(spec.generation.max_tokens);
+    if end > MAX_POSITION {
+        let at = state.pos();
+        if let Some(id) = &spec.session {
+            lock(&app.sessions).check_in(id, state);
+        }
+        return Err(ApiError::bad(format!(
+            "the session is at position {at}; this request could take it past 2^24 tokens, where positions \
+             are no longer exact in f32: start a new session"
+        )));
+    }
     let (events, rx) = unbounded_channel();
     let session = spec.session.clone();
     let job = Job { prompt: spec.prompt, generation: spec.generation, sampler, state, session, events, _slot: slot };
