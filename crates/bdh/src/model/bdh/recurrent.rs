@@ -280,7 +280,7 @@ impl Prepared {
             let rho_l = &mut state.rho[l * h * n * d..(l + 1) * h * n * d];
             let (v, cos, sin, dense) = (&s.v, &s.cos[..], &s.sin[..], s.dense);
             parallel_heads(&mut s.heads, rho_l, |hi, hd, rho| {
-                if let Some(&gamma) = self.retention.get(hi) {
+                if let Some(&gamma) = self.retention.get(hi).filter(|&&g| g != 1.0) {
                     // ρ ← γ ρ: every row fades, so this touches the whole state
                     decay_state(rho, gamma);
                 }
