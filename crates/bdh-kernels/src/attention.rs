@@ -94,9 +94,8 @@ pub struct AttentionSaved<'a> {
 /// dL/d(out) `da` (B, H, T, D): `dS = tril₋₁(da vᵀ) ⊙ Γ` (Γ the decay's γ^(t−τ), or
 /// 1; written to the scratch `dscores`, (B, H, T, T)), `dv = Sᵀ da` per head
 /// (B, H, T, D; the caller sums the heads), `dq = (dS + dSᵀ) q` (B, H, T, N), and
-/// through RoPE and the ReLU that made
-/// x: `dx = [x > 0] ⊙ (dx + Rᵀ dq)` (`dx` holds the gradient of x by other paths on
-/// entry). `dq` and `dv` are overwritten.
+/// through RoPE and the ReLU that made x: `dx = [x > 0] ⊙ (dx + Rᵀ dq)` (`dx` holds
+/// the gradient of x by other paths on entry). `dq` and `dv` are overwritten.
 pub fn causal_linear_attention_backward(
     dx: &mut [f32],
     dq: &mut [f32],
@@ -141,13 +140,19 @@ pub fn causal_linear_attention_backward(
 
 /// Zeroes the diagonal and everything above it of a t×t matrix and, with a
 /// retention γ, multiplies entry (i, j) by γ^(i−j) (powers in f64, then rounded).
-fn keep_strictly_lower(s: &mut [f32], t: usize, gamma: Option<f32>) {
+/// Entries whose power falls below f32's smallest normal become 0, as the recurrent
+/// state's do, so far distances cost no subnormal arithmetic in the products.
+fn mask_and_decay(s: &mut [f32], t: usize, gamma: Option<f32>) {
     for (i, row) in s.chunks_exact_mut(t).enumerate() {
         row[i..].fill(0.0);
         if let Some(g) = gamma {
             let mut f = 1.0f64;
-            for x in row[..i].iter_mut().rev() {
+            for (k, x) in row[..i].iter_mut().rev().enumerate() {
                 f *= g as f64;
+                if f < f32::MIN_POSITIVE as f64 {
+                    row[..i - k].fill(0.0);
+                    break;
+                }
                 *x = (*x as f64 * f) as f32;
             }
         }
@@ -175,7 +180,7 @@ fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], gamm
             matmul(&mut scores[r0 * t..], &q[r0 * n..], qt, MatMul::new(r1 - r0, n, r1).ld(0, t, t));
         }
     });
-    keep_strictly_lower(scores, t, gamma);
+    mask_and_decay(scores, t, gamma);
     for (r0, r1) in blocks(t) {
         // out[r0..r1] = scores[r0..r1, ..r1] · v[..r1]
         matmul(&mut out[r0 * d..], &scores[r0 * t..], v, MatMul::new(r1 - r0, r1, d).ld(t, 0, 0));
@@ -186,7 +191,7 @@ fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], gamm
 type Dims3 = (usize, usize, usize);
 
 /// Scalar twin of [`causal_linear_attention`]: RoPE's twin, then loops over τ < t
-/// only, f64 sums, the decay as `γ^(t−τ)` by `powi`.
+/// only, f64 sums, the decay as `γ^(t−τ)` by `powi` (0 below f32's smallest normal).
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn causal_linear_attention_scalar(
@@ -211,7 +216,12 @@ pub(crate) fn causal_linear_attention_scalar(
 /// γ^(i−j) in f64, 1 without a decay.
 #[cfg(test)]
 fn decay_factor(gamma: Option<f32>, i: usize, j: usize) -> f64 {
-    gamma.map_or(1.0, |g| (g as f64).powi((i - j) as i32))
+    let f = gamma.map_or(1.0, |g| (g as f64).powi((i - j) as i32));
+    if f < f32::MIN_POSITIVE as f64 {
+        0.0
+    } else {
+        f
+    }
 }
 
 #[cfg(test)]
@@ -252,7 +262,7 @@ fn attention_backward_one(
         matmul(&mut dscores[r0 * t..], &da[r0 * d..], v, MatMul::new(r1 - r0, d, r1).b_t().ld(0, 0, t));
     }
     // the scores were q qᵀ ⊙ Γ: the gradient of q qᵀ is dS ⊙ Γ
-    keep_strictly_lower(dscores, t, gamma);
+    mask_and_decay(dscores, t, gamma);
     for (r0, r1) in blocks(t) {
         // dv[r0..r1] = S[r0.., r0..r1]ᵀ · da[r0..]
         let sub = r0 * t + r0;

@@ -2,7 +2,7 @@
 //! answer.
 
 use bdh::io::checkpoint::{load, save};
-use bdh::model::bdh::{forward, merge, Activations, Bdh, Pass};
+use bdh::model::bdh::{forward, merge, Activations, Bdh, Decay, Pass};
 use bdh::Model;
 
 use crate::common::{bdh_model, golden_dir, max_rel_diff, temp_dir, tiny_config, tokens};
@@ -69,4 +69,19 @@ fn models_of_different_shapes_do_not_merge() {
         let err = merge(&a, &other).unwrap_err().to_string();
         assert!(err.contains(what), "{err}");
     }
+}
+
+#[test]
+fn models_whose_heads_decay_differently_do_not_merge() {
+    let decaying = |decay: Decay| {
+        let mut m = bdh(2, 32, 2, 8, 1);
+        m.config.decay = decay;
+        m
+    };
+    let err = merge(&decaying(Decay::Alibi), &bdh(2, 32, 2, 8, 2)).unwrap_err().to_string();
+    assert!(err.contains("decay differently") && err.contains("\"alibi\"") && err.contains("\"none\""), "{err}");
+    // ALiBi's γ written out as a list is the same decay.
+    let gamma = Decay::Alibi.retention(2);
+    let (m, _) = merge(&decaying(Decay::Alibi), &decaying(Decay::Retention(gamma))).unwrap();
+    assert_eq!(m.config.n_neurons(), 2 * 128);
 }

@@ -4,7 +4,7 @@
 
 use bdh::infer::{Prepared, State};
 use bdh::io::checkpoint::load;
-use bdh::model::bdh::{BdhConfig, NO_EDITS};
+use bdh::model::bdh::{BdhConfig, Decay, NO_EDITS};
 use bdh::{forward, Activations, Mode, Model};
 
 use crate::common::{bdh_model, golden_dir, max_rel_diff, tiny_config, tokens};
@@ -54,10 +54,20 @@ fn recurrent_equals_parallel_on_the_trained_model() {
 
 #[test]
 fn prefill_then_steps_equals_steps_alone() {
-    let prepared = Prepared::new(bdh_model(tiny_config(2, 32, 2, 8), 7)).unwrap();
+    // With a decay too: the prefill's chunk reads ρ₀ with γ^(i+1) and leaves γ^T ρ₀ + …
+    for decay in [Decay::None, Decay::Alibi, Decay::Retention(vec![0.5, 0.7])] {
+        println!("decay {decay:?}");
+        prefill_then_steps(BdhConfig { decay, ..tiny_config(2, 32, 2, 8) });
+    }
+}
+
+fn prefill_then_steps(cfg: BdhConfig) {
+    let prepared = Prepared::new(bdh_model(cfg, 7)).unwrap();
     let toks = tokens(40, 3);
     let (mut a, mut sa) = (prepared.state().unwrap(), prepared.scratch(false));
-    prepared.prefill(&mut a, &mut sa, &toks[..25], &NO_EDITS).unwrap();
+    // Two prefills: the second starts from a state the first left.
+    prepared.prefill(&mut a, &mut sa, &toks[..12], &NO_EDITS).unwrap();
+    prepared.prefill(&mut a, &mut sa, &toks[12..25], &NO_EDITS).unwrap();
     let (mut b, mut sb) = (prepared.state().unwrap(), prepared.scratch(false));
     for &t in &toks[..25] {
         prepared.step(&mut b, &mut sb, t, &NO_EDITS).unwrap();

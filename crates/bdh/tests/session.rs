@@ -7,7 +7,7 @@ use bdh::data::Tokenizer;
 use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig, State};
 use bdh::io::checkpoint::load;
 use bdh::io::state;
-use bdh::model::bdh::NO_EDITS;
+use bdh::model::bdh::{Decay, NO_EDITS};
 use bdh::{Model, ModelConfig};
 
 use crate::common::{golden_dir, max_rel_diff, temp_dir, tiny_config, tokens};
@@ -23,8 +23,18 @@ fn rho(state: &State) -> &[f32] {
 
 #[test]
 fn chunked_prefill_equals_one_pass_and_steps() {
-    let model = load(&golden_dir("ref-small-trained"), None).unwrap();
-    let prepared = Prepared::new(model).unwrap();
+    // The trained model as it is, and with its state decaying (the equalities hold for
+    // any weights).
+    for decay in [Decay::None, Decay::Alibi] {
+        let Model::Bdh(mut model) = load(&golden_dir("ref-small-trained"), None).unwrap() else {
+            unreachable!("a BDH")
+        };
+        model.config.decay = decay;
+        chunked_prefill(Prepared::new(Model::Bdh(model)).unwrap());
+    }
+}
+
+fn chunked_prefill(prepared: Prepared) {
     let Prepared::Bdh(p) = &prepared else { unreachable!("a BDH") };
     // A prompt several chunks long, and the same read token by token.
     let chunk = p.prefill_chunk();

@@ -220,11 +220,12 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    // An integer where a float is expected (lr=1) is still a number; a key that
-    // takes a name or a list (model.decay) takes either.
+    // An integer where a float is expected (lr=1) is still a number; model.decay
+    // takes a name or a list.
+    let name_or_list = |v: &toml::Value| matches!(v, toml::Value::String(_) | toml::Value::Array(_));
     let value = match (old, parsed) {
         (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
-        (toml::Value::String(_) | toml::Value::Array(_), new @ (toml::Value::String(_) | toml::Value::Array(_))) => new,
+        (old, new) if path.trim() == "model.decay" && name_or_list(old) && name_or_list(&new) => new,
         (old, new) if std::mem::discriminant(old) != std::mem::discriminant(&new) => {
             let kind = old.type_str();
             let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };

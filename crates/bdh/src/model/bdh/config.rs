@@ -48,7 +48,7 @@ pub enum Decay {
 
 /// How [`Decay`] is written in configs: `"none"`, `"alibi"` or a list of γ_h.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "\"none\", \"alibi\" or a list of γ per head")]
 enum DecayRepr {
     Name(String),
     List(Vec<f32>),
@@ -77,6 +77,11 @@ impl From<Decay> for DecayRepr {
 }
 
 impl Decay {
+    /// As a config writes it: `"none"`, `"alibi"` or the list.
+    pub fn describe(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| format!("{self:?}"))
+    }
+
     /// Whether this is no decay (the reference model).
     pub fn is_none(&self) -> bool {
         *self == Decay::None

@@ -22,7 +22,11 @@ impl DecayTable {
     /// The table of `decay` for `heads` heads and a pass of `t` positions.
     pub fn new(decay: &Decay, heads: usize, t: usize) -> Self {
         let gamma = decay.retention(heads);
-        let pow = |g: f32, k: usize| (g as f64).powi(k as i32) as f32;
+        // (0 below f32's smallest normal, as the kernels flush)
+        let pow = |g: f32, k: usize| match (g as f64).powi(k as i32) {
+            f if f < f32::MIN_POSITIVE as f64 => 0.0,
+            f => f as f32,
+        };
         let table = |f: &dyn Fn(f32, usize) -> f32| gamma.iter().flat_map(|&g| (0..t).map(move |i| f(g, i))).collect();
         DecayTable {
             read: table(&|g, i| pow(g, i + 1)),

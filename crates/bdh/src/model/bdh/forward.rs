@@ -99,7 +99,7 @@ pub struct Activations {
     pub(crate) rstd_v: Vec<f32>,             // (L+1, B, T)
     pub(crate) x: Vec<f32>,                  // (L, B, H, T, N) sparse neurons
     pub(crate) xr: Vec<f32>,                 // (L, B, H, T, N) x rotated by RoPE
-    pub(crate) scores: Vec<f32>,             // (L, B, H, T, T) tril₋₁(xr xrᵀ)
+    pub(crate) scores: Vec<f32>,             // (L, B, H, T, T) tril₋₁(xr xrᵀ), ⊙ γ^(t−τ) with a decay
     pub(crate) a: Vec<f32>,                  // (L, B, H, T, D) attention output after LN
     pub(crate) rstd_a: Vec<f32>,             // (L, B, H, T)
     pub(crate) y: Vec<f32>,                  // (L, B, H, T, N)
@@ -369,18 +369,13 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
         let read = Batch { count: [b, h], a: [h * tn, tn], b: [h * nd, nd], c: [h * td, td] };
         let write = Batch { count: [b, h], a: [h * tn, tn], b: [td, 0], c: [h * nd, nd] };
         let dc = e.decay;
+        let q = weighted(s.z, s.xr, &dc.read, (h, t, n));
+        matmul_batched(s.a, q, rho, MatMul::new(t, n, d).acc(), read);
         if dc.is_some() {
-            s.z.copy_from_slice(s.xr);
-            scale_rows(s.z, &dc.read, h, t, n);
-            matmul_batched(s.a, s.z, rho, MatMul::new(t, n, d).acc(), read);
             scale_rows(rho, &dc.whole, h, 1, nd);
-            s.z.copy_from_slice(s.xr);
-            scale_rows(s.z, &dc.write, h, t, n);
-            matmul_batched(rho, s.z, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
-        } else {
-            matmul_batched(s.a, s.xr, rho, MatMul::new(t, n, d).acc(), read);
-            matmul_batched(rho, s.xr, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
         }
+        let q = weighted(s.z, s.xr, &dc.write, (h, t, n));
+        matmul_batched(rho, q, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
     }
     layer_norm(s.a, s.rstd_a, d);
     // y = relu(a · encoder_v_h)                                          (B, H, T, N)
@@ -393,6 +388,17 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
     }
     gated_product(s.z, s.x, s.y, s.keep);
     e.edits.apply(Site::Xy, l, s.z, dm.region(e.pos0));
+}
+
+/// `xr` (B, H, T, N) with row i of head h times `powers[h, i]`, made in `buf`; `xr`
+/// itself when there are no powers (no decay).
+fn weighted<'a>(buf: &'a mut [f32], xr: &'a [f32], powers: &[f32], (h, t, n): (usize, usize, usize)) -> &'a [f32] {
+    if powers.is_empty() {
+        return xr;
+    }
+    buf.copy_from_slice(xr);
+    scale_rows(buf, powers, h, t, n);
+    buf
 }
 
 /// The second half of a BDH layer: the decoder sums the heads into the residual stream.

@@ -37,8 +37,9 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
     }
     if ca.decay.retention(ca.n_head) != cb.decay.retention(cb.n_head) {
         return Err(Error::Config(format!(
-            "cannot merge models whose heads decay differently: {:?} and {:?}",
-            ca.decay, cb.decay
+            "cannot merge models whose heads decay differently: {} and {}",
+            ca.decay.describe(),
+            cb.decay.describe()
         )));
     }
     let config = BdhConfig {

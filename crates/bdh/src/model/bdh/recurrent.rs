@@ -179,10 +179,10 @@ impl Prepared {
         State::new(&self.model.config)
     }
 
-    /// ρ ← γ_h ρ of head `hi` before its read (nothing without decay): every row
-    /// fades, so this touches the whole state.
+    /// ρ ← γ_h ρ of head `hi` before its read (nothing without decay, or with
+    /// γ_h = 1): every row fades, so this touches the whole state.
     pub(super) fn decay(&self, hi: usize, rho: &mut [f32]) {
-        if let Some(&gamma) = self.retention.get(hi) {
+        if let Some(&gamma) = self.retention.get(hi).filter(|&&g| g != 1.0) {
             decay_state(rho, gamma);
         }
     }
