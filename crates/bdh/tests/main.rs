@@ -4,6 +4,7 @@ mod common;
 
 mod adamw;
 mod backward;
+mod bpe;
 mod carry;
 mod checkpoint;
 mod data;

@@ -74,7 +74,11 @@ impl Bpe {
                 format!("a tokenizer file of {len} bytes is past the {MAX_FILE_BYTES} this reads"),
             ));
         }
-        let json = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+        let json = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            Error::format(path, format!("not a Hugging Face tokenizer file: not UTF-8 text (at byte {at})"))
+        })?;
         Bpe::from_json(json).map_err(|msg| Error::format(path, msg))
     }
 
