@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bdh::data::Tokenizer;
 use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
 use bdh::io::state;
 
@@ -124,6 +125,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let context = trained_context(&args.model.model);
+    // Text counts tokens as it streams only when a token is a byte; a BPE run's note
+    // comes after the text.
+    let bytes_are_tokens = g.tokenizer == Tokenizer::Bytes;
     let mut warned = false;
     let mut warn_past = |pos: usize| {
         if let (Some(c), false) = (context, warned) {
@@ -146,8 +150,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         warn_past(pos);
         let mut failed = None;
         let out = generate(&prepared, &mut session, &mut scratch, &tokens, &g, &mut sampler, |text| {
-            pos += text.len();
-            warn_past(pos);
+            if bytes_are_tokens {
+                pos += text.len();
+                warn_past(pos);
+            }
             match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
                 Ok(()) => ControlFlow::Continue(()),
                 // The reader went away (`| head`): stop at once; that is not an error.
@@ -161,6 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(e) = failed {
             return Err(e).context("writing the output");
         }
+        warn_past(session.pos());
         if let Some(p) = &args.save_state {
             state::save(&prepared, &session, p).with_context(|| format!("saving state {}", p.display()))?;
         }

@@ -32,7 +32,7 @@ impl ModelArgs {
     pub fn tokenizer(&self, explicit: Option<&Path>, model: &ModelConfig) -> anyhow::Result<Tokenizer> {
         let path = explicit.map(Path::to_path_buf).or_else(|| bdh::io::checkpoint::tokenizer_path(&self.model));
         let tokenizer = match &path {
-            Some(p) => Tokenizer::load(p).with_context(|| format!("loading tokenizer {}", p.display()))?,
+            Some(p) => Tokenizer::load(p)?,
             None => Tokenizer::Bytes,
         };
         let with = path.map_or(String::new(), |p| format!(" with tokenizer {}", p.display()));

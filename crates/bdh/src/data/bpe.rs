@@ -99,7 +99,7 @@ impl Bpe {
         let size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
         if vocab.len() < BYTES || size > MAX_VOCAB {
             return Err(format!(
-                "a vocabulary of {} tokens (ids up to {size}): need 256 (one per byte) to {MAX_VOCAB}",
+                "a vocabulary of {} tokens, ids below {size}: need 256 (one per byte) to {MAX_VOCAB}",
                 vocab.len()
             ));
         }
