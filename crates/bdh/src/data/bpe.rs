@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
 use tokenizers::models::TrainerWrapper;
@@ -164,21 +166,24 @@ impl Bpe {
 
     /// Token ids of any bytes: UTF-8 runs through the tokenizer, other bytes as
     /// their single-byte tokens, so that decoding gives `text` back exactly. A long
-    /// text is encoded in pieces cut after a newline.
+    /// text is encoded in pieces cut after a newline, on every core.
     pub fn encode(&self, text: &[u8]) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(text.len() / 2);
-        for piece in newline_pieces(text, PIECE_BYTES) {
-            for chunk in piece.utf8_chunks() {
-                let valid = chunk.valid();
-                if !valid.is_empty() {
-                    match self.0.hf.encode_fast(valid, false) {
-                        Ok(e) => ids.extend_from_slice(e.get_ids()),
-                        // Byte by byte is still an exact encoding, only a longer one.
-                        Err(_) => ids.extend(valid.bytes().map(|b| self.0.byte_ids[b as usize])),
-                    }
+        let pieces: Vec<&[u8]> = newline_pieces(text, PIECE_BYTES).collect();
+        pieces.par_iter().map(|piece| self.encode_piece(piece)).collect::<Vec<_>>().concat()
+    }
+
+    fn encode_piece(&self, piece: &[u8]) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(piece.len() / 2);
+        for chunk in piece.utf8_chunks() {
+            let valid = chunk.valid();
+            if !valid.is_empty() {
+                match self.0.hf.encode_fast(valid, false) {
+                    Ok(e) => ids.extend_from_slice(e.get_ids()),
+                    // Byte by byte is still an exact encoding, only a longer one.
+                    Err(_) => ids.extend(valid.bytes().map(|b| self.0.byte_ids[b as usize])),
                 }
-                ids.extend(chunk.invalid().iter().map(|&b| self.0.byte_ids[b as usize]));
             }
+            ids.extend(chunk.invalid().iter().map(|&b| self.0.byte_ids[b as usize]));
         }
         ids
     }
