@@ -4,9 +4,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
-use bdh::data::{BytesView, Corpus, DataConfig, Tokenizer};
+use bdh::data::{BytesView, Corpus, DataConfig, Tokenized, Tokenizer};
 use bdh::eval::{
     evaluate, evaluate_bytes, evaluate_stream, evaluate_stream_tokens, evaluate_tokens, FileEval, StreamEval,
 };
@@ -71,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let bytes = BytesView::open(f)?;
             let ids = match &tokenizer {
                 Tokenizer::Bytes => None,
-                Tokenizer::Bpe(bpe) => Some(bpe.encode(bytes.bytes())),
+                Tokenizer::Bpe(bpe) => Some(Tokenized::new(bytes.clone(), bpe)?.ids),
             };
             Some((Text { bytes, ids, tokenizer: tokenizer.clone() }, format!("{}: every byte", f.display())))
         }
@@ -79,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let corpus = d.corpus_with(block, tokenizer.clone()).context("opening the run's data")?;
             let (val, ids) = match corpus {
                 Corpus::Files { val, .. } => (val, None),
-                Corpus::Tokens { val, .. } => (val.text, Some(val.ids.to_vec())),
+                Corpus::Tokens { val, .. } => (val.text, Some(val.ids)),
                 Corpus::Synthetic(_) => unreachable!("a data path gives files"),
             };
             let name = match &d.val_path {
@@ -229,14 +230,14 @@ fn carry(
 /// A text to score: its bytes, and its tokens if a BPE reads it.
 struct Text {
     bytes: BytesView,
-    ids: Option<Vec<u32>>,
+    ids: Option<Arc<[u32]>>,
     tokenizer: Tokenizer,
 }
 
 impl Text {
     /// Tokens.
     fn len(&self) -> usize {
-        self.ids.as_ref().map_or(self.bytes.bytes().len(), Vec::len)
+        self.ids.as_ref().map_or(self.bytes.bytes().len(), |ids| ids.len())
     }
 
     /// What the loss is per: `byte` or `token`.

@@ -397,6 +397,12 @@ fn tokenizer_files_that_are_corrupt_huge_or_not_byte_exact_are_refused() {
     std::fs::write(dir.join("cut.json"), &text[..text.len() / 2]).unwrap();
     assert!(load("cut in half", &dir.join("cut.json")).contains("not a Hugging Face tokenizer file"));
     // Refused by its size, before a byte of it is read.
+    // Malformed inside the decoder, where the tokenizers crate would panic.
+    let compact = serde_json::from_str::<serde_json::Value>(&text).unwrap().to_string();
+    let bad_decoder = compact.replacen(r#""decoder":{"#, r#""decoder":{7:1,"#, 1);
+    assert_ne!(bad_decoder, compact);
+    std::fs::write(dir.join("bad-decoder.json"), bad_decoder).unwrap();
+    assert!(load("a malformed decoder", &dir.join("bad-decoder.json")).contains("key must be a string"));
     let huge = std::fs::File::create(dir.join("huge.json")).unwrap();
     huge.set_len(MAX_TOKENIZER_BYTES + 1).unwrap();
     assert!(load("huge", &dir.join("huge.json")).contains("past the"));

@@ -86,6 +86,16 @@ impl Bpe {
 
     /// Checks a tokenizer's JSON text; the error says what is wrong with it.
     fn from_json(json: String) -> std::result::Result<Self, String> {
+        let not_a_file = |e: &dyn std::fmt::Display| format!("not a Hugging Face tokenizer file: {e}");
+        // The `tokenizers` crate panics on some malformed JSON (inside a decoder):
+        // its syntax is checked first, and a panic it still makes is an error too.
+        serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| not_a_file(&e))?;
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Bpe::check(json)));
+        checked.unwrap_or_else(|_| Err(not_a_file(&"the tokenizers library failed on it")))
+    }
+
+    /// [`Bpe::from_json`] past the syntax check.
+    fn check(json: String) -> std::result::Result<Self, String> {
         let mut hf: tokenizers::Tokenizer =
             json.parse().map_err(|e| format!("not a Hugging Face tokenizer file: {e}"))?;
         // A model reads and writes whole texts: never cut or pad them.

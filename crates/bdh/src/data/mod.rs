@@ -167,6 +167,22 @@ pub struct Tokenized {
 /// Largest text a BPE reads (its tokens are held in memory, unlike bytes).
 pub const MAX_TOKENIZED_BYTES: usize = 1 << 30;
 
+impl Tokenized {
+    /// The tokens `bpe` makes of `text`, refused past [`MAX_TOKENIZED_BYTES`] or
+    /// the memory this machine has.
+    pub fn new(text: BytesView, bpe: &Bpe) -> Result<Self> {
+        let len = text.bytes().len();
+        if len > MAX_TOKENIZED_BYTES {
+            return Err(Error::Input(format!(
+                "{len} bytes of text: a BPE tokenizer reads at most {MAX_TOKENIZED_BYTES} (its tokens are held \
+                 in memory); use bytes, or a shorter text"
+            )));
+        }
+        crate::memory::ensure_fits(len.saturating_mul(4), "the tokens of the text")?;
+        Ok(Tokenized { ids: bpe.encode(text.bytes()).into(), text })
+    }
+}
+
 /// A read-only view of (part of) a memory-mapped file.
 #[derive(Clone, Debug)]
 pub struct BytesView {
@@ -218,16 +234,7 @@ impl Corpus {
     /// validation part on its own, so it is the same text a byte-level run holds out).
     pub fn tokenized(train: &Path, val: Option<&Path>, block: usize, bpe: Bpe) -> Result<Self> {
         let (train, val) = split_files(train, val)?;
-        let len = train.bytes().len() + val.bytes().len();
-        if len > MAX_TOKENIZED_BYTES {
-            return Err(Error::Input(format!(
-                "{len} bytes of text: a BPE tokenizer reads at most {MAX_TOKENIZED_BYTES} (its tokens are held \
-                 in memory); train on bytes, or on a shorter text"
-            )));
-        }
-        crate::memory::ensure_fits(len.saturating_mul(4), "the tokens of the text")?;
-        let encode = |text: BytesView| Tokenized { ids: bpe.encode(text.bytes()).into(), text };
-        let (train, val) = (encode(train), encode(val));
+        let (train, val) = (Tokenized::new(train, &bpe)?, Tokenized::new(val, &bpe)?);
         check_parts("tokens", train.ids.len(), val.ids.len(), block)?;
         Ok(Corpus::Tokens { train, val, bpe })
     }
