@@ -1,5 +1,5 @@
 //! `bdh-fuzz`: a mutation fuzzer for the parsers of files a bdh user may be handed
-//! (`.pt`, safetensors, `config.json`, run TOML, saved states), on stable Rust and
+//! (`.pt`, safetensors, `config.json`, run TOML, saved states, `tokenizer.json`), on stable Rust and
 //! in one process: `cargo fuzz` needs nightly.
 //!
 //! ```text

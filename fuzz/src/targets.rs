@@ -3,6 +3,7 @@
 use std::io::{Cursor, Read, Write};
 use std::path::Path;
 
+use bdh::data::{Bpe, Tokenizer};
 use bdh::infer::Prepared;
 use bdh::io::{read_safetensors, read_state_dict, state};
 use bdh::model::bdh::NO_EDITS;
@@ -11,7 +12,7 @@ use bdh::{Model, ModelConfig, RunConfig};
 use crate::mutate::{mutate, Rng};
 
 /// Names of the targets, as given on the command line.
-pub const NAMES: [&str; 5] = ["pt", "safetensors", "config-json", "run-toml", "state"];
+pub const NAMES: [&str; 6] = ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer"];
 
 /// One parser of files a user may be handed.
 pub enum Target {
@@ -25,6 +26,8 @@ pub enum Target {
     RunToml,
     /// `bdh::io::state::load` for a prepared tiny model, then one step from the state.
     State(Box<Prepared>),
+    /// `Tokenizer::load` of a `tokenizer.json`, then a text encoded and decoded back.
+    Tokenizer,
 }
 
 type Fallible<T> = Result<T, String>;
@@ -42,6 +45,7 @@ impl Target {
                 let model = Model::new(&cfg, 0).map_err(|e| e.to_string())?;
                 Target::State(Box::new(Prepared::new(model).map_err(|e| e.to_string())?))
             }
+            "tokenizer" => Target::Tokenizer,
             other => return Err(format!("no target `{other}` (have: {})", NAMES.join(", "))),
         })
     }
@@ -77,6 +81,11 @@ impl Target {
                 state::save(prepared, &s, &path).map_err(|e| e.to_string())?;
                 Ok(vec![read(&path)?])
             }
+            Target::Tokenizer => {
+                // A BPE learnt from the repository's own example text.
+                let text = read(&root.join("examples/text.txt"))?;
+                Ok(vec![Bpe::train(&text, 320).map_err(|e| e.to_string())?.json().as_bytes().to_vec()])
+            }
         }
     }
 
@@ -105,6 +114,13 @@ impl Target {
                 // A state that loads must also be one the model can step from.
                 let mut s = state::load(prepared, file)?;
                 prepared.step(&mut s, &mut prepared.scratch(false), 0, &NO_EDITS).map(drop)
+            }
+            Target::Tokenizer => {
+                // A tokenizer that loads gives every text back exactly.
+                let tok = Tokenizer::load(file)?;
+                let text = "Ünïcödé, tabs\t and 日本語 🐉 \u{0}\r\n".as_bytes();
+                assert_eq!(tok.decode(&tok.encode(text)), text, "a loaded tokenizer changes text");
+                Ok(())
             }
         }
     }

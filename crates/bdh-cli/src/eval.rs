@@ -4,10 +4,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
-use bdh::data::{BytesView, Corpus, DataConfig};
-use bdh::eval::{evaluate, evaluate_bytes, evaluate_stream};
+use bdh::data::{BytesView, Corpus, DataConfig, Tokenized, Tokenizer};
+use bdh::eval::{
+    evaluate, evaluate_bytes, evaluate_stream, evaluate_stream_tokens, evaluate_tokens, FileEval, StreamEval,
+};
 use bdh::{Activations, RunConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -23,6 +26,10 @@ pub struct Args {
     /// Score every byte of this file instead of the run's own validation data.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
+    /// or checkpoint directory, else bytes.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
     /// Tokens per window (default 256, or the model's context if shorter).
     #[arg(long)]
     block: Option<usize>,
@@ -48,6 +55,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
     let model = args.model.load()?;
+    let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &model.config())?;
     let context = model.config().max_context();
     let block = args.block.unwrap_or(256.min(context.unwrap_or(256)));
     anyhow::ensure!(block > 0 && args.batch > 0 && args.batches > 0, "--block, --batch and --batches must be > 0");
@@ -60,10 +68,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(_) => None,
     };
     let file = match (&args.data, &trained_on) {
-        (Some(f), _) => Some((BytesView::open(f)?, format!("{}: every byte", f.display()))),
+        (Some(f), _) => {
+            let bytes = BytesView::open(f)?;
+            let ids = match &tokenizer {
+                Tokenizer::Bytes => None,
+                Tokenizer::Bpe(bpe) => Some(Tokenized::new(bytes.clone(), bpe)?.ids),
+            };
+            Some((Text { bytes, ids, tokenizer: tokenizer.clone() }, format!("{}: every byte", f.display())))
+        }
         (None, Some(d)) if d.path.is_some() => {
-            let corpus = d.corpus(block).context("opening the run's data")?;
-            let Corpus::Files { val, .. } = corpus else { unreachable!("a data path gives files") };
+            let corpus = d.corpus_with(block, tokenizer.clone()).context("opening the run's data")?;
+            let (val, ids) = match corpus {
+                Corpus::Files { val, .. } => (val, None),
+                Corpus::Tokens { val, .. } => (val.text, Some(val.ids)),
+                Corpus::Synthetic(_) => unreachable!("a data path gives files"),
+            };
             let name = match &d.val_path {
                 Some(v) => format!("{}: the run's validation file, every byte", v.display()),
                 None => format!(
@@ -73,12 +92,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     val.range().end
                 ),
             };
-            Some((val, name))
+            Some((Text { bytes: val, ids, tokenizer: tokenizer.clone() }, name))
         }
         _ => None,
     };
     if args.carry {
-        let Some((bytes, name)) = file else {
+        let Some((text, name)) = file else {
             anyhow::bail!("--carry reads a file as one stream: give --data FILE (or a run trained on a file)")
         };
         let bdh::Model::Bdh(bdh_model) = &model else {
@@ -86,18 +105,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "--carry needs a BDH model, whose synapse state carries a stream; a GPT's context is its block_size"
             )
         };
-        return carry(bdh_model, &model, bytes.bytes(), &name, block, &args, to_stdout);
+        return carry(bdh_model, &model, &text, &name, block, &args, to_stdout);
     }
-    if let Some((bytes, name)) = file {
-        let data = bytes.bytes();
-        let windows = data.len().saturating_sub(1).div_ceil(block);
+    if let Some((text, name)) = file {
+        let windows = text.len().saturating_sub(1).div_ceil(block);
         let bar = if std::io::stderr().is_terminal() && windows > args.batch {
             ProgressBar::new(windows as u64)
         } else {
             ProgressBar::hidden()
         };
         bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} windows {elapsed}<{eta}").expect("valid"));
-        let r = evaluate_bytes(&model, data, block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
+        let r = text.windows(&model, block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         if let Some(p) = &args.json {
             crate::write_output(p, &serde_json::to_string_pretty(&r)?)?;
@@ -105,8 +123,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if to_stdout {
             return Ok(ExitCode::SUCCESS);
         }
-        println!("{name}: {} bytes predicted in {} independent windows of {} tokens", r.tokens, r.windows, r.window);
-        println!("loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte", r.loss, r.perplexity, r.bits_per_byte);
+        println!(
+            "{name}: {} predicted in {} independent windows of {} tokens",
+            text.count(r.tokens, r.bytes),
+            r.windows,
+            r.window
+        );
+        println!(
+            "loss {:.4} nats/{}, perplexity {:.3}, {:.4} bits/byte",
+            r.loss,
+            text.unit(),
+            r.perplexity,
+            r.bits_per_byte
+        );
         return Ok(ExitCode::SUCCESS);
     }
     // The built-in corpus, with the knobs the model was trained with if known.
@@ -117,8 +146,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.model.model.display()
         );
     }
-    let data = DataConfig { path: None, val_path: None, ..trained_on.unwrap_or_default() };
-    let corpus = data.corpus(block)?;
+    let data = DataConfig { path: None, val_path: None, tokenizer: None, ..trained_on.unwrap_or_default() };
+    let corpus = data.corpus_with(block, tokenizer)?;
     let mut acts = Activations::new(&model, args.batch, block)?;
     let m = evaluate(&model, &corpus, &mut acts, args.batches, 0)?;
     if let Some(p) = &args.json {
@@ -167,17 +196,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn carry(
     bdh_model: &bdh::model::bdh::Bdh,
     model: &bdh::Model,
-    data: &[u8],
+    text: &Text,
     name: &str,
     block: usize,
     args: &Args,
     to_stdout: bool,
 ) -> anyhow::Result<ExitCode> {
-    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(data.len() as u64) } else { ProgressBar::hidden() };
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(text.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} tokens {elapsed}<{eta}").expect("valid"));
-    let stream = evaluate_stream(bdh_model, data, 256, &mut |done, _| bar.set_position(done as u64))?;
+    let stream = text.stream(bdh_model, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    let windows = evaluate_bytes(model, data, block, args.batch, &mut |_, _| {})?;
+    let windows = text.windows(model, block, args.batch, &mut |_, _| {})?;
     if let Some(p) = &args.json {
         let both = serde_json::json!({"stream": stream, "windows": windows});
         crate::write_output(p, &serde_json::to_string_pretty(&both)?)?;
@@ -185,9 +214,10 @@ fn carry(
     if to_stdout {
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{name}: {} bytes predicted", stream.tokens);
+    let unit = text.unit();
+    println!("{name}: {} predicted", text.count(stream.tokens, stream.bytes));
     println!(
-        "as one stream (state carried): loss {:.4} nats/byte, {:.4} bits/byte; in independent windows of {}: {:.4}, {:.4}",
+        "as one stream (state carried): loss {:.4} nats/{unit}, {:.4} bits/byte; in independent windows of {}: {:.4}, {:.4}",
         stream.loss, stream.bits_per_byte, windows.window, windows.loss, windows.bits_per_byte
     );
     println!("{:>16} {:>9} {:>10}", "positions", "tokens", "loss");
@@ -195,4 +225,57 @@ fn carry(
         println!("{:>16} {:>9} {:>10.4}", format!("{}–{}", b.from, b.to), b.tokens, b.loss);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A text to score: its bytes, and its tokens if a BPE reads it.
+struct Text {
+    bytes: BytesView,
+    ids: Option<Arc<[u32]>>,
+    tokenizer: Tokenizer,
+}
+
+impl Text {
+    /// Tokens.
+    fn len(&self) -> usize {
+        self.ids.as_ref().map_or(self.bytes.bytes().len(), |ids| ids.len())
+    }
+
+    /// What the loss is per: `byte` or `token`.
+    fn unit(&self) -> &'static str {
+        if self.ids.is_some() {
+            "token"
+        } else {
+            "byte"
+        }
+    }
+
+    /// `tokens` predicted tokens that decode to `bytes` bytes, in words.
+    fn count(&self, tokens: usize, bytes: usize) -> String {
+        match self.ids {
+            Some(_) => format!("{bytes} bytes ({tokens} tokens)"),
+            None => format!("{bytes} bytes"),
+        }
+    }
+
+    /// The loss in independent windows of `block` tokens.
+    fn windows(
+        &self,
+        model: &bdh::Model,
+        block: usize,
+        batch: usize,
+        on: &mut dyn FnMut(usize, usize),
+    ) -> bdh::Result<FileEval> {
+        match &self.ids {
+            Some(ids) => evaluate_tokens(model, ids, &self.tokenizer, block, batch, on),
+            None => evaluate_bytes(model, self.bytes.bytes(), block, batch, on),
+        }
+    }
+
+    /// The loss read as one stream, in chunks of 256 tokens.
+    fn stream(&self, model: &bdh::model::bdh::Bdh, on: &mut dyn FnMut(usize, usize)) -> bdh::Result<StreamEval> {
+        match &self.ids {
+            Some(ids) => evaluate_stream_tokens(model, ids, &self.tokenizer, 256, on),
+            None => evaluate_stream(model, self.bytes.bytes(), 256, on),
+        }
+    }
 }

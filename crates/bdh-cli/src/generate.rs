@@ -27,22 +27,26 @@ pub struct Args {
     /// Read the prompt from this file.
     #[arg(long)]
     prompt_file: Option<PathBuf>,
-    /// Bytes to generate at most.
+    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
+    /// or checkpoint directory, else bytes.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// Tokens to generate at most (bytes, unless the model reads a BPE).
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
-    /// Sample from the k most likely bytes only (0: all).
+    /// Sample from the k most likely tokens only (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
-    /// Nucleus sampling: the smallest set of bytes with this much probability (1: off).
+    /// Nucleus sampling: the smallest set of tokens with this much probability (1: off).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
-    /// Drop bytes less likely than this fraction of the most likely one (0: off).
+    /// Drop tokens less likely than this fraction of the most likely one (0: off).
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
-    /// Penalise bytes already in the text (1: off).
+    /// Penalise tokens already in the text (1: off).
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
     /// Seed of the sampler.
@@ -76,7 +80,9 @@ fn trained_context(model: &std::path::Path) -> Option<usize> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let prepared = Prepared::new(args.model.load()?)?;
+    let model = args.model.load()?;
+    let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &model.config())?;
+    let prepared = Prepared::new(model)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone().into_bytes(),
         (None, Some(f)) => {
@@ -110,9 +116,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => prepared.state()?,
     };
     let mut scratch = prepared.scratch(false);
-    let tokenizer = Tokenizer::Bytes;
     let tokens = tokenizer.encode(&prompt);
-    let g = Generation { max_tokens: args.max_tokens, stops: args.stop.clone(), ..Generation::default() };
+    let g = Generation { max_tokens: args.max_tokens, stops: args.stop.clone(), tokenizer, ..Generation::default() };
     if let Some(c) = prepared.config().max_context().filter(|&c| tokens.len() > c) {
         anyhow::bail!(
             "the prompt's {} tokens do not fit this GPT's context of {c} (its block_size): give at most {c}",
@@ -120,6 +125,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let context = trained_context(&args.model.model);
+    // Text counts tokens as it streams only when a token is a byte; a BPE run's note
+    // comes after the text.
+    let bytes_are_tokens = g.tokenizer == Tokenizer::Bytes;
     let mut warned = false;
     let mut warn_past = |pos: usize| {
         if let (Some(c), false) = (context, warned) {
@@ -142,8 +150,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         warn_past(pos);
         let mut failed = None;
         let out = generate(&prepared, &mut session, &mut scratch, &tokens, &g, &mut sampler, |text| {
-            pos += text.len();
-            warn_past(pos);
+            if bytes_are_tokens {
+                pos += text.len();
+                warn_past(pos);
+            }
             match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
                 Ok(()) => ControlFlow::Continue(()),
                 // The reader went away (`| head`): stop at once; that is not an error.
@@ -157,6 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(e) = failed {
             return Err(e).context("writing the output");
         }
+        warn_past(session.pos());
         if let Some(p) = &args.save_state {
             state::save(&prepared, &session, p).with_context(|| format!("saving state {}", p.display()))?;
         }

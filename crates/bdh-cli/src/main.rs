@@ -15,6 +15,7 @@ mod page;
 mod provenance;
 mod report;
 mod serve;
+mod tokenizer;
 mod train;
 mod verify;
 
@@ -49,6 +50,8 @@ enum Command {
     Compare(compare::Args),
     /// Merge two BDH models into one by concatenating their neurons.
     Merge(merge::Args),
+    /// Make a BPE tokenizer from a text (`bdh tokenizer train`).
+    Tokenizer(tokenizer::Args),
 }
 
 /// Exit status of a run that went wrong before it could give an answer.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Tokenizer(args) => tokenizer::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,9 +1,10 @@
 //! How every subcommand names the model it runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use bdh::Model;
+use bdh::data::Tokenizer;
+use bdh::{Model, ModelConfig};
 
 /// `--model` and `--config`, shared by the subcommands that load a model.
 #[derive(clap::Args)]
@@ -23,5 +24,19 @@ impl ModelArgs {
         let path = bdh::io::checkpoint::model_path(&self.model);
         bdh::io::checkpoint::load(&path, self.config.as_deref())
             .with_context(|| format!("loading model {}", path.display()))
+    }
+
+    /// The tokenizer the model reads and writes with: `explicit` if given, else the
+    /// `tokenizer.json` of its checkpoint or run, else bytes; refused unless its
+    /// vocabulary is the model's.
+    pub fn tokenizer(&self, explicit: Option<&Path>, model: &ModelConfig) -> anyhow::Result<Tokenizer> {
+        let path = explicit.map(Path::to_path_buf).or_else(|| bdh::io::checkpoint::tokenizer_path(&self.model));
+        let tokenizer = match &path {
+            Some(p) => Tokenizer::load(p)?,
+            None => Tokenizer::Bytes,
+        };
+        let with = path.map_or(String::new(), |p| format!(" with tokenizer {}", p.display()));
+        tokenizer.check(model).with_context(|| format!("model {}{with}", self.model.display()))?;
+        Ok(tokenizer)
     }
 }

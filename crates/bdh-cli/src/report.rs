@@ -126,7 +126,9 @@ pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<Pat
         .with_context(|| format!("{} is not a run directory (no readable config.toml)", dir.display()))?;
     let r = Record::read(&dir.join("metrics.jsonl"))?;
     anyhow::ensure!(!r.steps.is_empty(), "{}: no training steps recorded yet", dir.display());
-    let summary = summary(&r);
+    // A run read with a BPE has a loss per token; bits per byte are per byte either way.
+    let unit = if dir.join(bdh::data::TOKENIZER_FILE).is_file() { "token" } else { "byte" };
+    let summary = summary(&r, unit);
     if print {
         for (k, v) in &summary {
             println!("{k:<22} {v}");
@@ -139,7 +141,7 @@ pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<Pat
     p.heading("Summary");
     let rows: Vec<Vec<String>> = summary.into_iter().map(|(k, v)| vec![k.to_string(), v]).collect();
     p.table(&["", ""], &rows);
-    charts(&mut p, &r);
+    charts(&mut p, &r, unit);
     if !r.samples.is_empty() {
         p.heading("Samples");
         p.text("Each sample continues the corpus's sample prompt (before the bar) at temperature 0.8, top-k 40.");
@@ -153,7 +155,7 @@ pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<Pat
     Ok(out)
 }
 
-fn summary(r: &Record) -> Vec<(&'static str, String)> {
+fn summary(r: &Record, unit: &str) -> Vec<(&'static str, String)> {
     let last = r.steps.last().expect("checked non-empty");
     let mut s = vec![("steps", format!("{}", last.step))];
     let first_losses: Vec<f64> = r.steps.iter().take(10).map(|x| x.loss).collect();
@@ -165,7 +167,7 @@ fn summary(r: &Record) -> Vec<(&'static str, String)> {
     if let Some(e) = r.evals.last() {
         s.push((
             "val loss",
-            format!("{:.4} nats/byte at step {}, {:.3} bits/byte", e.val_loss, e.step, e.bits_per_byte),
+            format!("{:.4} nats/{unit} at step {}, {:.3} bits/byte", e.val_loss, e.step, e.bits_per_byte),
         ));
     }
     if let Some(best) = r.evals.iter().min_by(|a, b| a.val_loss.total_cmp(&b.val_loss)) {
@@ -186,7 +188,7 @@ fn summary(r: &Record) -> Vec<(&'static str, String)> {
     s
 }
 
-fn charts(p: &mut Page, r: &Record) {
+fn charts(p: &mut Page, r: &Record, unit: &str) {
     let per_step = |f: fn(&Step) -> f64| {
         let t = thin(&r.steps.iter().map(f).collect::<Vec<_>>(), 1500, mean);
         // Points at the bucket's last step, not its index.
@@ -205,7 +207,7 @@ fn charts(p: &mut Page, r: &Record) {
     };
     p.heading("Curves");
     p.chart(&chart(
-        "Loss (nats per byte)",
+        &format!("Loss (nats per {unit})"),
         "loss",
         false,
         vec![

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use bdh::data::{Tokenizer, TOKENIZER_FILE};
 use bdh::eval::EvalMetrics;
+use bdh::io::checkpoint;
 use bdh::train::learning_rate;
 use bdh::train::run::{train, Event};
 use bdh::RunConfig;
@@ -30,6 +32,11 @@ pub struct Args {
     /// Validate on this file instead of the last 10% of --data.
     #[arg(long, requires = "data")]
     val_data: Option<PathBuf>,
+    /// Read --data with this BPE tokenizer (a Hugging Face tokenizer.json, e.g. from
+    /// `bdh tokenizer train`) instead of as bytes; the model's vocab_size follows it
+    /// and the run keeps a copy as its tokenizer.json.
+    #[arg(long, value_name = "FILE", requires = "data", conflicts_with = "resume")]
+    tokenizer: Option<PathBuf>,
     /// Run directory (default: runs/<preset>-<date>-<time>, and runs/latest links to it).
     #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
@@ -52,14 +59,21 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
-    let (run, dir, before) = match &args.resume {
+    let (mut run, dir, before) = match &args.resume {
         Some(dir) => {
             let path = dir.join("config.toml");
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("{} is not a run directory to resume (no readable config.toml)", dir.display())
             })?;
-            let before = RunConfig::from_toml(&text, &path, &[])?;
-            (RunConfig::from_toml(&text, &path, &args.set)?, dir.clone(), Some(before))
+            let mut before = RunConfig::from_toml(&text, &path, &[])?;
+            let mut run = RunConfig::from_toml(&text, &path, &args.set)?;
+            // The run's own copy of its tokenizer, whatever became of the original.
+            let own = dir.join(TOKENIZER_FILE);
+            if own.is_file() {
+                before.data.tokenizer = Some(own.clone());
+                run.data.tokenizer = Some(own);
+            }
+            (run, dir.clone(), Some(before))
         }
         None => {
             let mut run = RunConfig::resolve(&args.preset, &args.set)?;
@@ -67,12 +81,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 run.data.path = Some(d.clone());
                 run.data.val_path = args.val_data.clone();
             }
+            // A model to start from brings its tokenizer, unless another is given.
+            run.data.tokenizer =
+                args.tokenizer.clone().or_else(|| args.init_from.as_deref().and_then(checkpoint::tokenizer_path));
             if let Some(m) = &args.init_from {
                 if let Some(s) = args.set.iter().find(|s| s.trim_start().starts_with("model.")) {
                     anyhow::bail!("--init-from takes the model's config from the model; `--set {s}` cannot change it");
                 }
-                let path = bdh::io::checkpoint::model_path(m);
-                run.model = bdh::io::checkpoint::load_config(&path, None)
+                let path = checkpoint::model_path(m);
+                run.model = checkpoint::load_config(&path, None)
                     .with_context(|| format!("reading the config of the model to start from, {}", path.display()))?;
                 run.training.init_from = Some(m.clone());
                 run.validate()?;
@@ -80,7 +97,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (run, PathBuf::new(), None)
         }
     };
-    let corpus = run.data.corpus(run.training.block_size).context("preparing the data")?;
+    let tokenizer = run.data.load_tokenizer().context("loading the tokenizer")?;
+    if args.resume.is_none() && args.init_from.is_none() && tokenizer != Tokenizer::Bytes {
+        if let Some(s) = args.set.iter().find(|s| s.trim_start().starts_with("model.vocab_size")) {
+            anyhow::bail!(
+                "the vocabulary size follows the tokenizer ({}); `--set {s}` cannot change it",
+                tokenizer.vocab_size()
+            );
+        }
+        run.model.set_vocab_size(tokenizer.vocab_size());
+        run.validate()?;
+    }
+    let corpus = run.data.corpus_with(run.training.block_size, tokenizer).context("preparing the data")?;
     // A new run's directory is made (and runs/latest moved) once its data has opened.
     let dir = match (&args.resume, &args.out) {
         (Some(_), _) => dir,
@@ -225,7 +253,6 @@ fn fresh_run_dir(preset: &str) -> anyhow::Result<PathBuf> {
             Err(e) => return Err(e).with_context(|| format!("creating runs/{dir_name}")),
         }
     }
-    bdh::io::checkpoint::relink(&runs.join("latest"), Path::new(&dir_name))
-        .context("pointing runs/latest at the new run")?;
+    checkpoint::relink(&runs.join("latest"), Path::new(&dir_name)).context("pointing runs/latest at the new run")?;
     Ok(runs.join(dir_name))
 }

@@ -154,6 +154,57 @@ fn train_rejects_bad_input_without_panicking() {
 }
 
 #[test]
+fn a_bpe_tokenizer_is_trained_used_by_a_run_and_travels_with_it() {
+    let tmp = temp("bpe");
+    let dir = tmp.path();
+    let p = |name: &str| dir.join(name).display().to_string();
+    let (data, tok, run, corrupt) = (p("text.txt"), p("tok.json"), p("run"), p("corrupt.json"));
+    let lines =
+        ["the dragon keeps a map of the north.", "la señora reads the café's menu.", "東京の猫 finds the 🐉 egg."];
+    let corpus: String = (0..600).map(|i| format!("{} {}\n", lines[i % 3], i % 7)).collect();
+    std::fs::write(&data, &corpus).unwrap();
+    let o = bdh(&["tokenizer", "train", "--data", &data, "--vocab-size", "300", "--out", &tok]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("bytes a token"), "{}", text(&o));
+    let sets = ["training.max_steps=4", "training.eval_interval=2", "training.batch_size=2", "training.eval_batches=2"];
+    let mut a = vec!["train", "--preset", "tiny", "--data", &data, "--tokenizer", &tok, "--out", &run, "--quiet"];
+    sets.iter().for_each(|s| a.extend(["--set", s]));
+    let o = bdh(&a);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("bits/byte") && out.contains("vocab_size = 300"), "{out}");
+    assert_eq!(std::fs::read(dir.join("run/tokenizer.json")).unwrap(), std::fs::read(&tok).unwrap());
+
+    // generate and eval find the run's tokenizer without being told.
+    let o = bdh(&["generate", "--model", &run, "--prompt", "la señora ", "--max-tokens", "20", "--seed", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8(o.stdout.clone()).is_ok(), "whole UTF-8 only");
+    let o = bdh(&["eval", "--model", &run]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("tokens)") && out.contains("nats/token") && out.contains("bits/byte"), "{out}");
+
+    // A model and a tokenizer that do not belong together, a corrupt tokenizer file,
+    // a tokenizer for the built-in corpus: each one clear line, exit status 2.
+    std::fs::write(&corrupt, "{\"model\": [1, 2").unwrap();
+    let (ref_tiny, weights, again) = (golden("ref-tiny"), p("run/best/model.safetensors"), p("again"));
+    let refusals: [(Vec<&str>, &str); 5] = [
+        (vec!["eval", "--model", &ref_tiny, "--tokenizer", &tok], "vocabulary has 256 tokens"),
+        (vec!["generate", "--model", &weights, "--tokenizer", &corrupt, "--prompt", "a"], "not a Hugging Face"),
+        (vec!["train", "--data", &data, "--tokenizer", &tok, "--set", "model.vocab_size=512"], "follows the tokenizer"),
+        (vec!["train", "--init-from", &run, "--out", &again], "built-in corpus"),
+        (vec!["tokenizer", "train", "--data", &data, "--vocab-size", "100", "--out", &again], "need 256"),
+    ];
+    for (args, want) in refusals {
+        let o = bdh(&args);
+        let out = text(&o);
+        println!("{args:?}: {out}");
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
+        assert!(out.contains(want) && !out.contains("panicked"), "{args:?}: {out}");
+    }
+}
+
+#[test]
 fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
     // Without Chromium the inspect commands and their JSON are still checked;
     // only rendering the HTML reports is skipped, and says so.

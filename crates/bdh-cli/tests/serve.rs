@@ -29,10 +29,14 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::start_model(&model(), extra)
+    }
+
+    fn start_model(model: &str, extra: &[&str]) -> Server {
         let dir = temp("serve");
         let sessions = dir.path().join("sessions").display().to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_bdh"))
-            .args(["serve", "--model", &model(), "--port", "0", "--sessions-dir", &sessions])
+            .args(["serve", "--model", model, "--port", "0", "--sessions-dir", &sessions])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -115,8 +119,11 @@ fn answer(mut r: ureq::http::Response<ureq::Body>) -> (u16, Value) {
 
 /// What `bdh generate` prints for `prompt` with `flags`, without its final newline.
 fn generate(prompt: &str, flags: &[&str]) -> String {
-    let model = model();
-    let mut args = vec!["generate", "--model", &model, "--prompt", prompt];
+    generate_with(&model(), prompt, flags)
+}
+
+fn generate_with(model: &str, prompt: &str, flags: &[&str]) -> String {
+    let mut args = vec!["generate", "--model", model, "--prompt", prompt];
     args.extend_from_slice(flags);
     let o = bdh(&args);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
@@ -544,4 +551,27 @@ print(a.choices[0].text == b, a.usage.completion_tokens, m.choices[0].message.ro
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(out.trim(), "True 20 assistant");
+}
+
+#[test]
+fn a_model_that_reads_a_bpe_is_served_with_its_tokenizer() {
+    let tmp = temp("serve-bpe");
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    let (data, tok, run) = (p("text.txt"), p("tok.json"), p("run"));
+    let lines = ["the dragon keeps a map of the north.", "la señora reads the café's menu.", "東京の猫 finds the egg."];
+    let corpus: String = (0..600).map(|i| format!("{} {}\n", lines[i % 3], i % 7)).collect();
+    std::fs::write(&data, &corpus).unwrap();
+    assert!(bdh(&["tokenizer", "train", "--data", &data, "--vocab-size", "300", "--out", &tok]).status.success());
+    let mut a = vec!["train", "--preset", "tiny", "--data", &data, "--tokenizer", &tok, "--out", &run, "--quiet"];
+    a.extend(["--set", "training.max_steps=3", "--set", "training.batch_size=2", "--set", "training.eval_batches=1"]);
+    assert!(bdh(&a).status.success());
+    let s = Server::start_model(&run, &[]);
+    let body = json!({"prompt": "la señora ", "max_tokens": 12, "temperature": 0.8, "seed": 5});
+    let v = s.ok("/v1/completions", &body);
+    let want = generate_with(&run, "la señora ", &["--max-tokens", "12", "--temperature", "0.8", "--seed", "5"]);
+    assert_eq!(text_of(&v), want);
+    assert_eq!(v["usage"]["completion_tokens"], 12, "tokens of the BPE, not bytes: {v}");
+    // A tokenizer of another vocabulary than the model's is refused at start.
+    let o = bdh(&["serve", "--model", &model(), "--tokenizer", &tok, "--port", "0"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("vocab"), "{o:?}");
 }

@@ -1,6 +1,6 @@
 //! Evaluation: validation batches during training, and a whole file afterwards.
 
-use crate::data::{windows, Corpus};
+use crate::data::{windows, Corpus, Tokenizer};
 use crate::error::{Error, Result};
 use crate::infer::argmax;
 use crate::model::loss::cross_entropy;
@@ -11,9 +11,11 @@ use crate::model::{forward, Activations, Mode, Model};
 pub struct EvalMetrics {
     /// Steps completed.
     pub step: usize,
-    /// Mean cross-entropy on the validation batches (nats per byte).
+    /// Mean cross-entropy on the validation batches (nats per token: per byte for
+    /// a byte-level model).
     pub val_loss: f64,
-    /// `val_loss / ln 2`.
+    /// The loss summed over the tokens, divided by the bytes they decode to, in
+    /// bits: comparable across tokenizers (`val_loss / ln 2` for bytes).
     pub bits_per_byte: f64,
     /// Fraction of answers predicted exactly, every byte (built-in corpus only).
     pub answer_accuracy: Option<f64>,
@@ -24,7 +26,7 @@ pub struct EvalMetrics {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answer_groups: Vec<AnswerGroup>,
     /// During training: the mean training loss of the last (up to) 20 steps
-    /// before the evaluation (nats per byte).
+    /// before the evaluation (nats per token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
 }
@@ -67,7 +69,8 @@ pub(crate) fn answered(logits: &[f32], targets: &[u32], row0: usize, range: &std
 
 /// Validation loss, bits per byte and answer accuracy over `batches` fixed batches
 /// of the size `acts` holds. An answer counts when every byte of it is the argmax
-/// prediction given the text before it.
+/// prediction given the text before it. Bits per byte divide the loss summed over
+/// the targets by the bytes they decode to.
 pub fn evaluate(
     model: &Model,
     corpus: &Corpus,
@@ -76,13 +79,15 @@ pub fn evaluate(
     step: usize,
 ) -> Result<EvalMetrics> {
     let (b, t, v) = acts.shape();
-    let (mut loss, mut correct, mut answers) = (0.0f64, 0usize, 0usize);
+    let tokenizer = corpus.tokenizer();
+    let (mut loss, mut correct, mut answers, mut bytes) = (0.0f64, 0usize, 0usize, 0usize);
     let mut groups: Vec<AnswerGroup> = Vec::new();
     for i in 0..batches {
         let batch = corpus.val_batch(i, batches, b, t);
         forward(model, &batch.tokens, acts, Mode::Eval)?;
         let logits = acts.logits();
         loss += cross_entropy(logits, &batch.targets, v) as f64;
+        bytes += tokenizer.bytes_of(&batch.targets);
         for (row, a) in &batch.answers {
             answers += 1;
             let hit = answered(logits, &batch.targets, row * t, &a.range, v);
@@ -109,7 +114,7 @@ pub fn evaluate(
     Ok(EvalMetrics {
         step,
         val_loss,
-        bits_per_byte: val_loss / std::f64::consts::LN_2,
+        bits_per_byte: bits_per_byte(val_loss, batches * b * t, bytes),
         answer_accuracy: corpus.has_answers().then(|| correct as f64 / answers.max(1) as f64),
         answers,
         answer_groups: {
@@ -121,20 +126,29 @@ pub fn evaluate(
     })
 }
 
-/// Loss over every byte of a file.
+/// Bits per byte of a mean loss `loss` (nats) over `tokens` tokens that decode
+/// to `bytes` bytes: the summed loss over the bytes, in bits. For bytes (as many
+/// as tokens) it is exactly `loss / ln 2`.
+pub fn bits_per_byte(loss: f64, tokens: usize, bytes: usize) -> f64 {
+    loss / std::f64::consts::LN_2 * (tokens as f64 / bytes.max(1) as f64)
+}
+
+/// Loss over every token of a file.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct FileEval {
-    /// Bytes predicted (all but the first).
+    /// Tokens predicted (all but the first).
     pub tokens: usize,
+    /// Bytes the predicted tokens decode to (as many as tokens for bytes).
+    pub bytes: usize,
     /// Windows the file was cut into.
     pub windows: usize,
     /// Tokens per window (the model's context is reset at each window).
     pub window: usize,
-    /// Mean cross-entropy, nats per byte.
+    /// Mean cross-entropy, nats per token (per byte for bytes).
     pub loss: f64,
     /// `exp(loss)`.
     pub perplexity: f64,
-    /// `loss / ln 2`.
+    /// The summed loss over the bytes, in bits (see [`bits_per_byte`]).
     pub bits_per_byte: f64,
 }
 
@@ -148,15 +162,53 @@ pub fn evaluate_bytes(
     b: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<FileEval> {
+    evaluate_windows(model, data, &Tokenizer::Bytes, t, b, progress)
+}
+
+/// [`evaluate_bytes`] of a text that `tokenizer` made the token ids `tokens` of.
+pub fn evaluate_tokens(
+    model: &Model,
+    tokens: &[u32],
+    tokenizer: &Tokenizer,
+    t: usize,
+    b: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<FileEval> {
+    tokenizer.check(&model.config())?;
+    evaluate_windows(model, tokens, tokenizer, t, b, progress)
+}
+
+/// An error unless `data` holds 2 to `max` tokens, all in the vocabulary of `v`.
+fn check_text<T: Copy + Into<u32>>(data: &[T], max: usize, v: usize) -> Result<()> {
+    let unit = if std::mem::size_of::<T>() == 1 { "bytes" } else { "tokens" };
     if data.len() < 2 {
-        return Err(Error::Input(format!("{} bytes is too little to evaluate: need 2", data.len())));
+        return Err(Error::Input(format!("{} {unit} is too little to evaluate: need 2", data.len())));
     }
+    if data.len() > max {
+        return Err(Error::Input(format!(
+            "{} {unit} read as one stream: at most {max} (positions past 2^24 are not exact in f32)",
+            data.len()
+        )));
+    }
+    if let Some(bad) = data.iter().map(|&x| x.into()).find(|&x| x as usize >= v) {
+        let unit = unit.trim_end_matches('s');
+        return Err(Error::Input(format!("{unit} {bad} of the text is past this model's vocabulary of {v}")));
+    }
+    Ok(())
+}
+
+fn evaluate_windows<T: Copy + Into<u32>>(
+    model: &Model,
+    data: &[T],
+    tokenizer: &Tokenizer,
+    t: usize,
+    b: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<FileEval> {
+    check_text(data, usize::MAX, model.config().vocab_size())?;
     let v = model.config().vocab_size();
-    if let Some(&bad) = data.iter().find(|&&byte| byte as usize >= v) {
-        return Err(Error::Input(format!("byte {bad} of the text is past this model's vocabulary of {v}")));
-    }
-    let all: Vec<(&[u8], &[u8])> = windows(data, t).collect();
-    let (mut total, mut tokens, mut done) = (0.0f64, 0usize, 0usize);
+    let all: Vec<(&[T], &[T])> = windows(data, t).collect();
+    let (mut total, mut tokens, mut bytes, mut done) = (0.0f64, 0usize, 0usize, 0usize);
     let mut acts: Option<Activations> = None;
     for group in all.chunks(b) {
         done += group.len();
@@ -169,22 +221,24 @@ pub fn evaluate_bytes(
                 acts = Some(Activations::new(model, same.len(), len)?);
             }
             let acts = acts.as_mut().expect("just set");
-            let ids: Vec<u32> = same.iter().flat_map(|w| w.0.iter().map(|&x| x as u32)).collect();
-            let targets: Vec<u32> = same.iter().flat_map(|w| w.1.iter().map(|&x| x as u32)).collect();
+            let ids: Vec<u32> = same.iter().flat_map(|w| w.0.iter().map(|&x| x.into())).collect();
+            let targets: Vec<u32> = same.iter().flat_map(|w| w.1.iter().map(|&x| x.into())).collect();
             forward(model, &ids, acts, Mode::Eval)?;
             total += cross_entropy(acts.logits(), &targets, v) as f64 * targets.len() as f64;
             tokens += targets.len();
+            bytes += tokenizer.bytes_of(&targets);
         }
         progress(done, all.len());
     }
     let loss = total / tokens as f64;
     Ok(FileEval {
         tokens,
+        bytes,
         windows: all.len(),
         window: t,
         loss,
         perplexity: loss.exp(),
-        bits_per_byte: loss / std::f64::consts::LN_2,
+        bits_per_byte: bits_per_byte(loss, tokens, bytes),
     })
 }
 
@@ -200,20 +254,22 @@ pub struct Bucket {
     pub to: usize,
     /// Tokens predicted there.
     pub tokens: usize,
-    /// Their mean cross-entropy, nats per byte.
+    /// Their mean cross-entropy, nats per token (per byte for bytes).
     pub loss: f64,
 }
 
 /// Loss over a whole text read as one stream.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct StreamEval {
-    /// Bytes predicted (all but the first).
+    /// Tokens predicted (all but the first).
     pub tokens: usize,
+    /// Bytes the predicted tokens decode to (as many as tokens for bytes).
+    pub bytes: usize,
     /// Tokens per parallel chunk (the synapse state carries the text between them).
     pub chunk: usize,
-    /// Mean cross-entropy, nats per byte.
+    /// Mean cross-entropy, nats per token (per byte for bytes).
     pub loss: f64,
-    /// `loss / ln 2`.
+    /// The summed loss over the bytes, in bits (see [`bits_per_byte`]).
     pub bits_per_byte: f64,
     /// Loss by position: 0–256, 256–1k, 1k–4k, … (×4 each).
     pub buckets: Vec<Bucket>,
@@ -229,19 +285,37 @@ pub fn evaluate_stream(
     chunk: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<StreamEval> {
+    stream(model, data, &Tokenizer::Bytes, chunk, progress)
+}
+
+/// [`evaluate_stream`] of a text that `tokenizer` made the token ids `tokens` of.
+pub fn evaluate_stream_tokens(
+    model: &crate::model::bdh::Bdh,
+    tokens: &[u32],
+    tokenizer: &Tokenizer,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<StreamEval> {
+    tokenizer.check(&crate::ModelConfig::Bdh(model.config.clone()))?;
+    stream(model, tokens, tokenizer, chunk, progress)
+}
+
+fn stream<T: Copy + Into<u32>>(
+    model: &crate::model::bdh::Bdh,
+    data: &[T],
+    tokenizer: &Tokenizer,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<StreamEval> {
     use crate::model::bdh::{forward as bdh_forward, Activations as BdhActivations, Pass, State};
-    if data.len() < 2 || data.len() > MAX_STREAM || chunk == 0 {
-        return Err(Error::Input(format!(
-            "a stream of {} bytes: need 2 to {MAX_STREAM} (positions past 2^24 are not exact in f32) and a chunk > 0",
-            data.len()
-        )));
+    if chunk == 0 {
+        return Err(Error::Input("a stream read in chunks of 0 tokens: need a chunk > 0".into()));
     }
+    // Positions past 2^24 are not exact in f32.
+    check_text(data, MAX_STREAM, model.config.vocab_size)?;
     let v = model.config.vocab_size;
-    if let Some(&bad) = data.iter().find(|&&byte| byte as usize >= v) {
-        return Err(Error::Input(format!("byte {bad} of the text is past this model's vocabulary of {v}")));
-    }
-    let tokens: Vec<u32> = data[..data.len() - 1].iter().map(|&b| b as u32).collect();
-    let targets: Vec<u32> = data[1..].iter().map(|&b| b as u32).collect();
+    let tokens: Vec<u32> = data[..data.len() - 1].iter().map(|&b| b.into()).collect();
+    let targets: Vec<u32> = data[1..].iter().map(|&b| b.into()).collect();
     let mut state = State::new(&model.config)?;
     let mut acts: Option<BdhActivations> = None;
     let mut bounds = vec![0usize, 256];
@@ -268,5 +342,7 @@ pub fn evaluate_stream(
     }
     buckets.iter_mut().for_each(|b| b.loss /= b.tokens.max(1) as f64);
     let loss = total / tokens.len() as f64;
-    Ok(StreamEval { tokens: tokens.len(), chunk, loss, bits_per_byte: loss / std::f64::consts::LN_2, buckets })
+    let bytes = tokenizer.bytes_of(&targets);
+    let bits_per_byte = bits_per_byte(loss, tokens.len(), bytes);
+    Ok(StreamEval { tokens: tokens.len(), bytes, chunk, loss, bits_per_byte, buckets })
 }

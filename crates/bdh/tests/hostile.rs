@@ -372,3 +372,68 @@ fn saved_states_that_are_truncated_corrupt_or_mistyped_are_refused() {
     let m = refused("another model's state", || state::load(&other, &path));
     assert!(m.contains("rho is F32 [128]; this model's is F32 [256]"), "{m}");
 }
+
+/// A trained tokenizer's JSON with `edit` applied, written to `dir/name`.
+fn tokenizer_file(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let mut json: serde_json::Value = serde_json::from_str(crate::bpe::trained(300).json()).unwrap();
+    edit(&mut json);
+    let path = dir.join(name);
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn tokenizer_files_that_are_corrupt_huge_or_not_byte_exact_are_refused() {
+    use bdh::data::{Tokenizer, MAX_TOKENIZER_BYTES, MAX_VOCAB};
+    let tmp = temp_dir("hostile-tokenizer");
+    let dir = tmp.path();
+    let load = |what: &str, path: &Path| refused(what, || Tokenizer::load(path));
+
+    let good = tokenizer_file(dir, "good.json", |_| {});
+    Tokenizer::load(&good).unwrap();
+    let text = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(dir.join("garbage.json"), b"\x00\xffnot json at all").unwrap();
+    assert!(load("garbage", &dir.join("garbage.json")).contains("not a Hugging Face tokenizer file"));
+    std::fs::write(dir.join("cut.json"), &text[..text.len() / 2]).unwrap();
+    assert!(load("cut in half", &dir.join("cut.json")).contains("not a Hugging Face tokenizer file"));
+    // Refused by its size, before a byte of it is read.
+    // Malformed inside the decoder, where the tokenizers crate would panic.
+    let compact = serde_json::from_str::<serde_json::Value>(&text).unwrap().to_string();
+    let bad_decoder = compact.replacen(r#""decoder":{"#, r#""decoder":{7:1,"#, 1);
+    assert_ne!(bad_decoder, compact);
+    std::fs::write(dir.join("bad-decoder.json"), bad_decoder).unwrap();
+    assert!(load("a malformed decoder", &dir.join("bad-decoder.json")).contains("key must be a string"));
+    let huge = std::fs::File::create(dir.join("huge.json")).unwrap();
+    huge.set_len(MAX_TOKENIZER_BYTES + 1).unwrap();
+    assert!(load("huge", &dir.join("huge.json")).contains("past the"));
+
+    let empty = tokenizer_file(dir, "empty.json", |j| {
+        j["model"]["vocab"] = serde_json::json!({});
+        j["model"]["merges"] = serde_json::json!([]);
+    });
+    assert!(load("no vocabulary", &empty).contains("a vocabulary of 0 tokens"));
+    let vast = tokenizer_file(dir, "vast.json", |j| j["model"]["vocab"]["far"] = (MAX_VOCAB * 2).into());
+    assert!(load("an id past 2^20", &vast).contains(&format!("need 256 (one per byte) to {MAX_VOCAB}")));
+    let gap = tokenizer_file(dir, "gap.json", |j| j["model"]["vocab"]["gap"] = 5000.into());
+    assert!(load("ids with a gap", &gap).contains("without gaps"));
+    let no_decoder = tokenizer_file(dir, "no-decoder.json", |j| j["decoder"] = serde_json::Value::Null);
+    assert!(load("no byte-level decoder", &no_decoder).contains("ByteLevel"));
+    let lowercase =
+        tokenizer_file(dir, "lowercase.json", |j| j["normalizer"] = serde_json::json!({"type": "Lowercase"}));
+    assert!(load("a normalizer that changes text", &lowercase).contains("changes text"));
+    let prefix = tokenizer_file(dir, "prefix.json", |j| j["pre_tokenizer"]["add_prefix_space"] = true.into());
+    assert!(load("a prefix space", &prefix).contains("changes text"));
+    let snowman = tokenizer_file(dir, "snowman.json", |j| {
+        let next = j["model"]["vocab"].as_object().unwrap().len();
+        j["model"]["vocab"]["\u{2603}"] = next.into();
+    });
+    assert!(load("a token that is not bytes", &snowman).contains("not made of byte-level characters"));
+    let no_nul = tokenizer_file(dir, "no-nul.json", |j| {
+        // Byte 0 is written U+0100; its id goes to the last token, so ids stay whole.
+        let vocab = j["model"]["vocab"].as_object_mut().unwrap();
+        let id = vocab.remove("\u{100}").unwrap();
+        let last = vocab.iter().max_by_key(|(_, v)| v.as_u64()).map(|(k, _)| k.clone()).unwrap();
+        vocab[&last] = id;
+    });
+    assert!(load("no token for a byte", &no_nul).contains("no token for byte 0x00"));
+}

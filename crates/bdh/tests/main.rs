@@ -5,6 +5,7 @@ mod common;
 mod adamw;
 mod backward;
 mod batch;
+mod bpe;
 mod carry;
 mod checkpoint;
 mod data;

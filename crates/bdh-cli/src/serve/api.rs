@@ -103,7 +103,7 @@ impl Request {
     }
 
     /// Checks every field against `limits` and the endpoint, and builds the job.
-    pub fn spec(self, kind: Kind, limits: &Limits) -> Result<Spec, ApiError> {
+    pub fn spec(self, kind: Kind, limits: &Limits, tokenizer: &Tokenizer) -> Result<Spec, ApiError> {
         let text = match (kind, self.prompt, self.messages) {
             (Kind::Text, Some(OneOrMany::One(p)), _) => p,
             (Kind::Text, Some(OneOrMany::Many(mut ps)), _) if ps.len() == 1 => ps.remove(0),
@@ -115,10 +115,12 @@ impl Request {
         if text.is_empty() {
             return Err(ApiError::bad("the prompt is empty"));
         }
-        if text.len() > limits.max_prompt_tokens {
+        // (the body's size bounds the text, so encoding it first is bounded too)
+        let prompt = tokenizer.encode(text.as_bytes());
+        if prompt.len() > limits.max_prompt_tokens {
             return Err(ApiError::too_large(format!(
                 "the prompt's {} tokens are more than this server's limit of {} (--max-prompt-tokens)",
-                text.len(),
+                prompt.len(),
                 limits.max_prompt_tokens
             )));
         }
@@ -152,10 +154,14 @@ impl Request {
             seed: self.seed.unwrap_or(0),
         };
         sampling.validate().map_err(|e| ApiError::bad(e.to_string()))?;
-        let tokenizer = Tokenizer::Bytes;
         Ok(Spec {
-            prompt: tokenizer.encode(text.as_bytes()),
-            generation: Generation { max_tokens: max_tokens as usize, stops, ..Generation::default() },
+            prompt,
+            generation: Generation {
+                max_tokens: max_tokens as usize,
+                stops,
+                tokenizer: tokenizer.clone(),
+                ..Generation::default()
+            },
             sampling,
             stream: self.stream.unwrap_or(false),
             session: self.session,

@@ -40,6 +40,10 @@ pub struct Args {
     /// The model's name in answers (default: its directory's or file's name).
     #[arg(long)]
     model_name: Option<String>,
+    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
+    /// or checkpoint directory, else bytes.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
     /// Where sessions are saved, restored from and evicted to.
     #[arg(long, default_value = "bdh-sessions")]
     sessions_dir: PathBuf,
@@ -85,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "bdh serve runs BDH models, whose streams step together with a state of fixed size; this is a GPT \
          (use bdh generate for it)"
     );
+    let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &prepared.config())?;
     let state_bytes = prepared.state()?.bytes();
     // Every stream may hold a state of its own and every session one in memory.
     let states = (args.max_streams + args.max_sessions) as usize;
@@ -116,6 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_streams: args.max_streams as usize,
         streams: Arc::new(AtomicUsize::new(0)),
         model_name,
+        tokenizer,
         draining: AtomicBool::new(false),
         ids: AtomicU64::new(1),
     });

@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bdh::data::Tokenizer;
 use bdh::infer::{Prepared, Sampler};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -44,6 +45,8 @@ pub struct App {
     pub streams: Arc<AtomicUsize>,
     /// The model's name in answers.
     pub model_name: String,
+    /// How prompts become tokens and tokens text.
+    pub tokenizer: Tokenizer,
     /// Set at shutdown: new requests are refused.
     pub draining: AtomicBool,
     /// Numbers the answers' ids.
@@ -106,7 +109,7 @@ async fn chat_completions(State(app): State<Arc<App>>, body: Raw) -> Response {
 
 /// Checks a request, hands it to the decoding loop and answers, whole or streamed.
 async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiError> {
-    let spec = Request::parse(&bytes(body)?)?.spec(kind, &app.limits)?;
+    let spec = Request::parse(&bytes(body)?)?.spec(kind, &app.limits, &app.tokenizer)?;
     if app.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }

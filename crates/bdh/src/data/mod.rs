@@ -1,7 +1,9 @@
-//! Training and evaluation data: bytes of any file, or the built-in synthetic
-//! language. Every batch is a pure function of (seed, index), so a resumed run
-//! sees exactly the batches an uninterrupted one would.
+//! Training and evaluation data: bytes of any file (or the tokens a BPE makes of
+//! them), or the built-in synthetic language. Every batch is a pure function of
+//! (seed, index), so a resumed run sees exactly the batches an uninterrupted one
+//! would.
 
+mod bpe;
 mod synthetic;
 mod tokenizer;
 
@@ -14,8 +16,9 @@ use bdh_kernels::Mapped;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+pub use bpe::{Bpe, MAX_FILE_BYTES as MAX_TOKENIZER_BYTES, MAX_VOCAB};
 pub use synthetic::{Answer, Document, Kind, Pair, SyntheticConfig, SyntheticLanguage};
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, TOKENIZER_FILE};
 
 use crate::error::{Error, Result};
 
@@ -32,6 +35,10 @@ pub struct DataConfig {
     /// Validate on this file (default: the last 10% of `path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_path: Option<PathBuf>,
+    /// Read `path` with this BPE tokenizer (`tokenizer.json`) instead of as bytes;
+    /// a run keeps a copy as its own `tokenizer.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
     /// Built-in language: most facts stated, and asked about, per document.
     pub facts: usize,
     /// Built-in language: fewest facts per document (each draws from
@@ -53,6 +60,7 @@ impl Default for DataConfig {
         DataConfig {
             path: None,
             val_path: None,
+            tokenizer: None,
             facts: s.facts,
             min_facts: Some(s.min_facts),
             distance: s.distance,
@@ -64,9 +72,25 @@ impl Default for DataConfig {
 impl DataConfig {
     /// The corpus this describes, for blocks of `block` tokens.
     pub fn corpus(&self, block: usize) -> Result<Corpus> {
-        match &self.path {
-            Some(p) => Corpus::from_files(p, self.val_path.as_deref(), block),
-            None => Ok(Corpus::Synthetic(SyntheticLanguage::new(self.synthetic()))),
+        self.corpus_with(block, self.load_tokenizer()?)
+    }
+
+    /// The tokenizer `tokenizer` names, or bytes.
+    pub fn load_tokenizer(&self) -> Result<Tokenizer> {
+        self.tokenizer.as_deref().map_or(Ok(Tokenizer::Bytes), Tokenizer::load)
+    }
+
+    /// The corpus this describes, read with `tokenizer` (already loaded).
+    pub fn corpus_with(&self, block: usize, tokenizer: Tokenizer) -> Result<Corpus> {
+        match (&self.path, tokenizer) {
+            (Some(p), Tokenizer::Bytes) => Corpus::from_files(p, self.val_path.as_deref(), block),
+            (Some(p), Tokenizer::Bpe(bpe)) => Corpus::tokenized(p, self.val_path.as_deref(), block, bpe),
+            (None, Tokenizer::Bytes) => Ok(Corpus::Synthetic(SyntheticLanguage::new(self.synthetic()))),
+            (None, Tokenizer::Bpe(_)) => Err(Error::Config(
+                "the built-in corpus is written in bytes (its answers are scored byte by byte): a tokenizer \
+                 needs a text file to read (--data FILE)"
+                    .into(),
+            )),
         }
     }
 }
@@ -88,7 +112,7 @@ impl DataConfig {
 pub struct Batch {
     /// Input ids, (B, T).
     pub tokens: Vec<u32>,
-    /// Target ids, (B, T): the next byte after each input.
+    /// Target ids, (B, T): the next token after each input.
     pub targets: Vec<u32>,
     /// (row, answer) of each answer of the synthetic language; the answer's range
     /// is of target positions in its row.
@@ -120,6 +144,43 @@ pub enum Corpus {
         /// Validation bytes.
         val: BytesView,
     },
+    /// Files read by a BPE tokenizer: the same parts as [`Corpus::Files`], as tokens.
+    Tokens {
+        /// Training tokens.
+        train: Tokenized,
+        /// Validation tokens.
+        val: Tokenized,
+        /// The tokenizer that wrote them.
+        bpe: Bpe,
+    },
+}
+
+/// The tokens a tokenizer made of (part of) a file.
+#[derive(Clone, Debug)]
+pub struct Tokenized {
+    /// The bytes they were made of.
+    pub text: BytesView,
+    /// Token ids.
+    pub ids: Arc<[u32]>,
+}
+
+/// Largest text a BPE reads (its tokens are held in memory, unlike bytes).
+pub const MAX_TOKENIZED_BYTES: usize = 1 << 30;
+
+impl Tokenized {
+    /// The tokens `bpe` makes of `text`, refused past [`MAX_TOKENIZED_BYTES`] or
+    /// the memory this machine has.
+    pub fn new(text: BytesView, bpe: &Bpe) -> Result<Self> {
+        let len = text.bytes().len();
+        if len > MAX_TOKENIZED_BYTES {
+            return Err(Error::Input(format!(
+                "{len} bytes of text: a BPE tokenizer reads at most {MAX_TOKENIZED_BYTES} (its tokens are held \
+                 in memory); use bytes, or a shorter text"
+            )));
+        }
+        crate::memory::ensure_fits(len.saturating_mul(4), "the tokens of the text")?;
+        Ok(Tokenized { ids: bpe.encode(text.bytes()).into(), text })
+    }
 }
 
 /// A read-only view of (part of) a memory-mapped file.
@@ -164,41 +225,34 @@ impl Corpus {
     /// A file as bytes: the first 90% to train on and the last 10% to validate, as
     /// the reference does, or all of it to train on and `val` to validate.
     pub fn from_files(train: &Path, val: Option<&Path>, block: usize) -> Result<Self> {
-        let map = map_file(train)?;
-        let corpus = match val {
-            Some(v) => Corpus::Files { train: BytesView::new(map, None), val: BytesView::new(map_file(v)?, None) },
-            None => {
-                let (split, len) = (map.len() * 9 / 10, map.len());
-                Corpus::Files {
-                    train: BytesView::new(map.clone(), Some(0..split)),
-                    val: BytesView::new(map, Some(split..len)),
-                }
-            }
-        };
-        if let Corpus::Files { train: t, val: v } = &corpus {
-            for (what, part) in [("training", t), ("validation", v)] {
-                if part.bytes().len() < block + 1 {
-                    return Err(Error::Input(format!(
-                        "the {what} part of the data has {} bytes, fewer than one block of {} + 1",
-                        part.bytes().len(),
-                        block
-                    )));
-                }
-            }
+        let (train, val) = split_files(train, val)?;
+        check_parts("bytes", train.bytes().len(), val.bytes().len(), block)?;
+        Ok(Corpus::Files { train, val })
+    }
+
+    /// The parts [`Corpus::from_files`] would read, each encoded by `bpe` (the
+    /// validation part on its own, so it is the same text a byte-level run holds out).
+    pub fn tokenized(train: &Path, val: Option<&Path>, block: usize, bpe: Bpe) -> Result<Self> {
+        let (train, val) = split_files(train, val)?;
+        let (train, val) = (Tokenized::new(train, &bpe)?, Tokenized::new(val, &bpe)?);
+        check_parts("tokens", train.ids.len(), val.ids.len(), block)?;
+        Ok(Corpus::Tokens { train, val, bpe })
+    }
+
+    /// How this corpus's text becomes tokens.
+    pub fn tokenizer(&self) -> Tokenizer {
+        match self {
+            Corpus::Tokens { bpe, .. } => Tokenizer::Bpe(bpe.clone()),
+            _ => Tokenizer::Bytes,
         }
-        Ok(corpus)
     }
 
     /// Training batch number `index` of a run seeded `seed`.
     pub fn train_batch(&self, seed: u64, index: u64, b: usize, t: usize) -> Batch {
         match self {
             Corpus::Synthetic(lang) => synthetic_batch(lang, (0..b).map(|row| mix(mix(seed, index), row as u64)), t),
-            Corpus::Files { train, .. } => {
-                let data = train.bytes();
-                let span = (data.len() - t) as u64;
-                let starts = (0..b).map(|row| (mix(mix(seed, index), row as u64) % span) as usize);
-                bytes_batch(data, starts, t)
-            }
+            Corpus::Files { train, .. } => random_windows(train.bytes(), seed, index, b, t),
+            Corpus::Tokens { train, .. } => random_windows(&train.ids, seed, index, b, t),
         }
     }
 
@@ -224,21 +278,8 @@ impl Corpus {
                 }
                 Ok((batch, k == 0))
             }
-            Corpus::Files { train, .. } => {
-                let data = train.bytes();
-                let part = data.len() / b;
-                if part < t + 1 {
-                    return Err(Error::Input(format!(
-                        "carrying the state, each of the {b} rows reads its own part of the training bytes: {} bytes \
-                         give parts of {part}, fewer than one block of {t} + 1",
-                        data.len()
-                    )));
-                }
-                let per_pass = ((part - 1) / t) as u64;
-                let k = (index % per_pass) as usize;
-                let starts = (0..b).map(|row| row * part + k * t);
-                Ok((bytes_batch(data, starts, t), k == 0))
-            }
+            Corpus::Files { train, .. } => stream_windows(train.bytes(), "bytes", index, b, t),
+            Corpus::Tokens { train, .. } => stream_windows(&train.ids, "tokens", index, b, t),
         }
     }
 
@@ -249,13 +290,8 @@ impl Corpus {
             Corpus::Synthetic(lang) => {
                 synthetic_batch(lang, (0..b).map(|row| VAL_STREAM + (index * b + row) as u64), t)
             }
-            Corpus::Files { val, .. } => {
-                let data = val.bytes();
-                let last = (of * b).saturating_sub(1).max(1);
-                let span = data.len() - t - 1;
-                let starts = (0..b).map(|row| (span * (index * b + row) / last).min(span));
-                bytes_batch(data, starts, t)
-            }
+            Corpus::Files { val, .. } => spread_windows(val.bytes(), index, of, b, t),
+            Corpus::Tokens { val, .. } => spread_windows(&val.ids, index, of, b, t),
         }
     }
 
@@ -268,7 +304,7 @@ impl Corpus {
                 let end = doc.answers.first().map_or(doc.text.len(), |a| a.range.start);
                 doc.text[..end].to_string()
             }
-            Corpus::Files { val, .. } => {
+            Corpus::Files { val, .. } | Corpus::Tokens { val: Tokenized { text: val, .. }, .. } => {
                 let data = val.bytes();
                 let start = data.iter().position(|&c| c == b'\n').map_or(0, |p| p + 1).min(data.len() - 1);
                 let rest = &data[start..(start + 64).min(data.len())];
@@ -323,19 +359,82 @@ fn synthetic_batch(lang: &SyntheticLanguage, seeds: impl Iterator<Item = u64>, t
     batch
 }
 
-fn bytes_batch(data: &[u8], starts: impl Iterator<Item = usize>, t: usize) -> Batch {
+/// The training and validation parts of a file (the first 90% and the last 10%),
+/// or of two files.
+fn split_files(train: &Path, val: Option<&Path>) -> Result<(BytesView, BytesView)> {
+    let map = map_file(train)?;
+    Ok(match val {
+        Some(v) => (BytesView::new(map, None), BytesView::new(map_file(v)?, None)),
+        None => {
+            let (split, len) = (map.len() * 9 / 10, map.len());
+            (BytesView::new(map.clone(), Some(0..split)), BytesView::new(map, Some(split..len)))
+        }
+    })
+}
+
+/// An error unless both parts, of `train` and `val` `unit`s, hold a block and its target.
+fn check_parts(unit: &str, train: usize, val: usize, block: usize) -> Result<()> {
+    for (what, len) in [("training", train), ("validation", val)] {
+        if len < block + 1 {
+            return Err(Error::Input(format!(
+                "the {what} part of the data has {len} {unit}, fewer than one block of {block} + 1"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// B windows of a file's tokens (or bytes) at starts drawn from (seed, index).
+fn random_windows<T: Copy + Into<u32>>(data: &[T], seed: u64, index: u64, b: usize, t: usize) -> Batch {
+    let span = (data.len() - t) as u64;
+    let starts = (0..b).map(|row| (mix(mix(seed, index), row as u64) % span) as usize);
+    windows_batch(data, starts, t)
+}
+
+/// Batch `index` of B streams: row r reads part r of B equal parts of `data`
+/// (`unit`s), from its start again once used up; true where the parts start over.
+fn stream_windows<T: Copy + Into<u32>>(
+    data: &[T],
+    unit: &str,
+    index: u64,
+    b: usize,
+    t: usize,
+) -> Result<(Batch, bool)> {
+    let part = data.len() / b;
+    if part < t + 1 {
+        return Err(Error::Input(format!(
+            "carrying the state, each of the {b} rows reads its own part of the training {unit}: {} {unit} \
+             give parts of {part}, fewer than one block of {t} + 1",
+            data.len()
+        )));
+    }
+    let per_pass = ((part - 1) / t) as u64;
+    let k = (index % per_pass) as usize;
+    let starts = (0..b).map(|row| row * part + k * t);
+    Ok((windows_batch(data, starts, t), k == 0))
+}
+
+/// Validation batch `index` of `of`: windows spread evenly over `data`.
+fn spread_windows<T: Copy + Into<u32>>(data: &[T], index: usize, of: usize, b: usize, t: usize) -> Batch {
+    let last = (of * b).saturating_sub(1).max(1);
+    let span = data.len() - t - 1;
+    let starts = (0..b).map(|row| (span * (index * b + row) / last).min(span));
+    windows_batch(data, starts, t)
+}
+
+fn windows_batch<T: Copy + Into<u32>>(data: &[T], starts: impl Iterator<Item = usize>, t: usize) -> Batch {
     let mut batch = Batch::default();
     for s in starts {
-        batch.tokens.extend(data[s..s + t].iter().map(|&x| x as u32));
-        batch.targets.extend(data[s + 1..s + t + 1].iter().map(|&x| x as u32));
+        batch.tokens.extend(data[s..s + t].iter().map(|&x| x.into()));
+        batch.targets.extend(data[s + 1..s + t + 1].iter().map(|&x| x.into()));
     }
     batch
 }
 
-/// Consecutive, non-overlapping windows of `t` + 1 bytes covering `data`
-/// (the last shorter one dropped if under 2 bytes): the inputs and targets of an
+/// Consecutive, non-overlapping windows of `t` + 1 tokens (or bytes) covering
+/// `data` (the last shorter one dropped if under 2): the inputs and targets of an
 /// evaluation over a whole file.
-pub fn windows(data: &[u8], t: usize) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub fn windows<T>(data: &[T], t: usize) -> impl Iterator<Item = (&[T], &[T])> {
     (0..data.len().saturating_sub(1)).step_by(t).map(move |s| {
         let end = (s + t).min(data.len() - 1);
         (&data[s..end], &data[s + 1..end + 1])

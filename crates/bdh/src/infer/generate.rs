@@ -123,7 +123,7 @@ impl Decoding {
             logits: logits.to_vec(),
             max_tokens: g.max_tokens,
             stops: g.stops.clone(),
-            tokenizer: g.tokenizer,
+            tokenizer: g.tokenizer.clone(),
             stopped_by: None,
         }
     }

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{encode_safetensors, fault_point, read_safetensors, shape_err, write_atomic, TensorMap};
+use crate::data::TOKENIZER_FILE;
 use crate::error::{Error, Result};
 use crate::model::bdh::{rope, Bdh, BdhConfig, FREQS_NAME};
 use crate::model::gpt::params::{LM_HEAD, WTE};
@@ -295,4 +296,14 @@ pub fn model_path(path: &Path) -> PathBuf {
         }
     }
     path.to_path_buf()
+}
+
+/// The tokenizer file of a model a user named, if it has one: `tokenizer.json`
+/// beside its weights, or in the run directory its checkpoint is in (a directory
+/// with a `config.toml`).
+pub fn tokenizer_path(model: &Path) -> Option<PathBuf> {
+    let found = model_path(model);
+    let dir = if found.is_dir() { found } else { found.parent()?.to_path_buf() };
+    let run = dir.parent().filter(|r| r.join("config.toml").is_file());
+    std::iter::once(dir.as_path()).chain(run).map(|d| d.join(TOKENIZER_FILE)).find(|p| p.is_file())
 }

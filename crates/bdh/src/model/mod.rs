@@ -82,6 +82,14 @@ impl ModelConfig {
         }
     }
 
+    /// Sets V, as a tokenizer's vocabulary decides it.
+    pub fn set_vocab_size(&mut self, v: usize) {
+        match self {
+            ModelConfig::Bdh(c) => c.vocab_size = v,
+            ModelConfig::Gpt(c) => c.vocab_size = v,
+        }
+    }
+
     /// Number of trained parameters.
     pub fn param_count(&self) -> usize {
         match self {

@@ -5,9 +5,11 @@
 //! run/config.toml          the resolved run config
 //! run/metrics.jsonl        one JSON object per logged step, evaluation and sample
 //! run/last/                model.safetensors, config.json, optimizer.safetensors, trainer.json
+//!                          (and tokenizer.json, as every checkpoint of a BPE run)
 //! run/best/                model.safetensors, config.json of the best validation loss
 //! run/steps/step-NNNNNN/    the model at step N, with `training.keep_every`
 //! run/last/carry.safetensors the carried synapse state, with `training.carry_state`
+//! run/tokenizer.json        the BPE tokenizer the run reads its text with, if not bytes
 //! ```
 
 use std::fs;
@@ -139,6 +141,9 @@ pub fn train(
         }
         (trainer, TrainerState { step: 0, best_val_loss: None })
     };
+    let tokenizer = corpus.tokenizer();
+    tokenizer.check(&run.model)?;
+    tokenizer.save(dir)?;
     write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;
     let mut metrics = Metrics::open(&dir.join("metrics.jsonl"), state.step)?;
 
@@ -193,12 +198,12 @@ pub fn train(
             ensure_finite(&trainer, state.step, &last_dir)?; // before `best` or `last` could get them
             if m.val_loss.is_finite() && state.best_val_loss.is_none_or(|best| m.val_loss < best) {
                 state.best_val_loss = Some(m.val_loss);
-                save_model_dir(&trainer.model, &dir.join("best"))?;
+                save_model_dir(&trainer.model, &tokenizer, &dir.join("best"))?;
             }
             if tc.keep_every > 0 && state.step % tc.keep_every == 0 {
-                save_model_dir(&trainer.model, &kept_step_dir(dir, state.step))?;
+                save_model_dir(&trainer.model, &tokenizer, &kept_step_dir(dir, state.step))?;
             }
-            save_state(&trainer, &state, &last_dir)?;
+            save_state(&trainer, &tokenizer, &state, &last_dir)?;
             on(Event::Saved(&last_dir));
             last_eval = Some(m);
         }
@@ -209,7 +214,7 @@ pub fn train(
         }
     }
     if interrupted {
-        save_state(&trainer, &state, &last_dir)?;
+        save_state(&trainer, &tokenizer, &state, &last_dir)?;
         on(Event::Saved(&last_dir));
     }
     Ok(RunOutcome { step: state.step, interrupted, last_eval, losses, seconds: started.elapsed().as_secs_f64() })
@@ -255,8 +260,8 @@ pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Resul
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.8, top_k: 40, seed, ..SamplingConfig::default() })?;
     let prepared = Prepared::new(model.clone())?;
     let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
-    let tok = Tokenizer::Bytes;
-    let g = Generation { max_tokens: tokens, ..Generation::default() };
+    let tok = corpus.tokenizer();
+    let g = Generation { max_tokens: tokens, tokenizer: tok.clone(), ..Generation::default() };
     let out = generate(&prepared, &mut state, &mut scratch, &tok.encode(prompt.as_bytes()), &g, &mut sampler, |_| {
         std::ops::ControlFlow::Continue(())
     })?;
@@ -291,8 +296,14 @@ impl Metrics {
     }
 }
 
-fn save_model_dir(model: &Model, dir: &Path) -> Result<()> {
-    replace_dir(dir, |tmp| checkpoint::save(model, tmp))
+/// A checkpoint directory: the model, and the tokenizer it reads with (if not bytes).
+fn save_model_dir(model: &Model, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    replace_dir(dir, |tmp| save_model(model, tokenizer, tmp))
+}
+
+fn save_model(model: &Model, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    checkpoint::save(model, dir)?;
+    tokenizer.save(dir)
 }
 
 /// An error unless every parameter and optimizer moment is a finite number: a
@@ -314,10 +325,10 @@ fn kept_checkpoint(last_dir: &Path) -> String {
     }
 }
 
-fn save_state(trainer: &Trainer, state: &TrainerState, dir: &Path) -> Result<()> {
+fn save_state(trainer: &Trainer, tokenizer: &Tokenizer, state: &TrainerState, dir: &Path) -> Result<()> {
     ensure_finite(trainer, state.step, dir)?;
     replace_dir(dir, |tmp| {
-        checkpoint::save(&trainer.model, tmp)?;
+        save_model(&trainer.model, tokenizer, tmp)?;
         let mut tensors = Vec::new();
         for (prefix, moments) in [("m", &trainer.opt.m), ("v", &trainer.opt.v)] {
             for (slot, data) in moments.tensors() {
