@@ -10,12 +10,17 @@ pub mod carry;
 pub mod collective;
 pub mod compare;
 pub mod config;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod optimizer;
+pub mod parallel;
 pub mod run;
 pub mod schedule;
 
 pub use collective::{Collective, Single};
 pub use config::{RunConfig, TrainingConfig};
+#[cfg(feature = "mpi")]
+pub use mpi::Mpi;
 pub use optimizer::{AdamW, AdamWConfig};
 pub use schedule::{learning_rate, Schedule};
 
