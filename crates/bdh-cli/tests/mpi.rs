@@ -98,9 +98,9 @@ fn two_processes_of_half_the_batch_train_as_one_process_of_the_whole_batch() {
     assert!(out.contains("global batch 2 × 2 sequences × 1 micro-batches = 4 sequences"), "{out}");
     let (a, b) = (losses(&one), losses(&two));
     assert_eq!((a.len(), b.len()), (50, 50));
-    // The same rows in the same order: the first step is the same forward; later
-    // steps differ only by the order of the gradient sums (halves, then averaged),
-    // which grows slowly over the steps.
+    // The same rows in the same order: the steps differ only by the order of the
+    // sums (halves, then averaged) of the loss and the gradient, which grows slowly
+    // over the steps.
     let rel: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / x.abs()).collect();
     let worst = |r: &[f64]| r.iter().cloned().fold(0.0, f64::max);
     eprintln!(
@@ -108,7 +108,7 @@ fn two_processes_of_half_the_batch_train_as_one_process_of_the_whole_batch() {
         worst(&rel[..10]),
         worst(&rel)
     );
-    assert_eq!(a[0], b[0], "step 1's loss is the same forward");
+    assert!(rel[0] < 1e-6, "step 1 is the same forward, its loss summed in halves: {rel:?}");
     assert!(worst(&rel[..10]) < 1e-4 && worst(&rel) < 5e-3, "{rel:?}");
     let last = steps(&two).pop().unwrap();
     assert!(last["all_reduce_seconds"].as_f64().unwrap() >= 0.0 && last["step_seconds"].as_f64().unwrap() > 0.0);

@@ -1,6 +1,7 @@
 //! Training: one optimizer step ([`Trainer`]), the optimizer, the learning-rate
-//! schedule, gradient averaging across processes, run configs and whole resumable
-//! runs in a run directory.
+//! schedule, gradient averaging across processes (data parallelism: [`parallel`],
+//! and `Mpi` with the `mpi` feature), run configs and whole resumable runs in a run
+//! directory.
 //!
 //! The trainer knows nothing of the model family: it calls [`crate::model::forward`]
 //! and [`crate::model::backward`], and clips, averages and updates the flat
