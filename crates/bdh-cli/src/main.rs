@@ -12,6 +12,7 @@ mod inspect;
 mod merge;
 mod model_args;
 mod page;
+mod processes;
 mod provenance;
 mod report;
 mod serve;
@@ -55,7 +56,7 @@ enum Command {
 }
 
 /// Exit status of a run that went wrong before it could give an answer.
-const BAD_INPUT: u8 = 2;
+pub(crate) const BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -11,8 +11,8 @@ use anyhow::Context;
 use bdh::data::{Tokenizer, TOKENIZER_FILE};
 use bdh::eval::EvalMetrics;
 use bdh::io::checkpoint;
-use bdh::train::learning_rate;
-use bdh::train::run::{train, Event};
+use bdh::train::run::{train_parallel, Event};
+use bdh::train::{learning_rate, Collective};
 use bdh::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -58,7 +58,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let processes = crate::processes::Processes::join();
+    let result = run_on(args, processes.collective());
+    processes.finish(result)
+}
+
+/// Trains as one of the processes of `collective`; process 0 alone prints and
+/// writes the run directory.
+fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     crate::set_threads(args.threads)?;
+    let speaker = collective.rank() == 0;
     let (mut run, dir, before) = match &args.resume {
         Some(dir) => {
             let path = dir.join("config.toml");
@@ -113,8 +122,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = match (&args.resume, &args.out) {
         (Some(_), _) => dir,
         (None, Some(d)) => d.clone(),
-        (None, None) => fresh_run_dir(&args.preset)?,
+        (None, None) if speaker => fresh_run_dir(&args.preset)?,
+        (None, None) => PathBuf::new(), // process 0's, below
     };
+    let mut name = dir.to_string_lossy().into_owned().into_bytes();
+    collective.broadcast_bytes(&mut name, 0)?;
+    let dir = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
@@ -123,12 +136,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // and saves as after Ctrl-C instead of failing.
     let print = |line: &str| {
         use std::io::Write;
-        if writeln!(std::io::stdout(), "{line}").is_err() {
+        if speaker && writeln!(std::io::stdout(), "{line}").is_err() {
             stop.store(true, Ordering::SeqCst);
         }
     };
     // A bar only on a terminal; a file or a pipe gets whole lines.
-    let lines = args.quiet || !std::io::stderr().is_terminal();
+    let lines = args.quiet || !speaker || !std::io::stderr().is_terminal();
     let max = run.training.max_steps;
     let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(max as u64) };
     // Everything but the bar fits in about 60 columns; the bar takes what is left.
@@ -137,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let say = |line: String| if lines { print(&line) } else { bar.println(line) };
     let mut first = None;
-    let outcome = train(&run, &corpus, &dir, args.resume.is_some(), &stop, |e| match e {
+    let outcome = train_parallel(&run, &corpus, &dir, args.resume.is_some(), &stop, collective, |e| match e {
         Event::Start { step, .. } => {
             // Printed once the run has started: a refused one prints only its error.
             print(&run.to_toml());
@@ -149,6 +162,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 m.param_count() as f64 / 1e6,
                 rayon::current_num_threads()
             ));
+            if collective.size() > 1 {
+                let (t, k) = (&run.training, collective.size());
+                print(&format!(
+                    "data-parallel on {k} processes: global batch {k} × {} sequences × {} micro-batches = {} \
+                     sequences of {} tokens per step",
+                    t.batch_size,
+                    t.grad_accum,
+                    k * t.batch_size * t.grad_accum,
+                    t.block_size
+                ));
+            }
             if run.training.carry_state {
                 let how = if run.training.detach_state { ", no gradient through its read" } else { "" };
                 print(&format!(
@@ -215,6 +239,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(m) = &outcome.last_eval {
         let label = if m.step == outcome.step { "final" } else { "last evaluation" };
         print(&format!("{label}: {}", eval_line(m, max)));
+    }
+    if !speaker {
+        return Ok(ExitCode::SUCCESS);
     }
     match crate::report::write(&dir, None, false) {
         Ok(page) => print(&format!(

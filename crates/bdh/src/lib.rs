@@ -12,7 +12,8 @@
 //!   dispatch to them in a few `match`es.
 //! - [`params`]: parameters of any family as one flat buffer with named slots.
 //! - [`train`]: one optimizer step ([`Trainer`]), AdamW, the learning-rate schedule,
-//!   gradient averaging ([`train::Collective`]), run configs ([`RunConfig`], presets in
+//!   gradient averaging across processes ([`train::Collective`]; Open MPI with the
+//!   `mpi` feature; [`train::parallel`]), run configs ([`RunConfig`], presets in
 //!   `configs/`) and whole resumable runs in a run directory ([`train::run`]).
 //! - [`infer`]: a prepared model shared by all sequences, a per-sequence state
 //!   (save, restore, fork), per-worker scratch, sampling and streaming generation.

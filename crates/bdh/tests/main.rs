@@ -19,6 +19,7 @@ mod hostile;
 mod interventions;
 mod merge;
 mod microscope;
+mod parallel;
 mod recurrent;
 mod run;
 mod session;

@@ -249,10 +249,17 @@ impl Corpus {
 
     /// Training batch number `index` of a run seeded `seed`.
     pub fn train_batch(&self, seed: u64, index: u64, b: usize, t: usize) -> Batch {
+        self.train_rows(seed, index, 0..b, t)
+    }
+
+    /// Rows `rows` of training batch number `index` of a run seeded `seed`: each row
+    /// is a pure function of (seed, index, row), so the processes of a data-parallel
+    /// run each draw their own rows of one batch.
+    pub fn train_rows(&self, seed: u64, index: u64, rows: Range<usize>, t: usize) -> Batch {
         match self {
-            Corpus::Synthetic(lang) => synthetic_batch(lang, (0..b).map(|row| mix(mix(seed, index), row as u64)), t),
-            Corpus::Files { train, .. } => random_windows(train.bytes(), seed, index, b, t),
-            Corpus::Tokens { train, .. } => random_windows(&train.ids, seed, index, b, t),
+            Corpus::Synthetic(lang) => synthetic_batch(lang, rows.map(|row| mix(mix(seed, index), row as u64)), t),
+            Corpus::Files { train, .. } => random_windows(train.bytes(), seed, index, rows, t),
+            Corpus::Tokens { train, .. } => random_windows(&train.ids, seed, index, rows, t),
         }
     }
 
@@ -385,9 +392,9 @@ fn check_parts(unit: &str, train: usize, val: usize, block: usize) -> Result<()>
 }
 
 /// B windows of a file's tokens (or bytes) at starts drawn from (seed, index).
-fn random_windows<T: Copy + Into<u32>>(data: &[T], seed: u64, index: u64, b: usize, t: usize) -> Batch {
+fn random_windows<T: Copy + Into<u32>>(data: &[T], seed: u64, index: u64, rows: Range<usize>, t: usize) -> Batch {
     let span = (data.len() - t) as u64;
-    let starts = (0..b).map(|row| (mix(mix(seed, index), row as u64) % span) as usize);
+    let starts = rows.map(|row| (mix(mix(seed, index), row as u64) % span) as usize);
     windows_batch(data, starts, t)
 }
 

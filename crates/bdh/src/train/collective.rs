@@ -13,6 +13,12 @@ pub trait Collective {
     fn all_reduce_mean(&self, buf: &mut [f32]) -> Result<()>;
     /// Replaces `buf` on every process by the one of process `root`.
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// Replaces `bytes` on every process by the ones of process `root` (whose length
+    /// may differ from the others').
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()>;
+    /// Seconds this process has spent in the operations above (waiting for the
+    /// slowest process included): the share of a step lost to communication.
+    fn seconds_waiting(&self) -> f64;
 }
 
 /// One process: the mean of one buffer is itself, and there is no one to send to.
@@ -31,5 +37,11 @@ impl Collective for Single {
     }
     fn broadcast(&self, _buf: &mut [f32], _root: usize) -> Result<()> {
         Ok(())
+    }
+    fn broadcast_bytes(&self, _bytes: &mut Vec<u8>, _root: usize) -> Result<()> {
+        Ok(())
+    }
+    fn seconds_waiting(&self) -> f64 {
+        0.0
     }
 }

@@ -1,6 +1,7 @@
 //! Training: one optimizer step ([`Trainer`]), the optimizer, the learning-rate
-//! schedule, gradient averaging across processes, run configs and whole resumable
-//! runs in a run directory.
+//! schedule, gradient averaging across processes (data parallelism: [`parallel`],
+//! and `Mpi` with the `mpi` feature), run configs and whole resumable runs in a run
+//! directory.
 //!
 //! The trainer knows nothing of the model family: it calls [`crate::model::forward`]
 //! and [`crate::model::backward`], and clips, averages and updates the flat
@@ -10,12 +11,17 @@ pub mod carry;
 pub mod collective;
 pub mod compare;
 pub mod config;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod optimizer;
+pub mod parallel;
 pub mod run;
 pub mod schedule;
 
 pub use collective::{Collective, Single};
 pub use config::{RunConfig, TrainingConfig};
+#[cfg(feature = "mpi")]
+pub use mpi::Mpi;
 pub use optimizer::{AdamW, AdamWConfig};
 pub use schedule::{learning_rate, Schedule};
 

@@ -21,7 +21,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::carry::Carry;
-use super::{learning_rate, AdamWConfig, RunConfig, Single, Trainer};
+use super::{learning_rate, parallel, AdamWConfig, Collective, RunConfig, Single, Trainer};
 use crate::data::{Corpus, Tokenizer};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalMetrics};
@@ -103,6 +103,22 @@ pub fn train(
     dir: &Path,
     resume: bool,
     stop: &AtomicBool,
+    on: impl FnMut(Event),
+) -> Result<RunOutcome> {
+    train_parallel(run, corpus, dir, resume, stop, &Single, on)
+}
+
+/// [`train`] as one of the processes of `collective` (see [`parallel`]): each
+/// draws `training.batch_size` rows of every step's batch, gradients are averaged
+/// over them, and process 0 alone reads and writes `dir` and reports evaluations
+/// and samples; the others report steps only.
+pub fn train_parallel(
+    run: &RunConfig,
+    corpus: &Corpus,
+    dir: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    collective: &dyn Collective,
     mut on: impl FnMut(Event),
 ) -> Result<RunOutcome> {
     let started = Instant::now();
@@ -110,7 +126,11 @@ pub fn train(
     let (b, t) = (tc.batch_size, tc.block_size);
     let opt = AdamWConfig { lr: tc.lr, weight_decay: tc.weight_decay, ..AdamWConfig::default() };
     let last_dir = dir.join("last");
-    let (mut trainer, mut state) = if resume {
+    parallel::check_config(collective, run)?;
+    let writer = collective.rank() == 0;
+    let (mut trainer, mut state) = if !writer {
+        (Trainer::new(Model::new(&run.model, tc.seed)?, opt, b, t)?, TrainerState { step: 0, best_val_loss: None })
+    } else if resume {
         load_state(run, &last_dir, opt, b, t)?
     } else {
         if last_dir.exists() {
@@ -143,9 +163,14 @@ pub fn train(
     };
     let tokenizer = corpus.tokenizer();
     tokenizer.check(&run.model)?;
-    tokenizer.save(dir)?;
-    write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;
-    let mut metrics = Metrics::open(&dir.join("metrics.jsonl"), state.step)?;
+    parallel::share_start(collective, &mut trainer, &mut state)?;
+    let mut metrics = Metrics(None);
+    if writer {
+        tokenizer.save(dir)?;
+        write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;
+        metrics = Metrics::open(&dir.join("metrics.jsonl"), state.step)?;
+    }
+    let rows = parallel::rows(collective, b);
 
     on(Event::Start { step: state.step, max_steps: tc.max_steps });
     let mut losses = Vec::new();
@@ -153,17 +178,17 @@ pub fn train(
     let mut interrupted = false;
     let mut recent = std::collections::VecDeque::with_capacity(TRAIN_LOSS_STEPS);
     while state.step < tc.max_steps {
-        if stop.load(Ordering::SeqCst) {
+        if parallel::any(collective, stop.load(Ordering::SeqCst))? {
             interrupted = true;
             break;
         }
-        let t0 = Instant::now();
+        let (t0, waited) = (Instant::now(), collective.seconds_waiting());
         let lr = learning_rate(tc, state.step);
         let mut loss = 0.0f32;
         for micro in 0..tc.grad_accum {
             let index = (state.step * tc.grad_accum + micro) as u64;
             let batch = match &mut trainer.carry {
-                None => corpus.train_batch(tc.seed, index, b, t),
+                None => corpus.train_rows(tc.seed, index, rows.clone(), t),
                 Some(carry) => {
                     let (batch, restart) = corpus.stream_batch(tc.seed, index, b, t)?;
                     if restart {
@@ -172,26 +197,37 @@ pub fn train(
                     batch
                 }
             };
-            loss += trainer.accumulate(&batch.tokens, &batch.targets, tc.seed ^ index.wrapping_mul(0x9e37_79b9))?;
+            let dropout_seed = parallel::dropout_seed(tc.seed, index, collective.rank());
+            loss += trainer.accumulate(&batch.tokens, &batch.targets, dropout_seed)?;
         }
-        loss /= tc.grad_accum as f32;
+        let loss = parallel::mean(collective, loss / tc.grad_accum as f32)?;
         if !loss.is_finite() {
             return Err(Error::Diverged { step: state.step + 1, loss, kept: kept_checkpoint(&last_dir) });
         }
-        let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr, &Single)?;
+        let grad_norm = trainer.apply(tc.grad_accum, tc.grad_clip, lr, collective)?;
         state.step += 1;
         losses.push(loss);
         if recent.len() == TRAIN_LOSS_STEPS {
             recent.pop_front();
         }
         recent.push_back(loss as f64);
-        let tokens_per_second = (b * t * tc.grad_accum) as f64 / t0.elapsed().as_secs_f64();
-        metrics.write(&serde_json::json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tokens_per_second}))?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let tokens_per_second = (b * t * tc.grad_accum * collective.size()) as f64 / seconds;
+        let mut record = serde_json::json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tokens_per_second});
+        if collective.size() > 1 {
+            // Seconds of the step spent averaging the loss and the gradients, waiting
+            // for the slowest process included.
+            record["all_reduce_seconds"] = (collective.seconds_waiting() - waited).into();
+            record["step_seconds"] = seconds.into();
+        }
+        metrics.write(&record)?;
         on(Event::Step { step: state.step, loss, lr, grad_norm, tokens_per_second });
 
         let last_step = state.step == tc.max_steps;
-        if state.step % tc.eval_interval == 0 || last_step {
-            let mut m = evaluate(&trainer.model, corpus, &mut trainer.acts, tc.eval_batches, state.step)?;
+        if writer && (state.step % tc.eval_interval == 0 || last_step) {
+            // K times the batches of B rows: the validation rows one process of K·B rows scores.
+            let batches = tc.eval_batches * collective.size();
+            let mut m = evaluate(&trainer.model, corpus, &mut trainer.acts, batches, state.step)?;
             m.train_loss = Some(recent.iter().sum::<f64>() / recent.len().max(1) as f64);
             metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
             on(Event::Eval(&m));
@@ -207,13 +243,13 @@ pub fn train(
             on(Event::Saved(&last_dir));
             last_eval = Some(m);
         }
-        if (tc.sample_interval > 0 && state.step % tc.sample_interval == 0) || last_step {
+        if writer && ((tc.sample_interval > 0 && state.step % tc.sample_interval == 0) || last_step) {
             let (prompt, text) = sample(&trainer.model, corpus, tc.sample_tokens, tc.seed)?;
             metrics.write(&serde_json::json!({"step": state.step, "sample_prompt": prompt, "sample": text}))?;
             on(Event::Sample { step: state.step, prompt: &prompt, text: &text });
         }
     }
-    if interrupted {
+    if interrupted && writer {
         save_state(&trainer, &tokenizer, &state, &last_dir)?;
         on(Event::Saved(&last_dir));
     }
@@ -268,8 +304,9 @@ pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Resul
     Ok((prompt, String::from_utf8_lossy(&out.text).into_owned()))
 }
 
-/// Appends JSON lines to `metrics.jsonl`, dropping records past `keep_until` on resume.
-struct Metrics(fs::File);
+/// Appends JSON lines to `metrics.jsonl`, dropping records past `keep_until` on
+/// resume; writes nothing on a process that does not write the run (`None`).
+struct Metrics(Option<fs::File>);
 
 impl Metrics {
     fn open(path: &Path, keep_until: usize) -> Result<Self> {
@@ -288,11 +325,14 @@ impl Metrics {
         };
         write_atomic(path, kept.concat().as_bytes())?;
         let file = fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io("opening", path, e))?;
-        Ok(Metrics(file))
+        Ok(Metrics(Some(file)))
     }
 
     fn write(&mut self, record: &serde_json::Value) -> Result<()> {
-        writeln!(self.0, "{record}").map_err(|e| Error::io("writing", "metrics.jsonl", e))
+        match &mut self.0 {
+            Some(file) => writeln!(file, "{record}").map_err(|e| Error::io("writing", "metrics.jsonl", e)),
+            None => Ok(()),
+        }
     }
 }
 
