@@ -243,7 +243,7 @@ fn evaluate_windows<T: Copy + Into<u32>>(
 }
 
 /// Longest text scored as one stream: positions stay exact in f32 up to 2²⁴.
-pub const MAX_STREAM: usize = 1 << 24;
+pub const MAX_STREAM: usize = crate::model::bdh::rope::MAX_POSITION;
 
 /// The loss of the positions in one bucket of a stream.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

@@ -113,3 +113,17 @@ fn a_stream_scored_in_chunks_with_the_state_carried_equals_one_pass() {
     let err = evaluate_stream(&m, b"a", 16, &mut |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("need 2"), "{err}");
 }
+
+#[test]
+fn a_state_refuses_to_read_past_two_to_the_24_positions() {
+    let prepared = Prepared::new(bdh_model(tiny_config(1, 8, 2, 2), 1)).unwrap();
+    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let State::Bdh(st) = &mut s else { unreachable!("a BDH") };
+    st.pos = (1 << 24) - 2;
+    // A prefill that would pass it is refused before reading anything.
+    let err = prepared.prefill(&mut s, &mut scratch, &tokens(3, 1), &NO_EDITS).unwrap_err().to_string();
+    assert!(err.contains("2^24") && s.pos() == (1 << 24) - 2, "{err}");
+    prepared.prefill(&mut s, &mut scratch, &tokens(2, 1), &NO_EDITS).unwrap();
+    let err = prepared.step(&mut s, &mut scratch, 1, &NO_EDITS).unwrap_err().to_string();
+    assert!(err.contains("2^24") && s.pos() == 1 << 24, "{err}");
+}

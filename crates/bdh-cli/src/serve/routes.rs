@@ -25,9 +25,7 @@ use super::engine::{Event, Job, Slot};
 use super::error::ApiError;
 use super::sessions::{lock, Sessions};
 
-/// Positions a session may reach: past 2²⁴ a position is no longer exact in f32,
-/// and with it the RoPE phases.
-const MAX_POSITION: usize = 1 << 24;
+use bdh::model::bdh::rope::MAX_POSITION;
 
 /// What every handler shares.
 pub struct App {

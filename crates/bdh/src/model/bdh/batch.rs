@@ -16,7 +16,7 @@ use bdh_kernels::{layer_norm, matmul, parallel_each, MatMul};
 
 use super::edit::NO_EDITS;
 use super::recurrent::{head_step, At, Head, HeadWeights};
-use super::rope::cos_sin;
+use super::rope::{cos_sin, MAX_POSITION};
 use super::{Prepared, State};
 use crate::error::{Error, Result};
 
@@ -73,6 +73,12 @@ impl Prepared {
         }
         for st in states.iter() {
             st.check(c)?;
+            if st.pos >= MAX_POSITION {
+                return Err(Error::Input(format!(
+                    "a state is at position {}: past 2^24 ({MAX_POSITION}) positions are no longer exact in f32",
+                    st.pos
+                )));
+            }
         }
         let s = scratch;
         s.resize(b, d, n, h, vocab);

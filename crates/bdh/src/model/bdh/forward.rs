@@ -15,7 +15,7 @@ use super::decay::DecayTable;
 use super::edit::{Edits, Region, Site, NO_EDITS};
 use super::params::Weights;
 use super::recurrent::State;
-use super::rope::RopeTable;
+use super::rope::{RopeTable, MAX_POSITION};
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
 use crate::model::{zeroed, Mode};
@@ -251,6 +251,12 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
         Some(s) => s.check_rows(&model.config, b).map(|_| s.pos)?,
         None => 0,
     };
+    if pos0.saturating_add(t) > MAX_POSITION {
+        return Err(Error::Input(format!(
+            "a state at position {pos0} cannot read {t} more tokens: past 2^24 ({MAX_POSITION}) positions are no \
+             longer exact in f32"
+        )));
+    }
     let p = model.weights();
     let bt = b * t;
     let dropout = match mode {

@@ -18,7 +18,7 @@ use bdh_kernels::{
 
 use super::edit::{Edits, Region, Site};
 use super::forward::{forward, Activations, Pass};
-use super::rope::cos_sin;
+use super::rope::{cos_sin, MAX_POSITION};
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
 use crate::model::{zeroed, Mode};
@@ -237,6 +237,14 @@ impl Prepared {
             // Refused before any chunk is read, so the state is left as it was.
             return Err(Error::Input(format!("prefill: token id {bad} ≥ vocab_size {vocab}")));
         }
+        if state.pos.saturating_add(tokens.len()) > MAX_POSITION {
+            return Err(Error::Input(format!(
+                "prefill: a state at position {} cannot read {} more tokens: past 2^24 ({MAX_POSITION}) positions \
+                 are no longer exact in f32",
+                state.pos,
+                tokens.len()
+            )));
+        }
         if edits.touches(Site::Rho) {
             for &tok in tokens {
                 self.step(state, scratch, tok, edits)?;
@@ -283,6 +291,12 @@ impl Prepared {
         }
         state.check(c)?;
         self.check(scratch)?;
+        if state.pos >= MAX_POSITION {
+            return Err(Error::Input(format!(
+                "the state is at position {}: past 2^24 ({MAX_POSITION}) positions are no longer exact in f32",
+                state.pos
+            )));
+        }
         if !edits.is_empty() {
             edits.validate(c)?;
             if edits.has_patches() || edits.touches(Site::Out) {
