@@ -35,8 +35,11 @@ impl Server {
     fn start_model(model: &str, extra: &[&str]) -> Server {
         let dir = temp("serve");
         let sessions = dir.path().join("sessions").display().to_string();
+        // `--sessions-dir` in `extra` replaces the test's own directory.
+        let own = if extra.contains(&"--sessions-dir") { vec![] } else { vec!["--sessions-dir", sessions.as_str()] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_bdh"))
-            .args(["serve", "--model", model, "--port", "0", "--sessions-dir", &sessions])
+            .args(["serve", "--model", model, "--port", "0"])
+            .args(own)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -388,7 +391,7 @@ fn every_refusal_is_json_with_its_status_and_nothing_panics() {
         assert_eq!(s.post("/v1/sessions/restore", &json!({ "name": name })).0, 400, "{name:?}");
     }
     assert!(!s.dir.path().join("escape.state.safetensors").exists());
-    assert_eq!(std::fs::read_dir(s.sessions_dir()).unwrap().count(), 1, "only the evicted/ directory");
+    assert_eq!(std::fs::read_dir(s.sessions_dir()).unwrap().count(), 1, "only the evicted-PID/ directory");
     assert_eq!(s.post("/v1/sessions/restore", &json!({"name": "never-saved"})).0, 404);
     assert_eq!(s.post("/v1/sessions/restore", &json!({"file": "x"})).0, 400);
     assert_eq!(s.post("/v1/sessions/sess-404/fork", &json!({})).0, 404);
@@ -574,4 +577,25 @@ fn a_model_that_reads_a_bpe_is_served_with_its_tokenizer() {
     // A tokenizer of another vocabulary than the model's is refused at start.
     let o = bdh(&["serve", "--model", &model(), "--tokenizer", &tok, "--port", "0"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("vocab"), "{o:?}");
+}
+
+#[test]
+fn servers_sharing_a_sessions_directory_keep_their_evicted_sessions_apart() {
+    let first = Server::start(&["--max-sessions", "1"]);
+    let shared = first.sessions_dir().display().to_string();
+    let second = Server::start(&["--max-sessions", "1", "--sessions-dir", &shared]);
+    let mut evicted = Vec::new();
+    for s in [&first, &second] {
+        let id = s.ok("/v1/sessions", &json!({}))["id"].as_str().unwrap().to_string();
+        s.ok("/v1/completions", &json!({"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0, "session": id}));
+        s.ok("/v1/sessions", &json!({})); // the first session goes to disk
+        assert_eq!(s.get(&format!("/v1/sessions/{id}")).1["in_memory"], false);
+        evicted.push(id);
+    }
+    assert_eq!(evicted[0], evicted[1], "both servers number their sessions alike");
+    // Each reads its own evicted session back, whatever the other did.
+    for s in [&second, &first] {
+        let v = s.ok("/v1/completions", &json!({"prompt": "\n", "max_tokens": 5, "session": evicted[0]}));
+        assert_eq!(v["session"]["position"], "ROMEO:".len() + 5 + 1 + 5, "{v}");
+    }
 }

@@ -42,15 +42,17 @@ pub struct Sessions {
     evicted: HashSet<String>,
     max_live: usize,
     dir: PathBuf,
+    evicted_dir: PathBuf, // this server's own: servers sharing `dir` keep apart
     clock: u64,
     next_id: u64,
 }
 
 impl Sessions {
     /// A store holding at most `max_live` states in memory, saving to `dir` and
-    /// evicting to `dir/evicted` (emptied now: sessions do not outlive a server).
+    /// evicting to `dir/evicted-PID` (this process's, emptied now: sessions do not
+    /// outlive a server, and servers sharing `dir` do not touch each other's).
     pub fn new(prepared: Arc<Prepared>, max_live: usize, dir: &Path) -> anyhow::Result<Self> {
-        let evicted = dir.join("evicted");
+        let evicted = dir.join(format!("evicted-{}", std::process::id()));
         if evicted.is_dir() {
             std::fs::remove_dir_all(&evicted)?;
         }
@@ -61,6 +63,7 @@ impl Sessions {
             evicted: HashSet::new(),
             max_live,
             dir: dir.to_path_buf(),
+            evicted_dir: evicted,
             clock: 0,
             next_id: 1,
         })
@@ -179,7 +182,7 @@ impl Sessions {
     }
 
     fn evicted_path(&self, id: &str) -> PathBuf {
-        self.dir.join("evicted").join(format!("{id}.state.safetensors"))
+        self.evicted_dir.join(format!("{id}.state.safetensors"))
     }
 
     /// Reads an evicted session back into memory, making room for it.
@@ -220,7 +223,7 @@ impl Sessions {
 
     /// Deletes the evicted sessions' files (at shutdown).
     pub fn clear_evicted(&mut self) {
-        let _ = std::fs::remove_dir_all(self.dir.join("evicted"));
+        let _ = std::fs::remove_dir_all(&self.evicted_dir);
         self.evicted.clear();
     }
 }
