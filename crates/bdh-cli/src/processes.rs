@@ -13,11 +13,24 @@ pub struct Processes {
 
 impl Processes {
     /// Joins the MPI job that launched this process, if any (and if built with MPI).
-    pub fn join() -> Self {
-        Processes {
+    /// Without MPI, a launch as one of several processes is refused: each would
+    /// train alone, all into one run directory.
+    pub fn join() -> anyhow::Result<Self> {
+        #[cfg(not(feature = "mpi"))]
+        if let Some(k) = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+            .find(|&k| k > 1)
+        {
+            anyhow::bail!(
+                "this bdh was built without MPI, so under mpirun its {k} processes would each train alone: build \
+                 it with `--features mpi` (README: Train on several processes)"
+            );
+        }
+        Ok(Processes {
             #[cfg(feature = "mpi")]
             mpi: bdh::train::Mpi::join(),
-        }
+        })
     }
 
     /// The transport gradients are averaged over.

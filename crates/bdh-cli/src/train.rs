@@ -58,7 +58,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let processes = crate::processes::Processes::join();
+    let processes = crate::processes::Processes::join()?;
     let result = run_on(args, processes.collective());
     processes.finish(result)
 }

@@ -523,3 +523,19 @@ fn a_decaying_model_trains_generates_and_reads_a_stream() {
         assert!(msg.contains(expected) && !msg.contains("panicked"), "{decay}: {msg}");
     }
 }
+
+/// Under mpirun a build without MPI would run K separate trainings into one directory.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_to_be_one_of_several_processes() {
+    let tmp = temp("no-mpi");
+    let out = tmp.path().join("run").display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_bdh"))
+        .args(["train", "--preset", "tiny", "--quiet", "--out", &out])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let msg = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{msg}");
+    assert!(msg.contains("--features mpi") && !tmp.path().join("run").exists(), "{msg}");
+}
