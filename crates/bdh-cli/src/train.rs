@@ -70,6 +70,12 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     let speaker = collective.rank() == 0;
     let (mut run, dir, before) = match &args.resume {
         Some(dir) => {
+            if let Some(s) = args.set.iter().find(|s| s.trim_start().starts_with("model.")) {
+                anyhow::bail!(
+                    "a run's model is fixed: --resume cannot change it (`--set {s}`); start a new run, or one \
+                     --init-from this one"
+                );
+            }
             let path = dir.join("config.toml");
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("{} is not a run directory to resume (no readable config.toml)", dir.display())

@@ -513,7 +513,8 @@ fn a_decaying_model_trains_generates_and_reads_a_stream() {
     assert!(o.status.success(), "{}", text(&o));
     let o = bdh(&["eval", "--model", &run, "--data", &example("text.txt"), "--carry", "--json", "-"]);
     assert!(o.status.success(), "{}", text(&o));
-    for (decay, expected) in [("fast", "alibi"), ("[0.9]", "n_head = 2"), ("[0.9, 2.0]", "(0, 1]"), ("0.9", "a string")]
+    for (decay, expected) in
+        [("fast", "alibi"), ("[0.9]", "n_head = 2"), ("[0.9, 2.0]", "(0, 1]"), ("0.9", "a list of γ per head, not 0.9")]
     {
         let set = format!("model.decay={decay}");
         let out = tmp.path().join("bad").display().to_string();
@@ -522,6 +523,9 @@ fn a_decaying_model_trains_generates_and_reads_a_stream() {
         assert_eq!(o.status.code(), Some(2), "{decay}: {msg}");
         assert!(msg.contains(expected) && !msg.contains("panicked"), "{decay}: {msg}");
     }
+    // A run's model (its decay included) does not change on resume.
+    let o = bdh(&["train", "--resume", &run, "--quiet", "--set", "model.decay=none"]);
+    assert!(o.status.code() == Some(2) && text(&o).contains("model is fixed"), "{}", text(&o));
 }
 
 /// Under mpirun a build without MPI would run K separate trainings into one directory.

@@ -98,7 +98,10 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: RunConfig = table.try_into().map_err(|e| bad(format!("not a run config: {e}")))?;
+        let cfg: RunConfig = table.try_into().map_err(|e| match overrides {
+            [] => bad(format!("not a run config: {e}")),
+            _ => bad(format!("not a run config with the overrides `--set {}`: {e}", overrides.join("` `--set "))),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -226,6 +229,9 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let value = match (old, parsed) {
         (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
         (old, new) if path.trim() == "model.decay" && name_or_list(old) && name_or_list(&new) => new,
+        (_, new) if path.trim() == "model.decay" => {
+            return Err(bad(format!("`model.decay` takes \"none\", \"alibi\" or a list of γ per head, not {new}")))
+        }
         (old, new) if std::mem::discriminant(old) != std::mem::discriminant(&new) => {
             let kind = old.type_str();
             let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };

@@ -200,7 +200,8 @@ impl BdhConfig {
         }
         if let Decay::Retention(g) = &self.decay {
             if g.len() != self.n_head {
-                return bad(format!("decay lists {} retentions γ for n_head = {} heads", g.len(), self.n_head));
+                let s = if g.len() == 1 { "" } else { "s" };
+                return bad(format!("decay lists {} retention{s} γ for n_head = {} heads", g.len(), self.n_head));
             }
             if let Some(bad_g) = g.iter().find(|&&g| !(g > 0.0 && g <= 1.0)) {
                 return bad(format!("decay γ = {bad_g} must be in (0, 1]"));
