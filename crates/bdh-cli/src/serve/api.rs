@@ -39,7 +39,7 @@ pub struct Request {
 
 /// A string or a list of strings (`prompt`, `stop`).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or a list of strings")]
 enum OneOrMany {
     One(String),
     Many(Vec<String>),
