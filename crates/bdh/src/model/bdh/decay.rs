@@ -8,6 +8,8 @@ use super::config::Decay;
 /// The powers for one model and one T; empty without decay.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DecayTable {
+    /// The decay the table was made of.
+    pub of: Decay,
     /// γ_h per head, (H); empty: no decay.
     pub gamma: Vec<f32>,
     /// γ_h^(i+1), (H, T): the weight of the carried ρ₀ in the read at position i.
@@ -29,6 +31,7 @@ impl DecayTable {
         };
         let table = |f: &dyn Fn(f32, usize) -> f32| gamma.iter().flat_map(|&g| (0..t).map(move |i| f(g, i))).collect();
         DecayTable {
+            of: decay.clone(),
             read: table(&|g, i| pow(g, i + 1)),
             write: table(&|g, i| pow(g, t - 1 - i)),
             whole: gamma.iter().map(|&g| pow(g, t)).collect(),

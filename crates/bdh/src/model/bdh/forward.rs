@@ -270,7 +270,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     if acts.rope.start != pos0 {
         acts.rope = RopeTable::new(&model.freqs, pos0, t);
     }
-    if acts.decay.gamma != model.config.decay.retention(h) {
+    if acts.decay.of != model.config.decay {
         acts.decay = DecayTable::new(&model.config.decay, h, t);
     }
     acts.tokens.copy_from_slice(tokens);
