@@ -8,6 +8,7 @@ use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig, State}
 use bdh::io::checkpoint::load;
 use bdh::io::state;
 use bdh::model::bdh::{Decay, NO_EDITS};
+use bdh::model::gpt::GptConfig;
 use bdh::{Model, ModelConfig};
 
 use crate::common::{golden_dir, max_rel_diff, temp_dir, tiny_config, tokens};
@@ -150,4 +151,19 @@ fn the_output_callback_stops_generation() {
     assert!(out.stats.cancelled);
     assert!(out.tokens.len() < 100, "stopped after {} tokens", out.tokens.len());
     assert_eq!(calls, 3);
+}
+
+#[test]
+fn state_bytes_are_known_without_making_a_state() {
+    let gpt =
+        GptConfig { block_size: 16, vocab_size: 256, n_layer: 2, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
+    for config in [ModelConfig::Bdh(tiny_config(2, 32, 2, 8)), ModelConfig::Gpt(gpt)] {
+        let prepared = Prepared::new(Model::new(&config, 1).unwrap()).unwrap();
+        let before = bdh::infer::states_made();
+        let bytes = prepared.state_bytes();
+        assert_eq!(bdh::infer::states_made(), before, "state_bytes made a state");
+        let state = prepared.state().unwrap();
+        assert_eq!(bdh::infer::states_made(), before + 1);
+        assert_eq!(bytes, state.bytes());
+    }
 }

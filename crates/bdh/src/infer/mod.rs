@@ -75,6 +75,15 @@ impl Prepared {
         }
     }
 
+    /// Bytes one state of this model occupies (constant for a model), computed from
+    /// the config without making a state.
+    pub fn state_bytes(&self) -> usize {
+        match self {
+            Prepared::Bdh(p) => p.state_bytes(),
+            Prepared::Gpt(p) => p.state_bytes(),
+        }
+    }
+
     /// Scratch for one worker; `dense` touches every row of the state and weights
     /// instead of only those of active neurons (a baseline for the sparse step).
     pub fn scratch(&self, dense: bool) -> Scratch {
@@ -161,6 +170,21 @@ impl State {
             State::Gpt(s) => s.bytes(),
         }
     }
+}
+
+/// Empty states made by this process so far.
+static STATES_MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one empty state made (each family's constructor calls it).
+pub(crate) fn count_state() {
+    STATES_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many empty states (of any family) this process has made: a cheap count that
+/// lets a caller check that an operation made none (a server listing its sessions,
+/// say), where timing it would not tell.
+pub fn states_made() -> usize {
+    STATES_MADE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Interventions act on BDH's neurons and synapses.

@@ -39,6 +39,7 @@ impl State {
     pub fn new(cfg: &BdhConfig) -> Result<Self> {
         let count = Self::shape(cfg).iter().try_fold(1usize, |p, &x| p.checked_mul(x));
         crate::memory::ensure_fits(crate::memory::f32_bytes(count), "the state ρ of a sequence")?;
+        crate::infer::count_state();
         Ok(State { pos: 0, rho: zeroed(&Self::shape(cfg))? })
     }
 
@@ -46,6 +47,7 @@ impl State {
     pub fn rows(cfg: &BdhConfig, rows: usize) -> Result<Self> {
         let count = Self::shape(cfg).iter().try_fold(rows, |p, &x| p.checked_mul(x));
         crate::memory::ensure_fits(crate::memory::f32_bytes(count), "the state ρ of a batch of streams")?;
+        crate::infer::count_state();
         Ok(State { pos: 0, rho: zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])? })
     }
 
@@ -177,6 +179,12 @@ impl Prepared {
     /// The empty state of a new sequence.
     pub fn state(&self) -> Result<State> {
         State::new(&self.model.config)
+    }
+
+    /// Bytes a state of this model occupies (ρ: L·H·N·D values), without making one.
+    pub fn state_bytes(&self) -> usize {
+        let shape = State::shape(&self.model.config);
+        shape.iter().try_fold(4usize, |p, &x| p.checked_mul(x)).unwrap_or(usize::MAX)
     }
 
     /// ρ ← γ_h ρ of head `hi` before its read (nothing without decay, or with

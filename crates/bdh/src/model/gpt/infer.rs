@@ -69,10 +69,19 @@ impl Prepared {
     /// The empty state of a new sequence.
     pub fn state(&self) -> Result<State> {
         let c = &self.model.config;
+        crate::infer::count_state();
         let n = c.n_layer.checked_mul(c.block_size).and_then(|x| x.checked_mul(c.n_embd));
         crate::memory::ensure_fits(crate::memory::f32_bytes(n.and_then(|n| n.checked_mul(2))), "a GPT's KV cache")?;
         let dims = [c.n_layer, c.block_size, c.n_embd];
         Ok(State { pos: 0, window: Vec::with_capacity(c.block_size), len: 0, k: zeroed(&dims)?, v: zeroed(&dims)? })
+    }
+
+    /// Bytes a state of this model occupies, without making one:
+    /// (L, block_size, D) keys and values and a window of block_size tokens.
+    pub fn state_bytes(&self) -> usize {
+        let c = &self.model.config;
+        let kv = [c.n_layer, c.block_size, c.n_embd, 2, 4].iter().try_fold(1usize, |p, &x| p.checked_mul(x));
+        kv.and_then(|kv| kv.checked_add(c.block_size.checked_mul(4)?)).unwrap_or(usize::MAX)
     }
 
     /// Buffers for one worker.
