@@ -115,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(p) => state::load(&prepared, p).with_context(|| format!("loading state {}", p.display()))?,
         None => prepared.state()?,
     };
-    let mut scratch = prepared.scratch(false);
+    let mut scratch = prepared.scratch();
     let tokens = tokenizer.encode(&prompt);
     let g = Generation { max_tokens: args.max_tokens, stops: args.stop.clone(), tokenizer, ..Generation::default() };
     if let Some(c) = prepared.config().max_context().filter(|&c| tokens.len() > c) {

@@ -47,7 +47,7 @@ pub use peak::fma_loop;
 pub use recurrent::{active_pairs, decay_state, gate_listed, gather_dot, rho_read_write, sparse_row_sum};
 pub use rope::{rope, RopeDirection};
 pub use rows::{add_bias, affine, affine_backward, bias_grad, gelu, gelu_backward};
-pub use schedule::{parallel_chunks, parallel_each, parallel_heads, rows_per_group};
+pub use schedule::{parallel_chunks, parallel_each, rows_per_group};
 pub use softmax_attention::{
     causal_softmax_attention, causal_softmax_attention_backward, softmax_attention_step, KvCache, SoftmaxAttention,
 };

@@ -4,14 +4,6 @@
 
 use rayon::prelude::*;
 
-/// Runs `step(i, item_i, data_i)` for every item at once, spread over the rayon
-/// pool, with `data` cut into one equal chunk per item: the heads of a recurrent
-/// step (each with its scratch and its ρ), independent until the decoder sums them.
-pub fn parallel_heads<T: Send>(items: &mut [T], data: &mut [f32], step: impl Fn(usize, &mut T, &mut [f32]) + Sync) {
-    let chunk = data.len() / items.len().max(1);
-    items.par_iter_mut().zip(data.par_chunks_mut(chunk.max(1))).enumerate().for_each(|(i, (item, d))| step(i, item, d));
-}
-
 /// Runs `task` on every item at once, spread over the rayon pool: independent
 /// pieces of work (the batch rows of a layer's backward) whose kernels then run
 /// nested, each piece's data in cache from one kernel to the next.

@@ -242,9 +242,6 @@ fn evaluate_windows<T: Copy + Into<u32>>(
     })
 }
 
-/// Longest text scored as one stream: positions stay exact in f32 up to 2²⁴.
-pub const MAX_STREAM: usize = crate::model::bdh::rope::MAX_POSITION;
-
 /// The loss of the positions in one bucket of a stream.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Bucket {
@@ -312,7 +309,7 @@ fn stream<T: Copy + Into<u32>>(
         return Err(Error::Input("a stream read in chunks of 0 tokens: need a chunk > 0".into()));
     }
     // Positions past 2^24 are not exact in f32.
-    check_text(data, MAX_STREAM, model.config.vocab_size)?;
+    check_text(data, crate::model::MAX_POSITION, model.config.vocab_size)?;
     let v = model.config.vocab_size;
     let tokens: Vec<u32> = data[..data.len() - 1].iter().map(|&b| b.into()).collect();
     let targets: Vec<u32> = data[1..].iter().map(|&b| b.into()).collect();

@@ -37,7 +37,7 @@
 //! forward(&model, &tokens, &mut acts, Mode::Eval).unwrap();
 //! // The same model one token at a time, from a state that can be saved or forked.
 //! let prepared = Prepared::new(model).unwrap();
-//! let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+//! let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
 //! let last = prepared.prefill(&mut state, &mut scratch, &tokens, &NO_EDITS).unwrap();
 //! assert_eq!(last.len(), 256);
 //! ```

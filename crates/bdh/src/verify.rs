@@ -192,13 +192,13 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
 /// `k` tokens after `prompt`, each the argmax (first on ties, as `torch.argmax`):
 /// the prompt prefilled, then one recurrent step per token.
 pub fn greedy(prepared: &Prepared, prompt: &[u32], k: usize) -> Result<Vec<u32>> {
-    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
     let mut next = argmax(prepared.prefill(&mut state, &mut scratch, prompt, &NO_EDITS)?);
     let mut out = Vec::with_capacity(k);
     for i in 0..k {
         out.push(next);
         if i + 1 < k {
-            next = argmax(prepared.step(&mut state, &mut scratch, next, &NO_EDITS)?);
+            next = argmax(prepared.step(&mut [&mut state], &mut scratch, &[next], &NO_EDITS)?);
         }
     }
     Ok(out)

@@ -1,9 +1,9 @@
-//! The batched step: B streams advanced together equal B independent one-token
-//! steps at every position, while streams join and leave between steps.
+//! The step of many streams: B streams advanced together equal B one-stream steps
+//! at every position, while streams join and leave between steps.
 
-use bdh::infer::{BatchScratch, Prepared, State};
+use bdh::infer::{Prepared, State};
 use bdh::io::checkpoint::load;
-use bdh::model::bdh::{Decay, NO_EDITS};
+use bdh::model::bdh::{Action, Decay, Edit, Edits, Site, NO_EDITS};
 use bdh::model::gpt::GptConfig;
 use bdh::{Model, ModelConfig};
 
@@ -18,12 +18,12 @@ fn diffs(a: &[f32], b: &[f32]) -> (f32, f32) {
 /// Runs `b` streams of the trained small model with prompts of different lengths
 /// for `steps` positions, stream k joining at step k and the first leaving halfway,
 /// batched and one by one; returns the worst logits and ρ differences.
-fn batched_vs_single(b: usize, steps: usize, decay: Decay) -> ((f32, f32), (f32, f32)) {
+fn batched_vs_single(b: usize, steps: usize, decay: Decay, edits: &Edits) -> ((f32, f32), (f32, f32)) {
     let Model::Bdh(mut model) = load(&golden_dir("ref-small-trained"), None).unwrap() else { unreachable!("BDH") };
     model.config.decay = decay;
     let prepared = Prepared::new(Model::Bdh(model)).unwrap();
-    let mut single = prepared.scratch(false);
-    let mut batch = BatchScratch::default();
+    let mut single = prepared.scratch();
+    let mut batch = prepared.scratch();
     let prompts: Vec<Vec<u32>> = (0..b).map(|k| tokens(3 + 7 * k, k as u64)).collect();
     let mut solo: Vec<State> = Vec::new();
     let mut together: Vec<State> = Vec::new();
@@ -39,9 +39,9 @@ fn batched_vs_single(b: usize, steps: usize, decay: Decay) -> ((f32, f32), (f32,
         let first = usize::from(step >= steps / 2); // the first stream has left
         let toks: Vec<u32> = (first..solo.len()).map(|k| tokens(1, (step * 31 + k) as u64)[0]).collect();
         let mut rows: Vec<&mut State> = together[first..].iter_mut().collect();
-        let out = prepared.step_batch(&mut rows, &mut batch, &toks).unwrap().to_vec();
+        let out = prepared.step(&mut rows, &mut batch, &toks, edits).unwrap().to_vec();
         for (i, k) in (first..solo.len()).enumerate() {
-            let one = prepared.step(&mut solo[k], &mut single, toks[i], &NO_EDITS).unwrap();
+            let one = prepared.step(&mut [&mut solo[k]], &mut single, &[toks[i]], edits).unwrap();
             worst(&mut logits, diffs(&out[i * 256..(i + 1) * 256], one));
         }
     }
@@ -56,7 +56,7 @@ fn batched_vs_single(b: usize, steps: usize, decay: Decay) -> ((f32, f32), (f32,
 #[test]
 fn batched_step_equals_single_steps_bit_for_bit_up_to_16_rows() {
     for decay in [Decay::None, Decay::Alibi] {
-        let (logits, rho) = batched_vs_single(16, 40, decay.clone());
+        let (logits, rho) = batched_vs_single(16, 40, decay.clone(), &NO_EDITS);
         println!(
             "B ≤ 16, decay {decay:?}: logits max abs {:.2e} rel {:.2e}; ρ max abs {:.2e} rel {:.2e}",
             logits.0, logits.1, rho.0, rho.1
@@ -67,26 +67,44 @@ fn batched_step_equals_single_steps_bit_for_bit_up_to_16_rows() {
 
 #[test]
 fn batched_step_of_many_rows_equals_single_steps() {
-    let (logits, rho) = batched_vs_single(24, 40, Decay::None);
+    let (logits, rho) = batched_vs_single(24, 40, Decay::None, &NO_EDITS);
     println!("B ≤ 24: logits max abs {:.2e} rel {:.2e}; ρ max abs {:.2e} rel {:.2e}", logits.0, logits.1, rho.0, rho.1);
     assert!(logits.1 < 1e-5 && rho.1 < 1e-5, "logits {logits:?}, ρ {rho:?}");
 }
 
 #[test]
-fn batched_step_refuses_bad_input_and_gpt() {
+fn batched_step_with_edits_equals_single_steps() {
+    // Every stream takes the same interventions, each at its own position.
+    let mut edits = Edits::new();
+    let edit =
+        |site, layer, head, neuron, action| Edit { site, layer: Some(layer), head, neuron, position: None, action };
+    edits.push(edit(Site::X, 0, Some(0), Some(3), Action::Zero));
+    edits.push(edit(Site::Y, 1, Some(1), None, Action::Set(0.5)));
+    edits.push(edit(Site::Xy, 0, None, Some(7), Action::Set(0.25)));
+    edits.push(edit(Site::Rho, 1, Some(2), Some(5), Action::Zero));
+    let (logits, rho) = batched_vs_single(5, 20, Decay::Alibi, &edits);
+    println!("B ≤ 5 with edits: logits max abs {:.2e}; ρ max abs {:.2e}", logits.0, rho.0);
+    assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));
+}
+
+#[test]
+fn batched_step_refuses_bad_input_and_gpt_batches() {
     let prepared = Prepared::new(load(&golden_dir("ref-tiny"), None).unwrap()).unwrap();
-    let mut batch = BatchScratch::default();
+    let mut batch = prepared.scratch();
     let (mut a, mut b) = (prepared.state().unwrap(), prepared.state().unwrap());
-    let err = prepared.step_batch(&mut [&mut a, &mut b], &mut batch, &[1]).unwrap_err();
+    let err = prepared.step(&mut [&mut a, &mut b], &mut batch, &[1], &NO_EDITS).unwrap_err();
     assert!(err.to_string().contains("2 states for 1 tokens"), "{err}");
-    let err = prepared.step_batch(&mut [&mut a], &mut batch, &[256]).unwrap_err();
+    let err = prepared.step(&mut [&mut a, &mut b], &mut batch, &[1, 256], &NO_EDITS).unwrap_err();
     assert!(err.to_string().contains("vocab_size"), "{err}");
-    assert_eq!(a.pos(), 0, "a refused step reads nothing");
-    assert!(prepared.step_batch(&mut [], &mut batch, &[]).unwrap().is_empty());
+    assert_eq!((a.pos(), b.pos()), (0, 0), "a refused step reads nothing, in any stream");
+    assert!(prepared.step(&mut [], &mut batch, &[], &NO_EDITS).unwrap().is_empty());
 
     let gpt = GptConfig { block_size: 8, vocab_size: 256, n_layer: 1, n_head: 1, n_embd: 8, dropout: 0.0, bias: false };
     let gpt = Prepared::new(Model::new(&ModelConfig::Gpt(gpt), 0).unwrap()).unwrap();
-    let mut g = gpt.state().unwrap();
-    let err = gpt.step_batch(&mut [&mut g], &mut batch, &[1]).unwrap_err();
-    assert!(err.to_string().contains("BDH"), "{err}");
+    let (mut g, mut h, mut scratch) = (gpt.state().unwrap(), gpt.state().unwrap(), gpt.scratch());
+    assert_eq!(gpt.step(&mut [&mut g], &mut scratch, &[1], &NO_EDITS).unwrap().len(), 256);
+    let err = gpt.step(&mut [&mut g, &mut h], &mut scratch, &[1, 2], &NO_EDITS).unwrap_err();
+    assert!(err.to_string().contains("one at a time"), "{err}");
+    let err = prepared.step(&mut [&mut g], &mut batch, &[1], &NO_EDITS).unwrap_err();
+    assert!(err.to_string().contains("another family"), "{err}");
 }

@@ -29,7 +29,7 @@ fn parallel(m: &Bdh, toks: &[u32], edits: &Edits) -> Vec<f32> {
 fn stepped(m: &Bdh, toks: &[u32], edits: &Edits) -> Vec<f32> {
     let Prepared::Bdh(p) = Prepared::new(Model::Bdh(m.clone())).unwrap() else { unreachable!("a BDH") };
     let (mut s, mut scratch) = (p.state().unwrap(), p.scratch());
-    toks.iter().flat_map(|&t| p.step(&mut s, &mut scratch, t, edits).unwrap().to_vec()).collect()
+    toks.iter().flat_map(|&t| p.step(&mut [&mut s], &mut scratch, &[t], edits).unwrap().to_vec()).collect()
 }
 
 /// Logits after the last token of a prefill with `edits`, (V).

@@ -185,8 +185,8 @@ fn out_of_range_tokens_and_wrong_lengths_are_errors() {
     let m = message(Activations::new(&model, 0, 4).unwrap_err());
     assert!(m.contains("empty batch"), "{m}");
     let prepared = Prepared::new(model).unwrap();
-    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
-    assert!(message(prepared.step(&mut state, &mut scratch, 300, &NO_EDITS).unwrap_err()).contains("300"));
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
+    assert!(message(prepared.step(&mut [&mut state], &mut scratch, &[300], &NO_EDITS).unwrap_err()).contains("300"));
     assert!(prepared.prefill(&mut state, &mut scratch, &[], &NO_EDITS).is_err());
     assert_eq!(state.pos(), 0, "a refused token is not read");
 }

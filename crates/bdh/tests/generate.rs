@@ -101,7 +101,7 @@ fn bad_sampling_options_are_rejected() {
 /// Generates from an empty state with `stops`, collecting what is emitted.
 fn run(prepared: &Prepared, cfg: &SamplingConfig, stops: &[String], emitted: &mut String) -> Output {
     let tok = Tokenizer::Bytes;
-    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     let g = Generation { max_tokens: 200, stops: stops.to_vec(), ..Generation::default() };
     let prompt = tok.encode("héllo".as_bytes());
     generate(prepared, &mut state, &mut scratch, &prompt, &g, &mut sampler(cfg.clone()), |s| {

@@ -35,13 +35,13 @@ fn kv_cache_steps_equal_the_parallel_forward_at_every_position_and_past_block_si
     model.params_mut().data_mut().iter_mut().for_each(|x| *x *= 10.0);
     let toks = tokens(block + 9, 4);
     let prepared = Prepared::new(model.clone()).unwrap();
-    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     let first = 4;
     let mut worst = 0.0f32;
     let mut got = prepared.prefill(&mut state, &mut scratch, &toks[..first], &NO_EDITS).unwrap().to_vec();
     for i in first - 1..toks.len() {
         if i >= first {
-            got = prepared.step(&mut state, &mut scratch, toks[i], &NO_EDITS).unwrap().to_vec();
+            got = prepared.step(&mut [&mut state], &mut scratch, &[toks[i]], &NO_EDITS).unwrap().to_vec();
         }
         // Past block_size, nanoGPT's generate reads the last block_size tokens.
         let window = &toks[(i + 1).saturating_sub(block)..=i];
@@ -98,7 +98,7 @@ fn a_prompt_longer_than_block_size_is_refused_and_generation_slides_past_it() {
     let model = gpt(tiny(8, false, 0.0), 5);
     let prepared = Prepared::new(model).unwrap();
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() }).unwrap();
-    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     let g = Generation { max_tokens: 20, ..Generation::default() };
     let e = generate(&prepared, &mut state, &mut scratch, &tokens(9, 1), &g, &mut sampler, |_| {
         std::ops::ControlFlow::Continue(())

@@ -231,7 +231,7 @@ fn influence_path_logits_are_those_of_the_path_removed() {
     }
     // With no edits, greedy decoding continues as the logits say.
     let prepared = bdh::infer::Prepared::new(Model::Bdh(m.clone())).unwrap();
-    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     let greedy = bdh::infer::SamplingConfig { temperature: 0.0, ..Default::default() };
     let mut sampler = bdh::infer::Sampler::new(greedy).unwrap();
     let gen = bdh::infer::Generation { max_tokens: 3, ..Default::default() };

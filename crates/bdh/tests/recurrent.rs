@@ -16,10 +16,11 @@ pub fn recurrent_vs_parallel(model: &Model, toks: &[u32], dense: bool) -> f32 {
     let mut acts = Activations::new(model, 1, toks.len()).unwrap();
     forward(model, toks, &mut acts, Mode::Eval).unwrap();
     let prepared = Prepared::new(model.clone()).unwrap();
-    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(dense));
+    let scratch = if dense { prepared.scratch().dense() } else { prepared.scratch() };
+    let (mut state, mut scratch) = (prepared.state().unwrap(), scratch);
     let mut worst = 0.0f32;
     for (t, &tok) in toks.iter().enumerate() {
-        let step = prepared.step(&mut state, &mut scratch, tok, &NO_EDITS).unwrap();
+        let step = prepared.step(&mut [&mut state], &mut scratch, &[tok], &NO_EDITS).unwrap();
         worst = worst.max(max_rel_diff(step, &acts.logits()[t * v..(t + 1) * v]));
     }
     worst
@@ -64,13 +65,13 @@ fn prefill_then_steps_equals_steps_alone() {
 fn prefill_then_steps(cfg: BdhConfig) {
     let prepared = Prepared::new(bdh_model(cfg, 7)).unwrap();
     let toks = tokens(40, 3);
-    let (mut a, mut sa) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut a, mut sa) = (prepared.state().unwrap(), prepared.scratch());
     // Two prefills: the second starts from a state the first left.
     prepared.prefill(&mut a, &mut sa, &toks[..12], &NO_EDITS).unwrap();
     prepared.prefill(&mut a, &mut sa, &toks[12..25], &NO_EDITS).unwrap();
-    let (mut b, mut sb) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut b, mut sb) = (prepared.state().unwrap(), prepared.scratch());
     for &t in &toks[..25] {
-        prepared.step(&mut b, &mut sb, t, &NO_EDITS).unwrap();
+        prepared.step(&mut [&mut b], &mut sb, &[t], &NO_EDITS).unwrap();
     }
     let (State::Bdh(ra), State::Bdh(rb)) = (&a, &b) else { unreachable!("a BDH") };
     let rho_diff = max_rel_diff(&ra.rho, &rb.rho);
@@ -78,8 +79,8 @@ fn prefill_then_steps(cfg: BdhConfig) {
     assert!(rho_diff < 5e-6, "ρ after prefill differs by {rho_diff}");
     assert_eq!(a.pos(), 25);
     for &t in &toks[25..] {
-        let la = prepared.step(&mut a, &mut sa, t, &NO_EDITS).unwrap().to_vec();
-        let lb = prepared.step(&mut b, &mut sb, t, &NO_EDITS).unwrap();
+        let la = prepared.step(&mut [&mut a], &mut sa, &[t], &NO_EDITS).unwrap().to_vec();
+        let lb = prepared.step(&mut [&mut b], &mut sb, &[t], &NO_EDITS).unwrap();
         let d = max_rel_diff(&la, lb);
         assert!(d < 5e-6, "logits differ by {d}");
     }
@@ -88,10 +89,10 @@ fn prefill_then_steps(cfg: BdhConfig) {
 #[test]
 fn state_memory_does_not_grow_with_context() {
     let prepared = Prepared::new(bdh_model(tiny_config(2, 32, 2, 8), 1)).unwrap();
-    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     let before = state.bytes();
     for &t in &tokens(500, 9) {
-        prepared.step(&mut state, &mut scratch, t, &NO_EDITS).unwrap();
+        prepared.step(&mut [&mut state], &mut scratch, &[t], &NO_EDITS).unwrap();
     }
     assert_eq!(state.bytes(), before);
     assert_eq!(before, 2 * 2 * 128 * 32 * 4);
@@ -117,13 +118,13 @@ fn a_stream_scored_in_chunks_with_the_state_carried_equals_one_pass() {
 #[test]
 fn a_state_refuses_to_read_past_two_to_the_24_positions() {
     let prepared = Prepared::new(bdh_model(tiny_config(1, 8, 2, 2), 1)).unwrap();
-    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     let State::Bdh(st) = &mut s else { unreachable!("a BDH") };
     st.pos = (1 << 24) - 2;
     // A prefill that would pass it is refused before reading anything.
     let err = prepared.prefill(&mut s, &mut scratch, &tokens(3, 1), &NO_EDITS).unwrap_err().to_string();
     assert!(err.contains("2^24") && s.pos() == (1 << 24) - 2, "{err}");
     prepared.prefill(&mut s, &mut scratch, &tokens(2, 1), &NO_EDITS).unwrap();
-    let err = prepared.step(&mut s, &mut scratch, 1, &NO_EDITS).unwrap_err().to_string();
+    let err = prepared.step(&mut [&mut s], &mut scratch, &[1], &NO_EDITS).unwrap_err().to_string();
     assert!(err.contains("2^24") && s.pos() == 1 << 24, "{err}");
 }

@@ -40,12 +40,12 @@ fn chunked_prefill(prepared: Prepared) {
     // A prompt several chunks long, and the same read token by token.
     let chunk = p.prefill_chunk();
     let toks = tokens(2 * chunk + 37, 5);
-    let (mut a, mut sa) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut a, mut sa) = (prepared.state().unwrap(), prepared.scratch());
     let chunked = prepared.prefill(&mut a, &mut sa, &toks, &NO_EDITS).unwrap().to_vec();
-    let (mut b, mut sb) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut b, mut sb) = (prepared.state().unwrap(), prepared.scratch());
     let mut stepped = Vec::new();
     for &t in &toks {
-        stepped = prepared.step(&mut b, &mut sb, t, &NO_EDITS).unwrap().to_vec();
+        stepped = prepared.step(&mut [&mut b], &mut sb, &[t], &NO_EDITS).unwrap().to_vec();
     }
     let (dl, dr) = (max_rel_diff(&chunked, &stepped), max_rel_diff(rho(&a), rho(&b)));
     println!("{} tokens in chunks of {chunk}: logits rel {dl:.2e}, ρ rel {dr:.2e}", toks.len());
@@ -55,7 +55,7 @@ fn chunked_prefill(prepared: Prepared) {
     let more = tokens(20, 6);
     let cont = prepared.prefill(&mut a, &mut sa, &more, &NO_EDITS).unwrap().to_vec();
     for &t in &more {
-        stepped = prepared.step(&mut b, &mut sb, t, &NO_EDITS).unwrap().to_vec();
+        stepped = prepared.step(&mut [&mut b], &mut sb, &[t], &NO_EDITS).unwrap().to_vec();
     }
     assert!(max_rel_diff(&cont, &stepped) < 5e-6);
 }
@@ -65,7 +65,7 @@ fn long_prompt_runs_in_bounded_memory() {
     // 20 kB of prompt: the chunk activations stay those of one chunk.
     let prepared = tiny_prepared(2);
     let Prepared::Bdh(p) = &prepared else { unreachable!("a BDH") };
-    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     let before = s.bytes();
     prepared.prefill(&mut s, &mut scratch, &tokens(20_000, 1), &NO_EDITS).unwrap();
     assert_eq!(s.pos(), 20_000);
@@ -76,7 +76,7 @@ fn long_prompt_runs_in_bounded_memory() {
 #[test]
 fn state_save_restore_and_fork() {
     let prepared = tiny_prepared(3);
-    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     prepared.prefill(&mut s, &mut scratch, &tokens(50, 2), &NO_EDITS).unwrap();
     let dir = temp_dir("state");
     let path = dir.path().join("session.safetensors");
@@ -85,10 +85,10 @@ fn state_save_restore_and_fork() {
     assert_eq!(restored, s, "bit-exact round trip");
     // A fork is a clone: both continue alike, and apart once fed differently.
     let mut fork = s.clone();
-    let a = prepared.step(&mut s, &mut scratch, 7, &NO_EDITS).unwrap().to_vec();
-    let b = prepared.step(&mut fork, &mut scratch, 7, &NO_EDITS).unwrap().to_vec();
+    let a = prepared.step(&mut [&mut s], &mut scratch, &[7], &NO_EDITS).unwrap().to_vec();
+    let b = prepared.step(&mut [&mut fork], &mut scratch, &[7], &NO_EDITS).unwrap().to_vec();
     assert_eq!(a, b);
-    prepared.step(&mut fork, &mut scratch, 8, &NO_EDITS).unwrap();
+    prepared.step(&mut [&mut fork], &mut scratch, &[8], &NO_EDITS).unwrap();
     assert_ne!(rho(&fork), rho(&s));
     // A state of another model is refused: of other sizes, or of the same sizes
     // with other weights.
@@ -104,7 +104,7 @@ fn state_save_restore_and_fork() {
 fn run(prepared: &Prepared, state: &mut State, prompt: &[u8], max_tokens: usize) -> Vec<u8> {
     let tok = Tokenizer::Bytes;
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() }).unwrap();
-    let mut scratch = prepared.scratch(false);
+    let mut scratch = prepared.scratch();
     let g = Generation { max_tokens, ..Generation::default() };
     let out =
         generate(prepared, state, &mut scratch, &tok.encode(prompt), &g, &mut sampler, |_| ControlFlow::Continue(()))
@@ -136,7 +136,7 @@ fn the_output_callback_stops_generation() {
     let prepared = tiny_prepared(4);
     let tok = Tokenizer::Bytes;
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() }).unwrap();
-    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch(false));
+    let (mut s, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
     let g = Generation { max_tokens: 4000, ..Generation::default() };
     let mut calls = 0;
     let out = generate(&prepared, &mut s, &mut scratch, &tok.encode(b"abc"), &g, &mut sampler, |_| {

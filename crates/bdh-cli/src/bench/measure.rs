@@ -161,7 +161,7 @@ impl GenerateResult {
 /// Greedy generation of `tokens` after a `prompt` (sparse recurrent steps).
 pub fn generate_speed(prepared: &Prepared, prompt: &[u8], tokens: usize) -> Result<GenerateResult> {
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() })?;
-    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
     let (tok, g) = (Tokenizer::Bytes, Generation { max_tokens: tokens, ..Generation::default() });
     let ids = tok.encode(prompt);
     let out = generate(prepared, &mut state, &mut scratch, &ids, &g, &mut sampler, |_| ControlFlow::Continue(()))?;
@@ -193,10 +193,11 @@ pub fn step_latency(prepared: &Prepared, sides: [StepSide; 2], window: usize) ->
     // Each side reads `context` greedy tokens first; the timed steps then feed both the
     // tokens side a chooses.
     let prime = |side: StepSide| -> Result<(State, Scratch, u32)> {
-        let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(side.dense));
+        let scratch = prepared.scratch();
+        let (mut state, mut scratch) = (prepared.state()?, if side.dense { scratch.dense() } else { scratch });
         let mut tok = b'\n' as u32;
         while state.pos() < side.context {
-            tok = argmax(prepared.step(&mut state, &mut scratch, tok, &NO_EDITS)?);
+            tok = argmax(prepared.step(&mut [&mut state], &mut scratch, &[tok], &NO_EDITS)?);
         }
         Ok((state, scratch, tok))
     };
@@ -210,12 +211,12 @@ pub fn step_latency(prepared: &Prepared, sides: [StepSide; 2], window: usize) ->
         for _ in 0..ROUND {
             fed.push(tok);
             let t0 = Instant::now();
-            tok = argmax(prepared.step(&mut sa, &mut ca, tok, &NO_EDITS)?);
+            tok = argmax(prepared.step(&mut [&mut sa], &mut ca, &[tok], &NO_EDITS)?);
             ta.push(t0.elapsed().as_secs_f64());
         }
         for &t in &fed {
             let t0 = Instant::now();
-            prepared.step(&mut sb, &mut cb, t, &NO_EDITS)?;
+            prepared.step(&mut [&mut sb], &mut cb, &[t], &NO_EDITS)?;
             tb.push(t0.elapsed().as_secs_f64());
         }
     }

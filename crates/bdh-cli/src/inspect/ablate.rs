@@ -331,7 +331,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
 fn greedy(model: &Bdh, prompt: &[u32], tokens: usize, edits: Edits) -> anyhow::Result<String> {
     use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
     let prepared = Prepared::new(bdh::Model::Bdh(model.clone()))?;
-    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() })?;
     let g = Generation { max_tokens: tokens, edits, ..Generation::default() };
     let out = generate(&prepared, &mut state, &mut scratch, prompt, &g, &mut sampler, |_| {

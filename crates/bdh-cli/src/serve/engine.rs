@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
-use bdh::infer::{BatchScratch, Decoding, Generation, Prepared, Sampler, State};
+use bdh::infer::{Decoding, Generation, Prepared, Sampler, State};
 use bdh::model::bdh::NO_EDITS;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -108,8 +108,7 @@ struct Live {
 /// Runs the loop until `jobs` is closed and no stream is left; `cancel` ends every
 /// stream at once (the end of a shutdown's grace period).
 pub fn run(prepared: Arc<Prepared>, sessions: Arc<Mutex<Sessions>>, jobs: Receiver<Job>, cancel: Arc<AtomicBool>) {
-    let mut scratch = prepared.scratch(false);
-    let mut batch = BatchScratch::default();
+    let mut scratch = prepared.scratch();
     let chunk = match &*prepared {
         Prepared::Bdh(p) => p.prefill_chunk(),
         Prepared::Gpt(_) => usize::MAX,
@@ -139,7 +138,7 @@ pub fn run(prepared: Arc<Prepared>, sessions: Arc<Mutex<Sessions>>, jobs: Receiv
         for l in extract(&mut live, |l| l.job.events.is_closed()) {
             give_back(&sessions, l.job);
         }
-        if let Err(e) = turn(&prepared, &mut live, &mut scratch, &mut batch, chunk, cancelled) {
+        if let Err(e) = turn(&prepared, &mut live, &mut scratch, chunk, cancelled) {
             for l in live.drain(..) {
                 let _ = l.job.events.send(Event::Failed(e.to_string()));
                 give_back(&sessions, l.job);
@@ -172,7 +171,6 @@ fn turn(
     prepared: &Prepared,
     live: &mut [Live],
     scratch: &mut bdh::infer::Scratch,
-    batch: &mut BatchScratch,
     chunk: usize,
     cancelled: bool,
 ) -> bdh::Result<()> {
@@ -203,7 +201,7 @@ fn turn(
         return Ok(());
     }
     let mut states: Vec<&mut State> = live.iter_mut().filter(|l| l.next.is_some()).map(|l| &mut l.job.state).collect();
-    let logits = prepared.step_batch(&mut states, batch, &tokens)?;
+    let logits = prepared.step(&mut states, scratch, &tokens, &NO_EDITS)?;
     let v = logits.len() / tokens.len();
     for (l, row) in live.iter_mut().filter(|l| l.next.is_some()).zip(logits.chunks_exact(v)) {
         l.next = None;

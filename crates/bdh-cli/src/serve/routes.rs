@@ -25,7 +25,7 @@ use super::engine::{Event, Job, Slot};
 use super::error::ApiError;
 use super::sessions::{lock, Sessions};
 
-use bdh::model::bdh::rope::MAX_POSITION;
+use bdh::model::MAX_POSITION;
 
 /// What every handler shares.
 pub struct App {

@@ -274,7 +274,7 @@ impl Corpus {
     pub fn stream_batch(&self, seed: u64, index: u64, b: usize, t: usize) -> Result<(Batch, bool)> {
         match self {
             Corpus::Synthetic(lang) => {
-                let per_pass = (crate::eval::MAX_STREAM / t).max(1) as u64;
+                let per_pass = (crate::model::MAX_POSITION / t).max(1) as u64;
                 let k = (index % per_pass) as usize;
                 let mut batch = Batch::default();
                 for row in 0..b {

@@ -74,7 +74,7 @@ pub fn generate(
     let t1 = Instant::now();
     let mut cancelled = false;
     while let Some(tok) = d.next_token(sampler) {
-        let Some(text) = d.read(prepared.step(state, scratch, tok, &g.edits)?) else { break };
+        let Some(text) = d.read(prepared.step(&mut [&mut *state], scratch, &[tok], &g.edits)?) else { break };
         if !text.is_empty() && emit(&text).is_break() {
             cancelled = true;
             break;

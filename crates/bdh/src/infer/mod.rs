@@ -4,10 +4,10 @@
 //! ```text
 //! let prepared = Prepared::new(model)?;          // once, shared (derived layouts made here)
 //! let mut state = prepared.state()?;             // per sequence: save, restore, clone to fork
-//! let mut scratch = prepared.scratch(false);     // per worker
+//! let mut scratch = prepared.scratch();           // per worker
 //! prepared.prefill(&mut state, &mut scratch, &prompt, &NO_EDITS)?;
-//! prepared.step(&mut state, &mut scratch, token, &NO_EDITS)?;
-//! prepared.step_batch(&mut [&mut a, &mut b], &mut batch_scratch, &[ta, tb])?; // BDH: B streams at once
+//! prepared.step(&mut [&mut state], &mut scratch, &[token], &NO_EDITS)?;   // one stream
+//! prepared.step(&mut [&mut a, &mut b], &mut scratch, &[ta, tb], &NO_EDITS)?; // BDH: B streams at once
 //! ```
 
 pub mod generate;
@@ -18,7 +18,6 @@ pub use sampler::{argmax, Sampler, SamplingConfig};
 
 use crate::error::Error;
 use crate::error::Result;
-pub use crate::model::bdh::BatchScratch;
 use crate::model::bdh::{self, Edits};
 use crate::model::gpt;
 use crate::model::{Model, ModelConfig};
@@ -48,6 +47,18 @@ pub enum Scratch {
     Bdh(Box<bdh::Scratch>),
     /// GPT's.
     Gpt(Box<gpt::Scratch>),
+}
+
+impl Scratch {
+    /// Scratch that touches every row of a BDH state and its weights instead of only
+    /// those of active neurons: the same numbers, a baseline for the sparse step (a
+    /// GPT's is unchanged).
+    pub fn dense(self) -> Self {
+        match self {
+            Scratch::Bdh(s) => Scratch::Bdh(Box::new(s.dense())),
+            gpt => gpt,
+        }
+    }
 }
 
 impl Prepared {
@@ -84,11 +95,9 @@ impl Prepared {
         }
     }
 
-    /// Scratch for one worker; `dense` touches every row of the state and weights
-    /// instead of only those of active neurons (a baseline for the sparse step).
-    pub fn scratch(&self, dense: bool) -> Scratch {
+    /// Scratch for one worker.
+    pub fn scratch(&self) -> Scratch {
         match self {
-            Prepared::Bdh(p) if dense => Scratch::Bdh(Box::new(p.scratch().dense())),
             Prepared::Bdh(p) => Scratch::Bdh(Box::new(p.scratch())),
             Prepared::Gpt(p) => Scratch::Gpt(Box::new(p.scratch())),
         }
@@ -113,44 +122,44 @@ impl Prepared {
         }
     }
 
-    /// Consumes one token and returns the logits for the next.
+    /// Consumes one token per stream (`tokens[b]` after what `states[b]` has read)
+    /// and returns the logits for the next token of every stream, (B, V); one stream
+    /// is a one-element call. BDH steps its streams together (see
+    /// [`bdh::Prepared::step`]); a GPT steps one stream at a time (its KV caches
+    /// differ in length from stream to stream).
     pub fn step<'s>(
         &self,
-        state: &mut State,
+        states: &mut [&mut State],
         scratch: &'s mut Scratch,
-        token: u32,
+        tokens: &[u32],
         edits: &Edits,
     ) -> Result<&'s [f32]> {
-        match (self, state, scratch) {
-            (Prepared::Bdh(p), State::Bdh(st), Scratch::Bdh(sc)) => p.step(st, sc, token, edits),
-            (Prepared::Gpt(p), State::Gpt(st), Scratch::Gpt(sc)) => {
+        match (self, scratch) {
+            (Prepared::Bdh(p), Scratch::Bdh(sc)) => {
+                let mut rows = Vec::with_capacity(states.len());
+                for st in states.iter_mut() {
+                    match st {
+                        State::Bdh(s) => rows.push(s),
+                        State::Gpt(_) => return Err(other_family()),
+                    }
+                }
+                p.step(&mut rows, sc, tokens, edits)
+            }
+            (Prepared::Gpt(p), Scratch::Gpt(sc)) => {
                 no_edits(edits)?;
-                p.step(st, sc, token)
+                match (states, tokens) {
+                    ([State::Gpt(st)], &[token]) => p.step(st, sc, token),
+                    ([_], [_]) => Err(other_family()),
+                    (states, tokens) if states.len() == 1 || tokens.len() == 1 => {
+                        Err(Error::Input(format!("step: {} states for {} tokens", states.len(), tokens.len())))
+                    }
+                    _ => {
+                        Err(Error::Input("a GPT's streams step one at a time; batched steps are for BDH models".into()))
+                    }
+                }
             }
             _ => Err(other_family()),
         }
-    }
-
-    /// [`Prepared::step`] of many streams at once, logits (B, V): see
-    /// [`bdh::Prepared::step_batch`]. A GPT is refused (its KV caches differ in length
-    /// from stream to stream).
-    pub fn step_batch<'s>(
-        &self,
-        states: &mut [&mut State],
-        scratch: &'s mut BatchScratch,
-        tokens: &[u32],
-    ) -> Result<&'s [f32]> {
-        let Prepared::Bdh(p) = self else {
-            return Err(Error::Input("batched steps are for BDH models; a GPT's streams step one at a time".into()));
-        };
-        let mut rows = Vec::with_capacity(states.len());
-        for st in states.iter_mut() {
-            match st {
-                State::Bdh(s) => rows.push(s),
-                State::Gpt(_) => return Err(other_family()),
-            }
-        }
-        p.step_batch(&mut rows, scratch, tokens)
     }
 }
 

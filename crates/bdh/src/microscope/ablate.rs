@@ -137,7 +137,7 @@ pub fn score_stepped(model: &Bdh, probe: &Probe, edits: &Edits) -> Result<Score>
     for (row, out) in probe.tokens.chunks(probe.t).zip(logits.chunks_mut(probe.t * v)) {
         let mut state = prepared.state()?;
         for (&tok, o) in row.iter().zip(out.chunks_mut(v)) {
-            o.copy_from_slice(prepared.step(&mut state, &mut scratch, tok, edits)?);
+            o.copy_from_slice(prepared.step(&mut [&mut state], &mut scratch, &[tok], edits)?);
         }
     }
     Ok(score_logits(probe, &logits, v))

@@ -132,7 +132,7 @@ pub fn induction(model: &Bdh, length: usize, sequences: usize, seed: u64) -> Res
         for hi in 0..h {
             let (mut ind, mut prev) = (0.0, 0.0);
             for b in 0..sequences {
-                let (i, p) = shares(&acts.scores[(((l * sequences + b) * h + hi) * t) * t..][..t * t], t, length);
+                let (i, p) = shares(&acts.scores(l)[((b * h + hi) * t) * t..][..t * t], t, length);
                 ind += i / sequences as f64;
                 prev += p / sequences as f64;
             }

@@ -231,7 +231,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
         let rho = (prefix(&pair.clean)?, prefix(&pair.corrupted)?);
         let last = *pair.corrupted.last().expect("non-empty");
         let mut step_diff = |state: &State| -> Result<f64> {
-            Ok(pair.diff(prepared.step(&mut state.clone(), &mut scratch, last, &NO_EDITS)?, v))
+            Ok(pair.diff(prepared.step(&mut [&mut state.clone()], &mut scratch, &[last], &NO_EDITS)?, v))
         };
         let (clean_step_diff, corrupt_step_diff) = (step_diff(&rho.0)?, step_diff(&rho.1)?);
         runs.push(Run { pair, clean, corrupted, clean_diff, corrupt_diff, rho, corrupt_step_diff, clean_step_diff });
@@ -280,7 +280,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
                 }
             }
             let last = *r.pair.corrupted.last().expect("non-empty");
-            let logits = prepared.step(&mut s, &mut scratch, last, &NO_EDITS)?;
+            let logits = prepared.step(&mut [&mut s], &mut scratch, &[last], &NO_EDITS)?;
             sum += r.pair.diff(logits, v) - r.corrupt_step_diff;
         }
         Ok(sum / step_gap)

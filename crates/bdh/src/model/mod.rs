@@ -288,6 +288,31 @@ pub fn backward(model: &Model, acts: &Activations, targets: &[u32], grads: &mut 
     }
 }
 
+/// Positions a stream may reach: past 2²⁴ a position is no longer exact in f32,
+/// and with it the RoPE phases, so a state refuses to read further.
+pub const MAX_POSITION: usize = 1 << 24;
+
+/// Checks token ids against a vocabulary of `vocab`: the one check of every entry
+/// point that takes tokens (`what` names it in the error).
+pub(crate) fn check_tokens(tokens: &[u32], vocab: usize, what: &str) -> Result<()> {
+    match tokens.iter().find(|&&tok| tok as usize >= vocab) {
+        Some(bad) => Err(Error::Input(format!("{what}: token id {bad} ≥ vocab_size {vocab}"))),
+        None => Ok(()),
+    }
+}
+
+/// Checks that a stream at position `pos` may read `more` tokens without passing
+/// [`MAX_POSITION`]: the one position bound of every path that reads tokens.
+pub fn check_positions(pos: usize, more: usize, what: &str) -> Result<()> {
+    if pos.saturating_add(more) > MAX_POSITION {
+        return Err(Error::Input(format!(
+            "{what}: a state at position {pos} cannot read {more} more token(s): past 2^24 ({MAX_POSITION}) \
+             positions are no longer exact in f32"
+        )));
+    }
+    Ok(())
+}
+
 /// A zeroed buffer of `dims` values, or an error (not an abort) if its size
 /// overflows or cannot be allocated. Callers check the memory a whole set of
 /// buffers needs against the machine first ([`crate::memory::ensure_fits`]).

@@ -295,7 +295,7 @@ pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Resul
     }
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.8, top_k: 40, seed, ..SamplingConfig::default() })?;
     let prepared = Prepared::new(model.clone())?;
-    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch(false));
+    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
     let tok = corpus.tokenizer();
     let g = Generation { max_tokens: tokens, tokenizer: tok.clone(), ..Generation::default() };
     let out = generate(&prepared, &mut state, &mut scratch, &tok.encode(prompt.as_bytes()), &g, &mut sampler, |_| {

@@ -5,16 +5,16 @@
 
 use bdh_kernels::{
     add_groups, causal_linear_attention_backward, gated_product, gated_product_backward, layer_norm_backward, matmul,
-    matmul_batched, rope, scale_rows, transpose, Attention, AttentionSaved, Batch, MatMul, RopeDirection,
+    matmul_batched, rope, transpose, Attention, AttentionSaved, Batch, MatMul, RopeDirection,
 };
 
 use super::decay::DecayTable;
-use super::forward::{check_tokens, Activations, Dims};
+use super::forward::{Activations, Dims};
 use super::params::WeightsMut;
 use super::Bdh;
 use crate::error::{Error, Result};
 use crate::model::loss::{cross_entropy, cross_entropy_backward};
-use crate::model::zeroed;
+use crate::model::{check_tokens, zeroed};
 use crate::params::Params;
 
 /// Scratch buffers of the backward, sized once per (B, T).
@@ -80,7 +80,11 @@ impl Backward {
 
 /// Mean cross-entropy of the last forward's logits against `targets` (B, T).
 pub fn loss(acts: &Activations, targets: &[u32]) -> Result<f32> {
-    check_tokens(targets, &acts.dims, "targets")?;
+    let Dims { b, t, v, .. } = acts.dims;
+    if targets.len() != b * t {
+        return Err(Error::Input(format!("targets: {} ids for a batch of B={b} × T={t}", targets.len())));
+    }
+    check_tokens(targets, v, "targets")?;
     Ok(cross_entropy(&acts.logits, targets, acts.dims.v))
 }
 
@@ -99,7 +103,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     let loss = loss(acts, targets)?;
     let dm = acts.dims;
     let Dims { b, t, d, h, n, v: vocab, l: layers } = dm;
-    let (bt, bhtn, bhtd) = (b * t, b * h * t * n, b * h * t * d);
+    let bt = b * t;
     let p = model.weights();
     let g = WeightsMut::of(grads);
     transpose(&mut s.lm_head_t, p.lm_head, d, vocab);
@@ -120,17 +124,15 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     matmul(&mut s.dv, &s.dlogits, &s.lm_head_t, MatMul::new(bt, vocab, d).par());
 
     for l in (0..layers).rev() {
-        let v_in = acts.residual(l);
-        let (x, xr, y) = (&acts.x[l * bhtn..][..bhtn], &acts.xr[l * bhtn..][..bhtn], &acts.y[l * bhtn..][..bhtn]);
-        let keep = if acts.dropout { &acts.keep[l * bhtn..][..bhtn] } else { &[][..] };
-        let (a, rstd_a) = (&acts.a[l * bhtd..][..bhtd], &acts.rstd_a[l * b * h * t..][..b * h * t]);
-        let scores = &acts.scores[l * b * h * t * t..][..b * h * t * t];
+        let (v_in, layer) = (acts.residual(l), &acts.layers[l]);
+        let (x, xr, y, a, rstd_a, scores) = (&layer.x, &layer.xr, &layer.y, &layer.a, &layer.rstd_a, &layer.scores);
+        let keep = if acts.dropout { &layer.keep[..] } else { &[][..] };
 
         // v_out = LN(v_in + w)  ⇒  dv (residual path) = dw = LN'(dv_out)
-        layer_norm_backward(&mut s.dv, acts.residual(l + 1), &acts.rstd_v[(l + 1) * bt..(l + 2) * bt], d);
+        layer_norm_backward(&mut s.dv, &layer.v, &layer.rstd_v, d);
         // w = LN(u)  ⇒  du = LN'(dw)
         s.du.copy_from_slice(&s.dv);
-        layer_norm_backward(&mut s.du, &acts.w[l * bt * d..(l + 1) * bt * d], &acts.rstd_w[l * bt..(l + 1) * bt], d);
+        layer_norm_backward(&mut s.du, &layer.w, &layer.rstd_w, d);
 
         // Batch rows are independent until the weight gradients sum them: each row's
         // chain is one task, its gradients in cache from one kernel to the next.
@@ -162,7 +164,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     }
 
     // v = LN(embed[idx])  ⇒  d embed[idx] += LN'(dv)
-    layer_norm_backward(&mut s.dv, acts.residual(0), &acts.rstd_v[..bt], d);
+    layer_norm_backward(&mut s.dv, &acts.v0, &acts.rstd_v0, d);
     for (row, &tok) in s.dv.chunks_exact(d).zip(&acts.tokens) {
         let e = &mut g.embed[tok as usize * d..(tok as usize + 1) * d];
         e.iter_mut().zip(row).for_each(|(o, &gv)| *o += gv);
@@ -274,10 +276,8 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
         // attention += R(x) · ρ₀ (a carried state, held constant)  ⇒  d R(x) = d attention · ρ₀ᵀ,
         // dx += [x > 0] ⊙ Rᵀ (d attention · ρ₀ᵀ)
         matmul_batched(r.dq, r.da, rho0, MatMul::new(t, d, n).b_t(), heads(dt, [0, n * d], nt));
-        if decay.is_some() {
-            // the read at i was γ^(i+1) R(x_i) · ρ₀
-            scale_rows(r.dq, &decay.read, h, t, n);
-        }
+        // the read at i was γ^(i+1) R(x_i) · ρ₀ (the damping site)
+        decay.read_backward(r.dq, (h, t, n));
         rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
         for ((g, &back), &xv) in r.dx.iter_mut().zip(r.dq0.iter()).zip(x) {
             if xv > 0.0 {

@@ -1,9 +1,39 @@
-//! Powers of each head's retention γ_h over the T positions of a pass, for the
-//! decay of a carried state: token i of a chunk reads ρ₀ faded by γ^(i+1), and after
-//! the chunk ρ = γ^T ρ₀ + Σ_i γ^(T−1−i) R(x_i) ⊗ v_i — what T recurrent steps of
+//! The state's damping site: how ρ fades from one token to the next (the decay).
+//!
+//! With a retention γ_h per head, the recurrent step fades ρ before each read,
+//! `ρ ← γ_h ρ` ([`Damping::step`]), and the parallel form weights the score of
+//! positions t−τ apart by γ_h^(t−τ) (the attention kernels take γ). A carried state
+//! needs the powers of γ over the T positions of a pass ([`DecayTable`]): token i of
+//! a chunk reads ρ₀ faded by γ^(i+1), and after the chunk
+//! ρ = γ^T ρ₀ + Σ_i γ^(T−1−i) R(x_i) ⊗ v_i — what T recurrent steps of
 //! `ρ ← γ ρ; read; ρ += R(x) ⊗ v` leave. Powers are formed in f64, then rounded.
+//! The forward ([`DecayTable::weighted`]), the backward ([`DecayTable::read_backward`])
+//! and the step all take the decay from here.
+
+use bdh_kernels::{decay_state, scale_rows};
 
 use super::config::Decay;
+
+/// The damping of a model's recurrent step: γ_h per head, or none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Damping {
+    retention: Vec<f32>, // (H) γ_h, or empty without decay
+}
+
+impl Damping {
+    /// The damping of `decay` for `heads` heads.
+    pub fn new(decay: &Decay, heads: usize) -> Self {
+        Damping { retention: decay.retention(heads) }
+    }
+
+    /// ρ ← γ_h ρ of head `head` before its read (nothing without decay, or with
+    /// γ_h = 1): every row fades, so this touches the whole (N, D) state.
+    pub fn step(&self, head: usize, rho: &mut [f32]) {
+        if let Some(&gamma) = self.retention.get(head).filter(|&&g| g != 1.0) {
+            decay_state(rho, gamma);
+        }
+    }
+}
 
 /// The powers for one model and one T; empty without decay.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -42,5 +72,39 @@ impl DecayTable {
     /// Whether the state decays.
     pub fn is_some(&self) -> bool {
         !self.gamma.is_empty()
+    }
+
+    /// The rotated neurons `xr` (B, H, T, N) with row i of head h times
+    /// `powers[h, i]` (the table's `read` or `write`), made in `buf`; `xr` itself
+    /// without decay: the queries of a carried state's read and the keys of the
+    /// chunk's write into it.
+    pub fn weighted<'a>(
+        &self,
+        buf: &'a mut [f32],
+        xr: &'a [f32],
+        powers: &[f32],
+        (h, t, n): (usize, usize, usize),
+    ) -> &'a [f32] {
+        if !self.is_some() {
+            return xr;
+        }
+        buf.copy_from_slice(xr);
+        scale_rows(buf, powers, h, t, n);
+        buf
+    }
+
+    /// The gradient through [`DecayTable::weighted`] with the `read` powers:
+    /// `dq` (H, T, N) of the weighted queries becomes that of `xr`.
+    pub fn read_backward(&self, dq: &mut [f32], (h, t, n): (usize, usize, usize)) {
+        if self.is_some() {
+            scale_rows(dq, &self.read, h, t, n);
+        }
+    }
+
+    /// ρ₀ ← γ^T ρ₀ (B, H, N, D): what is left of a carried state after the chunk.
+    pub fn fade_whole(&self, rho: &mut [f32], (h, nd): (usize, usize)) {
+        if self.is_some() {
+            scale_rows(rho, &self.whole, h, 1, nd);
+        }
     }
 }

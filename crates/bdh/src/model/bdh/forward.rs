@@ -1,12 +1,31 @@
-//! The parallel forward pass, line for line beside bdh.py's `BDH.forward`.
+//! The parallel forward pass, line for line beside bdh.py's `BDH.forward` and the
+//! paper's BDH-GPU (Def. 4: Eq. 4, the parallel form, and Eq. 8, the recurrent one).
 //!
-//! Every activation the backward needs lives in an [`Activations`] sized once per
-//! (B, T); a step allocates nothing. The kernels split the work over (B, H) and row
-//! blocks themselves.
+//! Names: bdh.py's, the paper's and ours.
+//!
+//! | bdh.py                      | paper (Eq. 4, 8)          | here        | shape          |
+//! |-----------------------------|---------------------------|-------------|----------------|
+//! | `idx`                       | token_τ                   | `tokens`    | (B, T)         |
+//! | `x` (the residual stream)   | v_{t,l−1}                 | `v`         | (B, T, D)      |
+//! | `x_sparse`                  | x_{t,l}                   | `x`         | (B, H, T, N)   |
+//! | `QR` = `KR` (in `Attention`)| R_t x_{t,l} (U = RoPE)    | `xr`        | (B, H, T, N)   |
+//! | `(QR @ KR.mT).tril(-1)`     | x_τᵀ U^(t−τ) x_t          | `scores`    | (B, H, T, T)   |
+//! | `ln(yKV)`                   | LN(a_{t,l})               | `a`         | (B, H, T, D)   |
+//! | `y_sparse`                  | (D_y LN(a))^+             | `y`         | (B, H, T, N)   |
+//! | `drop(xy_sparse)`           | y_{t,l}                   | `z`         | (B, H, T, N)   |
+//! | `ln(yMLP)`                  | LN(E y_{t,l})             | `w`         | (B, T, D)      |
+//! | `embed`, `lm_head`          | f_e, f_d                  | same        | (V, D), (D, V) |
+//! | `encoder`                   | D_x                       | `encoder`   | (H, D, N)      |
+//! | `encoder_v`                 | D_y                       | `encoder_v` | (H, D, N)      |
+//! | `decoder`                   | E                         | `decoder`   | (H·N, D)       |
+//! | (the state)                 | ρ_{t,l} (Eq. 5)           | `rho`       | (B, H, N, D)   |
+//!
+//! Every activation the backward needs lives in an [`Activations`] (one [`Layer`]
+//! per layer) sized once per (B, T); a step allocates nothing. The kernels split the
+//! work over (B, H) and row blocks themselves.
 
 use bdh_kernels::{
-    add, causal_linear_attention, gated_product, layer_norm, matmul, matmul_batched, scale_rows, Attention, Batch,
-    MatMul,
+    add, causal_linear_attention, gated_product, layer_norm, matmul, matmul_batched, Attention, Batch, MatMul,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -15,10 +34,11 @@ use super::decay::DecayTable;
 use super::edit::{Edits, Region, Site, NO_EDITS};
 use super::params::Weights;
 use super::recurrent::State;
-use super::rope::{RopeTable, MAX_POSITION};
+use super::rope::RopeTable;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
-use crate::model::{zeroed, Mode};
+use crate::model::{check_positions, check_tokens, zeroed, Mode};
+use std::ops::Range;
 
 /// Sizes of one forward pass: B, T and the model's D, H, N, V, L.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,22 +114,81 @@ pub struct Activations {
     pub(crate) decay: DecayTable,            // the retention's powers over T (empty without decay)
     pub(crate) frozen: Option<&'static str>, // why the last forward has no backward
     pub(crate) rho0: Vec<f32>,               // (L, B, H, N, D) ρ a train-mode pass started from; else empty
+    pub(crate) dropout: bool,                // the last forward drew the layers' `keep`
     pub(crate) tokens: Vec<u32>,             // (B, T)
-    pub(crate) v: Vec<f32>,                  // (L+1, B, T, D) residual stream into each layer, then the output
-    pub(crate) rstd_v: Vec<f32>,             // (L+1, B, T)
-    pub(crate) x: Vec<f32>,                  // (L, B, H, T, N) sparse neurons
-    pub(crate) xr: Vec<f32>,                 // (L, B, H, T, N) x rotated by RoPE
-    pub(crate) scores: Vec<f32>,             // (L, B, H, T, T) tril₋₁(xr xrᵀ), ⊙ γ^(t−τ) with a decay
-    pub(crate) a: Vec<f32>,                  // (L, B, H, T, D) attention output after LN
-    pub(crate) rstd_a: Vec<f32>,             // (L, B, H, T)
-    pub(crate) y: Vec<f32>,                  // (L, B, H, T, N)
-    pub(crate) keep: Vec<f32>,               // (L, B, H, T, N) dropout scale 0 or 1/(1−p); empty until used
-    pub(crate) dropout: bool,                // the last forward drew `keep` (an eval pass leaves it stale)
+    pub(crate) v0: Vec<f32>,                 // (B, T, D) LN(embed[tokens]): the residual into layer 0
+    pub(crate) rstd_v0: Vec<f32>,            // (B, T)
+    pub(crate) layers: Vec<Layer>,           // (L)
     pub(crate) z: Vec<f32>,                  // (B, H, T, N) scratch: dropout(x ⊙ y) of the current layer
-    pub(crate) w: Vec<f32>,                  // (L, B, T, D) LN(decoder output)
-    pub(crate) rstd_w: Vec<f32>,             // (L, B, T)
     /// Output of the last forward, (B, T, V).
     pub logits: Vec<f32>,
+}
+
+/// What one layer's forward keeps, for every batch row.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub(crate) x: Vec<f32>,      // (B, H, T, N) sparse neurons
+    pub(crate) xr: Vec<f32>,     // (B, H, T, N) x rotated by RoPE
+    pub(crate) scores: Vec<f32>, // (B, H, T, T) tril₋₁(xr xrᵀ), ⊙ γ^(t−τ) with a decay
+    pub(crate) a: Vec<f32>,      // (B, H, T, D) attention output after LN
+    pub(crate) rstd_a: Vec<f32>, // (B, H, T)
+    pub(crate) y: Vec<f32>,      // (B, H, T, N)
+    pub(crate) keep: Vec<f32>,   // (B, H, T, N) dropout scale 0 or 1/(1−p); empty until used
+    pub(crate) w: Vec<f32>,      // (B, T, D) LN(decoder output)
+    pub(crate) rstd_w: Vec<f32>, // (B, T)
+    pub(crate) v: Vec<f32>,      // (B, T, D) the residual stream leaving the layer
+    pub(crate) rstd_v: Vec<f32>, // (B, T)
+}
+
+impl Layer {
+    fn new(Dims { b, t, d, h, n, .. }: Dims) -> Result<Self> {
+        Ok(Layer {
+            x: zeroed(&[b, h, t, n])?,
+            xr: zeroed(&[b, h, t, n])?,
+            scores: zeroed(&[b, h, t, t])?,
+            a: zeroed(&[b, h, t, d])?,
+            rstd_a: zeroed(&[b, h, t])?,
+            y: zeroed(&[b, h, t, n])?,
+            keep: Vec::new(),
+            w: zeroed(&[b, t, d])?,
+            rstd_w: zeroed(&[b, t])?,
+            v: zeroed(&[b, t, d])?,
+            rstd_v: zeroed(&[b, t])?,
+        })
+    }
+
+    /// This layer's buffers for batch rows `rows`, reading the residual `v_in`
+    /// (all B rows) and using `z` (all B rows) as scratch;
+    /// `dropout`: whether this pass draws masks into `keep`.
+    fn rows<'a>(
+        &'a mut self,
+        rows: Range<usize>,
+        v_in: &'a [f32],
+        z: &'a mut [f32],
+        dm: Dims,
+        dropout: bool,
+    ) -> LayerRows<'a> {
+        let Dims { t, d, h, n, .. } = dm;
+        let (htn, htd, htt) = (h * t * n, h * t * d, h * t * t);
+        let of = |per_row: usize| rows.start * per_row..rows.end * per_row;
+        let keep = if dropout { &mut self.keep[of(htn)] } else { &mut [][..] };
+        LayerRows {
+            dims: Dims { b: rows.len(), ..dm },
+            v_in: &v_in[of(t * d)],
+            v_out: &mut self.v[of(t * d)],
+            rstd_out: &mut self.rstd_v[of(t)],
+            x: &mut self.x[of(htn)],
+            xr: &mut self.xr[of(htn)],
+            scores: &mut self.scores[of(htt)],
+            a: &mut self.a[of(htd)],
+            rstd_a: &mut self.rstd_a[of(h * t)],
+            y: &mut self.y[of(htn)],
+            keep,
+            z: &mut z[of(htn)],
+            w: &mut self.w[of(t * d)],
+            rstd_w: &mut self.rstd_w[of(t)],
+        }
+    }
 }
 
 impl Activations {
@@ -135,20 +214,12 @@ impl Activations {
             decay: DecayTable::new(&model.config.decay, h, t),
             rho0: Vec::new(),
             frozen: None,
-            tokens: vec![0; b * t],
-            v: zeroed(&[l + 1, b, t, d])?,
-            rstd_v: zeroed(&[l + 1, b, t])?,
-            x: zeroed(&[l, b, h, t, n])?,
-            xr: zeroed(&[l, b, h, t, n])?,
-            scores: zeroed(&[l, b, h, t, t])?,
-            a: zeroed(&[l, b, h, t, d])?,
-            rstd_a: zeroed(&[l, b, h, t])?,
-            y: zeroed(&[l, b, h, t, n])?,
-            keep: Vec::new(),
             dropout: false,
+            tokens: vec![0; b * t],
+            v0: zeroed(&[b, t, d])?,
+            rstd_v0: zeroed(&[b, t])?,
+            layers: (0..l).map(|_| Layer::new(dm)).collect::<Result<_>>()?,
             z: zeroed(&[b, h, t, n])?,
-            w: zeroed(&[l, b, t, d])?,
-            rstd_w: zeroed(&[l, b, t])?,
             logits: zeroed(&[b, t, v])?,
         })
     }
@@ -167,116 +238,130 @@ impl Activations {
     /// The residual stream leaving layer `l − 1` (entering layer `l`), (B, T, D);
     /// `l = L` is the final one that `lm_head` reads.
     pub fn residual(&self, l: usize) -> &[f32] {
-        let size = self.dims.b * self.dims.t * self.dims.d;
-        &self.v[l * size..(l + 1) * size]
+        if l == 0 {
+            &self.v0
+        } else {
+            &self.layers[l - 1].v
+        }
     }
 
     /// x of layer `l`, (B, H, T, N).
     pub fn x(&self, l: usize) -> &[f32] {
-        &self.x[self.neurons(l)]
+        &self.layers[l].x
     }
 
     /// x rotated by RoPE of layer `l`, (B, H, T, N).
     pub fn x_rotated(&self, l: usize) -> &[f32] {
-        &self.xr[self.neurons(l)]
+        &self.layers[l].xr
     }
 
     /// The attention scores of layer `l`, `tril₋₁(R(x) R(x)ᵀ)` (times γ^(t−τ) with a
     /// decay), (B, H, T, T).
     pub fn scores(&self, l: usize) -> &[f32] {
-        let Dims { b, h, t, .. } = self.dims;
-        &self.scores[l * b * h * t * t..(l + 1) * b * h * t * t]
+        &self.layers[l].scores
     }
 
     /// y of layer `l`, (B, H, T, N).
     pub fn y(&self, l: usize) -> &[f32] {
-        &self.y[self.neurons(l)]
-    }
-
-    /// Layer `l`'s buffers for batch rows `rows`, and the RoPE and decay tables.
-    fn layer_rows(&mut self, l: usize, rows: std::ops::Range<usize>) -> (LayerRows<'_>, (&RopeTable, &DecayTable)) {
-        let Dims { b, t, d, h, n, .. } = self.dims;
-        let g = rows.len();
-        let at = |per_row: usize, layer_stride_rows: usize| l * layer_stride_rows * per_row + rows.start * per_row;
-        let (htn, htd, htt) = (h * t * n, h * t * d, h * t * t);
-        let (v_in, v_out) = self.v[at(t * d, b)..].split_at_mut(b * t * d);
-        let keep = if !self.dropout { &mut [][..] } else { &mut self.keep[at(htn, b)..][..g * htn] };
-        let view = LayerRows {
-            dims: Dims { b: g, ..self.dims },
-            v_in: &v_in[..g * t * d],
-            v_out: &mut v_out[..g * t * d],
-            rstd_out: &mut self.rstd_v[at(t, b) + b * t..][..g * t],
-            x: &mut self.x[at(htn, b)..][..g * htn],
-            xr: &mut self.xr[at(htn, b)..][..g * htn],
-            scores: &mut self.scores[at(htt, b)..][..g * htt],
-            a: &mut self.a[at(htd, b)..][..g * htd],
-            rstd_a: &mut self.rstd_a[at(h * t, b)..][..g * h * t],
-            y: &mut self.y[at(htn, b)..][..g * htn],
-            keep,
-            z: &mut self.z[rows.start * htn..][..g * htn],
-            w: &mut self.w[at(t * d, b)..][..g * t * d],
-            rstd_w: &mut self.rstd_w[at(t, b)..][..g * t],
-        };
-        (view, (&self.rope, &self.decay))
-    }
-
-    fn neurons(&self, l: usize) -> std::ops::Range<usize> {
-        let Dims { b, h, t, n, .. } = self.dims;
-        l * b * h * t * n..(l + 1) * b * h * t * n
+        &self.layers[l].y
     }
 }
 
-/// Checks a (B, T) batch of token ids against the vocabulary and the buffers.
-pub(crate) fn check_tokens(tokens: &[u32], dims: &Dims, what: &str) -> Result<()> {
-    if tokens.len() != dims.b * dims.t {
-        return Err(Error::Input(format!("{what}: {} ids for a batch of B={} × T={}", tokens.len(), dims.b, dims.t)));
+/// Runs the model on `tokens` (B, T) and fills `acts`, `acts.logits` included:
+/// bdh.py's `BDH.forward`, line for line.
+pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'_>) -> Result<()> {
+    let Pass { mode, edits, mut state } = pass;
+    let Setup { pos0, dropout } = begin(model, tokens, acts, mode, edits, state.as_deref())?;
+    let dm = acts.dims;
+    let Dims { b, t, d, h, v: vocab, l: layers, .. } = dm;
+    let p = model.weights();
+
+    // v = LN(embed[idx])                              v_{τ,0} = f_e(token_τ)    (B, T, D)
+    for (row, &tok) in acts.v0.chunks_exact_mut(d).zip(tokens) {
+        row.copy_from_slice(&p.embed[tok as usize * d..(tok as usize + 1) * d]);
     }
-    if let Some(&bad) = tokens.iter().find(|&&tok| tok as usize >= dims.v) {
-        return Err(Error::Input(format!("{what}: token id {bad} ≥ vocab_size {}", dims.v)));
+    layer_norm(&mut acts.v0, &mut acts.rstd_v0, d);
+
+    // The heads of a batch row are independent until the decoder sums them: a few
+    // rows at a time keeps a group's activations in cache from one kernel to the next.
+    let group = bdh_kernels::rows_per_group(h);
+    let (rope, decay, drawn) = (&acts.rope, &acts.decay, acts.dropout);
+    for l in 0..layers {
+        let (before, after) = acts.layers.split_at_mut(l);
+        let v_in = before.last().map_or(&acts.v0[..], |prev| &prev.v[..]);
+        let layer = &mut after[0];
+        for r0 in (0..b).step_by(group) {
+            let rows = r0..(r0 + group).min(b);
+            let stream = ((l * b + r0) * h) as u64;
+            let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
+            let rho = state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone()));
+            let at = layer.rows(rows, v_in, &mut acts.z, dm, drawn);
+            heads(&p, at, l, Extras { rope, decay, edits, pos0, dropout, rho });
+        }
+        mix(&p, layer.rows(0..b, v_in, &mut acts.z, dm, drawn));
+        let out = Region { head0: 0, heads: 1, pos0, t, n: d, width: 1 };
+        edits.apply(Site::Out, l, &mut layer.v, out);
     }
+    if let Some(state) = state {
+        state.pos += t;
+    }
+
+    // logits = v · lm_head                            f_d(v_{t,L})              (B, T, V)
+    let v_last = acts.layers.last().map_or(&acts.v0, |last| &last.v);
+    matmul(&mut acts.logits, v_last, p.lm_head, MatMul::new(b * t, d, vocab).par());
     Ok(())
 }
 
-/// Runs the model on `tokens` (B, T) and fills `acts`, `acts.logits` included.
-pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'_>) -> Result<()> {
+/// What [`begin`] decided for a pass.
+struct Setup {
+    pos0: usize,                 // the position of the first token
+    dropout: Option<(u64, f32)>, // (seed, probability) of this pass's masks
+}
+
+/// Everything a forward does before the math: checks the inputs, brings the RoPE
+/// and decay tables to the pass's positions, makes room for dropout masks, keeps ρ₀
+/// of a carried state for the backward and records whether a backward may follow.
+fn begin(
+    model: &Bdh,
+    tokens: &[u32],
+    acts: &mut Activations,
+    mode: Mode,
+    edits: &Edits,
+    state: Option<&State>,
+) -> Result<Setup> {
     let dm = acts.dims;
-    let Dims { b, t, d, h, n, v: vocab, l: layers } = dm;
-    check_tokens(tokens, &dm, "forward")?;
-    let Pass { mode, edits, mut state } = pass;
+    if tokens.len() != dm.b * dm.t {
+        return Err(Error::Input(format!("forward: {} ids for a batch of B={} × T={}", tokens.len(), dm.b, dm.t)));
+    }
+    check_tokens(tokens, dm.v, "forward")?;
     if edits.touches(Site::Rho) {
         return Err(Error::Input("ρ edits apply to the recurrent step, not the parallel forward".into()));
     }
     edits.validate(&model.config)?;
-    let pos0 = match &state {
-        Some(s) => s.check_rows(&model.config, b).map(|_| s.pos)?,
+    let pos0 = match state {
+        Some(s) => s.check_rows(&model.config, dm.b).map(|_| s.pos)?,
         None => 0,
     };
-    if pos0.saturating_add(t) > MAX_POSITION {
-        return Err(Error::Input(format!(
-            "a state at position {pos0} cannot read {t} more tokens: past 2^24 ({MAX_POSITION}) positions are no \
-             longer exact in f32"
-        )));
-    }
-    let p = model.weights();
-    let bt = b * t;
+    check_positions(pos0, dm.t, "forward")?;
     let dropout = match mode {
         Mode::Train { seed } if model.config.dropout > 0.0 => Some((seed, model.config.dropout)),
         _ => None,
     };
-    if dropout.is_some() && acts.keep.is_empty() {
-        acts.keep = zeroed(&[layers, b, h, t, n])?;
+    for layer in acts.layers.iter_mut().filter(|l| dropout.is_some() && l.keep.is_empty()) {
+        layer.keep = zeroed(&[dm.b, dm.h, dm.t, dm.n])?;
     }
+    // (an eval pass leaves the masks of an earlier training pass unused)
     acts.dropout = dropout.is_some();
     if acts.rope.start != pos0 {
-        acts.rope = RopeTable::new(&model.freqs, pos0, t);
+        acts.rope = RopeTable::new(&model.freqs, pos0, dm.t);
     }
     if acts.decay.of != model.config.decay {
-        acts.decay = DecayTable::new(&model.config.decay, h, t);
+        acts.decay = DecayTable::new(&model.config.decay, dm.h, dm.t);
     }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");
     acts.rho0.clear();
-    match (&state, mode) {
+    match (state, mode) {
         // ρ at the start, for the gradient through its read (the state itself moves
         // on); only a training pass keeps it, so inference never copies ρ.
         (Some(s), Mode::Train { .. }) => {
@@ -289,40 +374,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
         }
         (None, _) => {}
     }
-
-    // v = LN(embed[idx])                                                 (B, T, D)
-    let v0 = &mut acts.v[..bt * d];
-    for (row, &tok) in v0.chunks_exact_mut(d).zip(tokens) {
-        row.copy_from_slice(&p.embed[tok as usize * d..(tok as usize + 1) * d]);
-    }
-    layer_norm(v0, &mut acts.rstd_v[..bt], d);
-
-    // The heads of a batch row are independent until the decoder sums them: a few
-    // rows at a time keeps a group's activations in cache from one kernel to the next.
-    let group = bdh_kernels::rows_per_group(h);
-    for l in 0..layers {
-        for r0 in (0..b).step_by(group) {
-            let rows = r0..(r0 + group).min(b);
-            let stream = ((l * b + r0) * h) as u64;
-            let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
-            let hnd = h * n * d;
-            let rho = state.as_deref_mut().map(|s| &mut s.rho[(l * b + rows.start) * hnd..(l * b + rows.end) * hnd]);
-            let (at, (rope, decay)) = acts.layer_rows(l, rows);
-            heads(&p, at, l, Extras { rope, decay, edits, pos0, dropout, rho });
-        }
-        let (at, _) = acts.layer_rows(l, 0..b);
-        mix(&p, at);
-        let out = Region { head0: 0, heads: 1, pos0, t, n: d, width: 1 };
-        edits.apply(Site::Out, l, &mut acts.v[(l + 1) * bt * d..(l + 2) * bt * d], out);
-    }
-    if let Some(state) = state {
-        state.pos += t;
-    }
-
-    // logits = v · lm_head                                               (B, T, V)
-    let v_last = &acts.v[layers * bt * d..];
-    matmul(&mut acts.logits, v_last, p.lm_head, MatMul::new(bt, d, vocab).par());
-    Ok(())
+    Ok(Setup { pos0, dropout })
 }
 
 /// One layer's buffers for some batch rows.
@@ -360,35 +412,34 @@ struct Extras<'a> {
 fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
     let dm = s.dims;
     let Dims { b, t, d, h, n, .. } = dm;
-    // x = relu(v · encoder_h)                                            (B, H, T, N)
+    // x_sparse = relu(x @ encoder)                    x_{t,l} = (D_x v_{t,l−1})^+  (B, H, T, N)
     matmul_batched(s.x, s.v_in, p.encoder, MatMul::new(t, d, n).relu(), dm.per_head(t * d, d * n, t * n));
     e.edits.apply(Site::X, l, s.x, dm.region(e.pos0));
-    // a = LN(tril₋₁(R(x) R(x)ᵀ) · v)                                      (B, H, T, D)
+    // yKV = attn(Q = K = x_sparse, V = x)             a_{t,l} = Σ_{τ<t} v_τ (x_τᵀ U^(t−τ) x_t)  (B, H, T, D)
+    //   (U: RoPE, times γ_h^(t−τ) with a decay: the damping site)
     let rope = (&e.rope.cos[..], &e.rope.sin[..]);
-    //   (with a decay: scores ⊙ γ_h^(t−τ))
     causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, &e.decay.gamma, Attention { b, h, t, n, d });
     if let Some(rho) = e.rho {
-        // With a carried state: a += R(x) · ρ (the past), then ρ += R(x)ᵀ · v;
-        // with a decay, a_i += γ^(i+1) R(x_i) · ρ, then ρ = γ^T ρ + Σ_i γ^(T−1−i) R(x_i) ⊗ v_i,
-        // the powers carried by a copy of R(x) in z (free until x ⊙ y).
+        // With a carried state (Eq. 5, 8): a_i += γ^(i+1) R(x_i) · ρ₀ (the past), then
+        // ρ = γ^T ρ₀ + Σ_i γ^(T−1−i) R(x_i) ⊗ v_i; the powers are carried by a copy of
+        // R(x) in z (free until x ⊙ y).
         let (tn, nd, td) = (t * n, n * d, t * d);
         let read = Batch { count: [b, h], a: [h * tn, tn], b: [h * nd, nd], c: [h * td, td] };
         let write = Batch { count: [b, h], a: [h * tn, tn], b: [td, 0], c: [h * nd, nd] };
         let dc = e.decay;
-        let q = weighted(s.z, s.xr, &dc.read, (h, t, n));
+        let q = dc.weighted(s.z, s.xr, &dc.read, (h, t, n));
         matmul_batched(s.a, q, rho, MatMul::new(t, n, d).acc(), read);
-        if dc.is_some() {
-            scale_rows(rho, &dc.whole, h, 1, nd);
-        }
-        let q = weighted(s.z, s.xr, &dc.write, (h, t, n));
+        dc.fade_whole(rho, (h, nd));
+        let q = dc.weighted(s.z, s.xr, &dc.write, (h, t, n));
         matmul_batched(rho, q, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
     }
+    // yKV = ln(yKV)                                   LN(a_{t,l})
     layer_norm(s.a, s.rstd_a, d);
-    // y = relu(a · encoder_v_h)                                          (B, H, T, N)
+    // y_sparse = relu(yKV @ encoder_v)                (D_y LN(a_{t,l}))^+        (B, H, T, N)
     let per_item = Batch { a: [h * t * d, t * d], ..dm.per_head(0, d * n, t * n) };
     matmul_batched(s.y, s.a, p.encoder_v, MatMul::new(t, d, n).relu(), per_item);
     e.edits.apply(Site::Y, l, s.y, dm.region(e.pos0));
-    // z = dropout(x ⊙ y)                                                 (B, H, T, N)
+    // xy_sparse = drop(x_sparse * y_sparse)           y_{t,l} = (D_y LN(a))^+ ⊙ x_{t,l}  (B, H, T, N)
     if let Some((seed, stream, prob)) = e.dropout {
         draw_dropout_masks(s.keep, t * n, seed, stream, prob);
     }
@@ -396,25 +447,14 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
     e.edits.apply(Site::Xy, l, s.z, dm.region(e.pos0));
 }
 
-/// `xr` (B, H, T, N) with row i of head h times `powers[h, i]`, made in `buf`; `xr`
-/// itself when there are no powers (no decay).
-fn weighted<'a>(buf: &'a mut [f32], xr: &'a [f32], powers: &[f32], (h, t, n): (usize, usize, usize)) -> &'a [f32] {
-    if powers.is_empty() {
-        return xr;
-    }
-    buf.copy_from_slice(xr);
-    scale_rows(buf, powers, h, t, n);
-    buf
-}
-
 /// The second half of a BDH layer: the decoder sums the heads into the residual stream.
 fn mix(p: &Weights, s: LayerRows) {
     let Dims { b, t, d, h, n, .. } = s.dims;
-    // w = LN(concat_h(z) · decoder)                                      (B, T, D)
+    // y = ln(xy_sparse @ decoder)                     LN(E y_{t,l})              (B, T, D)
     let per_row = Batch { count: [b, h], a: [h * t * n, t * n], b: [0, n * d], c: [t * d, 0] };
     matmul_batched(s.w, s.z, p.decoder, MatMul::new(t, n, d), per_row);
     layer_norm(s.w, s.rstd_w, d);
-    // v = LN(v + w)                                                      (B, T, D)
+    // x = ln(x + y)                                   v_{t,l} = LN(v_{t,l−1} + LN(E y))  (B, T, D)
     add(s.v_out, s.v_in, s.w);
     layer_norm(s.v_out, s.rstd_out, d);
 }

@@ -2,7 +2,6 @@
 //! backward, recurrent step and interventions.
 
 pub mod backward;
-pub mod batch;
 pub mod config;
 pub mod decay;
 pub mod edit;
@@ -13,7 +12,6 @@ pub mod recurrent;
 pub mod rope;
 
 pub use backward::{backward, Backward};
-pub use batch::BatchScratch;
 pub use config::{BdhConfig, Decay};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Pass};

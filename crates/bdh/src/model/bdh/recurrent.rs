@@ -10,18 +10,29 @@
 //! (immutable, with derived layouts made once), a per-sequence [`State`] (plain
 //! data: clone it to fork a sequence, save and restore it), and per-worker
 //! [`Scratch`].
+//!
+//! One step advances 1…B streams by one token each ([`Prepared::step`]; one stream
+//! is a one-element call). The products with weights every stream shares are B-row
+//! products, each weight read once for all rows: `x = relu(v · encoder_h)` and
+//! `logits = v · lm_head`. What depends on a stream's own neurons stays per row and
+//! sparse: the read and write of its ρ, `y = relu(a · encoder_v)` on its active
+//! neurons only, the decoder product over its non-zero `x ⊙ y`. Up to 16 rows the
+//! shared products sum in one row's order, so a stream's logits are bit for bit the
+//! same alone or in a batch; beyond, the blocked product rounds differently (within
+//! a few ulps).
 
 use bdh_kernels::{
-    active_pairs, decay_state, gate_listed, gather_dot, layer_norm, matmul, parallel_heads, rho_read_write, rope,
-    sparse_row_sum, transpose, MatMul, RopeDirection,
+    active_pairs, gate_listed, gather_dot, layer_norm, matmul, parallel_each, rho_read_write, rope, sparse_row_sum,
+    transpose, MatMul, RopeDirection,
 };
 
+use super::decay::Damping;
 use super::edit::{Edits, Region, Site};
 use super::forward::{forward, Activations, Pass};
-use super::rope::{cos_sin, MAX_POSITION};
+use super::rope::cos_sin;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
-use crate::model::{zeroed, Mode};
+use crate::model::{check_positions, check_tokens, zeroed, Mode};
 
 /// Everything a running sequence remembers: its position and ρ of each layer. A
 /// state of B rows (for a batch of streams that advance together, as training with a
@@ -69,6 +80,15 @@ impl State {
         Ok(())
     }
 
+    /// ρ of layer `l` for streams `rows` of a state of several, (rows, H, N, D).
+    /// (`cfg` is the model's, which [`State::check_rows`] has checked.)
+    pub(crate) fn layer_rows(&mut self, cfg: &BdhConfig, l: usize, rows: std::ops::Range<usize>) -> &mut [f32] {
+        let [layers, h, n, d] = Self::shape(cfg);
+        let per_layer = self.rho.len() / layers;
+        let per_row = h * n * d;
+        &mut self.rho[l * per_layer..][rows.start * per_row..rows.end * per_row]
+    }
+
     /// Bytes the state occupies.
     pub fn bytes(&self) -> usize {
         self.rho.len() * std::mem::size_of::<f32>()
@@ -93,13 +113,34 @@ impl State {
 pub struct Prepared {
     model: Bdh,
     encoder_v_t: Vec<f32>, // (H, N, D) encoder_v with each neuron's weights contiguous
-    retention: Vec<f32>,   // (H) γ_h, or empty without decay
+    damping: Damping,      // how ρ fades before each read
 }
 
-/// Per-head scratch of one step.
+/// Buffers of a step of 1…B streams, grown to the largest batch seen and reused,
+/// and the activations of a prefill chunk: one per worker.
+#[derive(Debug)]
+pub struct Scratch {
+    v: Vec<f32>,                 // (B, D) residual streams
+    u: Vec<f32>,                 // (B, D) decoder outputs
+    rstd: Vec<f32>,              // (B)
+    logits: Vec<f32>,            // (B, V)
+    heads: Vec<HeadScratch>,     // (H)
+    rotations: Vec<Rotation>,    // (≥ B) the rotation of each stream's position
+    dims: (usize, usize, usize), // (D, N, V) of the model it was made for
+    dense: bool,                 // touch every row, not only those of active neurons
+    chunk: Option<Activations>,
+}
+
+/// One head's buffers for every stream of a step.
 #[derive(Clone, Debug)]
-pub(super) struct Head {
-    x: Vec<f32>,      // (N) neurons
+struct HeadScratch {
+    x: Vec<f32>,          // (B, N) this head's neurons of every stream
+    streams: Vec<Stream>, // (≥ B)
+}
+
+/// One (stream, head)'s buffers.
+#[derive(Clone, Debug)]
+struct Stream {
     xr: Vec<f32>,     // (N) rotated neurons
     a: Vec<f32>,      // (D) attention readout
     y: Vec<f32>,      // (|cols|) y on the active neurons
@@ -110,11 +151,45 @@ pub(super) struct Head {
     z_rows: Vec<u32>, // non-zero entries of z
 }
 
-impl Head {
-    /// Scratch of one head of a model with `d` embedding dimensions and `n` neurons.
-    pub(super) fn new(d: usize, n: usize) -> Self {
-        Head {
-            x: vec![0.0; n],
+/// A stream's position and the cos and sin of its rotation per RoPE pair, (N/2) each.
+#[derive(Clone, Debug)]
+struct Rotation {
+    pos: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Scratch {
+    /// Scratch that reads and writes every row of ρ, `encoder_v` and `decoder`
+    /// whether its neuron fired or not: the same numbers, without the sparse
+    /// savings, as a baseline for them.
+    pub fn dense(self) -> Self {
+        Scratch { dense: true, ..self }
+    }
+
+    /// Sizes every buffer for `b` streams, keeping what larger batches allocated.
+    fn resize(&mut self, b: usize) {
+        let (d, n, vocab) = self.dims;
+        self.v.resize(b * d, 0.0);
+        self.u.resize(b * d, 0.0);
+        self.rstd.resize(b, 0.0);
+        self.logits.resize(b.max(1) * vocab, 0.0);
+        // Per-stream buffers are only ever added, so a batch that shrinks and grows
+        // again reuses them.
+        let more = b.saturating_sub(self.rotations.len());
+        let rotation = Rotation { pos: 0, cos: vec![0.0; n / 2], sin: vec![0.0; n / 2] };
+        self.rotations.extend(std::iter::repeat_n(rotation, more));
+        for hs in &mut self.heads {
+            hs.x.resize(b * n, 0.0);
+            let more = b.saturating_sub(hs.streams.len());
+            hs.streams.extend(std::iter::repeat_with(|| Stream::new(d, n)).take(more));
+        }
+    }
+}
+
+impl Stream {
+    fn new(d: usize, n: usize) -> Self {
+        Stream {
             xr: vec![0.0; n],
             a: vec![0.0; d],
             y: Vec::with_capacity(n),
@@ -124,34 +199,6 @@ impl Head {
             cols: Vec::with_capacity(n),
             z_rows: Vec::with_capacity(n),
         }
-    }
-
-    /// This head's share of the decoder output (D).
-    pub(super) fn u(&self) -> &[f32] {
-        &self.u
-    }
-}
-
-/// What one worker needs to run steps: buffers reused from token to token, and the
-/// activations of a prefill chunk.
-#[derive(Debug)]
-pub struct Scratch {
-    v: Vec<f32>,      // (D) residual stream
-    u: Vec<f32>,      // (D) decoder output
-    heads: Vec<Head>, // (H)
-    logits: Vec<f32>, // (V)
-    cos: Vec<f32>,    // (N/2) RoPE rotation of the current position, per pair
-    sin: Vec<f32>,    // (N/2)
-    dense: bool,      // touch every row, not only those of active neurons
-    chunk: Option<Activations>,
-}
-
-impl Scratch {
-    /// Scratch that reads and writes every row of ρ, `encoder_v` and `decoder`
-    /// whether its neuron fired or not: the same numbers, without the sparse
-    /// savings, as a baseline for them.
-    pub fn dense(self) -> Self {
-        Scratch { dense: true, ..self }
     }
 }
 
@@ -167,8 +214,8 @@ impl Prepared {
         for (src, dst) in model.weights().encoder_v.chunks_exact(d * n).zip(encoder_v_t.chunks_exact_mut(n * d)) {
             transpose(dst, src, d, n);
         }
-        let retention = c.decay.retention(c.n_head);
-        Ok(Prepared { model, encoder_v_t, retention })
+        let damping = Damping::new(&c.decay, c.n_head);
+        Ok(Prepared { model, encoder_v_t, damping })
     }
 
     /// The model.
@@ -187,33 +234,24 @@ impl Prepared {
         shape.iter().try_fold(4usize, |p, &x| p.checked_mul(x)).unwrap_or(usize::MAX)
     }
 
-    /// ρ ← γ_h ρ of head `hi` before its read (nothing without decay, or with
-    /// γ_h = 1): every row fades, so this touches the whole state.
-    pub(super) fn decay(&self, hi: usize, rho: &mut [f32]) {
-        if let Some(&gamma) = self.retention.get(hi).filter(|&&g| g != 1.0) {
-            decay_state(rho, gamma);
-        }
-    }
-
-    /// The transposed `encoder_v`, (H, N, D).
-    pub(super) fn encoder_v_t(&self) -> &[f32] {
-        &self.encoder_v_t
-    }
-
     /// Scratch for one worker.
     pub fn scratch(&self) -> Scratch {
         let c = &self.model.config;
         let (d, n) = (c.n_embd, c.n_neurons());
-        Scratch {
-            v: vec![0.0; d],
-            u: vec![0.0; d],
-            heads: vec![Head::new(d, n); c.n_head],
-            logits: vec![0.0; c.vocab_size],
-            cos: vec![0.0; n / 2],
-            sin: vec![0.0; n / 2],
+        let head = HeadScratch { x: Vec::new(), streams: Vec::new() };
+        let mut s = Scratch {
+            v: Vec::new(),
+            u: Vec::new(),
+            rstd: Vec::new(),
+            logits: Vec::new(),
+            heads: vec![head; c.n_head],
+            rotations: Vec::new(),
+            dims: (d, n, c.vocab_size),
             dense: false,
             chunk: None,
-        }
+        };
+        s.resize(1);
+        s
     }
 
     /// Tokens per prefill chunk: as many as fit [`PREFILL_BYTES`] of activations
@@ -240,71 +278,58 @@ impl Prepared {
         }
         state.check(&self.model.config)?;
         self.check(scratch)?;
-        let vocab = self.model.config.vocab_size;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            // Refused before any chunk is read, so the state is left as it was.
-            return Err(Error::Input(format!("prefill: token id {bad} ≥ vocab_size {vocab}")));
-        }
-        if state.pos.saturating_add(tokens.len()) > MAX_POSITION {
-            return Err(Error::Input(format!(
-                "prefill: a state at position {} cannot read {} more tokens: past 2^24 ({MAX_POSITION}) positions \
-                 are no longer exact in f32",
-                state.pos,
-                tokens.len()
-            )));
-        }
+        // Refused before any chunk is read, so the state is left as it was.
+        check_tokens(tokens, self.model.config.vocab_size, "prefill")?;
+        check_positions(state.pos, tokens.len(), "prefill")?;
         if edits.touches(Site::Rho) {
             for &tok in tokens {
-                self.step(state, scratch, tok, edits)?;
+                self.step(&mut [&mut *state], scratch, &[tok], edits)?;
             }
-            return Ok(&scratch.logits);
+            return Ok(&scratch.logits[..self.model.config.vocab_size]);
         }
         let v = self.model.config.vocab_size;
         for part in tokens.chunks(self.prefill_chunk()) {
             let t = part.len();
             let acts = Activations::reuse(&mut scratch.chunk, &self.model, 1, t)?;
             forward(&self.model, part, acts, Pass { mode: Mode::Eval, edits, state: Some(state) })?;
-            scratch.logits.copy_from_slice(&acts.logits[(t - 1) * v..t * v]);
+            scratch.logits[..v].copy_from_slice(&acts.logits[(t - 1) * v..t * v]);
         }
-        Ok(&scratch.logits)
+        Ok(&scratch.logits[..v])
     }
 
     /// Checks that `scratch` was made for a model of this one's sizes.
     fn check(&self, scratch: &Scratch) -> Result<()> {
         let c = &self.model.config;
-        let fits = scratch.v.len() == c.n_embd
-            && scratch.logits.len() == c.vocab_size
-            && scratch.heads.len() == c.n_head
-            && scratch.heads.iter().all(|h| h.x.len() == c.n_neurons());
-        if !fits {
+        if scratch.dims != (c.n_embd, c.n_neurons(), c.vocab_size) || scratch.heads.len() != c.n_head {
             return Err(Error::Input("scratch made for a model of other sizes".into()));
         }
         Ok(())
     }
 
-    /// Consumes one token and returns the logits for the next.
+    /// Consumes one token per stream (`tokens[b]` after what `states[b]` has read)
+    /// and returns the logits for the next token of every stream, (B, V). Each
+    /// state keeps its own position; the edits act on every stream; B = 0 does
+    /// nothing. Every input is checked before any state changes.
     pub fn step<'s>(
         &self,
-        state: &mut State,
+        states: &mut [&mut State],
         scratch: &'s mut Scratch,
-        token: u32,
+        tokens: &[u32],
         edits: &Edits,
     ) -> Result<&'s [f32]> {
         let m = &self.model;
         let c = &m.config;
         let p = m.weights();
-        let (d, h, n, vocab) = (c.n_embd, c.n_head, c.n_neurons(), c.vocab_size);
-        if token as usize >= vocab {
-            return Err(Error::Input(format!("token id {token} ≥ vocab_size {vocab}")));
+        let (d, h, n, vocab, b) = (c.n_embd, c.n_head, c.n_neurons(), c.vocab_size, tokens.len());
+        if states.len() != b {
+            return Err(Error::Input(format!("step: {} states for {b} tokens", states.len())));
         }
-        state.check(c)?;
+        check_tokens(tokens, vocab, "step")?;
+        for st in states.iter() {
+            st.check(c)?;
+            check_positions(st.pos, 1, "step")?;
+        }
         self.check(scratch)?;
-        if state.pos >= MAX_POSITION {
-            return Err(Error::Input(format!(
-                "the state is at position {}: past 2^24 ({MAX_POSITION}) positions are no longer exact in f32",
-                state.pos
-            )));
-        }
         if !edits.is_empty() {
             edits.validate(c)?;
             if edits.has_patches() || edits.touches(Site::Out) {
@@ -312,105 +337,120 @@ impl Prepared {
             }
         }
         let s = scratch;
-        let pos = state.pos;
-        let mut rstd = [0.0f32];
-        // The rotation of position `pos`, shared by every layer and head.
-        for (j, (c, s)) in s.cos.iter_mut().zip(s.sin.iter_mut()).enumerate() {
-            (*c, *s) = cos_sin(pos, m.freqs[2 * j]);
+        s.resize(b);
+        if b == 0 {
+            return Ok(&s.logits[..0]);
         }
-
-        // v = LN(embed[token])                                              (D)
-        s.v.copy_from_slice(&p.embed[token as usize * d..(token as usize + 1) * d]);
-        layer_norm(&mut s.v, &mut rstd, d);
-        for l in 0..c.n_layer {
-            let rho_l = &mut state.rho[l * h * n * d..(l + 1) * h * n * d];
-            let (v, cos, sin, dense) = (&s.v, &s.cos[..], &s.sin[..], s.dense);
-            parallel_heads(&mut s.heads, rho_l, |hi, hd, rho| {
-                self.decay(hi, rho);
-                let w = HeadWeights {
-                    encoder: &p.encoder[hi * d * n..(hi + 1) * d * n],
-                    encoder_v_t: &self.encoder_v_t[hi * n * d..(hi + 1) * n * d],
-                    decoder: &p.decoder[hi * n * d..(hi + 1) * n * d],
-                };
-                let at = At { layer: l, head: hi, pos, edits };
-                head_step(hd, rho, v, None, w, (cos, sin), dense, at);
-            });
-            // u = Σ_h z_h · decoder_h;  v = LN(v + LN(u))                   (D)
-            s.u.fill(0.0);
-            for hd in &s.heads {
-                s.u.iter_mut().zip(&hd.u).for_each(|(o, &x)| *o += x);
+        for (rot, st) in s.rotations.iter_mut().zip(states.iter()) {
+            rot.pos = st.pos;
+            for (j, (cj, sj)) in rot.cos.iter_mut().zip(rot.sin.iter_mut()).enumerate() {
+                (*cj, *sj) = cos_sin(st.pos, m.freqs[2 * j]);
             }
-            layer_norm(&mut s.u, &mut rstd, d);
-            s.v.iter_mut().zip(&s.u).for_each(|(vi, &ui)| *vi += ui);
-            layer_norm(&mut s.v, &mut rstd, d);
         }
-        // logits = v · lm_head                                              (V)
-        matmul(&mut s.logits, &s.v, p.lm_head, MatMul::new(1, d, vocab));
-        state.pos += 1;
-        Ok(&s.logits)
+
+        // v = LN(embed[token])                                              (B, D)
+        for (vb, &tok) in s.v.chunks_exact_mut(d).zip(tokens) {
+            vb.copy_from_slice(&p.embed[tok as usize * d..(tok as usize + 1) * d]);
+        }
+        layer_norm(&mut s.v, &mut s.rstd, d);
+        for l in 0..c.n_layer {
+            // Per head (the unit of parallel work): its neurons for every stream in
+            // one product, then each stream's read, write and decoder share.
+            let mut work: Vec<HeadWork> = s
+                .heads
+                .iter_mut()
+                .enumerate()
+                .map(|(head, hs)| HeadWork { head, hs, rho: Vec::with_capacity(b) })
+                .collect();
+            for st in states.iter_mut() {
+                let rho_l = &mut st.rho[l * h * n * d..(l + 1) * h * n * d];
+                for (hw, rho) in work.iter_mut().zip(rho_l.chunks_exact_mut(n * d)) {
+                    hw.rho.push(rho);
+                }
+            }
+            let at = LayerStep { layer: l, v: &s.v, rotations: &s.rotations, edits, dense: s.dense };
+            parallel_each(&mut work, |hw| self.head(hw, &at));
+            drop(work);
+            // u = Σ_h z_h · decoder_h;  v = LN(v + LN(u))                     (B, D)
+            for (r, ub) in s.u.chunks_exact_mut(d).enumerate() {
+                ub.fill(0.0);
+                for hs in &s.heads {
+                    ub.iter_mut().zip(&hs.streams[r].u).for_each(|(o, &x)| *o += x);
+                }
+            }
+            layer_norm(&mut s.u, &mut s.rstd, d);
+            s.v.iter_mut().zip(&s.u).for_each(|(vi, &ui)| *vi += ui);
+            layer_norm(&mut s.v, &mut s.rstd, d);
+        }
+        // logits = v · lm_head                                              (B, V)
+        matmul(&mut s.logits[..b * vocab], &s.v, p.lm_head, MatMul::new(b, d, vocab).par());
+        for st in states.iter_mut() {
+            st.pos += 1;
+        }
+        Ok(&s.logits[..b * vocab])
+    }
+
+    /// One head of one layer for every stream: `x = relu(v · encoder_h)` for all
+    /// rows at once, then per stream the synapse read and write, y on the active
+    /// neurons and the head's decoder share.
+    fn head(&self, hw: &mut HeadWork, at: &LayerStep) {
+        let c = &self.model.config;
+        let p = self.model.weights();
+        let (d, n, b) = (c.n_embd, c.n_neurons(), at.v.len() / c.n_embd);
+        let hi = hw.head;
+        let (encoder, decoder) = (&p.encoder[hi * d * n..][..d * n], &p.decoder[hi * n * d..][..n * d]);
+        let encoder_v_t = &self.encoder_v_t[hi * n * d..][..n * d];
+        // x = relu(v · encoder_h)                                           (B, N)
+        matmul(&mut hw.hs.x, at.v, encoder, MatMul::new(b, d, n).relu());
+        for (r, (st, rho)) in hw.hs.streams.iter_mut().zip(hw.rho.iter_mut()).enumerate() {
+            let (x, v) = (&mut hw.hs.x[r * n..(r + 1) * n], &at.v[r * d..(r + 1) * d]);
+            let Rotation { pos, cos, sin } = &at.rotations[r];
+            let pos = *pos;
+            let one = |width| Region { head0: hi, heads: 1, pos0: pos, t: 1, n, width };
+            let mut rstd = [0.0f32];
+            at.edits.apply(Site::X, at.layer, x, one(1));
+            // R_t x, and the RoPE pairs with an active neuron
+            rope(&mut st.xr, x, cos, sin, n, RopeDirection::Forward);
+            active_pairs(x, &mut st.rows, &mut st.cols, at.dense);
+            // (the state's damping site: ρ fades before the read)
+            self.damping.step(hi, rho);
+            // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                (D)
+            at.edits.apply(Site::Rho, at.layer, rho, one(d));
+            rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows);
+            layer_norm(&mut st.a, &mut rstd, d);
+            // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
+            st.y.resize(st.cols.len(), 0.0);
+            gather_dot(&mut st.y, &st.a, encoder_v_t, &st.cols);
+            at.edits.apply_listed(Site::Y, at.layer, hi, pos, &st.cols, &mut st.y);
+            let edit_xy = at.edits.any(Site::Xy, at.layer);
+            if edit_xy {
+                // Edited x ⊙ y may be non-zero anywhere: gate into a whole vector, then list.
+                st.z.fill(0.0);
+            }
+            gate_listed(&mut st.z, x, &st.y, &st.cols, &mut st.z_rows, at.dense);
+            if edit_xy {
+                at.edits.apply(Site::Xy, at.layer, &mut st.z, one(1));
+                st.z_rows.clear();
+                st.z_rows.extend((0..n as u32).filter(|&i| at.dense || st.z[i as usize] != 0.0));
+            }
+            // u_h = z_h · decoder_h over the non-zero z                           (D)
+            sparse_row_sum(&mut st.u, &st.z, decoder, &st.z_rows);
+        }
     }
 }
 
-/// One head's weights.
-pub(super) struct HeadWeights<'a> {
-    pub(super) encoder: &'a [f32],     // (D, N)
-    pub(super) encoder_v_t: &'a [f32], // (N, D)
-    pub(super) decoder: &'a [f32],     // (N, D)
-}
-
-/// Where a head step is, for the edits.
-pub(super) struct At<'a> {
-    pub(super) layer: usize,
-    pub(super) head: usize,
-    pub(super) pos: usize,
-    pub(super) edits: &'a Edits,
-}
-
-/// One head of one layer at the current position: x, the synapse read and write,
-/// y on the active neurons, and this head's decoder output `hd.u`. `x_given` is x
-/// when already computed (a batched step makes it for many sequences in one
-/// product), else it is computed here.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn head_step(
-    hd: &mut Head,
-    rho: &mut [f32],
-    v: &[f32],
-    x_given: Option<&[f32]>,
-    w: HeadWeights,
-    (cos, sin): (&[f32], &[f32]),
+/// What every head of a layer's step reads.
+struct LayerStep<'a> {
+    layer: usize,
+    v: &'a [f32], // (B, D) residual streams
+    rotations: &'a [Rotation],
+    edits: &'a Edits,
     dense: bool,
-    at: At,
-) {
-    let (d, n) = (v.len(), hd.x.len());
-    // x = relu(v · encoder_h)                                               (N)
-    match x_given {
-        Some(x) => hd.x.copy_from_slice(x),
-        None => matmul(&mut hd.x, v, w.encoder, MatMul::new(1, d, n).relu()),
-    }
-    let one = |width| Region { head0: at.head, heads: 1, pos0: at.pos, t: 1, n, width };
-    let mut rstd = [0.0f32];
-    at.edits.apply(Site::X, at.layer, &mut hd.x, one(1));
-    // R_t x, and the RoPE pairs with an active neuron
-    rope(&mut hd.xr, &hd.x, cos, sin, n, RopeDirection::Forward);
-    active_pairs(&hd.x, &mut hd.rows, &mut hd.cols, dense);
-    // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                  (D)
-    at.edits.apply(Site::Rho, at.layer, rho, one(d));
-    rho_read_write(&mut hd.a, rho, &hd.xr, v, &hd.rows);
-    layer_norm(&mut hd.a, &mut rstd, d);
-    // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
-    hd.y.resize(hd.cols.len(), 0.0);
-    gather_dot(&mut hd.y, &hd.a, w.encoder_v_t, &hd.cols);
-    at.edits.apply_listed(Site::Y, at.layer, at.head, at.pos, &hd.cols, &mut hd.y);
-    if at.edits.any(Site::Xy, at.layer) {
-        // Edited x ⊙ y may be non-zero anywhere: gate into a whole vector, then list.
-        hd.z.fill(0.0);
-        gate_listed(&mut hd.z, &hd.x, &hd.y, &hd.cols, &mut hd.z_rows, dense);
-        at.edits.apply(Site::Xy, at.layer, &mut hd.z, one(1));
-        hd.z_rows.clear();
-        hd.z_rows.extend((0..n as u32).filter(|&i| dense || hd.z[i as usize] != 0.0));
-    } else {
-        gate_listed(&mut hd.z, &hd.x, &hd.y, &hd.cols, &mut hd.z_rows, dense);
-    }
-    // u_h = z_h · decoder_h over the non-zero z                              (D)
-    sparse_row_sum(&mut hd.u, &hd.z, w.decoder, &hd.z_rows);
+}
+
+/// One head's work in a layer's step: its buffers and its ρ in every stream.
+struct HeadWork<'a> {
+    head: usize,
+    hs: &'a mut HeadScratch,
+    rho: Vec<&'a mut [f32]>, // (B) of (N, D)
 }

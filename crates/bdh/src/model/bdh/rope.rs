@@ -1,9 +1,5 @@
 //! RoPE frequencies and per-position cos/sin, computed in f32 exactly as bdh.py does.
 
-/// Positions a sequence may reach: past 2²⁴ a position is no longer exact in f32,
-/// and with it the RoPE phases, so a state refuses to read further.
-pub const MAX_POSITION: usize = 1 << 24;
-
 /// θ of bdh.py's `get_freqs`.
 pub const ROPE_THETA: f32 = 65536.0;
 
