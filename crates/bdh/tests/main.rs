@@ -23,3 +23,4 @@ mod parallel;
 mod recurrent;
 mod run;
 mod session;
+mod site;

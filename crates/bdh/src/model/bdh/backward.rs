@@ -9,8 +9,10 @@ use bdh_kernels::{
 };
 
 use super::decay::DecayTable;
+use super::edit::Site;
 use super::forward::{Activations, Dims};
 use super::params::WeightsMut;
+use super::site::Mechanisms;
 use super::Bdh;
 use crate::error::{Error, Result};
 use crate::model::loss::{cross_entropy, cross_entropy_backward};
@@ -139,7 +141,9 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         let hnd = h * n * d;
         let rho0 = if acts.rho0.is_empty() { &[][..] } else { &acts.rho0[l * b * hnd..(l + 1) * b * hnd] };
         let decay = &acts.decay;
-        let saved = Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay };
+        let (mechanisms, pos0) = (&model.mechanisms, acts.rope.start);
+        let saved =
+            Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay, mechanisms, layer: l, pos0 };
         let weights_t = std::mem::take(&mut s.weights_t); // read by every row while they write the rest of `s`
         let mut rows = RowGrads::split(s, saved, dm);
         bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm));
@@ -187,6 +191,9 @@ struct Saved<'a> {
     sin: &'a [f32],    // (T, N/2)
     rho0: &'a [f32],   // (B, H, N, D) ρ the forward started from, or empty
     decay: &'a DecayTable,
+    mechanisms: &'a Mechanisms,
+    layer: usize,
+    pos0: usize, // the position of the pass's first token
 }
 
 /// One batch row's part of a layer's backward: what the forward kept and the
@@ -255,13 +262,19 @@ impl<'a> RowGrads<'a> {
 /// of the layer's input, leaving z, dx and dy for the weight gradients.
 fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     let Dims { t, d, h, n, .. } = dm;
-    let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay } = r.saved;
+    let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay, mechanisms, layer, pos0 } = r.saved;
     let heads = |a, w, c| Batch { count: [1, h], a, b: w, c };
     let (nt, dt) = ([0, t * n], [0, t * d]); //                      per head
                                              // u = concat_h(z) · decoder: recompute z = dropout(x ⊙ y) for the decoder's gradient
     gated_product(r.z, x, y, keep);
     // dz = du · decoder_hᵀ                                              (H, T, N)
     matmul_batched(r.dx, r.du, &w.decoder_t, MatMul::new(t, d, n), heads([0, 0], [0, d * n], nt));
+    // z = f(x ⊙ y) at the gate's site  ⇒  dz through f, then z itself for the decoder's gradient
+    if mechanisms.any(Site::Xy) {
+        let region = Dims { b: 1, ..dm }.region(pos0);
+        mechanisms.backward(Site::Xy, layer, r.dx, r.z, region);
+        mechanisms.forward(Site::Xy, layer, r.z, region);
+    }
     // z = dropout(x ⊙ relu(y_latent))  ⇒  dy = dz ⊙ x ⊙ [y > 0],  dx = dz ⊙ y
     gated_product_backward(r.dx, r.dy, x, y, keep);
     // y_latent = a · encoder_v_h  ⇒  da = dy · encoder_v_hᵀ             (H, T, D)

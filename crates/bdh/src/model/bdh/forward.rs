@@ -35,6 +35,7 @@ use super::edit::{Edits, Region, Site, NO_EDITS};
 use super::params::Weights;
 use super::recurrent::State;
 use super::rope::RopeTable;
+use super::site::Mechanisms;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
 use crate::model::{check_positions, check_tokens, zeroed, Mode};
@@ -72,7 +73,7 @@ impl Dims {
     }
 
     /// Edits' view of a whole (B, H, T, N) activation starting at position `pos0`.
-    fn region(&self, pos0: usize) -> Region {
+    pub(crate) fn region(&self, pos0: usize) -> Region {
         Region { head0: 0, heads: self.h, pos0, t: self.t, n: self.n, width: 1 }
     }
 }
@@ -296,7 +297,8 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
             let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
             let rho = state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone()));
             let at = layer.rows(rows, v_in, &mut acts.z, dm, drawn);
-            heads(&p, at, l, Extras { rope, decay, edits, pos0, dropout, rho });
+            let mechanisms = &model.mechanisms;
+            heads(&p, at, l, Extras { rope, decay, mechanisms, edits, pos0, dropout, rho });
         }
         mix(&p, layer.rows(0..b, v_in, &mut acts.z, dm, drawn));
         let out = Region { head0: 0, heads: 1, pos0, t, n: d, width: 1 };
@@ -399,6 +401,7 @@ struct LayerRows<'a> {
 struct Extras<'a> {
     rope: &'a RopeTable,
     decay: &'a DecayTable,
+    mechanisms: &'a Mechanisms,
     edits: &'a Edits,
     pos0: usize,
     /// (seed, first stream, probability) of the dropout masks.
@@ -444,6 +447,8 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
         draw_dropout_masks(s.keep, t * n, seed, stream, prob);
     }
     gated_product(s.z, s.x, s.y, s.keep);
+    //   (the gate's site: its mechanism, if any)
+    e.mechanisms.forward(Site::Xy, l, s.z, dm.region(e.pos0));
     e.edits.apply(Site::Xy, l, s.z, dm.region(e.pos0));
 }
 

@@ -10,6 +10,7 @@ pub mod merge;
 pub mod params;
 pub mod recurrent;
 pub mod rope;
+pub mod site;
 
 pub use backward::{backward, Backward};
 pub use config::{BdhConfig, Decay};
@@ -18,12 +19,14 @@ pub use forward::{forward, Activations, Dims, Pass};
 pub use merge::{merge, Heritage};
 pub use params::{Weights, WeightsMut, FREQS_NAME, PARAM_NAMES};
 pub use recurrent::{Prepared, Scratch, State};
+pub use site::{At, Mechanism, Mechanisms};
 
 use crate::error::{Error, Result};
 use crate::params::Params;
 
-/// A BDH model: its config, its parameters (flat, in bdh.py's names and layout) and
-/// its RoPE frequencies (a buffer, not trained).
+/// A BDH model: its config, its parameters (flat, in bdh.py's names and layout),
+/// its RoPE frequencies (a buffer, not trained) and the mechanisms at its layer's
+/// sites (none: bdh.py's model).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bdh {
     /// The hyper-parameters.
@@ -32,6 +35,8 @@ pub struct Bdh {
     pub params: Params,
     /// `attn.freqs`, (N): RoPE frequency of each neuron (pairs share one).
     pub freqs: Vec<f32>,
+    /// Mechanisms at token-local sites of every layer (see [`site`]).
+    pub mechanisms: Mechanisms,
 }
 
 impl Bdh {
@@ -41,7 +46,7 @@ impl Bdh {
         config.validate()?;
         let params = params::init(&config, seed)?;
         let freqs = rope::freqs(config.n_neurons());
-        Ok(Bdh { config, params, freqs })
+        Ok(Bdh { config, params, freqs, mechanisms: Mechanisms::default() })
     }
 
     /// A model from its parts, checking that they fit the config.
@@ -53,7 +58,7 @@ impl Bdh {
         if freqs.len() != config.n_neurons() {
             return Err(Error::Config(format!("{} RoPE frequencies for N = {}", freqs.len(), config.n_neurons())));
         }
-        Ok(Bdh { config, params, freqs })
+        Ok(Bdh { config, params, freqs, mechanisms: Mechanisms::default() })
     }
 
     /// The weights by name.

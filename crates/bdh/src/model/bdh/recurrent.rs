@@ -422,13 +422,16 @@ impl Prepared {
             st.y.resize(st.cols.len(), 0.0);
             gather_dot(&mut st.y, &st.a, encoder_v_t, &st.cols);
             at.edits.apply_listed(Site::Y, at.layer, hi, pos, &st.cols, &mut st.y);
-            let edit_xy = at.edits.any(Site::Xy, at.layer);
-            if edit_xy {
-                // Edited x ⊙ y may be non-zero anywhere: gate into a whole vector, then list.
+            let mechanisms = &self.model.mechanisms;
+            let whole = at.edits.any(Site::Xy, at.layer) || mechanisms.any(Site::Xy);
+            if whole {
+                // An edited x ⊙ y, or one a mechanism maps, may be non-zero anywhere:
+                // gate into a whole vector, then list.
                 st.z.fill(0.0);
             }
             gate_listed(&mut st.z, x, &st.y, &st.cols, &mut st.z_rows, at.dense);
-            if edit_xy {
+            if whole {
+                mechanisms.forward(Site::Xy, at.layer, &mut st.z, one(1));
                 at.edits.apply(Site::Xy, at.layer, &mut st.z, one(1));
                 st.z_rows.clear();
                 st.z_rows.extend((0..n as u32).filter(|&i| at.dense || st.z[i as usize] != 0.0));
