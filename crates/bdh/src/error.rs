@@ -62,9 +62,34 @@ pub enum Error {
         /// Which checkpoint is kept.
         kept: String,
     },
-    /// An input the model cannot take (token out of range, empty sequence, …).
+    /// Something the user gave that the model cannot take (a token out of range, an
+    /// empty text, an option out of its range, a request).
     #[error("bad input: {0}")]
     Input(String),
+    /// A size refused before anything was allocated: it would not fit in memory.
+    #[error("{what} would need {}{}", bytes(*.need), .have.map_or(String::new(), |h| format!(", {} available", bytes(Some(h)))))]
+    TooLarge {
+        /// What would have been allocated.
+        what: String,
+        /// Bytes it would need (`None`: more than a number can say).
+        need: Option<u64>,
+        /// Bytes the machine has available, where known.
+        have: Option<u64>,
+    },
+    /// Parts of the program that do not fit together — buffers made for another
+    /// model or family, a backward after a forward that has none: a bug in the
+    /// caller, not in what the user gave.
+    #[error("mismatch: {0}")]
+    Mismatch(String),
+}
+
+/// Bytes as a person reads them.
+fn bytes(n: Option<u64>) -> String {
+    match n {
+        None => "more bytes than the address space holds".into(),
+        Some(b) if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    }
 }
 
 /// Shorthand for results of this crate.

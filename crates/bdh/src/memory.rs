@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 pub fn ensure_fits(bytes: usize, what: &str) -> Result<()> {
     let available = available_bytes();
     if bytes > isize::MAX as usize || available.is_some_and(|a| bytes as u64 > a) {
-        let have = available.map_or(String::new(), |a| format!(", {} available", human(a)));
-        return Err(Error::Input(format!("{what} would need {}{have}", human(bytes as u64))));
+        let need = (bytes != usize::MAX).then_some(bytes as u64);
+        return Err(Error::TooLarge { what: what.into(), need, have: available });
     }
     Ok(())
 }
@@ -28,11 +28,4 @@ fn available_bytes() -> Option<u64> {
         line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
     };
     Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
-}
-
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-    }
 }

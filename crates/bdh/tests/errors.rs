@@ -220,3 +220,27 @@ fn weights_are_told_apart_by_their_bytes_and_a_text_is_not_a_model() {
     let m = message(load(&dir.join("absent.safetensors"), None).unwrap_err());
     assert!(m.contains("no such file or directory") && !m.contains("entity"), "{m}");
 }
+
+#[test]
+fn errors_say_what_kind_they_are() {
+    // A size refused before allocation names what, the bytes it needs and, where
+    // known, the bytes there are.
+    let err = Model::new(&ModelConfig::Bdh(tiny_config(2, 1_000_000, 2, 8)), 0).unwrap_err();
+    let Error::TooLarge { what, need, .. } = &err else { panic!("not TooLarge: {err}") };
+    assert!(need.is_some_and(|n| n > 1 << 30), "{what}: {need:?}");
+    // What the user gave.
+    let model = bdh_model(tiny_config(1, 16, 2, 4), 0);
+    let prepared = Prepared::new(model.clone()).unwrap();
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
+    let err = prepared.step(&mut [&mut state], &mut scratch, &[300], &NO_EDITS).unwrap_err();
+    assert!(matches!(err, Error::Input(_)), "{err}");
+    // Parts of the program that do not fit together: a scratch of another model.
+    let other = Prepared::new(bdh_model(tiny_config(1, 32, 2, 4), 0)).unwrap();
+    let err = prepared.step(&mut [&mut state], &mut other.scratch(), &[3], &NO_EDITS).unwrap_err();
+    assert!(matches!(err, Error::Mismatch(_)), "{err}");
+    let mut acts = Activations::new(&model, 1, 4).unwrap();
+    let mut grads = bdh::Gradients::new(&bdh_model(tiny_config(1, 32, 2, 4), 0), 1, 4).unwrap();
+    forward(&model, &[1, 2, 3, 4], &mut acts, Mode::Eval).unwrap();
+    let err = bdh::backward(&model, &acts, &[1, 2, 3, 4], &mut grads).unwrap_err();
+    assert!(matches!(err, Error::Mismatch(_)), "{err}");
+}

@@ -206,5 +206,5 @@ fn no_edits(edits: &Edits) -> Result<()> {
 }
 
 fn other_family() -> Error {
-    Error::Input("the state or scratch belongs to a model of another family".into())
+    Error::Mismatch("the state or scratch belongs to a model of another family".into())
 }

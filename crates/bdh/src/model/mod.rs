@@ -232,7 +232,7 @@ pub fn forward(model: &Model, tokens: &[u32], acts: &mut Activations, mode: Mode
     match (model, acts) {
         (Model::Bdh(m), Activations::Bdh(a)) => bdh::forward(m, tokens, a, bdh::Pass::mode(mode)),
         (Model::Gpt(m), Activations::Gpt(a)) => gpt::forward(m, tokens, a, mode),
-        _ => Err(Error::Input("forward: activations of another model family".into())),
+        _ => Err(Error::Mismatch("forward: activations of another model family".into())),
     }
 }
 
@@ -284,7 +284,7 @@ pub fn backward(model: &Model, acts: &Activations, targets: &[u32], grads: &mut 
         (Model::Gpt(m), Activations::Gpt(a), BackwardScratch::Gpt(s)) => {
             gpt::backward(m, a, targets, &mut grads.params, s)
         }
-        _ => Err(Error::Input("backward: buffers of another model family".into())),
+        _ => Err(Error::Mismatch("backward: buffers of another model family".into())),
     }
 }
 
@@ -317,8 +317,13 @@ pub fn check_positions(pos: usize, more: usize, what: &str) -> Result<()> {
 /// overflows or cannot be allocated. Callers check the memory a whole set of
 /// buffers needs against the machine first ([`crate::memory::ensure_fits`]).
 pub(crate) fn zeroed(dims: &[usize]) -> Result<Vec<f32>> {
-    let too_big = || Error::Input(format!("a buffer of shape {dims:?} does not fit in memory"));
-    let len = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(too_big)?;
+    let len = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let too_big = || Error::TooLarge {
+        what: format!("a buffer of shape {dims:?}"),
+        need: len.and_then(|l| l.checked_mul(4)).map(|b| b as u64),
+        have: None,
+    };
+    let len = len.ok_or_else(too_big)?;
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| too_big())?;
     v.resize(len, 0.0);

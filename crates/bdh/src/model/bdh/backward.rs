@@ -94,13 +94,16 @@ pub fn loss(acts: &Activations, targets: &[u32]) -> Result<f32> {
 /// mean cross-entropy against `targets` (B, T). Returns the loss.
 pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Params, s: &mut Backward) -> Result<f32> {
     if s.dims != acts.dims {
-        return Err(Error::Input(format!("backward: scratch sized for {:?}, activations for {:?}", s.dims, acts.dims)));
+        return Err(Error::Mismatch(format!(
+            "backward: scratch sized for {:?}, activations for {:?}",
+            s.dims, acts.dims
+        )));
     }
     if let Some(why) = acts.frozen {
-        return Err(Error::Input(format!("backward: {why}; its gradient is not the model's")));
+        return Err(Error::Mismatch(format!("backward: {why}; its gradient is not the model's")));
     }
     if !grads.same_layout(&model.params) {
-        return Err(Error::Input("backward: the gradient buffer is not laid out as the model's parameters".into()));
+        return Err(Error::Mismatch("backward: the gradient buffer is not laid out as the model's parameters".into()));
     }
     let loss = loss(acts, targets)?;
     let dm = acts.dims;

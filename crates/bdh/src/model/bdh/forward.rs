@@ -367,7 +367,9 @@ fn begin(
         // ρ at the start, for the gradient through its read (the state itself moves
         // on); only a training pass keeps it, so inference never copies ρ.
         (Some(s), Mode::Train { .. }) => {
-            acts.rho0.try_reserve_exact(s.rho.len()).map_err(|_| Error::Input("no memory to keep ρ₀".into()))?;
+            let too_big =
+                |_| Error::TooLarge { what: "a copy of ρ₀".into(), need: Some(4 * s.rho.len() as u64), have: None };
+            acts.rho0.try_reserve_exact(s.rho.len()).map_err(too_big)?;
             acts.rho0.extend_from_slice(&s.rho);
         }
         (Some(_), Mode::Eval) => {

@@ -71,7 +71,7 @@ impl State {
     pub fn check_rows(&self, cfg: &BdhConfig, rows: usize) -> Result<()> {
         let one: usize = Self::shape(cfg).iter().product();
         if self.rho.len() != one.saturating_mul(rows) {
-            return Err(Error::Input(format!(
+            return Err(Error::Mismatch(format!(
                 "a state of {} values is not ρ {:?} for {rows} stream(s)",
                 self.rho.len(),
                 Self::shape(cfg)
@@ -94,17 +94,9 @@ impl State {
         self.rho.len() * std::mem::size_of::<f32>()
     }
 
-    /// Checks that this state belongs to a model of config `cfg`.
+    /// Checks that this state is one stream of a model of config `cfg`.
     pub fn check(&self, cfg: &BdhConfig) -> Result<()> {
-        let want: usize = Self::shape(cfg).iter().product();
-        if self.rho.len() != want {
-            return Err(Error::Input(format!(
-                "a state of {} values does not fit this model's ρ {:?}",
-                self.rho.len(),
-                Self::shape(cfg)
-            )));
-        }
-        Ok(())
+        self.check_rows(cfg, 1)
     }
 }
 
@@ -301,7 +293,7 @@ impl Prepared {
     fn check(&self, scratch: &Scratch) -> Result<()> {
         let c = &self.model.config;
         if scratch.dims != (c.n_embd, c.n_neurons(), c.vocab_size) || scratch.heads.len() != c.n_head {
-            return Err(Error::Input("scratch made for a model of other sizes".into()));
+            return Err(Error::Mismatch("scratch made for a model of other sizes".into()));
         }
         Ok(())
     }
