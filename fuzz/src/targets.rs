@@ -75,7 +75,7 @@ impl Target {
             Target::State(prepared) => {
                 // A state that has read a few tokens, so that ρ and the position are not zero.
                 let mut s = prepared.state().map_err(|e| e.to_string())?;
-                let mut scratch_buffers = prepared.scratch(false);
+                let mut scratch_buffers = prepared.scratch();
                 prepared.prefill(&mut s, &mut scratch_buffers, &[72, 105, 33], &NO_EDITS).map_err(|e| e.to_string())?;
                 let path = scratch.join("seed-state.safetensors");
                 state::save(prepared, &s, &path).map_err(|e| e.to_string())?;
@@ -113,7 +113,7 @@ impl Target {
             Target::State(prepared) => {
                 // A state that loads must also be one the model can step from.
                 let mut s = state::load(prepared, file)?;
-                prepared.step(&mut s, &mut prepared.scratch(false), 0, &NO_EDITS).map(drop)
+                prepared.step(&mut [&mut s], &mut prepared.scratch(), &[0], &NO_EDITS).map(drop)
             }
             Target::Tokenizer => {
                 // A tokenizer that loads gives every text back exactly.
