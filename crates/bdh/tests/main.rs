@@ -24,3 +24,4 @@ mod recurrent;
 mod run;
 mod session;
 mod site;
+mod state_format;

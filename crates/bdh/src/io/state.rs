@@ -1,88 +1,281 @@
-//! Saved inference states: a sequence's whole memory in one safetensors file, to
-//! restore it later or elsewhere (a BDH state is its position and ρ, of a size fixed
-//! by the model, however long the text it has read).
+//! Synapse states in files: the whole memory of a session, saved to continue it
+//! later or elsewhere, and the streams a training run carries from batch to batch,
+//! kept in its checkpoints. Both are one format, written by [`save`] and
+//! [`Carry::save`](crate::train::carry::Carry::save), read by [`load`] and
+//! [`Carry::load`](crate::train::carry::Carry::load) through one reader. A BDH state
+//! is its position and ρ, of a size fixed by the model however long the text it has
+//! read.
 //!
-//! The file holds `rho` (f32, L·H·N·D values) and `position` (one i64), and in its
-//! metadata the model's config and a fingerprint of its weights, so a state is only
-//! ever continued by the model that wrote it.
+//! # The format, version 1
+//!
+//! A safetensors file. Its metadata (strings):
+//! - `format` = `bdh-state` and `version` = `1`. A version above the newest this
+//!   build knows is refused as written by a newer bdh.
+//! - `config`: the model's config as JSON, and `weights`: a fingerprint (FNV-1a) of
+//!   its weights' bits, so that a state is only ever continued by the model that
+//!   wrote it (the config is compared by value, so a field added later with a
+//!   default does not orphan older files). A carried state names the model of its
+//!   own checkpoint, and a resumed run checks it as a session's is checked: the
+//!   weights lie in the same directory, so the check costs one pass over them and
+//!   catches a state copied in from another run.
+//!
+//! Its tensors, by name:
+//! - `rho`: f32, (L, B, H, N, D), layer-major as the forward reads it: ρ of every
+//!   layer for B streams (B = 1 for a session; a run carries one stream per batch
+//!   row).
+//! - `position`: i64, \[1\]: the position of the next token, at most 2^24 (past it
+//!   positions are no longer exact in f32).
+//!
+//! The reader skips nothing: a metadata key or tensor name the version does not
+//! define is refused, as are a missing one, another type or shape, a value that is
+//! not finite and a position out of range; a file longer than a state of the model
+//! can be is refused before it is read. A mechanism with per-stream state (a trace,
+//! a delay queue) adds its tensor to the list of a state's tensors, `fields`, with
+//! its shape derived from the config, in a new version; the reader and writer then
+//! take and give it by name beside ρ.
+//!
+//! # Older files
+//!
+//! Files written before the format had a version have no `format` in their
+//! metadata and still load, each where it was written for:
+//! - a saved session: metadata `config` and `weights` (checked as above), `rho` f32
+//!   flat \[L·H·N·D\], `position` i64 \[1\];
+//! - a carried state (`carry.safetensors` in a checkpoint): no metadata, so no model
+//!   to check, only its sizes and values; `rho` f32 flat \[B·L·H·N·D\] and `pos` f32
+//!   \[1\].
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::write_atomic;
+use super::{le_values, write_atomic};
 use crate::error::{Error, Result};
 use crate::infer::{Prepared, State};
-use crate::model::{bdh, ModelConfig};
+use crate::model::bdh::{self, Bdh, BdhConfig};
+use crate::model::{ModelConfig, MAX_POSITION};
 
-/// Bytes a state file may hold besides ρ and the position: its header.
+/// What a state file names its format in the metadata key `format`.
+pub const FORMAT: &str = "bdh-state";
+
+/// The version of the format this build writes: the newest it reads.
+pub const VERSION: u32 = 1;
+
+/// Bytes a state file may hold besides its tensors' values: its header.
 const HEADER_LIMIT: u64 = 1 << 16;
 
 /// Writes `state`, read by the model of `prepared`, to `path` (atomically).
 pub fn save(prepared: &Prepared, state: &State, path: &Path) -> Result<()> {
-    let State::Bdh(s) = state else { return Err(not_bdh()) };
-    let rho: Vec<u8> = s.rho.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let pos = (s.pos as i64).to_le_bytes();
-    let bad = |e: safetensors::SafeTensorError| Error::Input(format!("state: {e}"));
-    let views = [
-        ("rho".to_string(), TensorView::new(Dtype::F32, vec![s.rho.len()], &rho).map_err(bad)?),
-        ("position".to_string(), TensorView::new(Dtype::I64, vec![1], &pos).map_err(bad)?),
-    ];
-    let bytes = safetensors::serialize(views, Some(identity(prepared))).map_err(bad)?;
-    write_atomic(path, &bytes)
+    let (Prepared::Bdh(p), State::Bdh(s)) = (prepared, state) else { return Err(not_bdh()) };
+    write(path, p.model(), s, 1)
 }
 
-/// Reads a state saved by [`save`] for the model of `prepared`: the sizes are checked
-/// against the file's length before it is read, the config and weights against the
-/// metadata, every value for being finite.
+/// Reads a state saved by [`save`], or by a bdh of before the format's version, for
+/// the model of `prepared`: the file's length is checked before it is read, the
+/// config and weights against the metadata, every value for being finite.
 pub fn load(prepared: &Prepared, path: &Path) -> Result<State> {
-    let ModelConfig::Bdh(cfg) = prepared.config() else { return Err(not_bdh()) };
-    let want: usize = bdh::State::shape(&cfg).iter().product();
+    let Prepared::Bdh(p) = prepared else { return Err(not_bdh()) };
+    read(path, p.model(), 1, Unversioned::Session).map(State::Bdh)
+}
+
+/// Who wrote a file without a version: each kind had its own layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unversioned {
+    /// A saved session: `rho` flat, `position` i64, the model in the metadata.
+    Session,
+    /// A carried state: `rho` flat, `pos` f32, no metadata.
+    Carried,
+}
+
+/// The layout of one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// Version 1 of the format.
+    V1,
+    /// A file of before the format had a version.
+    Unversioned(Unversioned),
+}
+
+/// A tensor of a state file: its name, element type and shape.
+struct Field {
+    name: &'static str,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+impl Field {
+    /// Bytes of its values (saturating: only compared against a file's length).
+    fn bytes(&self) -> u64 {
+        self.shape.iter().fold((self.dtype.bitsize() / 8) as u64, |p, &x| p.saturating_mul(x as u64))
+    }
+}
+
+/// Every tensor a file of `layout` holds for `rows` streams of `cfg`. Per-stream
+/// mechanism state (a trace, a delay queue) is declared here beside ρ, its shape
+/// derived from `cfg`, in a new version.
+fn fields(layout: Layout, cfg: &BdhConfig, rows: usize) -> Vec<Field> {
+    let field = |name, dtype, shape| Field { name, dtype, shape };
+    let rho = rho_shape(cfg, rows);
+    let flat = vec![rho.iter().fold(1usize, |p, &x| p.saturating_mul(x))];
+    match layout {
+        Layout::V1 => vec![field("rho", Dtype::F32, rho), field("position", Dtype::I64, vec![1])],
+        Layout::Unversioned(Unversioned::Session) => {
+            vec![field("rho", Dtype::F32, flat), field("position", Dtype::I64, vec![1])]
+        }
+        Layout::Unversioned(Unversioned::Carried) => {
+            vec![field("rho", Dtype::F32, flat), field("pos", Dtype::F32, vec![1])]
+        }
+    }
+}
+
+/// What a file of `layout` is, in words.
+fn describe(layout: Layout) -> &'static str {
+    match layout {
+        Layout::V1 => "a state of version 1",
+        Layout::Unversioned(Unversioned::Session) => "a session saved before the format had a version",
+        Layout::Unversioned(Unversioned::Carried) => "a carried state written before the format had a version",
+    }
+}
+
+/// The metadata keys of a file of `layout`, every one required (the format and
+/// version by `layout`, the model by `check_owner`).
+fn keys(layout: Layout) -> &'static [&'static str] {
+    match layout {
+        Layout::V1 => &["format", "version", "config", "weights"],
+        Layout::Unversioned(Unversioned::Session) => &["config", "weights"],
+        Layout::Unversioned(Unversioned::Carried) => &[],
+    }
+}
+
+/// The shape of ρ of `rows` streams in a file: (L, B, H, N, D), as the state holds it.
+fn rho_shape(cfg: &BdhConfig, rows: usize) -> Vec<usize> {
+    let [l, h, n, d] = bdh::State::shape(cfg);
+    vec![l, rows, h, n, d]
+}
+
+/// Writes `state`, of `rows` streams of `model`, to `path` (atomically) in the
+/// newest version of the format.
+pub(crate) fn write(path: &Path, model: &Bdh, state: &bdh::State, rows: usize) -> Result<()> {
+    state.check_rows(&model.config, rows)?;
+    let rho: Vec<u8> = state.rho.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let pos = (state.pos as i64).to_le_bytes();
+    let bad = |e: safetensors::SafeTensorError| Error::Input(format!("state: {e}"));
+    let views = [
+        ("rho", TensorView::new(Dtype::F32, rho_shape(&model.config, rows), &rho).map_err(bad)?),
+        ("position", TensorView::new(Dtype::I64, vec![1], &pos).map_err(bad)?),
+    ];
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("version".to_string(), VERSION.to_string()),
+        ("config".to_string(), ModelConfig::Bdh(model.config.clone()).to_json()),
+        ("weights".to_string(), model.params.fingerprint()),
+    ]);
+    write_atomic(path, &safetensors::serialize(views, Some(metadata)).map_err(bad)?)
+}
+
+/// Reads a state of `rows` streams of `model` from `path`, in any version of the
+/// format, or in the layout `unversioned` wrote before the format had a version.
+pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversioned) -> Result<bdh::State> {
+    let cfg = &model.config;
     let bad = |m: String| Error::format(path, m);
     let len = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?.len();
-    let most = (want as u64) * 4 + 8 + HEADER_LIMIT;
+    let layouts = [Layout::V1, Layout::Unversioned(unversioned)];
+    let largest =
+        layouts.iter().map(|&l| fields(l, cfg, rows).iter().fold(0u64, |s, f| s.saturating_add(f.bytes()))).max();
+    let most = largest.unwrap_or(0).saturating_add(HEADER_LIMIT);
     if len > most {
         return Err(bad(format!("{len} bytes is more than a state of this model can be ({most} at most)")));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
-    if st.len() != 2 {
-        return Err(bad(format!("{} tensors; a state holds `rho` and `position`", st.len())));
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let layout = layout(&meta, unversioned).map_err(bad)?;
+    if let Some(key) = meta.keys().find(|k| !keys(layout).contains(&k.as_str())) {
+        let has = if keys(layout).is_empty() { "none".to_string() } else { format!("{:?}", keys(layout)) };
+        return Err(bad(format!("unknown metadata `{key}`: {} has {has}", describe(layout))));
     }
-    let tensor =
-        |name: &str| st.tensor(name).map_err(|_| Error::MissingTensor { path: path.into(), name: name.into() });
-    let (rho, pos) = (tensor("rho")?, tensor("position")?);
-    if rho.dtype() != Dtype::F32 || rho.shape() != [want] {
-        return Err(bad(format!("rho is {:?} {:?}; this model's is F32 [{want}]", rho.dtype(), rho.shape())));
+    check_owner(&meta, layout, model).map_err(bad)?;
+
+    let fields = fields(layout, cfg, rows);
+    let names: Vec<&str> = fields.iter().map(|f| f.name).collect();
+    if let Some(name) = st.names().into_iter().find(|n| !names.contains(n)) {
+        return Err(bad(format!("unknown tensor `{name}`: {} holds {names:?}", describe(layout))));
     }
-    if pos.dtype() != Dtype::I64 || pos.shape() != [1] {
-        return Err(bad(format!("position is {:?} {:?}, not one i64", pos.dtype(), pos.shape())));
+    for f in &fields {
+        let t = st.tensor(f.name).map_err(|_| Error::MissingTensor { path: path.into(), name: f.name.into() })?;
+        if t.dtype() != f.dtype || t.shape() != f.shape {
+            let (dtype, shape) = (t.dtype(), t.shape());
+            return Err(bad(format!(
+                "{} is {dtype:?} {shape:?}; for {rows} stream(s) of this model it is {:?} {:?}",
+                f.name, f.dtype, f.shape
+            )));
+        }
     }
-    let pos = i64::from_le_bytes(pos.data().try_into().expect("one i64 is 8 bytes"));
+    // The tensors are there, of the right types and shapes.
+    let data = |name: &str| st.tensor(name).map(|t| t.data()).unwrap_or_default();
+    let pos = match layout {
+        Layout::Unversioned(Unversioned::Carried) => {
+            let p = le_values(data("pos"), f32::from_le_bytes).first().copied().unwrap_or(f32::NAN);
+            if p.fract() != 0.0 {
+                return Err(bad(format!("position {p} is not a whole number")));
+            }
+            p as i64
+        }
+        _ => i64::from_le_bytes(data("position").try_into().map_err(|_| bad("position is not one i64".into()))?),
+    };
     let pos = usize::try_from(pos).map_err(|_| bad(format!("position {pos} is negative")))?;
-    let rho: Vec<f32> =
-        rho.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+    if pos > MAX_POSITION {
+        return Err(bad(format!(
+            "position {pos} is past 2^24 ({MAX_POSITION}), where positions are no longer exact in f32"
+        )));
+    }
+    let rho = le_values(data("rho"), f32::from_le_bytes);
     if rho.iter().any(|x| !x.is_finite()) {
         return Err(bad("ρ holds values that are not finite".into()));
     }
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
-    if meta.metadata().as_ref() != Some(&identity(prepared)) {
-        return Err(bad("saved by another model (its config or weights differ from this one's)".into()));
-    }
-    let state = bdh::State { pos, rho };
-    state.check(&cfg)?;
-    Ok(State::Bdh(state))
+    Ok(bdh::State { pos, rho })
 }
 
-/// The metadata that ties a state to its model: the config and a fingerprint
-/// (FNV-1a) of the weights' bits.
-fn identity(prepared: &Prepared) -> HashMap<String, String> {
-    let hash = match prepared {
-        Prepared::Bdh(p) => p.model().params.fingerprint(),
-        Prepared::Gpt(p) => p.model().params.fingerprint(),
-    };
-    HashMap::from([("config".to_string(), prepared.config().to_json()), ("weights".to_string(), hash)])
+/// The layout `meta` declares: a version of the format, or none (`unversioned`).
+fn layout(meta: &HashMap<String, String>, unversioned: Unversioned) -> std::result::Result<Layout, String> {
+    match (meta.get("format"), meta.get("version")) {
+        (None, None) => Ok(Layout::Unversioned(unversioned)),
+        (Some(f), _) if f != FORMAT => Err(format!("its format is `{f}`, not `{FORMAT}`: not a saved state")),
+        (None, Some(_)) => Err(format!("a `version` but no `format` in its metadata: not a `{FORMAT}` file")),
+        (Some(_), None) => Err(format!("no `version` in its metadata: `{FORMAT}` files name theirs")),
+        (Some(_), Some(v)) => match v.parse::<u64>() {
+            Ok(1) => Ok(Layout::V1),
+            Ok(newer) if newer > u64::from(VERSION) => Err(format!(
+                "written by a newer bdh: version {newer} of the state format, and this build reads versions up to \
+                 {VERSION}"
+            )),
+            _ => Err(format!("version `{v}` is not a version of the state format (a whole number from 1)")),
+        },
+    }
+}
+
+/// An error unless `meta` names `model` as the one that wrote the state (a carried
+/// state of before the format's version names none).
+fn check_owner(meta: &HashMap<String, String>, layout: Layout, model: &Bdh) -> std::result::Result<(), String> {
+    if layout == Layout::Unversioned(Unversioned::Carried) {
+        return Ok(());
+    }
+    let get = |key: &str| meta.get(key).ok_or_else(|| format!("no `{key}` in its metadata to check the model by"));
+    let theirs: ModelConfig = serde_json::from_str(get("config")?)
+        .map_err(|e| format!("its metadata's config is not a model config: {e}"))?;
+    let ours = ModelConfig::Bdh(model.config.clone());
+    if theirs != ours {
+        return Err(format!(
+            "saved by another model: its config ({}) differs from this model's ({})",
+            theirs.describe(),
+            ours.describe()
+        ));
+    }
+    if *get("weights")? != model.params.fingerprint() {
+        return Err("saved by another model: its config is this model's, but its weights differ".into());
+    }
+    Ok(())
 }
 
 /// An error unless states of `prepared`'s family can be saved (BDH's can; a GPT's not).

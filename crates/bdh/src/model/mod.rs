@@ -7,6 +7,7 @@
 //! and the parameters are one flat [`Params`] buffer whatever the family.
 
 pub mod bdh;
+mod dropout;
 pub mod gpt;
 pub(crate) mod loss;
 

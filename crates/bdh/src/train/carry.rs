@@ -6,11 +6,12 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::io::{encode_safetensors, read_safetensors, write_atomic};
+use crate::io::state::{self, Unversioned};
 use crate::model::bdh::State;
 use crate::model::{Model, ModelConfig};
 
-/// File of a checkpoint that holds the carried state.
+/// File of a checkpoint that holds the carried state, in the format of
+/// [`crate::io::state`].
 const FILE: &str = "carry.safetensors";
 
 /// The state a run carries, and how its gradient is taken.
@@ -25,12 +26,7 @@ pub struct Carry {
 impl Carry {
     /// An empty state for `rows` streams of `model` (BDH only).
     pub fn new(model: &ModelConfig, rows: usize, detach: bool) -> Result<Self> {
-        let ModelConfig::Bdh(c) = model else {
-            return Err(Error::Config(format!(
-                "training.carry_state carries BDH's synapse state; a {} has none",
-                model.describe()
-            )));
-        };
+        let ModelConfig::Bdh(c) = model else { return Err(no_state(model)) };
         Ok(Carry { state: State::rows(c, rows)?, detach })
     }
 
@@ -40,37 +36,23 @@ impl Carry {
         self.state.pos = 0;
     }
 
-    /// Writes the state into checkpoint directory `dir`.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        let pos = [self.state.pos as f32];
-        let tensors = vec![
-            ("rho".to_string(), vec![self.state.rho.len()], &self.state.rho[..]),
-            // A position is a whole number below 2²⁴, exact in f32.
-            ("pos".to_string(), vec![1], &pos[..]),
-        ];
-        write_atomic(&dir.join(FILE), &encode_safetensors(&tensors)?)
+    /// Writes the state into checkpoint directory `dir`, whose model is `model`.
+    pub fn save(&self, dir: &Path, model: &Model) -> Result<()> {
+        let Model::Bdh(m) = model else { return Err(no_state(&model.config())) };
+        let rows = self.state.rho.len() / State::shape(&m.config).iter().product::<usize>().max(1);
+        state::write(&dir.join(FILE), m, &self.state, rows)
     }
 
-    /// Reads the state a checkpoint of `model` (`rows` streams) holds.
+    /// Reads the state (`rows` streams) a checkpoint holds beside its model `model`,
+    /// which must be the model that wrote it (a file of before the state format's
+    /// version names none, and only its sizes and values are checked).
     pub fn load(dir: &Path, model: &Model, rows: usize, detach: bool) -> Result<Self> {
-        let path = dir.join(FILE);
-        let mut carry = Carry::new(&model.config(), rows, detach)?;
-        let mut tensors = read_safetensors(&path)?;
-        let mut take = |name: &str| {
-            tensors.remove(name).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: name.into() })
-        };
-        let (rho, pos) = (take("rho")?, take("pos")?);
-        let (rho, pos) = (rho.f32s("rho")?, pos.f32s("pos")?);
-        let pos = pos.first().copied().unwrap_or(-1.0);
-        if rho.len() != carry.state.rho.len()
-            || rho.iter().any(|v| !v.is_finite())
-            || !(0.0..16_777_216.0).contains(&pos)
-            || pos.fract() != 0.0
-        {
-            return Err(Error::format(&path, "the carried state does not fit this run, or holds bad values"));
-        }
-        carry.state.rho.copy_from_slice(rho);
-        carry.state.pos = pos as usize;
-        Ok(carry)
+        let Model::Bdh(m) = model else { return Err(no_state(&model.config())) };
+        Ok(Carry { state: state::read(&dir.join(FILE), m, rows, Unversioned::Carried)?, detach })
     }
+}
+
+/// Only BDH has a synapse state to carry.
+fn no_state(model: &ModelConfig) -> Error {
+    Error::Config(format!("training.carry_state carries BDH's synapse state; a {} has none", model.describe()))
 }

@@ -377,7 +377,7 @@ fn save_state(trainer: &Trainer, tokenizer: &Tokenizer, state: &TrainerState, di
         }
         write_atomic(&tmp.join("optimizer.safetensors"), &encode_safetensors(&tensors)?)?;
         if let Some(carry) = &trainer.carry {
-            carry.save(tmp)?;
+            carry.save(tmp, &trainer.model)?;
         }
         let json = serde_json::json!({"state": state, "optimizer_step": trainer.opt.step});
         write_atomic(&tmp.join("trainer.json"), serde_json::to_string_pretty(&json).expect("serialises").as_bytes())

@@ -10,13 +10,11 @@
 //! Every activation the backward needs is kept, in buffers allocated once per (B, T).
 
 use bdh_kernels::{add_bias, affine, causal_softmax_attention, gelu, layer_norm, matmul, MatMul, SoftmaxAttention};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use super::params::{weights, Affine};
 use super::Gpt;
 use crate::error::{Error, Result};
-use crate::model::{zeroed, Mode};
+use crate::model::{dropout, zeroed, Mode};
 
 /// Sizes of one pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,14 +145,11 @@ impl Activations {
     }
 }
 
-/// Fills `keep` (resized to `len`) with dropout scales 0 or 1/(1−p) from stream
-/// `stream` of `seed`.
+/// Fills `keep` (resized to `len`) with dropout scales 0 or 1/(1−p), the whole
+/// mask one block from stream `stream` of `seed`.
 fn draw(keep: &mut Vec<f32>, len: usize, seed: u64, stream: u64, p: f32) {
     keep.resize(len, 0.0);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(stream);
-    let scale = 1.0 / (1.0 - p);
-    keep.iter_mut().for_each(|k| *k = if rng.random::<f32>() < p { 0.0 } else { scale });
+    dropout::draw(keep, len, seed, stream, p);
 }
 
 /// `out = x · wᵀ + b` for a Linear `p` with weight (out, in), over `rows` rows.
