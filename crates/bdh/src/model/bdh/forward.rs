@@ -27,8 +27,6 @@
 use bdh_kernels::{
     add, causal_linear_attention, gated_product, layer_norm, matmul, matmul_batched, Attention, Batch, MatMul,
 };
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use super::decay::DecayTable;
 use super::edit::{Edits, Region, Site, NO_EDITS};
@@ -446,7 +444,7 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
     e.edits.apply(Site::Y, l, s.y, dm.region(e.pos0));
     // xy_sparse = drop(x_sparse * y_sparse)           y_{t,l} = (D_y LN(a))^+ ⊙ x_{t,l}  (B, H, T, N)
     if let Some((seed, stream, prob)) = e.dropout {
-        draw_dropout_masks(s.keep, t * n, seed, stream, prob);
+        crate::model::dropout::draw(s.keep, t * n, seed, stream, prob);
     }
     gated_product(s.z, s.x, s.y, s.keep);
     //   (the gate's site: its mechanism, if any)
@@ -464,17 +462,4 @@ fn mix(p: &Weights, s: LayerRows) {
     // x = ln(x + y)                                   v_{t,l} = LN(v_{t,l−1} + LN(E y))  (B, T, D)
     add(s.v_out, s.v_in, s.w);
     layer_norm(s.v_out, s.rstd_out, d);
-}
-
-/// Fills each block of `block` values of `keep` (one (row, head) of a layer) with 0
-/// (dropped, probability `prob`) or `1/(1−prob)` (kept), as `nn.Dropout` scales,
-/// from ChaCha stream `first_stream + block index` of `seed`, so the masks do not
-/// depend on the thread count.
-fn draw_dropout_masks(keep: &mut [f32], block: usize, seed: u64, first_stream: u64, prob: f32) {
-    let scale = 1.0 / (1.0 - prob);
-    bdh_kernels::parallel_chunks(keep, block, |i, k| {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(first_stream + i as u64);
-        k.iter_mut().for_each(|k| *k = if rng.random::<f32>() < prob { 0.0 } else { scale });
-    });
 }
