@@ -302,6 +302,14 @@ pub(crate) fn check_tokens(tokens: &[u32], vocab: usize, what: &str) -> Result<(
     }
 }
 
+/// Checks a (B, T) batch of token ids: its length and every id.
+pub(crate) fn check_batch(tokens: &[u32], (b, t): (usize, usize), vocab: usize, what: &str) -> Result<()> {
+    if tokens.len() != b * t {
+        return Err(Error::Input(format!("{what}: {} ids for a batch of B={b} × T={t}", tokens.len())));
+    }
+    check_tokens(tokens, vocab, what)
+}
+
 /// Checks that a stream at position `pos` may read `more` tokens without passing
 /// [`MAX_POSITION`]: the one position bound of every path that reads tokens.
 pub fn check_positions(pos: usize, more: usize, what: &str) -> Result<()> {

@@ -16,7 +16,7 @@ use super::site::Mechanisms;
 use super::Bdh;
 use crate::error::{Error, Result};
 use crate::model::loss::{cross_entropy, cross_entropy_backward};
-use crate::model::{check_tokens, zeroed};
+use crate::model::{check_batch, zeroed};
 use crate::params::Params;
 
 /// Scratch buffers of the backward, sized once per (B, T).
@@ -83,10 +83,7 @@ impl Backward {
 /// Mean cross-entropy of the last forward's logits against `targets` (B, T).
 pub fn loss(acts: &Activations, targets: &[u32]) -> Result<f32> {
     let Dims { b, t, v, .. } = acts.dims;
-    if targets.len() != b * t {
-        return Err(Error::Input(format!("targets: {} ids for a batch of B={b} × T={t}", targets.len())));
-    }
-    check_tokens(targets, v, "targets")?;
+    check_batch(targets, (b, t), v, "targets")?;
     Ok(cross_entropy(&acts.logits, targets, acts.dims.v))
 }
 

@@ -36,7 +36,7 @@ use super::rope::RopeTable;
 use super::site::Mechanisms;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
-use crate::model::{check_positions, check_tokens, zeroed, Mode};
+use crate::model::{check_batch, check_positions, zeroed, Mode};
 use std::ops::Range;
 
 /// Sizes of one forward pass: B, T and the model's D, H, N, V, L.
@@ -330,10 +330,7 @@ fn begin(
     state: Option<&State>,
 ) -> Result<Setup> {
     let dm = acts.dims;
-    if tokens.len() != dm.b * dm.t {
-        return Err(Error::Input(format!("forward: {} ids for a batch of B={} × T={}", tokens.len(), dm.b, dm.t)));
-    }
-    check_tokens(tokens, dm.v, "forward")?;
+    check_batch(tokens, (dm.b, dm.t), dm.v, "forward")?;
     if edits.touches(Site::Rho) {
         return Err(Error::Input("ρ edits apply to the recurrent step, not the parallel forward".into()));
     }

@@ -49,12 +49,7 @@ impl Backward {
 /// Mean cross-entropy of the last forward's logits against `targets` (B, T).
 pub fn loss(acts: &Activations, targets: &[u32]) -> Result<f32> {
     let Dims { b, t, v, .. } = acts.dims;
-    if targets.len() != b * t {
-        return Err(Error::Input(format!("targets: {} ids for a batch of B={b} × T={t}", targets.len())));
-    }
-    if let Some(&bad) = targets.iter().find(|&&x| x as usize >= v) {
-        return Err(Error::Input(format!("targets: token id {bad} ≥ vocab_size {v}")));
-    }
+    crate::model::check_batch(targets, (b, t), v, "targets")?;
     Ok(cross_entropy(&acts.logits, targets, v))
 }
 

@@ -164,12 +164,7 @@ pub(crate) fn linear(out: &mut [f32], x: &[f32], p: &Affine<&[f32]>, rows: usize
 /// Runs `model` on `tokens` (B, T) and fills `acts`, logits included.
 pub fn forward(model: &Gpt, tokens: &[u32], acts: &mut Activations, mode: Mode) -> Result<()> {
     let Dims { b, t, d, h, v, l: _ } = acts.dims;
-    if tokens.len() != b * t {
-        return Err(Error::Input(format!("forward: {} ids for a batch of B={b} × T={t}", tokens.len())));
-    }
-    if let Some(&bad) = tokens.iter().find(|&&tok| tok as usize >= v) {
-        return Err(Error::Input(format!("forward: token id {bad} ≥ vocab_size {v}")));
-    }
+    crate::model::check_batch(tokens, (b, t), v, "forward")?;
     let w = weights(&model.config, &model.params);
     let p = model.config.dropout;
     let dropout = match mode {

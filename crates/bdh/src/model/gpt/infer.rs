@@ -11,7 +11,7 @@ use super::forward::{forward, linear, Activations};
 use super::params::{weights, Affine};
 use super::Gpt;
 use crate::error::{Error, Result};
-use crate::model::{zeroed, Mode};
+use crate::model::{check_tokens, zeroed, Mode};
 
 /// A GPT ready for generation.
 #[derive(Clone, Debug)]
@@ -108,9 +108,7 @@ impl Prepared {
             return Err(Error::Input("prefill: no tokens".into()));
         }
         let c = &self.model.config;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(Error::Input(format!("prefill: token id {bad} ≥ vocab_size {}", c.vocab_size)));
-        }
+        check_tokens(tokens, c.vocab_size, "prefill")?;
         if state.len == 0 && tokens.len() <= c.block_size {
             // One parallel forward over the whole prompt, its keys and values kept.
             self.reread(state, scratch, tokens)?;
@@ -126,9 +124,7 @@ impl Prepared {
     /// Reads one token; returns the logits for the next.
     pub fn step<'s>(&self, state: &mut State, scratch: &'s mut Scratch, token: u32) -> Result<&'s [f32]> {
         let c = &self.model.config;
-        if token as usize >= c.vocab_size {
-            return Err(Error::Input(format!("step: token id {token} ≥ vocab_size {}", c.vocab_size)));
-        }
+        check_tokens(&[token], c.vocab_size, "step")?;
         if state.len == c.block_size {
             // The window is full: slide it and re-read it from position 0. The state
             // changes only once the re-read has succeeded.
