@@ -6,8 +6,8 @@ use bdh::infer::{Generation, SamplingConfig};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::engine::Finish;
-use super::error::ApiError;
+use crate::engine::Finish;
+use crate::error::ApiError;
 
 /// Which endpoint a request came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

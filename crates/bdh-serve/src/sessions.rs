@@ -12,7 +12,7 @@ use bdh::infer::{Prepared, State};
 use bdh::io::state;
 use serde::Serialize;
 
-use super::error::ApiError;
+use crate::error::ApiError;
 
 /// What a client sees of a session.
 #[derive(Clone, Debug, Serialize)]

@@ -12,7 +12,7 @@ use bdh::infer::{BatchScratch, Decoding, Generation, Prepared, Sampler, State};
 use bdh::model::bdh::NO_EDITS;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::sessions::Sessions;
+use crate::sessions::Sessions;
 
 /// A request for the engine: a prompt to read after `state`, then a generation.
 pub struct Job {
@@ -229,6 +229,6 @@ fn extract(live: &mut Vec<Live>, which: impl Fn(&Live) -> bool) -> Vec<Live> {
 /// Returns a finished stream's state to its session, if it has one.
 fn give_back(sessions: &Mutex<Sessions>, job: Job) {
     if let Some(id) = &job.session {
-        super::sessions::lock(sessions).check_in(id, job.state);
+        crate::sessions::lock(sessions).check_in(id, job.state);
     }
 }

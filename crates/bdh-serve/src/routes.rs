@@ -20,10 +20,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::api::{Kind, Limits, Meta, Request};
-use super::engine::{Event, Job, Slot};
-use super::error::ApiError;
-use super::sessions::{lock, Sessions};
+use crate::api::{Kind, Limits, Meta, Request};
+use crate::engine::{Event, Job, Slot};
+use crate::error::ApiError;
+use crate::sessions::{lock, Sessions};
 
 use bdh::model::bdh::rope::MAX_POSITION;
 
@@ -37,6 +37,8 @@ pub struct App {
     pub prepared: Arc<Prepared>,
     /// Limits on requests.
     pub limits: Limits,
+    /// Bytes a request body may have.
+    pub max_body_bytes: usize,
     /// Streams at most at once.
     pub max_streams: usize,
     /// Streams in flight.
@@ -52,7 +54,8 @@ pub struct App {
 }
 
 /// The router of every endpoint.
-pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+pub fn router(app: Arc<App>) -> Router {
+    let max_body_bytes = app.max_body_bytes;
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
