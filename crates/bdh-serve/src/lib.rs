@@ -117,7 +117,7 @@ impl Server {
             "bdh serve runs BDH models, whose streams step together with a state of fixed size; this is a GPT \
              (use bdh generate for it)"
         );
-        let state_bytes = prepared.state()?.bytes();
+        let state_bytes = prepared.state_bytes();
         // Every stream may hold a state of its own and every session one in memory.
         let states = config.max_streams.saturating_add(config.max_sessions);
         let what = format!("{states} states of {state_bytes} bytes (--max-streams + --max-sessions)");
@@ -175,7 +175,7 @@ impl Server {
             eprintln!(
                 "model {} · state {} bytes a session · up to {} streams",
                 self.app.model_name,
-                self.app.prepared.state()?.bytes(),
+                self.app.prepared.state_bytes(),
                 self.app.max_streams
             );
             let shutdown = shutdown(self.app.clone(), self.cancel.clone(), self.grace);

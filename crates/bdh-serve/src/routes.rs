@@ -150,7 +150,7 @@ async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiE
         kind,
         session: spec.session,
     };
-    let state_bytes = app.prepared.state().map_or(0, |s| s.bytes());
+    let state_bytes = app.prepared.state_bytes();
     if spec.stream {
         return Ok(stream(meta, rx, state_bytes));
     }
@@ -205,7 +205,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
         "max_streams": app.max_streams,
         "sessions_in_memory": live,
         "sessions_on_disk": on_disk,
-        "state_bytes": app.prepared.state().map_or(0, |s| s.bytes()),
+        "state_bytes": app.prepared.state_bytes(),
     }))
 }
 

@@ -69,11 +69,6 @@ impl Sessions {
         })
     }
 
-    /// Bytes of one state.
-    fn state_bytes(&self) -> usize {
-        self.prepared.state().map_or(0, |s| s.bytes())
-    }
-
     /// Sessions in memory and on disk.
     pub fn counts(&self) -> (usize, usize) {
         (self.live.len(), self.evicted.len())
@@ -100,7 +95,7 @@ impl Sessions {
             None if self.evicted.contains(id) => (None, false),
             None => return Err(unknown(id)),
         };
-        Ok(Info { id: id.into(), object: "session", position, state_bytes: self.state_bytes(), in_memory })
+        Ok(Info { id: id.into(), object: "session", position, state_bytes: self.prepared.state_bytes(), in_memory })
     }
 
     /// Every session, in memory first.
