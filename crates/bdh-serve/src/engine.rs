@@ -6,13 +6,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bdh::infer::{BatchScratch, Decoding, Generation, Prepared, Sampler, State};
 use bdh::model::bdh::NO_EDITS;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::sessions::Sessions;
+use crate::lease::Lease;
 
 /// A request for the engine: a prompt to read after `state`, then a generation.
 pub struct Job {
@@ -22,10 +22,9 @@ pub struct Job {
     pub generation: Generation,
     /// The stream's own sampler, seeded as `bdh generate` seeds it.
     pub sampler: Sampler,
-    /// The state the prompt continues (empty, or a session's).
-    pub state: State,
-    /// The session the state goes back to at the end, if any.
-    pub session: Option<String>,
+    /// The state the prompt continues (empty, or a session's, which goes back to
+    /// the session when the job is dropped).
+    pub state: Lease,
     /// Where the text and the end go; closed when the client goes away.
     pub events: UnboundedSender<Event>,
     /// The stream's slot, held for its drop: freed when the stream ends.
@@ -107,7 +106,7 @@ struct Live {
 
 /// Runs the loop until `jobs` is closed and no stream is left; `cancel` ends every
 /// stream at once (the end of a shutdown's grace period).
-pub fn run(prepared: Arc<Prepared>, sessions: Arc<Mutex<Sessions>>, jobs: Receiver<Job>, cancel: Arc<AtomicBool>) {
+pub fn run(prepared: Arc<Prepared>, jobs: Receiver<Job>, cancel: Arc<AtomicBool>) {
     let mut scratch = prepared.scratch(false);
     let mut batch = BatchScratch::default();
     let chunk = match &*prepared {
@@ -136,13 +135,10 @@ pub fn run(prepared: Arc<Prepared>, sessions: Arc<Mutex<Sessions>>, jobs: Receiv
         }
         let cancelled = cancel.load(Ordering::SeqCst);
         // A client that went away frees its slot now.
-        for l in extract(&mut live, |l| l.job.events.is_closed()) {
-            give_back(&sessions, l.job);
-        }
+        drop(extract(&mut live, |l| l.job.events.is_closed()));
         if let Err(e) = turn(&prepared, &mut live, &mut scratch, &mut batch, chunk, cancelled) {
             for l in live.drain(..) {
                 let _ = l.job.events.send(Event::Failed(e.to_string()));
-                give_back(&sessions, l.job);
             }
         }
         for mut l in extract(&mut live, |l| l.end.is_some()) {
@@ -161,7 +157,7 @@ pub fn run(prepared: Arc<Prepared>, sessions: Arc<Mutex<Sessions>>, jobs: Receiv
             let events = l.job.events.clone();
             // The state goes back before the end is sent, so a client's next request
             // on the session finds it.
-            give_back(&sessions, l.job);
+            drop(l.job);
             let _ = events.send(Event::Done(finish));
         }
     }
@@ -202,7 +198,7 @@ fn turn(
     if tokens.is_empty() {
         return Ok(());
     }
-    let mut states: Vec<&mut State> = live.iter_mut().filter(|l| l.next.is_some()).map(|l| &mut l.job.state).collect();
+    let mut states: Vec<&mut State> = live.iter_mut().filter(|l| l.next.is_some()).map(|l| &mut *l.job.state).collect();
     let logits = prepared.step_batch(&mut states, batch, &tokens)?;
     let v = logits.len() / tokens.len();
     for (l, row) in live.iter_mut().filter(|l| l.next.is_some()).zip(logits.chunks_exact(v)) {
@@ -224,11 +220,4 @@ fn extract(live: &mut Vec<Live>, which: impl Fn(&Live) -> bool) -> Vec<Live> {
     let (out, kept): (Vec<Live>, Vec<Live>) = live.drain(..).partition(which);
     *live = kept;
     out
-}
-
-/// Returns a finished stream's state to its session, if it has one.
-fn give_back(sessions: &Mutex<Sessions>, job: Job) {
-    if let Some(id) = &job.session {
-        crate::sessions::lock(sessions).check_in(id, job.state);
-    }
 }

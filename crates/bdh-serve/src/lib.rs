@@ -7,7 +7,8 @@
 //! - [`api`]: the request fields read, checked and bounded, the chat template, and
 //!   the JSON of the answers;
 //! - [`sessions`]: named states kept between requests, the least recently used
-//!   evicted to disk;
+//!   evicted to disk; [`lease`]: a session's state checked out by a stream, put
+//!   back when the lease is dropped;
 //! - [`engine`]: the decoding loop, one thread that advances every live stream with
 //!   one batched step a turn;
 //! - [`error`]: a refusal as an HTTP status and an OpenAI-style JSON body.
@@ -46,6 +47,7 @@
 pub mod api;
 pub mod engine;
 pub mod error;
+pub mod lease;
 pub mod routes;
 pub mod sessions;
 
@@ -126,14 +128,12 @@ impl Server {
         let dir = &config.sessions_dir;
         let sessions = Sessions::new(prepared.clone(), config.max_sessions, dir)
             .with_context(|| format!("preparing the sessions directory {}", dir.display()))?;
-        let sessions = Arc::new(Mutex::new(sessions));
+        let sessions = Arc::new(sessions);
         let (jobs, queue) = std::sync::mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let engine = {
-            let (prepared, sessions, cancel) = (prepared.clone(), sessions.clone(), cancel.clone());
-            std::thread::Builder::new()
-                .name("decode".into())
-                .spawn(move || engine::run(prepared, sessions, queue, cancel))?
+            let (prepared, cancel) = (prepared.clone(), cancel.clone());
+            std::thread::Builder::new().name("decode".into()).spawn(move || engine::run(prepared, queue, cancel))?
         };
         let app = Arc::new(App {
             jobs: Mutex::new(jobs),
@@ -194,7 +194,7 @@ impl Server {
         *self.app.jobs.lock().unwrap_or_else(|e| e.into_inner()) = std::sync::mpsc::channel().0;
         self.cancel.store(true, Ordering::SeqCst);
         let _ = engine.join();
-        sessions::lock(&self.app.sessions).clear_evicted();
+        self.app.sessions.clear_evicted();
     }
 }
 

@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+mod engine;
 mod health;
+mod sessions;
 
 /// Tests run one at a time: they count the states the process makes, which any
 /// other test running meanwhile would move.
