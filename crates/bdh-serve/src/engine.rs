@@ -2,13 +2,15 @@
 //! and advances them together (continuous batching). Each turn it admits the
 //! requests that arrived, reads one prefill chunk of each stream still reading its
 //! prompt, chooses every decoding stream's next token and runs one batched step
-//! for all of them. A stream whose client went away is dropped at the next turn.
+//! for all of them. A stream whose client went away is dropped at the next turn;
+//! a stream that fails (its prompt, its state) ends alone, the others go on.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
-use bdh::infer::{BatchScratch, Decoding, Generation, Prepared, Sampler, State};
+use bdh::infer::{BatchScratch, Decoding, Generation, Prepared, Sampler, Scratch, State};
+use bdh::model::bdh::rope::MAX_POSITION;
 use bdh::model::bdh::NO_EDITS;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -95,37 +97,117 @@ impl Drop for Slot {
     }
 }
 
+/// Where a stream is: reading its prompt, generating, or ended.
+enum Phase {
+    /// Reading the prompt, a chunk a turn; `read` tokens of it so far.
+    Prefill { read: usize },
+    /// Generating; `next` is the token chosen for this turn's step, once chosen.
+    Decode { decoding: Decoding, next: Option<u32> },
+    /// Ended: the event that ends it, sent once its state is back in its session.
+    Ended(Event),
+}
+
 /// A stream in the engine.
-struct Live {
+struct Stream {
     job: Job,
-    read: usize,                // prompt tokens read so far
-    decoding: Option<Decoding>, // once the prompt is read
-    next: Option<u32>,          // the token chosen for this turn's step
-    end: Option<Reason>,
+    phase: Phase,
+}
+
+impl Stream {
+    /// Ends the stream for `reason` (not one already ended), sending the text it
+    /// held back unless cancelled.
+    fn finish(&mut self, reason: Reason) {
+        let (prompt_tokens, completion_tokens) = match &mut self.phase {
+            Phase::Prefill { read } => (*read, 0),
+            Phase::Decode { decoding, .. } => {
+                if reason != Reason::Cancelled {
+                    if let Some(rest) = decoding.rest() {
+                        let _ = self.job.events.send(Event::Text(rest));
+                    }
+                }
+                (self.job.prompt.len(), decoding.tokens().len())
+            }
+            Phase::Ended(_) => return,
+        };
+        let position = self.job.state.pos();
+        self.phase = Phase::Ended(Event::Done(Finish { reason, prompt_tokens, completion_tokens, position }));
+    }
+
+    /// Ends the stream, and only it, with a failure.
+    fn fail(&mut self, message: String) {
+        self.phase = Phase::Ended(Event::Failed(message));
+    }
+
+    /// Whether the stream chose a token for this turn's step.
+    fn stepping(&self) -> bool {
+        matches!(self.phase, Phase::Decode { next: Some(_), .. })
+    }
+
+    /// Reads the logits after this turn's token: the text that became ready, or the
+    /// end at a stop string.
+    fn read(&mut self, logits: &[f32]) {
+        let Phase::Decode { decoding, next } = &mut self.phase else { return };
+        *next = None;
+        match decoding.read(logits) {
+            None => self.finish(Reason::Stop),
+            Some(text) if !text.is_empty() => {
+                let _ = self.job.events.send(Event::Text(text));
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Sends the end once the state is back: a client's next request on the
+    /// session finds it.
+    fn close(self) {
+        let Stream { job, phase } = self;
+        let events = job.events.clone();
+        drop(job);
+        if let Phase::Ended(event) = phase {
+            let _ = events.send(event);
+        }
+    }
+}
+
+/// What the loop keeps between turns: the model and one worker's buffers.
+struct Engine {
+    prepared: Arc<Prepared>,
+    scratch: Scratch,
+    batch: BatchScratch,
+    chunk: usize,       // prompt tokens a stream reads a turn
+    vocab: usize,       // V
+    state_bytes: usize, // of one stream's state
 }
 
 /// Runs the loop until `jobs` is closed and no stream is left; `cancel` ends every
 /// stream at once (the end of a shutdown's grace period).
 pub fn run(prepared: Arc<Prepared>, jobs: Receiver<Job>, cancel: Arc<AtomicBool>) {
-    let mut scratch = prepared.scratch(false);
-    let mut batch = BatchScratch::default();
     let chunk = match &*prepared {
         Prepared::Bdh(p) => p.prefill_chunk(),
         Prepared::Gpt(_) => usize::MAX,
     };
-    let mut live: Vec<Live> = Vec::new();
+    let mut engine = Engine {
+        scratch: prepared.scratch(false),
+        batch: BatchScratch::default(),
+        chunk,
+        vocab: prepared.config().vocab_size(),
+        state_bytes: prepared.state_bytes(),
+        prepared,
+    };
+    let admit = |job| Stream { job, phase: Phase::Prefill { read: 0 } };
+    let mut live: Vec<Stream> = Vec::new();
     let mut open = true;
     loop {
         // Admit what arrived; wait for work when there is none.
         if live.is_empty() && open {
             match jobs.recv() {
-                Ok(job) => live.push(Live { job, read: 0, decoding: None, next: None, end: None }),
+                Ok(job) => live.push(admit(job)),
                 Err(_) => open = false,
             }
         }
         while open {
             match jobs.try_recv() {
-                Ok(job) => live.push(Live { job, read: 0, decoding: None, next: None, end: None }),
+                Ok(job) => live.push(admit(job)),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -133,91 +215,99 @@ pub fn run(prepared: Arc<Prepared>, jobs: Receiver<Job>, cancel: Arc<AtomicBool>
         if live.is_empty() && !open {
             return;
         }
-        let cancelled = cancel.load(Ordering::SeqCst);
-        // A client that went away frees its slot now.
-        drop(extract(&mut live, |l| l.job.events.is_closed()));
-        if let Err(e) = turn(&prepared, &mut live, &mut scratch, &mut batch, chunk, cancelled) {
-            for l in live.drain(..) {
-                let _ = l.job.events.send(Event::Failed(e.to_string()));
+        // A client that went away frees its slot and its session's state now.
+        live.retain(|s| !s.job.events.is_closed());
+        engine.turn(&mut live, cancel.load(Ordering::SeqCst));
+        let (ended, going) = live.drain(..).partition(|s| matches!(s.phase, Phase::Ended(_)));
+        live = going;
+        ended.into_iter().for_each(Stream::close);
+    }
+}
+
+impl Engine {
+    /// One turn: a prefill chunk of each stream reading its prompt, a token chosen
+    /// for each generating one, one batched step for all of them.
+    fn turn(&mut self, live: &mut [Stream], cancelled: bool) {
+        for s in live.iter_mut() {
+            if cancelled {
+                s.finish(Reason::Cancelled);
+                continue;
             }
-        }
-        for mut l in extract(&mut live, |l| l.end.is_some()) {
-            let reason = l.end.expect("an ended stream has a reason");
-            if reason != Reason::Cancelled {
-                if let Some(rest) = l.decoding.as_mut().and_then(Decoding::rest) {
-                    let _ = l.job.events.send(Event::Text(rest));
+            if let Phase::Prefill { read } = s.phase {
+                match self.prefill(&mut s.job, read) {
+                    Ok(phase) => s.phase = phase,
+                    Err(e) => s.fail(e.to_string()),
                 }
             }
-            let finish = Finish {
-                reason,
-                prompt_tokens: l.read,
-                completion_tokens: l.decoding.as_ref().map_or(0, |d| d.tokens().len()),
-                position: l.job.state.pos(),
+            let Phase::Decode { decoding, next } = &mut s.phase else { continue };
+            *next = decoding.next_token(&mut s.job.sampler);
+            let chosen = match *next {
+                Some(token) => self.unfit(&s.job.state, token).map(Err),
+                None => Some(Ok(if decoding.stopped_by().is_some() { Reason::Stop } else { Reason::Length })),
             };
-            let events = l.job.events.clone();
-            // The state goes back before the end is sent, so a client's next request
-            // on the session finds it.
-            drop(l.job);
-            let _ = events.send(Event::Done(finish));
+            match chosen {
+                Some(Ok(reason)) => s.finish(reason),
+                Some(Err(why)) => s.fail(why),
+                None => {}
+            }
         }
+        self.step(live);
     }
-}
 
-/// One turn: prefill chunks, token choices, one batched step.
-fn turn(
-    prepared: &Prepared,
-    live: &mut [Live],
-    scratch: &mut bdh::infer::Scratch,
-    batch: &mut BatchScratch,
-    chunk: usize,
-    cancelled: bool,
-) -> bdh::Result<()> {
-    for l in live.iter_mut() {
-        if cancelled {
-            l.end = Some(Reason::Cancelled);
-            continue;
-        }
-        if l.decoding.is_none() {
-            // One chunk per turn, so a long prompt does not stall the other streams;
-            // chunks of prefill_chunk() tokens read exactly as one prefill would.
-            let end = l.job.prompt.len().min(l.read.saturating_add(chunk));
-            let logits = prepared.prefill(&mut l.job.state, scratch, &l.job.prompt[l.read..end], &NO_EDITS)?;
-            l.read = end;
-            if end == l.job.prompt.len() {
-                l.decoding = Some(Decoding::new(&l.job.prompt, &l.job.generation, logits));
-            }
-        }
-        if let Some(d) = &mut l.decoding {
-            l.next = d.next_token(&mut l.job.sampler);
-            if l.next.is_none() {
-                l.end = Some(if d.stopped_by().is_some() { Reason::Stop } else { Reason::Length });
-            }
-        }
+    /// Reads one chunk of the prompt from `read` on (chunks of prefill_chunk()
+    /// tokens read exactly as one prefill would): the stream's next phase.
+    fn prefill(&mut self, job: &mut Job, read: usize) -> bdh::Result<Phase> {
+        let end = job.prompt.len().min(read.saturating_add(self.chunk));
+        let logits = self.prepared.prefill(&mut job.state, &mut self.scratch, &job.prompt[read..end], &NO_EDITS)?;
+        Ok(if end == job.prompt.len() {
+            Phase::Decode { decoding: Decoding::new(&job.prompt, &job.generation, logits), next: None }
+        } else {
+            Phase::Prefill { read: end }
+        })
     }
-    let tokens: Vec<u32> = live.iter().filter_map(|l| l.next).collect();
-    if tokens.is_empty() {
-        return Ok(());
-    }
-    let mut states: Vec<&mut State> = live.iter_mut().filter(|l| l.next.is_some()).map(|l| &mut *l.job.state).collect();
-    let logits = prepared.step_batch(&mut states, batch, &tokens)?;
-    let v = logits.len() / tokens.len();
-    for (l, row) in live.iter_mut().filter(|l| l.next.is_some()).zip(logits.chunks_exact(v)) {
-        l.next = None;
-        let d = l.decoding.as_mut().expect("a stream that chose a token is decoding");
-        match d.read(row) {
-            None => l.end = Some(Reason::Stop),
-            Some(text) if !text.is_empty() => {
-                let _ = l.job.events.send(Event::Text(text));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
-}
 
-/// Removes the streams `which` selects from `live`, keeping the order of both.
-fn extract(live: &mut Vec<Live>, which: impl Fn(&Live) -> bool) -> Vec<Live> {
-    let (out, kept): (Vec<Live>, Vec<Live>) = live.drain(..).partition(which);
-    *live = kept;
-    out
+    /// Why `state` cannot take `token` in the batched step, if it cannot: what would
+    /// fail the step for every stream is checked for each alone, so that a stream at
+    /// fault ends by itself and the others go on.
+    fn unfit(&self, state: &State, token: u32) -> Option<String> {
+        let ours = matches!((&*self.prepared, state), (Prepared::Bdh(_), State::Bdh(_)));
+        if !ours || state.bytes() != self.state_bytes {
+            return Some("the stream's state is not one of this model's".into());
+        }
+        if token as usize >= self.vocab {
+            return Some(format!("token id {token} ≥ vocab_size {}", self.vocab));
+        }
+        if state.pos() >= MAX_POSITION {
+            return Some(format!(
+                "the state is at position {}: past 2^24 ({MAX_POSITION}) positions are no longer exact in f32",
+                state.pos()
+            ));
+        }
+        None
+    }
+
+    /// One batched step of every stream that chose a token; each reads its row of
+    /// logits. A step that fails anyway fails the streams in it, not the others.
+    fn step(&mut self, live: &mut [Stream]) {
+        let tokens: Vec<u32> = live
+            .iter()
+            .filter_map(|s| match s.phase {
+                Phase::Decode { next, .. } => next,
+                _ => None,
+            })
+            .collect();
+        if tokens.is_empty() {
+            return;
+        }
+        let mut states: Vec<&mut State> = live.iter_mut().filter(|s| s.stepping()).map(|s| &mut *s.job.state).collect();
+        let stepped = self.prepared.step_batch(&mut states, &mut self.batch, &tokens);
+        let stepping = live.iter_mut().filter(|s| s.stepping());
+        match stepped {
+            Ok(logits) => {
+                let v = logits.len() / tokens.len();
+                stepping.zip(logits.chunks_exact(v)).for_each(|(s, row)| s.read(row));
+            }
+            Err(e) => stepping.for_each(|s| s.fail(e.to_string())),
+        }
+    }
 }

@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bdh::infer::{Generation, Prepared, Sampler, SamplingConfig};
-use bdh_serve::engine::{self, Event, Job, Slot};
+use bdh::model::bdh::rope::MAX_POSITION;
+use bdh_serve::engine::{self, Event, Job, Reason, Slot};
 use bdh_serve::lease::Lease;
 use bdh_serve::sessions::Sessions;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -53,6 +54,13 @@ impl Loop {
         self.jobs.as_ref().unwrap().send(job).unwrap();
         rx
     }
+
+    /// An empty state of no session, at position `pos`.
+    fn fresh(&self, pos: usize) -> Lease {
+        let mut lease = Lease::fresh(self.prepared.state().unwrap());
+        set_pos(&mut lease, pos);
+        lease
+    }
 }
 
 impl Drop for Loop {
@@ -61,6 +69,31 @@ impl Drop for Loop {
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
+    }
+}
+
+/// Every event of a stream until its end.
+fn events(mut rx: UnboundedReceiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(e) = rx.blocking_recv() {
+        out.push(e);
+    }
+    out
+}
+
+/// The end of a stream that ran to `max_tokens`: its generated tokens.
+fn completed(events: &[Event]) -> usize {
+    match events.last() {
+        Some(Event::Done(f)) if f.reason == Reason::Length => f.completion_tokens,
+        other => panic!("a stream that ran to its end, not {other:?}"),
+    }
+}
+
+/// The message of a stream that failed.
+fn failure(events: &[Event]) -> &str {
+    match events.last() {
+        Some(Event::Failed(m)) => m,
+        other => panic!("a failed stream, not {other:?}"),
     }
 }
 
@@ -84,4 +117,33 @@ fn a_stream_whose_client_left_gives_its_session_state_back() {
     drop(l.send(b"abc".map(u32::from).as_slice(), 1000, sessions.check_out(&id).unwrap()));
     eventually("the session is idle again", || sessions.info(&id).unwrap().position.is_some());
     eventually("the stream's slot is free", || l.streams.load(std::sync::atomic::Ordering::SeqCst) == 0);
+}
+
+#[test]
+fn a_stream_at_the_position_limit_fails_alone_and_its_session_keeps_its_state() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut l, queue) = Loop::new(256);
+    let sessions = Arc::new(Sessions::new(l.prepared.clone(), 4, dir.path()).unwrap());
+    let id = sessions.create(None).unwrap().id;
+    // One prompt token takes it to 2^24: it may not step further.
+    let mut late = sessions.check_out(&id).unwrap();
+    set_pos(&mut late, MAX_POSITION - 1);
+    let (a, b, c) = (l.send(&[1], 8, late), l.send(&[2, 3], 8, l.fresh(0)), l.send(&[4], 5, l.fresh(100)));
+    l.start(queue); // all three join the first turn, so step together
+    let failed = events(a);
+    assert!(failure(&failed).contains("2^24"), "{failed:?}");
+    assert_eq!((completed(&events(b)), completed(&events(c))), (8, 5));
+    assert_eq!(sessions.info(&id).unwrap().position, Some(MAX_POSITION), "the state as it failed, back");
+}
+
+#[test]
+fn a_prompt_token_outside_the_vocabulary_fails_its_stream_alone() {
+    let _serial = serial();
+    let (mut l, queue) = Loop::new(64);
+    let (bad, good) = (l.send(&[1, 64], 4, l.fresh(0)), l.send(&[1, 63], 4, l.fresh(0)));
+    l.start(queue);
+    let failed = events(bad);
+    assert!(failure(&failed).contains("vocab_size 64"), "{failed:?}");
+    assert_eq!(completed(&events(good)), 4);
 }

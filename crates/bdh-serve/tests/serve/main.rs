@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request};
 use bdh::data::Tokenizer;
+use bdh::infer::State;
 use bdh::model::bdh::BdhConfig;
 use bdh::{Model, ModelConfig};
 use bdh_serve::{Config, Server};
@@ -43,6 +44,12 @@ fn tiny_config(vocab: usize) -> BdhConfig {
 
 fn tiny_model(vocab: usize) -> Model {
     Model::new(&ModelConfig::Bdh(tiny_config(vocab)), 7).unwrap()
+}
+
+/// Moves a state to position `pos`, as if it had read that many tokens.
+fn set_pos(state: &mut State, pos: usize) {
+    let State::Bdh(s) = state else { panic!("a BDH state") };
+    s.pos = pos;
 }
 
 /// A server of a tiny byte-level model, its router driven in process.

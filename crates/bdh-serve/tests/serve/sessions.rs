@@ -4,7 +4,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use bdh::infer::{Prepared, State};
+use bdh::infer::Prepared;
 use bdh_serve::sessions::Sessions;
 
 use super::*;
@@ -13,12 +13,6 @@ use super::*;
 fn store(dir: &TempDir, max_live: usize) -> Arc<Sessions> {
     let prepared = Arc::new(Prepared::new(tiny_model(256)).unwrap());
     Arc::new(Sessions::new(prepared, max_live, dir.path()).unwrap())
-}
-
-/// Moves a state to position `pos`, as if it had read that many tokens.
-fn set_pos(state: &mut State, pos: usize) {
-    let State::Bdh(s) = state else { panic!("a BDH state") };
-    s.pos = pos;
 }
 
 #[test]
