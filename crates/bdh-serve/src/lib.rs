@@ -135,15 +135,17 @@ impl Server {
             let (prepared, cancel) = (prepared.clone(), cancel.clone());
             std::thread::Builder::new().name("decode".into()).spawn(move || engine::run(prepared, queue, cancel))?
         };
+        let limits = Limits {
+            max_prompt_tokens: config.max_prompt_tokens,
+            max_tokens: config.max_completion_tokens,
+            default_max_tokens: config.default_max_tokens,
+            vocab_size: prepared.config().vocab_size(),
+        };
         let app = Arc::new(App {
             jobs: Mutex::new(jobs),
             sessions,
             prepared,
-            limits: Limits {
-                max_prompt_tokens: config.max_prompt_tokens,
-                max_tokens: config.max_completion_tokens,
-                default_max_tokens: config.default_max_tokens,
-            },
+            limits,
             max_body_bytes: config.max_body_bytes,
             max_streams: config.max_streams,
             streams: Arc::new(AtomicUsize::new(0)),

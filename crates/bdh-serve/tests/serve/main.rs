@@ -19,6 +19,7 @@ use tower::ServiceExt;
 
 mod engine;
 mod health;
+mod refusals;
 mod sessions;
 
 /// Tests run one at a time: they count the states the process makes, which any
