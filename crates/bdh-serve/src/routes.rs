@@ -207,7 +207,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
 /// connection stays usable for the next request.
 async fn create_session(State(app): State<Arc<App>>, body: Raw) -> Result<Json<Value>, ApiError> {
     bytes(body)?;
-    Ok(Json(json!(app.sessions.create(None)?)))
+    Ok(Json(json!(app.sessions.create()?)))
 }
 
 async fn list_sessions(State(app): State<Arc<App>>) -> Json<Value> {
@@ -225,8 +225,7 @@ async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
 
 async fn fork_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
     bytes(body)?;
-    let copy = app.sessions.copy(&id)?;
-    Ok(Json(json!(app.sessions.create(Some(copy))?)))
+    Ok(Json(json!(app.sessions.fork(&id)?)))
 }
 
 /// The body of save and restore: the name of the file in the sessions directory.

@@ -3,8 +3,14 @@
 //! back when it is next used. A request checks its session's state out while it
 //! runs (a second request on the same session meanwhile is refused) as a [`Lease`],
 //! which puts the state back, having read the prompt and output, when it ends.
+//!
+//! The lock guards only the table of where each session is; no file is read or
+//! written while it is held, so the decoding loop, which takes it to put states
+//! back, never waits on a disk. A session on its way to or from disk is marked so
+//! meanwhile: a request for it gets 409, and its state stays with the one thread
+//! moving it (put back if the move fails).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -13,7 +19,7 @@ use bdh::io::state;
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::lease::Lease;
+use crate::lease::{Holder, Lease};
 
 /// What a client sees of a session.
 #[derive(Clone, Debug, Serialize)]
@@ -22,7 +28,7 @@ pub struct Info {
     pub id: String,
     /// Always `"session"`.
     pub object: &'static str,
-    /// Tokens its state has read (`null` while a request holds it).
+    /// Tokens its state has read (`null` while a request holds it, or it is on disk).
     pub position: Option<usize>,
     /// Bytes of its state, the same however long the conversation.
     pub state_bytes: usize,
@@ -30,10 +36,24 @@ pub struct Info {
     pub in_memory: bool,
 }
 
-/// One session held in memory.
+/// One session in memory.
 struct Live {
-    state: Option<State>, // None while a request holds it
+    held: Held,
     last_used: u64,
+}
+
+/// Who has a session's state in memory.
+enum Held {
+    /// The session: it is idle.
+    Idle(State),
+    /// A lease: a request's, or an eviction's writing it to disk.
+    Out(Holder),
+}
+
+/// A session on disk: stored, or being read back by one thread.
+enum Disk {
+    Stored,
+    Reading,
 }
 
 /// Every session of the server, shared by the handlers and the decoding loop.
@@ -48,9 +68,58 @@ pub struct Sessions {
 /// Where every session is, behind the lock.
 struct Table {
     live: HashMap<String, Live>,
-    evicted: HashSet<String>,
+    on_disk: HashMap<String, Disk>,
+    reserved: usize, // places in memory promised to states on their way in
     clock: u64,
     next_id: u64,
+}
+
+/// A place in memory reserved for a state on its way in, counted with the sessions
+/// in memory; given back if dropped unfilled (a state that could not be made).
+struct Room<'a> {
+    sessions: &'a Sessions,
+    filled: bool,
+}
+
+impl Room<'_> {
+    /// The reservation becomes `id`'s entry in `t` (the lock held by the caller).
+    fn fill(mut self, t: &mut Table, id: &str, held: Held) {
+        t.reserved -= 1;
+        t.clock += 1;
+        t.live.insert(id.into(), Live { held, last_used: t.clock });
+        self.filled = true;
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if !self.filled {
+            self.sessions.lock().reserved -= 1;
+        }
+    }
+}
+
+impl Table {
+    /// Takes session `id`'s state out for `by` if it is idle in memory: a request's
+    /// check-out counts as a use of the session, an eviction does not.
+    fn take(&mut self, id: &str, by: Holder) -> Result<State, ApiError> {
+        self.clock += 1;
+        let clock = self.clock;
+        let live = self.live.get_mut(id).ok_or_else(|| unknown(id))?;
+        match std::mem::replace(&mut live.held, Held::Out(by)) {
+            Held::Idle(state) => {
+                if by == Holder::Request {
+                    live.last_used = clock;
+                }
+                Ok(state)
+            }
+            held => {
+                let refused = busy(id, &held);
+                live.held = held;
+                Err(refused)
+            }
+        }
+    }
 }
 
 impl Sessions {
@@ -63,12 +132,12 @@ impl Sessions {
             std::fs::remove_dir_all(&evicted)?;
         }
         std::fs::create_dir_all(&evicted)?;
-        let table = Table { live: HashMap::new(), evicted: HashSet::new(), clock: 0, next_id: 1 };
+        let table = Table { live: HashMap::new(), on_disk: HashMap::new(), reserved: 0, clock: 0, next_id: 1 };
         Ok(Sessions { prepared, max_live, dir: dir.to_path_buf(), evicted_dir: evicted, table: Mutex::new(table) })
     }
 
-    /// Locks the table; a panic elsewhere while it was held leaves it usable (every
-    /// change to it is one assignment).
+    /// Locks the table; a panic elsewhere while it was held leaves it usable (no
+    /// code that can panic runs under it).
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -76,22 +145,30 @@ impl Sessions {
     /// Sessions in memory and on disk.
     pub fn counts(&self) -> (usize, usize) {
         let t = self.lock();
-        (t.live.len(), t.evicted.len())
+        (t.live.len(), t.on_disk.len())
     }
 
-    /// A new session holding `state` (empty if none), making room for it.
-    pub fn create(&self, state: Option<State>) -> Result<Info, ApiError> {
+    /// A new, empty session, made once there is room for it.
+    pub fn create(self: &Arc<Self>) -> Result<Info, ApiError> {
+        let room = self.reserve()?;
+        let state = self.prepared.state().map_err(|e| ApiError::internal(e.to_string()))?;
+        self.add(room, state)
+    }
+
+    /// A new session, a copy of idle session `id`.
+    pub fn fork(self: &Arc<Self>, id: &str) -> Result<Info, ApiError> {
+        // Copied with the lock released; the original is idle again before room is
+        // made, so it may be the one evicted for its copy.
+        let copy = State::clone(&*self.check_out(id)?);
+        self.add(self.reserve()?, copy)
+    }
+
+    /// Enters `state` as a new session in the room reserved for it.
+    fn add(&self, room: Room<'_>, state: State) -> Result<Info, ApiError> {
         let mut t = self.lock();
-        self.make_room(&mut t)?;
-        let state = match state {
-            Some(s) => s,
-            None => self.prepared.state().map_err(|e| ApiError::internal(e.to_string()))?,
-        };
         let id = format!("sess-{}", t.next_id);
         t.next_id += 1;
-        t.clock += 1;
-        let last_used = t.clock;
-        t.live.insert(id.clone(), Live { state: Some(state), last_used });
+        room.fill(&mut t, &id, Held::Idle(state));
         self.info_in(&t, &id)
     }
 
@@ -102,8 +179,9 @@ impl Sessions {
 
     fn info_in(&self, t: &Table, id: &str) -> Result<Info, ApiError> {
         let (position, in_memory) = match t.live.get(id) {
-            Some(l) => (l.state.as_ref().map(|s| s.pos()), true),
-            None if t.evicted.contains(id) => (None, false),
+            Some(Live { held: Held::Idle(state), .. }) => (Some(state.pos()), true),
+            Some(_) => (None, true),
+            None if t.on_disk.contains_key(id) => (None, false),
             None => return Err(unknown(id)),
         };
         Ok(Info { id: id.into(), object: "session", position, state_bytes: self.prepared.state_bytes(), in_memory })
@@ -112,7 +190,7 @@ impl Sessions {
     /// Every session, in memory first.
     pub fn list(&self) -> Vec<Info> {
         let t = self.lock();
-        let mut ids: Vec<&String> = t.live.keys().chain(&t.evicted).collect();
+        let mut ids: Vec<&String> = t.live.keys().chain(t.on_disk.keys()).collect();
         ids.sort();
         ids.into_iter().filter_map(|id| self.info_in(&t, id).ok()).collect()
     }
@@ -121,69 +199,73 @@ impl Sessions {
     /// it was evicted); it comes back when the lease is dropped.
     pub fn check_out(self: &Arc<Self>, id: &str) -> Result<Lease, ApiError> {
         let mut t = self.lock();
-        self.bring_in(&mut t, id)?;
-        t.clock += 1;
-        let clock = t.clock;
-        let live = t.live.get_mut(id).ok_or_else(|| unknown(id))?;
-        live.last_used = clock;
-        let state = live.state.take().ok_or_else(|| in_use(id))?;
-        drop(t);
-        // The lease is made with the lock released: dropping it takes the lock.
-        Ok(Lease::session(self.clone(), id.into(), state))
-    }
-
-    /// Puts back the state a lease of session `id` held.
-    pub(crate) fn check_in(&self, id: &str, state: State) {
-        let mut t = self.lock();
-        t.clock += 1;
-        let clock = t.clock;
-        if let Some(live) = t.live.get_mut(id) {
-            live.state = Some(state);
-            live.last_used = clock;
+        if t.live.contains_key(id) {
+            let state = t.take(id, Holder::Request)?;
+            drop(t);
+            // Made with the lock released: dropping a lease takes the lock.
+            return Ok(Lease::checked_out(self.clone(), id.into(), state, Holder::Request));
         }
-    }
-
-    /// A copy of session `id`'s state (an idle session's).
-    pub fn copy(&self, id: &str) -> Result<State, ApiError> {
-        let mut t = self.lock();
-        self.bring_in(&mut t, id)?;
-        let live = t.live.get(id).ok_or_else(|| unknown(id))?;
-        live.state.clone().ok_or_else(|| in_use(id))
-    }
-
-    /// Deletes session `id` (not while a request holds it).
-    pub fn delete(&self, id: &str) -> Result<(), ApiError> {
-        let mut t = self.lock();
-        if t.evicted.remove(id) {
-            let _ = std::fs::remove_file(self.evicted_path(id));
-            return Ok(());
-        }
-        match t.live.get(id) {
+        match t.on_disk.get_mut(id) {
             None => Err(unknown(id)),
-            Some(l) if l.state.is_none() => Err(in_use(id)),
-            Some(_) => {
-                t.live.remove(id);
-                Ok(())
+            Some(Disk::Reading) => Err(moving(id)),
+            Some(disk) => {
+                *disk = Disk::Reading;
+                drop(t);
+                self.read_back(id)
             }
         }
     }
 
+    /// Puts back the state a lease of session `id` held: a request's end counts as a
+    /// use of the session, an eviction that failed does not.
+    pub(crate) fn check_in(&self, id: &str, state: State, by: Holder) {
+        let mut t = self.lock();
+        t.clock += 1;
+        let clock = t.clock;
+        if let Some(live) = t.live.get_mut(id) {
+            live.held = Held::Idle(state);
+            if by == Holder::Request {
+                live.last_used = clock;
+            }
+        }
+    }
+
+    /// Deletes session `id` (not while a request holds it or it is moving).
+    pub fn delete(&self, id: &str) -> Result<(), ApiError> {
+        let mut t = self.lock();
+        match (t.live.get(id), t.on_disk.get(id)) {
+            (Some(Live { held: Held::Idle(_), .. }), _) => {
+                t.live.remove(id);
+                Ok(())
+            }
+            (Some(live), _) => Err(busy(id, &live.held)),
+            (None, Some(Disk::Stored)) => {
+                t.on_disk.remove(id);
+                drop(t);
+                let _ = std::fs::remove_file(self.evicted_path(id));
+                Ok(())
+            }
+            (None, Some(Disk::Reading)) => Err(moving(id)),
+            (None, None) => Err(unknown(id)),
+        }
+    }
+
     /// Saves session `id` as `name` in the sessions directory.
-    pub fn save(&self, id: &str, name: &str) -> Result<String, ApiError> {
+    pub fn save(self: &Arc<Self>, id: &str, name: &str) -> Result<String, ApiError> {
         let path = self.named_path(name)?;
-        let st = self.copy(id)?;
-        state::save(&self.prepared, &st, &path).map_err(|e| ApiError::internal(format!("saving {name}: {e}")))?;
+        let lease = self.check_out(id)?;
+        state::save(&self.prepared, &lease, &path).map_err(|e| ApiError::internal(format!("saving {name}: {e}")))?;
         Ok(file_name(&path))
     }
 
     /// A new session from the state saved as `name`.
-    pub fn restore(&self, name: &str) -> Result<Info, ApiError> {
+    pub fn restore(self: &Arc<Self>, name: &str) -> Result<Info, ApiError> {
         let path = self.named_path(name)?;
         if !path.is_file() {
             return Err(ApiError::not_found(format!("no saved session named {name:?}")));
         }
         let st = state::load(&self.prepared, &path).map_err(|e| ApiError::bad(format!("restoring {name}: {e}")))?;
-        self.create(Some(st))
+        self.add(self.reserve()?, st)
     }
 
     /// The file of a saved session: `name` (letters, digits, `-`, `_`; 1 to 64 of
@@ -201,46 +283,72 @@ impl Sessions {
         self.evicted_dir.join(format!("{id}.state.safetensors"))
     }
 
-    /// Reads an evicted session back into memory, making room for it.
-    fn bring_in(&self, t: &mut Table, id: &str) -> Result<(), ApiError> {
-        if !t.evicted.contains(id) {
-            return if t.live.contains_key(id) { Ok(()) } else { Err(unknown(id)) };
-        }
-        self.make_room(t)?;
+    /// Reads session `id`, marked as being read back, into memory for a request.
+    fn read_back(self: &Arc<Self>, id: &str) -> Result<Lease, ApiError> {
         let path = self.evicted_path(id);
-        let st =
-            state::load(&self.prepared, &path).map_err(|e| ApiError::internal(format!("reading back {id}: {e}")))?;
-        let _ = std::fs::remove_file(&path);
-        t.evicted.remove(id);
-        t.live.insert(id.into(), Live { state: Some(st), last_used: t.clock });
-        Ok(())
+        let read = self.reserve().and_then(|room| {
+            let st = state::load(&self.prepared, &path)
+                .map_err(|e| ApiError::internal(format!("reading back {id}: {e}")))?;
+            // Removed before the session is back in memory, where it could be
+            // evicted again to this very path.
+            let _ = std::fs::remove_file(&path);
+            Ok((room, st))
+        });
+        let mut t = self.lock();
+        match read {
+            Ok((room, state)) => {
+                t.on_disk.remove(id);
+                room.fill(&mut t, id, Held::Out(Holder::Request));
+                drop(t);
+                Ok(Lease::checked_out(self.clone(), id.into(), state, Holder::Request))
+            }
+            Err(e) => {
+                t.on_disk.insert(id.into(), Disk::Stored);
+                Err(e)
+            }
+        }
     }
 
-    /// Evicts the least recently used idle session if memory holds `max_live`.
-    fn make_room(&self, t: &mut Table) -> Result<(), ApiError> {
-        if t.live.len() < self.max_live {
-            return Ok(());
+    /// Reserves a place in memory for a state on its way in, evicting the least
+    /// recently used idle sessions to disk while memory is full.
+    fn reserve(self: &Arc<Self>) -> Result<Room<'_>, ApiError> {
+        loop {
+            let mut t = self.lock();
+            if t.live.len() + t.reserved < self.max_live {
+                t.reserved += 1;
+                return Ok(Room { sessions: self, filled: false });
+            }
+            let idle = t.live.iter().filter(|(_, l)| matches!(l.held, Held::Idle(_)));
+            let Some(id) = idle.min_by_key(|(_, l)| l.last_used).map(|(id, _)| id.clone()) else {
+                return Err(ApiError::busy(format!(
+                    "all {} sessions in memory are in use; try again later",
+                    self.max_live
+                )));
+            };
+            let state = t.take(&id, Holder::Eviction)?;
+            drop(t);
+            self.evict(&id, Lease::checked_out(self.clone(), id.clone(), state, Holder::Eviction))?;
         }
-        let oldest = t.live.iter().filter(|(_, l)| l.state.is_some()).min_by_key(|(_, l)| l.last_used);
-        let Some((id, _)) = oldest else {
-            return Err(ApiError::busy(format!(
-                "all {} sessions in memory are in use; try again later",
-                self.max_live
-            )));
-        };
-        let id = id.clone();
-        let path = self.evicted_path(&id);
-        let st = t.live[&id].state.as_ref().expect("an idle session holds its state");
-        state::save(&self.prepared, st, &path).map_err(|e| ApiError::internal(format!("evicting {id}: {e}")))?;
-        t.live.remove(&id);
-        t.evicted.insert(id);
+    }
+
+    /// Writes session `id`'s state, leased for its eviction, to disk with the lock
+    /// released, then records it there; a write that fails (or panics) drops the
+    /// lease, which puts the state back.
+    fn evict(&self, id: &str, lease: Lease) -> Result<(), ApiError> {
+        let path = self.evicted_path(id);
+        state::save(&self.prepared, &lease, &path).map_err(|e| ApiError::internal(format!("evicting {id}: {e}")))?;
+        // On disk now: its memory goes before the session is recorded there.
+        lease.written();
+        let mut t = self.lock();
+        t.live.remove(id);
+        t.on_disk.insert(id.into(), Disk::Stored);
         Ok(())
     }
 
     /// Deletes the evicted sessions' files (at shutdown).
     pub fn clear_evicted(&self) {
         let _ = std::fs::remove_dir_all(&self.evicted_dir);
-        self.lock().evicted.clear();
+        self.lock().on_disk.clear();
     }
 }
 
@@ -252,6 +360,14 @@ fn unknown(id: &str) -> ApiError {
     ApiError::not_found(format!("no session {id:?}"))
 }
 
-fn in_use(id: &str) -> ApiError {
-    ApiError::conflict(format!("session {id:?} is in use by a request in flight"))
+/// The refusal of a session whose state someone else holds.
+fn busy(id: &str, held: &Held) -> ApiError {
+    match held {
+        Held::Out(Holder::Eviction) => moving(id),
+        _ => ApiError::conflict(format!("session {id:?} is in use by a request in flight")),
+    }
+}
+
+fn moving(id: &str) -> ApiError {
+    ApiError::conflict(format!("session {id:?} is being moved between memory and disk; try again"))
 }

@@ -112,7 +112,7 @@ fn a_stream_whose_client_left_gives_its_session_state_back() {
     let dir = tempfile::tempdir().unwrap();
     let (mut l, queue) = Loop::new(256);
     let sessions = Arc::new(Sessions::new(l.prepared.clone(), 4, dir.path()).unwrap());
-    let id = sessions.create(None).unwrap().id;
+    let id = sessions.create().unwrap().id;
     l.start(queue);
     drop(l.send(b"abc".map(u32::from).as_slice(), 1000, sessions.check_out(&id).unwrap()));
     eventually("the session is idle again", || sessions.info(&id).unwrap().position.is_some());
@@ -125,7 +125,7 @@ fn a_stream_at_the_position_limit_fails_alone_and_its_session_keeps_its_state() 
     let dir = tempfile::tempdir().unwrap();
     let (mut l, queue) = Loop::new(256);
     let sessions = Arc::new(Sessions::new(l.prepared.clone(), 4, dir.path()).unwrap());
-    let id = sessions.create(None).unwrap().id;
+    let id = sessions.create().unwrap().id;
     // One prompt token takes it to 2^24: it may not step further.
     let mut late = sessions.check_out(&id).unwrap();
     set_pos(&mut late, MAX_POSITION - 1);
