@@ -3,15 +3,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use bdh::infer::{Generation, Prepared, Sampler, SamplingConfig};
+use bdh::infer::{Generation, Sampler, SamplingConfig};
 use bdh::model::bdh::rope::MAX_POSITION;
 use bdh_serve::engine::{self, Event, Job, Reason, Slot};
 use bdh_serve::lease::Lease;
-use bdh_serve::sessions::Sessions;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::*;
@@ -22,15 +20,16 @@ struct Loop {
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     streams: Arc<AtomicUsize>,
+    _serial: MutexGuard<'static, ()>,
 }
 
 impl Loop {
     /// A loop whose first turn will see every job sent before [`Loop::start`].
     fn new(vocab: usize) -> (Loop, std::sync::mpsc::Receiver<Job>) {
-        let prepared = Arc::new(Prepared::new(tiny_model(vocab)).unwrap());
+        let serial = serial();
         let (jobs, queue) = std::sync::mpsc::channel();
         let streams = Arc::new(AtomicUsize::new(0));
-        (Loop { prepared, jobs: Some(jobs), thread: None, streams }, queue)
+        (Loop { prepared: tiny_prepared(vocab), jobs: Some(jobs), thread: None, streams, _serial: serial }, queue)
     }
 
     fn start(&mut self, queue: std::sync::mpsc::Receiver<Job>) {
@@ -108,10 +107,8 @@ fn eventually(what: &str, ok: impl Fn() -> bool) {
 
 #[test]
 fn a_stream_whose_client_left_gives_its_session_state_back() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
     let (mut l, queue) = Loop::new(256);
-    let sessions = Arc::new(Sessions::new(l.prepared.clone(), 4, dir.path()).unwrap());
+    let sessions = Store::new(&l.prepared, 4);
     let id = sessions.create().unwrap().id;
     l.start(queue);
     drop(l.send(b"abc".map(u32::from).as_slice(), 1000, sessions.check_out(&id).unwrap()));
@@ -121,10 +118,8 @@ fn a_stream_whose_client_left_gives_its_session_state_back() {
 
 #[test]
 fn a_stream_at_the_position_limit_fails_alone_and_its_session_keeps_its_state() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
     let (mut l, queue) = Loop::new(256);
-    let sessions = Arc::new(Sessions::new(l.prepared.clone(), 4, dir.path()).unwrap());
+    let sessions = Store::new(&l.prepared, 4);
     let id = sessions.create().unwrap().id;
     // One prompt token takes it to 2^24: it may not step further.
     let mut late = sessions.check_out(&id).unwrap();
@@ -139,7 +134,6 @@ fn a_stream_at_the_position_limit_fails_alone_and_its_session_keeps_its_state() 
 
 #[test]
 fn a_prompt_token_outside_the_vocabulary_fails_its_stream_alone() {
-    let _serial = serial();
     let (mut l, queue) = Loop::new(64);
     let (bad, good) = (l.send(&[1, 64], 4, l.fresh(0)), l.send(&[1, 63], 4, l.fresh(0)));
     l.start(queue);

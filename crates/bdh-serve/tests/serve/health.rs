@@ -1,14 +1,14 @@
 //! What the server reports about itself and its sessions costs no state: the
 //! state's bytes come from the model's config.
 
-use bdh::infer::{states_made, Prepared};
+use bdh::infer::states_made;
 
 use super::*;
 
 #[test]
 fn health_and_the_session_list_make_no_state() {
     let s = Served::start(|c| c.max_sessions = 2);
-    let bytes = Prepared::new(tiny_model(256)).unwrap().state_bytes();
+    let bytes = tiny_prepared(256).state_bytes();
     let ids: Vec<String> = (0..5).map(|_| s.new_session()).collect();
     let prompt = json!({"prompt": "ab", "max_tokens": 3, "temperature": 0, "session": ids[4]});
     assert_eq!(s.ok("/v1/completions", &prompt)["session"]["state_bytes"], bytes);

@@ -3,15 +3,18 @@
 //! directly. The real-HTTP tests of `bdh serve` are the binary's
 //! (`crates/bdh-cli/tests/serve/`).
 
-use std::sync::{Mutex, MutexGuard};
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request};
 use bdh::data::Tokenizer;
-use bdh::infer::State;
+use bdh::infer::{Prepared, State};
 use bdh::model::bdh::BdhConfig;
 use bdh::{Model, ModelConfig};
+use bdh_serve::sessions::Sessions;
 use bdh_serve::{Config, Server};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -47,10 +50,39 @@ fn tiny_model(vocab: usize) -> Model {
     Model::new(&ModelConfig::Bdh(tiny_config(vocab)), 7).unwrap()
 }
 
+fn tiny_prepared(vocab: usize) -> Arc<Prepared> {
+    Arc::new(Prepared::new(tiny_model(vocab)).unwrap())
+}
+
 /// Moves a state to position `pos`, as if it had read that many tokens.
 fn set_pos(state: &mut State, pos: usize) {
     let State::Bdh(s) = state else { panic!("a BDH state") };
     s.pos = pos;
+}
+
+/// Sessions of a model in a folder of their own, at most `max_live` in memory.
+struct Store {
+    sessions: Arc<Sessions>,
+    dir: TempDir,
+}
+
+impl Store {
+    fn new(prepared: &Arc<Prepared>, max_live: usize) -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        Store { sessions: Arc::new(Sessions::new(prepared.clone(), max_live, dir.path()).unwrap()), dir }
+    }
+
+    /// This process's eviction folder.
+    fn evicted_dir(&self) -> PathBuf {
+        self.dir.path().join(format!("evicted-{}", std::process::id()))
+    }
+}
+
+impl Deref for Store {
+    type Target = Arc<Sessions>;
+    fn deref(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
 }
 
 /// A server of a tiny byte-level model, its router driven in process.

@@ -1,25 +1,13 @@
 //! A session's state checked out by a stream comes back whichever way the stream
-//! ends.
+//! ends; moves to and from disk that fail, or race with requests, lose no state.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
-
-use bdh::infer::Prepared;
-use bdh_serve::sessions::Sessions;
 
 use super::*;
 
-/// A store of at most `max_live` sessions in memory of the tiny model, in `dir`.
-fn store(dir: &TempDir, max_live: usize) -> Arc<Sessions> {
-    let prepared = Arc::new(Prepared::new(tiny_model(256)).unwrap());
-    Arc::new(Sessions::new(prepared, max_live, dir.path()).unwrap())
-}
-
 #[test]
 fn a_checked_out_state_goes_back_when_its_lease_is_dropped() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let sessions = store(&dir, 4);
+    let (_serial, sessions) = (serial(), Store::new(&tiny_prepared(256), 4));
     let id = sessions.create().unwrap().id;
     let mut lease = sessions.check_out(&id).unwrap();
     assert_eq!(lease.session_id(), Some(id.as_str()));
@@ -34,9 +22,7 @@ fn a_checked_out_state_goes_back_when_its_lease_is_dropped() {
 
 #[test]
 fn a_checked_out_state_goes_back_when_its_holder_panics() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let sessions = store(&dir, 4);
+    let (_serial, sessions) = (serial(), Store::new(&tiny_prepared(256), 4));
     let id = sessions.create().unwrap().id;
     let unwound = catch_unwind(AssertUnwindSafe(|| {
         let mut lease = sessions.check_out(&id).unwrap();
@@ -48,29 +34,22 @@ fn a_checked_out_state_goes_back_when_its_holder_panics() {
     assert_eq!(sessions.check_out(&id).unwrap().pos(), 3);
 }
 
-/// This process's eviction folder in a store's directory.
-fn evicted_dir(dir: &TempDir) -> std::path::PathBuf {
-    dir.path().join(format!("evicted-{}", std::process::id()))
-}
-
 #[test]
 fn an_eviction_that_cannot_write_puts_the_state_back() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let sessions = store(&dir, 1);
+    let (_serial, sessions) = (serial(), Store::new(&tiny_prepared(256), 1));
     let a = sessions.create().unwrap().id;
     set_pos(&mut sessions.check_out(&a).unwrap(), 5);
     // A file where the eviction folder was: every write into it fails.
-    std::fs::remove_dir_all(evicted_dir(&dir)).unwrap();
-    std::fs::write(evicted_dir(&dir), b"").unwrap();
+    std::fs::remove_dir_all(sessions.evicted_dir()).unwrap();
+    std::fs::write(sessions.evicted_dir(), b"").unwrap();
     let refused = sessions.create().unwrap_err();
     assert_eq!(refused.status, 500, "{}", refused.message);
     assert!(refused.message.contains("evicting"), "{}", refused.message);
     assert_eq!(sessions.counts(), (1, 0));
     assert_eq!(sessions.info(&a).unwrap().position, Some(5), "idle in memory again, as it was");
     // With the folder back, the next new session evicts it, and it comes back whole.
-    std::fs::remove_file(evicted_dir(&dir)).unwrap();
-    std::fs::create_dir(evicted_dir(&dir)).unwrap();
+    std::fs::remove_file(sessions.evicted_dir()).unwrap();
+    std::fs::create_dir(sessions.evicted_dir()).unwrap();
     let b = sessions.create().unwrap().id;
     assert_eq!(sessions.counts(), (1, 1));
     assert_eq!(sessions.check_out(&a).unwrap().pos(), 5);
@@ -79,14 +58,12 @@ fn an_eviction_that_cannot_write_puts_the_state_back() {
 
 #[test]
 fn a_session_that_cannot_be_read_back_stays_on_disk_and_frees_the_room_made_for_it() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let sessions = store(&dir, 1);
+    let (_serial, sessions) = (serial(), Store::new(&tiny_prepared(256), 1));
     let a = sessions.create().unwrap().id;
     set_pos(&mut sessions.check_out(&a).unwrap(), 9);
     sessions.create().unwrap(); // a goes to disk
-    let file = evicted_dir(&dir).join(format!("{a}.state.safetensors"));
-    let kept = dir.path().join("kept");
+    let file = sessions.evicted_dir().join(format!("{a}.state.safetensors"));
+    let kept = sessions.dir.path().join("kept");
     std::fs::rename(&file, &kept).unwrap();
     let refused = sessions.check_out(&a).err().unwrap();
     assert_eq!(refused.status, 500, "{}", refused.message);
@@ -102,16 +79,14 @@ fn a_session_that_cannot_be_read_back_stays_on_disk_and_frees_the_room_made_for_
 
 #[test]
 fn sessions_moved_to_and_from_disk_by_racing_threads_lose_no_state() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let sessions = store(&dir, 2);
+    let (_serial, sessions) = (serial(), Store::new(&tiny_prepared(256), 2));
     let ids: Vec<String> = (0..5).map(|_| sessions.create().unwrap().id).collect();
     // Each thread advances sessions by one position at a time; every check-out of a
     // session on disk evicts another, while other threads hold or move them.
     let advanced: usize = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..4)
             .map(|t| {
-                let (sessions, ids) = (&sessions, &ids);
+                let (sessions, ids) = (&*sessions, &ids);
                 scope.spawn(move || {
                     let mut advanced = 0;
                     for i in 0..60 {
