@@ -241,14 +241,16 @@ impl Engine {
             }
             let Phase::Decode { decoding, next } = &mut s.phase else { continue };
             *next = decoding.next_token(&mut s.job.sampler);
-            let chosen = match *next {
-                Some(token) => self.unfit(&s.job.state, token).map(Err),
-                None => Some(Ok(if decoding.stopped_by().is_some() { Reason::Stop } else { Reason::Length })),
-            };
-            match chosen {
-                Some(Ok(reason)) => s.finish(reason),
-                Some(Err(why)) => s.fail(why),
-                None => {}
+            match *next {
+                None => {
+                    let reason = if decoding.stopped_by().is_some() { Reason::Stop } else { Reason::Length };
+                    s.finish(reason);
+                }
+                Some(token) => {
+                    if let Some(why) = self.unfit(&s.job.state, token) {
+                        s.fail(why);
+                    }
+                }
             }
         }
         self.step(live);
