@@ -122,6 +122,20 @@ impl Prepared {
         }
     }
 
+    /// Checks, for one stream, what [`Prepared::step`] checks of every stream: that
+    /// `state` is one of this model's, that `token` is in its vocabulary and that
+    /// the state may read one more position. A caller stepping many streams
+    /// together checks each first, so that one stream at fault leaves alone.
+    pub fn check_step(&self, state: &State, token: u32) -> Result<()> {
+        match (self, state) {
+            (Prepared::Bdh(p), State::Bdh(s)) => s.check(&p.model().config)?,
+            (Prepared::Gpt(_), State::Gpt(_)) => {}
+            _ => return Err(other_family()),
+        }
+        crate::model::check_tokens(&[token], self.config().vocab_size(), "step")?;
+        crate::model::check_positions(state.pos(), 1, "step")
+    }
+
     /// Consumes one token per stream (`tokens[b]` after what `states[b]` has read)
     /// and returns the logits for the next token of every stream, (B, V); one stream
     /// is a one-element call. BDH steps its streams together (see

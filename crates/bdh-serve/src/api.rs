@@ -6,8 +6,8 @@ use bdh::infer::{Generation, SamplingConfig};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::engine::Finish;
-use super::error::ApiError;
+use crate::engine::Finish;
+use crate::error::ApiError;
 
 /// Which endpoint a request came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub struct Limits {
     pub max_tokens: usize,
     /// `max_tokens` when the request gives none.
     pub default_max_tokens: usize,
+    /// The model's vocabulary: a prompt's token ids are below it.
+    pub vocab_size: usize,
 }
 
 /// Stop strings a request may give, and bytes in each.
@@ -122,6 +124,13 @@ impl Request {
                 "the prompt's {} tokens are more than this server's limit of {} (--max-prompt-tokens)",
                 prompt.len(),
                 limits.max_prompt_tokens
+            )));
+        }
+        // A byte-level model may read fewer than the 256 bytes.
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= limits.vocab_size) {
+            return Err(ApiError::bad(format!(
+                "the prompt holds token {bad}, outside this model's vocabulary of {} tokens",
+                limits.vocab_size
             )));
         }
         let max_tokens = self.max_tokens.or(self.max_completion_tokens).unwrap_or(limits.default_max_tokens as u64);

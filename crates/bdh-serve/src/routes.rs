@@ -20,10 +20,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::api::{Kind, Limits, Meta, Request};
-use super::engine::{Event, Job, Slot};
-use super::error::ApiError;
-use super::sessions::{lock, Sessions};
+use crate::api::{Kind, Limits, Meta, Request};
+use crate::engine::{Event, Job, Slot};
+use crate::error::ApiError;
+use crate::lease::Lease;
+use crate::sessions::Sessions;
 
 use bdh::model::MAX_POSITION;
 
@@ -32,11 +33,13 @@ pub struct App {
     /// Requests for the decoding loop.
     pub jobs: Mutex<Sender<Job>>,
     /// The sessions.
-    pub sessions: Arc<Mutex<Sessions>>,
+    pub sessions: Arc<Sessions>,
     /// The model, for fresh states.
     pub prepared: Arc<Prepared>,
     /// Limits on requests.
     pub limits: Limits,
+    /// Bytes a request body may have.
+    pub max_body_bytes: usize,
     /// Streams at most at once.
     pub max_streams: usize,
     /// Streams in flight.
@@ -52,7 +55,8 @@ pub struct App {
 }
 
 /// The router of every endpoint.
-pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+pub fn router(app: Arc<App>) -> Router {
+    let max_body_bytes = app.max_body_bytes;
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -115,28 +119,21 @@ async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiE
         .ok_or_else(|| ApiError::busy(format!("all {} streams are busy; try again later", app.max_streams)))?;
     let sampler = Sampler::new(spec.sampling).map_err(|e| ApiError::bad(e.to_string()))?;
     let state = match &spec.session {
-        Some(id) => lock(&app.sessions).check_out(id)?,
-        None => app.prepared.state().map_err(|e| ApiError::internal(e.to_string()))?,
+        Some(id) => app.sessions.check_out(id)?,
+        None => Lease::fresh(app.prepared.state().map_err(|e| ApiError::internal(e.to_string()))?),
     };
     let end = state.pos().saturating_add(spec.prompt.len()).saturating_add(spec.generation.max_tokens);
     if end > MAX_POSITION {
         let at = state.pos();
-        if let Some(id) = &spec.session {
-            lock(&app.sessions).check_in(id, state);
-        }
         return Err(ApiError::bad(format!(
             "the session is at position {at}; this request could take it past 2^24 tokens, where positions \
              are no longer exact in f32: start a new session"
         )));
     }
     let (events, rx) = unbounded_channel();
-    let session = spec.session.clone();
-    let job = Job { prompt: spec.prompt, generation: spec.generation, sampler, state, session, events, _slot: slot };
-    let sent = app.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
-    if let Err(std::sync::mpsc::SendError(job)) = sent {
-        if let Some(id) = &job.session {
-            lock(&app.sessions).check_in(id, job.state);
-        }
+    let job = Job { prompt: spec.prompt, generation: spec.generation, sampler, state, events, _slot: slot };
+    // A job the loop no longer takes is dropped here, its state back in its session.
+    if app.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job).is_err() {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
@@ -147,7 +144,7 @@ async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiE
         kind,
         session: spec.session,
     };
-    let state_bytes = app.prepared.state().map_or(0, |s| s.bytes());
+    let state_bytes = app.prepared.state_bytes();
     if spec.stream {
         return Ok(stream(meta, rx, state_bytes));
     }
@@ -194,7 +191,7 @@ async fn models(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 async fn health(State(app): State<Arc<App>>) -> Json<Value> {
-    let (live, on_disk) = lock(&app.sessions).counts();
+    let (live, on_disk) = app.sessions.counts();
     Json(json!({
         "status": if app.draining.load(Ordering::SeqCst) { "shutting down" } else { "ok" },
         "model": app.model_name,
@@ -202,7 +199,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
         "max_streams": app.max_streams,
         "sessions_in_memory": live,
         "sessions_on_disk": on_disk,
-        "state_bytes": app.prepared.state().map_or(0, |s| s.bytes()),
+        "state_bytes": app.prepared.state_bytes(),
     }))
 }
 
@@ -210,27 +207,25 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
 /// connection stays usable for the next request.
 async fn create_session(State(app): State<Arc<App>>, body: Raw) -> Result<Json<Value>, ApiError> {
     bytes(body)?;
-    Ok(Json(json!(lock(&app.sessions).create(None)?)))
+    Ok(Json(json!(app.sessions.create()?)))
 }
 
 async fn list_sessions(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(json!({ "object": "list", "data": lock(&app.sessions).list() }))
+    Json(json!({ "object": "list", "data": app.sessions.list() }))
 }
 
 async fn session_info(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(lock(&app.sessions).info(&id)?)))
+    Ok(Json(json!(app.sessions.info(&id)?)))
 }
 
 async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    lock(&app.sessions).delete(&id)?;
+    app.sessions.delete(&id)?;
     Ok(Json(json!({ "id": id, "object": "session", "deleted": true })))
 }
 
 async fn fork_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
     bytes(body)?;
-    let mut sessions = lock(&app.sessions);
-    let copy = sessions.copy(&id)?;
-    Ok(Json(json!(sessions.create(Some(copy))?)))
+    Ok(Json(json!(app.sessions.fork(&id)?)))
 }
 
 /// The body of save and restore: the name of the file in the sessions directory.
@@ -247,11 +242,11 @@ fn named(body: Raw) -> Result<String, ApiError> {
 
 async fn save_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
     let name = named(body)?;
-    let file = lock(&app.sessions).save(&id, &name)?;
+    let file = app.sessions.save(&id, &name)?;
     Ok(Json(json!({ "id": id, "object": "session.saved", "name": name, "file": file })))
 }
 
 async fn restore_session(State(app): State<Arc<App>>, body: Raw) -> Result<Json<Value>, ApiError> {
     let name = named(body)?;
-    Ok(Json(json!(lock(&app.sessions).restore(&name)?)))
+    Ok(Json(json!(app.sessions.restore(&name)?)))
 }
