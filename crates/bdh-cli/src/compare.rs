@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bdh::train::compare::{pick, run_config};
+use bdh::io::run_dir::RunDir;
+use bdh::train::compare::{continues, pick, run_config};
 use bdh::train::run::{train, Event};
 use bdh::{ModelConfig, RunConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,7 +17,6 @@ use serde::Serialize;
 
 use crate::page::{Chart, Page, Series};
 use crate::provenance::Provenance;
-use crate::report::Record;
 
 /// Trains BDH and GPT at each size on the same batches and compares them.
 #[derive(clap::Args)]
@@ -94,20 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for (size, run) in &runs {
         let family = family(&run.model);
         let dir = out.join(format!("{size}-{}", family.to_lowercase()));
-        let resume = dir.join("last").exists();
-        if resume {
-            // A run is continued only under the settings it was started with.
-            let path = dir.join("config.toml");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let before = RunConfig::from_toml(&text, &path, &[])?;
-            let changes = run.changes(&before);
-            anyhow::ensure!(
-                changes.is_empty(),
-                "{} holds a run made with other settings ({}); give another --out, or the same flags as before",
-                dir.display(),
-                changes.join("; ")
-            );
-        }
+        let resume = continues(run, &dir)?;
         let what = format!("{size} {family} ({:.2} M)", run.model.param_count() as f64 / 1e6);
         let outcome = train(run, &corpus, &dir, resume, &stop, |e| match e {
             Event::Start { step, .. } => bar.set_position(done + step as u64),
@@ -157,11 +144,12 @@ fn family(m: &ModelConfig) -> &'static str {
 
 /// A finished run's row, from its `metrics.jsonl` (so a continued run counts all of it).
 fn read_row(size: &str, run: &RunConfig, dir: &Path) -> anyhow::Result<Row> {
-    let path = dir.join("metrics.jsonl");
-    let r = Record::read(&path)?;
+    let run_dir = RunDir::open(dir)?;
+    let r = run_dir.metrics()?;
     let per_step = (run.training.batch_size * run.training.block_size * run.training.grad_accum) as f64;
     let seconds: f64 = r.steps.iter().map(|s| per_step / s.tokens_per_second).filter(|t| t.is_finite()).sum();
-    let last = r.evals.last().with_context(|| format!("{}: no evaluation recorded", path.display()))?;
+    let last =
+        r.evals.last().with_context(|| format!("{}: no evaluation recorded", run_dir.metrics_path().display()))?;
     let tokens = run.training.max_steps * per_step as usize;
     Ok(Row {
         size: size.to_string(),

@@ -11,7 +11,8 @@ use bdh::data::{BytesView, Corpus, DataConfig, Tokenized, Tokenizer};
 use bdh::eval::{
     evaluate, evaluate_bytes, evaluate_stream, evaluate_stream_tokens, evaluate_tokens, FileEval, StreamEval,
 };
-use bdh::{Activations, RunConfig};
+use bdh::io::run_dir::RunDir;
+use bdh::Activations;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::model_args::ModelArgs;
@@ -62,9 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // JSON on standard output is all that goes there.
     let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     // What the run trained on, if `--model` is a run directory.
-    let run_config = args.model.model.join("config.toml");
-    let trained_on = match std::fs::read_to_string(&run_config) {
-        Ok(text) => Some(RunConfig::from_toml(&text, &run_config, &[])?.data),
+    let trained_on = match RunDir::open(&args.model.model) {
+        Ok(run) => Some(run.config(&[])?.data),
         Err(_) => None,
     };
     let file = match (&args.data, &trained_on) {

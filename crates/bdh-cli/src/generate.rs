@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bdh::data::Tokenizer;
 use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
+use bdh::io::run_dir::RunDir;
 use bdh::io::state;
 
 use crate::model_args::ModelArgs;
@@ -69,14 +70,9 @@ pub struct Args {
 }
 
 /// The context length a model's run trained on (`training.block_size`), if the
-/// model comes from a run directory: the model path or its parent holds the
-/// run's config.toml.
+/// model comes from a run.
 fn trained_context(model: &std::path::Path) -> Option<usize> {
-    let dir = bdh::io::checkpoint::model_path(model);
-    let candidates = [model.join("config.toml"), dir.join("config.toml"), dir.parent()?.join("config.toml")];
-    let path = candidates.into_iter().find(|p| p.is_file())?;
-    let text = std::fs::read_to_string(&path).ok()?;
-    Some(bdh::RunConfig::from_toml(&text, &path, &[]).ok()?.training.block_size)
+    Some(RunDir::of_model(model)?.config(&[]).ok()?.training.block_size)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

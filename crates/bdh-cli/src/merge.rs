@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::io::checkpoint::{load, model_path, replace_dir, save};
+use bdh::io::checkpoint::{replace_dir, save};
 use bdh::model::bdh::merge;
 use bdh::Model;
 
@@ -26,8 +26,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let open = |p: &PathBuf| -> anyhow::Result<(bdh::model::bdh::Bdh, String)> {
-        let path = model_path(p);
-        let m = load(&path, None).with_context(|| format!("loading model {}", path.display()))?;
+        let (path, m) = crate::model_args::load(p, None)?;
         let fingerprint = m.params().fingerprint();
         match m {
             Model::Bdh(m) => Ok((m, fingerprint)),

@@ -103,7 +103,7 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
                 if let Some(s) = args.set.iter().find(|s| s.trim_start().starts_with("model.")) {
                     anyhow::bail!("--init-from takes the model's config from the model; `--set {s}` cannot change it");
                 }
-                let path = checkpoint::model_path(m);
+                let path = checkpoint::model_path(m)?;
                 run.model = checkpoint::load_config(&path, None)
                     .with_context(|| format!("reading the config of the model to start from, {}", path.display()))?;
                 run.training.init_from = Some(m.clone());

@@ -65,6 +65,11 @@ pub enum Error {
     /// An input the model cannot take (token out of range, empty sequence, …).
     #[error("bad input: {0}")]
     Input(String),
+    /// A request about a run that cannot be met as asked: a directory that holds no
+    /// run, an override of a setting the run takes from elsewhere. The message is a
+    /// whole sentence naming the directory or the override, and what to do instead.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Shorthand for results of this crate.

@@ -22,4 +22,5 @@ mod microscope;
 mod parallel;
 mod recurrent;
 mod run;
+mod run_dir;
 mod session;

@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use bdh::infer::Prepared;
-use bdh::io::checkpoint::{load, model_path};
 use bdh::{Model, ModelConfig, RunConfig};
 use measure::{forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec, StepSide};
 
@@ -93,10 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Mode::Generate { model, prompt_len, tokens, long_context } => {
             bdh::memory::ensure_fits(prompt_len.saturating_mul(5), &format!("a prompt of {prompt_len} tokens"))?;
             let model = match model {
-                Some(p) => {
-                    let p = model_path(&p);
-                    load(&p, None).with_context(|| format!("loading model {}", p.display()))?
-                }
+                Some(p) => crate::model_args::load(&p, None)?.1,
                 None => Model::new(&run.model, 0)?,
             };
             describe(&model.config(), "B1");

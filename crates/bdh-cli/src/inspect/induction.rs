@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bdh::io::run_dir::RunDir;
 use bdh::microscope::induction::{induction, InductionReport};
 use bdh::microscope::top::{top, TopReport};
 use bdh::model::bdh::{Bdh, Site};
@@ -51,13 +52,9 @@ pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<
     let mut all = Vec::new();
     match (&args.run, model) {
         (Some(run), _) => {
-            let kept = bdh::train::run::kept_steps(run)
-                .with_context(|| format!("{} kept no models; train with --set training.keep_every=N", run.display()))?;
-            anyhow::ensure!(
-                !kept.is_empty(),
-                "{} kept no models; train with --set training.keep_every=N",
-                run.display()
-            );
+            let none_kept = || format!("{} kept no models; train with --set training.keep_every=N", run.display());
+            let kept = RunDir::open(run).and_then(|r| r.kept_steps()).with_context(none_kept)?;
+            anyhow::ensure!(!kept.is_empty(), none_kept());
             for (step, dir) in kept {
                 let m = bdh::io::checkpoint::load(&dir, None).with_context(|| format!("loading {}", dir.display()))?;
                 let Model::Bdh(m) = m else { anyhow::bail!("{} is not a BDH model", dir.display()) };

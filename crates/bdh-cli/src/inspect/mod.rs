@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::io::checkpoint::{load, model_path};
 use bdh::model::bdh::Bdh;
 use bdh::Model;
 
@@ -115,9 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (model, source) = match (&args.model, &args.init) {
         (Some(m), _) => {
-            let path = model_path(m);
-            let model =
-                load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?;
+            let (path, model) = crate::model_args::load(m, args.config.as_deref())?;
             (model, path.display().to_string())
         }
         (None, Some(preset)) => {
