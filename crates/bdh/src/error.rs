@@ -70,6 +70,14 @@ pub enum Error {
     /// whole sentence naming the directory or the override, and what to do instead.
     #[error("{0}")]
     Refused(String),
+    /// An error met while doing what `doing` says.
+    #[error("{doing}: {cause}")]
+    Context {
+        /// What was being done, e.g. "loading the tokenizer".
+        doing: String,
+        /// What went wrong.
+        cause: Box<Error>,
+    },
 }
 
 /// Shorthand for results of this crate.
@@ -81,5 +89,9 @@ impl Error {
     }
     pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Format { path: path.into(), msg: msg.into() }
+    }
+    /// This error, as met while doing what `doing` says.
+    pub(crate) fn context(self, doing: impl Into<String>) -> Self {
+        Error::Context { doing: doing.into(), cause: Box::new(self) }
     }
 }

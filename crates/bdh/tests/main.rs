@@ -24,3 +24,4 @@ mod recurrent;
 mod run;
 mod run_dir;
 mod session;
+mod setup;
