@@ -15,6 +15,7 @@ use bdh::{ModelConfig, RunConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::args::ThreadsArgs;
 use crate::page::{Chart, Page, Series};
 use crate::provenance::Provenance;
 
@@ -35,9 +36,8 @@ pub struct Args {
     /// (finished ones are kept as they are); other settings are refused.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 /// One finished run, as the table shows it.
@@ -58,7 +58,7 @@ struct Row {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
+    args.threads.size_pool()?;
     let sizes = pick(&args.sizes)?;
     let mut data = RunConfig::resolve("small", &[])?.data;
     data.path = args.data.clone();

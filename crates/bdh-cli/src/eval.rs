@@ -15,7 +15,8 @@ use bdh::io::run_dir::RunDir;
 use bdh::Activations;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model_args::ModelArgs;
+use crate::args::{JsonArgs, ThreadsArgs};
+use crate::model_args::{ModelArgs, TokenizerArgs};
 
 /// Evaluates a model: by default on what its run trained on (the validation part
 /// of its --data file, or the built-in corpus); `--data FILE` scores every byte of
@@ -27,10 +28,8 @@ pub struct Args {
     /// Score every byte of this file instead of the run's own validation data.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
-    /// or checkpoint directory, else bytes.
-    #[arg(long, value_name = "FILE")]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
     /// Tokens per window (default 256, or the model's context if shorter).
     #[arg(long)]
     block: Option<usize>,
@@ -45,23 +44,21 @@ pub struct Args {
     /// (0–256, 256–1k, 1k–4k, …) beside the loss of independent windows.
     #[arg(long)]
     carry: bool,
-    /// Write the numbers as JSON to this file (`-`: standard output).
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    json: JsonArgs,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
+    args.threads.size_pool()?;
     let model = args.model.load()?;
-    let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &model.config())?;
+    let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
     let context = model.config().max_context();
     let block = args.block.unwrap_or(256.min(context.unwrap_or(256)));
     anyhow::ensure!(block > 0 && args.batch > 0 && args.batches > 0, "--block, --batch and --batches must be > 0");
     // JSON on standard output is all that goes there.
-    let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    let to_stdout = args.json.to_stdout();
     // What the run trained on, if `--model` is a run directory.
     let trained_on = match RunDir::open(&args.model.model) {
         Ok(run) => Some(run.config(&[])?.data),
@@ -117,9 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} windows {elapsed}<{eta}").expect("valid"));
         let r = text.windows(&model, block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
-        if let Some(p) = &args.json {
-            crate::write_output(p, &serde_json::to_string_pretty(&r)?)?;
-        }
+        args.json.write(&r)?;
         if to_stdout {
             return Ok(ExitCode::SUCCESS);
         }
@@ -150,12 +145,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let corpus = data.corpus_with(block, tokenizer)?;
     let mut acts = Activations::new(&model, args.batch, block)?;
     let m = evaluate(&model, &corpus, &mut acts, args.batches, 0)?;
-    if let Some(p) = &args.json {
-        // `step` counts training steps during a run; here there is none.
-        let mut v = serde_json::to_value(&m)?;
-        v.as_object_mut().map(|o| o.remove("step"));
-        crate::write_output(p, &serde_json::to_string_pretty(&v)?)?;
-    }
+    // `step` counts training steps during a run; here there is none.
+    let mut v = serde_json::to_value(&m)?;
+    v.as_object_mut().map(|o| o.remove("step"));
+    args.json.write(&v)?;
     if to_stdout {
         return Ok(ExitCode::SUCCESS);
     }
@@ -207,10 +200,7 @@ fn carry(
     let stream = text.stream(bdh_model, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let windows = text.windows(model, block, args.batch, &mut |_, _| {})?;
-    if let Some(p) = &args.json {
-        let both = serde_json::json!({"stream": stream, "windows": windows});
-        crate::write_output(p, &serde_json::to_string_pretty(&both)?)?;
-    }
+    args.json.write(&serde_json::json!({"stream": stream, "windows": windows}))?;
     if to_stdout {
         return Ok(ExitCode::SUCCESS);
     }

@@ -11,7 +11,7 @@ use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
 use bdh::io::run_dir::RunDir;
 use bdh::io::state;
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{ModelArgs, TokenizerArgs};
 
 /// Generates text after a prompt, streamed to stdout; speed and state size on stderr.
 /// For a model from a run directory, a note on stderr says when the text passes
@@ -28,10 +28,8 @@ pub struct Args {
     /// Read the prompt from this file.
     #[arg(long)]
     prompt_file: Option<PathBuf>,
-    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
-    /// or checkpoint directory, else bytes.
-    #[arg(long, value_name = "FILE")]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
     /// Tokens to generate at most (bytes, unless the model reads a BPE).
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -77,7 +75,7 @@ fn trained_context(model: &std::path::Path) -> Option<usize> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let model = args.model.load()?;
-    let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &model.config())?;
+    let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
     let prepared = Prepared::new(model)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone().into_bytes(),

@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
+use args::set_threads;
 use clap::{Parser, Subcommand};
 
+mod args;
 mod bench;
 mod compare;
 mod eval;
@@ -80,15 +82,6 @@ fn main() -> ExitCode {
             ExitCode::from(BAD_INPUT)
         }
     }
-}
-
-/// Sizes the global thread pool (default: one thread per core).
-fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
-    if let Some(n) = threads {
-        anyhow::ensure!(n > 0, "--threads must be > 0");
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
-    }
-    Ok(())
 }
 
 /// Writes `text` to `path` atomically, or to standard output if `path` is `-`,

@@ -39,6 +39,22 @@ impl ModelArgs {
     }
 }
 
+/// `--tokenizer`, for the subcommands that run a model.
+#[derive(clap::Args)]
+pub struct TokenizerArgs {
+    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
+    /// or checkpoint directory, else bytes.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+}
+
+impl TokenizerArgs {
+    /// The tokenizer `model` reads and writes with (see [`ModelArgs::tokenizer`]).
+    pub fn load(&self, model: &ModelArgs, config: &ModelConfig) -> anyhow::Result<Tokenizer> {
+        model.tokenizer(self.tokenizer.as_deref(), config)
+    }
+}
+
 /// Loads the model a user named (a run directory, a checkpoint directory or a
 /// weights file; its config `config`, else the one beside the weights), with the
 /// path in the error if it fails; returns the checkpoint or file it was read from

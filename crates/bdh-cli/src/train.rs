@@ -16,6 +16,8 @@ use bdh::train::{learning_rate, Collective};
 use bdh::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::args::ThreadsArgs;
+
 /// Trains a model. With no arguments: the `recall` preset on the built-in corpus.
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,9 +50,8 @@ pub struct Args {
     /// Continue the run in this directory exactly where its last checkpoint left off.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArgs,
     /// No progress bar: one line per evaluation (also the default when stderr is
     /// not a terminal, e.g. `bdh train > log 2>&1`).
     #[arg(long)]
@@ -66,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Trains as one of the processes of `collective`; process 0 alone prints and
 /// writes the run directory.
 fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
+    args.threads.size_pool()?;
     let Setup { run, tokenizer, resumed } = match &args.resume {
         Some(dir) => setup::resume(dir, &args.set)?,
         None => new_run(&args).setup()?,

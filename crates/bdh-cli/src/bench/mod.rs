@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::args::ThreadsArgs;
 use bdh::infer::Prepared;
 use bdh::{Model, ModelConfig, RunConfig};
 use measure::{forward_pass, generate_speed, peak_gflops, step_latency, train_step, BenchResult, BenchSpec, StepSide};
@@ -33,9 +34,8 @@ pub struct Args {
     /// Timed iterations.
     #[arg(long, global = true, default_value_t = 10)]
     iters: usize,
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -66,7 +66,7 @@ enum Mode {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
+    args.threads.size_pool()?;
     let run = RunConfig::resolve(&args.preset, &args.set)?;
     let threads = rayon::current_num_threads();
     let peak = peak_gflops(0.3);

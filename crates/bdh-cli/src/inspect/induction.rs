@@ -11,7 +11,7 @@ use bdh::microscope::top::{top, TopReport};
 use bdh::model::bdh::{Bdh, Site};
 use bdh::Model;
 
-use super::{model_line, read_text, Output};
+use super::{model_line, Output, TextArgs};
 use crate::page::{Chart, Page, Series};
 
 /// Induction and previous-token scores per head on repeated random text.
@@ -162,12 +162,8 @@ pub struct TopArgs {
     /// x, y or xy.
     #[arg(long, default_value = "x", value_parser = super::ablate::parse_site)]
     site: Site,
-    /// The text (a file).
-    #[arg(long, conflicts_with = "prompt")]
-    text: Option<PathBuf>,
-    /// The text (inline).
-    #[arg(long)]
-    prompt: Option<String>,
+    #[command(flatten)]
+    text: TextArgs,
     /// Contexts kept.
     #[arg(long, default_value_t = 40)]
     k: usize,
@@ -180,7 +176,7 @@ pub struct TopArgs {
 }
 
 pub fn run_top(args: TopArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
-    let bytes = read_text(&args.prompt, &args.text, out, "text")?;
+    let bytes = args.text.read(out, "text")?;
     anyhow::ensure!(args.radius <= 4096, "--radius must be at most 4096");
     let r = top(model, &bytes, args.layer, args.head, args.neuron, args.site, args.k, args.facets, args.radius)?;
     say!(

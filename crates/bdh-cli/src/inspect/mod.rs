@@ -9,6 +9,7 @@ use anyhow::Context;
 use bdh::model::bdh::Bdh;
 use bdh::Model;
 
+use crate::args::{JsonArgs, ThreadsArgs};
 use crate::page::Page;
 use crate::provenance::Provenance;
 
@@ -55,15 +56,13 @@ pub struct Args {
     /// Seed of --init.
     #[arg(long, global = true, default_value_t = 0)]
     seed_init: u64,
-    /// Write every number as JSON to this file (`-`: standard output).
-    #[arg(long, global = true, value_name = "FILE")]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    json: JsonArgs,
     /// Write a self-contained HTML report with plots to this file.
     #[arg(long, global = true)]
     html: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -95,9 +94,8 @@ enum What {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
-    let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
-    SUMMARY_TO_STDERR.store(json_to_stdout, std::sync::atomic::Ordering::Relaxed);
+    args.threads.size_pool()?;
+    SUMMARY_TO_STDERR.store(args.json.to_stdout(), std::sync::atomic::Ordering::Relaxed);
     if let What::Induction(a) = &args.what {
         if let Some(run) = &a.run {
             anyhow::ensure!(
@@ -149,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Where the JSON and HTML go, and what to record of how they were made.
 pub struct Output {
-    json: Option<PathBuf>,
+    json: JsonArgs,
     html: Option<PathBuf>,
     provenance: Provenance,
 }
@@ -162,13 +160,13 @@ impl Output {
 
     /// Writes the JSON (with a `provenance` entry) and the HTML that were asked for.
     fn write(&self, data: &impl serde::Serialize, page: impl FnOnce() -> Page, title: &str) -> anyhow::Result<()> {
-        if let Some(p) = &self.json {
+        if self.json.given() {
             let mut value = serde_json::to_value(data)?;
             if let Some(map) = value.as_object_mut() {
                 let facts = self.provenance.rows().into_iter().map(|(k, v)| (k, serde_json::Value::String(v)));
                 map.insert("provenance".into(), facts.collect::<serde_json::Map<_, _>>().into());
             }
-            crate::write_output(p, &serde_json::to_string_pretty(&value)?)?;
+            self.json.write(&value)?;
         }
         if let Some(p) = &self.html {
             crate::write_output(p, &page().html(title))?;
@@ -177,22 +175,40 @@ impl Output {
     }
 }
 
-/// Text from `--prompt` or `--text FILE`, recorded in the provenance as `key`.
-fn read_text(prompt: &Option<String>, file: &Option<PathBuf>, out: &mut Output, key: &str) -> anyhow::Result<Vec<u8>> {
-    let bytes = match (prompt, file) {
-        (Some(p), _) => {
-            out.provenance.text(key, "--prompt", p.as_bytes());
-            p.clone().into_bytes()
-        }
-        (None, Some(f)) => {
-            let bytes = read_file(f)?;
-            out.provenance.file(key, f, &bytes);
-            bytes
-        }
-        (None, None) => anyhow::bail!("give --text FILE or --prompt TEXT"),
-    };
-    anyhow::ensure!(!bytes.is_empty(), "the text is empty");
-    Ok(bytes)
+/// `--text` or `--prompt`: the text a command runs the model on.
+#[derive(clap::Args)]
+pub struct TextArgs {
+    /// The text to run (a file).
+    #[arg(long, conflicts_with = "prompt")]
+    text: Option<PathBuf>,
+    /// The text to run (inline).
+    #[arg(long)]
+    prompt: Option<String>,
+}
+
+impl TextArgs {
+    /// Whether a text is given.
+    fn given(&self) -> bool {
+        self.text.is_some() || self.prompt.is_some()
+    }
+
+    /// The text, recorded in the provenance as `key`.
+    fn read(&self, out: &mut Output, key: &str) -> anyhow::Result<Vec<u8>> {
+        let bytes = match (&self.prompt, &self.text) {
+            (Some(p), _) => {
+                out.provenance.text(key, "--prompt", p.as_bytes());
+                p.clone().into_bytes()
+            }
+            (None, Some(f)) => {
+                let bytes = read_file(f)?;
+                out.provenance.file(key, f, &bytes);
+                bytes
+            }
+            (None, None) => anyhow::bail!("give --text FILE or --prompt TEXT"),
+        };
+        anyhow::ensure!(!bytes.is_empty(), "the text is empty");
+        Ok(bytes)
+    }
 }
 
 /// A whole file, checked against the memory available first.

@@ -6,7 +6,7 @@ use anyhow::Context;
 use bdh::microscope::synapses::{check_site, concept_search, synapses, Separation};
 use bdh::model::bdh::Bdh;
 
-use super::{model_line, read_file, read_text, tokens, Output};
+use super::{model_line, read_file, tokens, Output, TextArgs};
 use crate::page::{last, thin, Chart, Page, Series, Thinned};
 
 /// The synapse state σ of one layer and head over a text, and a concept search.
@@ -18,12 +18,8 @@ pub struct Args {
     /// Head.
     #[arg(long)]
     head: usize,
-    /// The text (a file).
-    #[arg(long, conflicts_with = "prompt")]
-    text: Option<PathBuf>,
-    /// The text (inline).
-    #[arg(long)]
-    prompt: Option<String>,
+    #[command(flatten)]
+    text: TextArgs,
     /// Strongest synapses to list.
     #[arg(long, default_value_t = 20)]
     top: usize,
@@ -71,8 +67,8 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     );
     let mut report = Report { synapses: None, concept: None };
     let mut text = Vec::new();
-    if args.text.is_some() || args.prompt.is_some() {
-        text = read_text(&args.prompt, &args.text, out, "text")?;
+    if args.text.given() {
+        text = args.text.read(out, "text")?;
         let window = args.window.map(|(a, b)| a..b);
         let r = synapses(model, &tokens(&text), args.layer, args.head, args.top, &args.trace, window)?;
         say!(
