@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::model::bdh::Bdh;
+use bdh::model::bdh::{Bdh, Site};
 use bdh::Model;
 
 use crate::args::{JsonArgs, ThreadsArgs};
@@ -30,11 +30,15 @@ macro_rules! say {
 }
 
 mod ablate;
+mod concept;
 mod graph;
 mod induction;
+mod overlap;
 mod patch;
+mod path;
 mod sparsity;
 mod synapses;
+mod top;
 
 /// Looks inside a model: sparsity, the neuron graph, the synapse state, and
 /// interventions (ablate, patch, induction, top, path, overlap).
@@ -80,7 +84,7 @@ enum What {
     /// random control.
     Ablate(ablate::Args),
     /// How many of two concepts' most selective neurons are shared, against random sets.
-    Overlap(ablate::OverlapArgs),
+    Overlap(overlap::Args),
     /// Patch activations and synapses from clean texts into texts that differ in
     /// one stated fact: which layers, heads, neurons and synapses restore the answer.
     Patch(patch::Args),
@@ -88,9 +92,9 @@ enum What {
     /// over the models a run kept.
     Induction(induction::Args),
     /// The top-activating contexts of one neuron over a text, clustered into facets.
-    Top(induction::TopArgs),
+    Top(top::Args),
     /// The greedy layer-by-layer path of neurons whose removal lowers a target logit most.
-    Path(patch::PathArgs),
+    Path(path::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -136,11 +140,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Graph(a) => graph::run(a, model, &mut out)?,
         What::Synapses(a) => synapses::run(a, model, &mut out)?,
         What::Ablate(a) => ablate::run(a, model, &mut out)?,
-        What::Overlap(a) => ablate::run_overlap(a, model, &mut out)?,
+        What::Overlap(a) => overlap::run(a, model, &mut out)?,
         What::Patch(a) => patch::run(a, model, &mut out)?,
         What::Induction(a) => induction::run(a, Some(model), &mut out)?,
-        What::Top(a) => induction::run_top(a, model, &mut out)?,
-        What::Path(a) => patch::run_path(a, model, &mut out)?,
+        What::Top(a) => top::run(a, model, &mut out)?,
+        What::Path(a) => path::run(a, model, &mut out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -216,6 +220,16 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
     bdh::memory::ensure_fits(usize::try_from(len).unwrap_or(usize::MAX), &format!("the text {}", path.display()))?;
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A site of a neuron named on the command line: x, y or xy.
+fn parse_site(s: &str) -> Result<Site, String> {
+    match s {
+        "x" => Ok(Site::X),
+        "y" => Ok(Site::Y),
+        "xy" => Ok(Site::Xy),
+        _ => Err(format!("expected x, y or xy, got {s:?}")),
+    }
 }
 
 fn tokens(bytes: &[u8]) -> Vec<u32> {
