@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use bdh::data::Corpus;
 use bdh::io::run_dir::RunDir;
 use bdh::train::compare::{continues, pick, run_config};
 use bdh::train::run::{train, Event};
@@ -74,7 +75,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let corpus = data.corpus(runs[0].1.training.block_size).context("preparing the data")?;
-    let total: usize = runs.iter().map(|(_, r)| r.training.max_steps).sum();
     let steps = runs[0].1.training.max_steps;
     println!(
         "{} runs of {} tokens ({steps} steps of 8 × 256) on {}; into {}",
@@ -83,20 +83,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.data.as_ref().map_or("the built-in corpus".into(), |p| p.display().to_string()),
         out.display()
     );
+    let Some(rows) = train_all(&runs, &corpus, &out)? else {
+        println!("interrupted; run the same command again to continue");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let table = markdown(&rows);
+    println!("\n{table}");
+    crate::write_output(&out.join("table.md"), &table)?;
+    crate::write_output(&out.join("table.json"), &serde_json::to_string_pretty(&rows)?)?;
+    let mut provenance = Provenance::of_this_run();
+    provenance.add("runs", out.display().to_string());
+    crate::write_output(&out.join("report.html"), &page(Page::new(provenance.rows()), &rows).html("bdh compare"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains (or continues) each run in its folder of `out`, one after the other:
+/// their rows, or none if Ctrl-C stopped them.
+fn train_all(runs: &[(&str, RunConfig)], corpus: &Corpus, out: &Path) -> anyhow::Result<Option<Vec<Row>>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let lines = !std::io::stderr().is_terminal();
+    let total: usize = runs.iter().map(|(_, r)| r.training.max_steps).sum();
     let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
     bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid"));
     let mut rows = Vec::new();
     let mut done = 0u64;
-    for (size, run) in &runs {
+    for (size, run) in runs {
         let family = family(&run.model);
         let dir = out.join(format!("{size}-{}", family.to_lowercase()));
         let resume = continues(run, &dir)?;
         let what = format!("{size} {family} ({:.2} M)", run.model.param_count() as f64 / 1e6);
-        let outcome = train(run, &corpus, &dir, resume, &stop, |e| match e {
+        let outcome = train(run, corpus, &dir, resume, &stop, |e| match e {
             Event::Start { step, .. } => bar.set_position(done + step as u64),
             Event::Step { step, loss, .. } => {
                 bar.set_position(done + step as u64);
@@ -109,8 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         done += run.training.max_steps as u64;
         if outcome.interrupted {
             bar.finish_and_clear();
-            println!("interrupted; run the same command again to continue");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(None);
         }
         let row = read_row(size, run, &dir)?;
         let line = format!(
@@ -125,14 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rows.push(row);
     }
     bar.finish_and_clear();
-    let table = markdown(&rows);
-    println!("\n{table}");
-    crate::write_output(&out.join("table.md"), &table)?;
-    crate::write_output(&out.join("table.json"), &serde_json::to_string_pretty(&rows)?)?;
-    let mut provenance = Provenance::of_this_run();
-    provenance.add("runs", out.display().to_string());
-    crate::write_output(&out.join("report.html"), &page(Page::new(provenance.rows()), &rows).html("bdh compare"))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Some(rows))
 }
 
 fn family(m: &ModelConfig) -> &'static str {

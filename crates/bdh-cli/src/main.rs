@@ -61,8 +61,18 @@ enum Command {
 pub(crate) const BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(BAD_INPUT)
+        }
+    }
+}
+
+/// Runs the subcommand asked for.
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Train(args) => train::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
@@ -74,13 +84,6 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(BAD_INPUT)
-        }
     }
 }
 
