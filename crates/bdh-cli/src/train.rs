@@ -79,8 +79,11 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C and SIGTERM handler")?;
+    // A bar only on a terminal; a file or a pipe gets whole lines.
+    let lines = args.quiet || collective.rank() != 0 || !std::io::stderr().is_terminal();
     let before = resumed.as_ref().map(|(_, before)| before);
-    let mut progress = Progress::new(&run, &dir, before, collective, &stop, args.quiet);
+    let bar = Progress::bar(lines, run.training.max_steps);
+    let mut progress = Progress { run: &run, dir: &dir, before, collective, stop: &stop, lines, bar, first: None };
     let outcome = train_parallel(&run, &corpus, &dir, resumed.is_some(), &stop, collective, |e| progress.on(e));
     progress.finish(outcome?)
 }
@@ -126,23 +129,15 @@ struct Progress<'a> {
     first: Option<usize>,
 }
 
-impl<'a> Progress<'a> {
-    fn new(
-        run: &'a RunConfig,
-        dir: &'a Path,
-        before: Option<&'a RunConfig>,
-        collective: &'a dyn Collective,
-        stop: &'a AtomicBool,
-        quiet: bool,
-    ) -> Self {
-        // A bar only on a terminal; a file or a pipe gets whole lines.
-        let lines = quiet || collective.rank() != 0 || !std::io::stderr().is_terminal();
-        let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(run.training.max_steps as u64) };
+impl Progress<'_> {
+    /// A bar of `steps` steps, hidden if the run shows whole `lines` instead.
+    fn bar(lines: bool, steps: usize) -> ProgressBar {
+        let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(steps as u64) };
         // Everything but the bar fits in about 60 columns; the bar takes what is left.
         bar.set_style(
             ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid template"),
         );
-        Progress { run, dir, before, collective, stop, lines, bar, first: None }
+        bar
     }
 
     /// A line to standard output; if its reader has gone away (`bdh train | head`),

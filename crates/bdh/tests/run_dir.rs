@@ -2,14 +2,12 @@
 //! holds no run or no checkpoint yet.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use bdh::io::checkpoint;
 use bdh::io::run_dir::{Checkpoint, RunDir};
-use bdh::train::run::train;
 use bdh::RunConfig;
 
-use crate::common::temp_dir;
+use crate::common::{temp_dir, train_to_end};
 
 /// A run of a few steps of a small model into `dir`, keeping the model every two steps.
 fn short_run(dir: &Path) -> RunConfig {
@@ -24,8 +22,7 @@ fn short_run(dir: &Path) -> RunConfig {
         "training.sample_tokens=8",
     ];
     let run = RunConfig::resolve("tiny", &sets.map(String::from)).unwrap();
-    let corpus = run.data.corpus(run.training.block_size).unwrap();
-    train(&run, &corpus, dir, false, &AtomicBool::new(false), |_| {}).unwrap();
+    train_to_end(&run, dir);
     run
 }
 

@@ -2,14 +2,12 @@
 //! run with overrides, and the overrides each refuses.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use bdh::train::compare::continues;
-use bdh::train::run::train;
 use bdh::train::setup::{resume, NewRun};
 use bdh::RunConfig;
 
-use crate::common::temp_dir;
+use crate::common::{temp_dir, train_to_end};
 
 fn new_run(overrides: &[&str]) -> NewRun {
     let mut all = vec!["training.block_size=32", "training.batch_size=2", "training.max_steps=2"];
@@ -20,8 +18,7 @@ fn new_run(overrides: &[&str]) -> NewRun {
 /// A finished two-step run in `dir`.
 fn finished(dir: &Path) -> RunConfig {
     let run = new_run(&["model.n_embd=32", "training.eval_batches=1", "training.sample_tokens=8"]).setup().unwrap().run;
-    let corpus = run.data.corpus(run.training.block_size).unwrap();
-    train(&run, &corpus, dir, false, &AtomicBool::new(false), |_| {}).unwrap();
+    train_to_end(&run, dir);
     run
 }
 
