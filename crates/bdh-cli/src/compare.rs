@@ -8,15 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bdh::train::compare::{pick, run_config};
+use bdh::data::Corpus;
+use bdh::io::run_dir::RunDir;
+use bdh::train::compare::{continues, pick, run_config};
 use bdh::train::run::{train, Event};
 use bdh::{ModelConfig, RunConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::args::ThreadsArgs;
 use crate::page::{Chart, Page, Series};
 use crate::provenance::Provenance;
-use crate::report::Record;
 
 /// Trains BDH and GPT at each size on the same batches and compares them.
 #[derive(clap::Args)]
@@ -35,9 +37,8 @@ pub struct Args {
     /// (finished ones are kept as they are); other settings are refused.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 /// One finished run, as the table shows it.
@@ -58,7 +59,7 @@ struct Row {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
+    args.threads.size_pool()?;
     let sizes = pick(&args.sizes)?;
     let mut data = RunConfig::resolve("small", &[])?.data;
     data.path = args.data.clone();
@@ -74,7 +75,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let corpus = data.corpus(runs[0].1.training.block_size).context("preparing the data")?;
-    let total: usize = runs.iter().map(|(_, r)| r.training.max_steps).sum();
     let steps = runs[0].1.training.max_steps;
     println!(
         "{} runs of {} tokens ({steps} steps of 8 × 256) on {}; into {}",
@@ -83,33 +83,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.data.as_ref().map_or("the built-in corpus".into(), |p| p.display().to_string()),
         out.display()
     );
+    let Some(rows) = train_all(&runs, &corpus, &out)? else {
+        println!("interrupted; run the same command again to continue");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let table = markdown(&rows);
+    println!("\n{table}");
+    crate::write_output(&out.join("table.md"), &table)?;
+    crate::write_output(&out.join("table.json"), &serde_json::to_string_pretty(&rows)?)?;
+    let mut provenance = Provenance::of_this_run();
+    provenance.add("runs", out.display().to_string());
+    crate::write_output(&out.join("report.html"), &page(Page::new(provenance.rows()), &rows).html("bdh compare"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains (or continues) each run in its folder of `out`, one after the other:
+/// their rows, or none if Ctrl-C stopped them.
+fn train_all(runs: &[(&str, RunConfig)], corpus: &Corpus, out: &Path) -> anyhow::Result<Option<Vec<Row>>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let lines = !std::io::stderr().is_terminal();
+    let total: usize = runs.iter().map(|(_, r)| r.training.max_steps).sum();
     let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
     bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid"));
     let mut rows = Vec::new();
     let mut done = 0u64;
-    for (size, run) in &runs {
+    for (size, run) in runs {
         let family = family(&run.model);
         let dir = out.join(format!("{size}-{}", family.to_lowercase()));
-        let resume = dir.join("last").exists();
-        if resume {
-            // A run is continued only under the settings it was started with.
-            let path = dir.join("config.toml");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let before = RunConfig::from_toml(&text, &path, &[])?;
-            let changes = run.changes(&before);
-            anyhow::ensure!(
-                changes.is_empty(),
-                "{} holds a run made with other settings ({}); give another --out, or the same flags as before",
-                dir.display(),
-                changes.join("; ")
-            );
-        }
+        let resume = continues(run, &dir)?;
         let what = format!("{size} {family} ({:.2} M)", run.model.param_count() as f64 / 1e6);
-        let outcome = train(run, &corpus, &dir, resume, &stop, |e| match e {
+        let outcome = train(run, corpus, &dir, resume, &stop, |e| match e {
             Event::Start { step, .. } => bar.set_position(done + step as u64),
             Event::Step { step, loss, .. } => {
                 bar.set_position(done + step as u64);
@@ -122,8 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         done += run.training.max_steps as u64;
         if outcome.interrupted {
             bar.finish_and_clear();
-            println!("interrupted; run the same command again to continue");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(None);
         }
         let row = read_row(size, run, &dir)?;
         let line = format!(
@@ -138,14 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rows.push(row);
     }
     bar.finish_and_clear();
-    let table = markdown(&rows);
-    println!("\n{table}");
-    crate::write_output(&out.join("table.md"), &table)?;
-    crate::write_output(&out.join("table.json"), &serde_json::to_string_pretty(&rows)?)?;
-    let mut provenance = Provenance::of_this_run();
-    provenance.add("runs", out.display().to_string());
-    crate::write_output(&out.join("report.html"), &page(Page::new(provenance.rows()), &rows).html("bdh compare"))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Some(rows))
 }
 
 fn family(m: &ModelConfig) -> &'static str {
@@ -157,11 +154,12 @@ fn family(m: &ModelConfig) -> &'static str {
 
 /// A finished run's row, from its `metrics.jsonl` (so a continued run counts all of it).
 fn read_row(size: &str, run: &RunConfig, dir: &Path) -> anyhow::Result<Row> {
-    let path = dir.join("metrics.jsonl");
-    let r = Record::read(&path)?;
+    let run_dir = RunDir::open(dir)?;
+    let r = run_dir.metrics()?;
     let per_step = (run.training.batch_size * run.training.block_size * run.training.grad_accum) as f64;
     let seconds: f64 = r.steps.iter().map(|s| per_step / s.tokens_per_second).filter(|t| t.is_finite()).sum();
-    let last = r.evals.last().with_context(|| format!("{}: no evaluation recorded", path.display()))?;
+    let last =
+        r.evals.last().with_context(|| format!("{}: no evaluation recorded", run_dir.metrics_path().display()))?;
     let tokens = run.training.max_steps * per_step as usize;
     Ok(Row {
         size: size.to_string(),

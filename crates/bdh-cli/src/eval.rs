@@ -9,12 +9,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use bdh::data::{BytesView, Corpus, DataConfig, Tokenized, Tokenizer};
 use bdh::eval::{
-    evaluate, evaluate_bytes, evaluate_stream, evaluate_stream_tokens, evaluate_tokens, FileEval, StreamEval,
+    evaluate, evaluate_bytes, evaluate_stream, evaluate_stream_tokens, evaluate_tokens, EvalMetrics, FileEval,
+    StreamEval,
 };
-use bdh::{Activations, RunConfig};
+use bdh::io::run_dir::RunDir;
+use bdh::Activations;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model_args::ModelArgs;
+use crate::args::{JsonArgs, ThreadsArgs};
+use crate::model_args::{ModelArgs, TokenizerArgs};
 
 /// Evaluates a model: by default on what its run trained on (the validation part
 /// of its --data file, or the built-in corpus); `--data FILE` scores every byte of
@@ -26,10 +29,8 @@ pub struct Args {
     /// Score every byte of this file instead of the run's own validation data.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
-    /// or checkpoint directory, else bytes.
-    #[arg(long, value_name = "FILE")]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
     /// Tokens per window (default 256, or the model's context if shorter).
     #[arg(long)]
     block: Option<usize>,
@@ -44,58 +45,25 @@ pub struct Args {
     /// (0–256, 256–1k, 1k–4k, …) beside the loss of independent windows.
     #[arg(long)]
     carry: bool,
-    /// Write the numbers as JSON to this file (`-`: standard output).
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    json: JsonArgs,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
+    args.threads.size_pool()?;
     let model = args.model.load()?;
-    let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &model.config())?;
+    let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
     let context = model.config().max_context();
     let block = args.block.unwrap_or(256.min(context.unwrap_or(256)));
     anyhow::ensure!(block > 0 && args.batch > 0 && args.batches > 0, "--block, --batch and --batches must be > 0");
-    // JSON on standard output is all that goes there.
-    let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     // What the run trained on, if `--model` is a run directory.
-    let run_config = args.model.model.join("config.toml");
-    let trained_on = match std::fs::read_to_string(&run_config) {
-        Ok(text) => Some(RunConfig::from_toml(&text, &run_config, &[])?.data),
+    let trained_on = match RunDir::open(&args.model.model) {
+        Ok(run) => Some(run.config(&[])?.data),
         Err(_) => None,
     };
-    let file = match (&args.data, &trained_on) {
-        (Some(f), _) => {
-            let bytes = BytesView::open(f)?;
-            let ids = match &tokenizer {
-                Tokenizer::Bytes => None,
-                Tokenizer::Bpe(bpe) => Some(Tokenized::new(bytes.clone(), bpe)?.ids),
-            };
-            Some((Text { bytes, ids, tokenizer: tokenizer.clone() }, format!("{}: every byte", f.display())))
-        }
-        (None, Some(d)) if d.path.is_some() => {
-            let corpus = d.corpus_with(block, tokenizer.clone()).context("opening the run's data")?;
-            let (val, ids) = match corpus {
-                Corpus::Files { val, .. } => (val, None),
-                Corpus::Tokens { val, .. } => (val.text, Some(val.ids)),
-                Corpus::Synthetic(_) => unreachable!("a data path gives files"),
-            };
-            let name = match &d.val_path {
-                Some(v) => format!("{}: the run's validation file, every byte", v.display()),
-                None => format!(
-                    "{}: the run's validation split, bytes {}..{}",
-                    d.path.as_ref().expect("checked").display(),
-                    val.range().start,
-                    val.range().end
-                ),
-            };
-            Some((Text { bytes: val, ids, tokenizer: tokenizer.clone() }, name))
-        }
-        _ => None,
-    };
+    let file = file_to_score(&args, trained_on.as_ref(), &tokenizer, block)?;
     if args.carry {
         let Some((text, name)) = file else {
             anyhow::bail!("--carry reads a file as one stream: give --data FILE (or a run trained on a file)")
@@ -105,40 +73,87 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "--carry needs a BDH model, whose synapse state carries a stream; a GPT's context is its block_size"
             )
         };
-        return carry(bdh_model, &model, &text, &name, block, &args, to_stdout);
+        return carry(bdh_model, &model, &text, &name, block, &args);
     }
-    if let Some((text, name)) = file {
-        let windows = text.len().saturating_sub(1).div_ceil(block);
-        let bar = if std::io::stderr().is_terminal() && windows > args.batch {
-            ProgressBar::new(windows as u64)
-        } else {
-            ProgressBar::hidden()
+    match file {
+        Some((text, name)) => windows(&model, &text, &name, block, &args),
+        None => built_in(&model, trained_on, tokenizer, block, &args),
+    }
+}
+
+/// The file to score and its description: `--data`, else the validation part of
+/// the file the run trained on, if it trained on one.
+fn file_to_score(
+    args: &Args,
+    trained_on: Option<&DataConfig>,
+    tokenizer: &Tokenizer,
+    block: usize,
+) -> anyhow::Result<Option<(Text, String)>> {
+    if let Some(f) = &args.data {
+        let bytes = BytesView::open(f)?;
+        let ids = match tokenizer {
+            Tokenizer::Bytes => None,
+            Tokenizer::Bpe(bpe) => Some(Tokenized::new(bytes.clone(), bpe)?.ids),
         };
-        bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} windows {elapsed}<{eta}").expect("valid"));
-        let r = text.windows(&model, block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
-        bar.finish_and_clear();
-        if let Some(p) = &args.json {
-            crate::write_output(p, &serde_json::to_string_pretty(&r)?)?;
+        return Ok(Some((Text { bytes, ids, tokenizer: tokenizer.clone() }, format!("{}: every byte", f.display()))));
+    }
+    let Some((d, path)) = trained_on.and_then(|d| Some((d, d.path.as_ref()?))) else { return Ok(None) };
+    let corpus = d.corpus_with(block, tokenizer.clone()).context("opening the run's data")?;
+    let (val, ids) = match corpus {
+        Corpus::Files { val, .. } => (val, None),
+        Corpus::Tokens { val, .. } => (val.text, Some(val.ids)),
+        Corpus::Synthetic(_) => unreachable!("a data path gives files"),
+    };
+    let name = match &d.val_path {
+        Some(v) => format!("{}: the run's validation file, every byte", v.display()),
+        None => {
+            format!("{}: the run's validation split, bytes {}..{}", path.display(), val.range().start, val.range().end)
         }
-        if to_stdout {
-            return Ok(ExitCode::SUCCESS);
-        }
-        println!(
-            "{name}: {} predicted in {} independent windows of {} tokens",
-            text.count(r.tokens, r.bytes),
-            r.windows,
-            r.window
-        );
-        println!(
-            "loss {:.4} nats/{}, perplexity {:.3}, {:.4} bits/byte",
-            r.loss,
-            text.unit(),
-            r.perplexity,
-            r.bits_per_byte
-        );
+    };
+    Ok(Some((Text { bytes: val, ids, tokenizer: tokenizer.clone() }, name)))
+}
+
+/// The loss of a file in independent windows.
+fn windows(model: &bdh::Model, text: &Text, name: &str, block: usize, args: &Args) -> anyhow::Result<ExitCode> {
+    let windows = text.len().saturating_sub(1).div_ceil(block);
+    let bar = if std::io::stderr().is_terminal() && windows > args.batch {
+        ProgressBar::new(windows as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} windows {elapsed}<{eta}").expect("valid"));
+    let r = text.windows(model, block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    args.json.write(&r)?;
+    // JSON on standard output is all that goes there.
+    if args.json.to_stdout() {
         return Ok(ExitCode::SUCCESS);
     }
-    // The built-in corpus, with the knobs the model was trained with if known.
+    println!(
+        "{name}: {} predicted in {} independent windows of {} tokens",
+        text.count(r.tokens, r.bytes),
+        r.windows,
+        r.window
+    );
+    println!(
+        "loss {:.4} nats/{}, perplexity {:.3}, {:.4} bits/byte",
+        r.loss,
+        text.unit(),
+        r.perplexity,
+        r.bits_per_byte
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Answer accuracy on the built-in corpus, with the knobs the model was trained
+/// with if known.
+fn built_in(
+    model: &bdh::Model,
+    trained_on: Option<DataConfig>,
+    tokenizer: Tokenizer,
+    block: usize,
+    args: &Args,
+) -> anyhow::Result<ExitCode> {
     if trained_on.is_none() {
         eprintln!(
             "note: {} is not a run directory, so what it was trained on is unknown: scoring the built-in \
@@ -148,15 +163,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let data = DataConfig { path: None, val_path: None, tokenizer: None, ..trained_on.unwrap_or_default() };
     let corpus = data.corpus_with(block, tokenizer)?;
-    let mut acts = Activations::new(&model, args.batch, block)?;
-    let m = evaluate(&model, &corpus, &mut acts, args.batches, 0)?;
-    if let Some(p) = &args.json {
-        // `step` counts training steps during a run; here there is none.
-        let mut v = serde_json::to_value(&m)?;
-        v.as_object_mut().map(|o| o.remove("step"));
-        crate::write_output(p, &serde_json::to_string_pretty(&v)?)?;
-    }
-    if to_stdout {
+    let mut acts = Activations::new(model, args.batch, block)?;
+    let m = evaluate(model, &corpus, &mut acts, args.batches, 0)?;
+    // `step` counts training steps during a run; here there is none.
+    let mut v = serde_json::to_value(&m)?;
+    v.as_object_mut().map(|o| o.remove("step"));
+    args.json.write(&v)?;
+    if args.json.to_stdout() {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -168,6 +181,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.batches * args.batch,
         block
     );
+    print_answers(&m);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The built-in corpus's loss and answer accuracy, over all and by group.
+fn print_answers(m: &EvalMetrics) {
     println!(
         "loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte, answer accuracy {:.1}% of {} answers \
          (copying a stated value of the right kind at random: {:.1}%)",
@@ -189,7 +208,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             g.copy_baseline * 100.0
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `--carry`: the file as one stream, beside the same file in independent windows.
@@ -200,18 +218,14 @@ fn carry(
     name: &str,
     block: usize,
     args: &Args,
-    to_stdout: bool,
 ) -> anyhow::Result<ExitCode> {
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(text.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} tokens {elapsed}<{eta}").expect("valid"));
     let stream = text.stream(bdh_model, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let windows = text.windows(model, block, args.batch, &mut |_, _| {})?;
-    if let Some(p) = &args.json {
-        let both = serde_json::json!({"stream": stream, "windows": windows});
-        crate::write_output(p, &serde_json::to_string_pretty(&both)?)?;
-    }
-    if to_stdout {
+    args.json.write(&serde_json::json!({"stream": stream, "windows": windows}))?;
+    if args.json.to_stdout() {
         return Ok(ExitCode::SUCCESS);
     }
     let unit = text.unit();

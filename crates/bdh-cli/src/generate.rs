@@ -2,15 +2,16 @@
 
 use std::io::{ErrorKind, Write};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use bdh::data::Tokenizer;
-use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
+use bdh::infer::{generate, Generation, GenerationStats, Prepared, Sampler, SamplingConfig, Scratch, State};
+use bdh::io::run_dir::RunDir;
 use bdh::io::state;
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{ModelArgs, TokenizerArgs};
 
 /// Generates text after a prompt, streamed to stdout; speed and state size on stderr.
 /// For a model from a run directory, a note on stderr says when the text passes
@@ -27,10 +28,8 @@ pub struct Args {
     /// Read the prompt from this file.
     #[arg(long)]
     prompt_file: Option<PathBuf>,
-    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
-    /// or checkpoint directory, else bytes.
-    #[arg(long, value_name = "FILE")]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
     /// Tokens to generate at most (bytes, unless the model reads a BPE).
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -68,32 +67,11 @@ pub struct Args {
     num_samples: u64,
 }
 
-/// The context length a model's run trained on (`training.block_size`), if the
-/// model comes from a run directory: the model path or its parent holds the
-/// run's config.toml.
-fn trained_context(model: &std::path::Path) -> Option<usize> {
-    let dir = bdh::io::checkpoint::model_path(model);
-    let candidates = [model.join("config.toml"), dir.join("config.toml"), dir.parent()?.join("config.toml")];
-    let path = candidates.into_iter().find(|p| p.is_file())?;
-    let text = std::fs::read_to_string(&path).ok()?;
-    Some(bdh::RunConfig::from_toml(&text, &path, &[]).ok()?.training.block_size)
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let model = args.model.load()?;
-    let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &model.config())?;
+    let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
     let prepared = Prepared::new(model)?;
-    let prompt = match (&args.prompt, &args.prompt_file) {
-        (Some(p), _) => p.clone().into_bytes(),
-        (None, Some(f)) => {
-            // The prompt is held as bytes and as token ids: 5 bytes a byte.
-            let len = std::fs::metadata(f).with_context(|| format!("reading {}", f.display()))?.len();
-            let what = format!("the prompt file {}", f.display());
-            bdh::memory::ensure_fits(usize::try_from(len).unwrap_or(usize::MAX).saturating_mul(5), &what)?;
-            std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
-        }
-        (None, None) => unreachable!("clap requires one of them"),
-    };
+    let prompt = read_prompt(&args)?;
     let mut sampler = Sampler::new(SamplingConfig {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -102,19 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
     })?;
-    if args.save_state.is_some() || args.load_state.is_some() {
-        state::supported(&prepared)?;
-    }
-    if let Some(p) = &args.save_state {
-        // Found out before generating, not after.
-        let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        anyhow::ensure!(!p.is_dir(), "--save-state {}: is a directory", p.display());
-        anyhow::ensure!(parent.is_dir(), "--save-state {}: no directory {}", p.display(), parent.display());
-    }
-    let start = match &args.load_state {
-        Some(p) => state::load(&prepared, p).with_context(|| format!("loading state {}", p.display()))?,
-        None => prepared.state()?,
-    };
+    let start = start_state(&args, &prepared)?;
     let mut scratch = prepared.scratch();
     let tokens = tokenizer.encode(&prompt);
     let g = Generation { max_tokens: args.max_tokens, stops: args.stop.clone(), tokenizer, ..Generation::default() };
@@ -124,37 +90,108 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             tokens.len()
         );
     }
-    let context = trained_context(&args.model.model);
     // Text counts tokens as it streams only when a token is a byte; a BPE run's note
     // comes after the text.
     let bytes_are_tokens = g.tokenizer == Tokenizer::Bytes;
-    let mut warned = false;
-    let mut warn_past = |pos: usize| {
-        if let (Some(c), false) = (context, warned) {
-            if pos > c {
-                warned = true;
-                eprintln!(
-                    "\nnote: the text is now past {c} tokens, the context length this model was trained on \
-                     (training.block_size); what follows may lose coherence"
-                );
-            }
-        }
-    };
-    let mut stdout = std::io::stdout().lock();
+    let mut out =
+        Out { stdout: std::io::stdout().lock(), context: trained_context(&args.model.model), bytes_are_tokens };
     for k in 1..=args.num_samples {
-        if args.num_samples > 1 && writeln!(stdout, "--- sample {k} of {}", args.num_samples).is_err() {
+        if args.num_samples > 1 && writeln!(out.stdout, "--- sample {k} of {}", args.num_samples).is_err() {
             return Ok(ExitCode::SUCCESS); // the reader went away
         }
         let mut session = start.clone();
+        let stats = out.sample(&prepared, &mut session, &mut scratch, &tokens, &g, &mut sampler)?;
+        if let Some(p) = &args.save_state {
+            state::save(&prepared, &session, p).with_context(|| format!("saving state {}", p.display()))?;
+        }
+        if stats.cancelled {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let _ = writeln!(out.stdout);
+        print_stats(&stats, session.pos());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The prompt's bytes, from `--prompt` or `--prompt-file`.
+fn read_prompt(args: &Args) -> anyhow::Result<Vec<u8>> {
+    match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => Ok(p.clone().into_bytes()),
+        (None, Some(f)) => {
+            // The prompt is held as bytes and as token ids: 5 bytes a byte.
+            let len = std::fs::metadata(f).with_context(|| format!("reading {}", f.display()))?.len();
+            let what = format!("the prompt file {}", f.display());
+            bdh::memory::ensure_fits(usize::try_from(len).unwrap_or(usize::MAX).saturating_mul(5), &what)?;
+            std::fs::read(f).with_context(|| format!("reading {}", f.display()))
+        }
+        (None, None) => unreachable!("clap requires one of them"),
+    }
+}
+
+/// The state each sample starts from: `--load-state`'s, else an empty one; with
+/// `--save-state` checked before generating, not after.
+fn start_state(args: &Args, prepared: &Prepared) -> anyhow::Result<State> {
+    if args.save_state.is_some() || args.load_state.is_some() {
+        state::supported(prepared)?;
+    }
+    if let Some(p) = &args.save_state {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        anyhow::ensure!(!p.is_dir(), "--save-state {}: is a directory", p.display());
+        anyhow::ensure!(parent.is_dir(), "--save-state {}: no directory {}", p.display(), parent.display());
+    }
+    Ok(match &args.load_state {
+        Some(p) => state::load(prepared, p).with_context(|| format!("loading state {}", p.display()))?,
+        None => prepared.state()?,
+    })
+}
+
+/// The context length a model's run trained on (`training.block_size`), if the
+/// model comes from a run.
+fn trained_context(model: &Path) -> Option<usize> {
+    Some(RunDir::of_model(model)?.config(&[]).ok()?.training.block_size)
+}
+
+/// Where the text goes: standard output, with a note on standard error once it
+/// passes the context the model's run trained on.
+struct Out<'a> {
+    stdout: std::io::StdoutLock<'a>,
+    /// The context the run trained on, until the note is given.
+    context: Option<usize>,
+    /// Whether each generated byte is a token, so positions are known as it streams.
+    bytes_are_tokens: bool,
+}
+
+impl Out<'_> {
+    /// Notes, once, that the text at position `pos` is past the trained context.
+    fn warn_past(&mut self, pos: usize) {
+        if let Some(c) = self.context.filter(|&c| pos > c) {
+            self.context = None;
+            eprintln!(
+                "\nnote: the text is now past {c} tokens, the context length this model was trained on \
+                 (training.block_size); what follows may lose coherence"
+            );
+        }
+    }
+
+    /// One sample after `tokens` from `session`, streamed out as it is made.
+    fn sample(
+        &mut self,
+        prepared: &Prepared,
+        session: &mut State,
+        scratch: &mut Scratch,
+        tokens: &[u32],
+        g: &Generation,
+        sampler: &mut Sampler,
+    ) -> anyhow::Result<GenerationStats> {
         let mut pos = session.pos() + tokens.len();
-        warn_past(pos);
+        self.warn_past(pos);
         let mut failed = None;
-        let out = generate(&prepared, &mut session, &mut scratch, &tokens, &g, &mut sampler, |text| {
-            if bytes_are_tokens {
+        let out = generate(prepared, session, scratch, tokens, g, sampler, |text| {
+            if self.bytes_are_tokens {
                 pos += text.len();
-                warn_past(pos);
+                self.warn_past(pos);
             }
-            match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+            match self.stdout.write_all(text.as_bytes()).and_then(|()| self.stdout.flush()) {
                 Ok(()) => ControlFlow::Continue(()),
                 // The reader went away (`| head`): stop at once; that is not an error.
                 Err(e) if e.kind() == ErrorKind::BrokenPipe => ControlFlow::Break(()),
@@ -167,27 +204,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(e) = failed {
             return Err(e).context("writing the output");
         }
-        warn_past(session.pos());
-        if let Some(p) = &args.save_state {
-            state::save(&prepared, &session, p).with_context(|| format!("saving state {}", p.display()))?;
-        }
-        let stats = out.stats;
-        if stats.cancelled {
-            return Ok(ExitCode::SUCCESS);
-        }
-        let _ = writeln!(stdout);
-        let decode_rate = stats.generated as f64 / stats.decode_seconds.max(1e-9);
-        let _ = writeln!(
-            std::io::stderr(),
-            "{} prompt tokens in {:.1} ms, {} generated at {:.1} tokens/s; state {:.2} MiB at position {}{}",
-            stats.prompt_tokens,
-            stats.prefill_seconds * 1e3,
-            stats.generated,
-            decode_rate,
-            stats.state_bytes as f64 / (1 << 20) as f64,
-            session.pos(),
-            stats.stopped_by.map_or(String::new(), |s| format!("; stopped at {s:?}"))
-        );
+        self.warn_past(session.pos());
+        Ok(out.stats)
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Speed and state size of a sample, on standard error.
+fn print_stats(stats: &GenerationStats, pos: usize) {
+    let decode_rate = stats.generated as f64 / stats.decode_seconds.max(1e-9);
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} prompt tokens in {:.1} ms, {} generated at {:.1} tokens/s; state {:.2} MiB at position {pos}{}",
+        stats.prompt_tokens,
+        stats.prefill_seconds * 1e3,
+        stats.generated,
+        decode_rate,
+        stats.state_bytes as f64 / (1 << 20) as f64,
+        stats.stopped_by.as_ref().map_or(String::new(), |s| format!("; stopped at {s:?}"))
+    );
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod args;
 mod bench;
 mod compare;
 mod eval;
@@ -55,12 +56,38 @@ enum Command {
     Tokenizer(tokenizer::Args),
 }
 
-/// Exit status of a run that went wrong before it could give an answer.
-pub(crate) const BAD_INPUT: u8 = 2;
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_status(&e))
+        }
+    }
+}
+
+/// The exit status of an error, by its kind: 2 for what the user gave (input, a
+/// config, a file, a run directory), 3 for a size refused before allocation, 4 for
+/// training that diverged, 70 for parts of the program that do not fit together (a
+/// bug). 0 is success and 1 a check that ran and failed (`verify`).
+pub(crate) fn exit_status(e: &anyhow::Error) -> u8 {
+    let kind = e.chain().find_map(|c| c.downcast_ref::<bdh::Error>()).map(|mut k| {
+        while let bdh::Error::Context { cause, .. } = k {
+            k = cause;
+        }
+        k
+    });
+    match kind {
+        Some(bdh::Error::TooLarge { .. }) => 3,
+        Some(bdh::Error::Diverged { .. } | bdh::Error::NonFinite { .. }) => 4,
+        Some(bdh::Error::Mismatch(_)) => 70,
+        _ => 2,
+    }
+}
+
+/// Runs the subcommand asked for.
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Train(args) => train::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
@@ -72,23 +99,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(BAD_INPUT)
-        }
     }
-}
-
-/// Sizes the global thread pool (default: one thread per core).
-fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
-    if let Some(n) = threads {
-        anyhow::ensure!(n > 0, "--threads must be > 0");
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
-    }
-    Ok(())
 }
 
 /// Writes `text` to `path` atomically, or to standard output if `path` is `-`,

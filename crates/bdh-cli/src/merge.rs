@@ -1,11 +1,11 @@
 //! `bdh merge`: one model from two, by concatenating their neurons.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::io::checkpoint::{load, model_path, replace_dir, save};
-use bdh::model::bdh::merge;
+use bdh::io::checkpoint::{replace_dir, save};
+use bdh::model::bdh::{merge, Bdh};
 use bdh::Model;
 
 /// Merge two BDH models of the same L, D, H and vocabulary by concatenating their
@@ -24,25 +24,18 @@ pub struct Args {
     out: PathBuf,
 }
 
+/// The file that says where a merged model's neurons came from; its presence marks
+/// a directory as a merge's output, which a later merge may replace.
+const HERITAGE_FILE: &str = "heritage.json";
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let open = |p: &PathBuf| -> anyhow::Result<(bdh::model::bdh::Bdh, String)> {
-        let path = model_path(p);
-        let m = load(&path, None).with_context(|| format!("loading model {}", path.display()))?;
-        let fingerprint = m.params().fingerprint();
-        match m {
-            Model::Bdh(m) => Ok((m, fingerprint)),
-            other => {
-                anyhow::bail!("{} is a {}: only BDH models merge by neurons", path.display(), other.config().describe())
-            }
-        }
-    };
     // Never replace anything but an earlier merge: not a run, not an input model.
     if args.out.exists() {
         let same = |p: &PathBuf| std::fs::canonicalize(p).ok() == std::fs::canonicalize(&args.out).ok();
         anyhow::ensure!(
-            !same(&args.a) && !same(&args.b) && args.out.join("heritage.json").is_file(),
-            "refusing to write into {}: it exists and is not an earlier merge's output (no heritage.json) — choose \
-             another --out",
+            !same(&args.a) && !same(&args.b) && args.out.join(HERITAGE_FILE).is_file(),
+            "refusing to write into {}: it exists and is not an earlier merge's output (no {HERITAGE_FILE}) — \
+             choose another --out",
             args.out.display()
         );
     }
@@ -64,10 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let model = Model::Bdh(merged.clone());
     replace_dir(&args.out, |dir| {
         save(&model, dir)?;
-        bdh::io::write_atomic(
-            &dir.join("heritage.json"),
-            serde_json::to_string_pretty(&heritage_json).expect("JSON").as_bytes(),
-        )
+        let text = serde_json::to_string_pretty(&heritage_json).expect("JSON");
+        bdh::io::write_atomic(&dir.join(HERITAGE_FILE), text.as_bytes())
     })
     .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
@@ -82,4 +73,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A BDH model a user named, and its weights' fingerprint.
+fn open(model: &Path) -> anyhow::Result<(Bdh, String)> {
+    let (path, m) = crate::model_args::load(model, None)?;
+    let fingerprint = m.params().fingerprint();
+    match m {
+        Model::Bdh(m) => Ok((m, fingerprint)),
+        other => {
+            anyhow::bail!("{} is a {}: only BDH models merge by neurons", path.display(), other.config().describe())
+        }
+    }
 }

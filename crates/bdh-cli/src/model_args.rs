@@ -21,9 +21,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model, with the path in the error if it fails.
     pub fn load(&self) -> anyhow::Result<Model> {
-        let path = bdh::io::checkpoint::model_path(&self.model);
-        bdh::io::checkpoint::load(&path, self.config.as_deref())
-            .with_context(|| format!("loading model {}", path.display()))
+        Ok(load(&self.model, self.config.as_deref())?.1)
     }
 
     /// The tokenizer the model reads and writes with: `explicit` if given, else the
@@ -39,4 +37,31 @@ impl ModelArgs {
         tokenizer.check(model).with_context(|| format!("model {}{with}", self.model.display()))?;
         Ok(tokenizer)
     }
+}
+
+/// `--tokenizer`, for the subcommands that run a model.
+#[derive(clap::Args)]
+pub struct TokenizerArgs {
+    /// The model's BPE tokenizer (a tokenizer.json); by default the one of its run
+    /// or checkpoint directory, else bytes.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+}
+
+impl TokenizerArgs {
+    /// The tokenizer `model` reads and writes with (see [`ModelArgs::tokenizer`]).
+    pub fn load(&self, model: &ModelArgs, config: &ModelConfig) -> anyhow::Result<Tokenizer> {
+        model.tokenizer(self.tokenizer.as_deref(), config)
+    }
+}
+
+/// Loads the model a user named (a run directory, a checkpoint directory or a
+/// weights file; its config `config`, else the one beside the weights), with the
+/// path in the error if it fails; returns the checkpoint or file it was read from
+/// beside it.
+pub fn load(model: &Path, config: Option<&Path>) -> anyhow::Result<(PathBuf, Model)> {
+    let path = bdh::io::checkpoint::model_path(model)?;
+    let loaded =
+        bdh::io::checkpoint::load(&path, config).with_context(|| format!("loading model {}", path.display()))?;
+    Ok((path, loaded))
 }

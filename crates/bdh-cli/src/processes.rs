@@ -48,7 +48,7 @@ impl Processes {
         #[cfg(feature = "mpi")]
         if let (Err(e), Some(mpi)) = (&result, &self.mpi) {
             if mpi.size() > 1 {
-                mpi.abort(&format!("{e:#}"), crate::BAD_INPUT.into());
+                mpi.abort(&format!("{e:#}"), crate::exit_status(&e).into());
             }
         }
         result

@@ -1,11 +1,11 @@
 //! `bdh report`: a training run's curves and samples, from its `metrics.jsonl`,
 //! as a summary and a self-contained page.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bdh::io::run_dir::{EvalRecord, Metrics, RunDir, StepRecord};
 
 use crate::page::{mean, thin, Chart, Page, Series};
 use crate::provenance::Provenance;
@@ -21,97 +21,6 @@ pub struct Args {
     html: Option<PathBuf>,
 }
 
-/// Longest line of `metrics.jsonl` read (a sample of a few hundred bytes is the longest
-/// record a run writes); longer lines are skipped, not held.
-const MAX_LINE: u64 = 1 << 20;
-/// Records read at most (a step record is held in 32 bytes: 5 M take 160 MB).
-const MAX_RECORDS: usize = 5_000_000;
-
-/// One optimizer step.
-pub struct Step {
-    pub step: f64,
-    pub loss: f64,
-    pub lr: f64,
-    pub tokens_per_second: f64,
-}
-
-/// One evaluation.
-pub struct Eval {
-    pub step: f64,
-    pub val_loss: f64,
-    pub bits_per_byte: f64,
-    pub answer_accuracy: Option<f64>,
-    pub train_loss: Option<f64>,
-}
-
-/// What a run's `metrics.jsonl` holds.
-#[derive(Default)]
-pub struct Record {
-    pub steps: Vec<Step>,
-    pub evals: Vec<Eval>,
-    pub samples: Vec<(u64, String, String)>,
-    pub skipped: usize,
-}
-
-impl Record {
-    /// Reads `metrics.jsonl` line by line (bounded lines and records).
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut reader = BufReader::new(file);
-        let mut r = Record::default();
-        let mut line = Vec::new();
-        for _ in 0..MAX_RECORDS {
-            line.clear();
-            let n = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)?;
-            if n == 0 {
-                break;
-            }
-            if line.last() != Some(&b'\n') && n as u64 == MAX_LINE {
-                // An overlong line: skip the rest of it without holding it.
-                r.skipped += 1;
-                loop {
-                    line.clear();
-                    let m = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)?;
-                    if m == 0 || line.last() == Some(&b'\n') {
-                        break;
-                    }
-                }
-                continue;
-            }
-            match serde_json::from_slice::<serde_json::Value>(&line) {
-                Ok(v) => r.add(&v),
-                Err(_) => r.skipped += 1,
-            }
-        }
-        Ok(r)
-    }
-
-    fn add(&mut self, v: &serde_json::Value) {
-        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
-        let Some(step) = num("step") else {
-            self.skipped += 1;
-            return;
-        };
-        if let Some(val_loss) = num("val_loss") {
-            self.evals.push(Eval {
-                step,
-                val_loss,
-                bits_per_byte: num("bits_per_byte").unwrap_or(val_loss / std::f64::consts::LN_2),
-                answer_accuracy: num("answer_accuracy"),
-                train_loss: num("train_loss"),
-            });
-        } else if let (Some(loss), Some(lr)) = (num("loss"), num("lr")) {
-            let tokens_per_second = num("tokens_per_second").unwrap_or(f64::NAN);
-            self.steps.push(Step { step, loss, lr, tokens_per_second });
-        } else if let Some(sample) = v.get("sample").and_then(|s| s.as_str()) {
-            let prompt = v.get("sample_prompt").and_then(|s| s.as_str()).unwrap_or_default();
-            self.samples.push((step as u64, prompt.to_string(), sample.to_string()));
-        } else {
-            self.skipped += 1;
-        }
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let page = write(&args.run, args.html.as_deref(), true)?;
     eprintln!("wrote {}", page.display());
@@ -121,13 +30,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Reads the run in `dir`, prints its summary if `print`, and writes its page to
 /// `html` (default `dir/report.html`); returns where the page went.
 pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<PathBuf> {
-    let config_path = dir.join("config.toml");
-    let config = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("{} is not a run directory (no readable config.toml)", dir.display()))?;
-    let r = Record::read(&dir.join("metrics.jsonl"))?;
+    let run = RunDir::open(dir)?;
+    let config = run.config_text()?;
+    let r = run.metrics()?;
     anyhow::ensure!(!r.steps.is_empty(), "{}: no training steps recorded yet", dir.display());
     // A run read with a BPE has a loss per token; bits per byte are per byte either way.
-    let unit = if dir.join(bdh::data::TOKENIZER_FILE).is_file() { "token" } else { "byte" };
+    let unit = if run.tokenizer().is_some() { "token" } else { "byte" };
     let summary = summary(&r, unit);
     if print {
         for (k, v) in &summary {
@@ -146,7 +54,7 @@ pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<Pat
         p.heading("Samples");
         p.text("Each sample continues the corpus's sample prompt (before the bar) at temperature 0.8, top-k 40.");
         let rows: Vec<Vec<String>> =
-            r.samples.iter().map(|(s, prompt, text)| vec![s.to_string(), format!("{prompt}│{text}")]).collect();
+            r.samples.iter().map(|s| vec![s.step.to_string(), format!("{}│{}", s.prompt, s.text)]).collect();
         p.table(&["step", "prompt│sample"], &rows);
     }
     let out = html.map_or_else(|| dir.join("report.html"), Path::to_path_buf);
@@ -155,7 +63,7 @@ pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<Pat
     Ok(out)
 }
 
-fn summary(r: &Record, unit: &str) -> Vec<(&'static str, String)> {
+fn summary(r: &Metrics, unit: &str) -> Vec<(&'static str, String)> {
     let last = r.steps.last().expect("checked non-empty");
     let mut s = vec![("steps", format!("{}", last.step))];
     let first_losses: Vec<f64> = r.steps.iter().take(10).map(|x| x.loss).collect();
@@ -188,13 +96,14 @@ fn summary(r: &Record, unit: &str) -> Vec<(&'static str, String)> {
     s
 }
 
-fn charts(p: &mut Page, r: &Record, unit: &str) {
-    let per_step = |f: fn(&Step) -> f64| {
+fn charts(p: &mut Page, r: &Metrics, unit: &str) {
+    let per_step = |f: fn(&StepRecord) -> f64| {
         let t = thin(&r.steps.iter().map(f).collect::<Vec<_>>(), 1500, mean);
         // Points at the bucket's last step, not its index.
         t.points.into_iter().map(|(i, v)| (r.steps[i as usize].step, v)).collect::<Vec<_>>()
     };
-    let evals = |f: fn(&Eval) -> Option<f64>| r.evals.iter().filter_map(|e| Some((e.step, f(e)?))).collect::<Vec<_>>();
+    let evals =
+        |f: fn(&EvalRecord) -> Option<f64>| r.evals.iter().filter_map(|e| Some((e.step, f(e)?))).collect::<Vec<_>>();
     let line = |name: &str, points| Series { name: name.into(), points, dots: false, color: None };
     let dots = |name: &str, points| Series { name: name.into(), points, dots: true, color: None };
     let chart = |title: &str, y: &str, log_y, series| Chart {

@@ -52,13 +52,12 @@ pub struct Args {
     /// Seconds a shutdown waits for streams in flight before cancelling them.
     #[arg(long, default_value_t = 10.0)]
     grace_seconds: f64,
-    /// Threads of the decoding loop's products (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: crate::args::ThreadsArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
+    args.threads.size_pool()?;
     anyhow::ensure!(
         args.grace_seconds.is_finite() && args.grace_seconds >= 0.0,
         "--grace-seconds must be a number ≥ 0"

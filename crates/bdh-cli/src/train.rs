@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bdh::data::{Tokenizer, TOKENIZER_FILE};
 use bdh::eval::EvalMetrics;
 use bdh::io::checkpoint;
-use bdh::train::run::{train_parallel, Event};
+use bdh::train::run::{train_parallel, Event, RunOutcome};
+use bdh::train::setup::{self, NewRun, Setup};
 use bdh::train::{learning_rate, Collective};
 use bdh::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::ThreadsArgs;
 
 /// Trains a model. With no arguments: the `recall` preset on the built-in corpus.
 #[derive(clap::Args)]
@@ -48,9 +50,8 @@ pub struct Args {
     /// Continue the run in this directory exactly where its last checkpoint left off.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArgs,
     /// No progress bar: one line per evaluation (also the default when stderr is
     /// not a terminal, e.g. `bdh train > log 2>&1`).
     #[arg(long)]
@@ -66,198 +67,209 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Trains as one of the processes of `collective`; process 0 alone prints and
 /// writes the run directory.
 fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
-    let speaker = collective.rank() == 0;
-    let (mut run, dir, before) = match &args.resume {
-        Some(dir) => {
-            if let Some(s) = args.set.iter().find(|s| s.trim_start().starts_with("model.")) {
-                anyhow::bail!(
-                    "a run's model is fixed: --resume cannot change it (`--set {s}`); start a new run, or one \
-                     --init-from this one"
-                );
-            }
-            let path = dir.join("config.toml");
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!("{} is not a run directory to resume (no readable config.toml)", dir.display())
-            })?;
-            let mut before = RunConfig::from_toml(&text, &path, &[])?;
-            let mut run = RunConfig::from_toml(&text, &path, &args.set)?;
-            // The run's own copy of its tokenizer, whatever became of the original.
-            let own = dir.join(TOKENIZER_FILE);
-            if own.is_file() {
-                before.data.tokenizer = Some(own.clone());
-                run.data.tokenizer = Some(own);
-            }
-            (run, dir.clone(), Some(before))
-        }
-        None => {
-            let mut run = RunConfig::resolve(&args.preset, &args.set)?;
-            if let Some(d) = &args.data {
-                run.data.path = Some(d.clone());
-                run.data.val_path = args.val_data.clone();
-            }
-            // A model to start from brings its tokenizer, unless another is given.
-            run.data.tokenizer =
-                args.tokenizer.clone().or_else(|| args.init_from.as_deref().and_then(checkpoint::tokenizer_path));
-            if let Some(m) = &args.init_from {
-                if let Some(s) = args.set.iter().find(|s| s.trim_start().starts_with("model.")) {
-                    anyhow::bail!("--init-from takes the model's config from the model; `--set {s}` cannot change it");
-                }
-                let path = checkpoint::model_path(m);
-                run.model = checkpoint::load_config(&path, None)
-                    .with_context(|| format!("reading the config of the model to start from, {}", path.display()))?;
-                run.training.init_from = Some(m.clone());
-                run.validate()?;
-            }
-            (run, PathBuf::new(), None)
-        }
+    args.threads.size_pool()?;
+    let Setup { run, tokenizer, resumed } = match &args.resume {
+        Some(dir) => setup::resume(dir, &args.set)?,
+        None => new_run(&args).setup()?,
     };
-    let tokenizer = run.data.load_tokenizer().context("loading the tokenizer")?;
-    if args.resume.is_none() && args.init_from.is_none() && tokenizer != Tokenizer::Bytes {
-        if let Some(s) = args.set.iter().find(|s| s.trim_start().starts_with("model.vocab_size")) {
-            anyhow::bail!(
-                "the vocabulary size follows the tokenizer ({}); `--set {s}` cannot change it",
-                tokenizer.vocab_size()
-            );
-        }
-        run.model.set_vocab_size(tokenizer.vocab_size());
-        run.validate()?;
-    }
     let corpus = run.data.corpus_with(run.training.block_size, tokenizer).context("preparing the data")?;
     // A new run's directory is made (and runs/latest moved) once its data has opened.
-    let dir = match (&args.resume, &args.out) {
-        (Some(_), _) => dir,
-        (None, Some(d)) => d.clone(),
-        (None, None) if speaker => fresh_run_dir(&args.preset)?,
-        (None, None) => PathBuf::new(), // process 0's, below
-    };
-    let mut name = dir.to_string_lossy().into_owned().into_bytes();
-    collective.broadcast_bytes(&mut name, 0)?;
-    let dir = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
+    let dir = run_dir(&args, resumed.as_ref().map(|(r, _)| r.path()), collective)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C and SIGTERM handler")?;
-    // Lines to stdout; if its reader goes away (`bdh train | head`), the run stops
-    // and saves as after Ctrl-C instead of failing.
-    let print = |line: &str| {
-        use std::io::Write;
-        if speaker && writeln!(std::io::stdout(), "{line}").is_err() {
-            stop.store(true, Ordering::SeqCst);
-        }
-    };
     // A bar only on a terminal; a file or a pipe gets whole lines.
-    let lines = args.quiet || !speaker || !std::io::stderr().is_terminal();
-    let max = run.training.max_steps;
-    let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(max as u64) };
-    // Everything but the bar fits in about 60 columns; the bar takes what is left.
-    bar.set_style(
-        ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid template"),
-    );
-    let say = |line: String| if lines { print(&line) } else { bar.println(line) };
-    let mut first = None;
-    let outcome = train_parallel(&run, &corpus, &dir, args.resume.is_some(), &stop, collective, |e| match e {
-        Event::Start { step, .. } => {
-            // Printed once the run has started: a refused one prints only its error.
-            print(&run.to_toml());
-            print(&format!("run directory: {}", dir.display()));
-            let m = &run.model;
-            print(&format!(
-                "model: {}, {:.2} M parameters; {} threads",
-                m.describe(),
-                m.param_count() as f64 / 1e6,
-                rayon::current_num_threads()
+    let lines = args.quiet || collective.rank() != 0 || !std::io::stderr().is_terminal();
+    let before = resumed.as_ref().map(|(_, before)| before);
+    let bar = Progress::bar(lines, run.training.max_steps);
+    let mut progress = Progress { run: &run, dir: &dir, before, collective, stop: &stop, lines, bar, first: None };
+    let outcome = train_parallel(&run, &corpus, &dir, resumed.is_some(), &stop, collective, |e| progress.on(e));
+    progress.finish(outcome?)
+}
+
+/// The new run `args` ask for.
+fn new_run(args: &Args) -> NewRun {
+    NewRun {
+        preset: args.preset.clone(),
+        overrides: args.set.clone(),
+        data: args.data.clone(),
+        val_data: args.val_data.clone(),
+        tokenizer: args.tokenizer.clone(),
+        init_from: args.init_from.clone(),
+    }
+}
+
+/// The run's directory: the resumed one, `--out`, or a fresh one that process 0
+/// makes and tells the others.
+fn run_dir(args: &Args, resumed: Option<&Path>, collective: &dyn Collective) -> anyhow::Result<PathBuf> {
+    let dir = match (resumed, args.out.as_deref()) {
+        (Some(d), _) | (None, Some(d)) => d.to_path_buf(),
+        (None, None) if collective.rank() == 0 => fresh_run_dir(&args.preset)?,
+        (None, None) => PathBuf::new(), // process 0's, below
+    };
+    let mut name = dir.to_string_lossy().into_owned().into_bytes();
+    collective.broadcast_bytes(&mut name, 0)?;
+    Ok(PathBuf::from(String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// What a run shows as it goes: whole lines on standard output, and a progress
+/// bar on standard error when that is a terminal. Only process 0 shows anything.
+struct Progress<'a> {
+    run: &'a RunConfig,
+    dir: &'a Path,
+    /// A resumed run's config before the overrides.
+    before: Option<&'a RunConfig>,
+    collective: &'a dyn Collective,
+    stop: &'a AtomicBool,
+    /// Whole lines instead of a bar.
+    lines: bool,
+    bar: ProgressBar,
+    /// The step the run started at.
+    first: Option<usize>,
+}
+
+impl Progress<'_> {
+    /// A bar of `steps` steps, hidden if the run shows whole `lines` instead.
+    fn bar(lines: bool, steps: usize) -> ProgressBar {
+        let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(steps as u64) };
+        // Everything but the bar fits in about 60 columns; the bar takes what is left.
+        bar.set_style(
+            ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid template"),
+        );
+        bar
+    }
+
+    /// A line to standard output; if its reader has gone away (`bdh train | head`),
+    /// the run stops and saves as after Ctrl-C instead of failing.
+    fn print(&self, line: &str) {
+        use std::io::Write;
+        if self.collective.rank() == 0 && writeln!(std::io::stdout(), "{line}").is_err() {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A line that goes around the bar, if there is one.
+    fn say(&self, line: String) {
+        if self.lines {
+            self.print(&line)
+        } else {
+            self.bar.println(line)
+        }
+    }
+
+    fn on(&mut self, e: Event) {
+        let max = self.run.training.max_steps;
+        match e {
+            Event::Start { step, .. } => self.start(step),
+            Event::Step { step, loss, lr, tokens_per_second, .. } => {
+                self.bar.set_position(step as u64);
+                self.bar.set_message(format!("loss {loss:.3} lr {lr:.1e} {tokens_per_second:.0} tok/s"));
+            }
+            Event::Eval(m) => self.say(eval_line(m, max)),
+            Event::Sample { step, prompt, text } => {
+                self.say(format!("sample at step {step}:\n{prompt}\u{2502}{text}\n"))
+            }
+            Event::Saved(_) => {}
+        }
+    }
+
+    /// The run has started at `step`: what it trains, and, resumed, what changed.
+    /// Printed only now, so that a refused run prints only its error.
+    fn start(&mut self, step: usize) {
+        self.print(&self.run.to_toml());
+        self.print(&format!("run directory: {}", self.dir.display()));
+        self.describe();
+        if let Some(before) = self.before {
+            for change in self.run.changes(before) {
+                self.print(&format!("changed on resume: {change}"));
+            }
+        }
+        self.first = Some(step);
+        self.bar.set_position(step as u64);
+        let max = self.run.training.max_steps;
+        if let (Some(before), true) = (self.before, step < max) {
+            let (was, now) = (learning_rate(&before.training, step), learning_rate(&self.run.training, step));
+            if was != now {
+                self.say(format!(
+                    "the learning-rate schedule is recomputed for the new settings: at step {step} the \
+                     learning rate is {now:.3e} (it was {was:.3e} under the old schedule)"
+                ));
+            }
+        }
+        if self.lines {
+            self.say(format!("training from step {step} to {max}"));
+        }
+    }
+
+    /// The model, the processes and how the synapse state is carried.
+    fn describe(&self) {
+        let (m, t) = (&self.run.model, &self.run.training);
+        let threads = rayon::current_num_threads();
+        self.print(&format!(
+            "model: {}, {:.2} M parameters; {threads} threads",
+            m.describe(),
+            m.param_count() as f64 / 1e6
+        ));
+        let k = self.collective.size();
+        if k > 1 {
+            self.print(&format!(
+                "data-parallel on {k} processes: global batch {k} × {} sequences × {} micro-batches = {} \
+                 sequences of {} tokens per step",
+                t.batch_size,
+                t.grad_accum,
+                k * t.batch_size * t.grad_accum,
+                t.block_size
             ));
-            if collective.size() > 1 {
-                let (t, k) = (&run.training, collective.size());
-                print(&format!(
-                    "data-parallel on {k} processes: global batch {k} × {} sequences × {} micro-batches = {} \
-                     sequences of {} tokens per step",
-                    t.batch_size,
-                    t.grad_accum,
-                    k * t.batch_size * t.grad_accum,
-                    t.block_size
-                ));
-            }
-            if run.training.carry_state {
-                let how = if run.training.detach_state { ", no gradient through its read" } else { "" };
-                print(&format!(
-                    "carrying the synapse state from batch to batch: {} streams, one per batch row{how}",
-                    run.training.batch_size
-                ));
-            }
-            if let Some(before) = &before {
-                for change in run.changes(before) {
-                    print(&format!("changed on resume: {change}"));
-                }
-            }
-            first = Some(step);
-            bar.set_position(step as u64);
-            if let (Some(before), true) = (&before, step < max) {
-                let (was, now) = (learning_rate(&before.training, step), learning_rate(&run.training, step));
-                if was != now {
-                    say(format!(
-                        "the learning-rate schedule is recomputed for the new settings: at step {step} the \
-                         learning rate is {now:.3e} (it was {was:.3e} under the old schedule)"
-                    ));
-                }
-            }
-            if lines {
-                say(format!("training from step {step} to {max}"));
-            }
         }
-        Event::Step { step, loss, lr, tokens_per_second, .. } => {
-            bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.3} lr {lr:.1e} {tokens_per_second:.0} tok/s"));
+        if t.carry_state {
+            let how = if t.detach_state { ", no gradient through its read" } else { "" };
+            self.print(&format!(
+                "carrying the synapse state from batch to batch: {} streams, one per batch row{how}",
+                t.batch_size
+            ));
         }
-        Event::Eval(m) => say(eval_line(m, max)),
-        Event::Sample { step, prompt, text } => say(format!("sample at step {step}:\n{prompt}\u{2502}{text}\n")),
-        Event::Saved(_) => {}
-    });
-    bar.finish_and_clear();
-    let outcome = outcome?;
-    let ran = outcome.step - first.unwrap_or(outcome.step);
-    if outcome.interrupted {
-        print(&format!(
-            "interrupted at step {}; saved to {}/last (continue with --resume {})",
-            outcome.step,
-            dir.display(),
-            dir.display()
-        ));
-    } else if ran == 0 {
-        print(&format!(
-            "{} is already finished: {} of {max} steps. To train longer, raise the step count: \
-             --resume {} --set training.max_steps=N (the learning-rate schedule is then recomputed for N steps)",
-            dir.display(),
-            outcome.step,
-            dir.display()
-        ));
-        return Ok(ExitCode::SUCCESS);
-    } else {
-        let steps = if ran == 1 { "step" } else { "steps" };
-        print(&format!(
-            "done: {ran} {steps} in {:.1} s; checkpoints in {}/last and {}/best",
-            outcome.seconds,
-            dir.display(),
-            dir.display()
-        ));
     }
-    if let Some(m) = &outcome.last_eval {
-        let label = if m.step == outcome.step { "final" } else { "last evaluation" };
-        print(&format!("{label}: {}", eval_line(m, max)));
+
+    /// How the run ended, its last evaluation, and its report page.
+    fn finish(self, outcome: RunOutcome) -> anyhow::Result<ExitCode> {
+        self.bar.finish_and_clear();
+        let (dir, max) = (self.dir.display(), self.run.training.max_steps);
+        let ran = outcome.step - self.first.unwrap_or(outcome.step);
+        if outcome.interrupted {
+            self.print(&format!(
+                "interrupted at step {}; saved to {dir}/last (continue with --resume {dir})",
+                outcome.step
+            ));
+        } else if ran == 0 {
+            self.print(&format!(
+                "{dir} is already finished: {} of {max} steps. To train longer, raise the step count: \
+                 --resume {dir} --set training.max_steps=N (the learning-rate schedule is then recomputed for N steps)",
+                outcome.step
+            ));
+            return Ok(ExitCode::SUCCESS);
+        } else {
+            let steps = if ran == 1 { "step" } else { "steps" };
+            self.print(&format!(
+                "done: {ran} {steps} in {:.1} s; checkpoints in {dir}/last and {dir}/best",
+                outcome.seconds
+            ));
+        }
+        if let Some(m) = &outcome.last_eval {
+            let label = if m.step == outcome.step { "final" } else { "last evaluation" };
+            self.print(&format!("{label}: {}", eval_line(m, max)));
+        }
+        if self.collective.rank() != 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match crate::report::write(self.dir, None, false) {
+            Ok(page) => {
+                self.print(&format!("report: {} (curves and samples; `bdh report {dir}` redraws it)", page.display()))
+            }
+            Err(e) => eprintln!("warning: no report page: {e:#}"),
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    if !speaker {
-        return Ok(ExitCode::SUCCESS);
-    }
-    match crate::report::write(&dir, None, false) {
-        Ok(page) => print(&format!(
-            "report: {} (curves and samples; `bdh report {}` redraws it)",
-            page.display(),
-            dir.display()
-        )),
-        Err(e) => eprintln!("warning: no report page: {e:#}"),
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// An evaluation as one line: step, train and validation loss, bits per byte, accuracy.

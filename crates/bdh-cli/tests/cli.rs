@@ -148,7 +148,7 @@ fn train_rejects_bad_input_without_panicking() {
         a.extend(args);
         let o = bdh(&a);
         let out = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{a:?}: {out}");
+        assert_eq!(o.status.code(), Some(status), "{a:?}: {out}");
         assert!(out.contains(want) && !out.contains("panicked"), "{a:?}: {out}");
     }
 }
@@ -369,11 +369,12 @@ fn absurd_sizes_and_wrong_paths_are_clear_errors() {
     let tmp = temp("sizes");
     let out_dir = tmp.path().join("out").display().to_string();
     let data_dir = tmp.path().display().to_string();
-    for (args, want) in [
-        (vec!["train", "--preset", "tiny", "--set", "model.n_embd=1000000"], "would need"),
-        (vec!["train", "--preset", "tiny", "--set", "training.block_size=1000000"], "would need"),
-        (vec!["train", "--preset", "tiny", "--data", &data_dir], "is a directory"),
-        (vec!["bench", "forward", "--preset", "tiny", "--batch", "100000000"], "would need"),
+    // Exit status 3: a size refused before allocation; 2: what the user gave.
+    for (args, want, status) in [
+        (vec!["train", "--preset", "tiny", "--set", "model.n_embd=1000000"], "would need", 3),
+        (vec!["train", "--preset", "tiny", "--set", "training.block_size=1000000"], "would need", 3),
+        (vec!["train", "--preset", "tiny", "--data", &data_dir], "is a directory", 2),
+        (vec!["bench", "forward", "--preset", "tiny", "--batch", "100000000"], "would need", 3),
     ] {
         let mut a = args.clone();
         a.extend(["--out", &out_dir, "--quiet"].iter().filter(|_| args[0] == "train"));

@@ -81,6 +81,19 @@ pub enum Error {
     /// caller, not in what the user gave.
     #[error("mismatch: {0}")]
     Mismatch(String),
+    /// A request about a run that cannot be met as asked: a directory that holds no
+    /// run, an override of a setting the run takes from elsewhere. The message is a
+    /// whole sentence naming the directory or the override, and what to do instead.
+    #[error("{0}")]
+    Refused(String),
+    /// An error met while doing what `doing` says.
+    #[error("{doing}: {cause}")]
+    Context {
+        /// What was being done, e.g. "loading the tokenizer".
+        doing: String,
+        /// What went wrong.
+        cause: Box<Error>,
+    },
 }
 
 /// Bytes as a person reads them.
@@ -101,5 +114,9 @@ impl Error {
     }
     pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Format { path: path.into(), msg: msg.into() }
+    }
+    /// This error, as met while doing what `doing` says.
+    pub(crate) fn context(self, doing: impl Into<String>) -> Self {
+        Error::Context { doing: doing.into(), cause: Box::new(self) }
     }
 }

@@ -17,7 +17,8 @@
 //!   `configs/`) and whole resumable runs in a run directory ([`train::run`]).
 //! - [`infer`]: a prepared model shared by all sequences, a per-sequence state
 //!   (save, restore, fork), per-worker scratch, sampling and streaming generation.
-//! - [`io`]: safetensors and PyTorch `.pt` input, checkpoints, saved states.
+//! - [`io`]: safetensors and PyTorch `.pt` input, checkpoints, run directories
+//!   ([`io::run_dir::RunDir`]), saved states.
 //! - [`data`]: bytes of any file, the built-in synthetic corpus, the tokenizer.
 //! - [`eval`]: loss, bits per byte and answer accuracy; [`verify`]: a model against
 //!   golden tensors of the reference.

@@ -47,6 +47,12 @@ pub fn tokens(len: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
+/// Trains `run` on its own data from fresh weights into `dir`, to the end.
+pub fn train_to_end(run: &bdh::RunConfig, dir: &std::path::Path) {
+    let corpus = run.data.corpus(run.training.block_size).unwrap();
+    bdh::train::run::train(run, &corpus, dir, false, &std::sync::atomic::AtomicBool::new(false), |_| {}).unwrap();
+}
+
 /// A fresh temporary directory in the system temp dir, named `bdh-test-{name}-XXXXXX`.
 /// It and everything in it are deleted when the returned guard drops, even when
 /// the test fails: keep the guard alive as long as the directory is used

@@ -22,6 +22,8 @@ mod microscope;
 mod parallel;
 mod recurrent;
 mod run;
+mod run_dir;
 mod session;
+mod setup;
 mod site;
 mod state_format;

@@ -1,96 +1,18 @@
-//! `bdh inspect ablate` and `bdh inspect overlap`: remove neurons, heads or rows of
-//! the synapse state and see what the model can no longer do; rank neurons by
-//! selectivity for a concept and remove them cumulatively against a random control;
-//! compare two concepts' neuron sets.
+//! `bdh inspect ablate`: remove neurons, heads or rows of the synapse state and see
+//! what the model can no longer do; rank neurons by selectivity for a concept and
+//! remove them cumulatively against a random control.
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-use bdh::data::{Kind, SyntheticConfig, SyntheticLanguage};
+use bdh::data::{Kind, SyntheticConfig};
 use bdh::microscope::ablate::{
-    ablation_curve, overlap, random_control, score, score_stepped, selectivity, CurvePoint, NeuronId, Overlap, Probe,
-    Score, Selective,
+    ablation_curve, random_control, score, score_stepped, CurvePoint, NeuronId, Probe, Score, Selective,
 };
-use bdh::model::bdh::{Bdh, Edit, Edits, Site};
+use bdh::model::bdh::{Activations, Bdh, Edit, Edits, Site};
 
+use super::concept::{kind_name, ConceptArgs};
 use super::{model_line, read_file, tokens, Output};
 use crate::page::{Chart, Page, Series};
-
-/// Most texts read from a concept or background file.
-const MAX_TEXTS: usize = 100_000;
-/// Built-in statements per concept set.
-const BUILT_IN_TEXTS: usize = 200;
-
-/// Where a concept's texts come from and what they mean for the built-in answers.
-#[derive(clap::Args)]
-pub struct ConceptArgs {
-    /// Concept texts: `place` or `color` (statements of the built-in language about
-    /// where someone lives or which color they like), or a file with one text per line.
-    #[arg(long)]
-    concept: Option<String>,
-    /// Background texts to contrast the concept with: `place`, `color` or a file
-    /// (ablate's default: the other built-in kind, or `color` for a file concept;
-    /// overlap needs one given when a concept is built in).
-    #[arg(long)]
-    background: Option<String>,
-    /// The site whose activity is ranked (and, for ablate, removed): x, y or xy.
-    #[arg(long, default_value = "x", value_parser = parse_site)]
-    site: Site,
-}
-
-pub fn parse_site(s: &str) -> Result<Site, String> {
-    match s {
-        "x" => Ok(Site::X),
-        "y" => Ok(Site::Y),
-        "xy" => Ok(Site::Xy),
-        _ => Err(format!("expected x, y or xy, got {s:?}")),
-    }
-}
-
-/// Texts of a concept set and, for the built-in ones, their kind.
-fn concept_set(spec: &str, seed: u64, out: &mut Output, key: &str) -> anyhow::Result<(Vec<Vec<u32>>, Option<Kind>)> {
-    let kind = match spec {
-        "place" => Some(Kind::Place),
-        "color" => Some(Kind::Color),
-        _ => None,
-    };
-    if let Some(kind) = kind {
-        let texts = SyntheticLanguage::statements(kind, BUILT_IN_TEXTS, seed);
-        out.provenance.text(key, &format!("built-in {spec} statements"), texts.join("\n").as_bytes());
-        return Ok((texts.iter().map(|t| tokens(t.as_bytes())).collect(), Some(kind)));
-    }
-    let path = std::path::Path::new(spec);
-    let bytes =
-        read_file(path).with_context(|| format!("a concept set is `place`, `color` or a file; {spec} is neither"))?;
-    out.provenance.file(key, path, &bytes);
-    let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-    let texts: Vec<Vec<u32>> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| tokens(l.as_bytes())).collect();
-    anyhow::ensure!(!texts.is_empty(), "{} has no texts (one per line expected)", path.display());
-    anyhow::ensure!(texts.len() <= MAX_TEXTS, "{} has {} texts; at most {MAX_TEXTS}", path.display(), texts.len());
-    Ok((texts, None))
-}
-
-impl ConceptArgs {
-    /// The concept's and background's texts, the concept's kind, and the neurons
-    /// ranked by selectivity.
-    fn rank(&self, model: &Bdh, out: &mut Output) -> anyhow::Result<Option<(Option<Kind>, Vec<Selective>)>> {
-        let Some(spec) = &self.concept else { return Ok(None) };
-        let (concept, kind) = concept_set(spec, 1, out, "concept")?;
-        let background_spec = self.background.clone().unwrap_or_else(|| match kind {
-            Some(k) => kind_name(k.other()).into(),
-            None => "color".into(),
-        });
-        let (background, _) = concept_set(&background_spec, 2, out, "background")?;
-        Ok(Some((kind, selectivity(model, &concept, &background, self.site)?)))
-    }
-}
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Place => "place",
-        Kind::Color => "color",
-    }
-}
 
 /// Remove neurons, heads or synapses, or the neurons most selective for a concept.
 #[derive(clap::Args)]
@@ -190,30 +112,9 @@ struct Report {
 }
 
 pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
-    check_ids(model, &args.neurons, &args.heads)?;
-    check_ids(model, &args.synapses, &[])?;
-    let direct = !args.neurons.is_empty() || !args.heads.is_empty() || !args.synapses.is_empty();
-    anyhow::ensure!(
-        direct || args.concept.concept.is_some(),
-        "say what to remove: --neurons, --heads, --synapses, or --concept (with --background) for the most selective"
-    );
-    let site = args.concept.site;
-    let mut edits = Edits::new();
-    args.neurons.iter().for_each(|id| edits.push(id.zero(site)));
-    for &(l, h) in &args.heads {
-        edits.push(Edit { neuron: None, ..NeuronId { layer: l, head: h, neuron: 0 }.zero(Site::X) });
-    }
-    for id in &args.synapses {
-        edits.push(id.zero(Site::Rho));
-    }
-    anyhow::ensure!((1..=24).contains(&args.facts), "--facts must be in 1..=24 (the built-in language has 24 names)");
-    anyhow::ensure!((1..=1024).contains(&args.rows), "--rows must be in 1..=1024");
-    anyhow::ensure!((8..=4096).contains(&args.window), "--window must be in 8..=4096");
-    anyhow::ensure!(args.tokens <= 65_536, "--tokens must be at most 65536");
+    let edits = args.edits(model)?;
     let synthetic = SyntheticConfig { facts: args.facts, ..SyntheticConfig::default() };
     let probe = Probe::built_in(&synthetic, args.rows, args.window);
-    let mut acts = None;
-    let stepped = !args.synapses.is_empty();
     // The concept sets are read (and checked) before anything is scored.
     let ranking = args.concept.rank(model, out)?;
     if let Some((_, ranked)) = &ranking {
@@ -224,15 +125,13 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
             args.top
         );
     }
-    let baseline = score(model, &probe, &Edits::new(), &mut acts)?;
+    let mut scorer = Scorer { model, stepped: !args.synapses.is_empty(), acts: None };
+    let baseline = scorer.unedited(&probe)?;
     say!("{}; {} built-in windows of {} tokens", model_line(model), args.rows, args.window);
-    let show = |name: &str, s: &Score| {
-        say!("  {name:<24} loss {:.4}   answers right: {}", s.loss, answers(s));
-    };
     show("unablated", &baseline);
     let mut report = Report {
         removed: Vec::new(),
-        baseline: baseline.clone(),
+        baseline,
         ablated: None,
         control: None,
         text_loss: None,
@@ -241,89 +140,180 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         most_selective: Vec::new(),
         curve: Vec::new(),
     };
-    if direct {
-        report.removed = describe(&args);
-        let ablated =
-            if stepped { score_stepped(model, &probe, &edits)? } else { score(model, &probe, &edits, &mut acts)? };
-        show(&format!("without {}", report.removed.join(", ")), &ablated);
-        report.ablated = Some(ablated);
-        if !args.neurons.is_empty() || !args.synapses.is_empty() {
-            let n = model.config.n_neurons();
-            let mut control = Edits::new();
-            random_control(&args.neurons, n, args.seed).iter().for_each(|id| control.push(id.zero(site)));
-            random_control(&args.synapses, n, args.seed.wrapping_add(1))
-                .iter()
-                .for_each(|id| control.push(id.zero(Site::Rho)));
-            let c = if stepped {
-                score_stepped(model, &probe, &control)?
-            } else {
-                score(model, &probe, &control, &mut acts)?
-            };
-            show("random control", &c);
-            report.control = Some(c);
-        }
-        if let Some(path) = &args.text {
-            let bytes = read_file(path)?;
-            out.provenance.file("text", path, &bytes);
-            let text_probe = Probe::text(&bytes, 64, args.window)?;
-            let (a, b) = (
-                score(model, &text_probe, &Edits::new(), &mut None)?.loss,
-                if stepped {
-                    score_stepped(model, &text_probe, &edits)?.loss
-                } else {
-                    score(model, &text_probe, &edits, &mut None)?.loss
-                },
-            );
-            say!("  loss on {}: {a:.4} → {b:.4}", path.display());
-            report.text_loss = Some((a, b));
-        }
-        if let Some(prompt) = &args.prompt {
-            out.provenance.text("prompt", "--prompt", prompt.as_bytes());
-            let p = tokens(prompt.as_bytes());
-            let (a, b) =
-                (greedy(model, &p, args.tokens, Edits::new())?, greedy(model, &p, args.tokens, edits.clone())?);
-            say!("  {prompt}│{a}\n  without: {prompt}│{b}");
-            report.generation = Some((a, b));
-        }
+    if args.direct() {
+        remove(&args, &edits, &probe, &mut scorer, &mut report, out)?;
     }
     if let Some((kind, ranked)) = ranking {
-        report.concept_kind = kind;
-        say!("most selective neurons ({:?}):", site);
-        for s in ranked.iter().take(8) {
-            say!(
-                "  {}:{}:{:<5} d = {:+.2}  mean {:.4} vs {:.4}",
-                s.id.layer,
-                s.id.head,
-                s.id.neuron,
-                s.selectivity,
-                s.concept,
-                s.background
-            );
-        }
-        let ids: Vec<NeuronId> = ranked.iter().map(|s| s.id).collect();
-        let top = args.top;
-        let ks: Vec<usize> =
-            std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < top).chain([top]).collect();
-        report.curve = ablation_curve(model, &probe, &ids, &ks, site, args.seed)?;
-        let (mine, other) = kind.map_or((Kind::Place, Kind::Color), |k| (k, k.other()));
-        let header = |k: Kind| format!("{} answers", kind_name(k));
-        say!("{:>5}  {:>16} {:>16} {:>15}", "k", header(mine), header(other), "loss");
-        say!("{:>5}  {:>16} {:>16} {:>15}", "", "top / random", "top / random", "top / random");
-        for p in &report.curve {
-            say!(
-                "{:>5}  {:>7.1}% / {:>5.1}% {:>7.1}% / {:>5.1}% {:>7.4} / {:.4}",
-                p.k,
-                100.0 * p.selected.accuracy(mine),
-                100.0 * p.random.accuracy(mine),
-                100.0 * p.selected.accuracy(other),
-                100.0 * p.random.accuracy(other),
-                p.selected.loss,
-                p.random.loss
-            );
-        }
-        report.most_selective = ranked.into_iter().take(top.max(20)).collect();
+        cumulative(&args, model, &probe, kind, ranked, &mut report)?;
     }
     out.write(&report, || page(out.page(), &report), "bdh inspect ablate")
+}
+
+impl Args {
+    /// Whether neurons, heads or rows of ρ are named to be removed.
+    fn direct(&self) -> bool {
+        !self.neurons.is_empty() || !self.heads.is_empty() || !self.synapses.is_empty()
+    }
+
+    /// The edits that remove what is named, once it and the other arguments are
+    /// checked against the model and their bounds.
+    fn edits(&self, model: &Bdh) -> anyhow::Result<Edits> {
+        check_ids(model, &self.neurons, &self.heads)?;
+        check_ids(model, &self.synapses, &[])?;
+        anyhow::ensure!(
+            self.direct() || self.concept.concept.is_some(),
+            "say what to remove: --neurons, --heads, --synapses, or --concept (with --background) for the most selective"
+        );
+        let mut edits = Edits::new();
+        self.neurons.iter().for_each(|id| edits.push(id.zero(self.concept.site)));
+        for &(l, h) in &self.heads {
+            edits.push(Edit { neuron: None, ..NeuronId { layer: l, head: h, neuron: 0 }.zero(Site::X) });
+        }
+        for id in &self.synapses {
+            edits.push(id.zero(Site::Rho));
+        }
+        anyhow::ensure!(
+            (1..=24).contains(&self.facts),
+            "--facts must be in 1..=24 (the built-in language has 24 names)"
+        );
+        anyhow::ensure!((1..=1024).contains(&self.rows), "--rows must be in 1..=1024");
+        anyhow::ensure!((8..=4096).contains(&self.window), "--window must be in 8..=4096");
+        anyhow::ensure!(self.tokens <= 65_536, "--tokens must be at most 65536");
+        Ok(edits)
+    }
+
+    /// As many random neurons (and rows of ρ) of the same heads as are named.
+    fn control(&self, model: &Bdh) -> Edits {
+        let n = model.config.n_neurons();
+        let mut control = Edits::new();
+        random_control(&self.neurons, n, self.seed).iter().for_each(|id| control.push(id.zero(self.concept.site)));
+        random_control(&self.synapses, n, self.seed.wrapping_add(1))
+            .iter()
+            .for_each(|id| control.push(id.zero(Site::Rho)));
+        control
+    }
+}
+
+/// Scores a probe with edits.
+struct Scorer<'a> {
+    model: &'a Bdh,
+    /// Score by the recurrent step, as edits of ρ need (only it holds ρ).
+    stepped: bool,
+    /// The parallel forward's buffers, kept from probe to probe.
+    acts: Option<Activations>,
+}
+
+impl Scorer<'_> {
+    /// `probe`'s score with `edits`.
+    fn edited(&mut self, probe: &Probe, edits: &Edits) -> anyhow::Result<Score> {
+        Ok(if self.stepped {
+            score_stepped(self.model, probe, edits)?
+        } else {
+            score(self.model, probe, edits, &mut self.acts)?
+        })
+    }
+
+    /// `probe`'s score without edits.
+    fn unedited(&mut self, probe: &Probe) -> anyhow::Result<Score> {
+        Ok(score(self.model, probe, &Edits::new(), &mut self.acts)?)
+    }
+}
+
+/// A score's line of the summary.
+fn show(name: &str, s: &Score) {
+    say!("  {name:<24} loss {:.4}   answers right: {}", s.loss, answers(s));
+}
+
+/// The model without what `args` names, on the built-in probe beside a random
+/// control, on `--text`, and continuing `--prompt`.
+fn remove(
+    args: &Args,
+    edits: &Edits,
+    probe: &Probe,
+    scorer: &mut Scorer,
+    report: &mut Report,
+    out: &mut Output,
+) -> anyhow::Result<()> {
+    report.removed = describe(args);
+    let ablated = scorer.edited(probe, edits)?;
+    show(&format!("without {}", report.removed.join(", ")), &ablated);
+    report.ablated = Some(ablated);
+    if !args.neurons.is_empty() || !args.synapses.is_empty() {
+        let c = scorer.edited(probe, &args.control(scorer.model))?;
+        show("random control", &c);
+        report.control = Some(c);
+    }
+    if let Some(path) = &args.text {
+        let bytes = read_file(path)?;
+        out.provenance.file("text", path, &bytes);
+        let text_probe = Probe::text(&bytes, 64, args.window)?;
+        let (a, b) = (scorer.unedited(&text_probe)?.loss, scorer.edited(&text_probe, edits)?.loss);
+        say!("  loss on {}: {a:.4} → {b:.4}", path.display());
+        report.text_loss = Some((a, b));
+    }
+    if let Some(prompt) = &args.prompt {
+        out.provenance.text("prompt", "--prompt", prompt.as_bytes());
+        let p = tokens(prompt.as_bytes());
+        let model = scorer.model;
+        let (a, b) = (greedy(model, &p, args.tokens, Edits::new())?, greedy(model, &p, args.tokens, edits.clone())?);
+        say!("  {prompt}│{a}\n  without: {prompt}│{b}");
+        report.generation = Some((a, b));
+    }
+    Ok(())
+}
+
+/// The concept's most selective neurons removed k at a time (1, 2, 4, … up to
+/// `--top`), each beside as many random ones.
+fn cumulative(
+    args: &Args,
+    model: &Bdh,
+    probe: &Probe,
+    kind: Option<Kind>,
+    ranked: Vec<Selective>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let site = args.concept.site;
+    report.concept_kind = kind;
+    say!("most selective neurons ({:?}):", site);
+    for s in ranked.iter().take(8) {
+        say!(
+            "  {}:{}:{:<5} d = {:+.2}  mean {:.4} vs {:.4}",
+            s.id.layer,
+            s.id.head,
+            s.id.neuron,
+            s.selectivity,
+            s.concept,
+            s.background
+        );
+    }
+    let ids: Vec<NeuronId> = ranked.iter().map(|s| s.id).collect();
+    let top = args.top;
+    let ks: Vec<usize> =
+        std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < top).chain([top]).collect();
+    report.curve = ablation_curve(model, probe, &ids, &ks, site, args.seed)?;
+    print_curve(&report.curve, kind);
+    report.most_selective = ranked.into_iter().take(top.max(20)).collect();
+    Ok(())
+}
+
+/// The answers of both kinds and the loss at each point of the cumulative curve.
+fn print_curve(curve: &[CurvePoint], kind: Option<Kind>) {
+    let (mine, other) = kind.map_or((Kind::Place, Kind::Color), |k| (k, k.other()));
+    let header = |k: Kind| format!("{} answers", kind_name(k));
+    say!("{:>5}  {:>16} {:>16} {:>15}", "k", header(mine), header(other), "loss");
+    say!("{:>5}  {:>16} {:>16} {:>15}", "", "top / random", "top / random", "top / random");
+    for p in curve {
+        say!(
+            "{:>5}  {:>7.1}% / {:>5.1}% {:>7.1}% / {:>5.1}% {:>7.4} / {:.4}",
+            p.k,
+            100.0 * p.selected.accuracy(mine),
+            100.0 * p.random.accuracy(mine),
+            100.0 * p.selected.accuracy(other),
+            100.0 * p.random.accuracy(other),
+            p.selected.loss,
+            p.random.loss
+        );
+    }
 }
 
 /// The greedy continuation of `prompt` (`tokens` bytes) with `edits` applied to
@@ -434,78 +424,5 @@ fn page(mut p: Page, r: &Report) -> Page {
             .collect();
         p.table(&["neuron (layer:head:index)", "selectivity d", "concept mean", "background mean"], &rows);
     }
-    p
-}
-
-/// Two concepts' most selective neurons: how many they share, against random sets.
-#[derive(clap::Args)]
-pub struct OverlapArgs {
-    #[command(flatten)]
-    concept: ConceptArgs,
-    /// The second concept: `place`, `color` or a file (against the same background).
-    #[arg(long)]
-    other: String,
-    /// Neurons in each set.
-    #[arg(long, default_value_t = 64)]
-    top: usize,
-    /// Random pairs of sets for the baseline.
-    #[arg(long, default_value_t = 2000)]
-    draws: usize,
-}
-
-pub fn run_overlap(args: OverlapArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
-    anyhow::ensure!(args.concept.concept.is_some(), "overlap needs --concept and --other");
-    anyhow::ensure!((1..=100_000).contains(&args.draws), "--draws must be in 1..=100000");
-    // Both concepts are ranked against the same background. A built-in concept's
-    // default background is the other kind, which would differ between the two, so
-    // then one must be given; two file concepts default to `color`.
-    let background = match (&args.concept.background, args.concept.concept.as_deref(), args.other.as_str()) {
-        (Some(b), _, _) => b.clone(),
-        (None, Some("place" | "color"), _) | (None, _, "place" | "color") => anyhow::bail!(
-            "overlap compares both concepts against one background: give --background (a file with one text per line)"
-        ),
-        (None, _, _) => "color".into(),
-    };
-    let first = ConceptArgs { background: Some(background.clone()), ..args.concept };
-    let (_, a) = first.rank(model, out)?.expect("checked above");
-    let second = ConceptArgs { concept: Some(args.other.clone()), ..first };
-    let (_, b) = second.rank(model, out)?.expect("a concept");
-    let (ia, ib): (Vec<NeuronId>, Vec<NeuronId>) = (a.iter().map(|s| s.id).collect(), b.iter().map(|s| s.id).collect());
-    let r: Overlap = overlap(&ia, &ib, args.top, ia.len(), args.draws, 0)?;
-    say!("{}", model_line(model));
-    say!(
-        "top {} of {} neurons: {} shared, Jaccard {:.3}; random sets: mean {:.3}, 95th percentile {:.3}; p = {:.4}",
-        r.k,
-        r.total,
-        r.shared,
-        r.jaccard,
-        r.random_mean,
-        r.random_p95,
-        r.p_value
-    );
-    #[derive(serde::Serialize)]
-    struct Both<'a> {
-        overlap: &'a Overlap,
-        concept: Vec<NeuronId>,
-        other: Vec<NeuronId>,
-    }
-    let both = Both { overlap: &r, concept: ia[..r.k].to_vec(), other: ib[..r.k].to_vec() };
-    out.write(&both, || overlap_page(out.page(), &r), "bdh inspect overlap")
-}
-
-fn overlap_page(mut p: Page, r: &Overlap) -> Page {
-    p.heading("Overlap of two concepts' most selective neurons");
-    p.table(
-        &["neurons per set", "of", "shared", "Jaccard", "random mean", "random 95th pct.", "p"],
-        &[vec![
-            r.k.to_string(),
-            r.total.to_string(),
-            r.shared.to_string(),
-            format!("{:.3}", r.jaccard),
-            format!("{:.3}", r.random_mean),
-            format!("{:.3}", r.random_p95),
-            format!("{:.4}", r.p_value),
-        ]],
-    );
     p
 }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use bdh::microscope::graph::{analyse, GraphOptions, GraphStats, HeadGraph, Sketch};
+use bdh::microscope::graph::{analyse, GraphOptions, GraphStats, HeadGraph, Sketch, Threshold};
 use bdh::model::bdh::Bdh;
 
 use super::{model_line, Output};
@@ -108,32 +108,7 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
             }],
         });
         if let Some(t) = hg.sweep.last() {
-            let mut series = Vec::new();
-            for (name, s) in [
-                ("model out", &t.model.out_degrees),
-                ("model in", &t.model.in_degrees),
-                ("G(n,m) out", &t.random.out_degrees),
-                ("low-rank out", &t.low_rank.out_degrees),
-            ] {
-                series.push(Series { name: name.into(), points: ccdf(s), dots: true, color: None });
-            }
-            if let Some(f) = &t.model.out_fit {
-                let kmax = t.model.max_out_degree.max(f.x_min + 1) as f64;
-                let share = f.tail as f64 / hg.n as f64;
-                let line = (0..40)
-                    .map(|i| f.x_min as f64 * (kmax / f.x_min as f64).powf(i as f64 / 39.0))
-                    .map(|k| (k, share * ((k - 0.5) / (f.x_min as f64 - 0.5)).powf(1.0 - f.alpha)))
-                    .collect();
-                series.push(Series { name: format!("fit α={:.2}", f.alpha), points: line, dots: false, color: None });
-            }
-            p.chart(&Chart {
-                title: format!("Degree distributions at quantile {} ({} edges)", t.quantile, t.model.edges),
-                x_label: "degree k".into(),
-                y_label: "P(degree ≥ k)".into(),
-                log_x: true,
-                log_y: true,
-                series,
-            });
+            p.chart(&degrees(hg, t));
         }
         if let Some(sk) = &hg.sketch {
             p.network(&network(sk, hg.head));
@@ -148,7 +123,7 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
                 .collect();
             p.table(&["community", "neurons drawn", "neurons (best-connected first)"], &rows);
         }
-        let by = |name: &str, f: &dyn Fn(&bdh::microscope::graph::Threshold) -> f64| Series {
+        let by = |name: &str, f: &dyn Fn(&Threshold) -> f64| Series {
             name: name.into(),
             points: hg.sweep.iter().map(|t| (t.model.edges as f64, f(t))).collect(),
             dots: false,
@@ -166,33 +141,65 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
                 by("low-rank", &|t| t.low_rank.modularity),
             ],
         });
-        let rows: Vec<Vec<String>> = hg
-            .sweep
-            .iter()
-            .map(|t| {
-                let f = |s: &GraphStats| {
-                    s.out_fit
-                        .as_ref()
-                        .map_or("-".into(), |f| format!("{:.2} (x_min {}, KS {:.3})", f.alpha, f.x_min, f.ks))
-                };
-                vec![
-                    t.quantile.to_string(),
-                    format!("{:.4}", t.value),
-                    t.model.edges.to_string(),
-                    format!("{:.3}", t.model.modularity),
-                    format!("{:.3}", t.random.modularity),
-                    format!("{:.3}", t.low_rank.modularity),
-                    f(&t.model),
-                    f(&t.low_rank),
-                ]
-            })
-            .collect();
         p.table(
             &["quantile", "threshold", "edges", "Q model", "Q G(n,m)", "Q low-rank", "α out model", "α out low-rank"],
-            &rows,
+            &sweep_rows(hg),
         );
     }
     p
+}
+
+/// The degree distributions at threshold `t`, the model's against both baselines,
+/// with the power-law fit of its out-degrees.
+fn degrees(hg: &HeadGraph, t: &Threshold) -> Chart {
+    let mut series = Vec::new();
+    for (name, s) in [
+        ("model out", &t.model.out_degrees),
+        ("model in", &t.model.in_degrees),
+        ("G(n,m) out", &t.random.out_degrees),
+        ("low-rank out", &t.low_rank.out_degrees),
+    ] {
+        series.push(Series { name: name.into(), points: ccdf(s), dots: true, color: None });
+    }
+    if let Some(f) = &t.model.out_fit {
+        let kmax = t.model.max_out_degree.max(f.x_min + 1) as f64;
+        let share = f.tail as f64 / hg.n as f64;
+        let line = (0..40)
+            .map(|i| f.x_min as f64 * (kmax / f.x_min as f64).powf(i as f64 / 39.0))
+            .map(|k| (k, share * ((k - 0.5) / (f.x_min as f64 - 0.5)).powf(1.0 - f.alpha)))
+            .collect();
+        series.push(Series { name: format!("fit α={:.2}", f.alpha), points: line, dots: false, color: None });
+    }
+    Chart {
+        title: format!("Degree distributions at quantile {} ({} edges)", t.quantile, t.model.edges),
+        x_label: "degree k".into(),
+        y_label: "P(degree ≥ k)".into(),
+        log_x: true,
+        log_y: true,
+        series,
+    }
+}
+
+/// The threshold sweep's rows: edges, modularities and out-degree fits.
+fn sweep_rows(hg: &HeadGraph) -> Vec<Vec<String>> {
+    hg.sweep
+        .iter()
+        .map(|t| {
+            let f = |s: &GraphStats| {
+                s.out_fit.as_ref().map_or("-".into(), |f| format!("{:.2} (x_min {}, KS {:.3})", f.alpha, f.x_min, f.ks))
+            };
+            vec![
+                t.quantile.to_string(),
+                format!("{:.4}", t.value),
+                t.model.edges.to_string(),
+                format!("{:.3}", t.model.modularity),
+                format!("{:.3}", t.random.modularity),
+                format!("{:.3}", t.low_rank.modularity),
+                f(&t.model),
+                f(&t.low_rank),
+            ]
+        })
+        .collect()
 }
 
 /// The sketch laid out: each community on a small circle, the communities around

@@ -1,16 +1,15 @@
-//! `bdh inspect induction` and `bdh inspect top`: which heads copy from the
-//! previous occurrence of a token (on one model, or over the kept models of a run),
-//! and what a single neuron fires for.
+//! `bdh inspect induction`: which heads copy from the previous occurrence of a
+//! token, on one model or over the models a run kept.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bdh::io::run_dir::RunDir;
 use bdh::microscope::induction::{induction, InductionReport};
-use bdh::microscope::top::{top, TopReport};
-use bdh::model::bdh::{Bdh, Site};
+use bdh::model::bdh::Bdh;
 use bdh::Model;
 
-use super::{model_line, read_text, Output};
+use super::{model_line, Output};
 use crate::page::{Chart, Page, Series};
 
 /// Induction and previous-token scores per head on repeated random text.
@@ -51,13 +50,9 @@ pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<
     let mut all = Vec::new();
     match (&args.run, model) {
         (Some(run), _) => {
-            let kept = bdh::train::run::kept_steps(run)
-                .with_context(|| format!("{} kept no models; train with --set training.keep_every=N", run.display()))?;
-            anyhow::ensure!(
-                !kept.is_empty(),
-                "{} kept no models; train with --set training.keep_every=N",
-                run.display()
-            );
+            let none_kept = || format!("{} kept no models; train with --set training.keep_every=N", run.display());
+            let kept = RunDir::open(run).and_then(|r| r.kept_steps()).with_context(none_kept)?;
+            anyhow::ensure!(!kept.is_empty(), none_kept());
             for (step, dir) in kept {
                 let m = bdh::io::checkpoint::load(&dir, None).with_context(|| format!("loading {}", dir.display()))?;
                 let Model::Bdh(m) = m else { anyhow::bail!("{} is not a BDH model", dir.display()) };
@@ -147,98 +142,5 @@ fn page(mut p: Page, all: &[Over]) -> Page {
             },
         ],
     });
-    p
-}
-
-/// The top-activating contexts of one neuron over a text, clustered into facets.
-#[derive(clap::Args)]
-pub struct TopArgs {
-    /// Layer.
-    #[arg(long)]
-    layer: usize,
-    /// Head.
-    #[arg(long)]
-    head: usize,
-    /// Neuron within the head.
-    #[arg(long)]
-    neuron: usize,
-    /// x, y or xy.
-    #[arg(long, default_value = "x", value_parser = super::ablate::parse_site)]
-    site: Site,
-    /// The text (a file).
-    #[arg(long, conflicts_with = "prompt")]
-    text: Option<PathBuf>,
-    /// The text (inline).
-    #[arg(long)]
-    prompt: Option<String>,
-    /// Contexts kept.
-    #[arg(long, default_value_t = 40)]
-    k: usize,
-    /// Facets (clusters) at most.
-    #[arg(long, default_value_t = 3)]
-    facets: usize,
-    /// Bytes shown each side.
-    #[arg(long, default_value_t = 24)]
-    radius: usize,
-}
-
-pub fn run_top(args: TopArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
-    let bytes = read_text(&args.prompt, &args.text, out, "text")?;
-    anyhow::ensure!(args.radius <= 4096, "--radius must be at most 4096");
-    let r = top(model, &bytes, args.layer, args.head, args.neuron, args.site, args.k, args.facets, args.radius)?;
-    say!(
-        "{}; neuron {}:{}:{} ({}) fired at {} of {} tokens",
-        model_line(model),
-        r.layer,
-        r.head,
-        r.neuron,
-        format!("{:?}", r.site).to_lowercase(),
-        r.fired,
-        r.tokens
-    );
-    for (i, f) in r.facets.iter().enumerate() {
-        let toks: Vec<String> = f.tokens.iter().map(|(t, c)| format!("{t:?}×{c}")).collect();
-        say!("facet {i}: {} contexts, mean {:.4}; tokens {}", f.size, f.mean_activation, toks.join(" "));
-        for c in r.contexts.iter().filter(|c| c.facet == i).take(4) {
-            say!("  {:>8.4}  {}[{}]{}", c.activation, one_line(&c.before), one_line(&c.token), one_line(&c.after));
-        }
-    }
-    out.write(&r, || top_page(out.page(), &r), "bdh inspect top")
-}
-
-fn one_line(s: &str) -> String {
-    s.replace('\n', "⏎")
-}
-
-fn top_page(mut p: Page, r: &TopReport) -> Page {
-    p.heading(&format!("Neuron {}:{}:{} ({})", r.layer, r.head, r.neuron, format!("{:?}", r.site).to_lowercase()));
-    p.text(&format!(
-        "It fired at {} of {} tokens. Its {} strongest contexts, clustered into facets by k-means (cosine) on the whole head's activation there.",
-        r.fired,
-        r.tokens,
-        r.contexts.len()
-    ));
-    for (i, f) in r.facets.iter().enumerate() {
-        let toks: Vec<String> = f.tokens.iter().map(|(t, c)| format!("{t:?}×{c}")).collect();
-        p.heading(&format!(
-            "Facet {i}: {} contexts, mean activation {:.4}, tokens {}",
-            f.size,
-            f.mean_activation,
-            toks.join(" ")
-        ));
-        let rows: Vec<Vec<String>> = r
-            .contexts
-            .iter()
-            .filter(|c| c.facet == i)
-            .map(|c| {
-                vec![
-                    c.position.to_string(),
-                    format!("{:.4}", c.activation),
-                    format!("{}[{}]{}", one_line(&c.before), one_line(&c.token), one_line(&c.after)),
-                ]
-            })
-            .collect();
-        p.table(&["position", "activation", "context"], &rows);
-    }
     p
 }

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::io::checkpoint::{load, model_path};
-use bdh::model::bdh::Bdh;
+use bdh::model::bdh::{Bdh, Site};
 use bdh::Model;
 
+use crate::args::{JsonArgs, ThreadsArgs};
 use crate::page::Page;
 use crate::provenance::Provenance;
 
@@ -30,11 +30,15 @@ macro_rules! say {
 }
 
 mod ablate;
+mod concept;
 mod graph;
 mod induction;
+mod overlap;
 mod patch;
+mod path;
 mod sparsity;
 mod synapses;
+mod top;
 
 /// Looks inside a model: sparsity, the neuron graph, the synapse state, and
 /// interventions (ablate, patch, induction, top, path, overlap).
@@ -56,15 +60,13 @@ pub struct Args {
     /// Seed of --init.
     #[arg(long, global = true, default_value_t = 0)]
     seed_init: u64,
-    /// Write every number as JSON to this file (`-`: standard output).
-    #[arg(long, global = true, value_name = "FILE")]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    json: JsonArgs,
     /// Write a self-contained HTML report with plots to this file.
     #[arg(long, global = true)]
     html: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -82,7 +84,7 @@ enum What {
     /// random control.
     Ablate(ablate::Args),
     /// How many of two concepts' most selective neurons are shared, against random sets.
-    Overlap(ablate::OverlapArgs),
+    Overlap(overlap::Args),
     /// Patch activations and synapses from clean texts into texts that differ in
     /// one stated fact: which layers, heads, neurons and synapses restore the answer.
     Patch(patch::Args),
@@ -90,15 +92,14 @@ enum What {
     /// over the models a run kept.
     Induction(induction::Args),
     /// The top-activating contexts of one neuron over a text, clustered into facets.
-    Top(induction::TopArgs),
+    Top(top::Args),
     /// The greedy layer-by-layer path of neurons whose removal lowers a target logit most.
-    Path(patch::PathArgs),
+    Path(path::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::set_threads(args.threads)?;
-    let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
-    SUMMARY_TO_STDERR.store(json_to_stdout, std::sync::atomic::Ordering::Relaxed);
+    args.threads.size_pool()?;
+    SUMMARY_TO_STDERR.store(args.json.to_stdout(), std::sync::atomic::Ordering::Relaxed);
     if let What::Induction(a) = &args.what {
         if let Some(run) = &a.run {
             anyhow::ensure!(
@@ -115,9 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (model, source) = match (&args.model, &args.init) {
         (Some(m), _) => {
-            let path = model_path(m);
-            let model =
-                load(&path, args.config.as_deref()).with_context(|| format!("loading model {}", path.display()))?;
+            let (path, model) = crate::model_args::load(m, args.config.as_deref())?;
             (model, path.display().to_string())
         }
         (None, Some(preset)) => {
@@ -141,18 +140,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Graph(a) => graph::run(a, model, &mut out)?,
         What::Synapses(a) => synapses::run(a, model, &mut out)?,
         What::Ablate(a) => ablate::run(a, model, &mut out)?,
-        What::Overlap(a) => ablate::run_overlap(a, model, &mut out)?,
+        What::Overlap(a) => overlap::run(a, model, &mut out)?,
         What::Patch(a) => patch::run(a, model, &mut out)?,
         What::Induction(a) => induction::run(a, Some(model), &mut out)?,
-        What::Top(a) => induction::run_top(a, model, &mut out)?,
-        What::Path(a) => patch::run_path(a, model, &mut out)?,
+        What::Top(a) => top::run(a, model, &mut out)?,
+        What::Path(a) => path::run(a, model, &mut out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Where the JSON and HTML go, and what to record of how they were made.
 pub struct Output {
-    json: Option<PathBuf>,
+    json: JsonArgs,
     html: Option<PathBuf>,
     provenance: Provenance,
 }
@@ -165,13 +164,13 @@ impl Output {
 
     /// Writes the JSON (with a `provenance` entry) and the HTML that were asked for.
     fn write(&self, data: &impl serde::Serialize, page: impl FnOnce() -> Page, title: &str) -> anyhow::Result<()> {
-        if let Some(p) = &self.json {
+        if self.json.given() {
             let mut value = serde_json::to_value(data)?;
             if let Some(map) = value.as_object_mut() {
                 let facts = self.provenance.rows().into_iter().map(|(k, v)| (k, serde_json::Value::String(v)));
                 map.insert("provenance".into(), facts.collect::<serde_json::Map<_, _>>().into());
             }
-            crate::write_output(p, &serde_json::to_string_pretty(&value)?)?;
+            self.json.write(&value)?;
         }
         if let Some(p) = &self.html {
             crate::write_output(p, &page().html(title))?;
@@ -180,22 +179,40 @@ impl Output {
     }
 }
 
-/// Text from `--prompt` or `--text FILE`, recorded in the provenance as `key`.
-fn read_text(prompt: &Option<String>, file: &Option<PathBuf>, out: &mut Output, key: &str) -> anyhow::Result<Vec<u8>> {
-    let bytes = match (prompt, file) {
-        (Some(p), _) => {
-            out.provenance.text(key, "--prompt", p.as_bytes());
-            p.clone().into_bytes()
-        }
-        (None, Some(f)) => {
-            let bytes = read_file(f)?;
-            out.provenance.file(key, f, &bytes);
-            bytes
-        }
-        (None, None) => anyhow::bail!("give --text FILE or --prompt TEXT"),
-    };
-    anyhow::ensure!(!bytes.is_empty(), "the text is empty");
-    Ok(bytes)
+/// `--text` or `--prompt`: the text a command runs the model on.
+#[derive(clap::Args)]
+pub struct TextArgs {
+    /// The text to run (a file).
+    #[arg(long, conflicts_with = "prompt")]
+    text: Option<PathBuf>,
+    /// The text to run (inline).
+    #[arg(long)]
+    prompt: Option<String>,
+}
+
+impl TextArgs {
+    /// Whether a text is given.
+    fn given(&self) -> bool {
+        self.text.is_some() || self.prompt.is_some()
+    }
+
+    /// The text, recorded in the provenance as `key`.
+    fn read(&self, out: &mut Output, key: &str) -> anyhow::Result<Vec<u8>> {
+        let bytes = match (&self.prompt, &self.text) {
+            (Some(p), _) => {
+                out.provenance.text(key, "--prompt", p.as_bytes());
+                p.clone().into_bytes()
+            }
+            (None, Some(f)) => {
+                let bytes = read_file(f)?;
+                out.provenance.file(key, f, &bytes);
+                bytes
+            }
+            (None, None) => anyhow::bail!("give --text FILE or --prompt TEXT"),
+        };
+        anyhow::ensure!(!bytes.is_empty(), "the text is empty");
+        Ok(bytes)
+    }
 }
 
 /// A whole file, checked against the memory available first.
@@ -203,6 +220,16 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
     bdh::memory::ensure_fits(usize::try_from(len).unwrap_or(usize::MAX), &format!("the text {}", path.display()))?;
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A site of a neuron named on the command line: x, y or xy.
+fn parse_site(s: &str) -> Result<Site, String> {
+    match s {
+        "x" => Ok(Site::X),
+        "y" => Ok(Site::Y),
+        "xy" => Ok(Site::Xy),
+        _ => Err(format!("expected x, y or xy, got {s:?}")),
+    }
 }
 
 fn tokens(bytes: &[u8]) -> Vec<u32> {

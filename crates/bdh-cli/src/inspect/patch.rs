@@ -1,15 +1,13 @@
-//! `bdh inspect patch` and `bdh inspect path`: where a recalled fact lives, and
-//! which neurons, layer by layer, a logit depends on.
+//! `bdh inspect patch`: where a recalled fact lives.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use bdh::data::{SyntheticConfig, SyntheticLanguage};
-use bdh::microscope::ablate::{influence_path, InfluencePath};
 use bdh::microscope::patch::{patch, PairTokens, PatchReport, Restored, MAX_PAIRS};
 use bdh::model::bdh::{Bdh, Site};
 
-use super::{model_line, read_file, tokens, Output};
+use super::{model_line, read_file, Output};
 use crate::page::{Chart, Page, Series};
 
 /// Patch activations from clean texts into texts that differ in one stated fact.
@@ -182,63 +180,5 @@ fn page(mut p: Page, r: &PatchReport, head_names: &[String]) -> Page {
             ]
         },
     });
-    p
-}
-
-/// The greedy layer-by-layer path of neurons whose removal lowers a target logit most.
-#[derive(clap::Args)]
-pub struct PathArgs {
-    /// The prompt.
-    #[arg(long)]
-    prompt: String,
-    /// The target: the byte (first byte of this text) whose logit after the prompt
-    /// is followed.
-    #[arg(long)]
-    target: String,
-    /// Candidates tried per layer (the most active x at the last position).
-    #[arg(long, default_value_t = 32)]
-    candidates: usize,
-}
-
-pub fn run_path(args: PathArgs, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.prompt.is_empty(), "the prompt is empty");
-    let target = *args.target.as_bytes().first().context("the target is empty")?;
-    anyhow::ensure!((1..=4096).contains(&args.candidates), "--candidates must be in 1..=4096");
-    out.provenance.text("prompt", "--prompt", args.prompt.as_bytes());
-    let r = influence_path(model, &tokens(args.prompt.as_bytes()), target as u32, args.candidates)?;
-    say!("{}; logit of {:?} after the prompt: {:.3}", model_line(model), target as char, r.logit);
-    for s in &r.steps {
-        say!(
-            "  layer {} head {} neuron {:<5} → logit {:.3} ({:+.3})",
-            s.id.layer,
-            s.id.head,
-            s.id.neuron,
-            s.logit,
-            s.shift
-        );
-    }
-    out.write(&r, || path_page(out.page(), &r), "bdh inspect path")
-}
-
-fn path_page(mut p: Page, r: &InfluencePath) -> Page {
-    p.heading("Influence path");
-    p.text(&format!(
-        "Layer by layer, the neuron (of the {} most active at the last position) whose removal, with the neurons chosen before it, lowers the logit of {:?} most. Unablated logit {:.3}.",
-        r.candidates, r.target as u8 as char, r.logit
-    ));
-    let rows: Vec<Vec<String>> = r
-        .steps
-        .iter()
-        .map(|s| {
-            vec![
-                s.id.layer.to_string(),
-                s.id.head.to_string(),
-                s.id.neuron.to_string(),
-                format!("{:.3}", s.logit),
-                format!("{:+.3}", s.shift),
-            ]
-        })
-        .collect();
-    p.table(&["layer", "head", "neuron", "logit with the path removed", "shift"], &rows);
     p
 }

@@ -1,29 +1,23 @@
 //! `bdh inspect sparsity`.
 
-use std::path::PathBuf;
-
 use bdh::microscope::sparsity::sparsity;
 use bdh::model::bdh::Bdh;
 
-use super::{model_line, read_text, tokens, Output};
+use super::{model_line, tokens, Output, TextArgs};
 use crate::page::{mean, thin, Chart, Page, Series, Thinned};
 
 /// Fractions of non-zero x, y and x⊙y over a text.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The text to run (a file).
-    #[arg(long, conflicts_with = "prompt")]
-    text: Option<PathBuf>,
-    /// The text to run (inline).
-    #[arg(long)]
-    prompt: Option<String>,
+    #[command(flatten)]
+    text: TextArgs,
     /// Tokens per window (each window starts from an empty state).
     #[arg(long, default_value_t = 256)]
     window: usize,
 }
 
 pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
-    let bytes = read_text(&args.prompt, &args.text, out, "text")?;
+    let bytes = args.text.read(out, "text")?;
     let r = sparsity(model, &tokens(&bytes), args.window)?;
     say!("{}, {} tokens in windows of {}", model_line(model), r.tokens, r.window);
     say!("{:<6} {:>8} {:>8} {:>8} {:>8}   per-token x: min / median / max", "layer", "x", "y", "x⊙y", "pairs");

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bdh::microscope::synapses::{check_site, concept_search, synapses, Separation};
+use bdh::microscope::synapses::{check_site, concept_search, synapses, ConceptReport, Separation};
 use bdh::model::bdh::Bdh;
 
-use super::{model_line, read_file, read_text, tokens, Output};
+use super::{model_line, read_file, tokens, Output, TextArgs};
 use crate::page::{last, thin, Chart, Page, Series, Thinned};
 
 /// The synapse state σ of one layer and head over a text, and a concept search.
@@ -18,12 +18,8 @@ pub struct Args {
     /// Head.
     #[arg(long)]
     head: usize,
-    /// The text (a file).
-    #[arg(long, conflicts_with = "prompt")]
-    text: Option<PathBuf>,
-    /// The text (inline).
-    #[arg(long)]
-    prompt: Option<String>,
+    #[command(flatten)]
+    text: TextArgs,
     /// Strongest synapses to list.
     #[arg(long, default_value_t = 20)]
     top: usize,
@@ -57,7 +53,7 @@ fn sentences(path: &std::path::Path, out: &mut Output, key: &str) -> anyhow::Res
 #[derive(serde::Serialize)]
 struct Report {
     synapses: Option<bdh::microscope::synapses::SynapseReport>,
-    concept: Option<bdh::microscope::synapses::ConceptReport>,
+    concept: Option<ConceptReport>,
 }
 
 pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
@@ -71,8 +67,8 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     );
     let mut report = Report { synapses: None, concept: None };
     let mut text = Vec::new();
-    if args.text.is_some() || args.prompt.is_some() {
-        text = read_text(&args.prompt, &args.text, out, "text")?;
+    if args.text.given() {
+        text = args.text.read(out, "text")?;
         let window = args.window.map(|(a, b)| a..b);
         let r = synapses(model, &tokens(&text), args.layer, args.head, args.top, &args.trace, window)?;
         say!(
@@ -90,36 +86,41 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     }
     if let (Some(c), Some(k)) = (&args.concept, &args.contrast) {
         let (concept, contrast) = (sentences(c, out, "concept")?, sentences(k, out, "contrast")?);
-        let r = concept_search(model, &concept, &contrast, args.layer, args.head, args.top)?;
-        say!(
-            "concept search: {} concept vs {} contrast sentences; {} synapses and {} neurons tested \
-             (q: Benjamini–Hochberg over each set)",
-            r.concept,
-            r.contrast,
-            r.candidates,
-            r.neurons_tested
-        );
-        let show = |s: &Separation| {
-            let name = s.to.map_or(format!("neuron {}", s.from), |to| format!("synapse {} → {}", s.from, to));
-            say!(
-                "  {name:<22} U = {:>6.1}  p = {:.2e}  q = {:.2e}  r = {:+.2}  mean {:.4} vs {:.4}",
-                s.test.u,
-                s.test.p,
-                s.q,
-                s.test.r,
-                s.concept_mean,
-                s.contrast_mean
-            );
-        };
-        r.synapses.iter().take(5).for_each(show);
-        r.neurons.iter().take(5).for_each(show);
-        report.concept = Some(r);
+        report.concept = Some(search(&args, model, &concept, &contrast)?);
     }
     anyhow::ensure!(
         report.synapses.is_some() || report.concept.is_some(),
         "give --text/--prompt, or --concept and --contrast"
     );
     out.write(&report, || page(out.page(), &report, &text), "bdh inspect synapses")
+}
+
+/// The synapses and neurons that tell the concept's sentences from the contrast's.
+fn search(args: &Args, model: &Bdh, concept: &[Vec<u32>], contrast: &[Vec<u32>]) -> anyhow::Result<ConceptReport> {
+    let r = concept_search(model, concept, contrast, args.layer, args.head, args.top)?;
+    say!(
+        "concept search: {} concept vs {} contrast sentences; {} synapses and {} neurons tested \
+         (q: Benjamini–Hochberg over each set)",
+        r.concept,
+        r.contrast,
+        r.candidates,
+        r.neurons_tested
+    );
+    let show = |s: &Separation| {
+        let name = s.to.map_or(format!("neuron {}", s.from), |to| format!("synapse {} → {}", s.from, to));
+        say!(
+            "  {name:<22} U = {:>6.1}  p = {:.2e}  q = {:.2e}  r = {:+.2}  mean {:.4} vs {:.4}",
+            s.test.u,
+            s.test.p,
+            s.q,
+            s.test.r,
+            s.concept_mean,
+            s.contrast_mean
+        );
+    };
+    r.synapses.iter().take(5).for_each(show);
+    r.neurons.iter().take(5).for_each(show);
+    Ok(r)
 }
 
 fn page(mut p: Page, r: &Report, text: &[u8]) -> Page {

@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::run_dir::RunDir;
 use super::{encode_safetensors, fault_point, read_safetensors, shape_err, write_atomic, TensorMap};
 use crate::data::TOKENIZER_FILE;
 use crate::error::{Error, Result};
@@ -106,10 +107,13 @@ fn bdh_freqs(c: &BdhConfig, tensors: &mut TensorMap) -> Result<Vec<f32>> {
     Ok(f)
 }
 
+/// The weights file of a checkpoint directory.
+pub(crate) const WEIGHTS_FILE: &str = "model.safetensors";
+
 /// Where a model's weights and config are, resolved from what a user typed.
 fn resolve(model: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
     let weights = if model.is_dir() {
-        let st = model.join("model.safetensors");
+        let st = model.join(WEIGHTS_FILE);
         let pt = model.join("model.pt");
         if st.exists() {
             st
@@ -212,7 +216,7 @@ pub fn to_safetensors(model: &Model) -> Result<Vec<u8>> {
 /// each written atomically.
 pub fn save(model: &Model, dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
-    write_atomic(&dir.join("model.safetensors"), &to_safetensors(model)?)?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &to_safetensors(model)?)?;
     write_atomic(&dir.join("config.json"), model.config().to_json().as_bytes())
 }
 
@@ -287,23 +291,20 @@ fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
     std::os::windows::fs::symlink_dir(target, link)
 }
 
-/// The checkpoint to run from a path a user gave: a run directory (its `best`,
-/// else its `last`), a checkpoint directory, or a weights file.
-pub fn model_path(path: &Path) -> PathBuf {
-    for sub in ["best", "last"] {
-        if path.join(sub).join("model.safetensors").exists() {
-            return path.join(sub);
-        }
+/// The checkpoint to run from a path a user gave: a run directory's best
+/// checkpoint (else its last; an error if it has neither yet), or the path itself
+/// (a checkpoint directory or a weights file).
+pub fn model_path(path: &Path) -> Result<PathBuf> {
+    match RunDir::open(path) {
+        Ok(run) => run.model(),
+        Err(_) => Ok(path.to_path_buf()),
     }
-    path.to_path_buf()
 }
 
 /// The tokenizer file of a model a user named, if it has one: `tokenizer.json`
-/// beside its weights, or in the run directory its checkpoint is in (a directory
-/// with a `config.toml`).
+/// beside its weights, or that of the run its checkpoint is in.
 pub fn tokenizer_path(model: &Path) -> Option<PathBuf> {
-    let found = model_path(model);
-    let dir = if found.is_dir() { found } else { found.parent()?.to_path_buf() };
-    let run = dir.parent().filter(|r| r.join("config.toml").is_file());
-    std::iter::once(dir.as_path()).chain(run).map(|d| d.join(TOKENIZER_FILE)).find(|p| p.is_file())
+    let found = model_path(model).ok()?;
+    let dir = if found.is_dir() { found.as_path() } else { found.parent()? };
+    Some(dir.join(TOKENIZER_FILE)).filter(|p| p.is_file()).or_else(|| RunDir::of_model(&found)?.tokenizer())
 }

@@ -1,9 +1,10 @@
 //! Files: tensors in safetensors and PyTorch `.pt` files, checkpoints of models,
-//! and saved inference states. Every write goes to a temporary file and is renamed
-//! into place.
+//! run directories, and saved inference states. Every write goes to a temporary
+//! file and is renamed into place.
 
 pub mod checkpoint;
 mod pt;
+pub mod run_dir;
 pub mod state;
 
 pub use pt::read_state_dict;

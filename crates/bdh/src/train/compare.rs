@@ -4,9 +4,12 @@
 //! each with its own preset's learning rate and weight-decay rule, and the dropout
 //! of its `small` preset (BDH 0.1, GPT 0).
 
+use std::path::Path;
+
 use super::config::RunConfig;
 use crate::data::DataConfig;
 use crate::error::{Error, Result};
+use crate::io::run_dir::{Checkpoint, RunDir};
 use crate::model::bdh::BdhConfig;
 use crate::model::gpt::GptConfig;
 use crate::model::ModelConfig;
@@ -90,4 +93,19 @@ pub fn run_config(model: ModelConfig, tokens: usize, data: &DataConfig) -> Resul
     run.data = data.clone();
     run.validate()?;
     Ok(run)
+}
+
+/// Whether `run` continues a run in `dir`: yes if `dir` holds one started with the
+/// same settings, no if it holds none; refused if it holds one started with others.
+pub fn continues(run: &RunConfig, dir: &Path) -> Result<bool> {
+    let Some(existing) = RunDir::open(dir).ok().filter(|r| r.has(Checkpoint::Last)) else { return Ok(false) };
+    let changes = run.changes(&existing.config(&[])?);
+    if changes.is_empty() {
+        return Ok(true);
+    }
+    Err(Error::Refused(format!(
+        "{} holds a run made with other settings ({}); give another --out, or the same flags as before",
+        dir.display(),
+        changes.join("; ")
+    )))
 }

@@ -1,7 +1,7 @@
 //! Training: one optimizer step ([`Trainer`]), the optimizer, the learning-rate
 //! schedule, gradient averaging across processes (data parallelism: [`parallel`],
-//! and `Mpi` with the `mpi` feature), run configs and whole resumable runs in a run
-//! directory.
+//! and `Mpi` with the `mpi` feature), run configs, how a run is set up from what a
+//! user asks for ([`setup`]) and whole resumable runs in a run directory.
 //!
 //! The trainer knows nothing of the model family: it calls [`crate::model::forward`]
 //! and [`crate::model::backward`], and clips, averages and updates the flat
@@ -17,6 +17,7 @@ pub mod optimizer;
 pub mod parallel;
 pub mod run;
 pub mod schedule;
+pub mod setup;
 
 pub use collective::{Collective, Single};
 pub use config::{RunConfig, TrainingConfig};

@@ -1,19 +1,7 @@
 //! A training run: batches, schedule, evaluation, samples, metrics and checkpoints
-//! in a run directory, resumable exactly.
-//!
-//! ```text
-//! run/config.toml          the resolved run config
-//! run/metrics.jsonl        one JSON object per logged step, evaluation and sample
-//! run/last/                model.safetensors, config.json, optimizer.safetensors, trainer.json
-//!                          (and tokenizer.json, as every checkpoint of a BPE run)
-//! run/best/                model.safetensors, config.json of the best validation loss
-//! run/steps/step-NNNNNN/    the model at step N, with `training.keep_every`
-//! run/last/carry.safetensors the carried synapse state, with `training.carry_state`
-//! run/tokenizer.json        the BPE tokenizer the run reads its text with, if not bytes
-//! ```
+//! in a run directory ([`RunDir`] says what it holds where), resumable exactly.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -27,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalMetrics};
 use crate::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
 use crate::io::checkpoint::{self, replace_dir};
+use crate::io::run_dir::{Checkpoint, MetricsLog, RunDir};
 use crate::io::{encode_safetensors, read_safetensors, write_atomic};
 use crate::model::Model;
 
@@ -95,8 +84,9 @@ pub struct RunOutcome {
     pub seconds: f64,
 }
 
-/// Trains per `run` on `corpus` in directory `dir`, continuing from `dir/last` if
-/// `resume`. Checks `stop` before each step and saves before returning early.
+/// Trains per `run` on `corpus` in run directory `dir`, continuing from its last
+/// checkpoint if `resume`. Checks `stop` before each step and saves before
+/// returning early.
 pub fn train(
     run: &RunConfig,
     corpus: &Corpus,
@@ -125,25 +115,23 @@ pub fn train_parallel(
     let tc = &run.training;
     let (b, t) = (tc.batch_size, tc.block_size);
     let opt = AdamWConfig { lr: tc.lr, weight_decay: tc.weight_decay, ..AdamWConfig::default() };
-    let last_dir = dir.join("last");
     parallel::check_config(collective, run)?;
     let writer = collective.rank() == 0;
+    let run_dir = match (writer, resume) {
+        (false, _) => RunDir::named(dir),
+        (true, true) => RunDir::open_to_resume(dir)?,
+        (true, false) => RunDir::create(dir)?,
+    };
+    let last_dir = run_dir.checkpoint_dir(Checkpoint::Last);
     let (mut trainer, mut state) = if !writer {
         (Trainer::new(Model::new(&run.model, tc.seed)?, opt, b, t)?, TrainerState { step: 0, best_val_loss: None })
     } else if resume {
         load_state(run, &last_dir, opt, b, t)?
     } else {
-        if last_dir.exists() {
-            return Err(Error::Input(format!(
-                "{} already holds a run; resume it or choose another directory",
-                dir.display()
-            )));
-        }
-        fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
         let model = match &tc.init_from {
             None => Model::new(&run.model, tc.seed)?,
             Some(path) => {
-                let model = checkpoint::load(&checkpoint::model_path(path), None)?;
+                let model = checkpoint::load(&checkpoint::model_path(path)?, None)?;
                 if model.config() != run.model {
                     return Err(Error::Config(format!(
                         "{}: the model to start from is a {}, the run's model a {}",
@@ -164,11 +152,11 @@ pub fn train_parallel(
     let tokenizer = corpus.tokenizer();
     tokenizer.check(&run.model)?;
     parallel::share_start(collective, &mut trainer, &mut state)?;
-    let mut metrics = Metrics(None);
+    let mut metrics = MetricsLog::nowhere();
     if writer {
-        tokenizer.save(dir)?;
-        write_atomic(&dir.join("config.toml"), run.to_toml().as_bytes())?;
-        metrics = Metrics::open(&dir.join("metrics.jsonl"), state.step)?;
+        tokenizer.save(run_dir.path())?;
+        run_dir.write_config(run)?;
+        metrics = run_dir.metrics_log(state.step)?;
     }
     let rows = parallel::rows(collective, b);
 
@@ -234,10 +222,11 @@ pub fn train_parallel(
             ensure_finite(&trainer, state.step, &last_dir)?; // before `best` or `last` could get them
             if m.val_loss.is_finite() && state.best_val_loss.is_none_or(|best| m.val_loss < best) {
                 state.best_val_loss = Some(m.val_loss);
-                save_model_dir(&trainer.model, &tokenizer, &dir.join("best"))?;
+                save_model_dir(&trainer.model, &tokenizer, &run_dir.checkpoint_dir(Checkpoint::Best))?;
             }
             if tc.keep_every > 0 && state.step % tc.keep_every == 0 {
-                save_model_dir(&trainer.model, &tokenizer, &kept_step_dir(dir, state.step))?;
+                let kept = run_dir.checkpoint_dir(Checkpoint::Step(state.step));
+                save_model_dir(&trainer.model, &tokenizer, &kept)?;
             }
             save_state(&trainer, &tokenizer, &state, &last_dir)?;
             on(Event::Saved(&last_dir));
@@ -254,27 +243,6 @@ pub fn train_parallel(
         on(Event::Saved(&last_dir));
     }
     Ok(RunOutcome { step: state.step, interrupted, last_eval, losses, seconds: started.elapsed().as_secs_f64() })
-}
-
-/// Where a run keeps the model of step `step` (`training.keep_every`).
-pub fn kept_step_dir(run: &Path, step: usize) -> std::path::PathBuf {
-    run.join("steps").join(format!("step-{step:06}"))
-}
-
-/// The models a run kept (`training.keep_every`), by step.
-pub fn kept_steps(run: &Path) -> Result<Vec<(usize, std::path::PathBuf)>> {
-    let dir = run.join("steps");
-    let entries = fs::read_dir(&dir).map_err(|e| Error::io("reading", &dir, e))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| Error::io("reading", &dir, e))?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
-            out.push((step, path));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// A sample from the corpus's sample prompt: (prompt, continuation).
@@ -302,38 +270,6 @@ pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Resul
         std::ops::ControlFlow::Continue(())
     })?;
     Ok((prompt, String::from_utf8_lossy(&out.text).into_owned()))
-}
-
-/// Appends JSON lines to `metrics.jsonl`, dropping records past `keep_until` on
-/// resume; writes nothing on a process that does not write the run (`None`).
-struct Metrics(Option<fs::File>);
-
-impl Metrics {
-    fn open(path: &Path, keep_until: usize) -> Result<Self> {
-        let kept: Vec<String> = match fs::read_to_string(path) {
-            Ok(text) if keep_until > 0 => text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s as usize <= keep_until)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            _ => Vec::new(),
-        };
-        write_atomic(path, kept.concat().as_bytes())?;
-        let file = fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io("opening", path, e))?;
-        Ok(Metrics(Some(file)))
-    }
-
-    fn write(&mut self, record: &serde_json::Value) -> Result<()> {
-        match &mut self.0 {
-            Some(file) => writeln!(file, "{record}").map_err(|e| Error::io("writing", "metrics.jsonl", e)),
-            None => Ok(()),
-        }
-    }
 }
 
 /// A checkpoint directory: the model, and the tokenizer it reads with (if not bytes).

@@ -1,0 +1,84 @@
+//! `bdh bench generate`: streaming generation, and the recurrent step's latency
+//! sparse against dense and at short against long context.
+
+use std::path::PathBuf;
+
+use bdh::infer::Prepared;
+use bdh::{Model, ModelConfig};
+
+use super::describe;
+use super::measure::{generate_speed, step_latency, StepSide};
+
+/// What to generate with, and how far the long context reaches.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A trained model (run dir, checkpoint dir, .safetensors or .pt); default:
+    /// random weights of the preset.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt bytes (prefilled in parallel).
+    #[arg(long, default_value_t = 16)]
+    prompt_len: usize,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    /// Compare step latency at this context with that at 256.
+    #[arg(long, default_value_t = 8192)]
+    long_context: usize,
+}
+
+/// Measures `args.model`, or random weights of `preset`.
+pub fn run(args: &Args, preset: &ModelConfig) -> anyhow::Result<()> {
+    let prompt_len = args.prompt_len;
+    bdh::memory::ensure_fits(prompt_len.saturating_mul(5), &format!("a prompt of {prompt_len} tokens"))?;
+    let model = match &args.model {
+        Some(p) => crate::model_args::load(p, None)?.1,
+        None => Model::new(preset, 0)?,
+    };
+    describe(&model.config(), "B1");
+    let model = Prepared::new(model)?;
+    let prompt: Vec<u8> =
+        b"The hatchling reads, and what it reads it keeps. ".iter().cycle().take(prompt_len.max(1)).copied().collect();
+    let g = generate_speed(&model, &prompt, args.tokens)?;
+    let state_mib = g.state_bytes as f64 / (1 << 20) as f64;
+    println!(
+        "generate {} tokens after {}: {:.1} tokens/s (prefill {:.1} ms, decode {:.1} ms), state {state_mib:.2} MiB",
+        g.tokens,
+        g.prompt_tokens,
+        g.tokens_per_second(),
+        g.prefill_seconds * 1e3,
+        g.decode_seconds * 1e3,
+    );
+    if model.config().max_context().is_some() {
+        // A GPT's step has no sparse and dense forms, and its context is bounded.
+        return Ok(());
+    }
+    latency(&model, args.long_context.max(256), state_mib)
+}
+
+/// The recurrent step's latency, sparse against dense at context 256, and at
+/// context `long` against 256. Each pair is measured in alternation, the same
+/// tokens to both runners.
+fn latency(model: &Prepared, long: usize, state_mib: f64) -> anyhow::Result<()> {
+    let side = |context, dense| StepSide { context, dense };
+    let (sparse, dense) = step_latency(model, [side(256, false), side(256, true)], 256)?;
+    println!(
+        "step at context 256: sparse {:.3} ms ({:.0} tokens/s), dense {:.3} ms; sparse is {:.2}× faster",
+        sparse * 1e3,
+        1.0 / sparse,
+        dense * 1e3,
+        dense / sparse
+    );
+    // The sparse step's work follows the text (how many neurons fire); the dense
+    // step's does not, so it shows what context length alone costs.
+    let (d0, d1) = step_latency(model, [side(256, true), side(long, true)], 256)?;
+    let (s0, s1) = step_latency(model, [side(256, false), side(long, false)], 256)?;
+    println!(
+        "latency at {long} / at 256: dense {:.3}× ({:.3} / {:.3} ms), sparse {:.3}×; state {state_mib:.2} MiB at both",
+        d1 / d0,
+        d1 * 1e3,
+        d0 * 1e3,
+        s1 / s0,
+    );
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `bdh inspect path`: which neurons, layer by layer, a logit depends on.
+
+use anyhow::Context;
+use bdh::microscope::ablate::{influence_path, InfluencePath};
+use bdh::model::bdh::Bdh;
+
+use super::{model_line, tokens, Output};
+use crate::page::Page;
+
+/// The greedy layer-by-layer path of neurons whose removal lowers a target logit most.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// The target: the byte (first byte of this text) whose logit after the prompt
+    /// is followed.
+    #[arg(long)]
+    target: String,
+    /// Candidates tried per layer (the most active x at the last position).
+    #[arg(long, default_value_t = 32)]
+    candidates: usize,
+}
+
+pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.prompt.is_empty(), "the prompt is empty");
+    let target = *args.target.as_bytes().first().context("the target is empty")?;
+    anyhow::ensure!((1..=4096).contains(&args.candidates), "--candidates must be in 1..=4096");
+    out.provenance.text("prompt", "--prompt", args.prompt.as_bytes());
+    let r = influence_path(model, &tokens(args.prompt.as_bytes()), target as u32, args.candidates)?;
+    say!("{}; logit of {:?} after the prompt: {:.3}", model_line(model), target as char, r.logit);
+    for s in &r.steps {
+        say!(
+            "  layer {} head {} neuron {:<5} → logit {:.3} ({:+.3})",
+            s.id.layer,
+            s.id.head,
+            s.id.neuron,
+            s.logit,
+            s.shift
+        );
+    }
+    out.write(&r, || page(out.page(), &r), "bdh inspect path")
+}
+
+fn page(mut p: Page, r: &InfluencePath) -> Page {
+    p.heading("Influence path");
+    p.text(&format!(
+        "Layer by layer, the neuron (of the {} most active at the last position) whose removal, with the neurons chosen before it, lowers the logit of {:?} most. Unablated logit {:.3}.",
+        r.candidates, r.target as u8 as char, r.logit
+    ));
+    let rows: Vec<Vec<String>> = r
+        .steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.layer.to_string(),
+                s.id.head.to_string(),
+                s.id.neuron.to_string(),
+                format!("{:.3}", s.logit),
+                format!("{:+.3}", s.shift),
+            ]
+        })
+        .collect();
+    p.table(&["layer", "head", "neuron", "logit with the path removed", "shift"], &rows);
+    p
+}

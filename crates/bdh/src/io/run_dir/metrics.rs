@@ -1,0 +1,162 @@
+//! A run's metrics log: one JSON object a line for each logged step, evaluation and
+//! sample, appended as the run goes and read back in bounded memory.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
+
+/// Longest line read (a sample of a few hundred bytes is the longest record a run
+/// writes); longer lines are skipped, not held.
+const MAX_LINE: u64 = 1 << 20;
+/// Records read at most (a step record is held in 32 bytes: 5 M take 160 MB).
+const MAX_RECORDS: usize = 5_000_000;
+
+/// One optimizer step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecord {
+    /// Steps completed.
+    pub step: f64,
+    /// Mean training loss of the step.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Training throughput of the step (NaN if not logged).
+    pub tokens_per_second: f64,
+}
+
+/// One evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalRecord {
+    /// Steps completed.
+    pub step: f64,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Validation bits per byte.
+    pub bits_per_byte: f64,
+    /// Fraction of the built-in corpus's answers right, if measured.
+    pub answer_accuracy: Option<f64>,
+    /// Mean training loss of the steps before it, if logged.
+    pub train_loss: Option<f64>,
+}
+
+/// One sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleRecord {
+    /// Steps completed.
+    pub step: u64,
+    /// The prompt.
+    pub prompt: String,
+    /// What the model wrote after it.
+    pub text: String,
+}
+
+/// What a run's metrics log holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metrics {
+    /// Every step, in order.
+    pub steps: Vec<StepRecord>,
+    /// Every evaluation, in order.
+    pub evals: Vec<EvalRecord>,
+    /// Every sample, in order.
+    pub samples: Vec<SampleRecord>,
+    /// Lines that are not a record (unreadable, overlong or of no known kind).
+    pub skipped: usize,
+}
+
+impl Metrics {
+    /// Reads the log at `path` line by line (bounded lines and records).
+    pub(super) fn read(path: &Path) -> Result<Self> {
+        let file = fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+        let mut reader = BufReader::new(file);
+        let mut next = |line: &mut Vec<u8>| {
+            line.clear();
+            (&mut reader).take(MAX_LINE).read_until(b'\n', line).map_err(|e| Error::io("reading", path, e))
+        };
+        let mut m = Metrics::default();
+        let mut line = Vec::new();
+        for _ in 0..MAX_RECORDS {
+            let n = next(&mut line)?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') && n as u64 == MAX_LINE {
+                // An overlong line: skip the rest of it without holding it.
+                m.skipped += 1;
+                while next(&mut line)? > 0 && line.last() != Some(&b'\n') {}
+                continue;
+            }
+            match serde_json::from_slice::<serde_json::Value>(&line) {
+                Ok(v) => m.add(&v),
+                Err(_) => m.skipped += 1,
+            }
+        }
+        Ok(m)
+    }
+
+    fn add(&mut self, v: &serde_json::Value) {
+        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+        let Some(step) = num("step") else {
+            self.skipped += 1;
+            return;
+        };
+        if let Some(val_loss) = num("val_loss") {
+            self.evals.push(EvalRecord {
+                step,
+                val_loss,
+                bits_per_byte: num("bits_per_byte").unwrap_or(val_loss / std::f64::consts::LN_2),
+                answer_accuracy: num("answer_accuracy"),
+                train_loss: num("train_loss"),
+            });
+        } else if let (Some(loss), Some(lr)) = (num("loss"), num("lr")) {
+            let tokens_per_second = num("tokens_per_second").unwrap_or(f64::NAN);
+            self.steps.push(StepRecord { step, loss, lr, tokens_per_second });
+        } else if let Some(sample) = v.get("sample").and_then(|s| s.as_str()) {
+            let prompt = v.get("sample_prompt").and_then(|s| s.as_str()).unwrap_or_default();
+            self.samples.push(SampleRecord { step: step as u64, prompt: prompt.to_string(), text: sample.to_string() });
+        } else {
+            self.skipped += 1;
+        }
+    }
+}
+
+/// Appends JSON lines to a run's metrics log; writes nothing on a process that does
+/// not write the run.
+pub(crate) struct MetricsLog(Option<fs::File>);
+
+impl MetricsLog {
+    /// A log that keeps nothing, for a process that does not write the run.
+    pub(crate) fn nowhere() -> Self {
+        MetricsLog(None)
+    }
+
+    /// The log at `path`, without the records of steps after `keep_until`.
+    pub(super) fn open(path: &Path, keep_until: usize) -> Result<Self> {
+        let kept: Vec<String> = match fs::read_to_string(path) {
+            Ok(text) if keep_until > 0 => text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= keep_until)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => Vec::new(),
+        };
+        write_atomic(path, kept.concat().as_bytes())?;
+        let file = fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io("opening", path, e))?;
+        Ok(MetricsLog(Some(file)))
+    }
+
+    /// Appends `record` as one line.
+    pub(crate) fn write(&mut self, record: &serde_json::Value) -> Result<()> {
+        match &mut self.0 {
+            Some(file) => writeln!(file, "{record}").map_err(|e| Error::io("writing", super::METRICS, e)),
+            None => Ok(()),
+        }
+    }
+}
