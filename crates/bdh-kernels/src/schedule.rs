@@ -8,6 +8,10 @@ use rayon::prelude::*;
 /// pieces of work (the batch rows of a layer's backward) whose kernels then run
 /// nested, each piece's data in cache from one kernel to the next.
 pub fn parallel_each<T: Send>(items: &mut [T], task: impl Fn(&mut T) + Sync) {
+    if items.len() <= 1 {
+        // Nothing to spread: run it here, without a trip through the pool.
+        return items.iter_mut().for_each(task);
+    }
     items.par_iter_mut().for_each(&task);
 }
 

@@ -101,7 +101,8 @@ fn bytes(n: Option<u64>) -> String {
     match n {
         None => "more bytes than the address space holds".into(),
         Some(b) if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        Some(b) if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        Some(b) => format!("{b} bytes"),
     }
 }
 

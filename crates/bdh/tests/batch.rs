@@ -74,14 +74,16 @@ fn batched_step_of_many_rows_equals_single_steps() {
 
 #[test]
 fn batched_step_with_edits_equals_single_steps() {
-    // Every stream takes the same interventions, each at its own position.
+    // Every stream takes the same interventions, each at its own position: the
+    // streams reach positions 20 and 27 at different steps, so an edit there acts
+    // on one stream of a batch and not on the others.
     let mut edits = Edits::new();
     let edit =
-        |site, layer, head, neuron, action| Edit { site, layer: Some(layer), head, neuron, position: None, action };
-    edits.push(edit(Site::X, 0, Some(0), Some(3), Action::Zero));
-    edits.push(edit(Site::Y, 1, Some(1), None, Action::Set(0.5)));
-    edits.push(edit(Site::Xy, 0, None, Some(7), Action::Set(0.25)));
-    edits.push(edit(Site::Rho, 1, Some(2), Some(5), Action::Zero));
+        |site, layer, head, neuron, position, action| Edit { site, layer: Some(layer), head, neuron, position, action };
+    edits.push(edit(Site::X, 0, Some(0), Some(3), None, Action::Zero));
+    edits.push(edit(Site::Y, 1, Some(1), None, Some(20), Action::Set(0.5)));
+    edits.push(edit(Site::Xy, 0, None, Some(7), Some(27), Action::Set(0.25)));
+    edits.push(edit(Site::Rho, 1, Some(2), Some(5), Some(20), Action::Zero));
     let (logits, rho) = batched_vs_single(5, 20, Decay::Alibi, &edits);
     println!("B ≤ 5 with edits: logits max abs {:.2e}; ρ max abs {:.2e}", logits.0, rho.0);
     assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));

@@ -127,20 +127,23 @@ impl Prepared {
     /// the state may read one more position. A caller stepping many streams
     /// together checks each first, so that one stream at fault leaves alone.
     pub fn check_step(&self, state: &State, token: u32) -> Result<()> {
-        match (self, state) {
-            (Prepared::Bdh(p), State::Bdh(s)) => s.check(&p.model().config)?,
-            (Prepared::Gpt(_), State::Gpt(_)) => {}
-            _ => return Err(other_family()),
-        }
         crate::model::check_tokens(&[token], self.config().vocab_size(), "step")?;
-        crate::model::check_positions(state.pos(), 1, "step")
+        match (self, state) {
+            (Prepared::Bdh(p), State::Bdh(s)) => {
+                s.check(&p.model().config)?;
+                crate::model::check_positions(s.pos, 1, "step")
+            }
+            // (a GPT reads a sliding window: its positions never pass its block)
+            (Prepared::Gpt(_), State::Gpt(_)) => Ok(()),
+            _ => Err(other_family()),
+        }
     }
 
     /// Consumes one token per stream (`tokens[b]` after what `states[b]` has read)
     /// and returns the logits for the next token of every stream, (B, V); one stream
-    /// is a one-element call. BDH steps its streams together (see
-    /// [`bdh::Prepared::step`]); a GPT steps one stream at a time (its KV caches
-    /// differ in length from stream to stream).
+    /// is a one-element call. BDH steps 0…B streams together (see
+    /// [`bdh::Prepared::step`]); a GPT takes exactly one stream per call (its KV
+    /// caches differ in length from stream to stream), anything else is refused.
     pub fn step<'s>(
         &self,
         states: &mut [&mut State],

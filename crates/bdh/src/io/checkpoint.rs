@@ -203,6 +203,10 @@ fn load_weights(cfg: ModelConfig, weights: &Path) -> Result<Model> {
 
 /// The model's tensors as safetensors bytes, in the reference's names and layout.
 pub fn to_safetensors(model: &Model) -> Result<Vec<u8>> {
+    if let Model::Bdh(m) = model {
+        // A checkpoint's config must say what the model computes.
+        m.mechanisms.check_savable()?;
+    }
     let mut tensors: Vec<(String, Vec<usize>, &[f32])> =
         model.params().tensors().map(|(s, data)| (s.name.clone(), s.shape.clone(), data)).collect();
     match model {

@@ -4,12 +4,11 @@
 //! forward line and the gradient it produces.
 
 use bdh_kernels::{
-    add_groups, causal_linear_attention_backward, gated_product, gated_product_backward, layer_norm_backward, matmul,
-    matmul_batched, rope, transpose, Attention, AttentionSaved, Batch, MatMul, RopeDirection,
+    add_groups, causal_linear_attention_backward, layer_norm_backward, matmul, matmul_batched, rope, transpose,
+    Attention, AttentionSaved, Batch, MatMul, RopeDirection,
 };
 
 use super::decay::DecayTable;
-use super::edit::Site;
 use super::forward::{Activations, Dims};
 use super::params::WeightsMut;
 use super::site::Mechanisms;
@@ -264,19 +263,13 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     let Dims { t, d, h, n, .. } = dm;
     let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay, mechanisms, layer, pos0 } = r.saved;
     let heads = |a, w, c| Batch { count: [1, h], a, b: w, c };
-    let (nt, dt) = ([0, t * n], [0, t * d]); //                      per head
-                                             // u = concat_h(z) · decoder: recompute z = dropout(x ⊙ y) for the decoder's gradient
-    gated_product(r.z, x, y, keep);
-    // dz = du · decoder_hᵀ                                              (H, T, N)
+    let (nt, dt) = ([0, t * n], [0, t * d]); // per head
+                                             // u = concat_h(z) · decoder  ⇒  dz = du · decoder_hᵀ                 (H, T, N)
     matmul_batched(r.dx, r.du, &w.decoder_t, MatMul::new(t, d, n), heads([0, 0], [0, d * n], nt));
-    // z = f(x ⊙ y) at the gate's site  ⇒  dz through f, then z itself for the decoder's gradient
-    if mechanisms.any(Site::Xy) {
-        let region = Dims { b: 1, ..dm }.region(pos0);
-        mechanisms.backward(Site::Xy, layer, r.dx, r.z, region);
-        mechanisms.forward(Site::Xy, layer, r.z, region);
-    }
-    // z = dropout(x ⊙ relu(y_latent))  ⇒  dy = dz ⊙ x ⊙ [y > 0],  dx = dz ⊙ y
-    gated_product_backward(r.dx, r.dy, x, y, keep);
+    // z = dropout(x ⊙ relu(y_latent)) (through the gate site's mechanism, if any)
+    //   ⇒  dy = dz ⊙ x ⊙ [y > 0],  dx = dz ⊙ y;  z recomputed for the decoder's gradient
+    let region = Dims { b: 1, ..dm }.region(pos0);
+    mechanisms.gate_backward(r.dx, r.dy, r.z, (x, y, keep), layer, region);
     // y_latent = a · encoder_v_h  ⇒  da = dy · encoder_v_hᵀ             (H, T, D)
     matmul_batched(r.da, r.dy, &w.encoder_v_t, MatMul::new(t, n, d), heads(nt, [0, n * d], dt));
     // a = LN(attention)  ⇒  d attention = LN'(da)

@@ -1,5 +1,9 @@
 //! The parallel forward pass, line for line beside bdh.py's `BDH.forward` and the
 //! paper's BDH-GPU (Def. 4: Eq. 4, the parallel form, and Eq. 8, the recurrent one).
+//! bdh.py, which this follows, differs from Eq. 4 in ways the equation column
+//! below shows: it keeps the residual in the D-dimensional `v` (`v ← LN(v + LN(E y))`)
+//! and recomputes `x = relu(D_x v)` each layer instead of accumulating x, adds
+//! LayerNorms after the embedding and the decoder, and drops out `y`.
 //!
 //! Names: bdh.py's, the paper's and ours.
 //!
@@ -24,9 +28,7 @@
 //! per layer) sized once per (B, T); a step allocates nothing. The kernels split the
 //! work over (B, H) and row blocks themselves.
 
-use bdh_kernels::{
-    add, causal_linear_attention, gated_product, layer_norm, matmul, matmul_batched, Attention, Batch, MatMul,
-};
+use bdh_kernels::{add, causal_linear_attention, layer_norm, matmul, matmul_batched, Attention, Batch, MatMul};
 
 use super::decay::DecayTable;
 use super::edit::{Edits, Region, Site, NO_EDITS};
@@ -443,9 +445,8 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
     if let Some((seed, stream, prob)) = e.dropout {
         crate::model::dropout::draw(s.keep, t * n, seed, stream, prob);
     }
-    gated_product(s.z, s.x, s.y, s.keep);
-    //   (the gate's site: its mechanism, if any)
-    e.mechanisms.forward(Site::Xy, l, s.z, dm.region(e.pos0));
+    //   (the gate's site: dropout(f(x ⊙ y)) with a mechanism f there)
+    e.mechanisms.gate(s.z, s.x, s.y, s.keep, l, dm.region(e.pos0));
     e.edits.apply(Site::Xy, l, s.z, dm.region(e.pos0));
 }
 

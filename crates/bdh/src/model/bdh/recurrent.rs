@@ -50,16 +50,18 @@ impl State {
     pub fn new(cfg: &BdhConfig) -> Result<Self> {
         let count = Self::shape(cfg).iter().try_fold(1usize, |p, &x| p.checked_mul(x));
         crate::memory::ensure_fits(crate::memory::f32_bytes(count), "the state ρ of a sequence")?;
+        let rho = zeroed(&Self::shape(cfg))?;
         crate::infer::count_state();
-        Ok(State { pos: 0, rho: zeroed(&Self::shape(cfg))? })
+        Ok(State { pos: 0, rho })
     }
 
     /// The empty state of `rows` streams read side by side.
     pub fn rows(cfg: &BdhConfig, rows: usize) -> Result<Self> {
         let count = Self::shape(cfg).iter().try_fold(rows, |p, &x| p.checked_mul(x));
         crate::memory::ensure_fits(crate::memory::f32_bytes(count), "the state ρ of a batch of streams")?;
+        let rho = zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])?;
         crate::infer::count_state();
-        Ok(State { pos: 0, rho: zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])? })
+        Ok(State { pos: 0, rho })
     }
 
     /// The shape of one sequence's ρ for `cfg`: (L, H, N, D).
@@ -169,8 +171,8 @@ impl Scratch {
         // Per-stream buffers are only ever added, so a batch that shrinks and grows
         // again reuses them.
         let more = b.saturating_sub(self.rotations.len());
-        let rotation = Rotation { pos: 0, cos: vec![0.0; n / 2], sin: vec![0.0; n / 2] };
-        self.rotations.extend(std::iter::repeat_n(rotation, more));
+        let rotation = || Rotation { pos: 0, cos: vec![0.0; n / 2], sin: vec![0.0; n / 2] };
+        self.rotations.extend(std::iter::repeat_with(rotation).take(more));
         for hs in &mut self.heads {
             hs.x.resize(b * n, 0.0);
             let more = b.saturating_sub(hs.streams.len());
@@ -383,55 +385,75 @@ impl Prepared {
     }
 
     /// One head of one layer for every stream: `x = relu(v · encoder_h)` for all
-    /// rows at once, then per stream the synapse read and write, y on the active
-    /// neurons and the head's decoder share.
+    /// rows at once, then each stream's part (in parallel when there are several).
     fn head(&self, hw: &mut HeadWork, at: &LayerStep) {
         let c = &self.model.config;
-        let p = self.model.weights();
         let (d, n, b) = (c.n_embd, c.n_neurons(), at.v.len() / c.n_embd);
-        let hi = hw.head;
-        let (encoder, decoder) = (&p.encoder[hi * d * n..][..d * n], &p.decoder[hi * n * d..][..n * d]);
-        let encoder_v_t = &self.encoder_v_t[hi * n * d..][..n * d];
+        let encoder = &self.model.weights().encoder[hw.head * d * n..][..d * n];
         // x = relu(v · encoder_h)                                           (B, N)
         matmul(&mut hw.hs.x, at.v, encoder, MatMul::new(b, d, n).relu());
-        for (r, (st, rho)) in hw.hs.streams.iter_mut().zip(hw.rho.iter_mut()).enumerate() {
-            let (x, v) = (&mut hw.hs.x[r * n..(r + 1) * n], &at.v[r * d..(r + 1) * d]);
-            let Rotation { pos, cos, sin } = &at.rotations[r];
-            let pos = *pos;
-            let one = |width| Region { head0: hi, heads: 1, pos0: pos, t: 1, n, width };
-            let mut rstd = [0.0f32];
-            at.edits.apply(Site::X, at.layer, x, one(1));
-            // R_t x, and the RoPE pairs with an active neuron
-            rope(&mut st.xr, x, cos, sin, n, RopeDirection::Forward);
-            active_pairs(x, &mut st.rows, &mut st.cols, at.dense);
-            // (the state's damping site: ρ fades before the read)
-            self.damping.step(hi, rho);
-            // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                (D)
-            at.edits.apply(Site::Rho, at.layer, rho, one(d));
-            rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows);
-            layer_norm(&mut st.a, &mut rstd, d);
-            // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
-            st.y.resize(st.cols.len(), 0.0);
-            gather_dot(&mut st.y, &st.a, encoder_v_t, &st.cols);
-            at.edits.apply_listed(Site::Y, at.layer, hi, pos, &st.cols, &mut st.y);
-            let mechanisms = &self.model.mechanisms;
-            let whole = at.edits.any(Site::Xy, at.layer) || mechanisms.any(Site::Xy);
-            if whole {
-                // An edited x ⊙ y, or one a mechanism maps, may be non-zero anywhere:
-                // gate into a whole vector, then list.
-                st.z.fill(0.0);
-            }
-            gate_listed(&mut st.z, x, &st.y, &st.cols, &mut st.z_rows, at.dense);
-            if whole {
-                mechanisms.forward(Site::Xy, at.layer, &mut st.z, one(1));
-                at.edits.apply(Site::Xy, at.layer, &mut st.z, one(1));
-                st.z_rows.clear();
-                st.z_rows.extend((0..n as u32).filter(|&i| at.dense || st.z[i as usize] != 0.0));
-            }
-            // u_h = z_h · decoder_h over the non-zero z                           (D)
-            sparse_row_sum(&mut st.u, &st.z, decoder, &st.z_rows);
-        }
+        let HeadScratch { x, streams } = &mut *hw.hs;
+        let mut work: Vec<StreamHead> = (streams.iter_mut().zip(x.chunks_exact_mut(n)).zip(hw.rho.iter_mut()))
+            .enumerate()
+            .map(|(row, ((st, x), rho))| StreamHead { row, st, x, rho })
+            .collect();
+        parallel_each(&mut work, |w| self.stream_head(hw.head, w, at));
     }
+
+    /// One stream's part of a head's step: the synapse read and write, y on the
+    /// active neurons and the head's decoder share.
+    fn stream_head(&self, hi: usize, w: &mut StreamHead, at: &LayerStep) {
+        let c = &self.model.config;
+        let p = self.model.weights();
+        let (d, n) = (c.n_embd, c.n_neurons());
+        let decoder = &p.decoder[hi * n * d..][..n * d];
+        let encoder_v_t = &self.encoder_v_t[hi * n * d..][..n * d];
+        let StreamHead { row, st, x, rho } = w;
+        let v = &at.v[*row * d..(*row + 1) * d];
+        let Rotation { pos, cos, sin } = &at.rotations[*row];
+        let pos = *pos;
+        let one = |width| Region { head0: hi, heads: 1, pos0: pos, t: 1, n, width };
+        let mut rstd = [0.0f32];
+        at.edits.apply(Site::X, at.layer, x, one(1));
+        // R_t x, and the RoPE pairs with an active neuron
+        rope(&mut st.xr, x, cos, sin, n, RopeDirection::Forward);
+        active_pairs(x, &mut st.rows, &mut st.cols, at.dense);
+        // (the state's damping site: ρ fades before the read)
+        self.damping.step(hi, rho);
+        // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                (D)
+        at.edits.apply(Site::Rho, at.layer, rho, one(d));
+        rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows);
+        layer_norm(&mut st.a, &mut rstd, d);
+        // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
+        st.y.resize(st.cols.len(), 0.0);
+        gather_dot(&mut st.y, &st.a, encoder_v_t, &st.cols);
+        at.edits.apply_listed(Site::Y, at.layer, hi, pos, &st.cols, &mut st.y);
+        let mechanisms = &self.model.mechanisms;
+        let whole = at.edits.any(Site::Xy, at.layer) || mechanisms.any(Site::Xy);
+        if whole {
+            // An edited x ⊙ y, or one the gate's mechanism maps, may be non-zero
+            // anywhere: gate into a whole vector, then list.
+            st.z.fill(0.0);
+        }
+        gate_listed(&mut st.z, x, &st.y, &st.cols, &mut st.z_rows, at.dense);
+        if whole {
+            mechanisms.forward(Site::Xy, at.layer, &mut st.z, one(1));
+            at.edits.apply(Site::Xy, at.layer, &mut st.z, one(1));
+            st.z_rows.clear();
+            st.z_rows.extend((0..n as u32).filter(|&i| at.dense || st.z[i as usize] != 0.0));
+        }
+        // u_h = z_h · decoder_h over the non-zero z                           (D)
+        sparse_row_sum(&mut st.u, &st.z, decoder, &st.z_rows);
+    }
+}
+
+/// One stream's buffers and state in one head's step: the unit of parallel work
+/// within a head.
+struct StreamHead<'a> {
+    row: usize,
+    st: &'a mut Stream,
+    x: &'a mut [f32],   // (N) its neurons
+    rho: &'a mut [f32], // (N, D) its ρ of this head and layer
 }
 
 /// What every head of a layer's step reads.

@@ -29,6 +29,8 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use bdh_kernels::{gated_product, gated_product_backward};
+
 use super::edit::{Region, Site};
 use crate::error::{Error, Result};
 
@@ -94,34 +96,79 @@ impl Mechanisms {
         Ok(())
     }
 
+    /// An error unless the model can be saved as it computes: a mechanism attached
+    /// in code is not named by any config field, so a checkpoint would lose it.
+    pub(crate) fn check_savable(&self) -> Result<()> {
+        match self.list.first() {
+            None => Ok(()),
+            Some(m) => Err(Error::Config(format!(
+                "the model has the mechanism {} attached in code, which no config field names; a checkpoint of \
+                 it would compute something else",
+                m.name()
+            ))),
+        }
+    }
+
     /// Whether a mechanism acts at `site`.
     pub(crate) fn any(&self, site: Site) -> bool {
         self.list.iter().any(|m| m.site() == site)
     }
 
+    /// The mechanism at `site`, if any.
+    fn at(&self, site: Site) -> Option<&dyn Mechanism> {
+        self.list.iter().find(|m| m.site() == site).map(|m| &**m)
+    }
+
     /// Applies the mechanism of `site` to `buf`, (rows, heads, T, N) as `r` places it.
     pub(crate) fn forward(&self, site: Site, layer: usize, buf: &mut [f32], r: Region) {
-        for m in self.list.iter().filter(|m| m.site() == site) {
+        if let Some(m) = self.at(site) {
             for_each_token(buf, r, |act, head, pos| m.forward(act, At { layer, head, pos }));
         }
     }
 
-    /// The gradient through [`Mechanisms::forward`]: `grad` and `input` are
-    /// (rows, heads, T, N) as `r` places them.
-    pub(crate) fn backward(&self, site: Site, layer: usize, grad: &mut [f32], input: &[f32], r: Region) {
-        for m in self.list.iter().filter(|m| m.site() == site) {
-            let n = r.n;
-            let mut token = 0;
-            for_each_token(grad, r, |g, head, pos| {
-                m.backward(g, &input[token * n..(token + 1) * n], At { layer, head, pos });
-                token += 1;
-            });
-        }
+    /// The gate site of the parallel form: `z = dropout(f(x ⊙ y))` (B, H, T, N), f its
+    /// mechanism; dropout after f, so that training and inference map the same
+    /// values. Without a mechanism, the fused kernel: `z = x ⊙ y ⊙ keep`.
+    pub(crate) fn gate(&self, z: &mut [f32], x: &[f32], y: &[f32], keep: &[f32], layer: usize, r: Region) {
+        let Some(m) = self.at(Site::Xy) else { return gated_product(z, x, y, keep) };
+        gated_product(z, x, y, &[]);
+        for_each_token(z, r, |act, head, pos| m.forward(act, At { layer, head, pos }));
+        z.iter_mut().zip(keep).for_each(|(z, &k)| *z *= k);
+    }
+
+    /// The gradient through [`Mechanisms::gate`]: `g` holds d loss / dz and becomes
+    /// d loss / dx (before x's own ReLU), `dy` d loss / d y's latent; `z` is left
+    /// holding the forward's z, for the decoder's gradient.
+    pub(crate) fn gate_backward(
+        &self,
+        g: &mut [f32],
+        dy: &mut [f32],
+        z: &mut [f32],
+        (x, y, keep): (&[f32], &[f32], &[f32]),
+        layer: usize,
+        r: Region,
+    ) {
+        let Some(m) = self.at(Site::Xy) else {
+            gated_product(z, x, y, keep);
+            return gated_product_backward(g, dy, x, y, keep);
+        };
+        // z = dropout(f(x ⊙ y))  ⇒  d f = dz ⊙ keep, d(x ⊙ y) = f'(x ⊙ y) d f
+        gated_product(z, x, y, &[]);
+        g.iter_mut().zip(keep).for_each(|(g, &k)| *g *= k);
+        let mut token = 0;
+        for_each_token(g, r, |g, head, pos| {
+            m.backward(g, &z[token * r.n..(token + 1) * r.n], At { layer, head, pos });
+            token += 1;
+        });
+        gated_product_backward(g, dy, x, y, &[]);
+        for_each_token(z, r, |act, head, pos| m.forward(act, At { layer, head, pos }));
+        z.iter_mut().zip(keep).for_each(|(z, &k)| *z *= k);
     }
 }
 
 /// Runs `f(act, head, pos)` on every token's N values of `buf`, (rows, heads, T, N).
 fn for_each_token(buf: &mut [f32], r: Region, mut f: impl FnMut(&mut [f32], usize, usize)) {
+    debug_assert_eq!(r.width, 1, "a token-local site holds one value per neuron");
     for (i, act) in buf.chunks_exact_mut(r.n).enumerate() {
         let (head, t) = ((i / r.t) % r.heads, i % r.t);
         f(act, r.head0 + head, r.pos0 + t);

@@ -69,11 +69,12 @@ impl Prepared {
     /// The empty state of a new sequence.
     pub fn state(&self) -> Result<State> {
         let c = &self.model.config;
-        crate::infer::count_state();
         let n = c.n_layer.checked_mul(c.block_size).and_then(|x| x.checked_mul(c.n_embd));
         crate::memory::ensure_fits(crate::memory::f32_bytes(n.and_then(|n| n.checked_mul(2))), "a GPT's KV cache")?;
         let dims = [c.n_layer, c.block_size, c.n_embd];
-        Ok(State { pos: 0, window: Vec::with_capacity(c.block_size), len: 0, k: zeroed(&dims)?, v: zeroed(&dims)? })
+        let (k, v) = (zeroed(&dims)?, zeroed(&dims)?);
+        crate::infer::count_state();
+        Ok(State { pos: 0, window: Vec::with_capacity(c.block_size), len: 0, k, v })
     }
 
     /// Bytes a state of this model occupies, without making one:
