@@ -69,14 +69,7 @@ impl Eq for Bpe {}
 impl Bpe {
     /// Reads and checks `tokenizer.json` at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let len = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?.len();
-        if len > MAX_FILE_BYTES {
-            return Err(Error::format(
-                path,
-                format!("a tokenizer file of {len} bytes is past the {MAX_FILE_BYTES} this reads"),
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+        let bytes = crate::io::read_bounded(path, MAX_FILE_BYTES)?;
         let json = String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
             Error::format(path, format!("not a Hugging Face tokenizer file: not UTF-8 text (at byte {at})"))

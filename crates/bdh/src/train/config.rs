@@ -110,7 +110,7 @@ impl RunConfig {
     pub fn resolve(name_or_path: &str, overrides: &[String]) -> Result<Self> {
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+            let text = crate::io::read_text_bounded(path, crate::io::MAX_CONFIG_BYTES)?;
             return RunConfig::from_toml(&text, path, overrides);
         }
         let (_, text) = PRESETS.iter().find(|(n, _)| *n == name_or_path).ok_or_else(|| {

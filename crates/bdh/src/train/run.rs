@@ -1,7 +1,6 @@
 //! A training run: batches, schedule, evaluation, samples, metrics and checkpoints
 //! in a run directory ([`RunDir`] says what it holds where), resumable exactly.
 
-use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -327,7 +326,7 @@ fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize)
     }
     let mut trainer = Trainer::new(model, opt, b, t)?;
     let path = dir.join("trainer.json");
-    let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let text = crate::io::read_text_bounded(&path, crate::io::MAX_CONFIG_BYTES)?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
     let state: TrainerState =
         serde_json::from_value(json["state"].clone()).map_err(|e| Error::format(&path, e.to_string()))?;

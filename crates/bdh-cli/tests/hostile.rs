@@ -1,0 +1,60 @@
+//! The `bdh` binary given hostile inputs: endless files, absurd numbers. Each must
+//! end soon with a clear error and a non-zero status, never a panic or an abort.
+
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{bdh, golden, temp, text};
+
+/// Runs `bdh` with `args`, expecting a clear error with `status` that says `want`,
+/// within a few seconds.
+fn refused(args: &[&str], status: i32, want: &str) {
+    let start = Instant::now();
+    let o = bdh(args);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(status), "{args:?}: {out}");
+    assert!(out.contains(want), "{args:?}: wanted {want:?} in {out}");
+    assert!(!out.contains("panicked"), "{args:?}: {out}");
+    assert!(start.elapsed() < Duration::from_secs(20), "{args:?} took {:?}", start.elapsed());
+}
+
+/// `/dev/zero`, if this system has one (it is endless: a size from `stat` says 0).
+fn dev_zero() -> Option<&'static str> {
+    let found = std::path::Path::new("/dev/zero").exists();
+    if !found {
+        println!("no /dev/zero here: the endless-file cases are skipped");
+    }
+    found.then_some("/dev/zero")
+}
+
+#[test]
+fn an_endless_file_given_for_any_flag_is_refused_on_the_read() {
+    let Some(zero) = dev_zero() else { return };
+    let tiny = golden("ref-tiny");
+    let model = ["--model", tiny.as_str()];
+    let generate =
+        |more: &[&'static str]| -> Vec<&str> { [&["generate"][..], &model, &["--max-tokens", "1"], more].concat() };
+    refused(&generate(&["--prompt", "a", "--tokenizer", zero]), 2, "/dev/zero");
+    refused(&generate(&["--prompt", "a", "--load-state", zero]), 2, "/dev/zero");
+    refused(&generate(&["--prompt-file", zero]), 2, "/dev/zero");
+    let config = golden("ref-tiny/model.safetensors");
+    refused(&["generate", "--model", &config, "--config", zero, "--prompt", "a"], 2, "/dev/zero");
+    refused(&["verify", "--model", &tiny, "--golden", zero], 2, "/dev/zero");
+    let tmp = temp("endless-preset");
+    let preset = tmp.path().join("endless.toml");
+    std::os::unix::fs::symlink(zero, &preset).unwrap();
+    let out = tmp.path().join("out").display().to_string();
+    refused(&["train", "--preset", &preset.display().to_string(), "--out", &out, "--quiet"], 2, "endless.toml");
+}
+
+#[test]
+fn eval_of_a_run_whose_config_cannot_be_read_is_an_error() {
+    let Some(zero) = dev_zero() else { return };
+    let tmp = temp("endless-config");
+    let run = tmp.path();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(golden(&format!("ref-tiny/{f}")), run.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(zero, run.join("config.toml")).unwrap();
+    refused(&["eval", "--model", &run.display().to_string(), "--batches", "1"], 2, "config.toml");
+}
