@@ -58,3 +58,22 @@ fn eval_of_a_run_whose_config_cannot_be_read_is_an_error() {
     std::os::unix::fs::symlink(zero, run.join("config.toml")).unwrap();
     refused(&["eval", "--model", &run.display().to_string(), "--batches", "1"], 2, "config.toml");
 }
+
+#[test]
+fn a_malformed_tokenizer_is_a_clean_error_without_a_panic_message() {
+    let tmp = temp("malformed-tokenizer");
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    let corpus: String = (0..200).map(|i| format!("the dragon keeps its map {}\n", i % 7)).collect();
+    std::fs::write(p("text.txt"), corpus).unwrap();
+    let o = bdh(&["tokenizer", "train", "--data", &p("text.txt"), "--vocab-size", "300", "--out", &p("tok.json")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A decoder with a number for a key, which the tokenizers library panics on.
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("tok.json")).unwrap()).unwrap();
+    let bad = json.to_string().replacen(r#""decoder":{"#, r#""decoder":{7:1,"#, 1);
+    std::fs::write(p("bad.json"), bad).unwrap();
+    let tiny = golden("ref-tiny");
+    let args = ["generate", "--model", &tiny, "--prompt", "a", "--max-tokens", "1", "--tokenizer", &p("bad.json")];
+    refused(&args, 2, "not a Hugging Face tokenizer file");
+    let o = bdh(&args);
+    assert!(!text(&o).contains("panicked") && !text(&o).contains("RUST_BACKTRACE"), "{}", text(&o));
+}

@@ -68,7 +68,7 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::io("reading", path, e))?;
     if bytes.len() as u64 > limit {
-        return Err(Error::format(path, format!("more than {limit} bytes: past what this file can be")));
+        return Err(Error::format(path, format!("more than {limit} bytes: past the most this reads")));
     }
     Ok(bytes)
 }
