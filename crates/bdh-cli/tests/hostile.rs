@@ -77,3 +77,42 @@ fn a_malformed_tokenizer_is_a_clean_error_without_a_panic_message() {
     let o = bdh(&args);
     assert!(!text(&o).contains("panicked") && !text(&o).contains("RUST_BACKTRACE"), "{}", text(&o));
 }
+
+#[test]
+fn absurd_numbers_are_clear_errors() {
+    let tmp = temp("absurd");
+    let out = tmp.path().join("out").display().to_string();
+    let max = u64::MAX.to_string();
+    let bench = |more: &[&str]| -> Vec<String> {
+        ["bench", "forward", "--preset", "tiny"].iter().chain(more).map(|s| s.to_string()).collect()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (bench(&["--iters", &max]), "--iters"),
+        (bench(&["--warmup", &max]), "--warmup"),
+        (bench(&["--threads", "100000"]), "--threads 100000"),
+        (
+            ["bench", "generate", "--preset", "tiny", "--prompt-len", "4294967296"].map(String::from).to_vec(),
+            "--prompt-len 4294967296",
+        ),
+        (
+            ["train", "--preset", "tiny", "--set", "data.distance=4294967296", "--out", &out, "--quiet"]
+                .map(String::from)
+                .to_vec(),
+            "data.distance = 4294967296",
+        ),
+        (
+            ["serve", "--model", &golden("ref-tiny"), "--grace-seconds", "1e20"].map(String::from).to_vec(),
+            "--grace-seconds",
+        ),
+        (
+            ["generate", "--model", &golden("ref-tiny"), "--prompt", "a", "--temperature", "1e39"]
+                .map(String::from)
+                .to_vec(),
+            "finite",
+        ),
+    ];
+    for (args, want) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&args, 2, want);
+    }
+}
