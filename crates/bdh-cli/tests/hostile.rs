@@ -116,3 +116,35 @@ fn absurd_numbers_are_clear_errors() {
         refused(&args, 2, want);
     }
 }
+
+#[test]
+fn sigterm_during_a_long_accumulated_step_stops_within_seconds_and_saves() {
+    let tmp = temp("sigterm");
+    let out = tmp.path().join("run");
+    let sets = ["training.max_steps=2", "training.grad_accum=1000000", "training.eval_interval=1"];
+    let mut args = vec!["train", "--preset", "tiny", "--threads", "1", "--quiet", "--out", out.to_str().unwrap()];
+    sets.iter().for_each(|s| args.extend(["--set", s]));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bdh")).args(&args).spawn().unwrap();
+    // The run's config is written once the signal handler is in place.
+    let start = Instant::now();
+    while !out.join("config.toml").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("still training 10 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("stopped {:?} after SIGTERM: {status}", sent.elapsed());
+    assert!(out.join("last").exists(), "no last/ saved");
+}

@@ -84,8 +84,8 @@ pub struct RunOutcome {
 }
 
 /// Trains per `run` on `corpus` in run directory `dir`, continuing from its last
-/// checkpoint if `resume`. Checks `stop` before each step and saves before
-/// returning early.
+/// checkpoint if `resume`. Checks `stop` before each step and between its
+/// micro-batches, and saves before returning early.
 pub fn train(
     run: &RunConfig,
     corpus: &Corpus,
@@ -173,6 +173,13 @@ pub fn train_parallel(
         let lr = learning_rate(tc, state.step);
         let mut loss = 0.0f32;
         for micro in 0..tc.grad_accum {
+            // A stop between micro-batches drops the half-accumulated gradients: the
+            // step is taken whole on resume. Only a process alone stops here; several
+            // agree at a step's start, so none waits on one that has left.
+            if micro > 0 && collective.size() == 1 && stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
             let index = (state.step * tc.grad_accum + micro) as u64;
             let batch = match &mut trainer.carry {
                 None => corpus.train_rows(tc.seed, index, rows.clone(), t),
@@ -186,6 +193,9 @@ pub fn train_parallel(
             };
             let dropout_seed = parallel::dropout_seed(tc.seed, index, collective.rank());
             loss += trainer.accumulate(&batch.tokens, &batch.targets, dropout_seed)?;
+        }
+        if interrupted {
+            break;
         }
         let loss = parallel::mean(collective, loss / tc.grad_accum as f32)?;
         if !loss.is_finite() {
