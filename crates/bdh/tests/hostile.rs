@@ -398,7 +398,8 @@ fn tokenizers_that_change_text_or_vary_are_refused_by_their_parts() {
     let byte_level =
         || serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     let split = |behavior: &str| serde_json::json!({"type": "Split", "pattern": {"String": " "}, "behavior": behavior, "invert": false});
-    let cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>, &str); 8] = [
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: [(&str, Edit, &str); 8] = [
         ("nfkc", Box::new(|j| j["normalizer"] = serde_json::json!({"type": "NFKC"})), "normalizer is NFKC"),
         (
             "replace",
