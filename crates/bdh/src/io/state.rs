@@ -182,8 +182,10 @@ pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversion
     let largest =
         layouts.iter().map(|&l| fields(l, cfg, rows).iter().fold(0u64, |s, f| s.saturating_add(f.bytes()))).max();
     let most = largest.unwrap_or(0).saturating_add(HEADER_LIMIT);
-    let bytes = super::read_bounded(path, most)
-        .map_err(|_| bad(format!("more than {most} bytes, which is more than a state of this model can be")))?;
+    let bytes = super::read_bounded(path, most).map_err(|e| match e {
+        Error::Format { .. } => bad(format!("more than {most} bytes, which is more than a state of this model can be")),
+        other => other,
+    })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
