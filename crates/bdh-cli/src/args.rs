@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+/// Most worker threads `--threads` may ask for, per core: more only adds stacks
+/// and per-thread buffers that can exhaust memory, never speed.
+const THREADS_PER_CORE: usize = 64;
+
 /// `--threads`, for the subcommands that compute.
 #[derive(clap::Args)]
 pub struct ThreadsArgs {
@@ -15,7 +19,12 @@ impl ThreadsArgs {
     /// Sizes the global thread pool (default: one thread per core).
     pub fn size_pool(&self) -> anyhow::Result<()> {
         if let Some(n) = self.threads {
-            anyhow::ensure!(n > 0, "--threads must be > 0");
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            let most = THREADS_PER_CORE * cores;
+            anyhow::ensure!(
+                (1..=most).contains(&n),
+                "--threads {n}: give 1 to {most} ({THREADS_PER_CORE} for each of the {cores} cores)"
+            );
             rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
         }
         Ok(())

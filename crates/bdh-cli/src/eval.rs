@@ -61,6 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // What the run trained on, if `--model` is a run directory.
     let trained_on = match RunDir::open(&args.model.model) {
         Ok(run) => Some(run.config(&[])?.data),
+        // A run whose config is there but cannot be read (a link to nowhere or to a
+        // device) is an error, not a plain checkpoint.
+        Err(e) if args.model.model.join("config.toml").symlink_metadata().is_ok() => return Err(e.into()),
         Err(_) => None,
     };
     let file = file_to_score(&args, trained_on.as_ref(), &tokenizer, block)?;

@@ -121,8 +121,9 @@ fn read_prompt(args: &Args) -> anyhow::Result<Vec<u8>> {
             // The prompt is held as bytes and as token ids: 5 bytes a byte.
             let len = std::fs::metadata(f).with_context(|| format!("reading {}", f.display()))?.len();
             let what = format!("the prompt file {}", f.display());
-            bdh::memory::ensure_fits(usize::try_from(len).unwrap_or(usize::MAX).saturating_mul(5), &what)?;
-            std::fs::read(f).with_context(|| format!("reading {}", f.display()))
+            let most = bdh::infer::MAX_PROMPT_BYTES;
+            bdh::memory::ensure_fits(usize::try_from(len.min(most)).unwrap_or(usize::MAX).saturating_mul(5), &what)?;
+            Ok(bdh::io::read_bounded(f, most)?)
         }
         (None, None) => unreachable!("clap requires one of them"),
     }

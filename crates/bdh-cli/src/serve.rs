@@ -56,14 +56,17 @@ pub struct Args {
     threads: crate::args::ThreadsArgs,
 }
 
+/// Longest shutdown wait `--grace-seconds` may ask for: a deadline this far ahead
+/// is still one the clock can hold.
+const MAX_GRACE_SECONDS: f64 = 86_400.0;
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.threads.size_pool()?;
     anyhow::ensure!(
-        args.grace_seconds.is_finite() && args.grace_seconds >= 0.0,
-        "--grace-seconds must be a number ≥ 0"
+        args.grace_seconds.is_finite() && (0.0..=MAX_GRACE_SECONDS).contains(&args.grace_seconds),
+        "--grace-seconds must be a number from 0 to {MAX_GRACE_SECONDS} (a day)"
     );
-    let grace = Duration::try_from_secs_f64(args.grace_seconds)
-        .map_err(|_| anyhow::anyhow!("--grace-seconds {} is more than a wait can last", args.grace_seconds))?;
+    let grace = Duration::from_secs_f64(args.grace_seconds);
     anyhow::ensure!(
         args.default_max_tokens <= args.max_completion_tokens,
         "--default-max-tokens is over --max-completion-tokens"

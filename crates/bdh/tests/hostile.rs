@@ -347,13 +347,13 @@ fn tokenizer_files_that_are_corrupt_huge_or_not_byte_exact_are_refused() {
     assert!(load("garbage", &dir.join("garbage.json")).contains("not a Hugging Face tokenizer file"));
     std::fs::write(dir.join("cut.json"), &text[..text.len() / 2]).unwrap();
     assert!(load("cut in half", &dir.join("cut.json")).contains("not a Hugging Face tokenizer file"));
-    // Refused by its size, before a byte of it is read.
     // Malformed inside the decoder, where the tokenizers crate would panic.
     let compact = serde_json::from_str::<serde_json::Value>(&text).unwrap().to_string();
     let bad_decoder = compact.replacen(r#""decoder":{"#, r#""decoder":{7:1,"#, 1);
     assert_ne!(bad_decoder, compact);
     std::fs::write(dir.join("bad-decoder.json"), bad_decoder).unwrap();
     assert!(load("a malformed decoder", &dir.join("bad-decoder.json")).contains("key must be a string"));
+    // Refused by its size, on the read.
     let huge = std::fs::File::create(dir.join("huge.json")).unwrap();
     huge.set_len(MAX_TOKENIZER_BYTES + 1).unwrap();
     assert!(load("huge", &dir.join("huge.json")).contains("past the"));
@@ -371,9 +371,9 @@ fn tokenizer_files_that_are_corrupt_huge_or_not_byte_exact_are_refused() {
     assert!(load("no byte-level decoder", &no_decoder).contains("ByteLevel"));
     let lowercase =
         tokenizer_file(dir, "lowercase.json", |j| j["normalizer"] = serde_json::json!({"type": "Lowercase"}));
-    assert!(load("a normalizer that changes text", &lowercase).contains("changes text"));
+    assert!(load("a normalizer that changes text", &lowercase).contains("normalizer is Lowercase"));
     let prefix = tokenizer_file(dir, "prefix.json", |j| j["pre_tokenizer"]["add_prefix_space"] = true.into());
-    assert!(load("a prefix space", &prefix).contains("changes text"));
+    assert!(load("a prefix space", &prefix).contains("adds a space"));
     let snowman = tokenizer_file(dir, "snowman.json", |j| {
         let next = j["model"]["vocab"].as_object().unwrap().len();
         j["model"]["vocab"]["\u{2603}"] = next.into();
@@ -387,4 +387,76 @@ fn tokenizer_files_that_are_corrupt_huge_or_not_byte_exact_are_refused() {
         vocab[&last] = id;
     });
     assert!(load("no token for a byte", &no_nul).contains("no token for byte 0x00"));
+}
+
+#[test]
+fn tokenizers_that_change_text_or_vary_are_refused_by_their_parts() {
+    use bdh::data::Tokenizer;
+    let tmp = temp_dir("lossy-tokenizer");
+    let dir = tmp.path();
+    let load = |what: &str, path: &Path| refused(what, || Tokenizer::load(path));
+    let byte_level =
+        || serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let split = |behavior: &str| serde_json::json!({"type": "Split", "pattern": {"String": " "}, "behavior": behavior, "invert": false});
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: [(&str, Edit, &str); 8] = [
+        ("nfkc", Box::new(|j| j["normalizer"] = serde_json::json!({"type": "NFKC"})), "normalizer is NFKC"),
+        (
+            "replace",
+            Box::new(|j| {
+                j["normalizer"] = serde_json::json!({"type": "Replace", "pattern": {"String": "a"}, "content": "b"})
+            }),
+            "normalizer is Replace",
+        ),
+        (
+            "split-removed",
+            Box::new(move |j| {
+                j["pre_tokenizer"] =
+                    serde_json::json!({"type": "Sequence", "pretokenizers": [split("Removed"), byte_level()]})
+            }),
+            "Split removes what it matches",
+        ),
+        (
+            "whitespace",
+            Box::new(|j| j["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"})),
+            "pre-tokenizer is Whitespace",
+        ),
+        ("dropout", Box::new(|j| j["model"]["dropout"] = 0.1.into()), "has dropout 0.1"),
+        ("prefix", Box::new(|j| j["model"]["continuing_subword_prefix"] = "##".into()), "continuing_subword_prefix"),
+        (
+            "template",
+            Box::new(|j| {
+                j["post_processor"] =
+                    serde_json::json!({"type": "TemplateProcessing", "single": [], "pair": [], "special_tokens": {}})
+            }),
+            "post-processor is TemplateProcessing",
+        ),
+        (
+            "stripping",
+            Box::new(|j| {
+                let id = j["model"]["vocab"].as_object().unwrap().len();
+                j["added_tokens"] = serde_json::json!([{"id": id, "content": "<s>", "single_word": false,
+                    "lstrip": true, "rstrip": false, "normalized": false, "special": true}]);
+            }),
+            "takes the space beside it",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let path = tokenizer_file(dir, &format!("{name}.json"), edit);
+        let m = load(name, &path);
+        assert!(m.contains(want), "{name}: {m}");
+    }
+    // Splitting that keeps every byte is accepted, as the trained tokenizers are.
+    let kept = tokenizer_file(dir, "split-isolated.json", move |j| {
+        j["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [split("Isolated"), byte_level()]})
+    });
+    let tok = Tokenizer::load(&kept).unwrap();
+    let text = "ﬁne and fine,\t\u{1F409} \u{FB01}".as_bytes();
+    assert_eq!(tok.decode(&tok.encode(text)), text);
+    // The project's own trained tokenizers pass, at every size.
+    for vocab in [256, 1000] {
+        let path = dir.join(format!("trained-{vocab}.json"));
+        std::fs::write(&path, crate::bpe::trained(vocab).json()).unwrap();
+        Tokenizer::load(&path).unwrap();
+    }
 }

@@ -30,6 +30,13 @@ pub struct Args {
 /// Measures `args.model`, or random weights of `preset`.
 pub fn run(args: &Args, preset: &ModelConfig) -> anyhow::Result<()> {
     let prompt_len = args.prompt_len;
+    let most = bdh::model::MAX_POSITION;
+    anyhow::ensure!(
+        prompt_len <= most && args.tokens <= most && args.long_context <= most,
+        "--prompt-len {prompt_len}, --tokens {} and --long-context {}: a stream reaches at most position {most}",
+        args.tokens,
+        args.long_context
+    );
     bdh::memory::ensure_fits(prompt_len.saturating_mul(5), &format!("a prompt of {prompt_len} tokens"))?;
     let model = match &args.model {
         Some(p) => crate::model_args::load(p, None)?.1,

@@ -51,8 +51,17 @@ enum Mode {
     Peak,
 }
 
+/// Most iterations `--iters` and `--warmup` may each ask for.
+const MAX_ITERS: usize = 1_000_000;
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.threads.size_pool()?;
+    anyhow::ensure!(
+        args.iters <= MAX_ITERS && args.warmup <= MAX_ITERS,
+        "--iters {} and --warmup {}: each at most {MAX_ITERS}",
+        args.iters,
+        args.warmup
+    );
     let run = RunConfig::resolve(&args.preset, &args.set)?;
     let threads = rayon::current_num_threads();
     let peak = peak_gflops(0.3);

@@ -218,8 +218,12 @@ impl TextArgs {
 /// A whole file, checked against the memory available first.
 fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
-    bdh::memory::ensure_fits(usize::try_from(len).unwrap_or(usize::MAX), &format!("the text {}", path.display()))?;
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    let most = bdh::infer::MAX_PROMPT_BYTES;
+    bdh::memory::ensure_fits(
+        usize::try_from(len.min(most)).unwrap_or(usize::MAX),
+        &format!("the text {}", path.display()),
+    )?;
+    Ok(bdh::io::read_bounded(path, most)?)
 }
 
 /// A site of a neuron named on the command line: x, y or xy.

@@ -33,10 +33,6 @@ const BYTES: usize = 256;
 /// newline, so the tokenizer's working memory stays bounded whatever the length.
 const PIECE_BYTES: usize = 1 << 16;
 
-/// What a tokenizer must give back unchanged to be used: ASCII, white space of
-/// every kind, multi-byte UTF-8 (2, 3 and 4 bytes) and a word split by a newline.
-const PROBE: &str = "The Dragon Hatchling, 2025!\n  two  spaces\tand a tab;\r\nünïcödé — 日本語 🐉 ok?\n\nend";
-
 /// A byte-level BPE tokenizer, cheap to clone.
 #[derive(Clone)]
 pub struct Bpe(Arc<Inner>);
@@ -69,14 +65,7 @@ impl Eq for Bpe {}
 impl Bpe {
     /// Reads and checks `tokenizer.json` at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let len = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?.len();
-        if len > MAX_FILE_BYTES {
-            return Err(Error::format(
-                path,
-                format!("a tokenizer file of {len} bytes is past the {MAX_FILE_BYTES} this reads"),
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+        let bytes = crate::io::read_bounded(path, MAX_FILE_BYTES)?;
         let json = String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
             Error::format(path, format!("not a Hugging Face tokenizer file: not UTF-8 text (at byte {at})"))
@@ -89,8 +78,9 @@ impl Bpe {
         let not_a_file = |e: &dyn std::fmt::Display| format!("not a Hugging Face tokenizer file: {e}");
         // The `tokenizers` crate panics on some malformed JSON (inside a decoder):
         // its syntax is checked first, and a panic it still makes is an error too.
-        serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| not_a_file(&e))?;
-        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Bpe::check(json)));
+        let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| not_a_file(&e))?;
+        keeps_bytes(&value)?;
+        let checked = quietly(|| Bpe::check(json));
         checked.unwrap_or_else(|_| Err(not_a_file(&"the tokenizers library failed on it")))
     }
 
@@ -146,17 +136,7 @@ impl Bpe {
                 )
             })?;
         }
-        let bpe = Bpe(Arc::new(Inner { hf, pieces, byte_ids, json }));
-        let ids = bpe.encode(PROBE.as_bytes());
-        let back: Vec<u8> = ids.iter().flat_map(|&id| bpe.piece(id).unwrap_or_default().iter().copied()).collect();
-        if back != PROBE.as_bytes() {
-            return Err(format!(
-                "encoding then decoding {PROBE:?} gives {:?}: this tokenizer changes text (a normalizer, or a \
-                 prefix space), and bdh needs the text back exactly",
-                String::from_utf8_lossy(&back)
-            ));
-        }
-        Ok(bpe)
+        Ok(Bpe(Arc::new(Inner { hf, pieces, byte_ids, json })))
     }
 
     /// V: the number of token ids.
@@ -233,6 +213,97 @@ impl Bpe {
         let json = hf.to_string(true).map_err(|e| Error::Input(format!("writing the tokenizer: {e}")))?;
         Bpe::from_json(json).map_err(|msg| Error::Input(format!("the trained tokenizer: {msg}")))
     }
+}
+
+/// Runs `f`, catching a panic without the panic hook printing it: the caller turns
+/// it into an error of its own. Other threads' panics still print.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    use std::cell::Cell;
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let printing = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                printing(info)
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result
+}
+
+/// An error unless the tokenizer in `json` maps every byte string to tokens whose
+/// pieces are that string, the same way every time. This is decided from the
+/// file's parts, each of which must be one known to keep every byte: no
+/// normalizer; pre-tokenizers that only split (one `ByteLevel` without a prefix
+/// space, `Split`, `Digits` and `Punctuation` that do not remove what they match);
+/// a BPE without dropout and without subword prefixes or suffixes; added tokens
+/// that take no space beside them; no post-processor but the byte-level one. A
+/// probe text could not show this: a normalizer changes only the texts it
+/// matches.
+fn keeps_bytes(json: &serde_json::Value) -> std::result::Result<(), String> {
+    let refuse = |part: &str, what: String| {
+        Err(format!(
+            "its {part} {what}, which changes text or is not the same every time; bdh reads tokenizers \
+             that give every text back exactly (no normalizer, byte-level pre-tokenizer and decoder, a BPE \
+             without dropout)"
+        ))
+    };
+    let kind = |v: &serde_json::Value| v["type"].as_str().unwrap_or("of no known type").to_string();
+    if !json["normalizer"].is_null() {
+        return refuse("normalizer", format!("is {}", kind(&json["normalizer"])));
+    }
+    let pre = &json["pre_tokenizer"];
+    let parts = match pre["type"].as_str() {
+        Some("Sequence") => pre["pretokenizers"].as_array().cloned().unwrap_or_default(),
+        _ => vec![pre.clone()],
+    };
+    let mut byte_levels = 0;
+    for p in &parts {
+        let behavior = p["behavior"].as_str().unwrap_or("");
+        match p["type"].as_str() {
+            Some("ByteLevel") if p["add_prefix_space"].as_bool() != Some(true) => byte_levels += 1,
+            Some("ByteLevel") => return refuse("pre-tokenizer", "ByteLevel adds a space before the text".into()),
+            Some("Split" | "Punctuation") if behavior == "Removed" => {
+                return refuse("pre-tokenizer", format!("{} removes what it matches", kind(p)))
+            }
+            Some("Split" | "Punctuation" | "Digits") => {}
+            _ => return refuse("pre-tokenizer", format!("is {}", kind(p))),
+        }
+    }
+    if byte_levels != 1 {
+        return refuse("pre-tokenizer", format!("has {byte_levels} ByteLevel parts, not one"));
+    }
+    let model = &json["model"];
+    if model["type"].as_str() != Some("BPE") {
+        return refuse("model", format!("is {}, not BPE", kind(model)));
+    }
+    if !model["dropout"].is_null() {
+        return refuse("model", format!("has dropout {}", model["dropout"]));
+    }
+    for affix in ["continuing_subword_prefix", "end_of_word_suffix"] {
+        if model[affix].as_str().is_some_and(|s| !s.is_empty()) {
+            return refuse("model", format!("has a {affix} {}", model[affix]));
+        }
+    }
+    let post = &json["post_processor"];
+    if !post.is_null() && post["type"].as_str() != Some("ByteLevel") {
+        return refuse("post-processor", format!("is {}", kind(post)));
+    }
+    let stripping = json["added_tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["lstrip"].as_bool() == Some(true) || t["rstrip"].as_bool() == Some(true));
+    if let Some(t) = stripping {
+        return refuse("added token", format!("{} takes the space beside it", t["content"]));
+    }
+    Ok(())
 }
 
 /// GPT-2's map of bytes to printable characters (its `bytes_to_unicode`), which

@@ -16,6 +16,10 @@ pub mod sampler;
 pub use generate::{generate, Decoding, Generation, GenerationStats, Output};
 pub use sampler::{argmax, Sampler, SamplingConfig};
 
+/// Largest prompt or text file read for a model to run on (64 MiB): a longer text
+/// is a corpus, which `eval` scores in windows, not one prompt.
+pub const MAX_PROMPT_BYTES: u64 = 64 << 20;
+
 use crate::error::Error;
 use crate::error::Result;
 use crate::model::bdh::{self, Edits};

@@ -46,7 +46,8 @@ impl SamplingConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Input(m.into()));
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature must be ≥ 0");
+            // A value past f32's range arrives here as infinity: say what was wrong with it.
+            return Err(Error::Input(format!("temperature must be a finite number ≥ 0, not {}", self.temperature)));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top-p must be in (0, 1]");

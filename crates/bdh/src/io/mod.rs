@@ -11,7 +11,7 @@ pub use pt::read_state_dict;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -53,9 +53,62 @@ pub(crate) fn shape_err(name: &str, expected: impl ToString, found: impl ToStrin
     Error::Shape { name: name.into(), expected: expected.to_string(), found: found.to_string() }
 }
 
+/// Largest config or small JSON file read (a run's `config.toml`, a model's
+/// `config.json`, `trainer.json`): far past any real one.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Largest safetensors header read: the `safetensors` crate's own limit.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The whole file at `path`, refused once more than `limit` bytes have been read.
+/// The bound holds on the read itself, so a device, a pipe or a file that grows
+/// (`/dev/zero`, whose size says 0) is cut off at `limit`, not read to the end.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let file = fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::io("reading", path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::format(path, format!("more than {limit} bytes: past the most this reads")));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`] of a UTF-8 text.
+pub fn read_text_bounded(path: &Path, limit: u64) -> Result<String> {
+    String::from_utf8(read_bounded(path, limit)?)
+        .map_err(|e| Error::format(path, format!("not UTF-8 text (at byte {})", e.utf8_error().valid_up_to())))
+}
+
+/// The size a safetensors file's header says the file has: its 8-byte length,
+/// the header and the end of its last tensor, so the file is read to that and no
+/// further (a device or a corrupt length is refused before a large read).
+fn safetensors_size(path: &Path) -> Result<u64> {
+    let bad = |m: String| Error::format(path, format!("not a valid safetensors file: {m}"));
+    let mut file = fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut head = [0u8; 8];
+    file.read_exact(&mut head).map_err(|e| bad(format!("reading its header's length: {e}")))?;
+    let n = u64::from_le_bytes(head);
+    if n == 0 || n > MAX_HEADER_BYTES {
+        return Err(bad(format!("a header of {n} bytes (1 to {MAX_HEADER_BYTES})")));
+    }
+    let mut header = Vec::new();
+    file.take(n).read_to_end(&mut header).map_err(|e| Error::io("reading", path, e))?;
+    let json: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("its header: {e}")))?;
+    let end = json
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, v)| v["data_offsets"][1].as_u64())
+        .max()
+        .unwrap_or(0);
+    Ok(8u64.saturating_add(n).saturating_add(end))
+}
+
 /// Reads every tensor of a safetensors file (f32, f64, f16, bf16 as f32; i64, i32 as i64).
 pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
-    let bytes = fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    // Read to the size the header gives: a file shorter than it claims is read as
+    // it is, and found wanting by the parser.
+    let bytes = read_bounded(path, safetensors_size(path)?)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut out = TensorMap::new();

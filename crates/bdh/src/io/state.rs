@@ -178,15 +178,14 @@ pub(crate) fn write(path: &Path, model: &Bdh, state: &bdh::State, rows: usize) -
 pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversioned) -> Result<bdh::State> {
     let cfg = &model.config;
     let bad = |m: String| Error::format(path, m);
-    let len = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?.len();
     let layouts = [Layout::V1, Layout::Unversioned(unversioned)];
     let largest =
         layouts.iter().map(|&l| fields(l, cfg, rows).iter().fold(0u64, |s, f| s.saturating_add(f.bytes()))).max();
     let most = largest.unwrap_or(0).saturating_add(HEADER_LIMIT);
-    if len > most {
-        return Err(bad(format!("{len} bytes is more than a state of this model can be ({most} at most)")));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let bytes = super::read_bounded(path, most).map_err(|e| match e {
+        Error::Format { .. } => bad(format!("more than {most} bytes, which is more than a state of this model can be")),
+        other => other,
+    })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();

@@ -125,7 +125,7 @@ impl ModelConfig {
 
     /// Reads and validates a `config.json` (a model's, or bdh.py's).
     pub fn from_json_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let text = crate::io::read_text_bounded(path, crate::io::MAX_CONFIG_BYTES)?;
         let cfg: ModelConfig =
             serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not a model config: {e}")))?;
         cfg.validate()?;

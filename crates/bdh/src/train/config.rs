@@ -110,7 +110,7 @@ impl RunConfig {
     pub fn resolve(name_or_path: &str, overrides: &[String]) -> Result<Self> {
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+            let text = crate::io::read_text_bounded(path, crate::io::MAX_CONFIG_BYTES)?;
             return RunConfig::from_toml(&text, path, overrides);
         }
         let (_, text) = PRESETS.iter().find(|(n, _)| *n == name_or_path).ok_or_else(|| {
@@ -200,12 +200,22 @@ impl RunConfig {
                 d.min_facts, d.facts
             )));
         }
+        if d.distance > MAX_DISTANCE {
+            return Err(Error::Config(format!(
+                "data.distance = {}: at most {MAX_DISTANCE} filler sentences between facts and questions",
+                d.distance
+            )));
+        }
         if !(0.0..=1.0).contains(&d.lists) {
             return Err(Error::Config(format!("data.lists = {} must be in [0, 1]", d.lists)));
         }
         Ok(())
     }
 }
+
+/// Most filler sentences between a story's facts and its questions: a document
+/// of this many is already about 400 KB, far past any context trained on.
+pub const MAX_DISTANCE: usize = 10_000;
 
 /// Sets `section.key` of `table` to `value`; the key must already exist.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {

@@ -1,7 +1,6 @@
 //! A training run: batches, schedule, evaluation, samples, metrics and checkpoints
 //! in a run directory ([`RunDir`] says what it holds where), resumable exactly.
 
-use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -85,8 +84,8 @@ pub struct RunOutcome {
 }
 
 /// Trains per `run` on `corpus` in run directory `dir`, continuing from its last
-/// checkpoint if `resume`. Checks `stop` before each step and saves before
-/// returning early.
+/// checkpoint if `resume`. Checks `stop` before each step and between its
+/// micro-batches, and saves before returning early.
 pub fn train(
     run: &RunConfig,
     corpus: &Corpus,
@@ -174,6 +173,13 @@ pub fn train_parallel(
         let lr = learning_rate(tc, state.step);
         let mut loss = 0.0f32;
         for micro in 0..tc.grad_accum {
+            // A stop between micro-batches drops the half-accumulated gradients: the
+            // step is taken whole on resume. Only a process alone stops here; several
+            // agree at a step's start, so none waits on one that has left.
+            if micro > 0 && collective.size() == 1 && stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
             let index = (state.step * tc.grad_accum + micro) as u64;
             let batch = match &mut trainer.carry {
                 None => corpus.train_rows(tc.seed, index, rows.clone(), t),
@@ -187,6 +193,9 @@ pub fn train_parallel(
             };
             let dropout_seed = parallel::dropout_seed(tc.seed, index, collective.rank());
             loss += trainer.accumulate(&batch.tokens, &batch.targets, dropout_seed)?;
+        }
+        if interrupted {
+            break;
         }
         let loss = parallel::mean(collective, loss / tc.grad_accum as f32)?;
         if !loss.is_finite() {
@@ -327,7 +336,7 @@ fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize)
     }
     let mut trainer = Trainer::new(model, opt, b, t)?;
     let path = dir.join("trainer.json");
-    let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let text = crate::io::read_text_bounded(&path, crate::io::MAX_CONFIG_BYTES)?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
     let state: TrainerState =
         serde_json::from_value(json["state"].clone()).map_err(|e| Error::format(&path, e.to_string()))?;
