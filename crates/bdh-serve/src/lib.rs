@@ -11,7 +11,9 @@
 //!   back when the lease is dropped;
 //! - [`engine`]: the decoding loop, one thread that advances every live stream with
 //!   one batched step a turn;
-//! - [`error`]: a refusal as an HTTP status and an OpenAI-style JSON body.
+//! - [`error`]: a refusal as an HTTP status and an OpenAI-style JSON body;
+//! - the accept loop (private): read timeouts, a cap on connections, and a
+//!   shutdown bounded by the grace period.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
