@@ -20,8 +20,8 @@ use bdh::infer::{Prepared, Sampler};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::Semaphore;
 
 use crate::api::{Kind, Limits, Meta, Request};
 use crate::engine::{Event, Job, Slot};

@@ -57,7 +57,7 @@ fn a_session_file_that_stalls_does_not_stall_health() {
     let s = Served::start(|c| c.max_sessions = 1);
     let a = s.new_session();
     s.new_session(); // a goes to disk
-    // a's file becomes a pipe no one writes: reading it back waits until it opens.
+                     // a's file becomes a pipe no one writes: reading it back waits until it opens.
     let file = s.sessions_dir().join(format!("evicted-{}/{a}.state.safetensors", std::process::id()));
     std::fs::remove_file(&file).unwrap();
     assert!(std::process::Command::new("mkfifo").arg(&file).status().unwrap().success());
@@ -95,7 +95,7 @@ fn no_error_tells_a_client_where_the_sessions_are_or_the_process_id() {
     let mut bodies = Vec::new();
     let a = s.new_session();
     s.new_session(); // a goes to disk
-    // A state file that is not one, restored.
+                     // A state file that is not one, restored.
     std::fs::write(dir.join("junk.state.safetensors"), b"not a state").unwrap();
     bodies.push(s.post("/v1/sessions/restore", &json!({"name": "junk"})));
     // An evicted file gone bad, read back.
