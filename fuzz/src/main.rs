@@ -1,6 +1,7 @@
 //! `bdh-fuzz`: a mutation fuzzer for the parsers of files a bdh user may be handed
-//! (`.pt`, safetensors, `config.json`, run TOML, saved states, `tokenizer.json`), on stable Rust and
-//! in one process: `cargo fuzz` needs nightly.
+//! (`.pt`, safetensors, `config.json`, run TOML, saved states, `tokenizer.json`) and for
+//! the server's requests (`http`: bodies and headers into its router, in process), on
+//! stable Rust and in one process: `cargo fuzz` needs nightly.
 //!
 //! ```text
 //! cargo run --release -p bdh-fuzz -- TARGET SECONDS [SEED_DIR]
@@ -26,6 +27,7 @@
 //! (`$BDH_FUZZ_OUT`, by default `<temp>/bdh-fuzz/<target>`), so after an abort that
 //! file is the reproducer. `BDH_FUZZ_SEED` replays a run's mutations.
 
+mod http;
 mod mutate;
 mod targets;
 
@@ -77,7 +79,7 @@ fn run() -> Result<bool, String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("bdh-fuzz").join(name));
     std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let target = Target::new(name, &root)?;
+    let target = Target::new(name, &root, &out)?;
     let seeds = match &seed_dir {
         Some(dir) => read_dir_files(dir)?,
         None => target.seeds(&root, &out)?,

@@ -9,10 +9,11 @@ use bdh::io::{read_safetensors, read_state_dict, state};
 use bdh::model::bdh::NO_EDITS;
 use bdh::{Model, ModelConfig, RunConfig};
 
+use crate::http::{self, Http};
 use crate::mutate::{mutate, Rng};
 
 /// Names of the targets, as given on the command line.
-pub const NAMES: [&str; 6] = ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer"];
+pub const NAMES: [&str; 7] = ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer", "http"];
 
 /// One parser of files a user may be handed.
 pub enum Target {
@@ -28,12 +29,16 @@ pub enum Target {
     State(Box<Prepared>),
     /// `Tokenizer::load` of a `tokenizer.json`, then a text encoded and decoded back.
     Tokenizer,
+    /// A request into the server's router, in process (see [`Http`]).
+    Http(Box<Http>),
 }
 
 type Fallible<T> = Result<T, String>;
 
 impl Target {
-    pub fn new(name: &str, root: &Path) -> Fallible<Self> {
+    /// The target `name`, reading the repository at `root`; `scratch` holds what
+    /// it writes (the server's sessions).
+    pub fn new(name: &str, root: &Path, scratch: &Path) -> Fallible<Self> {
         Ok(match name {
             "pt" => Target::Pt,
             "safetensors" => Target::Safetensors,
@@ -46,6 +51,7 @@ impl Target {
                 Target::State(Box::new(Prepared::new(model).map_err(|e| e.to_string())?))
             }
             "tokenizer" => Target::Tokenizer,
+            "http" => Target::Http(Box::new(Http::new(root, scratch)?)),
             other => return Err(format!("no target `{other}` (have: {})", NAMES.join(", "))),
         })
     }
@@ -86,12 +92,21 @@ impl Target {
                 let text = read(&root.join("examples/text.txt"))?;
                 Ok(vec![Bpe::train(&text, 320).map_err(|e| e.to_string())?.json().as_bytes().to_vec()])
             }
+            Target::Http(_) => Ok(http::seeds()),
         }
     }
 
-    /// Feeds `input`, already written to `file`, to the parser. Reading back what
+    /// Feeds `input`, already written to `file`, to the parser: what it refused, and why.
+    pub fn run(&self, input: &[u8], file: &Path) -> Fallible<()> {
+        match self {
+            Target::Http(server) => server.run(input),
+            _ => self.read(input, file).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Feeds `input`, already written to `file`, to a file parser. Reading back what
     /// a config writes must work too: runs and checkpoints save configs and reload them.
-    pub fn run(&self, input: &[u8], file: &Path) -> bdh::Result<()> {
+    fn read(&self, input: &[u8], file: &Path) -> bdh::Result<()> {
         match self {
             Target::Pt => read_state_dict(file).map(drop),
             Target::Safetensors => read_safetensors(file).map(drop),
@@ -122,6 +137,7 @@ impl Target {
                 assert_eq!(tok.decode(&tok.encode(text)), text, "a loaded tokenizer changes text");
                 Ok(())
             }
+            Target::Http(_) => unreachable!("requests are not files"),
         }
     }
 

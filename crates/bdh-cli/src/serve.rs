@@ -37,6 +37,20 @@ pub struct Args {
     /// Sessions held in memory; past it the least recently used is evicted to disk.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     max_sessions: u64,
+    /// Sessions evicted to disk at most; past it a new session gets 507.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    max_sessions_on_disk: u64,
+    /// Bytes of evicted sessions' files at most; past it a new session gets 507.
+    #[arg(long, default_value_t = 16 << 30)]
+    max_disk_bytes: u64,
+    /// Connections served at once; more are answered 503 and closed (keep it under
+    /// the process's limit of open files).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_connections: u64,
+    /// Seconds a client has to send a request's headers, and again its body; a
+    /// connection silent for longer is closed (a body too slow gets 408).
+    #[arg(long, default_value_t = 30.0)]
+    read_timeout_seconds: f64,
     /// Bytes a request body may have; larger ones get 413.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -56,17 +70,15 @@ pub struct Args {
     threads: crate::args::ThreadsArgs,
 }
 
-/// Longest shutdown wait `--grace-seconds` may ask for: a deadline this far ahead
-/// is still one the clock can hold.
-const MAX_GRACE_SECONDS: f64 = 86_400.0;
+/// Longest wait a flag may ask for: a deadline this far ahead is still one the
+/// clock can hold.
+const MAX_SECONDS: f64 = 86_400.0;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.threads.size_pool()?;
-    anyhow::ensure!(
-        args.grace_seconds.is_finite() && (0.0..=MAX_GRACE_SECONDS).contains(&args.grace_seconds),
-        "--grace-seconds must be a number from 0 to {MAX_GRACE_SECONDS} (a day)"
-    );
-    let grace = Duration::from_secs_f64(args.grace_seconds);
+    let grace = seconds("--grace-seconds", args.grace_seconds)?;
+    let read_timeout = seconds("--read-timeout-seconds", args.read_timeout_seconds)?;
+    anyhow::ensure!(!read_timeout.is_zero(), "--read-timeout-seconds must be more than 0");
     anyhow::ensure!(
         args.default_max_tokens <= args.max_completion_tokens,
         "--default-max-tokens is over --max-completion-tokens"
@@ -82,6 +94,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         sessions_dir: args.sessions_dir,
         max_streams: args.max_streams as usize,
         max_sessions: args.max_sessions as usize,
+        max_sessions_on_disk: args.max_sessions_on_disk as usize,
+        max_disk_bytes: args.max_disk_bytes,
+        max_connections: args.max_connections as usize,
+        read_timeout,
         max_body_bytes: args.max_body_bytes,
         max_prompt_tokens: args.max_prompt_tokens,
         max_completion_tokens: args.max_completion_tokens,
@@ -89,6 +105,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         grace,
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A wait given in seconds by `flag`: a number ≥ 0 a timer can hold.
+fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        secs.is_finite() && (0.0..=MAX_SECONDS).contains(&secs),
+        "{flag} must be a number from 0 to {MAX_SECONDS} (a day)"
+    );
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// A model's name from its path: the run or checkpoint directory, or the file's stem.

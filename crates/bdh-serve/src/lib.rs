@@ -11,7 +11,9 @@
 //!   back when the lease is dropped;
 //! - [`engine`]: the decoding loop, one thread that advances every live stream with
 //!   one batched step a turn;
-//! - [`error`]: a refusal as an HTTP status and an OpenAI-style JSON body.
+//! - [`error`]: a refusal as an HTTP status and an OpenAI-style JSON body;
+//! - the accept loop (private): read timeouts, a cap on connections, and a
+//!   shutdown bounded by the grace period.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -29,6 +31,10 @@
 //!     sessions_dir: "bdh-sessions".into(),
 //!     max_streams: 64,
 //!     max_sessions: 64,
+//!     max_sessions_on_disk: 1024,
+//!     max_disk_bytes: 16 << 30,
+//!     max_connections: 512,
+//!     read_timeout: Duration::from_secs(30),
 //!     max_body_bytes: 1 << 20,
 //!     max_prompt_tokens: 65536,
 //!     max_completion_tokens: 4096,
@@ -48,6 +54,7 @@ pub mod api;
 pub mod engine;
 pub mod error;
 pub mod lease;
+mod listen;
 pub mod routes;
 pub mod sessions;
 
@@ -67,6 +74,10 @@ use api::Limits;
 pub use routes::App;
 use sessions::Sessions;
 
+/// Session files read or written at once, each on a blocking thread of its own so
+/// that no disk holds up the thread that answers `/health`.
+const DISK_JOBS: usize = 4;
+
 /// Every setting of a server: what `bdh serve`'s flags give.
 pub struct Config {
     /// The model served (BDH: its streams step together with a state of fixed size).
@@ -85,6 +96,15 @@ pub struct Config {
     pub max_streams: usize,
     /// Sessions held in memory; past it the least recently used is evicted to disk.
     pub max_sessions: usize,
+    /// Sessions evicted to disk at most; an eviction past it is refused with 507.
+    pub max_sessions_on_disk: usize,
+    /// Bytes of evicted sessions' files at most; an eviction past it is refused with 507.
+    pub max_disk_bytes: u64,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers, and again its body;
+    /// a connection silent for longer is closed (a body too slow gets 408).
+    pub read_timeout: Duration,
     /// Bytes a request body may have; larger ones get 413.
     pub max_body_bytes: usize,
     /// Tokens a prompt may have (after the chat template); longer ones get 413.
@@ -107,6 +127,7 @@ pub struct Server {
     host: String,
     port: u16,
     grace: Duration,
+    max_connections: usize,
 }
 
 impl Server {
@@ -127,7 +148,8 @@ impl Server {
         let prepared = Arc::new(prepared);
         let dir = &config.sessions_dir;
         let sessions = Sessions::new(prepared.clone(), config.max_sessions, dir)
-            .with_context(|| format!("preparing the sessions directory {}", dir.display()))?;
+            .with_context(|| format!("preparing the sessions directory {}", dir.display()))?
+            .limit_disk(config.max_sessions_on_disk, config.max_disk_bytes);
         let sessions = Arc::new(sessions);
         let (jobs, queue) = std::sync::mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -147,6 +169,8 @@ impl Server {
             prepared,
             limits,
             max_body_bytes: config.max_body_bytes,
+            read_timeout: config.read_timeout,
+            disk_jobs: tokio::sync::Semaphore::new(DISK_JOBS),
             max_streams: config.max_streams,
             streams: Arc::new(AtomicUsize::new(0)),
             model_name: config.model_name,
@@ -154,7 +178,15 @@ impl Server {
             draining: AtomicBool::new(false),
             ids: AtomicU64::new(1),
         });
-        Ok(Server { app, engine: Some(engine), cancel, host: config.host, port: config.port, grace: config.grace })
+        Ok(Server {
+            app,
+            engine: Some(engine),
+            cancel,
+            host: config.host,
+            port: config.port,
+            grace: config.grace,
+            max_connections: config.max_connections,
+        })
     }
 
     /// The router of every endpoint, to serve or to drive in process.
@@ -180,8 +212,10 @@ impl Server {
                 self.app.prepared.state_bytes(),
                 self.app.max_streams
             );
-            let shutdown = shutdown(self.app.clone(), self.cancel.clone(), self.grace);
-            axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await.context("serving")
+            let limits = listen::Connections { max: self.max_connections, read_timeout: self.app.read_timeout };
+            let stop = shutdown(self.app.clone(), self.grace);
+            listen::serve(listener, self.router(), limits, stop, self.grace, self.cancel.clone()).await;
+            anyhow::Ok(())
         })?;
         self.close();
         eprintln!("shut down");
@@ -211,9 +245,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     Server::new(config)?.serve()
 }
 
-/// Resolves at SIGTERM or Ctrl-C, after which no new request is taken; the streams
-/// in flight go on for `grace`, then are cancelled.
-async fn shutdown(app: Arc<App>, cancel: Arc<AtomicBool>, grace: Duration) {
+/// Resolves at SIGTERM or Ctrl-C, after which no new request is taken (the streams
+/// in flight go on for `grace`, then are cancelled by the accept loop).
+async fn shutdown(app: Arc<App>, grace: Duration) {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -232,8 +266,4 @@ async fn shutdown(app: Arc<App>, cancel: Arc<AtomicBool>, grace: Duration) {
         app.streams.load(Ordering::SeqCst),
         grace.as_secs_f64()
     );
-    tokio::spawn(async move {
-        tokio::time::sleep(grace).await;
-        cancel.store(true, Ordering::SeqCst);
-    });
 }

@@ -5,20 +5,23 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bdh::data::Tokenizer;
 use bdh::infer::{Prepared, Sampler};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::Semaphore;
 
 use crate::api::{Kind, Limits, Meta, Request};
 use crate::engine::{Event, Job, Slot};
@@ -40,6 +43,10 @@ pub struct App {
     pub limits: Limits,
     /// Bytes a request body may have.
     pub max_body_bytes: usize,
+    /// How long a client has to send a request's body.
+    pub read_timeout: Duration,
+    /// Permits for the session operations that read or write files.
+    pub disk_jobs: Semaphore,
     /// Streams at most at once.
     pub max_streams: usize,
     /// Streams in flight.
@@ -56,7 +63,7 @@ pub struct App {
 
 /// The router of every endpoint.
 pub fn router(app: Arc<App>) -> Router {
-    let max_body_bytes = app.max_body_bytes;
+    let (max_body_bytes, read_timeout) = (app.max_body_bytes, app.read_timeout);
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -72,18 +79,58 @@ pub fn router(app: Arc<App>) -> Router {
             ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message: "method not allowed here".into() }
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(max_body_bytes, refuse_long_bodies))
+        .layer(axum::middleware::from_fn_with_state((max_body_bytes, read_timeout), read_body))
         .with_state(app)
 }
 
-/// Refuses a body whose Content-Length is over the limit before reading any of it
-/// (the body limit alone would wait for bytes a lying client never sends).
-async fn refuse_long_bodies(State(limit): State<usize>, req: axum::extract::Request, next: Next) -> Response {
+/// Reads the whole body before the handler runs, refusing one whose
+/// Content-Length is over the limit before reading any of it (the body limit alone
+/// would wait for bytes a lying client never sends), one that grows past the limit
+/// (413), and one not sent within the read timeout (408, and the connection is
+/// closed: a client that stalls half-way holds nothing for long).
+async fn read_body(
+    State((limit, wait)): State<(usize, Duration)>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
     let claimed = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if claimed.is_some_and(|n| n > limit as u64) {
         return too_large().into_response();
     }
-    next.run(req).await
+    let deadline = tokio::time::Instant::now() + wait;
+    let (parts, body) = req.into_parts();
+    let mut chunks = body.into_data_stream();
+    let mut read = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) if read.len() + chunk.len() <= limit => read.extend_from_slice(&chunk),
+            Ok(Some(Ok(_))) => return too_large().into_response(),
+            Ok(Some(Err(e))) => return ApiError::bad(format!("reading the request body: {e}")).into_response(),
+            Err(_) => {
+                let message = format!("the request body did not arrive within {:.0} s", wait.as_secs_f64());
+                let mut refused = ApiError { status: StatusCode::REQUEST_TIMEOUT, message }.into_response();
+                refused.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return refused;
+            }
+        }
+    }
+    next.run(axum::extract::Request::from_parts(parts, Body::from(read))).await
+}
+
+/// Runs `work`, a session operation that may read or write files, on a blocking
+/// thread (at most [`App::disk_jobs`] at once), so that the thread answering
+/// other requests, `/health` among them, never waits on a disk.
+async fn on_disk<T: Send + 'static>(
+    app: &Arc<App>,
+    work: impl FnOnce(&App) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = app.disk_jobs.acquire().await.map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || work(&app)).await.unwrap_or_else(|e| {
+        eprintln!("a session operation failed: {e}");
+        Err(ApiError::internal("a session operation failed"))
+    })
 }
 
 fn too_large() -> ApiError {
@@ -119,7 +166,10 @@ async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiE
         .ok_or_else(|| ApiError::busy(format!("all {} streams are busy; try again later", app.max_streams)))?;
     let sampler = Sampler::new(spec.sampling).map_err(|e| ApiError::bad(e.to_string()))?;
     let state = match &spec.session {
-        Some(id) => app.sessions.check_out(id)?,
+        Some(id) => {
+            let id = id.clone();
+            on_disk(&app, move |app| app.sessions.check_out(&id)).await?
+        }
         None => Lease::fresh(app.prepared.state().map_err(|e| ApiError::internal(e.to_string()))?),
     };
     let end = state.pos().saturating_add(spec.prompt.len()).saturating_add(spec.generation.max_tokens);
@@ -207,7 +257,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
 /// connection stays usable for the next request.
 async fn create_session(State(app): State<Arc<App>>, body: Raw) -> Result<Json<Value>, ApiError> {
     bytes(body)?;
-    Ok(Json(json!(app.sessions.create()?)))
+    Ok(Json(json!(on_disk(&app, |app| app.sessions.create()).await?)))
 }
 
 async fn list_sessions(State(app): State<Arc<App>>) -> Json<Value> {
@@ -219,13 +269,14 @@ async fn session_info(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
 }
 
 async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    app.sessions.delete(&id)?;
+    let i = id.clone();
+    on_disk(&app, move |app| app.sessions.delete(&i)).await?;
     Ok(Json(json!({ "id": id, "object": "session", "deleted": true })))
 }
 
 async fn fork_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
     bytes(body)?;
-    Ok(Json(json!(app.sessions.fork(&id)?)))
+    Ok(Json(json!(on_disk(&app, move |app| app.sessions.fork(&id)).await?)))
 }
 
 /// The body of save and restore: the name of the file in the sessions directory.
@@ -242,11 +293,12 @@ fn named(body: Raw) -> Result<String, ApiError> {
 
 async fn save_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
     let name = named(body)?;
-    let file = app.sessions.save(&id, &name)?;
+    let (i, n) = (id.clone(), name.clone());
+    let file = on_disk(&app, move |app| app.sessions.save(&i, &n)).await?;
     Ok(Json(json!({ "id": id, "object": "session.saved", "name": name, "file": file })))
 }
 
 async fn restore_session(State(app): State<Arc<App>>, body: Raw) -> Result<Json<Value>, ApiError> {
     let name = named(body)?;
-    Ok(Json(json!(app.sessions.restore(&name)?)))
+    Ok(Json(json!(on_disk(&app, move |app| app.sessions.restore(&name)).await?)))
 }

@@ -50,16 +50,26 @@ enum Held {
     Out(Holder),
 }
 
-/// A session on disk: stored, or being read back by one thread.
+/// A session on disk: stored (its file's bytes), or being read back by one thread.
 enum Disk {
-    Stored,
-    Reading,
+    Stored(u64),
+    Reading(u64),
+}
+
+impl Disk {
+    fn bytes(&self) -> u64 {
+        match self {
+            Disk::Stored(b) | Disk::Reading(b) => *b,
+        }
+    }
 }
 
 /// Every session of the server, shared by the handlers and the decoding loop.
 pub struct Sessions {
     prepared: Arc<Prepared>,
     max_live: usize,
+    max_on_disk: usize,
+    max_disk_bytes: u64,
     dir: PathBuf,
     evicted_dir: PathBuf, // this server's own: servers sharing `dir` keep apart
     table: Mutex<Table>,
@@ -69,6 +79,7 @@ pub struct Sessions {
 struct Table {
     live: HashMap<String, Live>,
     on_disk: HashMap<String, Disk>,
+    disk_bytes: u64, // of the evicted sessions' files
     reserved: usize, // places in memory promised to states on their way in
     clock: u64,
     next_id: u64,
@@ -132,8 +143,25 @@ impl Sessions {
             std::fs::remove_dir_all(&evicted)?;
         }
         std::fs::create_dir_all(&evicted)?;
-        let table = Table { live: HashMap::new(), on_disk: HashMap::new(), reserved: 0, clock: 0, next_id: 1 };
-        Ok(Sessions { prepared, max_live, dir: dir.to_path_buf(), evicted_dir: evicted, table: Mutex::new(table) })
+        let table =
+            Table { live: HashMap::new(), on_disk: HashMap::new(), disk_bytes: 0, reserved: 0, clock: 0, next_id: 1 };
+        Ok(Sessions {
+            prepared,
+            max_live,
+            max_on_disk: usize::MAX,
+            max_disk_bytes: u64::MAX,
+            dir: dir.to_path_buf(),
+            evicted_dir: evicted,
+            table: Mutex::new(table),
+        })
+    }
+
+    /// Bounds the sessions evicted to disk: at most `sessions` of them, in files of
+    /// at most `bytes` together. An eviction past either is refused with 507, and
+    /// with it the new session it was to make room for.
+    pub fn limit_disk(mut self, sessions: usize, bytes: u64) -> Self {
+        (self.max_on_disk, self.max_disk_bytes) = (sessions, bytes);
+        self
     }
 
     /// Locks the table; a panic elsewhere while it was held leaves it usable (no
@@ -150,7 +178,7 @@ impl Sessions {
 
     /// A new, empty session, made once there is room for it.
     pub fn create(self: &Arc<Self>) -> Result<Info, ApiError> {
-        let room = self.reserve()?;
+        let room = self.reserve(0)?;
         let state = self.prepared.state().map_err(|e| ApiError::internal(e.to_string()))?;
         self.add(room, state)
     }
@@ -160,7 +188,7 @@ impl Sessions {
         // Copied with the lock released; the original is idle again before room is
         // made, so it may be the one evicted for its copy.
         let copy = State::clone(&*self.check_out(id)?);
-        self.add(self.reserve()?, copy)
+        self.add(self.reserve(0)?, copy)
     }
 
     /// Enters `state` as a new session in the room reserved for it.
@@ -207,9 +235,9 @@ impl Sessions {
         }
         match t.on_disk.get_mut(id) {
             None => Err(unknown(id)),
-            Some(Disk::Reading) => Err(moving(id)),
+            Some(Disk::Reading(_)) => Err(moving(id)),
             Some(disk) => {
-                *disk = Disk::Reading;
+                *disk = Disk::Reading(disk.bytes());
                 drop(t);
                 self.read_back(id)
             }
@@ -239,13 +267,14 @@ impl Sessions {
                 Ok(())
             }
             (Some(live), _) => Err(busy(id, &live.held)),
-            (None, Some(Disk::Stored)) => {
+            (None, Some(&Disk::Stored(bytes))) => {
+                t.disk_bytes -= bytes;
                 t.on_disk.remove(id);
                 drop(t);
                 let _ = std::fs::remove_file(self.evicted_path(id));
                 Ok(())
             }
-            (None, Some(Disk::Reading)) => Err(moving(id)),
+            (None, Some(Disk::Reading(_))) => Err(moving(id)),
             (None, None) => Err(unknown(id)),
         }
     }
@@ -254,7 +283,7 @@ impl Sessions {
     pub fn save(self: &Arc<Self>, id: &str, name: &str) -> Result<String, ApiError> {
         let path = self.named_path(name)?;
         let lease = self.check_out(id)?;
-        state::save(&self.prepared, &lease, &path).map_err(|e| ApiError::internal(format!("saving {name}: {e}")))?;
+        state::save(&self.prepared, &lease, &path).map_err(|e| file_error(format!("saving {name}"), &e))?;
         Ok(file_name(&path))
     }
 
@@ -264,8 +293,13 @@ impl Sessions {
         if !path.is_file() {
             return Err(ApiError::not_found(format!("no saved session named {name:?}")));
         }
-        let st = state::load(&self.prepared, &path).map_err(|e| ApiError::bad(format!("restoring {name}: {e}")))?;
-        self.add(self.reserve()?, st)
+        let st = state::load(&self.prepared, &path).map_err(|e| {
+            let mut refused = file_error(format!("restoring {name}"), &e);
+            // What the file holds is the client's doing, not the server's failure.
+            refused.status = axum::http::StatusCode::BAD_REQUEST;
+            refused
+        })?;
+        self.add(self.reserve(0)?, st)
     }
 
     /// The file of a saved session: `name` (letters, digits, `-`, `_`; 1 to 64 of
@@ -286,9 +320,10 @@ impl Sessions {
     /// Reads session `id`, marked as being read back, into memory for a request.
     fn read_back(self: &Arc<Self>, id: &str) -> Result<Lease, ApiError> {
         let path = self.evicted_path(id);
-        let read = self.reserve().and_then(|room| {
-            let st = state::load(&self.prepared, &path)
-                .map_err(|e| ApiError::internal(format!("reading back {id}: {e}")))?;
+        // Its own file goes once it is read: the eviction that makes room for it
+        // may pass the disk bound by that one file meanwhile.
+        let read = self.reserve(1).and_then(|room| {
+            let st = state::load(&self.prepared, &path).map_err(|e| file_error(format!("reading back {id}"), &e))?;
             // Removed before the session is back in memory, where it could be
             // evicted again to this very path.
             let _ = std::fs::remove_file(&path);
@@ -297,21 +332,27 @@ impl Sessions {
         let mut t = self.lock();
         match read {
             Ok((room, state)) => {
-                t.on_disk.remove(id);
+                if let Some(disk) = t.on_disk.remove(id) {
+                    t.disk_bytes -= disk.bytes();
+                }
                 room.fill(&mut t, id, Held::Out(Holder::Request));
                 drop(t);
                 Ok(Lease::checked_out(self.clone(), id.into(), state, Holder::Request))
             }
             Err(e) => {
-                t.on_disk.insert(id.into(), Disk::Stored);
+                if let Some(disk) = t.on_disk.get_mut(id) {
+                    *disk = Disk::Stored(disk.bytes());
+                }
                 Err(e)
             }
         }
     }
 
     /// Reserves a place in memory for a state on its way in, evicting the least
-    /// recently used idle sessions to disk while memory is full.
-    fn reserve(self: &Arc<Self>) -> Result<Room<'_>, ApiError> {
+    /// recently used idle sessions to disk while memory is full, as long as the
+    /// disk's bounds allow, passed by `slack` files (those that go once the state
+    /// is in).
+    fn reserve(self: &Arc<Self>, slack: usize) -> Result<Room<'_>, ApiError> {
         loop {
             let mut t = self.lock();
             if t.live.len() + t.reserved < self.max_live {
@@ -325,6 +366,7 @@ impl Sessions {
                     self.max_live
                 )));
             };
+            self.disk_has_room(&t, slack)?;
             let state = t.take(&id, Holder::Eviction)?;
             drop(t);
             self.evict(&id, Lease::checked_out(self.clone(), id.clone(), state, Holder::Eviction))?;
@@ -336,20 +378,67 @@ impl Sessions {
     /// lease, which puts the state back.
     fn evict(&self, id: &str, lease: Lease) -> Result<(), ApiError> {
         let path = self.evicted_path(id);
-        state::save(&self.prepared, &lease, &path).map_err(|e| ApiError::internal(format!("evicting {id}: {e}")))?;
+        state::save(&self.prepared, &lease, &path).map_err(|e| file_error(format!("evicting {id}"), &e))?;
+        let bytes = std::fs::metadata(&path).map_or(self.file_bytes(), |m| m.len());
         // On disk now: its memory goes before the session is recorded there.
         lease.written();
         let mut t = self.lock();
         t.live.remove(id);
-        t.on_disk.insert(id.into(), Disk::Stored);
+        t.on_disk.insert(id.into(), Disk::Stored(bytes));
+        t.disk_bytes += bytes;
         Ok(())
+    }
+
+    /// The bytes an evicted session's file takes, for the bound before it is
+    /// written: its state and a header.
+    fn file_bytes(&self) -> u64 {
+        self.prepared.state_bytes() as u64 + FILE_HEADER_BYTES
+    }
+
+    /// Refuses an eviction that would pass a bound of the disk by more than `slack`
+    /// files, with 507.
+    fn disk_has_room(&self, t: &Table, slack: usize) -> Result<(), ApiError> {
+        let files = t.on_disk.len().saturating_sub(slack);
+        let bytes = t.disk_bytes.saturating_sub(self.file_bytes().saturating_mul(slack as u64));
+        if files < self.max_on_disk && bytes.saturating_add(self.file_bytes()) <= self.max_disk_bytes {
+            return Ok(());
+        }
+        Err(ApiError {
+            status: axum::http::StatusCode::INSUFFICIENT_STORAGE,
+            message: format!(
+                "memory holds {} sessions and the disk {} more ({} bytes), as many as this server keeps \
+                 (--max-sessions, --max-sessions-on-disk, --max-disk-bytes): delete a session first",
+                t.live.len(),
+                t.on_disk.len(),
+                t.disk_bytes
+            ),
+        })
     }
 
     /// Deletes the evicted sessions' files (at shutdown).
     pub fn clear_evicted(&self) {
         let _ = std::fs::remove_dir_all(&self.evicted_dir);
-        self.lock().on_disk.clear();
+        let mut t = self.lock();
+        t.on_disk.clear();
+        t.disk_bytes = 0;
     }
+}
+
+/// The header of a state file, above its tensors' bytes, at most: the metadata
+/// (config, weights' fingerprint, format) and the tensors' table.
+const FILE_HEADER_BYTES: u64 = 64 << 10;
+
+/// A session file that could not be read or written: the client is told what
+/// failed without the server's paths (the sessions directory, its process id);
+/// the whole error goes to the server's log.
+fn file_error(what: String, e: &bdh::Error) -> ApiError {
+    eprintln!("{what}: {e}");
+    let why = match e {
+        bdh::Error::Format { msg, .. } => msg.clone(),
+        bdh::Error::Io { op, cause, .. } => format!("{op} its file failed ({})", cause.kind()),
+        _ => "see the server's log".into(),
+    };
+    ApiError::internal(format!("{what}: {why}"))
 }
 
 fn file_name(path: &Path) -> String {

@@ -1,6 +1,8 @@
 //! Every refusal is JSON with its status; busy streams get 429 and a client that
 //! leaves frees its slot; SIGTERM finishes or cancels streams.
 
+use std::io::Read;
+
 use super::*;
 
 /// Sends `raw` bytes as an HTTP request and returns the status of the answer.
@@ -195,4 +197,109 @@ fn sigterm_finishes_streams_in_flight_then_cancels_after_the_grace_period() {
     let (_, reason, done) = rest_of_stream(reader);
     assert_eq!((reason.as_str(), done), ("cancelled", true));
     assert_eq!(exits_within(&mut s.child, Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn a_prompt_outside_a_small_vocabulary_gets_400_and_the_streams_in_flight_go_on() {
+    let tmp = temp("serve-vocab");
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    let (data, run) = (p("text.txt"), p("run"));
+    // Bytes below 64 only: a model of 64 tokens reads all of them.
+    let corpus: String = (0..400).map(|i| format!("{} <=> {};\n", i % 13, (i * 7) % 31)).collect();
+    std::fs::write(&data, &corpus).unwrap();
+    let mut a = vec!["train", "--preset", "tiny", "--data", &data, "--out", &run, "--quiet"];
+    a.extend(["--set", "model.vocab_size=64", "--set", "training.max_steps=2", "--set", "training.eval_batches=1"]);
+    let o = bdh(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = Server::start_model(&run, &[]);
+    let streams: Vec<_> = (0..2)
+        .map(|i| start_stream(&s, &json!({"prompt": "1 <=> ", "max_tokens": 1500, "seed": i, "temperature": 1})))
+        .collect();
+    for prompt in ["ab", "1 <=> z", "\u{7f}"] {
+        let (status, v) = s.post("/v1/completions", &json!({"prompt": prompt, "max_tokens": 5}));
+        assert_eq!(status, 400, "{prompt:?}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("vocabulary of 64"), "{v}");
+    }
+    assert_eq!(s.get("/health").1["streams"], 2, "both streams still in flight");
+    for reader in streams {
+        let (_, reason, done) = rest_of_stream(reader);
+        assert_eq!((reason.as_str(), done), ("length", true), "a stream went on to its end");
+    }
+}
+
+/// Reads until the server closes the connection (a reset counts): what it sent.
+fn until_closed(mut conn: TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn connect(s: &Server) -> TcpStream {
+    let conn = TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    conn
+}
+
+/// `/health`'s status over a connection of its own, or None if it was refused.
+fn health(s: &Server) -> Option<u16> {
+    let mut conn = TcpStream::connect(s.base.trim_start_matches("http://")).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(40))).ok()?;
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let answer = until_closed(conn);
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn silent_and_half_sent_clients_are_dropped_after_the_read_timeout() {
+    let s = Server::start(&["--read-timeout-seconds", "1"]);
+    let t = Instant::now();
+    let mut headers = connect(&s);
+    headers.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le").unwrap();
+    let mut body = connect(&s);
+    body.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"prompt\": ").unwrap();
+    let silent = connect(&s);
+    let answered = until_closed(body);
+    assert!(answered.starts_with("HTTP/1.1 408"), "{answered}");
+    until_closed(headers);
+    until_closed(silent);
+    let took = t.elapsed();
+    println!("all three dropped after {took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(health(&s), Some(200));
+}
+
+#[test]
+fn connections_past_the_cap_are_refused_at_once_and_health_answers_within_the_read_timeout() {
+    let s = Server::start(&["--max-connections", "16", "--read-timeout-seconds", "2"]);
+    let t = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..300).map(|_| connect(&s)).collect();
+    // The first 16 hold the server's places; the rest are told so and closed at once.
+    let over = silent.split_off(16);
+    let refused = over.into_iter().map(until_closed).filter(|a| a.starts_with("HTTP/1.1 503")).count();
+    println!("{refused} of 284 answered 503, within {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(2), "refused at once, not after the read timeout");
+    while health(&s) != Some(200) {
+        assert!(t.elapsed() < Duration::from_secs(10), "/health answers once the silent ones are dropped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("/health answered after {:?}", t.elapsed());
+    drop(silent);
+}
+
+#[test]
+fn sigterm_ends_within_the_grace_period_while_clients_hold_half_sent_requests() {
+    let mut s = Server::start(&["--grace-seconds", "1"]);
+    let mut body = connect(&s);
+    body.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"prompt\": ").unwrap();
+    let mut headers = connect(&s);
+    headers.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+    let _silent = connect(&s);
+    let stream = start_stream(&s, &json!({"prompt": "ROMEO:", "max_tokens": 4000}));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    sigterm(&s.child);
+    assert_eq!(exits_within(&mut s.child, Duration::from_secs(6)), Some(0));
+    println!("exited {:?} after SIGTERM", t.elapsed());
+    let (_, reason, done) = rest_of_stream(stream);
+    assert_eq!((reason.as_str(), done), ("cancelled", true), "the stream in flight was told");
 }

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+mod disk;
 mod engine;
 mod health;
 mod refusals;
@@ -90,11 +91,16 @@ struct Served {
     router: axum::Router,
     runtime: tokio::runtime::Runtime,
     _server: Server,
-    _dir: TempDir,
+    dir: TempDir,
     _serial: MutexGuard<'static, ()>,
 }
 
 impl Served {
+    /// The server's sessions directory.
+    fn sessions_dir(&self) -> PathBuf {
+        self.dir.path().join("sessions")
+    }
+
     /// A server with `edit` applied to its config (sessions in a directory of its own).
     fn start(edit: impl FnOnce(&mut Config)) -> Served {
         let serial = serial();
@@ -108,6 +114,10 @@ impl Served {
             sessions_dir: dir.path().join("sessions"),
             max_streams: 8,
             max_sessions: 8,
+            max_sessions_on_disk: 64,
+            max_disk_bytes: 1 << 30,
+            max_connections: 64,
+            read_timeout: Duration::from_secs(30),
             max_body_bytes: 1 << 16,
             max_prompt_tokens: 1024,
             max_completion_tokens: 256,
@@ -117,7 +127,7 @@ impl Served {
         edit(&mut config);
         let server = Server::new(config).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        Served { router: server.router(), runtime, _server: server, _dir: dir, _serial: serial }
+        Served { router: server.router(), runtime, _server: server, dir, _serial: serial }
     }
 
     /// Sends a request; (status, body as JSON, or its text as a JSON string).

@@ -1,0 +1,120 @@
+//! Sessions on disk are bounded in count and bytes; their files are read and
+//! written off the thread that answers `/health`; no error tells a client where
+//! the server keeps its files.
+
+use super::*;
+
+#[test]
+fn evictions_past_the_disk_bounds_are_refused_with_507_and_a_swap_still_works() {
+    let _serial = serial();
+    let prepared = tiny_prepared(256);
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = Arc::new(Sessions::new(prepared.clone(), 1, dir.path()).unwrap().limit_disk(1, u64::MAX));
+    let a = sessions.create().unwrap().id;
+    set_pos(&mut sessions.check_out(&a).unwrap(), 4);
+    let b = sessions.create().unwrap().id; // a goes to disk: the one file allowed
+    assert_eq!(sessions.counts(), (1, 1));
+    let refused = sessions.create().unwrap_err();
+    assert_eq!(refused.status, 507, "{}", refused.message);
+    assert!(refused.message.contains("--max-sessions-on-disk"), "{}", refused.message);
+    assert!(sessions.fork(&b).is_err_and(|e| e.status == 507));
+    assert_eq!(sessions.counts(), (1, 1), "nothing made, nothing lost");
+    // Reading a back sends b to disk in its place.
+    assert_eq!(sessions.check_out(&a).unwrap().pos(), 4);
+    assert_eq!(sessions.counts(), (1, 1));
+    assert!(!sessions.info(&b).unwrap().in_memory);
+    // Deleting the session on disk makes room again.
+    sessions.delete(&b).unwrap();
+    sessions.create().unwrap();
+    assert_eq!(sessions.counts(), (1, 1));
+
+    // The bytes bound: room for one evicted file, not two.
+    let bytes = 2 * prepared.state_bytes() as u64;
+    let sessions = Arc::new(Sessions::new(prepared, 1, &dir.path().join("b")).unwrap().limit_disk(100, bytes));
+    sessions.create().unwrap();
+    sessions.create().unwrap();
+    let refused = sessions.create().unwrap_err();
+    assert_eq!(refused.status, 507, "{}", refused.message);
+    assert!(refused.message.contains("--max-disk-bytes"), "{}", refused.message);
+    assert_eq!(sessions.counts(), (1, 1));
+}
+
+#[test]
+fn the_disk_bound_holds_over_http_with_its_status() {
+    let s = Served::start(|c| (c.max_sessions, c.max_sessions_on_disk) = (1, 2));
+    for _ in 0..3 {
+        s.new_session();
+    }
+    let (status, v) = s.post("/v1/sessions", &json!({}));
+    assert_eq!(status, 507, "{v}");
+    assert_eq!(v["error"]["type"], "server_error");
+    let (status, health) = s.get("/health");
+    assert_eq!((status, &health["sessions_in_memory"], &health["sessions_on_disk"]), (200, &json!(1), &json!(2)));
+}
+
+#[test]
+fn a_session_file_that_stalls_does_not_stall_health() {
+    let s = Served::start(|c| c.max_sessions = 1);
+    let a = s.new_session();
+    s.new_session(); // a goes to disk
+                     // a's file becomes a pipe no one writes: reading it back waits until it opens.
+    let file = s.sessions_dir().join(format!("evicted-{}/{a}.state.safetensors", std::process::id()));
+    std::fs::remove_file(&file).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&file).status().unwrap().success());
+    // Opens the pipe for writing after a while, whatever happens, so nothing waits for ever.
+    let release = {
+        let file = file.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(8));
+            drop(std::fs::OpenOptions::new().write(true).open(file));
+        })
+    };
+    let took = s.runtime.block_on(async {
+        let body = Body::from(json!({"prompt": "a", "max_tokens": 1, "session": a}).to_string());
+        let stalled = Request::builder().method(Method::POST).uri("/v1/completions").body(body).unwrap();
+        let stalled = tokio::spawn(s.router.clone().oneshot(stalled));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = std::time::Instant::now();
+        let health = Request::builder().uri("/health").body(Body::empty()).unwrap();
+        let answer = s.router.clone().oneshot(health).await.unwrap();
+        let took = start.elapsed();
+        assert_eq!(answer.status(), 200);
+        let failed = stalled.await.unwrap().unwrap();
+        assert_eq!(failed.status(), 500, "an empty file is no state");
+        took
+    });
+    release.join().unwrap();
+    assert!(took < Duration::from_secs(4), "/health took {took:?} while a session file stalled");
+}
+
+#[test]
+fn no_error_tells_a_client_where_the_sessions_are_or_the_process_id() {
+    let s = Served::start(|c| c.max_sessions = 1);
+    let dir = s.sessions_dir();
+    let pid = std::process::id().to_string();
+    let mut bodies = Vec::new();
+    let a = s.new_session();
+    s.new_session(); // a goes to disk
+                     // A state file that is not one, restored.
+    std::fs::write(dir.join("junk.state.safetensors"), b"not a state").unwrap();
+    bodies.push(s.post("/v1/sessions/restore", &json!({"name": "junk"})));
+    // An evicted file gone bad, read back.
+    std::fs::write(dir.join(format!("evicted-{pid}/{a}.state.safetensors")), b"bad").unwrap();
+    bodies.push(s.post("/v1/completions", &json!({"prompt": "x", "session": a})));
+    // Evictions and saves that cannot write (the failed read-back sent the other
+    // session to disk: memory is filled again first).
+    let live = s.new_session();
+    let evicted = dir.join(format!("evicted-{pid}"));
+    std::fs::remove_dir_all(&evicted).unwrap();
+    std::fs::write(&evicted, b"").unwrap();
+    bodies.push(s.post("/v1/sessions", &json!({})));
+    std::fs::create_dir(dir.join("taken.state.safetensors")).unwrap();
+    bodies.push(s.post(&format!("/v1/sessions/{live}/save"), &json!({"name": "taken"})));
+    for (status, body) in &bodies {
+        let text = body.to_string();
+        assert!(*status >= 400 && body["error"]["message"].is_string(), "{status} {text}");
+        assert!(!text.contains(dir.to_str().unwrap()) && !text.contains("/tmp"), "a path in {text}");
+        assert!(!text.contains(&pid) && !text.contains("evicted-"), "the process id in {text}");
+    }
+    println!("{bodies:?}");
+}
