@@ -108,7 +108,13 @@ fn safetensors_size(path: &Path) -> Result<u64> {
 pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     // Read to the size the header gives: a file shorter than it claims is read as
     // it is, and found wanting by the parser.
-    let bytes = read_bounded(path, safetensors_size(path)?)?;
+    let size = safetensors_size(path)?;
+    let bytes = read_bounded(path, size).map_err(|e| match e {
+        Error::Format { .. } => {
+            Error::format(path, format!("not a valid safetensors file: longer than the {size} bytes its header gives"))
+        }
+        other => other,
+    })?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut out = TensorMap::new();
