@@ -64,7 +64,12 @@ pub struct Metrics {
     pub samples: Vec<SampleRecord>,
     /// Lines that are not a record (unreadable, overlong or of no known kind).
     pub skipped: usize,
+    /// The numbers (from 1) of the first [`SKIPPED_LINES_KEPT`] of them.
+    pub skipped_lines: Vec<usize>,
 }
+
+/// Skipped lines whose numbers [`Metrics`] keeps, to name them in a warning.
+pub const SKIPPED_LINES_KEPT: usize = 20;
 
 impl Metrics {
     /// Reads the log at `path` line by line (bounded lines and records).
@@ -77,31 +82,37 @@ impl Metrics {
         };
         let mut m = Metrics::default();
         let mut line = Vec::new();
-        for _ in 0..MAX_RECORDS {
+        for number in 1..=MAX_RECORDS {
             let n = next(&mut line)?;
             if n == 0 {
                 break;
             }
             if line.last() != Some(&b'\n') && n as u64 == MAX_LINE {
                 // An overlong line: skip the rest of it without holding it.
-                m.skipped += 1;
+                m.skip(number);
                 while next(&mut line)? > 0 && line.last() != Some(&b'\n') {}
                 continue;
             }
             match serde_json::from_slice::<serde_json::Value>(&line) {
-                Ok(v) => m.add(&v),
-                Err(_) => m.skipped += 1,
+                Ok(v) if m.add(&v) => {}
+                _ => m.skip(number),
             }
         }
         Ok(m)
     }
 
-    fn add(&mut self, v: &serde_json::Value) {
+    /// Counts line `number` as skipped.
+    fn skip(&mut self, number: usize) {
+        self.skipped += 1;
+        if self.skipped_lines.len() < SKIPPED_LINES_KEPT {
+            self.skipped_lines.push(number);
+        }
+    }
+
+    /// Adds record `v`; false if it is of no known kind.
+    fn add(&mut self, v: &serde_json::Value) -> bool {
         let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
-        let Some(step) = num("step") else {
-            self.skipped += 1;
-            return;
-        };
+        let Some(step) = num("step") else { return false };
         if let Some(val_loss) = num("val_loss") {
             self.evals.push(EvalRecord {
                 step,
@@ -117,8 +128,9 @@ impl Metrics {
             let prompt = v.get("sample_prompt").and_then(|s| s.as_str()).unwrap_or_default();
             self.samples.push(SampleRecord { step: step as u64, prompt: prompt.to_string(), text: sample.to_string() });
         } else {
-            self.skipped += 1;
+            return false;
         }
+        true
     }
 }
 
