@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::write_atomic_with;
 
 /// Longest line read (a sample of a few hundred bytes is the longest record a run
 /// writes); longer lines are skipped, not held.
@@ -144,22 +144,33 @@ impl MetricsLog {
         MetricsLog(None)
     }
 
-    /// The log at `path`, without the records of steps after `keep_until`.
+    /// The log at `path`, without the records of steps after `keep_until`. Only
+    /// those records go: a line that is not a record (say, one a kill cut short) is
+    /// kept, whole lines, for a reader to report, never silently dropped.
     pub(super) fn open(path: &Path, keep_until: usize) -> Result<Self> {
-        let kept: Vec<String> = match fs::read_to_string(path) {
-            Ok(text) if keep_until > 0 => text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s as usize <= keep_until)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            _ => Vec::new(),
+        let old = match fs::File::open(path) {
+            Ok(f) => Some(BufReader::new(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("reading", path, e)),
         };
-        write_atomic(path, kept.concat().as_bytes())?;
+        write_atomic_with(path, |out| {
+            let Some(mut old) = old else { return Ok(()) };
+            let mut line = Vec::new();
+            while (&mut old).take(MAX_LINE).read_until(b'\n', &mut line)? > 0 {
+                let later = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s > keep_until as u64);
+                if !later {
+                    out.write_all(&line)?;
+                    if line.last() != Some(&b'\n') {
+                        out.write_all(b"\n")?; // what is appended starts a line of its own
+                    }
+                }
+                line.clear();
+            }
+            Ok(())
+        })?;
         let file = fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io("opening", path, e))?;
         Ok(MetricsLog(Some(file)))
     }
