@@ -12,7 +12,7 @@ use bdh::{Model, ModelConfig, RunConfig};
 use crate::mutate::{mutate, Rng};
 
 /// Names of the targets, as given on the command line.
-pub const NAMES: [&str; 6] = ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer"];
+pub const NAMES: [&str; 7] = ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer", "run-dir"];
 
 /// One parser of files a user may be handed.
 pub enum Target {
@@ -28,6 +28,9 @@ pub enum Target {
     State(Box<Prepared>),
     /// `Tokenizer::load` of a `tokenizer.json`, then a text encoded and decoded back.
     Tokenizer,
+    /// A run directory whose `metrics.jsonl` is the input: `RunDir::open`, its
+    /// metrics, config, checkpoints and kept steps.
+    RunDir,
 }
 
 type Fallible<T> = Result<T, String>;
@@ -46,6 +49,7 @@ impl Target {
                 Target::State(Box::new(Prepared::new(model).map_err(|e| e.to_string())?))
             }
             "tokenizer" => Target::Tokenizer,
+            "run-dir" => Target::RunDir,
             other => return Err(format!("no target `{other}` (have: {})", NAMES.join(", "))),
         })
     }
@@ -86,6 +90,14 @@ impl Target {
                 let text = read(&root.join("examples/text.txt"))?;
                 Ok(vec![Bpe::train(&text, 320).map_err(|e| e.to_string())?.json().as_bytes().to_vec()])
             }
+            // Every kind of record a run writes, as it writes them.
+            Target::RunDir => Ok(vec![concat!(
+                "{\"step\":1,\"loss\":5.5,\"lr\":0.001,\"grad_norm\":1.5,\"tokens_per_second\":1000.0}\n",
+                "{\"step\":2,\"val_loss\":4.1,\"bits_per_byte\":5.9,\"answer_accuracy\":0.1,\"train_loss\":4.5}\n",
+                "{\"step\":2,\"sample_prompt\":\"Q: \",\"sample\":\"A\\u00e9\"}\n",
+            )
+            .as_bytes()
+            .to_vec()]),
         }
     }
 
@@ -121,6 +133,24 @@ impl Target {
                 let text = "Ünïcödé, tabs\t and 日本語 🐉 \u{0}\r\n".as_bytes();
                 assert_eq!(tok.decode(&tok.encode(text)), text, "a loaded tokenizer changes text");
                 Ok(())
+            }
+            Target::RunDir => {
+                let dir = file.with_extension("run");
+                if !dir.join("config.toml").exists() {
+                    std::fs::create_dir_all(&dir).expect("making the run directory");
+                    std::fs::write(dir.join("config.toml"), RunConfig::resolve("tiny", &[])?.to_toml())
+                        .expect("writing the run config");
+                }
+                std::fs::write(dir.join("metrics.jsonl"), input).expect("writing the metrics");
+                let run = bdh::io::run_dir::RunDir::open(&dir)?;
+                let m = run.metrics()?;
+                let lines = input.split(|&b| b == b'\n').count();
+                let records = m.steps.len() + m.evals.len() + m.samples.len();
+                assert!(records + m.skipped <= lines, "{records} records and {} skipped of {lines} lines", m.skipped);
+                assert!(m.skipped_lines.windows(2).all(|w| w[0] < w[1]), "skipped lines out of order");
+                run.config(&[])?;
+                run.kept_steps()?;
+                run.model().map(drop)
             }
         }
     }
