@@ -13,7 +13,7 @@ use crate::http::{self, Http};
 use crate::mutate::{mutate, Rng};
 
 /// Names of the targets, as given on the command line.
-pub const NAMES: [&str; 7] = ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer", "http"];
+pub const NAMES: [&str; 8] = ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer", "http", "run-dir"];
 
 /// One parser of files a user may be handed.
 pub enum Target {
@@ -31,6 +31,9 @@ pub enum Target {
     Tokenizer,
     /// A request into the server's router, in process (see [`Http`]).
     Http(Box<Http>),
+    /// A run directory whose `metrics.jsonl` is the input: `RunDir::open`, its
+    /// metrics, config, checkpoints and kept steps.
+    RunDir,
 }
 
 type Fallible<T> = Result<T, String>;
@@ -52,6 +55,7 @@ impl Target {
             }
             "tokenizer" => Target::Tokenizer,
             "http" => Target::Http(Box::new(Http::new(root, scratch)?)),
+            "run-dir" => Target::RunDir,
             other => return Err(format!("no target `{other}` (have: {})", NAMES.join(", "))),
         })
     }
@@ -93,6 +97,14 @@ impl Target {
                 Ok(vec![Bpe::train(&text, 320).map_err(|e| e.to_string())?.json().as_bytes().to_vec()])
             }
             Target::Http(_) => Ok(http::seeds()),
+            // Every kind of record a run writes, as it writes them.
+            Target::RunDir => Ok(vec![concat!(
+                "{\"step\":1,\"loss\":5.5,\"lr\":0.001,\"grad_norm\":1.5,\"tokens_per_second\":1000.0}\n",
+                "{\"step\":2,\"val_loss\":4.1,\"bits_per_byte\":5.9,\"answer_accuracy\":0.1,\"train_loss\":4.5}\n",
+                "{\"step\":2,\"sample_prompt\":\"Q: \",\"sample\":\"A\\u00e9\"}\n",
+            )
+            .as_bytes()
+            .to_vec()]),
         }
     }
 
@@ -138,6 +150,24 @@ impl Target {
                 Ok(())
             }
             Target::Http(_) => unreachable!("requests are not files"),
+            Target::RunDir => {
+                let dir = file.with_extension("run");
+                if !dir.join("config.toml").exists() {
+                    std::fs::create_dir_all(&dir).expect("making the run directory");
+                    std::fs::write(dir.join("config.toml"), RunConfig::resolve("tiny", &[])?.to_toml())
+                        .expect("writing the run config");
+                }
+                std::fs::write(dir.join("metrics.jsonl"), input).expect("writing the metrics");
+                let run = bdh::io::run_dir::RunDir::open(&dir)?;
+                let m = run.metrics()?;
+                let lines = input.split(|&b| b == b'\n').count();
+                let records = m.steps.len() + m.evals.len() + m.samples.len();
+                assert!(records + m.skipped <= lines, "{records} records and {} skipped of {lines} lines", m.skipped);
+                assert!(m.skipped_lines.windows(2).all(|w| w[0] < w[1]), "skipped lines out of order");
+                run.config(&[])?;
+                run.kept_steps()?;
+                run.model().map(drop)
+            }
         }
     }
 

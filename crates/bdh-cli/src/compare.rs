@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bdh::data::Corpus;
-use bdh::io::run_dir::RunDir;
+use bdh::io::run_dir::{lock_dir, RunDir};
 use bdh::train::compare::{continues, pick, run_config};
 use bdh::train::run::{train, Event};
 use bdh::{ModelConfig, RunConfig};
@@ -68,6 +68,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => PathBuf::from(format!("runs/compare-{}", jiff::ZonedDateTime::now().strftime("%Y%m%d-%H%M%S"))),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // One comparison per folder at a time (each run in it is locked again by its training).
+    let lock = lock_dir(&out)?;
+    if let Some(pid) = lock.took_over() {
+        println!("{} was locked by process {pid}, which no longer runs: taken over", out.display());
+    }
     let mut runs = Vec::new();
     for size in &sizes {
         for model in [ModelConfig::Bdh(size.bdh.clone()), ModelConfig::Gpt(size.gpt.clone())] {
@@ -156,6 +161,17 @@ fn family(m: &ModelConfig) -> &'static str {
 fn read_row(size: &str, run: &RunConfig, dir: &Path) -> anyhow::Result<Row> {
     let run_dir = RunDir::open(dir)?;
     let r = run_dir.metrics()?;
+    if r.skipped > 0 {
+        let lines: Vec<String> = r.skipped_lines.iter().map(usize::to_string).collect();
+        let more = if r.skipped > lines.len() { ", …" } else { "" };
+        eprintln!(
+            "warning: {}: {} lines are not records (truncated or corrupt) and were skipped (line numbers {}{more}); the \
+             table is built from the rest",
+            run_dir.metrics_path().display(),
+            r.skipped,
+            lines.join(", ")
+        );
+    }
     let per_step = (run.training.batch_size * run.training.block_size * run.training.grad_accum) as f64;
     let seconds: f64 = r.steps.iter().map(|s| per_step / s.tokens_per_second).filter(|t| t.is_finite()).sum();
     let last =

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bdh::io::checkpoint::{replace_dir, save};
+use bdh::io::checkpoint::{is_replaceable, replace_dir, save};
+use bdh::io::run_dir::lock_beside;
 use bdh::model::bdh::{merge, Bdh};
 use bdh::Model;
 
@@ -18,24 +19,29 @@ pub struct Args {
     /// The second model.
     b: PathBuf,
     /// Directory for the merged model (`model.safetensors`, `config.json`,
-    /// `heritage.json`). It must not exist, or be an earlier merge's output, which is
-    /// then replaced atomically.
+    /// `heritage.json`). It must not exist, or be an earlier merge's output (a link
+    /// this command made), which is then replaced atomically.
     #[arg(long)]
     out: PathBuf,
 }
 
-/// The file that says where a merged model's neurons came from; its presence marks
-/// a directory as a merge's output, which a later merge may replace.
+/// The file that says where a merged model's neurons came from; with the mark of
+/// the directory it is in, it shows a merge's output, which a later merge may replace.
 const HERITAGE_FILE: &str = "heritage.json";
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // Never replace anything but an earlier merge: not a run, not an input model.
-    if args.out.exists() {
+    // One merge into --out at a time; then never replace anything but an earlier
+    // merge: not a run, not an input model, not a folder of the same name.
+    let lock = lock_beside(&args.out)?;
+    if let Some(pid) = lock.took_over() {
+        println!("{} was locked by process {pid}, which no longer runs: taken over", args.out.display());
+    }
+    if args.out.symlink_metadata().is_ok() {
         let same = |p: &PathBuf| std::fs::canonicalize(p).ok() == std::fs::canonicalize(&args.out).ok();
+        let earlier = is_replaceable(&args.out) && args.out.join(HERITAGE_FILE).is_file();
         anyhow::ensure!(
-            !same(&args.a) && !same(&args.b) && args.out.join(HERITAGE_FILE).is_file(),
-            "refusing to write into {}: it exists and is not an earlier merge's output (no {HERITAGE_FILE}) — \
-             choose another --out",
+            !same(&args.a) && !same(&args.b) && earlier,
+            "refusing to write into {}: it exists and is not an earlier merge's output — choose another --out",
             args.out.display()
         );
     }

@@ -161,7 +161,19 @@ impl Progress<'_> {
     fn on(&mut self, e: Event) {
         let max = self.run.training.max_steps;
         match e {
-            Event::Start { step, .. } => self.start(step),
+            Event::Start { step, restarted, took_over_lock, .. } => {
+                if let Some(pid) = took_over_lock {
+                    self.say(format!("the run's lock was held by process {pid}, which no longer runs: taken over"));
+                }
+                if restarted {
+                    self.say(format!(
+                        "{} has no checkpoint yet (it stopped before its first): starting it again from its saved \
+                         config",
+                        self.dir.display()
+                    ));
+                }
+                self.start(step)
+            }
             Event::Step { step, loss, lr, tokens_per_second, .. } => {
                 self.bar.set_position(step as u64);
                 self.bar.set_message(format!("loss {loss:.3} lr {lr:.1e} {tokens_per_second:.0} tok/s"));

@@ -459,9 +459,16 @@ fn compare_trains_both_families_on_the_same_batches_and_draws_the_report() {
     for family in ["bdh", "gpt"] {
         assert!(out.join(format!("xs-{family}/last/model.safetensors")).exists());
     }
-    // A second call continues: the runs are finished, so it only redraws.
+    // A second call continues: the runs are finished, so it only redraws, and says
+    // which lines of a damaged metrics log it could not read.
+    let metrics = out.join("xs-bdh/metrics.jsonl");
+    let mut log = std::fs::read_to_string(&metrics).unwrap();
+    log.insert_str(0, "{\"step\": 1, \"lo\n");
+    std::fs::write(&metrics, log).unwrap();
     let o = bdh(&["compare", "--sizes", "xs", "--tokens", "8192", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let warned = format!("warning: {}: 1 lines are not records", metrics.display());
+    assert!(text(&o).contains(&warned) && text(&o).contains("(line numbers 1)"), "{}", text(&o));
     // Other settings in the same directory are refused, not mixed in.
     let o = bdh(&["compare", "--sizes", "xs", "--tokens", "16384", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -543,4 +550,41 @@ fn a_build_without_mpi_refuses_to_be_one_of_several_processes() {
     let msg = text(&o);
     assert_eq!(o.status.code(), Some(2), "{msg}");
     assert!(msg.contains("--features mpi") && !tmp.path().join("run").exists(), "{msg}");
+}
+
+#[test]
+fn two_trainings_on_one_directory_the_second_refused_and_a_killed_ones_lock_taken_over() {
+    let tmp = temp("lock");
+    let dir = tmp.path().join("run");
+    let d = dir.display().to_string();
+    let small = ["--set", "training.batch_size=2", "--set", "training.block_size=32", "--quiet"];
+    let mut first = Command::new(env!("CARGO_BIN_EXE_bdh"))
+        .args(["train", "--preset", "tiny", "--out", &d, "--set", "training.max_steps=1000000"])
+        .args(["--set", "training.eval_interval=1000000"])
+        .args(small)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !(dir.join(".bdh-lock").exists() && dir.join("config.toml").exists()) {
+        assert!(started.elapsed().as_secs() < 60, "the first training never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = bdh(&[&["train", "--preset", "tiny", "--out", &d][..], &small].concat());
+    let said = text(&second);
+    assert_eq!(second.status.code(), Some(2), "{said}");
+    assert!(said.contains(&format!("in use by process {}", first.id())), "{said}");
+    let resumed = bdh(&["train", "--resume", &d]);
+    assert!(text(&resumed).contains(&format!("in use by process {}", first.id())), "{}", text(&resumed));
+    // Killed before its first checkpoint: its lock is stale, and the run starts again.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let end =
+        ["--set", "training.max_steps=2", "--set", "training.eval_interval=2", "--set", "training.eval_batches=1"];
+    let again = bdh(&[&["train", "--resume", &d, "--quiet"][..], &end].concat());
+    let said = text(&again);
+    assert_eq!(again.status.code(), Some(0), "{said}");
+    assert!(said.contains(&format!("held by process {}, which no longer runs: taken over", first.id())), "{said}");
+    assert!(said.contains("has no checkpoint yet (it stopped before its first): starting it again"), "{said}");
+    assert!(dir.join("last/model.safetensors").exists() && !dir.join(".bdh-lock").exists());
 }

@@ -199,3 +199,30 @@ fn merge_writes_a_model_that_runs_and_says_where_its_neurons_came_from() {
     ]);
     assert!(!o3.status.success() && text(&o3).contains("cannot change it"), "{}", text(&o3));
 }
+
+#[test]
+fn merge_removes_nothing_it_did_not_write() {
+    let tmp = temp("merge-own");
+    let out = tmp.path().join("merged");
+    let o = out.display().to_string();
+    let model = golden("recall-trained");
+    // Folders beside --out that merely have the names of its versions.
+    for name in ["merged.1", "merged.2"] {
+        std::fs::create_dir(tmp.path().join(name)).unwrap();
+        std::fs::write(tmp.path().join(name).join("notes.md"), name).unwrap();
+    }
+    run_ok(&["merge", &model, &model, "--out", &o]);
+    run_ok(&["merge", &model, &model, "--out", &o]);
+    for name in ["merged.1", "merged.2"] {
+        assert_eq!(std::fs::read_to_string(tmp.path().join(name).join("notes.md")).unwrap(), name);
+    }
+    // A plain folder that holds a heritage.json is not an earlier merge.
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("heritage.json"), "{}").unwrap();
+    std::fs::write(plain.join("notes.md"), "keep me").unwrap();
+    let refused = bdh(&["merge", &model, &model, "--out", &plain.display().to_string()]);
+    assert!(!refused.status.success() && text(&refused).contains("refusing to write into"), "{}", text(&refused));
+    assert_eq!(std::fs::read_to_string(plain.join("notes.md")).unwrap(), "keep me");
+    assert!(!tmp.path().join(".merged.bdh-lock").exists(), "the lock is let go of");
+}

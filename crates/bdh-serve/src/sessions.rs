@@ -135,14 +135,22 @@ impl Table {
 
 impl Sessions {
     /// A store holding at most `max_live` states in memory, saving to `dir` and
-    /// evicting to `dir/evicted-PID` (this process's, emptied now: sessions do not
-    /// outlive a server, and servers sharing `dir` do not touch each other's).
+    /// evicting to a folder made now, `dir/evicted-PID` (or `evicted-PID-2`, … if
+    /// that name is taken: a folder already there, say of a server that ended
+    /// without clearing it, is not this one's and is left as it is).
     pub fn new(prepared: Arc<Prepared>, max_live: usize, dir: &Path) -> anyhow::Result<Self> {
-        let evicted = dir.join(format!("evicted-{}", std::process::id()));
-        if evicted.is_dir() {
-            std::fs::remove_dir_all(&evicted)?;
+        std::fs::create_dir_all(dir)?;
+        let base = format!("evicted-{}", std::process::id());
+        let mut evicted = dir.join(&base);
+        for k in 2.. {
+            match std::fs::create_dir(&evicted) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => evicted = dir.join(format!("{base}-{k}")),
+                made => {
+                    made?;
+                    break;
+                }
+            }
         }
-        std::fs::create_dir_all(&evicted)?;
         let table =
             Table { live: HashMap::new(), on_disk: HashMap::new(), disk_bytes: 0, reserved: 0, clock: 0, next_id: 1 };
         Ok(Sessions {
@@ -415,12 +423,18 @@ impl Sessions {
         })
     }
 
-    /// Deletes the evicted sessions' files (at shutdown).
+    /// Deletes the evicted sessions' files (at shutdown), then their folder if
+    /// that leaves it empty: nothing this store did not write.
     pub fn clear_evicted(&self) {
-        let _ = std::fs::remove_dir_all(&self.evicted_dir);
-        let mut t = self.lock();
-        t.on_disk.clear();
-        t.disk_bytes = 0;
+        let ids: Vec<String> = {
+            let mut t = self.lock();
+            t.disk_bytes = 0;
+            t.on_disk.drain().map(|(id, _)| id).collect()
+        };
+        for id in ids {
+            let _ = std::fs::remove_file(self.evicted_path(&id));
+        }
+        let _ = std::fs::remove_dir(&self.evicted_dir);
     }
 }
 

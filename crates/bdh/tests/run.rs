@@ -224,3 +224,30 @@ fn a_run_carrying_its_state_resumes_exactly_and_detaching_changes_the_gradient()
     let err = RunConfig::resolve("gpt-tiny", &["training.carry_state=true".to_string()]).unwrap_err().to_string();
     assert!(err.contains("has none"), "{err}");
 }
+
+#[test]
+fn a_run_stopped_before_its_first_checkpoint_resumes_by_starting_again() {
+    let cfg = tiny(&["training.max_steps=3", "training.eval_interval=3"]);
+    let straight = run(&cfg, temp_dir("restart-straight").path(), false);
+    // What a run killed before its first evaluation leaves: its config, no last/.
+    let tmp = temp_dir("restart");
+    std::fs::write(tmp.path().join("config.toml"), cfg.to_toml()).unwrap();
+    // Its metrics: a record of a step it runs again, and a line a kill cut short.
+    let log = "{\"step\": 1, \"loss\": 9.0, \"lr\": 0.1}\n{\"step\": 2, \"lo";
+    std::fs::write(tmp.path().join("metrics.jsonl"), log).unwrap();
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    let mut restarted = None;
+    let resumed = train(&cfg, &corpus, tmp.path(), true, &AtomicBool::new(false), |e| {
+        if let Event::Start { restarted: r, .. } = e {
+            restarted = Some(r);
+        }
+    })
+    .unwrap();
+    assert_eq!(restarted, Some(true), "it says it starts again");
+    assert_eq!(resumed.losses, straight.losses);
+    let m = bdh::io::run_dir::RunDir::open(tmp.path()).unwrap().metrics().unwrap();
+    assert_eq!((m.steps.len(), m.skipped_lines.clone()), (3, vec![1]), "the cut line is kept, to be reported");
+    // Once it has a checkpoint, a resume continues it.
+    let again = run(&tiny(&["training.max_steps=4", "training.eval_interval=3"]), tmp.path(), true);
+    assert_eq!(again.losses.len(), 1);
+}

@@ -108,6 +108,58 @@ fn unreadable_and_overlong_metrics_lines_are_counted_not_held() {
     std::fs::write(dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
     let m = RunDir::open(dir).unwrap().metrics().unwrap();
     assert_eq!((m.steps.len(), m.evals.len(), m.samples.len(), m.skipped), (1, 1, 1, 3));
+    assert_eq!(m.skipped_lines, [2, 3, 5], "which lines were skipped, to say so");
     assert_eq!(m.evals[0].bits_per_byte, 1.0 / std::f64::consts::LN_2, "bits per byte from the loss");
     assert_eq!((m.samples[0].prompt.as_str(), m.samples[0].text.as_str()), ("a", "b"));
+}
+
+#[test]
+fn an_endless_metrics_log_is_read_to_a_bound_not_forever() {
+    if !Path::new("/dev/zero").exists() {
+        println!("skipped: no /dev/zero here");
+        return;
+    }
+    let tmp = temp_dir("metrics-endless");
+    let dir = tmp.path();
+    std::fs::write(dir.join("config.toml"), RunConfig::resolve("tiny", &[]).unwrap().to_toml()).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("metrics.jsonl")).unwrap();
+    let m = RunDir::open(dir).unwrap().metrics().unwrap();
+    assert_eq!((m.steps.len(), m.skipped), (0, 1), "one endless line, skipped");
+    // A run config that never ends is refused on the read.
+    std::fs::remove_file(dir.join("config.toml")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("config.toml")).unwrap();
+    let err = RunDir::open(dir).and_then(|r| r.config_text()).unwrap_err().to_string();
+    assert!(err.contains("config.toml"), "{err}");
+}
+
+#[test]
+fn a_run_lock_names_its_holder_and_is_let_go_of_when_dropped() {
+    let tmp = temp_dir("lock");
+    let run = RunDir::create(tmp.path()).unwrap();
+    let held = run.lock().unwrap();
+    assert_eq!(held.took_over(), None);
+    let err = run.lock().unwrap_err().to_string();
+    assert!(err.contains(&format!("in use by process {}", std::process::id())), "{err}");
+    drop(held);
+    let again = run.lock().unwrap();
+    drop(again);
+    assert!(!tmp.path().join(".bdh-lock").exists(), "let go of: no lock file left");
+}
+
+#[test]
+fn a_stale_run_lock_is_taken_over_and_a_foreign_file_is_not() {
+    let tmp = temp_dir("stale-lock");
+    let run = RunDir::create(tmp.path()).unwrap();
+    let lock = tmp.path().join(".bdh-lock");
+    // No process has this PID (above Linux's largest, 2^22).
+    std::fs::write(&lock, "bdh lock\npid 4999999\nstarted 1\n").unwrap();
+    let taken = run.lock().unwrap();
+    assert_eq!(taken.took_over(), Some(4_999_999));
+    assert!(std::fs::read_to_string(&lock).unwrap().contains(&format!("pid {}", std::process::id())));
+    drop(taken);
+    // A file of that name that is not a lock of ours is neither taken over nor removed.
+    std::fs::write(&lock, "my notes").unwrap();
+    let err = run.lock().unwrap_err().to_string();
+    assert!(err.contains("not a lock this program wrote"), "{err}");
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), "my notes");
 }

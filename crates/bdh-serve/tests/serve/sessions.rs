@@ -111,3 +111,24 @@ fn sessions_moved_to_and_from_disk_by_racing_threads_lose_no_state() {
     assert_eq!(positions, advanced, "every advance kept");
     assert_eq!(sessions.counts(), (2, 3));
 }
+
+#[test]
+fn sessions_remove_no_file_or_folder_they_did_not_write() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A folder of this process's eviction name, left by someone else.
+    let foreign = dir.path().join(format!("evicted-{}", std::process::id()));
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("sess-1.state.safetensors"), "not ours").unwrap();
+    let sessions = Arc::new(Sessions::new(tiny_prepared(256), 1, dir.path()).unwrap());
+    assert_eq!(std::fs::read_to_string(foreign.join("sess-1.state.safetensors")).unwrap(), "not ours");
+    let a = sessions.create().unwrap().id;
+    sessions.create().unwrap(); // a goes to disk, into a folder of this store's own
+    let own = dir.path().join(format!("evicted-{}-2", std::process::id()));
+    assert!(own.join(format!("{a}.state.safetensors")).is_file());
+    std::fs::write(own.join("notes"), "keep").unwrap();
+    sessions.clear_evicted();
+    assert!(!own.join(format!("{a}.state.safetensors")).exists(), "its own files go");
+    assert_eq!(std::fs::read_to_string(own.join("notes")).unwrap(), "keep");
+    assert_eq!(std::fs::read_to_string(foreign.join("sess-1.state.safetensors")).unwrap(), "not ours");
+}

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::run_dir::RunDir;
-use super::{encode_safetensors, fault_point, read_safetensors, shape_err, write_atomic, TensorMap};
+use super::{encode_safetensors, fault_point, owned, read_safetensors, shape_err, write_atomic, TensorMap};
 use crate::data::TOKENIZER_FILE;
 use crate::error::{Error, Result};
 use crate::model::bdh::{rope, Bdh, BdhConfig, FREQS_NAME};
@@ -230,41 +230,75 @@ pub fn save(model: &Model, dir: &Path) -> Result<()> {
 /// version — is switched to it by renaming a new link over it (one atomic rename),
 /// and older versions are removed. A crash at any point leaves `dir` pointing at a
 /// complete checkpoint (or, for a first checkpoint, no `dir` at all).
+///
+/// Only versions this function made (marked so, see [`is_replaceable`]) are ever
+/// removed: a folder that merely has a version's name stays, and a `dir` that is not
+/// a link (a folder or a file of someone else's) is refused before anything is written.
 pub fn replace_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::format(dir, "not a directory name"))?;
+    if fs::symlink_metadata(dir).is_ok_and(|m| !m.file_type().is_symlink()) {
+        return Err(Error::Refused(format!(
+            "{} exists and is not a checkpoint written here (those are links to a version beside them);              move it away or write elsewhere",
+            dir.display()
+        )));
+    }
     let next = versions(parent, name)?.iter().map(|(n, _)| n + 1).max().unwrap_or(1);
     let version = format!("{name}.{next}");
     let target = parent.join(&version);
-    fs::create_dir_all(&target).map_err(|e| Error::io("creating directory", &target, e))?;
+    owned::create_dir(&target)?;
     write(&target)?;
     fault_point("checkpoint written");
-    let current = fs::read_link(dir).ok();
-    if current.is_none() && dir.exists() {
-        // A plain directory (an older layout): keep it as a version, then link.
-        let kept = parent.join(format!("{name}.0"));
-        fs::rename(dir, &kept).map_err(|e| Error::io("moving aside", dir, e))?;
-        fault_point("old checkpoint moved aside");
-    }
     relink(dir, Path::new(&version))?;
     fault_point("link switched");
     for (_, old) in versions(parent, name)? {
         if old != target {
-            let _ = fs::remove_dir_all(&old);
+            owned::remove_marked(&old);
         }
     }
     Ok(())
 }
 
+/// Whether [`replace_dir`] may replace `dir`: it does not exist, or it is a link
+/// to a version directory that `replace_dir` made.
+pub fn is_replaceable(dir: &Path) -> bool {
+    let Ok(meta) = fs::symlink_metadata(dir) else { return true };
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let target = fs::read_link(dir).ok().filter(|t| t.components().count() == 1);
+    meta.file_type().is_symlink() && target.is_some_and(|t| owned::is_marked(&parent.join(t)))
+}
+
 /// Points the symbolic link `link` at `target` (relative to the link's directory)
-/// in one atomic step: a new link is made beside it and renamed over it.
+/// in one atomic step: a new link is made beside it and renamed over it. A `link`
+/// that exists but is not a link (a file or folder of someone else's) is refused.
 pub fn relink(link: &Path, target: &Path) -> Result<()> {
     let name = link.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::format(link, "not a link name"))?;
-    let tmp = link.with_file_name(format!("{name}.link"));
-    let _ = fs::remove_file(&tmp);
-    symlink(target, &tmp).map_err(|e| Error::io("linking", &tmp, e))?;
+    if fs::symlink_metadata(link).is_ok_and(|m| !m.file_type().is_symlink()) {
+        return Err(Error::Refused(format!(
+            "{} exists and is not a link; move it away to have it made one",
+            link.display()
+        )));
+    }
+    // A fresh name: a link is made only where nothing was, so none is removed.
+    let mut made = None;
+    for k in 0..64 {
+        let tmp = link.with_file_name(format!(".{name}.{}-{k}.link", std::process::id()));
+        match symlink(target, &tmp) {
+            Ok(()) => {
+                made = Some(tmp);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("linking", &tmp, e)),
+        }
+    }
+    let tmp = made.ok_or_else(|| Error::format(link, "every temporary link name beside it is taken"))?;
     fault_point("link made");
-    fs::rename(&tmp, link).map_err(|e| Error::io("switching the link", link, e))
+    let switched = fs::rename(&tmp, link).map_err(|e| Error::io("switching the link", link, e));
+    if switched.is_err() {
+        let _ = fs::remove_file(&tmp); // the link made just above
+    }
+    switched
 }
 
 /// The versioned directories `<name>.<n>` beside `name` in `parent`, as (n, path).

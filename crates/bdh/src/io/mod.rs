@@ -3,6 +3,7 @@
 //! file and is renamed into place.
 
 pub mod checkpoint;
+pub(crate) mod owned;
 mod pt;
 pub mod run_dir;
 pub mod state;
@@ -140,9 +141,14 @@ pub(crate) fn le_values<T, const W: usize>(raw: &[u8], f: impl Fn([u8; W]) -> T)
 /// Writes `bytes` to `path` through a temporary file in the same directory and a
 /// rename, so a crash never leaves a half-written file in place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-    let written = f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io("writing", &tmp, e));
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `write` writes. The temporary file is one made here
+/// under a name nobody held, so a failed write removes nothing of anyone else's.
+pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -> std::io::Result<()>) -> Result<()> {
+    let (tmp, mut f) = owned::create_temp(path)?;
+    let written = write(&mut f).and_then(|_| f.sync_all()).map_err(|e| Error::io("writing", &tmp, e));
     fault_point("file written");
     let renamed = written.and_then(|_| fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e)));
     if renamed.is_err() {

@@ -39,6 +39,12 @@ pub enum Event<'a> {
         step: usize,
         /// Last step.
         max_steps: usize,
+        /// A run to resume that had no checkpoint yet (stopped before its first),
+        /// started again from its saved config.
+        restarted: bool,
+        /// The PID of a process that held the run's lock and no longer runs, whose
+        /// stale lock this run took over.
+        took_over_lock: Option<u32>,
     },
     /// An optimizer step finished.
     Step {
@@ -121,6 +127,13 @@ pub fn train_parallel(
         (true, true) => RunDir::open_to_resume(dir)?,
         (true, false) => RunDir::create(dir)?,
     };
+    // Held until this function returns, whichever way: one writer per run.
+    let lock = if writer { Some(run_dir.lock()?) } else { None };
+    let took_over_lock = lock.as_ref().and_then(|l| l.took_over());
+    // A run stopped before its first checkpoint holds no weights to lose: it starts
+    // again from its config (the other processes take process 0's start anyway).
+    let restarted = writer && resume && std::fs::symlink_metadata(run_dir.checkpoint_dir(Checkpoint::Last)).is_err();
+    let resume = resume && !restarted;
     let last_dir = run_dir.checkpoint_dir(Checkpoint::Last);
     let (mut trainer, mut state) = if !writer {
         (Trainer::new(Model::new(&run.model, tc.seed)?, opt, b, t)?, TrainerState { step: 0, best_val_loss: None })
@@ -159,7 +172,7 @@ pub fn train_parallel(
     }
     let rows = parallel::rows(collective, b);
 
-    on(Event::Start { step: state.step, max_steps: tc.max_steps });
+    on(Event::Start { step: state.step, max_steps: tc.max_steps, restarted, took_over_lock });
     let mut losses = Vec::new();
     let mut last_eval = None;
     let mut interrupted = false;

@@ -6,13 +6,16 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::write_atomic_with;
 
 /// Longest line read (a sample of a few hundred bytes is the longest record a run
 /// writes); longer lines are skipped, not held.
 const MAX_LINE: u64 = 1 << 20;
 /// Records read at most (a step record is held in 32 bytes: 5 M take 160 MB).
 const MAX_RECORDS: usize = 5_000_000;
+/// Bytes of a log read at most, whatever its lines: a device or a file with no
+/// newline (`/dev/zero`) ends here, not never (5 M records of 400 bytes fit).
+const MAX_LOG_BYTES: u64 = 2 << 30;
 
 /// One optimizer step.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,44 +67,55 @@ pub struct Metrics {
     pub samples: Vec<SampleRecord>,
     /// Lines that are not a record (unreadable, overlong or of no known kind).
     pub skipped: usize,
+    /// The numbers (from 1) of the first [`SKIPPED_LINES_KEPT`] of them.
+    pub skipped_lines: Vec<usize>,
 }
+
+/// Skipped lines whose numbers [`Metrics`] keeps, to name them in a warning.
+pub const SKIPPED_LINES_KEPT: usize = 20;
 
 impl Metrics {
     /// Reads the log at `path` line by line (bounded lines and records).
     pub(super) fn read(path: &Path) -> Result<Self> {
         let file = fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
-        let mut reader = BufReader::new(file);
+        let mut reader = BufReader::new(file.take(MAX_LOG_BYTES));
         let mut next = |line: &mut Vec<u8>| {
             line.clear();
             (&mut reader).take(MAX_LINE).read_until(b'\n', line).map_err(|e| Error::io("reading", path, e))
         };
         let mut m = Metrics::default();
         let mut line = Vec::new();
-        for _ in 0..MAX_RECORDS {
+        for number in 1..=MAX_RECORDS {
             let n = next(&mut line)?;
             if n == 0 {
                 break;
             }
             if line.last() != Some(&b'\n') && n as u64 == MAX_LINE {
                 // An overlong line: skip the rest of it without holding it.
-                m.skipped += 1;
+                m.skip(number);
                 while next(&mut line)? > 0 && line.last() != Some(&b'\n') {}
                 continue;
             }
             match serde_json::from_slice::<serde_json::Value>(&line) {
-                Ok(v) => m.add(&v),
-                Err(_) => m.skipped += 1,
+                Ok(v) if m.add(&v) => {}
+                _ => m.skip(number),
             }
         }
         Ok(m)
     }
 
-    fn add(&mut self, v: &serde_json::Value) {
+    /// Counts line `number` as skipped.
+    fn skip(&mut self, number: usize) {
+        self.skipped += 1;
+        if self.skipped_lines.len() < SKIPPED_LINES_KEPT {
+            self.skipped_lines.push(number);
+        }
+    }
+
+    /// Adds record `v`; false if it is of no known kind.
+    fn add(&mut self, v: &serde_json::Value) -> bool {
         let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
-        let Some(step) = num("step") else {
-            self.skipped += 1;
-            return;
-        };
+        let Some(step) = num("step") else { return false };
         if let Some(val_loss) = num("val_loss") {
             self.evals.push(EvalRecord {
                 step,
@@ -117,8 +131,9 @@ impl Metrics {
             let prompt = v.get("sample_prompt").and_then(|s| s.as_str()).unwrap_or_default();
             self.samples.push(SampleRecord { step: step as u64, prompt: prompt.to_string(), text: sample.to_string() });
         } else {
-            self.skipped += 1;
+            return false;
         }
+        true
     }
 }
 
@@ -132,22 +147,33 @@ impl MetricsLog {
         MetricsLog(None)
     }
 
-    /// The log at `path`, without the records of steps after `keep_until`.
+    /// The log at `path`, without the records of steps after `keep_until`. Only
+    /// those records go: a line that is not a record (say, one a kill cut short) is
+    /// kept, whole lines, for a reader to report, never silently dropped.
     pub(super) fn open(path: &Path, keep_until: usize) -> Result<Self> {
-        let kept: Vec<String> = match fs::read_to_string(path) {
-            Ok(text) if keep_until > 0 => text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s as usize <= keep_until)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            _ => Vec::new(),
+        let old = match fs::File::open(path) {
+            Ok(f) => Some(BufReader::new(f.take(MAX_LOG_BYTES))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("reading", path, e)),
         };
-        write_atomic(path, kept.concat().as_bytes())?;
+        write_atomic_with(path, |out| {
+            let Some(mut old) = old else { return Ok(()) };
+            let mut line = Vec::new();
+            while (&mut old).take(MAX_LINE).read_until(b'\n', &mut line)? > 0 {
+                let later = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s > keep_until as u64);
+                if !later {
+                    out.write_all(&line)?;
+                    if line.last() != Some(&b'\n') {
+                        out.write_all(b"\n")?; // what is appended starts a line of its own
+                    }
+                }
+                line.clear();
+            }
+            Ok(())
+        })?;
         let file = fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io("opening", path, e))?;
         Ok(MetricsLog(Some(file)))
     }

@@ -10,15 +10,18 @@
 //! run/best/                   model.safetensors, config.json of the best validation loss
 //! run/steps/step-NNNNNN/      the model at step N, with `training.keep_every`
 //! run/tokenizer.json          the BPE tokenizer the run reads its text with, if not bytes
+//! run/.bdh-lock               while a process writes the run: its PID (see [`DirLock`])
 //! ```
 
+mod lock;
 mod metrics;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub use lock::DirLock;
 pub(crate) use metrics::MetricsLog;
-pub use metrics::{EvalRecord, Metrics, SampleRecord, StepRecord};
+pub use metrics::{EvalRecord, Metrics, SampleRecord, StepRecord, SKIPPED_LINES_KEPT};
 
 use super::checkpoint::WEIGHTS_FILE;
 use crate::data::TOKENIZER_FILE;
@@ -33,6 +36,21 @@ const METRICS: &str = "metrics.jsonl";
 const STEPS: &str = "steps";
 /// How a kept step's folder is named before its number.
 const STEP_PREFIX: &str = "step-";
+/// The lock file of a directory a process writes.
+const LOCK: &str = ".bdh-lock";
+
+/// Locks directory `dir` (a run, or a comparison's folder of runs) for this process
+/// until the lock is dropped; an error naming the process that holds it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    DirLock::take(&dir.join(LOCK))
+}
+
+/// Locks `path` — a file or directory one process makes or replaces, which may not
+/// exist yet — by a lock file beside it, `.<name>.bdh-lock`.
+pub fn lock_beside(path: &Path) -> Result<DirLock> {
+    let name = path.file_name().ok_or_else(|| Error::format(path, "not a file or directory name"))?;
+    DirLock::take(&path.with_file_name(format!(".{}{LOCK}", name.to_string_lossy())))
+}
 
 /// A checkpoint a run keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +118,11 @@ impl RunDir {
         RunDir::open(checkpoint.parent()?).ok()
     }
 
+    /// Locks the run for this process until the lock is dropped ([`lock_dir`]).
+    pub fn lock(&self) -> Result<DirLock> {
+        lock_dir(&self.path)
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -108,7 +131,7 @@ impl RunDir {
     /// The run's config file as text.
     pub fn config_text(&self) -> Result<String> {
         let path = self.path.join(CONFIG);
-        fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))
+        crate::io::read_text_bounded(&path, crate::io::MAX_CONFIG_BYTES)
     }
 
     /// The run's config with `overrides` applied (see [`RunConfig::from_toml`]).
