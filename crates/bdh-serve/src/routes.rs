@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -131,6 +131,20 @@ async fn on_disk<T: Send + 'static>(
         eprintln!("a session operation failed: {e}");
         Err(ApiError::internal("a session operation failed"))
     })
+}
+
+/// A session id from the path, or the JSON refusal of a path that holds none (one
+/// not UTF-8 once decoded).
+struct Id(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| ApiError::bad(format!("the session id in the path: {}", e.body_text())))?;
+        Ok(Id(id))
+    }
 }
 
 fn too_large() -> ApiError {
@@ -264,17 +278,17 @@ async fn list_sessions(State(app): State<Arc<App>>) -> Json<Value> {
     Json(json!({ "object": "list", "data": app.sessions.list() }))
 }
 
-async fn session_info(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn session_info(State(app): State<Arc<App>>, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(app.sessions.info(&id)?)))
 }
 
-async fn delete_session(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete_session(State(app): State<Arc<App>>, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let i = id.clone();
     on_disk(&app, move |app| app.sessions.delete(&i)).await?;
     Ok(Json(json!({ "id": id, "object": "session", "deleted": true })))
 }
 
-async fn fork_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
+async fn fork_session(State(app): State<Arc<App>>, Id(id): Id, body: Raw) -> Result<Json<Value>, ApiError> {
     bytes(body)?;
     Ok(Json(json!(on_disk(&app, move |app| app.sessions.fork(&id)).await?)))
 }
@@ -291,7 +305,7 @@ fn named(body: Raw) -> Result<String, ApiError> {
     Ok(n.name)
 }
 
-async fn save_session(State(app): State<Arc<App>>, Path(id): Path<String>, body: Raw) -> Result<Json<Value>, ApiError> {
+async fn save_session(State(app): State<Arc<App>>, Id(id): Id, body: Raw) -> Result<Json<Value>, ApiError> {
     let name = named(body)?;
     let (i, n) = (id.clone(), name.clone());
     let file = on_disk(&app, move |app| app.sessions.save(&i, &n)).await?;

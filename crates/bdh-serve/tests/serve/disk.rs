@@ -72,9 +72,10 @@ fn a_session_file_that_stalls_does_not_stall_health() {
     let took = s.runtime.block_on(async {
         let body = Body::from(json!({"prompt": "a", "max_tokens": 1, "session": a}).to_string());
         let stalled = Request::builder().method(Method::POST).uri("/v1/completions").body(body).unwrap();
+        // Timed from here: a read on this thread would hold up the sleep as well.
+        let start = std::time::Instant::now();
         let stalled = tokio::spawn(s.router.clone().oneshot(stalled));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let start = std::time::Instant::now();
         let health = Request::builder().uri("/health").body(Body::empty()).unwrap();
         let answer = s.router.clone().oneshot(health).await.unwrap();
         let took = start.elapsed();

@@ -44,3 +44,18 @@ fn a_body_that_stalls_half_way_gets_408_after_the_read_timeout() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(s.post("/v1/completions", &json!({"prompt": "a", "max_tokens": 1})).0, 200);
 }
+
+#[test]
+fn a_session_id_that_is_not_utf8_gets_a_json_400() {
+    let s = Served::start(|_| {});
+    for (method, path) in [
+        (Method::GET, "/v1/sessions/se%80ss"),
+        (Method::DELETE, "/v1/sessions/%ff"),
+        (Method::POST, "/v1/sessions/%c3%28/fork"),
+        (Method::POST, "/v1/sessions/%e2%82/save"),
+    ] {
+        let (status, v) = s.call(method, path, Some(&json!({"name": "x"})));
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("UTF-8"), "{path}: {v}");
+    }
+}
