@@ -163,3 +163,25 @@ fn a_stale_run_lock_is_taken_over_and_a_foreign_file_is_not() {
     assert!(err.contains("not a lock this program wrote"), "{err}");
     assert_eq!(std::fs::read_to_string(&lock).unwrap(), "my notes");
 }
+
+#[test]
+fn a_lock_of_a_process_that_ended_unreaped_is_taken_over() {
+    if !Path::new("/proc/self").exists() {
+        println!("skipped: no /proc here");
+        return;
+    }
+    // A child that has ended and is not waited for stays a zombie (the ranks of a
+    // killed mpirun job do): it runs no more, so its lock is stale.
+    let child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z") {
+        assert!(t0.elapsed().as_secs() < 10, "the child did not end");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let tmp = temp_dir("zombie-lock");
+    let run = RunDir::create(tmp.path()).unwrap();
+    std::fs::write(tmp.path().join(".bdh-lock"), format!("bdh lock\npid {pid}\nstarted 1\n")).unwrap();
+    assert_eq!(run.lock().unwrap().took_over(), Some(pid));
+    drop(child);
+}

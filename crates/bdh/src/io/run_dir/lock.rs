@@ -101,10 +101,20 @@ fn owner(text: &str) -> Option<u32> {
 }
 
 /// Whether process `pid` runs. Where `/proc` does not list processes, every
-/// process is taken to run, so no lock is ever taken from a live one.
+/// process is taken to run, so no lock is ever taken from a live one. A process
+/// that has ended but not been reaped (a zombie, state Z or X in its `stat`: the
+/// ranks of a killed `mpirun` job, whose parent is gone) does not run.
 fn alive(pid: u32) -> bool {
     let proc = Path::new("/proc");
-    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+    if !proc.join("self").exists() {
+        return true;
+    }
+    let Ok(stat) = crate::io::read_text_bounded(&proc.join(pid.to_string()).join("stat"), 4096) else {
+        return proc.join(pid.to_string()).exists();
+    };
+    // pid (comm) state …: the state is the first field after the name.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
 }
 
 /// Removes the stale lock file `path` if it still says `held`: it is moved aside
