@@ -153,9 +153,15 @@ impl Target {
             Target::RunDir => {
                 let dir = file.with_extension("run");
                 if !dir.join("config.toml").exists() {
-                    std::fs::create_dir_all(&dir).expect("making the run directory");
+                    // A run with a checkpoint, so that every step below is reached.
+                    let last = dir.join("last");
+                    std::fs::create_dir_all(&last).expect("making the run directory");
                     std::fs::write(dir.join("config.toml"), RunConfig::resolve("tiny", &[])?.to_toml())
                         .expect("writing the run config");
+                    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/ref-tiny");
+                    for name in ["config.json", "model.safetensors"] {
+                        std::fs::copy(golden.join(name), last.join(name)).expect("copying the golden model");
+                    }
                 }
                 std::fs::write(dir.join("metrics.jsonl"), input).expect("writing the metrics");
                 let run = bdh::io::run_dir::RunDir::open(&dir)?;

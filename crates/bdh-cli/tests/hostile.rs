@@ -117,21 +117,27 @@ fn absurd_numbers_are_clear_errors() {
     }
 }
 
-#[test]
-fn sigterm_during_a_long_accumulated_step_stops_within_seconds_and_saves() {
-    let tmp = temp("sigterm");
-    let out = tmp.path().join("run");
-    let sets = ["training.max_steps=2", "training.grad_accum=1000000", "training.eval_interval=1"];
+/// `bdh train --preset tiny` into `out` with `sets`, stopped by SIGTERM once the
+/// records of its metrics log are `ready`: it must exit within 10 s and save `last/`.
+fn train_then_stop(out: &std::path::Path, sets: &[&str], ready: impl Fn(&[serde_json::Value]) -> bool) {
     let mut args = vec!["train", "--preset", "tiny", "--threads", "1", "--quiet", "--out", out.to_str().unwrap()];
     sets.iter().for_each(|s| args.extend(["--set", s]));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bdh")).args(&args).spawn().unwrap();
-    // The run's config is written once the signal handler is in place.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bdh"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
-    while !out.join("config.toml").exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "the run never started");
-        std::thread::sleep(Duration::from_millis(50));
+    let metrics = out.join("metrics.jsonl");
+    let logged = || {
+        let Ok(text) = std::fs::read_to_string(&metrics) else { return false };
+        ready(&text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<_>>())
+    };
+    while !logged() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run never got ready");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it got ready");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(500));
     let sent = Instant::now();
     let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
@@ -146,5 +152,96 @@ fn sigterm_during_a_long_accumulated_step_stops_within_seconds_and_saves() {
         std::thread::sleep(Duration::from_millis(50));
     };
     println!("stopped {:?} after SIGTERM: {status}", sent.elapsed());
+    assert!(status.success(), "{status}");
     assert!(out.join("last").exists(), "no last/ saved");
+}
+
+/// The records of a run's metrics log, without the timings (which differ run to run).
+fn records(run: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines.iter_mut().for_each(|v| {
+        v.as_object_mut().unwrap().remove("tokens_per_second");
+    });
+    lines
+}
+
+#[test]
+fn sigterm_during_a_long_accumulated_step_stops_within_seconds_and_saves() {
+    let tmp = temp("sigterm");
+    let sets = ["training.max_steps=2", "training.grad_accum=1000000", "training.eval_interval=1"];
+    // The first step never ends: stopped once the log exists.
+    train_then_stop(&tmp.path().join("run"), &sets, |_| true);
+}
+
+/// A stop during the evaluation or the sample at a step's end stops at once; the
+/// resumed run does that work first and logs what an uninterrupted run logs.
+#[test]
+fn sigterm_during_an_evaluation_or_a_sample_stops_within_seconds_and_resume_finishes_it() {
+    let tmp = temp("sigterm-eval");
+    let steps = ["training.max_steps=3", "training.eval_interval=2", "training.sample_interval=2"];
+    let short = ["training.eval_batches=2", "training.sample_tokens=5"];
+    let whole = tmp.path().join("whole");
+    let mut args = vec!["train", "--preset", "tiny", "--threads", "1", "--quiet", "--out", whole.to_str().unwrap()];
+    steps.iter().chain(&short).for_each(|s| args.extend(["--set", s]));
+    let o = bdh(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    // (stopped in, the long setting, the record logged just before it)
+    let step_2 = |r: &[serde_json::Value]| r.iter().any(|v| v["step"] == 2 && v.get("loss").is_some());
+    let eval_2 = |r: &[serde_json::Value]| r.iter().any(|v| v["step"] == 2 && v.get("val_loss").is_some());
+    let cases: [(&str, &str, &dyn Fn(&[serde_json::Value]) -> bool); 2] = [
+        ("evaluation", "training.eval_batches=1000000000", &step_2),
+        ("sample", "training.sample_tokens=1000000000", &eval_2),
+    ];
+    for (what, long, ready) in cases {
+        let run = tmp.path().join(what);
+        let sets: Vec<&str> = steps.iter().chain(&short).copied().chain([long]).collect();
+        train_then_stop(&run, &sets, ready);
+        let mut args = vec!["train", "--resume", run.to_str().unwrap(), "--threads", "1", "--quiet"];
+        short.iter().for_each(|s| args.extend(["--set", s]));
+        let o = bdh(&args);
+        assert!(o.status.success(), "{what}: {}", text(&o));
+        assert_eq!(records(&run), records(&whole), "stopped during the {what}");
+        for checkpoint in ["best", "last"] {
+            let a = std::fs::read(run.join(checkpoint).join("model.safetensors")).unwrap();
+            assert!(a == std::fs::read(whole.join(checkpoint).join("model.safetensors")).unwrap(), "{checkpoint}/");
+        }
+    }
+}
+
+/// A byte-level tokenizer of 2²⁰ tokens (the most `bdh` reads) trains as far as
+/// memory allows: a batch past it is refused naming the bytes, never an abort.
+#[test]
+fn a_tokenizer_of_a_million_tokens_in_training_is_refused_by_its_size_not_an_abort() {
+    let tmp = temp("million");
+    // GPT-2's byte-to-character table, then three-character tokens up to 2²⁰ ids.
+    let mut chars: Vec<u32> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).map(u32::from).collect();
+    let others = (0..=255u32).filter(|b| !chars.contains(b)).count() as u32;
+    chars.extend(256..256 + others);
+    let chars: Vec<char> = chars.into_iter().map(|c| char::from_u32(c).unwrap()).collect();
+    let mut vocab = serde_json::Map::new();
+    for (i, c) in chars.iter().enumerate() {
+        vocab.insert(c.to_string(), i.into());
+    }
+    for id in 256..1usize << 20 {
+        let k = id - 256;
+        let token: String = [chars[k >> 16], chars[(k >> 8) & 255], chars[k & 255]].iter().collect();
+        vocab.insert(token, id.into());
+    }
+    let byte_level =
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+    });
+    let path = tmp.path().join("million.json");
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let data = tmp.path().join("text.txt");
+    std::fs::write(&data, "To be, or not to be, that is the question.\n".repeat(200)).unwrap();
+    let (path, data) = (path.to_str().unwrap(), data.to_str().unwrap());
+    let args = ["train", "--preset", "tiny", "--tokenizer", path, "--data", data, "--out"];
+    let out = tmp.path().join("run");
+    refused(&[&args[..], &[out.to_str().unwrap(), "--set", "training.batch_size=4096"]].concat(), 3, "would need");
 }

@@ -78,11 +78,26 @@ pub fn evaluate(
     batches: usize,
     step: usize,
 ) -> Result<EvalMetrics> {
+    Ok(evaluate_until(model, corpus, acts, batches, step, &|| false)?.expect("never stopped"))
+}
+
+/// [`evaluate`], or `None` if `stopped` says so before a batch.
+pub fn evaluate_until(
+    model: &Model,
+    corpus: &Corpus,
+    acts: &mut Activations,
+    batches: usize,
+    step: usize,
+    stopped: &dyn Fn() -> bool,
+) -> Result<Option<EvalMetrics>> {
     let (b, t, v) = acts.shape();
     let tokenizer = corpus.tokenizer();
     let (mut loss, mut correct, mut answers, mut bytes) = (0.0f64, 0usize, 0usize, 0usize);
     let mut groups: Vec<AnswerGroup> = Vec::new();
     for i in 0..batches {
+        if stopped() {
+            return Ok(None);
+        }
         let batch = corpus.val_batch(i, batches, b, t);
         forward(model, &batch.tokens, acts, Mode::Eval)?;
         let logits = acts.logits();
@@ -111,7 +126,7 @@ pub fn evaluate(
         }
     }
     let val_loss = loss / batches as f64;
-    Ok(EvalMetrics {
+    Ok(Some(EvalMetrics {
         step,
         val_loss,
         bits_per_byte: bits_per_byte(val_loss, batches * b * t, bytes),
@@ -123,7 +138,7 @@ pub fn evaluate(
             groups
         },
         train_loss: None,
-    })
+    }))
 }
 
 /// Bits per byte of a mean loss `loss` (nats) over `tokens` tokens that decode

@@ -344,3 +344,32 @@ fn newline_pieces(text: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
         Some(piece)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// Set in the child process of [`a_caught_panic_prints_nothing`].
+    const CHILD: &str = "BDH_QUIETLY_CHILD";
+
+    /// A panic inside `quietly` is an error and prints nothing, while one outside
+    /// it still prints. Run in a process of its own (this test binary again), whose
+    /// panic hook is the default one that prints.
+    #[test]
+    fn a_caught_panic_prints_nothing() {
+        if std::env::var_os(CHILD).is_some() {
+            assert!(super::quietly(|| panic!("inside quietly")).is_err());
+            let outside = std::thread::spawn(|| panic!("outside quietly")).join();
+            assert!(outside.is_err());
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "data::bpe::tests::a_caught_panic_prints_nothing", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("outside quietly"), "a panic outside should print: {stderr}");
+        assert!(!stderr.contains("inside quietly"), "a caught panic printed: {stderr}");
+    }
+}

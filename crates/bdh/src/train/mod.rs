@@ -49,6 +49,8 @@ impl Trainer {
     pub fn new(model: Model, opt: AdamWConfig, b: usize, t: usize) -> Result<Self> {
         let acts = Activations::new(&model, b, t)?;
         let grads = Gradients::new(&model, b, t)?;
+        let moments = model.params().data().len().checked_mul(2);
+        crate::memory::ensure_fits(crate::memory::f32_bytes(moments), "AdamW's two moments of every parameter")?;
         let opt = AdamW::with_decay(opt, model.params(), model.weight_decay_mask());
         Ok(Trainer { model, opt, acts, grads, carry: None })
     }

@@ -11,7 +11,7 @@ use super::carry::Carry;
 use super::{learning_rate, parallel, AdamWConfig, Collective, RunConfig, Single, Trainer};
 use crate::data::{Corpus, Tokenizer};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, EvalMetrics};
+use crate::eval::{evaluate_until, EvalMetrics};
 use crate::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
 use crate::io::checkpoint::{self, replace_dir};
 use crate::io::run_dir::{Checkpoint, MetricsLog, RunDir};
@@ -22,12 +22,31 @@ use crate::model::Model;
 pub const TRAIN_LOSS_STEPS: usize = 20;
 
 /// What `trainer.json` records: enough to continue exactly.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
     /// Optimizer steps completed (the next batch index).
     pub step: usize,
     /// Best validation loss so far.
     pub best_val_loss: Option<f64>,
+    /// End-of-step work for `step` that a stop interrupted: done first on resume,
+    /// so that the run records what an uninterrupted one does.
+    #[serde(default, skip_serializing_if = "Unfinished::is_none")]
+    pub unfinished: Unfinished,
+}
+
+/// The end-of-step work still to do for a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Unfinished {
+    /// The evaluation, with the checkpoints it writes.
+    pub eval: bool,
+    /// The sample.
+    pub sample: bool,
+}
+
+impl Unfinished {
+    fn is_none(&self) -> bool {
+        !self.eval && !self.sample
+    }
 }
 
 /// Something a run reports as it goes.
@@ -136,7 +155,7 @@ pub fn train_parallel(
     let resume = resume && !restarted;
     let last_dir = run_dir.checkpoint_dir(Checkpoint::Last);
     let (mut trainer, mut state) = if !writer {
-        (Trainer::new(Model::new(&run.model, tc.seed)?, opt, b, t)?, TrainerState { step: 0, best_val_loss: None })
+        (Trainer::new(Model::new(&run.model, tc.seed)?, opt, b, t)?, TrainerState::default())
     } else if resume {
         load_state(run, &last_dir, opt, b, t)?
     } else {
@@ -159,7 +178,7 @@ pub fn train_parallel(
         if tc.carry_state {
             trainer.carry = Some(Carry::new(&run.model, b, tc.detach_state)?);
         }
-        (trainer, TrainerState { step: 0, best_val_loss: None })
+        (trainer, TrainerState::default())
     };
     let tokenizer = corpus.tokenizer();
     tokenizer.check(&run.model)?;
@@ -177,7 +196,65 @@ pub fn train_parallel(
     let mut last_eval = None;
     let mut interrupted = false;
     let mut recent = std::collections::VecDeque::with_capacity(TRAIN_LOSS_STEPS);
-    while state.step < tc.max_steps {
+    if writer && resume {
+        // The losses of the steps before, as an uninterrupted run holds them (the log
+        // has f32 losses in their shortest form: back to f32 is exact).
+        let steps = run_dir.metrics()?.steps;
+        let before = steps.iter().filter(|r| r.step <= state.step as f64).map(|r| r.loss as f32 as f64);
+        recent.extend(before.rev().take(TRAIN_LOSS_STEPS).collect::<Vec<_>>().into_iter().rev());
+    }
+    // What a stopped run left undone of its last step's end, done first; `last`
+    // says so until it is done.
+    let mut due = std::mem::take(&mut state.unfinished);
+    let mut last_says_due = !due.is_none();
+    // Only a process alone stops inside a step's work; several agree at a step's
+    // start, so none waits on one that has left.
+    let alone = collective.size() == 1;
+    let stopped = || alone && stop.load(Ordering::SeqCst);
+    loop {
+        if due.eval {
+            // K times the batches of B rows: the validation rows one process of K·B rows scores.
+            let batches = tc.eval_batches * collective.size();
+            let Some(mut m) = evaluate_until(&trainer.model, corpus, &mut trainer.acts, batches, state.step, &stopped)?
+            else {
+                interrupted = true;
+                break;
+            };
+            m.train_loss = Some(recent.iter().sum::<f64>() / recent.len().max(1) as f64);
+            metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
+            on(Event::Eval(&m));
+            ensure_finite(&trainer, state.step, &last_dir)?; // before `best` or `last` could get them
+            if m.val_loss.is_finite() && state.best_val_loss.is_none_or(|best| m.val_loss < best) {
+                state.best_val_loss = Some(m.val_loss);
+                save_model_dir(&trainer.model, &tokenizer, &run_dir.checkpoint_dir(Checkpoint::Best))?;
+            }
+            if tc.keep_every > 0 && state.step % tc.keep_every == 0 {
+                let kept = run_dir.checkpoint_dir(Checkpoint::Step(state.step));
+                save_model_dir(&trainer.model, &tokenizer, &kept)?;
+            }
+            due.eval = false;
+            save_state(&trainer, &tokenizer, &state, &last_dir)?;
+            last_says_due = false;
+            on(Event::Saved(&last_dir));
+            last_eval = Some(m);
+        }
+        if due.sample {
+            let Some((prompt, text)) = sample_until(&trainer.model, corpus, tc.sample_tokens, tc.seed, &stopped)?
+            else {
+                interrupted = true;
+                break;
+            };
+            metrics.write(&serde_json::json!({"step": state.step, "sample_prompt": prompt, "sample": text}))?;
+            on(Event::Sample { step: state.step, prompt: &prompt, text: &text });
+            due.sample = false;
+            if last_says_due {
+                save_state(&trainer, &tokenizer, &state, &last_dir)?;
+                last_says_due = false;
+            }
+        }
+        if state.step >= tc.max_steps {
+            break;
+        }
         if parallel::any(collective, stop.load(Ordering::SeqCst))? {
             interrupted = true;
             break;
@@ -187,9 +264,8 @@ pub fn train_parallel(
         let mut loss = 0.0f32;
         for micro in 0..tc.grad_accum {
             // A stop between micro-batches drops the half-accumulated gradients: the
-            // step is taken whole on resume. Only a process alone stops here; several
-            // agree at a step's start, so none waits on one that has left.
-            if micro > 0 && collective.size() == 1 && stop.load(Ordering::SeqCst) {
+            // step is taken whole on resume.
+            if micro > 0 && stopped() {
                 interrupted = true;
                 break;
             }
@@ -234,41 +310,28 @@ pub fn train_parallel(
         on(Event::Step { step: state.step, loss, lr, grad_norm, tokens_per_second });
 
         let last_step = state.step == tc.max_steps;
-        if writer && (state.step % tc.eval_interval == 0 || last_step) {
-            // K times the batches of B rows: the validation rows one process of K·B rows scores.
-            let batches = tc.eval_batches * collective.size();
-            let mut m = evaluate(&trainer.model, corpus, &mut trainer.acts, batches, state.step)?;
-            m.train_loss = Some(recent.iter().sum::<f64>() / recent.len().max(1) as f64);
-            metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
-            on(Event::Eval(&m));
-            ensure_finite(&trainer, state.step, &last_dir)?; // before `best` or `last` could get them
-            if m.val_loss.is_finite() && state.best_val_loss.is_none_or(|best| m.val_loss < best) {
-                state.best_val_loss = Some(m.val_loss);
-                save_model_dir(&trainer.model, &tokenizer, &run_dir.checkpoint_dir(Checkpoint::Best))?;
-            }
-            if tc.keep_every > 0 && state.step % tc.keep_every == 0 {
-                let kept = run_dir.checkpoint_dir(Checkpoint::Step(state.step));
-                save_model_dir(&trainer.model, &tokenizer, &kept)?;
-            }
-            save_state(&trainer, &tokenizer, &state, &last_dir)?;
-            on(Event::Saved(&last_dir));
-            last_eval = Some(m);
-        }
-        if writer && ((tc.sample_interval > 0 && state.step % tc.sample_interval == 0) || last_step) {
-            let (prompt, text) = sample(&trainer.model, corpus, tc.sample_tokens, tc.seed)?;
-            metrics.write(&serde_json::json!({"step": state.step, "sample_prompt": prompt, "sample": text}))?;
-            on(Event::Sample { step: state.step, prompt: &prompt, text: &text });
-        }
+        due = Unfinished {
+            eval: writer && (state.step % tc.eval_interval == 0 || last_step),
+            sample: writer && ((tc.sample_interval > 0 && state.step % tc.sample_interval == 0) || last_step),
+        };
     }
     if interrupted && writer {
+        state.unfinished = due;
         save_state(&trainer, &tokenizer, &state, &last_dir)?;
         on(Event::Saved(&last_dir));
     }
     Ok(RunOutcome { step: state.step, interrupted, last_eval, losses, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// A sample from the corpus's sample prompt: (prompt, continuation).
-pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Result<(String, String)> {
+/// A sample from the corpus's sample prompt: (prompt, continuation), or `None`
+/// if `stopped` says so between two tokens.
+fn sample_until(
+    model: &Model,
+    corpus: &Corpus,
+    tokens: usize,
+    seed: u64,
+    stopped: &dyn Fn() -> bool,
+) -> Result<Option<(String, String)>> {
     let mut prompt = corpus.sample_prompt();
     if let Some(context) = model.config().max_context() {
         // A GPT's prompt must fit its context, with room to write: keep the end.
@@ -289,9 +352,13 @@ pub fn sample(model: &Model, corpus: &Corpus, tokens: usize, seed: u64) -> Resul
     let tok = corpus.tokenizer();
     let g = Generation { max_tokens: tokens, tokenizer: tok.clone(), ..Generation::default() };
     let out = generate(&prepared, &mut state, &mut scratch, &tok.encode(prompt.as_bytes()), &g, &mut sampler, |_| {
-        std::ops::ControlFlow::Continue(())
+        if stopped() {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
     })?;
-    Ok((prompt, String::from_utf8_lossy(&out.text).into_owned()))
+    Ok((!out.stats.cancelled).then(|| (prompt, String::from_utf8_lossy(&out.text).into_owned())))
 }
 
 /// A checkpoint directory: the model, and the tokenizer it reads with (if not bytes).
