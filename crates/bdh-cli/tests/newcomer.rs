@@ -247,3 +247,50 @@ fn a_run_whose_reader_goes_away_saves_and_ends_cleanly() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
     assert!(run.join("last/model.safetensors").exists(), "the run saved before ending");
 }
+
+/// The commands of a fenced `sh` block of the README section headed `heading`, one per
+/// entry, continuation lines joined (comments kept: the shell drops them).
+fn readme_commands(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let section = readme.split("\n## ").find(|s| s.starts_with(heading)).expect("the README has the section");
+    let block = section.split("```sh\n").nth(1).expect("a sh block").split("```").next().unwrap();
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
+}
+
+/// The README's quick start, run as written (but the install, which this build
+/// stands for) in a directory holding the repository's examples and models: every
+/// command succeeds and prints something, and the files it says it writes are there.
+#[test]
+fn the_readme_quick_start_runs_as_written() {
+    let tmp = temp("quick-start");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for dir in ["examples", "tests", "configs"] {
+        std::os::unix::fs::symlink(root.join(dir).canonicalize().unwrap(), tmp.path().join(dir)).unwrap();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let commands = readme_commands("Quick start");
+    assert!(commands.len() >= 4, "{commands:?}");
+    for command in commands.iter().filter(|c| !c.starts_with("cargo install")) {
+        assert!(command.starts_with("bdh "), "a quick-start command that is not bdh's: {command}");
+        let o = Command::new("sh").arg("-c").arg(command).current_dir(tmp.path()).env("PATH", &path).output().unwrap();
+        let out = text(&o);
+        println!("$ {command}\n{out}");
+        assert!(o.status.success(), "{command}: {out}");
+        assert!(!o.stdout.is_empty(), "{command} printed nothing");
+    }
+    for written in ["sparsity.html", "runs/first/report.html", "runs/first/best/model.safetensors"] {
+        assert!(tmp.path().join(written).exists(), "{written} not written");
+    }
+}
