@@ -139,16 +139,82 @@ impl Axis {
     }
 }
 
+/// How a series is drawn: a line, or one of the markers dot series take in turn
+/// (so that series drawn at the same points stay apart).
+#[derive(Clone, Copy)]
+enum Mark {
+    Line,
+    Disc,
+    Cross,
+    Triangle,
+    Ring,
+}
+
+impl Mark {
+    /// The marks of `series`, in order: dot series take disc, cross, triangle, ring.
+    fn of(series: &[Series]) -> Vec<Mark> {
+        let dots = [Mark::Disc, Mark::Cross, Mark::Triangle, Mark::Ring];
+        let mut k = 0;
+        series
+            .iter()
+            .map(|s| match s.dots {
+                false => Mark::Line,
+                true => {
+                    k += 1;
+                    dots[(k - 1) % dots.len()]
+                }
+            })
+            .collect()
+    }
+
+    /// Draws the mark at pixel `at` of `area` (a legend's glyph, or a point).
+    fn draw<DB: DrawingBackend>(self, area: &DrawingArea<DB, plotters::coord::Shift>, at: (i32, i32), color: RGBColor) {
+        let (x, y) = at;
+        let _ = match self {
+            Mark::Line => area.draw(&PathElement::new(vec![(x - 6, y), (x + 6, y)], color.stroke_width(2))),
+            Mark::Disc => area.draw(&Circle::new(at, 4, color.filled())),
+            Mark::Cross => area.draw(&Cross::new(at, 4, color.stroke_width(2))),
+            Mark::Triangle => area.draw(&TriangleMarker::new(at, 5, color.filled())),
+            Mark::Ring => area.draw(&Circle::new(at, 4, color.stroke_width(2))),
+        };
+    }
+}
+
+/// Height of a row of the legend, which sits below the plot, never on it.
+const LEGEND_ROW: u32 = 22;
+
+/// Where each legend entry goes, in rows below the plot: (row, x) per series.
+fn legend_layout(series: &[Series]) -> Vec<(u32, i32)> {
+    let (mut row, mut x) = (0u32, 70i32);
+    series
+        .iter()
+        .map(|s| {
+            let width = 30 + 7 * s.name.chars().count() as i32;
+            if x + width > SIZE.0 as i32 - 8 && x > 70 {
+                (row, x) = (row + 1, 70);
+            }
+            let at = (row, x);
+            x += width;
+            at
+        })
+        .collect()
+}
+
 impl Chart {
-    /// The chart as an inline SVG element.
+    /// The chart as an inline SVG element, its legend (if any) in rows below the plot.
     pub fn svg(&self) -> Result<String, String> {
         let xs = Axis::new(self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), self.log_x);
         let ys = Axis::new(self.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), self.log_y);
+        let labelled = self.series.len() > 1 || self.series.iter().any(|s| !s.name.is_empty());
+        let layout = if labelled { legend_layout(&self.series) } else { Vec::new() };
+        let rows = layout.iter().map(|&(r, _)| r + 1).max().unwrap_or(0);
+        let marks = Mark::of(&self.series);
         let mut svg = String::new();
         {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            let root = SVGBackend::with_string(&mut svg, (SIZE.0, SIZE.1 + rows * LEGEND_ROW)).into_drawing_area();
             root.fill(&WHITE).map_err(|e| e.to_string())?;
-            let mut chart = ChartBuilder::on(&root)
+            let (plot, legend) = root.split_vertically(SIZE.1);
+            let mut chart = ChartBuilder::on(&plot)
                 .caption(&self.title, ("sans-serif", 16))
                 .margin(12)
                 .x_label_area_size(42)
@@ -167,28 +233,31 @@ impl Chart {
                 .light_line_style(WHITE.mix(0.0))
                 .draw()
                 .map_err(|e| e.to_string())?;
-            for (k, s) in self.series.iter().enumerate() {
+            for ((k, s), &mark) in self.series.iter().enumerate().zip(&marks) {
                 let color = PALETTE[s.color.unwrap_or(k) % PALETTE.len()];
                 let pts: Vec<(f64, f64)> =
                     s.points.iter().filter_map(|&(x, y)| Some((xs.map(x)?, ys.map(y)?))).collect();
-                let drawn = if s.dots {
-                    chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-                } else {
-                    chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                };
-                drawn
-                    .map_err(|e| e.to_string())?
-                    .label(&s.name)
-                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                match mark {
+                    Mark::Line => {
+                        chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(|e| e.to_string())?;
+                    }
+                    _ => {
+                        let area = chart.plotting_area();
+                        let strip = area.strip_coord_spec();
+                        for p in pts {
+                            let (x, y) = area.map_coordinate(&p);
+                            let (x0, y0) = strip.get_base_pixel();
+                            mark.draw(&strip, (x - x0, y - y0), color);
+                        }
+                    }
+                }
             }
-            if self.series.len() > 1 || self.series.iter().any(|s| !s.name.is_empty()) {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperRight)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK.mix(0.4))
-                    .draw()
-                    .map_err(|e| e.to_string())?;
+            for ((k, s), (&(row, x), &mark)) in self.series.iter().enumerate().zip(layout.iter().zip(&marks)) {
+                let color = PALETTE[s.color.unwrap_or(k) % PALETTE.len()];
+                let y = (row * LEGEND_ROW + LEGEND_ROW / 2) as i32;
+                mark.draw(&legend, (x + 6, y), color);
+                let text = Text::new(s.name.clone(), (x + 18, y - 7), ("sans-serif", 13).into_font().color(&BLACK));
+                legend.draw(&text).map_err(|e| e.to_string())?;
             }
             root.present().map_err(|e| e.to_string())?;
         }
@@ -306,6 +375,17 @@ impl Page {
         }
         self.body.push_str("</table>");
     }
+    /// Adds a sample headed `label`: its prompt, a bar, what the model wrote, as
+    /// written (line breaks kept, left-aligned, in a fixed-width font).
+    pub fn sample(&mut self, label: &str, prompt: &str, text: &str) {
+        let _ = write!(
+            self.body,
+            "<p class=\"sample\">{}</p><pre class=\"sample\"><span class=\"prompt\">{}</span>│{}</pre>",
+            esc(label),
+            esc(prompt),
+            esc(text)
+        );
+    }
     /// Adds a text as lines of `per_line` tokens, each led by its first token's
     /// position, so positions on a chart's axis can be found in it; at most
     /// `max_tokens` tokens, saying so when the text is longer.
@@ -345,6 +425,9 @@ impl Page {
              table.provenance td,table.provenance th{{text-align:left;font-size:90%;vertical-align:top}}\
              table.provenance td{{font-family:monospace;white-space:pre-wrap;word-break:break-all}}\
              pre.positions{{font-size:85%;overflow-x:auto}}\
+             p.sample{{margin:1em 0 0.2em;font-weight:bold}}\
+             pre.sample{{white-space:pre-wrap;text-align:left;background:#f6f6f6;padding:6px;margin:0}}\
+             pre.sample span.prompt{{color:#777}}\
              figure{{margin:1em 0}}</style></head><body><h1>{t}</h1>{head}{}</body></html>",
             self.body,
             t = esc(title)
@@ -353,7 +436,7 @@ impl Page {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn chart(points: Vec<(f64, f64)>, log_x: bool) -> Chart {
@@ -389,6 +472,46 @@ mod tests {
         assert_eq!(axis.label(0.75), "");
         assert_eq!(axis.label(2.0), "2");
         assert!(!Axis::new([0.0, 0.5].into_iter(), false).whole);
+    }
+
+    /// The (x, y) of every `<circle>` of an SVG.
+    pub(crate) fn circles(svg: &str) -> Vec<(f64, f64)> {
+        let attr = |t: &str, name: &str| -> Option<f64> {
+            t.split(&format!(" {name}=\"")).nth(1)?.split('"').next()?.parse().ok()
+        };
+        svg.split("<circle").skip(1).filter_map(|t| Some((attr(t, "cx")?, attr(t, "cy")?))).collect()
+    }
+
+    /// The y of the `<text>` elements that say `label`.
+    fn text_y(svg: &str, label: &str) -> Vec<f64> {
+        svg.split("<text")
+            .skip(1)
+            .filter(|t| t.split_once('>').is_some_and(|(_, rest)| rest.trim_start().starts_with(label)))
+            .filter_map(|t| t.split(" y=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect()
+    }
+
+    /// A legend never lies on the data: with points in every corner of the plot and
+    /// several series, each legend label is below every plotted point.
+    #[test]
+    fn a_legend_lies_below_the_plotted_points() {
+        let corners = vec![(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (0.5, 0.5)];
+        let series = ["validation", "train (mean of the last 20 steps)", "copying a stated value at random", "a line"]
+            .iter()
+            .enumerate()
+            .map(|(k, name)| Series { name: name.to_string(), points: corners.clone(), dots: k < 3, color: None })
+            .collect();
+        let chart =
+            Chart { title: "t".into(), x_label: "x".into(), y_label: "y".into(), log_x: false, log_y: false, series };
+        let svg = chart.svg().unwrap();
+        let points: Vec<(f64, f64)> = circles(&svg).into_iter().filter(|p| p.1 < SIZE.1 as f64).collect();
+        assert!(points.len() >= 5, "{points:?}");
+        let lowest = points.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+        for label in ["validation", "train (mean", "copying a stated", "a line"] {
+            let ys = text_y(&svg, label);
+            assert!(!ys.is_empty(), "no legend label {label:?}");
+            assert!(ys.iter().all(|&y| y > lowest + 10.0), "{label:?} at {ys:?}, a point at {lowest}");
+        }
     }
 
     #[test]

@@ -53,9 +53,9 @@ pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<Pat
     if !r.samples.is_empty() {
         p.heading("Samples");
         p.text("Each sample continues the corpus's sample prompt (before the bar) at temperature 0.8, top-k 40.");
-        let rows: Vec<Vec<String>> =
-            r.samples.iter().map(|s| vec![s.step.to_string(), format!("{}│{}", s.prompt, s.text)]).collect();
-        p.table(&["step", "prompt│sample"], &rows);
+        for s in &r.samples {
+            p.sample(&format!("step {}", s.step), &s.prompt, &s.text);
+        }
     }
     let out = html.map_or_else(|| dir.join("report.html"), Path::to_path_buf);
     bdh::io::write_atomic(&out, p.html(&format!("bdh report: {}", dir.display())).as_bytes())
@@ -115,16 +115,33 @@ fn charts(p: &mut Page, r: &Metrics, unit: &str) {
         series,
     };
     p.heading("Curves");
+    // A log axis: the early steps' losses are ten times the late ones'.
     p.chart(&chart(
         &format!("Loss (nats per {unit})"),
-        "loss",
-        false,
+        "loss (log scale)",
+        true,
         vec![
             line("train (each step)", per_step(|s| s.loss)),
-            dots("train (mean of the last 20 steps)", evals(|e| e.train_loss)),
             dots("validation", evals(|e| Some(e.val_loss))),
+            dots("train (mean of the last 20 steps)", evals(|e| e.train_loss)),
         ],
     ));
+    // The same from a tenth of the way on, where the curves differ by hundredths.
+    let last = r.steps.last().map_or(0.0, |s| s.step);
+    let from = (last / 10.0).ceil();
+    if r.steps.len() >= 50 {
+        let late = |points: Vec<(f64, f64)>| points.into_iter().filter(|p| p.0 >= from).collect::<Vec<_>>();
+        p.chart(&chart(
+            &format!("Loss from step {from} on (nats per {unit})"),
+            "loss",
+            false,
+            vec![
+                line("train (each step)", late(per_step(|s| s.loss))),
+                dots("validation", late(evals(|e| Some(e.val_loss)))),
+                dots("train (mean of the last 20 steps)", late(evals(|e| e.train_loss))),
+            ],
+        ));
+    }
     p.chart(&chart(
         "Validation bits per byte",
         "bits/byte",
@@ -133,8 +150,52 @@ fn charts(p: &mut Page, r: &Metrics, unit: &str) {
     ));
     let acc = evals(|e| e.answer_accuracy.map(|a| a * 100.0));
     if !acc.is_empty() {
-        p.chart(&chart("Answer accuracy", "% of answers exact", false, vec![dots("validation", acc)]));
+        let copying = evals(|e| e.copy_baseline.map(|c| c * 100.0));
+        p.chart(&chart(
+            "Answer accuracy",
+            "% of answers exact",
+            false,
+            vec![dots("validation", acc), dots("copying a stated value at random", copying)],
+        ));
     }
     p.chart(&chart("Learning rate", "lr", false, vec![line("lr", per_step(|s| s.lr))]));
     p.chart(&chart("Throughput", "tokens/s", false, vec![line("tokens/s", per_step(|s| s.tokens_per_second))]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A training run's usual loss curve (5.6 at the start, 0.54 → 0.36 over the
+    /// evaluations after it): the evaluations' spread must be visible, not squeezed
+    /// into a few pixels at the bottom of an axis that starts at the first step's loss.
+    #[test]
+    fn the_late_losses_of_a_run_spread_over_the_loss_chart() {
+        let steps = (1..=2500)
+            .map(|i| {
+                let loss = 0.36 + 5.2 * (-(i as f64) / 60.0).exp() + 0.18 * (-(i as f64) / 900.0).exp();
+                StepRecord { step: i as f64, loss, lr: 1e-3, tokens_per_second: 1000.0 }
+            })
+            .collect();
+        let evals = (1..=10)
+            .map(|k| EvalRecord {
+                step: 250.0 * k as f64,
+                val_loss: 0.36 + 0.18 * (-(250.0 * k as f64) / 900.0).exp(),
+                bits_per_byte: 1.0,
+                answer_accuracy: None,
+                train_loss: None,
+                copy_baseline: None,
+            })
+            .collect();
+        let metrics = Metrics { steps, evals, ..Metrics::default() };
+        let mut page = Page::new(Vec::new());
+        charts(&mut page, &metrics, "byte");
+        let html = page.html("t");
+        let loss_chart = html.split("<figure>").nth(2).unwrap();
+        assert!(loss_chart.contains("Loss from step 250 on"));
+        let ys: Vec<f64> = crate::page::tests::circles(loss_chart).iter().map(|p| p.1).filter(|&y| y < 340.0).collect();
+        assert_eq!(ys.len(), 10, "{ys:?}");
+        let spread = ys.iter().fold(f64::MIN, |a, &b| a.max(b)) - ys.iter().fold(f64::MAX, |a, &b| a.min(b));
+        assert!(spread > 30.0, "the evaluations span {spread:.1} px of the loss chart");
+    }
 }

@@ -43,6 +43,9 @@ pub struct EvalRecord {
     pub answer_accuracy: Option<f64>,
     /// Mean training loss of the steps before it, if logged.
     pub train_loss: Option<f64>,
+    /// What copying a stated value of the right kind at random would score, if
+    /// answers were scored.
+    pub copy_baseline: Option<f64>,
 }
 
 /// One sample.
@@ -123,6 +126,7 @@ impl Metrics {
                 bits_per_byte: num("bits_per_byte").unwrap_or(val_loss / std::f64::consts::LN_2),
                 answer_accuracy: num("answer_accuracy"),
                 train_loss: num("train_loss"),
+                copy_baseline: copy_baseline(v),
             });
         } else if let (Some(loss), Some(lr)) = (num("loss"), num("lr")) {
             let tokens_per_second = num("tokens_per_second").unwrap_or(f64::NAN);
@@ -135,6 +139,19 @@ impl Metrics {
         }
         true
     }
+}
+
+/// The copying baseline of an evaluation record: its answer groups' baselines
+/// weighted by their answers (as `EvalMetrics::copy_baseline`).
+fn copy_baseline(v: &serde_json::Value) -> Option<f64> {
+    let groups = v.get("answer_groups")?.as_array()?;
+    let (mut answers, mut sum) = (0.0, 0.0);
+    for g in groups {
+        let n = g.get("answers")?.as_f64()?;
+        answers += n;
+        sum += g.get("copy_baseline")?.as_f64()? * n;
+    }
+    (answers > 0.0).then(|| sum / answers)
 }
 
 /// Appends JSON lines to a run's metrics log; writes nothing on a process that does
