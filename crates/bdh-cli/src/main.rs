@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod args;
 mod bench;
 mod compare;
+mod data;
 mod eval;
 mod generate;
 mod inspect;
@@ -54,6 +55,8 @@ enum Command {
     Merge(merge::Args),
     /// Make a BPE tokenizer from a text (`bdh tokenizer train`).
     Tokenizer(tokenizer::Args),
+    /// Download tiny Shakespeare, the text of the published numbers (`bdh data fetch`).
+    Data(data::Args),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compare(args) => compare::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
+        Command::Data(args) => data::run(args),
     }
 }
 

@@ -158,6 +158,26 @@ pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -
     renamed
 }
 
+/// Writes `bytes` to `path` as [`write_atomic`] does, but only if nothing is there:
+/// the temporary file is linked in under its final name, which fails on a file
+/// that exists (made meanwhile, too), so nobody's file is ever replaced. Where
+/// the file system has no links, it is renamed into place after a last look.
+pub fn write_atomic_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let exists = || Error::io("writing", path, std::io::ErrorKind::AlreadyExists.into());
+    let (tmp, mut f) = owned::create_temp(path)?;
+    let placed =
+        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io("writing", &tmp, e)).and_then(|_| {
+            match fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists()),
+                Err(_) if fs::symlink_metadata(path).is_ok() => Err(exists()),
+                Err(_) => fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e)),
+            }
+        });
+    let _ = fs::remove_file(&tmp); // linked or failed: the temporary name goes either way
+    placed
+}
+
 /// Named f32 tensors `(name, shape, values)` as safetensors bytes.
 pub fn encode_safetensors(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
     let encoded: Vec<Vec<u8>> =
