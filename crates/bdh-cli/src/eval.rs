@@ -53,6 +53,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.threads.size_pool()?;
+    args.json.check()?;
     let model = args.model.load()?;
     let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
     let context = model.config().max_context();

@@ -14,6 +14,7 @@ mod merge;
 mod model_args;
 mod page;
 mod processes;
+mod progress;
 mod provenance;
 mod report;
 mod serve;
