@@ -194,7 +194,7 @@ pub fn analyse(model: &Bdh, opts: &GraphOptions, progress: Progress) -> Vec<Head
                     let lr_edges = random_block.edges(&lr_t).pop().unwrap_or_default();
                     tick(1);
                     let random_edges = gnm(n, edges.len(), &mut rng);
-                    let mut stats_of = |edges: &[(u32, u32)]| {
+                    let stats_of = |edges: &[(u32, u32)]| {
                         let s = stats(n, edges, opts.louvain_seeds);
                         tick(1);
                         s
