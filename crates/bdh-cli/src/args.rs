@@ -1,5 +1,5 @@
 //! Argument groups that several subcommands flatten into theirs: the worker
-//! threads, and every number as JSON.
+//! threads, and every number as JSON; and the check of an output file.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +50,11 @@ impl JsonArgs {
         self.json.as_deref() == Some(Path::new("-"))
     }
 
+    /// Refuses, before any work, a JSON file that could not be written.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.json.as_deref().map_or(Ok(()), |p| check_writable(p, "--json"))
+    }
+
     /// Writes `value` as JSON where asked, if asked.
     pub fn write(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
         match &self.json {
@@ -57,4 +62,33 @@ impl JsonArgs {
             None => Ok(()),
         }
     }
+}
+
+/// Refuses, before any work, an output file `path` (given as `flag`) that could
+/// not be written: its directory must exist and take a new file, tried with a
+/// probe made and removed there; a file already at `path` is left as it is. `-`
+/// (standard output) always passes.
+pub fn check_writable(path: &Path, flag: &str) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    let refuse = |why: String| anyhow::anyhow!("{flag} {}: {why}; nothing was done", path.display());
+    if path.is_dir() {
+        return Err(refuse("is a directory, not a file".into()));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Err(e) => return Err(refuse(format!("its directory {} cannot be opened: {e}", dir.display()))),
+        Ok(m) if !m.is_dir() => return Err(refuse(format!("{} is not a directory", dir.display()))),
+        Ok(_) => {}
+    }
+    let probe = dir.join(format!(".bdh-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| refuse(format!("cannot write in {}: {e}", dir.display())))?;
+    // The probe was made here, and removing it changes nothing else.
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

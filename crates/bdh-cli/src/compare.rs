@@ -13,11 +13,11 @@ use bdh::io::run_dir::{lock_dir, RunDir};
 use bdh::train::compare::{continues, pick, run_config};
 use bdh::train::run::{train, Event};
 use bdh::{ModelConfig, RunConfig};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::args::ThreadsArgs;
 use crate::page::{Chart, Page, Series};
+use crate::progress::Job;
 use crate::provenance::Provenance;
 
 /// Trains BDH and GPT at each size on the same batches and compares them.
@@ -68,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => PathBuf::from(format!("runs/compare-{}", jiff::ZonedDateTime::now().strftime("%Y%m%d-%H%M%S"))),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    crate::args::check_writable(&out.join("table.md"), "--out")?;
     // One comparison per folder at a time (each run in it is locked again by its training).
     let lock = lock_dir(&out)?;
     if let Some(pid) = lock.took_over() {
@@ -108,22 +109,25 @@ fn train_all(runs: &[(&str, RunConfig)], corpus: &Corpus, out: &Path) -> anyhow:
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    let lines = !std::io::stderr().is_terminal();
     let total: usize = runs.iter().map(|(_, r)| r.training.max_steps).sum();
-    let bar = if lines { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
-    bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg} {elapsed}<{eta}").expect("valid"));
+    // One count over every run's steps; steps that earlier processes trained (a
+    // continued comparison) are skipped over, so the time left counts only these.
+    let job = Job::new("compare", total as u64);
+    let lines = !std::io::stderr().is_terminal();
     let mut rows = Vec::new();
     let mut done = 0u64;
-    for (size, run) in runs {
+    for (k, (size, run)) in runs.iter().enumerate() {
         let family = family(&run.model);
         let dir = out.join(format!("{size}-{}", family.to_lowercase()));
         let resume = continues(run, &dir)?;
         let what = format!("{size} {family} ({:.2} M)", run.model.param_count() as f64 / 1e6);
+        let count = format!("run {} of {}: {what}", k + 1, runs.len());
+        job.set_message(count.clone());
         let outcome = train(run, corpus, &dir, resume, &stop, |e| match e {
-            Event::Start { step, .. } => bar.set_position(done + step as u64),
+            Event::Start { step, .. } => job.skip_to(done + step as u64),
             Event::Step { step, loss, .. } => {
-                bar.set_position(done + step as u64);
-                bar.set_message(format!("{what} loss {loss:.3}"));
+                job.set_message(format!("{count}, loss {loss:.3}"));
+                job.set(done + step as u64);
             }
             Event::Eval(m) if lines => println!("{what} step {}: val loss {:.4}", m.step, m.val_loss),
             _ => {}
@@ -131,22 +135,17 @@ fn train_all(runs: &[(&str, RunConfig)], corpus: &Corpus, out: &Path) -> anyhow:
         .with_context(|| format!("training {what}"))?;
         done += run.training.max_steps as u64;
         if outcome.interrupted {
-            bar.finish_and_clear();
+            job.finish();
             return Ok(None);
         }
         let row = read_row(size, run, &dir)?;
-        let line = format!(
+        job.println(format!(
             "{what}: val loss {:.4} ({:.3} bits/byte) after {} tokens, {:.0} tokens/s",
             row.val_loss, row.bits_per_byte, row.tokens, row.tokens_per_second
-        );
-        if lines {
-            println!("{line}");
-        } else {
-            bar.println(line);
-        }
+        ));
         rows.push(row);
     }
-    bar.finish_and_clear();
+    job.finish();
     Ok(Some(rows))
 }
 

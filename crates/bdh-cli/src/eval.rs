@@ -1,7 +1,6 @@
 //! `bdh eval`: loss, perplexity and bits per byte over a whole file, or answer
 //! accuracy on the built-in corpus. A run is scored on what it was trained on.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,10 +13,10 @@ use bdh::eval::{
 };
 use bdh::io::run_dir::RunDir;
 use bdh::Activations;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{JsonArgs, ThreadsArgs};
 use crate::model_args::{ModelArgs, TokenizerArgs};
+use crate::progress::Job;
 
 /// Evaluates a model: by default on what its run trained on (the validation part
 /// of its --data file, or the built-in corpus); `--data FILE` scores every byte of
@@ -53,6 +52,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.threads.size_pool()?;
+    args.json.check()?;
     let model = args.model.load()?;
     let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
     let context = model.config().max_context();
@@ -119,14 +119,9 @@ fn file_to_score(
 /// The loss of a file in independent windows.
 fn windows(model: &bdh::Model, text: &Text, name: &str, block: usize, args: &Args) -> anyhow::Result<ExitCode> {
     let windows = text.len().saturating_sub(1).div_ceil(block);
-    let bar = if std::io::stderr().is_terminal() && windows > args.batch {
-        ProgressBar::new(windows as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} windows {elapsed}<{eta}").expect("valid"));
-    let r = text.windows(model, block, args.batch, &mut |done, _| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
+    let job = Job::new("eval: windows", windows as u64);
+    let r = text.windows(model, block, args.batch, &mut |done, _| job.set(done as u64))?;
+    job.finish();
     args.json.write(&r)?;
     // JSON on standard output is all that goes there.
     if args.json.to_stdout() {
@@ -222,10 +217,9 @@ fn carry(
     block: usize,
     args: &Args,
 ) -> anyhow::Result<ExitCode> {
-    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(text.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{wide_bar} {pos}/{len} tokens {elapsed}<{eta}").expect("valid"));
-    let stream = text.stream(bdh_model, &mut |done, _| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
+    let job = Job::new("eval: tokens", text.len() as u64);
+    let stream = text.stream(bdh_model, &mut |done, _| job.set(done as u64))?;
+    job.finish();
     let windows = text.windows(model, block, args.batch, &mut |_, _| {})?;
     args.json.write(&serde_json::json!({"stream": stream, "windows": windows}))?;
     if args.json.to_stdout() {

@@ -68,6 +68,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &args.save_state {
+        crate::args::check_writable(p, "--save-state")?;
+    }
     let model = args.model.load()?;
     let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
     let prepared = Prepared::new(model)?;

@@ -15,6 +15,7 @@ mod merge;
 mod model_args;
 mod page;
 mod processes;
+mod progress;
 mod provenance;
 mod report;
 mod serve;

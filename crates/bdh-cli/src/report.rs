@@ -22,6 +22,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(html) = &args.html {
+        crate::args::check_writable(html, "--html")?;
+    }
     let page = write(&args.run, args.html.as_deref(), true)?;
     eprintln!("wrote {}", page.display());
     Ok(ExitCode::SUCCESS)

@@ -198,7 +198,7 @@ impl Progress<'_> {
             }
         }
         self.first = Some(step);
-        self.bar.set_position(step as u64);
+        crate::progress::start_clock_at(&self.bar, step as u64);
         let max = self.run.training.max_steps;
         if let (Some(before), true) = (self.before, step < max) {
             let (was, now) = (learning_rate(&before.training, step), learning_rate(&self.run.training, step));

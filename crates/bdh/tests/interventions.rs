@@ -105,7 +105,12 @@ fn patch_report_restores_all_at_every_layer_output_and_all_neurons_equal_the_hea
             }
         })
         .collect();
-    let r = patch(&m, &pairs).unwrap();
+    let told = std::sync::Mutex::new(Vec::new());
+    let r = patch(&m, &pairs, &|done, total| told.lock().unwrap().push((done, total))).unwrap();
+    let told = told.into_inner().unwrap();
+    let total = told[0].1;
+    assert_eq!(told.iter().map(|t| t.0).collect::<Vec<_>>(), (0..=total).collect::<Vec<_>>(), "every unit, in order");
+    assert!(told.iter().all(|t| t.1 == total), "one total throughout");
     for s in r.sites.iter().filter(|s| s.site == Site::Out) {
         assert!((s.restored - 1.0).abs() < 1e-4, "{s:?}");
     }
@@ -114,7 +119,7 @@ fn patch_report_restores_all_at_every_layer_output_and_all_neurons_equal_the_hea
     assert!((r.rho_rows.last().unwrap().restored - r.best_rho.restored).abs() < 1e-5, "all rows = the whole ρ");
 
     let same = PairTokens::new(b"abc", b"abc", b"x", b"y").unwrap();
-    let err = patch(&m, &[same]).unwrap_err().to_string();
+    let err = patch(&m, &[same], &|_, _| {}).unwrap_err().to_string();
     assert!(err.contains("does not tell"), "{err}");
     let err = PairTokens::new(b"abcd", b"abc", b"x", b"y").unwrap_err().to_string();
     assert!(err.contains("same, non-zero length"), "{err}");
@@ -138,7 +143,7 @@ fn in_one_layer_the_synapse_state_is_all_the_answer_knows_of_the_past() {
             std::mem::swap(&mut p.clean, &mut p.corrupted);
         }
     }
-    let r = patch(&m, &pairs).unwrap();
+    let r = patch(&m, &pairs, &|_, _| {}).unwrap();
     let rho_all = r.sites.iter().find(|s| s.site == Site::Rho && s.head.is_none()).unwrap();
     println!("one layer: ρ of every head restores {:.6}", rho_all.restored);
     assert!((rho_all.restored - 1.0).abs() < 1e-4, "{rho_all:?}");
@@ -186,7 +191,10 @@ fn ablation_curve_removes_the_top_k_and_parallel_and_recurrent_scores_agree() {
     let lang = SyntheticConfig { facts: 3, distance: 0, lists: 0.5, ..SyntheticConfig::default() };
     let probe = Probe::built_in(&lang, 4, 96);
     let ranked: Vec<NeuronId> = (0..12).map(|j| NeuronId { layer: 1, head: j % 2, neuron: j }).collect();
-    let curve = ablation_curve(&m, &probe, &ranked, &[1, 4, 12], Site::X, 3).unwrap();
+    let told = std::sync::Mutex::new(Vec::new());
+    let curve = ablation_curve(&m, &probe, &ranked, &[1, 4, 12], Site::X, 3, &|d, t| told.lock().unwrap().push((d, t)))
+        .unwrap();
+    assert_eq!(told.into_inner().unwrap(), vec![(0, 3), (1, 3), (2, 3), (3, 3)]);
     assert_eq!(curve.iter().map(|p| p.k).collect::<Vec<_>>(), vec![1, 4, 12]);
     let mut acts = None;
     for p in &curve {

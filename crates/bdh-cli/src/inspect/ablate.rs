@@ -13,6 +13,7 @@ use bdh::model::bdh::{Activations, Bdh, Edit, Edits, Site};
 use super::concept::{kind_name, ConceptArgs};
 use super::{model_line, read_file, tokens, Output};
 use crate::page::{Chart, Page, Series};
+use crate::progress::Job;
 
 /// Remove neurons, heads or synapses, or the neurons most selective for a concept.
 #[derive(clap::Args)]
@@ -290,7 +291,9 @@ fn cumulative(
     let top = args.top;
     let ks: Vec<usize> =
         std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < top).chain([top]).collect();
-    report.curve = ablation_curve(model, probe, &ids, &ks, site, args.seed)?;
+    let job = Job::new("inspect ablate", 0);
+    report.curve = ablation_curve(model, probe, &ids, &ks, site, args.seed, &|done, total| job.update(done, total))?;
+    job.finish();
     print_curve(&report.curve, kind);
     report.most_selective = ranked.into_iter().take(top.max(20)).collect();
     Ok(())

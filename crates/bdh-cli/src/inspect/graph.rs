@@ -7,6 +7,7 @@ use bdh::model::bdh::Bdh;
 
 use super::{model_line, Output};
 use crate::page::{Chart, Network, Page, Series};
+use crate::progress::Job;
 
 /// The neuron interaction graph of the weights, per head.
 #[derive(clap::Args)]
@@ -36,7 +37,9 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let opts =
         GraphOptions { heads: args.heads, quantiles: args.quantiles, louvain_seeds: args.seeds, seed: args.seed };
-    let heads = analyse(model, &opts);
+    let job = Job::new("inspect graph", 0);
+    let heads = analyse(model, &opts, &|done, total| job.update(done, total));
+    job.finish();
     say!(
         "{}; G_h[j, i] = decoder_h[j]·encoder_h[:, i] (edge j → i), {:.1} s",
         model_line(model),

@@ -99,6 +99,10 @@ enum What {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.threads.size_pool()?;
+    args.json.check()?;
+    if let Some(html) = &args.html {
+        crate::args::check_writable(html, "--html")?;
+    }
     SUMMARY_TO_STDERR.store(args.json.to_stdout(), std::sync::atomic::Ordering::Relaxed);
     if let What::Induction(a) = &args.what {
         if let Some(run) = &a.run {

@@ -9,6 +9,7 @@ use bdh::model::bdh::{Bdh, Site};
 
 use super::{model_line, read_file, Output};
 use crate::page::{Chart, Page, Series};
+use crate::progress::Job;
 
 /// Patch activations from clean texts into texts that differ in one stated fact.
 #[derive(clap::Args)]
@@ -71,7 +72,9 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
             drawn.iter().map(PairTokens::from_pair).collect::<Result<_, _>>()?
         }
     };
-    let r = patch(model, &pairs)?;
+    let job = Job::new("inspect patch", 0);
+    let r = patch(model, &pairs, &|done, total| job.update(done, total))?;
+    job.finish();
     say!("{}; {} pair{}", model_line(model), r.pairs, if r.pairs == 1 { "" } else { "s" });
     say!(
         "logit difference clean − corrupted answer: {:.3} on clean texts, {:.3} on corrupted; restored by patching:",

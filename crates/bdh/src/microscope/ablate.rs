@@ -18,6 +18,8 @@ use crate::model::bdh::{forward, Action, Activations, Bdh, Edit, Edits, Pass, Pr
 use crate::model::loss::cross_entropy;
 use crate::model::Mode;
 
+use super::Progress;
+
 /// A neuron: layer, head and index within the head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct NeuronId {
@@ -265,7 +267,7 @@ pub struct CurvePoint {
 
 /// Removes the first k of `ranked` for each k of `ks` (and, as a control, as many
 /// random neurons drawn from the same layers and heads, seeded by `seed`) and scores
-/// each on `probe`.
+/// each on `probe`; `progress` counts the points of the curve.
 pub fn ablation_curve(
     model: &Bdh,
     probe: &Probe,
@@ -273,8 +275,10 @@ pub fn ablation_curve(
     ks: &[usize],
     site: Site,
     seed: u64,
+    progress: Progress,
 ) -> Result<Vec<CurvePoint>> {
     let mut acts = None;
+    progress(0, ks.len());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = model.config.n_neurons();
     let mut out = Vec::with_capacity(ks.len());
@@ -286,6 +290,7 @@ pub fn ablation_curve(
             selected: score(model, probe, &zeroing(chosen, site), &mut acts)?,
             random: score(model, probe, &zeroing(&random, site), &mut acts)?,
         });
+        progress(out.len(), ks.len());
     }
     Ok(out)
 }

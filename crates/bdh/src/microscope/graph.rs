@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::louvain::louvain;
 use super::stats::{fit_power_law, quantile, PowerLawFit};
+use super::Progress;
 use crate::model::bdh::Bdh;
 
 /// Rows of G computed at once.
@@ -141,11 +142,22 @@ pub fn sketch(n: usize, edges: &[(u32, u32)], quantile: f64, seeds: u64) -> Sket
     Sketch { quantile, communities, edges }
 }
 
-/// The per-head blocks of G, analysed.
-pub fn analyse(model: &Bdh, opts: &GraphOptions) -> Vec<HeadGraph> {
+/// The per-head blocks of G, analysed; `progress` counts passes over a block
+/// and Louvain runs (each weighted as one pass).
+pub fn analyse(model: &Bdh, opts: &GraphOptions, progress: Progress) -> Vec<HeadGraph> {
     let c = &model.config;
     let (d, n) = (c.n_embd, c.n_neurons());
     let heads: Vec<usize> = if opts.heads.is_empty() { (0..c.n_head).collect() } else { opts.heads.clone() };
+    // Per head: the model's block twice, the low-rank block twice per quantile, and
+    // Louvain on three graphs per quantile and on the sketch.
+    let q = opts.quantiles.len();
+    let total = heads.len() * (2 + 2 * q + 3 * q + 1);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let tick = |units: usize| {
+        let now = done.fetch_add(units, std::sync::atomic::Ordering::Relaxed) + units;
+        progress(now, total);
+    };
+    progress(0, total);
     heads
         .into_iter()
         .map(|h| {
@@ -159,7 +171,9 @@ pub fn analyse(model: &Bdh, opts: &GraphOptions) -> Vec<HeadGraph> {
             let model_block = Product { left: decoder, right: encoder, n, d };
             let random_block = Product { left: &fa, right: &fb, n, d };
             let Values { thresholds, histogram, tail } = model_block.thresholds(&opts.quantiles);
+            tick(1);
             let model_edges = model_block.edges(&thresholds);
+            tick(1);
             let top = opts.quantiles.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, _)| k);
             let mut picture = None;
             let sweep = opts
@@ -171,18 +185,26 @@ pub fn analyse(model: &Bdh, opts: &GraphOptions) -> Vec<HeadGraph> {
                 .map(|(k, ((&q, &value), edges))| {
                     if Some(k) == top {
                         picture = Some(sketch(n, &edges, q, opts.louvain_seeds));
+                        tick(1);
                     }
                     // The low-rank baseline is thresholded at its own quantile for the same edge count.
                     let share = 1.0 - edges.len() as f64 / (n * n) as f64;
                     let lr_t = random_block.thresholds(&[share]).thresholds;
+                    tick(1);
                     let lr_edges = random_block.edges(&lr_t).pop().unwrap_or_default();
+                    tick(1);
                     let random_edges = gnm(n, edges.len(), &mut rng);
+                    let stats_of = |edges: &[(u32, u32)]| {
+                        let s = stats(n, edges, opts.louvain_seeds);
+                        tick(1);
+                        s
+                    };
                     Threshold {
                         quantile: q,
                         value,
-                        model: stats(n, &edges, opts.louvain_seeds),
-                        random: stats(n, &random_edges, opts.louvain_seeds),
-                        low_rank: stats(n, &lr_edges, opts.louvain_seeds),
+                        model: stats_of(&edges),
+                        random: stats_of(&random_edges),
+                        low_rank: stats_of(&lr_edges),
                     }
                 })
                 .collect();

@@ -14,7 +14,7 @@
 //! - [`top`]: a neuron's strongest contexts over a text, clustered into facets.
 //!
 //! Every analysis returns plain data (serialisable to JSON); rendering is left to
-//! the caller.
+//! the caller. The long ones take a [`Progress`] to tell how far they are.
 
 pub mod ablate;
 pub mod graph;
@@ -25,3 +25,7 @@ pub mod sparsity;
 pub mod stats;
 pub mod synapses;
 pub mod top;
+
+/// Told `(units done, units in all)` as a long analysis goes, from any thread;
+/// what a unit is depends on the analysis, but the units are of about equal cost.
+pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);

@@ -20,6 +20,8 @@ use crate::data::Pair;
 use crate::error::{Error, Result};
 use crate::model::bdh::{forward, Activations, Bdh, Edits, Pass, Patch, Prepared, Site, State, NO_EDITS};
 
+use super::Progress;
+
 /// Most clean/corrupted pairs a patching run takes.
 pub const MAX_PAIRS: usize = 10_000;
 
@@ -169,8 +171,9 @@ fn doubling(n: usize) -> Vec<usize> {
 }
 
 /// Patches clean activations into corrupted runs of `pairs` and reports what each
-/// layer, head, site, neuron group and synapse group restores.
-pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
+/// layer, head, site, neuron group and synapse group restores; `progress` counts
+/// the pairs recorded and the patched runs over all pairs.
+pub fn patch(model: &Bdh, pairs: &[PairTokens], progress: Progress) -> Result<PatchReport> {
     let c = &model.config;
     if pairs.is_empty() || pairs.len() > MAX_PAIRS {
         return Err(Error::Input(format!("patching takes 1 to {MAX_PAIRS} pairs; got {}", pairs.len())));
@@ -200,6 +203,15 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
     };
     let total = pairs.iter().try_fold(0usize, |sum, p| sum.checked_add(per_pair(p.clean.len())?));
     crate::memory::ensure_fits(crate::memory::f32_bytes(total), "the activations patching keeps")?;
+    // The pairs, each site of each layer (every head and all heads), and the two
+    // curves of neuron groups and synapse rows, each against its random control.
+    let units = pairs.len() + l_n * (4 * (h_n + 1) + 1) + 4 * doubling(n).len();
+    let done = std::cell::Cell::new(0);
+    let tick = || {
+        done.set(done.get() + 1);
+        progress(done.get(), units);
+    };
+    progress(0, units);
     let prepared = Prepared::new(model.clone())?;
     let mut scratch = prepared.scratch();
     let mut runs = Vec::with_capacity(pairs.len());
@@ -235,6 +247,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
         };
         let (clean_step_diff, corrupt_step_diff) = (step_diff(&rho.0)?, step_diff(&rho.1)?);
         runs.push(Run { pair, clean, corrupted, clean_diff, corrupt_diff, rho, corrupt_step_diff, clean_step_diff });
+        tick();
     }
     let clean_sum: f64 = runs.iter().map(|r| r.clean_diff).sum();
     let corrupt_sum: f64 = runs.iter().map(|r| r.corrupt_diff).sum();
@@ -261,6 +274,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
             forward(model, &r.pair.corrupted, acts, Pass { edits: &edits, ..Pass::default() })?;
             sum += r.pair.diff(&acts.logits, v) - r.corrupt_diff;
         }
+        tick();
         Ok(sum / gap)
     };
     let mut scratch = prepared.scratch();
@@ -283,6 +297,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens]) -> Result<PatchReport> {
             let logits = prepared.step(&mut [&mut s], &mut scratch, &[last], &NO_EDITS)?;
             sum += r.pair.diff(logits, v) - r.corrupt_step_diff;
         }
+        tick();
         Ok(sum / step_gap)
     };
 

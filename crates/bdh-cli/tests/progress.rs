@@ -1,0 +1,86 @@
+//! Long work shows its progress and refuses an output it could not write before
+//! it starts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{bdh, temp, text};
+
+/// Every command with an output file, given one inside a regular file (which no
+/// one, not even root, can write in), fails at once with exit status 2, naming it,
+/// before any work: the long ones would otherwise run for minutes first.
+#[test]
+fn an_output_that_cannot_be_written_is_refused_before_the_work() {
+    let tmp = temp("unwritable");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let bad = file.join("out.html");
+    let bad = bad.to_str().unwrap();
+    let run = tmp.path().join("run");
+    let run = run.to_str().unwrap();
+    let paper = ["--init", "paper"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        ([&["inspect", "graph"][..], &paper, &["--html", bad]].concat(), "--html"),
+        ([&["inspect", "graph"][..], &paper, &["--json", bad]].concat(), "--json"),
+        (
+            [&["inspect", "synapses"][..], &paper, &["--layer", "0", "--head", "0", "--prompt", "abc", "--html", bad]]
+                .concat(),
+            "--html",
+        ),
+        ([&["inspect", "ablate"][..], &paper, &["--html", bad]].concat(), "--html"),
+        ([&["inspect", "patch"][..], &paper, &["--html", bad]].concat(), "--html"),
+        (vec!["compare", "--sizes", "xs", "--out", bad], bad),
+        (vec!["report", run, "--html", bad], "--html"),
+        (vec!["eval", "--model", run, "--json", bad], "--json"),
+    ];
+    for (args, flag) in cases {
+        let start = Instant::now();
+        let o = bdh(&args);
+        let took = start.elapsed();
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {all}");
+        assert!(all.contains(flag) && all.contains("a-file"), "{args:?} names the path: {all}");
+        assert!(took < Duration::from_secs(2), "{args:?} took {took:?} to refuse");
+    }
+    assert!(std::fs::read_dir(tmp.path()).unwrap().count() == 1, "nothing was made beside the file");
+}
+
+/// An existing output file is not touched by the check, and a writable one passes.
+#[test]
+fn the_check_leaves_an_existing_output_as_it_is() {
+    let tmp = temp("existing-output");
+    let json = tmp.path().join("graph.json");
+    std::fs::write(&json, "before").unwrap();
+    let o = bdh(&["inspect", "graph", "--model", "/nonexistent/model", "--json", json.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("/nonexistent/model"), "the model is what fails: {}", text(&o));
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), "before");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "no probe left behind");
+}
+
+/// `inspect graph` into a pipe writes progress lines, with the time left, to
+/// standard error while it works.
+#[test]
+fn a_long_inspection_in_a_pipe_prints_progress_lines() {
+    let o = bdh(&["inspect", "graph", "--init", "small", "--seeds", "6", "--quantiles", "0.9,0.99"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("inspect graph: ")).collect();
+    assert!(!lines.is_empty(), "progress lines on standard error: {err}");
+    assert!(lines.iter().all(|l| l.contains('%') && l.contains("elapsed")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("left")), "the time left: {lines:?}");
+}
+
+/// `compare` into a pipe writes progress lines over all its runs, naming the run.
+#[test]
+fn compare_in_a_pipe_prints_progress_over_all_runs() {
+    let tmp = temp("compare-progress");
+    let out = tmp.path().join("c");
+    let o = bdh(&["compare", "--sizes", "xs", "--tokens", "32768", "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("compare: ")).collect();
+    assert!(!lines.is_empty(), "progress lines on standard error: {err}");
+    assert!(lines.iter().all(|l| l.contains("/32 ") && l.contains("run ") && l.contains(" of 2")), "{lines:?}");
+}
