@@ -17,6 +17,7 @@ mod processes;
 mod provenance;
 mod report;
 mod serve;
+mod stop;
 mod tokenizer;
 mod train;
 mod verify;
@@ -100,6 +101,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Merge(args) => merge::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
     }
+}
+
+/// `n` of something, in the singular for one: `1 thread`, `4 threads`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Writes `text` to `path` atomically, or to standard output if `path` is `-`,

@@ -118,7 +118,8 @@ fn absurd_numbers_are_clear_errors() {
 }
 
 /// `bdh train --preset tiny` into `out` with `sets`, stopped by SIGTERM once the
-/// records of its metrics log are `ready`: it must exit within 10 s and save `last/`.
+/// records of its metrics log are `ready`: it must exit within 10 s, save `last/`,
+/// and exit 143 (128 + SIGTERM), so that a following `&&` command does not run.
 fn train_then_stop(out: &std::path::Path, sets: &[&str], ready: impl Fn(&[serde_json::Value]) -> bool) {
     let mut args = vec!["train", "--preset", "tiny", "--threads", "1", "--quiet", "--out", out.to_str().unwrap()];
     sets.iter().for_each(|s| args.extend(["--set", s]));
@@ -152,7 +153,7 @@ fn train_then_stop(out: &std::path::Path, sets: &[&str], ready: impl Fn(&[serde_
         std::thread::sleep(Duration::from_millis(50));
     };
     println!("stopped {:?} after SIGTERM: {status}", sent.elapsed());
-    assert!(status.success(), "{status}");
+    assert_eq!(status.code(), Some(143), "{status}");
     assert!(out.join("last").exists(), "no last/ saved");
 }
 
@@ -201,6 +202,7 @@ fn sigterm_during_an_evaluation_or_a_sample_stops_within_seconds_and_resume_fini
         short.iter().for_each(|s| args.extend(["--set", s]));
         let o = bdh(&args);
         assert!(o.status.success(), "{what}: {}", text(&o));
+        assert!(text(&o).contains(&format!("resuming {} at step 2 of 3", run.display())), "{}", text(&o));
         assert_eq!(records(&run), records(&whole), "stopped during the {what}");
         for checkpoint in ["best", "last"] {
             let a = std::fs::read(run.join(checkpoint).join("model.safetensors")).unwrap();

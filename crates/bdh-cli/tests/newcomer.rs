@@ -158,7 +158,8 @@ fn generate_writes_several_samples_and_warns_past_the_trained_context() {
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(0), "{stderr}");
     for k in 1..=3 {
-        assert!(stdout.contains(&format!("--- sample {k} of 3")), "{stdout}");
+        // Each sample echoes the prompt before its continuation.
+        assert!(stdout.contains(&format!("--- sample {k} of 3\n{prompt}")), "{stdout}");
     }
     assert_eq!(stderr.matches("past 160 tokens").count(), 1, "one note for the whole call: {stderr}");
     let o = bdh(&["generate", "--model", &run, "--prompt", "ada", "--max-tokens", "20"]);
@@ -186,8 +187,9 @@ fn inspect_synapses_reads_a_long_text_in_bounded_memory() {
     assert_eq!(v["synapses"]["traces"][0][1].as_array().unwrap().len(), 23_000);
 }
 
+/// Ctrl-C (SIGINT) saves, labels the last evaluation with its step, and exits 130.
 #[test]
-fn an_interrupted_run_labels_its_last_evaluation_with_its_step() {
+fn an_interrupted_run_labels_its_last_evaluation_with_its_step_and_exits_130() {
     use std::io::{BufRead, BufReader};
     let tmp = temp("sigterm");
     let run = tmp.path().join("run").display().to_string();
@@ -210,10 +212,10 @@ fn an_interrupted_run_labels_its_last_evaluation_with_its_step() {
         }
     }
     // The shell's own `kill`: present wherever /bin/sh is, unlike a kill binary.
-    let killed = Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status();
-    assert!(killed.is_ok_and(|s| s.success()), "kill -TERM");
+    let killed = Command::new("sh").args(["-c", &format!("kill -INT {}", child.id())]).status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -INT");
     seen.extend(lines.map(|l| l.unwrap()));
-    assert!(child.wait().unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(130), "128 + SIGINT");
     let out = seen.join("\n");
     let stopped: usize = out
         .lines()
