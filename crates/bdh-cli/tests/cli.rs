@@ -50,7 +50,8 @@ fn verify_fails_with_status_1_when_a_tensor_differs() {
 fn verify_against_another_models_golden_names_the_model_it_was_made_for() {
     let o = bdh(&["verify", "--model", &golden("ref-tiny"), "--golden", &golden("gpt-tiny/expected.safetensors")]);
     let out = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    // Its gradients name tensors this model has none of: bad input, said with the model it fits.
+    assert_eq!(o.status.code(), Some(2), "{out}");
     let gpt = golden("gpt-tiny");
     assert!(out.contains(&format!("was made for the model in {gpt}, GPT L")) && out.contains("this is BDH"), "{out}");
 }

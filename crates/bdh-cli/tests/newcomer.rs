@@ -249,3 +249,21 @@ fn a_run_whose_reader_goes_away_saves_and_ends_cleanly() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
     assert!(run.join("last/model.safetensors").exists(), "the run saved before ending");
 }
+
+/// Counts of one are in the singular: `1 thread`, `1 independent window`.
+#[test]
+fn a_count_of_one_is_in_the_singular() {
+    let tmp = temp("one");
+    let run = tmp.path().join("run").display().to_string();
+    let mut args = vec!["train", "--preset", "tiny", "--out", &run, "--threads", "1", "--set", "training.max_steps=1"];
+    args.extend(&SHORT[2..]);
+    let o = bdh(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("; 1 thread\n"), "{}", text(&o));
+    let data = tmp.path().join("short.txt");
+    std::fs::write(&data, "ada lives in oslo. ".repeat(2)).unwrap();
+    let model = golden("ref-tiny");
+    let o = bdh(&["eval", "--model", &model, "--data", data.to_str().unwrap(), "--block", "64", "--threads", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("predicted in 1 independent window of 64"), "{}", text(&o));
+}
