@@ -267,3 +267,13 @@ fn a_count_of_one_is_in_the_singular() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("predicted in 1 independent window of 64"), "{}", text(&o));
 }
+
+#[test]
+fn verify_against_another_models_golden_names_the_model_it_was_made_for() {
+    let o = bdh(&["verify", "--model", &golden("ref-tiny"), "--golden", &golden("gpt-tiny/expected.safetensors")]);
+    let out = text(&o);
+    // Its gradients name tensors this model has none of: bad input, said with the model it fits.
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    let gpt = golden("gpt-tiny");
+    assert!(out.contains(&format!("was made for the model in {gpt}, GPT L")) && out.contains("this is BDH"), "{out}");
+}
