@@ -247,3 +247,28 @@ fn a_tokenizer_of_a_million_tokens_in_training_is_refused_by_its_size_not_an_abo
     let out = tmp.path().join("run");
     refused(&[&args[..], &[out.to_str().unwrap(), "--set", "training.batch_size=4096"]].concat(), 3, "would need");
 }
+
+/// Ctrl-C during `bdh compare` stops the run in training, says how to continue and
+/// exits 130 (128 + SIGINT), so that a following `&&` command does not run.
+#[test]
+fn ctrl_c_during_compare_stops_and_exits_130() {
+    let tmp = temp("compare-int");
+    let out = tmp.path().join("cmp");
+    let args = ["compare", "--sizes", "xs", "--tokens", "100000000", "--threads", "1", "--out", out.to_str().unwrap()];
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_bdh"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.join("xs-bdh").join("metrics.jsonl").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the comparison never started training");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(130), "{said}");
+    assert!(said.contains("interrupted; run the same command again to continue"), "{said}");
+}
