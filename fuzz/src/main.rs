@@ -8,7 +8,8 @@
 //! ```
 //!
 //! It mutates the seeds (the repository's own files unless SEED_DIR is given), feeds
-//! each input to the target inside `catch_unwind` for SECONDS, keeps inputs that
+//! each input to the target inside `catch_unwind` for SECONDS seconds (a progress
+//! line every 10 s: executions, accepted, distinct errors, panics, time left), keeps inputs that
 //! give an error not seen before as new seeds, and reports executions, distinct
 //! errors, the slowest input and every panic (saved to a file; the exit status is
 //! then 1). An input still running after 10 s is saved as a hang (exit status 3).
@@ -52,6 +53,8 @@ const MAX_MESSAGE: usize = 240;
 
 /// Distinct errors listed in the report.
 const LISTED: usize = 40;
+/// How often a progress line is printed.
+const PROGRESS: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     match run() {
@@ -67,7 +70,15 @@ fn main() -> ExitCode {
 /// Fuzzes; `Ok(false)` if anything panicked.
 fn run() -> Result<bool, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = format!("usage: bdh-fuzz TARGET SECONDS [SEED_DIR]  (targets: {})", targets::NAMES.join(", "));
+    let usage = format!(
+        "usage: bdh-fuzz TARGET SECONDS [SEED_DIR]\n  TARGET: {}\n  SECONDS: how long to fuzz, in seconds\n  \
+         SEED_DIR: files to start from (default: the repository's own)",
+        targets::NAMES.join(", ")
+    );
+    if matches!(args.as_slice(), [h] if h == "-h" || h == "--help") {
+        println!("{usage}");
+        return Ok(true);
+    }
     let (name, seconds, seed_dir) = match args.as_slice() {
         [t, s] => (t, s, None),
         [t, s, d] => (t, s, Some(PathBuf::from(d))),
@@ -116,7 +127,17 @@ fn run() -> Result<bool, String> {
     let (mut execs, mut accepted) = (0u64, 0u64);
     let mut slowest = (Duration::ZERO, PathBuf::new());
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut next_progress = Instant::now() + PROGRESS;
     while Instant::now() < deadline {
+        if Instant::now() >= next_progress {
+            next_progress += PROGRESS;
+            let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+            println!(
+                "{execs} executions, {accepted} accepted, {} distinct errors, {} panics; {left} s left",
+                errors.len(),
+                panics.len()
+            );
+        }
         let base = &corpus[rng.below(corpus.len())];
         let input = target.mutate(&mut rng, base, &corpus, MAX_INPUT);
         std::fs::write(&current, &input).map_err(|e| format!("writing {}: {e}", current.display()))?;
@@ -192,8 +213,10 @@ fn keep(corpus: &mut Vec<Vec<u8>>, n_seeds: usize, input: Vec<u8>, rng: &mut Rng
 }
 
 /// An error message with the input's path, everything quoted, any quoted lines of
-/// the input (as TOML errors show them) and every word holding a digit (sizes,
-/// offsets, `0x1f`) taken out, so that errors differing only in those count as one.
+/// the input (as TOML errors show them) and every number taken out: a word holding
+/// a digit (sizes, offsets, `0x1f`) becomes `#`, and so does a run of them with
+/// their signs and separators (`-1.5e-3`, `[2, 16]`, `3..=7`), so that errors
+/// differing only in numbers count as one.
 fn normalise(message: &str, input: &Path) -> String {
     let message = message.replace(&*input.to_string_lossy(), "<input>");
     let snippet = |line: &str| {
@@ -221,7 +244,39 @@ fn normalise(message: &str, input: &Path) -> String {
         key.push(c);
     }
     end_word(&mut key, &mut word);
-    key.chars().take(160).collect()
+    numbers_as_one(&key).chars().take(160).collect()
+}
+
+/// `key` with each run of `#`s joined by signs and separators as one `#`.
+fn numbers_as_one(key: &str) -> String {
+    let joins = |c: char| ".,:;/+-×x= _".contains(c);
+    let chars: Vec<char> = key.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        // A sign before a number is part of it.
+        if "+-".contains(chars[i]) && chars.get(i + 1) == Some(&'#') {
+            i += 1;
+            continue;
+        }
+        out.push(chars[i]);
+        if chars[i] == '#' {
+            // Past separators to another `#`: all one number.
+            loop {
+                let mut j = i + 1;
+                while j < chars.len() && joins(chars[j]) {
+                    j += 1;
+                }
+                if j > i + 1 && chars.get(j) == Some(&'#') {
+                    i = j;
+                } else {
+                    break;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 fn read_dir_files(dir: &Path) -> Result<Vec<Vec<u8>>, String> {
@@ -268,5 +323,17 @@ mod tests {
         let b = normalise("/tmp/in: opcode 0xff at byte 7 in `other`", input);
         assert_eq!(a, "<input>: opcode # at byte # in ``");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn errors_differing_only_in_how_their_numbers_are_written_are_one() {
+        let input = Path::new("/tmp/in");
+        let one = |m: &str| normalise(m, input);
+        assert_eq!(one("lr -1.5e-3 is not positive"), one("lr 2 is not positive"));
+        assert_eq!(one("lr -1.5e-3 is not positive"), "lr # is not positive");
+        assert_eq!(one("shape [2, 16] not [2, 16, 256]"), "shape [#] not [#]");
+        assert_eq!(one("layer in 1..=3, not 7"), one("layer in 1..=12, not 0"));
+        assert_eq!(one("at 3:14"), one("at 120:7"));
+        assert_ne!(one("a - b"), one("a # b"), "words are kept");
     }
 }

@@ -4,8 +4,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use bdh::data::Corpus;
@@ -19,6 +18,7 @@ use crate::args::ThreadsArgs;
 use crate::page::{Chart, Page, Series};
 use crate::progress::Job;
 use crate::provenance::Provenance;
+use crate::stop::Stop;
 
 /// Trains BDH and GPT at each size on the same batches and compares them.
 #[derive(clap::Args)]
@@ -89,9 +89,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.data.as_ref().map_or("the built-in corpus".into(), |p| p.display().to_string()),
         out.display()
     );
-    let Some(rows) = train_all(&runs, &corpus, &out)? else {
+    let signals = Stop::on_signals()?;
+    let Some(rows) = train_all(&runs, &corpus, &out, signals.flag())? else {
         println!("interrupted; run the same command again to continue");
-        return Ok(ExitCode::SUCCESS);
+        return signals.exit_code(&bdh::train::Single);
     };
     let table = markdown(&rows);
     println!("\n{table}");
@@ -104,11 +105,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Trains (or continues) each run in its folder of `out`, one after the other:
-/// their rows, or none if Ctrl-C stopped them.
-fn train_all(runs: &[(&str, RunConfig)], corpus: &Corpus, out: &Path) -> anyhow::Result<Option<Vec<Row>>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+/// their rows, or none if `stop` (Ctrl-C, SIGTERM) stopped them.
+fn train_all(
+    runs: &[(&str, RunConfig)],
+    corpus: &Corpus,
+    out: &Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<Vec<Row>>> {
     let total: usize = runs.iter().map(|(_, r)| r.training.max_steps).sum();
     // One count over every run's steps; steps that earlier processes trained (a
     // continued comparison) are skipped over, so the time left counts only these.
@@ -123,7 +126,7 @@ fn train_all(runs: &[(&str, RunConfig)], corpus: &Corpus, out: &Path) -> anyhow:
         let what = format!("{size} {family} ({:.2} M)", run.model.param_count() as f64 / 1e6);
         let count = format!("run {} of {}: {what}", k + 1, runs.len());
         job.set_message(count.clone());
-        let outcome = train(run, corpus, &dir, resume, &stop, |e| match e {
+        let outcome = train(run, corpus, &dir, resume, stop, |e| match e {
             Event::Start { step, .. } => job.skip_to(done + step as u64),
             Event::Step { step, loss, .. } => {
                 job.set_message(format!("{count}, loss {loss:.3}"));

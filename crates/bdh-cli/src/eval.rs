@@ -128,9 +128,9 @@ fn windows(model: &bdh::Model, text: &Text, name: &str, block: usize, args: &Arg
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{name}: {} predicted in {} independent windows of {} tokens",
+        "{name}: {} predicted in {} of {} tokens",
         text.count(r.tokens, r.bytes),
-        r.windows,
+        crate::count(r.windows, "independent window", "independent windows"),
         r.window
     );
     println!(
@@ -171,12 +171,12 @@ fn built_in(
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "built-in corpus ({}..={} facts, distance {}, {:.0}% lists): {} windows of {} tokens, independent",
+        "built-in corpus ({}..={} facts, distance {}, {:.0}% lists): {} of {} tokens, independent",
         data.synthetic().min_facts,
         data.facts,
         data.distance,
         data.lists * 100.0,
-        args.batches * args.batch,
+        crate::count(args.batches * args.batch, "window", "windows"),
         block
     );
     print_answers(&m);

@@ -13,7 +13,8 @@ use bdh::io::state;
 
 use crate::model_args::{ModelArgs, TokenizerArgs};
 
-/// Generates text after a prompt, streamed to stdout; speed and state size on stderr.
+/// Generates text after a prompt, streamed to stdout after the prompt itself (or
+/// alone with --no-echo); speed and state size on stderr.
 /// For a model from a run directory, a note on stderr says when the text passes
 /// the context length the run trained on (training.block_size). A GPT's prompt
 /// must fit its block_size; past it, generation slides the window as nanoGPT's
@@ -28,6 +29,9 @@ pub struct Args {
     /// Read the prompt from this file.
     #[arg(long)]
     prompt_file: Option<PathBuf>,
+    /// Print only the continuation, not the prompt before it.
+    #[arg(long)]
+    no_echo: bool,
     #[command(flatten)]
     tokenizer: TokenizerArgs,
     /// Tokens to generate at most (bytes, unless the model reads a BPE).
@@ -101,6 +105,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for k in 1..=args.num_samples {
         if args.num_samples > 1 && writeln!(out.stdout, "--- sample {k} of {}", args.num_samples).is_err() {
             return Ok(ExitCode::SUCCESS); // the reader went away
+        }
+        if !args.no_echo {
+            match out.stdout.write_all(&prompt).and_then(|()| out.stdout.flush()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                Err(e) => return Err(e).context("writing the output"),
+            }
         }
         let mut session = start.clone();
         let stats = out.sample(&prepared, &mut session, &mut scratch, &tokens, &g, &mut sampler)?;

@@ -19,6 +19,7 @@ mod progress;
 mod provenance;
 mod report;
 mod serve;
+mod stop;
 mod tokenizer;
 mod train;
 mod verify;
@@ -105,6 +106,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokenizer(args) => tokenizer::run(args),
         Command::Data(args) => data::run(args),
     }
+}
+
+/// `n` of something, in the singular for one: `1 thread`, `4 threads`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Writes `text` to `path` atomically, or to standard output if `path` is `-`,

@@ -60,6 +60,12 @@ impl TokenizerArgs {
 /// path in the error if it fails; returns the checkpoint or file it was read from
 /// beside it.
 pub fn load(model: &Path, config: Option<&Path>) -> anyhow::Result<(PathBuf, Model)> {
+    anyhow::ensure!(
+        !(model.is_file() && bdh::io::state::is_state(model)),
+        "{} is a saved state (a text's synapse state ρ, from `--save-state` or a session's save), not a model: \
+         give it to `bdh generate --load-state`, with the model it was saved from as --model",
+        model.display()
+    );
     let path = bdh::io::checkpoint::model_path(model)?;
     let loaded =
         bdh::io::checkpoint::load(&path, config).with_context(|| format!("loading model {}", path.display()))?;

@@ -66,6 +66,9 @@ pub struct Args {
     /// Seconds a shutdown waits for streams in flight before cancelling them.
     #[arg(long, default_value_t = 10.0)]
     grace_seconds: f64,
+    /// No line on stderr per request (method, path, status, tokens generated, duration).
+    #[arg(long)]
+    quiet: bool,
     #[command(flatten)]
     threads: crate::args::ThreadsArgs,
 }
@@ -103,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_completion_tokens: args.max_completion_tokens,
         default_max_tokens: args.default_max_tokens,
         grace,
+        log_requests: !args.quiet,
     })?;
     Ok(ExitCode::SUCCESS)
 }

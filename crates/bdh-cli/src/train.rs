@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::Context;
 use bdh::eval::EvalMetrics;
@@ -17,6 +16,7 @@ use bdh::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::ThreadsArgs;
+use crate::stop::Stop;
 
 /// Trains a model. With no arguments: the `recall` preset on the built-in corpus.
 #[derive(clap::Args)]
@@ -75,17 +75,15 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     let corpus = run.data.corpus_with(run.training.block_size, tokenizer).context("preparing the data")?;
     // A new run's directory is made (and runs/latest moved) once its data has opened.
     let dir = run_dir(&args, resumed.as_ref().map(|(r, _)| r.path()), collective)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("installing the Ctrl-C and SIGTERM handler")?;
+    let signals = Stop::on_signals()?;
+    let stop = signals.flag();
     // A bar only on a terminal; a file or a pipe gets whole lines.
     let lines = args.quiet || collective.rank() != 0 || !std::io::stderr().is_terminal();
     let before = resumed.as_ref().map(|(_, before)| before);
     let bar = Progress::bar(lines, run.training.max_steps);
-    let mut progress = Progress { run: &run, dir: &dir, before, collective, stop: &stop, lines, bar, first: None };
-    let outcome = train_parallel(&run, &corpus, &dir, resumed.is_some(), &stop, collective, |e| progress.on(e));
-    progress.finish(outcome?)
+    let mut progress = Progress { run: &run, dir: &dir, before, collective, stop, lines, bar, first: None };
+    let outcome = train_parallel(&run, &corpus, &dir, resumed.is_some(), stop, collective, |e| progress.on(e));
+    progress.finish(outcome?, &signals)
 }
 
 /// The new run `args` ask for.
@@ -209,7 +207,9 @@ impl Progress<'_> {
                 ));
             }
         }
-        if self.lines {
+        if self.before.is_some() {
+            self.print(&format!("resuming {} at step {step} of {max}", self.dir.display()));
+        } else if self.lines {
             self.say(format!("training from step {step} to {max}"));
         }
     }
@@ -217,12 +217,8 @@ impl Progress<'_> {
     /// The model, the processes and how the synapse state is carried.
     fn describe(&self) {
         let (m, t) = (&self.run.model, &self.run.training);
-        let threads = rayon::current_num_threads();
-        self.print(&format!(
-            "model: {}, {:.2} M parameters; {threads} threads",
-            m.describe(),
-            m.param_count() as f64 / 1e6
-        ));
+        let threads = crate::count(rayon::current_num_threads(), "thread", "threads");
+        self.print(&format!("model: {}, {:.2} M parameters; {threads}", m.describe(), m.param_count() as f64 / 1e6));
         let k = self.collective.size();
         if k > 1 {
             self.print(&format!(
@@ -243,11 +239,13 @@ impl Progress<'_> {
         }
     }
 
-    /// How the run ended, its last evaluation, and its report page.
-    fn finish(self, outcome: RunOutcome) -> anyhow::Result<ExitCode> {
+    /// How the run ended, its last evaluation, and its report page; the exit
+    /// status says whether a signal stopped it.
+    fn finish(self, outcome: RunOutcome, signals: &Stop) -> anyhow::Result<ExitCode> {
         self.bar.finish_and_clear();
         let (dir, max) = (self.dir.display(), self.run.training.max_steps);
         let ran = outcome.step - self.first.unwrap_or(outcome.step);
+        let code = if outcome.interrupted { signals.exit_code(self.collective)? } else { ExitCode::SUCCESS };
         if outcome.interrupted {
             self.print(&format!(
                 "interrupted at step {}; saved to {dir}/last (continue with --resume {dir})",
@@ -272,7 +270,7 @@ impl Progress<'_> {
             self.print(&format!("{label}: {}", eval_line(m, max)));
         }
         if self.collective.rank() != 0 {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(code);
         }
         match crate::report::write(self.dir, None, false) {
             Ok(page) => {
@@ -280,7 +278,7 @@ impl Progress<'_> {
             }
             Err(e) => eprintln!("warning: no report page: {e:#}"),
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(code)
     }
 }
 

@@ -1,11 +1,12 @@
 //! `bdh verify`: the model on golden inputs, max diffs per tensor, pass or fail.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use bdh::io::read_safetensors;
 use bdh::verify::verify;
+use bdh::Model;
 
 use crate::model_args::ModelArgs;
 
@@ -24,7 +25,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let model = args.model.load()?;
     let golden = read_safetensors(&args.golden).context("reading golden tensors")?;
-    let report = verify(&model, &golden, &args.golden).context("verifying")?;
+    let other = made_for_another(&args.golden, &model);
+    let doing = other.as_ref().map_or("verifying".to_string(), |o| format!("verifying ({o})"));
+    let report = verify(&model, &golden, &args.golden).context(doing)?;
     println!("{:<22} {:>12} {:>12} {:>10}  result", "tensor", "max abs", "max rel", "tolerance");
     for t in &report.tensors {
         let verdict = if t.passed() { "ok" } else { "FAIL" };
@@ -39,5 +42,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let passed = report.passed();
     println!("{}", if passed { "PASS: matches the reference" } else { "FAIL: differs from the reference" });
+    if let (false, Some(other)) = (passed, other) {
+        println!("note: {other}");
+    }
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// If the golden file sits beside another model than `model` (the one it was made
+/// from, as `make_golden.py` leaves them), a sentence naming it.
+fn made_for_another(golden: &Path, model: &Model) -> Option<String> {
+    let dir = golden.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (_, beside) = crate::model_args::load(dir, None).ok()?;
+    let (theirs, ours) = (beside.config().describe(), model.config().describe());
+    let how = if theirs == ours { "the same shape, other weights".to_string() } else { format!("this is {ours}") };
+    (beside != *model).then(|| {
+        format!("the golden {} was made for the model in {}, {theirs}; {how}", golden.display(), dir.display())
+    })
 }

@@ -105,14 +105,17 @@ fn train_resume_generate_eval_end_to_end() {
         a.extend_from_slice(extra);
         bdh(&a)
     };
-    let (a, b) = (gen(&[]), gen(&[]));
+    let (a, b) = (gen(&["--no-echo"]), gen(&["--no-echo"]));
     assert_eq!(a.status.code(), Some(0), "{}", text(&a));
     assert_eq!(a.stdout, b.stdout, "same seed, same text");
     assert!(String::from_utf8_lossy(&a.stderr).contains("tokens/s"));
     let full = String::from_utf8_lossy(&a.stdout).to_string();
+    // Without --no-echo the prompt comes first, then the same continuation.
+    let echoed = gen(&[]);
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), format!("ada lives in {full}"));
     let stop =
         full.chars().skip(1).find(|c| c.is_ascii_alphanumeric()).expect("an ASCII letter in 60 bytes").to_string();
-    let c = gen(&["--stop", &stop]);
+    let c = gen(&["--stop", &stop, "--no-echo"]);
     let cut = String::from_utf8_lossy(&c.stdout).trim_end_matches('\n').to_string();
     assert!(!cut.contains(&stop) && full.starts_with(&cut), "{cut:?} vs {full:?}");
     assert!(String::from_utf8_lossy(&c.stderr).contains("stopped at"), "{}", text(&c));
@@ -141,6 +144,7 @@ fn train_rejects_bad_input_without_panicking() {
         (vec!["--preset", "tiny", "--data", short.to_str().unwrap()], "fewer than one block"),
         (vec!["--preset", "tiny", "--data", "/no/such/file.txt"], "/no/such/file.txt"),
         (vec!["--preset", "tiny", "--set", "training.nope=1"], "unknown key"),
+        (vec!["--preset", "tiny", "--set", "lr=1e-3"], "unknown key `lr`; did you mean `training.lr`?"),
         (vec!["--preset", "tiny", "--set", "training.lr=fast"], "float"),
         (vec!["--preset", "nope"], "no preset"),
     ] {
@@ -348,6 +352,7 @@ fn generate_saves_and_continues_a_state() {
     let gen = |prompt: &str, extra: &[&str]| {
         let mut a = vec!["generate", "--model", &model, "--prompt", prompt, "--max-tokens", "30", "--temperature", "0"];
         a.extend_from_slice(extra);
+        a.push("--no-echo");
         let o = bdh(&a);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         String::from_utf8_lossy(&o.stdout).trim_end_matches('\n').to_string()
@@ -362,6 +367,10 @@ fn generate_saves_and_continues_a_state() {
     let o = bdh(&["generate", "--model", &golden("ref-tiny"), "--prompt", "x", "--load-state", &state]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("session.safetensors"), "{}", text(&o));
+    // A state given as the model is named as a state, and where it goes.
+    let o = bdh(&["generate", "--model", &state, "--prompt", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("is a saved state") && text(&o).contains("--load-state"), "{}", text(&o));
 }
 
 #[test]

@@ -118,7 +118,8 @@ fn absurd_numbers_are_clear_errors() {
 }
 
 /// `bdh train --preset tiny` into `out` with `sets`, stopped by SIGTERM once the
-/// records of its metrics log are `ready`: it must exit within 10 s and save `last/`.
+/// records of its metrics log are `ready`: it must exit within 10 s, save `last/`,
+/// and exit 143 (128 + SIGTERM), so that a following `&&` command does not run.
 fn train_then_stop(out: &std::path::Path, sets: &[&str], ready: impl Fn(&[serde_json::Value]) -> bool) {
     let mut args = vec!["train", "--preset", "tiny", "--threads", "1", "--quiet", "--out", out.to_str().unwrap()];
     sets.iter().for_each(|s| args.extend(["--set", s]));
@@ -152,7 +153,7 @@ fn train_then_stop(out: &std::path::Path, sets: &[&str], ready: impl Fn(&[serde_
         std::thread::sleep(Duration::from_millis(50));
     };
     println!("stopped {:?} after SIGTERM: {status}", sent.elapsed());
-    assert!(status.success(), "{status}");
+    assert_eq!(status.code(), Some(143), "{status}");
     assert!(out.join("last").exists(), "no last/ saved");
 }
 
@@ -201,6 +202,7 @@ fn sigterm_during_an_evaluation_or_a_sample_stops_within_seconds_and_resume_fini
         short.iter().for_each(|s| args.extend(["--set", s]));
         let o = bdh(&args);
         assert!(o.status.success(), "{what}: {}", text(&o));
+        assert!(text(&o).contains(&format!("resuming {} at step 2 of 3", run.display())), "{}", text(&o));
         assert_eq!(records(&run), records(&whole), "stopped during the {what}");
         for checkpoint in ["best", "last"] {
             let a = std::fs::read(run.join(checkpoint).join("model.safetensors")).unwrap();
@@ -244,4 +246,29 @@ fn a_tokenizer_of_a_million_tokens_in_training_is_refused_by_its_size_not_an_abo
     let args = ["train", "--preset", "tiny", "--tokenizer", path, "--data", data, "--out"];
     let out = tmp.path().join("run");
     refused(&[&args[..], &[out.to_str().unwrap(), "--set", "training.batch_size=4096"]].concat(), 3, "would need");
+}
+
+/// Ctrl-C during `bdh compare` stops the run in training, says how to continue and
+/// exits 130 (128 + SIGINT), so that a following `&&` command does not run.
+#[test]
+fn ctrl_c_during_compare_stops_and_exits_130() {
+    let tmp = temp("compare-int");
+    let out = tmp.path().join("cmp");
+    let args = ["compare", "--sizes", "xs", "--tokens", "100000000", "--threads", "1", "--out", out.to_str().unwrap()];
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_bdh"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.join("xs-bdh").join("metrics.jsonl").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the comparison never started training");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(130), "{said}");
+    assert!(said.contains("interrupted; run the same command again to continue"), "{said}");
 }

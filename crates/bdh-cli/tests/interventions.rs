@@ -104,6 +104,10 @@ fn induction_follows_the_models_a_run_kept() {
     let page = tmp.path().join("induction.html").display().to_string();
     let out = run_ok(&["inspect", "induction", "--run", &r, "--length", "12", "--sequences", "2", "--html", &page]);
     assert!(out.contains("step     10") && out.contains("step     20"), "{out}");
+    // The page's provenance names the models read, not the run folder as an empty text.
+    let html = std::fs::read_to_string(tmp.path().join("induction.html")).unwrap();
+    assert!(html.contains("model at step 10") && html.contains("model at step 20"), "{html}");
+    assert!(!html.contains("0 bytes, FNV-1a"), "{html}");
     let o = bdh(&["inspect", "induction", "--run", &tmp.path().display().to_string()]);
     assert!(!o.status.success());
     assert!(text(&o).contains("kept no models"), "{}", text(&o));

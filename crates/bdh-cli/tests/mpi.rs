@@ -164,7 +164,7 @@ fn a_killed_process_ends_the_job_and_the_run_resumes_as_if_uninterrupted() {
 
     let (o, _) = wait(launch(mpirun, 2, &["train", "--resume", cut.to_str().unwrap()]), Duration::from_secs(300));
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("training from step"), "{}", text(&o));
+    assert!(text(&o).contains("resuming "), "{}", text(&o));
     assert_eq!(losses(&cut), losses(&whole), "the resumed run's losses equal the uninterrupted run's");
 }
 
@@ -181,4 +181,27 @@ fn an_error_on_one_process_ends_the_job_with_its_message() {
     assert!(!o.status.success(), "{out}");
     assert!(out.contains("error (process 0 of 2)") && out.contains("already holds a run"), "{out}");
     eprintln!("the job ended {took:.1?} after it started");
+}
+
+/// SIGTERM to `mpirun` reaches every process: they stop at the same step, process 0
+/// saves `last/` and says so, and the job does not report success (each process
+/// exits 143), so a following `&&` command does not run.
+#[test]
+fn sigterm_to_the_job_saves_and_the_job_does_not_report_success() {
+    let Some(mpirun) = mpirun() else { return };
+    let dir = temp("mpi-term");
+    let run = dir.path().join("run");
+    let child =
+        launch(mpirun, 2, &[strs(&tiny(&run, 100_000, 2)), vec!["--set", "training.eval_interval=10"]].concat());
+    let t0 = Instant::now();
+    while steps(&run).len() < 15 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run did not reach step 15");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let (o, took) = wait(child, END_WITHIN);
+    let out = text(&o);
+    eprintln!("the job ended {took:.1?} after SIGTERM: {:?}", o.status);
+    assert!(!o.status.success(), "an interrupted job must not report success: {out}");
+    assert!(out.contains("interrupted at step") && run.join("last").exists(), "{out}");
 }

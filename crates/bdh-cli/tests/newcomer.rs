@@ -158,7 +158,8 @@ fn generate_writes_several_samples_and_warns_past_the_trained_context() {
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(0), "{stderr}");
     for k in 1..=3 {
-        assert!(stdout.contains(&format!("--- sample {k} of 3")), "{stdout}");
+        // Each sample echoes the prompt before its continuation.
+        assert!(stdout.contains(&format!("--- sample {k} of 3\n{prompt}")), "{stdout}");
     }
     assert_eq!(stderr.matches("past 160 tokens").count(), 1, "one note for the whole call: {stderr}");
     let o = bdh(&["generate", "--model", &run, "--prompt", "ada", "--max-tokens", "20"]);
@@ -186,8 +187,9 @@ fn inspect_synapses_reads_a_long_text_in_bounded_memory() {
     assert_eq!(v["synapses"]["traces"][0][1].as_array().unwrap().len(), 23_000);
 }
 
+/// Ctrl-C (SIGINT) saves, labels the last evaluation with its step, and exits 130.
 #[test]
-fn an_interrupted_run_labels_its_last_evaluation_with_its_step() {
+fn an_interrupted_run_labels_its_last_evaluation_with_its_step_and_exits_130() {
     use std::io::{BufRead, BufReader};
     let tmp = temp("sigterm");
     let run = tmp.path().join("run").display().to_string();
@@ -210,10 +212,10 @@ fn an_interrupted_run_labels_its_last_evaluation_with_its_step() {
         }
     }
     // The shell's own `kill`: present wherever /bin/sh is, unlike a kill binary.
-    let killed = Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status();
-    assert!(killed.is_ok_and(|s| s.success()), "kill -TERM");
+    let killed = Command::new("sh").args(["-c", &format!("kill -INT {}", child.id())]).status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -INT");
     seen.extend(lines.map(|l| l.unwrap()));
-    assert!(child.wait().unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(130), "128 + SIGINT");
     let out = seen.join("\n");
     let stopped: usize = out
         .lines()
@@ -293,4 +295,32 @@ fn the_readme_quick_start_runs_as_written() {
     for written in ["sparsity.html", "runs/first/report.html", "runs/first/best/model.safetensors"] {
         assert!(tmp.path().join(written).exists(), "{written} not written");
     }
+}
+
+/// Counts of one are in the singular: `1 thread`, `1 independent window`.
+#[test]
+fn a_count_of_one_is_in_the_singular() {
+    let tmp = temp("one");
+    let run = tmp.path().join("run").display().to_string();
+    let mut args = vec!["train", "--preset", "tiny", "--out", &run, "--threads", "1", "--set", "training.max_steps=1"];
+    args.extend(&SHORT[2..]);
+    let o = bdh(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("; 1 thread\n"), "{}", text(&o));
+    let data = tmp.path().join("short.txt");
+    std::fs::write(&data, "ada lives in oslo. ".repeat(2)).unwrap();
+    let model = golden("ref-tiny");
+    let o = bdh(&["eval", "--model", &model, "--data", data.to_str().unwrap(), "--block", "64", "--threads", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("predicted in 1 independent window of 64"), "{}", text(&o));
+}
+
+#[test]
+fn verify_against_another_models_golden_names_the_model_it_was_made_for() {
+    let o = bdh(&["verify", "--model", &golden("ref-tiny"), "--golden", &golden("gpt-tiny/expected.safetensors")]);
+    let out = text(&o);
+    // Its gradients name tensors this model has none of: bad input, said with the model it fits.
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    let gpt = golden("gpt-tiny");
+    assert!(out.contains(&format!("was made for the model in {gpt}, GPT L")) && out.contains("this is BDH"), "{out}");
 }

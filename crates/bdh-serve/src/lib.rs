@@ -12,6 +12,7 @@
 //! - [`engine`]: the decoding loop, one thread that advances every live stream with
 //!   one batched step a turn;
 //! - [`error`]: a refusal as an HTTP status and an OpenAI-style JSON body;
+//! - [`log`]: one line on standard error per request;
 //! - the accept loop (private): read timeouts, a cap on connections, and a
 //!   shutdown bounded by the grace period.
 //!
@@ -40,6 +41,7 @@
 //!     max_completion_tokens: 4096,
 //!     default_max_tokens: 256,
 //!     grace: Duration::from_secs(10),
+//!     log_requests: true,
 //! };
 //! // Prints the address it listens on and serves until SIGTERM or Ctrl-C.
 //! bdh_serve::run(config)?;
@@ -55,6 +57,7 @@ pub mod engine;
 pub mod error;
 pub mod lease;
 mod listen;
+pub mod log;
 pub mod routes;
 pub mod sessions;
 
@@ -115,6 +118,9 @@ pub struct Config {
     pub default_max_tokens: usize,
     /// How long a shutdown waits for streams in flight before cancelling them.
     pub grace: Duration,
+    /// One line on standard error per request (method, path, status, tokens
+    /// generated, duration); off with `bdh serve --quiet`.
+    pub log_requests: bool,
 }
 
 /// A server ready to take requests: what the handlers share and the decoding loop's
@@ -177,6 +183,7 @@ impl Server {
             tokenizer: config.tokenizer,
             draining: AtomicBool::new(false),
             ids: AtomicU64::new(1),
+            log_requests: config.log_requests,
         });
         Ok(Server {
             app,

@@ -14,7 +14,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bdh::data::Tokenizer;
 use bdh::infer::{Prepared, Sampler};
 use futures_util::StreamExt;
@@ -27,6 +27,7 @@ use crate::api::{Kind, Limits, Meta, Request};
 use crate::engine::{Event, Job, Slot};
 use crate::error::ApiError;
 use crate::lease::Lease;
+use crate::log::Logged;
 use crate::sessions::Sessions;
 
 use bdh::model::MAX_POSITION;
@@ -59,11 +60,13 @@ pub struct App {
     pub draining: AtomicBool,
     /// Numbers the answers' ids.
     pub ids: AtomicU64,
+    /// Whether each request is logged on standard error.
+    pub log_requests: bool,
 }
 
 /// The router of every endpoint.
 pub fn router(app: Arc<App>) -> Router {
-    let (max_body_bytes, read_timeout) = (app.max_body_bytes, app.read_timeout);
+    let (max_body_bytes, read_timeout, log) = (app.max_body_bytes, app.read_timeout, app.log_requests);
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -80,6 +83,7 @@ pub fn router(app: Arc<App>) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state((max_body_bytes, read_timeout), read_body))
+        .layer(axum::middleware::from_fn_with_state(log, crate::log::requests))
         .with_state(app)
 }
 
@@ -162,16 +166,19 @@ fn bytes(body: Raw) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn completions(State(app): State<Arc<App>>, body: Raw) -> Response {
-    complete(app, body, Kind::Text).await.unwrap_or_else(IntoResponse::into_response)
+/// The request's log line, to which a completion adds the tokens it generated.
+type Log = Extension<Arc<Logged>>;
+
+async fn completions(State(app): State<Arc<App>>, Extension(log): Log, body: Raw) -> Response {
+    complete(app, body, Kind::Text, log).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn chat_completions(State(app): State<Arc<App>>, body: Raw) -> Response {
-    complete(app, body, Kind::Chat).await.unwrap_or_else(IntoResponse::into_response)
+async fn chat_completions(State(app): State<Arc<App>>, Extension(log): Log, body: Raw) -> Response {
+    complete(app, body, Kind::Chat, log).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Checks a request, hands it to the decoding loop and answers, whole or streamed.
-async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiError> {
+async fn complete(app: Arc<App>, body: Raw, kind: Kind, log: Arc<Logged>) -> Result<Response, ApiError> {
     let spec = Request::parse(&bytes(body)?)?.spec(kind, &app.limits, &app.tokenizer)?;
     if app.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the server is shutting down"));
@@ -210,14 +217,17 @@ async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiE
     };
     let state_bytes = app.prepared.state_bytes();
     if spec.stream {
-        return Ok(stream(meta, rx, state_bytes));
+        return Ok(stream(meta, rx, state_bytes, log));
     }
     let mut rx = rx;
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
         match event {
             Event::Text(t) => text.push_str(&t),
-            Event::Done(f) => return Ok(Json(meta.answer(&text, &f, state_bytes)).into_response()),
+            Event::Done(f) => {
+                log.generated(f.completion_tokens);
+                return Ok(Json(meta.answer(&text, &f, state_bytes)).into_response());
+            }
             Event::Failed(m) => return Err(ApiError::internal(m)),
         }
     }
@@ -225,16 +235,20 @@ async fn complete(app: Arc<App>, body: Raw, kind: Kind) -> Result<Response, ApiE
 }
 
 /// The answer as server-sent events: a chunk per piece of text, a last chunk with
-/// the finish reason and the counts, then `data: [DONE]`.
-fn stream(meta: Meta, rx: UnboundedReceiver<Event>, state_bytes: usize) -> Response {
+/// the finish reason and the counts, then `data: [DONE]`. The request's log line
+/// is written once the stream has ended.
+fn stream(meta: Meta, rx: UnboundedReceiver<Event>, state_bytes: usize, log: Arc<Logged>) -> Response {
     let events = futures_util::stream::unfold(Some(rx), move |rx| {
-        let meta = meta.clone();
+        let (meta, log) = (meta.clone(), log.clone());
         async move {
             let mut rx = rx?;
             let data = |v: Value| format!("data: {v}\n\n");
             let (out, more) = match rx.recv().await {
                 Some(Event::Text(t)) => (data(meta.chunk(&t)), true),
-                Some(Event::Done(f)) => (data(meta.last_chunk(&f, state_bytes)) + "data: [DONE]\n\n", false),
+                Some(Event::Done(f)) => {
+                    log.generated(f.completion_tokens);
+                    (data(meta.last_chunk(&f, state_bytes)) + "data: [DONE]\n\n", false)
+                }
                 Some(Event::Failed(m)) => {
                     (data(json!({ "error": { "message": m, "type": "server_error" } })) + "data: [DONE]\n\n", false)
                 }

@@ -71,7 +71,11 @@ pub struct Sessions {
     max_on_disk: usize,
     max_disk_bytes: u64,
     dir: PathBuf,
+    /// Whether this store made `dir` (it then removes it at the end if empty).
+    made_dir: bool,
     evicted_dir: PathBuf, // this server's own: servers sharing `dir` keep apart
+    /// Whether `evicted_dir` has been made: at the first eviction, not before.
+    evicted_made: Mutex<bool>,
     table: Mutex<Table>,
 }
 
@@ -135,22 +139,17 @@ impl Table {
 
 impl Sessions {
     /// A store holding at most `max_live` states in memory, saving to `dir` and
-    /// evicting to a folder made now, `dir/evicted-PID` (or `evicted-PID-2`, … if
-    /// that name is taken: a folder already there, say of a server that ended
-    /// without clearing it, is not this one's and is left as it is).
+    /// evicting to `dir/evicted-PID` (or `evicted-PID-2`, … if that name is taken:
+    /// a folder already there, say of a server that ended without clearing it, is
+    /// not this one's and is left as it is), a folder made at the first eviction.
     pub fn new(prepared: Arc<Prepared>, max_live: usize, dir: &Path) -> anyhow::Result<Self> {
+        let made_dir = !dir.exists();
         std::fs::create_dir_all(dir)?;
         let base = format!("evicted-{}", std::process::id());
-        let mut evicted = dir.join(&base);
-        for k in 2.. {
-            match std::fs::create_dir(&evicted) {
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => evicted = dir.join(format!("{base}-{k}")),
-                made => {
-                    made?;
-                    break;
-                }
-            }
-        }
+        let evicted = (1..)
+            .map(|k| dir.join(if k == 1 { base.clone() } else { format!("{base}-{k}") }))
+            .find(|d| !d.exists())
+            .expect("a free name");
         let table =
             Table { live: HashMap::new(), on_disk: HashMap::new(), disk_bytes: 0, reserved: 0, clock: 0, next_id: 1 };
         Ok(Sessions {
@@ -159,7 +158,9 @@ impl Sessions {
             max_on_disk: usize::MAX,
             max_disk_bytes: u64::MAX,
             dir: dir.to_path_buf(),
+            made_dir,
             evicted_dir: evicted,
+            evicted_made: Mutex::new(false),
             table: Mutex::new(table),
         })
     }
@@ -385,6 +386,16 @@ impl Sessions {
     /// released, then records it there; a write that fails (or panics) drops the
     /// lease, which puts the state back.
     fn evict(&self, id: &str, lease: Lease) -> Result<(), ApiError> {
+        {
+            let mut made = self.evicted_made.lock().unwrap_or_else(|e| e.into_inner());
+            if !*made {
+                std::fs::create_dir_all(&self.evicted_dir).map_err(|e| {
+                    eprintln!("making {}: {e}", self.evicted_dir.display());
+                    ApiError::internal(format!("evicting {id}: making the folder of evicted sessions failed"))
+                })?;
+                *made = true;
+            }
+        }
         let path = self.evicted_path(id);
         state::save(&self.prepared, &lease, &path).map_err(|e| file_error(format!("evicting {id}"), &e))?;
         let bytes = std::fs::metadata(&path).map_or(self.file_bytes(), |m| m.len());
@@ -423,8 +434,9 @@ impl Sessions {
         })
     }
 
-    /// Deletes the evicted sessions' files (at shutdown), then their folder if
-    /// that leaves it empty: nothing this store did not write.
+    /// Deletes the evicted sessions' files (at shutdown, or after a start that
+    /// failed), then their folder, and the sessions directory if this store made it,
+    /// if that leaves them empty: nothing this store did not write.
     pub fn clear_evicted(&self) {
         let ids: Vec<String> = {
             let mut t = self.lock();
@@ -434,7 +446,12 @@ impl Sessions {
         for id in ids {
             let _ = std::fs::remove_file(self.evicted_path(&id));
         }
-        let _ = std::fs::remove_dir(&self.evicted_dir);
+        if *self.evicted_made.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = std::fs::remove_dir(&self.evicted_dir);
+        }
+        if self.made_dir {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
     }
 }
 

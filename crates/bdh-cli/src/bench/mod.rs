@@ -63,9 +63,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.warmup
     );
     let run = RunConfig::resolve(&args.preset, &args.set)?;
-    let threads = rayon::current_num_threads();
+    let threads = crate::count(rayon::current_num_threads(), "thread", "threads");
     let peak = peak_gflops(0.3);
-    println!("measured fp32 FMA peak: {peak:.1} GFLOP/s on {threads} threads");
+    println!("measured fp32 FMA peak: {peak:.1} GFLOP/s on {threads}");
     let spec = BenchSpec {
         config: run.model.clone(),
         batch: args.batch.unwrap_or(run.training.batch_size),
@@ -90,10 +90,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn describe(m: &ModelConfig, shape: &str) {
     println!(
-        "model {} ({:.2} M params), {shape}, {} threads",
+        "model {} ({:.2} M params), {shape}, {}",
         m.describe(),
         m.param_count() as f64 / 1e6,
-        rayon::current_num_threads()
+        crate::count(rayon::current_num_threads(), "thread", "threads")
     );
 }
 

@@ -128,7 +128,8 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     }
     let mut scorer = Scorer { model, stepped: !args.synapses.is_empty(), acts: None };
     let baseline = scorer.unedited(&probe)?;
-    say!("{}; {} built-in windows of {} tokens", model_line(model), args.rows, args.window);
+    let windows = crate::count(args.rows, "built-in window", "built-in windows");
+    say!("{}; {windows} of {} tokens", model_line(model), args.window);
     show("unablated", &baseline);
     let mut report = Report {
         removed: Vec::new(),

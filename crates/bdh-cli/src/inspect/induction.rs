@@ -55,6 +55,8 @@ pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<
             anyhow::ensure!(!kept.is_empty(), none_kept());
             for (step, dir) in kept {
                 let m = bdh::io::checkpoint::load(&dir, None).with_context(|| format!("loading {}", dir.display()))?;
+                let read = format!("{} (weights FNV-1a {})", dir.display(), m.params().fingerprint());
+                out.provenance.add(&format!("model at step {step}"), read);
                 let Model::Bdh(m) = m else { anyhow::bail!("{} is not a BDH model", dir.display()) };
                 let r = induction(&m, args.length, args.sequences, args.seed)?;
                 let best = r.heads.iter().max_by(|a, b| a.induction.total_cmp(&b.induction)).expect("a head");
@@ -67,7 +69,8 @@ pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<
         }
         (None, Some(m)) => {
             let r = induction(m, args.length, args.sequences, args.seed)?;
-            say!("{}; {} random sequences of {} tokens, each repeated once", model_line(m), r.sequences, r.length);
+            let sequences = crate::count(r.sequences, "random sequence", "random sequences");
+            say!("{}; {sequences} of {} tokens, each repeated once", model_line(m), r.length);
             print(&r);
             all.push(Over { step: None, report: r });
         }

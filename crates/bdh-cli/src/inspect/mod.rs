@@ -111,7 +111,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "give --run (every model a run kept) or --model, not both"
             );
             let mut provenance = Provenance::of_this_run();
-            provenance.text("run", &run.display().to_string(), &[]);
+            // The models it reads are added as they are read.
+            provenance.add("run", run.display().to_string());
             let mut out = Output { json: args.json, html: args.html, provenance };
             let What::Induction(a) = args.what else { unreachable!("matched above") };
             induction::run(a, None, &mut out)?;

@@ -17,6 +17,7 @@ use common::{bdh, golden, temp};
 
 mod answers;
 mod limits;
+mod log;
 mod sessions;
 
 /// The trained small model every test serves.
@@ -125,13 +126,14 @@ fn answer(mut r: ureq::http::Response<ureq::Body>) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-/// What `bdh generate` prints for `prompt` with `flags`, without its final newline.
+/// What `bdh generate --no-echo` prints for `prompt` with `flags` (the continuation
+/// alone), without its final newline.
 fn generate(prompt: &str, flags: &[&str]) -> String {
     generate_with(&model(), prompt, flags)
 }
 
 fn generate_with(model: &str, prompt: &str, flags: &[&str]) -> String {
-    let mut args = vec!["generate", "--model", model, "--prompt", prompt];
+    let mut args = vec!["generate", "--model", model, "--prompt", prompt, "--no-echo"];
     args.extend_from_slice(flags);
     let o = bdh(&args);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));

@@ -119,3 +119,25 @@ fn no_error_tells_a_client_where_the_sessions_are_or_the_process_id() {
     }
     println!("{bodies:?}");
 }
+
+/// The eviction folder is made at the first eviction, not before; at the end the
+/// store removes it, and the sessions directory if it made it, once empty.
+#[test]
+fn the_eviction_folder_is_made_when_first_needed_and_only_what_the_store_made_is_removed() {
+    let _serial = serial();
+    let prepared = tiny_prepared(256);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    let evicted = dir.join(format!("evicted-{}", std::process::id()));
+    let sessions = Arc::new(Sessions::new(prepared.clone(), 1, &dir).unwrap());
+    assert!(dir.is_dir() && !evicted.exists(), "no eviction folder before an eviction");
+    sessions.create().unwrap();
+    sessions.create().unwrap(); // the first goes to disk
+    assert!(evicted.is_dir());
+    sessions.clear_evicted();
+    assert!(!dir.exists(), "the store made the sessions directory and leaves none");
+    // A directory that was there stays.
+    let sessions = Sessions::new(prepared, 1, tmp.path()).unwrap();
+    sessions.clear_evicted();
+    assert!(tmp.path().is_dir() && std::fs::read_dir(tmp.path()).unwrap().next().is_none());
+}

@@ -123,6 +123,7 @@ impl Served {
             max_completion_tokens: 256,
             default_max_tokens: 16,
             grace: Duration::ZERO,
+            log_requests: false,
         };
         edit(&mut config);
         let server = Server::new(config).unwrap();

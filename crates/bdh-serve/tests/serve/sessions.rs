@@ -39,8 +39,9 @@ fn an_eviction_that_cannot_write_puts_the_state_back() {
     let (_serial, sessions) = (serial(), Store::new(&tiny_prepared(256), 1));
     let a = sessions.create().unwrap().id;
     set_pos(&mut sessions.check_out(&a).unwrap(), 5);
-    // A file where the eviction folder was: every write into it fails.
-    std::fs::remove_dir_all(sessions.evicted_dir()).unwrap();
+    // No eviction folder before the first eviction; a file where it is to be made:
+    // every write into it fails.
+    assert!(!sessions.evicted_dir().exists());
     std::fs::write(sessions.evicted_dir(), b"").unwrap();
     let refused = sessions.create().unwrap_err();
     assert_eq!(refused.status, 500, "{}", refused.message);

@@ -78,6 +78,22 @@ pub fn load(prepared: &Prepared, path: &Path) -> Result<State> {
     read(path, p.model(), 1, Unversioned::Session).map(State::Bdh)
 }
 
+/// Whether `path` is a saved state, of any version (a safetensors file whose
+/// metadata names this format, or that holds `rho`); reads only its header.
+pub fn is_state(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else { return false };
+    let mut len = [0u8; 8];
+    if file.read_exact(&mut len).is_err() || u64::from_le_bytes(len) > HEADER_LIMIT {
+        return false;
+    }
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    let Ok(v) = file.read_exact(&mut header).map(|()| serde_json::from_slice::<serde_json::Value>(&header)) else {
+        return false;
+    };
+    v.is_ok_and(|v| v["__metadata__"]["format"] == FORMAT || v.get("rho").is_some())
+}
+
 /// Who wrote a file without a version: each kind had its own layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unversioned {

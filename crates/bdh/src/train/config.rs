@@ -223,11 +223,20 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let (path, raw) = assignment.split_once('=').ok_or_else(|| bad("expected section.key=value".into()))?;
     let keys: Vec<&str> = path.trim().split('.').collect();
     let (last, parents) = keys.split_last().expect("split gives at least one part");
+    // The sections that hold a key of this name, for a key given without its own.
+    let holders: Vec<String> = table
+        .iter()
+        .filter(|(_, v)| v.as_table().is_some_and(|t| t.contains_key(*last)))
+        .map(|(section, _)| format!("`{section}.{last}`"))
+        .collect();
     let mut node = table;
     for k in parents {
         node = node.get_mut(*k).and_then(|v| v.as_table_mut()).ok_or_else(|| bad(format!("no section `{k}`")))?;
     }
-    let old = node.get(*last).ok_or_else(|| bad(format!("unknown key `{path}`")))?;
+    let old = node.get(*last).ok_or_else(|| match holders.as_slice() {
+        [] => bad(format!("unknown key `{path}`")),
+        _ => bad(format!("unknown key `{path}`; did you mean {}?", holders.join(" or "))),
+    })?;
     let raw = raw.trim();
     let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
