@@ -190,7 +190,8 @@ fn sigterm_during_an_evaluation_or_a_sample_stops_within_seconds_and_resume_fini
     // (stopped in, the long setting, the record logged just before it)
     let step_2 = |r: &[serde_json::Value]| r.iter().any(|v| v["step"] == 2 && v.get("loss").is_some());
     let eval_2 = |r: &[serde_json::Value]| r.iter().any(|v| v["step"] == 2 && v.get("val_loss").is_some());
-    let cases: [(&str, &str, &dyn Fn(&[serde_json::Value]) -> bool); 2] = [
+    type Ready<'a> = &'a dyn Fn(&[serde_json::Value]) -> bool;
+    let cases: [(&str, &str, Ready); 2] = [
         ("evaluation", "training.eval_batches=1000000000", &step_2),
         ("sample", "training.sample_tokens=1000000000", &eval_2),
     ];
