@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Time between two plain lines.
+/// Time between two plain lines, unless `BDH_PROGRESS_SECONDS` says otherwise.
 const LINE_EVERY: Duration = Duration::from_secs(3);
+
+/// The variable that sets the seconds between two plain lines (0: a line at every
+/// update), for logs that want more or fewer of them.
+const LINE_EVERY_VAR: &str = "BDH_PROGRESS_SECONDS";
 
 /// A long job of counted units.
 pub struct Job {
@@ -19,6 +23,8 @@ pub struct Job {
     bar: ProgressBar,
     /// The plain lines' clock, if they are written.
     lines: Option<Mutex<Lines>>,
+    /// Time between two plain lines.
+    every: Duration,
 }
 
 /// When the plain lines started and last went out.
@@ -46,7 +52,9 @@ impl Job {
         bar.set_prefix(what.to_string());
         let now = Instant::now();
         let lines = lines.then(|| Mutex::new(Lines { start: now, last: now, skipped: 0 }));
-        Job { what: what.into(), bar, lines }
+        let every =
+            if lines.is_some() { line_every(std::env::var(LINE_EVERY_VAR).ok().as_deref()) } else { LINE_EVERY };
+        Job { what: what.into(), bar, lines, every }
     }
 
     /// `done` of `total` units are done.
@@ -61,7 +69,7 @@ impl Job {
         let Some(lines) = &self.lines else { return };
         let mut l = lines.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if now.duration_since(l.last) < LINE_EVERY {
+        if now.duration_since(l.last) < self.every {
             return;
         }
         l.last = now;
@@ -121,6 +129,24 @@ pub fn start_clock_at(bar: &ProgressBar, done: u64) {
     bar.reset_eta();
 }
 
+/// The time between two plain lines from `BDH_PROGRESS_SECONDS`'s value, if set:
+/// a number of seconds from 0 to a day; anything else is said once and the
+/// default kept.
+fn line_every(value: Option<&str>) -> Duration {
+    let Some(value) = value else { return LINE_EVERY };
+    match value.trim().parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Duration::from_secs_f64(s),
+        _ => {
+            eprintln!(
+                "warning: {LINE_EVERY_VAR}={value:?} is not a number of seconds from 0 to 86400; \
+                 a progress line every {} s",
+                LINE_EVERY.as_secs()
+            );
+            LINE_EVERY
+        }
+    }
+}
+
 /// Seconds as `42 s`, `3 min 20 s` or `2 h 5 min`.
 fn human(seconds: f64) -> String {
     let s = seconds.round() as u64;
@@ -159,6 +185,16 @@ mod tests {
         job.skip_to(40);
         let l = job.lines.as_ref().unwrap().lock().unwrap();
         assert_eq!(l.skipped, 30);
+    }
+
+    #[test]
+    fn the_seconds_between_lines_are_read_and_bounded() {
+        assert_eq!(line_every(None), LINE_EVERY);
+        assert_eq!(line_every(Some("0")), Duration::ZERO);
+        assert_eq!(line_every(Some(" 0.5 ")), Duration::from_millis(500));
+        for bad in ["", "-1", "NaN", "inf", "1e9", "three"] {
+            assert_eq!(line_every(Some(bad)), LINE_EVERY, "{bad:?}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ fn refused(args: &[&str], status: i32, want: &str) {
 fn dev_zero() -> Option<&'static str> {
     let found = std::path::Path::new("/dev/zero").exists();
     if !found {
-        println!("no /dev/zero here: the endless-file cases are skipped");
+        common::skipped("the endless-file cases", "no /dev/zero here");
     }
     found.then_some("/dev/zero")
 }

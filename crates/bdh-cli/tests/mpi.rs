@@ -27,7 +27,7 @@ fn mpirun() -> Option<&'static str> {
         "no mpirun on the PATH (apt-get install openmpi-bin libopenmpi-dev)"
     };
     assert!(!required, "BDH_REQUIRE_MPI is set but {lack}");
-    eprintln!("SKIPPED: {lack}; BDH_REQUIRE_MPI=1 makes this a failure");
+    common::skipped("a data-parallel run under mpirun", &format!("{lack}; BDH_REQUIRE_MPI=1 makes this a failure"));
     None
 }
 

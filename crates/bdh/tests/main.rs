@@ -1,6 +1,8 @@
 //! Integration tests of the bdh library; one file per concern.
 
 mod common;
+#[path = "../../bdh-cli/tests/common/skip.rs"]
+mod skip;
 
 mod adamw;
 mod backward;

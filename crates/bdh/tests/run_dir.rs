@@ -116,7 +116,7 @@ fn unreadable_and_overlong_metrics_lines_are_counted_not_held() {
 #[test]
 fn an_endless_metrics_log_is_read_to_a_bound_not_forever() {
     if !Path::new("/dev/zero").exists() {
-        println!("skipped: no /dev/zero here");
+        crate::skip::skipped("an endless metrics log", "no /dev/zero here");
         return;
     }
     let tmp = temp_dir("metrics-endless");
@@ -167,7 +167,7 @@ fn a_stale_run_lock_is_taken_over_and_a_foreign_file_is_not() {
 #[test]
 fn a_lock_of_a_process_that_ended_unreaped_is_taken_over() {
     if !Path::new("/proc/self").exists() {
-        println!("skipped: no /proc here");
+        crate::skip::skipped("a lock of an unreaped process", "no /proc here");
         return;
     }
     // A child that has ended and is not waited for stays a zombie (the ranks of a

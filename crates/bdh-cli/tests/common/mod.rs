@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
+mod skip;
+pub use skip::skipped;
+
 /// Runs `bdh` with `args` and waits for it.
 pub fn bdh(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bdh")).args(args).output().expect("bdh runs")
@@ -53,9 +56,9 @@ pub fn chromium(what: &str) -> Option<String> {
         "BDH_REQUIRE_CHROMIUM is set but no Chromium was found to render {what}: \
          apt-get install chromium, or set BDH_CHROMIUM to a Chromium binary"
     );
-    eprintln!(
-        "SKIPPED render check of {what}: no Chromium found \
-         (apt-get install chromium, or set BDH_CHROMIUM; BDH_REQUIRE_CHROMIUM=1 makes this a failure)"
+    skipped(
+        &format!("the render check of {what}"),
+        "no Chromium found (apt-get install chromium, or set BDH_CHROMIUM; BDH_REQUIRE_CHROMIUM=1 makes this a failure)",
     );
     None
 }

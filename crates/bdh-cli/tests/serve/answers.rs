@@ -106,8 +106,9 @@ fn a_gpt_is_refused_with_the_reason() {
 fn the_openai_python_client_reads_the_server() {
     let has = Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
     if !has {
-        eprintln!(
-            "SKIPPED the OpenAI Python client check: the `openai` Python package is not installed (pip install openai)"
+        crate::common::skipped(
+            "the OpenAI Python client check",
+            "the `openai` Python package is not installed (pip install openai)",
         );
         return;
     }

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Regenerates the tables published in docs/, one command per table.
+
+    python3 scripts/tables.py TABLE [--threads 2] [--runs runs/tables]
+
+prints TABLE as the docs publish it. Each table trains its runs under
+`runs/tables/TABLE/` and reads their results; a run cut short (Ctrl-C, a
+reboot) is resumed by the next call, and a finished one is not trained again,
+so a long table can be made in pieces. Times and peak memory are printed only
+for a run trained from start to end by this call, and depend on the machine and
+what else runs on it; losses and accuracies are the same on every call with the
+same thread count (the default, 2, is the one the docs were made with).
+Needs a built bdh (`target/release/bdh`, `$BDH`, or `bdh` on the PATH) and
+Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
+
+Tables: default-run, facts (docs/training.md), decay (docs/training.md),
+bpe (docs/training.md), merge (docs/merge.md), compare (docs/compare.md).
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "tinyshakespeare.txt"
+
+
+class Bdh:
+    """Runs bdh commands with a fixed thread count, from the repository root."""
+
+    def __init__(self, threads, runs):
+        found = os.environ.get("BDH") or (
+            str(ROOT / "target/release/bdh") if (ROOT / "target/release/bdh").exists() else shutil.which("bdh")
+        )
+        if not found:
+            sys.exit("no bdh found: build it (cargo build --release), put it on the PATH, or set BDH")
+        self.exe = found
+        self.threads = str(threads)
+        self.runs = Path(runs)
+
+    def run(self, *args, capture=True):
+        """bdh ARGS; its output (stdout) if `capture`. Exits with bdh's status if it fails."""
+        cmd = [self.exe, *map(str, args)]
+        print("$ bdh " + " ".join(map(str, args)), file=sys.stderr, flush=True)
+        p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE if capture else None, text=True)
+        if p.returncode != 0:
+            sys.exit(f"bdh {' '.join(map(str, args))} failed with exit status {p.returncode}")
+        return p.stdout if capture else ""
+
+    def train(self, out, *args):
+        """Trains the run `out` (a name under the runs folder) with ARGS, or resumes it.
+        Returns (path, seconds, peak MB) — the last two None unless this call trained
+        it from the start to the end."""
+        path = self.runs / out
+        if (path / "last").exists():
+            self.run("train", "--resume", path, "--threads", self.threads, capture=False)
+            return path, None, None
+        if path.exists():
+            sys.exit(f"{path} exists but holds no run: remove it to train it again")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        self.run("train", *args, "--threads", self.threads, "--out", path, capture=False)
+        seconds = time.monotonic() - start
+        # ru_maxrss of the children waited for: the largest, in KiB on Linux.
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        return path, seconds, peak
+
+    def eval_json(self, *args):
+        """`bdh eval ARGS --json` as a dict."""
+        out = self.runs / "eval.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.run("eval", *args, "--threads", self.threads, "--json", out)
+        with open(out) as f:
+            return json.load(f)
+
+
+def records(run, key):
+    """The metrics records of `run` that have `key`."""
+    with open(Path(run) / "metrics.jsonl") as f:
+        return [r for r in map(json.loads, filter(str.strip, f)) if key in r]
+
+
+def percent(x):
+    return f"{100 * x:.1f}%"
+
+
+def table(header, rows):
+    """A markdown table; columns after the first right-aligned."""
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+def need_data():
+    if not DATA.exists():
+        sys.exit(f"{DATA.relative_to(ROOT)} is missing: run `bdh data fetch` first")
+
+
+def default_run(b):
+    """The default run (the recall preset): accuracy and validation loss per evaluation."""
+    run, seconds, peak = b.train("default-run")
+    evals = records(run, "answer_accuracy")
+    table(
+        ["step", *(str(e["step"]) for e in evals)],
+        [
+            ["answer accuracy", *(percent(e["answer_accuracy"]) for e in evals)],
+            ["validation loss", *(f"{e['val_loss']:.3f}" for e in evals)],
+        ],
+    )
+    if seconds is not None:
+        print(f"\nthe whole process: {seconds:.0f} s, {peak:.0f} MB peak")
+    return run
+
+
+def facts(b):
+    """The default run's answers by kind of document and number of facts."""
+    run, _, _ = b.train("default-run")
+    r = b.eval_json("--model", run, "--batches", 32)
+    groups = {(g["list"], g["facts"]): g for g in r["answer_groups"]}
+    counts = sorted({f for _, f in groups})
+    print(f"{r['answers']} answers\n")
+    rows = []
+    for is_list, kind in [(True, "lists"), (False, "stories")]:
+        got = [groups.get((is_list, f)) for f in counts]
+        cell = lambda g, v: "—" if g is None else v(g)
+        rows.append([f"{kind}: answer accuracy", *(cell(g, lambda g: percent(g["correct"] / g["answers"])) for g in got)])
+        rows.append([f"{kind}: copying at random", *(cell(g, lambda g: f"{100 * g['copy_baseline']:.3g}%") for g in got)])
+    table(["facts", *map(str, counts)], rows)
+
+
+def decay(b):
+    """Reading tiny Shakespeare's held-out 10% as one stream, with and without a
+    decay and a carried state: 800 steps of the recall preset's model each."""
+    need_data()
+    variants = [
+        ("no decay (bdh.py)", "none", []),
+        ("`carry_state`", "carry", ["--set", "training.carry_state=true"]),
+        ('`decay = "alibi"`', "alibi", ["--set", "model.decay=alibi"]),
+        ("`alibi` and `carry_state`", "alibi-carry", ["--set", "model.decay=alibi", "--set", "training.carry_state=true"]),
+    ]
+    rows, header = [], None
+    for label, name, sets in variants:
+        args = ["--data", DATA, "--set", "training.max_steps=800", *sets]
+        run, _, _ = b.train(f"decay/{name}", *args)
+        r = b.eval_json("--model", run, "--carry")
+        buckets = r["stream"]["buckets"]
+        if header is None:
+            edges = [human_position(k["from"]) + "–" + (human_position(k["to"]) if i + 1 < len(buckets) else "") for i, k in enumerate(buckets)]
+            header = ["trained", f"windows of {r['windows']['window']}", "one stream", *edges]
+        rows.append([label, f"{r['windows']['loss']:.3f}", f"{r['stream']['loss']:.3f}", *(f"{k['loss']:.2f}" for k in buckets)])
+    table(header, rows)
+
+
+def human_position(n):
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def bpe(b):
+    """The tiny preset on tiny Shakespeare as bytes and with a 512-token BPE."""
+    need_data()
+    tokenizer = b.runs / "bpe" / "ts512.json"
+    if not tokenizer.exists():
+        tokenizer.parent.mkdir(parents=True, exist_ok=True)
+        b.run("tokenizer", "train", "--data", DATA, "--vocab-size", 512, "--out", tokenizer)
+    common = ["--preset", "tiny", "--data", DATA, "--set", "training.max_steps=1000", "--set", "training.eval_interval=250"]
+    rows = []
+    for label, name, extra, unit in [("bytes", "bytes", [], "nats/byte"), ("BPE 512", "bpe512", ["--tokenizer", tokenizer], "nats/token")]:
+        run, seconds, _ = b.train(f"bpe/{name}", *common, *extra)
+        steps = sorted(r["tokens_per_second"] for r in records(run, "tokens_per_second"))
+        with open(run / "last" / "config.json") as f:
+            parameters = parameter_count(json.load(f))
+        r = b.eval_json("--model", run, "--block", 160)
+        rows.append(
+            [
+                label,
+                f"{parameters / 1e6:.2f} M",
+                "—" if seconds is None else f"{seconds:.0f} s",
+                f"{steps[len(steps) // 2]:,.0f}".replace(",", " "),
+                f"{r['val_loss']:.3f} {unit}",
+                f"{r['bits_per_byte']:.3f}",
+            ]
+        )
+    table(["tokens", "parameters", "time", "tokens/s (median step)", "held-out loss", "bits/byte"], rows)
+
+
+def parameter_count(config):
+    """BDH's parameters from its config: embed, encoder, encoder_v, decoder, lm_head."""
+    m = config.get("model", config)
+    d, h, v = m["n_embd"], m["n_head"], m["vocab_size"]
+    n = m["mlp_internal_dim_multiplier"] * d // h
+    return 2 * v * d + 3 * h * d * n
+
+
+def merge(b):
+    """Two specialists trained from one base, merged, on both kinds of data."""
+    need_data()
+    base = ROOT / "tests/golden/recall-trained"
+    facts_run, _, _ = b.train("merge/facts", "--init-from", base, "--set", "training.max_steps=400")
+    text_run, _, _ = b.train("merge/text", "--init-from", base, "--data", DATA, "--set", "training.max_steps=400")
+    merged = b.runs / "merge" / "merged"
+    if not (merged / "model.safetensors").exists():
+        b.run("merge", facts_run, text_run, "--out", merged)
+    held_out = b.runs / "merge" / "held-out.txt"
+    data = DATA.read_bytes()
+    held_out.write_bytes(data[len(data) * 9 // 10 :])
+    rows = []
+    for label, model in [
+        ("base", base),
+        ("base → built-in corpus", facts_run),
+        ("base → text", text_run),
+        ("merged (1024 + 1024 neurons per head)", merged / "model.safetensors"),
+    ]:
+        builtin = b.eval_json("--model", model, "--batches", 32)
+        text = b.eval_json("--model", model, "--data", held_out)
+        rows.append([label, f"{builtin['val_loss']:.3f}", percent(builtin["answer_accuracy"]), f"{text['val_loss']:.3f}"])
+    table(["model", "built-in corpus: loss", "built-in: answer accuracy", "held-out text: loss"], rows)
+
+
+def compare(b):
+    """`bdh compare` with its defaults: BDH and the GPT at three sizes."""
+    out = b.runs / "compare"
+    b.run("compare", "--threads", b.threads, "--out", out, capture=False)
+    print((out / "table.md").read_text(), end="")
+
+
+TABLES = {"default-run": default_run, "facts": facts, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="tables: " + ", ".join(TABLES))
+    p.add_argument("table", choices=TABLES)
+    p.add_argument("--threads", type=int, default=2, help="worker threads (the docs' tables: 2)")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "tables"), help="where the runs are kept")
+    a = p.parse_args()
+    TABLES[a.table](Bdh(a.threads, Path(a.runs)))
+
+
+if __name__ == "__main__":
+    main()
