@@ -183,28 +183,50 @@ fn built_in(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The built-in corpus's loss and answer accuracy, over all and by group.
+/// The built-in corpus's loss and answer accuracy, over all and by group, each
+/// beside what the strategies that bind nothing score, and the test of binding on
+/// the answers where elimination cannot help.
 fn print_answers(m: &EvalMetrics) {
+    println!("loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte", m.val_loss, m.val_loss.exp(), m.bits_per_byte);
+    let accuracy = m.answer_accuracy.unwrap_or(0.0);
+    let (copy, eliminate) = (m.copy_baseline().unwrap_or(0.0), m.eliminate_baseline().unwrap_or(0.0));
+    let margin = 100.0 * (accuracy - copy.max(eliminate));
     println!(
-        "loss {:.4} nats/byte, perplexity {:.3}, {:.4} bits/byte, answer accuracy {:.1}% of {} answers \
-         (copying a stated value of the right kind at random: {:.1}%)",
-        m.val_loss,
-        m.val_loss.exp(),
-        m.bits_per_byte,
-        m.answer_accuracy.unwrap_or(0.0) * 100.0,
+        "answer accuracy {:.1}% of {} answers; strategies that bind nothing: copying a stated value of the \
+         right kind at random {:.1}%, copying one no earlier answer gave {:.1}%: {:.1} points {} the better",
+        accuracy * 100.0,
         m.answers,
-        m.copy_baseline().unwrap_or(0.0) * 100.0
+        copy * 100.0,
+        eliminate * 100.0,
+        margin.abs(),
+        if margin >= 0.0 { "above" } else { "below" }
     );
+    println!("by kind of document (first of their kind: answers no earlier answer of that kind precedes, where only binding beats chance):");
     for g in &m.answer_groups {
         println!(
-            "  {:<7} with {} fact{}: {:5.1}% of {:4} (copying {:.1}%)",
+            "  {:<7} with {} fact{}: {:5.1}% of {:4} (copying {:5.1}%, not given yet {:5.1}%); \
+             first of their kind {:5.1}% of {:4} against {:5.1}% by chance, {}",
             if g.list { "lists" } else { "stories" },
             g.facts,
             if g.facts == 1 { " " } else { "s" },
-            100.0 * g.correct as f64 / g.answers.max(1) as f64,
+            100.0 * g.accuracy(),
             g.answers,
-            g.copy_baseline * 100.0
+            g.copy_baseline * 100.0,
+            g.eliminate_baseline * 100.0,
+            100.0 * g.first_accuracy(),
+            g.first_answers,
+            100.0 * g.first_chance,
+            p_value(g.first_p_value)
         );
+    }
+}
+
+/// A p-value as `p = 0.031`, or `p < 0.0001` when smaller.
+fn p_value(p: f64) -> String {
+    if p < 1e-4 {
+        "p < 0.0001".into()
+    } else {
+        format!("p = {p:.4}")
     }
 }
 

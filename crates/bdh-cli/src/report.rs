@@ -188,6 +188,7 @@ mod tests {
                 answer_accuracy: None,
                 train_loss: None,
                 copy_baseline: None,
+                eliminate_baseline: None,
             })
             .collect();
         let metrics = Metrics { steps, evals, ..Metrics::default() };

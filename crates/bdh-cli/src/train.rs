@@ -285,7 +285,10 @@ impl Progress<'_> {
 /// An evaluation as one line: step, train and validation loss, bits per byte, accuracy.
 fn eval_line(m: &EvalMetrics, max: usize) -> String {
     let train = m.train_loss.map_or(String::new(), |l| format!("train loss {l:.4}, "));
-    let copy = m.copy_baseline().map_or(String::new(), |c| format!(" (copying {:.0}%)", c * 100.0));
+    let copy = match (m.copy_baseline(), m.eliminate_baseline()) {
+        (Some(c), Some(e)) => format!(" (copying {:.0}%, not given yet {:.0}%)", c * 100.0, e * 100.0),
+        _ => String::new(),
+    };
     let acc = m
         .answer_accuracy
         .map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}{copy}", a * 100.0, m.answers));

@@ -58,6 +58,13 @@ fn interventions_run_on_a_recalling_model_write_json_and_render() {
                 let ks: Vec<u64> = v["curve"].as_array().unwrap().iter().map(|p| p["k"].as_u64().unwrap()).collect();
                 assert_eq!(ks, [1, 2, 4, 8]);
                 assert!(v["ablated"]["loss"].as_f64().is_some() && v["generation"][1].as_str().is_some());
+                // Beside each kind's accuracy, the strategies that bind nothing:
+                // eliminating the values already given beats copying at random.
+                for k in v["curve"][0]["selected"]["kinds"].as_array().unwrap() {
+                    let (c, e) = (k["copy_baseline"].as_f64().unwrap(), k["eliminate_baseline"].as_f64().unwrap());
+                    assert!(0.0 < c && c < e && e <= 1.0, "{k}");
+                }
+                assert!(out.contains("strategies that bind nothing score"), "{out}");
             }
             "patch" => {
                 let sites = v["sites"].as_array().unwrap();

@@ -46,15 +46,91 @@ pub struct AnswerGroup {
     /// kind stated in its document: the bar a model must clear to show it binds
     /// each value to its key.
     pub copy_baseline: f64,
+    /// Expected accuracy of copying at random a stated value of the right kind
+    /// that no earlier answer gave: binds nothing, but the last question of each
+    /// kind is always right.
+    #[serde(default)]
+    pub eliminate_baseline: f64,
+    /// Answers where no earlier answer of the document was of the same kind, so
+    /// that elimination cannot help: the test of binding.
+    #[serde(default)]
+    pub first_answers: usize,
+    /// Of those, answered exactly.
+    #[serde(default)]
+    pub first_correct: usize,
+    /// What copying at random scores on them (chance for a strategy that binds
+    /// nothing).
+    #[serde(default)]
+    pub first_chance: f64,
+    /// The chance that copying at random would answer as many of them or more
+    /// (one-sided, exact): small when the model binds.
+    #[serde(default = "one")]
+    pub first_p_value: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl AnswerGroup {
+    /// Answer accuracy.
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.answers.max(1) as f64
+    }
+
+    /// Answer accuracy on the first answers of their kind.
+    pub fn first_accuracy(&self) -> f64 {
+        self.first_correct as f64 / self.first_answers.max(1) as f64
+    }
 }
 
 impl EvalMetrics {
     /// The expected accuracy of copying a stated value of the right kind at random,
     /// over all answers.
     pub fn copy_baseline(&self) -> Option<f64> {
-        let n: usize = self.answer_groups.iter().map(|g| g.answers).sum();
-        (n > 0).then(|| self.answer_groups.iter().map(|g| g.copy_baseline * g.answers as f64).sum::<f64>() / n as f64)
+        self.mean_over_answers(|g| g.copy_baseline)
     }
+
+    /// The expected accuracy of copying at random a stated value not given yet,
+    /// over all answers.
+    pub fn eliminate_baseline(&self) -> Option<f64> {
+        self.mean_over_answers(|g| g.eliminate_baseline)
+    }
+
+    /// The better of the two strategies that bind nothing, over all answers: the
+    /// bar the answer accuracy has to clear.
+    pub fn best_non_binding(&self) -> Option<f64> {
+        Some(self.copy_baseline()?.max(self.eliminate_baseline()?))
+    }
+
+    /// `of(group)` averaged over the answers of every group.
+    fn mean_over_answers(&self, of: impl Fn(&AnswerGroup) -> f64) -> Option<f64> {
+        let n: usize = self.answer_groups.iter().map(|g| g.answers).sum();
+        (n > 0).then(|| self.answer_groups.iter().map(|g| of(g) * g.answers as f64).sum::<f64>() / n as f64)
+    }
+}
+
+/// The chance that independent trials, the i-th a success with probability `p[i]`,
+/// give `k` successes or more (the Poisson binomial's upper tail, exact).
+pub fn at_least(p: &[f64], k: usize) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > p.len() {
+        return 0.0;
+    }
+    // dist[j]: the chance of j successes so far (j < k), the last slot holding "k or more".
+    let mut dist = vec![0.0f64; k + 1];
+    dist[0] = 1.0;
+    for &q in p {
+        let q = q.clamp(0.0, 1.0);
+        dist[k] += dist[k - 1] * q;
+        for j in (1..k).rev() {
+            dist[j] = dist[j] * (1.0 - q) + dist[j - 1] * q;
+        }
+        dist[0] *= 1.0 - q;
+    }
+    dist[k].clamp(0.0, 1.0)
 }
 
 /// Whether the answer at target positions `range` of the row starting at `row0`
@@ -94,6 +170,8 @@ pub fn evaluate_until(
     let tokenizer = corpus.tokenizer();
     let (mut loss, mut correct, mut answers, mut bytes) = (0.0f64, 0usize, 0usize, 0usize);
     let mut groups: Vec<AnswerGroup> = Vec::new();
+    // Per group, the chance of each first-of-its-kind answer under copying.
+    let mut chances: Vec<Vec<f64>> = Vec::new();
     for i in 0..batches {
         if stopped() {
             return Ok(None);
@@ -107,23 +185,41 @@ pub fn evaluate_until(
             answers += 1;
             let hit = answered(logits, &batch.targets, row * t, &a.range, v);
             correct += usize::from(hit);
-            let g = match groups.iter().position(|g| g.list == a.list && g.facts == a.facts) {
-                Some(i) => &mut groups[i],
-                None => {
-                    groups.push(AnswerGroup {
-                        list: a.list,
-                        facts: a.facts,
-                        answers: 0,
-                        correct: 0,
-                        copy_baseline: 0.0,
-                    });
-                    groups.last_mut().expect("just pushed")
-                }
-            };
+            let at = groups.iter().position(|g| g.list == a.list && g.facts == a.facts).unwrap_or_else(|| {
+                groups.push(AnswerGroup {
+                    list: a.list,
+                    facts: a.facts,
+                    answers: 0,
+                    correct: 0,
+                    copy_baseline: 0.0,
+                    eliminate_baseline: 0.0,
+                    first_answers: 0,
+                    first_correct: 0,
+                    first_chance: 0.0,
+                    first_p_value: 1.0,
+                });
+                chances.push(Vec::new());
+                groups.len() - 1
+            });
+            let g = &mut groups[at];
+            let chance = 1.0 / a.choices.max(1) as f64;
             g.answers += 1;
             g.correct += usize::from(hit);
-            g.copy_baseline += 1.0 / a.choices.max(1) as f64;
+            g.copy_baseline += chance;
+            g.eliminate_baseline += a.eliminate;
+            if a.first_of_kind {
+                g.first_answers += 1;
+                g.first_correct += usize::from(hit);
+                g.first_chance += chance;
+                chances[at].push(chance);
+            }
         }
+    }
+    for (g, chances) in groups.iter_mut().zip(&chances) {
+        g.first_p_value = at_least(chances, g.first_correct);
+        g.copy_baseline /= g.answers as f64;
+        g.eliminate_baseline /= g.answers as f64;
+        g.first_chance /= g.first_answers.max(1) as f64;
     }
     let val_loss = loss / batches as f64;
     Ok(Some(EvalMetrics {
@@ -133,7 +229,6 @@ pub fn evaluate_until(
         answer_accuracy: corpus.has_answers().then(|| correct as f64 / answers.max(1) as f64),
         answers,
         answer_groups: {
-            groups.iter_mut().for_each(|g| g.copy_baseline /= g.answers as f64);
             groups.sort_by_key(|g| (g.list, g.facts));
             groups
         },
@@ -357,4 +452,40 @@ fn stream<T: Copy + Into<u32>>(
     let bytes = tokenizer.bytes_of(&targets);
     let bits_per_byte = bits_per_byte(loss, tokens.len(), bytes);
     Ok(StreamEval { tokens: tokens.len(), bytes, chunk, loss, bits_per_byte, buckets })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_least;
+
+    /// Equal chances: the binomial tail, summed term by term.
+    #[test]
+    fn the_tail_of_equal_chances_is_the_binomial_tail() {
+        let (n, q) = (12usize, 0.3f64);
+        let choose = |n: usize, k: usize| (0..k).fold(1.0f64, |c, i| c * (n - i) as f64 / (i + 1) as f64);
+        for k in 0..=n + 1 {
+            let want: f64 = (k..=n).map(|j| choose(n, j) * q.powi(j as i32) * (1.0 - q).powi((n - j) as i32)).sum();
+            let got = at_least(&vec![q; n], k);
+            assert!((got - want).abs() < 1e-12, "k = {k}: {got} against {want}");
+        }
+    }
+
+    /// Unequal chances: every outcome of five trials enumerated.
+    #[test]
+    fn the_tail_of_unequal_chances_counts_every_outcome() {
+        let p = [0.5, 0.25, 1.0 / 3.0, 0.9, 0.05];
+        for k in 0..=6 {
+            let mut want = 0.0;
+            for outcome in 0u32..(1 << p.len()) {
+                if outcome.count_ones() as usize >= k {
+                    want += p
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &q)| if outcome >> i & 1 == 1 { q } else { 1.0 - q })
+                        .product::<f64>();
+                }
+            }
+            assert!((at_least(&p, k) - want).abs() < 1e-12, "k = {k}");
+        }
+    }
 }

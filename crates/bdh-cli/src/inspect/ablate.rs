@@ -303,6 +303,17 @@ fn cumulative(
 /// The answers of both kinds and the loss at each point of the cumulative curve.
 fn print_curve(curve: &[CurvePoint], kind: Option<Kind>) {
     let (mine, other) = kind.map_or((Kind::Place, Kind::Color), |k| (k, k.other()));
+    if let Some(p) = curve.first() {
+        for k in &p.selected.kinds {
+            say!(
+                "{} answers: strategies that bind nothing score {:.1}% (copying a stated value at random) and \
+                 {:.1}% (copying one no earlier answer gave)",
+                kind_name(k.kind),
+                100.0 * k.copy_baseline,
+                100.0 * k.eliminate_baseline
+            );
+        }
+    }
     let header = |k: Kind| format!("{} answers", kind_name(k));
     say!("{:>5}  {:>16} {:>16} {:>15}", "k", header(mine), header(other), "loss");
     say!("{:>5}  {:>16} {:>16} {:>15}", "", "top / random", "top / random", "top / random");

@@ -80,7 +80,7 @@ pub struct Document {
 }
 
 /// Where an answer is and how hard it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     /// Byte range of the answer word.
     pub range: Range<usize>,
@@ -89,6 +89,15 @@ pub struct Answer {
     /// Distinct values of the answer's kind (places or colors) stated in its
     /// document: copying one of them at random is right 1 time in `choices`.
     pub choices: usize,
+    /// How often copying, at random, a stated value of the answer's kind that no
+    /// earlier answer of the document gave is right: a strategy that binds nothing
+    /// but remembers what it has answered (the last question of each kind is then
+    /// always right). 0 when the value was already given for another key.
+    pub eliminate: f64,
+    /// Whether no earlier answer of the document is of the same kind: here
+    /// elimination cannot help, and `1 / choices` is the best a strategy that
+    /// binds nothing can do.
+    pub first_of_kind: bool,
     /// Whether the document is a list (else a story).
     pub list: bool,
     /// What the answer is.
@@ -185,11 +194,29 @@ impl Fact {
     }
     /// Distinct values of this fact's kind among `facts`.
     fn choices(self, facts: &[Fact]) -> usize {
+        self.values_of_kind(facts).len()
+    }
+
+    /// Distinct values of this fact's kind among `facts`, sorted.
+    fn values_of_kind(self, facts: &[Fact]) -> Vec<&'static str> {
         let same = |f: &&Fact| f.kind() == self.kind();
         let mut values: Vec<&str> = facts.iter().filter(same).map(|f| f.pair().1).collect();
         values.sort_unstable();
         values.dedup();
-        values.len()
+        values
+    }
+
+    /// Asked about after the answers `given`: how often copying at random one of the
+    /// distinct values of this kind stated in `facts` and not given yet is right
+    /// (when all were given, one of them all), and whether none of `given` is of
+    /// this kind.
+    fn elimination(self, facts: &[Fact], given: &[&str]) -> (f64, bool) {
+        let values = self.values_of_kind(facts);
+        let first = !given.iter().any(|g| values.contains(g));
+        let left: Vec<&str> = values.iter().copied().filter(|v| !given.contains(v)).collect();
+        let pool = if left.is_empty() { &values } else { &left };
+        let right = if pool.contains(&self.pair().1) { 1.0 / pool.len() as f64 } else { 0.0 };
+        (right, first)
     }
 }
 
@@ -281,15 +308,21 @@ impl SyntheticLanguage {
         order.shuffle(rng);
         let mut text = String::new();
         let mut answers = Vec::new();
+        // The values given so far, to score the strategy that eliminates them.
+        let mut given: Vec<&str> = Vec::new();
         let mut answer = |text: &mut String, f: Fact| {
             let value = f.pair().1;
+            let (eliminate, first_of_kind) = f.elimination(facts, &given);
             answers.push(Answer {
                 range: text.len()..text.len() + value.len(),
                 facts: facts.len(),
                 choices: f.choices(facts),
+                eliminate,
+                first_of_kind,
                 list,
                 kind: f.kind(),
             });
+            given.push(value);
             text.push_str(value);
         };
         if list {
@@ -367,5 +400,58 @@ fn filler<R: Rng + ?Sized>(rng: &mut R) -> String {
     } else {
         let object_plural = rng.random_bool(0.5);
         format!("{subject} {verb} {}.", noun_phrase(rng, object_plural))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-made list, "ada oslo, bob rome, cy red, di oslo", asked in the order
+    /// bob, ada, cy, di: what eliminating the values already given scores at each
+    /// answer, worked out by hand.
+    #[test]
+    fn elimination_scores_a_hand_made_list_exactly() {
+        let facts = [
+            Fact::LivesIn("ada", "oslo"),
+            Fact::LivesIn("bob", "rome"),
+            Fact::Likes("cy", "red"),
+            Fact::LivesIn("di", "oslo"),
+        ];
+        // bob: no place given yet; two distinct places stated, one of them right.
+        assert_eq!(facts[1].elimination(&facts, &[]), (0.5, true));
+        // ada after "rome": only oslo is left, and it is right.
+        assert_eq!(facts[0].elimination(&facts, &["rome"]), (1.0, false));
+        // cy after two places: the first color, the only one stated.
+        assert_eq!(facts[2].elimination(&facts, &["rome", "oslo"]), (1.0, true));
+        // di after rome and oslo: every place was given, so copying picks among all
+        // (1 in 2), the strategy that cannot tell two keys with one value apart.
+        assert_eq!(facts[3].elimination(&facts, &["rome", "oslo", "red"]), (0.5, false));
+        // Asked first, di's value was not given yet: 1 in 2.
+        assert_eq!(facts[3].elimination(&facts, &[]), (0.5, true));
+        // A value already given for another key, with others left: elimination is wrong.
+        let three = [Fact::LivesIn("ada", "oslo"), Fact::LivesIn("bob", "oslo"), Fact::LivesIn("cy", "rome")];
+        assert_eq!(three[1].elimination(&three, &["oslo"]), (0.0, false));
+    }
+
+    /// In every rendered document the answers carry the scores of the order they are
+    /// asked in: the first of each kind is marked, and when the values of a kind are
+    /// distinct the last answer of that kind is certain under elimination.
+    #[test]
+    fn rendered_answers_carry_their_elimination_scores() {
+        let l = SyntheticLanguage::new(SyntheticConfig { facts: 4, min_facts: 1, distance: 1, lists: 0.5 });
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for _ in 0..300 {
+            let doc = l.document(&mut rng);
+            for kind in [Kind::Place, Kind::Color] {
+                let of_kind: Vec<&Answer> = doc.answers.iter().filter(|a| a.kind == kind).collect();
+                let Some(last) = of_kind.last() else { continue };
+                assert!(of_kind[0].first_of_kind && of_kind[1..].iter().all(|a| !a.first_of_kind), "{}", doc.text);
+                assert_eq!(of_kind[0].eliminate, 1.0 / of_kind[0].choices as f64, "{}", doc.text);
+                if of_kind[0].choices == of_kind.len() {
+                    assert_eq!(last.eliminate, 1.0, "{}", doc.text);
+                }
+            }
+        }
     }
 }

@@ -94,6 +94,11 @@ pub struct KindScore {
     pub correct: usize,
     /// Answers scored.
     pub answers: usize,
+    /// What copying at random a stated value of this kind would score on them.
+    pub copy_baseline: f64,
+    /// What copying at random a stated value of this kind that no earlier answer
+    /// gave would score on them: binds nothing, remembers what it answered.
+    pub eliminate_baseline: f64,
 }
 
 /// How a model does on a probe.
@@ -154,12 +159,24 @@ fn score_logits(probe: &Probe, logits: &[f32], v: usize) -> Score {
         let k = match kinds.iter().position(|k| k.kind == ans.kind) {
             Some(i) => &mut kinds[i],
             None => {
-                kinds.push(KindScore { kind: ans.kind, correct: 0, answers: 0 });
+                kinds.push(KindScore {
+                    kind: ans.kind,
+                    correct: 0,
+                    answers: 0,
+                    copy_baseline: 0.0,
+                    eliminate_baseline: 0.0,
+                });
                 kinds.last_mut().expect("just pushed")
             }
         };
         k.answers += 1;
         k.correct += usize::from(hit);
+        k.copy_baseline += 1.0 / ans.choices.max(1) as f64;
+        k.eliminate_baseline += ans.eliminate;
+    }
+    for k in &mut kinds {
+        k.copy_baseline /= k.answers as f64;
+        k.eliminate_baseline /= k.answers as f64;
     }
     kinds.sort_by_key(|k| k.kind as u8);
     Score { loss, kinds }

@@ -46,6 +46,9 @@ pub struct EvalRecord {
     /// What copying a stated value of the right kind at random would score, if
     /// answers were scored.
     pub copy_baseline: Option<f64>,
+    /// What copying at random a stated value no earlier answer gave would score,
+    /// if answers were scored (and the run's log records it).
+    pub eliminate_baseline: Option<f64>,
 }
 
 /// One sample.
@@ -126,7 +129,8 @@ impl Metrics {
                 bits_per_byte: num("bits_per_byte").unwrap_or(val_loss / std::f64::consts::LN_2),
                 answer_accuracy: num("answer_accuracy"),
                 train_loss: num("train_loss"),
-                copy_baseline: copy_baseline(v),
+                copy_baseline: baseline(v, "copy_baseline"),
+                eliminate_baseline: baseline(v, "eliminate_baseline"),
             });
         } else if let (Some(loss), Some(lr)) = (num("loss"), num("lr")) {
             let tokens_per_second = num("tokens_per_second").unwrap_or(f64::NAN);
@@ -141,15 +145,15 @@ impl Metrics {
     }
 }
 
-/// The copying baseline of an evaluation record: its answer groups' baselines
-/// weighted by their answers (as `EvalMetrics::copy_baseline`).
-fn copy_baseline(v: &serde_json::Value) -> Option<f64> {
+/// A baseline (`key`, e.g. `copy_baseline`) of an evaluation record: its answer
+/// groups' baselines weighted by their answers (as `EvalMetrics::copy_baseline`).
+fn baseline(v: &serde_json::Value, key: &str) -> Option<f64> {
     let groups = v.get("answer_groups")?.as_array()?;
     let (mut answers, mut sum) = (0.0, 0.0);
     for g in groups {
         let n = g.get("answers")?.as_f64()?;
         answers += n;
-        sum += g.get("copy_baseline")?.as_f64()? * n;
+        sum += g.get(key)?.as_f64()? * n;
     }
     (answers > 0.0).then(|| sum / answers)
 }
