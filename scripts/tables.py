@@ -14,7 +14,8 @@ Needs a built bdh (`target/release/bdh`, `$BDH`, or `bdh` on the PATH) and
 Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
 
 Tables: default-run, facts (docs/training.md), decay (docs/training.md),
-bpe (docs/training.md), merge (docs/merge.md), compare (docs/compare.md).
+bpe (docs/training.md), merge (docs/merge.md), compare (docs/compare.md),
+mpi (docs/scaling.md).
 """
 
 import argparse
@@ -45,10 +46,11 @@ class Bdh:
         self.runs = Path(runs)
 
     def run(self, *args, capture=True):
-        """bdh ARGS; its output (stdout) if `capture`. Exits with bdh's status if it fails."""
+        """bdh ARGS; its output if `capture`, else shown on standard error (standard
+        output is for the table). Exits with bdh's status if it fails."""
         cmd = [self.exe, *map(str, args)]
         print("$ bdh " + " ".join(map(str, args)), file=sys.stderr, flush=True)
-        p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE if capture else None, text=True)
+        p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE if capture else sys.stderr, text=True)
         if p.returncode != 0:
             sys.exit(f"bdh {' '.join(map(str, args))} failed with exit status {p.returncode}")
         return p.stdout if capture else ""
@@ -173,7 +175,7 @@ def bpe(b):
     rows = []
     for label, name, extra, unit in [("bytes", "bytes", [], "nats/byte"), ("BPE 512", "bpe512", ["--tokenizer", tokenizer], "nats/token")]:
         run, seconds, _ = b.train(f"bpe/{name}", *common, *extra)
-        steps = sorted(r["tokens_per_second"] for r in records(run, "tokens_per_second"))
+        rate = median([r["tokens_per_second"] for r in records(run, "tokens_per_second")])
         with open(run / "last" / "config.json") as f:
             parameters = parameter_count(json.load(f))
         r = b.eval_json("--model", run, "--block", 160)
@@ -182,7 +184,7 @@ def bpe(b):
                 label,
                 f"{parameters / 1e6:.2f} M",
                 "—" if seconds is None else f"{seconds:.0f} s",
-                f"{steps[len(steps) // 2]:,.0f}".replace(",", " "),
+                f"{rate:,.0f}".replace(",", " "),
                 f"{r['val_loss']:.3f} {unit}",
                 f"{r['bits_per_byte']:.3f}",
             ]
@@ -230,7 +232,43 @@ def compare(b):
     print((out / "table.md").read_text(), end="")
 
 
-TABLES = {"default-run": default_run, "facts": facts, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare}
+def mpi(b):
+    """Config S on 1 process × 2 threads against 2 processes × 1 thread (global
+    batch 8 × 256 either way), 40 steps each; needs bdh built with `--features mpi`
+    and `mpirun`. Times only: every call trains afresh."""
+    mpirun = shutil.which("mpirun")
+    if not mpirun:
+        sys.exit("no mpirun on the PATH (apt-get install openmpi-bin libopenmpi-dev)")
+    s = ["--preset", "small", "--set", "training.max_steps=40", "--set", "training.eval_interval=1000", "--set", "training.eval_batches=1", "--quiet"]
+    rows = []
+    for label, launch, extra, threads in [
+        ("1 process × 2 threads", [], [], 2),
+        ("2 processes × 1 thread", [mpirun, "--allow-run-as-root", "-np", "2"], ["--set", "training.batch_size=4"], 1),
+    ]:
+        out = b.runs / "mpi" / label.split()[0]
+        shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [*launch, b.exe, "train", *s, *extra, "--threads", str(threads), "--out", str(out)]
+        print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+        if subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed (is bdh built with --features mpi?)")
+        steps = records(out, "tokens_per_second")[1:-1]  # the first warms up; the last evaluates
+        rate = median([r["tokens_per_second"] for r in steps])
+        if launch:
+            waits = [r["all_reduce_seconds"] for r in steps]
+            share = sum(w / r["step_seconds"] for w, r in zip(waits, steps)) / len(steps)
+            rows.append([label, f"{rate:.0f}", f"{1000 * median(waits):.1f} ms", percent(share)])
+        else:
+            rows.append([label, f"{rate:.0f}", "—", "—"])
+    table(["", "tokens/s (median of steps)", "all-reduce per step (median)", "share of step time waiting (mean)"], rows)
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+TABLES = {"default-run": default_run, "facts": facts, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare, "mpi": mpi}
 
 
 def main():

@@ -53,6 +53,30 @@ fn same_seed_gives_the_same_losses() {
     assert_ne!(a.losses, other.losses);
 }
 
+/// AdamW's β₁, β₂ and ε come from the config (defaults: PyTorch's), and each one
+/// changes the training.
+#[test]
+fn the_optimizer_takes_its_betas_and_eps_from_the_config() {
+    let base = ["training.max_steps=3", "training.eval_interval=3"];
+    let t = tiny(&base).training;
+    assert_eq!((t.beta1, t.beta2, t.eps), (0.9, 0.999, 1e-8));
+    let losses = |extra: &str| run(&tiny(&[&base[..], &[extra]].concat()), temp_dir("betas").path(), false).losses;
+    let default = losses("training.beta1=0.9");
+    for other in ["training.beta1=0.8", "training.beta2=0.99", "training.eps=1e-3"] {
+        assert_ne!(losses(other)[1..], default[1..], "{other} changes the steps after the first");
+    }
+    let bad = |o: &str| RunConfig::resolve("tiny", &[o.to_string()]).unwrap_err().to_string();
+    for (o, want) in [
+        ("training.beta1=1", "training.beta1 = 1 must be in [0, 1)"),
+        ("training.beta2=-0.1", "training.beta2 = -0.1 must be in [0, 1)"),
+        ("training.eps=0", "training.eps = 0 must be finite and > 0"),
+        ("training.eps=nan", "training.eps = NaN must be finite and > 0"),
+    ] {
+        let m = bad(o);
+        assert!(m.contains(want), "{o}: {m}");
+    }
+}
+
 #[test]
 fn resumed_run_continues_exactly() {
     let straight =

@@ -45,6 +45,16 @@ pub struct TrainingConfig {
     pub schedule: Schedule,
     /// AdamW decoupled weight decay.
     pub weight_decay: f64,
+    /// AdamW's β₁: the decay of the gradient's running mean.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// AdamW's β₂: the decay of the squared gradient's running mean (nanoGPT's
+    /// small recipes take 0.99).
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// AdamW's ε, added to the root of the second moment.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
     /// Clip the global gradient norm to this (0: no clipping).
     pub grad_clip: f64,
     /// Evaluate (and checkpoint) every this many steps.
@@ -74,6 +84,18 @@ pub struct TrainingConfig {
     /// With `carry_state`: no gradient through the read of the carried state either.
     #[serde(default)]
     pub detach_state: bool,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+
+fn default_beta2() -> f64 {
+    0.999
+}
+
+fn default_eps() -> f64 {
+    1e-8
 }
 
 /// A model, how to train it, and on what.
@@ -164,6 +186,14 @@ impl RunConfig {
         let finite = [("lr", t.lr), ("min_lr", t.min_lr), ("weight_decay", t.weight_decay), ("grad_clip", t.grad_clip)];
         if let Some((name, v)) = finite.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
             return Err(Error::Config(format!("training.{name} = {v} must be finite and ≥ 0")));
+        }
+        if let Some((name, v)) =
+            [("beta1", t.beta1), ("beta2", t.beta2)].into_iter().find(|(_, v)| !(0.0..1.0).contains(v))
+        {
+            return Err(Error::Config(format!("training.{name} = {v} must be in [0, 1)")));
+        }
+        if !(t.eps.is_finite() && t.eps > 0.0) {
+            return Err(Error::Config(format!("training.eps = {} must be finite and > 0", t.eps)));
         }
         if t.lr == 0.0 || t.min_lr > t.lr {
             return Err(Error::Config(format!(

@@ -138,7 +138,7 @@ pub fn train_parallel(
     let started = Instant::now();
     let tc = &run.training;
     let (b, t) = (tc.batch_size, tc.block_size);
-    let opt = AdamWConfig { lr: tc.lr, weight_decay: tc.weight_decay, ..AdamWConfig::default() };
+    let opt = AdamWConfig { lr: tc.lr, betas: (tc.beta1, tc.beta2), eps: tc.eps, weight_decay: tc.weight_decay };
     parallel::check_config(collective, run)?;
     let writer = collective.rank() == 0;
     let run_dir = match (writer, resume) {
