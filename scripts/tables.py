@@ -15,7 +15,7 @@ Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
 
 Tables: default-run, facts (docs/training.md), decay (docs/training.md),
 bpe (docs/training.md), merge (docs/merge.md), compare (docs/compare.md),
-mpi (docs/scaling.md).
+mpi (docs/scaling.md), nanogpt-sweep and nanogpt (docs/nanogpt.md).
 """
 
 import argparse
@@ -263,12 +263,66 @@ def mpi(b):
     table(["", "tokens/s (median of steps)", "all-reduce per step (median)", "share of step time waiting (mean)"], rows)
 
 
+NANOGPT_RATES = [5e-4, 1e-3, 2e-3, 4e-3]
+
+
+def nanogpt_run(b, family, lr, seed=1337):
+    """`{family}-nanogpt` on tiny Shakespeare at peak learning rate `lr` (to lr/10):
+    the run and its loss on the whole held-out 10% in windows of 64."""
+    run, seconds, _ = b.train(
+        f"nanogpt/{family}-lr{lr:g}-seed{seed}",
+        "--preset", f"{family}-nanogpt", "--data", DATA,
+        "--set", f"training.lr={lr:g}", "--set", f"training.min_lr={lr / 10:g}", "--set", f"training.seed={seed}",
+    )  # fmt: skip
+    return run, seconds, b.eval_json("--model", run, "--block", 64)
+
+
+def nanogpt_sweep(b):
+    """Both nanoGPT presets at four peak learning rates, one seed: the loss on
+    the whole held-out 10% (nats/byte), to choose each family's rate."""
+    need_data()
+    rows = []
+    for lr in NANOGPT_RATES:
+        rows.append([f"{lr:g}", *(f"{nanogpt_run(b, f, lr)[2]['val_loss']:.4f}" for f in ["gpt", "bdh"])])
+    table(["peak lr", "GPT (gpt-nanogpt)", "BDH (bdh-nanogpt)"], rows)
+
+
+def nanogpt(b):
+    """nanoGPT's CPU recipe on tiny Shakespeare, and BDH beside it, each at its
+    preset's learning rate, three seeds: loss on the whole held-out 10%."""
+    need_data()
+    rows = []
+    for family in ["gpt", "bdh"]:
+        preset = f"{family}-nanogpt"
+        config = (ROOT / "configs" / f"{preset}.toml").read_text()
+        lr = float(next(l for l in config.splitlines() if l.startswith("lr = ")).split("=")[1])
+        losses, times = [], []
+        for seed in [1337, 1, 2]:
+            _, seconds, r = nanogpt_run(b, family, lr, seed)
+            losses.append(r["val_loss"])
+            times.append(seconds)
+        mean = sum(losses) / len(losses)
+        spread = (max(losses) - min(losses)) / 2
+        timed = [t for t in times if t is not None]
+        rows.append(
+            [
+                f"`{preset}`",
+                f"{lr:g}",
+                f"{mean:.4f} ± {spread:.4f}",
+                ", ".join(f"{l:.4f}" for l in losses),
+                f"{median(timed):.0f} s" if timed else "—",
+            ]
+        )
+    table(["preset", "peak lr", "held-out loss (mean ± half range)", "seeds 1337, 1, 2", "time per run"], rows)
+
+
 def median(values):
     values = sorted(values)
     return values[len(values) // 2]
 
 
-TABLES = {"default-run": default_run, "facts": facts, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare, "mpi": mpi}
+TABLES = {"default-run": default_run, "facts": facts, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare, "mpi": mpi,
+          "nanogpt-sweep": nanogpt_sweep, "nanogpt": nanogpt}
 
 
 def main():

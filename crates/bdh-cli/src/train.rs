@@ -21,7 +21,7 @@ use crate::stop::Stop;
 /// Trains a model. With no arguments: the `recall` preset on the built-in corpus.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Preset name (recall, tiny, small, paper, gpt-tiny, gpt-small) or a run-config TOML file.
+    /// Preset name (recall, tiny, small, paper, gpt-tiny, gpt-small, gpt-nanogpt, bdh-nanogpt) or a run-config TOML file.
     #[arg(long, default_value = "recall", conflicts_with = "resume")]
     preset: String,
     /// Override a config key, e.g. `--set training.lr=3e-4` (repeatable). With

@@ -66,3 +66,22 @@ fn a_comparison_continues_only_a_run_of_its_own_settings() {
     let err = continues(&longer, &dir).unwrap_err().to_string();
     assert!(err.contains("made with other settings (training.max_steps: 2 → 4"), "{err}");
 }
+
+/// `gpt-nanogpt` is nanoGPT's CPU recipe for tiny Shakespeare, and `bdh-nanogpt`
+/// trains BDH of about its size on the same batches and schedule.
+#[test]
+fn the_nanogpt_presets_are_its_cpu_recipe_for_both_families() {
+    let gpt = RunConfig::resolve("gpt-nanogpt", &[]).unwrap();
+    let bdh = RunConfig::resolve("bdh-nanogpt", &[]).unwrap();
+    let bdh::ModelConfig::Gpt(g) = &gpt.model else { panic!("gpt-nanogpt is a GPT") };
+    assert_eq!((g.n_layer, g.n_head, g.n_embd, g.block_size, g.dropout, g.bias), (4, 4, 128, 64, 0.0, false));
+    let t = &gpt.training;
+    assert_eq!((t.batch_size, t.block_size, t.max_steps, t.warmup_steps, t.grad_accum), (12, 64, 2000, 100, 1));
+    assert_eq!((t.lr, t.min_lr, t.beta1, t.beta2, t.weight_decay, t.grad_clip), (1e-3, 1e-4, 0.9, 0.99, 0.1, 1.0));
+    let (b, mut same) = (&bdh.training, gpt.training.clone());
+    same.lr = b.lr;
+    same.min_lr = b.min_lr;
+    assert_eq!(*b, same, "the BDH preset differs from the GPT's in its learning rate only");
+    let (pg, pb) = (gpt.model.param_count() as f64, bdh.model.param_count() as f64);
+    assert!((pb / pg - 1.0).abs() < 0.05, "parameters {pb} against {pg}");
+}

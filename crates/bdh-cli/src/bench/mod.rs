@@ -16,7 +16,7 @@ mod measure;
 pub struct Args {
     #[command(subcommand)]
     mode: Mode,
-    /// Preset name (recall, tiny, small, paper, gpt-tiny, gpt-small) or a run-config TOML file.
+    /// Preset name (recall, tiny, small, paper, gpt-tiny, gpt-small, gpt-nanogpt, bdh-nanogpt) or a run-config TOML file.
     #[arg(long, global = true, default_value = "small")]
     preset: String,
     /// Override a config key, e.g. `--set model.n_layer=6` (repeatable).

@@ -14,13 +14,15 @@ use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
 /// The built-in presets, by name, as the TOML text of `configs/<name>.toml`.
-pub const PRESETS: [(&str, &str); 6] = [
+pub const PRESETS: [(&str, &str); 8] = [
     ("recall", include_str!("../../../../configs/recall.toml")),
     ("tiny", include_str!("../../../../configs/tiny.toml")),
     ("small", include_str!("../../../../configs/small.toml")),
     ("paper", include_str!("../../../../configs/paper.toml")),
     ("gpt-tiny", include_str!("../../../../configs/gpt-tiny.toml")),
     ("gpt-small", include_str!("../../../../configs/gpt-small.toml")),
+    ("gpt-nanogpt", include_str!("../../../../configs/gpt-nanogpt.toml")),
+    ("bdh-nanogpt", include_str!("../../../../configs/bdh-nanogpt.toml")),
 ];
 
 /// Settings of a training run.
