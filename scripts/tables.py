@@ -89,7 +89,11 @@ def records(run, key):
 
 
 def percent(x):
-    return f"{100 * x:.1f}%"
+    return "100%" if x == 1 else f"{100 * x:.1f}%"
+
+
+def p_value(p):
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def table(header, rows):
@@ -122,18 +126,35 @@ def default_run(b):
 
 
 def facts(b):
-    """The default run's answers by kind of document and number of facts."""
+    """The default run's answers by kind of document and number of facts, beside
+    the strategies that bind nothing, and on the answers where only binding beats
+    chance (the first of their kind in a document)."""
     run, _, _ = b.train("default-run")
     r = b.eval_json("--model", run, "--batches", 32)
     groups = {(g["list"], g["facts"]): g for g in r["answer_groups"]}
     counts = sorted({f for _, f in groups})
-    print(f"{r['answers']} answers\n")
+    total = r["answers"]
+    copy = sum(g["copy_baseline"] * g["answers"] for g in groups.values()) / total
+    eliminate = sum(g["eliminate_baseline"] * g["answers"] for g in groups.values()) / total
+    margin = 100 * (r["answer_accuracy"] - max(copy, eliminate))
+    print(
+        f"{total} answers: accuracy {percent(r['answer_accuracy'])}; copying at random {percent(copy)}, "
+        f"copying a value not given yet {percent(eliminate)}: {abs(margin):.1f} points "
+        f"{'above' if margin >= 0 else 'below'} the better\n"
+    )
     rows = []
     for is_list, kind in [(True, "lists"), (False, "stories")]:
         got = [groups.get((is_list, f)) for f in counts]
-        cell = lambda g, v: "—" if g is None else v(g)
-        rows.append([f"{kind}: answer accuracy", *(cell(g, lambda g: percent(g["correct"] / g["answers"])) for g in got)])
-        rows.append([f"{kind}: copying at random", *(cell(g, lambda g: f"{100 * g['copy_baseline']:.3g}%") for g in got)])
+
+        def row(label, value):
+            rows.append([f"{kind}: {label}", *("—" if g is None else value(g) for g in got)])
+
+        row("answer accuracy", lambda g: percent(g["correct"] / g["answers"]))
+        row("copying at random", lambda g: percent(g["copy_baseline"]))
+        row("copying a value not given yet", lambda g: percent(g["eliminate_baseline"]))
+        row("first of their kind: accuracy", lambda g: f"{percent(g['first_correct'] / g['first_answers'])} of {g['first_answers']}")
+        row("first of their kind: chance", lambda g: percent(g["first_chance"]))
+        row("first of their kind: p", lambda g: p_value(g["first_p_value"]))
     table(["facts", *map(str, counts)], rows)
 
 
@@ -223,6 +244,9 @@ def merge(b):
         text = b.eval_json("--model", model, "--data", held_out)
         rows.append([label, f"{builtin['val_loss']:.3f}", percent(builtin["answer_accuracy"]), f"{text['val_loss']:.3f}"])
     table(["model", "built-in corpus: loss", "built-in: answer accuracy", "held-out text: loss"], rows)
+    r = b.eval_json("--model", text_run, "--carry")
+    buckets = ", ".join(f"{human_position(k['from'])}–{human_position(k['to'])}: {k['loss']:.2f}" for k in r["stream"]["buckets"])
+    print(f"\nthe text specialist read as one stream (nats/byte by position): {buckets}; independent windows {r['windows']['loss']:.2f}")
 
 
 def compare(b):

@@ -448,47 +448,6 @@ fn a_kill_at_any_write_or_rename_of_a_checkpoint_loses_nothing() {
 }
 
 #[test]
-fn compare_trains_both_families_on_the_same_batches_and_draws_the_report() {
-    let tmp = temp("compare");
-    let out = tmp.path().join("cmp");
-    let o = bdh(&["compare", "--sizes", "xs", "--tokens", "8192", "--out", out.to_str().unwrap()]);
-    let text_out = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{text_out}");
-    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
-    println!("{table}");
-    assert!(table.contains("| xs | BDH |") && table.contains("| xs | GPT |"), "{table}");
-    let rows: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("table.json")).unwrap()).unwrap();
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 2);
-    // Matched sizes and one token budget: 4 steps of 8 × 256.
-    let params: Vec<f64> = rows.iter().map(|r| r["parameters"].as_f64().unwrap()).collect();
-    assert!((params[0] - params[1]).abs() / params[0] < 0.01, "{params:?}");
-    assert!(rows.iter().all(|r| r["tokens"] == 8192 && r["val_loss"].as_f64().unwrap().is_finite()));
-    for family in ["bdh", "gpt"] {
-        assert!(out.join(format!("xs-{family}/last/model.safetensors")).exists());
-    }
-    // A second call continues: the runs are finished, so it only redraws, and says
-    // which lines of a damaged metrics log it could not read.
-    let metrics = out.join("xs-bdh/metrics.jsonl");
-    let mut log = std::fs::read_to_string(&metrics).unwrap();
-    log.insert_str(0, "{\"step\": 1, \"lo\n");
-    std::fs::write(&metrics, log).unwrap();
-    let o = bdh(&["compare", "--sizes", "xs", "--tokens", "8192", "--out", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let warned = format!("warning: {}: 1 lines are not records", metrics.display());
-    assert!(text(&o).contains(&warned) && text(&o).contains("(line numbers 1)"), "{}", text(&o));
-    // Other settings in the same directory are refused, not mixed in.
-    let o = bdh(&["compare", "--sizes", "xs", "--tokens", "16384", "--out", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("made with other settings (training.max_steps: 4 → 8"), "{}", text(&o));
-    let Some(chromium) = chromium("the compare report") else { return };
-    let (dom, _) = render(&chromium, &out.join("report.html"), tmp.path());
-    assert!(dom.matches("<svg").count() >= 2 && dom.contains("bdh compare"), "no charts in the compare report");
-    assert!(dom.contains("Validation loss against training tokens") && dom.contains("<td>xs</td>"), "{dom}");
-}
-
-#[test]
 fn eval_carry_reads_a_file_as_one_stream_by_position() {
     let model = golden("ref-small-trained");
     let o = bdh(&["eval", "--model", &model, "--data", &example("text.txt"), "--carry", "--json", "-"]);

@@ -262,7 +262,7 @@ fn ctrl_c_during_compare_stops_and_exits_130() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !out.join("xs-bdh").join("metrics.jsonl").exists() {
+    while !out.join("xs-bdh/lr-1e-3/metrics.jsonl").exists() {
         assert!(start.elapsed() < Duration::from_secs(60), "the comparison never started training");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -85,10 +85,25 @@ fn a_long_inspection_in_a_pipe_prints_progress_lines() {
 fn compare_in_a_pipe_prints_progress_over_all_runs() {
     let tmp = temp("compare-progress");
     let out = tmp.path().join("c");
-    let o = bdh_every_update(&["compare", "--sizes", "xs", "--tokens", "32768", "--out", out.to_str().unwrap()]);
+    let o = bdh_every_update(&[
+        "compare",
+        "--sizes",
+        "xs",
+        "--tokens",
+        "32768",
+        "--bdh-rates",
+        "2e-3",
+        "--gpt-rates",
+        "4e-3",
+        "--seeds",
+        "1337",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{}", text(&o));
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("compare: ")).collect();
     assert!(!lines.is_empty(), "progress lines on standard error: {err}");
+    // One rate and one seed per family: the sweep's run is the seed's, so 2 runs of 16 steps.
     assert!(lines.iter().all(|l| l.contains("/32 ") && l.contains("run ") && l.contains(" of 2")), "{lines:?}");
 }

@@ -191,3 +191,22 @@ fn carried_streams_continue_from_batch_to_batch() {
         assert!(ans.range.end <= t && *row == 0);
     }
 }
+
+/// The unigram plateau of a text of 26 letters in turn is ln 26 (every letter as
+/// frequent; the add-one smoothing of all 256 byte values over 16 k counted tokens
+/// adds about ln(1 + 256/16384) = 0.016), and of a text of one letter, about that.
+#[test]
+fn the_unigram_loss_is_the_entropy_of_the_byte_frequencies() {
+    use bdh::train::compare::unigram_loss;
+    let tmp = temp_dir("unigram");
+    let letters = tmp.path().join("letters.txt");
+    std::fs::write(&letters, (0..26_000).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()).unwrap();
+    let c = DataConfig { path: Some(letters), ..DataConfig::default() }.corpus(32).unwrap();
+    let loss = unigram_loss(&c, 4, 8, 32);
+    assert!((loss - 26f64.ln()).abs() < 0.025, "{loss} against ln 26 = {}", 26f64.ln());
+    let one = tmp.path().join("one.txt");
+    std::fs::write(&one, vec![b'z'; 26_000]).unwrap();
+    let c = DataConfig { path: Some(one), ..DataConfig::default() }.corpus(32).unwrap();
+    let loss = unigram_loss(&c, 4, 8, 32);
+    assert!(loss > 0.0 && loss < 0.025, "{loss}");
+}
