@@ -82,6 +82,11 @@ class Bdh:
             return json.load(f)
 
 
+def loss(r):
+    """The mean loss of `bdh eval --json`: `val_loss` on the built-in corpus, `loss` on a file."""
+    return r["val_loss"] if "val_loss" in r else r["loss"]
+
+
 def records(run, key):
     """The metrics records of `run` that have `key`."""
     with open(Path(run) / "metrics.jsonl") as f:
@@ -206,7 +211,7 @@ def bpe(b):
                 f"{parameters / 1e6:.2f} M",
                 "—" if seconds is None else f"{seconds:.0f} s",
                 f"{rate:,.0f}".replace(",", " "),
-                f"{r['val_loss']:.3f} {unit}",
+                f"{loss(r):.3f} {unit}",
                 f"{r['bits_per_byte']:.3f}",
             ]
         )
@@ -234,15 +239,17 @@ def merge(b):
     data = DATA.read_bytes()
     held_out.write_bytes(data[len(data) * 9 // 10 :])
     rows = []
+    # Model files, not run directories: a run is scored on what it trained on, a
+    # model file on the built-in corpus unless --data says otherwise.
     for label, model in [
-        ("base", base),
-        ("base → built-in corpus", facts_run),
-        ("base → text", text_run),
+        ("base", base / "model.safetensors"),
+        ("base → built-in corpus", facts_run / "last" / "model.safetensors"),
+        ("base → text", text_run / "last" / "model.safetensors"),
         ("merged (1024 + 1024 neurons per head)", merged / "model.safetensors"),
     ]:
         builtin = b.eval_json("--model", model, "--batches", 32)
         text = b.eval_json("--model", model, "--data", held_out)
-        rows.append([label, f"{builtin['val_loss']:.3f}", percent(builtin["answer_accuracy"]), f"{text['val_loss']:.3f}"])
+        rows.append([label, f"{loss(builtin):.3f}", percent(builtin["answer_accuracy"]), f"{loss(text):.3f}"])
     table(["model", "built-in corpus: loss", "built-in: answer accuracy", "held-out text: loss"], rows)
     r = b.eval_json("--model", text_run, "--carry")
     buckets = ", ".join(f"{human_position(k['from'])}–{human_position(k['to'])}: {k['loss']:.2f}" for k in r["stream"]["buckets"])
@@ -307,7 +314,7 @@ def nanogpt_sweep(b):
     need_data()
     rows = []
     for lr in NANOGPT_RATES:
-        rows.append([f"{lr:g}", *(f"{nanogpt_run(b, f, lr)[2]['val_loss']:.4f}" for f in ["gpt", "bdh"])])
+        rows.append([f"{lr:g}", *(f"{loss(nanogpt_run(b, f, lr)[2]):.4f}" for f in ["gpt", "bdh"])])
     table(["peak lr", "GPT (gpt-nanogpt)", "BDH (bdh-nanogpt)"], rows)
 
 
@@ -323,7 +330,7 @@ def nanogpt(b):
         losses, times = [], []
         for seed in [1337, 1, 2]:
             _, seconds, r = nanogpt_run(b, family, lr, seed)
-            losses.append(r["val_loss"])
+            losses.append(loss(r))
             times.append(seconds)
         mean = sum(losses) / len(losses)
         spread = (max(losses) - min(losses)) / 2
