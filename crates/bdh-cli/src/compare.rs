@@ -15,7 +15,7 @@ use bdh::{ModelConfig, RunConfig};
 use serde::Serialize;
 
 use crate::args::ThreadsArgs;
-use crate::page::{Chart, Page, Series};
+use crate::page::{Chart, Mark, Page, Series, Style};
 use crate::progress::Job;
 use crate::provenance::Provenance;
 use crate::stop::Stop;
@@ -231,10 +231,23 @@ fn markdown(rows: &[Row]) -> String {
     t
 }
 
+/// The marker of a size on the page: the sizes of one family share its colour.
+fn size_mark(size: &str) -> Mark {
+    match size {
+        "xs" => Mark::Disc,
+        "s" => Mark::Triangle,
+        "m" => Mark::Cross,
+        _ => Mark::Ring,
+    }
+}
+
 fn page(mut p: Page, rows: &[Row]) -> Page {
     let color = |f: &str| Some(usize::from(f == "GPT"));
     p.heading("Validation loss during training");
-    p.text("Each pair of a size trained on the same batches in the same order; blue BDH, red GPT.");
+    p.text(
+        "Each pair of a size trained on the same batches in the same order. Colour: blue BDH, red GPT; marker: \
+         the size (disc xs, triangle s, cross m), at each evaluation.",
+    );
     p.chart(&Chart {
         title: "Validation loss against training tokens".into(),
         x_label: "tokens".into(),
@@ -244,9 +257,9 @@ fn page(mut p: Page, rows: &[Row]) -> Page {
         series: rows
             .iter()
             .map(|r| Series {
-                name: format!("{} {}", r.family, r.size),
+                name: format!("{} {} ({:.2} M)", r.family, r.size, r.parameters as f64 / 1e6),
                 points: r.curve.clone(),
-                dots: false,
+                style: Style::Marked(size_mark(&r.size)),
                 color: color(&r.family),
             })
             .collect(),
@@ -263,7 +276,7 @@ fn page(mut p: Page, rows: &[Row]) -> Page {
             .map(|f| Series {
                 name: f.to_string(),
                 points: rows.iter().filter(|r| r.family == *f).map(|r| (r.parameters as f64, r.val_loss)).collect(),
-                dots: false,
+                style: Style::Marked(Mark::Disc),
                 color: color(f),
             })
             .collect(),
@@ -271,4 +284,66 @@ fn page(mut p: Page, rows: &[Row]) -> Page {
     p.heading("Table");
     p.table(&HEADER, &rows.iter().map(cells).collect::<Vec<_>>());
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::figures::assert_charts_readable;
+
+    fn row(size: &str, family: &str, parameters: usize, curve: Vec<(f64, f64)>) -> Row {
+        Row {
+            size: size.into(),
+            family: family.into(),
+            model: format!("{family} {size}"),
+            parameters,
+            tokens: 700_000,
+            train_seconds: 10.0,
+            tokens_per_second: 70_000.0,
+            val_loss: curve.last().map_or(0.0, |p| p.1),
+            bits_per_byte: 1.0,
+            answer_accuracy: None,
+            curve,
+        }
+    }
+
+    /// Six runs, three sizes of each family whose curves run close together: each
+    /// is its own series (the family's colour, the size's marker), named by family
+    /// and size in a legend below every plotted point.
+    #[test]
+    fn each_run_of_a_comparison_is_its_own_visible_series() {
+        let mut rows = Vec::new();
+        for (k, (size, params)) in [("xs", 131_000), ("s", 492_000), ("m", 1_638_000)].into_iter().enumerate() {
+            for (family, base) in [("BDH", 0.3), ("GPT", 0.35)] {
+                let curve = (1..=8).map(|i| (i as f64 * 87_000.0, base + 0.01 * k as f64 + 2.0 / i as f64)).collect();
+                rows.push(row(size, family, params, curve));
+            }
+        }
+        let html = page(Page::new(Vec::new()), &rows).html("t");
+        let charts = assert_charts_readable(&html, 2);
+        let names: Vec<&str> = charts[0].legend.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "BDH xs (0.13 M)",
+                "GPT xs (0.13 M)",
+                "BDH s (0.49 M)",
+                "GPT s (0.49 M)",
+                "BDH m (1.64 M)",
+                "GPT m (1.64 M)"
+            ]
+        );
+        let looks: Vec<_> = charts[0].legend.iter().map(|e| &e.look).collect();
+        assert_eq!(looks[0][0].1, looks[2][0].1, "one colour per family");
+        assert_ne!(looks[0], looks[2], "sizes differ by marker");
+    }
+
+    /// One size of each, with a single evaluation each: both charts still show
+    /// every run (a lone point gets its marker).
+    #[test]
+    fn a_comparison_of_one_evaluation_per_run_shows_every_run() {
+        let rows = vec![row("xs", "BDH", 131_000, vec![(8192.0, 1.2)]), row("xs", "GPT", 131_000, vec![(8192.0, 1.5)])];
+        let charts = assert_charts_readable(&page(Page::new(Vec::new()), &rows).html("t"), 2);
+        assert!(charts.iter().all(|c| c.legend.len() == 2), "{charts:?}");
+    }
 }
