@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bdh::data::DataConfig;
 use bdh::io::run_dir::{EvalRecord, Metrics, RunDir, StepRecord};
 
-use crate::page::{mean, thin, Chart, Page, Series};
+use crate::page::{mean, thin, Chart, Page, Series, Style};
 use crate::provenance::Provenance;
 
 /// Summarises a run and draws its curves.
@@ -47,7 +48,14 @@ pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<Pat
     }
     let mut provenance = Provenance::of_this_run();
     provenance.add("run", dir.display().to_string());
-    provenance.add("run config", config);
+    // A config this version cannot read is shown as it is.
+    match run.config(&[]) {
+        Ok(c) => {
+            provenance.add("trained on", trained_on(&c.data, run.tokenizer().as_deref()));
+            provenance.add("run config", shown_config(&config, c.data.path.is_some()));
+        }
+        Err(_) => provenance.add("run config", config),
+    }
     let mut p = Page::new(provenance.rows());
     p.heading("Summary");
     let rows: Vec<Vec<String>> = summary.into_iter().map(|(k, v)| vec![k.to_string(), v]).collect();
@@ -64,6 +72,49 @@ pub fn write(dir: &Path, html: Option<&Path>, print: bool) -> anyhow::Result<Pat
     bdh::io::write_atomic(&out, p.html(&format!("bdh report: {}", dir.display())).as_bytes())
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
+}
+
+/// What a run trained on: the built-in language, or a file, read as bytes or with
+/// a tokenizer (`kept`: the run's own copy of it).
+fn trained_on(data: &DataConfig, kept: Option<&Path>) -> String {
+    let Some(path) = &data.path else {
+        return "the built-in language (its settings are the run config's [data])".into();
+    };
+    let validation = data
+        .val_path
+        .as_ref()
+        .map_or("its last 10% held out for validation".into(), |v| format!("validated on {}", v.display()));
+    let read = match (&data.tokenizer, kept) {
+        (Some(t), Some(k)) => {
+            format!("read with the BPE tokenizer {} (the run keeps a copy: {})", t.display(), k.display())
+        }
+        (Some(t), None) => format!("read with the BPE tokenizer {}", t.display()),
+        (None, Some(k)) => format!("read with the BPE tokenizer the run keeps ({})", k.display()),
+        (None, None) => "read as bytes".into(),
+    };
+    format!("{} ({validation}; {read})", path.display())
+}
+
+/// The run's config as the page shows it: for a run on a file, without the
+/// built-in language's settings, which it did not read.
+fn shown_config(text: &str, on_file: bool) -> String {
+    if !on_file {
+        return text.to_string();
+    }
+    let mut section = String::new();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let line = line.trim();
+            if line.starts_with('[') {
+                section = line.to_string();
+                return true;
+            }
+            let key = line.split('=').next().unwrap_or_default().trim();
+            section != "[data]" || !DataConfig::BUILT_IN_KEYS.contains(&key)
+        })
+        .collect();
+    kept.join("\n") + "\n"
 }
 
 fn summary(r: &Metrics, unit: &str) -> Vec<(&'static str, String)> {
@@ -107,8 +158,8 @@ fn charts(p: &mut Page, r: &Metrics, unit: &str) {
     };
     let evals =
         |f: fn(&EvalRecord) -> Option<f64>| r.evals.iter().filter_map(|e| Some((e.step, f(e)?))).collect::<Vec<_>>();
-    let line = |name: &str, points| Series { name: name.into(), points, dots: false, color: None };
-    let dots = |name: &str, points| Series { name: name.into(), points, dots: true, color: None };
+    let line = |name: &str, points| Series { name: name.into(), points, style: Style::Line, color: None };
+    let dots = |name: &str, points| Series { name: name.into(), points, style: Style::Dots, color: None };
     let chart = |title: &str, y: &str, log_y, series| Chart {
         title: title.into(),
         x_label: "step".into(),
@@ -168,6 +219,52 @@ fn charts(p: &mut Page, r: &Metrics, unit: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::page::figures::assert_charts_readable;
+
+    /// A run directory of `config` with a few steps and evaluations recorded.
+    fn run_dir(config: &bdh::RunConfig) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), config.to_toml()).unwrap();
+        let mut log = String::new();
+        for step in 1..=60 {
+            let loss = 0.4 + 5.0 / step as f64;
+            log.push_str(&format!(
+                "{{\"step\":{step},\"loss\":{loss},\"lr\":0.001,\"tokens_per_second\":1000.0,\"grad_norm\":1.0}}\n"
+            ));
+            if step % 20 == 0 {
+                log.push_str(&format!(
+                    "{{\"step\":{step},\"val_loss\":{loss},\"bits_per_byte\":1.0,\"train_loss\":{loss},\
+                     \"answer_accuracy\":0.2,\"answer_groups\":[{{\"answers\":10,\"copy_baseline\":0.1}}]}}\n"
+                ));
+            }
+        }
+        std::fs::write(dir.path().join("metrics.jsonl"), log).unwrap();
+        dir
+    }
+
+    /// A run on a file says what it trained on, and its config leaves out the
+    /// built-in language's settings it did not read; a run on the built-in
+    /// language keeps them. Every chart of the page reads.
+    #[test]
+    fn a_report_says_what_the_run_trained_on() {
+        let mut config = bdh::RunConfig::resolve("tiny", &[]).unwrap();
+        let built_in = run_dir(&config);
+        config.data.path = Some("data/tinyshakespeare.txt".into());
+        let on_file = run_dir(&config);
+        let page = |dir: &Path| {
+            let html = write(dir, None, false).unwrap();
+            std::fs::read_to_string(html).unwrap()
+        };
+        let (built_in, on_file) = (page(built_in.path()), page(on_file.path()));
+        assert!(built_in.contains("the built-in language") && built_in.contains("facts = 2"), "{built_in}");
+        assert!(on_file.contains("data/tinyshakespeare.txt (its last 10% held out for validation; read as bytes)"));
+        for key in DataConfig::BUILT_IN_KEYS {
+            assert!(!on_file.contains(&format!("{key} = ")), "{key} shown for a run on a file");
+        }
+        assert!(on_file.contains("[training]") && on_file.contains("path = "), "{on_file}");
+        let charts = assert_charts_readable(&on_file, 6);
+        assert!(charts.iter().any(|c| c.title == "Answer accuracy" && c.legend.len() == 2), "{charts:?}");
+    }
 
     /// A training run's usual loss curve (5.6 at the start, 0.54 → 0.36 over the
     /// evaluations after it): the evaluations' spread must be visible, not squeezed
@@ -197,7 +294,8 @@ mod tests {
         let html = page.html("t");
         let loss_chart = html.split("<figure>").nth(2).unwrap();
         assert!(loss_chart.contains("Loss from step 250 on"));
-        let ys: Vec<f64> = crate::page::tests::circles(loss_chart).iter().map(|p| p.1).filter(|&y| y < 340.0).collect();
+        let drawn = crate::page::figures::read(loss_chart).unwrap();
+        let ys: Vec<f64> = drawn.marks.iter().filter(|m| m.kind == "circle").map(|m| m.bbox.1 + 4.0).collect();
         assert_eq!(ys.len(), 10, "{ys:?}");
         let spread = ys.iter().fold(f64::MIN, |a, &b| a.max(b)) - ys.iter().fold(f64::MAX, |a, &b| a.min(b));
         assert!(spread > 30.0, "the evaluations span {spread:.1} px of the loss chart");

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
+use common::figures::assert_charts_readable;
 use common::{bdh, chromium, example, golden, render, temp, text};
 
 #[test]
@@ -178,6 +179,12 @@ fn a_bpe_tokenizer_is_trained_used_by_a_run_and_travels_with_it() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("bits/byte") && out.contains("vocab_size = 300"), "{out}");
     assert_eq!(std::fs::read(dir.join("run/tokenizer.json")).unwrap(), std::fs::read(&tok).unwrap());
+    // Its report says what it trained on, and leaves out the built-in language's settings.
+    let report = std::fs::read_to_string(dir.join("run/report.html")).unwrap();
+    let read =
+        format!("{data} (its last 10% held out for validation; read with the BPE tokenizer {tok} (the run keeps");
+    assert!(report.contains(&read), "{report}");
+    assert!(!report.contains("facts = ") && !report.contains("distance = "), "{report}");
 
     // generate and eval find the run's tokenizer without being told.
     let o = bdh(&["generate", "--model", &run, "--prompt", "la señora ", "--max-tokens", "20", "--seed", "1"]);
@@ -258,6 +265,8 @@ fn inspect_commands_run_on_the_trained_model_and_their_reports_render() {
         assert!(out.contains(marker), "{what}: {out}");
         let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(parsed["provenance"]["weights (FNV-1a)"], fingerprint.as_str(), "{what}: JSON provenance");
+        // Every chart shows each of its series, its legend below the data.
+        assert_charts_readable(&std::fs::read_to_string(&html).unwrap(), if what == "graph" { 3 } else { 1 });
         let (Some(chromium), Some(blank)) = (chromium.as_deref(), blank) else { continue };
         let (dom, shot) = render(chromium, Path::new(&html), dir);
         let figures = dom.matches("<svg").count();

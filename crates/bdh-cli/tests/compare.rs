@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 
+use common::figures::assert_charts_readable;
 use common::{bdh, chromium, render, temp, text};
 
 fn compare(out: &Path, extra: &[&str]) -> std::process::Output {
@@ -80,6 +81,8 @@ fn compare_sweeps_each_family_then_trains_the_chosen_rate_with_seeds() {
     .concat());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("made with other settings (training.max_steps: 4 → 8"), "{}", text(&o));
+    let charts = assert_charts_readable(&std::fs::read_to_string(out.join("report.html")).unwrap(), 4);
+    assert_eq!(charts[0].legend.len(), 2, "a series per family and size: {charts:?}");
     let Some(chromium) = chromium("the compare report") else { return };
     let (dom, _) = render(&chromium, &out.join("report.html"), tmp.path());
     assert!(dom.matches("<svg").count() >= 4 && dom.contains("bdh compare"), "charts missing from the compare report");

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 mod common;
+use common::figures::assert_charts_readable;
 use common::{bdh, chromium, example, golden, render, temp, text};
 
 fn run_ok(args: &[&str]) -> String {
@@ -52,6 +53,13 @@ fn interventions_run_on_a_recalling_model_write_json_and_render() {
         let out = run_ok(&args);
         assert!(out.contains(marker), "{what}: {out}");
         let v = json(&js);
+        // Every chart shows each of its series, its legend below the data.
+        let charts = match what {
+            "top" => 0,
+            "ablate" | "induction" => 2,
+            _ => 1,
+        };
+        assert_charts_readable(&std::fs::read_to_string(&html).unwrap(), charts);
         assert!(v["provenance"]["command"].as_str().unwrap().contains(&format!("inspect {what}")));
         match what {
             "ablate" => {
@@ -115,6 +123,7 @@ fn induction_follows_the_models_a_run_kept() {
     let html = std::fs::read_to_string(tmp.path().join("induction.html")).unwrap();
     assert!(html.contains("model at step 10") && html.contains("model at step 20"), "{html}");
     assert!(!html.contains("0 bytes, FNV-1a"), "{html}");
+    assert_charts_readable(&html, 2);
     let o = bdh(&["inspect", "induction", "--run", &tmp.path().display().to_string()]);
     assert!(!o.status.success());
     assert!(text(&o).contains("kept no models"), "{}", text(&o));

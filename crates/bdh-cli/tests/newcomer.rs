@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
+use common::figures::assert_charts_readable;
 use common::{bdh, example, golden, temp, text};
 
 /// `bdh` run in directory `dir`, its output captured (so not a terminal).
@@ -45,6 +46,7 @@ fn a_run_in_a_pipe_prints_lines_names_its_directory_by_date_and_writes_a_report(
     for want in ["Loss (nats per byte)", "Learning rate", "Throughput", "Samples", "<svg", "[training]"] {
         assert!(report.contains(want), "report lacks {want:?}");
     }
+    assert_charts_readable(&report, 4);
     // A second run gets its own directory, and runs/latest follows it.
     let o = bdh_in(tmp.path(), &args);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

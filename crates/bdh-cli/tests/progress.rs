@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use std::process::{Command, Output};
 
-use common::{bdh, temp, text};
+use common::{bdh, example, temp, text};
 
 /// `bdh` with a progress line at every update, however fast the machine.
 fn bdh_every_update(args: &[&str]) -> Output {
@@ -78,6 +78,38 @@ fn a_long_inspection_in_a_pipe_prints_progress_lines() {
     assert!(!lines.is_empty(), "progress lines on standard error: {err}");
     assert!(lines.iter().all(|l| l.contains('%') && l.contains("elapsed")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("left")), "the time left: {lines:?}");
+}
+
+/// `inspect synapses` into a pipe writes progress lines over both its passes over
+/// the text (five chunks each) and over its concept search's (the concept's 16
+/// sentences, then all 32).
+#[test]
+fn inspect_synapses_in_a_pipe_prints_progress_lines() {
+    let (text_file, money, nature) = (example("text.txt"), example("money.txt"), example("nature.txt"));
+    let o = bdh_every_update(&[
+        "inspect",
+        "synapses",
+        "--init",
+        "small",
+        "--layer",
+        "1",
+        "--head",
+        "0",
+        "--text",
+        &text_file,
+        "--concept",
+        &money,
+        "--contrast",
+        &nature,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}", text(&o));
+    for (what, total) in [("inspect synapses: ", "/10 "), ("inspect synapses (concept search): ", "/48 ")] {
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(what)).collect();
+        assert!(lines.len() > 2, "progress lines {what:?} on standard error: {err}");
+        assert!(lines.iter().all(|l| l.contains(total) && l.contains('%') && l.contains("elapsed")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("left")), "the time left: {lines:?}");
+    }
 }
 
 /// `compare` into a pipe writes progress lines over all its runs, naming the run.

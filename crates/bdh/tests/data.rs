@@ -146,6 +146,23 @@ fn file_corpus_splits_ninety_ten_and_checks_its_size() {
     assert!(err.contains("missing.txt"), "{err}");
 }
 
+/// The built-in language's keys are all the keys a `[data]` section of the
+/// built-in corpus writes, so that a page can leave them out for a run on a file.
+#[test]
+fn the_built_in_keys_are_the_data_sections_own() {
+    let table = |data: &DataConfig| -> Vec<String> {
+        let written: toml::Table = toml::from_str(&toml::to_string(data).unwrap()).unwrap();
+        let mut keys: Vec<String> = written.keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let mut built_in = DataConfig::BUILT_IN_KEYS.map(String::from).to_vec();
+    built_in.sort();
+    assert_eq!(table(&DataConfig::default()), built_in);
+    let on_file = DataConfig { path: Some("a.txt".into()), ..DataConfig::default() };
+    assert_eq!(table(&on_file).len(), built_in.len() + 1);
+}
+
 #[test]
 fn a_data_section_written_before_lists_keeps_its_corpus() {
     // `facts = 3` used to mean exactly three facts per document, all stories.

@@ -4,7 +4,7 @@ use bdh::microscope::graph::stats;
 use bdh::microscope::louvain::{louvain, modularity};
 use bdh::microscope::sparsity::sparsity;
 use bdh::microscope::stats::{benjamini_hochberg, fit_power_law, mann_whitney};
-use bdh::microscope::synapses::{concept_search, sigma, synapses};
+use bdh::microscope::synapses::{concept_search, sigma, synapses, FDR};
 use bdh::model::bdh::{forward, Activations, Bdh, Pass};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -111,7 +111,7 @@ fn sigma_is_the_sum_of_presynaptic_z_times_postsynaptic_x() {
             assert!(s[i * n + j] >= 0.0);
         }
     }
-    let r = synapses(&model, &toks, 1, head, 5, &[], None).unwrap();
+    let r = synapses(&model, &toks, 1, head, 5, &[], None, &|_, _| {}).unwrap();
     assert_eq!(r.traces.len(), r.strongest.len().min(5));
     for (syn, series) in &r.traces {
         assert_eq!(series.len(), 2);
@@ -150,7 +150,14 @@ fn sigma_streams_in_chunks_and_sums_over_a_window() {
     let rel = worst(&whole, &direct(0, 600));
     println!("σ streamed in chunks vs one forward: max rel diff {rel:.2e}");
     assert!(rel < 1e-5);
-    let r = synapses(&model, &toks, 1, head, 3, &[(1, 2)], Some(300..550)).unwrap();
+    // Progress counts the chunks read: up to the window's end (550: three chunks),
+    // once with a named trace, twice when the strongest are traced instead.
+    let told = std::sync::Mutex::new(Vec::new());
+    let tell = |done, total| told.lock().unwrap().push((done, total));
+    let r = synapses(&model, &toks, 1, head, 3, &[(1, 2)], Some(300..550), &tell).unwrap();
+    assert_eq!(told.lock().unwrap().split_off(0), [(0, 3), (1, 3), (2, 3), (3, 3)]);
+    synapses(&model, &toks, 1, head, 3, &[], Some(300..550), &tell).unwrap();
+    assert_eq!(told.lock().unwrap().last(), Some(&(6, 6)));
     assert_eq!((r.tokens, r.window.clone()), (600, 300..550));
     let want = direct(300, 550);
     let (syn, series) = &r.traces[0];
@@ -160,8 +167,8 @@ fn sigma_streams_in_chunks_and_sums_over_a_window() {
     assert!((syn.value as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3));
     assert!((series[249] as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3));
     assert!(r.strongest[0].value as f64 >= want.iter().fold(0.0f64, |m, v| m.max(*v)) * (1.0 - 1e-5));
-    assert!(synapses(&model, &toks, 1, head, 3, &[], Some(500..700)).is_err(), "window past the text");
-    assert!(synapses(&model, &toks, 1, head, 3, &[], Some(5..5)).is_err(), "empty window");
+    assert!(synapses(&model, &toks, 1, head, 3, &[], Some(500..700), &tell).is_err(), "window past the text");
+    assert!(synapses(&model, &toks, 1, head, 3, &[], Some(5..5), &tell).is_err(), "empty window");
 }
 
 #[test]
@@ -185,8 +192,23 @@ fn concept_search_finds_a_planted_difference() {
     let concept: Vec<Vec<u32>> =
         (0..8).map(|s| tokens(12, s).into_iter().map(|t| if t % 2 == 0 { 200 } else { t % 100 }).collect()).collect();
     let contrast: Vec<Vec<u32>> = (0..8).map(|s| tokens(12, 100 + s).into_iter().map(|t| t % 100).collect()).collect();
-    let r = concept_search(&model, &concept, &contrast, 1, 0, 5).unwrap();
+    let told = std::sync::Mutex::new(Vec::new());
+    let r =
+        concept_search(&model, &concept, &contrast, 1, 0, 5, &|done, total| told.lock().unwrap().push((done, total)))
+            .unwrap();
+    // Progress counts the sentences of both passes: the concept's, then all of them.
+    let told = told.into_inner().unwrap();
+    assert_eq!((told.first(), told.last(), told.len()), (Some(&(0, 24)), Some(&(24, 24)), 25));
     assert!(!r.synapses.is_empty() && !r.neurons.is_empty());
+    // The counts of selective ones are over every one tested. The list is sorted by
+    // p and q grows with p, so it starts with them.
+    println!("selective at q < {FDR}: {} synapses, {} neurons", r.synapses_selective, r.neurons_selective);
+    assert!(r.neurons_selective > 0);
+    for (selective, listed) in [(r.synapses_selective, &r.synapses), (r.neurons_selective, &r.neurons)] {
+        let below = listed.iter().filter(|s| s.q < FDR).count();
+        assert!(listed[..below].iter().all(|s| s.q < FDR), "the selective ones come first");
+        assert!(selective == below || (below == listed.len() && selective > below), "{selective} vs {below} listed");
+    }
     let best = &r.synapses[0];
     println!("{best:?}");
     assert!(best.test.r > 0.5 && best.test.p < 0.01 && best.concept_mean > best.contrast_mean);

@@ -5,7 +5,7 @@ use bdh::train::compare::{loss_at, BLOCK};
 use bdh::ModelConfig;
 use serde::Serialize;
 
-use crate::page::{Chart, Page, Series};
+use crate::page::{Chart, Mark, Page, Series, Style};
 
 /// A run is still near the unigram plateau when its loss is above this share of it.
 const PLATEAU: f64 = 0.9;
@@ -49,6 +49,16 @@ pub struct Comparison {
     pub unigram: f64,
     /// What was trained on.
     pub data: String,
+}
+
+/// The marker of a size on the page: the sizes of one family share its colour.
+fn size_mark(size: &str) -> Mark {
+    match size {
+        "xs" => Mark::Disc,
+        "s" => Mark::Triangle,
+        "m" => Mark::Cross,
+        _ => Mark::Ring,
+    }
 }
 
 pub fn family(m: &ModelConfig) -> &'static str {
@@ -200,13 +210,16 @@ impl Comparison {
                 .map(|r| Series {
                     name: format!("{} {} ({:.2} M)", r.family, r.size, r.parameters as f64 / 1e6),
                     points: r.mean_curve().into_iter().map(|(t, l)| (x_of(r, t), l)).collect(),
-                    dots: false,
+                    style: Style::Marked(size_mark(&r.size)),
                     color: color(&r.family),
                 })
                 .collect()
         };
         p.heading("Validation loss during training");
-        p.text("Each pair of a size trained on the same batches in the same order, at its own swept rate; the mean over the seeds. Blue BDH, red GPT.");
+        p.text(
+            "Each pair of a size trained on the same batches in the same order, at its own swept rate; the mean over \
+             the seeds. Colour: blue BDH, red GPT; marker: the size (disc xs, triangle s, cross m), at each evaluation.",
+        );
         p.chart(&Chart {
             title: "Validation loss against training tokens".into(),
             x_label: "tokens".into(),
@@ -236,7 +249,7 @@ impl Comparison {
                 .map(|r| Series {
                     name: format!("{} {}", r.family, r.size),
                     points: r.sweep.iter().copied().filter(|s| s.1.is_finite()).collect(),
-                    dots: false,
+                    style: Style::Marked(size_mark(&r.size)),
                     color: color(&r.family),
                 })
                 .collect(),
@@ -258,7 +271,7 @@ impl Comparison {
                         .filter(|r| r.family == *f)
                         .map(|r| (r.parameters as f64, r.val_loss().0))
                         .collect(),
-                    dots: false,
+                    style: Style::Marked(Mark::Disc),
                     color: color(f),
                 })
                 .collect(),
@@ -269,5 +282,96 @@ impl Comparison {
             p.text(&n);
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::figures::assert_charts_readable;
+
+    fn row(size: &str, family: &str, parameters: usize, curve: Vec<(f64, f64)>) -> Row {
+        let finished = Finished {
+            seed: 1337,
+            tokens: curve.last().map_or(0, |p| p.0 as usize),
+            train_seconds: 10.0,
+            tokens_per_second: 70_000.0,
+            val_loss: curve.last().map_or(0.0, |p| p.1),
+            bits_per_byte: 1.0,
+            answer_accuracy: None,
+            curve,
+        };
+        Row {
+            size: size.into(),
+            family: family.into(),
+            model: format!("{family} {size}"),
+            parameters,
+            train_flops_per_token: parameters as f64 * if family == "BDH" { 12.0 } else { 6.0 },
+            lr: 2e-3,
+            sweep: vec![(1e-3, finished.val_loss + 0.1), (2e-3, finished.val_loss), (4e-3, finished.val_loss + 0.2)],
+            seeds: vec![finished],
+        }
+    }
+
+    fn comparison(rows: Vec<Row>) -> Comparison {
+        Comparison { rows, unigram: 2.9, data: "the built-in corpus".into() }
+    }
+
+    /// Six runs, three sizes of each family whose curves run close together: each
+    /// is its own series (the family's colour, the size's marker), named by family
+    /// and size in a legend below every plotted point, on every chart.
+    #[test]
+    fn each_run_of_a_comparison_is_its_own_visible_series() {
+        let mut rows = Vec::new();
+        for (k, (size, params)) in [("xs", 131_000), ("s", 492_000), ("m", 1_638_000)].into_iter().enumerate() {
+            for (family, base) in [("BDH", 0.3), ("GPT", 0.35)] {
+                let curve = (1..=8).map(|i| (i as f64 * 87_000.0, base + 0.01 * k as f64 + 2.0 / i as f64)).collect();
+                rows.push(row(size, family, params, curve));
+            }
+        }
+        let html = comparison(rows).page(Page::new(Vec::new())).html("t");
+        let charts = assert_charts_readable(&html, 4);
+        let names: Vec<&str> = charts[0].legend.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "BDH xs (0.13 M)",
+                "GPT xs (0.13 M)",
+                "BDH s (0.49 M)",
+                "GPT s (0.49 M)",
+                "BDH m (1.64 M)",
+                "GPT m (1.64 M)"
+            ]
+        );
+        let looks: Vec<_> = charts[0].legend.iter().map(|e| &e.look).collect();
+        assert_eq!(looks[0][0].1, looks[2][0].1, "one colour per family");
+        assert_ne!(looks[0], looks[2], "sizes differ by marker");
+        assert_eq!(charts[2].legend.len(), 6, "a sweep per family and size: {:?}", charts[2]);
+    }
+
+    /// One size of each, with a single evaluation each: every chart still shows
+    /// every run (a lone point gets its marker).
+    #[test]
+    fn a_comparison_of_one_evaluation_per_run_shows_every_run() {
+        let rows = vec![row("xs", "BDH", 131_000, vec![(8192.0, 1.2)]), row("xs", "GPT", 131_000, vec![(8192.0, 1.5)])];
+        let charts = assert_charts_readable(&comparison(rows).page(Page::new(Vec::new())).html("t"), 4);
+        assert!(charts.iter().all(|c| c.legend.len() == 2), "{charts:?}");
+    }
+
+    /// At equal compute the cheaper family is read at its end and the other part way,
+    /// between its evaluations; a run above 90% of the unigram plateau is marked.
+    #[test]
+    fn the_table_reads_both_families_at_the_cheaper_ones_compute() {
+        let bdh = row("xs", "BDH", 100, vec![(100.0, 3.0), (200.0, 2.0), (400.0, 1.0)]);
+        let gpt = row("xs", "GPT", 100, vec![(100.0, 2.8), (200.0, 2.7), (400.0, 2.65)]);
+        let c = comparison(vec![bdh, gpt]);
+        // The GPT's whole run, 400 tokens × 600 FLOPs, is 200 of BDH's tokens (1200
+        // FLOPs each): BDH's second evaluation.
+        assert_eq!(c.cells(&c.rows[0])[7], "2.0000");
+        assert_eq!(c.cells(&c.rows[1])[7], "2.6500");
+        let table = c.markdown();
+        assert!(table.contains("2.6500 ± 0.0000 (1) †"), "above 0.9 × 2.9 = 2.61: {table}");
+        assert!(table.contains("1.0000 ± 0.0000 (1) |"), "{table}");
+        assert!(table.contains("2e-3 of 1e-3–4e-3"), "{table}");
     }
 }

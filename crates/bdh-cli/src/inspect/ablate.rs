@@ -10,9 +10,9 @@ use bdh::microscope::ablate::{
 };
 use bdh::model::bdh::{Activations, Bdh, Edit, Edits, Site};
 
-use super::concept::{kind_name, ConceptArgs};
+use super::concept::{doubling_to, kind_name, ConceptArgs};
 use super::{model_line, read_file, tokens, Output};
-use crate::page::{Chart, Page, Series};
+use crate::page::{Chart, Page, Series, Style};
 use crate::progress::Job;
 
 /// Remove neurons, heads or synapses, or the neurons most selective for a concept.
@@ -290,8 +290,7 @@ fn cumulative(
     }
     let ids: Vec<NeuronId> = ranked.iter().map(|s| s.id).collect();
     let top = args.top;
-    let ks: Vec<usize> =
-        std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < top).chain([top]).collect();
+    let ks = doubling_to(top);
     let job = Job::new("inspect ablate", 0);
     report.curve = ablation_curve(model, probe, &ids, &ks, site, args.seed, &|done, total| job.update(done, total))?;
     job.finish();
@@ -397,7 +396,7 @@ fn page(mut p: Page, r: &Report) -> Page {
         let line = |name: String, f: &dyn Fn(&CurvePoint) -> f64, color: usize| Series {
             name,
             points: r.curve.iter().map(|c| (c.k as f64, f(c))).collect(),
-            dots: true,
+            style: Style::Dots,
             color: Some(color),
         };
         p.chart(&Chart {

@@ -68,6 +68,12 @@ impl ConceptArgs {
     }
 }
 
+/// The sizes 1, 2, 4, … and `top` at which the first neurons of a ranking are
+/// taken: removed by ablate, compared by overlap.
+pub fn doubling_to(top: usize) -> Vec<usize> {
+    std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < top).chain([top]).collect()
+}
+
 /// A built-in kind as its concept set is named.
 pub fn kind_name(k: Kind) -> &'static str {
     match k {

@@ -6,7 +6,7 @@ use bdh::microscope::graph::{analyse, GraphOptions, GraphStats, HeadGraph, Sketc
 use bdh::model::bdh::Bdh;
 
 use super::{model_line, Output};
-use crate::page::{Chart, Network, Page, Series};
+use crate::page::{Chart, Network, Page, Series, Style};
 use crate::progress::Job;
 
 /// The neuron interaction graph of the weights, per head.
@@ -106,7 +106,7 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
             series: vec![Series {
                 name: "G".into(),
                 points: edges.iter().zip(counts).map(|(&e, &c)| (e as f64, c as f64)).collect(),
-                dots: false,
+                style: Style::Line,
                 color: None,
             }],
         });
@@ -129,7 +129,7 @@ fn page(mut p: Page, heads: &[HeadGraph]) -> Page {
         let by = |name: &str, f: &dyn Fn(&Threshold) -> f64| Series {
             name: name.into(),
             points: hg.sweep.iter().map(|t| (t.model.edges as f64, f(t))).collect(),
-            dots: false,
+            style: Style::Line,
             color: None,
         };
         p.chart(&Chart {
@@ -162,7 +162,7 @@ fn degrees(hg: &HeadGraph, t: &Threshold) -> Chart {
         ("G(n,m) out", &t.random.out_degrees),
         ("low-rank out", &t.low_rank.out_degrees),
     ] {
-        series.push(Series { name: name.into(), points: ccdf(s), dots: true, color: None });
+        series.push(Series { name: name.into(), points: ccdf(s), style: Style::Dots, color: None });
     }
     if let Some(f) = &t.model.out_fit {
         let kmax = t.model.max_out_degree.max(f.x_min + 1) as f64;
@@ -171,7 +171,7 @@ fn degrees(hg: &HeadGraph, t: &Threshold) -> Chart {
             .map(|i| f.x_min as f64 * (kmax / f.x_min as f64).powf(i as f64 / 39.0))
             .map(|k| (k, share * ((k - 0.5) / (f.x_min as f64 - 0.5)).powf(1.0 - f.alpha)))
             .collect();
-        series.push(Series { name: format!("fit α={:.2}", f.alpha), points: line, dots: false, color: None });
+        series.push(Series { name: format!("fit α={:.2}", f.alpha), points: line, style: Style::Line, color: None });
     }
     Chart {
         title: format!("Degree distributions at quantile {} ({} edges)", t.quantile, t.model.edges),

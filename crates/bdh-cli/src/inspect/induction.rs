@@ -10,7 +10,7 @@ use bdh::model::bdh::Bdh;
 use bdh::Model;
 
 use super::{model_line, Output};
-use crate::page::{Chart, Page, Series};
+use crate::page::{Bars, Chart, Page, Series, Style};
 
 /// Induction and previous-token scores per head on repeated random text.
 #[derive(clap::Args)]
@@ -88,6 +88,27 @@ fn page(mut p: Page, all: &[Over]) -> Page {
     p.text("Random lowercase sequences (distinct letters within a copy of up to 26), each repeated once. A head's share at an offset is the magnitude of its attention score R(x_t)·R(x_s) there over the sum over every earlier position, averaged over the second copy. Induction: the position after the previous occurrence of the current token; previous token: the position before. Loss rise: second-copy loss with the head's neurons zeroed, minus without.");
     if let [only] = all {
         let r = &only.report;
+        let places: Vec<String> = r.heads.iter().map(|h| format!("{}:{}", h.layer, h.head)).collect();
+        let per_head = |f: fn(&bdh::microscope::induction::HeadInduction) -> f64| r.heads.iter().map(f).collect();
+        p.bars(&Bars {
+            title: "Share of each head's score magnitude at the two offsets".into(),
+            x_label: "layer:head".into(),
+            y_label: "share over the second copy".into(),
+            places: places.clone(),
+            series: vec![
+                ("induction".into(), per_head(|h| h.induction)),
+                ("previous token".into(), per_head(|h| h.previous)),
+            ],
+            lines: vec![("an even spread".into(), r.uniform_share)],
+        });
+        p.bars(&Bars {
+            title: "Rise of the second copy's loss when the head is removed".into(),
+            x_label: "layer:head".into(),
+            y_label: "nats per token".into(),
+            places,
+            series: vec![("loss rise if removed".into(), per_head(|h| h.ablation))],
+            lines: Vec::new(),
+        });
         let rows: Vec<Vec<String>> = r
             .heads
             .iter()
@@ -111,7 +132,7 @@ fn page(mut p: Page, all: &[Over]) -> Page {
             Series {
                 name: format!("layer {} head {}", h.layer, h.head),
                 points: all.iter().map(|o| (o.step.unwrap_or(0) as f64, o.report.heads[i].induction)).collect(),
-                dots: true,
+                style: Style::Dots,
                 color: None,
             }
         })
@@ -134,16 +155,58 @@ fn page(mut p: Page, all: &[Over]) -> Page {
             Series {
                 name: "first copy".into(),
                 points: all.iter().map(|o| (o.step.unwrap_or(0) as f64, o.report.first_loss)).collect(),
-                dots: true,
+                style: Style::Dots,
                 color: Some(7),
             },
             Series {
                 name: "second copy".into(),
                 points: all.iter().map(|o| (o.step.unwrap_or(0) as f64, o.report.second_loss)).collect(),
-                dots: true,
+                style: Style::Dots,
                 color: Some(0),
             },
         ],
     });
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::figures::assert_charts_readable;
+    use bdh::microscope::induction::HeadInduction;
+
+    fn report(scale: f64) -> InductionReport {
+        let heads = (0..8)
+            .map(|i| HeadInduction {
+                layer: i / 4,
+                head: i % 4,
+                induction: scale * 0.01 * i as f64,
+                previous: 0.3 - 0.03 * i as f64,
+                ablation: 0.05 * (i % 3) as f64,
+            })
+            .collect();
+        InductionReport {
+            length: 24,
+            sequences: 16,
+            first_loss: 3.2,
+            second_loss: 3.0 - scale,
+            uniform_share: 0.03,
+            heads,
+        }
+    }
+
+    /// One model: the scores of every head as bars beside an even spread's share,
+    /// and the loss rise as bars; over a run's models: a series per head.
+    #[test]
+    fn the_induction_pages_draw_every_head() {
+        let one = [Over { step: None, report: report(1.0) }];
+        let html = page(Page::new(Vec::new()), &one).html("t");
+        let charts = assert_charts_readable(&html, 2);
+        let names: Vec<&str> = charts[0].legend.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["induction", "previous token", "an even spread"]);
+        assert!(html.contains("<td>0.070</td>"), "the table is kept");
+        let run: Vec<Over> = (1..=3).map(|k| Over { step: Some(100 * k), report: report(k as f64 / 3.0) }).collect();
+        let charts = assert_charts_readable(&page(Page::new(Vec::new()), &run).html("t"), 2);
+        assert_eq!(charts[0].legend.len(), 8);
+    }
 }

@@ -4,9 +4,9 @@
 use bdh::microscope::ablate::{overlap, NeuronId, Overlap};
 use bdh::model::bdh::Bdh;
 
-use super::concept::ConceptArgs;
+use super::concept::{doubling_to, ConceptArgs};
 use super::{model_line, Output};
-use crate::page::Page;
+use crate::page::{Chart, Mark, Page, Series, Style};
 
 /// Two concepts' most selective neurons: how many they share, against random sets.
 #[derive(clap::Args)]
@@ -42,7 +42,12 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     let second = ConceptArgs { concept: Some(args.other.clone()), ..first };
     let (_, b) = second.rank(model, out)?.expect("a concept");
     let (ia, ib): (Vec<NeuronId>, Vec<NeuronId>) = (a.iter().map(|s| s.id).collect(), b.iter().map(|s| s.id).collect());
-    let r: Overlap = overlap(&ia, &ib, args.top, ia.len(), args.draws, 0)?;
+    // The first 1, 2, 4, … of each ranking, up to --top: how deep the sharing goes.
+    let curve = doubling_to(args.top)
+        .into_iter()
+        .map(|k| overlap(&ia, &ib, k, ia.len(), args.draws, 0))
+        .collect::<Result<Vec<Overlap>, _>>()?;
+    let r = curve.last().expect("--top ≥ 1").clone();
     say!("{}", model_line(model));
     say!(
         "top {} of {} neurons: {} shared, Jaccard {:.3}; random sets: mean {:.3}, 95th percentile {:.3}; p = {:.4}",
@@ -57,26 +62,83 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     #[derive(serde::Serialize)]
     struct Both<'a> {
         overlap: &'a Overlap,
+        /// The same for the first 1, 2, 4, … of each ranking.
+        by_size: &'a [Overlap],
         concept: Vec<NeuronId>,
         other: Vec<NeuronId>,
     }
-    let both = Both { overlap: &r, concept: ia[..r.k].to_vec(), other: ib[..r.k].to_vec() };
-    out.write(&both, || page(out.page(), &r), "bdh inspect overlap")
+    let both = Both { overlap: &r, by_size: &curve, concept: ia[..r.k].to_vec(), other: ib[..r.k].to_vec() };
+    out.write(&both, || page(out.page(), &curve), "bdh inspect overlap")
 }
 
-fn page(mut p: Page, r: &Overlap) -> Page {
+/// The overlap at each set size, the largest last.
+fn page(mut p: Page, curve: &[Overlap]) -> Page {
     p.heading("Overlap of two concepts' most selective neurons");
-    p.table(
-        &["neurons per set", "of", "shared", "Jaccard", "random mean", "random 95th pct.", "p"],
-        &[vec![
-            r.k.to_string(),
-            r.total.to_string(),
-            r.shared.to_string(),
-            format!("{:.3}", r.jaccard),
-            format!("{:.3}", r.random_mean),
-            format!("{:.3}", r.random_p95),
-            format!("{:.4}", r.p_value),
-        ]],
+    p.text(
+        "The Jaccard index |A ∩ B| / |A ∪ B| of the first k neurons of each concept's ranking, against pairs of \
+         random sets of k of the same neurons: their mean and 95th percentile; p is the share of random pairs \
+         that overlap at least as much.",
     );
+    let line = |name: &str, f: fn(&Overlap) -> f64, style, color| Series {
+        name: name.into(),
+        points: curve.iter().map(|r| (r.k as f64, f(r))).collect(),
+        style,
+        color: Some(color),
+    };
+    p.chart(&Chart {
+        title: "Jaccard index of the two concepts' first k neurons".into(),
+        x_label: "neurons per set (k)".into(),
+        y_label: "Jaccard index".into(),
+        log_x: true,
+        log_y: false,
+        series: vec![
+            line("the two concepts", |r| r.jaccard, Style::Marked(Mark::Disc), 0),
+            line("random sets: mean", |r| r.random_mean, Style::Line, 7),
+            line("random sets: 95th percentile", |r| r.random_p95, Style::Marked(Mark::Cross), 7),
+        ],
+    });
+    let rows: Vec<Vec<String>> = curve
+        .iter()
+        .map(|r| {
+            vec![
+                r.k.to_string(),
+                r.total.to_string(),
+                r.shared.to_string(),
+                format!("{:.3}", r.jaccard),
+                format!("{:.3}", r.random_mean),
+                format!("{:.3}", r.random_p95),
+                format!("{:.4}", r.p_value),
+            ]
+        })
+        .collect();
+    p.table(&["neurons per set", "of", "shared", "Jaccard", "random mean", "random 95th pct.", "p"], &rows);
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::figures::assert_charts_readable;
+
+    /// The page draws the overlap at every set size beside the random sets', and
+    /// lists it.
+    #[test]
+    fn the_overlap_page_draws_each_set_size_against_random_sets() {
+        let curve: Vec<Overlap> = [1usize, 2, 4, 8, 16]
+            .iter()
+            .map(|&k| Overlap {
+                k,
+                total: 1024,
+                shared: k * 3 / 4,
+                jaccard: (k * 3 / 4) as f64 / (2 * k - k * 3 / 4) as f64,
+                random_mean: k as f64 / 2048.0,
+                random_p95: k as f64 / 512.0,
+                p_value: 0.01,
+            })
+            .collect();
+        let html = page(Page::new(Vec::new()), &curve).html("t");
+        let charts = assert_charts_readable(&html, 1);
+        assert_eq!(charts[0].legend.len(), 3);
+        assert_eq!(html.matches("<td>1024</td>").count(), 5, "a row per set size");
+    }
 }

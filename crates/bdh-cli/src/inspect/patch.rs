@@ -8,7 +8,7 @@ use bdh::microscope::patch::{patch, PairTokens, PatchReport, Restored, MAX_PAIRS
 use bdh::model::bdh::{Bdh, Site};
 
 use super::{model_line, read_file, Output};
-use crate::page::{Chart, Page, Series};
+use crate::page::{Chart, Page, Series, Style};
 use crate::progress::Job;
 
 /// Patch activations from clean texts into texts that differ in one stated fact.
@@ -163,7 +163,7 @@ fn page(mut p: Page, r: &PatchReport, head_names: &[String]) -> Page {
     let curve = |name: String, g: &[bdh::microscope::patch::GroupPoint], random: bool, color| Series {
         name,
         points: g.iter().map(|g| (g.k as f64, if random { g.random } else { g.restored })).collect(),
-        dots: true,
+        style: Style::Dots,
         color: Some(color),
     };
     p.chart(&Chart {

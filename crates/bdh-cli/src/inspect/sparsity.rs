@@ -4,7 +4,7 @@ use bdh::microscope::sparsity::sparsity;
 use bdh::model::bdh::Bdh;
 
 use super::{model_line, tokens, Output, TextArgs};
-use crate::page::{mean, thin, Chart, Page, Series, Thinned};
+use crate::page::{mean, thin, Chart, Page, Series, Style, Thinned};
 
 /// Fractions of non-zero x, y and x⊙y over a text.
 #[derive(clap::Args)]
@@ -56,7 +56,7 @@ fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8])
     let per_layer = |name: &str, f: &dyn Fn(&bdh::microscope::sparsity::Fractions) -> f64| Series {
         name: name.into(),
         points: r.layers.iter().map(|l| (l.layer as f64, f(&l.all))).collect(),
-        dots: false,
+        style: Style::Line,
         color: None,
     };
     p.chart(&Chart {
@@ -87,7 +87,7 @@ fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8])
         log_y: false,
         series: per_token
             .into_iter()
-            .map(|(name, t)| Series { name, points: t.points, dots: false, color: None })
+            .map(|(name, t)| Series { name, points: t.points, style: Style::Line, color: None })
             .collect(),
     });
     p.positions(text, 64, 8192);
@@ -103,7 +103,7 @@ fn page(mut p: Page, r: &bdh::microscope::sparsity::SparsityReport, text: &[u8])
             .map(|l| Series {
                 name: format!("layer {}", l.layer),
                 points: l.by_frequency.clone(),
-                dots: false,
+                style: Style::Line,
                 color: None,
             })
             .collect(),

@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bdh::microscope::synapses::{check_site, concept_search, synapses, ConceptReport, Separation};
+use bdh::microscope::stats::mann_whitney;
+use bdh::microscope::synapses::{check_site, concept_search, synapses, ConceptReport, Separation, FDR};
 use bdh::model::bdh::Bdh;
 
 use super::{model_line, read_file, tokens, Output, TextArgs};
-use crate::page::{last, thin, Chart, Page, Series, Thinned};
+use crate::page::{last, thin, Chart, Page, Series, Style, Thinned};
+use crate::progress::Job;
 
 /// The synapse state σ of one layer and head over a text, and a concept search.
 #[derive(clap::Args)]
@@ -70,7 +72,13 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
     if args.text.given() {
         text = args.text.read(out, "text")?;
         let window = args.window.map(|(a, b)| a..b);
-        let r = synapses(model, &tokens(&text), args.layer, args.head, args.top, &args.trace, window)?;
+        let job = Job::new("inspect synapses", 0);
+        let (top, trace) = (args.top, &args.trace);
+        let r = synapses(model, &tokens(&text), args.layer, args.head, top, trace, window, &|done, total| {
+            job.update(done, total)
+        });
+        job.finish();
+        let r = r?;
         say!(
             "{} tokens, σ over positions {}..{}; {} of {} synapses non-zero; strongest:",
             r.tokens,
@@ -97,7 +105,12 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
 
 /// The synapses and neurons that tell the concept's sentences from the contrast's.
 fn search(args: &Args, model: &Bdh, concept: &[Vec<u32>], contrast: &[Vec<u32>]) -> anyhow::Result<ConceptReport> {
-    let r = concept_search(model, concept, contrast, args.layer, args.head, args.top)?;
+    let job = Job::new("inspect synapses (concept search)", 0);
+    let r = concept_search(model, concept, contrast, args.layer, args.head, args.top, &|done, total| {
+        job.update(done, total)
+    });
+    job.finish();
+    let r = r?;
     say!(
         "concept search: {} concept vs {} contrast sentences; {} synapses and {} neurons tested \
          (q: Benjamini–Hochberg over each set)",
@@ -120,7 +133,49 @@ fn search(args: &Args, model: &Bdh, concept: &[Vec<u32>], contrast: &[Vec<u32>])
     };
     r.synapses.iter().take(5).for_each(show);
     r.neurons.iter().take(5).for_each(show);
+    for line in verdict(&r) {
+        say!("{line}");
+    }
     Ok(r)
+}
+
+/// What a concept search's q-values say, a sentence for the synapses and one for
+/// the neurons.
+fn verdict(c: &ConceptReport) -> [String; 2] {
+    // The smallest p a rank test gives these sample sizes: every concept sentence
+    // above every contrast sentence. No q is below it.
+    let (a, b): (Vec<f64>, Vec<f64>) =
+        ((0..c.concept).map(|i| (c.contrast + i) as f64).collect(), (0..c.contrast).map(|i| i as f64).collect());
+    let p_min = mann_whitney(&a, &b).p;
+    let percent = FDR * 100.0;
+    let one = |what: &str, tested: usize, selective: usize, listed: &[Separation]| -> String {
+        if selective > 0 {
+            let are = if selective == 1 { "is" } else { "are" };
+            return format!(
+                "{selective} of the {tested} {what}s tested {are} more active in the concept's sentences than in the \
+                 contrast's at q < {FDR} (Benjamini–Hochberg): they tell the two apart, and at most about \
+                 {percent:.0}% of such a list is expected to be false discoveries."
+            );
+        }
+        let why = match listed.first() {
+            _ if p_min >= FDR => format!(
+                "with {} concept and {} contrast sentences no test can get there (the smallest p a rank test gives \
+                 them is {p_min:.3}); give more sentences",
+                c.concept, c.contrast
+            ),
+            Some(best) => format!(
+                "the smallest q is {:.3}. At a false-discovery rate of {percent:.0}%, there is no evidence that any \
+                 {what} here tells the concept's sentences from the contrast's",
+                best.q
+            ),
+            None => format!("no {what} is even more active on average in the concept's sentences"),
+        };
+        format!("None of the {tested} {what}s tested is more active in the concept's sentences at q < {FDR}: {why}.")
+    };
+    [
+        one("synapse", c.candidates, c.synapses_selective, &c.synapses),
+        one("neuron", c.neurons_tested, c.neurons_selective, &c.neurons),
+    ]
 }
 
 fn page(mut p: Page, r: &Report, text: &[u8]) -> Page {
@@ -147,7 +202,7 @@ fn page(mut p: Page, r: &Report, text: &[u8]) -> Page {
             log_y: false,
             series: series
                 .into_iter()
-                .map(|(name, t)| Series { name, points: t.points, dots: false, color: None })
+                .map(|(name, t)| Series { name, points: t.points, style: Style::Line, color: None })
                 .collect(),
         });
         p.positions(text, 64, 8192);
@@ -163,6 +218,9 @@ fn page(mut p: Page, r: &Report, text: &[u8]) -> Page {
              and all {} neurons tested; read q, not p, when picking out synapses.",
             c.concept, c.contrast, c.candidates, c.neurons_tested
         ));
+        for line in verdict(c) {
+            p.text(&line);
+        }
         let rows = |v: &[Separation]| -> Vec<Vec<String>> {
             v.iter()
                 .map(|s| {
@@ -184,4 +242,68 @@ fn page(mut p: Page, r: &Report, text: &[u8]) -> Page {
         p.table(&header, &rows(&c.neurons));
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::figures::assert_charts_readable;
+    use bdh::microscope::stats::MannWhitney;
+    use bdh::microscope::synapses::{Synapse, SynapseReport};
+
+    fn separation(from: usize, p: f64, q: f64) -> Separation {
+        let test = MannWhitney { u: 200.0, p, r: 0.8 };
+        Separation { from, to: Some(3), concept_mean: 2.0, contrast_mean: 1.0, test, q }
+    }
+
+    fn search(sentences: usize, selective: usize, listed: Vec<Separation>) -> ConceptReport {
+        ConceptReport {
+            concept: sentences,
+            contrast: sentences,
+            candidates: 20_000,
+            neurons_tested: 1024,
+            synapses_selective: selective,
+            neurons_selective: 0,
+            synapses: listed,
+            neurons: Vec::new(),
+        }
+    }
+
+    /// The verdict says how many synapses pass q < 0.05, or that none does and why:
+    /// the evidence falls short, or the sentences are too few for any test to pass.
+    #[test]
+    fn a_concept_search_says_what_its_q_values_mean() {
+        let [some, _] = verdict(&search(16, 3, vec![separation(750, 1e-7, 0.01)]));
+        assert!(some.starts_with("3 of the 20000 synapses tested are more active"), "{some}");
+        let [none, neurons] = verdict(&search(16, 0, vec![separation(750, 2.2e-5, 0.0567)]));
+        assert!(none.starts_with("None of the 20000 synapses") && none.contains("the smallest q is 0.057"), "{none}");
+        assert!(none.contains("no evidence"), "{none}");
+        assert!(neurons.contains("no neuron is even more active"), "{neurons}");
+        let [few, _] = verdict(&search(2, 0, vec![separation(750, 0.12, 1.0)]));
+        assert!(few.contains("with 2 concept and 2 contrast sentences no test can get there"), "{few}");
+    }
+
+    /// The page's trace chart shows every traced synapse, its legend below them,
+    /// and the page gives the verdict.
+    #[test]
+    fn the_synapses_page_draws_every_trace_and_gives_the_verdict() {
+        let syn = |from, to, value| Synapse { from, to, value };
+        let traces = (0..5)
+            .map(|k| (syn(k, 9, 10.0 + k as f32), (0..300).map(|t| (t * (k + 1)) as f32 / 30.0).collect()))
+            .collect();
+        let s = SynapseReport {
+            layer: 2,
+            head: 1,
+            tokens: 300,
+            window: 0..300,
+            nonzero: 1000,
+            strongest: vec![syn(4, 9, 14.0)],
+            traces,
+        };
+        let r = Report { synapses: Some(s), concept: Some(search(16, 0, vec![separation(750, 2.2e-5, 0.0567)])) };
+        let html = page(Page::new(Vec::new()), &r, &[b'a'; 300]).html("t");
+        let charts = assert_charts_readable(&html, 1);
+        assert_eq!(charts[0].legend.len(), 5);
+        assert!(html.contains("None of the 20000 synapses tested"), "{html}");
+    }
 }

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
+pub mod figures;
 mod skip;
 pub use skip::skipped;
 

@@ -96,6 +96,10 @@ impl DataConfig {
 }
 
 impl DataConfig {
+    /// The keys of a `[data]` section that set the built-in language: a run on a
+    /// file (`path`) does not read them.
+    pub const BUILT_IN_KEYS: [&'static str; 4] = ["facts", "min_facts", "distance", "lists"];
+
     /// The built-in language's knobs.
     pub fn synthetic(&self) -> SyntheticConfig {
         SyntheticConfig {

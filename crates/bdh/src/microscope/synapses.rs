@@ -18,6 +18,7 @@ use std::ops::Range;
 use serde::Serialize;
 
 use super::stats::{benjamini_hochberg, mann_whitney, MannWhitney};
+use super::Progress;
 use crate::error::{Error, Result};
 use crate::model::bdh::{forward, Activations, Bdh, Pass, State, NO_EDITS};
 use crate::model::Mode;
@@ -28,6 +29,9 @@ const CANDIDATES: usize = 20_000;
 /// Tokens run through the parallel forward at once; the synapse state ρ carries
 /// the text between chunks, so memory does not grow with the text.
 const CHUNK: usize = 256;
+/// The false-discovery rate at which a concept search counts a synapse or neuron
+/// as selective: its Benjamini–Hochberg q-value is below it.
+pub const FDR: f64 = 0.05;
 
 /// Checks that (layer, head) has a synapse state σ in `model`.
 pub fn check_site(model: &Bdh, layer: usize, head: usize) -> Result<()> {
@@ -96,11 +100,12 @@ fn for_each_chunk(
 /// σ at the end of `tokens`: `Σ_τ z_τᵀ x_τ`, (N, N), row i presynaptic, column j
 /// postsynaptic.
 pub fn sigma(model: &Bdh, tokens: &[u32], layer: usize, head: usize) -> Result<Vec<f32>> {
-    sigma_over(model, tokens, layer, head, 0..tokens.len(), &mut |_, _| {})
+    sigma_over(model, tokens, layer, head, 0..tokens.len(), &mut |_, _| {}, &mut || {})
 }
 
 /// Calls `each(z, x)` for the positions in `window`, a chunk at a time (rows of
-/// N values, one per position); the model reads every token before `window.end`.
+/// N values, one per position), and `chunk()` after each chunk the model reads:
+/// it reads every token before `window.end`.
 fn stream_window(
     model: &Bdh,
     tokens: &[u32],
@@ -108,6 +113,7 @@ fn stream_window(
     head: usize,
     window: Range<usize>,
     each: &mut dyn FnMut(&[f32], &[f32]),
+    chunk: &mut dyn FnMut(),
 ) -> Result<()> {
     let n = model.config.n_neurons();
     if window.start >= window.end || window.end > tokens.len() {
@@ -125,10 +131,12 @@ fn stream_window(
             let rows = (lo - first) * n..(hi - first) * n;
             each(&z[rows.clone()], &x[rows]);
         }
+        chunk();
     })
 }
 
-/// σ summed over the positions in `window`, calling `each(z, x)` on the way.
+/// σ summed over the positions in `window`, calling `each(z, x)` and `chunk()` on
+/// the way (see [`stream_window`]).
 fn sigma_over(
     model: &Bdh,
     tokens: &[u32],
@@ -136,16 +144,25 @@ fn sigma_over(
     head: usize,
     window: Range<usize>,
     each: &mut dyn FnMut(&[f32], &[f32]),
+    chunk: &mut dyn FnMut(),
 ) -> Result<Vec<f32>> {
     check_site(model, layer, head)?;
     let n = model.config.n_neurons();
     let cells = n.checked_mul(n).ok_or_else(|| Error::Config("N² overflows".into()))?;
     crate::memory::ensure_fits(crate::memory::f32_bytes(Some(cells)), "σ (N × N)")?;
     let mut s = crate::model::zeroed(&[cells])?;
-    stream_window(model, tokens, layer, head, window, &mut |z, x| {
-        matmul(&mut s, z, x, MatMul::new(n, z.len() / n, n).a_t().acc());
-        each(z, x);
-    })?;
+    stream_window(
+        model,
+        tokens,
+        layer,
+        head,
+        window,
+        &mut |z, x| {
+            matmul(&mut s, z, x, MatMul::new(n, z.len() / n, n).a_t().acc());
+            each(z, x);
+        },
+        chunk,
+    )?;
     Ok(s)
 }
 
@@ -227,7 +244,9 @@ pub fn synapses_bytes(model: &Bdh, tokens: usize, traces: usize) -> Option<usize
 /// σ over `tokens` in `window` (default: all of them): its `top` strongest
 /// synapses, and per-position traces of those in `trace` (plus the five strongest
 /// if `trace` is empty). Memory is bounded by σ (N²), one chunk of activations and
-/// the traces, whatever the text's length.
+/// the traces, whatever the text's length. `progress` counts the chunks of text
+/// read, over both passes when the five strongest are traced.
+#[allow(clippy::too_many_arguments)]
 pub fn synapses(
     model: &Bdh,
     tokens: &[u32],
@@ -236,6 +255,7 @@ pub fn synapses(
     top: usize,
     trace: &[(usize, usize)],
     window: Option<Range<usize>>,
+    progress: Progress,
 ) -> Result<SynapseReport> {
     check_site(model, layer, head)?;
     let n = model.config.n_neurons();
@@ -249,13 +269,21 @@ pub fn synapses(
     crate::memory::ensure_fits(need, &format!("σ with traces over {span} tokens"))?;
     // Named traces are recorded as the text streams past; the strongest are only
     // known at the end, so they take a second pass over the text.
+    let passes = if trace.is_empty() { 2 } else { 1 };
+    let chunks = passes * window.end.div_ceil(CHUNK);
+    let mut done = 0;
+    progress(done, chunks);
+    let mut chunk = || {
+        done += 1;
+        progress(done, chunks);
+    };
     let mut named = Traces::new(trace.to_vec(), n, span);
-    let s = sigma_over(model, tokens, layer, head, window.clone(), &mut |z, x| named.read(z, x))?;
+    let s = sigma_over(model, tokens, layer, head, window.clone(), &mut |z, x| named.read(z, x), &mut chunk)?;
     let nonzero = s.iter().filter(|&&v| v != 0.0).count();
     let strongest = top_entries(&s, n, top);
     let traces = if trace.is_empty() {
         let mut best = Traces::new(strongest.iter().take(5).map(|s| (s.from, s.to)).collect(), n, span);
-        stream_window(model, tokens, layer, head, window.clone(), &mut |z, x| best.read(z, x))?;
+        stream_window(model, tokens, layer, head, window.clone(), &mut |z, x| best.read(z, x), &mut chunk)?;
         best.finish(&s)
     } else {
         named.finish(&s)
@@ -305,6 +333,10 @@ pub struct ConceptReport {
     pub candidates: usize,
     /// Neurons tested; the neurons' q-values adjust for this many tests.
     pub neurons_tested: usize,
+    /// Synapses tested that are higher in the concept at q < [`FDR`].
+    pub synapses_selective: usize,
+    /// Neurons tested that are higher in the concept at q < [`FDR`].
+    pub neurons_selective: usize,
     /// Best-separating synapses, most significant first.
     pub synapses: Vec<Separation>,
     /// Best-separating neurons of layer l (summed x over each sentence).
@@ -313,6 +345,8 @@ pub struct ConceptReport {
 
 /// Ranks synapses (σ at the end of each sentence) and neurons (x summed over each
 /// sentence) by the Mann–Whitney U test of concept against contrast sentences.
+/// `progress` counts the sentences read, over both passes: the concept's, to pick
+/// the candidate synapses, then every sentence, to test them.
 pub fn concept_search(
     model: &Bdh,
     concept: &[Vec<u32>],
@@ -320,6 +354,7 @@ pub fn concept_search(
     layer: usize,
     head: usize,
     top: usize,
+    progress: Progress,
 ) -> Result<ConceptReport> {
     if concept.len() < 2 || contrast.len() < 2 {
         return Err(Error::Input("a concept search needs at least two concept and two contrast sentences".into()));
@@ -339,16 +374,19 @@ pub fn concept_search(
         values.unwrap_or(usize::MAX),
         &format!("a concept search over {} sentences", all.len()),
     )?;
+    let passes = concept.len() + all.len();
+    progress(0, passes);
     let mut mean = crate::model::zeroed(&[cells])?;
-    for s in concept {
+    for (k, s) in concept.iter().enumerate() {
         let sig = sigma(model, s, layer, head)?;
         mean.iter_mut().zip(&sig).for_each(|(m, &v)| *m += v);
+        progress(k + 1, passes);
     }
     let cands: Vec<usize> = top_entries(&mean, n, CANDIDATES).into_iter().map(|s| s.from * n + s.to).collect();
     let mut syn_values = vec![vec![0.0f64; all.len()]; cands.len()];
     let mut neuron_values = vec![vec![0.0f64; all.len()]; n];
     for (k, s) in all.iter().enumerate() {
-        stream_window(model, s, layer, head, 0..s.len(), &mut |z, x| {
+        let each = &mut |z: &[f32], x: &[f32]| {
             for (zr, xr) in z.chunks_exact(n).zip(x.chunks_exact(n)) {
                 for (ci, &c) in cands.iter().enumerate() {
                     syn_values[ci][k] += zr[c / n] as f64 * xr[c % n] as f64;
@@ -357,7 +395,9 @@ pub fn concept_search(
                     nv[k] += v as f64;
                 }
             }
-        })?;
+        };
+        stream_window(model, s, layer, head, 0..s.len(), each, &mut || {})?;
+        progress(concept.len() + k + 1, passes);
     }
     let nc = concept.len();
     let rank = |values: &[Vec<f64>], name: &dyn Fn(usize) -> (usize, Option<usize>)| {
@@ -369,6 +409,7 @@ pub fn concept_search(
             })
             .collect();
         let q = benjamini_hochberg(&tests.iter().map(|t| t.p).collect::<Vec<_>>());
+        let selective = tests.iter().zip(&q).filter(|(t, &q)| t.r > 0.0 && q < FDR).count();
         let mut out: Vec<Separation> = values
             .iter()
             .zip(tests)
@@ -390,15 +431,17 @@ pub fn concept_search(
             .collect();
         out.sort_by(|a, b| a.test.p.total_cmp(&b.test.p).then(b.test.r.total_cmp(&a.test.r)));
         out.truncate(top);
-        out
+        (out, selective)
     };
-    let synapses = rank(&syn_values, &|k| (cands[k] / n, Some(cands[k] % n)));
-    let neurons = rank(&neuron_values, &|k| (k, None));
+    let (synapses, synapses_selective) = rank(&syn_values, &|k| (cands[k] / n, Some(cands[k] % n)));
+    let (neurons, neurons_selective) = rank(&neuron_values, &|k| (k, None));
     Ok(ConceptReport {
         concept: concept.len(),
         contrast: contrast.len(),
         candidates: cands.len(),
         neurons_tested: n,
+        synapses_selective,
+        neurons_selective,
         synapses,
         neurons,
     })
