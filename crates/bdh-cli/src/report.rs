@@ -205,11 +205,21 @@ fn charts(p: &mut Page, r: &Metrics, unit: &str) {
     let acc = evals(|e| e.answer_accuracy.map(|a| a * 100.0));
     if !acc.is_empty() {
         let copying = evals(|e| e.copy_baseline.map(|c| c * 100.0));
+        let eliminating = evals(|e| e.eliminate_baseline.map(|c| c * 100.0));
+        p.text(
+            "Two strategies bind no value to its key and still score: copying a stated value of the right kind at \
+             random, and copying one that no earlier answer gave (the last question of each kind is then always \
+             right). Recall shows as accuracy above both.",
+        );
         p.chart(&chart(
             "Answer accuracy",
             "% of answers exact",
             false,
-            vec![dots("validation", acc), dots("copying a stated value at random", copying)],
+            vec![
+                dots("validation", acc),
+                dots("copying a stated value at random", copying),
+                dots("copying one not given yet", eliminating),
+            ],
         ));
     }
     p.chart(&chart("Learning rate", "lr", false, vec![line("lr", per_step(|s| s.lr))]));
@@ -299,5 +309,31 @@ mod tests {
         assert_eq!(ys.len(), 10, "{ys:?}");
         let spread = ys.iter().fold(f64::MIN, |a, &b| a.max(b)) - ys.iter().fold(f64::MAX, |a, &b| a.min(b));
         assert!(spread > 30.0, "the evaluations span {spread:.1} px of the loss chart");
+    }
+
+    /// The accuracy chart shows both strategies that bind nothing beside the
+    /// validation accuracy, each its own visible series.
+    #[test]
+    fn the_accuracy_chart_shows_both_strategies_that_bind_nothing() {
+        let evals = (1..=6)
+            .map(|k| EvalRecord {
+                step: 100.0 * k as f64,
+                val_loss: 1.0,
+                bits_per_byte: 1.0,
+                answer_accuracy: Some(0.1 * k as f64),
+                train_loss: None,
+                copy_baseline: Some(0.67),
+                eliminate_baseline: Some(0.80),
+            })
+            .collect();
+        let steps =
+            (1..=600).map(|i| StepRecord { step: i as f64, loss: 1.0, lr: 1e-3, tokens_per_second: 1e3 }).collect();
+        let metrics = Metrics { steps, evals, ..Metrics::default() };
+        let mut page = Page::new(Vec::new());
+        charts(&mut page, &metrics, "byte");
+        let charts = assert_charts_readable(&page.html("t"), 1);
+        let accuracy = charts.iter().find(|c| c.legend.len() == 3).expect("the accuracy chart with three series");
+        let names: Vec<&str> = accuracy.legend.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["validation", "copying a stated value at random", "copying one not given yet"]);
     }
 }
