@@ -115,6 +115,14 @@ impl Row {
         at.map(|v| spread(v.into_iter()).0)
     }
 
+    /// Whether the chosen rate is the smallest or largest tried (of several): the
+    /// best may lie outside the sweep.
+    fn at_the_edge(&self) -> bool {
+        let tried = self.sweep.iter().map(|s| s.0);
+        let (lo, hi) = tried.clone().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| (lo.min(r), hi.max(r)));
+        tried.count() > 1 && (self.lr == lo || self.lr == hi)
+    }
+
     /// The validation loss over the seeds, evaluation by evaluation (mean).
     fn mean_curve(&self) -> Vec<(f64, f64)> {
         let Some(first) = self.seeds.first() else { return Vec::new() };
@@ -155,6 +163,7 @@ impl Comparison {
             (Some(a), Some(b)) if swept.len() > 1 => format!(" of {a:e}–{b:e}"),
             _ => String::new(),
         };
+        let edge = if r.at_the_edge() { " ‡" } else { "" };
         let accuracy = spread(r.seeds.iter().filter_map(|s| s.answer_accuracy)).0;
         vec![
             r.size.clone(),
@@ -162,7 +171,7 @@ impl Comparison {
             r.model.clone(),
             format!("{:.3} M", r.parameters as f64 / 1e6),
             format!("{:.2} M", r.train_flops_per_token / 1e6),
-            format!("{:e}{range}", r.lr),
+            format!("{:e}{range}{edge}", r.lr),
             format!("{loss:.4} ± {half:.4} ({}){plateau}", r.seeds.len()),
             r.loss_at_flops(self.budget(&r.size)).map_or("—".into(), |l| format!("{l:.4}")),
             format!("{:.3}", spread(r.seeds.iter().map(|s| s.bits_per_byte)).0),
@@ -182,6 +191,11 @@ impl Comparison {
             "At equal compute: each family's validation loss once it has spent the training FLOPs of the cheaper family's whole run at that size (read between its evaluations).".into(),
             format!("The loss of the training data's byte frequencies alone (the plateau a language model leaves first): {:.4} nats/token.", self.unigram),
         ];
+        if self.rows.iter().any(Row::at_the_edge) {
+            notes.push(
+                "‡: the chosen rate is the smallest or largest tried: the best may lie outside the sweep (give more rates with --bdh-rates or --gpt-rates).".into(),
+            );
+        }
         if self.rows.iter().any(|r| r.val_loss().0 > PLATEAU * self.unigram) {
             notes.push(format!(
                 "†: its loss at the end is still above {:.0}% of that plateau: the budget is too short for this run to say much.",
@@ -372,6 +386,14 @@ mod tests {
         let table = c.markdown();
         assert!(table.contains("2.6500 ± 0.0000 (1) †"), "above 0.9 × 2.9 = 2.61: {table}");
         assert!(table.contains("1.0000 ± 0.0000 (1) |"), "{table}");
-        assert!(table.contains("2e-3 of 1e-3–4e-3"), "{table}");
+        assert!(table.contains("2e-3 of 1e-3–4e-3 |"), "an inner rate: {table}");
+        let mut edge = c.rows[0].clone();
+        edge.lr = 4e-3;
+        let c = comparison(vec![edge]);
+        assert!(
+            c.markdown().contains("4e-3 of 1e-3–4e-3 ‡") && c.markdown().contains("‡: the chosen rate"),
+            "{}",
+            c.markdown()
+        );
     }
 }
