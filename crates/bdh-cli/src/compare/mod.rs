@@ -37,10 +37,10 @@ pub struct Args {
     /// Training tokens of each run of the learning-rate sweep (default: --tokens).
     #[arg(long)]
     sweep_tokens: Option<usize>,
-    /// Peak learning rates BDH tries at each size (default 1e-3,2e-3,4e-3,8e-3).
+    /// Peak learning rates BDH tries at each size (default 1e-3,2e-3,4e-3,8e-3,1.6e-2).
     #[arg(long, value_delimiter = ',')]
     bdh_rates: Vec<f64>,
-    /// Peak learning rates the GPT tries at each size (default 1e-3,2e-3,4e-3,1e-2).
+    /// Peak learning rates the GPT tries at each size (default 1e-3,2e-3,4e-3,1e-2,2e-2).
     #[arg(long, value_delimiter = ',')]
     gpt_rates: Vec<f64>,
     /// Seeds of the runs at the chosen rate (the sweep uses the first, and its run at

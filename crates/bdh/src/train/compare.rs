@@ -86,11 +86,12 @@ fn preset(model: &ModelConfig) -> &'static str {
 }
 
 /// The peak learning rates a comparison tries for `model`'s family, around its
-/// preset's (BDH `small` 2e-3, `gpt-small` 4e-3), smallest first.
+/// preset's (BDH `small` 2e-3, `gpt-small` 4e-3), smallest first. At the smallest
+/// size both families' best lay at the top of a grid that ended a step lower.
 pub fn rates(model: &ModelConfig) -> Vec<f64> {
     match model {
-        ModelConfig::Bdh(_) => vec![1e-3, 2e-3, 4e-3, 8e-3],
-        ModelConfig::Gpt(_) => vec![1e-3, 2e-3, 4e-3, 1e-2],
+        ModelConfig::Bdh(_) => vec![1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2],
+        ModelConfig::Gpt(_) => vec![1e-3, 2e-3, 4e-3, 1e-2, 2e-2],
     }
 }
 
