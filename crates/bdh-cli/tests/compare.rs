@@ -111,7 +111,8 @@ fn bad_sweeps_are_refused_before_any_training() {
     let out = tmp.path().join("cmp");
     let many = vec!["1e-3"; 17].join(",");
     for (extra, want) in [
-        (vec!["--seeds", "1,1"], "each seed once"),
+        (vec!["--seeds", "1,1"], "--seeds: each value once"),
+        (vec!["--bdh-rates", "2e-3,2e-3"], "--bdh-rates: each value once"),
         (vec!["--bdh-rates", "0"], "positive"),
         (vec!["--gpt-rates=-1e-3"], "positive"),
         (vec!["--gpt-rates", &many], "at most 16"),

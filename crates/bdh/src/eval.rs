@@ -202,7 +202,7 @@ pub fn evaluate_until(
                 groups.len() - 1
             });
             let g = &mut groups[at];
-            let chance = 1.0 / a.choices.max(1) as f64;
+            let chance = a.copy_chance();
             g.answers += 1;
             g.correct += usize::from(hit);
             g.copy_baseline += chance;

@@ -76,10 +76,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(bad) = args.bdh_rates.iter().chain(&args.gpt_rates).find(|r| !(r.is_finite() && **r > 0.0)) {
         anyhow::bail!("a learning rate of {bad}: give positive numbers");
     }
-    let mut seen = args.seeds.clone();
-    seen.sort_unstable();
-    seen.dedup();
-    anyhow::ensure!(seen.len() == args.seeds.len(), "--seeds: each seed once");
+    let seeds: Vec<f64> = args.seeds.iter().map(|&s| s as f64).collect();
+    for (flag, values) in [("--seeds", &seeds), ("--bdh-rates", &args.bdh_rates), ("--gpt-rates", &args.gpt_rates)] {
+        let mut seen = values.clone();
+        seen.sort_by(f64::total_cmp);
+        seen.dedup();
+        anyhow::ensure!(seen.len() == values.len(), "{flag}: each value once");
+    }
     let mut data = RunConfig::resolve("small", &[])?.data;
     data.path = args.data.clone();
     let out = match &args.out {

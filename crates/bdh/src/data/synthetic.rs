@@ -104,6 +104,13 @@ pub struct Answer {
     pub kind: Kind,
 }
 
+impl Answer {
+    /// How often copying at random a stated value of the answer's kind is right.
+    pub fn copy_chance(&self) -> f64 {
+        1.0 / self.choices.max(1) as f64
+    }
+}
+
 /// The kinds of facts, by their values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

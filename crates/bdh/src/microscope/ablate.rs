@@ -171,7 +171,7 @@ fn score_logits(probe: &Probe, logits: &[f32], v: usize) -> Score {
         };
         k.answers += 1;
         k.correct += usize::from(hit);
-        k.copy_baseline += 1.0 / ans.choices.max(1) as f64;
+        k.copy_baseline += ans.copy_chance();
         k.eliminate_baseline += ans.eliminate;
     }
     for k in &mut kinds {
