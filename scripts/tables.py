@@ -14,7 +14,8 @@ Needs a built bdh (`target/release/bdh`, `$BDH`, or `bdh` on the PATH) and
 Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
 
 Tables: default-run, facts (docs/training.md), decay (docs/training.md),
-bpe (docs/training.md), merge (docs/merge.md), compare (docs/compare.md),
+bpe (docs/training.md), merge (docs/merge.md), compare and compare-shakespeare
+(docs/compare.md),
 mpi (docs/scaling.md), nanogpt-sweep and nanogpt (docs/nanogpt.md).
 """
 
@@ -35,7 +36,7 @@ DATA = ROOT / "data" / "tinyshakespeare.txt"
 class Bdh:
     """Runs bdh commands with a fixed thread count, from the repository root."""
 
-    def __init__(self, threads, runs):
+    def __init__(self, threads, runs, jobs=1):
         found = os.environ.get("BDH") or (
             str(ROOT / "target/release/bdh") if (ROOT / "target/release/bdh").exists() else shutil.which("bdh")
         )
@@ -44,6 +45,7 @@ class Bdh:
         self.exe = found
         self.threads = str(threads)
         self.runs = Path(runs)
+        self.jobs = jobs
 
     def run(self, *args, capture=True):
         """bdh ARGS; its output if `capture`, else shown on standard error (standard
@@ -255,11 +257,92 @@ def merge(b):
     buckets = ", ".join(f"{human_position(k['from'])}–{human_position(k['to'])}: {k['loss']:.2f}" for k in r["stream"]["buckets"])
     print(f"\nthe text specialist read as one stream (nats/byte by position): {buckets}; independent windows {r['windows']['loss']:.2f}")
 
+# Variants of the default run, each one change or two from it: (name, what it
+# changes, the `--set` overrides).
+RECALL_VARIANTS = [
+    ("default", "none: the default run (the `default-run` table's)", []),
+    ("d1", "1 distractor per kind", ["data.distractors=1", "data.min_distractors=1"]),
+    ("d0-2", "0 to 2 distractors per kind", ["data.distractors=2", "data.min_distractors=0"]),
+    ("d1-stories", "1 distractor, half stories", ["data.distractors=1", "data.min_distractors=1", "data.lists=0.5"]),
+    ("d1-lr8", "1 distractor, lr 8e-3", ["data.distractors=1", "data.min_distractors=1", "training.lr=8e-3",
+                                         "training.min_lr=8e-4"]),
+    ("d1-lr8-h4", "1 distractor, lr 8e-3, 4 heads", ["data.distractors=1", "data.min_distractors=1", "training.lr=8e-3",
+                                                     "training.min_lr=8e-4", "model.n_head=4"]),
+    ("d1-long", "1 distractor, 3× the steps (7500)", ["data.distractors=1", "data.min_distractors=1",
+                                                      "training.max_steps=7500"]),
+]
+
+
+def margins(groups, is_list):
+    """(accuracy, the better strategy that binds nothing, answers) over the groups
+    of one kind of document."""
+    got = [g for g in groups if g["list"] == is_list]
+    n = sum(g["answers"] for g in got)
+    if n == 0:
+        return None
+    acc = sum(g["correct"] for g in got) / n
+    best = max(sum(g[k] * g["answers"] for g in got) / n for k in ("copy_baseline", "eliminate_baseline"))
+    return acc, best, n
+
+
+def significant(groups, is_list):
+    """The numbers of facts at which the first answers of their kind beat copying
+    at p < 0.05, of those present."""
+    got = sorted((g for g in groups if g["list"] == is_list), key=lambda g: g["facts"])
+    return "".join(f"{g['facts']}" if g["first_p_value"] < 0.05 else "·" for g in got)
+
+
+def recall_variants(b):
+    """The default run and variants of its corpus and settings, each judged by its
+    margin over the better strategy that binds nothing, on lists and on stories."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(variant):
+        name, _, sets = variant
+        if not sets:
+            return b.train("default-run")
+        return b.train(f"recall-variants/{name}", *(a for s in sets for a in ("--set", s)))
+
+    with ThreadPoolExecutor(max_workers=b.jobs) as pool:
+        trained = list(pool.map(one, RECALL_VARIANTS))
+    rows, curves = [], []
+    for (name, what, _), (run, seconds, _) in zip(RECALL_VARIANTS, trained):
+        r = b.eval_json("--model", run, "--batches", 32)
+        cells = [f"`{name}`", what]
+        for is_list in (True, False):
+            m = margins(r["answer_groups"], is_list)
+            cells += ["—"] * 3 if m is None else [percent(m[0]), percent(m[1]), f"{100 * (m[0] - m[1]):+.1f}"]
+        cells += [significant(r["answer_groups"], True), significant(r["answer_groups"], False)]
+        cells.append("" if seconds is None else f"{seconds:.0f} s")
+        rows.append(cells)
+        curve = {}
+        for e in records(run, "answer_groups"):
+            m = [margins(e["answer_groups"], is_list) for is_list in (True, False)]
+            curve[e["step"]] = "/".join("—" if x is None else f"{100 * (x[0] - x[1]):+.0f}" for x in m)
+        curves.append((name, curve))
+    table(["variant", "changes", "lists: accuracy", "lists: better non-binding", "lists: margin",
+           "stories: accuracy", "stories: better non-binding", "stories: margin",
+           "lists: binding at facts", "stories: binding at facts", "whole process"], rows)
+    print("\nmargin over the better non-binding strategy during training, lists/stories, in points "
+          "(8 batches per evaluation):\n")
+    steps = sorted({step for _, c in curves for step in c if step % 500 == 0})
+    table(["variant", *map(str, steps)], [[f"`{n}`", *(c.get(step, "") for step in steps)] for n, c in curves])
+
 
 def compare(b):
     """`bdh compare` with its defaults: BDH and the GPT at three sizes."""
     out = b.runs / "compare"
     b.run("compare", "--threads", b.threads, "--out", out, capture=False)
+    print((out / "table.md").read_text(), end="")
+
+
+def compare_shakespeare(b):
+    """`bdh compare` on tiny Shakespeare at sizes xs and s, twice the default budget
+    (683 steps): both families off the unigram plateau."""
+    need_data()
+    out = b.runs / "compare-shakespeare"
+    b.run("compare", "--threads", b.threads, "--data", DATA, "--sizes", "xs,s", "--tokens", "1400000", "--out", out,
+          capture=False)
     print((out / "table.md").read_text(), end="")
 
 
@@ -364,7 +447,8 @@ def median(values):
     return values[len(values) // 2]
 
 
-TABLES = {"default-run": default_run, "facts": facts, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare, "mpi": mpi,
+TABLES = {"default-run": default_run, "facts": facts, "recall-variants": recall_variants, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare,
+          "compare-shakespeare": compare_shakespeare, "mpi": mpi,
           "nanogpt-sweep": nanogpt_sweep, "nanogpt": nanogpt}
 
 
@@ -373,8 +457,10 @@ def main():
     p.add_argument("table", choices=TABLES)
     p.add_argument("--threads", type=int, default=2, help="worker threads (the docs' tables: 2)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "tables"), help="where the runs are kept")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once by the tables of several runs (recall-variants: made with --threads 1 --jobs 2)")
     a = p.parse_args()
-    TABLES[a.table](Bdh(a.threads, Path(a.runs)))
+    TABLES[a.table](Bdh(a.threads, Path(a.runs), a.jobs))
 
 
 if __name__ == "__main__":

@@ -170,12 +170,18 @@ fn built_in(
     if args.json.to_stdout() {
         return Ok(ExitCode::SUCCESS);
     }
+    let s = data.synthetic();
+    let distractors = match (s.min_distractors, s.distractors) {
+        (_, 0) => String::new(),
+        (a, b) if a == b => format!(", {b} distractors per kind"),
+        (a, b) => format!(", {a}..={b} distractors per kind"),
+    };
     println!(
-        "built-in corpus ({}..={} facts, distance {}, {:.0}% lists): {} of {} tokens, independent",
-        data.synthetic().min_facts,
-        data.facts,
-        data.distance,
-        data.lists * 100.0,
+        "built-in corpus ({}..={} facts{distractors}, distance {}, {:.0}% lists): {} of {} tokens, independent",
+        s.min_facts,
+        s.facts,
+        s.distance,
+        s.lists * 100.0,
         crate::count(args.batches * args.batch, "window", "windows"),
         block
     );

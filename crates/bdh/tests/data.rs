@@ -3,13 +3,21 @@
 use std::collections::{HashMap, HashSet};
 
 use bdh::data::{Corpus, DataConfig, SyntheticConfig, SyntheticLanguage};
+use bdh::train::RunConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::common::temp_dir;
 
 fn lang() -> SyntheticLanguage {
-    SyntheticLanguage::new(SyntheticConfig { facts: 3, min_facts: 3, distance: 2, lists: 0.0 })
+    SyntheticLanguage::new(SyntheticConfig {
+        facts: 3,
+        min_facts: 3,
+        distance: 2,
+        lists: 0.0,
+        distractors: 0,
+        min_distractors: 0,
+    })
 }
 
 #[test]
@@ -86,7 +94,14 @@ fn answer_positions_point_at_answer_targets() {
 
 #[test]
 fn lists_recall_every_key_with_its_value_and_answers_know_their_chance() {
-    let l = SyntheticLanguage::new(SyntheticConfig { facts: 5, min_facts: 2, distance: 0, lists: 1.0 });
+    let l = SyntheticLanguage::new(SyntheticConfig {
+        facts: 5,
+        min_facts: 2,
+        distance: 0,
+        lists: 1.0,
+        distractors: 0,
+        min_distractors: 0,
+    });
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for _ in 0..300 {
         let doc = l.document(&mut rng);
@@ -107,7 +122,14 @@ fn lists_recall_every_key_with_its_value_and_answers_know_their_chance() {
 
 #[test]
 fn documents_draw_their_number_of_facts_from_the_range() {
-    let l = SyntheticLanguage::new(SyntheticConfig { facts: 4, min_facts: 2, distance: 1, lists: 0.5 });
+    let l = SyntheticLanguage::new(SyntheticConfig {
+        facts: 4,
+        min_facts: 2,
+        distance: 1,
+        lists: 0.5,
+        distractors: 0,
+        min_distractors: 0,
+    });
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let mut seen = HashSet::new();
     let mut kinds = HashSet::new();
@@ -171,6 +193,26 @@ fn a_data_section_written_before_lists_keeps_its_corpus() {
     assert_eq!((s.facts, s.min_facts, s.distance, s.lists), (3, 3, 2, 0.0));
     let new: DataConfig = toml::from_str("facts = 4\nmin_facts = 1\ndistance = 1\nlists = 0.75\n").unwrap();
     assert_eq!(new.synthetic(), SyntheticConfig::default());
+    // `distractors = 2` alone states exactly two per kind, as it did before a
+    // fewest number existed.
+    let exact: DataConfig = toml::from_str("facts = 4\ndistance = 1\ndistractors = 2\n").unwrap();
+    assert_eq!((exact.synthetic().distractors, exact.synthetic().min_distractors), (2, 2));
+}
+
+#[test]
+fn distractors_are_bounded_by_the_people_of_the_language() {
+    let with = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        RunConfig::resolve("recall", &sets).and_then(|c| c.validate()).map_err(|e| e.to_string())
+    };
+    assert!(with(&["data.facts=4", "data.distractors=10"]).is_ok());
+    let err = with(&["data.facts=5", "data.distractors=10"]).unwrap_err();
+    assert!(err.contains("names 24 people"), "{err}");
+    let err = with(&["data.distractors=1", "data.min_distractors=2"]).unwrap_err();
+    assert!(err.contains("data.min_distractors ≤ data.distractors"), "{err}");
+    // A huge number is refused, not wrapped around.
+    let err = with(&["data.distractors=9223372036854775807"]).unwrap_err();
+    assert!(err.contains("names 24 people"), "{err}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 pub use bpe::{Bpe, MAX_FILE_BYTES as MAX_TOKENIZER_BYTES, MAX_VOCAB};
-pub use synthetic::{Answer, Document, Kind, Pair, SyntheticConfig, SyntheticLanguage};
+pub use synthetic::{Answer, Document, Kind, Pair, SyntheticConfig, SyntheticLanguage, PEOPLE};
 pub use tokenizer::{Tokenizer, TOKENIZER_FILE};
 
 use crate::error::{Error, Result};
@@ -52,6 +52,14 @@ pub struct DataConfig {
     /// absent, as in configs written before lists existed, 0.
     #[serde(default)]
     pub lists: f64,
+    /// Built-in language: most facts stated and never asked about, per kind asked
+    /// about; absent, as in configs written before distractors existed, 0.
+    #[serde(default)]
+    pub distractors: usize,
+    /// Built-in language: fewest distractors (each document draws from
+    /// `min_distractors..=distractors`); absent, `distractors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_distractors: Option<usize>,
 }
 
 impl Default for DataConfig {
@@ -65,6 +73,8 @@ impl Default for DataConfig {
             min_facts: Some(s.min_facts),
             distance: s.distance,
             lists: s.lists,
+            distractors: s.distractors,
+            min_distractors: Some(s.min_distractors),
         }
     }
 }
@@ -98,7 +108,8 @@ impl DataConfig {
 impl DataConfig {
     /// The keys of a `[data]` section that set the built-in language: a run on a
     /// file (`path`) does not read them.
-    pub const BUILT_IN_KEYS: [&'static str; 4] = ["facts", "min_facts", "distance", "lists"];
+    pub const BUILT_IN_KEYS: [&'static str; 6] =
+        ["facts", "min_facts", "distance", "lists", "distractors", "min_distractors"];
 
     /// The built-in language's knobs.
     pub fn synthetic(&self) -> SyntheticConfig {
@@ -107,6 +118,8 @@ impl DataConfig {
             min_facts: self.min_facts.unwrap_or(self.facts),
             distance: self.distance,
             lists: self.lists,
+            distractors: self.distractors,
+            min_distractors: self.min_distractors.unwrap_or(self.distractors),
         }
     }
 }

@@ -21,6 +21,9 @@ const NAMES: [&str; 24] = [
     "ada", "bo", "cy", "dee", "eli", "fay", "gus", "hal", "ivy", "jo", "kit", "lu", "max", "ned", "oz", "pia", "quin",
     "ray", "sol", "tam", "uma", "vic", "wes", "zed",
 ];
+/// How many people the language names: a document states at most this many facts
+/// (those asked about and the distractors of both kinds).
+pub const PEOPLE: usize = NAMES.len();
 const PLACES: [&str; 16] = [
     "paris", "lima", "oslo", "cairo", "delhi", "tokyo", "rome", "quito", "kyiv", "seoul", "hanoi", "bern", "doha",
     "riga", "accra", "sofia",
@@ -61,12 +64,21 @@ pub struct SyntheticConfig {
     /// Fraction of documents that are lists rather than stories, in [0, 1].
     #[serde(default)]
     pub lists: f64,
+    /// Most facts stated and never asked about, per kind asked about in the
+    /// document (each document draws its number uniformly from
+    /// `min_distractors..=distractors`): values a strategy that binds nothing
+    /// cannot tell from the answers.
+    #[serde(default)]
+    pub distractors: usize,
+    /// Fewest distractors per kind asked about.
+    #[serde(default)]
+    pub min_distractors: usize,
 }
 
 impl Default for SyntheticConfig {
     /// The corpus of the default run (`configs/recall.toml`).
     fn default() -> Self {
-        SyntheticConfig { facts: 4, min_facts: 1, distance: 1, lists: 0.75 }
+        SyntheticConfig { facts: 4, min_facts: 1, distance: 1, lists: 0.75, distractors: 0, min_distractors: 0 }
     }
 }
 
@@ -84,7 +96,8 @@ pub struct Document {
 pub struct Answer {
     /// Byte range of the answer word.
     pub range: Range<usize>,
-    /// Facts stated in its document.
+    /// Facts asked about in its document (each stated; distractors, stated and
+    /// never asked about, not counted).
     pub facts: usize,
     /// Distinct values of the answer's kind (places or colors) stated in its
     /// document: copying one of them at random is right 1 time in `choices`.
@@ -242,9 +255,9 @@ impl SyntheticLanguage {
 
     /// The document drawn from `rng`.
     pub fn document(&self, rng: &mut impl Rng) -> Document {
-        let facts = self.facts(rng);
+        let (facts, asked) = self.facts(rng);
         let list = rng.random_bool(self.config.lists.clamp(0.0, 1.0));
-        self.render(&facts, list, rng).0
+        self.render(&facts, asked, list, rng).0
     }
 
     /// A clean and a corrupted document (a list or a story, as the knobs draw) that
@@ -252,8 +265,8 @@ impl SyntheticLanguage {
     /// answer to the question about it, and the two values. The values have the same length and different first bytes, so the
     /// texts have the same length and the first byte of the answer tells them apart.
     pub fn pair(&self, rng: &mut impl Rng) -> Pair {
-        let facts = self.facts(rng);
-        let which = rng.random_range(0..facts.len());
+        let (facts, asked) = self.facts(rng);
+        let which = rng.random_range(0..asked);
         let (clean_value, kind) = (facts[which].pair().1, facts[which].kind());
         let others: Vec<&str> = kind
             .values()
@@ -267,7 +280,7 @@ impl SyntheticLanguage {
         let layout = rng.random::<u64>();
         let list = rng.random_bool(self.config.lists.clamp(0.0, 1.0));
         let cut = |facts: &[Fact]| {
-            let (doc, order) = self.render(facts, list, &mut ChaCha8Rng::seed_from_u64(layout));
+            let (doc, order) = self.render(facts, asked, list, &mut ChaCha8Rng::seed_from_u64(layout));
             let asked = order.iter().position(|&i| i == which).expect("every fact is asked about");
             doc.text[..doc.answers[asked].range.start].to_string()
         };
@@ -293,26 +306,47 @@ impl SyntheticLanguage {
             .collect()
     }
 
-    /// The facts of a document: how many, about whom, and their values.
-    fn facts(&self, rng: &mut impl Rng) -> Vec<Fact> {
+    /// The facts of a document, about distinct people, and how many of them are
+    /// asked about: the first ones; the distractors follow, one kind at a time for
+    /// each kind asked about.
+    fn facts(&self, rng: &mut impl Rng) -> (Vec<Fact>, usize) {
         let c = &self.config;
-        let most = c.facts.clamp(1, NAMES.len());
-        let facts_n = rng.random_range(c.min_facts.clamp(1, most)..=most);
-        let names: Vec<&str> = NAMES.choose_multiple(rng, facts_n).copied().collect();
-        names
-            .iter()
-            .map(|&n| {
-                let kind = if rng.random_bool(0.5) { Kind::Place } else { Kind::Color };
-                Fact::new(kind, n, kind.values().choose(rng).expect("non-empty"))
-            })
-            .collect()
+        let distractors = c.distractors.min((PEOPLE - 1) / 2);
+        let most = c.facts.clamp(1, PEOPLE - 2 * distractors);
+        let asked = rng.random_range(c.min_facts.clamp(1, most)..=most);
+        // As many names as there can be facts (all names drawn at once, so a corpus
+        // without distractors draws exactly what it always drew).
+        let mut names = NAMES.choose_multiple(rng, asked + 2 * distractors).copied();
+        let mut facts: Vec<Fact> = Vec::with_capacity(asked + 2 * distractors);
+        for _ in 0..asked {
+            let kind = if rng.random_bool(0.5) { Kind::Place } else { Kind::Color };
+            let name = names.next().expect("validated: fewer facts than names");
+            facts.push(Fact::new(kind, name, kind.values().choose(rng).expect("non-empty")));
+        }
+        // Drawn only when there is a choice, so that a corpus without distractors
+        // draws what it always drew.
+        let fewest = c.min_distractors.min(distractors);
+        let extra = if fewest < distractors { rng.random_range(fewest..=distractors) } else { distractors };
+        for kind in [Kind::Place, Kind::Color] {
+            if facts.iter().take(asked).any(|f| f.kind() == kind) {
+                for _ in 0..extra {
+                    let name = names.next().expect("validated: fewer facts than names");
+                    facts.push(Fact::new(kind, name, kind.values().choose(rng).expect("non-empty")));
+                }
+            }
+        }
+        (facts, asked)
     }
 
-    /// The text of a document stating `facts`, as a list or a story, and the order
-    /// in which the facts are asked about.
-    fn render(&self, facts: &[Fact], list: bool, rng: &mut impl Rng) -> (Document, Vec<usize>) {
-        let mut order: Vec<usize> = (0..facts.len()).collect();
+    /// The text of a document stating `facts` in an order of its own, as a list or
+    /// a story, and the order in which the first `asked` of them are asked about.
+    fn render(&self, facts: &[Fact], asked: usize, list: bool, rng: &mut impl Rng) -> (Document, Vec<usize>) {
+        let mut order: Vec<usize> = (0..asked).collect();
         order.shuffle(rng);
+        let mut stated: Vec<usize> = (0..facts.len()).collect();
+        if facts.len() > asked {
+            stated.shuffle(rng);
+        }
         let mut text = String::new();
         let mut answers = Vec::new();
         // The values given so far, to score the strategy that eliminates them.
@@ -322,7 +356,7 @@ impl SyntheticLanguage {
             let (eliminate, first_of_kind) = f.elimination(facts, &given);
             answers.push(Answer {
                 range: text.len()..text.len() + value.len(),
-                facts: facts.len(),
+                facts: asked,
                 choices: f.choices(facts),
                 eliminate,
                 first_of_kind,
@@ -333,7 +367,8 @@ impl SyntheticLanguage {
             text.push_str(value);
         };
         if list {
-            let pairs: Vec<String> = facts.iter().map(|f| format!("{} {}", f.pair().0, f.pair().1)).collect();
+            let pairs: Vec<String> =
+                stated.iter().map(|&i| format!("{} {}", facts[i].pair().0, facts[i].pair().1)).collect();
             text.push_str(&pairs.join(", "));
             for (k, &i) in order.iter().enumerate() {
                 text.push_str(if k == 0 { "; " } else { ", " });
@@ -344,8 +379,8 @@ impl SyntheticLanguage {
             text.push('.');
         } else {
             let mut sentences: Vec<String> = Vec::new();
-            for f in facts {
-                sentences.push(f.statement());
+            for &i in &stated {
+                sentences.push(facts[i].statement());
                 if rng.random_bool(0.5) {
                     sentences.push(filler(rng));
                 }
@@ -446,7 +481,14 @@ mod tests {
     /// distinct the last answer of that kind is certain under elimination.
     #[test]
     fn rendered_answers_carry_their_elimination_scores() {
-        let l = SyntheticLanguage::new(SyntheticConfig { facts: 4, min_facts: 1, distance: 1, lists: 0.5 });
+        let l = SyntheticLanguage::new(SyntheticConfig {
+            facts: 4,
+            min_facts: 1,
+            distance: 1,
+            lists: 0.5,
+            distractors: 0,
+            min_distractors: 0,
+        });
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         for _ in 0..300 {
             let doc = l.document(&mut rng);
@@ -460,5 +502,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Distractors are stated and never asked about: a list names every stated
+    /// person once before the `;` and only the asked ones after it; a story states
+    /// them in sentences and asks only about the others; each kind asked about
+    /// gains 0 to `distractors` more stated values (one number per document), and
+    /// the answers' chances count them.
+    #[test]
+    fn distractors_are_stated_and_never_asked() {
+        let d = 2;
+        let l = SyntheticLanguage::new(SyntheticConfig {
+            facts: 3,
+            min_facts: 1,
+            distance: 0,
+            lists: 0.5,
+            distractors: d,
+            min_distractors: 0,
+        });
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (mut lists, mut stories, mut seen) = (0, 0, [false; 3]);
+        for _ in 0..300 {
+            let doc = l.document(&mut rng);
+            let asked = doc.answers.len();
+            assert!((1..=3).contains(&asked) && doc.answers.iter().all(|a| a.facts == asked), "{}", doc.text);
+            let kinds = [Kind::Place, Kind::Color].iter().filter(|&&k| doc.answers.iter().any(|a| a.kind == k)).count();
+            let stated_per_kind = |extra: usize| asked + extra * kinds;
+            if doc.answers[0].list {
+                lists += 1;
+                let (pairs, questions) = doc.text.split_once("; ").expect("a list has two halves");
+                let stated = pairs.split(", ").count();
+                assert!((0..=d).any(|e| stated == stated_per_kind(e)), "{}", doc.text);
+                seen[(stated - asked) / kinds] = true;
+                assert_eq!(questions.split(", ").count(), asked, "{}", doc.text);
+            } else {
+                stories += 1;
+                // The filler grammar likes things too, but never a colour.
+                let colours: usize = COLORS.iter().map(|c| doc.text.matches(&format!(" likes {c}.")).count()).sum();
+                let statements = doc.text.matches(" lives in ").count() + colours;
+                assert!((0..=d).any(|e| statements == stated_per_kind(e) + asked), "{}", doc.text);
+                assert_eq!(doc.text.matches('?').count(), asked, "{}", doc.text);
+            }
+            for a in &doc.answers {
+                // At least the answer and the distractors of its kind are stated
+                // (fewer distinct values only when two people share one).
+                assert!(a.choices <= 1 + d + asked && a.copy_chance() >= 1.0 / (1 + d + asked) as f64);
+                if a.first_of_kind {
+                    assert_eq!(a.eliminate, a.copy_chance(), "{}", doc.text);
+                }
+            }
+        }
+        assert!(lists > 100 && stories > 100);
+        assert_eq!(seen, [true; 3], "every number of distractors from 0 to {d} drawn");
     }
 }

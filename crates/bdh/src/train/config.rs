@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::Schedule;
 use std::path::PathBuf;
 
-use crate::data::DataConfig;
+use crate::data::{DataConfig, PEOPLE};
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
@@ -230,6 +230,19 @@ impl RunConfig {
             return Err(Error::Config(format!(
                 "need 1 ≤ data.min_facts ≤ data.facts, have {} and {}",
                 d.min_facts, d.facts
+            )));
+        }
+        if d.facts.saturating_add(d.distractors.saturating_mul(2)) > PEOPLE {
+            return Err(Error::Config(format!(
+                "data.facts + 2 × data.distractors = {} + 2 × {}: the built-in language names {PEOPLE} people, \
+                 one per fact",
+                d.facts, d.distractors
+            )));
+        }
+        if d.min_distractors > d.distractors {
+            return Err(Error::Config(format!(
+                "need data.min_distractors ≤ data.distractors, have {} and {}",
+                d.min_distractors, d.distractors
             )));
         }
         if d.distance > MAX_DISTANCE {
