@@ -316,7 +316,8 @@ def recall_variants(b):
     def one(variant):
         name, _, sets = variant
         if not sets:
-            return b.train("default-run")
+            # The `default-run` table's run, made with its thread count whatever this one's.
+            return Bdh(2, b.runs).train("default-run")
         return b.train(f"recall-variants/{name}", *(a for s in sets for a in ("--set", s)))
 
     with ThreadPoolExecutor(max_workers=b.jobs) as pool:
