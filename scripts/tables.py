@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates the tables published in docs/, one command per table.
 
-    python3 scripts/tables.py TABLE [--threads 2] [--runs runs/tables]
+    python3 scripts/tables.py TABLE [--threads 2] [--runs runs/tables] [--jobs 1]
 
 prints TABLE as the docs publish it. Each table trains its runs under
 `runs/tables/TABLE/` and reads their results; a run cut short (Ctrl-C, a
@@ -13,7 +13,8 @@ same thread count (the default, 2, is the one the docs were made with).
 Needs a built bdh (`target/release/bdh`, `$BDH`, or `bdh` on the PATH) and
 Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
 
-Tables: default-run, facts (docs/training.md), decay (docs/training.md),
+Tables: default-run, facts, recall-variants (docs/training.md; recall-variants
+with --threads 1 --jobs 2), decay (docs/training.md),
 bpe (docs/training.md), merge (docs/merge.md), compare and compare-shakespeare
 (docs/compare.md),
 mpi (docs/scaling.md), nanogpt-sweep and nanogpt (docs/nanogpt.md).
@@ -31,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "tinyshakespeare.txt"
+# The thread count the docs' tables were made with (their losses depend on it).
+DOCS_THREADS = 2
 
 
 class Bdh:
@@ -317,11 +320,17 @@ def recall_variants(b):
         name, _, sets = variant
         if not sets:
             # The `default-run` table's run, made with its thread count whatever this one's.
-            return Bdh(2, b.runs).train("default-run")
+            return Bdh(DOCS_THREADS, b.runs).train("default-run")
         return b.train(f"recall-variants/{name}", *(a for s in sets for a in ("--set", s)))
 
     with ThreadPoolExecutor(max_workers=b.jobs) as pool:
-        trained = list(pool.map(one, RECALL_VARIANTS))
+        futures = [pool.submit(one, v) for v in RECALL_VARIANTS]
+        try:
+            trained = [f.result() for f in futures]
+        except BaseException:
+            # A run that failed (bdh's status) or Ctrl-C: start no other.
+            pool.shutdown(cancel_futures=True)
+            raise
     rows, curves = [], []
     for (name, what, _), (run, _, _) in zip(RECALL_VARIANTS, trained):
         r = b.eval_json("--model", run, "--batches", 32)
@@ -355,10 +364,11 @@ def compare(b):
 
 def compare_shakespeare(b):
     """`bdh compare` on tiny Shakespeare at sizes xs and s, twice the default budget
-    (683 steps): both families off the unigram plateau."""
+    (683 steps)."""
     need_data()
     out = b.runs / "compare-shakespeare"
-    b.run("compare", "--threads", b.threads, "--data", DATA, "--sizes", "xs,s", "--tokens", "1400000", "--out", out,
+    # The path as the README gives it: a compare's runs record it, and are continued only with the same.
+    b.run("compare", "--threads", b.threads, "--data", DATA.relative_to(ROOT), "--sizes", "xs,s", "--tokens", "1400000", "--out", out,
           capture=False)
     print((out / "table.md").read_text(), end="")
 
@@ -472,11 +482,13 @@ TABLES = {"default-run": default_run, "facts": facts, "recall-variants": recall_
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="tables: " + ", ".join(TABLES))
     p.add_argument("table", choices=TABLES)
-    p.add_argument("--threads", type=int, default=2, help="worker threads (the docs' tables: 2)")
+    p.add_argument("--threads", type=int, default=DOCS_THREADS, help="worker threads (the docs' tables: 2)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "tables"), help="where the runs are kept")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once by the tables of several runs (recall-variants: made with --threads 1 --jobs 2)")
     a = p.parse_args()
+    if a.jobs < 1 or a.threads < 1:
+        p.error("--threads and --jobs must be at least 1")
     TABLES[a.table](Bdh(a.threads, Path(a.runs), a.jobs))
 
 

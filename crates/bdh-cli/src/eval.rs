@@ -173,7 +173,7 @@ fn built_in(
     let s = data.synthetic();
     let distractors = match (s.min_distractors, s.distractors) {
         (_, 0) => String::new(),
-        (a, b) if a == b => format!(", {b} distractors per kind"),
+        (a, b) if a == b => format!(", {} per kind", crate::count(b, "distractor", "distractors")),
         (a, b) => format!(", {a}..={b} distractors per kind"),
     };
     println!(

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use bdh::data::{Kind, SyntheticConfig};
+use bdh::data::{Kind, PEOPLE, SyntheticConfig};
 use bdh::microscope::ablate::{
     ablation_curve, random_control, score, score_stepped, CurvePoint, NeuronId, Probe, Score, Selective,
 };
@@ -175,8 +175,8 @@ impl Args {
             edits.push(id.zero(Site::Rho));
         }
         anyhow::ensure!(
-            (1..=24).contains(&self.facts),
-            "--facts must be in 1..=24 (the built-in language has 24 names)"
+            (1..=PEOPLE).contains(&self.facts),
+            "--facts must be in 1..={PEOPLE} (the built-in language has {PEOPLE} names)"
         );
         anyhow::ensure!((1..=1024).contains(&self.rows), "--rows must be in 1..=1024");
         anyhow::ensure!((8..=4096).contains(&self.window), "--window must be in 8..=4096");

@@ -106,6 +106,15 @@ impl DataConfig {
 }
 
 impl DataConfig {
+    /// The same settings with the fewest numbers written out (absent, each is its
+    /// most): a config written before those fields existed then compares equal to
+    /// one that states them.
+    pub fn explicit(mut self) -> Self {
+        self.min_facts = Some(self.min_facts.unwrap_or(self.facts));
+        self.min_distractors = Some(self.min_distractors.unwrap_or(self.distractors));
+        self
+    }
+
     /// The keys of a `[data]` section that set the built-in language: a run on a
     /// file (`path`) does not read them.
     pub const BUILT_IN_KEYS: [&'static str; 6] =

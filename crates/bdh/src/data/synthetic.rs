@@ -521,7 +521,7 @@ mod tests {
             min_distractors: 0,
         });
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let (mut lists, mut stories, mut seen) = (0, 0, [false; 3]);
+        let (mut lists, mut stories, mut seen, mut distractor_first) = (0, 0, [false; 3], false);
         for _ in 0..300 {
             let doc = l.document(&mut rng);
             let asked = doc.answers.len();
@@ -532,6 +532,22 @@ mod tests {
                 lists += 1;
                 let (pairs, questions) = doc.text.split_once("; ").expect("a list has two halves");
                 let stated = pairs.split(", ").count();
+                // Each answer's chance counts every distinct value of its kind stated,
+                // the distractors' too.
+                for a in &doc.answers {
+                    let mut values: Vec<&str> = pairs
+                        .split(", ")
+                        .filter_map(|p| p.split_once(' ').map(|(_, v)| v))
+                        .filter(|v| a.kind.values().contains(v))
+                        .collect();
+                    values.sort_unstable();
+                    values.dedup();
+                    assert_eq!(a.choices, values.len(), "{}", doc.text);
+                }
+                // Distractors are shuffled in among the asked pairs, not appended.
+                let asked_names: Vec<&str> = questions.split(", ").filter_map(|q| q.split(' ').next()).collect();
+                let first = pairs.split(' ').next().expect("a pair");
+                distractor_first |= !asked_names.contains(&first);
                 assert!((0..=d).any(|e| stated == stated_per_kind(e)), "{}", doc.text);
                 seen[(stated - asked) / kinds] = true;
                 assert_eq!(questions.split(", ").count(), asked, "{}", doc.text);
@@ -554,5 +570,12 @@ mod tests {
         }
         assert!(lists > 100 && stories > 100);
         assert_eq!(seen, [true; 3], "every number of distractors from 0 to {d} drawn");
+        assert!(distractor_first, "no list opened with a distractor");
+        // Pairs for patching ask only about facts that are asked about: the cut is
+        // right before an answer, and the two texts differ in one value.
+        for p in l.pairs(200, 6) {
+            assert_eq!(p.clean.len(), p.corrupted.len());
+            assert!(p.clean.ends_with(' ') && p.clean != p.corrupted, "{}", p.clean);
+        }
     }
 }

@@ -122,10 +122,11 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: RunConfig = table.try_into().map_err(|e| match overrides {
+        let mut cfg: RunConfig = table.try_into().map_err(|e| match overrides {
             [] => bad(format!("not a run config: {e}")),
             _ => bad(format!("not a run config with the overrides `--set {}`: {e}", overrides.join("` `--set "))),
         })?;
+        cfg.data = cfg.data.explicit();
         cfg.validate()?;
         Ok(cfg)
     }
