@@ -208,13 +208,20 @@ fn a_run_config_without_the_fewest_numbers_is_the_same_run() {
     let text = preset.to_toml();
     let fewest = |l: &str| l.starts_with("min_facts") || l.starts_with("min_distractors");
     let old: String = text.lines().filter(|l| !fewest(l)).map(|l| format!("{l}\n")).collect();
-    assert!(text.contains("min_distractors") && !old.contains("min_distractors") && !old.contains("min_facts"), "{text}");
+    assert!(
+        text.contains("min_distractors") && !old.contains("min_distractors") && !old.contains("min_facts"),
+        "{text}"
+    );
     let old = RunConfig::from_toml(&old, std::path::Path::new("old.toml"), &[]).unwrap();
     assert_eq!(old.changes(&preset), Vec::<String>::new());
     assert_eq!(preset.changes(&old), Vec::<String>::new());
     // Without the fewest numbers, a document has exactly the most.
-    let exact = RunConfig::from_toml(&text.replace("min_distractors = 0", "").replace("distractors = 0", "distractors = 2"),
-        std::path::Path::new("exact.toml"), &[]).unwrap();
+    let exact = RunConfig::from_toml(
+        &text.replace("min_distractors = 0", "").replace("distractors = 0", "distractors = 2"),
+        std::path::Path::new("exact.toml"),
+        &[],
+    )
+    .unwrap();
     assert_eq!(exact.data.min_distractors, Some(2));
 }
 

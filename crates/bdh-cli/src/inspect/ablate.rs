@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use bdh::data::{Kind, PEOPLE, SyntheticConfig};
+use bdh::data::{Kind, SyntheticConfig, PEOPLE};
 use bdh::microscope::ablate::{
     ablation_curve, random_control, score, score_stepped, CurvePoint, NeuronId, Probe, Score, Selective,
 };

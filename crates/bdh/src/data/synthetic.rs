@@ -578,4 +578,22 @@ mod tests {
             assert!(p.clean.ends_with(' ') && p.clean != p.corrupted, "{}", p.clean);
         }
     }
+
+    /// The default language, pinned: a corpus without distractors draws exactly what
+    /// it drew before they existed, so every run trained on it reads the same text
+    /// (an FNV-1a hash of a window and of patching pairs, and the window's start).
+    #[test]
+    fn the_default_language_is_pinned() {
+        let fnv = |text: &str| {
+            text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+        };
+        let l = SyntheticLanguage::new(SyntheticConfig::default());
+        let window = l.window(1337, 4096);
+        let pairs: String = l.pairs(16, 7).iter().map(|p| format!("{}|{}|", p.clean, p.corrupted)).collect();
+        assert_eq!(
+            (&window.text[..60], window.answers.len()),
+            ("oz lives in doha. jo likes blue. the small dogs follow the h", 109)
+        );
+        assert_eq!((fnv(&window.text), fnv(&pairs)), (883823010415401480, 9353265909445575717));
+    }
 }
