@@ -15,8 +15,8 @@ Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
 
 Tables: default-run, facts, recall-variants (docs/training.md; recall-variants
 with --threads 1 --jobs 2), decay (docs/training.md),
-bpe (docs/training.md), merge (docs/merge.md), compare and compare-shakespeare
-(docs/compare.md),
+bpe (docs/training.md), merge (docs/merge.md), compare, compare-m and
+compare-shakespeare (docs/compare.md),
 mpi (docs/scaling.md), nanogpt-sweep and nanogpt (docs/nanogpt.md).
 """
 
@@ -362,6 +362,15 @@ def compare(b):
     print((out / "table.md").read_text(), end="")
 
 
+def compare_m(b):
+    """`bdh compare` on the built-in corpus at size m, each family's grid shrunk to the
+    three rates around its choice at xs and s."""
+    out = b.runs / "compare-m"
+    b.run("compare", "--threads", b.threads, "--sizes", "m", "--bdh-rates", "4e-3,8e-3,1.6e-2", "--gpt-rates",
+          "4e-3,1e-2,2e-2", "--out", out, capture=False)
+    print((out / "table.md").read_text(), end="")
+
+
 def compare_shakespeare(b):
     """`bdh compare` on tiny Shakespeare at sizes xs and s, twice the default budget
     (683 steps)."""
@@ -475,7 +484,7 @@ def median(values):
 
 
 TABLES = {"default-run": default_run, "facts": facts, "recall-variants": recall_variants, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare,
-          "compare-shakespeare": compare_shakespeare, "mpi": mpi,
+          "compare-m": compare_m, "compare-shakespeare": compare_shakespeare, "mpi": mpi,
           "nanogpt-sweep": nanogpt_sweep, "nanogpt": nanogpt}
 
 
