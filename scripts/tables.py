@@ -119,9 +119,9 @@ def need_data():
         sys.exit(f"{DATA.relative_to(ROOT)} is missing: run `bdh data fetch` first")
 
 
-def strategy(e, key):
-    """What a strategy that binds nothing scores on the answers of evaluation `e`."""
-    groups = e["answer_groups"]
+def strategy(groups, key):
+    """What a strategy that binds nothing (`copy_baseline` or `eliminate_baseline`)
+    scores over the answer groups `groups`: the groups' scores weighted by answers."""
     return sum(g[key] * g["answers"] for g in groups) / sum(g["answers"] for g in groups)
 
 
@@ -137,8 +137,8 @@ def default_run(b):
         ],
     )
     # Every evaluation reads the same held-out batches, so the strategies score alike at each.
-    last = evals[-1]
-    print(f"\non the {sum(g['answers'] for g in last['answer_groups'])} answers of each evaluation, copying at random "
+    last = evals[-1]["answer_groups"]
+    print(f"\non the {sum(g['answers'] for g in last)} answers of each evaluation, copying at random "
           f"scores {percent(strategy(last, 'copy_baseline'))} and copying a value not given yet "
           f"{percent(strategy(last, 'eliminate_baseline'))}")
     if seconds is not None:
@@ -155,8 +155,8 @@ def facts(b):
     groups = {(g["list"], g["facts"]): g for g in r["answer_groups"]}
     counts = sorted({f for _, f in groups})
     total = r["answers"]
-    copy = sum(g["copy_baseline"] * g["answers"] for g in groups.values()) / total
-    eliminate = sum(g["eliminate_baseline"] * g["answers"] for g in groups.values()) / total
+    copy = strategy(r["answer_groups"], "copy_baseline")
+    eliminate = strategy(r["answer_groups"], "eliminate_baseline")
     margin = 100 * (r["answer_accuracy"] - max(copy, eliminate))
     print(
         f"{total} answers: accuracy {percent(r['answer_accuracy'])}; copying at random {percent(copy)}, "
@@ -300,7 +300,7 @@ def margins(groups, is_list):
     if n == 0:
         return None
     acc = sum(g["correct"] for g in got) / n
-    best = max(sum(g[k] * g["answers"] for g in got) / n for k in ("copy_baseline", "eliminate_baseline"))
+    best = max(strategy(got, k) for k in ("copy_baseline", "eliminate_baseline"))
     return acc, best, n
 
 

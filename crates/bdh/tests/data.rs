@@ -15,8 +15,7 @@ fn lang() -> SyntheticLanguage {
         min_facts: 3,
         distance: 2,
         lists: 0.0,
-        distractors: 0,
-        min_distractors: 0,
+        ..SyntheticConfig::default()
     })
 }
 
@@ -99,8 +98,7 @@ fn lists_recall_every_key_with_its_value_and_answers_know_their_chance() {
         min_facts: 2,
         distance: 0,
         lists: 1.0,
-        distractors: 0,
-        min_distractors: 0,
+        ..SyntheticConfig::default()
     });
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for _ in 0..300 {
@@ -127,8 +125,7 @@ fn documents_draw_their_number_of_facts_from_the_range() {
         min_facts: 2,
         distance: 1,
         lists: 0.5,
-        distractors: 0,
-        min_distractors: 0,
+        ..SyntheticConfig::default()
     });
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let mut seen = HashSet::new();

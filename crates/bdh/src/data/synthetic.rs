@@ -68,10 +68,9 @@ pub struct SyntheticConfig {
     /// document (each document draws its number uniformly from
     /// `min_distractors..=distractors`): values a strategy that binds nothing
     /// cannot tell from the answers.
-    #[serde(default)]
     pub distractors: usize,
-    /// Fewest distractors per kind asked about.
-    #[serde(default)]
+    /// Fewest distractors per kind asked about (a run config without it:
+    /// `distractors`, see `DataConfig`).
     pub min_distractors: usize,
 }
 
@@ -486,8 +485,7 @@ mod tests {
             min_facts: 1,
             distance: 1,
             lists: 0.5,
-            distractors: 0,
-            min_distractors: 0,
+            ..SyntheticConfig::default()
         });
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         for _ in 0..300 {
