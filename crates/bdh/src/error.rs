@@ -86,6 +86,10 @@ pub enum Error {
     /// whole sentence naming the directory or the override, and what to do instead.
     #[error("{0}")]
     Refused(String),
+    /// A GPU that could not be found, started or used; the message names what was
+    /// tried and what to do.
+    #[error("{0}")]
+    Device(String),
     /// An error met while doing what `doing` says.
     #[error("{doing}: {cause}")]
     Context {

@@ -20,6 +20,8 @@
 //! - [`io`]: safetensors and PyTorch `.pt` input, checkpoints, run directories
 //!   ([`io::run_dir::RunDir`]), saved states.
 //! - [`data`]: bytes of any file, the built-in synthetic corpus, the tokenizer.
+//! - [`engine`]: what runs a model — the CPU engine or a device backend — behind
+//!   the two traits evaluation, verification and generation take.
 //! - [`eval`]: loss, bits per byte and answer accuracy; [`verify`]: a model against
 //!   golden tensors of the reference.
 //! - [`microscope`]: sparsity, the neuron graph and the synapse state.
@@ -44,6 +46,7 @@
 //! ```
 
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod infer;

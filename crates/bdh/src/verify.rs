@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use crate::engine::{CpuReader, Device, Reader};
 use crate::error::{Error, Result};
 use crate::infer::{argmax, Prepared};
 use crate::io::{Tensor, TensorData, TensorMap};
@@ -59,6 +60,9 @@ pub struct Report {
     pub tensors: Vec<TensorCheck>,
     /// The greedy continuation, if the golden file has one.
     pub greedy: Option<GreedyCheck>,
+    /// The device that computed the logits, the loss and the continuation, when
+    /// not the CPU (gradients are the CPU's).
+    pub device: Option<String>,
 }
 
 impl Report {
@@ -108,6 +112,12 @@ fn golden_f32<'a>(golden: &'a TensorMap, name: &str, shape: &[usize]) -> Result<
 
 /// Runs `model` on the golden inputs (eval mode, no dropout) and compares.
 pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> {
+    verify_on(model, None, golden, path)
+}
+
+/// [`verify`] with the logits, the loss and the greedy continuation computed on
+/// `device` (`model` held there); gradients, when the golden file has them, on the CPU.
+pub fn verify_on(model: &Model, mut device: Option<&mut dyn Device>, golden: &TensorMap, path: &Path) -> Result<Report> {
     let vocab = model.config().vocab_size();
     let ids =
         golden.get("input_ids").ok_or_else(|| Error::MissingTensor { path: path.into(), name: "input_ids".into() })?;
@@ -119,14 +129,23 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
         return Err(Error::format(path, format!("unknown golden tensor `{unknown}`")));
     }
 
-    let mut report = Report::default();
-    let mut acts = Activations::new(model, b, t)?;
-    forward(model, &tokens, &mut acts, Mode::Eval)?;
+    let mut report = Report { device: device.as_ref().map(|d| d.device()), ..Report::default() };
+    let wants_grads = golden.keys().any(|k| k.starts_with("grad."));
+    // The CPU's forward, for the gradients, or for everything without a device.
+    let mut acts = None;
+    if wants_grads || device.is_none() {
+        let a = acts.insert(Activations::new(model, b, t)?);
+        forward(model, &tokens, a, Mode::Eval)?;
+    }
     if let Some(g) = golden_f32(golden, "logits", &[b, t, vocab])? {
-        report.tensors.push(compare("logits", acts.logits(), g, OUTPUT_TOLERANCE));
+        let ours = match (&mut device, &acts) {
+            (Some(dev), _) => dev.logits(&tokens, b, t)?,
+            (None, Some(a)) => a.logits().to_vec(),
+            (None, None) => unreachable!("the CPU ran"),
+        };
+        report.tensors.push(compare("logits", &ours, g, OUTPUT_TOLERANCE));
     }
 
-    let wants_grads = golden.keys().any(|k| k.starts_with("grad."));
     if let Some(targets) = golden.get("targets") {
         let (tb, tt, targets) = token_ids(targets, "targets", vocab)?;
         if (tb, tt) != (b, t) {
@@ -136,9 +155,9 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
                 found: format!("[{tb}, {tt}]"),
             });
         }
-        let ours = if wants_grads {
+        let ours = if let (true, Some(acts)) = (wants_grads, &acts) {
             let mut grads = Gradients::new(model, b, t)?;
-            let l = backward(model, &acts, &targets, &mut grads)?;
+            let l = backward(model, acts, &targets, &mut grads)?;
             for (slot, ours) in grads.params.tensors() {
                 let key = format!("grad.{}", slot.name);
                 if let Some(g) = golden_f32(golden, &key, &[ours.len()])? {
@@ -146,8 +165,15 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
                 }
             }
             l
+        } else if let Some(acts) = &acts {
+            loss(acts, &targets)?
         } else {
-            loss(&acts, &targets)?
+            0.0
+        };
+        // On a device, the loss is the device's.
+        let ours = match &mut device {
+            Some(dev) => (dev.loss_sum(&tokens, &targets, b, t)? / (b * t) as f64) as f32,
+            None => ours,
         };
         if let Some(g) = golden_f32(golden, "loss", &[1])? {
             report
@@ -172,7 +198,11 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
         let prepared = Prepared::new(model.clone())?;
         for row in 0..b {
             let want = &want[row * total_len..(row + 1) * total_len];
-            let got = greedy(&prepared, &tokens[row * t..(row + 1) * t], k)?;
+            let prompt = &tokens[row * t..(row + 1) * t];
+            let got = match &device {
+                Some(dev) => greedy_with(&mut *dev.stream(&prepared.state()?)?, prompt, k)?,
+                None => greedy(&prepared, prompt, k)?,
+            };
             for (i, (&w, &o)) in want[t..].iter().zip(&got).enumerate() {
                 if w == o {
                     check.matching += 1;
@@ -193,12 +223,17 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
 /// the prompt prefilled, then one recurrent step per token.
 pub fn greedy(prepared: &Prepared, prompt: &[u32], k: usize) -> Result<Vec<u32>> {
     let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
-    let mut next = argmax(prepared.prefill(&mut state, &mut scratch, prompt, &NO_EDITS)?);
+    greedy_with(&mut CpuReader { prepared, state: &mut state, scratch: &mut scratch, edits: &NO_EDITS }, prompt, k)
+}
+
+/// [`greedy`] on any [`Reader`] (a fresh stream on the CPU or on a device).
+pub fn greedy_with(reader: &mut dyn Reader, prompt: &[u32], k: usize) -> Result<Vec<u32>> {
+    let mut next = argmax(reader.prefill(prompt)?);
     let mut out = Vec::with_capacity(k);
     for i in 0..k {
         out.push(next);
         if i + 1 < k {
-            next = argmax(prepared.step(&mut [&mut state], &mut scratch, &[next], &NO_EDITS)?);
+            next = argmax(reader.step(next)?);
         }
     }
     Ok(out)

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::{Prepared, Sampler, Scratch, State};
 use crate::data::Tokenizer;
+use crate::engine::{CpuReader, Reader};
 use crate::error::{Error, Result};
 use crate::model::bdh::Edits;
 
@@ -54,11 +55,8 @@ pub fn generate(
     prompt: &[u32],
     g: &Generation,
     sampler: &mut Sampler,
-    mut emit: impl FnMut(&str) -> ControlFlow<()>,
+    emit: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Output> {
-    if prompt.is_empty() {
-        return Err(Error::Input("the prompt is empty".into()));
-    }
     if let Some(context) = prepared.config().max_context() {
         if prompt.len() > context {
             return Err(Error::Input(format!(
@@ -68,13 +66,29 @@ pub fn generate(
             )));
         }
     }
+    let mut reader = CpuReader { prepared, state, scratch, edits: &g.edits };
+    generate_with(&mut reader, prompt, g, sampler, emit)
+}
+
+/// [`generate`] on any [`Reader`] (a stream on the CPU or on a device); the
+/// reader's own interventions apply, not `g.edits`.
+pub fn generate_with(
+    reader: &mut dyn Reader,
+    prompt: &[u32],
+    g: &Generation,
+    sampler: &mut Sampler,
+    mut emit: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Output> {
+    if prompt.is_empty() {
+        return Err(Error::Input("the prompt is empty".into()));
+    }
     let t0 = Instant::now();
-    let mut d = Decoding::new(prompt, g, prepared.prefill(state, scratch, prompt, &g.edits)?);
+    let mut d = Decoding::new(prompt, g, reader.prefill(prompt)?);
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut cancelled = false;
     while let Some(tok) = d.next_token(sampler) {
-        let Some(text) = d.read(prepared.step(&mut [&mut *state], scratch, &[tok], &g.edits)?) else { break };
+        let Some(text) = d.read(reader.step(tok)?) else { break };
         if !text.is_empty() && emit(&text).is_break() {
             cancelled = true;
             break;
@@ -88,7 +102,7 @@ pub fn generate(
         generated: d.tokens.len(),
         prefill_seconds,
         decode_seconds: t1.elapsed().as_secs_f64(),
-        state_bytes: state.bytes(),
+        state_bytes: reader.state_bytes(),
         stopped_by: d.stopped_by,
         cancelled,
     };

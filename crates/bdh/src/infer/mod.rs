@@ -13,7 +13,7 @@
 pub mod generate;
 pub mod sampler;
 
-pub use generate::{generate, Decoding, Generation, GenerationStats, Output};
+pub use generate::{generate, generate_with, Decoding, Generation, GenerationStats, Output};
 pub use sampler::{argmax, Sampler, SamplingConfig};
 
 /// Largest prompt or text file read for a model to run on (64 MiB): a longer text

@@ -295,7 +295,7 @@ pub const MAX_POSITION: usize = 1 << 24;
 
 /// Checks token ids against a vocabulary of `vocab`: the one check of every entry
 /// point that takes tokens (`what` names it in the error).
-pub(crate) fn check_tokens(tokens: &[u32], vocab: usize, what: &str) -> Result<()> {
+pub fn check_tokens(tokens: &[u32], vocab: usize, what: &str) -> Result<()> {
     match tokens.iter().find(|&&tok| tok as usize >= vocab) {
         Some(bad) => Err(Error::Input(format!("{what}: token id {bad} ≥ vocab_size {vocab}"))),
         None => Ok(()),

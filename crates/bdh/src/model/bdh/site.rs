@@ -109,6 +109,11 @@ impl Mechanisms {
         }
     }
 
+    /// Whether no mechanism is attached (bdh.py's layer).
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
     /// Whether a mechanism acts at `site`.
     pub(crate) fn any(&self, site: Site) -> bool {
         self.list.iter().any(|m| m.site() == site)

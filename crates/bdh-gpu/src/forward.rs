@@ -1,0 +1,167 @@
+//! The parallel forward on a device, line for line beside the CPU's
+//! (`bdh::model::bdh::forward`, which sets it beside bdh.py): the same products
+//! with the same batchings, kernel for kernel. Eval mode: no dropout, no edits, no
+//! carried state (those run on the CPU).
+
+use bdh::model::bdh::{decay::DecayTable, rope::RopeTable, Bdh};
+use bdh::Result;
+use bdh_kernels::{Batch, MatMul};
+use cubecl::prelude::Runtime;
+
+use crate::device::{Buf, Device};
+
+/// A BDH model's weights on a device.
+pub struct Weights {
+    pub embed: Buf,     // (V, D)
+    pub encoder: Buf,   // (H, D, N)
+    pub encoder_v: Buf, // (H, D, N)
+    pub decoder: Buf,   // (H·N, D)
+    pub lm_head: Buf,   // (D, V)
+}
+
+impl Weights {
+    /// `model`'s weights, uploaded.
+    pub fn upload<R: Runtime>(dev: &Device<R>, model: &Bdh) -> Result<Self> {
+        let w = model.weights();
+        Ok(Weights {
+            embed: dev.upload(w.embed, "embed")?,
+            encoder: dev.upload(w.encoder, "encoder")?,
+            encoder_v: dev.upload(w.encoder_v, "encoder_v")?,
+            decoder: dev.upload(w.decoder, "decoder")?,
+            lm_head: dev.upload(w.lm_head, "lm_head")?,
+        })
+    }
+}
+
+/// The sizes of a pass: B, T and the model's D, H, N, V, L.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub b: usize,
+    pub t: usize,
+    pub d: usize,
+    pub h: usize,
+    pub n: usize,
+    pub v: usize,
+    pub l: usize,
+}
+
+impl Dims {
+    pub fn new(model: &Bdh, b: usize, t: usize) -> Self {
+        let c = &model.config;
+        Dims { b, t, d: c.n_embd, h: c.n_head, n: c.n_neurons(), v: c.vocab_size, l: c.n_layer }
+    }
+
+    /// Values of each buffer of a pass, named, largest first.
+    pub fn buffers(&self) -> [(&'static str, usize); 7] {
+        let Dims { b, t, d, h, n, v, .. } = *self;
+        let m = |xs: &[usize]| xs.iter().try_fold(1usize, |p, &x| p.checked_mul(x)).unwrap_or(usize::MAX);
+        [
+            ("x, its rotation, y and x ⊙ y", m(&[b, h, t, n])),
+            ("the attention scores", m(&[b, h, t, t])),
+            ("the attention output", m(&[b, h, t, d])),
+            ("the logits", m(&[b, t, v])),
+            ("the residual stream", m(&[b, t, d])),
+            ("the LayerNorm statistics", m(&[b, h, t])),
+            ("the token ids", m(&[b, t])),
+        ]
+    }
+}
+
+/// Buffers of a (B, T) pass, made once per shape.
+pub struct Pass {
+    pub dims: Dims,
+    cos: Buf,    // (T, N/2)
+    sin: Buf,    // (T, N/2)
+    powers: Buf, // (H, T): γ_h^k, k = i − j (empty without decay)
+    x: Buf,      // (B, H, T, N)
+    xr: Buf,     // (B, H, T, N)
+    y: Buf,      // (B, H, T, N)
+    z: Buf,      // (B, H, T, N)
+    scores: Buf, // (B, H, T, T)
+    a: Buf,      // (B, H, T, D)
+    rstd: Buf,   // (B, H, T)
+    w: Buf,      // (B, T, D)
+    v: [Buf; 2], // (B, T, D) the residual in and out of a layer
+    pub logits: Buf, // (B, T, V)
+    losses: Buf, // (B, T)
+}
+
+impl Pass {
+    /// Buffers for a (B, T) pass of `model`.
+    pub fn new<R: Runtime>(dev: &Device<R>, model: &Bdh, dims: Dims) -> Result<Self> {
+        let Dims { b, t, d, h, n, v, .. } = dims;
+        let rope = RopeTable::new(&model.freqs, 0, t);
+        // γ^k at k = i − j: the table's `read` powers are γ^(i+1), so k ≥ 1 is read[k−1].
+        let decay = DecayTable::new(&model.config.decay, h, t);
+        let powers: Vec<f32> = (0..h * usize::from(decay.is_some()))
+            .flat_map(|hh| (0..t).map(move |k| (hh, k)))
+            .map(|(hh, k)| if k == 0 { 1.0 } else { decay.read[hh * t + k - 1] })
+            .collect();
+        let s = |len: usize, what: &str| dev.scratch(len, what);
+        Ok(Pass {
+            dims,
+            cos: dev.upload(&rope.cos, "RoPE table")?,
+            sin: dev.upload(&rope.sin, "RoPE table")?,
+            powers: dev.upload(&powers, "decay powers")?,
+            x: s(b * h * t * n, "x")?,
+            xr: s(b * h * t * n, "R(x)")?,
+            y: s(b * h * t * n, "y")?,
+            z: s(b * h * t * n, "x ⊙ y")?,
+            scores: s(b * h * t * t, "attention scores")?,
+            a: s(b * h * t * d, "attention output")?,
+            rstd: s(b * h * t, "LayerNorm statistics")?,
+            w: s(b * t * d, "decoder output")?,
+            v: [s(b * t * d, "residual stream")?, s(b * t * d, "residual stream")?],
+            logits: s(b * t * v, "logits")?,
+            losses: s(b * t, "losses")?,
+        })
+    }
+}
+
+/// Runs the model on `ids` (B, T) and leaves the logits in `pass.logits`.
+pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf, decay: bool) {
+    let Dims { b, t, d, h, n, v: vocab, l: layers } = pass.dims;
+    let per_head = |a: usize, wt: usize, c: usize| Batch { count: [b, h], a: [a, 0], b: [0, wt], c: [h * c, c] };
+    let per_item = |a: usize, wt: usize, c: usize| Batch { count: [b, h], a: [h * a, a], b: [0, wt], c: [h * c, c] };
+    let (tn, tt, td) = (t * n, t * t, t * d);
+
+    // v = LN(embed[idx])                                                    (B, T, D)
+    dev.gather(&w.embed, ids, &pass.v[0], d);
+    dev.layer_norm(&pass.v[0], &pass.rstd, d);
+    for l in 0..layers {
+        let (v_in, v_out) = (&pass.v[l % 2], &pass.v[(l + 1) % 2]);
+        // x_sparse = relu(x @ encoder)                                      (B, H, T, N)
+        dev.matmul(&pass.x, v_in, &w.encoder, MatMul::new(t, d, n).relu(), per_head(td, d * n, tn), false);
+        // QR = KR = rope(x_sparse); scores = (QR @ KR.mT).tril(-1) (⊙ γ^(t−τ))  (B, H, T, T)
+        dev.rope(&pass.x, &pass.cos, &pass.sin, &pass.xr, t, n);
+        let scores = Batch { count: [b, h], a: [h * tn, tn], b: [h * tn, tn], c: [h * tt, tt] };
+        dev.matmul(&pass.scores, &pass.xr, &pass.xr, MatMul::new(t, n, t).b_t(), scores, true);
+        if decay {
+            dev.decay_scores(&pass.scores, &pass.powers, h, t);
+        }
+        // yKV = ln(scores @ x)                                              (B, H, T, D)
+        let read = Batch { count: [b, h], a: [h * tt, tt], b: [td, 0], c: [h * td, td] };
+        dev.matmul(&pass.a, &pass.scores, v_in, MatMul::new(t, t, d), read, false);
+        dev.layer_norm(&pass.a, &pass.rstd, d);
+        // y_sparse = relu(yKV @ encoder_v); xy_sparse = x_sparse * y_sparse  (B, H, T, N)
+        dev.matmul(&pass.y, &pass.a, &w.encoder_v, MatMul::new(t, d, n).relu(), per_item(td, d * n, tn), false);
+        dev.mul(&pass.x, &pass.y, &pass.z);
+        // y = ln(xy_sparse @ decoder), summed over heads                      (B, T, D)
+        let heads = Batch { count: [b, h], a: [h * tn, tn], b: [0, n * d], c: [td, 0] };
+        dev.matmul(&pass.w, &pass.z, &w.decoder, MatMul::new(t, n, d), heads, false);
+        dev.layer_norm(&pass.w, &pass.rstd, d);
+        // x = ln(x + y)                                                     (B, T, D)
+        dev.add(v_in, &pass.w, v_out);
+        dev.layer_norm(v_out, &pass.rstd, d);
+    }
+    // logits = x @ lm_head                                                  (B, T, V)
+    let one = Batch { count: [1, 1], a: [0, 0], b: [0, 0], c: [0, 0] };
+    dev.matmul(&pass.logits, &pass.v[layers % 2], &w.lm_head, MatMul::new(b * t, d, vocab), one, false);
+}
+
+/// The per-position cross-entropy of the last forward's logits against `targets`.
+pub fn losses<R: Runtime>(dev: &Device<R>, pass: &Pass, targets: &[u32]) -> Result<Vec<f32>> {
+    let targets = dev.upload_ids(targets)?;
+    dev.cross_entropy(&pass.logits, &targets, &pass.losses, pass.dims.v);
+    dev.read(&pass.losses)
+}

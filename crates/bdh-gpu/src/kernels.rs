@@ -1,0 +1,227 @@
+//! The device kernels, one source for CUDA and for WGSL (Vulkan, Metal, DX12).
+//!
+//! Each is the twin of a CPU kernel of `bdh-kernels` (named at each) and is
+//! checked against it (`tests/twins.rs`). They are launched bounds-checked: an
+//! index past a buffer reads 0 and writes nothing, so a wrong size can give wrong
+//! numbers (which the twins catch) but never touch memory it does not own.
+//! Reductions run in the CPU kernels' order, one unit per row: on lavapipe most
+//! results are bit-identical to the CPU's, on a real GPU within a few ulps
+//! (fused multiply-adds).
+
+use cubecl::prelude::*;
+
+/// Units per cube of the element-wise and per-row kernels.
+pub const LINE: u32 = 256;
+/// Rows and columns of C one unit of [`matmul`] computes (a 4×4 block).
+pub const BLOCK: usize = 4;
+/// Units per side of a [`matmul`] cube: a cube makes a 64×64 tile of C.
+pub const SIDE: u32 = 16;
+
+/// C (+)= op(A) · op(B) for a batch of products, each unit a 4×4 block of C
+/// (`bdh_kernels::matmul_batched`). Item z of the batch is (z / count1, z % count1)
+/// and its operands start at `i0·s0 + i1·s1` of each buffer (strides 0 share one).
+/// A is (m, k) or, with `a_t`, stored (k, m); B is (k, n) or, with `b_t`, (n, k).
+/// `causal` keeps only entries below the diagonal (column < row), `relu` clamps at
+/// 0, `acc` adds to C. k is summed in order, as the CPU's scalar twin sums it.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    c: &mut Array<f32>,
+    m: usize,
+    k: usize,
+    n: usize,
+    count1: usize,
+    a_base: usize,
+    b_base: usize,
+    c_base: usize,
+    a0: usize,
+    a1: usize,
+    b0: usize,
+    b1: usize,
+    c0: usize,
+    c1: usize,
+    #[comptime] a_t: bool,
+    #[comptime] b_t: bool,
+    #[comptime] causal: bool,
+    #[comptime] relu: bool,
+    #[comptime] acc: bool,
+) {
+    let z = CUBE_POS_Z as usize;
+    let i0 = z / count1;
+    let i1 = z % count1;
+    let ao = a_base + i0 * a0 + i1 * a1;
+    let bo = b_base + i0 * b0 + i1 * b1;
+    let co = c_base + i0 * c0 + i1 * c1;
+    let row0 = ABSOLUTE_POS_Y as usize * 4;
+    let col0 = ABSOLUTE_POS_X as usize * 4;
+    if row0 < m && col0 < n {
+        let mut sum = Array::<f32>::new(16usize);
+        #[unroll]
+        for i in 0..16usize {
+            sum[i] = 0.0;
+        }
+        for p in 0..k {
+            #[unroll]
+            for i in 0..4usize {
+                let r = usize::min(row0 + i, m - 1);
+                let av = if a_t { a[ao + p * m + r] } else { a[ao + r * k + p] };
+                #[unroll]
+                for j in 0..4usize {
+                    let col = usize::min(col0 + j, n - 1);
+                    let bv = if b_t { b[bo + col * k + p] } else { b[bo + p * n + col] };
+                    sum[i * 4 + j] += av * bv;
+                }
+            }
+        }
+        #[unroll]
+        for i in 0..4usize {
+            #[unroll]
+            for j in 0..4usize {
+                let r = row0 + i;
+                let col = col0 + j;
+                if r < m && col < n {
+                    let mut v = sum[i * 4 + j];
+                    if causal {
+                        if col >= r {
+                            v = 0.0;
+                        }
+                    }
+                    if relu {
+                        v = f32::max(v, 0.0);
+                    }
+                    if acc {
+                        v += c[co + r * n + col];
+                    }
+                    c[co + r * n + col] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Parameter-free LayerNorm of each row of `d` values, in place, with 1/σ per row
+/// in `rstd` (`bdh_kernels::layer_norm`; ε = 1e-5).
+#[cube(launch)]
+pub fn layer_norm(x: &mut Array<f32>, rstd: &mut Array<f32>, rows: usize, d: usize) {
+    let r = ABSOLUTE_POS;
+    if r < rows {
+        let o = r * d;
+        let mut sum = 0.0f32;
+        for i in 0..d {
+            sum += x[o + i];
+        }
+        let mean = sum / (d as f32);
+        let mut var = 0.0f32;
+        for i in 0..d {
+            let c = x[o + i] - mean;
+            var += c * c;
+        }
+        let s = 1.0f32 / Sqrt::sqrt(var / (d as f32) + 1e-5f32);
+        for i in 0..d {
+            x[o + i] = (x[o + i] - mean) * s;
+        }
+        rstd[r] = s;
+    }
+}
+
+/// `out[r, :] = table[ids[r], :]`, rows of `d` (the embedding's gather).
+#[cube(launch)]
+pub fn gather_rows(table: &Array<f32>, ids: &Array<u32>, out: &mut Array<f32>, rows: usize, d: usize) {
+    let i = ABSOLUTE_POS;
+    if i < rows * d {
+        let r = i / d;
+        out[i] = table[ids[r] as usize * d + i % d];
+    }
+}
+
+/// RoPE of rows of `n` neurons (`bdh_kernels::rope`, forward): pair j of row r
+/// turns by the angle whose cos and sin are at `(r mod t, j)` of the (t, n/2) tables.
+#[cube(launch)]
+pub fn rope(x: &Array<f32>, cos: &Array<f32>, sin: &Array<f32>, out: &mut Array<f32>, pairs: usize, t: usize, n: usize) {
+    let i = ABSOLUTE_POS;
+    if i < pairs {
+        let half = n / 2;
+        let r = i / half;
+        let j = i % half;
+        let at = (r % t) * half + j;
+        let (c, s) = (cos[at], sin[at]);
+        let (x0, x1) = (x[r * n + 2 * j], x[r * n + 2 * j + 1]);
+        out[r * n + 2 * j] = x0 * c - x1 * s;
+        out[r * n + 2 * j + 1] = x1 * c + x0 * s;
+    }
+}
+
+/// Scores (B, H, T, T) below the diagonal times γ_h^(i−j), the powers read from
+/// `powers` (H, T) at i − j (`bdh_kernels`' `mask_and_decay`).
+#[cube(launch)]
+pub fn decay_scores(s: &mut Array<f32>, powers: &Array<f32>, len: usize, h: usize, t: usize) {
+    let idx = ABSOLUTE_POS;
+    if idx < len {
+        let j = idx % t;
+        let i = (idx / t) % t;
+        let head = (idx / (t * t)) % h;
+        if j < i {
+            s[idx] *= powers[head * t + i - j];
+        }
+    }
+}
+
+/// `out = a ⊙ b` element-wise (the gate x ⊙ y: `bdh_kernels::gated_product`
+/// without dropout).
+#[cube(launch)]
+pub fn mul(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, len: usize) {
+    let i = ABSOLUTE_POS;
+    if i < len {
+        out[i] = a[i] * b[i];
+    }
+}
+
+/// `out = a + b` element-wise (`bdh_kernels::add`).
+#[cube(launch)]
+pub fn add(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, len: usize) {
+    let i = ABSOLUTE_POS;
+    if i < len {
+        out[i] = a[i] + b[i];
+    }
+}
+
+/// `x[i] *= gamma[i / per]`: each head's block of ρ fades by its retention
+/// (`bdh_kernels::decay_state`).
+#[cube(launch)]
+pub fn scale_blocks(x: &mut Array<f32>, gamma: &Array<f32>, len: usize, per: usize) {
+    let i = ABSOLUTE_POS;
+    if i < len {
+        x[i] *= gamma[i / per];
+    }
+}
+
+/// ρ += R(x) ⊗ v for one token: `rho` (H, N, D), `xr` (H, N), `v` (D) — the write
+/// of the recurrent step (`bdh_kernels::rho_read_write`'s second half).
+#[cube(launch)]
+pub fn outer_add(rho: &mut Array<f32>, xr: &Array<f32>, v: &Array<f32>, len: usize, d: usize) {
+    let i = ABSOLUTE_POS;
+    if i < len {
+        rho[i] += xr[i / d] * v[i % d];
+    }
+}
+
+/// Per row of `v` logits: `log Σ exp(row) − row[target]`, the row's cross-entropy
+/// (the loss of `bdh::model::loss::cross_entropy`, before its mean).
+#[cube(launch)]
+pub fn cross_entropy(logits: &Array<f32>, targets: &Array<u32>, out: &mut Array<f32>, rows: usize, v: usize) {
+    let r = ABSOLUTE_POS;
+    if r < rows {
+        let o = r * v;
+        let mut m = logits[o];
+        for i in 1..v {
+            m = f32::max(m, logits[o + i]);
+        }
+        let mut sum = 0.0f32;
+        for i in 0..v {
+            sum += Exp::exp(logits[o + i] - m);
+        }
+        out[r] = m + Log::ln(sum) - logits[o + targets[r] as usize];
+    }
+}

@@ -1,0 +1,292 @@
+//! BDH on a GPU: the parallel forward, its loss and the recurrent step on a device
+//! — CUDA on NVIDIA machines, else any Vulkan (Metal on macOS) device through wgpu,
+//! Mesa's software Vulkan device (lavapipe) included — from one kernel source
+//! (cubecl). [`Gpu`] implements the engine's [`Forward`], and its streams the
+//! engine's [`Reader`], so evaluation, verification and generation run on it
+//! unchanged.
+//!
+//! Built with the `gpu` feature; without it this crate is empty.
+#![cfg(feature = "gpu")]
+
+mod device;
+mod forward;
+mod kernels;
+mod probe;
+mod step;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bdh::engine::{Device, Forward, Reader};
+use bdh::infer::State;
+use bdh::model::bdh::Bdh;
+use bdh::{Error, Model, Result};
+use cubecl::prelude::Runtime;
+
+use device::{Buf, Device as Dev};
+pub use probe::quiet_vulkan;
+
+/// Which devices an `open` may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Any device, a software one (lavapipe) last: `--device gpu`.
+    Any,
+    /// A hardware GPU only: `--device auto`, which otherwise stays on the CPU.
+    Hardware,
+}
+
+/// A BDH model on a device.
+pub struct Gpu {
+    engine: Box<dyn Engine>,
+}
+
+/// The runtime-independent face of an [`Runner`].
+trait Engine {
+    fn name(&self) -> String;
+    fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>>;
+    fn losses(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>>;
+    fn stream(&self, state: &bdh::model::bdh::State) -> Result<Box<dyn Reader + '_>>;
+    fn reserved_bytes(&self) -> u64;
+}
+
+/// The model's weights and a pass's buffers on a device of runtime `R`.
+struct Runner<R: Runtime> {
+    dev: Dev<R>,
+    model: Bdh,
+    weights: forward::Weights,
+    gamma: Option<Buf>,           // (H) the retention, with a decay
+    pass: Option<forward::Pass>, // the buffers of the last shape run
+}
+
+impl<R: Runtime> Runner<R> {
+    fn new(dev: Dev<R>, model: Bdh) -> Result<Self> {
+        let weights = forward::Weights::upload(&dev, &model)?;
+        let gamma = model.config.decay.retention(model.config.n_head);
+        let gamma = if gamma.is_empty() { None } else { Some(dev.upload(&gamma, "retention")?) };
+        Ok(Runner { dev, model, weights, gamma, pass: None })
+    }
+
+    /// Runs `tokens` (B, T) in passes of as many rows as the device's largest
+    /// buffer allows; `each(pass, rows)` reads each pass's results.
+    fn run(&mut self, tokens: &[u32], b: usize, t: usize, each: &mut dyn FnMut(&Self, std::ops::Range<usize>) -> Result<()>) -> Result<()> {
+        bdh::model::check_tokens(tokens, self.model.config.vocab_size, "forward")?;
+        if tokens.len() != b * t || b == 0 || t == 0 {
+            return Err(Error::Input(format!("forward: {} ids for a batch of B={b} × T={t}", tokens.len())));
+        }
+        bdh::model::check_positions(0, t, "forward")?;
+        let rows = self.rows_that_fit(b, t)?;
+        for r0 in (0..b).step_by(rows) {
+            let r = rows.min(b - r0);
+            let dims = forward::Dims::new(&self.model, r, t);
+            if self.pass.as_ref().is_none_or(|p| p.dims != dims) {
+                self.pass = None; // free the old buffers first
+                self.pass = Some(forward::Pass::new(&self.dev, &self.model, dims)?);
+            }
+            let ids = self.dev.upload_ids(&tokens[r0 * t..(r0 + r) * t])?;
+            let pass = self.pass.as_ref().expect("just made");
+            forward::forward(&self.dev, &self.weights, pass, &ids, self.gamma.is_some());
+            each(self, r0..r0 + r)?;
+        }
+        Ok(())
+    }
+
+    /// The most batch rows (≤ `b`) whose every buffer fits one device buffer.
+    fn rows_that_fit(&self, b: usize, t: usize) -> Result<usize> {
+        let fits = |rows: usize| forward::Dims::new(&self.model, rows, t).buffers().iter().all(|&(_, n)| self.dev.fits(n));
+        if !fits(1) {
+            let (what, n) = forward::Dims::new(&self.model, 1, t).buffers()[0];
+            return Err(Error::TooLarge {
+                what: format!("{what} of one sequence of T={t} on the GPU ({}), in one buffer", self.dev.name),
+                need: n.checked_mul(4).map(|n| n as u64),
+                have: Some(self.dev.max_buffer()),
+            });
+        }
+        Ok((1..=b).rev().find(|&r| fits(r)).unwrap_or(1))
+    }
+}
+
+impl<R: Runtime> Engine for Runner<R> {
+    fn name(&self) -> String {
+        self.dev.name.clone()
+    }
+
+    fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.run(tokens, b, t, &mut |me, _| {
+            out.extend(me.dev.read(&me.pass.as_ref().expect("run").logits)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn losses(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        bdh::model::check_tokens(targets, self.model.config.vocab_size, "targets")?;
+        if targets.len() != tokens.len() {
+            return Err(Error::Input(format!("{} targets for {} tokens", targets.len(), tokens.len())));
+        }
+        let mut out = Vec::new();
+        self.run(tokens, b, t, &mut |me, rows| {
+            let pass = me.pass.as_ref().expect("run");
+            out.extend(forward::losses(&me.dev, pass, &targets[rows.start * t..rows.end * t])?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn stream(&self, state: &bdh::model::bdh::State) -> Result<Box<dyn Reader + '_>> {
+        let stream = step::Stream::new(&self.dev, &self.model, state)?;
+        Ok(Box::new(GpuReader { runner: self, stream, logits: Vec::new() }))
+    }
+
+    fn reserved_bytes(&self) -> u64 {
+        self.dev.reserved_bytes()
+    }
+}
+
+/// A stream on a device.
+struct GpuReader<'r, R: Runtime> {
+    runner: &'r Runner<R>,
+    stream: step::Stream,
+    logits: Vec<f32>,
+}
+
+impl<R: Runtime> Reader for GpuReader<'_, R> {
+    fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        if tokens.is_empty() {
+            return Err(Error::Input("prefill: no tokens".into()));
+        }
+        bdh::model::check_tokens(tokens, self.runner.model.config.vocab_size, "prefill")?;
+        bdh::model::check_positions(self.stream.pos, tokens.len(), "prefill")?;
+        for &tok in tokens {
+            self.step(tok)?;
+        }
+        Ok(&self.logits)
+    }
+
+    fn step(&mut self, token: u32) -> Result<&[f32]> {
+        let r = self.runner;
+        self.logits = guard(&r.dev.name, || self.stream.step(&r.dev, &r.model, &r.weights, r.gamma.as_ref(), token))?;
+        Ok(&self.logits)
+    }
+
+    fn position(&self) -> usize {
+        self.stream.pos
+    }
+
+    fn state_bytes(&self) -> usize {
+        4 * bdh::model::bdh::State::shape(&self.runner.model.config).iter().product::<usize>()
+    }
+
+    fn state(&self) -> Result<State> {
+        Ok(State::Bdh(self.stream.state(&self.runner.dev)?))
+    }
+}
+
+impl Gpu {
+    /// `model` on the first device `want` allows: CUDA device 0 when the NVIDIA
+    /// driver works, else the best Vulkan adapter. An error names what was tried
+    /// and how to get a device; the GPT baseline and models with mechanisms
+    /// attached in code are refused (they run on the CPU).
+    pub fn open(model: &Model, want: Want) -> Result<Self> {
+        let model = match model {
+            Model::Bdh(m) if m.mechanisms.is_empty() => m.clone(),
+            Model::Bdh(_) => {
+                return Err(Error::Device(
+                    "this model has a mechanism attached at a layer site, which the GPU backend does not run: \
+                     use --device cpu"
+                        .into(),
+                ))
+            }
+            Model::Gpt(_) => {
+                return Err(Error::Device(
+                    "the GPU backend runs BDH models; the GPT baseline runs on the CPU: use --device cpu".into(),
+                ))
+            }
+        };
+        let forced = std::env::var("BDH_GPU_BACKEND").ok();
+        let tried_cuda = match forced.as_deref() {
+            None | Some("cuda") => match probe::cuda() {
+                Ok(name) => {
+                    let engine = guard(&name, || {
+                        let client = cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice { index: 0 });
+                        Runner::new(Dev::new(client, format!("CUDA: {name}")), model.clone())
+                    })?;
+                    return Ok(Gpu { engine: Box::new(engine) });
+                }
+                Err(why) => why,
+            },
+            Some("vulkan") => "not tried (BDH_GPU_BACKEND=vulkan)".into(),
+            Some(other) => {
+                return Err(Error::Device(format!("BDH_GPU_BACKEND={other}: expected `cuda` or `vulkan`")));
+            }
+        };
+        let adapters = if forced.as_deref() == Some("cuda") { Vec::new() } else { probe::adapters() };
+        let usable = adapters.iter().find(|a| want == Want::Any || !a.software);
+        let Some(adapter) = usable else {
+            let vulkan = match (forced.as_deref(), adapters.first()) {
+                (Some("cuda"), _) => "not tried (BDH_GPU_BACKEND=cuda)".to_string(),
+                (_, None) => "no adapter found (no Vulkan driver installed)".to_string(),
+                (_, Some(a)) => format!("only the software device {} (`--device gpu` takes it, `auto` does not)", a.name),
+            };
+            return Err(Error::Device(format!(
+                "no GPU found. Tried CUDA: {tried_cuda}; tried Vulkan: {vulkan}. An NVIDIA GPU needs its driver \
+                 (libcuda.so.1); AMD and Intel GPUs need a Vulkan driver (Debian and Ubuntu: apt-get install \
+                 mesa-vulkan-drivers, which also gives the software device lavapipe for testing)"
+            )));
+        };
+        let name = format!("Vulkan: {}{}", adapter.name, if adapter.software { " (software)" } else { "" });
+        let engine = guard(&name, || {
+            let client = cubecl::wgpu::WgpuRuntime::client(&adapter.device);
+            Runner::new(Dev::new(client, name.clone()), model.clone())
+        })?;
+        Ok(Gpu { engine: Box::new(engine) })
+    }
+
+    /// The device, e.g. `CUDA: NVIDIA H200`.
+    pub fn name(&self) -> String {
+        self.engine.name()
+    }
+
+    /// Bytes this process holds on the device now (buffers and their pools).
+    pub fn reserved_bytes(&self) -> u64 {
+        self.engine.reserved_bytes()
+    }
+}
+
+impl Forward for Gpu {
+    fn device(&self) -> String {
+        format!("GPU ({})", self.engine.name())
+    }
+
+    fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        let name = self.engine.name();
+        guard(&name, || self.engine.logits(tokens, b, t))
+    }
+
+    fn loss_sum(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
+        let name = self.engine.name();
+        let losses = guard(&name, || self.engine.losses(tokens, targets, b, t))?;
+        Ok(losses.iter().map(|&l| l as f64).sum())
+    }
+}
+
+impl Device for Gpu {
+    fn stream(&self, state: &State) -> Result<Box<dyn Reader + '_>> {
+        match state {
+            State::Bdh(s) => self.engine.stream(s),
+            State::Gpt(_) => Err(Error::Mismatch("a GPT state for a BDH model".into())),
+        }
+    }
+}
+
+/// Runs `f`, turning a panic inside the device runtime (a driver that fails
+/// mid-way, a kernel its compiler rejects) into an error naming the device.
+fn guard<T>(device: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("the device runtime stopped");
+        Err(Error::Device(format!("the GPU ({device}) failed: {why}")))
+    })
+}
