@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bdh::data::{BytesView, Corpus, DataConfig, Tokenized, Tokenizer};
+use bdh::engine::{Cpu, Forward};
 use bdh::eval::{
-    evaluate, evaluate_bytes, evaluate_stream, evaluate_stream_tokens, evaluate_tokens, EvalMetrics, FileEval,
-    StreamEval,
+    evaluate_bytes_on, evaluate_on, evaluate_stream, evaluate_stream_tokens, evaluate_tokens_on, EvalMetrics,
+    FileEval, StreamEval,
 };
 use bdh::io::run_dir::RunDir;
-use bdh::Activations;
 
 use crate::args::{JsonArgs, ThreadsArgs};
+use crate::device::DeviceArgs;
 use crate::model_args::{ModelArgs, TokenizerArgs};
 use crate::progress::Job;
 
@@ -48,6 +49,8 @@ pub struct Args {
     json: JsonArgs,
     #[command(flatten)]
     threads: ThreadsArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -68,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let file = file_to_score(&args, trained_on.as_ref(), &tokenizer, block)?;
     if args.carry {
+        args.device.cpu_only("--carry")?;
         let Some((text, name)) = file else {
             anyhow::bail!("--carry reads a file as one stream: give --data FILE (or a run trained on a file)")
         };
@@ -78,9 +82,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         return carry(bdh_model, &model, &text, &name, block, &args);
     }
+    let mut device = args.device.open(&model)?;
+    let mut cpu = Cpu::new(&model);
+    let on: &mut dyn Forward = match device.as_deref_mut() {
+        Some(dev) => dev.as_forward(),
+        None => &mut cpu,
+    };
+    let vocab = model.config().vocab_size();
     match file {
-        Some((text, name)) => windows(&model, &text, &name, block, &args),
-        None => built_in(&model, trained_on, tokenizer, block, &args),
+        Some((text, name)) => windows(on, vocab, &text, &name, block, &args),
+        None => built_in(on, vocab, trained_on, tokenizer, block, &args),
     }
 }
 
@@ -117,10 +128,17 @@ fn file_to_score(
 }
 
 /// The loss of a file in independent windows.
-fn windows(model: &bdh::Model, text: &Text, name: &str, block: usize, args: &Args) -> anyhow::Result<ExitCode> {
+fn windows(
+    on: &mut dyn Forward,
+    vocab: usize,
+    text: &Text,
+    name: &str,
+    block: usize,
+    args: &Args,
+) -> anyhow::Result<ExitCode> {
     let windows = text.len().saturating_sub(1).div_ceil(block);
     let job = Job::new("eval: windows", windows as u64);
-    let r = text.windows(model, block, args.batch, &mut |done, _| job.set(done as u64))?;
+    let r = text.windows(on, vocab, block, args.batch, &mut |done, _| job.set(done as u64))?;
     job.finish();
     args.json.write(&r)?;
     // JSON on standard output is all that goes there.
@@ -146,7 +164,8 @@ fn windows(model: &bdh::Model, text: &Text, name: &str, block: usize, args: &Arg
 /// Answer accuracy on the built-in corpus, with the knobs the model was trained
 /// with if known.
 fn built_in(
-    model: &bdh::Model,
+    on: &mut dyn Forward,
+    vocab: usize,
     trained_on: Option<DataConfig>,
     tokenizer: Tokenizer,
     block: usize,
@@ -161,8 +180,7 @@ fn built_in(
     }
     let data = DataConfig { path: None, val_path: None, tokenizer: None, ..trained_on.unwrap_or_default() };
     let corpus = data.corpus_with(block, tokenizer)?;
-    let mut acts = Activations::new(model, args.batch, block)?;
-    let m = evaluate(model, &corpus, &mut acts, args.batches, 0)?;
+    let m = evaluate_on(on, &corpus, vocab, (args.batch, block), args.batches)?;
     // `step` counts training steps during a run; here there is none.
     let mut v = serde_json::to_value(&m)?;
     v.as_object_mut().map(|o| o.remove("step"));
@@ -248,7 +266,8 @@ fn carry(
     let job = Job::new("eval: tokens", text.len() as u64);
     let stream = text.stream(bdh_model, &mut |done, _| job.set(done as u64))?;
     job.finish();
-    let windows = text.windows(model, block, args.batch, &mut |_, _| {})?;
+    let vocab = model.config().vocab_size();
+    let windows = text.windows(&mut Cpu::new(model), vocab, block, args.batch, &mut |_, _| {})?;
     args.json.write(&serde_json::json!({"stream": stream, "windows": windows}))?;
     if args.json.to_stdout() {
         return Ok(ExitCode::SUCCESS);
@@ -299,14 +318,15 @@ impl Text {
     /// The loss in independent windows of `block` tokens.
     fn windows(
         &self,
-        model: &bdh::Model,
+        fwd: &mut dyn Forward,
+        vocab: usize,
         block: usize,
         batch: usize,
         on: &mut dyn FnMut(usize, usize),
     ) -> bdh::Result<FileEval> {
         match &self.ids {
-            Some(ids) => evaluate_tokens(model, ids, &self.tokenizer, block, batch, on),
-            None => evaluate_bytes(model, self.bytes.bytes(), block, batch, on),
+            Some(ids) => evaluate_tokens_on(fwd, vocab, ids, &self.tokenizer, (batch, block), on),
+            None => evaluate_bytes_on(fwd, vocab, self.bytes.bytes(), (batch, block), on),
         }
     }
 

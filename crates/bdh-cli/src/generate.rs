@@ -7,10 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bdh::data::Tokenizer;
-use bdh::infer::{generate, Generation, GenerationStats, Prepared, Sampler, SamplingConfig, Scratch, State};
+use bdh::engine::{CpuReader, Reader};
+use bdh::infer::{generate_with, Generation, GenerationStats, Prepared, Sampler, SamplingConfig, State};
 use bdh::io::run_dir::RunDir;
 use bdh::io::state;
+use bdh::model::bdh::NO_EDITS;
 
+use crate::device::DeviceArgs;
 use crate::model_args::{ModelArgs, TokenizerArgs};
 
 /// Generates text after a prompt, streamed to stdout after the prompt itself (or
@@ -69,6 +72,8 @@ pub struct Args {
     /// stream: the same seed gives the same samples), headed `--- sample k of K`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     num_samples: u64,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -77,6 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let model = args.model.load()?;
     let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
+    let device = args.device.open(&model)?;
     let prepared = Prepared::new(model)?;
     let prompt = read_prompt(&args)?;
     let mut sampler = Sampler::new(SamplingConfig {
@@ -114,15 +120,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         let mut session = start.clone();
-        let stats = out.sample(&prepared, &mut session, &mut scratch, &tokens, &g, &mut sampler)?;
+        let (mut on_cpu, mut on_device);
+        let reader: &mut dyn Reader = match &device {
+            Some(dev) => {
+                on_device = dev.stream(&session)?;
+                &mut *on_device
+            }
+            None => {
+                on_cpu = CpuReader { prepared: &prepared, state: &mut session, scratch: &mut scratch, edits: &NO_EDITS };
+                &mut on_cpu
+            }
+        };
+        let stats = out.sample(reader, &tokens, &g, &mut sampler)?;
         if let Some(p) = &args.save_state {
-            state::save(&prepared, &session, p).with_context(|| format!("saving state {}", p.display()))?;
+            let reached = reader.state()?;
+            state::save(&prepared, &reached, p).with_context(|| format!("saving state {}", p.display()))?;
         }
         if stats.cancelled {
             return Ok(ExitCode::SUCCESS);
         }
         let _ = writeln!(out.stdout);
-        print_stats(&stats, session.pos());
+        print_stats(&stats, reader.position());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -188,20 +206,18 @@ impl Out<'_> {
         }
     }
 
-    /// One sample after `tokens` from `session`, streamed out as it is made.
+    /// One sample after `tokens` read by `reader`, streamed out as it is made.
     fn sample(
         &mut self,
-        prepared: &Prepared,
-        session: &mut State,
-        scratch: &mut Scratch,
+        reader: &mut dyn Reader,
         tokens: &[u32],
         g: &Generation,
         sampler: &mut Sampler,
     ) -> anyhow::Result<GenerationStats> {
-        let mut pos = session.pos() + tokens.len();
+        let mut pos = reader.position() + tokens.len();
         self.warn_past(pos);
         let mut failed = None;
-        let out = generate(prepared, session, scratch, tokens, g, sampler, |text| {
+        let out = generate_with(reader, tokens, g, sampler, |text| {
             if self.bytes_are_tokens {
                 pos += text.len();
                 self.warn_past(pos);
@@ -219,7 +235,7 @@ impl Out<'_> {
         if let Some(e) = failed {
             return Err(e).context("writing the output");
         }
-        self.warn_past(session.pos());
+        self.warn_past(reader.position());
         Ok(out.stats)
     }
 }

@@ -8,6 +8,7 @@ mod args;
 mod bench;
 mod compare;
 mod data;
+mod device;
 mod eval;
 mod generate;
 mod inspect;
@@ -62,6 +63,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: no Vulkan driver noise on standard error.
+    #[cfg(feature = "gpu")]
+    bdh_gpu::quiet_vulkan();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bdh::io::read_safetensors;
-use bdh::verify::verify;
+use bdh::verify::verify_on;
 use bdh::Model;
 
+use crate::device::DeviceArgs;
 use crate::model_args::ModelArgs;
 
 /// Runs a model on a golden file's inputs and compares every tensor it holds.
@@ -20,6 +21,8 @@ pub struct Args {
     /// Golden tensors (safetensors): input_ids and any of logits, targets+loss, grad.*, greedy_ids.
     #[arg(long)]
     golden: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -27,7 +30,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let golden = read_safetensors(&args.golden).context("reading golden tensors")?;
     let other = made_for_another(&args.golden, &model);
     let doing = other.as_ref().map_or("verifying".to_string(), |o| format!("verifying ({o})"));
-    let report = verify(&model, &golden, &args.golden).context(doing)?;
+    let mut device = args.device.open(&model)?;
+    let on = device.as_mut().map(|d| &mut **d as &mut dyn bdh::engine::Device);
+    let report = verify_on(&model, on, &golden, &args.golden).context(doing)?;
+    if let Some(on) = &report.device {
+        let grads = if golden.keys().any(|k| k.starts_with("grad.")) { "; gradients on the CPU" } else { "" };
+        println!("logits, loss and greedy continuation on the {on}{grads}");
+    }
     println!("{:<22} {:>12} {:>12} {:>10}  result", "tensor", "max abs", "max rel", "tolerance");
     for t in &report.tensors {
         let verdict = if t.passed() { "ok" } else { "FAIL" };

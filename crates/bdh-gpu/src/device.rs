@@ -20,18 +20,6 @@ pub struct Buf {
     len: usize,
 }
 
-impl Buf {
-    /// Values it holds.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 /// A device: a compute client of runtime `R` and what was learnt about it.
 pub struct Device<R: Runtime> {
     client: ComputeClient<R>,
@@ -111,7 +99,8 @@ impl<R: Runtime> Device<R> {
     /// C (+)= op(A)·op(B) over `batch` (`bdh_kernels::matmul_batched`; `causal`
     /// keeps only entries below the diagonal). Items that sum into one C (a zero C
     /// offset along a level) run one launch after another, the later ones
-    /// accumulating; the other items of a launch run side by side.
+    /// accumulating and the last applying the ReLU; the other items of a launch
+    /// run side by side.
     pub fn matmul(&self, c: &Buf, a: &Buf, b: &Buf, p: MatMul, batch: Batch, causal: bool) {
         debug_assert_eq!(p.ld, [0; 3], "the device matmul takes packed operands");
         let Batch { count, a: sa, b: sb, c: sc } = batch;
@@ -149,7 +138,7 @@ impl<R: Runtime> Device<R> {
                     p.a_t,
                     p.b_t,
                     causal,
-                    p.relu,
+                    p.relu && (i0, i1) == (runs[0] - 1, runs[1] - 1),
                     p.accumulate || i0 + i1 > 0,
                 );
             }

@@ -22,7 +22,7 @@ pub const SIDE: u32 = 16;
 /// and its operands start at `i0·s0 + i1·s1` of each buffer (strides 0 share one).
 /// A is (m, k) or, with `a_t`, stored (k, m); B is (k, n) or, with `b_t`, (n, k).
 /// `causal` keeps only entries below the diagonal (column < row), `relu` clamps at
-/// 0, `acc` adds to C. k is summed in order, as the CPU's scalar twin sums it.
+/// 0 after `acc` has added the product to C. k is summed in order, as the CPU's scalar twin sums it.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -88,11 +88,11 @@ pub fn matmul(
                             v = 0.0;
                         }
                     }
-                    if relu {
-                        v = f32::max(v, 0.0);
-                    }
                     if acc {
                         v += c[co + r * n + col];
+                    }
+                    if relu {
+                        v = f32::max(v, 0.0);
                     }
                     c[co + r * n + col] = v;
                 }

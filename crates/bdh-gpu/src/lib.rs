@@ -13,6 +13,8 @@ mod forward;
 mod kernels;
 mod probe;
 mod step;
+#[cfg(test)]
+mod twins;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -92,8 +94,8 @@ impl<R: Runtime> Runner<R> {
     /// The most batch rows (≤ `b`) whose every buffer fits one device buffer.
     fn rows_that_fit(&self, b: usize, t: usize) -> Result<usize> {
         let fits = |rows: usize| forward::Dims::new(&self.model, rows, t).buffers().iter().all(|&(_, n)| self.dev.fits(n));
-        if !fits(1) {
-            let (what, n) = forward::Dims::new(&self.model, 1, t).buffers()[0];
+        let one = forward::Dims::new(&self.model, 1, t).buffers();
+        if let Some(&(what, n)) = one.iter().find(|&&(_, n)| !self.dev.fits(n)) {
             return Err(Error::TooLarge {
                 what: format!("{what} of one sequence of T={t} on the GPU ({}), in one buffer", self.dev.name),
                 need: n.checked_mul(4).map(|n| n as u64),
@@ -246,10 +248,6 @@ impl Gpu {
         self.engine.name()
     }
 
-    /// Bytes this process holds on the device now (buffers and their pools).
-    pub fn reserved_bytes(&self) -> u64 {
-        self.engine.reserved_bytes()
-    }
 }
 
 impl Forward for Gpu {
@@ -270,6 +268,14 @@ impl Forward for Gpu {
 }
 
 impl Device for Gpu {
+    fn as_forward(&mut self) -> &mut dyn Forward {
+        self
+    }
+
+    fn held_bytes(&self) -> u64 {
+        self.engine.reserved_bytes()
+    }
+
     fn stream(&self, state: &State) -> Result<Box<dyn Reader + '_>> {
         match state {
             State::Bdh(s) => self.engine.stream(s),

@@ -5,10 +5,15 @@
 
 use std::path::PathBuf;
 
-use bdh::engine::{Device, Forward};
+use bdh::engine::{Cpu, CpuReader, Device, Forward, Reader};
+use bdh::eval::{evaluate_bytes, evaluate_bytes_on};
+use bdh::infer::{Prepared, State};
 use bdh::io::checkpoint::load;
 use bdh::io::read_safetensors;
-use bdh::Model;
+use bdh::model::bdh::{BdhConfig, Decay, NO_EDITS};
+use bdh::model::gpt::GptConfig;
+use bdh::verify::{greedy, greedy_with};
+use bdh::{Model, ModelConfig};
 use bdh_gpu::{Gpu, Want};
 
 fn golden_dir(name: &str) -> PathBuf {
@@ -51,5 +56,124 @@ fn fixture_logits_match_the_reference() {
             println!("{fixture}: greedy {}/{}", g.matching, g.total);
         }
         assert!(report.passed(), "{fixture}: {report:?}");
+    }
+}
+
+fn bytes(text: &str) -> Vec<u32> {
+    text.bytes().map(u32::from).collect()
+}
+
+const TEXT: &str = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.";
+
+#[test]
+fn greedy_256_tokens_of_the_trained_fixture_equal_the_cpu() {
+    let model = load(&golden_dir("ref-small-trained").join("model.safetensors"), None).unwrap();
+    let Some(gpu) = open(&model, "GPU greedy continuation") else { return };
+    let prepared = Prepared::new(model).unwrap();
+    let prompt = bytes("ROMEO:");
+    let cpu = greedy(&prepared, &prompt, 256).unwrap();
+    let on_gpu = greedy_with(&mut *gpu.stream(&prepared.state().unwrap()).unwrap(), &prompt, 256).unwrap();
+    assert_eq!(on_gpu, cpu, "{}", String::from_utf8_lossy(&on_gpu.iter().map(|&t| t as u8).collect::<Vec<_>>()));
+}
+
+/// A small random BDH with a decay, so that the damping runs too.
+fn decaying() -> Model {
+    let cfg = BdhConfig {
+        n_layer: 2,
+        n_embd: 32,
+        n_head: 4,
+        mlp_internal_dim_multiplier: 8,
+        vocab_size: 256,
+        dropout: 0.0,
+        decay: Decay::Alibi,
+        ..BdhConfig::default()
+    };
+    Model::new(&ModelConfig::Bdh(cfg), 7).unwrap()
+}
+
+/// Largest |a − b| over the largest |b|.
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn a_decaying_model_on_the_device_equals_the_cpu_in_parallel_and_step_by_step() {
+    for model in [decaying(), load(&golden_dir("ref-tiny").join("model.safetensors"), None).unwrap()] {
+        let Some(mut gpu) = open(&model, "GPU decaying model") else { return };
+        let ids = bytes(TEXT);
+        let (b, t) = (2, ids.len() / 2);
+        let cpu = Cpu::new(&model).logits(&ids[..b * t], b, t).unwrap();
+        let dev = gpu.logits(&ids[..b * t], b, t).unwrap();
+        let r = rel(&dev, &cpu);
+        println!("{}: parallel logits max rel {r:.2e} against the CPU", model.config().describe());
+        assert!(r < 1e-5, "parallel: {r:.2e}");
+        // Recurrent == parallel on the device, at every position of row 0.
+        let v = model.config().vocab_size();
+        let prepared = Prepared::new(model.clone()).unwrap();
+        let mut stream = gpu.stream(&prepared.state().unwrap()).unwrap();
+        for (pos, &tok) in ids[..t].iter().enumerate() {
+            let step = stream.step(tok).unwrap().to_vec();
+            let r = rel(&step, &dev[pos * v..(pos + 1) * v]);
+            assert!(r < 1e-5, "position {pos}: step against parallel {r:.2e}");
+        }
+    }
+}
+
+#[test]
+fn a_stream_continues_a_cpu_state_and_hands_back_the_cpus_state() {
+    let model = load(&golden_dir("ref-small-trained").join("model.safetensors"), None).unwrap();
+    let Some(gpu) = open(&model, "GPU state continuation") else { return };
+    let prepared = Prepared::new(model).unwrap();
+    let ids = bytes(TEXT);
+    let (first, rest) = ids.split_at(40);
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
+    let mut cpu = CpuReader { prepared: &prepared, state: &mut state, scratch: &mut scratch, edits: &NO_EDITS };
+    cpu.prefill(first).unwrap();
+    let mut dev = gpu.stream(&cpu.state().unwrap()).unwrap();
+    assert_eq!(dev.position(), 40);
+    let want = cpu.prefill(rest).unwrap().to_vec();
+    let got = dev.prefill(rest).unwrap().to_vec();
+    assert!(rel(&got, &want) < 1e-5, "logits after the text: {:.2e}", rel(&got, &want));
+    let (State::Bdh(a), State::Bdh(b)) = (dev.state().unwrap(), cpu.state().unwrap()) else { unreachable!("BDH") };
+    assert_eq!(a.pos, b.pos);
+    assert!(rel(&a.rho, &b.rho) < 1e-5, "ρ: {:.2e}", rel(&a.rho, &b.rho));
+}
+
+#[test]
+fn eval_loss_on_the_device_equals_the_cpu() {
+    let model = load(&golden_dir("ref-small-trained").join("model.safetensors"), None).unwrap();
+    let Some(mut gpu) = open(&model, "GPU eval loss") else { return };
+    let text = TEXT.repeat(12);
+    let cpu = evaluate_bytes(&model, text.as_bytes(), 64, 4, &mut |_, _| {}).unwrap();
+    let dev = evaluate_bytes_on(&mut gpu, 256, text.as_bytes(), (4, 64), &mut |_, _| {}).unwrap();
+    let r = (dev.loss - cpu.loss).abs() / cpu.loss;
+    println!("eval loss: CPU {:.6}, GPU {:.6}, rel {r:.2e}", cpu.loss, dev.loss);
+    assert!(r < 1e-4);
+    assert_eq!((dev.tokens, dev.windows), (cpu.tokens, cpu.windows));
+}
+
+#[test]
+fn what_the_device_cannot_hold_is_refused_with_the_bytes_it_needs() {
+    let model = decaying();
+    let Some(mut gpu) = open(&model, "GPU size refusal") else { return };
+    // One sequence whose H × T × T scores pass any device's largest buffer (64 GiB).
+    let t = 1 << 16;
+    let err = gpu.logits(&vec![0; t], 1, t).unwrap_err();
+    assert!(matches!(err, bdh::Error::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("attention scores") && err.to_string().contains("64.0 GiB"), "{err}");
+    // Several sequences that fit one at a time run one pass per group of rows.
+    let ids = bytes(TEXT);
+    let t = ids.len() / 4;
+    assert_eq!(gpu.logits(&ids[..4 * t], 4, t).unwrap().len(), 4 * t * 256);
+}
+
+#[test]
+fn the_gpt_baseline_is_refused_by_name() {
+    let cfg = GptConfig { n_layer: 1, n_head: 2, n_embd: 16, block_size: 32, vocab_size: 256, dropout: 0.0, bias: true };
+    let model = Model::new(&ModelConfig::Gpt(cfg), 0).unwrap();
+    match Gpu::open(&model, Want::Any) {
+        Err(e) => assert!(e.to_string().contains("GPT baseline runs on the CPU"), "{e}"),
+        Ok(_) => panic!("a GPT opened on the GPU"),
     }
 }

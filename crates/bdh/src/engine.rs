@@ -42,6 +42,10 @@ pub trait Reader {
 
 /// A device that runs a model: its forward, and streams on it.
 pub trait Device: Forward {
+    /// Its forward (the same object, as the trait it extends).
+    fn as_forward(&mut self) -> &mut dyn Forward;
+    /// Bytes this process holds on the device now (its buffers and their pools).
+    fn held_bytes(&self) -> u64;
     /// A stream on the device continuing `state` (its position and ρ); an empty
     /// state starts a new text.
     fn stream(&self, state: &State) -> Result<Box<dyn Reader + '_>>;

@@ -1,6 +1,7 @@
 //! Evaluation: validation batches during training, and a whole file afterwards.
 
-use crate::data::{windows, Corpus, Tokenizer};
+use crate::data::{windows, Batch, Corpus, Tokenizer};
+use crate::engine::{Cpu, Forward};
 use crate::error::{Error, Result};
 use crate::infer::argmax;
 use crate::model::loss::cross_entropy;
@@ -166,27 +167,60 @@ pub fn evaluate_until(
     step: usize,
     stopped: &dyn Fn() -> bool,
 ) -> Result<Option<EvalMetrics>> {
-    let (b, t, v) = acts.shape();
-    let tokenizer = corpus.tokenizer();
-    let (mut loss, mut correct, mut answers, mut bytes) = (0.0f64, 0usize, 0usize, 0usize);
-    let mut groups: Vec<AnswerGroup> = Vec::new();
-    // Per group, the chance of each first-of-its-kind answer under copying.
-    let mut chances: Vec<Vec<f64>> = Vec::new();
+    let (b, t, _) = acts.shape();
+    let mut tally = Tally::new(model.config().vocab_size(), t);
     for i in 0..batches {
         if stopped() {
             return Ok(None);
         }
         let batch = corpus.val_batch(i, batches, b, t);
         forward(model, &batch.tokens, acts, Mode::Eval)?;
-        let logits = acts.logits();
-        loss += cross_entropy(logits, &batch.targets, v) as f64;
-        bytes += tokenizer.bytes_of(&batch.targets);
+        tally.add(acts.logits(), &batch, corpus);
+    }
+    Ok(Some(tally.finish(corpus, step, batches * b * t)))
+}
+
+/// [`evaluate`] on any device: `batches` batches of (B, T) = (`b`, `t`).
+pub fn evaluate_on(fwd: &mut dyn Forward, corpus: &Corpus, vocab: usize, (b, t): (usize, usize), batches: usize) -> Result<EvalMetrics> {
+    let mut tally = Tally::new(vocab, t);
+    for i in 0..batches {
+        let batch = corpus.val_batch(i, batches, b, t);
+        tally.add(&fwd.logits(&batch.tokens, b, t)?, &batch, corpus);
+    }
+    Ok(tally.finish(corpus, 0, batches * b * t))
+}
+
+/// Loss and answers summed over validation batches.
+struct Tally {
+    v: usize,
+    t: usize,
+    loss: f64,
+    correct: usize,
+    answers: usize,
+    bytes: usize,
+    batches: usize,
+    groups: Vec<AnswerGroup>,
+    // Per group, the chance of each first-of-its-kind answer under copying.
+    chances: Vec<Vec<f64>>,
+}
+
+impl Tally {
+    fn new(v: usize, t: usize) -> Self {
+        Tally { v, t, loss: 0.0, correct: 0, answers: 0, bytes: 0, batches: 0, groups: Vec::new(), chances: Vec::new() }
+    }
+
+    /// Adds a batch scored by `logits` (B, T, V).
+    fn add(&mut self, logits: &[f32], batch: &Batch, corpus: &Corpus) {
+        let (v, t) = (self.v, self.t);
+        self.batches += 1;
+        self.loss += cross_entropy(logits, &batch.targets, v) as f64;
+        self.bytes += corpus.tokenizer().bytes_of(&batch.targets);
         for (row, a) in &batch.answers {
-            answers += 1;
+            self.answers += 1;
             let hit = answered(logits, &batch.targets, row * t, &a.range, v);
-            correct += usize::from(hit);
-            let at = groups.iter().position(|g| g.list == a.list && g.facts == a.facts).unwrap_or_else(|| {
-                groups.push(AnswerGroup {
+            self.correct += usize::from(hit);
+            let at = self.groups.iter().position(|g| g.list == a.list && g.facts == a.facts).unwrap_or_else(|| {
+                self.groups.push(AnswerGroup {
                     list: a.list,
                     facts: a.facts,
                     answers: 0,
@@ -198,10 +232,10 @@ pub fn evaluate_until(
                     first_chance: 0.0,
                     first_p_value: 1.0,
                 });
-                chances.push(Vec::new());
-                groups.len() - 1
+                self.chances.push(Vec::new());
+                self.groups.len() - 1
             });
-            let g = &mut groups[at];
+            let g = &mut self.groups[at];
             let chance = a.copy_chance();
             g.answers += 1;
             g.correct += usize::from(hit);
@@ -211,29 +245,31 @@ pub fn evaluate_until(
                 g.first_answers += 1;
                 g.first_correct += usize::from(hit);
                 g.first_chance += chance;
-                chances[at].push(chance);
+                self.chances[at].push(chance);
             }
         }
     }
-    for (g, chances) in groups.iter_mut().zip(&chances) {
-        g.first_p_value = at_least(chances, g.first_correct);
-        g.copy_baseline /= g.answers as f64;
-        g.eliminate_baseline /= g.answers as f64;
-        g.first_chance /= g.first_answers.max(1) as f64;
+
+    /// The metrics of `tokens` tokens scored, at training step `step`.
+    fn finish(mut self, corpus: &Corpus, step: usize, tokens: usize) -> EvalMetrics {
+        for (g, chances) in self.groups.iter_mut().zip(&self.chances) {
+            g.first_p_value = at_least(chances, g.first_correct);
+            g.copy_baseline /= g.answers as f64;
+            g.eliminate_baseline /= g.answers as f64;
+            g.first_chance /= g.first_answers.max(1) as f64;
+        }
+        let val_loss = self.loss / self.batches as f64;
+        self.groups.sort_by_key(|g| (g.list, g.facts));
+        EvalMetrics {
+            step,
+            val_loss,
+            bits_per_byte: bits_per_byte(val_loss, tokens, self.bytes),
+            answer_accuracy: corpus.has_answers().then(|| self.correct as f64 / self.answers.max(1) as f64),
+            answers: self.answers,
+            answer_groups: self.groups,
+            train_loss: None,
+        }
     }
-    let val_loss = loss / batches as f64;
-    Ok(Some(EvalMetrics {
-        step,
-        val_loss,
-        bits_per_byte: bits_per_byte(val_loss, batches * b * t, bytes),
-        answer_accuracy: corpus.has_answers().then(|| correct as f64 / answers.max(1) as f64),
-        answers,
-        answer_groups: {
-            groups.sort_by_key(|g| (g.list, g.facts));
-            groups
-        },
-        train_loss: None,
-    }))
 }
 
 /// Bits per byte of a mean loss `loss` (nats) over `tokens` tokens that decode
@@ -315,26 +351,51 @@ fn evaluate_windows<T: Copy + Into<u32>>(
     b: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<FileEval> {
-    check_text(data, usize::MAX, model.config().vocab_size())?;
-    let v = model.config().vocab_size();
+    windows_on(&mut Cpu::new(model), model.config().vocab_size(), data, tokenizer, (b, t), progress)
+}
+
+/// [`evaluate_tokens`] on any device (`vocab`: the model's).
+pub fn evaluate_tokens_on(
+    fwd: &mut dyn Forward,
+    vocab: usize,
+    tokens: &[u32],
+    tokenizer: &Tokenizer,
+    (b, t): (usize, usize),
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<FileEval> {
+    windows_on(fwd, vocab, tokens, tokenizer, (b, t), progress)
+}
+
+/// [`evaluate_bytes`] on any device (`vocab`: the model's).
+pub fn evaluate_bytes_on(
+    fwd: &mut dyn Forward,
+    vocab: usize,
+    data: &[u8],
+    (b, t): (usize, usize),
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<FileEval> {
+    windows_on(fwd, vocab, data, &Tokenizer::Bytes, (b, t), progress)
+}
+
+fn windows_on<T: Copy + Into<u32>>(
+    fwd: &mut dyn Forward,
+    v: usize,
+    data: &[T],
+    tokenizer: &Tokenizer,
+    (b, t): (usize, usize),
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<FileEval> {
+    check_text(data, usize::MAX, v)?;
     let all: Vec<(&[T], &[T])> = windows(data, t).collect();
     let (mut total, mut tokens, mut bytes, mut done) = (0.0f64, 0usize, 0usize, 0usize);
-    let mut acts: Option<Activations> = None;
     for group in all.chunks(b) {
         done += group.len();
         // Windows of one pass share a length: the full ones, then the short tail alone.
         for same in group.chunk_by(|a, b| a.0.len() == b.0.len()) {
             let len = same[0].0.len();
-            let fits = acts.as_ref().is_some_and(|a| a.shape().0 == same.len() && a.shape().1 == len);
-            if !fits {
-                drop(acts.take()); // free the old buffers before the new ones
-                acts = Some(Activations::new(model, same.len(), len)?);
-            }
-            let acts = acts.as_mut().expect("just set");
             let ids: Vec<u32> = same.iter().flat_map(|w| w.0.iter().map(|&x| x.into())).collect();
             let targets: Vec<u32> = same.iter().flat_map(|w| w.1.iter().map(|&x| x.into())).collect();
-            forward(model, &ids, acts, Mode::Eval)?;
-            total += cross_entropy(acts.logits(), &targets, v) as f64 * targets.len() as f64;
+            total += fwd.loss_sum(&ids, &targets, same.len(), len)?;
             tokens += targets.len();
             bytes += tokenizer.bytes_of(&targets);
         }

@@ -3,10 +3,13 @@
 
 use std::path::PathBuf;
 
+use bdh::engine::CpuReader;
 use bdh::infer::Prepared;
+use bdh::model::bdh::NO_EDITS;
 use bdh::{Model, ModelConfig};
 
 use super::describe;
+use crate::device::DeviceArgs;
 use super::measure::{generate_speed, step_latency, StepSide};
 
 /// What to generate with, and how far the long context reaches.
@@ -28,7 +31,7 @@ pub struct Args {
 }
 
 /// Measures `args.model`, or random weights of `preset`.
-pub fn run(args: &Args, preset: &ModelConfig) -> anyhow::Result<()> {
+pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result<()> {
     let prompt_len = args.prompt_len;
     let most = bdh::model::MAX_POSITION;
     anyhow::ensure!(
@@ -42,11 +45,19 @@ pub fn run(args: &Args, preset: &ModelConfig) -> anyhow::Result<()> {
         Some(p) => crate::model_args::load(p, None)?.1,
         None => Model::new(preset, 0)?,
     };
+    let device = on.open(&model)?;
     describe(&model.config(), "B1");
     let model = Prepared::new(model)?;
     let prompt: Vec<u8> =
         b"The hatchling reads, and what it reads it keeps. ".iter().cycle().take(prompt_len.max(1)).copied().collect();
-    let g = generate_speed(&model, &prompt, args.tokens)?;
+    let g = match &device {
+        Some(dev) => generate_speed(&mut *dev.stream(&model.state()?)?, &prompt, args.tokens)?,
+        None => {
+            let (mut state, mut scratch) = (model.state()?, model.scratch());
+            let mut reader = CpuReader { prepared: &model, state: &mut state, scratch: &mut scratch, edits: &NO_EDITS };
+            generate_speed(&mut reader, &prompt, args.tokens)?
+        }
+    };
     let state_mib = g.state_bytes as f64 / (1 << 20) as f64;
     println!(
         "generate {} tokens after {}: {:.1} tokens/s (prefill {:.1} ms, decode {:.1} ms), state {state_mib:.2} MiB",
@@ -56,6 +67,11 @@ pub fn run(args: &Args, preset: &ModelConfig) -> anyhow::Result<()> {
         g.prefill_seconds * 1e3,
         g.decode_seconds * 1e3,
     );
+    if let Some(dev) = &device {
+        // Sparse and dense steps are the CPU's; a device's steps are dense.
+        println!("device memory held: {:.1} MiB", dev.held_bytes() as f64 / (1 << 20) as f64);
+        return Ok(());
+    }
     if model.config().max_context().is_some() {
         // A GPT's step has no sparse and dense forms, and its context is bounded.
         return Ok(());

@@ -4,7 +4,8 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use bdh::data::Tokenizer;
-use bdh::infer::{argmax, generate, Generation, Prepared, Sampler, SamplingConfig, Scratch, State};
+use bdh::engine::{Forward, Reader};
+use bdh::infer::{argmax, generate_with, Generation, Prepared, Sampler, SamplingConfig, Scratch, State};
 use bdh::model::bdh::NO_EDITS;
 use bdh::train::Single;
 use bdh::{backward, forward, Activations, AdamWConfig, Mode, Model, ModelConfig, Result, Trainer};
@@ -100,15 +101,20 @@ pub fn train_step(spec: &BenchSpec) -> Result<BenchResult> {
     })
 }
 
-/// Times eval-mode forward passes on random tokens.
-pub fn forward_pass(spec: &BenchSpec) -> Result<BenchResult> {
-    let model = Model::new(&spec.config, 0)?;
-    let mut acts = Activations::new(&model, spec.batch, spec.block)?;
+/// Times eval-mode forward passes of `model` on random tokens: on the CPU engine,
+/// or, given a device, there (each pass then ends with its logits back on the host).
+pub fn forward_pass(spec: &BenchSpec, model: &Model, device: Option<&mut dyn Forward>) -> Result<BenchResult> {
+    let mut acts = if device.is_none() { Some(Activations::new(model, spec.batch, spec.block)?) } else { None };
+    let mut device = device;
     let tokens = batch(spec, 1);
     let mut seconds = Vec::new();
     for i in 0..spec.warmup + spec.iters {
         let t0 = Instant::now();
-        forward(&model, &tokens, &mut acts, Mode::Eval)?;
+        match (&mut device, &mut acts) {
+            (Some(dev), _) => drop(dev.logits(&tokens, spec.batch, spec.block)?),
+            (None, Some(acts)) => forward(model, &tokens, acts, Mode::Eval)?,
+            (None, None) => unreachable!("buffers made for the CPU"),
+        }
         if i >= spec.warmup {
             seconds.push(t0.elapsed().as_secs_f64());
         }
@@ -158,13 +164,13 @@ impl GenerateResult {
     }
 }
 
-/// Greedy generation of `tokens` after a `prompt` (sparse recurrent steps).
-pub fn generate_speed(prepared: &Prepared, prompt: &[u8], tokens: usize) -> Result<GenerateResult> {
+/// Greedy generation of `tokens` after a `prompt` by `reader` (on the CPU: sparse
+/// recurrent steps).
+pub fn generate_speed(reader: &mut dyn Reader, prompt: &[u8], tokens: usize) -> Result<GenerateResult> {
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() })?;
-    let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
     let (tok, g) = (Tokenizer::Bytes, Generation { max_tokens: tokens, ..Generation::default() });
     let ids = tok.encode(prompt);
-    let out = generate(prepared, &mut state, &mut scratch, &ids, &g, &mut sampler, |_| ControlFlow::Continue(()))?;
+    let out = generate_with(reader, &ids, &g, &mut sampler, |_| ControlFlow::Continue(()))?;
     let s = out.stats;
     Ok(GenerateResult {
         prompt_tokens: s.prompt_tokens,

@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
-use bdh::{ModelConfig, RunConfig};
+use bdh::{Model, ModelConfig, RunConfig};
 use measure::{forward_pass, peak_gflops, train_step, BenchResult, BenchSpec};
 
 use crate::args::ThreadsArgs;
+use crate::device::DeviceArgs;
 
 mod generate;
 mod measure;
@@ -36,6 +37,8 @@ pub struct Args {
     iters: usize,
     #[command(flatten)]
     threads: ThreadsArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -76,14 +79,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.mode {
         Mode::Peak => {}
         Mode::Train => {
+            args.device.cpu_only("training")?;
             describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
             print_result("train step", &train_step(&spec)?, peak);
         }
         Mode::Forward => {
+            let model = Model::new(&spec.config, 0)?;
+            let mut device = args.device.open(&model)?;
             describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
-            print_result("forward", &forward_pass(&spec)?, peak);
+            match device.as_deref_mut() {
+                Some(dev) => {
+                    let on = dev.device();
+                    print_device_result(&format!("forward on the {on}"), &forward_pass(&spec, &model, Some(dev.as_forward()))?);
+                }
+                None => print_result("forward", &forward_pass(&spec, &model, None)?, peak),
+            }
         }
-        Mode::Generate(g) => generate::run(&g, &run.model)?,
+        Mode::Generate(g) => generate::run(&g, &run.model, &args.device)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -94,6 +106,19 @@ fn describe(m: &ModelConfig, shape: &str) {
         m.describe(),
         m.param_count() as f64 / 1e6,
         crate::count(rayon::current_num_threads(), "thread", "threads")
+    );
+}
+
+/// A result on a device: its time and rate (the CPU's peak does not apply).
+fn print_device_result(what: &str, r: &BenchResult) {
+    let min = r.seconds.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "{what}: median {:.2} ms (min {:.2} ms over {}), {:.0} tokens/s, {:.1} model GFLOP/s",
+        r.median() * 1e3,
+        min * 1e3,
+        r.seconds.len(),
+        r.tokens_per_second(),
+        r.gflops(),
     );
 }
 

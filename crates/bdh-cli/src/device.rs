@@ -1,0 +1,73 @@
+//! `--device cpu|gpu|auto`: where a model runs.
+
+use bdh::engine::Device;
+use bdh::Model;
+
+/// Where a model runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Choice {
+    /// This machine's CPU cores.
+    #[default]
+    Cpu,
+    /// A GPU: CUDA when the NVIDIA driver works, else a Vulkan device (a software
+    /// one, lavapipe, if nothing else); an error if there is none.
+    Gpu,
+    /// A hardware GPU if one is found, else the CPU.
+    Auto,
+}
+
+/// `--device`, for the subcommands that run a model on a device.
+#[derive(clap::Args)]
+pub struct DeviceArgs {
+    /// Where the model runs: cpu, gpu (CUDA, else Vulkan; needs a build with
+    /// `--features gpu`), or auto (a hardware GPU if there is one, else the CPU).
+    #[arg(long, value_enum, default_value_t = Choice::Cpu)]
+    pub device: Choice,
+}
+
+impl DeviceArgs {
+    /// `model` on the device asked for, or `None` for the CPU engine. Says on
+    /// standard error where it runs when that is a GPU, and why `auto` stayed on
+    /// the CPU.
+    pub fn open(&self, model: &Model) -> anyhow::Result<Option<Box<dyn Device>>> {
+        let opened = match self.device {
+            Choice::Cpu => return Ok(None),
+            Choice::Gpu => open(model, false)?,
+            Choice::Auto => match open(model, true) {
+                Ok(dev) => dev,
+                Err(e) => {
+                    eprintln!("note: running on the CPU ({e:#})");
+                    None
+                }
+            },
+        };
+        if let Some(dev) = &opened {
+            eprintln!("running on the {}", dev.device());
+        }
+        Ok(opened)
+    }
+
+    /// An error if a GPU was asked for: for work that runs on the CPU only
+    /// (`what` says which).
+    pub fn cpu_only(&self, what: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(self.device != Choice::Gpu, "{what} runs on the CPU only: drop --device gpu");
+        Ok(())
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn open(model: &Model, hardware_only: bool) -> anyhow::Result<Option<Box<dyn Device>>> {
+    let want = if hardware_only { bdh_gpu::Want::Hardware } else { bdh_gpu::Want::Any };
+    Ok(Some(Box::new(bdh_gpu::Gpu::open(model, want)?)))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn open(_: &Model, hardware_only: bool) -> anyhow::Result<Option<Box<dyn Device>>> {
+    let why = "this bdh was built without the GPU backend: build it with `cargo build --release --features gpu` \
+               (see the README's GPU section)";
+    if hardware_only {
+        eprintln!("note: running on the CPU ({why})");
+        return Ok(None);
+    }
+    Err(bdh::Error::Device(why.into()).into())
+}
