@@ -21,7 +21,7 @@ pub enum Choice {
 pub struct DeviceArgs {
     /// Where the model runs: cpu, gpu (CUDA, else Vulkan; needs a build with
     /// `--features gpu`), or auto (a hardware GPU if there is one, else the CPU).
-    #[arg(long, value_enum, default_value_t = Choice::Cpu)]
+    #[arg(long, value_enum, global = true, default_value_t = Choice::Cpu)]
     pub device: Choice,
 }
 

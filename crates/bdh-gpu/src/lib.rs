@@ -8,13 +8,11 @@
 //! Built with the `gpu` feature; without it this crate is empty.
 #![cfg(feature = "gpu")]
 
-mod device;
+pub mod device;
 mod forward;
 mod kernels;
-mod probe;
+pub mod probe;
 mod step;
-#[cfg(test)]
-mod twins;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

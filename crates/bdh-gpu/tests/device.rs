@@ -20,6 +20,8 @@ fn golden_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden").join(name)
 }
 
+mod common;
+
 /// `model` on the device here, or `None` (said on stderr and in `BDH_SKIPPED_LOG`)
 /// when there is none and none is required.
 fn open(model: &Model, test: &str) -> Option<Gpu> {
@@ -27,13 +29,7 @@ fn open(model: &Model, test: &str) -> Option<Gpu> {
     match Gpu::open(model, Want::Any) {
         Ok(gpu) => Some(gpu),
         Err(e) if std::env::var("BDH_REQUIRE_GPU").as_deref() != Ok("1") => {
-            let line = format!("SKIPPED {test}: no GPU or Vulkan device ({e})");
-            eprintln!("{line}");
-            if let Some(path) = std::env::var_os("BDH_SKIPPED_LOG").filter(|p| !p.is_empty()) {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap();
-                writeln!(f, "{line}").unwrap();
-            }
+            common::skipped(test, &format!("no GPU or Vulkan device ({e})"));
             None
         }
         Err(e) => panic!("BDH_REQUIRE_GPU=1 and no device: {e}"),

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use tempfile::TempDir;
 
 pub mod figures;
+#[path = "../../../../tests/support/skip.rs"]
 mod skip;
 pub use skip::skipped;
 

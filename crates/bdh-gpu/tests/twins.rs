@@ -1,3 +1,4 @@
+#![cfg(feature = "gpu")]
 //! Each device kernel against its CPU twin from `bdh-kernels` (or, where the CPU has
 //! none of its own, a plain loop), on the first Vulkan adapter here — in CI,
 //! lavapipe. Without one each test says it skipped, unless `BDH_REQUIRE_GPU=1`.
@@ -7,21 +8,18 @@ use cubecl::prelude::Runtime;
 use cubecl::wgpu::WgpuRuntime;
 use rand::{Rng, SeedableRng};
 
-use crate::device::Device;
-use crate::probe;
+use bdh_gpu::device::Device;
+use bdh_gpu::probe;
+
+mod common;
+use common::skipped;
 
 /// The first Vulkan device, or `None` (said) where there is none and none is required.
 fn device(test: &str) -> Option<Device<WgpuRuntime>> {
     probe::quiet_vulkan();
     let Some(adapter) = probe::adapters().into_iter().next() else {
         assert_ne!(std::env::var("BDH_REQUIRE_GPU").as_deref(), Ok("1"), "BDH_REQUIRE_GPU=1 and no Vulkan device");
-        let line = format!("SKIPPED {test}: no Vulkan device (install mesa-vulkan-drivers for lavapipe)");
-        eprintln!("{line}");
-        if let Some(path) = std::env::var_os("BDH_SKIPPED_LOG").filter(|p| !p.is_empty()) {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap();
-            writeln!(f, "{line}").unwrap();
-        }
+        skipped(test, "no Vulkan device (Debian and Ubuntu: apt-get install mesa-vulkan-drivers gives lavapipe)");
         return None;
     };
     Some(Device::new(WgpuRuntime::client(&adapter.device), adapter.name))

@@ -1,0 +1,172 @@
+//! `--device`: on a build with the `gpu` feature, the commands on the device here
+//! (in CI: lavapipe, Mesa's software Vulkan device) against the same commands on
+//! the CPU; on a build without it, a clear refusal. Without a device each GPU test
+//! says it skipped, unless `BDH_REQUIRE_GPU=1` (CI), where that fails.
+
+mod common;
+
+#[cfg(not(feature = "gpu"))]
+#[test]
+fn without_the_gpu_feature_a_gpu_is_refused_and_auto_stays_on_the_cpu() {
+    common::skipped(
+        "GPU tests (bdh-gpu's and the CLI's --device gpu)",
+        "this build has no GPU backend: `cargo test -p bdh-gpu --features gpu` and \
+         `cargo test -p bdh-cli --features gpu --test gpu` run them (CI does, on lavapipe)",
+    );
+    use common::{bdh, golden, text};
+    let model = golden("ref-tiny");
+    let expected = golden("ref-tiny/expected.safetensors");
+    let o = bdh(&["verify", "--model", &model, "--golden", &expected, "--device", "gpu"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("built without the GPU backend") && text(&o).contains("--features gpu"), "{}", text(&o));
+    let o = bdh(&["verify", "--model", &model, "--golden", &expected, "--device", "auto"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("note: running on the CPU"), "{}", text(&o));
+}
+
+#[cfg(feature = "gpu")]
+mod on_a_device {
+    use super::common::{self, bdh, golden, temp, text};
+    use std::process::{Command, Output};
+
+    /// Whether a device is here; if not (and none is required), says the test skipped.
+    fn device_here(test: &str) -> bool {
+        let o = bdh(&["verify", "--model", &golden("ref-tiny"), "--golden", &golden("ref-tiny/expected.safetensors"), "--device", "gpu"]);
+        if o.status.success() {
+            return true;
+        }
+        assert_ne!(std::env::var("BDH_REQUIRE_GPU").as_deref(), Ok("1"), "BDH_REQUIRE_GPU=1: {}", text(&o));
+        assert!(text(&o).contains("no GPU found"), "{}", text(&o));
+        common::skipped(test, "no GPU or Vulkan device (Debian and Ubuntu: apt-get install mesa-vulkan-drivers)");
+        false
+    }
+
+    #[test]
+    fn verify_on_the_device_passes_on_every_bdh_golden_and_refuses_the_gpt() {
+        if !device_here("bdh verify --device gpu") {
+            return;
+        }
+        for fixture in ["ref-tiny", "ref-small-trained"] {
+            let golden_file = golden(&format!("{fixture}/expected.safetensors"));
+            let o = bdh(&["verify", "--model", &golden(fixture), "--golden", &golden_file, "--device", "gpu"]);
+            println!("{}", text(&o));
+            assert!(o.status.success(), "{fixture}: {}", text(&o));
+            assert!(text(&o).contains("on the GPU") && text(&o).contains("PASS"), "{}", text(&o));
+            assert!(!text(&o).contains("XDG_RUNTIME_DIR"), "driver noise: {}", text(&o));
+        }
+        let o = bdh(&[
+            "verify",
+            "--model",
+            &golden("gpt-tiny"),
+            "--golden",
+            &golden("gpt-tiny/expected.safetensors"),
+            "--device",
+            "gpu",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("GPT baseline runs on the CPU"), "{}", text(&o));
+    }
+
+    #[test]
+    fn generation_on_the_device_prints_the_cpus_text_and_saves_a_state_the_cpu_continues() {
+        if !device_here("bdh generate --device gpu") {
+            return;
+        }
+        let dir = temp("gpu-generate");
+        let state = dir.path().join("after.state");
+        let state = state.to_str().unwrap();
+        let model = golden("ref-small-trained");
+        let run = |device: &str, extra: &[&str]| {
+            let mut args = vec!["generate", "--model", &model[..], "--prompt", "ROMEO:"];
+            args.extend(["--temperature", "0", "--device", device]);
+            args.extend(extra);
+            bdh(&args)
+        };
+        let (cpu, gpu) = (run("cpu", &["--max-tokens", "100"]), run("gpu", &["--max-tokens", "100", "--save-state", state]));
+        assert!(cpu.status.success() && gpu.status.success(), "{}{}", text(&cpu), text(&gpu));
+        assert_eq!(String::from_utf8_lossy(&gpu.stdout), String::from_utf8_lossy(&cpu.stdout));
+        // The CPU continues the device's state as it would its own.
+        let more = |device: &str| run(device, &["--load-state", state, "--no-echo", "--max-tokens", "40"]);
+        let (cpu, gpu) = (more("cpu"), more("gpu"));
+        assert!(cpu.status.success() && gpu.status.success(), "{}{}", text(&cpu), text(&gpu));
+        assert_eq!(String::from_utf8_lossy(&gpu.stdout), String::from_utf8_lossy(&cpu.stdout));
+        assert!(text(&cpu).contains("at position 152"), "{}", text(&cpu));
+    }
+
+    #[test]
+    fn eval_on_the_device_gives_the_cpus_loss() {
+        if !device_here("bdh eval --device gpu") {
+            return;
+        }
+        let dir = temp("gpu-eval");
+        let file = dir.path().join("text.txt");
+        std::fs::write(&file, "Now is the winter of our discontent made glorious summer by this sun of York. ".repeat(20)).unwrap();
+        let loss = |device: &str| -> f64 {
+            let args = ["eval", "--model", &golden("ref-small-trained"), "--data", file.to_str().unwrap(), "--json", "-"];
+            let o = bdh(&[&args[..], &["--block", "128", "--device", device]].concat());
+            assert!(o.status.success(), "{}", text(&o));
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["loss"].as_f64().unwrap()
+        };
+        let (cpu, gpu) = (loss("cpu"), loss("gpu"));
+        println!("eval loss: CPU {cpu:.6}, GPU {gpu:.6}");
+        assert!((gpu - cpu).abs() / cpu < 1e-4, "CPU {cpu}, GPU {gpu}");
+        // The built-in corpus's answers score the same too.
+        let acc = |device: &str| -> serde_json::Value {
+            let o = bdh(&["eval", "--model", &golden("recall-trained"), "--batches", "2", "--json", "-", "--device", device]);
+            assert!(o.status.success(), "{}", text(&o));
+            serde_json::from_slice(&o.stdout).unwrap()
+        };
+        let (cpu, gpu) = (acc("cpu"), acc("gpu"));
+        assert_eq!(gpu["answers"], cpu["answers"]);
+        let (a, b) = (gpu["val_loss"].as_f64().unwrap(), cpu["val_loss"].as_f64().unwrap());
+        assert!((a - b).abs() / b < 1e-4, "{a} {b}");
+    }
+
+    #[test]
+    fn bench_runs_on_the_device_and_cpu_only_work_says_so() {
+        if !device_here("bdh bench --device gpu") {
+            return;
+        }
+        let o = bdh(&["bench", "forward", "--preset", "tiny", "--iters", "2", "--warmup", "1", "--device", "gpu"]);
+        assert!(o.status.success() && text(&o).contains("forward on the GPU"), "{}", text(&o));
+        let o = bdh(&["bench", "generate", "--preset", "tiny", "--tokens", "16", "--device", "gpu"]);
+        assert!(o.status.success() && text(&o).contains("device memory held"), "{}", text(&o));
+        let o = bdh(&["bench", "train", "--preset", "tiny", "--device", "gpu"]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("training runs on the CPU only"), "{}", text(&o));
+        let o = bdh(&["eval", "--model", &golden("ref-tiny"), "--data", &golden("ref-tiny/config.json"), "--carry", "--device", "gpu"]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("--carry runs on the CPU only"), "{}", text(&o));
+    }
+
+    /// `bdh` with `env` set and `unset` removed.
+    fn bdh_env(args: &[&str], env: &[(&str, &str)], unset: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bdh"));
+        c.args(args).envs(env.iter().copied());
+        for k in unset {
+            c.env_remove(k);
+        }
+        c.output().expect("bdh runs")
+    }
+
+    #[test]
+    fn no_driver_is_a_clear_error_and_no_driver_writes_noise() {
+        let args =
+            ["verify", "--model", &golden("ref-tiny"), "--golden", &golden("ref-tiny/expected.safetensors"), "--device", "gpu"];
+        // CUDA alone: where no NVIDIA driver is installed, an error naming it.
+        let o = bdh_env(&args, &[("BDH_GPU_BACKEND", "cuda")], &[]);
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+        if !o.status.success() {
+            assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+            assert!(text(&o).contains("Tried CUDA:") && text(&o).contains("libcuda"), "{}", text(&o));
+        }
+        let o = bdh_env(&args, &[("BDH_GPU_BACKEND", "metal")], &[]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("BDH_GPU_BACKEND=metal: expected `cuda` or `vulkan`"), "{}", text(&o));
+        // Without XDG_RUNTIME_DIR (a container, a cron job), the Vulkan driver stays quiet.
+        let o = bdh_env(&args, &[], &["XDG_RUNTIME_DIR"]);
+        assert!(!text(&o).contains("XDG_RUNTIME_DIR"), "{}", text(&o));
+        let o = bdh_env(&args, &[("XDG_RUNTIME_DIR", "/nonexistent/run")], &[]);
+        assert!(!text(&o).contains("XDG_RUNTIME_DIR"), "{}", text(&o));
+    }
+}
