@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The GPU check, at most 4 minutes on the device: (1) whether cubecl's CUDA runtime
+# starts on this driver (else Vulkan is tried), (2) `bdh verify --device gpu` on
+# every BDH golden, (3) generation of one stream at bdh.py's default config (L6 D256
+# H4, N 8192) — bdh's recurrent step on the device against bdh.py's `generate`
+# (which re-runs the prefix for every token) under bf16 autocast — with peak device
+# memory. Prints a table and writes it to $OUT/gpu.md (or bench/gpu/out/).
+#
+# On the build machine (Rust, no GPU needed):
+#   bench/gpu.sh build [PATH/TO/bdh.py]   # stripped binary to bench/gpu/bdh, bdh.py to bench/ext/
+# On the machine with the GPU (no Rust needed; PyTorch for bdh.py's row):
+#   bench/gpu.sh                          # or: bench/gpu.sh run [BINARY]
+# Dry run anywhere (a software Vulkan device, bdh.py on the CPU, the tiny preset):
+#   BENCH_DRY=1 bench/gpu.sh
+# Both bench/gpu/ and bench/ext/ are git-ignored: bdh.py is not shipped here.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-run}
+case $mode in
+  build)
+    cargo build --release --locked --features gpu -p bdh-cli || exit 1
+    mkdir -p bench/gpu bench/ext
+    strip -o bench/gpu/bdh target/release/bdh || exit 1
+    if [[ -n ${2:-} ]]; then cp "$2" bench/ext/bdh.py; fi
+    [[ -f bench/ext/bdh.py ]] || echo "note: no bench/ext/bdh.py (the official https://github.com/pathwaycom/bdh/blob/main/bdh.py): bdh.py's row will be missing" >&2
+    ls -l bench/gpu/bdh
+    exit 0 ;;
+  run) bin=${2:-bench/gpu/bdh} ;;
+  *) echo "usage: bench/gpu.sh [build [bdh.py] | run [binary]]" >&2; exit 2 ;;
+esac
+[[ -x $bin ]] || { echo "no binary at $bin: run 'bench/gpu.sh build' on a machine with Rust first" >&2; exit 2; }
+out=${OUT:-bench/gpu/out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+dry=${BENCH_DRY:-0}
+preset=paper; torch_device=cuda; sets=()
+if [[ $dry == 1 ]]; then
+  preset=tiny; torch_device=cpu
+  sets=(--set n_layer=2 --set n_embd=64 --set n_head=2 --set mlp_internal_dim_multiplier=8)  # = tiny
+fi
+tokens=${BENCH_TOKENS:-256}
+t_start=$SECONDS
+log() { echo "[$((SECONDS - t_start)) s] $*" >&2; }
+
+# cubecl's CUDA runtime compiles kernels with NVRTC: where the system has no CUDA
+# toolkit, PyTorch's pip wheels carry the library.
+if ! ldconfig -p 2>/dev/null | grep -q libnvrtc; then
+  extra=$("$py" -c 'import glob, os, sys; print(":".join(sorted({os.path.dirname(p) for d in sys.path for p in glob.glob(d + "/nvidia/*/lib/libnvrtc*.so*")})))' 2>/dev/null)
+  [[ -n $extra ]] && export LD_LIBRARY_PATH=$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} && log "NVRTC from $extra"
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2
+
+# 1. Which backend starts: CUDA first; if its runtime fails here, Vulkan.
+verify() { timeout 60 "$bin" verify --device gpu --model "tests/golden/$1" --golden "tests/golden/$1/expected.safetensors"; }
+backend=cuda
+if ! BDH_GPU_BACKEND=cuda verify ref-tiny > "$out/cuda-check.txt" 2>&1; then
+  log "CUDA did not start: $(tail -n 3 "$out/cuda-check.txt")"
+  backend=vulkan
+fi
+export BDH_GPU_BACKEND=$backend
+log "backend: $backend"
+
+# 2. Parity with the reference on the device.
+verdicts=()
+for g in ref-tiny ref-small-trained; do
+  verify "$g" > "$out/verify-$g.txt" 2>&1
+  verdicts+=("$g: $(grep -E '^(PASS|FAIL)' "$out/verify-$g.txt" || tail -n 1 "$out/verify-$g.txt")")
+  log "verify $g done"
+done
+
+# 3. One stream at bdh.py's default config: bdh's recurrent step on the device ...
+timeout 90 "$bin" bench generate --preset "$preset" --device gpu --prompt-len 16 --tokens "$tokens" \
+  > "$out/bdh-generate.txt" 2>&1
+log "bdh generate done"
+# ... and bdh.py's generate, bf16 autocast.
+if [[ -f bench/ext/bdh.py ]]; then
+  timeout 120 "$py" bench/bdhpy_generate.py --bdh-py bench/ext/bdh.py --device "$torch_device" --bf16 \
+    --prompt-len 16 --tokens "$tokens" "${sets[@]}" > "$out/bdhpy-generate.json" 2> "$out/bdhpy-generate.err"
+  log "bdh.py generate done"
+else
+  echo '{"missing": "bench/ext/bdh.py"}' > "$out/bdhpy-generate.json"
+fi
+
+# The table.
+"$py" - "$out" "$backend" "$tokens" "$preset" "${verdicts[@]}" <<'PY' | tee "$out/gpu.md"
+import json, re, sys
+out, backend, tokens, preset, verdicts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+config = "bdh.py's default config" if preset == "paper" else f"the {preset} preset (a dry run)"
+text = open(f"{out}/bdh-generate.txt").read()
+m = re.search(r"generate (\d+) tokens after (\d+): ([\d.]+) tokens/s", text)
+mem = re.search(r"device memory held: ([\d.]+) MiB", text)
+dev = re.search(r"running on the (.*)", text)
+try:
+    ref = json.load(open(f"{out}/bdhpy-generate.json"))
+except Exception as e:
+    ref = {"error": str(e)}
+print(f"device: {dev.group(1) if dev else '?'} (backend {backend})")
+for v in verdicts:
+    print(f"verify {v}")
+print()
+print(f"| one stream, greedy, {config} | tokens/s | peak device memory |")
+print("|---|---|---|")
+ours = float(m.group(3)) if m else None
+print(f"| bdh, recurrent step on the device (f32) | {ours if ours else 'failed: see bdh-generate.txt'} | {mem.group(1) + ' MiB' if mem else '?'} |")
+if "tokens_per_second" in ref:
+    peak = ref["peak_bytes"]
+    print(f"| bdh.py `generate`, bf16 autocast ({ref['device']}) | {ref['tokens_per_second']:.1f} | {peak / 2**20:.0f} MiB |" if peak else
+          f"| bdh.py `generate`, bf16 autocast ({ref['device']}) | {ref['tokens_per_second']:.1f} | – |")
+    if ours:
+        print(f"\nbdh / bdh.py: {ours / ref['tokens_per_second']:.1f}× ({tokens} tokens after a 16-token prompt)")
+else:
+    print(f"| bdh.py `generate` | not run: {ref} | |")
+PY
+log "total"
