@@ -11,7 +11,7 @@ use bdh_kernels::{Batch, MatMul};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use crate::kernels::{self, BLOCK, LINE, SIDE};
+use crate::kernels::{self, BLOCK, COLUMNS, LANES, LINE, SIDE};
 
 /// A buffer of 4-byte values (f32, or u32 token ids) on a device.
 #[derive(Clone, Debug)]
@@ -112,9 +112,35 @@ impl<R: Runtime> Device<R> {
         let (ka, kb, kc) = (keep(sa), keep(sb), keep(sc));
         let x = p.n.div_ceil(BLOCK * SIDE as usize) as u32;
         let y = p.m.div_ceil(BLOCK * SIDE as usize) as u32;
+        // One-row products (the step's) split k over lanes instead: a 4×4 block per
+        // unit would leave most units idle and each summing all of k.
+        let one_row = p.m == 1 && !p.a_t && !p.b_t && !causal && per[0] == 1;
         for i0 in 0..runs[0] {
             for i1 in 0..runs[1] {
                 let base = |s: [usize; 2]| i0 * s[0] + i1 * s[1];
+                let relu = p.relu && (i0, i1) == (runs[0] - 1, runs[1] - 1);
+                let acc = p.accumulate || i0 + i1 > 0;
+                if one_row {
+                    kernels::matvec::launch::<R>(
+                        &self.client,
+                        CubeCount::Static(p.n.div_ceil(COLUMNS as usize) as u32, 1, per[1] as u32),
+                        CubeDim::new_2d(COLUMNS, LANES),
+                        self.arg(a),
+                        self.arg(b),
+                        self.arg(c),
+                        p.k,
+                        p.n,
+                        base(sa),
+                        base(sb),
+                        base(sc),
+                        ka[1],
+                        kb[1],
+                        kc[1],
+                        relu,
+                        acc,
+                    );
+                    continue;
+                }
                 kernels::matmul::launch::<R>(
                     &self.client,
                     CubeCount::Static(x, y, (per[0] * per[1]) as u32),
@@ -138,8 +164,8 @@ impl<R: Runtime> Device<R> {
                     p.a_t,
                     p.b_t,
                     causal,
-                    p.relu && (i0, i1) == (runs[0] - 1, runs[1] - 1),
-                    p.accumulate || i0 + i1 > 0,
+                    relu,
+                    acc,
                 );
             }
         }

@@ -101,6 +101,66 @@ pub fn matmul(
     }
 }
 
+/// Columns of C one [`matvec`] cube makes, and the lanes that split k among them.
+pub const COLUMNS: u32 = 32;
+/// See [`COLUMNS`].
+pub const LANES: u32 = 8;
+
+/// C (+)= a · B for a batch of one-row products (the recurrent step's), B stored
+/// (k, n): unit (x, y) of a cube sums every [`LANES`]-th term of k for one column,
+/// reading B a row of columns at a time, and the lanes add up in shared memory; the
+/// ReLU after `acc`. Item z starts at `base + z·stride` of each buffer.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn matvec(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    c: &mut Array<f32>,
+    k: usize,
+    n: usize,
+    a_base: usize,
+    b_base: usize,
+    c_base: usize,
+    a_stride: usize,
+    b_stride: usize,
+    c_stride: usize,
+    #[comptime] relu: bool,
+    #[comptime] acc: bool,
+) {
+    let z = CUBE_POS_Z as usize;
+    let ao = a_base + z * a_stride;
+    let bo = b_base + z * b_stride;
+    let co = c_base + z * c_stride;
+    let x = UNIT_POS_X as usize;
+    let lane = UNIT_POS_Y as usize;
+    let col = CUBE_POS_X as usize * 32 + x; // (32 columns and 8 lanes: COLUMNS and LANES)
+    let mut sum = 0.0f32;
+    if col < n {
+        let mut p = lane;
+        while p < k {
+            sum += a[ao + p] * b[bo + p * n + col];
+            p += 8;
+        }
+    }
+    let mut partial = SharedMemory::<f32>::new(256usize);
+    partial[lane * 32 + x] = sum;
+    sync_cube();
+    if lane == 0 && col < n {
+        let mut v = 0.0f32;
+        #[unroll]
+        for l in 0..8usize {
+            v += partial[l * 32 + x];
+        }
+        if acc {
+            v += c[co + col];
+        }
+        if relu {
+            v = f32::max(v, 0.0);
+        }
+        c[co + col] = v;
+    }
+}
+
 /// Parameter-free LayerNorm of each row of `d` values, in place, with 1/σ per row
 /// in `rstd` (`bdh_kernels::layer_norm`; ε = 1e-5).
 #[cube(launch)]

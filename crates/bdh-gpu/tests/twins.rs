@@ -40,30 +40,36 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn matmul_equals_the_cpu_for_every_flag_and_batching() {
     let Some(dev) = device("GPU matmul twin") else { return };
-    let (m, k, n) = (37, 70, 45); // not multiples of the 4×4 blocks or the 64×64 tiles
-    let items = [2, 3];
-    // Batchings: per-item operands; A shared by the inner level (B's stride 0 on
-    // the outer); C summed over the inner level; C summed over the outer level.
-    let batchings = [
-        Batch { count: items, a: [3 * m * k, m * k], b: [3 * k * n, k * n], c: [3 * m * n, m * n] },
-        Batch { count: items, a: [m * k, 0], b: [0, k * n], c: [3 * m * n, m * n] },
-        Batch { count: items, a: [3 * m * k, m * k], b: [0, k * n], c: [m * n, 0] },
-        Batch { count: items, a: [3 * m * k, m * k], b: [3 * k * n, k * n], c: [0, m * n] },
-    ];
-    for (i, batch) in batchings.into_iter().enumerate() {
-        for (a_t, b_t, relu, acc) in [(false, false, false, false), (true, false, true, false), (false, true, false, true), (true, true, true, true)] {
-            let mut p = MatMul::new(m, k, n);
-            (p.a_t, p.b_t, p.relu, p.accumulate) = (a_t, b_t, relu, acc);
-            let a = random(6 * m * k, 1);
-            let b = random(6 * k * n, 2);
-            let c0 = random(6 * m * n, 3);
-            let mut want = c0.clone();
-            matmul_batched(&mut want, &a, &b, p, batch);
-            let (ga, gb, gc) = (dev.upload(&a, "A").unwrap(), dev.upload(&b, "B").unwrap(), dev.upload(&c0, "C").unwrap());
-            dev.matmul(&gc, &ga, &gb, p, batch, false);
-            let got = dev.read(&gc).unwrap();
-            let r = rel(&got, &want);
-            assert!(r < 1e-5, "batching {i}, a_t {a_t} b_t {b_t} relu {relu} acc {acc}: max rel {r:.2e}");
+    // Sizes not multiples of the 4×4 blocks or the 64×64 tiles, and one-row products
+    // (the step's, which split k over lanes instead).
+    for (m, k, n) in [(37, 70, 45), (1, 300, 45), (1, 5, 70)] {
+        let items = [2, 3];
+        // Batchings: per-item operands; A shared by the inner level (B's stride 0 on
+        // the outer); C summed over the inner level; C summed over the outer level;
+        // one outer item (the step's per-head products).
+        let batchings = [
+            Batch { count: items, a: [3 * m * k, m * k], b: [3 * k * n, k * n], c: [3 * m * n, m * n] },
+            Batch { count: items, a: [m * k, 0], b: [0, k * n], c: [3 * m * n, m * n] },
+            Batch { count: items, a: [3 * m * k, m * k], b: [0, k * n], c: [m * n, 0] },
+            Batch { count: items, a: [3 * m * k, m * k], b: [3 * k * n, k * n], c: [0, m * n] },
+            Batch { count: [1, 3], a: [0, m * k], b: [0, k * n], c: [0, m * n] },
+        ];
+        for (i, batch) in batchings.into_iter().enumerate() {
+            let flags = [(false, false, false, false), (true, false, true, false), (false, true, false, true), (false, false, true, true), (true, true, true, true)];
+            for (a_t, b_t, relu, acc) in flags {
+                let mut p = MatMul::new(m, k, n);
+                (p.a_t, p.b_t, p.relu, p.accumulate) = (a_t, b_t, relu, acc);
+                let a = random(6 * m * k, 1);
+                let b = random(6 * k * n, 2);
+                let c0 = random(6 * m * n, 3);
+                let mut want = c0.clone();
+                matmul_batched(&mut want, &a, &b, p, batch);
+                let (ga, gb, gc) = (dev.upload(&a, "A").unwrap(), dev.upload(&b, "B").unwrap(), dev.upload(&c0, "C").unwrap());
+                dev.matmul(&gc, &ga, &gb, p, batch, false);
+                let got = dev.read(&gc).unwrap();
+                let r = rel(&got, &want);
+                assert!(r < 1e-5, "{m}×{k}×{n}, batching {i}, a_t {a_t} b_t {b_t} relu {relu} acc {acc}: max rel {r:.2e}");
+            }
         }
     }
 }

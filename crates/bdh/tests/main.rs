@@ -1,7 +1,7 @@
 //! Integration tests of the bdh library; one file per concern.
 
 mod common;
-#[path = "../../bdh-cli/tests/common/skip.rs"]
+#[path = "../../../tests/support/skip.rs"]
 mod skip;
 
 mod adamw;
