@@ -9,8 +9,8 @@ use anyhow::Context;
 use bdh::data::{BytesView, Corpus, DataConfig, Tokenized, Tokenizer};
 use bdh::engine::{Cpu, Forward};
 use bdh::eval::{
-    evaluate_bytes_on, evaluate_on, evaluate_stream, evaluate_stream_tokens, evaluate_tokens_on, EvalMetrics,
-    FileEval, StreamEval,
+    evaluate_bytes_on, evaluate_on, evaluate_stream, evaluate_stream_tokens, evaluate_tokens_on, EvalMetrics, FileEval,
+    StreamEval,
 };
 use bdh::io::run_dir::RunDir;
 

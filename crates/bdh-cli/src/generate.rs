@@ -127,7 +127,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &mut *on_device
             }
             None => {
-                on_cpu = CpuReader { prepared: &prepared, state: &mut session, scratch: &mut scratch, edits: &NO_EDITS };
+                on_cpu =
+                    CpuReader { prepared: &prepared, state: &mut session, scratch: &mut scratch, edits: &NO_EDITS };
                 &mut on_cpu
             }
         };

@@ -31,7 +31,15 @@ mod on_a_device {
 
     /// Whether a device is here; if not (and none is required), says the test skipped.
     fn device_here(test: &str) -> bool {
-        let o = bdh(&["verify", "--model", &golden("ref-tiny"), "--golden", &golden("ref-tiny/expected.safetensors"), "--device", "gpu"]);
+        let o = bdh(&[
+            "verify",
+            "--model",
+            &golden("ref-tiny"),
+            "--golden",
+            &golden("ref-tiny/expected.safetensors"),
+            "--device",
+            "gpu",
+        ]);
         if o.status.success() {
             return true;
         }
@@ -82,7 +90,8 @@ mod on_a_device {
             args.extend(extra);
             bdh(&args)
         };
-        let (cpu, gpu) = (run("cpu", &["--max-tokens", "100"]), run("gpu", &["--max-tokens", "100", "--save-state", state]));
+        let (cpu, gpu) =
+            (run("cpu", &["--max-tokens", "100"]), run("gpu", &["--max-tokens", "100", "--save-state", state]));
         assert!(cpu.status.success() && gpu.status.success(), "{}{}", text(&cpu), text(&gpu));
         assert_eq!(String::from_utf8_lossy(&gpu.stdout), String::from_utf8_lossy(&cpu.stdout));
         // The CPU continues the device's state as it would its own.
@@ -100,9 +109,14 @@ mod on_a_device {
         }
         let dir = temp("gpu-eval");
         let file = dir.path().join("text.txt");
-        std::fs::write(&file, "Now is the winter of our discontent made glorious summer by this sun of York. ".repeat(20)).unwrap();
+        std::fs::write(
+            &file,
+            "Now is the winter of our discontent made glorious summer by this sun of York. ".repeat(20),
+        )
+        .unwrap();
         let loss = |device: &str| -> f64 {
-            let args = ["eval", "--model", &golden("ref-small-trained"), "--data", file.to_str().unwrap(), "--json", "-"];
+            let args =
+                ["eval", "--model", &golden("ref-small-trained"), "--data", file.to_str().unwrap(), "--json", "-"];
             let o = bdh(&[&args[..], &["--block", "128", "--device", device]].concat());
             assert!(o.status.success(), "{}", text(&o));
             serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["loss"].as_f64().unwrap()
@@ -112,7 +126,17 @@ mod on_a_device {
         assert!((gpu - cpu).abs() / cpu < 1e-4, "CPU {cpu}, GPU {gpu}");
         // The built-in corpus's answers score the same too.
         let acc = |device: &str| -> serde_json::Value {
-            let o = bdh(&["eval", "--model", &golden("recall-trained"), "--batches", "2", "--json", "-", "--device", device]);
+            let o = bdh(&[
+                "eval",
+                "--model",
+                &golden("recall-trained"),
+                "--batches",
+                "2",
+                "--json",
+                "-",
+                "--device",
+                device,
+            ]);
             assert!(o.status.success(), "{}", text(&o));
             serde_json::from_slice(&o.stdout).unwrap()
         };
@@ -134,7 +158,16 @@ mod on_a_device {
         let o = bdh(&["bench", "train", "--preset", "tiny", "--device", "gpu"]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("training runs on the CPU only"), "{}", text(&o));
-        let o = bdh(&["eval", "--model", &golden("ref-tiny"), "--data", &golden("ref-tiny/config.json"), "--carry", "--device", "gpu"]);
+        let o = bdh(&[
+            "eval",
+            "--model",
+            &golden("ref-tiny"),
+            "--data",
+            &golden("ref-tiny/config.json"),
+            "--carry",
+            "--device",
+            "gpu",
+        ]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("--carry runs on the CPU only"), "{}", text(&o));
     }
@@ -151,8 +184,15 @@ mod on_a_device {
 
     #[test]
     fn no_driver_is_a_clear_error_and_no_driver_writes_noise() {
-        let args =
-            ["verify", "--model", &golden("ref-tiny"), "--golden", &golden("ref-tiny/expected.safetensors"), "--device", "gpu"];
+        let args = [
+            "verify",
+            "--model",
+            &golden("ref-tiny"),
+            "--golden",
+            &golden("ref-tiny/expected.safetensors"),
+            "--device",
+            "gpu",
+        ];
         // CUDA alone: where no NVIDIA driver is installed, an error naming it.
         let o = bdh_env(&args, &[("BDH_GPU_BACKEND", "cuda")], &[]);
         assert!(!text(&o).contains("panicked"), "{}", text(&o));

@@ -237,7 +237,16 @@ impl<R: Runtime> Device<R> {
     /// `rho (H, N, D) += xr (H, N) ⊗ v (D)`.
     pub fn outer_add(&self, rho: &Buf, xr: &Buf, v: &Buf) {
         let (len, d) = (rho.len, v.len);
-        kernels::outer_add::launch::<R>(&self.client, grid(len), line(), self.arg(rho), self.arg(xr), self.arg(v), len, d);
+        kernels::outer_add::launch::<R>(
+            &self.client,
+            grid(len),
+            line(),
+            self.arg(rho),
+            self.arg(xr),
+            self.arg(v),
+            len,
+            d,
+        );
     }
 
     /// Per row of `v` logits, its cross-entropy against `targets`, into `out`.

@@ -70,20 +70,20 @@ impl Dims {
 /// Buffers of a (B, T) pass, made once per shape.
 pub struct Pass {
     pub dims: Dims,
-    cos: Buf,    // (T, N/2)
-    sin: Buf,    // (T, N/2)
-    powers: Buf, // (H, T): γ_h^k, k = i − j (empty without decay)
-    x: Buf,      // (B, H, T, N)
-    xr: Buf,     // (B, H, T, N)
-    y: Buf,      // (B, H, T, N)
-    z: Buf,      // (B, H, T, N)
-    scores: Buf, // (B, H, T, T)
-    a: Buf,      // (B, H, T, D)
-    rstd: Buf,   // (B, H, T)
-    w: Buf,      // (B, T, D)
-    v: [Buf; 2], // (B, T, D) the residual in and out of a layer
+    cos: Buf,        // (T, N/2)
+    sin: Buf,        // (T, N/2)
+    powers: Buf,     // (H, T): γ_h^k, k = i − j (empty without decay)
+    x: Buf,          // (B, H, T, N)
+    xr: Buf,         // (B, H, T, N)
+    y: Buf,          // (B, H, T, N)
+    z: Buf,          // (B, H, T, N)
+    scores: Buf,     // (B, H, T, T)
+    a: Buf,          // (B, H, T, D)
+    rstd: Buf,       // (B, H, T)
+    w: Buf,          // (B, T, D)
+    v: [Buf; 2],     // (B, T, D) the residual in and out of a layer
     pub logits: Buf, // (B, T, V)
-    losses: Buf, // (B, T)
+    losses: Buf,     // (B, T)
 }
 
 impl Pass {

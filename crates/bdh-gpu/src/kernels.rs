@@ -25,6 +25,8 @@ pub const SIDE: u32 = 16;
 /// 0 after `acc` has added the product to C. k is summed in order, as the CPU's scalar twin sums it.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
+// (`if causal { if … } }`: the outer test is a compile-time flag, the inner a run-time one)
+#[allow(clippy::collapsible_if)]
 pub fn matmul(
     a: &Array<f32>,
     b: &Array<f32>,
@@ -199,7 +201,15 @@ pub fn gather_rows(table: &Array<f32>, ids: &Array<u32>, out: &mut Array<f32>, r
 /// RoPE of rows of `n` neurons (`bdh_kernels::rope`, forward): pair j of row r
 /// turns by the angle whose cos and sin are at `(r mod t, j)` of the (t, n/2) tables.
 #[cube(launch)]
-pub fn rope(x: &Array<f32>, cos: &Array<f32>, sin: &Array<f32>, out: &mut Array<f32>, pairs: usize, t: usize, n: usize) {
+pub fn rope(
+    x: &Array<f32>,
+    cos: &Array<f32>,
+    sin: &Array<f32>,
+    out: &mut Array<f32>,
+    pairs: usize,
+    t: usize,
+    n: usize,
+) {
     let i = ABSOLUTE_POS;
     if i < pairs {
         let half = n / 2;

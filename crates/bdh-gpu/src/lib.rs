@@ -53,7 +53,7 @@ struct Runner<R: Runtime> {
     dev: Dev<R>,
     model: Bdh,
     weights: forward::Weights,
-    gamma: Option<Buf>,           // (H) the retention, with a decay
+    gamma: Option<Buf>,          // (H) the retention, with a decay
     pass: Option<forward::Pass>, // the buffers of the last shape run
 }
 
@@ -67,7 +67,13 @@ impl<R: Runtime> Runner<R> {
 
     /// Runs `tokens` (B, T) in passes of as many rows as the device's largest
     /// buffer allows; `each(pass, rows)` reads each pass's results.
-    fn run(&mut self, tokens: &[u32], b: usize, t: usize, each: &mut dyn FnMut(&Self, std::ops::Range<usize>) -> Result<()>) -> Result<()> {
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        each: &mut dyn FnMut(&Self, std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
         bdh::model::check_tokens(tokens, self.model.config.vocab_size, "forward")?;
         if tokens.len() != b * t || b == 0 || t == 0 {
             return Err(Error::Input(format!("forward: {} ids for a batch of B={b} × T={t}", tokens.len())));
@@ -91,7 +97,8 @@ impl<R: Runtime> Runner<R> {
 
     /// The most batch rows (≤ `b`) whose every buffer fits one device buffer.
     fn rows_that_fit(&self, b: usize, t: usize) -> Result<usize> {
-        let fits = |rows: usize| forward::Dims::new(&self.model, rows, t).buffers().iter().all(|&(_, n)| self.dev.fits(n));
+        let fits =
+            |rows: usize| forward::Dims::new(&self.model, rows, t).buffers().iter().all(|&(_, n)| self.dev.fits(n));
         let one = forward::Dims::new(&self.model, 1, t).buffers();
         if let Some(&(what, n)) = one.iter().find(|&&(_, n)| !self.dev.fits(n)) {
             return Err(Error::TooLarge {
@@ -225,7 +232,9 @@ impl Gpu {
             let vulkan = match (forced.as_deref(), adapters.first()) {
                 (Some("cuda"), _) => "not tried (BDH_GPU_BACKEND=cuda)".to_string(),
                 (_, None) => "no adapter found (no Vulkan driver installed)".to_string(),
-                (_, Some(a)) => format!("only the software device {} (`--device gpu` takes it, `auto` does not)", a.name),
+                (_, Some(a)) => {
+                    format!("only the software device {} (`--device gpu` takes it, `auto` does not)", a.name)
+                }
             };
             return Err(Error::Device(format!(
                 "no GPU found. Tried CUDA: {tried_cuda}; tried Vulkan: {vulkan}. An NVIDIA GPU needs its driver \
@@ -245,7 +254,6 @@ impl Gpu {
     pub fn name(&self) -> String {
         self.engine.name()
     }
-
 }
 
 impl Forward for Gpu {

@@ -31,15 +31,13 @@ pub fn cuda() -> Result<String, String> {
             100 => return Err("the CUDA driver is installed but sees no device (cuInit: no device)".into()),
             rc => return Err(format!("the CUDA driver failed to start (cuInit returned {rc})")),
         }
-        let count: libloading::Symbol<CuCount> =
-            lib.get(b"cuDeviceGetCount\0").map_err(|e| format!("libcuda: {e}"))?;
+        let count: libloading::Symbol<CuCount> = lib.get(b"cuDeviceGetCount\0").map_err(|e| format!("libcuda: {e}"))?;
         let mut devices = 0;
         if count(&mut devices) != 0 || devices == 0 {
             return Err("the CUDA driver sees no device".into());
         }
         let get: libloading::Symbol<CuGet> = lib.get(b"cuDeviceGet\0").map_err(|e| format!("libcuda: {e}"))?;
-        let name: libloading::Symbol<CuName> =
-            lib.get(b"cuDeviceGetName\0").map_err(|e| format!("libcuda: {e}"))?;
+        let name: libloading::Symbol<CuName> = lib.get(b"cuDeviceGetName\0").map_err(|e| format!("libcuda: {e}"))?;
         let (mut device, mut buf) = (0i32, [0u8; 256]);
         let named = get(&mut device, 0) == 0 && name(buf.as_mut_ptr(), buf.len() as i32 - 1, device) == 0;
         let len = buf.iter().position(|&c| c == 0).unwrap_or(0);
@@ -107,6 +105,11 @@ pub fn adapters() -> Vec<Adapter> {
     found.sort_by_key(|(rank, _)| *rank);
     // cubecl opens the first software adapter only.
     let mut software = 0;
-    found.retain(|(rank, _)| *rank < 3 || { software += 1; software == 1 });
+    found.retain(|(rank, _)| {
+        *rank < 3 || {
+            software += 1;
+            software == 1
+        }
+    });
     found.into_iter().map(|(_, a)| a).collect()
 }

@@ -46,7 +46,13 @@ fn fixture_logits_match_the_reference() {
         let golden = read_safetensors(&path).unwrap();
         let report = bdh::verify::verify_on(&model, Some(&mut gpu as &mut dyn Device), &golden, &path).unwrap();
         for t in &report.tensors {
-            println!("{fixture} on {}: {:<20} max abs {:.3e} max rel {:.3e}", gpu.device(), t.name, t.max_abs, t.max_rel);
+            println!(
+                "{fixture} on {}: {:<20} max abs {:.3e} max rel {:.3e}",
+                gpu.device(),
+                t.name,
+                t.max_abs,
+                t.max_rel
+            );
         }
         if let Some(g) = &report.greedy {
             println!("{fixture}: greedy {}/{}", g.matching, g.total);
@@ -82,7 +88,6 @@ fn decaying() -> Model {
         vocab_size: 256,
         dropout: 0.0,
         decay: Decay::Alibi,
-        ..BdhConfig::default()
     };
     Model::new(&ModelConfig::Bdh(cfg), 7).unwrap()
 }
@@ -166,7 +171,8 @@ fn what_the_device_cannot_hold_is_refused_with_the_bytes_it_needs() {
 
 #[test]
 fn the_gpt_baseline_is_refused_by_name() {
-    let cfg = GptConfig { n_layer: 1, n_head: 2, n_embd: 16, block_size: 32, vocab_size: 256, dropout: 0.0, bias: true };
+    let cfg =
+        GptConfig { n_layer: 1, n_head: 2, n_embd: 16, block_size: 32, vocab_size: 256, dropout: 0.0, bias: true };
     let model = Model::new(&ModelConfig::Gpt(cfg), 0).unwrap();
     match Gpu::open(&model, Want::Any) {
         Err(e) => assert!(e.to_string().contains("GPT baseline runs on the CPU"), "{e}"),

@@ -55,7 +55,13 @@ fn matmul_equals_the_cpu_for_every_flag_and_batching() {
             Batch { count: [1, 3], a: [0, m * k], b: [0, k * n], c: [0, m * n] },
         ];
         for (i, batch) in batchings.into_iter().enumerate() {
-            let flags = [(false, false, false, false), (true, false, true, false), (false, true, false, true), (false, false, true, true), (true, true, true, true)];
+            let flags = [
+                (false, false, false, false),
+                (true, false, true, false),
+                (false, true, false, true),
+                (false, false, true, true),
+                (true, true, true, true),
+            ];
             for (a_t, b_t, relu, acc) in flags {
                 let mut p = MatMul::new(m, k, n);
                 (p.a_t, p.b_t, p.relu, p.accumulate) = (a_t, b_t, relu, acc);
@@ -64,11 +70,15 @@ fn matmul_equals_the_cpu_for_every_flag_and_batching() {
                 let c0 = random(6 * m * n, 3);
                 let mut want = c0.clone();
                 matmul_batched(&mut want, &a, &b, p, batch);
-                let (ga, gb, gc) = (dev.upload(&a, "A").unwrap(), dev.upload(&b, "B").unwrap(), dev.upload(&c0, "C").unwrap());
+                let (ga, gb, gc) =
+                    (dev.upload(&a, "A").unwrap(), dev.upload(&b, "B").unwrap(), dev.upload(&c0, "C").unwrap());
                 dev.matmul(&gc, &ga, &gb, p, batch, false);
                 let got = dev.read(&gc).unwrap();
                 let r = rel(&got, &want);
-                assert!(r < 1e-5, "{m}×{k}×{n}, batching {i}, a_t {a_t} b_t {b_t} relu {relu} acc {acc}: max rel {r:.2e}");
+                assert!(
+                    r < 1e-5,
+                    "{m}×{k}×{n}, batching {i}, a_t {a_t} b_t {b_t} relu {relu} acc {acc}: max rel {r:.2e}"
+                );
             }
         }
     }
@@ -111,11 +121,17 @@ fn causal_attention_with_decay_equals_the_cpu() {
 
     // The device forward's sequence: RoPE, masked scores, decay, scores · v.
     let dt = bdh::model::bdh::decay::DecayTable::new(&bdh::model::bdh::Decay::Retention(decay.to_vec()), h, t);
-    let powers: Vec<f32> =
-        (0..h).flat_map(|hh| (0..t).map(move |k| (hh, k))).map(|(hh, k)| if k == 0 { 1.0 } else { dt.read[hh * t + k - 1] }).collect();
+    let powers: Vec<f32> = (0..h)
+        .flat_map(|hh| (0..t).map(move |k| (hh, k)))
+        .map(|(hh, k)| if k == 0 { 1.0 } else { dt.read[hh * t + k - 1] })
+        .collect();
     let up = |v: &[f32]| dev.upload(v, "test").unwrap();
     let (gx, gv, gp) = (up(&x), up(&v), up(&powers));
-    let (gq, gs, ga) = (dev.scratch(x.len(), "q").unwrap(), dev.scratch(scores.len(), "s").unwrap(), dev.scratch(out.len(), "a").unwrap());
+    let (gq, gs, ga) = (
+        dev.scratch(x.len(), "q").unwrap(),
+        dev.scratch(scores.len(), "s").unwrap(),
+        dev.scratch(out.len(), "a").unwrap(),
+    );
     dev.rope(&gx, &up(&table.cos), &up(&table.sin), &gq, t, n);
     let (tn, tt, td) = (t * n, t * t, t * d);
     let sb = Batch { count: [b, h], a: [h * tn, tn], b: [h * tn, tn], c: [h * tt, tt] };

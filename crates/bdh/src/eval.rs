@@ -181,7 +181,13 @@ pub fn evaluate_until(
 }
 
 /// [`evaluate`] on any device: `batches` batches of (B, T) = (`b`, `t`).
-pub fn evaluate_on(fwd: &mut dyn Forward, corpus: &Corpus, vocab: usize, (b, t): (usize, usize), batches: usize) -> Result<EvalMetrics> {
+pub fn evaluate_on(
+    fwd: &mut dyn Forward,
+    corpus: &Corpus,
+    vocab: usize,
+    (b, t): (usize, usize),
+    batches: usize,
+) -> Result<EvalMetrics> {
     let mut tally = Tally::new(vocab, t);
     for i in 0..batches {
         let batch = corpus.val_batch(i, batches, b, t);

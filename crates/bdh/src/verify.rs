@@ -117,7 +117,12 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
 
 /// [`verify`] with the logits, the loss and the greedy continuation computed on
 /// `device` (`model` held there); gradients, when the golden file has them, on the CPU.
-pub fn verify_on(model: &Model, mut device: Option<&mut dyn Device>, golden: &TensorMap, path: &Path) -> Result<Report> {
+pub fn verify_on(
+    model: &Model,
+    mut device: Option<&mut dyn Device>,
+    golden: &TensorMap,
+    path: &Path,
+) -> Result<Report> {
     let vocab = model.config().vocab_size();
     let ids =
         golden.get("input_ids").ok_or_else(|| Error::MissingTensor { path: path.into(), name: "input_ids".into() })?;

@@ -9,8 +9,8 @@ use bdh::model::bdh::NO_EDITS;
 use bdh::{Model, ModelConfig};
 
 use super::describe;
-use crate::device::DeviceArgs;
 use super::measure::{generate_speed, step_latency, StepSide};
+use crate::device::DeviceArgs;
 
 /// What to generate with, and how far the long context reaches.
 #[derive(clap::Args)]

@@ -90,7 +90,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             match device.as_deref_mut() {
                 Some(dev) => {
                     let on = dev.device();
-                    print_device_result(&format!("forward on the {on}"), &forward_pass(&spec, &model, Some(dev.as_forward()))?);
+                    print_device_result(
+                        &format!("forward on the {on}"),
+                        &forward_pass(&spec, &model, Some(dev.as_forward()))?,
+                    );
                 }
                 None => print_result("forward", &forward_pass(&spec, &model, None)?, peak),
             }
