@@ -90,15 +90,15 @@ mod on_a_device {
             args.extend(extra);
             bdh(&args)
         };
-        let (cpu, gpu) =
-            (run("cpu", &["--max-tokens", "100"]), run("gpu", &["--max-tokens", "100", "--save-state", state]));
-        assert!(cpu.status.success() && gpu.status.success(), "{}{}", text(&cpu), text(&gpu));
-        assert_eq!(String::from_utf8_lossy(&gpu.stdout), String::from_utf8_lossy(&cpu.stdout));
+        let same_text = |cpu: &Output, gpu: &Output| {
+            assert!(cpu.status.success() && gpu.status.success(), "{}{}", text(cpu), text(gpu));
+            assert_eq!(String::from_utf8_lossy(&gpu.stdout), String::from_utf8_lossy(&cpu.stdout));
+        };
+        same_text(&run("cpu", &["--max-tokens", "100"]), &run("gpu", &["--max-tokens", "100", "--save-state", state]));
         // The CPU continues the device's state as it would its own.
         let more = |device: &str| run(device, &["--load-state", state, "--no-echo", "--max-tokens", "40"]);
         let (cpu, gpu) = (more("cpu"), more("gpu"));
-        assert!(cpu.status.success() && gpu.status.success(), "{}{}", text(&cpu), text(&gpu));
-        assert_eq!(String::from_utf8_lossy(&gpu.stdout), String::from_utf8_lossy(&cpu.stdout));
+        same_text(&cpu, &gpu);
         assert!(text(&cpu).contains("at position 152"), "{}", text(&cpu));
     }
 

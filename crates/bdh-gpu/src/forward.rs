@@ -3,7 +3,7 @@
 //! with the same batchings, kernel for kernel. Eval mode: no dropout, no edits, no
 //! carried state (those run on the CPU).
 
-use bdh::model::bdh::{decay::DecayTable, rope::RopeTable, Bdh};
+use bdh::model::bdh::{decay::DecayTable, rope::RopeTable, Bdh, Dims};
 use bdh::Result;
 use bdh_kernels::{Batch, MatMul};
 use cubecl::prelude::Runtime;
@@ -33,38 +33,19 @@ impl Weights {
     }
 }
 
-/// The sizes of a pass: B, T and the model's D, H, N, V, L.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    pub b: usize,
-    pub t: usize,
-    pub d: usize,
-    pub h: usize,
-    pub n: usize,
-    pub v: usize,
-    pub l: usize,
-}
-
-impl Dims {
-    pub fn new(model: &Bdh, b: usize, t: usize) -> Self {
-        let c = &model.config;
-        Dims { b, t, d: c.n_embd, h: c.n_head, n: c.n_neurons(), v: c.vocab_size, l: c.n_layer }
-    }
-
-    /// Values of each buffer of a pass, named, largest first.
-    pub fn buffers(&self) -> [(&'static str, usize); 7] {
-        let Dims { b, t, d, h, n, v, .. } = *self;
-        let m = |xs: &[usize]| xs.iter().try_fold(1usize, |p, &x| p.checked_mul(x)).unwrap_or(usize::MAX);
-        [
-            ("x, its rotation, y and x ⊙ y", m(&[b, h, t, n])),
-            ("the attention scores", m(&[b, h, t, t])),
-            ("the attention output", m(&[b, h, t, d])),
-            ("the logits", m(&[b, t, v])),
-            ("the residual stream", m(&[b, t, d])),
-            ("the LayerNorm statistics", m(&[b, h, t])),
-            ("the token ids", m(&[b, t])),
-        ]
-    }
+/// Values of each buffer of a pass of `dims`, named, largest first.
+pub fn buffers(dims: &Dims) -> [(&'static str, usize); 7] {
+    let Dims { b, t, d, h, n, v, .. } = *dims;
+    let m = |xs: &[usize]| xs.iter().try_fold(1usize, |p, &x| p.checked_mul(x)).unwrap_or(usize::MAX);
+    [
+        ("x, its rotation, y and x ⊙ y", m(&[b, h, t, n])),
+        ("the attention scores", m(&[b, h, t, t])),
+        ("the attention output", m(&[b, h, t, d])),
+        ("the logits", m(&[b, t, v])),
+        ("the residual stream", m(&[b, t, d])),
+        ("the LayerNorm statistics", m(&[b, h, t])),
+        ("the token ids", m(&[b, t])),
+    ]
 }
 
 /// Buffers of a (B, T) pass, made once per shape.

@@ -18,7 +18,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bdh::engine::{Device, Forward, Reader};
 use bdh::infer::State;
-use bdh::model::bdh::Bdh;
+use bdh::model::bdh::{Bdh, Dims};
 use bdh::{Error, Model, Result};
 use cubecl::prelude::Runtime;
 
@@ -82,7 +82,7 @@ impl<R: Runtime> Runner<R> {
         let rows = self.rows_that_fit(b, t)?;
         for r0 in (0..b).step_by(rows) {
             let r = rows.min(b - r0);
-            let dims = forward::Dims::new(&self.model, r, t);
+            let dims = Dims::new(&self.model.config, r, t);
             if self.pass.as_ref().is_none_or(|p| p.dims != dims) {
                 self.pass = None; // free the old buffers first
                 self.pass = Some(forward::Pass::new(&self.dev, &self.model, dims)?);
@@ -97,9 +97,10 @@ impl<R: Runtime> Runner<R> {
 
     /// The most batch rows (≤ `b`) whose every buffer fits one device buffer.
     fn rows_that_fit(&self, b: usize, t: usize) -> Result<usize> {
-        let fits =
-            |rows: usize| forward::Dims::new(&self.model, rows, t).buffers().iter().all(|&(_, n)| self.dev.fits(n));
-        let one = forward::Dims::new(&self.model, 1, t).buffers();
+        let fits = |rows: usize| {
+            forward::buffers(&Dims::new(&self.model.config, rows, t)).iter().all(|&(_, n)| self.dev.fits(n))
+        };
+        let one = forward::buffers(&Dims::new(&self.model.config, 1, t));
         if let Some(&(what, n)) = one.iter().find(|&&(_, n)| !self.dev.fits(n)) {
             return Err(Error::TooLarge {
                 what: format!("{what} of one sequence of T={t} on the GPU ({}), in one buffer", self.dev.name),
