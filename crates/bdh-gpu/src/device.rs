@@ -234,6 +234,21 @@ impl<R: Runtime> Device<R> {
         kernels::scale_blocks::launch::<R>(&self.client, grid(len), line(), self.arg(x), self.arg(gamma), len, per);
     }
 
+    /// `out = x` with row r of `n` values times `s[r mod |s|]`.
+    pub fn scale_rows(&self, out: &Buf, x: &Buf, s: &Buf, n: usize) {
+        let len = out.len;
+        kernels::scale_rows::launch::<R>(
+            &self.client,
+            grid(len),
+            line(),
+            self.arg(out),
+            self.arg(x),
+            self.arg(s),
+            len,
+            n,
+        );
+    }
+
     /// `rho (H, N, D) += xr (H, N) ⊗ v (D)`.
     pub fn outer_add(&self, rho: &Buf, xr: &Buf, v: &Buf) {
         let (len, d) = (rho.len, v.len);

@@ -51,9 +51,6 @@ pub fn buffers(dims: &Dims) -> [(&'static str, usize); 7] {
 /// Buffers of a (B, T) pass, made once per shape.
 pub struct Pass {
     pub dims: Dims,
-    cos: Buf,        // (T, N/2)
-    sin: Buf,        // (T, N/2)
-    powers: Buf,     // (H, T): γ_h^k, k = i − j (empty without decay)
     x: Buf,          // (B, H, T, N)
     xr: Buf,         // (B, H, T, N)
     y: Buf,          // (B, H, T, N)
@@ -68,22 +65,12 @@ pub struct Pass {
 }
 
 impl Pass {
-    /// Buffers for a (B, T) pass of `model`.
-    pub fn new<R: Runtime>(dev: &Device<R>, model: &Bdh, dims: Dims) -> Result<Self> {
+    /// Buffers for a (B, T) pass.
+    pub fn new<R: Runtime>(dev: &Device<R>, dims: Dims) -> Result<Self> {
         let Dims { b, t, d, h, n, v, .. } = dims;
-        let rope = RopeTable::new(&model.freqs, 0, t);
-        // γ^k at k = i − j: the table's `read` powers are γ^(i+1), so k ≥ 1 is read[k−1].
-        let decay = DecayTable::new(&model.config.decay, h, t);
-        let powers: Vec<f32> = (0..h * usize::from(decay.is_some()))
-            .flat_map(|hh| (0..t).map(move |k| (hh, k)))
-            .map(|(hh, k)| if k == 0 { 1.0 } else { decay.read[hh * t + k - 1] })
-            .collect();
         let s = |len: usize, what: &str| dev.scratch(len, what);
         Ok(Pass {
             dims,
-            cos: dev.upload(&rope.cos, "RoPE table")?,
-            sin: dev.upload(&rope.sin, "RoPE table")?,
-            powers: dev.upload(&powers, "decay powers")?,
             x: s(b * h * t * n, "x")?,
             xr: s(b * h * t * n, "R(x)")?,
             y: s(b * h * t * n, "y")?,
@@ -99,8 +86,47 @@ impl Pass {
     }
 }
 
-/// Runs the model on `ids` (B, T) and leaves the logits in `pass.logits`.
-pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf, decay: bool) {
+/// The tables of a pass over positions `pos0..pos0 + T`, made on the host by the
+/// CPU's own code: RoPE's cos and sin, and with a decay the powers of γ the scores
+/// and a carried state need.
+pub struct Tables {
+    cos: Buf,    // (T, N/2)
+    sin: Buf,    // (T, N/2)
+    decay: bool, // whether the state decays (else the powers are empty)
+    powers: Buf, // (H, T): γ_h^k at k = i − j, for the scores
+    read: Buf,   // (H, T): γ_h^(i+1), the carried ρ's weight in the read at i
+    write: Buf,  // (H, T): γ_h^(T−1−i), token i's weight in ρ after the pass
+    whole: Buf,  // (H): γ_h^T, what is left of the carried ρ
+}
+
+impl Tables {
+    /// The tables of a T-token pass of `model` from position `pos0`.
+    pub fn new<R: Runtime>(dev: &Device<R>, model: &Bdh, pos0: usize, t: usize) -> Result<Self> {
+        let rope = RopeTable::new(&model.freqs, pos0, t);
+        let decay = DecayTable::new(&model.config.decay, model.config.n_head, t);
+        // γ^k at k = i − j: the table's `read` powers are γ^(i+1), so k ≥ 1 is read[k−1].
+        let powers: Vec<f32> = decay
+            .read
+            .chunks(t.max(1))
+            .flat_map(|row| std::iter::once(1.0).chain(row[..t - 1].iter().copied()))
+            .collect();
+        Ok(Tables {
+            cos: dev.upload(&rope.cos, "RoPE table")?,
+            sin: dev.upload(&rope.sin, "RoPE table")?,
+            decay: decay.is_some(),
+            powers: dev.upload(&powers, "decay powers")?,
+            read: dev.upload(&decay.read, "decay powers")?,
+            write: dev.upload(&decay.write, "decay powers")?,
+            whole: dev.upload(&decay.whole, "decay powers")?,
+        })
+    }
+}
+
+/// Runs the model on `ids` (B, T) and leaves the logits in `pass.logits`. With
+/// `rho` (one stream, B = 1: ρ of every layer), attention also reads the carried
+/// state and the pass's tokens are written into it, as T recurrent steps would
+/// (`bdh::model::bdh::forward` with a state).
+pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf, tables: &Tables, rho: Option<&[Buf]>) {
     let Dims { b, t, d, h, n, v: vocab, l: layers } = pass.dims;
     let per_head = |a: usize, wt: usize, c: usize| Batch { count: [b, h], a: [a, 0], b: [0, wt], c: [h * c, c] };
     let per_item = |a: usize, wt: usize, c: usize| Batch { count: [b, h], a: [h * a, a], b: [0, wt], c: [h * c, c] };
@@ -114,15 +140,37 @@ pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf,
         // x_sparse = relu(x @ encoder)                                      (B, H, T, N)
         dev.matmul(&pass.x, v_in, &w.encoder, MatMul::new(t, d, n).relu(), per_head(td, d * n, tn), false);
         // QR = KR = rope(x_sparse); scores = (QR @ KR.mT).tril(-1) (⊙ γ^(t−τ))  (B, H, T, T)
-        dev.rope(&pass.x, &pass.cos, &pass.sin, &pass.xr, t, n);
+        dev.rope(&pass.x, &tables.cos, &tables.sin, &pass.xr, t, n);
         let scores = Batch { count: [b, h], a: [h * tn, tn], b: [h * tn, tn], c: [h * tt, tt] };
         dev.matmul(&pass.scores, &pass.xr, &pass.xr, MatMul::new(t, n, t).b_t(), scores, true);
-        if decay {
-            dev.decay_scores(&pass.scores, &pass.powers, h, t);
+        if tables.decay {
+            dev.decay_scores(&pass.scores, &tables.powers, h, t);
         }
         // yKV = ln(scores @ x)                                              (B, H, T, D)
         let read = Batch { count: [b, h], a: [h * tt, tt], b: [td, 0], c: [h * td, td] };
         dev.matmul(&pass.a, &pass.scores, v_in, MatMul::new(t, t, d), read, false);
+        if let Some(rho) = rho {
+            // With a carried state: a_i += γ^(i+1) R(x_i) · ρ₀, then
+            // ρ = γ^T ρ₀ + Σ_i γ^(T−1−i) R(x_i) ⊗ v_i (the weighted R(x) made in z,
+            // free until x ⊙ y).
+            debug_assert_eq!(b, 1, "a carried state is one stream's");
+            let (rho, nd) = (&rho[l], n * d);
+            let weighted = |powers: &Buf| {
+                if tables.decay {
+                    dev.scale_rows(&pass.z, &pass.xr, powers, n);
+                    &pass.z
+                } else {
+                    &pass.xr
+                }
+            };
+            let state_read = Batch { count: [1, h], a: [0, tn], b: [0, nd], c: [0, td] };
+            dev.matmul(&pass.a, weighted(&tables.read), rho, MatMul::new(t, n, d).acc(), state_read, false);
+            if tables.decay {
+                dev.scale_blocks(rho, &tables.whole, nd);
+            }
+            let state_write = Batch { count: [1, h], a: [0, tn], b: [0, 0], c: [0, nd] };
+            dev.matmul(rho, weighted(&tables.write), v_in, MatMul::new(n, t, d).a_t().acc(), state_write, false);
+        }
         dev.layer_norm(&pass.a, &pass.rstd, d);
         // y_sparse = relu(yKV @ encoder_v); xy_sparse = x_sparse * y_sparse  (B, H, T, N)
         dev.matmul(&pass.y, &pass.a, &w.encoder_v, MatMul::new(t, d, n).relu(), per_item(td, d * n, tn), false);

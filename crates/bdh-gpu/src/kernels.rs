@@ -267,6 +267,16 @@ pub fn scale_blocks(x: &mut Array<f32>, gamma: &Array<f32>, len: usize, per: usi
     }
 }
 
+/// `out[i] = x[i] · s[(i / n) mod |s|]`: rows of `n` scaled, the row's factor
+/// cycling through `s` (`bdh_kernels::scale_rows` into a copy).
+#[cube(launch)]
+pub fn scale_rows(out: &mut Array<f32>, x: &Array<f32>, s: &Array<f32>, len: usize, n: usize) {
+    let i = ABSOLUTE_POS;
+    if i < len {
+        out[i] = x[i] * s[(i / n) % s.len()];
+    }
+}
+
 /// ρ += R(x) ⊗ v for one token: `rho` (H, N, D), `xr` (H, N), `v` (D) — the write
 /// of the recurrent step (`bdh_kernels::rho_read_write`'s second half).
 #[cube(launch)]

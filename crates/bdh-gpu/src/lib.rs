@@ -80,16 +80,17 @@ impl<R: Runtime> Runner<R> {
         }
         bdh::model::check_positions(0, t, "forward")?;
         let rows = self.rows_that_fit(b, t)?;
+        let tables = forward::Tables::new(&self.dev, &self.model, 0, t)?;
         for r0 in (0..b).step_by(rows) {
             let r = rows.min(b - r0);
             let dims = Dims::new(&self.model.config, r, t);
             if self.pass.as_ref().is_none_or(|p| p.dims != dims) {
                 self.pass = None; // free the old buffers first
-                self.pass = Some(forward::Pass::new(&self.dev, &self.model, dims)?);
+                self.pass = Some(forward::Pass::new(&self.dev, dims)?);
             }
             let ids = self.dev.upload_ids(&tokens[r0 * t..(r0 + r) * t])?;
             let pass = self.pass.as_ref().expect("just made");
-            forward::forward(&self.dev, &self.weights, pass, &ids, self.gamma.is_some());
+            forward::forward(&self.dev, &self.weights, pass, &ids, &tables, None);
             each(self, r0..r0 + r)?;
         }
         Ok(())
@@ -142,7 +143,8 @@ impl<R: Runtime> Engine for Runner<R> {
 
     fn stream(&self, state: &bdh::model::bdh::State) -> Result<Box<dyn Reader + '_>> {
         let stream = step::Stream::new(&self.dev, &self.model, state)?;
-        Ok(Box::new(GpuReader { runner: self, stream, logits: Vec::new() }))
+        let chunk = (1..=PREFILL_CHUNK).rev().find(|&t| self.rows_that_fit(1, t).is_ok()).unwrap_or(1);
+        Ok(Box::new(GpuReader { runner: self, stream, logits: Vec::new(), pass: None, chunk }))
     }
 
     fn reserved_bytes(&self) -> u64 {
@@ -150,11 +152,37 @@ impl<R: Runtime> Engine for Runner<R> {
     }
 }
 
+/// Tokens a stream's prefill reads per parallel pass (fewer if the device's
+/// buffers cannot hold that many).
+const PREFILL_CHUNK: usize = 256;
+
 /// A stream on a device.
 struct GpuReader<'r, R: Runtime> {
     runner: &'r Runner<R>,
     stream: step::Stream,
     logits: Vec<f32>,
+    pass: Option<forward::Pass>, // a prefill chunk's buffers
+    chunk: usize,                // tokens per prefill pass
+}
+
+impl<R: Runtime> GpuReader<'_, R> {
+    /// Reads `ids` in one parallel pass with the stream's state carried; the logits
+    /// after the last.
+    fn prefill_chunk(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let (r, t) = (self.runner, ids.len());
+        let dims = Dims::new(&r.model.config, 1, t);
+        if self.pass.as_ref().is_none_or(|p| p.dims != dims) {
+            self.pass = None;
+            self.pass = Some(forward::Pass::new(&r.dev, dims)?);
+        }
+        let pass = self.pass.as_ref().expect("just made");
+        let tables = forward::Tables::new(&r.dev, &r.model, self.stream.pos, t)?;
+        let ids = r.dev.upload_ids(ids)?;
+        forward::forward(&r.dev, &r.weights, pass, &ids, &tables, Some(self.stream.layers()));
+        self.stream.pos += t;
+        let logits = r.dev.read(&pass.logits)?;
+        Ok(logits[(t - 1) * dims.v..].to_vec())
+    }
 }
 
 impl<R: Runtime> Reader for GpuReader<'_, R> {
@@ -164,8 +192,9 @@ impl<R: Runtime> Reader for GpuReader<'_, R> {
         }
         bdh::model::check_tokens(tokens, self.runner.model.config.vocab_size, "prefill")?;
         bdh::model::check_positions(self.stream.pos, tokens.len(), "prefill")?;
-        for &tok in tokens {
-            self.step(tok)?;
+        let name = self.runner.dev.name.clone();
+        for chunk in tokens.chunks(self.chunk) {
+            self.logits = guard(&name, || self.prefill_chunk(chunk))?;
         }
         Ok(&self.logits)
     }

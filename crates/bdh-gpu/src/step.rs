@@ -55,6 +55,11 @@ impl Stream {
         })
     }
 
+    /// ρ of every layer, (H, N, D) each.
+    pub fn layers(&self) -> &[Buf] {
+        &self.rho
+    }
+
     /// The state reached, on the host.
     pub fn state<R: Runtime>(&self, dev: &Device<R>) -> Result<State> {
         let mut rho = Vec::new();

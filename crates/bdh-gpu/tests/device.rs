@@ -179,3 +179,27 @@ fn the_gpt_baseline_is_refused_by_name() {
         Ok(_) => panic!("a GPT opened on the GPU"),
     }
 }
+
+#[test]
+fn a_long_prompt_is_read_in_parallel_chunks_with_the_state_carried() {
+    for model in [decaying(), load(&golden_dir("ref-tiny").join("model.safetensors"), None).unwrap()] {
+        let Some(gpu) = open(&model, "GPU chunked prefill") else { return };
+        let prepared = Prepared::new(model).unwrap();
+        // Past one chunk of 256, after a state that has read something already.
+        let ids = bytes(&TEXT.repeat(4));
+        let (head, rest) = ids.split_at(7);
+        let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
+        let mut cpu = CpuReader { prepared: &prepared, state: &mut state, scratch: &mut scratch, edits: &NO_EDITS };
+        cpu.prefill(head).unwrap();
+        let mut dev = gpu.stream(&cpu.state().unwrap()).unwrap();
+        let want = cpu.prefill(rest).unwrap().to_vec();
+        let got = dev.prefill(rest).unwrap().to_vec();
+        assert!(rel(&got, &want) < 1e-5, "logits after {} tokens: {:.2e}", ids.len(), rel(&got, &want));
+        let (State::Bdh(a), State::Bdh(b)) = (dev.state().unwrap(), cpu.state().unwrap()) else { unreachable!("BDH") };
+        assert_eq!(a.pos, ids.len());
+        assert!(rel(&a.rho, &b.rho) < 1e-5, "ρ: {:.2e}", rel(&a.rho, &b.rho));
+        // And the next step reads it as the CPU's does.
+        let (want, got) = (cpu.step(10).unwrap().to_vec(), dev.step(10).unwrap().to_vec());
+        assert!(rel(&got, &want) < 1e-5, "the step after: {:.2e}", rel(&got, &want));
+    }
+}

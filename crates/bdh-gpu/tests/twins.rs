@@ -164,6 +164,15 @@ fn elementwise_step_and_loss_kernels_equal_plain_loops() {
     let want: Vec<f32> = (0..h * n * d).map(|i| rho[i] * gamma[i / (n * d)] + xr[i / d] * val[i % d]).collect();
     assert_eq!(dev.read(&g).unwrap(), want);
 
+    // A carried state's weighted queries: rows (B, H, T) of N scaled by (H, T) powers.
+    let (b, t) = (2, 5);
+    let (x, powers) = (random(b * h * t * n, 15), random(h * t, 16));
+    let mut want = x.clone();
+    bdh_kernels::scale_rows(&mut want, &powers, h, t, n);
+    let out = dev.scratch(x.len(), "out").unwrap();
+    dev.scale_rows(&out, &up(&x), &up(&powers), n);
+    assert_eq!(dev.read(&out).unwrap(), want);
+
     // The embedding's gather and the per-row cross-entropy.
     let table = random(v * d, 13);
     let ids = [3u32, 0, 6, 3];
