@@ -31,6 +31,8 @@ esac
 [[ -x $bin ]] || { echo "no binary at $bin: run 'bench/gpu.sh build' on a machine with Rust first" >&2; exit 2; }
 out=${OUT:-bench/gpu/out}
 mkdir -p "$out"
+# (built on Debian 12, the binary needs glibc 2.35 or newer: Ubuntu 22.04, Debian 12)
+"$bin" --version > /dev/null 2> "$out/start.txt" || { echo "$bin does not start here: $(cat "$out/start.txt")" >&2; exit 1; }
 py=${PYTHON:-python3}
 dry=${BENCH_DRY:-0}
 preset=paper; torch_device=cuda; sets=()
