@@ -26,16 +26,37 @@ pub struct Device<R: Runtime> {
     /// What it is, e.g. "CUDA: NVIDIA H200" or "Vulkan: llvmpipe (software)".
     pub name: String,
     max_buffer: u64,
+    memory: Option<u64>, // bytes the device has, where its driver says
 }
 
 /// The most cubes along one dimension of a launch grid that every backend takes.
 const MAX_CUBES: usize = 32768;
 
 impl<R: Runtime> Device<R> {
-    /// The device of `client`, called `name`.
-    pub fn new(client: ComputeClient<R>, name: String) -> Self {
-        let max_buffer = client.properties().memory.max_page_size;
-        Device { client, name, max_buffer }
+    /// The device of `client`, called `name`, with `memory` bytes if known. Buffers
+    /// are bounded by the backend's largest and by 2³² values (kernels index in 32 bits).
+    pub fn new(client: ComputeClient<R>, name: String, memory: Option<u64>) -> Self {
+        let max_buffer = client.properties().memory.max_page_size.min(4 * u32::MAX as u64);
+        Device { client, name, max_buffer, memory }
+    }
+
+    /// Bytes this process may still take on the device, keeping a tenth of it for the
+    /// driver and the runtime; `None` where the device does not say its size.
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.memory.map(|m| (m - m / 10).saturating_sub(self.reserved_bytes()))
+    }
+
+    /// Compiles, runs and reads back a first kernel: an error if this device cannot.
+    pub fn check_runs(&self) -> Result<()> {
+        let (a, b) = (self.upload(&[1.5, -2.0], "a check")?, self.upload(&[0.25, 4.0], "a check")?);
+        let out = self.scratch(2, "a check")?;
+        self.add(&a, &b, &out);
+        match self.read(&out)?[..] {
+            [x, y] if x == 1.75 && y == 2.0 => Ok(()),
+            ref other => {
+                Err(Error::Device(format!("the GPU ({}) computed 1.5 + 0.25, −2 + 4 as {other:?}", self.name)))
+            }
+        }
     }
 
     /// Whether a buffer of `len` values may be allocated on this device.
@@ -60,6 +81,9 @@ impl<R: Runtime> Device<R> {
 
     /// A buffer holding `data`.
     pub fn upload(&self, data: &[f32], what: &str) -> Result<Buf> {
+        if data.is_empty() {
+            return self.scratch(0, what);
+        }
         self.check(data.len(), what)?;
         Ok(Buf { handle: self.client.create_from_slice(f32::as_bytes(data)), len: data.len() })
     }

@@ -10,17 +10,17 @@
 
 pub mod device;
 mod forward;
+mod guard;
 mod kernels;
 pub mod probe;
 mod step;
-
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bdh::engine::{Device, Forward, Reader};
 use bdh::infer::State;
 use bdh::model::bdh::{Bdh, Dims};
 use bdh::{Error, Model, Result};
 use cubecl::prelude::Runtime;
+use guard::guard;
 
 use device::{Buf, Device as Dev};
 pub use probe::quiet_vulkan;
@@ -58,7 +58,18 @@ struct Runner<R: Runtime> {
 }
 
 impl<R: Runtime> Runner<R> {
+    /// `model` on `dev`, once a first kernel has compiled, run and given the right
+    /// answer there (so that a device that cannot run ours fails here, not later).
     fn new(dev: Dev<R>, model: Bdh) -> Result<Self> {
+        dev.check_runs()?;
+        let weights_bytes = 4 * model.config.param_count() as u64;
+        if let Some(free) = dev.free_bytes().filter(|&free| weights_bytes > free) {
+            return Err(Error::TooLarge {
+                what: format!("the model's weights on the GPU ({})", dev.name),
+                need: Some(weights_bytes),
+                have: Some(free),
+            });
+        }
         let weights = forward::Weights::upload(&dev, &model)?;
         let gamma = model.config.decay.retention(model.config.n_head);
         let gamma = if gamma.is_empty() { None } else { Some(dev.upload(&gamma, "retention")?) };
@@ -96,22 +107,43 @@ impl<R: Runtime> Runner<R> {
         Ok(())
     }
 
-    /// The most batch rows (≤ `b`) whose every buffer fits one device buffer.
+    /// The most batch rows (≤ `b`) whose pass fits the device: every buffer within
+    /// its largest buffer, all of them within its free memory (where the device says
+    /// how much it has), and every launch within its grid.
     fn rows_that_fit(&self, b: usize, t: usize) -> Result<usize> {
-        let fits = |rows: usize| {
-            forward::buffers(&Dims::new(&self.model.config, rows, t)).iter().all(|&(_, n)| self.dev.fits(n))
+        let h = self.model.config.n_head;
+        let refuse = |what: String, need: u64, have: u64| Error::TooLarge {
+            what: format!("{what} of one sequence of T={t} on the GPU ({})", self.dev.name),
+            need: Some(need),
+            have: Some(have),
         };
-        let one = forward::buffers(&Dims::new(&self.model.config, 1, t));
-        if let Some(&(what, n)) = one.iter().find(|&&(_, n)| !self.dev.fits(n)) {
-            return Err(Error::TooLarge {
-                what: format!("{what} of one sequence of T={t} on the GPU ({}), in one buffer", self.dev.name),
-                need: n.checked_mul(4).map(|n| n as u64),
-                have: Some(self.dev.max_buffer()),
-            });
-        }
-        Ok((1..=b).rev().find(|&r| fits(r)).unwrap_or(1))
+        let fits = |rows: usize| -> Result<()> {
+            let buffers = forward::buffers(&Dims::new(&self.model.config, rows, t));
+            if let Some(&(what, n)) = buffers.iter().find(|&&(_, n)| !self.dev.fits(n)) {
+                return Err(refuse(format!("{what}, in one buffer,"), 4 * n as u64, self.dev.max_buffer()));
+            }
+            let total: u64 = buffers.iter().map(|&(_, n)| 4 * n as u64).sum();
+            if let Some(free) = self.dev.free_bytes().filter(|&free| total > free) {
+                return Err(refuse("the activations".into(), total, free));
+            }
+            let cubes = [rows * h, (rows * t).div_ceil(64), t.div_ceil(64)];
+            if cubes.iter().any(|&c| c > MAX_GRID) {
+                let what =
+                    format!("a launch grid of {} cubes (at most {MAX_GRID} a side)", cubes.iter().max().unwrap_or(&0));
+                return Err(Error::Device(format!(
+                    "{what} for T={t} on the GPU ({}): use a shorter window",
+                    self.dev.name
+                )));
+            }
+            Ok(())
+        };
+        fits(1)?;
+        Ok((1..=b).rev().find(|&r| fits(r).is_ok()).unwrap_or(1))
     }
 }
+
+/// Cubes a launch grid may have along one side on every backend.
+const MAX_GRID: usize = 65535;
 
 impl<R: Runtime> Engine for Runner<R> {
     fn name(&self) -> String {
@@ -142,6 +174,14 @@ impl<R: Runtime> Engine for Runner<R> {
     }
 
     fn stream(&self, state: &bdh::model::bdh::State) -> Result<Box<dyn Reader + '_>> {
+        let bytes = 4 * state.rho.len() as u64;
+        if let Some(free) = self.dev.free_bytes().filter(|&free| bytes > free) {
+            return Err(Error::TooLarge {
+                what: format!("a stream's state ρ on the GPU ({})", self.dev.name),
+                need: Some(bytes),
+                have: Some(free),
+            });
+        }
         let stream = step::Stream::new(&self.dev, &self.model, state)?;
         let chunk = (1..=PREFILL_CHUNK).rev().find(|&t| self.rows_that_fit(1, t).is_ok()).unwrap_or(1);
         Ok(Box::new(GpuReader { runner: self, stream, logits: Vec::new(), pass: None, chunk }))
@@ -214,7 +254,8 @@ impl<R: Runtime> Reader for GpuReader<'_, R> {
     }
 
     fn state(&self) -> Result<State> {
-        Ok(State::Bdh(self.stream.state(&self.runner.dev)?))
+        let dev = &self.runner.dev;
+        guard(&dev.name, || Ok(State::Bdh(self.stream.state(dev)?)))
     }
 }
 
@@ -242,12 +283,18 @@ impl Gpu {
         let forced = std::env::var("BDH_GPU_BACKEND").ok();
         let tried_cuda = match forced.as_deref() {
             None | Some("cuda") => match probe::cuda() {
-                Ok(name) => {
-                    let engine = guard(&name, || {
+                Ok(cuda) => {
+                    let name = format!("CUDA: {}", cuda.name);
+                    let started = guard(&name, || {
                         let client = cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice { index: 0 });
-                        Runner::new(Dev::new(client, format!("CUDA: {name}")), model.clone())
-                    })?;
-                    return Ok(Gpu { engine: Box::new(engine) });
+                        Runner::new(Dev::new(client, name.clone(), Some(cuda.memory)), model.clone())
+                    });
+                    match started {
+                        Ok(engine) => return Ok(Gpu { engine: Box::new(engine) }),
+                        // (a size refused is the model's, not the device's: no other device will do)
+                        Err(e @ Error::TooLarge { .. }) => return Err(e),
+                        Err(e) => e.to_string(),
+                    }
                 }
                 Err(why) => why,
             },
@@ -268,14 +315,15 @@ impl Gpu {
             };
             return Err(Error::Device(format!(
                 "no GPU found. Tried CUDA: {tried_cuda}; tried Vulkan: {vulkan}. An NVIDIA GPU needs its driver \
-                 (libcuda.so.1); AMD and Intel GPUs need a Vulkan driver (Debian and Ubuntu: apt-get install \
-                 mesa-vulkan-drivers, which also gives the software device lavapipe for testing)"
+                 (libcuda.so.1) and NVRTC; AMD and Intel GPUs need a Vulkan driver (Debian and Ubuntu: apt-get \
+                 install mesa-vulkan-drivers, which also gives the software device lavapipe for testing)"
             )));
         };
         let name = format!("Vulkan: {}{}", adapter.name, if adapter.software { " (software)" } else { "" });
+        // (wgpu does not say how much memory a device has: buffers are bounded one by one)
         let engine = guard(&name, || {
             let client = cubecl::wgpu::WgpuRuntime::client(&adapter.device);
-            Runner::new(Dev::new(client, name.clone()), model.clone())
+            Runner::new(Dev::new(client, name.clone(), None), model.clone())
         })?;
         Ok(Gpu { engine: Box::new(engine) })
     }
@@ -314,21 +362,8 @@ impl Device for Gpu {
 
     fn stream(&self, state: &State) -> Result<Box<dyn Reader + '_>> {
         match state {
-            State::Bdh(s) => self.engine.stream(s),
+            State::Bdh(s) => guard(&self.engine.name(), || self.engine.stream(s)),
             State::Gpt(_) => Err(Error::Mismatch("a GPT state for a BDH model".into())),
         }
     }
-}
-
-/// Runs `f`, turning a panic inside the device runtime (a driver that fails
-/// mid-way, a kernel its compiler rejects) into an error naming the device.
-fn guard<T>(device: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("the device runtime stopped");
-        Err(Error::Device(format!("the GPU ({device}) failed: {why}")))
-    })
 }

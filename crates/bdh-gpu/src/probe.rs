@@ -10,40 +10,89 @@ type CuInit = unsafe extern "C" fn(u32) -> i32;
 type CuCount = unsafe extern "C" fn(*mut i32) -> i32;
 type CuGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
 type CuName = unsafe extern "C" fn(*mut u8, i32, i32) -> i32;
+type CuTotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
 
-/// Opens `libcuda`, initialises it, counts its devices and names device 0 (or says
-/// why it cannot). The library stays loaded (cubecl's runtime loads it again, by
-/// the same name, and finds it ready).
-pub fn cuda() -> Result<String, String> {
+/// The CUDA device 0 the driver sees.
+#[derive(Clone, Debug)]
+pub struct Cuda {
+    /// Its name, e.g. "NVIDIA H200" (with "device 0 of K" when there are several).
+    pub name: String,
+    /// Its memory, in bytes.
+    pub memory: u64,
+}
+
+/// Opens `libcuda`, initialises it, names device 0 and sizes its memory, then
+/// checks what cubecl's CUDA runtime needs to compile kernels — NVRTC, and a CUDA
+/// folder with `include/` — or says what is missing.
+pub fn cuda() -> Result<Cuda, String> {
+    let device = driver()?;
+    nvrtc()?;
+    if cubecl::cuda::install::cuda_path().is_none_or(|p| !p.join("include").is_dir()) {
+        return Err(format!(
+            "the driver sees {} but there is no CUDA folder with the headers NVRTC compiles against: set \
+             CUDA_PATH to the CUDA toolkit (or to the folder site-packages/nvidia/cu13 of PyTorch's wheels, which \
+             holds include/)",
+            device.name
+        ));
+    }
+    Ok(device)
+}
+
+/// Whether NVRTC, the CUDA runtime compiler, can be loaded by a name cudarc tries.
+fn nvrtc() -> Result<(), String> {
+    // SAFETY: loading NVRTC runs only its initialisers; it is closed again at once
+    // (cudarc opens it itself to compile).
+    let found = ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"]
+        .iter()
+        .any(|&name| unsafe { libloading::Library::new(name) }.is_ok());
+    if found {
+        return Ok(());
+    }
+    Err("the CUDA driver works but NVRTC (libnvrtc.so, from the CUDA toolkit, or from PyTorch's wheels in \
+         site-packages/nvidia/cu13/lib) is not on the library path: add its folder to LD_LIBRARY_PATH"
+        .into())
+}
+
+/// The driver's device 0, or why there is none. The driver library, once loaded,
+/// stays loaded (cubecl's runtime opens it again by the same name and finds it ready).
+fn driver() -> Result<Cuda, String> {
     // SAFETY: loading the system's CUDA driver runs its initialisers, as any CUDA
-    // program does; the two symbols are looked up with the driver API's signatures
-    // (`CUresult cuInit(unsigned)`, `cuDeviceGetCount(int*)`, `cuDeviceGet(CUdevice*,
-    // int)`, `cuDeviceGetName(char*, int, CUdevice)`), called with valid arguments
-    // (the name into a zeroed buffer of the length given), and the library is never unloaded while they may run.
+    // program does; it is never unloaded. The symbols are looked up with the driver
+    // API's signatures (`CUresult cuInit(unsigned)`, `cuDeviceGetCount(int*)`,
+    // `cuDeviceGet(CUdevice*, int)`, `cuDeviceGetName(char*, int, CUdevice)`,
+    // `cuDeviceTotalMem_v2(size_t*, CUdevice)`) and called with valid pointers (the
+    // name into a zeroed buffer one longer than the length given).
     unsafe {
         let lib = ["libcuda.so.1", "libcuda.so"]
             .iter()
             .find_map(|&name| libloading::Library::new(name).ok())
             .ok_or("the CUDA driver library (libcuda.so.1) is not installed")?;
-        let init: libloading::Symbol<CuInit> = lib.get(b"cuInit\0").map_err(|e| format!("libcuda: {e}"))?;
+        let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+        let init: CuInit = *lib.get::<CuInit>(b"cuInit\0").map_err(|e| format!("libcuda: {e}"))?;
         match init(0) {
             0 => {}
             100 => return Err("the CUDA driver is installed but sees no device (cuInit: no device)".into()),
             rc => return Err(format!("the CUDA driver failed to start (cuInit returned {rc})")),
         }
-        let count: libloading::Symbol<CuCount> = lib.get(b"cuDeviceGetCount\0").map_err(|e| format!("libcuda: {e}"))?;
+        let count: CuCount = *lib.get::<CuCount>(b"cuDeviceGetCount\0").map_err(|e| format!("libcuda: {e}"))?;
         let mut devices = 0;
         if count(&mut devices) != 0 || devices == 0 {
             return Err("the CUDA driver sees no device".into());
         }
-        let get: libloading::Symbol<CuGet> = lib.get(b"cuDeviceGet\0").map_err(|e| format!("libcuda: {e}"))?;
-        let name: libloading::Symbol<CuName> = lib.get(b"cuDeviceGetName\0").map_err(|e| format!("libcuda: {e}"))?;
-        let (mut device, mut buf) = (0i32, [0u8; 256]);
-        let named = get(&mut device, 0) == 0 && name(buf.as_mut_ptr(), buf.len() as i32 - 1, device) == 0;
+        let get: CuGet = *lib.get::<CuGet>(b"cuDeviceGet\0").map_err(|e| format!("libcuda: {e}"))?;
+        let name: CuName = *lib.get::<CuName>(b"cuDeviceGetName\0").map_err(|e| format!("libcuda: {e}"))?;
+        let total: CuTotalMem =
+            *lib.get::<CuTotalMem>(b"cuDeviceTotalMem_v2\0").map_err(|e| format!("libcuda: {e}"))?;
+        let (mut device, mut buf, mut memory) = (0i32, [0u8; 256], 0usize);
+        let found = get(&mut device, 0) == 0;
+        let named = found && name(buf.as_mut_ptr(), buf.len() as i32 - 1, device) == 0;
         let len = buf.iter().position(|&c| c == 0).unwrap_or(0);
         let label = if named { String::from_utf8_lossy(&buf[..len]).into_owned() } else { "device 0".into() };
-        std::mem::forget(lib);
-        Ok(if devices > 1 { format!("{label} (device 0 of {devices})") } else { label })
+        let name = if devices > 1 { format!("{label} (device 0 of {devices})") } else { label };
+        if !(found && total(&mut memory, device) == 0) {
+            return Err(format!("the CUDA driver does not report the memory of {name}"));
+        }
+        Ok(Cuda { name, memory: memory as u64 })
     }
 }
 
@@ -57,11 +106,15 @@ pub fn quiet_vulkan() {
     }
     let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
     let dir = std::env::temp_dir().join(format!("bdh-xdg-{user}"));
-    let made = std::fs::create_dir_all(&dir).is_ok() && {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
-    };
-    if made {
+    let _ = std::fs::create_dir(&dir);
+    // Only a real folder of this process's user, closed to others (not a link, not
+    // another user's folder planted under the name).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    let ours = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && Some(m.uid()) == me && m.permissions().mode() & 0o077 == 0);
+    if ours {
         std::env::set_var("XDG_RUNTIME_DIR", &dir);
     }
 }

@@ -155,7 +155,7 @@ fn eval_loss_on_the_device_equals_the_cpu() {
 }
 
 #[test]
-fn what_the_device_cannot_hold_is_refused_with_the_bytes_it_needs() {
+fn what_the_device_cannot_hold_is_refused_with_the_bytes_it_needs_and_big_batches_split() {
     let model = decaying();
     let Some(mut gpu) = open(&model, "GPU size refusal") else { return };
     // One sequence whose H × T × T scores pass any device's largest buffer (64 GiB).
@@ -167,6 +167,14 @@ fn what_the_device_cannot_hold_is_refused_with_the_bytes_it_needs() {
     let ids = bytes(TEXT);
     let t = ids.len() / 4;
     assert_eq!(gpu.logits(&ids[..4 * t], 4, t).unwrap().len(), 4 * t * 256);
+    // So do more rows than a launch grid takes along a side (B·H > 65535): the loss
+    // is the CPU's.
+    let (b, t) = (20_000, 2);
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|i| (i * 13 % 256) as u32).collect();
+    let (cpu, dev) =
+        (Cpu::new(&model).loss_sum(&ids, &targets, b, t).unwrap(), gpu.loss_sum(&ids, &targets, b, t).unwrap());
+    assert!((dev - cpu).abs() / cpu < 1e-5, "CPU {cpu}, GPU {dev}");
 }
 
 #[test]

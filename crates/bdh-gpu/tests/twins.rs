@@ -22,7 +22,7 @@ fn device(test: &str) -> Option<Device<WgpuRuntime>> {
         skipped(test, "no Vulkan device (Debian and Ubuntu: apt-get install mesa-vulkan-drivers gives lavapipe)");
         return None;
     };
-    Some(Device::new(WgpuRuntime::client(&adapter.device), adapter.name))
+    Some(Device::new(WgpuRuntime::client(&adapter.device), adapter.name, None))
 }
 
 fn random(len: usize, seed: u64) -> Vec<f32> {

@@ -45,13 +45,20 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
         Some(p) => crate::model_args::load(p, None)?.1,
         None => Model::new(preset, 0)?,
     };
+    if let Some(context) = model.config().max_context().filter(|&c| prompt_len > c) {
+        anyhow::bail!("--prompt-len {prompt_len}: this GPT's context is {context} tokens (its block_size)");
+    }
     let device = on.open(&model)?;
     describe(&model.config(), "B1");
     let model = Prepared::new(model)?;
     let prompt: Vec<u8> =
         b"The hatchling reads, and what it reads it keeps. ".iter().cycle().take(prompt_len.max(1)).copied().collect();
     let g = match &device {
-        Some(dev) => generate_speed(&mut *dev.stream(&model.state()?)?, &prompt, args.tokens)?,
+        Some(dev) => {
+            // A first generation compiles every kernel (and fills the memory pools).
+            generate_speed(&mut *dev.stream(&model.state()?)?, &prompt, 4)?;
+            generate_speed(&mut *dev.stream(&model.state()?)?, &prompt, args.tokens)?
+        }
         None => {
             let (mut state, mut scratch) = (model.state()?, model.scratch());
             let mut reader = CpuReader { prepared: &model, state: &mut state, scratch: &mut scratch, edits: &NO_EDITS };
