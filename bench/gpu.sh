@@ -55,7 +55,7 @@ if ! ldconfig -p 2>/dev/null | grep -q libnvrtc; then
   [[ -n $extra ]] && export LD_LIBRARY_PATH=$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} && log "NVRTC from $extra"
 fi
 if [[ -z ${CUDA_PATH:-} && ! -d /usr/local/cuda/include && ! -d /opt/cuda/include ]]; then
-  headers=$("$py" -c 'import glob, os, sys; print(next((os.path.dirname(p) for d in sys.path for p in glob.glob(d + "/nvidia/*/include")), ""))' 2>/dev/null)
+  headers=$("$py" -c 'import glob, os, sys; print(next((os.path.dirname(os.path.dirname(p)) for d in sys.path for p in sorted(glob.glob(d + "/nvidia/*/include/cuda.h"))), ""))' 2>/dev/null)
   [[ -n $headers ]] && export CUDA_PATH=$headers && log "CUDA headers from $headers/include"
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2

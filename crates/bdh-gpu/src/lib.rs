@@ -120,7 +120,16 @@ impl<R: Runtime> Runner<R> {
         let fits = |rows: usize| -> Result<()> {
             let buffers = forward::buffers(&Dims::new(&self.model.config, rows, t));
             if let Some(&(what, n)) = buffers.iter().find(|&&(_, n)| !self.dev.fits(n)) {
-                return Err(refuse(format!("{what}, in one buffer,"), 4 * n as u64, self.dev.max_buffer()));
+                let largest = self.dev.max_buffer() as f64 / (1u64 << 20) as f64;
+                return Err(Error::TooLarge {
+                    what: format!(
+                        "{what} of one sequence of T={t}, in one buffer of the GPU ({}; its largest holds {largest:.0} \
+                         MiB: use a shorter window),",
+                        self.dev.name
+                    ),
+                    need: Some(4 * n as u64),
+                    have: None,
+                });
             }
             let total: u64 = buffers.iter().map(|&(_, n)| 4 * n as u64).sum();
             if let Some(free) = self.dev.free_bytes().filter(|&free| total > free) {
@@ -275,12 +284,10 @@ impl Gpu {
                 ))
             }
             Model::Gpt(_) => {
-                return Err(Error::Device(
-                    "the GPU backend runs BDH models; the GPT baseline runs on the CPU: use --device cpu".into(),
-                ))
+                return Err(Error::Device("the GPU backend runs BDH models; the GPT baseline runs on the CPU".into()))
             }
         };
-        let forced = std::env::var("BDH_GPU_BACKEND").ok();
+        let forced = std::env::var("BDH_GPU_BACKEND").ok().map(|b| b.to_lowercase()).filter(|b| !b.is_empty());
         let tried_cuda = match forced.as_deref() {
             None | Some("cuda") => match probe::cuda() {
                 Ok(cuda) => {
@@ -298,7 +305,7 @@ impl Gpu {
                 }
                 Err(why) => why,
             },
-            Some("vulkan") => "not tried (BDH_GPU_BACKEND=vulkan)".into(),
+            Some("vulkan") => "not tried, as BDH_GPU_BACKEND=vulkan asks".into(),
             Some(other) => {
                 return Err(Error::Device(format!("BDH_GPU_BACKEND={other}: expected `cuda` or `vulkan`")));
             }
@@ -307,7 +314,7 @@ impl Gpu {
         let usable = adapters.iter().find(|a| want == Want::Any || !a.software);
         let Some(adapter) = usable else {
             let vulkan = match (forced.as_deref(), adapters.first()) {
-                (Some("cuda"), _) => "not tried (BDH_GPU_BACKEND=cuda)".to_string(),
+                (Some("cuda"), _) => "not tried, as BDH_GPU_BACKEND=cuda asks (unset it to try Vulkan)".to_string(),
                 (_, None) => "no adapter found (no Vulkan driver installed)".to_string(),
                 (_, Some(a)) => {
                     format!("only the software device {} (`--device gpu` takes it, `auto` does not)", a.name)

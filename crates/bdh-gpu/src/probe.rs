@@ -27,11 +27,11 @@ pub struct Cuda {
 pub fn cuda() -> Result<Cuda, String> {
     let device = driver()?;
     nvrtc()?;
-    if cubecl::cuda::install::cuda_path().is_none_or(|p| !p.join("include").is_dir()) {
+    if cubecl::cuda::install::cuda_path().is_none_or(|p| !p.join("include/cuda.h").is_file()) {
         return Err(format!(
-            "the driver sees {} but there is no CUDA folder with the headers NVRTC compiles against: set \
-             CUDA_PATH to the CUDA toolkit (or to the folder site-packages/nvidia/cu13 of PyTorch's wheels, which \
-             holds include/)",
+            "the driver sees {} but there is no CUDA folder with the headers NVRTC compiles against \
+             (include/cuda.h): set CUDA_PATH to the CUDA toolkit (or to the folder site-packages/nvidia/cu13 of \
+             PyTorch's wheels)",
             device.name
         ));
     }

@@ -183,7 +183,7 @@ fn the_gpt_baseline_is_refused_by_name() {
         GptConfig { n_layer: 1, n_head: 2, n_embd: 16, block_size: 32, vocab_size: 256, dropout: 0.0, bias: true };
     let model = Model::new(&ModelConfig::Gpt(cfg), 0).unwrap();
     match Gpu::open(&model, Want::Any) {
-        Err(e) => assert!(e.to_string().contains("GPT baseline runs on the CPU"), "{e}"),
+        Err(e) => assert!(e.to_string().contains("the GPT baseline runs on the CPU"), "{e}"),
         Ok(_) => panic!("a GPT opened on the GPU"),
     }
 }
