@@ -147,7 +147,17 @@ impl<R: Runtime> Runner<R> {
             Ok(())
         };
         fits(1)?;
-        Ok((1..=b).rev().find(|&r| fits(r).is_ok()).unwrap_or(1))
+        // (fitting is monotone in the rows: the largest that fits, by bisection)
+        let (mut lo, mut hi) = (1, b.max(1));
+        while lo < hi {
+            let mid = hi - (hi - lo) / 2;
+            if fits(mid).is_ok() {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(lo)
     }
 }
 

@@ -66,9 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.warmup
     );
     let run = RunConfig::resolve(&args.preset, &args.set)?;
-    let threads = crate::count(rayon::current_num_threads(), "thread", "threads");
-    let peak = peak_gflops(0.3);
-    println!("measured fp32 FMA peak: {peak:.1} GFLOP/s on {threads}");
+
     let spec = BenchSpec {
         config: run.model.clone(),
         batch: args.batch.unwrap_or(run.training.batch_size),
@@ -77,10 +75,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         iters: args.iters.max(1),
     };
     match args.mode {
-        Mode::Peak => {}
+        Mode::Peak => {
+            cpu_peak();
+        }
         Mode::Train => {
             args.device.cpu_only("training")?;
             describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
+            let peak = cpu_peak();
             print_result("train step", &train_step(&spec)?, peak);
         }
         Mode::Forward => {
@@ -95,7 +96,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         &forward_pass(&spec, &model, Some(dev.as_forward()))?,
                     );
                 }
-                None => print_result("forward", &forward_pass(&spec, &model, None)?, peak),
+                None => {
+                    let peak = cpu_peak();
+                    print_result("forward", &forward_pass(&spec, &model, None)?, peak)
+                }
             }
         }
         Mode::Generate(g) => generate::run(&g, &run.model, &args.device)?,
@@ -110,6 +114,14 @@ fn describe(m: &ModelConfig, shape: &str) {
         m.param_count() as f64 / 1e6,
         crate::count(rayon::current_num_threads(), "thread", "threads")
     );
+}
+
+/// The CPU's measured FMA peak (what a run there is measured against), said.
+fn cpu_peak() -> f64 {
+    let threads = crate::count(rayon::current_num_threads(), "thread", "threads");
+    let peak = peak_gflops(0.3);
+    println!("measured fp32 FMA peak: {peak:.1} GFLOP/s on {threads}");
+    peak
 }
 
 /// A result on a device: its time and rate (the CPU's peak does not apply).
