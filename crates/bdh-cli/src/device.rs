@@ -47,6 +47,23 @@ impl DeviceArgs {
         Ok(opened)
     }
 
+    /// Where a run's training steps go: `None` for the CPU, else what opens the
+    /// device for a trainer. `auto` looks for a hardware GPU first and stays on the
+    /// CPU (saying why) if there is none.
+    pub fn trainer(&self) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
+        match self.device {
+            Choice::Cpu => Ok(None),
+            Choice::Gpu => opener(false),
+            Choice::Auto => match hardware() {
+                Ok(()) => opener(true),
+                Err(why) => {
+                    eprintln!("note: training on the CPU ({why})");
+                    Ok(None)
+                }
+            },
+        }
+    }
+
     /// An error if a GPU was asked for: for work that runs on the CPU only
     /// (`what` says which).
     pub fn cpu_only(&self, what: &str) -> anyhow::Result<()> {
@@ -61,13 +78,42 @@ fn open(model: &Model, hardware_only: bool) -> anyhow::Result<Option<Box<dyn Dev
     Ok(Some(Box::new(bdh_gpu::Gpu::open(model, want)?)))
 }
 
+#[cfg(feature = "gpu")]
+fn opener(hardware_only: bool) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
+    let want = if hardware_only { bdh_gpu::Want::Hardware } else { bdh_gpu::Want::Any };
+    Ok(Some(Box::new(move |trainer: &bdh::train::Trainer| {
+        let device = bdh_gpu::trainer(trainer, want)?;
+        eprintln!("training on the {}", device.device());
+        Ok(device)
+    })))
+}
+
+/// Whether a hardware GPU is here, or why not.
+#[cfg(feature = "gpu")]
+fn hardware() -> Result<(), String> {
+    bdh_gpu::hardware()
+}
+
+#[cfg(not(feature = "gpu"))]
+fn opener(_: bool) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
+    Err(bdh::Error::Device(NO_GPU.into()).into())
+}
+
+#[cfg(not(feature = "gpu"))]
+fn hardware() -> Result<(), String> {
+    Err(NO_GPU.into())
+}
+
+/// Why a build without the backend has no GPU.
+#[cfg(not(feature = "gpu"))]
+const NO_GPU: &str = "this bdh was built without the GPU backend: build it with `cargo build --release --features \
+                      gpu` (see the README's GPU section)";
+
 #[cfg(not(feature = "gpu"))]
 fn open(_: &Model, hardware_only: bool) -> anyhow::Result<Option<Box<dyn Device>>> {
-    let why = "this bdh was built without the GPU backend: build it with `cargo build --release --features gpu` \
-               (see the README's GPU section)";
     if hardware_only {
-        eprintln!("note: running on the CPU ({why})");
+        eprintln!("note: running on the CPU ({NO_GPU})");
         return Ok(None);
     }
-    Err(bdh::Error::Device(why.into()).into())
+    Err(bdh::Error::Device(NO_GPU.into()).into())
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use bdh::eval::EvalMetrics;
 use bdh::io::checkpoint;
-use bdh::train::run::{train_parallel, Event, RunOutcome};
+use bdh::train::run::{train_on, Event, RunOutcome};
 use bdh::train::setup::{self, NewRun, Setup};
 use bdh::train::{learning_rate, Collective};
 use bdh::RunConfig;
@@ -52,6 +52,8 @@ pub struct Args {
     resume: Option<PathBuf>,
     #[command(flatten)]
     threads: ThreadsArgs,
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
     /// No progress bar: one line per evaluation (also the default when stderr is
     /// not a terminal, e.g. `bdh train > log 2>&1`).
     #[arg(long)]
@@ -82,7 +84,9 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     let before = resumed.as_ref().map(|(_, before)| before);
     let bar = Progress::bar(lines, run.training.max_steps);
     let mut progress = Progress { run: &run, dir: &dir, before, collective, stop, lines, bar, first: None };
-    let outcome = train_parallel(&run, &corpus, &dir, resumed.is_some(), stop, collective, |e| progress.on(e));
+    let device = args.device.trainer()?;
+    let outcome =
+        train_on(&run, &corpus, &dir, resumed.is_some(), stop, collective, device.as_deref(), |e| progress.on(e));
     progress.finish(outcome?, &signals)
 }
 
@@ -181,6 +185,10 @@ impl Progress<'_> {
                 self.say(format!("sample at step {step}:\n{prompt}\u{2502}{text}\n"))
             }
             Event::Saved(_) => {}
+            Event::DeviceLost { step, error } => self.say(format!(
+                "the device failed after step {step} ({error}): going on from the last checkpoint on a device opened \
+                 again"
+            )),
         }
     }
 

@@ -8,16 +8,19 @@
 //! Built with the `gpu` feature; without it this crate is empty.
 #![cfg(feature = "gpu")]
 
+mod backward;
 pub mod device;
 mod forward;
 mod guard;
 mod kernels;
 pub mod probe;
 mod step;
+mod train;
 
 use bdh::engine::{Device, Forward, Reader};
 use bdh::infer::State;
 use bdh::model::bdh::{Bdh, Dims};
+use bdh::train::{Accelerator, Trainer};
 use bdh::{Error, Model, Result};
 use cubecl::prelude::Runtime;
 use guard::guard;
@@ -101,7 +104,7 @@ impl<R: Runtime> Runner<R> {
             }
             let ids = self.dev.upload_ids(&tokens[r0 * t..(r0 + r) * t])?;
             let pass = self.pass.as_ref().expect("just made");
-            forward::forward(&self.dev, &self.weights, pass, &ids, &tables, None);
+            forward::forward(&self.dev, &self.weights, pass, &ids, &tables, forward::Extras::default());
             each(self, r0..r0 + r)?;
         }
         Ok(())
@@ -162,7 +165,7 @@ impl<R: Runtime> Runner<R> {
 }
 
 /// Cubes a launch grid may have along one side on every backend.
-const MAX_GRID: usize = 65535;
+pub(crate) const MAX_GRID: usize = 65535;
 
 impl<R: Runtime> Engine for Runner<R> {
     fn name(&self) -> String {
@@ -237,7 +240,8 @@ impl<R: Runtime> GpuReader<'_, R> {
         let pass = self.pass.as_ref().expect("just made");
         let tables = forward::Tables::new(&r.dev, &r.model, self.stream.pos, t)?;
         let ids = r.dev.upload_ids(ids)?;
-        forward::forward(&r.dev, &r.weights, pass, &ids, &tables, Some(self.stream.layers()));
+        let extras = forward::Extras { rho: Some(self.stream.layers()), ..Default::default() };
+        forward::forward(&r.dev, &r.weights, pass, &ids, &tables, extras);
         self.stream.pos += t;
         let logits = r.dev.read(&pass.logits)?;
         Ok(logits[(t - 1) * dims.v..].to_vec())
@@ -278,6 +282,101 @@ impl<R: Runtime> Reader for GpuReader<'_, R> {
     }
 }
 
+/// What is built on a device once one is found: the same search for every use.
+trait Build {
+    type Out;
+    fn build<R: Runtime>(&self, dev: Dev<R>) -> Result<Self::Out>;
+}
+
+/// A model to run.
+struct Run(Bdh);
+
+impl Build for Run {
+    type Out = Box<dyn Engine>;
+    fn build<R: Runtime>(&self, dev: Dev<R>) -> Result<Self::Out> {
+        Ok(Box::new(Runner::new(dev, self.0.clone())?))
+    }
+}
+
+/// A trainer's work.
+struct Train<'a>(&'a Trainer);
+
+impl Build for Train<'_> {
+    type Out = Box<dyn Accelerator>;
+    fn build<R: Runtime>(&self, dev: Dev<R>) -> Result<Self::Out> {
+        Ok(Box::new(train::Guarded(train::DeviceTrainer::new(dev, self.0)?)))
+    }
+}
+
+/// `what` built on the first device `want` allows: CUDA device 0 when the NVIDIA
+/// driver works, else the best Vulkan adapter. An error names what was tried and
+/// how to get a device.
+fn open<B: Build>(what: &B, want: Want) -> Result<B::Out> {
+    let forced = std::env::var("BDH_GPU_BACKEND").ok().map(|b| b.to_lowercase()).filter(|b| !b.is_empty());
+    let tried_cuda = match forced.as_deref() {
+        None | Some("cuda") => match probe::cuda() {
+            Ok(cuda) => {
+                let name = format!("CUDA: {}", cuda.name);
+                let started = guard(&name, || {
+                    let client = cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice { index: 0 });
+                    what.build(Dev::new(client, name.clone(), Some(cuda.memory)))
+                });
+                match started {
+                    Ok(out) => return Ok(out),
+                    // (a size refused is the model's, not the device's: no other device will do)
+                    Err(e @ Error::TooLarge { .. }) => return Err(e),
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(why) => why,
+        },
+        Some("vulkan") => "not tried, as BDH_GPU_BACKEND=vulkan asks".into(),
+        Some(other) => {
+            return Err(Error::Device(format!("BDH_GPU_BACKEND={other}: expected `cuda` or `vulkan`")));
+        }
+    };
+    let adapters = if forced.as_deref() == Some("cuda") { Vec::new() } else { probe::adapters() };
+    let usable = adapters.iter().find(|a| want == Want::Any || !a.software);
+    let Some(adapter) = usable else {
+        let vulkan = match (forced.as_deref(), adapters.first()) {
+            (Some("cuda"), _) => "not tried, as BDH_GPU_BACKEND=cuda asks (unset it to try Vulkan)".to_string(),
+            (_, None) => "no adapter found (no Vulkan driver installed)".to_string(),
+            (_, Some(a)) => format!("only the software device {} (`--device gpu` takes it, `auto` does not)", a.name),
+        };
+        return Err(Error::Device(format!(
+            "no GPU found. Tried CUDA: {tried_cuda}; tried Vulkan: {vulkan}. An NVIDIA GPU needs its driver \
+             (libcuda.so.1) and NVRTC; AMD and Intel GPUs need a Vulkan driver (Debian and Ubuntu: apt-get \
+             install mesa-vulkan-drivers, which also gives the software device lavapipe for testing)"
+        )));
+    };
+    let name = format!("Vulkan: {}{}", adapter.name, if adapter.software { " (software)" } else { "" });
+    // (wgpu does not say how much memory a device has: buffers are bounded one by one)
+    guard(&name, || {
+        let client = cubecl::wgpu::WgpuRuntime::client(&adapter.device);
+        what.build(Dev::new(client, name.clone(), None))
+    })
+}
+
+/// `Ok` if a hardware GPU is here (a CUDA device, or a Vulkan adapter that is not
+/// a software one), else why not — without starting a runtime.
+pub fn hardware() -> std::result::Result<(), String> {
+    let cuda = match probe::cuda() {
+        Ok(_) => return Ok(()),
+        Err(why) => why,
+    };
+    match probe::adapters().iter().any(|a| !a.software) {
+        true => Ok(()),
+        false => Err(format!("no hardware GPU found (CUDA: {cuda}; Vulkan: no hardware adapter)")),
+    }
+}
+
+/// `trainer`'s steps on the first device `want` allows (see [`Gpu::open`]): its
+/// model, moments, step and carried state are uploaded, and buffers for its
+/// batches made. BDH models without attached mechanisms only.
+pub fn trainer(trainer: &Trainer, want: Want) -> Result<Box<dyn Accelerator>> {
+    open(&Train(trainer), want)
+}
+
 impl Gpu {
     /// `model` on the first device `want` allows: CUDA device 0 when the NVIDIA
     /// driver works, else the best Vulkan adapter. An error names what was tried
@@ -297,52 +396,7 @@ impl Gpu {
                 return Err(Error::Device("the GPU backend runs BDH models; the GPT baseline runs on the CPU".into()))
             }
         };
-        let forced = std::env::var("BDH_GPU_BACKEND").ok().map(|b| b.to_lowercase()).filter(|b| !b.is_empty());
-        let tried_cuda = match forced.as_deref() {
-            None | Some("cuda") => match probe::cuda() {
-                Ok(cuda) => {
-                    let name = format!("CUDA: {}", cuda.name);
-                    let started = guard(&name, || {
-                        let client = cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice { index: 0 });
-                        Runner::new(Dev::new(client, name.clone(), Some(cuda.memory)), model.clone())
-                    });
-                    match started {
-                        Ok(engine) => return Ok(Gpu { engine: Box::new(engine) }),
-                        // (a size refused is the model's, not the device's: no other device will do)
-                        Err(e @ Error::TooLarge { .. }) => return Err(e),
-                        Err(e) => e.to_string(),
-                    }
-                }
-                Err(why) => why,
-            },
-            Some("vulkan") => "not tried, as BDH_GPU_BACKEND=vulkan asks".into(),
-            Some(other) => {
-                return Err(Error::Device(format!("BDH_GPU_BACKEND={other}: expected `cuda` or `vulkan`")));
-            }
-        };
-        let adapters = if forced.as_deref() == Some("cuda") { Vec::new() } else { probe::adapters() };
-        let usable = adapters.iter().find(|a| want == Want::Any || !a.software);
-        let Some(adapter) = usable else {
-            let vulkan = match (forced.as_deref(), adapters.first()) {
-                (Some("cuda"), _) => "not tried, as BDH_GPU_BACKEND=cuda asks (unset it to try Vulkan)".to_string(),
-                (_, None) => "no adapter found (no Vulkan driver installed)".to_string(),
-                (_, Some(a)) => {
-                    format!("only the software device {} (`--device gpu` takes it, `auto` does not)", a.name)
-                }
-            };
-            return Err(Error::Device(format!(
-                "no GPU found. Tried CUDA: {tried_cuda}; tried Vulkan: {vulkan}. An NVIDIA GPU needs its driver \
-                 (libcuda.so.1) and NVRTC; AMD and Intel GPUs need a Vulkan driver (Debian and Ubuntu: apt-get \
-                 install mesa-vulkan-drivers, which also gives the software device lavapipe for testing)"
-            )));
-        };
-        let name = format!("Vulkan: {}{}", adapter.name, if adapter.software { " (software)" } else { "" });
-        // (wgpu does not say how much memory a device has: buffers are bounded one by one)
-        let engine = guard(&name, || {
-            let client = cubecl::wgpu::WgpuRuntime::client(&adapter.device);
-            Runner::new(Dev::new(client, name.clone(), None), model.clone())
-        })?;
-        Ok(Gpu { engine: Box::new(engine) })
+        Ok(Gpu { engine: open(&Run(model), want)? })
     }
 
     /// The device, e.g. `CUDA: NVIDIA H200`.

@@ -95,7 +95,7 @@ impl Stream {
             let (v_in, v_out) = (&self.v[l % 2], &self.v[(l + 1) % 2]);
             // x = relu(v · encoder_h); R(x)                                        (H, N)
             dev.matmul(&self.x, v_in, &w.encoder, MatMul::new(1, d, n).relu(), per_head(0, d * n, n), false);
-            dev.rope(&self.x, &cos, &sin, &self.xr, 1, n);
+            dev.rope(&self.x, &cos, &sin, &self.xr, 1, n, false);
             // ρ ← γ ρ; a = ρᵀ R(x); ρ += R(x) ⊗ v                                  (H, D)
             if let Some(gamma) = gamma {
                 dev.scale_blocks(rho, gamma, n * d);
@@ -105,7 +105,7 @@ impl Stream {
             // y = relu(LN(a) · encoder_v_h) ⊙ x                                    (H, N)
             dev.layer_norm(&self.a, &self.rstd, d);
             dev.matmul(&self.y, &self.a, &w.encoder_v, MatMul::new(1, d, n).relu(), per_head(d, d * n, n), false);
-            dev.mul(&self.x, &self.y, &self.z);
+            dev.mul(&self.x, &self.y, None, &self.z);
             // v = LN(v + LN(Σ_h z_h · decoder_h))                                  (D)
             let heads = Batch { count: [1, h], a: [0, n], b: [0, n * d], c: [0, 0] };
             dev.matmul(&self.u, &self.z, &w.decoder, MatMul::new(1, n, d), heads, false);

@@ -4,38 +4,10 @@
 //! lavapipe. Without one each test says it skipped, unless `BDH_REQUIRE_GPU=1`.
 
 use bdh_kernels::{causal_linear_attention, layer_norm, matmul_batched, rope, Attention, Batch, MatMul, RopeDirection};
-use cubecl::prelude::Runtime;
-use cubecl::wgpu::WgpuRuntime;
-use rand::{Rng, SeedableRng};
-
-use bdh_gpu::device::Device;
-use bdh_gpu::probe;
 
 mod common;
-use common::skipped;
-
-/// The first Vulkan device, or `None` (said) where there is none and none is required.
-fn device(test: &str) -> Option<Device<WgpuRuntime>> {
-    probe::quiet_vulkan();
-    let Some(adapter) = probe::adapters().into_iter().next() else {
-        assert_ne!(std::env::var("BDH_REQUIRE_GPU").as_deref(), Ok("1"), "BDH_REQUIRE_GPU=1 and no Vulkan device");
-        skipped(test, "no Vulkan device (Debian and Ubuntu: apt-get install mesa-vulkan-drivers gives lavapipe)");
-        return None;
-    };
-    Some(Device::new(WgpuRuntime::client(&adapter.device), adapter.name, None))
-}
-
-fn random(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-/// Largest |a − b| over the largest |b| (or 1 when b is all zero).
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
+use common::{device, random, rel};
+use rand::SeedableRng;
 
 #[test]
 fn matmul_equals_the_cpu_for_every_flag_and_batching() {
@@ -103,7 +75,7 @@ fn layer_norm_and_rope_equal_the_cpu() {
     rope(&mut want, &x, &table.cos, &table.sin, n, RopeDirection::Forward);
     let up = |v: &[f32]| dev.upload(v, "test").unwrap();
     let out = dev.scratch(x.len(), "out").unwrap();
-    dev.rope(&up(&x), &up(&table.cos), &up(&table.sin), &out, t, n);
+    dev.rope(&up(&x), &up(&table.cos), &up(&table.sin), &out, t, n, false);
     assert!(rel(&dev.read(&out).unwrap(), &want) < 1e-6);
 }
 
@@ -132,7 +104,7 @@ fn causal_attention_with_decay_equals_the_cpu() {
         dev.scratch(scores.len(), "s").unwrap(),
         dev.scratch(out.len(), "a").unwrap(),
     );
-    dev.rope(&gx, &up(&table.cos), &up(&table.sin), &gq, t, n);
+    dev.rope(&gx, &up(&table.cos), &up(&table.sin), &gq, t, n, false);
     let (tn, tt, td) = (t * n, t * t, t * d);
     let sb = Batch { count: [b, h], a: [h * tn, tn], b: [h * tn, tn], c: [h * tt, tt] };
     dev.matmul(&gs, &gq, &gq, MatMul::new(t, n, t).b_t(), sb, true);
@@ -151,7 +123,7 @@ fn elementwise_step_and_loss_kernels_equal_plain_loops() {
     let (h, n, d, v) = (3, 8, 5, 7);
     let (a, b) = (random(h * n, 8), random(h * n, 9));
     let out = dev.scratch(h * n, "out").unwrap();
-    dev.mul(&up(&a), &up(&b), &out);
+    dev.mul(&up(&a), &up(&b), None, &out);
     assert_eq!(dev.read(&out).unwrap(), a.iter().zip(&b).map(|(x, y)| x * y).collect::<Vec<_>>());
     dev.add(&up(&a), &up(&b), &out);
     assert_eq!(dev.read(&out).unwrap(), a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<_>>());
@@ -198,4 +170,146 @@ fn elementwise_step_and_loss_kernels_equal_plain_loops() {
 fn the_device_takes_buffers_of_128_mib_at_least() {
     let Some(dev) = device("GPU buffer size") else { return };
     assert!(dev.max_buffer() >= 1 << 27, "{} allows buffers of {} bytes only", dev.name, dev.max_buffer());
+}
+
+#[test]
+fn the_backward_kernels_equal_the_cpu() {
+    let Some(dev) = device("GPU backward twins") else { return };
+    let up = |v: &[f32]| dev.upload(v, "test").unwrap();
+    let (rows, v, d) = (37, 70, 48);
+    // cross-entropy's gradient
+    let logits: Vec<f32> = random(rows * v, 20).iter().map(|x| 4.0 * x).collect();
+    let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 7) % v as u32).collect();
+    let mut want = vec![0.0; rows * v];
+    bdh::model::loss::cross_entropy_backward(&mut want, &logits, &targets, v);
+    let got = dev.scratch(rows * v, "test").unwrap();
+    dev.cross_entropy_backward(&up(&logits), &dev.upload_ids(&targets).unwrap(), &got, v, 1.0 / rows as f32);
+    let got = dev.read(&got).unwrap();
+    assert!(rel(&got, &want) < 1e-6, "cross-entropy backward: {}", rel(&got, &want));
+    // LayerNorm's backward
+    let (mut xhat, g) = (random(rows * d, 21), random(rows * d, 22));
+    let mut rstd = vec![0.0; rows];
+    layer_norm(&mut xhat, &mut rstd, d);
+    let mut want = g.clone();
+    bdh_kernels::layer_norm_backward(&mut want, &xhat, &rstd, d);
+    let got = up(&g);
+    dev.layer_norm_backward(&got, &up(&xhat), &up(&rstd), d);
+    assert!(rel(&dev.read(&got).unwrap(), &want) < 1e-6);
+    // the gate's backward, with and without dropout's scales
+    let len = 1000;
+    let (x, y, dz) = (random(len, 23), random(len, 24), random(len, 25));
+    let (x, y): (Vec<f32>, Vec<f32>) = (x.iter().map(|v| v.max(0.0)).collect(), y.iter().map(|v| v.max(0.0)).collect());
+    let keep: Vec<f32> = (0..len).map(|i| if i % 3 == 0 { 0.0 } else { 1.25 }).collect();
+    for k in [&[][..], &keep[..]] {
+        let (mut dx, mut dy, mut z) = (dz.clone(), vec![0.0; len], vec![0.0; len]);
+        bdh_kernels::gated_product(&mut z, &x, &y, k);
+        bdh_kernels::gated_product_backward(&mut dx, &mut dy, &x, &y, k);
+        let (gdx, gdy, gz) = (up(&dz), dev.scratch(len, "t").unwrap(), dev.scratch(len, "t").unwrap());
+        let kept = up(k);
+        dev.gate_backward(&gdx, &gdy, &gz, &up(&x), &up(&y), (!k.is_empty()).then_some(&kept)).unwrap();
+        for (got, want) in [(&gdx, &dx), (&gdy, &dy), (&gz, &z)] {
+            assert_eq!(&dev.read(got).unwrap(), want, "the gate's backward, dropout: {}", !k.is_empty());
+        }
+    }
+    // the ReLU's backward of two paths
+    let extra = random(len, 26);
+    let want: Vec<f32> = (0..len).map(|i| if x[i] > 0.0 { dz[i] + extra[i] } else { 0.0 }).collect();
+    let got = up(&dz);
+    dev.relu_backward_add(&got, &up(&extra), &up(&x));
+    assert_eq!(dev.read(&got).unwrap(), want);
+    // the heads summed into the residual's gradient
+    let (groups, k, each) = (3, 4, 50);
+    let (out, src) = (random(groups * each, 27), random(groups * k * each, 28));
+    let mut want = out.clone();
+    bdh_kernels::add_groups(&mut want, &src, each, k);
+    let got = up(&out);
+    dev.add_groups(&got, &up(&src), each, k);
+    assert_eq!(dev.read(&got).unwrap(), want);
+    // the embedding's gradient, a token repeated
+    let (vocab, ids) = (11usize, [3u32, 7, 3, 0, 10, 3]);
+    let (grad, dv) = (random(vocab * d, 29), random(ids.len() * d, 30));
+    let mut want = grad.clone();
+    for (row, &tok) in dv.chunks(d).zip(&ids) {
+        want[tok as usize * d..][..d].iter_mut().zip(row).for_each(|(o, &g)| *o += g);
+    }
+    let got = up(&grad);
+    dev.embed_backward(&got, &up(&dv), &dev.upload_ids(&ids).unwrap(), d);
+    assert_eq!(dev.read(&got).unwrap(), want);
+    // RoPE back by its angles
+    let (t, n) = (5, 8);
+    let freqs: Vec<f32> = (0..n).map(|i| 0.1 + 0.05 * (i / 2) as f32).collect();
+    let table = bdh::model::bdh::rope::RopeTable::new(&freqs, 9, t);
+    let xs = random(2 * t * n, 31);
+    let mut want = vec![0.0; xs.len()];
+    rope(&mut want, &xs, &table.cos, &table.sin, n, RopeDirection::Inverse);
+    let got = dev.scratch(xs.len(), "t").unwrap();
+    dev.rope(&up(&xs), &up(&table.cos), &up(&table.sin), &got, t, n, true);
+    assert_eq!(dev.read(&got).unwrap(), want);
+}
+
+#[test]
+fn adamw_and_the_gradient_norm_equal_the_cpu_optimizer() {
+    let Some(dev) = device("GPU AdamW twin") else { return };
+    let up = |v: &[f32]| dev.upload(v, "test").unwrap();
+    let layout = [("a", vec![3000]), ("b", vec![7, 11])];
+    let mut params = bdh::params::Params::zeros(&layout).unwrap();
+    params.data_mut().copy_from_slice(&random(3077, 40));
+    let config = bdh::train::AdamWConfig { lr: 3e-3, ..Default::default() };
+    let mut opt = bdh::train::AdamW::with_decay(config, &params, vec![true, false]);
+    let (p, m, v) = (up(params.data()), up(opt.m.data()), up(opt.v.data()));
+    for step in 1..=3 {
+        let mut grads = params.zeros_like();
+        grads.data_mut().copy_from_slice(&random(3077, 40 + step));
+        let g = up(grads.data());
+        let norm = dev.sum_squares(&g, 0.5).unwrap().sqrt();
+        let want: f64 = grads.data().iter().map(|&x| ((x * 0.5) as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - want).abs() < 1e-5 * want, "norm {norm} vs {want}");
+        grads.data_mut().iter_mut().for_each(|x| *x = *x * 0.5 * 0.75);
+        opt.update(&mut params, &grads);
+        let (b1, b2) = (0.9f64, 0.999f64);
+        let s = bdh_gpu::device::AdamStep {
+            scale: 0.5,
+            clip: 0.75,
+            decay: (1.0 - 3e-3 * 0.1) as f32,
+            w1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            w2: (1.0 - b2) as f32,
+            bc2: (1.0 - b2.powi(step as i32)).sqrt() as f32,
+            eps: 1e-8,
+            step: (3e-3 / (1.0 - b1.powi(step as i32))) as f32,
+        };
+        // the slot without weight decay has its own launch
+        let whole = dev.read(&p).unwrap();
+        let (pa, pb) = (up(&whole[..3000]), up(&whole[3000..]));
+        let gv = dev.read(&g).unwrap();
+        let (ma, mb) = (up(&dev.read(&m).unwrap()[..3000]), up(&dev.read(&m).unwrap()[3000..]));
+        let (va, vb) = (up(&dev.read(&v).unwrap()[..3000]), up(&dev.read(&v).unwrap()[3000..]));
+        let (ga, gb) = (up(&gv[..3000]), up(&gv[3000..]));
+        dev.adamw(&pa, &ga, &ma, &va, s);
+        dev.adamw(&pb, &gb, &mb, &vb, bdh_gpu::device::AdamStep { decay: 1.0, ..s });
+        let cat =
+            |a: &bdh_gpu::device::Buf, b: &bdh_gpu::device::Buf| [dev.read(a).unwrap(), dev.read(b).unwrap()].concat();
+        assert!(rel(&cat(&pa, &pb), params.data()) < 1e-6, "step {step}: weights");
+        assert!(rel(&cat(&ma, &mb), opt.m.data()) < 1e-6, "step {step}: first moments");
+        assert!(rel(&cat(&va, &vb), opt.v.data()) < 1e-6, "step {step}: second moments");
+        assert!(dev.read(&ga).unwrap().iter().all(|&x| x == 0.0), "the gradients are zeroed");
+        dev.write(&p, &cat(&pa, &pb)).unwrap();
+        dev.write(&m, &cat(&ma, &mb)).unwrap();
+        dev.write(&v, &cat(&va, &vb)).unwrap();
+    }
+}
+
+#[test]
+fn dropout_masks_drawn_on_the_device_are_the_cpus() {
+    let Some(dev) = device("GPU dropout twin") else { return };
+    for (block, blocks, first, seed, prob) in [(40, 6, 0, 7u64, 0.1f32), (37, 5, 12, 1 << 40, 0.5), (16, 3, 3, 99, 0.9)]
+    {
+        let mut want = vec![0.0; block * blocks];
+        bdh::model::dropout::draw(&mut want, block, seed, first as u64, prob);
+        let bytes = rand_chacha::ChaCha8Rng::seed_from_u64(seed).get_seed();
+        let key: Vec<u32> = bytes.chunks(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+        let got = dev.scratch(want.len(), "test").unwrap();
+        dev.dropout_mask(&got, &dev.upload_ids(&key).unwrap(), block, first, prob);
+        assert_eq!(dev.read(&got).unwrap(), want, "block {block}, seed {seed}, p {prob}");
+    }
 }

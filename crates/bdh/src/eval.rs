@@ -188,12 +188,28 @@ pub fn evaluate_on(
     (b, t): (usize, usize),
     batches: usize,
 ) -> Result<EvalMetrics> {
+    Ok(evaluate_on_until(fwd, corpus, vocab, (b, t), batches, 0, &|| false)?.expect("never stopped"))
+}
+
+/// [`evaluate_on`] at training step `step`, or `None` if `stopped` says so before a batch.
+pub fn evaluate_on_until(
+    fwd: &mut dyn Forward,
+    corpus: &Corpus,
+    vocab: usize,
+    (b, t): (usize, usize),
+    batches: usize,
+    step: usize,
+    stopped: &dyn Fn() -> bool,
+) -> Result<Option<EvalMetrics>> {
     let mut tally = Tally::new(vocab, t);
     for i in 0..batches {
+        if stopped() {
+            return Ok(None);
+        }
         let batch = corpus.val_batch(i, batches, b, t);
         tally.add(&fwd.logits(&batch.tokens, b, t)?, &batch, corpus);
     }
-    Ok(tally.finish(corpus, 0, batches * b * t))
+    Ok(Some(tally.finish(corpus, step, batches * b * t)))
 }
 
 /// Loss and answers summed over validation batches.

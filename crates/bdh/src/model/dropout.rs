@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 /// Fills each block of `block` values of `keep` with 0 (dropped, probability `prob`)
 /// or `1/(1−prob)` (kept), as `nn.Dropout` scales; block `i` is drawn from ChaCha8
 /// stream `first_stream + i` of `seed`, the blocks in parallel.
-pub(crate) fn draw(keep: &mut [f32], block: usize, seed: u64, first_stream: u64, prob: f32) {
+pub fn draw(keep: &mut [f32], block: usize, seed: u64, first_stream: u64, prob: f32) {
     let scale = 1.0 / (1.0 - prob);
     bdh_kernels::parallel_chunks(keep, block, |i, k| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -7,9 +7,9 @@
 //! and the parameters are one flat [`Params`] buffer whatever the family.
 
 pub mod bdh;
-mod dropout;
+pub mod dropout;
 pub mod gpt;
-pub(crate) mod loss;
+pub mod loss;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -303,7 +303,7 @@ pub fn check_tokens(tokens: &[u32], vocab: usize, what: &str) -> Result<()> {
 }
 
 /// Checks a (B, T) batch of token ids: its length and every id.
-pub(crate) fn check_batch(tokens: &[u32], (b, t): (usize, usize), vocab: usize, what: &str) -> Result<()> {
+pub fn check_batch(tokens: &[u32], (b, t): (usize, usize), vocab: usize, what: &str) -> Result<()> {
     if tokens.len() != b * t {
         return Err(Error::Input(format!("{what}: {} ids for a batch of B={b} × T={t}", tokens.len())));
     }

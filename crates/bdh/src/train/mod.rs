@@ -7,6 +7,7 @@
 //! and [`crate::model::backward`], and clips, averages and updates the flat
 //! parameter buffer.
 
+pub mod accelerator;
 pub mod carry;
 pub mod collective;
 pub mod compare;
@@ -19,6 +20,7 @@ pub mod run;
 pub mod schedule;
 pub mod setup;
 
+pub use accelerator::Accelerator;
 pub use collective::{Collective, Single};
 pub use config::{RunConfig, TrainingConfig};
 #[cfg(feature = "mpi")]
@@ -42,23 +44,47 @@ pub struct Trainer {
     pub grads: Gradients,
     /// The synapse state carried from batch to batch, if the run carries one.
     pub carry: Option<carry::Carry>,
+    /// The device the steps run on, if not the CPU: it holds the weights, moments
+    /// and carried state, which [`Trainer::sync`] copies back here.
+    pub device: Option<Box<dyn Accelerator>>,
+    /// Whether the device has taken steps the host's copies do not have yet.
+    stale: bool,
+    /// (B, T) of the batches it trains on.
+    pub batch: (usize, usize),
 }
 
 impl Trainer {
     /// Buffers for batches of B sequences of T tokens.
     pub fn new(model: Model, opt: AdamWConfig, b: usize, t: usize) -> Result<Self> {
+        Self::with_buffers(model, opt, (b, t), (b, t))
+    }
+
+    /// A trainer for batches of B sequences of T tokens whose steps run on a device:
+    /// the host keeps the weights and moments, and no buffers for a step.
+    pub fn lean(model: Model, opt: AdamWConfig, b: usize, t: usize) -> Result<Self> {
+        Self::with_buffers(model, opt, (b, t), (1, 1))
+    }
+
+    fn with_buffers(model: Model, opt: AdamWConfig, batch: (usize, usize), (b, t): (usize, usize)) -> Result<Self> {
+        if batch.0 == 0 || batch.1 == 0 {
+            return Err(crate::Error::Input(format!("empty batch (B={}, T={})", batch.0, batch.1)));
+        }
         let acts = Activations::new(&model, b, t)?;
         let grads = Gradients::new(&model, b, t)?;
         let moments = model.params().data().len().checked_mul(2);
         crate::memory::ensure_fits(crate::memory::f32_bytes(moments), "AdamW's two moments of every parameter")?;
         let opt = AdamW::with_decay(opt, model.params(), model.weight_decay_mask());
-        Ok(Trainer { model, opt, acts, grads, carry: None })
+        Ok(Trainer { model, opt, acts, grads, carry: None, device: None, stale: false, batch })
     }
 
     /// Forward and backward of one micro-batch (B, T); adds to the gradients and
     /// returns the loss. `dropout_seed` draws this micro-batch's dropout masks.
     /// With a carried state, the batch continues it (and the state moves on).
     pub fn accumulate(&mut self, tokens: &[u32], targets: &[u32], dropout_seed: u64) -> Result<f32> {
+        if let Some(device) = &mut self.device {
+            self.stale = true;
+            return device.accumulate(tokens, targets, dropout_seed);
+        }
         let mode = Mode::Train { seed: dropout_seed };
         match (&mut self.carry, &self.model, &mut self.acts) {
             (None, ..) => forward(&self.model, tokens, &mut self.acts, mode)?,
@@ -79,6 +105,10 @@ impl Trainer {
     /// as `clip_grad_norm_`), applies AdamW at learning rate `lr` and zeroes them.
     /// Returns the norm before clipping.
     pub fn apply(&mut self, micro_batches: usize, clip: f64, lr: f64, collective: &dyn Collective) -> Result<f64> {
+        if let Some(device) = &mut self.device {
+            self.stale = true;
+            return device.apply(micro_batches, clip, lr, collective);
+        }
         let scale = 1.0 / micro_batches as f32;
         let g = self.grads.params.data_mut();
         g.iter_mut().for_each(|x| *x *= scale);
@@ -92,5 +122,26 @@ impl Trainer {
         self.opt.update(self.model.params_mut(), &self.grads.params);
         self.grads.zero();
         Ok(norm)
+    }
+
+    /// Brings the host's model, moments and carried state up to the device's steps
+    /// (nothing to do on the CPU).
+    pub fn sync(&mut self) -> Result<()> {
+        if let (Some(device), true) = (&mut self.device, self.stale) {
+            device.store(&mut self.model, &mut self.opt, self.carry.as_mut())?;
+            self.stale = false;
+        }
+        Ok(())
+    }
+
+    /// Empties the carried state, wherever it is.
+    pub fn restart_carry(&mut self) -> Result<()> {
+        if let Some(carry) = &mut self.carry {
+            carry.restart();
+        }
+        match &mut self.device {
+            Some(device) => device.restart(),
+            None => Ok(()),
+        }
     }
 }

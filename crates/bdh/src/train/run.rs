@@ -11,7 +11,7 @@ use super::carry::Carry;
 use super::{learning_rate, parallel, AdamWConfig, Collective, RunConfig, Single, Trainer};
 use crate::data::{Corpus, Tokenizer};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate_until, EvalMetrics};
+use crate::eval::{evaluate_on_until, evaluate_until, EvalMetrics};
 use crate::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
 use crate::io::checkpoint::{self, replace_dir};
 use crate::io::run_dir::{Checkpoint, MetricsLog, RunDir};
@@ -91,7 +91,18 @@ pub enum Event<'a> {
     },
     /// A checkpoint was written.
     Saved(&'a Path),
+    /// The device the run trained on failed; the run goes on from its last
+    /// checkpoint on a device opened again.
+    DeviceLost {
+        /// Steps completed when it failed.
+        step: usize,
+        /// What failed.
+        error: String,
+    },
 }
+
+/// Times a run goes on after its device fails before it gives up.
+pub const DEVICE_RETRIES: usize = 3;
 
 /// How a run ended.
 #[derive(Clone, Debug)]
@@ -133,7 +144,57 @@ pub fn train_parallel(
     resume: bool,
     stop: &AtomicBool,
     collective: &dyn Collective,
+    on: impl FnMut(Event),
+) -> Result<RunOutcome> {
+    train_on(run, corpus, dir, resume, stop, collective, None, on)
+}
+
+/// [`train_parallel`] with the steps on a device that `device` opens (see
+/// [`super::accelerator`]); `None`: on the CPU. If the device fails mid-run
+/// ([`Error::Device`]), the run goes on from its last checkpoint on a device
+/// opened again, up to [`DEVICE_RETRIES`] times ([`Event::DeviceLost`] says so);
+/// the outcome is then the last attempt's.
+#[allow(clippy::too_many_arguments)]
+pub fn train_on(
+    run: &RunConfig,
+    corpus: &Corpus,
+    dir: &Path,
+    mut resume: bool,
+    stop: &AtomicBool,
+    collective: &dyn Collective,
+    device: Option<&super::accelerator::Open>,
     mut on: impl FnMut(Event),
+) -> Result<RunOutcome> {
+    let mut failures = 0;
+    loop {
+        let mut reached = 0;
+        let mut watch = |e: Event| {
+            if let Event::Step { step, .. } = e {
+                reached = step;
+            }
+            on(e)
+        };
+        match train_once(run, corpus, dir, resume, stop, collective, device, &mut watch) {
+            Err(Error::Device(error)) if device.is_some() && collective.size() == 1 && failures < DEVICE_RETRIES => {
+                failures += 1;
+                on(Event::DeviceLost { step: reached, error });
+                resume = true;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_once(
+    run: &RunConfig,
+    corpus: &Corpus,
+    dir: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    collective: &dyn Collective,
+    device: Option<&super::accelerator::Open>,
+    on: &mut dyn FnMut(Event),
 ) -> Result<RunOutcome> {
     let started = Instant::now();
     let tc = &run.training;
@@ -154,10 +215,18 @@ pub fn train_parallel(
     let restarted = writer && resume && std::fs::symlink_metadata(run_dir.checkpoint_dir(Checkpoint::Last)).is_err();
     let resume = resume && !restarted;
     let last_dir = run_dir.checkpoint_dir(Checkpoint::Last);
+    // With the steps on a device, the host holds no buffers for them.
+    let new = |model: Model| {
+        if device.is_some() {
+            Trainer::lean(model, opt.clone(), b, t)
+        } else {
+            Trainer::new(model, opt.clone(), b, t)
+        }
+    };
     let (mut trainer, mut state) = if !writer {
-        (Trainer::new(Model::new(&run.model, tc.seed)?, opt, b, t)?, TrainerState::default())
+        (new(Model::new(&run.model, tc.seed)?)?, TrainerState::default())
     } else if resume {
-        load_state(run, &last_dir, opt, b, t)?
+        load_state(run, &last_dir, new)?
     } else {
         let model = match &tc.init_from {
             None => Model::new(&run.model, tc.seed)?,
@@ -174,7 +243,7 @@ pub fn train_parallel(
                 model
             }
         };
-        let mut trainer = Trainer::new(model, opt, b, t)?;
+        let mut trainer = new(model)?;
         if tc.carry_state {
             trainer.carry = Some(Carry::new(&run.model, b, tc.detach_state)?);
         }
@@ -183,6 +252,9 @@ pub fn train_parallel(
     let tokenizer = corpus.tokenizer();
     tokenizer.check(&run.model)?;
     parallel::share_start(collective, &mut trainer, &mut state)?;
+    if let Some(open) = device {
+        trainer.device = Some(open(&trainer)?);
+    }
     let mut metrics = MetricsLog::nowhere();
     if writer {
         tokenizer.save(run_dir.path())?;
@@ -215,8 +287,15 @@ pub fn train_parallel(
         if due.eval {
             // K times the batches of B rows: the validation rows one process of K·B rows scores.
             let batches = tc.eval_batches * collective.size();
-            let Some(mut m) = evaluate_until(&trainer.model, corpus, &mut trainer.acts, batches, state.step, &stopped)?
-            else {
+            trainer.sync()?;
+            let evaluated = match &mut trainer.device {
+                None => evaluate_until(&trainer.model, corpus, &mut trainer.acts, batches, state.step, &stopped)?,
+                Some(device) => {
+                    let vocab = trainer.model.config().vocab_size();
+                    evaluate_on_until(device.forward(), corpus, vocab, (b, t), batches, state.step, &stopped)?
+                }
+            };
+            let Some(mut m) = evaluated else {
                 interrupted = true;
                 break;
             };
@@ -239,6 +318,7 @@ pub fn train_parallel(
             last_eval = Some(m);
         }
         if due.sample {
+            trainer.sync()?;
             let Some((prompt, text)) = sample_until(&trainer.model, corpus, tc.sample_tokens, tc.seed, &stopped)?
             else {
                 interrupted = true;
@@ -270,15 +350,14 @@ pub fn train_parallel(
                 break;
             }
             let index = (state.step * tc.grad_accum + micro) as u64;
-            let batch = match &mut trainer.carry {
-                None => corpus.train_rows(tc.seed, index, rows.clone(), t),
-                Some(carry) => {
-                    let (batch, restart) = corpus.stream_batch(tc.seed, index, b, t)?;
-                    if restart {
-                        carry.restart();
-                    }
-                    batch
+            let batch = if trainer.carry.is_none() {
+                corpus.train_rows(tc.seed, index, rows.clone(), t)
+            } else {
+                let (batch, restart) = corpus.stream_batch(tc.seed, index, b, t)?;
+                if restart {
+                    trainer.restart_carry()?;
                 }
+                batch
             };
             let dropout_seed = parallel::dropout_seed(tc.seed, index, collective.rank());
             loss += trainer.accumulate(&batch.tokens, &batch.targets, dropout_seed)?;
@@ -316,6 +395,7 @@ pub fn train_parallel(
         };
     }
     if interrupted && writer {
+        trainer.sync()?;
         state.unfinished = due;
         save_state(&trainer, &tokenizer, &state, &last_dir)?;
         on(Event::Saved(&last_dir));
@@ -409,12 +489,14 @@ fn save_state(trainer: &Trainer, tokenizer: &Tokenizer, state: &TrainerState, di
     })
 }
 
-fn load_state(run: &RunConfig, dir: &Path, opt: AdamWConfig, b: usize, t: usize) -> Result<(Trainer, TrainerState)> {
+/// The trainer (made by `new` from the model) and state a checkpoint holds.
+fn load_state(run: &RunConfig, dir: &Path, new: impl Fn(Model) -> Result<Trainer>) -> Result<(Trainer, TrainerState)> {
     let model = checkpoint::load(dir, None)?;
     if model.config() != run.model {
         return Err(Error::Config(format!("{}: the checkpoint's model config differs from the run's", dir.display())));
     }
-    let mut trainer = Trainer::new(model, opt, b, t)?;
+    let mut trainer = new(model)?;
+    let (b, _) = trainer.batch;
     let path = dir.join("trainer.json");
     let text = crate::io::read_text_bounded(&path, crate::io::MAX_CONFIG_BYTES)?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;

@@ -10,6 +10,10 @@
 
 use cubecl::prelude::*;
 
+pub mod backward;
+pub mod dropout;
+pub mod optimizer;
+
 /// Units per cube of the element-wise and per-row kernels.
 pub const LINE: u32 = 256;
 /// Rows and columns of C one unit of [`matmul`] computes (a 4×4 block).
@@ -198,9 +202,11 @@ pub fn gather_rows(table: &Array<f32>, ids: &Array<u32>, out: &mut Array<f32>, r
     }
 }
 
-/// RoPE of rows of `n` neurons (`bdh_kernels::rope`, forward): pair j of row r
-/// turns by the angle whose cos and sin are at `(r mod t, j)` of the (t, n/2) tables.
+/// RoPE of rows of `n` neurons (`bdh_kernels::rope`): pair j of row r turns by the
+/// angle whose cos and sin are at `(r mod t, j)` of the (t, n/2) tables, or back
+/// by it with `inverse` (the backward's).
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub fn rope(
     x: &Array<f32>,
     cos: &Array<f32>,
@@ -209,6 +215,7 @@ pub fn rope(
     pairs: usize,
     t: usize,
     n: usize,
+    #[comptime] inverse: bool,
 ) {
     let i = ABSOLUTE_POS;
     if i < pairs {
@@ -216,7 +223,8 @@ pub fn rope(
         let r = i / half;
         let j = i % half;
         let at = (r % t) * half + j;
-        let (c, s) = (cos[at], sin[at]);
+        let c = cos[at];
+        let s = if inverse { -sin[at] } else { sin[at] };
         let (x0, x1) = (x[r * n + 2 * j], x[r * n + 2 * j + 1]);
         out[r * n + 2 * j] = x0 * c - x1 * s;
         out[r * n + 2 * j + 1] = x1 * c + x0 * s;
@@ -238,13 +246,24 @@ pub fn decay_scores(s: &mut Array<f32>, powers: &Array<f32>, len: usize, h: usiz
     }
 }
 
-/// `out = a ⊙ b` element-wise (the gate x ⊙ y: `bdh_kernels::gated_product`
-/// without dropout).
+/// `out = a ⊙ b` element-wise, times `keep` (dropout's scales) with `dropout`:
+/// the gate x ⊙ y (`bdh_kernels::gated_product`).
 #[cube(launch)]
-pub fn mul(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, len: usize) {
+pub fn mul(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    keep: &Array<f32>,
+    out: &mut Array<f32>,
+    len: usize,
+    #[comptime] dropout: bool,
+) {
     let i = ABSOLUTE_POS;
     if i < len {
-        out[i] = a[i] * b[i];
+        let mut v = a[i] * b[i];
+        if dropout {
+            v *= keep[i];
+        }
+        out[i] = v;
     }
 }
 
@@ -257,13 +276,13 @@ pub fn add(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, len: usize) {
     }
 }
 
-/// `x[i] *= gamma[i / per]`: each head's block of ρ fades by its retention
-/// (`bdh_kernels::decay_state`).
+/// `x[i] *= gamma[(i / per) mod |gamma|]`: each head's block of ρ fades by its
+/// retention, for every stream (`bdh_kernels::decay_state`).
 #[cube(launch)]
 pub fn scale_blocks(x: &mut Array<f32>, gamma: &Array<f32>, len: usize, per: usize) {
     let i = ABSOLUTE_POS;
     if i < len {
-        x[i] *= gamma[i / per];
+        x[i] *= gamma[(i / per) % gamma.len()];
     }
 }
 

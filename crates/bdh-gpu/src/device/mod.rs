@@ -13,11 +13,26 @@ use cubecl::server::Handle;
 
 use crate::kernels::{self, BLOCK, COLUMNS, LANES, LINE, SIDE};
 
+mod train;
+pub use train::AdamStep;
+
 /// A buffer of 4-byte values (f32, or u32 token ids) on a device.
 #[derive(Clone, Debug)]
 pub struct Buf {
     handle: Handle,
     len: usize,
+}
+
+impl Buf {
+    /// Its values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A device: a compute client of runtime `R` and what was learnt about it.
@@ -94,6 +109,16 @@ impl<R: Runtime> Device<R> {
         Ok(Buf { handle: self.client.create_from_slice(u32::as_bytes(ids)), len: ids.len() })
     }
 
+    /// Overwrites `buf` with `data` (of its length).
+    pub fn write(&self, buf: &Buf, data: &[f32]) -> Result<()> {
+        if data.len() != buf.len {
+            return Err(Error::Mismatch(format!("{} values for a buffer of {}", data.len(), buf.len)));
+        }
+        let src = self.upload(data, "a copy")?;
+        self.copy(&src, buf);
+        Ok(())
+    }
+
     /// A buffer of `len` values that a kernel writes before anything reads it.
     pub fn scratch(&self, len: usize, what: &str) -> Result<Buf> {
         let bytes = self.check(len, what)?;
@@ -111,7 +136,7 @@ impl<R: Runtime> Device<R> {
         self.client.memory_usage().map_or(0, |u| u.bytes_reserved)
     }
 
-    fn lost(&self, e: impl std::fmt::Debug) -> Error {
+    pub(crate) fn lost(&self, e: impl std::fmt::Debug) -> Error {
         Error::Device(format!("the GPU ({}) failed: {e:?}", self.name))
     }
 
@@ -217,8 +242,10 @@ impl<R: Runtime> Device<R> {
         );
     }
 
-    /// RoPE of rows of `n` of `x` into `out`, with (t, n/2) tables.
-    pub fn rope(&self, x: &Buf, cos: &Buf, sin: &Buf, out: &Buf, t: usize, n: usize) {
+    /// RoPE of rows of `n` of `x` into `out`, with (t, n/2) tables; back by the
+    /// angles with `inverse`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(&self, x: &Buf, cos: &Buf, sin: &Buf, out: &Buf, t: usize, n: usize, inverse: bool) {
         let pairs = x.len / 2;
         kernels::rope::launch::<R>(
             &self.client,
@@ -231,6 +258,7 @@ impl<R: Runtime> Device<R> {
             pairs,
             t,
             n,
+            inverse,
         );
     }
 
@@ -240,10 +268,21 @@ impl<R: Runtime> Device<R> {
         kernels::decay_scores::launch::<R>(&self.client, grid(len), line(), self.arg(s), self.arg(powers), len, h, t);
     }
 
-    /// `out = a ⊙ b`.
-    pub fn mul(&self, a: &Buf, b: &Buf, out: &Buf) {
+    /// `out = a ⊙ b`, times `keep` if given (dropout's scales).
+    pub fn mul(&self, a: &Buf, b: &Buf, keep: Option<&Buf>, out: &Buf) {
         let len = out.len;
-        kernels::mul::launch::<R>(&self.client, grid(len), line(), self.arg(a), self.arg(b), self.arg(out), len);
+        let k = self.arg(keep.unwrap_or(a));
+        kernels::mul::launch::<R>(
+            &self.client,
+            grid(len),
+            line(),
+            self.arg(a),
+            self.arg(b),
+            k,
+            self.arg(out),
+            len,
+            keep.is_some(),
+        );
     }
 
     /// `out = a + b`.
@@ -305,13 +344,13 @@ impl<R: Runtime> Device<R> {
 }
 
 /// A cube of [`LINE`] units in a row.
-fn line() -> CubeDim {
+pub(crate) fn line() -> CubeDim {
     CubeDim::new_1d(LINE)
 }
 
 /// Enough cubes of [`LINE`] units for `units`, spread over two grid dimensions so
 /// that none passes [`MAX_CUBES`].
-fn grid(units: usize) -> CubeCount {
+pub(crate) fn grid(units: usize) -> CubeCount {
     let cubes = units.div_ceil(LINE as usize).max(1);
     let x = cubes.min(MAX_CUBES);
     CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)

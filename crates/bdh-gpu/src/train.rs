@@ -1,0 +1,340 @@
+//! Training on a device: a trainer's weights, gradients, AdamW moments and carried
+//! state live there; each micro-batch runs the training forward (every layer kept,
+//! dropout drawn as the CPU draws it) and the backward, and each step the norm,
+//! the clipping and AdamW — the CPU trainer's arithmetic, in its order. The host's
+//! copies are brought up to date only when the run reads them ([`Accelerator::store`]).
+
+use bdh::engine::Forward;
+use bdh::model::bdh::{Bdh, Dims};
+use bdh::params::Params;
+use bdh::train::{carry::Carry, AdamW, AdamWConfig, Collective, Trainer};
+use bdh::{Error, Model, Result};
+use cubecl::prelude::Runtime;
+use rand_chacha::rand_core::SeedableRng;
+
+use crate::backward::{self, Scratch};
+use crate::device::{AdamStep, Buf, Device as Dev};
+use crate::forward::{self, Extras, Pass, Tables, Weights};
+use crate::guard::guard;
+
+/// A carried state on the device.
+struct Carried {
+    rho: Vec<Buf>, // (L) × (B, H, N, D)
+    pos: usize,    // the position of the next token
+}
+
+/// A trainer's work on a device of runtime `R`.
+pub(crate) struct DeviceTrainer<R: Runtime> {
+    dev: Dev<R>,
+    model: Bdh,        // config and RoPE frequencies (the host's weights may lag)
+    w: Weights,        // the weights
+    g: Weights,        // their gradients, summed over micro-batches
+    m: Weights,        // AdamW's first moments
+    v: Weights,        // AdamW's second moments
+    decays: Vec<bool>, // per tensor: whether weight decay applies
+    opt: AdamWConfig,
+    step: u64,  // optimizer steps taken
+    pass: Pass, // the training forward's buffers
+    scratch: Scratch,
+    tables: Tables, // positions 0..T
+    carried: Option<Carried>,
+    eval: Option<Pass>, // an inference pass of another shape, to evaluate
+}
+
+/// Values the device holds to train `model` on batches of `dims`: the weights four
+/// times over (weights, gradients, two moments), the training forward's buffers,
+/// the backward's scratch, and a carried state (twice with its gradient).
+pub(crate) fn values_needed(model: &Bdh, dims: &Dims, carry: bool, detach: bool, dropout: bool) -> Option<usize> {
+    let Dims { b, t, d, h, n, v, l } = *dims;
+    let m = |xs: &[usize]| xs.iter().try_fold(1usize, |p, &x| p.checked_mul(x));
+    let per_layer = m(&[b, h, t, (3 + dropout as usize) * n + t + d + 1])?.checked_add(m(&[b, t, d + 1])?)?;
+    let rho = m(&[l, b, h, n, d])?.checked_mul(if !carry {
+        0
+    } else if detach {
+        1
+    } else {
+        2
+    })?;
+    [
+        model.config.param_count().checked_mul(4)?,
+        per_layer.checked_mul(l)?,
+        m(&[l + 1, b, t, d + 1])?,
+        m(&[b, h, t, n])?,
+        m(&[b, t, v + 1])?,
+        backward::scratch_values(dims)?,
+        rho,
+    ]
+    .iter()
+    .try_fold(0usize, |a, &x| a.checked_add(x))
+}
+
+impl<R: Runtime> DeviceTrainer<R> {
+    /// `trainer`'s model, moments, step and carried state on `dev`, with buffers for
+    /// its batches. An error, before anything large is allocated, if they do not fit,
+    /// naming the bytes needed and the largest batch that fits.
+    pub(crate) fn new(dev: Dev<R>, trainer: &Trainer) -> Result<Self> {
+        let Model::Bdh(model) = &trainer.model else {
+            return Err(Error::Device("the GPU backend trains BDH models; the GPT baseline trains on the CPU".into()));
+        };
+        if !model.mechanisms.is_empty() {
+            return Err(Error::Device("a model with a mechanism attached trains on the CPU: use --device cpu".into()));
+        }
+        dev.check_runs()?;
+        let (b, t) = trainer.batch;
+        let dims = Dims::new(&model.config, b, t);
+        let dropout = model.config.dropout > 0.0;
+        let (carry, detach) = match &trainer.carry {
+            Some(c) => (true, c.detach),
+            None => (false, false),
+        };
+        check_fits(&dev, model, dims, carry, detach, dropout)?;
+        let p = trainer.model.params();
+        let up = |params: &Params, what: &str| Weights::upload_params(&dev, params, what);
+        let carried = match &trainer.carry {
+            None => None,
+            Some(c) => {
+                let per_layer = c.state.rho.len() / dims.l;
+                let rho = c.state.rho.chunks_exact(per_layer).map(|r| dev.upload(r, "the carried ρ"));
+                Some(Carried { rho: rho.collect::<Result<_>>()?, pos: c.state.pos })
+            }
+        };
+        Ok(DeviceTrainer {
+            w: up(p, "the weights")?,
+            g: up(&p.zeros_like(), "the gradients")?,
+            m: up(&trainer.opt.m, "AdamW's moments")?,
+            v: up(&trainer.opt.v, "AdamW's moments")?,
+            decays: trainer.opt.decay.clone(),
+            opt: trainer.opt.config.clone(),
+            step: trainer.opt.step,
+            pass: Pass::training(&dev, dims, dropout, carry && !detach)?,
+            scratch: Scratch::new(&dev, dims)?,
+            tables: Tables::new(&dev, model, 0, t)?,
+            carried,
+            eval: None,
+            model: model.clone(),
+            dev,
+        })
+    }
+
+    fn accumulate(&mut self, tokens: &[u32], targets: &[u32], dropout_seed: u64) -> Result<f32> {
+        let Dims { b, t, v, .. } = self.pass.dims;
+        bdh::model::check_batch(tokens, (b, t), v, "forward")?;
+        bdh::model::check_batch(targets, (b, t), v, "targets")?;
+        let (ids, targets) = (self.dev.upload_ids(tokens)?, self.dev.upload_ids(targets)?);
+        let prob = self.model.config.dropout;
+        let key = if prob > 0.0 { Some(self.dev.upload_ids(&chacha_key(dropout_seed))?) } else { None };
+        let dropout = key.as_ref().map(|k| (k, prob));
+        let moved;
+        let (tables, rho) = match &self.carried {
+            None => (&self.tables, None),
+            Some(c) => {
+                bdh::model::check_positions(c.pos, t, "forward")?;
+                moved = Tables::new(&self.dev, &self.model, c.pos, t)?;
+                (&moved, Some(&c.rho[..]))
+            }
+        };
+        forward::forward(&self.dev, &self.w, &self.pass, &ids, tables, Extras { rho, dropout });
+        let loss = forward::mean_loss(&self.dev, &self.pass, &targets)?;
+        backward::backward(&self.dev, &self.w, &self.g, &self.pass, &self.scratch, &ids, &targets, tables)?;
+        if let Some(c) = &mut self.carried {
+            c.pos += t;
+        }
+        Ok(loss)
+    }
+
+    fn apply(&mut self, micro_batches: usize, clip: f64, lr: f64, collective: &dyn Collective) -> Result<f64> {
+        let mut scale = 1.0 / micro_batches as f32;
+        if collective.size() > 1 {
+            // The processes average on the host: the gradients go there and back.
+            let mut all = Vec::new();
+            for g in self.g.parts() {
+                all.extend(self.dev.read(g)?);
+            }
+            all.iter_mut().for_each(|x| *x *= scale);
+            collective.all_reduce_mean(&mut all)?;
+            let mut rest = &all[..];
+            for g in self.g.parts() {
+                let (mine, after) = rest.split_at(g.len());
+                self.dev.write(g, mine)?;
+                rest = after;
+            }
+            scale = 1.0;
+        }
+        let mut squares = 0.0;
+        for g in self.g.parts() {
+            squares += self.dev.sum_squares(g, scale)?;
+        }
+        let norm = squares.sqrt();
+        let clip = if clip > 0.0 && norm > clip { (clip / (norm + 1e-6)) as f32 } else { 1.0 };
+        self.step += 1;
+        // torch forms every scalar in Python floats (f64), then applies it in f32.
+        let AdamWConfig { betas: (b1, b2), eps, weight_decay, .. } = self.opt;
+        let t = self.step as i32;
+        let s = AdamStep {
+            scale,
+            clip,
+            decay: (1.0 - lr * weight_decay) as f32,
+            w1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            w2: (1.0 - b2) as f32,
+            bc2: (1.0 - b2.powi(t)).sqrt() as f32,
+            eps: eps as f32,
+            step: (lr / (1.0 - b1.powi(t))) as f32,
+        };
+        let parts = self.w.parts().into_iter().zip(self.g.parts()).zip(self.m.parts()).zip(self.v.parts());
+        for ((((p, g), m), v), &decays) in parts.zip(&self.decays) {
+            self.dev.adamw(p, g, m, v, AdamStep { decay: if decays { s.decay } else { 1.0 }, ..s });
+        }
+        Ok(norm)
+    }
+
+    fn store(&mut self, model: &mut Model, opt: &mut AdamW, carry: Option<&mut Carry>) -> Result<()> {
+        self.w.read_into(&self.dev, model.params_mut())?;
+        self.m.read_into(&self.dev, &mut opt.m)?;
+        self.v.read_into(&self.dev, &mut opt.v)?;
+        opt.step = self.step;
+        if let (Some(c), Some(host)) = (&self.carried, carry) {
+            let mut rho = Vec::with_capacity(host.state.rho.len());
+            for layer in &c.rho {
+                rho.extend(self.dev.read(layer)?);
+            }
+            host.state.rho = rho;
+            host.state.pos = c.pos;
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self) {
+        if let Some(c) = &mut self.carried {
+            c.rho.iter().for_each(|r| self.dev.zero(r));
+            c.pos = 0;
+        }
+    }
+
+    /// Logits of `tokens` (B, T) from empty states with the current weights, eval mode.
+    fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        bdh::model::check_batch(tokens, (b, t), self.model.config.vocab_size, "forward")?;
+        let dims = Dims::new(&self.model.config, b, t);
+        let ids = self.dev.upload_ids(tokens)?;
+        if dims == self.pass.dims {
+            forward::forward(&self.dev, &self.w, &self.pass, &ids, &self.tables, Extras::default());
+            return self.dev.read(&self.pass.logits);
+        }
+        if self.eval.as_ref().is_none_or(|p| p.dims != dims) {
+            self.eval = None;
+            self.eval = Some(Pass::new(&self.dev, dims)?);
+        }
+        let pass = self.eval.as_ref().expect("just made");
+        let tables = Tables::new(&self.dev, &self.model, 0, t)?;
+        forward::forward(&self.dev, &self.w, pass, &ids, &tables, Extras::default());
+        self.dev.read(&pass.logits)
+    }
+}
+
+/// An error unless training `model` on batches of `dims` fits `dev`: every buffer
+/// within its largest, every launch within its grid, all of it within its memory
+/// where the device says how much it has — naming the largest batch that fits.
+fn check_fits<R: Runtime>(
+    dev: &Dev<R>,
+    model: &Bdh,
+    dims: Dims,
+    carry: bool,
+    detach: bool,
+    dropout: bool,
+) -> Result<()> {
+    let fits = |b: usize| -> bool {
+        let d = Dims { b, ..dims };
+        let largest = [d.b * d.h * d.t * d.n, d.b * d.h * d.t * d.t, d.b * d.h * d.t * d.d, d.b * d.t * d.v];
+        let grid = d.b * d.h <= crate::MAX_GRID && (d.b * d.t).div_ceil(64) <= crate::MAX_GRID;
+        let total = values_needed(model, &d, carry, detach, dropout).and_then(|v| v.checked_mul(4));
+        let memory = match (total, dev.free_bytes()) {
+            (None, _) => false,
+            (Some(bytes), Some(free)) => bytes as u64 <= free,
+            (Some(_), None) => true,
+        };
+        grid && memory && largest.iter().all(|&n| dev.fits(n))
+    };
+    if fits(dims.b) {
+        return Ok(());
+    }
+    let (mut lo, mut hi) = (0, dims.b - 1);
+    while lo < hi {
+        let mid = hi - (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let largest = if lo == 0 {
+        format!("not even one sequence of T={} fits: use a shorter training.block_size", dims.t)
+    } else {
+        format!("the largest batch that fits is training.batch_size={lo} (with training.grad_accum to keep the step's tokens)")
+    };
+    let need = values_needed(model, &dims, carry, detach, dropout).and_then(|v| v.checked_mul(4)).map(|b| b as u64);
+    Err(Error::TooLarge {
+        what: format!("training B={} T={} on the GPU ({}): {largest};", dims.b, dims.t, dev.name),
+        need,
+        have: dev.free_bytes(),
+    })
+}
+
+/// The 8 key words of ChaCha8 seeded from `seed` as `rand` seeds it from a u64.
+fn chacha_key(seed: u64) -> [u32; 8] {
+    let bytes = rand_chacha::ChaCha8Rng::seed_from_u64(seed).get_seed();
+    std::array::from_fn(|i| u32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]))
+}
+
+/// A [`DeviceTrainer`] behind the engine's trait, every call guarded (a device
+/// thread's panic becomes an error).
+pub(crate) struct Guarded<R: Runtime>(pub DeviceTrainer<R>);
+
+impl<R: Runtime> bdh::train::Accelerator for Guarded<R> {
+    fn device(&self) -> String {
+        format!("GPU ({})", self.0.dev.name)
+    }
+
+    fn accumulate(&mut self, tokens: &[u32], targets: &[u32], dropout_seed: u64) -> Result<f32> {
+        let name = self.0.dev.name.clone();
+        guard(&name, || self.0.accumulate(tokens, targets, dropout_seed))
+    }
+
+    fn apply(&mut self, micro_batches: usize, clip: f64, lr: f64, collective: &dyn Collective) -> Result<f64> {
+        let name = self.0.dev.name.clone();
+        guard(&name, || self.0.apply(micro_batches, clip, lr, collective))
+    }
+
+    fn restart(&mut self) -> Result<()> {
+        let name = self.0.dev.name.clone();
+        guard(&name, || {
+            self.0.restart();
+            Ok(())
+        })
+    }
+
+    fn store(&mut self, model: &mut Model, opt: &mut AdamW, carry: Option<&mut Carry>) -> Result<()> {
+        let name = self.0.dev.name.clone();
+        guard(&name, || self.0.store(model, opt, carry))
+    }
+
+    fn forward(&mut self) -> &mut dyn Forward {
+        self
+    }
+}
+
+impl<R: Runtime> Forward for Guarded<R> {
+    fn device(&self) -> String {
+        format!("GPU ({})", self.0.dev.name)
+    }
+
+    fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        let name = self.0.dev.name.clone();
+        guard(&name, || self.0.logits(tokens, b, t))
+    }
+
+    fn loss_sum(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
+        let v = self.0.model.config.vocab_size;
+        let logits = self.logits(tokens, b, t)?;
+        Ok(bdh::model::loss::cross_entropy(&logits, targets, v) as f64 * targets.len() as f64)
+    }
+}
