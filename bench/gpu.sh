@@ -4,7 +4,9 @@
 # every BDH golden, (3) generation of one stream at bdh.py's default config (L6 D256
 # H4, N 8192) — bdh's recurrent step on the device against bdh.py's `generate`
 # (which re-runs the prefix for every token) under bf16 autocast — with peak device
-# memory. Prints a table and writes it to $OUT/gpu.md (or bench/gpu/out/).
+# memory, (4) a training step at bdh.py's default config and batch (B32 T512): bdh
+# in f32 and in bf16 against bdh.py with bf16 autocast, eager and torch.compile'd.
+# Prints a table and writes it to $OUT/gpu.md (or bench/gpu/out/).
 #
 # On the build machine (Rust, no GPU needed):
 #   bench/gpu.sh build [PATH/TO/bdh.py]   # stripped binary to bench/gpu/bdh, bdh.py to bench/ext/
@@ -35,9 +37,9 @@ mkdir -p "$out"
 "$bin" --version > /dev/null 2> "$out/start.txt" || { echo "$bin does not start here: $(cat "$out/start.txt")" >&2; exit 1; }
 py=${PYTHON:-python3}
 dry=${BENCH_DRY:-0}
-preset=paper; torch_device=cuda; sets=()
+preset=paper; torch_device=cuda; sets=(); batch=32; block=512
 if [[ $dry == 1 ]]; then
-  preset=tiny; torch_device=cpu
+  preset=tiny; torch_device=cpu; batch=4; block=64
   sets=(--set n_layer=2 --set n_embd=64 --set n_head=2 --set mlp_internal_dim_multiplier=8)  # = tiny
 fi
 tokens=${BENCH_TOKENS:-256}
@@ -92,11 +94,29 @@ else
   echo '{"missing": "bench/ext/bdh.py"}' > "$out/bdhpy-generate.json"
 fi
 
-# The table (bdh's memory: what cubecl's pools hold after the run; bdh.py's: the
+# 4. Training steps at bdh.py's default config and batch: bdh in f32 and in bf16 ...
+for precision in f32 bf16; do
+  timeout "$(left 45)" "$bin" bench train --preset "$preset" --device gpu --batch "$batch" --block "$block" \
+    --iters 3 --warmup 1 --set "training.precision=$precision" > "$out/bdh-train-$precision.txt" 2>&1
+  log "bdh train ($precision) done"
+done
+# ... and bdh.py's train.py step under bf16 autocast, eager and compiled (on a GPU).
+if [[ -f bench/ext/bdh.py ]]; then
+  modes=(eager); [[ $dry == 1 ]] || modes+=(compile)
+  for mode in "${modes[@]}"; do
+    flag=(); [[ $mode == compile ]] && flag=(--compile)
+    timeout "$(left 60)" "$py" bench/bdhpy_train.py --bdh-py bench/ext/bdh.py --device "$torch_device" --bf16 \
+      "${flag[@]}" --batch "$batch" --block "$block" "${sets[@]}" > "$out/bdhpy-train-$mode.json" 2> "$out/bdhpy-train-$mode.err"
+    log "bdh.py train ($mode) done"
+  done
+fi
+
+# The tables (bdh's memory: what cubecl's pools hold after the run; bdh.py's: the
 # peak torch allocated).
-"$py" - "$out" "$backend" "$tokens" "$preset" "${verdicts[@]}" <<'PY' | tee "$out/gpu.md"
+"$py" - "$out" "$backend" "$tokens" "$preset" "$batch" "$block" "${verdicts[@]}" <<'PY' | tee "$out/gpu.md"
 import json, re, sys
-out, backend, tokens, preset, verdicts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+out, backend, tokens, preset, batch, block = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+verdicts = sys.argv[7:]
 config = "bdh.py's default config" if preset == "paper" else f"the {preset} preset (a dry run)"
 text = open(f"{out}/bdh-generate.txt").read()
 m = re.search(r"generate (\d+) tokens after (\d+): ([\d.]+) tokens/s", text)
@@ -122,5 +142,40 @@ if "tokens_per_second" in ref:
         print(f"\nbdh / bdh.py: {ours / ref['tokens_per_second']:.1f}× ({tokens} tokens after a 16-token prompt)")
 else:
     print(f"| bdh.py `generate` | not run: {ref} | |")
+
+def load(name):
+    try:
+        return json.load(open(f"{out}/{name}"))
+    except Exception as e:
+        return {"error": str(e)}
+
+# NVIDIA's dense bf16 tensor-core peak of the H200 (SXM): 989 TFLOP/s.
+peak = 989e3 if dev and "H200" in dev.group(1) else None
+print()
+print(f"| a training step, {config}, B{batch} T{block} | tokens/s | model TFLOP/s | device memory |")
+print("|---|---|---|---|")
+rows = {}
+for precision in ["f32", "bf16"]:
+    t = open(f"{out}/bdh-train-{precision}.txt").read() if __import__("os").path.exists(f"{out}/bdh-train-{precision}.txt") else ""
+    m = re.search(r"train step on the device \(\w+\): median ([\d.]+) ms.*?, (\d+) tokens/s, ([\d.]+) model GFLOP/s", t)
+    mem = re.search(r"device memory held: ([\d.]+) MiB", t)
+    if m:
+        rows[precision] = float(m.group(2))
+        share = f" ({float(m.group(3)) / peak:.1%} of the bf16 peak)" if peak else ""
+        print(f"| bdh, {precision} | {float(m.group(2)):.0f} | {float(m.group(3)) / 1e3:.2f}{share} | {mem.group(1) if mem else '?'} MiB held |")
+    else:
+        print(f"| bdh, {precision} | failed: see bdh-train-{precision}.txt | | |")
+for mode in ["eager", "compile"]:
+    ref = load(f"bdhpy-train-{mode}.json")
+    if "tokens_per_second" in ref:
+        rows[mode] = ref["tokens_per_second"]
+        mem = f"{ref['peak_bytes'] / 2**20:.0f} MiB peak allocated" if ref["peak_bytes"] else "–"
+        print(f"| bdh.py, bf16 autocast, {'torch.compile' if mode == 'compile' else 'eager'} | {ref['tokens_per_second']:.0f} | | {mem} |")
+    else:
+        print(f"| bdh.py, bf16 autocast, {mode} | not run: {ref} | | |")
+for ours in ["f32", "bf16"]:
+    for theirs in ["eager", "compile"]:
+        if ours in rows and theirs in rows:
+            print(f"bdh {ours} / bdh.py bf16 {theirs}: {rows[ours] / rows[theirs]:.2f}×")
 PY
 log "total"

@@ -11,7 +11,8 @@ fn without_the_gpu_feature_a_gpu_is_refused_and_auto_stays_on_the_cpu() {
     common::skipped(
         "GPU tests (bdh-gpu's and the CLI's --device gpu)",
         "this build has no GPU backend: `cargo test --locked -p bdh-gpu -p bdh-cli --features \
-         bdh-gpu/gpu,bdh-cli/gpu --test twins --test device --test gpu` runs them (CI does, on lavapipe)",
+         bdh-gpu/gpu,bdh-cli/gpu --test twins --test device --test training --test gpu` runs them (CI does, on \
+         lavapipe)",
     );
     use common::{bdh, golden, text};
     let model = golden("ref-tiny");
@@ -22,6 +23,19 @@ fn without_the_gpu_feature_a_gpu_is_refused_and_auto_stays_on_the_cpu() {
     let o = bdh(&["verify", "--model", &model, "--golden", &expected, "--device", "auto"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("note: running on the CPU"), "{}", text(&o));
+    let tmp = common::temp("train-no-gpu");
+    let out = tmp.path().join("run");
+    let train = |device: &str| {
+        let sets = ["--set", "training.max_steps=2", "--set", "training.eval_interval=2"];
+        let args = ["train", "--preset", "tiny", "--quiet", "--out", out.to_str().unwrap(), "--device", device];
+        bdh(&[&args[..], &sets[..]].concat())
+    };
+    let o = train("gpu");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("built without the GPU backend"), "{}", text(&o));
+    let o = train("auto");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("note: training on the CPU"), "{}", text(&o));
 }
 
 #[cfg(feature = "gpu")]
@@ -155,9 +169,13 @@ mod on_a_device {
         assert!(o.status.success() && text(&o).contains("forward on the GPU"), "{}", text(&o));
         let o = bdh(&["bench", "generate", "--preset", "tiny", "--tokens", "16", "--device", "gpu"]);
         assert!(o.status.success() && text(&o).contains("device memory held"), "{}", text(&o));
-        let o = bdh(&["bench", "train", "--preset", "tiny", "--device", "gpu"]);
-        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-        assert!(text(&o).contains("training runs on the CPU only"), "{}", text(&o));
+        let o = bdh(&["bench", "train", "--preset", "tiny", "--iters", "2", "--warmup", "1", "--device", "gpu"]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains("train step on the device") && text(&o).contains("device memory held"),
+            "{}",
+            text(&o)
+        );
         let o = bdh(&[
             "eval",
             "--model",
@@ -170,6 +188,71 @@ mod on_a_device {
         ]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("--carry runs on the CPU only"), "{}", text(&o));
+    }
+
+    /// The training losses of a run directory's metrics log, in order.
+    fn losses(run: &std::path::Path) -> Vec<f64> {
+        let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let records = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        records.filter_map(|r| r.get("loss").and_then(|l| l.as_f64())).collect()
+    }
+
+    #[test]
+    fn training_on_the_device_follows_the_cpus_curve_is_stopped_like_it_and_resumes_on_the_cpu() {
+        if !device_here("bdh train --device gpu") {
+            return;
+        }
+        let tmp = temp("train-gpu");
+        let (cpu, gpu) = (tmp.path().join("cpu"), tmp.path().join("gpu"));
+        let sets = ["training.max_steps=6", "training.eval_interval=3", "model.dropout=0.1", "training.block_size=32"];
+        let train = |out: &std::path::Path, device: &str, steps: Option<&str>| {
+            let mut args = vec!["train", "--quiet", "--device", device];
+            match steps {
+                None => args.extend(["--preset", "tiny", "--out", out.to_str().unwrap()]),
+                Some(s) => args.extend(["--resume", out.to_str().unwrap(), "--set", s]),
+            }
+            let sets = if steps.is_none() { &sets[..] } else { &[] };
+            sets.iter().for_each(|s| args.extend(["--set", s]));
+            bdh(&args)
+        };
+        let o = train(&cpu, "cpu", None);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = train(&gpu, "gpu", None);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("training on the GPU (Vulkan"), "{}", text(&o));
+        let (a, b) = (losses(&gpu), losses(&cpu));
+        assert_eq!(a.len(), 6);
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() / y < 1e-3), "{a:?} vs {b:?}");
+        // The same run goes on on the CPU, and on the device again.
+        let o = train(&gpu, "cpu", Some("training.max_steps=8"));
+        assert!(o.status.success(), "{}", text(&o));
+        let o = train(&gpu, "gpu", Some("training.max_steps=10"));
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(losses(&gpu).len(), 10);
+
+        // SIGTERM mid-run on the device: the state is brought back and saved, as on the CPU.
+        let stopped = tmp.path().join("stopped");
+        let args = ["train", "--preset", "tiny", "--quiet", "--device", "gpu", "--out", stopped.to_str().unwrap()];
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bdh"))
+            .args(args)
+            .args(["--set", "training.max_steps=100000", "--set", "training.eval_interval=100000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(stopped.join("metrics.jsonl")).is_ok_and(|t| t.lines().count() >= 3) {
+            assert!(started.elapsed().as_secs() < 120, "no steps logged");
+            assert!(child.try_wait().unwrap().is_none(), "the run ended");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(143), "{status}");
+        let saved = std::fs::read_to_string(stopped.join("last/trainer.json")).unwrap();
+        let step = serde_json::from_str::<serde_json::Value>(&saved).unwrap()["state"]["step"].as_u64().unwrap();
+        assert!(step >= 2, "{saved}");
+        let o = train(&stopped, "cpu", Some(&format!("training.max_steps={}", step + 1)));
+        assert!(o.status.success(), "{}", text(&o));
     }
 
     /// `bdh` with `env` set and `unset` removed.

@@ -7,7 +7,7 @@
 use bdh::engine::Forward;
 use bdh::model::bdh::{Bdh, Dims};
 use bdh::params::Params;
-use bdh::train::{carry::Carry, AdamW, AdamWConfig, Collective, Trainer};
+use bdh::train::{carry::Carry, AdamW, AdamWConfig, Collective, Precision, Trainer};
 use bdh::{Error, Model, Result};
 use cubecl::prelude::Runtime;
 use rand_chacha::rand_core::SeedableRng;
@@ -72,7 +72,7 @@ impl<R: Runtime> DeviceTrainer<R> {
     /// `trainer`'s model, moments, step and carried state on `dev`, with buffers for
     /// its batches. An error, before anything large is allocated, if they do not fit,
     /// naming the bytes needed and the largest batch that fits.
-    pub(crate) fn new(dev: Dev<R>, trainer: &Trainer) -> Result<Self> {
+    pub(crate) fn new(mut dev: Dev<R>, trainer: &Trainer) -> Result<Self> {
         let Model::Bdh(model) = &trainer.model else {
             return Err(Error::Device("the GPU backend trains BDH models; the GPT baseline trains on the CPU".into()));
         };
@@ -80,6 +80,7 @@ impl<R: Runtime> DeviceTrainer<R> {
             return Err(Error::Device("a model with a mechanism attached trains on the CPU: use --device cpu".into()));
         }
         dev.check_runs()?;
+        dev.set_bf16(trainer.precision == Precision::Bf16);
         let (b, t) = trainer.batch;
         let dims = Dims::new(&model.config, b, t);
         let dropout = model.config.dropout > 0.0;
@@ -319,6 +320,10 @@ impl<R: Runtime> bdh::train::Accelerator for Guarded<R> {
 
     fn forward(&mut self) -> &mut dyn Forward {
         self
+    }
+
+    fn held_bytes(&self) -> u64 {
+        self.0.dev.reserved_bytes()
     }
 }
 

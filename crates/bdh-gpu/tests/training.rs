@@ -217,6 +217,9 @@ impl Accelerator for Failing {
     fn forward(&mut self) -> &mut dyn Forward {
         self.inner.forward()
     }
+    fn held_bytes(&self) -> u64 {
+        self.inner.held_bytes()
+    }
 }
 
 #[test]
@@ -259,4 +262,25 @@ fn a_batch_the_device_cannot_hold_is_refused_with_the_bytes_and_the_largest_batc
     eprintln!("{text}");
     assert!(matches!(err, Error::TooLarge { .. }), "{text}");
     assert!(text.contains("training B=4096 T=1024") && text.contains("training.batch_size="), "{text}");
+}
+
+#[test]
+fn a_bf16_run_ends_within_one_percent_of_the_f32_run_after_200_steps() {
+    if device("GPU bf16 training").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let end = |precision: &str| {
+        let mut run = run_config(200);
+        run.training.eval_interval = 200;
+        run.training.eval_batches = 8;
+        run.training.precision = if precision == "bf16" { bdh::Precision::Bf16 } else { bdh::Precision::F32 };
+        let (outcome, _) = train(&run, &tmp.path().join(precision), false, Some(&on_device));
+        let train_loss = outcome.losses[190..].iter().sum::<f32>() / 10.0;
+        (outcome.last_eval.unwrap().val_loss, train_loss as f64)
+    };
+    let ((val32, train32), (val16, train16)) = (end("f32"), end("bf16"));
+    eprintln!("after 200 steps, f32: val loss {val32:.4}, train loss {train32:.4}; bf16: {val16:.4}, {train16:.4}");
+    assert!((val16 - val32).abs() / val32 < 0.01, "{val16} vs {val32}");
+    assert!(val32 < 2.5, "the runs learnt something: {val32}");
 }

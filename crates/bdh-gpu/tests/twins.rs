@@ -313,3 +313,26 @@ fn dropout_masks_drawn_on_the_device_are_the_cpus() {
         assert_eq!(dev.read(&got).unwrap(), want, "block {block}, seed {seed}, p {prob}");
     }
 }
+
+#[test]
+fn bf16_products_equal_the_cpus_on_inputs_rounded_to_bfloat16() {
+    let Some(mut dev) = device("GPU bf16 products") else { return };
+    dev.set_bf16(true);
+    let (m, k, n) = (37, 70, 45);
+    let batch = Batch { count: [2, 3], a: [3 * m * k, m * k], b: [0, k * n], c: [3 * m * n, m * n] };
+    for (a_t, b_t) in [(false, false), (true, false), (false, true)] {
+        let p = MatMul::new(m, k, n);
+        let p = if a_t { p.a_t() } else { p };
+        let p = if b_t { p.b_t() } else { p };
+        let (a, b) = (random(6 * m * k, 50), random(3 * k * n, 51));
+        let round = |v: &[f32]| v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect::<Vec<_>>();
+        let (mut want, mut exact) = (vec![0.0; 6 * m * n], vec![0.0; 6 * m * n]);
+        matmul_batched(&mut want, &round(&a), &round(&b), p, batch);
+        matmul_batched(&mut exact, &a, &b, p, batch);
+        let c = dev.scratch(6 * m * n, "C").unwrap();
+        dev.matmul(&c, &dev.upload(&a, "A").unwrap(), &dev.upload(&b, "B").unwrap(), p, batch, false);
+        let got = dev.read(&c).unwrap();
+        assert!(rel(&got, &want) < 1e-5, "a_t {a_t} b_t {b_t}: {}", rel(&got, &want));
+        assert!(rel(&got, &exact) > 1e-4, "the inputs were rounded");
+    }
+}

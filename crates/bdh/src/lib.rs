@@ -61,4 +61,4 @@ pub mod verify;
 pub use error::{Error, Result};
 pub use model::{backward, forward, loss, Activations, Gradients, Mode, Model, ModelConfig};
 pub use params::{Params, Slot};
-pub use train::{AdamW, AdamWConfig, RunConfig, Trainer, TrainingConfig};
+pub use train::{AdamW, AdamWConfig, Precision, RunConfig, Trainer, TrainingConfig};

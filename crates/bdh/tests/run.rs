@@ -275,3 +275,18 @@ fn a_run_stopped_before_its_first_checkpoint_resumes_by_starting_again() {
     let again = run(&tiny(&["training.max_steps=4", "training.eval_interval=3"]), tmp.path(), true);
     assert_eq!(again.losses.len(), 1);
 }
+
+#[test]
+fn bf16_on_the_cpu_is_refused_before_the_run_directory_is_made_and_f32_configs_say_nothing_of_it() {
+    let tmp = temp_dir("bf16-cpu");
+    let dir = tmp.path().join("run");
+    let cfg = tiny(&["training.precision=bf16"]);
+    assert_eq!(cfg.training.precision, bdh::Precision::Bf16);
+    let corpus = cfg.data.corpus(cfg.training.block_size).unwrap();
+    let err = train(&cfg, &corpus, &dir, false, &AtomicBool::new(false), |_| {}).unwrap_err().to_string();
+    assert!(err.contains("trains on a GPU") && err.contains("training.precision=f32"), "{err}");
+    assert!(!dir.exists());
+    // A config in f32 (the default) is written as before: no precision field.
+    assert!(!tiny(&[]).to_toml().contains("precision"));
+    assert!(cfg.to_toml().contains("precision = \"bf16\""));
+}

@@ -24,6 +24,8 @@ pub struct BenchSpec {
     pub warmup: usize,
     /// Timed runs.
     pub iters: usize,
+    /// The inputs of a training step's products.
+    pub precision: bdh::Precision,
 }
 
 /// Timings of one benchmark, in seconds per iteration.
@@ -99,6 +101,30 @@ pub fn train_step(spec: &BenchSpec) -> Result<BenchResult> {
         tokens,
         flops: 3.0 * spec.config.forward_flops_per_token(spec.block) * tokens as f64,
     })
+}
+
+/// Times full training steps on a device (forward with dropout, backward, the norm,
+/// AdamW; each step ends when its gradient norm is back on the host). Also returns
+/// the bytes the device holds after them.
+pub fn train_step_on(spec: &BenchSpec, open: &bdh::train::accelerator::Open) -> Result<(BenchResult, u64)> {
+    let model = Model::new(&spec.config, 0)?;
+    let mut trainer = Trainer::lean(model, AdamWConfig::default(), spec.batch, spec.block)?;
+    trainer.precision = spec.precision;
+    trainer.device = Some(open(&trainer)?);
+    let (tokens, targets) = (batch(spec, 1), batch(spec, 2));
+    let mut seconds = Vec::new();
+    for i in 0..spec.warmup + spec.iters {
+        let t0 = Instant::now();
+        trainer.accumulate(&tokens, &targets, i as u64)?;
+        trainer.apply(1, 0.0, 1e-3, &Single)?;
+        if i >= spec.warmup {
+            seconds.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let held = trainer.device.as_ref().map_or(0, |d| d.held_bytes());
+    let tokens = spec.batch * spec.block;
+    let flops = 3.0 * spec.config.forward_flops_per_token(spec.block) * tokens as f64;
+    Ok((BenchResult { seconds, phases: Vec::new(), tokens, flops }, held))
 }
 
 /// Times eval-mode forward passes of `model` on random tokens: on the CPU engine,

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use bdh::{Model, ModelConfig, RunConfig};
-use measure::{forward_pass, peak_gflops, train_step, BenchResult, BenchSpec};
+use measure::{forward_pass, peak_gflops, train_step, train_step_on, BenchResult, BenchSpec};
 
 use crate::args::ThreadsArgs;
 use crate::device::DeviceArgs;
@@ -73,17 +73,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         block: args.block.unwrap_or(run.training.block_size),
         warmup: args.warmup,
         iters: args.iters.max(1),
+        precision: run.training.precision,
     };
     match args.mode {
         Mode::Peak => {
             cpu_peak();
         }
-        Mode::Train => {
-            args.device.cpu_only("training")?;
-            describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
-            let peak = cpu_peak();
-            print_result("train step", &train_step(&spec)?, peak);
-        }
+        Mode::Train => match args.device.trainer()? {
+            Some(open) => {
+                describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
+                let (result, held) = train_step_on(&spec, open.as_ref())?;
+                let what = format!("train step on the device ({:?})", spec.precision).to_lowercase();
+                print_device_result(&what, &result);
+                println!("device memory held: {:.0} MiB", held as f64 / (1u64 << 20) as f64);
+            }
+            None => {
+                anyhow::ensure!(
+                    spec.precision == bdh::Precision::F32,
+                    "training.precision = bf16 trains on a GPU: add --device gpu"
+                );
+                describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
+                let peak = cpu_peak();
+                print_result("train step", &train_step(&spec)?, peak);
+            }
+        },
         Mode::Forward => {
             let model = Model::new(&spec.config, 0)?;
             let mut device = args.device.open(&model)?;

@@ -42,6 +42,7 @@ pub struct Device<R: Runtime> {
     pub name: String,
     max_buffer: u64,
     memory: Option<u64>, // bytes the device has, where its driver says
+    bf16: bool,          // products take their inputs rounded to bfloat16
 }
 
 /// The most cubes along one dimension of a launch grid that every backend takes.
@@ -52,7 +53,12 @@ impl<R: Runtime> Device<R> {
     /// are bounded by the backend's largest and by 2³² values (kernels index in 32 bits).
     pub fn new(client: ComputeClient<R>, name: String, memory: Option<u64>) -> Self {
         let max_buffer = client.properties().memory.max_page_size.min(4 * u32::MAX as u64);
-        Device { client, name, max_buffer, memory }
+        Device { client, name, max_buffer, memory, bf16: false }
+    }
+
+    /// From now on every product rounds its inputs to bfloat16 (sums stay f32), or not.
+    pub fn set_bf16(&mut self, on: bool) {
+        self.bf16 = on;
     }
 
     /// Bytes this process may still take on the device, keeping a tenth of it for the
@@ -163,7 +169,7 @@ impl<R: Runtime> Device<R> {
         let y = p.m.div_ceil(BLOCK * SIDE as usize) as u32;
         // One-row products (the step's) split k over lanes instead: a 4×4 block per
         // unit would leave most units idle and each summing all of k.
-        let one_row = p.m == 1 && !p.a_t && !p.b_t && !causal && per[0] == 1;
+        let one_row = p.m == 1 && !p.a_t && !p.b_t && !causal && per[0] == 1 && !self.bf16;
         for i0 in 0..runs[0] {
             for i1 in 0..runs[1] {
                 let base = |s: [usize; 2]| i0 * s[0] + i1 * s[1];
@@ -215,6 +221,7 @@ impl<R: Runtime> Device<R> {
                     causal,
                     relu,
                     acc,
+                    self.bf16,
                 );
             }
         }

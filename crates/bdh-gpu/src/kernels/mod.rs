@@ -21,12 +21,21 @@ pub const BLOCK: usize = 4;
 /// Units per side of a [`matmul`] cube: a cube makes a 64×64 tile of C.
 pub const SIDE: u32 = 16;
 
+/// `x` rounded to the nearest bfloat16 (ties to even), as an f32: what a product's
+/// input becomes under bf16 autocast.
+#[cube]
+pub fn round_bf16(x: f32) -> f32 {
+    let b = u32::reinterpret(x);
+    f32::reinterpret((b + 0x7FFFu32 + ((b >> 16u32) & 1u32)) & 0xFFFF_0000u32)
+}
+
 /// C (+)= op(A) · op(B) for a batch of products, each unit a 4×4 block of C
 /// (`bdh_kernels::matmul_batched`). Item z of the batch is (z / count1, z % count1)
 /// and its operands start at `i0·s0 + i1·s1` of each buffer (strides 0 share one).
 /// A is (m, k) or, with `a_t`, stored (k, m); B is (k, n) or, with `b_t`, (n, k).
 /// `causal` keeps only entries below the diagonal (column < row), `relu` clamps at
-/// 0 after `acc` has added the product to C. k is summed in order, as the CPU's scalar twin sums it.
+/// 0 after `acc` has added the product to C; `bf16` rounds every input to bfloat16
+/// first (the sums stay f32). k is summed in order, as the CPU's scalar twin sums it.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 // (`if causal { if … } }`: the outer test is a compile-time flag, the inner a run-time one)
@@ -53,6 +62,7 @@ pub fn matmul(
     #[comptime] causal: bool,
     #[comptime] relu: bool,
     #[comptime] acc: bool,
+    #[comptime] bf16: bool,
 ) {
     let z = CUBE_POS_Z as usize;
     let i0 = z / count1;
@@ -72,11 +82,17 @@ pub fn matmul(
             #[unroll]
             for i in 0..4usize {
                 let r = usize::min(row0 + i, m - 1);
-                let av = if a_t { a[ao + p * m + r] } else { a[ao + r * k + p] };
+                let mut av = if a_t { a[ao + p * m + r] } else { a[ao + r * k + p] };
+                if bf16 {
+                    av = round_bf16(av);
+                }
                 #[unroll]
                 for j in 0..4usize {
                     let col = usize::min(col0 + j, n - 1);
-                    let bv = if b_t { b[bo + col * k + p] } else { b[bo + p * n + col] };
+                    let mut bv = if b_t { b[bo + col * k + p] } else { b[bo + p * n + col] };
+                    if bf16 {
+                        bv = round_bf16(bv);
+                    }
                     sum[i * 4 + j] += av * bv;
                 }
             }

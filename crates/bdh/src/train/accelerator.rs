@@ -29,6 +29,8 @@ pub trait Accelerator {
     fn store(&mut self, model: &mut Model, opt: &mut AdamW, carry: Option<&mut Carry>) -> Result<()>;
     /// The forward of the weights being trained, on the device (to evaluate).
     fn forward(&mut self) -> &mut dyn Forward;
+    /// Bytes this process holds on the device now (its buffers and their pools).
+    fn held_bytes(&self) -> u64;
 }
 
 impl std::fmt::Debug for dyn Accelerator {

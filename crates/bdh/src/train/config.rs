@@ -86,6 +86,28 @@ pub struct TrainingConfig {
     /// With `carry_state`: no gradient through the read of the carried state either.
     #[serde(default)]
     pub detach_state: bool,
+    /// The products' inputs: `f32`, or `bf16` (rounded to bfloat16, summed in f32,
+    /// the weights and the optimizer kept in f32: what PyTorch's bf16 autocast
+    /// computes). bf16 trains on a GPU only.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// The inputs of a training run's products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    #[default]
+    F32,
+    /// bfloat16 inputs with f32 sums.
+    Bf16,
+}
+
+impl Precision {
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
 }
 
 fn default_beta1() -> f64 {

@@ -22,7 +22,7 @@ pub mod setup;
 
 pub use accelerator::Accelerator;
 pub use collective::{Collective, Single};
-pub use config::{RunConfig, TrainingConfig};
+pub use config::{Precision, RunConfig, TrainingConfig};
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
 pub use optimizer::{AdamW, AdamWConfig};
@@ -51,6 +51,8 @@ pub struct Trainer {
     stale: bool,
     /// (B, T) of the batches it trains on.
     pub batch: (usize, usize),
+    /// The inputs of the products (bf16 on a device only).
+    pub precision: Precision,
 }
 
 impl Trainer {
@@ -74,7 +76,17 @@ impl Trainer {
         let moments = model.params().data().len().checked_mul(2);
         crate::memory::ensure_fits(crate::memory::f32_bytes(moments), "AdamW's two moments of every parameter")?;
         let opt = AdamW::with_decay(opt, model.params(), model.weight_decay_mask());
-        Ok(Trainer { model, opt, acts, grads, carry: None, device: None, stale: false, batch })
+        Ok(Trainer {
+            model,
+            opt,
+            acts,
+            grads,
+            carry: None,
+            device: None,
+            stale: false,
+            batch,
+            precision: Precision::F32,
+        })
     }
 
     /// Forward and backward of one micro-batch (B, T); adds to the gradients and

@@ -201,6 +201,13 @@ fn train_once(
     let (b, t) = (tc.batch_size, tc.block_size);
     let opt = AdamWConfig { lr: tc.lr, betas: (tc.beta1, tc.beta2), eps: tc.eps, weight_decay: tc.weight_decay };
     parallel::check_config(collective, run)?;
+    if tc.precision != super::Precision::F32 && device.is_none() {
+        return Err(Error::Config(
+            "training.precision = \"bf16\" trains on a GPU (--device gpu); to go on on the CPU in f32: --set \
+             training.precision=f32"
+                .into(),
+        ));
+    }
     let writer = collective.rank() == 0;
     let run_dir = match (writer, resume) {
         (false, _) => RunDir::named(dir),
@@ -252,6 +259,7 @@ fn train_once(
     let tokenizer = corpus.tokenizer();
     tokenizer.check(&run.model)?;
     parallel::share_start(collective, &mut trainer, &mut state)?;
+    trainer.precision = tc.precision;
     if let Some(open) = device {
         trainer.device = Some(open(&trainer)?);
     }
