@@ -285,7 +285,16 @@ impl RunConfig {
 /// of this many is already about 400 KB, far past any context trained on.
 pub const MAX_DISTANCE: usize = 10_000;
 
-/// Sets `section.key` of `table` to `value`; the key must already exist.
+/// The value of a key that a config writes only when it is not this default.
+fn omitted_default(path: &str) -> Option<toml::Value> {
+    match path {
+        "training.precision" => Some(toml::Value::String("f32".into())),
+        _ => None,
+    }
+}
+
+/// Sets `section.key` of `table` to `value`; the key must already exist (or be one
+/// written only when not its default).
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let bad = |m: String| Error::Config(format!("override `{assignment}`: {m}"));
     let (path, raw) = assignment.split_once('=').ok_or_else(|| bad("expected section.key=value".into()))?;
@@ -301,7 +310,8 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     for k in parents {
         node = node.get_mut(*k).and_then(|v| v.as_table_mut()).ok_or_else(|| bad(format!("no section `{k}`")))?;
     }
-    let old = node.get(*last).ok_or_else(|| match holders.as_slice() {
+    let old = node.get(*last).cloned().or_else(|| omitted_default(path.trim()));
+    let old = old.ok_or_else(|| match holders.as_slice() {
         [] => bad(format!("unknown key `{path}`")),
         _ => bad(format!("unknown key `{path}`; did you mean {}?", holders.join(" or "))),
     })?;
@@ -313,7 +323,7 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     // An integer where a float is expected (lr=1) is still a number; model.decay
     // takes a name or a list.
     let name_or_list = |v: &toml::Value| matches!(v, toml::Value::String(_) | toml::Value::Array(_));
-    let value = match (old, parsed) {
+    let value = match (&old, parsed) {
         (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
         (old, new) if path.trim() == "model.decay" && name_or_list(old) && name_or_list(&new) => new,
         (_, new) if path.trim() == "model.decay" => {
