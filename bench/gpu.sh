@@ -162,7 +162,7 @@ for precision in ["f32", "bf16"]:
     if m:
         rows[precision] = float(m.group(2))
         share = f" ({float(m.group(3)) / peak:.1%} of the bf16 peak)" if peak else ""
-        print(f"| bdh, {precision} | {float(m.group(2)):.0f} | {float(m.group(3)) / 1e3:.2f}{share} | {mem.group(1) if mem else '?'} MiB held |")
+        print(f"| bdh, {precision} | {float(m.group(2)):.0f} | {float(m.group(3)) / 1e3:.3g}{share} | {mem.group(1) if mem else '?'} MiB held |")
     else:
         print(f"| bdh, {precision} | failed: see bdh-train-{precision}.txt | | |")
 for mode in ["eager", "compile"]:
@@ -171,6 +171,8 @@ for mode in ["eager", "compile"]:
         rows[mode] = ref["tokens_per_second"]
         mem = f"{ref['peak_bytes'] / 2**20:.0f} MiB peak allocated" if ref["peak_bytes"] else "–"
         print(f"| bdh.py, bf16 autocast, {'torch.compile' if mode == 'compile' else 'eager'} | {ref['tokens_per_second']:.0f} | | {mem} |")
+    elif mode == "compile" and preset != "paper":
+        print("| bdh.py, bf16 autocast, torch.compile | not in a dry run | | |")
     else:
         print(f"| bdh.py, bf16 autocast, {mode} | not run: {ref} | | |")
 for ours in ["f32", "bf16"]:

@@ -248,6 +248,21 @@ fn a_device_lost_mid_run_goes_on_from_the_last_checkpoint_to_the_same_end() {
     let worst = outcome.losses.iter().zip(&whole.losses[4..]).map(|(a, b)| (a - b).abs() / b).fold(0f32, f32::max);
     assert!(worst < 1e-5, "{:?} vs {:?}", outcome.losses, &whole.losses[4..]);
     assert_eq!(weights(&lossy), weights(&steady));
+
+    // A device that does not open is an error at once, not tried again.
+    let tries = Cell::new(0);
+    let absent = |_: &Trainer| -> Result<Box<dyn Accelerator>> {
+        tries.set(tries.get() + 1);
+        Err(Error::Device("no GPU found (a test's)".into()))
+    };
+    let corpus = run.data.corpus(run.training.block_size).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut lost = 0;
+    let outcome = train_on(&run, &corpus, &tmp.path().join("absent"), false, &stop, &Single, Some(&absent), |e| {
+        lost += matches!(e, Event::DeviceLost { .. }) as usize
+    });
+    assert!(matches!(outcome, Err(Error::Device(_))));
+    assert_eq!((tries.get(), lost), (1, 0));
 }
 
 #[test]
@@ -283,4 +298,53 @@ fn a_bf16_run_ends_within_one_percent_of_the_f32_run_after_200_steps() {
     eprintln!("after 200 steps, f32: val loss {val32:.4}, train loss {train32:.4}; bf16: {val16:.4}, {train16:.4}");
     assert!((val16 - val32).abs() / val32 < 0.01, "{val16} vs {val32}");
     assert!(val32 < 2.5, "the runs learnt something: {val32}");
+}
+
+/// Two processes as one sees them when the other's gradients are all zero: the mean
+/// halves every value.
+struct Halving;
+
+impl Collective for Halving {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        2
+    }
+    fn all_reduce_mean(&self, buf: &mut [f32]) -> Result<()> {
+        buf.iter_mut().for_each(|x| *x *= 0.5);
+        Ok(())
+    }
+    fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast_bytes(&self, _: &mut Vec<u8>, _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn seconds_waiting(&self) -> f64 {
+        0.0
+    }
+}
+
+#[test]
+fn gradients_averaged_across_processes_pass_through_the_host_as_on_the_cpu() {
+    if device("GPU data-parallel step").is_none() {
+        return;
+    }
+    let (b, t) = (2, 12);
+    let opt = AdamWConfig::default();
+    let mut cpu = Trainer::new(model(0.1, Decay::None), opt.clone(), b, t).unwrap();
+    let mut gpu = Trainer::lean(model(0.1, Decay::None), opt, b, t).unwrap();
+    gpu.device = Some(bdh_gpu::trainer(&gpu, Want::Any).unwrap());
+    for step in 0..5u64 {
+        let ids = tokens(b * t + 1, step);
+        let norms = [&mut cpu, &mut gpu].map(|tr| {
+            tr.accumulate(&ids[..b * t], &ids[1..], step).unwrap();
+            tr.accumulate(&ids[1..], &ids[..b * t], step + 100).unwrap();
+            tr.apply(2, 0.5, 1e-3, &Halving).unwrap()
+        });
+        assert!((norms[1] - norms[0]).abs() / norms[0] < 1e-5, "step {step}: {norms:?}");
+    }
+    gpu.sync().unwrap();
+    assert!(rel(gpu.model.params().data(), cpu.model.params().data()) < 1e-4);
 }

@@ -174,8 +174,17 @@ pub fn train_on(
             }
             on(e)
         };
-        match train_once(run, corpus, dir, resume, stop, collective, device, &mut watch) {
-            Err(Error::Device(error)) if device.is_some() && collective.size() == 1 && failures < DEVICE_RETRIES => {
+        // Only a device that opened and then failed is opened again: one that does not
+        // open is an error at once.
+        let opened = std::cell::Cell::new(false);
+        let open = |t: &Trainer| {
+            let d = device.expect("only called with a device")(t)?;
+            opened.set(true);
+            Ok(d)
+        };
+        let counted = device.map(|_| &open as &super::accelerator::Open);
+        match train_once(run, corpus, dir, resume, stop, collective, counted, &mut watch) {
+            Err(Error::Device(error)) if opened.get() && collective.size() == 1 && failures < DEVICE_RETRIES => {
                 failures += 1;
                 on(Event::DeviceLost { step: reached, error });
                 resume = true;
