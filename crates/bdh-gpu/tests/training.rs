@@ -272,7 +272,7 @@ fn a_batch_the_device_cannot_hold_is_refused_with_the_bytes_and_the_largest_batc
     }
     let (b, t) = (4096, 1024);
     let trainer = Trainer::lean(model(0.0, Decay::None), AdamWConfig::default(), b, t).unwrap();
-    let err = bdh_gpu::trainer(&trainer, Want::Any).err().expect("refused");
+    let err = bdh_gpu::trainer(&trainer, Want::Any).expect_err("refused");
     let text = err.to_string();
     eprintln!("{text}");
     assert!(matches!(err, Error::TooLarge { .. }), "{text}");

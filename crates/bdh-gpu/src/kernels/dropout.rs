@@ -7,6 +7,7 @@
 use cubecl::prelude::*;
 
 #[cube]
+#[allow(clippy::manual_rotate)] // (cubecl has no rotate for kernels)
 fn rotl(x: u32, #[comptime] k: u32) -> u32 {
     (x << k) | (x >> (32u32 - k))
 }
