@@ -5,28 +5,23 @@ bdh.py's default config with random weights (speed does not depend on them).
     python3 bench/bdhpy_generate.py --bdh-py PATH/bdh.py [--device cuda] [--bf16]
 """
 import argparse
-import importlib.util
 import json
 import time
 
 import torch
 
+import bdhpy
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--bdh-py", required=True, help="the official bdh.py")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--bf16", action="store_true", help="torch.autocast to bfloat16, as bdh.py's train.py runs")
+    bdhpy.arguments(p)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--tokens", type=int, default=256)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=INT", help="override a BDHConfig field")
     a = p.parse_args()
-    spec = importlib.util.spec_from_file_location("bdh_reference", a.bdh_py)
-    bdh = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bdh)
-    overrides = {k: int(v) for k, v in (s.split("=", 1) for s in a.set)}
+    bdh, config = bdhpy.load(a)
     torch.manual_seed(0)
-    model = bdh.BDH(bdh.BDHConfig(**overrides)).to(a.device).eval()
+    model = bdh.BDH(config).to(a.device).eval()
     idx = torch.randint(0, 256, (1, a.prompt_len), device=a.device)
     cuda = a.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)

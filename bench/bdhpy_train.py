@@ -5,33 +5,28 @@ device memory, as JSON on one line. The model is bdh.py's default config.
     python3 bench/bdhpy_train.py --bdh-py PATH/bdh.py [--device cuda] [--bf16] [--compile]
 """
 import argparse
-import importlib.util
 import json
 import time
 
 import torch
 
+import bdhpy
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--bdh-py", required=True, help="the official bdh.py")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--bf16", action="store_true", help="torch.autocast to bfloat16, as train.py runs on a GPU")
+    bdhpy.arguments(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model, as train.py does")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--steps", type=int, default=5, help="timed steps, after 2 warm-up steps")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=INT", help="override a BDHConfig field")
     a = p.parse_args()
-    spec = importlib.util.spec_from_file_location("bdh_reference", a.bdh_py)
-    bdh = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bdh)
-    overrides = {k: int(v) for k, v in (s.split("=", 1) for s in a.set)}
+    bdh, config = bdhpy.load(a)
     torch.manual_seed(0)
     cuda = a.device.startswith("cuda")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
-    model = bdh.BDH(bdh.BDHConfig(**overrides)).to(a.device)
+    model = bdh.BDH(config).to(a.device)
     if a.compile:
         model = torch.compile(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)

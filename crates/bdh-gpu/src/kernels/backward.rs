@@ -5,6 +5,8 @@
 
 use cubecl::prelude::*;
 
+use super::log_sum_exp;
+
 /// Per row of `v` logits: `(softmax(row) − onehot(target)) · scale`, the gradient
 /// of the mean cross-entropy (`bdh::model::loss::cross_entropy_backward`).
 #[cube(launch)]
@@ -19,15 +21,7 @@ pub fn cross_entropy_backward(
     let r = ABSOLUTE_POS;
     if r < rows {
         let o = r * v;
-        let mut m = logits[o];
-        for i in 1..v {
-            m = f32::max(m, logits[o + i]);
-        }
-        let mut sum = 0.0f32;
-        for i in 0..v {
-            sum += Exp::exp(logits[o + i] - m);
-        }
-        let lse = m + Log::ln(sum);
+        let lse = log_sum_exp(logits, o, v);
         for i in 0..v {
             grad[o + i] = Exp::exp(logits[o + i] - lse) * scale;
         }

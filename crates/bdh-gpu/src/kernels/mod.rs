@@ -329,14 +329,21 @@ pub fn cross_entropy(logits: &Array<f32>, targets: &Array<u32>, out: &mut Array<
     let r = ABSOLUTE_POS;
     if r < rows {
         let o = r * v;
-        let mut m = logits[o];
-        for i in 1..v {
-            m = f32::max(m, logits[o + i]);
-        }
-        let mut sum = 0.0f32;
-        for i in 0..v {
-            sum += Exp::exp(logits[o + i] - m);
-        }
-        out[r] = m + Log::ln(sum) - logits[o + targets[r] as usize];
+        out[r] = log_sum_exp(logits, o, v) - logits[o + targets[r] as usize];
     }
+}
+
+/// `log Σ exp` of the `v` values from `o`, as the CPU computes it: the maximum
+/// first, then the sum of the shifted exponentials in order.
+#[cube]
+pub fn log_sum_exp(logits: &Array<f32>, o: usize, v: usize) -> f32 {
+    let mut m = logits[o];
+    for i in 1..v {
+        m = f32::max(m, logits[o + i]);
+    }
+    let mut sum = 0.0f32;
+    for i in 0..v {
+        sum += Exp::exp(logits[o + i] - m);
+    }
+    m + Log::ln(sum)
 }
