@@ -47,13 +47,24 @@ impl DeviceArgs {
         Ok(opened)
     }
 
-    /// Where a run's training steps go: `None` for the CPU, else what opens the
-    /// device for a trainer. `auto` looks for a hardware GPU first and stays on the
-    /// CPU (saying why) if there is none.
-    pub fn trainer(&self) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
+    /// Where the training steps of a `model` go: `None` for the CPU, else what opens
+    /// the device for a trainer. `auto` stays on the CPU (saying why) where there is no
+    /// hardware GPU or the GPU backend does not train the model (the GPT baseline).
+    pub fn trainer(
+        &self,
+        model: &bdh::ModelConfig,
+    ) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
+        let gpt = matches!(model, bdh::ModelConfig::Gpt(_));
         match self.device {
             Choice::Cpu => Ok(None),
+            Choice::Gpu if gpt => anyhow::bail!(bdh::Error::Device(
+                "the GPU backend trains BDH models; the GPT baseline trains on the CPU: drop --device gpu".into()
+            )),
             Choice::Gpu => opener(false),
+            Choice::Auto if gpt => {
+                eprintln!("note: training on the CPU (the GPU backend trains BDH models, not the GPT baseline)");
+                Ok(None)
+            }
             Choice::Auto => match hardware() {
                 Ok(()) => opener(true),
                 Err(why) => {

@@ -84,7 +84,7 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     let before = resumed.as_ref().map(|(_, before)| before);
     let bar = Progress::bar(lines, run.training.max_steps);
     let mut progress = Progress { run: &run, dir: &dir, before, collective, stop, lines, bar, first: None };
-    let device = args.device.trainer()?;
+    let device = args.device.trainer(&run.model)?;
     let outcome =
         train_on(&run, &corpus, &dir, resumed.is_some(), stop, collective, device.as_deref(), |e| progress.on(e));
     progress.finish(outcome?, &signals)

@@ -253,6 +253,18 @@ mod on_a_device {
         assert!(step >= 2, "{saved}");
         let o = train(&stopped, "cpu", Some(&format!("training.max_steps={}", step + 1)));
         assert!(o.status.success(), "{}", text(&o));
+
+        // The GPT baseline trains on the CPU: refused on `gpu`, and `auto` stays there.
+        let gpt = |device: &str| {
+            let out = tmp.path().join(format!("gpt-{device}"));
+            let args = ["train", "--preset", "gpt-tiny", "--quiet", "--device", device, "--out", out.to_str().unwrap()];
+            bdh(&[&args[..], &["--set", "training.max_steps=2", "--set", "training.eval_interval=2"]].concat())
+        };
+        let o = gpt("gpu");
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("the GPT baseline trains on the CPU"), "{}", text(&o));
+        let o = gpt("auto");
+        assert!(o.status.success() && text(&o).contains("note: training on the CPU"), "{}", text(&o));
     }
 
     /// `bdh` with `env` set and `unset` removed.

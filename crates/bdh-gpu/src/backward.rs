@@ -45,6 +45,31 @@ impl Scratch {
     }
 }
 
+/// A batch's positions grouped by token, in order within each token (so that the
+/// embedding's gradient sums a token's rows as the CPU does, one unit per value of
+/// the gradient, no atomics): the positions of token r are
+/// `positions[starts[r]..starts[r + 1]]`.
+pub struct ByToken {
+    positions: Buf, // (B·T)
+    starts: Buf,    // (V + 1)
+}
+
+impl ByToken {
+    /// The index of `tokens` (all below `vocab`).
+    pub fn new<R: Runtime>(dev: &Device<R>, tokens: &[u32], vocab: usize) -> Result<Self> {
+        let mut starts = vec![0u32; vocab + 1];
+        tokens.iter().for_each(|&t| starts[t as usize + 1] += 1);
+        (0..vocab).for_each(|r| starts[r + 1] += starts[r]);
+        let mut next = starts.clone();
+        let mut positions = vec![0u32; tokens.len()];
+        for (i, &t) in tokens.iter().enumerate() {
+            positions[next[t as usize] as usize] = i as u32;
+            next[t as usize] += 1;
+        }
+        Ok(ByToken { positions: dev.upload_ids(&positions)?, starts: dev.upload_ids(&starts)? })
+    }
+}
+
 /// Values of the backward's scratch of `dims` (for the memory a step needs).
 pub fn scratch_values(dims: &Dims) -> Option<usize> {
     let Dims { b, t, d, h, n, v, .. } = *dims;
@@ -54,9 +79,10 @@ pub fn scratch_values(dims: &Dims) -> Option<usize> {
         .try_fold(0usize, |a, &x| a.checked_add(x))
 }
 
-/// Adds d loss / d every weight of the last training forward (in `pass`, on
-/// `ids`) to `g`, for the mean cross-entropy against `targets`. `detach`: no
-/// gradient through the read of a carried state (its ρ₀ is then not kept).
+/// Adds d loss / d every weight of the last training forward (in `pass`, of the
+/// tokens `by_token` indexes) to `g`, for the mean cross-entropy against `targets`;
+/// through the read of a carried state exactly when the forward kept its ρ₀
+/// (`Pass::training` with `rho0`: a carried state not detached).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<R: Runtime>(
     dev: &Device<R>,
@@ -64,7 +90,7 @@ pub fn backward<R: Runtime>(
     g: &Weights,
     pass: &Pass,
     s: &Scratch,
-    ids: &Buf,
+    by_token: &ByToken,
     targets: &Buf,
     tables: &Tables,
 ) -> Result<()> {
@@ -135,6 +161,6 @@ pub fn backward<R: Runtime>(
     // v = LN(embed[idx])  ⇒  d embed[idx] += LN'(dv)
     let (v0, rstd0) = pass.residual(0);
     dev.layer_norm_backward(&s.dv, v0, rstd0, d);
-    dev.embed_backward(&g.embed, &s.dv, ids, d);
+    dev.embed_backward(&g.embed, &s.dv, &by_token.positions, &by_token.starts, d);
     Ok(())
 }

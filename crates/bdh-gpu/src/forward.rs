@@ -1,7 +1,8 @@
 //! The parallel forward on a device, line for line beside the CPU's
 //! (`bdh::model::bdh::forward`, which sets it beside bdh.py): the same products
-//! with the same batchings, kernel for kernel. Eval mode: no dropout, no edits, no
-//! carried state (those run on the CPU).
+//! with the same batchings, kernel for kernel: inference (one layer's buffers reused),
+//! or training (every layer's kept for the backward, dropout drawn as the CPU draws
+//! it), either with a carried state. Edits run on the CPU.
 
 use bdh::model::bdh::{decay::DecayTable, rope::RopeTable, Bdh, Dims, Weights as HostWeights, PARAM_NAMES};
 use bdh::params::Params;

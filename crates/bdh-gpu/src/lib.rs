@@ -374,7 +374,21 @@ pub fn hardware() -> std::result::Result<(), String> {
 /// model, moments, step and carried state are uploaded, and buffers for its
 /// batches made. BDH models without attached mechanisms only.
 pub fn trainer(trainer: &Trainer, want: Want) -> Result<Box<dyn Accelerator>> {
+    trains(&trainer.model)?;
     open(&Train(trainer), want)
+}
+
+/// An error unless the GPU backend trains `model`: BDH without attached mechanisms.
+pub fn trains(model: &Model) -> Result<()> {
+    match model {
+        Model::Bdh(m) if m.mechanisms.is_empty() => Ok(()),
+        Model::Bdh(_) => {
+            Err(Error::Device("a model with a mechanism attached trains on the CPU: use --device cpu".into()))
+        }
+        Model::Gpt(_) => {
+            Err(Error::Device("the GPU backend trains BDH models; the GPT baseline trains on the CPU".into()))
+        }
+    }
 }
 
 impl Gpu {

@@ -43,7 +43,8 @@ pub(crate) struct DeviceTrainer<R: Runtime> {
 
 /// Values the device holds to train `model` on batches of `dims`: the weights four
 /// times over (weights, gradients, two moments), the training forward's buffers,
-/// the backward's scratch, and a carried state (twice with its gradient).
+/// the backward's scratch, and a carried state (and its value before each layer's
+/// write, kept unless detached).
 pub(crate) fn values_needed(model: &Bdh, dims: &Dims, carry: bool, detach: bool, dropout: bool) -> Option<usize> {
     let Dims { b, t, d, h, n, v, l } = *dims;
     let m = |xs: &[usize]| xs.iter().try_fold(1usize, |p, &x| p.checked_mul(x));
@@ -73,12 +74,8 @@ impl<R: Runtime> DeviceTrainer<R> {
     /// its batches. An error, before anything large is allocated, if they do not fit,
     /// naming the bytes needed and the largest batch that fits.
     pub(crate) fn new(mut dev: Dev<R>, trainer: &Trainer) -> Result<Self> {
-        let Model::Bdh(model) = &trainer.model else {
-            return Err(Error::Device("the GPU backend trains BDH models; the GPT baseline trains on the CPU".into()));
-        };
-        if !model.mechanisms.is_empty() {
-            return Err(Error::Device("a model with a mechanism attached trains on the CPU: use --device cpu".into()));
-        }
+        crate::trains(&trainer.model)?;
+        let Model::Bdh(model) = &trainer.model else { unreachable!("checked: a BDH model") };
         dev.check_runs()?;
         dev.set_bf16(trainer.precision == Precision::Bf16);
         let (b, t) = trainer.batch;
@@ -136,7 +133,8 @@ impl<R: Runtime> DeviceTrainer<R> {
         };
         forward::forward(&self.dev, &self.w, &self.pass, &ids, tables, Extras { rho, dropout });
         let loss = forward::mean_loss(&self.dev, &self.pass, &targets)?;
-        backward::backward(&self.dev, &self.w, &self.g, &self.pass, &self.scratch, &ids, &targets, tables)?;
+        let by_token = backward::ByToken::new(&self.dev, tokens, v)?;
+        backward::backward(&self.dev, &self.w, &self.g, &self.pass, &self.scratch, &by_token, &targets, tables)?;
         if let Some(c) = &mut self.carried {
             c.pos += t;
         }
@@ -234,7 +232,8 @@ impl<R: Runtime> DeviceTrainer<R> {
 
 /// An error unless training `model` on batches of `dims` fits `dev`: every buffer
 /// within its largest, every launch within its grid, all of it within its memory
-/// where the device says how much it has — naming the largest batch that fits.
+/// where the device says how much it has — naming the limit and the largest batch
+/// that fits.
 fn check_fits<R: Runtime>(
     dev: &Dev<R>,
     model: &Bdh,
@@ -243,25 +242,35 @@ fn check_fits<R: Runtime>(
     detach: bool,
     dropout: bool,
 ) -> Result<()> {
-    let fits = |b: usize| -> bool {
-        let d = Dims { b, ..dims };
-        let largest = [d.b * d.h * d.t * d.n, d.b * d.h * d.t * d.t, d.b * d.h * d.t * d.d, d.b * d.t * d.v];
-        let grid = d.b * d.h <= crate::MAX_GRID && (d.b * d.t).div_ceil(64) <= crate::MAX_GRID;
-        let total = values_needed(model, &d, carry, detach, dropout).and_then(|v| v.checked_mul(4));
-        let memory = match (total, dev.free_bytes()) {
-            (None, _) => false,
-            (Some(bytes), Some(free)) => bytes as u64 <= free,
-            (Some(_), None) => true,
-        };
-        grid && memory && largest.iter().all(|&n| dev.fits(n))
+    let bytes = |b: usize| values_needed(model, &Dims { b, ..dims }, carry, detach, dropout)?.checked_mul(4);
+    // Why a batch of b rows does not fit, if it does not.
+    let refused = |b: usize| -> Option<String> {
+        let Dims { t, d, h, n, v, .. } = dims;
+        let m = |xs: &[usize]| xs.iter().try_fold(1usize, |p, &x| p.checked_mul(x)).unwrap_or(usize::MAX);
+        let mut largest = vec![m(&[b, h, t, n]), m(&[b, h, t, t]), m(&[b, h, t, d]), m(&[b, t, v])];
+        if carry {
+            largest.push(m(&[b, h, n, d]));
+        }
+        if let Some(&n) = largest.iter().find(|&&n| !dev.fits(n)) {
+            let (need, max) = (gib(m(&[n, 4]) as u64), gib(dev.max_buffer()));
+            return Some(format!("one buffer would hold {need}, the device's largest {max}"));
+        }
+        if b * dims.h > crate::MAX_GRID || (b * dims.t).div_ceil(64) > crate::MAX_GRID {
+            return Some(format!("a launch would take more than {} cubes a side", crate::MAX_GRID));
+        }
+        match (bytes(b), dev.free_bytes()) {
+            (None, _) => Some("its size is not a number".into()),
+            (Some(need), Some(free)) if need as u64 > free => {
+                Some(format!("it needs {} and the device has {} free", gib(need as u64), gib(free)))
+            }
+            _ => None,
+        }
     };
-    if fits(dims.b) {
-        return Ok(());
-    }
+    let Some(why) = refused(dims.b) else { return Ok(()) };
     let (mut lo, mut hi) = (0, dims.b - 1);
     while lo < hi {
         let mid = hi - (hi - lo) / 2;
-        if fits(mid) {
+        if refused(mid).is_none() {
             lo = mid;
         } else {
             hi = mid - 1;
@@ -272,12 +281,15 @@ fn check_fits<R: Runtime>(
     } else {
         format!("the largest batch that fits is training.batch_size={lo} (with training.grad_accum to keep the step's tokens)")
     };
-    let need = values_needed(model, &dims, carry, detach, dropout).and_then(|v| v.checked_mul(4)).map(|b| b as u64);
     Err(Error::TooLarge {
-        what: format!("training B={} T={} on the GPU ({}): {largest};", dims.b, dims.t, dev.name),
-        need,
+        what: format!("training B={} T={} on the GPU ({}): {why}; {largest};", dims.b, dims.t, dev.name),
+        need: bytes(dims.b).map(|b| b as u64),
         have: dev.free_bytes(),
     })
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 /// The 8 key words of ChaCha8 seeded from `seed` as `rand` seeds it from a u64.

@@ -102,6 +102,7 @@ fn thirty_steps_on_the_device_equal_the_cpus_with_dropout_a_carried_state_and_a_
     for (what, carry, dropout, decay) in [
         ("dropout 0.1", None, 0.1, Decay::None),
         ("carried state, ALiBi decay", Some(false), 0.0, Decay::Alibi),
+        ("carried state, dropout 0.1", Some(false), 0.1, Decay::None),
         ("detached carried state, dropout 0.1", Some(true), 0.1, Decay::None),
     ] {
         // Learning rate 0: the weights stay, so every step's gradient is checked as

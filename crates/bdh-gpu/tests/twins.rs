@@ -233,7 +233,11 @@ fn the_backward_kernels_equal_the_cpu() {
         want[tok as usize * d..][..d].iter_mut().zip(row).for_each(|(o, &g)| *o += g);
     }
     let got = up(&grad);
-    dev.embed_backward(&got, &up(&dv), &dev.upload_ids(&ids).unwrap(), d);
+    let mut positions: Vec<u32> = (0..ids.len() as u32).collect();
+    positions.sort_by_key(|&i| ids[i as usize]); // (stable: in order within a token)
+    let starts: Vec<u32> = (0..=vocab as u32).map(|r| ids.iter().filter(|&&t| t < r).count() as u32).collect();
+    let (positions, starts) = (dev.upload_ids(&positions).unwrap(), dev.upload_ids(&starts).unwrap());
+    dev.embed_backward(&got, &up(&dv), &positions, &starts, d);
     assert_eq!(dev.read(&got).unwrap(), want);
     // RoPE back by its angles
     let (t, n) = (5, 8);

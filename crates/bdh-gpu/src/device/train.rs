@@ -58,7 +58,6 @@ impl<R: Runtime> Device<R> {
     }
 
     /// The gate's backward (dz in `dx`; dy, dx and z out), with dropout's scales if given.
-    #[allow(clippy::too_many_arguments)]
     pub fn gate_backward(&self, dx: &Buf, dy: &Buf, z: &Buf, x: &Buf, y: &Buf, keep: Option<&Buf>) -> Result<()> {
         let len = dx.len;
         let none;
@@ -114,17 +113,18 @@ impl<R: Runtime> Device<R> {
         );
     }
 
-    /// The embedding's gradient: row `ids[i]` of `grad` (V, D) += row i of `dv`.
-    pub fn embed_backward(&self, grad: &Buf, dv: &Buf, ids: &Buf, d: usize) {
-        let (rows, vocab) = (ids.len, grad.len / d);
+    /// The embedding's gradient: row r of `grad` (V, D) += the rows of `dv` at the
+    /// positions of token r (`positions[starts[r]..starts[r + 1]]`).
+    pub fn embed_backward(&self, grad: &Buf, dv: &Buf, positions: &Buf, starts: &Buf, d: usize) {
+        let vocab = grad.len / d;
         backward::embed_backward::launch::<R>(
             &self.client,
             grid(vocab * d),
             line(),
             self.arg(grad),
             self.arg(dv),
-            self.arg(ids),
-            rows,
+            self.arg(positions),
+            self.arg(starts),
             vocab,
             d,
         );
@@ -142,7 +142,8 @@ impl<R: Runtime> Device<R> {
         backward::zero::launch::<R>(&self.client, grid(len), line(), self.arg(dst), len);
     }
 
-    /// Σ (g · scale)², the parts summed on the device in f32 and added here in f64.
+    /// Σ (g · scale)²: parts of 1024 squares summed on the device in f32, the parts
+    /// added here in f64 (the CPU adds every square in f64).
     pub fn sum_squares(&self, g: &Buf, scale: f32) -> Result<f64> {
         let parts = g.len.div_ceil(PART).max(1);
         let out = self.scratch(parts, "the gradient's norm")?;

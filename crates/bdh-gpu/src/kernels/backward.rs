@@ -116,20 +116,25 @@ pub fn add_groups(out: &mut Array<f32>, src: &Array<f32>, total: usize, len: usi
     }
 }
 
-/// `grad[r, c] += Σ_{i: ids[i] = r} dv[i, c]`, positions in order: the embedding's
-/// gradient, one unit per (token, column) so that no two units write one value
-/// (the CPU's scatter-add, in its order).
+/// `grad[r, c] += Σ dv[i, c]` over the positions i of token r (`positions[starts[r]
+/// .. starts[r + 1]]`, in order): the embedding's gradient, one unit per (token,
+/// column) so that no two units write one value (the CPU's scatter-add, in its order).
 #[cube(launch)]
-pub fn embed_backward(grad: &mut Array<f32>, dv: &Array<f32>, ids: &Array<u32>, rows: usize, vocab: usize, d: usize) {
+pub fn embed_backward(
+    grad: &mut Array<f32>,
+    dv: &Array<f32>,
+    positions: &Array<u32>,
+    starts: &Array<u32>,
+    vocab: usize,
+    d: usize,
+) {
     let u = ABSOLUTE_POS;
     if u < vocab * d {
         let r = u / d;
         let c = u % d;
         let mut v = grad[u];
-        for i in 0..rows {
-            if ids[i] as usize == r {
-                v += dv[i * d + c];
-            }
+        for k in starts[r] as usize..starts[r + 1] as usize {
+            v += dv[positions[k] as usize * d + c];
         }
         grad[u] = v;
     }

@@ -3,8 +3,8 @@
 
 use cubecl::prelude::*;
 
-/// `part[u] = Σ (g[i] · scale)²` over the `per` values of part u, in order (the
-/// host adds the parts in f64, as the CPU sums the squares).
+/// `part[u] = Σ (g[i] · scale)²` over the `per` values of part u, in order, in f32
+/// (the host adds the parts in f64).
 #[cube(launch)]
 pub fn sum_squares(g: &Array<f32>, part: &mut Array<f32>, len: usize, per: usize, scale: f32) {
     let u = ABSOLUTE_POS;

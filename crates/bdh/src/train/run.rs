@@ -153,7 +153,7 @@ pub fn train_parallel(
 /// [`super::accelerator`]); `None`: on the CPU. If the device fails mid-run
 /// ([`Error::Device`]), the run goes on from its last checkpoint on a device
 /// opened again, up to [`DEVICE_RETRIES`] times ([`Event::DeviceLost`] says so);
-/// the outcome is then the last attempt's.
+/// the outcome is then the last attempt's. A device trains one process's run.
 #[allow(clippy::too_many_arguments)]
 pub fn train_on(
     run: &RunConfig,
@@ -169,7 +169,7 @@ pub fn train_on(
     loop {
         let mut reached = 0;
         let mut watch = |e: Event| {
-            if let Event::Step { step, .. } = e {
+            if let Event::Start { step, .. } | Event::Step { step, .. } = e {
                 reached = step;
             }
             on(e)
@@ -184,7 +184,8 @@ pub fn train_on(
         };
         let counted = device.map(|_| &open as &super::accelerator::Open);
         match train_once(run, corpus, dir, resume, stop, collective, counted, &mut watch) {
-            Err(Error::Device(error)) if opened.get() && collective.size() == 1 && failures < DEVICE_RETRIES => {
+            // (not after a stop was asked for: a device failing as the run saves is not retried)
+            Err(Error::Device(error)) if opened.get() && !stop.load(Ordering::SeqCst) && failures < DEVICE_RETRIES => {
                 failures += 1;
                 on(Event::DeviceLost { step: reached, error });
                 resume = true;
@@ -210,6 +211,12 @@ fn train_once(
     let (b, t) = (tc.batch_size, tc.block_size);
     let opt = AdamWConfig { lr: tc.lr, betas: (tc.beta1, tc.beta2), eps: tc.eps, weight_decay: tc.weight_decay };
     parallel::check_config(collective, run)?;
+    if device.is_some() && collective.size() > 1 {
+        return Err(Error::Config(
+            "training on several processes runs on the CPU: a device per process is not supported yet (drop --device)"
+                .into(),
+        ));
+    }
     if tc.precision != super::Precision::F32 && device.is_none() {
         return Err(Error::Config(
             "training.precision = \"bf16\" trains on a GPU (--device gpu); to go on on the CPU in f32: --set \
