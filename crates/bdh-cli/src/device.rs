@@ -60,18 +60,31 @@ impl DeviceArgs {
             Choice::Gpu if gpt => anyhow::bail!(bdh::Error::Device(
                 "the GPU backend trains BDH models; the GPT baseline trains on the CPU: drop --device gpu".into()
             )),
-            Choice::Gpu => opener(false),
+            Choice::Gpu => {
+                // (before the run's directory is made: a machine without a device leaves nothing behind)
+                available(false).map_err(bdh::Error::Device)?;
+                opener(false)
+            }
             Choice::Auto if gpt => {
                 eprintln!("note: training on the CPU (the GPU backend trains BDH models, not the GPT baseline)");
                 Ok(None)
             }
-            Choice::Auto => match hardware() {
+            Choice::Auto => match available(true) {
                 Ok(()) => opener(true),
                 Err(why) => {
                     eprintln!("note: training on the CPU ({why})");
                     Ok(None)
                 }
             },
+        }
+    }
+
+    /// The flag that asks for this device again (` --device gpu`), empty for the CPU.
+    pub fn flag(&self) -> &'static str {
+        match self.device {
+            Choice::Cpu => "",
+            Choice::Gpu => " --device gpu",
+            Choice::Auto => " --device auto",
         }
     }
 
@@ -99,10 +112,10 @@ fn opener(hardware_only: bool) -> anyhow::Result<Option<Box<bdh::train::accelera
     })))
 }
 
-/// Whether a hardware GPU is here, or why not.
+/// Whether a device is here (a hardware one with `hardware_only`), or why not.
 #[cfg(feature = "gpu")]
-fn hardware() -> Result<(), String> {
-    bdh_gpu::hardware()
+fn available(hardware_only: bool) -> Result<(), String> {
+    bdh_gpu::available(if hardware_only { bdh_gpu::Want::Hardware } else { bdh_gpu::Want::Any })
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -111,7 +124,7 @@ fn opener(_: bool) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'s
 }
 
 #[cfg(not(feature = "gpu"))]
-fn hardware() -> Result<(), String> {
+fn available(_: bool) -> Result<(), String> {
     Err(NO_GPU.into())
 }
 

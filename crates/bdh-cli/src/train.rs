@@ -76,6 +76,8 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     };
     let corpus = run.data.corpus_with(run.training.block_size, tokenizer).context("preparing the data")?;
     // A new run's directory is made (and runs/latest moved) once its data has opened.
+    // Where the steps run, known before a new run's directory is made.
+    let device = args.device.trainer(&run.model)?;
     let dir = run_dir(&args, resumed.as_ref().map(|(r, _)| r.path()), collective)?;
     let signals = Stop::on_signals()?;
     let stop = signals.flag();
@@ -83,8 +85,10 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     let lines = args.quiet || collective.rank() != 0 || !std::io::stderr().is_terminal();
     let before = resumed.as_ref().map(|(_, before)| before);
     let bar = Progress::bar(lines, run.training.max_steps);
-    let mut progress = Progress { run: &run, dir: &dir, before, collective, stop, lines, bar, first: None };
-    let device = args.device.trainer(&run.model)?;
+    // The device to name in the hint a stopped run prints, if not the CPU.
+    let flag = args.device.flag();
+    let mut progress =
+        Progress { run: &run, dir: &dir, before, collective, stop, lines, bar, first: None, device: flag };
     let outcome =
         train_on(&run, &corpus, &dir, resumed.is_some(), stop, collective, device.as_deref(), |e| progress.on(e));
     progress.finish(outcome?, &signals)
@@ -129,6 +133,8 @@ struct Progress<'a> {
     bar: ProgressBar,
     /// The step the run started at.
     first: Option<usize>,
+    /// ` --device …` for a run on a device (empty on the CPU).
+    device: &'static str,
 }
 
 impl Progress<'_> {
@@ -256,8 +262,8 @@ impl Progress<'_> {
         let code = if outcome.interrupted { signals.exit_code(self.collective)? } else { ExitCode::SUCCESS };
         if outcome.interrupted {
             self.print(&format!(
-                "interrupted at step {}; saved to {dir}/last (continue with --resume {dir})",
-                outcome.step
+                "interrupted at step {}; saved to {dir}/last (continue with --resume {dir}{})",
+                outcome.step, self.device
             ));
         } else if ran == 0 {
             self.print(&format!(

@@ -295,6 +295,16 @@ mod on_a_device {
             assert_eq!(o.status.code(), Some(2), "{}", text(&o));
             assert!(text(&o).contains("Tried CUDA:") && text(&o).contains("libcuda"), "{}", text(&o));
         }
+        // A training run refused for want of a device leaves no run directory behind.
+        let tmp = temp("train-no-cuda");
+        let out = tmp.path().join("run");
+        let train = ["train", "--preset", "tiny", "--quiet", "--device", "gpu", "--out", out.to_str().unwrap()];
+        let o = bdh_env(&train, &[("BDH_GPU_BACKEND", "cuda")], &[]);
+        if !o.status.success() {
+            assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+            assert!(text(&o).contains("no GPU found") && text(&o).contains("BDH_GPU_BACKEND=cuda"), "{}", text(&o));
+            assert!(!out.exists(), "a run directory was made");
+        }
         let o = bdh_env(&args, &[("BDH_GPU_BACKEND", "metal")], &[]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("BDH_GPU_BACKEND=metal: expected `cuda` or `vulkan`"), "{}", text(&o));

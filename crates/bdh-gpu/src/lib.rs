@@ -357,17 +357,33 @@ fn open<B: Build>(what: &B, want: Want) -> Result<B::Out> {
     })
 }
 
-/// `Ok` if a hardware GPU is here (a CUDA device, or a Vulkan adapter that is not
-/// a software one), else why not — without starting a runtime.
-pub fn hardware() -> std::result::Result<(), String> {
-    let cuda = match probe::cuda() {
-        Ok(_) => return Ok(()),
-        Err(why) => why,
+/// `Ok` if a device `want` allows is here (a CUDA device, or a Vulkan adapter —
+/// not a software one for [`Want::Hardware`]), as `BDH_GPU_BACKEND` restricts the
+/// search; else why not. Starts no runtime: a device found may still fail to open.
+pub fn available(want: Want) -> std::result::Result<(), String> {
+    let forced = std::env::var("BDH_GPU_BACKEND").ok().map(|b| b.to_lowercase()).filter(|b| !b.is_empty());
+    let cuda = match forced.as_deref() {
+        Some("vulkan") => "not tried, as BDH_GPU_BACKEND=vulkan asks".to_string(),
+        _ => match probe::cuda() {
+            Ok(_) => return Ok(()),
+            Err(why) => why,
+        },
     };
-    match probe::adapters().iter().any(|a| !a.software) {
-        true => Ok(()),
-        false => Err(format!("no hardware GPU found (CUDA: {cuda}; Vulkan: no hardware adapter)")),
-    }
+    let vulkan = match forced.as_deref() {
+        Some("cuda") => "not tried, as BDH_GPU_BACKEND=cuda asks".to_string(),
+        _ => {
+            let adapters = probe::adapters();
+            if adapters.iter().any(|a| want == Want::Any || !a.software) {
+                return Ok(());
+            }
+            match adapters.first() {
+                None => "no adapter found (no Vulkan driver installed)".into(),
+                Some(a) => format!("only the software device {}", a.name),
+            }
+        }
+    };
+    let what = if want == Want::Hardware { "no hardware GPU" } else { "no GPU" };
+    Err(format!("{what} found (CUDA: {cuda}; Vulkan: {vulkan})"))
 }
 
 /// `trainer`'s steps on the first device `want` allows (see [`Gpu::open`]): its

@@ -252,8 +252,8 @@ fn check_fits<R: Runtime>(
             largest.push(m(&[b, h, n, d]));
         }
         if let Some(&n) = largest.iter().find(|&&n| !dev.fits(n)) {
-            let (need, max) = (gib(m(&[n, 4]) as u64), gib(dev.max_buffer()));
-            return Some(format!("one buffer would hold {need}, the device's largest {max}"));
+            let (need, max) = (size(m(&[n, 4]) as u64), size(dev.max_buffer()));
+            return Some(format!("one of its buffers would hold {need}, the device's largest buffer {max}"));
         }
         if b * dims.h > crate::MAX_GRID || (b * dims.t).div_ceil(64) > crate::MAX_GRID {
             return Some(format!("a launch would take more than {} cubes a side", crate::MAX_GRID));
@@ -261,7 +261,7 @@ fn check_fits<R: Runtime>(
         match (bytes(b), dev.free_bytes()) {
             (None, _) => Some("its size is not a number".into()),
             (Some(need), Some(free)) if need as u64 > free => {
-                Some(format!("it needs {} and the device has {} free", gib(need as u64), gib(free)))
+                Some(format!("it needs {} and the device has {} free", size(need as u64), size(free)))
             }
             _ => None,
         }
@@ -279,17 +279,26 @@ fn check_fits<R: Runtime>(
     let largest = if lo == 0 {
         format!("not even one sequence of T={} fits: use a shorter training.block_size", dims.t)
     } else {
-        format!("the largest batch that fits is training.batch_size={lo} (with training.grad_accum to keep the step's tokens)")
+        let accum = dims.b.div_ceil(lo);
+        format!(
+            "the largest batch that fits is training.batch_size={lo} (training.grad_accum ×{accum} keeps the step's \
+             tokens)"
+        )
     };
     Err(Error::TooLarge {
+        // (the error ends with the bytes needed in all)
         what: format!("training B={} T={} on the GPU ({}): {why}; {largest};", dims.b, dims.t, dev.name),
         need: bytes(dims.b).map(|b| b as u64),
         have: dev.free_bytes(),
     })
 }
 
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+/// Bytes in MiB below a GiB (whole), in GiB above (one decimal).
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1 << 30 => format!("{} MiB", b.div_ceil(1 << 20)),
+        b => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+    }
 }
 
 /// The 8 key words of ChaCha8 seeded from `seed` as `rand` seeds it from a u64.

@@ -289,4 +289,9 @@ fn bf16_on_the_cpu_is_refused_before_the_run_directory_is_made_and_f32_configs_s
     // A config in f32 (the default) is written as before: no precision field.
     assert!(!tiny(&[]).to_toml().contains("precision"));
     assert!(cfg.to_toml().contains("precision = \"bf16\""));
+    // A resume that switches precision says so, either way.
+    let to_bf16 = cfg.changes(&tiny(&[]));
+    assert!(to_bf16.contains(&"training.precision: \"f32\" → \"bf16\"".to_string()), "{to_bf16:?}");
+    let to_f32 = tiny(&[]).changes(&cfg);
+    assert_eq!(to_f32, vec!["training.precision: \"bf16\" → \"f32\"".to_string()]);
 }

@@ -90,7 +90,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => {
                 anyhow::ensure!(
                     spec.precision == bdh::Precision::F32,
-                    "training.precision = bf16 trains on a GPU: add --device gpu"
+                    "training.precision = \"bf16\" trains on a GPU: add --device gpu, or measure f32 on the CPU with \
+                     --set training.precision=f32"
                 );
                 describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
                 let peak = cpu_peak();

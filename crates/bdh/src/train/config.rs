@@ -190,6 +190,18 @@ impl RunConfig {
                 let was = old.get(&k).map_or("(unset)", String::as_str);
                 (was != v).then(|| format!("{k}: {was} → {v}"))
             })
+            .chain(
+                // (a key written only when not its default: back to the default is a change too)
+                (self.training.precision != before.training.precision).then(|| {
+                    let name = |p: Precision| format!("{:?}", format!("{p:?}").to_lowercase());
+                    format!(
+                        "training.precision: {} → {}",
+                        name(before.training.precision),
+                        name(self.training.precision)
+                    )
+                }),
+            )
+            .filter(|line| !line.starts_with("training.precision: (unset)"))
             .collect()
     }
 

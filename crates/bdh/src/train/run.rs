@@ -219,7 +219,7 @@ fn train_once(
     }
     if tc.precision != super::Precision::F32 && device.is_none() {
         return Err(Error::Config(
-            "training.precision = \"bf16\" trains on a GPU (--device gpu); to go on on the CPU in f32: --set \
+            "training.precision = \"bf16\" trains on a GPU: add --device gpu, or train in f32 on the CPU with --set \
              training.precision=f32"
                 .into(),
         ));
