@@ -169,7 +169,7 @@ impl Progress<'_> {
     fn on(&mut self, e: Event) {
         let max = self.run.training.max_steps;
         match e {
-            Event::Start { step, restarted, took_over_lock, .. } => {
+            Event::Start { step, restarted, took_over_lock, device, .. } => {
                 if let Some(pid) = took_over_lock {
                     self.say(format!("the run's lock was held by process {pid}, which no longer runs: taken over"));
                 }
@@ -180,7 +180,7 @@ impl Progress<'_> {
                         self.dir.display()
                     ));
                 }
-                self.start(step)
+                self.start(step, device)
             }
             Event::Step { step, loss, lr, tokens_per_second, .. } => {
                 self.bar.set_position(step as u64);
@@ -200,10 +200,10 @@ impl Progress<'_> {
 
     /// The run has started at `step`: what it trains, and, resumed, what changed.
     /// Printed only now, so that a refused run prints only its error.
-    fn start(&mut self, step: usize) {
+    fn start(&mut self, step: usize, device: Option<String>) {
         self.print(&self.run.to_toml());
         self.print(&format!("run directory: {}", self.dir.display()));
-        self.describe();
+        self.describe(device);
         if let Some(before) = self.before {
             for change in self.run.changes(before) {
                 self.print(&format!("changed on resume: {change}"));
@@ -229,10 +229,11 @@ impl Progress<'_> {
     }
 
     /// The model, the processes and how the synapse state is carried.
-    fn describe(&self) {
+    fn describe(&self, device: Option<String>) {
         let (m, t) = (&self.run.model, &self.run.training);
-        let threads = crate::count(rayon::current_num_threads(), "thread", "threads");
-        self.print(&format!("model: {}, {:.2} M parameters; {threads}", m.describe(), m.param_count() as f64 / 1e6));
+        let on = device
+            .map_or_else(|| crate::count(rayon::current_num_threads(), "thread", "threads"), |d| format!("on the {d}"));
+        self.print(&format!("model: {}, {:.2} M parameters; {on}", m.describe(), m.param_count() as f64 / 1e6));
         let k = self.collective.size();
         if k > 1 {
             self.print(&format!(

@@ -159,11 +159,7 @@ impl<R: Runtime> DeviceTrainer<R> {
             }
             scale = 1.0;
         }
-        let mut squares = 0.0;
-        for g in self.g.parts() {
-            squares += self.dev.sum_squares(g, scale)?;
-        }
-        let norm = squares.sqrt();
+        let norm = self.dev.sum_squares(&self.g.parts(), scale)?.sqrt();
         let clip = if clip > 0.0 && norm > clip { (clip / (norm + 1e-6)) as f32 } else { 1.0 };
         self.step += 1;
         // torch forms every scalar in Python floats (f64), then applies it in f32.

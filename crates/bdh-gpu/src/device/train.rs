@@ -142,22 +142,29 @@ impl<R: Runtime> Device<R> {
         backward::zero::launch::<R>(&self.client, grid(len), line(), self.arg(dst), len);
     }
 
-    /// Σ (g · scale)²: parts of 1024 squares summed on the device in f32, the parts
-    /// added here in f64 (the CPU adds every square in f64).
-    pub fn sum_squares(&self, g: &Buf, scale: f32) -> Result<f64> {
-        let parts = g.len.div_ceil(PART).max(1);
-        let out = self.scratch(parts, "the gradient's norm")?;
-        optimizer::sum_squares::launch::<R>(
-            &self.client,
-            grid(parts),
-            line(),
-            self.arg(g),
-            self.arg(&out),
-            g.len,
-            PART,
-            scale,
-        );
-        Ok(self.read(&out)?.iter().take(g.len.div_ceil(PART)).map(|&x| x as f64).sum())
+    /// Σ (g · scale)² over every buffer of `gs`: parts of 1024 squares summed on the
+    /// device in f32, the parts read back at once and added here in f64 (the CPU adds
+    /// every square in f64).
+    pub fn sum_squares(&self, gs: &[&Buf], scale: f32) -> Result<f64> {
+        let parts: usize = gs.iter().map(|g| g.len.div_ceil(PART)).sum();
+        let out = self.scratch(parts.max(1), "the gradient's norm")?;
+        let mut first = 0;
+        for g in gs {
+            let mine = g.len.div_ceil(PART);
+            optimizer::sum_squares::launch::<R>(
+                &self.client,
+                grid(mine),
+                line(),
+                self.arg(g),
+                self.arg(&out),
+                g.len,
+                PART,
+                first,
+                scale,
+            );
+            first += mine;
+        }
+        Ok(self.read(&out)?.iter().take(parts).map(|&x| x as f64).sum())
     }
 
     /// One AdamW update of `p` from `g` (zeroed after), moments `m` and `v`.

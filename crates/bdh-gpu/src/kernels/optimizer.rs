@@ -3,10 +3,10 @@
 
 use cubecl::prelude::*;
 
-/// `part[u] = Σ (g[i] · scale)²` over the `per` values of part u, in order, in f32
-/// (the host adds the parts in f64).
+/// `part[first + u] = Σ (g[i] · scale)²` over the `per` values of part u, in order,
+/// in f32 (the host adds the parts in f64).
 #[cube(launch)]
-pub fn sum_squares(g: &Array<f32>, part: &mut Array<f32>, len: usize, per: usize, scale: f32) {
+pub fn sum_squares(g: &Array<f32>, part: &mut Array<f32>, len: usize, per: usize, first: usize, scale: f32) {
     let u = ABSOLUTE_POS;
     let start = u * per;
     if start < len {
@@ -16,7 +16,7 @@ pub fn sum_squares(g: &Array<f32>, part: &mut Array<f32>, len: usize, per: usize
             let v = g[i] * scale;
             s += v * v;
         }
-        part[u] = s;
+        part[first + u] = s;
     }
 }
 

@@ -64,6 +64,8 @@ pub enum Event<'a> {
         /// The PID of a process that held the run's lock and no longer runs, whose
         /// stale lock this run took over.
         took_over_lock: Option<u32>,
+        /// The device the steps run on, if not the CPU (e.g. `GPU (CUDA: NVIDIA H200)`).
+        device: Option<String>,
     },
     /// An optimizer step finished.
     Step {
@@ -287,7 +289,8 @@ fn train_once(
     }
     let rows = parallel::rows(collective, b);
 
-    on(Event::Start { step: state.step, max_steps: tc.max_steps, restarted, took_over_lock });
+    let on_device = trainer.device.as_ref().map(|d| d.device());
+    on(Event::Start { step: state.step, max_steps: tc.max_steps, restarted, took_over_lock, device: on_device });
     let mut losses = Vec::new();
     let mut last_eval = None;
     let mut interrupted = false;
