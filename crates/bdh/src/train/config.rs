@@ -184,24 +184,20 @@ impl RunConfig {
         let mut new = Vec::new();
         flatten("", &serde_json::to_value(before).expect("serialises"), &mut old);
         flatten("", &serde_json::to_value(self).expect("serialises"), &mut new);
+        // A key written only when not its default reads as its default where absent.
+        for (key, default) in OMITTED {
+            for side in [&mut old, &mut new] {
+                if !side.iter().any(|(k, _)| k == key) {
+                    side.push((key.to_string(), default.to_string()));
+                }
+            }
+        }
         let old: std::collections::BTreeMap<_, _> = old.into_iter().collect();
         new.into_iter()
             .filter_map(|(k, v)| {
                 let was = old.get(&k).map_or("(unset)", String::as_str);
                 (was != v).then(|| format!("{k}: {was} → {v}"))
             })
-            .chain(
-                // (a key written only when not its default: back to the default is a change too)
-                (self.training.precision != before.training.precision).then(|| {
-                    let name = |p: Precision| format!("{:?}", format!("{p:?}").to_lowercase());
-                    format!(
-                        "training.precision: {} → {}",
-                        name(before.training.precision),
-                        name(self.training.precision)
-                    )
-                }),
-            )
-            .filter(|line| !line.starts_with("training.precision: (unset)"))
             .collect()
     }
 
@@ -297,12 +293,14 @@ impl RunConfig {
 /// of this many is already about 400 KB, far past any context trained on.
 pub const MAX_DISTANCE: usize = 10_000;
 
-/// The value of a key that a config writes only when it is not this default.
+/// The keys a config writes only when they are not their default, with the default
+/// (in TOML, which for these is also its JSON).
+const OMITTED: &[(&str, &str)] = &[("training.precision", "\"f32\"")];
+
+/// The default of a key that a config writes only when it is not that default.
 fn omitted_default(path: &str) -> Option<toml::Value> {
-    match path {
-        "training.precision" => Some(toml::Value::String("f32".into())),
-        _ => None,
-    }
+    let (_, default) = OMITTED.iter().find(|(key, _)| *key == path)?;
+    toml::from_str::<toml::Table>(&format!("v = {default}")).ok()?.remove("v")
 }
 
 /// Sets `section.key` of `table` to `value`; the key must already exist (or be one
