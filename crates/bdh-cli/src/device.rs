@@ -1,6 +1,6 @@
 //! `--device cpu|gpu|auto`: where a model runs.
 
-use bdh::engine::Device;
+use bdh::engine::{Device, Streams};
 use bdh::Model;
 
 /// Where a model runs.
@@ -30,21 +30,33 @@ impl DeviceArgs {
     /// standard error where it runs when that is a GPU, and why `auto` stayed on
     /// the CPU.
     pub fn open(&self, model: &Model) -> anyhow::Result<Option<Box<dyn Device>>> {
-        let opened = match self.device {
-            Choice::Cpu => return Ok(None),
-            Choice::Gpu => open(model, false)?,
-            Choice::Auto => match open(model, true) {
-                Ok(dev) => dev,
-                Err(e) => {
-                    eprintln!("note: running on the CPU ({e:#})");
-                    None
-                }
-            },
-        };
+        let opened = self.choose(|hardware_only| open(model, hardware_only))?;
         if let Some(dev) = &opened {
             eprintln!("running on the {}", dev.device());
         }
         Ok(opened)
+    }
+
+    /// Room for `slots` streams of `model` stepped together on the device asked
+    /// for (a server's), or `None` for the CPU engine.
+    pub fn streams(&self, model: &Model, slots: usize) -> anyhow::Result<Option<Box<dyn Streams>>> {
+        self.choose(|hardware_only| streams(model, hardware_only, slots))
+    }
+
+    /// What `open` makes on a device (a hardware one only if told so): for `gpu`,
+    /// or for `auto`, which stays on the CPU (saying why) if it fails.
+    fn choose<T>(&self, open: impl FnOnce(bool) -> anyhow::Result<T>) -> anyhow::Result<Option<T>> {
+        match self.device {
+            Choice::Cpu => Ok(None),
+            Choice::Gpu => open(false).map(Some),
+            Choice::Auto => match open(true) {
+                Ok(dev) => Ok(Some(dev)),
+                Err(e) => {
+                    eprintln!("note: running on the CPU ({e:#})");
+                    Ok(None)
+                }
+            },
+        }
     }
 
     /// Where the training steps of a `model` go: `None` for the CPU, else what opens
@@ -97,14 +109,27 @@ impl DeviceArgs {
 }
 
 #[cfg(feature = "gpu")]
-fn open(model: &Model, hardware_only: bool) -> anyhow::Result<Option<Box<dyn Device>>> {
-    let want = if hardware_only { bdh_gpu::Want::Hardware } else { bdh_gpu::Want::Any };
-    Ok(Some(Box::new(bdh_gpu::Gpu::open(model, want)?)))
+fn want(hardware_only: bool) -> bdh_gpu::Want {
+    if hardware_only {
+        bdh_gpu::Want::Hardware
+    } else {
+        bdh_gpu::Want::Any
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn open(model: &Model, hardware_only: bool) -> anyhow::Result<Box<dyn Device>> {
+    Ok(Box::new(bdh_gpu::Gpu::open(model, want(hardware_only))?))
+}
+
+#[cfg(feature = "gpu")]
+fn streams(model: &Model, hardware_only: bool, slots: usize) -> anyhow::Result<Box<dyn Streams>> {
+    Ok(bdh_gpu::streams(model, want(hardware_only), slots)?)
 }
 
 #[cfg(feature = "gpu")]
 fn opener(hardware_only: bool) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
-    let want = if hardware_only { bdh_gpu::Want::Hardware } else { bdh_gpu::Want::Any };
+    let want = want(hardware_only);
     Ok(Some(Box::new(move |trainer: &bdh::train::Trainer| {
         let device = bdh_gpu::trainer(trainer, want)?;
         eprintln!("training on the {}", device.device());
@@ -115,7 +140,7 @@ fn opener(hardware_only: bool) -> anyhow::Result<Option<Box<bdh::train::accelera
 /// Whether a device is here (a hardware one with `hardware_only`), or why not.
 #[cfg(feature = "gpu")]
 fn available(hardware_only: bool) -> Result<(), String> {
-    bdh_gpu::available(if hardware_only { bdh_gpu::Want::Hardware } else { bdh_gpu::Want::Any })
+    bdh_gpu::available(want(hardware_only))
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -134,10 +159,11 @@ const NO_GPU: &str = "this bdh was built without the GPU backend: build it with 
                       gpu` (see the README's GPU section)";
 
 #[cfg(not(feature = "gpu"))]
-fn open(_: &Model, hardware_only: bool) -> anyhow::Result<Option<Box<dyn Device>>> {
-    if hardware_only {
-        eprintln!("note: running on the CPU ({NO_GPU})");
-        return Ok(None);
-    }
+fn open(_: &Model, _: bool) -> anyhow::Result<Box<dyn Device>> {
+    Err(bdh::Error::Device(NO_GPU.into()).into())
+}
+
+#[cfg(not(feature = "gpu"))]
+fn streams(_: &Model, _: bool, _: usize) -> anyhow::Result<Box<dyn Streams>> {
     Err(bdh::Error::Device(NO_GPU.into()).into())
 }

@@ -71,6 +71,10 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     threads: crate::args::ThreadsArgs,
+    /// Where the streams run: the CPU, or a GPU (their states there, room for
+    /// --max-streams of them made at the start).
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
 }
 
 /// Longest wait a flag may ask for: a deadline this far ahead is still one the
@@ -88,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let model = args.model.load()?;
     let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &model.config())?;
+    let device = args.device.streams(&model, args.max_streams as usize)?;
     bdh_serve::run(bdh_serve::Config {
         model,
         tokenizer,
@@ -107,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         default_max_tokens: args.default_max_tokens,
         grace,
         log_requests: !args.quiet,
+        device,
     })?;
     Ok(ExitCode::SUCCESS)
 }

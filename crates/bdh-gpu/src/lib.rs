@@ -14,10 +14,11 @@ mod forward;
 mod guard;
 mod kernels;
 pub mod probe;
+mod serve;
 mod step;
 mod train;
 
-use bdh::engine::{Device, Forward, Reader};
+use bdh::engine::{Device, Forward, Reader, Streams};
 use bdh::infer::State;
 use bdh::model::bdh::{Bdh, Dims};
 use bdh::train::{Accelerator, Trainer};
@@ -298,6 +299,16 @@ impl Build for Run {
     }
 }
 
+/// A server's streams.
+struct Serve(Bdh, usize);
+
+impl Build for Serve {
+    type Out = Box<dyn Streams>;
+    fn build<R: Runtime>(&self, dev: Dev<R>) -> Result<Self::Out> {
+        Ok(Box::new(serve::Pool::new(Runner::new(dev, self.0.clone())?, self.1)?))
+    }
+}
+
 /// A trainer's work.
 struct Train<'a>(&'a Trainer);
 
@@ -407,26 +418,32 @@ pub fn trains(model: &Model) -> Result<()> {
     }
 }
 
+/// Room for `slots` streams of `model` on the first device `want` allows (see
+/// [`Gpu::open`]), stepped together: a server's. An error says how many fit if
+/// that many do not.
+pub fn streams(model: &Model, want: Want, slots: usize) -> Result<Box<dyn Streams>> {
+    open(&Serve(runs(model)?, slots), want)
+}
+
+/// The BDH model of `model`, or why the GPU backend does not run it.
+fn runs(model: &Model) -> Result<Bdh> {
+    match model {
+        Model::Bdh(m) if m.mechanisms.is_empty() => Ok(m.clone()),
+        Model::Bdh(_) => Err(Error::Device(
+            "this model has a mechanism attached at a layer site, which the GPU backend does not run: use --device cpu"
+                .into(),
+        )),
+        Model::Gpt(_) => Err(Error::Device("the GPU backend runs BDH models; the GPT baseline runs on the CPU".into())),
+    }
+}
+
 impl Gpu {
     /// `model` on the first device `want` allows: CUDA device 0 when the NVIDIA
     /// driver works, else the best Vulkan adapter. An error names what was tried
     /// and how to get a device; the GPT baseline and models with mechanisms
     /// attached in code are refused (they run on the CPU).
     pub fn open(model: &Model, want: Want) -> Result<Self> {
-        let model = match model {
-            Model::Bdh(m) if m.mechanisms.is_empty() => m.clone(),
-            Model::Bdh(_) => {
-                return Err(Error::Device(
-                    "this model has a mechanism attached at a layer site, which the GPU backend does not run: \
-                     use --device cpu"
-                        .into(),
-                ))
-            }
-            Model::Gpt(_) => {
-                return Err(Error::Device("the GPU backend runs BDH models; the GPT baseline runs on the CPU".into()))
-            }
-        };
-        Ok(Gpu { engine: open(&Run(model), want)? })
+        Ok(Gpu { engine: open(&Run(runs(model)?), want)? })
     }
 
     /// The device, e.g. `CUDA: NVIDIA H200`.

@@ -4,11 +4,15 @@
 //! prompt, chooses every decoding stream's next token and runs one batched step
 //! for all of them. A stream whose client went away is dropped at the next turn;
 //! a stream that fails (its prompt, its state) ends alone, the others go on.
+//!
+//! On a device ([`bdh::engine::Streams`]) a stream's state moves into a slot there
+//! when the stream starts and back into its lease when it ends, whichever way.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
+use bdh::engine::Streams;
 use bdh::infer::{Decoding, Generation, Prepared, Sampler, Scratch, State};
 use bdh::model::bdh::NO_EDITS;
 use tokio::sync::mpsc::UnboundedSender;
@@ -110,6 +114,7 @@ enum Phase {
 struct Stream {
     job: Job,
     phase: Phase,
+    slot: Option<usize>, // its state's slot on the device, while there
 }
 
 impl Stream {
@@ -128,8 +133,8 @@ impl Stream {
             }
             Phase::Ended(_) => return,
         };
-        let position = self.job.state.pos();
-        self.phase = Phase::Ended(Event::Done(Finish { reason, prompt_tokens, completion_tokens, position }));
+        // (the position is the state's once it is back from the device: see `close`)
+        self.phase = Phase::Ended(Event::Done(Finish { reason, prompt_tokens, completion_tokens, position: 0 }));
     }
 
     /// Ends the stream, and only it, with a failure.
@@ -159,31 +164,39 @@ impl Stream {
     /// Sends the end once the state is back: a client's next request on the
     /// session finds it.
     fn close(self) {
-        let Stream { job, phase } = self;
+        let Stream { job, phase, .. } = self;
         let events = job.events.clone();
+        let position = job.state.pos();
         drop(job);
-        if let Phase::Ended(event) = phase {
+        if let Phase::Ended(mut event) = phase {
+            if let Event::Done(finish) = &mut event {
+                finish.position = position;
+            }
             let _ = events.send(event);
         }
     }
 }
 
-/// What the loop keeps between turns: the model and one worker's buffers.
+/// What the loop keeps between turns: the model and one worker's buffers, or the
+/// streams' device.
 struct Engine {
     prepared: Arc<Prepared>,
     scratch: Scratch,
+    device: Option<Box<dyn Streams>>,
     chunk: usize, // prompt tokens a stream reads a turn
 }
 
 /// Runs the loop until `jobs` is closed and no stream is left; `cancel` ends every
-/// stream at once (the end of a shutdown's grace period).
-pub fn run(prepared: Arc<Prepared>, jobs: Receiver<Job>, cancel: Arc<AtomicBool>) {
-    let chunk = match &*prepared {
-        Prepared::Bdh(p) => p.prefill_chunk(),
-        Prepared::Gpt(_) => usize::MAX,
+/// stream at once (the end of a shutdown's grace period). With a `device`, the
+/// streams run there.
+pub fn run(prepared: Arc<Prepared>, jobs: Receiver<Job>, cancel: Arc<AtomicBool>, device: Option<Box<dyn Streams>>) {
+    let chunk = match (&*prepared, &device) {
+        (_, Some(device)) => device.chunk(),
+        (Prepared::Bdh(p), None) => p.prefill_chunk(),
+        (Prepared::Gpt(_), None) => usize::MAX,
     };
-    let mut engine = Engine { scratch: prepared.scratch(), chunk, prepared };
-    let admit = |job| Stream { job, phase: Phase::Prefill { read: 0 } };
+    let mut engine = Engine { scratch: prepared.scratch(), chunk, prepared, device };
+    let admit = |job| Stream { job, phase: Phase::Prefill { read: 0 }, slot: None };
     let mut live: Vec<Stream> = Vec::new();
     let mut open = true;
     loop {
@@ -205,11 +218,16 @@ pub fn run(prepared: Arc<Prepared>, jobs: Receiver<Job>, cancel: Arc<AtomicBool>
             return;
         }
         // A client that went away frees its slot and its session's state now.
-        live.retain(|s| !s.job.events.is_closed());
+        let (gone, going): (Vec<_>, _) = live.drain(..).partition(|s| s.job.events.is_closed());
+        live = going;
+        gone.into_iter().for_each(|mut s| engine.bring_back(&mut s));
         engine.turn(&mut live, cancel.load(Ordering::SeqCst));
         let (ended, going) = live.drain(..).partition(|s| matches!(s.phase, Phase::Ended(_)));
         live = going;
-        ended.into_iter().for_each(Stream::close);
+        for mut s in ended {
+            engine.bring_back(&mut s);
+            s.close();
+        }
     }
 }
 
@@ -223,7 +241,7 @@ impl Engine {
                 continue;
             }
             if let Phase::Prefill { read } = s.phase {
-                match self.prefill(&mut s.job, read) {
+                match self.prefill(s, read) {
                     Ok(phase) => s.phase = phase,
                     Err(e) => s.fail(e.to_string()),
                 }
@@ -238,7 +256,11 @@ impl Engine {
                 Some(token) => {
                     // What would fail the step for every stream is checked for each
                     // alone, so that a stream at fault ends by itself.
-                    if let Err(e) = self.prepared.check_step(&s.job.state, token) {
+                    let checked = match (&self.device, s.slot) {
+                        (Some(device), Some(slot)) => device.check_step(slot, token),
+                        _ => self.prepared.check_step(&s.job.state, token),
+                    };
+                    if let Err(e) = checked {
                         s.fail(e.to_string());
                     }
                 }
@@ -249,9 +271,20 @@ impl Engine {
 
     /// Reads one chunk of the prompt from `read` on (chunks of prefill_chunk()
     /// tokens read exactly as one prefill would): the stream's next phase.
-    fn prefill(&mut self, job: &mut Job, read: usize) -> bdh::Result<Phase> {
+    fn prefill(&mut self, s: &mut Stream, read: usize) -> bdh::Result<Phase> {
+        let job = &mut s.job;
         let end = job.prompt.len().min(read.saturating_add(self.chunk));
-        let logits = self.prepared.prefill(&mut job.state, &mut self.scratch, &job.prompt[read..end], &NO_EDITS)?;
+        let chunk = &job.prompt[read..end];
+        let logits = match &mut self.device {
+            Some(device) => {
+                let slot = match s.slot {
+                    Some(slot) => slot,
+                    None => *s.slot.insert(device.open(&job.state)?),
+                };
+                device.prefill(slot, chunk)?
+            }
+            None => self.prepared.prefill(&mut job.state, &mut self.scratch, chunk, &NO_EDITS)?,
+        };
         Ok(if end == job.prompt.len() {
             Phase::Decode { decoding: Decoding::new(&job.prompt, &job.generation, logits), next: None }
         } else {
@@ -272,8 +305,17 @@ impl Engine {
         if tokens.is_empty() {
             return;
         }
-        let mut states: Vec<&mut State> = live.iter_mut().filter(|s| s.stepping()).map(|s| &mut *s.job.state).collect();
-        let stepped = self.prepared.step(&mut states, &mut self.scratch, &tokens, &NO_EDITS);
+        let stepped = match &mut self.device {
+            Some(device) => {
+                let slots: Option<Vec<usize>> = live.iter().filter(|s| s.stepping()).map(|s| s.slot).collect();
+                device.step(&slots.expect("a decoding stream's state is on the device"), &tokens)
+            }
+            None => {
+                let mut states: Vec<&mut State> =
+                    live.iter_mut().filter(|s| s.stepping()).map(|s| &mut *s.job.state).collect();
+                self.prepared.step(&mut states, &mut self.scratch, &tokens, &NO_EDITS)
+            }
+        };
         let stepping = live.iter_mut().filter(|s| s.stepping());
         match stepped {
             Ok(logits) => {
@@ -281,6 +323,17 @@ impl Engine {
                 stepping.zip(logits.chunks_exact(v)).for_each(|(s, row)| s.read(row));
             }
             Err(e) => stepping.for_each(|s| s.fail(e.to_string())),
+        }
+    }
+
+    /// A stream's state back from the device into its lease (and so its session),
+    /// however the stream ended; if it cannot come back, the lease keeps the state
+    /// the stream started from and the stream fails.
+    fn bring_back(&mut self, s: &mut Stream) {
+        let (Some(device), Some(slot)) = (&mut self.device, s.slot.take()) else { return };
+        match device.close(slot) {
+            Ok(state) => *s.job.state = state,
+            Err(e) => s.fail(format!("{e} (the session keeps its state from before this request)")),
         }
     }
 }

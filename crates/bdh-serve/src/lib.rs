@@ -42,6 +42,7 @@
 //!     default_max_tokens: 256,
 //!     grace: Duration::from_secs(10),
 //!     log_requests: true,
+//!     device: None,
 //! };
 //! // Prints the address it listens on and serves until SIGTERM or Ctrl-C.
 //! bdh_serve::run(config)?;
@@ -121,6 +122,9 @@ pub struct Config {
     /// One line on standard error per request (method, path, status, tokens
     /// generated, duration); off with `bdh serve --quiet`.
     pub log_requests: bool,
+    /// Where the streams run: on a device (room for `max_streams` of them, made by
+    /// e.g. `bdh_gpu::streams`), or `None` for the CPU.
+    pub device: Option<Box<dyn bdh::engine::Streams>>,
 }
 
 /// A server ready to take requests: what the handlers share and the decoding loop's
@@ -134,6 +138,7 @@ pub struct Server {
     port: u16,
     grace: Duration,
     max_connections: usize,
+    device: String, // where the streams run
 }
 
 impl Server {
@@ -151,6 +156,15 @@ impl Server {
         let states = config.max_streams.saturating_add(config.max_sessions);
         let what = format!("{states} states of {state_bytes} bytes (--max-streams + --max-sessions)");
         bdh::memory::ensure_fits(state_bytes.saturating_mul(states), &what)?;
+        if let Some(device) = &config.device {
+            anyhow::ensure!(
+                device.slots() >= config.max_streams,
+                "the device holds {} streams, fewer than --max-streams {}",
+                device.slots(),
+                config.max_streams
+            );
+        }
+        let where_ = config.device.as_ref().map_or_else(|| "CPU".to_string(), |d| d.device());
         let prepared = Arc::new(prepared);
         let dir = &config.sessions_dir;
         let sessions = Sessions::new(prepared.clone(), config.max_sessions, dir)
@@ -161,7 +175,10 @@ impl Server {
         let cancel = Arc::new(AtomicBool::new(false));
         let engine = {
             let (prepared, cancel) = (prepared.clone(), cancel.clone());
-            std::thread::Builder::new().name("decode".into()).spawn(move || engine::run(prepared, queue, cancel))?
+            let device = config.device;
+            std::thread::Builder::new()
+                .name("decode".into())
+                .spawn(move || engine::run(prepared, queue, cancel, device))?
         };
         let limits = Limits {
             max_prompt_tokens: config.max_prompt_tokens,
@@ -193,6 +210,7 @@ impl Server {
             port: config.port,
             grace: config.grace,
             max_connections: config.max_connections,
+            device: where_,
         })
     }
 
@@ -214,8 +232,9 @@ impl Server {
             println!("listening on http://{addr}");
             std::io::stdout().flush()?;
             eprintln!(
-                "model {} · state {} bytes a session · up to {} streams",
+                "model {} on the {} · state {} bytes a session · up to {} streams",
                 self.app.model_name,
+                self.device,
                 self.app.prepared.state_bytes(),
                 self.app.max_streams
             );

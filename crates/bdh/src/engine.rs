@@ -7,6 +7,7 @@
 //!   logits back).
 //! - [`Reader`]: one stream read a token at a time, as generation reads it.
 //! - [`Device`]: both, for a model held on a device.
+//! - [`Streams`]: many streams on a device, stepped together, as a server runs them.
 
 use crate::error::Result;
 use crate::infer::{Prepared, Scratch, State};
@@ -49,6 +50,34 @@ pub trait Device: Forward {
     /// A stream on the device continuing `state` (its position and ρ); an empty
     /// state starts a new text.
     fn stream(&self, state: &State) -> Result<Box<dyn Reader + '_>>;
+}
+
+/// Many streams held on a device, each in a slot from [`Streams::open`] to
+/// [`Streams::close`], read together: what a server decodes with. The host keeps
+/// only tokens and logits; a state crosses over when its stream starts and ends.
+pub trait Streams: Send {
+    /// Where they run, e.g. `GPU (CUDA: NVIDIA H200)`.
+    fn device(&self) -> String;
+    /// Streams it holds at most.
+    fn slots(&self) -> usize;
+    /// Prompt tokens a stream reads per parallel pass.
+    fn chunk(&self) -> usize;
+    /// A stream continuing `state` (an empty one starts a new text): its slot.
+    fn open(&mut self, state: &State) -> Result<usize>;
+    /// Tokens the stream in `slot` has read.
+    fn position(&self, slot: usize) -> Result<usize>;
+    /// Checks what [`Streams::step`] checks of one stream, so that a caller
+    /// stepping many can leave out one at fault.
+    fn check_step(&self, slot: usize, token: u32) -> Result<()>;
+    /// Reads `tokens` (one or more) after what the stream in `slot` has read; the
+    /// logits (V) after the last.
+    fn prefill(&mut self, slot: usize, tokens: &[u32]) -> Result<&[f32]>;
+    /// Reads `tokens[i]` in the stream of `slots[i]`, all at once; the logits (B, V).
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<&[f32]>;
+    /// The state the stream in `slot` reached, in host memory; the slot is free again.
+    fn close(&mut self, slot: usize) -> Result<State>;
+    /// Bytes this process holds on the device now.
+    fn held_bytes(&self) -> u64;
 }
 
 /// The CPU engine's forward: `model` with buffers kept between batches of one shape.

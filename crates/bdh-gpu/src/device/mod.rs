@@ -13,6 +13,7 @@ use cubecl::server::Handle;
 
 use crate::kernels::{self, BLOCK, COLUMNS, LANES, LINE, SIDE};
 
+mod serve;
 mod train;
 pub use train::AdamStep;
 

@@ -13,6 +13,7 @@ use cubecl::prelude::*;
 pub mod backward;
 pub mod dropout;
 pub mod optimizer;
+pub mod serve;
 
 /// Units per cube of the element-wise and per-row kernels.
 pub const LINE: u32 = 256;

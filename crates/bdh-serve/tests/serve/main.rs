@@ -124,6 +124,7 @@ impl Served {
             default_max_tokens: 16,
             grace: Duration::ZERO,
             log_requests: false,
+            device: None,
         };
         edit(&mut config);
         let server = Server::new(config).unwrap();

@@ -1,0 +1,291 @@
+//! Many streams on a device, stepped together: what `bdh serve --device gpu`
+//! decodes with. Every stream's ρ lives in a slot of a pool made once for the
+//! server's most streams, (S, H, N, D) per layer. A prompt is read in parallel
+//! chunks with the stream's state carried (copied out of its slot and back); a
+//! step reads one token of every stepped stream in one pass of batched products,
+//! each stream's read and write of ρ in its own slot (`kernels::serve`). Only
+//! the logits come back; a state crosses to the host when its stream ends.
+
+use bdh::engine::Streams;
+use bdh::infer::State;
+use bdh::model::bdh::{rope::cos_sin, Dims, State as BdhState};
+use bdh::{Error, Result};
+use bdh_kernels::{Batch, MatMul};
+use cubecl::prelude::Runtime;
+
+use crate::device::Buf;
+use crate::guard::guard;
+use crate::{forward, Runner, PREFILL_CHUNK};
+
+/// The streams of a server on a device of runtime `R`.
+pub(crate) struct Pool<R: Runtime> {
+    runner: Runner<R>,
+    rho: Vec<Buf>,           // (L) × (S, H, N, D)
+    pos: Vec<Option<usize>>, // (S) the position of the stream in each slot; `None`: free
+    temps: Vec<Buf>,         // (L) × (H, N, D): one stream's state on its way in or out of its slot
+    pass: Option<forward::Pass>,
+    step: Option<StepBuffers>,
+    chunk: usize,
+    logits: Vec<f32>,
+}
+
+/// The buffers of a step of B streams.
+struct StepBuffers {
+    b: usize,
+    v: [Buf; 2],  // (B, D)
+    x: Buf,       // (H, B, N)
+    xr: Buf,      // (H, B, N)
+    y: Buf,       // (H, B, N)
+    z: Buf,       // (H, B, N)
+    a: Buf,       // (H, B, D)
+    u: Buf,       // (B, D)
+    rstd: Buf,    // (H, B)
+    logits: Buf,  // (B, V)
+}
+
+impl<R: Runtime> Pool<R> {
+    /// Room for `slots` streams of `runner`'s model: an error naming how many fit
+    /// if they do not.
+    pub fn new(runner: Runner<R>, slots: usize) -> Result<Self> {
+        let c = &runner.model.config;
+        let per_layer = c.n_head * c.n_neurons() * c.n_embd;
+        let dev = &runner.dev;
+        // The pool, and one state more for a stream on its way in or out.
+        let bytes = |s: usize| 4 * (c.n_layer as u64) * (per_layer as u64) * (s as u64 + 1);
+        let by_buffer = (dev.max_buffer() / 4 / per_layer.max(1) as u64) as usize;
+        let by_memory = dev.free_bytes().map_or(usize::MAX, |free| (free / bytes(0)).saturating_sub(1) as usize);
+        let fit = by_buffer.min(by_memory);
+        if slots > fit {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "the states of {slots} streams on the GPU ({}; {fit} fit: lower --max-streams)",
+                    dev.name
+                ),
+                need: Some(bytes(slots)),
+                have: dev.free_bytes(),
+            });
+        }
+        // (a slot is written whole when a stream takes it)
+        let rho = (0..c.n_layer).map(|_| dev.scratch(slots * per_layer, "the streams' states")).collect::<Result<_>>()?;
+        let temps = (0..c.n_layer).map(|_| dev.scratch(per_layer, "a stream's state")).collect::<Result<_>>()?;
+        let chunk = (1..=PREFILL_CHUNK).rev().find(|&t| runner.rows_that_fit(1, t).is_ok()).unwrap_or(1);
+        Ok(Pool { runner, rho, pos: vec![None; slots], temps, pass: None, step: None, chunk, logits: Vec::new() })
+    }
+
+    fn per_layer(&self) -> usize {
+        let c = &self.runner.model.config;
+        c.n_head * c.n_neurons() * c.n_embd
+    }
+
+    /// The position of the stream in `slot`, or an error if none is there.
+    fn at(&self, slot: usize) -> Result<usize> {
+        self.pos.get(slot).copied().flatten().ok_or_else(|| Error::Input(format!("no stream in slot {slot}")))
+    }
+
+    /// Copies the state in `slot` into `temps`, or back with `back`.
+    fn shuttle(&self, slot: usize, back: bool) {
+        let per = self.per_layer();
+        for (pool, temp) in self.rho.iter().zip(&self.temps) {
+            if back {
+                self.runner.dev.copy_range(temp, 0, pool, slot * per, per);
+            } else {
+                self.runner.dev.copy_range(pool, slot * per, temp, 0, per);
+            }
+        }
+    }
+
+    fn open(&mut self, state: &State) -> Result<usize> {
+        let State::Bdh(state) = state else {
+            return Err(Error::Mismatch("a GPT state for a BDH model".into()));
+        };
+        state.check(&self.runner.model.config)?;
+        let slot = self.pos.iter().position(Option::is_none);
+        let slot = slot.ok_or_else(|| Error::Input(format!("all {} stream slots are taken", self.pos.len())))?;
+        for (temp, layer) in self.temps.iter().zip(state.rho.chunks_exact(self.per_layer())) {
+            self.runner.dev.write(temp, layer)?;
+        }
+        self.shuttle(slot, true);
+        self.pos[slot] = Some(state.pos);
+        Ok(slot)
+    }
+
+    fn close(&mut self, slot: usize) -> Result<State> {
+        let pos = self.at(slot)?;
+        self.pos[slot] = None;
+        self.shuttle(slot, false);
+        let mut rho = Vec::new();
+        for temp in &self.temps {
+            rho.extend(self.runner.dev.read(temp)?);
+        }
+        Ok(State::Bdh(BdhState { pos, rho }))
+    }
+
+    /// Reads `tokens` after the state in `slot`, a parallel pass per chunk.
+    fn prefill(&mut self, slot: usize, tokens: &[u32]) -> Result<()> {
+        let pos = self.at(slot)?;
+        let r = &self.runner;
+        if tokens.is_empty() {
+            return Err(Error::Input("prefill: no tokens".into()));
+        }
+        bdh::model::check_tokens(tokens, r.model.config.vocab_size, "prefill")?;
+        bdh::model::check_positions(pos, tokens.len(), "prefill")?;
+        self.shuttle(slot, false);
+        let mut at = pos;
+        for ids in tokens.chunks(self.chunk) {
+            let t = ids.len();
+            let dims = Dims::new(&r.model.config, 1, t);
+            if self.pass.as_ref().is_none_or(|p| p.dims != dims) {
+                self.pass = None;
+                self.pass = Some(forward::Pass::new(&r.dev, dims)?);
+            }
+            let pass = self.pass.as_ref().expect("just made");
+            let tables = forward::Tables::new(&r.dev, &r.model, at, t)?;
+            let extras = forward::Extras { rho: Some(&self.temps), ..Default::default() };
+            forward::forward(&r.dev, &r.weights, pass, &r.dev.upload_ids(ids)?, &tables, extras);
+            at += t;
+            if at == pos + tokens.len() {
+                let logits = r.dev.read(&pass.logits)?;
+                self.logits = logits[(t - 1) * dims.v..].to_vec();
+            }
+        }
+        self.shuttle(slot, true);
+        self.pos[slot] = Some(at);
+        Ok(())
+    }
+
+    fn check_step(&self, slot: usize, token: u32) -> Result<()> {
+        bdh::model::check_tokens(&[token], self.runner.model.config.vocab_size, "step")?;
+        bdh::model::check_positions(self.at(slot)?, 1, "step")
+    }
+
+    /// One token for the stream in each of `slots`: the logits (B, V).
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<()> {
+        if slots.len() != tokens.len() {
+            return Err(Error::Input(format!("step: {} streams for {} tokens", slots.len(), tokens.len())));
+        }
+        let mut seen = vec![false; self.pos.len()];
+        for (&slot, &token) in slots.iter().zip(tokens) {
+            self.check_step(slot, token)?;
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(Error::Input(format!("step: slot {slot} twice")));
+            }
+        }
+        let b = slots.len();
+        if b == 0 {
+            self.logits.clear();
+            return Ok(());
+        }
+        let (r, c) = (&self.runner, &self.runner.model.config);
+        let (d, h, n, vocab) = (c.n_embd, c.n_head, c.n_neurons(), c.vocab_size);
+        if self.step.as_ref().is_none_or(|s| s.b != b) {
+            self.step = None;
+            let s = |len: usize, what: &str| r.dev.scratch(len, what);
+            self.step = Some(StepBuffers {
+                b,
+                v: [s(b * d, "v")?, s(b * d, "v")?],
+                x: s(h * b * n, "x")?,
+                xr: s(h * b * n, "R(x)")?,
+                y: s(h * b * n, "y")?,
+                z: s(h * b * n, "x ⊙ y")?,
+                a: s(h * b * d, "a")?,
+                u: s(b * d, "u")?,
+                rstd: s(h * b, "LayerNorm statistics")?,
+                logits: s(b * vocab, "logits")?,
+            });
+        }
+        let s = self.step.as_ref().expect("just made");
+        // RoPE at each stream's own position, as the CPU makes it: (B, N/2).
+        let (mut cos, mut sin) = (Vec::with_capacity(b * n / 2), Vec::with_capacity(b * n / 2));
+        for &slot in slots {
+            let pos = self.pos[slot].expect("checked");
+            for j in 0..n / 2 {
+                let (cj, sj) = cos_sin(pos, r.model.freqs[2 * j]);
+                cos.push(cj);
+                sin.push(sj);
+            }
+        }
+        let (cos, sin) = (r.dev.upload(&cos, "RoPE rows")?, r.dev.upload(&sin, "RoPE rows")?);
+        let ids: Vec<u32> = slots.iter().map(|&s| s as u32).collect();
+        let slot_ids = r.dev.upload_ids(&ids)?;
+        let (dev, w, gamma) = (&r.dev, &r.weights, r.gamma.as_ref());
+        let per_head = |a: usize, wt: usize| Batch { count: [1, h], a: [0, a], b: [0, wt], c: [0, b * n] };
+
+        // v = LN(embed[token])                                                  (B, D)
+        dev.gather(&w.embed, &dev.upload_ids(tokens)?, &s.v[0], d);
+        dev.layer_norm(&s.v[0], &s.rstd, d);
+        for (l, rho) in self.rho.iter().enumerate() {
+            let (v_in, v_out) = (&s.v[l % 2], &s.v[(l + 1) % 2]);
+            // x = relu(v · encoder_h); R(x) at each stream's position           (H, B, N)
+            dev.matmul(&s.x, v_in, &w.encoder, MatMul::new(b, d, n).relu(), per_head(0, d * n), false);
+            dev.rope(&s.x, &cos, &sin, &s.xr, b, n, false);
+            // ρ ← γ ρ; a = ρᵀ R(x); ρ += R(x) ⊗ v, each stream in its slot       (H, B, D)
+            dev.read_slots(rho, &slot_ids, &s.xr, gamma, &s.a, [h, n, d]);
+            dev.write_slots(rho, &slot_ids, &s.xr, v_in, gamma, [h, n, d]);
+            // y = relu(LN(a) · encoder_v_h) ⊙ x                                 (H, B, N)
+            dev.layer_norm(&s.a, &s.rstd, d);
+            dev.matmul(&s.y, &s.a, &w.encoder_v, MatMul::new(b, d, n).relu(), per_head(b * d, d * n), false);
+            dev.mul(&s.x, &s.y, None, &s.z);
+            // v = LN(v + LN(Σ_h z_h · decoder_h))                               (B, D)
+            let heads = Batch { count: [1, h], a: [0, b * n], b: [0, n * d], c: [0, 0] };
+            dev.matmul(&s.u, &s.z, &w.decoder, MatMul::new(b, n, d), heads, false);
+            dev.layer_norm(&s.u, &s.rstd, d);
+            dev.add(v_in, &s.u, v_out);
+            dev.layer_norm(v_out, &s.rstd, d);
+        }
+        let one = Batch { count: [1, 1], a: [0, 0], b: [0, 0], c: [0, 0] };
+        dev.matmul(&s.logits, &s.v[self.rho.len() % 2], &w.lm_head, MatMul::new(b, d, vocab), one, false);
+        self.logits = dev.read(&s.logits)?;
+        for &slot in slots {
+            self.pos[slot] = self.pos[slot].map(|p| p + 1);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Runtime> Streams for Pool<R> {
+    fn device(&self) -> String {
+        format!("GPU ({})", self.runner.dev.name)
+    }
+
+    fn slots(&self) -> usize {
+        self.pos.len()
+    }
+
+    fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    fn open(&mut self, state: &State) -> Result<usize> {
+        let name = self.runner.dev.name.clone();
+        guard(&name, || Pool::open(self, state))
+    }
+
+    fn position(&self, slot: usize) -> Result<usize> {
+        self.at(slot)
+    }
+
+    fn check_step(&self, slot: usize, token: u32) -> Result<()> {
+        Pool::check_step(self, slot, token)
+    }
+
+    fn prefill(&mut self, slot: usize, tokens: &[u32]) -> Result<&[f32]> {
+        let name = self.runner.dev.name.clone();
+        guard(&name, || Pool::prefill(self, slot, tokens))?;
+        Ok(&self.logits)
+    }
+
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<&[f32]> {
+        let name = self.runner.dev.name.clone();
+        guard(&name, || Pool::step(self, slots, tokens))?;
+        Ok(&self.logits)
+    }
+
+    fn close(&mut self, slot: usize) -> Result<State> {
+        let name = self.runner.dev.name.clone();
+        guard(&name, || Pool::close(self, slot))
+    }
+
+    fn held_bytes(&self) -> u64 {
+        self.runner.dev.reserved_bytes()
+    }
+}
