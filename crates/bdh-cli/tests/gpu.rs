@@ -314,4 +314,99 @@ mod on_a_device {
         let o = bdh_env(&args, &[("XDG_RUNTIME_DIR", "/nonexistent/run")], &[]);
         assert!(!text(&o).contains("XDG_RUNTIME_DIR"), "{}", text(&o));
     }
+
+    /// A `bdh serve` on a free port, killed when dropped.
+    struct Served {
+        child: std::process::Child,
+        base: String,
+        agent: ureq::Agent,
+    }
+
+    impl Served {
+        fn start(args: &[&str]) -> Served {
+            use std::io::BufRead;
+            let mut child = Command::new(env!("CARGO_BIN_EXE_bdh"))
+                .args(["serve", "--model", &golden("ref-small-trained"), "--port", "0", "--quiet"])
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+            let config = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(300)))
+                .build();
+            Served { child, base, agent: ureq::Agent::new_with_config(config) }
+        }
+
+        fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+            let mut r = self.agent.post(format!("{}{path}", self.base)).send(body.to_string()).unwrap();
+            let status = r.status().as_u16();
+            let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+            assert_eq!(status, 200, "{path}: {v}");
+            v
+        }
+
+        /// A greedy completion's text.
+        fn greedy(&self, prompt: &str, tokens: usize, session: Option<&str>) -> String {
+            let body = serde_json::json!({"prompt": prompt, "max_tokens": tokens, "temperature": 0, "session": session});
+            self.post("/v1/completions", body)["choices"][0]["text"].as_str().unwrap().to_string()
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Greedy answers of requests decoded together, sessions continued, forked, evicted to
+    /// disk and back, and a saved session continued by the other server.
+    fn conversation(s: &Served, other: &Served, other_dir: &std::path::Path, dir: &std::path::Path) -> Vec<String> {
+        let prompts = ["ROMEO:", "JULIET:\nO Romeo", "First Citizen:\nBefore we proceed", "KING"];
+        let mut answers: Vec<String> = std::thread::scope(|scope| {
+            let asked: Vec<_> = prompts.iter().map(|p| scope.spawn(move || s.greedy(p, 40, None))).collect();
+            asked.into_iter().map(|a| a.join().unwrap()).collect()
+        });
+        let new = || s.post("/v1/sessions", serde_json::json!({}))["id"].as_str().unwrap().to_string();
+        let (a, b, c) = (new(), new(), new()); // (two fit in memory: one goes to disk and back)
+        for (id, prompt) in [(&a, "ROMEO:\n"), (&b, "JULIET:\n"), (&c, "MERCUTIO:\n"), (&a, "\nJULIET:\n")] {
+            answers.push(s.greedy(prompt, 30, Some(id)));
+        }
+        let fork = s.post(&format!("/v1/sessions/{a}/fork"), serde_json::json!({}))["id"].as_str().unwrap().to_string();
+        answers.push(s.greedy("\nROMEO:", 30, Some(&fork)));
+        answers.push(s.greedy("\nNURSE:", 30, Some(&b)));
+        // The file a session is saved to, restored by the other server, goes on there as here.
+        s.post(&format!("/v1/sessions/{a}/save"), serde_json::json!({"name": "a"}));
+        std::fs::copy(dir.join("a.state.safetensors"), other_dir.join("a.state.safetensors")).unwrap();
+        let there = other.post("/v1/sessions/restore", serde_json::json!({"name": "a"}))["id"].as_str().unwrap().to_string();
+        answers.push(other.greedy("\nFRIAR:", 30, Some(&there)));
+        answers.push(s.greedy("\nFRIAR:", 30, Some(&a)));
+        answers
+    }
+
+    #[test]
+    fn serving_on_the_device_answers_as_the_cpu_and_its_sessions_move_between_them() {
+        if !device_here("GPU serving") {
+            return;
+        }
+        let tmp = temp("serve-gpu");
+        let dirs = [tmp.path().join("cpu"), tmp.path().join("gpu")];
+        let start = |dir: &std::path::Path, device: &str| {
+            let dir = dir.display().to_string();
+            Served::start(&["--sessions-dir", &dir, "--max-sessions", "2", "--max-streams", "4", "--device", device])
+        };
+        let (cpu, gpu) = (start(&dirs[0], "cpu"), start(&dirs[1], "gpu"));
+        std::fs::create_dir_all(&dirs[0]).unwrap();
+        std::fs::create_dir_all(&dirs[1]).unwrap();
+        let on_cpu = conversation(&cpu, &gpu, &dirs[1], &dirs[0]);
+        let on_gpu = conversation(&gpu, &cpu, &dirs[0], &dirs[1]);
+        assert_eq!(on_gpu, on_cpu);
+        // The last two answers: each server continued the other's saved session as its own.
+        assert_eq!(on_gpu[on_gpu.len() - 2], on_gpu[on_gpu.len() - 1]);
+    }
 }
