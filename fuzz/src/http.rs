@@ -50,6 +50,7 @@ impl Http {
             default_max_tokens: 8,
             grace: Duration::ZERO,
             log_requests: false,
+            device: None,
         };
         let server = Server::new(config).map_err(|e| format!("{e:#}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;

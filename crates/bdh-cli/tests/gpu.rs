@@ -352,7 +352,8 @@ mod on_a_device {
 
         /// A greedy completion's text.
         fn greedy(&self, prompt: &str, tokens: usize, session: Option<&str>) -> String {
-            let body = serde_json::json!({"prompt": prompt, "max_tokens": tokens, "temperature": 0, "session": session});
+            let body =
+                serde_json::json!({"prompt": prompt, "max_tokens": tokens, "temperature": 0, "session": session});
             self.post("/v1/completions", body)["choices"][0]["text"].as_str().unwrap().to_string()
         }
     }
@@ -383,7 +384,8 @@ mod on_a_device {
         // The file a session is saved to, restored by the other server, goes on there as here.
         s.post(&format!("/v1/sessions/{a}/save"), serde_json::json!({"name": "a"}));
         std::fs::copy(dir.join("a.state.safetensors"), other_dir.join("a.state.safetensors")).unwrap();
-        let there = other.post("/v1/sessions/restore", serde_json::json!({"name": "a"}))["id"].as_str().unwrap().to_string();
+        let there =
+            other.post("/v1/sessions/restore", serde_json::json!({"name": "a"}))["id"].as_str().unwrap().to_string();
         answers.push(other.greedy("\nFRIAR:", 30, Some(&there)));
         answers.push(s.greedy("\nFRIAR:", 30, Some(&a)));
         answers
@@ -408,5 +410,73 @@ mod on_a_device {
         assert_eq!(on_gpu, on_cpu);
         // The last two answers: each server continued the other's saved session as its own.
         assert_eq!(on_gpu[on_gpu.len() - 2], on_gpu[on_gpu.len() - 1]);
+    }
+
+    /// Whether two reports agree: equal text, equal counts, numbers within `tol` of
+    /// the larger's magnitude (or of 1); the provenance (which names the device) aside.
+    fn agree(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) -> Result<f64, String> {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                let diff = (x - y).abs() / x.abs().max(y.abs()).max(1.0);
+                if diff <= tol {
+                    Ok(diff)
+                } else {
+                    Err(format!("{at}: {x} against {y}"))
+                }
+            }
+            (Value::Array(xs), Value::Array(ys)) if xs.len() == ys.len() => {
+                let mut worst = 0f64;
+                for (i, (x, y)) in xs.iter().zip(ys).enumerate() {
+                    worst = worst.max(agree(x, y, tol, &format!("{at}[{i}]"))?);
+                }
+                Ok(worst)
+            }
+            (Value::Object(xs), Value::Object(ys)) if xs.len() == ys.len() => {
+                let mut worst = 0f64;
+                for (k, x) in xs.iter().filter(|(k, _)| k.as_str() != "provenance") {
+                    let y = ys.get(k).ok_or_else(|| format!("{at}.{k} missing"))?;
+                    worst = worst.max(agree(x, y, tol, &format!("{at}.{k}"))?);
+                }
+                Ok(worst)
+            }
+            _ if a == b => Ok(0.0),
+            _ => Err(format!("{at}: {a} against {b}")),
+        }
+    }
+
+    #[test]
+    fn the_microscope_on_the_device_reports_the_cpus_numbers() {
+        if !device_here("GPU microscope") {
+            return;
+        }
+        let tmp = temp("inspect-gpu");
+        let model = golden("recall-trained");
+        let text_file = common::example("text.txt");
+        let prompt = "ada oslo, bo red, cy lima; bo red, ada ";
+        // (the others read the same forward; these stay within a minute on lavapipe)
+        let runs: [(&str, Vec<&str>); 5] = [
+            ("sparsity", vec!["--text", &text_file]),
+            ("ablate", vec!["--neurons", "1:0:3,0:1:7", "--heads", "1:1", "--prompt", prompt, "--tokens", "8"]),
+            ("induction", vec!["--length", "12", "--sequences", "2"]),
+            ("top", vec!["--layer", "1", "--head", "0", "--neuron", "0", "--text", &text_file, "--k", "12"]),
+            ("synapses", vec!["--layer", "1", "--head", "0", "--prompt", prompt]),
+        ];
+        for (what, extra) in runs {
+            let report = |device: &str| {
+                let js = tmp.path().join(format!("{what}-{device}.json"));
+                let j = js.display().to_string();
+                let args = [&["inspect", what, "--model", &model, "--json", &j, "--device", device][..], &extra[..]];
+                let o = bdh(&args.concat());
+                assert!(o.status.success(), "{what} on {device}: {}", text(&o));
+                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&js).unwrap()).unwrap();
+                (v, text(&o))
+            };
+            let ((cpu, _), (gpu, said)) = (report("cpu"), report("gpu"));
+            assert!(gpu["provenance"]["device"].as_str().unwrap().starts_with("GPU"), "{}", gpu["provenance"]);
+            let worst = agree(&gpu, &cpu, 1e-4, what).unwrap_or_else(|e| panic!("{what}: {e}\n{said}"));
+            println!("inspect {what}: every number within {worst:.1e} (relative) of the CPU's");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! or training (every layer's kept for the backward, dropout drawn as the CPU draws
 //! it), either with a carried state. Edits run on the CPU.
 
-use bdh::model::bdh::{decay::DecayTable, rope::RopeTable, Bdh, Dims, Weights as HostWeights, PARAM_NAMES};
+use bdh::model::bdh::{decay::DecayTable, rope::RopeTable, Bdh, Dims, Site, Weights as HostWeights, PARAM_NAMES};
 use bdh::params::Params;
 use bdh::Result;
 use bdh_kernels::{Batch, MatMul};
@@ -166,6 +166,9 @@ pub struct Extras<'a> {
     pub rho: Option<&'a [Buf]>,
     /// Dropout: the ChaCha8 key of the step's seed (8 words) and the probability.
     pub dropout: Option<(&'a Buf, f32)>,
+    /// Called with each site of each layer (x, y, x⊙y, the layer's output) right
+    /// after it is made, before anything reads it: where edits are applied.
+    pub edit: Option<&'a dyn Fn(Site, usize, &Buf)>,
 }
 
 /// The tables of a pass over positions `pos0..pos0 + T`, made on the host by the
@@ -213,6 +216,11 @@ pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf,
     let per_head = |a: usize, wt: usize, c: usize| Batch { count: [b, h], a: [a, 0], b: [0, wt], c: [h * c, c] };
     let per_item = |a: usize, wt: usize, c: usize| Batch { count: [b, h], a: [h * a, a], b: [0, wt], c: [h * c, c] };
     let (tn, tt, td, nd) = (t * n, t * t, t * d, n * d);
+    let edit = |site: Site, l: usize, buf: &Buf| {
+        if let Some(edit) = extras.edit {
+            edit(site, l, buf);
+        }
+    };
 
     // v = LN(embed[idx])                                                    (B, T, D)
     let (v0, rstd0) = pass.residual(0);
@@ -222,6 +230,7 @@ pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf,
         let (k, (v_in, _), (v_out, rstd_out)) = (pass.layer(l), pass.residual(l), pass.residual(l + 1));
         // x_sparse = relu(x @ encoder)                                      (B, H, T, N)
         dev.matmul(&k.x, v_in, &w.encoder, MatMul::new(t, d, n).relu(), per_head(td, d * n, tn), false);
+        edit(Site::X, l, &k.x);
         // QR = KR = rope(x_sparse); scores = (QR @ KR.mT).tril(-1) (⊙ γ^(t−τ))  (B, H, T, T)
         dev.rope(&k.x, &tables.cos, &tables.sin, &k.xr, t, n, false);
         let scores = Batch { count: [b, h], a: [h * tn, tn], b: [h * tn, tn], c: [h * tt, tt] };
@@ -259,12 +268,14 @@ pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf,
         dev.layer_norm(&k.a, &k.rstd_a, d);
         // y_sparse = relu(yKV @ encoder_v); xy_sparse = drop(x_sparse * y_sparse)  (B, H, T, N)
         dev.matmul(&k.y, &k.a, &w.encoder_v, MatMul::new(t, d, n).relu(), per_item(td, d * n, tn), false);
+        edit(Site::Y, l, &k.y);
         if let (Some((key, prob)), Some(keep)) = (extras.dropout, &k.keep) {
             // block (row, head) of layer l: ChaCha8 stream (l·B + row)·H + head
             dev.dropout_mask(keep, key, tn, (l * b * h) as u32, prob);
         }
         let keep = if extras.dropout.is_some() { k.keep.as_ref() } else { None };
         dev.mul(&k.x, &k.y, keep, &pass.z);
+        edit(Site::Xy, l, &pass.z);
         // y = ln(xy_sparse @ decoder), summed over heads                      (B, T, D)
         let heads = Batch { count: [b, h], a: [h * tn, tn], b: [0, n * d], c: [td, 0] };
         dev.matmul(&k.w, &pass.z, &w.decoder, MatMul::new(t, n, d), heads, false);
@@ -272,6 +283,7 @@ pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf,
         // x = ln(x + y)                                                     (B, T, D)
         dev.add(v_in, &k.w, v_out);
         dev.layer_norm(v_out, rstd_out, d);
+        edit(Site::Out, l, v_out);
     }
     // logits = x @ lm_head                                                  (B, T, V)
     let one = Batch { count: [1, 1], a: [0, 0], b: [0, 0], c: [0, 0] };

@@ -16,9 +16,10 @@ mod kernels;
 pub mod probe;
 mod serve;
 mod step;
+mod trace;
 mod train;
 
-use bdh::engine::{Device, Forward, Reader, Streams};
+use bdh::engine::{Device, Forward, Reader, Streams, Traced};
 use bdh::infer::State;
 use bdh::model::bdh::{Bdh, Dims};
 use bdh::train::{Accelerator, Trainer};
@@ -50,6 +51,13 @@ trait Engine {
     fn losses(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>>;
     fn stream(&self, state: &bdh::model::bdh::State) -> Result<Box<dyn Reader + '_>>;
     fn reserved_bytes(&self) -> u64;
+    fn trace(
+        &mut self,
+        tokens: &[u32],
+        acts: &mut bdh::model::bdh::Activations,
+        edits: &bdh::model::bdh::Edits,
+        state: Option<&mut bdh::model::bdh::State>,
+    ) -> Result<()>;
 }
 
 /// The model's weights and a pass's buffers on a device of runtime `R`.
@@ -57,8 +65,9 @@ struct Runner<R: Runtime> {
     dev: Dev<R>,
     model: Bdh,
     weights: forward::Weights,
-    gamma: Option<Buf>,          // (H) the retention, with a decay
-    pass: Option<forward::Pass>, // the buffers of the last shape run
+    gamma: Option<Buf>,            // (H) the retention, with a decay
+    pass: Option<forward::Pass>,   // the buffers of the last shape run
+    traced: Option<forward::Pass>, // the microscope's: every layer kept
 }
 
 impl<R: Runtime> Runner<R> {
@@ -77,7 +86,7 @@ impl<R: Runtime> Runner<R> {
         let weights = forward::Weights::upload(&dev, &model)?;
         let gamma = model.config.decay.retention(model.config.n_head);
         let gamma = if gamma.is_empty() { None } else { Some(dev.upload(&gamma, "retention")?) };
-        Ok(Runner { dev, model, weights, gamma, pass: None })
+        Ok(Runner { dev, model, weights, gamma, pass: None, traced: None })
     }
 
     /// Runs `tokens` (B, T) in passes of as many rows as the device's largest
@@ -212,6 +221,16 @@ impl<R: Runtime> Engine for Runner<R> {
 
     fn reserved_bytes(&self) -> u64 {
         self.dev.reserved_bytes()
+    }
+
+    fn trace(
+        &mut self,
+        tokens: &[u32],
+        acts: &mut bdh::model::bdh::Activations,
+        edits: &bdh::model::bdh::Edits,
+        state: Option<&mut bdh::model::bdh::State>,
+    ) -> Result<()> {
+        Runner::trace(self, tokens, acts, edits, state)
     }
 }
 
@@ -483,5 +502,28 @@ impl Device for Gpu {
             State::Bdh(s) => guard(&self.engine.name(), || self.engine.stream(s)),
             State::Gpt(_) => Err(Error::Mismatch("a GPT state for a BDH model".into())),
         }
+    }
+
+    fn traced(&mut self) -> &mut dyn Traced {
+        self
+    }
+}
+
+impl Traced for Gpu {
+    fn device(&self) -> String {
+        Forward::device(self)
+    }
+
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        acts: &mut bdh::model::bdh::Activations,
+        pass: bdh::model::bdh::Pass<'_>,
+    ) -> Result<()> {
+        if pass.mode != bdh::model::Mode::Eval {
+            return Err(Error::Input("the microscope's forward on a GPU runs in eval mode".into()));
+        }
+        let name = self.engine.name();
+        guard(&name, || self.engine.trace(tokens, acts, pass.edits, pass.state))
     }
 }

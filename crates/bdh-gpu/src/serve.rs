@@ -32,15 +32,15 @@ pub(crate) struct Pool<R: Runtime> {
 /// The buffers of a step of B streams.
 struct StepBuffers {
     b: usize,
-    v: [Buf; 2],  // (B, D)
-    x: Buf,       // (H, B, N)
-    xr: Buf,      // (H, B, N)
-    y: Buf,       // (H, B, N)
-    z: Buf,       // (H, B, N)
-    a: Buf,       // (H, B, D)
-    u: Buf,       // (B, D)
-    rstd: Buf,    // (H, B)
-    logits: Buf,  // (B, V)
+    v: [Buf; 2], // (B, D)
+    x: Buf,      // (H, B, N)
+    xr: Buf,     // (H, B, N)
+    y: Buf,      // (H, B, N)
+    z: Buf,      // (H, B, N)
+    a: Buf,      // (H, B, D)
+    u: Buf,      // (B, D)
+    rstd: Buf,   // (H, B)
+    logits: Buf, // (B, V)
 }
 
 impl<R: Runtime> Pool<R> {
@@ -66,7 +66,8 @@ impl<R: Runtime> Pool<R> {
             });
         }
         // (a slot is written whole when a stream takes it)
-        let rho = (0..c.n_layer).map(|_| dev.scratch(slots * per_layer, "the streams' states")).collect::<Result<_>>()?;
+        let rho =
+            (0..c.n_layer).map(|_| dev.scratch(slots * per_layer, "the streams' states")).collect::<Result<_>>()?;
         let temps = (0..c.n_layer).map(|_| dev.scratch(per_layer, "a stream's state")).collect::<Result<_>>()?;
         let chunk = (1..=PREFILL_CHUNK).rev().find(|&t| runner.rows_that_fit(1, t).is_ok()).unwrap_or(1);
         Ok(Pool { runner, rho, pos: vec![None; slots], temps, pass: None, step: None, chunk, logits: Vec::new() })

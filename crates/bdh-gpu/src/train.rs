@@ -131,7 +131,7 @@ impl<R: Runtime> DeviceTrainer<R> {
                 (&moved, Some(&c.rho[..]))
             }
         };
-        forward::forward(&self.dev, &self.w, &self.pass, &ids, tables, Extras { rho, dropout });
+        forward::forward(&self.dev, &self.w, &self.pass, &ids, tables, Extras { rho, dropout, edit: None });
         let loss = forward::mean_loss(&self.dev, &self.pass, &targets)?;
         let by_token = backward::ByToken::new(&self.dev, tokens, v)?;
         backward::backward(&self.dev, &self.w, &self.g, &self.pass, &self.scratch, &by_token, &targets, tables)?;

@@ -30,8 +30,11 @@ fn streams(model: &Model, slots: usize, test: &str) -> Option<Box<dyn Streams>> 
 }
 
 fn trained() -> Model {
-    load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/ref-small-trained/model.safetensors"), None)
-        .unwrap()
+    load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/ref-small-trained/model.safetensors"),
+        None,
+    )
+    .unwrap()
 }
 
 /// A small random BDH with a decay, so that the damping runs too.

@@ -8,10 +8,12 @@
 //! - [`Reader`]: one stream read a token at a time, as generation reads it.
 //! - [`Device`]: both, for a model held on a device.
 //! - [`Streams`]: many streams on a device, stepped together, as a server runs them.
+//! - [`Traced`]: the parallel forward that hands back every layer's activations,
+//!   with edits applied, as the microscope reads them.
 
 use crate::error::Result;
 use crate::infer::{Prepared, Scratch, State};
-use crate::model::bdh::Edits;
+use crate::model::bdh::{Activations as BdhActivations, Edits, Pass as BdhPass};
 use crate::model::loss::cross_entropy;
 use crate::model::{forward, Activations, Mode, Model};
 
@@ -50,6 +52,8 @@ pub trait Device: Forward {
     /// A stream on the device continuing `state` (its position and ρ); an empty
     /// state starts a new text.
     fn stream(&self, state: &State) -> Result<Box<dyn Reader + '_>>;
+    /// Its forward that hands back every layer's activations (the microscope's).
+    fn traced(&mut self) -> &mut dyn Traced;
 }
 
 /// Many streams held on a device, each in a slot from [`Streams::open`] to
@@ -78,6 +82,18 @@ pub trait Streams: Send {
     fn close(&mut self, slot: usize) -> Result<State>;
     /// Bytes this process holds on the device now.
     fn held_bytes(&self) -> u64;
+}
+
+/// The parallel forward of the BDH model a device holds, filling host
+/// [`BdhActivations`] (what their accessors read: every layer's x, R(x), scores, y
+/// and residual stream, and the logits), edits applied and a carried state read
+/// and written as [`crate::model::bdh::forward`] does in eval mode: what the
+/// microscope runs on a device.
+pub trait Traced {
+    /// Where it runs, e.g. `GPU (CUDA: NVIDIA H200)`.
+    fn device(&self) -> String;
+    /// The forward of `tokens` into `acts` (made for the device's model; eval mode only).
+    fn forward(&mut self, tokens: &[u32], acts: &mut BdhActivations, pass: BdhPass<'_>) -> Result<()>;
 }
 
 /// The CPU engine's forward: `model` with buffers kept between batches of one shape.

@@ -10,6 +10,7 @@ use bdh::microscope::ablate::{
 use bdh::microscope::induction::{induction, shares};
 use bdh::microscope::patch::{patch, PairTokens};
 use bdh::microscope::top::{kmeans_cosine, top};
+use bdh::microscope::Scope;
 use bdh::model::bdh::{forward, Activations, Bdh, Edits, Pass, Patch, Site};
 use bdh::Model;
 
@@ -106,7 +107,7 @@ fn patch_report_restores_all_at_every_layer_output_and_all_neurons_equal_the_hea
         })
         .collect();
     let told = std::sync::Mutex::new(Vec::new());
-    let r = patch(&m, &pairs, &|done, total| told.lock().unwrap().push((done, total))).unwrap();
+    let r = patch(&Scope::cpu(&m), &pairs, &|done, total| told.lock().unwrap().push((done, total))).unwrap();
     let told = told.into_inner().unwrap();
     let total = told[0].1;
     assert_eq!(told.iter().map(|t| t.0).collect::<Vec<_>>(), (0..=total).collect::<Vec<_>>(), "every unit, in order");
@@ -119,7 +120,7 @@ fn patch_report_restores_all_at_every_layer_output_and_all_neurons_equal_the_hea
     assert!((r.rho_rows.last().unwrap().restored - r.best_rho.restored).abs() < 1e-5, "all rows = the whole ρ");
 
     let same = PairTokens::new(b"abc", b"abc", b"x", b"y").unwrap();
-    let err = patch(&m, &[same], &|_, _| {}).unwrap_err().to_string();
+    let err = patch(&Scope::cpu(&m), &[same], &|_, _| {}).unwrap_err().to_string();
     assert!(err.contains("does not tell"), "{err}");
     let err = PairTokens::new(b"abcd", b"abc", b"x", b"y").unwrap_err().to_string();
     assert!(err.contains("same, non-zero length"), "{err}");
@@ -143,7 +144,7 @@ fn in_one_layer_the_synapse_state_is_all_the_answer_knows_of_the_past() {
             std::mem::swap(&mut p.clean, &mut p.corrupted);
         }
     }
-    let r = patch(&m, &pairs, &|_, _| {}).unwrap();
+    let r = patch(&Scope::cpu(&m), &pairs, &|_, _| {}).unwrap();
     let rho_all = r.sites.iter().find(|s| s.site == Site::Rho && s.head.is_none()).unwrap();
     println!("one layer: ρ of every head restores {:.6}", rho_all.restored);
     assert!((rho_all.restored - 1.0).abs() < 1e-4, "{rho_all:?}");
@@ -154,7 +155,7 @@ fn selectivity_is_cohens_d_of_per_text_means() {
     let m = model();
     let concept = vec![toks("aaaa"), toks("aaab"), toks("abaa")];
     let background = vec![toks("cccc"), toks("ccdc"), toks("dccc")];
-    let ranked = selectivity(&m, &concept, &background, Site::X).unwrap();
+    let ranked = selectivity(&Scope::cpu(&m), &concept, &background, Site::X).unwrap();
     let (h, n) = (m.config.n_head, m.config.n_neurons());
     assert_eq!(ranked.len(), m.config.n_layer * h * n);
     assert!(ranked.windows(2).all(|w| w[0].selectivity >= w[1].selectivity));
@@ -181,8 +182,8 @@ fn selectivity_is_cohens_d_of_per_text_means() {
     assert!((top.selectivity - d).abs() < 1e-6 * d.abs().max(1.0), "{} vs {d}", top.selectivity);
     assert!(top.selectivity > 0.0);
     // A concept against itself selects nothing.
-    assert!(selectivity(&m, &concept, &concept, Site::X).unwrap().iter().all(|s| s.selectivity == 0.0));
-    assert!(selectivity(&m, &[], &background, Site::X).unwrap_err().to_string().contains("both sets"));
+    assert!(selectivity(&Scope::cpu(&m), &concept, &concept, Site::X).unwrap().iter().all(|s| s.selectivity == 0.0));
+    assert!(selectivity(&Scope::cpu(&m), &[], &background, Site::X).unwrap_err().to_string().contains("both sets"));
 }
 
 #[test]
@@ -192,18 +193,22 @@ fn ablation_curve_removes_the_top_k_and_parallel_and_recurrent_scores_agree() {
     let probe = Probe::built_in(&lang, 4, 96);
     let ranked: Vec<NeuronId> = (0..12).map(|j| NeuronId { layer: 1, head: j % 2, neuron: j }).collect();
     let told = std::sync::Mutex::new(Vec::new());
-    let curve = ablation_curve(&m, &probe, &ranked, &[1, 4, 12], Site::X, 3, &|d, t| told.lock().unwrap().push((d, t)))
-        .unwrap();
+    let curve = ablation_curve(&Scope::cpu(&m), &probe, &ranked, &[1, 4, 12], Site::X, 3, &|d, t| {
+        told.lock().unwrap().push((d, t))
+    })
+    .unwrap();
     assert_eq!(told.into_inner().unwrap(), vec![(0, 3), (1, 3), (2, 3), (3, 3)]);
     assert_eq!(curve.iter().map(|p| p.k).collect::<Vec<_>>(), vec![1, 4, 12]);
     let mut acts = None;
     for p in &curve {
-        let direct = score(&m, &probe, &zeroing(&ranked[..p.k], Site::X), &mut acts).unwrap();
+        let direct = score(&Scope::cpu(&m), &probe, &zeroing(&ranked[..p.k], Site::X), &mut acts).unwrap();
         assert_eq!(p.selected, direct);
     }
     // The parallel and the recurrent scoring agree (no edits).
-    let (par, rec) =
-        (score(&m, &probe, &Edits::new(), &mut acts).unwrap(), score_stepped(&m, &probe, &Edits::new()).unwrap());
+    let (par, rec) = (
+        score(&Scope::cpu(&m), &probe, &Edits::new(), &mut acts).unwrap(),
+        score_stepped(&Scope::cpu(&m), &probe, &Edits::new()).unwrap(),
+    );
     assert!((par.loss - rec.loss).abs() < 1e-4, "{} vs {}", par.loss, rec.loss);
     assert_eq!(par.kinds.iter().map(|k| k.answers).sum::<usize>(), rec.kinds.iter().map(|k| k.answers).sum::<usize>());
     assert!(par.kinds.iter().all(|k| matches!(k.kind, Kind::Place | Kind::Color)));
@@ -227,7 +232,7 @@ fn the_random_control_draws_other_neurons_of_the_same_heads() {
 fn influence_path_logits_are_those_of_the_path_removed() {
     let m = model();
     let prompt = toks("ada lives in oslo. ada lives in ");
-    let path = influence_path(&m, &prompt, u32::from(b'o'), 8).unwrap();
+    let path = influence_path(&Scope::cpu(&m), &prompt, u32::from(b'o'), 8).unwrap();
     assert_eq!(path.steps.len(), m.config.n_layer);
     for (i, s) in path.steps.iter().enumerate() {
         assert_eq!(s.id.layer, i);
@@ -285,12 +290,12 @@ fn induction_shares_on_constructed_scores() {
     let (ind, prev) = shares(&p, t, length);
     assert!((prev - 0.5).abs() < 1e-12 && ind == 0.0, "{ind} {prev}");
 
-    let r = induction(&model(), 8, 3, 0).unwrap();
+    let r = induction(&Scope::cpu(&model()), 8, 3, 0).unwrap();
     let expected: f64 = (8..15).map(|t| 1.0 / t as f64).sum::<f64>() / 7.0;
     assert!((r.uniform_share - expected).abs() < 1e-12);
     assert_eq!(r.heads.len(), 3 * 2);
     assert!(r.heads.iter().all(|h| (0.0..=1.0).contains(&h.induction) && (0.0..=1.0).contains(&h.previous)));
-    assert!(induction(&model(), 1, 3, 0).is_err());
+    assert!(induction(&Scope::cpu(&model()), 1, 3, 0).is_err());
 }
 
 #[test]
@@ -307,7 +312,7 @@ fn top_contexts_are_the_largest_activations_and_facets_split_clusters() {
         .max_by_key(|&j| (0..t.len()).filter(|&ti| a.x(layer)[(head * t.len() + ti) * n + j] > 0.0).count())
         .unwrap();
     let acts: Vec<f32> = (0..t.len()).map(|ti| a.x(layer)[(head * t.len() + ti) * n + neuron]).collect();
-    let r = top(&m, text, layer, head, neuron, Site::X, 5, 2, 4).unwrap();
+    let r = top(&Scope::cpu(&m), text, layer, head, neuron, Site::X, 5, 2, 4).unwrap();
     assert_eq!(r.fired, acts.iter().filter(|&&x| x > 0.0).count());
     let mut sorted: Vec<f32> = acts.iter().copied().filter(|&x| x > 0.0).collect();
     sorted.sort_by(|a, b| b.total_cmp(a));
@@ -323,5 +328,5 @@ fn top_contexts_are_the_largest_activations_and_facets_split_clusters() {
     let groups = kmeans_cosine(&[v(0, 1), v(4, 5), v(0, 1), v(1, 0), v(5, 4), v(4, 4)], 2, 0);
     assert!(groups[0] == groups[2] && groups[0] == groups[3] && groups[1] == groups[4] && groups[1] == groups[5]);
     assert_ne!(groups[0], groups[1]);
-    assert!(top(&m, text, 9, 0, 0, Site::X, 5, 2, 4).unwrap_err().to_string().contains("no neuron"));
+    assert!(top(&Scope::cpu(&m), text, 9, 0, 0, Site::X, 5, 2, 4).unwrap_err().to_string().contains("no neuron"));
 }

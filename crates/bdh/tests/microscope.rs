@@ -5,6 +5,7 @@ use bdh::microscope::louvain::{louvain, modularity};
 use bdh::microscope::sparsity::sparsity;
 use bdh::microscope::stats::{benjamini_hochberg, fit_power_law, mann_whitney};
 use bdh::microscope::synapses::{concept_search, sigma, synapses, FDR};
+use bdh::microscope::Scope;
 use bdh::model::bdh::{forward, Activations, Bdh, Pass};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -102,7 +103,7 @@ fn sigma_is_the_sum_of_presynaptic_z_times_postsynaptic_x() {
     let head = 1;
     let block = head * 2 * n..(head + 1) * 2 * n;
     let (x0, y0, x1) = (&acts.x(0)[block.clone()], &acts.y(0)[block.clone()], &acts.x(1)[block]);
-    let s = sigma(&model, &toks, 1, head).unwrap();
+    let s = sigma(&Scope::cpu(&model), &toks, 1, head).unwrap();
     for i in 0..n {
         for j in 0..n {
             // Two tokens, written out: σ(i, j) = z₀(i)x₀(j) + z₁(i)x₁(j), z = x ⊙ y of layer 0.
@@ -111,13 +112,13 @@ fn sigma_is_the_sum_of_presynaptic_z_times_postsynaptic_x() {
             assert!(s[i * n + j] >= 0.0);
         }
     }
-    let r = synapses(&model, &toks, 1, head, 5, &[], None, &|_, _| {}).unwrap();
+    let r = synapses(&Scope::cpu(&model), &toks, 1, head, 5, &[], None, &|_, _| {}).unwrap();
     assert_eq!(r.traces.len(), r.strongest.len().min(5));
     for (syn, series) in &r.traces {
         assert_eq!(series.len(), 2);
         assert!((series[1] - s[syn.from * n + syn.to]).abs() < 1e-6);
     }
-    assert!(sigma(&model, &toks, 0, 0).is_err(), "layer 0 has no presynaptic layer");
+    assert!(sigma(&Scope::cpu(&model), &toks, 0, 0).is_err(), "layer 0 has no presynaptic layer");
 }
 
 #[test]
@@ -146,7 +147,7 @@ fn sigma_streams_in_chunks_and_sums_over_a_window() {
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max) / scale
     };
-    let whole = sigma(&model, &toks, 1, head).unwrap();
+    let whole = sigma(&Scope::cpu(&model), &toks, 1, head).unwrap();
     let rel = worst(&whole, &direct(0, 600));
     println!("σ streamed in chunks vs one forward: max rel diff {rel:.2e}");
     assert!(rel < 1e-5);
@@ -154,9 +155,9 @@ fn sigma_streams_in_chunks_and_sums_over_a_window() {
     // once with a named trace, twice when the strongest are traced instead.
     let told = std::sync::Mutex::new(Vec::new());
     let tell = |done, total| told.lock().unwrap().push((done, total));
-    let r = synapses(&model, &toks, 1, head, 3, &[(1, 2)], Some(300..550), &tell).unwrap();
+    let r = synapses(&Scope::cpu(&model), &toks, 1, head, 3, &[(1, 2)], Some(300..550), &tell).unwrap();
     assert_eq!(told.lock().unwrap().split_off(0), [(0, 3), (1, 3), (2, 3), (3, 3)]);
-    synapses(&model, &toks, 1, head, 3, &[], Some(300..550), &tell).unwrap();
+    synapses(&Scope::cpu(&model), &toks, 1, head, 3, &[], Some(300..550), &tell).unwrap();
     assert_eq!(told.lock().unwrap().last(), Some(&(6, 6)));
     assert_eq!((r.tokens, r.window.clone()), (600, 300..550));
     let want = direct(300, 550);
@@ -167,8 +168,11 @@ fn sigma_streams_in_chunks_and_sums_over_a_window() {
     assert!((syn.value as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3));
     assert!((series[249] as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3));
     assert!(r.strongest[0].value as f64 >= want.iter().fold(0.0f64, |m, v| m.max(*v)) * (1.0 - 1e-5));
-    assert!(synapses(&model, &toks, 1, head, 3, &[], Some(500..700), &tell).is_err(), "window past the text");
-    assert!(synapses(&model, &toks, 1, head, 3, &[], Some(5..5), &tell).is_err(), "empty window");
+    assert!(
+        synapses(&Scope::cpu(&model), &toks, 1, head, 3, &[], Some(500..700), &tell).is_err(),
+        "window past the text"
+    );
+    assert!(synapses(&Scope::cpu(&model), &toks, 1, head, 3, &[], Some(5..5), &tell).is_err(), "empty window");
 }
 
 #[test]
@@ -193,9 +197,10 @@ fn concept_search_finds_a_planted_difference() {
         (0..8).map(|s| tokens(12, s).into_iter().map(|t| if t % 2 == 0 { 200 } else { t % 100 }).collect()).collect();
     let contrast: Vec<Vec<u32>> = (0..8).map(|s| tokens(12, 100 + s).into_iter().map(|t| t % 100).collect()).collect();
     let told = std::sync::Mutex::new(Vec::new());
-    let r =
-        concept_search(&model, &concept, &contrast, 1, 0, 5, &|done, total| told.lock().unwrap().push((done, total)))
-            .unwrap();
+    let r = concept_search(&Scope::cpu(&model), &concept, &contrast, 1, 0, 5, &|done, total| {
+        told.lock().unwrap().push((done, total))
+    })
+    .unwrap();
     // Progress counts the sentences of both passes: the concept's, then all of them.
     let told = told.into_inner().unwrap();
     assert_eq!((told.first(), told.last(), told.len()), (Some(&(0, 24)), Some(&(24, 24)), 25));
@@ -218,7 +223,7 @@ fn concept_search_finds_a_planted_difference() {
 #[test]
 fn sparsity_fractions_are_consistent() {
     let model = Bdh::new(tiny_config(2, 16, 2, 4), 5).unwrap();
-    let r = sparsity(&model, &tokens(50, 1), 16).unwrap();
+    let r = sparsity(&Scope::cpu(&model), &tokens(50, 1), 16).unwrap();
     assert_eq!(r.tokens, 50);
     for l in &r.layers {
         let a = &l.all;

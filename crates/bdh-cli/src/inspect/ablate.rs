@@ -8,7 +8,8 @@ use bdh::data::{Kind, SyntheticConfig, PEOPLE};
 use bdh::microscope::ablate::{
     ablation_curve, random_control, score, score_stepped, CurvePoint, NeuronId, Probe, Score, Selective,
 };
-use bdh::model::bdh::{Activations, Bdh, Edit, Edits, Site};
+use bdh::microscope::Scope;
+use bdh::model::bdh::{Activations, Edit, Edits, Site};
 
 use super::concept::{doubling_to, kind_name, ConceptArgs};
 use super::{model_line, read_file, tokens, Output};
@@ -72,7 +73,7 @@ fn parse_head(s: &str) -> Result<(usize, usize), String> {
 }
 
 /// Checks every named neuron and head against the model.
-fn check_ids(model: &Bdh, ids: &[NeuronId], heads: &[(usize, usize)]) -> anyhow::Result<()> {
+fn check_ids(model: &Scope, ids: &[NeuronId], heads: &[(usize, usize)]) -> anyhow::Result<()> {
     let c = &model.config;
     for id in ids {
         anyhow::ensure!(
@@ -112,7 +113,7 @@ struct Report {
     curve: Vec<CurvePoint>,
 }
 
-pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Scope, out: &mut Output) -> anyhow::Result<()> {
     let edits = args.edits(model)?;
     let synthetic = SyntheticConfig { facts: args.facts, ..SyntheticConfig::default() };
     let probe = Probe::built_in(&synthetic, args.rows, args.window);
@@ -127,6 +128,9 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
         );
     }
     let mut scorer = Scorer { model, stepped: !args.synapses.is_empty(), acts: None };
+    if model.on_device() && scorer.stepped {
+        eprintln!("note: removing synapse rows (ρ) takes the recurrent step, which runs on the CPU");
+    }
     let baseline = scorer.unedited(&probe)?;
     let windows = crate::count(args.rows, "built-in window", "built-in windows");
     say!("{}; {windows} of {} tokens", model_line(model), args.window);
@@ -159,7 +163,7 @@ impl Args {
 
     /// The edits that remove what is named, once it and the other arguments are
     /// checked against the model and their bounds.
-    fn edits(&self, model: &Bdh) -> anyhow::Result<Edits> {
+    fn edits(&self, model: &Scope) -> anyhow::Result<Edits> {
         check_ids(model, &self.neurons, &self.heads)?;
         check_ids(model, &self.synapses, &[])?;
         anyhow::ensure!(
@@ -185,7 +189,7 @@ impl Args {
     }
 
     /// As many random neurons (and rows of ρ) of the same heads as are named.
-    fn control(&self, model: &Bdh) -> Edits {
+    fn control(&self, model: &Scope) -> Edits {
         let n = model.config.n_neurons();
         let mut control = Edits::new();
         random_control(&self.neurons, n, self.seed).iter().for_each(|id| control.push(id.zero(self.concept.site)));
@@ -197,15 +201,15 @@ impl Args {
 }
 
 /// Scores a probe with edits.
-struct Scorer<'a> {
-    model: &'a Bdh,
+struct Scorer<'a, 'm> {
+    model: &'a Scope<'m>,
     /// Score by the recurrent step, as edits of ρ need (only it holds ρ).
     stepped: bool,
     /// The parallel forward's buffers, kept from probe to probe.
     acts: Option<Activations>,
 }
 
-impl Scorer<'_> {
+impl Scorer<'_, '_> {
     /// `probe`'s score with `edits`.
     fn edited(&mut self, probe: &Probe, edits: &Edits) -> anyhow::Result<Score> {
         Ok(if self.stepped {
@@ -257,6 +261,9 @@ fn remove(
         out.provenance.text("prompt", "--prompt", prompt.as_bytes());
         let p = tokens(prompt.as_bytes());
         let model = scorer.model;
+        if model.on_device() {
+            eprintln!("note: the continuations with and without the edits are generated on the CPU");
+        }
         let (a, b) = (greedy(model, &p, args.tokens, Edits::new())?, greedy(model, &p, args.tokens, edits.clone())?);
         say!("  {prompt}│{a}\n  without: {prompt}│{b}");
         report.generation = Some((a, b));
@@ -268,7 +275,7 @@ fn remove(
 /// `--top`), each beside as many random ones.
 fn cumulative(
     args: &Args,
-    model: &Bdh,
+    model: &Scope,
     probe: &Probe,
     kind: Option<Kind>,
     ranked: Vec<Selective>,
@@ -332,9 +339,9 @@ fn print_curve(curve: &[CurvePoint], kind: Option<Kind>) {
 
 /// The greedy continuation of `prompt` (`tokens` bytes) with `edits` applied to
 /// the prompt and every generated token.
-fn greedy(model: &Bdh, prompt: &[u32], tokens: usize, edits: Edits) -> anyhow::Result<String> {
+fn greedy(model: &Scope, prompt: &[u32], tokens: usize, edits: Edits) -> anyhow::Result<String> {
     use bdh::infer::{generate, Generation, Prepared, Sampler, SamplingConfig};
-    let prepared = Prepared::new(bdh::Model::Bdh(model.clone()))?;
+    let prepared = Prepared::new(bdh::Model::Bdh(bdh::model::bdh::Bdh::clone(model)))?;
     let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
     let mut sampler = Sampler::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::default() })?;
     let g = Generation { max_tokens: tokens, edits, ..Generation::default() };

@@ -4,7 +4,8 @@
 use anyhow::Context;
 use bdh::data::{Kind, SyntheticLanguage};
 use bdh::microscope::ablate::{selectivity, Selective};
-use bdh::model::bdh::{Bdh, Site};
+use bdh::microscope::Scope;
+use bdh::model::bdh::Site;
 
 use super::{parse_site, read_file, tokens, Output};
 
@@ -56,7 +57,7 @@ fn concept_set(spec: &str, seed: u64, out: &mut Output, key: &str) -> anyhow::Re
 impl ConceptArgs {
     /// The concept's and background's texts, the concept's kind, and the neurons
     /// ranked by selectivity.
-    pub fn rank(&self, model: &Bdh, out: &mut Output) -> anyhow::Result<Option<(Option<Kind>, Vec<Selective>)>> {
+    pub fn rank(&self, model: &Scope, out: &mut Output) -> anyhow::Result<Option<(Option<Kind>, Vec<Selective>)>> {
         let Some(spec) = &self.concept else { return Ok(None) };
         let (concept, kind) = concept_set(spec, 1, out, "concept")?;
         let background_spec = self.background.clone().unwrap_or_else(|| match kind {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bdh::io::run_dir::RunDir;
 use bdh::microscope::induction::{induction, InductionReport};
-use bdh::model::bdh::Bdh;
+use bdh::microscope::Scope;
+
+use crate::device::DeviceArgs;
 use bdh::Model;
 
 use super::{model_line, Output};
@@ -46,7 +48,7 @@ fn print(r: &InductionReport) {
     }
 }
 
-pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: Option<&Scope>, device: &DeviceArgs, out: &mut Output) -> anyhow::Result<()> {
     let mut all = Vec::new();
     match (&args.run, model) {
         (Some(run), _) => {
@@ -57,8 +59,13 @@ pub fn run(args: Args, model: Option<&Bdh>, out: &mut Output) -> anyhow::Result<
                 let m = bdh::io::checkpoint::load(&dir, None).with_context(|| format!("loading {}", dir.display()))?;
                 let read = format!("{} (weights FNV-1a {})", dir.display(), m.params().fingerprint());
                 out.provenance.add(&format!("model at step {step}"), read);
+                let mut on = device.open(&m)?;
                 let Model::Bdh(m) = m else { anyhow::bail!("{} is not a BDH model", dir.display()) };
-                let r = induction(&m, args.length, args.sequences, args.seed)?;
+                let scope = match &mut on {
+                    Some(on) => Scope::on(&m, on.traced()),
+                    None => Scope::cpu(&m),
+                };
+                let r = induction(&scope, args.length, args.sequences, args.seed)?;
                 let best = r.heads.iter().max_by(|a, b| a.induction.total_cmp(&b.induction)).expect("a head");
                 say!(
                     "step {step:>6}: second-copy loss {:.3} (first {:.3}); strongest induction: layer {} head {} ({:.3})",

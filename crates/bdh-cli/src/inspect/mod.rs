@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bdh::microscope::Scope;
 use bdh::model::bdh::{Bdh, Site};
 use bdh::Model;
 
@@ -67,6 +68,8 @@ pub struct Args {
     html: Option<PathBuf>,
     #[command(flatten)]
     threads: ThreadsArgs,
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -115,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             provenance.add("run", run.display().to_string());
             let mut out = Output { json: args.json, html: args.html, provenance };
             let What::Induction(a) = args.what else { unreachable!("matched above") };
-            induction::run(a, None, &mut out)?;
+            induction::run(a, None, &args.device, &mut out)?;
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -140,6 +143,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             model.config().describe()
         )
     };
+    // The forwards run on the device asked for; the graph reads the weights alone.
+    let mut device = match &args.what {
+        What::Graph(_) => {
+            if args.device.device != crate::device::Choice::Cpu {
+                eprintln!("note: the graph is made from the weights alone, on the CPU");
+            }
+            None
+        }
+        _ => args.device.open(&Model::Bdh(model.clone()))?,
+    };
+    let scope = match &mut device {
+        Some(device) => Scope::on(model, device.traced()),
+        None => Scope::cpu(model),
+    };
+    out.provenance.add("device", scope.device());
+    let model = &scope;
     match args.what {
         What::Sparsity(a) => sparsity::run(a, model, &mut out)?,
         What::Graph(a) => graph::run(a, model, &mut out)?,
@@ -147,7 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Ablate(a) => ablate::run(a, model, &mut out)?,
         What::Overlap(a) => overlap::run(a, model, &mut out)?,
         What::Patch(a) => patch::run(a, model, &mut out)?,
-        What::Induction(a) => induction::run(a, Some(model), &mut out)?,
+        What::Induction(a) => induction::run(a, Some(model), &args.device, &mut out)?,
         What::Top(a) => top::run(a, model, &mut out)?,
         What::Path(a) => path::run(a, model, &mut out)?,
     }

@@ -2,7 +2,7 @@
 //! same, against random sets.
 
 use bdh::microscope::ablate::{overlap, NeuronId, Overlap};
-use bdh::model::bdh::Bdh;
+use bdh::microscope::Scope;
 
 use super::concept::{doubling_to, ConceptArgs};
 use super::{model_line, Output};
@@ -24,7 +24,7 @@ pub struct Args {
     draws: usize,
 }
 
-pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Scope, out: &mut Output) -> anyhow::Result<()> {
     anyhow::ensure!(args.concept.concept.is_some(), "overlap needs --concept and --other");
     anyhow::ensure!((1..=100_000).contains(&args.draws), "--draws must be in 1..=100000");
     // Both concepts are ranked against the same background. A built-in concept's

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bdh::data::{SyntheticConfig, SyntheticLanguage};
 use bdh::microscope::patch::{patch, PairTokens, PatchReport, Restored, MAX_PAIRS};
-use bdh::model::bdh::{Bdh, Site};
+use bdh::microscope::Scope;
+use bdh::model::bdh::Site;
 
 use super::{model_line, read_file, Output};
 use crate::page::{Chart, Page, Series, Style};
@@ -59,7 +60,10 @@ fn read_pairs(path: &std::path::Path, out: &mut Output) -> anyhow::Result<Vec<Pa
     Ok(pairs)
 }
 
-pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Scope, out: &mut Output) -> anyhow::Result<()> {
+    if model.on_device() {
+        eprintln!("note: the synapse patches (ρ) take the recurrent step, which runs on the CPU");
+    }
     let pairs = match &args.pair_file {
         Some(path) => read_pairs(path, out)?,
         None => {

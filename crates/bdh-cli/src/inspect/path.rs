@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use bdh::microscope::ablate::{influence_path, InfluencePath};
-use bdh::model::bdh::Bdh;
+use bdh::microscope::Scope;
 
 use super::{model_line, tokens, Output};
 use crate::page::{Bars, Page};
@@ -22,7 +22,7 @@ pub struct Args {
     candidates: usize,
 }
 
-pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Scope, out: &mut Output) -> anyhow::Result<()> {
     anyhow::ensure!(!args.prompt.is_empty(), "the prompt is empty");
     let target = *args.target.as_bytes().first().context("the target is empty")?;
     anyhow::ensure!((1..=4096).contains(&args.candidates), "--candidates must be in 1..=4096");

@@ -1,7 +1,7 @@
 //! `bdh inspect sparsity`.
 
 use bdh::microscope::sparsity::sparsity;
-use bdh::model::bdh::Bdh;
+use bdh::microscope::Scope;
 
 use super::{model_line, tokens, Output, TextArgs};
 use crate::page::{mean, thin, Chart, Page, Series, Style, Thinned};
@@ -16,7 +16,7 @@ pub struct Args {
     window: usize,
 }
 
-pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Scope, out: &mut Output) -> anyhow::Result<()> {
     let bytes = args.text.read(out, "text")?;
     let r = sparsity(model, &tokens(&bytes), args.window)?;
     say!("{}, {} tokens in windows of {}", model_line(model), r.tokens, r.window);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bdh::microscope::stats::mann_whitney;
 use bdh::microscope::synapses::{check_site, concept_search, synapses, ConceptReport, Separation, FDR};
-use bdh::model::bdh::Bdh;
+use bdh::microscope::Scope;
 
 use super::{model_line, read_file, tokens, Output, TextArgs};
 use crate::page::{last, thin, Chart, Page, Series, Style, Thinned};
@@ -58,7 +58,7 @@ struct Report {
     concept: Option<ConceptReport>,
 }
 
-pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Scope, out: &mut Output) -> anyhow::Result<()> {
     check_site(model, args.layer, args.head)?;
     say!(
         "{}; σ(i, j) = Σ_τ (x⊙y)_{}(τ, i) · x_{}(τ, j), head {}",
@@ -104,7 +104,7 @@ pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
 }
 
 /// The synapses and neurons that tell the concept's sentences from the contrast's.
-fn search(args: &Args, model: &Bdh, concept: &[Vec<u32>], contrast: &[Vec<u32>]) -> anyhow::Result<ConceptReport> {
+fn search(args: &Args, model: &Scope, concept: &[Vec<u32>], contrast: &[Vec<u32>]) -> anyhow::Result<ConceptReport> {
     let job = Job::new("inspect synapses (concept search)", 0);
     let r = concept_search(model, concept, contrast, args.layer, args.head, args.top, &|done, total| {
         job.update(done, total)

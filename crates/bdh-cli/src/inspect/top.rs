@@ -1,7 +1,8 @@
 //! `bdh inspect top`: what a single neuron fires for.
 
 use bdh::microscope::top::{top, Context, TopReport};
-use bdh::model::bdh::{Bdh, Site};
+use bdh::microscope::Scope;
+use bdh::model::bdh::Site;
 
 use super::{model_line, Output, TextArgs};
 use crate::page::Page;
@@ -34,7 +35,7 @@ pub struct Args {
     radius: usize,
 }
 
-pub fn run(args: Args, model: &Bdh, out: &mut Output) -> anyhow::Result<()> {
+pub fn run(args: Args, model: &Scope, out: &mut Output) -> anyhow::Result<()> {
     let bytes = args.text.read(out, "text")?;
     anyhow::ensure!(args.radius <= 4096, "--radius must be at most 4096");
     let r = top(model, &bytes, args.layer, args.head, args.neuron, args.site, args.k, args.facets, args.radius)?;

@@ -35,7 +35,7 @@ impl Loop {
     fn start(&mut self, queue: std::sync::mpsc::Receiver<Job>) {
         let prepared = self.prepared.clone();
         let cancel = Arc::new(AtomicBool::new(false));
-        self.thread = Some(std::thread::spawn(move || engine::run(prepared, queue, cancel)));
+        self.thread = Some(std::thread::spawn(move || engine::run(prepared, queue, cancel, None)));
     }
 
     /// Sends a greedy job of `prompt` for up to `max_tokens` after `state`.

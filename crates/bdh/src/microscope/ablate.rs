@@ -14,11 +14,12 @@ use serde::Serialize;
 
 use crate::data::{Answer, Corpus, Kind, SyntheticConfig, SyntheticLanguage};
 use crate::error::{Error, Result};
-use crate::model::bdh::{forward, Action, Activations, Bdh, Edit, Edits, Pass, Prepared, Site};
+use crate::model::bdh::{Action, Activations, Bdh, Edit, Edits, Pass, Prepared, Site};
 use crate::model::loss::cross_entropy;
 use crate::model::Mode;
 
 use super::Progress;
+use super::Scope;
 
 /// A neuron: layer, head and index within the head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -122,13 +123,13 @@ const ROWS_PER_PASS: usize = 8;
 
 /// Scores `model` with `edits` (x, y or x⊙y) on `probe`, by the parallel forward, a
 /// few rows at a time.
-pub fn score(model: &Bdh, probe: &Probe, edits: &Edits, acts: &mut Option<Activations>) -> Result<Score> {
+pub fn score(model: &Scope, probe: &Probe, edits: &Edits, acts: &mut Option<Activations>) -> Result<Score> {
     let (t, v) = (probe.t, model.config.vocab_size);
     let mut logits = crate::model::zeroed(&[probe.b, t, v])?;
     for (rows, out) in probe.tokens.chunks(ROWS_PER_PASS * t).zip(logits.chunks_mut(ROWS_PER_PASS * t * v)) {
         let b = rows.len() / t;
         let a = Activations::reuse(acts, model, b, t)?;
-        forward(model, rows, a, Pass { mode: Mode::Eval, edits, state: None })?;
+        model.forward(rows, a, Pass { mode: Mode::Eval, edits, state: None })?;
         out.copy_from_slice(&a.logits);
     }
     Ok(score_logits(probe, &logits, v))
@@ -136,9 +137,9 @@ pub fn score(model: &Bdh, probe: &Probe, edits: &Edits, acts: &mut Option<Activa
 
 /// Scores `model` with `edits` on `probe` by the recurrent step, token by token, so
 /// that edits of the synapse state ρ (which only the recurrent form holds) apply.
-pub fn score_stepped(model: &Bdh, probe: &Probe, edits: &Edits) -> Result<Score> {
+pub fn score_stepped(model: &Scope, probe: &Probe, edits: &Edits) -> Result<Score> {
     let v = model.config.vocab_size;
-    let prepared = Prepared::new(model.clone())?;
+    let prepared = Prepared::new(Bdh::clone(model))?;
     let mut scratch = prepared.scratch();
     let mut logits = crate::model::zeroed(&[probe.b, probe.t, v])?;
     for (row, out) in probe.tokens.chunks(probe.t).zip(logits.chunks_mut(probe.t * v)) {
@@ -200,7 +201,7 @@ pub struct Selective {
 /// Every neuron's mean `site` activation over each text (its mean over the text's
 /// tokens), summarised over the texts: (count, mean, sum of squared deviations) per
 /// neuron, L·H·N of them, by Welford's update, so memory does not grow with the texts.
-fn text_moments(model: &Bdh, texts: &[Vec<u32>], site: Site) -> Result<(usize, Vec<f64>, Vec<f64>)> {
+fn text_moments(model: &Scope, texts: &[Vec<u32>], site: Site) -> Result<(usize, Vec<f64>, Vec<f64>)> {
     let c = &model.config;
     let (h, n) = (c.n_head, c.n_neurons());
     let all = c.n_layer * h * n;
@@ -213,7 +214,7 @@ fn text_moments(model: &Bdh, texts: &[Vec<u32>], site: Site) -> Result<(usize, V
             return Err(Error::Input("an empty text in a concept or background set".into()));
         }
         let a = Activations::reuse(&mut acts, model, 1, t)?;
-        forward(model, text, a, Pass::default())?;
+        model.forward(text, a, Pass::default())?;
         means.fill(0.0);
         for l in 0..c.n_layer {
             let (x, y) = (a.x(l), a.y(l));
@@ -242,7 +243,7 @@ fn text_moments(model: &Bdh, texts: &[Vec<u32>], site: Site) -> Result<(usize, V
 
 /// Neurons ranked by selectivity for `concept` texts against `background` texts,
 /// most selective first, measured on `site` (x, y or x⊙y).
-pub fn selectivity(model: &Bdh, concept: &[Vec<u32>], background: &[Vec<u32>], site: Site) -> Result<Vec<Selective>> {
+pub fn selectivity(model: &Scope, concept: &[Vec<u32>], background: &[Vec<u32>], site: Site) -> Result<Vec<Selective>> {
     if concept.is_empty() || background.is_empty() {
         return Err(Error::Input(format!(
             "selectivity needs texts in both sets; the concept has {} and the background {}",
@@ -286,7 +287,7 @@ pub struct CurvePoint {
 /// random neurons drawn from the same layers and heads, seeded by `seed`) and scores
 /// each on `probe`; `progress` counts the points of the curve.
 pub fn ablation_curve(
-    model: &Bdh,
+    model: &Scope,
     probe: &Probe,
     ranked: &[NeuronId],
     ks: &[usize],
@@ -367,7 +368,7 @@ pub struct InfluencePath {
 /// Layer by layer, the neuron (among the `candidates` most active at the last
 /// position) whose removal, together with the neurons already chosen, lowers the
 /// logit of `target` after `tokens` most.
-pub fn influence_path(model: &Bdh, tokens: &[u32], target: u32, candidates: usize) -> Result<InfluencePath> {
+pub fn influence_path(model: &Scope, tokens: &[u32], target: u32, candidates: usize) -> Result<InfluencePath> {
     let c = &model.config;
     if tokens.is_empty() {
         return Err(Error::Input("the prompt is empty".into()));
@@ -378,7 +379,7 @@ pub fn influence_path(model: &Bdh, tokens: &[u32], target: u32, candidates: usiz
     let (t, h, n, v) = (tokens.len(), c.n_head, c.n_neurons(), c.vocab_size);
     let mut acts = Activations::new(model, 1, t)?;
     let logit_with = |edits: &Edits, acts: &mut Activations| -> Result<f64> {
-        forward(model, tokens, acts, Pass { mode: Mode::Eval, edits, state: None })?;
+        model.forward(tokens, acts, Pass { mode: Mode::Eval, edits, state: None })?;
         Ok(acts.logits[(t - 1) * v + target as usize] as f64)
     };
     let base = logit_with(&Edits::new(), &mut acts)?;

@@ -13,8 +13,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::ablate::NeuronId;
+use super::Scope;
 use crate::error::{Error, Result};
-use crate::model::bdh::{forward, Activations, Bdh, Edit, Edits, Pass, Site};
+use crate::model::bdh::{Activations, Edit, Edits, Pass, Site};
 use crate::model::loss::cross_entropy;
 use crate::model::Mode;
 
@@ -110,7 +111,7 @@ pub fn shares(scores: &[f32], t: usize, length: usize) -> (f64, f64) {
 }
 
 /// Induction and previous-token shares and ablation effects of every head.
-pub fn induction(model: &Bdh, length: usize, sequences: usize, seed: u64) -> Result<InductionReport> {
+pub fn induction(model: &Scope, length: usize, sequences: usize, seed: u64) -> Result<InductionReport> {
     if !(2..=MAX_LENGTH).contains(&length) || sequences == 0 || sequences > 256 {
         return Err(Error::Input(format!(
             "induction needs a length in 2..={MAX_LENGTH} and 1..=256 sequences; got {length} and {sequences}"
@@ -120,7 +121,7 @@ pub fn induction(model: &Bdh, length: usize, sequences: usize, seed: u64) -> Res
     let (t, v, h) = (2 * length - 1, c.vocab_size, c.n_head);
     let (tokens, targets) = repeated(length, sequences, seed);
     let mut acts = Activations::new(model, sequences, t)?;
-    forward(model, &tokens, &mut acts, Pass::default())?;
+    model.forward(&tokens, &mut acts, Pass::default())?;
     // Targets of positions length−1.. are the second copy; its first token is the
     // one an induction head cannot know, so the second copy is scored from `length`.
     let second = length..t;
@@ -143,7 +144,7 @@ pub fn induction(model: &Bdh, length: usize, sequences: usize, seed: u64) -> Res
         let mut edits = Edits::new();
         let id = NeuronId { layer: head.layer, head: head.head, neuron: 0 };
         edits.push(Edit { neuron: None, ..id.zero(Site::X) });
-        forward(model, &tokens, &mut acts, Pass { mode: Mode::Eval, edits: &edits, state: None })?;
+        model.forward(&tokens, &mut acts, Pass { mode: Mode::Eval, edits: &edits, state: None })?;
         head.ablation = loss_over(&acts.logits, &targets, t, v, second.clone()) - second_loss;
     }
     debug_assert!(heads.iter().all(|h| h.induction.is_finite()));

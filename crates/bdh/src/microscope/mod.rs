@@ -29,3 +29,61 @@ pub mod top;
 /// Told `(units done, units in all)` as a long analysis goes, from any thread;
 /// what a unit is depends on the analysis, but the units are of about equal cost.
 pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+use std::cell::RefCell;
+
+use crate::engine::Traced;
+use crate::error::Result;
+use crate::model::bdh::{Activations, Bdh, Pass};
+
+/// A model under the microscope and where its forward passes run: the CPU, or a
+/// device that hands every layer's activations back ([`Traced`]). Dereferences to
+/// the model.
+pub struct Scope<'m> {
+    model: &'m Bdh,
+    device: Option<RefCell<&'m mut dyn Traced>>,
+}
+
+impl<'m> Scope<'m> {
+    /// `model`, its forwards on the CPU.
+    pub fn cpu(model: &'m Bdh) -> Self {
+        Scope { model, device: None }
+    }
+
+    /// `model`, its forwards on `device`, which holds the same model.
+    pub fn on(model: &'m Bdh, device: &'m mut dyn Traced) -> Self {
+        Scope { model, device: Some(RefCell::new(device)) }
+    }
+
+    /// Where the forwards run, e.g. `CPU`.
+    pub fn device(&self) -> String {
+        self.device.as_ref().map_or_else(|| "CPU".into(), |d| d.borrow().device())
+    }
+
+    /// Whether the forwards run on a device. (The recurrent steps some analyses
+    /// take — edits of ρ, patches of ρ — run on the CPU either way.)
+    pub fn on_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// [`crate::model::bdh::forward`], where this scope runs it.
+    pub(crate) fn forward(&self, tokens: &[u32], acts: &mut Activations, pass: Pass<'_>) -> Result<()> {
+        match &self.device {
+            None => crate::model::bdh::forward(self.model, tokens, acts, pass),
+            Some(device) => device.borrow_mut().forward(tokens, acts, pass),
+        }
+    }
+}
+
+impl std::ops::Deref for Scope<'_> {
+    type Target = Bdh;
+    fn deref(&self) -> &Bdh {
+        self.model
+    }
+}
+
+impl<'m> From<&'m Bdh> for Scope<'m> {
+    fn from(model: &'m Bdh) -> Self {
+        Scope::cpu(model)
+    }
+}

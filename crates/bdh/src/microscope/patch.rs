@@ -18,9 +18,10 @@ use serde::Serialize;
 
 use crate::data::Pair;
 use crate::error::{Error, Result};
-use crate::model::bdh::{forward, Activations, Bdh, Edits, Pass, Patch, Prepared, Site, State, NO_EDITS};
+use crate::model::bdh::{Activations, Bdh, Edits, Pass, Patch, Prepared, Site, State, NO_EDITS};
 
 use super::Progress;
+use super::Scope;
 
 /// Most clean/corrupted pairs a patching run takes.
 pub const MAX_PAIRS: usize = 10_000;
@@ -173,7 +174,7 @@ fn doubling(n: usize) -> Vec<usize> {
 /// Patches clean activations into corrupted runs of `pairs` and reports what each
 /// layer, head, site, neuron group and synapse group restores; `progress` counts
 /// the pairs recorded and the patched runs over all pairs.
-pub fn patch(model: &Bdh, pairs: &[PairTokens], progress: Progress) -> Result<PatchReport> {
+pub fn patch(model: &Scope, pairs: &[PairTokens], progress: Progress) -> Result<PatchReport> {
     let c = &model.config;
     if pairs.is_empty() || pairs.len() > MAX_PAIRS {
         return Err(Error::Input(format!("patching takes 1 to {MAX_PAIRS} pairs; got {}", pairs.len())));
@@ -212,7 +213,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens], progress: Progress) -> Result<Pa
         progress(done.get(), units);
     };
     progress(0, units);
-    let prepared = Prepared::new(model.clone())?;
+    let prepared = Prepared::new(Bdh::clone(model))?;
     let mut scratch = prepared.scratch();
     let mut runs = Vec::with_capacity(pairs.len());
     let mut acts: Option<Activations> = None;
@@ -220,7 +221,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens], progress: Progress) -> Result<Pa
         let t = pair.clean.len();
         let acts = Activations::reuse(&mut acts, model, 1, t)?;
         let mut record = |tokens: &[u32]| -> Result<(Recorded, f64)> {
-            forward(model, tokens, acts, Pass::default())?;
+            model.forward(tokens, acts, Pass::default())?;
             let keep = |f: &dyn Fn(usize) -> Vec<f32>| (0..l_n).map(|l| Arc::new(f(l))).collect();
             let a = &*acts;
             let recorded = Recorded {
@@ -271,7 +272,7 @@ pub fn patch(model: &Bdh, pairs: &[PairTokens], progress: Progress) -> Result<Pa
             let values = r.clean.of(site, layer);
             edits.patch(Patch { site, layer, head, neurons: neurons.clone(), positions: 0..t, values });
             let acts = Activations::reuse(&mut acts, model, 1, t)?;
-            forward(model, &r.pair.corrupted, acts, Pass { edits: &edits, ..Pass::default() })?;
+            model.forward(&r.pair.corrupted, acts, Pass { edits: &edits, ..Pass::default() })?;
             sum += r.pair.diff(&acts.logits, v) - r.corrupt_diff;
         }
         tick();

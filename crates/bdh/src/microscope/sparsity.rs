@@ -4,8 +4,9 @@
 
 use serde::Serialize;
 
+use super::Scope;
 use crate::error::{Error, Result};
-use crate::model::bdh::{forward, Activations, Bdh, Pass};
+use crate::model::bdh::{Activations, Pass};
 
 /// Buckets of RoPE frequency (pairs in order of decreasing frequency).
 const FREQ_BUCKETS: usize = 16;
@@ -76,7 +77,7 @@ pub struct SparsityReport {
 }
 
 /// Runs the model over `tokens` in windows of `window` and measures sparsity.
-pub fn sparsity(model: &Bdh, tokens: &[u32], window: usize) -> Result<SparsityReport> {
+pub fn sparsity(model: &Scope, tokens: &[u32], window: usize) -> Result<SparsityReport> {
     if tokens.is_empty() || window == 0 {
         return Err(Error::Input("sparsity needs at least one token and a window > 0".into()));
     }
@@ -90,7 +91,7 @@ pub fn sparsity(model: &Bdh, tokens: &[u32], window: usize) -> Result<SparsityRe
     for chunk in tokens.chunks(window) {
         let t = chunk.len();
         let mut acts = Activations::new(model, 1, t)?;
-        forward(model, chunk, &mut acts, Pass::default())?;
+        model.forward(chunk, &mut acts, Pass::default())?;
         for l in 0..layers {
             let (x, y) = (acts.x(l), acts.y(l));
             let mut tok_x = vec![0u64; t];

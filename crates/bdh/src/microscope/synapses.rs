@@ -19,8 +19,9 @@ use serde::Serialize;
 
 use super::stats::{benjamini_hochberg, mann_whitney, MannWhitney};
 use super::Progress;
+use super::Scope;
 use crate::error::{Error, Result};
-use crate::model::bdh::{forward, Activations, Bdh, Pass, State, NO_EDITS};
+use crate::model::bdh::{Activations, Pass, State, NO_EDITS};
 use crate::model::Mode;
 use bdh_kernels::{matmul, MatMul};
 
@@ -34,7 +35,7 @@ const CHUNK: usize = 256;
 pub const FDR: f64 = 0.05;
 
 /// Checks that (layer, head) has a synapse state σ in `model`.
-pub fn check_site(model: &Bdh, layer: usize, head: usize) -> Result<()> {
+pub fn check_site(model: &Scope, layer: usize, head: usize) -> Result<()> {
     let c = &model.config;
     if c.n_layer < 2 {
         return Err(Error::Input(format!("synapses need two layers; this model has {}", c.n_layer)));
@@ -55,7 +56,7 @@ pub fn check_site(model: &Bdh, layer: usize, head: usize) -> Result<()> {
 /// synapse state carried between them (the same numbers as one pass over the whole
 /// text, in bounded memory) and calls `f(first position, activations)` per chunk.
 pub(crate) fn stream_chunks(
-    model: &Bdh,
+    model: &Scope,
     tokens: &[u32],
     mut f: impl FnMut(usize, &Activations) -> Result<()>,
 ) -> Result<()> {
@@ -67,7 +68,7 @@ pub(crate) fn stream_chunks(
     for (k, part) in tokens.chunks(CHUNK).enumerate() {
         let t = part.len();
         let a = Activations::reuse(&mut acts, model, 1, t)?;
-        forward(model, part, a, Pass { mode: Mode::Eval, edits: &NO_EDITS, state: Some(&mut state) })?;
+        model.forward(part, a, Pass { mode: Mode::Eval, edits: &NO_EDITS, state: Some(&mut state) })?;
         f(k * CHUNK, a)?;
     }
     Ok(())
@@ -77,7 +78,7 @@ pub(crate) fn stream_chunks(
 /// `f(first position, z, x)` for each chunk, with z of layer l−1 and x of layer l
 /// for head h, each (t, N) for the chunk's t tokens.
 fn for_each_chunk(
-    model: &Bdh,
+    model: &Scope,
     tokens: &[u32],
     layer: usize,
     head: usize,
@@ -99,7 +100,7 @@ fn for_each_chunk(
 
 /// σ at the end of `tokens`: `Σ_τ z_τᵀ x_τ`, (N, N), row i presynaptic, column j
 /// postsynaptic.
-pub fn sigma(model: &Bdh, tokens: &[u32], layer: usize, head: usize) -> Result<Vec<f32>> {
+pub fn sigma(model: &Scope, tokens: &[u32], layer: usize, head: usize) -> Result<Vec<f32>> {
     sigma_over(model, tokens, layer, head, 0..tokens.len(), &mut |_, _| {}, &mut || {})
 }
 
@@ -107,7 +108,7 @@ pub fn sigma(model: &Bdh, tokens: &[u32], layer: usize, head: usize) -> Result<V
 /// N values, one per position), and `chunk()` after each chunk the model reads:
 /// it reads every token before `window.end`.
 fn stream_window(
-    model: &Bdh,
+    model: &Scope,
     tokens: &[u32],
     layer: usize,
     head: usize,
@@ -138,7 +139,7 @@ fn stream_window(
 /// σ summed over the positions in `window`, calling `each(z, x)` and `chunk()` on
 /// the way (see [`stream_window`]).
 fn sigma_over(
-    model: &Bdh,
+    model: &Scope,
     tokens: &[u32],
     layer: usize,
     head: usize,
@@ -226,7 +227,7 @@ pub struct SynapseReport {
 
 /// Bytes `synapses` needs beyond the model for `tokens` positions and `traces`
 /// traced synapses: σ, the traces, and one chunk of activations (an estimate).
-pub fn synapses_bytes(model: &Bdh, tokens: usize, traces: usize) -> Option<usize> {
+pub fn synapses_bytes(model: &Scope, tokens: usize, traces: usize) -> Option<usize> {
     let c = &model.config;
     let n = c.n_neurons();
     let chunk = CHUNK.min(tokens.max(1));
@@ -248,7 +249,7 @@ pub fn synapses_bytes(model: &Bdh, tokens: usize, traces: usize) -> Option<usize
 /// read, over both passes when the five strongest are traced.
 #[allow(clippy::too_many_arguments)]
 pub fn synapses(
-    model: &Bdh,
+    model: &Scope,
     tokens: &[u32],
     layer: usize,
     head: usize,
@@ -348,7 +349,7 @@ pub struct ConceptReport {
 /// `progress` counts the sentences read, over both passes: the concept's, to pick
 /// the candidate synapses, then every sentence, to test them.
 pub fn concept_search(
-    model: &Bdh,
+    model: &Scope,
     concept: &[Vec<u32>],
     contrast: &[Vec<u32>],
     layer: usize,

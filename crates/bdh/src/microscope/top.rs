@@ -11,8 +11,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::synapses::stream_chunks;
+use super::Scope;
 use crate::error::{Error, Result};
-use crate::model::bdh::{Bdh, Site};
+use crate::model::bdh::Site;
 
 /// Most contexts kept.
 pub const MAX_CONTEXTS: usize = 2000;
@@ -90,7 +91,7 @@ impl Ord for Kept {
 /// `bytes`, `radius` bytes each side, clustered into at most `facets` facets.
 #[allow(clippy::too_many_arguments)]
 pub fn top(
-    model: &Bdh,
+    model: &Scope,
     bytes: &[u8],
     layer: usize,
     head: usize,

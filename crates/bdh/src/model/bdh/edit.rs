@@ -188,14 +188,25 @@ impl Edits {
         self.list.iter().filter(move |e| e.site == site && e.layer.is_none_or(|l| l == layer))
     }
 
-    /// Whether any edit of `site` applies at `layer`.
-    pub(crate) fn any(&self, site: Site, layer: usize) -> bool {
+    /// Whether any edit or patch of `site` applies at `layer`.
+    pub fn any(&self, site: Site, layer: usize) -> bool {
         self.at(site, layer).next().is_some() || self.patches.iter().any(|p| p.site == site && p.layer == layer)
     }
 
     /// Whether there are patches (which only the parallel forward applies).
     pub(crate) fn has_patches(&self) -> bool {
         !self.patches.is_empty()
+    }
+
+    /// Applies the edits of `site` at `layer` to the whole site of a (B, T) pass from
+    /// position `pos0`: (B, H, T, N) values of x, y or x⊙y, (B, T, D) of a layer's
+    /// output — as a forward applies them, for one run elsewhere (a device).
+    pub fn apply_whole(&self, site: Site, layer: usize, buf: &mut [f32], dims: super::Dims, pos0: usize) {
+        let region = match site {
+            Site::Out => Region { head0: 0, heads: 1, pos0, t: dims.t, n: dims.d, width: 1 },
+            _ => dims.region(pos0),
+        };
+        self.apply(site, layer, buf, region);
     }
 
     /// Applies the edits of `site` at `layer` to `buf`, the (B, heads, t, n) part of

@@ -266,6 +266,52 @@ impl Activations {
     pub fn y(&self, l: usize) -> &[f32] {
         &self.layers[l].y
     }
+
+    /// Readies these buffers for a forward of `tokens` run elsewhere (a device), in
+    /// eval mode with `edits` and from `state`, checking what [`forward`] checks: the
+    /// position of the first token. The parts the accessors read are then filled
+    /// through [`Activations::part_mut`]; no backward follows such a pass.
+    pub fn begin_elsewhere(
+        &mut self,
+        model: &Bdh,
+        tokens: &[u32],
+        edits: &Edits,
+        state: Option<&State>,
+    ) -> Result<usize> {
+        let Setup { pos0, .. } = begin(model, tokens, self, Mode::Eval, edits, state)?;
+        self.frozen = Some("the forward ran on a device");
+        Ok(pos0)
+    }
+
+    /// The buffer of `part`, to be filled by a forward run elsewhere.
+    pub fn part_mut(&mut self, part: Part) -> &mut [f32] {
+        match part {
+            Part::Residual(0) => &mut self.v0,
+            Part::Residual(l) => &mut self.layers[l - 1].v,
+            Part::X(l) => &mut self.layers[l].x,
+            Part::XRotated(l) => &mut self.layers[l].xr,
+            Part::Scores(l) => &mut self.layers[l].scores,
+            Part::Y(l) => &mut self.layers[l].y,
+            Part::Logits => &mut self.logits,
+        }
+    }
+}
+
+/// What the accessors of [`Activations`] read, by layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The residual stream into layer `l` (`l = L`: the last).
+    Residual(usize),
+    /// x.
+    X(usize),
+    /// x rotated by RoPE.
+    XRotated(usize),
+    /// The attention scores.
+    Scores(usize),
+    /// y.
+    Y(usize),
+    /// The logits.
+    Logits,
 }
 
 /// Runs the model on `tokens` (B, T) and fills `acts`, `acts.logits` included:

@@ -15,7 +15,7 @@ pub mod site;
 pub use backward::{backward, Backward};
 pub use config::{BdhConfig, Decay};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
-pub use forward::{forward, Activations, Dims, Pass};
+pub use forward::{forward, Activations, Dims, Part, Pass};
 pub use merge::{merge, Heritage};
 pub use params::{Weights, WeightsMut, FREQS_NAME, PARAM_NAMES};
 pub use recurrent::{Prepared, Scratch, State};
