@@ -11,7 +11,7 @@ fn without_the_gpu_feature_a_gpu_is_refused_and_auto_stays_on_the_cpu() {
     common::skipped(
         "GPU tests (bdh-gpu's and the CLI's --device gpu)",
         "this build has no GPU backend: `cargo test --locked -p bdh-gpu -p bdh-cli --features \
-         bdh-gpu/gpu,bdh-cli/gpu --test twins --test device --test training --test gpu` runs them (CI does, on \
+         bdh-gpu/gpu,bdh-cli/gpu --test twins --test device --test training --test serving --test gpu` runs them (CI does, on \
          lavapipe)",
     );
     use common::{bdh, golden, text};

@@ -168,8 +168,11 @@ pub struct Extras<'a> {
     pub dropout: Option<(&'a Buf, f32)>,
     /// Called with each site of each layer (x, y, x⊙y, the layer's output) right
     /// after it is made, before anything reads it: where edits are applied.
-    pub edit: Option<&'a dyn Fn(Site, usize, &Buf)>,
+    pub edit: Option<&'a EditHook<'a>>,
 }
+
+/// What [`Extras::edit`] calls: (site, layer, the site's buffer).
+pub type EditHook<'a> = dyn Fn(Site, usize, &Buf) + 'a;
 
 /// The tables of a pass over positions `pos0..pos0 + T`, made on the host by the
 /// CPU's own code: RoPE's cos and sin, and with a decay the powers of γ the scores

@@ -19,7 +19,7 @@ impl<R: Runtime> Runner<R> {
         tokens: &[u32],
         acts: &mut Activations,
         edits: &Edits,
-        mut state: Option<&mut State>,
+        state: Option<&mut State>,
     ) -> Result<()> {
         let dims = acts.dims;
         if dims != Dims::new(&self.model.config, dims.b, dims.t) {
@@ -80,7 +80,7 @@ impl<R: Runtime> Runner<R> {
             bring(Part::Residual(l + 1), pass.residual(l + 1).0)?;
         }
         bring(Part::Logits, &pass.logits)?;
-        if let (Some(state), Some(rho)) = (state.as_deref_mut(), rho) {
+        if let (Some(state), Some(rho)) = (state, rho) {
             let per_layer = state.rho.len() / dims.l;
             for (host, buf) in state.rho.chunks_exact_mut(per_layer).zip(&rho) {
                 host.copy_from_slice(&dev.read(buf)?);
