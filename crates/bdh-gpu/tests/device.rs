@@ -10,7 +10,7 @@ use bdh::eval::{evaluate_bytes, evaluate_bytes_on};
 use bdh::infer::{Prepared, State};
 use bdh::io::checkpoint::load;
 use bdh::io::read_safetensors;
-use bdh::model::bdh::{BdhConfig, Decay, NO_EDITS};
+use bdh::model::bdh::NO_EDITS;
 use bdh::model::gpt::GptConfig;
 use bdh::verify::{greedy, greedy_with};
 use bdh::{Model, ModelConfig};
@@ -78,20 +78,6 @@ fn greedy_256_tokens_of_the_trained_fixture_equal_the_cpu() {
     assert_eq!(on_gpu, cpu, "{}", String::from_utf8_lossy(&on_gpu.iter().map(|&t| t as u8).collect::<Vec<_>>()));
 }
 
-/// A small random BDH with a decay, so that the damping runs too.
-fn decaying() -> Model {
-    let cfg = BdhConfig {
-        n_layer: 2,
-        n_embd: 32,
-        n_head: 4,
-        mlp_internal_dim_multiplier: 8,
-        vocab_size: 256,
-        dropout: 0.0,
-        decay: Decay::Alibi,
-    };
-    Model::new(&ModelConfig::Bdh(cfg), 7).unwrap()
-}
-
 /// Largest |a − b| over the largest |b|.
 fn rel(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -100,7 +86,7 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn a_decaying_model_on_the_device_equals_the_cpu_in_parallel_and_step_by_step() {
-    for model in [decaying(), load(&golden_dir("ref-tiny").join("model.safetensors"), None).unwrap()] {
+    for model in [common::decaying(), load(&golden_dir("ref-tiny").join("model.safetensors"), None).unwrap()] {
         let Some(mut gpu) = open(&model, "GPU decaying model") else { return };
         let ids = bytes(TEXT);
         let (b, t) = (2, ids.len() / 2);
@@ -156,7 +142,7 @@ fn eval_loss_on_the_device_equals_the_cpu() {
 
 #[test]
 fn what_the_device_cannot_hold_is_refused_with_the_bytes_it_needs_and_big_batches_split() {
-    let model = decaying();
+    let model = common::decaying();
     let Some(mut gpu) = open(&model, "GPU size refusal") else { return };
     // One sequence whose H × T × T scores pass any device's largest buffer (64 GiB).
     let t = 1 << 16;
@@ -190,7 +176,7 @@ fn the_gpt_baseline_is_refused_by_name() {
 
 #[test]
 fn a_long_prompt_is_read_in_parallel_chunks_with_the_state_carried() {
-    for model in [decaying(), load(&golden_dir("ref-tiny").join("model.safetensors"), None).unwrap()] {
+    for model in [common::decaying(), load(&golden_dir("ref-tiny").join("model.safetensors"), None).unwrap()] {
         let Some(gpu) = open(&model, "GPU chunked prefill") else { return };
         let prepared = Prepared::new(model).unwrap();
         // Past one chunk of 256, after a state that has read something already.

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use bdh::engine::Streams;
 use bdh::infer::{Prepared, State};
 use bdh::io::checkpoint::load;
-use bdh::model::bdh::{BdhConfig, Decay, NO_EDITS};
-use bdh::{Error, Model, ModelConfig};
+use bdh::model::bdh::NO_EDITS;
+use bdh::{Error, Model};
 use bdh_gpu::Want;
 
 mod common;
@@ -37,20 +37,6 @@ fn trained() -> Model {
     .unwrap()
 }
 
-/// A small random BDH with a decay, so that the damping runs too.
-fn decaying() -> Model {
-    let cfg = BdhConfig {
-        n_layer: 2,
-        n_embd: 32,
-        n_head: 4,
-        mlp_internal_dim_multiplier: 8,
-        vocab_size: 256,
-        dropout: 0.0,
-        decay: Decay::Alibi,
-    };
-    Model::new(&ModelConfig::Bdh(cfg), 7).unwrap()
-}
-
 const TEXT: &[u8] = b"ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.";
 
 fn ids(bytes: &[u8]) -> Vec<u32> {
@@ -66,7 +52,7 @@ fn rho(state: &State) -> &[f32] {
 
 #[test]
 fn streams_stepped_together_on_the_device_equal_the_cpus_batched_step() {
-    for model in [trained(), decaying()] {
+    for model in [trained(), common::decaying()] {
         let name = model.config().describe();
         let Some(mut dev) = streams(&model, 4, "GPU streams stepped together") else { return };
         let prepared = Prepared::new(model).unwrap();
@@ -115,7 +101,7 @@ fn streams_stepped_together_on_the_device_equal_the_cpus_batched_step() {
 
 #[test]
 fn slots_are_checked_and_the_pool_is_bounded() {
-    let model = decaying();
+    let model = common::decaying();
     let Some(mut dev) = streams(&model, 2, "GPU stream slots") else { return };
     let prepared = Prepared::new(model.clone()).unwrap();
     let a = dev.open(&prepared.state().unwrap()).unwrap();

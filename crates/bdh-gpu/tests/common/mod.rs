@@ -32,3 +32,17 @@ pub fn rel(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
+
+/// A small random BDH with a decay, so that the damping runs too.
+pub fn decaying() -> bdh::Model {
+    let cfg = bdh::model::bdh::BdhConfig {
+        n_layer: 2,
+        n_embd: 32,
+        n_head: 4,
+        mlp_internal_dim_multiplier: 8,
+        vocab_size: 256,
+        dropout: 0.0,
+        decay: bdh::model::bdh::Decay::Alibi,
+    };
+    bdh::Model::new(&bdh::ModelConfig::Bdh(cfg), 7).unwrap()
+}
