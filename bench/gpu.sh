@@ -5,8 +5,10 @@
 # H4, N 8192) — bdh's recurrent step on the device against bdh.py's `generate`
 # (which re-runs the prefix for every token) under bf16 autocast — with peak device
 # memory, (4) a training step at bdh.py's default config and batch (B32 T512): bdh
-# in f32 and in bf16 against bdh.py with bf16 autocast, eager and torch.compile'd.
-# Prints a table and writes it to $OUT/gpu.md (or bench/gpu/out/).
+# in f32 and in bf16 against bdh.py with bf16 autocast, eager and torch.compile'd,
+# (5) serving: 64 streams generated together, one batched step a token (as `bdh
+# serve --device gpu` decodes), against bdh.py's `generate` of a batch of 64 under
+# bf16 autocast. Prints a table and writes it to $OUT/gpu.md (or bench/gpu/out/).
 #
 # On the build machine (Rust, no GPU needed):
 #   bench/gpu.sh build [PATH/TO/bdh.py]   # stripped binary to bench/gpu/bdh, bdh.py to bench/ext/
@@ -43,6 +45,7 @@ if [[ $dry == 1 ]]; then
   sets=(--set n_layer=2 --set n_embd=64 --set n_head=2 --set mlp_internal_dim_multiplier=8)  # = tiny
 fi
 tokens=${BENCH_TOKENS:-256}
+streams=${BENCH_STREAMS:-64}; serve_tokens=${BENCH_SERVE_TOKENS:-64}
 t_start=$SECONDS
 log() { echo "[$((SECONDS - t_start)) s] $*" >&2; }
 
@@ -111,12 +114,26 @@ if [[ -f bench/ext/bdh.py ]]; then
   done
 fi
 
+# 5. Serving: 64 streams stepped together on the device, against bdh.py's generate of
+# a batch of 64 (bf16 autocast), the same tokens.
+timeout "$(left 40)" "$bin" bench generate --preset "$preset" --device gpu --streams "$streams" --prompt-len 16 \
+  --tokens "$serve_tokens" > "$out/bdh-serve.txt" 2>&1
+log "bdh serving done"
+if [[ -f bench/ext/bdh.py ]]; then
+  timeout "$(left 60)" "$py" bench/bdhpy_generate.py --bdh-py bench/ext/bdh.py --device "$torch_device" --bf16 \
+    --batch "$streams" --prompt-len 16 --tokens "$serve_tokens" "${sets[@]}" > "$out/bdhpy-serve.json" 2> "$out/bdhpy-serve.err"
+  log "bdh.py batched generate done"
+else
+  echo '{"missing": "bench/ext/bdh.py"}' > "$out/bdhpy-serve.json"
+fi
+
 # The tables (bdh's memory: what cubecl's pools hold after the run; bdh.py's: the
 # peak torch allocated).
-"$py" - "$out" "$backend" "$tokens" "$preset" "$batch" "$block" "${verdicts[@]}" <<'PY' | tee "$out/gpu.md"
+"$py" - "$out" "$backend" "$tokens" "$preset" "$batch" "$block" "$streams" "$serve_tokens" "${verdicts[@]}" <<'PY' | tee "$out/gpu.md"
 import json, re, sys
 out, backend, tokens, preset, batch, block = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-verdicts = sys.argv[7:]
+streams, serve_tokens = int(sys.argv[7]), int(sys.argv[8])
+verdicts = sys.argv[9:]
 config = "bdh.py's default config" if preset == "paper" else f"the {preset} preset (a dry run)"
 text = open(f"{out}/bdh-generate.txt").read()
 m = re.search(r"generate (\d+) tokens after (\d+): ([\d.]+) tokens/s", text)
@@ -179,5 +196,22 @@ for ours in ["f32", "bf16"]:
     for theirs in ["eager", "compile"]:
         if ours in rows and theirs in rows:
             print(f"bdh {ours} / bdh.py bf16 {theirs}: {rows[ours] / rows[theirs]:.2f}×")
+
+print()
+print(f"| {streams} streams, greedy, {config}, {serve_tokens} tokens each after 16 | tokens/s in all | device memory |")
+print("|---|---|---|")
+t = open(f"{out}/bdh-serve.txt").read() if __import__("os").path.exists(f"{out}/bdh-serve.txt") else ""
+m = re.search(r"streams after \d+: ([\d.]+) tokens/s in all", t)
+mem = re.search(r"device memory held: ([\d.]+) MiB", t)
+ours = float(m.group(1)) if m else None
+print(f"| bdh, one batched step a token on the device (f32) | {ours if ours else 'failed: see bdh-serve.txt'} | {mem.group(1) + ' MiB held' if mem else '?'} |")
+ref = load("bdhpy-serve.json")
+if "tokens_per_second" in ref:
+    peak = f"{ref['peak_bytes'] / 2**20:.0f} MiB peak allocated" if ref["peak_bytes"] else "–"
+    print(f"| bdh.py `generate` of a batch of {streams}, bf16 autocast | {ref['tokens_per_second']:.1f} | {peak} |")
+    if ours:
+        print(f"\nbdh / bdh.py, {streams} streams: {ours / ref['tokens_per_second']:.1f}× (goal: 50×)")
+else:
+    print(f"| bdh.py `generate` of a batch of {streams} | not run: {ref} | |")
 PY
 log "total"

@@ -80,6 +80,16 @@ fn bench_train_reports_throughput() {
 }
 
 #[test]
+fn bench_generate_steps_many_streams_together() {
+    let o = bdh(&["bench", "generate", "--preset", "tiny", "--tokens", "8", "--streams", "4", "--threads", "1"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("8 tokens × 4 streams after 16") && out.contains("tokens/s in all"), "{out}");
+    let o = bdh(&["bench", "generate", "--preset", "gpt-tiny", "--tokens", "8", "--streams", "4"]);
+    assert!(!o.status.success() && text(&o).contains("steps BDH streams together"), "{}", text(&o));
+}
+
+#[test]
 fn train_resume_generate_eval_end_to_end() {
     let tmp = temp("e2e");
     let dir = tmp.path();

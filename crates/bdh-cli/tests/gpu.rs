@@ -169,6 +169,10 @@ mod on_a_device {
         assert!(o.status.success() && text(&o).contains("forward on the GPU"), "{}", text(&o));
         let o = bdh(&["bench", "generate", "--preset", "tiny", "--tokens", "16", "--device", "gpu"]);
         assert!(o.status.success() && text(&o).contains("device memory held"), "{}", text(&o));
+        let streams = ["bench", "generate", "--preset", "tiny", "--tokens", "8", "--streams", "4", "--device", "gpu"];
+        let o = bdh(&streams);
+        assert!(o.status.success() && text(&o).contains("tokens/s in all"), "{}", text(&o));
+        assert!(text(&o).contains("device memory held"), "{}", text(&o));
         let o = bdh(&["bench", "train", "--preset", "tiny", "--iters", "2", "--warmup", "1", "--device", "gpu"]);
         assert!(o.status.success(), "{}", text(&o));
         assert!(

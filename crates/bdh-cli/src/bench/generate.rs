@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+use std::time::Instant;
+
 use bdh::engine::CpuReader;
-use bdh::infer::Prepared;
+use bdh::infer::{argmax, Prepared, State};
 use bdh::model::bdh::NO_EDITS;
 use bdh::{Model, ModelConfig};
 
@@ -28,6 +30,10 @@ pub struct Args {
     /// Compare step latency at this context with that at 256.
     #[arg(long, default_value_t = 8192)]
     long_context: usize,
+    /// Streams generated together, each after its own copy of the prompt, one
+    /// batched step for all a token (as `bdh serve` decodes): their tokens/s in all.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    streams: u64,
 }
 
 /// Measures `args.model`, or random weights of `preset`.
@@ -47,6 +53,9 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
     };
     if let Some(context) = model.config().max_context().filter(|&c| prompt_len > c) {
         anyhow::bail!("--prompt-len {prompt_len}: this GPT's context is {context} tokens (its block_size)");
+    }
+    if args.streams > 1 {
+        return together(args, model, on);
     }
     let device = on.open(&model)?;
     describe(&model.config(), "B1");
@@ -84,6 +93,74 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
         return Ok(());
     }
     latency(&model, args.long_context.max(256), state_mib)
+}
+
+/// `args.streams` streams of `model`, each prefilled with the prompt and then
+/// greedily stepped together for `args.tokens` tokens: the aggregate tokens/s.
+fn together(args: &Args, model: Model, on: &DeviceArgs) -> anyhow::Result<()> {
+    let n = args.streams as usize;
+    anyhow::ensure!(matches!(model, Model::Bdh(_)), "--streams steps BDH streams together; this is a GPT");
+    let mut device = on.streams(&model, n)?;
+    if let Some(d) = &device {
+        eprintln!("running on the {}", d.device());
+    }
+    describe(&model.config(), &format!("B{n}"));
+    let model = Prepared::new(model)?;
+    let prompt: Vec<u32> =
+        b"The hatchling reads. ".iter().cycle().take(args.prompt_len.max(1)).map(|&b| b as u32).collect();
+    let (mut states, mut scratch) = (Vec::new(), model.scratch());
+    let mut slots = Vec::new();
+    let mut next = Vec::with_capacity(n);
+    let v = model.config().vocab_size();
+    let greedy = |logits: &[f32]| logits.chunks_exact(v).map(argmax).collect::<Vec<u32>>();
+    let start = Instant::now();
+    for i in 0..n {
+        // (each stream's prompt differs in its last byte, so the streams differ)
+        let mut mine = prompt.clone();
+        *mine.last_mut().expect("a prompt") = 97 + (i % 26) as u32;
+        let logits = match &mut device {
+            Some(d) => {
+                slots.push(d.open(&model.state()?)?);
+                d.prefill(slots[i], &mine)?
+            }
+            None => {
+                states.push(model.state()?);
+                model.prefill(&mut states[i], &mut scratch, &mine, &NO_EDITS)?
+            }
+        };
+        next.extend(greedy(logits));
+    }
+    let prefill = start.elapsed().as_secs_f64();
+    // (the first step, untimed, compiles a device's kernels)
+    let mut start = Instant::now();
+    for k in 0..=args.tokens {
+        if k == 1 {
+            start = Instant::now();
+        }
+        let logits = match &mut device {
+            Some(d) => d.step(&slots, &next)?,
+            None => {
+                let mut rows: Vec<&mut State> = states.iter_mut().collect();
+                model.step(&mut rows, &mut scratch, &next, &NO_EDITS)?
+            }
+        };
+        next = greedy(logits);
+    }
+    let decode = start.elapsed().as_secs_f64();
+    println!(
+        "generate {} tokens × {n} streams after {}: {:.1} tokens/s in all (prefill {:.1} ms, decode {:.1} ms, {:.2} ms a \
+         step)",
+        args.tokens,
+        prompt.len(),
+        (n * args.tokens) as f64 / decode,
+        prefill * 1e3,
+        decode * 1e3,
+        decode * 1e3 / args.tokens.max(1) as f64,
+    );
+    if let Some(d) = &device {
+        println!("device memory held: {:.1} MiB", d.held_bytes() as f64 / (1 << 20) as f64);
+    }
+    Ok(())
 }
 
 /// The recurrent step's latency, sparse against dense at context 256, and at
