@@ -61,24 +61,23 @@ impl DeviceArgs {
 
     /// Where the training steps of a `model` go: `None` for the CPU, else what opens
     /// the device for a trainer. `auto` stays on the CPU (saying why) where there is no
-    /// hardware GPU or the GPU backend does not train the model (the GPT baseline).
+    /// hardware GPU or the GPU backend does not train the model (a GPT with dropout).
     pub fn trainer(
         &self,
         model: &bdh::ModelConfig,
     ) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
-        let gpt = matches!(model, bdh::ModelConfig::Gpt(_));
+        const GPT_DROPOUT: &str = "a GPT with dropout trains on the CPU (its attention's dropout is drawn there only)";
+        let gpt = matches!(model, bdh::ModelConfig::Gpt(c) if c.dropout > 0.0);
         match self.device {
             Choice::Cpu => Ok(None),
-            Choice::Gpu if gpt => anyhow::bail!(bdh::Error::Device(
-                "the GPU backend trains BDH models; the GPT baseline trains on the CPU: drop --device gpu".into()
-            )),
+            Choice::Gpu if gpt => anyhow::bail!(bdh::Error::Device(format!("{GPT_DROPOUT}: drop --device gpu"))),
             Choice::Gpu => {
                 // (before the run's directory is made: a machine without a device leaves nothing behind)
                 available(false).map_err(bdh::Error::Device)?;
                 opener(false)
             }
             Choice::Auto if gpt => {
-                eprintln!("note: training on the CPU (the GPU backend trains BDH models, not the GPT baseline)");
+                eprintln!("note: training on the CPU ({GPT_DROPOUT})");
                 Ok(None)
             }
             Choice::Auto => match available(true) {

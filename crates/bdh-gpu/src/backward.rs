@@ -68,6 +68,12 @@ impl ByToken {
         }
         Ok(ByToken { positions: dev.upload_ids(&positions)?, starts: dev.upload_ids(&starts)? })
     }
+
+    /// An embedding's gradient: row r of `grad` (V, D) += the rows of `dv` (B·T, D)
+    /// at the positions of token r.
+    pub fn embed_backward<R: Runtime>(&self, dev: &Device<R>, grad: &Buf, dv: &Buf, d: usize) {
+        dev.embed_backward(grad, dv, &self.positions, &self.starts, d);
+    }
 }
 
 /// Values of the backward's scratch of `dims` (for the memory a step needs).
@@ -161,6 +167,6 @@ pub fn backward<R: Runtime>(
     // v = LN(embed[idx])  ⇒  d embed[idx] += LN'(dv)
     let (v0, rstd0) = pass.residual(0);
     dev.layer_norm_backward(&s.dv, v0, rstd0, d);
-    dev.embed_backward(&g.embed, &s.dv, &by_token.positions, &by_token.starts, d);
+    by_token.embed_backward(dev, &g.embed, &s.dv, d);
     Ok(())
 }

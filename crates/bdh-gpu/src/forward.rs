@@ -296,9 +296,7 @@ pub fn forward<R: Runtime>(dev: &Device<R>, w: &Weights, pass: &Pass, ids: &Buf,
 /// The mean cross-entropy of the last forward's logits against `targets` (on the
 /// device), summed in f64 as the CPU sums it.
 pub fn mean_loss<R: Runtime>(dev: &Device<R>, pass: &Pass, targets: &Buf) -> Result<f32> {
-    dev.cross_entropy(&pass.logits, targets, &pass.losses, pass.dims.v);
-    let losses = dev.read(&pass.losses)?;
-    Ok((losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64) as f32)
+    dev.mean_cross_entropy(&pass.logits, targets, &pass.losses, pass.dims.v)
 }
 
 /// The per-position cross-entropy of the last forward's logits against `targets`.

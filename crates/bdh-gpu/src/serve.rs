@@ -15,7 +15,8 @@ use cubecl::prelude::Runtime;
 
 use crate::device::Buf;
 use crate::guard::guard;
-use crate::{forward, Runner, PREFILL_CHUNK};
+use crate::forward;
+use crate::runner::{Runner, PREFILL_CHUNK};
 
 /// The streams of a server on a device of runtime `R`.
 pub(crate) struct Pool<R: Runtime> {

@@ -10,7 +10,8 @@ use bdh::{Error, Result};
 use cubecl::prelude::Runtime;
 
 use crate::device::Buf;
-use crate::{forward, Runner};
+use crate::forward;
+use crate::runner::Runner;
 
 impl<R: Runtime> Runner<R> {
     /// Runs `tokens` into `acts` with `edits`, reading and writing `state` if given.

@@ -7,13 +7,14 @@
 use bdh::engine::Forward;
 use bdh::model::bdh::{Bdh, Dims};
 use bdh::params::Params;
-use bdh::train::{carry::Carry, AdamW, AdamWConfig, Collective, Precision, Trainer};
+use bdh::train::{carry::Carry, AdamW, Collective, Precision, Trainer};
 use bdh::{Error, Model, Result};
 use cubecl::prelude::Runtime;
 use rand_chacha::rand_core::SeedableRng;
 
 use crate::backward::{self, Scratch};
-use crate::device::{AdamStep, Buf, Device as Dev};
+use crate::device::{Buf, Device as Dev};
+use crate::optim::Moments;
 use crate::forward::{self, Extras, Pass, Tables, Weights};
 use crate::guard::guard;
 
@@ -29,12 +30,8 @@ pub(crate) struct DeviceTrainer<R: Runtime> {
     model: Bdh,        // config and RoPE frequencies (the host's weights may lag)
     w: Weights,        // the weights
     g: Weights,        // their gradients, summed over micro-batches
-    m: Weights,        // AdamW's first moments
-    v: Weights,        // AdamW's second moments
-    decays: Vec<bool>, // per tensor: whether weight decay applies
-    opt: AdamWConfig,
-    step: u64,  // optimizer steps taken
-    pass: Pass, // the training forward's buffers
+    moments: Moments,  // AdamW's
+    pass: Pass,        // the training forward's buffers
     scratch: Scratch,
     tables: Tables, // positions 0..T
     carried: Option<Carried>,
@@ -75,7 +72,7 @@ impl<R: Runtime> DeviceTrainer<R> {
     /// naming the bytes needed and the largest batch that fits.
     pub(crate) fn new(mut dev: Dev<R>, trainer: &Trainer) -> Result<Self> {
         crate::trains(&trainer.model)?;
-        let Model::Bdh(model) = &trainer.model else { unreachable!("checked: a BDH model") };
+        let Model::Bdh(model) = &trainer.model else { unreachable!("the caller matched a BDH model") };
         dev.check_runs()?;
         dev.set_bf16(trainer.precision == Precision::Bf16);
         let (b, t) = trainer.batch;
@@ -99,11 +96,7 @@ impl<R: Runtime> DeviceTrainer<R> {
         Ok(DeviceTrainer {
             w: up(p, "the weights")?,
             g: up(&p.zeros_like(), "the gradients")?,
-            m: up(&trainer.opt.m, "AdamW's moments")?,
-            v: up(&trainer.opt.v, "AdamW's moments")?,
-            decays: trainer.opt.decay.clone(),
-            opt: trainer.opt.config.clone(),
-            step: trainer.opt.step,
+            moments: Moments::upload(&dev, &trainer.opt)?,
             pass: Pass::training(&dev, dims, dropout, carry && !detach)?,
             scratch: Scratch::new(&dev, dims)?,
             tables: Tables::new(&dev, model, 0, t)?,
@@ -142,52 +135,13 @@ impl<R: Runtime> DeviceTrainer<R> {
     }
 
     fn apply(&mut self, micro_batches: usize, clip: f64, lr: f64, collective: &dyn Collective) -> Result<f64> {
-        let mut scale = 1.0 / micro_batches as f32;
-        if collective.size() > 1 {
-            // The processes average on the host: the gradients go there and back.
-            let mut all = Vec::new();
-            for g in self.g.parts() {
-                all.extend(self.dev.read(g)?);
-            }
-            all.iter_mut().for_each(|x| *x *= scale);
-            collective.all_reduce_mean(&mut all)?;
-            let mut rest = &all[..];
-            for g in self.g.parts() {
-                let (mine, after) = rest.split_at(g.len());
-                self.dev.write(g, mine)?;
-                rest = after;
-            }
-            scale = 1.0;
-        }
-        let norm = self.dev.sum_squares(&self.g.parts(), scale)?.sqrt();
-        let clip = if clip > 0.0 && norm > clip { (clip / (norm + 1e-6)) as f32 } else { 1.0 };
-        self.step += 1;
-        // torch forms every scalar in Python floats (f64), then applies it in f32.
-        let AdamWConfig { betas: (b1, b2), eps, weight_decay, .. } = self.opt;
-        let t = self.step as i32;
-        let s = AdamStep {
-            scale,
-            clip,
-            decay: (1.0 - lr * weight_decay) as f32,
-            w1: (1.0 - b1) as f32,
-            beta2: b2 as f32,
-            w2: (1.0 - b2) as f32,
-            bc2: (1.0 - b2.powi(t)).sqrt() as f32,
-            eps: eps as f32,
-            step: (lr / (1.0 - b1.powi(t))) as f32,
-        };
-        let parts = self.w.parts().into_iter().zip(self.g.parts()).zip(self.m.parts()).zip(self.v.parts());
-        for ((((p, g), m), v), &decays) in parts.zip(&self.decays) {
-            self.dev.adamw(p, g, m, v, AdamStep { decay: if decays { s.decay } else { 1.0 }, ..s });
-        }
-        Ok(norm)
+        let (w, g) = (self.w.parts(), self.g.parts());
+        self.moments.apply(&self.dev, &w, &g, micro_batches, clip, lr, collective)
     }
 
     fn store(&mut self, model: &mut Model, opt: &mut AdamW, carry: Option<&mut Carry>) -> Result<()> {
         self.w.read_into(&self.dev, model.params_mut())?;
-        self.m.read_into(&self.dev, &mut opt.m)?;
-        self.v.read_into(&self.dev, &mut opt.v)?;
-        opt.step = self.step;
+        self.moments.store(&self.dev, opt)?;
         if let (Some(c), Some(host)) = (&self.carried, carry) {
             let mut rho = Vec::with_capacity(host.state.rho.len());
             for layer in &c.rho {
@@ -303,27 +257,68 @@ fn chacha_key(seed: u64) -> [u32; 8] {
     std::array::from_fn(|i| u32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]))
 }
 
-/// A [`DeviceTrainer`] behind the engine's trait, every call guarded (a device
-/// thread's panic becomes an error).
-pub(crate) struct Guarded<R: Runtime>(pub DeviceTrainer<R>);
+/// What a trainer on a device does (the BDH's and the GPT's), unguarded.
+pub(crate) trait Steps {
+    /// The device's name.
+    fn name(&self) -> &str;
+    fn accumulate(&mut self, tokens: &[u32], targets: &[u32], dropout_seed: u64) -> Result<f32>;
+    fn apply(&mut self, micro_batches: usize, clip: f64, lr: f64, collective: &dyn Collective) -> Result<f64>;
+    fn restart(&mut self);
+    fn store(&mut self, model: &mut Model, opt: &mut AdamW, carry: Option<&mut Carry>) -> Result<()>;
+    /// Logits of `tokens` (B, T) with the current weights, eval mode.
+    fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>>;
+    fn vocab(&self) -> usize;
+    fn reserved_bytes(&self) -> u64;
+}
 
-impl<R: Runtime> bdh::train::Accelerator for Guarded<R> {
+impl<R: Runtime> Steps for DeviceTrainer<R> {
+    fn name(&self) -> &str {
+        &self.dev.name
+    }
+    fn accumulate(&mut self, tokens: &[u32], targets: &[u32], dropout_seed: u64) -> Result<f32> {
+        DeviceTrainer::accumulate(self, tokens, targets, dropout_seed)
+    }
+    fn apply(&mut self, micro_batches: usize, clip: f64, lr: f64, collective: &dyn Collective) -> Result<f64> {
+        DeviceTrainer::apply(self, micro_batches, clip, lr, collective)
+    }
+    fn restart(&mut self) {
+        DeviceTrainer::restart(self)
+    }
+    fn store(&mut self, model: &mut Model, opt: &mut AdamW, carry: Option<&mut Carry>) -> Result<()> {
+        DeviceTrainer::store(self, model, opt, carry)
+    }
+    fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        DeviceTrainer::logits(self, tokens, b, t)
+    }
+    fn vocab(&self) -> usize {
+        self.model.config.vocab_size
+    }
+    fn reserved_bytes(&self) -> u64 {
+        self.dev.reserved_bytes()
+    }
+}
+
+/// A trainer on a device behind the engine's traits, every call guarded (a device
+/// thread's panic becomes an error).
+pub(crate) struct Guarded<T: Steps>(pub T);
+
+impl<T: Steps> bdh::train::Accelerator for Guarded<T> {
     fn device(&self) -> String {
-        format!("GPU ({})", self.0.dev.name)
+        format!("GPU ({})", self.0.name())
     }
 
     fn accumulate(&mut self, tokens: &[u32], targets: &[u32], dropout_seed: u64) -> Result<f32> {
-        let name = self.0.dev.name.clone();
+        let name = self.0.name().to_string();
         guard(&name, || self.0.accumulate(tokens, targets, dropout_seed))
     }
 
     fn apply(&mut self, micro_batches: usize, clip: f64, lr: f64, collective: &dyn Collective) -> Result<f64> {
-        let name = self.0.dev.name.clone();
+        let name = self.0.name().to_string();
         guard(&name, || self.0.apply(micro_batches, clip, lr, collective))
     }
 
     fn restart(&mut self) -> Result<()> {
-        let name = self.0.dev.name.clone();
+        let name = self.0.name().to_string();
         guard(&name, || {
             self.0.restart();
             Ok(())
@@ -331,7 +326,7 @@ impl<R: Runtime> bdh::train::Accelerator for Guarded<R> {
     }
 
     fn store(&mut self, model: &mut Model, opt: &mut AdamW, carry: Option<&mut Carry>) -> Result<()> {
-        let name = self.0.dev.name.clone();
+        let name = self.0.name().to_string();
         guard(&name, || self.0.store(model, opt, carry))
     }
 
@@ -340,22 +335,22 @@ impl<R: Runtime> bdh::train::Accelerator for Guarded<R> {
     }
 
     fn held_bytes(&self) -> u64 {
-        self.0.dev.reserved_bytes()
+        self.0.reserved_bytes()
     }
 }
 
-impl<R: Runtime> Forward for Guarded<R> {
+impl<T: Steps> Forward for Guarded<T> {
     fn device(&self) -> String {
-        format!("GPU ({})", self.0.dev.name)
+        format!("GPU ({})", self.0.name())
     }
 
     fn logits(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
-        let name = self.0.dev.name.clone();
+        let name = self.0.name().to_string();
         guard(&name, || self.0.logits(tokens, b, t))
     }
 
     fn loss_sum(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
-        let v = self.0.model.config.vocab_size;
+        let v = self.0.vocab();
         let logits = self.logits(tokens, b, t)?;
         Ok(bdh::model::loss::cross_entropy(&logits, targets, v) as f64 * targets.len() as f64)
     }

@@ -11,7 +11,6 @@ use bdh::infer::{Prepared, State};
 use bdh::io::checkpoint::load;
 use bdh::io::read_safetensors;
 use bdh::model::bdh::NO_EDITS;
-use bdh::model::gpt::GptConfig;
 use bdh::verify::{greedy, greedy_with};
 use bdh::{Model, ModelConfig};
 use bdh_gpu::{Gpu, Want};
@@ -161,17 +160,6 @@ fn what_the_device_cannot_hold_is_refused_with_the_bytes_it_needs_and_big_batche
     let (cpu, dev) =
         (Cpu::new(&model).loss_sum(&ids, &targets, b, t).unwrap(), gpu.loss_sum(&ids, &targets, b, t).unwrap());
     assert!((dev - cpu).abs() / cpu < 1e-5, "CPU {cpu}, GPU {dev}");
-}
-
-#[test]
-fn the_gpt_baseline_is_refused_by_name() {
-    let cfg =
-        GptConfig { n_layer: 1, n_head: 2, n_embd: 16, block_size: 32, vocab_size: 256, dropout: 0.0, bias: true };
-    let model = Model::new(&ModelConfig::Gpt(cfg), 0).unwrap();
-    match Gpu::open(&model, Want::Any) {
-        Err(e) => assert!(e.to_string().contains("the GPT baseline runs on the CPU"), "{e}"),
-        Ok(_) => panic!("a GPT opened on the GPU"),
-    }
 }
 
 #[test]

@@ -16,6 +16,7 @@ use crate::infer::{Prepared, Scratch, State};
 use crate::model::bdh::{Activations as BdhActivations, Edits, Pass as BdhPass};
 use crate::model::loss::cross_entropy;
 use crate::model::{forward, Activations, Mode, Model};
+use crate::params::Params;
 
 /// A model's parallel forward, eval mode, from empty states.
 pub trait Forward {
@@ -54,6 +55,9 @@ pub trait Device: Forward {
     fn stream(&self, state: &State) -> Result<Box<dyn Reader + '_>>;
     /// Its forward that hands back every layer's activations (the microscope's).
     fn traced(&mut self) -> &mut dyn Traced;
+    /// The mean loss of `tokens` (B, T) against `targets` and the gradient of every
+    /// weight, eval mode, laid out as the model's parameters.
+    fn gradients(&mut self, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<(f32, Params)>;
 }
 
 /// Many streams held on a device, each in a slot from [`Streams::open`] to

@@ -60,8 +60,8 @@ pub struct Report {
     pub tensors: Vec<TensorCheck>,
     /// The greedy continuation, if the golden file has one.
     pub greedy: Option<GreedyCheck>,
-    /// The device that computed the logits, the loss and the continuation, when
-    /// not the CPU (gradients are the CPU's).
+    /// The device that computed the logits, the loss, the gradients and the
+    /// continuation, when not the CPU.
     pub device: Option<String>,
 }
 
@@ -115,8 +115,8 @@ pub fn verify(model: &Model, golden: &TensorMap, path: &Path) -> Result<Report> 
     verify_on(model, None, golden, path)
 }
 
-/// [`verify`] with the logits, the loss and the greedy continuation computed on
-/// `device` (`model` held there); gradients, when the golden file has them, on the CPU.
+/// [`verify`] with the logits, the loss, the gradients and the greedy continuation
+/// computed on `device` (`model` held there).
 pub fn verify_on(
     model: &Model,
     mut device: Option<&mut dyn Device>,
@@ -136,9 +136,9 @@ pub fn verify_on(
 
     let mut report = Report { device: device.as_ref().map(|d| d.device()), ..Report::default() };
     let wants_grads = golden.keys().any(|k| k.starts_with("grad."));
-    // The CPU's forward, for the gradients, or for everything without a device.
+    // The CPU's forward, for everything without a device.
     let mut acts = None;
-    if wants_grads || device.is_none() {
+    if device.is_none() {
         let a = acts.insert(Activations::new(model, b, t)?);
         forward(model, &tokens, a, Mode::Eval)?;
     }
@@ -160,25 +160,29 @@ pub fn verify_on(
                 found: format!("[{tb}, {tt}]"),
             });
         }
-        let ours = if let (true, Some(acts)) = (wants_grads, &acts) {
-            let mut grads = Gradients::new(model, b, t)?;
-            let l = backward(model, acts, &targets, &mut grads)?;
-            for (slot, ours) in grads.params.tensors() {
+        let grads = match (wants_grads, &mut device, &acts) {
+            (false, _, _) => None,
+            (true, Some(dev), _) => Some(dev.gradients(&tokens, &targets, b, t)?),
+            (true, None, Some(acts)) => {
+                let mut grads = Gradients::new(model, b, t)?;
+                let l = backward(model, acts, &targets, &mut grads)?;
+                Some((l, grads.params))
+            }
+            (true, None, None) => unreachable!("the CPU ran"),
+        };
+        if let Some((_, grads)) = &grads {
+            for (slot, ours) in grads.tensors() {
                 let key = format!("grad.{}", slot.name);
                 if let Some(g) = golden_f32(golden, &key, &[ours.len()])? {
                     report.tensors.push(compare(&key, ours, g, GRADIENT_TOLERANCE));
                 }
             }
-            l
-        } else if let Some(acts) = &acts {
-            loss(acts, &targets)?
-        } else {
-            0.0
-        };
-        // On a device, the loss is the device's.
-        let ours = match &mut device {
-            Some(dev) => (dev.loss_sum(&tokens, &targets, b, t)? / (b * t) as f64) as f32,
-            None => ours,
+        }
+        let ours = match (&grads, &mut device, &acts) {
+            (Some((l, _)), _, _) => *l,
+            (None, Some(dev), _) => (dev.loss_sum(&tokens, &targets, b, t)? / (b * t) as f64) as f32,
+            (None, None, Some(acts)) => loss(acts, &targets)?,
+            (None, None, None) => unreachable!("the CPU ran"),
         };
         if let Some(g) = golden_f32(golden, "loss", &[1])? {
             report

@@ -13,8 +13,10 @@ use cubecl::server::Handle;
 
 use crate::kernels::{self, BLOCK, COLUMNS, LANES, LINE, SIDE};
 
+mod gpt;
 mod serve;
 mod train;
+pub use gpt::Heads;
 pub use train::AdamStep;
 
 /// A buffer of 4-byte values (f32, or u32 token ids) on a device.

@@ -130,6 +130,14 @@ impl<R: Runtime> Device<R> {
         );
     }
 
+    /// The mean cross-entropy of rows of `v` logits against `targets` (the rows'
+    /// losses into `losses`), summed in f64 as the CPU sums it.
+    pub fn mean_cross_entropy(&self, logits: &Buf, targets: &Buf, losses: &Buf, v: usize) -> Result<f32> {
+        self.cross_entropy(logits, targets, losses, v);
+        let each = self.read(losses)?;
+        Ok((each.iter().map(|&l| l as f64).sum::<f64>() / each.len() as f64) as f32)
+    }
+
     /// `dst = src`.
     pub fn copy(&self, src: &Buf, dst: &Buf) {
         let len = dst.len;

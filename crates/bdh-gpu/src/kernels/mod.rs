@@ -12,6 +12,7 @@ use cubecl::prelude::*;
 
 pub mod backward;
 pub mod dropout;
+pub mod gpt;
 pub mod optimizer;
 pub mod serve;
 

@@ -49,6 +49,11 @@ pub struct Scratch {
 }
 
 impl State {
+    /// The window: the last ≤ block_size tokens read.
+    pub fn window(&self) -> &[u32] {
+        &self.window
+    }
+
     /// Bytes the state occupies.
     pub fn bytes(&self) -> usize {
         (self.k.len() + self.v.len()) * 4 + self.window.capacity() * 4

@@ -115,7 +115,7 @@ pub struct Tensors<S> {
 
 impl<S> Tensors<S> {
     /// Assigns the slices of a buffer laid out by [`layout`], in order.
-    fn from_slots(c: &GptConfig, slices: impl IntoIterator<Item = S>) -> Self {
+    pub fn from_slots(c: &GptConfig, slices: impl IntoIterator<Item = S>) -> Self {
         let mut it = slices.into_iter();
         let mut next = || it.next().expect("a slice per slot of the GPT layout");
         let (wte, wpe) = (next(), next());
