@@ -32,8 +32,8 @@ use cubecl::prelude::Runtime;
 use guard::guard;
 
 use device::Device as Dev;
-use runner::Runner;
 pub use probe::quiet_vulkan;
+use runner::Runner;
 
 /// Which devices an `open` may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -65,6 +65,7 @@ impl Moments {
     /// The gradients `g` (summed over `micro_batches`) averaged, averaged over
     /// `collective`, clipped to `clip` (0: not), and one AdamW step of the weights
     /// `w` at `lr`, which zeroes `g`: the norm before clipping.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply<R: Runtime>(
         &mut self,
         dev: &Device<R>,

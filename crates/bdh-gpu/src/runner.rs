@@ -277,4 +277,3 @@ impl<R: Runtime> Reader for GpuReader<'_, R> {
         guard(&dev.name, || Ok(State::Bdh(self.stream.state(dev)?)))
     }
 }
-

@@ -14,8 +14,8 @@ use bdh_kernels::{Batch, MatMul};
 use cubecl::prelude::Runtime;
 
 use crate::device::Buf;
-use crate::guard::guard;
 use crate::forward;
+use crate::guard::guard;
 use crate::runner::{Runner, PREFILL_CHUNK};
 
 /// The streams of a server on a device of runtime `R`.
@@ -23,6 +23,7 @@ pub(crate) struct Pool<R: Runtime> {
     runner: Runner<R>,
     rho: Vec<Buf>,           // (L) × (S, H, N, D)
     pos: Vec<Option<usize>>, // (S) the position of the stream in each slot; `None`: free
+    lost: Vec<bool>,         // (S) whether a failed pass left the slot's state half-written
     temps: Vec<Buf>,         // (L) × (H, N, D): one stream's state on its way in or out of its slot
     pass: Option<forward::Pass>,
     step: Option<StepBuffers>,
@@ -51,10 +52,20 @@ impl<R: Runtime> Pool<R> {
         let c = &runner.model.config;
         let per_layer = c.n_head * c.n_neurons() * c.n_embd;
         let dev = &runner.dev;
-        // The pool, and one state more for a stream on its way in or out.
-        let bytes = |s: usize| 4 * (c.n_layer as u64) * (per_layer as u64) * (s as u64 + 1);
+        // The pool, one state more for a stream on its way in or out, a prompt
+        // chunk's pass and the buffers of a step of every stream.
+        let (d, h, n, v) = (c.n_embd, c.n_head, c.n_neurons(), c.vocab_size);
+        let chunk: usize = forward::buffers(&Dims::new(c, 1, PREFILL_CHUNK)).iter().map(|&(_, n)| n).sum();
+        let step = 3 * d + 4 * h * n + h * d + h + v;
+        let bytes = |s: usize| {
+            let states = (c.n_layer as u64) * (per_layer as u64) * (s as u64 + 1);
+            4 * (states + chunk as u64 + (step * s) as u64)
+        };
         let by_buffer = (dev.max_buffer() / 4 / per_layer.max(1) as u64) as usize;
-        let by_memory = dev.free_bytes().map_or(usize::MAX, |free| (free / bytes(0)).saturating_sub(1) as usize);
+        let by_memory = match dev.free_bytes() {
+            None => usize::MAX,
+            Some(free) => (0..=slots).rev().find(|&s| bytes(s) <= free).unwrap_or(0),
+        };
         let fit = by_buffer.min(by_memory);
         if slots > fit {
             return Err(Error::TooLarge {
@@ -71,7 +82,8 @@ impl<R: Runtime> Pool<R> {
             (0..c.n_layer).map(|_| dev.scratch(slots * per_layer, "the streams' states")).collect::<Result<_>>()?;
         let temps = (0..c.n_layer).map(|_| dev.scratch(per_layer, "a stream's state")).collect::<Result<_>>()?;
         let chunk = (1..=PREFILL_CHUNK).rev().find(|&t| runner.rows_that_fit(1, t).is_ok()).unwrap_or(1);
-        Ok(Pool { runner, rho, pos: vec![None; slots], temps, pass: None, step: None, chunk, logits: Vec::new() })
+        let (pos, lost) = (vec![None; slots], vec![false; slots]);
+        Ok(Pool { runner, rho, pos, lost, temps, pass: None, step: None, chunk, logits: Vec::new() })
     }
 
     fn per_layer(&self) -> usize {
@@ -81,7 +93,23 @@ impl<R: Runtime> Pool<R> {
 
     /// The position of the stream in `slot`, or an error if none is there.
     fn at(&self, slot: usize) -> Result<usize> {
-        self.pos.get(slot).copied().flatten().ok_or_else(|| Error::Input(format!("no stream in slot {slot}")))
+        let pos = self.pos.get(slot).copied().flatten();
+        let pos = pos.ok_or_else(|| Error::Input(format!("no stream in slot {slot}")))?;
+        if self.lost[slot] {
+            return Err(Error::Device(format!("the state in slot {slot} was lost when a pass failed on the GPU")));
+        }
+        Ok(pos)
+    }
+
+    /// Marks `slots` lost if `result` is an error: a pass that failed may have
+    /// written part of their states.
+    fn spoil<T>(&mut self, slots: &[usize], result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            for &s in slots {
+                self.lost[s] = true;
+            }
+        }
+        result
     }
 
     /// Copies the state in `slot` into `temps`, or back with `back`.
@@ -112,6 +140,10 @@ impl<R: Runtime> Pool<R> {
     }
 
     fn close(&mut self, slot: usize) -> Result<State> {
+        if self.pos.get(slot).is_some_and(Option::is_some) && self.lost[slot] {
+            (self.pos[slot], self.lost[slot]) = (None, false);
+            return Err(Error::Device(format!("the state in slot {slot} was lost when a pass failed on the GPU")));
+        }
         let pos = self.at(slot)?;
         self.pos[slot] = None;
         self.shuttle(slot, false);
@@ -122,15 +154,20 @@ impl<R: Runtime> Pool<R> {
         Ok(State::Bdh(BdhState { pos, rho }))
     }
 
-    /// Reads `tokens` after the state in `slot`, a parallel pass per chunk.
-    fn prefill(&mut self, slot: usize, tokens: &[u32]) -> Result<()> {
+    /// An error unless the stream in `slot` may read `tokens`.
+    fn check_prefill(&self, slot: usize, tokens: &[u32]) -> Result<()> {
         let pos = self.at(slot)?;
-        let r = &self.runner;
         if tokens.is_empty() {
             return Err(Error::Input("prefill: no tokens".into()));
         }
-        bdh::model::check_tokens(tokens, r.model.config.vocab_size, "prefill")?;
-        bdh::model::check_positions(pos, tokens.len(), "prefill")?;
+        bdh::model::check_tokens(tokens, self.runner.model.config.vocab_size, "prefill")?;
+        bdh::model::check_positions(pos, tokens.len(), "prefill")
+    }
+
+    /// Reads `tokens` (checked) after the state in `slot`, a parallel pass per chunk.
+    fn prefill(&mut self, slot: usize, tokens: &[u32]) -> Result<()> {
+        let pos = self.at(slot)?;
+        let r = &self.runner;
         self.shuttle(slot, false);
         let mut at = pos;
         for ids in tokens.chunks(self.chunk) {
@@ -160,8 +197,8 @@ impl<R: Runtime> Pool<R> {
         bdh::model::check_positions(self.at(slot)?, 1, "step")
     }
 
-    /// One token for the stream in each of `slots`: the logits (B, V).
-    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<()> {
+    /// An error unless each stream of `slots` may read its token of `tokens`.
+    fn check_batch(&self, slots: &[usize], tokens: &[u32]) -> Result<()> {
         if slots.len() != tokens.len() {
             return Err(Error::Input(format!("step: {} streams for {} tokens", slots.len(), tokens.len())));
         }
@@ -172,6 +209,11 @@ impl<R: Runtime> Pool<R> {
                 return Err(Error::Input(format!("step: slot {slot} twice")));
             }
         }
+        Ok(())
+    }
+
+    /// One token (checked) for the stream in each of `slots`: the logits (B, V).
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<()> {
         let b = slots.len();
         if b == 0 {
             self.logits.clear();
@@ -271,14 +313,18 @@ impl<R: Runtime> Streams for Pool<R> {
     }
 
     fn prefill(&mut self, slot: usize, tokens: &[u32]) -> Result<&[f32]> {
+        self.check_prefill(slot, tokens)?;
         let name = self.runner.dev.name.clone();
-        guard(&name, || Pool::prefill(self, slot, tokens))?;
+        let done = guard(&name, || Pool::prefill(self, slot, tokens));
+        self.spoil(&[slot], done)?;
         Ok(&self.logits)
     }
 
     fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<&[f32]> {
+        self.check_batch(slots, tokens)?;
         let name = self.runner.dev.name.clone();
-        guard(&name, || Pool::step(self, slots, tokens))?;
+        let done = guard(&name, || Pool::step(self, slots, tokens));
+        self.spoil(slots, done)?;
         Ok(&self.logits)
     }
 

@@ -28,6 +28,13 @@ impl<R: Runtime> Runner<R> {
         }
         let pos0 = acts.begin_elsewhere(&self.model, tokens, edits, state.as_deref())?;
         let (b, t) = (dims.b, dims.t);
+        // (every layer is kept: the buffers of one layer's pass, L + 1 times over at most)
+        let per_layer: u64 = forward::buffers(&dims).iter().map(|&(_, n)| 4 * n as u64).sum();
+        let need = per_layer.saturating_mul(dims.l as u64 + 1);
+        if let Some(free) = self.dev.free_bytes().filter(|&free| need > free) {
+            let what = format!("the microscope's pass of B={b} T={t} on the GPU ({}), every layer kept", self.dev.name);
+            return Err(Error::TooLarge { what, need: Some(need), have: Some(free) });
+        }
         let rows = self.rows_that_fit(b, t)?;
         if rows < b {
             return Err(Error::TooLarge {

@@ -14,9 +14,9 @@ use rand_chacha::rand_core::SeedableRng;
 
 use crate::backward::{self, Scratch};
 use crate::device::{Buf, Device as Dev};
-use crate::optim::Moments;
 use crate::forward::{self, Extras, Pass, Tables, Weights};
 use crate::guard::guard;
+use crate::optim::Moments;
 
 /// A carried state on the device.
 struct Carried {
@@ -27,11 +27,11 @@ struct Carried {
 /// A trainer's work on a device of runtime `R`.
 pub(crate) struct DeviceTrainer<R: Runtime> {
     dev: Dev<R>,
-    model: Bdh,        // config and RoPE frequencies (the host's weights may lag)
-    w: Weights,        // the weights
-    g: Weights,        // their gradients, summed over micro-batches
-    moments: Moments,  // AdamW's
-    pass: Pass,        // the training forward's buffers
+    model: Bdh,       // config and RoPE frequencies (the host's weights may lag)
+    w: Weights,       // the weights
+    g: Weights,       // their gradients, summed over micro-batches
+    moments: Moments, // AdamW's
+    pass: Pass,       // the training forward's buffers
     scratch: Scratch,
     tables: Tables, // positions 0..T
     carried: Option<Carried>,

@@ -12,7 +12,7 @@ use bdh::io::checkpoint::load;
 use bdh::io::read_safetensors;
 use bdh::model::bdh::NO_EDITS;
 use bdh::verify::{greedy, greedy_with};
-use bdh::{Model, ModelConfig};
+use bdh::Model;
 use bdh_gpu::{Gpu, Want};
 
 fn golden_dir(name: &str) -> PathBuf {
@@ -184,4 +184,44 @@ fn a_long_prompt_is_read_in_parallel_chunks_with_the_state_carried() {
         let (want, got) = (cpu.step(10).unwrap().to_vec(), dev.step(10).unwrap().to_vec());
         assert!(rel(&got, &want) < 1e-5, "the step after: {:.2e}", rel(&got, &want));
     }
+}
+
+#[test]
+fn the_microscopes_forward_on_the_device_applies_every_edit_as_the_cpu_does() {
+    use bdh::engine::Traced;
+    use bdh::model::bdh::{forward, Action, Activations, Edit, Edits, Pass, Patch, Site, State};
+    let model = load(&golden_dir("ref-small-trained").join("model.safetensors"), None).unwrap();
+    let Some(mut gpu) = open(&model, "GPU microscope edits") else { return };
+    let Model::Bdh(bdh) = &model else { unreachable!("BDH") };
+    let ids = bytes(TEXT);
+    let (a, b) = (&ids[..24], &ids[24..48]);
+    // Activation patching takes x of layer 1 from another text.
+    let mut source = Activations::new(bdh, 1, 24).unwrap();
+    forward(bdh, b, &mut source, Pass::default()).unwrap();
+    let mut edits = Edits::new();
+    let edit = |site, layer, head, neuron, position, action| Edit { site, layer, head, neuron, position, action };
+    edits.push(edit(Site::Y, Some(0), Some(1), None, None, Action::Zero));
+    edits.push(edit(Site::Xy, Some(1), None, Some(3), Some(5), Action::Set(0.5)));
+    edits.push(edit(Site::Out, Some(0), None, Some(2), None, Action::Set(-1.0)));
+    let values = std::sync::Arc::new(source.x(1).to_vec());
+    edits.patch(Patch { site: Site::X, layer: 1, head: Some(0), neurons: None, positions: 2..6, values });
+    // Two chunks with the state carried, as the synapse analyses read a text.
+    let (mut on_cpu, mut on_gpu) = (State::new(&bdh.config).unwrap(), State::new(&bdh.config).unwrap());
+    for chunk in [a, b] {
+        let (mut want, mut got) = (Activations::new(bdh, 1, 24).unwrap(), Activations::new(bdh, 1, 24).unwrap());
+        forward(bdh, chunk, &mut want, Pass { edits: &edits, state: Some(&mut on_cpu), ..Pass::default() }).unwrap();
+        let pass = Pass { edits: &edits, state: Some(&mut on_gpu), ..Pass::default() };
+        Traced::forward(&mut gpu, chunk, &mut got, pass).unwrap();
+        let mut worst = rel(&got.logits, &want.logits);
+        for l in 0..bdh.config.n_layer {
+            for (g, w) in [(got.x(l), want.x(l)), (got.y(l), want.y(l)), (got.residual(l + 1), want.residual(l + 1))] {
+                worst = worst.max(rel(g, w));
+            }
+        }
+        println!("edited forward on the device: every kept activation within {worst:.1e} of the CPU's");
+        assert!(worst < 1e-5, "{worst:.2e}");
+        assert!(got.y(0)[24 * bdh.config.n_neurons()..2 * 24 * bdh.config.n_neurons()].iter().all(|&v| v == 0.0));
+    }
+    assert_eq!(on_gpu.pos, 48);
+    assert!(rel(&on_gpu.rho, &on_cpu.rho) < 1e-5, "ρ carried: {:.2e}", rel(&on_gpu.rho, &on_cpu.rho));
 }

@@ -120,6 +120,6 @@ fn gpt_generation_on_the_device_is_the_cpus_and_slides_its_window() {
 fn a_gpt_with_dropout_is_refused_with_the_reason() {
     let model = small(16, 0.1);
     let trainer = Trainer::lean(model, AdamWConfig::default(), 2, 8).unwrap();
-    let e = bdh_gpu::trainer(&trainer, Want::Any).err().expect("refused");
+    let e = bdh_gpu::trainer(&trainer, Want::Any).expect_err("refused");
     assert!(e.to_string().contains("a GPT with dropout (0.1) trains on the CPU"), "{e}");
 }

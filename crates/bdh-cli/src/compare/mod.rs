@@ -13,7 +13,8 @@ use anyhow::Context;
 use bdh::data::Corpus;
 use bdh::io::run_dir::{lock_dir, RunDir};
 use bdh::train::compare::{choose, continues, pick, rates, run_config, unigram_loss, Size};
-use bdh::train::run::{train, Event};
+use bdh::train::run::{train_on, Event};
+use bdh::train::Single;
 use bdh::{ModelConfig, RunConfig};
 
 use crate::args::ThreadsArgs;
@@ -54,6 +55,9 @@ pub struct Args {
     out: Option<PathBuf>,
     #[command(flatten)]
     threads: ThreadsArgs,
+    /// Where every run trains: the CPU, or a GPU (BDH and the GPT alike).
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
 }
 
 /// Most rates a sweep tries, and most seeds: a bound before anything is planned.
@@ -126,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let total =
         families.iter().map(|f| f.2.len() * sweep_steps + (args.seeds.len() - shared) * full.training.max_steps).sum();
     let signals = Stop::on_signals()?;
-    let mut trainer = Trainer::new(&corpus, signals.flag(), total, runs);
+    let mut trainer = Trainer::new(&corpus, signals.flag(), total, runs, &args.device);
     let mut rows = Vec::new();
     for (size, model, tried) in &families {
         let family = table::family(model);
@@ -183,6 +187,7 @@ fn interrupted(signals: &Stop) -> anyhow::Result<ExitCode> {
 struct Trainer<'a> {
     corpus: &'a Corpus,
     stop: &'a AtomicBool,
+    device: &'a crate::device::DeviceArgs,
     job: Job,
     /// Steps of the runs before this one.
     done: u64,
@@ -192,8 +197,14 @@ struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    fn new(corpus: &'a Corpus, stop: &'a AtomicBool, total: usize, runs: usize) -> Self {
-        Trainer { corpus, stop, job: Job::new("compare", total as u64), done: 0, started: 0, runs }
+    fn new(
+        corpus: &'a Corpus,
+        stop: &'a AtomicBool,
+        total: usize,
+        runs: usize,
+        device: &'a crate::device::DeviceArgs,
+    ) -> Self {
+        Trainer { corpus, stop, device, job: Job::new("compare", total as u64), done: 0, started: 0, runs }
     }
 
     /// Trains (or continues) `p`: its result, or none if a signal stopped it. Steps
@@ -207,16 +218,18 @@ impl<'a> Trainer<'a> {
         self.job.set_message(count.clone());
         let lines = !std::io::stderr().is_terminal();
         let (job, done) = (&self.job, self.done);
-        let outcome = train(&p.run, self.corpus, &p.dir, resume, self.stop, |e| match e {
-            Event::Start { step, .. } => job.skip_to(done + step as u64),
-            Event::Step { step, loss, .. } => {
-                job.set_message(format!("{count}, loss {loss:.3}"));
-                job.set(done + step as u64);
-            }
-            Event::Eval(m) if lines => println!("{what} step {}: val loss {:.4}", m.step, m.val_loss),
-            _ => {}
-        })
-        .with_context(|| format!("training {what}"))?;
+        let device = self.device.trainer(&p.run.model)?;
+        let outcome =
+            train_on(&p.run, self.corpus, &p.dir, resume, self.stop, &Single, device.as_deref(), |e| match e {
+                Event::Start { step, .. } => job.skip_to(done + step as u64),
+                Event::Step { step, loss, .. } => {
+                    job.set_message(format!("{count}, loss {loss:.3}"));
+                    job.set(done + step as u64);
+                }
+                Event::Eval(m) if lines => println!("{what} step {}: val loss {:.4}", m.step, m.val_loss),
+                _ => {}
+            })
+            .with_context(|| format!("training {what}"))?;
         self.done += p.run.training.max_steps as u64;
         if outcome.interrupted {
             self.job.finish();

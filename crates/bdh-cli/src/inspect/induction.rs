@@ -59,8 +59,9 @@ pub fn run(args: Args, model: Option<&Scope>, device: &DeviceArgs, out: &mut Out
                 let m = bdh::io::checkpoint::load(&dir, None).with_context(|| format!("loading {}", dir.display()))?;
                 let read = format!("{} (weights FNV-1a {})", dir.display(), m.params().fingerprint());
                 out.provenance.add(&format!("model at step {step}"), read);
+                anyhow::ensure!(matches!(m, Model::Bdh(_)), "{} is not a BDH model", dir.display());
                 let mut on = device.open(&m)?;
-                let Model::Bdh(m) = m else { anyhow::bail!("{} is not a BDH model", dir.display()) };
+                let Model::Bdh(m) = m else { unreachable!("checked: a BDH model") };
                 let scope = match &mut on {
                     Some(on) => Scope::on(&m, on.traced()),
                     None => Scope::cpu(&m),

@@ -64,7 +64,8 @@ impl<R: Runtime> Device<R> {
     pub fn affine_backward(&self, g: &Buf, xhat: &Buf, w: &Buf, dw: &Buf, db: Option<&Buf>) {
         let d = w.len;
         let rows = g.len / d;
-        let (ga, xa, wa, dwa, dba) = (self.arg(g), self.arg(xhat), self.arg(w), self.arg(dw), self.arg(db.unwrap_or(dw)));
+        let (ga, xa, wa, dwa, dba) =
+            (self.arg(g), self.arg(xhat), self.arg(w), self.arg(dw), self.arg(db.unwrap_or(dw)));
         gpt::affine_backward::launch::<R>(&self.client, grid(d), line(), ga, xa, wa, dwa, dba, rows, d, db.is_some());
     }
 
@@ -91,8 +92,36 @@ impl<R: Runtime> Device<R> {
         let Heads { b, t, h, s } = a;
         let args = || (self.arg(dqkv), self.arg(dy), self.arg(qkv), self.arg(y), self.arg(lse));
         let (g, dya, q, ya, l) = args();
-        gpt::attention_backward_q::launch::<R>(&self.client, grid(b * h * t), line(), g, dya, q, ya, l, b, t, h, s, a.scale());
+        gpt::attention_backward_q::launch::<R>(
+            &self.client,
+            grid(b * h * t),
+            line(),
+            g,
+            dya,
+            q,
+            ya,
+            l,
+            b,
+            t,
+            h,
+            s,
+            a.scale(),
+        );
         let (g, dya, q, ya, l) = args();
-        gpt::attention_backward_kv::launch::<R>(&self.client, grid(b * h * t), line(), g, dya, q, ya, l, b, t, h, s, a.scale());
+        gpt::attention_backward_kv::launch::<R>(
+            &self.client,
+            grid(b * h * t),
+            line(),
+            g,
+            dya,
+            q,
+            ya,
+            l,
+            b,
+            t,
+            h,
+            s,
+            a.scale(),
+        );
     }
 }

@@ -84,7 +84,11 @@ impl Pass {
         let (bt, d) = (b * t, c.n_embd);
         let s = |len: usize, what: &str| dev.scratch(len, what);
         let norm = || -> Result<Norm> {
-            Ok(Norm { xhat: s(bt * d, "LayerNorm input")?, rstd: s(bt, "LayerNorm statistics")?, out: s(bt * d, "LayerNorm output")? })
+            Ok(Norm {
+                xhat: s(bt * d, "LayerNorm input")?,
+                rstd: s(bt, "LayerNorm statistics")?,
+                out: s(bt * d, "LayerNorm output")?,
+            })
         };
         let block = || -> Result<Block> {
             Ok(Block {
@@ -176,7 +180,15 @@ pub fn forward<R: Runtime>(dev: &Device<R>, c: &GptConfig, w: &Slots, pass: &Pas
 
 /// For a Linear `y = x·wᵀ + b` over `rows` rows: `dw += dyᵀ x`, `db += Σ dy`, and
 /// `dx = dy · w` (overwritten).
-fn linear_backward<R: Runtime>(dev: &Device<R>, dx: &Buf, dy: &Buf, x: &Buf, w: &Affine<&Buf>, g: &Affine<&Buf>, rows: usize) {
+fn linear_backward<R: Runtime>(
+    dev: &Device<R>,
+    dx: &Buf,
+    dy: &Buf,
+    x: &Buf,
+    w: &Affine<&Buf>,
+    g: &Affine<&Buf>,
+    rows: usize,
+) {
     let (n_in, n_out) = (x.len() / rows, dy.len() / rows);
     dev.matmul(g.weight, dy, x, MatMul::new(n_out, rows, n_in).a_t().acc(), ONE, false);
     if let Some(db) = g.bias {

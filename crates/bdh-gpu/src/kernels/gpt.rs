@@ -28,7 +28,15 @@ pub fn embed_positions(
 
 /// `out = xhat ⊙ w + b` on rows of `d` (a LayerNorm's weight and bias).
 #[cube(launch)]
-pub fn affine(out: &mut Array<f32>, xhat: &Array<f32>, w: &Array<f32>, b: &Array<f32>, len: usize, d: usize, #[comptime] bias: bool) {
+pub fn affine(
+    out: &mut Array<f32>,
+    xhat: &Array<f32>,
+    w: &Array<f32>,
+    b: &Array<f32>,
+    len: usize,
+    d: usize,
+    #[comptime] bias: bool,
+) {
     let i = ABSOLUTE_POS;
     if i < len {
         let mut v = xhat[i] * w[i % d];
