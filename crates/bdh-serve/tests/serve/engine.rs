@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bdh::infer::{Generation, Sampler, SamplingConfig};
+use bdh::model::bdh::NO_EDITS;
 use bdh::model::MAX_POSITION;
 use bdh_serve::engine::{self, Event, Job, Reason, Slot};
 use bdh_serve::lease::Lease;
@@ -33,9 +34,14 @@ impl Loop {
     }
 
     fn start(&mut self, queue: std::sync::mpsc::Receiver<Job>) {
+        self.start_on(queue, None);
+    }
+
+    /// [`Loop::start`] with the streams on `device`.
+    fn start_on(&mut self, queue: std::sync::mpsc::Receiver<Job>, device: Option<Box<dyn bdh::engine::Streams>>) {
         let prepared = self.prepared.clone();
         let cancel = Arc::new(AtomicBool::new(false));
-        self.thread = Some(std::thread::spawn(move || engine::run(prepared, queue, cancel, None)));
+        self.thread = Some(std::thread::spawn(move || engine::run(prepared, queue, cancel, device)));
     }
 
     /// Sends a greedy job of `prompt` for up to `max_tokens` after `state`.
@@ -140,4 +146,110 @@ fn a_prompt_token_outside_the_vocabulary_fails_its_stream_alone() {
     let failed = events(bad);
     assert!(failure(&failed).contains("vocab_size 64"), "{failed:?}");
     assert_eq!(completed(&events(good)), 4);
+}
+
+/// Streams held by the CPU engine behind the device trait: a device that can be
+/// told to lose every state it is asked to give back.
+struct OnCpu {
+    prepared: Arc<Prepared>,
+    scratch: bdh::infer::Scratch,
+    slots: Vec<Option<State>>,
+    logits: Vec<f32>,
+    lose_states: bool,
+}
+
+impl OnCpu {
+    fn new(prepared: &Arc<Prepared>, slots: usize, lose_states: bool) -> Box<dyn bdh::engine::Streams> {
+        let (scratch, slots) = (prepared.scratch(), vec![None; slots]);
+        Box::new(OnCpu { prepared: prepared.clone(), scratch, slots, logits: Vec::new(), lose_states })
+    }
+}
+
+impl bdh::engine::Streams for OnCpu {
+    fn device(&self) -> String {
+        "a stand-in device".into()
+    }
+    fn slots(&self) -> usize {
+        self.slots.len()
+    }
+    fn chunk(&self) -> usize {
+        3
+    }
+    fn open(&mut self, state: &State) -> bdh::Result<usize> {
+        let slot = self.slots.iter().position(Option::is_none).expect("a free slot");
+        self.slots[slot] = Some(state.clone());
+        Ok(slot)
+    }
+    fn position(&self, slot: usize) -> bdh::Result<usize> {
+        Ok(self.slots[slot].as_ref().expect("open").pos())
+    }
+    fn check_step(&self, slot: usize, token: u32) -> bdh::Result<()> {
+        self.prepared.check_step(self.slots[slot].as_ref().expect("open"), token)
+    }
+    fn prefill(&mut self, slot: usize, tokens: &[u32]) -> bdh::Result<&[f32]> {
+        let state = self.slots[slot].as_mut().expect("open");
+        self.logits = self.prepared.prefill(state, &mut self.scratch, tokens, &NO_EDITS)?.to_vec();
+        Ok(&self.logits)
+    }
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> bdh::Result<&[f32]> {
+        let mut taken: Vec<State> = slots.iter().map(|&s| self.slots[s].take().expect("open")).collect();
+        let mut rows: Vec<&mut State> = taken.iter_mut().collect();
+        let stepped = self.prepared.step(&mut rows, &mut self.scratch, tokens, &NO_EDITS).map(<[f32]>::to_vec);
+        for (&s, state) in slots.iter().zip(taken) {
+            self.slots[s] = Some(state);
+        }
+        self.logits = stepped?;
+        Ok(&self.logits)
+    }
+    fn close(&mut self, slot: usize) -> bdh::Result<State> {
+        let state = self.slots[slot].take().expect("open");
+        if self.lose_states {
+            return Err(bdh::Error::Device("the stand-in device lost it".into()));
+        }
+        Ok(state)
+    }
+    fn held_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// The text of a stream that ran to its end.
+fn text_of(events: &[Event]) -> String {
+    completed(events);
+    events.iter().filter_map(|e| if let Event::Text(t) = e { Some(t.as_str()) } else { None }).collect()
+}
+
+#[test]
+fn streams_on_a_device_answer_as_on_the_cpu_and_their_states_come_back() {
+    let mut answers = Vec::new();
+    for on_device in [false, true] {
+        let (mut l, queue) = Loop::new(256);
+        let sessions = Store::new(&l.prepared, 4);
+        let id = sessions.create().unwrap().id;
+        let device = on_device.then(|| OnCpu::new(&l.prepared, 4, false));
+        let (a, b) = (
+            l.send(b"ROMEO:".map(u32::from).as_slice(), 12, sessions.check_out(&id).unwrap()),
+            l.send(&[7, 8], 9, l.fresh(3)),
+        );
+        l.start_on(queue, device);
+        let texts = [text_of(&events(a)), text_of(&events(b))];
+        eventually("the session is idle again", || sessions.info(&id).unwrap().position.is_some());
+        answers.push((texts, sessions.info(&id).unwrap().position));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[1].1, Some(6 + 12), "the prompt and every token generated, read");
+}
+
+#[test]
+fn a_state_the_device_cannot_give_back_fails_its_stream_and_the_session_keeps_its_old_state() {
+    let (mut l, queue) = Loop::new(256);
+    let sessions = Store::new(&l.prepared, 4);
+    let id = sessions.create().unwrap().id;
+    let device = Some(OnCpu::new(&l.prepared, 4, true));
+    let a = l.send(&[1, 2, 3], 5, sessions.check_out(&id).unwrap());
+    l.start_on(queue, device);
+    let failed = events(a);
+    assert!(failure(&failed).contains("keeps its state from before this request"), "{failed:?}");
+    eventually("the session is idle again", || sessions.info(&id).unwrap().position.is_some());
+    assert_eq!(sessions.info(&id).unwrap().position, Some(0));
 }
