@@ -159,7 +159,7 @@ struct OnCpu {
 }
 
 impl OnCpu {
-    fn new(prepared: &Arc<Prepared>, slots: usize, lose_states: bool) -> Box<dyn bdh::engine::Streams> {
+    fn boxed(prepared: &Arc<Prepared>, slots: usize, lose_states: bool) -> Box<dyn bdh::engine::Streams> {
         let (scratch, slots) = (prepared.scratch(), vec![None; slots]);
         Box::new(OnCpu { prepared: prepared.clone(), scratch, slots, logits: Vec::new(), lose_states })
     }
@@ -226,7 +226,7 @@ fn streams_on_a_device_answer_as_on_the_cpu_and_their_states_come_back() {
         let (mut l, queue) = Loop::new(256);
         let sessions = Store::new(&l.prepared, 4);
         let id = sessions.create().unwrap().id;
-        let device = on_device.then(|| OnCpu::new(&l.prepared, 4, false));
+        let device = on_device.then(|| OnCpu::boxed(&l.prepared, 4, false));
         let (a, b) = (
             l.send(b"ROMEO:".map(u32::from).as_slice(), 12, sessions.check_out(&id).unwrap()),
             l.send(&[7, 8], 9, l.fresh(3)),
@@ -245,7 +245,7 @@ fn a_state_the_device_cannot_give_back_fails_its_stream_and_the_session_keeps_it
     let (mut l, queue) = Loop::new(256);
     let sessions = Store::new(&l.prepared, 4);
     let id = sessions.create().unwrap().id;
-    let device = Some(OnCpu::new(&l.prepared, 4, true));
+    let device = Some(OnCpu::boxed(&l.prepared, 4, true));
     let a = l.send(&[1, 2, 3], 5, sessions.check_out(&id).unwrap());
     l.start_on(queue, device);
     let failed = events(a);
