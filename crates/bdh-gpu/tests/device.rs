@@ -3,8 +3,6 @@
 //! each test says it skipped, unless `BDH_REQUIRE_GPU=1` (CI), where that fails.
 #![cfg(feature = "gpu")]
 
-use std::path::PathBuf;
-
 use bdh::engine::{Cpu, CpuReader, Device, Forward, Reader};
 use bdh::eval::{evaluate_bytes, evaluate_bytes_on};
 use bdh::infer::{Prepared, State};
@@ -13,27 +11,9 @@ use bdh::io::read_safetensors;
 use bdh::model::bdh::NO_EDITS;
 use bdh::verify::{greedy, greedy_with};
 use bdh::Model;
-use bdh_gpu::{Gpu, Want};
-
-fn golden_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden").join(name)
-}
 
 mod common;
-
-/// `model` on the device here, or `None` (said on stderr and in `BDH_SKIPPED_LOG`)
-/// when there is none and none is required.
-fn open(model: &Model, test: &str) -> Option<Gpu> {
-    bdh_gpu::quiet_vulkan();
-    match Gpu::open(model, Want::Any) {
-        Ok(gpu) => Some(gpu),
-        Err(e) if std::env::var("BDH_REQUIRE_GPU").as_deref() != Ok("1") => {
-            common::skipped(test, &format!("no GPU or Vulkan device ({e})"));
-            None
-        }
-        Err(e) => panic!("BDH_REQUIRE_GPU=1 and no device: {e}"),
-    }
-}
+use common::{golden_dir, open};
 
 #[test]
 fn fixture_logits_match_the_reference() {

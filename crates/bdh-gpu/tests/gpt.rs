@@ -4,8 +4,6 @@
 //! CPU's, generation with its window sliding. Without a device each test says it
 //! skipped, unless `BDH_REQUIRE_GPU=1`.
 
-use std::path::PathBuf;
-
 use bdh::engine::Device;
 use bdh::infer::Prepared;
 use bdh::io::checkpoint::load;
@@ -14,26 +12,10 @@ use bdh::model::gpt::GptConfig;
 use bdh::train::{AdamWConfig, Single, Trainer};
 use bdh::verify::{greedy, greedy_with, verify_on};
 use bdh::{Model, ModelConfig};
-use bdh_gpu::{Gpu, Want};
+use bdh_gpu::Want;
 
 mod common;
-
-fn golden_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden").join(name)
-}
-
-/// `model` on the device here, or `None` (said) where there is none and none is required.
-fn open(model: &Model, test: &str) -> Option<Gpu> {
-    bdh_gpu::quiet_vulkan();
-    match Gpu::open(model, Want::Any) {
-        Ok(gpu) => Some(gpu),
-        Err(e) if std::env::var("BDH_REQUIRE_GPU").as_deref() != Ok("1") => {
-            common::skipped(test, &format!("no GPU or Vulkan device ({e})"));
-            None
-        }
-        Err(e) => panic!("BDH_REQUIRE_GPU=1 and no device: {e}"),
-    }
-}
+use common::{golden_dir, open};
 
 /// A small GPT with a short window (so that generation slides it), biases on.
 fn small(block_size: usize, dropout: f32) -> Model {

@@ -46,3 +46,22 @@ pub fn decaying() -> bdh::Model {
     };
     bdh::Model::new(&bdh::ModelConfig::Bdh(cfg), 7).unwrap()
 }
+
+/// A golden fixture's directory.
+pub fn golden_dir(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden").join(name)
+}
+
+/// `model` on the device here, or `None` (said on stderr and in `BDH_SKIPPED_LOG`)
+/// when there is none and none is required.
+pub fn open(model: &bdh::Model, test: &str) -> Option<bdh_gpu::Gpu> {
+    bdh_gpu::quiet_vulkan();
+    match bdh_gpu::Gpu::open(model, bdh_gpu::Want::Any) {
+        Ok(gpu) => Some(gpu),
+        Err(e) if std::env::var("BDH_REQUIRE_GPU").as_deref() != Ok("1") => {
+            skipped(test, &format!("no GPU or Vulkan device ({e})"));
+            None
+        }
+        Err(e) => panic!("BDH_REQUIRE_GPU=1 and no device: {e}"),
+    }
+}
