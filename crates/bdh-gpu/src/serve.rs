@@ -57,24 +57,24 @@ impl<R: Runtime> Pool<R> {
         let (d, h, n, v) = (c.n_embd, c.n_head, c.n_neurons(), c.vocab_size);
         let chunk: usize = forward::buffers(&Dims::new(c, 1, PREFILL_CHUNK)).iter().map(|&(_, n)| n).sum();
         let step = 3 * d + 4 * h * n + h * d + h + v;
-        let bytes = |s: usize| {
-            let states = (c.n_layer as u64) * (per_layer as u64) * (s as u64 + 1);
-            4 * (states + chunk as u64 + (step * s) as u64)
-        };
+        let state = (c.n_layer * per_layer) as u64;
+        let (fixed, each) = (4 * (state + chunk as u64), 4 * (state + step as u64));
+        let bytes = |s: usize| fixed.saturating_add(each.saturating_mul(s as u64));
         let by_buffer = (dev.max_buffer() / 4 / per_layer.max(1) as u64) as usize;
-        let by_memory = match dev.free_bytes() {
-            None => usize::MAX,
-            Some(free) => (0..=slots).rev().find(|&s| bytes(s) <= free).unwrap_or(0),
-        };
-        let fit = by_buffer.min(by_memory);
-        if slots > fit {
+        let by_memory = dev.free_bytes().map_or(usize::MAX, |free| (free.saturating_sub(fixed) / each) as usize);
+        if slots > by_buffer.min(by_memory) {
+            // (the limit met: one buffer holds every stream's state of a layer, or all of
+            // it must fit in the device's free memory)
+            let (why, have) = if by_buffer < by_memory {
+                (format!("{by_buffer} fit in one buffer"), Some(dev.max_buffer()))
+            } else {
+                (format!("{by_memory} fit in its free memory"), dev.free_bytes())
+            };
+            let need = if by_buffer < by_memory { 4 * (slots * per_layer) as u64 } else { bytes(slots) };
             return Err(Error::TooLarge {
-                what: format!(
-                    "the states of {slots} streams on the GPU ({}; {fit} fit: lower --max-streams)",
-                    dev.name
-                ),
-                need: Some(bytes(slots)),
-                have: dev.free_bytes(),
+                what: format!("the states of {slots} streams on the GPU ({}; {why}: lower --max-streams)", dev.name),
+                need: Some(need),
+                have,
             });
         }
         // (a slot is written whole when a stream takes it)

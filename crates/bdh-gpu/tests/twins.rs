@@ -341,3 +341,115 @@ fn bf16_products_equal_the_cpus_on_inputs_rounded_to_bfloat16() {
         assert!(rel(&got, &exact) > 1e-4, "the inputs were rounded");
     }
 }
+
+#[test]
+fn the_slot_kernels_equal_the_cpus_step_of_each_stream() {
+    let Some(dev) = device("GPU slot twins") else { return };
+    let up = |v: &[f32]| dev.upload(v, "test").unwrap();
+    // A pool of 4 slots (H 2, N 8, D 6); 3 streams stepped, in slots 3, 0, 2.
+    let (s, h, n, d, slots) = (4, 2, 8, 6, [3u32, 0, 2]);
+    let b = slots.len();
+    let pool = random(s * h * n * d, 20);
+    // R(x) (H, B, N), some neurons silent; v (B, D).
+    let xr: Vec<f32> = random(h * b * n, 21).iter().map(|&x| if x < -0.3 { 0.0 } else { x }).collect();
+    let v = random(b * d, 22);
+    for gamma in [None, Some([0.5f32, 0.75])] {
+        let (mut want_rho, mut want_a) = (pool.clone(), vec![0.0f32; h * b * d]);
+        for (row, &slot) in slots.iter().enumerate() {
+            for head in 0..h {
+                let rho = &mut want_rho[((slot as usize * h) + head) * n * d..][..n * d];
+                if let Some(g) = gamma {
+                    bdh_kernels::decay_state(rho, g[head]);
+                }
+                let q = &xr[(head * b + row) * n..][..n];
+                let listed: Vec<u32> = (0..n as u32).filter(|&i| q[i as usize] != 0.0).collect();
+                let a = &mut want_a[(head * b + row) * d..][..d];
+                bdh_kernels::rho_read_write(a, rho, q, &v[row * d..][..d], &listed);
+            }
+        }
+        let (rho, a, ids) = (up(&pool), dev.scratch(h * b * d, "a").unwrap(), dev.upload_ids(&slots).unwrap());
+        let g = gamma.map(|g| up(&g));
+        dev.read_slots(&rho, &ids, &up(&xr), g.as_ref(), &a, [h, n, d]);
+        dev.write_slots(&rho, &ids, &up(&xr), &up(&v), g.as_ref(), [h, n, d]);
+        let (got_a, got_rho) = (dev.read(&a).unwrap(), dev.read(&rho).unwrap());
+        assert!(rel(&got_a, &want_a) < 1e-6, "γ {gamma:?}: the read {:.2e}", rel(&got_a, &want_a));
+        assert!(rel(&got_rho, &want_rho) < 1e-6, "γ {gamma:?}: the write {:.2e}", rel(&got_rho, &want_rho));
+        // Slot 1, stepped by nobody, is as it was.
+        assert_eq!(got_rho[h * n * d..2 * h * n * d], pool[h * n * d..2 * h * n * d]);
+    }
+    // A stream's state into and out of its slot.
+    let (pool, one) = (up(&pool), dev.scratch(h * n * d, "one").unwrap());
+    dev.copy_range(&pool, 2 * h * n * d, &one, 0, h * n * d);
+    let got = dev.read(&one).unwrap();
+    assert_eq!(got, dev.read(&pool).unwrap()[2 * h * n * d..3 * h * n * d]);
+}
+
+#[test]
+fn the_gpt_kernels_equal_the_cpus() {
+    use bdh_gpu::device::Heads;
+    use bdh_kernels::{affine, affine_backward, bias_grad, causal_softmax_attention, gelu, gelu_backward};
+    use bdh_kernels::{causal_softmax_attention_backward, SoftmaxAttention};
+    let Some(dev) = device("GPU GPT twins") else { return };
+    let up = |v: &[f32]| dev.upload(v, "test").unwrap();
+    let (rows, d) = (6, 8);
+    let (x, w, bias) = (random(rows * d, 30), random(d, 31), random(d, 32));
+    // A LayerNorm's affine and its backward; a Linear's bias and its gradient.
+    let mut want = x.clone();
+    affine(&mut want, &w, &bias);
+    let out = dev.scratch(rows * d, "out").unwrap();
+    dev.affine(&out, &up(&x), &up(&w), Some(&up(&bias)));
+    assert!(rel(&dev.read(&out).unwrap(), &want) < 1e-6);
+    let g = random(rows * d, 33);
+    let (mut want_g, mut want_dw, mut want_db) = (g.clone(), vec![0.0; d], vec![0.0; d]);
+    affine_backward(&mut want_g, &mut want_dw, &mut want_db, &x, &w);
+    let (gb, dw, db) = (up(&g), up(&vec![0.0; d]), up(&vec![0.0; d]));
+    dev.affine_backward(&gb, &up(&x), &up(&w), &dw, Some(&db));
+    for (got, want) in [(dev.read(&gb).unwrap(), want_g), (dev.read(&dw).unwrap(), want_dw)] {
+        assert!(rel(&got, &want) < 1e-6);
+    }
+    assert!(rel(&dev.read(&db).unwrap(), &want_db) < 1e-6);
+    let mut want_bias = vec![0.0; d];
+    bias_grad(&mut want_bias, &g);
+    let sums = up(&vec![0.0; d]);
+    dev.column_sums(&sums, &up(&g));
+    assert!(rel(&dev.read(&sums).unwrap(), &want_bias) < 1e-6);
+    // GELU and its backward (the CPU's erf polynomial; the exponentials differ in ulps).
+    let fc: Vec<f32> = random(rows * d, 34).iter().map(|x| 4.0 * x).collect();
+    let mut want = vec![0.0; fc.len()];
+    gelu(&mut want, &fc);
+    dev.gelu(&out, &up(&fc));
+    assert!(rel(&dev.read(&out).unwrap(), &want) < 1e-5);
+    let mut want = g.clone();
+    gelu_backward(&mut want, &fc);
+    let gb = up(&g);
+    dev.gelu_backward(&gb, &up(&fc));
+    assert!(rel(&dev.read(&gb).unwrap(), &want) < 1e-5);
+    // The causal softmax attention and its backward: B 2, T 5, H 2, S 4.
+    let (b, t, h, s) = (2, 5, 2, 4);
+    let a = SoftmaxAttention { b, t, h, s, dropout: 0.0, seed: 0 };
+    let qkv = random(b * t * 3 * h * s, 35);
+    let (mut y, mut lse) = (vec![0.0; b * t * h * s], vec![0.0; b * h * t]);
+    causal_softmax_attention(&mut y, &mut lse, &qkv, a);
+    let (yd, lsed) = (dev.scratch(y.len(), "y").unwrap(), dev.scratch(lse.len(), "lse").unwrap());
+    let heads = Heads { b, t, h, s };
+    dev.attention(&up(&qkv), &yd, &lsed, heads);
+    assert!(rel(&dev.read(&yd).unwrap(), &y) < 1e-5 && rel(&dev.read(&lsed).unwrap(), &lse) < 1e-5);
+    let dy = random(y.len(), 36);
+    let mut want = vec![0.0; qkv.len()];
+    causal_softmax_attention_backward(&mut want, &dy, &qkv, &y, &lse, a);
+    let got = dev.scratch(qkv.len(), "dqkv").unwrap();
+    dev.attention_backward(&got, &up(&dy), &up(&qkv), &yd, &lsed, heads);
+    assert!(rel(&dev.read(&got).unwrap(), &want) < 1e-5, "{:.2e}", rel(&dev.read(&got).unwrap(), &want));
+    // The embeddings: tokens plus positions, and the positions' gradient.
+    let (vocab, ids) = (7, [3u32, 0, 6, 3, 1, 2]);
+    let (wte, wpe) = (random(vocab * d, 37), random(3 * d, 38));
+    let xs = dev.scratch(ids.len() * d, "x").unwrap();
+    dev.embed_positions(&up(&wte), &up(&wpe), &dev.upload_ids(&ids).unwrap(), &xs, 3, d);
+    let want: Vec<f32> =
+        (0..ids.len() * d).map(|i| wte[ids[i / d] as usize * d + i % d] + wpe[(i / d % 3) * d + i % d]).collect();
+    assert_eq!(dev.read(&xs).unwrap(), want);
+    let dwpe = up(&vec![0.0; 3 * d]);
+    dev.positions_backward(&dwpe, &up(&g[..ids.len() * d]), 2, 3, d);
+    let want: Vec<f32> = (0..3 * d).map(|i| g[i] + g[3 * d + i]).collect();
+    assert!(rel(&dev.read(&dwpe).unwrap(), &want) < 1e-6);
+}
