@@ -217,7 +217,11 @@ pub fn trains(model: &Model) -> Result<()> {
 pub fn streams(model: &Model, want: Want, slots: usize) -> Result<Box<dyn Streams>> {
     match runs(model)? {
         Model::Bdh(m) => open(&Serve(m, slots), want),
-        Model::Gpt(_) => Err(Error::Device("streams stepped together are BDH's; a GPT's stream runs alone".into())),
+        Model::Gpt(_) => Err(Error::Input(
+            "bdh serve runs BDH models, whose streams step together with a state of fixed size; this is a GPT (use \
+             bdh generate for it)"
+                .into(),
+        )),
     }
 }
 

@@ -65,17 +65,28 @@ impl<R: Runtime> Pool<R> {
         if slots > by_buffer.min(by_memory) {
             // (the limit met: one buffer holds every stream's state of a layer, or all of
             // it must fit in the device's free memory)
-            let (why, have) = if by_buffer < by_memory {
-                (format!("{by_buffer} fit in one buffer"), Some(dev.max_buffer()))
+            let err = if by_buffer < by_memory {
+                Error::TooLarge {
+                    what: format!(
+                        "a layer's states of {slots} streams, which the GPU keeps in one buffer ({}; {by_buffer} streams \
+                         fit: lower --max-streams),",
+                        dev.name
+                    ),
+                    need: Some(4 * (slots * per_layer) as u64),
+                    have: Some(dev.max_buffer()),
+                }
             } else {
-                (format!("{by_memory} fit in its free memory"), dev.free_bytes())
+                Error::TooLarge {
+                    what: format!(
+                        "the states of {slots} streams on the GPU ({}; {by_memory} fit in its free memory: lower \
+                         --max-streams)",
+                        dev.name
+                    ),
+                    need: Some(bytes(slots)),
+                    have: dev.free_bytes(),
+                }
             };
-            let need = if by_buffer < by_memory { 4 * (slots * per_layer) as u64 } else { bytes(slots) };
-            return Err(Error::TooLarge {
-                what: format!("the states of {slots} streams on the GPU ({}; {why}: lower --max-streams)", dev.name),
-                need: Some(need),
-                have,
-            });
+            return Err(err);
         }
         // (a slot is written whole when a stream takes it)
         let rho =
