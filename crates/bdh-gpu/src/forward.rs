@@ -50,12 +50,7 @@ impl Weights {
 
     /// Reads every tensor back into `params`, laid out as a BDH model's.
     pub fn read_into<R: Runtime>(&self, dev: &Device<R>, params: &mut Params) -> Result<()> {
-        let slots = params.slots().to_vec();
-        for (slot, buf) in slots.iter().zip(self.parts()) {
-            let values = dev.read(buf)?;
-            params.data_mut()[slot.range.clone()].copy_from_slice(&values);
-        }
-        Ok(())
+        crate::optim::read_into(dev, &self.parts(), params)
     }
 }
 
