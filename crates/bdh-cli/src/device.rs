@@ -61,26 +61,35 @@ impl DeviceArgs {
 
     /// Where the training steps of a `model` go: `None` for the CPU, else what opens
     /// the device for a trainer. `auto` stays on the CPU (saying why) where there is no
-    /// hardware GPU or the GPU backend does not train the model (a GPT with dropout).
+    /// hardware GPU or the GPU backend does not train the model (a GPT with dropout,
+    /// a BDH whose layer is not bdh.py's).
     pub fn trainer(
         &self,
         model: &bdh::ModelConfig,
     ) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
-        const GPT_DROPOUT: &str = "a GPT with dropout trains on the CPU (its attention's dropout is drawn there only)";
-        let gpt = matches!(model, bdh::ModelConfig::Gpt(c) if c.dropout > 0.0);
-        match self.device {
-            Choice::Cpu => Ok(None),
-            Choice::Gpu if gpt => anyhow::bail!(bdh::Error::Device(format!("{GPT_DROPOUT}: drop --device gpu"))),
-            Choice::Gpu => {
+        let cpu_only = match model {
+            bdh::ModelConfig::Gpt(c) if c.dropout > 0.0 => {
+                Some("a GPT with dropout trains on the CPU (its attention's dropout is drawn there only)".to_string())
+            }
+            bdh::ModelConfig::Bdh(c) if !(c.norm.is_layer() && c.residual.is_d()) => Some(format!(
+                "a BDH whose layer is not bdh.py's ({}) trains on the CPU",
+                c.variant().unwrap_or_default()
+            )),
+            _ => None,
+        };
+        match (self.device, cpu_only) {
+            (Choice::Cpu, _) => Ok(None),
+            (Choice::Gpu, Some(why)) => anyhow::bail!(bdh::Error::Device(format!("{why}: drop --device gpu"))),
+            (Choice::Gpu, None) => {
                 // (before the run's directory is made: a machine without a device leaves nothing behind)
                 available(false).map_err(bdh::Error::Device)?;
                 opener(false)
             }
-            Choice::Auto if gpt => {
-                eprintln!("note: training on the CPU ({GPT_DROPOUT})");
+            (Choice::Auto, Some(why)) => {
+                eprintln!("note: training on the CPU ({why})");
                 Ok(None)
             }
-            Choice::Auto => match available(true) {
+            (Choice::Auto, None) => match available(true) {
                 Ok(()) => opener(true),
                 Err(why) => {
                     eprintln!("note: training on the CPU ({why})");

@@ -203,11 +203,26 @@ pub fn trainer(trainer: &Trainer, want: Want) -> Result<Box<dyn Accelerator>> {
 /// the GPT baseline without dropout.
 pub fn trains(model: &Model) -> Result<()> {
     match model {
-        Model::Bdh(m) if m.mechanisms.is_empty() => Ok(()),
-        Model::Bdh(_) => {
-            Err(Error::Device("a model with a mechanism attached trains on the CPU: use --device cpu".into()))
-        }
+        Model::Bdh(m) => runs_layer(m),
         Model::Gpt(m) => gpt::trains(m),
+    }
+}
+
+/// An error unless the GPU backend runs `m`'s layer: bdh.py's (any decay), with no
+/// mechanism attached.
+pub fn runs_layer(m: &bdh::model::bdh::Bdh) -> Result<()> {
+    if !m.mechanisms.is_empty() {
+        return Err(Error::Device(
+            "this model has a mechanism attached at a layer site, which the GPU backend does not run: use --device cpu"
+                .into(),
+        ));
+    }
+    match m.config.variant() {
+        Some(v) if !(m.config.norm.is_layer() && m.config.residual.is_d()) => Err(Error::Device(format!(
+            "this model's layer ({v}) is not bdh.py's, and the GPU backend runs bdh.py's layer (any decay, any \
+             position): use --device cpu"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -227,13 +242,10 @@ pub fn streams(model: &Model, want: Want, slots: usize) -> Result<Box<dyn Stream
 
 /// `model`, or why the GPU backend does not run it.
 fn runs(model: &Model) -> Result<Model> {
-    match model {
-        Model::Bdh(m) if !m.mechanisms.is_empty() => Err(Error::Device(
-            "this model has a mechanism attached at a layer site, which the GPU backend does not run: use --device cpu"
-                .into(),
-        )),
-        m => Ok(m.clone()),
+    if let Model::Bdh(m) = model {
+        runs_layer(m)?;
     }
+    Ok(model.clone())
 }
 
 impl Gpu {

@@ -128,7 +128,7 @@ fn chunks_with_a_decaying_carried_state_equal_one_forward() {
 fn backward_with_a_decay_and_a_carried_state_matches_finite_differences() {
     // (γ = 0.6 for head 0 here puts a ReLU kink within the differences' step of ±1e-4.)
     let m = model(10.0, Decay::Retention(vec![0.7, 0.9]));
-    backward_matches_finite_differences(&m);
+    backward_matches_finite_differences(&m, 1e-4);
     // The decayed and the plain model's gradients differ: the decay is in the backward.
     let plain = model(10.0, Decay::None);
     let grads = |m: &bdh::model::bdh::Bdh| {

@@ -29,3 +29,4 @@ mod session;
 mod setup;
 mod site;
 mod state_format;
+mod variant;

@@ -62,7 +62,7 @@ fn prefill_then_steps_equals_steps_alone() {
     }
 }
 
-fn prefill_then_steps(cfg: BdhConfig) {
+pub fn prefill_then_steps(cfg: BdhConfig) {
     let prepared = Prepared::new(bdh_model(cfg, 7)).unwrap();
     let toks = tokens(40, 3);
     let (mut a, mut sa) = (prepared.state().unwrap(), prepared.scratch());

@@ -9,7 +9,7 @@ use super::run_dir::RunDir;
 use super::{encode_safetensors, fault_point, owned, read_safetensors, shape_err, write_atomic, TensorMap};
 use crate::data::TOKENIZER_FILE;
 use crate::error::{Error, Result};
-use crate::model::bdh::{rope, Bdh, BdhConfig, FREQS_NAME};
+use crate::model::bdh::{Bdh, BdhConfig, FREQS_NAME};
 use crate::model::gpt::params::{LM_HEAD, WTE};
 use crate::model::gpt::{Gpt, GptConfig};
 use crate::model::{Model, ModelConfig};
@@ -96,7 +96,7 @@ fn fill(mut params: Params, tensors: &mut TensorMap, path: &Path) -> Result<Para
 /// BDH's `attn.freqs` buffer if the file has it (checked), else computed as bdh.py does.
 fn bdh_freqs(c: &BdhConfig, tensors: &mut TensorMap) -> Result<Vec<f32>> {
     let n = c.n_neurons();
-    let Some(t) = tensors.remove(FREQS_NAME) else { return Ok(rope::freqs(n)) };
+    let Some(t) = tensors.remove(FREQS_NAME) else { return Ok(c.position.freqs(n)) };
     if t.shape.iter().product::<usize>() != n || t.shape.last() != Some(&n) {
         return Err(shape_err(FREQS_NAME, format!("[1, 1, 1, {n}]"), format!("{:?}", t.shape)));
     }

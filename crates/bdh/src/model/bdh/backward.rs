@@ -4,14 +4,15 @@
 //! forward line and the gradient it produces.
 
 use bdh_kernels::{
-    add_groups, causal_linear_attention_backward, layer_norm_backward, matmul, matmul_batched, rope, transpose,
-    Attention, AttentionSaved, Batch, MatMul, RopeDirection,
+    add_groups, causal_linear_attention_backward, matmul, matmul_batched, rope, transpose, Attention, AttentionSaved,
+    Batch, MatMul, RopeDirection,
 };
 
 use super::decay::DecayTable;
 use super::forward::{Activations, Dims};
 use super::params::WeightsMut;
 use super::site::Mechanisms;
+use super::variant::Norm;
 use super::Bdh;
 use crate::error::{Error, Result};
 use crate::model::loss::{cross_entropy, cross_entropy_backward};
@@ -30,6 +31,7 @@ pub struct Backward {
     dy: Vec<f32>,        // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
     dq: Vec<f32>,        // (B, H, T, N) d loss / d R(x)
     dq0: Vec<f32>,       // (B, H, T, N) d loss / d x through the read of a carried ρ₀
+    dx_up: Vec<f32>,     // (B, H, T, N) d loss / d x of the layer above, with the residual in the neurons; else empty
     da: Vec<f32>,        // (B, H, T, D) d loss / d attention output
     dvh: Vec<f32>,       // (B, H, T, D) d loss / d v through each head's attention values
     dscores: Vec<f32>,   // (B, H, T, T)
@@ -51,7 +53,7 @@ impl Backward {
         let dims = Dims::new(&model.config, b, t);
         let Dims { d, h, n, v, .. } = dims;
         // Every buffer below is a product of these, so bounding their sum bounds each.
-        let total = [[b, h, t, n * 5], [b, h, t, t + 2 * d], [1, b, t, v + 2 * d], [1, h, n, 3 * d]]
+        let total = [[b, h, t, n * 6], [b, h, t, t + 2 * d], [1, b, t, v + 2 * d], [1, h, n, 3 * d]]
             .iter()
             .try_fold(0usize, |acc, dims| dims.iter().try_fold(1usize, |p, &x| p.checked_mul(x))?.checked_add(acc));
         let what = format!("the backward of a B={b} T={t} pass of this model");
@@ -66,6 +68,7 @@ impl Backward {
             dy: zeroed(&[b, h, t, n])?,
             dq: zeroed(&[b, h, t, n])?,
             dq0: zeroed(&[b, h, t, n])?,
+            dx_up: if model.config.residual.is_d() { Vec::new() } else { zeroed(&[b, h, t, n])? },
             da: zeroed(&[b, h, t, d])?,
             dvh: zeroed(&[b, h, t, d])?,
             dscores: zeroed(&[b, h, t, t])?,
@@ -117,6 +120,8 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     }
     let (cos, sin) = (&acts.rope.cos[..], &acts.rope.sin[..]);
     let dm = acts.dims;
+    let norm = model.config.norm;
+    s.dx_up.fill(0.0);
 
     // logits = v · lm_head  ⇒  d lm_head += vᵀ · dlogits,  dv = dlogits · lm_headᵀ
     cross_entropy_backward(&mut s.dlogits, &acts.logits, targets, vocab);
@@ -128,12 +133,19 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         let (v_in, layer) = (acts.residual(l), &acts.layers[l]);
         let (x, xr, y, a, rstd_a, scores) = (&layer.x, &layer.xr, &layer.y, &layer.a, &layer.rstd_a, &layer.scores);
         let keep = if acts.dropout { &layer.keep[..] } else { &[][..] };
+        let inc = &layer.inc[..];
 
         // v_out = LN(v_in + w)  ⇒  dv (residual path) = dw = LN'(dv_out)
-        layer_norm_backward(&mut s.dv, &layer.v, &layer.rstd_v, d);
+        //   (the residual in the neurons: v_out = w, and no path to v_in)
+        if model.config.residual.is_d() {
+            norm.backward(&mut s.dv, &layer.v, &layer.rstd_v, d);
+        }
         // w = LN(u)  ⇒  du = LN'(dw)
         s.du.copy_from_slice(&s.dv);
-        layer_norm_backward(&mut s.du, &layer.w, &layer.rstd_w, d);
+        norm.backward(&mut s.du, &layer.w, &layer.rstd_w, d);
+        if !model.config.residual.is_d() {
+            s.dv.fill(0.0);
+        }
 
         // Batch rows are independent until the weight gradients sum them: each row's
         // chain is one task, its gradients in cache from one kernel to the next.
@@ -141,8 +153,25 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         let rho0 = if acts.rho0.is_empty() { &[][..] } else { &acts.rho0[l * b * hnd..(l + 1) * b * hnd] };
         let decay = &acts.decay;
         let (mechanisms, pos0) = (&model.mechanisms, acts.rope.start);
-        let saved =
-            Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay, mechanisms, layer: l, pos0 };
+        let saved = Saved {
+            x,
+            inc,
+            y,
+            xr,
+            a,
+            rstd_a,
+            scores,
+            keep,
+            v_in,
+            cos,
+            sin,
+            rho0,
+            decay,
+            mechanisms,
+            norm,
+            layer: l,
+            pos0,
+        };
         let weights_t = std::mem::take(&mut s.weights_t); // read by every row while they write the rest of `s`
         let mut rows = RowGrads::split(s, saved, dm);
         bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm));
@@ -167,7 +196,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     }
 
     // v = LN(embed[idx])  ⇒  d embed[idx] += LN'(dv)
-    layer_norm_backward(&mut s.dv, &acts.v0, &acts.rstd_v0, d);
+    norm.backward(&mut s.dv, &acts.v0, &acts.rstd_v0, d);
     for (row, &tok) in s.dv.chunks_exact(d).zip(&acts.tokens) {
         let e = &mut g.embed[tok as usize * d..(tok as usize + 1) * d];
         e.iter_mut().zip(row).for_each(|(o, &gv)| *o += gv);
@@ -179,6 +208,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
 #[derive(Clone, Copy)]
 struct Saved<'a> {
     x: &'a [f32],      // (B, H, T, N)
+    inc: &'a [f32],    // (B, H, T, N) x's increment, with the residual in the neurons; else empty
     y: &'a [f32],      // (B, H, T, N)
     xr: &'a [f32],     // (B, H, T, N)
     a: &'a [f32],      // (B, H, T, D)
@@ -191,6 +221,7 @@ struct Saved<'a> {
     rho0: &'a [f32],   // (B, H, N, D) ρ the forward started from, or empty
     decay: &'a DecayTable,
     mechanisms: &'a Mechanisms,
+    norm: Norm,
     layer: usize,
     pos0: usize, // the position of the pass's first token
 }
@@ -206,6 +237,7 @@ struct RowGrads<'a> {
     dy: &'a mut [f32],      // (H, T, N)
     dq: &'a mut [f32],      // (H, T, N)
     dq0: &'a mut [f32],     // (H, T, N)
+    dx_up: &'a mut [f32],   // (H, T, N), or empty
     da: &'a mut [f32],      // (H, T, D)
     dvh: &'a mut [f32],     // (H, T, D)
     dscores: &'a mut [f32], // (H, T, T)
@@ -222,12 +254,14 @@ impl<'a> RowGrads<'a> {
         let (mut z, mut dx, mut dy, mut dq) =
             (s.z.chunks_mut(htn), s.dx.chunks_mut(htn), s.dy.chunks_mut(htn), s.dq.chunks_mut(htn));
         let mut dq0 = s.dq0.chunks_mut(htn);
+        let mut dx_up = s.dx_up.chunks_mut(htn);
         let (mut da, mut dvh, mut dscores) = (s.da.chunks_mut(htd), s.dvh.chunks_mut(htd), s.dscores.chunks_mut(htt));
         let du: &'a [f32] = &s.du;
         (0..b)
             .map(|r| {
                 let saved = Saved {
                     x: row(saved.x, htn, r),
+                    inc: row(saved.inc, htn, r),
                     y: row(saved.y, htn, r),
                     xr: row(saved.xr, htn, r),
                     a: row(saved.a, htd, r),
@@ -248,6 +282,7 @@ impl<'a> RowGrads<'a> {
                     dy: next(&mut dy),
                     dq: next(&mut dq),
                     dq0: next(&mut dq0),
+                    dx_up: dx_up.next().unwrap_or_default(),
                     da: next(&mut da),
                     dvh: next(&mut dvh),
                     dscores: next(&mut dscores),
@@ -261,7 +296,8 @@ impl<'a> RowGrads<'a> {
 /// of the layer's input, leaving z, dx and dy for the weight gradients.
 fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     let Dims { t, d, h, n, .. } = dm;
-    let Saved { x, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay, mechanisms, layer, pos0 } = r.saved;
+    let Saved { x, inc, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay, mechanisms, norm, layer, pos0 } =
+        r.saved;
     let heads = |a, w, c| Batch { count: [1, h], a, b: w, c };
     let (nt, dt) = ([0, t * n], [0, t * d]); // per head
                                              // u = concat_h(z) · decoder  ⇒  dz = du · decoder_hᵀ                 (H, T, N)
@@ -273,7 +309,7 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     // y_latent = a · encoder_v_h  ⇒  da = dy · encoder_v_hᵀ             (H, T, D)
     matmul_batched(r.da, r.dy, &w.encoder_v_t, MatMul::new(t, n, d), heads(nt, [0, n * d], dt));
     // a = LN(attention)  ⇒  d attention = LN'(da)
-    layer_norm_backward(r.da, a, rstd_a, d);
+    norm.backward(r.da, a, rstd_a, d);
     // attention = tril₋₁(xr xrᵀ) · v, xr = R(x), x = relu(x_latent)
     //   ⇒  dv through the values of each head;  dx = [x > 0] ⊙ (dx + Rᵀ d xr)
     let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, decay: &decay.gamma };
@@ -288,6 +324,18 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
         for ((g, &back), &xv) in r.dx.iter_mut().zip(r.dq0.iter()).zip(x) {
             if xv > 0.0 {
                 *g += back;
+            }
+        }
+    }
+    if !inc.is_empty() {
+        // (the residual in the neurons) x_l = x_{l−1} + relu(x_latent)  ⇒  d x_l = dx + d x_{l+1},
+        // passed on to x_{l−1};  d x_latent = [relu(x_latent) > 0] ⊙ d x_l.  (dx was masked by
+        // x_l > 0 above: where x_l = 0, every increment up to l is 0 too, so nothing is lost.)
+        for ((g, up), &i) in r.dx.iter_mut().zip(r.dx_up.iter_mut()).zip(inc) {
+            *g += *up;
+            *up = *g;
+            if i <= 0.0 {
+                *g = 0.0;
             }
         }
     }

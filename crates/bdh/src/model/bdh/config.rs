@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::variant::{Norm, Position, Residual};
 use crate::error::{Error, Result};
 
 /// The largest value of any size in a config: far past any model that fits a machine,
@@ -28,6 +29,15 @@ pub struct BdhConfig {
     /// head (the paper's damping).
     #[serde(default, skip_serializing_if = "Decay::is_none")]
     pub decay: Decay,
+    /// The normalisation: bdh.py's LayerNorm or none.
+    #[serde(default, skip_serializing_if = "Norm::is_layer")]
+    pub norm: Norm,
+    /// The residual: in the D-dimensional stream (bdh.py) or in the neurons (the paper's Eq. 4).
+    #[serde(default, skip_serializing_if = "Residual::is_d")]
+    pub residual: Residual,
+    /// The position encoding: bdh.py's RoPE or none.
+    #[serde(default, skip_serializing_if = "Position::is_rope")]
+    pub position: Position,
 }
 
 /// The synapse state's decay. With a retention γ_h the attention scores become
@@ -125,6 +135,9 @@ impl Default for BdhConfig {
             vocab_size: 256,
             dropout: 0.1,
             decay: Decay::None,
+            norm: Norm::Layer,
+            residual: Residual::D,
+            position: Position::Rope,
         }
     }
 }
@@ -133,6 +146,18 @@ impl BdhConfig {
     /// N: neurons per head, `mlp_internal_dim_multiplier · D / H` (integer division, as bdh.py).
     pub fn n_neurons(&self) -> usize {
         self.mlp_internal_dim_multiplier * self.n_embd / self.n_head
+    }
+
+    /// The variants of bdh.py's layer this config asks for, as its fields write them
+    /// (`norm = "none"`, …); `None` for bdh.py's layer (any decay).
+    pub fn variant(&self) -> Option<String> {
+        let fields = [
+            (!self.norm.is_layer()).then_some("norm = \"none\""),
+            (!self.residual.is_d()).then_some("residual = \"n\""),
+            (!self.position.is_rope()).then_some("position = \"none\""),
+        ];
+        let set: Vec<&str> = fields.into_iter().flatten().collect();
+        (!set.is_empty()).then(|| set.join(", "))
     }
 
     /// H·N: neurons in all heads.

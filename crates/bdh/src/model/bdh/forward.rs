@@ -28,7 +28,7 @@
 //! per layer) sized once per (B, T); a step allocates nothing. The kernels split the
 //! work over (B, H) and row blocks themselves.
 
-use bdh_kernels::{add, causal_linear_attention, layer_norm, matmul, matmul_batched, Attention, Batch, MatMul};
+use bdh_kernels::{add, causal_linear_attention, matmul, matmul_batched, Attention, Batch, MatMul};
 
 use super::decay::DecayTable;
 use super::edit::{Edits, Region, Site, NO_EDITS};
@@ -36,6 +36,7 @@ use super::params::Weights;
 use super::recurrent::State;
 use super::rope::RopeTable;
 use super::site::Mechanisms;
+use super::variant::Residual;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
 use crate::model::{check_batch, check_positions, zeroed, Mode};
@@ -129,6 +130,7 @@ pub struct Activations {
 #[derive(Debug)]
 pub(crate) struct Layer {
     pub(crate) x: Vec<f32>,      // (B, H, T, N) sparse neurons
+    pub(crate) inc: Vec<f32>,    // (B, H, T, N) relu(v · encoder) with the residual in the neurons; else empty
     pub(crate) xr: Vec<f32>,     // (B, H, T, N) x rotated by RoPE
     pub(crate) scores: Vec<f32>, // (B, H, T, T) tril₋₁(xr xrᵀ), ⊙ γ^(t−τ) with a decay
     pub(crate) a: Vec<f32>,      // (B, H, T, D) attention output after LN
@@ -142,9 +144,10 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
-    fn new(Dims { b, t, d, h, n, .. }: Dims) -> Result<Self> {
+    fn new(Dims { b, t, d, h, n, .. }: Dims, residual: Residual) -> Result<Self> {
         Ok(Layer {
             x: zeroed(&[b, h, t, n])?,
+            inc: if residual.is_d() { Vec::new() } else { zeroed(&[b, h, t, n])? },
             xr: zeroed(&[b, h, t, n])?,
             scores: zeroed(&[b, h, t, t])?,
             a: zeroed(&[b, h, t, d])?,
@@ -164,7 +167,7 @@ impl Layer {
     fn rows<'a>(
         &'a mut self,
         rows: Range<usize>,
-        v_in: &'a [f32],
+        (v_in, x_in): (&'a [f32], &'a [f32]),
         z: &'a mut [f32],
         dm: Dims,
         dropout: bool,
@@ -173,12 +176,16 @@ impl Layer {
         let (htn, htd, htt) = (h * t * n, h * t * d, h * t * t);
         let of = |per_row: usize| rows.start * per_row..rows.end * per_row;
         let keep = if dropout { &mut self.keep[of(htn)] } else { &mut [][..] };
+        let inc = if self.inc.is_empty() { &mut [][..] } else { &mut self.inc[of(htn)] };
+        let x_in = if x_in.is_empty() { x_in } else { &x_in[of(htn)] };
         LayerRows {
             dims: Dims { b: rows.len(), ..dm },
             v_in: &v_in[of(t * d)],
             v_out: &mut self.v[of(t * d)],
             rstd_out: &mut self.rstd_v[of(t)],
             x: &mut self.x[of(htn)],
+            x_in,
+            inc,
             xr: &mut self.xr[of(htn)],
             scores: &mut self.scores[of(htt)],
             a: &mut self.a[of(htd)],
@@ -202,7 +209,7 @@ impl Activations {
             return Err(Error::Input(format!("empty batch (B={b}, T={t})")));
         }
         // Every size below is a product of these, so bounding the largest bounds all.
-        let total = [[l, b, h, t, n * 4], [l, b, h, t, t + 2 * d], [l + 1, b, t, 1, 2 * d + v]]
+        let total = [[l, b, h, t, n * 5], [l, b, h, t, t + 2 * d], [l + 1, b, t, 1, 2 * d + v]]
             .iter()
             .try_fold(0usize, |acc, dims| dims.iter().try_fold(1usize, |p, &x| p.checked_mul(x))?.checked_add(acc));
         crate::memory::ensure_fits(
@@ -219,7 +226,7 @@ impl Activations {
             tokens: vec![0; b * t],
             v0: zeroed(&[b, t, d])?,
             rstd_v0: zeroed(&[b, t])?,
-            layers: (0..l).map(|_| Layer::new(dm)).collect::<Result<_>>()?,
+            layers: (0..l).map(|_| Layer::new(dm, model.config.residual)).collect::<Result<_>>()?,
             z: zeroed(&[b, h, t, n])?,
             logits: zeroed(&[b, t, v])?,
         })
@@ -322,12 +329,13 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     let dm = acts.dims;
     let Dims { b, t, d, h, v: vocab, l: layers, .. } = dm;
     let p = model.weights();
+    let cfg = &model.config;
 
     // v = LN(embed[idx])                              v_{τ,0} = f_e(token_τ)    (B, T, D)
     for (row, &tok) in acts.v0.chunks_exact_mut(d).zip(tokens) {
         row.copy_from_slice(&p.embed[tok as usize * d..(tok as usize + 1) * d]);
     }
-    layer_norm(&mut acts.v0, &mut acts.rstd_v0, d);
+    cfg.norm.forward(&mut acts.v0, &mut acts.rstd_v0, d);
 
     // The heads of a batch row are independent until the decoder sums them: a few
     // rows at a time keeps a group's activations in cache from one kernel to the next.
@@ -336,17 +344,19 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     for l in 0..layers {
         let (before, after) = acts.layers.split_at_mut(l);
         let v_in = before.last().map_or(&acts.v0[..], |prev| &prev.v[..]);
+        // x_{l−1}, which x_l adds to when the residual is in the neurons (x_0 = 0)
+        let x_in = before.last().filter(|_| !cfg.residual.is_d()).map_or(&[][..], |prev| &prev.x[..]);
         let layer = &mut after[0];
         for r0 in (0..b).step_by(group) {
             let rows = r0..(r0 + group).min(b);
             let stream = ((l * b + r0) * h) as u64;
             let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
             let rho = state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone()));
-            let at = layer.rows(rows, v_in, &mut acts.z, dm, drawn);
+            let at = layer.rows(rows, (v_in, x_in), &mut acts.z, dm, drawn);
             let mechanisms = &model.mechanisms;
-            heads(&p, at, l, Extras { rope, decay, mechanisms, edits, pos0, dropout, rho });
+            heads(&p, cfg, at, l, Extras { rope, decay, mechanisms, edits, pos0, dropout, rho });
         }
-        mix(&p, layer.rows(0..b, v_in, &mut acts.z, dm, drawn));
+        mix(&p, cfg, layer.rows(0..b, (v_in, x_in), &mut acts.z, dm, drawn));
         let out = Region { head0: 0, heads: 1, pos0, t, n: d, width: 1 };
         edits.apply(Site::Out, l, &mut layer.v, out);
     }
@@ -431,6 +441,8 @@ struct LayerRows<'a> {
     v_out: &'a mut [f32], // (B, T, D)
     rstd_out: &'a mut [f32],
     x: &'a mut [f32],      // (B, H, T, N)
+    x_in: &'a [f32],       // (B, H, T, N) x of the layer before, with the residual in the neurons; else empty
+    inc: &'a mut [f32],    // (B, H, T, N) relu(v · encoder), with the residual in the neurons; else empty
     xr: &'a mut [f32],     // (B, H, T, N)
     scores: &'a mut [f32], // (B, H, T, T)
     a: &'a mut [f32],      // (B, H, T, D)
@@ -457,11 +469,22 @@ struct Extras<'a> {
 
 /// The first half of a BDH layer (bdh.py's loop body up to the decoder), per head,
 /// on the rows of `s`.
-fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
+fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
     let dm = s.dims;
     let Dims { b, t, d, h, n, .. } = dm;
     // x_sparse = relu(x @ encoder)                    x_{t,l} = (D_x v_{t,l−1})^+  (B, H, T, N)
-    matmul_batched(s.x, s.v_in, p.encoder, MatMul::new(t, d, n).relu(), dm.per_head(t * d, d * n, t * n));
+    let encode = (MatMul::new(t, d, n).relu(), dm.per_head(t * d, d * n, t * n));
+    match cfg.residual {
+        Residual::D => matmul_batched(s.x, s.v_in, p.encoder, encode.0, encode.1),
+        //   (the residual site, in the neurons:       x_{t,l} = x_{t,l−1} + (D_x v_{t,l−1})^+)
+        Residual::N => {
+            matmul_batched(s.inc, s.v_in, p.encoder, encode.0, encode.1);
+            s.x.copy_from_slice(s.inc);
+            if !s.x_in.is_empty() {
+                add_in_place(s.x, s.x_in);
+            }
+        }
+    }
     e.edits.apply(Site::X, l, s.x, dm.region(e.pos0));
     // yKV = attn(Q = K = x_sparse, V = x)             a_{t,l} = Σ_{τ<t} v_τ (x_τᵀ U^(t−τ) x_t)  (B, H, T, D)
     //   (U: RoPE, times γ_h^(t−τ) with a decay: the damping site)
@@ -482,7 +505,7 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
         matmul_batched(rho, q, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
     }
     // yKV = ln(yKV)                                   LN(a_{t,l})
-    layer_norm(s.a, s.rstd_a, d);
+    cfg.norm.forward(s.a, s.rstd_a, d);
     // y_sparse = relu(yKV @ encoder_v)                (D_y LN(a_{t,l}))^+        (B, H, T, N)
     let per_item = Batch { a: [h * t * d, t * d], ..dm.per_head(0, d * n, t * n) };
     matmul_batched(s.y, s.a, p.encoder_v, MatMul::new(t, d, n).relu(), per_item);
@@ -497,13 +520,27 @@ fn heads(p: &Weights, s: LayerRows, l: usize, e: Extras) {
 }
 
 /// The second half of a BDH layer: the decoder sums the heads into the residual stream.
-fn mix(p: &Weights, s: LayerRows) {
+fn mix(p: &Weights, cfg: &BdhConfig, s: LayerRows) {
     let Dims { b, t, d, h, n, .. } = s.dims;
     // y = ln(xy_sparse @ decoder)                     LN(E y_{t,l})              (B, T, D)
     let per_row = Batch { count: [b, h], a: [h * t * n, t * n], b: [0, n * d], c: [t * d, 0] };
     matmul_batched(s.w, s.z, p.decoder, MatMul::new(t, n, d), per_row);
-    layer_norm(s.w, s.rstd_w, d);
-    // x = ln(x + y)                                   v_{t,l} = LN(v_{t,l−1} + LN(E y))  (B, T, D)
-    add(s.v_out, s.v_in, s.w);
-    layer_norm(s.v_out, s.rstd_out, d);
+    cfg.norm.forward(s.w, s.rstd_w, d);
+    match cfg.residual {
+        // x = ln(x + y)                               v_{t,l} = LN(v_{t,l−1} + LN(E y))  (B, T, D)
+        Residual::D => {
+            add(s.v_out, s.v_in, s.w);
+            cfg.norm.forward(s.v_out, s.rstd_out, d);
+        }
+        //   (the residual site, in the neurons:       v_{t,l} = N(E y_{t,l}))
+        Residual::N => {
+            s.v_out.copy_from_slice(s.w);
+            s.rstd_out.fill(1.0);
+        }
+    }
+}
+
+/// `x += y`, elementwise.
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, &y)| *x += y);
 }

@@ -11,6 +11,7 @@ pub mod params;
 pub mod recurrent;
 pub mod rope;
 pub mod site;
+pub mod variant;
 
 pub use backward::{backward, Backward};
 pub use config::{BdhConfig, Decay};
@@ -20,6 +21,7 @@ pub use merge::{merge, Heritage};
 pub use params::{Weights, WeightsMut, FREQS_NAME, PARAM_NAMES};
 pub use recurrent::{Prepared, Scratch, State};
 pub use site::{At, Mechanism, Mechanisms};
+pub use variant::{Norm, Position, Residual};
 
 use crate::error::{Error, Result};
 use crate::params::Params;
@@ -45,7 +47,7 @@ impl Bdh {
     pub fn new(config: BdhConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let params = params::init(&config, seed)?;
-        let freqs = rope::freqs(config.n_neurons());
+        let freqs = config.position.freqs(config.n_neurons());
         Ok(Bdh { config, params, freqs, mechanisms: Mechanisms::default() })
     }
 
@@ -57,6 +59,9 @@ impl Bdh {
         }
         if freqs.len() != config.n_neurons() {
             return Err(Error::Config(format!("{} RoPE frequencies for N = {}", freqs.len(), config.n_neurons())));
+        }
+        if config.position == Position::None && freqs.iter().any(|&f| f != 0.0) {
+            return Err(Error::Config("position = \"none\" but attn.freqs holds non-zero RoPE frequencies".into()));
         }
         Ok(Bdh { config, params, freqs, mechanisms: Mechanisms::default() })
     }

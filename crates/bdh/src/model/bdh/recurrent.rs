@@ -22,14 +22,15 @@
 //! a few ulps).
 
 use bdh_kernels::{
-    active_pairs, gate_listed, gather_dot, layer_norm, matmul, parallel_each, rho_read_write, rope, sparse_row_sum,
-    transpose, MatMul, RopeDirection,
+    active_pairs, gate_listed, gather_dot, matmul, parallel_each, rho_read_write, rope, sparse_row_sum, transpose,
+    MatMul, RopeDirection,
 };
 
 use super::decay::Damping;
 use super::edit::{Edits, Region, Site};
 use super::forward::{forward, Activations, Pass};
 use super::rope::cos_sin;
+use super::variant::Residual;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
 use crate::model::{check_positions, check_tokens, zeroed, Mode};
@@ -129,6 +130,7 @@ pub struct Scratch {
 #[derive(Clone, Debug)]
 struct HeadScratch {
     x: Vec<f32>,          // (B, N) this head's neurons of every stream
+    x_in: Vec<f32>,       // (B, N) x of the layer before, with the residual in the neurons
     streams: Vec<Stream>, // (≥ B)
 }
 
@@ -175,6 +177,7 @@ impl Scratch {
         self.rotations.extend(std::iter::repeat_with(rotation).take(more));
         for hs in &mut self.heads {
             hs.x.resize(b * n, 0.0);
+            hs.x_in.resize(b * n, 0.0);
             let more = b.saturating_sub(hs.streams.len());
             hs.streams.extend(std::iter::repeat_with(|| Stream::new(d, n)).take(more));
         }
@@ -232,7 +235,7 @@ impl Prepared {
     pub fn scratch(&self) -> Scratch {
         let c = &self.model.config;
         let (d, n) = (c.n_embd, c.n_neurons());
-        let head = HeadScratch { x: Vec::new(), streams: Vec::new() };
+        let head = HeadScratch { x: Vec::new(), x_in: Vec::new(), streams: Vec::new() };
         let mut s = Scratch {
             v: Vec::new(),
             u: Vec::new(),
@@ -346,7 +349,7 @@ impl Prepared {
         for (vb, &tok) in s.v.chunks_exact_mut(d).zip(tokens) {
             vb.copy_from_slice(&p.embed[tok as usize * d..(tok as usize + 1) * d]);
         }
-        layer_norm(&mut s.v, &mut s.rstd, d);
+        c.norm.forward(&mut s.v, &mut s.rstd, d);
         for l in 0..c.n_layer {
             // Per head (the unit of parallel work): its neurons for every stream in
             // one product, then each stream's read, write and decoder share.
@@ -372,9 +375,15 @@ impl Prepared {
                     ub.iter_mut().zip(&hs.streams[r].u).for_each(|(o, &x)| *o += x);
                 }
             }
-            layer_norm(&mut s.u, &mut s.rstd, d);
-            s.v.iter_mut().zip(&s.u).for_each(|(vi, &ui)| *vi += ui);
-            layer_norm(&mut s.v, &mut s.rstd, d);
+            c.norm.forward(&mut s.u, &mut s.rstd, d);
+            match c.residual {
+                Residual::D => {
+                    s.v.iter_mut().zip(&s.u).for_each(|(vi, &ui)| *vi += ui);
+                    c.norm.forward(&mut s.v, &mut s.rstd, d);
+                }
+                //   (the residual in the neurons: v = N(u))
+                Residual::N => s.v.copy_from_slice(&s.u),
+            }
         }
         // logits = v · lm_head                                              (B, V)
         matmul(&mut s.logits[..b * vocab], &s.v, p.lm_head, MatMul::new(b, d, vocab).par());
@@ -392,12 +401,21 @@ impl Prepared {
         let encoder = &self.model.weights().encoder[hw.head * d * n..][..d * n];
         // x = relu(v · encoder_h)                                           (B, N)
         matmul(&mut hw.hs.x, at.v, encoder, MatMul::new(b, d, n).relu());
-        let HeadScratch { x, streams } = &mut *hw.hs;
+        //   (the residual in the neurons: x = x_{l−1} + relu(v · encoder_h), x_0 = 0)
+        let in_neurons = !c.residual.is_d();
+        if in_neurons && at.layer > 0 {
+            hw.hs.x.iter_mut().zip(&hw.hs.x_in).for_each(|(x, &x0)| *x += x0);
+        }
+        let HeadScratch { x, x_in, streams } = &mut *hw.hs;
         let mut work: Vec<StreamHead> = (streams.iter_mut().zip(x.chunks_exact_mut(n)).zip(hw.rho.iter_mut()))
             .enumerate()
             .map(|(row, ((st, x), rho))| StreamHead { row, st, x, rho })
             .collect();
         parallel_each(&mut work, |w| self.stream_head(hw.head, w, at));
+        drop(work);
+        if in_neurons {
+            x_in.copy_from_slice(x);
+        }
     }
 
     /// One stream's part of a head's step: the synapse read and write, y on the
@@ -423,7 +441,7 @@ impl Prepared {
         // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                (D)
         at.edits.apply(Site::Rho, at.layer, rho, one(d));
         rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows);
-        layer_norm(&mut st.a, &mut rstd, d);
+        c.norm.forward(&mut st.a, &mut rstd, d);
         // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
         st.y.resize(st.cols.len(), 0.0);
         gather_dot(&mut st.y, &st.a, encoder_v_t, &st.cols);
