@@ -17,6 +17,7 @@ mod errors;
 mod generate;
 mod golden;
 mod gpt;
+mod graph;
 mod hostile;
 mod interventions;
 mod merge;

@@ -9,6 +9,7 @@
 pub mod bdh;
 pub mod dropout;
 pub mod gpt;
+pub mod graph;
 pub mod loss;
 
 use serde::{Deserialize, Deserializer, Serialize};

@@ -1,0 +1,154 @@
+//! The graph form equals the tensor form: a BDH-Normfree model's graphs, run by the
+//! four-round scheduler, give the parallel forward's logits at every position and,
+//! through ρ = E·σ, the recurrent state; with and without a decay, on fresh and on
+//! trained weights. Files round-trip; bad ones are refused by name.
+
+use bdh::infer::{Prepared, State};
+use bdh::model::bdh::{Bdh, BdhConfig, Decay, Norm, Position, Residual, NO_EDITS};
+use bdh::model::graph::{build, load, save, score, Brain, Graph};
+use bdh::{forward, Activations, Mode, Model};
+
+use crate::common::{bdh_model, max_rel_diff, temp_dir, tiny_config, tokens};
+
+/// A BDH-Normfree config of `tiny_config`'s sizes.
+pub fn normfree(cfg: BdhConfig) -> BdhConfig {
+    BdhConfig { norm: Norm::None, residual: Residual::N, position: Position::None, ..cfg }
+}
+
+fn model(cfg: BdhConfig, scale: f32, seed: u64) -> Bdh {
+    let Model::Bdh(mut m) = bdh_model(cfg, seed) else { unreachable!("a BDH") };
+    m.params.data_mut().iter_mut().for_each(|x| *x *= scale);
+    m
+}
+
+/// Max rel diff of the graph's logits against the parallel forward's, over `toks`.
+pub fn graph_vs_tensor(m: &Bdh, graph: &Graph, toks: &[u32]) -> f32 {
+    let model = Model::Bdh(m.clone());
+    let mut acts = Activations::new(&model, 1, toks.len()).unwrap();
+    forward(&model, toks, &mut acts, Mode::Eval).unwrap();
+    let (logits, _) = score(graph, toks).unwrap();
+    let v = m.config.vocab_size;
+    (0..toks.len())
+        .map(|t| max_rel_diff(&logits[t * v..(t + 1) * v], &acts.logits()[t * v..(t + 1) * v]))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn the_graph_form_equals_the_tensor_form_at_every_position() {
+    for (i, decay) in [Decay::None, Decay::Retention(vec![0.9, 0.97]), Decay::Alibi].into_iter().enumerate() {
+        for cfg in [tiny_config(2, 16, 2, 4), tiny_config(3, 24, 2, 6)] {
+            let cfg = normfree(BdhConfig { decay: decay.clone(), ..cfg });
+            let m = model(cfg.clone(), 5.0, i as u64);
+            let graph = build(&m, None, false).unwrap();
+            let worst = graph_vs_tensor(&m, &graph, &tokens(64, i as u64));
+            println!(
+                "L{} D{} decay {}: graph vs tensor max rel diff {worst:.2e}",
+                cfg.n_layer,
+                cfg.n_embd,
+                cfg.decay.describe()
+            );
+            assert!(worst < 1e-5, "{worst}");
+        }
+    }
+}
+
+#[test]
+fn sigma_through_the_decoder_is_the_recurrent_state() {
+    // ρ_l = E · σ_l: each head's ρ row of neuron j is Σ_i σ_l(i, j) · value_i, the
+    // values being embed rows (layer 1) or decoder rows (later layers).
+    let m = model(normfree(BdhConfig { decay: Decay::Retention(vec![0.8, 0.95]), ..tiny_config(2, 16, 2, 4) }), 5.0, 3);
+    let graph = build(&m, None, false).unwrap();
+    let toks = tokens(40, 5);
+    let mut brain = Brain::new(&graph).unwrap();
+    let prepared = Prepared::new(Model::Bdh(m.clone())).unwrap();
+    let (mut state, mut scratch) = (prepared.state().unwrap(), prepared.scratch());
+    for &t in &toks {
+        brain.step(t).unwrap();
+        prepared.step(&mut [&mut state], &mut scratch, &[t], &NO_EDITS).unwrap();
+    }
+    let State::Bdh(state) = state else { unreachable!("a BDH") };
+    let (d, n) = (m.config.n_embd, m.config.total_neurons());
+    let w = m.weights();
+    for l in 0..m.config.n_layer {
+        let (gs, sigma) = brain.sigma(l);
+        let values = if l == 0 { w.embed } else { w.decoder };
+        let mut rho = vec![0.0f64; n * d];
+        for j in 0..n {
+            for (e, (i, _)) in gs.in_edges(j).enumerate() {
+                let s = sigma[gs.offsets[j] + e];
+                rho[j * d..(j + 1) * d]
+                    .iter_mut()
+                    .zip(&values[i * d..(i + 1) * d])
+                    .for_each(|(r, &v)| *r += s * v as f64);
+            }
+        }
+        let rho: Vec<f32> = rho.into_iter().map(|r| r as f32).collect();
+        let want = &state.rho[l * n * d..(l + 1) * n * d]; // (H, N, D) of layer l
+        let diff = max_rel_diff(&rho, want);
+        println!("layer {l}: E·σ vs ρ max rel diff {diff:.2e}");
+        assert!(diff < 1e-5, "{diff}");
+    }
+}
+
+#[test]
+fn only_a_normfree_model_has_a_graph() {
+    for cfg in [tiny_config(1, 16, 2, 4), BdhConfig { norm: Norm::None, ..tiny_config(1, 16, 2, 4) }] {
+        let err = build(&model(cfg, 1.0, 1), None, false).unwrap_err().to_string();
+        assert!(err.contains("BDH-Normfree") && err.contains("residual = \"n\""), "{err}");
+    }
+    let err = build(&model(normfree(tiny_config(1, 16, 2, 4)), 1.0, 1), Some(0), false).unwrap_err().to_string();
+    assert!(err.contains("--keep 0"), "{err}");
+}
+
+#[test]
+fn the_exact_graphs_are_dense_products_split_by_sign() {
+    let m = model(normfree(tiny_config(1, 16, 2, 4)), 1.0, 2);
+    let g = build(&m, None, false).unwrap();
+    let (n, v) = (m.config.total_neurons(), m.config.vocab_size);
+    assert_eq!(g.gs.edges(), n * n);
+    assert_eq!(g.gs_in.edges(), v * n);
+    assert!(g.gx.e.edges() + g.gx.i.edges() <= n * n && g.gx.e.edges() > n * n / 4 && g.gx.i.edges() > n * n / 4);
+    // One entry by hand: Gx(i, k) = Σ_d decoder[i, d] · encoder[head(k)][d, k mod N].
+    let (d, per) = (m.config.n_embd, m.config.n_neurons());
+    let w = m.weights();
+    let (i, k) = (5usize, per + 3);
+    let want: f64 = (0..d).map(|dd| w.decoder[i * d + dd] as f64 * w.encoder[d * per + dd * per + 3] as f64).sum();
+    let got = g.gx.e.in_edges(k).chain(g.gx.i.in_edges(k).map(|(s, w)| (s, -w))).find(|e| e.0 == i).unwrap().1;
+    assert!((got as f64 - want).abs() <= 1e-6 * want.abs(), "{got} vs {want}");
+    // Pruned: at most K in-edges per node and sign, Gs on the wires' edges.
+    let p = build(&m, Some(7), true).unwrap();
+    assert!((0..n).all(|j| p.gx.e.in_edges(j).count() <= 7 && p.gy.i.in_edges(j).count() <= 7));
+    assert!((0..n).all(|j| p.gs.in_edges(j).count() == p.gx.e.in_edges(j).count() + p.gx.i.in_edges(j).count()));
+}
+
+#[test]
+fn a_graph_file_round_trips_and_bad_ones_are_refused() {
+    let dir = temp_dir("graph-file");
+    let m = model(normfree(BdhConfig { decay: Decay::Alibi, ..tiny_config(2, 16, 2, 4) }), 1.0, 4);
+    let g = build(&m, Some(20), false).unwrap();
+    let path = dir.path().join("g.safetensors");
+    save(&g, &path).unwrap();
+    assert_eq!(load(&path).unwrap(), g);
+    let bytes = std::fs::read(&path).unwrap();
+    let refused = |bytes: &[u8], needle: &str| {
+        let p = dir.path().join("bad.safetensors");
+        std::fs::write(&p, bytes).unwrap();
+        let err = load(&p).unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    };
+    refused(&bytes[..bytes.len() - 100], "not a graph file");
+    refused(b"", "not a graph file");
+    // A description whose sizes disagree with the edges: n_neurons 8 → 6.
+    let swap = |from: &str, to: &str| {
+        let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect("in the header");
+        let mut b = bytes.clone();
+        b[at..at + to.len()].copy_from_slice(to.as_bytes());
+        b
+    };
+    refused(&swap("\\\"n_neurons\\\":32", "\\\"n_neurons\\\":30"), "targets");
+    refused(&swap("\\\"n_layer\\\":2", "\\\"n_layer\\\":0"), "n_layer = 0");
+    // Not a graph: a model's weights.
+    let model_file = crate::common::golden_dir("ref-tiny").join("model.safetensors");
+    let err = load(&model_file).unwrap_err().to_string();
+    assert!(err.contains("bdh graph build"), "{err}");
+}
