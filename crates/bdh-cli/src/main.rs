@@ -11,6 +11,7 @@ mod data;
 mod device;
 mod eval;
 mod generate;
+mod graph;
 mod inspect;
 mod merge;
 mod model_args;
@@ -54,6 +55,8 @@ enum Command {
     Bench(bench::Args),
     /// Train BDH and the GPT baseline at matched sizes on the same batches and compare them.
     Compare(compare::Args),
+    /// BDH as a graph of neurons and synapses: build a model's exact graphs, run them.
+    Graph(graph::Args),
     /// Merge two BDH models into one by concatenating their neurons.
     Merge(merge::Args),
     /// Make a BPE tokenizer from a text (`bdh tokenizer train`).
@@ -106,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Graph(args) => graph::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
         Command::Data(args) => data::run(args),

@@ -92,6 +92,14 @@ impl ModelConfig {
         }
     }
 
+    /// The names of the trained parameters, in the order they are laid out.
+    pub fn param_names(&self) -> Vec<String> {
+        match self {
+            ModelConfig::Bdh(c) => bdh::params::layout(c).into_iter().map(|(n, _)| n.to_string()).collect(),
+            ModelConfig::Gpt(c) => gpt::params::layout(c).into_iter().map(|(n, _)| n).collect(),
+        }
+    }
+
     /// Number of trained parameters.
     pub fn param_count(&self) -> usize {
         match self {

@@ -2,6 +2,7 @@
 //! The presets in `configs/` are compiled in, so `--preset small` works anywhere,
 //! and any key can be overridden (`training.lr=3e-4`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,11 @@ pub struct TrainingConfig {
     /// `.pt`) instead of a fresh initialisation; its config must be the run's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// Factors on the fresh initialisation of named parameters, e.g.
+    /// `{ "embed.weight" = 50.0, lm_head = 5.0 }`: a model without norms starts with
+    /// vanishing logits from bdh.py's N(0, 0.02²) everywhere. Empty: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub init_scale: BTreeMap<String, f64>,
     /// Carry BDH's synapse state from batch to batch, as the paper trains: each batch
     /// row reads its own contiguous stream, the state at the end of a batch starts
     /// the next, positions keep counting, the gradient stops at the boundary.
@@ -225,6 +231,18 @@ impl RunConfig {
         {
             return Err(Error::Config(format!("training.{name} = {v} must be in [0, 1)")));
         }
+        let names = self.model.param_names();
+        for (name, &f) in &t.init_scale {
+            if !names.contains(name) {
+                return Err(Error::Config(format!(
+                    "training.init_scale names `{name}`, which is not a parameter of this model ({})",
+                    names.join(", ")
+                )));
+            }
+            if !(f.is_finite() && f > 0.0 && f <= 1e4) {
+                return Err(Error::Config(format!("training.init_scale.{name} = {f} must be in (0, 10⁴]")));
+            }
+        }
         if !(t.eps.is_finite() && t.eps > 0.0) {
             return Err(Error::Config(format!("training.eps = {} must be finite and > 0", t.eps)));
         }
@@ -295,7 +313,13 @@ pub const MAX_DISTANCE: usize = 10_000;
 
 /// The keys a config writes only when they are not their default, with the default
 /// (in TOML, which for these is also its JSON).
-const OMITTED: &[(&str, &str)] = &[("training.precision", "\"f32\"")];
+const OMITTED: &[(&str, &str)] = &[
+    ("training.precision", "\"f32\""),
+    ("model.norm", "\"layer\""),
+    ("model.residual", "\"d\""),
+    ("model.position", "\"rope\""),
+    ("training.init_scale", "{}"),
+];
 
 /// The default of a key that a config writes only when it is not that default.
 fn omitted_default(path: &str) -> Option<toml::Value> {

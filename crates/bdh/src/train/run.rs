@@ -249,12 +249,12 @@ fn train_once(
         }
     };
     let (mut trainer, mut state) = if !writer {
-        (new(Model::new(&run.model, tc.seed)?)?, TrainerState::default())
+        (new(fresh(run)?)?, TrainerState::default())
     } else if resume {
         load_state(run, &last_dir, new)?
     } else {
         let model = match &tc.init_from {
-            None => Model::new(&run.model, tc.seed)?,
+            None => fresh(run)?,
             Some(path) => {
                 let model = checkpoint::load(&checkpoint::model_path(path)?, None)?;
                 if model.config() != run.model {
@@ -469,6 +469,16 @@ fn sample_until(
 }
 
 /// A checkpoint directory: the model, and the tokenizer it reads with (if not bytes).
+/// A fresh model of the run's config, from its seed, with `training.init_scale` applied.
+fn fresh(run: &RunConfig) -> Result<Model> {
+    let mut model = Model::new(&run.model, run.training.seed)?;
+    for (name, &factor) in &run.training.init_scale {
+        let p = model.params_mut().get_mut(name).ok_or_else(|| Error::Config(format!("no parameter `{name}`")))?;
+        p.iter_mut().for_each(|x| *x *= factor as f32);
+    }
+    Ok(model)
+}
+
 fn save_model_dir(model: &Model, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     replace_dir(dir, |tmp| save_model(model, tokenizer, tmp))
 }

@@ -23,7 +23,7 @@ pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -
     if !missing.is_empty() {
         return Err(Error::Config(format!(
             "the graph form equals BDH-Normfree only, and this model's layer is {}: it needs {} (train one with \
-             those fields in model.config)",
+             `--set model.norm=none --set model.residual=n --set model.position=none`)",
             c.variant().unwrap_or_else(|| "bdh.py's".into()),
             missing.join(", ")
         )));
@@ -82,7 +82,7 @@ fn product(
     targets: usize,
     keep: usize,
 ) -> Signed {
-    let rows: Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>)> = (0..targets)
+    let rows: Vec<(InEdges, InEdges)> = (0..targets)
         .into_par_iter()
         .map(|k| {
             let column: Vec<f64> = (0..d).map(|dd| col(dd, k) as f64).collect();
@@ -101,6 +101,9 @@ fn product(
     let (e, i): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
     Signed { e: sparse(s, e), i: sparse(s, i) }
 }
+
+/// A target's in-edges: (source, weight).
+type InEdges = Vec<(u32, f32)>;
 
 /// The `keep` heaviest of `edges`, in source order.
 fn strongest(mut edges: Vec<(u32, f32)>, keep: usize) -> Vec<(u32, f32)> {
