@@ -152,3 +152,81 @@ fn a_graph_file_round_trips_and_bad_ones_are_refused() {
     let err = load(&model_file).unwrap_err().to_string();
     assert!(err.contains("bdh graph build"), "{err}");
 }
+
+#[test]
+fn a_spike_carries_its_value_on_average_and_an_and_of_two_their_product() {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let (a, b) = ([0.1, 0.5, 2.0, 0.0], [0.3, 1.2, 0.05]);
+    let draws = 200_000;
+    let (mut mean_a, mut mean_ab) = (vec![0.0f64; 4], vec![0.0f64; 12]);
+    let (mut sa, mut sb) = (Vec::new(), Vec::new());
+    for _ in 0..draws {
+        bdh::model::graph::spiked(&a, &mut rng, &mut sa);
+        bdh::model::graph::spiked(&b, &mut rng, &mut sb);
+        sa.iter().zip(&mut mean_a).for_each(|(s, m)| *m += s / draws as f64);
+        for (i, x) in sa.iter().enumerate() {
+            for (j, y) in sb.iter().enumerate() {
+                mean_ab[i * 3 + j] += x * y / draws as f64;
+            }
+        }
+    }
+    // within five standard errors of each expectation (a value c·p has std c·√(p(1−p)/draws))
+    for (i, (&m, &want)) in mean_a.iter().zip(&a).enumerate() {
+        let p = want / 2.0;
+        assert!((m - want).abs() <= 5.0 * 2.0 * (p * (1.0 - p) / draws as f64).sqrt() + 1e-9, "a[{i}]: {m} vs {want}");
+    }
+    for i in 0..4 {
+        for j in 0..3 {
+            let (want, c) = (a[i] * b[j], 2.0 * 1.2);
+            let p = want / c;
+            let got = mean_ab[i * 3 + j];
+            assert!(
+                (got - want).abs() <= 5.0 * c * (p * (1.0 - p) / draws as f64).sqrt() + 1e-9,
+                "{i},{j}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_spiking_write_is_unbiased_for_its_step() {
+    // The first token's Hebbian write into the input synapses: token (fires surely) AND
+    // a spike of each neuron's X; the mean over seeds is the deterministic write.
+    let m = model(normfree(tiny_config(1, 16, 2, 4)), 5.0, 6);
+    let g = build(&m, None, false).unwrap();
+    let mut det = Brain::new(&g).unwrap();
+    det.step(65).unwrap();
+    let want = det.sigma(0).1.to_vec();
+    let runs = 4000;
+    let mut mean = vec![0.0f64; want.len()];
+    for seed in 0..runs {
+        let mut b = Brain::spiking(&g, seed).unwrap();
+        b.step(65).unwrap();
+        b.sigma(0).1.iter().zip(&mut mean).for_each(|(s, m)| *m += s / runs as f64);
+    }
+    let scale = want.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+    let worst = mean.iter().zip(&want).fold(0.0f64, |a, (x, y)| a.max((x - y).abs())) / scale;
+    println!("mean of {runs} spiking writes vs the deterministic one: max rel diff {worst:.3}");
+    assert!(worst < 0.05, "{worst}");
+    assert!(scale > 0.0);
+}
+
+#[test]
+fn a_traced_step_lists_every_round_in_order() {
+    let m = model(normfree(tiny_config(2, 16, 2, 4)), 5.0, 7);
+    let g = build(&m, None, false).unwrap();
+    let mut b = Brain::new(&g).unwrap();
+    let first = b.step_traced(72).unwrap();
+    let names: Vec<&str> = first.iter().map(|r| r.round).collect();
+    assert_eq!(names, ["input", "read", "write", "prods", "wires", "read", "write", "prods", "readout"]);
+    assert_eq!(first[1].active, 0, "nothing to read before the first write");
+    assert!(!first[2].synapses.is_empty() && first[0].active > 0);
+    let logits = b.logits().to_vec();
+    let second = b.step_traced(105).unwrap();
+    assert!(second[1].active > 0 && !second[1].synapses.is_empty(), "the second token reads the first's synapses");
+    // Tracing changes nothing: an untraced brain gives the same logits.
+    let mut plain = Brain::new(&g).unwrap();
+    assert_eq!(plain.step(72).unwrap(), &logits[..]);
+    assert_eq!(plain.step(105).unwrap(), b.logits());
+}

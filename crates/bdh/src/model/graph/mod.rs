@@ -28,10 +28,14 @@
 mod build;
 mod file;
 mod run;
+mod stats;
+mod trace;
 
 pub use build::build;
 pub use file::{load, save};
-pub use run::{score, Brain};
+pub use run::{mean_loss, score, score_spiking, spiked, Brain};
+pub use stats::{stats, Balance, Degrees, Spread};
+pub use trace::Round;
 
 use serde::{Deserialize, Serialize};
 

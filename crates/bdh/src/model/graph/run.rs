@@ -15,7 +15,19 @@
 //! requires. X starts each token at 0 (x_0 = 0); after the last layer the readout
 //! sends Y to the V output nodes, whose values are the logits. Node values and σ are
 //! f64: excitatory and inhibitory sums cancel before each threshold.
+//!
+//! **Spikes.** A spiking brain ([`Brain::spiking`]) realises each product of two node
+//! values — the Hebbian write Y(i)·X(j) and the gate (Y^e − Y^i)^+·X(k) — as the
+//! paper's stochastic AND: each factor's vector is scaled into [0, 1] by its largest
+//! value c, every node fires independently with probability value / c, and the
+//! product is c_a·c_b when both ends fire, else 0 ([`spiked`]). Each such rule is
+//! unbiased for its own step; what follows a threshold is not, so the mean of many
+//! spiking runs approaches the deterministic run only down to a floor.
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::trace::{top_nodes, Heaviest, Round, TOP};
 use super::{Graph, Signed, Sparse};
 use crate::error::{Error, Result};
 
@@ -34,6 +46,11 @@ pub struct Brain<'g> {
     a: Vec<f64>,       // (H, sources) the read, per head of the postsynaptic neuron
     token: Vec<f64>,   // (V) the input nodes' Y
     logits: Vec<f64>,  // (V) the output nodes
+    /// The spikes' random source, for a spiking brain.
+    spikes: Option<ChaCha8Rng>,
+    fired: [Vec<f64>; 2],      // two spiked vectors of a product (scratch)
+    trace: Option<Vec<Round>>, // the rounds of the token being traced
+    heaviest: Heaviest,        // the round's heaviest synapses, while tracing
 }
 
 impl<'g> Brain<'g> {
@@ -60,12 +77,35 @@ impl<'g> Brain<'g> {
             a: vec![0.0; h * n.max(v)],
             token: vec![0.0; v],
             logits: vec![0.0; v],
+            spikes: None,
+            fired: [Vec::new(), Vec::new()],
+            trace: None,
+            heaviest: Heaviest::default(),
         })
+    }
+
+    /// A brain whose products of node values are stochastic ANDs of spikes drawn from
+    /// `seed` (see the module's documentation).
+    pub fn spiking(graph: &'g Graph, seed: u64) -> Result<Self> {
+        Ok(Brain { spikes: Some(ChaCha8Rng::seed_from_u64(seed)), ..Brain::new(graph)? })
     }
 
     /// σ of layer `l` with the synapses it lives on (layer 0: from the token nodes).
     pub fn sigma(&self, l: usize) -> (&Sparse, &[f64]) {
         (if l == 0 { &self.graph.gs_in } else { &self.graph.gs }, &self.sigma[l])
+    }
+
+    /// [`Brain::step`], recording every round (see [`Round`]).
+    pub fn step_traced(&mut self, token: u32) -> Result<Vec<Round>> {
+        self.trace = Some(Vec::new());
+        let done = self.step(token).map(|_| ());
+        let rounds = self.trace.take().unwrap_or_default();
+        done.map(|()| rounds)
+    }
+
+    /// The logits the last step left, (V).
+    pub fn logits(&self) -> &[f64] {
+        &self.logits
     }
 
     /// Reads `token` and returns the logits for the next one, (V).
@@ -81,13 +121,18 @@ impl<'g> Brain<'g> {
         self.token[token as usize] = 1.0;
         self.x.fill(0.0);
         self.wires(&g.gx_in, true);
+        self.note(None, "input");
         for l in 0..info.n_layer {
             let (gy, first) = if l == 0 { (&g.gy_in, true) } else { (&g.gy, false) };
             self.read(l);
+            self.note(Some(l), "read");
             self.write(l, first);
+            self.note(Some(l), "write");
             self.prods(gy, first);
+            self.note(Some(l), "prods");
             if l + 1 < info.n_layer {
                 self.wires(&g.gx, false);
+                self.note(Some(l), "wires");
             }
         }
         // The readout: the output nodes integrate Y through its signed graph.
@@ -97,8 +142,36 @@ impl<'g> Brain<'g> {
             let i: f64 = g.readout.i.in_edges(o).map(|(k, w)| w as f64 * self.y[k]).sum();
             *out = e - i;
         }
+        self.note(None, "readout");
         self.pos += 1;
         Ok(&self.logits)
+    }
+
+    /// Records the round just run, if this token is traced.
+    fn note(&mut self, layer: Option<usize>, round: &'static str) {
+        let Some(trace) = &mut self.trace else { return };
+        let synapses = std::mem::take(&mut self.heaviest.0);
+        let sources = self.a.len() / self.graph.info.n_head;
+        let (of, values): (&'static str, &[f64]) = match round {
+            "input" | "wires" => ("X", &self.x),
+            "read" => ("A", &self.a),
+            "write" => ("σ", &[]),
+            "prods" => ("Y", &self.y),
+            _ => ("logits", &self.logits),
+        };
+        let (mut top, mut active) = top_nodes(values, TOP);
+        let mut of_count = values.len();
+        match round {
+            "write" => (active, of_count) = (synapses.len(), self.sigma[layer.unwrap_or(0)].len()),
+            "read" => {
+                // A is kept per head: a source node is active if any head's read is
+                top.iter_mut().for_each(|(k, _)| *k %= sources as u32);
+                active = (0..sources).filter(|&i| self.a.iter().skip(i).step_by(sources).any(|&a| a != 0.0)).count();
+                of_count = sources;
+            }
+            _ => {}
+        }
+        trace.push(Round { layer, round, of, active, of_count, top, synapses });
     }
 
     /// Round 4l: σ_l fades (γ of the postsynaptic neuron's head), then each source
@@ -107,6 +180,7 @@ impl<'g> Brain<'g> {
         let (gs, sigma) = (if l == 0 { &self.graph.gs_in } else { &self.graph.gs }, &mut self.sigma[l]);
         let (per_head, sources) = (self.graph.info.n_neurons, gs.sources_n);
         let retention = &self.graph.info.retention;
+        let tracing = self.trace.is_some();
         self.a.fill(0.0);
         for j in 0..gs.targets() {
             let edges = gs.offsets[j]..gs.offsets[j + 1];
@@ -119,6 +193,9 @@ impl<'g> Brain<'g> {
                 let a = &mut self.a[head * sources..(head + 1) * sources];
                 for (&i, &s) in gs.sources[edges.clone()].iter().zip(&sigma[edges]) {
                     a[i as usize] += s * xj;
+                    if tracing {
+                        self.heaviest.offer(i as usize, j, s * xj);
+                    }
                 }
             }
         }
@@ -129,8 +206,18 @@ impl<'g> Brain<'g> {
     fn write(&mut self, l: usize, first: bool) {
         let (gs, sigma) = (if first { &self.graph.gs_in } else { &self.graph.gs }, &mut self.sigma[l]);
         let y = if first { &mut self.token } else { &mut self.y };
+        let [ys, xs] = &mut self.fired;
+        let (y_at, x_at): (&[f64], &[f64]) = match &mut self.spikes {
+            Some(rng) => {
+                spiked(y, rng, ys);
+                spiked(&self.x, rng, xs);
+                (ys, xs)
+            }
+            None => (y, &self.x),
+        };
+        let tracing = self.trace.is_some();
         for j in 0..gs.targets() {
-            let xj = self.x[j];
+            let xj = x_at[j];
             if xj == 0.0 {
                 continue;
             }
@@ -138,7 +225,11 @@ impl<'g> Brain<'g> {
             for ((&i, &rate), s) in
                 gs.sources[edges.clone()].iter().zip(&gs.weights[edges.clone()]).zip(&mut sigma[edges])
             {
-                *s += rate as f64 * y[i as usize] * xj;
+                let grow = rate as f64 * y_at[i as usize] * xj;
+                *s += grow;
+                if tracing {
+                    self.heaviest.offer(i as usize, j, grow);
+                }
             }
         }
         y.fill(0.0);
@@ -154,7 +245,17 @@ impl<'g> Brain<'g> {
             let e: f64 = gy.e.in_edges(k).map(|(i, w)| w as f64 * a[i]).sum();
             let i: f64 = gy.i.in_edges(k).map(|(i, w)| w as f64 * a[i]).sum();
             (self.excite[k], self.inhibit[k]) = (e, i);
-            *yk = (e - i).max(0.0) * self.x[k];
+            *yk = (e - i).max(0.0);
+        }
+        // the gate: Y(k) = (Y^e − Y^i)^+ · X(k), spiked or not
+        match &mut self.spikes {
+            Some(rng) => {
+                let [ps, xs] = &mut self.fired;
+                spiked(&self.y, rng, ps);
+                spiked(&self.x, rng, xs);
+                self.y.iter_mut().zip(ps.iter().zip(xs.iter())).for_each(|(y, (p, x))| *y = p * x);
+            }
+            None => self.y.iter_mut().zip(&self.x).for_each(|(y, x)| *y *= x),
         }
         self.a.fill(0.0);
         self.excite.fill(0.0);
@@ -175,13 +276,31 @@ impl<'g> Brain<'g> {
     }
 }
 
+/// `values` as spikes: each node fires with probability value / c, c the largest
+/// value, and a firing node carries c (so that E[out_i] = values_i, and the product of
+/// two independent spiked vectors is unbiased for the product of the values).
+pub fn spiked(values: &[f64], rng: &mut ChaCha8Rng, out: &mut Vec<f64>) {
+    let c = values.iter().copied().fold(0.0f64, f64::max);
+    out.clear();
+    out.extend(values.iter().map(|&v| if c > 0.0 && rng.random::<f64>() * c < v { c } else { 0.0 }));
+}
+
 /// Logits (T, V) and mean cross-entropy of a graph reading `tokens` as one stream
 /// from an empty σ: position t predicts token t + 1, as `bdh eval --carry` scores.
 pub fn score(graph: &Graph, tokens: &[u32]) -> Result<(Vec<f32>, f64)> {
+    score_with(Brain::new(graph)?, tokens)
+}
+
+/// [`score`] by a spiking brain drawn from `seed`.
+pub fn score_spiking(graph: &Graph, tokens: &[u32], seed: u64) -> Result<(Vec<f32>, f64)> {
+    score_with(Brain::spiking(graph, seed)?, tokens)
+}
+
+fn score_with(mut brain: Brain, tokens: &[u32]) -> Result<(Vec<f32>, f64)> {
     if tokens.len() < 2 {
         return Err(Error::Input(format!("{} token(s): scoring needs 2 or more", tokens.len())));
     }
-    let mut brain = Brain::new(graph)?;
+    let graph = brain.graph;
     let v = graph.info.vocab_size;
     let mut logits = Vec::new();
     logits.try_reserve_exact(tokens.len().saturating_mul(v)).map_err(|_| Error::TooLarge {
@@ -189,15 +308,21 @@ pub fn score(graph: &Graph, tokens: &[u32]) -> Result<(Vec<f32>, f64)> {
         need: tokens.len().checked_mul(v * 4).map(|b| b as u64),
         have: None,
     })?;
-    let mut loss = 0.0;
-    for (t, &tok) in tokens.iter().enumerate() {
+    for &tok in tokens {
         let out = brain.step(tok)?;
         logits.extend(out.iter().map(|&l| l as f32));
-        if let Some(&next) = tokens.get(t + 1) {
-            let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = out.iter().map(|&l| (l - max).exp()).sum();
-            loss += max + sum.ln() - out[next as usize];
-        }
     }
-    Ok((logits, loss / (tokens.len() - 1) as f64))
+    let loss = mean_loss(&logits, tokens, graph.info.vocab_size);
+    Ok((logits, loss))
+}
+
+/// Mean cross-entropy (f64) of logits (T, V) where position t predicts token t + 1.
+pub fn mean_loss(logits: &[f32], tokens: &[u32], v: usize) -> f64 {
+    let mut loss = 0.0;
+    for (out, &next) in logits.chunks_exact(v).zip(&tokens[1..]) {
+        let max = out.iter().map(|&l| l as f64).fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = out.iter().map(|&l| (l as f64 - max).exp()).sum();
+        loss += max + sum.ln() - out[next as usize] as f64;
+    }
+    loss / (tokens.len() - 1).max(1) as f64
 }
