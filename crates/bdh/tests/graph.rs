@@ -230,3 +230,13 @@ fn a_traced_step_lists_every_round_in_order() {
     assert_eq!(plain.step(72).unwrap(), &logits[..]);
     assert_eq!(plain.step(105).unwrap(), b.logits());
 }
+
+#[test]
+fn a_graph_past_memory_is_refused_before_allocating() {
+    // n = 131072 neurons: the exact graphs would take n² · 3 · 8 bytes ≈ 400 GB.
+    let cfg = normfree(BdhConfig { mlp_internal_dim_multiplier: 2048, ..tiny_config(1, 64, 1, 1) });
+    let m = model(cfg, 1.0, 1);
+    let err = build(&m, None, false).unwrap_err();
+    assert!(matches!(err, bdh::Error::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("graphs"), "{err}");
+}

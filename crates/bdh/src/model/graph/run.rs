@@ -150,11 +150,12 @@ impl<'g> Brain<'g> {
     /// Records the round just run, if this token is traced.
     fn note(&mut self, layer: Option<usize>, round: &'static str) {
         let Some(trace) = &mut self.trace else { return };
-        let synapses = std::mem::take(&mut self.heaviest.0);
-        let sources = self.a.len() / self.graph.info.n_head;
+        let Heaviest { list: synapses, seen } = std::mem::take(&mut self.heaviest);
+        // A is kept per head over the layer's source nodes (tokens for the first)
+        let sources = if layer == Some(0) { self.graph.gs_in.sources_n } else { self.graph.gs.sources_n };
         let (of, values): (&'static str, &[f64]) = match round {
             "input" | "wires" => ("X", &self.x),
-            "read" => ("A", &self.a),
+            "read" => ("A", &self.a[..self.graph.info.n_head * sources]),
             "write" => ("σ", &[]),
             "prods" => ("Y", &self.y),
             _ => ("logits", &self.logits),
@@ -162,11 +163,11 @@ impl<'g> Brain<'g> {
         let (mut top, mut active) = top_nodes(values, TOP);
         let mut of_count = values.len();
         match round {
-            "write" => (active, of_count) = (synapses.len(), self.sigma[layer.unwrap_or(0)].len()),
+            "write" => (active, of_count) = (seen, self.sigma[layer.unwrap_or(0)].len()),
             "read" => {
-                // A is kept per head: a source node is active if any head's read is
+                // a source is active if its read is non-zero in some head
                 top.iter_mut().for_each(|(k, _)| *k %= sources as u32);
-                active = (0..sources).filter(|&i| self.a.iter().skip(i).step_by(sources).any(|&a| a != 0.0)).count();
+                active = (0..sources).filter(|&i| values.iter().skip(i).step_by(sources).any(|&a| a != 0.0)).count();
                 of_count = sources;
             }
             _ => {}
@@ -216,8 +217,7 @@ impl<'g> Brain<'g> {
             None => (y, &self.x),
         };
         let tracing = self.trace.is_some();
-        for j in 0..gs.targets() {
-            let xj = x_at[j];
+        for (j, &xj) in x_at.iter().enumerate().take(gs.targets()) {
             if xj == 0.0 {
                 continue;
             }

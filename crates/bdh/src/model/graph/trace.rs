@@ -38,16 +38,20 @@ pub fn top_nodes(values: &[f64], k: usize) -> (Vec<(u32, f64)>, usize) {
     (nz, count)
 }
 
-/// Keeps the `TOP` heaviest synapses seen, by |value|.
+/// Keeps the `TOP` heaviest synapses seen, by |value|, and counts the non-zero ones.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Heaviest(pub(crate) Vec<(u32, u32, f64)>);
+pub(crate) struct Heaviest {
+    pub(crate) list: Vec<(u32, u32, f64)>,
+    pub(crate) seen: usize,
+}
 
 impl Heaviest {
     pub(crate) fn offer(&mut self, i: usize, j: usize, value: f64) {
         if value == 0.0 {
             return;
         }
-        let list = &mut self.0;
+        self.seen += 1;
+        let list = &mut self.list;
         if list.len() == TOP && list.last().is_some_and(|l| l.2.abs() >= value.abs()) {
             return;
         }
