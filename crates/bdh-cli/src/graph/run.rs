@@ -91,12 +91,11 @@ impl Args {
     }
 }
 
+/// The rounds of each traced position.
+type Traces = Vec<(usize, Vec<graph::Round>)>;
+
 /// The deterministic run: logits (T, V) and the rounds of the traced positions.
-fn deterministic(
-    g: &Graph,
-    tokens: &[u32],
-    trace: &[usize],
-) -> anyhow::Result<(Vec<f32>, Vec<(usize, Vec<graph::Round>)>)> {
+fn deterministic(g: &Graph, tokens: &[u32], trace: &[usize]) -> anyhow::Result<(Vec<f32>, Traces)> {
     let mut brain = Brain::new(g)?;
     let mut logits = Vec::with_capacity(tokens.len() * g.info.vocab_size);
     let mut traces = Vec::new();
