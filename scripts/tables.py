@@ -13,7 +13,7 @@ same thread count (the default, 2, is the one the docs were made with).
 Needs a built bdh (`target/release/bdh`, `$BDH`, or `bdh` on the PATH) and
 Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
 
-Tables: default-run, facts, recall-variants (docs/training.md; recall-variants
+Tables: layer-variants and layer-variants-shakespeare (docs/training.md), default-run, facts, recall-variants (docs/training.md; recall-variants
 with --threads 1 --jobs 2), decay (docs/training.md),
 bpe (docs/training.md), merge (docs/merge.md), compare, compare-m and
 compare-shakespeare (docs/compare.md),
@@ -355,6 +355,61 @@ def recall_variants(b):
     table(["variant", *map(str, steps)], [[f"`{n}`", *(c.get(step, "") for step in steps)] for n, c in curves])
 
 
+# The layer's variants (docs/training.md): label, run name, `--set`s. A layer without
+# norms starts from bdh.py's N(0, 0.02²) with vanishing logits; its runs scale the
+# embedding and the output head's initialisation (training.init_scale).
+NO_NORM = ["model.norm=none", 'training.init_scale={"embed.weight"=50.0,lm_head=5.0}']
+LAYER_VARIANTS = [
+    ("bdh.py's layer", "bdhpy", []),
+    ('`position = "none"`', "position-none", ["model.position=none"]),
+    ('`position = "none"`, `decay = "alibi"`', "position-none-alibi", ["model.position=none", 'model.decay="alibi"']),
+    ('`residual = "n"`', "residual-n", ["model.residual=n"]),
+    ('`norm = "none"`', "norm-none", NO_NORM),
+    ("BDH-Normfree (all three), `decay = \"alibi\"`", "normfree-alibi",
+     [*NO_NORM, "model.residual=n", "model.position=none", 'model.decay="alibi"']),
+]
+LAYER_LRS = [1e-3, 3e-3, 1e-2]
+LAYER_STEPS = 1000
+
+
+def layer_variants(b, shakespeare=False):
+    """Each variant of the layer at the recall preset's size, 1000 steps, three peak
+    learning rates: the held-out loss of each (— where training diverged)."""
+    if shakespeare:
+        need_data()
+    rows = []
+    for label, name, sets in LAYER_VARIANTS:
+        cells, best = [label], None
+        for lr in LAYER_LRS:
+            args = [a for s_ in sets for a in ("--set", s_)]
+            args += ["--set", f"training.lr={lr:g}", "--set", f"training.min_lr={lr / 10:g}",
+                     "--set", f"training.max_steps={LAYER_STEPS}", "--set", "training.eval_interval=250"]
+            if shakespeare:
+                args += ["--data", DATA]
+            folder = "layer-variants-shakespeare" if shakespeare else "layer-variants"
+            path = b.runs / folder / f"{name}-lr{lr:g}"
+            try:
+                run, _, _ = b.train(f"{folder}/{name}-lr{lr:g}", *args)
+                val = records(run, "val_loss")[-1]["val_loss"]
+            except SystemExit as e:
+                # bdh stops a run whose loss is not finite with exit status 4: record it
+                if "exit status 4" not in str(e.code):
+                    raise
+                val = None
+                shutil.rmtree(path, ignore_errors=True)
+            cells.append("—" if val is None else f"{val:.4f}")
+            if val is not None and (best is None or val < best[0]):
+                best = (val, lr)
+        cells.append("—" if best is None else f"{best[0]:.4f} (lr {best[1]:g})")
+        rows.append(cells)
+    base = float(rows[0][-1].split()[0])
+    for r in rows:
+        r.append("—" if r[-1] == "—" else signed(float(r[-1].split()[0]) - base, 4))
+    unit = "nats per byte, tiny Shakespeare's held-out 10%" if shakespeare else "nats per byte, the built-in corpus"
+    print(f"held-out loss ({unit}), recall preset's model, {LAYER_STEPS} steps:\n")
+    table(["layer", *(f"lr {lr:g}" for lr in LAYER_LRS), "best", "best − bdh.py's"], rows)
+
+
 def compare(b):
     """`bdh compare` with its defaults: BDH and the GPT at three sizes."""
     out = b.runs / "compare"
@@ -483,7 +538,8 @@ def median(values):
     return values[len(values) // 2]
 
 
-TABLES = {"default-run": default_run, "facts": facts, "recall-variants": recall_variants, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare,
+TABLES = {"layer-variants": layer_variants, "layer-variants-shakespeare": lambda b: layer_variants(b, True),
+          "default-run": default_run, "facts": facts, "recall-variants": recall_variants, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare,
           "compare-m": compare_m, "compare-shakespeare": compare_shakespeare, "mpi": mpi,
           "nanogpt-sweep": nanogpt_sweep, "nanogpt": nanogpt}
 

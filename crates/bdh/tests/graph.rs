@@ -240,3 +240,22 @@ fn a_graph_past_memory_is_refused_before_allocating() {
     assert!(matches!(err, bdh::Error::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("graphs"), "{err}");
 }
+
+#[test]
+fn the_trained_normfree_model_equals_its_graph() {
+    // tests/golden/normfree-small: trained here (see CONTRIBUTING.md), with a decay.
+    let Model::Bdh(m) = bdh::io::checkpoint::load(&crate::common::golden_dir("normfree-small"), None).unwrap() else {
+        unreachable!("a BDH")
+    };
+    let graph = build(&m, None, false).unwrap();
+    let text = std::fs::read(crate::common::golden_dir("../../examples/facts.txt")).unwrap();
+    let toks: Vec<u32> = text.iter().take(300).map(|&b| b as u32).collect();
+    let worst = graph_vs_tensor(&m, &graph, &toks);
+    let (_, loss) = score(&graph, &toks).unwrap();
+    println!(
+        "normfree-small on examples/facts.txt T{}: loss {loss:.4}, graph vs tensor max rel diff {worst:.2e}",
+        toks.len()
+    );
+    assert!(worst < 1e-5, "{worst}");
+    assert!(loss < 1.5, "the trained model reads its kind of text: {loss}");
+}
