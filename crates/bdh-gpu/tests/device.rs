@@ -205,3 +205,30 @@ fn the_microscopes_forward_on_the_device_applies_every_edit_as_the_cpu_does() {
     assert_eq!(on_gpu.pos, 48);
     assert!(rel(&on_gpu.rho, &on_cpu.rho) < 1e-5, "ρ carried: {:.2e}", rel(&on_gpu.rho, &on_cpu.rho));
 }
+
+#[test]
+fn a_layer_without_position_runs_on_the_device_and_other_variants_are_refused() {
+    use bdh::model::bdh::{BdhConfig, Norm, Position, Residual};
+    let base = match common::decaying() {
+        Model::Bdh(m) => m.config,
+        Model::Gpt(_) => unreachable!("a BDH"),
+    };
+    // No position is RoPE with every frequency zero: the device computes it as it is.
+    let cfg = BdhConfig { position: Position::None, ..base.clone() };
+    let model = Model::new(&bdh::ModelConfig::Bdh(cfg), 3).unwrap();
+    let Some(mut gpu) = open(&model, "GPU layer without position") else { return };
+    let toks = bytes(TEXT);
+    let (t, b) = (toks.len(), 1);
+    let on_gpu = gpu.logits(&toks, b, t).unwrap();
+    let on_cpu = Cpu::new(&model).logits(&toks, b, t).unwrap();
+    let diff = common::rel(&on_gpu, &on_cpu);
+    println!("position = \"none\" on {}: logits max rel diff {diff:.2e}", gpu.device());
+    assert!(diff < 1e-4, "{diff}");
+    for cfg in [BdhConfig { norm: Norm::None, ..base.clone() }, BdhConfig { residual: Residual::N, ..base }] {
+        let model = Model::new(&bdh::ModelConfig::Bdh(cfg), 3).unwrap();
+        let err = bdh_gpu::Gpu::open(&model, bdh_gpu::Want::Any).err().expect("refused").to_string();
+        assert!(err.contains("not bdh.py's") && err.contains("--device cpu"), "{err}");
+        let err = bdh_gpu::trains(&model).unwrap_err().to_string();
+        assert!(err.contains("not bdh.py's"), "{err}");
+    }
+}

@@ -30,6 +30,7 @@ fn model(dropout: f32, decay: Decay) -> Model {
         vocab_size: 256,
         dropout,
         decay,
+        ..BdhConfig::default()
     };
     Model::new(&ModelConfig::Bdh(cfg), 11).unwrap()
 }

@@ -43,6 +43,7 @@ pub fn decaying() -> bdh::Model {
         vocab_size: 256,
         dropout: 0.0,
         decay: bdh::model::bdh::Decay::Alibi,
+        ..Default::default()
     };
     bdh::Model::new(&bdh::ModelConfig::Bdh(cfg), 7).unwrap()
 }
