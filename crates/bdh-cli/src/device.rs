@@ -71,7 +71,7 @@ impl DeviceArgs {
             bdh::ModelConfig::Gpt(c) if c.dropout > 0.0 => {
                 Some("a GPT with dropout trains on the CPU (its attention's dropout is drawn there only)".to_string())
             }
-            bdh::ModelConfig::Bdh(c) if !(c.norm.is_layer() && c.residual.is_d()) => Some(format!(
+            bdh::ModelConfig::Bdh(c) if !c.has_bdhpy_norm_and_residual() => Some(format!(
                 "a BDH whose layer is not bdh.py's ({}) trains on the CPU",
                 c.variant().unwrap_or_default()
             )),

@@ -80,6 +80,8 @@ fn a_trained_normfree_model_runs_as_a_graph_equal_to_its_tensor_form() {
     assert!(std::fs::read_to_string(d("spikes.svg")).unwrap().contains("<svg"));
     let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d("trace.json")).unwrap()).unwrap();
     assert_eq!(trace["traced"].as_array().unwrap().len(), 2);
+    assert_eq!(trace["spikes"]["rows"].as_array().unwrap().len(), 3, "K = 1, 2, 4");
+    assert!(trace["loss"].as_f64().unwrap() > 0.0 && trace["info"]["n_layer"] == 2);
     assert_eq!(trace["traced"][0]["rounds"].as_array().unwrap().len(), 9, "input, 4 + 3 rounds, readout");
     let page = std::fs::read_to_string(d("trip.html")).unwrap();
     assert!(page.contains("The trip of") && page.contains("strongest synapses"));
@@ -120,6 +122,10 @@ fn a_trained_normfree_model_runs_as_a_graph_equal_to_its_tensor_form() {
         assert!(!text(&o).contains("panicked"), "{}", text(&o));
     };
     refused(&["graph", "build", "--model", &golden("ref-tiny"), "--out", &d("x.safetensors")], "BDH-Normfree");
+    refused(
+        &["graph", "run", "--graph", &d("g.safetensors"), "--text", &d("text.txt"), "--against", &golden("ref-tiny")],
+        "not the model this graph",
+    );
     refused(&["graph", "build", "--model", &d("run"), "--out", &d("x.safetensors"), "--keep", "0"], "--keep");
     let bytes = std::fs::read(d("g.safetensors")).unwrap();
     std::fs::write(d("cut.safetensors"), &bytes[..bytes.len() / 2]).unwrap();

@@ -218,7 +218,7 @@ pub fn runs_layer(m: &bdh::model::bdh::Bdh) -> Result<()> {
         ));
     }
     match m.config.variant() {
-        Some(v) if !(m.config.norm.is_layer() && m.config.residual.is_d()) => Err(Error::Device(format!(
+        Some(v) if !m.config.has_bdhpy_norm_and_residual() => Err(Error::Device(format!(
             "this model's layer ({v}) is not bdh.py's, and the GPU backend runs bdh.py's layer (any decay, any \
              position): use --device cpu"
         ))),

@@ -7,8 +7,9 @@
 //!
 //! The tree follows the pipeline:
 //! - [`model`]: one folder per model family ([`model::bdh`]: config, parameter
-//!   layout, parallel forward and backward, recurrent step, RoPE, interventions),
-//!   and the enums [`Model`], [`ModelConfig`], [`Activations`], [`Gradients`] that
+//!   layout, parallel forward and backward, recurrent step, RoPE, interventions,
+//!   the layer's variants), [`model::graph`] (a BDH-Normfree model as the paper's
+//!   graph of neurons and synapses, run by its four-round scheduler), and the enums [`Model`], [`ModelConfig`], [`Activations`], [`Gradients`] that
 //!   dispatch to them in a few `match`es.
 //! - [`params`]: parameters of any family as one flat buffer with named slots.
 //! - [`train`]: one optimizer step ([`Trainer`]), AdamW, the learning-rate schedule,

@@ -19,8 +19,18 @@ fn diffs(a: &[f32], b: &[f32]) -> (f32, f32) {
 /// for `steps` positions, stream k joining at step k and the first leaving halfway,
 /// batched and one by one; returns the worst logits and ρ differences.
 fn batched_vs_single(b: usize, steps: usize, decay: Decay, edits: &Edits) -> ((f32, f32), (f32, f32)) {
+    batched_vs_single_of(b, steps, &|c| c.decay = decay.clone(), edits)
+}
+
+/// [`batched_vs_single`] of the trained small model with its config changed by `change`.
+fn batched_vs_single_of(
+    b: usize,
+    steps: usize,
+    change: &dyn Fn(&mut bdh::model::bdh::BdhConfig),
+    edits: &Edits,
+) -> ((f32, f32), (f32, f32)) {
     let Model::Bdh(mut model) = load(&golden_dir("ref-small-trained"), None).unwrap() else { unreachable!("BDH") };
-    model.config.decay = decay;
+    change(&mut model.config);
     let prepared = Prepared::new(Model::Bdh(model)).unwrap();
     let mut single = prepared.scratch();
     let mut batch = prepared.scratch();
@@ -63,6 +73,18 @@ fn batched_step_equals_single_steps_bit_for_bit_up_to_16_rows() {
         );
         assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)), "{decay:?}");
     }
+}
+
+#[test]
+fn batched_step_with_the_residual_in_the_neurons_equals_single_steps() {
+    // Each stream carries its own x from layer to layer within a token.
+    let change = |c: &mut bdh::model::bdh::BdhConfig| {
+        c.residual = bdh::model::bdh::Residual::N;
+        c.decay = Decay::Alibi;
+    };
+    let (logits, rho) = batched_vs_single_of(12, 30, &change, &NO_EDITS);
+    println!("residual n, B ≤ 12: logits max rel {:.2e}; ρ max rel {:.2e}", logits.1, rho.1);
+    assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));
 }
 
 #[test]

@@ -70,7 +70,7 @@ fn sigma_through_the_decoder_is_the_recurrent_state() {
     let (d, n) = (m.config.n_embd, m.config.total_neurons());
     let w = m.weights();
     for l in 0..m.config.n_layer {
-        let (gs, sigma) = brain.sigma(l);
+        let (gs, sigma) = brain.sigma(l).unwrap();
         let values = if l == 0 { w.embed } else { w.decoder };
         let mut rho = vec![0.0f64; n * d];
         for j in 0..n {
@@ -97,7 +97,7 @@ fn only_a_normfree_model_has_a_graph() {
         assert!(err.contains("BDH-Normfree") && err.contains("residual = \"n\""), "{err}");
     }
     let err = build(&model(normfree(tiny_config(1, 16, 2, 4)), 1.0, 1), Some(0), false).unwrap_err().to_string();
-    assert!(err.contains("--keep 0"), "{err}");
+    assert!(err.contains("keeping 0 in-edges"), "{err}");
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn a_graph_file_round_trips_and_bad_ones_are_refused() {
     };
     refused(&bytes[..bytes.len() - 100], "not a graph file");
     refused(b"", "not a graph file");
-    // A description whose sizes disagree with the edges: n_neurons 8 → 6.
+    // A description whose sizes disagree with the edges: n_neurons 32 → 30.
     let swap = |from: &str, to: &str| {
         let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect("in the header");
         let mut b = bytes.clone();
@@ -197,13 +197,13 @@ fn a_spiking_write_is_unbiased_for_its_step() {
     let g = build(&m, None, false).unwrap();
     let mut det = Brain::new(&g).unwrap();
     det.step(65).unwrap();
-    let want = det.sigma(0).1.to_vec();
+    let want = det.sigma(0).unwrap().1.to_vec();
     let runs = 4000;
     let mut mean = vec![0.0f64; want.len()];
     for seed in 0..runs {
         let mut b = Brain::spiking(&g, seed).unwrap();
         b.step(65).unwrap();
-        b.sigma(0).1.iter().zip(&mut mean).for_each(|(s, m)| *m += s / runs as f64);
+        b.sigma(0).unwrap().1.iter().zip(&mut mean).for_each(|(s, m)| *m += s / runs as f64);
     }
     let scale = want.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
     let worst = mean.iter().zip(&want).fold(0.0f64, |a, (x, y)| a.max((x - y).abs())) / scale;
@@ -218,7 +218,7 @@ fn a_traced_step_lists_every_round_in_order() {
     let g = build(&m, None, false).unwrap();
     let mut b = Brain::new(&g).unwrap();
     let first = b.step_traced(72).unwrap();
-    let names: Vec<&str> = first.iter().map(|r| r.round).collect();
+    let names: Vec<&str> = first.iter().map(|r| r.round.name()).collect();
     assert_eq!(names, ["input", "read", "write", "prods", "wires", "read", "write", "prods", "readout"]);
     assert_eq!(first[1].active, 0, "nothing to read before the first write");
     assert!(!first[2].synapses.is_empty() && first[0].active > 0);
@@ -258,4 +258,32 @@ fn the_trained_normfree_model_equals_its_graph() {
     );
     assert!(worst < 1e-5, "{worst}");
     assert!(loss < 1.5, "the trained model reads its kind of text: {loss}");
+}
+
+#[test]
+fn crafted_graph_files_are_refused_by_name() {
+    let dir = temp_dir("graph-crafted");
+    let m = model(normfree(BdhConfig { decay: Decay::Alibi, ..tiny_config(1, 16, 2, 4) }), 1.0, 9);
+    let good = build(&m, Some(6), true).unwrap();
+    let cases: Vec<(Box<dyn Fn(&mut Graph)>, &str)> = vec![
+        (Box::new(|g| g.gx.e.sources[0] = u32::MAX), "an edge from node -1"),
+        (Box::new(|g| g.gy.i.sources[3] = 10_000), "an edge from node 10000"),
+        (Box::new(|g| g.gy.e.offsets[5] = g.gy.e.offsets[6] + 1), "offsets fall"),
+        (Box::new(|g| g.readout.i.weights[0] = f32::NAN), "finite and ≥ 0"),
+        (Box::new(|g| g.gs.weights[1] = -1.0), "finite and ≥ 0"),
+        (Box::new(|g| g.gx_in.e.offsets.pop().map(|_| ()).unwrap_or(())), "targets"),
+        (Box::new(|g| g.info.retention = vec![0.5]), "retention"),
+        (Box::new(|g| g.info.retention = vec![0.5, 1.5]), "retention"),
+        (Box::new(|g| g.info.format = 2), "format 2"),
+        (Box::new(|g| g.info.keep = Some(0)), "keep = 0"),
+        (Box::new(|g| g.info.n_neurons = 1 << 25), "n_neurons"),
+    ];
+    for (i, (spoil, needle)) in cases.iter().enumerate() {
+        let mut g = good.clone();
+        spoil(&mut g);
+        let path = dir.path().join(format!("bad{i}.safetensors"));
+        save(&g, &path).unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains(needle), "case {i} ({needle}): {err}");
+    }
 }

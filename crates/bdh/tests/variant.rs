@@ -145,6 +145,35 @@ fn backward_matches_finite_differences_for_every_variant() {
 }
 
 #[test]
+fn the_residual_in_the_neurons_carries_the_gradient_through_a_middle_layer() {
+    // Three layers: d loss / d x of the last passes through the middle one to the first.
+    for norm in [Norm::Layer, Norm::None] {
+        let cfg = BdhConfig { norm, residual: Residual::N, ..tiny_config(3, 16, 2, 4) };
+        let (scale, eps) = if norm.is_layer() { (10.0, 1e-4) } else { (20.0, 1e-3) };
+        crate::backward::check_gradients(Model::Bdh(bdh(cfg.clone(), 1.0, 12)), bdh::Mode::Eval, scale, eps);
+        backward_matches_finite_differences(&bdh(cfg, scale, 12), eps);
+    }
+}
+
+#[test]
+fn buffers_made_for_another_layer_are_refused() {
+    let (plain, in_neurons) = (
+        bdh(tiny_config(2, 16, 2, 4), 1.0, 1),
+        bdh(variant(Norm::Layer, Residual::N, Position::Rope, Decay::None), 1.0, 1),
+    );
+    let mut acts = Activations::new(&plain, 1, 8).unwrap();
+    let err = forward(&in_neurons, &tokens(8, 1), &mut acts, Pass::default()).unwrap_err().to_string();
+    assert!(err.contains("another shape or layer"), "{err}");
+    let mut acts = Activations::new(&in_neurons, 1, 8).unwrap();
+    forward(&in_neurons, &tokens(8, 1), &mut acts, Pass::mode(bdh::Mode::Train { seed: 0 })).unwrap();
+    let mut scratch = bdh::model::bdh::Backward::new(&plain, 1, 8).unwrap();
+    let mut g = in_neurons.params.zeros_like();
+    let err =
+        bdh::model::bdh::backward(&in_neurons, &acts, &tokens(8, 2), &mut g, &mut scratch).unwrap_err().to_string();
+    assert!(err.contains("another residual"), "{err}");
+}
+
+#[test]
 fn each_variant_computes_something_else() {
     let toks = tokens(30, 8);
     let logits = |cfg: BdhConfig| {

@@ -44,12 +44,13 @@ struct BuildArgs {
     /// The graph file to write (safetensors, its description in the metadata).
     #[arg(long)]
     out: PathBuf,
-    /// Keep each node's K strongest in-edges of each sign in every graph (default:
-    /// all, the exact graphs).
+    /// Keep each node's K strongest in-edges of each sign in every weighted graph
+    /// (not Gs: see --synapses); default: all, the exact graphs.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     keep: Option<u64>,
-    /// Which synapses are plastic: between every pair of nodes, or only along the
-    /// wires' edges (Gs ⊆ Gx).
+    /// Which synapses are plastic: between every pair of nodes (the exact form), or
+    /// only along the kept wires' edges (Gs ⊆ Gx, as the paper suggests; with --keep,
+    /// σ then shrinks with the wires).
     #[arg(long, value_enum, default_value = "all")]
     synapses: Synapses,
 }
@@ -148,4 +149,17 @@ fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first `max` bytes of the file at `path` as tokens, and the file's length; an
+/// error unless the vocabulary is bytes and there are two bytes or more.
+fn read_bytes(path: &Path, max: u64, vocab: usize) -> anyhow::Result<(Vec<u32>, u64)> {
+    use std::io::Read;
+    anyhow::ensure!(vocab == 256, "a vocabulary of {vocab} tokens: `bdh graph` reads text as bytes (256)");
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(bytes.len() >= 2, "{}: {} byte(s), scoring needs 2 or more", path.display(), bytes.len());
+    Ok((bytes.into_iter().map(u32::from).collect(), total))
 }

@@ -25,7 +25,9 @@ pub struct Args {
     /// graphs are always scored too. Default: 1, 2, 4, … up to n.
     #[arg(long, value_name = "K", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     keep: Vec<u64>,
-    /// Which synapses are plastic: every pair, or the kept wires' edges (Gs ⊆ Gx).
+    /// Which synapses of a pruned graph are plastic: the kept wires' edges (Gs ⊆ Gx,
+    /// the default here: σ shrinks with the wires), or every pair. The exact graphs
+    /// always have every pair.
     #[arg(long, value_enum, default_value = "wires")]
     synapses: Synapses,
     /// Draw loss against edges into this SVG file.
@@ -38,14 +40,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let model = super::bdh_model(&args.model)?;
-    anyhow::ensure!(
-        model.config.vocab_size == 256,
-        "`graph prune` reads text as bytes; this model's vocabulary is {}",
-        model.config.vocab_size
-    );
-    let text = bdh::io::read_bounded(&args.text, 1 << 30)?;
-    let tokens: Vec<u32> = text.iter().take(args.max_tokens as usize).map(|&b| b as u32).collect();
-    anyhow::ensure!(tokens.len() >= 2, "{}: {} byte(s), scoring needs 2 or more", args.text.display(), tokens.len());
+    let (tokens, _) = super::read_bytes(&args.text, args.max_tokens, model.config.vocab_size)?;
     let n = model.config.total_neurons();
     let mut keeps: Vec<usize> = if args.keep.is_empty() {
         std::iter::successors(Some(1usize), |k| (k * 2 < n).then_some(k * 2)).collect()

@@ -1,14 +1,15 @@
 //! `bdh graph run`: a text scored by a graph, deterministic or spiking, with chosen
 //! tokens traced round by round.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use bdh::model::graph::{self, Brain, Graph};
-use bdh::{forward, Activations, Mode};
+use bdh::{forward, Activations, Mode, Model};
 
 use crate::page::{Chart, Series, Style};
+use crate::provenance::Provenance;
 
 /// Score a text with a graph.
 #[derive(clap::Args)]
@@ -22,8 +23,9 @@ pub struct Args {
     /// Read at most this many bytes of the text.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(2..=1 << 20))]
     max_tokens: u64,
-    /// Also run the tensor form of this model on the same bytes and report the
-    /// largest difference of the logits (relative to each position's largest).
+    /// Also run the tensor form of this model (the one the graph was built from) on
+    /// the same bytes and report the largest difference of the logits, relative to
+    /// each position's largest.
     #[arg(long, value_name = "MODEL")]
     against: Option<PathBuf>,
     /// Also run K spiking realisations (products of node values as stochastic ANDs
@@ -41,63 +43,86 @@ pub struct Args {
     /// active nodes and strongest synapses.
     #[arg(long, value_name = "POS", value_delimiter = ',', num_args = 1..=64)]
     trace: Vec<usize>,
-    /// With --trace: write the traced rounds here as JSON.
-    #[arg(long, value_name = "FILE", requires = "trace")]
-    json: Option<PathBuf>,
     /// With --trace: a page showing the first traced token's trip through the
     /// rounds and layers.
     #[arg(long, value_name = "FILE", requires = "trace")]
     html: Option<PathBuf>,
+    /// Write every number (the loss, the comparison, the spiking runs, the traced
+    /// rounds) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let g = super::load(&args.graph)?;
-    let v = g.info.vocab_size;
-    anyhow::ensure!(v == 256, "this graph has {v} token nodes; `graph run` reads text as bytes (256)");
-    let text = bdh::io::read_bounded(&args.text, 1 << 30)?;
-    let tokens: Vec<u32> = text.iter().take(args.max_tokens as usize).map(|&b| b as u32).collect();
-    anyhow::ensure!(tokens.len() >= 2, "{}: {} byte(s), scoring needs 2 or more", args.text.display(), tokens.len());
+    let (tokens, total) = super::read_bytes(&args.text, args.max_tokens, g.info.vocab_size)?;
     if let Some(&p) = args.trace.iter().find(|&&p| p >= tokens.len()) {
         anyhow::bail!("--trace {p}: the text read has {} bytes (positions 0 to {})", tokens.len(), tokens.len() - 1);
     }
+    // The model to compare with, checked before the long run.
+    let model = args.against.as_deref().map(|path| model_of(&g, path)).transpose()?;
+    let v = g.info.vocab_size;
     let (logits, traces) = deterministic(&g, &tokens, &args.trace)?;
     let loss = graph::mean_loss(&logits, &tokens, v);
-    let of = if tokens.len() < text.len() {
-        format!(" (the first {} of {})", tokens.len(), text.len())
-    } else {
-        String::new()
-    };
+    let of =
+        if (tokens.len() as u64) < total { format!(" (the first {} of {total})", tokens.len()) } else { String::new() };
     println!(
         "graph form: {} bytes{of}, loss {loss:.6} nats, {:.4} bits per byte",
         tokens.len(),
         loss / std::f64::consts::LN_2
     );
-    if let Some(path) = &args.against {
-        against(&g, path, &tokens, &logits)?;
+    let mut json = serde_json::json!({ "tokens": tokens.len(), "loss": loss });
+    if let (Some(model), Some(path)) = (&model, &args.against) {
+        let (tensor_loss, diff) = against(model, &tokens, &logits, v)?;
+        println!(
+            "tensor form ({}): loss {tensor_loss:.6} nats; logits max rel diff {diff:.2e} over {} positions",
+            path.display(),
+            tokens.len()
+        );
+        json["tensor_form"] = serde_json::json!({ "model": path.display().to_string(), "loss": tensor_loss, "logits_max_rel_diff": diff });
     }
     if let Some(k) = args.spikes {
-        spikes(&g, &tokens, &logits, k as usize, &args)?;
+        json["spikes"] = spikes(&g, &tokens, &logits, k as usize, &args)?;
     }
-    if !traces.is_empty() {
-        super::trip::write(&args, &g, &tokens, &traces, (args.json.as_deref(), args.html.as_deref()))?;
+    super::trip::print(&tokens, &traces);
+    let mut provenance = Provenance::of_this_run();
+    provenance.add("graph", args.graph.display().to_string());
+    provenance.add("text", args.text.display().to_string());
+    if let (Some(path), Some((pos, rounds))) = (&args.html, traces.first()) {
+        let page = super::trip::page(&provenance, &g, &tokens, *pos, rounds);
+        bdh::io::write_atomic(path, page.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.json {
+        json["provenance"] = serde_json::to_value(&provenance)?;
+        json["info"] = serde_json::to_value(&g.info)?;
+        json["traced"] = serde_json::Value::Array(super::trip::json(&tokens, &traces));
+        let text = serde_json::to_string_pretty(&json).expect("JSON");
+        bdh::io::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-impl Args {
-    /// The graph file and the text file, for a page's or a JSON file's provenance.
-    pub fn sources(&self) -> (&std::path::Path, &std::path::Path) {
-        (&self.graph, &self.text)
-    }
 }
 
 /// The rounds of each traced position.
 type Traces = Vec<(usize, Vec<graph::Round>)>;
 
+/// Room for the logits of `tokens` positions, or an error saying they do not fit.
+fn logits_buffer(tokens: usize, v: usize) -> anyhow::Result<Vec<f32>> {
+    let mut buf = Vec::new();
+    let need = tokens.checked_mul(v).ok_or_else(|| anyhow::anyhow!("{tokens} positions of {v} logits overflow"))?;
+    buf.try_reserve_exact(need).map_err(|_| bdh::Error::TooLarge {
+        what: "the logits of every position".into(),
+        need: Some(4 * need as u64),
+        have: None,
+    })?;
+    Ok(buf)
+}
+
 /// The deterministic run: logits (T, V) and the rounds of the traced positions.
 fn deterministic(g: &Graph, tokens: &[u32], trace: &[usize]) -> anyhow::Result<(Vec<f32>, Traces)> {
     let mut brain = Brain::new(g)?;
-    let mut logits = Vec::with_capacity(tokens.len() * g.info.vocab_size);
+    let mut logits = logits_buffer(tokens.len(), g.info.vocab_size)?;
     let mut traces = Vec::new();
     for (t, &tok) in tokens.iter().enumerate() {
         if trace.contains(&t) {
@@ -120,32 +145,49 @@ fn max_rel(a: &[f32], b: &[f32], v: usize) -> f64 {
     worst
 }
 
-/// The tensor form of the model at `path` on the same tokens, against the graph's logits.
-fn against(g: &Graph, path: &std::path::Path, tokens: &[u32], logits: &[f32]) -> anyhow::Result<()> {
+/// The model at `path`, if it is the one `g` was built from (its sizes and damping).
+fn model_of(g: &Graph, path: &Path) -> anyhow::Result<Model> {
     let (_, model) = crate::model_args::load(path, None)?;
-    let v = g.info.vocab_size;
+    let i = &g.info;
+    let fits = match &model {
+        Model::Bdh(m) => {
+            let c = &m.config;
+            (c.n_layer, c.n_head, c.n_neurons(), c.vocab_size) == (i.n_layer, i.n_head, i.n_neurons, i.vocab_size)
+                && c.decay.retention(c.n_head) == i.retention
+                && c.variant().is_some_and(|_| !c.has_bdhpy_norm_and_residual())
+        }
+        Model::Gpt(_) => false,
+    };
     anyhow::ensure!(
-        model.config().vocab_size() == v,
-        "{}: a vocabulary of {}, the graph's is {v}",
+        fits,
+        "--against {}: a {}, not the model this graph (L{} H{} N{}, retention {:?}) was built from",
         path.display(),
-        model.config().vocab_size()
+        model.config().describe(),
+        i.n_layer,
+        i.n_head,
+        i.n_neurons,
+        i.retention
     );
-    let mut acts = Activations::new(&model, 1, tokens.len())?;
-    forward(&model, tokens, &mut acts, Mode::Eval)?;
-    let loss = graph::mean_loss(acts.logits(), tokens, v);
-    println!(
-        "tensor form ({}): loss {loss:.6} nats; logits max rel diff {:.2e} over {} positions",
-        path.display(),
-        max_rel(logits, acts.logits(), v),
-        tokens.len()
-    );
-    Ok(())
+    Ok(model)
+}
+
+/// The tensor form's loss on `tokens` and the largest difference of the graph's logits from its.
+fn against(model: &Model, tokens: &[u32], logits: &[f32], v: usize) -> anyhow::Result<(f64, f64)> {
+    let mut acts = Activations::new(model, 1, tokens.len())?;
+    forward(model, tokens, &mut acts, Mode::Eval)?;
+    Ok((graph::mean_loss(acts.logits(), tokens, v), max_rel(logits, acts.logits(), v)))
 }
 
 /// K spiking runs: the error of the mean of the first 1, 2, 4, … of them.
-fn spikes(g: &Graph, tokens: &[u32], exact: &[f32], k: usize, args: &Args) -> anyhow::Result<()> {
+fn spikes(g: &Graph, tokens: &[u32], exact: &[f32], k: usize, args: &Args) -> anyhow::Result<serde_json::Value> {
     let v = g.info.vocab_size;
-    let mut sum = vec![0.0f64; exact.len()];
+    let mut sum = Vec::new();
+    sum.try_reserve_exact(exact.len()).map_err(|_| bdh::Error::TooLarge {
+        what: "the sums of the spiking runs' logits".into(),
+        need: Some(8 * exact.len() as u64),
+        have: None,
+    })?;
+    sum.resize(exact.len(), 0.0f64);
     let mut rows = Vec::new();
     println!("spiking runs: the mean of the first K against the deterministic logits");
     println!("{:>6} {:>14} {:>14} {:>12}", "K", "max rel diff", "mean abs diff", "loss of mean");
@@ -158,25 +200,26 @@ fn spikes(g: &Graph, tokens: &[u32], exact: &[f32], k: usize, args: &Args) -> an
             let mean_abs = mean.iter().zip(exact).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / exact.len() as f64;
             let loss = graph::mean_loss(&mean, tokens, v);
             println!("{r:>6} {worst:>14.3e} {mean_abs:>14.3e} {loss:>12.6}");
-            rows.push((r as f64, worst, mean_abs));
+            rows.push(serde_json::json!({ "runs": r, "max_rel_diff": worst, "mean_abs_diff": mean_abs, "loss_of_mean": loss }));
         }
     }
     if let Some(path) = &args.plot {
-        let line = |name: &str, points| Series { name: name.into(), points, style: Style::Line, color: None };
+        let point = |key: &str| {
+            rows.iter().map(|r| (r["runs"].as_f64().unwrap_or(0.0), r[key].as_f64().unwrap_or(0.0))).collect()
+        };
+        let line =
+            |name: &str, key: &str| Series { name: name.into(), points: point(key), style: Style::Line, color: None };
         let chart = Chart {
             title: "Spiking runs: the mean of K against the deterministic logits".into(),
             x_label: "K (runs averaged)".into(),
             y_label: "difference (log scale)".into(),
             log_x: true,
             log_y: true,
-            series: vec![
-                line("max rel diff", rows.iter().map(|r| (r.0, r.1)).collect()),
-                line("mean abs diff", rows.iter().map(|r| (r.0, r.2)).collect()),
-            ],
+            series: vec![line("max rel diff", "max_rel_diff"), line("mean abs diff", "mean_abs_diff")],
         };
         let svg = chart.svg().map_err(|e| anyhow::anyhow!("drawing the chart: {e}"))?;
         bdh::io::write_atomic(path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
-    Ok(())
+    Ok(serde_json::json!({ "seed": args.seed, "rows": rows }))
 }

@@ -1,69 +1,52 @@
 //! A traced token's trip through the graph's rounds: printed, as JSON, as a page.
 
-use std::path::Path;
-
-use anyhow::Context;
-use bdh::model::graph::{Graph, Round};
+use bdh::model::graph::{Graph, Kind, Round};
 
 use crate::page::Page;
 use crate::provenance::Provenance;
 
-/// Prints each traced position's rounds in brief and writes the JSON and the page asked for.
-pub fn write(
-    args: &super::run::Args,
-    g: &Graph,
-    tokens: &[u32],
-    traces: &[(usize, Vec<Round>)],
-    (json, html): (Option<&Path>, Option<&Path>),
-) -> anyhow::Result<()> {
-    let (graph_path, text_path) = args.sources();
+/// Prints each traced position's rounds in brief.
+pub fn print(tokens: &[u32], traces: &[(usize, Vec<Round>)]) {
     for (pos, rounds) in traces {
         println!("position {pos} ({}): active nodes per round", byte(tokens[*pos]));
         for r in rounds {
             println!("  {:<8} {:<8} {:>2}: {:>6} of {}", layer(r), r.round, r.of, r.active, r.of_count);
         }
     }
-    let mut provenance = Provenance::of_this_run();
-    provenance.add("graph", graph_path.display().to_string());
-    provenance.add("text", text_path.display().to_string());
-    if let Some(path) = json {
-        let positions: Vec<serde_json::Value> = traces
-            .iter()
-            .map(|(pos, rounds)| serde_json::json!({ "position": pos, "token": tokens[*pos], "rounds": rounds }))
-            .collect();
-        let doc = serde_json::json!({ "provenance": provenance, "info": g.info, "traced": positions });
-        let text = serde_json::to_string_pretty(&doc).expect("JSON");
-        bdh::io::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    if let (Some(path), Some((pos, rounds))) = (html, traces.first()) {
-        let page = trip_page(provenance, g, tokens, *pos, rounds);
-        bdh::io::write_atomic(path, page.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+}
+
+/// The traced positions as JSON values.
+pub fn json(tokens: &[u32], traces: &[(usize, Vec<Round>)]) -> Vec<serde_json::Value> {
+    traces
+        .iter()
+        .map(|(pos, rounds)| serde_json::json!({ "position": pos, "token": tokens[*pos], "rounds": rounds }))
+        .collect()
 }
 
 /// The page of one token's trip.
-fn trip_page(provenance: Provenance, g: &Graph, tokens: &[u32], pos: usize, rounds: &[Round]) -> String {
+pub fn page(provenance: &Provenance, g: &Graph, tokens: &[u32], pos: usize, rounds: &[Round]) -> String {
     let mut p = Page::new(provenance.rows());
     let before: String = tokens[pos.saturating_sub(40)..pos].iter().map(|&t| byte(t)).collect();
     p.heading(&format!("The trip of {} at position {pos}", byte(tokens[pos])));
     p.text(&format!("Read after: …{before}"));
     p.text(
         "Each row is one round of the synchronous scheduler: the token's input node drives the neurons' X; then each \
-         layer reads its synapses σ into A (per source node), writes σ by the Hebbian rule, fires Y through the \
-         prods, and drives the next layer's X through the wires; the readout sends the last Y to the output nodes. \
-         `active` counts the non-zero values the round leaves (for the write: the synapses that grew).",
+         layer reads its synapses σ into A (per source node and head of the reading neuron), writes σ by the Hebbian \
+         rule, fires Y through the prods, and drives the next layer's X through the wires; the readout sends the last \
+         Y to the output nodes. `active` counts the non-zero values the round leaves (for the write: the synapses \
+         that grew). Neurons are written h<head>:<index in the head>.",
     );
     let per = g.info.n_neurons;
     let rows: Vec<Vec<String>> = rounds
         .iter()
         .map(|r| {
             let sources_are_tokens = r.layer == Some(0);
-            let node = |i: u32| match (r.of, sources_are_tokens) {
-                ("A", true) => format!("token {}", byte(i)),
-                ("logits", _) => format!("next {}", byte(i)),
+            let source = |i: u32| if sources_are_tokens { format!("token {}", byte(i)) } else { neuron(i, per) };
+            // A is kept per head of the reading neurons, over the layer's sources
+            let sources = if sources_are_tokens { g.info.vocab_size } else { g.info.neurons() } as u32;
+            let node = |i: u32| match r.round {
+                Kind::Read => format!("{} in h{}", source(i % sources), i / sources),
+                Kind::Readout => format!("next {}", byte(i)),
                 _ => neuron(i, per),
             };
             let top: Vec<String> = r.top.iter().take(6).map(|&(i, v)| format!("{} {v:.3}", node(i))).collect();
@@ -71,10 +54,7 @@ fn trip_page(provenance: Provenance, g: &Graph, tokens: &[u32], pos: usize, roun
                 .synapses
                 .iter()
                 .take(4)
-                .map(|&(i, j, v)| {
-                    let from = if sources_are_tokens { format!("token {}", byte(i)) } else { neuron(i, per) };
-                    format!("{from} → {} {v:.3}", neuron(j, per))
-                })
+                .map(|&(i, j, v)| format!("{} → {} {v:.3}", source(i), neuron(j, per)))
                 .collect();
             vec![
                 layer(r),
@@ -100,11 +80,11 @@ fn neuron(i: u32, per_head: usize) -> String {
 }
 
 /// A byte as it reads: printable as itself, else escaped.
-fn byte(t: u32) -> String {
+pub fn byte(t: u32) -> String {
     let c = t as u8 as char;
     if c.is_ascii_graphic() || c == ' ' {
         format!("'{c}'")
     } else {
-        format!("{:?}", c)
+        format!("{c:?}")
     }
 }

@@ -231,6 +231,13 @@ impl RunConfig {
         {
             return Err(Error::Config(format!("training.{name} = {v} must be in [0, 1)")));
         }
+        if !t.init_scale.is_empty() && t.init_from.is_some() {
+            return Err(Error::Config(
+                "training.init_scale scales a fresh initialisation, and training.init_from starts from trained \
+                 weights: give one of them"
+                    .into(),
+            ));
+        }
         let names = self.model.param_names();
         for (name, &f) in &t.init_scale {
             if !names.contains(name) {

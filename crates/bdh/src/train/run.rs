@@ -468,7 +468,6 @@ fn sample_until(
     Ok((!out.stats.cancelled).then(|| (prompt, String::from_utf8_lossy(&out.text).into_owned())))
 }
 
-/// A checkpoint directory: the model, and the tokenizer it reads with (if not bytes).
 /// A fresh model of the run's config, from its seed, with `training.init_scale` applied.
 fn fresh(run: &RunConfig) -> Result<Model> {
     let mut model = Model::new(&run.model, run.training.seed)?;
@@ -479,6 +478,7 @@ fn fresh(run: &RunConfig) -> Result<Model> {
     Ok(model)
 }
 
+/// A checkpoint directory: the model, and the tokenizer it reads with (if not bytes).
 fn save_model_dir(model: &Model, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     replace_dir(dir, |tmp| save_model(model, tokenizer, tmp))
 }

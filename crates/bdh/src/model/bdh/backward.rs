@@ -98,6 +98,9 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
             s.dims, acts.dims
         )));
     }
+    if s.dx_up.is_empty() != model.config.residual.is_d() {
+        return Err(Error::Mismatch("backward: scratch made for a model with another residual".into()));
+    }
     if let Some(why) = acts.frozen {
         return Err(Error::Mismatch(format!("backward: {why}; its gradient is not the model's")));
     }

@@ -160,6 +160,12 @@ impl BdhConfig {
         (!set.is_empty()).then(|| set.join(", "))
     }
 
+    /// Whether the norm and the residual are bdh.py's (any position, any decay): the
+    /// layer a GPU's fused kernels compute.
+    pub fn has_bdhpy_norm_and_residual(&self) -> bool {
+        self.norm.is_layer() && self.residual.is_d()
+    }
+
     /// H·N: neurons in all heads.
     pub fn total_neurons(&self) -> usize {
         self.n_head * self.n_neurons()

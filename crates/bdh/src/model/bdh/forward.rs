@@ -113,6 +113,7 @@ pub struct Activations {
     /// The sizes these buffers hold.
     pub dims: Dims,
     pub(crate) rope: RopeTable,              // positions pos0..pos0 + T
+    pub(crate) freqs: Vec<f32>,              // the frequencies `rope` was made from
     pub(crate) decay: DecayTable,            // the retention's powers over T (empty without decay)
     pub(crate) frozen: Option<&'static str>, // why the last forward has no backward
     pub(crate) rho0: Vec<f32>,               // (L, B, H, N, D) ρ a train-mode pass started from; else empty
@@ -219,6 +220,7 @@ impl Activations {
         Ok(Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
+            freqs: model.freqs.clone(),
             decay: DecayTable::new(&model.config.decay, h, t),
             rho0: Vec::new(),
             frozen: None,
@@ -235,12 +237,18 @@ impl Activations {
     /// The buffers in `slot` if they are for a (B, T) pass of `model`'s sizes, else
     /// new ones (the old freed first): for passes over texts of varying lengths.
     pub fn reuse<'s>(slot: &'s mut Option<Activations>, model: &Bdh, b: usize, t: usize) -> Result<&'s mut Self> {
-        let fits = slot.as_ref().is_some_and(|a| a.dims == Dims::new(&model.config, b, t));
+        let fits = slot.as_ref().is_some_and(|a| a.dims == Dims::new(&model.config, b, t) && a.made_for(model));
         if !fits {
             drop(slot.take());
             *slot = Some(Activations::new(model, b, t)?);
         }
         Ok(slot.as_mut().expect("just made"))
+    }
+
+    /// Whether these buffers hold what a pass of `model`'s layer keeps (sizes aside):
+    /// the increments of x exactly when its residual is in the neurons.
+    fn made_for(&self, model: &Bdh) -> bool {
+        self.layers.iter().all(|l| l.inc.is_empty() == model.config.residual.is_d())
     }
 
     /// The residual stream leaving layer `l − 1` (entering layer `l`), (B, T, D);
@@ -389,6 +397,9 @@ fn begin(
 ) -> Result<Setup> {
     let dm = acts.dims;
     check_batch(tokens, (dm.b, dm.t), dm.v, "forward")?;
+    if acts.dims != Dims::new(&model.config, dm.b, dm.t) || !acts.made_for(model) {
+        return Err(Error::Mismatch("forward: activations made for a model of another shape or layer".into()));
+    }
     if edits.touches(Site::Rho) {
         return Err(Error::Input("ρ edits apply to the recurrent step, not the parallel forward".into()));
     }
@@ -407,8 +418,9 @@ fn begin(
     }
     // (an eval pass leaves the masks of an earlier training pass unused)
     acts.dropout = dropout.is_some();
-    if acts.rope.start != pos0 {
+    if acts.rope.start != pos0 || acts.freqs != model.freqs {
         acts.rope = RopeTable::new(&model.freqs, pos0, dm.t);
+        acts.freqs.clone_from(&model.freqs);
     }
     if acts.decay.of != model.config.decay {
         acts.decay = DecayTable::new(&model.config.decay, dm.h, dm.t);

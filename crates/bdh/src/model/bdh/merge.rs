@@ -35,6 +35,10 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
             return Err(Error::Config(format!("cannot merge models with different {what}: {x} and {y}")));
         }
     }
+    if (ca.norm, ca.residual, ca.position) != (cb.norm, cb.residual, cb.position) {
+        let layer = |c: &BdhConfig| c.variant().unwrap_or_else(|| "bdh.py's".into());
+        return Err(Error::Config(format!("cannot merge models whose layers differ: {} and {}", layer(ca), layer(cb))));
+    }
     if ca.decay.retention(ca.n_head) != cb.decay.retention(cb.n_head) {
         return Err(Error::Config(format!(
             "cannot merge models whose heads decay differently: {} and {}",

@@ -2,7 +2,7 @@
 //! the normalisation site ([`Norm`]), the residual site ([`Residual`]) and the position
 //! encoding ([`Position`]). With `norm = "none"`, `residual = "n"` and
 //! `position = "none"` the layer is the paper's BDH-Normfree (its Eq. 7), the form
-//! that has an exactly equal graph of neurons and synapses ([`crate::graph`]).
+//! that has an exactly equal graph of neurons and synapses ([`crate::model::graph`]).
 //!
 //! Each is one module called at one place by the parallel forward, its backward and
 //! the recurrent step. The position encoding needs no code of its own: `"none"` is

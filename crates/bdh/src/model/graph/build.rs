@@ -32,10 +32,11 @@ pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -
         return Err(Error::Config("the graph form has no place for a mechanism attached in code".into()));
     }
     if keep == Some(0) {
-        return Err(Error::Input("--keep 0 would keep no edge: give K ≥ 1".into()));
+        return Err(Error::Input("keeping 0 in-edges per node would keep no edge: give K ≥ 1".into()));
     }
-    let (d, h, n_head, v) = (c.n_embd, c.n_neurons(), c.n_head, c.vocab_size);
-    let n = n_head * h;
+    // D, N (neurons per head), H, V; n = H·N neurons in all
+    let (d, per, heads, v) = (c.n_embd, c.n_neurons(), c.n_head, c.vocab_size);
+    let n = heads * per;
     // Every graph at its densest: n² for Gx, Gy and Gs, V·n for the three input
     // graphs and the readout; an edge is a source (u32) and a weight (f32).
     let edges = n.checked_mul(n).and_then(|nn| nn.checked_mul(3)?.checked_add(v.checked_mul(n)?.checked_mul(4)?));
@@ -45,7 +46,7 @@ pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -
     )?;
     let w = model.weights();
     // column k of a per-head (H, D, N) matrix: its head's column k mod N
-    let per_head = |m: &'a [f32]| move |dd: usize, k: usize| m[(k / h) * d * h + dd * h + k % h];
+    let per_head = |m: &'a [f32]| move |dd: usize, k: usize| m[(k / per) * d * per + dd * per + k % per];
     let lm_head = |dd: usize, o: usize| w.lm_head[dd * v + o];
     let cut = keep.unwrap_or(usize::MAX);
     let gx = product(w.decoder, (n, d), per_head(w.encoder), n, cut);
@@ -55,10 +56,11 @@ pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -
     Ok(Graph {
         info: Info {
             n_layer: c.n_layer,
-            n_head,
-            n_neurons: h,
+            format: super::FORMAT,
+            n_head: heads,
+            n_neurons: per,
             vocab_size: v,
-            retention: c.decay.retention(n_head),
+            retention: c.decay.retention(heads),
             keep,
             synapses_on_wires,
         },

@@ -54,6 +54,13 @@ pub fn load(path: &Path) -> Result<Graph> {
             bad(format!("no `{INFO_KEY}` description in its metadata: not made by `bdh graph build`"))
         })?;
     let info: Info = serde_json::from_str(info).map_err(|e| bad(format!("its description: {e}")))?;
+    if info.format != super::FORMAT {
+        return Err(bad(format!(
+            "a graph file of format {}; this program reads format {}",
+            info.format,
+            super::FORMAT
+        )));
+    }
     let sizes = [
         ("n_layer", info.n_layer),
         ("n_head", info.n_head),
@@ -93,13 +100,13 @@ pub fn load(path: &Path) -> Result<Graph> {
 /// The graph `name` of a file, checked: (sources, targets) as the description says,
 /// offsets from 0 rising to the edge count, sources in range, weights finite, ≥ 0.
 fn sparse(t: &SafeTensors, name: &str, (sources_n, targets): (usize, usize)) -> std::result::Result<Sparse, String> {
-    let get = |suffix: &str, dtype: Dtype, width: usize| -> std::result::Result<(Vec<u8>, usize), String> {
+    let get = |suffix: &str, dtype: Dtype, width: usize| -> std::result::Result<(&[u8], usize), String> {
         let key = format!("{name}.{suffix}");
         let v = t.tensor(&key).map_err(|_| format!("no tensor `{key}`"))?;
         if v.dtype() != dtype || v.shape().len() != 1 {
             return Err(format!("`{key}` is {:?} {:?}, not a list of {dtype:?}", v.dtype(), v.shape()));
         }
-        Ok((v.data().to_vec(), v.data().len() / width))
+        Ok((v.data(), v.data().len() / width))
     };
     let (offsets, count) = get("offsets", Dtype::I64, 8)?;
     if count != targets + 1 {

@@ -35,14 +35,19 @@ pub use build::build;
 pub use file::{load, save};
 pub use run::{mean_loss, score, score_spiking, spiked, Brain};
 pub use stats::{stats, Balance, Degrees, Spread};
-pub use trace::Round;
+pub use trace::{Kind, Round};
 
 use serde::{Deserialize, Serialize};
+
+/// The version of the graph file this code writes and reads.
+pub const FORMAT: u32 = 1;
 
 /// What a graph was made from and its sizes: the description saved beside its edges.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Info {
+    /// The file format's version ([`FORMAT`]).
+    pub format: u32,
     /// L: layers (every layer reads the same graphs, with its own σ).
     pub n_layer: usize,
     /// H: heads; neuron `i` belongs to head `i / N`.
@@ -88,7 +93,7 @@ impl Sparse {
 
     /// Target nodes.
     pub fn targets(&self) -> usize {
-        self.offsets.len() - 1
+        self.offsets.len().saturating_sub(1)
     }
 
     /// The in-edges of target `j`: (source, weight).

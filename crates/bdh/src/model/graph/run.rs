@@ -27,7 +27,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::trace::{top_nodes, Heaviest, Round, TOP};
+use super::trace::{top_nodes, Heaviest, Kind, Round, TOP};
 use super::{Graph, Signed, Sparse};
 use crate::error::{Error, Result};
 
@@ -60,7 +60,8 @@ impl<'g> Brain<'g> {
         let info = &graph.info;
         let (n, v, h) = (info.neurons(), info.vocab_size, info.n_head);
         let per_layer = |l: usize| if l == 0 { graph.gs_in.edges() } else { graph.gs.edges() };
-        let values = (0..info.n_layer).try_fold(0usize, |acc, l| acc.checked_add(per_layer(l)));
+        // σ of every layer (and each layer's list), the node values
+        let values = (0..info.n_layer).try_fold(0usize, |acc, l| acc.checked_add(per_layer(l))?.checked_add(4));
         let values = values.and_then(|s| s.checked_add(h.checked_mul(n.max(v))?)?.checked_add(5 * n + 2 * v));
         crate::memory::ensure_fits(
             values.and_then(|s| s.checked_mul(8)).unwrap_or(usize::MAX),
@@ -90,9 +91,10 @@ impl<'g> Brain<'g> {
         Ok(Brain { spikes: Some(ChaCha8Rng::seed_from_u64(seed)), ..Brain::new(graph)? })
     }
 
-    /// σ of layer `l` with the synapses it lives on (layer 0: from the token nodes).
-    pub fn sigma(&self, l: usize) -> (&Sparse, &[f64]) {
-        (if l == 0 { &self.graph.gs_in } else { &self.graph.gs }, &self.sigma[l])
+    /// σ of layer `l` with the synapses it lives on (layer 0: from the token nodes);
+    /// `None` past the last layer.
+    pub fn sigma(&self, l: usize) -> Option<(&Sparse, &[f64])> {
+        Some((if l == 0 { &self.graph.gs_in } else { &self.graph.gs }, self.sigma.get(l)?))
     }
 
     /// [`Brain::step`], recording every round (see [`Round`]).
@@ -121,18 +123,18 @@ impl<'g> Brain<'g> {
         self.token[token as usize] = 1.0;
         self.x.fill(0.0);
         self.wires(&g.gx_in, true);
-        self.note(None, "input");
+        self.note(None, Kind::Input);
         for l in 0..info.n_layer {
             let (gy, first) = if l == 0 { (&g.gy_in, true) } else { (&g.gy, false) };
             self.read(l);
-            self.note(Some(l), "read");
+            self.note(Some(l), Kind::Read);
             self.write(l, first);
-            self.note(Some(l), "write");
+            self.note(Some(l), Kind::Write);
             self.prods(gy, first);
-            self.note(Some(l), "prods");
+            self.note(Some(l), Kind::Prods);
             if l + 1 < info.n_layer {
                 self.wires(&g.gx, false);
-                self.note(Some(l), "wires");
+                self.note(Some(l), Kind::Wires);
             }
         }
         // The readout: the output nodes integrate Y through its signed graph.
@@ -142,37 +144,36 @@ impl<'g> Brain<'g> {
             let i: f64 = g.readout.i.in_edges(o).map(|(k, w)| w as f64 * self.y[k]).sum();
             *out = e - i;
         }
-        self.note(None, "readout");
+        self.note(None, Kind::Readout);
         self.pos += 1;
         Ok(&self.logits)
     }
 
     /// Records the round just run, if this token is traced.
-    fn note(&mut self, layer: Option<usize>, round: &'static str) {
+    fn note(&mut self, layer: Option<usize>, round: Kind) {
         let Some(trace) = &mut self.trace else { return };
         let Heaviest { list: synapses, seen } = std::mem::take(&mut self.heaviest);
         // A is kept per head over the layer's source nodes (tokens for the first)
         let sources = if layer == Some(0) { self.graph.gs_in.sources_n } else { self.graph.gs.sources_n };
-        let (of, values): (&'static str, &[f64]) = match round {
-            "input" | "wires" => ("X", &self.x),
-            "read" => ("A", &self.a[..self.graph.info.n_head * sources]),
-            "write" => ("σ", &[]),
-            "prods" => ("Y", &self.y),
-            _ => ("logits", &self.logits),
+        let values: &[f64] = match round {
+            Kind::Input | Kind::Wires => &self.x,
+            Kind::Read => &self.a[..self.graph.info.n_head * sources],
+            Kind::Write => &[],
+            Kind::Prods => &self.y,
+            Kind::Readout => &self.logits,
         };
-        let (mut top, mut active) = top_nodes(values, TOP);
+        let (top, mut active) = top_nodes(values, TOP);
         let mut of_count = values.len();
         match round {
-            "write" => (active, of_count) = (seen, self.sigma[layer.unwrap_or(0)].len()),
-            "read" => {
+            Kind::Write => (active, of_count) = (seen, self.sigma[layer.unwrap_or(0)].len()),
+            Kind::Read => {
                 // a source is active if its read is non-zero in some head
-                top.iter_mut().for_each(|(k, _)| *k %= sources as u32);
                 active = (0..sources).filter(|&i| values.iter().skip(i).step_by(sources).any(|&a| a != 0.0)).count();
                 of_count = sources;
             }
             _ => {}
         }
-        trace.push(Round { layer, round, of, active, of_count, top, synapses });
+        trace.push(Round { layer, round, of: round.leaves(), active, of_count, top, synapses });
     }
 
     /// Round 4l: σ_l fades (γ of the postsynaptic neuron's head), then each source
@@ -316,13 +317,17 @@ fn score_with(mut brain: Brain, tokens: &[u32]) -> Result<(Vec<f32>, f64)> {
     Ok((logits, loss))
 }
 
-/// Mean cross-entropy (f64) of logits (T, V) where position t predicts token t + 1.
+/// Mean cross-entropy (f64) of logits (T, V) where position t predicts token t + 1
+/// (0 for fewer than two tokens; a token past V counts as infinitely unlikely).
 pub fn mean_loss(logits: &[f32], tokens: &[u32], v: usize) -> f64 {
+    if tokens.len() < 2 || v == 0 {
+        return 0.0;
+    }
     let mut loss = 0.0;
     for (out, &next) in logits.chunks_exact(v).zip(&tokens[1..]) {
         let max = out.iter().map(|&l| l as f64).fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = out.iter().map(|&l| (l as f64 - max).exp()).sum();
-        loss += max + sum.ln() - out[next as usize] as f64;
+        loss += max + sum.ln() - out.get(next as usize).map_or(f64::NEG_INFINITY, |&l| l as f64);
     }
     loss / (tokens.len() - 1).max(1) as f64
 }

@@ -6,21 +6,70 @@ use serde::Serialize;
 /// Nodes and synapses listed per round.
 pub const TOP: usize = 12;
 
+/// The rounds of a token, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The token's input node drives X.
+    Input,
+    /// 4l: σ fades and is read into A.
+    Read,
+    /// 4l+1: the Hebbian write into σ.
+    Write,
+    /// 4l+2: Y from A through the prods, gated by X.
+    Prods,
+    /// 4l+3: X from Y through the wires.
+    Wires,
+    /// Y to the output nodes: the logits.
+    Readout,
+}
+
+impl Kind {
+    /// Its name, as the JSON writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Input => "input",
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Prods => "prods",
+            Kind::Wires => "wires",
+            Kind::Readout => "readout",
+        }
+    }
+
+    /// The node values the round leaves: `X`, `A`, `σ`, `Y` or `logits`.
+    pub fn leaves(self) -> &'static str {
+        match self {
+            Kind::Input | Kind::Wires => "X",
+            Kind::Read => "A",
+            Kind::Write => "σ",
+            Kind::Prods => "Y",
+            Kind::Readout => "logits",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// One round of one token.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Round {
     /// The layer (0-based); `None` for the input and the readout.
     pub layer: Option<usize>,
-    /// `input` (token → X), `read` (4l), `write` (4l+1), `prods` (4l+2), `wires`
-    /// (4l+3) or `readout` (Y → logits).
-    pub round: &'static str,
+    /// Which round.
+    pub round: Kind,
     /// Which node values the round leaves: `X`, `A`, `σ`, `Y` or `logits`.
     pub of: &'static str,
     /// How many of them are non-zero (for A: source nodes with a non-zero read in some head).
     pub active: usize,
     /// Of how many.
     pub of_count: usize,
-    /// The largest: (node, value), largest first.
+    /// The largest: (node, value), largest first. For A, kept per head, the node is
+    /// `head · sources + source`.
     pub top: Vec<(u32, f64)>,
     /// The synapses that carried the most: (source, target, value) — for `read` the
     /// message σ(i, j)·X(j), for `write` the increment Gs(i, j)·Y(i)·X(j).
