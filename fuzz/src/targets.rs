@@ -13,7 +13,8 @@ use crate::http::{self, Http};
 use crate::mutate::{mutate, Rng};
 
 /// Names of the targets, as given on the command line.
-pub const NAMES: [&str; 8] = ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer", "http", "run-dir"];
+pub const NAMES: [&str; 9] =
+    ["pt", "safetensors", "config-json", "run-toml", "state", "tokenizer", "http", "run-dir", "graph"];
 
 /// One parser of files a user may be handed.
 pub enum Target {
@@ -34,6 +35,8 @@ pub enum Target {
     /// A run directory whose `metrics.jsonl` is the input: `RunDir::open`, its
     /// metrics, config, checkpoints and kept steps.
     RunDir,
+    /// `bdh::model::graph::load` of a graph file, then a few tokens run through it.
+    Graph,
 }
 
 type Fallible<T> = Result<T, String>;
@@ -56,6 +59,7 @@ impl Target {
             "tokenizer" => Target::Tokenizer,
             "http" => Target::Http(Box::new(Http::new(root, scratch)?)),
             "run-dir" => Target::RunDir,
+            "graph" => Target::Graph,
             other => return Err(format!("no target `{other}` (have: {})", NAMES.join(", "))),
         })
     }
@@ -97,6 +101,17 @@ impl Target {
                 Ok(vec![Bpe::train(&text, 320).map_err(|e| e.to_string())?.json().as_bytes().to_vec()])
             }
             Target::Http(_) => Ok(http::seeds()),
+            Target::Graph => {
+                // The graph of the trained BDH-Normfree fixture, pruned to keep it small.
+                let path = root.join("tests/golden/normfree-small");
+                let Model::Bdh(m) = bdh::io::checkpoint::load(&path, None).map_err(|e| e.to_string())? else {
+                    return Err("normfree-small is not a BDH".into());
+                };
+                let g = bdh::model::graph::build(&m, Some(3), true).map_err(|e| e.to_string())?;
+                let file = scratch.join("seed-graph.safetensors");
+                bdh::model::graph::save(&g, &file).map_err(|e| e.to_string())?;
+                Ok(vec![read(&file)?])
+            }
             // Every kind of record a run writes, as it writes them.
             Target::RunDir => Ok(vec![concat!(
                 "{\"step\":1,\"loss\":5.5,\"lr\":0.001,\"grad_norm\":1.5,\"tokens_per_second\":1000.0}\n",
@@ -150,6 +165,11 @@ impl Target {
                 Ok(())
             }
             Target::Http(_) => unreachable!("requests are not files"),
+            Target::Graph => {
+                // A graph that loads can read a text.
+                let g = bdh::model::graph::load(file)?;
+                bdh::model::graph::score(&g, &[72, 105, 33, 10]).map(drop)
+            }
             Target::RunDir => {
                 let dir = file.with_extension("run");
                 if !dir.join("config.toml").exists() {

@@ -265,7 +265,8 @@ fn crafted_graph_files_are_refused_by_name() {
     let dir = temp_dir("graph-crafted");
     let m = model(normfree(BdhConfig { decay: Decay::Alibi, ..tiny_config(1, 16, 2, 4) }), 1.0, 9);
     let good = build(&m, Some(6), true).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut Graph)>, &str)> = vec![
+    type Spoil = Box<dyn Fn(&mut Graph)>;
+    let cases: Vec<(Spoil, &str)> = vec![
         (Box::new(|g| g.gx.e.sources[0] = u32::MAX), "an edge from node -1"),
         (Box::new(|g| g.gy.i.sources[3] = 10_000), "an edge from node 10000"),
         (Box::new(|g| g.gy.e.offsets[5] = g.gy.e.offsets[6] + 1), "offsets fall"),

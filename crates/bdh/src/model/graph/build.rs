@@ -28,6 +28,9 @@ pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -
             missing.join(", ")
         )));
     }
+    if c.n_layer > super::MAX_LAYERS {
+        return Err(Error::Config(format!("{} layers: a graph runs at most {}", c.n_layer, super::MAX_LAYERS)));
+    }
     if !model.mechanisms.is_empty() {
         return Err(Error::Config("the graph form has no place for a mechanism attached in code".into()));
     }

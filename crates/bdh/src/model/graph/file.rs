@@ -70,6 +70,13 @@ pub fn load(path: &Path) -> Result<Graph> {
     if let Some((name, v)) = sizes.iter().find(|(_, v)| *v == 0 || *v > MAX_SIZE) {
         return Err(bad(format!("its description gives {name} = {v} (1 to {MAX_SIZE})")));
     }
+    if info.n_layer > super::MAX_LAYERS {
+        return Err(bad(format!(
+            "its description gives {} layers; a graph runs at most {}",
+            info.n_layer,
+            super::MAX_LAYERS
+        )));
+    }
     if info.n_head.checked_mul(info.n_neurons).is_none_or(|n| n > MAX_SIZE) {
         return Err(bad(format!("its description gives n = H·N past {MAX_SIZE}")));
     }

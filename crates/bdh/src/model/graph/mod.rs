@@ -42,6 +42,9 @@ use serde::{Deserialize, Serialize};
 /// The version of the graph file this code writes and reads.
 pub const FORMAT: u32 = 1;
 
+/// The most layers a graph runs: every token passes every layer's four rounds.
+pub const MAX_LAYERS: usize = 4096;
+
 /// What a graph was made from and its sizes: the description saved beside its edges.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
