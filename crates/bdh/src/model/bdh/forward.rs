@@ -491,9 +491,10 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
         //   (the residual site, in the neurons:       x_{t,l} = x_{t,l−1} + (D_x v_{t,l−1})^+)
         Residual::N => {
             matmul_batched(s.inc, s.v_in, p.encoder, encode.0, encode.1);
-            s.x.copy_from_slice(s.inc);
-            if !s.x_in.is_empty() {
-                add_in_place(s.x, s.x_in);
+            if s.x_in.is_empty() {
+                s.x.copy_from_slice(s.inc);
+            } else {
+                add(s.x, s.x_in, s.inc);
             }
         }
     }
@@ -550,9 +551,4 @@ fn mix(p: &Weights, cfg: &BdhConfig, s: LayerRows) {
             s.rstd_out.fill(1.0);
         }
     }
-}
-
-/// `x += y`, elementwise.
-fn add_in_place(x: &mut [f32], y: &[f32]) {
-    x.iter_mut().zip(y).for_each(|(x, &y)| *x += y);
 }
