@@ -326,3 +326,26 @@ fn verify_against_another_models_golden_names_the_model_it_was_made_for() {
     let gpt = golden("gpt-tiny");
     assert!(out.contains(&format!("was made for the model in {gpt}, GPT L")) && out.contains("this is BDH"), "{out}");
 }
+
+/// The README's graph section, its first block run as one script (it sets `M` once)
+/// in a directory holding the repository's examples and models: it succeeds and
+/// writes every file it names.
+#[test]
+fn the_readme_graph_section_runs_as_written() {
+    let tmp = temp("readme-graph");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for dir in ["examples", "tests"] {
+        std::os::unix::fs::symlink(root.join(dir).canonicalize().unwrap(), tmp.path().join(dir)).unwrap();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let script = readme_commands("The brain").join("\n");
+    let o = Command::new("sh").arg("-ec").arg(&script).current_dir(tmp.path()).env("PATH", &path).output().unwrap();
+    let out = text(&o);
+    println!("{script}\n{out}");
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("logits max rel diff") && out.contains("spiking runs") && out.contains("excitatory"), "{out}");
+    for written in ["brain.safetensors", "trip.json", "trip.html", "spikes.svg", "prune.svg"] {
+        assert!(tmp.path().join(written).exists(), "{written} not written");
+    }
+}
