@@ -145,8 +145,7 @@ fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.json {
         let json = serde_json::json!({ "graph": args.graph.display().to_string(), "info": g.info, "degrees": degrees, "balance": balance });
         let text = serde_json::to_string_pretty(&json).expect("JSON");
-        bdh::io::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        write(path, text.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -162,4 +161,11 @@ fn read_bytes(path: &Path, max: u64, vocab: usize) -> anyhow::Result<(Vec<u32>, 
     file.take(max).read_to_end(&mut bytes).with_context(|| format!("reading {}", path.display()))?;
     anyhow::ensure!(bytes.len() >= 2, "{}: {} byte(s), scoring needs 2 or more", path.display(), bytes.len());
     Ok((bytes.into_iter().map(u32::from).collect(), total))
+}
+
+/// Writes `bytes` to `path` atomically and says so.
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    bdh::io::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

@@ -82,14 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }],
         };
         let svg = chart.svg().map_err(|e| anyhow::anyhow!("drawing the chart: {e}"))?;
-        bdh::io::write_atomic(path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        super::write(path, svg.as_bytes())?;
     }
     if let Some(path) = &args.json {
         let doc = serde_json::json!({ "model": args.model.model.display().to_string(), "text": args.text.display().to_string(), "tokens": tokens.len(), "synapses": format!("{:?}", args.synapses).to_lowercase(), "rows": rows });
-        bdh::io::write_atomic(path, serde_json::to_string_pretty(&doc).expect("JSON").as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        super::write(path, serde_json::to_string_pretty(&doc).expect("JSON").as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use bdh::model::graph::{self, Brain, Graph};
 use bdh::{forward, Activations, Mode, Model};
 
@@ -90,16 +89,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     provenance.add("text", args.text.display().to_string());
     if let (Some(path), Some((pos, rounds))) = (&args.html, traces.first()) {
         let page = super::trip::page(&provenance, &g, &tokens, *pos, rounds);
-        bdh::io::write_atomic(path, page.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        super::write(path, page.as_bytes())?;
     }
     if let Some(path) = &args.json {
         json["provenance"] = serde_json::to_value(&provenance)?;
         json["info"] = serde_json::to_value(&g.info)?;
         json["traced"] = serde_json::Value::Array(super::trip::json(&tokens, &traces));
         let text = serde_json::to_string_pretty(&json).expect("JSON");
-        bdh::io::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        super::write(path, text.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -218,8 +215,7 @@ fn spikes(g: &Graph, tokens: &[u32], exact: &[f32], k: usize, args: &Args) -> an
             series: vec![line("max rel diff", "max_rel_diff"), line("mean abs diff", "mean_abs_diff")],
         };
         let svg = chart.svg().map_err(|e| anyhow::anyhow!("drawing the chart: {e}"))?;
-        bdh::io::write_atomic(path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        super::write(path, svg.as_bytes())?;
     }
     Ok(serde_json::json!({ "seed": args.seed, "rows": rows }))
 }
