@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     // Before any thread starts: no Vulkan driver noise on standard error.
     #[cfg(feature = "gpu")]
     bdh_gpu::quiet_vulkan();
@@ -76,6 +77,20 @@ fn main() -> ExitCode {
             ExitCode::from(exit_status(&e))
         }
     }
+}
+
+/// A standard output closed early (`bdh … | head`) ends the program quietly with
+/// status 141 (128 + SIGPIPE), as a shell tool does, instead of a panic in `println!`.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// The exit status of an error, by its kind: 2 for what the user gave (input, a

@@ -81,7 +81,7 @@ fn a_trained_normfree_model_runs_as_a_graph_equal_to_its_tensor_form() {
     let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d("trace.json")).unwrap()).unwrap();
     assert_eq!(trace["traced"].as_array().unwrap().len(), 2);
     assert_eq!(trace["spikes"]["rows"].as_array().unwrap().len(), 3, "K = 1, 2, 4");
-    assert!(trace["loss"].as_f64().unwrap() > 0.0 && trace["info"]["n_layer"] == 2);
+    assert!(trace["loss_nats"].as_f64().unwrap() > 0.0 && trace["info"]["n_layer"] == 2);
     assert_eq!(trace["traced"][0]["rounds"].as_array().unwrap().len(), 9, "input, 4 + 3 rounds, readout");
     let page = std::fs::read_to_string(d("trip.html")).unwrap();
     assert!(page.contains("The trip of") && page.contains("strongest synapses"));
@@ -113,6 +113,14 @@ fn a_trained_normfree_model_runs_as_a_graph_equal_to_its_tensor_form() {
     assert_eq!(rows.len(), 3, "K = 2, 16 and the exact graphs");
     assert!(rows[0]["gx_edges"].as_u64() < rows[1]["gx_edges"].as_u64());
     assert!(rows[2]["keep"].is_null() && rows[2]["loss"].as_f64().unwrap().is_finite());
+
+    // A graph that computes something else than its model is caught: exit 1.
+    let mut g = bdh::model::graph::load(std::path::Path::new(&d("g.safetensors"))).unwrap();
+    g.readout.e.weights.iter_mut().for_each(|w| *w *= 1.01);
+    bdh::model::graph::save(&g, std::path::Path::new(&d("off.safetensors"))).unwrap();
+    let o = bdh(&["graph", "run", "--graph", &d("off.safetensors"), "--text", &d("text.txt"), "--against", &d("run")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("differ past"), "{}", text(&o));
 
     // Bad input: a model of bdh.py's layer, K = 0, a truncated graph, a one-byte text,
     // a traced position past the text.

@@ -46,7 +46,7 @@ struct BuildArgs {
     out: PathBuf,
     /// Keep each node's K strongest in-edges of each sign in every weighted graph
     /// (not Gs: see --synapses); default: all, the exact graphs.
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     keep: Option<u64>,
     /// Which synapses are plastic: between every pair of nodes (the exact form), or
     /// only along the kept wires' edges (Gs ⊆ Gx, as the paper suggests; with --keep,

@@ -23,7 +23,7 @@ pub struct Args {
     max_tokens: u64,
     /// The in-edges kept per node, sign and graph (comma-separated); the exact
     /// graphs are always scored too. Default: 1, 2, 4, … up to n.
-    #[arg(long, value_name = "K", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "K", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     keep: Vec<u64>,
     /// Which synapses of a pruned graph are plastic: the kept wires' edges (Gs ⊆ Gx,
     /// the default here: σ shrinks with the wires), or every pair. The exact graphs
@@ -40,6 +40,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let model = super::bdh_model(&args.model)?;
+    graph::check_model(&model).with_context(|| format!("model {}", args.model.model.display()))?;
     let (tokens, _) = super::read_bytes(&args.text, args.max_tokens, model.config.vocab_size)?;
     let n = model.config.total_neurons();
     let mut keeps: Vec<usize> = if args.keep.is_empty() {

@@ -8,35 +8,16 @@ use super::{Graph, Info, Signed, Sparse};
 use crate::error::{Error, Result};
 use crate::model::bdh::{Bdh, Norm, Position, Residual};
 
-/// The graph form of `model`, which must be BDH-Normfree (`norm = "none"`,
-/// `residual = "n"`, `position = "none"`; any decay). `keep`: each node keeps its
-/// `K` strongest in-edges in every graph but the synapses' (`None`: all, the exact
-/// graphs); `synapses_on_wires`: Gs keeps only the edges of Gx (else all ones).
+/// The graph form of `model`, which must be BDH-Normfree (see [`check_model`]).
+/// `keep`: each node keeps its `K` strongest in-edges in every graph but the
+/// synapses' (`None`: all, the exact graphs); `synapses_on_wires`: Gs keeps only the
+/// edges of Gx (else all ones).
 pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -> Result<Graph> {
-    let c = &model.config;
-    let wrong = [
-        (c.norm != Norm::None, "norm = \"none\""),
-        (c.residual != Residual::N, "residual = \"n\""),
-        (c.position != Position::None, "position = \"none\""),
-    ];
-    let missing: Vec<&str> = wrong.iter().filter(|(bad, _)| *bad).map(|(_, want)| *want).collect();
-    if !missing.is_empty() {
-        return Err(Error::Config(format!(
-            "the graph form equals BDH-Normfree only, and this model's layer is {}: it needs {} (train one with \
-             `--set model.norm=none --set model.residual=n --set model.position=none`)",
-            c.variant().unwrap_or_else(|| "bdh.py's".into()),
-            missing.join(", ")
-        )));
-    }
-    if c.n_layer > super::MAX_LAYERS {
-        return Err(Error::Config(format!("{} layers: a graph runs at most {}", c.n_layer, super::MAX_LAYERS)));
-    }
-    if !model.mechanisms.is_empty() {
-        return Err(Error::Config("the graph form has no place for a mechanism attached in code".into()));
-    }
+    check_model(model)?;
     if keep == Some(0) {
         return Err(Error::Input("keeping 0 in-edges per node would keep no edge: give K ≥ 1".into()));
     }
+    let c = &model.config;
     // D, N (neurons per head), H, V; n = H·N neurons in all
     let (d, per, heads, v) = (c.n_embd, c.n_neurons(), c.n_head, c.vocab_size);
     let n = heads * per;
@@ -66,6 +47,7 @@ pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -
             retention: c.decay.retention(heads),
             keep,
             synapses_on_wires,
+            weights: model.params.fingerprint(),
         },
         gy: product(w.decoder, (n, d), per_head(w.encoder_v), n, cut),
         gy_in: product(w.embed, (v, d), per_head(w.encoder_v), n, cut),
@@ -75,6 +57,35 @@ pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -
         gx_in,
         gs_in,
     })
+}
+
+/// An error unless `model` has a graph form: BDH-Normfree (`norm = "none"`,
+/// `residual = "n"`, `position = "none"`; any decay), no mechanism attached, at most
+/// [`super::MAX_LAYERS`] layers.
+pub fn check_model(model: &Bdh) -> Result<()> {
+    let c = &model.config;
+    let wrong = [
+        (c.norm != Norm::None, "norm = \"none\""),
+        (c.residual != Residual::N, "residual = \"n\""),
+        (c.position != Position::None, "position = \"none\""),
+    ];
+    let missing: Vec<&str> = wrong.iter().filter(|(bad, _)| *bad).map(|(_, want)| *want).collect();
+    if !missing.is_empty() {
+        return Err(Error::Config(format!(
+            "the graph form equals BDH-Normfree only, and this model's layer is {}: it needs {} (train one with \
+             `--set model.norm=none --set model.residual=n --set model.position=none`, and \
+             `--set 'training.init_scale={{\"embed.weight\"=50.0,lm_head=5.0}}'` for it to learn)",
+            c.variant().unwrap_or_else(|| "bdh.py's".into()),
+            missing.join(", ")
+        )));
+    }
+    if c.n_layer > super::MAX_LAYERS {
+        return Err(Error::Config(format!("{} layers: a graph runs at most {}", c.n_layer, super::MAX_LAYERS)));
+    }
+    if !model.mechanisms.is_empty() {
+        return Err(Error::Config("the graph form has no place for a mechanism attached in code".into()));
+    }
+    Ok(())
 }
 
 /// `src · dst` for `src` (S, D) row-major and `dst` (D, targets) read by `col(d, k)`,

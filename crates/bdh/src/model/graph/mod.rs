@@ -31,11 +31,11 @@ mod run;
 mod stats;
 mod trace;
 
-pub use build::build;
+pub use build::{build, check_model};
 pub use file::{load, save};
 pub use run::{mean_loss, score, score_spiking, spiked, Brain};
 pub use stats::{stats, Balance, Degrees, Spread};
-pub use trace::{Kind, Round};
+pub use trace::{Kind, Round, Top};
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +65,16 @@ pub struct Info {
     pub keep: Option<usize>,
     /// Whether Gs keeps only the edges of Gx (a pruned graph's synapses).
     pub synapses_on_wires: bool,
+    /// The fingerprint of the model's weights it was built from
+    /// ([`crate::Params::fingerprint`]).
+    pub weights: String,
+}
+
+impl Info {
+    /// Whether the graphs are the model's exact ones (nothing pruned).
+    pub fn is_exact(&self) -> bool {
+        self.keep.is_none() && !self.synapses_on_wires
+    }
 }
 
 impl Info {

@@ -162,18 +162,19 @@ impl<'g> Brain<'g> {
             Kind::Prods => &self.y,
             Kind::Readout => &self.logits,
         };
-        let (top, mut active) = top_nodes(values, TOP);
-        let mut of_count = values.len();
+        let per_head = (round == Kind::Read).then_some(sources);
+        let (top, mut active) = top_nodes(values, TOP, round == Kind::Readout, per_head);
+        let mut out_of = values.len();
         match round {
-            Kind::Write => (active, of_count) = (seen, self.sigma[layer.unwrap_or(0)].len()),
+            Kind::Write => (active, out_of) = (seen, self.sigma[layer.unwrap_or(0)].len()),
             Kind::Read => {
                 // a source is active if its read is non-zero in some head
                 active = (0..sources).filter(|&i| values.iter().skip(i).step_by(sources).any(|&a| a != 0.0)).count();
-                of_count = sources;
+                out_of = sources;
             }
             _ => {}
         }
-        trace.push(Round { layer, round, of: round.leaves(), active, of_count, top, synapses });
+        trace.push(Round { layer, round, values: round.leaves(), active, out_of, top, synapses });
     }
 
     /// Round 4l: σ_l fades (γ of the postsynaptic neuron's head), then each source

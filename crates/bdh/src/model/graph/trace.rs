@@ -63,28 +63,49 @@ pub struct Round {
     /// Which round.
     pub round: Kind,
     /// Which node values the round leaves: `X`, `A`, `σ`, `Y` or `logits`.
-    pub of: &'static str,
-    /// How many of them are non-zero (for A: source nodes with a non-zero read in some head).
+    pub values: &'static str,
+    /// How many of them are non-zero (for A: source nodes with a non-zero read in
+    /// some head; for σ: the synapses that grew).
     pub active: usize,
-    /// Of how many.
-    pub of_count: usize,
-    /// The largest: (node, value), largest first. For A, kept per head, the node is
-    /// `head · sources + source`.
-    pub top: Vec<(u32, f64)>,
-    /// The synapses that carried the most: (source, target, value) — for `read` the
-    /// message σ(i, j)·X(j), for `write` the increment Gs(i, j)·Y(i)·X(j).
+    /// Of how many (nodes, source nodes, or synapses of the layer).
+    pub out_of: usize,
+    /// The largest values, largest first (the logits by value, the rest by size).
+    pub top: Vec<Top>,
+    /// The synapses that carried the most: (source, target neuron, value) — for
+    /// `read` the message σ(i, j)·X(j), for `write` the increment Gs(i, j)·Y(i)·X(j).
     pub synapses: Vec<(u32, u32, f64)>,
 }
 
-/// The `k` largest non-zero values of `values` as (index, value), largest first,
-/// and how many are non-zero.
-pub fn top_nodes(values: &[f64], k: usize) -> (Vec<(u32, f64)>, usize) {
+/// One of a round's largest values.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Top {
+    /// The node: a neuron (0..n, head = node / N), a source of the layer's synapses
+    /// (for A: a token node in the first layer), or an output node (a byte).
+    pub node: u32,
+    /// For A, kept per head of the reading neurons: that head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<u32>,
+    /// The value.
+    pub value: f64,
+}
+
+/// The `k` largest non-zero values of `values` (by size, or by value if `signed`),
+/// and how many are non-zero; `per_head`: the values are (H, this many), for A.
+pub fn top_nodes(values: &[f64], k: usize, signed: bool, per_head: Option<usize>) -> (Vec<Top>, usize) {
     let mut nz: Vec<(u32, f64)> =
         values.iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, &v)| (i as u32, v)).collect();
     let count = nz.len();
-    nz.sort_unstable_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+    let key = |v: f64| if signed { v } else { v.abs() };
+    nz.sort_unstable_by(|a, b| key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0)));
     nz.truncate(k);
-    (nz, count)
+    let top = nz
+        .into_iter()
+        .map(|(i, value)| match per_head {
+            Some(s) => Top { node: i % s as u32, head: Some(i / s as u32), value },
+            None => Top { node: i, head: None, value },
+        })
+        .collect();
+    (top, count)
 }
 
 /// Keeps the `TOP` heaviest synapses seen, by |value|, and counts the non-zero ones.
