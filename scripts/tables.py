@@ -368,12 +368,12 @@ LAYER_VARIANTS = [
     ("BDH-Normfree (all three), `decay = \"alibi\"`", "normfree-alibi",
      [*NO_NORM, "model.residual=n", "model.position=none", 'model.decay="alibi"']),
 ]
-LAYER_LRS = [1e-3, 3e-3, 1e-2]
+LAYER_LRS = [3e-4, 1e-3, 3e-3, 1e-2]
 LAYER_STEPS = 1000
 
 
 def layer_variants(b, shakespeare=False):
-    """Each variant of the layer at the recall preset's size, 1000 steps, three peak
+    """Each variant of the layer at the recall preset's size, 1000 steps, four peak
     learning rates: the held-out loss of each (— where training diverged)."""
     if shakespeare:
         need_data()
