@@ -115,11 +115,9 @@ impl Sparse {
         self.sources[r.clone()].iter().map(|&s| s as usize).zip(self.weights[r].iter().copied())
     }
 
-    /// `out[j] += Σ_i w(i, j) · value[i]` over every edge, accumulated in f64.
-    pub fn send(&self, value: &[f64], out: &mut [f64]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o += self.in_edges(j).map(|(i, w)| w as f64 * value[i]).sum::<f64>();
-        }
+    /// `Σ_i w(i, j) · value[i]` over target `j`'s in-edges, accumulated in f64.
+    pub fn gather(&self, j: usize, value: &[f64]) -> f64 {
+        self.in_edges(j).map(|(i, w)| w as f64 * value[i]).sum()
     }
 }
 
@@ -130,6 +128,14 @@ pub struct Signed {
     pub e: Sparse,
     /// Minus the negative entries.
     pub i: Sparse,
+}
+
+impl Signed {
+    /// What target `j` integrates from `value` over its excitatory and its
+    /// inhibitory in-edges.
+    pub fn integrate(&self, j: usize, value: &[f64]) -> (f64, f64) {
+        (self.e.gather(j, value), self.i.gather(j, value))
+    }
 }
 
 /// The parameter graphs of a BDH graph model and their description.

@@ -14,7 +14,9 @@
 //! head h of the postsynaptic neuron j, as the tensor form's per-head attention
 //! requires. X starts each token at 0 (x_0 = 0); after the last layer the readout
 //! sends Y to the V output nodes, whose values are the logits. Node values and σ are
-//! f64: excitatory and inhibitory sums cancel before each threshold.
+//! f64: excitatory and inhibitory sums cancel before each threshold. A node's
+//! integrators (X^e, X^i, Y^e, Y^i) live only within its round: each is summed over the
+//! node's in-edges and used at once, which is the round's integrate, fire and reset.
 //!
 //! **Spikes.** A spiking brain ([`Brain::spiking`]) realises each product of two node
 //! values — the Hebbian write Y(i)·X(j) and the gate (Y^e − Y^i)^+·X(k) — as the
@@ -39,13 +41,11 @@ pub struct Brain<'g> {
     sigma: Vec<Vec<f64>>,
     /// Tokens read so far.
     pub pos: usize,
-    x: Vec<f64>,       // (n)
-    y: Vec<f64>,       // (n)
-    excite: Vec<f64>,  // (n) X^e or Y^e, integrated in one round and reset
-    inhibit: Vec<f64>, // (n) X^i or Y^i
-    a: Vec<f64>,       // (H, sources) the read, per head of the postsynaptic neuron
-    token: Vec<f64>,   // (V) the input nodes' Y
-    logits: Vec<f64>,  // (V) the output nodes
+    x: Vec<f64>,      // (n)
+    y: Vec<f64>,      // (n)
+    a: Vec<f64>,      // (H, sources) the read, per head of the postsynaptic neuron
+    token: Vec<f64>,  // (V) the input nodes' Y
+    logits: Vec<f64>, // (V) the output nodes
     /// The spikes' random source, for a spiking brain.
     spikes: Option<ChaCha8Rng>,
     fired: [Vec<f64>; 2],      // two spiked vectors of a product (scratch)
@@ -62,7 +62,7 @@ impl<'g> Brain<'g> {
         let per_layer = |l: usize| if l == 0 { graph.gs_in.edges() } else { graph.gs.edges() };
         // σ of every layer (and each layer's list), the node values
         let values = (0..info.n_layer).try_fold(0usize, |acc, l| acc.checked_add(per_layer(l))?.checked_add(4));
-        let values = values.and_then(|s| s.checked_add(h.checked_mul(n.max(v))?)?.checked_add(5 * n + 2 * v));
+        let values = values.and_then(|s| s.checked_add(h.checked_mul(n.max(v))?)?.checked_add(4 * n + 2 * v));
         crate::memory::ensure_fits(
             values.and_then(|s| s.checked_mul(8)).unwrap_or(usize::MAX),
             "the synapses σ and node state of this graph",
@@ -73,8 +73,6 @@ impl<'g> Brain<'g> {
             pos: 0,
             x: vec![0.0; n],
             y: vec![0.0; n],
-            excite: vec![0.0; n],
-            inhibit: vec![0.0; n],
             a: vec![0.0; h * n.max(v)],
             token: vec![0.0; v],
             logits: vec![0.0; v],
@@ -140,8 +138,7 @@ impl<'g> Brain<'g> {
         // The readout: the output nodes integrate Y through its signed graph.
         self.logits.fill(0.0);
         for (o, out) in self.logits.iter_mut().enumerate() {
-            let e: f64 = g.readout.e.in_edges(o).map(|(k, w)| w as f64 * self.y[k]).sum();
-            let i: f64 = g.readout.i.in_edges(o).map(|(k, w)| w as f64 * self.y[k]).sum();
+            let (e, i) = g.readout.integrate(o, &self.y);
             *out = e - i;
         }
         self.note(None, Kind::Readout);
@@ -244,9 +241,7 @@ impl<'g> Brain<'g> {
         let sources = if first { info.vocab_size } else { info.neurons() };
         for (k, yk) in self.y.iter_mut().enumerate() {
             let a = &self.a[(k / info.n_neurons) * sources..][..sources];
-            let e: f64 = gy.e.in_edges(k).map(|(i, w)| w as f64 * a[i]).sum();
-            let i: f64 = gy.i.in_edges(k).map(|(i, w)| w as f64 * a[i]).sum();
-            (self.excite[k], self.inhibit[k]) = (e, i);
+            let (e, i) = gy.integrate(k, a);
             *yk = (e - i).max(0.0);
         }
         // the gate: Y(k) = (Y^e − Y^i)^+ · X(k), spiked or not
@@ -260,8 +255,6 @@ impl<'g> Brain<'g> {
             None => self.y.iter_mut().zip(&self.x).for_each(|(y, x)| *y *= x),
         }
         self.a.fill(0.0);
-        self.excite.fill(0.0);
-        self.inhibit.fill(0.0);
     }
 
     /// Round 4l+3 (and the input's): each neuron integrates Y (or the token nodes')
@@ -269,11 +262,9 @@ impl<'g> Brain<'g> {
     /// threshold to its X.
     fn wires(&mut self, gx: &Signed, from_token: bool) {
         let y = if from_token { &self.token } else { &self.y };
-        gx.e.send(y, &mut self.excite);
-        gx.i.send(y, &mut self.inhibit);
-        for ((x, e), i) in self.x.iter_mut().zip(&mut self.excite).zip(&mut self.inhibit) {
-            *x += (*e - *i).max(0.0);
-            (*e, *i) = (0.0, 0.0);
+        for (j, x) in self.x.iter_mut().enumerate() {
+            let (e, i) = gx.integrate(j, y);
+            *x += (e - i).max(0.0);
         }
     }
 }
@@ -318,17 +309,15 @@ fn score_with(mut brain: Brain, tokens: &[u32]) -> Result<(Vec<f32>, f64)> {
     Ok((logits, loss))
 }
 
-/// Mean cross-entropy (f64) of logits (T, V) where position t predicts token t + 1
-/// (0 for fewer than two tokens; a token past V counts as infinitely unlikely).
+/// Mean cross-entropy of logits (T, V) where position t predicts token t + 1 (0 for
+/// fewer than two tokens; infinite for a token past V or logits too few).
 pub fn mean_loss(logits: &[f32], tokens: &[u32], v: usize) -> f64 {
     if tokens.len() < 2 || v == 0 {
         return 0.0;
     }
-    let mut loss = 0.0;
-    for (out, &next) in logits.chunks_exact(v).zip(&tokens[1..]) {
-        let max = out.iter().map(|&l| l as f64).fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = out.iter().map(|&l| (l as f64 - max).exp()).sum();
-        loss += max + sum.ln() - out.get(next as usize).map_or(f64::NEG_INFINITY, |&l| l as f64);
+    let targets = &tokens[1..];
+    if targets.iter().any(|&t| t as usize >= v) || logits.len() < targets.len() * v {
+        return f64::INFINITY;
     }
-    loss / (tokens.len() - 1).max(1) as f64
+    crate::model::loss::cross_entropy(&logits[..targets.len() * v], targets, v) as f64
 }
