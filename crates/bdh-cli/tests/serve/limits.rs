@@ -290,13 +290,14 @@ fn connections_past_the_cap_are_refused_at_once_and_health_answers_within_the_re
 
 #[test]
 fn sigterm_ends_within_the_grace_period_while_clients_hold_half_sent_requests() {
-    let mut s = Server::start(&["--grace-seconds", "1"]);
+    // A stream far longer than the grace period lasts, however fast the machine.
+    let mut s = Server::start(&["--grace-seconds", "1", "--max-completion-tokens", "200000"]);
     let mut body = connect(&s);
     body.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"prompt\": ").unwrap();
     let mut headers = connect(&s);
     headers.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
     let _silent = connect(&s);
-    let stream = start_stream(&s, &json!({"prompt": "ROMEO:", "max_tokens": 4000}));
+    let stream = start_stream(&s, &json!({"prompt": "ROMEO:", "max_tokens": 200000}));
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     sigterm(&s.child);
