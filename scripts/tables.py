@@ -13,7 +13,8 @@ same thread count (the default, 2, is the one the docs were made with).
 Needs a built bdh (`target/release/bdh`, `$BDH`, or `bdh` on the PATH) and
 Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
 
-Tables: layer-variants and layer-variants-shakespeare (docs/training.md), default-run, facts, recall-variants (docs/training.md; recall-variants
+Tables: layer-variants, layer-variants-shakespeare, layer-variants-full and
+layer-variants-full-shakespeare (docs/training.md), default-run, facts, recall-variants (docs/training.md; recall-variants
 with --threads 1 --jobs 2), decay (docs/training.md),
 bpe (docs/training.md), merge (docs/merge.md), compare, compare-m and
 compare-shakespeare (docs/compare.md),
@@ -39,7 +40,7 @@ DOCS_THREADS = 2
 class Bdh:
     """Runs bdh commands with a fixed thread count, from the repository root."""
 
-    def __init__(self, threads, runs, jobs=1):
+    def __init__(self, threads, runs, jobs=1, seeds=None):
         found = os.environ.get("BDH") or (
             str(ROOT / "target/release/bdh") if (ROOT / "target/release/bdh").exists() else shutil.which("bdh")
         )
@@ -49,6 +50,7 @@ class Bdh:
         self.threads = str(threads)
         self.runs = Path(runs)
         self.jobs = jobs
+        self.seeds = seeds
 
     def run(self, *args, capture=True):
         """bdh ARGS; its output if `capture`, else shown on standard error (standard
@@ -372,34 +374,45 @@ LAYER_LRS = [3e-4, 1e-3, 3e-3, 1e-2]
 LAYER_STEPS = 1000
 
 
+def layer_run(b, folder, name, sets, lr, shakespeare, extra=()):
+    """The held-out loss after the last step of one variant's run at peak rate `lr`
+    (None where training diverged)."""
+    args = [a for s_ in sets for a in ("--set", s_)]
+    args += ["--set", f"training.lr={lr:g}", "--set", f"training.min_lr={lr / 10:g}", *extra]
+    if shakespeare:
+        args += ["--data", DATA]
+    try:
+        run, _, _ = b.train(f"{folder}/{name}", *args)
+        return records(run, "val_loss")[-1]["val_loss"]
+    except SystemExit as e:
+        # bdh stops a run whose loss is not finite with exit status 4: record it
+        if "exit status 4" not in str(e.code):
+            raise
+        shutil.rmtree(b.runs / folder / name, ignore_errors=True)
+        return None
+
+
+def layer_sweep(b, shakespeare):
+    """Each variant's row of the short sweep: its label, the loss at each rate, and
+    its best (loss, rate) or None."""
+    if shakespeare:
+        need_data()
+    folder = "layer-variants-shakespeare" if shakespeare else "layer-variants"
+    short = ["--set", f"training.max_steps={LAYER_STEPS}", "--set", "training.eval_interval=250"]
+    rows = []
+    for label, name, sets in LAYER_VARIANTS:
+        vals = [layer_run(b, folder, f"{name}-lr{lr:g}", sets, lr, shakespeare, short) for lr in LAYER_LRS]
+        done = [(v, lr) for v, lr in zip(vals, LAYER_LRS) if v is not None]
+        rows.append((label, name, sets, vals, min(done) if done else None))
+    return rows
+
+
 def layer_variants(b, shakespeare=False):
     """Each variant of the layer at the recall preset's size, 1000 steps, four peak
     learning rates: the held-out loss of each (— where training diverged)."""
-    if shakespeare:
-        need_data()
     rows = []
-    for label, name, sets in LAYER_VARIANTS:
-        cells, best = [label], None
-        for lr in LAYER_LRS:
-            args = [a for s_ in sets for a in ("--set", s_)]
-            args += ["--set", f"training.lr={lr:g}", "--set", f"training.min_lr={lr / 10:g}",
-                     "--set", f"training.max_steps={LAYER_STEPS}", "--set", "training.eval_interval=250"]
-            if shakespeare:
-                args += ["--data", DATA]
-            folder = "layer-variants-shakespeare" if shakespeare else "layer-variants"
-            path = b.runs / folder / f"{name}-lr{lr:g}"
-            try:
-                run, _, _ = b.train(f"{folder}/{name}-lr{lr:g}", *args)
-                val = records(run, "val_loss")[-1]["val_loss"]
-            except SystemExit as e:
-                # bdh stops a run whose loss is not finite with exit status 4: record it
-                if "exit status 4" not in str(e.code):
-                    raise
-                val = None
-                shutil.rmtree(path, ignore_errors=True)
-            cells.append("—" if val is None else f"{val:.4f}")
-            if val is not None and (best is None or val < best[0]):
-                best = (val, lr)
+    for label, _, _, vals, best in layer_sweep(b, shakespeare):
+        cells = [label, *("—" if v is None else f"{v:.4f}" for v in vals)]
         cells.append("—" if best is None else f"{best[0]:.4f} (lr {best[1]:g})")
         rows.append(cells)
     base = float(rows[0][-1].split()[0])
@@ -408,6 +421,40 @@ def layer_variants(b, shakespeare=False):
     unit = "nats per byte, tiny Shakespeare's held-out 10%" if shakespeare else "nats per byte, the built-in corpus"
     print(f"held-out loss ({unit}), recall preset's model, {LAYER_STEPS} steps:\n")
     table(["layer", *(f"lr {lr:g}" for lr in LAYER_LRS), "best", "best − bdh.py's"], rows)
+
+
+LAYER_SEEDS = [1337, 1, 2]
+
+
+def layer_variants_full(b, shakespeare=False):
+    """Each variant at the rate its short sweep chose, trained for the recall preset's
+    whole budget with three seeds (or --seeds): the held-out loss, mean ± half
+    range, and its margin over bdh.py's layer."""
+    folder = "layer-variants-full-shakespeare" if shakespeare else "layer-variants-full"
+    seeds = b.seeds or LAYER_SEEDS
+    rows, base = [], None
+    for label, name, sets, _, best in layer_sweep(b, shakespeare):
+        if best is None:
+            rows.append([label, "—", "—", "—", "—"])
+            continue
+        lr = best[1]
+        vals = [layer_run(b, folder, f"{name}-seed{seed}", sets, lr, shakespeare, ["--set", f"training.seed={seed}"])
+                for seed in seeds]
+        got = [v for v in vals if v is not None]
+        mean = sum(got) / len(got) if got else None
+        if base is None:
+            base = mean
+        rows.append([
+            label,
+            f"{lr:g}",
+            ", ".join("diverged" if v is None else f"{v:.4f}" for v in vals),
+            "—" if mean is None else f"{mean:.4f} ± {(max(got) - min(got)) / 2:.4f}",
+            "—" if mean is None or base is None else signed(mean - base, 4),
+        ])
+    unit = "nats per byte, tiny Shakespeare's held-out 10%" if shakespeare else "nats per byte, the built-in corpus"
+    print(f"held-out loss ({unit}), recall preset's model and budget:\n")
+    table(["layer", "peak lr (from the sweep)", "seeds " + ", ".join(map(str, seeds)), "mean ± half range",
+           "mean − bdh.py's"], rows)
 
 
 def compare(b):
@@ -539,6 +586,8 @@ def median(values):
 
 
 TABLES = {"layer-variants": layer_variants, "layer-variants-shakespeare": lambda b: layer_variants(b, True),
+          "layer-variants-full": layer_variants_full,
+          "layer-variants-full-shakespeare": lambda b: layer_variants_full(b, True),
           "default-run": default_run, "facts": facts, "recall-variants": recall_variants, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare,
           "compare-m": compare_m, "compare-shakespeare": compare_shakespeare, "mpi": mpi,
           "nanogpt-sweep": nanogpt_sweep, "nanogpt": nanogpt}
@@ -551,10 +600,12 @@ def main():
     p.add_argument("--runs", default=str(ROOT / "runs" / "tables"), help="where the runs are kept")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once by the tables of several runs (recall-variants: made with --threads 1 --jobs 2)")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
+                   help="the seeds of the tables that take several, comma-separated (layer-variants-full: 1337,1,2)")
     a = p.parse_args()
     if a.jobs < 1 or a.threads < 1:
         p.error("--threads and --jobs must be at least 1")
-    TABLES[a.table](Bdh(a.threads, Path(a.runs), a.jobs))
+    TABLES[a.table](Bdh(a.threads, Path(a.runs), a.jobs, a.seeds))
 
 
 if __name__ == "__main__":

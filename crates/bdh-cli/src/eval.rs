@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bdh::data::{BytesView, Corpus, DataConfig, Tokenized, Tokenizer};
+use bdh::data::{BytesView, Corpus, DataConfig, Task, Tokenized, Tokenizer};
 use bdh::engine::{Cpu, Forward};
 use bdh::eval::{
     evaluate_bytes_on, evaluate_on, evaluate_stream, evaluate_stream_tokens, evaluate_tokens_on, EvalMetrics, FileEval,
@@ -40,6 +40,10 @@ pub struct Args {
     /// Built-in corpus: validation batches to score.
     #[arg(long, default_value_t = 16)]
     batches: usize,
+    /// Score a task of the built-in generator (`lag:K`, `dms:N`, `parity:N`, or
+    /// `language`) instead of what the run trained on.
+    #[arg(long)]
+    task: Option<Task>,
     /// Read the file as one stream (BDH only): the synapse state carries it from chunk
     /// to chunk, in constant memory, and the loss is reported by position bucket
     /// (0–256, 256–1k, 1k–4k, …) beside the loss of independent windows.
@@ -69,7 +73,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) if args.model.model.join("config.toml").symlink_metadata().is_ok() => return Err(e.into()),
         Err(_) => None,
     };
-    let file = file_to_score(&args, trained_on.as_ref(), &tokenizer, block)?;
+    anyhow::ensure!(
+        args.task.is_none() || (args.data.is_none() && !args.carry),
+        "--task scores the built-in generator's task: it takes no --data and no --carry"
+    );
+    let file = match args.task {
+        Some(_) => None,
+        None => file_to_score(&args, trained_on.as_ref(), &tokenizer, block)?,
+    };
     if args.carry {
         args.device.cpu_only("--carry")?;
         let Some((text, name)) = file else {
@@ -116,7 +127,7 @@ fn file_to_score(
     let (val, ids) = match corpus {
         Corpus::Files { val, .. } => (val, None),
         Corpus::Tokens { val, .. } => (val.text, Some(val.ids)),
-        Corpus::Synthetic(_) => unreachable!("a data path gives files"),
+        Corpus::Synthetic(_) | Corpus::Task(_) => unreachable!("a data path gives files"),
     };
     let name = match &d.val_path {
         Some(v) => format!("{}: the run's validation file, every byte", v.display()),
@@ -178,7 +189,8 @@ fn built_in(
             args.model.model.display()
         );
     }
-    let data = DataConfig { path: None, val_path: None, tokenizer: None, ..trained_on.unwrap_or_default() };
+    let mut data = DataConfig { path: None, val_path: None, tokenizer: None, ..trained_on.unwrap_or_default() };
+    data.task = args.task.unwrap_or(data.task);
     let corpus = data.corpus_with(block, tokenizer)?;
     let m = evaluate_on(on, &corpus, vocab, (args.batch, block), args.batches)?;
     // `step` counts training steps during a run; here there is none.
@@ -186,6 +198,18 @@ fn built_in(
     v.as_object_mut().map(|o| o.remove("step"));
     args.json.write(&v)?;
     if args.json.to_stdout() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(chance) = m.answer_chance {
+        let windows = crate::count(args.batches * args.batch, "window", "windows");
+        println!("task {} of the built-in generator: {windows} of {block} tokens, independent", data.task);
+        println!("loss {:.4} nats/byte, {:.4} bits/byte", m.val_loss, m.bits_per_byte);
+        println!(
+            "answer accuracy {:.1}% of {} answers; chance {:.1}%",
+            100.0 * m.answer_accuracy.unwrap_or(0.0),
+            m.answers,
+            100.0 * chance
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let s = data.synthetic();

@@ -300,8 +300,9 @@ impl Progress<'_> {
 /// An evaluation as one line: step, train and validation loss, bits per byte, accuracy.
 fn eval_line(m: &EvalMetrics, max: usize) -> String {
     let train = m.train_loss.map_or(String::new(), |l| format!("train loss {l:.4}, "));
-    let copy = match (m.copy_baseline(), m.eliminate_baseline()) {
-        (Some(c), Some(e)) => format!(" (copying {:.0}%, not given yet {:.0}%)", c * 100.0, e * 100.0),
+    let copy = match (m.copy_baseline(), m.eliminate_baseline(), m.answer_chance) {
+        (Some(c), Some(e), _) => format!(" (copying {:.0}%, not given yet {:.0}%)", c * 100.0, e * 100.0),
+        (_, _, Some(c)) => format!(" (chance {:.1}%)", c * 100.0),
         _ => String::new(),
     };
     let acc = m

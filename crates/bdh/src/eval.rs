@@ -20,6 +20,10 @@ pub struct EvalMetrics {
     pub bits_per_byte: f64,
     /// Fraction of answers predicted exactly, every byte (built-in corpus only).
     pub answer_accuracy: Option<f64>,
+    /// What guessing at random scores on a task's answers (a task of the built-in
+    /// generator only; the language's bars are in `answer_groups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_chance: Option<f64>,
     /// Answers scored.
     pub answers: usize,
     /// Answer accuracy by kind of document and number of facts, with what copying
@@ -237,6 +241,10 @@ impl Tally {
         self.batches += 1;
         self.loss += cross_entropy(logits, &batch.targets, v) as f64;
         self.bytes += corpus.tokenizer().bytes_of(&batch.targets);
+        for &(row, pos) in &batch.scored {
+            self.answers += 1;
+            self.correct += usize::from(answered(logits, &batch.targets, row * t, &(pos..pos + 1), v));
+        }
         for (row, a) in &batch.answers {
             self.answers += 1;
             let hit = answered(logits, &batch.targets, row * t, &a.range, v);
@@ -287,6 +295,7 @@ impl Tally {
             val_loss,
             bits_per_byte: bits_per_byte(val_loss, tokens, self.bytes),
             answer_accuracy: corpus.has_answers().then(|| self.correct as f64 / self.answers.max(1) as f64),
+            answer_chance: corpus.task_chance(),
             answers: self.answers,
             answer_groups: self.groups,
             train_loss: None,

@@ -30,4 +30,5 @@ mod session;
 mod setup;
 mod site;
 mod state_format;
+mod task;
 mod variant;

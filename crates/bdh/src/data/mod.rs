@@ -5,6 +5,7 @@
 
 mod bpe;
 mod synthetic;
+mod task;
 mod tokenizer;
 
 use std::fs::File;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bpe::{Bpe, MAX_FILE_BYTES as MAX_TOKENIZER_BYTES, MAX_VOCAB};
 pub use synthetic::{Answer, Document, Kind, Pair, SyntheticConfig, SyntheticLanguage, PEOPLE};
+pub use task::{Task, MAX_REACH};
 pub use tokenizer::{Tokenizer, TOKENIZER_FILE};
 
 use crate::error::{Error, Result};
@@ -60,6 +62,11 @@ pub struct DataConfig {
     /// `min_distractors..=distractors`); absent, `distractors`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_distractors: Option<usize>,
+    /// What the built-in generator makes: the language (`"language"`, the default)
+    /// or a task whose answers depend on an input a fixed number of steps back
+    /// (`"lag:K"`, `"dms:N"`, `"parity:N"`; see [`Task`]).
+    #[serde(default, skip_serializing_if = "Task::is_language")]
+    pub task: Task,
 }
 
 impl Default for DataConfig {
@@ -75,6 +82,7 @@ impl Default for DataConfig {
             lists: s.lists,
             distractors: s.distractors,
             min_distractors: Some(s.min_distractors),
+            task: Task::Language,
         }
     }
 }
@@ -92,6 +100,9 @@ impl DataConfig {
 
     /// The corpus this describes, read with `tokenizer` (already loaded).
     pub fn corpus_with(&self, block: usize, tokenizer: Tokenizer) -> Result<Corpus> {
+        if !self.task.is_language() {
+            return task_corpus(self.task, self.path.is_some(), &tokenizer, block);
+        }
         match (&self.path, tokenizer) {
             (Some(p), Tokenizer::Bytes) => Corpus::from_files(p, self.val_path.as_deref(), block),
             (Some(p), Tokenizer::Bpe(bpe)) => Corpus::tokenized(p, self.val_path.as_deref(), block, bpe),
@@ -103,6 +114,27 @@ impl DataConfig {
             )),
         }
     }
+}
+
+/// The corpus of `task`, refused with a data file or a tokenizer (the tasks are the
+/// built-in generator's, in bytes) and where no answer fits a block.
+fn task_corpus(task: Task, file: bool, tokenizer: &Tokenizer, block: usize) -> Result<Corpus> {
+    if file || !matches!(tokenizer, Tokenizer::Bytes) {
+        return Err(Error::Config(format!(
+            "data.task = \"{task}\" is made by the built-in generator, in bytes: it takes no data file and no \
+             tokenizer"
+        )));
+    }
+    // the first answer a window of `block` + 1 bytes can score: its input at the window's start
+    if 2 * task.reach() + 2 > block {
+        return Err(Error::Config(format!(
+            "data.task = \"{task}\" answers from {} bytes back, which a block of {block} bytes cannot hold: \
+             it needs blocks of {} bytes or more",
+            2 * task.reach(),
+            2 * task.reach() + 2
+        )));
+    }
+    Ok(Corpus::Task(task))
 }
 
 impl DataConfig {
@@ -143,6 +175,8 @@ pub struct Batch {
     /// (row, answer) of each answer of the synthetic language; the answer's range
     /// is of target positions in its row.
     pub answers: Vec<(usize, Answer)>,
+    /// (row, target position) of each scored answer of a task ([`Task`]).
+    pub scored: Vec<(usize, usize)>,
 }
 
 fn map_file(path: &Path) -> Result<Arc<Mapped>> {
@@ -170,6 +204,8 @@ pub enum Corpus {
         /// Validation bytes.
         val: BytesView,
     },
+    /// A task of the built-in generator (endless; validation from a separate stream).
+    Task(Task),
     /// Files read by a BPE tokenizer: the same parts as [`Corpus::Files`], as tokens.
     Tokens {
         /// Training tokens.
@@ -284,6 +320,7 @@ impl Corpus {
     pub fn train_rows(&self, seed: u64, index: u64, rows: Range<usize>, t: usize) -> Batch {
         match self {
             Corpus::Synthetic(lang) => synthetic_batch(lang, rows.map(|row| mix(mix(seed, index), row as u64)), t),
+            Corpus::Task(task) => task_batch(*task, rows.map(|row| mix(mix(seed, index), row as u64)), t),
             Corpus::Files { train, .. } => random_windows(train.bytes(), seed, index, rows, t),
             Corpus::Tokens { train, .. } => random_windows(&train.ids, seed, index, rows, t),
         }
@@ -311,6 +348,16 @@ impl Corpus {
                 }
                 Ok((batch, k == 0))
             }
+            Corpus::Task(task) => {
+                let per_pass = (crate::model::MAX_POSITION / t).max(1) as u64;
+                let k = (index % per_pass) as usize;
+                let mut batch = Batch::default();
+                for row in 0..b {
+                    let (text, answers) = task.bytes(mix(seed, row as u64), k * t, t + 1, 0);
+                    push_task_row(&mut batch, row, &text, &answers);
+                }
+                Ok((batch, k == 0))
+            }
             Corpus::Files { train, .. } => stream_windows(train.bytes(), "bytes", index, b, t),
             Corpus::Tokens { train, .. } => stream_windows(&train.ids, "tokens", index, b, t),
         }
@@ -323,6 +370,7 @@ impl Corpus {
             Corpus::Synthetic(lang) => {
                 synthetic_batch(lang, (0..b).map(|row| VAL_STREAM + (index * b + row) as u64), t)
             }
+            Corpus::Task(task) => task_batch(*task, (0..b).map(|row| VAL_STREAM + (index * b + row) as u64), t),
             Corpus::Files { val, .. } => spread_windows(val.bytes(), index, of, b, t),
             Corpus::Tokens { val, .. } => spread_windows(&val.ids, index, of, b, t),
         }
@@ -337,6 +385,7 @@ impl Corpus {
                 let end = doc.answers.first().map_or(doc.text.len(), |a| a.range.start);
                 doc.text[..end].to_string()
             }
+            Corpus::Task(task) => String::from_utf8_lossy(&task.window(VAL_STREAM - 1, 64).0).into_owned(),
             Corpus::Files { val, .. } | Corpus::Tokens { val: Tokenized { text: val, .. }, .. } => {
                 let data = val.bytes();
                 let start = data.iter().position(|&c| c == b'\n').map_or(0, |p| p + 1).min(data.len() - 1);
@@ -347,9 +396,17 @@ impl Corpus {
         }
     }
 
-    /// Whether answers are marked (the synthetic language).
+    /// Whether answers are marked (the built-in generator's language and tasks).
     pub fn has_answers(&self) -> bool {
-        matches!(self, Corpus::Synthetic(_))
+        matches!(self, Corpus::Synthetic(_) | Corpus::Task(_))
+    }
+
+    /// What guessing at random scores on a task's answers (`None` but for a task).
+    pub fn task_chance(&self) -> Option<f64> {
+        match self {
+            Corpus::Task(task) => Some(task.chance()),
+            _ => None,
+        }
     }
 }
 
@@ -390,6 +447,26 @@ fn synthetic_batch(lang: &SyntheticLanguage, seeds: impl Iterator<Item = u64>, t
         }));
     }
     batch
+}
+
+/// A batch of a task: row r a window of T + 1 bytes of the stream seeded by the
+/// r-th seed ([`Task::window`]).
+fn task_batch(task: Task, seeds: impl Iterator<Item = u64>, t: usize) -> Batch {
+    let mut batch = Batch::default();
+    for (row, seed) in seeds.enumerate() {
+        let (text, answers) = task.window(seed, t + 1);
+        push_task_row(&mut batch, row, &text, &answers);
+    }
+    batch
+}
+
+/// Appends row `row`, the T + 1 bytes `text` with answers at byte positions
+/// `answers`, to `batch`: a target position is a byte's position minus one.
+fn push_task_row(batch: &mut Batch, row: usize, text: &[u8], answers: &[usize]) {
+    let t = text.len() - 1;
+    batch.tokens.extend(text[..t].iter().map(|&x| x as u32));
+    batch.targets.extend(text[1..].iter().map(|&x| x as u32));
+    batch.scored.extend(answers.iter().filter(|&&p| p >= 1).map(|&p| (row, p - 1)));
 }
 
 /// The training and validation parts of a file (the first 90% and the last 10%),

@@ -326,6 +326,7 @@ const OMITTED: &[(&str, &str)] = &[
     ("model.residual", "\"d\""),
     ("model.position", "\"rope\""),
     ("training.init_scale", "{}"),
+    ("data.task", "\"language\""),
 ];
 
 /// The default of a key that a config writes only when it is not that default.
