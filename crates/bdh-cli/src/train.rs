@@ -308,7 +308,20 @@ fn eval_line(m: &EvalMetrics, max: usize) -> String {
     let acc = m
         .answer_accuracy
         .map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}{copy}", a * 100.0, m.answers));
-    format!("step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}", m.step, m.val_loss, m.bits_per_byte)
+    let timescales = match m.retention.as_slice() {
+        [] => String::new(),
+        r => format!(", learned timescales 1/(1−γ) {}", timescales(r)),
+    };
+    format!(
+        "step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}{timescales}",
+        m.step, m.val_loss, m.bits_per_byte
+    )
+}
+
+/// Each head's timescale 1/(1 − γ_h) in tokens, `∞` for γ = 1.
+pub(crate) fn timescales(retention: &[f32]) -> String {
+    let one = |g: f32| if g >= 1.0 { "∞".to_string() } else { format!("{:.1}", 1.0 / (1.0 - g as f64)) };
+    retention.iter().map(|&g| one(g)).collect::<Vec<_>>().join(", ")
 }
 
 /// `runs/<preset>-<local date>-<time>` (with `-2`, `-3`, … if taken), and

@@ -217,6 +217,13 @@ pub fn runs_layer(m: &bdh::model::bdh::Bdh) -> Result<()> {
                 .into(),
         ));
     }
+    if m.config.decay.is_learned() {
+        return Err(Error::Device(
+            "this model learns its decay (decay = \"learned\": the parameter attn.decay), which the GPU backend \
+             neither trains nor reads: use --device cpu"
+                .into(),
+        ));
+    }
     match m.config.variant() {
         Some(v) if !m.config.has_bdhpy_norm_and_residual() => Err(Error::Device(format!(
             "this model's layer ({v}) is not bdh.py's, and the GPU backend runs bdh.py's layer (any decay, any \

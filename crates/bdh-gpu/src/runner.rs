@@ -37,7 +37,7 @@ impl<R: Runtime> Runner<R> {
             });
         }
         let weights = forward::Weights::upload(&dev, &model)?;
-        let gamma = model.config.decay.retention(model.config.n_head);
+        let gamma = model.retention();
         let gamma = if gamma.is_empty() { None } else { Some(dev.upload(&gamma, "retention")?) };
         Ok(Runner { dev, model, weights, gamma, pass: None, traced: None })
     }

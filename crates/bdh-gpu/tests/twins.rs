@@ -92,7 +92,7 @@ fn causal_attention_with_decay_equals_the_cpu() {
     causal_linear_attention(&mut out, &mut scores, &mut q, &x, &v, (&table.cos, &table.sin), &decay, shape);
 
     // The device forward's sequence: RoPE, masked scores, decay, scores · v.
-    let dt = bdh::model::bdh::decay::DecayTable::new(&bdh::model::bdh::Decay::Retention(decay.to_vec()), h, t);
+    let dt = bdh::model::bdh::decay::DecayTable::new(decay.to_vec(), t);
     let powers: Vec<f32> = (0..h)
         .flat_map(|hh| (0..t).map(move |k| (hh, k)))
         .map(|(hh, k)| if k == 0 { 1.0 } else { dt.read[hh * t + k - 1] })

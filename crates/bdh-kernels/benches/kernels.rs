@@ -45,12 +45,14 @@ fn dense_kernels(c: &mut Criterion) {
     });
     causal_linear_attention(&mut o, &mut s, &mut qr, &q, &v, (&cos, &sin), &[], one);
     let da = data(t * d, 5);
-    let (mut dq, mut dv, mut ds) = (vec![0.0; t * n], vec![0.0; t * d], vec![0.0; t * t]);
+    let (mut dq, mut dv, mut ds, mut dlog) = (vec![0.0; t * n], vec![0.0; t * d], vec![0.0; t * t], [0.0]);
     let mut dx = data(t * n, 9);
     let saved = AttentionSaved { x: &q, q: &qr, v: &v, scores: &s, cos: &cos, sin: &sin, decay: &[] };
     g.throughput(Throughput::Elements((2 * t * t * (n + d)) as u64));
     g.bench_function("causal_linear_attention_backward T256 N1024 D128", |bch| {
-        bch.iter(|| causal_linear_attention_backward(&mut dx, &mut dq, &mut dv, &mut ds, black_box(&da), saved, one))
+        bch.iter(|| {
+            causal_linear_attention_backward(&mut dx, &mut dq, &mut dv, &mut ds, &mut dlog, black_box(&da), saved, one)
+        })
     });
     let mut x = data(t * d * 8, 6);
     let mut rstd = vec![0.0; t * 8];

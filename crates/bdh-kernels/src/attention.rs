@@ -96,11 +96,16 @@ pub struct AttentionSaved<'a> {
 /// (B, H, T, D; the caller sums the heads), `dq = (dS + dSᵀ) q` (B, H, T, N), and
 /// through RoPE and the ReLU that made x: `dx = [x > 0] ⊙ (dx + Rᵀ dq)` (`dx` holds
 /// the gradient of x by other paths on entry). `dq` and `dv` are overwritten.
+/// `dlog_decay` (B, H) receives d loss / d ln γ_h of each (row, head) (what a learned
+/// decay trains by; a T²/2 sum, small beside the products): `Σ_{τ<t} dS_tτ S_tτ (t−τ)`,
+/// with dS before the decay's weighting (0 without a decay).
+#[allow(clippy::too_many_arguments)]
 pub fn causal_linear_attention_backward(
     dx: &mut [f32],
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
+    dlog_decay: &mut [f32],
     da: &[f32],
     saved: AttentionSaved,
     s: Attention,
@@ -118,24 +123,26 @@ pub fn causal_linear_attention_backward(
             && dscores.len() == b * h * t * t
             && scores.len() == dscores.len()
             && cos.len() * 2 == t * n
-            && (decay.is_empty() || decay.len() == h),
+            && (decay.is_empty() || decay.len() == h)
+            && dlog_decay.len() == b * h,
         "causal_linear_attention_backward: sizes for {s:?}"
     );
-    (dx.par_chunks_mut(t * n), dq.par_chunks_mut(t * n), dv.par_chunks_mut(t * d), dscores.par_chunks_mut(t * t))
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(bh, (dx, dq, dv, dscores))| {
+    let grads = (dx.par_chunks_mut(t * n), dq.par_chunks_mut(t * n), dv.par_chunks_mut(t * d));
+    (grads, dscores.par_chunks_mut(t * t), dlog_decay.par_iter_mut()).into_par_iter().enumerate().for_each(
+        |(bh, ((dx, dq, dv), dscores, dlog))| {
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
             let (nb, db, tb) =
                 (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d, bh * t * t..(bh + 1) * t * t);
             let gamma = decay.get(bh % h).copied();
-            attention_backward_one(dq, dv, dscores, &da[db], &q[nb.clone()], v, &scores[tb], gamma, (t, n, d));
+            let saved = (&q[nb.clone()], v, &scores[tb]);
+            attention_backward_one(dq, dv, dscores, dlog, &da[db], saved, gamma, (t, n, d));
             with_scratch(&QT, |rotated| {
                 rotated.resize(t * n, 0.0);
                 rope_block(rotated, dq, cos, sin, n, RopeDirection::Inverse);
                 relu_backward_add_block(dx, rotated, &x[nb]);
             });
-        });
+        },
+    );
 }
 
 /// Zeroes the diagonal and everything above it of a t×t matrix and, with a
@@ -244,16 +251,15 @@ fn attention_one_scalar(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32
     }
 }
 
-/// Backward of one (row, head).
+/// Backward of one (row, head), from what its forward kept: (q, v, scores).
 #[allow(clippy::too_many_arguments)]
 fn attention_backward_one(
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
+    dlog_decay: &mut f32,
     da: &[f32],
-    q: &[f32],
-    v: &[f32],
-    scores: &[f32],
+    (q, v, scores): (&[f32], &[f32], &[f32]),
     gamma: Option<f32>,
     (t, n, d): Dims3,
 ) {
@@ -261,6 +267,15 @@ fn attention_backward_one(
         // dS[r0..r1, ..r1] = da[r0..r1] · v[..r1]ᵀ
         matmul(&mut dscores[r0 * t..], &da[r0 * d..], v, MatMul::new(r1 - r0, d, r1).b_t().ld(0, 0, t));
     }
+    // S = P ⊙ γ^(t−τ)  ⇒  d loss / d ln γ = Σ dS ⊙ S ⊙ (t−τ)
+    let mut sum = 0.0f64;
+    if gamma.is_some() {
+        for i in 1..t {
+            let (ds, s) = (&dscores[i * t..i * t + i], &scores[i * t..i * t + i]);
+            sum += ds.iter().zip(s).enumerate().map(|(j, (&g, &s))| (g * s) as f64 * (i - j) as f64).sum::<f64>();
+        }
+    }
+    *dlog_decay = sum as f32;
     // the scores were q qᵀ ⊙ Γ: the gradient of q qᵀ is dS ⊙ Γ
     mask_and_decay(dscores, t, gamma);
     for (r0, r1) in blocks(t) {
@@ -281,11 +296,13 @@ fn attention_backward_one(
 /// Scalar twin of [`causal_linear_attention_backward`], from the definition with
 /// f64 sums; recomputes the (decayed) scores from q instead of reading them.
 #[cfg(test)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn causal_linear_attention_backward_scalar(
     dx: &mut [f32],
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
+    dlog_decay: &mut [f32],
     da: &[f32],
     saved: AttentionSaved,
     s: Attention,
@@ -297,7 +314,7 @@ pub(crate) fn causal_linear_attention_backward_scalar(
         let (nb, db) = (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d);
         let ds = &mut dscores[bh * t * t..(bh + 1) * t * t];
         let gamma = decay.get(bh % h).copied();
-        attention_backward_one_scalar(
+        let dlog = attention_backward_one_scalar(
             &mut dq[nb.clone()],
             &mut dv[db.clone()],
             ds,
@@ -307,12 +324,14 @@ pub(crate) fn causal_linear_attention_backward_scalar(
             gamma,
             (t, n, d),
         );
+        dlog_decay[bh] = if gamma.is_some() { dlog as f32 } else { 0.0 };
     }
     let mut rotated = vec![0.0; dq.len()];
     crate::rope::rope_scalar(&mut rotated, dq, cos, sin, n, RopeDirection::Inverse);
     crate::elementwise::scalar::relu_backward_add(dx, &rotated, x);
 }
 
+/// Returns d loss / d ln γ: `Σ_{j<i} (da_i · v_j)(q_i · q_j) γ^(i−j) (i−j)`.
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn attention_backward_one_scalar(
@@ -324,7 +343,8 @@ fn attention_backward_one_scalar(
     v: &[f32],
     gamma: Option<f32>,
     (t, n, d): Dims3,
-) {
+) -> f64 {
+    let mut dlog = 0.0f64;
     let dot = |x: &[f32], i: usize, y: &[f32], j: usize, w: usize| -> f64 {
         (0..w).map(|k| x[i * w + k] as f64 * y[j * w + k] as f64).sum()
     };
@@ -335,7 +355,9 @@ fn attention_backward_one_scalar(
         for j in 0..i {
             let f = decay_factor(gamma, i, j);
             let s = dot(q, i, q, j, n) * f;
-            let ds = dot(da, i, v, j, d) * f;
+            let raw = dot(da, i, v, j, d);
+            let ds = raw * f;
+            dlog += raw * s * (i - j) as f64;
             dscores[i * t + j] = ds as f32;
             for k in 0..d {
                 gv[j * d + k] += s * da[i * d + k] as f64;
@@ -352,4 +374,5 @@ fn attention_backward_one_scalar(
     for (o, g) in dv.iter_mut().zip(gv) {
         *o = g as f32;
     }
+    dlog
 }

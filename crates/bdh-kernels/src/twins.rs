@@ -145,8 +145,12 @@ fn causal_linear_attention_and_backward_equal_twins() {
         let (mut dx_f, mut dx_s) = (dx.clone(), dx);
         let saved = |q, scores| AttentionSaved { x: &x, q, v: &v, scores, cos: &cos, sin: &sin, decay: &decay };
         let (fast, slow) = (saved(&q_f, &s_f), saved(&q_s, &s_s));
-        causal_linear_attention_backward(&mut dx_f, &mut dq_f, &mut dv_f, &mut ds_f, &da, fast, shape);
-        causal_linear_attention_backward_scalar(&mut dx_s, &mut dq_s, &mut dv_s, &mut ds_s, &da, slow, shape);
+        let (mut dl_f, mut dl_s) = (vec![7.0; b * h], vec![7.0; b * h]);
+        causal_linear_attention_backward(&mut dx_f, &mut dq_f, &mut dv_f, &mut ds_f, &mut dl_f, &da, fast, shape);
+        causal_linear_attention_backward_scalar(
+            &mut dx_s, &mut dq_s, &mut dv_s, &mut ds_s, &mut dl_s, &da, slow, shape,
+        );
+        assert_close(&format!("attention backward d ln γ {shape:?}"), &dl_f, &dl_s, 1e-4);
         assert_close(&format!("attention backward dq {shape:?}"), &dq_f, &dq_s, 1e-5);
         assert_close(&format!("attention backward dv {shape:?}"), &dv_f, &dv_s, 1e-5);
         assert_close(&format!("attention backward dx {shape:?}"), &dx_f, &dx_s, 1e-5);

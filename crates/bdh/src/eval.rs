@@ -34,6 +34,9 @@ pub struct EvalMetrics {
     /// before the evaluation (nats per token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
+    /// During training with a learned decay: each head's retention γ_h at this step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention: Vec<f32>,
 }
 
 /// The answers of one kind of document with one number of facts.
@@ -299,6 +302,7 @@ impl Tally {
             answers: self.answers,
             answer_groups: self.groups,
             train_loss: None,
+            retention: Vec::new(),
         }
     }
 }

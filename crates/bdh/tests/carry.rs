@@ -14,7 +14,7 @@ pub fn model(scale: f32, decay: Decay) -> Bdh {
     let Model::Bdh(mut m) = bdh_model(BdhConfig { decay, ..tiny_config(2, 16, 2, 4) }, 11) else {
         unreachable!("a BDH")
     };
-    m.params.data_mut().iter_mut().for_each(|x| *x *= scale);
+    crate::backward::scale_weights(&mut m.params, scale);
     m
 }
 
@@ -88,6 +88,7 @@ pub fn backward_matches_finite_differences(m: &Bdh, eps: f32) {
     assert!(max_rel_diff(grads.data(), without.data()) > 1e-2);
 
     for (k, (slot, g)) in grads.tensors().enumerate() {
+        let eps = crate::backward::step_for(&slot.name, eps);
         // Half along the gradient, half pseudo-random: large enough to measure in f32.
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         let r: Vec<f32> = tokens(g.len(), 50 + k as u64).iter().map(|&x| x as f32 / 128.0 - 1.0).collect();

@@ -54,7 +54,7 @@ fn alibi_slopes_are_those_of_its_reference_code() {
     assert_eq!(alibi_slopes(2), vec![p(4), p(8)]);
     // Six heads: the four of H = 4, then every other one of H = 8 (2^−1, 2^−3).
     assert_eq!(alibi_slopes(6), vec![p(2), p(4), p(6), p(8), p(1), p(3)]);
-    let gamma = Decay::Alibi.retention(2);
+    let gamma = Decay::Alibi.initial(2);
     assert!((gamma[0] as f64 - (-p(4)).exp()).abs() < 1e-7 && (gamma[1] as f64 - (-p(8)).exp()).abs() < 1e-7);
 }
 
@@ -148,4 +148,49 @@ fn backward_with_a_decay_and_a_carried_state_matches_finite_differences() {
 fn backward_with_a_decay_matches_finite_differences() {
     let cfg = with(Decay::Retention(vec![0.6, 0.9]), tiny_config(2, 16, 2, 4));
     crate::backward::check_gradients(bdh_model(cfg, 11), bdh::Mode::Eval, 10.0, 1e-4);
+}
+
+#[test]
+fn a_learned_decay_starts_at_alibi_and_trains_its_logits() {
+    let cfg = with(Decay::Learned, tiny_config(2, 16, 2, 4));
+    let Model::Bdh(m) = bdh_model(cfg.clone(), 11) else { unreachable!("a BDH") };
+    // θ after bdh.py's five tensors, drawn as without it; γ = sigmoid(θ) = ALiBi's
+    let Model::Bdh(plain) = bdh_model(with(Decay::Alibi, cfg.clone()), 11) else { unreachable!("a BDH") };
+    assert_eq!(&m.params.data()[..plain.params.len()], plain.params.data());
+    assert_eq!(m.params.slots().last().unwrap().name, "attn.decay");
+    assert!(max_rel_diff(&m.retention(), &Decay::Alibi.initial(2)) < 1e-6);
+    assert_eq!(cfg.param_count(), plain.config.param_count() + 2);
+    // the same model as ALiBi's until θ moves
+    let toks = tokens(40, 3);
+    let logits = |m: &bdh::model::bdh::Bdh| {
+        let mut acts = Activations::new(m, 1, 40).unwrap();
+        forward(m, &toks, &mut acts, Pass::default()).unwrap();
+        acts.logits
+    };
+    assert!(max_rel_diff(&logits(&m), &logits(&plain)) < 1e-6);
+    let mut moved = m.clone();
+    moved.params.get_mut("attn.decay").unwrap()[1] = -1.0;
+    assert!(max_rel_diff(&logits(&moved), &logits(&m)) > 1e-3, "γ comes from θ");
+    // θ is not weight-decayed (it would pull γ to ½)
+    assert_eq!(Model::Bdh(m).weight_decay_mask(), [true, true, true, true, true, false]);
+}
+
+#[test]
+fn a_learned_decay_steps_as_it_runs_in_parallel() {
+    let Model::Bdh(mut m) = bdh_model(with(Decay::Learned, tiny_config(2, 32, 2, 8)), 4) else { unreachable!() };
+    m.params.get_mut("attn.decay").unwrap().copy_from_slice(&[-0.5, 3.0]);
+    let toks = tokens(200, 4);
+    let m = Model::Bdh(m);
+    let (sparse, dense) = (recurrent_vs_parallel(&m, &toks, false), recurrent_vs_parallel(&m, &toks, true));
+    println!("learned γ T200: max rel diff sparse {sparse:.2e}, dense {dense:.2e}");
+    assert!(sparse < 5e-6 && dense < 5e-6, "{sparse} {dense}");
+}
+
+#[test]
+fn the_gradient_of_a_learned_decay_matches_finite_differences() {
+    let cfg = with(Decay::Learned, tiny_config(2, 16, 2, 4));
+    crate::backward::check_gradients(bdh_model(cfg, 11), bdh::Mode::Eval, 10.0, 1e-4);
+    // through the read of a carried state too
+    backward_matches_finite_differences(&model(10.0, Decay::Learned), 1e-4);
+    chunks_equal_one_forward(&model(1.0, Decay::Learned));
 }

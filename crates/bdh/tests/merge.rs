@@ -81,7 +81,7 @@ fn models_whose_heads_decay_differently_do_not_merge() {
     let err = merge(&decaying(Decay::Alibi), &bdh(2, 32, 2, 8, 2)).unwrap_err().to_string();
     assert!(err.contains("decay differently") && err.contains("\"alibi\"") && err.contains("\"none\""), "{err}");
     // ALiBi's γ written out as a list is the same decay.
-    let gamma = Decay::Alibi.retention(2);
+    let gamma = Decay::Alibi.initial(2);
     let (m, _) = merge(&decaying(Decay::Alibi), &decaying(Decay::Retention(gamma))).unwrap();
     assert_eq!(m.config.n_neurons(), 2 * 128);
 }

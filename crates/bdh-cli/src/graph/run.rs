@@ -159,8 +159,7 @@ fn model_of(g: &Graph, path: &Path) -> anyhow::Result<Model> {
     let i = &g.info;
     let fits = match &model {
         Model::Bdh(m) => {
-            m.params.fingerprint() == i.weights
-                && (m.config.n_layer, m.config.decay.retention(m.config.n_head)) == (i.n_layer, i.retention.clone())
+            m.params.fingerprint() == i.weights && (m.config.n_layer, m.retention()) == (i.n_layer, i.retention.clone())
         }
         Model::Gpt(_) => false,
     };

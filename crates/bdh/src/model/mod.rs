@@ -189,12 +189,13 @@ impl Model {
         }
     }
 
-    /// Per parameter slot, whether AdamW's weight decay applies: every tensor for
-    /// BDH (as the reference trains), tensors of two or more dimensions for GPT (as
+    /// Per parameter slot, whether AdamW's weight decay applies: every tensor of
+    /// bdh.py's for BDH (as the reference trains; not a learned decay's θ, which
+    /// it would pull to γ = ½), tensors of two or more dimensions for GPT (as
     /// nanoGPT configures its optimizer).
     pub fn weight_decay_mask(&self) -> Vec<bool> {
         match self {
-            Model::Bdh(m) => vec![true; m.params.slots().len()],
+            Model::Bdh(m) => m.params.slots().iter().map(|s| s.name != bdh::DECAY_NAME).collect(),
             Model::Gpt(m) => m.params.slots().iter().map(|s| gpt::params::decays(&s.shape)).collect(),
         }
     }

@@ -327,6 +327,11 @@ fn train_once(
                 break;
             };
             m.train_loss = Some(recent.iter().sum::<f64>() / recent.len().max(1) as f64);
+            if let Model::Bdh(bdh) = &trainer.model {
+                if bdh.config.decay.is_learned() {
+                    m.retention = bdh.retention();
+                }
+            }
             metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
             on(Event::Eval(&m));
             ensure_finite(&trainer, state.step, &last_dir)?; // before `best` or `last` could get them

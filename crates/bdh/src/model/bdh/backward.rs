@@ -23,19 +23,20 @@ use crate::params::Params;
 #[derive(Debug)]
 pub struct Backward {
     dims: Dims,
-    dlogits: Vec<f32>,   // (B, T, V)
-    dv: Vec<f32>,        // (B, T, D) d loss / d residual stream at the current depth
-    du: Vec<f32>,        // (B, T, D) d loss / d decoder output
-    z: Vec<f32>,         // (B, H, T, N) recomputed dropout(x ⊙ y)
-    dx: Vec<f32>,        // (B, H, T, N) d loss / d x, then through the ReLU
-    dy: Vec<f32>,        // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
-    dq: Vec<f32>,        // (B, H, T, N) d loss / d R(x)
-    dq0: Vec<f32>,       // (B, H, T, N) d loss / d x through the read of a carried ρ₀
-    dx_up: Vec<f32>,     // (B, H, T, N) d loss / d x of the layer above, with the residual in the neurons; else empty
-    da: Vec<f32>,        // (B, H, T, D) d loss / d attention output
-    dvh: Vec<f32>,       // (B, H, T, D) d loss / d v through each head's attention values
-    dscores: Vec<f32>,   // (B, H, T, T)
-    lm_head_t: Vec<f32>, // (V, D)
+    dlogits: Vec<f32>,    // (B, T, V)
+    dv: Vec<f32>,         // (B, T, D) d loss / d residual stream at the current depth
+    du: Vec<f32>,         // (B, T, D) d loss / d decoder output
+    z: Vec<f32>,          // (B, H, T, N) recomputed dropout(x ⊙ y)
+    dx: Vec<f32>,         // (B, H, T, N) d loss / d x, then through the ReLU
+    dy: Vec<f32>,         // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
+    dq: Vec<f32>,         // (B, H, T, N) d loss / d R(x)
+    dq0: Vec<f32>,        // (B, H, T, N) d loss / d x through the read of a carried ρ₀
+    dx_up: Vec<f32>,      // (B, H, T, N) d loss / d x of the layer above, with the residual in the neurons; else empty
+    da: Vec<f32>,         // (B, H, T, D) d loss / d attention output
+    dvh: Vec<f32>,        // (B, H, T, D) d loss / d v through each head's attention values
+    dscores: Vec<f32>,    // (B, H, T, T)
+    dlog_decay: Vec<f32>, // (B, H) d loss / d ln γ_h of each row, with a learned decay
+    lm_head_t: Vec<f32>,  // (V, D)
     weights_t: Transposed,
 }
 
@@ -72,6 +73,7 @@ impl Backward {
             da: zeroed(&[b, h, t, d])?,
             dvh: zeroed(&[b, h, t, d])?,
             dscores: zeroed(&[b, h, t, t])?,
+            dlog_decay: zeroed(&[b, h])?,
             lm_head_t: zeroed(&[v, d])?,
             weights_t: Transposed {
                 decoder_t: zeroed(&[h, d, n])?,
@@ -176,10 +178,18 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
             pos0,
         };
         let weights_t = std::mem::take(&mut s.weights_t); // read by every row while they write the rest of `s`
+        let learned = model.config.decay.is_learned();
         let mut rows = RowGrads::split(s, saved, dm);
-        bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm));
+        bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm, learned));
         drop(rows);
         s.weights_t = weights_t;
+        if learned {
+            // γ_h = sigmoid(θ_h)  ⇒  d θ_h = (1 − γ_h) Σ_b d ln γ_h   (the damping site)
+            for (hi, (gd, &gamma)) in g.decay.iter_mut().zip(&acts.decay.gamma).enumerate() {
+                let sum: f64 = s.dlog_decay.iter().skip(hi).step_by(h).map(|&x| x as f64).sum();
+                *gd += (sum * (1.0 - gamma as f64)) as f32;
+            }
+        }
 
         // Weight gradients, summed over rows:
         let per_head = |a, w, c| Batch { count: [b, h], a, b: w, c };
@@ -233,17 +243,18 @@ struct Saved<'a> {
 /// gradients it writes.
 struct RowGrads<'a> {
     saved: Saved<'a>,
-    du: &'a [f32],          // (T, D)
-    dv: &'a mut [f32],      // (T, D)
-    z: &'a mut [f32],       // (H, T, N)
-    dx: &'a mut [f32],      // (H, T, N)
-    dy: &'a mut [f32],      // (H, T, N)
-    dq: &'a mut [f32],      // (H, T, N)
-    dq0: &'a mut [f32],     // (H, T, N)
-    dx_up: &'a mut [f32],   // (H, T, N), or empty
-    da: &'a mut [f32],      // (H, T, D)
-    dvh: &'a mut [f32],     // (H, T, D)
-    dscores: &'a mut [f32], // (H, T, T)
+    du: &'a [f32],             // (T, D)
+    dv: &'a mut [f32],         // (T, D)
+    z: &'a mut [f32],          // (H, T, N)
+    dx: &'a mut [f32],         // (H, T, N)
+    dy: &'a mut [f32],         // (H, T, N)
+    dq: &'a mut [f32],         // (H, T, N)
+    dq0: &'a mut [f32],        // (H, T, N)
+    dx_up: &'a mut [f32],      // (H, T, N), or empty
+    da: &'a mut [f32],         // (H, T, D)
+    dvh: &'a mut [f32],        // (H, T, D)
+    dscores: &'a mut [f32],    // (H, T, T)
+    dlog_decay: &'a mut [f32], // (H)
 }
 
 impl<'a> RowGrads<'a> {
@@ -259,6 +270,7 @@ impl<'a> RowGrads<'a> {
         let mut dq0 = s.dq0.chunks_mut(htn);
         let mut dx_up = s.dx_up.chunks_mut(htn);
         let (mut da, mut dvh, mut dscores) = (s.da.chunks_mut(htd), s.dvh.chunks_mut(htd), s.dscores.chunks_mut(htt));
+        let mut dlog_decay = s.dlog_decay.chunks_mut(h);
         let du: &'a [f32] = &s.du;
         (0..b)
             .map(|r| {
@@ -289,6 +301,7 @@ impl<'a> RowGrads<'a> {
                     da: next(&mut da),
                     dvh: next(&mut dvh),
                     dscores: next(&mut dscores),
+                    dlog_decay: next(&mut dlog_decay),
                 }
             })
             .collect()
@@ -297,7 +310,8 @@ impl<'a> RowGrads<'a> {
 
 /// One row's backward through a layer, from du (and dv of the residual path) to dv
 /// of the layer's input, leaving z, dx and dy for the weight gradients.
-fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
+/// `learned`: the decay is learned, and its d ln γ_h is wanted.
+fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
     let Dims { t, d, h, n, .. } = dm;
     let Saved { x, inc, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay, mechanisms, norm, layer, pos0 } =
         r.saved;
@@ -316,11 +330,26 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims) {
     // attention = tril₋₁(xr xrᵀ) · v, xr = R(x), x = relu(x_latent)
     //   ⇒  dv through the values of each head;  dx = [x > 0] ⊙ (dx + Rᵀ d xr)
     let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, decay: &decay.gamma };
-    causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.da, saved, Attention { b: 1, h, t, n, d });
+    let shape = Attention { b: 1, h, t, n, d };
+    causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.dlog_decay, r.da, saved, shape);
     if !rho0.is_empty() {
         // attention += R(x) · ρ₀ (a carried state, held constant)  ⇒  d R(x) = d attention · ρ₀ᵀ,
         // dx += [x > 0] ⊙ Rᵀ (d attention · ρ₀ᵀ)
         matmul_batched(r.dq, r.da, rho0, MatMul::new(t, d, n).b_t(), heads(dt, [0, n * d], nt));
+        if learned {
+            // the read at i was γ^(i+1) R(x_i) · ρ₀  ⇒  d ln γ += Σ_i (i+1) γ^(i+1) R(x_i) · d R(x_i)
+            for (hi, dlog) in r.dlog_decay.iter_mut().enumerate() {
+                let rows = xr[hi * t * n..(hi + 1) * t * n].chunks_exact(n).zip(r.dq[hi * t * n..].chunks_exact(n));
+                let sum: f64 = rows
+                    .enumerate()
+                    .map(|(i, (q, g))| {
+                        let dot: f64 = q.iter().zip(g).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        (i + 1) as f64 * decay.read[hi * t + i] as f64 * dot
+                    })
+                    .sum();
+                *dlog += sum as f32;
+            }
+        }
         // the read at i was γ^(i+1) R(x_i) · ρ₀ (the damping site)
         decay.read_backward(r.dq, (h, t, n));
         rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);

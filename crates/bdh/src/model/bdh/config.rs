@@ -54,6 +54,9 @@ pub enum Decay {
     Alibi,
     /// γ_h given per head, each in (0, 1].
     Retention(Vec<f32>),
+    /// γ_h = sigmoid(θ_h) per head, θ trained by backprop (the parameter
+    /// `attn.decay`), starting from ALiBi's γ_h.
+    Learned,
 }
 
 /// How [`Decay`] is written in configs: `"none"`, `"alibi"` or a list of γ_h.
@@ -70,7 +73,10 @@ impl TryFrom<DecayRepr> for Decay {
         match r {
             DecayRepr::Name(n) if n == "none" => Ok(Decay::None),
             DecayRepr::Name(n) if n == "alibi" => Ok(Decay::Alibi),
-            DecayRepr::Name(n) => Err(format!("decay `{n}`: expected \"none\", \"alibi\" or a list of γ per head")),
+            DecayRepr::Name(n) if n == "learned" => Ok(Decay::Learned),
+            DecayRepr::Name(n) => {
+                Err(format!("decay `{n}`: expected \"none\", \"alibi\", \"learned\" or a list of γ per head"))
+            }
             DecayRepr::List(g) => Ok(Decay::Retention(g)),
         }
     }
@@ -81,6 +87,7 @@ impl From<Decay> for DecayRepr {
         match d {
             Decay::None => DecayRepr::Name("none".into()),
             Decay::Alibi => DecayRepr::Name("alibi".into()),
+            Decay::Learned => DecayRepr::Name("learned".into()),
             Decay::Retention(g) => DecayRepr::List(g),
         }
     }
@@ -97,11 +104,18 @@ impl Decay {
         *self == Decay::None
     }
 
-    /// γ_h for `heads` heads; empty for no decay.
-    pub fn retention(&self, heads: usize) -> Vec<f32> {
+    /// Whether γ is trained (a parameter of the model, not of its config).
+    pub fn is_learned(&self) -> bool {
+        *self == Decay::Learned
+    }
+
+    /// γ_h for `heads` heads a fresh model starts from, which a fixed decay keeps
+    /// (ALiBi's for a learned one, which trains it: [`super::Bdh::retention`] has
+    /// every model's); empty for no decay.
+    pub fn initial(&self, heads: usize) -> Vec<f32> {
         match self {
             Decay::None => Vec::new(),
-            Decay::Alibi => alibi_slopes(heads).into_iter().map(|m| (-m).exp() as f32).collect(),
+            Decay::Alibi | Decay::Learned => alibi_slopes(heads).into_iter().map(|m| (-m).exp() as f32).collect(),
             Decay::Retention(g) => g.clone(),
         }
     }
@@ -174,13 +188,25 @@ impl BdhConfig {
     /// Number of trained parameters: embed, encoder, encoder_v, decoder, lm_head.
     pub fn param_count(&self) -> usize {
         let (d, v, hn) = (self.n_embd, self.vocab_size, self.total_neurons());
-        v * d + 3 * hn * d + d * v
+        v * d + 3 * hn * d + d * v + self.decay_params()
+    }
+
+    /// The values of `attn.decay`: θ_h per head with a learned decay, else none.
+    pub fn decay_params(&self) -> usize {
+        if self.decay.is_learned() {
+            self.n_head
+        } else {
+            0
+        }
     }
 
     /// [`BdhConfig::param_count`], or `None` if it overflows.
     fn checked_param_count(&self) -> Option<usize> {
         let (d, v, hn) = (self.n_embd, self.vocab_size, self.mlp_internal_dim_multiplier.checked_mul(self.n_embd)?);
-        v.checked_mul(d)?.checked_mul(2)?.checked_add(hn.checked_mul(d)?.checked_mul(3)?)
+        v.checked_mul(d)?
+            .checked_mul(2)?
+            .checked_add(hn.checked_mul(d)?.checked_mul(3)?)?
+            .checked_add(self.decay_params())
     }
 
     /// The sizes a user sets, by name.

@@ -12,8 +12,6 @@
 
 use bdh_kernels::{decay_state, scale_rows};
 
-use super::config::Decay;
-
 /// The damping of a model's recurrent step: γ_h per head, or none.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Damping {
@@ -21,9 +19,9 @@ pub struct Damping {
 }
 
 impl Damping {
-    /// The damping of `decay` for `heads` heads.
-    pub fn new(decay: &Decay, heads: usize) -> Self {
-        Damping { retention: decay.retention(heads) }
+    /// The damping of retentions γ_h ([`super::Bdh::retention`]).
+    pub fn new(retention: Vec<f32>) -> Self {
+        Damping { retention }
     }
 
     /// ρ ← γ_h ρ of head `head` before its read (nothing without decay, or with
@@ -38,8 +36,6 @@ impl Damping {
 /// The powers for one model and one T; empty without decay.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DecayTable {
-    /// The decay the table was made of.
-    pub of: Decay,
     /// γ_h per head, (H); empty: no decay.
     pub gamma: Vec<f32>,
     /// γ_h^(i+1), (H, T): the weight of the carried ρ₀ in the read at position i.
@@ -51,9 +47,9 @@ pub struct DecayTable {
 }
 
 impl DecayTable {
-    /// The table of `decay` for `heads` heads and a pass of `t` positions.
-    pub fn new(decay: &Decay, heads: usize, t: usize) -> Self {
-        let gamma = decay.retention(heads);
+    /// The table of retentions γ_h ([`super::Bdh::retention`]) for a pass of `t`
+    /// positions.
+    pub fn new(gamma: Vec<f32>, t: usize) -> Self {
         // (0 below f32's smallest normal, as the kernels flush)
         let pow = |g: f32, k: usize| match (g as f64).powi(k as i32) {
             f if f < f32::MIN_POSITIVE as f64 => 0.0,
@@ -61,7 +57,6 @@ impl DecayTable {
         };
         let table = |f: &dyn Fn(f32, usize) -> f32| gamma.iter().flat_map(|&g| (0..t).map(move |i| f(g, i))).collect();
         DecayTable {
-            of: decay.clone(),
             read: table(&|g, i| pow(g, i + 1)),
             write: table(&|g, i| pow(g, t - 1 - i)),
             whole: gamma.iter().map(|&g| pow(g, t)).collect(),

@@ -221,7 +221,7 @@ impl Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
             freqs: model.freqs.clone(),
-            decay: DecayTable::new(&model.config.decay, h, t),
+            decay: DecayTable::new(model.retention(), t),
             rho0: Vec::new(),
             frozen: None,
             dropout: false,
@@ -422,8 +422,9 @@ fn begin(
         acts.rope = RopeTable::new(&model.freqs, pos0, dm.t);
         acts.freqs.clone_from(&model.freqs);
     }
-    if acts.decay.of != model.config.decay {
-        acts.decay = DecayTable::new(&model.config.decay, dm.h, dm.t);
+    let retention = model.retention();
+    if acts.decay.gamma != retention {
+        acts.decay = DecayTable::new(retention, dm.t);
     }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");

@@ -39,11 +39,15 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
         let layer = |c: &BdhConfig| c.variant().unwrap_or_else(|| "bdh.py's".into());
         return Err(Error::Config(format!("cannot merge models whose layers differ: {} and {}", layer(ca), layer(cb))));
     }
-    if ca.decay.retention(ca.n_head) != cb.decay.retention(cb.n_head) {
+    if (ca.decay.is_learned(), a.retention()) != (cb.decay.is_learned(), b.retention()) {
+        let said = |m: &Bdh| match m.config.decay.is_learned() {
+            true => format!("\"learned\", trained to γ = {:?}", m.retention()),
+            false => m.config.decay.describe(),
+        };
         return Err(Error::Config(format!(
-            "cannot merge models whose heads decay differently: {} and {}",
-            ca.decay.describe(),
-            cb.decay.describe()
+            "cannot merge models whose heads decay differently (a merged head has one retention): {} and {}",
+            said(a),
+            said(b)
         )));
     }
     let config = BdhConfig {
@@ -79,6 +83,8 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
         out[..na * d].copy_from_slice(&wa.decoder[hi * na * d..(hi + 1) * na * d]);
         out[na * d..].copy_from_slice(&wb.decoder[hi * nb * d..(hi + 1) * nb * d]);
     }
+    // A learned decay's θ_h: the same in both (checked above).
+    w.decay.copy_from_slice(wa.decay);
     // Each neuron keeps its frequency (shared by the heads, as bdh.py's buffer is).
     let freqs: Vec<f32> = a.freqs.iter().chain(&b.freqs).copied().collect();
     let merged = Bdh::from_parts(config, merged_params, freqs)?;

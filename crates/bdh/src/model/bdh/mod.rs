@@ -18,7 +18,7 @@ pub use config::{BdhConfig, Decay};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Part, Pass};
 pub use merge::{merge, Heritage};
-pub use params::{Weights, WeightsMut, FREQS_NAME, PARAM_NAMES};
+pub use params::{Weights, WeightsMut, DECAY_NAME, FREQS_NAME, PARAM_NAMES};
 pub use recurrent::{Prepared, Scratch, State};
 pub use site::{At, Mechanism, Mechanisms};
 pub use variant::{Norm, Position, Residual};
@@ -69,5 +69,14 @@ impl Bdh {
     /// The weights by name.
     pub fn weights(&self) -> Weights<'_> {
         Weights::of(&self.params)
+    }
+
+    /// γ_h per head: the config's fixed decay, or the learned one's
+    /// sigmoid(θ_h); empty without decay.
+    pub fn retention(&self) -> Vec<f32> {
+        match self.config.decay.is_learned() {
+            true => params::sigmoid(self.weights().decay),
+            false => self.config.decay.initial(self.config.n_head),
+        }
     }
 }

@@ -15,16 +15,25 @@ pub const PARAM_NAMES: [&str; 5] = ["embed.weight", "encoder", "encoder_v", "dec
 /// Name of the RoPE frequency buffer in bdh.py's `state_dict`, shape (1, 1, 1, N).
 pub const FREQS_NAME: &str = "attn.freqs";
 
-/// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V).
-pub fn layout(cfg: &BdhConfig) -> [(&'static str, Vec<usize>); 5] {
+/// Name of the learned decay's logits θ (H), after bdh.py's five tensors: the
+/// retention of head h is γ_h = sigmoid(θ_h) (`decay = "learned"` only).
+pub const DECAY_NAME: &str = "attn.decay";
+
+/// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V), and
+/// with a learned decay (H).
+pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
-    [
+    let mut slots = vec![
         (PARAM_NAMES[0], vec![v, d]),
         (PARAM_NAMES[1], vec![h, d, n]),
         (PARAM_NAMES[2], vec![h, d, n]),
         (PARAM_NAMES[3], vec![h * n, d]),
         (PARAM_NAMES[4], vec![d, v]),
-    ]
+    ];
+    if cfg.decay.is_learned() {
+        slots.push((DECAY_NAME, vec![h]));
+    }
+    slots
 }
 
 /// A zeroed buffer laid out for `cfg`.
@@ -33,13 +42,24 @@ pub fn zeros(cfg: &BdhConfig) -> Result<Params> {
 }
 
 /// bdh.py's initialisation: every tensor drawn from N(0, 0.02²), from `seed`, in
-/// buffer order.
+/// buffer order; a learned decay's θ_h then starts at ALiBi's γ_h = sigmoid(θ_h).
 pub fn init(cfg: &BdhConfig, seed: u64) -> Result<Params> {
     let mut p = zeros(cfg)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, 0.02).expect("0.02 is a valid std");
-    p.data_mut().iter_mut().for_each(|x| *x = normal.sample(&mut rng));
+    let drawn = p.slots()[PARAM_NAMES.len() - 1].range.end;
+    p.data_mut()[..drawn].iter_mut().for_each(|x| *x = normal.sample(&mut rng));
+    if let Some(theta) = p.get_mut(DECAY_NAME) {
+        for (t, g) in theta.iter_mut().zip(cfg.decay.initial(cfg.n_head)) {
+            *t = (g as f64 / (1.0 - g as f64)).ln() as f32;
+        }
+    }
     Ok(p)
+}
+
+/// γ_h = sigmoid(θ_h) of logits θ, in f64 then rounded.
+pub fn sigmoid(theta: &[f32]) -> Vec<f32> {
+    theta.iter().map(|&t| (1.0 / (1.0 + (-(t as f64)).exp())) as f32).collect()
 }
 
 /// The five tensors of a BDH buffer by name, to read.
@@ -55,15 +75,17 @@ pub struct Weights<'a> {
     pub decoder: &'a [f32],
     /// Output head, (D, V).
     pub lm_head: &'a [f32],
+    /// A learned decay's logits θ, (H); empty for a fixed decay or none.
+    pub decay: &'a [f32],
 }
 
 impl<'a> Weights<'a> {
     /// Views a buffer laid out by [`layout`].
     pub fn of(p: &'a Params) -> Self {
-        debug_assert!(p.slots().iter().map(|s| s.name.as_str()).eq(PARAM_NAMES));
+        debug_assert!(p.slots().iter().map(|s| s.name.as_str()).take(5).eq(PARAM_NAMES));
         let (s, d) = (p.slots(), p.data());
-        let t = |i: usize| &d[s[i].range.clone()];
-        Weights { embed: t(0), encoder: t(1), encoder_v: t(2), decoder: t(3), lm_head: t(4) }
+        let t = |i: usize| s.get(i).map_or(&[][..], |s| &d[s.range.clone()]);
+        Weights { embed: t(0), encoder: t(1), encoder_v: t(2), decoder: t(3), lm_head: t(4), decay: t(5) }
     }
 }
 
@@ -80,14 +102,17 @@ pub struct WeightsMut<'a> {
     pub decoder: &'a mut [f32],
     /// (D, V).
     pub lm_head: &'a mut [f32],
+    /// (H), or empty.
+    pub decay: &'a mut [f32],
 }
 
 impl<'a> WeightsMut<'a> {
     /// Views a buffer laid out by [`layout`].
     pub fn of(p: &'a mut Params) -> Self {
-        debug_assert!(p.slots().iter().map(|s| s.name.as_str()).eq(PARAM_NAMES));
+        debug_assert!(p.slots().iter().map(|s| s.name.as_str()).take(5).eq(PARAM_NAMES));
         let mut t = p.split_mut().into_iter();
         let mut next = || t.next().expect("five BDH tensors");
-        WeightsMut { embed: next(), encoder: next(), encoder_v: next(), decoder: next(), lm_head: next() }
+        let (embed, encoder, encoder_v, decoder, lm_head) = (next(), next(), next(), next(), next());
+        WeightsMut { embed, encoder, encoder_v, decoder, lm_head, decay: t.next().unwrap_or_default() }
     }
 }

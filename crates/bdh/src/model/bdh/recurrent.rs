@@ -211,7 +211,7 @@ impl Prepared {
         for (src, dst) in model.weights().encoder_v.chunks_exact(d * n).zip(encoder_v_t.chunks_exact_mut(n * d)) {
             transpose(dst, src, d, n);
         }
-        let damping = Damping::new(&c.decay, c.n_head);
+        let damping = Damping::new(model.retention());
         Ok(Prepared { model, encoder_v_t, damping })
     }
 

@@ -44,7 +44,7 @@ pub fn build<'a>(model: &'a Bdh, keep: Option<usize>, synapses_on_wires: bool) -
             n_head: heads,
             n_neurons: per,
             vocab_size: v,
-            retention: c.decay.retention(heads),
+            retention: model.retention(),
             keep,
             synapses_on_wires,
             weights: model.params.fingerprint(),
