@@ -16,7 +16,7 @@ use crate::rope::{rope_block, RopeDirection};
 thread_local! {
     /// Per-thread scratch of one (row, head): qᵀ in the forward, Rᵀ dq in the
     /// backward; grown to the largest seen.
-    static QT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(crate) static QT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Sizes of a batched attention: B rows, H heads, T positions, N query width, D value width.
@@ -149,7 +149,7 @@ pub fn causal_linear_attention_backward(
 /// retention γ, multiplies entry (i, j) by γ^(i−j) (powers in f64, then rounded).
 /// Entries whose power falls below f32's smallest normal become 0, as the recurrent
 /// state's do, so far distances cost no subnormal arithmetic in the products.
-fn mask_and_decay(s: &mut [f32], t: usize, gamma: Option<f32>) {
+pub(crate) fn mask_and_decay(s: &mut [f32], t: usize, gamma: Option<f32>) {
     for (i, row) in s.chunks_exact_mut(t).enumerate() {
         row[i..].fill(0.0);
         if let Some(g) = gamma {
@@ -166,12 +166,26 @@ fn mask_and_decay(s: &mut [f32], t: usize, gamma: Option<f32>) {
     }
 }
 
+/// d loss / d ln γ of one (row, head) from its scores `S = P ⊙ γ^(t−τ)` and `dS`
+/// before the decay's weighting (t×t each): `Σ_{τ<t} dS ⊙ S ⊙ (t−τ)`; 0 without a decay.
+pub(crate) fn log_decay_grad(dscores: &[f32], scores: &[f32], t: usize, gamma: Option<f32>) -> f32 {
+    if gamma.is_none() {
+        return 0.0;
+    }
+    let mut sum = 0.0f64;
+    for i in 1..t {
+        let (ds, s) = (&dscores[i * t..i * t + i], &scores[i * t..i * t + i]);
+        sum += ds.iter().zip(s).enumerate().map(|(j, (&g, &s))| (g * s) as f64 * (i - j) as f64).sum::<f64>();
+    }
+    sum as f32
+}
+
 /// Rows per block of the blocked products: blocks above the diagonal are skipped,
 /// which saves close to half of the work at long T.
 const BLOCK: usize = 64;
 
 /// Row blocks `r0..r1` of `0..t`.
-fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t).step_by(BLOCK).map(move |r0| (r0, (r0 + BLOCK).min(t)))
 }
 
@@ -267,15 +281,7 @@ fn attention_backward_one(
         // dS[r0..r1, ..r1] = da[r0..r1] · v[..r1]ᵀ
         matmul(&mut dscores[r0 * t..], &da[r0 * d..], v, MatMul::new(r1 - r0, d, r1).b_t().ld(0, 0, t));
     }
-    // S = P ⊙ γ^(t−τ)  ⇒  d loss / d ln γ = Σ dS ⊙ S ⊙ (t−τ)
-    let mut sum = 0.0f64;
-    if gamma.is_some() {
-        for i in 1..t {
-            let (ds, s) = (&dscores[i * t..i * t + i], &scores[i * t..i * t + i]);
-            sum += ds.iter().zip(s).enumerate().map(|(j, (&g, &s))| (g * s) as f64 * (i - j) as f64).sum::<f64>();
-        }
-    }
-    *dlog_decay = sum as f32;
+    *dlog_decay = log_decay_grad(dscores, scores, t, gamma);
     // the scores were q qᵀ ⊙ Γ: the gradient of q qᵀ is dS ⊙ Γ
     mask_and_decay(dscores, t, gamma);
     for (r0, r1) in blocks(t) {

@@ -24,6 +24,7 @@
 
 mod attention;
 mod elementwise;
+mod keyed_attention;
 mod layer_norm;
 mod matmul;
 mod mmap;
@@ -40,6 +41,7 @@ mod twins;
 
 pub use attention::{causal_linear_attention, causal_linear_attention_backward, Attention, AttentionSaved};
 pub use elementwise::{add, add_groups, gated_product, gated_product_backward, scale_rows};
+pub use keyed_attention::{keyed_attention, keyed_attention_backward, KeyedSaved};
 pub use layer_norm::{layer_norm, layer_norm_backward, LN_EPS};
 pub use matmul::{matmul, matmul_batched, transpose, Batch, MatMul};
 pub use mmap::Mapped;

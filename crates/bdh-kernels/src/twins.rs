@@ -3,6 +3,7 @@
 //! max abs / rel difference.
 
 use crate::attention::{causal_linear_attention_backward_scalar, causal_linear_attention_scalar};
+use crate::keyed_attention::keyed_attention_scalar;
 use crate::elementwise::scalar as elementwise_scalar;
 use crate::layer_norm::{layer_norm_backward_scalar, layer_norm_scalar};
 use crate::matmul::matmul_scalar;
@@ -449,5 +450,34 @@ fn gelu_affine_and_bias_match_their_twins() {
         let mut db2 = vec![0.0; d];
         bias_grad(&mut db2, &dy);
         assert_close("bias grad", &db2, &want_db, 1e-5);
+    }
+}
+
+#[test]
+fn keyed_attention_and_its_backward_equal_their_twin() {
+    let mut r = rng(11);
+    for (i, &(t, n, d)) in SHAPES.iter().enumerate() {
+        let (b, h) = (1 + i % 2, 1 + i % 3);
+        let decay: Vec<f32> = if i % 2 == 0 { [0.5, 0.97, 1.0][..h].to_vec() } else { vec![] };
+        let shape = Attention { b, h, t, n, d };
+        let (q, k) = (random(&mut r, b * h * t * n), sparse(&mut r, b * h * t * n, 0.4));
+        let (v, da) = (random(&mut r, b * t * d), random(&mut r, b * h * t * d));
+        let fresh = |len: usize| (vec![7.0; len], vec![7.0; len]);
+        let ((mut out_f, mut out_s), (mut s_f, mut s_s)) = (fresh(b * h * t * d), fresh(b * h * t * t));
+        let ((mut dq_f, mut dq_s), (mut dk_f, mut dk_s)) = (fresh(b * h * t * n), fresh(b * h * t * n));
+        let ((mut dv_f, mut dv_s), (mut dl_f, mut dl_s)) = (fresh(b * h * t * d), fresh(b * h));
+        let mut ds = vec![7.0; b * h * t * t];
+        keyed_attention(&mut out_f, &mut s_f, &q, &k, &v, &decay, shape);
+        let saved = KeyedSaved { q: &q, k: &k, v: &v, scores: &s_f, decay: &decay };
+        keyed_attention_backward(&mut dq_f, &mut dk_f, &mut dv_f, &mut ds, &mut dl_f, &da, saved, shape);
+        let grads = (&mut dq_s[..], &mut dk_s[..], &mut dv_s[..], &mut dl_s[..]);
+        keyed_attention_scalar((&mut out_s, &mut s_s), grads, (&q, &k, &v, &da), &decay, shape);
+        let what = |x: &str| format!("keyed attention {x} {shape:?} decay {decay:?}");
+        assert_close(&what("out"), &out_f, &out_s, 1e-5);
+        assert_close(&what("scores"), &s_f, &s_s, 1e-5);
+        assert_close(&what("dq"), &dq_f, &dq_s, 1e-5);
+        assert_close(&what("dk"), &dk_f, &dk_s, 1e-5);
+        assert_close(&what("dv"), &dv_f, &dv_s, 1e-5);
+        assert_close(&what("d ln γ"), &dl_f, &dl_s, 1e-4);
     }
 }
