@@ -217,6 +217,13 @@ pub fn runs_layer(m: &bdh::model::bdh::Bdh) -> Result<()> {
                 .into(),
         ));
     }
+    if m.key_site().is_some() {
+        return Err(Error::Device(
+            "this model's write has a trace or an astrocyte's gate at its key (trace, astrocyte), which the GPU \
+             backend does not run: use --device cpu"
+                .into(),
+        ));
+    }
     if m.config.decay.is_learned() {
         return Err(Error::Device(
             "this model learns its decay (decay = \"learned\": the parameter attn.decay), which the GPU backend \

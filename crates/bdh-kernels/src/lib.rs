@@ -46,7 +46,7 @@ pub use layer_norm::{layer_norm, layer_norm_backward, LN_EPS};
 pub use matmul::{matmul, matmul_batched, transpose, Batch, MatMul};
 pub use mmap::Mapped;
 pub use peak::fma_loop;
-pub use recurrent::{active_pairs, decay_state, gate_listed, gather_dot, rho_read_write, sparse_row_sum};
+pub use recurrent::{active_pairs, decay_state, gate_listed, gather_dot, rho_read_write, rho_write, sparse_row_sum};
 pub use rope::{rope, RopeDirection};
 pub use rows::{add_bias, affine, affine_backward, bias_grad, gelu, gelu_backward};
 pub use schedule::{parallel_chunks, parallel_each, rows_per_group};

@@ -86,6 +86,32 @@ pub fn rho_read_write(a: &mut [f32], rho: &mut [f32], q: &[f32], v: &[f32], rows
 }
 }
 
+multiversion! {
+/// The Hebbian write alone over the listed rows of ρ (m×d): `ρ[i, :] += k[i] · v`,
+/// for a write whose key k differs from the read's query.
+pub fn rho_write(rho: &mut [f32], k: &[f32], v: &[f32], rows: &[u32]) {
+    let d = v.len();
+    for &i in rows {
+        let i = i as usize;
+        let c = k[i];
+        for (r, &vk) in rho[i * d..(i + 1) * d].iter_mut().zip(v) {
+            *r += c * vk;
+        }
+    }
+}
+}
+
+/// Scalar twin of [`rho_write`]: the dense outer-product write.
+#[cfg(test)]
+pub(crate) fn rho_write_scalar(rho: &mut [f32], k: &[f32], v: &[f32], _rows: &[u32]) {
+    let d = v.len();
+    for (i, &c) in k.iter().enumerate() {
+        for j in 0..d {
+            rho[i * d + j] += c * v[j];
+        }
+    }
+}
+
 /// Scalar twin of [`rho_read_write`]: the dense read of every row in f64, then
 /// the dense outer-product write.
 #[cfg(test)]

@@ -3,11 +3,13 @@
 //! max abs / rel difference.
 
 use crate::attention::{causal_linear_attention_backward_scalar, causal_linear_attention_scalar};
-use crate::keyed_attention::keyed_attention_scalar;
 use crate::elementwise::scalar as elementwise_scalar;
+use crate::keyed_attention::keyed_attention_scalar;
 use crate::layer_norm::{layer_norm_backward_scalar, layer_norm_scalar};
 use crate::matmul::matmul_scalar;
-use crate::recurrent::{decay_state_scalar, gather_dot_scalar, rho_read_write_scalar, sparse_row_sum_scalar};
+use crate::recurrent::{
+    decay_state_scalar, gather_dot_scalar, rho_read_write_scalar, rho_write_scalar, sparse_row_sum_scalar,
+};
 use crate::rope::rope_scalar;
 use crate::rows::scalar as rows_scalar;
 use crate::softmax_attention::scalar as softmax_scalar;
@@ -197,6 +199,9 @@ fn sparse_recurrent_kernels_equal_dense_twins() {
         rho_read_write_scalar(&mut as_, &mut rs, &coef, &v, &rows);
         assert_close(&format!("rho_read_write read {m}×{d}"), &af, &as_, 1e-5);
         assert_close(&format!("rho_read_write write {m}×{d}"), &rf, &rs, 1e-6);
+        rho_write(&mut rf, &coef, &v, &rows);
+        rho_write_scalar(&mut rs, &coef, &v, &rows);
+        assert_close(&format!("rho_write {m}×{d}"), &rf, &rs, 1e-6);
 
         let a = random(&mut r, d);
         let w_t = random(&mut r, m * d);

@@ -1,6 +1,7 @@
 //! The explicit backward against finite differences of the loss, on a tiny config,
 //! in eval mode and in training mode with dropout.
 
+use bdh::model::bdh::key::{ASTROCYTE_NAME, TRACE_NAME};
 use bdh::model::bdh::BdhConfig;
 use bdh::{backward, forward, loss, Activations, Gradients, Mode, Model, Params};
 
@@ -23,21 +24,22 @@ fn direction(g: &[f32], seed: u64) -> Vec<f32> {
     d.iter().map(|x| x / dn).collect()
 }
 
-/// Multiplies every weight by `scale`, but a learned decay's θ (whose γ would go to 0 or 1).
+/// The tensors of BDH's layer mechanisms: a learned decay's θ, a trace's φ, a gate's β.
+const MECHANISMS: [&str; 3] = [bdh::model::bdh::DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME];
+
+/// Multiplies every weight by `scale` but the mechanisms' (which would saturate).
 pub fn scale_weights(params: &mut Params, scale: f32) {
-    let decay = params.slot(bdh::model::bdh::DECAY_NAME).map(|s| s.range.clone());
-    for (i, x) in params.data_mut().iter_mut().enumerate() {
-        if !decay.as_ref().is_some_and(|r| r.contains(&i)) {
-            *x *= scale;
-        }
+    let names: Vec<String> = params.slots().iter().map(|s| s.name.clone()).collect();
+    for name in names.iter().filter(|n| !MECHANISMS.contains(&n.as_str())) {
+        params.get_mut(name).unwrap().iter_mut().for_each(|x| *x *= scale);
     }
 }
 
-/// The finite differences' step for tensor `name`: a learned decay's θ (H values)
-/// moves the loss little per unit, and smoothly (no ReLU kink): a step of 1e-2 lifts
-/// its difference above f32's noise in the loss.
+/// The finite differences' step for tensor `name`: a mechanism's parameters (few
+/// values) move the loss little per unit, and smoothly (no ReLU kink): a step of
+/// 1e-2 lifts their difference above f32's noise in the loss.
 pub fn step_for(name: &str, eps: f32) -> f32 {
-    if name == bdh::model::bdh::DECAY_NAME {
+    if MECHANISMS.contains(&name) {
         1e-2
     } else {
         eps

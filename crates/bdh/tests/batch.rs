@@ -57,7 +57,7 @@ fn batched_vs_single_of(
     }
     for (a, s) in together.iter().zip(&solo) {
         let (State::Bdh(a), State::Bdh(s)) = (a, s) else { unreachable!("BDH states") };
-        assert_eq!(a.pos, s.pos);
+        assert_eq!((a.pos, &a.keys), (s.pos, &s.keys));
         worst(&mut rho, diffs(&a.rho, &s.rho));
     }
     (logits, rho)
@@ -84,6 +84,18 @@ fn batched_step_with_the_residual_in_the_neurons_equals_single_steps() {
     };
     let (logits, rho) = batched_vs_single_of(12, 30, &change, &NO_EDITS);
     println!("residual n, B ≤ 12: logits max rel {:.2e}; ρ max rel {:.2e}", logits.1, rho.1);
+    assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));
+}
+
+#[test]
+fn batched_step_with_traces_at_the_write_key_equals_single_steps() {
+    // Each stream carries its own traces (and the comparison checks them with ρ).
+    let change = |c: &mut bdh::model::bdh::BdhConfig| {
+        c.trace = bdh::model::bdh::Trace::Fixed(0.6);
+        c.decay = Decay::Alibi;
+    };
+    let (logits, rho) = batched_vs_single_of(12, 30, &change, &NO_EDITS);
+    println!("trace 0.6, B ≤ 12: logits max rel {:.2e}; ρ max rel {:.2e}", logits.1, rho.1);
     assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));
 }
 

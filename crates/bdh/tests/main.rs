@@ -20,6 +20,7 @@ mod gpt;
 mod graph;
 mod hostile;
 mod interventions;
+mod key;
 mod merge;
 mod microscope;
 mod parallel;

@@ -13,7 +13,9 @@ use bdh::train::carry::Carry;
 use bdh::{Model, ModelConfig};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::common::{golden_dir, temp_dir, tiny_config};
+use bdh::model::bdh::BdhConfig;
+
+use crate::common::{bdh_model, golden_dir, temp_dir, tiny_config};
 use crate::hostile::refused;
 
 /// The model of the fixtures: L1 D8 H1 N16, so ρ of one stream is 128 values.
@@ -60,12 +62,13 @@ fn a_session_and_a_carried_state_are_one_format() {
     let m = model(0);
     let prepared = Prepared::new(m.clone()).unwrap();
     let rho: Vec<f32> = (0..128).map(|i| (i as f32).sin()).collect();
-    let session = State::Bdh(BdhState { pos: 99, rho });
+    let session = State::Bdh(BdhState { pos: 99, rho, keys: Vec::new() });
     let path = dir.join("session.safetensors");
     state::save(&prepared, &session, &path).unwrap();
     assert_eq!(state::load(&prepared, &path).unwrap(), session, "bit-exact round trip");
     let (meta, tensors) = header(&path);
-    assert_eq!((meta["format"].as_str(), meta["version"].as_str()), (FORMAT, VERSION.to_string().as_str()));
+    // (a model whose write key has no traces writes version 1, readable by builds that know only it)
+    assert_eq!((meta["format"].as_str(), meta["version"].as_str()), (FORMAT, "1"));
     assert_eq!(meta["weights"], m.params().fingerprint());
     assert_eq!(tensors["rho"], (Dtype::F32, vec![1, 1, 1, 16, 8]), "(L, B, H, N, D)");
     assert_eq!(tensors["position"], (Dtype::I64, vec![1]));
@@ -80,7 +83,8 @@ fn a_session_and_a_carried_state_are_one_format() {
     assert_eq!(tensors_c["rho"], (Dtype::F32, vec![1, 3, 1, 16, 8]));
     assert_eq!(Carry::load(dir, &m, 3, true).unwrap(), Carry { state: carry.state.clone(), detach: true });
     // One stream carried is a session.
-    let one = Carry { state: BdhState { pos: 5, rho: carry.state.rho[..128].to_vec() }, detach: false };
+    let one =
+        Carry { state: BdhState { pos: 5, rho: carry.state.rho[..128].to_vec(), keys: Vec::new() }, detach: false };
     one.save(dir, &m).unwrap();
     assert_eq!(bdh_state(state::load(&prepared, &dir.join("carry.safetensors")).unwrap()), one.state);
 }
@@ -95,10 +99,10 @@ fn state_files_of_before_the_format_version_still_load() {
     let prepared = Prepared::new(m.clone()).unwrap();
     let session = bdh_state(state::load(&prepared, &dir.join("session.safetensors")).unwrap());
     let want: Vec<f32> = (0..128).map(|i| i as f32 * 0.25 - 3.0).collect();
-    assert_eq!(session, BdhState { pos: 37, rho: want });
+    assert_eq!(session, BdhState { pos: 37, rho: want, keys: Vec::new() });
     let carried = Carry::load(&dir, &m, 2, false).unwrap();
     let want: Vec<f32> = (0..256).map(|i| i as f32 * 0.5 - 7.0).collect();
-    assert_eq!(carried.state, BdhState { pos: 41, rho: want });
+    assert_eq!(carried.state, BdhState { pos: 41, rho: want, keys: Vec::new() });
     // The session names its model, which is checked; the carried state names none.
     let other = model(1);
     let m = refused("an old session, other weights", || {
@@ -114,7 +118,7 @@ fn state_files_of_before_the_format_version_still_load() {
     // Saved again, an old state is in the newest version.
     let again = tmp.path().join("again.safetensors");
     state::save(&prepared, &State::Bdh(session.clone()), &again).unwrap();
-    assert_eq!(header(&again).0["version"], VERSION.to_string());
+    assert_eq!(header(&again).0["version"], "1");
 }
 
 /// The metadata of a version-1 state of `m`, and its tensors (ρ zero, position 0).
@@ -174,7 +178,8 @@ fn saved_states_that_are_corrupt_mistyped_foreign_or_from_a_newer_bdh_are_refuse
         ("truncated", good_bytes[..good_bytes.len() - 9].to_vec(), "not a saved state"),
         ("header only", good_bytes[..8].to_vec(), "not a saved state"),
         ("empty", Vec::new(), "not a saved state"),
-        ("a future version", meta("version", Some("2")), "written by a newer bdh: version 2 of the state format"),
+        ("a future version", meta("version", Some("3")), "written by a newer bdh: version 3 of the state format"),
+        ("version 2 without the key's traces", meta("version", Some("2")), "no tensor named `keys`"),
         ("a far future version", meta("version", Some("4000000000")), "written by a newer bdh"),
         ("version 0", meta("version", Some("0")), "version `0` is not a version of the state format"),
         ("version not a number", meta("version", Some("one")), "version `one` is not a version"),
@@ -285,4 +290,24 @@ fn carried_states_of_another_model_or_with_bad_values_are_refused() {
         let msg = refused(what, || Carry::load(dir, &m, 2, false));
         assert!(msg.contains(want), "{what}: {msg}");
     }
+}
+
+#[test]
+fn the_write_keys_traces_are_saved_beside_rho_in_version_2() {
+    use bdh::model::bdh::{Astrocyte, Trace};
+    let tmp = temp_dir("state-keys");
+    let cfg =
+        BdhConfig { trace: Trace::Fixed(0.5), astrocyte: Some(Astrocyte { alpha: 0.9 }), ..tiny_config(1, 8, 1, 2) };
+    let prepared = Prepared::new(bdh_model(cfg, 3)).unwrap();
+    let mut s = prepared.state().unwrap();
+    let mut scratch = prepared.scratch();
+    prepared.prefill(&mut s, &mut scratch, &[5, 9, 200, 17], &bdh::model::bdh::NO_EDITS).unwrap();
+    let State::Bdh(inner) = &s else { unreachable!("BDH") };
+    assert!(inner.keys.iter().any(|&k| k != 0.0), "the traces moved");
+    let path = tmp.path().join("s.safetensors");
+    state::save(&prepared, &s, &path).unwrap();
+    assert_eq!(state::load(&prepared, &path).unwrap(), s, "bit-exact round trip");
+    let (meta, tensors) = header(&path);
+    assert_eq!(meta["version"], VERSION.to_string());
+    assert_eq!(tensors["keys"], (Dtype::F32, vec![1, 1, 1, 32]), "(L, B, H, W): c and s, N = 16 each");
 }

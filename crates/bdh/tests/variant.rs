@@ -170,7 +170,7 @@ fn buffers_made_for_another_layer_are_refused() {
     let mut g = in_neurons.params.zeros_like();
     let err =
         bdh::model::bdh::backward(&in_neurons, &acts, &tokens(8, 2), &mut g, &mut scratch).unwrap_err().to_string();
-    assert!(err.contains("another residual"), "{err}");
+    assert!(err.contains("another layer"), "{err}");
 }
 
 #[test]

@@ -34,6 +34,13 @@
 //! its shape derived from the config, in a new version; the reader and writer then
 //! take and give it by name beside ρ.
 //!
+//! # Version 2
+//!
+//! Version 1 and, for a model whose write key has traces (`trace`, `astrocyte`),
+//! the tensor `keys`: f32, (L, B, H, W), W the traces' values per head (N per
+//! mechanism). A model without them writes version 1, so its files stay readable
+//! by builds that know only that.
+//!
 //! # Older files
 //!
 //! Files written before the format had a version have no `format` in their
@@ -52,6 +59,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use super::{le_values, write_atomic};
 use crate::error::{Error, Result};
 use crate::infer::{Prepared, State};
+use crate::model::bdh::key::KeySite;
 use crate::model::bdh::{self, Bdh, BdhConfig};
 use crate::model::{ModelConfig, MAX_POSITION};
 
@@ -59,7 +67,7 @@ use crate::model::{ModelConfig, MAX_POSITION};
 pub const FORMAT: &str = "bdh-state";
 
 /// The version of the format this build writes: the newest it reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Bytes a state file may hold besides its tensors' values: its header.
 const HEADER_LIMIT: u64 = 1 << 16;
@@ -108,6 +116,8 @@ pub(crate) enum Unversioned {
 enum Layout {
     /// Version 1 of the format.
     V1,
+    /// Version 2: version 1 and the write key's traces.
+    V2,
     /// A file of before the format had a version.
     Unversioned(Unversioned),
 }
@@ -135,6 +145,12 @@ fn fields(layout: Layout, cfg: &BdhConfig, rows: usize) -> Vec<Field> {
     let flat = vec![rho.iter().fold(1usize, |p, &x| p.saturating_mul(x))];
     match layout {
         Layout::V1 => vec![field("rho", Dtype::F32, rho), field("position", Dtype::I64, vec![1])],
+        Layout::V2 => {
+            let keys = vec![cfg.n_layer, rows, cfg.n_head, KeySite::width(cfg)];
+            let mut v1 = fields(Layout::V1, cfg, rows);
+            v1.push(field("keys", Dtype::F32, keys));
+            v1
+        }
         Layout::Unversioned(Unversioned::Session) => {
             vec![field("rho", Dtype::F32, flat), field("position", Dtype::I64, vec![1])]
         }
@@ -148,6 +164,7 @@ fn fields(layout: Layout, cfg: &BdhConfig, rows: usize) -> Vec<Field> {
 fn describe(layout: Layout) -> &'static str {
     match layout {
         Layout::V1 => "a state of version 1",
+        Layout::V2 => "a state of version 2",
         Layout::Unversioned(Unversioned::Session) => "a session saved before the format had a version",
         Layout::Unversioned(Unversioned::Carried) => "a carried state written before the format had a version",
     }
@@ -157,7 +174,7 @@ fn describe(layout: Layout) -> &'static str {
 /// version by `layout`, the model by `check_owner`).
 fn keys(layout: Layout) -> &'static [&'static str] {
     match layout {
-        Layout::V1 => &["format", "version", "config", "weights"],
+        Layout::V1 | Layout::V2 => &["format", "version", "config", "weights"],
         Layout::Unversioned(Unversioned::Session) => &["config", "weights"],
         Layout::Unversioned(Unversioned::Carried) => &[],
     }
@@ -175,14 +192,21 @@ pub(crate) fn write(path: &Path, model: &Bdh, state: &bdh::State, rows: usize) -
     state.check_rows(&model.config, rows)?;
     let rho: Vec<u8> = state.rho.iter().flat_map(|v| v.to_le_bytes()).collect();
     let pos = (state.pos as i64).to_le_bytes();
+    let keys: Vec<u8> = state.keys.iter().flat_map(|v| v.to_le_bytes()).collect();
     let bad = |e: safetensors::SafeTensorError| Error::Input(format!("state: {e}"));
-    let views = [
-        ("rho", TensorView::new(Dtype::F32, rho_shape(&model.config, rows), &rho).map_err(bad)?),
+    let cfg = &model.config;
+    let mut views = vec![
+        ("rho", TensorView::new(Dtype::F32, rho_shape(cfg, rows), &rho).map_err(bad)?),
         ("position", TensorView::new(Dtype::I64, vec![1], &pos).map_err(bad)?),
     ];
+    let version = if keys.is_empty() { 1 } else { 2 };
+    if !keys.is_empty() {
+        let shape = vec![cfg.n_layer, rows, cfg.n_head, KeySite::width(cfg)];
+        views.push(("keys", TensorView::new(Dtype::F32, shape, &keys).map_err(bad)?));
+    }
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
-        ("version".to_string(), VERSION.to_string()),
+        ("version".to_string(), version.to_string()),
         ("config".to_string(), ModelConfig::Bdh(model.config.clone()).to_json()),
         ("weights".to_string(), model.params.fingerprint()),
     ]);
@@ -194,7 +218,7 @@ pub(crate) fn write(path: &Path, model: &Bdh, state: &bdh::State, rows: usize) -
 pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversioned) -> Result<bdh::State> {
     let cfg = &model.config;
     let bad = |m: String| Error::format(path, m);
-    let layouts = [Layout::V1, Layout::Unversioned(unversioned)];
+    let layouts = [Layout::V1, Layout::V2, Layout::Unversioned(unversioned)];
     let largest =
         layouts.iter().map(|&l| fields(l, cfg, rows).iter().fold(0u64, |s, f| s.saturating_add(f.bytes()))).max();
     let most = largest.unwrap_or(0).saturating_add(HEADER_LIMIT);
@@ -249,7 +273,14 @@ pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversion
     if rho.iter().any(|x| !x.is_finite()) {
         return Err(bad("ρ holds values that are not finite".into()));
     }
-    Ok(bdh::State { pos, rho })
+    let keys = le_values(data("keys"), f32::from_le_bytes);
+    if keys.iter().any(|x| !x.is_finite()) {
+        return Err(bad("the write key's traces hold values that are not finite".into()));
+    }
+    let state = bdh::State { pos, rho, keys };
+    // (a version-1 file for a model with traces lacks them: refused by name)
+    state.check_rows(cfg, rows).map_err(|e| bad(e.to_string()))?;
+    Ok(state)
 }
 
 /// The layout `meta` declares: a version of the format, or none (`unversioned`).
@@ -261,6 +292,7 @@ fn layout(meta: &HashMap<String, String>, unversioned: Unversioned) -> std::resu
         (Some(_), None) => Err(format!("no `version` in its metadata: `{FORMAT}` files name theirs")),
         (Some(_), Some(v)) => match v.parse::<u64>() {
             Ok(1) => Ok(Layout::V1),
+            Ok(2) => Ok(Layout::V2),
             Ok(newer) if newer > u64::from(VERSION) => Err(format!(
                 "written by a newer bdh: version {newer} of the state format, and this build reads versions up to \
                  {VERSION}"

@@ -327,6 +327,8 @@ const OMITTED: &[(&str, &str)] = &[
     ("model.position", "\"rope\""),
     ("training.init_scale", "{}"),
     ("data.task", "\"language\""),
+    ("model.trace", "\"none\""),
+    ("model.astrocyte", "{}"),
 ];
 
 /// The default of a key that a config writes only when it is not that default.
@@ -368,6 +370,9 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let value = match (&old, parsed) {
         (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
         (old, new) if path.trim() == "model.decay" && name_or_list(old) && name_or_list(&new) => new,
+        // model.trace takes a name or λ
+        (_, toml::Value::Integer(i)) if path.trim() == "model.trace" => toml::Value::Float(i as f64),
+        (_, new @ (toml::Value::String(_) | toml::Value::Float(_))) if path.trim() == "model.trace" => new,
         (_, new) if path.trim() == "model.decay" => {
             return Err(bad(format!("`model.decay` takes \"none\", \"alibi\" or a list of γ per head, not {new}")))
         }

@@ -4,12 +4,13 @@
 //! forward line and the gradient it produces.
 
 use bdh_kernels::{
-    add_groups, causal_linear_attention_backward, matmul, matmul_batched, rope, transpose, Attention, AttentionSaved,
-    Batch, MatMul, RopeDirection,
+    add_groups, causal_linear_attention_backward, keyed_attention_backward, matmul, matmul_batched, rope, transpose,
+    Attention, AttentionSaved, Batch, KeyedSaved, MatMul, RopeDirection,
 };
 
 use super::decay::DecayTable;
 use super::forward::{Activations, Dims};
+use super::key::KeySite;
 use super::params::WeightsMut;
 use super::site::Mechanisms;
 use super::variant::Norm;
@@ -23,20 +24,22 @@ use crate::params::Params;
 #[derive(Debug)]
 pub struct Backward {
     dims: Dims,
-    dlogits: Vec<f32>,    // (B, T, V)
-    dv: Vec<f32>,         // (B, T, D) d loss / d residual stream at the current depth
-    du: Vec<f32>,         // (B, T, D) d loss / d decoder output
-    z: Vec<f32>,          // (B, H, T, N) recomputed dropout(x ⊙ y)
-    dx: Vec<f32>,         // (B, H, T, N) d loss / d x, then through the ReLU
-    dy: Vec<f32>,         // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
-    dq: Vec<f32>,         // (B, H, T, N) d loss / d R(x)
-    dq0: Vec<f32>,        // (B, H, T, N) d loss / d x through the read of a carried ρ₀
-    dx_up: Vec<f32>,      // (B, H, T, N) d loss / d x of the layer above, with the residual in the neurons; else empty
-    da: Vec<f32>,         // (B, H, T, D) d loss / d attention output
-    dvh: Vec<f32>,        // (B, H, T, D) d loss / d v through each head's attention values
-    dscores: Vec<f32>,    // (B, H, T, T)
-    dlog_decay: Vec<f32>, // (B, H) d loss / d ln γ_h of each row, with a learned decay
-    lm_head_t: Vec<f32>,  // (V, D)
+    dlogits: Vec<f32>,     // (B, T, V)
+    dv: Vec<f32>,          // (B, T, D) d loss / d residual stream at the current depth
+    du: Vec<f32>,          // (B, T, D) d loss / d decoder output
+    z: Vec<f32>,           // (B, H, T, N) recomputed dropout(x ⊙ y)
+    dx: Vec<f32>,          // (B, H, T, N) d loss / d x, then through the ReLU
+    dy: Vec<f32>,          // (B, H, T, N) d loss / d (a · encoder_v), through the ReLU
+    dq: Vec<f32>,          // (B, H, T, N) d loss / d R(x)
+    dq0: Vec<f32>,         // (B, H, T, N) d loss / d x through the read of a carried ρ₀
+    dx_up: Vec<f32>,       // (B, H, T, N) d loss / d x of the layer above, with the residual in the neurons; else empty
+    da: Vec<f32>,          // (B, H, T, D) d loss / d attention output
+    dvh: Vec<f32>,         // (B, H, T, D) d loss / d v through each head's attention values
+    dscores: Vec<f32>,     // (B, H, T, T)
+    dlog_decay: Vec<f32>,  // (B, H) d loss / d ln γ_h of each row, with a learned decay
+    dk: Vec<f32>,          // (B, H, T, N) d loss / d the rotated keys, with a mechanism at the write's key; else empty
+    dkey_params: Vec<f32>, // (B, P) each row's d loss / d the key site's parameters (P of them)
+    lm_head_t: Vec<f32>,   // (V, D)
     weights_t: Transposed,
 }
 
@@ -74,6 +77,8 @@ impl Backward {
             dvh: zeroed(&[b, h, t, d])?,
             dscores: zeroed(&[b, h, t, t])?,
             dlog_decay: zeroed(&[b, h])?,
+            dk: if KeySite::width(&model.config) > 0 { zeroed(&[b, h, t, n])? } else { Vec::new() },
+            dkey_params: zeroed(&[b, KeySite::param_count(&model.config)])?,
             lm_head_t: zeroed(&[v, d])?,
             weights_t: Transposed {
                 decoder_t: zeroed(&[h, d, n])?,
@@ -100,8 +105,11 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
             s.dims, acts.dims
         )));
     }
-    if s.dx_up.is_empty() != model.config.residual.is_d() {
-        return Err(Error::Mismatch("backward: scratch made for a model with another residual".into()));
+    let c = &model.config;
+    if (s.dx_up.is_empty(), s.dk.is_empty(), s.dkey_params.len())
+        != (c.residual.is_d(), KeySite::width(c) == 0, s.dims.b * KeySite::param_count(c))
+    {
+        return Err(Error::Mismatch("backward: scratch made for a model with another layer".into()));
     }
     if let Some(why) = acts.frozen {
         return Err(Error::Mismatch(format!("backward: {why}; its gradient is not the model's")));
@@ -134,6 +142,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     matmul(g.lm_head, v_last, &s.dlogits, MatMul::new(d, bt, vocab).a_t().acc().par());
     matmul(&mut s.dv, &s.dlogits, &s.lm_head_t, MatMul::new(bt, vocab, d).par());
 
+    let key_site = model.key_site();
     for l in (0..layers).rev() {
         let (v_in, layer) = (acts.residual(l), &acts.layers[l]);
         let (x, xr, y, a, rstd_a, scores) = (&layer.x, &layer.xr, &layer.y, &layer.a, &layer.rstd_a, &layer.scores);
@@ -158,8 +167,15 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         let rho0 = if acts.rho0.is_empty() { &[][..] } else { &acts.rho0[l * b * hnd..(l + 1) * b * hnd] };
         let decay = &acts.decay;
         let (mechanisms, pos0) = (&model.mechanisms, acts.rope.start);
+        let keys0 = if acts.keys0.is_empty() {
+            &[][..]
+        } else {
+            &acts.keys0[l * acts.keys0.len() / layers..][..acts.keys0.len() / layers]
+        };
         let saved = Saved {
             x,
+            keyed: (&layer.kr, &layer.trace, &layer.glia, keys0),
+            key_site: key_site.as_ref(),
             inc,
             y,
             xr,
@@ -183,6 +199,15 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm, learned));
         drop(rows);
         s.weights_t = weights_t;
+        if key_site.is_some() {
+            // the key site's parameters, summed over rows
+            let per = s.dkey_params.len() / b;
+            for row in s.dkey_params.chunks_exact(per.max(1)) {
+                let (phi, beta) = row.split_at(g.trace.len());
+                g.trace.iter_mut().zip(phi).for_each(|(o, &x)| *o += x);
+                g.astrocyte.iter_mut().zip(beta).for_each(|(o, &x)| *o += x);
+            }
+        }
         if learned {
             // γ_h = sigmoid(θ_h)  ⇒  d θ_h = (1 − γ_h) Σ_b d ln γ_h   (the damping site)
             for (hi, (gd, &gamma)) in g.decay.iter_mut().zip(&acts.decay.gamma).enumerate() {
@@ -220,7 +245,12 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
 /// What one layer's forward kept, for all batch rows.
 #[derive(Clone, Copy)]
 struct Saved<'a> {
-    x: &'a [f32],      // (B, H, T, N)
+    x: &'a [f32], // (B, H, T, N)
+    /// With a mechanism at the write's key: the rotated key, its trace and the
+    /// astrocyte's trace (B, H, T, N; each empty without its mechanism), and the
+    /// traces a carried state started from (B, H, W, or empty).
+    keyed: (&'a [f32], &'a [f32], &'a [f32], &'a [f32]),
+    key_site: Option<&'a KeySite>,
     inc: &'a [f32],    // (B, H, T, N) x's increment, with the residual in the neurons; else empty
     y: &'a [f32],      // (B, H, T, N)
     xr: &'a [f32],     // (B, H, T, N)
@@ -243,18 +273,20 @@ struct Saved<'a> {
 /// gradients it writes.
 struct RowGrads<'a> {
     saved: Saved<'a>,
-    du: &'a [f32],             // (T, D)
-    dv: &'a mut [f32],         // (T, D)
-    z: &'a mut [f32],          // (H, T, N)
-    dx: &'a mut [f32],         // (H, T, N)
-    dy: &'a mut [f32],         // (H, T, N)
-    dq: &'a mut [f32],         // (H, T, N)
-    dq0: &'a mut [f32],        // (H, T, N)
-    dx_up: &'a mut [f32],      // (H, T, N), or empty
-    da: &'a mut [f32],         // (H, T, D)
-    dvh: &'a mut [f32],        // (H, T, D)
-    dscores: &'a mut [f32],    // (H, T, T)
-    dlog_decay: &'a mut [f32], // (H)
+    du: &'a [f32],              // (T, D)
+    dv: &'a mut [f32],          // (T, D)
+    z: &'a mut [f32],           // (H, T, N)
+    dx: &'a mut [f32],          // (H, T, N)
+    dy: &'a mut [f32],          // (H, T, N)
+    dq: &'a mut [f32],          // (H, T, N)
+    dq0: &'a mut [f32],         // (H, T, N)
+    dx_up: &'a mut [f32],       // (H, T, N), or empty
+    da: &'a mut [f32],          // (H, T, D)
+    dvh: &'a mut [f32],         // (H, T, D)
+    dscores: &'a mut [f32],     // (H, T, T)
+    dlog_decay: &'a mut [f32],  // (H)
+    dk: &'a mut [f32],          // (H, T, N), or empty
+    dkey_params: &'a mut [f32], // (P)
 }
 
 impl<'a> RowGrads<'a> {
@@ -271,11 +303,19 @@ impl<'a> RowGrads<'a> {
         let mut dx_up = s.dx_up.chunks_mut(htn);
         let (mut da, mut dvh, mut dscores) = (s.da.chunks_mut(htd), s.dvh.chunks_mut(htd), s.dscores.chunks_mut(htt));
         let mut dlog_decay = s.dlog_decay.chunks_mut(h);
+        let mut dk = s.dk.chunks_mut(htn);
+        let per_params = s.dkey_params.len() / b;
+        let mut dkey_params = s.dkey_params.chunks_mut(per_params.max(1));
         let du: &'a [f32] = &s.du;
         (0..b)
             .map(|r| {
                 let saved = Saved {
                     x: row(saved.x, htn, r),
+                    keyed: {
+                        let (kr, trace, glia, keys0) = saved.keyed;
+                        let w = keys0.len() / b;
+                        (row(kr, htn, r), row(trace, htn, r), row(glia, htn, r), row(keys0, w, r))
+                    },
                     inc: row(saved.inc, htn, r),
                     y: row(saved.y, htn, r),
                     xr: row(saved.xr, htn, r),
@@ -302,6 +342,8 @@ impl<'a> RowGrads<'a> {
                     dvh: next(&mut dvh),
                     dscores: next(&mut dscores),
                     dlog_decay: next(&mut dlog_decay),
+                    dk: dk.next().unwrap_or_default(),
+                    dkey_params: if per_params == 0 { &mut [][..] } else { next(&mut dkey_params) },
                 }
             })
             .collect()
@@ -313,8 +355,27 @@ impl<'a> RowGrads<'a> {
 /// `learned`: the decay is learned, and its d ln γ_h is wanted.
 fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
     let Dims { t, d, h, n, .. } = dm;
-    let Saved { x, inc, y, xr, a, rstd_a, scores, keep, v_in, cos, sin, rho0, decay, mechanisms, norm, layer, pos0 } =
-        r.saved;
+    let Saved {
+        x,
+        keyed,
+        key_site,
+        inc,
+        y,
+        xr,
+        a,
+        rstd_a,
+        scores,
+        keep,
+        v_in,
+        cos,
+        sin,
+        rho0,
+        decay,
+        mechanisms,
+        norm,
+        layer,
+        pos0,
+    } = r.saved;
     let heads = |a, w, c| Batch { count: [1, h], a, b: w, c };
     let (nt, dt) = ([0, t * n], [0, t * d]); // per head
                                              // u = concat_h(z) · decoder  ⇒  dz = du · decoder_hᵀ                 (H, T, N)
@@ -329,9 +390,25 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
     norm.backward(r.da, a, rstd_a, d);
     // attention = tril₋₁(xr xrᵀ) · v, xr = R(x), x = relu(x_latent)
     //   ⇒  dv through the values of each head;  dx = [x > 0] ⊙ (dx + Rᵀ d xr)
-    let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, decay: &decay.gamma };
     let shape = Attention { b: 1, h, t, n, d };
-    causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.dlog_decay, r.da, saved, shape);
+    match key_site {
+        None => {
+            let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, decay: &decay.gamma };
+            causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.dlog_decay, r.da, saved, shape);
+        }
+        //   (the write's key site: keys R(key) other than the queries R(x))
+        //   ⇒  dx = [x > 0] ⊙ (dx + Rᵀ dq + d key / dx (Rᵀ dk))
+        Some(site) => {
+            let (kr, trace, glia, keys0) = keyed;
+            let saved = KeyedSaved { q: xr, k: kr, v: v_in, scores, decay: &decay.gamma };
+            keyed_attention_backward(r.dq, r.dk, r.dvh, r.dscores, r.dlog_decay, r.da, saved, shape);
+            rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
+            r.dx.iter_mut().zip(r.dq0.iter()).for_each(|(g, &q)| *g += q);
+            rope(r.dq0, r.dk, cos, sin, n, RopeDirection::Inverse);
+            site.backward(r.dq0, r.dx, r.dkey_params, (x, trace, glia), keys0, t);
+            r.dx.iter_mut().zip(x).filter(|(_, &xv)| xv <= 0.0).for_each(|(g, _)| *g = 0.0);
+        }
+    }
     if !rho0.is_empty() {
         // attention += R(x) · ρ₀ (a carried state, held constant)  ⇒  d R(x) = d attention · ρ₀ᵀ,
         // dx += [x > 0] ⊙ Rᵀ (d attention · ρ₀ᵀ)

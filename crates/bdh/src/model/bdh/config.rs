@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::key::{Astrocyte, Trace};
 pub use super::variant::{Norm, Position, Residual};
 use crate::error::{Error, Result};
 
@@ -38,6 +39,12 @@ pub struct BdhConfig {
     /// The position encoding: bdh.py's RoPE or none.
     #[serde(default, skip_serializing_if = "Position::is_rope")]
     pub position: Position,
+    /// The write's key: x (bdh.py), or a presynaptic trace of x (see [`super::key`]).
+    #[serde(default, skip_serializing_if = "Trace::is_none")]
+    pub trace: Trace,
+    /// An astrocyte's gate on the write's key, or none (bdh.py).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub astrocyte: Option<Astrocyte>,
 }
 
 /// The synapse state's decay. With a retention γ_h the attention scores become
@@ -152,6 +159,8 @@ impl Default for BdhConfig {
             norm: Norm::Layer,
             residual: Residual::D,
             position: Position::Rope,
+            trace: Trace::None,
+            astrocyte: None,
         }
     }
 }
@@ -188,7 +197,7 @@ impl BdhConfig {
     /// Number of trained parameters: embed, encoder, encoder_v, decoder, lm_head.
     pub fn param_count(&self) -> usize {
         let (d, v, hn) = (self.n_embd, self.vocab_size, self.total_neurons());
-        v * d + 3 * hn * d + d * v + self.decay_params()
+        v * d + 3 * hn * d + d * v + self.decay_params() + super::key::KeySite::param_count(self)
     }
 
     /// The values of `attn.decay`: θ_h per head with a learned decay, else none.
@@ -206,7 +215,8 @@ impl BdhConfig {
         v.checked_mul(d)?
             .checked_mul(2)?
             .checked_add(hn.checked_mul(d)?.checked_mul(3)?)?
-            .checked_add(self.decay_params())
+            .checked_add(self.decay_params())?
+            .checked_add(super::key::KeySite::param_count(self))
     }
 
     /// The sizes a user sets, by name.
@@ -254,6 +264,9 @@ impl BdhConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        if let Err(e) = super::key::validate(self) {
+            return bad(e);
         }
         if let Decay::Retention(g) = &self.decay {
             if g.len() != self.n_head {

@@ -28,10 +28,14 @@
 //! per layer) sized once per (B, T); a step allocates nothing. The kernels split the
 //! work over (B, H) and row blocks themselves.
 
-use bdh_kernels::{add, causal_linear_attention, matmul, matmul_batched, Attention, Batch, MatMul};
+use bdh_kernels::{
+    add, causal_linear_attention, keyed_attention, matmul, matmul_batched, rope as rope_kernel, Attention, Batch,
+    MatMul, RopeDirection,
+};
 
 use super::decay::DecayTable;
 use super::edit::{Edits, Region, Site, NO_EDITS};
+use super::key::{KeyBuffers, KeySite};
 use super::params::Weights;
 use super::recurrent::State;
 use super::rope::RopeTable;
@@ -117,6 +121,7 @@ pub struct Activations {
     pub(crate) decay: DecayTable,            // the retention's powers over T (empty without decay)
     pub(crate) frozen: Option<&'static str>, // why the last forward has no backward
     pub(crate) rho0: Vec<f32>,               // (L, B, H, N, D) ρ a train-mode pass started from; else empty
+    pub(crate) keys0: Vec<f32>,              // (L, B, H, W) the write key's traces it started from; else empty
     pub(crate) dropout: bool,                // the last forward drew the layers' `keep`
     pub(crate) tokens: Vec<u32>,             // (B, T)
     pub(crate) v0: Vec<f32>,                 // (B, T, D) LN(embed[tokens]): the residual into layer 0
@@ -133,7 +138,11 @@ pub(crate) struct Layer {
     pub(crate) x: Vec<f32>,      // (B, H, T, N) sparse neurons
     pub(crate) inc: Vec<f32>,    // (B, H, T, N) relu(v · encoder) with the residual in the neurons; else empty
     pub(crate) xr: Vec<f32>,     // (B, H, T, N) x rotated by RoPE
-    pub(crate) scores: Vec<f32>, // (B, H, T, T) tril₋₁(xr xrᵀ), ⊙ γ^(t−τ) with a decay
+    pub(crate) scores: Vec<f32>, // (B, H, T, T) tril₋₁(xr krᵀ), ⊙ γ^(t−τ) with a decay
+    pub(crate) key: Vec<f32>,    // (B, H, T, N) the write's key, with a mechanism there; else empty
+    pub(crate) kr: Vec<f32>,     // (B, H, T, N) the key rotated by RoPE; else empty
+    pub(crate) trace: Vec<f32>,  // (B, H, T, N) the key's presynaptic trace; else empty
+    pub(crate) glia: Vec<f32>,   // (B, H, T, N) the astrocyte's activity trace; else empty
     pub(crate) a: Vec<f32>,      // (B, H, T, D) attention output after LN
     pub(crate) rstd_a: Vec<f32>, // (B, H, T)
     pub(crate) y: Vec<f32>,      // (B, H, T, N)
@@ -145,12 +154,18 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
-    fn new(Dims { b, t, d, h, n, .. }: Dims, residual: Residual) -> Result<Self> {
+    fn new(Dims { b, t, d, h, n, .. }: Dims, cfg: &BdhConfig) -> Result<Self> {
+        let if_so = |yes: bool| if yes { zeroed(&[b, h, t, n]) } else { Ok(Vec::new()) };
+        let keyed = KeySite::width(cfg) > 0;
         Ok(Layer {
             x: zeroed(&[b, h, t, n])?,
-            inc: if residual.is_d() { Vec::new() } else { zeroed(&[b, h, t, n])? },
+            inc: if_so(!cfg.residual.is_d())?,
             xr: zeroed(&[b, h, t, n])?,
             scores: zeroed(&[b, h, t, t])?,
+            key: if_so(keyed)?,
+            kr: if_so(keyed)?,
+            trace: if_so(!cfg.trace.is_none())?,
+            glia: if_so(cfg.astrocyte.is_some())?,
             a: zeroed(&[b, h, t, d])?,
             rstd_a: zeroed(&[b, h, t])?,
             y: zeroed(&[b, h, t, n])?,
@@ -177,7 +192,8 @@ impl Layer {
         let (htn, htd, htt) = (h * t * n, h * t * d, h * t * t);
         let of = |per_row: usize| rows.start * per_row..rows.end * per_row;
         let keep = if dropout { &mut self.keep[of(htn)] } else { &mut [][..] };
-        let inc = if self.inc.is_empty() { &mut [][..] } else { &mut self.inc[of(htn)] };
+        let part = |buf: &'a mut Vec<f32>| if buf.is_empty() { &mut [][..] } else { &mut buf[of(htn)] };
+        let inc = part(&mut self.inc);
         let x_in = if x_in.is_empty() { x_in } else { &x_in[of(htn)] };
         LayerRows {
             dims: Dims { b: rows.len(), ..dm },
@@ -189,6 +205,10 @@ impl Layer {
             inc,
             xr: &mut self.xr[of(htn)],
             scores: &mut self.scores[of(htt)],
+            key: part(&mut self.key),
+            kr: part(&mut self.kr),
+            trace: part(&mut self.trace),
+            glia: part(&mut self.glia),
             a: &mut self.a[of(htd)],
             rstd_a: &mut self.rstd_a[of(h * t)],
             y: &mut self.y[of(htn)],
@@ -210,7 +230,7 @@ impl Activations {
             return Err(Error::Input(format!("empty batch (B={b}, T={t})")));
         }
         // Every size below is a product of these, so bounding the largest bounds all.
-        let total = [[l, b, h, t, n * 5], [l, b, h, t, t + 2 * d], [l + 1, b, t, 1, 2 * d + v]]
+        let total = [[l, b, h, t, n * 9], [l, b, h, t, t + 2 * d], [l + 1, b, t, 1, 2 * d + v]]
             .iter()
             .try_fold(0usize, |acc, dims| dims.iter().try_fold(1usize, |p, &x| p.checked_mul(x))?.checked_add(acc));
         crate::memory::ensure_fits(
@@ -223,12 +243,13 @@ impl Activations {
             freqs: model.freqs.clone(),
             decay: DecayTable::new(model.retention(), t),
             rho0: Vec::new(),
+            keys0: Vec::new(),
             frozen: None,
             dropout: false,
             tokens: vec![0; b * t],
             v0: zeroed(&[b, t, d])?,
             rstd_v0: zeroed(&[b, t])?,
-            layers: (0..l).map(|_| Layer::new(dm, model.config.residual)).collect::<Result<_>>()?,
+            layers: (0..l).map(|_| Layer::new(dm, &model.config)).collect::<Result<_>>()?,
             z: zeroed(&[b, h, t, n])?,
             logits: zeroed(&[b, t, v])?,
         })
@@ -246,9 +267,14 @@ impl Activations {
     }
 
     /// Whether these buffers hold what a pass of `model`'s layer keeps (sizes aside):
-    /// the increments of x exactly when its residual is in the neurons.
+    /// the increments of x exactly when its residual is in the neurons, the write's
+    /// keys and traces exactly when it has those mechanisms.
     fn made_for(&self, model: &Bdh) -> bool {
-        self.layers.iter().all(|l| l.inc.is_empty() == model.config.residual.is_d())
+        let c = &model.config;
+        self.layers.iter().all(|l| {
+            (l.inc.is_empty(), l.key.is_empty(), l.trace.is_empty(), l.glia.is_empty())
+                == (c.residual.is_d(), KeySite::width(c) == 0, c.trace.is_none(), c.astrocyte.is_none())
+        })
     }
 
     /// The residual stream leaving layer `l − 1` (entering layer `l`), (B, T, D);
@@ -349,6 +375,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     // rows at a time keeps a group's activations in cache from one kernel to the next.
     let group = bdh_kernels::rows_per_group(h);
     let (rope, decay, drawn) = (&acts.rope, &acts.decay, acts.dropout);
+    let keys = model.key_site();
     for l in 0..layers {
         let (before, after) = acts.layers.split_at_mut(l);
         let v_in = before.last().map_or(&acts.v0[..], |prev| &prev.v[..]);
@@ -359,10 +386,14 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
             let rows = r0..(r0 + group).min(b);
             let stream = ((l * b + r0) * h) as u64;
             let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
-            let rho = state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone()));
+            let (rho, key_state) = match state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone())) {
+                Some((rho, traces)) => (Some(rho), Some(traces)),
+                None => (None, None),
+            };
             let at = layer.rows(rows, (v_in, x_in), &mut acts.z, dm, drawn);
             let mechanisms = &model.mechanisms;
-            heads(&p, cfg, at, l, Extras { rope, decay, mechanisms, edits, pos0, dropout, rho });
+            let keys = keys.as_ref().map(|site| (site, key_state));
+            heads(&p, cfg, at, l, Extras { rope, decay, mechanisms, keys, edits, pos0, dropout, rho });
         }
         mix(&p, cfg, layer.rows(0..b, (v_in, x_in), &mut acts.z, dm, drawn));
         let out = Region { head0: 0, heads: 1, pos0, t, n: d, width: 1 };
@@ -429,14 +460,22 @@ fn begin(
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");
     acts.rho0.clear();
+    acts.keys0.clear();
     match (state, mode) {
         // ρ at the start, for the gradient through its read (the state itself moves
-        // on); only a training pass keeps it, so inference never copies ρ.
+        // on), and the key's traces, for the trace's; only a training pass keeps
+        // them, so inference never copies ρ.
         (Some(s), Mode::Train { .. }) => {
-            let too_big =
-                |_| Error::TooLarge { what: "a copy of ρ₀".into(), need: Some(4 * s.rho.len() as u64), have: None };
-            acts.rho0.try_reserve_exact(s.rho.len()).map_err(too_big)?;
-            acts.rho0.extend_from_slice(&s.rho);
+            for (copy, of, what) in [(&mut acts.rho0, &s.rho, "ρ₀"), (&mut acts.keys0, &s.keys, "the key's traces")]
+            {
+                let need = Some(4 * of.len() as u64);
+                copy.try_reserve_exact(of.len()).map_err(|_| Error::TooLarge {
+                    what: format!("a copy of {what}"),
+                    need,
+                    have: None,
+                })?;
+                copy.extend_from_slice(of);
+            }
         }
         (Some(_), Mode::Eval) => {
             acts.frozen =
@@ -458,6 +497,10 @@ struct LayerRows<'a> {
     inc: &'a mut [f32],    // (B, H, T, N) relu(v · encoder), with the residual in the neurons; else empty
     xr: &'a mut [f32],     // (B, H, T, N)
     scores: &'a mut [f32], // (B, H, T, T)
+    key: &'a mut [f32],    // (B, H, T, N) with a mechanism at the write's key; else empty
+    kr: &'a mut [f32],     // (B, H, T, N) likewise
+    trace: &'a mut [f32],  // (B, H, T, N) with a trace; else empty
+    glia: &'a mut [f32],   // (B, H, T, N) with an astrocyte; else empty
     a: &'a mut [f32],      // (B, H, T, D)
     rstd_a: &'a mut [f32], // (B, H, T)
     y: &'a mut [f32],      // (B, H, T, N)
@@ -472,6 +515,8 @@ struct Extras<'a> {
     rope: &'a RopeTable,
     decay: &'a DecayTable,
     mechanisms: &'a Mechanisms,
+    /// The write's key site, with the carried traces of these rows, (B, H, W).
+    keys: Option<(&'a KeySite, Option<&'a mut [f32]>)>,
     edits: &'a Edits,
     pos0: usize,
     /// (seed, first stream, probability) of the dropout masks.
@@ -503,7 +548,17 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
     // yKV = attn(Q = K = x_sparse, V = x)             a_{t,l} = Σ_{τ<t} v_τ (x_τᵀ U^(t−τ) x_t)  (B, H, T, D)
     //   (U: RoPE, times γ_h^(t−τ) with a decay: the damping site)
     let rope = (&e.rope.cos[..], &e.rope.sin[..]);
-    causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, &e.decay.gamma, Attention { b, h, t, n, d });
+    let shape = Attention { b, h, t, n, d };
+    match e.keys {
+        None => causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, &e.decay.gamma, shape),
+        //   (the write's key site: a_t = Σ_{τ<t} v_τ (R_τ key_τ · R_t x_t), key = g(s) ⊙ c)
+        Some((site, state)) => {
+            site.forward(s.x, state, KeyBuffers { key: s.key, trace: s.trace, glia: s.glia }, (h, t));
+            rope_kernel(s.xr, s.x, rope.0, rope.1, n, RopeDirection::Forward);
+            rope_kernel(s.kr, s.key, rope.0, rope.1, n, RopeDirection::Forward);
+            keyed_attention(s.a, s.scores, s.xr, s.kr, s.v_in, &e.decay.gamma, shape);
+        }
+    }
     if let Some(rho) = e.rho {
         // With a carried state (Eq. 5, 8): a_i += γ^(i+1) R(x_i) · ρ₀ (the past), then
         // ρ = γ^T ρ₀ + Σ_i γ^(T−1−i) R(x_i) ⊗ v_i; the powers are carried by a copy of
@@ -515,8 +570,9 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
         let q = dc.weighted(s.z, s.xr, &dc.read, (h, t, n));
         matmul_batched(s.a, q, rho, MatMul::new(t, n, d).acc(), read);
         dc.fade_whole(rho, (h, nd));
-        let q = dc.weighted(s.z, s.xr, &dc.write, (h, t, n));
-        matmul_batched(rho, q, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
+        let keys = if s.kr.is_empty() { &s.xr[..] } else { &s.kr[..] };
+        let k = dc.weighted(s.z, keys, &dc.write, (h, t, n));
+        matmul_batched(rho, k, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
     }
     // yKV = ln(yKV)                                   LN(a_{t,l})
     cfg.norm.forward(s.a, s.rstd_a, d);

@@ -39,6 +39,13 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
         let layer = |c: &BdhConfig| c.variant().unwrap_or_else(|| "bdh.py's".into());
         return Err(Error::Config(format!("cannot merge models whose layers differ: {} and {}", layer(ca), layer(cb))));
     }
+    if (&ca.trace, ca.astrocyte) != (&cb.trace, cb.astrocyte) || ca.astrocyte.is_some() {
+        return Err(Error::Config(format!(
+            "cannot merge models whose writes' keys differ or are gated ({:?}, astrocyte {:?} and {:?}, astrocyte \
+             {:?}): a merged head has one gate",
+            ca.trace, ca.astrocyte, cb.trace, cb.astrocyte
+        )));
+    }
     if (ca.decay.is_learned(), a.retention()) != (cb.decay.is_learned(), b.retention()) {
         let said = |m: &Bdh| match m.config.decay.is_learned() {
             true => format!("\"learned\", trained to γ = {:?}", m.retention()),
@@ -85,6 +92,11 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
     }
     // A learned decay's θ_h: the same in both (checked above).
     w.decay.copy_from_slice(wa.decay);
+    // A learned trace's φ (H, N): each neuron keeps its own, joined as the encoders are.
+    for (out, (ra, rb)) in w.trace.chunks_exact_mut(n).zip(wa.trace.chunks_exact(na).zip(wb.trace.chunks_exact(nb))) {
+        out[..na].copy_from_slice(ra);
+        out[na..].copy_from_slice(rb);
+    }
     // Each neuron keeps its frequency (shared by the heads, as bdh.py's buffer is).
     let freqs: Vec<f32> = a.freqs.iter().chain(&b.freqs).copied().collect();
     let merged = Bdh::from_parts(config, merged_params, freqs)?;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decay;
 pub mod edit;
 pub mod forward;
+pub mod key;
 pub mod merge;
 pub mod params;
 pub mod recurrent;
@@ -14,7 +15,7 @@ pub mod site;
 pub mod variant;
 
 pub use backward::{backward, Backward};
-pub use config::{BdhConfig, Decay};
+pub use config::{Astrocyte, BdhConfig, Decay, Trace};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Part, Pass};
 pub use merge::{merge, Heritage};
@@ -69,6 +70,12 @@ impl Bdh {
     /// The weights by name.
     pub fn weights(&self) -> Weights<'_> {
         Weights::of(&self.params)
+    }
+
+    /// The write's key site (a trace, an astrocyte's gate), or `None` for bdh.py's key.
+    pub fn key_site(&self) -> Option<key::KeySite> {
+        let w = self.weights();
+        key::KeySite::new(&self.config, w.trace, w.astrocyte)
     }
 
     /// γ_h per head: the config's fixed decay, or the learned one's

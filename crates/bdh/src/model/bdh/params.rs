@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::BdhConfig;
+use super::key::{Trace, ASTROCYTE_NAME, TRACE_NAME};
 use crate::error::Result;
 use crate::params::Params;
 
@@ -19,8 +20,9 @@ pub const FREQS_NAME: &str = "attn.freqs";
 /// retention of head h is γ_h = sigmoid(θ_h) (`decay = "learned"` only).
 pub const DECAY_NAME: &str = "attn.decay";
 
-/// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V), and
-/// with a learned decay (H).
+/// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V), then
+/// those of the layer's mechanisms that train: a learned decay's θ (H), a learned
+/// trace's φ (H, N) and an astrocyte gate's β (H), each starting at zero but θ.
 pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
     let mut slots = vec![
@@ -32,6 +34,12 @@ pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     ];
     if cfg.decay.is_learned() {
         slots.push((DECAY_NAME, vec![h]));
+    }
+    if cfg.trace == Trace::Learned {
+        slots.push((TRACE_NAME, vec![h, n]));
+    }
+    if cfg.astrocyte.is_some() {
+        slots.push((ASTROCYTE_NAME, vec![h]));
     }
     slots
 }
@@ -77,6 +85,10 @@ pub struct Weights<'a> {
     pub lm_head: &'a [f32],
     /// A learned decay's logits θ, (H); empty for a fixed decay or none.
     pub decay: &'a [f32],
+    /// A learned trace's logits φ, (H, N); else empty.
+    pub trace: &'a [f32],
+    /// An astrocyte gate's slopes β, (H); else empty.
+    pub astrocyte: &'a [f32],
 }
 
 impl<'a> Weights<'a> {
@@ -84,8 +96,18 @@ impl<'a> Weights<'a> {
     pub fn of(p: &'a Params) -> Self {
         debug_assert!(p.slots().iter().map(|s| s.name.as_str()).take(5).eq(PARAM_NAMES));
         let (s, d) = (p.slots(), p.data());
-        let t = |i: usize| s.get(i).map_or(&[][..], |s| &d[s.range.clone()]);
-        Weights { embed: t(0), encoder: t(1), encoder_v: t(2), decoder: t(3), lm_head: t(4), decay: t(5) }
+        let t = |i: usize| &d[s[i].range.clone()];
+        let named = |name: &str| p.get(name).unwrap_or_default();
+        Weights {
+            embed: t(0),
+            encoder: t(1),
+            encoder_v: t(2),
+            decoder: t(3),
+            lm_head: t(4),
+            decay: named(DECAY_NAME),
+            trace: named(TRACE_NAME),
+            astrocyte: named(ASTROCYTE_NAME),
+        }
     }
 }
 
@@ -104,15 +126,22 @@ pub struct WeightsMut<'a> {
     pub lm_head: &'a mut [f32],
     /// (H), or empty.
     pub decay: &'a mut [f32],
+    /// (H, N), or empty.
+    pub trace: &'a mut [f32],
+    /// (H), or empty.
+    pub astrocyte: &'a mut [f32],
 }
 
 impl<'a> WeightsMut<'a> {
     /// Views a buffer laid out by [`layout`].
     pub fn of(p: &'a mut Params) -> Self {
         debug_assert!(p.slots().iter().map(|s| s.name.as_str()).take(5).eq(PARAM_NAMES));
+        // the mechanisms' tensors follow bdh.py's five, in this order, each if present
+        let has = [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME].map(|name| p.slot(name).is_some());
         let mut t = p.split_mut().into_iter();
         let mut next = || t.next().expect("five BDH tensors");
         let (embed, encoder, encoder_v, decoder, lm_head) = (next(), next(), next(), next(), next());
-        WeightsMut { embed, encoder, encoder_v, decoder, lm_head, decay: t.next().unwrap_or_default() }
+        let [decay, trace, astrocyte] = has.map(|there| if there { next() } else { &mut [][..] });
+        WeightsMut { embed, encoder, encoder_v, decoder, lm_head, decay, trace, astrocyte }
     }
 }

@@ -22,47 +22,53 @@
 //! a few ulps).
 
 use bdh_kernels::{
-    active_pairs, gate_listed, gather_dot, matmul, parallel_each, rho_read_write, rope, sparse_row_sum, transpose,
-    MatMul, RopeDirection,
+    active_pairs, gate_listed, gather_dot, matmul, parallel_each, rho_read_write, rho_write, rope, sparse_row_sum,
+    transpose, MatMul, RopeDirection,
 };
 
 use super::decay::Damping;
 use super::edit::{Edits, Region, Site};
 use super::forward::{forward, Activations, Pass};
+use super::key::KeySite;
 use super::rope::cos_sin;
 use super::variant::Residual;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
 use crate::model::{check_positions, check_tokens, zeroed, Mode};
 
-/// Everything a running sequence remembers: its position and ρ of each layer. A
-/// state of B rows (for a batch of streams that advance together, as training with a
-/// carried state reads them) holds (L, B, H, N, D); one sequence is B = 1.
+/// Everything a running sequence remembers: its position, ρ of each layer and the
+/// per-stream state of the layer's mechanisms (the write key's traces). A state of
+/// B rows (for a batch of streams that advance together, as training with a carried
+/// state reads them) holds (L, B, H, N, D); one sequence is B = 1.
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     /// Tokens consumed so far (the position of the next one).
     pub pos: usize,
     /// ρ per layer, row and head, (L, B, H, N, D): `Σ_τ R_τ x_τ ⊗ v_τ`.
     pub rho: Vec<f32>,
+    /// The write key's traces per layer, row and head, (L, B, H, W) with W
+    /// [`KeySite::width`] (empty for bdh.py's key).
+    pub keys: Vec<f32>,
 }
 
 impl State {
     /// The empty state of a sequence that has seen nothing.
     pub fn new(cfg: &BdhConfig) -> Result<Self> {
-        let count = Self::shape(cfg).iter().try_fold(1usize, |p, &x| p.checked_mul(x));
-        crate::memory::ensure_fits(crate::memory::f32_bytes(count), "the state ρ of a sequence")?;
-        let rho = zeroed(&Self::shape(cfg))?;
-        crate::infer::count_state();
-        Ok(State { pos: 0, rho })
+        Self::make(cfg, 1, "the state ρ of a sequence")
     }
 
     /// The empty state of `rows` streams read side by side.
     pub fn rows(cfg: &BdhConfig, rows: usize) -> Result<Self> {
+        Self::make(cfg, rows, "the state ρ of a batch of streams")
+    }
+
+    fn make(cfg: &BdhConfig, rows: usize, what: &str) -> Result<Self> {
         let count = Self::shape(cfg).iter().try_fold(rows, |p, &x| p.checked_mul(x));
-        crate::memory::ensure_fits(crate::memory::f32_bytes(count), "the state ρ of a batch of streams")?;
+        crate::memory::ensure_fits(crate::memory::f32_bytes(count), what)?;
         let rho = zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])?;
+        let keys = zeroed(&[rows, cfg.n_layer, cfg.n_head, KeySite::width(cfg)])?;
         crate::infer::count_state();
-        Ok(State { pos: 0, rho })
+        Ok(State { pos: 0, rho, keys })
     }
 
     /// The shape of one sequence's ρ for `cfg`: (L, H, N, D).
@@ -80,21 +86,37 @@ impl State {
                 Self::shape(cfg)
             )));
         }
+        let keys = (cfg.n_layer * cfg.n_head * KeySite::width(cfg)).saturating_mul(rows);
+        if self.keys.len() != keys {
+            return Err(Error::Mismatch(format!(
+                "a state with {} values of the write key's traces, not the {keys} of this model's",
+                self.keys.len()
+            )));
+        }
         Ok(())
     }
 
-    /// ρ of layer `l` for streams `rows` of a state of several, (rows, H, N, D).
+    /// ρ of layer `l` for streams `rows` of a state of several, (rows, H, N, D),
+    /// and the write key's traces of the same, (rows, H, W).
     /// (`cfg` is the model's, which [`State::check_rows`] has checked.)
-    pub(crate) fn layer_rows(&mut self, cfg: &BdhConfig, l: usize, rows: std::ops::Range<usize>) -> &mut [f32] {
+    pub(crate) fn layer_rows(
+        &mut self,
+        cfg: &BdhConfig,
+        l: usize,
+        rows: std::ops::Range<usize>,
+    ) -> (&mut [f32], &mut [f32]) {
         let [layers, h, n, d] = Self::shape(cfg);
-        let per_layer = self.rho.len() / layers;
         let per_row = h * n * d;
-        &mut self.rho[l * per_layer..][rows.start * per_row..rows.end * per_row]
+        let (rho_layer, keys_layer) = (self.rho.len() / layers, self.keys.len() / layers);
+        let rho = &mut self.rho[l * rho_layer..][rows.start * per_row..rows.end * per_row];
+        let per_row = h * KeySite::width(cfg);
+        let keys = &mut self.keys[l * keys_layer..][rows.start * per_row..rows.end * per_row];
+        (rho, keys)
     }
 
     /// Bytes the state occupies.
     pub fn bytes(&self) -> usize {
-        self.rho.len() * std::mem::size_of::<f32>()
+        (self.rho.len() + self.keys.len()) * std::mem::size_of::<f32>()
     }
 
     /// Checks that this state is one stream of a model of config `cfg`.
@@ -107,8 +129,9 @@ impl State {
 #[derive(Clone, Debug)]
 pub struct Prepared {
     model: Bdh,
-    encoder_v_t: Vec<f32>, // (H, N, D) encoder_v with each neuron's weights contiguous
-    damping: Damping,      // how ρ fades before each read
+    encoder_v_t: Vec<f32>,      // (H, N, D) encoder_v with each neuron's weights contiguous
+    damping: Damping,           // how ρ fades before each read
+    keys: Option<Box<KeySite>>, // the write's key, when not x itself
 }
 
 /// Buffers of a step of 1…B streams, grown to the largest batch seen and reused,
@@ -137,14 +160,18 @@ struct HeadScratch {
 /// One (stream, head)'s buffers.
 #[derive(Clone, Debug)]
 struct Stream {
-    xr: Vec<f32>,     // (N) rotated neurons
-    a: Vec<f32>,      // (D) attention readout
-    y: Vec<f32>,      // (|cols|) y on the active neurons
-    z: Vec<f32>,      // (N) x ⊙ y, valid on `z_rows`
-    u: Vec<f32>,      // (D) this head's share of the decoder output
-    rows: Vec<u32>,   // rows of the active RoPE pairs
-    cols: Vec<u32>,   // active neurons
-    z_rows: Vec<u32>, // non-zero entries of z
+    xr: Vec<f32>,       // (N) rotated neurons
+    key: Vec<f32>,      // (N) the write's key, with a mechanism there
+    kr: Vec<f32>,       // (N) the key rotated
+    key_rows: Vec<u32>, // rows of the key's active RoPE pairs
+    key_cols: Vec<u32>, // its active neurons (unused)
+    a: Vec<f32>,        // (D) attention readout
+    y: Vec<f32>,        // (|cols|) y on the active neurons
+    z: Vec<f32>,        // (N) x ⊙ y, valid on `z_rows`
+    u: Vec<f32>,        // (D) this head's share of the decoder output
+    rows: Vec<u32>,     // rows of the active RoPE pairs
+    cols: Vec<u32>,     // active neurons
+    z_rows: Vec<u32>,   // non-zero entries of z
 }
 
 /// A stream's position and the cos and sin of its rotation per RoPE pair, (N/2) each.
@@ -188,6 +215,10 @@ impl Stream {
     fn new(d: usize, n: usize) -> Self {
         Stream {
             xr: vec![0.0; n],
+            key: vec![0.0; n],
+            kr: vec![0.0; n],
+            key_rows: Vec::with_capacity(n),
+            key_cols: Vec::with_capacity(n),
             a: vec![0.0; d],
             y: Vec::with_capacity(n),
             z: vec![0.0; n],
@@ -212,7 +243,8 @@ impl Prepared {
             transpose(dst, src, d, n);
         }
         let damping = Damping::new(model.retention());
-        Ok(Prepared { model, encoder_v_t, damping })
+        let keys = model.key_site().map(Box::new);
+        Ok(Prepared { model, encoder_v_t, damping, keys })
     }
 
     /// The model.
@@ -357,12 +389,19 @@ impl Prepared {
                 .heads
                 .iter_mut()
                 .enumerate()
-                .map(|(head, hs)| HeadWork { head, hs, rho: Vec::with_capacity(b) })
+                .map(|(head, hs)| HeadWork { head, hs, rho: Vec::with_capacity(b), keys: Vec::with_capacity(b) })
                 .collect();
+            let w = KeySite::width(c);
             for st in states.iter_mut() {
                 let rho_l = &mut st.rho[l * h * n * d..(l + 1) * h * n * d];
                 for (hw, rho) in work.iter_mut().zip(rho_l.chunks_exact_mut(n * d)) {
                     hw.rho.push(rho);
+                }
+                if w > 0 {
+                    let keys_l = &mut st.keys[l * h * w..(l + 1) * h * w];
+                    for (hw, keys) in work.iter_mut().zip(keys_l.chunks_exact_mut(w)) {
+                        hw.keys.push(keys);
+                    }
                 }
             }
             let at = LayerStep { layer: l, v: &s.v, rotations: &s.rotations, edits, dense: s.dense };
@@ -407,9 +446,10 @@ impl Prepared {
             hw.hs.x.iter_mut().zip(&hw.hs.x_in).for_each(|(x, &x0)| *x += x0);
         }
         let HeadScratch { x, x_in, streams } = &mut *hw.hs;
+        let mut keys = hw.keys.iter_mut();
         let mut work: Vec<StreamHead> = (streams.iter_mut().zip(x.chunks_exact_mut(n)).zip(hw.rho.iter_mut()))
             .enumerate()
-            .map(|(row, ((st, x), rho))| StreamHead { row, st, x, rho })
+            .map(|(row, ((st, x), rho))| StreamHead { row, st, x, rho, keys: keys.next().map(|k| &mut **k) })
             .collect();
         parallel_each(&mut work, |w| self.stream_head(hw.head, w, at));
         drop(work);
@@ -426,7 +466,7 @@ impl Prepared {
         let (d, n) = (c.n_embd, c.n_neurons());
         let decoder = &p.decoder[hi * n * d..][..n * d];
         let encoder_v_t = &self.encoder_v_t[hi * n * d..][..n * d];
-        let StreamHead { row, st, x, rho } = w;
+        let StreamHead { row, st, x, rho, keys } = w;
         let v = &at.v[*row * d..(*row + 1) * d];
         let Rotation { pos, cos, sin } = &at.rotations[*row];
         let pos = *pos;
@@ -440,7 +480,17 @@ impl Prepared {
         self.damping.step(hi, rho);
         // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                (D)
         at.edits.apply(Site::Rho, at.layer, rho, one(d));
-        rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows);
+        match (&self.keys, keys) {
+            //   (the write's key site: ρ += R_t key ⊗ v, the key's traces advancing by x)
+            (Some(site), Some(traces)) => {
+                site.step(hi, x, traces, &mut st.key);
+                rope(&mut st.kr, &st.key, cos, sin, n, RopeDirection::Forward);
+                active_pairs(&st.key, &mut st.key_rows, &mut st.key_cols, at.dense);
+                sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);
+                rho_write(rho, &st.kr, v, &st.key_rows);
+            }
+            _ => rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows),
+        }
         c.norm.forward(&mut st.a, &mut rstd, d);
         // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
         st.y.resize(st.cols.len(), 0.0);
@@ -470,8 +520,9 @@ impl Prepared {
 struct StreamHead<'a> {
     row: usize,
     st: &'a mut Stream,
-    x: &'a mut [f32],   // (N) its neurons
-    rho: &'a mut [f32], // (N, D) its ρ of this head and layer
+    x: &'a mut [f32],            // (N) its neurons
+    rho: &'a mut [f32],          // (N, D) its ρ of this head and layer
+    keys: Option<&'a mut [f32]>, // (W) its write key's traces, with a mechanism there
 }
 
 /// What every head of a layer's step reads.
@@ -487,5 +538,6 @@ struct LayerStep<'a> {
 struct HeadWork<'a> {
     head: usize,
     hs: &'a mut HeadScratch,
-    rho: Vec<&'a mut [f32]>, // (B) of (N, D)
+    rho: Vec<&'a mut [f32]>,  // (B) of (N, D)
+    keys: Vec<&'a mut [f32]>, // (B) of (W) the write key's traces, or none
 }
