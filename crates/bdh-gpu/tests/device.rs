@@ -224,11 +224,23 @@ fn a_layer_without_position_runs_on_the_device_and_other_variants_are_refused() 
     let diff = common::rel(&on_gpu, &on_cpu);
     println!("position = \"none\" on {}: logits max rel diff {diff:.2e}", gpu.device());
     assert!(diff < 1e-4, "{diff}");
-    for cfg in [BdhConfig { norm: Norm::None, ..base.clone() }, BdhConfig { residual: Residual::N, ..base }] {
+    for cfg in [BdhConfig { norm: Norm::None, ..base.clone() }, BdhConfig { residual: Residual::N, ..base.clone() }] {
         let model = Model::new(&bdh::ModelConfig::Bdh(cfg), 3).unwrap();
         let err = bdh_gpu::Gpu::open(&model, bdh_gpu::Want::Any).err().expect("refused").to_string();
         assert!(err.contains("not bdh.py's") && err.contains("--device cpu"), "{err}");
         let err = bdh_gpu::trains(&model).unwrap_err().to_string();
         assert!(err.contains("not bdh.py's"), "{err}");
+    }
+    // the synapse mechanisms the device does not run: a learned decay, the write key's site
+    use bdh::model::bdh::{Astrocyte, Decay, Trace};
+    for (cfg, says) in [
+        (BdhConfig { decay: Decay::Learned, ..base.clone() }, "learns its decay"),
+        (BdhConfig { trace: Trace::Fixed(0.5), ..base.clone() }, "a trace or an astrocyte"),
+        (BdhConfig { astrocyte: Some(Astrocyte { alpha: 0.9 }), ..base }, "a trace or an astrocyte"),
+    ] {
+        let model = Model::new(&bdh::ModelConfig::Bdh(cfg), 3).unwrap();
+        let err = bdh_gpu::Gpu::open(&model, bdh_gpu::Want::Any).err().expect("refused").to_string();
+        assert!(err.contains(says) && err.contains("--device cpu"), "{err}");
+        assert!(bdh_gpu::trains(&model).unwrap_err().to_string().contains(says));
     }
 }
