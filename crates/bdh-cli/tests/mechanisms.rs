@@ -1,5 +1,5 @@
 //! The built-in generator's tasks and the synapse mechanisms from the command line:
-//! a run on a task with a learned decay, a learned trace and an astrocyte's gate
+//! a run on a task with delays, a learned decay, a learned trace and an astrocyte's gate
 //! trains, reports its timescales and its answers against chance, resumes, and is
 //! read by `eval`, `generate` and the microscope; what cannot run it says why.
 
@@ -8,7 +8,9 @@ use std::path::Path;
 mod common;
 use common::{bdh, temp, text};
 
-const MECHANISMS: [&str; 8] = [
+const MECHANISMS: [&str; 10] = [
+    "--set",
+    "model.delays=[0, 2]",
     "--set",
     "model.decay=learned",
     "--set",
@@ -87,6 +89,8 @@ fn bad_mechanisms_and_tasks_are_refused_by_name() {
         ("data.task=lag:0", "must be in 1..="),
         ("data.task=echo:2", "expected \"language\", \"lag:K\""),
         ("data.task=lag:200", "needs blocks of 402 bytes or more"),
+        ("model.delays=[300, 1]", "model.delays holds 300, not less than training.block_size = 160"),
+        ("model.delays=[3]", "delays lists 1 δ for n_head = 2"),
     ] {
         let mut args = short(&out);
         args.extend(["--set", set]);

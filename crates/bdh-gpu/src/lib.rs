@@ -217,6 +217,11 @@ pub fn runs_layer(m: &bdh::model::bdh::Bdh) -> Result<()> {
                 .into(),
         ));
     }
+    if !m.config.delays.is_empty() {
+        return Err(Error::Device(
+            "this model delays its writes (delays), which the GPU backend does not run: use --device cpu".into(),
+        ));
+    }
     if m.key_site().is_some() {
         return Err(Error::Device(
             "this model's write has a trace or an astrocyte's gate at its key (trace, astrocyte), which the GPU \

@@ -162,7 +162,7 @@ impl<R: Runtime> Pool<R> {
         for temp in &self.temps {
             rho.extend(self.runner.dev.read(temp)?);
         }
-        Ok(State::Bdh(BdhState { pos, rho, keys: Vec::new() }))
+        Ok(State::Bdh(BdhState { pos, rho, keys: Vec::new(), queue: Vec::new() }))
     }
 
     /// An error unless the stream in `slot` may read `tokens`.

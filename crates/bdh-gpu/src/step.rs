@@ -66,7 +66,7 @@ impl Stream {
         for layer in &self.rho {
             rho.extend(dev.read(layer)?);
         }
-        Ok(State { pos: self.pos, rho, keys: Vec::new() })
+        Ok(State { pos: self.pos, rho, keys: Vec::new(), queue: Vec::new() })
     }
 
     /// Reads `token`; the logits after it.

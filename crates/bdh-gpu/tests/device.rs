@@ -235,6 +235,7 @@ fn a_layer_without_position_runs_on_the_device_and_other_variants_are_refused() 
     use bdh::model::bdh::{Astrocyte, Decay, Trace};
     for (cfg, says) in [
         (BdhConfig { decay: Decay::Learned, ..base.clone() }, "learns its decay"),
+        (BdhConfig { delays: vec![1; base.n_head], ..base.clone() }, "delays its writes"),
         (BdhConfig { trace: Trace::Fixed(0.5), ..base.clone() }, "a trace or an astrocyte"),
         (BdhConfig { astrocyte: Some(Astrocyte { alpha: 0.9 }), ..base }, "a trace or an astrocyte"),
     ] {

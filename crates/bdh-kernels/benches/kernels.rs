@@ -40,14 +40,23 @@ fn dense_kernels(c: &mut Criterion) {
     g.throughput(Throughput::Elements((t * t * (n + d)) as u64));
     g.bench_function("rope + causal_linear_attention T256 N1024 D128", |bch| {
         bch.iter(|| {
-            causal_linear_attention(&mut o, &mut s, &mut qr, black_box(&q), black_box(&v), (&cos, &sin), &[], one)
+            causal_linear_attention(
+                &mut o,
+                &mut s,
+                &mut qr,
+                black_box(&q),
+                black_box(&v),
+                (&cos, &sin),
+                Lags::default(),
+                one,
+            )
         })
     });
-    causal_linear_attention(&mut o, &mut s, &mut qr, &q, &v, (&cos, &sin), &[], one);
+    causal_linear_attention(&mut o, &mut s, &mut qr, &q, &v, (&cos, &sin), Lags::default(), one);
     let da = data(t * d, 5);
     let (mut dq, mut dv, mut ds, mut dlog) = (vec![0.0; t * n], vec![0.0; t * d], vec![0.0; t * t], [0.0]);
     let mut dx = data(t * n, 9);
-    let saved = AttentionSaved { x: &q, q: &qr, v: &v, scores: &s, cos: &cos, sin: &sin, decay: &[] };
+    let saved = AttentionSaved { x: &q, q: &qr, v: &v, scores: &s, cos: &cos, sin: &sin, lags: Lags::default() };
     g.throughput(Throughput::Elements((2 * t * t * (n + d)) as u64));
     g.bench_function("causal_linear_attention_backward T256 N1024 D128", |bch| {
         bch.iter(|| {

@@ -34,11 +34,62 @@ pub struct Attention {
     pub d: usize,
 }
 
+/// How each head weights the score of positions t−τ apart: its decay multiplies it by
+/// γ_h^(t−τ), its delay keeps it only for t − τ > δ_h (a write readable δ_h tokens
+/// later than without). `decay`: γ_h per head, or empty for none; `delays`: δ_h per
+/// head, or empty for none.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lags<'a> {
+    /// γ_h per head, or empty.
+    pub decay: &'a [f32],
+    /// δ_h per head, or empty.
+    pub delays: &'a [usize],
+}
+
+impl<'a> Lags<'a> {
+    /// A decay alone.
+    pub fn decay(decay: &'a [f32]) -> Self {
+        Lags { decay, delays: &[] }
+    }
+
+    /// Whether they are for `h` heads.
+    pub(crate) fn fits(&self, h: usize) -> bool {
+        (self.decay.is_empty() || self.decay.len() == h) && (self.delays.is_empty() || self.delays.len() == h)
+    }
+
+    /// Those of head `head`.
+    pub(crate) fn of(&self, head: usize) -> Lag {
+        Lag { gamma: self.decay.get(head).copied(), delay: self.delays.get(head).copied().unwrap_or(0) }
+    }
+}
+
+/// One head's [`Lags`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Lag {
+    pub(crate) gamma: Option<f32>,
+    pub(crate) delay: usize,
+}
+
+impl Lag {
+    /// The weight of the score of position j seen from i, in f64: 0 unless
+    /// i − j > δ, else γ^(i−j) (1 without a decay; 0 below f32's smallest normal).
+    #[cfg(test)]
+    pub(crate) fn factor(self, i: usize, j: usize) -> f64 {
+        if j + self.delay >= i {
+            return 0.0;
+        }
+        match self.gamma.map_or(1.0, |g| (g as f64).powi((i - j) as i32)) {
+            f if f < f32::MIN_POSITIVE as f64 => 0.0,
+            f => f,
+        }
+    }
+}
+
 /// Forward over every (row, head), in parallel: rotates x (B, H, T, N) by RoPE into
 /// `q` (kept for the backward; tables (T, N/2) as [`crate::rope()`] reads them), then
 /// writes `scores = tril₋₁(q qᵀ)` (B, H, T, T), also kept, and `out = scores · v`
 /// (B, H, T, D). Each (row, head) is rotated and attended in one task, while its q
-/// is in cache. `decay`: γ_h per head (scores × γ_h^(t−τ)), or empty.
+/// is in cache. `lags`: each head's decay and delay.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_linear_attention(
     out: &mut [f32],
@@ -47,7 +98,7 @@ pub fn causal_linear_attention(
     x: &[f32],
     v: &[f32],
     (cos, sin): (&[f32], &[f32]),
-    decay: &[f32],
+    lags: Lags,
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
@@ -58,7 +109,7 @@ pub fn causal_linear_attention(
             && x.len() == q.len()
             && v.len() == b * t * d
             && cos.len() * 2 == t * n
-            && (decay.is_empty() || decay.len() == h),
+            && lags.fits(h),
         "causal_linear_attention: sizes for {s:?}"
     );
     (out.par_chunks_mut(t * d), scores.par_chunks_mut(t * t), q.par_chunks_mut(t * n), x.par_chunks(t * n))
@@ -67,7 +118,7 @@ pub fn causal_linear_attention(
         .for_each(|(bh, (out, scores, q, x))| {
             rope_block(q, x, cos, sin, n, RopeDirection::Forward);
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
-            attention_one(out, scores, q, v, decay.get(bh % h).copied(), (t, n, d));
+            attention_one(out, scores, q, v, lags.of(bh % h), (t, n, d));
         });
 }
 
@@ -80,10 +131,10 @@ pub struct AttentionSaved<'a> {
     pub q: &'a [f32],
     /// The values, (B, T, D).
     pub v: &'a [f32],
-    /// `tril₋₁(q qᵀ)`, decayed, (B, H, T, T).
+    /// `tril₋₁(q qᵀ)`, decayed and delayed, (B, H, T, T).
     pub scores: &'a [f32],
-    /// γ_h per head, or empty: as the forward was given.
-    pub decay: &'a [f32],
+    /// Each head's decay and delay, as the forward was given.
+    pub lags: Lags<'a>,
     /// RoPE's cosines, (T, N/2).
     pub cos: &'a [f32],
     /// RoPE's sines, (T, N/2).
@@ -111,7 +162,7 @@ pub fn causal_linear_attention_backward(
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
-    let AttentionSaved { x, q, v, scores, cos, sin, decay } = saved;
+    let AttentionSaved { x, q, v, scores, cos, sin, lags } = saved;
     assert!(
         dx.len() == b * h * t * n
             && dq.len() == dx.len()
@@ -123,7 +174,7 @@ pub fn causal_linear_attention_backward(
             && dscores.len() == b * h * t * t
             && scores.len() == dscores.len()
             && cos.len() * 2 == t * n
-            && (decay.is_empty() || decay.len() == h)
+            && lags.fits(h)
             && dlog_decay.len() == b * h,
         "causal_linear_attention_backward: sizes for {s:?}"
     );
@@ -133,9 +184,8 @@ pub fn causal_linear_attention_backward(
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
             let (nb, db, tb) =
                 (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d, bh * t * t..(bh + 1) * t * t);
-            let gamma = decay.get(bh % h).copied();
             let saved = (&q[nb.clone()], v, &scores[tb]);
-            attention_backward_one(dq, dv, dscores, dlog, &da[db], saved, gamma, (t, n, d));
+            attention_backward_one(dq, dv, dscores, dlog, &da[db], saved, lags.of(bh % h), (t, n, d));
             with_scratch(&QT, |rotated| {
                 rotated.resize(t * n, 0.0);
                 rope_block(rotated, dq, cos, sin, n, RopeDirection::Inverse);
@@ -145,19 +195,21 @@ pub fn causal_linear_attention_backward(
     );
 }
 
-/// Zeroes the diagonal and everything above it of a t×t matrix and, with a
-/// retention γ, multiplies entry (i, j) by γ^(i−j) (powers in f64, then rounded).
-/// Entries whose power falls below f32's smallest normal become 0, as the recurrent
-/// state's do, so far distances cost no subnormal arithmetic in the products.
-pub(crate) fn mask_and_decay(s: &mut [f32], t: usize, gamma: Option<f32>) {
+/// Zeroes the diagonal and everything above it of a t×t matrix, and with a delay δ
+/// the δ diagonals below it (entry (i, j) kept only for i − j > δ); with a retention
+/// γ, multiplies entry (i, j) by γ^(i−j) (powers in f64, then rounded). Entries whose
+/// power falls below f32's smallest normal become 0, as the recurrent state's do, so
+/// far distances cost no subnormal arithmetic in the products.
+pub(crate) fn mask_and_decay(s: &mut [f32], t: usize, lag: Lag) {
     for (i, row) in s.chunks_exact_mut(t).enumerate() {
-        row[i..].fill(0.0);
-        if let Some(g) = gamma {
-            let mut f = 1.0f64;
-            for (k, x) in row[..i].iter_mut().rev().enumerate() {
+        let keep = i.saturating_sub(lag.delay);
+        row[keep..].fill(0.0);
+        if let Some(g) = lag.gamma {
+            let mut f = (g as f64).powi(lag.delay as i32);
+            for (k, x) in row[..keep].iter_mut().rev().enumerate() {
                 f *= g as f64;
                 if f < f32::MIN_POSITIVE as f64 {
-                    row[..i - k].fill(0.0);
+                    row[..keep - k].fill(0.0);
                     break;
                 }
                 *x = (*x as f64 * f) as f32;
@@ -191,7 +243,7 @@ pub(crate) fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// Forward of one (row, head): q (t×n), v (t×d), scores (t×t), out (t×d), with
 /// the head's retention γ if it has one.
-fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], gamma: Option<f32>, (t, n, d): Dims3) {
+fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], lag: Lag, (t, n, d): Dims3) {
     // qᵀ (n×t), made once: every block of rows reads a row-major B from it.
     with_scratch(&QT, |qt| {
         qt.resize(n * t, 0.0);
@@ -201,7 +253,7 @@ fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], gamm
             matmul(&mut scores[r0 * t..], &q[r0 * n..], qt, MatMul::new(r1 - r0, n, r1).ld(0, t, t));
         }
     });
-    mask_and_decay(scores, t, gamma);
+    mask_and_decay(scores, t, lag);
     for (r0, r1) in blocks(t) {
         // out[r0..r1] = scores[r0..r1, ..r1] · v[..r1]
         matmul(&mut out[r0 * d..], &scores[r0 * t..], v, MatMul::new(r1 - r0, r1, d).ld(t, 0, 0));
@@ -212,7 +264,7 @@ fn attention_one(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], gamm
 type Dims3 = (usize, usize, usize);
 
 /// Scalar twin of [`causal_linear_attention`]: RoPE's twin, then loops over τ < t
-/// only, f64 sums, the decay as `γ^(t−τ)` by `powi` (0 below f32's smallest normal).
+/// only, f64 sums, the lags' weight by [`Lag::factor`].
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn causal_linear_attention_scalar(
@@ -222,7 +274,7 @@ pub(crate) fn causal_linear_attention_scalar(
     x: &[f32],
     v: &[f32],
     (cos, sin): (&[f32], &[f32]),
-    decay: &[f32],
+    lags: Lags,
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
@@ -230,30 +282,18 @@ pub(crate) fn causal_linear_attention_scalar(
     for bh in 0..b * h {
         let vb = &v[bh / h * t * d..(bh / h + 1) * t * d];
         let (out, scores, q) = (&mut out[bh * t * d..], &mut scores[bh * t * t..], &q[bh * t * n..]);
-        attention_one_scalar(out, scores, q, vb, decay.get(bh % h).copied(), (t, n, d));
-    }
-}
-
-/// γ^(i−j) in f64, 1 without a decay.
-#[cfg(test)]
-fn decay_factor(gamma: Option<f32>, i: usize, j: usize) -> f64 {
-    let f = gamma.map_or(1.0, |g| (g as f64).powi((i - j) as i32));
-    if f < f32::MIN_POSITIVE as f64 {
-        0.0
-    } else {
-        f
+        attention_one_scalar(out, scores, q, vb, lags.of(bh % h), (t, n, d));
     }
 }
 
 #[cfg(test)]
-fn attention_one_scalar(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], gamma: Option<f32>, dims: Dims3) {
+fn attention_one_scalar(out: &mut [f32], scores: &mut [f32], q: &[f32], v: &[f32], lag: Lag, dims: Dims3) {
     let (t, n, d) = dims;
     scores[..t * t].fill(0.0);
     for i in 0..t {
         let mut acc = vec![0.0f64; d];
         for j in 0..i {
-            let s: f64 =
-                (0..n).map(|k| q[i * n + k] as f64 * q[j * n + k] as f64).sum::<f64>() * decay_factor(gamma, i, j);
+            let s: f64 = (0..n).map(|k| q[i * n + k] as f64 * q[j * n + k] as f64).sum::<f64>() * lag.factor(i, j);
             scores[i * t + j] = s as f32;
             for (a, &vv) in acc.iter_mut().zip(&v[j * d..(j + 1) * d]) {
                 *a += s * vv as f64;
@@ -274,16 +314,16 @@ fn attention_backward_one(
     dlog_decay: &mut f32,
     da: &[f32],
     (q, v, scores): (&[f32], &[f32], &[f32]),
-    gamma: Option<f32>,
+    lag: Lag,
     (t, n, d): Dims3,
 ) {
     for (r0, r1) in blocks(t) {
         // dS[r0..r1, ..r1] = da[r0..r1] · v[..r1]ᵀ
         matmul(&mut dscores[r0 * t..], &da[r0 * d..], v, MatMul::new(r1 - r0, d, r1).b_t().ld(0, 0, t));
     }
-    *dlog_decay = log_decay_grad(dscores, scores, t, gamma);
+    *dlog_decay = log_decay_grad(dscores, scores, t, lag.gamma);
     // the scores were q qᵀ ⊙ Γ: the gradient of q qᵀ is dS ⊙ Γ
-    mask_and_decay(dscores, t, gamma);
+    mask_and_decay(dscores, t, lag);
     for (r0, r1) in blocks(t) {
         // dv[r0..r1] = S[r0.., r0..r1]ᵀ · da[r0..]
         let sub = r0 * t + r0;
@@ -314,12 +354,12 @@ pub(crate) fn causal_linear_attention_backward_scalar(
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
-    let AttentionSaved { x, q, v, cos, sin, decay, .. } = saved;
+    let AttentionSaved { x, q, v, cos, sin, lags, .. } = saved;
     for bh in 0..b * h {
         let vb = &v[bh / h * t * d..(bh / h + 1) * t * d];
         let (nb, db) = (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d);
         let ds = &mut dscores[bh * t * t..(bh + 1) * t * t];
-        let gamma = decay.get(bh % h).copied();
+        let lag = lags.of(bh % h);
         let dlog = attention_backward_one_scalar(
             &mut dq[nb.clone()],
             &mut dv[db.clone()],
@@ -327,10 +367,10 @@ pub(crate) fn causal_linear_attention_backward_scalar(
             &da[db],
             &q[nb],
             vb,
-            gamma,
+            lag,
             (t, n, d),
         );
-        dlog_decay[bh] = if gamma.is_some() { dlog as f32 } else { 0.0 };
+        dlog_decay[bh] = if lag.gamma.is_some() { dlog as f32 } else { 0.0 };
     }
     let mut rotated = vec![0.0; dq.len()];
     crate::rope::rope_scalar(&mut rotated, dq, cos, sin, n, RopeDirection::Inverse);
@@ -347,7 +387,7 @@ fn attention_backward_one_scalar(
     da: &[f32],
     q: &[f32],
     v: &[f32],
-    gamma: Option<f32>,
+    lag: Lag,
     (t, n, d): Dims3,
 ) -> f64 {
     let mut dlog = 0.0f64;
@@ -359,7 +399,7 @@ fn attention_backward_one_scalar(
     dscores[..t * t].fill(0.0);
     for i in 0..t {
         for j in 0..i {
-            let f = decay_factor(gamma, i, j);
+            let f = lag.factor(i, j);
             let s = dot(q, i, q, j, n) * f;
             let raw = dot(da, i, v, j, d);
             let ds = raw * f;

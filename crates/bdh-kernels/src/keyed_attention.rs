@@ -9,21 +9,13 @@
 
 use rayon::prelude::*;
 
-use crate::attention::{blocks, mask_and_decay, Attention, QT};
+use crate::attention::{blocks, mask_and_decay, Attention, Lags, QT};
 use crate::matmul::{matmul, transpose, with_scratch, MatMul};
 
 /// Forward over every (row, head), in parallel: `scores = tril₋₁(q kᵀ) ⊙ Γ`
 /// (B, H, T, T, kept for the backward) and `out = scores · v` (B, H, T, D).
-/// `decay`: γ_h per head, or empty.
-pub fn keyed_attention(
-    out: &mut [f32],
-    scores: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    decay: &[f32],
-    s: Attention,
-) {
+/// `lags`: each head's decay and delay.
+pub fn keyed_attention(out: &mut [f32], scores: &mut [f32], q: &[f32], k: &[f32], v: &[f32], lags: Lags, s: Attention) {
     let Attention { b, h, t, n, d } = s;
     assert!(
         out.len() == b * h * t * d
@@ -31,7 +23,7 @@ pub fn keyed_attention(
             && q.len() == b * h * t * n
             && k.len() == q.len()
             && v.len() == b * t * d
-            && (decay.is_empty() || decay.len() == h),
+            && lags.fits(h),
         "keyed_attention: sizes for {s:?}"
     );
     (out.par_chunks_mut(t * d), scores.par_chunks_mut(t * t), q.par_chunks(t * n), k.par_chunks(t * n))
@@ -47,7 +39,7 @@ pub fn keyed_attention(
                     matmul(&mut scores[r0 * t..], &q[r0 * n..], kt, MatMul::new(r1 - r0, n, r1).ld(0, t, t));
                 }
             });
-            mask_and_decay(scores, t, decay.get(bh % h).copied());
+            mask_and_decay(scores, t, lags.of(bh % h));
             for (r0, r1) in blocks(t) {
                 matmul(&mut out[r0 * d..], &scores[r0 * t..], v, MatMul::new(r1 - r0, r1, d).ld(t, 0, 0));
             }
@@ -65,8 +57,8 @@ pub struct KeyedSaved<'a> {
     pub v: &'a [f32],
     /// The scores the forward kept, (B, H, T, T).
     pub scores: &'a [f32],
-    /// γ_h per head, or empty: as the forward was given.
-    pub decay: &'a [f32],
+    /// Each head's decay and delay, as the forward was given.
+    pub lags: Lags<'a>,
 }
 
 /// Backward of [`keyed_attention`] from `da` (B, H, T, D): `dS = tril₋₁(da vᵀ) ⊙ Γ`
@@ -86,7 +78,7 @@ pub fn keyed_attention_backward(
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
-    let KeyedSaved { q, k, v, scores, decay } = saved;
+    let KeyedSaved { q, k, v, scores, lags } = saved;
     assert!(
         dq.len() == b * h * t * n
             && dk.len() == dq.len()
@@ -97,7 +89,7 @@ pub fn keyed_attention_backward(
             && v.len() == b * t * d
             && dscores.len() == b * h * t * t
             && scores.len() == dscores.len()
-            && (decay.is_empty() || decay.len() == h)
+            && lags.fits(h)
             && dlog_decay.len() == b * h,
         "keyed_attention_backward: sizes for {s:?}"
     );
@@ -108,13 +100,13 @@ pub fn keyed_attention_backward(
             let (nb, db, tb) =
                 (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d, bh * t * t..(bh + 1) * t * t);
             let (q, k, da, scores) = (&q[nb.clone()], &k[nb], &da[db], &scores[tb]);
-            let gamma = decay.get(bh % h).copied();
+            let lag = lags.of(bh % h);
             for (r0, r1) in blocks(t) {
                 // dS[r0..r1, ..r1] = da[r0..r1] · v[..r1]ᵀ
                 matmul(&mut ds[r0 * t..], &da[r0 * d..], v, MatMul::new(r1 - r0, d, r1).b_t().ld(0, 0, t));
             }
-            *dlog = crate::attention::log_decay_grad(ds, scores, t, gamma);
-            mask_and_decay(ds, t, gamma);
+            *dlog = crate::attention::log_decay_grad(ds, scores, t, lag.gamma);
+            mask_and_decay(ds, t, lag);
             for (r0, r1) in blocks(t) {
                 let sub = r0 * t + r0;
                 // dv[r0..r1] = S[r0.., r0..r1]ᵀ · da[r0..]
@@ -142,13 +134,13 @@ pub(crate) fn keyed_attention_scalar(
     (out, scores): (&mut [f32], &mut [f32]),
     (dq, dk, dv, dlog_decay): (&mut [f32], &mut [f32], &mut [f32], &mut [f32]),
     (q, k, v, da): (&[f32], &[f32], &[f32], &[f32]),
-    decay: &[f32],
+    lags: Lags,
     s: Attention,
 ) {
     let Attention { b, h, t, n, d } = s;
     let dot = |x: &[f32], y: &[f32]| -> f64 { x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum() };
     for bh in 0..b * h {
-        let gamma = decay.get(bh % h).copied();
+        let lag = lags.of(bh % h);
         let row = |w: usize, i: usize| (bh * t + i) * w..(bh * t + i + 1) * w;
         let vrow = |i: usize| (bh / h * t + i) * d..(bh / h * t + i + 1) * d;
         let (mut gq, mut gk, mut gv) = (vec![0.0f64; t * n], vec![0.0f64; t * n], vec![0.0f64; t * d]);
@@ -156,14 +148,7 @@ pub(crate) fn keyed_attention_scalar(
         for i in 0..t {
             let mut acc = vec![0.0f64; d];
             for j in 0..t {
-                let f = match gamma {
-                    Some(g) if j < i => match (g as f64).powi((i - j) as i32) {
-                        f if f < f32::MIN_POSITIVE as f64 => 0.0,
-                        f => f,
-                    },
-                    None if j < i => 1.0,
-                    _ => 0.0,
-                };
+                let f = lag.factor(i, j);
                 let p = dot(&q[row(n, i)], &k[row(n, j)]);
                 scores[bh * t * t + i * t + j] = (p * f) as f32;
                 let raw = dot(&da[row(d, i)], &v[vrow(j)]);
@@ -183,6 +168,6 @@ pub(crate) fn keyed_attention_scalar(
         put(&mut dq[bh * t * n..(bh + 1) * t * n], gq);
         put(&mut dk[bh * t * n..(bh + 1) * t * n], gk);
         put(&mut dv[bh * t * d..(bh + 1) * t * d], gv);
-        dlog_decay[bh] = if gamma.is_some() { dlog as f32 } else { 0.0 };
+        dlog_decay[bh] = if lag.gamma.is_some() { dlog as f32 } else { 0.0 };
     }
 }

@@ -39,7 +39,7 @@ mod special;
 #[cfg(test)]
 mod twins;
 
-pub use attention::{causal_linear_attention, causal_linear_attention_backward, Attention, AttentionSaved};
+pub use attention::{causal_linear_attention, causal_linear_attention_backward, Attention, AttentionSaved, Lags};
 pub use elementwise::{add, add_groups, gated_product, gated_product_backward, scale_rows};
 pub use keyed_attention::{keyed_attention, keyed_attention_backward, KeyedSaved};
 pub use layer_norm::{layer_norm, layer_norm_backward, LN_EPS};

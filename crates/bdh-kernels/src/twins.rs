@@ -125,6 +125,9 @@ fn causal_linear_attention_and_backward_equal_twins() {
         // Every other shape with a decay, a retention per head; 0.5^(t−τ) falls below
         // f32's smallest normal past 126 positions (T = 200), where both flush to 0.
         let decay: Vec<f32> = if i % 2 == 1 { [0.5, 0.97, 1.0][..h].to_vec() } else { vec![] };
+        // and a delay per head on every third shape
+        let delays: Vec<usize> = if i % 3 == 2 { [0, 2, 5][..h].to_vec() } else { vec![] };
+        let lags = Lags { decay: &decay, delays: &delays };
         let shape = Attention { b, h, t, n, d };
         let x = sparse(&mut r, b * h * t * n, 0.3);
         let v = random(&mut r, b * t * d);
@@ -134,9 +137,9 @@ fn causal_linear_attention_and_backward_equal_twins() {
         let (mut out_f, mut out_s) = (vec![0.0; b * h * t * d], vec![0.0; b * h * t * d]);
         let (mut s_f, mut s_s) = (vec![7.0; b * h * t * t], vec![7.0; b * h * t * t]);
         let (mut q_f, mut q_s) = (vec![0.0; b * h * t * n], vec![0.0; b * h * t * n]);
-        causal_linear_attention(&mut out_f, &mut s_f, &mut q_f, &x, &v, (&cos, &sin), &decay, shape);
-        causal_linear_attention_scalar(&mut out_s, &mut s_s, &mut q_s, &x, &v, (&cos, &sin), &decay, shape);
-        assert_close(&format!("attention {shape:?} decay {decay:?}"), &out_f, &out_s, 1e-5);
+        causal_linear_attention(&mut out_f, &mut s_f, &mut q_f, &x, &v, (&cos, &sin), lags, shape);
+        causal_linear_attention_scalar(&mut out_s, &mut s_s, &mut q_s, &x, &v, (&cos, &sin), lags, shape);
+        assert_close(&format!("attention {shape:?} {lags:?}"), &out_f, &out_s, 1e-5);
         assert_close(&format!("attention rotated q {shape:?}"), &q_f, &q_s, 1e-6);
         assert_close(&format!("attention scores {shape:?}"), &s_f, &s_s, 1e-5);
 
@@ -146,7 +149,7 @@ fn causal_linear_attention_and_backward_equal_twins() {
         let (mut ds_f, mut ds_s) = (vec![0.0; b * h * t * t], vec![0.0; b * h * t * t]);
         let dx = random(&mut r, b * h * t * n);
         let (mut dx_f, mut dx_s) = (dx.clone(), dx);
-        let saved = |q, scores| AttentionSaved { x: &x, q, v: &v, scores, cos: &cos, sin: &sin, decay: &decay };
+        let saved = |q, scores| AttentionSaved { x: &x, q, v: &v, scores, cos: &cos, sin: &sin, lags };
         let (fast, slow) = (saved(&q_f, &s_f), saved(&q_s, &s_s));
         let (mut dl_f, mut dl_s) = (vec![7.0; b * h], vec![7.0; b * h]);
         causal_linear_attention_backward(&mut dx_f, &mut dq_f, &mut dv_f, &mut ds_f, &mut dl_f, &da, fast, shape);
@@ -170,12 +173,12 @@ fn attention_never_looks_at_the_present_or_future() {
     let v = random(&mut r, t * d);
     let (cos, sin) = (vec![1.0; t * n / 2], vec![0.0; t * n / 2]);
     let (mut out, mut s, mut q) = (vec![0.0; t * d], vec![0.0; t * t], vec![0.0; t * n]);
-    causal_linear_attention(&mut out, &mut s, &mut q, &x, &v, (&cos, &sin), &[], shape);
+    causal_linear_attention(&mut out, &mut s, &mut q, &x, &v, (&cos, &sin), Lags::default(), shape);
     // Changing the last token's values must not change any output.
     let mut v2 = v.clone();
     v2[(t - 1) * d..].iter_mut().for_each(|x| *x += 5.0);
     let mut out2 = vec![0.0; t * d];
-    causal_linear_attention(&mut out2, &mut s, &mut q, &x, &v2, (&cos, &sin), &[], shape);
+    causal_linear_attention(&mut out2, &mut s, &mut q, &x, &v2, (&cos, &sin), Lags::default(), shape);
     assert_eq!(out, out2);
     assert!(out[..d].iter().all(|&x| x == 0.0), "t = 0 attends to nothing");
 }
@@ -464,6 +467,8 @@ fn keyed_attention_and_its_backward_equal_their_twin() {
     for (i, &(t, n, d)) in SHAPES.iter().enumerate() {
         let (b, h) = (1 + i % 2, 1 + i % 3);
         let decay: Vec<f32> = if i % 2 == 0 { [0.5, 0.97, 1.0][..h].to_vec() } else { vec![] };
+        let delays: Vec<usize> = if i % 3 == 1 { [3, 0, 1][..h].to_vec() } else { vec![] };
+        let lags = Lags { decay: &decay, delays: &delays };
         let shape = Attention { b, h, t, n, d };
         let (q, k) = (random(&mut r, b * h * t * n), sparse(&mut r, b * h * t * n, 0.4));
         let (v, da) = (random(&mut r, b * t * d), random(&mut r, b * h * t * d));
@@ -472,12 +477,12 @@ fn keyed_attention_and_its_backward_equal_their_twin() {
         let ((mut dq_f, mut dq_s), (mut dk_f, mut dk_s)) = (fresh(b * h * t * n), fresh(b * h * t * n));
         let ((mut dv_f, mut dv_s), (mut dl_f, mut dl_s)) = (fresh(b * h * t * d), fresh(b * h));
         let mut ds = vec![7.0; b * h * t * t];
-        keyed_attention(&mut out_f, &mut s_f, &q, &k, &v, &decay, shape);
-        let saved = KeyedSaved { q: &q, k: &k, v: &v, scores: &s_f, decay: &decay };
+        keyed_attention(&mut out_f, &mut s_f, &q, &k, &v, lags, shape);
+        let saved = KeyedSaved { q: &q, k: &k, v: &v, scores: &s_f, lags };
         keyed_attention_backward(&mut dq_f, &mut dk_f, &mut dv_f, &mut ds, &mut dl_f, &da, saved, shape);
         let grads = (&mut dq_s[..], &mut dk_s[..], &mut dv_s[..], &mut dl_s[..]);
-        keyed_attention_scalar((&mut out_s, &mut s_s), grads, (&q, &k, &v, &da), &decay, shape);
-        let what = |x: &str| format!("keyed attention {x} {shape:?} decay {decay:?}");
+        keyed_attention_scalar((&mut out_s, &mut s_s), grads, (&q, &k, &v, &da), lags, shape);
+        let what = |x: &str| format!("keyed attention {x} {shape:?} {lags:?}");
         assert_close(&what("out"), &out_f, &out_s, 1e-5);
         assert_close(&what("scores"), &s_f, &s_s, 1e-5);
         assert_close(&what("dq"), &dq_f, &dq_s, 1e-5);

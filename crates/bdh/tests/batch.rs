@@ -57,7 +57,7 @@ fn batched_vs_single_of(
     }
     for (a, s) in together.iter().zip(&solo) {
         let (State::Bdh(a), State::Bdh(s)) = (a, s) else { unreachable!("BDH states") };
-        assert_eq!((a.pos, &a.keys), (s.pos, &s.keys));
+        assert_eq!((a.pos, &a.keys, &a.queue), (s.pos, &s.keys, &s.queue));
         worst(&mut rho, diffs(&a.rho, &s.rho));
     }
     (logits, rho)
@@ -96,6 +96,15 @@ fn batched_step_with_traces_at_the_write_key_equals_single_steps() {
     };
     let (logits, rho) = batched_vs_single_of(12, 30, &change, &NO_EDITS);
     println!("trace 0.6, B ≤ 12: logits max rel {:.2e}; ρ max rel {:.2e}", logits.1, rho.1);
+    assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));
+}
+
+#[test]
+fn batched_step_with_delayed_writes_equals_single_steps() {
+    // Each stream carries its own queue of writes not yet due.
+    let change = |c: &mut bdh::model::bdh::BdhConfig| c.delays = (0..c.n_head).map(|h| 2 * h).collect();
+    let (logits, rho) = batched_vs_single_of(12, 30, &change, &NO_EDITS);
+    println!("delays 0, 2, …, B ≤ 12: logits max rel {:.2e}; ρ max rel {:.2e}", logits.1, rho.1);
     assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));
 }
 

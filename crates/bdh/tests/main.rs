@@ -12,6 +12,7 @@ mod carry;
 mod checkpoint;
 mod data;
 mod decay;
+mod delay;
 mod edits;
 mod errors;
 mod generate;

@@ -77,6 +77,12 @@ pub fn prefill_then_steps(cfg: BdhConfig) {
     let rho_diff = max_rel_diff(&ra.rho, &rb.rho);
     println!("ρ after prefill vs steps: max rel diff {rho_diff:.2e}");
     assert!(rho_diff < 5e-6, "ρ after prefill differs by {rho_diff}");
+    // and the mechanisms' per-stream state: the write key's traces, the queued writes
+    for (what, x, y) in [("the key's traces", &ra.keys, &rb.keys), ("the queue", &ra.queue, &rb.queue)] {
+        assert_eq!(x.len(), y.len());
+        let diff = if x.is_empty() { 0.0 } else { max_rel_diff(x, y) };
+        assert!(diff < 5e-6, "{what} after prefill differ by {diff}");
+    }
     assert_eq!(a.pos(), 25);
     for &t in &toks[25..] {
         let la = prepared.step(&mut [&mut a], &mut sa, &[t], &NO_EDITS).unwrap().to_vec();

@@ -62,7 +62,7 @@ fn a_session_and_a_carried_state_are_one_format() {
     let m = model(0);
     let prepared = Prepared::new(m.clone()).unwrap();
     let rho: Vec<f32> = (0..128).map(|i| (i as f32).sin()).collect();
-    let session = State::Bdh(BdhState { pos: 99, rho, keys: Vec::new() });
+    let session = State::Bdh(BdhState { pos: 99, rho, keys: Vec::new(), queue: Vec::new() });
     let path = dir.join("session.safetensors");
     state::save(&prepared, &session, &path).unwrap();
     assert_eq!(state::load(&prepared, &path).unwrap(), session, "bit-exact round trip");
@@ -83,8 +83,10 @@ fn a_session_and_a_carried_state_are_one_format() {
     assert_eq!(tensors_c["rho"], (Dtype::F32, vec![1, 3, 1, 16, 8]));
     assert_eq!(Carry::load(dir, &m, 3, true).unwrap(), Carry { state: carry.state.clone(), detach: true });
     // One stream carried is a session.
-    let one =
-        Carry { state: BdhState { pos: 5, rho: carry.state.rho[..128].to_vec(), keys: Vec::new() }, detach: false };
+    let one = Carry {
+        state: BdhState { pos: 5, rho: carry.state.rho[..128].to_vec(), keys: Vec::new(), queue: Vec::new() },
+        detach: false,
+    };
     one.save(dir, &m).unwrap();
     assert_eq!(bdh_state(state::load(&prepared, &dir.join("carry.safetensors")).unwrap()), one.state);
 }
@@ -99,10 +101,10 @@ fn state_files_of_before_the_format_version_still_load() {
     let prepared = Prepared::new(m.clone()).unwrap();
     let session = bdh_state(state::load(&prepared, &dir.join("session.safetensors")).unwrap());
     let want: Vec<f32> = (0..128).map(|i| i as f32 * 0.25 - 3.0).collect();
-    assert_eq!(session, BdhState { pos: 37, rho: want, keys: Vec::new() });
+    assert_eq!(session, BdhState { pos: 37, rho: want, keys: Vec::new(), queue: Vec::new() });
     let carried = Carry::load(&dir, &m, 2, false).unwrap();
     let want: Vec<f32> = (0..256).map(|i| i as f32 * 0.5 - 7.0).collect();
-    assert_eq!(carried.state, BdhState { pos: 41, rho: want, keys: Vec::new() });
+    assert_eq!(carried.state, BdhState { pos: 41, rho: want, keys: Vec::new(), queue: Vec::new() });
     // The session names its model, which is checked; the carried state names none.
     let other = model(1);
     let m = refused("an old session, other weights", || {
@@ -179,7 +181,6 @@ fn saved_states_that_are_corrupt_mistyped_foreign_or_from_a_newer_bdh_are_refuse
         ("header only", good_bytes[..8].to_vec(), "not a saved state"),
         ("empty", Vec::new(), "not a saved state"),
         ("a future version", meta("version", Some("3")), "written by a newer bdh: version 3 of the state format"),
-        ("version 2 without the key's traces", meta("version", Some("2")), "no tensor named `keys`"),
         ("a far future version", meta("version", Some("4000000000")), "written by a newer bdh"),
         ("version 0", meta("version", Some("0")), "version `0` is not a version of the state format"),
         ("version not a number", meta("version", Some("one")), "version `one` is not a version"),
@@ -293,21 +294,37 @@ fn carried_states_of_another_model_or_with_bad_values_are_refused() {
 }
 
 #[test]
-fn the_write_keys_traces_are_saved_beside_rho_in_version_2() {
+fn the_mechanisms_per_stream_state_is_saved_beside_rho_in_version_2() {
     use bdh::model::bdh::{Astrocyte, Trace};
     let tmp = temp_dir("state-keys");
-    let cfg =
-        BdhConfig { trace: Trace::Fixed(0.5), astrocyte: Some(Astrocyte { alpha: 0.9 }), ..tiny_config(1, 8, 1, 2) };
+    let cfg = BdhConfig {
+        trace: Trace::Fixed(0.5),
+        astrocyte: Some(Astrocyte { alpha: 0.9 }),
+        delays: vec![3],
+        ..tiny_config(1, 8, 1, 2)
+    };
     let prepared = Prepared::new(bdh_model(cfg, 3)).unwrap();
     let mut s = prepared.state().unwrap();
     let mut scratch = prepared.scratch();
     prepared.prefill(&mut s, &mut scratch, &[5, 9, 200, 17], &bdh::model::bdh::NO_EDITS).unwrap();
     let State::Bdh(inner) = &s else { unreachable!("BDH") };
     assert!(inner.keys.iter().any(|&k| k != 0.0), "the traces moved");
+    assert!(inner.queue.iter().any(|&k| k != 0.0), "writes are queued");
     let path = tmp.path().join("s.safetensors");
     state::save(&prepared, &s, &path).unwrap();
     assert_eq!(state::load(&prepared, &path).unwrap(), s, "bit-exact round trip");
     let (meta, tensors) = header(&path);
     assert_eq!(meta["version"], VERSION.to_string());
     assert_eq!(tensors["keys"], (Dtype::F32, vec![1, 1, 1, 32]), "(L, B, H, W): c and s, N = 16 each");
+    assert_eq!(tensors["queue"], (Dtype::F32, vec![1, 1, 1, 72]), "(L, B, H, W'): 3 slots of N + D = 24");
+    // the same file named version 1 is refused by its tensors' names
+    let v1 = tmp.path().join("v1.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, TensorView)> = st.tensors().into_iter().collect();
+    let mut meta = meta;
+    meta.insert("version".into(), "1".into());
+    std::fs::write(&v1, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    let msg = refused("version 1 with traces", || state::load(&prepared, &v1));
+    assert!(msg.contains("unknown tensor"), "{msg}");
 }

@@ -38,8 +38,9 @@
 //!
 //! Version 1 and, for a model whose write key has traces (`trace`, `astrocyte`),
 //! the tensor `keys`: f32, (L, B, H, W), W the traces' values per head (N per
-//! mechanism). A model without them writes version 1, so its files stay readable
-//! by builds that know only that.
+//! mechanism); for a model with delays, `queue`: f32, (L, B, H, W'), the writes not
+//! yet due, W' = max δ · (N + D). A model without either writes version 1, so its
+//! files stay readable by builds that know only that.
 //!
 //! # Older files
 //!
@@ -59,6 +60,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use super::{le_values, write_atomic};
 use crate::error::{Error, Result};
 use crate::infer::{Prepared, State};
+use crate::model::bdh::delay::Queue;
 use crate::model::bdh::key::KeySite;
 use crate::model::bdh::{self, Bdh, BdhConfig};
 use crate::model::{ModelConfig, MAX_POSITION};
@@ -146,9 +148,12 @@ fn fields(layout: Layout, cfg: &BdhConfig, rows: usize) -> Vec<Field> {
     match layout {
         Layout::V1 => vec![field("rho", Dtype::F32, rho), field("position", Dtype::I64, vec![1])],
         Layout::V2 => {
-            let keys = vec![cfg.n_layer, rows, cfg.n_head, KeySite::width(cfg)];
             let mut v1 = fields(Layout::V1, cfg, rows);
-            v1.push(field("keys", Dtype::F32, keys));
+            for (name, width) in [("keys", KeySite::width(cfg)), ("queue", Queue::width(cfg))] {
+                if width > 0 {
+                    v1.push(field(name, Dtype::F32, vec![cfg.n_layer, rows, cfg.n_head, width]));
+                }
+            }
             v1
         }
         Layout::Unversioned(Unversioned::Session) => {
@@ -193,16 +198,19 @@ pub(crate) fn write(path: &Path, model: &Bdh, state: &bdh::State, rows: usize) -
     let rho: Vec<u8> = state.rho.iter().flat_map(|v| v.to_le_bytes()).collect();
     let pos = (state.pos as i64).to_le_bytes();
     let keys: Vec<u8> = state.keys.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let queue: Vec<u8> = state.queue.iter().flat_map(|v| v.to_le_bytes()).collect();
     let bad = |e: safetensors::SafeTensorError| Error::Input(format!("state: {e}"));
     let cfg = &model.config;
     let mut views = vec![
         ("rho", TensorView::new(Dtype::F32, rho_shape(cfg, rows), &rho).map_err(bad)?),
         ("position", TensorView::new(Dtype::I64, vec![1], &pos).map_err(bad)?),
     ];
-    let version = if keys.is_empty() { 1 } else { 2 };
-    if !keys.is_empty() {
-        let shape = vec![cfg.n_layer, rows, cfg.n_head, KeySite::width(cfg)];
-        views.push(("keys", TensorView::new(Dtype::F32, shape, &keys).map_err(bad)?));
+    let version = if keys.is_empty() && queue.is_empty() { 1 } else { 2 };
+    for (name, width, bytes) in [("keys", KeySite::width(cfg), &keys), ("queue", Queue::width(cfg), &queue)] {
+        if width > 0 {
+            let shape = vec![cfg.n_layer, rows, cfg.n_head, width];
+            views.push((name, TensorView::new(Dtype::F32, shape, bytes).map_err(bad)?));
+        }
     }
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -277,7 +285,11 @@ pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversion
     if keys.iter().any(|x| !x.is_finite()) {
         return Err(bad("the write key's traces hold values that are not finite".into()));
     }
-    let state = bdh::State { pos, rho, keys };
+    let queue = le_values(data("queue"), f32::from_le_bytes);
+    if queue.iter().any(|x| !x.is_finite()) {
+        return Err(bad("the delayed writes hold values that are not finite".into()));
+    }
+    let state = bdh::State { pos, rho, keys, queue };
     // (a version-1 file for a model with traces lacks them: refused by name)
     state.check_rows(cfg, rows).map_err(|e| bad(e.to_string()))?;
     Ok(state)

@@ -238,6 +238,15 @@ impl RunConfig {
                     .into(),
             ));
         }
+        if let ModelConfig::Bdh(m) = &self.model {
+            if let Some(&far) = m.delays.iter().find(|&&d| d >= t.block_size) {
+                return Err(Error::Config(format!(
+                    "model.delays holds {far}, not less than training.block_size = {}: a write delayed past the \
+                     context is never read in training",
+                    t.block_size
+                )));
+            }
+        }
         let names = self.model.param_names();
         for (name, &f) in &t.init_scale {
             if !names.contains(name) {
@@ -329,6 +338,7 @@ const OMITTED: &[(&str, &str)] = &[
     ("data.task", "\"language\""),
     ("model.trace", "\"none\""),
     ("model.astrocyte", "{}"),
+    ("model.delays", "[]"),
 ];
 
 /// The default of a key that a config writes only when it is not that default.

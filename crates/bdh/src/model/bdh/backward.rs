@@ -9,6 +9,7 @@ use bdh_kernels::{
 };
 
 use super::decay::DecayTable;
+use super::delay::Queue;
 use super::forward::{Activations, Dims};
 use super::key::KeySite;
 use super::params::WeightsMut;
@@ -143,6 +144,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     matmul(&mut s.dv, &s.dlogits, &s.lm_head_t, MatMul::new(bt, vocab, d).par());
 
     let key_site = model.key_site();
+    let queue = Queue::new(&model.config, model.retention());
     for l in (0..layers).rev() {
         let (v_in, layer) = (acts.residual(l), &acts.layers[l]);
         let (x, xr, y, a, rstd_a, scores) = (&layer.x, &layer.xr, &layer.y, &layer.a, &layer.rstd_a, &layer.scores);
@@ -176,6 +178,10 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
             x,
             keyed: (&layer.kr, &layer.trace, &layer.glia, keys0),
             key_site: key_site.as_ref(),
+            delayed: queue.as_ref().zip((!acts.queue0.is_empty()).then(|| {
+                let per_layer = acts.queue0.len() / layers;
+                &acts.queue0[l * per_layer..(l + 1) * per_layer]
+            })),
             inc,
             y,
             xr,
@@ -251,6 +257,8 @@ struct Saved<'a> {
     /// traces a carried state started from (B, H, W, or empty).
     keyed: (&'a [f32], &'a [f32], &'a [f32], &'a [f32]),
     key_site: Option<&'a KeySite>,
+    /// With delays and a carried state: the queue and the rings it started from (B, H, W').
+    delayed: Option<(&'a Queue, &'a [f32])>,
     inc: &'a [f32],    // (B, H, T, N) x's increment, with the residual in the neurons; else empty
     y: &'a [f32],      // (B, H, T, N)
     xr: &'a [f32],     // (B, H, T, N)
@@ -311,6 +319,7 @@ impl<'a> RowGrads<'a> {
             .map(|r| {
                 let saved = Saved {
                     x: row(saved.x, htn, r),
+                    delayed: saved.delayed.map(|(q, rings)| (q, row(rings, rings.len() / b, r))),
                     keyed: {
                         let (kr, trace, glia, keys0) = saved.keyed;
                         let w = keys0.len() / b;
@@ -359,6 +368,7 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
         x,
         keyed,
         key_site,
+        delayed,
         inc,
         y,
         xr,
@@ -393,14 +403,14 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
     let shape = Attention { b: 1, h, t, n, d };
     match key_site {
         None => {
-            let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, decay: &decay.gamma };
+            let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, lags: decay.lags() };
             causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.dlog_decay, r.da, saved, shape);
         }
         //   (the write's key site: keys R(key) other than the queries R(x))
         //   ⇒  dx = [x > 0] ⊙ (dx + Rᵀ dq + d key / dx (Rᵀ dk))
         Some(site) => {
             let (kr, trace, glia, keys0) = keyed;
-            let saved = KeyedSaved { q: xr, k: kr, v: v_in, scores, decay: &decay.gamma };
+            let saved = KeyedSaved { q: xr, k: kr, v: v_in, scores, lags: decay.lags() };
             keyed_attention_backward(r.dq, r.dk, r.dvh, r.dscores, r.dlog_decay, r.da, saved, shape);
             rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
             r.dx.iter_mut().zip(r.dq0.iter()).for_each(|(g, &q)| *g += q);
@@ -429,6 +439,11 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
         }
         // the read at i was γ^(i+1) R(x_i) · ρ₀ (the damping site)
         decay.read_backward(r.dq, (h, t, n));
+        if let Some((queue, rings0)) = delayed {
+            // and of the queued writes it could see (the read's mask site)
+            let dlog = if learned { &mut r.dlog_decay[..] } else { &mut [][..] };
+            queue.read_backward(r.dq, dlog, (xr, r.da), rings0, pos0, t);
+        }
         rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
         for ((g, &back), &xv) in r.dx.iter_mut().zip(r.dq0.iter()).zip(x) {
             if xv > 0.0 {

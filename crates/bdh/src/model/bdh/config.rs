@@ -45,6 +45,9 @@ pub struct BdhConfig {
     /// An astrocyte's gate on the write's key, or none (bdh.py).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub astrocyte: Option<Astrocyte>,
+    /// δ_h per head: a write readable δ_h tokens later than bdh.py's (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delays: Vec<usize>,
 }
 
 /// The synapse state's decay. With a retention γ_h the attention scores become
@@ -161,6 +164,7 @@ impl Default for BdhConfig {
             position: Position::Rope,
             trace: Trace::None,
             astrocyte: None,
+            delays: Vec::new(),
         }
     }
 }
@@ -267,6 +271,12 @@ impl BdhConfig {
         }
         if let Err(e) = super::key::validate(self) {
             return bad(e);
+        }
+        if !self.delays.is_empty() && self.delays.len() != self.n_head {
+            return bad(format!("delays lists {} δ for n_head = {} heads", self.delays.len(), self.n_head));
+        }
+        if let Some(&far) = self.delays.iter().find(|&&d| d > super::delay::MAX_DELAY) {
+            return bad(format!("a delay of {far} tokens: at most {}", super::delay::MAX_DELAY));
         }
         if let Decay::Retention(g) = &self.decay {
             if g.len() != self.n_head {

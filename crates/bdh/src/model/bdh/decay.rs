@@ -33,40 +33,55 @@ impl Damping {
     }
 }
 
-/// The powers for one model and one T; empty without decay.
+/// The powers for one model and one T; empty without decay or delay.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DecayTable {
     /// γ_h per head, (H); empty: no decay.
     pub gamma: Vec<f32>,
+    /// δ_h per head, (H); empty: no delay (the read's mask site, [`super::delay`]).
+    pub delays: Vec<usize>,
     /// γ_h^(i+1), (H, T): the weight of the carried ρ₀ in the read at position i.
     pub read: Vec<f32>,
-    /// γ_h^(T−1−i), (H, T): the weight of token i's write in ρ after the chunk.
+    /// γ_h^(T−1−i), (H, T): the weight of token i's write in ρ after the chunk (0 for
+    /// the last δ_h, still queued).
     pub write: Vec<f32>,
     /// γ_h^T, (H): what is left of ρ₀ after the chunk.
     pub whole: Vec<f32>,
 }
 
 impl DecayTable {
-    /// The table of retentions γ_h ([`super::Bdh::retention`]) for a pass of `t`
-    /// positions.
-    pub fn new(gamma: Vec<f32>, t: usize) -> Self {
+    /// The table of retentions γ_h ([`super::Bdh::retention`]) and delays δ_h for a
+    /// pass of `t` positions.
+    pub fn new(gamma: Vec<f32>, delays: Vec<usize>, t: usize) -> Self {
+        if gamma.is_empty() && delays.iter().all(|&d| d == 0) {
+            return DecayTable { gamma, delays, ..DecayTable::default() };
+        }
         // (0 below f32's smallest normal, as the kernels flush)
         let pow = |g: f32, k: usize| match (g as f64).powi(k as i32) {
             f if f < f32::MIN_POSITIVE as f64 => 0.0,
             f => f as f32,
         };
-        let table = |f: &dyn Fn(f32, usize) -> f32| gamma.iter().flat_map(|&g| (0..t).map(move |i| f(g, i))).collect();
+        let heads = gamma.len().max(delays.len());
+        let (g, delay) =
+            (|h: usize| gamma.get(h).copied().unwrap_or(1.0), |h: usize| delays.get(h).copied().unwrap_or(0));
+        let table = |f: &dyn Fn(usize, usize) -> f32| (0..heads).flat_map(|h| (0..t).map(move |i| f(h, i))).collect();
         DecayTable {
-            read: table(&|g, i| pow(g, i + 1)),
-            write: table(&|g, i| pow(g, t - 1 - i)),
-            whole: gamma.iter().map(|&g| pow(g, t)).collect(),
-            gamma,
+            read: table(&|h, i| pow(g(h), i + 1)),
+            write: table(&|h, i| if i + delay(h) < t { pow(g(h), t - 1 - i) } else { 0.0 }),
+            whole: (0..heads).map(|h| pow(g(h), t)).collect(),
+            gamma: gamma.clone(),
+            delays: delays.clone(),
         }
     }
 
-    /// Whether the state decays.
+    /// Whether the state decays or its writes are delayed.
     pub fn is_some(&self) -> bool {
-        !self.gamma.is_empty()
+        !self.read.is_empty()
+    }
+
+    /// The attention kernels' argument: each head's decay and delay.
+    pub fn lags(&self) -> bdh_kernels::Lags<'_> {
+        bdh_kernels::Lags { decay: &self.gamma, delays: &self.delays }
     }
 
     /// The rotated neurons `xr` (B, H, T, N) with row i of head h times

@@ -34,6 +34,7 @@ use bdh_kernels::{
 };
 
 use super::decay::DecayTable;
+use super::delay::Queue;
 use super::edit::{Edits, Region, Site, NO_EDITS};
 use super::key::{KeyBuffers, KeySite};
 use super::params::Weights;
@@ -122,6 +123,7 @@ pub struct Activations {
     pub(crate) frozen: Option<&'static str>, // why the last forward has no backward
     pub(crate) rho0: Vec<f32>,               // (L, B, H, N, D) ρ a train-mode pass started from; else empty
     pub(crate) keys0: Vec<f32>,              // (L, B, H, W) the write key's traces it started from; else empty
+    pub(crate) queue0: Vec<f32>,             // (L, B, H, W') the delayed writes it started from; else empty
     pub(crate) dropout: bool,                // the last forward drew the layers' `keep`
     pub(crate) tokens: Vec<u32>,             // (B, T)
     pub(crate) v0: Vec<f32>,                 // (B, T, D) LN(embed[tokens]): the residual into layer 0
@@ -241,9 +243,10 @@ impl Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
             freqs: model.freqs.clone(),
-            decay: DecayTable::new(model.retention(), t),
+            decay: DecayTable::new(model.retention(), model.config.delays.clone(), t),
             rho0: Vec::new(),
             keys0: Vec::new(),
+            queue0: Vec::new(),
             frozen: None,
             dropout: false,
             tokens: vec![0; b * t],
@@ -376,6 +379,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     let group = bdh_kernels::rows_per_group(h);
     let (rope, decay, drawn) = (&acts.rope, &acts.decay, acts.dropout);
     let keys = model.key_site();
+    let queue = Queue::new(cfg, model.retention());
     for l in 0..layers {
         let (before, after) = acts.layers.split_at_mut(l);
         let v_in = before.last().map_or(&acts.v0[..], |prev| &prev.v[..]);
@@ -386,14 +390,16 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
             let rows = r0..(r0 + group).min(b);
             let stream = ((l * b + r0) * h) as u64;
             let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
-            let (rho, key_state) = match state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone())) {
-                Some((rho, traces)) => (Some(rho), Some(traces)),
-                None => (None, None),
-            };
+            let (rho, key_state, rings) =
+                match state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone())) {
+                    Some(ls) => (Some(ls.rho), Some(ls.keys), Some(ls.queue)),
+                    None => (None, None, None),
+                };
             let at = layer.rows(rows, (v_in, x_in), &mut acts.z, dm, drawn);
             let mechanisms = &model.mechanisms;
             let keys = keys.as_ref().map(|site| (site, key_state));
-            heads(&p, cfg, at, l, Extras { rope, decay, mechanisms, keys, edits, pos0, dropout, rho });
+            let carried = rho.map(|rho| (rho, queue.as_ref().zip(rings)));
+            heads(&p, cfg, at, l, Extras { rope, decay, mechanisms, keys, edits, pos0, dropout, carried });
         }
         mix(&p, cfg, layer.rows(0..b, (v_in, x_in), &mut acts.z, dm, drawn));
         let out = Region { head0: 0, heads: 1, pos0, t, n: d, width: 1 };
@@ -454,20 +460,25 @@ fn begin(
         acts.freqs.clone_from(&model.freqs);
     }
     let retention = model.retention();
-    if acts.decay.gamma != retention {
-        acts.decay = DecayTable::new(retention, dm.t);
+    if acts.decay.gamma != retention || acts.decay.delays != model.config.delays {
+        acts.decay = DecayTable::new(retention, model.config.delays.clone(), dm.t);
     }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");
     acts.rho0.clear();
     acts.keys0.clear();
+    acts.queue0.clear();
     match (state, mode) {
         // ρ at the start, for the gradient through its read (the state itself moves
         // on), and the key's traces, for the trace's; only a training pass keeps
         // them, so inference never copies ρ.
         (Some(s), Mode::Train { .. }) => {
-            for (copy, of, what) in [(&mut acts.rho0, &s.rho, "ρ₀"), (&mut acts.keys0, &s.keys, "the key's traces")]
-            {
+            let copies = [
+                (&mut acts.rho0, &s.rho, "ρ₀"),
+                (&mut acts.keys0, &s.keys, "the key's traces"),
+                (&mut acts.queue0, &s.queue, "the delayed writes"),
+            ];
+            for (copy, of, what) in copies {
                 let need = Some(4 * of.len() as u64);
                 copy.try_reserve_exact(of.len()).map_err(|_| Error::TooLarge {
                     what: format!("a copy of {what}"),
@@ -521,8 +532,9 @@ struct Extras<'a> {
     pos0: usize,
     /// (seed, first stream, probability) of the dropout masks.
     dropout: Option<(u64, u64, f32)>,
-    /// ρ of this layer for these rows, (B, H, N, D), when a state is carried.
-    rho: Option<&'a mut [f32]>,
+    /// ρ of this layer for these rows, (B, H, N, D), when a state is carried, with
+    /// the queue of delayed writes and its rings, (B, H, W), with delays.
+    carried: Option<(&'a mut [f32], Option<(&'a Queue, &'a mut [f32])>)>,
 }
 
 /// The first half of a BDH layer (bdh.py's loop body up to the decoder), per head,
@@ -550,19 +562,21 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
     let rope = (&e.rope.cos[..], &e.rope.sin[..]);
     let shape = Attention { b, h, t, n, d };
     match e.keys {
-        None => causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, &e.decay.gamma, shape),
+        None => causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, e.decay.lags(), shape),
         //   (the write's key site: a_t = Σ_{τ<t} v_τ (R_τ key_τ · R_t x_t), key = g(s) ⊙ c)
         Some((site, state)) => {
             site.forward(s.x, state, KeyBuffers { key: s.key, trace: s.trace, glia: s.glia }, (h, t));
             rope_kernel(s.xr, s.x, rope.0, rope.1, n, RopeDirection::Forward);
             rope_kernel(s.kr, s.key, rope.0, rope.1, n, RopeDirection::Forward);
-            keyed_attention(s.a, s.scores, s.xr, s.kr, s.v_in, &e.decay.gamma, shape);
+            keyed_attention(s.a, s.scores, s.xr, s.kr, s.v_in, e.decay.lags(), shape);
         }
     }
-    if let Some(rho) = e.rho {
+    if let Some((rho, queue)) = e.carried {
         // With a carried state (Eq. 5, 8): a_i += γ^(i+1) R(x_i) · ρ₀ (the past), then
         // ρ = γ^T ρ₀ + Σ_i γ^(T−1−i) R(x_i) ⊗ v_i; the powers are carried by a copy of
-        // R(x) in z (free until x ⊙ y).
+        // R(x) in z (free until x ⊙ y). With delays (the read's mask site), the chunk
+        // also reads the queued writes it may see, its last δ tokens are queued instead
+        // of written, and the queued ones now due enter ρ.
         let (tn, nd, td) = (t * n, n * d, t * d);
         let read = Batch { count: [b, h], a: [h * tn, tn], b: [h * nd, nd], c: [h * td, td] };
         let write = Batch { count: [b, h], a: [h * tn, tn], b: [td, 0], c: [h * nd, nd] };
@@ -571,8 +585,22 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
         matmul_batched(s.a, q, rho, MatMul::new(t, n, d).acc(), read);
         dc.fade_whole(rho, (h, nd));
         let keys = if s.kr.is_empty() { &s.xr[..] } else { &s.kr[..] };
+        if let Some((queue, rings)) = &queue {
+            let (hw, htn, htd) = (rings.len() / b, h * tn, h * td);
+            for r in 0..b {
+                let ring = &rings[r * hw..(r + 1) * hw];
+                queue.read(&mut s.a[r * htd..(r + 1) * htd], &s.xr[r * htn..(r + 1) * htn], ring, e.pos0, t);
+            }
+        }
         let k = dc.weighted(s.z, keys, &dc.write, (h, t, n));
         matmul_batched(rho, k, s.v_in, MatMul::new(n, t, d).a_t().acc(), write);
+        if let Some((queue, rings)) = queue {
+            let (hw, htn, hnd) = (rings.len() / b, h * tn, h * nd);
+            for r in 0..b {
+                let (rho, ring) = (&mut rho[r * hnd..(r + 1) * hnd], &mut rings[r * hw..(r + 1) * hw]);
+                queue.advance(rho, ring, (&keys[r * htn..(r + 1) * htn], &s.v_in[r * td..(r + 1) * td]), e.pos0, t);
+            }
+        }
     }
     // yKV = ln(yKV)                                   LN(a_{t,l})
     cfg.norm.forward(s.a, s.rstd_a, d);

@@ -39,6 +39,12 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
         let layer = |c: &BdhConfig| c.variant().unwrap_or_else(|| "bdh.py's".into());
         return Err(Error::Config(format!("cannot merge models whose layers differ: {} and {}", layer(ca), layer(cb))));
     }
+    if ca.delays != cb.delays {
+        return Err(Error::Config(format!(
+            "cannot merge models whose heads delay their writes differently ({:?} and {:?}): a merged head has one delay",
+            ca.delays, cb.delays
+        )));
+    }
     if (&ca.trace, ca.astrocyte) != (&cb.trace, cb.astrocyte) || ca.astrocyte.is_some() {
         return Err(Error::Config(format!(
             "cannot merge models whose writes' keys differ or are gated ({:?}, astrocyte {:?} and {:?}, astrocyte \

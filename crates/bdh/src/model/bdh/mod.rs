@@ -4,6 +4,7 @@
 pub mod backward;
 pub mod config;
 pub mod decay;
+pub mod delay;
 pub mod edit;
 pub mod forward;
 pub mod key;

@@ -27,6 +27,7 @@ use bdh_kernels::{
 };
 
 use super::decay::Damping;
+use super::delay::Queue;
 use super::edit::{Edits, Region, Site};
 use super::forward::{forward, Activations, Pass};
 use super::key::KeySite;
@@ -49,6 +50,9 @@ pub struct State {
     /// The write key's traces per layer, row and head, (L, B, H, W) with W
     /// [`KeySite::width`] (empty for bdh.py's key).
     pub keys: Vec<f32>,
+    /// The delayed writes not yet due per layer, row and head, (L, B, H, W) with W
+    /// [`Queue::width`] (empty without delays).
+    pub queue: Vec<f32>,
 }
 
 impl State {
@@ -67,8 +71,9 @@ impl State {
         crate::memory::ensure_fits(crate::memory::f32_bytes(count), what)?;
         let rho = zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])?;
         let keys = zeroed(&[rows, cfg.n_layer, cfg.n_head, KeySite::width(cfg)])?;
+        let queue = zeroed(&[rows, cfg.n_layer, cfg.n_head, Queue::width(cfg)])?;
         crate::infer::count_state();
-        Ok(State { pos: 0, rho, keys })
+        Ok(State { pos: 0, rho, keys, queue })
     }
 
     /// The shape of one sequence's ρ for `cfg`: (L, H, N, D).
@@ -93,36 +98,49 @@ impl State {
                 self.keys.len()
             )));
         }
+        let queue = (cfg.n_layer * cfg.n_head).saturating_mul(Queue::width(cfg)).saturating_mul(rows);
+        if self.queue.len() != queue {
+            return Err(Error::Mismatch(format!(
+                "a state with {} values of delayed writes, not the {queue} of this model's",
+                self.queue.len()
+            )));
+        }
         Ok(())
     }
 
-    /// ρ of layer `l` for streams `rows` of a state of several, (rows, H, N, D),
-    /// and the write key's traces of the same, (rows, H, W).
-    /// (`cfg` is the model's, which [`State::check_rows`] has checked.)
-    pub(crate) fn layer_rows(
-        &mut self,
-        cfg: &BdhConfig,
-        l: usize,
-        rows: std::ops::Range<usize>,
-    ) -> (&mut [f32], &mut [f32]) {
+    /// ρ of layer `l` for streams `rows` of a state of several, (rows, H, N, D), the
+    /// write key's traces of the same, (rows, H, W), and their delayed writes,
+    /// (rows, H, W'). (`cfg` is the model's, which [`State::check_rows`] has checked.)
+    pub(crate) fn layer_rows(&mut self, cfg: &BdhConfig, l: usize, rows: std::ops::Range<usize>) -> LayerState<'_> {
         let [layers, h, n, d] = Self::shape(cfg);
-        let per_row = h * n * d;
-        let (rho_layer, keys_layer) = (self.rho.len() / layers, self.keys.len() / layers);
-        let rho = &mut self.rho[l * rho_layer..][rows.start * per_row..rows.end * per_row];
-        let per_row = h * KeySite::width(cfg);
-        let keys = &mut self.keys[l * keys_layer..][rows.start * per_row..rows.end * per_row];
-        (rho, keys)
+        let (rl, kl, ql) = (self.rho.len() / layers, self.keys.len() / layers, self.queue.len() / layers);
+        let (rw, kw, qw) = (h * n * d, h * KeySite::width(cfg), h * Queue::width(cfg));
+        LayerState {
+            rho: &mut self.rho[l * rl..][rows.start * rw..rows.end * rw],
+            keys: &mut self.keys[l * kl..][rows.start * kw..rows.end * kw],
+            queue: &mut self.queue[l * ql..][rows.start * qw..rows.end * qw],
+        }
     }
 
     /// Bytes the state occupies.
     pub fn bytes(&self) -> usize {
-        (self.rho.len() + self.keys.len()) * std::mem::size_of::<f32>()
+        (self.rho.len() + self.keys.len() + self.queue.len()) * std::mem::size_of::<f32>()
     }
 
     /// Checks that this state is one stream of a model of config `cfg`.
     pub fn check(&self, cfg: &BdhConfig) -> Result<()> {
         self.check_rows(cfg, 1)
     }
+}
+
+/// One layer's part of a state, for some of its streams.
+pub(crate) struct LayerState<'a> {
+    /// ρ, (B, H, N, D).
+    pub rho: &'a mut [f32],
+    /// The write key's traces, (B, H, W), or empty.
+    pub keys: &'a mut [f32],
+    /// The delayed writes, (B, H, W'), or empty.
+    pub queue: &'a mut [f32],
 }
 
 /// A model ready for inference, shared by every sequence that runs on it.
@@ -132,6 +150,7 @@ pub struct Prepared {
     encoder_v_t: Vec<f32>,      // (H, N, D) encoder_v with each neuron's weights contiguous
     damping: Damping,           // how ρ fades before each read
     keys: Option<Box<KeySite>>, // the write's key, when not x itself
+    queue: Option<Box<Queue>>,  // the delayed writes, with delays
 }
 
 /// Buffers of a step of 1…B streams, grown to the largest batch seen and reused,
@@ -244,7 +263,8 @@ impl Prepared {
         }
         let damping = Damping::new(model.retention());
         let keys = model.key_site().map(Box::new);
-        Ok(Prepared { model, encoder_v_t, damping, keys })
+        let queue = Queue::new(&model.config, model.retention()).map(Box::new);
+        Ok(Prepared { model, encoder_v_t, damping, keys, queue })
     }
 
     /// The model.
@@ -389,9 +409,15 @@ impl Prepared {
                 .heads
                 .iter_mut()
                 .enumerate()
-                .map(|(head, hs)| HeadWork { head, hs, rho: Vec::with_capacity(b), keys: Vec::with_capacity(b) })
+                .map(|(head, hs)| HeadWork {
+                    head,
+                    hs,
+                    rho: Vec::with_capacity(b),
+                    keys: Vec::with_capacity(b),
+                    rings: Vec::with_capacity(b),
+                })
                 .collect();
-            let w = KeySite::width(c);
+            let (w, wq) = (KeySite::width(c), Queue::width(c));
             for st in states.iter_mut() {
                 let rho_l = &mut st.rho[l * h * n * d..(l + 1) * h * n * d];
                 for (hw, rho) in work.iter_mut().zip(rho_l.chunks_exact_mut(n * d)) {
@@ -401,6 +427,12 @@ impl Prepared {
                     let keys_l = &mut st.keys[l * h * w..(l + 1) * h * w];
                     for (hw, keys) in work.iter_mut().zip(keys_l.chunks_exact_mut(w)) {
                         hw.keys.push(keys);
+                    }
+                }
+                if wq > 0 {
+                    let queue_l = &mut st.queue[l * h * wq..(l + 1) * h * wq];
+                    for (hw, ring) in work.iter_mut().zip(queue_l.chunks_exact_mut(wq)) {
+                        hw.rings.push(ring);
                     }
                 }
             }
@@ -446,10 +478,13 @@ impl Prepared {
             hw.hs.x.iter_mut().zip(&hw.hs.x_in).for_each(|(x, &x0)| *x += x0);
         }
         let HeadScratch { x, x_in, streams } = &mut *hw.hs;
-        let mut keys = hw.keys.iter_mut();
+        let (mut keys, mut rings) = (hw.keys.iter_mut(), hw.rings.iter_mut());
         let mut work: Vec<StreamHead> = (streams.iter_mut().zip(x.chunks_exact_mut(n)).zip(hw.rho.iter_mut()))
             .enumerate()
-            .map(|(row, ((st, x), rho))| StreamHead { row, st, x, rho, keys: keys.next().map(|k| &mut **k) })
+            .map(|(row, ((st, x), rho))| {
+                let (keys, ring) = (keys.next().map(|k| &mut **k), rings.next().map(|r| &mut **r));
+                StreamHead { row, st, x, rho, keys, ring }
+            })
             .collect();
         parallel_each(&mut work, |w| self.stream_head(hw.head, w, at));
         drop(work);
@@ -466,7 +501,7 @@ impl Prepared {
         let (d, n) = (c.n_embd, c.n_neurons());
         let decoder = &p.decoder[hi * n * d..][..n * d];
         let encoder_v_t = &self.encoder_v_t[hi * n * d..][..n * d];
-        let StreamHead { row, st, x, rho, keys } = w;
+        let StreamHead { row, st, x, rho, keys, ring } = w;
         let v = &at.v[*row * d..(*row + 1) * d];
         let Rotation { pos, cos, sin } = &at.rotations[*row];
         let pos = *pos;
@@ -480,14 +515,22 @@ impl Prepared {
         self.damping.step(hi, rho);
         // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                (D)
         at.edits.apply(Site::Rho, at.layer, rho, one(d));
-        match (&self.keys, keys) {
-            //   (the write's key site: ρ += R_t key ⊗ v, the key's traces advancing by x)
-            (Some(site), Some(traces)) => {
-                site.step(hi, x, traces, &mut st.key);
-                rope(&mut st.kr, &st.key, cos, sin, n, RopeDirection::Forward);
-                active_pairs(&st.key, &mut st.key_rows, &mut st.key_cols, at.dense);
+        //   (the write's key site: ρ += R_t key ⊗ v, the key's traces advancing by x)
+        if let (Some(site), Some(traces)) = (&self.keys, keys) {
+            site.step(hi, x, traces, &mut st.key);
+            rope(&mut st.kr, &st.key, cos, sin, n, RopeDirection::Forward);
+            active_pairs(&st.key, &mut st.key_rows, &mut st.key_cols, at.dense);
+        }
+        let (key, key_rows) = if self.keys.is_some() { (&st.kr, &st.key_rows) } else { (&st.xr, &st.rows) };
+        match (self.queue.as_ref().filter(|q| q.delay(hi) > 0), ring) {
+            //   (the read's mask site: the write joins the queue, and the one δ back enters ρ)
+            (Some(queue), Some(ring)) => {
                 sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);
-                rho_write(rho, &st.kr, v, &st.key_rows);
+                queue.step(hi, pos, rho, (key, v), ring);
+            }
+            _ if self.keys.is_some() => {
+                sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);
+                rho_write(rho, key, v, key_rows);
             }
             _ => rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows),
         }
@@ -523,6 +566,7 @@ struct StreamHead<'a> {
     x: &'a mut [f32],            // (N) its neurons
     rho: &'a mut [f32],          // (N, D) its ρ of this head and layer
     keys: Option<&'a mut [f32]>, // (W) its write key's traces, with a mechanism there
+    ring: Option<&'a mut [f32]>, // (W') its delayed writes, with delays
 }
 
 /// What every head of a layer's step reads.
@@ -538,6 +582,7 @@ struct LayerStep<'a> {
 struct HeadWork<'a> {
     head: usize,
     hs: &'a mut HeadScratch,
-    rho: Vec<&'a mut [f32]>,  // (B) of (N, D)
-    keys: Vec<&'a mut [f32]>, // (B) of (W) the write key's traces, or none
+    rho: Vec<&'a mut [f32]>,   // (B) of (N, D)
+    keys: Vec<&'a mut [f32]>,  // (B) of (W) the write key's traces, or none
+    rings: Vec<&'a mut [f32]>, // (B) of (W') the delayed writes, or none
 }

@@ -85,6 +85,13 @@ pub fn check_model(model: &Bdh) -> Result<()> {
     if !model.mechanisms.is_empty() {
         return Err(Error::Config("the graph form has no place for a mechanism attached in code".into()));
     }
+    if !c.delays.is_empty() {
+        return Err(Error::Config(
+            "the graph form writes each synapse as its token passes; this model delays its writes (delays), \
+             which the graph does not run"
+                .into(),
+        ));
+    }
     if model.key_site().is_some() {
         return Err(Error::Config(
             "the graph form's synapses update by x's Hebbian rule; this model's write has a trace or an \
