@@ -3,7 +3,9 @@
 //! none of its own, a plain loop), on the first Vulkan adapter here — in CI,
 //! lavapipe. Without one each test says it skipped, unless `BDH_REQUIRE_GPU=1`.
 
-use bdh_kernels::{causal_linear_attention, layer_norm, matmul_batched, rope, Attention, Batch, MatMul, RopeDirection};
+use bdh_kernels::{
+    causal_linear_attention, layer_norm, matmul_batched, rope, Attention, Batch, Lags, MatMul, RopeDirection,
+};
 
 mod common;
 use common::{device, random, rel};
@@ -89,10 +91,19 @@ fn causal_attention_with_decay_equals_the_cpu() {
     let table = bdh::model::bdh::rope::RopeTable::new(&bdh::model::bdh::rope::freqs(n), 0, t);
     let (mut out, mut scores, mut q) = (vec![0.0; b * h * t * d], vec![0.0; b * h * t * t], vec![0.0; x.len()]);
     let shape = Attention { b, h, t, n, d };
-    causal_linear_attention(&mut out, &mut scores, &mut q, &x, &v, (&table.cos, &table.sin), &decay, shape);
+    causal_linear_attention(
+        &mut out,
+        &mut scores,
+        &mut q,
+        &x,
+        &v,
+        (&table.cos, &table.sin),
+        Lags::decay(&decay),
+        shape,
+    );
 
     // The device forward's sequence: RoPE, masked scores, decay, scores · v.
-    let dt = bdh::model::bdh::decay::DecayTable::new(decay.to_vec(), t);
+    let dt = bdh::model::bdh::decay::DecayTable::new(decay.to_vec(), Vec::new(), t);
     let powers: Vec<f32> = (0..h)
         .flat_map(|hh| (0..t).map(move |k| (hh, k)))
         .map(|(hh, k)| if k == 0 { 1.0 } else { dt.read[hh * t + k - 1] })

@@ -521,6 +521,10 @@ struct LayerRows<'a> {
     rstd_w: &'a mut [f32], // (B, T)
 }
 
+/// A carried state's ρ of a layer for some rows, with the queue of delayed writes
+/// and its rings, with delays.
+type Carried<'a> = (&'a mut [f32], Option<(&'a Queue, &'a mut [f32])>);
+
 /// What a layer needs besides its buffers and the weights.
 struct Extras<'a> {
     rope: &'a RopeTable,
@@ -534,7 +538,7 @@ struct Extras<'a> {
     dropout: Option<(u64, u64, f32)>,
     /// ρ of this layer for these rows, (B, H, N, D), when a state is carried, with
     /// the queue of delayed writes and its rings, (B, H, W), with delays.
-    carried: Option<(&'a mut [f32], Option<(&'a Queue, &'a mut [f32])>)>,
+    carried: Option<Carried<'a>>,
 }
 
 /// The first half of a BDH layer (bdh.py's loop body up to the decoder), per head,
