@@ -349,3 +349,25 @@ fn the_readme_graph_section_runs_as_written() {
         assert!(tmp.path().join(written).exists(), "{written} not written");
     }
 }
+
+/// The README's section on synapse mechanisms, run as written: the tiny model learns
+/// its lag task far above chance, and says so.
+#[test]
+fn the_readme_mechanisms_section_runs_as_written() {
+    let tmp = temp("readme-mechanisms");
+    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let script = readme_commands("Synapse mechanisms").join("\n");
+    let o = Command::new("sh").arg("-ec").arg(&script).current_dir(tmp.path()).env("PATH", &path).output().unwrap();
+    let out = text(&o);
+    println!("{script}\n{out}");
+    assert!(o.status.success(), "{out}");
+    let accuracy: f64 = out
+        .split("answer accuracy ")
+        .last()
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .expect("an answer accuracy");
+    assert!(accuracy > 90.0 && out.contains("chance 6.2%"), "{out}");
+    assert!(out.contains("learned timescales 1/(1−γ)"), "{out}");
+}
