@@ -217,7 +217,7 @@ pub fn runs_layer(m: &bdh::model::bdh::Bdh) -> Result<()> {
                 .into(),
         ));
     }
-    if !m.config.delays.is_empty() {
+    if !m.config.delays.is_none() {
         return Err(Error::Device(
             "this model delays its writes (delays), which the GPU backend does not run: use --device cpu".into(),
         ));

@@ -232,10 +232,10 @@ fn a_layer_without_position_runs_on_the_device_and_other_variants_are_refused() 
         assert!(err.contains("not bdh.py's"), "{err}");
     }
     // the synapse mechanisms the device does not run: a learned decay, the write key's site
-    use bdh::model::bdh::{Astrocyte, Decay, Trace};
+    use bdh::model::bdh::{Astrocyte, Decay, Delays, Trace};
     for (cfg, says) in [
         (BdhConfig { decay: Decay::Learned, ..base.clone() }, "learns its decay"),
-        (BdhConfig { delays: vec![1; base.n_head], ..base.clone() }, "delays its writes"),
+        (BdhConfig { delays: Delays::Learned(4), ..base.clone() }, "delays its writes"),
         (BdhConfig { trace: Trace::Fixed(0.5), ..base.clone() }, "a trace or an astrocyte"),
         (BdhConfig { astrocyte: Some(Astrocyte { alpha: 0.9 }), ..base }, "a trace or an astrocyte"),
     ] {

@@ -54,7 +54,7 @@ fn dense_kernels(c: &mut Criterion) {
     });
     causal_linear_attention(&mut o, &mut s, &mut qr, &q, &v, (&cos, &sin), Lags::default(), one);
     let da = data(t * d, 5);
-    let (mut dq, mut dv, mut ds, mut dlog) = (vec![0.0; t * n], vec![0.0; t * d], vec![0.0; t * t], [0.0]);
+    let (mut dq, mut dv, mut ds, mut dlog) = (vec![0.0; t * n], vec![0.0; t * d], vec![0.0; t * t], [0.0; 2]);
     let mut dx = data(t * n, 9);
     let saved = AttentionSaved { x: &q, q: &qr, v: &v, scores: &s, cos: &cos, sin: &sin, lags: Lags::default() };
     g.throughput(Throughput::Elements((2 * t * t * (n + d)) as u64));

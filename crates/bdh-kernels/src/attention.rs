@@ -35,15 +35,16 @@ pub struct Attention {
 }
 
 /// How each head weights the score of positions t−τ apart: its decay multiplies it by
-/// γ_h^(t−τ), its delay keeps it only for t − τ > δ_h (a write readable δ_h tokens
-/// later than without). `decay`: γ_h per head, or empty for none; `delays`: δ_h per
+/// γ_h^(t−τ), its delay δ_h by `w(t−τ) = clamp(t − τ − δ_h, 0, 1)` (a write readable
+/// δ_h tokens later than without; a fractional δ interpolates between the integer
+/// lags around it). `decay`: γ_h per head, or empty for none; `delays`: δ_h ≥ 0 per
 /// head, or empty for none.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Lags<'a> {
     /// γ_h per head, or empty.
     pub decay: &'a [f32],
     /// δ_h per head, or empty.
-    pub delays: &'a [usize],
+    pub delays: &'a [f32],
 }
 
 impl<'a> Lags<'a> {
@@ -59,7 +60,7 @@ impl<'a> Lags<'a> {
 
     /// Those of head `head`.
     pub(crate) fn of(&self, head: usize) -> Lag {
-        Lag { gamma: self.decay.get(head).copied(), delay: self.delays.get(head).copied().unwrap_or(0) }
+        Lag { gamma: self.decay.get(head).copied(), delay: self.delays.get(head).copied().unwrap_or(0.0) }
     }
 }
 
@@ -67,20 +68,29 @@ impl<'a> Lags<'a> {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Lag {
     pub(crate) gamma: Option<f32>,
-    pub(crate) delay: usize,
+    pub(crate) delay: f32,
 }
 
 impl Lag {
-    /// The weight of the score of position j seen from i, in f64: 0 unless
-    /// i − j > δ, else γ^(i−j) (1 without a decay; 0 below f32's smallest normal).
+    /// The delay's whole lags m and fraction f: scores at lags up to m vanish, the
+    /// one at lag m + 1 is weighted 1 − f.
+    pub(crate) fn split(self) -> (usize, f32) {
+        let m = self.delay.floor();
+        (m as usize, self.delay - m)
+    }
+
+    /// The weight of the score of position j seen from i, in f64: `w(i − j) γ^(i−j)`
+    /// (γ = 1 without a decay; 0 below f32's smallest normal).
     #[cfg(test)]
     pub(crate) fn factor(self, i: usize, j: usize) -> f64 {
-        if j + self.delay >= i {
+        let (m, f) = self.split();
+        if j + m >= i {
             return 0.0;
         }
+        let w = if i - j == m + 1 { 1.0 - f as f64 } else { 1.0 };
         match self.gamma.map_or(1.0, |g| (g as f64).powi((i - j) as i32)) {
-            f if f < f32::MIN_POSITIVE as f64 => 0.0,
-            f => f,
+            g if g < f32::MIN_POSITIVE as f64 => 0.0,
+            g => w * g,
         }
     }
 }
@@ -147,16 +157,15 @@ pub struct AttentionSaved<'a> {
 /// (B, H, T, D; the caller sums the heads), `dq = (dS + dSᵀ) q` (B, H, T, N), and
 /// through RoPE and the ReLU that made x: `dx = [x > 0] ⊙ (dx + Rᵀ dq)` (`dx` holds
 /// the gradient of x by other paths on entry). `dq` and `dv` are overwritten.
-/// `dlog_decay` (B, H) receives d loss / d ln γ_h of each (row, head) (what a learned
-/// decay trains by; a T²/2 sum, small beside the products): `Σ_{τ<t} dS_tτ S_tτ (t−τ)`,
-/// with dS before the decay's weighting (0 without a decay).
+/// `dlags` (B, H, 2) receives, per (row, head), what a learned decay and a learned
+/// delay train by ([`lag_grads`]; sums of T²/2 and T·N terms, small beside the products).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_linear_attention_backward(
     dx: &mut [f32],
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
-    dlog_decay: &mut [f32],
+    dlags: &mut [f32],
     da: &[f32],
     saved: AttentionSaved,
     s: Attention,
@@ -175,11 +184,11 @@ pub fn causal_linear_attention_backward(
             && scores.len() == dscores.len()
             && cos.len() * 2 == t * n
             && lags.fits(h)
-            && dlog_decay.len() == b * h,
+            && dlags.len() == 2 * b * h,
         "causal_linear_attention_backward: sizes for {s:?}"
     );
     let grads = (dx.par_chunks_mut(t * n), dq.par_chunks_mut(t * n), dv.par_chunks_mut(t * d));
-    (grads, dscores.par_chunks_mut(t * t), dlog_decay.par_iter_mut()).into_par_iter().enumerate().for_each(
+    (grads, dscores.par_chunks_mut(t * t), dlags.par_chunks_mut(2)).into_par_iter().enumerate().for_each(
         |(bh, ((dx, dq, dv), dscores, dlog))| {
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
             let (nb, db, tb) =
@@ -195,17 +204,22 @@ pub fn causal_linear_attention_backward(
     );
 }
 
-/// Zeroes the diagonal and everything above it of a t×t matrix, and with a delay δ
-/// the δ diagonals below it (entry (i, j) kept only for i − j > δ); with a retention
-/// γ, multiplies entry (i, j) by γ^(i−j) (powers in f64, then rounded). Entries whose
-/// power falls below f32's smallest normal become 0, as the recurrent state's do, so
-/// far distances cost no subnormal arithmetic in the products.
+/// Zeroes the diagonal and everything above it of a t×t matrix, and with a delay
+/// δ = m + f the m diagonals below it, weighting the next by 1 − f (entry (i, j)
+/// times `clamp(i − j − δ, 0, 1)`); with a retention γ, multiplies entry (i, j) by
+/// γ^(i−j) (powers in f64, then rounded). Entries whose power falls below f32's
+/// smallest normal become 0, as the recurrent state's do, so far distances cost no
+/// subnormal arithmetic in the products.
 pub(crate) fn mask_and_decay(s: &mut [f32], t: usize, lag: Lag) {
+    let (m, frac) = lag.split();
     for (i, row) in s.chunks_exact_mut(t).enumerate() {
-        let keep = i.saturating_sub(lag.delay);
+        let keep = i.saturating_sub(m);
         row[keep..].fill(0.0);
+        if frac > 0.0 && keep > 0 {
+            row[keep - 1] *= 1.0 - frac;
+        }
         if let Some(g) = lag.gamma {
-            let mut f = (g as f64).powi(lag.delay as i32);
+            let mut f = (g as f64).powi(m as i32);
             for (k, x) in row[..keep].iter_mut().rev().enumerate() {
                 f *= g as f64;
                 if f < f32::MIN_POSITIVE as f64 {
@@ -218,18 +232,40 @@ pub(crate) fn mask_and_decay(s: &mut [f32], t: usize, lag: Lag) {
     }
 }
 
-/// d loss / d ln γ of one (row, head) from its scores `S = P ⊙ γ^(t−τ)` and `dS`
-/// before the decay's weighting (t×t each): `Σ_{τ<t} dS ⊙ S ⊙ (t−τ)`; 0 without a decay.
-pub(crate) fn log_decay_grad(dscores: &[f32], scores: &[f32], t: usize, gamma: Option<f32>) -> f32 {
-    if gamma.is_none() {
-        return 0.0;
+/// [d loss / d ln γ, d loss / d δ] of one (row, head), from `dS` before the lags'
+/// weighting and the scores `S = P ⊙ w ⊙ γ^(t−τ)` (t×t each), with P = q kᵀ (q, k
+/// (t×n) its queries and keys): `Σ_{τ<t} dS ⊙ S ⊙ (t−τ)` (0 without a decay), and
+/// `−Σ dS ⊙ P ⊙ γ^(m+1)` over the lag m + 1 that a delay δ = m + f weights by 1 − f
+/// (0 without a delay).
+pub(crate) fn lag_grads(
+    dscores: &[f32],
+    scores: &[f32],
+    (q, k, n): (&[f32], &[f32], usize),
+    t: usize,
+    lag: Lag,
+) -> [f32; 2] {
+    let mut dlog = 0.0f64;
+    if lag.gamma.is_some() {
+        for i in 1..t {
+            let (ds, s) = (&dscores[i * t..i * t + i], &scores[i * t..i * t + i]);
+            dlog += ds.iter().zip(s).enumerate().map(|(j, (&g, &s))| (g * s) as f64 * (i - j) as f64).sum::<f64>();
+        }
     }
-    let mut sum = 0.0f64;
-    for i in 1..t {
-        let (ds, s) = (&dscores[i * t..i * t + i], &scores[i * t..i * t + i]);
-        sum += ds.iter().zip(s).enumerate().map(|(j, (&g, &s))| (g * s) as f64 * (i - j) as f64).sum::<f64>();
+    let mut ddelay = 0.0f64;
+    if lag.delay > 0.0 {
+        let (m, _) = lag.split();
+        let g = lag.gamma.map_or(1.0, |g| match (g as f64).powi(m as i32 + 1) {
+            p if p < f32::MIN_POSITIVE as f64 => 0.0,
+            p => p,
+        });
+        for i in m + 1..t {
+            let j = i - m - 1;
+            let p: f64 =
+                q[i * n..(i + 1) * n].iter().zip(&k[j * n..(j + 1) * n]).map(|(&a, &b)| a as f64 * b as f64).sum();
+            ddelay -= dscores[i * t + j] as f64 * p * g;
+        }
     }
-    sum as f32
+    [dlog as f32, ddelay as f32]
 }
 
 /// Rows per block of the blocked products: blocks above the diagonal are skipped,
@@ -311,7 +347,7 @@ fn attention_backward_one(
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
-    dlog_decay: &mut f32,
+    dlags: &mut [f32],
     da: &[f32],
     (q, v, scores): (&[f32], &[f32], &[f32]),
     lag: Lag,
@@ -321,7 +357,7 @@ fn attention_backward_one(
         // dS[r0..r1, ..r1] = da[r0..r1] · v[..r1]ᵀ
         matmul(&mut dscores[r0 * t..], &da[r0 * d..], v, MatMul::new(r1 - r0, d, r1).b_t().ld(0, 0, t));
     }
-    *dlog_decay = log_decay_grad(dscores, scores, t, lag.gamma);
+    dlags.copy_from_slice(&lag_grads(dscores, scores, (q, q, n), t, lag));
     // the scores were q qᵀ ⊙ Γ: the gradient of q qᵀ is dS ⊙ Γ
     mask_and_decay(dscores, t, lag);
     for (r0, r1) in blocks(t) {
@@ -348,7 +384,7 @@ pub(crate) fn causal_linear_attention_backward_scalar(
     dq: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
-    dlog_decay: &mut [f32],
+    dlags: &mut [f32],
     da: &[f32],
     saved: AttentionSaved,
     s: Attention,
@@ -360,7 +396,7 @@ pub(crate) fn causal_linear_attention_backward_scalar(
         let (nb, db) = (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d);
         let ds = &mut dscores[bh * t * t..(bh + 1) * t * t];
         let lag = lags.of(bh % h);
-        let dlog = attention_backward_one_scalar(
+        let [dlog, ddelay] = attention_backward_one_scalar(
             &mut dq[nb.clone()],
             &mut dv[db.clone()],
             ds,
@@ -370,14 +406,16 @@ pub(crate) fn causal_linear_attention_backward_scalar(
             lag,
             (t, n, d),
         );
-        dlog_decay[bh] = if lag.gamma.is_some() { dlog as f32 } else { 0.0 };
+        dlags[2 * bh] = if lag.gamma.is_some() { dlog as f32 } else { 0.0 };
+        dlags[2 * bh + 1] = ddelay as f32;
     }
     let mut rotated = vec![0.0; dq.len()];
     crate::rope::rope_scalar(&mut rotated, dq, cos, sin, n, RopeDirection::Inverse);
     crate::elementwise::scalar::relu_backward_add(dx, &rotated, x);
 }
 
-/// Returns d loss / d ln γ: `Σ_{j<i} (da_i · v_j)(q_i · q_j) γ^(i−j) (i−j)`.
+/// Returns [d loss / d ln γ, d loss / d δ]: `Σ_{j<i} (da_i · v_j)(q_i · q_j) w γ^(i−j) (i−j)`,
+/// and `−Σ (da_i · v_j)(q_i · q_j) γ^(i−j)` over i − j = m + 1 for a delay δ = m + f.
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn attention_backward_one_scalar(
@@ -389,8 +427,9 @@ fn attention_backward_one_scalar(
     v: &[f32],
     lag: Lag,
     (t, n, d): Dims3,
-) -> f64 {
-    let mut dlog = 0.0f64;
+) -> [f64; 2] {
+    let (mut dlog, mut ddelay) = (0.0f64, 0.0f64);
+    let (m, _) = lag.split();
     let dot = |x: &[f32], i: usize, y: &[f32], j: usize, w: usize| -> f64 {
         (0..w).map(|k| x[i * w + k] as f64 * y[j * w + k] as f64).sum()
     };
@@ -404,6 +443,11 @@ fn attention_backward_one_scalar(
             let raw = dot(da, i, v, j, d);
             let ds = raw * f;
             dlog += raw * s * (i - j) as f64;
+            if lag.delay > 0.0 && i - j == m + 1 {
+                // f = (1 − frac) γ^(m+1): d f / d δ = −γ^(m+1)
+                let unweighted = Lag { delay: 0.0, ..lag }.factor(i, j);
+                ddelay -= raw * dot(q, i, q, j, n) * unweighted;
+            }
             dscores[i * t + j] = ds as f32;
             for k in 0..d {
                 gv[j * d + k] += s * da[i * d + k] as f64;
@@ -420,5 +464,5 @@ fn attention_backward_one_scalar(
     for (o, g) in dv.iter_mut().zip(gv) {
         *o = g as f32;
     }
-    dlog
+    [dlog, ddelay]
 }

@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(test)]
+use crate::attention::Lag;
 use crate::attention::{blocks, mask_and_decay, Attention, Lags, QT};
 use crate::matmul::{matmul, transpose, with_scratch, MatMul};
 
@@ -64,15 +66,15 @@ pub struct KeyedSaved<'a> {
 /// Backward of [`keyed_attention`] from `da` (B, H, T, D): `dS = tril₋₁(da vᵀ) ⊙ Γ`
 /// (into the scratch `dscores`), `dv = Sᵀ da` per head (B, H, T, D; the caller sums
 /// the heads), `dq = dS k` and `dk = dSᵀ q` (B, H, T, N, overwritten), and
-/// `dlog_decay` (B, H) d loss / d ln γ_h: `Σ_{τ<t} dS_tτ S_tτ (t−τ)`, with dS before
-/// the decay's weighting (0 without a decay).
+/// `dlags` (B, H, 2) what a learned decay and a learned delay train by
+/// ([`crate::attention::lag_grads`]).
 #[allow(clippy::too_many_arguments)]
 pub fn keyed_attention_backward(
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
     dscores: &mut [f32],
-    dlog_decay: &mut [f32],
+    dlags: &mut [f32],
     da: &[f32],
     saved: KeyedSaved,
     s: Attention,
@@ -90,12 +92,12 @@ pub fn keyed_attention_backward(
             && dscores.len() == b * h * t * t
             && scores.len() == dscores.len()
             && lags.fits(h)
-            && dlog_decay.len() == b * h,
+            && dlags.len() == 2 * b * h,
         "keyed_attention_backward: sizes for {s:?}"
     );
     let grads = (dq.par_chunks_mut(t * n), dk.par_chunks_mut(t * n), dv.par_chunks_mut(t * d));
-    (grads, dscores.par_chunks_mut(t * t), dlog_decay.par_iter_mut()).into_par_iter().enumerate().for_each(
-        |(bh, ((dq, dk, dv), ds, dlog))| {
+    (grads, dscores.par_chunks_mut(t * t), dlags.par_chunks_mut(2)).into_par_iter().enumerate().for_each(
+        |(bh, ((dq, dk, dv), ds, dlags))| {
             let v = &v[bh / h * t * d..(bh / h + 1) * t * d];
             let (nb, db, tb) =
                 (bh * t * n..(bh + 1) * t * n, bh * t * d..(bh + 1) * t * d, bh * t * t..(bh + 1) * t * t);
@@ -105,7 +107,7 @@ pub fn keyed_attention_backward(
                 // dS[r0..r1, ..r1] = da[r0..r1] · v[..r1]ᵀ
                 matmul(&mut ds[r0 * t..], &da[r0 * d..], v, MatMul::new(r1 - r0, d, r1).b_t().ld(0, 0, t));
             }
-            *dlog = crate::attention::log_decay_grad(ds, scores, t, lag.gamma);
+            dlags.copy_from_slice(&crate::attention::lag_grads(ds, scores, (q, k, n), t, lag));
             mask_and_decay(ds, t, lag);
             for (r0, r1) in blocks(t) {
                 let sub = r0 * t + r0;
@@ -127,12 +129,12 @@ pub fn keyed_attention_backward(
 
 /// Scalar twin of [`keyed_attention`] and its backward together, from the
 /// definition with f64 sums: fills `out`, `scores`, and from `da` the gradients
-/// `dq`, `dk`, `dv` (per head) and `dlog_decay`.
+/// `dq`, `dk`, `dv` (per head) and `dlags`.
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn keyed_attention_scalar(
     (out, scores): (&mut [f32], &mut [f32]),
-    (dq, dk, dv, dlog_decay): (&mut [f32], &mut [f32], &mut [f32], &mut [f32]),
+    (dq, dk, dv, dlags): (&mut [f32], &mut [f32], &mut [f32], &mut [f32]),
     (q, k, v, da): (&[f32], &[f32], &[f32], &[f32]),
     lags: Lags,
     s: Attention,
@@ -144,7 +146,8 @@ pub(crate) fn keyed_attention_scalar(
         let row = |w: usize, i: usize| (bh * t + i) * w..(bh * t + i + 1) * w;
         let vrow = |i: usize| (bh / h * t + i) * d..(bh / h * t + i + 1) * d;
         let (mut gq, mut gk, mut gv) = (vec![0.0f64; t * n], vec![0.0f64; t * n], vec![0.0f64; t * d]);
-        let mut dlog = 0.0f64;
+        let (mut dlog, mut ddelay) = (0.0f64, 0.0f64);
+        let (m, _) = lag.split();
         for i in 0..t {
             let mut acc = vec![0.0f64; d];
             for j in 0..t {
@@ -153,6 +156,9 @@ pub(crate) fn keyed_attention_scalar(
                 scores[bh * t * t + i * t + j] = (p * f) as f32;
                 let raw = dot(&da[row(d, i)], &v[vrow(j)]);
                 dlog += raw * p * f * (i as f64 - j as f64);
+                if lag.delay > 0.0 && j + m + 1 == i {
+                    ddelay -= raw * p * Lag { delay: 0.0, ..lag }.factor(i, j);
+                }
                 for c in 0..d {
                     acc[c] += p * f * v[vrow(j)][c] as f64;
                     gv[j * d + c] += p * f * da[row(d, i)][c] as f64;
@@ -168,6 +174,7 @@ pub(crate) fn keyed_attention_scalar(
         put(&mut dq[bh * t * n..(bh + 1) * t * n], gq);
         put(&mut dk[bh * t * n..(bh + 1) * t * n], gk);
         put(&mut dv[bh * t * d..(bh + 1) * t * d], gv);
-        dlog_decay[bh] = if lag.gamma.is_some() { dlog as f32 } else { 0.0 };
+        dlags[2 * bh] = if lag.gamma.is_some() { dlog as f32 } else { 0.0 };
+        dlags[2 * bh + 1] = ddelay as f32;
     }
 }

@@ -126,7 +126,7 @@ fn causal_linear_attention_and_backward_equal_twins() {
         // f32's smallest normal past 126 positions (T = 200), where both flush to 0.
         let decay: Vec<f32> = if i % 2 == 1 { [0.5, 0.97, 1.0][..h].to_vec() } else { vec![] };
         // and a delay per head on every third shape
-        let delays: Vec<usize> = if i % 3 == 2 { [0, 2, 5][..h].to_vec() } else { vec![] };
+        let delays: Vec<f32> = if i % 3 == 2 { [0.0, 2.0, 4.25][..h].to_vec() } else { vec![] };
         let lags = Lags { decay: &decay, delays: &delays };
         let shape = Attention { b, h, t, n, d };
         let x = sparse(&mut r, b * h * t * n, 0.3);
@@ -151,12 +151,12 @@ fn causal_linear_attention_and_backward_equal_twins() {
         let (mut dx_f, mut dx_s) = (dx.clone(), dx);
         let saved = |q, scores| AttentionSaved { x: &x, q, v: &v, scores, cos: &cos, sin: &sin, lags };
         let (fast, slow) = (saved(&q_f, &s_f), saved(&q_s, &s_s));
-        let (mut dl_f, mut dl_s) = (vec![7.0; b * h], vec![7.0; b * h]);
+        let (mut dl_f, mut dl_s) = (vec![7.0; 2 * b * h], vec![7.0; 2 * b * h]);
         causal_linear_attention_backward(&mut dx_f, &mut dq_f, &mut dv_f, &mut ds_f, &mut dl_f, &da, fast, shape);
         causal_linear_attention_backward_scalar(
             &mut dx_s, &mut dq_s, &mut dv_s, &mut ds_s, &mut dl_s, &da, slow, shape,
         );
-        assert_close(&format!("attention backward d ln γ {shape:?}"), &dl_f, &dl_s, 1e-4);
+        assert_close(&format!("attention backward d ln γ, d δ {shape:?} {lags:?}"), &dl_f, &dl_s, 1e-4);
         assert_close(&format!("attention backward dq {shape:?}"), &dq_f, &dq_s, 1e-5);
         assert_close(&format!("attention backward dv {shape:?}"), &dv_f, &dv_s, 1e-5);
         assert_close(&format!("attention backward dx {shape:?}"), &dx_f, &dx_s, 1e-5);
@@ -467,7 +467,7 @@ fn keyed_attention_and_its_backward_equal_their_twin() {
     for (i, &(t, n, d)) in SHAPES.iter().enumerate() {
         let (b, h) = (1 + i % 2, 1 + i % 3);
         let decay: Vec<f32> = if i % 2 == 0 { [0.5, 0.97, 1.0][..h].to_vec() } else { vec![] };
-        let delays: Vec<usize> = if i % 3 == 1 { [3, 0, 1][..h].to_vec() } else { vec![] };
+        let delays: Vec<f32> = if i % 3 == 1 { [2.5, 0.0, 1.0][..h].to_vec() } else { vec![] };
         let lags = Lags { decay: &decay, delays: &delays };
         let shape = Attention { b, h, t, n, d };
         let (q, k) = (random(&mut r, b * h * t * n), sparse(&mut r, b * h * t * n, 0.4));
@@ -475,7 +475,7 @@ fn keyed_attention_and_its_backward_equal_their_twin() {
         let fresh = |len: usize| (vec![7.0; len], vec![7.0; len]);
         let ((mut out_f, mut out_s), (mut s_f, mut s_s)) = (fresh(b * h * t * d), fresh(b * h * t * t));
         let ((mut dq_f, mut dq_s), (mut dk_f, mut dk_s)) = (fresh(b * h * t * n), fresh(b * h * t * n));
-        let ((mut dv_f, mut dv_s), (mut dl_f, mut dl_s)) = (fresh(b * h * t * d), fresh(b * h));
+        let ((mut dv_f, mut dv_s), (mut dl_f, mut dl_s)) = (fresh(b * h * t * d), fresh(2 * b * h));
         let mut ds = vec![7.0; b * h * t * t];
         keyed_attention(&mut out_f, &mut s_f, &q, &k, &v, lags, shape);
         let saved = KeyedSaved { q: &q, k: &k, v: &v, scores: &s_f, lags };
@@ -488,6 +488,6 @@ fn keyed_attention_and_its_backward_equal_their_twin() {
         assert_close(&what("dq"), &dq_f, &dq_s, 1e-5);
         assert_close(&what("dk"), &dk_f, &dk_s, 1e-5);
         assert_close(&what("dv"), &dv_f, &dv_s, 1e-5);
-        assert_close(&what("d ln γ"), &dl_f, &dl_s, 1e-4);
+        assert_close(&what("d ln γ, d δ"), &dl_f, &dl_s, 1e-4);
     }
 }

@@ -1,6 +1,7 @@
 //! The explicit backward against finite differences of the loss, on a tiny config,
 //! in eval mode and in training mode with dropout.
 
+use bdh::model::bdh::delay::DELAY_NAME;
 use bdh::model::bdh::key::{ASTROCYTE_NAME, TRACE_NAME};
 use bdh::model::bdh::BdhConfig;
 use bdh::{backward, forward, loss, Activations, Gradients, Mode, Model, Params};
@@ -24,8 +25,9 @@ fn direction(g: &[f32], seed: u64) -> Vec<f32> {
     d.iter().map(|x| x / dn).collect()
 }
 
-/// The tensors of BDH's layer mechanisms: a learned decay's θ, a trace's φ, a gate's β.
-const MECHANISMS: [&str; 3] = [bdh::model::bdh::DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME];
+/// The tensors of BDH's layer mechanisms: a learned decay's θ, a trace's φ, a gate's
+/// β, learned delays' ψ.
+const MECHANISMS: [&str; 4] = [bdh::model::bdh::DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME];
 
 /// Multiplies every weight by `scale` but the mechanisms' (which would saturate).
 pub fn scale_weights(params: &mut Params, scale: f32) {
@@ -37,12 +39,25 @@ pub fn scale_weights(params: &mut Params, scale: f32) {
 
 /// The finite differences' step for tensor `name`: a mechanism's parameters (few
 /// values) move the loss little per unit, and smoothly (no ReLU kink): a step of
-/// 1e-2 lifts their difference above f32's noise in the loss.
+/// 1e-2 lifts their difference above f32's noise in the loss. But learned delays':
+/// ψ moves whole diagonals of scores, so within 1e-2 many of y's ReLUs cross zero
+/// (measured: central differences reach the gradient within 0.4% only at 3e-4).
 pub fn step_for(name: &str, eps: f32) -> f32 {
-    if MECHANISMS.contains(&name) {
-        1e-2
+    match name {
+        DELAY_NAME => 3e-4,
+        _ if MECHANISMS.contains(&name) => 1e-2,
+        _ => eps,
+    }
+}
+
+/// The relative error central differences of [`step_for`] are held to: 1e-2, but
+/// 5e-2 for learned delays, whose small step leaves a few percent of f32's noise in
+/// a directional derivative (`delay.rs` checks each head's alone within 1e-2).
+pub fn tolerance_for(name: &str) -> f64 {
+    if name == DELAY_NAME {
+        5e-2
     } else {
-        eps
+        1e-2
     }
 }
 
@@ -72,7 +87,7 @@ pub fn check_gradients(mut model: Model, mode: Mode, scale: f32, eps: f32) {
         let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
         let rel = (numeric - analytic).abs() / analytic.abs();
         println!("{mode:?} {name:<36} analytic {analytic:+.6e} numeric {numeric:+.6e} rel {rel:.1e}");
-        assert!(rel < 1e-2, "{name}: analytic {analytic} vs numeric {numeric}");
+        assert!(rel < tolerance_for(name), "{name}: analytic {analytic} vs numeric {numeric}");
     }
 }
 

@@ -102,7 +102,9 @@ fn batched_step_with_traces_at_the_write_key_equals_single_steps() {
 #[test]
 fn batched_step_with_delayed_writes_equals_single_steps() {
     // Each stream carries its own queue of writes not yet due.
-    let change = |c: &mut bdh::model::bdh::BdhConfig| c.delays = (0..c.n_head).map(|h| 2 * h).collect();
+    let change = |c: &mut bdh::model::bdh::BdhConfig| {
+        c.delays = bdh::model::bdh::Delays::Fixed((0..c.n_head).map(|h| 2 * h).collect())
+    };
     let (logits, rho) = batched_vs_single_of(12, 30, &change, &NO_EDITS);
     println!("delays 0, 2, …, B ≤ 12: logits max rel {:.2e}; ρ max rel {:.2e}", logits.1, rho.1);
     assert_eq!((logits, rho), ((0.0, 0.0), (0.0, 0.0)));

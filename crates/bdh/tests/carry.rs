@@ -103,6 +103,10 @@ pub fn backward_matches_finite_differences(m: &Bdh, eps: f32) {
         let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
         let rel = (numeric - analytic).abs() / analytic.abs();
         println!("{:<14} analytic {analytic:+.6e} numeric {numeric:+.6e} rel {rel:.1e}", slot.name);
-        assert!(rel < 1e-2, "{}: analytic {analytic} vs numeric {numeric}", slot.name);
+        assert!(
+            rel < crate::backward::tolerance_for(&slot.name),
+            "{}: analytic {analytic} vs numeric {numeric}",
+            slot.name
+        );
     }
 }

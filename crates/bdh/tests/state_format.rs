@@ -300,7 +300,7 @@ fn the_mechanisms_per_stream_state_is_saved_beside_rho_in_version_2() {
     let cfg = BdhConfig {
         trace: Trace::Fixed(0.5),
         astrocyte: Some(Astrocyte { alpha: 0.9 }),
-        delays: vec![3],
+        delays: bdh::model::bdh::Delays::Fixed(vec![3]),
         ..tiny_config(1, 8, 1, 2)
     };
     let prepared = Prepared::new(bdh_model(cfg, 3)).unwrap();
@@ -316,7 +316,7 @@ fn the_mechanisms_per_stream_state_is_saved_beside_rho_in_version_2() {
     let (meta, tensors) = header(&path);
     assert_eq!(meta["version"], VERSION.to_string());
     assert_eq!(tensors["keys"], (Dtype::F32, vec![1, 1, 1, 32]), "(L, B, H, W): c and s, N = 16 each");
-    assert_eq!(tensors["queue"], (Dtype::F32, vec![1, 1, 1, 72]), "(L, B, H, W'): 3 slots of N + D = 24");
+    assert_eq!(tensors["queue"], (Dtype::F32, vec![1, 1, 1, 96]), "(L, B, H, W'): 3 + 1 slots of N + D = 24");
     // the same file named version 1 is refused by its tensors' names
     let v1 = tmp.path().join("v1.safetensors");
     let bytes = std::fs::read(&path).unwrap();

@@ -190,12 +190,12 @@ impl Model {
     }
 
     /// Per parameter slot, whether AdamW's weight decay applies: every tensor of
-    /// bdh.py's for BDH (as the reference trains; not a learned decay's θ, which
-    /// it would pull to γ = ½), tensors of two or more dimensions for GPT (as
-    /// nanoGPT configures its optimizer).
+    /// bdh.py's for BDH (as the reference trains; not the layer mechanisms' few
+    /// values, which it would pull to their midpoints: γ = ½, λ = ½, no gate),
+    /// tensors of two or more dimensions for GPT (as nanoGPT configures its optimizer).
     pub fn weight_decay_mask(&self) -> Vec<bool> {
         match self {
-            Model::Bdh(m) => m.params.slots().iter().map(|s| s.name != bdh::DECAY_NAME).collect(),
+            Model::Bdh(m) => m.params.slots().iter().map(|s| bdh::PARAM_NAMES.contains(&s.name.as_str())).collect(),
             Model::Gpt(m) => m.params.slots().iter().map(|s| gpt::params::decays(&s.shape)).collect(),
         }
     }

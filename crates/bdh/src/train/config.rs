@@ -239,10 +239,11 @@ impl RunConfig {
             ));
         }
         if let ModelConfig::Bdh(m) = &self.model {
-            if let Some(&far) = m.delays.iter().find(|&&d| d >= t.block_size) {
+            let far = m.delays.longest();
+            if far >= t.block_size {
                 return Err(Error::Config(format!(
-                    "model.delays holds {far}, not less than training.block_size = {}: a write delayed past the \
-                     context is never read in training",
+                    "model.delays reaches {far} tokens, not less than training.block_size = {}: a write delayed \
+                     past the context is never read in training",
                     t.block_size
                 )));
             }
@@ -379,7 +380,11 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let name_or_list = |v: &toml::Value| matches!(v, toml::Value::String(_) | toml::Value::Array(_));
     let value = match (&old, parsed) {
         (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
-        (old, new) if path.trim() == "model.decay" && name_or_list(old) && name_or_list(&new) => new,
+        (old, new)
+            if ["model.decay", "model.delays"].contains(&path.trim()) && name_or_list(old) && name_or_list(&new) =>
+        {
+            new
+        }
         // model.trace takes a name or λ
         (_, toml::Value::Integer(i)) if path.trim() == "model.trace" => toml::Value::Float(i as f64),
         (_, new @ (toml::Value::String(_) | toml::Value::Float(_))) if path.trim() == "model.trace" => new,

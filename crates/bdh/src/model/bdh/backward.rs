@@ -9,7 +9,7 @@ use bdh_kernels::{
 };
 
 use super::decay::DecayTable;
-use super::delay::Queue;
+use super::delay::{Delays, Queue};
 use super::forward::{Activations, Dims};
 use super::key::KeySite;
 use super::params::WeightsMut;
@@ -37,7 +37,7 @@ pub struct Backward {
     da: Vec<f32>,          // (B, H, T, D) d loss / d attention output
     dvh: Vec<f32>,         // (B, H, T, D) d loss / d v through each head's attention values
     dscores: Vec<f32>,     // (B, H, T, T)
-    dlog_decay: Vec<f32>,  // (B, H) d loss / d ln γ_h of each row, with a learned decay
+    dlags: Vec<f32>,       // (B, H, 2) d loss / d ln γ_h and d δ_h of each row (what learned lags train by)
     dk: Vec<f32>,          // (B, H, T, N) d loss / d the rotated keys, with a mechanism at the write's key; else empty
     dkey_params: Vec<f32>, // (B, P) each row's d loss / d the key site's parameters (P of them)
     lm_head_t: Vec<f32>,   // (V, D)
@@ -77,7 +77,7 @@ impl Backward {
             da: zeroed(&[b, h, t, d])?,
             dvh: zeroed(&[b, h, t, d])?,
             dscores: zeroed(&[b, h, t, t])?,
-            dlog_decay: zeroed(&[b, h])?,
+            dlags: zeroed(&[b, h, 2])?,
             dk: if KeySite::width(&model.config) > 0 { zeroed(&[b, h, t, n])? } else { Vec::new() },
             dkey_params: zeroed(&[b, KeySite::param_count(&model.config)])?,
             lm_head_t: zeroed(&[v, d])?,
@@ -144,7 +144,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     matmul(&mut s.dv, &s.dlogits, &s.lm_head_t, MatMul::new(bt, vocab, d).par());
 
     let key_site = model.key_site();
-    let queue = Queue::new(&model.config, model.retention());
+    let queue = Queue::new(&model.config, model.delays(), model.retention());
     for l in (0..layers).rev() {
         let (v_in, layer) = (acts.residual(l), &acts.layers[l]);
         let (x, xr, y, a, rstd_a, scores) = (&layer.x, &layer.xr, &layer.y, &layer.a, &layer.rstd_a, &layer.scores);
@@ -214,11 +214,19 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
                 g.astrocyte.iter_mut().zip(beta).for_each(|(o, &x)| *o += x);
             }
         }
+        let summed =
+            |hi: usize, which: usize| s.dlags.chunks_exact(2).skip(hi).step_by(h).map(|g| g[which] as f64).sum::<f64>();
         if learned {
             // γ_h = sigmoid(θ_h)  ⇒  d θ_h = (1 − γ_h) Σ_b d ln γ_h   (the damping site)
             for (hi, (gd, &gamma)) in g.decay.iter_mut().zip(&acts.decay.gamma).enumerate() {
-                let sum: f64 = s.dlog_decay.iter().skip(hi).step_by(h).map(|&x| x as f64).sum();
-                *gd += (sum * (1.0 - gamma as f64)) as f32;
+                *gd += (summed(hi, 0) * (1.0 - gamma as f64)) as f32;
+            }
+        }
+        if let Delays::Learned(max) = model.config.delays {
+            // δ_h = M sigmoid(ψ_h)  ⇒  d ψ_h = δ_h (1 − δ_h / M) Σ_b d δ_h   (the read's mask site)
+            for (hi, (gd, &delta)) in g.delay.iter_mut().zip(&acts.decay.delays).enumerate() {
+                let delta = delta as f64;
+                *gd += (summed(hi, 1) * delta * (1.0 - delta / max as f64)) as f32;
             }
         }
 
@@ -292,7 +300,7 @@ struct RowGrads<'a> {
     da: &'a mut [f32],          // (H, T, D)
     dvh: &'a mut [f32],         // (H, T, D)
     dscores: &'a mut [f32],     // (H, T, T)
-    dlog_decay: &'a mut [f32],  // (H)
+    dlags: &'a mut [f32],       // (H, 2)
     dk: &'a mut [f32],          // (H, T, N), or empty
     dkey_params: &'a mut [f32], // (P)
 }
@@ -310,7 +318,7 @@ impl<'a> RowGrads<'a> {
         let mut dq0 = s.dq0.chunks_mut(htn);
         let mut dx_up = s.dx_up.chunks_mut(htn);
         let (mut da, mut dvh, mut dscores) = (s.da.chunks_mut(htd), s.dvh.chunks_mut(htd), s.dscores.chunks_mut(htt));
-        let mut dlog_decay = s.dlog_decay.chunks_mut(h);
+        let mut dlags = s.dlags.chunks_mut(2 * h);
         let mut dk = s.dk.chunks_mut(htn);
         let per_params = s.dkey_params.len() / b;
         let mut dkey_params = s.dkey_params.chunks_mut(per_params.max(1));
@@ -350,7 +358,7 @@ impl<'a> RowGrads<'a> {
                     da: next(&mut da),
                     dvh: next(&mut dvh),
                     dscores: next(&mut dscores),
-                    dlog_decay: next(&mut dlog_decay),
+                    dlags: next(&mut dlags),
                     dk: dk.next().unwrap_or_default(),
                     dkey_params: if per_params == 0 { &mut [][..] } else { next(&mut dkey_params) },
                 }
@@ -404,14 +412,14 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
     match key_site {
         None => {
             let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, lags: decay.lags() };
-            causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.dlog_decay, r.da, saved, shape);
+            causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.dlags, r.da, saved, shape);
         }
         //   (the write's key site: keys R(key) other than the queries R(x))
         //   ⇒  dx = [x > 0] ⊙ (dx + Rᵀ dq + d key / dx (Rᵀ dk))
         Some(site) => {
             let (kr, trace, glia, keys0) = keyed;
             let saved = KeyedSaved { q: xr, k: kr, v: v_in, scores, lags: decay.lags() };
-            keyed_attention_backward(r.dq, r.dk, r.dvh, r.dscores, r.dlog_decay, r.da, saved, shape);
+            keyed_attention_backward(r.dq, r.dk, r.dvh, r.dscores, r.dlags, r.da, saved, shape);
             rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
             r.dx.iter_mut().zip(r.dq0.iter()).for_each(|(g, &q)| *g += q);
             rope(r.dq0, r.dk, cos, sin, n, RopeDirection::Inverse);
@@ -425,7 +433,7 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
         matmul_batched(r.dq, r.da, rho0, MatMul::new(t, d, n).b_t(), heads(dt, [0, n * d], nt));
         if learned {
             // the read at i was γ^(i+1) R(x_i) · ρ₀  ⇒  d ln γ += Σ_i (i+1) γ^(i+1) R(x_i) · d R(x_i)
-            for (hi, dlog) in r.dlog_decay.iter_mut().enumerate() {
+            for (hi, dl) in r.dlags.chunks_exact_mut(2).enumerate() {
                 let rows = xr[hi * t * n..(hi + 1) * t * n].chunks_exact(n).zip(r.dq[hi * t * n..].chunks_exact(n));
                 let sum: f64 = rows
                     .enumerate()
@@ -434,15 +442,14 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
                         (i + 1) as f64 * decay.read[hi * t + i] as f64 * dot
                     })
                     .sum();
-                *dlog += sum as f32;
+                dl[0] += sum as f32;
             }
         }
         // the read at i was γ^(i+1) R(x_i) · ρ₀ (the damping site)
         decay.read_backward(r.dq, (h, t, n));
         if let Some((queue, rings0)) = delayed {
             // and of the queued writes it could see (the read's mask site)
-            let dlog = if learned { &mut r.dlog_decay[..] } else { &mut [][..] };
-            queue.read_backward(r.dq, dlog, (xr, r.da), rings0, pos0, t);
+            queue.read_backward(r.dq, r.dlags, (xr, r.da), rings0, pos0, t);
         }
         rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
         for ((g, &back), &xv) in r.dx.iter_mut().zip(r.dq0.iter()).zip(x) {

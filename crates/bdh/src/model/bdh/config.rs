@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::delay::Delays;
 pub use super::key::{Astrocyte, Trace};
 pub use super::variant::{Norm, Position, Residual};
 use crate::error::{Error, Result};
@@ -45,9 +46,9 @@ pub struct BdhConfig {
     /// An astrocyte's gate on the write's key, or none (bdh.py).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub astrocyte: Option<Astrocyte>,
-    /// δ_h per head: a write readable δ_h tokens later than bdh.py's (empty: none).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub delays: Vec<usize>,
+    /// How each head delays its writes: not at all (bdh.py), δ_h tokens, or learned.
+    #[serde(default, skip_serializing_if = "Delays::is_none")]
+    pub delays: Delays,
 }
 
 /// The synapse state's decay. With a retention γ_h the attention scores become
@@ -164,7 +165,7 @@ impl Default for BdhConfig {
             position: Position::Rope,
             trace: Trace::None,
             astrocyte: None,
-            delays: Vec::new(),
+            delays: Delays::None,
         }
     }
 }
@@ -201,7 +202,16 @@ impl BdhConfig {
     /// Number of trained parameters: embed, encoder, encoder_v, decoder, lm_head.
     pub fn param_count(&self) -> usize {
         let (d, v, hn) = (self.n_embd, self.vocab_size, self.total_neurons());
-        v * d + 3 * hn * d + d * v + self.decay_params() + super::key::KeySite::param_count(self)
+        v * d + 3 * hn * d + d * v + self.decay_params() + super::key::KeySite::param_count(self) + self.delay_params()
+    }
+
+    /// The values of `attn.delay`: ψ_h per head with learned delays, else none.
+    pub fn delay_params(&self) -> usize {
+        if self.delays.is_learned() {
+            self.n_head
+        } else {
+            0
+        }
     }
 
     /// The values of `attn.decay`: θ_h per head with a learned decay, else none.
@@ -220,7 +230,8 @@ impl BdhConfig {
             .checked_mul(2)?
             .checked_add(hn.checked_mul(d)?.checked_mul(3)?)?
             .checked_add(self.decay_params())?
-            .checked_add(super::key::KeySite::param_count(self))
+            .checked_add(super::key::KeySite::param_count(self))?
+            .checked_add(self.delay_params())
     }
 
     /// The sizes a user sets, by name.
@@ -272,11 +283,8 @@ impl BdhConfig {
         if let Err(e) = super::key::validate(self) {
             return bad(e);
         }
-        if !self.delays.is_empty() && self.delays.len() != self.n_head {
-            return bad(format!("delays lists {} δ for n_head = {} heads", self.delays.len(), self.n_head));
-        }
-        if let Some(&far) = self.delays.iter().find(|&&d| d > super::delay::MAX_DELAY) {
-            return bad(format!("a delay of {far} tokens: at most {}", super::delay::MAX_DELAY));
+        if let Err(e) = self.delays.validate(self.n_head) {
+            return bad(e);
         }
         if let Decay::Retention(g) = &self.decay {
             if g.len() != self.n_head {

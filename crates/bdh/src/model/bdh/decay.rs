@@ -39,11 +39,11 @@ pub struct DecayTable {
     /// γ_h per head, (H); empty: no decay.
     pub gamma: Vec<f32>,
     /// δ_h per head, (H); empty: no delay (the read's mask site, [`super::delay`]).
-    pub delays: Vec<usize>,
+    pub delays: Vec<f32>,
     /// γ_h^(i+1), (H, T): the weight of the carried ρ₀ in the read at position i.
     pub read: Vec<f32>,
     /// γ_h^(T−1−i), (H, T): the weight of token i's write in ρ after the chunk (0 for
-    /// the last δ_h, still queued).
+    /// the last m_h + 1 of a head that delays by δ_h = m_h + f, still queued).
     pub write: Vec<f32>,
     /// γ_h^T, (H): what is left of ρ₀ after the chunk.
     pub whole: Vec<f32>,
@@ -52,8 +52,8 @@ pub struct DecayTable {
 impl DecayTable {
     /// The table of retentions γ_h ([`super::Bdh::retention`]) and delays δ_h for a
     /// pass of `t` positions.
-    pub fn new(gamma: Vec<f32>, delays: Vec<usize>, t: usize) -> Self {
-        if gamma.is_empty() && delays.iter().all(|&d| d == 0) {
+    pub fn new(gamma: Vec<f32>, delays: Vec<f32>, t: usize) -> Self {
+        if gamma.is_empty() && delays.iter().all(|&d| d == 0.0) {
             return DecayTable { gamma, delays, ..DecayTable::default() };
         }
         // (0 below f32's smallest normal, as the kernels flush)
@@ -62,12 +62,13 @@ impl DecayTable {
             f => f as f32,
         };
         let heads = gamma.len().max(delays.len());
-        let (g, delay) =
-            (|h: usize| gamma.get(h).copied().unwrap_or(1.0), |h: usize| delays.get(h).copied().unwrap_or(0));
+        let g = |h: usize| gamma.get(h).copied().unwrap_or(1.0);
+        // a delayed head's last m + 1 tokens wait in its queue
+        let waiting = |h: usize| delays.get(h).filter(|&&d| d > 0.0).map_or(0, |&d| d.floor() as usize + 1);
         let table = |f: &dyn Fn(usize, usize) -> f32| (0..heads).flat_map(|h| (0..t).map(move |i| f(h, i))).collect();
         DecayTable {
             read: table(&|h, i| pow(g(h), i + 1)),
-            write: table(&|h, i| if i + delay(h) < t { pow(g(h), t - 1 - i) } else { 0.0 }),
+            write: table(&|h, i| if i + waiting(h) < t { pow(g(h), t - 1 - i) } else { 0.0 }),
             whole: (0..heads).map(|h| pow(g(h), t)).collect(),
             gamma: gamma.clone(),
             delays: delays.clone(),

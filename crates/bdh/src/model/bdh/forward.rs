@@ -243,7 +243,7 @@ impl Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
             freqs: model.freqs.clone(),
-            decay: DecayTable::new(model.retention(), model.config.delays.clone(), t),
+            decay: DecayTable::new(model.retention(), model.delays(), t),
             rho0: Vec::new(),
             keys0: Vec::new(),
             queue0: Vec::new(),
@@ -379,7 +379,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     let group = bdh_kernels::rows_per_group(h);
     let (rope, decay, drawn) = (&acts.rope, &acts.decay, acts.dropout);
     let keys = model.key_site();
-    let queue = Queue::new(cfg, model.retention());
+    let queue = Queue::new(cfg, model.delays(), model.retention());
     for l in 0..layers {
         let (before, after) = acts.layers.split_at_mut(l);
         let v_in = before.last().map_or(&acts.v0[..], |prev| &prev.v[..]);
@@ -460,8 +460,9 @@ fn begin(
         acts.freqs.clone_from(&model.freqs);
     }
     let retention = model.retention();
-    if acts.decay.gamma != retention || acts.decay.delays != model.config.delays {
-        acts.decay = DecayTable::new(retention, model.config.delays.clone(), dm.t);
+    let delays = model.delays();
+    if acts.decay.gamma != retention || acts.decay.delays != delays {
+        acts.decay = DecayTable::new(retention, delays, dm.t);
     }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");

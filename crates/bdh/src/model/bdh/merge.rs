@@ -39,10 +39,12 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
         let layer = |c: &BdhConfig| c.variant().unwrap_or_else(|| "bdh.py's".into());
         return Err(Error::Config(format!("cannot merge models whose layers differ: {} and {}", layer(ca), layer(cb))));
     }
-    if ca.delays != cb.delays {
+    if (&ca.delays, a.delays()) != (&cb.delays, b.delays()) {
         return Err(Error::Config(format!(
-            "cannot merge models whose heads delay their writes differently ({:?} and {:?}): a merged head has one delay",
-            ca.delays, cb.delays
+            "cannot merge models whose heads delay their writes differently ({:?} and {:?}): a merged head has one \
+             delay",
+            a.delays(),
+            b.delays()
         )));
     }
     if (&ca.trace, ca.astrocyte) != (&cb.trace, cb.astrocyte) || ca.astrocyte.is_some() {
@@ -96,8 +98,9 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
         out[..na * d].copy_from_slice(&wa.decoder[hi * na * d..(hi + 1) * na * d]);
         out[na * d..].copy_from_slice(&wb.decoder[hi * nb * d..(hi + 1) * nb * d]);
     }
-    // A learned decay's θ_h: the same in both (checked above).
+    // A learned decay's θ_h and learned delays' ψ_h: the same in both (checked above).
     w.decay.copy_from_slice(wa.decay);
+    w.delay.copy_from_slice(wa.delay);
     // A learned trace's φ (H, N): each neuron keeps its own, joined as the encoders are.
     for (out, (ra, rb)) in w.trace.chunks_exact_mut(n).zip(wa.trace.chunks_exact(na).zip(wb.trace.chunks_exact(nb))) {
         out[..na].copy_from_slice(ra);

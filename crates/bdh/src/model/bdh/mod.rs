@@ -16,7 +16,7 @@ pub mod site;
 pub mod variant;
 
 pub use backward::{backward, Backward};
-pub use config::{Astrocyte, BdhConfig, Decay, Trace};
+pub use config::{Astrocyte, BdhConfig, Decay, Delays, Trace};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Activations, Dims, Part, Pass};
 pub use merge::{merge, Heritage};
@@ -77,6 +77,12 @@ impl Bdh {
     pub fn key_site(&self) -> Option<key::KeySite> {
         let w = self.weights();
         key::KeySite::new(&self.config, w.trace, w.astrocyte)
+    }
+
+    /// δ_h per head: the config's fixed delays, or the learned ones'
+    /// M·sigmoid(ψ_h); empty without delays.
+    pub fn delays(&self) -> Vec<f32> {
+        self.config.delays.per_head(self.weights().delay)
     }
 
     /// γ_h per head: the config's fixed decay, or the learned one's

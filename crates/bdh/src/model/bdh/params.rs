@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::BdhConfig;
+use super::delay::DELAY_NAME;
 use super::key::{Trace, ASTROCYTE_NAME, TRACE_NAME};
 use crate::error::Result;
 use crate::params::Params;
@@ -22,7 +23,7 @@ pub const DECAY_NAME: &str = "attn.decay";
 
 /// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V), then
 /// those of the layer's mechanisms that train: a learned decay's θ (H), a learned
-/// trace's φ (H, N) and an astrocyte gate's β (H), each starting at zero but θ.
+/// trace's φ (H, N), an astrocyte gate's β (H) and learned delays' ψ (H).
 pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
     let mut slots = vec![
@@ -41,6 +42,9 @@ pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     if cfg.astrocyte.is_some() {
         slots.push((ASTROCYTE_NAME, vec![h]));
     }
+    if cfg.delays.is_learned() {
+        slots.push((DELAY_NAME, vec![h]));
+    }
     slots
 }
 
@@ -57,6 +61,9 @@ pub fn init(cfg: &BdhConfig, seed: u64) -> Result<Params> {
     let normal = Normal::new(0.0f32, 0.02).expect("0.02 is a valid std");
     let drawn = p.slots()[PARAM_NAMES.len() - 1].range.end;
     p.data_mut()[..drawn].iter_mut().for_each(|x| *x = normal.sample(&mut rng));
+    if let Some(psi) = p.get_mut(DELAY_NAME) {
+        psi.fill(cfg.delays.initial_logit());
+    }
     if let Some(theta) = p.get_mut(DECAY_NAME) {
         for (t, g) in theta.iter_mut().zip(cfg.decay.initial(cfg.n_head)) {
             *t = (g as f64 / (1.0 - g as f64)).ln() as f32;
@@ -89,6 +96,8 @@ pub struct Weights<'a> {
     pub trace: &'a [f32],
     /// An astrocyte gate's slopes β, (H); else empty.
     pub astrocyte: &'a [f32],
+    /// Learned delays' logits ψ, (H); else empty.
+    pub delay: &'a [f32],
 }
 
 impl<'a> Weights<'a> {
@@ -107,6 +116,7 @@ impl<'a> Weights<'a> {
             decay: named(DECAY_NAME),
             trace: named(TRACE_NAME),
             astrocyte: named(ASTROCYTE_NAME),
+            delay: named(DELAY_NAME),
         }
     }
 }
@@ -130,6 +140,8 @@ pub struct WeightsMut<'a> {
     pub trace: &'a mut [f32],
     /// (H), or empty.
     pub astrocyte: &'a mut [f32],
+    /// (H), or empty.
+    pub delay: &'a mut [f32],
 }
 
 impl<'a> WeightsMut<'a> {
@@ -137,11 +149,11 @@ impl<'a> WeightsMut<'a> {
     pub fn of(p: &'a mut Params) -> Self {
         debug_assert!(p.slots().iter().map(|s| s.name.as_str()).take(5).eq(PARAM_NAMES));
         // the mechanisms' tensors follow bdh.py's five, in this order, each if present
-        let has = [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME].map(|name| p.slot(name).is_some());
+        let has = [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME].map(|name| p.slot(name).is_some());
         let mut t = p.split_mut().into_iter();
         let mut next = || t.next().expect("five BDH tensors");
         let (embed, encoder, encoder_v, decoder, lm_head) = (next(), next(), next(), next(), next());
-        let [decay, trace, astrocyte] = has.map(|there| if there { next() } else { &mut [][..] });
-        WeightsMut { embed, encoder, encoder_v, decoder, lm_head, decay, trace, astrocyte }
+        let [decay, trace, astrocyte, delay] = has.map(|there| if there { next() } else { &mut [][..] });
+        WeightsMut { embed, encoder, encoder_v, decoder, lm_head, decay, trace, astrocyte, delay }
     }
 }

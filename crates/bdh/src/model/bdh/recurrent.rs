@@ -263,7 +263,7 @@ impl Prepared {
         }
         let damping = Damping::new(model.retention());
         let keys = model.key_site().map(Box::new);
-        let queue = Queue::new(&model.config, model.retention()).map(Box::new);
+        let queue = Queue::new(&model.config, model.delays(), model.retention()).map(Box::new);
         Ok(Prepared { model, encoder_v_t, damping, keys, queue })
     }
 
@@ -522,11 +522,12 @@ impl Prepared {
             active_pairs(&st.key, &mut st.key_rows, &mut st.key_cols, at.dense);
         }
         let (key, key_rows) = if self.keys.is_some() { (&st.kr, &st.key_rows) } else { (&st.xr, &st.rows) };
-        match (self.queue.as_ref().filter(|q| q.delay(hi) > 0), ring) {
-            //   (the read's mask site: the write joins the queue, and the one δ back enters ρ)
+        match (self.queue.as_ref().filter(|q| q.delays(hi)), ring) {
+            //   (the read's mask site: the write joins the queue; the one at lag m + 1 is read
+            //   and enters ρ)
             (Some(queue), Some(ring)) => {
                 sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);
-                queue.step(hi, pos, rho, (key, v), ring);
+                queue.step(hi, pos, rho, (&mut st.a, &st.xr), (key, v), ring);
             }
             _ if self.keys.is_some() => {
                 sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);

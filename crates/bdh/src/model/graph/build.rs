@@ -85,7 +85,7 @@ pub fn check_model(model: &Bdh) -> Result<()> {
     if !model.mechanisms.is_empty() {
         return Err(Error::Config("the graph form has no place for a mechanism attached in code".into()));
     }
-    if !c.delays.is_empty() {
+    if !c.delays.is_none() {
         return Err(Error::Config(
             "the graph form writes each synapse as its token passes; this model delays its writes (delays), \
              which the graph does not run"
