@@ -10,7 +10,7 @@ use common::{bdh, temp, text};
 
 const MECHANISMS: [&str; 10] = [
     "--set",
-    "model.delays=[0, 2]",
+    "model.delays=learned:4",
     "--set",
     "model.decay=learned",
     "--set",
@@ -56,6 +56,7 @@ fn a_run_with_every_synapse_mechanism_trains_on_a_task_and_is_read_back() {
         (&config["decay"], &config["trace"], &config["astrocyte"]["alpha"]),
         (&"learned".into(), &"learned".into(), &0.9.into())
     );
+    assert_eq!(config["delays"], "learned:4");
     // resumed to more steps, read by eval (on its task, then on another), generate and inspect
     let o = bdh(&["train", "--resume", &run, "--quiet", "--set", "training.max_steps=6"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -89,7 +90,9 @@ fn bad_mechanisms_and_tasks_are_refused_by_name() {
         ("data.task=lag:0", "must be in 1..="),
         ("data.task=echo:2", "expected \"language\", \"lag:K\""),
         ("data.task=lag:200", "needs blocks of 402 bytes or more"),
-        ("model.delays=[300, 1]", "model.delays holds 300, not less than training.block_size = 160"),
+        ("model.delays=[300, 1]", "model.delays reaches 300 tokens, not less than training.block_size = 160"),
+        ("model.delays=learned:200", "model.delays reaches 200 tokens"),
+        ("model.delays=learned", "\"learned:M\""),
         ("model.delays=[3]", "delays lists 1 δ for n_head = 2"),
     ] {
         let mut args = short(&out);
