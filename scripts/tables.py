@@ -488,7 +488,7 @@ def mech_run(b, folder, name, sets, lr, seed, task=None):
     if val is None:
         return None
     last = records(b.runs / folder / f"{name}-lr{lr:g}-seed{seed}", "val_loss")[-1]
-    return val, last.get("answer_accuracy")
+    return val, last.get("answer_accuracy"), last.get("retention"), last.get("delays")
 
 
 def mechanisms(b, shakespeare=False):
@@ -517,10 +517,14 @@ def mechanisms(b, shakespeare=False):
             mean, half = sum(vals) / len(vals), (max(vals) - min(vals)) / 2
             unit = "" if task is None else "%"
             cells = ", ".join("diverged" if r is None else f"{(r[0] if task is None else 100 * r[1]):.2f}{unit}" for r in got)
-            rows.append([label, f"{lr:g}", f"{mean:.2f}{unit} ± {half:.2f}", cells])
+            # what it learned, seed by seed: each head's timescale 1/(1 − γ) and delay δ
+            learned = "; ".join(
+                ", ".join([*(f"{1 / (1 - g):.1f}" for g in (r[2] or []) if g < 1), *(f"δ {x:.1f}" for x in (r[3] or []))])
+                for r in got if r is not None and (r[2] or r[3]))
+            rows.append([label, f"{lr:g}", f"{mean:.2f}{unit} ± {half:.2f}", cells, learned or "—"])
         what = "held-out loss, nats per byte, tiny Shakespeare" if task is None else f"answer accuracy on `{task}`"
         print(f"\n{what} (recall preset's model, {MECH_STEPS} steps, seeds {', '.join(map(str, seeds))}):\n")
-        table(["model", "peak lr", "mean ± half range", "per seed"], rows)
+        table(["model", "peak lr", "mean ± half range", "per seed", "learned timescales 1/(1 − γ), delays"], rows)
 
 
 def compare(b):

@@ -312,8 +312,12 @@ fn eval_line(m: &EvalMetrics, max: usize) -> String {
         [] => String::new(),
         r => format!(", learned timescales 1/(1−γ) {}", timescales(r)),
     };
+    let delays = match m.delays.as_slice() {
+        [] => String::new(),
+        d => format!(", learned delays {}", d.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")),
+    };
     format!(
-        "step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}{timescales}",
+        "step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}{timescales}{delays}",
         m.step, m.val_loss, m.bits_per_byte
     )
 }

@@ -45,11 +45,13 @@ fn a_run_with_every_synapse_mechanism_trains_on_a_task_and_is_read_back() {
     assert!(o.status.success(), "{out}");
     // evaluation lines: the answers against chance, the learned timescales
     assert!(out.contains("(chance 6.2%)") && out.contains("learned timescales 1/(1−γ)"), "{out}");
+    assert!(out.contains("learned delays 0.5"), "δ starts at ½ and moves little in 4 steps: {out}");
     let metrics = std::fs::read_to_string(Path::new(&run).join("metrics.jsonl")).unwrap();
     let last: serde_json::Value =
         serde_json::from_str(metrics.lines().rfind(|l| l.contains("val_loss")).unwrap()).unwrap();
     assert_eq!(last["answer_chance"], 0.0625);
     assert_eq!(last["retention"].as_array().unwrap().len(), 2, "a γ per head of the tiny preset");
+    assert_eq!(last["delays"].as_array().unwrap().len(), 2, "a δ per head");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(&run).join("last/config.json")).unwrap()).unwrap();
     assert_eq!(

@@ -37,6 +37,9 @@ pub struct EvalMetrics {
     /// During training with a learned decay: each head's retention γ_h at this step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retention: Vec<f32>,
+    /// During training with learned delays: each head's δ_h at this step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delays: Vec<f32>,
 }
 
 /// The answers of one kind of document with one number of facts.
@@ -303,6 +306,7 @@ impl Tally {
             answer_groups: self.groups,
             train_loss: None,
             retention: Vec::new(),
+            delays: Vec::new(),
         }
     }
 }

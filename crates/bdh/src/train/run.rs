@@ -331,6 +331,9 @@ fn train_once(
                 if bdh.config.decay.is_learned() {
                     m.retention = bdh.retention();
                 }
+                if bdh.config.delays.is_learned() {
+                    m.delays = bdh.delays();
+                }
             }
             metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
             on(Event::Eval(&m));
