@@ -62,7 +62,7 @@ impl DeviceArgs {
     /// Where the training steps of a `model` go: `None` for the CPU, else what opens
     /// the device for a trainer. `auto` stays on the CPU (saying why) where there is no
     /// hardware GPU or the GPU backend does not train the model (a GPT with dropout,
-    /// a BDH whose layer is not bdh.py's).
+    /// a BDH whose layer is not bdh.py's or that has synapse mechanisms).
     pub fn trainer(
         &self,
         model: &bdh::ModelConfig,
@@ -75,6 +75,9 @@ impl DeviceArgs {
                 "a BDH whose layer is not bdh.py's ({}) trains on the CPU",
                 c.variant().unwrap_or_default()
             )),
+            bdh::ModelConfig::Bdh(c) if c.has_synapse_mechanisms() => Some(
+                "a BDH with synapse mechanisms (a learned decay, delays, a trace, a gate) trains on the CPU".into(),
+            ),
             _ => None,
         };
         match (self.device, cpu_only) {

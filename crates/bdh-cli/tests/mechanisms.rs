@@ -92,8 +92,8 @@ fn bad_mechanisms_and_tasks_are_refused_by_name() {
         ("data.task=lag:0", "must be in 1..="),
         ("data.task=echo:2", "expected \"language\", \"lag:K\""),
         ("data.task=lag:200", "needs blocks of 402 bytes or more"),
-        ("model.delays=[300, 1]", "model.delays reaches 300 tokens, not less than training.block_size = 160"),
-        ("model.delays=learned:200", "model.delays reaches 200 tokens"),
+        ("model.delays=[159, 1]", "model.delays reads from 160 tokens back, not less than training.block_size = 160"),
+        ("model.delays=learned:160", "model.delays reads from 160 tokens back"),
         ("model.delays=learned", "\"learned:M\""),
         ("model.delays=[3]", "delays lists 1 δ for n_head = 2"),
     ] {

@@ -207,3 +207,42 @@ fn each_heads_delay_gradient_matches_finite_differences() {
         }
     }
 }
+
+#[test]
+fn a_state_carried_across_a_change_of_learned_delays_reads_as_the_new_ones() {
+    // Training moves δ between chunks; what the state holds must not depend on it. One
+    // layer, so the keys and values the state holds depend on the tokens alone.
+    let base = tiny_config(1, 32, 2, 8);
+    let before = bdh_learned(8, &[0.9, 3.9], base.clone(), 1.0, 4);
+    let after = bdh_learned(8, &[1.1, 4.1], base, 1.0, 4);
+    let (t, toks) = (40, tokens(80, 6));
+    let mut state = bdh::model::bdh::State::rows(&before.config, 1).unwrap();
+    let mut acts = Activations::new(&before, 1, t).unwrap();
+    forward(&before, &toks[..t], &mut acts, Pass { state: Some(&mut state), ..Pass::default() }).unwrap();
+    forward(&after, &toks[t..], &mut acts, Pass { state: Some(&mut state), ..Pass::default() }).unwrap();
+    let mut whole = Activations::new(&after, 1, 2 * t).unwrap();
+    forward(&after, &toks, &mut whole, Pass::default()).unwrap();
+    let diff = max_rel_diff(&acts.logits, &whole.logits[t * 256..]);
+    println!("δ 0.9, 3.9 → 1.1, 4.1 across chunks: max rel diff {diff:.2e} against one pass at the new δ");
+    assert!(diff < 5e-6, "{diff}");
+}
+
+#[test]
+fn a_states_size_counts_its_queue_and_a_restart_empties_it() {
+    use bdh::train::carry::Carry;
+    let cfg = BdhConfig { trace: Trace::Fixed(0.5), ..delayed(vec![3, 0], tiny_config(2, 16, 2, 4)) };
+    let prepared = bdh::model::bdh::Prepared::new(bdh(cfg.clone(), 1.0, 1)).unwrap();
+    // per (layer, head): ρ N·D, the trace N, 4 slots of N + D
+    let (n, d) = (32, 16);
+    assert_eq!(prepared.state_bytes(), 4 * 2 * 2 * (n * d + n + 4 * (n + d)));
+    let mut carry = Carry::new(&bdh::ModelConfig::Bdh(cfg), 2, false).unwrap();
+    carry.state.keys.fill(1.0);
+    carry.state.queue.fill(1.0);
+    carry.state.pos = 9;
+    carry.restart();
+    assert!(carry.state.keys.iter().chain(&carry.state.queue).all(|&x| x == 0.0) && carry.state.pos == 0);
+    // a queue past memory is refused before it is made
+    let huge = BdhConfig { delays: Delays::Fixed(vec![65_536; 4]), ..tiny_config(128, 1024, 4, 16) };
+    let e = bdh::model::bdh::State::new(&huge).unwrap_err().to_string();
+    assert!(e.contains("would need 648.0 GiB"), "{e}");
+}

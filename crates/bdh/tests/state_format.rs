@@ -327,4 +327,42 @@ fn the_mechanisms_per_stream_state_is_saved_beside_rho_in_version_2() {
     std::fs::write(&v1, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
     let msg = refused("version 1 with traces", || state::load(&prepared, &v1));
     assert!(msg.contains("unknown tensor"), "{msg}");
+    // the mechanisms' tensors are checked as ρ is: present, shaped, finite
+    let rewrite = |name: &str, change: &dyn Fn(&mut Vec<f32>) -> Vec<usize>| {
+        let bad = tmp.path().join(format!("bad-{name}.safetensors"));
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        let mut shapes = Vec::new();
+        for (n, t) in st.tensors() {
+            let mut v: Vec<f32> = if t.dtype() == Dtype::F32 {
+                t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+            } else {
+                Vec::new()
+            };
+            let shape = if n == name { change(&mut v) } else { t.shape().to_vec() };
+            values.push(if t.dtype() == Dtype::F32 {
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            } else {
+                t.data().to_vec()
+            });
+            shapes.push((n, t.dtype(), shape));
+        }
+        let views: Vec<(String, TensorView)> = shapes
+            .into_iter()
+            .zip(&values)
+            .map(|((n, dt, shape), bytes)| (n, TensorView::new(dt, shape, bytes).unwrap()))
+            .collect();
+        let meta: HashMap<String, String> = header(&path).0;
+        std::fs::write(&bad, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+        refused(name, || state::load(&prepared, &bad))
+    };
+    let msg = rewrite("keys", &|v| {
+        v[3] = f32::NAN;
+        vec![1, 1, 1, 32]
+    });
+    assert!(msg.contains("traces hold values that are not finite"), "{msg}");
+    let msg = rewrite("queue", &|v| {
+        v.truncate(48);
+        vec![1, 1, 1, 48]
+    });
+    assert!(msg.contains("queue is F32 [1, 1, 1, 48]"), "{msg}");
 }

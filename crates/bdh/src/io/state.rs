@@ -39,8 +39,9 @@
 //! Version 1 and, for a model whose write key has traces (`trace`, `astrocyte`),
 //! the tensor `keys`: f32, (L, B, H, W), W the traces' values per head (N per
 //! mechanism); for a model with delays, `queue`: f32, (L, B, H, W'), the writes not
-//! yet due, W' = max δ · (N + D). A model without either writes version 1, so its
-//! files stay readable by builds that know only that.
+//! yet due, W' = slots · (N + D) with slots the most writes a head holds (max δ + 1
+//! for fixed delays, M for `"learned:M"`). A model without either writes version 1,
+//! so its files stay readable by builds that know only that.
 //!
 //! # Older files
 //!
@@ -118,7 +119,7 @@ pub(crate) enum Unversioned {
 enum Layout {
     /// Version 1 of the format.
     V1,
-    /// Version 2: version 1 and the write key's traces.
+    /// Version 2: version 1, the write key's traces and the queued writes.
     V2,
     /// A file of before the format had a version.
     Unversioned(Unversioned),

@@ -287,7 +287,15 @@ pub fn patch(model: &Scope, pairs: &[PairTokens], progress: Progress) -> Result<
             for h in head.map_or(0..h_n, |h| h..h + 1) {
                 let block = (layer * h_n + h) * n * d;
                 match rows {
-                    None => s.rho[block..block + n * d].copy_from_slice(&r.rho.0.rho[block..block + n * d]),
+                    None => {
+                        s.rho[block..block + n * d].copy_from_slice(&r.rho.0.rho[block..block + n * d]);
+                        // and the head's per-stream state beside ρ: its key's traces, its queued writes
+                        for (patched, clean) in [(&mut s.keys, &r.rho.0.keys), (&mut s.queue, &r.rho.0.queue)] {
+                            let w = clean.len() / (h_n * l_n).max(1);
+                            let at = (layer * h_n + h) * w;
+                            patched[at..at + w].copy_from_slice(&clean[at..at + w]);
+                        }
+                    }
                     Some(rows) => rows.iter().for_each(|&i| {
                         let at = block + i * d;
                         s.rho[at..at + d].copy_from_slice(&r.rho.0.rho[at..at + d]);

@@ -30,9 +30,12 @@ impl Carry {
         Ok(Carry { state: State::rows(c, rows)?, detach })
     }
 
-    /// Empties the state: the streams start over.
+    /// Empties the state: the streams start over (ρ, the write key's traces and the
+    /// queued writes all cleared).
     pub fn restart(&mut self) {
         self.state.rho.fill(0.0);
+        self.state.keys.fill(0.0);
+        self.state.queue.fill(0.0);
         self.state.pos = 0;
     }
 

@@ -239,11 +239,12 @@ impl RunConfig {
             ));
         }
         if let ModelConfig::Bdh(m) = &self.model {
-            let far = m.delays.longest();
+            // a fixed δ is read from lag δ + 1; a learned one stays below its bound
+            let far = m.delays.longest() + usize::from(!m.delays.is_learned());
             if far >= t.block_size {
                 return Err(Error::Config(format!(
-                    "model.delays reaches {far} tokens, not less than training.block_size = {}: a write delayed \
-                     past the context is never read in training",
+                    "model.delays reads from {far} tokens back, not less than training.block_size = {}: a write \
+                     delayed past the context is never read in training",
                     t.block_size
                 )));
             }
@@ -339,7 +340,7 @@ const OMITTED: &[(&str, &str)] = &[
     ("data.task", "\"language\""),
     ("model.trace", "\"none\""),
     ("model.astrocyte", "{}"),
-    ("model.delays", "[]"),
+    ("model.delays", "\"none\""),
 ];
 
 /// The default of a key that a config writes only when it is not that default.
@@ -389,7 +390,9 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
         (_, toml::Value::Integer(i)) if path.trim() == "model.trace" => toml::Value::Float(i as f64),
         (_, new @ (toml::Value::String(_) | toml::Value::Float(_))) if path.trim() == "model.trace" => new,
         (_, new) if path.trim() == "model.decay" => {
-            return Err(bad(format!("`model.decay` takes \"none\", \"alibi\" or a list of γ per head, not {new}")))
+            return Err(bad(format!(
+                "`model.decay` takes \"none\", \"alibi\", \"learned\" or a list of γ per head, not {new}"
+            )))
         }
         (old, new) if std::mem::discriminant(old) != std::mem::discriminant(&new) => {
             let kind = old.type_str();

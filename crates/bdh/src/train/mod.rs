@@ -104,7 +104,10 @@ impl Trainer {
                 let pass = crate::model::bdh::Pass { mode, state: Some(&mut c.state), ..Default::default() };
                 crate::model::bdh::forward(m, tokens, a, pass)?;
                 if c.detach {
-                    a.rho0.clear(); // no gradient through the read of the carried state
+                    // no gradient through the carried state: its read, its traces, its queue
+                    a.rho0.clear();
+                    a.keys0.clear();
+                    a.queue0.clear();
                 }
             }
             (Some(_), ..) => return Err(crate::Error::Config("a carried state needs a BDH model".into())),

@@ -58,7 +58,7 @@ impl Backward {
         let dims = Dims::new(&model.config, b, t);
         let Dims { d, h, n, v, .. } = dims;
         // Every buffer below is a product of these, so bounding their sum bounds each.
-        let total = [[b, h, t, n * 6], [b, h, t, t + 2 * d], [1, b, t, v + 2 * d], [1, h, n, 3 * d]]
+        let total = [[b, h, t, n * 7], [b, h, t, t + 2 * d], [1, b, t, v + 2 * d], [1, h, n, 3 * d + b + 1]]
             .iter()
             .try_fold(0usize, |acc, dims| dims.iter().try_fold(1usize, |p, &x| p.checked_mul(x))?.checked_add(acc));
         let what = format!("the backward of a B={b} T={t} pass of this model");

@@ -199,10 +199,17 @@ impl BdhConfig {
         self.n_head * self.n_neurons()
     }
 
-    /// Number of trained parameters: embed, encoder, encoder_v, decoder, lm_head.
+    /// Number of trained parameters: embed, encoder, encoder_v, decoder, lm_head, and
+    /// the layer mechanisms' that train (θ, φ, β, ψ).
     pub fn param_count(&self) -> usize {
         let (d, v, hn) = (self.n_embd, self.vocab_size, self.total_neurons());
         v * d + 3 * hn * d + d * v + self.decay_params() + super::key::KeySite::param_count(self) + self.delay_params()
+    }
+
+    /// Whether the synapses have mechanisms beyond bdh.py's and a fixed decay: a
+    /// learned decay, delays, a trace or an astrocyte's gate (none of which a device runs).
+    pub fn has_synapse_mechanisms(&self) -> bool {
+        self.decay.is_learned() || !self.delays.is_none() || !self.trace.is_none() || self.astrocyte.is_some()
     }
 
     /// The values of `attn.delay`: ψ_h per head with learned delays, else none.

@@ -40,21 +40,24 @@ pub struct DecayTable {
     pub gamma: Vec<f32>,
     /// δ_h per head, (H); empty: no delay (the read's mask site, [`super::delay`]).
     pub delays: Vec<f32>,
+    /// The writes each head holds in its queue, (H); empty without delays.
+    pub holds: Vec<usize>,
     /// γ_h^(i+1), (H, T): the weight of the carried ρ₀ in the read at position i.
     pub read: Vec<f32>,
     /// γ_h^(T−1−i), (H, T): the weight of token i's write in ρ after the chunk (0 for
-    /// the last m_h + 1 of a head that delays by δ_h = m_h + f, still queued).
+    /// the last writes a delayed head holds in its queue).
     pub write: Vec<f32>,
     /// γ_h^T, (H): what is left of ρ₀ after the chunk.
     pub whole: Vec<f32>,
 }
 
 impl DecayTable {
-    /// The table of retentions γ_h ([`super::Bdh::retention`]) and delays δ_h for a
+    /// The table of retentions γ_h ([`super::Bdh::retention`]), delays δ_h and the
+    /// writes each head holds in its queue ([`super::delay::Delays::holds`]) for a
     /// pass of `t` positions.
-    pub fn new(gamma: Vec<f32>, delays: Vec<f32>, t: usize) -> Self {
+    pub fn new(gamma: Vec<f32>, (delays, holds): (Vec<f32>, Vec<usize>), t: usize) -> Self {
         if gamma.is_empty() && delays.iter().all(|&d| d == 0.0) {
-            return DecayTable { gamma, delays, ..DecayTable::default() };
+            return DecayTable { gamma, delays, holds, ..DecayTable::default() };
         }
         // (0 below f32's smallest normal, as the kernels flush)
         let pow = |g: f32, k: usize| match (g as f64).powi(k as i32) {
@@ -63,8 +66,8 @@ impl DecayTable {
         };
         let heads = gamma.len().max(delays.len());
         let g = |h: usize| gamma.get(h).copied().unwrap_or(1.0);
-        // a delayed head's last m + 1 tokens wait in its queue
-        let waiting = |h: usize| delays.get(h).filter(|&&d| d > 0.0).map_or(0, |&d| d.floor() as usize + 1);
+        // a delayed head's last `hold` tokens wait in its queue
+        let waiting = |h: usize| holds.get(h).copied().unwrap_or(0);
         let table = |f: &dyn Fn(usize, usize) -> f32| (0..heads).flat_map(|h| (0..t).map(move |i| f(h, i))).collect();
         DecayTable {
             read: table(&|h, i| pow(g(h), i + 1)),
@@ -72,6 +75,7 @@ impl DecayTable {
             whole: (0..heads).map(|h| pow(g(h), t)).collect(),
             gamma: gamma.clone(),
             delays: delays.clone(),
+            holds: holds.clone(),
         }
     }
 

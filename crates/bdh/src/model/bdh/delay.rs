@@ -8,10 +8,12 @@
 //! m + 1, weighted 1 − f).
 //!
 //! The parallel form weights the scores (the attention kernels' `Lags`). The
-//! recurrent form holds each delayed head's last m + 1 writes (rotated key and
-//! value) in a queue: ρ after position t holds the tokens up to t − m − 1; the
-//! read at t adds the token at lag m + 1 weighted (1 − f)·γ^(m+1), which then
-//! enters ρ whole; t's own write joins the queue. A carried state's chunk reads the
+//! recurrent form holds each delayed head's last `hold` writes (rotated key and
+//! value) in a queue, `hold` fixed by the config — δ + 1 for a fixed δ, M for
+//! learned ones, so that a δ that moves in training never changes what the state
+//! holds: ρ after position t holds the tokens up to t − hold, whole; the read at t
+//! adds the queued tokens with their weights w(k)·γ^k, then the oldest enters ρ
+//! whole and t's own write joins the queue. A carried state's chunk reads the
 //! queued tokens it may see ([`Queue::read`]) besides ρ, and afterwards the queued
 //! tokens now due enter ρ and the chunk's last tokens are queued
 //! ([`Queue::advance`]). The queue is a ring of slots per head, position p in slot
@@ -87,12 +89,21 @@ impl Delays {
         matches!(self, Delays::Learned(_))
     }
 
-    /// Queue slots per head: one more than the most whole lags a write waits.
+    /// The writes each head holds in its queue before they enter ρ: δ + 1 for a
+    /// fixed δ > 0 (0 for δ = 0: written at once), M for learned delays (δ < M).
+    pub fn holds(&self, heads: usize) -> Vec<usize> {
+        match self {
+            Delays::None => Vec::new(),
+            Delays::Fixed(d) => d.iter().map(|&x| if x > 0 { x + 1 } else { 0 }).collect(),
+            Delays::Learned(max) => vec![*max; heads],
+        }
+    }
+
+    /// Queue slots per head: the most any head holds.
     fn slots(&self) -> usize {
         match self {
-            Delays::None => 0,
-            Delays::Fixed(d) => d.iter().copied().max().map_or(0, |m| if m > 0 { m + 1 } else { 0 }),
             Delays::Learned(max) => *max,
+            _ => self.holds(0).into_iter().max().unwrap_or(0),
         }
     }
 
@@ -149,8 +160,9 @@ impl Delays {
 /// A model's delays, with its retention for the weights of queued tokens.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Queue {
-    delays: Vec<f32>, // δ_h, (H)
-    slots: usize,     // per head
+    delays: Vec<f32>,  // δ_h, (H)
+    holds: Vec<usize>, // writes each head queues, (H)
+    slots: usize,      // per head
     n: usize,
     d: usize,
     retention: Vec<f32>, // γ_h, or empty
@@ -162,7 +174,8 @@ impl Queue {
     /// `None` without a delay.
     pub fn new(cfg: &BdhConfig, delays: Vec<f32>, retention: Vec<f32>) -> Option<Self> {
         let slots = cfg.delays.slots();
-        (slots > 0).then(|| Queue { delays, slots, n: cfg.n_neurons(), d: cfg.n_embd, retention })
+        let holds = cfg.delays.holds(cfg.n_head);
+        (slots > 0).then(|| Queue { delays, holds, slots, n: cfg.n_neurons(), d: cfg.n_embd, retention })
     }
 
     /// Values of per-stream state per (layer, stream, head): its slots of a rotated
@@ -171,9 +184,9 @@ impl Queue {
         cfg.delays.slots() * (cfg.n_neurons() + cfg.n_embd)
     }
 
-    /// Whether head `h` delays its writes.
+    /// Whether head `h` queues its writes.
     pub fn delays(&self, h: usize) -> bool {
-        self.delays[h] > 0.0
+        self.holds[h] > 0
     }
 
     /// (m, f) of head `h`'s δ = m + f.
@@ -213,12 +226,12 @@ impl Queue {
 
     /// The queued positions of head `h` at the start of a chunk at `pos0`.
     fn queued(&self, h: usize, pos0: usize) -> std::ops::Range<usize> {
-        pos0.saturating_sub(self.split(h).0 + 1)..pos0
+        pos0.saturating_sub(self.holds[h])..pos0
     }
 
     /// One step of delayed head `h` at position `pos`, after its read of ρ (N, D) into
-    /// `a` (D) with the rotated query `q` (N): the token at lag m + 1 adds its
-    /// weighted read and enters ρ whole, and this one's rotated key and value v (D)
+    /// `a` (D) with the rotated query `q` (N): the queued tokens add their weighted
+    /// reads, the oldest enters ρ whole, and this one's rotated key and value v (D)
     /// are queued.
     pub(crate) fn step(
         &self,
@@ -229,13 +242,18 @@ impl Queue {
         (key, v): (&[f32], &[f32]),
         ring: &mut [f32],
     ) {
-        let (m, _) = self.split(h);
-        if pos > m {
-            let (k, vq) = self.slot(ring, pos - m - 1);
-            let (w, g) = self.weight(h, m + 1);
-            let dot: f64 = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
-            a.iter_mut().zip(vq).for_each(|(o, &x)| *o += (w * dot) as f32 * x);
-            outer_add(rho, k, vq, g as f32);
+        let hold = self.holds[h];
+        for tau in self.queued(h, pos) {
+            let (w, _) = self.weight(h, pos - tau);
+            if w != 0.0 {
+                let (k, vq) = self.slot(ring, tau);
+                let dot: f64 = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
+                a.iter_mut().zip(vq).for_each(|(o, &x)| *o += (w * dot) as f32 * x);
+            }
+        }
+        if pos >= hold {
+            let (k, vq) = self.slot(ring, pos - hold);
+            outer_add(rho, k, vq, self.weight(h, hold).1 as f32);
         }
         self.put(ring, pos, key, v);
     }
@@ -281,7 +299,7 @@ impl Queue {
     }
 
     /// Calls `f(h, i, lag, q_i · k_τ, (k_τ, v_τ))` for every chunk token i and queued
-    /// token τ it reads (lag p − τ past the head's whole delay m).
+    /// token τ it reads (lag p − τ past the head's whole delay m, so weighted above 0).
     fn each_pair(
         &self,
         q: &[f32],
@@ -296,7 +314,7 @@ impl Queue {
             for tau in self.queued(h, pos0) {
                 let (k, v) = self.slot(ring, tau);
                 // lag p − τ > m  ⇔  i > τ + m − pos0
-                for i in (tau + m + 1 - pos0)..t {
+                for i in (tau + m + 1).saturating_sub(pos0)..t {
                     let qi = &q[(h * t + i) * n..(h * t + i + 1) * n];
                     let dot: f64 = qi.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
                     f(h, i, pos0 + i - tau, dot, (k, v));
@@ -306,10 +324,10 @@ impl Queue {
     }
 
     /// After a carried chunk of `t` tokens at `pos0` for one stream: the queued tokens
-    /// now due (lag past m at the chunk's end) enter ρ (H, N, D) whole, then the
-    /// chunk's last tokens — rotated keys `keys` (H, T, N), values `v` (T, D) — are
-    /// queued in the rings (H, W). The chunk's own due tokens are written by the
-    /// parallel form (its write powers are 0 for the last m + 1).
+    /// now due (held `hold` tokens by the chunk's end) enter ρ (H, N, D) whole, then
+    /// the chunk's last tokens — rotated keys `keys` (H, T, N), values `v` (T, D) —
+    /// are queued in the rings (H, W). The chunk's own due tokens are written by the
+    /// parallel form (its write powers are 0 for the last `hold`).
     pub(crate) fn advance(
         &self,
         rho: &mut [f32],
@@ -321,9 +339,9 @@ impl Queue {
         let (n, d, w) = (self.n, self.d, self.slots * (self.n + self.d));
         let end = pos0 + t - 1;
         for h in (0..self.delays.len()).filter(|&h| self.delays(h)) {
-            let (m, _) = self.split(h);
+            let hold = self.holds[h];
             let (rho, ring) = (&mut rho[h * n * d..(h + 1) * n * d], &mut rings[h * w..(h + 1) * w]);
-            for tau in self.queued(h, pos0).filter(|&tau| tau + m < end) {
+            for tau in self.queued(h, pos0).filter(|&tau| tau + hold <= end) {
                 let (k, vq) = self.slot(ring, tau);
                 outer_add(rho, k, vq, self.weight(h, end - tau).1 as f32);
             }

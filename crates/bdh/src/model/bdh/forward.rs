@@ -243,7 +243,7 @@ impl Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
             freqs: model.freqs.clone(),
-            decay: DecayTable::new(model.retention(), model.delays(), t),
+            decay: DecayTable::new(model.retention(), (model.delays(), model.config.delays.holds(h)), t),
             rho0: Vec::new(),
             keys0: Vec::new(),
             queue0: Vec::new(),
@@ -460,9 +460,9 @@ fn begin(
         acts.freqs.clone_from(&model.freqs);
     }
     let retention = model.retention();
-    let delays = model.delays();
-    if acts.decay.gamma != retention || acts.decay.delays != delays {
-        acts.decay = DecayTable::new(retention, delays, dm.t);
+    let (delays, holds) = (model.delays(), model.config.delays.holds(dm.h));
+    if (&acts.decay.gamma, &acts.decay.delays, &acts.decay.holds) != (&retention, &delays, &holds) {
+        acts.decay = DecayTable::new(retention, (delays, holds), dm.t);
     }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");

@@ -67,13 +67,21 @@ impl State {
     }
 
     fn make(cfg: &BdhConfig, rows: usize, what: &str) -> Result<Self> {
-        let count = Self::shape(cfg).iter().try_fold(rows, |p, &x| p.checked_mul(x));
-        crate::memory::ensure_fits(crate::memory::f32_bytes(count), what)?;
+        crate::memory::ensure_fits(crate::memory::f32_bytes(Self::values(cfg, rows)), what)?;
         let rho = zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])?;
         let keys = zeroed(&[rows, cfg.n_layer, cfg.n_head, KeySite::width(cfg)])?;
         let queue = zeroed(&[rows, cfg.n_layer, cfg.n_head, Queue::width(cfg)])?;
         crate::infer::count_state();
         Ok(State { pos: 0, rho, keys, queue })
+    }
+
+    /// The values of `rows` streams' state of `cfg` — ρ, the key's traces, the queued
+    /// writes — or `None` past `usize`.
+    fn values(cfg: &BdhConfig, rows: usize) -> Option<usize> {
+        let per_head = (cfg.n_neurons().checked_mul(cfg.n_embd)?)
+            .checked_add(KeySite::width(cfg))?
+            .checked_add(Queue::width(cfg))?;
+        per_head.checked_mul(cfg.n_head)?.checked_mul(cfg.n_layer)?.checked_mul(rows)
     }
 
     /// The shape of one sequence's ρ for `cfg`: (L, H, N, D).
@@ -277,10 +285,10 @@ impl Prepared {
         State::new(&self.model.config)
     }
 
-    /// Bytes a state of this model occupies (ρ: L·H·N·D values), without making one.
+    /// Bytes a state of this model occupies (ρ: L·H·N·D values, and the mechanisms'
+    /// per-stream state), without making one.
     pub fn state_bytes(&self) -> usize {
-        let shape = State::shape(&self.model.config);
-        shape.iter().try_fold(4usize, |p, &x| p.checked_mul(x)).unwrap_or(usize::MAX)
+        State::values(&self.model.config, 1).and_then(|v| v.checked_mul(4)).unwrap_or(usize::MAX)
     }
 
     /// Scratch for one worker.
@@ -307,7 +315,9 @@ impl Prepared {
     /// (16 to 512).
     pub fn prefill_chunk(&self) -> usize {
         let c = &self.model.config;
-        let per_token = 4 * c.n_layer * c.n_head * (3 * c.n_neurons() + 2 * c.n_embd + 512);
+        // (and 4 N more with a mechanism at the write's key: its key, rotation and traces)
+        let per_n = if KeySite::width(c) > 0 { 7 } else { 3 };
+        let per_token = 4 * c.n_layer * c.n_head * (per_n * c.n_neurons() + 2 * c.n_embd + 512);
         (PREFILL_BYTES / per_token.max(1)).clamp(16, 512)
     }
 
