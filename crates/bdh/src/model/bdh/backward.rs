@@ -8,9 +8,10 @@ use bdh_kernels::{
     Attention, AttentionSaved, Batch, KeyedSaved, MatMul, RopeDirection,
 };
 
+use super::activations::Activations;
 use super::decay::DecayTable;
 use super::delay::{Delays, Queue};
-use super::forward::{Activations, Dims};
+use super::forward::Dims;
 use super::key::KeySite;
 use super::params::WeightsMut;
 use super::site::Mechanisms;

@@ -1,6 +1,7 @@
 //! BDH, "The Dragon Hatchling": the family's config, parameters, parallel forward and
 //! backward, recurrent step and interventions.
 
+pub mod activations;
 pub mod backward;
 pub mod config;
 pub mod decay;
@@ -15,10 +16,11 @@ pub mod rope;
 pub mod site;
 pub mod variant;
 
+pub use activations::{Activations, Part};
 pub use backward::{backward, Backward};
 pub use config::{Astrocyte, BdhConfig, Decay, Delays, Trace};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
-pub use forward::{forward, Activations, Dims, Part, Pass};
+pub use forward::{forward, Dims, Pass};
 pub use merge::{merge, Heritage};
 pub use params::{Weights, WeightsMut, DECAY_NAME, FREQS_NAME, PARAM_NAMES};
 pub use recurrent::{Prepared, Scratch, State};

@@ -26,10 +26,11 @@ use bdh_kernels::{
     transpose, MatMul, RopeDirection,
 };
 
+use super::activations::Activations;
 use super::decay::Damping;
 use super::delay::Queue;
 use super::edit::{Edits, Region, Site};
-use super::forward::{forward, Activations, Pass};
+use super::forward::{forward, Pass};
 use super::key::KeySite;
 use super::rope::cos_sin;
 use super::variant::Residual;
