@@ -166,23 +166,16 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
 
         // Batch rows are independent until the weight gradients sum them: each row's
         // chain is one task, its gradients in cache from one kernel to the next.
-        let hnd = h * n * d;
-        let rho0 = if acts.rho0.is_empty() { &[][..] } else { &acts.rho0[l * b * hnd..(l + 1) * b * hnd] };
+        // layer l's part of what a carried state started from, (L, B, ·), or empty
+        let start = |copy| layer_part(copy, l, layers);
+        let (rho0, keys0, queue0) = (start(&acts.rho0), start(&acts.keys0), start(&acts.queue0));
         let decay = &acts.decay;
         let (mechanisms, pos0) = (&model.mechanisms, acts.rope.start);
-        let keys0 = if acts.keys0.is_empty() {
-            &[][..]
-        } else {
-            &acts.keys0[l * acts.keys0.len() / layers..][..acts.keys0.len() / layers]
-        };
         let saved = Saved {
             x,
             keyed: (&layer.kr, &layer.trace, &layer.glia, keys0),
             key_site: key_site.as_ref(),
-            delayed: queue.as_ref().zip((!acts.queue0.is_empty()).then(|| {
-                let per_layer = acts.queue0.len() / layers;
-                &acts.queue0[l * per_layer..(l + 1) * per_layer]
-            })),
+            delayed: queue.as_ref().zip((!queue0.is_empty()).then_some(queue0)),
             inc,
             y,
             xr,
@@ -255,6 +248,14 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         e.iter_mut().zip(row).for_each(|(o, &gv)| *o += gv);
     }
     Ok(loss)
+}
+
+/// Layer `l`'s part of `copy`, (L, ·), or `copy` itself if empty.
+fn layer_part(copy: &[f32], l: usize, layers: usize) -> &[f32] {
+    match copy.len() / layers {
+        0 => copy,
+        per => &copy[l * per..(l + 1) * per],
+    }
 }
 
 /// What one layer's forward kept, for all batch rows.

@@ -101,10 +101,7 @@ impl Delays {
 
     /// Queue slots per head: the most any head holds.
     fn slots(&self) -> usize {
-        match self {
-            Delays::Learned(max) => *max,
-            _ => self.holds(0).into_iter().max().unwrap_or(0),
-        }
+        self.holds(1).into_iter().max().unwrap_or(0)
     }
 
     /// The longest δ a head may have (a learned one stays below it).
