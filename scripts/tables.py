@@ -464,14 +464,15 @@ MECH_MODELS = [
     ("bdh.py's layer", "bdhpy", []),
     ('`decay = "alibi"`', "alibi", ['model.decay="alibi"']),
     ('`decay = "learned"`', "decay-learned", ["model.decay=learned"]),
+    ('`decay = "learned"`, `decay_per = "neuron"`', "decay-neuron", ["model.decay=learned", "model.decay_per=neuron"]),
     ('`delays = "learned:64"`', "delays-learned", ['model.delays="learned:64"']),
     ('`trace = "learned"`', "trace-learned", ["model.trace=learned"]),
     ("`astrocyte = { alpha = 0.99 }`", "astrocyte", ["model.astrocyte={alpha=0.99}"]),
 ]
 MECH_TASKS = {
+    "dms:8": ["decay-learned", "decay-neuron", "astrocyte"],
     "lag:16": ["delays-learned", "trace-learned"],
-    "dms:8": ["decay-learned", "astrocyte"],
-    "parity:4": ["decay-learned"],
+    "parity:3": ["decay-learned", "decay-neuron"],
 }
 MECH_LRS = [1e-3, 3e-3]
 MECH_STEPS = 1000
@@ -488,7 +489,11 @@ def mech_run(b, folder, name, sets, lr, seed, task=None):
     if val is None:
         return None
     last = records(b.runs / folder / f"{name}-lr{lr:g}-seed{seed}", "val_loss")[-1]
-    return val, last.get("answer_accuracy"), last.get("retention"), last.get("delays")
+    retention, per = last.get("retention"), last.get("retention_per_head")
+    if retention and per:
+        # a retention per neuron: each head's median
+        retention = [sorted(retention[i:i + per])[per // 2] for i in range(0, len(retention), per)]
+    return val, last.get("answer_accuracy"), retention, last.get("delays")
 
 
 def mechanisms(b, shakespeare=False):
@@ -517,7 +522,8 @@ def mechanisms(b, shakespeare=False):
             mean, half = sum(vals) / len(vals), (max(vals) - min(vals)) / 2
             unit = "" if task is None else "%"
             cells = ", ".join("diverged" if r is None else f"{(r[0] if task is None else 100 * r[1]):.2f}{unit}" for r in got)
-            # what it learned, seed by seed: each head's timescale 1/(1 − γ) and delay δ
+            # what it learned, seed by seed: each head's timescale 1/(1 − γ) (its neurons'
+            # median with a retention per neuron) and delay δ
             learned = "; ".join(
                 ", ".join([*(f"{1 / (1 - g):.1f}" for g in (r[2] or []) if g < 1), *(f"δ {x:.1f}" for x in (r[3] or []))])
                 for r in got if r is not None and (r[2] or r[3]))

@@ -310,7 +310,7 @@ fn eval_line(m: &EvalMetrics, max: usize) -> String {
         .map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}{copy}", a * 100.0, m.answers));
     let timescales = match m.retention.as_slice() {
         [] => String::new(),
-        r => format!(", learned timescales 1/(1−γ) {}", timescales(r)),
+        r => format!(", learned timescales 1/(1−γ) {}", timescales(r, m.retention_per_head)),
     };
     let delays = match m.delays.as_slice() {
         [] => String::new(),
@@ -322,10 +322,20 @@ fn eval_line(m: &EvalMetrics, max: usize) -> String {
     )
 }
 
-/// Each head's timescale 1/(1 − γ_h) in tokens, `∞` for γ = 1.
-pub(crate) fn timescales(retention: &[f32]) -> String {
+/// Each head's timescale 1/(1 − γ_h) in tokens, `∞` for γ = 1; with `per` retentions
+/// per head (one per neuron), each head's median and the range of its middle 80%.
+pub(crate) fn timescales(retention: &[f32], per: Option<usize>) -> String {
     let one = |g: f32| if g >= 1.0 { "∞".to_string() } else { format!("{:.1}", 1.0 / (1.0 - g as f64)) };
-    retention.iter().map(|&g| one(g)).collect::<Vec<_>>().join(", ")
+    let Some(per) = per.filter(|&p| p > 0) else {
+        return retention.iter().map(|&g| one(g)).collect::<Vec<_>>().join(", ");
+    };
+    let head = |gammas: &[f32]| {
+        let mut sorted = gammas.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        let at = |q: f64| one(sorted[((sorted.len() - 1) as f64 * q).round() as usize]);
+        format!("median {} (10–90%: {}–{})", at(0.5), at(0.1), at(0.9))
+    };
+    retention.chunks(per).map(head).collect::<Vec<_>>().join("; ")
 }
 
 /// `runs/<preset>-<local date>-<time>` (with `-2`, `-3`, … if taken), and

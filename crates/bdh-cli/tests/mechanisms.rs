@@ -81,6 +81,38 @@ fn a_run_with_every_synapse_mechanism_trains_on_a_task_and_is_read_back() {
 }
 
 #[test]
+fn a_run_with_a_retention_per_neuron_reports_each_heads_spread_and_is_read_back() {
+    let tmp = temp("mechanisms-neuron");
+    let run = tmp.path().join("run").display().to_string();
+    let mut args = short(&run);
+    let per_neuron = ["model.decay=learned", "model.decay_per=neuron", "model.trace=0.5", "data.task=dms:2"];
+    args.extend(per_neuron.iter().flat_map(|s| ["--set", s]));
+    let o = bdh(&args);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    // each head's median timescale and the range of its middle 80% of neurons
+    assert!(out.contains("learned timescales 1/(1−γ) median ") && out.contains("(10–90%: "), "{out}");
+    let metrics = std::fs::read_to_string(Path::new(&run).join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(metrics.lines().rfind(|l| l.contains("val_loss")).unwrap()).unwrap();
+    let per_head = last["retention_per_head"].as_u64().expect("N recorded") as usize;
+    assert_eq!(last["retention"].as_array().unwrap().len(), 2 * per_head, "a γ per neuron of 2 heads");
+    let o = bdh(&["train", "--resume", &run, "--quiet", "--set", "training.max_steps=6"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bdh(&["eval", "--model", &run, "--batches", "1", "--block", "64"]);
+    assert!(o.status.success() && text(&o).contains("chance 50.0%"), "{}", text(&o));
+    // a carried state through the chunks of one stream
+    let stream = tmp.path().join("stream.txt");
+    std::fs::write(&stream, "0y1n1y0n".repeat(40)).unwrap();
+    let o = bdh(&["eval", "--model", &run, "--data", &stream.display().to_string(), "--block", "64", "--carry"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bdh(&["generate", "--model", &run, "--prompt", "0101", "--max-tokens", "6", "--seed", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bdh(&["inspect", "induction", "--model", &run]);
+    assert!(!o.status.success() && text(&o).contains("retention per neuron"), "{}", text(&o));
+}
+
+#[test]
 fn bad_mechanisms_and_tasks_are_refused_by_name() {
     let tmp = temp("mechanisms-bad");
     let out = tmp.path().join("run").display().to_string();
@@ -96,6 +128,8 @@ fn bad_mechanisms_and_tasks_are_refused_by_name() {
         ("model.delays=learned:160", "model.delays reads from 160 tokens back"),
         ("model.delays=learned", "\"learned:M\""),
         ("model.delays=[3]", "delays lists 1 δ for n_head = 2"),
+        ("model.decay_per=neuron", "decay_per = \"neuron\" needs decay = \"learned\""),
+        ("model.decay_per=synapse", "`head` or `neuron`"),
     ] {
         let mut args = short(&out);
         args.extend(["--set", set]);

@@ -186,7 +186,7 @@ impl Tables {
     /// The tables of a T-token pass of `model` from position `pos0`.
     pub fn new<R: Runtime>(dev: &Device<R>, model: &Bdh, pos0: usize, t: usize) -> Result<Self> {
         let rope = RopeTable::new(&model.freqs, pos0, t);
-        let decay = DecayTable::new(model.retention(), (Vec::new(), Vec::new()), t);
+        let decay = DecayTable::new(model.retention(), (Vec::new(), Vec::new()), (model.config.n_head, t));
         // γ^k at k = i − j: the table's `read` powers are γ^(i+1), so k ≥ 1 is read[k−1].
         let powers: Vec<f32> = decay
             .read

@@ -103,7 +103,7 @@ fn causal_attention_with_decay_equals_the_cpu() {
     );
 
     // The device forward's sequence: RoPE, masked scores, decay, scores · v.
-    let dt = bdh::model::bdh::decay::DecayTable::new(decay.to_vec(), (Vec::new(), Vec::new()), t);
+    let dt = bdh::model::bdh::decay::DecayTable::new(decay.to_vec(), (Vec::new(), Vec::new()), (h, t));
     let powers: Vec<f32> = (0..h)
         .flat_map(|hh| (0..t).map(move |k| (hh, k)))
         .map(|(hh, k)| if k == 0 { 1.0 } else { dt.read[hh * t + k - 1] })

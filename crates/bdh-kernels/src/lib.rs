@@ -28,6 +28,7 @@ mod keyed_attention;
 mod layer_norm;
 mod matmul;
 mod mmap;
+mod neuron_decay;
 mod peak;
 mod recurrent;
 mod rope;
@@ -45,6 +46,7 @@ pub use keyed_attention::{keyed_attention, keyed_attention_backward, KeyedSaved}
 pub use layer_norm::{layer_norm, layer_norm_backward, LN_EPS};
 pub use matmul::{matmul, matmul_batched, transpose, Batch, MatMul};
 pub use mmap::Mapped;
+pub use neuron_decay::{neuron_decay_attention, neuron_decay_attention_backward, CHUNK};
 pub use peak::fma_loop;
 pub use recurrent::{active_pairs, decay_state, gate_listed, gather_dot, rho_read_write, rho_write, sparse_row_sum};
 pub use rope::{rope, RopeDirection};

@@ -7,6 +7,7 @@ use crate::elementwise::scalar as elementwise_scalar;
 use crate::keyed_attention::keyed_attention_scalar;
 use crate::layer_norm::{layer_norm_backward_scalar, layer_norm_scalar};
 use crate::matmul::matmul_scalar;
+use crate::neuron_decay::neuron_decay_attention_scalar;
 use crate::recurrent::{
     decay_state_scalar, gather_dot_scalar, rho_read_write_scalar, rho_write_scalar, sparse_row_sum_scalar,
 };
@@ -489,5 +490,36 @@ fn keyed_attention_and_its_backward_equal_their_twin() {
         assert_close(&what("dk"), &dk_f, &dk_s, 1e-5);
         assert_close(&what("dv"), &dv_f, &dv_s, 1e-5);
         assert_close(&what("d ln γ, d δ"), &dl_f, &dl_s, 1e-4);
+    }
+}
+
+#[test]
+fn neuron_decay_attention_and_its_backward_equal_their_twin() {
+    let mut r = rng(12);
+    // T past one chunk, with a ragged last one; γ from 1 (no decay) down to one that
+    // flushes to 0 within a few lags
+    let shapes = [(1, 2, 1), (5, 4, 3), (33, 34, 9), (70, 18, 5), (96, 32, 16)];
+    for (i, &(t, n, d)) in shapes.iter().enumerate() {
+        let (b, h) = (1 + i % 2, 1 + i % 3);
+        let levels = [1.0, 0.999, 0.9, 0.5, 1e-9];
+        let gamma: Vec<f32> = (0..h * n).map(|j| levels[(j + i) % levels.len()]).collect();
+        let shape = Attention { b, h, t, n, d };
+        let (q, k) = (sparse(&mut r, b * h * t * n, 0.4), random(&mut r, b * h * t * n));
+        let (v, da) = (random(&mut r, b * t * d), random(&mut r, b * h * t * d));
+        let fresh = |len: usize| (vec![7.0; len], vec![7.0; len]);
+        let ((mut out_f, mut out_s), (mut dv_f, mut dv_s)) = (fresh(b * h * t * d), fresh(b * h * t * d));
+        let ((mut dq_f, mut dq_s), (mut dk_f, mut dk_s)) = (fresh(b * h * t * n), fresh(b * h * t * n));
+        let (mut dl_f, mut dl_s) = fresh(b * h * n);
+        neuron_decay_attention(&mut out_f, &q, &k, &v, &gamma, shape);
+        let saved = (&q[..], &k[..], &v[..], &gamma[..]);
+        neuron_decay_attention_backward(&mut dq_f, &mut dk_f, &mut dv_f, &mut dl_f, &da, saved, shape);
+        let grads = (&mut dq_s[..], &mut dk_s[..], &mut dv_s[..], &mut dl_s[..]);
+        neuron_decay_attention_scalar(&mut out_s, grads, (&q, &k, &v, &gamma), &da, shape);
+        let what = |x: &str| format!("neuron-decay attention {x} {shape:?}");
+        assert_close(&what("out"), &out_f, &out_s, 1e-5);
+        assert_close(&what("dq"), &dq_f, &dq_s, 1e-5);
+        assert_close(&what("dk"), &dk_f, &dk_s, 1e-5);
+        assert_close(&what("dv"), &dv_f, &dv_s, 1e-5);
+        assert_close(&what("d ln γ"), &dl_f, &dl_s, 1e-4);
     }
 }

@@ -34,9 +34,13 @@ pub struct EvalMetrics {
     /// before the evaluation (nats per token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
-    /// During training with a learned decay: each head's retention γ_h at this step.
+    /// During training with a learned decay: each head's retention γ_h at this step
+    /// (or each neuron's, (H, N), with `decay_per = "neuron"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retention: Vec<f32>,
+    /// With a retention per neuron: N, the retentions of each head in `retention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_per_head: Option<usize>,
     /// During training with learned delays: each head's δ_h at this step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delays: Vec<f32>,
@@ -306,6 +310,7 @@ impl Tally {
             answer_groups: self.groups,
             train_loss: None,
             retention: Vec::new(),
+            retention_per_head: None,
             delays: Vec::new(),
         }
     }

@@ -24,6 +24,7 @@ mod interventions;
 mod key;
 mod merge;
 mod microscope;
+mod neuron_decay;
 mod parallel;
 mod recurrent;
 mod run;

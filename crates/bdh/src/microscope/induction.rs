@@ -118,6 +118,13 @@ pub fn induction(model: &Scope, length: usize, sequences: usize, seed: u64) -> R
         )));
     }
     let c = &model.config;
+    if c.per_neuron_decay() {
+        return Err(Error::Input(
+            "induction reads each head's attention scores, and a model with a retention per neuron \
+             (decay_per = \"neuron\") has none: each neuron weighs its part of a score by its own γ"
+                .into(),
+        ));
+    }
     let (t, v, h) = (2 * length - 1, c.vocab_size, c.n_head);
     let (tokens, targets) = repeated(length, sequences, seed);
     let mut acts = Activations::new(model, sequences, t)?;

@@ -341,6 +341,7 @@ const OMITTED: &[(&str, &str)] = &[
     ("model.trace", "\"none\""),
     ("model.astrocyte", "{}"),
     ("model.delays", "\"none\""),
+    ("model.decay_per", "\"head\""),
 ];
 
 /// The default of a key that a config writes only when it is not that default.

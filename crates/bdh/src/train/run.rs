@@ -330,6 +330,7 @@ fn train_once(
             if let Model::Bdh(bdh) = &trainer.model {
                 if bdh.config.decay.is_learned() {
                     m.retention = bdh.retention();
+                    m.retention_per_head = bdh.config.per_neuron_decay().then(|| bdh.config.n_neurons());
                 }
                 if bdh.config.delays.is_learned() {
                     m.delays = bdh.delays();

@@ -145,7 +145,7 @@ impl Activations {
             dims: dm,
             rope: RopeTable::new(&model.freqs, 0, t),
             freqs: model.freqs.clone(),
-            decay: DecayTable::new(model.retention(), (model.delays(), model.config.delays.holds(h)), t),
+            decay: DecayTable::new(model.retention(), (model.delays(), model.config.delays.holds(h)), (h, t)),
             rho0: Vec::new(),
             keys0: Vec::new(),
             queue0: Vec::new(),

@@ -4,8 +4,8 @@
 //! forward line and the gradient it produces.
 
 use bdh_kernels::{
-    add_groups, causal_linear_attention_backward, keyed_attention_backward, matmul, matmul_batched, rope, transpose,
-    Attention, AttentionSaved, Batch, KeyedSaved, MatMul, RopeDirection,
+    add_groups, causal_linear_attention_backward, matmul, matmul_batched, rope, transpose, Attention, AttentionSaved,
+    Batch, MatMul, RopeDirection,
 };
 
 use super::activations::Activations;
@@ -39,7 +39,8 @@ pub struct Backward {
     dvh: Vec<f32>,         // (B, H, T, D) d loss / d v through each head's attention values
     dscores: Vec<f32>,     // (B, H, T, T)
     dlags: Vec<f32>,       // (B, H, 2) d loss / d ln γ_h and d δ_h of each row (what learned lags train by)
-    dk: Vec<f32>,          // (B, H, T, N) d loss / d the rotated keys, with a mechanism at the write's key; else empty
+    dneurons: Vec<f32>,    // (B, H, N) d loss / d ln γ_{h,i} of each row, with a retention per neuron; else empty
+    dk: Vec<f32>,          // (B, H, T, N) d loss / d the rotated keys, with keys other than the queries; else empty
     dkey_params: Vec<f32>, // (B, P) each row's d loss / d the key site's parameters (P of them)
     lm_head_t: Vec<f32>,   // (V, D)
     weights_t: Transposed,
@@ -79,7 +80,8 @@ impl Backward {
             dvh: zeroed(&[b, h, t, d])?,
             dscores: zeroed(&[b, h, t, t])?,
             dlags: zeroed(&[b, h, 2])?,
-            dk: if KeySite::width(&model.config) > 0 { zeroed(&[b, h, t, n])? } else { Vec::new() },
+            dneurons: if model.config.per_neuron_decay() { zeroed(&[b, h, n])? } else { Vec::new() },
+            dk: if separate_keys(&model.config) { zeroed(&[b, h, t, n])? } else { Vec::new() },
             dkey_params: zeroed(&[b, KeySite::param_count(&model.config)])?,
             lm_head_t: zeroed(&[v, d])?,
             weights_t: Transposed {
@@ -89,6 +91,12 @@ impl Backward {
             },
         })
     }
+}
+
+/// Whether the backward takes the keys' gradient apart from the queries': with a
+/// mechanism at the write's key, or a retention per neuron (whose kernel takes both).
+fn separate_keys(c: &super::BdhConfig) -> bool {
+    KeySite::width(c) > 0 || c.per_neuron_decay()
 }
 
 /// Mean cross-entropy of the last forward's logits against `targets` (B, T).
@@ -108,8 +116,8 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         )));
     }
     let c = &model.config;
-    if (s.dx_up.is_empty(), s.dk.is_empty(), s.dkey_params.len())
-        != (c.residual.is_d(), KeySite::width(c) == 0, s.dims.b * KeySite::param_count(c))
+    if (s.dx_up.is_empty(), s.dk.is_empty(), s.dneurons.is_empty(), s.dkey_params.len())
+        != (c.residual.is_d(), !separate_keys(c), !c.per_neuron_decay(), s.dims.b * KeySite::param_count(c))
     {
         return Err(Error::Mismatch("backward: scratch made for a model with another layer".into()));
     }
@@ -210,10 +218,17 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         }
         let summed =
             |hi: usize, which: usize| s.dlags.chunks_exact(2).skip(hi).step_by(h).map(|g| g[which] as f64).sum::<f64>();
-        if learned {
+        if learned && !c.per_neuron_decay() {
             // γ_h = sigmoid(θ_h)  ⇒  d θ_h = (1 − γ_h) Σ_b d ln γ_h   (the damping site)
             for (hi, (gd, &gamma)) in g.decay.iter_mut().zip(&acts.decay.gamma).enumerate() {
                 *gd += (summed(hi, 0) * (1.0 - gamma as f64)) as f32;
+            }
+        }
+        if c.per_neuron_decay() {
+            // γ_{h,i} = sigmoid(θ_{h,i})  ⇒  d θ_{h,i} = (1 − γ_{h,i}) Σ_b d ln γ_{h,i}
+            for (j, (gd, &gamma)) in g.decay.iter_mut().zip(&acts.decay.gamma).enumerate() {
+                let sum: f64 = s.dneurons.iter().skip(j).step_by(h * n).map(|&x| x as f64).sum();
+                *gd += (sum * (1.0 - gamma as f64)) as f32;
             }
         }
         if let Delays::Learned(max) = model.config.delays {
@@ -303,6 +318,7 @@ struct RowGrads<'a> {
     dvh: &'a mut [f32],         // (H, T, D)
     dscores: &'a mut [f32],     // (H, T, T)
     dlags: &'a mut [f32],       // (H, 2)
+    dneurons: &'a mut [f32],    // (H, N), or empty
     dk: &'a mut [f32],          // (H, T, N), or empty
     dkey_params: &'a mut [f32], // (P)
 }
@@ -322,6 +338,7 @@ impl<'a> RowGrads<'a> {
         let (mut da, mut dvh, mut dscores) = (s.da.chunks_mut(htd), s.dvh.chunks_mut(htd), s.dscores.chunks_mut(htt));
         let mut dlags = s.dlags.chunks_mut(2 * h);
         let mut dk = s.dk.chunks_mut(htn);
+        let mut dneurons = s.dneurons.chunks_mut(h * n);
         let per_params = s.dkey_params.len() / b;
         let mut dkey_params = s.dkey_params.chunks_mut(per_params.max(1));
         let du: &'a [f32] = &s.du;
@@ -362,6 +379,7 @@ impl<'a> RowGrads<'a> {
                     dscores: next(&mut dscores),
                     dlags: next(&mut dlags),
                     dk: dk.next().unwrap_or_default(),
+                    dneurons: dneurons.next().unwrap_or_default(),
                     dkey_params: if per_params == 0 { &mut [][..] } else { next(&mut dkey_params) },
                 }
             })
@@ -412,20 +430,28 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
     //   ⇒  dv through the values of each head;  dx = [x > 0] ⊙ (dx + Rᵀ d xr)
     let shape = Attention { b: 1, h, t, n, d };
     match key_site {
-        None => {
+        None if !decay.per_neuron() => {
             let saved = AttentionSaved { x, q: xr, v: v_in, scores, cos, sin, lags: decay.lags() };
             causal_linear_attention_backward(r.dx, r.dq, r.dvh, r.dscores, r.dlags, r.da, saved, shape);
         }
-        //   (the write's key site: keys R(key) other than the queries R(x))
+        //   (the write's key site: keys R(key) other than the queries R(x);
+        //    with a retention per neuron, the damping site's kernel, keys R(x) or R(key))
         //   ⇒  dx = [x > 0] ⊙ (dx + Rᵀ dq + d key / dx (Rᵀ dk))
-        Some(site) => {
+        site => {
             let (kr, trace, glia, keys0) = keyed;
-            let saved = KeyedSaved { q: xr, k: kr, v: v_in, scores, lags: decay.lags() };
-            keyed_attention_backward(r.dq, r.dk, r.dvh, r.dscores, r.dlags, r.da, saved, shape);
+            let k = if site.is_some() { kr } else { xr };
+            let scratch = (&mut *r.dscores, &mut *r.dlags, &mut *r.dneurons);
+            decay.attend_backward((r.dq, r.dk, r.dvh), scratch, r.da, (xr, k, v_in, scores), shape);
+            if site.is_none() {
+                // the keys are the queries
+                r.dq.iter_mut().zip(r.dk.iter()).for_each(|(q, &k)| *q += k);
+            }
             rope(r.dq0, r.dq, cos, sin, n, RopeDirection::Inverse);
             r.dx.iter_mut().zip(r.dq0.iter()).for_each(|(g, &q)| *g += q);
-            rope(r.dq0, r.dk, cos, sin, n, RopeDirection::Inverse);
-            site.backward(r.dq0, r.dx, r.dkey_params, (x, trace, glia), keys0, t);
+            if let Some(site) = site {
+                rope(r.dq0, r.dk, cos, sin, n, RopeDirection::Inverse);
+                site.backward(r.dq0, r.dx, r.dkey_params, (x, trace, glia), keys0, t);
+            }
             r.dx.iter_mut().zip(x).filter(|(_, &xv)| xv <= 0.0).for_each(|(g, _)| *g = 0.0);
         }
     }
@@ -435,17 +461,7 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
         matmul_batched(r.dq, r.da, rho0, MatMul::new(t, d, n).b_t(), heads(dt, [0, n * d], nt));
         if learned {
             // the read at i was γ^(i+1) R(x_i) · ρ₀  ⇒  d ln γ += Σ_i (i+1) γ^(i+1) R(x_i) · d R(x_i)
-            for (hi, dl) in r.dlags.chunks_exact_mut(2).enumerate() {
-                let rows = xr[hi * t * n..(hi + 1) * t * n].chunks_exact(n).zip(r.dq[hi * t * n..].chunks_exact(n));
-                let sum: f64 = rows
-                    .enumerate()
-                    .map(|(i, (q, g))| {
-                        let dot: f64 = q.iter().zip(g).map(|(&a, &b)| a as f64 * b as f64).sum();
-                        (i + 1) as f64 * decay.read[hi * t + i] as f64 * dot
-                    })
-                    .sum();
-                dl[0] += sum as f32;
-            }
+            decay.read_log_grads((&mut *r.dlags, &mut *r.dneurons), xr, r.dq, (h, t, n));
         }
         // the read at i was γ^(i+1) R(x_i) · ρ₀ (the damping site)
         decay.read_backward(r.dq, (h, t, n));

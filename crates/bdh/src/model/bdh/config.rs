@@ -31,6 +31,10 @@ pub struct BdhConfig {
     /// head (the paper's damping).
     #[serde(default, skip_serializing_if = "Decay::is_none")]
     pub decay: Decay,
+    /// Whether a learned decay has one retention per head (the default) or one per
+    /// neuron.
+    #[serde(default, skip_serializing_if = "DecayPer::is_head")]
+    pub decay_per: DecayPer,
     /// The normalisation: bdh.py's LayerNorm or none.
     #[serde(default, skip_serializing_if = "Norm::is_layer")]
     pub norm: Norm,
@@ -104,6 +108,25 @@ impl From<Decay> for DecayRepr {
     }
 }
 
+/// What a learned decay's retentions belong to: each head (γ_h, the default) or each
+/// neuron (γ_{h,i}: the synapses of neuron i fade at their own rate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecayPer {
+    /// One retention per head.
+    #[default]
+    Head,
+    /// One retention per neuron of each head.
+    Neuron,
+}
+
+impl DecayPer {
+    /// Whether this is one retention per head (the default).
+    pub fn is_head(&self) -> bool {
+        *self == DecayPer::Head
+    }
+}
+
 impl Decay {
     /// As a config writes it: `"none"`, `"alibi"` or the list.
     pub fn describe(&self) -> String {
@@ -160,6 +183,7 @@ impl Default for BdhConfig {
             vocab_size: 256,
             dropout: 0.1,
             decay: Decay::None,
+            decay_per: DecayPer::Head,
             norm: Norm::Layer,
             residual: Residual::D,
             position: Position::Rope,
@@ -221,12 +245,26 @@ impl BdhConfig {
         }
     }
 
-    /// The values of `attn.decay`: θ_h per head with a learned decay, else none.
+    /// The values of `attn.decay`: θ per head, or per neuron, with a learned decay;
+    /// else none.
     pub fn decay_params(&self) -> usize {
-        if self.decay.is_learned() {
-            self.n_head
-        } else {
-            0
+        match (self.decay.is_learned(), self.decay_per) {
+            (false, _) => 0,
+            (true, DecayPer::Head) => self.n_head,
+            (true, DecayPer::Neuron) => self.total_neurons(),
+        }
+    }
+
+    /// Whether a learned decay has one retention per neuron.
+    pub fn per_neuron_decay(&self) -> bool {
+        self.decay.is_learned() && self.decay_per == DecayPer::Neuron
+    }
+
+    /// Retentions per head: 1, or N with `decay_per = "neuron"`.
+    pub fn retentions_per_head(&self) -> usize {
+        match self.decay_per {
+            DecayPer::Head => 1,
+            DecayPer::Neuron => self.n_neurons(),
         }
     }
 
@@ -292,6 +330,19 @@ impl BdhConfig {
         }
         if let Err(e) = self.delays.validate(self.n_head) {
             return bad(e);
+        }
+        if self.decay_per == DecayPer::Neuron {
+            if !self.decay.is_learned() {
+                return bad(format!(
+                    "decay_per = \"neuron\" needs decay = \"learned\" (decay = {} has one retention per head)",
+                    self.decay.describe()
+                ));
+            }
+            if !self.delays.is_none() {
+                return bad("decay_per = \"neuron\" does not combine with delays: its chunked kernel reads every \
+                    past write at once, not one lag at a time"
+                    .into());
+            }
         }
         if let Decay::Retention(g) = &self.decay {
             if g.len() != self.n_head {

@@ -29,8 +29,7 @@
 //! work over (B, H) and row blocks themselves.
 
 use bdh_kernels::{
-    add, causal_linear_attention, keyed_attention, matmul, matmul_batched, rope as rope_kernel, Attention, Batch,
-    MatMul, RopeDirection,
+    add, causal_linear_attention, matmul, matmul_batched, rope as rope_kernel, Attention, Batch, MatMul, RopeDirection,
 };
 
 use super::activations::{Activations, LayerRows};
@@ -216,7 +215,7 @@ pub(super) fn begin(
     let retention = model.retention();
     let (delays, holds) = (model.delays(), model.config.delays.holds(dm.h));
     if (&acts.decay.gamma, &acts.decay.delays, &acts.decay.holds) != (&retention, &delays, &holds) {
-        acts.decay = DecayTable::new(retention, (delays, holds), dm.t);
+        acts.decay = DecayTable::new(retention, (delays, holds), (dm.h, dm.t));
     }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");
@@ -297,13 +296,19 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
     let rope = (&e.rope.cos[..], &e.rope.sin[..]);
     let shape = Attention { b, h, t, n, d };
     match e.keys {
-        None => causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, e.decay.lags(), shape),
-        //   (the write's key site: a_t = Σ_{τ<t} v_τ (R_τ key_τ · R_t x_t), key = g(s) ⊙ c)
-        Some((site, state)) => {
-            site.forward(s.x, state, KeyBuffers { key: s.key, trace: s.trace, glia: s.glia }, (h, t));
+        None if !e.decay.per_neuron() => {
+            causal_linear_attention(s.a, s.scores, s.xr, s.x, s.v_in, rope, e.decay.lags(), shape)
+        }
+        //   (the write's key site: a_t = Σ_{τ<t} v_τ (R_τ key_τ · R_t x_t), key = g(s) ⊙ c;
+        //    the damping site's kernel with a retention per neuron)
+        keys => {
             rope_kernel(s.xr, s.x, rope.0, rope.1, n, RopeDirection::Forward);
-            rope_kernel(s.kr, s.key, rope.0, rope.1, n, RopeDirection::Forward);
-            keyed_attention(s.a, s.scores, s.xr, s.kr, s.v_in, e.decay.lags(), shape);
+            if let Some((site, state)) = keys {
+                site.forward(s.x, state, KeyBuffers { key: s.key, trace: s.trace, glia: s.glia }, (h, t));
+                rope_kernel(s.kr, s.key, rope.0, rope.1, n, RopeDirection::Forward);
+            }
+            let k = if s.kr.is_empty() { &s.xr[..] } else { &s.kr[..] };
+            e.decay.attend(s.a, s.scores, (&*s.xr, k, s.v_in), shape);
         }
     }
     if let Some((rho, queue)) = e.carried {

@@ -18,7 +18,7 @@ pub mod variant;
 
 pub use activations::{Activations, Part};
 pub use backward::{backward, Backward};
-pub use config::{Astrocyte, BdhConfig, Decay, Delays, Trace};
+pub use config::{Astrocyte, BdhConfig, Decay, DecayPer, Delays, Trace};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Dims, Pass};
 pub use merge::{merge, Heritage};
@@ -87,8 +87,8 @@ impl Bdh {
         self.config.delays.per_head(self.weights().delay)
     }
 
-    /// γ_h per head: the config's fixed decay, or the learned one's
-    /// sigmoid(θ_h); empty without decay.
+    /// γ_h per head (or γ_{h,i} per neuron, (H, N), with `decay_per = "neuron"`): the
+    /// config's fixed decay, or the learned one's sigmoid(θ); empty without decay.
     pub fn retention(&self) -> Vec<f32> {
         match self.config.decay.is_learned() {
             true => params::sigmoid(self.weights().decay),

@@ -17,12 +17,13 @@ pub const PARAM_NAMES: [&str; 5] = ["embed.weight", "encoder", "encoder_v", "dec
 /// Name of the RoPE frequency buffer in bdh.py's `state_dict`, shape (1, 1, 1, N).
 pub const FREQS_NAME: &str = "attn.freqs";
 
-/// Name of the learned decay's logits θ (H), after bdh.py's five tensors: the
-/// retention of head h is γ_h = sigmoid(θ_h) (`decay = "learned"` only).
+/// Name of the learned decay's logits θ (H, or (H, N) with `decay_per = "neuron"`),
+/// after bdh.py's five tensors: the retention of head h is γ_h = sigmoid(θ_h)
+/// (`decay = "learned"` only).
 pub const DECAY_NAME: &str = "attn.decay";
 
 /// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V), then
-/// those of the layer's mechanisms that train: a learned decay's θ (H), a learned
+/// those of the layer's mechanisms that train: a learned decay's θ (H or (H, N)), a learned
 /// trace's φ (H, N), an astrocyte gate's β (H) and learned delays' ψ (H).
 pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
@@ -34,7 +35,7 @@ pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
         (PARAM_NAMES[4], vec![d, v]),
     ];
     if cfg.decay.is_learned() {
-        slots.push((DECAY_NAME, vec![h]));
+        slots.push((DECAY_NAME, if cfg.decay_per.is_head() { vec![h] } else { vec![h, n] }));
     }
     if cfg.trace == Trace::Learned {
         slots.push((TRACE_NAME, vec![h, n]));
@@ -65,8 +66,10 @@ pub fn init(cfg: &BdhConfig, seed: u64) -> Result<Params> {
         psi.fill(cfg.delays.initial_logit());
     }
     if let Some(theta) = p.get_mut(DECAY_NAME) {
-        for (t, g) in theta.iter_mut().zip(cfg.decay.initial(cfg.n_head)) {
-            *t = (g as f64 / (1.0 - g as f64)).ln() as f32;
+        // (with one per neuron, each neuron of a head starts at the head's γ)
+        let per = cfg.retentions_per_head();
+        for (t, g) in theta.chunks_exact_mut(per).zip(cfg.decay.initial(cfg.n_head)) {
+            t.fill((g as f64 / (1.0 - g as f64)).ln() as f32);
         }
     }
     Ok(p)

@@ -270,7 +270,7 @@ impl Prepared {
         for (src, dst) in model.weights().encoder_v.chunks_exact(d * n).zip(encoder_v_t.chunks_exact_mut(n * d)) {
             transpose(dst, src, d, n);
         }
-        let damping = Damping::new(model.retention());
+        let damping = Damping::new(model.retention(), model.config.n_head);
         let keys = model.key_site().map(Box::new);
         let queue = Queue::new(&model.config, model.delays(), model.retention()).map(Box::new);
         Ok(Prepared { model, encoder_v_t, damping, keys, queue })

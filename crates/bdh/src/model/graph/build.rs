@@ -92,6 +92,13 @@ pub fn check_model(model: &Bdh) -> Result<()> {
                 .into(),
         ));
     }
+    if c.per_neuron_decay() {
+        return Err(Error::Config(
+            "the graph form damps σ by one retention per head; this model has one per neuron \
+             (decay_per = \"neuron\"), which the graph does not run"
+                .into(),
+        ));
+    }
     if model.key_site().is_some() {
         return Err(Error::Config(
             "the graph form's synapses update by x's Hebbian rule; this model's write has a trace or an \
