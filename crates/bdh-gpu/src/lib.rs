@@ -229,6 +229,13 @@ pub fn runs_layer(m: &bdh::model::bdh::Bdh) -> Result<()> {
                 .into(),
         ));
     }
+    if !m.config.threshold.is_none() {
+        return Err(Error::Device(
+            "this model's neurons have thresholds (threshold: the parameter attn.threshold), which the GPU \
+             backend does not run: use --device cpu"
+                .into(),
+        ));
+    }
     if m.config.decay.is_learned() {
         return Err(Error::Device(
             "this model learns its decay (decay = \"learned\": the parameter attn.decay), which the GPU backend \

@@ -34,4 +34,5 @@ mod setup;
 mod site;
 mod state_format;
 mod task;
+mod threshold;
 mod variant;

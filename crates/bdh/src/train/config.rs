@@ -342,6 +342,7 @@ const OMITTED: &[(&str, &str)] = &[
     ("model.astrocyte", "{}"),
     ("model.delays", "\"none\""),
     ("model.decay_per", "\"head\""),
+    ("model.threshold", "\"none\""),
 ];
 
 /// The default of a key that a config writes only when it is not that default.
@@ -390,6 +391,8 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
         // model.trace takes a name or λ
         (_, toml::Value::Integer(i)) if path.trim() == "model.trace" => toml::Value::Float(i as f64),
         (_, new @ (toml::Value::String(_) | toml::Value::Float(_))) if path.trim() == "model.trace" => new,
+        // model.threshold takes a name or its rule
+        (_, new @ (toml::Value::String(_) | toml::Value::Table(_))) if path.trim() == "model.threshold" => new,
         (_, new) if path.trim() == "model.decay" => {
             return Err(bad(format!(
                 "`model.decay` takes \"none\", \"alibi\", \"learned\" or a list of γ per head, not {new}"

@@ -128,6 +128,11 @@ impl Trainer {
         let g = self.grads.params.data_mut();
         g.iter_mut().for_each(|x| *x *= scale);
         collective.all_reduce_mean(g)?;
+        if let Model::Bdh(m) = &mut self.model {
+            // a homeostatic threshold's rule, from the firing it left in the gradients
+            crate::model::bdh::threshold::homeostasis(&m.config, &mut m.params, &mut self.grads.params);
+        }
+        let g = self.grads.params.data_mut();
         let norm = g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
         if clip > 0.0 && norm > clip {
             let c = (clip / (norm + 1e-6)) as f32;

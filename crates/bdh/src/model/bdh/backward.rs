@@ -15,6 +15,7 @@ use super::forward::Dims;
 use super::key::KeySite;
 use super::params::WeightsMut;
 use super::site::Mechanisms;
+use super::threshold::ThresholdSite;
 use super::variant::Norm;
 use super::Bdh;
 use crate::error::{Error, Result};
@@ -238,6 +239,12 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
                 *gd += (summed(hi, 1) * delta * (1.0 - delta / max as f64)) as f32;
             }
         }
+
+        // (the threshold site) what the thresholds train by: d θ from d latent, or the
+        // firing fractions of a homeostatic rule
+        let fired = if inc.is_empty() { x } else { inc };
+        let threshold = ThresholdSite::new(c, p.threshold);
+        threshold.backward((&mut *g.threshold, &mut *g.firing), (&s.dx, fired), (h, t, n, layers));
 
         // Weight gradients, summed over rows:
         let per_head = |a, w, c| Batch { count: [b, h], a, b: w, c };

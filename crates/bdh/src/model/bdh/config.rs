@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::delay::Delays;
 pub use super::key::{Astrocyte, Trace};
+pub use super::threshold::{Homeostasis, Threshold};
 pub use super::variant::{Norm, Position, Residual};
 use crate::error::{Error, Result};
 
@@ -53,6 +54,10 @@ pub struct BdhConfig {
     /// How each head delays its writes: not at all (bdh.py), δ_h tokens, or learned.
     #[serde(default, skip_serializing_if = "Delays::is_none")]
     pub delays: Delays,
+    /// Where the neurons of x start to fire: at 0 (bdh.py), or at a threshold per
+    /// neuron, learned or homeostatic (see [`super::threshold`]).
+    #[serde(default, skip_serializing_if = "Threshold::is_none")]
+    pub threshold: Threshold,
 }
 
 /// The synapse state's decay. With a retention γ_h the attention scores become
@@ -190,6 +195,7 @@ impl Default for BdhConfig {
             trace: Trace::None,
             astrocyte: None,
             delays: Delays::None,
+            threshold: Threshold::None,
         }
     }
 }
@@ -227,13 +233,30 @@ impl BdhConfig {
     /// the layer mechanisms' that train (θ, φ, β, ψ).
     pub fn param_count(&self) -> usize {
         let (d, v, hn) = (self.n_embd, self.vocab_size, self.total_neurons());
-        v * d + 3 * hn * d + d * v + self.decay_params() + super::key::KeySite::param_count(self) + self.delay_params()
+        v * d
+            + 3 * hn * d
+            + d * v
+            + self.decay_params()
+            + super::key::KeySite::param_count(self)
+            + self.delay_params()
+            + self.threshold_params()
     }
 
-    /// Whether the synapses have mechanisms beyond bdh.py's and a fixed decay: a
-    /// learned decay, delays, a trace or an astrocyte's gate (none of which a device runs).
+    /// The values of the thresholds' tensors: θ, and a homeostatic one's running
+    /// rates, (H, N) each.
+    pub fn threshold_params(&self) -> usize {
+        self.threshold.tensors().len() * self.total_neurons()
+    }
+
+    /// Whether the layer has mechanisms beyond bdh.py's and a fixed decay: a learned
+    /// decay, delays, a trace, an astrocyte's gate or thresholds (none of which a
+    /// device runs).
     pub fn has_synapse_mechanisms(&self) -> bool {
-        self.decay.is_learned() || !self.delays.is_none() || !self.trace.is_none() || self.astrocyte.is_some()
+        self.decay.is_learned()
+            || !self.delays.is_none()
+            || !self.trace.is_none()
+            || self.astrocyte.is_some()
+            || !self.threshold.is_none()
     }
 
     /// The values of `attn.delay`: ψ_h per head with learned delays, else none.
@@ -276,7 +299,8 @@ impl BdhConfig {
             .checked_add(hn.checked_mul(d)?.checked_mul(3)?)?
             .checked_add(self.decay_params())?
             .checked_add(super::key::KeySite::param_count(self))?
-            .checked_add(self.delay_params())
+            .checked_add(self.delay_params())?
+            .checked_add(hn.checked_mul(self.threshold.tensors().len())?)
     }
 
     /// The sizes a user sets, by name.
@@ -329,6 +353,9 @@ impl BdhConfig {
             return bad(e);
         }
         if let Err(e) = self.delays.validate(self.n_head) {
+            return bad(e);
+        }
+        if let Err(e) = self.threshold.validate() {
             return bad(e);
         }
         if self.decay_per == DecayPer::Neuron {

@@ -41,6 +41,7 @@ use super::params::Weights;
 use super::recurrent::State;
 use super::rope::RopeTable;
 use super::site::Mechanisms;
+use super::threshold::ThresholdSite;
 use super::variant::Residual;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
@@ -277,12 +278,19 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
     let dm = s.dims;
     let Dims { b, t, d, h, n, .. } = dm;
     // x_sparse = relu(x @ encoder)                    x_{t,l} = (D_x v_{t,l−1})^+  (B, H, T, N)
-    let encode = (MatMul::new(t, d, n).relu(), dm.per_head(t * d, d * n, t * n));
+    //   (the threshold site: (D_x v − θ)^+ with a threshold per neuron)
+    let threshold = ThresholdSite::new(cfg, p.threshold);
+    let encode = (threshold.product(MatMul::new(t, d, n)), dm.per_head(t * d, d * n, t * n));
+    let head = |row: usize| (row / t) % h;
     match cfg.residual {
-        Residual::D => matmul_batched(s.x, s.v_in, p.encoder, encode.0, encode.1),
+        Residual::D => {
+            matmul_batched(s.x, s.v_in, p.encoder, encode.0, encode.1);
+            threshold.encode(s.x, n, head);
+        }
         //   (the residual site, in the neurons:       x_{t,l} = x_{t,l−1} + (D_x v_{t,l−1})^+)
         Residual::N => {
             matmul_batched(s.inc, s.v_in, p.encoder, encode.0, encode.1);
+            threshold.encode(s.inc, n, head);
             if s.x_in.is_empty() {
                 s.x.copy_from_slice(s.inc);
             } else {

@@ -54,7 +54,16 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
             ca.trace, ca.astrocyte, cb.trace, cb.astrocyte
         )));
     }
-    if (ca.decay.is_learned(), a.retention()) != (cb.decay.is_learned(), b.retention()) {
+    if ca.threshold != cb.threshold {
+        return Err(Error::Config(format!(
+            "cannot merge models whose neurons' thresholds follow different rules: {:?} and {:?}",
+            ca.threshold, cb.threshold
+        )));
+    }
+    // (with a retention per neuron, each neuron keeps its own: only the kind must agree)
+    let kind = |m: &Bdh| (m.config.decay.is_learned(), m.config.decay_per, m.config.per_neuron_decay());
+    let retention = |m: &Bdh| if m.config.per_neuron_decay() { Vec::new() } else { m.retention() };
+    if (kind(a), retention(a)) != (kind(b), retention(b)) {
         let said = |m: &Bdh| match m.config.decay.is_learned() {
             true => format!("\"learned\", trained to γ = {:?}", m.retention()),
             false => m.config.decay.describe(),
@@ -98,14 +107,25 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
         out[..na * d].copy_from_slice(&wa.decoder[hi * na * d..(hi + 1) * na * d]);
         out[na * d..].copy_from_slice(&wb.decoder[hi * nb * d..(hi + 1) * nb * d]);
     }
-    // A learned decay's θ_h and learned delays' ψ_h: the same in both (checked above).
-    w.decay.copy_from_slice(wa.decay);
-    w.delay.copy_from_slice(wa.delay);
-    // A learned trace's φ (H, N): each neuron keeps its own, joined as the encoders are.
-    for (out, (ra, rb)) in w.trace.chunks_exact_mut(n).zip(wa.trace.chunks_exact(na).zip(wb.trace.chunks_exact(nb))) {
-        out[..na].copy_from_slice(ra);
-        out[na..].copy_from_slice(rb);
+    // Per neuron, (H, N): each neuron keeps its own, joined head by head as the encoders are.
+    let join = |out: &mut [f32], x: &[f32], y: &[f32]| {
+        for (row, (ra, rb)) in out.chunks_exact_mut(n).zip(x.chunks_exact(na).zip(y.chunks_exact(nb))) {
+            row[..na].copy_from_slice(ra);
+            row[na..].copy_from_slice(rb);
+        }
+    };
+    // A learned decay's θ (per head the same in both, checked above; per neuron joined)
+    // and learned delays' ψ_h (the same in both).
+    match config.per_neuron_decay() {
+        true => join(w.decay, wa.decay, wb.decay),
+        false => w.decay.copy_from_slice(wa.decay),
     }
+    w.delay.copy_from_slice(wa.delay);
+    // A learned trace's φ, the thresholds θ and a homeostatic rule's running rates.
+    join(w.trace, wa.trace, wb.trace);
+    join(w.threshold, wa.threshold, wb.threshold);
+    let firing = |m: &Bdh| m.params.get(super::threshold::FIRING_NAME).unwrap_or_default().to_vec();
+    join(w.firing, &firing(a), &firing(b));
     // Each neuron keeps its frequency (shared by the heads, as bdh.py's buffer is).
     let freqs: Vec<f32> = a.freqs.iter().chain(&b.freqs).copied().collect();
     let merged = Bdh::from_parts(config, merged_params, freqs)?;

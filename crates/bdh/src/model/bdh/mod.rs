@@ -14,11 +14,12 @@ pub mod params;
 pub mod recurrent;
 pub mod rope;
 pub mod site;
+pub mod threshold;
 pub mod variant;
 
 pub use activations::{Activations, Part};
 pub use backward::{backward, Backward};
-pub use config::{Astrocyte, BdhConfig, Decay, DecayPer, Delays, Trace};
+pub use config::{Astrocyte, BdhConfig, Decay, DecayPer, Delays, Homeostasis, Threshold, Trace};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Dims, Pass};
 pub use merge::{merge, Heritage};

@@ -8,6 +8,7 @@ use rand_distr::{Distribution, Normal};
 use super::config::BdhConfig;
 use super::delay::DELAY_NAME;
 use super::key::{Trace, ASTROCYTE_NAME, TRACE_NAME};
+use super::threshold::{FIRING_NAME, THRESHOLD_NAME};
 use crate::error::Result;
 use crate::params::Params;
 
@@ -24,7 +25,8 @@ pub const DECAY_NAME: &str = "attn.decay";
 
 /// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V), then
 /// those of the layer's mechanisms that train: a learned decay's θ (H or (H, N)), a learned
-/// trace's φ (H, N), an astrocyte gate's β (H) and learned delays' ψ (H).
+/// trace's φ (H, N), an astrocyte gate's β (H), learned delays' ψ (H), and the
+/// neurons' thresholds θ (H, N) with a homeostatic one's running rates (H, N).
 pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
     let mut slots = vec![
@@ -46,6 +48,9 @@ pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     if cfg.delays.is_learned() {
         slots.push((DELAY_NAME, vec![h]));
     }
+    for (name, _) in cfg.threshold.tensors() {
+        slots.push((name, vec![h, n]));
+    }
     slots
 }
 
@@ -62,6 +67,9 @@ pub fn init(cfg: &BdhConfig, seed: u64) -> Result<Params> {
     let normal = Normal::new(0.0f32, 0.02).expect("0.02 is a valid std");
     let drawn = p.slots()[PARAM_NAMES.len() - 1].range.end;
     p.data_mut()[..drawn].iter_mut().for_each(|x| *x = normal.sample(&mut rng));
+    for (name, start) in cfg.threshold.tensors() {
+        p.get_mut(name).expect("laid out above").fill(start);
+    }
     if let Some(psi) = p.get_mut(DELAY_NAME) {
         psi.fill(cfg.delays.initial_logit());
     }
@@ -101,6 +109,8 @@ pub struct Weights<'a> {
     pub astrocyte: &'a [f32],
     /// Learned delays' logits ψ, (H); else empty.
     pub delay: &'a [f32],
+    /// The neurons' thresholds θ, (H, N); else empty.
+    pub threshold: &'a [f32],
 }
 
 impl<'a> Weights<'a> {
@@ -120,6 +130,7 @@ impl<'a> Weights<'a> {
             trace: named(TRACE_NAME),
             astrocyte: named(ASTROCYTE_NAME),
             delay: named(DELAY_NAME),
+            threshold: named(THRESHOLD_NAME),
         }
     }
 }
@@ -145,6 +156,10 @@ pub struct WeightsMut<'a> {
     pub astrocyte: &'a mut [f32],
     /// (H), or empty.
     pub delay: &'a mut [f32],
+    /// (H, N), or empty: d θ of learned thresholds.
+    pub threshold: &'a mut [f32],
+    /// (H, N), or empty: a homeostatic threshold's firing fractions (see [`super::threshold`]).
+    pub firing: &'a mut [f32],
 }
 
 impl<'a> WeightsMut<'a> {
@@ -152,11 +167,13 @@ impl<'a> WeightsMut<'a> {
     pub fn of(p: &'a mut Params) -> Self {
         debug_assert!(p.slots().iter().map(|s| s.name.as_str()).take(5).eq(PARAM_NAMES));
         // the mechanisms' tensors follow bdh.py's five, in this order, each if present
-        let has = [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME].map(|name| p.slot(name).is_some());
+        let has = [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME, THRESHOLD_NAME, FIRING_NAME]
+            .map(|name| p.slot(name).is_some());
         let mut t = p.split_mut().into_iter();
         let mut next = || t.next().expect("five BDH tensors");
         let (embed, encoder, encoder_v, decoder, lm_head) = (next(), next(), next(), next(), next());
-        let [decay, trace, astrocyte, delay] = has.map(|there| if there { next() } else { &mut [][..] });
-        WeightsMut { embed, encoder, encoder_v, decoder, lm_head, decay, trace, astrocyte, delay }
+        let [decay, trace, astrocyte, delay, threshold, firing] =
+            has.map(|there| if there { next() } else { &mut [][..] });
+        WeightsMut { embed, encoder, encoder_v, decoder, lm_head, decay, trace, astrocyte, delay, threshold, firing }
     }
 }

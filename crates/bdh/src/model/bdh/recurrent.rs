@@ -33,6 +33,7 @@ use super::edit::{Edits, Region, Site};
 use super::forward::{forward, Pass};
 use super::key::KeySite;
 use super::rope::cos_sin;
+use super::threshold::ThresholdSite;
 use super::variant::Residual;
 use super::{Bdh, BdhConfig};
 use crate::error::{Error, Result};
@@ -482,7 +483,10 @@ impl Prepared {
         let (d, n, b) = (c.n_embd, c.n_neurons(), at.v.len() / c.n_embd);
         let encoder = &self.model.weights().encoder[hw.head * d * n..][..d * n];
         // x = relu(v · encoder_h)                                           (B, N)
-        matmul(&mut hw.hs.x, at.v, encoder, MatMul::new(b, d, n).relu());
+        //   (the threshold site: relu(v · encoder_h − θ) with a threshold per neuron)
+        let threshold = ThresholdSite::new(c, self.model.weights().threshold);
+        matmul(&mut hw.hs.x, at.v, encoder, threshold.product(MatMul::new(b, d, n)));
+        threshold.encode(&mut hw.hs.x, n, |_| hw.head);
         //   (the residual in the neurons: x = x_{l−1} + relu(v · encoder_h), x_0 = 0)
         let in_neurons = !c.residual.is_d();
         if in_neurons && at.layer > 0 {

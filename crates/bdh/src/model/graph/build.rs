@@ -92,6 +92,13 @@ pub fn check_model(model: &Bdh) -> Result<()> {
                 .into(),
         ));
     }
+    if !c.threshold.is_none() {
+        return Err(Error::Config(
+            "the graph form's neurons fire above 0; this model's have thresholds (threshold), which the graph \
+             does not run"
+                .into(),
+        ));
+    }
     if c.per_neuron_decay() {
         return Err(Error::Config(
             "the graph form damps σ by one retention per head; this model has one per neuron \
