@@ -316,8 +316,12 @@ fn eval_line(m: &EvalMetrics, max: usize) -> String {
         [] => String::new(),
         d => format!(", learned delays {}", d.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")),
     };
+    let firing = match m.firing {
+        Some((rate, target)) => format!(", firing {:.1}% (target {:.1}%)", rate * 100.0, target * 100.0),
+        None => String::new(),
+    };
     format!(
-        "step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}{timescales}{delays}",
+        "step {}/{max}: {train}val loss {:.4}, {:.3} bits/byte{acc}{timescales}{delays}{firing}",
         m.step, m.val_loss, m.bits_per_byte
     )
 }

@@ -371,3 +371,32 @@ fn the_readme_mechanisms_section_runs_as_written() {
     assert!(accuracy > 90.0 && out.contains("chance 6.2%"), "{out}");
     assert!(out.contains("learned timescales 1/(1−γ)"), "{out}");
 }
+
+/// The README's neuron mechanisms section, run as written: the homeostatic run ends
+/// on its way to its target, its neurons firing far less than bdh.py's (about 29%).
+#[test]
+fn the_readme_neurons_section_runs_as_written() {
+    let tmp = temp("readme-neurons");
+    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let script = readme_commands("Neuron mechanisms").join("\n");
+    let o = Command::new("sh").arg("-ec").arg(&script).current_dir(tmp.path()).env("PATH", &path).output().unwrap();
+    let out = text(&o);
+    println!("{script}\n{out}");
+    assert!(o.status.success(), "{out}");
+    let firing: f64 = out
+        .split(", firing ")
+        .last()
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .expect("the firing rate reached");
+    assert!(firing < 20.0 && out.contains("(target 5.0%)"), "{out}");
+    // the sparsity table's first layer: x's share of firing neurons
+    let x: f64 = out
+        .lines()
+        .find(|l| l.starts_with("0 "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.trim_end_matches('%').parse().ok())
+        .expect("a sparsity row");
+    assert!(x < 20.0, "x fires on {x}% of pairs: {out}");
+}

@@ -38,6 +38,10 @@ pub struct EvalMetrics {
     /// (or each neuron's, (H, N), with `decay_per = "neuron"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retention: Vec<f32>,
+    /// During training with a homeostatic threshold: the neurons' mean running firing
+    /// rate, and its target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firing: Option<(f64, f64)>,
     /// With a retention per neuron: N, the retentions of each head in `retention`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_per_head: Option<usize>,
@@ -311,6 +315,7 @@ impl Tally {
             train_loss: None,
             retention: Vec::new(),
             retention_per_head: None,
+            firing: None,
             delays: Vec::new(),
         }
     }

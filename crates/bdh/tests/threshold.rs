@@ -40,7 +40,7 @@ fn thresholds_are_written_and_checked() {
     let base = r#""family": "bdh", "n_layer": 2, "n_embd": 16, "n_head": 2, "mlp_internal_dim_multiplier": 4, "vocab_size": 256, "dropout": 0.0"#;
     let rule = parse(&format!(r#"{{{base}, "threshold": {{"target": 0.05}}}}"#)).unwrap();
     let ModelConfig::Bdh(c) = &rule else { unreachable!("a BDH") };
-    assert_eq!(c.threshold, Threshold::Homeostatic(Homeostasis { target: 0.05, rate: 0.01, step: 0.1 }));
+    assert_eq!(c.threshold, Threshold::Homeostatic(Homeostasis { target: 0.05, rate: 0.1, step: 0.02 }));
     // θ and the running rates, (H, N) each
     let plain = BdhConfig { threshold: Threshold::None, ..c.clone() };
     assert_eq!(c.param_count(), plain.param_count() + 2 * 64);
@@ -76,6 +76,19 @@ fn a_fresh_threshold_is_bdh_pys_neuron() {
     }
     let moved = thresholds(BdhConfig { threshold: Threshold::Learned, ..cfg }, 3, 1.0);
     assert!(max_rel_diff(&logits(&moved, &toks), &logits(&plain, &toks)) > 1e-3, "x comes through θ");
+}
+
+#[test]
+fn the_graph_form_refuses_thresholds() {
+    let normfree = BdhConfig {
+        norm: bdh::model::bdh::Norm::None,
+        residual: Residual::N,
+        position: bdh::model::bdh::Position::None,
+        threshold: Threshold::Learned,
+        ..tiny_config(2, 16, 2, 4)
+    };
+    let err = bdh::model::graph::check_model(&thresholds(normfree, 1, 1.0)).expect_err("refused").to_string();
+    assert!(err.contains("thresholds (threshold)"), "{err}");
 }
 
 #[test]

@@ -335,6 +335,7 @@ fn train_once(
                 if bdh.config.delays.is_learned() {
                     m.delays = bdh.delays();
                 }
+                m.firing = bdh.firing();
             }
             metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
             on(Event::Eval(&m));

@@ -88,6 +88,15 @@ impl Bdh {
         self.config.delays.per_head(self.weights().delay)
     }
 
+    /// With a homeostatic threshold: the neurons' mean running firing rate and its
+    /// target; else none.
+    pub fn firing(&self) -> Option<(f64, f64)> {
+        let threshold::Threshold::Homeostatic(rule) = self.config.threshold else { return None };
+        let rates = self.params.get(threshold::FIRING_NAME)?;
+        let mean = rates.iter().map(|&r| r as f64).sum::<f64>() / rates.len().max(1) as f64;
+        Some((mean, rule.target as f64))
+    }
+
     /// γ_h per head (or γ_{h,i} per neuron, (H, N), with `decay_per = "neuron"`): the
     /// config's fixed decay, or the learned one's sigmoid(θ); empty without decay.
     pub fn retention(&self) -> Vec<f32> {

@@ -62,11 +62,11 @@ pub struct Homeostasis {
 }
 
 fn default_rate() -> f32 {
-    0.01
+    0.1
 }
 
 fn default_step() -> f32 {
-    0.1
+    0.02
 }
 
 /// How [`Threshold`] is written in configs: `"none"`, `"learned"` or the rule.
@@ -84,7 +84,7 @@ impl TryFrom<ThresholdRepr> for Threshold {
             ThresholdRepr::Name(n) if n == "none" => Ok(Threshold::None),
             ThresholdRepr::Name(n) if n == "learned" => Ok(Threshold::Learned),
             ThresholdRepr::Name(n) => {
-                Err(format!("threshold `{n}`: expected \"none\", \"learned\" or {{ target = … }}"))
+                Err(format!("threshold `{n}`: expected \"none\", \"learned\" or a rule {{ target, rate, step }}"))
             }
             ThresholdRepr::Rule(h) => Ok(Threshold::Homeostatic(h)),
         }
