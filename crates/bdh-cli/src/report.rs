@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bdh::data::DataConfig;
 use bdh::io::run_dir::{EvalRecord, Metrics, RunDir, StepRecord};
+use bdh::microscope::weights::WeightChange;
 
 use crate::page::{mean, thin, Chart, Page, Series, Style};
 use crate::provenance::Provenance;
@@ -222,8 +223,38 @@ fn charts(p: &mut Page, r: &Metrics, unit: &str) {
             ],
         ));
     }
+    weight_charts(p, r, &chart);
     p.chart(&chart("Learning rate", "lr", false, vec![line("lr", per_step(|s| s.lr))]));
     p.chart(&chart("Throughput", "tokens/s", false, vec![line("tokens/s", per_step(|s| s.tokens_per_second))]));
+}
+
+/// How far each layer matrix moved from the start and its effective rank, at each
+/// evaluation of a run that keeps models (nothing for one that does not).
+fn weight_charts(p: &mut Page, r: &Metrics, chart: &dyn Fn(&str, &str, bool, Vec<Series>) -> Chart) {
+    let Some(first) = r.evals.iter().find(|e| !e.weights.is_empty()) else { return };
+    let names: Vec<String> = first.weights.iter().map(|w| w.name.clone()).collect();
+    let series = |f: fn(&WeightChange) -> f64| {
+        names
+            .iter()
+            .map(|name| Series {
+                name: name.clone(),
+                points: r
+                    .evals
+                    .iter()
+                    .filter_map(|e| Some((e.step, f(e.weights.iter().find(|w| &w.name == name)?))))
+                    .collect(),
+                style: Style::Line,
+                color: None,
+            })
+            .collect::<Vec<_>>()
+    };
+    p.text(
+        "Rich or lazy learning: how far each layer matrix moved from its start (‖W − W₀‖ / ‖W₀‖), and the \
+         effective rank of its heads' matrices (the exponential of the entropy of their normalised singular \
+         values; the mean over heads).",
+    );
+    p.chart(&chart("Relative change from the start", "‖W − W₀‖ / ‖W₀‖", false, series(|w| w.relative_change)));
+    p.chart(&chart("Effective rank", "effective rank (mean over heads)", false, series(|w| w.effective_rank)));
 }
 
 #[cfg(test)]
@@ -296,6 +327,7 @@ mod tests {
                 train_loss: None,
                 copy_baseline: None,
                 eliminate_baseline: None,
+                weights: Vec::new(),
             })
             .collect();
         let metrics = Metrics { steps, evals, ..Metrics::default() };
@@ -324,6 +356,7 @@ mod tests {
                 train_loss: None,
                 copy_baseline: Some(0.67),
                 eliminate_baseline: Some(0.80),
+                weights: Vec::new(),
             })
             .collect();
         let steps =
@@ -335,5 +368,46 @@ mod tests {
         let accuracy = charts.iter().find(|c| c.legend.len() == 3).expect("the accuracy chart with three series");
         let names: Vec<&str> = accuracy.legend.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["validation", "copying a stated value at random", "copying one not given yet"]);
+    }
+
+    /// A run that keeps models gets a chart of each matrix's change from the start and
+    /// one of its effective rank, a series per matrix; one that does not, neither.
+    #[test]
+    fn the_weights_charts_follow_each_layer_matrix() {
+        let change = |name: &str, k: f64| WeightChange {
+            name: name.into(),
+            relative_change: 0.1 * k,
+            effective_rank: 4.0 + k,
+            start_rank: 4.0,
+        };
+        let evals: Vec<EvalRecord> = (1..=4)
+            .map(|k| EvalRecord {
+                step: 100.0 * k as f64,
+                val_loss: 1.0,
+                bits_per_byte: 1.0,
+                answer_accuracy: None,
+                train_loss: None,
+                copy_baseline: None,
+                eliminate_baseline: None,
+                weights: ["encoder", "encoder_v", "decoder"].iter().map(|n| change(n, k as f64)).collect(),
+            })
+            .collect();
+        let steps =
+            (1..=400).map(|i| StepRecord { step: i as f64, loss: 1.0, lr: 1e-3, tokens_per_second: 1e3 }).collect();
+        let metrics = Metrics { steps, evals: evals.clone(), ..Metrics::default() };
+        let mut page = Page::new(Vec::new());
+        charts(&mut page, &metrics, "byte");
+        let html = page.html("t");
+        assert!(html.contains("Relative change from the start") && html.contains("Effective rank"));
+        let drawn = assert_charts_readable(&html, 1);
+        let with_three = drawn.iter().filter(|c| {
+            c.legend.iter().map(|e| e.name.as_str()).collect::<Vec<_>>() == ["encoder", "encoder_v", "decoder"]
+        });
+        assert_eq!(with_three.count(), 2);
+        let plain =
+            Metrics { evals: evals.into_iter().map(|e| EvalRecord { weights: vec![], ..e }).collect(), ..metrics };
+        let mut page = Page::new(Vec::new());
+        charts(&mut page, &plain, "byte");
+        assert!(!page.html("t").contains("Effective rank"));
     }
 }

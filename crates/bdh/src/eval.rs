@@ -42,6 +42,9 @@ pub struct EvalMetrics {
     /// rate, and its target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firing: Option<(f64, f64)>,
+    /// During a run that keeps models: how far each layer matrix moved from the start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<crate::microscope::weights::WeightChange>,
     /// With a retention per neuron: N, the retentions of each head in `retention`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_per_head: Option<usize>,
@@ -316,6 +319,7 @@ impl Tally {
             retention: Vec::new(),
             retention_per_head: None,
             firing: None,
+            weights: Vec::new(),
             delays: Vec::new(),
         }
     }

@@ -22,6 +22,7 @@ mod graph;
 mod hostile;
 mod interventions;
 mod key;
+mod lowrank;
 mod merge;
 mod microscope;
 mod neuron_decay;

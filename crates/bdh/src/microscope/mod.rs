@@ -25,6 +25,7 @@ pub mod sparsity;
 pub mod stats;
 pub mod synapses;
 pub mod top;
+pub mod weights;
 
 /// Told `(units done, units in all)` as a long analysis goes, from any thread;
 /// what a unit is depends on the analysis, but the units are of about equal cost.

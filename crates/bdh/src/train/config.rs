@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use crate::data::{DataConfig, PEOPLE};
 use crate::error::{Error, Result};
+use crate::model::bdh::params::Init;
 use crate::model::ModelConfig;
 
 /// The built-in presets, by name, as the TOML text of `configs/<name>.toml`.
@@ -84,6 +85,10 @@ pub struct TrainingConfig {
     /// vanishing logits from bdh.py's N(0, 0.02²) everywhere. Empty: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub init_scale: BTreeMap<String, f64>,
+    /// How a fresh BDH's layer matrices start: `"normal"` (bdh.py's draws) or
+    /// `"lowrank:r"` (rank r per head, each entry of the same std).
+    #[serde(default, skip_serializing_if = "Init::is_normal")]
+    pub init: Init,
     /// Carry BDH's synapse state from batch to batch, as the paper trains: each batch
     /// row reads its own contiguous stream, the state at the end of a batch starts
     /// the next, positions keep counting, the gradient stops at the boundary.
@@ -238,6 +243,22 @@ impl RunConfig {
                     .into(),
             ));
         }
+        match (&self.model, t.init) {
+            (_, Init::Normal) => {}
+            (_, _) if t.init_from.is_some() => {
+                return Err(Error::Config(
+                    "training.init draws a fresh initialisation, and training.init_from starts from trained \
+                     weights: give one of them"
+                        .into(),
+                ))
+            }
+            (ModelConfig::Bdh(m), init) => init.validate(m).map_err(Error::Config)?,
+            (ModelConfig::Gpt(_), _) => {
+                return Err(Error::Config(
+                    "training.init = \"lowrank:r\" draws BDH's layer matrices; this is a GPT".into(),
+                ))
+            }
+        }
         if let ModelConfig::Bdh(m) = &self.model {
             // a fixed δ is read from lag δ + 1; a learned one stays below its bound
             let far = m.delays.longest() + usize::from(!m.delays.is_learned());
@@ -337,6 +358,7 @@ const OMITTED: &[(&str, &str)] = &[
     ("model.residual", "\"d\""),
     ("model.position", "\"rope\""),
     ("training.init_scale", "{}"),
+    ("training.init", "\"normal\""),
     ("data.task", "\"language\""),
     ("model.trace", "\"none\""),
     ("model.astrocyte", "{}"),

@@ -287,6 +287,22 @@ fn train_once(
         run_dir.write_config(run)?;
         metrics = run_dir.metrics_log(state.step)?;
     }
+    // A run that keeps models keeps its start too (step 0), and its evaluations say how
+    // far the weights moved from it.
+    let start = match tc.keep_every {
+        0 => None,
+        _ => {
+            let kept = run_dir.checkpoint_dir(Checkpoint::Step(0));
+            if writer && state.step == 0 {
+                save_model_dir(&trainer.model, &tokenizer, &kept)?;
+            }
+            match &trainer.model {
+                Model::Bdh(_) if state.step == 0 => Some(trainer.model.clone()),
+                Model::Bdh(_) if run_dir.has(Checkpoint::Step(0)) => Some(checkpoint::load(&kept, None)?),
+                _ => None,
+            }
+        }
+    };
     let rows = parallel::rows(collective, b);
 
     let on_device = trainer.device.as_ref().map(|d| d.device());
@@ -336,6 +352,9 @@ fn train_once(
                     m.delays = bdh.delays();
                 }
                 m.firing = bdh.firing();
+                if let Some(Model::Bdh(start)) = &start {
+                    m.weights = crate::microscope::weights::weight_change(start, bdh)?;
+                }
             }
             metrics.write(&serde_json::to_value(&m).expect("metrics serialise"))?;
             on(Event::Eval(&m));
@@ -478,9 +497,13 @@ fn sample_until(
     Ok((!out.stats.cancelled).then(|| (prompt, String::from_utf8_lossy(&out.text).into_owned())))
 }
 
-/// A fresh model of the run's config, from its seed, with `training.init_scale` applied.
+/// A fresh model of the run's config, from its seed, with `training.init` and
+/// `training.init_scale` applied.
 fn fresh(run: &RunConfig) -> Result<Model> {
     let mut model = Model::new(&run.model, run.training.seed)?;
+    if let Model::Bdh(m) = &mut model {
+        run.training.init.apply(&mut m.params, &m.config, run.training.seed);
+    }
     for (name, &factor) in &run.training.init_scale {
         let p = model.params_mut().get_mut(name).ok_or_else(|| Error::Config(format!("no parameter `{name}`")))?;
         p.iter_mut().for_each(|x| *x *= factor as f32);

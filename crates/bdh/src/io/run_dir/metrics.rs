@@ -49,6 +49,8 @@ pub struct EvalRecord {
     /// What copying at random a stated value no earlier answer gave would score,
     /// if answers were scored (and the run's log records it).
     pub eliminate_baseline: Option<f64>,
+    /// How far each layer matrix moved from the start, if the run keeps models.
+    pub weights: Vec<crate::microscope::weights::WeightChange>,
 }
 
 /// One sample.
@@ -131,6 +133,8 @@ impl Metrics {
                 train_loss: num("train_loss"),
                 copy_baseline: baseline(v, "copy_baseline"),
                 eliminate_baseline: baseline(v, "eliminate_baseline"),
+                // (unreadable entries are left out, as unreadable lines are)
+                weights: v.get("weights").and_then(|w| serde_json::from_value(w.clone()).ok()).unwrap_or_default(),
             });
         } else if let (Some(loss), Some(lr)) = (num("loss"), num("lr")) {
             let tokens_per_second = num("tokens_per_second").unwrap_or(f64::NAN);

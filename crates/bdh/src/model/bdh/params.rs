@@ -83,6 +83,80 @@ pub fn init(cfg: &BdhConfig, seed: u64) -> Result<Params> {
     Ok(p)
 }
 
+/// How the layer's three matrices start (`training.init`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Init {
+    /// bdh.py's N(0, 0.02²) draws.
+    #[default]
+    Normal,
+    /// Each head's `encoder`, `encoder_v` and `decoder` block the product of two
+    /// draws of inner width r: rank r, each entry still of std 0.02.
+    LowRank(usize),
+}
+
+impl TryFrom<String> for Init {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        let bad = || format!("training.init `{s}`: expected \"normal\" or \"lowrank:r\" with a rank r ≥ 1");
+        match s.as_str() {
+            "normal" => Ok(Init::Normal),
+            _ => match s.strip_prefix("lowrank:").map(str::parse::<usize>) {
+                Some(Ok(r)) if r >= 1 => Ok(Init::LowRank(r)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl From<Init> for String {
+    fn from(i: Init) -> Self {
+        match i {
+            Init::Normal => "normal".into(),
+            Init::LowRank(r) => format!("lowrank:{r}"),
+        }
+    }
+}
+
+impl Init {
+    /// Whether this is bdh.py's initialisation.
+    pub fn is_normal(&self) -> bool {
+        *self == Init::Normal
+    }
+
+    /// An error unless `cfg`'s matrices can have this rank (r ≤ min(D, N)).
+    pub fn validate(&self, cfg: &BdhConfig) -> std::result::Result<(), String> {
+        let most = cfg.n_embd.min(cfg.n_neurons());
+        match *self {
+            Init::LowRank(r) if r > most => Err(format!(
+                "training.init = \"lowrank:{r}\": a head's matrices are {} × {}, of rank at most {most}",
+                cfg.n_embd,
+                cfg.n_neurons()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Redraws `params`' three layer matrices as this initialisation wants (nothing
+    /// for bdh.py's), from `seed`; the other tensors keep their draws.
+    pub fn apply(&self, params: &mut Params, cfg: &BdhConfig, seed: u64) {
+        let Init::LowRank(r) = *self else { return };
+        let (d, n) = (cfg.n_embd, cfg.n_neurons());
+        // entries of A·B have variance r·s⁴ = 0.02²
+        let s = (0.02f64 / (r as f64).sqrt()).sqrt() as f32;
+        let normal = Normal::new(0.0f32, s).expect("a valid std");
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6c6f_7772_616e_6b00);
+        for (name, rows, cols) in [(PARAM_NAMES[1], d, n), (PARAM_NAMES[2], d, n), (PARAM_NAMES[3], n, d)] {
+            let w = params.get_mut(name).expect("a BDH tensor");
+            for head in w.chunks_exact_mut(rows * cols) {
+                let a: Vec<f32> = (0..rows * r).map(|_| normal.sample(&mut rng)).collect();
+                let b: Vec<f32> = (0..r * cols).map(|_| normal.sample(&mut rng)).collect();
+                bdh_kernels::matmul(head, &a, &b, bdh_kernels::MatMul::new(rows, r, cols));
+            }
+        }
+    }
+}
+
 /// γ_h = sigmoid(θ_h) of logits θ, in f64 then rounded.
 pub fn sigmoid(theta: &[f32]) -> Vec<f32> {
     theta.iter().map(|&t| (1.0 / (1.0 + (-(t as f64)).exp())) as f32).collect()
