@@ -228,9 +228,12 @@ fn charts(p: &mut Page, r: &Metrics, unit: &str) {
     p.chart(&chart("Throughput", "tokens/s", false, vec![line("tokens/s", per_step(|s| s.tokens_per_second))]));
 }
 
+/// A chart from its title, its y label, whether y is on a log scale, and its series.
+type ChartOf = dyn Fn(&str, &str, bool, Vec<Series>) -> Chart;
+
 /// How far each layer matrix moved from the start and its effective rank, at each
 /// evaluation of a run that keeps models (nothing for one that does not).
-fn weight_charts(p: &mut Page, r: &Metrics, chart: &dyn Fn(&str, &str, bool, Vec<Series>) -> Chart) {
+fn weight_charts(p: &mut Page, r: &Metrics, chart: &ChartOf) {
     let Some(first) = r.evals.iter().find(|e| !e.weights.is_empty()) else { return };
     let names: Vec<String> = first.weights.iter().map(|w| w.name.clone()).collect();
     let series = |f: fn(&WeightChange) -> f64| {
