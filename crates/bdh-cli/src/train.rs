@@ -47,6 +47,11 @@ pub struct Args {
     /// [training] and [data] stay), e.g. to train a copy further on other data.
     #[arg(long, value_name = "MODEL", conflicts_with = "resume")]
     init_from: Option<PathBuf>,
+    /// With --init-from a run's model: keep what it learnt while training on the new
+    /// data (`hlop`, or `hlop:k` for k components: each weight's gradient projected off
+    /// the principal subspace of its inputs on the earlier run's data).
+    #[arg(long, value_name = "METHOD", requires = "init_from")]
+    continual: Option<String>,
     /// Continue the run in this directory exactly where its last checkpoint left off.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
@@ -98,7 +103,12 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
 fn new_run(args: &Args) -> NewRun {
     NewRun {
         preset: args.preset.clone(),
-        overrides: args.set.clone(),
+        overrides: args
+            .set
+            .iter()
+            .cloned()
+            .chain(args.continual.iter().map(|m| format!("training.continual={m}")))
+            .collect(),
         data: args.data.clone(),
         val_data: args.val_data.clone(),
         tokenizer: args.tokenizer.clone(),

@@ -82,3 +82,25 @@ fn a_learned_threshold_trains_and_bad_thresholds_are_refused_by_name() {
         assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{set}: {msg}");
     }
 }
+
+#[test]
+fn a_continual_run_starts_from_an_earlier_run_and_keeps_its_subspaces() {
+    let tmp = temp("neurons-continual");
+    let (a, b) = (tmp.path().join("a").display().to_string(), tmp.path().join("b").display().to_string());
+    assert!(run_with(&short(&a, "training.max_steps=4")).status.success());
+    let play = tmp.path().join("text.txt");
+    std::fs::write(&play, "To be, or not to be, that is the question. ".repeat(200)).unwrap();
+    let mut args = short(&b, "training.max_steps=4");
+    let text_arg = play.display().to_string();
+    args.extend(["--init-from", &a, "--data", &text_arg, "--continual", "hlop:8"].map(String::from));
+    let o = run_with(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(Path::new(&b).join("subspaces.safetensors").exists());
+    let o = bdh(&["eval", "--model", &b, "--task", "language", "--batches", "1", "--block", "64"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // --continual needs an earlier model
+    let mut args = short(&tmp.path().join("c").display().to_string(), "training.max_steps=2");
+    args.extend(["--continual", "hlop"].map(String::from));
+    let o = run_with(&args);
+    assert!(!o.status.success() && text(&o).contains("--init-from"), "{}", text(&o));
+}

@@ -19,6 +19,7 @@ mod generate;
 mod golden;
 mod gpt;
 mod graph;
+mod hlop;
 mod hostile;
 mod interventions;
 mod key;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::Schedule;
 use std::path::PathBuf;
 
+use super::hlop::Continual;
 use crate::data::{DataConfig, PEOPLE};
 use crate::error::{Error, Result};
 use crate::model::bdh::params::Init;
@@ -89,6 +90,10 @@ pub struct TrainingConfig {
     /// `"lowrank:r"` (rank r per head, each entry of the same std).
     #[serde(default, skip_serializing_if = "Init::is_normal")]
     pub init: Init,
+    /// With `init_from` a run's model: how to keep what it learnt (`"hlop"`: see
+    /// [`super::hlop`]); `"none"`: plain fine-tuning.
+    #[serde(default, skip_serializing_if = "Continual::is_none")]
+    pub continual: Continual,
     /// Carry BDH's synapse state from batch to batch, as the paper trains: each batch
     /// row reads its own contiguous stream, the state at the end of a batch starts
     /// the next, positions keep counting, the gradient stops at the boundary.
@@ -259,6 +264,21 @@ impl RunConfig {
                 ))
             }
         }
+        match (&self.model, t.continual) {
+            (_, Continual::None) => {}
+            (ModelConfig::Gpt(_), _) => {
+                return Err(Error::Config(
+                    "training.continual = \"hlop\" projects BDH's gradients; this is a GPT".into(),
+                ))
+            }
+            (ModelConfig::Bdh(m), Continual::Hlop { components }) if components > m.n_embd => {
+                return Err(Error::Config(format!(
+                    "training.continual = \"hlop:{components}\": more components than the inputs' n_embd = {}",
+                    m.n_embd
+                )))
+            }
+            _ => {}
+        }
         if let ModelConfig::Bdh(m) = &self.model {
             // a fixed δ is read from lag δ + 1; a learned one stays below its bound
             let far = m.delays.longest() + usize::from(!m.delays.is_learned());
@@ -359,6 +379,7 @@ const OMITTED: &[(&str, &str)] = &[
     ("model.position", "\"rope\""),
     ("training.init_scale", "{}"),
     ("training.init", "\"normal\""),
+    ("training.continual", "\"none\""),
     ("data.task", "\"language\""),
     ("model.trace", "\"none\""),
     ("model.astrocyte", "{}"),

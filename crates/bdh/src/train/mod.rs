@@ -12,6 +12,7 @@ pub mod carry;
 pub mod collective;
 pub mod compare;
 pub mod config;
+pub mod hlop;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod optimizer;
@@ -53,6 +54,9 @@ pub struct Trainer {
     pub batch: (usize, usize),
     /// The inputs of the products (bf16 on a device only).
     pub precision: Precision,
+    /// An earlier model's input subspaces, off which every gradient is projected
+    /// (`training.continual = "hlop"`).
+    pub projection: Option<hlop::Subspaces>,
 }
 
 impl Trainer {
@@ -86,6 +90,7 @@ impl Trainer {
             stale: false,
             batch,
             precision: Precision::F32,
+            projection: None,
         })
     }
 
@@ -132,6 +137,10 @@ impl Trainer {
             // a homeostatic threshold's rule, from the firing it left in the gradients
             crate::model::bdh::threshold::homeostasis(&m.config, &mut m.params, &mut self.grads.params);
         }
+        if let Some(spaces) = &self.projection {
+            // continual learning: off the earlier model's input subspaces
+            spaces.project(&mut self.grads.params);
+        }
         let g = self.grads.params.data_mut();
         let norm = g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
         if clip > 0.0 && norm > clip {
@@ -139,7 +148,11 @@ impl Trainer {
             g.iter_mut().for_each(|x| *x *= c);
         }
         self.opt.config.lr = lr;
+        let before = self.projection.as_ref().map(|_| self.model.params().clone());
         self.opt.update(self.model.params_mut(), &self.grads.params);
+        if let (Some(spaces), Some(before)) = (&self.projection, &before) {
+            spaces.project_step(self.model.params_mut(), before);
+        }
         self.grads.zero();
         Ok(norm)
     }

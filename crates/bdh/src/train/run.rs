@@ -278,7 +278,14 @@ fn train_once(
     tokenizer.check(&run.model)?;
     parallel::share_start(collective, &mut trainer, &mut state)?;
     trainer.precision = tc.precision;
+    super::hlop::prepare(tc.continual, tc.init_from.as_deref(), (run_dir.path(), writer), resume, &mut trainer)?;
     if let Some(open) = device {
+        if trainer.projection.is_some() {
+            return Err(Error::Device(
+                "training.continual projects each gradient on the CPU, which a GPU's steps bypass: use --device cpu"
+                    .into(),
+            ));
+        }
         trainer.device = Some(open(&trainer)?);
     }
     let mut metrics = MetricsLog::nowhere();

@@ -62,6 +62,13 @@ impl NewRun {
             run.training.init_from = Some(m.clone());
             run.validate()?;
         }
+        if !run.training.continual.is_none() && run.training.init_from.is_none() {
+            return Err(Error::Config(
+                "training.continual keeps what an earlier model learnt: give that model with --init-from (a run or \
+                 one of its checkpoints)"
+                    .into(),
+            ));
+        }
         let tokenizer = load_tokenizer(&run)?;
         if self.init_from.is_none() && tokenizer != Tokenizer::Bytes {
             refuse_override(&self.overrides, "model.vocab_size", |s| {

@@ -208,6 +208,11 @@ impl Activations {
         &self.layers[l].scores
     }
 
+    /// The normalised attention read of layer `l`, the input of `encoder_v`, (B, H, T, D).
+    pub fn attention_read(&self, l: usize) -> &[f32] {
+        &self.layers[l].a
+    }
+
     /// y of layer `l`, (B, H, T, N).
     pub fn y(&self, l: usize) -> &[f32] {
         &self.layers[l].y
