@@ -159,10 +159,9 @@ impl Hebbian {
         let y: Vec<f32> = self.w.chunks_exact(self.dim).map(|w| w.iter().zip(&x).map(|(a, b)| a * b).sum()).collect();
         // residual_i = x − Σ_{j≤i} y_j w_j, built up unit by unit
         let mut residual = x;
-        for i in 0..self.k {
-            let row = i * self.dim..(i + 1) * self.dim;
-            residual.iter_mut().zip(&self.w[row.clone()]).for_each(|(r, &w)| *r -= y[i] * w);
-            self.w[row].iter_mut().zip(&residual).for_each(|(w, &r)| *w += RATE * y[i] * r);
+        for (w, &yi) in self.w.chunks_exact_mut(self.dim).zip(&y) {
+            residual.iter_mut().zip(w.iter()).for_each(|(r, &wv)| *r -= yi * wv);
+            w.iter_mut().zip(&residual).for_each(|(wv, &r)| *wv += RATE * yi * r);
         }
     }
 
