@@ -104,3 +104,25 @@ fn a_continual_run_starts_from_an_earlier_run_and_keeps_its_subspaces() {
     let o = run_with(&args);
     assert!(!o.status.success() && text(&o).contains("--init-from"), "{}", text(&o));
 }
+
+#[test]
+fn a_modular_sparse_run_rewires_and_is_read_by_the_microscope() {
+    let tmp = temp("neurons-modular");
+    let run = tmp.path().join("run").display().to_string();
+    let mut args = short(&run, "training.max_steps=8");
+    for set in ["model.connectivity={modules=2, density=0.5}", "training.rewire={every=4, fraction=0.1}"] {
+        args.extend(["--set".to_string(), set.to_string()]);
+    }
+    let o = run_with(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bdh(&["inspect", "graph", "--model", &run]);
+    assert!(o.status.success() && text(&o).contains("Q model"), "{}", text(&o));
+    let o = bdh(&["generate", "--model", &run, "--prompt", "the ", "--max-tokens", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bdh(&["merge", &run, &run, "--out", &tmp.path().join("m").display().to_string()]);
+    assert!(!o.status.success() && text(&o).contains("sparse connectivity"), "{}", text(&o));
+    let mut bad = short(&tmp.path().join("bad").display().to_string(), "training.max_steps=2");
+    bad.extend(["--set".to_string(), "training.rewire={every=4, fraction=0.1}".to_string()]);
+    let o = run_with(&bad);
+    assert!(!o.status.success() && text(&o).contains("set model.connectivity too"), "{}", text(&o));
+}

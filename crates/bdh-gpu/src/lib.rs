@@ -229,6 +229,13 @@ pub fn runs_layer(m: &bdh::model::bdh::Bdh) -> Result<()> {
                 .into(),
         ));
     }
+    if m.config.connectivity.is_some() {
+        return Err(Error::Device(
+            "this model has a sparse connectivity (model.connectivity), whose masks the GPU backend does not keep \
+             in training: use --device cpu"
+                .into(),
+        ));
+    }
     if !m.config.threshold.is_none() {
         return Err(Error::Device(
             "this model's neurons have thresholds (threshold: the parameter attn.threshold), which the GPU \

@@ -10,6 +10,7 @@ mod batch;
 mod bpe;
 mod carry;
 mod checkpoint;
+mod connectivity;
 mod data;
 mod decay;
 mod delay;

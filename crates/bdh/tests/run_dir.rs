@@ -42,8 +42,8 @@ fn a_run_directory_names_its_config_checkpoints_kept_steps_and_metrics() {
     assert_eq!(checkpoint::model_path(&dir).unwrap(), run.checkpoint_dir(Checkpoint::Best));
     checkpoint::load(&run.model().unwrap(), None).unwrap();
     let kept: Vec<usize> = run.kept_steps().unwrap().into_iter().map(|(step, _)| step).collect();
-    assert_eq!(kept, [2, 4]);
-    assert_eq!(run.kept_steps().unwrap()[0].1, run.checkpoint_dir(Checkpoint::Step(2)));
+    assert_eq!(kept, [0, 2, 4], "the start is kept too");
+    assert_eq!(run.kept_steps().unwrap()[1].1, run.checkpoint_dir(Checkpoint::Step(2)));
     assert_eq!(run.tokenizer(), None, "a run read as bytes keeps no tokenizer");
     let m = run.metrics().unwrap();
     let steps: Vec<f64> = m.steps.iter().map(|s| s.step).collect();

@@ -41,9 +41,9 @@ fn thresholds_are_written_and_checked() {
     let rule = parse(&format!(r#"{{{base}, "threshold": {{"target": 0.05}}}}"#)).unwrap();
     let ModelConfig::Bdh(c) = &rule else { unreachable!("a BDH") };
     assert_eq!(c.threshold, Threshold::Homeostatic(Homeostasis { target: 0.05, rate: 0.1, step: 0.02 }));
-    // θ and the running rates, (H, N) each
+    // θ, (H, N), trained by the rule (the running rates are held, not counted)
     let plain = BdhConfig { threshold: Threshold::None, ..c.clone() };
-    assert_eq!(c.param_count(), plain.param_count() + 2 * 64);
+    assert_eq!(c.param_count(), plain.param_count() + 64);
     let learned = BdhConfig { threshold: Threshold::Learned, ..plain.clone() };
     assert_eq!(learned.param_count(), plain.param_count() + 64);
     assert!(!serde_json::to_string(&ModelConfig::Bdh(plain)).unwrap().contains("threshold"));

@@ -27,6 +27,8 @@ use crate::model::gpt;
 use crate::model::{Model, ModelConfig};
 
 /// A model ready for inference, immutable, shared by all its sequences.
+// Made once per model and shared, never moved in a loop: boxing a variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Prepared {
     /// BDH.

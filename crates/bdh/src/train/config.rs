@@ -11,6 +11,7 @@ use super::schedule::Schedule;
 use std::path::PathBuf;
 
 use super::hlop::Continual;
+use super::rewire::Rewire;
 use crate::data::{DataConfig, PEOPLE};
 use crate::error::{Error, Result};
 use crate::model::bdh::params::Init;
@@ -94,6 +95,10 @@ pub struct TrainingConfig {
     /// [`super::hlop`]); `"none"`: plain fine-tuning.
     #[serde(default, skip_serializing_if = "Continual::is_none")]
     pub continual: Continual,
+    /// With `model.connectivity`: rewire the masks every K steps (see
+    /// [`super::rewire`]); none: the masks stay as drawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewire: Option<Rewire>,
     /// Carry BDH's synapse state from batch to batch, as the paper trains: each batch
     /// row reads its own contiguous stream, the state at the end of a batch starts
     /// the next, positions keep counting, the gradient stops at the boundary.
@@ -264,6 +269,14 @@ impl RunConfig {
                 ))
             }
         }
+        if let Some(r) = t.rewire {
+            r.validate().map_err(Error::Config)?;
+            if !matches!(&self.model, ModelConfig::Bdh(m) if m.connectivity.is_some()) {
+                return Err(Error::Config(
+                    "training.rewire moves the masks of a sparse connectivity: set model.connectivity too".into(),
+                ));
+            }
+        }
         match (&self.model, t.continual) {
             (_, Continual::None) => {}
             (ModelConfig::Gpt(_), _) => {
@@ -380,6 +393,8 @@ const OMITTED: &[(&str, &str)] = &[
     ("training.init_scale", "{}"),
     ("training.init", "\"normal\""),
     ("training.continual", "\"none\""),
+    ("training.rewire", "{}"),
+    ("model.connectivity", "{}"),
     ("data.task", "\"language\""),
     ("model.trace", "\"none\""),
     ("model.astrocyte", "{}"),

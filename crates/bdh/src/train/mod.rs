@@ -17,6 +17,7 @@ pub mod hlop;
 pub mod mpi;
 pub mod optimizer;
 pub mod parallel;
+pub mod rewire;
 pub mod run;
 pub mod schedule;
 pub mod setup;
@@ -57,6 +58,8 @@ pub struct Trainer {
     /// An earlier model's input subspaces, off which every gradient is projected
     /// (`training.continual = "hlop"`).
     pub projection: Option<hlop::Subspaces>,
+    /// How a sparse connectivity rewires (`training.rewire`).
+    pub rewire: Option<rewire::Rewire>,
 }
 
 impl Trainer {
@@ -91,6 +94,7 @@ impl Trainer {
             batch,
             precision: Precision::F32,
             projection: None,
+            rewire: None,
         })
     }
 
@@ -136,6 +140,8 @@ impl Trainer {
         if let Model::Bdh(m) = &mut self.model {
             // a homeostatic threshold's rule, from the firing it left in the gradients
             crate::model::bdh::threshold::homeostasis(&m.config, &mut m.params, &mut self.grads.params);
+            // a sparse connectivity's dropped weights get no gradient
+            crate::model::bdh::connectivity::mask_grads(&m.params, &mut self.grads.params);
         }
         if let Some(spaces) = &self.projection {
             // continual learning: off the earlier model's input subspaces
@@ -152,6 +158,16 @@ impl Trainer {
         self.opt.update(self.model.params_mut(), &self.grads.params);
         if let (Some(spaces), Some(before)) = (&self.projection, &before) {
             spaces.project_step(self.model.params_mut(), before);
+        }
+        if let Model::Bdh(m) = &mut self.model {
+            // (and take no step: AdamW's moments of a weight just dropped may not be 0)
+            crate::model::bdh::connectivity::apply(&mut m.params);
+            if let (Some(r), Activations::Bdh(acts)) = (self.rewire, &self.acts) {
+                if self.opt.step.is_multiple_of(r.every) {
+                    let reduce = |buf: &mut [f32]| collective.all_reduce_mean(buf);
+                    rewire::rewire(m, acts, &mut self.opt, r.fraction, &reduce)?;
+                }
+            }
         }
         self.grads.zero();
         Ok(norm)

@@ -277,7 +277,7 @@ fn train_once(
     let tokenizer = corpus.tokenizer();
     tokenizer.check(&run.model)?;
     parallel::share_start(collective, &mut trainer, &mut state)?;
-    trainer.precision = tc.precision;
+    (trainer.precision, trainer.rewire) = (tc.precision, tc.rewire);
     super::hlop::prepare(tc.continual, tc.init_from.as_deref(), (run_dir.path(), writer), resume, &mut trainer)?;
     if let Some(open) = device {
         if trainer.projection.is_some() {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::connectivity::Connectivity;
 pub use super::delay::Delays;
 pub use super::key::{Astrocyte, Trace};
 pub use super::threshold::{Homeostasis, Threshold};
@@ -58,6 +59,10 @@ pub struct BdhConfig {
     /// neuron, learned or homeostatic (see [`super::threshold`]).
     #[serde(default, skip_serializing_if = "Threshold::is_none")]
     pub threshold: Threshold,
+    /// Which weights of `encoder`, `encoder_v` and `decoder` exist: all (bdh.py), or
+    /// modular and sparse (see [`super::connectivity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connectivity: Option<Connectivity>,
 }
 
 /// The synapse state's decay. With a retention γ_h the attention scores become
@@ -196,6 +201,7 @@ impl Default for BdhConfig {
             astrocyte: None,
             delays: Delays::None,
             threshold: Threshold::None,
+            connectivity: None,
         }
     }
 }
@@ -230,7 +236,8 @@ impl BdhConfig {
     }
 
     /// Number of trained parameters: embed, encoder, encoder_v, decoder, lm_head, and
-    /// the layer mechanisms' that train (θ, φ, β, ψ).
+    /// the layer mechanisms' that train (θ, φ, β, ψ, thresholds); the masks of a
+    /// sparse connectivity are not subtracted.
     pub fn param_count(&self) -> usize {
         let (d, v, hn) = (self.n_embd, self.vocab_size, self.total_neurons());
         v * d
@@ -242,21 +249,30 @@ impl BdhConfig {
             + self.threshold_params()
     }
 
-    /// The values of the thresholds' tensors: θ, and a homeostatic one's running
-    /// rates, (H, N) each.
+    /// The values of the thresholds θ, (H, N), with thresholds.
     pub fn threshold_params(&self) -> usize {
-        self.threshold.tensors().len() * self.total_neurons()
+        usize::from(!self.threshold.is_none()) * self.total_neurons()
+    }
+
+    /// The values the model holds besides its parameters: a homeostatic threshold's
+    /// running rates (H, N) and the connectivity's masks (3·H·N·D).
+    fn held_values(&self) -> Option<usize> {
+        let hn = self.mlp_internal_dim_multiplier.checked_mul(self.n_embd)?;
+        let rates = hn * usize::from(self.threshold.tensors().len() > 1);
+        let masks = hn.checked_mul(self.n_embd)?.checked_mul(3 * usize::from(self.connectivity.is_some()))?;
+        rates.checked_add(masks)
     }
 
     /// Whether the layer has mechanisms beyond bdh.py's and a fixed decay: a learned
-    /// decay, delays, a trace, an astrocyte's gate or thresholds (none of which a
-    /// device runs).
+    /// decay, delays, a trace, an astrocyte's gate, thresholds or a sparse
+    /// connectivity (none of which a device runs).
     pub fn has_synapse_mechanisms(&self) -> bool {
         self.decay.is_learned()
             || !self.delays.is_none()
             || !self.trace.is_none()
             || self.astrocyte.is_some()
             || !self.threshold.is_none()
+            || self.connectivity.is_some()
     }
 
     /// The values of `attn.delay`: ψ_h per head with learned delays, else none.
@@ -300,7 +316,8 @@ impl BdhConfig {
             .checked_add(self.decay_params())?
             .checked_add(super::key::KeySite::param_count(self))?
             .checked_add(self.delay_params())?
-            .checked_add(hn.checked_mul(self.threshold.tensors().len())?)
+            .checked_add(hn.checked_mul(usize::from(!self.threshold.is_none()))?)?
+            .checked_add(self.held_values()?)
     }
 
     /// The sizes a user sets, by name.
@@ -356,6 +373,9 @@ impl BdhConfig {
             return bad(e);
         }
         if let Err(e) = self.threshold.validate() {
+            return bad(e);
+        }
+        if let Some(Err(e)) = self.connectivity.map(|c| c.validate(self)) {
             return bad(e);
         }
         if self.decay_per == DecayPer::Neuron {

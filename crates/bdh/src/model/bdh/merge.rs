@@ -54,6 +54,13 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
             ca.trace, ca.astrocyte, cb.trace, cb.astrocyte
         )));
     }
+    if ca.connectivity.is_some() || cb.connectivity.is_some() {
+        return Err(Error::Config(
+            "cannot merge models with a sparse connectivity (model.connectivity): their masks were drawn for their \
+             own modules"
+                .into(),
+        ));
+    }
     if ca.threshold != cb.threshold {
         return Err(Error::Config(format!(
             "cannot merge models whose neurons' thresholds follow different rules: {:?} and {:?}",

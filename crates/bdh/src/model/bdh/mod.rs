@@ -4,6 +4,7 @@
 pub mod activations;
 pub mod backward;
 pub mod config;
+pub mod connectivity;
 pub mod decay;
 pub mod delay;
 pub mod edit;
@@ -19,7 +20,7 @@ pub mod variant;
 
 pub use activations::{Activations, Part};
 pub use backward::{backward, Backward};
-pub use config::{Astrocyte, BdhConfig, Decay, DecayPer, Delays, Homeostasis, Threshold, Trace};
+pub use config::{Astrocyte, BdhConfig, Connectivity, Decay, DecayPer, Delays, Homeostasis, Threshold, Trace};
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Dims, Pass};
 pub use merge::{merge, Heritage};
@@ -68,6 +69,11 @@ impl Bdh {
         if config.position == Position::None && freqs.iter().any(|&f| f != 0.0) {
             return Err(Error::Config("position = \"none\" but attn.freqs holds non-zero RoPE frequencies".into()));
         }
+        if let Some((_, false)) = connectivity::densities(&params) {
+            return Err(Error::Config("a sparse connectivity's masks hold values other than 0 and 1".into()));
+        }
+        let mut params = params;
+        connectivity::apply(&mut params); // (a dropped weight is 0, whatever the file held)
         Ok(Bdh { config, params, freqs, mechanisms: Mechanisms::default() })
     }
 

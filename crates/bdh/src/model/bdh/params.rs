@@ -25,8 +25,9 @@ pub const DECAY_NAME: &str = "attn.decay";
 
 /// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V), then
 /// those of the layer's mechanisms that train: a learned decay's θ (H or (H, N)), a learned
-/// trace's φ (H, N), an astrocyte gate's β (H), learned delays' ψ (H), and the
-/// neurons' thresholds θ (H, N) with a homeostatic one's running rates (H, N).
+/// trace's φ (H, N), an astrocyte gate's β (H), learned delays' ψ (H), the
+/// neurons' thresholds θ (H, N) with a homeostatic one's running rates (H, N), and a
+/// sparse connectivity's masks.
 pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
     let mut slots = vec![
@@ -51,6 +52,10 @@ pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     for (name, _) in cfg.threshold.tensors() {
         slots.push((name, vec![h, n]));
     }
+    if cfg.connectivity.is_some() {
+        let shapes = [vec![h, d, n], vec![h, d, n], vec![h * n, d]];
+        slots.extend(super::connectivity::MASK_NAMES.into_iter().zip(shapes));
+    }
     slots
 }
 
@@ -69,6 +74,9 @@ pub fn init(cfg: &BdhConfig, seed: u64) -> Result<Params> {
     p.data_mut()[..drawn].iter_mut().for_each(|x| *x = normal.sample(&mut rng));
     for (name, start) in cfg.threshold.tensors() {
         p.get_mut(name).expect("laid out above").fill(start);
+    }
+    if let Some(c) = cfg.connectivity {
+        c.draw(&mut p, cfg, seed);
     }
     if let Some(psi) = p.get_mut(DELAY_NAME) {
         psi.fill(cfg.delays.initial_logit());
@@ -154,6 +162,8 @@ impl Init {
                 bdh_kernels::matmul(head, &a, &b, bdh_kernels::MatMul::new(rows, r, cols));
             }
         }
+        // (and the weights a sparse connectivity drops stay 0)
+        super::connectivity::apply(params);
     }
 }
 
