@@ -61,3 +61,32 @@ pub fn train_to_end(run: &bdh::RunConfig, dir: &std::path::Path) {
 pub fn temp_dir(name: &str) -> TempDir {
     tempfile::Builder::new().prefix(&format!("bdh-test-{name}-")).tempdir().expect("creating a temporary directory")
 }
+
+/// The tiny preset at D 32, T 48, B 2, one evaluation batch, with `extra` settings.
+pub fn tiny_run(extra: &[&str]) -> Result<bdh::RunConfig, String> {
+    let mut sets =
+        vec!["model.n_embd=32", "training.block_size=48", "training.batch_size=2", "training.eval_batches=1"];
+    sets.extend_from_slice(extra);
+    bdh::RunConfig::resolve("tiny", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(|e| e.to_string())
+}
+
+/// The losses of run `cfg` trained in `dir` until the stop flag is raised after step
+/// `step`, then resumed to its end: an uninterrupted run's, if it resumes exactly.
+pub fn stopped_and_resumed(
+    cfg: &bdh::RunConfig,
+    corpus: &bdh::data::Corpus,
+    dir: &std::path::Path,
+    step: usize,
+) -> Vec<f32> {
+    use bdh::train::run::{train, Event};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    let first = train(cfg, corpus, dir, false, &stop, |e| {
+        if matches!(e, Event::Step { step: s, .. } if s == step) {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    let second = train(cfg, corpus, dir, true, &AtomicBool::new(false), |_| {}).unwrap();
+    first.losses.iter().chain(&second.losses).copied().collect()
+}

@@ -3,12 +3,12 @@
 //! and through training, a rewiring that keeps the count and grows where activity
 //! correlates most, exact resume, and bad values refused by name.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use bdh::model::bdh::connectivity::{densities, MASK_NAMES};
 use bdh::model::bdh::{forward, Activations, BdhConfig, Connectivity, Pass};
 use bdh::train::rewire::{coactivity, rewire};
-use bdh::train::run::{train, Event};
+use bdh::train::run::train;
 use bdh::train::AdamW;
 use bdh::{Model, RunConfig};
 
@@ -73,10 +73,7 @@ fn a_rewiring_keeps_the_count_and_grows_where_activity_correlates_most() {
 }
 
 fn config(extra: &[&str]) -> Result<RunConfig, String> {
-    let mut sets =
-        vec!["model.n_embd=32", "training.block_size=48", "training.batch_size=2", "training.eval_batches=1"];
-    sets.extend_from_slice(extra);
-    RunConfig::resolve("tiny", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(|e| e.to_string())
+    crate::common::tiny_run(extra)
 }
 
 #[test]
@@ -101,15 +98,7 @@ fn a_rewiring_run_keeps_dropped_weights_at_zero_and_resumes_exactly() {
     let Model::Bdh(fresh) = Model::new(&c.model, c.training.seed).unwrap() else { unreachable!("a BDH") };
     assert_ne!(fresh.params.get(MASK_NAMES[0]), end.params.get(MASK_NAMES[0]), "the masks moved");
     let resumed = temp_dir("rewire-resumed");
-    let stop = AtomicBool::new(false);
-    let first = train(&c, &corpus, resumed.path(), false, &stop, |e| {
-        if matches!(e, Event::Step { step: 5, .. }) {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
-    let second = train(&c, &corpus, resumed.path(), true, &AtomicBool::new(false), |_| {}).unwrap();
-    let losses: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
+    let losses = crate::common::stopped_and_resumed(&c, &corpus, resumed.path(), 5);
     assert_eq!(losses, whole.losses);
     assert_eq!(load(resumed.path()).params().data(), end.params.data());
 }

@@ -3,10 +3,10 @@
 //! earlier run's model learns, saves and resumes with its subspaces; bad uses are
 //! refused by name.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use bdh::train::hlop::{Continual, Hebbian, Subspaces, SUBSPACES_FILE};
-use bdh::train::run::{train, Event};
+use bdh::train::run::train;
 use bdh::train::setup::NewRun;
 use bdh::{Model, RunConfig};
 use rand::{Rng, SeedableRng};
@@ -142,15 +142,7 @@ fn a_continual_run_learns_saves_and_resumes_its_subspaces() {
     assert!(straight.path().join(SUBSPACES_FILE).exists());
     // stopped after step 3 and resumed (the subspaces read back): the same steps
     let resumed = temp_dir("hlop-b-resumed");
-    let stop = AtomicBool::new(false);
-    let first = train(&b, &corpus, resumed.path(), false, &stop, |e| {
-        if matches!(e, Event::Step { step: 3, .. }) {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
-    let second = train(&b, &corpus, resumed.path(), true, &AtomicBool::new(false), |_| {}).unwrap();
-    let losses: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
+    let losses = crate::common::stopped_and_resumed(&b, &corpus, resumed.path(), 3);
     assert_eq!(losses, whole.losses);
     // a plain fine-tune takes other steps
     let plain = setup("training.continual=none").unwrap().run;

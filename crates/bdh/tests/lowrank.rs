@@ -12,10 +12,7 @@ use bdh::{Model, RunConfig};
 use crate::common::{bdh_model, temp_dir, tiny_config};
 
 fn config(extra: &[&str]) -> Result<RunConfig, String> {
-    let mut sets =
-        vec!["model.n_embd=32", "training.block_size=48", "training.batch_size=2", "training.eval_batches=1"];
-    sets.extend_from_slice(extra);
-    RunConfig::resolve("tiny", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(|e| e.to_string())
+    crate::common::tiny_run(extra)
 }
 
 #[test]

@@ -4,11 +4,11 @@
 //! differences; the homeostatic rule's firing fractions and update, and its run
 //! resumed exactly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use bdh::model::bdh::threshold::{homeostasis, FIRING_NAME, THRESHOLD_NAME};
 use bdh::model::bdh::{forward, Activations, Bdh, BdhConfig, Homeostasis, Pass, Residual, Threshold};
-use bdh::train::run::{train, Event};
+use bdh::train::run::train;
 use bdh::{Model, ModelConfig, RunConfig};
 
 use crate::carry::{backward_matches_finite_differences, chunks_equal_one_forward};
@@ -164,15 +164,7 @@ fn a_homeostatic_run_reaches_its_target_and_resumes_exactly() {
     let straight = temp_dir("homeostasis-straight");
     let whole = train(&c, &corpus, straight.path(), false, &AtomicBool::new(false), |_| {}).unwrap();
     let resumed = temp_dir("homeostasis-resumed");
-    let stop = AtomicBool::new(false);
-    let first = train(&c, &corpus, resumed.path(), false, &stop, |e| {
-        if matches!(e, Event::Step { step: 25, .. }) {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
-    let second = train(&c, &corpus, resumed.path(), true, &AtomicBool::new(false), |_| {}).unwrap();
-    let losses: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
+    let losses = crate::common::stopped_and_resumed(&c, &corpus, resumed.path(), 25);
     assert_eq!(losses, whole.losses, "a resumed run must equal an uninterrupted one");
     // the running rates, kept with the model, near the target after 40 steps
     let model = |dir: &std::path::Path| bdh::io::checkpoint::load(&dir.join("last"), None).unwrap();

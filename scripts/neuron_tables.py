@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""The tables of docs/neurons.md: each neuron mechanism against bdh.py's model at the
+recall preset's size, equal steps, three seeds (or --seeds), every run cached in its own
+folder, so a table can be made in pieces.
+
+    python3 scripts/neuron_tables.py TABLE [--threads 2] [--runs runs/tables] [--seeds 1337,1,2]
+
+TABLE is one of: thresholds (firing reached, loss, the sparse step's speed),
+connectivity (loss and the neuron graph's modularity against density, with and without
+rewiring), lowrank (loss, the weights' relative change and effective rank from a rank-r
+start), continual (forgetting of the built-in corpus after tiny Shakespeare, plain
+against `--continual hlop:k`; needs data/tinyshakespeare.txt: `bdh data fetch`).
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import DATA, DOCS_THREADS, LAYER_SEEDS, Bdh, need_data, records, table  # noqa: E402
+
+STEPS = 1000  # of the recall preset's 2500, as the synapse mechanisms' table
+LR = 1e-3  # bdh.py's rate at the recall preset (docs/training.md's sweep), for every row
+
+
+def run(b, folder, name, sets, seed, extra=()):
+    """The run `folder/name-seedS` of the recall preset with `sets`, trained (or resumed)."""
+    args = ["--preset", "recall", *extra]
+    for s in [*sets, f"training.max_steps={STEPS}", "training.eval_interval=250", f"training.seed={seed}",
+              f"training.lr={LR:g}", f"training.min_lr={LR / 10:g}"]:
+        args += ["--set", s]
+    path, _, _ = b.train(f"{folder}/{name}-seed{seed}", *args)
+    return path
+
+
+def spread(values, unit=""):
+    """mean ± half range, and the values seed by seed."""
+    mean, half = sum(values) / len(values), (max(values) - min(values)) / 2
+    return f"{mean:.3f}{unit} ± {half:.3f}", ", ".join(f"{v:.3f}" for v in values)
+
+
+def json_of(b, *args):
+    """`bdh ARGS --json FILE` as a dict."""
+    out = b.runs / "neurons.json"
+    b.run(*args, "--threads", b.threads, "--json", out)
+    with open(out) as f:
+        return json.load(f)
+
+
+def thresholds(b, seeds):
+    rows = []
+    for label, name, sets in [
+        ("none (bdh.py)", "none", []),
+        ('`"learned"`', "learned", ["model.threshold=learned"]),
+        ("`{ target = 0.1 }`", "target10", ["model.threshold={target=0.1}"]),
+        ("`{ target = 0.05 }`", "target05", ["model.threshold={target=0.05}"]),
+    ]:
+        losses, fires, speeds = [], [], []
+        for seed in seeds:
+            path = run(b, "neurons/thresholds", name, sets, seed)
+            losses.append(records(path, "val_loss")[-1]["val_loss"])
+            sp = json_of(b, "inspect", "sparsity", "--model", path, "--text", DATA)
+            fires.append(100 * sum(layer["all"]["x"] for layer in sp["layers"]) / len(sp["layers"]))
+            bench = b.run("bench", "generate", "--model", path, "--tokens", "256", "--long-context", "512",
+                          "--threads", b.threads)
+            # "step at context 256: sparse 0.038 ms (26070 tokens/s), dense 0.047 ms; sparse is 1.22× faster"
+            step = re.search(r"sparse [\d.]+ ms \((\d+) tokens/s\).*sparse is ([\d.]+)× faster", bench)
+            speeds.append((float(step.group(1)), float(step.group(2))))
+        mean = lambda xs: sum(xs) / len(xs)
+        speed = f"{mean([s[0] for s in speeds]):.0f} ({mean([s[1] for s in speeds]):.2f}× the dense step)"
+        rows.append([label, *spread(losses), spread(fires, "%")[0], speed])
+    print(f"\nthe built-in corpus, recall preset, {STEPS} steps, lr {LR:g}, seeds {seeds}; x's firing on tiny "
+          "Shakespeare's text (mean over layers); the sparse recurrent step at context 256, tokens/s and its speed-up "
+          "over the dense step (means over seeds; whole runs of `bdh bench generate`, on an idle machine):\n")
+    table(["threshold", "held-out loss", "per seed", "x fires", "sparse step tokens/s"], rows)
+
+
+def connectivity(b, seeds):
+    rows = []
+    for label, name, sets in [
+        ("dense (bdh.py)", "dense", []),
+        ("M 4, p 0.5", "m4-p50", ["model.connectivity={modules=4, density=0.5}"]),
+        ("M 4, p 0.25", "m4-p25", ["model.connectivity={modules=4, density=0.25}"]),
+        ("M 4, p 0.25, rewired", "m4-p25-rewire",
+         ["model.connectivity={modules=4, density=0.25}", "training.rewire={every=100, fraction=0.1}"]),
+        ("M 8, p 0.125", "m8-p12", ["model.connectivity={modules=8, density=0.125}"]),
+    ]:
+        losses, qs = [], []
+        for seed in seeds:
+            path = run(b, "neurons/connectivity", name, sets, seed)
+            losses.append(records(path, "val_loss")[-1]["val_loss"])
+            g = json_of(b, "inspect", "graph", "--model", path)
+            q = [s["model"]["modularity"] for head in g["heads"] for s in head["sweep"] if s["quantile"] == 0.99]
+            qs.append(sum(q) / len(q))
+        rows.append([label, *spread(losses), spread(qs)[0]])
+    print(f"\nthe built-in corpus, recall preset, {STEPS} steps, lr {LR:g}, seeds {seeds}; modularity Q of the "
+          "neuron graph at its 0.99 quantile (mean over heads):\n")
+    table(["connectivity", "held-out loss", "per seed", "modularity Q"], rows)
+
+
+def lowrank(b, seeds):
+    rows = []
+    for label, name, sets in [("normal (bdh.py)", "normal", []), *[
+            (f"`lowrank:{r}`", f"rank{r}", [f"training.init=lowrank:{r}"]) for r in (1, 4, 16)]]:
+        losses, changes, ranks = [], [], []
+        for seed in seeds:
+            path = run(b, "neurons/lowrank", name, [*sets, "training.keep_every=250"], seed)
+            last = records(path, "weights")[-1]
+            losses.append(last["val_loss"])
+            changes.append(sum(w["relative_change"] for w in last["weights"]) / 3)
+            ranks.append(sum(w["effective_rank"] for w in last["weights"]) / 3)
+        rows.append([label, *spread(losses), spread(changes)[0], spread(ranks)[0]])
+    print(f"\nthe built-in corpus, recall preset, {STEPS} steps, lr {LR:g}, seeds {seeds}; the three layer "
+          "matrices' mean relative change from the start and mean effective rank at the end:\n")
+    table(["start", "held-out loss", "per seed", "‖W − W₀‖ / ‖W₀‖", "effective rank"], rows)
+
+
+def continual(b, seeds):
+    need_data()
+    rows = []
+    for seed in seeds:
+        run(b, "neurons/continual", "a", [], seed)
+    for label, name, extra in [("plain fine-tuning", "plain", []), *[
+            (f"`hlop:{k}`", f"hlop{k}", ["--continual", f"hlop:{k}"]) for k in (16, 64, 128)]]:
+        on_a, on_b = [], []
+        for seed in seeds:
+            a = b.runs / "neurons/continual" / f"a-seed{seed}"
+            path = run(b, "neurons/continual", f"b-{name}", [], seed, ["--init-from", a, "--data", DATA, *extra])
+            on_a.append(json_of(b, "eval", "--model", path, "--task", "language")["val_loss"])
+            on_b.append(records(path, "val_loss")[-1]["val_loss"])
+        rows.append([label, *spread(on_a), spread(on_b)[0]])
+    before = [json_of(b, "eval", "--model", b.runs / "neurons/continual" / f"a-seed{s}", "--task", "language")
+              ["val_loss"] for s in seeds]
+    rows.insert(0, ["A, before B", *spread(before), "—"])
+    print(f"\nA: the built-in corpus, B: tiny Shakespeare from A, each {STEPS} steps of the recall preset, lr "
+          f"{LR:g}, seeds {seeds}; held-out loss on each:\n")
+    table(["B trained", "loss on A", "per seed", "loss on B"], rows)
+
+
+TABLES = {"thresholds": thresholds, "connectivity": connectivity, "lowrank": lowrank, "continual": continual}
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", choices=sorted(TABLES))
+    p.add_argument("--threads", type=int, default=DOCS_THREADS)
+    p.add_argument("--runs", default="runs/tables")
+    p.add_argument("--seeds", default=",".join(map(str, LAYER_SEEDS)))
+    a = p.parse_args()
+    TABLES[a.table](Bdh(a.threads, Path(a.runs)), [int(s) for s in a.seeds.split(",")])
