@@ -489,11 +489,8 @@ def mech_run(b, folder, name, sets, lr, seed, task=None):
     if val is None:
         return None
     last = records(b.runs / folder / f"{name}-lr{lr:g}-seed{seed}", "val_loss")[-1]
-    retention, per = last.get("retention"), last.get("retention_per_head")
-    if retention and per:
-        # a retention per neuron: each head's median
-        retention = [sorted(retention[i:i + per])[per // 2] for i in range(0, len(retention), per)]
-    return val, last.get("answer_accuracy"), retention, last.get("delays")
+    # (with a retention per neuron, `retention` holds each head's median)
+    return val, last.get("answer_accuracy"), last.get("retention"), last.get("delays")
 
 
 def mechanisms(b, shakespeare=False):

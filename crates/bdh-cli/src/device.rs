@@ -60,14 +60,17 @@ impl DeviceArgs {
     }
 
     /// Where the training steps of a `model` go: `None` for the CPU, else what opens
-    /// the device for a trainer. `auto` stays on the CPU (saying why) where there is no
-    /// hardware GPU or the GPU backend does not train the model (a GPT with dropout,
-    /// a BDH whose layer is not bdh.py's or that has synapse mechanisms).
+    /// the device for a trainer (`continual`: the run projects its steps, as
+    /// `training.continual` does). `auto` stays on the CPU (saying why) where there is no
+    /// hardware GPU or the GPU backend does not train the run (a GPT with dropout,
+    /// a BDH whose layer is not bdh.py's or that has mechanisms, a continual run).
     pub fn trainer(
         &self,
         model: &bdh::ModelConfig,
+        continual: bool,
     ) -> anyhow::Result<Option<Box<bdh::train::accelerator::Open<'static>>>> {
         let cpu_only = match model {
+            _ if continual => Some("a continual run trains on the CPU (each step is projected there)".to_string()),
             bdh::ModelConfig::Gpt(c) if c.dropout > 0.0 => {
                 Some("a GPT with dropout trains on the CPU (its attention's dropout is drawn there only)".to_string())
             }
@@ -76,7 +79,9 @@ impl DeviceArgs {
                 c.variant().unwrap_or_default()
             )),
             bdh::ModelConfig::Bdh(c) if c.has_synapse_mechanisms() => Some(
-                "a BDH with synapse mechanisms (a learned decay, delays, a trace, a gate) trains on the CPU".into(),
+                "a BDH with mechanisms beyond bdh.py's layer (a learned decay, delays, a trace, a gate, thresholds, a \
+                 sparse connectivity) trains on the CPU"
+                    .into(),
             ),
             _ => None,
         };

@@ -82,7 +82,7 @@ fn run_on(args: Args, collective: &dyn Collective) -> anyhow::Result<ExitCode> {
     let corpus = run.data.corpus_with(run.training.block_size, tokenizer).context("preparing the data")?;
     // A new run's directory is made (and runs/latest moved) once its data has opened.
     // Where the steps run, known before a new run's directory is made.
-    let device = args.device.trainer(&run.model)?;
+    let device = args.device.trainer(&run.model, !run.training.continual.is_none())?;
     let dir = run_dir(&args, resumed.as_ref().map(|(r, _)| r.path()), collective)?;
     let signals = Stop::on_signals()?;
     let stop = signals.flag();
@@ -320,7 +320,7 @@ fn eval_line(m: &EvalMetrics, max: usize) -> String {
         .map_or(String::new(), |a| format!(", answer accuracy {:.1}% of {}{copy}", a * 100.0, m.answers));
     let timescales = match m.retention.as_slice() {
         [] => String::new(),
-        r => format!(", learned timescales 1/(1−γ) {}", timescales(r, m.retention_per_head)),
+        r => format!(", learned timescales 1/(1−γ) {}", timescales(r, &m.retention_spread)),
     };
     let delays = match m.delays.as_slice() {
         [] => String::new(),
@@ -336,20 +336,19 @@ fn eval_line(m: &EvalMetrics, max: usize) -> String {
     )
 }
 
-/// Each head's timescale 1/(1 − γ_h) in tokens, `∞` for γ = 1; with `per` retentions
-/// per head (one per neuron), each head's median and the range of its middle 80%.
-pub(crate) fn timescales(retention: &[f32], per: Option<usize>) -> String {
+/// Each head's timescale 1/(1 − γ_h) in tokens, `∞` for γ = 1; with a retention per
+/// neuron (`spread`: each head's 10%, 50%, 90% quantiles of γ), each head's median and
+/// the range of its middle 80% of neurons.
+pub(crate) fn timescales(retention: &[f32], spread: &[[f32; 3]]) -> String {
     let one = |g: f32| if g >= 1.0 { "∞".to_string() } else { format!("{:.1}", 1.0 / (1.0 - g as f64)) };
-    let Some(per) = per.filter(|&p| p > 0) else {
-        return retention.iter().map(|&g| one(g)).collect::<Vec<_>>().join(", ");
-    };
-    let head = |gammas: &[f32]| {
-        let mut sorted = gammas.to_vec();
-        sorted.sort_by(f32::total_cmp);
-        let at = |q: f64| one(sorted[((sorted.len() - 1) as f64 * q).round() as usize]);
-        format!("median {} (10–90%: {}–{})", at(0.5), at(0.1), at(0.9))
-    };
-    retention.chunks(per).map(head).collect::<Vec<_>>().join("; ")
+    match spread {
+        [] => retention.iter().map(|&g| one(g)).collect::<Vec<_>>().join(", "),
+        _ => spread
+            .iter()
+            .map(|[lo, mid, hi]| format!("median {} (10–90%: {}–{})", one(*mid), one(*lo), one(*hi)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 /// `runs/<preset>-<local date>-<time>` (with `-2`, `-3`, … if taken), and

@@ -35,7 +35,7 @@ pub struct EvalMetrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
     /// During training with a learned decay: each head's retention γ_h at this step
-    /// (or each neuron's, (H, N), with `decay_per = "neuron"`).
+    /// (the median of its neurons' with `decay_per = "neuron"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retention: Vec<f32>,
     /// During training with a homeostatic threshold: the neurons' mean running firing
@@ -45,9 +45,10 @@ pub struct EvalMetrics {
     /// During a run that keeps models: how far each layer matrix moved from the start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<crate::microscope::weights::WeightChange>,
-    /// With a retention per neuron: N, the retentions of each head in `retention`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention_per_head: Option<usize>,
+    /// With a retention per neuron: each head's 10%, 50% and 90% quantiles of its
+    /// neurons' γ (a line of bounded length, whatever N).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention_spread: Vec<[f32; 3]>,
     /// During training with learned delays: each head's δ_h at this step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delays: Vec<f32>,
@@ -317,7 +318,7 @@ impl Tally {
             answer_groups: self.groups,
             train_loss: None,
             retention: Vec::new(),
-            retention_per_head: None,
+            retention_spread: Vec::new(),
             firing: None,
             weights: Vec::new(),
             delays: Vec::new(),

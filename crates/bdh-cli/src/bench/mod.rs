@@ -79,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Mode::Peak => {
             cpu_peak();
         }
-        Mode::Train => match args.device.trainer(&spec.config)? {
+        Mode::Train => match args.device.trainer(&spec.config, false)? {
             Some(open) => {
                 describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
                 let (result, held) = train_step_on(&spec, open.as_ref())?;

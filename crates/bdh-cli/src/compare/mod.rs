@@ -218,7 +218,7 @@ impl<'a> Trainer<'a> {
         self.job.set_message(count.clone());
         let lines = !std::io::stderr().is_terminal();
         let (job, done) = (&self.job, self.done);
-        let device = self.device.trainer(&p.run.model)?;
+        let device = self.device.trainer(&p.run.model, false)?;
         let outcome =
             train_on(&p.run, self.corpus, &p.dir, resume, self.stop, &Single, device.as_deref(), |e| match e {
                 Event::Start { step, .. } => job.skip_to(done + step as u64),

@@ -304,7 +304,7 @@ impl Subspaces {
             let rows = t.f32s(name)?;
             if t.shape.len() != 2
                 || t.shape[1] != dim
-                || t.shape[0] > MAX_COMPONENTS
+                || t.shape[0] > c.n_embd.min(MAX_COMPONENTS) // (k ≤ n_embd, as the config checks)
                 || !rows.iter().all(|x| x.is_finite())
             {
                 return Err(Error::format(

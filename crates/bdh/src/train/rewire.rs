@@ -7,7 +7,8 @@
 //!
 //! The co-activity of a matrix's input i and output j is `|Σ_tokens pre_i · post_j|`
 //! over every layer of the last micro-batch (averaged over the processes, so they all
-//! rewire alike): `encoder` pairs the residual stream v with x, `encoder_v` the
+//! rewire alike): `encoder` pairs the residual stream v with its own output (x, or x's
+//! increment with the residual in the neurons), `encoder_v` the
 //! attention read with y, `decoder` x ⊙ y with the normalised decoder output.
 
 use serde::{Deserialize, Serialize};
@@ -51,15 +52,19 @@ pub fn coactivity(model: &Bdh, acts: &Activations) -> [Vec<f32>; 3] {
     let (mut enc, mut enc_v, mut dec) = (vec![0.0f32; h * d * n], vec![0.0f32; h * d * n], vec![0.0f32; h * n * d]);
     let mut z = vec![0.0f32; t * n];
     for l in 0..c.n_layer {
-        let (v, x, y, a, w) = (acts.residual(l), acts.x(l), acts.y(l), acts.attention_read(l), &acts.layers[l].w);
+        // (the encoder's own output: x's increment with the residual in the neurons)
+        let layer = &acts.layers[l];
+        let enc_out = if layer.inc.is_empty() { &layer.x } else { &layer.inc };
+        let (v, x, y, a, w) = (acts.residual(l), acts.x(l), acts.y(l), acts.attention_read(l), &layer.w);
         for row in 0..b {
             let vr = &v[row * t * d..(row + 1) * t * d];
             let wr = &w[row * t * d..(row + 1) * t * d];
             for hi in 0..h {
                 let at = (row * h + hi) * t;
                 let (xh, yh, ah) = (&x[at * n..(at + t) * n], &y[at * n..(at + t) * n], &a[at * d..(at + t) * d]);
+                let eo = &enc_out[at * n..(at + t) * n];
                 let (eh, evh) = (&mut enc[hi * d * n..(hi + 1) * d * n], &mut enc_v[hi * d * n..(hi + 1) * d * n]);
-                matmul(eh, vr, xh, MatMul::new(d, t, n).a_t().acc());
+                matmul(eh, vr, eo, MatMul::new(d, t, n).a_t().acc());
                 matmul(evh, ah, yh, MatMul::new(d, t, n).a_t().acc());
                 z.iter_mut().zip(xh.iter().zip(yh)).for_each(|(z, (&p, &q))| *z = p * q);
                 matmul(&mut dec[hi * n * d..(hi + 1) * n * d], &z, wr, MatMul::new(n, t, d).a_t().acc());

@@ -249,12 +249,12 @@ fn train_once(
         }
     };
     let (mut trainer, mut state) = if !writer {
-        (new(fresh(run)?)?, TrainerState::default())
+        (new(super::setup::fresh(run)?)?, TrainerState::default())
     } else if resume {
         load_state(run, &last_dir, new)?
     } else {
         let model = match &tc.init_from {
-            None => fresh(run)?,
+            None => super::setup::fresh(run)?,
             Some(path) => {
                 let model = checkpoint::load(&checkpoint::model_path(path)?, None)?;
                 if model.config() != run.model {
@@ -352,14 +352,13 @@ fn train_once(
             m.train_loss = Some(recent.iter().sum::<f64>() / recent.len().max(1) as f64);
             if let Model::Bdh(bdh) = &trainer.model {
                 if bdh.config.decay.is_learned() {
-                    m.retention = bdh.retention();
-                    m.retention_per_head = bdh.config.per_neuron_decay().then(|| bdh.config.n_neurons());
+                    (m.retention, m.retention_spread) = bdh.retention_by_head();
                 }
                 if bdh.config.delays.is_learned() {
                     m.delays = bdh.delays();
                 }
                 m.firing = bdh.firing();
-                if let Some(Model::Bdh(start)) = &start {
+                if let (Some(Model::Bdh(start)), true) = (&start, writer) {
                     m.weights = crate::microscope::weights::weight_change(start, bdh)?;
                 }
             }
@@ -502,20 +501,6 @@ fn sample_until(
         }
     })?;
     Ok((!out.stats.cancelled).then(|| (prompt, String::from_utf8_lossy(&out.text).into_owned())))
-}
-
-/// A fresh model of the run's config, from its seed, with `training.init` and
-/// `training.init_scale` applied.
-fn fresh(run: &RunConfig) -> Result<Model> {
-    let mut model = Model::new(&run.model, run.training.seed)?;
-    if let Model::Bdh(m) = &mut model {
-        run.training.init.apply(&mut m.params, &m.config, run.training.seed);
-    }
-    for (name, &factor) in &run.training.init_scale {
-        let p = model.params_mut().get_mut(name).ok_or_else(|| Error::Config(format!("no parameter `{name}`")))?;
-        p.iter_mut().for_each(|x| *x *= factor as f32);
-    }
-    Ok(model)
 }
 
 /// A checkpoint directory: the model, and the tokenizer it reads with (if not bytes).

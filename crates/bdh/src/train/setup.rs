@@ -11,7 +11,7 @@ use crate::data::Tokenizer;
 use crate::error::{Error, Result};
 use crate::io::checkpoint;
 use crate::io::run_dir::RunDir;
-use crate::model::ModelConfig;
+use crate::model::{Model, ModelConfig};
 
 /// A new run as asked for.
 #[derive(Clone, Debug, Default)]
@@ -122,4 +122,18 @@ fn refuse_override(overrides: &[String], prefix: &str, refusal: impl Fn(&str) ->
         Some(s) => Err(Error::Refused(refusal(s))),
         None => Ok(()),
     }
+}
+
+/// A fresh model of the run's config, from its seed, with `training.init` and
+/// `training.init_scale` applied.
+pub(crate) fn fresh(run: &RunConfig) -> Result<Model> {
+    let mut model = Model::new(&run.model, run.training.seed)?;
+    if let Model::Bdh(m) = &mut model {
+        run.training.init.apply(&mut m.params, &m.config, run.training.seed);
+    }
+    for (name, &factor) in &run.training.init_scale {
+        let p = model.params_mut().get_mut(name).ok_or_else(|| Error::Config(format!("no parameter `{name}`")))?;
+        p.iter_mut().for_each(|x| *x *= factor as f32);
+    }
+    Ok(model)
 }

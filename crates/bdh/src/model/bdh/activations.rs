@@ -42,7 +42,7 @@ pub(crate) struct Layer {
     pub(crate) x: Vec<f32>,      // (B, H, T, N) sparse neurons
     pub(crate) inc: Vec<f32>,    // (B, H, T, N) relu(v · encoder) with the residual in the neurons; else empty
     pub(crate) xr: Vec<f32>,     // (B, H, T, N) x rotated by RoPE
-    pub(crate) scores: Vec<f32>, // (B, H, T, T) tril₋₁(xr krᵀ), ⊙ γ^(t−τ) with a decay
+    pub(crate) scores: Vec<f32>, // (B, H, T, T) tril₋₁(xr krᵀ), ⊙ γ^(t−τ) with a decay; empty with one per neuron
     pub(crate) key: Vec<f32>,    // (B, H, T, N) the write's key, with a mechanism there; else empty
     pub(crate) kr: Vec<f32>,     // (B, H, T, N) the key rotated by RoPE; else empty
     pub(crate) trace: Vec<f32>,  // (B, H, T, N) the key's presynaptic trace; else empty
@@ -65,7 +65,8 @@ impl Layer {
             x: zeroed(&[b, h, t, n])?,
             inc: if_so(!cfg.residual.is_d())?,
             xr: zeroed(&[b, h, t, n])?,
-            scores: zeroed(&[b, h, t, t])?,
+            // (a retention per neuron forms no (T, T) scores)
+            scores: if cfg.per_neuron_decay() { Vec::new() } else { zeroed(&[b, h, t, t])? },
             key: if_so(keyed)?,
             kr: if_so(keyed)?,
             trace: if_so(!cfg.trace.is_none())?,
@@ -108,7 +109,7 @@ impl Layer {
             x_in,
             inc,
             xr: &mut self.xr[of(htn)],
-            scores: &mut self.scores[of(htt)],
+            scores: if self.scores.is_empty() { &mut [][..] } else { &mut self.scores[of(htt)] },
             key: part(&mut self.key),
             kr: part(&mut self.kr),
             trace: part(&mut self.trace),
@@ -177,8 +178,14 @@ impl Activations {
     pub(super) fn made_for(&self, model: &Bdh) -> bool {
         let c = &model.config;
         self.layers.iter().all(|l| {
-            (l.inc.is_empty(), l.key.is_empty(), l.trace.is_empty(), l.glia.is_empty())
-                == (c.residual.is_d(), KeySite::width(c) == 0, c.trace.is_none(), c.astrocyte.is_none())
+            (l.inc.is_empty(), l.key.is_empty(), l.trace.is_empty(), l.glia.is_empty(), l.scores.is_empty())
+                == (
+                    c.residual.is_d(),
+                    KeySite::width(c) == 0,
+                    c.trace.is_none(),
+                    c.astrocyte.is_none(),
+                    c.per_neuron_decay(),
+                )
         })
     }
 

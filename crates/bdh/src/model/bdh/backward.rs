@@ -79,7 +79,7 @@ impl Backward {
             dx_up: if model.config.residual.is_d() { Vec::new() } else { zeroed(&[b, h, t, n])? },
             da: zeroed(&[b, h, t, d])?,
             dvh: zeroed(&[b, h, t, d])?,
-            dscores: zeroed(&[b, h, t, t])?,
+            dscores: if model.config.per_neuron_decay() { Vec::new() } else { zeroed(&[b, h, t, t])? },
             dlags: zeroed(&[b, h, 2])?,
             dneurons: if model.config.per_neuron_decay() { zeroed(&[b, h, n])? } else { Vec::new() },
             dk: if separate_keys(&model.config) { zeroed(&[b, h, t, n])? } else { Vec::new() },
@@ -117,8 +117,14 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         )));
     }
     let c = &model.config;
-    if (s.dx_up.is_empty(), s.dk.is_empty(), s.dneurons.is_empty(), s.dkey_params.len())
-        != (c.residual.is_d(), !separate_keys(c), !c.per_neuron_decay(), s.dims.b * KeySite::param_count(c))
+    if (s.dx_up.is_empty(), s.dk.is_empty(), s.dneurons.is_empty(), s.dscores.is_empty(), s.dkey_params.len())
+        != (
+            c.residual.is_d(),
+            !separate_keys(c),
+            !c.per_neuron_decay(),
+            c.per_neuron_decay(),
+            s.dims.b * KeySite::param_count(c),
+        )
     {
         return Err(Error::Mismatch("backward: scratch made for a model with another layer".into()));
     }
@@ -383,7 +389,7 @@ impl<'a> RowGrads<'a> {
                     dx_up: dx_up.next().unwrap_or_default(),
                     da: next(&mut da),
                     dvh: next(&mut dvh),
-                    dscores: next(&mut dscores),
+                    dscores: dscores.next().unwrap_or_default(),
                     dlags: next(&mut dlags),
                     dk: dk.next().unwrap_or_default(),
                     dneurons: dneurons.next().unwrap_or_default(),

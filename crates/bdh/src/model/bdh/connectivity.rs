@@ -98,8 +98,8 @@ pub fn mask_grads(params: &Params, grads: &mut Params) {
     }
 }
 
-/// The fraction of each masked weight kept, and whether every mask is 0 or 1: for
-/// messages and checks of a loaded model.
+/// The fraction of each masked weight kept, and whether every mask is 0 or 1 (a
+/// loaded model's check); `None` without masks.
 pub fn densities(params: &Params) -> Option<(Vec<f64>, bool)> {
     let masks: Vec<&[f32]> = MASK_NAMES.iter().map(|name| params.get(name)).collect::<Option<_>>()?;
     let binary = masks.iter().all(|m| m.iter().all(|&x| x == 0.0 || x == 1.0));

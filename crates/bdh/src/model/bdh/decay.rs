@@ -61,6 +61,8 @@ pub struct DecayTable {
     pub gamma: Vec<f32>,
     /// Retentions per head: 1, or N with one per neuron.
     pub per: usize,
+    /// The positions its tables are for (0: none made, for a pass without a carried state).
+    pub t: usize,
     /// δ_h per head, (H); empty: no delay (the read's mask site, [`super::delay`]).
     pub delays: Vec<f32>,
     /// The writes each head holds in its queue, (H); empty without delays.
@@ -81,7 +83,7 @@ impl DecayTable {
     pub fn new(gamma: Vec<f32>, (delays, holds): (Vec<f32>, Vec<usize>), (heads, t): (usize, usize)) -> Self {
         let per = (gamma.len() / heads.max(1)).max(1);
         if gamma.is_empty() && delays.iter().all(|&d| d == 0.0) {
-            return DecayTable { gamma, per, delays, holds, ..DecayTable::default() };
+            return DecayTable { gamma, per, t, delays, holds, ..DecayTable::default() };
         }
         // (0 below f32's smallest normal, as the kernels flush)
         let pow = |g: f32, k: usize| match (g as f64).powi(k as i32) {
@@ -100,13 +102,15 @@ impl DecayTable {
             write: table(&|h, i, c| if i + waiting(h) < t { pow(g(h, c), t - 1 - i) } else { 0.0 }),
             whole: (0..heads).flat_map(|h| (0..per).map(move |c| pow(g(h, c), t))).collect(),
             per,
+            t,
             gamma: gamma.clone(),
             delays: delays.clone(),
             holds: holds.clone(),
         }
     }
 
-    /// Whether the state decays or its writes are delayed.
+    /// Whether the state decays or its writes are delayed (and the tables for a
+    /// carried state are made).
     pub fn is_some(&self) -> bool {
         !self.read.is_empty()
     }

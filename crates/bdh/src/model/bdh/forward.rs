@@ -215,8 +215,10 @@ pub(super) fn begin(
     }
     let retention = model.retention();
     let (delays, holds) = (model.delays(), model.config.delays.holds(dm.h));
-    if (&acts.decay.gamma, &acts.decay.delays, &acts.decay.holds) != (&retention, &delays, &holds) {
-        acts.decay = DecayTable::new(retention, (delays, holds), (dm.h, dm.t));
+    // (a retention per neuron's tables, (H, T, N), only for a pass that carries a state)
+    let t = if model.config.per_neuron_decay() && state.is_none() { 0 } else { dm.t };
+    if (&acts.decay.gamma, &acts.decay.delays, &acts.decay.holds, acts.decay.t) != (&retention, &delays, &holds, t) {
+        acts.decay = DecayTable::new(retention, (delays, holds), (dm.h, t));
     }
     acts.tokens.copy_from_slice(tokens);
     acts.frozen = (!edits.is_empty()).then_some("the forward applied edits");

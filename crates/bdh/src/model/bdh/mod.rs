@@ -94,6 +94,24 @@ impl Bdh {
         self.config.delays.per_head(self.weights().delay)
     }
 
+    /// Each head's retention (the median of its neurons' with one per neuron), and with
+    /// one per neuron each head's 10%, 50% and 90% quantiles; empty without decay.
+    pub fn retention_by_head(&self) -> (Vec<f32>, Vec<[f32; 3]>) {
+        let gamma = self.retention();
+        if !self.config.per_neuron_decay() {
+            return (gamma, Vec::new());
+        }
+        let spread: Vec<[f32; 3]> = gamma
+            .chunks(self.config.n_neurons())
+            .map(|head| {
+                let mut sorted = head.to_vec();
+                sorted.sort_by(f32::total_cmp);
+                [0.1, 0.5, 0.9].map(|q| sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+            })
+            .collect();
+        (spread.iter().map(|s| s[1]).collect(), spread)
+    }
+
     /// With a homeostatic threshold: the neurons' mean running firing rate and its
     /// target; else none.
     pub fn firing(&self) -> Option<(f64, f64)> {
