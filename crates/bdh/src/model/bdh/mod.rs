@@ -15,6 +15,7 @@ pub mod params;
 pub mod recurrent;
 pub mod rope;
 pub mod site;
+pub mod state;
 pub mod threshold;
 pub mod variant;
 
@@ -25,8 +26,9 @@ pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Dims, Pass};
 pub use merge::{merge, Heritage};
 pub use params::{Weights, WeightsMut, DECAY_NAME, FREQS_NAME, PARAM_NAMES};
-pub use recurrent::{Prepared, Scratch, State};
+pub use recurrent::{Prepared, Scratch};
 pub use site::{At, Mechanism, Mechanisms};
+pub use state::State;
 pub use variant::{Norm, Position, Residual};
 
 use crate::error::{Error, Result};

@@ -1,0 +1,125 @@
+//! A running sequence's state: its position, ρ of each layer and the per-stream
+//! state of the layer's mechanisms (the write key's traces, the delayed writes), as
+//! plain data — clone it to fork a sequence, save and restore it. The recurrent step
+//! ([`super::recurrent`]) and the parallel passes that carry a state
+//! ([`super::forward`]) both read and write it.
+
+use super::delay::Queue;
+use super::key::KeySite;
+use super::BdhConfig;
+use crate::error::{Error, Result};
+use crate::model::zeroed;
+
+/// Everything a running sequence remembers: its position, ρ of each layer and the
+/// per-stream state of the layer's mechanisms (the write key's traces). A state of
+/// B rows (for a batch of streams that advance together, as training with a carried
+/// state reads them) holds (L, B, H, N, D); one sequence is B = 1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    /// Tokens consumed so far (the position of the next one).
+    pub pos: usize,
+    /// ρ per layer, row and head, (L, B, H, N, D): `Σ_τ R_τ x_τ ⊗ v_τ`.
+    pub rho: Vec<f32>,
+    /// The write key's traces per layer, row and head, (L, B, H, W) with W
+    /// [`KeySite::width`] (empty for bdh.py's key).
+    pub keys: Vec<f32>,
+    /// The delayed writes not yet due per layer, row and head, (L, B, H, W) with W
+    /// [`Queue::width`] (empty without delays).
+    pub queue: Vec<f32>,
+}
+
+impl State {
+    /// The empty state of a sequence that has seen nothing.
+    pub fn new(cfg: &BdhConfig) -> Result<Self> {
+        Self::make(cfg, 1, "the state ρ of a sequence")
+    }
+
+    /// The empty state of `rows` streams read side by side.
+    pub fn rows(cfg: &BdhConfig, rows: usize) -> Result<Self> {
+        Self::make(cfg, rows, "the state ρ of a batch of streams")
+    }
+
+    fn make(cfg: &BdhConfig, rows: usize, what: &str) -> Result<Self> {
+        crate::memory::ensure_fits(crate::memory::f32_bytes(Self::values(cfg, rows)), what)?;
+        let rho = zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])?;
+        let keys = zeroed(&[rows, cfg.n_layer, cfg.n_head, KeySite::width(cfg)])?;
+        let queue = zeroed(&[rows, cfg.n_layer, cfg.n_head, Queue::width(cfg)])?;
+        crate::infer::count_state();
+        Ok(State { pos: 0, rho, keys, queue })
+    }
+
+    /// The values of `rows` streams' state of `cfg` — ρ, the key's traces, the queued
+    /// writes — or `None` past `usize`.
+    pub(crate) fn values(cfg: &BdhConfig, rows: usize) -> Option<usize> {
+        let per_head = (cfg.n_neurons().checked_mul(cfg.n_embd)?)
+            .checked_add(KeySite::width(cfg))?
+            .checked_add(Queue::width(cfg))?;
+        per_head.checked_mul(cfg.n_head)?.checked_mul(cfg.n_layer)?.checked_mul(rows)
+    }
+
+    /// The shape of one sequence's ρ for `cfg`: (L, H, N, D).
+    pub fn shape(cfg: &BdhConfig) -> [usize; 4] {
+        [cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd]
+    }
+
+    /// Checks that this state holds `rows` streams of a model of config `cfg`.
+    pub fn check_rows(&self, cfg: &BdhConfig, rows: usize) -> Result<()> {
+        let one: usize = Self::shape(cfg).iter().product();
+        if self.rho.len() != one.saturating_mul(rows) {
+            return Err(Error::Mismatch(format!(
+                "a state of {} values is not ρ {:?} for {rows} stream(s)",
+                self.rho.len(),
+                Self::shape(cfg)
+            )));
+        }
+        let keys = (cfg.n_layer * cfg.n_head * KeySite::width(cfg)).saturating_mul(rows);
+        if self.keys.len() != keys {
+            return Err(Error::Mismatch(format!(
+                "a state with {} values of the write key's traces, not the {keys} of this model's",
+                self.keys.len()
+            )));
+        }
+        let queue = (cfg.n_layer * cfg.n_head).saturating_mul(Queue::width(cfg)).saturating_mul(rows);
+        if self.queue.len() != queue {
+            return Err(Error::Mismatch(format!(
+                "a state with {} values of delayed writes, not the {queue} of this model's",
+                self.queue.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// ρ of layer `l` for streams `rows` of a state of several, (rows, H, N, D), the
+    /// write key's traces of the same, (rows, H, W), and their delayed writes,
+    /// (rows, H, W'). (`cfg` is the model's, which [`State::check_rows`] has checked.)
+    pub(crate) fn layer_rows(&mut self, cfg: &BdhConfig, l: usize, rows: std::ops::Range<usize>) -> LayerState<'_> {
+        let [layers, h, n, d] = Self::shape(cfg);
+        let (rl, kl, ql) = (self.rho.len() / layers, self.keys.len() / layers, self.queue.len() / layers);
+        let (rw, kw, qw) = (h * n * d, h * KeySite::width(cfg), h * Queue::width(cfg));
+        LayerState {
+            rho: &mut self.rho[l * rl..][rows.start * rw..rows.end * rw],
+            keys: &mut self.keys[l * kl..][rows.start * kw..rows.end * kw],
+            queue: &mut self.queue[l * ql..][rows.start * qw..rows.end * qw],
+        }
+    }
+
+    /// Bytes the state occupies.
+    pub fn bytes(&self) -> usize {
+        (self.rho.len() + self.keys.len() + self.queue.len()) * std::mem::size_of::<f32>()
+    }
+
+    /// Checks that this state is one stream of a model of config `cfg`.
+    pub fn check(&self, cfg: &BdhConfig) -> Result<()> {
+        self.check_rows(cfg, 1)
+    }
+}
+
+/// One layer's part of a state, for some of its streams.
+pub(crate) struct LayerState<'a> {
+    /// ρ, (B, H, N, D).
+    pub rho: &'a mut [f32],
+    /// The write key's traces, (B, H, W), or empty.
+    pub keys: &'a mut [f32],
+    /// The delayed writes, (B, H, W'), or empty.
+    pub queue: &'a mut [f32],
+}
