@@ -272,6 +272,19 @@ fn readme_commands(heading: &str) -> Vec<String> {
     commands
 }
 
+/// The first `sh` block of the README's section `heading`, run as one script with the
+/// built `bdh` on the PATH in `dir`: what it printed, once it has succeeded.
+fn run_readme_section(heading: &str, dir: &Path) -> String {
+    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let script = readme_commands(heading).join("\n");
+    let o = Command::new("sh").arg("-ec").arg(&script).current_dir(dir).env("PATH", &path).output().unwrap();
+    let out = text(&o);
+    println!("{script}\n{out}");
+    assert!(o.status.success(), "{out}");
+    out
+}
+
 /// The README's quick start, run as written (but the install, which this build
 /// stands for) in a directory holding the repository's examples and models: every
 /// command succeeds and prints something, and the files it says it writes are there.
@@ -337,13 +350,7 @@ fn the_readme_graph_section_runs_as_written() {
     for dir in ["examples", "tests"] {
         std::os::unix::fs::symlink(root.join(dir).canonicalize().unwrap(), tmp.path().join(dir)).unwrap();
     }
-    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let script = readme_commands("The brain").join("\n");
-    let o = Command::new("sh").arg("-ec").arg(&script).current_dir(tmp.path()).env("PATH", &path).output().unwrap();
-    let out = text(&o);
-    println!("{script}\n{out}");
-    assert!(o.status.success(), "{out}");
+    let out = run_readme_section("The brain", tmp.path());
     assert!(out.contains("logits max rel diff") && out.contains("spiking runs") && out.contains("excitatory"), "{out}");
     for written in ["brain.safetensors", "trip.json", "trip.html", "spikes.svg", "prune.svg"] {
         assert!(tmp.path().join(written).exists(), "{written} not written");
@@ -355,13 +362,7 @@ fn the_readme_graph_section_runs_as_written() {
 #[test]
 fn the_readme_mechanisms_section_runs_as_written() {
     let tmp = temp("readme-mechanisms");
-    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let script = readme_commands("Synapse mechanisms").join("\n");
-    let o = Command::new("sh").arg("-ec").arg(&script).current_dir(tmp.path()).env("PATH", &path).output().unwrap();
-    let out = text(&o);
-    println!("{script}\n{out}");
-    assert!(o.status.success(), "{out}");
+    let out = run_readme_section("Synapse mechanisms", tmp.path());
     let accuracy: f64 = out
         .split("answer accuracy ")
         .last()
@@ -377,13 +378,7 @@ fn the_readme_mechanisms_section_runs_as_written() {
 #[test]
 fn the_readme_neurons_section_runs_as_written() {
     let tmp = temp("readme-neurons");
-    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let script = readme_commands("Neuron mechanisms").join("\n");
-    let o = Command::new("sh").arg("-ec").arg(&script).current_dir(tmp.path()).env("PATH", &path).output().unwrap();
-    let out = text(&o);
-    println!("{script}\n{out}");
-    assert!(o.status.success(), "{out}");
+    let out = run_readme_section("Neuron mechanisms", tmp.path());
     let firing: f64 = out
         .split(", firing ")
         .last()

@@ -78,7 +78,7 @@ fn projected_gradients_and_steps_leave_the_subspaces_alone() {
     let mut after = m.params.clone();
     after.data_mut().iter_mut().zip(g.data()).for_each(|(p, &x)| *p += 0.1 * x);
     spaces.project(&mut g);
-    spaces.project_step(&mut after, &before);
+    spaces.project_step(&mut after, &spaces.weights_of(&before));
     // P G = 0 column by column, for every head of every projected weight
     for (name, dim, p) in &spaces.spaces {
         let shape = g.slot(name).unwrap().shape.clone();

@@ -1,5 +1,5 @@
 //! Evaluation: validation batches during training ([`evaluate`]), and a whole file
-//! afterwards ([`files`]).
+//! afterwards (the `files` module).
 
 use crate::data::{Batch, Corpus};
 use crate::engine::Forward;

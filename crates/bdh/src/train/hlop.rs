@@ -259,22 +259,24 @@ impl Subspaces {
         }
     }
 
-    /// Projects the step the optimizer just took, `params − before`, the same way:
-    /// AdamW rescales each gradient element by its own second moment (and decays the
-    /// weights), which takes a projected gradient's step back into the subspaces.
-    pub fn project_step(&self, params: &mut Params, before: &Params) {
-        let mut step = before.zeros_like();
-        for (name, _, _) in &self.spaces {
-            let (Some(now), Some(was), Some(d)) = (params.get(name), before.get(name), step.get_mut(name)) else {
-                continue;
-            };
+    /// The projected weights of `params`, as [`Subspaces::project_step`] takes them.
+    pub fn weights_of(&self, params: &Params) -> Vec<Vec<f32>> {
+        self.spaces.iter().map(|(name, _, _)| params.get(name).map(<[f32]>::to_vec).unwrap_or_default()).collect()
+    }
+
+    /// Projects the step the optimizer just took, `params − before` (`before` from
+    /// [`Subspaces::weights_of`]), the same way: AdamW rescales each gradient element by
+    /// its own second moment (and decays the weights), which takes a projected
+    /// gradient's step back into the subspaces.
+    pub fn project_step(&self, params: &mut Params, before: &[Vec<f32>]) {
+        let mut step = params.zeros_like();
+        for ((name, _, _), was) in self.spaces.iter().zip(before) {
+            let (Some(now), Some(d)) = (params.get(name), step.get_mut(name)) else { continue };
             d.iter_mut().zip(now.iter().zip(was)).for_each(|(d, (&a, &b))| *d = a - b);
         }
         self.project(&mut step);
-        for (name, _, _) in &self.spaces {
-            let (Some(now), Some(was), Some(d)) = (params.get_mut(name), before.get(name), step.get(name)) else {
-                continue;
-            };
+        for ((name, _, _), was) in self.spaces.iter().zip(before) {
+            let (Some(now), Some(d)) = (params.get_mut(name), step.get(name)) else { continue };
             now.iter_mut().zip(was.iter().zip(d)).for_each(|(p, (&b, &d))| *p = b + d);
         }
     }

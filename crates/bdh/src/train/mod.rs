@@ -154,7 +154,7 @@ impl Trainer {
             g.iter_mut().for_each(|x| *x *= c);
         }
         self.opt.config.lr = lr;
-        let before = self.projection.as_ref().map(|_| self.model.params().clone());
+        let before = self.projection.as_ref().map(|p| p.weights_of(self.model.params()));
         self.opt.update(self.model.params_mut(), &self.grads.params);
         if let (Some(spaces), Some(before)) = (&self.projection, &before) {
             spaces.project_step(self.model.params_mut(), before);

@@ -226,7 +226,7 @@ impl Activations {
     }
 
     /// Readies these buffers for a forward of `tokens` run elsewhere (a device), in
-    /// eval mode with `edits` and from `state`, checking what [`forward`] checks: the
+    /// eval mode with `edits` and from `state`, checking what [`super::forward::forward`] checks: the
     /// position of the first token. The parts the accessors read are then filled
     /// through [`Activations::part_mut`]; no backward follows such a pass.
     pub fn begin_elsewhere(

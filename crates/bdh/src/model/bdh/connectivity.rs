@@ -81,9 +81,12 @@ impl Connectivity {
 /// Zeroes every weight its mask drops (nothing without masks).
 pub fn apply(params: &mut Params) {
     for (mask, weight) in MASK_NAMES.into_iter().zip(MASKED) {
-        let Some(m) = params.get(mask).map(<[f32]>::to_vec) else { return };
-        let w = params.get_mut(weight).expect("a BDH weight");
-        w.iter_mut().zip(m).filter(|(_, m)| *m == 0.0).for_each(|(w, _)| *w = 0.0);
+        let (Some(m), Some(w)) = (params.slot(mask), params.slot(weight)) else { return };
+        let (m, w) = (m.range.clone(), w.range.clone());
+        // (the masks are laid out after the weights: one buffer, split between them)
+        let (weights, masks) = params.data_mut().split_at_mut(m.start);
+        let (w, m) = (&mut weights[w], &masks[..m.len()]);
+        w.iter_mut().zip(m).filter(|(_, &m)| m == 0.0).for_each(|(w, _)| *w = 0.0);
     }
 }
 
