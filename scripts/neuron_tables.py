@@ -5,7 +5,8 @@ folder, so a table can be made in pieces.
 
     python3 scripts/neuron_tables.py TABLE [--threads 2] [--runs runs/tables] [--seeds 1337,1,2]
 
-TABLE is one of: thresholds (firing reached, loss, the sparse step's speed),
+TABLE is one of: thresholds (firing reached, loss, the sparse step's speed), norm
+(`norm = "ei"` against LayerNorm and none: loss, stability at a tenfold rate, activity),
 connectivity (loss and the neuron graph's modularity against density, with and without
 rewiring), lowrank (loss, the weights' relative change and effective rank from a rank-r
 start), continual (forgetting of the built-in corpus after tiny Shakespeare, plain
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import DATA, DOCS_THREADS, LAYER_SEEDS, Bdh, need_data, records, table  # noqa: E402
+from tables import DATA, DOCS_THREADS, LAYER_SEEDS, Bdh, layer_run, need_data, records, table  # noqa: E402
 
 STEPS = 1000  # of the recall preset's 2500, as the synapse mechanisms' table
 LR = 1e-3  # bdh.py's rate at the recall preset (docs/training.md's sweep), for every row
@@ -75,6 +76,39 @@ def thresholds(b, seeds):
           "Shakespeare's text (mean over layers); the sparse recurrent step at context 256, tokens/s and its speed-up "
           "over the dense step (means over seeds; whole runs of `bdh bench generate`, on an idle machine):\n")
     table(["threshold", "held-out loss", "per seed", "x fires", "sparse step tokens/s"], rows)
+
+
+def norm(b, seeds):
+    need_data()
+    rows = []
+    for label, name, sets in [("`\"layer\"` (bdh.py)", "layer", []), ('`"none"`', "none", ["model.norm=none"]),
+                              ('`"ei"`', "ei", ["model.norm=ei"])]:
+        for lr in (LR, 10 * LR):
+            losses, grads, fires = [], [], []
+            for seed in seeds:
+                extra = ["--set", f"training.max_steps={STEPS}", "--set", "training.eval_interval=250", "--set",
+                         f"training.seed={seed}"]
+                run_name = f"{name}-lr{lr:g}-seed{seed}"
+                losses.append(layer_run(b, "neurons/norm", run_name, sets, lr, False, extra))
+                if losses[-1] is None:
+                    continue
+                path = b.runs / "neurons/norm" / run_name
+                grads.append(max(r["grad_norm"] for r in records(path, "grad_norm")))
+                sp = json_of(b, "inspect", "sparsity", "--model", path, "--text", DATA)
+                layers = sp["layers"]
+                fires.append([100 * sum(layer["all"][k] for layer in layers) / len(layers) for k in ("x", "xy")])
+            fine = [v for v in losses if v is not None]
+            cells = ", ".join("diverged" if v is None else f"{v:.3f}" for v in losses)
+            if not fine:
+                rows.append([label, f"{lr:g}", "—", cells, "—", "—"])
+                continue
+            mean = lambda xs: sum(xs) / len(xs)
+            rows.append([label, f"{lr:g}", spread(fine)[0], cells, f"{max(grads):.2f}",
+                         f"{mean([f[0] for f in fires]):.1f}% / {mean([f[1] for f in fires]):.1f}%"])
+    print(f"\nthe built-in corpus, recall preset, {STEPS} steps, seeds {seeds}, at bdh.py's rate and ten times it; "
+          "the largest gradient norm of any step (before clipping at 1), and the fraction of x and of x ⊙ y that fire "
+          "on tiny Shakespeare's text (means over layers and seeds):\n")
+    table(["norm", "peak lr", "held-out loss", "per seed", "largest gradient norm", "x / x ⊙ y fire"], rows)
 
 
 def connectivity(b, seeds):
@@ -139,7 +173,7 @@ def continual(b, seeds):
     table(["B trained", "loss on A", "per seed", "loss on B"], rows)
 
 
-TABLES = {"thresholds": thresholds, "connectivity": connectivity, "lowrank": lowrank, "continual": continual}
+TABLES = {"thresholds": thresholds, "norm": norm, "connectivity": connectivity, "lowrank": lowrank, "continual": continual}
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,7 +1,7 @@
 //! The neurons' mechanisms from the command line: a run with a homeostatic threshold
 //! reports its firing against the target, resumes, and is read by `eval`, `generate`,
-//! `bench generate` and the microscope; a learned threshold trains; what cannot run
-//! them says why, and bad values are refused by name.
+//! `bench generate` and the microscope; a learned threshold and an E/I norm train; what
+//! cannot run them says why, and bad values are refused by name.
 
 use std::path::Path;
 
@@ -81,6 +81,26 @@ fn a_learned_threshold_trains_and_bad_thresholds_are_refused_by_name() {
         let msg = text(&o);
         assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{set}: {msg}");
     }
+}
+
+#[test]
+fn an_ei_norm_trains_is_read_back_and_is_refused_where_it_cannot_run() {
+    let tmp = temp("neurons-ei");
+    let run = tmp.path().join("run").display().to_string();
+    let mut args = short(&run, "training.max_steps=6");
+    args.extend(["--set".into(), "model.norm=ei".into()]);
+    let o = run_with(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let config = std::fs::read_to_string(Path::new(&run).join("last/config.json")).unwrap();
+    assert!(config.contains("\"norm\": \"ei\""), "{config}");
+    let o = bdh(&["generate", "--model", &run, "--prompt", "the ", "--max-tokens", "8", "--seed", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bdh(&["merge", &run, &run, "--out", &tmp.path().join("merged").display().to_string()]);
+    assert!(!o.status.success() && text(&o).contains("norm = \"ei\""), "{}", text(&o));
+    let mut args = short(&tmp.path().join("bad").display().to_string(), "training.max_steps=2");
+    args.extend(["--set".into(), "model.norm=batch".into()]);
+    let o = run_with(&args);
+    assert!(!o.status.success() && text(&o).contains("`layer`, `none`, `ei`"), "{}", text(&o));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use bdh::model::bdh::delay::DELAY_NAME;
 use bdh::model::bdh::key::{ASTROCYTE_NAME, TRACE_NAME};
+use bdh::model::bdh::norm::NORM_NAME;
 use bdh::model::bdh::BdhConfig;
 use bdh::{backward, forward, loss, Activations, Gradients, Mode, Model, Params};
 
@@ -26,8 +27,8 @@ fn direction(g: &[f32], seed: u64) -> Vec<f32> {
 }
 
 /// The tensors of BDH's layer mechanisms: a learned decay's θ, a trace's φ, a gate's
-/// β, learned delays' ψ.
-const MECHANISMS: [&str; 4] = [bdh::model::bdh::DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME];
+/// β, learned delays' ψ, an E/I norm's logits.
+const MECHANISMS: [&str; 5] = [bdh::model::bdh::DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME, NORM_NAME];
 
 /// Multiplies every weight by `scale` but the mechanisms' (which would saturate).
 pub fn scale_weights(params: &mut Params, scale: f32) {

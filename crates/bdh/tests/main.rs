@@ -15,6 +15,7 @@ mod data;
 mod decay;
 mod delay;
 mod edits;
+mod ei;
 mod errors;
 mod generate;
 mod golden;

@@ -29,7 +29,7 @@ pub struct Activations {
     pub(crate) dropout: bool,                // the last forward drew the layers' `keep`
     pub(crate) tokens: Vec<u32>,             // (B, T)
     pub(crate) v0: Vec<f32>,                 // (B, T, D) LN(embed[tokens]): the residual into layer 0
-    pub(crate) rstd_v0: Vec<f32>,            // (B, T)
+    pub(crate) stats_v0: Vec<f32>,           // (B, T, k)
     pub(crate) layers: Vec<Layer>,           // (L)
     pub(crate) z: Vec<f32>,                  // (B, H, T, N) scratch: dropout(x ⊙ y) of the current layer
     /// Output of the last forward, (B, T, V).
@@ -39,28 +39,29 @@ pub struct Activations {
 /// What one layer's forward keeps, for every batch row.
 #[derive(Debug)]
 pub(crate) struct Layer {
-    pub(crate) x: Vec<f32>,      // (B, H, T, N) sparse neurons
-    pub(crate) inc: Vec<f32>,    // (B, H, T, N) relu(v · encoder) with the residual in the neurons; else empty
-    pub(crate) xr: Vec<f32>,     // (B, H, T, N) x rotated by RoPE
-    pub(crate) scores: Vec<f32>, // (B, H, T, T) tril₋₁(xr krᵀ), ⊙ γ^(t−τ) with a decay; empty with one per neuron
-    pub(crate) key: Vec<f32>,    // (B, H, T, N) the write's key, with a mechanism there; else empty
-    pub(crate) kr: Vec<f32>,     // (B, H, T, N) the key rotated by RoPE; else empty
-    pub(crate) trace: Vec<f32>,  // (B, H, T, N) the key's presynaptic trace; else empty
-    pub(crate) glia: Vec<f32>,   // (B, H, T, N) the astrocyte's activity trace; else empty
-    pub(crate) a: Vec<f32>,      // (B, H, T, D) attention output after LN
-    pub(crate) rstd_a: Vec<f32>, // (B, H, T)
-    pub(crate) y: Vec<f32>,      // (B, H, T, N)
-    pub(crate) keep: Vec<f32>,   // (B, H, T, N) dropout scale 0 or 1/(1−p); empty until used
-    pub(crate) w: Vec<f32>,      // (B, T, D) LN(decoder output)
-    pub(crate) rstd_w: Vec<f32>, // (B, T)
-    pub(crate) v: Vec<f32>,      // (B, T, D) the residual stream leaving the layer
-    pub(crate) rstd_v: Vec<f32>, // (B, T)
+    pub(crate) x: Vec<f32>,       // (B, H, T, N) sparse neurons
+    pub(crate) inc: Vec<f32>,     // (B, H, T, N) relu(v · encoder) with the residual in the neurons; else empty
+    pub(crate) xr: Vec<f32>,      // (B, H, T, N) x rotated by RoPE
+    pub(crate) scores: Vec<f32>,  // (B, H, T, T) tril₋₁(xr krᵀ), ⊙ γ^(t−τ) with a decay; empty with one per neuron
+    pub(crate) key: Vec<f32>,     // (B, H, T, N) the write's key, with a mechanism there; else empty
+    pub(crate) kr: Vec<f32>,      // (B, H, T, N) the key rotated by RoPE; else empty
+    pub(crate) trace: Vec<f32>,   // (B, H, T, N) the key's presynaptic trace; else empty
+    pub(crate) glia: Vec<f32>,    // (B, H, T, N) the astrocyte's activity trace; else empty
+    pub(crate) a: Vec<f32>,       // (B, H, T, D) attention output after LN
+    pub(crate) stats_a: Vec<f32>, // (B, H, T, k) the norm's statistics, k per row (Norm::stats)
+    pub(crate) y: Vec<f32>,       // (B, H, T, N)
+    pub(crate) keep: Vec<f32>,    // (B, H, T, N) dropout scale 0 or 1/(1−p); empty until used
+    pub(crate) w: Vec<f32>,       // (B, T, D) LN(decoder output)
+    pub(crate) stats_w: Vec<f32>, // (B, T, k)
+    pub(crate) v: Vec<f32>,       // (B, T, D) the residual stream leaving the layer
+    pub(crate) stats_v: Vec<f32>, // (B, T, k)
 }
 
 impl Layer {
     fn new(Dims { b, t, d, h, n, .. }: Dims, cfg: &BdhConfig) -> Result<Self> {
         let if_so = |yes: bool| if yes { zeroed(&[b, h, t, n]) } else { Ok(Vec::new()) };
         let keyed = KeySite::width(cfg) > 0;
+        let k = cfg.norm.stats();
         Ok(Layer {
             x: zeroed(&[b, h, t, n])?,
             inc: if_so(!cfg.residual.is_d())?,
@@ -72,13 +73,13 @@ impl Layer {
             trace: if_so(!cfg.trace.is_none())?,
             glia: if_so(cfg.astrocyte.is_some())?,
             a: zeroed(&[b, h, t, d])?,
-            rstd_a: zeroed(&[b, h, t])?,
+            stats_a: zeroed(&[b, h, t, k])?,
             y: zeroed(&[b, h, t, n])?,
             keep: Vec::new(),
             w: zeroed(&[b, t, d])?,
-            rstd_w: zeroed(&[b, t])?,
+            stats_w: zeroed(&[b, t, k])?,
             v: zeroed(&[b, t, d])?,
-            rstd_v: zeroed(&[b, t])?,
+            stats_v: zeroed(&[b, t, k])?,
         })
     }
 
@@ -95,6 +96,7 @@ impl Layer {
     ) -> LayerRows<'a> {
         let Dims { t, d, h, n, .. } = dm;
         let (htn, htd, htt) = (h * t * n, h * t * d, h * t * t);
+        let k = self.stats_w.len() * d / self.w.len(); // the norm's statistics per row
         let of = |per_row: usize| rows.start * per_row..rows.end * per_row;
         let keep = if dropout { &mut self.keep[of(htn)] } else { &mut [][..] };
         let part = |buf: &'a mut Vec<f32>| if buf.is_empty() { &mut [][..] } else { &mut buf[of(htn)] };
@@ -104,7 +106,7 @@ impl Layer {
             dims: Dims { b: rows.len(), ..dm },
             v_in: &v_in[of(t * d)],
             v_out: &mut self.v[of(t * d)],
-            rstd_out: &mut self.rstd_v[of(t)],
+            stats_out: &mut self.stats_v[of(t * k)],
             x: &mut self.x[of(htn)],
             x_in,
             inc,
@@ -115,12 +117,12 @@ impl Layer {
             trace: part(&mut self.trace),
             glia: part(&mut self.glia),
             a: &mut self.a[of(htd)],
-            rstd_a: &mut self.rstd_a[of(h * t)],
+            stats_a: &mut self.stats_a[of(h * t * k)],
             y: &mut self.y[of(htn)],
             keep,
             z: &mut z[of(htn)],
             w: &mut self.w[of(t * d)],
-            rstd_w: &mut self.rstd_w[of(t)],
+            stats_w: &mut self.stats_w[of(t * k)],
         }
     }
 }
@@ -154,7 +156,7 @@ impl Activations {
             dropout: false,
             tokens: vec![0; b * t],
             v0: zeroed(&[b, t, d])?,
-            rstd_v0: zeroed(&[b, t])?,
+            stats_v0: zeroed(&[b, t, model.config.norm.stats()])?,
             layers: (0..l).map(|_| Layer::new(dm, &model.config)).collect::<Result<_>>()?,
             z: zeroed(&[b, h, t, n])?,
             logits: zeroed(&[b, t, v])?,
@@ -277,8 +279,8 @@ pub(super) struct LayerRows<'a> {
     pub(super) dims: Dims,           // B: the rows here
     pub(super) v_in: &'a [f32],      // (B, T, D)
     pub(super) v_out: &'a mut [f32], // (B, T, D)
-    pub(super) rstd_out: &'a mut [f32],
-    pub(super) x: &'a mut [f32],      // (B, H, T, N)
+    pub(super) stats_out: &'a mut [f32],
+    pub(super) x: &'a mut [f32],       // (B, H, T, N)
     pub(super) x_in: &'a [f32], // (B, H, T, N) x of the layer before, with the residual in the neurons; else empty
     pub(super) inc: &'a mut [f32], // (B, H, T, N) relu(v · encoder), with the residual in the neurons; else empty
     pub(super) xr: &'a mut [f32], // (B, H, T, N)
@@ -288,10 +290,10 @@ pub(super) struct LayerRows<'a> {
     pub(super) trace: &'a mut [f32], // (B, H, T, N) with a trace; else empty
     pub(super) glia: &'a mut [f32], // (B, H, T, N) with an astrocyte; else empty
     pub(super) a: &'a mut [f32], // (B, H, T, D)
-    pub(super) rstd_a: &'a mut [f32], // (B, H, T)
+    pub(super) stats_a: &'a mut [f32], // (B, H, T)
     pub(super) y: &'a mut [f32], // (B, H, T, N)
     pub(super) keep: &'a mut [f32], // (B, H, T, N), empty without dropout
     pub(super) z: &'a mut [f32], // (B, H, T, N)
     pub(super) w: &'a mut [f32], // (B, T, D)
-    pub(super) rstd_w: &'a mut [f32], // (B, T)
+    pub(super) stats_w: &'a mut [f32], // (B, T)
 }

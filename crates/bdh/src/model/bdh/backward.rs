@@ -13,10 +13,10 @@ use super::decay::DecayTable;
 use super::delay::{Delays, Queue};
 use super::forward::Dims;
 use super::key::KeySite;
+use super::norm::{NormSite, Place};
 use super::params::WeightsMut;
 use super::site::Mechanisms;
 use super::threshold::ThresholdSite;
-use super::variant::Norm;
 use super::Bdh;
 use crate::error::{Error, Result};
 use crate::model::loss::{cross_entropy, cross_entropy_backward};
@@ -43,6 +43,7 @@ pub struct Backward {
     dneurons: Vec<f32>,    // (B, H, N) d loss / d ln γ_{h,i} of each row, with a retention per neuron; else empty
     dk: Vec<f32>,          // (B, H, T, N) d loss / d the rotated keys, with keys other than the queries; else empty
     dkey_params: Vec<f32>, // (B, P) each row's d loss / d the key site's parameters (P of them)
+    dnorm: Vec<f32>,       // (B, 4, 4, D) each row's d loss / d an E/I norm's logits; else empty
     lm_head_t: Vec<f32>,   // (V, D)
     weights_t: Transposed,
 }
@@ -84,6 +85,7 @@ impl Backward {
             dneurons: if model.config.per_neuron_decay() { zeroed(&[b, h, n])? } else { Vec::new() },
             dk: if separate_keys(&model.config) { zeroed(&[b, h, t, n])? } else { Vec::new() },
             dkey_params: zeroed(&[b, KeySite::param_count(&model.config)])?,
+            dnorm: zeroed(&[b, model.params.get(super::norm::NORM_NAME).map_or(0, <[f32]>::len)])?,
             lm_head_t: zeroed(&[v, d])?,
             weights_t: Transposed {
                 decoder_t: zeroed(&[h, d, n])?,
@@ -117,13 +119,12 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         )));
     }
     let c = &model.config;
-    if (s.dx_up.is_empty(), s.dk.is_empty(), s.dneurons.is_empty(), s.dscores.is_empty(), s.dkey_params.len())
+    let shape = (s.dx_up.is_empty(), s.dk.is_empty(), s.dneurons.is_empty(), s.dscores.is_empty());
+    if (shape, s.dkey_params.len(), s.dnorm.is_empty())
         != (
-            c.residual.is_d(),
-            !separate_keys(c),
-            !c.per_neuron_decay(),
-            c.per_neuron_decay(),
+            (c.residual.is_d(), !separate_keys(c), !c.per_neuron_decay(), c.per_neuron_decay()),
             s.dims.b * KeySite::param_count(c),
+            c.norm.stats() == 1,
         )
     {
         return Err(Error::Mismatch("backward: scratch made for a model with another layer".into()));
@@ -150,7 +151,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     }
     let (cos, sin) = (&acts.rope.cos[..], &acts.rope.sin[..]);
     let dm = acts.dims;
-    let norm = model.config.norm;
+    let norm = NormSite::new(c, p.norm);
     s.dx_up.fill(0.0);
 
     // logits = v · lm_head  ⇒  d lm_head += vᵀ · dlogits,  dv = dlogits · lm_headᵀ
@@ -163,18 +164,18 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     let queue = Queue::new(&model.config, model.delays(), model.retention());
     for l in (0..layers).rev() {
         let (v_in, layer) = (acts.residual(l), &acts.layers[l]);
-        let (x, xr, y, a, rstd_a, scores) = (&layer.x, &layer.xr, &layer.y, &layer.a, &layer.rstd_a, &layer.scores);
+        let (x, xr, y, a, stats_a, scores) = (&layer.x, &layer.xr, &layer.y, &layer.a, &layer.stats_a, &layer.scores);
         let keep = if acts.dropout { &layer.keep[..] } else { &[][..] };
         let inc = &layer.inc[..];
 
         // v_out = LN(v_in + w)  ⇒  dv (residual path) = dw = LN'(dv_out)
         //   (the residual in the neurons: v_out = w, and no path to v_in)
         if model.config.residual.is_d() {
-            norm.backward(&mut s.dv, &layer.v, &layer.rstd_v, d);
+            norm.backward(&mut s.dv, &layer.v, &layer.stats_v, d, Place::Residual, g.norm);
         }
         // w = LN(u)  ⇒  du = LN'(dw)
         s.du.copy_from_slice(&s.dv);
-        norm.backward(&mut s.du, &layer.w, &layer.rstd_w, d);
+        norm.backward(&mut s.du, &layer.w, &layer.stats_w, d, Place::Decoder, g.norm);
         if !model.config.residual.is_d() {
             s.dv.fill(0.0);
         }
@@ -195,7 +196,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
             y,
             xr,
             a,
-            rstd_a,
+            stats_a,
             scores,
             keep,
             v_in,
@@ -214,6 +215,10 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         bdh_kernels::parallel_each(&mut rows, |r| row_backward(r, &weights_t, dm, learned));
         drop(rows);
         s.weights_t = weights_t;
+        for row in s.dnorm.chunks_exact_mut(g.norm.len().max(1)) {
+            // the read's E/I circuit, summed over rows (the normalisation site)
+            g.norm.iter_mut().zip(row.iter_mut()).for_each(|(o, x)| *o += std::mem::take(x));
+        }
         if key_site.is_some() {
             // the key site's parameters, summed over rows
             let per = s.dkey_params.len() / b;
@@ -270,7 +275,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     }
 
     // v = LN(embed[idx])  ⇒  d embed[idx] += LN'(dv)
-    norm.backward(&mut s.dv, &acts.v0, &acts.rstd_v0, d);
+    norm.backward(&mut s.dv, &acts.v0, &acts.stats_v0, d, Place::Embed, g.norm);
     for (row, &tok) in s.dv.chunks_exact(d).zip(&acts.tokens) {
         let e = &mut g.embed[tok as usize * d..(tok as usize + 1) * d];
         e.iter_mut().zip(row).for_each(|(o, &gv)| *o += gv);
@@ -297,20 +302,20 @@ struct Saved<'a> {
     key_site: Option<&'a KeySite>,
     /// With delays and a carried state: the queue and the rings it started from (B, H, W').
     delayed: Option<(&'a Queue, &'a [f32])>,
-    inc: &'a [f32],    // (B, H, T, N) x's increment, with the residual in the neurons; else empty
-    y: &'a [f32],      // (B, H, T, N)
-    xr: &'a [f32],     // (B, H, T, N)
-    a: &'a [f32],      // (B, H, T, D)
-    rstd_a: &'a [f32], // (B, H, T)
-    scores: &'a [f32], // (B, H, T, T)
-    keep: &'a [f32],   // (B, H, T, N) or empty
-    v_in: &'a [f32],   // (B, T, D)
-    cos: &'a [f32],    // (T, N/2)
-    sin: &'a [f32],    // (T, N/2)
-    rho0: &'a [f32],   // (B, H, N, D) ρ the forward started from, or empty
+    inc: &'a [f32],     // (B, H, T, N) x's increment, with the residual in the neurons; else empty
+    y: &'a [f32],       // (B, H, T, N)
+    xr: &'a [f32],      // (B, H, T, N)
+    a: &'a [f32],       // (B, H, T, D)
+    stats_a: &'a [f32], // (B, H, T, k)
+    scores: &'a [f32],  // (B, H, T, T)
+    keep: &'a [f32],    // (B, H, T, N) or empty
+    v_in: &'a [f32],    // (B, T, D)
+    cos: &'a [f32],     // (T, N/2)
+    sin: &'a [f32],     // (T, N/2)
+    rho0: &'a [f32],    // (B, H, N, D) ρ the forward started from, or empty
     decay: &'a DecayTable,
     mechanisms: &'a Mechanisms,
-    norm: Norm,
+    norm: NormSite<'a>,
     layer: usize,
     pos0: usize, // the position of the pass's first token
 }
@@ -334,6 +339,7 @@ struct RowGrads<'a> {
     dneurons: &'a mut [f32],    // (H, N), or empty
     dk: &'a mut [f32],          // (H, T, N), or empty
     dkey_params: &'a mut [f32], // (P)
+    dnorm: &'a mut [f32],       // (4, 4, D), or empty
 }
 
 impl<'a> RowGrads<'a> {
@@ -354,6 +360,8 @@ impl<'a> RowGrads<'a> {
         let mut dneurons = s.dneurons.chunks_mut(h * n);
         let per_params = s.dkey_params.len() / b;
         let mut dkey_params = s.dkey_params.chunks_mut(per_params.max(1));
+        let per_norm = s.dnorm.len() / b;
+        let mut dnorm = s.dnorm.chunks_mut(per_norm.max(1));
         let du: &'a [f32] = &s.du;
         (0..b)
             .map(|r| {
@@ -369,7 +377,7 @@ impl<'a> RowGrads<'a> {
                     y: row(saved.y, htn, r),
                     xr: row(saved.xr, htn, r),
                     a: row(saved.a, htd, r),
-                    rstd_a: row(saved.rstd_a, h * t, r),
+                    stats_a: row(saved.stats_a, saved.stats_a.len() / b, r),
                     scores: row(saved.scores, htt, r),
                     keep: row(saved.keep, htn, r),
                     v_in: row(saved.v_in, t * d, r),
@@ -394,6 +402,7 @@ impl<'a> RowGrads<'a> {
                     dk: dk.next().unwrap_or_default(),
                     dneurons: dneurons.next().unwrap_or_default(),
                     dkey_params: if per_params == 0 { &mut [][..] } else { next(&mut dkey_params) },
+                    dnorm: if per_norm == 0 { &mut [][..] } else { next(&mut dnorm) },
                 }
             })
             .collect()
@@ -414,7 +423,7 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
         y,
         xr,
         a,
-        rstd_a,
+        stats_a,
         scores,
         keep,
         v_in,
@@ -438,7 +447,7 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
     // y_latent = a · encoder_v_h  ⇒  da = dy · encoder_v_hᵀ             (H, T, D)
     matmul_batched(r.da, r.dy, &w.encoder_v_t, MatMul::new(t, n, d), heads(nt, [0, n * d], dt));
     // a = LN(attention)  ⇒  d attention = LN'(da)
-    norm.backward(r.da, a, rstd_a, d);
+    norm.backward(r.da, a, stats_a, d, Place::Read, r.dnorm);
     // attention = tril₋₁(xr xrᵀ) · v, xr = R(x), x = relu(x_latent)
     //   ⇒  dv through the values of each head;  dx = [x > 0] ⊙ (dx + Rᵀ d xr)
     let shape = Attention { b: 1, h, t, n, d };

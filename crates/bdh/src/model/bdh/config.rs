@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 pub use super::connectivity::Connectivity;
 pub use super::delay::Delays;
 pub use super::key::{Astrocyte, Trace};
+pub use super::norm::Norm;
 pub use super::threshold::{Homeostasis, Threshold};
-pub use super::variant::{Norm, Position, Residual};
+pub use super::variant::{Position, Residual};
 use crate::error::{Error, Result};
 
 /// The largest value of any size in a config: far past any model that fits a machine,
@@ -216,11 +217,11 @@ impl BdhConfig {
     /// (`norm = "none"`, …); `None` for bdh.py's layer (any decay).
     pub fn variant(&self) -> Option<String> {
         let fields = [
-            (!self.norm.is_layer()).then_some("norm = \"none\""),
-            (!self.residual.is_d()).then_some("residual = \"n\""),
-            (!self.position.is_rope()).then_some("position = \"none\""),
+            (!self.norm.is_layer()).then(|| format!("norm = \"{}\"", self.norm.name())),
+            (!self.residual.is_d()).then(|| "residual = \"n\"".into()),
+            (!self.position.is_rope()).then(|| "position = \"none\"".into()),
         ];
-        let set: Vec<&str> = fields.into_iter().flatten().collect();
+        let set: Vec<String> = fields.into_iter().flatten().collect();
         (!set.is_empty()).then(|| set.join(", "))
     }
 
@@ -247,6 +248,7 @@ impl BdhConfig {
             + super::key::KeySite::param_count(self)
             + self.delay_params()
             + self.threshold_params()
+            + self.norm.tensors(d).iter().map(|(_, shape, _)| shape.iter().product::<usize>()).sum::<usize>()
     }
 
     /// The values of the thresholds θ, (H, N), with thresholds.

@@ -37,6 +37,7 @@ use super::decay::DecayTable;
 use super::delay::Queue;
 use super::edit::{Edits, Region, Site, NO_EDITS};
 use super::key::{KeyBuffers, KeySite};
+use super::norm::{NormSite, Place};
 use super::params::Weights;
 use super::rope::RopeTable;
 use super::site::Mechanisms;
@@ -126,7 +127,8 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
     for (row, &tok) in acts.v0.chunks_exact_mut(d).zip(tokens) {
         row.copy_from_slice(&p.embed[tok as usize * d..(tok as usize + 1) * d]);
     }
-    cfg.norm.forward(&mut acts.v0, &mut acts.rstd_v0, d);
+    let norm = NormSite::new(cfg, p.norm);
+    norm.forward(&mut acts.v0, &mut acts.stats_v0, d, Place::Embed);
 
     // The heads of a batch row are independent until the decoder sums them: a few
     // rows at a time keeps a group's activations in cache from one kernel to the next.
@@ -353,7 +355,7 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
         }
     }
     // yKV = ln(yKV)                                   LN(a_{t,l})
-    cfg.norm.forward(s.a, s.rstd_a, d);
+    NormSite::new(cfg, p.norm).forward(s.a, s.stats_a, d, Place::Read);
     // y_sparse = relu(yKV @ encoder_v)                (D_y LN(a_{t,l}))^+        (B, H, T, N)
     let per_item = Batch { a: [h * t * d, t * d], ..dm.per_head(0, d * n, t * n) };
     matmul_batched(s.y, s.a, p.encoder_v, MatMul::new(t, d, n).relu(), per_item);
@@ -373,17 +375,18 @@ fn mix(p: &Weights, cfg: &BdhConfig, s: LayerRows) {
     // y = ln(xy_sparse @ decoder)                     LN(E y_{t,l})              (B, T, D)
     let per_row = Batch { count: [b, h], a: [h * t * n, t * n], b: [0, n * d], c: [t * d, 0] };
     matmul_batched(s.w, s.z, p.decoder, MatMul::new(t, n, d), per_row);
-    cfg.norm.forward(s.w, s.rstd_w, d);
+    let norm = NormSite::new(cfg, p.norm);
+    norm.forward(s.w, s.stats_w, d, Place::Decoder);
     match cfg.residual {
         // x = ln(x + y)                               v_{t,l} = LN(v_{t,l−1} + LN(E y))  (B, T, D)
         Residual::D => {
             add(s.v_out, s.v_in, s.w);
-            cfg.norm.forward(s.v_out, s.rstd_out, d);
+            norm.forward(s.v_out, s.stats_out, d, Place::Residual);
         }
         //   (the residual site, in the neurons:       v_{t,l} = N(E y_{t,l}))
         Residual::N => {
             s.v_out.copy_from_slice(s.w);
-            s.rstd_out.fill(1.0);
+            s.stats_out.fill(1.0);
         }
     }
 }

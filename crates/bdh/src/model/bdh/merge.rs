@@ -39,6 +39,13 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
         let layer = |c: &BdhConfig| c.variant().unwrap_or_else(|| "bdh.py's".into());
         return Err(Error::Config(format!("cannot merge models whose layers differ: {} and {}", layer(ca), layer(cb))));
     }
+    if ca.norm == super::Norm::Ei {
+        return Err(Error::Config(
+            "cannot merge models with norm = \"ei\": each has its own inhibitory circuits over the residual \
+             stream, and a merged layer has one"
+                .into(),
+        ));
+    }
     if (&ca.delays, a.delays()) != (&cb.delays, b.delays()) {
         return Err(Error::Config(format!(
             "cannot merge models whose heads delay their writes differently ({:?} and {:?}): a merged head has one \

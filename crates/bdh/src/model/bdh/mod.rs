@@ -11,6 +11,7 @@ pub mod edit;
 pub mod forward;
 pub mod key;
 pub mod merge;
+pub mod norm;
 pub mod params;
 pub mod recurrent;
 pub mod rope;
@@ -25,11 +26,12 @@ pub use config::{Astrocyte, BdhConfig, Connectivity, Decay, DecayPer, Delays, Ho
 pub use edit::{Action, Edit, Edits, Patch, Site, NO_EDITS};
 pub use forward::{forward, Dims, Pass};
 pub use merge::{merge, Heritage};
+pub use norm::Norm;
 pub use params::{Weights, WeightsMut, DECAY_NAME, FREQS_NAME, PARAM_NAMES};
 pub use recurrent::{Prepared, Scratch};
 pub use site::{At, Mechanism, Mechanisms};
 pub use state::State;
-pub use variant::{Norm, Position, Residual};
+pub use variant::{Position, Residual};
 
 use crate::error::{Error, Result};
 use crate::params::Params;

@@ -8,6 +8,7 @@ use rand_distr::{Distribution, Normal};
 use super::config::BdhConfig;
 use super::delay::DELAY_NAME;
 use super::key::{Trace, ASTROCYTE_NAME, TRACE_NAME};
+use super::norm::NORM_NAME;
 use super::threshold::{FIRING_NAME, THRESHOLD_NAME};
 use crate::error::Result;
 use crate::params::Params;
@@ -26,8 +27,8 @@ pub const DECAY_NAME: &str = "attn.decay";
 /// The slots of a BDH model: (V, D), (H, D, N), (H, D, N), (H·N, D), (D, V), then
 /// those of the layer's mechanisms that train: a learned decay's θ (H or (H, N)), a learned
 /// trace's φ (H, N), an astrocyte gate's β (H), learned delays' ψ (H), the
-/// neurons' thresholds θ (H, N) with a homeostatic one's running rates (H, N), and a
-/// sparse connectivity's masks.
+/// neurons' thresholds θ (H, N) with a homeostatic one's running rates (H, N), an
+/// E/I norm's logits (4, 4, D), and a sparse connectivity's masks.
 pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     let (v, d, h, n) = (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_neurons());
     let mut slots = vec![
@@ -52,6 +53,9 @@ pub fn layout(cfg: &BdhConfig) -> Vec<(&'static str, Vec<usize>)> {
     for (name, _) in cfg.threshold.tensors() {
         slots.push((name, vec![h, n]));
     }
+    for (name, shape, _) in cfg.norm.tensors(d) {
+        slots.push((name, shape));
+    }
     if cfg.connectivity.is_some() {
         let shapes = [vec![h, d, n], vec![h, d, n], vec![h * n, d]];
         slots.extend(super::connectivity::MASK_NAMES.into_iter().zip(shapes));
@@ -73,6 +77,9 @@ pub fn init(cfg: &BdhConfig, seed: u64) -> Result<Params> {
     let drawn = p.slots()[PARAM_NAMES.len() - 1].range.end;
     p.data_mut()[..drawn].iter_mut().for_each(|x| *x = normal.sample(&mut rng));
     for (name, start) in cfg.threshold.tensors() {
+        p.get_mut(name).expect("laid out above").fill(start);
+    }
+    for (name, _, start) in cfg.norm.tensors(cfg.n_embd) {
         p.get_mut(name).expect("laid out above").fill(start);
     }
     if let Some(c) = cfg.connectivity {
@@ -195,6 +202,8 @@ pub struct Weights<'a> {
     pub delay: &'a [f32],
     /// The neurons' thresholds θ, (H, N); else empty.
     pub threshold: &'a [f32],
+    /// An E/I norm's logits, (4, 4, D); else empty.
+    pub norm: &'a [f32],
 }
 
 impl<'a> Weights<'a> {
@@ -215,6 +224,7 @@ impl<'a> Weights<'a> {
             astrocyte: named(ASTROCYTE_NAME),
             delay: named(DELAY_NAME),
             threshold: named(THRESHOLD_NAME),
+            norm: named(NORM_NAME),
         }
     }
 }
@@ -244,6 +254,8 @@ pub struct WeightsMut<'a> {
     pub threshold: &'a mut [f32],
     /// (H, N), or empty: a homeostatic threshold's firing fractions (see [`super::threshold`]).
     pub firing: &'a mut [f32],
+    /// (4, 4, D), or empty: d loss / d an E/I norm's logits.
+    pub norm: &'a mut [f32],
 }
 
 impl<'a> WeightsMut<'a> {
@@ -251,13 +263,26 @@ impl<'a> WeightsMut<'a> {
     pub fn of(p: &'a mut Params) -> Self {
         debug_assert!(p.slots().iter().map(|s| s.name.as_str()).take(5).eq(PARAM_NAMES));
         // the mechanisms' tensors follow bdh.py's five, in this order, each if present
-        let has = [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME, THRESHOLD_NAME, FIRING_NAME]
+        let has = [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME, THRESHOLD_NAME, FIRING_NAME, NORM_NAME]
             .map(|name| p.slot(name).is_some());
         let mut t = p.split_mut().into_iter();
         let mut next = || t.next().expect("five BDH tensors");
         let (embed, encoder, encoder_v, decoder, lm_head) = (next(), next(), next(), next(), next());
-        let [decay, trace, astrocyte, delay, threshold, firing] =
+        let [decay, trace, astrocyte, delay, threshold, firing, norm] =
             has.map(|there| if there { next() } else { &mut [][..] });
-        WeightsMut { embed, encoder, encoder_v, decoder, lm_head, decay, trace, astrocyte, delay, threshold, firing }
+        WeightsMut {
+            embed,
+            encoder,
+            encoder_v,
+            decoder,
+            lm_head,
+            decay,
+            trace,
+            astrocyte,
+            delay,
+            threshold,
+            firing,
+            norm,
+        }
     }
 }

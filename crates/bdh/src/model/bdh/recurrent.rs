@@ -32,6 +32,7 @@ use super::delay::Queue;
 use super::edit::{Edits, Region, Site};
 use super::forward::{forward, Pass};
 use super::key::KeySite;
+use super::norm::{NormSite, Place};
 use super::rope::cos_sin;
 use super::state::State;
 use super::threshold::ThresholdSite;
@@ -56,7 +57,7 @@ pub struct Prepared {
 pub struct Scratch {
     v: Vec<f32>,                 // (B, D) residual streams
     u: Vec<f32>,                 // (B, D) decoder outputs
-    rstd: Vec<f32>,              // (B)
+    stats: Vec<f32>,             // (B, 2) the norm's statistics per stream
     logits: Vec<f32>,            // (B, V)
     heads: Vec<HeadScratch>,     // (H)
     rotations: Vec<Rotation>,    // (≥ B) the rotation of each stream's position
@@ -111,7 +112,7 @@ impl Scratch {
         let (d, n, vocab) = self.dims;
         self.v.resize(b * d, 0.0);
         self.u.resize(b * d, 0.0);
-        self.rstd.resize(b, 0.0);
+        self.stats.resize(2 * b, 0.0);
         self.logits.resize(b.max(1) * vocab, 0.0);
         // Per-stream buffers are only ever added, so a batch that shrinks and grows
         // again reuses them.
@@ -188,7 +189,7 @@ impl Prepared {
         let mut s = Scratch {
             v: Vec::new(),
             u: Vec::new(),
-            rstd: Vec::new(),
+            stats: Vec::new(),
             logits: Vec::new(),
             heads: vec![head; c.n_head],
             rotations: Vec::new(),
@@ -300,7 +301,8 @@ impl Prepared {
         for (vb, &tok) in s.v.chunks_exact_mut(d).zip(tokens) {
             vb.copy_from_slice(&p.embed[tok as usize * d..(tok as usize + 1) * d]);
         }
-        c.norm.forward(&mut s.v, &mut s.rstd, d);
+        let (norm, k) = (NormSite::new(c, p.norm), c.norm.stats());
+        norm.forward(&mut s.v, &mut s.stats[..b * k], d, Place::Embed);
         for l in 0..c.n_layer {
             // Per head (the unit of parallel work): its neurons for every stream in
             // one product, then each stream's read, write and decoder share.
@@ -345,11 +347,11 @@ impl Prepared {
                     ub.iter_mut().zip(&hs.streams[r].u).for_each(|(o, &x)| *o += x);
                 }
             }
-            c.norm.forward(&mut s.u, &mut s.rstd, d);
+            norm.forward(&mut s.u, &mut s.stats[..b * k], d, Place::Decoder);
             match c.residual {
                 Residual::D => {
                     s.v.iter_mut().zip(&s.u).for_each(|(vi, &ui)| *vi += ui);
-                    c.norm.forward(&mut s.v, &mut s.rstd, d);
+                    norm.forward(&mut s.v, &mut s.stats[..b * k], d, Place::Residual);
                 }
                 //   (the residual in the neurons: v = N(u))
                 Residual::N => s.v.copy_from_slice(&s.u),
@@ -408,7 +410,7 @@ impl Prepared {
         let Rotation { pos, cos, sin } = &at.rotations[*row];
         let pos = *pos;
         let one = |width| Region { head0: hi, heads: 1, pos0: pos, t: 1, n, width };
-        let mut rstd = [0.0f32];
+        let mut stats = [0.0f32; 2];
         at.edits.apply(Site::X, at.layer, x, one(1));
         // R_t x, and the RoPE pairs with an active neuron
         rope(&mut st.xr, x, cos, sin, n, RopeDirection::Forward);
@@ -437,7 +439,7 @@ impl Prepared {
             }
             _ => rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows),
         }
-        c.norm.forward(&mut st.a, &mut rstd, d);
+        NormSite::new(c, p.norm).forward(&mut st.a, &mut stats[..c.norm.stats()], d, Place::Read);
         // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
         st.y.resize(st.cols.len(), 0.0);
         gather_dot(&mut st.y, &st.a, encoder_v_t, &st.cols);

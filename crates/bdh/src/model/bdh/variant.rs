@@ -1,6 +1,6 @@
 //! The layer's architectural variants, each a config field whose default is bdh.py's:
-//! the normalisation site ([`Norm`]), the residual site ([`Residual`]) and the position
-//! encoding ([`Position`]). With `norm = "none"`, `residual = "n"` and
+//! the normalisation site ([`super::norm::Norm`], in a module of its own), the residual
+//! site ([`Residual`]) and the position encoding ([`Position`]). With `norm = "none"`, `residual = "n"` and
 //! `position = "none"` the layer is the paper's BDH-Normfree (its Eq. 7), the form
 //! that has an exactly equal graph of neurons and synapses ([`crate::model::graph`]).
 //!
@@ -9,42 +9,7 @@
 //! RoPE with every frequency zero, whose rotation is the identity exactly
 //! (cos 0 = 1, sin 0 = 0), so every path, a device's included, computes `x_τ · x_t`.
 
-use bdh_kernels::{layer_norm, layer_norm_backward};
 use serde::{Deserialize, Serialize};
-
-/// N(z): what normalises the residual stream, the attention read and the decoder's output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Norm {
-    /// bdh.py's parameter-free LayerNorm.
-    #[default]
-    Layer,
-    /// No normalisation: every LayerNorm of bdh.py removed.
-    None,
-}
-
-impl Norm {
-    /// Whether this is bdh.py's LayerNorm.
-    pub fn is_layer(&self) -> bool {
-        *self == Norm::Layer
-    }
-
-    /// `x ← N(x)` over rows of `d`, keeping each row's 1/std for the backward (1
-    /// without a norm).
-    pub(crate) fn forward(self, x: &mut [f32], rstd: &mut [f32], d: usize) {
-        match self {
-            Norm::Layer => layer_norm(x, rstd, d),
-            Norm::None => rstd.fill(1.0),
-        }
-    }
-
-    /// Turns `g`, d loss / d N(x), into d loss / d x, given the forward's output and 1/std.
-    pub(crate) fn backward(self, g: &mut [f32], out: &[f32], rstd: &[f32], d: usize) {
-        if self == Norm::Layer {
-            layer_norm_backward(g, out, rstd, d);
-        }
-    }
-}
 
 /// Where a layer keeps what it passes on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
