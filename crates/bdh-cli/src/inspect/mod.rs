@@ -31,6 +31,7 @@ macro_rules! say {
 }
 
 mod ablate;
+mod complexity;
 mod concept;
 mod graph;
 mod induction;
@@ -98,6 +99,9 @@ enum What {
     Top(top::Args),
     /// The greedy layer-by-layer path of neurons whose removal lowers a target logit most.
     Path(path::Args),
+    /// The Lempel–Ziv complexity of each neuron's firing over a text, against
+    /// shuffles of the same firing rate.
+    Complexity(complexity::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -169,6 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Induction(a) => induction::run(a, Some(model), &args.device, &mut out)?,
         What::Top(a) => top::run(a, model, &mut out)?,
         What::Path(a) => path::run(a, model, &mut out)?,
+        What::Complexity(a) => complexity::run(a, model, &mut out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

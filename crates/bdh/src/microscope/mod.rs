@@ -12,11 +12,14 @@
 //!   fact: which layers, heads, neurons and synapses hold it.
 //! - [`induction`]: induction and previous-token heads on repeated random text.
 //! - [`top`]: a neuron's strongest contexts over a text, clustered into facets.
+//! - [`complexity`]: the Lempel–Ziv complexity of each neuron's firing over a text,
+//!   against shuffles of the same rate.
 //!
 //! Every analysis returns plain data (serialisable to JSON); rendering is left to
 //! the caller. The long ones take a [`Progress`] to tell how far they are.
 
 pub mod ablate;
+pub mod complexity;
 pub mod graph;
 pub mod induction;
 pub mod louvain;

@@ -1,0 +1,56 @@
+//! The microscope's population view end to end on the recall-trained golden model:
+//! summaries, every number as JSON, pages that render in Chromium, and clear errors
+//! for bad input.
+
+use std::path::Path;
+
+mod common;
+use common::figures::assert_charts_readable;
+use common::{bdh, chromium, example, golden, render, temp, text};
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn complexity_ranks_the_neurons_and_renders() {
+    let tmp = temp("complexity");
+    let (html, js) = (tmp.path().join("c.html"), tmp.path().join("c.json"));
+    let (h, j) = (html.display().to_string(), js.display().to_string());
+    let model = golden("recall-trained");
+    let sample = example("text.txt");
+    let args = ["inspect", "complexity", "--model", &model, "--text", &sample, "--contexts", "1", "--html", &h];
+    let o = bdh(&[&args[..], &["--json", &j]].concat());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("least complex:") && out.contains("most complex:") && out.contains("⏎"), "{out}");
+    let v = json(&js);
+    assert_eq!(v["tokens"], 1170);
+    let heads = v["heads"].as_array().unwrap();
+    assert_eq!(heads.len(), 4, "two layers of two heads");
+    for head in heads {
+        let q: Vec<f64> = head["quartiles"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(q.windows(2).all(|w| w[0] <= w[1]) && q[0] > 0.3 && q[4] < 2.0, "{q:?}");
+        let counted: u64 = head["histogram"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
+        assert_eq!(counted, head["varying"].as_u64().unwrap());
+    }
+    let (least, most) = (&v["least"][0], &v["most"][0]);
+    assert!(least["normalised"].as_f64() < most["normalised"].as_f64());
+    let lz = least["lz"].as_f64().unwrap() / least["shuffled"].as_f64().unwrap();
+    assert!((lz - least["normalised"].as_f64().unwrap()).abs() < 1e-12);
+    assert_charts_readable(&std::fs::read_to_string(&html).unwrap(), 1);
+    if let Some(c) = chromium("the complexity page") {
+        let (dom, shot) = render(&c, &html, tmp.path());
+        assert!(dom.contains("inspect complexity") && dom.contains("<table") && shot > 10_000, "{shot} bytes");
+    }
+    // bad input: an empty text, too few tokens, no shuffles
+    for (extra, expected) in [
+        (vec!["--prompt", ""], "the text is empty"),
+        (vec!["--prompt", "ab", "--tokens", "1"], "1 is not in 2..=65536"),
+        (vec!["--prompt", "abc", "--shuffles", "0"], "1..=64 shuffles"),
+    ] {
+        let o = bdh(&[&["inspect", "complexity", "--model", &model][..], &extra].concat());
+        let msg = text(&o);
+        assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{extra:?}: {msg}");
+    }
+}
