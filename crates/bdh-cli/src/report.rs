@@ -382,6 +382,7 @@ mod tests {
             relative_change: 0.1 * k,
             effective_rank: 4.0 + k,
             start_rank: 4.0,
+            alignment: 1.0 - 0.1 * k,
         };
         let evals: Vec<EvalRecord> = (1..=4)
             .map(|k| EvalRecord {

@@ -54,3 +54,54 @@ fn complexity_ranks_the_neurons_and_renders() {
         assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{extra:?}: {msg}");
     }
 }
+
+#[test]
+fn training_follows_the_models_a_run_kept_from_its_start() {
+    let tmp = temp("inspect-training");
+    let run = tmp.path().join("run").display().to_string();
+    let sets =
+        ["training.max_steps=20", "training.eval_interval=10", "training.keep_every=10", "training.batch_size=2"];
+    let mut args = vec!["train", "--preset", "tiny", "--out", &run, "--quiet"];
+    args.extend(sets.iter().flat_map(|s| ["--set", s]));
+    let o = bdh(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let (html, js) = (tmp.path().join("t.html"), tmp.path().join("t.json"));
+    let (h, j) = (html.display().to_string(), js.display().to_string());
+    let sample = example("text.txt");
+    let o = bdh(&["inspect", "training", "--run", &run, "--text", &sample, "--html", &h, "--json", &j]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let v = json(&js);
+    let steps = v["steps"].as_array().unwrap();
+    let at: Vec<u64> = steps.iter().map(|s| s["step"].as_u64().unwrap()).collect();
+    assert_eq!(at, [0, 10, 20]);
+    for (s, moved) in steps.iter().zip([false, true, true]) {
+        for w in s["weights"].as_array().unwrap() {
+            let (change, align) = (w["relative_change"].as_f64().unwrap(), w["alignment"].as_f64().unwrap());
+            if moved {
+                assert!(change > 0.0 && align < 1.0 + 1e-9, "{w}");
+            } else {
+                assert!(change == 0.0 && (align - 1.0).abs() < 1e-9, "step 0 is its own start: {w}");
+            }
+        }
+        let (x, xy) = (s["x"].as_f64().unwrap(), s["xy"].as_f64().unwrap());
+        assert!(0.0 < xy && xy <= x && x < 1.0, "{s}");
+    }
+    assert_charts_readable(&std::fs::read_to_string(&html).unwrap(), 4);
+    if let Some(c) = chromium("the training page") {
+        let (dom, shot) = render(&c, &html, tmp.path());
+        assert!(dom.contains("inspect training") && dom.contains("<table") && shot > 10_000, "{shot} bytes");
+    }
+    // a run that kept nothing, and --model instead of --run, are refused by name
+    let bare = tmp.path().join("bare").display().to_string();
+    let o = bdh(&["train", "--preset", "tiny", "--out", &bare, "--quiet", "--set", "training.max_steps=2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (args, expected) in [
+        (vec!["inspect", "training", "--run", &bare, "--text", &sample], "kept no models; train with"),
+        (vec!["inspect", "training", "--run", &run, "--model", &run, "--text", &sample], "reads --run, not --model"),
+    ] {
+        let o = bdh(&args);
+        let msg = text(&o);
+        assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{args:?}: {msg}");
+    }
+}

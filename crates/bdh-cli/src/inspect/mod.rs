@@ -41,6 +41,7 @@ mod path;
 mod sparsity;
 mod synapses;
 mod top;
+mod training;
 
 /// Looks inside a model: sparsity, the neuron graph, the synapse state, and
 /// interventions (ablate, patch, induction, top, path, overlap).
@@ -102,6 +103,9 @@ enum What {
     /// The Lempel–Ziv complexity of each neuron's firing over a text, against
     /// shuffles of the same firing rate.
     Complexity(complexity::Args),
+    /// Rich or lazy learning over the models a run kept: each layer matrix's change
+    /// from the start, effective rank and alignment with its start, and sparsity.
+    Training(training::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -111,6 +115,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::args::check_writable(html, "--html")?;
     }
     SUMMARY_TO_STDERR.store(args.json.to_stdout(), std::sync::atomic::Ordering::Relaxed);
+    if let What::Training(a) = args.what {
+        anyhow::ensure!(args.model.is_none() && args.init.is_none(), "inspect training reads --run, not --model");
+        let mut out = Output { json: args.json, html: args.html, provenance: Provenance::of_this_run() };
+        training::run(a, &args.device, &mut out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let What::Induction(a) = &args.what {
         if let Some(run) = &a.run {
             anyhow::ensure!(
@@ -174,6 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Top(a) => top::run(a, model, &mut out)?,
         What::Path(a) => path::run(a, model, &mut out)?,
         What::Complexity(a) => complexity::run(a, model, &mut out)?,
+        What::Training(_) => unreachable!("run above, before a model is loaded"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,11 @@
 //! - the **effective rank** of each head's matrix, `exp(−Σ p_i ln p_i)` with
 //!   `p_i = σ_i / Σ σ` its normalised singular values (Roy and Vetterli): from 1 for a
 //!   matrix of rank one to min(rows, cols) for one whose singular values are all
-//!   equal; the mean over the heads, now and at the start.
+//!   equal; the mean over the heads, now and at the start;
+//! - the **alignment** of each head's top [`ALIGNED`] singular directions in the
+//!   residual stream (R^D: `encoder`'s left, `decoder`'s right singular vectors) with
+//!   those at the start, `‖U₀ᵀ U‖²_F / k`: 1 where the same directions still carry the
+//!   most weight, about k / D for unrelated ones; the mean over the heads.
 
 use nalgebra::{DMatrix, SymmetricEigen};
 use serde::{Deserialize, Serialize};
@@ -29,6 +33,33 @@ pub struct WeightChange {
     pub effective_rank: f64,
     /// The heads' mean effective rank at the start.
     pub start_rank: f64,
+    /// The heads' mean alignment of their top singular directions with the start's
+    /// (absent from logs written before it was measured).
+    #[serde(default)]
+    pub alignment: f64,
+}
+
+/// Singular directions compared by [`WeightChange::alignment`].
+pub const ALIGNED: usize = 8;
+
+/// The top `k` singular directions of a `rows × cols` row-major matrix on its side of
+/// length `min(rows, cols)`, as the columns of a (min, k) matrix: eigenvectors of its
+/// smaller Gram matrix.
+fn top_directions(m: &[f32], rows: usize, cols: usize, k: usize) -> DMatrix<f64> {
+    let a = DMatrix::from_row_iterator(rows, cols, m.iter().map(|&x| x as f64));
+    let gram = if rows <= cols { &a * a.transpose() } else { a.transpose() * &a };
+    let eig = SymmetricEigen::new(gram);
+    let mut order: Vec<usize> = (0..eig.eigenvalues.len()).collect();
+    order.sort_by(|&i, &j| eig.eigenvalues[j].total_cmp(&eig.eigenvalues[i]));
+    let cols: Vec<_> = order.iter().take(k).map(|&i| eig.eigenvectors.column(i).into_owned()).collect();
+    DMatrix::from_columns(&cols)
+}
+
+/// `‖U₀ᵀ U‖²_F / k` of two matrices' top `k` singular directions on their shorter side.
+pub fn alignment(start: &[f32], now: &[f32], rows: usize, cols: usize, k: usize) -> f64 {
+    let k = k.min(rows.min(cols)).max(1);
+    let (u0, u) = (top_directions(start, rows, cols, k), top_directions(now, rows, cols, k));
+    (u0.transpose() * u).norm_squared() / k as f64
 }
 
 /// The singular values of a `rows × cols` row-major matrix, largest first: the square
@@ -94,6 +125,12 @@ pub fn weight_change(start: &Bdh, now: &Bdh) -> Result<Vec<WeightChange>> {
             relative_change: relative_change(w, w0),
             effective_rank: mean_rank(w, rows, cols),
             start_rank: mean_rank(w0, rows, cols),
+            alignment: w0
+                .chunks_exact(rows * cols)
+                .zip(w.chunks_exact(rows * cols))
+                .map(|(a, b)| alignment(a, b, rows, cols, ALIGNED))
+                .sum::<f64>()
+                / h as f64,
         })
         .collect())
 }
@@ -117,6 +154,23 @@ mod tests {
         // singular values of diag(3, 1): 3 and 1
         let s = singular_values(&[3.0, 0.0, 0.0, -1.0], 2, 2);
         assert!((s[0] - 3.0).abs() < 1e-12 && (s[1] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_alignment_of_known_matrices() {
+        // diag(3, 2, 1) against itself scaled: the same directions; against
+        // diag(1, 2, 3): the top one swapped for the last
+        let diag = |a: f32, b: f32, c: f32| [a, 0.0, 0.0, 0.0, b, 0.0, 0.0, 0.0, c];
+        assert!((alignment(&diag(3.0, 2.0, 1.0), &diag(6.0, 4.0, 2.0), 3, 3, 1) - 1.0).abs() < 1e-12);
+        assert!(alignment(&diag(3.0, 2.0, 1.0), &diag(1.0, 2.0, 3.0), 3, 3, 1) < 1e-12);
+        // top two: {e1, e2} against {e3, e2}: one of two shared
+        assert!((alignment(&diag(3.0, 2.0, 1.0), &diag(1.0, 2.0, 3.0), 3, 3, 2) - 0.5).abs() < 1e-12);
+        // a rotation within the kept subspace changes nothing; the wide and the tall
+        // side agree (a matrix and its transpose)
+        let wide = [3.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0];
+        let tall = [3.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0];
+        assert!((alignment(&wide, &wide, 2, 4, 2) - 1.0).abs() < 1e-12);
+        assert!((alignment(&tall, &tall, 4, 2, 1) - 1.0).abs() < 1e-12);
     }
 
     #[test]
