@@ -91,7 +91,6 @@ pub fn run(args: Args, device: &DeviceArgs, out: &mut Output) -> anyhow::Result<
             100.0 * x,
             100.0 * xy
         );
-        drop(scope);
         if start.is_none() {
             start = Some(m);
         }
