@@ -105,3 +105,32 @@ fn training_follows_the_models_a_run_kept_from_its_start() {
         assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{args:?}: {msg}");
     }
 }
+
+#[test]
+fn seeds_matches_a_model_to_itself_and_refuses_what_it_cannot_compare() {
+    let tmp = temp("inspect-seeds");
+    let (html, js) = (tmp.path().join("s.html"), tmp.path().join("s.json"));
+    let (h, j) = (html.display().to_string(), js.display().to_string());
+    let (model, sample) = (golden("recall-trained"), example("text.txt"));
+    let both = format!("{model},{model}");
+    let o = bdh(&["inspect", "seeds", "--models", &both, "--text", &sample, "--html", &h, "--json", &j]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("0:0→0:0 0:1→0:1 1:0→1:0 1:1→1:1") && out.contains("100% also important"), "{out}");
+    let v = json(&js);
+    for c in v["matchings"][0]["correlation"].as_array().unwrap() {
+        assert!((c.as_f64().unwrap() - 1.0).abs() < 1e-4, "{c}");
+    }
+    assert_charts_readable(&std::fs::read_to_string(&html).unwrap(), 2);
+    if let Some(c) = chromium("the seeds page") {
+        let (dom, shot) = render(&c, &html, tmp.path());
+        assert!(dom.contains("inspect seeds") && dom.contains("<table") && shot > 10_000, "{shot} bytes");
+    }
+    let other = golden("ref-small-trained");
+    let mixed = format!("{model},{other}");
+    for (models, expected) in [(&model, "give 2 to 16 models"), (&mixed, "models of one shape only")] {
+        let o = bdh(&["inspect", "seeds", "--models", models, "--text", &sample]);
+        let msg = text(&o);
+        assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{msg}");
+    }
+}

@@ -30,6 +30,7 @@ mod merge;
 mod microscope;
 mod neuron_decay;
 mod parallel;
+mod population;
 mod recurrent;
 mod run;
 mod run_dir;

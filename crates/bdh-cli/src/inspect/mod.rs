@@ -38,6 +38,7 @@ mod induction;
 mod overlap;
 mod patch;
 mod path;
+mod seeds;
 mod sparsity;
 mod synapses;
 mod top;
@@ -106,6 +107,9 @@ enum What {
     /// Rich or lazy learning over the models a run kept: each layer matrix's change
     /// from the start, effective rank and alignment with its start, and sparsity.
     Training(training::Args),
+    /// Neurons across models that differ only in seed: matched by their activations,
+    /// how stable the important ones are, and whether neurons are the activity's axes.
+    Seeds(seeds::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -119,6 +123,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(args.model.is_none() && args.init.is_none(), "inspect training reads --run, not --model");
         let mut out = Output { json: args.json, html: args.html, provenance: Provenance::of_this_run() };
         training::run(a, &args.device, &mut out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let What::Seeds(a) = args.what {
+        anyhow::ensure!(args.model.is_none() && args.init.is_none(), "inspect seeds reads --models A,B,…, not --model");
+        let mut out = Output { json: args.json, html: args.html, provenance: Provenance::of_this_run() };
+        seeds::run(a, &mut out)?;
         return Ok(ExitCode::SUCCESS);
     }
     if let What::Induction(a) = &args.what {
@@ -184,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Top(a) => top::run(a, model, &mut out)?,
         What::Path(a) => path::run(a, model, &mut out)?,
         What::Complexity(a) => complexity::run(a, model, &mut out)?,
-        What::Training(_) => unreachable!("run above, before a model is loaded"),
+        What::Training(_) | What::Seeds(_) => unreachable!("run above, before a model is loaded"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,8 @@
 //!   fact: which layers, heads, neurons and synapses hold it.
 //! - [`induction`]: induction and previous-token heads on repeated random text.
 //! - [`top`]: a neuron's strongest contexts over a text, clustered into facets.
+//! - [`seeds`]: a set of models that differ in seed, neuron by neuron: matched
+//!   features, stable importance, and whether the neurons are the activity's axes.
 //! - [`complexity`]: the Lempel–Ziv complexity of each neuron's firing over a text,
 //!   against shuffles of the same rate.
 //!
@@ -24,6 +26,7 @@ pub mod graph;
 pub mod induction;
 pub mod louvain;
 pub mod patch;
+pub mod seeds;
 pub mod sparsity;
 pub mod stats;
 pub mod synapses;
