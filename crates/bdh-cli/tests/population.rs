@@ -134,3 +134,37 @@ fn seeds_matches_a_model_to_itself_and_refuses_what_it_cannot_compare() {
         assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{msg}");
     }
 }
+
+#[test]
+fn connectome_factorises_the_affinities_and_renders() {
+    let tmp = temp("inspect-connectome");
+    let (html, js) = (tmp.path().join("c.html"), tmp.path().join("c.json"));
+    let (h, j) = (html.display().to_string(), js.display().to_string());
+    let (model, sample) = (golden("recall-trained"), example("text.txt"));
+    let base = ["inspect", "connectome", "--model", &model, "--text", &sample, "--neurons", "16", "--max-rank", "3"];
+    let o = bdh(&[&base[..], &["--html", &h, "--json", &j]].concat());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("18 windows of 64 tokens") && out.contains("component 0") && out.contains("peaks in window"));
+    let v = json(&js);
+    let errors: Vec<f64> = v["errors"].as_array().unwrap().iter().map(|e| e.as_f64().unwrap()).collect();
+    assert_eq!(errors.len(), 3);
+    assert!(errors.iter().all(|&e| (0.0..1.0).contains(&e)) && errors[2] <= errors[0] + 1e-9, "{errors:?}");
+    let rank = v["rank"].as_u64().unwrap() as usize;
+    assert_eq!(v["components"].as_array().unwrap().len(), rank);
+    assert_eq!(v["components"][0]["course"].as_array().unwrap().len(), 18);
+    assert_charts_readable(&std::fs::read_to_string(&html).unwrap(), 2);
+    if let Some(c) = chromium("the connectome page") {
+        let (dom, shot) = render(&c, &html, tmp.path());
+        assert!(dom.contains("inspect connectome") && dom.contains("<table") && shot > 10_000, "{shot} bytes");
+    }
+    for (extra, expected) in [
+        (vec!["--rank", "0"], "the rank must be 1..=3"),
+        (vec!["--tokens", "100"], "100 tokens in windows of 64 make 1"),
+        (vec!["--window", "1"], "windows of at least 2 tokens"),
+    ] {
+        let o = bdh(&[&base[..], &extra].concat());
+        let msg = text(&o);
+        assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{extra:?}: {msg}");
+    }
+}

@@ -33,6 +33,7 @@ macro_rules! say {
 mod ablate;
 mod complexity;
 mod concept;
+mod connectome;
 mod graph;
 mod induction;
 mod overlap;
@@ -110,6 +111,9 @@ enum What {
     /// Neurons across models that differ only in seed: matched by their activations,
     /// how stable the important ones are, and whether neurons are the activity's axes.
     Seeds(seeds::Args),
+    /// Which groups of neurons work together when: co-activation affinities in
+    /// windows of a text, factorised into communities and their time courses.
+    Connectome(connectome::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -194,6 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Top(a) => top::run(a, model, &mut out)?,
         What::Path(a) => path::run(a, model, &mut out)?,
         What::Complexity(a) => complexity::run(a, model, &mut out)?,
+        What::Connectome(a) => connectome::run(a, model, &mut out)?,
         What::Training(_) | What::Seeds(_) => unreachable!("run above, before a model is loaded"),
     }
     Ok(ExitCode::SUCCESS)

@@ -12,6 +12,8 @@
 //!   fact: which layers, heads, neurons and synapses hold it.
 //! - [`induction`]: induction and previous-token heads on repeated random text.
 //! - [`top`]: a neuron's strongest contexts over a text, clustered into facets.
+//! - [`connectome`]: which groups of neurons co-activate when, by a non-negative
+//!   tensor factorisation of their affinities over windows of a text.
 //! - [`seeds`]: a set of models that differ in seed, neuron by neuron: matched
 //!   features, stable importance, and whether the neurons are the activity's axes.
 //! - [`complexity`]: the Lempel–Ziv complexity of each neuron's firing over a text,
@@ -22,6 +24,7 @@
 
 pub mod ablate;
 pub mod complexity;
+pub mod connectome;
 pub mod graph;
 pub mod induction;
 pub mod louvain;
