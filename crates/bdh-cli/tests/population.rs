@@ -168,3 +168,54 @@ fn connectome_factorises_the_affinities_and_renders() {
         assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{extra:?}: {msg}");
     }
 }
+
+#[test]
+fn geometry_measures_the_concept_codes_and_maps_them() {
+    let tmp = temp("inspect-geometry");
+    let (html, js) = (tmp.path().join("g.html"), tmp.path().join("g.json"));
+    let (h, j) = (html.display().to_string(), js.display().to_string());
+    let model = golden("recall-trained");
+    let o = bdh(&[
+        "inspect",
+        "geometry",
+        "--model",
+        &model,
+        "--statements",
+        "60",
+        "--site",
+        "x",
+        "--html",
+        &h,
+        "--json",
+        &j,
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("random codes of the same sizes: mean overlap"), "{out}");
+    let v = json(&js);
+    let codes = v["codes"].as_array().unwrap();
+    assert_eq!(codes.len(), 27, "16 places and 11 colours");
+    let read: u64 = codes.iter().map(|c| c["occurrences"].as_u64().unwrap()).sum();
+    assert_eq!(read, 120, "every statement names one concept");
+    assert_eq!(v["map"].as_array().unwrap().len(), 120, "a point per occurrence");
+    // the model's codes overlap more than random codes of their sizes, and collide sooner
+    let (model_overlap, random_overlap) =
+        (v["model"]["overlap"].as_f64().unwrap(), v["random"]["overlap"].as_f64().unwrap());
+    assert!(model_overlap > random_overlap, "{model_overlap} vs {random_overlap}");
+    assert!(v["model"]["capacity"].as_u64() <= v["random"]["capacity"].as_u64());
+    assert_charts_readable(&std::fs::read_to_string(&html).unwrap(), 3);
+    if let Some(c) = chromium("the geometry page") {
+        let (dom, shot) = render(&c, &html, tmp.path());
+        assert!(dom.contains("inspect geometry") && dom.contains("<table") && shot > 10_000, "{shot} bytes");
+    }
+    for (extra, expected) in
+        [(vec!["--statements", "2"], "2 is not in 8..=2000"), (vec!["--site", "rho"], "expected x, y or xy")]
+    {
+        let o = bdh(&[&["inspect", "geometry", "--model", &model][..], &extra].concat());
+        let msg = text(&o);
+        assert!(!o.status.success() && msg.contains(expected) && !msg.contains("panicked"), "{extra:?}: {msg}");
+    }
+    // y alone is not a code of this command
+    let o = bdh(&["inspect", "geometry", "--model", &model, "--site", "y"]);
+    assert!(!o.status.success() && text(&o).contains("geometry reads x or xy"), "{}", text(&o));
+}

@@ -34,6 +34,7 @@ mod ablate;
 mod complexity;
 mod concept;
 mod connectome;
+mod geometry;
 mod graph;
 mod induction;
 mod overlap;
@@ -114,6 +115,9 @@ enum What {
     /// Which groups of neurons work together when: co-activation affinities in
     /// windows of a text, factorised into communities and their time courses.
     Connectome(connectome::Args),
+    /// Concept codes as sets of neurons: their overlap, how many superpose before
+    /// they collide (against random codes), and a t-SNE map of their activations.
+    Geometry(geometry::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -199,6 +203,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Path(a) => path::run(a, model, &mut out)?,
         What::Complexity(a) => complexity::run(a, model, &mut out)?,
         What::Connectome(a) => connectome::run(a, model, &mut out)?,
+        What::Geometry(a) => geometry::run(a, model, &mut out)?,
         What::Training(_) | What::Seeds(_) => unreachable!("run above, before a model is loaded"),
     }
     Ok(ExitCode::SUCCESS)

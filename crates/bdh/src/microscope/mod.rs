@@ -14,6 +14,8 @@
 //! - [`top`]: a neuron's strongest contexts over a text, clustered into facets.
 //! - [`connectome`]: which groups of neurons co-activate when, by a non-negative
 //!   tensor factorisation of their affinities over windows of a text.
+//! - [`geometry`]: concept codes as sets of neurons: their overlap, how many
+//!   superpose before they collide, and a t-SNE map.
 //! - [`seeds`]: a set of models that differ in seed, neuron by neuron: matched
 //!   features, stable importance, and whether the neurons are the activity's axes.
 //! - [`complexity`]: the Lempel–Ziv complexity of each neuron's firing over a text,
@@ -25,6 +27,7 @@
 pub mod ablate;
 pub mod complexity;
 pub mod connectome;
+pub mod geometry;
 pub mod graph;
 pub mod induction;
 pub mod louvain;
