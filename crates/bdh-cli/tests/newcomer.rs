@@ -255,9 +255,14 @@ fn a_run_whose_reader_goes_away_saves_and_ends_cleanly() {
 /// The commands of a fenced `sh` block of the README section headed `heading`, one per
 /// entry, continuation lines joined (comments kept: the shell drops them).
 fn readme_commands(heading: &str) -> Vec<String> {
+    readme_block(heading, 0)
+}
+
+/// The commands of the `k`-th fenced `sh` block (from 0) of the README section `heading`.
+fn readme_block(heading: &str, k: usize) -> Vec<String> {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
     let section = readme.split("\n## ").find(|s| s.starts_with(heading)).expect("the README has the section");
-    let block = section.split("```sh\n").nth(1).expect("a sh block").split("```").next().unwrap();
+    let block = section.split("```sh\n").nth(k + 1).expect("a sh block").split("```").next().unwrap();
     let mut commands = Vec::new();
     let mut current = String::new();
     for line in block.lines() {
@@ -394,4 +399,27 @@ fn the_readme_neurons_section_runs_as_written() {
         .and_then(|s| s.trim_end_matches('%').parse().ok())
         .expect("a sparsity row");
     assert!(x < 20.0, "x fires on {x}% of pairs: {out}");
+}
+
+/// The README's population commands, run as written after the section's `R=`: every
+/// page is written, and the seeds' runs are matched.
+#[test]
+fn the_readme_population_commands_run_as_written() {
+    let tmp = temp("readme-population");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for dir in ["examples", "tests"] {
+        std::os::unix::fs::symlink(root.join(dir).canonicalize().unwrap(), tmp.path().join(dir)).unwrap();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_bdh")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let first = readme_block("Look inside", 0);
+    let define = first.iter().find(|c| c.starts_with("M=")).expect("the section sets R");
+    let script = [define.clone(), readme_block("Look inside", 1).join("\n")].join("\n");
+    let o = Command::new("sh").arg("-ec").arg(&script).current_dir(tmp.path()).env("PATH", &path).output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{script}\n{out}");
+    assert!(out.contains("least complex:") && out.contains("superpose") && out.contains("heads matched"), "{out}");
+    for page in ["complexity.html", "geometry.html", "seeds.html"] {
+        assert!(tmp.path().join(page).exists(), "{page} not written");
+    }
 }
