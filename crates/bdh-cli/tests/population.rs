@@ -79,7 +79,8 @@ fn training_follows_the_models_a_run_kept_from_its_start() {
         for w in s["weights"].as_array().unwrap() {
             let (change, align) = (w["relative_change"].as_f64().unwrap(), w["alignment"].as_f64().unwrap());
             if moved {
-                assert!(change > 0.0 && align < 1.0 + 1e-9, "{w}");
+                // trained, the top directions turn away from the start's
+                assert!(change > 0.0 && align < 0.999, "{w}");
             } else {
                 assert!(change == 0.0 && (align - 1.0).abs() < 1e-9, "step 0 is its own start: {w}");
             }
@@ -202,7 +203,7 @@ fn geometry_measures_the_concept_codes_and_maps_them() {
     let (model_overlap, random_overlap) =
         (v["model"]["overlap"].as_f64().unwrap(), v["random"]["overlap"].as_f64().unwrap());
     assert!(model_overlap > random_overlap, "{model_overlap} vs {random_overlap}");
-    assert!(v["model"]["capacity"].as_u64() <= v["random"]["capacity"].as_u64());
+    assert!(v["model"]["capacity"].as_u64().unwrap() <= v["random"]["capacity"].as_u64().unwrap());
     assert_charts_readable(&std::fs::read_to_string(&html).unwrap(), 3);
     if let Some(c) = chromium("the geometry page") {
         let (dom, shot) = render(&c, &html, tmp.path());

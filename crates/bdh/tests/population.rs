@@ -50,6 +50,18 @@ fn a_model_matches_itself_and_its_permuted_copy_neuron_for_neuron() {
     let r = seeds(&scopes, &text, 32, 1).unwrap();
     assert_eq!(r.matchings.len(), 2);
     let (h, n) = (2, m.config.n_neurons());
+    // which of the model's neurons vary over the text
+    let mut acts = bdh::model::bdh::Activations::new(&m, 1, text.len()).unwrap();
+    bdh::model::bdh::forward(&m, &text, &mut acts, Default::default()).unwrap();
+    let t = text.len();
+    let varies: Vec<bool> = (0..m.config.n_layer * h * n)
+        .map(|u| {
+            let (l, head, j) = (u / (h * n), (u / n) % h, u % n);
+            let x = acts.x(l);
+            let column: Vec<f32> = (0..t).map(|i| x[(head * t + i) * n + j]).collect();
+            column.iter().any(|&v| v != column[0])
+        })
+        .collect();
     for (k, matching) in r.matchings.iter().enumerate() {
         println!(
             "model {}: heads {:?}, correlation {:?}, important {:.4} / {:.4}",
@@ -61,13 +73,24 @@ fn a_model_matches_itself_and_its_permuted_copy_neuron_for_neuron() {
         );
         assert!(matching.correlation.iter().all(|&c| (c - 1.0).abs() < 1e-4), "{:?}", matching.correlation);
         assert!((matching.important_correlation - 1.0).abs() < 1e-4 && matching.important_overlap == 1.0);
+        // every neuron matched to itself, or to where the copy put it
+        let mut checked = 0;
         for l in 0..m.config.n_layer {
             for head in 0..h {
                 let (want_head, _) = if k == 0 { (head, 0) } else { to(head, 0) };
-                assert_eq!(matching.heads[l * h + head], l * h + want_head - l * h, "layer {l} head {head}");
+                assert_eq!(matching.heads[l * h + head], want_head, "layer {l} head {head}");
+                for j in 0..n {
+                    let (h2, j2) = if k == 0 { (head, j) } else { to(head, j) };
+                    let want = (l * h + h2) * n + j2;
+                    // (a neuron silent over the text correlates with nothing: any match)
+                    if varies[(l * h + head) * n + j] {
+                        assert_eq!(matching.neurons[(l * h + head) * n + j], want, "neuron {l}:{head}:{j}");
+                        checked += 1;
+                    }
+                }
             }
         }
-        assert_eq!(matching.neurons.len(), m.config.n_layer * h * n);
+        assert!(checked > m.config.n_layer * h * n / 2, "most neurons vary over the text: {checked}");
     }
     assert!(r.importance_spread[4] < 1e-4, "the same importance in all three: {:?}", r.importance_spread);
     // each model's basis alignment is its own, and the copy's is the model's

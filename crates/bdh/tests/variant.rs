@@ -171,6 +171,21 @@ fn buffers_made_for_another_layer_are_refused() {
     let err =
         bdh::model::bdh::backward(&in_neurons, &acts, &tokens(8, 2), &mut g, &mut scratch).unwrap_err().to_string();
     assert!(err.contains("another layer"), "{err}");
+    // an E/I norm keeps two statistics per row, LayerNorm one: buffers of either are
+    // refused by the other, forward and backward
+    let ei = bdh(BdhConfig { norm: Norm::Ei, ..tiny_config(2, 16, 2, 4) }, 1.0, 1);
+    let mut acts = Activations::new(&plain, 1, 8).unwrap();
+    let err = forward(&ei, &tokens(8, 1), &mut acts, Pass::default()).unwrap_err().to_string();
+    assert!(err.contains("another shape or layer"), "{err}");
+    let mut acts = Activations::new(&ei, 1, 8).unwrap();
+    let err = forward(&plain, &tokens(8, 1), &mut acts, Pass::default()).unwrap_err().to_string();
+    assert!(err.contains("another shape or layer"), "{err}");
+    forward(&ei, &tokens(8, 1), &mut acts, Pass::mode(bdh::Mode::Train { seed: 0 })).unwrap();
+    let mut scratch = bdh::model::bdh::Backward::new(&plain, 1, 8).unwrap();
+    let err = bdh::model::bdh::backward(&ei, &acts, &tokens(8, 2), &mut ei.params.zeros_like(), &mut scratch)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another layer"), "{err}");
 }
 
 #[test]

@@ -135,6 +135,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let What::Seeds(a) = args.what {
         anyhow::ensure!(args.model.is_none() && args.init.is_none(), "inspect seeds reads --models A,B,…, not --model");
+        if args.device.device != crate::device::Choice::Cpu {
+            eprintln!("note: inspect seeds runs its models on the CPU");
+        }
         let mut out = Output { json: args.json, html: args.html, provenance: Provenance::of_this_run() };
         seeds::run(a, &mut out)?;
         return Ok(ExitCode::SUCCESS);

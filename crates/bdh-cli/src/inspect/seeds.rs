@@ -102,7 +102,8 @@ fn page(mut p: Page, r: &SeedsReport) -> Page {
     p.text(&format!(
         "{} models read the same {} tokens. Each neuron of model 0 is matched to one neuron of every other model: \
          heads by their best correlations, then neurons within the matched heads by an optimal assignment on the \
-         correlation of their activations x. Matched correlation: its mean over the neurons of model 0 that fire. \
+         correlation of their activations x. Matched correlation: its mean over the neurons of model 0 whose \
+         activations vary over the text. \
          Important neurons: the {} of each layer with the largest mean contribution to the residual stream, \
          mean (x ⊙ y) · ‖decoder row‖.",
         r.models, r.tokens, r.important

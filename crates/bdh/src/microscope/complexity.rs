@@ -142,22 +142,20 @@ pub fn complexity(model: &Scope, tokens: &[u32], shuffles: usize, seed: u64) -> 
     }
     let c = &model.config;
     let (layers, h, n, t_all) = (c.n_layer, c.n_head, c.n_neurons(), tokens.len());
-    // firing[(l, h, j)] over all tokens: layers · H · N · T bits, as bools (≤ 64 Ki tokens)
-    let units = layers * h * n;
-    let mut firing = Vec::new();
-    firing.try_reserve_exact(units * t_all).map_err(|_| {
-        Error::Input(format!("{units} neurons × {t_all} tokens of firing do not fit in memory: pass fewer tokens"))
-    })?;
-    firing.resize(units * t_all, false);
+    // firing[(l, h, j)] over all tokens: layers · H · N · T bits, packed in words
+    let (units, words) = (layers * h * n, t_all.div_ceil(64));
+    let need = units.checked_mul(words).and_then(|w| w.checked_mul(8)).unwrap_or(usize::MAX);
+    crate::memory::ensure_fits(need, &format!("the firing of {units} neurons over {t_all} tokens"))?;
+    let mut firing = vec![0u64; units * words];
     stream_chunks(model, tokens, |first, a| {
         let t = a.dims.t;
         for l in 0..layers {
             let x = a.x(l);
             for hi in 0..h {
                 for ti in 0..t {
-                    let row = &x[(hi * t + ti) * n..(hi * t + ti + 1) * n];
-                    for (j, &v) in row.iter().enumerate() {
-                        firing[((l * h + hi) * n + j) * t_all + first + ti] = v > 0.0;
+                    let (row, at) = (&x[(hi * t + ti) * n..(hi * t + ti + 1) * n], first + ti);
+                    for (j, _) in row.iter().enumerate().filter(|(_, &v)| v > 0.0) {
+                        firing[((l * h + hi) * n + j) * words + at / 64] |= 1 << (at % 64);
                     }
                 }
             }
@@ -165,12 +163,13 @@ pub fn complexity(model: &Scope, tokens: &[u32], shuffles: usize, seed: u64) -> 
         Ok(())
     })?;
     let all: Vec<NeuronComplexity> = firing
-        .par_chunks(t_all)
+        .par_chunks(words)
         .enumerate()
-        .map(|(u, s)| {
+        .map(|(u, packed)| {
             let (layer, head, neuron) = (u / (h * n), (u / n) % h, u % n);
-            let lz = lz76(s);
-            let shuffled = shuffled_lz76(s, shuffles, seed ^ u as u64);
+            let s: Vec<bool> = (0..t_all).map(|i| packed[i / 64] >> (i % 64) & 1 == 1).collect();
+            let lz = lz76(&s);
+            let shuffled = shuffled_lz76(&s, shuffles, seed ^ u as u64);
             let rate = s.iter().filter(|&&f| f).count() as f64 / t_all as f64;
             NeuronComplexity { layer, head, neuron, rate, lz, shuffled, normalised: lz as f64 / shuffled }
         })

@@ -24,6 +24,8 @@ pub const MAX_WINDOWS: usize = 1024;
 pub const MAX_RANK: usize = 16;
 /// Multiplicative updates per factorisation.
 const ITERATIONS: usize = 300;
+/// The most work (tensor entries × ranks × modes × updates) all factorisations may take.
+const MAX_WORK: f64 = 2e11;
 
 /// A non-negative tensor of order 3, (I, J, K), row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,6 +223,14 @@ pub fn connectome(
     if !(2..=MAX_NEURONS).contains(&neurons) || !(1..=MAX_RANK).contains(&max_rank) {
         return Err(Error::Input(format!(
             "the connectome takes 2..={MAX_NEURONS} neurons and ranks 1..={MAX_RANK}; got {neurons} and {max_rank}"
+        )));
+    }
+    // the factorisations' work: each update sweeps the tensor once per rank and mode
+    let work = (neurons * neurons * windows) as f64 * (max_rank * (max_rank + 1) / 2) as f64 * 3.0 * ITERATIONS as f64;
+    if work > MAX_WORK {
+        return Err(Error::Input(format!(
+            "{neurons} neurons × {windows} windows at ranks up to {max_rank} would take {work:.1e} operations (at most \
+             {MAX_WORK:.0e}, a few minutes): take fewer neurons, fewer or longer windows, or a smaller --max-rank"
         )));
     }
     if let Some(r) = rank.filter(|&r| r == 0 || r > max_rank) {

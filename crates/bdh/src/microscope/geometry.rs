@@ -89,8 +89,10 @@ pub fn random_codes(codes: &[Vec<u32>], pool: usize, seed: u64) -> Vec<Vec<u32>>
         .collect()
 }
 
-/// The mean Jaccard index over pairs of codes.
+/// The mean Jaccard index over pairs of codes (empty codes left out, as in
+/// [`collision_rates`]).
 fn mean_overlap(codes: &[Vec<u32>]) -> f64 {
+    let codes: Vec<&Vec<u32>> = codes.iter().filter(|c| !c.is_empty()).collect();
     let mut sum = (0.0, 0usize);
     for (i, a) in codes.iter().enumerate() {
         for b in &codes[i + 1..] {
@@ -217,6 +219,9 @@ pub fn geometry(model: &Scope, site: Site, statements: usize, seed: u64) -> Resu
 /// `seed`.
 fn tsne_map(vectors: &[(usize, Vec<f32>)], seed: u64) -> Result<Vec<Point>> {
     let count = vectors.len();
+    if vectors.iter().any(|(_, v)| v.iter().any(|x| !x.is_finite())) {
+        return Err(Error::Input("the activations hold NaN or infinite values: the model's weights are broken".into()));
+    }
     if count < 8 {
         return Err(Error::Input(format!("the map needs at least 8 occurrences; the statements held {count}")));
     }

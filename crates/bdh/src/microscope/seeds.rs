@@ -104,7 +104,7 @@ fn correlations(a: &[f32], b: &[f32], t: usize, n: usize) -> Vec<f32> {
 }
 
 /// The assignment of rows to columns of an (N, N) matrix with the largest sum.
-pub fn best_assignment(weights: &[f32], n: usize) -> Vec<usize> {
+fn best_assignment(weights: &[f32], n: usize) -> Vec<usize> {
     // kuhn_munkres wants exact (integer) weights: micro-units of correlation
     let scaled: Vec<i64> = weights.iter().map(|&w| (w as f64 * 1e6).round() as i64).collect();
     let m = Matrix::from_vec(n, n, scaled).expect("an n × n matrix");
@@ -197,6 +197,10 @@ pub fn seeds(models: &[Scope], tokens: &[u32], important: usize, seed: u64) -> R
         )));
     }
     let (layers, h, n, t) = (c.n_layer, c.n_head, c.n_neurons(), tokens.len());
+    // two models' activations, a head pair's correlations (and their integer copy), an
+    // eigendecomposition's matrices
+    let need = [2 * layers * h * t * n * 4, n * n * (4 + 8), 3 * n * n * 8];
+    crate::memory::ensure_fits(need.iter().sum(), &format!("matching {n} neurons per head over {t} tokens"))?;
     if important == 0 || important > h * n {
         return Err(Error::Input(format!("the important neurons per layer must be 1..={}; got {important}", h * n)));
     }
@@ -217,19 +221,18 @@ pub fn seeds(models: &[Scope], tokens: &[u32], important: usize, seed: u64) -> R
         let (mut heads, mut neurons, mut correlation) = (Vec::new(), vec![0; layers * h * n], Vec::new());
         let mut matched = vec![0.0f64; layers * h * n];
         for l in 0..layers {
-            // heads: the assignment of the best cheap matches
+            // heads: the assignment of the best cheap matches (one head pair's
+            // correlations held at a time)
             let mut cross = vec![0.0f32; h * h];
-            let mut full: Vec<Vec<f32>> = Vec::new();
             for a in 0..h {
                 for b in 0..h {
                     let corr = correlations(&reference.x[l * h + a], &other.x[l * h + b], t, n);
                     cross[a * h + b] = row_max_mean(&corr, n) as f32;
-                    full.push(corr);
                 }
             }
             let head_of = best_assignment(&cross, h);
             for a in 0..h {
-                let corr = &full[a * h + head_of[a]];
+                let corr = &correlations(&reference.x[l * h + a], &other.x[l * h + head_of[a]], t, n);
                 let assignment = best_assignment(corr, n);
                 let mut sum = (0.0, 0usize);
                 for (j, &m) in assignment.iter().enumerate() {

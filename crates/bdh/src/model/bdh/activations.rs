@@ -188,7 +188,9 @@ impl Activations {
                     c.astrocyte.is_none(),
                     c.per_neuron_decay(),
                 )
-        })
+                // (the norm's statistics per row)
+                && l.stats_w.len() * c.n_embd == l.w.len() * c.norm.stats()
+        }) && self.stats_v0.len() * c.n_embd == self.v0.len() * c.norm.stats()
     }
 
     /// The residual stream leaving layer `l − 1` (entering layer `l`), (B, T, D);
@@ -290,10 +292,10 @@ pub(super) struct LayerRows<'a> {
     pub(super) trace: &'a mut [f32], // (B, H, T, N) with a trace; else empty
     pub(super) glia: &'a mut [f32], // (B, H, T, N) with an astrocyte; else empty
     pub(super) a: &'a mut [f32], // (B, H, T, D)
-    pub(super) stats_a: &'a mut [f32], // (B, H, T)
+    pub(super) stats_a: &'a mut [f32], // (B, H, T, k)
     pub(super) y: &'a mut [f32], // (B, H, T, N)
     pub(super) keep: &'a mut [f32], // (B, H, T, N), empty without dropout
     pub(super) z: &'a mut [f32], // (B, H, T, N)
     pub(super) w: &'a mut [f32], // (B, T, D)
-    pub(super) stats_w: &'a mut [f32], // (B, T)
+    pub(super) stats_w: &'a mut [f32], // (B, T, k)
 }

@@ -152,6 +152,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
     let (cos, sin) = (&acts.rope.cos[..], &acts.rope.sin[..]);
     let dm = acts.dims;
     let norm = NormSite::new(c, p.norm);
+    let threshold = ThresholdSite::new(c, p.threshold, p.activity);
     s.dx_up.fill(0.0);
 
     // logits = v · lm_head  ⇒  d lm_head += vᵀ · dlogits,  dv = dlogits · lm_headᵀ
@@ -206,6 +207,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
             decay,
             mechanisms,
             norm,
+            threshold: &threshold,
             layer: l,
             pos0,
         };
@@ -254,8 +256,7 @@ pub fn backward(model: &Bdh, acts: &Activations, targets: &[u32], grads: &mut Pa
         // (the threshold site) what the thresholds train by: d θ from d latent, or the
         // firing fractions of a homeostatic rule
         let fired = if inc.is_empty() { x } else { inc };
-        let threshold = ThresholdSite::new(c, p.threshold);
-        threshold.backward((&mut *g.threshold, &mut *g.firing), (&s.dx, fired), (h, t, n, layers));
+        threshold.backward((&mut *g.threshold, &mut *g.firing, &mut *g.activity), (&s.dx, fired), (h, t, n, layers));
 
         // Weight gradients, summed over rows:
         let per_head = |a, w, c| Batch { count: [b, h], a, b: w, c };
@@ -316,6 +317,7 @@ struct Saved<'a> {
     decay: &'a DecayTable,
     mechanisms: &'a Mechanisms,
     norm: NormSite<'a>,
+    threshold: &'a ThresholdSite<'a>,
     layer: usize,
     pos0: usize, // the position of the pass's first token
 }
@@ -433,6 +435,7 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
         decay,
         mechanisms,
         norm,
+        threshold,
         layer,
         pos0,
     } = r.saved;
@@ -510,6 +513,8 @@ fn row_backward(r: &mut RowGrads, w: &Transposed, dm: Dims, learned: bool) {
             }
         }
     }
+    // (the threshold site) x = g ⊙ relu(x_latent − θ) with a gain  ⇒  d x_latent = g ⊙ [x > 0] ⊙ dx
+    threshold.gain_backward(r.dx, n, |i| i / t);
     // dv_in = dv (residual) + Σ_h dv through attention values + Σ_h dx_h · encoder_hᵀ
     add_groups(r.dv, r.dvh, t * d, h);
     matmul_batched(r.dv, r.dx, &w.encoder_t, MatMul::new(t, n, d).acc(), heads(nt, [0, n * d], [0, 0]));

@@ -237,8 +237,8 @@ impl BdhConfig {
     }
 
     /// Number of trained parameters: embed, encoder, encoder_v, decoder, lm_head, and
-    /// the layer mechanisms' that train (θ, φ, β, ψ, thresholds); the masks of a
-    /// sparse connectivity are not subtracted.
+    /// the layer mechanisms' that train (θ, φ, β, ψ, thresholds, an E/I norm's
+    /// logits); the masks of a sparse connectivity are not subtracted.
     pub fn param_count(&self) -> usize {
         let (d, v, hn) = (self.n_embd, self.vocab_size, self.total_neurons());
         v * d
@@ -248,7 +248,14 @@ impl BdhConfig {
             + super::key::KeySite::param_count(self)
             + self.delay_params()
             + self.threshold_params()
-            + self.norm.tensors(d).iter().map(|(_, shape, _)| shape.iter().product::<usize>()).sum::<usize>()
+            + self.norm_params().unwrap_or(usize::MAX)
+    }
+
+    /// The values of an E/I norm's logits, (4, 4, D); 0 for other norms.
+    fn norm_params(&self) -> Option<usize> {
+        self.norm.tensors(self.n_embd).iter().try_fold(0usize, |sum, (_, shape, _)| {
+            sum.checked_add(shape.iter().try_fold(1usize, |p, &x| p.checked_mul(x))?)
+        })
     }
 
     /// The values of the thresholds θ, (H, N), with thresholds.
@@ -260,7 +267,7 @@ impl BdhConfig {
     /// running rates (H, N) and the connectivity's masks (3·H·N·D).
     fn held_values(&self) -> Option<usize> {
         let hn = self.mlp_internal_dim_multiplier.checked_mul(self.n_embd)?;
-        let rates = hn * usize::from(self.threshold.tensors().len() > 1);
+        let rates = hn * self.threshold.tensors().len().saturating_sub(1);
         let masks = hn.checked_mul(self.n_embd)?.checked_mul(3 * usize::from(self.connectivity.is_some()))?;
         rates.checked_add(masks)
     }
@@ -319,6 +326,7 @@ impl BdhConfig {
             .checked_add(super::key::KeySite::param_count(self))?
             .checked_add(self.delay_params())?
             .checked_add(hn.checked_mul(usize::from(!self.threshold.is_none()))?)?
+            .checked_add(self.norm_params()?)?
             .checked_add(self.held_values()?)
     }
 

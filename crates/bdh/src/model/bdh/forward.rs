@@ -283,7 +283,7 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
     let Dims { b, t, d, h, n, .. } = dm;
     // x_sparse = relu(x @ encoder)                    x_{t,l} = (D_x v_{t,l−1})^+  (B, H, T, N)
     //   (the threshold site: (D_x v − θ)^+ with a threshold per neuron)
-    let threshold = ThresholdSite::new(cfg, p.threshold);
+    let threshold = ThresholdSite::new(cfg, p.threshold, p.activity);
     let encode = (threshold.product(MatMul::new(t, d, n)), dm.per_head(t * d, d * n, t * n));
     let head = |row: usize| (row / t) % h;
     match cfg.residual {

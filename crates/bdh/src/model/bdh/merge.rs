@@ -68,6 +68,13 @@ pub fn merge(a: &Bdh, b: &Bdh) -> Result<(Bdh, Heritage)> {
                 .into(),
         ));
     }
+    if ca.threshold.has_gain() {
+        return Err(Error::Config(
+            "cannot merge models with a homeostatic gain (threshold.gain): each neuron's gain is relative to its \
+             head's mean activity, which a merged head changes"
+                .into(),
+        ));
+    }
     if ca.threshold != cb.threshold {
         return Err(Error::Config(format!(
             "cannot merge models whose neurons' thresholds follow different rules: {:?} and {:?}",

@@ -102,28 +102,19 @@ pub(crate) struct NormSite<'a> {
     logits: &'a [f32],
 }
 
-/// One place's E/I weights, as values: e and f already scaled by 1/D, and each
-/// value's derivative by its logit.
-struct Circuit {
-    /// (e, s, f, r), each (D).
-    w: [Vec<f32>; 4],
-    /// d weight / d logit, each (D).
-    slope: [Vec<f32>; 4],
-}
-
 impl<'a> NormSite<'a> {
     /// The site of `cfg`'s model with the E/I logits `logits` (empty for other norms).
     pub(crate) fn new(cfg: &BdhConfig, logits: &'a [f32]) -> Self {
         NormSite { norm: cfg.norm, logits }
     }
 
-    fn circuit(&self, at: Place, d: usize) -> Circuit {
+    /// One place's weights (e, s, f, r), each (D), as `f` of their logits: softplus
+    /// for the values, sigmoid for their derivatives; e and f (the cells' inputs)
+    /// scaled by 1/D.
+    fn circuit(&self, at: Place, d: usize, f: fn(f32) -> f32) -> [Vec<f32>; 4] {
         let per = &self.logits[at as usize * 4 * d..(at as usize + 1) * 4 * d];
-        // (e and f, the cells' inputs, are scaled by 1/D)
         let scale = |k: usize| if k == 0 || k == 2 { 1.0 / d as f32 } else { 1.0 };
-        let w = std::array::from_fn(|k| per[k * d..(k + 1) * d].iter().map(|&x| softplus(x) * scale(k)).collect());
-        let slope = std::array::from_fn(|k| per[k * d..(k + 1) * d].iter().map(|&x| sigmoid(x) * scale(k)).collect());
-        Circuit { w, slope }
+        std::array::from_fn(|k| per[k * d..(k + 1) * d].iter().map(|&x| f(x) * scale(k)).collect())
     }
 
     /// `x ← N(x)` over rows of `d`, keeping each row's statistics (`stats` holds
@@ -133,7 +124,8 @@ impl<'a> NormSite<'a> {
             Norm::Layer => layer_norm(x, stats, d),
             Norm::None => stats.fill(1.0),
             Norm::Ei => {
-                let Circuit { w: [e, s, f, r], .. } = self.circuit(at, d);
+                debug_assert_eq!(stats.len() * d, x.len() * 2, "two statistics per row");
+                let [e, s, f, r] = self.circuit(at, d, softplus);
                 for (z, st) in x.chunks_exact_mut(d).zip(stats.chunks_exact_mut(2)) {
                     let m = dot(&e, z);
                     z.iter_mut().zip(&s).for_each(|(z, &s)| *z -= s * m);
@@ -153,7 +145,9 @@ impl<'a> NormSite<'a> {
             Norm::Layer => layer_norm_backward(g, out, stats, d),
             Norm::None => {}
             Norm::Ei => {
-                let Circuit { w: [e, s, f, r], slope } = self.circuit(at, d);
+                debug_assert_eq!(stats.len() * d, g.len() * 2, "two statistics per row");
+                let [e, s, f, r] = self.circuit(at, d, softplus);
+                let slope = self.circuit(at, d, sigmoid);
                 let mut dw = [vec![0.0f64; d], vec![0.0; d], vec![0.0; d], vec![0.0; d]];
                 let mut c = vec![0.0f32; d];
                 let mut k = vec![0.0f32; d];

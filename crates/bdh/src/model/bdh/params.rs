@@ -9,7 +9,7 @@ use super::config::BdhConfig;
 use super::delay::DELAY_NAME;
 use super::key::{Trace, ASTROCYTE_NAME, TRACE_NAME};
 use super::norm::NORM_NAME;
-use super::threshold::{FIRING_NAME, THRESHOLD_NAME};
+use super::threshold::{ACTIVITY_NAME, FIRING_NAME, THRESHOLD_NAME};
 use crate::error::Result;
 use crate::params::Params;
 
@@ -202,6 +202,8 @@ pub struct Weights<'a> {
     pub delay: &'a [f32],
     /// The neurons' thresholds θ, (H, N); else empty.
     pub threshold: &'a [f32],
+    /// A homeostatic gain's running activities, (H, N); else empty.
+    pub activity: &'a [f32],
     /// An E/I norm's logits, (4, 4, D); else empty.
     pub norm: &'a [f32],
 }
@@ -224,6 +226,7 @@ impl<'a> Weights<'a> {
             astrocyte: named(ASTROCYTE_NAME),
             delay: named(DELAY_NAME),
             threshold: named(THRESHOLD_NAME),
+            activity: named(ACTIVITY_NAME),
             norm: named(NORM_NAME),
         }
     }
@@ -254,6 +257,8 @@ pub struct WeightsMut<'a> {
     pub threshold: &'a mut [f32],
     /// (H, N), or empty: a homeostatic threshold's firing fractions (see [`super::threshold`]).
     pub firing: &'a mut [f32],
+    /// (H, N), or empty: a homeostatic gain's activities (see [`super::threshold`]).
+    pub activity: &'a mut [f32],
     /// (4, 4, D), or empty: d loss / d an E/I norm's logits.
     pub norm: &'a mut [f32],
 }
@@ -263,12 +268,13 @@ impl<'a> WeightsMut<'a> {
     pub fn of(p: &'a mut Params) -> Self {
         debug_assert!(p.slots().iter().map(|s| s.name.as_str()).take(5).eq(PARAM_NAMES));
         // the mechanisms' tensors follow bdh.py's five, in this order, each if present
-        let has = [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME, THRESHOLD_NAME, FIRING_NAME, NORM_NAME]
-            .map(|name| p.slot(name).is_some());
+        let has =
+            [DECAY_NAME, TRACE_NAME, ASTROCYTE_NAME, DELAY_NAME, THRESHOLD_NAME, FIRING_NAME, ACTIVITY_NAME, NORM_NAME]
+                .map(|name| p.slot(name).is_some());
         let mut t = p.split_mut().into_iter();
         let mut next = || t.next().expect("five BDH tensors");
         let (embed, encoder, encoder_v, decoder, lm_head) = (next(), next(), next(), next(), next());
-        let [decay, trace, astrocyte, delay, threshold, firing, norm] =
+        let [decay, trace, astrocyte, delay, threshold, firing, activity, norm] =
             has.map(|there| if there { next() } else { &mut [][..] });
         WeightsMut {
             embed,
@@ -282,6 +288,7 @@ impl<'a> WeightsMut<'a> {
             delay,
             threshold,
             firing,
+            activity,
             norm,
         }
     }

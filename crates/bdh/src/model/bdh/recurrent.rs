@@ -373,7 +373,8 @@ impl Prepared {
         let encoder = &self.model.weights().encoder[hw.head * d * n..][..d * n];
         // x = relu(v · encoder_h)                                           (B, N)
         //   (the threshold site: relu(v · encoder_h − θ) with a threshold per neuron)
-        let threshold = ThresholdSite::new(c, self.model.weights().threshold);
+        let w = self.model.weights();
+        let threshold = ThresholdSite::new(c, w.threshold, w.activity);
         matmul(&mut hw.hs.x, at.v, encoder, threshold.product(MatMul::new(b, d, n)));
         threshold.encode(&mut hw.hs.x, n, |_| hw.head);
         //   (the residual in the neurons: x = x_{l−1} + relu(v · encoder_h), x_0 = 0)

@@ -13,6 +13,13 @@
 //!   `θ_j ← θ_j + step · (r_j − target)`: a neuron firing too often rises, one too
 //!   rarely sinks. Both are kept with the model, so a run resumes exactly; at
 //!   inference they are frozen.
+//! - **Gain** (`threshold = { target = 0.05, gain = true }`, with the homeostatic
+//!   rule): each neuron's output is divided by its running mean activity relative to
+//!   its head's, `x_j = g_j relu(v · encoder_h − θ_j)`, `g_j = ā / max(a_j, ā / 10)`
+//!   (a_j the running mean of relu(v · encoder_h − θ_j), `attn.activity`, starting at 1;
+//!   ā its head's mean): a neuron active far more than its peers is turned down, one
+//!   active less turned up (at most tenfold), so that no few neurons carry a head.
+//!   Equal activities give g = 1: a fresh model is bdh.py's.
 //!
 //! The forward ([`ThresholdSite::encode`]), the step (the same call on one token),
 //! the backward ([`ThresholdSite::backward`]: `d θ_j = −Σ d latent_j` over the tokens
@@ -33,6 +40,10 @@ use crate::params::Params;
 pub const THRESHOLD_NAME: &str = "attn.threshold";
 /// Name of a homeostatic threshold's running firing rates, (H, N).
 pub const FIRING_NAME: &str = "attn.firing";
+/// Name of a homeostatic gain's running mean activities, (H, N).
+pub const ACTIVITY_NAME: &str = "attn.activity";
+/// The most a gain turns a neuron up.
+const MAX_GAIN: f32 = 10.0;
 
 /// Where the neurons of x start to fire.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -59,6 +70,10 @@ pub struct Homeostasis {
     /// How far θ moves in a step per unit of (rate − target), > 0.
     #[serde(default = "default_step")]
     pub step: f32,
+    /// Whether each neuron's output is divided by its running mean activity
+    /// relative to its head's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gain: bool,
 }
 
 fn default_rate() -> f32 {
@@ -71,7 +86,7 @@ fn default_step() -> f32 {
 
 /// How [`Threshold`] is written in configs: `"none"`, `"learned"` or the rule.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(untagged, expecting = "\"none\", \"learned\" or a rule { target, rate, step } (only these fields)")]
+#[serde(untagged, expecting = "\"none\", \"learned\" or a rule { target, rate, step, gain } (only these fields)")]
 enum ThresholdRepr {
     Name(String),
     Rule(Homeostasis),
@@ -84,7 +99,7 @@ impl TryFrom<ThresholdRepr> for Threshold {
             ThresholdRepr::Name(n) if n == "none" => Ok(Threshold::None),
             ThresholdRepr::Name(n) if n == "learned" => Ok(Threshold::Learned),
             ThresholdRepr::Name(n) => {
-                Err(format!("threshold `{n}`: expected \"none\", \"learned\" or a rule {{ target, rate, step }}"))
+                Err(format!("threshold `{n}`: expected \"none\", \"learned\" or a rule {{ target, rate, step, gain }}"))
             }
             ThresholdRepr::Rule(h) => Ok(Threshold::Homeostatic(h)),
         }
@@ -107,19 +122,28 @@ impl Threshold {
         *self == Threshold::None
     }
 
-    /// The tensors it adds to the model, with their values at the start: θ = 0, and
-    /// a homeostatic threshold's running rates at the target.
+    /// The tensors it adds to the model, with their values at the start: θ = 0, a
+    /// homeostatic threshold's running rates at the target, and a gain's running
+    /// activities at 1 (all equal: every gain 1).
     pub(crate) fn tensors(&self) -> Vec<(&'static str, f32)> {
         match self {
             Threshold::None => vec![],
             Threshold::Learned => vec![(THRESHOLD_NAME, 0.0)],
+            Threshold::Homeostatic(h) if h.gain => {
+                vec![(THRESHOLD_NAME, 0.0), (FIRING_NAME, h.target), (ACTIVITY_NAME, 1.0)]
+            }
             Threshold::Homeostatic(h) => vec![(THRESHOLD_NAME, 0.0), (FIRING_NAME, h.target)],
         }
     }
 
+    /// Whether each neuron's output is divided by its running mean activity.
+    pub fn has_gain(&self) -> bool {
+        matches!(self, Threshold::Homeostatic(h) if h.gain)
+    }
+
     /// An error naming what is wrong with the rule's numbers.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        let Threshold::Homeostatic(Homeostasis { target, rate, step }) = *self else { return Ok(()) };
+        let Threshold::Homeostatic(Homeostasis { target, rate, step, .. }) = *self else { return Ok(()) };
         if !(target > 0.0 && target < 1.0) {
             return Err(format!("threshold.target = {target} must be a firing rate in (0, 1)"));
         }
@@ -134,18 +158,27 @@ impl Threshold {
 }
 
 /// A model's thresholds as the paths use them.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ThresholdSite<'a> {
     /// θ, (H, N); empty: bdh.py's neurons.
     theta: &'a [f32],
     /// Whether the backward adds firing fractions (homeostatic) rather than d θ (learned).
     homeostatic: bool,
+    /// Each neuron's gain g, (H, N); empty without a gain.
+    gain: Vec<f32>,
 }
 
 impl<'a> ThresholdSite<'a> {
-    /// The site of `cfg`'s model with θ (empty without thresholds).
-    pub(crate) fn new(cfg: &BdhConfig, theta: &'a [f32]) -> Self {
-        ThresholdSite { theta, homeostatic: matches!(cfg.threshold, Threshold::Homeostatic(_)) }
+    /// The site of `cfg`'s model with θ (empty without thresholds) and a gain's
+    /// running activities (empty without a gain).
+    pub(crate) fn new(cfg: &BdhConfig, theta: &'a [f32], activity: &[f32]) -> Self {
+        let n = cfg.n_neurons();
+        let mut gain = Vec::new();
+        for head in activity.chunks_exact(n.max(1)) {
+            let mean = head.iter().map(|&a| a as f64).sum::<f64>() as f32 / n as f32;
+            gain.extend(head.iter().map(|&a| if mean > 0.0 { mean / a.max(mean / MAX_GAIN) } else { 1.0 }));
+        }
+        ThresholdSite { theta, homeostatic: matches!(cfg.threshold, Threshold::Homeostatic(_)), gain }
     }
 
     /// The encoder's product: with its ReLU fused, or without when a threshold
@@ -158,8 +191,8 @@ impl<'a> ThresholdSite<'a> {
         }
     }
 
-    /// `x ← relu(x − θ)` on the encoder's product `x`, (…, N) rows of `n` whose head
-    /// is `head(row)` (nothing without thresholds: the product's ReLU did it).
+    /// `x ← g relu(x − θ)` on the encoder's product `x`, (…, N) rows of `n` whose
+    /// head is `head(row)` (nothing without thresholds: the product's ReLU did it).
     pub(crate) fn encode(&self, x: &mut [f32], n: usize, head: impl Fn(usize) -> usize) {
         if self.theta.is_empty() {
             return;
@@ -169,16 +202,33 @@ impl<'a> ThresholdSite<'a> {
             for (x, &th) in row.iter_mut().zip(&self.theta[h * n..(h + 1) * n]) {
                 *x = (*x - th).max(0.0);
             }
+            if !self.gain.is_empty() {
+                row.iter_mut().zip(&self.gain[h * n..(h + 1) * n]).for_each(|(x, &g)| *x *= g);
+            }
+        }
+    }
+
+    /// Turns d loss / d x into d loss / d (x before the gain), in place: `g ⊙ dx` on
+    /// (…, N) rows of `n` whose head is `head(row)` (nothing without a gain).
+    pub(crate) fn gain_backward(&self, dx: &mut [f32], n: usize, head: impl Fn(usize) -> usize) {
+        if self.gain.is_empty() {
+            return;
+        }
+        for (i, row) in dx.chunks_exact_mut(n).enumerate() {
+            let h = head(i);
+            row.iter_mut().zip(&self.gain[h * n..(h + 1) * n]).for_each(|(d, &g)| *d *= g);
         }
     }
 
     /// What the thresholds train by, from one layer's `latent` gradient (the
-    /// encoder's, already through the ReLU) and its `fired` neurons, (B, H, T, N)
-    /// each: a learned θ's `d θ_j −= Σ d latent_j`; a homeostatic one's firing
-    /// fraction, `+= #fired_j / (B·T·layers)` in the slot of [`FIRING_NAME`].
+    /// encoder's, already through the ReLU and the gain) and its `fired` neurons (x
+    /// after the gain), (B, H, T, N) each: a learned θ's `d θ_j −= Σ d latent_j`; a
+    /// homeostatic one's firing fraction, `+= #fired_j / (B·T·layers)` in the slot of
+    /// [`FIRING_NAME`], and a gain's mean activity before the gain in that of
+    /// [`ACTIVITY_NAME`].
     pub(crate) fn backward(
         &self,
-        (dtheta, dfiring): (&mut [f32], &mut [f32]),
+        (dtheta, dfiring, dactivity): (&mut [f32], &mut [f32], &mut [f32]),
         (latent, fired): (&[f32], &[f32]),
         (h, t, n, layers): (usize, usize, usize, usize),
     ) {
@@ -189,11 +239,17 @@ impl<'a> ThresholdSite<'a> {
         if self.homeostatic {
             let weight = 1.0 / (rows * t * layers) as f64;
             let mut counts = vec![0u32; h * n];
+            let mut sums = vec![0.0f64; if self.gain.is_empty() { 0 } else { h * n }];
             for (i, row) in fired.chunks_exact(n).enumerate() {
                 let hi = (i / t) % h;
                 counts[hi * n..(hi + 1) * n].iter_mut().zip(row).filter(|(_, &x)| x > 0.0).for_each(|(c, _)| *c += 1);
+                if !sums.is_empty() {
+                    let (gain, sum) = (&self.gain[hi * n..(hi + 1) * n], &mut sums[hi * n..(hi + 1) * n]);
+                    sum.iter_mut().zip(row.iter().zip(gain)).for_each(|(s, (&x, &g))| *s += (x / g) as f64);
+                }
             }
             dfiring.iter_mut().zip(counts).for_each(|(o, c)| *o += (c as f64 * weight) as f32);
+            dactivity.iter_mut().zip(sums).for_each(|(o, s)| *o += (s * weight) as f32);
         } else {
             let mut sums = vec![0.0f64; h * n];
             for (i, row) in latent.chunks_exact(n).enumerate() {
@@ -205,17 +261,22 @@ impl<'a> ThresholdSite<'a> {
     }
 }
 
-/// A homeostatic threshold's step, before the optimizer's: the firing fractions the
-/// backward left in `grads` (averaged over micro-batches and processes) update the
-/// running rates and the thresholds of `params`, and both slots of `grads` are
-/// cleared (the optimizer then leaves them alone). Nothing for other models.
+/// A homeostatic threshold's step, before the optimizer's: the firing fractions (and
+/// a gain's activities) the backward left in `grads` (averaged over micro-batches and
+/// processes) update the running rates (and activities) and the thresholds of
+/// `params`, and their slots of `grads` are cleared (the optimizer then leaves them
+/// alone). Nothing for other models.
 pub fn homeostasis(cfg: &BdhConfig, params: &mut Params, grads: &mut Params) {
-    let Threshold::Homeostatic(Homeostasis { target, rate, step }) = cfg.threshold else { return };
+    let Threshold::Homeostatic(Homeostasis { target, rate, step, .. }) = cfg.threshold else { return };
     let Some(fired) = grads.get(FIRING_NAME).map(<[f32]>::to_vec) else { return };
-    for name in [FIRING_NAME, THRESHOLD_NAME] {
+    let active = grads.get(ACTIVITY_NAME).map(<[f32]>::to_vec);
+    for name in [FIRING_NAME, THRESHOLD_NAME, ACTIVITY_NAME] {
         if let Some(g) = grads.get_mut(name) {
             g.fill(0.0);
         }
+    }
+    if let (Some(active), Some(running)) = (active, params.get_mut(ACTIVITY_NAME)) {
+        running.iter_mut().zip(&active).for_each(|(r, &a)| *r += rate * (a - *r));
     }
     let Some(running) = params.get_mut(FIRING_NAME) else { return };
     running.iter_mut().zip(&fired).for_each(|(r, &f)| *r += rate * (f - *r));
