@@ -231,13 +231,13 @@ pub fn seeds(models: &[Scope], tokens: &[u32], important: usize, seed: u64) -> R
                 }
             }
             let head_of = best_assignment(&cross, h);
-            for a in 0..h {
-                let corr = &correlations(&reference.x[l * h + a], &other.x[l * h + head_of[a]], t, n);
+            for (a, &b) in head_of.iter().enumerate() {
+                let corr = &correlations(&reference.x[l * h + a], &other.x[l * h + b], t, n);
                 let assignment = best_assignment(corr, n);
                 let mut sum = (0.0, 0usize);
                 for (j, &m) in assignment.iter().enumerate() {
                     let u = (l * h + a) * n + j;
-                    neurons[u] = (l * h + head_of[a]) * n + m;
+                    neurons[u] = (l * h + b) * n + m;
                     matched[u] = corr[j * n + m] as f64;
                     if reference.x[l * h + a].iter().skip(j).step_by(n).any(|&v| v != 0.0) {
                         sum = (sum.0 + matched[u], sum.1 + 1);
