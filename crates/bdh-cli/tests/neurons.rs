@@ -63,16 +63,18 @@ fn a_homeostatic_threshold_reports_its_firing_and_is_read_back() {
 #[test]
 fn a_learned_threshold_trains_and_bad_thresholds_are_refused_by_name() {
     let tmp = temp("neurons-bad");
-    let run = tmp.path().join("run").display().to_string();
-    let mut args = short(&run, "training.max_steps=4");
-    args.extend(["--set".into(), "model.threshold=learned".into()]);
-    let o = run_with(&args);
-    assert!(o.status.success(), "{}", text(&o));
+    for rule in ["model.threshold=learned", "model.threshold={target=0.1, gain=true}"] {
+        let mut args = short(&tmp.path().join(rule.len().to_string()).display().to_string(), "training.max_steps=4");
+        args.extend(["--set".into(), rule.into()]);
+        let o = run_with(&args);
+        assert!(o.status.success(), "{rule}: {}", text(&o));
+    }
     for (set, expected) in [
         ("model.threshold={target=0.0}", "threshold.target = 0 must be a firing rate in (0, 1)"),
         ("model.threshold={target=0.1, rate=2.0}", "threshold.rate = 2 must be in (0, 1]"),
         ("model.threshold={target=0.1, step=0.0}", "threshold.step = 0 must be > 0"),
         ("model.threshold=sometimes", "\"none\", \"learned\" or a rule"),
+        ("model.threshold={target=0.1, gain=3}", "a rule { target, rate, step, gain }"),
         ("model.threshold=0.5", "`model.threshold` takes a string, not 0.5"),
     ] {
         let mut args = short(&tmp.path().join("bad").display().to_string(), "training.max_steps=2");
