@@ -57,6 +57,7 @@ def thresholds(b, seeds):
         ('`"learned"`', "learned", ["model.threshold=learned"]),
         ("`{ target = 0.1 }`", "target10", ["model.threshold={target=0.1}"]),
         ("`{ target = 0.05 }`", "target05", ["model.threshold={target=0.05}"]),
+        ("`{ target = 0.05, gain = true }`", "target05-gain", ["model.threshold={target=0.05, gain=true}"]),
     ]:
         losses, fires, speeds = [], [], []
         for seed in seeds:
