@@ -113,16 +113,23 @@ fn the_gradient_of_a_learned_threshold_matches_finite_differences() {
     backward_matches_finite_differences(&thresholds(cfg, 12, 10.0), 1e-4);
 }
 
+/// A training pass of `m` over B × T tokens and its backward: the activations and
+/// what the backward left in the gradient buffer.
+fn forward_backward(m: &Bdh, b: usize, t: usize) -> (Activations, bdh::Params) {
+    let mut acts = Activations::new(m, b, t).unwrap();
+    forward(m, &tokens(b * t, 1), &mut acts, Pass::mode(bdh::Mode::Train { seed: 0 })).unwrap();
+    let mut g = m.params.zeros_like();
+    let mut scratch = bdh::model::bdh::Backward::new(m, b, t).unwrap();
+    bdh::model::bdh::backward(m, &acts, &tokens(b * t, 2), &mut g, &mut scratch).unwrap();
+    (acts, g)
+}
+
 #[test]
 fn the_homeostatic_rule_counts_firing_and_moves_each_threshold_toward_its_target() {
     let cfg = BdhConfig { threshold: RULE, ..tiny_config(2, 16, 2, 4) };
     let m = thresholds(cfg.clone(), 5, 1.0);
     let (b, t) = (2, 12);
-    let mut acts = Activations::new(&m, b, t).unwrap();
-    forward(&m, &tokens(b * t, 1), &mut acts, Pass::mode(bdh::Mode::Train { seed: 0 })).unwrap();
-    let mut g = m.params.zeros_like();
-    let mut scratch = bdh::model::bdh::Backward::new(&m, b, t).unwrap();
-    bdh::model::bdh::backward(&m, &acts, &tokens(b * t, 2), &mut g, &mut scratch).unwrap();
+    let (acts, mut g) = forward_backward(&m, b, t);
     // the fraction of (row, position, layer) where each neuron fired
     let (h, n, layers) = (2, m.config.n_neurons(), m.config.n_layer);
     let mut fired = vec![0.0f64; h * n];
@@ -233,11 +240,7 @@ fn the_gradient_through_a_gain_matches_finite_differences_and_its_activity_is_co
     // the backward's activity slot: each neuron's mean x before the gain
     let m = gained(cfg.clone(), 5, 1.0);
     let (b, t) = (2, 12);
-    let mut acts = Activations::new(&m, b, t).unwrap();
-    forward(&m, &tokens(b * t, 1), &mut acts, Pass::mode(bdh::Mode::Train { seed: 0 })).unwrap();
-    let mut g = m.params.zeros_like();
-    let mut scratch = bdh::model::bdh::Backward::new(&m, b, t).unwrap();
-    bdh::model::bdh::backward(&m, &acts, &tokens(b * t, 2), &mut g, &mut scratch).unwrap();
+    let (acts, mut g) = forward_backward(&m, b, t);
     let (h, n, layers) = (2, m.config.n_neurons(), m.config.n_layer);
     let activity = m.params.get(ACTIVITY_NAME).unwrap();
     let mean = |head: usize| activity[head * n..(head + 1) * n].iter().sum::<f32>() / n as f32;
