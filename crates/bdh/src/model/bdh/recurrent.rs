@@ -370,10 +370,10 @@ impl Prepared {
     fn head(&self, hw: &mut HeadWork, at: &LayerStep) {
         let c = &self.model.config;
         let (d, n, b) = (c.n_embd, c.n_neurons(), at.v.len() / c.n_embd);
-        let encoder = &self.model.weights().encoder[hw.head * d * n..][..d * n];
+        let w = self.model.weights();
+        let encoder = &w.encoder[hw.head * d * n..][..d * n];
         // x = relu(v · encoder_h)                                           (B, N)
         //   (the threshold site: relu(v · encoder_h − θ) with a threshold per neuron)
-        let w = self.model.weights();
         let threshold = ThresholdSite::new(c, w.threshold, w.activity);
         matmul(&mut hw.hs.x, at.v, encoder, threshold.product(MatMul::new(b, d, n)));
         threshold.encode(&mut hw.hs.x, n, |_| hw.head);
