@@ -14,12 +14,13 @@ Needs a built bdh (`target/release/bdh`, `$BDH`, or `bdh` on the PATH) and
 Python 3 alone; the tiny-Shakespeare tables need `bdh data fetch` first.
 
 Tables: layer-variants, layer-variants-shakespeare, layer-variants-full and
-layer-variants-full-shakespeare (docs/training.md), mechanisms and
-mechanisms-shakespeare (docs/mechanisms.md), default-run, facts, recall-variants (docs/training.md; recall-variants
-with --threads 1 --jobs 2), decay (docs/training.md),
+layer-variants-full-shakespeare (docs/training.md), default-run, facts,
+recall-variants (docs/training.md; recall-variants with --threads 1 --jobs 2), decay (docs/training.md),
 bpe (docs/training.md), merge (docs/merge.md), compare, compare-m and
 compare-shakespeare (docs/compare.md),
-mpi (docs/scaling.md), nanogpt-sweep and nanogpt (docs/nanogpt.md).
+mpi (docs/scaling.md), nanogpt-sweep and nanogpt (docs/nanogpt.md). The synapse
+mechanisms' tables are `scripts/mechanism_tables.py`'s, the neuron mechanisms'
+`scripts/neuron_tables.py`'s.
 """
 
 import argparse
@@ -458,85 +459,6 @@ def layer_variants_full(b, shakespeare=False):
            "mean − bdh.py's"], rows)
 
 
-# The synapse mechanisms (docs/mechanisms.md): label, run name, `--set`s; and the
-# tasks each is meant for (with bdh.py's layer and ALiBi's decay as the baselines).
-MECH_MODELS = [
-    ("bdh.py's layer", "bdhpy", []),
-    ('`decay = "alibi"`', "alibi", ['model.decay="alibi"']),
-    ('`decay = "learned"`', "decay-learned", ["model.decay=learned"]),
-    ('`decay = "learned"`, `decay_per = "neuron"`', "decay-neuron", ["model.decay=learned", "model.decay_per=neuron"]),
-    ('`delays = "learned:64"`', "delays-learned", ['model.delays="learned:64"']),
-    ('`trace = "learned"`', "trace-learned", ["model.trace=learned"]),
-    ("`astrocyte = { alpha = 0.99 }`", "astrocyte", ["model.astrocyte={alpha=0.99}"]),
-]
-# (at the recall preset's budget, one seed, lr 0.003, bdh.py's layer solves dms:8, dms:64 and
-# dms:80, lag:16 and lag:64, parity:3 to ≥ 98%, and stays at chance at dms:88, dms:96, dms:120,
-# lag:80, lag:96 and lag:120; at lag:72 it is at 26% after 1000 steps, chance 6%: the edges)
-MECH_TASKS = {
-    "dms:88": ["decay-learned", "decay-neuron", "astrocyte"],
-    "lag:72": ["delays-learned", "trace-learned"],
-}
-MECH_LRS = [1e-3, 3e-3]
-# (on tiny Shakespeare one rate: bdh.py's layer's best at this size, 0.001, within 0.001
-# of 0.003 in docs/training.md's sweep)
-MECH_SHAKESPEARE_LR = 1e-3
-MECH_STEPS = 1000
-
-
-def mech_run(b, folder, name, sets, lr, seed, task=None):
-    """(held-out loss, answer accuracy) of one mechanism's run: on `task`, or on tiny
-    Shakespeare (accuracy None); None where training diverged."""
-    extra = ["--set", f"training.max_steps={MECH_STEPS}", "--set", "training.eval_interval=250",
-             "--set", f"training.seed={seed}"]
-    if task:
-        extra += ["--set", f"data.task={task}"]
-    val = layer_run(b, folder, f"{name}-lr{lr:g}-seed{seed}", sets, lr, task is None, extra)
-    if val is None:
-        return None
-    last = records(b.runs / folder / f"{name}-lr{lr:g}-seed{seed}", "val_loss")[-1]
-    # (with a retention per neuron, `retention` holds each head's median)
-    return val, last.get("answer_accuracy"), last.get("retention"), last.get("delays")
-
-
-def mechanisms(b, shakespeare=False):
-    """Each mechanism on the task meant for it (answer accuracy) or on tiny Shakespeare
-    (held-out loss), beside bdh.py's layer and ALiBi's decay: the recall preset's model,
-    MECH_STEPS steps; on a task each at the better of MECH_LRS by one seed (1337), on
-    tiny Shakespeare at MECH_SHAKESPEARE_LR; then the seeds (1337, 1, 2, or --seeds) at
-    that rate: mean ± half range."""
-    seeds = b.seeds or LAYER_SEEDS
-    jobs = [(None, [m for m in MECH_MODELS])] if shakespeare else [
-        (task, [m for m in MECH_MODELS if m[1] in ("bdhpy", "alibi", *names)]) for task, names in MECH_TASKS.items()]
-    if shakespeare:
-        need_data()
-    for task, models in jobs:
-        folder = f"mechanisms/{(task or 'shakespeare').replace(':', '')}"
-        score = (lambda r: r[0]) if task is None else (lambda r: -r[1])
-        rows = []
-        for label, name, sets in models:
-            rates = [MECH_SHAKESPEARE_LR] if shakespeare else MECH_LRS
-            tried = [(mech_run(b, folder, name, sets, lr, 1337, task), lr) for lr in rates]
-            fine = [(score(r), lr) for r, lr in tried if r is not None]
-            if not fine:
-                rows.append([label, "—", "diverged at every rate"])
-                continue
-            lr = min(fine)[1]
-            got = [mech_run(b, folder, name, sets, lr, seed, task) for seed in seeds]
-            vals = [(r[0] if task is None else 100 * r[1]) for r in got if r is not None]
-            mean, half = sum(vals) / len(vals), (max(vals) - min(vals)) / 2
-            unit = "" if task is None else "%"
-            cells = ", ".join("diverged" if r is None else f"{(r[0] if task is None else 100 * r[1]):.2f}{unit}" for r in got)
-            # what it learned, seed by seed: each head's timescale 1/(1 − γ) (its neurons'
-            # median with a retention per neuron) and delay δ
-            learned = "; ".join(
-                ", ".join([*(f"{1 / (1 - g):.1f}" for g in (r[2] or []) if g < 1), *(f"δ {x:.1f}" for x in (r[3] or []))])
-                for r in got if r is not None and (r[2] or r[3]))
-            rows.append([label, f"{lr:g}", f"{mean:.2f}{unit} ± {half:.2f}", cells, learned or "—"])
-        what = "held-out loss, nats per byte, tiny Shakespeare" if task is None else f"answer accuracy on `{task}`"
-        print(f"\n{what} (recall preset's model, {MECH_STEPS} steps, seeds {', '.join(map(str, seeds))}):\n")
-        table(["model", "peak lr", "mean ± half range", "per seed", "learned timescales 1/(1 − γ), delays"], rows)
-
-
 def compare(b):
     """`bdh compare` with its defaults: BDH and the GPT at three sizes."""
     out = b.runs / "compare"
@@ -667,7 +589,6 @@ def median(values):
 
 TABLES = {"layer-variants": layer_variants, "layer-variants-shakespeare": lambda b: layer_variants(b, True),
           "layer-variants-full": layer_variants_full,
-          "mechanisms": mechanisms, "mechanisms-shakespeare": lambda b: mechanisms(b, True),
           "layer-variants-full-shakespeare": lambda b: layer_variants_full(b, True),
           "default-run": default_run, "facts": facts, "recall-variants": recall_variants, "decay": decay, "bpe": bpe, "merge": merge, "compare": compare,
           "compare-m": compare_m, "compare-shakespeare": compare_shakespeare, "mpi": mpi,
