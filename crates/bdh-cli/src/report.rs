@@ -254,10 +254,17 @@ fn weight_charts(p: &mut Page, r: &Metrics, chart: &ChartOf) {
     p.text(
         "Rich or lazy learning: how far each layer matrix moved from its start (‖W − W₀‖ / ‖W₀‖), and the \
          effective rank of its heads' matrices (the exponential of the entropy of their normalised singular \
-         values; the mean over heads).",
+         values; the mean over heads), and the alignment of each head's top singular directions in the residual \
+         stream with the start's (1: the same directions).",
     );
     p.chart(&chart("Relative change from the start", "‖W − W₀‖ / ‖W₀‖", false, series(|w| w.relative_change)));
     p.chart(&chart("Effective rank", "effective rank (mean over heads)", false, series(|w| w.effective_rank)));
+    p.chart(&chart(
+        "Alignment with the top directions at the start",
+        "alignment (mean over heads)",
+        false,
+        series(|w| w.alignment),
+    ));
 }
 
 #[cfg(test)]
@@ -373,8 +380,9 @@ mod tests {
         assert_eq!(names, ["validation", "copying a stated value at random", "copying one not given yet"]);
     }
 
-    /// A run that keeps models gets a chart of each matrix's change from the start and
-    /// one of its effective rank, a series per matrix; one that does not, neither.
+    /// A run that keeps models gets a chart of each matrix's change from the start, one
+    /// of its effective rank and one of its alignment, a series per matrix; one that
+    /// does not, none.
     #[test]
     fn the_weights_charts_follow_each_layer_matrix() {
         let change = |name: &str, k: f64| WeightChange {
@@ -403,11 +411,12 @@ mod tests {
         charts(&mut page, &metrics, "byte");
         let html = page.html("t");
         assert!(html.contains("Relative change from the start") && html.contains("Effective rank"));
+        assert!(html.contains("Alignment with the top directions at the start"));
         let drawn = assert_charts_readable(&html, 1);
         let with_three = drawn.iter().filter(|c| {
             c.legend.iter().map(|e| e.name.as_str()).collect::<Vec<_>>() == ["encoder", "encoder_v", "decoder"]
         });
-        assert_eq!(with_three.count(), 2);
+        assert_eq!(with_three.count(), 3);
         let plain =
             Metrics { evals: evals.into_iter().map(|e| EvalRecord { weights: vec![], ..e }).collect(), ..metrics };
         let mut page = Page::new(Vec::new());
