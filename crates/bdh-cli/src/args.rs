@@ -32,7 +32,7 @@ impl ThreadsArgs {
 }
 
 /// `--json`, for the subcommands whose numbers a script may read.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct JsonArgs {
     /// Write every number as JSON to this file (`-`: standard output).
     #[arg(long, global = true, value_name = "FILE")]

@@ -14,18 +14,21 @@ use crate::args::{JsonArgs, ThreadsArgs};
 use crate::page::Page;
 use crate::provenance::Provenance;
 
-/// Whether the summary goes to standard error, because `--json -` gives standard
-/// output to the JSON alone.
-static SUMMARY_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Where a command's summary goes: standard output ([`TO_STDOUT`]), standard error
+/// because `--json -` gives standard output to the JSON alone ([`TO_STDERR`]), or
+/// nowhere, when the JSON is handed back in process ([`json`]).
+static SUMMARY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(TO_STDOUT);
+const TO_STDOUT: u8 = 0;
+const TO_STDERR: u8 = 1;
+const SILENT: u8 = 2;
 
-/// Prints a line of a command's summary: to standard output, or to standard error
-/// when the JSON goes to standard output.
+/// Prints a line of a command's summary where [`SUMMARY`] says.
 macro_rules! say {
     ($($arg:tt)*) => {
-        if $crate::inspect::SUMMARY_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
-            eprintln!($($arg)*)
-        } else {
-            println!($($arg)*)
+        match $crate::inspect::SUMMARY.load(std::sync::atomic::Ordering::Relaxed) {
+            $crate::inspect::TO_STDOUT => println!($($arg)*),
+            $crate::inspect::TO_STDERR => eprintln!($($arg)*),
+            _ => {}
         }
     };
 }
@@ -121,26 +124,73 @@ enum What {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    args.threads.size_pool()?;
     args.json.check()?;
+    let to = if args.json.to_stdout() { TO_STDERR } else { TO_STDOUT };
+    SUMMARY.store(to, std::sync::atomic::Ordering::Relaxed);
+    run_with(args, None, None)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bdh inspect` as a command of its own, for [`json`] and [`help`].
+#[derive(clap::Parser)]
+#[command(name = "bdh inspect", no_binary_name = true)]
+struct Command {
+    #[command(flatten)]
+    args: Args,
+}
+
+/// The help of `bdh inspect COMMAND`, as its `--help` prints it; `None` for a
+/// command there is not.
+pub fn help(command: &str) -> Option<String> {
+    let mut all = <Command as clap::CommandFactory>::command();
+    all.find_subcommand_mut(command).map(|c| c.render_long_help().to_string())
+}
+
+/// `bdh inspect ARGV…` on `model` (described by `source`, e.g. the path it was
+/// loaded from; `None`: the model `--model` or `--init` names, or none for the
+/// commands that read runs), its JSON handed back instead of written, the summary
+/// unsaid; `--html` is written as the command writes it.
+pub fn json(argv: &[String], model: Option<(&Model, &str)>) -> anyhow::Result<serde_json::Value> {
+    let Command { args } = <Command as clap::Parser>::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(!args.json.given(), "the JSON is what is returned: leave --json out");
+    SUMMARY.store(SILENT, std::sync::atomic::Ordering::Relaxed);
+    let captured = std::cell::RefCell::new(None);
+    run_with(args, model, Some(&captured))?;
+    captured.into_inner().ok_or_else(|| anyhow::anyhow!("the command made no JSON"))
+}
+
+/// The body of [`run`] and [`json`]: the model given, else the one the arguments
+/// name; the JSON into `captured` if given, else where `--json` says.
+fn run_with(
+    args: Args,
+    given: Option<(&Model, &str)>,
+    captured: Option<&std::cell::RefCell<Option<serde_json::Value>>>,
+) -> anyhow::Result<()> {
+    args.threads.size_pool()?;
     if let Some(html) = &args.html {
         crate::args::check_writable(html, "--html")?;
     }
-    SUMMARY_TO_STDERR.store(args.json.to_stdout(), std::sync::atomic::Ordering::Relaxed);
+    let output = |provenance| Output { json: args.json.clone(), html: args.html.clone(), provenance, captured };
+    let reads_runs = matches!(&args.what, What::Training(_) | What::Seeds(_))
+        || matches!(&args.what, What::Induction(a) if a.run.is_some());
+    anyhow::ensure!(
+        !(reads_runs && given.is_some()),
+        "this command reads the models of runs (--run or --models), not a model given to it"
+    );
     if let What::Training(a) = args.what {
         anyhow::ensure!(args.model.is_none() && args.init.is_none(), "inspect training reads --run, not --model");
-        let mut out = Output { json: args.json, html: args.html, provenance: Provenance::of_this_run() };
+        let mut out = output(Provenance::of_this_run());
         training::run(a, &args.device, &mut out)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     if let What::Seeds(a) = args.what {
         anyhow::ensure!(args.model.is_none() && args.init.is_none(), "inspect seeds reads --models A,B,…, not --model");
         if args.device.device != crate::device::Choice::Cpu {
             eprintln!("note: inspect seeds runs its models on the CPU");
         }
-        let mut out = Output { json: args.json, html: args.html, provenance: Provenance::of_this_run() };
+        let mut out = output(Provenance::of_this_run());
         seeds::run(a, &mut out)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     if let What::Induction(a) = &args.what {
         if let Some(run) = &a.run {
@@ -151,28 +201,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let mut provenance = Provenance::of_this_run();
             // The models it reads are added as they are read.
             provenance.add("run", run.display().to_string());
-            let mut out = Output { json: args.json, html: args.html, provenance };
+            let mut out = output(provenance);
             let What::Induction(a) = args.what else { unreachable!("matched above") };
             induction::run(a, None, &args.device, &mut out)?;
-            return Ok(ExitCode::SUCCESS);
+            return Ok(());
         }
     }
-    let (model, source) = match (&args.model, &args.init) {
-        (Some(m), _) => {
+    let loaded;
+    let (model, source) = match (given, &args.model, &args.init) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            anyhow::bail!("the model is given: leave --model and --init out")
+        }
+        (Some((model, source)), ..) => (model, source.to_string()),
+        (None, Some(m), _) => {
             let (path, model) = crate::model_args::load(m, args.config.as_deref())?;
-            (model, path.display().to_string())
+            loaded = model;
+            (&loaded, path.display().to_string())
         }
-        (None, Some(preset)) => {
-            let model = Model::new(&bdh::RunConfig::resolve(preset, &[])?.model, args.seed_init)?;
-            (model, format!("freshly initialised preset {preset}, seed {}", args.seed_init))
+        (None, None, Some(preset)) => {
+            loaded = Model::new(&bdh::RunConfig::resolve(preset, &[])?.model, args.seed_init)?;
+            (&loaded, format!("freshly initialised preset {preset}, seed {}", args.seed_init))
         }
-        (None, None) => anyhow::bail!("give --model (a trained model) or --init PRESET (random weights)"),
+        (None, None, None) => anyhow::bail!("give --model (a trained model) or --init PRESET (random weights)"),
     };
     let mut provenance = Provenance::of_this_run();
-    provenance.model(&source, &model);
-    let mut out = Output { json: args.json, html: args.html, provenance };
+    provenance.model(&source, model);
+    let mut out = output(provenance);
     // The microscope reads BDH's neurons and synapses.
-    let Model::Bdh(model) = &model else {
+    let Model::Bdh(model) = model else {
         anyhow::bail!(
             "`bdh inspect` looks at BDH's neurons and synapses; {source} is a {} — there is nothing of the kind to inspect",
             model.config().describe()
@@ -209,17 +265,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Geometry(a) => geometry::run(a, model, &mut out)?,
         What::Training(_) | What::Seeds(_) => unreachable!("run above, before a model is loaded"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Where the JSON and HTML go, and what to record of how they were made.
-pub struct Output {
+pub struct Output<'c> {
     json: JsonArgs,
     html: Option<PathBuf>,
     provenance: Provenance,
+    /// Where the JSON goes instead of `json`, when it is handed back in process.
+    captured: Option<&'c std::cell::RefCell<Option<serde_json::Value>>>,
 }
 
-impl Output {
+impl Output<'_> {
     /// A page headed by this run's provenance.
     fn page(&self) -> Page {
         Page::new(self.provenance.rows())
@@ -227,13 +285,16 @@ impl Output {
 
     /// Writes the JSON (with a `provenance` entry) and the HTML that were asked for.
     fn write(&self, data: &impl serde::Serialize, page: impl FnOnce() -> Page, title: &str) -> anyhow::Result<()> {
-        if self.json.given() {
+        if self.json.given() || self.captured.is_some() {
             let mut value = serde_json::to_value(data)?;
             if let Some(map) = value.as_object_mut() {
                 let facts = self.provenance.rows().into_iter().map(|(k, v)| (k, serde_json::Value::String(v)));
                 map.insert("provenance".into(), facts.collect::<serde_json::Map<_, _>>().into());
             }
-            self.json.write(&value)?;
+            match self.captured {
+                Some(c) => *c.borrow_mut() = Some(value),
+                None => self.json.write(&value)?,
+            }
         }
         if let Some(p) = &self.html {
             crate::write_output(p, &page().html(title))?;

@@ -126,7 +126,8 @@ fn resolve(model: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
         model.to_path_buf()
     };
     if !weights.exists() {
-        return Err(Error::format(&weights, "no such file or directory"));
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory");
+        return Err(Error::io("reading", &weights, missing));
     }
     let named = weights.extension().and_then(|e| e.to_str()).is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e));
     if !named && sniff(&weights).is_none() {

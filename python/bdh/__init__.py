@@ -1,0 +1,334 @@
+"""BDH ("The Dragon Hatchling") language models from Python.
+
+The engine and the microscope of the ``bdh`` command, on the same library (no second
+implementation): load any model ``bdh --model`` takes, run it, cache and edit its
+activations, step it with a synapse state you can save and fork, call every
+``bdh inspect`` analysis, and train.
+
+    >>> import bdh
+    >>> model = bdh.load("tests/golden/recall-trained")
+    >>> logits, cache = model.run_with_cache("Ann has a cat.", sites=["x", "rho"])
+    >>> cache["x"].shape            # (layers, heads, tokens, neurons)
+    (2, 2, 14, 1024)
+
+Arrays come back as NumPy copies the caller owns. The engine computes with the GIL
+released; Ctrl-C stops generation and training (a run saves first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _bdh
+
+__all__ = ["load", "Model", "State", "Edit", "train", "inspect", "inspect_help", "set_threads", "SITES",
+           "INSPECT_COMMANDS"]
+
+#: The sites ``run_with_cache`` can keep.
+SITES = ("x", "y", "xy", "attn", "out", "embed", "rho")
+
+#: The ``bdh inspect`` commands that run on a model (``Model.inspect``) and those
+#: that read runs (``bdh.inspect``: training, seeds; induction with ``run=``).
+INSPECT_COMMANDS = ("sparsity", "graph", "synapses", "ablate", "overlap", "patch", "induction", "top", "path",
+                    "complexity", "connectome", "geometry")
+RUN_COMMANDS = ("training", "seeds", "induction")
+
+Tokens = Union[str, bytes, Sequence[int], np.ndarray]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def set_threads(n: int) -> None:
+    """Sizes the engine's pool of threads (by default one per core). Call it before
+    anything runs: the pool is made once per process."""
+    _bdh.set_threads(n)
+
+
+def Edit(site: str, layer: Optional[int] = None, head: Optional[int] = None, neuron: Optional[int] = None,
+         position: Optional[int] = None, value: Optional[float] = None) -> Dict[str, Any]:
+    """One intervention, the engine's ``Edit`` value: at ``site`` (``"x"``, ``"y"``,
+    ``"xy"``, ``"rho"`` — row ``neuron`` of ρ before the step at ``position`` — or
+    ``"out"``, a layer's output, ``neuron`` one of its D dimensions), in ``layer``,
+    ``head``, ``neuron`` and ``position`` (``None``: every one), set to 0 (``value``
+    ``None``: ablate) or to ``value`` (patch). x, y and x⊙y take values ≥ 0."""
+    return {"site": site, "layer": layer, "head": head, "neuron": neuron, "position": position,
+            "action": "zero" if value is None else {"set": float(value)}}
+
+
+def _edits_json(edits: Optional[Iterable[Dict[str, Any]]]) -> str:
+    return json.dumps(list(edits or []))
+
+
+def _argv(command: str, options: Dict[str, Any]) -> List[str]:
+    """``bdh inspect`` arguments from keyword options: ``snake_case=value`` is
+    ``--snake-case value``; True is a bare flag, False and None leave it out; a list
+    repeats the flag."""
+    argv = [command]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                argv += [flag, os.fspath(v) if isinstance(v, os.PathLike) else str(v)]
+        else:
+            argv += [flag, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+    return argv
+
+
+def inspect_help(command: str) -> str:
+    """Every option of ``bdh inspect COMMAND``, as its ``--help`` prints it."""
+    return _bdh.inspect_help(command)
+
+
+def inspect(command: str, **options: Any) -> Dict[str, Any]:
+    """A ``bdh inspect`` command that reads runs rather than one model: ``training``
+    (``run=``), ``seeds`` (``models=[...]``), ``induction`` (``run=``). Returns the
+    JSON the command writes with ``--json``, as a dict. For a model's analyses use
+    ``Model.inspect`` or its named methods."""
+    if command not in RUN_COMMANDS:
+        raise ValueError(f"bdh.inspect runs {', '.join(RUN_COMMANDS)}; {command!r} runs on a model: "
+                         f"model.inspect({command!r}, ...)")
+    return json.loads(_bdh.inspect_runs(_argv(command, options)))
+
+
+def load(path: PathLike, config: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None) -> "Model":
+    """Loads what ``--model`` takes: a run directory (its best checkpoint), a
+    checkpoint directory, a ``model.safetensors`` or a PyTorch ``.pt`` — BDH or the
+    GPT baseline. ``config``: the config JSON if it is not beside the weights;
+    ``tokenizer``: a tokenizer.json, else the run's or checkpoint's, else bytes."""
+    return Model(_bdh.Engine(os.fspath(path), None if config is None else os.fspath(config),
+                             None if tokenizer is None else os.fspath(tokenizer)))
+
+
+class Model:
+    """A loaded model: call it on tokens for logits, cache or edit its activations,
+    step it, generate, and look inside it. Made by ``bdh.load``."""
+
+    def __init__(self, engine: "_bdh.Engine"):
+        self._engine = engine
+        self._edits: List[Dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"<bdh.Model {self._engine.describe()} from {self._engine.source}>"
+
+    @property
+    def source(self) -> str:
+        """The checkpoint or file the model was read from."""
+        return self._engine.source
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The model's config (bdh.py's keys, or nanoGPT's for the GPT; ``family`` says which)."""
+        return json.loads(self._engine.config_json())
+
+    @property
+    def vocab_size(self) -> int:
+        return self._engine.vocab_size()
+
+    def params(self) -> Dict[str, np.ndarray]:
+        """Every trained tensor by its name in the reference's state_dict, e.g.
+        ``encoder`` (H, D, N): copies (changing them does not change the model)."""
+        return self._engine.params()
+
+    # -- tokens ----------------------------------------------------------------------
+    def encode(self, text: Union[str, bytes]) -> List[int]:
+        """The model's tokens of ``text`` (bytes, or its BPE)."""
+        return self._engine.encode(text.encode() if isinstance(text, str) else bytes(text))
+
+    def decode(self, tokens: Iterable[int]) -> str:
+        """The text of ``tokens`` (invalid UTF-8 replaced)."""
+        return bytes(self._engine.decode([int(t) for t in tokens])).decode("utf-8", errors="replace")
+
+    def _ids(self, tokens: Tokens) -> np.ndarray:
+        if isinstance(tokens, (str, bytes)):
+            tokens = self.encode(tokens)
+        ids = np.asarray(tokens)
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"tokens must be integers, not {ids.dtype}")
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"tokens must be (T,) or (B, T), not {ids.shape}")
+        return np.ascontiguousarray(ids, dtype=np.int64)
+
+    # -- the parallel forward --------------------------------------------------------
+    def __call__(self, tokens: Tokens, edits: Optional[Iterable[Dict[str, Any]]] = None) -> np.ndarray:
+        """Logits of the parallel forward: (T, V) for one sequence (a text or (T,)
+        tokens), (B, T, V) for a batch (B, T); with ``edits`` and those of an
+        enclosing ``with model.edits(...)``."""
+        ids = self._ids(tokens)
+        all_edits = self._edits + list(edits or [])
+        if _bdh.edits_touch_rho(_edits_json(all_edits)):
+            if ids.ndim != 1:
+                raise ValueError("edits of ρ run the recurrent steps: give one sequence")
+            return self._engine.run_stepped([int(t) for t in ids], _edits_json(all_edits))
+        logits = self._engine.forward(ids.reshape(1, -1) if ids.ndim == 1 else ids, _edits_json(all_edits))
+        return logits[0] if ids.ndim == 1 else logits
+
+    def loss(self, tokens: Tokens, targets: Tokens, edits: Optional[Iterable[Dict[str, Any]]] = None) -> float:
+        """The mean cross-entropy (nats per token) of the forward on ``tokens``
+        against ``targets``, both (T,) or (B, T); with ``edits`` and those of an
+        enclosing ``with model.edits(...)`` (not of ρ: the parallel forward holds none)."""
+        ids, want = self._ids(tokens), self._ids(targets)
+        return self._engine.loss(ids.reshape(1, -1) if ids.ndim == 1 else ids,
+                                 want.reshape(1, -1) if want.ndim == 1 else want,
+                                 _edits_json(self._edits + list(edits or [])))
+
+    def run_with_cache(self, text: Tokens, sites: Optional[Sequence[str]] = None,
+                       edits: Optional[Iterable[Dict[str, Any]]] = None) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """Runs one sequence and keeps its activations: logits (T, V) and a dict of
+        ``sites`` (default all of ``bdh.SITES``): ``x``, ``y``, ``xy`` (L, H, T, N),
+        ``attn`` the normalised attention reads (L, H, T, D), ``out`` each layer's
+        output (L, T, D), ``embed`` the residual entering layer 0 (T, D), ``rho`` the
+        synapse state ρ after the text (L, H, N, D). With ``edits`` (x, y, x⊙y, out)."""
+        ids = self._ids(text)
+        if ids.ndim != 1:
+            raise ValueError("run_with_cache reads one sequence: (T,) tokens or a text")
+        all_edits = self._edits + list(edits or [])
+        return self._engine.run_with_cache(ids.reshape(1, -1), list(sites or SITES), _edits_json(all_edits))
+
+    def run_with_edits(self, text: Tokens, edits: Iterable[Dict[str, Any]]) -> np.ndarray:
+        """Logits (T, V) of one sequence with ``edits`` (``bdh.Edit`` values): the
+        parallel forward, or the recurrent steps where an edit is of ρ."""
+        ids = self._ids(text)
+        if ids.ndim != 1:
+            raise ValueError("run_with_edits reads one sequence: (T,) tokens or a text")
+        return self(ids, edits)
+
+    @contextlib.contextmanager
+    def edits(self, edits: Iterable[Dict[str, Any]]) -> Iterator["Model"]:
+        """Within ``with model.edits([...]):`` every forward, step and generation of
+        this model applies these edits too."""
+        added = list(edits)
+        _bdh.edits_touch_rho(_edits_json(added))  # a malformed edit fails here, not later
+        self._edits += added
+        try:
+            yield self
+        finally:
+            del self._edits[len(self._edits) - len(added):]
+
+    # -- recurrent steps and generation -----------------------------------------------
+    def new_state(self) -> "State":
+        """The empty state of a new sequence."""
+        return State(self, _bdh.Session(self._engine))
+
+    def load_state(self, path: PathLike) -> "State":
+        """A state saved by ``State.save`` or ``bdh generate --save-state``."""
+        return State(self, _bdh.Session(self._engine, os.fspath(path)))
+
+    def step(self, state: "State", token: int) -> np.ndarray:
+        """Reads ``token`` into ``state``; the logits for the next token (V,)."""
+        return state._session.step(int(token), _edits_json(self._edits))
+
+    def prefill(self, state: "State", tokens: Tokens) -> np.ndarray:
+        """Reads ``tokens`` (a text or ids) into ``state``; the logits after the last (V,)."""
+        ids = self._ids(tokens)
+        return state._session.prefill([int(t) for t in ids.reshape(-1)], _edits_json(self._edits))
+
+    def generate(self, prompt: str, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 0,
+                 top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int = 0,
+                 stop: Union[str, Sequence[str], None] = None, state: Optional["State"] = None) -> str:
+        """The text generated after ``prompt`` (not echoed), with ``bdh generate``'s
+        options and defaults: the same seed gives the same text as
+        ``bdh generate --prompt P --seed S --no-echo``. ``stop``: end at this string
+        (or any of these), not included. ``state``: continue the text it has read
+        (it then holds the prompt and the output too); else a fresh one."""
+        session = (state or self.new_state())._session
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        text, _, _ = session.generate(prompt.encode(), max_tokens, temperature, top_k, top_p, min_p,
+                                      repetition_penalty, seed, stops, _edits_json(self._edits))
+        return bytes(text).decode("utf-8", errors="replace")
+
+    # -- the microscope ------------------------------------------------------------------
+    def inspect(self, command: str, **options: Any) -> Dict[str, Any]:
+        """``bdh inspect COMMAND`` on this model with ``options`` as its flags
+        (``window=128`` is ``--window 128``, ``prompt="…"`` the text inline, ``text=``
+        a file, a list repeats a flag, True is a bare flag): the dict it writes with
+        ``--json``, the same numbers. ``bdh.inspect_help(COMMAND)`` lists the options."""
+        if command not in INSPECT_COMMANDS:
+            raise ValueError(f"no inspect command {command!r} on a model: one of {', '.join(INSPECT_COMMANDS)}")
+        return json.loads(self._engine.inspect(_argv(command, options)))
+
+
+def _analysis(command: str) -> Callable[..., Dict[str, Any]]:
+    def run(self: Model, **options: Any) -> Dict[str, Any]:
+        return self.inspect(command, **options)
+    run.__name__ = command
+    run.__qualname__ = f"Model.{command}"
+    try:
+        run.__doc__ = f"``bdh inspect {command}`` on this model (see ``Model.inspect``).\n\n" + _bdh.inspect_help(command)
+    except ValueError:
+        run.__doc__ = f"``bdh inspect {command}`` on this model (see ``Model.inspect``)."
+    return run
+
+
+for _command in INSPECT_COMMANDS:
+    setattr(Model, _command, _analysis(_command))
+
+
+class State:
+    """One sequence's recurrent state: BDH's synapse state ρ (a GPT's KV cache).
+    Made by ``Model.new_state`` or ``Model.load_state``; read into by
+    ``Model.step``, ``Model.prefill`` and ``Model.generate(state=...)``."""
+
+    def __init__(self, model: Model, session: "_bdh.Session"):
+        self.model = model
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"<bdh.State at position {self.pos}, {self.nbytes} bytes>"
+
+    @property
+    def pos(self) -> int:
+        """Tokens read so far."""
+        return self._session.pos
+
+    @property
+    def nbytes(self) -> int:
+        return self._session.nbytes
+
+    @property
+    def rho(self) -> np.ndarray:
+        """A copy of ρ, (L, H, N, D) (BDH only)."""
+        return self._session.rho
+
+    def fork(self) -> "State":
+        """An independent copy: both go on from here."""
+        return State(self.model, self._session.fork())
+
+    def save(self, path: PathLike) -> None:
+        """Saves it (atomically) in the format of ``bdh generate --save-state``."""
+        self._session.save(os.fspath(path))
+
+
+def train(preset: str = "recall", out: Optional[PathLike] = None, *, set: Union[Dict[str, Any], Sequence[str], None] = None,
+          data: Optional[PathLike] = None, val_data: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None,
+          init_from: Optional[PathLike] = None, continual: Optional[str] = None, resume: Optional[PathLike] = None,
+          callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None) -> Dict[str, Any]:
+    """Trains as ``bdh train`` does: ``preset`` (a name or a run-config TOML) into the
+    run directory ``out``, or continues ``resume``. ``set``: config overrides, as a
+    dict ``{"training.max_steps": 200}`` or ``["training.max_steps=200"]``;
+    ``data``/``val_data``/``tokenizer``/``init_from``/``continual`` as the flags of
+    that name. ``callback(metrics)`` runs after every evaluation with its numbers
+    (step, val_loss, …); returning False stops the run there (it saves first). Ctrl-C
+    stops it the same way, then raises KeyboardInterrupt. Returns the outcome:
+    ``dir``, ``step``, ``interrupted``, ``last_eval``, ``losses``, ``seconds``."""
+    overrides = [f"{k}={_toml(v)}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
+    if continual is not None:
+        overrides.append(f"training.continual={continual}")
+    path = lambda p: None if p is None else os.fspath(p)
+    return json.loads(_bdh.train(preset, overrides, path(out), path(data), path(val_data), path(tokenizer),
+                                 path(init_from), path(resume), callback))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)

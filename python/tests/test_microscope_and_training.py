@@ -1,0 +1,103 @@
+"""The microscope's analyses from Python (the numbers of `bdh inspect … --json`),
+and training with a callback, stopped, resumed and inspected."""
+
+import json
+
+import pytest
+
+import bdh
+from conftest import GOLDEN, TEXT
+
+RECALL = GOLDEN / "recall-trained"
+
+
+def without_provenance(report):
+    return {k: v for k, v in report.items() if k != "provenance"}
+
+
+@pytest.mark.parametrize("command, options", [
+    ("sparsity", {"text": TEXT, "window": 128}),
+    ("top", {"text": TEXT, "layer": 1, "head": 0, "neuron": 17, "k": 8}),
+    ("path", {"prompt": "Ann has a cat. The cat of Ann", "target": " "}),
+    ("graph", {"head": [0], "quantiles": [0.99, 0.999]}),
+])
+def test_analyses_return_the_command_s_numbers(cli, tmp_path, command, options):
+    model = bdh.load(RECALL)
+    ours = getattr(model, command)(**options)
+    assert without_provenance(ours) == without_provenance(model.inspect(command, **options))
+    out = tmp_path / "report.json"
+    flags = []
+    for key, value in options.items():
+        for v in value if isinstance(value, list) else [value]:
+            flags += [f"--{key.replace('_', '-')}", v]
+    cli("inspect", command, "--model", RECALL, *flags, "--json", out)
+    assert without_provenance(ours) == without_provenance(json.loads(out.read_text()))
+    assert ours["provenance"]["model"] == model.source == str(RECALL)
+
+
+def test_every_analysis_has_its_help_and_unknown_ones_are_refused():
+    for command in bdh.INSPECT_COMMANDS + bdh.RUN_COMMANDS:
+        assert "Usage:" in bdh.inspect_help(command)
+    assert "--window" in bdh.Model.sparsity.__doc__
+    model = bdh.load(RECALL)
+    with pytest.raises(ValueError, match="no inspect command"):
+        model.inspect("seeds", models=[RECALL])
+    with pytest.raises(ValueError, match="runs on a model"):
+        bdh.inspect("sparsity", prompt="abc")
+    with pytest.raises(ValueError, match="--json"):
+        model.inspect("sparsity", prompt="abc", json="x.json")
+
+
+def test_training_calls_back_stops_resumes_and_is_inspected(tmp_path):
+    out = tmp_path / "run"
+    seen = []
+
+    def first_evaluation_only(metrics):
+        seen.append(metrics)
+        return False
+
+    overrides = {"training.max_steps": 20, "training.eval_interval": 10, "training.eval_batches": 1,
+                 "training.keep_every": 10, "training.sample_interval": 0}
+    stopped = bdh.train("tiny", out, set=overrides, callback=first_evaluation_only)
+    assert stopped["interrupted"] and stopped["step"] == 10 and stopped["dir"] == str(out)
+    assert [m["step"] for m in seen] == [10] and seen[0]["val_loss"] > 0
+    assert len(stopped["losses"]) == 10 and stopped["last_eval"]["step"] == 10
+
+    steps = []
+    done = bdh.train(resume=out, callback=lambda m: steps.append(m["step"]))
+    assert not done["interrupted"] and done["step"] == 20 and steps == [20]
+    model = bdh.load(out)
+    assert model("hello").shape == (5, 256)
+    # rich or lazy: the models the run kept (steps 0, 10 and 20)
+    report = bdh.inspect("training", run=out, prompt="Ann has a cat.")
+    assert [m["step"] for m in report["steps"]] == [0, 10, 20]
+
+    with pytest.raises(ValueError, match="out="):
+        bdh.train("tiny")
+    with pytest.raises(ValueError):
+        bdh.train("no-such-preset", tmp_path / "other")
+
+    def broken(metrics):
+        raise RuntimeError("the callback failed")
+
+    with pytest.raises(RuntimeError, match="the callback failed"):
+        bdh.train("tiny", tmp_path / "broken", set=overrides, callback=broken)
+    # the run saved before the error was raised
+    assert bdh.load(tmp_path / "broken")("a").shape == (1, 256)
+
+
+def test_the_example_runs_as_the_readme_says(tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    plot = tmp_path / "curve.png"
+    done = subprocess.run([sys.executable, "examples/concept_neurons.py", "--top", "32", "--plot", plot],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "most selective for place" in done.stdout and "place answers right" in done.stdout
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in done.stdout
+    else:
+        assert plot.stat().st_size > 1000
