@@ -20,14 +20,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _bdh
 
-__all__ = ["load", "Model", "State", "Edit", "train", "inspect", "inspect_help", "set_threads", "SITES",
-           "INSPECT_COMMANDS"]
+__all__ = ["load", "Model", "State", "Edit", "Patch", "train", "inspect", "inspect_help", "graph", "set_threads",
+           "SITES", "INSPECT_COMMANDS", "RUN_COMMANDS", "GRAPH_COMMANDS"]
 
 #: The sites ``run_with_cache`` can keep.
 SITES = ("x", "y", "xy", "attn", "out", "embed", "rho")
@@ -59,8 +60,44 @@ def Edit(site: str, layer: Optional[int] = None, head: Optional[int] = None, neu
             "action": "zero" if value is None else {"set": float(value)}}
 
 
+def Patch(site: str, layer: int, values: np.ndarray, head: Optional[int] = None,
+          neurons: Optional[Sequence[int]] = None, positions: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """Activation patching: ``site`` (``"x"``, ``"y"``, ``"xy"`` or ``"out"``) of ``layer``
+    takes ``values`` from another run of the model — that run's cache of the site at
+    this layer, ``cache[site][layer]``: (H, T, N) for x, y and x⊙y, (T, D) for out — at
+    ``positions`` ``(start, end)`` (default all of ``values``), for ``head`` and
+    ``neurons`` (default all; for out, dimensions of D). Passed wherever edits are; the
+    parallel forward applies it."""
+    if site not in ("x", "y", "xy", "out"):
+        raise ValueError(f"a patch's site is x, y, xy or out, not {site!r} (ρ is carried by states: State.fork)")
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if values.ndim != (2 if site == "out" else 3):
+        raise ValueError(f"a patch of {site!r} takes one layer's values, (T, D) for out and (H, T, N) else, "
+                         f"not {values.shape}")
+    length = values.shape[0] if site == "out" else values.shape[1]
+    start, end = positions if positions is not None else (0, length)
+    return {"site": site, "layer": int(layer), "head": head, "neurons": None if neurons is None else
+            [int(n) for n in neurons], "positions": (int(start), int(end)), "values": values}
+
+
+def _split(edits: Optional[Iterable[Dict[str, Any]]]) -> Tuple[str, List[tuple]]:
+    """Edits as the engine takes them: the ``Edit`` values as JSON, the patches as tuples."""
+    plain, patches = [], []
+    for e in edits or []:
+        if "values" in e:
+            patches.append((e["site"], e["layer"], e["head"], e["neurons"], *e["positions"], e["values"]))
+        else:
+            plain.append(e)
+    return json.dumps(plain), patches
+
+
 def _edits_json(edits: Optional[Iterable[Dict[str, Any]]]) -> str:
-    return json.dumps(list(edits or []))
+    """The ``Edit`` values as JSON, refusing patches (only the parallel forward takes them)."""
+    plain, patches = _split(edits)
+    if patches:
+        raise ValueError("activation patches apply to the parallel forward (model(...), loss, run_with_cache), "
+                         "not to recurrent steps or edits of ρ")
+    return plain
 
 
 def _argv(command: str, options: Dict[str, Any]) -> List[str]:
@@ -96,6 +133,30 @@ def inspect(command: str, **options: Any) -> Dict[str, Any]:
         raise ValueError(f"bdh.inspect runs {', '.join(RUN_COMMANDS)}; {command!r} runs on a model: "
                          f"model.inspect({command!r}, ...)")
     return json.loads(_bdh.inspect_runs(_argv(command, options)))
+
+
+#: The ``bdh graph`` commands ``bdh.graph`` runs.
+GRAPH_COMMANDS = ("build", "run", "prune", "stats")
+
+
+def graph(command: str, **options: Any) -> Union[Dict[str, Any], str]:
+    """``bdh graph COMMAND`` with ``options`` as its flags (as ``Model.inspect`` maps
+    them), run in this process, its summary on standard output: ``build`` returns the
+    graph file it wrote (``out=``); ``run``, ``prune`` and ``stats`` the JSON they write
+    with ``--json``, as a dict (``run`` with ``against=`` holds the comparison whatever
+    it finds)."""
+    if command not in GRAPH_COMMANDS:
+        raise ValueError(f"no graph command {command!r}: one of {', '.join(GRAPH_COMMANDS)}")
+    if "json" in options:
+        raise ValueError("the JSON is what is returned: leave json= out")
+    if command == "build":
+        _bdh.run_command(["graph", *_argv(command, options)])
+        return os.fspath(options["out"])
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "report.json")
+        _bdh.run_command(["graph", *_argv(command, options), "--json", out])
+        with open(out) as f:
+            return json.load(f)
 
 
 def load(path: PathLike, config: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None) -> "Model":
@@ -163,11 +224,12 @@ class Model:
         enclosing ``with model.edits(...)``."""
         ids = self._ids(tokens)
         all_edits = self._edits + list(edits or [])
-        if _bdh.edits_touch_rho(_edits_json(all_edits)):
+        plain, patches = _split(all_edits)
+        if _bdh.edits_touch_rho(plain):
             if ids.ndim != 1:
                 raise ValueError("edits of ρ run the recurrent steps: give one sequence")
             return self._engine.run_stepped([int(t) for t in ids], _edits_json(all_edits))
-        logits = self._engine.forward(ids.reshape(1, -1) if ids.ndim == 1 else ids, _edits_json(all_edits))
+        logits = self._engine.forward(ids.reshape(1, -1) if ids.ndim == 1 else ids, plain, patches)
         return logits[0] if ids.ndim == 1 else logits
 
     def loss(self, tokens: Tokens, targets: Tokens, edits: Optional[Iterable[Dict[str, Any]]] = None) -> float:
@@ -177,7 +239,7 @@ class Model:
         ids, want = self._ids(tokens), self._ids(targets)
         return self._engine.loss(ids.reshape(1, -1) if ids.ndim == 1 else ids,
                                  want.reshape(1, -1) if want.ndim == 1 else want,
-                                 _edits_json(self._edits + list(edits or [])))
+                                 *_split(self._edits + list(edits or [])))
 
     def run_with_cache(self, text: Tokens, sites: Optional[Sequence[str]] = None,
                        edits: Optional[Iterable[Dict[str, Any]]] = None) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
@@ -185,12 +247,13 @@ class Model:
         ``sites`` (default all of ``bdh.SITES``): ``x``, ``y``, ``xy`` (L, H, T, N),
         ``attn`` the normalised attention reads (L, H, T, D), ``out`` each layer's
         output (L, T, D), ``embed`` the residual entering layer 0 (T, D), ``rho`` the
-        synapse state ρ after the text (L, H, N, D). With ``edits`` (x, y, x⊙y, out)."""
+        synapse state ρ after the text (L, H, N, D). With ``edits`` (x, y, x⊙y, out)
+        and patches (``bdh.Patch``)."""
         ids = self._ids(text)
         if ids.ndim != 1:
             raise ValueError("run_with_cache reads one sequence: (T,) tokens or a text")
-        all_edits = self._edits + list(edits or [])
-        return self._engine.run_with_cache(ids.reshape(1, -1), list(sites or SITES), _edits_json(all_edits))
+        return self._engine.run_with_cache(ids.reshape(1, -1), list(sites or SITES),
+                                           *_split(self._edits + list(edits or [])))
 
     def run_with_edits(self, text: Tokens, edits: Iterable[Dict[str, Any]]) -> np.ndarray:
         """Logits (T, V) of one sequence with ``edits`` (``bdh.Edit`` values): the
@@ -205,7 +268,7 @@ class Model:
         """Within ``with model.edits([...]):`` every forward, step and generation of
         this model applies these edits too."""
         added = list(edits)
-        _bdh.edits_touch_rho(_edits_json(added))  # a malformed edit fails here, not later
+        _bdh.edits_touch_rho(_split(added)[0])  # a malformed edit fails here, not later
         self._edits += added
         try:
             yield self

@@ -62,6 +62,13 @@ fn inspect_runs(py: Python<'_>, argv: Vec<String>) -> PyResult<String> {
     py.detach(|| bdh_cli::inspect::json(&argv, None)).map(|v| v.to_string()).map_err(py_err)
 }
 
+/// `bdh ARGV…` run in this process (for `bdh graph`): false for a check that ran and
+/// failed.
+#[pyfunction]
+fn run_command(py: Python<'_>, argv: Vec<String>) -> PyResult<bool> {
+    py.detach(|| bdh_cli::run_args(&argv)).map_err(py_err)
+}
+
 /// The help of `bdh inspect COMMAND` (every option), as its `--help` prints it.
 #[pyfunction]
 fn inspect_help(command: &str) -> PyResult<String> {
@@ -75,6 +82,7 @@ fn _bdh(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_runs, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_help, m)?)?;
+    m.add_function(wrap_pyfunction!(run_command, m)?)?;
     m.add_function(wrap_pyfunction!(model::edits_touch_rho, m)?)?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
     Ok(())

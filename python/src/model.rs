@@ -2,14 +2,14 @@
 //! edits and a cache of the activations, its tokenizer, and the microscope.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use engine::data::Tokenizer;
 use engine::infer::Prepared;
-use engine::model::bdh::{self, Edit, Edits, Pass, Site};
+use engine::model::bdh::{self, Edit, Edits, Pass, Patch, Site};
 use engine::{Mode, Model};
 use numpy::ndarray::ArrayD;
-use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -50,13 +50,33 @@ impl Engine {
     }
 }
 
-/// Edits from their JSON (a list of the engine's `Edit` values), checked against
-/// the model.
-pub(crate) fn edits_of(json: &str, model: &Model) -> PyResult<Edits> {
+/// One activation patch as the package passes it: the site (x, y, xy or out), the
+/// layer, the head (or all), the neurons (or all), the positions `start..end`, and
+/// the source run's values of that layer's site from position 0.
+pub(crate) type PatchArg<'py> =
+    (String, usize, Option<usize>, Option<Vec<u32>>, usize, usize, PyReadonlyArrayDyn<'py, f32>);
+
+/// Edits from their JSON (a list of the engine's `Edit` values) and activation
+/// patches, checked against the model.
+pub(crate) fn edits_of(json: &str, patches: Vec<PatchArg<'_>>, model: &Model) -> PyResult<Edits> {
     let list: Vec<Edit> = serde_json::from_str(json).map_err(|e| PyValueError::new_err(format!("edits: {e}")))?;
     let mut edits = Edits::new();
     for e in list {
         edits.push(e);
+    }
+    for (site, layer, head, neurons, start, end, values) in patches {
+        let site = match site.as_str() {
+            "x" => Site::X,
+            "y" => Site::Y,
+            "xy" => Site::Xy,
+            "out" => Site::Out,
+            other => return Err(PyValueError::new_err(format!("a patch's site is x, y, xy or out, not {other:?}"))),
+        };
+        if start >= end {
+            return Err(PyValueError::new_err(format!("a patch's positions {start}..{end} are empty")));
+        }
+        let values = values.as_slice().map_err(|e| PyValueError::new_err(format!("a patch's values: {e}")))?.to_vec();
+        edits.patch(Patch { site, layer, head, neurons, positions: start..end, values: Arc::new(values) });
     }
     if !edits.is_empty() {
         match model {
@@ -152,21 +172,23 @@ impl Engine {
         py: Python<'py>,
         tokens: PyReadonlyArray2<'py, i64>,
         edits: &str,
+        patches: Vec<PatchArg<'py>>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let (ids, b, t) = tokens_of(&tokens, self.vocab_size())?;
-        let edits = edits_of(edits, &self.model)?;
+        let edits = edits_of(edits, patches, &self.model)?;
         let logits = py.detach(|| self.run(&ids, b, t, &edits).map(|a| a.logits().to_vec())).map_err(lib_err)?;
         array(py, &[b, t, self.vocab_size()], logits)
     }
 
     /// The mean cross-entropy of the forward on tokens (B, T) against targets (B, T),
     /// with `edits` (JSON).
-    fn loss(
+    fn loss<'py>(
         &self,
-        py: Python<'_>,
-        tokens: PyReadonlyArray2<'_, i64>,
-        targets: PyReadonlyArray2<'_, i64>,
+        py: Python<'py>,
+        tokens: PyReadonlyArray2<'py, i64>,
+        targets: PyReadonlyArray2<'py, i64>,
         edits: &str,
+        patches: Vec<PatchArg<'py>>,
     ) -> PyResult<f32> {
         let vocab = self.vocab_size();
         let (ids, b, t) = tokens_of(&tokens, vocab)?;
@@ -174,7 +196,7 @@ impl Engine {
         if (tb, tt) != (b, t) {
             return Err(PyValueError::new_err(format!("targets are ({tb}, {tt}), the tokens ({b}, {t})")));
         }
-        let edits = edits_of(edits, &self.model)?;
+        let edits = edits_of(edits, patches, &self.model)?;
         py.detach(|| engine::loss(&self.run(&ids, b, t, &edits)?, &want)).map_err(lib_err)
     }
 
@@ -189,6 +211,7 @@ impl Engine {
         tokens: PyReadonlyArray2<'py, i64>,
         sites: Vec<String>,
         edits: &str,
+        patches: Vec<PatchArg<'py>>,
     ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyDict>)> {
         let m = self.bdh("run_with_cache")?;
         let (ids, b, t) = tokens_of(&tokens, self.vocab_size())?;
@@ -199,7 +222,7 @@ impl Engine {
         if let Some(bad) = sites.iter().find(|s| !SITES.contains(&s.as_str())) {
             return Err(PyValueError::new_err(format!("no site {bad:?}: the sites are {}", SITES.join(", "))));
         }
-        let edits = edits_of(edits, &self.model)?;
+        let edits = edits_of(edits, patches, &self.model)?;
         let c = &m.config;
         let (l, h, n, d) = (c.n_layer, c.n_head, c.n_neurons(), c.n_embd);
         let cached = py
@@ -253,7 +276,7 @@ impl Engine {
         if tokens.is_empty() {
             return Err(PyValueError::new_err("the tokens are empty"));
         }
-        let edits = edits_of(edits, &self.model)?;
+        let edits = edits_of(edits, Vec::new(), &self.model)?;
         let prepared = self.prepared()?;
         let logits = py
             .detach(|| -> engine::Result<Vec<f32>> {

@@ -93,7 +93,7 @@ impl Session {
         edits: &str,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let engine = self.model.get();
-        let edits = edits_of(edits, &engine.model)?;
+        let edits = edits_of(edits, Vec::new(), &engine.model)?;
         let prepared = engine.prepared()?;
         let vocab = engine.model.config().vocab_size();
         engine::model::check_tokens(&tokens, vocab, "prefill").map_err(lib_err)?;
@@ -110,7 +110,7 @@ impl Session {
     /// Reads one token with `edits` (JSON); the logits for the next, (V,).
     fn step<'py>(&mut self, py: Python<'py>, token: u32, edits: &str) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let engine = self.model.get();
-        let edits = edits_of(edits, &engine.model)?;
+        let edits = edits_of(edits, Vec::new(), &engine.model)?;
         let prepared = engine.prepared()?;
         prepared.check_step(&self.state, token).map_err(lib_err)?;
         let state = &mut self.state;
@@ -142,7 +142,7 @@ impl Session {
         edits: &str,
     ) -> PyResult<(Vec<u8>, Vec<u32>, Option<String>)> {
         let engine = self.model.get();
-        let edits = edits_of(edits, &engine.model)?;
+        let edits = edits_of(edits, Vec::new(), &engine.model)?;
         let prepared = engine.prepared()?;
         let mut sampler = Sampler::new(SamplingConfig { temperature, top_k, top_p, min_p, repetition_penalty, seed })
             .map_err(lib_err)?;

@@ -35,6 +35,21 @@ def test_analyses_return_the_command_s_numbers(cli, tmp_path, command, options):
     assert ours["provenance"]["model"] == model.source == str(RECALL)
 
 
+def test_the_graph_form_from_python_is_the_command_s(cli, tmp_path):
+    normfree = GOLDEN / "normfree-small"
+    brain = bdh.graph("build", model=normfree, out=tmp_path / "brain.safetensors")
+    assert brain == str(tmp_path / "brain.safetensors")
+    stats = bdh.graph("stats", graph=brain)
+    cli("graph", "stats", "--graph", brain, "--json", tmp_path / "stats.json")
+    assert stats == json.loads((tmp_path / "stats.json").read_text())
+    run = bdh.graph("run", graph=brain, text=TEXT, max_tokens=64, against=normfree)
+    # the exact graphs' logits are the tensor form's (the command exits 1 past 1e-5)
+    assert run["tensor_form"]["logits_max_rel_diff"] < 1e-5
+    assert run["tensor_form"]["loss_nats"] == pytest.approx(run["loss_nats"], rel=1e-5)
+    with pytest.raises(ValueError, match="no graph command"):
+        bdh.graph("draw")
+
+
 def test_every_analysis_has_its_help_and_unknown_ones_are_refused():
     for command in bdh.INSPECT_COMMANDS + bdh.RUN_COMMANDS:
         assert "Usage:" in bdh.inspect_help(command)
@@ -101,3 +116,24 @@ def test_the_example_runs_as_the_readme_says(tmp_path):
         assert "matplotlib is not installed" in done.stdout
     else:
         assert plot.stat().st_size > 1000
+
+
+def test_ctrl_c_stops_training_after_saving(tmp_path):
+    import subprocess
+    import sys
+    script = """
+import os, signal, sys, bdh
+def interrupt(metrics):
+    os.kill(os.getpid(), signal.SIGINT)   # as Ctrl-C does, during the run
+try:
+    bdh.train("tiny", sys.argv[1], set={"training.max_steps": 1000, "training.eval_interval": 5,
+                                        "training.eval_batches": 1}, callback=interrupt)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+"""
+    done = subprocess.run([sys.executable, "-c", script, tmp_path / "run"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "KeyboardInterrupt", done.stderr
+    # stopped within a step of the evaluation, and saved there
+    step = json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())["state"]["step"]
+    assert 5 <= step <= 6
+    assert bdh.train(resume=tmp_path / "run", set=["training.max_steps=8"])["step"] == 8

@@ -169,3 +169,33 @@ def test_bad_input_raises_the_right_exception(tmp_path):
     # refused before anything is allocated: the attention scores of 2 M tokens
     with pytest.raises(MemoryError):
         model.run_with_cache(np.zeros(2_000_000, dtype=np.int64), sites=["x"])
+
+
+def test_activation_patches_carry_another_run_s_values():
+    model = bdh.load(GOLDEN / "recall-trained")
+    clean, corrupted = "ada lives in oslo. where does ada live?", "ada lives in rome. where does ada live?"
+    clean_logits, clean_cache = model.run_with_cache(clean)
+    plain = model(corrupted)
+    # the last layer's output patched in whole: lm_head reads it, so the logits are the clean run's
+    last = model.config["n_layer"] - 1
+    whole = bdh.Patch("out", last, clean_cache["out"][last])
+    np.testing.assert_allclose(model(corrupted, edits=[whole]), clean_logits, atol=1e-5, rtol=0)
+    # at positions 0..16 only: those are the clean run's, the rest the corrupted run's
+    part = bdh.Patch("out", last, clean_cache["out"][last], positions=(0, 16))
+    patched = model(corrupted, edits=[part])
+    np.testing.assert_allclose(patched[:16], clean_logits[:16], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(patched[16:], plain[16:], atol=1e-5, rtol=0)
+    # x of layer 0, head 1, three neurons: the cache shows exactly those values moved
+    x = bdh.Patch("x", 0, clean_cache["x"][0], head=1, neurons=[3, 5, 700])
+    _, cache = model.run_with_cache(corrupted, sites=["x"], edits=[x])
+    _, before = model.run_with_cache(corrupted, sites=["x"])
+    np.testing.assert_array_equal(cache["x"][0, 1, :, [3, 5, 700]], clean_cache["x"][0, 1, :, [3, 5, 700]])
+    np.testing.assert_array_equal(cache["x"][0, 0], before["x"][0, 0])
+    with model.edits([x]):
+        assert model.loss(corrupted[:-1], corrupted[1:]) == model.loss(corrupted[:-1], corrupted[1:], [x])
+        with pytest.raises(ValueError, match="patches"):
+            model.generate("ada")
+    with pytest.raises(ValueError, match="fewer than"):
+        model(corrupted, edits=[bdh.Patch("out", last, clean_cache["out"][last], positions=(0, 100))])
+    with pytest.raises(ValueError):
+        bdh.Patch("rho", 0, clean_cache["rho"][0])

@@ -110,6 +110,15 @@ pub(crate) fn exit_status(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// Runs `bdh ARGV…` in this process (the Python package's `bdh.graph`): what it
+/// prints goes to this process's standard output and error, an error is returned
+/// rather than printed; `Ok(false)` is a check that ran and failed (exit status 1).
+pub fn run_args(argv: &[String]) -> anyhow::Result<bool> {
+    let cli = Cli::try_parse_from(std::iter::once("bdh").chain(argv.iter().map(String::as_str)))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(run(cli)? == ExitCode::SUCCESS)
+}
+
 /// The library error behind `e`, through any context around it: what kind of
 /// failure it is.
 pub fn error_kind(e: &anyhow::Error) -> Option<&bdh::Error> {
