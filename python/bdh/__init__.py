@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import operator
 import os
 import tempfile
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -56,8 +58,21 @@ def Edit(site: str, layer: Optional[int] = None, head: Optional[int] = None, neu
     ``"out"``, a layer's output, ``neuron`` one of its D dimensions), in ``layer``,
     ``head``, ``neuron`` and ``position`` (``None``: every one), set to 0 (``value``
     ``None``: ablate) or to ``value`` (patch). x, y and x⊙y take values ≥ 0."""
-    return {"site": site, "layer": layer, "head": head, "neuron": neuron, "position": position,
+    if value is not None and not math.isfinite(float(value)):
+        raise ValueError(f"an edit's value must be finite, not {value}")
+    return {"site": site, "layer": _index(layer, "layer"), "head": _index(head, "head"),
+            "neuron": _index(neuron, "neuron"), "position": _index(position, "position"),
             "action": "zero" if value is None else {"set": float(value)}}
+
+
+def _index(value: Any, what: str) -> Optional[int]:
+    """An index ≥ 0 (any integer type, NumPy's too), or None."""
+    if value is None:
+        return None
+    i = operator.index(value)
+    if i < 0:
+        raise ValueError(f"{what} {i} is negative")
+    return i
 
 
 def Patch(site: str, layer: int, values: np.ndarray, head: Optional[int] = None,
@@ -70,14 +85,24 @@ def Patch(site: str, layer: int, values: np.ndarray, head: Optional[int] = None,
     parallel forward applies it."""
     if site not in ("x", "y", "xy", "out"):
         raise ValueError(f"a patch's site is x, y, xy or out, not {site!r} (ρ is carried by states: State.fork)")
+    if site == "out" and head is not None:
+        raise ValueError("a layer's output has no heads: leave head out (neurons= picks dimensions of D)")
+    values = np.asarray(values)
+    if values.dtype.kind not in "fiu":
+        raise ValueError(f"a patch's values must be real numbers, not {values.dtype}")
     values = np.ascontiguousarray(values, dtype=np.float32)
+    if not np.isfinite(values).all() or (site != "out" and (values < 0).any()):
+        raise ValueError(f"a patch's values must be finite{'' if site == 'out' else ' and ≥ 0 (ReLU outputs)'}")
     if values.ndim != (2 if site == "out" else 3):
         raise ValueError(f"a patch of {site!r} takes one layer's values, (T, D) for out and (H, T, N) else, "
                          f"not {values.shape}")
     length = values.shape[0] if site == "out" else values.shape[1]
-    start, end = positions if positions is not None else (0, length)
-    return {"site": site, "layer": int(layer), "head": head, "neurons": None if neurons is None else
-            [int(n) for n in neurons], "positions": (int(start), int(end)), "values": values}
+    start, end = (_index(p, "position") for p in positions) if positions is not None else (0, length)
+    if not start < end <= length:
+        raise ValueError(f"a patch's positions ({start}, {end}) must be a non-empty part of its values' {length}")
+    return {"site": site, "layer": _index(layer, "layer"), "head": _index(head, "head"),
+            "neurons": None if neurons is None else [_index(n, "neuron") for n in neurons],
+            "positions": (start, end), "values": values}
 
 
 def _split(edits: Optional[Iterable[Dict[str, Any]]]) -> Tuple[str, List[tuple]]:
@@ -85,10 +110,13 @@ def _split(edits: Optional[Iterable[Dict[str, Any]]]) -> Tuple[str, List[tuple]]
     plain, patches = [], []
     for e in edits or []:
         if "values" in e:
-            patches.append((e["site"], e["layer"], e["head"], e["neurons"], *e["positions"], e["values"]))
+            patches.append((e["site"], e["layer"], e.get("head"), e.get("neurons"), *e["positions"], e["values"]))
         else:
             plain.append(e)
-    return json.dumps(plain), patches
+    try:
+        return json.dumps(plain, allow_nan=False), patches
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"edits are bdh.Edit values: {error}") from None
 
 
 def _edits_json(edits: Optional[Iterable[Dict[str, Any]]]) -> str:
@@ -104,6 +132,10 @@ def _argv(command: str, options: Dict[str, Any]) -> List[str]:
     """``bdh inspect`` arguments from keyword options: ``snake_case=value`` is
     ``--snake-case value``; True is a bare flag, False and None leave it out; a list
     repeats the flag."""
+    if "threads" in options:
+        raise ValueError("the package's threads are set once per process: bdh.set_threads(n), before anything runs")
+    if "device" in options:
+        raise ValueError("the package runs on the CPU: leave device out")
     argv = [command]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -164,6 +196,9 @@ def load(path: PathLike, config: Optional[PathLike] = None, tokenizer: Optional[
     checkpoint directory, a ``model.safetensors`` or a PyTorch ``.pt`` — BDH or the
     GPT baseline. ``config``: the config JSON if it is not beside the weights;
     ``tokenizer``: a tokenizer.json, else the run's or checkpoint's, else bytes."""
+    for given in (path, config, tokenizer):
+        if given is not None and not os.path.exists(given):
+            raise FileNotFoundError(f"no such file or directory: {os.fspath(given)}")
     return Model(_bdh.Engine(os.fspath(path), None if config is None else os.fspath(config),
                              None if tokenizer is None else os.fspath(tokenizer)))
 
@@ -211,11 +246,34 @@ class Model:
         if isinstance(tokens, (str, bytes)):
             tokens = self.encode(tokens)
         ids = np.asarray(tokens)
+        if ids.size == 0:
+            raise ValueError("no tokens")
         if ids.dtype.kind not in "iu":
             raise ValueError(f"tokens must be integers, not {ids.dtype}")
         if ids.ndim not in (1, 2):
             raise ValueError(f"tokens must be (T,) or (B, T), not {ids.shape}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"a token outside the vocabulary 0..{self.vocab_size}")
         return np.ascontiguousarray(ids, dtype=np.int64)
+
+    def _split(self, edits: Optional[Iterable[Dict[str, Any]]], t: int) -> Tuple[str, List[tuple]]:
+        """This block's edits and `edits`, as the engine takes them, the patches'
+        shapes checked against the model and a run of `t` tokens."""
+        plain, patches = _split(self._edits + list(edits or []))
+        if patches:
+            c = self.config
+            if c["family"] != "bdh":
+                raise ValueError(f"patches act on BDH's neurons; this model is a {c['family']}")
+            n = c["mlp_internal_dim_multiplier"] * c["n_embd"] // c["n_head"]
+            for site, layer, head, neurons, start, end, values in patches:
+                want = (c["n_embd"],) if site == "out" else (c["n_head"], n)
+                got = values.shape[1:] if site == "out" else (values.shape[0], values.shape[2])
+                if got != want:
+                    raise ValueError(f"a patch of {site} takes values {'(T, D)' if site == 'out' else '(H, T, N)'} "
+                                     f"of this model, {want} besides T; these are {values.shape}")
+                if start >= t:
+                    raise ValueError(f"a patch's positions ({start}, {end}) start past the run's {t} tokens")
+        return plain, patches
 
     # -- the parallel forward --------------------------------------------------------
     def __call__(self, tokens: Tokens, edits: Optional[Iterable[Dict[str, Any]]] = None) -> np.ndarray:
@@ -224,7 +282,7 @@ class Model:
         enclosing ``with model.edits(...)``."""
         ids = self._ids(tokens)
         all_edits = self._edits + list(edits or [])
-        plain, patches = _split(all_edits)
+        plain, patches = self._split(edits, ids.shape[-1])
         if _bdh.edits_touch_rho(plain):
             if ids.ndim != 1:
                 raise ValueError("edits of ρ run the recurrent steps: give one sequence")
@@ -239,7 +297,7 @@ class Model:
         ids, want = self._ids(tokens), self._ids(targets)
         return self._engine.loss(ids.reshape(1, -1) if ids.ndim == 1 else ids,
                                  want.reshape(1, -1) if want.ndim == 1 else want,
-                                 *_split(self._edits + list(edits or [])))
+                                 *self._split(edits, ids.shape[-1]))
 
     def run_with_cache(self, text: Tokens, sites: Optional[Sequence[str]] = None,
                        edits: Optional[Iterable[Dict[str, Any]]] = None) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
@@ -252,8 +310,10 @@ class Model:
         ids = self._ids(text)
         if ids.ndim != 1:
             raise ValueError("run_with_cache reads one sequence: (T,) tokens or a text")
-        return self._engine.run_with_cache(ids.reshape(1, -1), list(sites or SITES),
-                                           *_split(self._edits + list(edits or [])))
+        sites = [sites] if isinstance(sites, str) else list(SITES if sites is None else sites)
+        if not sites:
+            raise ValueError(f"no sites asked for: name some of {', '.join(SITES)}, or leave sites out for all")
+        return self._engine.run_with_cache(ids.reshape(1, -1), sites, *self._split(edits, len(ids)))
 
     def run_with_edits(self, text: Tokens, edits: Iterable[Dict[str, Any]]) -> np.ndarray:
         """Logits (T, V) of one sequence with ``edits`` (``bdh.Edit`` values): the
@@ -268,7 +328,7 @@ class Model:
         """Within ``with model.edits([...]):`` every forward, step and generation of
         this model applies these edits too."""
         added = list(edits)
-        _bdh.edits_touch_rho(_split(added)[0])  # a malformed edit fails here, not later
+        self._engine.check_edits(_split(added)[0])  # a bad edit fails here, not at the first call
         self._edits += added
         try:
             yield self
@@ -284,16 +344,26 @@ class Model:
         """A state saved by ``State.save`` or ``bdh generate --save-state``."""
         return State(self, _bdh.Session(self._engine, os.fspath(path)))
 
+    def _own(self, state: "State") -> "_bdh.Session":
+        if not isinstance(state, State) or state.model._engine is not self._engine:
+            raise ValueError("this state belongs to another model: make it with this model's new_state or load_state")
+        return state._session
+
     def step(self, state: "State", token: int) -> np.ndarray:
         """Reads ``token`` into ``state``; the logits for the next token (V,)."""
-        return state._session.step(int(token), _edits_json(self._edits))
+        token = operator.index(token)
+        if not 0 <= token < self.vocab_size:
+            raise ValueError(f"token {token} is outside the vocabulary 0..{self.vocab_size}")
+        return self._own(state).step(token, _edits_json(self._edits))
 
     def prefill(self, state: "State", tokens: Tokens) -> np.ndarray:
         """Reads ``tokens`` (a text or ids) into ``state``; the logits after the last (V,)."""
         ids = self._ids(tokens)
-        return state._session.prefill([int(t) for t in ids.reshape(-1)], _edits_json(self._edits))
+        if ids.ndim == 2 and ids.shape[0] != 1:
+            raise ValueError("a state reads one sequence: give (T,) tokens or a text")
+        return self._own(state).prefill([int(t) for t in ids.reshape(-1)], _edits_json(self._edits))
 
-    def generate(self, prompt: str, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 0,
+    def generate(self, prompt: Union[str, bytes], max_tokens: int = 256, temperature: float = 0.8, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int = 0,
                  stop: Union[str, Sequence[str], None] = None, state: Optional["State"] = None) -> str:
         """The text generated after ``prompt`` (not echoed), with ``bdh generate``'s
@@ -301,10 +371,14 @@ class Model:
         ``bdh generate --prompt P --seed S --no-echo``. ``stop``: end at this string
         (or any of these), not included. ``state``: continue the text it has read
         (it then holds the prompt and the output too); else a fresh one."""
-        session = (state or self.new_state())._session
+        session = self._own(state) if state is not None else self.new_state()._session
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        text, _, _ = session.generate(prompt.encode(), max_tokens, temperature, top_k, top_p, min_p,
-                                      repetition_penalty, seed, stops, _edits_json(self._edits))
+        for name, value in (("max_tokens", max_tokens), ("top_k", top_k), ("seed", seed)):
+            if operator.index(value) < 0:
+                raise ValueError(f"{name} must be ≥ 0, not {value}")
+        text, _, _ = session.generate(prompt.encode() if isinstance(prompt, str) else bytes(prompt), max_tokens,
+                                      temperature, top_k, top_p, min_p, repetition_penalty, seed, stops,
+                                      _edits_json(self._edits))
         return bytes(text).decode("utf-8", errors="replace")
 
     # -- the microscope ------------------------------------------------------------------
@@ -368,6 +442,12 @@ class State:
         """Saves it (atomically) in the format of ``bdh generate --save-state``."""
         self._session.save(os.fspath(path))
 
+    def load(self, path: PathLike) -> "State":
+        """Replaces what it holds with the state saved at ``path`` (by ``save`` or
+        ``bdh generate --save-state``, from this model); returns it."""
+        self._session = _bdh.Session(self.model._engine, os.fspath(path))
+        return self
+
 
 def train(preset: str = "recall", out: Optional[PathLike] = None, *, set: Union[Dict[str, Any], Sequence[str], None] = None,
           data: Optional[PathLike] = None, val_data: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None,
@@ -381,6 +461,8 @@ def train(preset: str = "recall", out: Optional[PathLike] = None, *, set: Union[
     (step, val_loss, …); returning False stops the run there (it saves first). Ctrl-C
     stops it the same way, then raises KeyboardInterrupt. Returns the outcome:
     ``dir``, ``step``, ``interrupted``, ``last_eval``, ``losses``, ``seconds``."""
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable, not {type(callback).__name__}")
     overrides = [f"{k}={_toml(v)}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
     if continual is not None:
         overrides.append(f"training.continual={continual}")

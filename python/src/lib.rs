@@ -20,8 +20,12 @@ pub(crate) fn py_err(e: anyhow::Error) -> PyErr {
     let not_found = |c: &std::io::Error| c.kind() == std::io::ErrorKind::NotFound;
     match bdh_cli::error_kind(&e) {
         Some(Error::TooLarge { .. }) => PyMemoryError::new_err(msg),
-        Some(Error::Io { cause, .. }) if not_found(cause) => PyFileNotFoundError::new_err(msg),
-        Some(Error::Io { .. }) => PyOSError::new_err(msg),
+        Some(Error::Io { cause, path, .. }) => match cause.raw_os_error() {
+            // (errno, message, file): Python picks the subclass, e.g. IsADirectoryError
+            Some(errno) => PyOSError::new_err((errno, msg, path.display().to_string())),
+            None if not_found(cause) => PyFileNotFoundError::new_err(msg),
+            None => PyOSError::new_err(msg),
+        },
         Some(Error::Diverged { .. } | Error::NonFinite { .. } | Error::Mismatch(_) | Error::Device(_)) => {
             PyRuntimeError::new_err(msg)
         }
@@ -39,19 +43,16 @@ pub(crate) fn lib_err(e: engine::Error) -> PyErr {
     py_err(e.into())
 }
 
-/// Sizes the pool of threads the engine computes on (once per process, before the
-/// first computation; by default one per core).
+/// Sizes the pool of threads the engine computes on, as `--threads` does (once per
+/// process, before the first computation; by default one per core).
 #[pyfunction]
 fn set_threads(n: usize) -> PyResult<()> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    if !(1..=4 * cores).contains(&n) {
-        return Err(PyValueError::new_err(format!(
-            "threads {n}: give 1 to {} (4 for each of the {cores} cores)",
-            4 * cores
-        )));
-    }
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| {
-        PyRuntimeError::new_err(format!("the engine's threads are already running ({e}): call set_threads first"))
+    bdh_cli::args::ThreadsArgs::of(n).size_pool().map_err(|e| {
+        if e.is::<rayon::ThreadPoolBuildError>() {
+            PyRuntimeError::new_err(format!("the engine's threads are already running ({e}): call set_threads first"))
+        } else {
+            py_err(e)
+        }
     })
 }
 

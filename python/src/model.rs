@@ -30,11 +30,11 @@ pub struct Engine {
 
 impl Engine {
     /// The model ready for recurrent steps (a copy of its weights, made once).
-    pub(crate) fn prepared(&self) -> PyResult<&Prepared> {
+    pub(crate) fn prepared(&self, py: Python<'_>) -> PyResult<&Prepared> {
         if let Some(p) = self.prepared.get() {
             return Ok(p);
         }
-        let p = Prepared::new(self.model.clone()).map_err(lib_err)?;
+        let p = py.detach(|| Prepared::new(self.model.clone())).map_err(lib_err)?;
         Ok(self.prepared.get_or_init(|| p))
     }
 
@@ -228,20 +228,21 @@ impl Engine {
         let cached = py
             .detach(|| -> engine::Result<_> {
                 let mut acts = bdh::Activations::new(m, 1, t)?;
-                let mut state = bdh::State::new(c)?;
-                bdh::forward(m, &ids, &mut acts, Pass { mode: Mode::Eval, edits: &edits, state: Some(&mut state) })?;
+                if sites.iter().any(|s| s == "xy") {
+                    acts.keep_gated()?;
+                }
+                let mut state = if sites.iter().any(|s| s == "rho") { Some(bdh::State::new(c)?) } else { None };
+                bdh::forward(m, &ids, &mut acts, Pass { mode: Mode::Eval, edits: &edits, state: state.as_mut() })?;
                 let mut out = Vec::new();
                 for site in &sites {
                     let values: Vec<f32> = match site.as_str() {
                         "x" => (0..l).flat_map(|i| acts.x(i).to_vec()).collect(),
                         "y" => (0..l).flat_map(|i| acts.y(i).to_vec()).collect(),
-                        "xy" => (0..l)
-                            .flat_map(|i| acts.x(i).iter().zip(acts.y(i)).map(|(x, y)| x * y).collect::<Vec<_>>())
-                            .collect(),
+                        "xy" => (0..l).flat_map(|i| acts.gated(i).unwrap_or_default().to_vec()).collect(),
                         "attn" => (0..l).flat_map(|i| acts.attention_read(i).to_vec()).collect(),
                         "out" => (1..=l).flat_map(|i| acts.residual(i).to_vec()).collect(),
                         "embed" => acts.residual(0).to_vec(),
-                        _ => state.rho.clone(),
+                        _ => state.as_ref().map(|s| s.rho.clone()).unwrap_or_default(),
                     };
                     let shape = match site.as_str() {
                         "x" | "y" | "xy" => vec![l, h, t, n],
@@ -277,10 +278,12 @@ impl Engine {
             return Err(PyValueError::new_err("the tokens are empty"));
         }
         let edits = edits_of(edits, Vec::new(), &self.model)?;
-        let prepared = self.prepared()?;
+        let prepared = self.prepared(py)?;
         let logits = py
             .detach(|| -> engine::Result<Vec<f32>> {
                 let (mut state, mut scratch) = (prepared.state()?, prepared.scratch());
+                let values = tokens.len().checked_mul(vocab);
+                engine::memory::ensure_fits(engine::memory::f32_bytes(values), "the logits of every position")?;
                 let mut logits = Vec::with_capacity(tokens.len() * vocab);
                 for &token in &tokens {
                     logits.extend_from_slice(prepared.step(&mut [&mut state], &mut scratch, &[token], &edits)?);
@@ -289,6 +292,11 @@ impl Engine {
             })
             .map_err(lib_err)?;
         array(py, &[tokens.len(), vocab], logits)
+    }
+
+    /// Checks `edits` (JSON) against the model, as every call that takes them does.
+    fn check_edits(&self, edits: &str) -> PyResult<()> {
+        edits_of(edits, Vec::new(), &self.model).map(|_| ())
     }
 
     /// `bdh inspect ARGV…` on this model: its JSON as a string.

@@ -28,7 +28,7 @@ impl Session {
     #[pyo3(signature = (model, path=None))]
     fn new(py: Python<'_>, model: Py<Engine>, path: Option<PathBuf>) -> PyResult<Self> {
         let engine = model.get();
-        let prepared = engine.prepared()?;
+        let prepared = engine.prepared(py)?;
         let state = py
             .detach(|| -> anyhow::Result<State> {
                 Ok(match &path {
@@ -75,7 +75,7 @@ impl Session {
 
     /// Saves the state to `path` (atomically), readable by `bdh generate --load-state`.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let prepared = self.model.get().prepared()?;
+        let prepared = self.model.get().prepared(py)?;
         py.detach(|| -> anyhow::Result<()> {
             state::supported(prepared)?;
             use anyhow::Context;
@@ -94,7 +94,7 @@ impl Session {
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let engine = self.model.get();
         let edits = edits_of(edits, Vec::new(), &engine.model)?;
-        let prepared = engine.prepared()?;
+        let prepared = engine.prepared(py)?;
         let vocab = engine.model.config().vocab_size();
         engine::model::check_tokens(&tokens, vocab, "prefill").map_err(lib_err)?;
         if tokens.is_empty() {
@@ -111,7 +111,7 @@ impl Session {
     fn step<'py>(&mut self, py: Python<'py>, token: u32, edits: &str) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let engine = self.model.get();
         let edits = edits_of(edits, Vec::new(), &engine.model)?;
-        let prepared = engine.prepared()?;
+        let prepared = engine.prepared(py)?;
         prepared.check_step(&self.state, token).map_err(lib_err)?;
         let state = &mut self.state;
         let logits = py
@@ -143,7 +143,7 @@ impl Session {
     ) -> PyResult<(Vec<u8>, Vec<u32>, Option<String>)> {
         let engine = self.model.get();
         let edits = edits_of(edits, Vec::new(), &engine.model)?;
-        let prepared = engine.prepared()?;
+        let prepared = engine.prepared(py)?;
         let mut sampler = Sampler::new(SamplingConfig { temperature, top_k, top_p, min_p, repetition_penalty, seed })
             .map_err(lib_err)?;
         let tokens = engine.tokenizer.encode(prompt);

@@ -9,6 +9,7 @@ import bdh
 from conftest import GOLDEN, TEXT
 
 RECALL = GOLDEN / "recall-trained"
+EXAMPLES = TEXT.parent
 
 
 def without_provenance(report):
@@ -17,21 +18,33 @@ def without_provenance(report):
 
 @pytest.mark.parametrize("command, options", [
     ("sparsity", {"text": TEXT, "window": 128}),
+    ("graph", {"head": [0], "quantiles": [0.99, 0.999]}),
+    ("synapses", {"layer": 1, "head": 0, "text": TEXT}),
+    ("ablate", {"neurons": ["0:0:5", "1:1:7"], "rows": 2}),
+    ("overlap", {"concept": EXAMPLES / "money.txt", "other": EXAMPLES / "nature.txt",
+                 "background": EXAMPLES / "facts.txt", "draws": 50}),
+    ("patch", {"pairs": 4}),
+    ("induction", {"length": 32, "sequences": 4}),
     ("top", {"text": TEXT, "layer": 1, "head": 0, "neuron": 17, "k": 8}),
     ("path", {"prompt": "Ann has a cat. The cat of Ann", "target": " "}),
-    ("graph", {"head": [0], "quantiles": [0.99, 0.999]}),
+    ("complexity", {"text": TEXT, "tokens": 512, "shuffles": 4}),
+    ("connectome", {"text": TEXT, "tokens": 1024, "neurons": 32, "rank": 2}),
+    ("geometry", {"statements": 100}),
 ])
 def test_analyses_return_the_command_s_numbers(cli, tmp_path, command, options):
     model = bdh.load(RECALL)
     ours = getattr(model, command)(**options)
-    assert without_provenance(ours) == without_provenance(model.inspect(command, **options))
     out = tmp_path / "report.json"
     flags = []
     for key, value in options.items():
         for v in value if isinstance(value, list) else [value]:
             flags += [f"--{key.replace('_', '-')}", v]
     cli("inspect", command, "--model", RECALL, *flags, "--json", out)
-    assert without_provenance(ours) == without_provenance(json.loads(out.read_text()))
+    theirs = json.loads(out.read_text())
+    if command == "geometry":
+        # (t-SNE's map is not bit-reproducible from run to run; everything else is)
+        ours.pop("map", None), theirs.pop("map", None)
+    assert without_provenance(ours) == without_provenance(theirs)
     assert ours["provenance"]["model"] == model.source == str(RECALL)
 
 
@@ -118,22 +131,36 @@ def test_the_example_runs_as_the_readme_says(tmp_path):
         assert plot.stat().st_size > 1000
 
 
-def test_ctrl_c_stops_training_after_saving(tmp_path):
+def test_ctrl_c_stops_training_after_saving_and_stops_generation(tmp_path):
     import subprocess
     import sys
+    # SIGINT arrives while the engine trains (no callback, the GIL released), as Ctrl-C does
     script = """
-import os, signal, sys, bdh
-def interrupt(metrics):
-    os.kill(os.getpid(), signal.SIGINT)   # as Ctrl-C does, during the run
+import os, signal, sys, threading, bdh
+threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 try:
-    bdh.train("tiny", sys.argv[1], set={"training.max_steps": 1000, "training.eval_interval": 5,
-                                        "training.eval_batches": 1}, callback=interrupt)
+    bdh.train("recall", sys.argv[1], set={"training.max_steps": 100000, "training.eval_interval": 100000})
 except KeyboardInterrupt:
     print("KeyboardInterrupt")
 """
     done = subprocess.run([sys.executable, "-c", script, tmp_path / "run"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "KeyboardInterrupt", done.stderr
-    # stopped within a step of the evaluation, and saved there
+    # stopped after a few steps, and saved where it stopped
     step = json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())["state"]["step"]
-    assert 5 <= step <= 6
-    assert bdh.train(resume=tmp_path / "run", set=["training.max_steps=8"])["step"] == 8
+    assert 1 <= step < 100000
+    assert bdh.train(resume=tmp_path / "run", set=[f"training.max_steps={step + 2}"])["step"] == step + 2
+    script = """
+import os, signal, threading, bdh
+model = bdh.load(%r)
+threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    model.generate("ROMEO:", max_tokens=10_000_000)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+""" % str(GOLDEN / "ref-small-trained")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "KeyboardInterrupt", done.stderr
+
+    with pytest.raises(ValueError, match="callable"):
+        bdh.train("tiny", tmp_path / "other", callback=3)
+    assert not (tmp_path / "other").exists()

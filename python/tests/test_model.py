@@ -55,7 +55,11 @@ def test_the_cache_holds_every_site_and_agrees_with_the_command(cli, tmp_path):
         "out": (c["n_layer"], len(text), c["n_embd"]), "embed": (len(text), c["n_embd"]),
         "rho": (c["n_layer"], c["n_head"], n, c["n_embd"])}
     np.testing.assert_array_equal(logits, model(text))
+    # what the decoder read: x ⊙ y here (no gate mechanism), and an edit of it shows
     np.testing.assert_array_equal(cache["xy"], cache["x"] * cache["y"])
+    edited = model.run_with_cache(text, sites=["xy"], edits=[bdh.Edit("xy", layer=1, head=0, neuron=9, value=2.0)])
+    assert (edited[1]["xy"][1, 0, :, 9] == 2.0).all()
+    np.testing.assert_array_equal(edited[1]["xy"][0], cache["xy"][0])
     assert (cache["x"] >= 0).all() and (cache["x"] > 0).any()
     state = model.new_state()
     model.prefill(state, text)
@@ -129,6 +133,7 @@ def test_states_pass_between_python_and_the_command(cli, tmp_path):
     assert model.generate(",", max_tokens=20, temperature=0, state=fork) + "\n" == want
     assert fork.pos == len("JULIET:\nO Romeo,") + 20 and ours.pos == len("JULIET:\nO Romeo")
     np.testing.assert_array_equal(model.load_state(tmp_path / "py.state").rho, ours.rho)
+    assert fork.load(tmp_path / "py.state").pos == ours.pos and fork.pos == ours.pos
 
 
 def test_params_are_copies_with_the_reference_s_names():
@@ -169,6 +174,37 @@ def test_bad_input_raises_the_right_exception(tmp_path):
     # refused before anything is allocated: the attention scores of 2 M tokens
     with pytest.raises(MemoryError):
         model.run_with_cache(np.zeros(2_000_000, dtype=np.int64), sites=["x"])
+    with pytest.raises(FileNotFoundError):
+        bdh.load(GOLDEN / "recall-trained", config=tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="negative"):
+        bdh.Edit("x", layer=-1)
+    with pytest.raises(ValueError, match="finite"):
+        bdh.Edit("y", value=float("nan"))
+    assert bdh.Edit("x", layer=np.int64(1), neuron=np.argsort([3, 1, 2])[0])["neuron"] == 1
+    for bad in ([-1, 2], [], ""):
+        with pytest.raises(ValueError):
+            model(bad)
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.step(model.new_state(), -3)
+    with pytest.raises(ValueError, match="max_tokens"):
+        model.generate("a", max_tokens=-1)
+    # a state of another model is refused, not run on its own
+    other = bdh.load(GOLDEN / "ref-small-trained").new_state()
+    for use in (lambda: model.step(other, 3), lambda: model.prefill(other, "a"),
+                lambda: model.generate("a", state=other)):
+        with pytest.raises(ValueError, match="another model"):
+            use()
+    with pytest.raises(IsADirectoryError):
+        model.new_state().save(tmp_path)
+    # the edits of a with block are checked on entry
+    with pytest.raises(ValueError, match="layer 9"):
+        with model.edits([bdh.Edit("x", layer=9)]):
+            pass
+    with pytest.raises(ValueError, match="no sites"):
+        model.run_with_cache("abc", sites=[])
+    assert list(model.run_with_cache("abc", sites="xy")[1]) == ["xy"]
+    with pytest.raises(ValueError, match="set_threads"):
+        model.sparsity(prompt="abc", threads=1)
 
 
 def test_activation_patches_carry_another_run_s_values():
@@ -195,7 +231,16 @@ def test_activation_patches_carry_another_run_s_values():
         assert model.loss(corrupted[:-1], corrupted[1:]) == model.loss(corrupted[:-1], corrupted[1:], [x])
         with pytest.raises(ValueError, match="patches"):
             model.generate("ada")
-    with pytest.raises(ValueError, match="fewer than"):
-        model(corrupted, edits=[bdh.Patch("out", last, clean_cache["out"][last], positions=(0, 100))])
+    with pytest.raises(ValueError, match="non-empty part"):
+        bdh.Patch("out", last, clean_cache["out"][last], positions=(0, 100))
     with pytest.raises(ValueError):
         bdh.Patch("rho", 0, clean_cache["rho"][0])
+    # values of the wrong shape, sign or place are refused, not mapped
+    with pytest.raises(ValueError, match=r"\(H, T, N\)"):
+        model(corrupted, edits=[bdh.Patch("x", 0, clean_cache["x"][0].transpose(1, 0, 2))])
+    with pytest.raises(ValueError, match="≥ 0"):
+        bdh.Patch("y", 0, -clean_cache["y"][0])
+    with pytest.raises(ValueError, match="no heads"):
+        bdh.Patch("out", 0, clean_cache["out"][0], head=1)
+    with pytest.raises(ValueError, match="past the run"):
+        model("ada", edits=[bdh.Patch("out", 0, clean_cache["out"][0], positions=(10, 18))])

@@ -16,6 +16,11 @@ pub struct ThreadsArgs {
 }
 
 impl ThreadsArgs {
+    /// `--threads n`, as a library caller gives it.
+    pub fn of(n: usize) -> Self {
+        ThreadsArgs { threads: Some(n) }
+    }
+
     /// Sizes the global thread pool (default: one thread per core).
     pub fn size_pool(&self) -> anyhow::Result<()> {
         if let Some(n) = self.threads {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod args;
+pub mod args;
 mod bench;
 mod compare;
 mod data;

@@ -125,3 +125,27 @@ fn no_backward_through_an_edited_forward() {
     let err = bdh::backward(&model, &bdh::Activations::Bdh(acts), &toks, &mut grads).unwrap_err().to_string();
     assert!(err.contains("edits"), "{err}");
 }
+
+#[test]
+fn the_kept_gated_product_is_what_the_decoder_read() {
+    let m = trained();
+    let toks = tokens(24, 7);
+    let mut acts = Activations::new(&m, 1, toks.len()).unwrap();
+    assert!(acts.gated(0).is_none(), "kept only on request");
+    acts.keep_gated().unwrap();
+    forward(&m, &toks, &mut acts, Pass::default()).unwrap();
+    // without a gate mechanism or edits: x ⊙ y
+    for l in 0..m.config.n_layer {
+        let product: Vec<f32> = acts.x(l).iter().zip(acts.y(l)).map(|(x, y)| x * y).collect();
+        assert_eq!(acts.gated(l).unwrap(), &product[..], "layer {l}");
+    }
+    // an edit of x ⊙ y shows in it, and in nothing before it
+    let (x1, y1) = (acts.x(1).to_vec(), acts.y(1).to_vec());
+    let mut edits = Edits::new();
+    edits.push(Edit { action: Action::Set(0.5), ..edit(Site::Xy, 1, Some(0), Some(3), None) });
+    forward(&m, &toks, &mut acts, Pass { edits: &edits, ..Pass::default() }).unwrap();
+    let (n, t) = (m.config.n_neurons(), toks.len());
+    let gated = acts.gated(1).unwrap();
+    assert!((0..t).all(|p| gated[p * n + 3] == 0.5));
+    assert_eq!((acts.x(1), acts.y(1)), (&x1[..], &y1[..]), "x and y are read before the edit");
+}

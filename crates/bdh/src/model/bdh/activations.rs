@@ -55,6 +55,7 @@ pub(crate) struct Layer {
     pub(crate) stats_w: Vec<f32>, // (B, T, k)
     pub(crate) v: Vec<f32>,       // (B, T, D) the residual stream leaving the layer
     pub(crate) stats_v: Vec<f32>, // (B, T, k)
+    pub(crate) xy: Vec<f32>,      // (B, H, T, N) what the decoder read, kept on request; else empty
 }
 
 impl Layer {
@@ -80,6 +81,7 @@ impl Layer {
             stats_w: zeroed(&[b, t, k])?,
             v: zeroed(&[b, t, d])?,
             stats_v: zeroed(&[b, t, k])?,
+            xy: Vec::new(),
         })
     }
 
@@ -121,6 +123,7 @@ impl Layer {
             y: &mut self.y[of(htn)],
             keep,
             z: &mut z[of(htn)],
+            xy: part(&mut self.xy),
             w: &mut self.w[of(t * d)],
             stats_w: &mut self.stats_w[of(t * k)],
         }
@@ -229,6 +232,25 @@ impl Activations {
         &self.layers[l].y
     }
 
+    /// Has the next forwards keep each layer's gated product as the decoder reads it
+    /// (x ⊙ y through the layer's gate mechanism, dropout and edits), for [`Self::gated`];
+    /// an error, before allocating, if it would not fit.
+    pub fn keep_gated(&mut self) -> Result<()> {
+        let Dims { b, h, t, n, l, .. } = self.dims;
+        let total = [l, b, h, t, n].iter().try_fold(1usize, |p, &x| p.checked_mul(x));
+        crate::memory::ensure_fits(crate::memory::f32_bytes(total), "the gated products of every layer")?;
+        for layer in &mut self.layers {
+            layer.xy = zeroed(&[b, h, t, n])?;
+        }
+        Ok(())
+    }
+
+    /// The gated product the decoder read in layer `l`, (B, H, T, N), if kept
+    /// ([`Self::keep_gated`]; a forward run on a device does not fill it).
+    pub fn gated(&self, l: usize) -> Option<&[f32]> {
+        Some(&self.layers[l].xy[..]).filter(|xy| !xy.is_empty())
+    }
+
     /// Readies these buffers for a forward of `tokens` run elsewhere (a device), in
     /// eval mode with `edits` and from `state`, checking what [`super::forward::forward`] checks: the
     /// position of the first token. The parts the accessors read are then filled
@@ -296,6 +318,7 @@ pub(super) struct LayerRows<'a> {
     pub(super) y: &'a mut [f32], // (B, H, T, N)
     pub(super) keep: &'a mut [f32], // (B, H, T, N), empty without dropout
     pub(super) z: &'a mut [f32], // (B, H, T, N)
+    pub(super) xy: &'a mut [f32], // (B, H, T, N) a copy of z as the decoder reads it, if kept; else empty
     pub(super) w: &'a mut [f32], // (B, T, D)
     pub(super) stats_w: &'a mut [f32], // (B, T, k)
 }

@@ -367,6 +367,9 @@ fn heads(p: &Weights, cfg: &BdhConfig, s: LayerRows, l: usize, e: Extras) {
     //   (the gate's site: dropout(f(x ⊙ y)) with a mechanism f there)
     e.mechanisms.gate(s.z, s.x, s.y, s.keep, l, dm.region(e.pos0));
     e.edits.apply(Site::Xy, l, s.z, dm.region(e.pos0));
+    if !s.xy.is_empty() {
+        s.xy.copy_from_slice(s.z);
+    }
 }
 
 /// The second half of a BDH layer: the decoder sums the heads into the residual stream.
