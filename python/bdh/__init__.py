@@ -452,23 +452,32 @@ class State:
 def train(preset: str = "recall", out: Optional[PathLike] = None, *, set: Union[Dict[str, Any], Sequence[str], None] = None,
           data: Optional[PathLike] = None, val_data: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None,
           init_from: Optional[PathLike] = None, continual: Optional[str] = None, resume: Optional[PathLike] = None,
-          callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None) -> Dict[str, Any]:
+          callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None, quiet: bool = False) -> Dict[str, Any]:
     """Trains as ``bdh train`` does: ``preset`` (a name or a run-config TOML) into the
     run directory ``out``, or continues ``resume``. ``set``: config overrides, as a
     dict ``{"training.max_steps": 200}`` or ``["training.max_steps=200"]``;
     ``data``/``val_data``/``tokenizer``/``init_from``/``continual`` as the flags of
     that name. ``callback(metrics)`` runs after every evaluation with its numbers
     (step, val_loss, …); returning False stops the run there (it saves first). Ctrl-C
-    stops it the same way, then raises KeyboardInterrupt. Returns the outcome:
-    ``dir``, ``step``, ``interrupted``, ``last_eval``, ``losses``, ``seconds``."""
+    stops it the same way, then raises KeyboardInterrupt. Each evaluation prints a line
+    (``step 250: val loss 1.2345, 1.781 bits/byte``) unless ``quiet``. Returns the
+    outcome: ``dir``, ``step``, ``interrupted``, ``last_eval``, ``losses``, ``seconds``."""
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable, not {type(callback).__name__}")
     overrides = [f"{k}={_toml(v)}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
     if continual is not None:
         overrides.append(f"training.continual={continual}")
+    def on_eval(metrics: Dict[str, Any]) -> Optional[bool]:
+        if not quiet:
+            line = f"step {metrics['step']}: val loss {metrics['val_loss']:.4f}, {metrics['bits_per_byte']:.3f} bits/byte"
+            if metrics.get("answer_accuracy") is not None:
+                line += f", answer accuracy {100 * metrics['answer_accuracy']:.1f}%"
+            print(line, flush=True)
+        return callback(metrics) if callback is not None else None
+
     path = lambda p: None if p is None else os.fspath(p)
     return json.loads(_bdh.train(preset, overrides, path(out), path(data), path(val_data), path(tokenizer),
-                                 path(init_from), path(resume), callback))
+                                 path(init_from), path(resume), on_eval))
 
 
 def _toml(value: Any) -> str:

@@ -76,7 +76,7 @@ def test_every_analysis_has_its_help_and_unknown_ones_are_refused():
         model.inspect("sparsity", prompt="abc", json="x.json")
 
 
-def test_training_calls_back_stops_resumes_and_is_inspected(tmp_path):
+def test_training_calls_back_stops_resumes_and_is_inspected(tmp_path, capsys):
     out = tmp_path / "run"
     seen = []
 
@@ -90,10 +90,12 @@ def test_training_calls_back_stops_resumes_and_is_inspected(tmp_path):
     assert stopped["interrupted"] and stopped["step"] == 10 and stopped["dir"] == str(out)
     assert [m["step"] for m in seen] == [10] and seen[0]["val_loss"] > 0
     assert len(stopped["losses"]) == 10 and stopped["last_eval"]["step"] == 10
+    assert capsys.readouterr().out.startswith("step 10: val loss ")
 
     steps = []
-    done = bdh.train(resume=out, callback=lambda m: steps.append(m["step"]))
+    done = bdh.train(resume=out, callback=lambda m: steps.append(m["step"]), quiet=True)
     assert not done["interrupted"] and done["step"] == 20 and steps == [20]
+    assert capsys.readouterr().out == ""
     model = bdh.load(out)
     assert model("hello").shape == (5, 256)
     # rich or lazy: the models the run kept (steps 0, 10 and 20)
