@@ -82,14 +82,15 @@ def mechanisms(b, shakespeare=False):
             got = [mech_run(b, folder, name, sets, lr, seed, task) for seed in seeds]
             vals = [(r[0] if task is None else 100 * r[1]) for r in got if r is not None]
             mean, half = sum(vals) / len(vals), (max(vals) - min(vals)) / 2
-            unit = "" if task is None else "%"
-            cells = ", ".join("diverged" if r is None else f"{(r[0] if task is None else 100 * r[1]):.2f}{unit}" for r in got)
+            unit, places = ("", 3) if task is None else ("%", 2)
+            cells = ", ".join("diverged" if r is None else f"{(r[0] if task is None else 100 * r[1]):.{places}f}{unit}"
+                              for r in got)
             # what it learned, seed by seed: each head's timescale 1/(1 − γ) (its neurons'
             # median with a retention per neuron) and delay δ
             learned = "; ".join(
                 ", ".join([*(f"{1 / (1 - g):.1f}" for g in (r[2] or []) if g < 1), *(f"δ {x:.1f}" for x in (r[3] or []))])
                 for r in got if r is not None and (r[2] or r[3]))
-            rows.append([label, f"{lr:g}", f"{mean:.2f}{unit} ± {half:.2f}", cells, learned or "—"])
+            rows.append([label, f"{lr:g}", f"{mean:.{places}f}{unit} ± {half:.{places}f}", cells, learned or "—"])
         what = "held-out loss, nats per byte, tiny Shakespeare" if task is None else f"answer accuracy on `{task}`"
         print(f"\n{what} (recall preset's model, {MECH_STEPS} steps, seeds {', '.join(map(str, seeds))}):\n")
         table(["model", "peak lr", "mean ± half range", "per seed", "learned timescales 1/(1 − γ), delays"], rows)
