@@ -196,9 +196,6 @@ def load(path: PathLike, config: Optional[PathLike] = None, tokenizer: Optional[
     checkpoint directory, a ``model.safetensors`` or a PyTorch ``.pt`` — BDH or the
     GPT baseline. ``config``: the config JSON if it is not beside the weights;
     ``tokenizer``: a tokenizer.json, else the run's or checkpoint's, else bytes."""
-    for given in (path, config, tokenizer):
-        if given is not None and not os.path.exists(given):
-            raise FileNotFoundError(f"no such file or directory: {os.fspath(given)}")
     return Model(_bdh.Engine(os.fspath(path), None if config is None else os.fspath(config),
                              None if tokenizer is None else os.fspath(tokenizer)))
 

@@ -235,21 +235,18 @@ impl Engine {
                 bdh::forward(m, &ids, &mut acts, Pass { mode: Mode::Eval, edits: &edits, state: state.as_mut() })?;
                 let mut out = Vec::new();
                 for site in &sites {
-                    let values: Vec<f32> = match site.as_str() {
-                        "x" => (0..l).flat_map(|i| acts.x(i).to_vec()).collect(),
-                        "y" => (0..l).flat_map(|i| acts.y(i).to_vec()).collect(),
-                        "xy" => (0..l).flat_map(|i| acts.gated(i).unwrap_or_default().to_vec()).collect(),
-                        "attn" => (0..l).flat_map(|i| acts.attention_read(i).to_vec()).collect(),
-                        "out" => (1..=l).flat_map(|i| acts.residual(i).to_vec()).collect(),
-                        "embed" => acts.residual(0).to_vec(),
-                        _ => state.as_ref().map(|s| s.rho.clone()).unwrap_or_default(),
+                    // every layer's buffer of one site, one after another
+                    let layers = |of: fn(&bdh::Activations, usize) -> &[f32]| {
+                        (0..l).flat_map(|i| of(&acts, i).to_vec()).collect::<Vec<_>>()
                     };
-                    let shape = match site.as_str() {
-                        "x" | "y" | "xy" => vec![l, h, t, n],
-                        "attn" => vec![l, h, t, d],
-                        "out" => vec![l, t, d],
-                        "embed" => vec![t, d],
-                        _ => vec![l, h, n, d],
+                    let (shape, values) = match site.as_str() {
+                        "x" => (vec![l, h, t, n], layers(bdh::Activations::x)),
+                        "y" => (vec![l, h, t, n], layers(bdh::Activations::y)),
+                        "xy" => (vec![l, h, t, n], layers(|a, i| a.gated(i).unwrap_or_default())),
+                        "attn" => (vec![l, h, t, d], layers(bdh::Activations::attention_read)),
+                        "out" => (vec![l, t, d], layers(|a, i| a.residual(i + 1))),
+                        "embed" => (vec![t, d], acts.residual(0).to_vec()),
+                        _ => (vec![l, h, n, d], state.as_ref().map(|s| s.rho.clone()).unwrap_or_default()),
                     };
                     out.push((site.clone(), shape, values));
                 }

@@ -136,15 +136,18 @@ fn resolve(model: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
             "not a model: expected a run directory, a checkpoint directory, a .safetensors file or a PyTorch .pt file",
         ));
     }
-    let config = match config {
-        Some(c) => c.to_path_buf(),
-        None => weights.with_file_name("config.json"),
+    let (config, given) = match config {
+        Some(c) => (c.to_path_buf(), true),
+        None => (weights.with_file_name("config.json"), false),
     };
     if !config.exists() {
-        return Err(Error::format(
-            &config,
-            format!("no config for {} (give one, or put config.json beside it)", weights.display()),
-        ));
+        // (a missing file, of the kind a caller can tell apart from a bad one)
+        let why = if given {
+            "no such file or directory".to_string()
+        } else {
+            format!("no config for {} (give one, or put config.json beside it)", weights.display())
+        };
+        return Err(Error::io("reading", &config, std::io::Error::new(std::io::ErrorKind::NotFound, why)));
     }
     Ok((weights, config))
 }
