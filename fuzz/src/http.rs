@@ -51,6 +51,7 @@ impl Http {
             grace: Duration::ZERO,
             log_requests: false,
             device: None,
+            state_dtype: Default::default(),
         };
         let server = Server::new(config).map_err(|e| format!("{e:#}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;

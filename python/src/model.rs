@@ -246,7 +246,9 @@ impl Engine {
                         "attn" => (vec![l, h, t, d], layers(bdh::Activations::attention_read)),
                         "out" => (vec![l, t, d], layers(|a, i| a.residual(i + 1))),
                         "embed" => (vec![t, d], acts.residual(0).to_vec()),
-                        _ => (vec![l, h, n, d], state.as_ref().map(|s| s.rho.clone()).unwrap_or_default()),
+                        _ => {
+                            (vec![l, h, n, d], state.as_ref().map(|s| s.rho.to_f32()).transpose()?.unwrap_or_default())
+                        }
                     };
                     out.push((site.clone(), shape, values));
                 }

@@ -62,7 +62,7 @@ impl Session {
         match (&self.state, &self.model.get().model) {
             (State::Bdh(s), engine::Model::Bdh(m)) => {
                 let c = &m.config;
-                array(py, &[c.n_layer, c.n_head, c.n_neurons(), c.n_embd], s.rho.clone())
+                array(py, &[c.n_layer, c.n_head, c.n_neurons(), c.n_embd], s.rho.to_f32().map_err(lib_err)?)
             }
             _ => Err(PyValueError::new_err("a GPT's state is its KV cache: it has no synapse state ρ")),
         }

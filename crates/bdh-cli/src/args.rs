@@ -1,7 +1,13 @@
 //! Argument groups that several subcommands flatten into theirs: the worker
-//! threads, and every number as JSON; and the check of an output file.
+//! threads, every number as JSON and the synapse state's type; and the check of an
+//! output file.
 
 use std::path::{Path, PathBuf};
+
+use bdh::infer::Prepared;
+use bdh::model::bdh::StateDtype;
+
+use crate::device::DeviceArgs;
 
 /// Most worker threads `--threads` may ask for, per core: more only adds stacks
 /// and per-thread buffers that can exhaust memory, never speed.
@@ -96,4 +102,34 @@ pub fn check_writable(path: &Path, flag: &str) -> anyhow::Result<()> {
     // The probe was made here, and removing it changes nothing else.
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// `--state-dtype`, for the subcommands that decode with a synapse state.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StateDtypeArgs {
+    /// How the synapse state ρ is stored: f32 (exact), bf16 or f16. 16 bits halve a
+    /// stream's memory and a decoding step's traffic; values are read and summed in
+    /// f32 and rounded as they are written (BDH models, on the CPU).
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = parse_state_dtype)]
+    pub state_dtype: StateDtype,
+}
+
+fn parse_state_dtype(s: &str) -> Result<StateDtype, String> {
+    s.parse().map_err(|e: bdh::Error| e.to_string())
+}
+
+impl StateDtypeArgs {
+    /// `prepared` making states of this type; anything but f32 keeps the work on the
+    /// CPU (`device` must not name the GPU) and needs a BDH model.
+    pub(crate) fn apply(&self, prepared: Prepared, device: &DeviceArgs) -> anyhow::Result<Prepared> {
+        if self.state_dtype != StateDtype::F32 {
+            device.cpu_only(&format!("--state-dtype {}", self.state_dtype))?;
+        }
+        Ok(prepared.with_state_dtype(self.state_dtype)?)
+    }
+
+    /// Whether ρ stays f32 (so a device may take the work).
+    pub fn is_f32(&self) -> bool {
+        self.state_dtype == StateDtype::F32
+    }
 }

@@ -14,10 +14,11 @@ use bdh::eval::{
 };
 use bdh::io::run_dir::RunDir;
 
-use crate::args::{JsonArgs, ThreadsArgs};
+use crate::args::{JsonArgs, StateDtypeArgs, ThreadsArgs};
 use crate::device::DeviceArgs;
 use crate::model_args::{ModelArgs, TokenizerArgs};
 use crate::progress::Job;
+use bdh::model::bdh::StateDtype;
 
 /// Evaluates a model: by default on what its run trained on (the validation part
 /// of its --data file, or the built-in corpus); `--data FILE` scores every byte of
@@ -50,6 +51,8 @@ pub struct Args {
     #[arg(long)]
     carry: bool,
     #[command(flatten)]
+    state: StateDtypeArgs,
+    #[command(flatten)]
     json: JsonArgs,
     #[command(flatten)]
     threads: ThreadsArgs,
@@ -76,6 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.task.is_none() || (args.data.is_none() && !args.carry),
         "--task scores the built-in generator's task: it takes no --data and no --carry"
+    );
+    anyhow::ensure!(
+        args.carry || args.state.is_f32(),
+        "--state-dtype {}: only a stream read with --carry has a synapse state to store",
+        args.state.state_dtype
     );
     let file = match args.task {
         Some(_) => None,
@@ -288,7 +296,7 @@ fn carry(
     args: &Args,
 ) -> anyhow::Result<ExitCode> {
     let job = Job::new("eval: tokens", text.len() as u64);
-    let stream = text.stream(bdh_model, &mut |done, _| job.set(done as u64))?;
+    let stream = text.stream(bdh_model, args.state.state_dtype, &mut |done, _| job.set(done as u64))?;
     job.finish();
     let vocab = model.config().vocab_size();
     let windows = text.windows(&mut Cpu::new(model), vocab, block, args.batch, &mut |_, _| {})?;
@@ -355,10 +363,15 @@ impl Text {
     }
 
     /// The loss read as one stream, in chunks of 256 tokens.
-    fn stream(&self, model: &bdh::model::bdh::Bdh, on: &mut dyn FnMut(usize, usize)) -> bdh::Result<StreamEval> {
+    fn stream(
+        &self,
+        model: &bdh::model::bdh::Bdh,
+        dtype: StateDtype,
+        on: &mut dyn FnMut(usize, usize),
+    ) -> bdh::Result<StreamEval> {
         match &self.ids {
-            Some(ids) => evaluate_stream_tokens(model, ids, &self.tokenizer, 256, on),
-            None => evaluate_stream(model, self.bytes.bytes(), 256, on),
+            Some(ids) => evaluate_stream_tokens(model, ids, &self.tokenizer, (256, dtype), on),
+            None => evaluate_stream(model, self.bytes.bytes(), (256, dtype), on),
         }
     }
 }

@@ -13,6 +13,7 @@ use bdh::io::run_dir::RunDir;
 use bdh::io::state;
 use bdh::model::bdh::NO_EDITS;
 
+use crate::args::StateDtypeArgs;
 use crate::device::DeviceArgs;
 use crate::model_args::{ModelArgs, TokenizerArgs};
 
@@ -73,6 +74,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     num_samples: u64,
     #[command(flatten)]
+    state: StateDtypeArgs,
+    #[command(flatten)]
     device: DeviceArgs,
 }
 
@@ -82,8 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let model = args.model.load()?;
     let tokenizer = args.tokenizer.load(&args.model, &model.config())?;
-    let device = args.device.open(&model)?;
-    let prepared = Prepared::new(model)?;
+    let device = if args.state.is_f32() { args.device.open(&model)? } else { None };
+    let prepared = args.state.apply(Prepared::new(model)?, &args.device)?;
     let prompt = read_prompt(&args)?;
     let mut sampler = Sampler::new(SamplingConfig {
         temperature: args.temperature,
@@ -174,7 +177,14 @@ fn start_state(args: &Args, prepared: &Prepared) -> anyhow::Result<State> {
         anyhow::ensure!(parent.is_dir(), "--save-state {}: no directory {}", p.display(), parent.display());
     }
     Ok(match &args.load_state {
-        Some(p) => state::load(prepared, p).with_context(|| format!("loading state {}", p.display()))?,
+        Some(p) => {
+            let (state, note) =
+                state::load_noting(prepared, p).with_context(|| format!("loading state {}", p.display()))?;
+            if let Some(note) = note {
+                eprintln!("note: {note}");
+            }
+            state
+        }
         None => prepared.state()?,
     })
 }

@@ -75,6 +75,8 @@ pub struct Args {
     /// --max-streams of them made at the start).
     #[command(flatten)]
     device: crate::device::DeviceArgs,
+    #[command(flatten)]
+    state: crate::args::StateDtypeArgs,
 }
 
 /// Longest wait a flag may ask for: a deadline this far ahead is still one the
@@ -92,7 +94,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let model = args.model.load()?;
     let tokenizer = args.model.tokenizer(args.tokenizer.as_deref(), &model.config())?;
-    let device = args.device.streams(&model, args.max_streams as usize)?;
+    let device = match args.state.is_f32() {
+        true => args.device.streams(&model, args.max_streams as usize)?,
+        false => {
+            args.device.cpu_only(&format!("--state-dtype {}", args.state.state_dtype))?;
+            None
+        }
+    };
     bdh_serve::run(bdh_serve::Config {
         model,
         tokenizer,
@@ -113,6 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         grace,
         log_requests: !args.quiet,
         device,
+        state_dtype: args.state.state_dtype,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -142,7 +142,7 @@ impl<R: Runtime> Pool<R> {
         state.check(&self.runner.model.config)?;
         let slot = self.pos.iter().position(Option::is_none);
         let slot = slot.ok_or_else(|| Error::Input(format!("all {} stream slots are taken", self.pos.len())))?;
-        for (temp, layer) in self.temps.iter().zip(state.rho.chunks_exact(self.per_layer())) {
+        for (temp, layer) in self.temps.iter().zip(state.rho.f32("the GPU backend")?.chunks_exact(self.per_layer())) {
             self.runner.dev.write(temp, layer)?;
         }
         self.shuttle(slot, true);
@@ -162,7 +162,7 @@ impl<R: Runtime> Pool<R> {
         for temp in &self.temps {
             rho.extend(self.runner.dev.read(temp)?);
         }
-        Ok(State::Bdh(BdhState { pos, rho, keys: Vec::new(), queue: Vec::new() }))
+        Ok(State::Bdh(BdhState { pos, rho: rho.into(), keys: Vec::new(), queue: Vec::new() }))
     }
 
     /// An error unless the stream in `slot` may read `tokens`.

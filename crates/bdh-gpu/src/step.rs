@@ -36,7 +36,8 @@ impl Stream {
         state.check(c)?;
         let (d, h, n) = (c.n_embd, c.n_head, c.n_neurons());
         let per_layer = h * n * d;
-        let rho = state.rho.chunks_exact(per_layer).map(|r| dev.upload(r, "ρ of a layer")).collect::<Result<_>>()?;
+        let layers = state.rho.f32("the GPU backend")?.chunks_exact(per_layer);
+        let rho = layers.map(|r| dev.upload(r, "ρ of a layer")).collect::<Result<_>>()?;
         let s = |len: usize, what: &str| dev.scratch(len, what);
         Ok(Stream {
             pos: state.pos,
@@ -66,7 +67,7 @@ impl Stream {
         for layer in &self.rho {
             rho.extend(dev.read(layer)?);
         }
-        Ok(State { pos: self.pos, rho, keys: Vec::new(), queue: Vec::new() })
+        Ok(State { pos: self.pos, rho: rho.into(), keys: Vec::new(), queue: Vec::new() })
     }
 
     /// Reads `token`; the logits after it.

@@ -52,7 +52,8 @@ impl<R: Runtime> Runner<R> {
         let rho: Option<Vec<Buf>> = match &state {
             Some(s) => {
                 let per_layer = s.rho.len() / dims.l;
-                Some(s.rho.chunks_exact(per_layer).map(|r| dev.upload(r, "ρ of a layer")).collect::<Result<_>>()?)
+                let layers = s.rho.f32("the GPU backend")?.chunks_exact(per_layer);
+                Some(layers.map(|r| dev.upload(r, "ρ of a layer")).collect::<Result<_>>()?)
             }
             None => None,
         };
@@ -90,7 +91,7 @@ impl<R: Runtime> Runner<R> {
         bring(Part::Logits, &pass.logits)?;
         if let (Some(state), Some(rho)) = (state, rho) {
             let per_layer = state.rho.len() / dims.l;
-            for (host, buf) in state.rho.chunks_exact_mut(per_layer).zip(&rho) {
+            for (host, buf) in state.rho.f32_mut("the GPU backend")?.chunks_exact_mut(per_layer).zip(&rho) {
                 host.copy_from_slice(&dev.read(buf)?);
             }
             state.pos += t;

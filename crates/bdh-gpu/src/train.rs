@@ -89,7 +89,7 @@ impl<R: Runtime> DeviceTrainer<R> {
             None => None,
             Some(c) => {
                 let per_layer = c.state.rho.len() / dims.l;
-                let rho = c.state.rho.chunks_exact(per_layer).map(|r| dev.upload(r, "the carried ρ"));
+                let rho = c.state.rho.f32("training")?.chunks_exact(per_layer).map(|r| dev.upload(r, "the carried ρ"));
                 Some(Carried { rho: rho.collect::<Result<_>>()?, pos: c.state.pos })
             }
         };
@@ -147,7 +147,7 @@ impl<R: Runtime> DeviceTrainer<R> {
             for layer in &c.rho {
                 rho.extend(self.dev.read(layer)?);
             }
-            host.state.rho = rho;
+            host.state.rho = rho.into();
             host.state.pos = c.pos;
         }
         Ok(())

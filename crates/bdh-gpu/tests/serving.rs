@@ -45,7 +45,7 @@ fn ids(bytes: &[u8]) -> Vec<u32> {
 
 fn rho(state: &State) -> &[f32] {
     match state {
-        State::Bdh(s) => &s.rho,
+        State::Bdh(s) => s.rho.f32("a test").expect("an f32 state"),
         State::Gpt(_) => unreachable!("BDH"),
     }
 }

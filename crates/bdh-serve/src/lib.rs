@@ -125,6 +125,9 @@ pub struct Config {
     /// Where the streams run: on a device (room for `max_streams` of them, made by
     /// e.g. `bdh_gpu::streams`), or `None` for the CPU.
     pub device: Option<Box<dyn bdh::engine::Streams>>,
+    /// How every stream's and session's ρ is stored on the CPU (f32, or 16 bits: half
+    /// the memory and traffic per stream); a device keeps f32.
+    pub state_dtype: bdh::model::bdh::StateDtype,
 }
 
 /// A server ready to take requests: what the handlers share and the decoding loop's
@@ -145,7 +148,12 @@ impl Server {
     /// Prepares the model, checks that every stream's and session's state fits in
     /// memory, prepares the sessions directory and starts the decoding loop.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let prepared = Prepared::new(config.model)?;
+        anyhow::ensure!(
+            config.device.is_none() || config.state_dtype == bdh::model::bdh::StateDtype::F32,
+            "a {} synapse state runs on the CPU: a device keeps its streams' states in f32",
+            config.state_dtype
+        );
+        let prepared = Prepared::new(config.model)?.with_state_dtype(config.state_dtype)?;
         anyhow::ensure!(
             matches!(prepared, Prepared::Bdh(_)),
             "bdh serve runs BDH models, whose streams step together with a state of fixed size; this is a GPT \

@@ -58,7 +58,7 @@ fn batched_vs_single_of(
     for (a, s) in together.iter().zip(&solo) {
         let (State::Bdh(a), State::Bdh(s)) = (a, s) else { unreachable!("BDH states") };
         assert_eq!((a.pos, &a.keys, &a.queue), (s.pos, &s.keys, &s.queue));
-        worst(&mut rho, diffs(&a.rho, &s.rho));
+        worst(&mut rho, diffs(&a.rho.to_f32().unwrap(), &s.rho.to_f32().unwrap()));
     }
     (logits, rho)
 }

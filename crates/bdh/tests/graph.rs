@@ -83,7 +83,7 @@ fn sigma_through_the_decoder_is_the_recurrent_state() {
             }
         }
         let rho: Vec<f32> = rho.into_iter().map(|r| r as f32).collect();
-        let want = &state.rho[l * n * d..(l + 1) * n * d]; // (H, N, D) of layer l
+        let want = &state.rho.to_f32().unwrap()[l * n * d..(l + 1) * n * d]; // (H, N, D) of layer l
         let diff = max_rel_diff(&rho, want);
         println!("layer {l}: E·σ vs ρ max rel diff {diff:.2e}");
         assert!(diff < 1e-5, "{diff}");

@@ -21,6 +21,7 @@ mod generate;
 mod golden;
 mod gpt;
 mod graph;
+mod half_state;
 mod hlop;
 mod hostile;
 mod interventions;

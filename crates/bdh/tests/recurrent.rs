@@ -74,7 +74,7 @@ pub fn prefill_then_steps(cfg: BdhConfig) {
         prepared.step(&mut [&mut b], &mut sb, &[t], &NO_EDITS).unwrap();
     }
     let (State::Bdh(ra), State::Bdh(rb)) = (&a, &b) else { unreachable!("a BDH") };
-    let rho_diff = max_rel_diff(&ra.rho, &rb.rho);
+    let rho_diff = max_rel_diff(&ra.rho.to_f32().unwrap(), &rb.rho.to_f32().unwrap());
     println!("ρ after prefill vs steps: max rel diff {rho_diff:.2e}");
     assert!(rho_diff < 5e-6, "ρ after prefill differs by {rho_diff}");
     // and the mechanisms' per-stream state: the write key's traces, the queued writes
@@ -109,15 +109,15 @@ fn a_stream_scored_in_chunks_with_the_state_carried_equals_one_pass() {
     use bdh::eval::{evaluate_bytes, evaluate_stream};
     let Model::Bdh(m) = load(&golden_dir("ref-small-trained"), None).unwrap() else { unreachable!("a BDH") };
     let text: Vec<u8> = b"First Citizen: we are accounted poor citizens, the patricians good. ".repeat(5);
-    let one = evaluate_stream(&m, &text, 1024, &mut |_, _| {}).unwrap();
-    let chunked = evaluate_stream(&m, &text, 37, &mut |_, _| {}).unwrap();
+    let one = evaluate_stream(&m, &text, (1024, Default::default()), &mut |_, _| {}).unwrap();
+    let chunked = evaluate_stream(&m, &text, (37, Default::default()), &mut |_, _| {}).unwrap();
     let window = evaluate_bytes(&Model::Bdh(m.clone()), &text, text.len(), 1, &mut |_, _| {}).unwrap();
     println!("stream: one pass {:.6}, chunks of 37 {:.6}, one window {:.6}", one.loss, chunked.loss, window.loss);
     assert!((one.loss - chunked.loss).abs() < 1e-4 * one.loss, "{} vs {}", one.loss, chunked.loss);
     assert!((one.loss - window.loss).abs() < 1e-5 * one.loss);
     assert_eq!(one.buckets.iter().map(|b| b.tokens).sum::<usize>(), text.len() - 1);
     assert_eq!((one.buckets[0].from, one.buckets[0].to, one.buckets[1].to), (0, 256, text.len() - 1));
-    let err = evaluate_stream(&m, b"a", 16, &mut |_, _| {}).unwrap_err().to_string();
+    let err = evaluate_stream(&m, b"a", (16, Default::default()), &mut |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("need 2"), "{err}");
 }
 

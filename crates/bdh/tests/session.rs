@@ -19,7 +19,7 @@ fn tiny_prepared(seed: u64) -> Prepared {
 
 fn rho(state: &State) -> &[f32] {
     let State::Bdh(s) = state else { unreachable!("a BDH") };
-    &s.rho
+    s.rho.f32("a test").expect("an f32 state")
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bdh::infer::{Prepared, State};
-use bdh::io::state::{self, FORMAT, VERSION};
+use bdh::io::state::{self, FORMAT};
 use bdh::model::bdh::State as BdhState;
 use bdh::model::gpt::GptConfig;
 use bdh::train::carry::Carry;
@@ -62,7 +62,7 @@ fn a_session_and_a_carried_state_are_one_format() {
     let m = model(0);
     let prepared = Prepared::new(m.clone()).unwrap();
     let rho: Vec<f32> = (0..128).map(|i| (i as f32).sin()).collect();
-    let session = State::Bdh(BdhState { pos: 99, rho, keys: Vec::new(), queue: Vec::new() });
+    let session = State::Bdh(BdhState { pos: 99, rho: rho.into(), keys: Vec::new(), queue: Vec::new() });
     let path = dir.join("session.safetensors");
     state::save(&prepared, &session, &path).unwrap();
     assert_eq!(state::load(&prepared, &path).unwrap(), session, "bit-exact round trip");
@@ -75,7 +75,7 @@ fn a_session_and_a_carried_state_are_one_format() {
 
     // A run's carried state, three streams: the same tensors, B = 3.
     let mut carry = Carry::new(&m.config(), 3, false).unwrap();
-    carry.state.rho.iter_mut().enumerate().for_each(|(i, x)| *x = (i as f32).cos());
+    carry.state.rho.f32_mut("a test").unwrap().iter_mut().enumerate().for_each(|(i, x)| *x = (i as f32).cos());
     carry.state.pos = 1 << 24; // the last position a state can reach
     carry.save(dir, &m).unwrap();
     let (meta_c, tensors_c) = header(&dir.join("carry.safetensors"));
@@ -84,7 +84,12 @@ fn a_session_and_a_carried_state_are_one_format() {
     assert_eq!(Carry::load(dir, &m, 3, true).unwrap(), Carry { state: carry.state.clone(), detach: true });
     // One stream carried is a session.
     let one = Carry {
-        state: BdhState { pos: 5, rho: carry.state.rho[..128].to_vec(), keys: Vec::new(), queue: Vec::new() },
+        state: BdhState {
+            pos: 5,
+            rho: carry.state.rho.to_f32().unwrap()[..128].to_vec().into(),
+            keys: Vec::new(),
+            queue: Vec::new(),
+        },
         detach: false,
     };
     one.save(dir, &m).unwrap();
@@ -101,10 +106,10 @@ fn state_files_of_before_the_format_version_still_load() {
     let prepared = Prepared::new(m.clone()).unwrap();
     let session = bdh_state(state::load(&prepared, &dir.join("session.safetensors")).unwrap());
     let want: Vec<f32> = (0..128).map(|i| i as f32 * 0.25 - 3.0).collect();
-    assert_eq!(session, BdhState { pos: 37, rho: want, keys: Vec::new(), queue: Vec::new() });
+    assert_eq!(session, BdhState { pos: 37, rho: want.clone().into(), keys: Vec::new(), queue: Vec::new() });
     let carried = Carry::load(&dir, &m, 2, false).unwrap();
     let want: Vec<f32> = (0..256).map(|i| i as f32 * 0.5 - 7.0).collect();
-    assert_eq!(carried.state, BdhState { pos: 41, rho: want, keys: Vec::new(), queue: Vec::new() });
+    assert_eq!(carried.state, BdhState { pos: 41, rho: want.clone().into(), keys: Vec::new(), queue: Vec::new() });
     // The session names its model, which is checked; the carried state names none.
     let other = model(1);
     let m = refused("an old session, other weights", || {
@@ -180,7 +185,12 @@ fn saved_states_that_are_corrupt_mistyped_foreign_or_from_a_newer_bdh_are_refuse
         ("truncated", good_bytes[..good_bytes.len() - 9].to_vec(), "not a saved state"),
         ("header only", good_bytes[..8].to_vec(), "not a saved state"),
         ("empty", Vec::new(), "not a saved state"),
-        ("a future version", meta("version", Some("3")), "written by a newer bdh: version 3 of the state format"),
+        ("a future version", meta("version", Some("4")), "written by a newer bdh: version 4 of the state format"),
+        (
+            "version 3 with an f32 ρ",
+            meta("version", Some("3")),
+            "version 3 holds ρ in BF16 or F16, and this one's is F32",
+        ),
         ("a far future version", meta("version", Some("4000000000")), "written by a newer bdh"),
         ("version 0", meta("version", Some("0")), "version `0` is not a version of the state format"),
         ("version not a number", meta("version", Some("one")), "version `one` is not a version"),
@@ -314,7 +324,7 @@ fn the_mechanisms_per_stream_state_is_saved_beside_rho_in_version_2() {
     state::save(&prepared, &s, &path).unwrap();
     assert_eq!(state::load(&prepared, &path).unwrap(), s, "bit-exact round trip");
     let (meta, tensors) = header(&path);
-    assert_eq!(meta["version"], VERSION.to_string());
+    assert_eq!(meta["version"], "2", "an f32 state with traces: version 2, which builds before 3 read");
     assert_eq!(tensors["keys"], (Dtype::F32, vec![1, 1, 1, 32]), "(L, B, H, W): c and s, N = 16 each");
     assert_eq!(tensors["queue"], (Dtype::F32, vec![1, 1, 1, 96]), "(L, B, H, W'): 3 + 1 slots of N + D = 24");
     // the same file named version 1 is refused by its tensors' names

@@ -11,8 +11,10 @@ use bdh::model::bdh::NO_EDITS;
 use bdh::{Model, ModelConfig};
 
 use super::describe;
-use super::measure::{generate_speed, step_latency, StepSide};
+use super::measure::{generate_speed, greedy_agreement, memory_bandwidth, step_latency, StepSide};
+use crate::args::StateDtypeArgs;
 use crate::device::DeviceArgs;
+use bdh::model::bdh::StateDtype;
 
 /// What to generate with, and how far the long context reaches.
 #[derive(clap::Args)]
@@ -34,6 +36,12 @@ pub struct Args {
     /// batched step for all a token (as `bdh serve` decodes): their tokens/s in all.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
     streams: u64,
+    /// With a 16-bit state, how its greedy decoding agrees with f32's over this many
+    /// tokens (0: not measured).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    agreement: u64,
+    #[command(flatten)]
+    state: StateDtypeArgs,
 }
 
 /// Measures `args.model`, or random weights of `preset`.
@@ -57,9 +65,9 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
     if args.streams > 1 {
         return together(args, model, on);
     }
-    let device = on.open(&model)?;
+    let device = if args.state.is_f32() { on.open(&model)? } else { None };
     describe(&model.config(), "B1");
-    let model = Prepared::new(model)?;
+    let model = args.state.apply(Prepared::new(model)?, on)?;
     let prompt: Vec<u8> =
         b"The hatchling reads, and what it reads it keeps. ".iter().cycle().take(prompt_len.max(1)).copied().collect();
     let g = match &device {
@@ -76,13 +84,16 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
     };
     let state_mib = g.state_bytes as f64 / (1 << 20) as f64;
     println!(
-        "generate {} tokens after {}: {:.1} tokens/s (prefill {:.1} ms, decode {:.1} ms), state {state_mib:.2} MiB",
+        "generate {} tokens after {}: {:.1} tokens/s (prefill {:.1} ms, decode {:.1} ms), state {state_mib:.2} MiB \
+         (ρ in {})",
         g.tokens,
         g.prompt_tokens,
         g.tokens_per_second(),
         g.prefill_seconds * 1e3,
         g.decode_seconds * 1e3,
+        model.state_dtype(),
     );
+    agreement(&model, args, &prompt.iter().map(|&b| b as u32).collect::<Vec<_>>())?;
     if let Some(dev) = &device {
         // Sparse and dense steps are the CPU's; a device's steps are dense.
         println!("device memory held: {:.1} MiB", dev.held_bytes() as f64 / (1 << 20) as f64);
@@ -100,12 +111,12 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
 fn together(args: &Args, model: Model, on: &DeviceArgs) -> anyhow::Result<()> {
     let n = args.streams as usize;
     anyhow::ensure!(matches!(model, Model::Bdh(_)), "--streams steps BDH streams together; this is a GPT");
-    let mut device = on.streams(&model, n)?;
+    let mut device = if args.state.is_f32() { on.streams(&model, n)? } else { None };
     if let Some(d) = &device {
         eprintln!("running on the {}", d.device());
     }
     describe(&model.config(), &format!("B{n}"));
-    let model = Prepared::new(model)?;
+    let model = args.state.apply(Prepared::new(model)?, on)?;
     let prompt: Vec<u32> =
         b"The hatchling reads. ".iter().cycle().take(args.prompt_len.max(1)).map(|&b| b as u32).collect();
     let (mut states, mut scratch) = (Vec::new(), model.scratch());
@@ -159,7 +170,36 @@ fn together(args: &Args, model: Model, on: &DeviceArgs) -> anyhow::Result<()> {
     );
     if let Some(d) = &device {
         println!("device memory held: {:.1} MiB", d.held_bytes() as f64 / (1 << 20) as f64);
+        return Ok(());
     }
+    // What the states' traffic could be: each step reads and writes the ρ rows of its
+    // active neurons, at most every row.
+    let (bytes, rate) = (model.state_bytes() as f64, (n * args.tokens) as f64 / decode);
+    let (read, both) = memory_bandwidth()?;
+    println!(
+        "state {:.2} MiB a stream (ρ in {}), {:.1} MiB for all; were every row read and written each token: {:.2} GB/s; \
+         memory bandwidth measured now: {read:.1} GB/s reading, {both:.1} GB/s reading and writing",
+        bytes / (1 << 20) as f64,
+        model.state_dtype(),
+        n as f64 * bytes / (1 << 20) as f64,
+        2.0 * bytes * rate / 1e9,
+    );
+    Ok(())
+}
+
+/// With a 16-bit state, its greedy decoding against f32's (`--agreement` tokens).
+fn agreement(model: &Prepared, args: &Args, prompt: &[u32]) -> anyhow::Result<()> {
+    let dtype = model.state_dtype();
+    if dtype == StateDtype::F32 || args.agreement == 0 || !matches!(model, Prepared::Bdh(_)) {
+        return Ok(());
+    }
+    let tokens = args.agreement as usize;
+    let (alike, same) = greedy_agreement(model, dtype, prompt, tokens)?;
+    println!(
+        "greedy over {tokens} tokens, {dtype} against f32: the same {alike} tokens before the first difference; \
+         reading f32's text, the same next token at {:.1}% of positions",
+        100.0 * same
+    );
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bdh::data::Tokenizer;
 use bdh::engine::{Forward, Reader};
 use bdh::infer::{argmax, generate_with, Generation, Prepared, Sampler, SamplingConfig, Scratch, State};
-use bdh::model::bdh::NO_EDITS;
+use bdh::model::bdh::{StateDtype, NO_EDITS};
 use bdh::train::Single;
 use bdh::{backward, forward, Activations, AdamWConfig, Mode, Model, ModelConfig, Result, Trainer};
 use rayon::prelude::*;
@@ -253,4 +253,65 @@ pub fn step_latency(prepared: &Prepared, sides: [StepSide; 2], window: usize) ->
         }
     }
     Ok((median(&ta), median(&tb)))
+}
+
+/// Bytes of the buffer [`memory_bandwidth`] streams: far beyond any cache.
+const BANDWIDTH_BYTES: usize = 256 << 20;
+
+/// The memory bandwidth the threads draw, measured on a buffer far beyond the caches
+/// (256 MiB), best of five: (reading, GB/s; reading and writing back, GB/s counting
+/// both directions).
+pub fn memory_bandwidth() -> Result<(f64, f64)> {
+    bdh::memory::ensure_fits(BANDWIDTH_BYTES, "the memory bandwidth's buffer")?;
+    let mut buf = vec![1.0f32; BANDWIDTH_BYTES / 4];
+    const CHUNK: usize = 1 << 16;
+    let (mut read, mut both) = (0.0f64, 0.0f64);
+    for _ in 0..5 {
+        let t = Instant::now();
+        // (sixteen partial sums, so the loop is bound by memory, not by one adder)
+        let sum: f32 = buf
+            .par_chunks(CHUNK)
+            .map(|c| {
+                c.chunks_exact(16).fold([0.0f32; 16], |mut acc, x| {
+                    acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+                    acc
+                })
+            })
+            .map(|acc| acc.iter().sum::<f32>())
+            .sum();
+        std::hint::black_box(sum);
+        read = read.max(BANDWIDTH_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let t = Instant::now();
+        buf.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = -*x));
+        both = both.max(2.0 * BANDWIDTH_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    Ok((read, both))
+}
+
+/// How greedy decoding with a `dtype` state agrees with f32's over `tokens` tokens
+/// after `prompt`: the tokens the two generate alike before their first difference,
+/// and the fraction of positions where, reading f32's own text, the `dtype` state's
+/// next-token choice is f32's.
+pub fn greedy_agreement(model: &Prepared, dtype: StateDtype, prompt: &[u32], tokens: usize) -> Result<(usize, f64)> {
+    let wide = model.clone().with_state_dtype(StateDtype::F32)?;
+    let narrow = model.clone().with_state_dtype(dtype)?;
+    let reader = |p: &Prepared| -> Result<(State, Scratch, Vec<f32>)> {
+        let (mut state, mut scratch) = (p.state()?, p.scratch());
+        let logits = p.prefill(&mut state, &mut scratch, prompt, &NO_EDITS)?.to_vec();
+        Ok((state, scratch, logits))
+    };
+    let (mut sw, mut cw, mut lw) = reader(&wide)?;
+    let (mut sn, mut cn, mut ln) = reader(&narrow)?; // reads f32's text
+    let (mut sf, mut cf, mut lf) = reader(&narrow)?; // reads its own
+    let (mut same, mut alike, mut diverged) = (0usize, 0usize, false);
+    for _ in 0..tokens {
+        let (t, own) = (argmax(&lw), argmax(&lf));
+        same += usize::from(argmax(&ln) == t);
+        diverged |= own != t;
+        alike += usize::from(!diverged);
+        lw = wide.step(&mut [&mut sw], &mut cw, &[t], &NO_EDITS)?.to_vec();
+        ln = narrow.step(&mut [&mut sn], &mut cn, &[t], &NO_EDITS)?.to_vec();
+        lf = narrow.step(&mut [&mut sf], &mut cf, &[own], &NO_EDITS)?.to_vec();
+    }
+    Ok((alike, same as f64 / tokens.max(1) as f64))
 }

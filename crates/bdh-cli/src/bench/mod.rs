@@ -52,6 +52,9 @@ enum Mode {
     Generate(generate::Args),
     /// The fp32 multiply-add peak of the threads, measured.
     Peak,
+    /// The memory bandwidth of the threads, measured (reading, and reading and
+    /// writing back a buffer far beyond the caches).
+    Memory,
 }
 
 /// Most iterations `--iters` and `--warmup` may each ask for.
@@ -78,6 +81,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.mode {
         Mode::Peak => {
             cpu_peak();
+        }
+        Mode::Memory => {
+            let (read, both) = measure::memory_bandwidth()?;
+            let threads = crate::count(rayon::current_num_threads(), "thread", "threads");
+            println!("memory bandwidth: {read:.1} GB/s reading, {both:.1} GB/s reading and writing, on {threads}");
         }
         Mode::Train => match args.device.trainer(&spec.config, false)? {
             Some(open) => {

@@ -125,6 +125,7 @@ impl Served {
             grace: Duration::ZERO,
             log_requests: false,
             device: None,
+            state_dtype: Default::default(),
         };
         edit(&mut config);
         let server = Server::new(config).unwrap();

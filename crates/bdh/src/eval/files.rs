@@ -5,6 +5,7 @@ use super::bits_per_byte;
 use crate::data::{windows, Tokenizer};
 use crate::engine::{Cpu, Forward};
 use crate::error::{Error, Result};
+use crate::model::bdh::StateDtype;
 use crate::model::loss::cross_entropy;
 use crate::model::{Mode, Model};
 
@@ -175,14 +176,16 @@ pub struct StreamEval {
 /// Mean loss over every byte of `data` read by a BDH model as one stream: chunks of
 /// `chunk` tokens through the parallel forward with the synapse state carried
 /// between them, so memory stays constant whatever the length and every position
-/// sees everything before it; RoPE phases count from the text's first byte.
+/// sees everything before it; RoPE phases count from the text's first byte. With ρ
+/// stored in 16 bits (`dtype`), the recurrent step reads the text a token at a time,
+/// as decoding does, each write rounded: the loss a 16-bit state costs.
 pub fn evaluate_stream(
     model: &crate::model::bdh::Bdh,
     data: &[u8],
-    chunk: usize,
+    (chunk, dtype): (usize, StateDtype),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<StreamEval> {
-    stream(model, data, &Tokenizer::Bytes, chunk, progress)
+    stream(model, data, &Tokenizer::Bytes, (chunk, dtype), progress)
 }
 
 /// [`evaluate_stream`] of a text that `tokenizer` made the token ids `tokens` of.
@@ -190,21 +193,21 @@ pub fn evaluate_stream_tokens(
     model: &crate::model::bdh::Bdh,
     tokens: &[u32],
     tokenizer: &Tokenizer,
-    chunk: usize,
+    (chunk, dtype): (usize, StateDtype),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<StreamEval> {
     tokenizer.check(&crate::ModelConfig::Bdh(model.config.clone()))?;
-    stream(model, tokens, tokenizer, chunk, progress)
+    stream(model, tokens, tokenizer, (chunk, dtype), progress)
 }
 
 fn stream<T: Copy + Into<u32>>(
     model: &crate::model::bdh::Bdh,
     data: &[T],
     tokenizer: &Tokenizer,
-    chunk: usize,
+    (chunk, dtype): (usize, StateDtype),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<StreamEval> {
-    use crate::model::bdh::{forward as bdh_forward, Activations as BdhActivations, Pass, State};
+    use crate::model::bdh::{forward as bdh_forward, Activations as BdhActivations, Pass, Prepared, NO_EDITS};
     if chunk == 0 {
         return Err(Error::Input("a stream read in chunks of 0 tokens: need a chunk > 0".into()));
     }
@@ -213,7 +216,14 @@ fn stream<T: Copy + Into<u32>>(
     let v = model.config.vocab_size;
     let tokens: Vec<u32> = data[..data.len() - 1].iter().map(|&b| b.into()).collect();
     let targets: Vec<u32> = data[1..].iter().map(|&b| b.into()).collect();
-    let mut state = State::new(&model.config)?;
+    // (f32: chunks through the parallel forward; 16 bits: token by token)
+    let stepper = match dtype {
+        StateDtype::F32 => None,
+        _ => Some(Prepared::new(model.clone())?.with_state_dtype(dtype)),
+    };
+    let mut state = crate::model::bdh::State::with_dtype(&model.config, dtype)?;
+    let mut scratch = stepper.as_ref().map(Prepared::scratch);
+    let mut stepped = Vec::new();
     let mut acts: Option<BdhActivations> = None;
     let mut bounds = vec![0usize, 256];
     while *bounds.last().expect("non-empty") < tokens.len() {
@@ -225,9 +235,21 @@ fn stream<T: Copy + Into<u32>>(
     let mut total = 0.0f64;
     for (k, (part, want)) in tokens.chunks(chunk).zip(targets.chunks(chunk)).enumerate() {
         let t = part.len();
-        let a = BdhActivations::reuse(&mut acts, model, 1, t)?;
-        bdh_forward(model, part, a, Pass { mode: Mode::Eval, state: Some(&mut state), ..Pass::default() })?;
-        for (i, (row, &target)) in a.logits.chunks_exact(v).zip(want).enumerate() {
+        let logits = match (&stepper, &mut scratch) {
+            (Some(p), Some(scratch)) => {
+                stepped.clear();
+                for &token in part {
+                    stepped.extend_from_slice(p.step(&mut [&mut state], scratch, &[token], &NO_EDITS)?);
+                }
+                &stepped[..]
+            }
+            _ => {
+                let a = BdhActivations::reuse(&mut acts, model, 1, t)?;
+                bdh_forward(model, part, a, Pass { mode: Mode::Eval, state: Some(&mut state), ..Pass::default() })?;
+                &a.logits[..]
+            }
+        };
+        for (i, (row, &target)) in logits.chunks_exact(v).zip(want).enumerate() {
             let loss = cross_entropy(row, &[target], v) as f64;
             total += loss;
             let pos = k * chunk + i;

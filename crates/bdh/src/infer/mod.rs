@@ -22,7 +22,7 @@ pub const MAX_PROMPT_BYTES: u64 = 64 << 20;
 
 use crate::error::Error;
 use crate::error::Result;
-use crate::model::bdh::{self, Edits};
+use crate::model::bdh::{self, Edits, StateDtype};
 use crate::model::gpt;
 use crate::model::{Model, ModelConfig};
 
@@ -73,6 +73,26 @@ impl Prepared {
         match model {
             Model::Bdh(m) => bdh::Prepared::new(m).map(Prepared::Bdh),
             Model::Gpt(m) => gpt::Prepared::new(m).map(Prepared::Gpt),
+        }
+    }
+
+    /// The same model, making states whose ρ is stored as `dtype` (BDH's; a GPT,
+    /// whose memory is its KV cache, takes only f32).
+    pub fn with_state_dtype(self, dtype: StateDtype) -> Result<Self> {
+        match (self, dtype) {
+            (prepared, StateDtype::F32) => Ok(prepared),
+            (Prepared::Bdh(p), dtype) => Ok(Prepared::Bdh(p.with_state_dtype(dtype))),
+            (Prepared::Gpt(_), dtype) => Err(Error::Input(format!(
+                "a {dtype} synapse state is for BDH models: a GPT's memory is its KV cache, kept in f32"
+            ))),
+        }
+    }
+
+    /// How the states it makes store ρ (f32 for a GPT's).
+    pub fn state_dtype(&self) -> StateDtype {
+        match self {
+            Prepared::Bdh(p) => p.state_dtype(),
+            Prepared::Gpt(_) => StateDtype::F32,
         }
     }
 

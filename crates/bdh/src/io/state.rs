@@ -43,6 +43,12 @@
 //! for fixed delays, M for `"learned:M"`). A model without either writes version 1,
 //! so its files stay readable by builds that know only that.
 //!
+//! # Version 3
+//!
+//! Version 2 with `rho` stored in 16 bits: BF16 or F16 (safetensors' types), the same
+//! shape — a state made with `--state-dtype bf16|f16`. An f32 state is written as
+//! version 1 or 2, so builds that know only those read it.
+//!
 //! # Older files
 //!
 //! Files written before the format had a version have no `format` in their
@@ -56,6 +62,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use bdh_kernels::Half;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use super::{le_values, write_atomic};
@@ -70,7 +77,7 @@ use crate::model::{ModelConfig, MAX_POSITION};
 pub const FORMAT: &str = "bdh-state";
 
 /// The version of the format this build writes: the newest it reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Bytes a state file may hold besides its tensors' values: its header.
 const HEADER_LIMIT: u64 = 1 << 16;
@@ -83,10 +90,23 @@ pub fn save(prepared: &Prepared, state: &State, path: &Path) -> Result<()> {
 
 /// Reads a state saved by [`save`], or by a bdh of before the format's version, for
 /// the model of `prepared`: the file's length is checked before it is read, the
-/// config and weights against the metadata, every value for being finite.
+/// config and weights against the metadata, every value for being finite. ρ comes
+/// back in the type `prepared` makes states of, converted if the file holds another.
 pub fn load(prepared: &Prepared, path: &Path) -> Result<State> {
+    load_noting(prepared, path).map(|(state, _)| state)
+}
+
+/// [`load`], and a note when the file's ρ was of another type than `prepared`'s
+/// states and was converted (rounded to nearest when narrower).
+pub fn load_noting(prepared: &Prepared, path: &Path) -> Result<(State, Option<String>)> {
     let Prepared::Bdh(p) = prepared else { return Err(not_bdh()) };
-    read(path, p.model(), 1, Unversioned::Session).map(State::Bdh)
+    let state = read(path, p.model(), 1, Unversioned::Session)?;
+    let (from, to) = (state.rho.dtype(), p.state_dtype());
+    if from == to {
+        return Ok((State::Bdh(state), None));
+    }
+    let note = format!("{} holds ρ in {from}: converted to {to}", path.display());
+    Ok((State::Bdh(state.converted(to)?), Some(note)))
 }
 
 /// Whether `path` is a saved state, of any version (a safetensors file whose
@@ -121,6 +141,8 @@ enum Layout {
     V1,
     /// Version 2: version 1, the write key's traces and the queued writes.
     V2,
+    /// Version 3: version 2 with ρ in 16 bits (its dtype).
+    V3(Dtype),
     /// A file of before the format had a version.
     Unversioned(Unversioned),
 }
@@ -148,6 +170,11 @@ fn fields(layout: Layout, cfg: &BdhConfig, rows: usize) -> Vec<Field> {
     let flat = vec![rho.iter().fold(1usize, |p, &x| p.saturating_mul(x))];
     match layout {
         Layout::V1 => vec![field("rho", Dtype::F32, rho), field("position", Dtype::I64, vec![1])],
+        Layout::V3(half) => {
+            let mut v2 = fields(Layout::V2, cfg, rows);
+            v2[0].dtype = half;
+            v2
+        }
         Layout::V2 => {
             let mut v1 = fields(Layout::V1, cfg, rows);
             for (name, width) in [("keys", KeySite::width(cfg)), ("queue", Queue::width(cfg))] {
@@ -171,6 +198,7 @@ fn describe(layout: Layout) -> &'static str {
     match layout {
         Layout::V1 => "a state of version 1",
         Layout::V2 => "a state of version 2",
+        Layout::V3(_) => "a state of version 3",
         Layout::Unversioned(Unversioned::Session) => "a session saved before the format had a version",
         Layout::Unversioned(Unversioned::Carried) => "a carried state written before the format had a version",
     }
@@ -180,7 +208,7 @@ fn describe(layout: Layout) -> &'static str {
 /// version by `layout`, the model by `check_owner`).
 fn keys(layout: Layout) -> &'static [&'static str] {
     match layout {
-        Layout::V1 | Layout::V2 => &["format", "version", "config", "weights"],
+        Layout::V1 | Layout::V2 | Layout::V3(_) => &["format", "version", "config", "weights"],
         Layout::Unversioned(Unversioned::Session) => &["config", "weights"],
         Layout::Unversioned(Unversioned::Carried) => &[],
     }
@@ -196,17 +224,24 @@ fn rho_shape(cfg: &BdhConfig, rows: usize) -> Vec<usize> {
 /// newest version of the format.
 pub(crate) fn write(path: &Path, model: &Bdh, state: &bdh::State, rows: usize) -> Result<()> {
     state.check_rows(&model.config, rows)?;
-    let rho: Vec<u8> = state.rho.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (rho, rho_dtype): (Vec<u8>, _) = match &state.rho {
+        bdh::Rho::F32(v) => (v.iter().flat_map(|v| v.to_le_bytes()).collect(), Dtype::F32),
+        bdh::Rho::Half(v, half) => (v.iter().flat_map(|v| v.to_le_bytes()).collect(), dtype_of(*half)),
+    };
     let pos = (state.pos as i64).to_le_bytes();
     let keys: Vec<u8> = state.keys.iter().flat_map(|v| v.to_le_bytes()).collect();
     let queue: Vec<u8> = state.queue.iter().flat_map(|v| v.to_le_bytes()).collect();
     let bad = |e: safetensors::SafeTensorError| Error::Input(format!("state: {e}"));
     let cfg = &model.config;
     let mut views = vec![
-        ("rho", TensorView::new(Dtype::F32, rho_shape(cfg, rows), &rho).map_err(bad)?),
+        ("rho", TensorView::new(rho_dtype, rho_shape(cfg, rows), &rho).map_err(bad)?),
         ("position", TensorView::new(Dtype::I64, vec![1], &pos).map_err(bad)?),
     ];
-    let version = if keys.is_empty() && queue.is_empty() { 1 } else { 2 };
+    let version = match (rho_dtype, keys.is_empty() && queue.is_empty()) {
+        (Dtype::F32, true) => 1,
+        (Dtype::F32, false) => 2,
+        _ => 3,
+    };
     for (name, width, bytes) in [("keys", KeySite::width(cfg), &keys), ("queue", Queue::width(cfg), &queue)] {
         if width > 0 {
             let shape = vec![cfg.n_layer, rows, cfg.n_head, width];
@@ -238,7 +273,8 @@ pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversion
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let layout = layout(&meta, unversioned).map_err(bad)?;
+    let rho_dtype = st.tensor("rho").map(|t| t.dtype()).unwrap_or(Dtype::F32);
+    let layout = layout(&meta, unversioned, rho_dtype).map_err(bad)?;
     if let Some(key) = meta.keys().find(|k| !keys(layout).contains(&k.as_str())) {
         let has = if keys(layout).is_empty() { "none".to_string() } else { format!("{:?}", keys(layout)) };
         return Err(bad(format!("unknown metadata `{key}`: {} has {has}", describe(layout))));
@@ -278,8 +314,13 @@ pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversion
             "position {pos} is past 2^24 ({MAX_POSITION}), where positions are no longer exact in f32"
         )));
     }
-    let rho = le_values(data("rho"), f32::from_le_bytes);
-    if rho.iter().any(|x| !x.is_finite()) {
+    let rho = match half_of(rho_dtype) {
+        Some(half) if matches!(layout, Layout::V3(_)) => {
+            bdh::Rho::Half(le_values(data("rho"), u16::from_le_bytes), half)
+        }
+        _ => bdh::Rho::F32(le_values(data("rho"), f32::from_le_bytes)),
+    };
+    if rho.to_f32()?.iter().any(|x| !x.is_finite()) {
         return Err(bad("ρ holds values that are not finite".into()));
     }
     let keys = le_values(data("keys"), f32::from_le_bytes);
@@ -297,7 +338,7 @@ pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversion
 }
 
 /// The layout `meta` declares: a version of the format, or none (`unversioned`).
-fn layout(meta: &HashMap<String, String>, unversioned: Unversioned) -> std::result::Result<Layout, String> {
+fn layout(meta: &HashMap<String, String>, unversioned: Unversioned, rho: Dtype) -> std::result::Result<Layout, String> {
     match (meta.get("format"), meta.get("version")) {
         (None, None) => Ok(Layout::Unversioned(unversioned)),
         (Some(f), _) if f != FORMAT => Err(format!("its format is `{f}`, not `{FORMAT}`: not a saved state")),
@@ -306,12 +347,31 @@ fn layout(meta: &HashMap<String, String>, unversioned: Unversioned) -> std::resu
         (Some(_), Some(v)) => match v.parse::<u64>() {
             Ok(1) => Ok(Layout::V1),
             Ok(2) => Ok(Layout::V2),
+            Ok(3) if half_of(rho).is_some() => Ok(Layout::V3(rho)),
+            Ok(3) => Err(format!("a state of version 3 holds ρ in BF16 or F16, and this one's is {rho:?}")),
             Ok(newer) if newer > u64::from(VERSION) => Err(format!(
                 "written by a newer bdh: version {newer} of the state format, and this build reads versions up to \
                  {VERSION}"
             )),
             _ => Err(format!("version `{v}` is not a version of the state format (a whole number from 1)")),
         },
+    }
+}
+
+/// The safetensors type of a 16-bit ρ.
+fn dtype_of(half: Half) -> Dtype {
+    match half {
+        Half::Bf16 => Dtype::BF16,
+        Half::F16 => Dtype::F16,
+    }
+}
+
+/// The 16-bit format of a safetensors type, if it is one.
+fn half_of(dtype: Dtype) -> Option<Half> {
+    match dtype {
+        Dtype::BF16 => Some(Half::Bf16),
+        Dtype::F16 => Some(Half::F16),
+        _ => None,
     }
 }
 

@@ -288,7 +288,7 @@ pub fn patch(model: &Scope, pairs: &[PairTokens], progress: Progress) -> Result<
                 let block = (layer * h_n + h) * n * d;
                 match rows {
                     None => {
-                        s.rho[block..block + n * d].copy_from_slice(&r.rho.0.rho[block..block + n * d]);
+                        s.rho.copy_range(&r.rho.0.rho, block..block + n * d)?;
                         // and the head's per-stream state beside ρ: its key's traces, its queued writes
                         for (patched, clean) in [(&mut s.keys, &r.rho.0.keys), (&mut s.queue, &r.rho.0.queue)] {
                             let w = clean.len() / (h_n * l_n).max(1);
@@ -296,10 +296,11 @@ pub fn patch(model: &Scope, pairs: &[PairTokens], progress: Progress) -> Result<
                             patched[at..at + w].copy_from_slice(&clean[at..at + w]);
                         }
                     }
-                    Some(rows) => rows.iter().for_each(|&i| {
-                        let at = block + i * d;
-                        s.rho[at..at + d].copy_from_slice(&r.rho.0.rho[at..at + d]);
-                    }),
+                    Some(rows) => {
+                        for &i in rows {
+                            s.rho.copy_range(&r.rho.0.rho, block + i * d..block + (i + 1) * d)?;
+                        }
+                    }
                 }
             }
             let last = *r.pair.corrupted.last().expect("non-empty");
@@ -367,7 +368,7 @@ pub fn patch(model: &Scope, pairs: &[PairTokens], progress: Progress) -> Result<
     for r in &runs {
         for (i, g) in row_gaps.iter_mut().enumerate() {
             let at = block + i * d;
-            let (a, b) = (&r.rho.0.rho[at..at + d], &r.rho.1.rho[at..at + d]);
+            let (a, b) = (&r.rho.0.rho.f32("patching")?[at..at + d], &r.rho.1.rho.f32("patching")?[at..at + d]);
             *g += a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt();
         }
     }

@@ -33,7 +33,7 @@ impl Carry {
     /// Empties the state: the streams start over (ρ, the write key's traces and the
     /// queued writes all cleared).
     pub fn restart(&mut self) {
-        self.state.rho.fill(0.0);
+        self.state.rho.clear();
         self.state.keys.fill(0.0);
         self.state.queue.fill(0.0);
         self.state.pos = 0;

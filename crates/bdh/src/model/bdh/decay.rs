@@ -33,6 +33,15 @@ impl Damping {
         Damping { retention, per }
     }
 
+    /// Whether head `head`'s ρ fades at all.
+    pub fn fades(&self, head: usize) -> bool {
+        match self.per {
+            0 => false,
+            1 => self.retention.get(head).is_some_and(|&g| g != 1.0),
+            _ => true,
+        }
+    }
+
     /// ρ ← γ_h ρ of head `head` before its read (nothing without decay, or with
     /// γ_h = 1): every row fades, so this touches the whole (N, D) state. With one
     /// retention per neuron, row i fades by γ_{h,i}.

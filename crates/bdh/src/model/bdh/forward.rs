@@ -39,6 +39,7 @@ use super::edit::{Edits, Region, Site, NO_EDITS};
 use super::key::{KeyBuffers, KeySite};
 use super::norm::{NormSite, Place};
 use super::params::Weights;
+use super::rho::StateDtype;
 use super::rope::RopeTable;
 use super::site::Mechanisms;
 use super::state::State;
@@ -116,6 +117,27 @@ impl Pass<'_> {
 /// Runs the model on `tokens` (B, T) and fills `acts`, `acts.logits` included:
 /// bdh.py's `BDH.forward`, line for line.
 pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'_>) -> Result<()> {
+    match pass.state {
+        // (a 16-bit ρ: the pass reads and extends it in f32, and it is stored back
+        // rounded; training keeps f32 states only)
+        Some(state) if state.rho.dtype() != StateDtype::F32 => {
+            if matches!(pass.mode, Mode::Train { .. }) {
+                return Err(Error::Input(format!(
+                    "training keeps ρ in f32, and this state holds it in {}",
+                    state.rho.dtype()
+                )));
+            }
+            let dtype = state.rho.dtype();
+            state.rho = state.rho.converted(StateDtype::F32)?;
+            let done = forward_f32(model, tokens, acts, Pass { state: Some(&mut *state), ..pass });
+            state.rho = state.rho.converted(dtype)?;
+            done
+        }
+        _ => forward_f32(model, tokens, acts, pass),
+    }
+}
+
+fn forward_f32(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'_>) -> Result<()> {
     let Pass { mode, edits, mut state } = pass;
     let Setup { pos0, dropout } = begin(model, tokens, acts, mode, edits, state.as_deref())?;
     let dm = acts.dims;
@@ -147,7 +169,7 @@ pub fn forward(model: &Bdh, tokens: &[u32], acts: &mut Activations, pass: Pass<'
             let stream = ((l * b + r0) * h) as u64;
             let dropout = dropout.map(|(seed, prob)| (seed, stream, prob));
             let (rho, key_state, rings) =
-                match state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone())) {
+                match state.as_deref_mut().map(|s| s.layer_rows(&model.config, l, rows.clone())).transpose()? {
                     Some(ls) => (Some(ls.rho), Some(ls.keys), Some(ls.queue)),
                     None => (None, None, None),
                 };
@@ -233,9 +255,9 @@ pub(super) fn begin(
         // them, so inference never copies ρ.
         (Some(s), Mode::Train { .. }) => {
             let copies = [
-                (&mut acts.rho0, &s.rho, "ρ₀"),
-                (&mut acts.keys0, &s.keys, "the key's traces"),
-                (&mut acts.queue0, &s.queue, "the delayed writes"),
+                (&mut acts.rho0, s.rho.f32("training")?, "ρ₀"),
+                (&mut acts.keys0, &s.keys[..], "the key's traces"),
+                (&mut acts.queue0, &s.queue[..], "the delayed writes"),
             ];
             for (copy, of, what) in copies {
                 let need = Some(4 * of.len() as u64);

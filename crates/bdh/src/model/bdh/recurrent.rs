@@ -22,8 +22,8 @@
 //! a few ulps).
 
 use bdh_kernels::{
-    active_pairs, gate_listed, gather_dot, matmul, parallel_each, rho_read_write, rho_write, rope, sparse_row_sum,
-    transpose, MatMul, RopeDirection,
+    active_pairs, gate_listed, gather_dot, matmul, narrow, parallel_each, rho_read_write, rho_read_write_half,
+    rho_write, rope, sparse_row_sum, transpose, widen, MatMul, RopeDirection,
 };
 
 use super::activations::Activations;
@@ -33,6 +33,7 @@ use super::edit::{Edits, Region, Site};
 use super::forward::{forward, Pass};
 use super::key::KeySite;
 use super::norm::{NormSite, Place};
+use super::rho::{RhoMut, StateDtype};
 use super::rope::cos_sin;
 use super::state::State;
 use super::threshold::ThresholdSite;
@@ -49,6 +50,7 @@ pub struct Prepared {
     damping: Damping,           // how ρ fades before each read
     keys: Option<Box<KeySite>>, // the write's key, when not x itself
     queue: Option<Box<Queue>>,  // the delayed writes, with delays
+    dtype: StateDtype,          // how the states it makes store ρ
 }
 
 /// Buffers of a step of 1…B streams, grown to the largest batch seen and reused,
@@ -86,6 +88,7 @@ struct Stream {
     y: Vec<f32>,        // (|cols|) y on the active neurons
     z: Vec<f32>,        // (N) x ⊙ y, valid on `z_rows`
     u: Vec<f32>,        // (D) this head's share of the decoder output
+    wide: Vec<f32>,     // (N, D) a 16-bit ρ widened, with a mechanism or an edit at ρ
     rows: Vec<u32>,     // rows of the active RoPE pairs
     cols: Vec<u32>,     // active neurons
     z_rows: Vec<u32>,   // non-zero entries of z
@@ -140,6 +143,7 @@ impl Stream {
             y: Vec::with_capacity(n),
             z: vec![0.0; n],
             u: vec![0.0; d],
+            wide: Vec::new(),
             rows: Vec::with_capacity(n),
             cols: Vec::with_capacity(n),
             z_rows: Vec::with_capacity(n),
@@ -162,7 +166,18 @@ impl Prepared {
         let damping = Damping::new(model.retention(), model.config.n_head);
         let keys = model.key_site().map(Box::new);
         let queue = Queue::new(&model.config, model.delays(), model.retention()).map(Box::new);
-        Ok(Prepared { model, encoder_v_t, damping, keys, queue })
+        Ok(Prepared { model, encoder_v_t, damping, keys, queue, dtype: StateDtype::F32 })
+    }
+
+    /// The same, making states whose ρ is stored as `dtype` ([`Prepared::state`]);
+    /// a step takes states of any type, each as it is.
+    pub fn with_state_dtype(self, dtype: StateDtype) -> Self {
+        Prepared { dtype, ..self }
+    }
+
+    /// How the states it makes store ρ.
+    pub fn state_dtype(&self) -> StateDtype {
+        self.dtype
     }
 
     /// The model.
@@ -172,13 +187,13 @@ impl Prepared {
 
     /// The empty state of a new sequence.
     pub fn state(&self) -> Result<State> {
-        State::new(&self.model.config)
+        State::with_dtype(&self.model.config, self.dtype)
     }
 
-    /// Bytes a state of this model occupies (ρ: L·H·N·D values, and the mechanisms'
-    /// per-stream state), without making one.
+    /// Bytes a state of this model occupies (ρ: L·H·N·D values of its type, and the
+    /// mechanisms' per-stream state), without making one.
     pub fn state_bytes(&self) -> usize {
-        State::values(&self.model.config, 1).and_then(|v| v.checked_mul(4)).unwrap_or(usize::MAX)
+        State::bytes_of(&self.model.config, 1, self.dtype)
     }
 
     /// Scratch for one worker.
@@ -320,8 +335,8 @@ impl Prepared {
                 .collect();
             let (w, wq) = (KeySite::width(c), Queue::width(c));
             for st in states.iter_mut() {
-                let rho_l = &mut st.rho[l * h * n * d..(l + 1) * h * n * d];
-                for (hw, rho) in work.iter_mut().zip(rho_l.chunks_exact_mut(n * d)) {
+                let rho_l = st.rho.part(l * h * n * d..(l + 1) * h * n * d);
+                for (hw, rho) in work.iter_mut().zip(rho_l.chunks(n * d)) {
                     hw.rho.push(rho);
                 }
                 if w > 0 {
@@ -384,7 +399,7 @@ impl Prepared {
         }
         let HeadScratch { x, x_in, streams } = &mut *hw.hs;
         let (mut keys, mut rings) = (hw.keys.iter_mut(), hw.rings.iter_mut());
-        let mut work: Vec<StreamHead> = (streams.iter_mut().zip(x.chunks_exact_mut(n)).zip(hw.rho.iter_mut()))
+        let mut work: Vec<StreamHead> = (streams.iter_mut().zip(x.chunks_exact_mut(n)).zip(hw.rho.drain(..)))
             .enumerate()
             .map(|(row, ((st, x), rho))| {
                 let (keys, ring) = (keys.next().map(|k| &mut **k), rings.next().map(|r| &mut **r));
@@ -408,37 +423,31 @@ impl Prepared {
         let encoder_v_t = &self.encoder_v_t[hi * n * d..][..n * d];
         let StreamHead { row, st, x, rho, keys, ring } = w;
         let v = &at.v[*row * d..(*row + 1) * d];
-        let Rotation { pos, cos, sin } = &at.rotations[*row];
-        let pos = *pos;
+        let rotation = &at.rotations[*row];
+        let pos = rotation.pos;
         let one = |width| Region { head0: hi, heads: 1, pos0: pos, t: 1, n, width };
         let mut stats = [0.0f32; 2];
         at.edits.apply(Site::X, at.layer, x, one(1));
         // R_t x, and the RoPE pairs with an active neuron
-        rope(&mut st.xr, x, cos, sin, n, RopeDirection::Forward);
+        rope(&mut st.xr, x, &rotation.cos, &rotation.sin, n, RopeDirection::Forward);
         active_pairs(x, &mut st.rows, &mut st.cols, at.dense);
-        // (the state's damping site: ρ fades before the read)
-        self.damping.step(hi, rho);
-        // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                (D)
-        at.edits.apply(Site::Rho, at.layer, rho, one(d));
-        //   (the write's key site: ρ += R_t key ⊗ v, the key's traces advancing by x)
-        if let (Some(site), Some(traces)) = (&self.keys, keys) {
-            site.step(hi, x, traces, &mut st.key);
-            rope(&mut st.kr, &st.key, cos, sin, n, RopeDirection::Forward);
-            active_pairs(&st.key, &mut st.key_rows, &mut st.key_cols, at.dense);
-        }
-        let (key, key_rows) = if self.keys.is_some() { (&st.kr, &st.key_rows) } else { (&st.xr, &st.rows) };
-        match (self.queue.as_ref().filter(|q| q.delays(hi)), ring) {
-            //   (the read's mask site: the write joins the queue; the one at lag m + 1 is read
-            //   and enters ρ)
-            (Some(queue), Some(ring)) => {
-                sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);
-                queue.step(hi, pos, rho, (&mut st.a, &st.xr), (key, v), ring);
+        let synapse = Synapse { hi, x: &x[..], v, rotation, keys: keys.as_deref_mut(), ring: ring.as_deref_mut() };
+        match rho {
+            RhoMut::F32(rho) => self.synapse(st, rho, synapse, at),
+            // (a 16-bit ρ: bdh.py's read and write in one pass over its active rows, read
+            // and summed in f32; with a mechanism or an edit at ρ, the head's ρ widened
+            // around the same f32 steps)
+            RhoMut::Half(rho, half) if self.plain_synapse(hi) && !at.edits.any(Site::Rho, at.layer) => {
+                rho_read_write_half(&mut st.a, rho, &st.xr, v, &st.rows, *half)
             }
-            _ if self.keys.is_some() => {
-                sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);
-                rho_write(rho, key, v, key_rows);
+            RhoMut::Half(rho, half) => {
+                let mut wide = std::mem::take(&mut st.wide);
+                wide.resize(rho.len(), 0.0);
+                widen(&mut wide, rho, *half);
+                self.synapse(st, &mut wide, synapse, at);
+                narrow(rho, &wide, *half);
+                st.wide = wide;
             }
-            _ => rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows),
         }
         NormSite::new(c, p.norm).forward(&mut st.a, &mut stats[..c.norm.stats()], d, Place::Read);
         // y = relu(a · encoder_v_h), needed only where x > 0;  z = x ⊙ y
@@ -462,6 +471,45 @@ impl Prepared {
         // u_h = z_h · decoder_h over the non-zero z                           (D)
         sparse_row_sum(&mut st.u, &st.z, decoder, &st.z_rows);
     }
+
+    /// Whether head `hi`'s read and write are bdh.py's alone: no fading, no key of
+    /// its own, no queued writes.
+    fn plain_synapse(&self, hi: usize) -> bool {
+        !self.damping.fades(hi) && self.keys.is_none() && !self.queue.as_ref().is_some_and(|q| q.delays(hi))
+    }
+
+    /// One stream's synapse read and write in one head, on its ρ in f32: the state's
+    /// sites in order (damping, ρ edits, the write's key, delayed writes), `st.a` the read.
+    fn synapse(&self, st: &mut Stream, rho: &mut [f32], w: Synapse, at: &LayerStep) {
+        let Synapse { hi, x, v, rotation, keys, ring } = w;
+        let (n, d) = (self.model.config.n_neurons(), self.model.config.n_embd);
+        let Rotation { pos, cos, sin } = rotation;
+        let one = Region { head0: hi, heads: 1, pos0: *pos, t: 1, n, width: d };
+        // (the state's damping site: ρ fades before the read)
+        self.damping.step(hi, rho);
+        // a = LN(ρᵀ R_t x), read before the write ρ += R_t x ⊗ v                (D)
+        at.edits.apply(Site::Rho, at.layer, rho, one);
+        //   (the write's key site: ρ += R_t key ⊗ v, the key's traces advancing by x)
+        if let (Some(site), Some(traces)) = (&self.keys, keys) {
+            site.step(hi, x, traces, &mut st.key);
+            rope(&mut st.kr, &st.key, cos, sin, n, RopeDirection::Forward);
+            active_pairs(&st.key, &mut st.key_rows, &mut st.key_cols, at.dense);
+        }
+        let (key, key_rows) = if self.keys.is_some() { (&st.kr, &st.key_rows) } else { (&st.xr, &st.rows) };
+        match (self.queue.as_ref().filter(|q| q.delays(hi)), ring) {
+            //   (the read's mask site: the write joins the queue; the one at lag m + 1 is read
+            //   and enters ρ)
+            (Some(queue), Some(ring)) => {
+                sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);
+                queue.step(hi, *pos, rho, (&mut st.a, &st.xr), (key, v), ring);
+            }
+            _ if self.keys.is_some() => {
+                sparse_row_sum(&mut st.a, &st.xr, rho, &st.rows);
+                rho_write(rho, key, v, key_rows);
+            }
+            _ => rho_read_write(&mut st.a, rho, &st.xr, v, &st.rows),
+        }
+    }
 }
 
 /// One stream's buffers and state in one head's step: the unit of parallel work
@@ -470,9 +518,19 @@ struct StreamHead<'a> {
     row: usize,
     st: &'a mut Stream,
     x: &'a mut [f32],            // (N) its neurons
-    rho: &'a mut [f32],          // (N, D) its ρ of this head and layer
+    rho: RhoMut<'a>,             // (N, D) its ρ of this head and layer
     keys: Option<&'a mut [f32]>, // (W) its write key's traces, with a mechanism there
     ring: Option<&'a mut [f32]>, // (W') its delayed writes, with delays
+}
+
+/// What a stream's synapse read and write in one head reads besides its ρ.
+struct Synapse<'a> {
+    hi: usize,
+    x: &'a [f32], // (N) its neurons
+    v: &'a [f32], // (D) its residual stream
+    rotation: &'a Rotation,
+    keys: Option<&'a mut [f32]>, // (W) its write key's traces
+    ring: Option<&'a mut [f32]>, // (W') its delayed writes
 }
 
 /// What every head of a layer's step reads.
@@ -488,7 +546,7 @@ struct LayerStep<'a> {
 struct HeadWork<'a> {
     head: usize,
     hs: &'a mut HeadScratch,
-    rho: Vec<&'a mut [f32]>,   // (B) of (N, D)
+    rho: Vec<RhoMut<'a>>,      // (B) of (N, D)
     keys: Vec<&'a mut [f32]>,  // (B) of (W) the write key's traces, or none
     rings: Vec<&'a mut [f32]>, // (B) of (W') the delayed writes, or none
 }

@@ -6,6 +6,7 @@
 
 use super::delay::Queue;
 use super::key::KeySite;
+use super::rho::{Rho, StateDtype};
 use super::BdhConfig;
 use crate::error::{Error, Result};
 use crate::model::zeroed;
@@ -18,8 +19,9 @@ use crate::model::zeroed;
 pub struct State {
     /// Tokens consumed so far (the position of the next one).
     pub pos: usize,
-    /// ρ per layer, row and head, (L, B, H, N, D): `Σ_τ R_τ x_τ ⊗ v_τ`.
-    pub rho: Vec<f32>,
+    /// ρ per layer, row and head, (L, B, H, N, D): `Σ_τ R_τ x_τ ⊗ v_τ`, in f32 or
+    /// in 16 bits ([`StateDtype`]).
+    pub rho: Rho,
     /// The write key's traces per layer, row and head, (L, B, H, W) with W
     /// [`KeySite::width`] (empty for bdh.py's key).
     pub keys: Vec<f32>,
@@ -31,30 +33,39 @@ pub struct State {
 impl State {
     /// The empty state of a sequence that has seen nothing.
     pub fn new(cfg: &BdhConfig) -> Result<Self> {
-        Self::make(cfg, 1, "the state ρ of a sequence")
+        Self::make(cfg, 1, StateDtype::F32, "the state ρ of a sequence")
+    }
+
+    /// The empty state of a sequence with ρ stored as `dtype`.
+    pub fn with_dtype(cfg: &BdhConfig, dtype: StateDtype) -> Result<Self> {
+        Self::make(cfg, 1, dtype, "the state ρ of a sequence")
     }
 
     /// The empty state of `rows` streams read side by side.
     pub fn rows(cfg: &BdhConfig, rows: usize) -> Result<Self> {
-        Self::make(cfg, rows, "the state ρ of a batch of streams")
+        Self::make(cfg, rows, StateDtype::F32, "the state ρ of a batch of streams")
     }
 
-    fn make(cfg: &BdhConfig, rows: usize, what: &str) -> Result<Self> {
-        crate::memory::ensure_fits(crate::memory::f32_bytes(Self::values(cfg, rows)), what)?;
-        let rho = zeroed(&[rows, cfg.n_layer, cfg.n_head, cfg.n_neurons(), cfg.n_embd])?;
+    fn make(cfg: &BdhConfig, rows: usize, dtype: StateDtype, what: &str) -> Result<Self> {
+        crate::memory::ensure_fits(Self::bytes_of(cfg, rows, dtype), what)?;
+        let values = (Self::shape(cfg).iter().try_fold(rows, |p, &x| p.checked_mul(x)))
+            .ok_or_else(|| Error::Input(format!("{what}: more values than this machine can count")))?;
+        let rho = Rho::zeros(values, dtype)?;
         let keys = zeroed(&[rows, cfg.n_layer, cfg.n_head, KeySite::width(cfg)])?;
         let queue = zeroed(&[rows, cfg.n_layer, cfg.n_head, Queue::width(cfg)])?;
         crate::infer::count_state();
         Ok(State { pos: 0, rho, keys, queue })
     }
 
-    /// The values of `rows` streams' state of `cfg` — ρ, the key's traces, the queued
-    /// writes — or `None` past `usize`.
-    pub(crate) fn values(cfg: &BdhConfig, rows: usize) -> Option<usize> {
-        let per_head = (cfg.n_neurons().checked_mul(cfg.n_embd)?)
-            .checked_add(KeySite::width(cfg))?
-            .checked_add(Queue::width(cfg))?;
-        per_head.checked_mul(cfg.n_head)?.checked_mul(cfg.n_layer)?.checked_mul(rows)
+    /// Bytes of `rows` streams' state of `cfg` with ρ as `dtype` — ρ, the key's
+    /// traces, the queued writes (in f32) — or `usize::MAX` past it.
+    pub(crate) fn bytes_of(cfg: &BdhConfig, rows: usize, dtype: StateDtype) -> usize {
+        let per_head = (cfg.n_neurons().checked_mul(cfg.n_embd)).and_then(|rho| {
+            rho.checked_mul(dtype.bytes())?.checked_add(4 * KeySite::width(cfg))?.checked_add(4 * Queue::width(cfg))
+        });
+        per_head
+            .and_then(|b| b.checked_mul(cfg.n_head)?.checked_mul(cfg.n_layer)?.checked_mul(rows))
+            .unwrap_or(usize::MAX)
     }
 
     /// The shape of one sequence's ρ for `cfg`: (L, H, N, D).
@@ -92,20 +103,36 @@ impl State {
     /// ρ of layer `l` for streams `rows` of a state of several, (rows, H, N, D), the
     /// write key's traces of the same, (rows, H, W), and their delayed writes,
     /// (rows, H, W'). (`cfg` is the model's, which [`State::check_rows`] has checked.)
-    pub(crate) fn layer_rows(&mut self, cfg: &BdhConfig, l: usize, rows: std::ops::Range<usize>) -> LayerState<'_> {
+    /// ρ in f32 only: the parallel passes read and write it so (a 16-bit state is
+    /// widened around them, [`super::forward::forward`]).
+    pub(crate) fn layer_rows(
+        &mut self,
+        cfg: &BdhConfig,
+        l: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Result<LayerState<'_>> {
         let [layers, h, n, d] = Self::shape(cfg);
         let (rl, kl, ql) = (self.rho.len() / layers, self.keys.len() / layers, self.queue.len() / layers);
         let (rw, kw, qw) = (h * n * d, h * KeySite::width(cfg), h * Queue::width(cfg));
-        LayerState {
-            rho: &mut self.rho[l * rl..][rows.start * rw..rows.end * rw],
+        Ok(LayerState {
+            rho: &mut self.rho.f32_mut("the parallel forward")?[l * rl..][rows.start * rw..rows.end * rw],
             keys: &mut self.keys[l * kl..][rows.start * kw..rows.end * kw],
             queue: &mut self.queue[l * ql..][rows.start * qw..rows.end * qw],
-        }
+        })
+    }
+
+    /// The same state with ρ stored as `dtype` (rounded to nearest when narrower).
+    pub fn converted(&self, dtype: StateDtype) -> Result<Self> {
+        Ok(State { rho: self.rho.converted(dtype)?, ..self.clone_without_rho() })
+    }
+
+    fn clone_without_rho(&self) -> Self {
+        State { pos: self.pos, rho: Rho::F32(Vec::new()), keys: self.keys.clone(), queue: self.queue.clone() }
     }
 
     /// Bytes the state occupies.
     pub fn bytes(&self) -> usize {
-        (self.rho.len() + self.keys.len() + self.queue.len()) * std::mem::size_of::<f32>()
+        self.rho.bytes() + (self.keys.len() + self.queue.len()) * std::mem::size_of::<f32>()
     }
 
     /// Checks that this state is one stream of a model of config `cfg`.
