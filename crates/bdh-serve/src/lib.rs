@@ -43,6 +43,7 @@
 //!     grace: Duration::from_secs(10),
 //!     log_requests: true,
 //!     device: None,
+//!     state_dtype: Default::default(),
 //! };
 //! // Prints the address it listens on and serves until SIGTERM or Ctrl-C.
 //! bdh_serve::run(config)?;
