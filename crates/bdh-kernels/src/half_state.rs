@@ -10,7 +10,7 @@
 //! The conversions are bit arithmetic the compiler vectorises; the twins convert
 //! with the `half` crate.
 
-use crate::simd::multiversion;
+use crate::simd::{multiversion, prefetch, PREFETCH_ROWS};
 
 /// A 16-bit format for ρ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,11 +36,17 @@ impl Format for Bf16 {
         f32::from_bits((h as u32) << 16)
     }
 
-    /// Round to nearest, ties to even (for finite values; ρ holds no others).
+    /// Round to nearest, ties to even; NaN stays a NaN (so a state that blew up is
+    /// still seen to have).
     #[inline(always)]
     fn narrow(x: f32) -> u16 {
         let b = x.to_bits();
-        (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+        if x.is_nan() {
+            0x7fc0
+        } else {
+            rounded
+        }
     }
 }
 
@@ -53,7 +59,8 @@ impl Format for F16 {
         f32::from_bits(magnitude.to_bits() | (((h & 0x8000) as u32) << 16))
     }
 
-    /// Round to nearest, ties to even; past 65504 the largest finite value.
+    /// Round to nearest, ties to even; past 65504 the largest finite value; NaN stays
+    /// a NaN.
     #[inline(always)]
     fn narrow(x: f32) -> u16 {
         let bits = x.to_bits();
@@ -70,7 +77,12 @@ impl Format for F16 {
             // re-bias the exponent, round the 13 dropped bits
             f.wrapping_add(0xc800_0fff).wrapping_add((f >> 13) & 1) >> 13
         };
-        (magnitude.min(0x7bff) | (sign >> 16)) as u16
+        let finite = (magnitude.min(0x7bff) | (sign >> 16)) as u16;
+        if x.is_nan() {
+            0x7e00
+        } else {
+            finite
+        }
     }
 }
 
@@ -78,7 +90,10 @@ impl Format for F16 {
 fn read_write<F: Format>(a: &mut [f32], rho: &mut [u16], q: &[f32], v: &[f32], rows: &[u32]) {
     let d = v.len();
     a.fill(0.0);
-    for &i in rows {
+    for (j, &i) in rows.iter().enumerate() {
+        if let Some(&ahead) = rows.get(j + PREFETCH_ROWS) {
+            prefetch(&rho[ahead as usize * d..(ahead as usize + 1) * d]);
+        }
         let i = i as usize;
         let c = q[i];
         for ((ak, r), &vk) in a.iter_mut().zip(&mut rho[i * d..(i + 1) * d]).zip(v) {
@@ -97,6 +112,26 @@ pub fn rho_read_write_half(a: &mut [f32], rho: &mut [u16], q: &[f32], v: &[f32],
     match half {
         Half::Bf16 => read_write::<Bf16>(a, rho, q, v, rows),
         Half::F16 => read_write::<F16>(a, rho, q, v, rows),
+    }
+}
+}
+
+/// Whether every value of `rho` is finite (from the bits: the exponent not all ones).
+pub fn all_finite(rho: &[u16], half: Half) -> bool {
+    let exponent = match half {
+        Half::Bf16 => 0x7f80,
+        Half::F16 => 0x7c00,
+    };
+    rho.iter().all(|&h| h & exponent != exponent)
+}
+
+multiversion! {
+/// `ρ ← γ ρ` over a half-width state, each value rounded back: the decay before a
+/// step's read, in one pass over half the bytes of f32's.
+pub fn scale_half(rho: &mut [u16], gamma: f32, half: Half) {
+    match half {
+        Half::Bf16 => rho.iter_mut().for_each(|h| *h = Bf16::narrow(Bf16::widen(*h) * gamma)),
+        Half::F16 => rho.iter_mut().for_each(|h| *h = F16::narrow(F16::widen(*h) * gamma)),
     }
 }
 }
@@ -184,6 +219,24 @@ mod tests {
             }
             println!("{half:?}: {} finite values widen exactly", finite.len());
         }
+    }
+
+    #[test]
+    fn non_finite_values_are_seen_and_nan_survives_narrowing() {
+        for half in BOTH {
+            let bits: Vec<u16> = (0..=u16::MAX).collect();
+            let flagged: Vec<bool> = bits.iter().map(|&h| !all_finite(&[h], half)).collect();
+            let want: Vec<bool> = bits.iter().map(|&h| !widen_scalar(h, half).is_finite()).collect();
+            assert_eq!(flagged, want, "{half:?}: all_finite against the half crate, every bit pattern");
+            let mut out = [0u16; 3];
+            narrow(&mut out, &[f32::NAN, -f32::NAN, f32::from_bits(0x7fff_ffff)], half);
+            assert!(out.iter().all(|&h| !all_finite(&[h], half)), "{half:?}: {out:?}");
+        }
+        let (mut bf, mut f) = ([0u16; 1], [0u16; 1]);
+        scale_half(&mut bf, 0.5, Half::Bf16);
+        narrow(&mut f, &[3.0], Half::F16);
+        scale_half(&mut f, 0.5, Half::F16);
+        assert_eq!((bf[0], widen_scalar(f[0], Half::F16)), (0, 1.5));
     }
 
     #[test]

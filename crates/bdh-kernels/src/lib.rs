@@ -43,7 +43,7 @@ mod twins;
 
 pub use attention::{causal_linear_attention, causal_linear_attention_backward, Attention, AttentionSaved, Lags};
 pub use elementwise::{add, add_groups, gated_product, gated_product_backward, scale_rows};
-pub use half_state::{narrow, rho_read_write_half, widen, Half};
+pub use half_state::{all_finite, narrow, rho_read_write_half, scale_half, widen, Half};
 pub use keyed_attention::{keyed_attention, keyed_attention_backward, KeyedSaved};
 pub use layer_norm::{layer_norm, layer_norm_backward, LN_EPS};
 pub use matmul::{matmul, matmul_batched, transpose, Batch, MatMul};

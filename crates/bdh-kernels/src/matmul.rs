@@ -136,6 +136,45 @@ fn few_rows(
 }
 }
 
+multiversion! {
+/// `C [+]= A · Bᵀ` for a few rows of A (m ≤ [`FEW_ROWS`]), B stored n×k (a Linear's
+/// weight, out × in): each entry is a dot product of a row of A with a row of B, both
+/// contiguous, so B is streamed once instead of transposed and packed (which for one
+/// decoding step's row cost more than the product).
+#[allow(clippy::too_many_arguments)]
+fn few_rows_bt(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let split = k - k % 16;
+    for j in 0..n {
+        let row = &b[j * ldb..j * ldb + k];
+        for i in 0..m {
+            let x = &a[i * lda..i * lda + k];
+            // Sixteen partial sums: one vector register of AVX-512 lanes.
+            let mut acc = [0.0f32; 16];
+            for (rc, xc) in row[..split].chunks_exact(16).zip(x[..split].chunks_exact(16)) {
+                for l in 0..16 {
+                    acc[l] += rc[l] * xc[l];
+                }
+            }
+            let tail: f32 = row[split..].iter().zip(&x[split..]).map(|(p, q)| p * q).sum();
+            let dot = acc.iter().sum::<f32>() + tail;
+            let o = &mut c[i * ldc + j];
+            *o = if accumulate { *o + dot } else { dot };
+        }
+    }
+}
+}
+
 /// `dst` (packed `cols × rows`) = the transpose of `src` (`rows × cols`, row stride `ld`).
 fn transpose_strided(dst: &mut [f32], src: &[f32], rows: usize, cols: usize, ld: usize) {
     const TILE: usize = 32;
@@ -179,6 +218,9 @@ fn product(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
     }
     if m <= FEW_ROWS && !p.a_t && !p.b_t {
         return few_rows(c, a, b, m, k, n, lda, ldb, ldc, p.accumulate);
+    }
+    if m <= FEW_ROWS && !p.a_t {
+        return few_rows_bt(c, a, b, m, k, n, lda, ldb, ldc, p.accumulate);
     }
     let a_strides = if p.a_t { (1, lda) } else { (lda, 1) };
     if !p.b_t {

@@ -40,7 +40,7 @@ fn half_states_step_close_to_the_f32_forward() {
     let plain = tiny_config(2, 64, 4, 16);
     let configs = [
         ("bdh.py's", plain.clone()),
-        ("a decay per head", BdhConfig { decay: Decay::Retention(vec![0.9, 0.99, 0.999, 1.0]), ..plain.clone() }),
+        ("a decay per head", BdhConfig { decay: Decay::Retention(vec![0.5, 0.8, 0.95, 1.0]), ..plain.clone() }),
         ("a trace", BdhConfig { trace: Trace::Fixed(0.5), ..plain.clone() }),
     ];
     for (i, (what, cfg)) in configs.into_iter().enumerate() {
@@ -54,6 +54,27 @@ fn half_states_step_close_to_the_f32_forward() {
             assert!(worst < bound, "{what} {dtype}: {worst}");
         }
     }
+}
+
+#[test]
+fn a_decay_slower_than_the_type_resolves_is_refused() {
+    // bf16 resolves a fade of 1 − γ ≥ 2^-5, f16 of ≥ 2^-8
+    let cases = [(0.95, true, true), (0.99, false, true), (0.999, false, false)];
+    for (gamma, bf16, f16) in cases {
+        let cfg = BdhConfig { decay: Decay::Retention(vec![0.5, gamma]), ..tiny_config(1, 16, 2, 4) };
+        let prepared = Prepared::new(bdh_model(cfg, 1)).unwrap();
+        for (dtype, ok) in [(StateDtype::Bf16, bf16), (StateDtype::F16, f16)] {
+            match prepared.clone().with_state_dtype(dtype) {
+                Ok(_) => assert!(ok, "γ {gamma} {dtype}: taken"),
+                Err(e) => {
+                    assert!(!ok, "γ {gamma} {dtype}: {e}");
+                    assert!(e.to_string().contains("keep f32 for it"), "{e}");
+                }
+            }
+        }
+    }
+    let alibi = Prepared::new(bdh_model(BdhConfig { decay: Decay::Alibi, ..tiny_config(1, 16, 4, 4) }, 1)).unwrap();
+    assert!(alibi.with_state_dtype(StateDtype::Bf16).is_err(), "ALiBi's slowest head fades by 2^-8 a token");
 }
 
 #[test]
@@ -118,6 +139,24 @@ fn half_states_round_trip_their_files_and_convert_on_load() {
         let (narrowed, note) = state::load_noting(&narrow, &wide_path).unwrap();
         assert!(note.unwrap().contains(&format!("holds ρ in f32: converted to {dtype}")));
         assert_eq!(narrowed, s, "{dtype}: widening then rounding gives the values back");
+    }
+}
+
+#[test]
+fn files_of_16_bit_states_that_are_not_finite_are_refused() {
+    let tmp = temp_dir("half-state-nan");
+    let model = bdh_model(tiny_config(1, 8, 1, 2), 3);
+    for (dtype, bits) in [(StateDtype::Bf16, [0x7f80u16, 0x7fc0]), (StateDtype::F16, [0x7c00, 0x7e00])] {
+        let prepared = Prepared::new(model.clone()).unwrap().with_state_dtype(dtype).unwrap();
+        for bad in bits {
+            let State::Bdh(mut s) = prepared.state().unwrap() else { unreachable!("a BDH") };
+            let bdh::model::bdh::Rho::Half(values, _) = &mut s.rho else { unreachable!("16 bits") };
+            values[5] = bad; // an infinity or a NaN
+            let path = tmp.path().join("bad.safetensors");
+            state::save(&prepared, &State::Bdh(s), &path).unwrap();
+            let err = state::load(&prepared, &path).unwrap_err().to_string();
+            assert!(err.contains("not finite"), "{dtype} {bad:#06x}: {err}");
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use crate::device::DeviceArgs;
 
 mod generate;
 mod measure;
+mod serve;
 
 /// Measures speed for a preset or config file (random weights) or a trained model.
 #[derive(clap::Args)]
@@ -50,6 +51,9 @@ enum Mode {
     /// Streaming generation, sparse against dense recurrent steps, and step
     /// latency at short and long context.
     Generate(generate::Args),
+    /// Decoding after 1k, 4k and 16k tokens of context, BDH against the GPT baseline at
+    /// matched parameters, 1 and 16 streams: tokens/s and memory per stream.
+    Serve(serve::Args),
     /// The fp32 multiply-add peak of the threads, measured.
     Peak,
     /// The memory bandwidth of the threads, measured (reading, and reading and
@@ -125,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Mode::Generate(g) => generate::run(&g, &run.model, &args.device)?,
+        Mode::Serve(s) => serve::run(&s, &run.model, &args.device)?,
     }
     Ok(ExitCode::SUCCESS)
 }

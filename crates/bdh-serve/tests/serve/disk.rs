@@ -144,16 +144,28 @@ fn the_eviction_folder_is_made_when_first_needed_and_only_what_the_store_made_is
 
 #[test]
 fn a_server_with_16_bit_states_answers_and_evicts_its_sessions_in_them() {
-    let s = Served::start(|c| (c.max_sessions, c.state_dtype) = (1, bdh::model::bdh::StateDtype::Bf16));
-    let a = s.new_session();
-    let first = s.ok("/v1/completions", &json!({"prompt": "ROMEO:", "max_tokens": 6, "session": a}));
-    s.new_session(); // a goes to disk, in bf16
-    let file = s.sessions_dir().join(format!("evicted-{}/{a}.state.safetensors", std::process::id()));
-    let bytes = std::fs::read(&file).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    assert_eq!(header["rho"]["dtype"], "BF16", "{header}");
-    // read back and continued
-    let more = s.ok("/v1/completions", &json!({"prompt": "\n", "max_tokens": 4, "session": a}));
-    assert_eq!(more["usage"]["completion_tokens"], 4, "{first} {more}");
+    let bf16 = bdh::model::bdh::StateDtype::Bf16;
+    let text = |v: &Value| v["choices"][0]["text"].clone();
+    // (one server at a time: each holds the tests' lock while it lives)
+    let evicted = {
+        let s = Served::start(|c| (c.max_sessions, c.state_dtype) = (1, bf16));
+        let a = s.new_session();
+        let first = s.ok("/v1/completions", &json!({"prompt": "ROMEO:", "max_tokens": 6, "session": a}));
+        s.new_session(); // a goes to disk, in bf16
+        let file = s.sessions_dir().join(format!("evicted-{}/{a}.state.safetensors", std::process::id()));
+        let bytes = std::fs::read(&file).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+        assert_eq!(header["rho"]["dtype"], "BF16", "{header}");
+        // read back and continued
+        let more = s.ok("/v1/completions", &json!({"prompt": "\n", "max_tokens": 4, "session": a}));
+        assert_eq!(more["usage"]["completion_tokens"], 4, "{first} {more}");
+        (text(&first), text(&more))
+    };
+    // as a server that kept the session in memory continues it
+    let s = Served::start(|c| c.state_dtype = bf16);
+    let b = s.new_session();
+    let first = s.ok("/v1/completions", &json!({"prompt": "ROMEO:", "max_tokens": 6, "session": b}));
+    let more = s.ok("/v1/completions", &json!({"prompt": "\n", "max_tokens": 4, "session": b}));
+    assert_eq!(evicted, (text(&first), text(&more)), "evicted and kept alike");
 }

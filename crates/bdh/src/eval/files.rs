@@ -219,7 +219,7 @@ fn stream<T: Copy + Into<u32>>(
     // (f32: chunks through the parallel forward; 16 bits: token by token)
     let stepper = match dtype {
         StateDtype::F32 => None,
-        _ => Some(Prepared::new(model.clone())?.with_state_dtype(dtype)),
+        _ => Some(Prepared::new(model.clone())?.with_state_dtype(dtype)?),
     };
     let mut state = crate::model::bdh::State::with_dtype(&model.config, dtype)?;
     let mut scratch = stepper.as_ref().map(Prepared::scratch);

@@ -81,7 +81,7 @@ impl Prepared {
     pub fn with_state_dtype(self, dtype: StateDtype) -> Result<Self> {
         match (self, dtype) {
             (prepared, StateDtype::F32) => Ok(prepared),
-            (Prepared::Bdh(p), dtype) => Ok(Prepared::Bdh(p.with_state_dtype(dtype))),
+            (Prepared::Bdh(p), dtype) => Ok(Prepared::Bdh(p.with_state_dtype(dtype)?)),
             (Prepared::Gpt(_), dtype) => Err(Error::Input(format!(
                 "a {dtype} synapse state is for BDH models: a GPT's memory is its KV cache, kept in f32"
             ))),

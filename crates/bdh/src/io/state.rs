@@ -273,7 +273,8 @@ pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversion
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a saved state: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let rho_dtype = st.tensor("rho").map(|t| t.dtype()).unwrap_or(Dtype::F32);
+    // (no `rho` at all is named as missing below, whatever the version)
+    let rho_dtype = st.tensor("rho").map(|t| t.dtype()).unwrap_or(Dtype::BF16);
     let layout = layout(&meta, unversioned, rho_dtype).map_err(bad)?;
     if let Some(key) = meta.keys().find(|k| !keys(layout).contains(&k.as_str())) {
         let has = if keys(layout).is_empty() { "none".to_string() } else { format!("{:?}", keys(layout)) };
@@ -320,7 +321,7 @@ pub(crate) fn read(path: &Path, model: &Bdh, rows: usize, unversioned: Unversion
         }
         _ => bdh::Rho::F32(le_values(data("rho"), f32::from_le_bytes)),
     };
-    if rho.to_f32()?.iter().any(|x| !x.is_finite()) {
+    if !rho.all_finite() {
         return Err(bad("ρ holds values that are not finite".into()));
     }
     let keys = le_values(data("keys"), f32::from_le_bytes);

@@ -51,7 +51,10 @@ impl Carry {
     /// version names none, and only its sizes and values are checked).
     pub fn load(dir: &Path, model: &Model, rows: usize, detach: bool) -> Result<Self> {
         let Model::Bdh(m) = model else { return Err(no_state(&model.config())) };
-        Ok(Carry { state: state::read(&dir.join(FILE), m, rows, Unversioned::Carried)?, detach })
+        let mut state = state::read(&dir.join(FILE), m, rows, Unversioned::Carried)?;
+        // (training carries f32: a 16-bit file is widened, which is exact)
+        state.rho = state.rho.converted(crate::model::bdh::StateDtype::F32)?;
+        Ok(Carry { state, detach })
     }
 }
 

@@ -16,7 +16,7 @@
 
 use bdh_kernels::{
     decay_state, keyed_attention, keyed_attention_backward, neuron_decay_attention, neuron_decay_attention_backward,
-    scale_rows, Attention, KeyedSaved,
+    scale_half, scale_rows, Attention, Half, KeyedSaved,
 };
 
 /// The damping of a model's recurrent step: γ_h per head, or none.
@@ -33,13 +33,27 @@ impl Damping {
         Damping { retention, per }
     }
 
-    /// Whether head `head`'s ρ fades at all.
-    pub fn fades(&self, head: usize) -> bool {
+    /// ρ ← γ_h ρ of head `head` on a 16-bit ρ, each value rounded back.
+    pub fn step_half(&self, head: usize, rho: &mut [u16], half: Half) {
         match self.per {
-            0 => false,
-            1 => self.retention.get(head).is_some_and(|&g| g != 1.0),
-            _ => true,
+            0 => {}
+            1 => {
+                if let Some(&gamma) = self.retention.get(head).filter(|&&g| g != 1.0) {
+                    scale_half(rho, gamma, half);
+                }
+            }
+            per => {
+                let gammas = &self.retention[head * per..(head + 1) * per];
+                for (row, &g) in rho.chunks_exact_mut(rho.len() / per).zip(gammas) {
+                    scale_half(row, g, half);
+                }
+            }
         }
+    }
+
+    /// The smallest 1 − γ of a fading retention (γ < 1), if any fades.
+    pub fn slowest_fade(&self) -> Option<f32> {
+        self.retention.iter().filter(|&&g| g < 1.0).map(|&g| 1.0 - g).reduce(f32::min)
     }
 
     /// ρ ← γ_h ρ of head `head` before its read (nothing without decay, or with

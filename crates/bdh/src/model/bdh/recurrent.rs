@@ -170,9 +170,25 @@ impl Prepared {
     }
 
     /// The same, making states whose ρ is stored as `dtype` ([`Prepared::state`]);
-    /// a step takes states of any type, each as it is.
-    pub fn with_state_dtype(self, dtype: StateDtype) -> Self {
-        Prepared { dtype, ..self }
+    /// a step takes states of any type, each as it is. Refused for a state that fades
+    /// more slowly than the type resolves: a fade by γ moves a value by 1 − γ of it,
+    /// and where that is under 16 of its rounding steps (bf16: 1 − γ < 2⁻⁵; f16:
+    /// 2⁻⁸) each token's rounding would change how fast it fades.
+    pub fn with_state_dtype(self, dtype: StateDtype) -> Result<Self> {
+        let bits = match dtype {
+            StateDtype::F32 => return Ok(Prepared { dtype, ..self }),
+            StateDtype::Bf16 => 5,
+            StateDtype::F16 => 8,
+        };
+        if let Some(fade) = self.damping.slowest_fade().filter(|&f| f < (0.5f32).powi(bits)) {
+            return Err(Error::Input(format!(
+                "a {dtype} state cannot hold this model's decay: its slowest fade, γ = {:.6} a token, moves a value \
+                 by less than 16 of {dtype}'s rounding steps (1 − γ under 2^-{bits}), so rounding would change how \
+                 fast it fades; keep f32 for it",
+                1.0 - fade
+            )));
+        }
+        Ok(Prepared { dtype, ..self })
     }
 
     /// How the states it makes store ρ.
@@ -434,10 +450,11 @@ impl Prepared {
         let synapse = Synapse { hi, x: &x[..], v, rotation, keys: keys.as_deref_mut(), ring: ring.as_deref_mut() };
         match rho {
             RhoMut::F32(rho) => self.synapse(st, rho, synapse, at),
-            // (a 16-bit ρ: bdh.py's read and write in one pass over its active rows, read
-            // and summed in f32; with a mechanism or an edit at ρ, the head's ρ widened
-            // around the same f32 steps)
+            // (a 16-bit ρ: its fade, then the read and write in one pass over its active
+            // rows, read and summed in f32; with a key or queue of its own or an edit at
+            // ρ, the head's ρ widened around the same f32 steps)
             RhoMut::Half(rho, half) if self.plain_synapse(hi) && !at.edits.any(Site::Rho, at.layer) => {
+                self.damping.step_half(hi, rho, *half);
                 rho_read_write_half(&mut st.a, rho, &st.xr, v, &st.rows, *half)
             }
             RhoMut::Half(rho, half) => {
@@ -472,10 +489,10 @@ impl Prepared {
         sparse_row_sum(&mut st.u, &st.z, decoder, &st.z_rows);
     }
 
-    /// Whether head `hi`'s read and write are bdh.py's alone: no fading, no key of
-    /// its own, no queued writes.
+    /// Whether head `hi`'s read and write are bdh.py's (with a fade at most): no key
+    /// of its own, no queued writes.
     fn plain_synapse(&self, hi: usize) -> bool {
-        !self.damping.fades(hi) && self.keys.is_none() && !self.queue.as_ref().is_some_and(|q| q.delays(hi))
+        self.keys.is_none() && !self.queue.as_ref().is_some_and(|q| q.delays(hi))
     }
 
     /// One stream's synapse read and write in one head, on its ρ in f32: the state's

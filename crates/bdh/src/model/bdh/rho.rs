@@ -3,7 +3,7 @@
 //! written ([`bdh_kernels::rho_read_write_half`]). Half the bytes per stream, and half
 //! the memory traffic of a decoding step, which at many streams is what bounds it.
 
-use bdh_kernels::{narrow, widen, Half};
+use bdh_kernels::{all_finite, narrow, widen, Half};
 
 use crate::error::{Error, Result};
 use crate::model::zeroed;
@@ -117,6 +117,14 @@ impl Rho {
     /// Bytes its values occupy.
     pub fn bytes(&self) -> usize {
         self.len() * self.dtype().bytes()
+    }
+
+    /// Whether every value is finite (checked in place).
+    pub fn all_finite(&self) -> bool {
+        match self {
+            Rho::F32(v) => v.iter().all(|x| x.is_finite()),
+            Rho::Half(v, half) => all_finite(v, *half),
+        }
     }
 
     /// The values in f32 (a copy; exact for every type).

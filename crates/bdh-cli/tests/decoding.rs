@@ -1,6 +1,7 @@
-//! `--state-dtype`: a 16-bit synapse state through generate (saved and loaded across
-//! types, with a note), eval --carry, bench generate and bench memory; and what
-//! refuses it.
+//! Decoding at the memory wall: `--state-dtype` (a 16-bit synapse state through
+//! generate, saved and loaded across types with a note, eval --carry, bench generate),
+//! `bench memory`, and `bench serve` (BDH against a matched GPT after long contexts);
+//! and what refuses them.
 
 mod common;
 
@@ -36,7 +37,7 @@ fn a_half_state_generates_f32_s_text_and_its_files_convert_with_a_note() {
     assert!(note.contains("holds ρ in bf16: converted to f32"), "{note}");
     let (as_bf16, quiet) = generate(&["--prompt", "\n", "--load-state", saved, "--state-dtype", "bf16"]);
     assert!(!quiet.contains("converted"), "{quiet}");
-    assert_eq!(as_f32[..40], as_bf16[..40], "greedy continuations of one state");
+    assert_eq!(as_f32.as_bytes()[..40], as_bf16.as_bytes()[..40], "greedy continuations of one state");
 }
 
 #[test]
@@ -91,5 +92,30 @@ fn bad_state_dtypes_are_refused_by_name() {
         let o = bdh(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn bench_serve_decodes_bdh_and_a_matched_gpt_after_each_context() {
+    let args = ["bench", "serve", "--preset", "tiny", "--contexts", "100,40", "--streams", "1,2", "--tokens", "3"];
+    let o = bdh(&[&args[..], &["--threads", "1"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // the tiny preset's shared layer, 3·H·N·D = 98 304 weights, is two GPT blocks of D 64
+    assert!(out.contains("GPT L2 D64 H2 context 103"), "{out}");
+    let rows: Vec<Vec<&str>> = out.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows.iter().map(|r| (r[0], r[1])).collect::<Vec<_>>(),
+        [("40", "1"), ("40", "2"), ("100", "1"), ("100", "2")]
+    );
+    for r in &rows {
+        assert!(r[2].parse::<f64>().unwrap() > 0.0 && r[3].parse::<f64>().unwrap() > 0.0, "{r:?}");
+        // BDH's state is the same at every context; the GPT's cache grows with it
+        assert_eq!(r[4], rows[0][4]);
+    }
+    assert!(rows[2][5].parse::<f64>().unwrap() > rows[0][5].parse::<f64>().unwrap(), "{out}");
+    for bad in [&["--contexts", "0"][..], &["--streams", "0"], &["--tokens", "0"]] {
+        let o = bdh(&[&["bench", "serve", "--preset", "tiny"][..], bad].concat());
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
     }
 }
