@@ -70,14 +70,6 @@ fn dot(a: &[f32], b: &[f32], out: &mut f32) {
 }
 }
 
-multiversion! {
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
-}
-
 fn dot_of(a: &[f32], b: &[f32]) -> f32 {
     let mut out = 0.0;
     dot(a, b, &mut out);
@@ -299,24 +291,46 @@ pub fn softmax_attention_step(y: &mut [f32], q: &[f32], cache: KvCache, h: usize
     let KvCache { k, v, len, ld } = cache;
     assert!(q.len() == h * s && y.len() == h * s && len > 0, "softmax attention step: sizes");
     assert!(k.len() >= (len - 1) * ld + h * s && v.len() >= (len - 1) * ld + h * s, "softmax attention step: cache");
+    // (the heads in parallel: at a long context each reads a cache far larger than its work)
+    y.par_chunks_exact_mut(s).zip(q.par_chunks_exact(s)).enumerate().for_each(|(head, (out, qh))| {
+        let mut scores = vec![0.0f32; len];
+        step_head(out, qh, k, v, len, ld, head * s, &mut scores);
+    });
+}
+
+multiversion! {
+/// One head of [`softmax_attention_step`]: its scores against the `len` cached keys
+/// (columns `off..off + S` of rows of stride `ld`), their softmax and the weighted
+/// sum of the values, in one vectorised body (a call per key would cost more than its
+/// few multiply-adds).
+#[allow(clippy::too_many_arguments)]
+fn step_head(out: &mut [f32], qh: &[f32], k: &[f32], v: &[f32], len: usize, ld: usize, off: usize, scores: &mut [f32]) {
+    let s = qh.len();
     let scale = 1.0 / (s as f32).sqrt();
-    let mut scores = vec![0.0f32; len];
-    for head in 0..h {
-        let qh = &q[head * s..][..s];
-        for (j, sc) in scores.iter_mut().enumerate() {
-            *sc = dot_of(qh, &k[j * ld + head * s..][..s]) * scale;
+    for (j, sc) in scores.iter_mut().enumerate().take(len) {
+        let key = &k[j * ld + off..][..s];
+        // sixteen partial sums, as `lanes` keeps them
+        let mut acc = [0.0f32; 16];
+        let split = s - s % 16;
+        for (kc, qc) in key[..split].chunks_exact(16).zip(qh[..split].chunks_exact(16)) {
+            for i in 0..16 {
+                acc[i] += kc[i] * qc[i];
+            }
         }
-        let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut l = 0.0f32;
-        let out = &mut y[head * s..][..s];
-        out.fill(0.0);
-        for (j, &sc) in scores.iter().enumerate() {
-            let p = (sc - top).exp();
-            l += p;
-            axpy(out, p, &v[j * ld + head * s..][..s]);
-        }
-        out.iter_mut().for_each(|o| *o /= l);
+        let tail: f32 = key[split..].iter().zip(&qh[split..]).map(|(a, b)| a * b).sum();
+        *sc = (acc.iter().sum::<f32>() + tail) * scale;
     }
+    let top = lanes(&scores[..len], f32::NEG_INFINITY, f32::max);
+    scores[..len].iter_mut().for_each(|sc| *sc = exp(*sc - top));
+    let l = lanes(&scores[..len], 0.0, |a, b| a + b);
+    out.fill(0.0);
+    for (j, &p) in scores[..len].iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[j * ld + off..][..s]) {
+            *o += p * x;
+        }
+    }
+    out.iter_mut().for_each(|o| *o /= l);
+}
 }
 
 /// Scalar twins: the whole score matrix, softmax and products in f64.
