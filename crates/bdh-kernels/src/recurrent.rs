@@ -5,7 +5,7 @@
 //! neuron selects. The twins do the dense computation, which equals the sparse one
 //! whenever the skipped coefficients are zero.
 
-use crate::simd::{multiversion, prefetch, PREFETCH_ROWS};
+use crate::simd::multiversion;
 
 /// Lists what a recurrent step touches, given x (N) of one head: in `rows` both
 /// neurons of every RoPE pair (2j, 2j+1) with an active neuron (the rows of ρ the
@@ -75,10 +75,7 @@ pub fn rho_read_write(a: &mut [f32], rho: &mut [f32], q: &[f32], v: &[f32], rows
     let d = v.len();
     debug_assert_eq!(a.len(), d);
     a.fill(0.0);
-    for (j, &i) in rows.iter().enumerate() {
-        if let Some(&ahead) = rows.get(j + PREFETCH_ROWS) {
-            prefetch(&rho[ahead as usize * d..(ahead as usize + 1) * d]);
-        }
+    for &i in rows {
         let i = i as usize;
         let c = q[i];
         for ((ak, r), &vk) in a.iter_mut().zip(&mut rho[i * d..(i + 1) * d]).zip(v) {
