@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::elementwise::relu_block as relu;
-use crate::simd::multiversion;
+use crate::simd::{dot16, multiversion};
 
 /// Dimensions and operand layouts of `C (m×n) [+]= op(A) (m×k) · op(B) (k×n)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,20 +154,10 @@ fn few_rows_bt(
     ldc: usize,
     accumulate: bool,
 ) {
-    let split = k - k % 16;
     for j in 0..n {
         let row = &b[j * ldb..j * ldb + k];
         for i in 0..m {
-            let x = &a[i * lda..i * lda + k];
-            // Sixteen partial sums: one vector register of AVX-512 lanes.
-            let mut acc = [0.0f32; 16];
-            for (rc, xc) in row[..split].chunks_exact(16).zip(x[..split].chunks_exact(16)) {
-                for l in 0..16 {
-                    acc[l] += rc[l] * xc[l];
-                }
-            }
-            let tail: f32 = row[split..].iter().zip(&x[split..]).map(|(p, q)| p * q).sum();
-            let dot = acc.iter().sum::<f32>() + tail;
+            let dot = dot16(row, &a[i * lda..i * lda + k]);
             let o = &mut c[i * ldc + j];
             *o = if accumulate { *o + dot } else { dot };
         }

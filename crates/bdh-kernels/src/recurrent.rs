@@ -5,7 +5,7 @@
 //! neuron selects. The twins do the dense computation, which equals the sparse one
 //! whenever the skipped coefficients are zero.
 
-use crate::simd::multiversion;
+use crate::simd::{dot16, multiversion};
 
 /// Lists what a recurrent step touches, given x (N) of one head: in `rows` both
 /// neurons of every RoPE pair (2j, 2j+1) with an active neuron (the rows of ρ the
@@ -153,18 +153,8 @@ multiversion! {
 pub fn gather_dot(out: &mut [f32], a: &[f32], w_t: &[f32], cols: &[u32]) {
     debug_assert_eq!(out.len(), cols.len());
     let d = a.len();
-    let split = d - d % 16;
     for (o, &c) in out.iter_mut().zip(cols) {
-        let row = &w_t[c as usize * d..(c as usize + 1) * d];
-        // Sixteen partial sums: one vector register of AVX-512 lanes.
-        let mut acc = [0.0f32; 16];
-        for (rc, ac) in row[..split].chunks_exact(16).zip(a[..split].chunks_exact(16)) {
-            for k in 0..16 {
-                acc[k] += rc[k] * ac[k];
-            }
-        }
-        let tail: f32 = row[split..].iter().zip(&a[split..]).map(|(x, y)| x * y).sum();
-        *o = acc.iter().sum::<f32>() + tail;
+        *o = dot16(&w_t[c as usize * d..(c as usize + 1) * d], a);
     }
 }
 }

@@ -44,6 +44,22 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// `a · b` in sixteen partial sums (one vector register of AVX-512 lanes) and a
+/// scalar tail: a dot product the compiler vectorises, for kernels that take many
+/// short ones.
+#[inline(always)]
+pub(crate) fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let split = a.len() - a.len() % 16;
+    let mut acc = [0.0f32; 16];
+    for (ac, bc) in a[..split].chunks_exact(16).zip(b[..split].chunks_exact(16)) {
+        for k in 0..16 {
+            acc[k] += ac[k] * bc[k];
+        }
+    }
+    let tail: f32 = a[split..].iter().zip(&b[split..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Rows a scattered-row kernel asks the memory system for ahead of the one it works on.
 pub(crate) const PREFETCH_ROWS: usize = 8;
 

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use crate::matmul::{matmul, MatMul};
-use crate::simd::multiversion;
+use crate::simd::{dot16, multiversion};
 use crate::special::exp;
 
 /// Sizes and dropout of one attention.
@@ -308,17 +308,7 @@ fn step_head(out: &mut [f32], qh: &[f32], k: &[f32], v: &[f32], len: usize, ld: 
     let s = qh.len();
     let scale = 1.0 / (s as f32).sqrt();
     for (j, sc) in scores.iter_mut().enumerate().take(len) {
-        let key = &k[j * ld + off..][..s];
-        // sixteen partial sums, as `lanes` keeps them
-        let mut acc = [0.0f32; 16];
-        let split = s - s % 16;
-        for (kc, qc) in key[..split].chunks_exact(16).zip(qh[..split].chunks_exact(16)) {
-            for i in 0..16 {
-                acc[i] += kc[i] * qc[i];
-            }
-        }
-        let tail: f32 = key[split..].iter().zip(&qh[split..]).map(|(a, b)| a * b).sum();
-        *sc = (acc.iter().sum::<f32>() + tail) * scale;
+        *sc = dot16(&k[j * ld + off..][..s], qh) * scale;
     }
     let top = lanes(&scores[..len], f32::NEG_INFINITY, f32::max);
     scores[..len].iter_mut().for_each(|sc| *sc = exp(*sc - top));

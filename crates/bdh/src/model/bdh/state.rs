@@ -123,11 +123,7 @@ impl State {
 
     /// The same state with ρ stored as `dtype` (rounded to nearest when narrower).
     pub fn converted(&self, dtype: StateDtype) -> Result<Self> {
-        Ok(State { rho: self.rho.converted(dtype)?, ..self.clone_without_rho() })
-    }
-
-    fn clone_without_rho(&self) -> Self {
-        State { pos: self.pos, rho: Rho::F32(Vec::new()), keys: self.keys.clone(), queue: self.queue.clone() }
+        Ok(State { pos: self.pos, rho: self.rho.converted(dtype)?, keys: self.keys.clone(), queue: self.queue.clone() })
     }
 
     /// Bytes the state occupies.
