@@ -1,4 +1,5 @@
-//! Per-kernel timings at the shapes of config S (D128 H4 N1024, T256), named by shape.
+//! Per-kernel timings at the shapes of config S (D128 H4 N1024, T256) and of the
+//! GPT baseline's gpt-small (D180 H6, T256), named by shape.
 //! `cargo bench -p bdh-kernels`.
 
 use bdh_kernels::*;
@@ -111,5 +112,26 @@ fn recurrent_kernels(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, dense_kernels, recurrent_kernels);
+/// The GPT baseline's attention at gpt-small's shape: one training step's batch.
+fn softmax_kernels(c: &mut Criterion) {
+    let a = SoftmaxAttention { b: 8, t: 256, h: 6, s: 30, dropout: 0.0, seed: 0 };
+    let d = a.h * a.s;
+    let mut g = c.benchmark_group("softmax");
+    let qkv = data(a.b * a.t * 3 * d, 11);
+    let (mut y, mut lse) = (vec![0.0; a.b * a.t * d], vec![0.0; a.b * a.h * a.t]);
+    // (the model's count of the causal products)
+    g.throughput(Throughput::Elements((2 * a.b * a.t * a.t * d) as u64));
+    g.bench_function("causal_softmax_attention B8 T256 H6 S30", |bch| {
+        bch.iter(|| causal_softmax_attention(&mut y, &mut lse, black_box(&qkv), a))
+    });
+    causal_softmax_attention(&mut y, &mut lse, &qkv, a);
+    let dy = data(y.len(), 12);
+    let mut dqkv = vec![0.0; qkv.len()];
+    g.throughput(Throughput::Elements((4 * a.b * a.t * a.t * d) as u64));
+    g.bench_function("causal_softmax_attention_backward B8 T256 H6 S30", |bch| {
+        bch.iter(|| causal_softmax_attention_backward(&mut dqkv, black_box(&dy), &qkv, &y, &lse, a))
+    });
+}
+
+criterion_group!(benches, dense_kernels, recurrent_kernels, softmax_kernels);
 criterion_main!(benches);

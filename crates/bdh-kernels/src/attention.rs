@@ -34,6 +34,14 @@ pub struct Attention {
     pub d: usize,
 }
 
+impl Attention {
+    /// Multiply-adds of the causal products, as the model's count has them (the
+    /// scores and the values' sum over the positions before each query).
+    pub(crate) fn flops(&self) -> f64 {
+        (self.b * self.h * self.t * self.t * (self.n + self.d)) as f64
+    }
+}
+
 /// How each head weights the score of positions t−τ apart: its decay multiplies it by
 /// γ_h^(t−τ), its delay δ_h by `w(t−τ) = clamp(t − τ − δ_h, 0, 1)` (a write readable
 /// δ_h tokens later than without; a fractional δ interpolates between the integer
@@ -111,6 +119,7 @@ pub fn causal_linear_attention(
     lags: Lags,
     s: Attention,
 ) {
+    let _span = crate::profile::span("linear attention", [s.t, s.n, s.d], s.flops(), true);
     let Attention { b, h, t, n, d } = s;
     assert!(
         out.len() == b * h * t * d
@@ -170,6 +179,7 @@ pub fn causal_linear_attention_backward(
     saved: AttentionSaved,
     s: Attention,
 ) {
+    let _span = crate::profile::span("linear attention backward", [s.t, s.n, s.d], 2.0 * s.flops(), true);
     let Attention { b, h, t, n, d } = s;
     let AttentionSaved { x, q, v, scores, cos, sin, lags } = saved;
     assert!(

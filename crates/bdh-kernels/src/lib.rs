@@ -31,6 +31,7 @@ mod matmul;
 mod mmap;
 mod neuron_decay;
 mod peak;
+pub mod profile;
 mod recurrent;
 mod rope;
 mod rows;
@@ -38,6 +39,7 @@ mod schedule;
 mod simd;
 mod softmax_attention;
 mod special;
+mod tile;
 #[cfg(test)]
 mod twins;
 

@@ -8,9 +8,9 @@
 
 use rayon::prelude::*;
 
-use crate::matmul::{matmul, MatMul};
 use crate::simd::{dot16, multiversion};
 use crate::special::exp;
+use crate::tile::{tile, LANES};
 
 /// Sizes and dropout of one attention.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -32,6 +32,12 @@ pub struct SoftmaxAttention {
 impl SoftmaxAttention {
     fn d(&self) -> usize {
         self.h * self.s
+    }
+
+    /// Multiply-adds of the causal products, as the model's count has them (the
+    /// scores and the values' sum over the keys at or before each query).
+    fn flops(&self) -> f64 {
+        2.0 * (self.b * self.t * self.t * self.d()) as f64
     }
 
     fn scale(&self) -> f32 {
@@ -64,57 +70,82 @@ impl SoftmaxAttention {
     }
 }
 
-multiversion! {
-fn dot(a: &[f32], b: &[f32], out: &mut f32) {
-    *out = a.iter().zip(b).map(|(x, y)| x * y).sum();
-}
+/// Queries and keys per tile.
+const TILE: usize = 64;
+
+/// One head's operands as the tile products read them, for a sequence of `t`
+/// positions padded to whole tiles (`tp`) and a head width padded to whole vectors
+/// (`sp`): the padding is zero, written once, so a padded key scores 0 before its
+/// mask and a padded query or gradient contributes nothing.
+struct Operands {
+    tp: usize,
+    sp: usize,
 }
 
-fn dot_of(a: &[f32], b: &[f32]) -> f32 {
-    let mut out = 0.0;
-    dot(a, b, &mut out);
-    out
+impl Operands {
+    fn new(t: usize, s: usize) -> Self {
+        Operands { tp: t.div_ceil(TILE) * TILE, sp: s.div_ceil(LANES) * LANES }
+    }
+
+    /// `dst` (S × tp) = columns `off..off + S` of the `t` rows of `src` (stride
+    /// `ld`), transposed.
+    fn transposed(&self, dst: &mut [f32], src: &[f32], (t, ld, off, s): (usize, usize, usize, usize)) {
+        for i in 0..t {
+            for (x, &v) in src[i * ld + off..][..s].iter().enumerate() {
+                dst[x * self.tp + i] = v;
+            }
+        }
+    }
+
+    /// `dst` (tp × sp) = columns `off..off + S` of the `t` rows of `src`.
+    fn padded(&self, dst: &mut [f32], src: &[f32], (t, ld, off, s): (usize, usize, usize, usize)) {
+        for i in 0..t {
+            dst[i * self.sp..][..s].copy_from_slice(&src[i * ld + off..][..s]);
+        }
+    }
 }
 
 /// `y = softmax(q kᵀ/√S + causal mask) v` per row and head (with dropout on the
 /// probabilities if set), and each query's log-sum-exp of its scaled scores.
-/// Tiles of [`TILE`] queries × [`TILE`] keys: scores and values are products on the
-/// tiles, the softmax is kept online across a query tile's key tiles.
+/// Tiles of [`TILE`] keys × [`TILE`] queries, held transposed (a query per column)
+/// so the online softmax runs down the columns, a vector of queries at a time; the
+/// scores and the values' sums are [`tile`] products on them.
 pub fn causal_softmax_attention(y: &mut [f32], lse: &mut [f32], qkv: &[f32], a: SoftmaxAttention) {
+    let _span = crate::profile::span("softmax attention", [a.t, a.h, a.s], a.flops(), true);
     a.check(qkv, y, lse);
     let (t, d, s) = (a.t, a.d(), a.s);
+    let ops = Operands::new(t, s);
     let rows = (y.par_chunks_mut(t * d), lse.par_chunks_mut(a.h * t), qkv.par_chunks(t * 3 * d));
     rows.into_par_iter().enumerate().for_each(|(row, (y, lse, qkv))| {
-        let mut p = vec![0.0f32; TILE * TILE];
-        let (mut m, mut l) = ([0.0f32; TILE], [0.0f32; TILE]);
+        let (mut q_t, mut v_t) = (vec![0.0f32; s * ops.tp], vec![0.0f32; s * ops.tp]);
+        let (mut p_t, mut out_t) = (vec![0.0f32; TILE * TILE], vec![0.0f32; s * TILE]);
+        let (mut m, mut l, mut correction) = ([0.0f32; TILE], [0.0f32; TILE], [0.0f32; TILE]);
         for h in 0..a.h {
+            ops.transposed(&mut q_t, qkv, (t, 3 * d, h * s, s));
+            ops.transposed(&mut v_t, qkv, (t, 3 * d, 2 * d + h * s, s));
             for i0 in (0..t).step_by(TILE) {
                 let qn = TILE.min(t - i0);
-                let out = &mut y[i0 * d + h * s..];
-                for r in 0..qn {
-                    out[r * d..r * d + s].fill(0.0);
-                }
-                m[..qn].fill(f32::NEG_INFINITY);
-                l[..qn].fill(0.0);
+                out_t.fill(0.0);
+                m.fill(f32::NEG_INFINITY);
+                l.fill(0.0);
                 for j0 in (0..=i0).step_by(TILE) {
                     let kn = TILE.min(t - j0);
-                    let p = &mut p[..qn * kn];
-                    scores(p, qkv, a, (i0, qn), (j0, kn), h);
-                    let mut correction = [0.0f32; TILE];
-                    online_softmax(p, kn, &mut m[..qn], &mut l[..qn], &mut correction[..qn]);
-                    for (r, &c) in correction[..qn].iter().enumerate() {
-                        out[r * d..r * d + s].iter_mut().for_each(|o| *o *= c);
-                        if a.dropout > 0.0 {
-                            for (col, v) in p[r * kn..(r + 1) * kn].iter_mut().enumerate() {
-                                *v *= a.keep(row, h, i0 + r, j0 + col);
+                    scores_t(&mut p_t, qkv, &q_t, &ops, a, (i0, j0, kn), h);
+                    online_softmax(&mut p_t, kn, &mut m, &mut l, &mut correction);
+                    scale_columns(&mut out_t, &correction);
+                    if a.dropout > 0.0 {
+                        for (c, pr) in p_t.chunks_exact_mut(TILE).take(kn).enumerate() {
+                            for (r, v) in pr.iter_mut().enumerate().take(qn) {
+                                *v *= a.keep(row, h, i0 + r, j0 + c);
                             }
                         }
                     }
-                    let v = &qkv[j0 * 3 * d + 2 * d + h * s..];
-                    matmul(out, p, v, MatMul::new(qn, kn, s).ld(0, 3 * d, d).acc());
+                    // outᵀ += v_jᵀ p̃ᵀ
+                    tile(&mut out_t, TILE, &v_t[j0..], ops.tp, &p_t, TILE, (s, kn, TILE));
                 }
                 for r in 0..qn {
-                    out[r * d..r * d + s].iter_mut().for_each(|o| *o /= l[r]);
+                    let out = &mut y[(i0 + r) * d + h * s..][..s];
+                    out.iter_mut().enumerate().for_each(|(x, o)| *o = out_t[x * TILE + r] / l[r]);
                     lse[h * t + i0 + r] = m[r] + l[r].ln();
                 }
             }
@@ -122,21 +153,67 @@ pub fn causal_softmax_attention(y: &mut [f32], lse: &mut [f32], qkv: &[f32], a: 
     });
 }
 
-/// Queries and keys per tile.
-const TILE: usize = 64;
+/// `pᵀ = k qᵀ/√S` for keys `j0..j0 + kn` (rows) and the tile of queries from `i0`
+/// (columns) of head `h`, −∞ where a key follows its query or lies past the end.
+fn scores_t(
+    p_t: &mut [f32],
+    qkv: &[f32],
+    q_t: &[f32],
+    ops: &Operands,
+    a: SoftmaxAttention,
+    (i0, j0, kn): (usize, usize, usize),
+    h: usize,
+) {
+    let (d, s) = (a.d(), a.s);
+    p_t.fill(0.0);
+    tile(p_t, TILE, &qkv[j0 * 3 * d + d + h * s..], 3 * d, &q_t[i0..], ops.tp, (kn, s, TILE));
+    mask(p_t, kn, i0 as isize - j0 as isize, a.scale());
+}
 
 multiversion! {
-/// One tile of scores (rows of `kn`, −∞ where masked) becomes unnormalised
-/// probabilities `exp(s − m_new)` against each row's running max `m` (updated),
-/// its running sum `l` (updated) and the factor `correction` = exp(m_old − m_new)
-/// that rescales what the row accumulated before.
-fn online_softmax(p: &mut [f32], kn: usize, m: &mut [f32], l: &mut [f32], correction: &mut [f32]) {
-    for (r, pr) in p.chunks_exact_mut(kn).enumerate() {
-        let top = lanes(pr, m[r], f32::max);
-        correction[r] = exp(m[r] - top);
-        pr.iter_mut().for_each(|v| *v = exp(*v - top));
-        l[r] = l[r] * correction[r] + lanes(pr, 0.0, |a, b| a + b);
-        m[r] = top;
+/// Scales the scores of a transposed tile and masks them: −∞ where the key (row c)
+/// follows the query (column r), c > r + `shift`, or lies past the keys (c ≥ kn).
+fn mask(p_t: &mut [f32], kn: usize, shift: isize, scale: f32) {
+    for (c, pr) in p_t.chunks_exact_mut(TILE).enumerate() {
+        for (r, v) in pr.iter_mut().enumerate() {
+            *v = if c >= kn || c as isize > r as isize + shift { f32::NEG_INFINITY } else { *v * scale };
+        }
+    }
+}
+}
+
+multiversion! {
+/// One transposed tile of scores (the first `kn` rows hold keys) becomes
+/// unnormalised probabilities `exp(s − m_new)` against each column's running max `m`
+/// (updated), its running sum `l` (updated), and `correction` = exp(m_old − m_new)
+/// rescales what the column accumulated before.
+fn online_softmax(p_t: &mut [f32], kn: usize, m: &mut [f32; TILE], l: &mut [f32; TILE], correction: &mut [f32; TILE]) {
+    let mut top = *m;
+    for pr in p_t.chunks_exact(TILE).take(kn) {
+        for (t, &v) in top.iter_mut().zip(pr) {
+            *t = t.max(v);
+        }
+    }
+    let mut sum = [0.0f32; TILE];
+    for pr in p_t.chunks_exact_mut(TILE).take(kn) {
+        for ((v, &t), s) in pr.iter_mut().zip(&top).zip(sum.iter_mut()) {
+            *v = exp(*v - t);
+            *s += *v;
+        }
+    }
+    for r in 0..TILE {
+        correction[r] = exp(m[r] - top[r]);
+        l[r] = l[r] * correction[r] + sum[r];
+    }
+    *m = top;
+}
+}
+
+multiversion! {
+/// Every row of a transposed output tile times `correction`, column by column.
+fn scale_columns(out_t: &mut [f32], correction: &[f32; TILE]) {
+    for row in out_t.chunks_exact_mut(TILE) {
+        row.iter_mut().zip(correction).for_each(|(o, &c)| *o *= c);
     }
 }
 }
@@ -157,49 +234,27 @@ fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
 }
 
 multiversion! {
-/// Scores become probabilities `exp(s − lse)` of each row's log-sum-exp.
-fn probabilities(p: &mut [f32], kn: usize, lse: &[f32]) {
-    for (pr, &m) in p.chunks_exact_mut(kn).zip(lse) {
-        pr.iter_mut().for_each(|v| *v = exp(*v - m));
-    }
-}
-}
-
-multiversion! {
-/// Without dropout: `dp` (dy·vᵀ) becomes `ds = p (dp − δ) · scale`, row by row.
-fn score_grads(dp: &mut [f32], p: &[f32], kn: usize, delta: &[f32], scale: f32) {
-    for ((g, pr), &dl) in dp.chunks_exact_mut(kn).zip(p.chunks_exact(kn)).zip(delta) {
-        g.iter_mut().zip(pr).for_each(|(g, &pv)| *g = pv * (*g - dl) * scale);
-    }
-}
-}
-
-/// `p = q kᵀ/√S` (and −∞ where a key follows its query) for queries `i0..i0+qn`
-/// and keys `j0..j0+kn` of head `h`, as a (qn × kn) tile.
-fn scores(
-    p: &mut [f32],
-    qkv: &[f32],
-    a: SoftmaxAttention,
-    (i0, qn): (usize, usize),
-    (j0, kn): (usize, usize),
-    h: usize,
-) {
-    let (d, s) = (a.d(), a.s);
-    let (q, k) = (&qkv[i0 * 3 * d + h * s..], &qkv[j0 * 3 * d + d + h * s..]);
-    matmul(p, q, k, MatMul::new(qn, s, kn).b_t().ld(3 * d, 3 * d, 0));
-    let scale = a.scale();
-    for (r, row) in p.chunks_exact_mut(kn).enumerate() {
-        for (c, v) in row.iter_mut().enumerate() {
-            *v = if j0 + c > i0 + r { f32::NEG_INFINITY } else { *v * scale };
+/// The backward's tile: transposed scores become probabilities `exp(s − lse)` of
+/// their column's log-sum-exp (rows `kn` on are zero), and `dpᵀ` (v dyᵀ) becomes
+/// `dsᵀ = p (dp − δ) · scale` (without dropout).
+fn score_grads(p_t: &mut [f32], dp_t: &mut [f32], kn: usize, lse: &[f32; TILE], delta: &[f32; TILE], scale: f32, drop: bool) {
+    for (pr, gr) in p_t.chunks_exact_mut(TILE).zip(dp_t.chunks_exact_mut(TILE)).take(kn) {
+        for (((p, g), &m), &dl) in pr.iter_mut().zip(gr.iter_mut()).zip(lse).zip(delta) {
+            *p = exp(*p - m);
+            if !drop {
+                *g = *p * (*g - dl) * scale;
+            }
         }
     }
+}
 }
 
 /// Backward of [`causal_softmax_attention`]: `dqkv` (overwritten) from `dy`, the
 /// inputs `qkv`, the output `y` and the saved `lse`. With `δ_i = dy_i · y_i` and
 /// `p_ij = exp(q_i·k_j/√S − lse_i)`: `dv_j += p̃_ij dy_i`, `ds_ij = p_ij (m_ij dy_i·v_j − δ_i)`,
 /// `dq_i += ds_ij k_j/√S`, `dk_j += ds_ij q_i/√S` (p̃ and m the dropout-scaled ones),
-/// on the same tiles as the forward, each a few products.
+/// on the forward's transposed tiles, each a [`tile`] product; a head's key and
+/// value gradients are summed over its query tiles, then written.
 pub fn causal_softmax_attention_backward(
     dqkv: &mut [f32],
     dy: &[f32],
@@ -208,10 +263,13 @@ pub fn causal_softmax_attention_backward(
     lse: &[f32],
     a: SoftmaxAttention,
 ) {
+    let _span = crate::profile::span("softmax attention backward", [a.t, a.h, a.s], 2.0 * a.flops(), true);
     a.check(qkv, y, lse);
     assert_eq!(dqkv.len(), qkv.len(), "softmax attention backward: dqkv is not (B, T, 3D)");
     assert_eq!(dy.len(), y.len(), "softmax attention backward: dy is not (B, T, D)");
     let (t, d, s, scale) = (a.t, a.d(), a.s, a.scale());
+    let ops = Operands::new(t, s);
+    let (tp, sp) = (ops.tp, ops.sp);
     let rows = (
         dqkv.par_chunks_mut(t * 3 * d),
         dy.par_chunks(t * d),
@@ -220,52 +278,57 @@ pub fn causal_softmax_attention_backward(
         qkv.par_chunks(t * 3 * d),
     );
     rows.into_par_iter().enumerate().for_each(|(row, (dqkv, dy, y, lse, qkv))| {
-        dqkv.fill(0.0);
-        let (mut p, mut dp) = (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * TILE]);
-        let mut dq = vec![0.0f32; TILE * s];
-        let mut delta = [0.0f32; TILE];
+        let [mut q_t, mut k_t, mut dy_t] = [(); 3].map(|_| vec![0.0f32; s * tp]);
+        let [mut q_p, mut dy_p, mut dk, mut dv] = [(); 4].map(|_| vec![0.0f32; tp * sp]);
+        let (mut p_t, mut ds_t, mut dq_t) =
+            (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * TILE], vec![0.0f32; s * TILE]);
         for h in 0..a.h {
+            ops.transposed(&mut q_t, qkv, (t, 3 * d, h * s, s));
+            ops.transposed(&mut k_t, qkv, (t, 3 * d, d + h * s, s));
+            ops.transposed(&mut dy_t, dy, (t, d, h * s, s));
+            ops.padded(&mut q_p, qkv, (t, 3 * d, h * s, s));
+            ops.padded(&mut dy_p, dy, (t, d, h * s, s));
+            dk.fill(0.0);
+            dv.fill(0.0);
             for i0 in (0..t).step_by(TILE) {
                 let qn = TILE.min(t - i0);
-                for (r, dl) in delta[..qn].iter_mut().enumerate() {
+                let (mut delta, mut lse_i) = ([0.0f32; TILE], [0.0f32; TILE]);
+                for r in 0..qn {
                     let at = (i0 + r) * d + h * s;
-                    *dl = dot_of(&dy[at..at + s], &y[at..at + s]);
+                    delta[r] = dot16(&dy[at..at + s], &y[at..at + s]);
+                    lse_i[r] = lse[h * t + i0 + r];
                 }
-                let dq = &mut dq[..qn * s];
-                dq.fill(0.0);
-                let g = &dy[i0 * d + h * s..];
+                dq_t.fill(0.0);
                 for j0 in (0..=i0).step_by(TILE) {
                     let kn = TILE.min(t - j0);
-                    let (p, dp) = (&mut p[..qn * kn], &mut dp[..qn * kn]);
-                    scores(p, qkv, a, (i0, qn), (j0, kn), h);
-                    probabilities(p, kn, &lse[h * t + i0..h * t + i0 + qn]);
-                    let (k, v) = (&qkv[j0 * 3 * d + d + h * s..], &qkv[j0 * 3 * d + 2 * d + h * s..]);
-                    // dp = dy_i · v_jᵀ
-                    matmul(dp, g, v, MatMul::new(qn, s, kn).b_t().ld(d, 3 * d, 0));
+                    scores_t(&mut p_t, qkv, &q_t, &ops, a, (i0, j0, kn), h);
+                    // dpᵀ = v_j dy_iᵀ
+                    ds_t.fill(0.0);
+                    tile(&mut ds_t, TILE, &qkv[j0 * 3 * d + 2 * d + h * s..], 3 * d, &dy_t[i0..], tp, (kn, s, TILE));
+                    score_grads(&mut p_t, &mut ds_t, kn, &lse_i, &delta, scale, a.dropout > 0.0);
                     if a.dropout > 0.0 {
-                        for r in 0..qn {
-                            for c in 0..kn {
+                        for c in 0..kn {
+                            for r in 0..qn {
                                 let keep = a.keep(row, h, i0 + r, j0 + c);
-                                let (pv, gv) = (p[r * kn + c], dp[r * kn + c]);
-                                dp[r * kn + c] = pv * (keep * gv - delta[r]) * scale; // ds
-                                p[r * kn + c] = pv * keep; // p̃
+                                let (pv, gv) = (p_t[c * TILE + r], ds_t[c * TILE + r]);
+                                ds_t[c * TILE + r] = pv * (keep * gv - delta[r]) * scale;
+                                p_t[c * TILE + r] = pv * keep; // p̃
                             }
                         }
-                    } else {
-                        score_grads(dp, p, kn, &delta[..qn], scale);
                     }
-                    // dv_j += p̃ᵀ dy_i; dq_i += ds k_j; dk_j += dsᵀ q_i
-                    let dv = &mut dqkv[j0 * 3 * d + 2 * d + h * s..];
-                    matmul(dv, p, g, MatMul::new(kn, qn, s).a_t().ld(kn, d, 3 * d).acc());
-                    matmul(dq, dp, k, MatMul::new(qn, kn, s).ld(kn, 3 * d, s).acc());
-                    let q = &qkv[i0 * 3 * d + h * s..];
-                    let dk = &mut dqkv[j0 * 3 * d + d + h * s..];
-                    matmul(dk, dp, q, MatMul::new(kn, qn, s).a_t().ld(kn, 3 * d, 3 * d).acc());
+                    // dqᵀ += k_jᵀ dsᵀ;  dk_j += dsᵀ q_i;  dv_j += p̃ᵀ dy_i
+                    tile(&mut dq_t, TILE, &k_t[j0..], tp, &ds_t, TILE, (s, kn, TILE));
+                    tile(&mut dk[j0 * sp..], sp, &ds_t, TILE, &q_p[i0 * sp..], sp, (kn, qn, sp));
+                    tile(&mut dv[j0 * sp..], sp, &p_t, TILE, &dy_p[i0 * sp..], sp, (kn, qn, sp));
                 }
                 for r in 0..qn {
-                    let at = (i0 + r) * 3 * d + h * s;
-                    dqkv[at..at + s].iter_mut().zip(&dq[r * s..(r + 1) * s]).for_each(|(o, &v)| *o += v);
+                    let dq = &mut dqkv[(i0 + r) * 3 * d + h * s..][..s];
+                    dq.iter_mut().enumerate().for_each(|(x, o)| *o = dq_t[x * TILE + r]);
                 }
+            }
+            for i in 0..t {
+                dqkv[i * 3 * d + d + h * s..][..s].copy_from_slice(&dk[i * sp..][..s]);
+                dqkv[i * 3 * d + 2 * d + h * s..][..s].copy_from_slice(&dv[i * sp..][..s]);
             }
         }
     });

@@ -7,6 +7,7 @@
 /// range); e^88.3 ≈ 2·10³⁸ above 88.3.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
     let small = x < -87.3;
     let x = x.clamp(-87.3, 88.3);
     let n = (x * std::f32::consts::LOG2_E).round_ties_even();
@@ -14,7 +15,11 @@ pub fn exp(x: f32) -> f32 {
     let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let y = p * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // 2^n from n's bits: n + 1.5·2²³ holds the integer n in its low mantissa bits
+    // (|n| ≤ 128), read without a float-to-int conversion, which does not vectorise
+    // (Rust's saturating `as` becomes a scalar conversion per lane).
+    let n_bits = (n + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
+    let y = p * f32::from_bits(n_bits.wrapping_add(127) << 23);
     if small {
         0.0
     } else {

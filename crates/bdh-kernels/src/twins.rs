@@ -412,6 +412,27 @@ fn causal_softmax_attention_matches_its_twin_forward_and_backward() {
 }
 
 #[test]
+fn the_tile_product_matches_its_twin() {
+    let mut r = rng(41);
+    // (m, k, w, strides over the packed ones): a row block and a remainder, every
+    // width block (16..64) and one past 64, k = 1 and odd.
+    for (m, k, w, pad) in [(1, 1, 16, 0), (7, 30, 32, 3), (9, 64, 48, 0), (4, 5, 64, 16), (6, 17, 80, 1)] {
+        let (lda, ldb, ldc) = (k + pad, w + pad, w + 2 * pad);
+        let (a, b) = (random(&mut r, m * lda), random(&mut r, k * ldb));
+        let mut c = random(&mut r, m * ldc);
+        let mut want: Vec<f64> = c.iter().map(|&v| v as f64).collect();
+        for i in 0..m {
+            for x in 0..w {
+                want[i * ldc + x] += (0..k).map(|p| a[i * lda + p] as f64 * b[p * ldb + x] as f64).sum::<f64>();
+            }
+        }
+        crate::tile::tile(&mut c, ldc, &a, lda, &b, ldb, (m, k, w));
+        let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
+        assert_close(&format!("tile {m}×{k}×{w}"), &c, &want, 1e-5);
+    }
+}
+
+#[test]
 fn softmax_attention_step_equals_the_last_row_of_the_parallel_form() {
     let mut r = rng(41);
     for (t, h, s) in [(1, 1, 4), (9, 3, 5), (140, 2, 16)] {

@@ -9,6 +9,7 @@ use bdh::infer::{argmax, generate_with, Generation, Prepared, Sampler, SamplingC
 use bdh::model::bdh::{StateDtype, NO_EDITS};
 use bdh::train::Single;
 use bdh::{backward, forward, Activations, AdamWConfig, Mode, Model, ModelConfig, Result, Trainer};
+use bdh_kernels::profile::{self, KernelTime};
 use rayon::prelude::*;
 
 /// What to run and how often.
@@ -26,6 +27,8 @@ pub struct BenchSpec {
     pub iters: usize,
     /// The inputs of a training step's products.
     pub precision: bdh::Precision,
+    /// Time each kernel over the timed iterations (CPU only).
+    pub profile: bool,
 }
 
 /// Timings of one benchmark, in seconds per iteration.
@@ -39,6 +42,8 @@ pub struct BenchResult {
     pub tokens: usize,
     /// Model FLOPs per iteration, counted analytically.
     pub flops: f64,
+    /// Each kernel's time over the timed iterations, with `--profile`.
+    pub kernels: Vec<KernelTime>,
 }
 
 impl BenchResult {
@@ -80,6 +85,9 @@ pub fn train_step(spec: &BenchSpec) -> Result<BenchResult> {
     let mut seconds = Vec::new();
     let mut phase = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..spec.warmup + spec.iters {
+        if i == spec.warmup && spec.profile {
+            profile::start();
+        }
         let t0 = Instant::now();
         forward(&trainer.model, &tokens, &mut trainer.acts, Mode::Train { seed: i as u64 })?;
         let t1 = Instant::now();
@@ -100,6 +108,7 @@ pub fn train_step(spec: &BenchSpec) -> Result<BenchResult> {
         phases: vec![("forward", median(&phase[0])), ("backward", median(&phase[1])), ("adamw", median(&phase[2]))],
         tokens,
         flops: 3.0 * spec.config.forward_flops_per_token(spec.block) * tokens as f64,
+        kernels: if spec.profile { profile::stop() } else { Vec::new() },
     })
 }
 
@@ -124,7 +133,7 @@ pub fn train_step_on(spec: &BenchSpec, open: &bdh::train::accelerator::Open) -> 
     let held = trainer.device.as_ref().map_or(0, |d| d.held_bytes());
     let tokens = spec.batch * spec.block;
     let flops = 3.0 * spec.config.forward_flops_per_token(spec.block) * tokens as f64;
-    Ok((BenchResult { seconds, phases: Vec::new(), tokens, flops }, held))
+    Ok((BenchResult { seconds, phases: Vec::new(), tokens, flops, kernels: Vec::new() }, held))
 }
 
 /// Times eval-mode forward passes of `model` on random tokens: on the CPU engine,
@@ -135,6 +144,9 @@ pub fn forward_pass(spec: &BenchSpec, model: &Model, device: Option<&mut dyn For
     let tokens = batch(spec, 1);
     let mut seconds = Vec::new();
     for i in 0..spec.warmup + spec.iters {
+        if i == spec.warmup && spec.profile && device.is_none() {
+            profile::start();
+        }
         let t0 = Instant::now();
         match (&mut device, &mut acts) {
             (Some(dev), _) => drop(dev.logits(&tokens, spec.batch, spec.block)?),
@@ -151,6 +163,7 @@ pub fn forward_pass(spec: &BenchSpec, model: &Model, device: Option<&mut dyn For
         phases: Vec::new(),
         tokens,
         flops: spec.config.forward_flops_per_token(spec.block) * tokens as f64,
+        kernels: if spec.profile { profile::stop() } else { Vec::new() },
     })
 }
 

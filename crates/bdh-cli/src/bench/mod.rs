@@ -36,6 +36,10 @@ pub struct Args {
     /// Timed iterations.
     #[arg(long, global = true, default_value_t = 10)]
     iters: usize,
+    /// With `train` and `forward` on the CPU: each kernel's time per step (at each
+    /// shape), its share of the step and, for products, its GFLOP/s.
+    #[arg(long, global = true)]
+    profile: bool,
     #[command(flatten)]
     threads: ThreadsArgs,
     #[command(flatten)]
@@ -81,6 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         iters: args.iters.max(1),
         precision: run.training.precision,
+        profile: args.profile,
     };
     match args.mode {
         Mode::Peak => {
@@ -178,4 +183,45 @@ fn print_result(what: &str, r: &BenchResult, peak: f64) {
     for (name, s) in &r.phases {
         println!("  {name:<9} {:.1} ms", s * 1e3);
     }
+    if !r.kernels.is_empty() {
+        print_kernels(r, peak);
+    }
+}
+
+/// The `--profile` table: each kernel's wall-time equivalent per iteration (its
+/// thread-seconds over the threads), its share, and a product's rate.
+fn print_kernels(r: &BenchResult, peak: f64) {
+    let (iters, threads) = (r.seconds.len() as f64, rayon::current_num_threads() as f64);
+    let mean = r.seconds.iter().sum::<f64>() / iters;
+    let per_iter = |seconds: f64| seconds / threads / iters;
+    println!(
+        "kernels, per iteration (ms: thread-time over the {threads} threads; GFLOP/s: all {threads} at the kernel's \
+         rate; mean iteration {:.1} ms):",
+        mean * 1e3
+    );
+    println!(
+        "  {:<28} {:>16} {:>6} {:>9} {:>6} {:>8} {:>6}",
+        "kernel", "shape", "calls", "ms", "share", "GFLOP/s", "peak"
+    );
+    let mut listed = 0.0;
+    for k in &r.kernels {
+        let ms = per_iter(k.seconds) * 1e3;
+        listed += ms;
+        let shape = match k.shape {
+            [m, 0, 0] => format!("{m}"),
+            [m, k, 0] => format!("{m}×{k}"),
+            [m, k, n] => format!("{m}×{k}×{n}"),
+        };
+        let rate = match k.flops > 0.0 {
+            true => {
+                let gflops = k.flops / (k.seconds / threads) / 1e9;
+                format!("{gflops:>8.1} {:>5.0}%", 100.0 * gflops / peak)
+            }
+            false => format!("{:>8} {:>6}", "", ""),
+        };
+        let share = 100.0 * ms / (mean * 1e3);
+        println!("  {:<28} {shape:>16} {:>6.0} {ms:>9.2} {share:>5.1}% {rate}", k.name, k.calls as f64 / iters);
+    }
+    let rest = mean * 1e3 - listed;
+    println!("  {:<28} {:>16} {:>6} {rest:>9.2} {:>5.1}%", "outside the kernels", "", "", 100.0 * rest / (mean * 1e3));
 }
