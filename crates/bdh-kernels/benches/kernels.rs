@@ -64,6 +64,9 @@ fn dense_kernels(c: &mut Criterion) {
             causal_linear_attention_backward(&mut dx, &mut dq, &mut dv, &mut ds, &mut dlog, black_box(&da), saved, one)
         })
     });
+    let mut qt = vec![0.0; t * n];
+    g.throughput(Throughput::Elements((t * n) as u64));
+    g.bench_function("transpose T256xN1024", |bch| bch.iter(|| transpose(&mut qt, black_box(&qr), t, n)));
     let mut x = data(t * d * 8, 6);
     let mut rstd = vec![0.0; t * 8];
     g.throughput(Throughput::Elements((t * d * 8) as u64));

@@ -183,16 +183,46 @@ fn few_rows_bt(
 
 /// `dst` (packed `cols × rows`) = the transpose of `src` (`rows × cols`, row stride `ld`).
 fn transpose_strided(dst: &mut [f32], src: &[f32], rows: usize, cols: usize, ld: usize) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src[r * ld + c];
+    let (whole_rows, whole_cols) = (rows - rows % SQUARE, cols - cols % SQUARE);
+    transpose_squares(dst, src, (whole_rows, whole_cols), rows, ld);
+    // the edges: the rows past the last whole square, then the columns
+    for r in whole_rows..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * ld + c];
+        }
+    }
+    for c in whole_cols..cols {
+        for r in 0..whole_rows {
+            dst[c * rows + r] = src[r * ld + c];
+        }
+    }
+}
+
+/// Side of the squares [`transpose_squares`] moves: a row of one is a cache line.
+const SQUARE: usize = 16;
+
+multiversion! {
+/// The whole `SQUARE`×`SQUARE` squares of [`transpose_strided`] (the first `whole`
+/// rows and columns of `src`), each read a row and written a column at a time
+/// through registers, so every cache line of `dst` is written whole, once.
+fn transpose_squares(dst: &mut [f32], src: &[f32], whole: (usize, usize), rows: usize, ld: usize) {
+    let (whole_rows, whole_cols) = whole;
+    for r0 in (0..whole_rows).step_by(SQUARE) {
+        for c0 in (0..whole_cols).step_by(SQUARE) {
+            let mut square = [[0.0f32; SQUARE]; SQUARE];
+            for (i, row) in square.iter_mut().enumerate() {
+                row.copy_from_slice(&src[(r0 + i) * ld + c0..][..SQUARE]);
+            }
+            for j in 0..SQUARE {
+                let out: &mut [f32; SQUARE] =
+                    (&mut dst[(c0 + j) * rows + r0..][..SQUARE]).try_into().expect("a row of a square");
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = square[i][j];
                 }
             }
         }
     }
+}
 }
 
 /// `C [+]= op(A) · op(B)`, see [`MatMul`].
