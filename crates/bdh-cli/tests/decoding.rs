@@ -118,4 +118,8 @@ fn bench_serve_decodes_bdh_and_a_matched_gpt_after_each_context() {
         let o = bdh(&[&["bench", "serve", "--preset", "tiny"][..], bad].concat());
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
     }
+    // copies of states past the memory: refused before any is made
+    let o = bdh(&["bench", "serve", "--preset", "small", "--contexts", "8000000", "--streams", "256"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("257 copies of both models' states would need"), "{}", text(&o));
 }

@@ -56,6 +56,13 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
     };
     let Model::Bdh(b) = &bdh_model else { anyhow::bail!("--model: a BDH model (the GPT is made to match it)") };
     let gpt = matched_gpt(&b.config, most + args.tokens);
+    // Every stream holds a copy of each model's state (the GPT's cache sized for its
+    // whole block), beside the state that reads the context: bounded before any is made.
+    let (c, streams) = (&b.config, args.streams.iter().copied().max().unwrap_or(1) + 1);
+    let floats = [c.n_layer, c.n_head, c.n_neurons(), c.n_embd].into_iter().try_fold(1usize, usize::checked_mul);
+    let cache = [2, gpt.n_layer, gpt.block_size, gpt.n_embd].into_iter().try_fold(1usize, usize::checked_mul);
+    let states = floats.zip(cache).and_then(|(a, b)| a.checked_add(b)).and_then(|f| f.checked_mul(streams));
+    bdh::memory::ensure_fits(bdh::memory::f32_bytes(states), &format!("{streams} copies of both models' states"))?;
     let gpt_model = Model::new(&ModelConfig::Gpt(gpt.clone()), 0)?;
     let (bdh_p, gpt_p) = (b.config.param_count(), gpt.param_count());
     let position = gpt.block_size * gpt.n_embd;
