@@ -333,13 +333,17 @@ class Model:
             del self._edits[len(self._edits) - len(added):]
 
     # -- recurrent steps and generation -----------------------------------------------
-    def new_state(self) -> "State":
-        """The empty state of a new sequence."""
-        return State(self, _bdh.Session(self._engine))
+    def new_state(self, dtype: str = "f32") -> "State":
+        """The empty state of a new sequence, its ρ stored as ``dtype``: "f32", or
+        "bf16" / "f16" (half the memory, read and summed in f32, each write rounded;
+        ``bdh generate --state-dtype``). BDH only beyond f32; a model whose decay fades
+        more slowly than the type resolves refuses it."""
+        return State(self, _bdh.Session(self._engine, None, dtype))
 
-    def load_state(self, path: PathLike) -> "State":
-        """A state saved by ``State.save`` or ``bdh generate --save-state``."""
-        return State(self, _bdh.Session(self._engine, os.fspath(path)))
+    def load_state(self, path: PathLike, dtype: Optional[str] = None) -> "State":
+        """A state saved by ``State.save`` or ``bdh generate --save-state``, its ρ in
+        the type the file holds, or converted to ``dtype`` ("f32", "bf16", "f16")."""
+        return State(self, _bdh.Session(self._engine, os.fspath(path), dtype))
 
     def _own(self, state: "State") -> "_bdh.Session":
         if not isinstance(state, State) or state.model._engine is not self._engine:
@@ -425,6 +429,11 @@ class State:
     @property
     def nbytes(self) -> int:
         return self._session.nbytes
+
+    @property
+    def dtype(self) -> str:
+        """How ρ is stored: "f32", "bf16" or "f16"."""
+        return self._session.dtype
 
     @property
     def rho(self) -> np.ndarray:

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use engine::infer::{Generation, Sampler, SamplingConfig, State};
 use engine::io::state;
+use engine::model::bdh::StateDtype;
 use numpy::PyArrayDyn;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -23,10 +24,12 @@ pub struct Session {
 
 #[pymethods]
 impl Session {
-    /// The empty state of a new sequence of `model`, or the state saved at `path`.
+    /// The empty state of a new sequence of `model` with ρ stored as `dtype` (f32 if
+    /// not given), or the state saved at `path`, converted to `dtype` if given.
     #[new]
-    #[pyo3(signature = (model, path=None))]
-    fn new(py: Python<'_>, model: Py<Engine>, path: Option<PathBuf>) -> PyResult<Self> {
+    #[pyo3(signature = (model, path=None, dtype=None))]
+    fn new(py: Python<'_>, model: Py<Engine>, path: Option<PathBuf>, dtype: Option<&str>) -> PyResult<Self> {
+        let dtype: Option<StateDtype> = dtype.map(str::parse).transpose().map_err(lib_err)?;
         let engine = model.get();
         let prepared = engine.prepared(py)?;
         let state = py
@@ -35,9 +38,10 @@ impl Session {
                     Some(p) => {
                         state::supported(prepared)?;
                         use anyhow::Context;
-                        state::load(prepared, p).with_context(|| format!("loading state {}", p.display()))?
+                        let loaded = state::load_in(prepared, p, dtype);
+                        loaded.with_context(|| format!("loading state {}", p.display()))?.0
                     }
-                    None => prepared.state()?,
+                    None => prepared.state_of(dtype.unwrap_or_default())?,
                 })
             })
             .map_err(py_err)?;
@@ -48,6 +52,12 @@ impl Session {
     #[getter]
     fn pos(&self) -> usize {
         self.state.pos()
+    }
+
+    /// How ρ is stored: "f32", "bf16" or "f16".
+    #[getter]
+    fn dtype(&self) -> String {
+        self.state.dtype().to_string()
     }
 
     /// Bytes the state occupies.

@@ -136,6 +136,28 @@ def test_states_pass_between_python_and_the_command(cli, tmp_path):
     assert fork.load(tmp_path / "py.state").pos == ours.pos and fork.pos == ours.pos
 
 
+def test_a_16_bit_state_is_the_command_s(cli, tmp_path):
+    model = bdh.load(GOLDEN / "ref-small-trained")
+    half = model.new_state(dtype="bf16")
+    assert half.dtype == "bf16" and model.new_state().dtype == "f32"
+    assert half.nbytes * 2 == model.new_state().nbytes
+    text = model.generate("ROMEO:", max_tokens=30, temperature=0, state=half)
+    want = cli("generate", "--model", GOLDEN / "ref-small-trained", "--prompt", "ROMEO:", "--no-echo",
+               "--max-tokens", 30, "--temperature", 0, "--state-dtype", "bf16")
+    assert text + "\n" == want
+    half.save(tmp_path / "half.state")
+    loaded = model.load_state(tmp_path / "half.state")
+    assert loaded.dtype == "bf16"
+    np.testing.assert_array_equal(loaded.rho, half.rho)
+    wide = model.load_state(tmp_path / "half.state", dtype="f32")  # widened exactly
+    assert wide.dtype == "f32"
+    np.testing.assert_array_equal(wide.rho, half.rho)
+    with pytest.raises(ValueError, match="one of f32"):
+        model.new_state(dtype="f8")
+    with pytest.raises(ValueError, match="KV cache"):
+        bdh.load(GOLDEN / "gpt-tiny").new_state(dtype="f16")
+
+
 def test_params_are_copies_with_the_reference_s_names():
     model = bdh.load(GOLDEN / "ref-tiny" / "model.safetensors")
     params = model.params()

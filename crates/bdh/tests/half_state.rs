@@ -71,6 +71,12 @@ fn a_decay_slower_than_the_type_resolves_is_refused() {
                     assert!(e.to_string().contains("keep f32 for it"), "{e}");
                 }
             }
+            // a state of that type asked of an f32 model, new or loaded, alike
+            assert_eq!(prepared.state_of(dtype).is_ok(), ok, "γ {gamma} {dtype}: state_of");
+            let tmp = temp_dir("slow-fade");
+            let path = tmp.path().join("s.safetensors");
+            state::save(&prepared, &prepared.state().unwrap(), &path).unwrap();
+            assert_eq!(state::load_in(&prepared, &path, Some(dtype)).is_ok(), ok, "γ {gamma} {dtype}: load_in");
         }
     }
     let alibi = Prepared::new(bdh_model(BdhConfig { decay: Decay::Alibi, ..tiny_config(1, 16, 4, 4) }, 1)).unwrap();
@@ -123,6 +129,11 @@ fn half_states_round_trip_their_files_and_convert_on_load() {
         state::save(&narrow, &s, &path).unwrap();
         let (back, note) = state::load_noting(&narrow, &path).unwrap();
         assert_eq!((back, note), (s.clone(), None), "{dtype}: read back as written");
+        // in its own type whatever the session's, or in a type asked for
+        assert_eq!(state::load_in(&f32s, &path, None).unwrap(), (s.clone(), None));
+        assert_eq!(state::load_in(&f32s, &path, Some(dtype)).unwrap().0.dtype(), dtype);
+        let fresh = f32s.state_of(dtype).unwrap();
+        assert_eq!((fresh.dtype(), fresh.pos()), (dtype, 0));
         // (version 3, ρ in its own type)
         let bytes = std::fs::read(&path).unwrap();
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();

@@ -82,9 +82,7 @@ impl Prepared {
         match (self, dtype) {
             (prepared, StateDtype::F32) => Ok(prepared),
             (Prepared::Bdh(p), dtype) => Ok(Prepared::Bdh(p.with_state_dtype(dtype)?)),
-            (Prepared::Gpt(_), dtype) => Err(Error::Input(format!(
-                "a {dtype} synapse state is for BDH models: a GPT's memory is its KV cache, kept in f32"
-            ))),
+            (Prepared::Gpt(_), dtype) => Err(gpt_dtype(dtype)),
         }
     }
 
@@ -109,6 +107,16 @@ impl Prepared {
         match self {
             Prepared::Bdh(p) => p.state().map(State::Bdh),
             Prepared::Gpt(p) => p.state().map(State::Gpt),
+        }
+    }
+
+    /// The empty state of a new sequence with ρ stored as `dtype` (see
+    /// [`Prepared::with_state_dtype`], which refuses the same).
+    pub fn state_of(&self, dtype: StateDtype) -> Result<State> {
+        match (self, dtype) {
+            (Prepared::Bdh(p), dtype) => p.state_of(dtype).map(State::Bdh),
+            (Prepared::Gpt(p), StateDtype::F32) => p.state().map(State::Gpt),
+            (Prepared::Gpt(_), dtype) => Err(gpt_dtype(dtype)),
         }
     }
 
@@ -207,6 +215,14 @@ impl Prepared {
 }
 
 impl State {
+    /// How ρ is stored (f32 for a GPT's KV cache).
+    pub fn dtype(&self) -> StateDtype {
+        match self {
+            State::Bdh(s) => s.rho.dtype(),
+            State::Gpt(_) => StateDtype::F32,
+        }
+    }
+
     /// Tokens consumed so far.
     pub fn pos(&self) -> usize {
         match self {
@@ -250,4 +266,9 @@ fn no_edits(edits: &Edits) -> Result<()> {
 
 fn other_family() -> Error {
     Error::Mismatch("the state or scratch belongs to a model of another family".into())
+}
+
+/// The refusal of a 16-bit state for a GPT.
+fn gpt_dtype(dtype: StateDtype) -> Error {
+    Error::Input(format!("a {dtype} synapse state is for BDH models: a GPT's memory is its KV cache, kept in f32"))
 }

@@ -70,7 +70,7 @@ use crate::error::{Error, Result};
 use crate::infer::{Prepared, State};
 use crate::model::bdh::delay::Queue;
 use crate::model::bdh::key::KeySite;
-use crate::model::bdh::{self, Bdh, BdhConfig};
+use crate::model::bdh::{self, Bdh, BdhConfig, StateDtype};
 use crate::model::{ModelConfig, MAX_POSITION};
 
 /// What a state file names its format in the metadata key `format`.
@@ -99,9 +99,17 @@ pub fn load(prepared: &Prepared, path: &Path) -> Result<State> {
 /// [`load`], and a note when the file's ρ was of another type than `prepared`'s
 /// states and was converted (rounded to nearest when narrower).
 pub fn load_noting(prepared: &Prepared, path: &Path) -> Result<(State, Option<String>)> {
+    load_in(prepared, path, Some(prepared.state_dtype()))
+}
+
+/// [`load_noting`] with ρ in `dtype` (`None`: the file's own type), refused where
+/// the model's decay is too slow for it (as [`Prepared::state_of`] refuses).
+pub fn load_in(prepared: &Prepared, path: &Path, dtype: Option<StateDtype>) -> Result<(State, Option<String>)> {
     let Prepared::Bdh(p) = prepared else { return Err(not_bdh()) };
     let state = read(path, p.model(), 1, Unversioned::Session)?;
-    let (from, to) = (state.rho.dtype(), p.state_dtype());
+    let from = state.rho.dtype();
+    let to = dtype.unwrap_or(from);
+    p.holds(to)?;
     if from == to {
         return Ok((State::Bdh(state), None));
     }

@@ -175,20 +175,33 @@ impl Prepared {
     /// and where that is under 16 of its rounding steps (bf16: 1 − γ < 2⁻⁵; f16:
     /// 2⁻⁸) each token's rounding would change how fast it fades.
     pub fn with_state_dtype(self, dtype: StateDtype) -> Result<Self> {
+        self.holds(dtype)?;
+        Ok(Prepared { dtype, ..self })
+    }
+
+    /// Whether a state of `dtype` can hold this model's decay (see [`Prepared::with_state_dtype`]).
+    pub(crate) fn holds(&self, dtype: StateDtype) -> Result<()> {
         let bits = match dtype {
-            StateDtype::F32 => return Ok(Prepared { dtype, ..self }),
+            StateDtype::F32 => return Ok(()),
             StateDtype::Bf16 => 5,
             StateDtype::F16 => 8,
         };
-        if let Some(fade) = self.damping.slowest_fade().filter(|&f| f < (0.5f32).powi(bits)) {
-            return Err(Error::Input(format!(
+        match self.damping.slowest_fade().filter(|&f| f < (0.5f32).powi(bits)) {
+            Some(fade) => Err(Error::Input(format!(
                 "a {dtype} state cannot hold this model's decay: its slowest fade, γ = {:.6} a token, moves a value \
                  by less than 16 of {dtype}'s rounding steps (1 − γ under 2^-{bits}), so rounding would change how \
                  fast it fades; keep f32 for it",
                 1.0 - fade
-            )));
+            ))),
+            None => Ok(()),
         }
-        Ok(Prepared { dtype, ..self })
+    }
+
+    /// The empty state of a new sequence with ρ stored as `dtype`, whatever type this
+    /// prepared model makes by default (refused as [`Prepared::with_state_dtype`] refuses).
+    pub fn state_of(&self, dtype: StateDtype) -> Result<State> {
+        self.holds(dtype)?;
+        State::with_dtype(&self.model.config, dtype)
     }
 
     /// How the states it makes store ρ.
