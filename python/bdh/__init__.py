@@ -450,8 +450,9 @@ class State:
 
     def load(self, path: PathLike) -> "State":
         """Replaces what it holds with the state saved at ``path`` (by ``save`` or
-        ``bdh generate --save-state``, from this model); returns it."""
-        self._session = _bdh.Session(self.model._engine, os.fspath(path))
+        ``bdh generate --save-state``, from this model), in this state's type (``dtype``,
+        converted if the file holds another); returns it."""
+        self._session = _bdh.Session(self.model._engine, os.fspath(path), self.dtype)
         return self
 
 

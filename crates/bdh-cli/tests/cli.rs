@@ -99,6 +99,8 @@ fn bench_profile_lists_each_kernel_of_a_step() {
     }
     let o = bdh(&["bench", "train", "--preset", "tiny", "--iters", "1", "--warmup", "0"]);
     assert!(!text(&o).contains("kernels, per iteration"), "a table without --profile");
+    let o = bdh(&["bench", "generate", "--preset", "tiny", "--tokens", "4", "--profile"]);
+    assert!(!o.status.success() && text(&o).contains("--profile is for `bench train`"), "{}", text(&o));
 }
 
 #[test]

@@ -121,5 +121,5 @@ fn bench_serve_decodes_bdh_and_a_matched_gpt_after_each_context() {
     // copies of states past the memory: refused before any is made
     let o = bdh(&["bench", "serve", "--preset", "small", "--contexts", "8000000", "--streams", "256"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(text(&o).contains("257 copies of both models' states would need"), "{}", text(&o));
+    assert!(text(&o).contains("256 streams' copies of the states would need"), "{}", text(&o));
 }

@@ -119,7 +119,7 @@ pub fn causal_linear_attention(
     lags: Lags,
     s: Attention,
 ) {
-    let _span = crate::profile::span("linear attention", [s.t, s.n, s.d], s.flops(), true);
+    let _span = crate::profile::span("linear attention", [s.t, s.n, s.d], s.flops());
     let Attention { b, h, t, n, d } = s;
     assert!(
         out.len() == b * h * t * d
@@ -179,7 +179,7 @@ pub fn causal_linear_attention_backward(
     saved: AttentionSaved,
     s: Attention,
 ) {
-    let _span = crate::profile::span("linear attention backward", [s.t, s.n, s.d], 2.0 * s.flops(), true);
+    let _span = crate::profile::span("linear attention backward", [s.t, s.n, s.d], 2.0 * s.flops());
     let Attention { b, h, t, n, d } = s;
     let AttentionSaved { x, q, v, scores, cos, sin, lags } = saved;
     assert!(

@@ -35,7 +35,7 @@ fn gated_product_block(z: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
 /// `z = x ⊙ y ⊙ keep`: the sparse product the decoder reads, through the dropout
 /// scale `keep` (empty: no dropout).
 pub fn gated_product(z: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
-    let _span = crate::profile::span("gated product", [z.len(), 0, 0], 0.0, true);
+    let _span = crate::profile::span("gated product", [z.len(), 0, 0], 0.0);
     debug_assert!(x.len() == z.len() && y.len() == z.len() && (keep.is_empty() || keep.len() == z.len()));
     if z.len() < PAR_MIN {
         return gated_product_block(z, x, y, keep);
@@ -68,7 +68,7 @@ fn gated_product_backward_block(dx: &mut [f32], dy: &mut [f32], x: &[f32], y: &[
 /// entry; on return `dy = dz ⊙ keep ⊙ x ⊙ [y > 0]` (dL/dy_latent) and
 /// `dx = dz ⊙ keep ⊙ y` (dL/dx through this path).
 pub fn gated_product_backward(dx: &mut [f32], dy: &mut [f32], x: &[f32], y: &[f32], keep: &[f32]) {
-    let _span = crate::profile::span("gated product backward", [dx.len(), 0, 0], 0.0, true);
+    let _span = crate::profile::span("gated product backward", [dx.len(), 0, 0], 0.0);
     if dx.len() < PAR_MIN {
         return gated_product_backward_block(dx, dy, x, y, keep);
     }
@@ -98,7 +98,7 @@ pub(crate) fn relu_backward_add_block(dx: &mut [f32], extra: &[f32], x: &[f32]) 
 /// `out[g] += Σ_{j<k} src[g·k + j]` over blocks of `len` elements: `dv (B, T, D) +=
 /// Σ_h dv_h (B, H, T, D)` with `len = T·D`, `k = H`: gradients summed over heads.
 pub fn add_groups(out: &mut [f32], src: &[f32], len: usize, k: usize) {
-    let _span = crate::profile::span("add groups", [out.len(), k, 0], 0.0, true);
+    let _span = crate::profile::span("add groups", [out.len(), k, 0], 0.0);
     assert!(len > 0 && out.len().is_multiple_of(len) && out.len() * k == src.len(), "add_groups: sizes");
     let work = |(o, s): (&mut [f32], &[f32])| {
         for part in s.chunks_exact(len) {
@@ -114,7 +114,7 @@ pub fn add_groups(out: &mut [f32], src: &[f32], len: usize, k: usize) {
 
 /// `out = a + b`, element by element (the residual connection).
 pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
-    let _span = crate::profile::span("add", [out.len(), 0, 0], 0.0, true);
+    let _span = crate::profile::span("add", [out.len(), 0, 0], 0.0);
     assert!(a.len() == out.len() && b.len() == out.len(), "add: sizes");
     let work = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
         o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = x + y);
@@ -130,7 +130,7 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
 /// a per-head, per-position scale, as a decay's powers γ_h^k weigh the rows of a
 /// head (its own twin: one product per element).
 pub fn scale_rows(buf: &mut [f32], factors: &[f32], h: usize, t: usize, w: usize) {
-    let _span = crate::profile::span("scale rows", [buf.len(), 0, 0], 0.0, true);
+    let _span = crate::profile::span("scale rows", [buf.len(), 0, 0], 0.0);
     assert!(factors.len() == h * t && w > 0 && buf.len().is_multiple_of(h * t * w), "scale_rows: sizes");
     buf.par_chunks_mut(t * w).enumerate().for_each(|(bh, item)| {
         for (row, &f) in item.chunks_exact_mut(w).zip(&factors[bh % h * t..(bh % h + 1) * t]) {

@@ -18,7 +18,7 @@ use crate::matmul::{matmul, transpose, with_scratch, MatMul};
 /// (B, H, T, T, kept for the backward) and `out = scores · v` (B, H, T, D).
 /// `lags`: each head's decay and delay.
 pub fn keyed_attention(out: &mut [f32], scores: &mut [f32], q: &[f32], k: &[f32], v: &[f32], lags: Lags, s: Attention) {
-    let _span = crate::profile::span("keyed attention", [s.t, s.n, s.d], s.flops(), true);
+    let _span = crate::profile::span("keyed attention", [s.t, s.n, s.d], s.flops());
     let Attention { b, h, t, n, d } = s;
     assert!(
         out.len() == b * h * t * d
@@ -80,7 +80,7 @@ pub fn keyed_attention_backward(
     saved: KeyedSaved,
     s: Attention,
 ) {
-    let _span = crate::profile::span("keyed attention backward", [s.t, s.n, s.d], 2.0 * s.flops(), true);
+    let _span = crate::profile::span("keyed attention backward", [s.t, s.n, s.d], 2.0 * s.flops());
     let Attention { b, h, t, n, d } = s;
     let KeyedSaved { q, k, v, scores, lags } = saved;
     assert!(

@@ -16,7 +16,7 @@ fn rows_per_block(d: usize) -> usize {
 /// Normalises each row of `x` (rows × d) in place to zero mean and unit variance
 /// (biased variance, [`LN_EPS`] added) and writes each row's `1/σ` to `rstd`.
 pub fn layer_norm(x: &mut [f32], rstd: &mut [f32], d: usize) {
-    let _span = crate::profile::span("layer norm", [x.len() / d.max(1), d, 0], 0.0, true);
+    let _span = crate::profile::span("layer norm", [x.len() / d.max(1), d, 0], 0.0);
     if x.len() < PAR_MIN {
         return layer_norm_block(x, rstd, d);
     }
@@ -57,7 +57,7 @@ pub(crate) fn layer_norm_scalar(x: &mut [f32], rstd: &mut [f32], d: usize) {
 /// dL/d(input) on return, from the saved output `xhat` and `rstd`:
 /// `dx = rstd · (dy − mean(dy) − x̂ · mean(dy ⊙ x̂))`.
 pub fn layer_norm_backward(g: &mut [f32], xhat: &[f32], rstd: &[f32], d: usize) {
-    let _span = crate::profile::span("layer norm backward", [g.len() / d.max(1), d, 0], 0.0, true);
+    let _span = crate::profile::span("layer norm backward", [g.len() / d.max(1), d, 0], 0.0);
     if g.len() < PAR_MIN {
         return layer_norm_backward_block(g, xhat, rstd, d);
     }

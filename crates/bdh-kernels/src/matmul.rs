@@ -67,8 +67,9 @@ impl MatMul {
     pub fn relu(self) -> Self {
         MatMul { relu: true, ..self }
     }
-    /// Times `items` such products (see [`crate::profile`]), named by their layout.
-    fn span(&self, items: usize) -> crate::profile::Span {
+    /// Times `items` such products (see [`crate::profile`]), named by their layout
+    /// and whether they were asked for as a batch.
+    fn span(&self, items: usize, batched: bool) -> crate::profile::Span {
         const NAMES: [&str; 8] = [
             "matmul",
             "matmul Bᵀ",
@@ -79,9 +80,9 @@ impl MatMul {
             "batched matmul Aᵀ",
             "batched matmul AᵀBᵀ",
         ];
-        let name = NAMES[usize::from(self.b_t) + 2 * usize::from(self.a_t) + 4 * usize::from(items > 1)];
+        let name = NAMES[usize::from(self.b_t) + 2 * usize::from(self.a_t) + 4 * usize::from(batched)];
         let flops = 2.0 * (self.m * self.k * self.n * items) as f64;
-        crate::profile::span(name, [self.m, self.k, self.n], flops, self.parallel || items > 1)
+        crate::profile::span(name, [self.m, self.k, self.n], flops)
     }
     /// Panics unless every element the product touches lies inside its slice.
     fn check(&self, c: &[f32], a: &[f32], b: &[f32]) {
@@ -231,7 +232,7 @@ fn transpose_squares(dst: &mut [f32], src: &[f32], whole: (usize, usize), rows: 
 /// transposed A costs nothing extra), so a transposed B is first copied into a
 /// per-thread row-major buffer: k·n moves against the product's m·n·k.
 pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
-    let _span = p.span(1);
+    let _span = p.span(1, false);
     product(c, a, b, p);
     if p.relu {
         let ldc = p.layout()[2].2;
@@ -341,7 +342,7 @@ pub(crate) fn matmul_scalar(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul) {
 /// transposed copy is reused across many products.
 pub fn transpose(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transpose: {rows}×{cols} does not fit");
-    let _span = crate::profile::span("transpose", [rows, cols, 0], 0.0, false);
+    let _span = crate::profile::span("transpose", [rows, cols, 0], 0.0);
     transpose_strided(dst, src, rows, cols, cols);
 }
 
@@ -370,7 +371,7 @@ pub struct Batch {
 /// A ReLU epilogue applies to each C once its sum is complete.
 pub fn matmul_batched(c: &mut [f32], a: &[f32], b: &[f32], p: MatMul, batch: Batch) {
     let Batch { count: [outer, inner], a: [a0, a1], b: [b0, b1], c: [c0, c1] } = batch;
-    let _span = p.span(outer * inner);
+    let _span = p.span(outer * inner, true);
     if outer == 0 || inner == 0 {
         return;
     }

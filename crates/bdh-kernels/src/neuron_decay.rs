@@ -126,7 +126,7 @@ fn check(name: &str, (q, k, v, gamma): (&[f32], &[f32], &[f32], &[f32]), s: Atte
 /// queries `q` and keys `k` (B, H, T, N), values `v` (B, T, D) and each head's
 /// retentions `gamma` (H, N), every γ in [0, 1].
 pub fn neuron_decay_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], gamma: &[f32], s: Attention) {
-    let _span = crate::profile::span("neuron-decay attention", [s.t, s.n, s.d], s.flops(), true);
+    let _span = crate::profile::span("neuron-decay attention", [s.t, s.n, s.d], s.flops());
     let Attention { h, t, n, d, .. } = s;
     check("neuron_decay_attention", (q, k, v, gamma), s);
     assert_eq!(out.len(), q.len() / n * d, "neuron_decay_attention: out for {s:?}");
@@ -179,7 +179,7 @@ pub fn neuron_decay_attention_backward(
     (q, k, v, gamma): (&[f32], &[f32], &[f32], &[f32]),
     s: Attention,
 ) {
-    let _span = crate::profile::span("neuron-decay attention backward", [s.t, s.n, s.d], 2.0 * s.flops(), true);
+    let _span = crate::profile::span("neuron-decay attention backward", [s.t, s.n, s.d], 2.0 * s.flops());
     let Attention { b, h, t, n, d } = s;
     check("neuron_decay_attention_backward", (q, k, v, gamma), s);
     assert!(

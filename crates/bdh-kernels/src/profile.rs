@@ -2,12 +2,14 @@
 //! called, when a kernel's whole cost is one relaxed load.
 //!
 //! Time is counted in thread-seconds, so the kernels of one step add up to the
-//! pool's threads times its wall time: a kernel called outside the pool that
-//! splits its work over the pool counts its wall time once per pool thread (the
-//! threads it holds, busy or waiting), a kernel running on one pool thread (one
+//! pool's threads times its wall time: a kernel called outside the pool counts its
+//! wall time once per pool thread (the threads it holds, busy or idle: a serial
+//! kernel there leaves the pool waiting), a kernel running on a pool thread (one
 //! row's chain of a backward) counts its own time. Only the outermost kernel of a
-//! thread counts (a batched product's items are its own time), and a pool kernel
-//! holds the count of everything its tasks call.
+//! thread counts (a batched product's items are its own time), and a kernel called
+//! outside the pool holds the count of everything its tasks call. A kernel on a pool
+//! thread that runs another task while it waits for its own (work stealing) counts
+//! that task's kernels too; the model calls none that way.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 static ON: AtomicBool = AtomicBool::new(false);
-/// Pool kernels open now (their tasks' kernels are theirs).
+/// Kernels open outside the pool now (their tasks' kernels are theirs).
 static HOLDING: AtomicUsize = AtomicUsize::new(0);
 static TABLE: Mutex<Vec<KernelTime>> = Mutex::new(Vec::new());
 
@@ -57,9 +59,8 @@ pub(crate) struct Span {
     open: Option<(Instant, KernelTime, bool)>,
 }
 
-/// Times the call of `name` at `shape` doing `flops` operations; `pool`: the
-/// kernel splits its work over the rayon pool.
-pub(crate) fn span(name: &'static str, shape: [usize; 3], flops: f64, pool: bool) -> Span {
+/// Times the call of `name` at `shape` doing `flops` operations.
+pub(crate) fn span(name: &'static str, shape: [usize; 3], flops: f64) -> Span {
     if !ON.load(Ordering::Relaxed) {
         return Span { open: None };
     }
@@ -68,17 +69,17 @@ pub(crate) fn span(name: &'static str, shape: [usize; 3], flops: f64, pool: bool
         d.get() == 1
     });
     let in_pool = rayon::current_thread_index().is_some();
-    // (a kernel a pool kernel's task called is the pool kernel's time)
+    let entry = |calls, seconds| KernelTime { name, shape, calls, seconds, flops };
+    // (a kernel that a kernel outside the pool set going is that kernel's time)
     if !outer || (in_pool && HOLDING.load(Ordering::Relaxed) > 0) {
-        return Span { open: Some((Instant::now(), KernelTime { name, shape, calls: 0, seconds: 0.0, flops }, false)) };
+        return Span { open: Some((Instant::now(), entry(0, 0.0), false)) };
     }
-    let holds = pool && !in_pool;
+    let holds = !in_pool;
     let weight = if holds { rayon::current_num_threads() as f64 } else { 1.0 };
     if holds {
         HOLDING.fetch_add(1, Ordering::Relaxed);
     }
-    let entry = KernelTime { name, shape, calls: 1, seconds: weight, flops };
-    Span { open: Some((Instant::now(), entry, holds)) }
+    Span { open: Some((Instant::now(), entry(1, weight), holds)) }
 }
 
 impl Drop for Span {

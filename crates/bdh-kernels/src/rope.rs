@@ -20,7 +20,7 @@ pub enum RopeDirection {
 /// `cos[(r mod T)·n/2 + j]`, `sin[…]`:
 /// `out[2j] = x[2j]·c − x[2j+1]·s`, `out[2j+1] = x[2j+1]·c + x[2j]·s`.
 pub fn rope(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], n: usize, dir: RopeDirection) {
-    let _span = crate::profile::span("rope", [x.len(), n, 0], 0.0, true);
+    let _span = crate::profile::span("rope", [x.len(), n, 0], 0.0);
     assert!(n >= 2 && n.is_multiple_of(2) && out.len() == x.len() && cos.len() == sin.len(), "rope: sizes");
     let period = cos.len() * 2;
     assert!(period > 0 && x.len().is_multiple_of(period), "rope: {} values are not whole (T, N) blocks", x.len());

@@ -26,7 +26,7 @@ fn affine_block(x: &mut [f32], w: &[f32], b: &[f32]) {
 /// `x = x ⊙ w + b` on every row of `x` (rows × d): LayerNorm's weight and bias
 /// after the normalisation, or a Linear's bias with `w` all ones. `b` may be empty.
 pub fn affine(x: &mut [f32], w: &[f32], b: &[f32]) {
-    let _span = crate::profile::span("affine", [x.len(), w.len(), 0], 0.0, true);
+    let _span = crate::profile::span("affine", [x.len(), w.len(), 0], 0.0);
     let d = w.len();
     assert!(d > 0 && x.len().is_multiple_of(d) && (b.is_empty() || b.len() == d), "affine: sizes");
     if x.len() < PAR_MIN {
@@ -37,7 +37,7 @@ pub fn affine(x: &mut [f32], w: &[f32], b: &[f32]) {
 
 /// `x += b` on every row of `x` (a Linear's bias).
 pub fn add_bias(x: &mut [f32], b: &[f32]) {
-    let _span = crate::profile::span("add bias", [x.len(), b.len(), 0], 0.0, true);
+    let _span = crate::profile::span("add bias", [x.len(), b.len(), 0], 0.0);
     let d = b.len();
     assert!(d > 0 && x.len().is_multiple_of(d), "add_bias: sizes");
     let add = |x: &mut [f32]| x.chunks_exact_mut(d).for_each(|r| r.iter_mut().zip(b).for_each(|(v, &c)| *v += c));
@@ -49,7 +49,7 @@ pub fn add_bias(x: &mut [f32], b: &[f32]) {
 
 /// `db += Σ_rows dy` (the gradient of a bias added to every row).
 pub fn bias_grad(db: &mut [f32], dy: &[f32]) {
-    let _span = crate::profile::span("bias gradient", [dy.len(), db.len(), 0], 0.0, false);
+    let _span = crate::profile::span("bias gradient", [dy.len(), db.len(), 0], 0.0);
     let d = db.len();
     assert!(d > 0 && dy.len().is_multiple_of(d), "bias_grad: sizes");
     for row in dy.chunks_exact(d) {
@@ -60,7 +60,7 @@ pub fn bias_grad(db: &mut [f32], dy: &[f32]) {
 /// Backward of [`affine`] with `x̂` the normalised input: `dw += Σ dy ⊙ x̂`, `db += Σ dy`
 /// (if `db` is not empty), and `dy` becomes `dy ⊙ w` (the gradient of `x̂`) in place.
 pub fn affine_backward(dy: &mut [f32], dw: &mut [f32], db: &mut [f32], xhat: &[f32], w: &[f32]) {
-    let _span = crate::profile::span("affine backward", [dy.len(), w.len(), 0], 0.0, false);
+    let _span = crate::profile::span("affine backward", [dy.len(), w.len(), 0], 0.0);
     let d = w.len();
     assert!(dy.len() == xhat.len() && dw.len() == d && (db.is_empty() || db.len() == d), "affine_backward: sizes");
     for (g, x) in dy.chunks_exact_mut(d).zip(xhat.chunks_exact(d)) {
@@ -101,7 +101,7 @@ fn gelu_backward_block(g: &mut [f32], x: &[f32]) {
 
 /// `out = gelu(x)`, the exact form `x · Φ(x)` (`nn.GELU()` default).
 pub fn gelu(out: &mut [f32], x: &[f32]) {
-    let _span = crate::profile::span("gelu", [x.len(), 0, 0], 0.0, true);
+    let _span = crate::profile::span("gelu", [x.len(), 0, 0], 0.0);
     assert_eq!(out.len(), x.len(), "gelu: sizes");
     if x.len() < PAR_MIN {
         return gelu_block(out, x);
@@ -111,7 +111,7 @@ pub fn gelu(out: &mut [f32], x: &[f32]) {
 
 /// `g ← g ⊙ gelu'(x)` in place: the gradient of GELU's input from its output's.
 pub fn gelu_backward(g: &mut [f32], x: &[f32]) {
-    let _span = crate::profile::span("gelu backward", [x.len(), 0, 0], 0.0, true);
+    let _span = crate::profile::span("gelu backward", [x.len(), 0, 0], 0.0);
     assert_eq!(g.len(), x.len(), "gelu_backward: sizes");
     if x.len() < PAR_MIN {
         return gelu_backward_block(g, x);

@@ -67,6 +67,7 @@ impl SoftmaxAttention {
         assert_eq!(qkv.len(), b * t * 3 * d, "softmax attention: qkv is not (B, T, 3D)");
         assert_eq!(y.len(), b * t * d, "softmax attention: y is not (B, T, D)");
         assert_eq!(lse.len(), b * self.h * t, "softmax attention: lse is not (B, H, T)");
+        assert!(self.s > 0, "softmax attention: heads of width 0");
     }
 }
 
@@ -75,8 +76,9 @@ const TILE: usize = 64;
 
 /// One head's operands as the tile products read them, for a sequence of `t`
 /// positions padded to whole tiles (`tp`) and a head width padded to whole vectors
-/// (`sp`): the padding is zero, written once, so a padded key scores 0 before its
-/// mask and a padded query or gradient contributes nothing.
+/// (`sp`): the padding is zero, written once, so a padded query (a column past the
+/// end) scores 0 and a padded gradient contributes nothing. (Keys are read where
+/// they lie; those past the end are masked.)
 struct Operands {
     tp: usize,
     sp: usize,
@@ -111,7 +113,7 @@ impl Operands {
 /// so the online softmax runs down the columns, a vector of queries at a time; the
 /// scores and the values' sums are [`tile`] products on them.
 pub fn causal_softmax_attention(y: &mut [f32], lse: &mut [f32], qkv: &[f32], a: SoftmaxAttention) {
-    let _span = crate::profile::span("softmax attention", [a.t, a.h, a.s], a.flops(), true);
+    let _span = crate::profile::span("softmax attention", [a.t, a.h, a.s], a.flops());
     a.check(qkv, y, lse);
     let (t, d, s) = (a.t, a.d(), a.s);
     let ops = Operands::new(t, s);
@@ -235,8 +237,9 @@ fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
 
 multiversion! {
 /// The backward's tile: transposed scores become probabilities `exp(s − lse)` of
-/// their column's log-sum-exp (rows `kn` on are zero), and `dpᵀ` (v dyᵀ) becomes
-/// `dsᵀ = p (dp − δ) · scale` (without dropout).
+/// their column's log-sum-exp, and `dpᵀ` (v dyᵀ) becomes `dsᵀ = p (dp − δ) · scale`
+/// (without dropout), on the first `kn` rows (the keys; the rows past them stay −∞
+/// and zero, and every product reads only the first `kn`).
 fn score_grads(p_t: &mut [f32], dp_t: &mut [f32], kn: usize, lse: &[f32; TILE], delta: &[f32; TILE], scale: f32, drop: bool) {
     for (pr, gr) in p_t.chunks_exact_mut(TILE).zip(dp_t.chunks_exact_mut(TILE)).take(kn) {
         for (((p, g), &m), &dl) in pr.iter_mut().zip(gr.iter_mut()).zip(lse).zip(delta) {
@@ -263,7 +266,7 @@ pub fn causal_softmax_attention_backward(
     lse: &[f32],
     a: SoftmaxAttention,
 ) {
-    let _span = crate::profile::span("softmax attention backward", [a.t, a.h, a.s], 2.0 * a.flops(), true);
+    let _span = crate::profile::span("softmax attention backward", [a.t, a.h, a.s], 2.0 * a.flops());
     a.check(qkv, y, lse);
     assert_eq!(dqkv.len(), qkv.len(), "softmax attention backward: dqkv is not (B, T, 3D)");
     assert_eq!(dy.len(), y.len(), "softmax attention backward: dy is not (B, T, D)");

@@ -56,5 +56,12 @@ mod tests {
         assert!(worst_erf < 1e-6, "erf: {worst_erf}");
         assert_eq!((super::exp(-200.0), super::exp(f32::NEG_INFINITY)), (0.0, 0.0));
         assert!(super::exp(100.0) > 1e38 && super::exp(100.0).is_finite());
+        assert!(super::exp(f32::INFINITY) > 1e38 && super::exp(f32::INFINITY).is_finite());
+        assert!(super::exp(f32::NAN).is_nan());
+        // every power of two the clamp lets through, exactly
+        for n in -125..=127 {
+            let x = n as f32 * std::f32::consts::LN_2;
+            assert_eq!(super::exp(x), (x as f64).exp() as f32, "2^{n}");
+        }
     }
 }

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, global = true, default_value_t = 10)]
     iters: usize,
     /// With `train` and `forward` on the CPU: each kernel's time per step (at each
-    /// shape), its share of the step and, for products, its GFLOP/s.
+    /// shape), its share of the step and, for products and attentions, its GFLOP/s.
     #[arg(long, global = true)]
     profile: bool,
     #[command(flatten)]
@@ -87,6 +87,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         precision: run.training.precision,
         profile: args.profile,
     };
+    anyhow::ensure!(
+        !args.profile || matches!(args.mode, Mode::Train | Mode::Forward),
+        "--profile is for `bench train` and `bench forward`"
+    );
     match args.mode {
         Mode::Peak => {
             cpu_peak();
@@ -98,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Mode::Train => match args.device.trainer(&spec.config, false)? {
             Some(open) => {
+                anyhow::ensure!(!spec.profile, "--profile times the CPU's kernels: leave out --device");
                 describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
                 let (result, held) = train_step_on(&spec, open.as_ref())?;
                 let what = format!("train step on the device ({:?})", spec.precision).to_lowercase();
@@ -121,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             describe(&spec.config, &format!("B{} T{}", spec.batch, spec.block));
             match device.as_deref_mut() {
                 Some(dev) => {
+                    anyhow::ensure!(!spec.profile, "--profile times the CPU's kernels: leave out --device");
                     let on = dev.device();
                     print_device_result(
                         &format!("forward on the {on}"),
@@ -203,6 +209,7 @@ fn print_kernels(r: &BenchResult, peak: f64) {
         "  {:<28} {:>16} {:>6} {:>9} {:>6} {:>8} {:>6}",
         "kernel", "shape", "calls", "ms", "share", "GFLOP/s", "peak"
     );
+    println!("  (an attention's FLOPs: the model's count, the causal products; its backward's twice its forward's)");
     let mut listed = 0.0;
     for k in &r.kernels {
         let ms = per_iter(k.seconds) * 1e3;
@@ -212,12 +219,11 @@ fn print_kernels(r: &BenchResult, peak: f64) {
             [m, k, 0] => format!("{m}×{k}"),
             [m, k, n] => format!("{m}×{k}×{n}"),
         };
-        let rate = match k.flops > 0.0 {
-            true => {
-                let gflops = k.flops / (k.seconds / threads) / 1e9;
-                format!("{gflops:>8.1} {:>5.0}%", 100.0 * gflops / peak)
-            }
-            false => format!("{:>8} {:>6}", "", ""),
+        let rate = if k.flops > 0.0 {
+            let gflops = k.flops / (k.seconds / threads) / 1e9;
+            format!("{gflops:>8.1} {:>5.0}%", 100.0 * gflops / peak)
+        } else {
+            format!("{:>8} {:>6}", "", "")
         };
         let share = 100.0 * ms / (mean * 1e3);
         println!("  {:<28} {shape:>16} {:>6.0} {ms:>9.2} {share:>5.1}% {rate}", k.name, k.calls as f64 / iters);

@@ -56,13 +56,17 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
     };
     let Model::Bdh(b) = &bdh_model else { anyhow::bail!("--model: a BDH model (the GPT is made to match it)") };
     let gpt = matched_gpt(&b.config, most + args.tokens);
-    // Every stream holds a copy of each model's state (the GPT's cache sized for its
-    // whole block), beside the state that reads the context: bounded before any is made.
-    let (c, streams) = (&b.config, args.streams.iter().copied().max().unwrap_or(1) + 1);
-    let floats = [c.n_layer, c.n_head, c.n_neurons(), c.n_embd].into_iter().try_fold(1usize, usize::checked_mul);
-    let cache = [2, gpt.n_layer, gpt.block_size, gpt.n_embd].into_iter().try_fold(1usize, usize::checked_mul);
-    let states = floats.zip(cache).and_then(|(a, b)| a.checked_add(b)).and_then(|f| f.checked_mul(streams));
-    bdh::memory::ensure_fits(bdh::memory::f32_bytes(states), &format!("{streams} copies of both models' states"))?;
+    // The states that read the context, the GPT's weights (its position table grows
+    // with the block) and the copies of one model's state at a time, one a stream:
+    // bounded before any is made.
+    let bdh_prep = args.state.apply(Prepared::new(bdh_model.clone())?, on)?;
+    let streams = args.streams.iter().copied().max().unwrap_or(1);
+    let cache = [2, gpt.n_layer, gpt.block_size, gpt.n_embd, 4].into_iter().try_fold(1usize, usize::checked_mul);
+    let need = cache.and_then(|kv| {
+        let (one, weights) = (kv.max(bdh_prep.state_bytes()), gpt.param_count().checked_mul(4)?);
+        one.checked_mul(streams)?.checked_add(kv)?.checked_add(bdh_prep.state_bytes())?.checked_add(weights)
+    });
+    bdh::memory::ensure_fits(need.unwrap_or(usize::MAX), &format!("{streams} streams' copies of the states"))?;
     let gpt_model = Model::new(&ModelConfig::Gpt(gpt.clone()), 0)?;
     let (bdh_p, gpt_p) = (b.config.param_count(), gpt.param_count());
     let position = gpt.block_size * gpt.n_embd;
@@ -78,7 +82,6 @@ pub fn run(args: &Args, preset: &ModelConfig, on: &DeviceArgs) -> anyhow::Result
         gpt.block_size,
         crate::count(rayon::current_num_threads(), "thread", "threads")
     );
-    let bdh_prep = args.state.apply(Prepared::new(bdh_model.clone())?, on)?;
     let gpt_prep = Prepared::new(gpt_model)?;
     let text: Vec<u32> =
         b"The hatchling reads, and what it reads it keeps. ".iter().cycle().take(most).map(|&t| t as u32).collect();
