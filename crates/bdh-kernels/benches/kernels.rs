@@ -115,23 +115,33 @@ fn recurrent_kernels(c: &mut Criterion) {
     g.finish();
 }
 
-/// The GPT baseline's attention at gpt-small's shape: one training step's batch.
+/// The GPT baseline's attention at gpt-small's shape and at nanoGPT's recipe's: one
+/// training step's batch.
 fn softmax_kernels(c: &mut Criterion) {
-    let a = SoftmaxAttention { b: 8, t: 256, h: 6, s: 30, dropout: 0.0, seed: 0 };
-    let d = a.h * a.s;
     let mut g = c.benchmark_group("softmax");
+    for a in [
+        SoftmaxAttention { b: 8, t: 256, h: 6, s: 30, dropout: 0.0, seed: 0 },
+        SoftmaxAttention { b: 12, t: 64, h: 4, s: 32, dropout: 0.0, seed: 0 },
+    ] {
+        softmax_pair(&mut g, a);
+    }
+}
+
+fn softmax_pair(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>, a: SoftmaxAttention) {
+    let d = a.h * a.s;
+    let name = format!("B{} T{} H{} S{}", a.b, a.t, a.h, a.s);
     let qkv = data(a.b * a.t * 3 * d, 11);
     let (mut y, mut lse) = (vec![0.0; a.b * a.t * d], vec![0.0; a.b * a.h * a.t]);
     // (the model's count of the causal products)
     g.throughput(Throughput::Elements((2 * a.b * a.t * a.t * d) as u64));
-    g.bench_function("causal_softmax_attention B8 T256 H6 S30", |bch| {
+    g.bench_function(format!("causal_softmax_attention {name}"), |bch| {
         bch.iter(|| causal_softmax_attention(&mut y, &mut lse, black_box(&qkv), a))
     });
     causal_softmax_attention(&mut y, &mut lse, &qkv, a);
     let dy = data(y.len(), 12);
     let mut dqkv = vec![0.0; qkv.len()];
     g.throughput(Throughput::Elements((4 * a.b * a.t * a.t * d) as u64));
-    g.bench_function("causal_softmax_attention_backward B8 T256 H6 S30", |bch| {
+    g.bench_function(format!("causal_softmax_attention_backward {name}"), |bch| {
         bch.iter(|| causal_softmax_attention_backward(&mut dqkv, black_box(&dy), &qkv, &y, &lse, a))
     });
 }
